@@ -1,0 +1,71 @@
+"""onyxrt: an ONNX inference engine in Python, drop-in for ``onnxruntime``'s Python API.
+
+    import onyxrt as ort
+    session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"input": array})
+"""
+
+from .errors import (
+    EngineError,
+    EPFail,
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidProtobuf,
+    ModelLoaded,
+    NoModel,
+    NoSuchFile,
+    NotImplemented,
+    OnyxRuntimeError,
+    RuntimeException,
+)
+from .providers import get_available_providers
+from .session.inference_session import InferenceSession
+from .session.io_binding import IOBinding
+from .session.node_arg import ModelMetadata, NodeArg
+from .session.ort_value import OrtValue
+from .session.session_options import (
+    ExecutionMode,
+    ExecutionOrder,
+    GraphOptimizationLevel,
+    OrtAllocatorType,
+    OrtMemType,
+    RunOptions,
+    SessionOptions,
+)
+from .version import __version__
+
+
+def get_device() -> str:
+    """The device onyxrt computes on, as onnxruntime reports it ('CPU')."""
+    return "CPU"
+
+
+def get_all_providers() -> list[str]:
+    """Every provider name onyxrt knows (the available ones)."""
+    return get_available_providers()
+
+
+def set_default_logger_severity(severity: int) -> None:
+    """Accepted for compatibility; onyxrt reports problems through exceptions and warnings."""
+
+
+def set_default_logger_verbosity(verbosity: int) -> None:
+    """Accepted for compatibility; onyxrt reports problems through exceptions and warnings."""
+
+
+def set_seed(seed: int) -> None:
+    """Seed the random generators used by random ops without a ``seed`` attribute."""
+    from .providers.cpu import random_state
+
+    random_state.seed(seed)
+
+
+__all__ = [
+    "EPFail", "EngineError", "ExecutionMode", "ExecutionOrder", "Fail", "GraphOptimizationLevel", "IOBinding",
+    "InferenceSession", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "ModelLoaded", "ModelMetadata",
+    "NoModel", "NoSuchFile", "NodeArg", "NotImplemented", "OnyxRuntimeError", "OrtAllocatorType", "OrtMemType",
+    "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "__version__", "get_all_providers",
+    "get_available_providers", "get_device", "set_default_logger_severity", "set_default_logger_verbosity",
+    "set_seed",
+]

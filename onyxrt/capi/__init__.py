@@ -1,0 +1,1 @@
+"""Compatibility package: ``onnxruntime.capi`` module paths that client code imports from."""

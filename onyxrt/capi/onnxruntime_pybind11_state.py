@@ -1,0 +1,27 @@
+"""Where code written for onnxruntime imports the error classes and core types from."""
+
+from ..errors import (  # noqa: F401
+    EngineError,
+    EPFail,
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidProtobuf,
+    ModelLoadCanceled,
+    ModelLoaded,
+    ModelRequiresCompilation,
+    NoModel,
+    NoSuchFile,
+    NotImplemented,
+    RuntimeException,
+)
+from ..providers import get_available_providers  # noqa: F401
+from ..session.node_arg import ModelMetadata, NodeArg  # noqa: F401
+from ..session.ort_value import OrtValue  # noqa: F401
+from ..session.session_options import (  # noqa: F401
+    ExecutionMode,
+    ExecutionOrder,
+    GraphOptimizationLevel,
+    RunOptions,
+    SessionOptions,
+)

@@ -1,0 +1,82 @@
+"""Exception types with onnxruntime's names and status codes.
+
+Code written for onnxruntime catches these by name (usually imported from
+``onnxruntime.capi.onnxruntime_pybind11_state``); the message format
+``[ONNXRuntimeError] : CODE : NAME : message`` matches onnxruntime's too.
+"""
+
+from __future__ import annotations
+
+
+class OnyxRuntimeError(Exception):
+    """Base class of every error onyxrt raises for a failed status."""
+
+    code: int = 1
+    status_name: str = "FAIL"
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"[ONNXRuntimeError] : {self.code} : {self.status_name} : {message}")
+
+
+class Fail(OnyxRuntimeError):
+    code, status_name = 1, "FAIL"
+
+
+class InvalidArgument(OnyxRuntimeError):
+    code, status_name = 2, "INVALID_ARGUMENT"
+
+
+class NoSuchFile(OnyxRuntimeError):
+    code, status_name = 3, "NO_SUCHFILE"
+
+
+class NoModel(OnyxRuntimeError):
+    code, status_name = 4, "NO_MODEL"
+
+
+class EngineError(OnyxRuntimeError):
+    code, status_name = 5, "ENGINE_ERROR"
+
+
+class RuntimeException(OnyxRuntimeError):
+    code, status_name = 6, "RUNTIME_EXCEPTION"
+
+
+class InvalidProtobuf(OnyxRuntimeError):
+    code, status_name = 7, "INVALID_PROTOBUF"
+
+
+class ModelLoaded(OnyxRuntimeError):
+    code, status_name = 8, "MODEL_LOADED"
+
+
+class NotImplemented(OnyxRuntimeError):  # noqa: A001 - onnxruntime's name
+    code, status_name = 9, "NOT_IMPLEMENTED"
+
+
+class InvalidGraph(OnyxRuntimeError):
+    code, status_name = 10, "INVALID_GRAPH"
+
+
+class EPFail(OnyxRuntimeError):
+    code, status_name = 11, "EP_FAIL"
+
+
+class ModelLoadCanceled(OnyxRuntimeError):
+    code, status_name = 12, "MODEL_LOAD_CANCELED"
+
+
+class ModelRequiresCompilation(OnyxRuntimeError):
+    code, status_name = 13, "MODEL_REQUIRES_COMPILATION"
+
+
+class KernelError(RuntimeException):
+    """A kernel failed while running a node; names the node and op."""
+
+    def __init__(self, node_name: str, op_type: str, cause: BaseException) -> None:
+        self.node_name, self.op_type = node_name, op_type
+        super().__init__(
+            f"Non-zero status code returned while running {op_type} node. "
+            f"Name:'{node_name}' Status Message: {type(cause).__name__}: {cause}"
+        )

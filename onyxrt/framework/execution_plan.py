@@ -1,0 +1,253 @@
+"""The execution plan: a flat, precomputed list of steps over value slots.
+
+Built once per session (and once per subgraph). Every value name gets an integer
+slot; a step is ``(kernel, input slots, output slots, slots to free)``. Running
+is a single loop with no dictionary lookups: values are released right after
+their last reader, and graph outputs are gathered by slot. A run keeps its
+values in a list of its own, so concurrent runs of one plan are independent.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import InvalidGraph, KernelError, NotImplemented as OrtNotImplemented, OnyxRuntimeError
+from ..graph.ir import A, Graph, Node
+from ..providers.kernel_registry import accepts
+from .partitioner import Assignment, opset_for
+
+_NONE_SLOT = 0  # always None: where missing optional inputs read from
+_TRASH_SLOT = 1  # where skipped optional outputs are written
+
+
+class Subgraph:
+    """A compiled graph attribute (If branch, Loop body, Scan body).
+
+    Call it with the subgraph's formal inputs and the node's ``_outer`` values;
+    it returns the list of its outputs.
+    """
+
+    def __init__(self, plan: ExecutionPlan, outer_index: tuple[int, ...]) -> None:
+        self.plan = plan
+        self._outer_index = outer_index
+        self.input_names = plan.input_names
+        self.output_names = plan.output_names
+
+    def __call__(self, *inputs: Any, outer: Sequence[Any] = ()) -> list[Any]:
+        return self.plan.run(inputs, [outer[i] for i in self._outer_index])
+
+
+class ExecutionPlan:
+    """Steps over slots for one graph; see the module docstring."""
+
+    def __init__(
+        self,
+        graph: Graph,
+        steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], tuple[int, ...], bool]],
+        nodes: list[Node],
+        template: list[Any],
+        input_slots: tuple[int, ...],
+        outer_slots: tuple[int, ...],
+        output_slots: tuple[int, ...],
+    ) -> None:
+        self.graph = graph
+        self.input_names = [vi.name for vi in graph.inputs]
+        self.output_names = [vi.name for vi in graph.outputs]
+        self._steps = steps
+        self.nodes = nodes
+        self._template = template
+        self._input_slots = input_slots
+        self._outer_slots = outer_slots
+        self._output_slots = output_slots
+
+    def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None) -> list[Any]:
+        """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order."""
+        values = self._template.copy()
+        for slot, value in zip(self._input_slots, inputs):
+            values[slot] = value
+        for slot, value in zip(self._outer_slots, outer):
+            values[slot] = value
+        if profile is not None:
+            return self._run_profiled(values, profile)
+        index = 0
+        try:
+            for fn, ins, outs, frees, multi in self._steps:
+                result = fn(*[values[i] for i in ins])
+                if multi:
+                    for slot, value in zip(outs, result):
+                        values[slot] = value
+                else:
+                    values[outs[0]] = result
+                for slot in frees:
+                    values[slot] = None
+                index += 1
+        except OnyxRuntimeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the failing node
+            node = self.nodes[index]
+            raise KernelError(node.name, node.op_type, exc) from exc
+        return [values[slot] for slot in self._output_slots]
+
+    def _run_profiled(self, values: list[Any], profile: list) -> list[Any]:
+        for (fn, ins, outs, frees, multi), node in zip(self._steps, self.nodes):
+            start = time.perf_counter_ns()
+            try:
+                result = fn(*[values[i] for i in ins])
+            except OnyxRuntimeError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise KernelError(node.name, node.op_type, exc) from exc
+            profile.append((node, start, time.perf_counter_ns() - start))
+            if multi:
+                for slot, value in zip(outs, result):
+                    values[slot] = value
+            else:
+                values[outs[0]] = result
+            for slot in frees:
+                values[slot] = None
+        return [values[slot] for slot in self._output_slots]
+
+
+def build_plan(
+    graph: Graph,
+    opsets: dict[str, int],
+    assignment: Assignment,
+    outer_names: Sequence[str] = (),
+) -> ExecutionPlan:
+    """Compile ``graph`` into an :class:`ExecutionPlan` with the partitioner's ``assignment``."""
+    slots: dict[str, int] = {"": _NONE_SLOT}
+    template: list[Any] = [None, None]
+
+    def slot_of(name: str) -> int:
+        if name not in slots:
+            slots[name] = len(template)
+            template.append(None)
+        return slots[name]
+
+    input_slots = tuple(slot_of(vi.name) for vi in graph.inputs)
+    outer_slots = tuple(slot_of(name) for name in outer_names)
+    for name, array in graph.initializers.items():
+        template[slot_of(name)] = _read_only(array)
+
+    ordered = _topological_order(graph, set(slots))
+    steps = []
+    last_use: dict[int, int] = {}
+    for index, (node, implicit) in enumerate(ordered):
+        fn, multi = _compile_node(node, implicit, opsets, assignment)
+        ins = tuple(slot_of(n) for n in node.inputs) + tuple(slot_of(n) for n in implicit)
+        outs = tuple(slot_of(n) if n else _TRASH_SLOT for n in node.outputs)
+        for slot in ins:
+            last_use[slot] = index
+        steps.append([fn, ins, outs, [], multi])
+
+    keep = {_NONE_SLOT, _TRASH_SLOT} | set(input_slots) | set(outer_slots)
+    keep |= {slots[name] for name in graph.initializers}
+    output_slots = []
+    for vi in graph.outputs:
+        if vi.name not in slots:
+            raise InvalidGraph(f"Graph '{graph.name}' output '{vi.name}' is not produced by any node, input or initializer")
+        output_slots.append(slots[vi.name])
+    keep |= set(output_slots)
+    for slot, index in last_use.items():
+        if slot not in keep:
+            steps[index][3].append(slot)
+    for step in steps:
+        if _TRASH_SLOT in step[2]:
+            step[3].append(_TRASH_SLOT)
+    frozen = [(fn, ins, outs, tuple(frees), multi) for fn, ins, outs, frees, multi in steps]
+    return ExecutionPlan(graph, frozen, [n for n, _ in ordered], template, input_slots, outer_slots, tuple(output_slots))
+
+
+def _read_only(array: Any) -> Any:
+    """A read-only view of a weight, so no kernel or caller can change it in place."""
+    if isinstance(array, np.ndarray) and array.flags.writeable:
+        array = array.view()
+        array.flags.writeable = False
+    return array
+
+
+def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignment):
+    provider = assignment[id(node)]
+    opset = opset_for(node, opsets)
+    attributes: dict[str, Any] = {}
+    for name, attr in node.attributes.items():
+        if attr.type == A.GRAPH:
+            attributes[name] = _compile_subgraph(attr.value, implicit, opsets, assignment)
+        elif attr.type == A.GRAPHS:
+            attributes[name] = [_compile_subgraph(g, implicit, opsets, assignment) for g in attr.value]
+        else:
+            attributes[name] = attr.value
+    fn, multi = provider.compile_node(node, opset, attributes)
+    if implicit or any(True for _ in node.subgraphs()):
+        kernel = getattr(fn, "func", fn)
+        if not accepts(kernel, "_outer"):
+            raise OrtNotImplemented(f"{node.describe()}: its kernel cannot pass outer-scope values to subgraphs")
+        fn = _with_outer(fn, len(node.inputs))
+    return fn, multi
+
+
+def _with_outer(fn: Callable[..., Any], n_explicit: int) -> Callable[..., Any]:
+    def run_with_outer(*values: Any) -> Any:
+        return fn(*values[:n_explicit], _outer=values[n_explicit:])
+
+    return run_with_outer
+
+
+def _compile_subgraph(sub: Graph, implicit: list[str], opsets, assignment: Assignment) -> Subgraph:
+    free = sub.free_variables()
+    plan = build_plan(sub, opsets, assignment, outer_names=free)
+    return Subgraph(plan, tuple(implicit.index(name) for name in free))
+
+
+def _topological_order(graph: Graph, available: set[str]) -> list[tuple[Node, list[str]]]:
+    """Nodes in dependency order (stable w.r.t. the file's order), each with its implicit inputs."""
+    entries = []
+    for node in graph.nodes:
+        implicit: dict[str, None] = {}
+        for sub in node.subgraphs():
+            for name in sub.free_variables():
+                implicit.setdefault(name)
+        entries.append((node, list(implicit)))
+
+    produced_by: dict[str, int] = {}
+    for index, (node, _) in enumerate(entries):
+        for name in node.outputs:
+            if not name:
+                continue
+            if name in produced_by or name in available:
+                raise InvalidGraph(f"{node.describe()}: output '{name}' is already defined in graph '{graph.name}'")
+            produced_by[name] = index
+
+    waiting_on = [0] * len(entries)
+    dependents: dict[str, list[int]] = {}
+    for index, (node, implicit) in enumerate(entries):
+        for name in dict.fromkeys(list(node.inputs) + implicit):
+            if name in available:
+                continue
+            if name not in produced_by:
+                raise InvalidGraph(
+                    f"{node.describe()}: input '{name}' is not a graph input, initializer, "
+                    f"or output of another node in graph '{graph.name}'"
+                )
+            waiting_on[index] += 1
+            dependents.setdefault(name, []).append(index)
+
+    ready = [i for i, count in enumerate(waiting_on) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(entries[index])
+        for name in entries[index][0].outputs:
+            for dependent in dependents.get(name, ()):
+                waiting_on[dependent] -= 1
+                if waiting_on[dependent] == 0:
+                    heapq.heappush(ready, dependent)
+    if len(order) != len(entries):
+        stuck = next(entries[i][0] for i, c in enumerate(waiting_on) if c)
+        raise InvalidGraph(f"Graph '{graph.name}' has a cycle through {stuck.describe()}")
+    return order

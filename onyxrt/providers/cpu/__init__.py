@@ -1,0 +1,27 @@
+"""The CPU execution provider: numpy kernels, always available, the fallback for every node."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ...graph.ir import Node
+from ..base import ExecutionProvider
+from ..kernel_registry import bind_attributes
+from . import kernels  # noqa: F401 - registers every CPU kernel
+from .registry import CPU_KERNELS
+
+
+class CPUExecutionProvider(ExecutionProvider):
+    """Runs nodes with the numpy kernels registered in :data:`CPU_KERNELS`."""
+
+    name = "CPUExecutionProvider"
+    device = "cpu"
+
+    def can_run(self, node: Node, opset: int) -> bool:
+        return CPU_KERNELS.lookup(node.domain, node.op_type, opset) is not None
+
+    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any]) -> tuple[Callable[..., Any], bool]:
+        kernel = CPU_KERNELS.lookup(node.domain, node.op_type, opset)
+        if kernel is None:
+            raise LookupError(f"no CPU kernel for {node.describe()} at opset {opset}")
+        return bind_attributes(kernel, node, opset, attributes), kernel.multi_output

@@ -1,0 +1,1 @@
+"""The public session API: InferenceSession, options, OrtValue, IOBinding."""

@@ -1,0 +1,298 @@
+"""InferenceSession: onnxruntime's entry point, over onyxrt's load → optimize → partition → plan pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from ..errors import Fail, InvalidArgument
+from ..framework.execution_plan import build_plan
+from ..framework.partitioner import partition
+from ..graph.ir import Model, model_to_proto
+from ..graph.model_loader import ModelSource, load_model
+from ..graph.types import np_dtype, tensor_shape, type_string, value_type_string
+from ..optimizer import optimize
+from .io_binding import IOBinding
+from .node_arg import ModelMetadata, NodeArg
+from .ort_value import OrtValue
+from .providers import create_providers, normalize_providers
+from .session_options import RunOptions, SessionOptions
+
+
+class _InputSpec:
+    """What a graph input accepts, precomputed for fast feed validation."""
+
+    __slots__ = ("name", "position", "type_string", "dtype", "rank", "fixed_dims", "is_tensor")
+
+    def __init__(self, name: str, position: int, type_proto: onnx.TypeProto | None) -> None:
+        self.name, self.position = name, position
+        self.type_string = type_string(type_proto) if type_proto is not None else "unknown"
+        self.is_tensor = type_proto is not None and type_proto.HasField("tensor_type")
+        self.dtype = np_dtype(type_proto.tensor_type.elem_type) if self.is_tensor else None
+        shape = tensor_shape(type_proto) if self.is_tensor else None
+        self.rank = None if shape is None else len(shape)
+        self.fixed_dims = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
+
+    def convert(self, value: Any) -> Any:
+        """Check (and for non-arrays, convert) one fed value; raises onnxruntime's INVALID_ARGUMENT errors."""
+        if isinstance(value, OrtValue):
+            value = value.numpy()
+        if not self.is_tensor:
+            return value
+        if not isinstance(value, np.ndarray):
+            if isinstance(value, (list, dict)) and not self.is_tensor:
+                return value
+            try:
+                value = np.asarray(value, dtype=self.dtype)
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgument(f"Input '{self.name}' cannot be converted to {self.type_string}: {exc}") from None
+        if value.dtype != self.dtype:
+            if self.dtype == object and value.dtype.kind in "US":
+                value = value.astype(object)
+            else:
+                raise InvalidArgument(
+                    f"Unexpected input data type. Actual: ({value_type_string(value)}) , "
+                    f"expected: ({self.type_string})"
+                )
+        if self.rank is not None:
+            if value.ndim != self.rank:
+                raise InvalidArgument(
+                    f"Invalid rank for input: {self.name} Got: {value.ndim} Expected: {self.rank} "
+                    "Please fix either the inputs/outputs or the model."
+                )
+            bad = [(i, value.shape[i], d) for i, d in self.fixed_dims if value.shape[i] != d]
+            if bad:
+                details = "\n".join(f" index: {i} Got: {got} Expected: {want}" for i, got, want in bad)
+                raise InvalidArgument(
+                    f"Got invalid dimensions for input: {self.name} for the following indices\n{details}\n"
+                    " Please fix either the inputs/outputs or the model."
+                )
+        return value
+
+
+class InferenceSession:
+    """Loads a model once and runs it; the same constructor and methods as ``onnxruntime.InferenceSession``."""
+
+    def __init__(
+        self,
+        path_or_bytes: ModelSource,
+        sess_options: SessionOptions | None = None,
+        providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
+        provider_options: Sequence[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
+        self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
+        self._sess_options = sess_options if sess_options is not None else SessionOptions()
+        self._read_config_from_model = kwargs.pop("read_config_from_model", False)
+        disabled = frozenset(kwargs.pop("disabled_optimizers", None) or ())
+        if kwargs:
+            raise TypeError(f"InferenceSession got unexpected keyword arguments: {', '.join(kwargs)}")
+
+        normalized = normalize_providers(providers, provider_options)
+        self._provider_options = dict(normalized)
+        self._providers = create_providers(normalized)
+
+        model = load_model(path_or_bytes)
+        self._apply_initializer_overrides(model)
+        self._apply_free_dimension_overrides(model)
+        self._describe(model)
+        self.applied_optimizations = optimize(model, int(self._sess_options.graph_optimization_level), disabled)
+        if self._sess_options.optimized_model_filepath:
+            onnx.save(model_to_proto(model), self._sess_options.optimized_model_filepath)
+        self._model = model
+        assignment = partition(model.graph, model.opset_imports, self._providers)
+        self._plan = build_plan(model.graph, model.opset_imports, assignment)
+
+        self._profiling = bool(self._sess_options.enable_profiling)
+        self._profile_start_ns = time.time_ns()
+        self._profile_events: list[dict[str, Any]] = []
+        self._profile_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ construction helpers
+
+    def _apply_initializer_overrides(self, model: Model) -> None:
+        for name, value in self._sess_options._initializers.items():
+            if name not in model.graph.initializers:
+                raise InvalidArgument(f"add_initializer: '{name}' is not an initializer of the model")
+            array = value.numpy() if isinstance(value, OrtValue) else np.asarray(value)
+            model.graph.initializers[name] = array
+
+    def _apply_free_dimension_overrides(self, model: Model) -> None:
+        by_name = self._sess_options._free_dimension_overrides_by_name
+        by_denotation = self._sess_options._free_dimension_overrides_by_denotation
+        if not by_name and not by_denotation:
+            return
+        for vi in model.graph.inputs:
+            if vi.type is None or not vi.type.HasField("tensor_type"):
+                continue
+            for dim in vi.type.tensor_type.shape.dim:
+                if dim.HasField("dim_param") and dim.dim_param in by_name:
+                    dim.dim_value = by_name[dim.dim_param]
+                elif dim.denotation and dim.denotation in by_denotation:
+                    dim.dim_value = by_denotation[dim.denotation]
+
+    def _describe(self, model: Model) -> None:
+        graph = model.graph
+        self._all_input_names = [vi.name for vi in graph.inputs]
+        initializer_names = set(graph.initializers)
+        self._inputs_meta = [NodeArg(vi.name, vi.type) for vi in graph.inputs if vi.name not in initializer_names]
+        self._overridable_meta = [NodeArg(vi.name, vi.type) for vi in graph.inputs if vi.name in initializer_names]
+        self._outputs_meta = [NodeArg(vi.name, vi.type) for vi in graph.outputs]
+        self._input_specs = {vi.name: _InputSpec(vi.name, i, vi.type) for i, vi in enumerate(graph.inputs)}
+        self._required_inputs = [a.name for a in self._inputs_meta]
+        self._input_defaults = [graph.initializers.get(vi.name) for vi in graph.inputs]
+        self._output_index = {vi.name: i for i, vi in enumerate(graph.outputs)}
+        self._model_meta = ModelMetadata(
+            producer_name=model.producer_name,
+            graph_name=graph.name,
+            domain=model.domain,
+            description=model.doc_string,
+            graph_description=graph.doc_string,
+            version=model.model_version,
+            custom_metadata_map=dict(model.metadata_props),
+        )
+
+    # ------------------------------------------------------------------ introspection
+
+    def get_inputs(self) -> list[NodeArg]:
+        return list(self._inputs_meta)
+
+    def get_outputs(self) -> list[NodeArg]:
+        return list(self._outputs_meta)
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        return list(self._overridable_meta)
+
+    def get_modelmeta(self) -> ModelMetadata:
+        return self._model_meta
+
+    def get_providers(self) -> list[str]:
+        return [p.name for p in self._providers]
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return {name: dict(options) for name, options in self._provider_options.items()}
+
+    def get_session_options(self) -> SessionOptions:
+        return self._sess_options
+
+    def set_providers(self, providers=None, provider_options=None) -> None:
+        """Re-create the session's providers (and its plan) with a new provider list."""
+        normalized = normalize_providers(providers, provider_options)
+        new_providers = create_providers(normalized)
+        assignment = partition(self._model.graph, self._model.opset_imports, new_providers)
+        self._plan = build_plan(self._model.graph, self._model.opset_imports, assignment)
+        self._providers, self._provider_options = new_providers, dict(normalized)
+
+    def disable_fallback(self) -> None:
+        """Kept for API compatibility: onyxrt always keeps the CPU provider as the fallback."""
+
+    def enable_fallback(self) -> None:
+        """Kept for API compatibility: onyxrt always keeps the CPU provider as the fallback."""
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], run_options: RunOptions | None = None) -> list[Any]:
+        """Compute ``output_names`` (all outputs when None or empty) from ``input_feed``; returns numpy values."""
+        if not isinstance(input_feed, dict):
+            raise InvalidArgument(f"input_feed must be a dict of input name to value, got {type(input_feed).__name__}")
+        if run_options is not None and run_options.terminate:
+            raise Fail("Exiting due to terminate flag being set to true.")
+        wanted = self._output_positions(output_names)
+        inputs = self._prepare_inputs(input_feed)
+        if self._profiling:
+            events: list = []
+            start = time.perf_counter_ns()
+            outputs = self._plan.run(inputs, profile=events)
+            self._record_profile(start, time.perf_counter_ns() - start, events)
+        else:
+            outputs = self._plan.run(inputs)
+        return [self._finish_output(outputs[i], input_feed) for i in wanted]
+
+    def run_with_ort_values(self, output_names: Sequence[str] | None, input_dict_ort_values: dict[str, OrtValue],
+                            run_options: RunOptions | None = None) -> list[OrtValue]:
+        feed = {k: (v.numpy() if isinstance(v, OrtValue) else v) for k, v in input_dict_ort_values.items()}
+        return [OrtValue(v) for v in self.run(output_names, feed, run_options)]
+
+    def io_binding(self) -> IOBinding:
+        return IOBinding(self)
+
+    def run_with_iobinding(self, iobinding: IOBinding, run_options: RunOptions | None = None) -> None:
+        iobinding._run(run_options)
+
+    def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
+        if not output_names:
+            return list(range(len(self._outputs_meta)))
+        positions = []
+        for name in output_names:
+            if name not in self._output_index:
+                raise InvalidArgument(f"Invalid output name: {name}")
+            positions.append(self._output_index[name])
+        return positions
+
+    def _prepare_inputs(self, input_feed: dict[str, Any]) -> list[Any]:
+        missing = [name for name in self._required_inputs if name not in input_feed]
+        if missing:
+            raise ValueError(f"Required inputs ({missing}) are missing from input feed ({list(input_feed)}).")
+        inputs = list(self._input_defaults)
+        specs = self._input_specs
+        for name, value in input_feed.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise InvalidArgument(f"Invalid input name: {name}")
+            inputs[spec.position] = spec.convert(value)
+        return inputs
+
+    @staticmethod
+    def _finish_output(value: Any, input_feed: dict[str, Any]) -> Any:
+        """Outputs are fresh, writable arrays: never views of weights or of the caller's inputs."""
+        if isinstance(value, np.ndarray):
+            if not value.flags.writeable or any(
+                isinstance(v, np.ndarray) and np.may_share_memory(value, v) for v in input_feed.values()
+            ):
+                return value.copy()
+            return value
+        if isinstance(value, np.generic):
+            return np.asarray(value)
+        return value
+
+    # ------------------------------------------------------------------ profiling
+
+    def _record_profile(self, start_ns: int, duration_ns: int, events: list) -> None:
+        base = self._profile_start_ns // 1000
+        pid, tid = os.getpid(), threading.get_ident()
+        offset = time.time_ns() // 1000 - time.perf_counter_ns() // 1000
+        records = [{
+            "cat": "Session", "pid": pid, "tid": tid, "dur": duration_ns // 1000,
+            "ts": start_ns // 1000 + offset - base, "ph": "X", "name": "model_run", "args": {},
+        }]
+        for node, node_start, node_duration in events:
+            records.append({
+                "cat": "Node", "pid": pid, "tid": tid, "dur": node_duration // 1000,
+                "ts": node_start // 1000 + offset - base, "ph": "X", "name": f"{node.name}_kernel_time",
+                "args": {"op_name": node.op_type, "provider": "CPUExecutionProvider"},
+            })
+        with self._profile_lock:
+            self._profile_events.extend(records)
+
+    def end_profiling(self) -> str:
+        """Write the profile as a Chrome trace JSON file and return its name ('' when profiling is off)."""
+        if not self._profiling:
+            return ""
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+        path = f"{self._sess_options.profile_file_prefix}_{stamp}.json"
+        with self._profile_lock:
+            events, self._profile_events = self._profile_events, []
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(events, handle)
+        self._profiling = False
+        return path
+
+    def get_profiling_start_time_ns(self) -> int:
+        return self._profile_start_ns

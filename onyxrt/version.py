@@ -1,0 +1,3 @@
+"""onyxrt's version."""
+
+__version__ = "0.1.0"
