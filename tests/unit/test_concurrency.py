@@ -1,0 +1,67 @@
+"""Concurrent run() calls on one session are safe and each gets its own correct result."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+import onyxrt as ort
+
+THREADS, CALLS = 8, 50
+
+
+def mlp_model(w1: np.ndarray, w2: np.ndarray):
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Tanh", ["h"], ["a"]),
+            helper.make_node("MatMul", ["a", "w2"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
+            helper.make_node("Mul", ["x", "x"], ["x2"]),
+            helper.make_node("ReduceSum", ["x2"], ["sq"], keepdims=0),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["n", 10]), helper.make_tensor_value_info("sq", TensorProto.FLOAT, [])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def reference(x, w1, w2):
+    logits = np.tanh(x @ w1) @ w2
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True), np.sum(x * x)
+
+
+def test_eight_threads_fifty_runs_each_on_one_session():
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((64, 128)).astype(np.float32) / 8
+    w2 = rng.standard_normal((128, 10)).astype(np.float32) / 8
+    session = ort.InferenceSession(mlp_model(w1, w2).SerializeToString(), providers=["CPUExecutionProvider"])
+    inputs = [rng.standard_normal((1 + i % 7, 64)).astype(np.float32) for i in range(THREADS * CALLS)]
+    results: list = [None] * len(inputs)
+    errors: list = []
+    start = threading.Barrier(THREADS)
+
+    def worker(thread: int) -> None:
+        try:
+            start.wait()
+            for call in range(CALLS):
+                index = thread * CALLS + call
+                results[index] = session.run(None, {"x": inputs[index]})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for x, (p, sq) in zip(inputs, results):
+        want_p, want_sq = reference(x, w1, w2)
+        np.testing.assert_allclose(p, want_p, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(sq, want_sq, rtol=1e-4)
