@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import NotImplemented as OrtNotImplemented
+from ..graph.function_expansion import expand_unsupported
 from ..graph.ir import Graph, Node
 from ..providers.base import ExecutionProvider
 
@@ -12,9 +13,11 @@ Assignment = dict[int, ExecutionProvider]  # id(node) -> provider
 def partition(graph: Graph, opsets: dict[str, int], providers: list[ExecutionProvider]) -> Assignment:
     """Map each node to the first of ``providers`` that can run it.
 
-    Every node without an implementation, in the main graph or any subgraph, is
+    A node no provider implements is first replaced by its ONNX function body,
+    where its schema defines one. Every node still without an implementation, in the main graph or any subgraph, is
     listed in one NOT_IMPLEMENTED error at session creation.
     """
+    expand_unsupported(graph, opsets, lambda node, opset: any(p.can_run(node, opset) for p in providers))
     assignment: Assignment = {}
     missing: list[str] = []
     _assign(graph, opsets, providers, assignment, missing)

@@ -260,6 +260,8 @@ class InferenceSession:
             return value
         if isinstance(value, np.generic):
             return np.asarray(value)
+        if isinstance(value, list):  # a sequence: its tensors may be weights or inputs too
+            return [InferenceSession._finish_output(item, input_feed) for item in value]
         return value
 
     # ------------------------------------------------------------------ profiling
