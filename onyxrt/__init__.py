@@ -54,6 +54,14 @@ def set_default_logger_verbosity(verbosity: int) -> None:
     """Accepted for compatibility; onyxrt reports problems through exceptions and warnings."""
 
 
+def disable_telemetry_events() -> None:
+    """Accepted for compatibility; onyxrt sends no telemetry."""
+
+
+def enable_telemetry_events() -> None:
+    """Accepted for compatibility; onyxrt sends no telemetry."""
+
+
 def set_seed(seed: int) -> None:
     """Seed the random generators used by random ops without a ``seed`` attribute."""
     from .providers.cpu import random_state
@@ -66,6 +74,6 @@ __all__ = [
     "InferenceSession", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "ModelLoaded", "ModelMetadata",
     "NoModel", "NoSuchFile", "NodeArg", "NotImplemented", "OnyxRuntimeError", "OrtAllocatorType", "OrtMemType",
     "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "__version__", "get_all_providers",
-    "get_available_providers", "get_device", "set_default_logger_severity", "set_default_logger_verbosity",
+    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_device", "set_default_logger_severity", "set_default_logger_verbosity",
     "set_seed",
 ]
