@@ -1,0 +1,382 @@
+"""Activation functions, Clip and the Softmax family (ONNX standard domain).
+
+Float activations of float16/bfloat16 inputs are computed in float32 and rounded
+back once. Every kernel returns a fresh array in the input's element type.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._helpers import normalize_axis
+from .elementwise import as_array, erf_values, float_apply, is_float, schema_op
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_SQRT_2_PI = math.sqrt(2.0 / math.pi)
+
+
+def _c(x: np.ndarray, value: float):
+    """A Python number as a scalar of x's type (keeps float32 math in float32)."""
+    return x.dtype.type(value)
+
+
+# --------------------------------------------------------------------------- ReLU family
+
+
+@schema_op("Relu", versions=(1, 6, 13, 14))
+def relu(x, *, consumed_inputs=None):
+    if x.dtype.kind == "i" or is_float(x.dtype):
+        return as_array(np.maximum(x, _c(x, 0)))
+    raise TypeError(f"Relu: unsupported input type {x.dtype}")
+
+
+def _leaky(x: np.ndarray, alpha: float) -> np.ndarray:
+    a = _c(x, alpha)
+    if 0 <= alpha <= 1:  # max(x, a*x) selects x for x >= 0 and a*x below
+        out = np.multiply(x, a)
+        return np.maximum(out, x, out=out)
+    if alpha > 1:
+        out = np.multiply(x, a)
+        return np.minimum(out, x, out=out)
+    return np.where(x >= 0, x, x * a)
+
+
+@schema_op("LeakyRelu", versions=(1, 6, 16))
+def leaky_relu(x, *, alpha=0.009999999776482582, consumed_inputs=None):
+    return float_apply(lambda v: _leaky(v, alpha), x, "LeakyRelu")
+
+
+def _prelu_slope(x: np.ndarray, slope: np.ndarray, legacy: bool) -> np.ndarray:
+    if legacy and slope.ndim == 1 and slope.size > 1 and x.ndim > 2 and slope.shape[0] == x.shape[1]:
+        # PRelu-1/6: a 1-D slope holds one value per channel (axis 1)
+        return slope.reshape((-1,) + (1,) * (x.ndim - 2))
+    return slope
+
+
+def _prelu(x, slope, legacy):
+    slope = _prelu_slope(x, slope, legacy)
+    dt = x.dtype
+    if dt.kind in "iu":
+        return as_array(np.where(x < 0, x * slope, x).astype(dt, copy=False))
+
+    def compute(v):
+        s = slope.astype(v.dtype, copy=False)
+        return np.where(v < 0, v * s, v)
+
+    return float_apply(compute, x, "PRelu")
+
+
+@schema_op("PRelu", versions=(1, 6))
+def prelu_legacy(x, slope, *, consumed_inputs=None):
+    return _prelu(x, slope, legacy=True)
+
+
+@schema_op("PRelu", versions=(7, 9, 16))
+def prelu(x, slope):
+    return _prelu(x, slope, legacy=False)
+
+
+def _elu(v: np.ndarray, alpha: float) -> np.ndarray:
+    neg = np.minimum(v, _c(v, 0))  # expm1 of the negative part only: no overflow
+    np.expm1(neg, out=neg)
+    neg *= _c(v, alpha)
+    return np.where(v > 0, v, neg)
+
+
+@schema_op("Elu", versions=(1, 6, 22))
+def elu(x, *, alpha=1.0, consumed_inputs=None):
+    return float_apply(lambda v: _elu(v, alpha), x, "Elu")
+
+
+def _selu(x, alpha, gamma):
+    def compute(v):
+        out = _elu(v, alpha)
+        out *= _c(v, gamma)
+        return out
+
+    return float_apply(compute, x, "Selu")
+
+
+# Attribute defaults are the float32 values the schemas store (what onnxruntime uses).
+@schema_op("Selu", versions=1)
+def selu_1(x, *, alpha=1.673200011253357, gamma=1.0506999492645264, consumed_inputs=None):
+    return _selu(x, alpha, gamma)
+
+
+@schema_op("Selu", versions=(6, 22))
+def selu(x, *, alpha=1.6732631921768188, gamma=1.0507010221481323):
+    return _selu(x, alpha, gamma)
+
+
+@schema_op("Celu", versions=(12, 28))
+def celu(x, *, alpha=1.0):
+    def compute(v):
+        a = _c(v, alpha)
+        neg = np.minimum(v, _c(v, 0))
+        neg /= a
+        np.expm1(neg, out=neg)
+        neg *= a
+        return np.maximum(v, _c(v, 0)) + neg
+
+    return float_apply(compute, x, "Celu")
+
+
+@schema_op("ThresholdedRelu", versions=(10, 22))
+def thresholded_relu(x, *, alpha=1.0):
+    return float_apply(lambda v: np.where(v > _c(v, alpha), v, _c(v, 0)), x, "ThresholdedRelu")
+
+
+@schema_op("Shrink", versions=9)
+def shrink(x, *, bias=0.0, lambd=0.5):
+    dt = x.dtype
+    if dt.kind in "iu":
+        v = x.astype(np.float64)
+        out = np.where(v < -lambd, v + bias, np.where(v > lambd, v - bias, 0.0))
+        return as_array(out.astype(dt))
+
+    def compute(v):
+        return np.where(v < _c(v, -lambd), v + _c(v, bias), np.where(v > _c(v, lambd), v - _c(v, bias), _c(v, 0)))
+
+    return float_apply(compute, x, "Shrink")
+
+
+# --------------------------------------------------------------------------- sigmoid family
+
+
+def sigmoid_values(v: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-v)) for float32/float64, into a fresh array."""
+    out = np.negative(v)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    out += _c(v, 1)
+    np.reciprocal(out, out=out)
+    return out
+
+
+@schema_op("Sigmoid", versions=(1, 6, 13))
+def sigmoid(x, *, consumed_inputs=None):
+    return float_apply(sigmoid_values, x, "Sigmoid")
+
+
+def _hard_sigmoid(v: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    out = np.multiply(v, _c(v, alpha))
+    out += _c(v, beta)
+    return np.clip(out, _c(v, 0), _c(v, 1), out=out)
+
+
+@schema_op("HardSigmoid", versions=(1, 6, 22))
+def hard_sigmoid(x, *, alpha=0.20000000298023224, beta=0.5, consumed_inputs=None):
+    return float_apply(lambda v: _hard_sigmoid(v, alpha, beta), x, "HardSigmoid")
+
+
+@schema_op("HardSwish", versions=(14, 22))
+def hard_swish(x):
+    def compute(v):
+        out = _hard_sigmoid(v, 1.0 / 6.0, 0.5)
+        out *= v
+        return out
+
+    return float_apply(compute, x, "HardSwish")
+
+
+@schema_op("Swish", versions=24)
+def swish(x, *, alpha=1.0):
+    def compute(v):
+        out = sigmoid_values(v * _c(v, alpha) if alpha != 1.0 else v)
+        out *= v
+        return out
+
+    return float_apply(compute, x, "Swish")
+
+
+@schema_op("Tanh", versions=(1, 6, 13))
+def tanh(x, *, consumed_inputs=None):
+    return float_apply(np.tanh, x, "Tanh")
+
+
+def _softplus(v: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):  # nan inputs
+        return np.logaddexp(v, _c(v, 0))  # log(1 + exp(v)) without overflow
+
+
+@schema_op("Softplus", versions=(1, 22))
+def softplus(x):
+    return float_apply(_softplus, x, "Softplus")
+
+
+@schema_op("Softsign", versions=(1, 22))
+def softsign(x):
+    def compute(v):
+        den = np.abs(v)
+        den += _c(v, 1)
+        return np.divide(v, den, out=den)
+
+    return float_apply(compute, x, "Softsign")
+
+
+@schema_op("Mish", versions=(18, 22))
+def mish(x):
+    def compute(v):
+        out = _softplus(v)
+        np.tanh(out, out=out)
+        out *= v
+        return out
+
+    return float_apply(compute, x, "Mish")
+
+
+@schema_op("Gelu", versions=20)
+def gelu(x, *, approximate="none"):
+    if isinstance(approximate, bytes):
+        approximate = approximate.decode()
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+    def compute(v):
+        if approximate == "tanh":
+            inner = np.multiply(v, v)
+            inner *= _c(v, 0.044715)
+            inner += _c(v, 1)
+            inner *= v
+            inner *= _c(v, _SQRT_2_PI)
+            np.tanh(inner, out=inner)
+        else:
+            inner = erf_values(v * _c(v, _SQRT1_2))
+        inner += _c(v, 1)
+        inner *= v
+        inner *= _c(v, 0.5)
+        return inner
+
+    return float_apply(compute, x, "Gelu")
+
+
+# --------------------------------------------------------------------------- Clip
+
+
+def _clip(x: np.ndarray, lo, hi) -> np.ndarray:
+    """min(max(x, lo), hi): with lo > hi every value becomes hi, as the spec says."""
+    if lo is None and hi is None:
+        return x.copy()
+    if hi is None:
+        return as_array(np.maximum(x, lo))
+    if lo is None:
+        return as_array(np.minimum(x, hi))
+    return as_array(np.clip(x, lo, hi))
+
+
+def _clip_bound(x: np.ndarray, value):
+    if value is None:
+        return None
+    if x.dtype.kind == "f" and abs(value) >= 3.4028234663852886e38:
+        return None  # the numeric_limits default: no bound (and no float16 overflow)
+    return x.dtype.type(value)
+
+
+def _clip_attributes(x, lo, hi):
+    if not is_float(x.dtype):
+        raise TypeError(f"Clip: unsupported input type {x.dtype}")
+    return _clip(x, _clip_bound(x, lo), _clip_bound(x, hi))
+
+
+@schema_op("Clip", versions=1)
+def clip_1(x, *, min=None, max=None, consumed_inputs=None):
+    return _clip_attributes(x, min, max)
+
+
+_FLT_MAX = 3.4028234663852886e38
+
+
+@schema_op("Clip", versions=6)
+def clip_6(x, *, min=-_FLT_MAX, max=_FLT_MAX):
+    return _clip_attributes(x, min, max)
+
+
+def _bound_input(x: np.ndarray, bound):
+    if bound is None or bound.size == 0:
+        return None
+    if bound.size != 1:
+        raise ValueError(f"Clip: min/max must be scalars, got shape {bound.shape}")
+    return bound.reshape(()).astype(x.dtype, copy=False)
+
+
+@schema_op("Clip", versions=(11, 12, 13))
+def clip(x, min=None, max=None):
+    return _clip(x, _bound_input(x, min), _bound_input(x, max))
+
+
+# --------------------------------------------------------------------------- Softmax family
+
+
+def softmax_values(v: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax of a float32/float64 tensor along ``axis``, into a fresh array."""
+    if v.size == 0:
+        return v.copy()
+    out = np.subtract(v, np.maximum.reduce(v, axis=axis, keepdims=True))
+    with np.errstate(invalid="ignore"):  # rows of -inf give nan, as in onnxruntime
+        np.exp(out, out=out)
+        out /= np.add.reduce(out, axis=axis, keepdims=True)
+    return out
+
+
+def log_softmax_values(v: np.ndarray, axis: int) -> np.ndarray:
+    if v.size == 0:
+        return v.copy()
+    out = np.subtract(v, np.maximum.reduce(v, axis=axis, keepdims=True))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out -= np.log(np.add.reduce(np.exp(out), axis=axis, keepdims=True))
+    return out
+
+
+def hardmax_values(v: np.ndarray, axis: int) -> np.ndarray:
+    out = np.zeros_like(v)
+    if v.size:
+        index = np.expand_dims(np.argmax(v, axis=axis), axis)
+        np.put_along_axis(out, index, v.dtype.type(1), axis=axis)
+    return out
+
+
+def _along_axis(name: str, compute, x: np.ndarray, axis: int) -> np.ndarray:
+    """opset 13+: the function along one axis."""
+    axis = normalize_axis(axis, x.ndim)
+    return float_apply(lambda v: compute(v, axis), x, name)
+
+
+def _coerced_2d(name: str, compute, x: np.ndarray, axis: int) -> np.ndarray:
+    """opset < 13: x coerced to [prod(shape[:axis]), prod(shape[axis:])], rows normalized."""
+    axis = normalize_axis(axis, x.ndim) if x.ndim else 0
+    rows = math.prod(x.shape[:axis])
+    cols = math.prod(x.shape[axis:])
+    flat = x.reshape(rows, cols)
+    return float_apply(lambda v: compute(v, 1), flat, name).reshape(x.shape)
+
+
+@schema_op("Softmax", versions=(1, 11))
+def softmax_legacy(x, *, axis=1):
+    return _coerced_2d("Softmax", softmax_values, x, axis)
+
+
+@schema_op("Softmax", versions=13)
+def softmax(x, *, axis=-1):
+    return _along_axis("Softmax", softmax_values, x, axis)
+
+
+@schema_op("LogSoftmax", versions=(1, 11))
+def log_softmax_legacy(x, *, axis=1):
+    return _coerced_2d("LogSoftmax", log_softmax_values, x, axis)
+
+
+@schema_op("LogSoftmax", versions=13)
+def log_softmax(x, *, axis=-1):
+    return _along_axis("LogSoftmax", log_softmax_values, x, axis)
+
+
+@schema_op("Hardmax", versions=(1, 11))
+def hardmax_legacy(x, *, axis=1):
+    return _coerced_2d("Hardmax", hardmax_values, x, axis)
+
+
+@schema_op("Hardmax", versions=13)
+def hardmax(x, *, axis=-1):
+    return _along_axis("Hardmax", hardmax_values, x, axis)

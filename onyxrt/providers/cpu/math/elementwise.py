@@ -1,0 +1,524 @@
+"""Element-wise math, comparison, logical and bitwise ops (ONNX standard domain).
+
+Conventions shared by the kernels here:
+
+* results keep the input element type (numpy promotion never leaks: ``float32`` in,
+  ``float32`` out; integer ops stay integer);
+* transcendental functions of ``float16``/``bfloat16`` inputs are computed in ``float32``
+  and rounded back once, as onnxruntime does;
+* the legacy ``broadcast``/``axis`` attributes of opset < 7 binary ops are honoured;
+  ``consumed_inputs`` (opset 1) is accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import math
+
+import ml_dtypes
+import numpy as np
+import onnx.defs
+
+from ....graph.types import np_dtype
+from ..registry import op
+
+# --------------------------------------------------------------------------- registration
+
+
+def _restricted(fn, signature: inspect.Signature, keep: set[str]):
+    """fn behind a signature whose keyword parameters are only ``keep``."""
+
+    def kernel(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    params = [p for p in signature.parameters.values() if p.kind != p.KEYWORD_ONLY or p.name in keep]
+    kernel.__signature__ = signature.replace(parameters=params)
+    kernel.__name__ = kernel.__qualname__ = fn.__name__
+    kernel.__doc__ = fn.__doc__
+    return kernel
+
+
+def schema_op(op_type: str, versions, multi_output: bool = False):
+    """``op`` for a kernel covering several versions of a standard-domain op: each version
+    is registered accepting exactly the attributes its schema defines, so a legacy
+    attribute (``consumed_inputs``, ``broadcast``...) set on a newer node is reported
+    as unsupported rather than silently honoured."""
+    versions = (versions,) if isinstance(versions, int) else tuple(versions)
+
+    def decorator(fn):
+        signature = inspect.signature(fn)
+        keywords = {
+            n for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY and not n.startswith("_")
+        }
+        context = {n for n in signature.parameters if n.startswith("_")}
+        variants: dict[frozenset, object] = {}
+        for version in versions:
+            schema = onnx.defs.get_schema(op_type, version, "")
+            if schema.since_version != version:
+                raise ValueError(f"{op_type} has no schema version {version}")
+            attrs = frozenset(n + "_" if keyword.iskeyword(n) else n for n in schema.attributes)
+            if attrs - keywords:
+                raise TypeError(f"{fn.__name__} lacks {op_type}-{version} attributes {sorted(attrs - keywords)}")
+            if attrs not in variants:
+                variants[attrs] = fn if attrs == keywords else _restricted(fn, signature, attrs | context)
+            op(op_type, versions=version, multi_output=multi_output)(variants[attrs])
+        return fn
+
+    return decorator
+
+
+# --------------------------------------------------------------------------- helpers
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+# Float types numpy has no fast transcendental loops for: computed in float32.
+_LOW_FLOATS = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float16,
+        ml_dtypes.bfloat16,
+        ml_dtypes.float8_e4m3fn,
+        ml_dtypes.float8_e4m3fnuz,
+        ml_dtypes.float8_e5m2,
+        ml_dtypes.float8_e5m2fnuz,
+    )
+)
+
+
+def as_array(value) -> np.ndarray:
+    """ufuncs return numpy scalars for 0-d operands: kernels must return arrays."""
+    return value if type(value) is np.ndarray else np.asarray(value)
+
+
+def is_float(dtype: np.dtype) -> bool:
+    return dtype == _F32 or dtype == _F64 or dtype in _LOW_FLOATS
+
+
+def float_apply(fn, x: np.ndarray, op_name: str) -> np.ndarray:
+    """``fn(x)`` for a float tensor; float16/bfloat16 go through float32."""
+    dt = x.dtype
+    if dt == _F32 or dt == _F64:
+        return as_array(fn(x))
+    if dt in _LOW_FLOATS:
+        return as_array(fn(x.astype(np.float32))).astype(dt)
+    raise TypeError(f"{op_name}: unsupported input type {dt}")
+
+
+def legacy_broadcast(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.ndarray:
+    """B reshaped for the opset < 7 ``broadcast``/``axis`` rules (B broadcast onto A)."""
+    if not broadcast or axis is None or b.ndim == 0:
+        # broadcast=0 requires equal shapes; suffix matching is numpy's rule.
+        return b
+    rank = a.ndim
+    start = axis + rank if axis < 0 else axis
+    if start < 0 or start + b.ndim > rank:
+        raise ValueError(f"legacy broadcast: B of shape {b.shape} does not fit A {a.shape} at axis {axis}")
+    return b.reshape(b.shape + (1,) * (rank - start - b.ndim))
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def _make_binary(name: str, ufunc, versions):
+    def kernel(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+        if broadcast and axis is not None:
+            b = legacy_broadcast(a, b, broadcast, axis)
+        return as_array(ufunc(a, b))
+
+    kernel.__name__ = kernel.__qualname__ = name.lower()
+    schema_op(name, versions=versions)(kernel)
+    return kernel
+
+
+add = _make_binary("Add", np.add, (1, 6, 7, 13, 14))
+sub = _make_binary("Sub", np.subtract, (1, 6, 7, 13, 14))
+mul = _make_binary("Mul", np.multiply, (1, 6, 7, 13, 14))
+
+
+def trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Integer division rounding toward zero (C semantics), exact for all int64 values."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if a.dtype.kind == "u":
+            return np.floor_divide(a, b)
+        # a - fmod(a, b) is an exact multiple of b, so floor division is exact.
+        return np.floor_divide(np.subtract(a, np.fmod(a, b)), b)
+
+
+@schema_op("Div", versions=(1, 6, 7, 13, 14))
+def div(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+    if broadcast and axis is not None:
+        b = legacy_broadcast(a, b, broadcast, axis)
+    if a.dtype.kind in "iu":
+        return as_array(trunc_divide(a, b))
+    return as_array(np.divide(a, b))
+
+
+def _scalar_exponent(y: np.ndarray):
+    """The exponent when it is a single 1 or 2 (exact shortcuts), else None."""
+    if y.size == 1:
+        value = y.reshape(-1)[0]
+        if value == 2 or value == 1:
+            return int(value)
+    return None
+
+
+@schema_op("Pow", versions=(1, 7, 12, 13, 15))
+def pow_(x, y, *, broadcast=0, axis=None):
+    """x ** y with the result in x's type (the exponent may be of another type)."""
+    if broadcast and axis is not None:
+        y = legacy_broadcast(x, y, broadcast, axis)
+    dt = x.dtype
+    if is_float(dt):
+        if y.ndim <= x.ndim:  # result shape is x's: fast paths keep it
+            special = _scalar_exponent(y)
+            if special == 2:
+                return as_array(np.multiply(x, x))
+            if special == 1:
+                return x.copy()
+        if dt in _LOW_FLOATS:
+            with np.errstate(all="ignore"):
+                return as_array(np.power(x.astype(np.float32), y.astype(np.float32)).astype(dt))
+        with np.errstate(all="ignore"):
+            return as_array(np.power(x, y.astype(dt, copy=False)))
+    if dt.kind in "iu":
+        if y.dtype.kind in "iu" and not (y.dtype.kind == "i" and (y < 0).any()):
+            return as_array(np.power(x, y).astype(dt, copy=False))
+        # negative or fractional exponents: computed in double, truncated like C's cast.
+        with np.errstate(all="ignore"):
+            return as_array(np.power(x.astype(np.float64), y.astype(np.float64)).astype(dt))
+    raise TypeError(f"Pow: unsupported base type {dt}")
+
+
+@schema_op("Mod", versions=(10, 13, 28))
+def mod(a, b, *, fmod=0):
+    """fmod=0: remainder with the divisor's sign (Python %); fmod=1: C fmod."""
+    dt = a.dtype
+    low = dt in _LOW_FLOATS
+    if low:
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.fmod(a, b) if fmod else np.mod(a, b)
+    return as_array(out.astype(dt) if low else out)
+
+
+# --------------------------------------------------------------------------- unary
+
+
+def _make_unary(name: str, versions, fn, kinds: str = "f"):
+    """Register a unary kernel; ``kinds`` says which input kinds go straight to ``fn``
+    ('f' floats, 'i' signed ints, 'u' unsigned ints, 'b' bool)."""
+
+    def kernel(x, *, consumed_inputs=None):
+        if x.dtype.kind in kinds and x.dtype not in _LOW_FLOATS:
+            return as_array(fn(x))
+        return float_apply(fn, x, name)
+
+    kernel.__name__ = kernel.__qualname__ = name.lower()
+    schema_op(name, versions=versions)(kernel)
+    return kernel
+
+
+def _errfree(ufunc):
+    def fn(x):
+        with np.errstate(all="ignore"):
+            return ufunc(x)
+
+    return fn
+
+
+neg = _make_unary("Neg", (1, 6, 13), np.negative, "fi")
+abs_ = _make_unary("Abs", (1, 6, 13), np.abs, "fiu")
+reciprocal = _make_unary("Reciprocal", (1, 6, 13), _errfree(np.reciprocal))
+floor = _make_unary("Floor", (1, 6, 13), np.floor)
+ceil = _make_unary("Ceil", (1, 6, 13), np.ceil)
+round_ = _make_unary("Round", (11, 22), np.round)  # numpy rounds halves to even
+sqrt = _make_unary("Sqrt", (1, 6, 13), _errfree(np.sqrt))
+exp = _make_unary("Exp", (1, 6, 13), _errfree(np.exp))
+log = _make_unary("Log", (1, 6, 13), _errfree(np.log))
+sin = _make_unary("Sin", (7, 22), np.sin)
+cos = _make_unary("Cos", (7, 22), np.cos)
+tan = _make_unary("Tan", (7, 22), np.tan)
+asin = _make_unary("Asin", (7, 22), _errfree(np.arcsin))
+acos = _make_unary("Acos", (7, 22), _errfree(np.arccos))
+atan = _make_unary("Atan", (7, 22), np.arctan)
+sinh = _make_unary("Sinh", (9, 22), _errfree(np.sinh))
+cosh = _make_unary("Cosh", (9, 22), _errfree(np.cosh))
+asinh = _make_unary("Asinh", (9, 22), np.arcsinh)
+acosh = _make_unary("Acosh", (9, 22), _errfree(np.arccosh))
+atanh = _make_unary("Atanh", (9, 22), _errfree(np.arctanh))
+sign = _make_unary("Sign", (9, 13), np.sign, "fiu")
+
+
+# --------------------------------------------------------------------------- erf
+
+# erf(x) = x * P(x^2) for |x| < _ERF_SPLIT and 1 - exp(Q(|x|)) up to _ERF_ONE, where
+# float32 erf is 1. Coefficients fitted (weighted minimax, relative error of erf) for
+# float32 evaluation: max error about 2.4 ulp (1.8e-7 relative) over all float32.
+_ERF_SPLIT = np.float32(0.921875)
+_ERF_ONE = np.float32(3.92)
+_ERF_P = tuple(
+    np.float32(c)
+    for c in (
+        1.1283791496192852,
+        -0.37612493831910576,
+        0.1128181710606671,
+        -0.026766641097882998,
+        0.004993209096535695,
+        -0.0005990975631169964,
+    )
+)
+_ERF_Q = tuple(
+    np.float32(c)
+    for c in (
+        -0.001979704341141848,
+        -1.1198336868390277,
+        -0.6512434257532206,
+        -0.09078367271249886,
+        0.015473226491582523,
+        -0.001238149815249687,
+    )
+)
+_erf_f64 = np.frompyfunc(math.erf, 1, 1)
+_ERF_SMALL = 128
+
+
+def erf_float32(x: np.ndarray) -> np.ndarray:
+    """Vectorized float32 erf (accurate to a few ulp), into a fresh array."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size <= _ERF_SMALL:  # the ~30 array operations below cost more than libm's erf
+        return np.asarray(_erf_f64(x), dtype=np.float32).reshape(x.shape)
+    with np.errstate(all="ignore"):
+        t = np.multiply(x, x)
+        out = np.multiply(t, _ERF_P[-1])
+        for c in _ERF_P[-2:0:-1]:
+            out += c
+            out *= t
+        out += _ERF_P[0]
+        out *= x
+        # |x| >= split (a minority in practice): evaluated on the gathered elements only
+        big = np.flatnonzero(np.abs(x) >= _ERF_SPLIT)
+        if big.size:
+            flat = out.reshape(-1)
+            xs = x.reshape(-1)[big]
+            s = np.minimum(np.abs(xs), _ERF_ONE)  # erf rounds to 1 beyond; also tames inf
+            q = np.multiply(s, _ERF_Q[-1])
+            for c in _ERF_Q[-2:0:-1]:
+                q += c
+                q *= s
+            q += _ERF_Q[0]
+            np.exp(q, out=q)
+            np.subtract(np.float32(1), q, out=q)
+            np.copysign(q, xs, out=q)
+            flat[big] = q
+    return out
+
+
+def erf_values(x: np.ndarray) -> np.ndarray:
+    """erf of a float tensor, in its own type."""
+    dt = x.dtype
+    if dt == _F32:
+        return erf_float32(x)
+    if dt == _F64:  # exact: libm's erf (double inputs are rare in models)
+        return np.asarray(_erf_f64(x), dtype=np.float64)
+    if dt in _LOW_FLOATS:
+        return erf_float32(x.astype(np.float32)).astype(dt)
+    raise TypeError(f"Erf: unsupported input type {dt}")
+
+
+@schema_op("Erf", versions=(9, 13))
+def erf(x):
+    if x.dtype.kind in "iu":  # Erf-9 allows integers: erf computed in double, truncated back
+        return erf_values(x.astype(np.float64)).astype(x.dtype)
+    return erf_values(x)
+
+
+@schema_op("IsNaN", versions=(9, 13, 20))
+def isnan(x):
+    if x.dtype in _LOW_FLOATS:
+        x = x.astype(np.float32)
+    return as_array(np.isnan(x))
+
+
+@schema_op("IsInf", versions=(10, 20))
+def isinf(x, *, detect_negative=1, detect_positive=1):
+    if x.dtype in _LOW_FLOATS:
+        x = x.astype(np.float32)
+    if detect_negative and detect_positive:
+        return as_array(np.isinf(x))
+    if detect_positive:
+        return as_array(np.isposinf(x))
+    if detect_negative:
+        return as_array(np.isneginf(x))
+    return np.zeros(x.shape, dtype=bool)
+
+
+# --------------------------------------------------------------------------- variadic
+
+
+def _fold(ufunc, inputs) -> np.ndarray:
+    """ufunc folded over the inputs with broadcasting, into a fresh buffer."""
+    if not inputs:
+        raise ValueError("at least one input is required")
+    if len(inputs) == 1:
+        return np.array(inputs[0], copy=True)
+    result = as_array(ufunc(inputs[0], inputs[1]))
+    for x in inputs[2:]:
+        if np.broadcast_shapes(result.shape, x.shape) == result.shape:
+            ufunc(result, x, out=result)
+        else:
+            result = as_array(ufunc(result, x))
+    return result
+
+
+@schema_op("Max", versions=(1, 6, 8, 12, 13))
+def max_(*inputs, consumed_inputs=None):
+    return _fold(np.maximum, inputs)
+
+
+@schema_op("Min", versions=(1, 6, 8, 12, 13))
+def min_(*inputs, consumed_inputs=None):
+    return _fold(np.minimum, inputs)
+
+
+def _low_float_sum(inputs, count: int) -> np.ndarray:
+    """Sum (divided by ``count``) of float16/bfloat16 inputs, accumulated in float32."""
+    dt = inputs[0].dtype
+    total = _fold(np.add, [x.astype(np.float32) for x in inputs])
+    if count != 1:
+        total /= np.float32(count)
+    return total.astype(dt)
+
+
+@schema_op("Sum", versions=(1, 6, 8, 13))
+def sum_(*inputs, consumed_inputs=None):
+    if len(inputs) > 1 and inputs[0].dtype in _LOW_FLOATS:
+        return _low_float_sum(inputs, 1)
+    return _fold(np.add, inputs)
+
+
+@schema_op("Mean", versions=(1, 6, 8, 13))
+def mean(*inputs, consumed_inputs=None):
+    if inputs and inputs[0].dtype in _LOW_FLOATS:
+        return _low_float_sum(inputs, len(inputs))
+    total = _fold(np.add, inputs)
+    np.divide(total, total.dtype.type(len(inputs)), out=total)
+    return total
+
+
+# --------------------------------------------------------------------------- comparison / logic
+
+
+def _make_compare(name: str, ufunc, versions):
+    def kernel(a, b, *, broadcast=0, axis=None):
+        if broadcast and axis is not None:
+            b = legacy_broadcast(a, b, broadcast, axis)
+        out = ufunc(a, b)
+        if type(out) is not np.ndarray or out.dtype != np.bool_:  # object (string) inputs
+            out = np.asarray(out, dtype=bool)
+        return out
+
+    kernel.__name__ = kernel.__qualname__ = name.lower()
+    schema_op(name, versions=versions)(kernel)
+    return kernel
+
+
+equal = _make_compare("Equal", np.equal, (1, 7, 11, 13, 19))
+less = _make_compare("Less", np.less, (1, 7, 9, 13))
+less_or_equal = _make_compare("LessOrEqual", np.less_equal, (12, 16))
+greater = _make_compare("Greater", np.greater, (1, 7, 9, 13))
+greater_or_equal = _make_compare("GreaterOrEqual", np.greater_equal, (12, 16))
+and_ = _make_compare("And", np.logical_and, (1, 7))
+or_ = _make_compare("Or", np.logical_or, (1, 7))
+xor = _make_compare("Xor", np.logical_xor, (1, 7))
+
+
+@schema_op("Not", versions=1)
+def not_(x):
+    return as_array(np.logical_not(x))
+
+
+# --------------------------------------------------------------------------- bitwise
+
+
+@schema_op("BitShift", versions=(11, 28))
+def bit_shift(x, y, *, direction):
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"BitShift: unsupported input type {x.dtype}")
+    if direction not in ("LEFT", "RIGHT"):
+        raise ValueError(f"BitShift: direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+    bits = x.dtype.itemsize * 8
+    y = y.astype(x.dtype, copy=False)
+    shift = np.left_shift if direction == "LEFT" else np.right_shift
+    in_range = (y >= 0) & (y < bits) if y.dtype.kind == "i" else (y < bits)
+    if in_range.all():
+        return as_array(shift(x, y))
+    # out-of-range shifts: only the sign fill remains (-1 for a right shift of a negative x)
+    out = as_array(shift(x, np.where(in_range, y, 0)))
+    fill = x.dtype.type(0)
+    if direction == "RIGHT" and x.dtype.kind == "i":
+        fill = np.where(x < 0, x.dtype.type(-1), fill)
+    return as_array(np.where(in_range, out, fill).astype(x.dtype, copy=False))
+
+
+def _int_only(name, x):
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{name}: unsupported input type {x.dtype}")
+
+
+@schema_op("BitwiseAnd", versions=18)
+def bitwise_and(a, b):
+    _int_only("BitwiseAnd", a)
+    return as_array(np.bitwise_and(a, b))
+
+
+@schema_op("BitwiseOr", versions=18)
+def bitwise_or(a, b):
+    _int_only("BitwiseOr", a)
+    return as_array(np.bitwise_or(a, b))
+
+
+@schema_op("BitwiseXor", versions=18)
+def bitwise_xor(a, b):
+    _int_only("BitwiseXor", a)
+    return as_array(np.bitwise_xor(a, b))
+
+
+@schema_op("BitwiseNot", versions=18)
+def bitwise_not(x):
+    _int_only("BitwiseNot", x)
+    return as_array(np.invert(x))
+
+
+# --------------------------------------------------------------------------- selection / reinterpretation
+
+
+@schema_op("Where", versions=(9, 16))
+def where(condition, x, y):
+    if condition.dtype != np.bool_:
+        condition = condition.astype(bool)
+    out = as_array(np.where(condition, x, y))
+    if out.dtype != x.dtype and x.dtype == y.dtype:
+        out = out.astype(x.dtype)
+    return out
+
+
+_SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
+
+
+def _bit_width(dtype: np.dtype) -> int:
+    return _SUB_BYTE_BITS.get(dtype.name, dtype.itemsize * 8)
+
+
+@schema_op("BitCast", versions=26)
+def bit_cast(x, *, to):
+    target = np.dtype(np_dtype(to))
+    if x.dtype == object or target == object:
+        raise TypeError("BitCast: string tensors cannot be bit-cast")
+    if _bit_width(x.dtype) != _bit_width(target):
+        raise ValueError(f"BitCast: {x.dtype} and {target} have different bit widths")
+    if not x.flags.c_contiguous:
+        x = x.copy()
+    if target == np.bool_:
+        return x.view(np.uint8) != 0
+    return x.view(target).copy()

@@ -1,0 +1,202 @@
+"""Matrix multiplication kernels: MatMul, Gemm, MatMulInteger, QLinearMatMul.
+
+float32/float64 go straight to BLAS through ``np.matmul``; float16/bfloat16 are
+multiplied in float32 (numpy has no half-precision BLAS) and rounded back once.
+Integer (8-bit) products are computed in float64 BLAS, which is exact for them,
+then converted to int32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import op
+
+_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_low_precision_float(dtype: np.dtype) -> bool:
+    """float16, bfloat16 and the other ml_dtypes small floats."""
+    return dtype == np.float16 or (dtype.kind == "V" and dtype.itemsize <= 2) or (
+        dtype.kind == "f" and dtype.itemsize < 4
+    )
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype != b.dtype:
+        raise TypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("MatMul inputs must have rank >= 1")
+    dtype = a.dtype
+    if dtype in _BLAS_FLOATS:
+        y = np.matmul(a, b)
+    elif _is_low_precision_float(dtype):
+        y = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
+    elif dtype.kind in "iu":
+        y = np.matmul(a, b)
+    else:
+        raise TypeError(f"MatMul does not support dtype {dtype}")
+    return np.asarray(y)
+
+
+@op("MatMul", versions=(1, 9, 13))
+def matmul(a, b):
+    return _matmul(a, b)
+
+
+def _gemm(a, b, c, alpha, beta, transA, transB):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"Gemm inputs A {a.shape} and B {b.shape} must be 2-D")
+    dtype = a.dtype
+    low = _is_low_precision_float(dtype)
+    ct = np.dtype(np.float32) if low else dtype
+    is_float = ct.kind == "f"
+    A = a.T if transA else a
+    B = b.T if transB else b
+    if low:
+        A = A.astype(np.float32)
+        B = B.astype(np.float32)
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
+    y = np.asarray(np.matmul(A, B))
+    if alpha != 1.0:
+        if is_float:
+            y *= ct.type(alpha)
+        else:
+            y = (y * alpha).astype(ct)
+    if c is not None and beta != 0.0:
+        cc = c.astype(ct) if c.dtype != ct else c
+        if beta != 1.0:
+            cc = cc * ct.type(beta) if is_float else (cc * beta).astype(ct)
+        if np.broadcast_shapes(cc.shape, y.shape) != y.shape:
+            raise ValueError(f"Gemm: C of shape {c.shape} does not broadcast to {y.shape}")
+        y += cc
+    return y.astype(dtype) if low else y
+
+
+@op("Gemm", versions=(1, 6))
+def gemm_legacy(a, b, c=None, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):
+    # broadcast=0 requires C to already be (M, N); a broadcastable C is accepted either way.
+    return _gemm(a, b, c, alpha, beta, transA, transB)
+
+
+@op("Gemm", versions=(7, 9, 11, 13))
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    return _gemm(a, b, c, alpha, beta, transA, transB)
+
+
+# --------------------------------------------------------------------------- quantized
+
+
+def _check_int8(name, t):
+    if t.dtype not in (np.int8, np.uint8):
+        raise TypeError(f"{name} must be int8 or uint8, got {t.dtype}")
+
+
+def _row_param(p, a: np.ndarray, name: str):
+    """A per-tensor scalar or per-row (M) parameter of A shaped to broadcast against A."""
+    p = np.asarray(p)
+    if p.size == 1:
+        return p.reshape(())
+    if a.ndim < 2:
+        raise ValueError(f"{name} of shape {p.shape} needs a 2-D A")
+    if p.ndim == 1 and p.shape[0] == a.shape[-2]:
+        return p.reshape(-1, 1)
+    if p.ndim >= 2 and p.shape[-1] == 1:
+        return p  # already (..., M, 1)
+    raise ValueError(f"{name} of shape {p.shape} is neither per-tensor nor per-row of A {a.shape}")
+
+
+def _col_param(p, b: np.ndarray, name: str):
+    """A per-tensor scalar or per-column (N) parameter of B shaped to broadcast against B."""
+    p = np.asarray(p)
+    if p.size == 1:
+        return p.reshape(())
+    if b.ndim >= 2 and p.shape[-1] == b.shape[-1] and (p.ndim == 1 or p.shape[-2] == 1):
+        return p
+    raise ValueError(f"{name} of shape {p.shape} is neither per-tensor nor per-column of B {b.shape}")
+
+
+def _int_matmul(a, b, a_zero_point, b_zero_point) -> np.ndarray:
+    """(a - a_zp) @ (b - b_zp) computed exactly (float64 BLAS) and returned as float64."""
+    af = a.astype(np.float64)
+    if a_zero_point is not None:
+        af -= _row_param(a_zero_point, a, "a_zero_point").astype(np.float64)
+    bf = b.astype(np.float64)
+    if b_zero_point is not None:
+        bf -= _col_param(b_zero_point, b, "b_zero_point").astype(np.float64)
+    return np.asarray(np.matmul(af, bf))
+
+
+@op("MatMulInteger", versions=10)
+def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+    _check_int8("A", a)
+    _check_int8("B", b)
+    return _int_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
+
+
+def _float8_dtypes():
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover
+        return ()
+    return tuple(
+        np.dtype(getattr(ml_dtypes, n))
+        for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
+        if hasattr(ml_dtypes, n)
+    )
+
+
+_FLOAT8 = _float8_dtypes()
+
+
+def _scalar_f32(v) -> np.float32:
+    return np.float32(np.asarray(v).astype(np.float32).reshape(-1)[0])
+
+
+def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, allow_float8):
+    out_dtype = np.asarray(y_zero_point).dtype
+    a_f8, b_f8, y_f8 = (t in _FLOAT8 for t in (a.dtype, b.dtype, out_dtype))
+    if (a_f8 or b_f8 or y_f8) and not allow_float8:
+        raise TypeError("float8 QLinearMatMul needs opset 21")
+    if not a_f8:
+        _check_int8("a", a)
+    if not b_f8:
+        _check_int8("b", b)
+    if not y_f8 and out_dtype not in (np.int8, np.uint8):
+        raise TypeError(f"y_zero_point must be int8/uint8 (or float8), got {out_dtype}")
+    sa = _row_param(np.asarray(a_scale).astype(np.float32), a, "a_scale")
+    sb = _col_param(np.asarray(b_scale).astype(np.float32), b, "b_scale")
+    sy = _scalar_f32(y_scale)
+    if a_f8 or b_f8:
+        acc = np.matmul(
+            (a.astype(np.float32) - _row_param(a_zero_point, a, "a_zero_point").astype(np.float32)),
+            (b.astype(np.float32) - _col_param(b_zero_point, b, "b_zero_point").astype(np.float32)),
+        ).astype(np.float32)
+    else:
+        acc = _int_matmul(a, b, a_zero_point, b_zero_point).astype(np.float32)
+    mult = (sa * sb) / sy  # float32, like onnxruntime's requantization multiplier
+    y = acc * mult
+    zp = _scalar_f32(y_zero_point)
+    if y_f8:
+        y = y + zp
+        import ml_dtypes
+
+        finfo = float(ml_dtypes.finfo(out_dtype).max)
+        np.clip(y, -finfo, finfo, out=y)
+        return np.asarray(y.astype(out_dtype))
+    np.rint(y, out=y)
+    y += zp
+    info = np.iinfo(out_dtype)
+    np.clip(y, info.min, info.max, out=y)
+    return np.asarray(y.astype(out_dtype))
+
+
+@op("QLinearMatMul", versions=10)
+def qlinear_matmul_10(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, False)
+
+
+@op("QLinearMatMul", versions=21)
+def qlinear_matmul_21(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, True)
