@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import onnx.defs
 
-from ..errors import NotImplemented as OrtNotImplemented
+from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented
 
 KernelFn = Callable[..., Any]
 
@@ -93,6 +93,18 @@ def schema_since_version(domain: str, op_type: str, opset: int) -> int | None:
         return None
 
 
+@functools.lru_cache(maxsize=None)
+def schema_attributes(domain: str, op_type: str, since_version: int) -> frozenset[str] | None:
+    """Attribute names the ONNX schema of that exact version defines, or None for non-ONNX domains."""
+    if domain not in _SCHEMA_DOMAINS:
+        return None
+    try:
+        schema = onnx.defs.get_schema(op_type, since_version, domain)
+    except onnx.defs.SchemaError:
+        return None
+    return frozenset(schema.attributes) if schema.since_version == since_version else None
+
+
 def _lookup(registry: KernelRegistry, domain: str, op_type: str, opset: int) -> KernelDef | None:
     table = registry._kernels.get((domain, op_type))
     if not table:
@@ -124,12 +136,18 @@ def accepts(fn: KernelFn, name: str) -> bool:
 def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, Any]) -> KernelFn:
     """Return ``kernel.fn`` with the node's (already converted) attributes bound as keywords.
 
-    Raises onnxruntime's NOT_IMPLEMENTED naming the node when the kernel does not
-    take an attribute the node sets: ignoring it would compute something else.
+    An attribute the op's schema (at that version) does not define is an invalid
+    graph, as in onnxruntime; one the kernel does not take raises NOT_IMPLEMENTED
+    naming the node: ignoring either would compute something else.
     """
     names, var_kw = _signature(kernel.fn)
+    defined = schema_attributes(kernel.domain, kernel.op_type, kernel.since_version)
     kwargs: dict[str, Any] = {}
     for name, value in attributes.items():
+        if defined is not None and name not in defined:
+            raise InvalidGraph(
+                f"{node.describe()}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
+            )
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:
             raise OrtNotImplemented(
