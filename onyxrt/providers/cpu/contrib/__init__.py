@@ -1,0 +1,1 @@
+"""CPU kernels: com.microsoft contrib ops that onnxruntime tools write into models."""

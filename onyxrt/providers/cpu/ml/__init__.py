@@ -1,0 +1,1 @@
+"""CPU kernels: the ai.onnx.ml domain."""

@@ -1,0 +1,1 @@
+"""CPU kernels: ai.onnx.preview.training ops."""
