@@ -142,7 +142,7 @@ def expand_unsupported(graph: Graph, opsets: dict[str, int], can_run: Callable[[
             expand_unsupported(sub, opsets, can_run, depth)
         opset = opsets.get(node.domain, 1)
         if depth < 8 and not can_run(node, opset):
-            function = schema_function(node, opset, [value_type(graph, n) if n else None for n in node.inputs])
+            function = schema_function(node, opset, [value_type(graph, n) if n else onnx.TypeProto() for n in node.inputs])
             if function is not None:
                 body = Graph(inline_function(node, function, opset), graph.inputs, [], {}, graph.value_info)
                 expand_unsupported(body, opsets, can_run, depth + 1)
