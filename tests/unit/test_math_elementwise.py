@@ -38,34 +38,6 @@ _MATH_MODULES = tuple(
 )
 
 
-def test_kernels_take_exactly_the_schema_attributes_with_its_defaults():
-    checked = 0
-    for domain, op_type, version in CPU_KERNELS.ops():
-        fn = CPU_KERNELS.lookup(domain, op_type, version).fn
-        if domain or fn.__module__ not in _MATH_MODULES:
-            continue
-        checked += 1
-        schema = onnx.defs.get_schema(op_type, version, domain)
-        params = {
-            n: p
-            for n, p in inspect.signature(fn).parameters.items()
-            if p.kind == p.KEYWORD_ONLY and not n.startswith("_")
-        }
-        expected = {n + "_" if keyword.iskeyword(n) else n: a for n, a in schema.attributes.items()}
-        assert set(params) == set(expected), (op_type, version)
-        for name, attr in expected.items():
-            default = params[name].default
-            if attr.default_value.type:
-                value = helper.get_attribute_value(attr.default_value)
-                if isinstance(value, bytes):
-                    assert default == value.decode(), (op_type, version, name)
-                else:
-                    assert default == pytest.approx(value, rel=1e-15), (op_type, version, name)
-            elif attr.required:
-                assert default is inspect.Parameter.empty, (op_type, version, name)
-    assert checked > 250
-
-
 def _run_reference(op_type, inputs, opset, **attrs):
     names = [f"x{i}" for i in range(len(inputs))]
     node = helper.make_node(op_type, names, ["y"], **attrs)

@@ -11,7 +11,8 @@ import math
 import numpy as np
 
 from .._helpers import normalize_axis
-from .elementwise import as_array, erf_values, float_apply, is_float, schema_op
+from ..registry import op
+from .elementwise import as_array, erf_values, float_apply, is_float
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
@@ -25,7 +26,7 @@ def _c(x: np.ndarray, value: float):
 # --------------------------------------------------------------------------- ReLU family
 
 
-@schema_op("Relu", versions=(1, 6, 13, 14))
+@op("Relu", versions=(1, 6, 13, 14))
 def relu(x, *, consumed_inputs=None):
     if x.dtype.kind == "i" or is_float(x.dtype):
         return as_array(np.maximum(x, _c(x, 0)))
@@ -43,7 +44,7 @@ def _leaky(x: np.ndarray, alpha: float) -> np.ndarray:
     return np.where(x >= 0, x, x * a)
 
 
-@schema_op("LeakyRelu", versions=(1, 6, 16))
+@op("LeakyRelu", versions=(1, 6, 16))
 def leaky_relu(x, *, alpha=0.009999999776482582, consumed_inputs=None):
     return float_apply(lambda v: _leaky(v, alpha), x, "LeakyRelu")
 
@@ -68,12 +69,12 @@ def _prelu(x, slope, legacy):
     return float_apply(compute, x, "PRelu")
 
 
-@schema_op("PRelu", versions=(1, 6))
+@op("PRelu", versions=(1, 6))
 def prelu_legacy(x, slope, *, consumed_inputs=None):
     return _prelu(x, slope, legacy=True)
 
 
-@schema_op("PRelu", versions=(7, 9, 16))
+@op("PRelu", versions=(7, 9, 16))
 def prelu(x, slope):
     return _prelu(x, slope, legacy=False)
 
@@ -85,7 +86,7 @@ def _elu(v: np.ndarray, alpha: float) -> np.ndarray:
     return np.where(v > 0, v, neg)
 
 
-@schema_op("Elu", versions=(1, 6, 22))
+@op("Elu", versions=(1, 6, 22))
 def elu(x, *, alpha=1.0, consumed_inputs=None):
     return float_apply(lambda v: _elu(v, alpha), x, "Elu")
 
@@ -100,17 +101,17 @@ def _selu(x, alpha, gamma):
 
 
 # Attribute defaults are the float32 values the schemas store (what onnxruntime uses).
-@schema_op("Selu", versions=1)
+@op("Selu", versions=1)
 def selu_1(x, *, alpha=1.673200011253357, gamma=1.0506999492645264, consumed_inputs=None):
     return _selu(x, alpha, gamma)
 
 
-@schema_op("Selu", versions=(6, 22))
+@op("Selu", versions=(6, 22))
 def selu(x, *, alpha=1.6732631921768188, gamma=1.0507010221481323):
     return _selu(x, alpha, gamma)
 
 
-@schema_op("Celu", versions=(12, 28))
+@op("Celu", versions=(12, 28))
 def celu(x, *, alpha=1.0):
     def compute(v):
         a = _c(v, alpha)
@@ -123,12 +124,12 @@ def celu(x, *, alpha=1.0):
     return float_apply(compute, x, "Celu")
 
 
-@schema_op("ThresholdedRelu", versions=(10, 22))
+@op("ThresholdedRelu", versions=(10, 22))
 def thresholded_relu(x, *, alpha=1.0):
     return float_apply(lambda v: np.where(v > _c(v, alpha), v, _c(v, 0)), x, "ThresholdedRelu")
 
 
-@schema_op("Shrink", versions=9)
+@op("Shrink", versions=9)
 def shrink(x, *, bias=0.0, lambd=0.5):
     dt = x.dtype
     if dt.kind in "iu":
@@ -155,7 +156,7 @@ def sigmoid_values(v: np.ndarray) -> np.ndarray:
     return out
 
 
-@schema_op("Sigmoid", versions=(1, 6, 13))
+@op("Sigmoid", versions=(1, 6, 13))
 def sigmoid(x, *, consumed_inputs=None):
     return float_apply(sigmoid_values, x, "Sigmoid")
 
@@ -166,12 +167,12 @@ def _hard_sigmoid(v: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return np.clip(out, _c(v, 0), _c(v, 1), out=out)
 
 
-@schema_op("HardSigmoid", versions=(1, 6, 22))
+@op("HardSigmoid", versions=(1, 6, 22))
 def hard_sigmoid(x, *, alpha=0.20000000298023224, beta=0.5, consumed_inputs=None):
     return float_apply(lambda v: _hard_sigmoid(v, alpha, beta), x, "HardSigmoid")
 
 
-@schema_op("HardSwish", versions=(14, 22))
+@op("HardSwish", versions=(14, 22))
 def hard_swish(x):
     def compute(v):
         out = _hard_sigmoid(v, 1.0 / 6.0, 0.5)
@@ -181,7 +182,7 @@ def hard_swish(x):
     return float_apply(compute, x, "HardSwish")
 
 
-@schema_op("Swish", versions=24)
+@op("Swish", versions=24)
 def swish(x, *, alpha=1.0):
     def compute(v):
         out = sigmoid_values(v * _c(v, alpha) if alpha != 1.0 else v)
@@ -191,7 +192,7 @@ def swish(x, *, alpha=1.0):
     return float_apply(compute, x, "Swish")
 
 
-@schema_op("Tanh", versions=(1, 6, 13))
+@op("Tanh", versions=(1, 6, 13))
 def tanh(x, *, consumed_inputs=None):
     return float_apply(np.tanh, x, "Tanh")
 
@@ -201,12 +202,12 @@ def _softplus(v: np.ndarray) -> np.ndarray:
         return np.logaddexp(v, _c(v, 0))  # log(1 + exp(v)) without overflow
 
 
-@schema_op("Softplus", versions=(1, 22))
+@op("Softplus", versions=(1, 22))
 def softplus(x):
     return float_apply(_softplus, x, "Softplus")
 
 
-@schema_op("Softsign", versions=(1, 22))
+@op("Softsign", versions=(1, 22))
 def softsign(x):
     def compute(v):
         den = np.abs(v)
@@ -216,7 +217,7 @@ def softsign(x):
     return float_apply(compute, x, "Softsign")
 
 
-@schema_op("Mish", versions=(18, 22))
+@op("Mish", versions=(18, 22))
 def mish(x):
     def compute(v):
         out = _softplus(v)
@@ -227,7 +228,7 @@ def mish(x):
     return float_apply(compute, x, "Mish")
 
 
-@schema_op("Gelu", versions=20)
+@op("Gelu", versions=20)
 def gelu(x, *, approximate="none"):
     if isinstance(approximate, bytes):
         approximate = approximate.decode()
@@ -280,7 +281,7 @@ def _clip_attributes(x, lo, hi):
     return _clip(x, _clip_bound(x, lo), _clip_bound(x, hi))
 
 
-@schema_op("Clip", versions=1)
+@op("Clip", versions=1)
 def clip_1(x, *, min=None, max=None, consumed_inputs=None):
     return _clip_attributes(x, min, max)
 
@@ -288,7 +289,7 @@ def clip_1(x, *, min=None, max=None, consumed_inputs=None):
 _FLT_MAX = 3.4028234663852886e38
 
 
-@schema_op("Clip", versions=6)
+@op("Clip", versions=6)
 def clip_6(x, *, min=-_FLT_MAX, max=_FLT_MAX):
     return _clip_attributes(x, min, max)
 
@@ -301,7 +302,7 @@ def _bound_input(x: np.ndarray, bound):
     return bound.reshape(()).astype(x.dtype, copy=False)
 
 
-@schema_op("Clip", versions=(11, 12, 13))
+@op("Clip", versions=(11, 12, 13))
 def clip(x, min=None, max=None):
     return _clip(x, _bound_input(x, min), _bound_input(x, max))
 
@@ -352,31 +353,31 @@ def _coerced_2d(name: str, compute, x: np.ndarray, axis: int) -> np.ndarray:
     return float_apply(lambda v: compute(v, 1), flat, name).reshape(x.shape)
 
 
-@schema_op("Softmax", versions=(1, 11))
+@op("Softmax", versions=(1, 11))
 def softmax_legacy(x, *, axis=1):
     return _coerced_2d("Softmax", softmax_values, x, axis)
 
 
-@schema_op("Softmax", versions=13)
+@op("Softmax", versions=13)
 def softmax(x, *, axis=-1):
     return _along_axis("Softmax", softmax_values, x, axis)
 
 
-@schema_op("LogSoftmax", versions=(1, 11))
+@op("LogSoftmax", versions=(1, 11))
 def log_softmax_legacy(x, *, axis=1):
     return _coerced_2d("LogSoftmax", log_softmax_values, x, axis)
 
 
-@schema_op("LogSoftmax", versions=13)
+@op("LogSoftmax", versions=13)
 def log_softmax(x, *, axis=-1):
     return _along_axis("LogSoftmax", log_softmax_values, x, axis)
 
 
-@schema_op("Hardmax", versions=(1, 11))
+@op("Hardmax", versions=(1, 11))
 def hardmax_legacy(x, *, axis=1):
     return _coerced_2d("Hardmax", hardmax_values, x, axis)
 
 
-@schema_op("Hardmax", versions=13)
+@op("Hardmax", versions=13)
 def hardmax(x, *, axis=-1):
     return _along_axis("Hardmax", hardmax_values, x, axis)

@@ -14,7 +14,8 @@ from collections import Counter
 
 import numpy as np
 
-from .elementwise import as_array, is_float, schema_op
+from ..registry import op
+from .elementwise import as_array, is_float
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -134,7 +135,7 @@ def einsum_values(equation: str, operands: list[np.ndarray]) -> np.ndarray:
     return np.einsum(_letter_equation(labels, out_labels), *operands, optimize=len(operands) > 2)
 
 
-@schema_op("Einsum", versions=(12, 28))
+@op("Einsum", versions=(12, 28))
 def einsum(*inputs, equation):
     if not inputs:
         raise ValueError("Einsum needs at least one input")

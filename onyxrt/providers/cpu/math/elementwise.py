@@ -12,61 +12,13 @@ Conventions shared by the kernels here:
 
 from __future__ import annotations
 
-import inspect
-import keyword
 import math
 
 import ml_dtypes
 import numpy as np
-import onnx.defs
 
 from ....graph.types import np_dtype
 from ..registry import op
-
-# --------------------------------------------------------------------------- registration
-
-
-def _restricted(fn, signature: inspect.Signature, keep: set[str]):
-    """fn behind a signature whose keyword parameters are only ``keep``."""
-
-    def kernel(*args, **kwargs):
-        return fn(*args, **kwargs)
-
-    params = [p for p in signature.parameters.values() if p.kind != p.KEYWORD_ONLY or p.name in keep]
-    kernel.__signature__ = signature.replace(parameters=params)
-    kernel.__name__ = kernel.__qualname__ = fn.__name__
-    kernel.__doc__ = fn.__doc__
-    return kernel
-
-
-def schema_op(op_type: str, versions, multi_output: bool = False):
-    """``op`` for a kernel covering several versions of a standard-domain op: each version
-    is registered accepting exactly the attributes its schema defines, so a legacy
-    attribute (``consumed_inputs``, ``broadcast``...) set on a newer node is reported
-    as unsupported rather than silently honoured."""
-    versions = (versions,) if isinstance(versions, int) else tuple(versions)
-
-    def decorator(fn):
-        signature = inspect.signature(fn)
-        keywords = {
-            n for n, p in signature.parameters.items() if p.kind == p.KEYWORD_ONLY and not n.startswith("_")
-        }
-        context = {n for n in signature.parameters if n.startswith("_")}
-        variants: dict[frozenset, object] = {}
-        for version in versions:
-            schema = onnx.defs.get_schema(op_type, version, "")
-            if schema.since_version != version:
-                raise ValueError(f"{op_type} has no schema version {version}")
-            attrs = frozenset(n + "_" if keyword.iskeyword(n) else n for n in schema.attributes)
-            if attrs - keywords:
-                raise TypeError(f"{fn.__name__} lacks {op_type}-{version} attributes {sorted(attrs - keywords)}")
-            if attrs not in variants:
-                variants[attrs] = fn if attrs == keywords else _restricted(fn, signature, attrs | context)
-            op(op_type, versions=version, multi_output=multi_output)(variants[attrs])
-        return fn
-
-    return decorator
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -127,7 +79,7 @@ def _make_binary(name: str, ufunc, versions):
         return as_array(ufunc(a, b))
 
     kernel.__name__ = kernel.__qualname__ = name.lower()
-    schema_op(name, versions=versions)(kernel)
+    op(name, versions=versions)(kernel)
     return kernel
 
 
@@ -145,7 +97,7 @@ def trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.floor_divide(np.subtract(a, np.fmod(a, b)), b)
 
 
-@schema_op("Div", versions=(1, 6, 7, 13, 14))
+@op("Div", versions=(1, 6, 7, 13, 14))
 def div(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
     if broadcast and axis is not None:
         b = legacy_broadcast(a, b, broadcast, axis)
@@ -163,7 +115,7 @@ def _scalar_exponent(y: np.ndarray):
     return None
 
 
-@schema_op("Pow", versions=(1, 7, 12, 13, 15))
+@op("Pow", versions=(1, 7, 12, 13, 15))
 def pow_(x, y, *, broadcast=0, axis=None):
     """x ** y with the result in x's type (the exponent may be of another type)."""
     if broadcast and axis is not None:
@@ -190,7 +142,7 @@ def pow_(x, y, *, broadcast=0, axis=None):
     raise TypeError(f"Pow: unsupported base type {dt}")
 
 
-@schema_op("Mod", versions=(10, 13, 28))
+@op("Mod", versions=(10, 13, 28))
 def mod(a, b, *, fmod=0):
     """fmod=0: remainder with the divisor's sign (Python %); fmod=1: C fmod."""
     dt = a.dtype
@@ -215,7 +167,7 @@ def _make_unary(name: str, versions, fn, kinds: str = "f"):
         return float_apply(fn, x, name)
 
     kernel.__name__ = kernel.__qualname__ = name.lower()
-    schema_op(name, versions=versions)(kernel)
+    op(name, versions=versions)(kernel)
     return kernel
 
 
@@ -326,21 +278,21 @@ def erf_values(x: np.ndarray) -> np.ndarray:
     raise TypeError(f"Erf: unsupported input type {dt}")
 
 
-@schema_op("Erf", versions=(9, 13))
+@op("Erf", versions=(9, 13))
 def erf(x):
     if x.dtype.kind in "iu":  # Erf-9 allows integers: erf computed in double, truncated back
         return erf_values(x.astype(np.float64)).astype(x.dtype)
     return erf_values(x)
 
 
-@schema_op("IsNaN", versions=(9, 13, 20))
+@op("IsNaN", versions=(9, 13, 20))
 def isnan(x):
     if x.dtype in _LOW_FLOATS:
         x = x.astype(np.float32)
     return as_array(np.isnan(x))
 
 
-@schema_op("IsInf", versions=(10, 20))
+@op("IsInf", versions=(10, 20))
 def isinf(x, *, detect_negative=1, detect_positive=1):
     if x.dtype in _LOW_FLOATS:
         x = x.astype(np.float32)
@@ -371,12 +323,12 @@ def _fold(ufunc, inputs) -> np.ndarray:
     return result
 
 
-@schema_op("Max", versions=(1, 6, 8, 12, 13))
+@op("Max", versions=(1, 6, 8, 12, 13))
 def max_(*inputs, consumed_inputs=None):
     return _fold(np.maximum, inputs)
 
 
-@schema_op("Min", versions=(1, 6, 8, 12, 13))
+@op("Min", versions=(1, 6, 8, 12, 13))
 def min_(*inputs, consumed_inputs=None):
     return _fold(np.minimum, inputs)
 
@@ -390,14 +342,14 @@ def _low_float_sum(inputs, count: int) -> np.ndarray:
     return total.astype(dt)
 
 
-@schema_op("Sum", versions=(1, 6, 8, 13))
+@op("Sum", versions=(1, 6, 8, 13))
 def sum_(*inputs, consumed_inputs=None):
     if len(inputs) > 1 and inputs[0].dtype in _LOW_FLOATS:
         return _low_float_sum(inputs, 1)
     return _fold(np.add, inputs)
 
 
-@schema_op("Mean", versions=(1, 6, 8, 13))
+@op("Mean", versions=(1, 6, 8, 13))
 def mean(*inputs, consumed_inputs=None):
     if inputs and inputs[0].dtype in _LOW_FLOATS:
         return _low_float_sum(inputs, len(inputs))
@@ -419,7 +371,7 @@ def _make_compare(name: str, ufunc, versions):
         return out
 
     kernel.__name__ = kernel.__qualname__ = name.lower()
-    schema_op(name, versions=versions)(kernel)
+    op(name, versions=versions)(kernel)
     return kernel
 
 
@@ -433,7 +385,7 @@ or_ = _make_compare("Or", np.logical_or, (1, 7))
 xor = _make_compare("Xor", np.logical_xor, (1, 7))
 
 
-@schema_op("Not", versions=1)
+@op("Not", versions=1)
 def not_(x):
     return as_array(np.logical_not(x))
 
@@ -441,7 +393,7 @@ def not_(x):
 # --------------------------------------------------------------------------- bitwise
 
 
-@schema_op("BitShift", versions=(11, 28))
+@op("BitShift", versions=(11, 28))
 def bit_shift(x, y, *, direction):
     if x.dtype.kind not in "iu":
         raise TypeError(f"BitShift: unsupported input type {x.dtype}")
@@ -466,25 +418,25 @@ def _int_only(name, x):
         raise TypeError(f"{name}: unsupported input type {x.dtype}")
 
 
-@schema_op("BitwiseAnd", versions=18)
+@op("BitwiseAnd", versions=18)
 def bitwise_and(a, b):
     _int_only("BitwiseAnd", a)
     return as_array(np.bitwise_and(a, b))
 
 
-@schema_op("BitwiseOr", versions=18)
+@op("BitwiseOr", versions=18)
 def bitwise_or(a, b):
     _int_only("BitwiseOr", a)
     return as_array(np.bitwise_or(a, b))
 
 
-@schema_op("BitwiseXor", versions=18)
+@op("BitwiseXor", versions=18)
 def bitwise_xor(a, b):
     _int_only("BitwiseXor", a)
     return as_array(np.bitwise_xor(a, b))
 
 
-@schema_op("BitwiseNot", versions=18)
+@op("BitwiseNot", versions=18)
 def bitwise_not(x):
     _int_only("BitwiseNot", x)
     return as_array(np.invert(x))
@@ -493,7 +445,7 @@ def bitwise_not(x):
 # --------------------------------------------------------------------------- selection / reinterpretation
 
 
-@schema_op("Where", versions=(9, 16))
+@op("Where", versions=(9, 16))
 def where(condition, x, y):
     if condition.dtype != np.bool_:
         condition = condition.astype(bool)
@@ -510,7 +462,7 @@ def _bit_width(dtype: np.dtype) -> int:
     return _SUB_BYTE_BITS.get(dtype.name, dtype.itemsize * 8)
 
 
-@schema_op("BitCast", versions=26)
+@op("BitCast", versions=26)
 def bit_cast(x, *, to):
     target = np.dtype(np_dtype(to))
     if x.dtype == object or target == object:

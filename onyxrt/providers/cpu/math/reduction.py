@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 from .._helpers import as_int_list, normalize_axis
-from .elementwise import as_array, is_float, schema_op
+from ..registry import op
+from .elementwise import as_array, is_float
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -167,8 +168,8 @@ def _register_reduce(name: str, compute, attr_versions, input_versions):
 
     for fn, suffix in ((reduce_attr, "attr"), (reduce_input, "input")):
         fn.__name__ = fn.__qualname__ = f"{name.lower()}_{suffix}"
-    schema_op(name, versions=attr_versions)(reduce_attr)
-    schema_op(name, versions=input_versions)(reduce_input)
+    op(name, versions=attr_versions)(reduce_attr)
+    op(name, versions=input_versions)(reduce_input)
     return reduce_attr, reduce_input
 
 
@@ -203,12 +204,12 @@ def _arg_reduce(fn, data, axis, keepdims, select_last_index):
     return as_array(index).astype(np.int64, copy=False)
 
 
-@schema_op("ArgMax", versions=(1, 11, 12, 13))
+@op("ArgMax", versions=(1, 11, 12, 13))
 def arg_max(data, *, axis=0, keepdims=1, select_last_index=0):
     return _arg_reduce(np.argmax, data, axis, keepdims, select_last_index)
 
 
-@schema_op("ArgMin", versions=(1, 11, 12, 13))
+@op("ArgMin", versions=(1, 11, 12, 13))
 def arg_min(data, *, axis=0, keepdims=1, select_last_index=0):
     return _arg_reduce(np.argmin, data, axis, keepdims, select_last_index)
 
@@ -245,12 +246,12 @@ def _scan(fn, identity, x, axis, exclusive, reverse):
     return out.astype(dt) if reverse or out.dtype != dt else out
 
 
-@schema_op("CumSum", versions=(11, 14))
+@op("CumSum", versions=(11, 14))
 def cum_sum(x, axis, *, exclusive=0, reverse=0):
     return _scan(np.cumsum, 0, x, axis, exclusive, reverse)
 
 
-@schema_op("CumProd", versions=26)
+@op("CumProd", versions=26)
 def cum_prod(x, axis, *, exclusive=0, reverse=0):
     return _scan(np.cumprod, 1, x, axis, exclusive, reverse)
 
@@ -320,17 +321,17 @@ def _k_input(k) -> int:
     return values[0]
 
 
-@schema_op("TopK", versions=1, multi_output=True)
+@op("TopK", versions=1, multi_output=True)
 def top_k_1(x, *, k, axis=-1):
     return top_k_values(x, int(k), axis, True)
 
 
-@schema_op("TopK", versions=10, multi_output=True)
+@op("TopK", versions=10, multi_output=True)
 def top_k_10(x, k, *, axis=-1):
     return top_k_values(x, _k_input(k), axis, True)
 
 
-@schema_op("TopK", versions=(11, 24), multi_output=True)
+@op("TopK", versions=(11, 24), multi_output=True)
 def top_k(x, k, *, axis=-1, largest=1, sorted=1):
     # sorted=0 leaves the order unspecified: the sorted order is one such order
     return top_k_values(x, _k_input(k), axis, bool(largest))
