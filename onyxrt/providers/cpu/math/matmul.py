@@ -29,7 +29,11 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError("MatMul inputs must have rank >= 1")
     dtype = a.dtype
     if dtype in _BLAS_FLOATS:
-        y = np.matmul(a, b)
+        if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
+            # one large GEMM instead of a loop of per-batch GEMMs
+            y = np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+        else:
+            y = np.matmul(a, b)
     elif _is_low_precision_float(dtype):
         y = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
     elif dtype.kind in "iu":

@@ -1,0 +1,432 @@
+"""Pooling kernels: MaxPool, AveragePool, LpPool, the Global* pools, MaxUnpool, MaxRoiPool.
+
+Windows are reduced one spatial axis at a time (max and sum over a box are
+separable), each axis as a short loop over its kernel taps of strided views of the
+padded input, so every numpy call is vectorised over the whole tensor. MaxPool
+with the Indices output instead loops over all kernel taps and tracks the argmax.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from ..registry import op
+from .conv import _auto_pad_name, compute_dtype, pad_spatial, spatial_defaults, window_slice
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """C-style integer division (rounds toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def pool_geometry(in_sp, kernel, strides, dilations, pads, auto_pad, ceil_mode):
+    """(begin pads, end pads, extra end padding for ceil windows, output spatial shape).
+
+    Follows onnxruntime's pooling geometry: SAME pads are computed from the
+    undilated kernel (and may be negative, i.e. crop), ``ceil_mode`` applies to
+    every auto_pad mode, and a ceil-mode window that would start in the end
+    padding is dropped. Negative pads crop the input.
+    """
+    nd = len(in_sp)
+    auto_pad = _auto_pad_name(auto_pad)
+    begin, end, out = [], [], []
+    if auto_pad == "NOTSET" and pads:
+        p = [int(v) for v in pads]
+        if len(p) != 2 * nd:
+            raise ValueError(f"pads {p} must have {2 * nd} values")
+    else:
+        p = [0] * (2 * nd)
+    for i in range(nd):
+        k, s, d, n = kernel[i], strides[i], dilations[i], in_sp[i]
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            target = -(-n // s)
+            needed = (target - 1) * s + k - n
+            b = _trunc_div(needed + 1, 2) if auto_pad == "SAME_LOWER" else _trunc_div(needed, 2)
+            e = needed - b
+        else:
+            b, e = p[i], p[nd + i]
+        span = n + b + e - d * (k - 1) - 1
+        if ceil_mode:
+            o = math.ceil(span / s + 1)
+            if o > 1 and (o - 1) * s >= n + b:
+                o -= 1  # the last window would start in the end padding
+        else:
+            o = math.trunc(span / s + 1)
+        begin.append(b)
+        end.append(e)
+        out.append(o)
+    extra = [max(0, (out[i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - (in_sp[i] + begin[i] + end[i])) for i in range(nd)]
+    return begin, end, extra, out
+
+
+def _kernel_shape(kernel_shape, nd):
+    if not kernel_shape:
+        raise ValueError("kernel_shape is required")
+    k = [int(v) for v in kernel_shape]
+    if len(k) != nd:
+        raise ValueError(f"kernel_shape {k} does not match {nd} spatial dimensions")
+    return k
+
+
+def _lowest(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        return np.iinfo(dtype).min
+    return -np.inf
+
+
+def _separable_reduce(x, ufunc, init, kernel, strides, dilations, begin, out_sp):
+    """Reduce each pooling window of ``x`` with ``ufunc`` (maximum / add), one spatial axis at a time.
+
+    Works on the unpadded input: along each axis every kernel tap updates the
+    contiguous range of outputs whose window position for that tap falls inside the
+    input, so padding (``begin`` pads, ceil-mode windows) never needs a padded copy;
+    outputs no tap reaches keep ``init``.
+    """
+    cur = x
+    nd = len(kernel)
+    for i in range(nd):
+        ax = 2 + i
+        n, O, st, dl, b = cur.shape[ax], out_sp[i], strides[i], dilations[i], begin[i]
+        if kernel[i] == 1 and st == 1 and b == 0 and n == O:
+            continue
+        ranges = []
+        for t in range(kernel[i]):
+            off = t * dl - b  # input position of output 0 for this tap
+            lo = max(0, -(-(-off) // st))
+            hi = min(O, (n - 1 - off) // st + 1) if n - 1 - off >= 0 else 0
+            if lo < hi:
+                ranges.append((lo, hi, off + lo * st))
+        shape = list(cur.shape)
+        shape[ax] = O
+        full = [r for r in ranges if r[0] == 0 and r[1] == O]
+        idx = [slice(None)] * cur.ndim
+
+        def src(lo, hi, start):
+            idx[ax] = slice(start, start + (hi - lo - 1) * st + 1, st)
+            return cur[tuple(idx)]
+
+        if full:
+            acc = np.array(src(*full[0]), copy=True)
+            rest = [r for r in ranges if r is not full[0]]
+        else:
+            acc = np.full(shape, init, dtype=cur.dtype)
+            rest = ranges
+        for lo, hi, start in rest:
+            idx[ax] = slice(lo, hi)
+            dst = acc[tuple(idx)]
+            ufunc(dst, src(lo, hi, start), out=dst)
+        cur = acc
+    if cur is x:
+        cur = np.array(cur, copy=True)
+    return cur
+
+
+def _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, crop_end=True):
+    if x.ndim < 3:
+        raise ValueError(f"pooling input must have rank >= 3, got shape {x.shape}")
+    nd = x.ndim - 2
+    k = _kernel_shape(kernel_shape, nd)
+    s, d = spatial_defaults(nd, strides, dilations)
+    begin, end, extra, out = pool_geometry(x.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
+    if any(o <= 0 for o in out):
+        raise ValueError(f"pooling output would be empty for input {x.shape}")
+    if not crop_end:
+        # (onnxruntime's max/lp windows ignore a negative end pad)
+        end = [max(0, e) for e in end]
+    if any(b < 0 for b in begin) or any(e < 0 for e in end):
+        # negative pads crop the input
+        x = x[(slice(None), slice(None)) + tuple(slice(max(0, -b), n - max(0, -e)) for b, e, n in zip(begin, end, x.shape[2:]))]
+        begin = [max(0, b) for b in begin]
+        end = [max(0, e) for e in end]
+    return x, nd, k, s, d, begin, end, extra, out
+
+
+# --------------------------------------------------------------------------- MaxPool
+
+
+def _max_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, storage_order, want_indices):
+    x_full = x
+    x, nd, k, s, d, begin, end, extra, out_sp = _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, False)
+    crop = [x_full.shape[2 + i] - x.shape[2 + i] for i in range(nd)]
+    dtype = x.dtype
+    if dtype.kind == "V":  # bfloat16 & co: compute in float32
+        y, ind = _max_pool(x_full.astype(np.float32), kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, storage_order, want_indices)
+        return y.astype(dtype), ind
+    if dtype.kind not in "fiu":
+        raise TypeError(f"MaxPool does not support dtype {dtype}")
+    low = _lowest(dtype)
+    if not want_indices:
+        return _separable_reduce(x, np.maximum, low, k, s, d, begin, out_sp), None
+    xp = pad_spatial(x, begin, [end[i] + extra[i] for i in range(nd)], value=low)
+    N, C = x.shape[:2]
+    in_sp = x_full.shape[2:]
+    # (a cropped input's begin crop shifts positions back into the full input)
+    crop_begin = [0] * nd
+    if any(crop):
+        g_begin, _, _, _ = pool_geometry(x_full.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
+        crop_begin = [max(0, -b) for b in g_begin]
+    best = None
+    best_tap = np.zeros((N, C) + tuple(out_sp), dtype=np.int64)
+    taps = list(itertools.product(*(range(kk) for kk in k)))
+    for t, tap in enumerate(taps):
+        v = xp[(slice(None), slice(None)) + tuple(window_slice(tap[i], d[i], s[i], out_sp[i]) for i in range(nd))]
+        if best is None:
+            best = np.array(v, copy=True)
+            continue
+        mask = v > best
+        np.copyto(best, v, where=mask)
+        np.copyto(best_tap, t, where=mask)
+    # flat index of the winning element in the (unpadded) input
+    tap_arr = np.array(taps, dtype=np.int64).reshape(len(taps), nd)
+    if storage_order:
+        mult = [math.prod(in_sp[:i]) for i in range(nd)]  # column-major over spatial axes
+    else:
+        mult = [math.prod(in_sp[i + 1 :]) for i in range(nd)]
+    flat = np.zeros((1, 1) + tuple(out_sp), dtype=np.int64)
+    for i in range(nd):
+        shape = [1] * (nd + 2)
+        shape[2 + i] = out_sp[i]
+        pos = (np.arange(out_sp[i], dtype=np.int64) * s[i] - begin[i] + crop_begin[i]).reshape(shape)
+        coord = pos + tap_arr[:, i][best_tap] * d[i]
+        flat = flat + coord * mult[i]
+    base = (np.arange(N * C, dtype=np.int64) * math.prod(in_sp)).reshape((N, C) + (1,) * nd)
+    return best, flat + base
+
+
+@op("MaxPool", versions=1)
+def max_pool_1(x, *, auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None):
+    y, _ = _max_pool(x, kernel_shape, strides, None, pads, auto_pad, 0, 0, False)
+    return y
+
+
+@op("MaxPool", versions=8, multi_output=True)
+def max_pool_8(x, *, auto_pad="NOTSET", kernel_shape=None, pads=None, storage_order=0, strides=None, _num_outputs=1):
+    y, ind = _max_pool(x, kernel_shape, strides, None, pads, auto_pad, 0, storage_order, _num_outputs > 1)
+    return (y, ind) if _num_outputs > 1 else (y,)
+
+
+@op("MaxPool", versions=(10, 11, 12, 22), multi_output=True)
+def max_pool(
+    x,
+    *,
+    auto_pad="NOTSET",
+    ceil_mode=0,
+    dilations=None,
+    kernel_shape=None,
+    pads=None,
+    storage_order=0,
+    strides=None,
+    _num_outputs=1,
+):
+    y, ind = _max_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, storage_order, _num_outputs > 1)
+    return (y, ind) if _num_outputs > 1 else (y,)
+
+
+# --------------------------------------------------------------------------- AveragePool / LpPool
+
+
+def _axis_counts(in_len, b, e, k, s, d, o, include_pad):
+    """Number of counted taps of each output window along one axis."""
+    starts = np.arange(o) * s  # in padded coordinates
+    taps = starts[:, None] + np.arange(k)[None, :] * d
+    if include_pad:
+        valid = taps < in_len + b + e
+    else:
+        valid = (taps >= b) & (taps < b + in_len)
+    return valid.sum(axis=1)
+
+
+def _average_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, count_include_pad):
+    x, nd, k, s, d, begin, end, extra, out_sp = _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode)
+    dtype = x.dtype
+    ct = compute_dtype(dtype)
+    xc = x if dtype == ct else x.astype(ct)
+    y = _separable_reduce(xc, np.add, 0, k, s, d, begin, out_sp)
+    counts = None
+    for i in range(nd):
+        c = _axis_counts(x.shape[2 + i], begin[i], end[i], k[i], s[i], d[i], out_sp[i], count_include_pad)
+        counts = c if counts is None else np.multiply.outer(counts, c)
+    counts = counts.astype(ct)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if np.all(counts == counts.flat[0]):
+            y /= counts.flat[0]
+        else:
+            y /= counts
+    return y if dtype == ct else y.astype(dtype)
+
+
+@op("AveragePool", versions=1)
+def average_pool_1(x, *, auto_pad="NOTSET", kernel_shape=None, pads=None, strides=None):
+    return _average_pool(x, kernel_shape, strides, None, pads, auto_pad, 0, 0)
+
+
+@op("AveragePool", versions=7)
+def average_pool_7(x, *, auto_pad="NOTSET", count_include_pad=0, kernel_shape=None, pads=None, strides=None):
+    return _average_pool(x, kernel_shape, strides, None, pads, auto_pad, 0, count_include_pad)
+
+
+@op("AveragePool", versions=(10, 11))
+def average_pool_10(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, kernel_shape=None, pads=None, strides=None):
+    return _average_pool(x, kernel_shape, strides, None, pads, auto_pad, ceil_mode, count_include_pad)
+
+
+@op("AveragePool", versions=(19, 22))
+def average_pool(
+    x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None, kernel_shape=None, pads=None, strides=None
+):
+    return _average_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, count_include_pad)
+
+
+def _lp_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, p):
+    x, nd, k, s, d, begin, end, extra, out_sp = _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, False)
+    dtype = x.dtype
+    ct = compute_dtype(dtype)
+    xc = np.abs(x.astype(ct))
+    p = float(p)
+    if p == 2.0:
+        xc *= xc
+    elif p != 1.0:
+        xc = np.power(xc, ct(p))
+    y = _separable_reduce(xc, np.add, 0, k, s, d, begin, out_sp)
+    if p == 2.0:
+        np.sqrt(y, out=y)
+    elif p != 1.0:
+        y = np.power(y, ct(1.0 / p))
+    return y if dtype == ct else y.astype(dtype)
+
+
+@op("LpPool", versions=1)
+def lp_pool_1(x, *, auto_pad="NOTSET", kernel_shape=None, p=2.0, pads=None, strides=None):
+    return _lp_pool(x, kernel_shape, strides, None, pads, auto_pad, 0, p)
+
+
+@op("LpPool", versions=(2, 11))
+def lp_pool_2(x, *, auto_pad="NOTSET", kernel_shape=None, p=2, pads=None, strides=None):
+    return _lp_pool(x, kernel_shape, strides, None, pads, auto_pad, 0, p)
+
+
+@op("LpPool", versions=(18, 22))
+def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, p=2, pads=None, strides=None):
+    return _lp_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, p)
+
+
+# --------------------------------------------------------------------------- global pools
+
+
+def _spatial_axes(x):
+    if x.ndim < 2:
+        raise ValueError(f"global pooling input must have rank >= 2, got shape {x.shape}")
+    return tuple(range(2, x.ndim))
+
+
+@op("GlobalAveragePool", versions=(1, 22))
+def global_average_pool(x):
+    axes = _spatial_axes(x)
+    ct = compute_dtype(x.dtype)
+    y = np.mean(x if x.dtype == ct else x.astype(ct), axis=axes, keepdims=True, dtype=ct)
+    return np.asarray(y if x.dtype == ct else y.astype(x.dtype))
+
+
+@op("GlobalMaxPool", versions=(1, 22))
+def global_max_pool(x):
+    axes = _spatial_axes(x)
+    if x.dtype.kind == "V":
+        return np.max(x.astype(np.float32), axis=axes, keepdims=True).astype(x.dtype)
+    return np.asarray(np.max(x, axis=axes, keepdims=True))
+
+
+def _global_lp(x, p):
+    axes = _spatial_axes(x)
+    ct = compute_dtype(x.dtype)
+    xc = np.abs(x.astype(ct))
+    p = float(p)
+    if p == 2.0:
+        y = np.sqrt(np.sum(xc * xc, axis=axes, keepdims=True))
+    elif p == 1.0:
+        y = np.sum(xc, axis=axes, keepdims=True)
+    else:
+        y = np.power(np.sum(np.power(xc, ct(p)), axis=axes, keepdims=True), ct(1.0 / p))
+    return np.asarray(y.astype(x.dtype))
+
+
+@op("GlobalLpPool", versions=1)
+def global_lp_pool_1(x, *, p=2.0):
+    return _global_lp(x, p)
+
+
+@op("GlobalLpPool", versions=(2, 22))
+def global_lp_pool(x, *, p=2):
+    return _global_lp(x, p)
+
+
+# --------------------------------------------------------------------------- MaxUnpool / MaxRoiPool
+
+
+@op("MaxUnpool", versions=(9, 11, 22))
+def max_unpool(x, i, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
+    if x.ndim < 3:
+        raise ValueError(f"MaxUnpool input must have rank >= 3, got shape {x.shape}")
+    nd = x.ndim - 2
+    k = _kernel_shape(kernel_shape, nd)
+    s, _ = spatial_defaults(nd, strides, None)
+    p = [int(v) for v in pads] if pads else [0] * (2 * nd)
+    default = list(x.shape[:2]) + [(x.shape[2 + j] - 1) * s[j] + k[j] - p[j] - p[nd + j] for j in range(nd)]
+    shape = default
+    if output_shape is not None:
+        shape = [int(v) for v in np.asarray(output_shape).reshape(-1)]
+        if len(shape) == nd:
+            shape = list(x.shape[:2]) + shape
+        if len(shape) != x.ndim:
+            raise ValueError(f"output_shape {shape} must have rank {x.ndim}")
+    if i.shape != x.shape:
+        raise ValueError(f"indices shape {i.shape} does not match X {x.shape}")
+    out = np.zeros(math.prod(shape), dtype=x.dtype)
+    idx = np.asarray(i, dtype=np.int64).reshape(-1)
+    if shape != default:
+        # indices address the pooled-from (default-shaped) tensor: move them to output_shape
+        if idx.size and (idx.min() < 0 or idx.max() >= math.prod(default)):
+            raise ValueError("MaxUnpool indices are out of range")
+        coords = np.unravel_index(idx, default)
+        if any((c >= n).any() for c, n in zip(coords, shape)):
+            raise ValueError(f"MaxUnpool indices do not fit output_shape {shape}")
+        idx = np.ravel_multi_index(coords, shape)
+    if idx.size and (idx.min() < 0 or idx.max() >= out.size):
+        raise ValueError("MaxUnpool indices are out of range for the output shape")
+    out[idx] = x.reshape(-1)
+    return out.reshape(shape)
+
+
+@op("MaxRoiPool", versions=(1, 22))
+def max_roi_pool(x, rois, *, pooled_shape=None, spatial_scale=1.0):
+    if x.ndim != 4:
+        raise ValueError(f"MaxRoiPool input must be 4-D, got shape {x.shape}")
+    if not pooled_shape or len(pooled_shape) != 2:
+        raise ValueError("pooled_shape must have 2 values")
+    ph_n, pw_n = (int(v) for v in pooled_shape)
+    N, C, H, W = x.shape
+    rois = np.asarray(rois)
+    out = np.zeros((rois.shape[0], C, ph_n, pw_n), dtype=x.dtype)
+    for r in range(rois.shape[0]):
+        b = int(rois[r, 0])
+        x1, y1, x2, y2 = (int(np.round(float(v) * spatial_scale)) for v in rois[r, 1:5])
+        roi_h = max(y2 - y1 + 1, 1)
+        roi_w = max(x2 - x1 + 1, 1)
+        bin_h = roi_h / ph_n
+        bin_w = roi_w / pw_n
+        img = x[b]
+        for ph in range(ph_n):
+            hs = min(max(int(math.floor(ph * bin_h)) + y1, 0), H)
+            he = min(max(int(math.ceil((ph + 1) * bin_h)) + y1, 0), H)
+            for pw in range(pw_n):
+                ws = min(max(int(math.floor(pw * bin_w)) + x1, 0), W)
+                we = min(max(int(math.ceil((pw + 1) * bin_w)) + x1, 0), W)
+                if he > hs and we > ws:
+                    out[r, :, ph, pw] = img[:, hs:he, ws:we].max(axis=(1, 2))
+    return out

@@ -1,0 +1,243 @@
+"""Unit tests for onyxrt.providers.cpu.nn.conv (Conv, ConvTranspose, ConvInteger, QLinearConv)."""
+
+import itertools
+
+import ml_dtypes
+import numpy as np
+import pytest
+import onnx
+from onnx import TensorProto, helper
+
+from onyxrt.providers.cpu.nn import conv as c
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def naive_conv(x, w, b=None, strides=None, dilations=None, pads=None, group=1):
+    """Direct loop reference (float64)."""
+    N, C = x.shape[:2]
+    nd = x.ndim - 2
+    M = w.shape[0]
+    k = w.shape[2:]
+    s = strides or [1] * nd
+    d = dilations or [1] * nd
+    p = pads or [0] * (2 * nd)
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + [(p[i], p[nd + i]) for i in range(nd)])
+    out_sp = [(xp.shape[2 + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(nd)]
+    y = np.zeros((N, M, *out_sp))
+    Cg, Mg = C // group, M // group
+    for m in range(M):
+        g = m // Mg
+        for o in itertools.product(*(range(v) for v in out_sp)):
+            win = xp[(slice(None), slice(g * Cg, (g + 1) * Cg)) + tuple(
+                slice(o[i] * s[i], o[i] * s[i] + (k[i] - 1) * d[i] + 1, d[i]) for i in range(nd))]
+            y[(slice(None), m) + o] = (win * w[m]).reshape(N, -1).sum(axis=1)
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * nd)
+    return y
+
+
+def run_ort(op_type, inputs, opset=17, **attrs):
+    names = [f"i{j}" if v is not None else "" for j, v in enumerate(inputs)]
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    tmap = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+            np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8,
+            np.dtype(np.int32): TensorProto.INT32, np.dtype(np.float16): TensorProto.FLOAT16}
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info(n, tmap[v.dtype], v.shape) for n, v in zip(names, inputs) if v is not None],
+        [onnx.ValueInfoProto(name="y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {n: v for n, v in zip(names, inputs) if v is not None})[0]
+
+
+rng = np.random.default_rng(0)
+
+
+def randn(*shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("C,M,group", [(4, 6, 1), (4, 6, 2), (4, 4, 4), (2, 6, 2)])
+@pytest.mark.parametrize("k,s,d", [(1, 1, 1), (1, 2, 1), (3, 1, 1), (3, 2, 1), (2, 1, 2), (3, 2, 2)])
+def test_conv_matches_naive(nd, C, M, group, k, s, d):
+    sp = [9, 8, 6][:nd]
+    x = randn(2, C, *sp)
+    w = randn(M, C // group, *([k] * nd))
+    b = randn(M)
+    pads = [1] * nd + [k // 2] * nd
+    y = c.conv(x, w, b, group=group, strides=[s] * nd, dilations=[d] * nd, pads=pads)
+    ref = naive_conv(x, w, b, [s] * nd, [d] * nd, pads, group)
+    assert y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_wide_image_uses_flat_path_and_matches():
+    # wide images take the flattened phase-image path (both strides)
+    for s in (1, 2):
+        x = randn(1, 5, 20, 33)
+        w = randn(7, 5, 3, 3)
+        y = c.conv(x, w, None, strides=[s, s], pads=[1, 1, 1, 1])
+        np.testing.assert_allclose(y, naive_conv(x, w, None, [s, s], None, [1, 1, 1, 1]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("s", [1, 2])
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise_with_multiplier_and_bias(s, mult):
+    x = randn(2, 6, 30, 29)
+    w = randn(6 * mult, 1, 3, 3)
+    b = randn(6 * mult)
+    y = c.conv(x, w, b, group=6, strides=[s, s], pads=[1, 1, 1, 1])
+    np.testing.assert_allclose(y, naive_conv(x, w, b, [s, s], None, [1, 1, 1, 1], 6), rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_large_parallel_path():
+    x = randn(1, 64, 60, 60)
+    w = randn(64, 1, 3, 3)
+    b = randn(64)
+    y = c.conv(x, w, b, group=64, pads=[1, 1, 1, 1])
+    np.testing.assert_allclose(y, run_ort("Conv", [x, w, b], group=64, pads=[1, 1, 1, 1]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("s", [1, 2, 3])
+def test_conv_auto_pad_matches_onnxruntime(auto_pad, s):
+    x = randn(1, 3, 10, 7)
+    w = randn(4, 3, 4, 3)
+    y = c.conv(x, w, None, auto_pad=auto_pad, strides=[s, s])
+    ref = run_ort("Conv", [x, w], auto_pad=auto_pad, strides=[s, s])
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_hand_computed_and_dtypes():
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    w = np.ones((1, 1, 2, 2), np.float32)
+    y = c.conv(x, w, np.array([1.0], np.float32))
+    np.testing.assert_array_equal(y, [[[[9.0, 13.0], [21.0, 25.0]]]])
+    y16 = c.conv(x.astype(np.float16), w.astype(np.float16))
+    assert y16.dtype == np.float16
+    np.testing.assert_array_equal(y16, [[[[8.0, 12.0], [20.0, 24.0]]]])
+    y64 = c.conv(x.astype(np.float64), w.astype(np.float64))
+    assert y64.dtype == np.float64
+    ybf = c.conv(x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16))
+    assert ybf.dtype == ml_dtypes.bfloat16
+    with pytest.raises(ValueError):
+        c.conv(x, w, kernel_shape=[3, 3])
+    with pytest.raises(ValueError):
+        c.conv(x, np.ones((1, 2, 2, 2), np.float32))  # channel mismatch
+
+
+def test_conv_does_not_mutate_readonly_inputs():
+    x = randn(1, 2, 5, 5)
+    w = randn(3, 2, 3, 3)
+    b = randn(3)
+    for a in (x, w, b):
+        a.flags.writeable = False
+    c.conv(x, w, b, pads=[1, 1, 1, 1])
+    c.conv(x, np.ones((4, 1, 3, 3), np.float32), None, group=2)
+    c.conv_transpose(x, np.ones((2, 3, 3, 3), np.float32), b)
+
+
+# --------------------------------------------------------------------------- ConvTranspose
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("C,M,group", [(4, 6, 1), (4, 6, 2), (4, 4, 4)])
+@pytest.mark.parametrize("k,s,d", [(1, 2, 1), (2, 2, 1), (3, 1, 1), (3, 2, 2), (3, 3, 1)])
+@pytest.mark.parametrize("kind", ["pads", "output_shape", "SAME_UPPER", "SAME_LOWER", "output_padding"])
+def test_conv_transpose_matches_onnxruntime(nd, C, M, group, k, s, d, kind):
+    sp = [5, 4, 3][:nd]
+    x = randn(2, C, *sp)
+    w = randn(C, M // group, *([k] * nd))
+    b = randn(M)
+    attrs = dict(group=group, strides=[s] * nd, dilations=[d] * nd)
+    if kind == "pads":
+        attrs["pads"] = [1] * nd + [0] * nd
+    elif kind == "output_shape":
+        attrs["output_shape"] = [v * s + 1 for v in sp]
+    elif kind == "output_padding":
+        if s == 1:
+            pytest.skip("output_padding must be smaller than the stride")
+        attrs["output_padding"] = [1] * nd
+    else:
+        attrs["auto_pad"] = kind
+    try:
+        ref = run_ort("ConvTranspose", [x, w, b], **attrs)
+    except Exception:  # onnxruntime rejects some output_shape combinations
+        pytest.skip("onnxruntime rejects this configuration")
+    y = c.conv_transpose(x, w, b, **attrs)
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_transpose_hand_computed():
+    x = np.array([[[1.0, 2.0, 3.0]]], np.float32)
+    w = np.array([[[1.0, 10.0]]], np.float32)
+    np.testing.assert_array_equal(c.conv_transpose(x, w), [[[1, 12, 23, 30]]])
+    np.testing.assert_array_equal(c.conv_transpose(x, w, strides=[2]), [[[1, 10, 2, 20, 3, 30]]])
+    # explicit output_shape larger than the natural size: zeros at the end (like onnxruntime)
+    np.testing.assert_array_equal(c.conv_transpose(x, w, strides=[2], output_shape=[7]), [[[1, 10, 2, 20, 3, 30, 0]]])
+    np.testing.assert_array_equal(c.conv_transpose(x, w, pads=[1, 1]), [[[12, 23]]])
+
+
+# --------------------------------------------------------------------------- quantized
+
+
+def test_conv_integer_matches_onnxruntime():
+    x = rng.integers(0, 255, (1, 3, 7, 7), dtype=np.uint8)
+    w = rng.integers(0, 255, (4, 3, 3, 3), dtype=np.uint8)
+    xz = np.array(12, np.uint8)
+    wz = np.array(100, np.uint8)
+    y = c.conv_integer(x, w, xz, wz, pads=[1, 1, 1, 1])
+    ref = run_ort("ConvInteger", [x, w, xz, wz], pads=[1, 1, 1, 1])
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, ref)
+    x8 = rng.integers(-128, 127, (1, 2, 5, 5), dtype=np.int8)
+    w8 = rng.integers(-128, 127, (3, 2, 2, 2), dtype=np.int8)
+    ref = naive_conv(x8, w8)
+    np.testing.assert_array_equal(c.conv_integer(x8, w8), ref.astype(np.int32))
+
+
+def test_qlinear_conv_matches_onnxruntime():
+    x = rng.integers(0, 255, (1, 4, 8, 8), dtype=np.uint8)
+    w = rng.integers(-127, 127, (6, 4, 3, 3), dtype=np.int8)
+    b = rng.integers(-500, 500, (6,), dtype=np.int32)
+    xs, xz = np.array(0.02, np.float32), np.array(128, np.uint8)
+    ws, wz = np.linspace(0.001, 0.01, 6).astype(np.float32), np.zeros(6, np.int8)
+    ys, yz = np.array(0.5, np.float32), np.array(100, np.uint8)
+    inputs = [x, xs, xz, w, ws, wz, ys, yz, b]
+    y = c.qlinear_conv(*inputs, pads=[1, 1, 1, 1], strides=[2, 2])
+    ref = run_ort("QLinearConv", inputs, pads=[1, 1, 1, 1], strides=[2, 2])
+    assert y.dtype == np.uint8
+    assert np.abs(y.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_causal_conv_with_state():
+    x = randn(2, 3, 5)
+    w = randn(3, 1, 3)
+    b = randn(3)
+    past = randn(2, 3, 2)
+    y, present = c.causal_conv_with_state(x, w, b, past)
+    full = np.concatenate([past, x], axis=2)
+    ref = naive_conv(full, w, b, group=3)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(present, full[:, :, -2:])
+
+
+def test_deform_conv_zero_offsets_is_conv_and_matches_onnxruntime():
+    x = randn(2, 4, 7, 6)
+    w = randn(6, 2, 3, 3)
+    b = randn(6)
+    attrs = dict(group=2, pads=[1, 1, 1, 1], strides=[2, 1], offset_group=2)
+    oh, ow = 4, 6
+    zero = np.zeros((2, 2 * 2 * 9, oh, ow), np.float32)
+    y = c.deform_conv(x, w, zero, b, **attrs)
+    ref = c.conv(x, w, b, group=2, pads=[1, 1, 1, 1], strides=[2, 1])
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    offset = (randn(2, 2 * 2 * 9, oh, ow) * 2).astype(np.float32)
+    mask = rng.uniform(0, 1, (2, 2 * 9, oh, ow)).astype(np.float32)
+    y = c.deform_conv(x, w, offset, b, mask, **attrs)
+    np.testing.assert_allclose(y, run_ort("DeformConv", [x, w, offset, b, mask], opset=22, **attrs), rtol=1e-4, atol=1e-4)

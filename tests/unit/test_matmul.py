@@ -1,0 +1,134 @@
+"""Unit tests for onyxrt.providers.cpu.math.matmul."""
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onyxrt.providers.cpu.math import matmul as mm
+
+rng = np.random.default_rng(0)
+
+_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint8): TensorProto.UINT8,
+          np.dtype(np.int8): TensorProto.INT8, np.dtype(np.int32): TensorProto.INT32}
+
+
+def run_ort(op_type, inputs, opset=21, **attrs):
+    ort = pytest.importorskip("onnxruntime")
+    names = [f"i{j}" if v is not None else "" for j, v in enumerate(inputs)]
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info(n, _TYPES[v.dtype], v.shape) for n, v in zip(names, inputs) if v is not None],
+        [onnx.ValueInfoProto(name="y")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {n: v for n, v in zip(names, inputs) if v is not None})[0]
+
+
+@pytest.mark.parametrize("sa,sb", [((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((2, 3), (3, 4)),
+                                   ((5, 2, 3), (3, 4)), ((1, 2, 3), (5, 3, 4)), ((2, 1, 2, 3), (3, 3, 2))])
+def test_matmul_shapes(sa, sb):
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+    y = mm.matmul(a, b)
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    np.testing.assert_allclose(y, np.matmul(a, b), rtol=1e-5)
+
+
+def test_matmul_dtypes():
+    a = rng.standard_normal((4, 5))
+    b = rng.standard_normal((5, 3))
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        y = mm.matmul(a.astype(dt), b.astype(dt))
+        assert y.dtype == dt
+        np.testing.assert_allclose(y.astype(np.float64), a.astype(dt).astype(np.float64) @ b.astype(dt).astype(np.float64),
+                                   rtol=2e-2, atol=2e-2)
+    ai = np.arange(6, dtype=np.int64).reshape(2, 3)
+    y = mm.matmul(ai, ai.T)
+    assert y.dtype == np.int64 and y.tolist() == [[5, 14], [14, 50]]
+    assert mm.matmul(np.ones(3, np.int32), np.ones(3, np.int32)).dtype == np.int32
+    with pytest.raises(TypeError):
+        mm.matmul(np.ones(3, np.float32), np.ones(3, np.float64))
+
+
+def test_gemm():
+    a = rng.standard_normal((3, 4)).astype(np.float32)
+    b = rng.standard_normal((5, 4)).astype(np.float32)
+    c = rng.standard_normal((5,)).astype(np.float32)
+    y = mm.gemm(a, b, c, alpha=2.0, beta=0.5, transB=1)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, 2 * a @ b.T + 0.5 * c, rtol=1e-5, atol=1e-6)
+    y = mm.gemm(a.T.copy(), b.T.copy(), None, transA=1)
+    np.testing.assert_allclose(y, a @ b.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mm.gemm(a, b.T, np.float32(3.0).reshape(1, 1)), a @ b.T + 3, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mm.gemm_legacy(a, b, c.reshape(1, 5), broadcast=1, transB=1), a @ b.T + c, rtol=1e-5, atol=1e-6)
+    yi = mm.gemm(np.ones((2, 2), np.int32), np.ones((2, 2), np.int32), np.ones((2, 2), np.int32), alpha=2.0)
+    assert yi.dtype == np.int32 and yi.tolist() == [[5, 5], [5, 5]]
+    y16 = mm.gemm(a.astype(np.float16), b.astype(np.float16), None, transB=1)
+    assert y16.dtype == np.float16
+    with pytest.raises(ValueError):
+        mm.gemm(a, b, None)
+    # inputs are not mutated
+    a.flags.writeable = False
+    c.flags.writeable = False
+    mm.gemm(a, b, c, transB=1, alpha=3.0, beta=2.0)
+
+
+def test_matmul_integer():
+    a = np.array([[11, 7, 3], [10, 6, 2], [9, 5, 1], [8, 4, 0]], np.uint8)
+    b = np.array([[1, 4], [2, 5], [3, 6]], np.uint8)
+    y = mm.matmul_integer(a, b, np.array(12, np.uint8), np.array(0, np.uint8))
+    assert y.dtype == np.int32
+    np.testing.assert_array_equal(y, (a.astype(int) - 12) @ b.astype(int))
+    # per-row a zero point, per-column b zero point, batched A
+    a = rng.integers(0, 255, (2, 4, 5), dtype=np.uint8)
+    b = rng.integers(-128, 127, (5, 3), dtype=np.int8)
+    az = np.array(7, np.uint8)
+    bz = np.array([1, -2, 3], np.int8)
+    ref = run_ort("MatMulInteger", [a, b, az, bz])
+    np.testing.assert_array_equal(mm.matmul_integer(a, b, az, bz), ref)
+    a2 = a[0]
+    az_rows = np.array([1, 2, 3, 4], np.uint8)
+    np.testing.assert_array_equal(mm.matmul_integer(a2, b, az_rows, None),
+                                  (a2.astype(int) - az_rows[:, None]) @ b.astype(int))
+
+
+@pytest.mark.parametrize("ta,tb,ty", [(np.uint8, np.uint8, np.uint8), (np.int8, np.int8, np.int8),
+                                      (np.uint8, np.int8, np.uint8)])
+def test_qlinear_matmul_matches_onnxruntime(ta, tb, ty):
+    def q(dt, shape):
+        i = np.iinfo(dt)
+        return rng.integers(i.min, i.max, shape, dtype=dt)
+
+    a, b = q(ta, (2, 3, 8)), q(tb, (8, 5))
+    inputs = [a, np.array(0.05, np.float32), np.array(3, ta), b, np.array(0.02, np.float32), np.array(1, tb),
+              np.array(0.3, np.float32), np.array(10, ty)]
+    y = mm.qlinear_matmul_10(*inputs)
+    ref = run_ort("QLinearMatMul", inputs, opset=10)
+    assert y.dtype == ty and y.shape == ref.shape
+    assert np.abs(y.astype(int) - ref.astype(int)).max() <= 1
+    np.testing.assert_array_equal(mm.qlinear_matmul_21(*inputs), y)
+
+
+def test_qlinear_matmul_hand_computed():
+    a = np.array([[208, 236, 0, 238], [3, 214, 255, 29]], np.uint8)
+    b = np.array([[152, 51, 244], [60, 26, 255], [0, 127, 246], [127, 254, 247]], np.uint8)
+    y = mm.qlinear_matmul_10(a, np.array(0.0066, np.float32), np.array(113, np.uint8), b,
+                             np.array(0.00705, np.float32), np.array(114, np.uint8),
+                             np.array(0.0107, np.float32), np.array(118, np.uint8))
+    np.testing.assert_array_equal(y, [[168, 115, 255], [1, 66, 151]])
+
+
+def test_qlinear_matmul_float8():
+    f8 = ml_dtypes.float8_e4m3fn
+    a = np.array([[1.0, 2.0], [3.0, 4.0]]).astype(f8)
+    b = np.array([[1.0, 0.0], [0.0, 1.0]]).astype(f8)
+    zero = np.array(0, f8)
+    one = np.array(1.0, np.float32)
+    y = mm.qlinear_matmul_21(a, one, zero, b, one, zero, np.array(2.0, np.float32), zero)
+    assert y.dtype == f8
+    np.testing.assert_array_equal(y.astype(np.float32), [[0.5, 1.0], [1.5, 2.0]])
+    with pytest.raises(TypeError):
+        mm.qlinear_matmul_10(a, one, zero, b, one, zero, one, zero)

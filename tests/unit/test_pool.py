@@ -1,0 +1,154 @@
+"""Unit tests for onyxrt.providers.cpu.nn.pool."""
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onyxrt.providers.cpu.nn import pool as p
+
+ort = pytest.importorskip("onnxruntime")
+
+rng = np.random.default_rng(0)
+
+_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.uint8): TensorProto.UINT8,
+          np.dtype(np.int8): TensorProto.INT8, np.dtype(np.int64): TensorProto.INT64}
+
+
+def run_ort(op_type, inputs, n_out=1, opset=22, **attrs):
+    names = [f"i{j}" for j in range(len(inputs))]
+    outs = ["y", "ind"][:n_out]
+    node = helper.make_node(op_type, names, outs, **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, _TYPES[v.dtype], v.shape) for n, v in zip(names, inputs)],
+        [onnx.ValueInfoProto(name=o) for o in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(zip(names, inputs)))
+
+
+CONFIGS = [
+    dict(kernel_shape=[3], strides=[2], pads=[1, 0]),
+    dict(kernel_shape=[2, 2]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+    dict(kernel_shape=[3, 2], strides=[2, 3], pads=[0, 1, 1, 0], ceil_mode=1),
+    dict(kernel_shape=[2, 2], strides=[1, 1], dilations=[2, 2]),
+    dict(kernel_shape=[3, 3], strides=[3, 3], dilations=[2, 1], pads=[2, 1, 2, 1], ceil_mode=1),
+    dict(kernel_shape=[3, 3], auto_pad="SAME_UPPER", strides=[2, 2]),
+    dict(kernel_shape=[2, 3], auto_pad="SAME_LOWER", strides=[2, 1]),
+    dict(kernel_shape=[3, 3], auto_pad="VALID", strides=[2, 2], ceil_mode=1),
+    dict(kernel_shape=[2, 2, 2], strides=[2, 1, 2], pads=[1, 0, 0, 0, 1, 1]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], dilations=[2, 2], auto_pad="SAME_UPPER", ceil_mode=1),
+]
+
+
+def _input_for(cfg, dtype=np.float32):
+    nd = len(cfg["kernel_shape"])
+    shape = (2, 3) + (9, 8, 7)[:nd]
+    if dtype == np.float32:
+        return rng.standard_normal(shape).astype(np.float32)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, info.max, shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_max_pool_with_indices_matches_onnxruntime(cfg):
+    x = _input_for(cfg)
+    y, ind = p.max_pool(x, **cfg, _num_outputs=2)
+    ry, rind = run_ort("MaxPool", [x], 2, **cfg)
+    np.testing.assert_array_equal(y, ry)
+    np.testing.assert_array_equal(ind, rind)
+    (y1,) = p.max_pool(x, **cfg)
+    np.testing.assert_array_equal(y1, ry)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_max_pool_int8(dtype):
+    cfg = CONFIGS[3]
+    x = _input_for(cfg, dtype)
+    (y,) = p.max_pool(x, **cfg)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, run_ort("MaxPool", [x], 1, **cfg)[0])
+
+
+def test_max_pool_storage_order_and_hand_values():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    y, ind = p.max_pool(x, kernel_shape=[2, 2], strides=[2, 2], _num_outputs=2)
+    np.testing.assert_array_equal(y, [[[[5, 7], [13, 15]]]])
+    np.testing.assert_array_equal(ind, [[[[5, 7], [13, 15]]]])
+    _, ind_cm = p.max_pool(x, kernel_shape=[2, 2], strides=[2, 2], storage_order=1, _num_outputs=2)
+    np.testing.assert_array_equal(ind_cm, [[[[5, 13], [7, 15]]]])  # h + w * H
+    # legacy versions
+    np.testing.assert_array_equal(p.max_pool_1(x, kernel_shape=[2, 2], strides=[2, 2]), y)
+    y8, ind8 = p.max_pool_8(x, kernel_shape=[2, 2], strides=[2, 2], _num_outputs=2)
+    np.testing.assert_array_equal(ind8, ind)
+    yb = p.max_pool(x.astype(ml_dtypes.bfloat16), kernel_shape=[2, 2])[0]
+    assert yb.dtype == ml_dtypes.bfloat16
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("cip", [0, 1])
+def test_average_pool_matches_onnxruntime(cfg, cip):
+    x = _input_for(cfg)
+    y = p.average_pool(x, **cfg, count_include_pad=cip)
+    ref = run_ort("AveragePool", [x], 1, **cfg, count_include_pad=cip)[0]
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("pv", [1, 2, 3])
+def test_lp_pool_matches_onnxruntime(cfg, pv):
+    x = _input_for(cfg)
+    y = p.lp_pool(x, **cfg, p=pv)
+    ref = run_ort("LpPool", [x], 1, **cfg, p=pv)[0]
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_average_pool_legacy_versions():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    y = p.average_pool_1(x, kernel_shape=[2, 2], pads=[1, 1, 1, 1], strides=[2, 2])
+    np.testing.assert_allclose(y, [[[[0, 1.5, 3], [6, 7.5, 9], [12, 13.5, 15]]]])
+    y7 = p.average_pool_7(x, kernel_shape=[2, 2], pads=[1, 1, 1, 1], strides=[2, 2], count_include_pad=1)
+    np.testing.assert_allclose(y7, [[[[0, 0.75, 0.75], [3, 7.5, 4.5], [3, 6.75, 3.75]]]])
+    y16 = p.average_pool(x.astype(np.float16), kernel_shape=[2, 2])
+    assert y16.dtype == np.float16
+
+
+def test_global_pools():
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(p.global_average_pool(x), x.mean(axis=(2, 3), keepdims=True), rtol=1e-6)
+    np.testing.assert_array_equal(p.global_max_pool(x), x.max(axis=(2, 3), keepdims=True))
+    np.testing.assert_allclose(p.global_lp_pool(x, p=2), np.sqrt((x * x).sum(axis=(2, 3), keepdims=True)), rtol=1e-5)
+    np.testing.assert_allclose(p.global_lp_pool(x, p=3), run_ort("GlobalLpPool", [x], 1, opset=2, p=3)[0], rtol=1e-5)
+    np.testing.assert_allclose(p.global_lp_pool_1(x, p=1.0), np.abs(x).sum(axis=(2, 3), keepdims=True), rtol=1e-5)
+    assert p.global_average_pool(x.astype(np.float16)).dtype == np.float16
+    assert p.global_average_pool(x[:, :, :, 0]).shape == (2, 3, 1)
+
+
+def test_max_unpool_roundtrip_and_output_shape():
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, ind = p.max_pool(x, kernel_shape=[2, 2], strides=[2, 2], _num_outputs=2)
+    up = p.max_unpool(y, ind, kernel_shape=[2, 2], strides=[2, 2])
+    assert up.shape == x.shape
+    np.testing.assert_array_equal(up.reshape(-1)[ind.reshape(-1)], y.reshape(-1))
+    assert np.count_nonzero(up) == y.size
+    # With a larger output_shape the indices (into the pooled-from 4x4 tensor) keep their
+    # spatial coordinates, as the ONNX reference does (onnxruntime reuses the flat index).
+    xs = np.array([[[[5.0, 6.0], [7.0, 8.0]]]], np.float32)
+    xi = np.array([[[[5, 7], [13, 15]]]], np.int64)
+    up5 = p.max_unpool(xs, xi, np.array([1, 1, 5, 5]), kernel_shape=[2, 2], strides=[2, 2])
+    expected = np.zeros((1, 1, 5, 5), np.float32)
+    expected[0, 0, 1, 1], expected[0, 0, 1, 3], expected[0, 0, 3, 1], expected[0, 0, 3, 3] = 5, 6, 7, 8
+    np.testing.assert_array_equal(up5, expected)
+
+
+def test_max_roi_pool():
+    x = np.arange(2 * 1 * 6 * 6, dtype=np.float32).reshape(2, 1, 6, 6)
+    rois = np.array([[0, 0, 0, 5, 5], [1, 2, 2, 3, 3]], np.float32)
+    y = p.max_roi_pool(x, rois, pooled_shape=[2, 2])
+    assert y.shape == (2, 1, 2, 2)
+    np.testing.assert_array_equal(y[0, 0], [[14, 17], [32, 35]])
+    np.testing.assert_array_equal(y[1, 0], x[1, 0, 2:4, 2:4])
