@@ -360,6 +360,8 @@ def softmax_legacy(x, *, axis=1):
 
 @op("Softmax", versions=13)
 def softmax(x, *, axis=-1):
+    if x.dtype == np.float16:  # float16 arithmetic throughout, as the spec's function body computes it
+        return softmax_values(x, normalize_axis(axis, x.ndim))
     return _along_axis("Softmax", softmax_values, x, axis)
 
 
