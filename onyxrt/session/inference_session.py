@@ -14,6 +14,7 @@ import onnx
 from ..errors import Fail, InvalidArgument
 from ..framework.execution_plan import build_plan
 from ..framework.partitioner import partition
+from ..graph.autodiff import expand_gradient_nodes
 from ..graph.ir import Model, model_to_proto
 from ..graph.model_loader import ModelSource, load_model
 from ..graph.types import np_dtype, tensor_shape, type_string, value_type_string
@@ -103,6 +104,9 @@ class InferenceSession:
         self._apply_initializer_overrides(model)
         self._apply_free_dimension_overrides(model)
         self._describe(model)
+        # Gradient nodes name their forward values in attributes only: expand them before
+        # the optimizer, whose dead-code pass would otherwise drop those values.
+        expand_gradient_nodes(model.graph, model.opset_imports)
         self.applied_optimizations = optimize(model, int(self._sess_options.graph_optimization_level), disabled)
         if self._sess_options.optimized_model_filepath:
             onnx.save(model_to_proto(model), self._sess_options.optimized_model_filepath)
