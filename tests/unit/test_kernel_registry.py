@@ -13,13 +13,15 @@ from onyxrt.providers.cpu.registry import CPU_KERNELS
 from onyxrt.providers.kernel_registry import schema_since_version
 
 SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
+# Standard-domain ops that onnxruntime (not ONNX) defines, which models it optimized contain.
+ORT_STANDARD_DOMAIN_CONTRIB = {("LayerNormalization", 1), ("SimplifiedLayerNormalization", 1)}
 # Schema defaults that are typos in the spec itself; the kernel uses the intended value.
 SPEC_TYPOS = {("GRU", 1, "direction"): "foward"}
 
 
 def _schema_kernels():
     for domain, op_type, version in CPU_KERNELS.ops():
-        if domain in SCHEMA_DOMAINS:
+        if domain in SCHEMA_DOMAINS and (op_type, version) not in ORT_STANDARD_DOMAIN_CONTRIB:
             yield domain, op_type, version, CPU_KERNELS.lookup(domain, op_type, version).fn
 
 

@@ -1,0 +1,680 @@
+"""com.microsoft attention ops: Attention, MultiHeadAttention, GroupQueryAttention,
+RotaryEmbedding.
+
+All of them share :func:`_attend`: scores = (scale * Q) K^T as one batched matmul over
+(batch, kv head) -- grouped-query heads are folded into the query rows, so no K/V is
+repeated --, the masks and biases added in place, an in-place float32 softmax, and one
+batched matmul with V. float16/bfloat16 inputs are computed in float32.
+
+Mask semantics follow onnxruntime's CPU kernels: a padding mask adds
+``mask_filter_value`` (default -10000) to the masked scores, a causal mask replaces
+them with the lowest float, ``attention_bias`` is added after both; in
+GroupQueryAttention keys outside the causal / local window / sequence length get no
+weight at all.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..registry import op
+
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+_LOWEST = np.finfo(np.float32).min
+
+
+def _ct(*arrays) -> np.dtype:
+    """float64 if every float input is float64, else float32."""
+    dts = [a.dtype for a in arrays if a is not None]
+    for d in dts:
+        if d.kind not in "fV":
+            raise TypeError(f"unsupported element type {d} (a float type is required)")
+    return _F64 if dts and all(d == _F64 for d in dts) else _F32
+
+
+def _f(a, ct):
+    return None if a is None else a.astype(ct, copy=False)
+
+
+def _heads(x: np.ndarray, n: int) -> np.ndarray:
+    """(B, S, n*H) -> (B, n, S, H) view."""
+    b, s, d = x.shape
+    if d % n:
+        raise ValueError(f"hidden size {d} is not a multiple of the number of heads {n}")
+    return x.reshape(b, s, n, d // n).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(o: np.ndarray) -> np.ndarray:
+    """(B, n, S, H) -> (B, S, n*H), contiguous."""
+    b, n, s, h = o.shape
+    return np.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(b, s, n * h)
+
+
+def _softmax_rows(scores: np.ndarray, sink=None) -> None:
+    """In-place softmax over the last axis; ``sink`` (broadcastable to the rows) adds exp(sink - max)."""
+    m = np.maximum.reduce(scores, axis=-1, keepdims=True)
+    if sink is not None:
+        np.maximum(m, sink, out=m)
+    scores -= m
+    np.exp(scores, out=scores)
+    total = np.add.reduce(scores, axis=-1, keepdims=True)
+    if sink is not None:
+        extra = sink - m
+        np.exp(extra, out=extra)
+        total += extra
+    np.reciprocal(total, out=total)
+    scores *= total
+
+
+def _attend(
+    q,
+    k,
+    v,
+    scale,
+    *,
+    add_mask=None,
+    causal_past=None,
+    attention_bias=None,
+    softcap=0.0,
+    allowed=None,
+    sink=None,
+    qk_stage=0,
+):
+    """Scaled dot-product attention.
+
+    q (B, N, S, H); k (B, Nk, T, H); v (B, Nk, T, Hv) with N a multiple of Nk.
+    ``add_mask`` (broadcastable to (B, N, S, T)) is added, ``causal_past`` (an int P) masks
+    key j > P + s with the lowest float, ``allowed`` (bool, broadcastable) keeps only the
+    allowed keys, ``sink`` (broadcastable to (B, N, S, 1)) adds a softmax sink logit.
+    Returns (B, N, S, Hv) and, with ``qk_stage`` 1/2, the scores before/after the softmax.
+    """
+    B, N, S, H = q.shape
+    Nk, T = k.shape[1], k.shape[2]
+    if N % Nk:
+        raise ValueError(f"{N} query heads cannot share {Nk} key/value heads")
+    g = N // Nk
+    c = q.dtype.type
+    qs = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
+    np.multiply(q, c(scale), out=qs)
+    scores = np.matmul(qs.reshape(B, Nk, g * S, H), k.transpose(0, 1, 3, 2))  # (B, Nk, g*S, T)
+    sc = scores.reshape(B, N, S, T)
+    if softcap and softcap > 0:
+        sc /= c(softcap)
+        np.tanh(sc, out=sc)
+        sc *= c(softcap)
+    if add_mask is not None:
+        sc += add_mask
+    if causal_past is not None and S > 0:
+        future = np.arange(T)[None, :] > (np.arange(S)[:, None] + int(causal_past))
+        if future.any():
+            np.copyto(sc, c(_LOWEST), where=future)
+    if attention_bias is not None:
+        if np.broadcast_shapes(attention_bias.shape, sc.shape) != sc.shape:
+            raise ValueError(f"attention_bias of shape {attention_bias.shape} does not broadcast to {sc.shape}")
+        sc += attention_bias
+    qk = sc.copy() if qk_stage == 1 else None
+    if allowed is not None:
+        np.copyto(sc, c(_LOWEST), where=~allowed)
+        if qk is not None:
+            np.copyto(qk, c(0), where=~allowed)
+    _softmax_rows(sc, sink)
+    if qk_stage == 2:
+        qk = sc.copy()
+    out = np.matmul(scores, v)  # (B, Nk, g*S, Hv)
+    return out.reshape(B, N, S, v.shape[-1]), qk
+
+
+def _scale(scale, head_size: int) -> float:
+    if scale is None or float(scale) == 0.0:
+        return 1.0 / math.sqrt(head_size)
+    return float(scale)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def _key_mask(mask, batch: int, seq: int, total: int, past: int, filter_value: float, ct, op_name: str):
+    """An additive (B, 1, S|1, T) mask from an Attention mask_index / MHA key_padding_mask."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    fv = ct.type(filter_value)
+    j = np.arange(total)
+    if m.ndim == 1:
+        if m.shape[0] < batch:
+            raise ValueError(f"{op_name}: mask of shape {m.shape} is too short for batch {batch}")
+        end = m[:batch].astype(np.int64)
+        masked = j[None, :] >= end[:, None]
+        if m.shape[0] == 2 * batch:
+            start = np.minimum(m[batch:].astype(np.int64), total)
+            masked |= j[None, :] < start[:, None]
+        return np.where(masked, fv, ct.type(0))[:, None, None, :]
+    if m.ndim == 2:
+        if m.shape != (batch, total):
+            raise ValueError(f"{op_name}: 2-D mask of shape {m.shape} does not match (batch, total) = {(batch, total)}")
+        return np.where(m > 0, ct.type(0), fv)[:, None, None, :]
+    if m.ndim == 3:
+        if m.shape != (batch, seq, total):
+            raise ValueError(f"{op_name}: 3-D mask of shape {m.shape} does not match {(batch, seq, total)}")
+        return np.where(m > 0, ct.type(0), fv)[:, None, :, :]
+    if m.ndim == 4:
+        # (B, 1, max_sequence_length, max_sequence_length), as Megatron GPT-2 writes it
+        if m.shape[0] != batch or m.shape[1] != 1 or m.shape[2] < past + seq or m.shape[3] < total:
+            raise ValueError(f"{op_name}: 4-D mask of shape {m.shape} is too small for {(batch, seq, total)}")
+        sub = m[:, :, past : past + seq, :total]
+        return np.where(sub > 0, ct.type(0), fv)
+    raise ValueError(f"{op_name}: mask of rank {m.ndim} is not supported")
+
+
+# --------------------------------------------------------------------------- Attention
+
+
+@op("Attention", versions=1, domain="com.microsoft", multi_output=True)
+def attention(
+    x,
+    weights,
+    bias=None,
+    mask_index=None,
+    past=None,
+    attention_bias=None,
+    past_sequence_length=None,
+    *,
+    num_heads,
+    qkv_hidden_sizes=None,
+    unidirectional=0,
+    scale=None,
+    mask_filter_value=-10000.0,
+    do_rotary=0,
+    past_present_share_buffer=0,
+    rotary_embedding_dim=0,
+    _num_outputs=1,
+):
+    if do_rotary:
+        raise NotImplementedError("Attention: do_rotary is not supported (use MultiHeadAttention + RotaryEmbedding)")
+    if x.ndim != 3:
+        raise ValueError(f"Attention: input must be (batch, sequence, hidden), got {x.shape}")
+    N = int(num_heads)
+    ct = _ct(x, weights, bias)
+    B, S, Din = x.shape
+    if weights.ndim != 2 or weights.shape[0] != Din:
+        raise ValueError(f"Attention: weights of shape {weights.shape} do not match the input hidden size {Din}")
+    total_w = weights.shape[1]
+    if qkv_hidden_sizes:
+        dq, dk, dv = (int(v) for v in qkv_hidden_sizes)
+    else:
+        if total_w % 3:
+            raise ValueError(f"Attention: weights' second dimension {total_w} is not divisible by 3")
+        dq = dk = dv = total_w // 3
+    if dq + dk + dv != total_w or dq != dk or dq % N or dv % N:
+        raise ValueError(f"Attention: qkv hidden sizes {(dq, dk, dv)} do not fit weights {weights.shape} / {N} heads")
+    qkv = np.matmul(x.astype(ct, copy=False).reshape(B * S, Din), weights.astype(ct, copy=False))
+    if bias is not None:
+        if bias.shape != (total_w,):
+            raise ValueError(f"Attention: bias of shape {bias.shape} must be ({total_w},)")
+        qkv += bias.astype(ct, copy=False)
+    H, Hv = dq // N, dv // N
+    if dq == dv:
+        parts = qkv.reshape(B, S, 3, N, H).transpose(2, 0, 3, 1, 4)
+        q, k, v = parts[0], parts[1], parts[2]
+    else:
+        q = _heads(qkv[:, :dq].reshape(B, S, dq), N)
+        k = _heads(qkv[:, dq : dq + dk].reshape(B, S, dk), N)
+        v = _heads(qkv[:, dq + dk :].reshape(B, S, dv), N)
+
+    present = None
+    P = 0
+    if past is not None and past.size and past.ndim == 5:
+        if dq != dv:
+            raise ValueError("Attention: with past state the Q, K and V hidden sizes must be equal")
+        if past.shape[0] != 2 or past.shape[1] != B or past.shape[2] != N or past.shape[4] != H:
+            raise ValueError(f"Attention: past of shape {past.shape} does not match (2, {B}, {N}, *, {H})")
+        pc = past.astype(ct, copy=False)
+        if past_present_share_buffer:
+            P = 0 if past_sequence_length is None else int(np.asarray(past_sequence_length).reshape(-1)[0])
+            if P + S > past.shape[3]:
+                raise ValueError(f"Attention: past_sequence_length {P} + {S} exceeds the shared buffer {past.shape[3]}")
+            present = np.array(pc, copy=True)
+            present[0, :, :, P : P + S] = k
+            present[1, :, :, P : P + S] = v
+            k = present[0, :, :, : P + S]
+            v = present[1, :, :, : P + S]
+        else:
+            P = past.shape[3]
+            k = np.concatenate([pc[0], k], axis=2)
+            v = np.concatenate([pc[1], v], axis=2)
+    T = P + S
+    if present is None and _num_outputs > 1:
+        present = np.stack([k, v])
+    add_mask = _key_mask(mask_index, B, S, T, P, mask_filter_value, ct, "Attention")
+    ab = _f(attention_bias, ct)
+    out, _ = _attend(
+        q, k, v, _scale(scale, H), add_mask=add_mask, causal_past=P if unidirectional else None, attention_bias=ab
+    )
+    y = _merge_heads(out).astype(x.dtype, copy=False)
+    if _num_outputs > 1:
+        return y, present.astype(x.dtype, copy=False)
+    return (y,)
+
+
+# --------------------------------------------------------------------------- MultiHeadAttention
+
+
+@op("MultiHeadAttention", versions=1, domain="com.microsoft", multi_output=True)
+def multi_head_attention(
+    query,
+    key=None,
+    value=None,
+    bias=None,
+    key_padding_mask=None,
+    attention_bias=None,
+    past_key=None,
+    past_value=None,
+    past_sequence_length=None,
+    cache_indirection=None,
+    *,
+    num_heads,
+    mask_filter_value=-10000.0,
+    scale=None,
+    unidirectional=0,
+    _num_outputs=1,
+):
+    if cache_indirection is not None:
+        raise NotImplementedError("MultiHeadAttention: cache_indirection (beam search) is not supported")
+    N = int(num_heads)
+    ct = _ct(query, key, value, bias)
+    qx = query.astype(ct, copy=False)
+    bc = _f(bias, ct)
+    B, S = query.shape[:2]
+    if query.ndim == 5:
+        # packed QKV (B, S, N, 3, H)
+        if key is not None or value is not None or query.shape[3] != 3 or query.shape[2] != N:
+            raise ValueError(f"MultiHeadAttention: packed QKV of shape {query.shape} needs no key/value and {N} heads")
+        H = query.shape[4]
+        if bc is not None:
+            qx = qx + bc.reshape(3, N, H).transpose(1, 0, 2)
+        q = qx[:, :, :, 0].transpose(0, 2, 1, 3)
+        k = qx[:, :, :, 1].transpose(0, 2, 1, 3)
+        v = qx[:, :, :, 2].transpose(0, 2, 1, 3)
+        D = Dv = N * H
+    elif query.ndim == 3:
+        D = query.shape[2]
+        if D % N:
+            raise ValueError(f"MultiHeadAttention: hidden size {D} is not a multiple of {N} heads")
+        H = D // N
+        if key is None:
+            raise ValueError("MultiHeadAttention: key is required unless the query is packed QKV")
+        if key.ndim == 5:
+            # packed KV (B, L, N, 2, H)
+            if value is not None or key.shape[2] != N or key.shape[3] != 2 or key.shape[4] != H:
+                raise ValueError(f"MultiHeadAttention: packed KV of shape {key.shape} does not match {N} heads of {H}")
+            kx = key.astype(ct, copy=False)
+            if bc is not None:
+                kx = kx + bc[D:].reshape(2, N, H).transpose(1, 0, 2)
+            k = kx[:, :, :, 0].transpose(0, 2, 1, 3)
+            v = kx[:, :, :, 1].transpose(0, 2, 1, 3)
+            Dv = D
+        elif key.ndim == 4:
+            # key/value already projected and split into heads: (B, N, L, H)
+            if value is None or value.ndim != 4:
+                raise ValueError("MultiHeadAttention: a 4-D key needs a 4-D value")
+            k = key.astype(ct, copy=False)
+            v = value.astype(ct, copy=False)
+            Dv = N * v.shape[3]
+        elif key.ndim == 3:
+            if value is None or value.ndim != 3:
+                raise ValueError("MultiHeadAttention: a 3-D key needs a 3-D value")
+            kx = key.astype(ct, copy=False)
+            vx = value.astype(ct, copy=False)
+            Dv = vx.shape[2]
+            if bc is not None:
+                kx = kx + bc[D : 2 * D]
+                vx = vx + bc[2 * D : 2 * D + Dv]
+            k = _heads(kx, N)
+            v = _heads(vx, N)
+        else:
+            raise ValueError(f"MultiHeadAttention: key of rank {key.ndim} is not supported")
+        if bc is not None:
+            qx = qx + bc[:D]
+        q = _heads(qx, N)
+    else:
+        raise ValueError(f"MultiHeadAttention: query of rank {query.ndim} is not supported")
+
+    P = 0
+    L = k.shape[2]
+    present_k = present_v = None
+    if past_key is not None and past_key.size:
+        if past_value is None:
+            raise ValueError("MultiHeadAttention: past_key needs past_value")
+        pk = past_key.astype(ct, copy=False)
+        pv = past_value.astype(ct, copy=False)
+        if past_sequence_length is not None:
+            # past and present share one (B, N, max_sequence_length, H) buffer
+            P = int(np.asarray(past_sequence_length).reshape(-1)[0])
+            if P + L > pk.shape[2]:
+                raise ValueError(f"MultiHeadAttention: past_sequence_length {P} + {L} exceeds the buffer {pk.shape[2]}")
+            present_k = np.array(pk, copy=True)
+            present_v = np.array(pv, copy=True)
+            present_k[:, :, P : P + L] = k
+            present_v[:, :, P : P + L] = v
+            k = present_k[:, :, : P + L]
+            v = present_v[:, :, : P + L]
+        else:
+            P = pk.shape[2]
+            k = np.concatenate([pk, k], axis=2)
+            v = np.concatenate([pv, v], axis=2)
+    T = k.shape[2]
+    if present_k is None:
+        present_k, present_v = k, v
+    add_mask = None
+    if key_padding_mask is not None:
+        m = np.asarray(key_padding_mask)
+        if m.ndim == 1 and m.shape[0] == 3 * B + 2:
+            raise NotImplementedError("MultiHeadAttention: key_padding_mask of shape (3 * batch + 2) is not supported")
+        add_mask = _key_mask(m, B, S, T, P, mask_filter_value, ct, "MultiHeadAttention")
+    ab = _f(attention_bias, ct)
+    out, qk = _attend(
+        q,
+        k,
+        v,
+        _scale(scale, H),
+        add_mask=add_mask,
+        causal_past=P if unidirectional else None,
+        attention_bias=ab,
+        qk_stage=1 if _num_outputs > 3 else 0,
+    )
+    y = _merge_heads(out).astype(query.dtype, copy=False)
+    result = [y]
+    if _num_outputs > 1:
+        result += [np.ascontiguousarray(present_k).astype(query.dtype, copy=False)]
+    if _num_outputs > 2:
+        result += [np.ascontiguousarray(present_v).astype(query.dtype, copy=False)]
+    if _num_outputs > 3:
+        result += [qk.astype(query.dtype, copy=False)]
+    return tuple(result)
+
+
+# --------------------------------------------------------------------------- rotary embedding
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -> np.ndarray:
+    """Rotate the first 2*cos.shape[-1] features of x (..., H); cos/sin broadcast to (..., rd/2)."""
+    half = cos.shape[-1]
+    rd = 2 * half
+    out = np.array(x, copy=True)
+    if interleaved:
+        x1 = x[..., 0:rd:2]
+        x2 = x[..., 1:rd:2]
+        out[..., 0:rd:2] = x1 * cos - x2 * sin
+        out[..., 1:rd:2] = x2 * cos + x1 * sin
+    else:
+        x1 = x[..., :half]
+        x2 = x[..., half:rd]
+        out[..., :half] = x1 * cos - x2 * sin
+        out[..., half:rd] = x2 * cos + x1 * sin
+    return out
+
+
+def _cache_rows(cache: np.ndarray, positions: np.ndarray, op_name: str) -> np.ndarray:
+    if positions.size and (int(positions.min()) < 0 or int(positions.max()) >= cache.shape[0]):
+        raise ValueError(f"{op_name}: position ids out of range [0, {cache.shape[0]})")
+    return np.take(cache, positions, axis=0)
+
+
+@op("RotaryEmbedding", versions=1, domain="com.microsoft")
+def rotary_embedding(
+    x,
+    position_ids,
+    cos_cache,
+    sin_cache,
+    *,
+    interleaved=0,
+    is_packed_batching=0,
+    num_heads=0,
+    rotary_embedding_dim=0,
+    scale=1.0,
+):
+    if is_packed_batching:
+        raise NotImplementedError("RotaryEmbedding: is_packed_batching is not supported")
+    ct = _ct(x, cos_cache, sin_cache)
+    if cos_cache.ndim != 2 or sin_cache.shape != cos_cache.shape:
+        raise ValueError(f"RotaryEmbedding: cos/sin caches of shapes {cos_cache.shape}/{sin_cache.shape} are invalid")
+    half = cos_cache.shape[1]
+    rd = int(rotary_embedding_dim) or 2 * half
+    if rd != 2 * half:
+        raise ValueError(f"RotaryEmbedding: rotary_embedding_dim {rd} does not match the caches' {2 * half}")
+    if x.ndim == 4:
+        B, N, S, H = x.shape
+        xh = x.astype(ct, copy=False)
+    elif x.ndim == 3:
+        B, S, D = x.shape
+        if rotary_embedding_dim and not num_heads:
+            raise ValueError("RotaryEmbedding: num_heads is required with rotary_embedding_dim")
+        N = int(num_heads) if num_heads else D // rd
+        if N <= 0 or D % N:
+            raise ValueError(f"RotaryEmbedding: hidden size {D} is not a multiple of {N} heads")
+        H = D // N
+        xh = x.astype(ct, copy=False).reshape(B, S, N, H).transpose(0, 2, 1, 3)
+    else:
+        raise ValueError(f"RotaryEmbedding: input must be 3-D or 4-D, got {x.shape}")
+    if rd > H:
+        raise ValueError(f"RotaryEmbedding: rotary dimension {rd} exceeds the head size {H}")
+    pid = np.asarray(position_ids).astype(np.int64, copy=False)
+    if pid.size == 1 and pid.ndim <= 1:
+        positions = np.broadcast_to(int(pid.reshape(-1)[0]) + np.arange(S), (B, S))
+    else:
+        positions = np.broadcast_to(pid.reshape(-1, S), (B, S))
+    cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding")[:, None]  # (B, 1, S, half)
+    sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding")[:, None]
+    y = _rotate(xh, cos, sin, bool(interleaved))
+    if x.ndim == 3:
+        y = _merge_heads(y)
+    return y.astype(x.dtype, copy=False)
+
+
+# --------------------------------------------------------------------------- GroupQueryAttention
+
+
+def _rms_heads(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    ms = np.mean(np.square(x), axis=-1, keepdims=True)
+    ms += x.dtype.type(eps)
+    return x / np.sqrt(ms) * weight.astype(x.dtype, copy=False)
+
+
+@op("GroupQueryAttention", versions=1, domain="com.microsoft", multi_output=True)
+def group_query_attention(
+    query,
+    key=None,
+    value=None,
+    past_key=None,
+    past_value=None,
+    seqlens_k=None,
+    total_sequence_length=None,
+    cos_cache=None,
+    sin_cache=None,
+    position_ids=None,
+    attention_bias=None,
+    head_sink=None,
+    k_scale=None,
+    v_scale=None,
+    q_norm_weight=None,
+    k_norm_weight=None,
+    query_seqlens=None,
+    *,
+    num_heads,
+    kv_num_heads,
+    scale=None,
+    softcap=0.0,
+    local_window_size=-1,
+    do_rotary=0,
+    rotary_interleaved=0,
+    smooth_softmax=-1,
+    causal=1,
+    qk_output=0,
+    kv_cache_bit_width=0,
+    k_quant_type="NONE",
+    v_quant_type="NONE",
+    sliding_window_cache=0,
+    qk_norm_epsilon=1e-6,
+    q_norm_epsilon=None,
+    k_norm_epsilon=None,
+    _num_outputs=1,
+):
+    for name, value_ in (("k_quant_type", k_quant_type), ("v_quant_type", v_quant_type)):
+        if (value_.decode() if isinstance(value_, bytes) else value_) not in ("NONE", ""):
+            raise NotImplementedError(f"GroupQueryAttention: quantized KV cache ({name}={value_!r}) is not supported")
+    if kv_cache_bit_width or k_scale is not None or v_scale is not None:
+        raise NotImplementedError("GroupQueryAttention: quantized KV cache is not supported")
+    if sliding_window_cache:
+        raise NotImplementedError("GroupQueryAttention: sliding_window_cache is not supported")
+    if seqlens_k is None or total_sequence_length is None:
+        raise ValueError("GroupQueryAttention: seqlens_k and total_sequence_length are required")
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("GroupQueryAttention: q_norm_weight and k_norm_weight must be given together")
+    N, Nkv = int(num_heads), int(kv_num_heads)
+    if Nkv <= 0 or N % Nkv:
+        raise ValueError(f"GroupQueryAttention: num_heads {N} is not a multiple of kv_num_heads {Nkv}")
+    ct = _ct(query, key, value)
+    if query.ndim != 3:
+        raise ValueError(f"GroupQueryAttention: query must be 3-D, got {query.shape}")
+    B, S, d = query.shape
+    qx = query.astype(ct, copy=False)
+    if key is None:
+        if value is not None or d % (N + 2 * Nkv):
+            raise ValueError(f"GroupQueryAttention: packed QKV of width {d} does not split into {N}+2x{Nkv} heads")
+        H = d // (N + 2 * Nkv)
+        q = _heads(qx[..., : N * H], N)
+        k = _heads(qx[..., N * H : (N + Nkv) * H], Nkv)
+        v = _heads(qx[..., (N + Nkv) * H :], Nkv)
+    else:
+        if value is None or key.shape[:2] != (B, S) or value.shape[:2] != (B, S):
+            raise ValueError("GroupQueryAttention: key and value must be (batch, sequence_length, kv_hidden)")
+        q = _heads(qx, N)
+        H = q.shape[3]
+        k = _heads(key.astype(ct, copy=False), Nkv)
+        v = _heads(value.astype(ct, copy=False), Nkv)
+        if k.shape[3] != H:
+            raise ValueError("GroupQueryAttention: query and key head sizes differ")
+    Hv = v.shape[3]
+
+    if q_norm_weight is not None:
+        q = _rms_heads(q, q_norm_weight, qk_norm_epsilon if q_norm_epsilon is None else q_norm_epsilon)
+        k = _rms_heads(k, k_norm_weight, qk_norm_epsilon if k_norm_epsilon is None else k_norm_epsilon)
+
+    seqlens = np.asarray(seqlens_k).reshape(-1).astype(np.int64)
+    if seqlens.shape[0] != B:
+        raise ValueError(f"GroupQueryAttention: seqlens_k must have {B} values, got {seqlens.shape}")
+    total = int(np.asarray(total_sequence_length).reshape(-1)[0])
+    T_b = seqlens + 1
+    has_past = past_key is not None and past_key.size > 0
+    past_len = past_key.shape[2] if past_key is not None else 0
+    first_prompt = False
+    if query_seqlens is not None:
+        Q_b = np.asarray(query_seqlens).reshape(-1).astype(np.int64)
+        if Q_b.shape[0] != B or np.any(Q_b < 0) or np.any(Q_b > np.minimum(S, T_b)):
+            raise ValueError("GroupQueryAttention: query_seqlens out of range")
+        P_b = T_b - Q_b
+        W_b = Q_b  # rows written to the cache
+    elif S == total:
+        # first prompt (possibly right padded): every row is written, positions start at 0
+        P_b = np.zeros(B, np.int64)
+        W_b = np.full(B, S, np.int64)
+        first_prompt = True
+    else:
+        P_b = T_b - S
+        W_b = np.full(B, S, np.int64)
+        if np.any(P_b < 0):
+            raise ValueError("GroupQueryAttention: seqlens_k is smaller than the new sequence")
+
+    # rotary embedding of the new query / key rows
+    if do_rotary:
+        if cos_cache is None or sin_cache is None:
+            raise ValueError("GroupQueryAttention: do_rotary needs cos_cache and sin_cache")
+        if position_ids is not None and first_prompt:
+            # onnxruntime: a first prompt reads only the first position id, for every batch entry
+            start = int(np.asarray(position_ids).reshape(-1)[0])
+            positions = np.broadcast_to(start + np.arange(S)[None, :], (B, S))
+        elif position_ids is not None:
+            pid = np.asarray(position_ids).astype(np.int64).reshape(-1, S)
+            positions = np.broadcast_to(pid, (B, S))
+        else:
+            positions = P_b[:, None] + np.arange(S)[None, :]
+        positions = np.minimum(positions, cos_cache.shape[0] - 1) if query_seqlens is not None else positions
+        cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
+        sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
+        if 2 * cos.shape[-1] > H:
+            raise ValueError("GroupQueryAttention: the rotary caches are wider than the head size")
+        q = _rotate(q, cos, sin, bool(rotary_interleaved))
+        k = _rotate(k, cos, sin, bool(rotary_interleaved))
+
+    # present = the valid past rows + the new rows, in a (B, Nkv, max(total, past buffer), H) buffer
+    t_buf = max(total, past_len, int((P_b + W_b).max()) if B else 0)
+    present_k = np.zeros((B, Nkv, t_buf, H), ct)
+    present_v = np.zeros((B, Nkv, t_buf, Hv), ct)
+    if has_past:
+        if past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv:
+            raise ValueError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
+        pk = past_key.astype(ct, copy=False)
+        pv = past_value.astype(ct, copy=False)
+    for b in range(B):
+        p, w = int(P_b[b]), int(W_b[b])
+        if p > 0:
+            if not has_past or p > past_len:
+                raise ValueError(f"GroupQueryAttention: batch {b} needs {p} cached tokens, the past holds {past_len}")
+            present_k[b, :, :p] = pk[b, :, :p]
+            present_v[b, :, :p] = pv[b, :, :p]
+        present_k[b, :, p : p + w] = k[b, :, :w]
+        present_v[b, :, p : p + w] = v[b, :, :w]
+
+    # which keys each query row sees
+    T = min(max(total, int((P_b + W_b).max()) if B else 0), t_buf)
+    j = np.arange(T)[None, None, :]
+    pos = (P_b[:, None] + np.arange(S)[None, :])[:, :, None]  # (B, S, 1)
+    limit = T_b[:, None, None]
+    if causal:
+        allowed = (j <= pos) & (j < np.maximum(limit, 1))
+        allowed |= (j < limit) & (pos >= limit)  # right-padding rows of a first prompt see the whole sequence
+        if local_window_size is not None and int(local_window_size) > 0:
+            allowed &= j > pos - int(local_window_size)
+    else:
+        if local_window_size is not None and int(local_window_size) > 0:
+            raise ValueError("GroupQueryAttention: local_window_size needs causal=1")
+        allowed = np.broadcast_to(j < limit, (B, S, T))
+    allowed = allowed[:, None]  # (B, 1, S, T)
+
+    ab = _f(attention_bias, ct)
+    if ab is not None:
+        if ab.ndim != 4 or ab.shape[2] != S or ab.shape[3] < T:
+            raise ValueError(f"GroupQueryAttention: attention_bias of shape {attention_bias.shape} does not fit ({B}, {N}, {S}, {T})")
+        ab = ab[..., :T]
+    sink = None
+    if head_sink is not None:
+        sink = head_sink.astype(ct, copy=False).reshape(1, N, 1, 1)
+    elif smooth_softmax is not None and int(smooth_softmax) > 0:
+        sink = np.zeros((1, 1, 1, 1), ct)
+    out, qk = _attend(
+        q,
+        present_k[:, :, :T],
+        present_v[:, :, :T],
+        _scale(scale, H),
+        attention_bias=ab,
+        softcap=float(softcap or 0.0),
+        allowed=allowed,
+        sink=sink,
+        qk_stage=int(qk_output) if _num_outputs > 3 else 0,
+    )
+    y = _merge_heads(out).astype(query.dtype, copy=False)
+    result = [y]
+    if _num_outputs > 1:
+        result.append(present_k.astype(query.dtype, copy=False))
+    if _num_outputs > 2:
+        result.append(present_v.astype(query.dtype, copy=False))
+    if _num_outputs > 3:
+        qk_full = np.zeros((B, N, S, total), ct)  # onnxruntime: (batch, heads, sequence, total_sequence_length)
+        if qk is not None:
+            width = min(total, T)
+            qk_full[..., :width] = qk[..., :width]
+        result.append(qk_full.astype(query.dtype, copy=False))
+    return tuple(result)
