@@ -1,0 +1,602 @@
+"""com.microsoft quantized ops (contrib/qlinear.py, contrib/quantized.py).
+
+Two kinds of checks:
+
+* hand-computed expectations on tiny inputs (formulas from the op schemas);
+* parity with onnxruntime on one-node models (skipped without onnxruntime). The
+  8-bit outputs are compared exactly where onyxrt reproduces onnxruntime's float32
+  requantization arithmetic (which it does for every op here on this machine); the
+  assertions still allow one quantization step (``atol=1``) because onnxruntime picks
+  SIMD kernels per CPU (e.g. its logistic/exp approximations), and a value that lies
+  on a rounding boundary may round the other way. Float outputs are compared at
+  float32 rounding level relative to the output's magnitude.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onyxrt  # noqa: F401 - registers the kernels
+from onyxrt.providers.cpu.contrib import qlinear, quantized
+from onyxrt.providers.cpu.contrib.quantized import unpack_bits
+
+F = np.float32
+RNG = np.random.default_rng(1234)
+
+
+def rand_int(dtype, shape):
+    info = np.iinfo(dtype)
+    return RNG.integers(info.min, info.max + 1, shape).astype(dtype)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack ``bits``-wide values low-bits-first along the last axis (bits in 2, 4, 8)."""
+    per = 8 // bits
+    v = values.astype(np.uint16).reshape(values.shape[:-1] + (-1, per))
+    out = np.zeros(v.shape[:-1], np.uint16)
+    for i in range(per):
+        out |= v[..., i] << (i * bits)
+    return out.astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- onnxruntime parity helper
+
+
+def ort_node(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
+    """Outputs of onnxruntime on a one-node com.microsoft model; ``inputs`` is [(name, array or None)]."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import helper, numpy_helper
+
+    ins, inits, feeds, names = [], [], {}, []
+    for name, arr in inputs:
+        if arr is None:
+            names.append("")
+            continue
+        arr = np.asarray(arr)
+        names.append(name)
+        if name in const:
+            inits.append(numpy_helper.from_array(arr, name))
+        else:
+            ins.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
+            feeds[name] = arr
+    while names and names[-1] == "":
+        names.pop()
+    outs = [f"y{i}" for i in range(n_out)]
+    node = helper.make_node(op_type, names, outs, domain="com.microsoft", **(attrs or {}))
+    out_types = out_types or [np.asarray(inputs[0][1]).dtype] * n_out
+    ovi = [helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(np.dtype(t)), None) for o, t in zip(outs, out_types)]
+    graph = helper.make_graph([node], "g", ins, ovi, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # pragma: no cover - depends on the onnxruntime build
+        if "NOT_IMPLEMENTED" in str(e) or "Could not find an implementation" in str(e):
+            pytest.skip(f"onnxruntime has no CPU kernel for this {op_type} variant")
+        raise
+    return sess.run(None, feeds)
+
+
+def assert_q_close(got, want):
+    """8-bit outputs: same shape/dtype, at most one quantization step apart (see module docstring)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    np.testing.assert_allclose(got.astype(np.int32), want.astype(np.int32), rtol=0, atol=1)
+
+
+def assert_f_close(got, want, rel=1e-5):
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    scale = max(float(np.abs(want).max()), 1e-6)
+    np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0, atol=rel * scale)
+
+
+# --------------------------------------------------------------------------- element-wise (hand-computed)
+
+
+def test_qlinear_add_formula():
+    a = np.array([[10, 20, 30]], np.uint8)
+    b = np.array([[5], [7]], np.uint8)  # broadcasts to (2, 3)
+    y = qlinear.qlinear_add(a, F(0.5), np.uint8(10), b, F(0.25), np.uint8(1), F(1.0), np.uint8(3))
+    # like onnxruntime: a * (sa/sc) + b * (sb/sc) + (zc - za*sa/sc - zb*sb/sc), then round half to even
+    real = 0.5 * a.astype(float) + 0.25 * b.astype(float) + (3 - 0.5 * 10 - 0.25 * 1)
+    np.testing.assert_array_equal(y, np.clip(np.rint(real), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(y, [[4, 9, 14], [4, 10, 14]])  # onnxruntime's values
+    assert y.shape == (2, 3) and y.dtype == np.uint8
+
+
+def test_qlinear_add_saturates_and_rounds_half_to_even():
+    a = np.array([0, 1, 100, 127, -128], np.int8)
+    # 0.25 * 2 * a + 71: 71, 71.5 -> 72 (even), 121, 134.5 -> saturates at 127, 7
+    y = qlinear.qlinear_add(a, F(0.25), None, a, F(0.25), None, F(1.0), np.int8(71))
+    np.testing.assert_array_equal(y, np.array([71, 72, 121, 127, 7], np.int8))
+
+
+def test_scalar_inputs_give_arrays():
+    u = np.array(7, np.uint8)
+    outs = [
+        qlinear.qlinear_add(u, F(0.1), u, u, F(0.1), u, F(0.2), u),
+        qlinear.qlinear_mul(u, F(0.1), u, u, F(0.1), u, F(0.2), u),
+        qlinear.qlinear_sigmoid(u, F(0.1), u, F(0.2), u),
+        qlinear.qlinear_where(np.array(True), u, F(0.1), u, u, F(0.2), u, F(0.3), u),
+        qlinear.qlinear_reduce_mean(np.ones((2, 3), np.uint8), F(0.1), u, F(0.2), u, axes=[0, 1], keepdims=0),
+        qlinear.quantize_linear_ms(np.array(1.5, F), F(0.5), u),
+    ]
+    for y in outs:
+        assert isinstance(y, np.ndarray) and y.shape == () and y.dtype == np.uint8
+    np.testing.assert_array_equal(outs[0], 7)  # 0.1*0 + 0.1*0 -> zero point
+
+
+def test_qlinear_mul_formula():
+    a = np.array([1, 2, 3, 250], np.uint8)
+    b = np.array([4], np.uint8)
+    y = qlinear.qlinear_mul(a, F(0.1), np.uint8(1), b, F(0.5), np.uint8(2), F(0.05), np.uint8(7))
+    expect = np.clip(np.rint((a.astype(float) - 1) * 2 * (0.1 * 0.5 / 0.05)) + 7, 0, 255)
+    np.testing.assert_array_equal(y, expect.astype(np.uint8))
+
+
+def test_lookup_table_ops_cover_every_byte():
+    x = np.arange(-128, 128, dtype=np.int8)
+    y = qlinear.qlinear_leaky_relu(x, F(0.1), np.int8(0), F(0.05), np.int8(0), alpha=0.5)
+    real = np.where(x >= 0, x * 0.1, x * 0.1 * 0.5)
+    np.testing.assert_array_equal(y, np.clip(np.rint(real.astype(F) / F(0.05)), -128, 127).astype(np.int8))
+    s = qlinear.qlinear_sigmoid(np.arange(256, dtype=np.uint8), F(0.1), np.uint8(128), F(1 / 256), None)
+    expect = np.clip(np.rint(256 / (1 + np.exp(-(np.arange(256) - 128) * 0.1))), 0, 255)
+    assert np.abs(s.astype(int) - expect).max() <= 1
+    assert s.dtype == np.uint8
+
+
+def test_qlinear_concat_requantizes_each_input():
+    x1 = np.array([[0, 10]], np.uint8)
+    x2 = np.array([[20]], np.uint8)
+    y = qlinear.qlinear_concat(F(0.5), np.uint8(0), x1, F(0.5), np.uint8(0), x2, F(1.0), np.uint8(10), axis=-1)
+    np.testing.assert_array_equal(y, np.array([[0, 10, 20]], np.uint8))  # x2: (20-10)*1.0/0.5 = 20
+
+
+def test_qlinear_where():
+    cond = np.array([True, False, True])
+    x = np.array([10, 20, 30], np.uint8)
+    y = np.array([1, 2, 3], np.uint8)
+    z = qlinear.qlinear_where(cond, x, F(1.0), np.uint8(0), y, F(2.0), np.uint8(1), F(1.0), np.uint8(0))
+    np.testing.assert_array_equal(z, np.array([10, 2, 30], np.uint8))
+
+
+def test_qlinear_global_average_pool_nchw_and_nhwc():
+    x = rand_int(np.uint8, (2, 3, 4, 5))
+    y = qlinear.qlinear_global_average_pool(x, F(0.1), np.uint8(7), F(0.05), np.uint8(3))
+    mean = (x.astype(float) - 7).mean(axis=(2, 3), keepdims=True) * 0.1
+    expect = np.clip(np.rint(mean / 0.05) + 3, 0, 255)
+    np.testing.assert_allclose(y.astype(int), expect, atol=1)
+    assert y.shape == (2, 3, 1, 1)
+    y_last = qlinear.qlinear_global_average_pool(np.moveaxis(x, 1, -1).copy(), F(0.1), np.uint8(7), F(0.05), np.uint8(3), channels_last=1)
+    np.testing.assert_array_equal(y_last, np.moveaxis(y, 1, -1))
+
+
+def test_qlinear_average_pool_matches_float_average_pool():
+    x = rand_int(np.int8, (1, 2, 6, 6))
+    y = qlinear.qlinear_average_pool(x, F(0.1), np.int8(0), F(0.1), np.int8(0), kernel_shape=[2, 2], strides=[2, 2])
+    ref = x.astype(float).reshape(1, 2, 3, 2, 3, 2).mean(axis=(3, 5))
+    np.testing.assert_allclose(y.astype(float), np.rint(ref), atol=1)
+    assert y.shape == (1, 2, 3, 3) and y.dtype == np.int8
+
+
+def test_qlinear_reduce_mean():
+    x = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    y = qlinear.qlinear_reduce_mean(x, F(1.0), np.uint8(0), F(0.5), np.uint8(1), axes=[2], keepdims=0)
+    np.testing.assert_array_equal(y, (np.rint(x.mean(axis=2) / 0.5) + 1).astype(np.uint8))
+    y = qlinear.qlinear_reduce_mean(x, F(1.0), np.uint8(0), F(1.0), np.uint8(0), axes=[0, -1], keepdims=1)
+    assert y.shape == (1, 3, 1)
+
+
+def test_qlinear_softmax_sums_to_one():
+    x = rand_int(np.uint8, (3, 10))
+    y = qlinear.qlinear_softmax(x, F(0.05), np.uint8(0), F(1 / 256), np.uint8(0), opset=13, axis=-1)
+    xi = x.astype(np.int64)
+    e = np.exp((xi - xi.max(axis=1, keepdims=True)) * 0.05)
+    np.testing.assert_allclose(y.astype(float), np.clip(np.rint(256 * e / e.sum(axis=1, keepdims=True)), 0, 255), atol=1)
+
+
+def test_quantize_dequantize_linear_ms():
+    x = np.array([[-1.0, 0.26, 0.25, 300.0]], F)
+    q = qlinear.quantize_linear_ms(x, F(0.5), np.int8(1))
+    np.testing.assert_array_equal(q, np.array([[-1, 2, 1, 127]], np.int8))  # 0.5 -> 0 (even) + 1
+    np.testing.assert_array_equal(qlinear.dequantize_linear_ms(q, F(0.5), np.int8(1)), (q.astype(F) - 1) * F(0.5))
+    # per-axis, default uint8 output
+    s = np.array([1.0, 2.0], F)
+    q = qlinear.quantize_linear_ms(np.array([[3.0, 3.0]], F), s, None, axis=1)
+    np.testing.assert_array_equal(q, np.array([[3, 2]], np.uint8))
+
+
+def test_quantize_linear_ms_int4():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    q = qlinear.quantize_linear_ms(np.array([-20.0, -1.5, 0.5, 20.0], F), F(1.0), np.zeros((), ml_dtypes.int4))
+    assert q.dtype == ml_dtypes.int4
+    np.testing.assert_array_equal(q.astype(np.int8), np.array([-8, -2, 0, 7], np.int8))
+    d = qlinear.dequantize_linear_ms(q, F(0.5), None)
+    np.testing.assert_array_equal(d, np.array([-4.0, -1.0, 0.0, 3.5], F))
+
+
+# --------------------------------------------------------------------------- matmul family (hand-computed)
+
+
+def test_unpack_bits():
+    packed = np.array([[0x21, 0x43]], np.uint8)
+    np.testing.assert_array_equal(unpack_bits(packed, 4, 4), [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(unpack_bits(np.array([0b11100100], np.uint8), 2, 4), [0, 1, 2, 3])
+    # a 3-bit little-endian stream of 5, 6, 7: bits 1,0,1 | 0,1,1 | 1,1,1 -> bytes 0xF5, 0x01
+    np.testing.assert_array_equal(unpack_bits(np.array([0xF5, 0x01], np.uint8), 3, 3), [5, 6, 7])
+
+
+def test_matmul_nbits_dequantizes_blockwise():
+    K, N, bs = 40, 3, 16  # K not a multiple of the block size
+    kb = 3
+    q = RNG.integers(0, 16, (N, kb, bs)).astype(np.uint8)
+    b = pack_bits(q, 4)
+    scales = RNG.uniform(0.1, 1.0, (N, kb)).astype(F)
+    zp = RNG.integers(0, 16, (N, kb)).astype(np.uint8)
+    zp_packed = pack_bits(np.pad(zp, ((0, 0), (0, 1))), 4)
+    a = RNG.standard_normal((2, K)).astype(F)
+    bias = RNG.standard_normal(N).astype(F)
+    w = ((q.astype(F) - zp[..., None]) * scales[..., None]).reshape(N, -1)[:, :K]
+    y = quantized.matmul_nbits(a, b, scales, zp_packed, None, bias, K=K, N=N, block_size=bs)
+    np.testing.assert_allclose(y, a @ w.T + bias, rtol=1e-5, atol=1e-5)
+    # default zero point 8; float zero points
+    w8 = ((q.astype(F) - 8) * scales[..., None]).reshape(N, -1)[:, :K]
+    np.testing.assert_allclose(quantized.matmul_nbits(a, b, scales, K=K, N=N, block_size=bs), a @ w8.T, rtol=1e-5, atol=1e-5)
+    zf = zp.astype(F) + 0.5
+    wf = ((q.astype(F) - zf[..., None]) * scales[..., None]).reshape(N, -1)[:, :K]
+    np.testing.assert_allclose(quantized.matmul_nbits(a, b, scales, zf, K=K, N=N, block_size=bs), a @ wf.T, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_nbits_g_idx_and_empty_weights():
+    K, N, bs = 32, 2, 16
+    q = RNG.integers(0, 16, (N, 2, bs)).astype(np.uint8)
+    b = pack_bits(q, 4)
+    scales = np.array([[1.0, 2.0], [3.0, 4.0]], F)
+    g_idx = np.arange(K, dtype=np.int32) % 2  # alternate blocks per row of K
+    a = RNG.standard_normal((1, K)).astype(F)
+    qf = q.reshape(N, K).astype(F) - 8
+    w = qf * scales[:, g_idx]
+    y = quantized.matmul_nbits(a, b, scales, None, g_idx, K=K, N=N, block_size=bs)
+    np.testing.assert_allclose(y, a @ w.T, rtol=1e-5, atol=1e-5)
+    empty = quantized.matmul_nbits(a, np.zeros((0, 2, 8), np.uint8), np.zeros((0,), F), None, None, np.ones(N, F), K=K, N=N, block_size=bs)
+    np.testing.assert_array_equal(empty, np.ones((1, N), F))
+
+
+def test_matmul_nbits_float16_and_8bit():
+    K, N, bs = 32, 4, 32
+    q = RNG.integers(0, 256, (N, 1, bs)).astype(np.uint8)
+    scales = RNG.uniform(0.01, 0.02, (N, 1)).astype(np.float16)
+    a = RNG.standard_normal((3, K)).astype(np.float16)
+    y = quantized.matmul_nbits(a, q, scales, K=K, N=N, block_size=bs, bits=8)
+    w = (q.reshape(N, K).astype(F) - 128) * scales.astype(F)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(y.astype(F), a.astype(F) @ w.T, rtol=1e-2, atol=1e-2)
+
+
+def test_matmul_integer_to_float():
+    a = np.array([[1, 2], [3, 4]], np.uint8)
+    b = np.array([[1, 0, 2], [0, 1, 3]], np.int8)
+    y = quantized.matmul_integer_to_float(a, b, F(0.5), np.array([1, 2, 3], F), np.uint8(1), np.int8(0), np.ones(3, F))
+    expect = ((a.astype(F) - 1) @ b.astype(F)) * (0.5 * np.array([1, 2, 3], F)) + 1
+    np.testing.assert_allclose(y, expect)
+    assert y.dtype == np.float32
+
+
+def test_dynamic_quantize_matmul_is_close_to_float_matmul():
+    a = RNG.standard_normal((4, 16)).astype(F)
+    b = rand_int(np.int8, (16, 5))
+    y = quantized.dynamic_quantize_matmul(a, b, F(0.01), np.int8(0), None)
+    exact = a @ (b.astype(F) * 0.01)
+    assert np.abs(y - exact).max() < 0.02 * np.abs(exact).max()
+
+
+def test_dynamic_quantize_uint8_parameters():
+    q, scale, zp = quantized.dynamic_quantize_uint8(np.array([-1.0, 0.0, 3.0], F))
+    assert scale == F(4.0 / 255) and zp == 64  # round(1 / (4/255)) = round(63.75)
+    np.testing.assert_array_equal(q + zp, np.array([0, 64, 255], F))
+    q, scale, zp = quantized.dynamic_quantize_uint8(np.zeros(3, F))
+    assert scale == 1.0 and zp == 0
+
+
+def test_qgemm_float_and_quantized_output():
+    a = np.array([[130, 120]], np.uint8)
+    b = np.array([[1, -1], [2, 3]], np.int8)
+    c = np.array([10, -10], np.int32)
+    y = quantized.qgemm(a, F(0.5), np.uint8(128), b, F(0.25), np.int8(0), c, alpha=2.0)
+    acc = np.array([[2 * 1 - 8 * 2, 2 * -1 - 8 * 3]], F) + c
+    np.testing.assert_allclose(y, acc * 2.0 * 0.5 * 0.25)
+    yq = quantized.qgemm(a, F(0.5), np.uint8(128), b, F(0.25), np.int8(0), c, F(0.5), np.uint8(100), alpha=2.0)
+    np.testing.assert_array_equal(yq, np.clip(np.rint(acc * 2.0 * 0.5 * 0.25 / 0.5) + 100, 0, 255).astype(np.uint8))
+    yt = quantized.qgemm(a.T.copy(), F(0.5), np.uint8(128), b.T.copy(), F(0.25), np.int8(0), c, alpha=2.0, transA=1, transB=1)
+    np.testing.assert_allclose(yt, y)
+
+
+def test_qattention_matches_float_attention():
+    b, s, hin, heads, hd = 1, 3, 4, 2, 2
+    h = heads * hd
+    x = rand_int(np.uint8, (b, s, hin))
+    w = rand_int(np.int8, (hin, 3 * h))
+    bias = RNG.standard_normal(3 * h).astype(F)
+    (out,) = quantized.qattention(x, w, bias, F(0.02), F(0.01), None, np.uint8(128), np.int8(0), num_heads=heads)
+    qkv = ((x.astype(F) - 128) @ w.astype(F)) * F(0.02 * 0.01) + bias
+    q, k, v = (qkv[..., i * h:(i + 1) * h].reshape(b, s, heads, hd).transpose(0, 2, 1, 3) for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, (p @ v).transpose(0, 2, 1, 3).reshape(b, s, h), rtol=1e-5, atol=1e-6)
+
+
+def test_gather_block_quantized_int4():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    data = RNG.integers(-8, 8, (4, 32)).astype(ml_dtypes.int4)
+    scales = RNG.uniform(0.1, 1, (4, 2)).astype(F)
+    y = quantized.gather_block_quantized(data, np.array([[2, 0]], np.int64), scales, block_size=16)
+    expect = data.astype(F)[[2, 0]] * np.repeat(scales[[2, 0]], 16, axis=1)
+    np.testing.assert_allclose(y, expect[None])
+    assert y.shape == (1, 2, 32)
+
+
+def test_matmul_bnb4_nf4():
+    K, N, bs = 16, 2, 16
+    codes = RNG.integers(0, 16, N * K).astype(np.uint8)
+    packed = (codes[0::2] << 4) | codes[1::2]
+    absmax = np.array([2.0, 0.5], F)
+    a = RNG.standard_normal((1, K)).astype(F)
+    w = (quantized._NF4_TABLE[codes] * np.repeat(absmax, bs)).reshape(N, K)
+    y = quantized.matmul_bnb4(a, packed, absmax, K=K, N=N, block_size=bs, quant_type=1)
+    np.testing.assert_allclose(y, a @ w.T, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_quantize_lstm_runs_on_dequantized_weights():
+    x = RNG.standard_normal((3, 2, 4)).astype(F)
+    w = rand_int(np.int8, (1, 4, 12))
+    r = rand_int(np.int8, (1, 3, 12))
+    y, yh, yc = quantized.dynamic_quantize_lstm(
+        x, w, r, None, None, None, None, None, F([0.01]), np.zeros(1, np.int8), F([0.02]), np.zeros(1, np.int8), hidden_size=3
+    )
+    assert y.shape == (3, 1, 2, 3) and yh.shape == (1, 2, 3) and yc.shape == (1, 2, 3)
+    np.testing.assert_array_equal(y[-1], yh)
+
+
+# --------------------------------------------------------------------------- parity with onnxruntime
+
+
+@pytest.mark.parametrize("dt", [np.uint8, np.int8])
+@pytest.mark.parametrize("op_name", ["QLinearAdd", "QLinearMul"])
+def test_binary_ops_match_onnxruntime(dt, op_name):
+    a, b = rand_int(dt, (4, 5, 6)), rand_int(dt, (5, 6))
+    zps = [dt(3), dt(7), dt(10)]
+    args = [a, F(0.05), zps[0], b, F(0.02), zps[1], F(0.07 if op_name == "QLinearAdd" else 0.3), zps[2]]
+    names = ["a", "as", "az", "b", "bs", "bz", "cs", "cz"]
+    (want,) = ort_node(op_name, list(zip(names, args)))
+    fn = qlinear.qlinear_add if op_name == "QLinearAdd" else qlinear.qlinear_mul
+    assert_q_close(fn(*args), want)
+
+
+@pytest.mark.parametrize("dt", [np.uint8, np.int8])
+def test_unary_and_pooling_ops_match_onnxruntime(dt):
+    info = np.iinfo(dt)
+    z = lambda v: np.array(v, dt)  # noqa: E731
+    every = np.arange(info.min, info.max + 1).astype(dt)
+    quant = [("xs", F(0.07)), ("xz", z(7)), ("ys", F(1 / 256)), ("yz", z(info.min))]
+    (want,) = ort_node("QLinearSigmoid", [("x", every)] + quant)
+    assert_q_close(qlinear.qlinear_sigmoid(every, *[v for _, v in quant]), want)
+    quant = [("xs", F(0.07)), ("xz", z(7)), ("ys", F(0.05)), ("yz", z(5))]
+    (want,) = ort_node("QLinearLeakyRelu", [("x", every)] + quant, {"alpha": 0.1})
+    assert_q_close(qlinear.qlinear_leaky_relu(every, *[v for _, v in quant], alpha=0.1), want)
+
+    x = rand_int(dt, (2, 8, 7, 7))
+    quant = [("xs", F(0.05)), ("xz", z(4)), ("ys", F(0.03)), ("yz", z(9))]
+    qv = [v for _, v in quant]
+    for cl in (0, 1):
+        (want,) = ort_node("QLinearGlobalAveragePool", [("x", x)] + quant, {"channels_last": cl})
+        assert_q_close(qlinear.qlinear_global_average_pool(x, *qv, channels_last=cl), want)
+    for attrs in [
+        dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+        dict(kernel_shape=[3, 2], ceil_mode=1, strides=[2, 3], pads=[0, 1, 1, 1]),
+        dict(kernel_shape=[3, 3], auto_pad="SAME_LOWER", strides=[2, 2], count_include_pad=1),
+        dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2], channels_last=1),
+    ]:
+        (want,) = ort_node("QLinearAveragePool", [("x", x)] + quant, attrs)
+        assert_q_close(qlinear.qlinear_average_pool(x, *qv, **attrs), want)
+    soft = [("xs", F(0.05)), ("xz", z(4)), ("ys", F(1 / 256)), ("yz", z(info.min))]
+    for attrs in [{"opset": 13, "axis": -1}, {"opset": 13, "axis": 1}, {"opset": 12, "axis": 1}]:
+        (want,) = ort_node("QLinearSoftmax", [("x", x)] + soft, attrs)
+        assert_q_close(qlinear.qlinear_softmax(x, *[v for _, v in soft], **attrs), want)
+
+
+@pytest.mark.parametrize("dt", [np.uint8, np.int8])
+def test_concat_where_conv_match_onnxruntime(dt):
+    z = lambda v: np.array(v, dt)  # noqa: E731
+    a = rand_int(dt, (3, 4, 5))
+    inputs = [("ys", F(0.1)), ("yz", z(3)), ("x1", a), ("s1", F(0.05)), ("z1", z(2)), ("x2", a[:, :2]), ("s2", F(0.1)),
+              ("z2", z(3)), ("x3", a[:, 1:]), ("s3", F(0.3)), ("z3", z(1))]
+    (want,) = ort_node("QLinearConcat", inputs, {"axis": 1}, out_types=[dt], const=("ys", "yz", "s1", "z1", "s2", "z2", "s3", "z3"))
+    assert_q_close(qlinear.qlinear_concat(*[v for _, v in inputs], axis=1), want)
+
+    cond = RNG.integers(0, 2, (4, 5)).astype(bool)
+    b = rand_int(dt, (4, 5))
+    inputs = [("c", cond), ("x", a), ("xs", F(0.05)), ("xz", z(2)), ("y", b), ("ys", F(0.1)), ("yz", z(3)), ("zs", F(0.2)), ("zz", z(1))]
+    (want,) = ort_node("QLinearWhere", inputs, out_types=[dt])
+    assert_q_close(qlinear.qlinear_where(*[v for _, v in inputs]), want)
+
+    if dt == np.uint8:  # onnxruntime's com.microsoft QLinearConv: uint8 activations
+        x = rand_int(np.uint8, (1, 6, 6, 4))
+        w = rand_int(np.int8, (8, 4, 3, 3))
+        bias = RNG.integers(-100, 100, 8).astype(np.int32)
+        for cl in (0, 1):
+            xx = x if cl else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            inputs = [("x", xx), ("xs", F(0.02)), ("xz", np.uint8(100)), ("w", w), ("ws", F(0.01)), ("wz", np.int8(0)),
+                      ("ys", F(0.3)), ("yz", np.uint8(5)), ("b", bias)]
+            (want,) = ort_node("QLinearConv", inputs, {"pads": [1, 1, 1, 1], "channels_last": cl}, out_types=[np.uint8], const=("w", "ws", "wz", "b"))
+            assert_q_close(qlinear.qlinear_conv_ms(*[v for _, v in inputs], pads=[1, 1, 1, 1], channels_last=cl), want)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_matmul_nbits_matches_onnxruntime(bits, accuracy_level):
+    K, N, bs = 100, 12, 32  # K not a multiple of block_size
+    kb = (K + bs - 1) // bs
+    b = pack_bits(RNG.integers(0, 2**bits, (N, kb, bs)).astype(np.uint8), bits)
+    scales = RNG.uniform(0.01, 0.1, (N, kb)).astype(F)
+    zq = RNG.integers(0, 2**bits, (N, kb)).astype(np.uint8)
+    zp = pack_bits(np.pad(zq, ((0, 0), (0, (-kb) % (8 // bits)))), bits)
+    a = RNG.standard_normal((2, 3, K)).astype(F)
+    bias = RNG.standard_normal(N).astype(F)
+    attrs = dict(K=K, N=N, bits=bits, block_size=bs, accuracy_level=accuracy_level)
+    inputs = [("a", a), ("b", b), ("s", scales), ("z", zp), ("g", None), ("bias", bias)]
+    (want,) = ort_node("MatMulNBits", inputs, attrs, out_types=[F], const=("b", "s", "z", "bias"))
+    got = quantized.matmul_nbits(a, b, scales, zp, None, bias, **attrs)
+    # accuracy_level 4: onnxruntime rounds A to block-wise int8 first, which onyxrt reproduces
+    assert_f_close(got, want, rel=1e-5)
+
+
+def test_matmul_nbits_float_zero_points_and_fp16_match_onnxruntime():
+    K, N, bs = 64, 8, 16
+    b = pack_bits(RNG.integers(0, 16, (N, 4, bs)).astype(np.uint8), 4)
+    scales = RNG.uniform(0.01, 0.1, (N, 4)).astype(F)
+    zf = RNG.uniform(0, 15, (N, 4)).astype(F)
+    a = RNG.standard_normal((5, K)).astype(F)
+    attrs = dict(K=K, N=N, block_size=bs)
+    (want,) = ort_node("MatMulNBits", [("a", a), ("b", b), ("s", scales), ("z", zf)], attrs, out_types=[F], const=("b", "s", "z"))
+    assert_f_close(quantized.matmul_nbits(a, b, scales, zf, **attrs), want)
+    a16, s16 = a.astype(np.float16), scales.astype(np.float16)
+    (want,) = ort_node("MatMulNBits", [("a", a16), ("b", b), ("s", s16)], attrs, out_types=[np.float16], const=("b", "s"))
+    assert_f_close(quantized.matmul_nbits(a16, b, s16, **attrs), want, rel=2e-3)
+
+
+@pytest.mark.parametrize("bdt", [np.uint8, np.int8])
+def test_integer_matmuls_match_onnxruntime(bdt):
+    a = rand_int(np.uint8, (2, 7, 32))
+    b = rand_int(bdt, (32, 12))
+    bs = RNG.uniform(0.01, 0.05, 12).astype(F)
+    bz = rand_int(bdt, (12,))
+    bias = RNG.standard_normal(12).astype(F)
+    inputs = [("a", a), ("b", b), ("as", F(0.02)), ("bs", bs), ("az", np.uint8(3)), ("bz", bz), ("bias", bias)]
+    (want,) = ort_node("MatMulIntegerToFloat", inputs, out_types=[F], const=("b", "bs", "bz", "bias"))
+    assert_f_close(quantized.matmul_integer_to_float(*[v for _, v in inputs]), want)
+
+    af = RNG.standard_normal((2, 7, 32)).astype(F) + 0.5
+    inputs = [("a", af), ("b", b), ("bs", bs), ("bz", bz), ("bias", bias)]
+    (want,) = ort_node("DynamicQuantizeMatMul", inputs, out_types=[F], const=("b", "bs", "bz", "bias"))
+    assert_f_close(quantized.dynamic_quantize_matmul(*[v for _, v in inputs]), want)
+
+    for ta, tb in [(0, 0), (1, 1)]:
+        A = rand_int(np.uint8, (16, 10) if ta else (10, 16))
+        B = rand_int(bdt, (12, 16) if tb else (16, 12))
+        c = RNG.integers(-1000, 1000, 12).astype(np.int32)
+        base = [("a", A), ("as", F(0.02)), ("az", np.uint8(100)), ("b", B), ("bs", bs), ("bz", np.zeros(12, bdt)), ("c", c)]
+        (want,) = ort_node("QGemm", base, dict(transA=ta, transB=tb, alpha=0.7), out_types=[F], const=("b", "bs", "bz", "c"))
+        assert_f_close(quantized.qgemm(*[v for _, v in base], alpha=0.7, transA=ta, transB=tb), want)
+        q = base[:4] + [("bs", F(0.01)), ("bz", np.array(0, bdt)), ("c", c), ("ys", F(0.5)), ("yz", np.uint8(7))]
+        (want,) = ort_node("QGemm", q, dict(transA=ta, transB=tb), out_types=[np.uint8], const=("b", "bs", "bz", "c"))
+        assert_q_close(quantized.qgemm(*[v for _, v in q], transA=ta, transB=tb), want)
+
+
+@pytest.mark.parametrize(
+    "mask,attrs",
+    [
+        (None, {}),
+        (np.array([5, 3], np.int32), {}),
+        (np.array([5, 4, 0, 1], np.int32), {}),
+        (np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32), {"scale": 0.3}),
+        (None, {"unidirectional": 1}),
+    ],
+)
+def test_qattention_matches_onnxruntime(mask, attrs):
+    b, s, hin, heads, hd = 2, 5, 16, 2, 4
+    h = heads * hd
+    x = rand_int(np.uint8, (b, s, hin))
+    w = rand_int(np.int8, (hin, 3 * h))
+    bias = RNG.standard_normal(3 * h).astype(F)
+    ws = RNG.uniform(0.005, 0.02, 3 * h).astype(F)
+    inputs = [("x", x), ("w", w), ("bias", bias), ("xs", F(0.01)), ("ws", ws), ("mask", mask), ("xz", np.uint8(120)),
+              ("wz", rand_int(np.int8, (3 * h,)))]
+    (want,) = ort_node("QAttention", inputs, dict(num_heads=heads, **attrs), out_types=[F])
+    (got,) = quantized.qattention(*[v for _, v in inputs], num_heads=heads, **attrs)
+    assert_f_close(got, want)
+
+
+def test_qattention_past_present_match_onnxruntime():
+    b, s, hin, heads, hd = 2, 3, 8, 2, 4
+    h = heads * hd
+    x = rand_int(np.uint8, (b, s, hin))
+    w = rand_int(np.int8, (hin, 3 * h))
+    bias = RNG.standard_normal(3 * h).astype(F)
+    past = RNG.standard_normal((2, b, heads, 4, hd)).astype(F)
+    inputs = [("x", x), ("w", w), ("bias", bias), ("xs", F(0.01)), ("ws", F(0.01)), ("mask", None), ("xz", np.uint8(120)),
+              ("wz", np.int8(0)), ("past", past)]
+    want = ort_node("QAttention", inputs, dict(num_heads=heads, unidirectional=1), out_types=[F, F], n_out=2)
+    got = quantized.qattention(*[v for _, v in inputs], num_heads=heads, unidirectional=1, _num_outputs=2)
+    for g, w_ in zip(got, want):
+        assert_f_close(g, w_)
+
+
+def test_gather_block_quantized_matches_onnxruntime():
+    V, D, bs = 10, 64, 32
+    idx = np.array([[0, 3, 9], [-1, 2, 2]], np.int64)
+    for bits in (2, 4, 8):
+        q = RNG.integers(0, 2**bits, (V, D)).astype(np.uint8)
+        data = pack_bits(q, bits) if bits < 8 else q
+        sc = RNG.uniform(0.01, 0.1, (V, D // bs)).astype(F)
+        zq = RNG.integers(0, 2**bits, (V, D // bs)).astype(np.uint8)
+        zp = pack_bits(np.pad(zq, ((0, 0), (0, (-zq.shape[1]) % (8 // bits)))), bits) if bits < 8 else zq
+        attrs = dict(bits=bits, block_size=bs)
+        (want,) = ort_node("GatherBlockQuantized", [("d", data), ("i", idx), ("s", sc), ("z", zp)], attrs, out_types=[F], const=("d", "s", "z"))
+        assert_f_close(quantized.gather_block_quantized(data, idx, sc, zp, **attrs), want, rel=0)
+
+
+def test_matmul_bnb4_matches_onnxruntime():
+    K, N, bs = 64, 12, 32
+    packed = RNG.integers(0, 256, (N * K + 1) // 2).astype(np.uint8)
+    absmax = RNG.uniform(0.5, 2, (N * K + bs - 1) // bs).astype(F)
+    a = RNG.standard_normal((3, K)).astype(F)
+    for qt in (0, 1):
+        attrs = dict(K=K, N=N, block_size=bs, quant_type=qt)
+        (want,) = ort_node("MatMulBnb4", [("a", a), ("b", packed), ("absmax", absmax)], attrs, out_types=[F], const=("b", "absmax"))
+        assert_f_close(quantized.matmul_bnb4(a, packed, absmax, **attrs), want)
+
+
+@pytest.mark.parametrize("zt", [np.uint8, np.int8, np.uint16, np.int16])
+def test_quantize_dequantize_ms_match_onnxruntime(zt):
+    x = RNG.standard_normal((3, 4, 5)).astype(F) * 3
+    for axis in (None, 1):
+        scale = F(0.05) if axis is None else RNG.uniform(0.02, 0.1, 4).astype(F)
+        zp = np.array(1, zt) if axis is None else np.ones(4, zt)
+        attrs = {} if axis is None else {"axis": axis}
+        (want,) = ort_node("QuantizeLinear", [("x", x), ("s", scale), ("z", zp)], attrs, out_types=[zt])
+        got = qlinear.quantize_linear_ms(x, scale, zp, **attrs)
+        np.testing.assert_array_equal(got, want)
+        (want,) = ort_node("DequantizeLinear", [("x", got), ("s", scale), ("z", zp)], attrs, out_types=[F])
+        np.testing.assert_array_equal(qlinear.dequantize_linear_ms(got, scale, zp, **attrs), want)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_quantize_lstm_matches_onnxruntime(direction, batch):
+    """onyxrt quantizes X per tensor and H per batch row before each GEMM, as onnxruntime
+    does while the batch is no larger than its thread count (it quantizes H in chunks of
+    ceil(batch / threads) rows): batch 1 agrees to float rounding on any machine; batch 3
+    to H's uint8 quantization noise (outputs lie in (-1, 1))."""
+    T, I, H = 4, 6, 20
+    nd = 2 if direction == "bidirectional" else 1
+    x = RNG.standard_normal((T, batch, I)).astype(F)
+    w = rand_int(np.int8, (nd, I, 4 * H))
+    r = rand_int(np.int8, (nd, H, 4 * H))
+    bias = RNG.standard_normal((nd, 8 * H)).astype(F) * 0.1
+    ws = RNG.uniform(0.002, 0.01, (nd, 4 * H)).astype(F)
+    rs = RNG.uniform(0.002, 0.01, (nd,)).astype(F)
+    h0 = RNG.standard_normal((nd, batch, H)).astype(F)
+    peep = RNG.standard_normal((nd, 3 * H)).astype(F) * 0.1
+    lens = np.array([4, 2, 3][:batch], np.int32)
+    inputs = [("x", x), ("w", w), ("r", r), ("b", bias), ("sl", lens), ("h0", h0), ("c0", None), ("p", peep),
+              ("ws", ws), ("wz", np.zeros(ws.shape, np.int8)), ("rs", rs), ("rz", np.zeros(rs.shape, np.int8))]
+    want = ort_node("DynamicQuantizeLSTM", inputs, dict(hidden_size=H, direction=direction), out_types=[F] * 3, n_out=3,
+                    const=("w", "r", "ws", "wz", "rs", "rz"))
+    got = quantized.dynamic_quantize_lstm(*[v for _, v in inputs], hidden_size=H, direction=direction)
+    for g, w_ in zip(got, want):
+        assert g.shape == w_.shape and g.dtype == w_.dtype
+        assert np.abs(g - w_).max() < (1e-5 if batch == 1 else 0.05)
