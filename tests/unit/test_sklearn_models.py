@@ -3,7 +3,6 @@ probabilities, and onnxruntime's outputs (when onnxruntime is installed)."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -183,31 +182,17 @@ def test_pipeline_scaler_one_hot_logistic_regression():
 
 
 @pytest.mark.heavy
-def test_large_forest_speed_against_onnxruntime():
-    """500 trees, 10,000 rows: onyxrt's vectorized traversal against onnxruntime (printed; loose bound)."""
+def test_large_forest_matches_onnxruntime():
+    """200 deep trees on 10,000 rows: same labels and probabilities as onnxruntime (speed: benchmarks/latency.py)."""
     ort = pytest.importorskip("onnxruntime")
     rng = np.random.RandomState(0)
     x = rng.randn(20000, 20).astype(np.float32)
     y = (x[:, :5].sum(axis=1) + 0.5 * rng.randn(20000) > 0).astype(np.int64)
-    model = RandomForestClassifier(n_estimators=500, max_depth=12, n_jobs=-1, random_state=0).fit(x[:5000], y[:5000])
+    model = RandomForestClassifier(n_estimators=200, max_depth=12, n_jobs=-1, random_state=0).fit(x[:5000], y[:5000])
     proto = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
     data = proto.SerializeToString()
     test = x[10000:]
-    ours = onyxrt.InferenceSession(data)
-    theirs = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-
-    def best(sess, repeat=3):
-        sess.run(None, {"X": test})
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            out = sess.run(None, {"X": test})
-            times.append(time.perf_counter() - start)
-        return min(times), out
-
-    t_ours, got = best(ours)
-    t_theirs, expect = best(theirs)
-    print(f"\n500 trees x 10000 rows: onyxrt {t_ours * 1000:.0f} ms, onnxruntime {t_theirs * 1000:.0f} ms")
+    got = onyxrt.InferenceSession(data).run(None, {"X": test})
+    expect = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"X": test})
     np.testing.assert_array_equal(got[0], expect[0])
     np.testing.assert_allclose(got[1], expect[1], atol=1e-5)
-    assert t_ours < max(5 * t_theirs, 1.0)

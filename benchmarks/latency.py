@@ -1,0 +1,146 @@
+"""Latency of onyxrt against onnxruntime, each runtime in its own process, alternating A B A B.
+
+    python benchmarks/latency.py --out benchmarks/latency.md            # every case
+    python benchmarks/latency.py resnet50 bert_base --rounds 5          # some cases
+
+Each round starts one worker process per runtime (onyxrt, then onnxruntime); a worker
+loads the model, warms up, and times ``--repeat`` runs. The table compares the medians
+of all timed runs. Zoo cases need ../shared/zoo (materialized into $ZOO_CACHE or
+~/.cache/zoo); the forest case needs scikit-learn and skl2onnx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ROOT.parent / "shared" / "zoo"
+CASES = ("mobilenet_v2", "resnet50", "minilm_l6", "bert_base", "llama_decode", "llama_prefill", "forest_500")
+
+
+def _zoo_path(name: str) -> str:
+    spec = importlib.util.spec_from_file_location("zoo_materialize", ZOO / "materialize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.path(name)
+
+
+def _forest_model() -> tuple[str, dict]:
+    """A 500-tree random forest (depth 12) on 10,000 rows of 20 features."""
+    import numpy as np
+    from sklearn.ensemble import RandomForestClassifier
+    from skl2onnx import to_onnx
+
+    path = Path(tempfile.gettempdir()) / "onyxrt-bench-forest500.onnx"
+    rng = np.random.RandomState(0)
+    x = rng.randn(15000, 20).astype(np.float32)
+    if not path.exists():
+        y = (x[:, :5].sum(axis=1) + 0.5 * rng.randn(15000) > 0).astype(np.int64)
+        model = RandomForestClassifier(n_estimators=500, max_depth=12, random_state=0).fit(x[:5000], y[:5000])
+        proto = to_onnx(model, x[:1], options={id(model): {"zipmap": False}}, target_opset={"": 17, "ai.onnx.ml": 3})
+        path.write_bytes(proto.SerializeToString())
+    return str(path), {"X": x[5000:]}
+
+
+def case_inputs(case: str) -> tuple[str, dict]:
+    """Model path and feeds of a case (typical shapes: vision batch 1, encoders seq 128, llama past 127)."""
+    sys.path.insert(0, str(ROOT / "tests" / "zoo"))
+    from feeds import decoder_feeds, encoder_feeds, vision_feeds
+
+    if case in ("mobilenet_v2", "resnet50"):
+        return _zoo_path(case), vision_feeds(1)
+    if case in ("minilm_l6", "bert_base"):
+        return _zoo_path(case), encoder_feeds(case, 1, 128)
+    if case == "llama_decode":
+        return _zoo_path("llama_tiny"), decoder_feeds(1, 1, 127)
+    if case == "llama_prefill":
+        return _zoo_path("llama_tiny"), decoder_feeds(1, 128, 0)
+    if case == "forest_500":
+        return _forest_model()
+    raise SystemExit(f"unknown case {case}")
+
+
+def worker(runtime: str, case: str, repeat: int) -> None:
+    path, feeds = case_inputs(case)
+    if runtime == "onnxruntime":
+        import onnxruntime as rt
+    else:
+        import onyxrt as rt
+    session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        session.run(None, feeds)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    print(json.dumps(times))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="*", default=list(CASES))
+    parser.add_argument("--rounds", type=int, default=3, help="A B rounds (one process per runtime per round)")
+    parser.add_argument("--repeat", type=int, default=10, help="timed runs per process")
+    parser.add_argument("--out", help="write the markdown table here")
+    parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker, args.repeat)
+        return 0
+
+    rows = []
+    for case in args.cases:
+        samples: dict[str, list[float]] = {"onyxrt": [], "onnxruntime": []}
+        for _ in range(args.rounds):
+            for runtime in samples:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--worker", runtime, case, "--repeat", str(args.repeat)],
+                    capture_output=True, text=True, check=True,
+                )
+                samples[runtime] += json.loads(done.stdout.strip().splitlines()[-1])
+        ours, theirs = statistics.median(samples["onyxrt"]), statistics.median(samples["onnxruntime"])
+        rows.append((case, ours, theirs))
+        print(f"{case}: onyxrt {ours:.2f} ms, onnxruntime {theirs:.2f} ms, ratio {ours / theirs:.2f}", flush=True)
+
+    lines = [
+        "# Latency: onyxrt vs onnxruntime (CPU)",
+        "",
+        f"Command: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`".replace(" --out", " --out").rstrip(),
+        "",
+        f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; medians.",
+        "Ratio = onyxrt / onnxruntime (lower is better; 1.0 = parity).",
+        "",
+        "| case | onyxrt (ms) | onnxruntime (ms) | ratio |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {case} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |" for case, ours, theirs in rows]
+    lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({_cpu_name()})."]
+    table = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(table)
+    print(table)
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
