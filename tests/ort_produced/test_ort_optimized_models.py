@@ -21,9 +21,6 @@ file: max abs error <= 1e-3 x max |reference|. Encoders run at batch 1, sequence
 from __future__ import annotations
 
 import collections
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,22 +32,11 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
-ZOO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "zoo"
 SEQ = 32
 ENCODERS = {"bert_base": (12, 768), "minilm_l6": (12, 384)}
 LEVELS = {"extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-@pytest.fixture(scope="session")
-def zoo_path():
-    """``zoo_path(name)`` -> path of the runnable float model (built by the zoo's materialize.py)."""
-    if not (ZOO_DIR / "materialize.py").is_file():
-        pytest.skip(f"model zoo not found at {ZOO_DIR}")
-    spec = importlib.util.spec_from_file_location("zoo_materialize", ZOO_DIR / "materialize.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["zoo_materialize"] = module
-    spec.loader.exec_module(module)
-    return module.path
 
 
 def _feeds(name: str) -> dict[str, np.ndarray]:
@@ -98,13 +84,13 @@ _EXPECTED = {
 
 @pytest.mark.parametrize("level", list(LEVELS))
 @pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", "bert_base", "minilm_l6", "llama_tiny"])
-def test_graph_optimizer_output(zoo_path, tmp_path, name, level):
+def test_graph_optimizer_output(zoo_model, tmp_path, name, level):
     out = tmp_path / f"{name}.{level}.onnx"
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
     so.optimized_model_filepath = str(out)
     so.log_severity_level = 3  # the ENABLE_ALL "hardware specific model" warning
-    ort.InferenceSession(str(zoo_path(name)), so, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(zoo_model(name)), so, providers=["CPUExecutionProvider"])
     counts = _op_counts(out)
     missing = _EXPECTED.get((name, level), set()) - set(counts)
     assert not missing, f"onnxruntime no longer writes {missing}: {dict(counts)}"
@@ -115,10 +101,10 @@ def test_graph_optimizer_output(zoo_path, tmp_path, name, level):
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
-def test_transformers_optimizer_output(zoo_path, tmp_path, name):
+def test_transformers_optimizer_output(zoo_model, tmp_path, name):
     optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
     heads, hidden = ENCODERS[name]
-    model = optimizer.optimize_model(str(zoo_path(name)), model_type="bert", num_heads=heads, hidden_size=hidden)
+    model = optimizer.optimize_model(str(zoo_model(name)), model_type="bert", num_heads=heads, hidden_size=hidden)
     out = tmp_path / f"{name}.transformers.onnx"
     model.save_model_to_file(str(out))
     counts = _op_counts(out)

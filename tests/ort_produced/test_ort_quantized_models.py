@@ -39,9 +39,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,20 +51,9 @@ onnx = pytest.importorskip("onnx")
 quantization = pytest.importorskip("onnxruntime.quantization")
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
-ZOO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "zoo"
 SEQ = 32  # encoder sequence length (batch 1)
 
 
-@pytest.fixture(scope="session")
-def zoo_model():
-    """``zoo_model(name)`` -> path of the runnable float model (built by the zoo's materialize.py)."""
-    if not (ZOO_DIR / "materialize.py").is_file():
-        pytest.skip(f"model zoo not found at {ZOO_DIR}")
-    spec = importlib.util.spec_from_file_location("zoo_materialize", ZOO_DIR / "materialize.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["zoo_materialize"] = module
-    spec.loader.exec_module(module)
-    return module.path
 
 
 class _CalibrationReader(quantization.CalibrationDataReader):

@@ -1,7 +1,5 @@
 """Unit tests for onyxrt.providers.cpu.math.elementwise."""
 
-import inspect
-import keyword
 import math
 
 import ml_dtypes

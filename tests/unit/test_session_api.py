@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import warnings
 
 import numpy as np
 import onnx
@@ -297,8 +295,9 @@ def test_ort_value_and_io_binding(model_path):
 
 
 def test_errors_importable_like_onnxruntime():
-    from onyxrt.capi.onnxruntime_pybind11_state import RuntimeException  # noqa: F401
+    from onyxrt.capi.onnxruntime_pybind11_state import RuntimeException
 
+    assert issubclass(RuntimeException, ort.OnyxRuntimeError)
     assert issubclass(Fail, Exception)
     assert str(InvalidArgument("bad")) == "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad"
 

@@ -215,7 +215,7 @@ def attention(
         if bias.shape != (total_w,):
             raise ValueError(f"Attention: bias of shape {bias.shape} must be ({total_w},)")
         qkv += bias.astype(ct, copy=False)
-    H, Hv = dq // N, dv // N
+    H = dq // N
     if dq == dv:
         parts = qkv.reshape(B, S, 3, N, H).transpose(2, 0, 3, 1, 4)
         q, k, v = parts[0], parts[1], parts[2]

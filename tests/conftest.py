@@ -1,4 +1,4 @@
-"""Zoo models from ../shared/zoo, materialized once per machine; skipped cleanly where absent."""
+"""Shared fixtures: zoo models from ../shared/zoo, materialized once per machine; skipped cleanly where absent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ZOO_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "zoo"
+ZOO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "zoo"
 
 
 def zoo_available() -> bool:
