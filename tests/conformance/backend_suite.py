@@ -47,14 +47,14 @@ def _node_case(name: str):
     return _special_cases()[name]
 
 
-def _run_case(case) -> list:
-    rep = onyxrt.backend.prepare(case.model)
+def _run_case(backend, case) -> list:
+    rep = backend.prepare(case.model)
     return [(rep.run(inputs), outputs) for inputs, outputs in case.data_sets]
 
 
-def _random_case_test(name: str, low: float, high: float):
+def _random_case_test(backend, name: str, low: float, high: float):
     def test(self) -> None:
-        for got, want in _run_case(_node_case(name)):
+        for got, want in _run_case(backend, _node_case(name)):
             for g, w in zip(got, want):
                 assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, g.dtype, w.shape, w.dtype)
                 assert np.all((g >= low) & (g <= high)), g
@@ -75,10 +75,10 @@ def _compare(got, want, rtol: float, atol: float) -> None:
         np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
-def _exact_case_test(name: str):
+def _exact_case_test(backend, name: str):
     def test(self) -> None:
         case = _node_case(name)
-        for got, want in _run_case(case):
+        for got, want in _run_case(backend, case):
             assert len(got) == len(want)
             for g, w in zip(got, want):
                 _compare(g, w, case.rtol, case.atol)
@@ -86,17 +86,18 @@ def _exact_case_test(name: str):
     return test
 
 
-def backend_test_cases(module_name: str, categories: tuple[str, ...]) -> dict[str, type]:
+def backend_test_cases(module_name: str, categories: tuple[str, ...], backend=onyxrt.backend) -> dict[str, type]:
+    """The suite's unittest classes of ``categories`` for ``backend`` (CPU cases only, special cases patched)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the case generators warn about their own casts
-        suite = onnx.backend.test.BackendTest(onyxrt.backend, module_name)
+        suite = onnx.backend.test.BackendTest(backend, module_name)
     cases = {name: cls for name, cls in suite.test_cases.items() if name in categories}
     for cls in cases.values():
         for attr in [a for a in vars(cls) if a.startswith("test_") and a.endswith("_cuda")]:
             delattr(cls, attr)  # onyxrt runs on the CPU only
     if NODE in cases:
         for name, (low, high) in RANDOM_CASES.items():
-            setattr(cases[NODE], f"{name}_cpu", _random_case_test(name, low, high))
+            setattr(cases[NODE], f"{name}_cpu", _random_case_test(backend, name, low, high))
         for name in RUNNER_CANNOT_COMPARE:
-            setattr(cases[NODE], f"{name}_cpu", _exact_case_test(name))
+            setattr(cases[NODE], f"{name}_cpu", _exact_case_test(backend, name))
     return cases
