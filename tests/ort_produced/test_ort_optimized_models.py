@@ -100,11 +100,17 @@ def test_graph_optimizer_output(zoo_model, tmp_path, name, level):
 # --------------------------------------------------------------------------- transformers optimizer
 
 
+@pytest.mark.parametrize("opt_level", [0, 99])
 @pytest.mark.parametrize("name", list(ENCODERS))
-def test_transformers_optimizer_output(zoo_model, tmp_path, name):
+def test_transformers_optimizer_output(zoo_model, tmp_path, name, opt_level):
+    """opt_level 0: the optimizer's Python fusions alone; 99: after onnxruntime's own graph passes (needs torch)."""
     optimizer = pytest.importorskip("onnxruntime.transformers.optimizer")
+    if opt_level:
+        pytest.importorskip("torch", reason="onnxruntime's optimize_model imports torch for opt_level > 0")
     heads, hidden = ENCODERS[name]
-    model = optimizer.optimize_model(str(zoo_model(name)), model_type="bert", num_heads=heads, hidden_size=hidden)
+    model = optimizer.optimize_model(
+        str(zoo_model(name)), model_type="bert", num_heads=heads, hidden_size=hidden, opt_level=opt_level
+    )
     out = tmp_path / f"{name}.transformers.onnx"
     model.save_model_to_file(str(out))
     counts = _op_counts(out)
