@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OnyxRuntimeError as exc:
         print(f"onyxrt: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into a pager or `head` that closed early
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
