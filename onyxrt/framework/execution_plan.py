@@ -134,10 +134,14 @@ def build_plan(
         template[slot_of(name)] = _read_only(array)
 
     ordered = _topological_order(graph, set(slots))
+    # weights a kernel may prepare once: initializers no feed can override
+    fed = {vi.name for vi in graph.inputs}
+    weights = {name: template[slots[name]] for name in graph.initializers if name not in fed}
     steps = []
     last_use: dict[int, int] = {}
     for index, (node, implicit) in enumerate(ordered):
-        fn, multi = _compile_node(node, implicit, opsets, assignment)
+        constants = [weights.get(name) for name in node.inputs]
+        fn, multi = _compile_node(node, implicit, opsets, assignment, constants)
         ins = tuple(slot_of(n) for n in node.inputs) + tuple(slot_of(n) for n in implicit)
         outs = tuple(slot_of(n) if n else _TRASH_SLOT for n in node.outputs)
         for slot in ins:
@@ -170,7 +174,7 @@ def _read_only(array: Any) -> Any:
     return array
 
 
-def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignment):
+def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignment, constants: list[Any]):
     provider = assignment[id(node)]
     opset = opset_for(node, opsets)
     attributes: dict[str, Any] = {}
@@ -181,7 +185,7 @@ def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignmen
             attributes[name] = [_compile_subgraph(g, implicit, opsets, assignment) for g in attr.value]
         else:
             attributes[name] = attr.value
-    fn, multi = provider.compile_node(node, opset, attributes)
+    fn, multi = provider.compile_node(node, opset, attributes, constants)
     if implicit or any(True for _ in node.subgraphs()):
         kernel = getattr(fn, "func", fn)
         if not accepts(kernel, "_outer"):

@@ -9,16 +9,11 @@ implementation and the fallback for every node no earlier provider takes.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..graph.ir import Node
-
-# Converts a node's attributes into kernel keyword values (graph attributes
-# become compiled subgraph callables); supplied by the plan builder.
-AttributeCompiler = Callable[[Node], dict[str, Any]]
-
 
 class ExecutionProvider(ABC):
     """One way of running nodes: a device, an allocator and a set of kernels."""
@@ -34,8 +29,13 @@ class ExecutionProvider(ABC):
         """Whether this provider has an implementation of ``node`` at ``opset``."""
 
     @abstractmethod
-    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any]) -> tuple[Callable[..., Any], bool]:
-        """A callable computing ``node`` from its input values, and whether it returns a tuple of outputs."""
+    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any],
+                     constants: Sequence[Any] = ()) -> tuple[Callable[..., Any], bool]:
+        """A callable computing ``node`` from its input values, and whether it returns a tuple of outputs.
+
+        ``constants`` gives, per input, its value when it is a constant weight (else None),
+        so a provider can prepare weights once at session creation.
+        """
 
     def allocate(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """Uninitialized memory for a tensor on this provider's device."""

@@ -22,6 +22,14 @@ attributes, when a kernel declares them:
 * ``_outer``: (run time) the values of the outer-scope names that the node's
   subgraph attributes read; pass it on when calling a subgraph.
 
+A kernel may also be registered with ``prepack=fn``: at session creation
+``fn(inputs, attributes)`` is called once with the node's constant inputs (the
+initializers it reads, ``None`` for every other input) and its attribute
+keywords; what it returns reaches the kernel as the keyword ``_packed`` on every
+run (``None`` when prepack declined). This is where constant weights are
+reshaped, dequantized or compiled once instead of on every run. The result
+must not be mutated afterwards: runs share it.
+
 Graph attributes arrive as callables (see ``framework.execution_plan.Subgraph``).
 An attribute named like a Python keyword (``lambda``) binds to the parameter with a
 trailing underscore (``lambda_``).
@@ -33,7 +41,7 @@ import functools
 import inspect
 import keyword
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import onnx.defs
 
@@ -52,6 +60,7 @@ class KernelDef:
     since_version: int
     fn: KernelFn
     multi_output: bool = False
+    prepack: KernelFn | None = None
 
 
 class KernelRegistry:
@@ -60,8 +69,9 @@ class KernelRegistry:
     def __init__(self) -> None:
         self._kernels: dict[tuple[str, str], dict[int, KernelDef]] = {}
 
-    def register(self, op_type: str, versions: int | tuple[int, ...], domain: str = "", multi_output: bool = False):
-        """Decorator registering ``fn`` for each ONNX schema version in ``versions``."""
+    def register(self, op_type: str, versions: int | tuple[int, ...], domain: str = "", multi_output: bool = False,
+                 prepack: KernelFn | None = None):
+        """Decorator registering ``fn`` for each ONNX schema version in ``versions`` (see the module docstring)."""
         versions = (versions,) if isinstance(versions, int) else tuple(versions)
 
         def decorator(fn: KernelFn) -> KernelFn:
@@ -69,7 +79,7 @@ class KernelRegistry:
             for version in versions:
                 if version in table:
                     raise ValueError(f"kernel {domain or 'ai.onnx'}::{op_type}-{version} registered twice")
-                table[version] = KernelDef(domain, op_type, version, fn, multi_output)
+                table[version] = KernelDef(domain, op_type, version, fn, multi_output, prepack)
             return fn
 
         return decorator
@@ -133,8 +143,12 @@ def accepts(fn: KernelFn, name: str) -> bool:
     return name in names or var_kw
 
 
-def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, Any]) -> KernelFn:
+def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, Any],
+                    constants: Sequence[Any] = ()) -> KernelFn:
     """Return ``kernel.fn`` with the node's (already converted) attributes bound as keywords.
+
+    ``constants`` holds, per node input, its constant value or None; a kernel with a
+    ``prepack`` function gets that function's result as ``_packed``.
 
     An attribute the op's schema (at that version) does not define is an invalid
     graph, as in onnxruntime; one the kernel does not take raises NOT_IMPLEMENTED
@@ -155,6 +169,9 @@ def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, A
                 f"{kernel.op_type}-{kernel.since_version} kernel"
             )
         kwargs[key] = value
+    if kernel.prepack is not None:
+        inputs = list(constants) + [None] * (len(node.inputs) - len(constants))
+        kwargs["_packed"] = kernel.prepack(inputs, dict(kwargs))
     context = {"_num_outputs": len(node.outputs), "_num_inputs": len(node.inputs), "_opset": opset}
     for key in _CONTEXT_KEYS:
         if key in names:

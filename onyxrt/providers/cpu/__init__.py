@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ...graph.ir import Node
 from ..base import ExecutionProvider
@@ -20,8 +20,9 @@ class CPUExecutionProvider(ExecutionProvider):
     def can_run(self, node: Node, opset: int) -> bool:
         return CPU_KERNELS.lookup(node.domain, node.op_type, opset) is not None
 
-    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any]) -> tuple[Callable[..., Any], bool]:
+    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any],
+                     constants: Sequence[Any] = ()) -> tuple[Callable[..., Any], bool]:
         kernel = CPU_KERNELS.lookup(node.domain, node.op_type, opset)
         if kernel is None:
             raise LookupError(f"no CPU kernel for {node.describe()} at opset {opset}")
-        return bind_attributes(kernel, node, opset, attributes), kernel.multi_output
+        return bind_attributes(kernel, node, opset, attributes, constants), kernel.multi_output

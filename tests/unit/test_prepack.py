@@ -1,0 +1,55 @@
+"""Kernels with a prepack function prepare constant weights once, at session creation."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+import onyxrt as ort
+from onyxrt.providers.cpu.registry import op
+
+DOMAIN = "test.onyxrt.prepack"
+calls: list[tuple] = []
+
+
+def _prepack(inputs, attributes):
+    calls.append((tuple(x is not None for x in inputs), attributes["factor"]))
+    weight = inputs[1]
+    return None if weight is None else (weight * attributes["factor"]).T.copy()
+
+
+@op("ScaledMatMul", versions=1, domain=DOMAIN, prepack=_prepack)
+def scaled_matmul(x, w, *, factor=1.0, _packed=None):
+    """x @ (w * factor)^T, with the transposed, scaled weight prepared once when w is constant."""
+    return x @ (_packed if _packed is not None else (w * factor).T)
+
+
+def _model(weight_is_initializer: bool) -> bytes:
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])]
+    initializers = [numpy_helper.from_array(w, "w")]
+    if not weight_is_initializer:  # an overridable initializer: a feed may replace it, so no prepack
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.FLOAT, [2, 3]))
+    graph = helper.make_graph(
+        [helper.make_node("ScaledMatMul", ["x", "w"], ["y"], domain=DOMAIN, factor=2.0)],
+        "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    return model.SerializeToString()
+
+
+def test_prepack_runs_once_with_the_constant_weight():
+    calls.clear()
+    session = ort.InferenceSession(_model(weight_is_initializer=True))
+    x = np.ones((1, 3), np.float32)
+    for _ in range(3):
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], [[6.0, 24.0]])
+    assert calls == [((False, True), 2.0)]
+
+
+def test_overridable_initializers_are_not_prepacked():
+    calls.clear()
+    session = ort.InferenceSession(_model(weight_is_initializer=False))
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x, "w": np.ones((2, 3), np.float32)})[0], [[6.0, 6.0]])
+    assert calls == [((False, False), 2.0)]
