@@ -41,6 +41,19 @@ def get_device() -> str:
     return "CPU"
 
 
+def get_version_string() -> str:
+    """onyxrt's version (onnxruntime's ``get_version_string``)."""
+    return __version__
+
+
+def get_build_info() -> str:
+    """A one-line description of this build (onnxruntime's ``get_build_info``)."""
+    import numpy
+    import onnx
+
+    return f"onyxrt {__version__}, pure Python (numpy {numpy.__version__}, onnx {onnx.__version__})"
+
+
 def get_all_providers() -> list[str]:
     """Every provider name onyxrt knows (the available ones)."""
     return get_available_providers()
@@ -74,6 +87,6 @@ __all__ = [
     "InferenceSession", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "ModelLoaded", "ModelMetadata",
     "NoModel", "NoSuchFile", "NodeArg", "NotImplemented", "OnyxRuntimeError", "OrtAllocatorType", "OrtMemType",
     "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "__version__", "get_all_providers",
-    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_device", "set_default_logger_severity", "set_default_logger_verbosity",
+    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_build_info", "get_device", "get_version_string", "set_default_logger_severity", "set_default_logger_verbosity",
     "set_seed",
 ]

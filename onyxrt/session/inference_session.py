@@ -221,6 +221,23 @@ class InferenceSession:
                 outputs = self._plan.run(inputs)
         return [self._finish_output(outputs[i], input_feed) for i in wanted]
 
+    def run_async(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], callback, user_data: Any = None,
+                  run_options: RunOptions | None = None) -> None:
+        """Run on a worker thread; ``callback(outputs, user_data, error_message)`` gets the result.
+
+        As in onnxruntime, ``error_message`` is '' on success and the outputs are None on failure.
+        """
+
+        def work() -> None:
+            try:
+                outputs = self.run(output_names, input_feed, run_options)
+            except Exception as exc:  # noqa: BLE001 - handed to the callback, as onnxruntime does
+                callback(None, user_data, str(exc))
+                return
+            callback(outputs, user_data, "")
+
+        threading.Thread(target=work, name="onyxrt-run-async", daemon=True).start()
+
     def run_with_ort_values(self, output_names: Sequence[str] | None, input_dict_ort_values: dict[str, OrtValue],
                             run_options: RunOptions | None = None) -> list[OrtValue]:
         feed = {k: (v.numpy() if isinstance(v, OrtValue) else v) for k, v in input_dict_ort_values.items()}

@@ -307,3 +307,29 @@ def test_terminate_flag(model_path):
     options.terminate = True
     with pytest.raises(Fail):
         ort.InferenceSession(model_path).run(None, {"x": X}, options)
+
+
+def test_run_async_calls_back_with_outputs_or_error(model_path):
+    import threading
+
+    session = ort.InferenceSession(model_path)
+    done = threading.Event()
+    results = {}
+
+    def callback(outputs, user_data, error):
+        results[user_data] = (outputs, error)
+        if len(results) == 2:
+            done.set()
+
+    session.run_async(None, {"x": X}, callback, "ok")
+    session.run_async(None, {"x": X.astype(np.float64)}, callback, "bad")
+    assert done.wait(10)
+    outputs, error = results["ok"]
+    assert error == "" and np.allclose(outputs[0], linear_reference(X))
+    outputs, error = results["bad"]
+    assert outputs is None and "INVALID_ARGUMENT" in error
+
+
+def test_version_and_build_info():
+    assert ort.get_version_string() == ort.__version__
+    assert "onyxrt" in ort.get_build_info()
