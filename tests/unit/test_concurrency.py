@@ -65,3 +65,40 @@ def test_eight_threads_fifty_runs_each_on_one_session():
         want_p, want_sq = reference(x, w1, w2)
         np.testing.assert_allclose(p, want_p, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(sq, want_sq, rtol=1e-4)
+
+
+def test_concurrent_runs_through_kernels_with_worker_pools():
+    """Conv and LayerNormalization split work over a small thread pool; concurrent runs must not deadlock or mix."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], group=64, pads=[1, 1, 1, 1]),
+            helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+            helper.make_node("LayerNormalization", ["t", "scale"], ["y"], axis=-1),
+        ],
+        "dw",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 56, 56])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 56, 56, 64])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.ones(64, np.float32), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = ort.InferenceSession(model)
+    inputs = [rng.standard_normal((1, 64, 56, 56)).astype(np.float32) for _ in range(THREADS)]
+    expected = [session.run(None, {"x": x})[0] for x in inputs]
+    results: list = [None] * THREADS
+    start = threading.Barrier(THREADS)
+
+    def worker(index: int) -> None:
+        start.wait()
+        for _ in range(10):
+            results[index] = session.run(None, {"x": inputs[index]})[0]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a run did not finish"
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
