@@ -43,9 +43,9 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
 # --------------------------------------------------------------------------- onnxruntime parity helper
 
 
-def ort_node(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
-    """Outputs of onnxruntime on a one-node com.microsoft model; ``inputs`` is [(name, array or None)]."""
-    ort = pytest.importorskip("onnxruntime")
+def node_model(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
+    """A one-node com.microsoft model and its feeds; ``inputs`` is [(name, array or None)], ``const``
+    names the inputs stored as initializers (the others are graph inputs)."""
     from onnx import helper, numpy_helper
 
     ins, inits, feeds, names = [], [], {}, []
@@ -69,10 +69,17 @@ def ort_node(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
     graph = helper.make_graph([node], "g", ins, ovi, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
+    return model.SerializeToString(), feeds
+
+
+def ort_node(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
+    """Outputs of onnxruntime on a one-node com.microsoft model; ``inputs`` is [(name, array or None)]."""
+    ort = pytest.importorskip("onnxruntime")
+    model, feeds = node_model(op_type, inputs, attrs, out_types, n_out, const)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     except Exception as e:  # pragma: no cover - depends on the onnxruntime build
         if "NOT_IMPLEMENTED" in str(e) or "Could not find an implementation" in str(e):
             pytest.skip(f"onnxruntime has no CPU kernel for this {op_type} variant")
@@ -600,3 +607,234 @@ def test_dynamic_quantize_lstm_matches_onnxruntime(direction, batch):
     for g, w_ in zip(got, want):
         assert g.shape == w_.shape and g.dtype == w_.dtype
         assert np.abs(g - w_).max() < (1e-5 if batch == 1 else 0.05)
+
+
+# --------------------------------------------------------------------------- prepacked constant weights
+#
+# With constant weights (initializers) the kernels prepare them once at session creation
+# (``prepack``); fed as graph inputs they are prepared on every run. Both must give
+# identical results, bit for bit.
+
+
+def assert_prepack_is_exact(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
+    """onyxrt's outputs with ``const`` as initializers equal those with every input fed."""
+    packed_model, packed_feeds = node_model(op_type, inputs, attrs, out_types, n_out, const)
+    plain_model, plain_feeds = node_model(op_type, inputs, attrs, out_types, n_out)
+    packed = onyxrt.InferenceSession(packed_model).run(None, packed_feeds)
+    plain = onyxrt.InferenceSession(plain_model).run(None, plain_feeds)
+    for got, want in zip(packed, plain):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    return packed
+
+
+def _nbits_inputs(bits, K, N, bs, zero_points="packed", dtype=F, batch=(2, 3)):
+    kb = (K + bs - 1) // bs
+    q = RNG.integers(0, 2**bits, (N, kb, bs)).astype(np.uint8)
+    if bits in (2, 4, 8):
+        b = pack_bits(q, bits)
+    else:  # a little-endian bit stream per block
+        bitstream = ((q[..., None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(N, kb, -1)
+        b = np.packbits(bitstream, axis=-1, bitorder="little")
+    scales = RNG.uniform(0.01, 0.1, (N, kb)).astype(dtype)
+    if zero_points == "packed":
+        per = 8 // bits if bits in (2, 4, 8) else 1
+        zq = RNG.integers(0, 2**bits, (N, kb)).astype(np.uint8)
+        zp = pack_bits(np.pad(zq, ((0, 0), (0, (-kb) % per))), bits) if bits in (2, 4) else zq
+    elif zero_points == "float":
+        zp = RNG.uniform(0, 2**bits - 1, (N, kb)).astype(dtype)
+    else:
+        zp = None
+    a = RNG.standard_normal(batch + (K,)).astype(dtype)
+    bias = RNG.standard_normal(N).astype(dtype)
+    return a, b, scales, zp, bias
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_matmul_nbits_prepacked_is_exact(bits, accuracy_level):
+    K, N, bs = 100, 12, 32  # K not a multiple of block_size
+    a, b, scales, zp, bias = _nbits_inputs(bits, K, N, bs)
+    attrs = dict(K=K, N=N, bits=bits, block_size=bs, accuracy_level=accuracy_level)
+    inputs = [("a", a), ("b", b), ("s", scales), ("z", zp), ("g", None), ("bias", bias)]
+    assert quantized._matmul_nbits_prepack([None, b, scales, zp, None, bias], attrs) is not None
+    (got,) = assert_prepack_is_exact("MatMulNBits", inputs, attrs, out_types=[F], const=("b", "s", "z", "bias"))
+    np.testing.assert_array_equal(got, quantized.matmul_nbits(a, b, scales, zp, None, bias, **attrs))
+    # a single row (decode) and a 1-D A
+    for a1 in (a[:1, :1], a[0, 0]):
+        assert_prepack_is_exact("MatMulNBits", [("a", a1)] + inputs[1:], attrs, out_types=[F], const=("b", "s", "z", "bias"))
+
+
+@pytest.mark.parametrize("variant", ["no_zero_points", "float_zero_points", "g_idx", "float16", "float64", "empty"])
+def test_matmul_nbits_prepacked_variants_are_exact(variant):
+    K, N, bs = 64, 8, 16
+    dtype = {"float16": np.float16, "float64": np.float64}.get(variant, F)
+    zero_points = {"no_zero_points": None, "float_zero_points": "float"}.get(variant, "packed")
+    a, b, scales, zp, bias = _nbits_inputs(4, K, N, bs, zero_points, dtype)
+    g = None
+    if variant == "g_idx":
+        g = (np.arange(K, dtype=np.int32) * 7) % (K // bs)
+    if variant == "empty":
+        b, scales, zp = np.zeros((0, 4, 8), np.uint8), np.zeros((0,), F), None
+    attrs = dict(K=K, N=N, block_size=bs, accuracy_level=4 if variant == "float16" else 0)
+    inputs = [("a", a), ("b", b), ("s", scales), ("z", zp), ("g", g), ("bias", bias)]
+    (got,) = assert_prepack_is_exact("MatMulNBits", inputs, attrs, out_types=[dtype], const=("b", "s", "z", "g", "bias"))
+    np.testing.assert_array_equal(got, quantized.matmul_nbits(a, b, scales, zp, g, bias, **attrs))
+
+
+def test_matmul_nbits_prepack_with_computed_inputs():
+    """Zero points / g_idx / bias that are not constant are applied at run time, not dropped."""
+    K, N, bs = 64, 6, 32
+    a, b, scales, zp, bias = _nbits_inputs(4, K, N, bs, "float")
+    g = np.arange(K, dtype=np.int32) % 2
+    attrs = dict(K=K, N=N, block_size=bs)
+    packed = quantized._matmul_nbits_prepack([None, b, scales, None, None, None], attrs)  # only B and scales constant
+    assert packed is not None
+    for args in [(zp, None, None), (None, g, None), (zp, g, bias), (None, None, bias)]:
+        want = quantized.matmul_nbits(a, b, scales, *args, **attrs)
+        np.testing.assert_array_equal(quantized.matmul_nbits(a, b, scales, *args, **attrs, _packed=packed), want)
+    # A of another float type than the weights were prepared for
+    a64 = a.astype(np.float64)
+    np.testing.assert_array_equal(
+        quantized.matmul_nbits(a64, b, scales, **attrs, _packed=packed), quantized.matmul_nbits(a64, b, scales, **attrs)
+    )
+
+
+def test_matmul_nbits_prepack_declines_invalid_weights():
+    """An invalid constant weight is reported when the node runs, as without prepacking."""
+    K, N, bs = 64, 6, 32
+    _, b, scales, _, _ = _nbits_inputs(4, K, N, bs, None)
+    assert quantized._matmul_nbits_prepack([None, b[:, :1], scales, None, None, None], dict(K=K, N=N, block_size=bs)) is None
+    assert quantized._matmul_nbits_prepack([None, b, scales, None, None, None], dict(K=K, N=N, block_size=24)) is None
+    model, feeds = node_model("MatMulNBits", [("a", RNG.standard_normal((1, K)).astype(F)), ("b", b[:, :1]), ("s", scales)],
+                              dict(K=K, N=N, block_size=bs), out_types=[F], const=("b", "s"))
+    session = onyxrt.InferenceSession(model)
+    with pytest.raises(Exception, match="B has"):
+        session.run(None, feeds)
+
+
+@pytest.mark.parametrize("bdt", [np.uint8, np.int8])
+def test_integer_matmuls_prepacked_are_exact(bdt):
+    a = rand_int(np.uint8, (2, 7, 300))  # K > 258: float32 sums of products are rounded, so order matters
+    b = rand_int(bdt, (300, 12))
+    bs = RNG.uniform(0.01, 0.05, 12).astype(F)
+    bz = rand_int(bdt, (12,))
+    bias = RNG.standard_normal(12).astype(F)
+    inputs = [("a", a), ("b", b), ("as", F(0.02)), ("bs", bs), ("az", np.uint8(3)), ("bz", bz), ("bias", bias)]
+    assert_prepack_is_exact("MatMulIntegerToFloat", inputs, out_types=[F], const=("b", "bs", "bz", "bias"))
+    assert_prepack_is_exact("MatMulIntegerToFloat", inputs, out_types=[F], const=("b",))
+    af = RNG.standard_normal((2, 7, 300)).astype(F) + 0.5
+    inputs = [("a", af), ("b", b), ("bs", bs), ("bz", bz), ("bias", bias)]
+    assert_prepack_is_exact("DynamicQuantizeMatMul", inputs, out_types=[F], const=("b", "bs", "bz", "bias"))
+    assert_prepack_is_exact("DynamicQuantizeMatMul", inputs[:3], out_types=[F], const=("b", "bs"))
+    # a zero point computed at run time is not folded into the prepacked B
+    packed = quantized._dynamic_quantize_matmul_prepack([None, b, bs, None, None], {})
+    np.testing.assert_array_equal(
+        quantized.dynamic_quantize_matmul(af, b, bs, bz, _packed=packed), quantized.dynamic_quantize_matmul(af, b, bs, bz)
+    )
+    for ta, tb in [(0, 0), (1, 1)]:
+        A = rand_int(np.uint8, (16, 10) if ta else (10, 16))
+        B = rand_int(bdt, (12, 16) if tb else (16, 12))
+        c = RNG.integers(-1000, 1000, 12).astype(np.int32)
+        base = [("a", A), ("as", F(0.02)), ("az", np.uint8(100)), ("b", B), ("bs", bs), ("bz", rand_int(bdt, (12,))), ("c", c)]
+        assert quantized._qgemm_prepack([None, None, None, B, bs, base[5][1], c], {"transB": tb}) is not None
+        assert_prepack_is_exact("QGemm", base, dict(transA=ta, transB=tb, alpha=0.7), out_types=[F], const=("b", "bs", "bz", "c"))
+        q = base[:4] + [("bs", F(0.01)), ("bz", np.array(0, bdt)), ("c", c), ("ys", F(0.5)), ("yz", np.uint8(7))]
+        assert_prepack_is_exact("QGemm", q, dict(transA=ta, transB=tb), out_types=[np.uint8], const=("b", "bs", "bz", "c"))
+
+
+def test_qattention_prepacked_is_exact():
+    b, s, hin, heads, hd = 2, 5, 16, 2, 4
+    h = heads * hd
+    x = rand_int(np.uint8, (b, s, hin))
+    w = rand_int(np.int8, (hin, 3 * h))
+    bias = RNG.standard_normal(3 * h).astype(F)
+    ws = RNG.uniform(0.005, 0.02, 3 * h).astype(F)
+    past = RNG.standard_normal((2, b, heads, 4, hd)).astype(F)
+    inputs = [("x", x), ("w", w), ("bias", bias), ("xs", F(0.01)), ("ws", ws), ("mask", None), ("xz", np.uint8(120)),
+              ("wz", rand_int(np.int8, (3 * h,))), ("past", past)]
+    assert_prepack_is_exact("QAttention", inputs, dict(num_heads=heads, unidirectional=1), out_types=[F, F], n_out=2,
+                            const=("w", "bias", "ws", "wz"))
+
+
+def test_gather_block_quantized_prepacked_is_exact(monkeypatch):
+    V, D, bs = 10, 64, 32
+    idx = np.array([[0, 3, 9], [-1, 2, 2], [-11, 10, 4]], np.int64)  # the last row's first two are out of range: zeros
+    for table_bytes in (quantized._GBQ_TABLE_BYTES, 0):  # whole table prepacked, or only scales / zero points
+        monkeypatch.setattr(quantized, "_GBQ_TABLE_BYTES", table_bytes)
+        for bits in (2, 4, 8):
+            q = RNG.integers(0, 2**bits, (V, D)).astype(np.uint8)
+            data = pack_bits(q, bits) if bits < 8 else q
+            for sdt in (F, np.float16):
+                sc = RNG.uniform(0.01, 0.1, (V, D // bs)).astype(sdt)
+                zq = RNG.integers(0, 2**bits, (V, D // bs)).astype(np.uint8)
+                zp = pack_bits(np.pad(zq, ((0, 0), (0, (-zq.shape[1]) % (8 // bits)))), bits) if bits < 8 else zq
+                attrs = dict(bits=bits, block_size=bs)
+                packed = quantized._gather_block_quantized_prepack([data, None, sc, zp], attrs)
+                assert (packed.table is not None) == (table_bytes > 0)
+                for z in (zp, None):
+                    inputs = [("d", data), ("i", idx), ("s", sc), ("z", z)]
+                    (got,) = assert_prepack_is_exact("GatherBlockQuantized", inputs, attrs, out_types=[sdt], const=("d", "s", "z"))
+                    np.testing.assert_array_equal(got[2, :2], 0)
+                    # a 0-d index
+                    assert_prepack_is_exact("GatherBlockQuantized", [("d", data), ("i", np.int64(7))] + inputs[2:], attrs,
+                                            out_types=[sdt], const=("d", "s", "z"))
+                # zero points computed at run time
+                packed = quantized._gather_block_quantized_prepack([data, None, sc, None], attrs)
+                np.testing.assert_array_equal(
+                    quantized.gather_block_quantized(data, idx, sc, zp, **attrs, _packed=packed),
+                    quantized.gather_block_quantized(data, idx, sc, zp, **attrs),
+                )
+
+
+def test_gather_block_quantized_int4_prepacked_is_exact():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    data = RNG.integers(-8, 8, (6, 32)).astype(ml_dtypes.int4)
+    scales = RNG.uniform(0.1, 1, (6, 2)).astype(F)
+    idx = np.array([[2, 0], [5, 9]], np.int64)
+    for ga, qa, sc in [(0, 1, scales), (1, 1, RNG.uniform(0.1, 1, (6, 2)).astype(F))]:
+        attrs = dict(block_size=16, gather_axis=ga, quantize_axis=qa)
+        packed = quantized._gather_block_quantized_prepack([data, None, sc, None], attrs)
+        assert packed is not None and packed.table is not None
+        i = idx if ga == 0 else idx * 3
+        np.testing.assert_array_equal(
+            quantized.gather_block_quantized(data, i, sc, **attrs, _packed=packed),
+            quantized.gather_block_quantized(data, i, sc, **attrs),
+        )
+
+
+def test_matmul_bnb4_prepacked_is_exact():
+    K, N, bs = 64, 12, 32
+    packed = RNG.integers(0, 256, (N * K + 1) // 2).astype(np.uint8)
+    absmax = RNG.uniform(0.5, 2, (N * K + bs - 1) // bs).astype(F)
+    a = RNG.standard_normal((2, 3, K)).astype(F)
+    for qt in (0, 1):
+        attrs = dict(K=K, N=N, block_size=bs, quant_type=qt)
+        assert_prepack_is_exact("MatMulBnb4", [("a", a), ("b", packed), ("absmax", absmax)], attrs, out_types=[F],
+                                const=("b", "absmax"))
+
+
+def test_dynamic_quantize_lstm_prepacked_is_exact():
+    T, I, H, nd, batch = 4, 6, 20, 2, 3
+    x = RNG.standard_normal((T, batch, I)).astype(F)
+    w = rand_int(np.int8, (nd, I, 4 * H))
+    r = rand_int(np.int8, (nd, H, 4 * H))
+    bias = RNG.standard_normal((nd, 8 * H)).astype(F) * 0.1
+    ws = RNG.uniform(0.002, 0.01, (nd, 4 * H)).astype(F)
+    rs = RNG.uniform(0.002, 0.01, (nd,)).astype(F)
+    inputs = [("x", x), ("w", w), ("r", r), ("b", bias), ("sl", np.array([4, 2, 3], np.int32)), ("h0", None), ("c0", None),
+              ("p", None), ("ws", ws), ("wz", np.zeros(ws.shape, np.int8)), ("rs", rs), ("rz", np.ones(rs.shape, np.int8))]
+    attrs = dict(hidden_size=H, direction="bidirectional")
+    for const in [("w", "r", "ws", "wz", "rs", "rz"), ("w", "ws", "wz", "r")]:  # both weights, or only W prepacked
+        assert_prepack_is_exact("DynamicQuantizeLSTM", inputs, attrs, out_types=[F] * 3, n_out=3, const=const)
+
+
+def test_narrow_difference_is_exact():
+    b = np.array([[0, 130, 255]], np.uint8)
+    d = quantized._narrow_difference(b, np.array([128, 128, 128], np.uint8))
+    assert d.dtype == np.int8 and d.tolist() == [[-128, 2, 127]]
+    d = quantized._narrow_difference(b, np.uint8(3))
+    assert d.dtype == np.int16 and d.tolist() == [[-3, 127, 252]]
+    i8 = np.array([-128, 127], np.int8)
+    assert quantized._narrow_difference(i8, None) is i8
+    assert quantized._narrow_difference(i8, np.int8(-1)).tolist() == [-127, 128]

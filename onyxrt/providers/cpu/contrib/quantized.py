@@ -13,11 +13,22 @@ Integer accumulations are exact (float64 BLAS on small integers) where the resul
 requantized; where the result is float, they run in float32 BLAS (relative error far
 below the quantization step). Dynamic quantization of activations follows onnxruntime:
 uint8, range widened to include 0, scale = (max - min) / 255, round half to even.
+
+Constant weights are prepared once at session creation (each kernel's ``prepack``):
+MatMulNBits / MatMulBnb4 keep the dequantized float (K, N) matrix, the 8-bit matmuls
+(and QAttention's projection) keep B minus its zero point as int8/int16 (see
+``_narrow_difference`` for why not float), GatherBlockQuantized keeps its float scales
+and unpacked zero points (and the whole dequantized table when small),
+DynamicQuantizeLSTM its dequantized W and R. The prepared values are exactly what the
+kernel computes per call without them, so results do not depend on whether a weight
+was constant. A prepack that finds its inputs invalid declines (returns None), and the
+kernel then raises the error at run time as before.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +49,24 @@ def _scalar(v, name: str) -> float:
     if a.size != 1:
         raise ValueError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
     return a.reshape(-1)[0]
+
+
+def _frozen(x):
+    """A read-only view of a prepacked array (runs share it), or ``x`` itself when not an array."""
+    if isinstance(x, np.ndarray):
+        x = x.view()
+        x.flags.writeable = False
+    return x
+
+
+def _node_inputs(inputs, count: int) -> list:
+    """The constant inputs a prepack receives, padded with None to the op's ``count`` inputs."""
+    inputs = list(inputs)[:count]
+    return inputs + [None] * (count - len(inputs))
+
+
+# what a prepack declines on: the kernel raises it again at run time
+_PREPACK_ERRORS = (TypeError, ValueError, NotImplementedError, IndexError)
 
 
 def _is_low_float(dtype: np.dtype) -> bool:
@@ -92,8 +121,67 @@ def dynamic_quantize_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
 # --------------------------------------------------------------------------- MatMulIntegerToFloat
 
 
-@op("MatMulIntegerToFloat", versions=1, domain=_MS)
-def matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None):
+class _Int8B(NamedTuple):
+    """A constant 8-bit right operand, prepared once (see ``_int8_b_prepack``)."""
+
+    b: np.ndarray  # B - b_zero_point as exact integers (``_narrow_difference``)
+    scale: np.ndarray | None  # float32 b_scale, broadcastable per column; None when not constant
+    bias: np.ndarray | None  # float32 bias; None when absent or not constant
+    zero_point: bool  # whether b_zero_point was given (a computed one is not in ``b``)
+
+
+def _int8_b(b: np.ndarray, b_zero_point, n: int) -> np.ndarray:
+    """float32 ``B - b_zero_point`` (per tensor or per column)."""
+    bv = b.astype(np.float32)
+    if b_zero_point is not None:
+        bv -= _column_param(b_zero_point, n, "b_zero_point").astype(np.float32)
+    return bv
+
+
+def _narrow_difference(b: np.ndarray, zero_point) -> np.ndarray:
+    """``b - zero_point`` (8-bit values) exactly, as int8 when it fits, else int16.
+
+    Prepacked 8-bit weights keep this integer form rather than float: converting it per
+    run and multiplying in cache is as fast as streaming a 4x larger float copy from
+    memory (faster for small batches), and the floats it converts to are the ones the
+    unprepared path computes (small integers are exact), so results are identical.
+    """
+    if zero_point is None:
+        return b
+    d = b.astype(np.int16) - np.asarray(zero_point).astype(np.int16)
+    if d.size and -128 <= d.min() and d.max() <= 127:
+        d = d.astype(np.int8)
+    return d
+
+
+def _int8_b_prepack(b, b_scale, b_zero_point, bias) -> _Int8B | None:
+    if b is None:
+        return None
+    try:
+        _check8("B", b)
+        n = b.shape[-1]
+        bv = _narrow_difference(b, None if b_zero_point is None else _column_param(b_zero_point, n, "b_zero_point"))
+        scale = None if b_scale is None else _column_param(b_scale, n, "b_scale").astype(np.float32)
+        bias32 = None if bias is None else np.asarray(bias).astype(np.float32)
+    except _PREPACK_ERRORS:
+        return None
+    return _Int8B(_frozen(bv), _frozen(scale), _frozen(bias32), b_zero_point is not None)
+
+
+def _int8_b_packed(packed: _Int8B | None, b_zero_point) -> _Int8B | None:
+    """``packed`` if it applies to this run (a non-constant zero point is not folded in), else None."""
+    if packed is None or packed.zero_point != (b_zero_point is not None):
+        return None
+    return packed
+
+
+def _matmul_integer_to_float_prepack(inputs, attributes):
+    _, b, _, b_scale, _, b_zero_point, bias = _node_inputs(inputs, 7)
+    return _int8_b_prepack(b, b_scale, b_zero_point, bias)
+
+
+@op("MatMulIntegerToFloat", versions=1, domain=_MS, prepack=_matmul_integer_to_float_prepack)
+def matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_point=None, bias=None, *, _packed=None):
     """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) + bias, in the scales' float type."""
     _check8("A", a)
     _check8("B", b)
@@ -101,75 +189,124 @@ def matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_po
     if out_dtype not in (np.float32, np.float16):
         raise TypeError(f"a_scale must be float or float16, got {out_dtype}")
     n = b.shape[-1]
+    packed = _int8_b_packed(_packed, b_zero_point)
     av = a.astype(np.float32)
     if a_zero_point is not None:
         av -= np.float32(_scalar(a_zero_point, "a_zero_point"))
-    bv = b.astype(np.float32)
-    if b_zero_point is not None:
-        bv -= _column_param(b_zero_point, n, "b_zero_point").astype(np.float32)
+    bv = packed.b.astype(np.float32) if packed is not None else _int8_b(b, b_zero_point, n)
     y = np.asarray(_matmul2(av, bv), dtype=np.float32)
-    scale = np.float32(_scalar(a_scale, "a_scale")) * _column_param(b_scale, n, "b_scale").astype(np.float32)
-    y *= scale
+    bsc = packed.scale if packed is not None and packed.scale is not None else None
+    if bsc is None:
+        bsc = _column_param(b_scale, n, "b_scale").astype(np.float32)
+    y *= np.float32(_scalar(a_scale, "a_scale")) * bsc
     if bias is not None:
-        y += bias.astype(np.float32)
+        y += packed.bias if packed is not None and packed.bias is not None else bias.astype(np.float32)
     return y if out_dtype == np.float32 else y.astype(out_dtype)
 
 
 # --------------------------------------------------------------------------- DynamicQuantizeMatMul
 
 
-@op("DynamicQuantizeMatMul", versions=1, domain=_MS)
-def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None):
+def _dynamic_quantize_matmul_prepack(inputs, attributes):
+    _, b, b_scale, b_zero_point, bias = _node_inputs(inputs, 5)
+    return _int8_b_prepack(b, b_scale, b_zero_point, bias)
+
+
+@op("DynamicQuantizeMatMul", versions=1, domain=_MS, prepack=_dynamic_quantize_matmul_prepack)
+def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, *, _packed=None):
     """A quantized to uint8 on the fly, times int8/uint8 B, scaled back to float."""
     _check8("B", b)
     if a.dtype != np.float32:
         raise TypeError(f"A must be float, got {a.dtype}")
     n = b.shape[-1]
+    packed = _int8_b_packed(_packed, b_zero_point)
     q, a_scale, _ = dynamic_quantize_uint8(a)
-    bv = b.astype(np.float32)
-    if b_zero_point is not None:
-        bv -= _column_param(b_zero_point, n, "b_zero_point").astype(np.float32)
+    bv = packed.b.astype(np.float32) if packed is not None else _int8_b(b, b_zero_point, n)
     y = np.asarray(_matmul2(q, bv), dtype=np.float32)
-    y *= a_scale * _column_param(b_scale, n, "b_scale").astype(np.float32)
+    bsc = packed.scale if packed is not None and packed.scale is not None else None
+    if bsc is None:
+        bsc = _column_param(b_scale, n, "b_scale").astype(np.float32)
+    y *= a_scale * bsc
     if bias is not None:
-        y += bias.astype(np.float32)
+        y += packed.bias if packed is not None and packed.bias is not None else bias.astype(np.float32)
     return y
 
 
 # --------------------------------------------------------------------------- QGemm
 
 
-@op("QGemm", versions=1, domain=_MS)
+class _QGemmB(NamedTuple):
+    """A constant QGemm right operand, prepared once."""
+
+    b: np.ndarray  # (K, N) B' - b_zero_point, C-contiguous, as exact integers (``_narrow_difference``)
+    c: np.ndarray | None  # float64 C; None when absent or not constant
+    zero_point: bool  # whether b_zero_point was given
+
+
+def _qgemm_zero_point(b_zero_point, n: int):
+    if b_zero_point is None:
+        return None
+    bzp = np.asarray(b_zero_point).reshape(-1)
+    if bzp.size not in (1, n):
+        raise ValueError(f"b_zero_point of shape {np.shape(b_zero_point)} is neither per-tensor nor per-column")
+    return bzp
+
+
+def _qgemm_b(b: np.ndarray, b_zero_point, trans_b) -> np.ndarray:
+    """float64 ``B' - b_zero_point`` (exact integers)."""
+    B = b.T if trans_b else b
+    bv = B.astype(np.float64)
+    bzp = _qgemm_zero_point(b_zero_point, B.shape[1])
+    if bzp is not None:
+        bv -= bzp.astype(np.float64) if bzp.size > 1 else float(bzp[0])
+    return bv
+
+
+def _qgemm_c(c) -> np.ndarray:
+    if c.dtype != np.int32:
+        raise TypeError(f"C must be int32, got {c.dtype}")
+    return c.astype(np.float64)
+
+
+def _qgemm_prepack(inputs, attributes):
+    _, _, _, b, _, b_zero_point, c, _, _ = _node_inputs(inputs, 9)
+    if b is None:
+        return None
+    try:
+        _check8("B", b)
+        if b.ndim != 2:
+            raise ValueError(f"QGemm inputs must be 2-D, got B {b.shape}")
+        B = np.ascontiguousarray(b.T if attributes.get("transB", 0) else b)
+        bv = _narrow_difference(B, _qgemm_zero_point(b_zero_point, B.shape[1]))
+        c64 = None if c is None else _qgemm_c(c)
+    except _PREPACK_ERRORS:
+        return None
+    return _QGemmB(_frozen(bv), _frozen(c64), b_zero_point is not None)
+
+
+@op("QGemm", versions=1, domain=_MS, prepack=_qgemm_prepack)
 def qgemm(
     a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=None, y_zero_point=None, *,
-    alpha=1.0, transA=0, transB=0,
+    alpha=1.0, transA=0, transB=0, _packed=None,
 ):
     """alpha * (A - a_zp)(B - b_zp) * a_scale * b_scale (+ C, int32 at that scale); float or requantized."""
     _check8("A", a)
     _check8("B", b)
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"QGemm inputs must be 2-D, got A {a.shape} and B {b.shape}")
+    packed = _packed if _packed is not None and _packed.zero_point == (b_zero_point is not None) else None
     A = a.T if transA else a
     B = b.T if transB else b
     if A.shape[1] != B.shape[0]:
         raise ValueError(f"QGemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
     n = B.shape[1]
+    bv = packed.b.astype(np.float64) if packed is not None else _qgemm_b(b, b_zero_point, transB)
     av = A.astype(np.float64)
     if a_zero_point is not None:
         av -= float(_scalar(a_zero_point, "a_zero_point"))
-    bzp = b_zero_point
-    if bzp is not None:
-        bzp = np.asarray(bzp).reshape(-1)
-        if bzp.size not in (1, n):
-            raise ValueError(f"b_zero_point of shape {np.shape(b_zero_point)} is neither per-tensor nor per-column")
-    bv = B.astype(np.float64)
-    if bzp is not None:
-        bv -= bzp.astype(np.float64) if bzp.size > 1 else float(bzp[0])
     acc = np.matmul(av, bv)  # exact integers
     if c is not None:
-        if c.dtype != np.int32:
-            raise TypeError(f"C must be int32, got {c.dtype}")
-        acc = acc + c.astype(np.float64)
+        acc = acc + (packed.c if packed is not None and packed.c is not None else _qgemm_c(c))
     bs = np.asarray(b_scale, dtype=np.float32).reshape(-1)
     if bs.size not in (1, n):
         raise ValueError(f"b_scale of shape {np.shape(b_scale)} is neither per-tensor nor per-column")
@@ -273,9 +410,10 @@ def _int8_blockwise_roundtrip(a: np.ndarray, block_size: int) -> np.ndarray:
     pad = k_blocks * block_size - k
     ap = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, pad)]) if pad else a
     ap = ap.reshape(a.shape[:-1] + (k_blocks, block_size))
-    scale = np.abs(ap).max(axis=-1, keepdims=True) / a.dtype.type(127)
-    with np.errstate(divide="ignore"):
-        inv = np.where(scale != 0, a.dtype.type(1) / scale, a.dtype.type(0)).astype(a.dtype)
+    scale = np.abs(ap).max(axis=-1, keepdims=True)
+    scale /= a.dtype.type(127)
+    inv = np.zeros_like(scale)  # 1 / scale, 0 for an all-zero block
+    np.divide(a.dtype.type(1), scale, out=inv, where=scale != 0)
     q = ap * inv
     np.rint(q, out=q)
     q *= scale
@@ -283,21 +421,20 @@ def _int8_blockwise_roundtrip(a: np.ndarray, block_size: int) -> np.ndarray:
     return q[..., :k] if pad else q
 
 
-@op("MatMulNBits", versions=1, domain=_MS)
-def matmul_nbits(
-    a, b, scales, zero_points=None, g_idx=None, bias=None, *,
-    K, N, block_size, bits=4, accuracy_level=0, weight_prepacked=0,
-):
-    """A @ dequantize(B)^T (+ bias) with B quantized block-wise along K.
+class _NBitsWeight(NamedTuple):
+    """MatMulNBits' weight in the form the product reads, prepared once when constant."""
 
-    Computed in float32 (float64 for double A). ``accuracy_level`` 4 (int8 compute)
-    additionally rounds A to block-wise int8 first, as onnxruntime does; the other
-    levels only set a minimum precision, which float32 satisfies. The deprecated
-    ``g_idx`` maps each row of K to its block (act-order); onyxrt applies the zero
-    points through it as the schema says (onnxruntime 1.2x ignores uint8 zero points
-    when g_idx is given). Odd widths (3, 5, 6, 7 bits) are read as a little-endian bit
-    stream per block.
-    """
+    dtype: type  # the compute dtype it was made for (float32, or float64 for double A)
+    w: np.ndarray | None  # dequantized (K, N) weight, C-contiguous; None when B is empty
+    bias: np.ndarray | None  # bias in the compute dtype; None when absent or not constant
+    zero_points: bool  # whether zero_points / g_idx were given (computed ones are not in ``w``)
+    g_idx: bool
+
+
+def _nbits_weight(
+    b, scales, zero_points, g_idx, bias, ct, *, K, N, block_size, bits=4, accuracy_level=0, weight_prepacked=0,
+) -> _NBitsWeight:
+    """Validate MatMulNBits' weight inputs and dequantize B to the (K, N) matrix ``A @ W`` reads."""
     k, n, bits, block_size = int(K), int(N), int(bits), int(block_size)
     if weight_prepacked:
         raise NotImplementedError("MatMulNBits: weights prepacked for a GPU (weight_prepacked != 0) are not supported")
@@ -307,28 +444,71 @@ def matmul_nbits(
         raise ValueError(f"MatMulNBits: block_size must be a power of 2 >= 16, got {block_size}")
     if b.dtype != np.uint8:
         raise TypeError(f"MatMulNBits: B must be uint8, got {b.dtype}")
-    if a.shape[-1] != k:
-        raise ValueError(f"MatMulNBits: A's last dimension {a.shape[-1]} is not K={k}")
+    w = None
+    if b.size:  # empty: an omitted projection
+        k_blocks = (k + block_size - 1) // block_size
+        blob = block_size * bits // 8
+        if b.size != n * k_blocks * blob:
+            raise ValueError(
+                f"MatMulNBits: B has {b.size} bytes, expected N*k_blocks*blob_size = {n}*{k_blocks}*{blob}"
+            )
+        w = np.ascontiguousarray(dequantize_blockwise(b, scales, zero_points, g_idx, n, k, bits, block_size, ct).T)
+    bias_ct = None if bias is None else bias.astype(ct)
+    return _NBitsWeight(ct, w, bias_ct, zero_points is not None, g_idx is not None)
+
+
+def _matmul_nbits_prepack(inputs, attributes):
+    _, b, scales, zero_points, g_idx, bias = _node_inputs(inputs, 6)
+    if b is None or scales is None:
+        return None
+    try:
+        ct = _compute_dtype(np.asarray(scales).dtype)  # scales have A's type
+        packed = _nbits_weight(b, scales, zero_points, g_idx, bias, ct, **attributes)
+    except _PREPACK_ERRORS:
+        return None
+    return packed._replace(w=_frozen(packed.w), bias=_frozen(packed.bias))
+
+
+@op("MatMulNBits", versions=1, domain=_MS, prepack=_matmul_nbits_prepack)
+def matmul_nbits(
+    a, b, scales, zero_points=None, g_idx=None, bias=None, *,
+    K, N, block_size, bits=4, accuracy_level=0, weight_prepacked=0, _packed=None,
+):
+    """A @ dequantize(B)^T (+ bias) with B quantized block-wise along K.
+
+    Computed in float32 (float64 for double A). ``accuracy_level`` 4 (int8 compute)
+    additionally rounds A to block-wise int8 first, as onnxruntime does; the other
+    levels only set a minimum precision, which float32 satisfies. The deprecated
+    ``g_idx`` maps each row of K to its block (act-order); onyxrt applies the zero
+    points through it as the schema says (onnxruntime 1.2x ignores uint8 zero points
+    when g_idx is given). Odd widths (3, 5, 6, 7 bits) are read as a little-endian bit
+    stream per block. Constant weights are dequantized once, at session creation.
+    """
     dtype = a.dtype
     ct = _compute_dtype(dtype)
-    out_shape = a.shape[:-1] + (n,)
-    if b.size == 0:  # an omitted projection
-        y = np.zeros(out_shape, dtype=ct)
-        if bias is not None:
-            y += bias.astype(ct)
-        return y.astype(dtype, copy=False)
-    k_blocks = (k + block_size - 1) // block_size
-    blob = block_size * bits // 8
-    if b.size != n * k_blocks * blob:
-        raise ValueError(f"MatMulNBits: B has {b.size} bytes, expected N*k_blocks*blob_size = {n}*{k_blocks}*{blob}")
-    w = dequantize_blockwise(b, scales, zero_points, g_idx, n, k, bits, block_size, ct)
-    av = a if a.dtype == ct else a.astype(ct)
-    if int(accuracy_level) == 4:
-        av = _int8_blockwise_roundtrip(av, block_size)
-    y = _matmul2(av, w.T) if av.ndim > 1 else av @ w.T
-    y = np.asarray(y)
-    if bias is not None:
-        y = y + bias.astype(ct)
+    packed = _packed
+    if (
+        packed is None or packed.dtype is not ct
+        or packed.zero_points != (zero_points is not None) or packed.g_idx != (g_idx is not None)
+    ):
+        packed = _nbits_weight(
+            b, scales, zero_points, g_idx, bias, ct,
+            K=K, N=N, block_size=block_size, bits=bits, weight_prepacked=weight_prepacked,
+        )
+    elif bias is not None and packed.bias is None:  # a computed bias
+        packed = packed._replace(bias=bias.astype(ct))
+    k, n = int(K), int(N)
+    if a.shape[-1] != k:
+        raise ValueError(f"MatMulNBits: A's last dimension {a.shape[-1]} is not K={k}")
+    if packed.w is None:
+        y = np.zeros(a.shape[:-1] + (n,), dtype=ct)
+    else:
+        av = a if a.dtype == ct else a.astype(ct)
+        if int(accuracy_level) == 4:
+            av = _int8_blockwise_roundtrip(av, int(block_size))
+        y = np.asarray(_matmul2(av, packed.w) if av.ndim > 1 else av @ packed.w)
+    if packed.bias is not None:
+        y += packed.bias
     return y.astype(dtype, copy=False)
 
 
@@ -348,23 +528,42 @@ _NF4_TABLE = np.array(
 )
 
 
-@op("MatMulBnb4", versions=1, domain=_MS)
-def matmul_bnb4(a, b, absmax, *, K, N, block_size, quant_type, transB=1, training_mode=0):
-    """A @ dequant(B)^T (transB=1) or A @ dequant(B) with B an FP4/NF4 (N, K) matrix, high nibble first."""
+def _bnb4_weight(b, absmax, ct, *, K, N, block_size, quant_type, transB=1, training_mode=0) -> np.ndarray:
+    """The dequantized FP4/NF4 weight as the right operand of ``A @ W``, C-contiguous."""
     k, n, bs = int(K), int(N), int(block_size)
     table = {0: _FP4_TABLE, 1: _NF4_TABLE}.get(int(quant_type))
     if table is None:
         raise ValueError(f"MatMulBnb4: quant_type must be 0 (FP4) or 1 (NF4), got {quant_type}")
-    dtype = a.dtype
-    ct = _compute_dtype(dtype)
     packed = np.asarray(b, dtype=np.uint8).reshape(-1)
     codes = np.stack([packed >> 4, packed & np.uint8(0x0F)], axis=-1).reshape(-1)[: n * k]
     scale = np.asarray(absmax).astype(np.float32).reshape(-1)
     w = table[codes] * np.repeat(scale, bs)[: n * k]
     w = w.reshape(n, k).astype(ct, copy=False)
+    return np.ascontiguousarray(w.T) if transB else w
+
+
+def _matmul_bnb4_prepack(inputs, attributes):
+    _, b, absmax = _node_inputs(inputs, 3)
+    if b is None or absmax is None:
+        return None
+    try:
+        ct = _compute_dtype(np.asarray(absmax).dtype)  # absmax has A's type
+        return ct, _frozen(_bnb4_weight(b, absmax, ct, **attributes))
+    except _PREPACK_ERRORS:
+        return None
+
+
+@op("MatMulBnb4", versions=1, domain=_MS, prepack=_matmul_bnb4_prepack)
+def matmul_bnb4(a, b, absmax, *, K, N, block_size, quant_type, transB=1, training_mode=0, _packed=None):
+    """A @ dequant(B)^T (transB=1) or A @ dequant(B) with B an FP4/NF4 (N, K) matrix, high nibble first."""
+    dtype = a.dtype
+    ct = _compute_dtype(dtype)
+    if _packed is not None and _packed[0] is ct:
+        w = _packed[1]
+    else:
+        w = _bnb4_weight(b, absmax, ct, K=K, N=N, block_size=block_size, quant_type=quant_type, transB=transB)
     av = a if a.dtype == ct else a.astype(ct)
-    y = _matmul2(av, w.T) if transB else _matmul2(av, w)
-    return np.asarray(y).astype(dtype, copy=False)
+    return np.asarray(_matmul2(av, w)).astype(dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- GatherBlockQuantized
@@ -374,12 +573,20 @@ def _float8_or_4(dtype: np.dtype) -> bool:
     return dtype.kind == "V" or (dtype.kind == "f" and dtype.itemsize == 1)
 
 
-@op("GatherBlockQuantized", versions=1, domain=_MS)
-def gather_block_quantized(data, indices, scales, zero_points=None, *, bits=4, block_size=128, gather_axis=0, quantize_axis=1):
-    """Gather rows of a block-quantized table, then dequantize only what was gathered."""
+class _GBQConfig(NamedTuple):
+    ga: int  # gather axis
+    qa: int  # quantize axis
+    bits: int
+    block_size: int
+    is_sub: bool  # int4 / uint4 data
+    is_fp: bool  # float8 / float4 data
+    packed_bits: bool  # uint8 data holding several values per byte
+    out_dtype: Any
+
+
+def _gbq_config(data, scales, zero_points, *, bits=4, block_size=128, gather_axis=0, quantize_axis=1) -> _GBQConfig:
+    """Validate GatherBlockQuantized's data and attributes."""
     dtype = data.dtype
-    out_dtype = np.asarray(scales).dtype
-    ct = np.float32
     r = data.ndim
     ga = normalize_axis(int(gather_axis), r)
     qa = normalize_axis(int(quantize_axis), r)
@@ -398,53 +605,113 @@ def gather_block_quantized(data, indices, scales, zero_points=None, *, bits=4, b
         raise TypeError(f"GatherBlockQuantized: unsupported data type {dtype}")
     if zero_points is not None and is_fp:
         raise ValueError("GatherBlockQuantized: float8/float4 data takes no zero_points")
+    out_dtype = np.asarray(scales).dtype
+    return _GBQConfig(ga, qa, bits, block_size, is_sub, is_fp, dtype == np.uint8 and bits < 8, out_dtype)
 
+
+def _gbq_params(scales, zero_points, cfg: _GBQConfig):
+    """The whole float32 scale table, and the unpacked float32 zero points (None: the default)."""
+    sc = np.asarray(scales).astype(np.float32)
+    if zero_points is None or cfg.is_fp:
+        return sc, None
+    zpa = np.asarray(zero_points)
+    if zpa.dtype == np.uint8 and cfg.bits < 8:
+        zpa = unpack_bits(zpa, cfg.bits, zpa.shape[-1] * (8 // cfg.bits))
+    return sc, zpa.astype(np.float32)
+
+
+def _gbq_dequantize(data, rows: np.ndarray, sc: np.ndarray, zpa, cfg: _GBQConfig) -> np.ndarray:
+    """The float32 values of the slices ``rows`` (1-D, in range) of ``data`` along the gather axis."""
+    ga, qa, bits, block_size = cfg.ga, cfg.qa, cfg.bits, cfg.block_size
+    # values of the gathered slices, logical (unpacked) layout
+    vals = np.take(data, rows, axis=ga)
+    if cfg.packed_bits:
+        vals = unpack_bits(vals, bits, vals.shape[-1] * (8 // bits))
+    q = vals.astype(np.float32)
+    # scales for each gathered element: block index along the quantize axis
+    logical_len = q.shape[qa]
+    if ga == qa:
+        block_of = rows // block_size if block_size else np.zeros_like(rows)
+        sc_g = np.take(sc, block_of, axis=qa)
+    else:
+        sc_g = np.take(sc, rows, axis=ga) if sc.shape[ga] != 1 else sc
+        bs = block_size if block_size else logical_len
+        block_of = np.arange(logical_len) // bs
+        sc_g = np.take(sc_g, block_of, axis=qa)
+    if cfg.is_fp:
+        return q * sc_g
+    if zpa is None:
+        zp = np.float32(0.0) if cfg.is_sub else np.float32(1 << (bits - 1))
+    elif ga == qa:
+        zp = np.take(zpa, block_of, axis=qa)
+    else:
+        zp = np.take(zpa, rows, axis=ga)
+        zp = np.take(zp, block_of, axis=qa)
+    return (q - zp) * sc_g
+
+
+# Prepack dequantizes a whole constant table when its float form is at most this large;
+# larger ones keep only their float scales / zero points and dequantize what is gathered.
+_GBQ_TABLE_BYTES = 64 << 20
+
+
+class _GBQPacked(NamedTuple):
+    sc: np.ndarray  # float32 scales
+    zp: np.ndarray | None  # float32 unpacked zero points; None for the default
+    zero_points: bool  # whether zero_points were given (computed ones are not in ``zp``)
+    table: np.ndarray | None  # the whole dequantized table (output type), or None when too large / not constant
+
+
+def _gather_block_quantized_prepack(inputs, attributes):
+    data, _, scales, zero_points = _node_inputs(inputs, 4)
+    if data is None or scales is None:
+        return None
+    try:
+        cfg = _gbq_config(data, scales, zero_points, **attributes)
+        sc, zpa = _gbq_params(scales, zero_points, cfg)
+        table = None
+        size = data.shape[cfg.ga]
+        if size and data.size * (8 // cfg.bits if cfg.packed_bits else 1) * 4 <= _GBQ_TABLE_BYTES:
+            table = _gbq_dequantize(data, np.arange(size), sc, zpa, cfg).astype(cfg.out_dtype, copy=False)
+    except _PREPACK_ERRORS:
+        return None
+    return _GBQPacked(_frozen(sc), _frozen(zpa), zero_points is not None, _frozen(table))
+
+
+@op("GatherBlockQuantized", versions=1, domain=_MS, prepack=_gather_block_quantized_prepack)
+def gather_block_quantized(
+    data, indices, scales, zero_points=None, *, bits=4, block_size=128, gather_axis=0, quantize_axis=1, _packed=None,
+):
+    """Gather rows of a block-quantized table, then dequantize only what was gathered.
+
+    With constant data whose float form is small (``_GBQ_TABLE_BYTES``) the whole table
+    is dequantized once and the kernel only gathers.
+    """
+    cfg = _gbq_config(
+        data, scales, zero_points, bits=bits, block_size=block_size, gather_axis=gather_axis, quantize_axis=quantize_axis
+    )
+    ga = cfg.ga
+    packed = _packed if _packed is not None and _packed.zero_points == (zero_points is not None) else None
     idx = np.asarray(indices).astype(np.int64)
     size = data.shape[ga]
     valid = (idx >= -size) & (idx < size)
     idx = np.where(idx < 0, idx + size, idx)
     safe = np.where(valid, idx, 0)
-
-    # values of the gathered slices, logical (unpacked) layout
-    vals = np.take(data, safe.reshape(-1), axis=ga)
-    if dtype == np.uint8 and bits < 8:
-        vals = unpack_bits(vals, bits, vals.shape[-1] * (8 // bits))
-    q = vals.astype(ct)
-    # scales for each gathered element: block index along the quantize axis
-    sc = np.asarray(scales).astype(ct)
-    logical_len = q.shape[qa]
-    if ga == qa:
-        pos = safe.reshape(-1)
-        block_of = pos // block_size if block_size else np.zeros_like(pos)
-        sc_g = np.take(sc, block_of, axis=qa)
-    else:
-        sc_g = np.take(sc, safe.reshape(-1), axis=ga) if sc.shape[ga] != 1 else sc
-        bs = block_size if block_size else logical_len
-        block_of = np.arange(logical_len) // bs
-        sc_g = np.take(sc_g, block_of, axis=qa)
-    if is_fp:
-        y = q * sc_g
-    else:
-        if zero_points is None:
-            zp = np.float32(0.0) if is_sub else np.float32(1 << (bits - 1))
-        else:
-            zpa = np.asarray(zero_points)
-            if zpa.dtype == np.uint8 and bits < 8:
-                zpa = unpack_bits(zpa, bits, zpa.shape[-1] * (8 // bits))
-            zpa = zpa.astype(ct)
-            if ga == qa:
-                zp = np.take(zpa, block_of, axis=qa)
-            else:
-                zp = np.take(zpa, safe.reshape(-1), axis=ga)
-                zp = np.take(zp, block_of, axis=qa)
-        y = (q - zp) * sc_g
+    if packed is not None and packed.table is not None:
+        y = np.take(packed.table, safe, axis=ga)
+        if not valid.all():  # invalid indices give zeros
+            shape = (1,) * ga + idx.shape + (1,) * (packed.table.ndim - ga - 1)
+            y = np.where(valid.reshape(shape), y, np.zeros((), y.dtype))
+        return y
+    sc, zpa = (packed.sc, packed.zp) if packed is not None else _gbq_params(scales, zero_points, cfg)
+    y = _gbq_dequantize(data, safe.reshape(-1), sc, zpa, cfg)
     # invalid indices give zeros
     if not valid.all():
         shape = [1] * y.ndim
         shape[ga] = -1
         y = np.where(valid.reshape(-1).reshape(shape), y, 0)
     y = y.reshape(y.shape[:ga] + idx.shape + y.shape[ga + 1:])
-    return np.asarray(y).astype(out_dtype, copy=False)
+    return np.asarray(y).astype(cfg.out_dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- QAttention
@@ -512,11 +779,27 @@ def multi_head_attention(qkv: np.ndarray, num_heads: int, past, scale, mask_bias
     return out.astype(out_dtype, copy=False), present
 
 
-@op("QAttention", versions=1, domain=_MS, multi_output=True)
+def _qattention_prepack(inputs, attributes):
+    _, weight, bias, _, weight_scale, _, _, weight_zero_point, _ = _node_inputs(inputs, 9)
+    if weight is None or weight.ndim != 2:
+        return None
+    try:
+        _check8("weight", weight)
+        n = weight.shape[1]
+        zp = None if weight_zero_point is None else _column_param(weight_zero_point, n, "weight_zero_point")
+        wv = _narrow_difference(weight, zp)
+        scale = None if weight_scale is None else _column_param(weight_scale, n, "weight_scale").astype(np.float32)
+        bias32 = None if bias is None else np.asarray(bias).astype(np.float32)
+    except _PREPACK_ERRORS:
+        return None
+    return _Int8B(_frozen(wv), _frozen(scale), _frozen(bias32), weight_zero_point is not None)
+
+
+@op("QAttention", versions=1, domain=_MS, multi_output=True, prepack=_qattention_prepack)
 def qattention(
     input, weight, bias, input_scale, weight_scale, mask_index=None, input_zero_point=None, weight_zero_point=None,
     past=None, *, num_heads, do_rotary=0, mask_filter_value=-10000.0, past_present_share_buffer=0, scale=None,
-    unidirectional=0, _num_outputs=1,
+    unidirectional=0, _num_outputs=1, _packed=None,
 ):
     """Attention whose QKV projection is an 8-bit integer matmul scaled back to float."""
     _check8("input", input)
@@ -529,15 +812,17 @@ def qattention(
         raise ValueError(f"QAttention expects input (B, S, H_in) and weight (H_in, 3*H), got {input.shape}, {weight.shape}")
     out_dtype = np.asarray(bias).dtype
     n = weight.shape[1]
+    packed = _int8_b_packed(_packed, weight_zero_point)
     iv = input.astype(np.float32)
     if input_zero_point is not None:
         iv -= np.float32(_scalar(input_zero_point, "input_zero_point"))
-    wv = weight.astype(np.float32)
-    if weight_zero_point is not None:
-        wv -= _column_param(weight_zero_point, n, "weight_zero_point").astype(np.float32)
+    wv = packed.b.astype(np.float32) if packed is not None else _int8_b(weight, weight_zero_point, n)
     qkv = np.asarray(_matmul2(iv, wv), dtype=np.float32)
-    qkv *= np.float32(_scalar(input_scale, "input_scale")) * _column_param(weight_scale, n, "weight_scale").astype(np.float32)
-    qkv += np.asarray(bias).astype(np.float32)
+    wsc = packed.scale if packed is not None and packed.scale is not None else None
+    if wsc is None:
+        wsc = _column_param(weight_scale, n, "weight_scale").astype(np.float32)
+    qkv *= np.float32(_scalar(input_scale, "input_scale")) * wsc
+    qkv += packed.bias if packed is not None and packed.bias is not None else np.asarray(bias).astype(np.float32)
     b, s = input.shape[:2]
     past_len = 0 if past is None else past.shape[3]
     mask_bias = attention_mask_bias(mask_index, b, s, past_len, float(mask_filter_value), bool(unidirectional))
@@ -617,12 +902,26 @@ def _lstm_activation_functions(names, alphas, betas, directions):
     return [funcs[3 * d:3 * d + 3] for d in range(directions)]
 
 
-@op("DynamicQuantizeLSTM", versions=1, domain=_MS, multi_output=True)
+def _dynamic_quantize_lstm_prepack(inputs, attributes):
+    ins = _node_inputs(inputs, 12)
+    packed = []
+    for name, (w, scale, zero_point) in (("W", (ins[1], ins[8], ins[9])), ("R", (ins[2], ins[10], ins[11]))):
+        wf = None
+        if w is not None and scale is not None and zero_point is not None:
+            try:
+                wf = _frozen(_dequantize_lstm_weight(w, scale, zero_point, name))
+            except _PREPACK_ERRORS:
+                pass
+        packed.append(wf)
+    return None if all(wf is None for wf in packed) else tuple(packed)
+
+
+@op("DynamicQuantizeLSTM", versions=1, domain=_MS, multi_output=True, prepack=_dynamic_quantize_lstm_prepack)
 def dynamic_quantize_lstm(
     x, w, r, b=None, sequence_lens=None, initial_h=None, initial_c=None, p=None,
     w_scale=None, w_zero_point=None, r_scale=None, r_zero_point=None, *,
     activation_alpha=None, activation_beta=None, activations=None, clip=None, direction="forward",
-    hidden_size=None, input_forget=0, _num_outputs=3,
+    hidden_size=None, input_forget=0, _num_outputs=3, _packed=None,
 ):
     """ONNX LSTM (gates i, o, f, c) with 8-bit (dirs, size, 4*hidden) weights.
 
@@ -642,8 +941,11 @@ def dynamic_quantize_lstm(
     nd = 2 if direction == "bidirectional" else 1
     if w.shape[0] != nd or r.shape[0] != nd:
         raise ValueError(f"W/R have {w.shape[0]}/{r.shape[0]} directions, direction '{direction}' needs {nd}")
-    wf = _dequantize_lstm_weight(w, w_scale, w_zero_point, "W")  # (dirs, input, 4H)
-    rf = _dequantize_lstm_weight(r, r_scale, r_zero_point, "R")  # (dirs, H, 4H)
+    wf, rf = _packed if _packed is not None else (None, None)
+    if wf is None:
+        wf = _dequantize_lstm_weight(w, w_scale, w_zero_point, "W")  # (dirs, input, 4H)
+    if rf is None:
+        rf = _dequantize_lstm_weight(r, r_scale, r_zero_point, "R")  # (dirs, H, 4H)
     seq, batch, size = x.shape
     hid = int(hidden_size) if hidden_size is not None else r.shape[1]
     if wf.shape[1] != size or wf.shape[2] != 4 * hid or rf.shape[1] != hid:
