@@ -459,3 +459,182 @@ def test_svm_classifier_vs_onnxruntime():
     model = _node_model("SVMClassifier", [("X", FLOAT)], [("Y", INT64), ("Z", FLOAT)],
                         prob_a=[-2.0, -1.5, -1.0], prob_b=[0.1, 0.0, -0.1], **common)
     _compare(model, {"X": x}, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- compiled at session creation
+
+
+def _deep_forest(rng, n_trees, n_feat, max_depth, n_targets=1):
+    """Unbalanced random trees (leaves at every depth up to ``max_depth``), nodes after the root shuffled."""
+    attrs = {k: [] for k in ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
+                             "nodes_truenodeids", "nodes_falsenodeids", "target_treeids", "target_nodeids",
+                             "target_ids", "target_weights")}
+    for t in range(n_trees):
+        nodes = []
+
+        def build(depth):
+            i = len(nodes)
+            nodes.append(None)
+            if depth == max_depth or (depth and rng.random() < 0.15 + 0.03 * depth):
+                nodes[i] = None
+            else:
+                nodes[i] = (int(rng.integers(n_feat)), float(np.round(rng.normal(), 2)), build(depth + 1),
+                            build(depth + 1))
+            return i
+
+        build(0)
+        for i in [0] + list(1 + rng.permutation(len(nodes) - 1)):  # the root first
+            node = nodes[i]
+            feature, value, true_id, false_id = node if node is not None else (0, 0.0, 0, 0)
+            for key, v in (("treeids", t), ("nodeids", int(i)), ("featureids", feature), ("values", value),
+                           ("truenodeids", true_id), ("falsenodeids", false_id)):
+                attrs["nodes_" + key].append(v)
+            attrs["nodes_modes"].append("LEAF" if node is None else "BRANCH_LEQ")
+            if node is None:
+                for k in range(n_targets):
+                    attrs["target_treeids"].append(t)
+                    attrs["target_nodeids"].append(int(i))
+                    attrs["target_ids"].append(k)
+                    attrs["target_weights"].append(float(np.round(rng.normal(), 3)))
+    return attrs
+
+
+def _reference_walk(attrs, x, n_targets):
+    """Per-row, per-tree Python walk of a BRANCH_LEQ forest: the sum of the reached leaves' weights."""
+    nodes = {(t, i): k for k, (t, i) in enumerate(zip(attrs["nodes_treeids"], attrs["nodes_nodeids"]))}
+    weights = {}
+    for t, i, k, w in zip(attrs["target_treeids"], attrs["target_nodeids"], attrs["target_ids"],
+                          attrs["target_weights"]):
+        weights[(t, i, k)] = w
+    out = np.zeros((x.shape[0], n_targets))
+    for r in range(x.shape[0]):
+        for t in sorted(set(attrs["nodes_treeids"])):
+            k = nodes[(t, 0)]
+            while attrs["nodes_modes"][k] != "LEAF":
+                go_true = x[r, attrs["nodes_featureids"][k]] <= F32(attrs["nodes_values"][k])
+                k = nodes[(t, attrs["nodes_truenodeids"][k] if go_true else attrs["nodes_falsenodeids"][k])]
+            for target in range(n_targets):
+                out[r, target] += weights[(t, attrs["nodes_nodeids"][k], target)]
+    return out
+
+
+def test_tree_walks_agree_for_every_batch_size():
+    """Deep unbalanced trees: the one-row walk (every step on every pair), the batched walks (finished pairs
+    dropped, blocks of trees on threads) and a Python walk give the same scores, bit for bit between batches."""
+    rng = np.random.default_rng(11)
+    attrs = _deep_forest(rng, n_trees=40, n_feat=4, max_depth=18, n_targets=2)
+    x = np.round(rng.normal(size=(4000, 4)), 2).astype(F32)  # 160,000 (tree, row) pairs: two blocks
+    packed = tree_ensemble._REGRESSOR(None, dict(attrs, n_targets=2))
+    whole = tree_ensemble.tree_ensemble_regressor(x, n_targets=2, _packed=packed, **attrs)
+    np.testing.assert_allclose(whole[:60], _reference_walk(attrs, x[:60], 2), rtol=1e-5, atol=1e-5)
+    for rows in (slice(0, 1), slice(7, 8), slice(100, 103), slice(0, 300)):
+        part = tree_ensemble.tree_ensemble_regressor(x[rows], n_targets=2, _packed=packed, **attrs)
+        assert part.tobytes() == whole[rows].tobytes(), rows
+
+
+def _counting(monkeypatch, module, name):
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_tree_ensembles_compile_once_at_session_creation(monkeypatch):
+    import onyxrt
+
+    calls = _counting(monkeypatch, tree_ensemble, "_compile_v3")
+    rng = np.random.default_rng(2)
+    attrs = _regressor_attrs(rng, n_targets=2)
+    model = _node_model("TreeEnsembleRegressor", [("X", FLOAT)], [("Y", FLOAT)], n_targets=2, **attrs)
+    session = onyxrt.InferenceSession(model.SerializeToString())
+    assert calls == ["_compile_v3"]
+    x = _tree_input(rng)
+    first = session.run(None, {"X": x})[0]
+    for rows in (x, x[:1], x[3:5]):
+        session.run(None, {"X": rows})
+    assert calls == ["_compile_v3"]
+    np.testing.assert_array_equal(session.run(None, {"X": x})[0], first)
+
+
+def test_compiled_models_are_shared_by_concurrent_runs():
+    """Runs on threads share one compiled forest (including its tables for double inputs, built on demand)."""
+    import concurrent.futures
+
+    import onyxrt
+
+    rng = np.random.default_rng(4)
+    attrs = _regressor_attrs(rng, n_trees=12, depth=5, n_targets=3)
+    model = _node_model("TreeEnsembleRegressor", [("X", DOUBLE)], [("Y", FLOAT)], n_targets=3, **attrs)
+    session = onyxrt.InferenceSession(model.SerializeToString())
+    xs = [_tree_input(rng, n=n).astype(np.float64) for n in (1, 5, 300, 2000)] * 4
+    expect = [tree_ensemble.tree_ensemble_regressor(x, n_targets=3, **attrs) for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: session.run(None, {"X": x})[0], xs))
+    for e, g in zip(expect, got):
+        assert e.tobytes() == g.tobytes()
+
+
+def test_invalid_attributes_are_reported_when_the_kernel_runs():
+    """Prepack declines attributes it cannot compile; the kernel then reports the error itself."""
+    x = np.zeros((2, 2), dtype=F32)
+    attrs = _tiny_forest(target_treeids=[0, 1], target_nodeids=[1, 1], target_ids=[0, 0], target_weights=[1.0, 2.0])
+    assert tree_ensemble._REGRESSOR(None, dict(attrs, n_targets=1)) is None
+    with pytest.raises(ValueError, match="target is missing"):
+        tree_ensemble.tree_ensemble_regressor(x, n_targets=1, **attrs)
+    assert svm._SVM_CLASSIFIER(None, dict(coefficients=[1.0], classlabels_ints=[0, 1])) is None
+    with pytest.raises(ValueError, match="rho is required"):
+        svm.svm_classifier(x, coefficients=[1.0], classlabels_ints=[0, 1])
+
+
+def _ml_prepack_cases():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(6, 3)).astype(F32)
+    sv = dict(vectors_per_class=[2, 1, 2], support_vectors=rng.normal(size=15).tolist(),
+              coefficients=rng.normal(size=10).tolist(), rho=[0.1, -0.2, 0.3], kernel_type="RBF",
+              kernel_params=[0.4, 0.0, 3.0], classlabels_strings=["a", "b", "c"])
+    strings = np.array([["a", "q"], ["b", "a"]], dtype=object)
+    ints = np.array([[2, 7], [1, 2]], dtype=np.int64)
+    return [
+        (tree_ensemble.tree_ensemble_classifier, tree_ensemble._CLASSIFIER, x,
+         dict({k.replace("target_", "class_"): v for k, v in _regressor_attrs(rng, n_targets=1).items()},
+              classlabels_int64s=[4, 5], post_transform="LOGISTIC")),
+        (tree_ensemble.tree_ensemble_regressor, tree_ensemble._REGRESSOR, x[:, :2],
+         dict(_tiny_forest(target_treeids=[0, 0, 1, 1], target_nodeids=[1, 2, 1, 2], target_ids=[0, 1, 1, 0],
+                           target_weights=[1.0, 2.0, 3.0, 4.0]), n_targets=2, aggregate_function="MAX")),
+        (svm.svm_classifier, svm._SVM_CLASSIFIER, x, sv),
+        (svm.svm_classifier, svm._SVM_CLASSIFIER, x, dict(sv, prob_a=[-1.0, -2.0, -0.5], prob_b=[0.1, 0.0, 0.2])),
+        (svm.svm_regressor, svm._SVM_REGRESSOR, x,
+         dict(coefficients=[1.0, -0.5], n_supports=2, support_vectors=rng.normal(size=6).tolist(), rho=[0.3],
+              kernel_type="POLY", kernel_params=[0.5, 1.0, 2.0])),
+        (linear.linear_classifier, linear._LINEAR_CLASSIFIER, x,
+         dict(coefficients=rng.normal(size=9).tolist(), intercepts=[0.1, 0.2, 0.3], classlabels_ints=[7, 8, 9],
+              post_transform="SOFTMAX")),
+        (linear.linear_regressor, linear._LINEAR_REGRESSOR, x,
+         dict(coefficients=rng.normal(size=6).tolist(), intercepts=[1.0, 2.0], targets=2)),
+        (encoders.label_encoder_1, encoders._LABEL_ENCODER_1, ints, dict(classes_strings=["x", "y", "z"])),
+        (encoders.label_encoder_2, encoders._LABEL_ENCODER_2, strings, dict(keys_strings=["a", "b"],
+                                                                            values_floats=[0.5, 1.5])),
+        (encoders.label_encoder_4, encoders._LABEL_ENCODER_4, ints,
+         dict(keys_int64s=[2, 1], values_strings=["two", "one"])),
+        (encoders.category_mapper, encoders._CATEGORY_MAPPER, strings,
+         dict(cats_strings=["a", "b"], cats_int64s=[1, 2])),
+        (encoders.category_mapper, encoders._CATEGORY_MAPPER, ints, dict(cats_strings=["a", "b"], cats_int64s=[1, 2])),
+        (encoders.one_hot_encoder, encoders._ONE_HOT_ENCODER, ints, dict(cats_int64s=[2, 7, 9])),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_ml_prepack_cases())))
+def test_prepacked_kernels_match_direct_calls(index):
+    kernel, prepack, x, attrs = _ml_prepack_cases()[index]
+    packed = prepack([None], attrs)
+    assert packed is not None
+    expect = kernel(x, **attrs)
+    got = kernel(x, **attrs, _packed=packed)
+    for e, g in zip(expect if isinstance(expect, tuple) else [expect], got if isinstance(got, tuple) else [got]):
+        assert e.dtype == g.dtype and e.shape == g.shape
+        assert e.tolist() == g.tolist() if e.dtype == object else e.tobytes() == g.tobytes()

@@ -181,6 +181,36 @@ def test_pipeline_scaler_one_hot_logistic_regression():
         np.testing.assert_array_equal(got_unseen[0], expect_unseen[0])
 
 
+@pytest.mark.parametrize("kind", ["forest_binary", "forest_multiclass", "boosting", "forest_regressor"])
+def test_tree_models_give_the_same_rows_in_any_batch(data, kind):
+    """One row at a time (the small-batch walk), a few rows, or all 400 (the batched walk): bit for bit
+    the same outputs, which also match onnxruntime's."""
+    x, y2, y3 = data
+    if kind == "forest_binary":
+        model = RandomForestClassifier(n_estimators=25, random_state=0).fit(x, y2)  # deep trees
+    elif kind == "forest_multiclass":
+        model = RandomForestClassifier(n_estimators=25, max_depth=9, random_state=0).fit(x, y3)
+    elif kind == "boosting":
+        model = GradientBoostingClassifier(n_estimators=40, max_depth=3, random_state=0).fit(x, y2)
+    else:
+        model = RandomForestRegressor(n_estimators=25, random_state=0).fit(x, x[:, 0] - x[:, 2])
+    options = {id(model): {"zipmap": False}} if kind != "forest_regressor" else None
+    proto = to_onnx(model, x[:1], options=options, target_opset={"": 17, "ai.onnx.ml": 3})
+    sess = onyxrt.InferenceSession(proto.SerializeToString())
+    whole = sess.run(None, {"X": x})
+    for rows in [slice(i, i + 1) for i in range(0, 400, 37)] + [slice(5, 12), slice(100, 300)]:
+        part = sess.run(None, {"X": x[rows]})
+        for w, p in zip(whole, part):
+            assert w[rows].tobytes() == p.tobytes(), rows
+    expect = _run_ort(proto, {"X": x})
+    if expect is not None:
+        for w, e in zip(whole, expect):
+            if w.dtype.kind == "f":
+                np.testing.assert_allclose(w, e, rtol=1e-5, atol=1e-5)
+            else:
+                np.testing.assert_array_equal(w, e)
+
+
 @pytest.mark.heavy
 def test_large_forest_matches_onnxruntime():
     """200 deep trees on 10,000 rows: same labels and probabilities as onnxruntime (speed: benchmarks/latency.py)."""

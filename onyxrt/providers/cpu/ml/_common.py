@@ -1,9 +1,10 @@
 """Helpers shared by the ai.onnx.ml kernels: score post-transforms (computed in float32 with
-onnxruntime's formulas), label selection, input coercion and a small attribute-keyed cache."""
+onnxruntime's formulas), label selection, input coercion, and ``Compiled`` (attributes compiled
+once, at session creation)."""
 
 from __future__ import annotations
 
-import threading
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -90,6 +91,18 @@ def binary_scores(score: np.ndarray, post_transform: str, add_second_class: np.n
         if batched:
             out[:, 1] = s
         return out
+    if isinstance(add_second_class, (int, np.integer)):  # one mode for all rows: same values, fewer steps
+        mode = int(add_second_class)
+        if mode in (2, 3):
+            return np.stack([logistic(-s), logistic(s)] if post_transform == "LOGISTIC" else [-s, s], axis=1)
+        if post_transform == "LOGISTIC":
+            s = logistic(s)
+        if mode in (0, 1):
+            out[:, 0] = _F32(1) - s
+            out[:, 1] = s
+        else:
+            out[:, 0] = s
+        return out
     mode = np.broadcast_to(np.asarray(add_second_class), s.shape)
     prob_like = (mode == 0) | (mode == 1)
     mixed = (mode == 2) | (mode == 3)
@@ -137,29 +150,35 @@ def obj_array(values, shape=None) -> np.ndarray:
     return out if shape is None else out.reshape(shape)
 
 
-# --------------------------------------------------------------------------- compiled-attribute cache
+# --------------------------------------------------------------------------- compiled attributes
 
 
-class AttributeCache:
-    """Caches what a kernel derives from its attribute values (e.g. a compiled tree ensemble).
+class Compiled:
+    """What a kernel derives from its attributes (a compiled tree ensemble, lookup tables), built once.
 
-    Kernels are called with the same attribute objects on every run of a session, so the key is
-    the identity of those objects; the entry keeps them alive so their ids cannot be reused.
+    The instance is the kernel's ``prepack``: at session creation it calls ``build`` with the node's
+    attributes (the kernel's defaults filled in) and the result reaches the kernel as ``_packed``.
+    Decorate the kernel with ``kernel`` (under ``@op``) so that its defaults are known; a direct call
+    (``_packed`` None) builds with ``compile(locals())``. When ``build`` raises (invalid attributes),
+    prepack returns None and the kernel's own build reports the error when it runs, as before.
     """
 
-    def __init__(self, size: int = 64) -> None:
-        self._size = size
-        self._entries: dict[tuple, tuple[tuple, Any]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, build: Callable[..., Any]) -> None:
+        self._build = build
+        self._defaults: dict[str, Any] = {}
 
-    def get(self, attrs: tuple, build: Callable[[], Any]) -> Any:
-        key = tuple(id(a) for a in attrs)
-        entry = self._entries.get(key)
-        if entry is not None and all(a is b for a, b in zip(entry[0], attrs)):
-            return entry[1]
-        value = build()
-        with self._lock:
-            if len(self._entries) >= self._size:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = (attrs, value)
-        return value
+    def kernel(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        params = inspect.signature(fn).parameters
+        self._defaults = {name: p.default for name, p in params.items()
+                          if p.kind is p.KEYWORD_ONLY and not name.startswith("_")}
+        return fn
+
+    def compile(self, scope: dict[str, Any]) -> Any:
+        """Build from a kernel's keyword arguments (its ``locals()``)."""
+        return self._build(**{name: scope[name] for name in self._defaults})
+
+    def __call__(self, inputs: list, attributes: dict[str, Any]) -> Any:
+        try:
+            return self._build(**{**self._defaults, **attributes})
+        except Exception:  # noqa: BLE001 - reported by the kernel at run time
+            return None

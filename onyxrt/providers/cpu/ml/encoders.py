@@ -12,11 +12,10 @@ import re
 import numpy as np
 
 from ..registry import op
-from ._common import AttributeCache, obj_array
+from ._common import Compiled, obj_array
 
 _F32 = np.float32
 _OBJ = np.dtype(object)
-_CACHE = AttributeCache()
 
 
 def _is_string(x: np.ndarray) -> bool:
@@ -84,143 +83,198 @@ class _Mapping:
 # --------------------------------------------------------------------------- LabelEncoder
 
 
-@op("LabelEncoder", versions=1, domain="ai.onnx.ml")
-def label_encoder_1(x, *, classes_strings=None, default_int64=-1, default_string="_Unused"):
-    x = np.asarray(x)
+def _build_label_encoder_1(*, classes_strings, default_int64, default_string):
     classes = list(classes_strings or [])
+    table = {c: i for i, c in enumerate(classes)}  # the last of duplicated classes wins
+    return table, obj_array(classes + [default_string]), len(classes)
+
+
+_LABEL_ENCODER_1 = Compiled(_build_label_encoder_1)
+
+
+@op("LabelEncoder", versions=1, domain="ai.onnx.ml", prepack=_LABEL_ENCODER_1)
+@_LABEL_ENCODER_1.kernel
+def label_encoder_1(x, *, classes_strings=None, default_int64=-1, default_string="_Unused", _packed=None):
+    table, labels, n_classes = _packed if _packed is not None else _LABEL_ENCODER_1.compile(locals())
+    x = np.asarray(x)
     if _is_string(x):
-        table = {c: i for i, c in enumerate(classes)}  # the last of duplicated classes wins
         flat = [table.get(v, default_int64) for v in _strings(x).reshape(-1).tolist()]
         return np.asarray(flat, dtype=np.int64).reshape(x.shape)
     if x.dtype.kind not in "iu":
         raise TypeError(f"LabelEncoder-1 maps strings to int64 or int64 to strings, got {x.dtype}")
-    labels = obj_array(classes + [default_string])
     idx = x.astype(np.int64)
-    idx = np.where((idx >= 0) & (idx < len(classes)), idx, len(classes))
+    idx = np.where((idx >= 0) & (idx < n_classes), idx, n_classes)
     return labels[idx].reshape(x.shape)
 
 
 _V2_DEFAULTS = {"int64": -1, "float": -0.0, "string": "_Unused"}
 
 
-def _label_encoder(x, attrs: dict, version: int):
-    x = np.asarray(x)
-    is_str = _is_string(x)
-    if is_str:
-        x = _strings(x)
-    # keys: the attribute matching the input type (or keys_tensor)
-    keys_tensor = attrs.get("keys_tensor")
-    if keys_tensor is not None:
-        keys = np.asarray(keys_tensor).reshape(-1).tolist()
-    elif is_str:
-        keys = attrs.get("keys_strings")
-    elif x.dtype.kind == "f":
-        keys = attrs.get("keys_floats")
-    else:
-        keys = attrs.get("keys_int64s")
-    if keys is None:
-        keys = attrs.get("keys_strings") or attrs.get("keys_int64s") or attrs.get("keys_floats") or []
-    # values and the output type
-    values_tensor = attrs.get("values_tensor")
-    if values_tensor is not None:
-        vt = np.asarray(values_tensor)
-        out_dtype = vt.dtype
-        values = vt.reshape(-1).tolist()
-        kind = "string" if out_dtype == _OBJ else ("float" if out_dtype.kind == "f" else "int64")
-    elif attrs.get("values_strings") is not None:
-        values, out_dtype, kind = attrs["values_strings"], _OBJ, "string"
-    elif attrs.get("values_floats") is not None:
-        values, out_dtype, kind = attrs["values_floats"], np.dtype(_F32), "float"
-    elif attrs.get("values_int64s") is not None:
-        values, out_dtype, kind = attrs["values_int64s"], np.dtype(np.int64), "int64"
-    else:
-        raise ValueError("LabelEncoder: one of the values_* attributes is required")
-    default_tensor = attrs.get("default_tensor")
-    if default_tensor is not None and np.asarray(default_tensor).size:
-        default = np.asarray(default_tensor).reshape(-1)[0]
-        default = default if out_dtype == _OBJ else out_dtype.type(default)
-    else:
-        given = attrs.get(f"default_{kind}")
-        default = _V2_DEFAULTS[kind] if given is None else given
-        if out_dtype != _OBJ:
-            default = out_dtype.type(default)
-    if not is_str and keys and isinstance(keys[0], str):
-        raise TypeError(f"LabelEncoder: a {x.dtype} input needs numeric keys")
-    mapping = _CACHE.get((keys_tensor, values_tensor, attrs.get("keys_strings"), attrs.get("keys_int64s"),
-                          attrs.get("keys_floats"), attrs.get("values_strings"), attrs.get("values_int64s"),
-                          attrs.get("values_floats"), x.dtype),
-                         lambda: _Mapping(keys if not is_str else [str(k) for k in keys], values, out_dtype,
-                                          first_wins=True, nan_matches=version >= 4))
-    return mapping(x, default)
+class _LabelEncoder:
+    """A compiled LabelEncoder-2/4: the output type, the default, and a table per kind of input
+    (strings, floats, integers pick different key attributes)."""
+
+    def __init__(self, attrs: dict, version: int) -> None:
+        # values and the output type
+        values_tensor = attrs.get("values_tensor")
+        if values_tensor is not None:
+            vt = np.asarray(values_tensor)
+            out_dtype = vt.dtype
+            values = vt.reshape(-1).tolist()
+            kind = "string" if out_dtype == _OBJ else ("float" if out_dtype.kind == "f" else "int64")
+        elif attrs.get("values_strings") is not None:
+            values, out_dtype, kind = attrs["values_strings"], _OBJ, "string"
+        elif attrs.get("values_floats") is not None:
+            values, out_dtype, kind = attrs["values_floats"], np.dtype(_F32), "float"
+        elif attrs.get("values_int64s") is not None:
+            values, out_dtype, kind = attrs["values_int64s"], np.dtype(np.int64), "int64"
+        else:
+            raise ValueError("LabelEncoder: one of the values_* attributes is required")
+        default_tensor = attrs.get("default_tensor")
+        if default_tensor is not None and np.asarray(default_tensor).size:
+            default = np.asarray(default_tensor).reshape(-1)[0]
+            default = default if out_dtype == _OBJ else out_dtype.type(default)
+        else:
+            given = attrs.get(f"default_{kind}")
+            default = _V2_DEFAULTS[kind] if given is None else given
+            if out_dtype != _OBJ:
+                default = out_dtype.type(default)
+        self.default = default
+        # a table per kind of input: "string", "float" or "int"; None for string keys and a numeric
+        # input; a kind whose table cannot be built is left out (built again, to raise, at run time)
+        self._table_args = (attrs, values, out_dtype, version)
+        self.tables: dict[str, _Mapping | None] = {}
+        for input_kind in ("string", "float", "int"):
+            try:
+                self.tables[input_kind] = self._table(attrs, input_kind, values, out_dtype, version)
+            except Exception:  # noqa: BLE001
+                pass
+
+    @staticmethod
+    def _table(attrs: dict, input_kind: str, values, out_dtype, version: int) -> _Mapping | None:
+        is_str = input_kind == "string"
+        # keys: the attribute matching the input type (or keys_tensor)
+        keys_tensor = attrs.get("keys_tensor")
+        if keys_tensor is not None:
+            keys = np.asarray(keys_tensor).reshape(-1).tolist()
+        elif is_str:
+            keys = attrs.get("keys_strings")
+        elif input_kind == "float":
+            keys = attrs.get("keys_floats")
+        else:
+            keys = attrs.get("keys_int64s")
+        if keys is None:
+            keys = attrs.get("keys_strings") or attrs.get("keys_int64s") or attrs.get("keys_floats") or []
+        if not is_str and keys and isinstance(keys[0], str):
+            return None
+        return _Mapping(keys if not is_str else [str(k) for k in keys], values, out_dtype, first_wins=True,
+                        nan_matches=version >= 4)
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if _is_string(x):
+            x = _strings(x)
+            input_kind = "string"
+        else:
+            input_kind = "float" if x.dtype.kind == "f" else "int"
+        table = self.tables[input_kind] if input_kind in self.tables else \
+            self._table(self._table_args[0], input_kind, *self._table_args[1:])
+        if table is None:
+            raise TypeError(f"LabelEncoder: a {x.dtype} input needs numeric keys")
+        return table(x, self.default)
 
 
-@op("LabelEncoder", versions=2, domain="ai.onnx.ml")
+def _build_label_encoder_2(**attrs):
+    return _LabelEncoder(attrs, 2)
+
+
+def _build_label_encoder_4(**attrs):
+    return _LabelEncoder(attrs, 4)
+
+
+_LABEL_ENCODER_2 = Compiled(_build_label_encoder_2)
+_LABEL_ENCODER_4 = Compiled(_build_label_encoder_4)
+
+
+@op("LabelEncoder", versions=2, domain="ai.onnx.ml", prepack=_LABEL_ENCODER_2)
+@_LABEL_ENCODER_2.kernel
 def label_encoder_2(x, *, default_float=None, default_int64=None, default_string=None, keys_floats=None,
-                    keys_int64s=None, keys_strings=None, values_floats=None, values_int64s=None, values_strings=None):
-    return _label_encoder(x, dict(
-        default_float=default_float, default_int64=default_int64, default_string=default_string,
-        keys_floats=keys_floats, keys_int64s=keys_int64s, keys_strings=keys_strings, values_floats=values_floats,
-        values_int64s=values_int64s, values_strings=values_strings), 2)
+                    keys_int64s=None, keys_strings=None, values_floats=None, values_int64s=None, values_strings=None,
+                    _packed=None):
+    return (_packed if _packed is not None else _LABEL_ENCODER_2.compile(locals()))(x)
 
 
-@op("LabelEncoder", versions=4, domain="ai.onnx.ml")
+@op("LabelEncoder", versions=4, domain="ai.onnx.ml", prepack=_LABEL_ENCODER_4)
+@_LABEL_ENCODER_4.kernel
 def label_encoder_4(x, *, default_float=None, default_int64=None, default_string=None, default_tensor=None,
                     keys_floats=None, keys_int64s=None, keys_strings=None, keys_tensor=None, values_floats=None,
-                    values_int64s=None, values_strings=None, values_tensor=None):
-    return _label_encoder(x, dict(
-        default_float=default_float, default_int64=default_int64, default_string=default_string,
-        default_tensor=default_tensor, keys_floats=keys_floats, keys_int64s=keys_int64s,
-        keys_strings=keys_strings, keys_tensor=keys_tensor, values_floats=values_floats,
-        values_int64s=values_int64s, values_strings=values_strings, values_tensor=values_tensor), 4)
+                    values_int64s=None, values_strings=None, values_tensor=None, _packed=None):
+    return (_packed if _packed is not None else _LABEL_ENCODER_4.compile(locals()))(x)
 
 
 # --------------------------------------------------------------------------- CategoryMapper
 
 
-@op("CategoryMapper", versions=1, domain="ai.onnx.ml")
-def category_mapper(x, *, cats_int64s=None, cats_strings=None, default_int64=-1, default_string="_Unused"):
-    x = np.asarray(x)
+def _build_category_mapper(*, cats_int64s, cats_strings, default_int64, default_string):
     ints = list(cats_int64s or [])
     strs = list(cats_strings or [])
     if len(ints) != len(strs):
         raise ValueError("CategoryMapper: cats_int64s and cats_strings differ in length")
+    table = dict(zip(strs, ints))  # the last of duplicated categories wins
+    return table, _Mapping(ints, strs, _OBJ, first_wins=False, nan_matches=False)
+
+
+_CATEGORY_MAPPER = Compiled(_build_category_mapper)
+
+
+@op("CategoryMapper", versions=1, domain="ai.onnx.ml", prepack=_CATEGORY_MAPPER)
+@_CATEGORY_MAPPER.kernel
+def category_mapper(x, *, cats_int64s=None, cats_strings=None, default_int64=-1, default_string="_Unused",
+                    _packed=None):
+    table, mapping = _packed if _packed is not None else _CATEGORY_MAPPER.compile(locals())
+    x = np.asarray(x)
     if _is_string(x):
-        table = dict(zip(strs, ints))  # the last of duplicated categories wins
         flat = [table.get(v, default_int64) for v in _strings(x).reshape(-1).tolist()]
         return np.asarray(flat, dtype=np.int64).reshape(x.shape)
     if x.dtype.kind not in "iu":
         raise TypeError(f"CategoryMapper maps strings to int64 or int64 to strings, got {x.dtype}")
-    mapping = _CACHE.get((cats_int64s, cats_strings, "cm"),
-                         lambda: _Mapping(ints, strs, _OBJ, first_wins=False, nan_matches=False))
     return mapping(x.astype(np.int64, copy=False), default_string)
 
 
 # --------------------------------------------------------------------------- OneHotEncoder
 
 
-@op("OneHotEncoder", versions=1, domain="ai.onnx.ml")
-def one_hot_encoder(x, *, cats_int64s=None, cats_strings=None, zeros=1):
-    x = np.asarray(x)
+def _build_one_hot_encoder(*, cats_int64s, cats_strings, zeros):
     if cats_int64s and cats_strings:
         raise ValueError("OneHotEncoder: only one of cats_int64s and cats_strings may be set")
     cats = list(cats_int64s or cats_strings or [])
     if not cats:
         raise ValueError("OneHotEncoder: no categories")
+    n = len(cats)
+    table = {c: i for i, c in enumerate(cats)} if cats_strings else None
+    mapping = _Mapping(cats, list(range(n)), np.dtype(np.int64), first_wins=False, nan_matches=False) \
+        if cats_int64s else None
+    return n, table, mapping
+
+
+_ONE_HOT_ENCODER = Compiled(_build_one_hot_encoder)
+
+
+@op("OneHotEncoder", versions=1, domain="ai.onnx.ml", prepack=_ONE_HOT_ENCODER)
+@_ONE_HOT_ENCODER.kernel
+def one_hot_encoder(x, *, cats_int64s=None, cats_strings=None, zeros=1, _packed=None):
+    n, table, mapping = _packed if _packed is not None else _ONE_HOT_ENCODER.compile(locals())
+    x = np.asarray(x)
     if x.ndim > 2:
         raise ValueError(f"OneHotEncoder: the input rank must be at most 2, got {x.ndim}")
-    n = len(cats)
     if _is_string(x):
-        if not cats_strings:
+        if table is None:
             return _one_hot_missing(x, n, zeros)
-        table = {c: i for i, c in enumerate(cats)}
         idx = np.asarray([table.get(v, -1) for v in _strings(x).reshape(-1).tolist()], dtype=np.int64)
     else:
-        if not cats_int64s:
+        if mapping is None:
             return _one_hot_missing(x, n, zeros)
         vals = x.astype(np.int64).reshape(-1) if x.dtype.kind != "f" else np.trunc(x).astype(np.int64).reshape(-1)
-        mapping = _CACHE.get((cats_int64s, "ohe"),
-                             lambda: _Mapping(cats, list(range(n)), np.dtype(np.int64), first_wins=False,
-                                              nan_matches=False))
         idx = mapping(vals, -1)
     missing = idx < 0
     if missing.any() and not zeros:

@@ -1,11 +1,14 @@
 """Tree ensembles: TreeEnsembleRegressor, TreeEnsembleClassifier (ai.onnx.ml 1, 3, 5) and TreeEnsemble (5).
 
-Every ensemble is compiled once (per attribute set) into packed per-node records. Evaluation
-walks all (tree, row) pairs of a block of trees at once, one depth level per numpy step: gather
-each pair's node record and feature value, compare, move to the true or false child, and drop the
-pairs that reached a leaf. Blocks run on a small thread pool (numpy releases the GIL). Leaf values
-are then aggregated per row and post-processed with onnxruntime's rules (base values, binary
-classifiers with one score column, post transforms).
+Every ensemble is compiled once, at session creation (the kernels' prepack), into packed per-node
+records, together with everything else derived from the attributes (leaf value tables, base values,
+labels). Evaluation walks all (tree, row) pairs of a block of trees at once, one depth level per
+numpy step: gather each pair's node record and feature value, compare, move to the true or false
+child. A pair on its leaf stays there, so the first steps (all of them for a small batch) need no
+bookkeeping; deeper down, the pairs that reached a leaf are dropped from the batch while enough
+steps remain for that to pay. Large batches run their blocks of trees on a small thread pool (numpy
+releases the GIL). Leaf values are then aggregated per row and post-processed with onnxruntime's
+rules (base values, binary classifiers with one score column, post transforms).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 
 from ..registry import op
 from ._common import (
-    AttributeCache,
+    Compiled,
     binary_scores,
     check_post_transform,
     labels_array,
@@ -44,8 +47,17 @@ _AGGREGATES = ("AVERAGE", "SUM", "MIN", "MAX")
 _V5_AGGREGATES = {0: "AVERAGE", 1: "SUM", 2: "MIN", 3: "MAX"}
 _V5_TRANSFORMS = {0: "NONE", 1: "SOFTMAX", 2: "LOGISTIC", 3: "SOFTMAX_ZERO", 4: "PROBIT"}
 
-_CACHE = AttributeCache()
 _BLOCK_PAIRS = 1 << 17  # (tree, row) pairs walked together
+_PARALLEL_PAIRS = 1 << 15  # from twice this many (tree, row) pairs: at least two blocks (threads)
+_SMALL_PAIRS = 1 << 12  # up to this many (tree, row) pairs: every step on every pair, no compaction
+# the walk of a large block: no check for finished pairs while fewer than _FREE_SHARE of them may be
+# done (were every branch taken half of the time), then a check every _CHECK_EVERY steps while at
+# least _MIN_REMAINING steps are left (dropping the finished pairs pays only with steps to save)
+_FREE_SHARE = 0.1
+_CHECK_EVERY = 2
+_MIN_REMAINING = 4
+_UFUNCS = {LEQ: np.less_equal, LT: np.less, GTE: np.greater_equal, GT: np.greater, EQ: np.equal,
+           NEQ: np.not_equal}
 _POOL = None
 _POOL_LOCK = threading.Lock()
 
@@ -71,8 +83,12 @@ class _Forest:
     needs into one 16-byte record: feature, false-child position and threshold (modes and the
     missing-value flags, when needed, come from a second table). A step is then
     ``s = false_child[s] - cond`` with two gathers (the record and the feature value). A leaf
-    position reads a sentinel feature (an extra input column) whose comparison is always false and
-    is its own false child, so finished (tree, row) pairs can stay in the batch until it is compacted.
+    position reads a sentinel feature (an extra input column, column 0, so the records do not depend
+    on the input width) whose comparison is always false and is its own false child, so finished
+    (tree, row) pairs can stay in the batch until it is compacted.
+
+    Everything a run reads is built here; the only later writes are memoized tables for a second
+    threshold dtype or aggregate (under a lock, idempotent), so runs can share one forest.
     """
 
     def __init__(self, *, feat, thr, modes, tnext, fnext, mtt, roots, n_internal, leaf_entry, leaf_targets,
@@ -110,7 +126,11 @@ class _Forest:
                 np.zeros(0, np.int64)
             keys = pos * (values.size + 1) + np.repeat(rank_of_key, counts)
             self.members = (values, np.unique(keys))
+        self._lock = threading.Lock()
         self._records: dict[np.dtype, np.ndarray] = {}
+        self._codes = self.pos_code.astype(np.intp)
+        self._mtt_pos = self.pos_code >= 8
+        self._ufunc = _UFUNCS.get(self.uniform_mode)
         # leaf values: every (leaf, target, weight) entry, in onnxruntime's order
         self.leaf_entry = np.asarray(leaf_entry, dtype=np.int64)
         self.leaf_targets = np.asarray(leaf_targets, dtype=np.int64)
@@ -119,6 +139,14 @@ class _Forest:
         if self.leaf_targets.size and (self.leaf_targets.min() < 0 or self.leaf_targets.max() >= n_targets):
             raise ValueError(f"tree ensemble: a target/class id is outside [0, {n_targets})")
         self._dense: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        flat = self.leaf_entry * n_targets + self.leaf_targets
+        self.has = np.bincount(flat, minlength=n_leaves * n_targets).reshape(n_leaves, n_targets) > 0
+        # targets that every leaf has a value for, or none does
+        self.constant_has = self.has.all(axis=0) | ~self.has.any(axis=0)
+        self.active = np.flatnonzero(self.has.any(axis=0))  # targets some leaf has a value for
+        self.constant_targets = np.flatnonzero(self.constant_has)
+        self.has_active = None if self.constant_has.all() else np.ascontiguousarray(self.has[:, self.active])
+        self.records(self.thr.dtype)
 
     def _layout(self, feat, modes, mtt, tnext, fnext, roots) -> None:
         """Breadth-first positions with sibling children; a shared subtree is copied per parent."""
@@ -127,15 +155,16 @@ class _Forest:
         frontier = roots
         levels = [roots]
         trees = np.arange(roots.size, dtype=np.int64)
-        # the shallowest leaf of each tree: no (tree, row) pair of it finishes earlier
-        self.min_depth = np.full(roots.size, np.iinfo(np.int64).max, dtype=np.int64)
+        self.tree_depth = np.zeros(roots.size, dtype=np.int64)  # the deepest leaf of each tree
+        shares = []  # per level: each tree's leaves there, weighted 2^-level (a pair's odds to end there)
         false_child = {}  # level -> positions of the false children of its decision nodes
         base = roots.size
         level = 0
         while frontier.size:
             inner = frontier < n_int
+            shares.append(np.bincount(trees[~inner], minlength=roots.size) * 0.5 ** level)
             if not inner.all():
-                np.minimum.at(self.min_depth, trees[~inner], level)
+                np.maximum.at(self.tree_depth, trees[~inner], level)
             parents = frontier[inner]
             if parents.size == 0:
                 break
@@ -150,6 +179,10 @@ class _Forest:
             levels.append(kids)
             frontier = kids
             level += 1
+        self.max_depth = len(levels) - 1  # steps after which every (tree, row) pair is on its leaf
+        # the share of a tree's (tree, row) pairs on their leaf after each number of steps, were every
+        # branch taken half of the time
+        self.done_share = np.cumsum(np.stack(shares, axis=1), axis=1) if shares else np.ones((0, 1))
         orig = np.concatenate(levels) if levels else np.zeros(0, np.int64)
         if orig.size >= 2**31 - 1:
             raise ValueError("tree ensemble: too many nodes")
@@ -175,14 +208,21 @@ class _Forest:
         self.pos_code = code
         self.roots_pos = np.arange(roots.size, dtype=np.int64)
 
-    def records(self, dtype: np.dtype, n_feat: int) -> np.ndarray:
+    def records(self, dtype: np.dtype) -> np.ndarray:
         """The packed per-position records for thresholds of ``dtype`` (16 bytes each)."""
-        key = (dtype, n_feat)
-        rec = self._records.get(key)
+        dtype = np.dtype(dtype)
+        rec = self._records.get(dtype)
         if rec is not None:
             return rec
+        with self._lock:
+            rec = self._records.get(dtype)
+            if rec is None:
+                rec = self._records[dtype] = self._build_records(dtype)
+        return rec
+
+    def _build_records(self, dtype: np.dtype) -> np.ndarray:
         n = self.pos_feat.size
-        feat = np.where(self.pos_feat < 0, n_feat, self.pos_feat).astype(np.int32)
+        feat = (self.pos_feat + 1).astype(np.int32)  # column 0 of the walked input is the sentinel
         thr = np.where(self.pos_inner, self.thr.astype(dtype)[self.pos_thr_row] if self.thr.size else 0, 0)
         raw = np.zeros((n, 4), dtype=np.int32)
         raw[:, 0] = feat
@@ -192,21 +232,26 @@ class _Forest:
         else:  # [feature:int32, threshold:float32, child:int64]
             raw.view(_F32)[:, 1] = thr
             raw.view(np.int64)[:, 1] = self.pos_child
-        self._codes = self.pos_code.astype(np.intp)
-        rec = raw.reshape(-1).view(np.complex128)
-        self._records[key] = rec
-        return rec
+        return raw.reshape(-1).view(np.complex128)
 
     # ------------------------------------------------------------------ leaves
 
     def dense(self, how: str) -> tuple[np.ndarray, np.ndarray]:
-        """[n_leaves, n_targets] leaf values combined with ``how`` (sum/min/max), and has-value flags."""
+        """[n_leaves, n_targets] leaf values combined with ``how`` (sum/min/max), and the same values
+        restricted to the ``active`` targets (contiguous)."""
         cached = self._dense.get(how)
         if cached is not None:
             return cached
+        with self._lock:
+            cached = self._dense.get(how)
+            if cached is None:
+                cached = self._dense[how] = self._build_dense(how)
+        return cached
+
+    def _build_dense(self, how: str) -> tuple[np.ndarray, np.ndarray]:
         n, c = self.n_leaves, self.n_targets
         flat = self.leaf_entry * c + self.leaf_targets
-        has = np.bincount(flat, minlength=n * c).reshape(n, c) > 0
+        has = self.has
         if how == "sum":
             values = np.bincount(flat, weights=self.leaf_weights, minlength=n * c).reshape(n, c)
         else:
@@ -214,14 +259,7 @@ class _Forest:
             (np.minimum if how == "min" else np.maximum).at(values, flat, self.leaf_weights)
             values = values.reshape(n, c)
             values[~has] = 0.0
-        self._dense[how] = (values, has)
-        return values, has
-
-    def constant_has(self, has: np.ndarray) -> np.ndarray:
-        """Targets that every leaf has a value for, or none does."""
-        if getattr(self, "_constant_has", None) is None:
-            self._constant_has = has.all(axis=0) | ~has.any(axis=0)
-        return self._constant_has
+        return values, np.ascontiguousarray(values[:, self.active])
 
     # ------------------------------------------------------------------ traversal
 
@@ -240,15 +278,20 @@ class _Forest:
             return []
         if n_rows == 0:
             return [fn(np.empty((t, 0), dtype=np.int64))]
-        rec_table = self.records(x.dtype, n_feat)
-        # the input plus the sentinel column read by leaves (NaN: every comparison is false)
+        rec_table = self.records(x.dtype)
+        # the sentinel column read by leaves (NaN: every comparison is false), then the input
         width = n_feat + 1
         xs = np.empty((n_rows, width), dtype=x.dtype)
-        xs[:, :n_feat] = x
-        xs[:, n_feat] = 0 if self.uniform_mode == NEQ else np.nan
+        xs[:, 0] = 0 if self.uniform_mode == NEQ else np.nan
+        xs[:, 1:] = x
         xf = xs.reshape(-1)
+        if t * n_rows <= _SMALL_PAIRS:  # few pairs: one block, every step without a check
+            return [fn(self._walk(rec_table, xf, width, n_rows, 0, t, checks=False))]
         # blocks of trees: a working set that stays in cache, and one block per thread
-        per_block = max(1, _BLOCK_PAIRS // n_rows)
+        n_blocks = -(-t // max(1, _BLOCK_PAIRS // n_rows))
+        if n_blocks == 1 and t * n_rows >= 2 * _PARALLEL_PAIRS:  # enough work for two threads
+            n_blocks = 2
+        per_block = -(-t // n_blocks)  # blocks of even sizes
         blocks = [(a, min(t, a + per_block)) for a in range(0, t, per_block)]
         work = lambda ab: fn(self._walk(rec_table, xf, width, n_rows, ab[0], ab[1]))  # noqa: E731
         pool = _thread_pool() if len(blocks) > 1 else None
@@ -256,61 +299,99 @@ class _Forest:
             return [work(ab) for ab in blocks]
         return list(pool.map(work, blocks))
 
-    def _walk(self, rec_table, xf, width: int, n_rows: int, first: int, last: int) -> np.ndarray:
-        """The leaves of trees [first, last) for all rows, as [last - first, N]."""
+    def _walk(self, rec_table, xf, width: int, n_rows: int, first: int, last: int, checks: bool = True) -> np.ndarray:
+        """The leaves of trees [first, last) for all rows, as [last - first, N].
+
+        The first steps run on every pair, on buffers allocated once (a pair on its leaf steps in
+        place): until a fair share of the pairs may have finished (all steps without ``checks``).
+        The later steps drop the finished pairs from the batch once a quarter of it is done.
+        """
         double = xf.dtype == np.dtype(_F64)
         t = last - first
-        res = np.empty(t * n_rows, dtype=np.int64)
+        m = t * n_rows
         # (tree, row) pairs, tree-major so that neighbouring pairs walk the same tree
-        s = np.repeat(self.roots_pos[first:last], n_rows)
-        row_base = np.tile(np.arange(n_rows, dtype=np.int64) * width, t)
-        entry = None  # positions of the pairs still in the batch (None: all of them, in order)
-        size = s.size
-        rec_buf = np.empty(size, dtype=np.complex128)
-        f_buf = np.empty(size, dtype=np.int64)
-        x_buf = np.empty(size, dtype=xf.dtype)
-        c_buf = np.empty(size, dtype=bool)
-        n_buf = np.empty(size, dtype=np.int64)
-        same = np.empty(size, dtype=bool)
-        steps = 0
-        limit = self.pos_feat.size + 2
-        quiet = int(self.min_depth[first:last].min())  # steps before any pair can reach a leaf
-        while True:
-            m = s.size
-            rec = np.take(rec_table, s, out=rec_buf[:m], mode="wrap")
+        if n_rows == 1:
+            s = self.roots_pos[first:last].copy()
+            row_base = None
+        else:
+            s = np.repeat(self.roots_pos[first:last], n_rows)
+            row_base = np.tile(np.arange(0, n_rows * width, width, dtype=np.int64), t)
+        depth = self.max_depth if last - first == self.n_trees else int(self.tree_depth[first:last].max())
+        free = depth
+        if checks:  # unchecked steps until a fair share of the pairs may be done
+            free = min(depth, int(np.argmax(self.done_share[first:last].mean(axis=0) >= _FREE_SHARE)))
+        rec_buf = np.empty(m, dtype=np.complex128)
+        f_buf = np.empty(m, dtype=np.int64) if row_base is not None or free < depth else None
+        x_buf = np.empty(m, dtype=xf.dtype)
+        c_buf = np.empty(m, dtype=bool)
+        ufunc, has_mtt = self._ufunc, self.has_mtt
+        take_rec, take_x = rec_table.take, xf.take
+        if free:
+            rec = rec_buf
             r32 = rec.view(np.int32).reshape(m, 4)
-            f = np.add(r32[:, 0], row_base, out=f_buf[:m])
-            xv = np.take(xf, f, out=x_buf[:m], mode="wrap")
+            feat = r32[:, 0]
             if double:
                 tv = rec.view(_F64).reshape(m, 2)[:, 1]
                 child = r32[:, 1]
             else:
                 tv = rec.view(_F32).reshape(m, 4)[:, 1]
                 child = rec.view(np.int64).reshape(m, 2)[:, 1]
-            if self.uniform_mode is not None:
-                c = _compare(xv, tv, self.uniform_mode, c_buf[:m])
-                if self.has_mtt:
-                    c |= (np.take(self._codes, s, mode="wrap") >= 8) & np.isnan(xv)
+            for _ in range(free):
+                take_rec(s, out=rec, mode="wrap")
+                if row_base is None:
+                    take_x(feat, out=x_buf, mode="wrap")
+                else:
+                    take_x(np.add(feat, row_base, out=f_buf), out=x_buf, mode="wrap")
+                if ufunc is not None:
+                    ufunc(x_buf, tv, out=c_buf)
+                    if has_mtt:
+                        c_buf |= self._mtt_pos.take(s) & np.isnan(x_buf)
+                else:
+                    self._compare_mixed(s, self._codes.take(s), x_buf, tv, c_buf)
+                np.subtract(child, c_buf, out=s, dtype=np.int64)
+            if free == depth:
+                return self.leaf_of_pos.take(s).reshape(t, n_rows)
+        if row_base is None:
+            row_base = np.zeros(m, dtype=np.int64)
+        entry = None  # positions of the pairs still in the batch (None: all of them, in order)
+        res = None
+        n_buf = np.empty(m, dtype=np.int64)
+        same = np.empty(m, dtype=bool)
+        steps = free
+        while steps < depth:
+            m = s.size
+            rec = take_rec(s, out=rec_buf[:m], mode="wrap")
+            r32 = rec.view(np.int32).reshape(m, 4)
+            f = np.add(r32[:, 0], row_base, out=f_buf[:m])
+            xv = take_x(f, out=x_buf[:m], mode="wrap")
+            if double:
+                tv = rec.view(_F64).reshape(m, 2)[:, 1]
+                child = r32[:, 1]
             else:
-                code = np.take(self._codes, s, mode="wrap")
-                c = self._compare_mixed(s, code, xv, tv, c_buf[:m])
+                tv = rec.view(_F32).reshape(m, 4)[:, 1]
+                child = rec.view(np.int64).reshape(m, 2)[:, 1]
+            if ufunc is not None:
+                c = ufunc(xv, tv, out=c_buf[:m])
+                if has_mtt:
+                    c |= self._mtt_pos.take(s) & np.isnan(xv)
+            else:
+                c = self._compare_mixed(s, self._codes.take(s), xv, tv, c_buf[:m])
             nxt = np.subtract(child, c, out=n_buf[:m], dtype=np.int64)
             steps += 1
-            if steps < quiet:
-                n_buf = s.base if s.base is not None else s
-                s = nxt
-                continue
-            done = np.equal(nxt, s, out=same[:m])
-            n_done = int(np.count_nonzero(done))
+            # a check (and compaction) pays only with enough steps left to save
+            check = depth - steps >= _MIN_REMAINING and (steps - free) % _CHECK_EVERY == 0
+            if check:
+                done = np.equal(nxt, s, out=same[:m])
+                n_done = int(np.count_nonzero(done))
             n_buf = s.base if s.base is not None else s
             s = nxt
+            if not check:
+                continue
             if n_done == m:
-                if entry is None:
-                    res[:] = s
-                else:
-                    res[entry] = s
                 break
             if n_done * 4 >= m:  # compact: drop the pairs that reached a leaf
+                if res is None:
+                    res = np.empty(t * n_rows, dtype=np.int64)
                 gone = np.flatnonzero(done)
                 keep = np.flatnonzero(~done)
                 if entry is None:
@@ -322,9 +403,10 @@ class _Forest:
                 s = s.take(keep)
                 row_base = row_base.take(keep)
                 n_buf = np.empty(s.size, dtype=np.int64)
-            if steps > limit:
-                raise ValueError("tree ensemble: a tree has a cycle")
-        np.take(self.leaf_of_pos, res, out=res)
+        if entry is None:
+            return self.leaf_of_pos.take(s).reshape(t, n_rows)
+        res[entry] = s
+        self.leaf_of_pos.take(res, out=res)
         return res.reshape(t, n_rows)
 
     def _compare_mixed(self, s: np.ndarray, code: np.ndarray, xv: np.ndarray, tv: np.ndarray,
@@ -351,20 +433,6 @@ class _Forest:
         key = pos * (values.size + 1) + rank
         where = np.minimum(np.searchsorted(keys, key), keys.size - 1)
         return exact & (keys[where] == key)
-
-
-def _compare(xv: np.ndarray, tv: np.ndarray, mode: int, out: np.ndarray) -> np.ndarray:
-    if mode == LEQ:
-        return np.less_equal(xv, tv, out=out)
-    if mode == LT:
-        return np.less(xv, tv, out=out)
-    if mode == GTE:
-        return np.greater_equal(xv, tv, out=out)
-    if mode == GT:
-        return np.greater(xv, tv, out=out)
-    if mode == EQ:
-        return np.equal(xv, tv, out=out)
-    return np.not_equal(xv, tv, out=out)
 
 
 # --------------------------------------------------------------------------- compiling
@@ -538,36 +606,46 @@ def _prepare_input(x: np.ndarray, forest: _Forest, what: str) -> np.ndarray:
 
 def _aggregate(forest: _Forest, x: np.ndarray, how: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-row, per-target aggregate of the reached leaves' values ([N, C]) and has-value flags."""
-    values, has = forest.dense(how)
+    _, values = forest.dense(how)  # [n_leaves, A]: the active targets only
+    active = forest.active
+    has = forest.has
     n_rows, c = x.shape[0], forest.n_targets
-    constant_has = forest.constant_has(has)
+    has_a = forest.has_active  # None when every target has a value in every leaf or in none
     fill = np.inf if how == "min" else -np.inf
 
     def block(leaves: np.ndarray):
-        v = values[leaves]  # [trees, N, C]
-        flags = has[leaves].any(axis=0) if not constant_has.all() else None
+        v = values.take(leaves, axis=0)  # [trees, N, A]
+        flags = has_a.take(leaves, axis=0).any(axis=0) if has_a is not None else None
         if how == "sum":
             return v.sum(axis=0), flags
-        v = np.where(has[leaves], v, fill)
+        if has_a is not None:  # (without per-leaf flags every active target has a value in every leaf)
+            v = np.where(has_a.take(leaves, axis=0), v, fill)
         return (v.min(axis=0) if how == "min" else v.max(axis=0)), flags
 
     parts = forest.map_leaves(x, block)
-    if how == "sum":
-        acc = np.zeros((n_rows, c), dtype=_F64)
-    else:
-        acc = np.full((n_rows, c), fill, dtype=_F64)
-    flags = np.zeros((n_rows, c), dtype=bool)
-    for part, part_flags in parts:
+    if len(parts) == 1 and active.size == c:  # one block of trees over all targets: its result as is
+        acc, flags = parts[0]
         if how == "sum":
-            acc += part
-        elif how == "min":
-            np.minimum(acc, part, out=acc)
-        else:
-            np.maximum(acc, part, out=acc)
-        if part_flags is not None:
-            flags |= part_flags
-    if constant_has.any() and forest.n_trees:
-        flags[:, constant_has] = has[0, constant_has]
+            acc += 0.0  # as accumulated onto zeros: a -0.0 sum becomes 0.0
+        if flags is None:  # every target has a value in every leaf
+            return acc, np.ones((n_rows, c), dtype=bool)
+    else:
+        flags = np.zeros((n_rows, c), dtype=bool)
+        acc = np.zeros((n_rows, c), dtype=_F64) if how == "sum" else np.full((n_rows, c), fill, dtype=_F64)
+        sub = acc[:, active] if active.size < c else acc
+        for part, part_flags in parts:
+            if how == "sum":
+                sub += part
+            elif how == "min":
+                np.minimum(sub, part, out=sub)
+            else:
+                np.maximum(sub, part, out=sub)
+            if part_flags is not None:
+                flags[:, active] |= part_flags
+        if active.size < c:
+            acc[:, active] = sub
+    if forest.constant_targets.size and forest.n_trees:
+        flags[:, forest.constant_targets] = has[0, forest.constant_targets]
     if how != "sum":
         acc[~flags] = 0.0
     return acc, flags
@@ -577,10 +655,14 @@ def _first_weight_scores(forest: _Forest, x: np.ndarray, how: str) -> np.ndarray
     """The one-target path: each reached leaf contributes its first weight."""
     first = forest.leaf_first
     if how in ("sum", "average"):
-        parts = forest.map_leaves(x, lambda leaves: first[leaves].sum(axis=0))
+        parts = forest.map_leaves(x, lambda leaves: first.take(leaves).sum(axis=0))
+        if len(parts) == 1:
+            return parts[0]
         return np.sum(parts, axis=0) if parts else np.zeros(x.shape[0], dtype=_F64)
     reduce = np.min if how == "min" else np.max
-    parts = forest.map_leaves(x, lambda leaves: reduce(first[leaves], axis=0))
+    parts = forest.map_leaves(x, lambda leaves: reduce(first.take(leaves), axis=0))
+    if len(parts) == 1:
+        return parts[0]
     return reduce(parts, axis=0) if parts else np.zeros(x.shape[0], dtype=_F64)
 
 
@@ -590,187 +672,206 @@ def _finish(s: np.ndarray, post_transform: str, out_dtype) -> np.ndarray:
     return transform_rows(s.astype(_F32), post_transform).astype(out_dtype, copy=False)
 
 
-def _regress(forest: _Forest, x: np.ndarray, aggregate: str, base_values, post_transform: str,
-             out_dtype=_F32) -> np.ndarray:
-    n_rows = x.shape[0]
-    c = forest.n_targets
-    t = forest.n_trees
-    base = np.asarray(base_values if base_values is not None else [], dtype=_F64).reshape(-1)
-    how = aggregate.lower()
-    if c == 1:
-        s = _first_weight_scores(forest, x, how)
-        origin = base[0] if base.size == 1 else 0.0
-        if how == "average":
-            s = s / t if t else s
-        if how in ("min", "max") and t == 0:
-            s = np.zeros(n_rows)
-        s = (s + origin).reshape(n_rows, 1)
-        if post_transform == "PROBIT":
-            return probit(s.astype(_F32)).astype(out_dtype, copy=False)
-        return s.astype(out_dtype)
-    use_base = base.size == c
-    s, has = _aggregate(forest, x, "sum" if how == "average" else how)
-    if how == "average" and t:
-        s = s / t
-    if use_base:
-        s = s + base
-    # onnxruntime writes 0 (before the transform) for a target no reached leaf has a weight for
-    return _finish(np.where(has, s, 0.0), post_transform, out_dtype)
+def _base_array(base_values) -> np.ndarray:
+    return np.asarray(base_values if base_values is not None else [], dtype=_F64).reshape(-1)
 
 
-def _classify(forest: _Forest, x: np.ndarray, base_values, post_transform: str, binary_case: bool,
-              all_positive: bool, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """(label positions, scores [N, C], raw) with onnxruntime's rules; ``raw``: the labels are 0/1 themselves."""
-    n_rows = x.shape[0]
-    base = np.asarray(base_values if base_values is not None else [], dtype=_F64).reshape(-1)
-    if n_classes == 1:
-        s = _first_weight_scores(forest, x, "sum")
-        if base.size == 2:
-            s = s + base[1]
-        elif base.size == 1:
-            s = s + base[0]
-        pos = s
-        label = np.where(pos > 0, 1, 0)
-        z = s.astype(_F32).reshape(-1, 1)
-        return label, (probit(z) if post_transform == "PROBIT" else z), True
-    s, has = _aggregate(forest, x, "sum")
-    if n_classes > 2:
-        k = min(base.size, n_classes)
-        if k:
-            s[:, :k] += base[:k]
-            has[:, :k] = True
-        masked = np.where(has, s, -np.inf)
-        label = np.argmax(masked, axis=1)
-        return label, transform_rows(np.where(has, s, 0.0).astype(_F32), post_transform), False
-    s0, s1 = s[:, 0].copy(), s[:, 1].copy()
-    h0, h1 = has[:, 0], has[:, 1]
-    wa = np.full(n_rows, -1, dtype=np.int64)
-    two = np.ones(n_rows, dtype=bool)
-    if base.size == 2:
-        new1 = np.where(h1, base[1] + s0, s1 + base[1])
-        new0 = np.where(h1, -new1, s0 + base[0])
-        s0, s1 = new0, new1
-    elif base.size == 1:
-        s0 = s0 + base[0]
-        two = h1.copy()
-    elif base.size == 0:
-        wa[:] = 3
-        two = h1.copy()
-    pos = np.where(two & h1, s1, np.where(h0, s0, 0.0))
-    raw = False
-    if binary_case:
-        if all_positive:
-            winner = pos > 0.5
-            wa = np.where(winner, 0, 1)
+class _Regressor:
+    """A compiled TreeEnsembleRegressor or TreeEnsemble node."""
+
+    def __init__(self, forest: _Forest, aggregate: str, base_values, post_transform: str) -> None:
+        self.forest = forest
+        self.how = aggregate.lower()
+        self.base = _base_array(base_values)
+        self.post_transform = post_transform
+        if forest.n_targets > 1:
+            forest.dense("sum" if self.how == "average" else self.how)  # built now, not by a run
+
+    def __call__(self, x: np.ndarray, out_dtype=_F32) -> np.ndarray:
+        forest, how, base, post_transform = self.forest, self.how, self.base, self.post_transform
+        n_rows = x.shape[0]
+        c = forest.n_targets
+        t = forest.n_trees
+        if c == 1:
+            s = _first_weight_scores(forest, x, how)
+            origin = base[0] if base.size == 1 else 0.0
+            if how == "average":
+                s = s / t if t else s
+            if how in ("min", "max") and t == 0:
+                s = np.zeros(n_rows)
+            s = (s + origin).reshape(n_rows, 1)
+            if post_transform == "PROBIT":
+                return probit(s.astype(_F32)).astype(out_dtype, copy=False)
+            return s.astype(out_dtype)
+        s, has = _aggregate(forest, x, "sum" if how == "average" else how)
+        if how == "average" and t:
+            s = s / t
+        if base.size == c:
+            s = s + base
+        # onnxruntime writes 0 (before the transform) for a target no reached leaf has a weight for
+        return _finish(np.where(has, s, 0.0), post_transform, out_dtype)
+
+
+def _pick(cond, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.where`` for per-row conditions; a plain choice when the condition is one flag for all rows."""
+    if isinstance(cond, (bool, np.bool_)):
+        return a if cond else b
+    return np.where(cond, a, b)
+
+
+class _Classifier:
+    """A compiled TreeEnsembleClassifier node."""
+
+    def __init__(self, forest: _Forest, base_values, post_transform: str, classlabels_int64s,
+                 classlabels_strings, class_ids, weights) -> None:
+        self.forest = forest
+        self.base = _base_array(base_values)
+        self.post_transform = post_transform
+        self.n_classes = n_classes = forest.n_targets
+        ids = np.asarray(class_ids or [], dtype=np.int64)
+        self.binary_case = n_classes == 2 and len(np.unique(ids)) == 1
+        self.all_positive = bool((np.asarray(weights) >= 0).all())
+        self.string_labels = bool(classlabels_strings)
+        self.labels = labels_array(classlabels_strings, True) if classlabels_strings else \
+            np.asarray(classlabels_int64s, dtype=np.int64)
+        # binary models: whether each class has a value in every reached leaf set, when that holds for
+        # all rows (each class weighted in every leaf or in none), else None (per-row flags)
+        self.binary_flags = None
+        if n_classes == 2 and forest.constant_has[:2].all():
+            self.binary_flags = (bool(forest.has[0, 0]), bool(forest.has[0, 1])) if forest.n_trees else (False, False)
+        if n_classes > 1:
+            forest.dense("sum")
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        label_pos, z, raw = self._classify(x)
+        if self.string_labels:
+            return self.labels[label_pos], z
+        if raw:  # onnxruntime returns 1/0 themselves when the binary scores are not of a binary-case model
+            return label_pos.astype(np.int64), z
+        return self.labels[label_pos], z
+
+    def _classify(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(label positions, scores [N, C], raw) with onnxruntime's rules; ``raw``: the labels are 0/1 themselves."""
+        forest, base, post_transform, n_classes = self.forest, self.base, self.post_transform, self.n_classes
+        n_rows = x.shape[0]
+        if n_classes == 1:
+            s = _first_weight_scores(forest, x, "sum")
+            if base.size == 2:
+                s = s + base[1]
+            elif base.size == 1:
+                s = s + base[0]
+            pos = s
+            label = np.where(pos > 0, 1, 0)
+            z = s.astype(_F32).reshape(-1, 1)
+            return label, (probit(z) if post_transform == "PROBIT" else z), True
+        s, has = _aggregate(forest, x, "sum")
+        if n_classes > 2:
+            k = min(base.size, n_classes)
+            if k:
+                s[:, :k] += base[:k]
+                has[:, :k] = True
+            masked = np.where(has, s, -np.inf)
+            label = np.argmax(masked, axis=1)
+            return label, transform_rows(np.where(has, s, 0.0).astype(_F32), post_transform), False
+        # two classes; the flags are per row, or one for all rows (then the choices are plain branches)
+        s0, s1 = s[:, 0], s[:, 1]
+        if self.binary_flags is not None and n_rows:
+            h0, h1 = self.binary_flags
+            two = True
         else:
-            winner = pos > 0
-            wa = np.where(winner, 2, 3)
-        label = winner.astype(np.int64)
-    else:
-        label = (pos > 0).astype(np.int64)
-        raw = True
-    # scores without a value are written as 0 (onnxruntime's ScoreValue conversion)
-    s0 = np.where(h0, s0, 0.0)
-    s1 = np.where(h1, s1, 0.0)
-    z = np.empty((n_rows, 2), dtype=_F32)
-    if two.any():
-        z[two] = transform_rows(np.stack([s0[two], s1[two]], axis=1).astype(_F32), post_transform)
-    one = ~two
-    if one.any():
-        z[one] = binary_scores(s0[one].astype(_F32), post_transform, wa[one])
-    return label, z, raw
+            h0, h1 = has[:, 0], has[:, 1]
+            two = np.ones(n_rows, dtype=bool)
+        wa = -1
+        if base.size == 2:
+            new1 = _pick(h1, base[1] + s0, s1 + base[1])
+            new0 = _pick(h1, -new1, s0 + base[0])
+            s0, s1 = new0, new1
+        elif base.size == 1:
+            s0 = s0 + base[0]
+            two = h1
+        elif base.size == 0:
+            wa = 3
+            two = h1
+        zeros = np.zeros(n_rows)
+        pos = _pick(two & h1, s1, _pick(h0, s0, zeros))
+        raw = False
+        if self.binary_case:  # (binary_scores treats modes 0 and 1 alike, and 2 and 3)
+            if self.all_positive:
+                winner = pos > 0.5
+                wa = 1
+            else:
+                winner = pos > 0
+                wa = 3
+            label = winner.astype(np.int64)
+        else:
+            label = (pos > 0).astype(np.int64)
+            raw = True
+        # scores without a value are written as 0 (onnxruntime's ScoreValue conversion)
+        s0 = _pick(h0, s0, zeros)
+        s1 = _pick(h1, s1, zeros)
+        if isinstance(two, (bool, np.bool_)):
+            if two:
+                return label, transform_rows(np.stack([s0, s1], axis=1).astype(_F32), post_transform), raw
+            return label, binary_scores(s0.astype(_F32), post_transform, wa), raw
+        wa = np.broadcast_to(wa, (n_rows,))
+        z = np.empty((n_rows, 2), dtype=_F32)
+        if two.any():
+            z[two] = transform_rows(np.stack([s0[two], s1[two]], axis=1).astype(_F32), post_transform)
+        one = ~two
+        if one.any():
+            z[one] = binary_scores(s0[one].astype(_F32), post_transform, wa[one])
+        return label, z, raw
 
 
-def _labels_out(label_pos: np.ndarray, raw: bool, classlabels_int64s, classlabels_strings):
-    if classlabels_strings:
-        labels = labels_array(classlabels_strings, True)
-        return labels[label_pos]
-    labels = np.asarray(classlabels_int64s, dtype=np.int64)
-    if raw:  # onnxruntime returns 1/0 themselves when the binary scores are not of a binary-case model
-        return label_pos.astype(np.int64)
-    return labels[label_pos]
+# --------------------------------------------------------------------------- compiling the ops
 
 
-# --------------------------------------------------------------------------- ops
-
-
-@op("TreeEnsembleRegressor", versions=(1, 3, 5), domain="ai.onnx.ml")
-def tree_ensemble_regressor(x, *, aggregate_function="SUM", base_values=None, base_values_as_tensor=None,
-                            n_targets=None, nodes_falsenodeids=None, nodes_featureids=None, nodes_hitrates=None,
-                            nodes_hitrates_as_tensor=None, nodes_missing_value_tracks_true=None, nodes_modes=None,
-                            nodes_nodeids=None, nodes_treeids=None, nodes_truenodeids=None, nodes_values=None,
-                            nodes_values_as_tensor=None, post_transform="NONE", target_ids=None,
-                            target_nodeids=None, target_treeids=None, target_weights=None,
-                            target_weights_as_tensor=None):
+def _build_regressor(*, aggregate_function, base_values, base_values_as_tensor, n_targets, nodes_falsenodeids,
+                     nodes_featureids, nodes_hitrates, nodes_hitrates_as_tensor, nodes_missing_value_tracks_true,
+                     nodes_modes, nodes_nodeids, nodes_treeids, nodes_truenodeids, nodes_values,
+                     nodes_values_as_tensor, post_transform, target_ids, target_nodeids, target_treeids,
+                     target_weights, target_weights_as_tensor) -> _Regressor:
     if aggregate_function not in _AGGREGATES:
         raise ValueError(f"TreeEnsembleRegressor: unknown aggregate_function '{aggregate_function}'")
     check_post_transform(post_transform)
     if not n_targets or n_targets <= 0:
         raise ValueError("TreeEnsembleRegressor: n_targets must be positive")
-    attrs = (nodes_treeids, nodes_nodeids, nodes_featureids, nodes_modes, nodes_values, nodes_values_as_tensor,
-             nodes_truenodeids, nodes_falsenodeids, nodes_missing_value_tracks_true, target_treeids,
-             target_nodeids, target_ids, target_weights, target_weights_as_tensor, n_targets)
-
-    def build():
-        return _compile_v3(
-            nodes_treeids or [], nodes_nodeids or [], nodes_featureids or [],
-            nodes_modes or [], _values(nodes_values, nodes_values_as_tensor, "nodes_values"),
-            nodes_truenodeids or [], nodes_falsenodeids or [], nodes_missing_value_tracks_true or [],
-            target_treeids or [], target_nodeids or [], target_ids or [],
-            _values(target_weights, target_weights_as_tensor, "target_weights", required=False)
-            if (target_weights or target_weights_as_tensor is not None) else np.zeros(0, _F32),
-            int(n_targets))
-
-    forest = _CACHE.get(attrs, build)
-    x2 = _prepare_input(x, forest, "TreeEnsembleRegressor")
+    forest = _compile_v3(
+        nodes_treeids or [], nodes_nodeids or [], nodes_featureids or [],
+        nodes_modes or [], _values(nodes_values, nodes_values_as_tensor, "nodes_values"),
+        nodes_truenodeids or [], nodes_falsenodeids or [], nodes_missing_value_tracks_true or [],
+        target_treeids or [], target_nodeids or [], target_ids or [],
+        _values(target_weights, target_weights_as_tensor, "target_weights", required=False)
+        if (target_weights or target_weights_as_tensor is not None) else np.zeros(0, _F32),
+        int(n_targets))
     base = _values(base_values, base_values_as_tensor, "base_values", required=False)
-    return _regress(forest, x2, aggregate_function, base, post_transform)
+    return _Regressor(forest, aggregate_function, base, post_transform)
 
 
-@op("TreeEnsembleClassifier", versions=(1, 3, 5), domain="ai.onnx.ml", multi_output=True)
-def tree_ensemble_classifier(x, *, base_values=None, base_values_as_tensor=None, class_ids=None, class_nodeids=None,
-                             class_treeids=None, class_weights=None, class_weights_as_tensor=None,
-                             classlabels_int64s=None, classlabels_strings=None, nodes_falsenodeids=None,
-                             nodes_featureids=None, nodes_hitrates=None, nodes_hitrates_as_tensor=None,
-                             nodes_missing_value_tracks_true=None, nodes_modes=None, nodes_nodeids=None,
-                             nodes_treeids=None, nodes_truenodeids=None, nodes_values=None,
-                             nodes_values_as_tensor=None, post_transform="NONE"):
+def _build_classifier(*, base_values, base_values_as_tensor, class_ids, class_nodeids, class_treeids, class_weights,
+                      class_weights_as_tensor, classlabels_int64s, classlabels_strings, nodes_falsenodeids,
+                      nodes_featureids, nodes_hitrates, nodes_hitrates_as_tensor, nodes_missing_value_tracks_true,
+                      nodes_modes, nodes_nodeids, nodes_treeids, nodes_truenodeids, nodes_values,
+                      nodes_values_as_tensor, post_transform) -> _Classifier:
     check_post_transform(post_transform)
     if not classlabels_strings and not classlabels_int64s:
         raise ValueError("TreeEnsembleClassifier: classlabels_int64s or classlabels_strings is required")
     n_classes = len(classlabels_strings) if classlabels_strings else len(classlabels_int64s)
-    attrs = (nodes_treeids, nodes_nodeids, nodes_featureids, nodes_modes, nodes_values, nodes_values_as_tensor,
-             nodes_truenodeids, nodes_falsenodeids, nodes_missing_value_tracks_true, class_treeids,
-             class_nodeids, class_ids, class_weights, class_weights_as_tensor, classlabels_int64s,
-             classlabels_strings)
-
-    def build():
-        weights = _values(class_weights, class_weights_as_tensor, "class_weights", required=False)
-        if weights is None:
-            weights = np.zeros(0, _F32)
-        forest = _compile_v3(
-            nodes_treeids or [], nodes_nodeids or [], nodes_featureids or [],
-            nodes_modes or [], _values(nodes_values, nodes_values_as_tensor, "nodes_values"),
-            nodes_truenodeids or [], nodes_falsenodeids or [], nodes_missing_value_tracks_true or [],
-            class_treeids or [], class_nodeids or [], class_ids or [], weights, n_classes)
-        ids = np.asarray(class_ids or [], dtype=np.int64)
-        forest.binary_case = n_classes == 2 and len(np.unique(ids)) == 1
-        forest.all_positive = bool((np.asarray(weights) >= 0).all())
-        return forest
-
-    forest = _CACHE.get(attrs, build)
-    x2 = _prepare_input(x, forest, "TreeEnsembleClassifier")
+    weights = _values(class_weights, class_weights_as_tensor, "class_weights", required=False)
+    if weights is None:
+        weights = np.zeros(0, _F32)
+    forest = _compile_v3(
+        nodes_treeids or [], nodes_nodeids or [], nodes_featureids or [],
+        nodes_modes or [], _values(nodes_values, nodes_values_as_tensor, "nodes_values"),
+        nodes_truenodeids or [], nodes_falsenodeids or [], nodes_missing_value_tracks_true or [],
+        class_treeids or [], class_nodeids or [], class_ids or [], weights, n_classes)
     base = _values(base_values, base_values_as_tensor, "base_values", required=False)
-    label_pos, z, raw = _classify(forest, x2, base, post_transform, forest.binary_case, forest.all_positive,
-                                  n_classes)
-    return _labels_out(label_pos, raw, classlabels_int64s, classlabels_strings), z
+    return _Classifier(forest, base, post_transform, classlabels_int64s, classlabels_strings, class_ids, weights)
 
 
-@op("TreeEnsemble", versions=5, domain="ai.onnx.ml")
-def tree_ensemble(x, *, aggregate_function=1, leaf_targetids=None, leaf_weights=None, membership_values=None,
-                  n_targets=None, nodes_falseleafs=None, nodes_falsenodeids=None, nodes_featureids=None,
-                  nodes_hitrates=None, nodes_missing_value_tracks_true=None, nodes_modes=None, nodes_splits=None,
-                  nodes_trueleafs=None, nodes_truenodeids=None, post_transform=0, tree_roots=None):
+def _build_v5(*, aggregate_function, leaf_targetids, leaf_weights, membership_values, n_targets, nodes_falseleafs,
+              nodes_falsenodeids, nodes_featureids, nodes_hitrates, nodes_missing_value_tracks_true, nodes_modes,
+              nodes_splits, nodes_trueleafs, nodes_truenodeids, post_transform, tree_roots) -> _Regressor:
     if aggregate_function not in _V5_AGGREGATES:
         raise ValueError(f"TreeEnsemble: unknown aggregate_function {aggregate_function}")
     if post_transform not in _V5_TRANSFORMS:
@@ -784,26 +885,61 @@ def tree_ensemble(x, *, aggregate_function=1, leaf_targetids=None, leaf_weights=
                         ("nodes_truenodeids", nodes_truenodeids), ("tree_roots", tree_roots)):
         if value is None:
             raise ValueError(f"TreeEnsemble: attribute {name} is required")
-    attrs = (tree_roots, nodes_modes, nodes_featureids, nodes_splits, nodes_truenodeids, nodes_trueleafs,
-             nodes_falsenodeids, nodes_falseleafs, nodes_missing_value_tracks_true, leaf_targetids, leaf_weights,
-             membership_values, n_targets)
+    splits = np.asarray(nodes_splits).reshape(-1)
+    if splits.dtype not in (np.dtype(_F32), np.dtype(_F64)):
+        splits = splits.astype(_F32)
+    forest = _compile_v5(
+        tree_roots=list(tree_roots), modes=np.asarray(nodes_modes).reshape(-1),
+        featureids=list(nodes_featureids), splits=splits, truenodeids=list(nodes_truenodeids),
+        trueleafs=list(nodes_trueleafs), falsenodeids=list(nodes_falsenodeids),
+        falseleafs=list(nodes_falseleafs), mtt=nodes_missing_value_tracks_true,
+        leaf_targetids=list(leaf_targetids), leaf_weights=np.asarray(leaf_weights).reshape(-1),
+        membership=None if membership_values is None else np.asarray(membership_values).reshape(-1),
+        n_targets=int(n_targets))
+    return _Regressor(forest, _V5_AGGREGATES[aggregate_function], None, _V5_TRANSFORMS[post_transform])
 
-    def build():
-        splits = np.asarray(nodes_splits).reshape(-1)
-        if splits.dtype not in (np.dtype(_F32), np.dtype(_F64)):
-            splits = splits.astype(_F32)
-        return _compile_v5(
-            tree_roots=list(tree_roots), modes=np.asarray(nodes_modes).reshape(-1),
-            featureids=list(nodes_featureids), splits=splits, truenodeids=list(nodes_truenodeids),
-            trueleafs=list(nodes_trueleafs), falsenodeids=list(nodes_falsenodeids),
-            falseleafs=list(nodes_falseleafs), mtt=nodes_missing_value_tracks_true,
-            leaf_targetids=list(leaf_targetids), leaf_weights=np.asarray(leaf_weights).reshape(-1),
-            membership=None if membership_values is None else np.asarray(membership_values).reshape(-1),
-            n_targets=int(n_targets))
 
-    forest = _CACHE.get(attrs, build)
+_REGRESSOR = Compiled(_build_regressor)
+_CLASSIFIER = Compiled(_build_classifier)
+_V5 = Compiled(_build_v5)
+
+
+# --------------------------------------------------------------------------- ops
+
+
+@op("TreeEnsembleRegressor", versions=(1, 3, 5), domain="ai.onnx.ml", prepack=_REGRESSOR)
+@_REGRESSOR.kernel
+def tree_ensemble_regressor(x, *, aggregate_function="SUM", base_values=None, base_values_as_tensor=None,
+                            n_targets=None, nodes_falsenodeids=None, nodes_featureids=None, nodes_hitrates=None,
+                            nodes_hitrates_as_tensor=None, nodes_missing_value_tracks_true=None, nodes_modes=None,
+                            nodes_nodeids=None, nodes_treeids=None, nodes_truenodeids=None, nodes_values=None,
+                            nodes_values_as_tensor=None, post_transform="NONE", target_ids=None,
+                            target_nodeids=None, target_treeids=None, target_weights=None,
+                            target_weights_as_tensor=None, _packed=None):
+    model = _packed if _packed is not None else _REGRESSOR.compile(locals())
+    return model(_prepare_input(x, model.forest, "TreeEnsembleRegressor"))
+
+
+@op("TreeEnsembleClassifier", versions=(1, 3, 5), domain="ai.onnx.ml", multi_output=True, prepack=_CLASSIFIER)
+@_CLASSIFIER.kernel
+def tree_ensemble_classifier(x, *, base_values=None, base_values_as_tensor=None, class_ids=None, class_nodeids=None,
+                             class_treeids=None, class_weights=None, class_weights_as_tensor=None,
+                             classlabels_int64s=None, classlabels_strings=None, nodes_falsenodeids=None,
+                             nodes_featureids=None, nodes_hitrates=None, nodes_hitrates_as_tensor=None,
+                             nodes_missing_value_tracks_true=None, nodes_modes=None, nodes_nodeids=None,
+                             nodes_treeids=None, nodes_truenodeids=None, nodes_values=None,
+                             nodes_values_as_tensor=None, post_transform="NONE", _packed=None):
+    model = _packed if _packed is not None else _CLASSIFIER.compile(locals())
+    return model(_prepare_input(x, model.forest, "TreeEnsembleClassifier"))
+
+
+@op("TreeEnsemble", versions=5, domain="ai.onnx.ml", prepack=_V5)
+@_V5.kernel
+def tree_ensemble(x, *, aggregate_function=1, leaf_targetids=None, leaf_weights=None, membership_values=None,
+                  n_targets=None, nodes_falseleafs=None, nodes_falsenodeids=None, nodes_featureids=None,
+                  nodes_hitrates=None, nodes_missing_value_tracks_true=None, nodes_modes=None, nodes_splits=None,
+                  nodes_trueleafs=None, nodes_truenodeids=None, post_transform=0, tree_roots=None, _packed=None):
+    model = _packed if _packed is not None else _V5.compile(locals())
     x = np.asarray(x)
     out_dtype = x.dtype if x.dtype.kind == "f" else np.dtype(_F32)
-    x2 = _prepare_input(x, forest, "TreeEnsemble")
-    return _regress(forest, x2, _V5_AGGREGATES[aggregate_function], None, _V5_TRANSFORMS[post_transform],
-                    out_dtype)
+    return model(_prepare_input(x, model.forest, "TreeEnsemble"), out_dtype)
