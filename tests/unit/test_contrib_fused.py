@@ -121,6 +121,36 @@ def test_fused_conv_group_stride_no_sum():
     np.testing.assert_allclose(y, np.maximum(_conv_ref(x, w, None, [0, 0, 0, 0], (2, 2), 2), 0), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", ["depthwise", "depthwise_s2", "3x3", "1x1_expand"])
+@pytest.mark.parametrize("activation,params", [("Clip", [0.0, 6.0]), ("Relu", None), ("", None), ("HardSigmoid", [0.2, 0.5])])
+def test_fused_conv_with_constant_weights_matches_onnxruntime(case, activation, params):
+    """W and B as initializers: prepacked weights, and the activation applied inside the conv."""
+    ort = pytest.importorskip("onnxruntime")
+    x = randn(1, 8, 13, 12)
+    group, k, s, m = 1, 3, 1, 8
+    if case.startswith("depthwise"):
+        group, s = 8, (2 if case.endswith("s2") else 1)
+    elif case == "1x1_expand":
+        k, m = 1, 32
+    w, b = randn(m, 8 // group, k, k), randn(m)
+    attrs = dict(group=group, strides=[s, s], pads=[k // 2] * 4)
+    if activation:
+        attrs["activation"] = activation
+    if params:
+        attrs["activation_params"] = params
+    node = helper.make_node("FusedConv", ["x", "w", "b"], ["y"], domain=MS, **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)], [onnx.ValueInfoProto(name="y")],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")],
+    )
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]).SerializeToString()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = onyxrt.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert_close(got, want, atol=1e-4)
+
+
 def test_fused_conv_rejects_bad_activation():
     x, w = randn(1, 2, 4, 4), randn(2, 2, 1, 1)
     with pytest.raises(NotImplementedError):
@@ -697,12 +727,16 @@ def test_nchwc_conv(block_size, case):
                          activation="Relu")
     expected = np.maximum(ref + s[:, :o], 0)
     np.testing.assert_allclose(nchwc.reorder_output(y, channels=o), expected, rtol=1e-4, atol=1e-4)
-    # a read-only weight is unblocked once and cached
-    wb.flags.writeable = False
-    y2 = nchwc.nchwc_conv(xin, wb, bp, pads=pads, strides=strides, group=group)
-    y3 = nchwc.nchwc_conv(xin, wb, bp, pads=pads, strides=strides, group=group)
+    # a constant filter is unblocked once, at session creation (prepack)
+    attrs = dict(pads=pads, strides=strides, group=group)
+    packed = nchwc._nchwc_conv_prepack([None, wb, bp], attrs)
+    assert packed is not None
+    y2 = nchwc.nchwc_conv(xin, wb, bp, _packed=packed, **attrs)
+    y3 = nchwc.nchwc_conv(xin, wb, bp, **attrs)
     np.testing.assert_array_equal(y2, y3)
     np.testing.assert_allclose(nchwc.reorder_output(y2, channels=o), ref, rtol=1e-4, atol=1e-4)
+    y4 = nchwc.nchwc_conv(xin, wb, bp, _packed=packed, activation="Clip", activation_params=[-0.5, 0.5], **attrs)
+    np.testing.assert_allclose(nchwc.reorder_output(y4, channels=o), np.clip(ref, -0.5, 0.5), rtol=1e-4, atol=1e-4)
 
 
 def test_nchwc_pools_and_upsample(block_size):

@@ -93,7 +93,9 @@ def test_depthwise_with_multiplier_and_bias(s, mult):
     np.testing.assert_allclose(y, naive_conv(x, w, b, [s, s], None, [1, 1, 1, 1], 6), rtol=1e-4, atol=1e-4)
 
 
-def test_depthwise_large_parallel_path():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_depthwise_large_parallel_path(parallel, monkeypatch):
+    monkeypatch.setattr(c, "_PARALLEL_CONV", parallel)
     x = randn(1, 64, 60, 60)
     w = randn(64, 1, 3, 3)
     b = randn(64)
@@ -241,3 +243,191 @@ def test_deform_conv_zero_offsets_is_conv_and_matches_onnxruntime():
     mask = rng.uniform(0, 1, (2, 2 * 9, oh, ow)).astype(np.float32)
     y = c.deform_conv(x, w, offset, b, mask, **attrs)
     np.testing.assert_allclose(y, run_ort("DeformConv", [x, w, offset, b, mask], opset=22, **attrs), rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- prepared weights and fast paths
+
+
+def _conv_session(x, w, b, initializers=True, **attrs):
+    """onyxrt session of a one-Conv model whose W (and B) are initializers (so prepacked)."""
+    import onyxrt
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT if x.dtype == np.float32 else TensorProto.DOUBLE, x.shape)]
+    inits = [onnx.numpy_helper.from_array(w, "w")] + ([onnx.numpy_helper.from_array(b, "b")] if b is not None else [])
+    node = helper.make_node("Conv", ["x", "w"] + (["b"] if b is not None else []), ["y"], **attrs)
+    graph = helper.make_graph([node], "g", inputs, [onnx.ValueInfoProto(name="y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onyxrt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _random_conv_case(r, depthwise):
+    """A random 2-D conv configuration: (x, w, b, attrs) with valid geometry."""
+    while True:
+        N = int(r.integers(1, 3))
+        kh, kw = (int(v) for v in r.integers(1, 6, 2))
+        s = [int(v) for v in r.integers(1, 4, 2)]
+        d = [int(v) for v in r.integers(1, 3, 2)]
+        H, W = (int(v) for v in r.integers(1, 15, 2))
+        pads = [int(v) for v in r.integers(0, 4, 4)]
+        if H + pads[0] + pads[2] - (kh - 1) * d[0] - 1 < 0 or W + pads[1] + pads[3] - (kw - 1) * d[1] - 1 < 0:
+            continue
+        if depthwise:
+            C = int(r.integers(1, 7))
+            M, group, Cg = C * int(r.integers(1, 3)), C, 1
+        else:
+            group = int(r.choice([1, 1, 2]))
+            Cg = int(r.integers(1, 4))
+            C, M = group * Cg, group * int(r.choice([1, 2, 4]))
+        x = r.standard_normal((N, C, H, W)).astype(np.float32)
+        w = r.standard_normal((M, Cg, kh, kw)).astype(np.float32)
+        b = r.standard_normal(M).astype(np.float32) if r.integers(0, 3) else None
+        return x, w, b, dict(group=group, strides=s, dilations=d, pads=pads)
+
+
+@pytest.mark.parametrize("depthwise", [True, False])
+def test_random_2d_convs_match_naive_with_and_without_prepack(depthwise):
+    r = np.random.default_rng(7 + depthwise)
+    for _ in range(120):
+        x, w, b, attrs = _random_conv_case(r, depthwise)
+        ref = naive_conv(x, w, b, attrs["strides"], attrs["dilations"], attrs["pads"], attrs["group"])
+        packed = c.conv_prepack([None, w, b], attrs)
+        assert packed is not None
+        for p in (packed, None):
+            y = c.conv(x, w, b, _packed=p, **attrs)
+            assert y.dtype == np.float32 and y.flags.c_contiguous and y.shape == ref.shape
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4, err_msg=str(attrs))
+        x64, w64 = x.astype(np.float64), w.astype(np.float64)
+        b64 = None if b is None else b.astype(np.float64)
+        y64 = c.conv(x64, w64, b64, _packed=c.conv_prepack([None, w64, b64], attrs), **attrs)
+        assert y64.dtype == np.float64
+        np.testing.assert_allclose(y64, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_width", [0, 1000])
+def test_depthwise_shifted_column_images(max_width, monkeypatch):
+    # kernel columns copied from a shifted neighbour (narrow images) or gathered: same results
+    monkeypatch.setattr(c, "_DW_SHIFT_MAX_WIDTH", max_width)
+    monkeypatch.setattr(c, "_dw_plan_cache", {})
+    r = np.random.default_rng(11)
+    for _ in range(60):
+        x, w, b, attrs = _random_conv_case(r, True)
+        ref = naive_conv(x, w, b, attrs["strides"], attrs["dilations"], attrs["pads"], attrs["group"])
+        np.testing.assert_allclose(c.conv(x, w, b, **attrs), ref, rtol=1e-4, atol=1e-4, err_msg=str(attrs))
+
+
+def test_depthwise_small_blocks_and_threads(monkeypatch):
+    # many channel blocks per thread, work split over the pool even when small (and the
+    # column matrices of ordinary convolutions too)
+    monkeypatch.setattr(c, "_DW_BLOCK_BYTES", 1500)
+    monkeypatch.setattr(c, "_PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(c, "_PARALLEL_CONV", True)
+    r = np.random.default_rng(3)
+    for s in (1, 2):
+        x = r.standard_normal((2, 9, 13, 12)).astype(np.float32)
+        w = r.standard_normal((9, 1, 3, 3)).astype(np.float32)
+        b = r.standard_normal(9).astype(np.float32)
+        y = c.conv(x, w, b, group=9, strides=[s, s], pads=[1, 1, 1, 1])
+        np.testing.assert_allclose(y, naive_conv(x, w, b, [s, s], None, [1, 1, 1, 1], 9), rtol=1e-4, atol=1e-4)
+        w2 = r.standard_normal((4, 9, 3, 3)).astype(np.float32)
+        for packed in (None, c.conv_prepack([None, w2, b[:4]], {})):
+            y = c.conv(x, w2, b[:4], strides=[s, s], pads=[1, 1, 1, 1], _packed=packed)
+            np.testing.assert_allclose(y, naive_conv(x, w2, b[:4], [s, s], None, [1, 1, 1, 1]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("s,d", [(1, 1), (2, 1), (3, 2)])
+def test_depthwise_keeps_non_finite_values_local(s, d):
+    # no 0 * inf from padding rows/phases of other kernel rows may reach an output
+    x = randn(1, 4, 11, 12)
+    x[0, 1, 5, 6] = np.inf
+    x[0, 2, 3, 3] = np.nan
+    x[0, 3, 0, 0] = -np.inf
+    w = randn(4, 1, 3, 3)
+    b = randn(4)
+    y = c.conv(x, w, b, group=4, strides=[s, s], dilations=[d, d], pads=[1, 1, 1, 1])
+    ref = naive_conv(x, w, b, [s, s], [d, d], [1, 1, 1, 1], 4)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(ref))
+    np.testing.assert_allclose(y[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-4, atol=1e-4)
+
+
+def test_copy_stride2_is_bit_exact():
+    r = np.random.default_rng(0)
+    src = r.standard_normal((3, 4, 11)).astype(np.float32)
+    src.view(np.uint32)[0, 0, 2] = 0x7FC01234  # a NaN with a payload
+    for start in range(5):
+        count = (11 - start + 1) // 2
+        dst = np.full((3, 4, count), 7.0, np.float32)
+        c.copy_stride2(dst, src, start, count)
+        np.testing.assert_array_equal(dst.view(np.uint32), src[..., start::2].view(np.uint32))
+
+
+@pytest.mark.parametrize("case", ["depthwise", "depthwise_s2", "expand_1x1", "project_1x1", "strided_1x1", "3x3", "7x7_s2", "grouped"])
+def test_prepacked_conv_session_matches_onnxruntime(case):
+    x = randn(1, 8, 15, 14)
+    group, k, s, p, M = 1, 3, 1, 1, 8
+    if case.startswith("depthwise"):
+        group, M, s = 8, 8, (2 if case.endswith("s2") else 1)
+    elif case == "expand_1x1":
+        k, p, M = 1, 0, 32
+    elif case == "project_1x1":
+        k, p, M = 1, 0, 4
+    elif case == "strided_1x1":
+        k, p, M, s = 1, 0, 24, 2
+    elif case == "7x7_s2":
+        k, p, s = 7, 3, 2
+    elif case == "grouped":
+        group, M = 2, 6
+    w = randn(M, 8 // group, k, k)
+    b = randn(M)
+    attrs = dict(group=group, strides=[s, s], pads=[p] * 4)
+    session = _conv_session(x, w, b, **attrs)
+    ref = run_ort("Conv", [x, w, b], **attrs)
+    for _ in range(2):
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_prepack_declines_bad_weights_and_conv_reports_them():
+    assert c.conv_prepack([None, None, None], {}) is None
+    assert c.conv_prepack([None, np.ones((2, 3), np.float32), None], {}) is None  # rank < 3
+    assert c.conv_prepack([None, np.ones((2, 1, 3, 3), np.float32), np.ones(5, np.float32)], {}) is None  # bias size
+    assert c.conv_prepack([None, np.ones((2, 1, 3, 3), np.float32), None], {"strides": [0, 1]}) is None
+    packed = c.conv_prepack([None, randn(4, 2, 3, 3), randn(4)], {})
+    assert not packed.w.flags.writeable and not packed.w_aug.flags.writeable
+    # a runtime bias with weights packed without one is still added
+    x, w, b = randn(1, 2, 5, 5), randn(4, 2, 3, 3), randn(4)
+    np.testing.assert_allclose(c.conv(x, w, b, _packed=c.conv_prepack([None, w, None], {})), naive_conv(x, w, b), rtol=1e-4, atol=1e-4)
+    dw = randn(2, 1, 3, 3)
+    np.testing.assert_allclose(c.conv(x, dw, b[:2], group=2, _packed=c.conv_prepack([None, dw, None], {"group": 2})),
+                               naive_conv(x, dw, b[:2], group=2), rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_convs_prepacked_match_unpacked():
+    x = rng.integers(0, 255, (1, 4, 9, 9), dtype=np.uint8)
+    w = rng.integers(-127, 127, (4, 1, 3, 3), dtype=np.int8)  # depthwise
+    wz = np.array(3, np.int8)
+    attrs = dict(group=4, pads=[1, 1, 1, 1], strides=[2, 2])
+    packed = c._conv_integer_prepack([None, w, None, wz], attrs)
+    assert packed is not None and packed.dw is not None
+    np.testing.assert_array_equal(c.conv_integer(x, w, None, wz, _packed=packed, **attrs), c.conv_integer(x, w, None, wz, **attrs))
+    xs, xz = np.array(0.02, np.float32), np.array(128, np.uint8)
+    ws = np.linspace(0.001, 0.01, 4).astype(np.float32)
+    ys, yz = np.array(0.5, np.float32), np.array(100, np.uint8)
+    bq = rng.integers(-500, 500, (4,), dtype=np.int32)
+    inputs = [x, xs, xz, w, ws, np.zeros(4, np.int8), ys, yz, bq]
+    packed = c._qlinear_conv_prepack([None, xs, xz, w, ws, inputs[5], ys, yz, bq], attrs)
+    assert packed is not None
+    np.testing.assert_array_equal(c.qlinear_conv(*inputs, _packed=packed, **attrs), c.qlinear_conv(*inputs, **attrs))
+    assert c._conv_integer_prepack([None, w, None, None], attrs) is None  # zero point not constant (or absent)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_conv_transpose_prepacked_matches_unpacked(dtype):
+    x = randn(2, 4, 5, 6).astype(dtype)
+    for group, M in ((1, 3), (2, 6), (4, 4)):
+        w = randn(4, M // group, 3, 3).astype(dtype)
+        b = randn(M).astype(dtype)
+        attrs = dict(group=group, strides=[2, 1], pads=[1, 0, 1, 1])
+        packed = c._conv_transpose_prepack([None, w, b], attrs)
+        assert packed is not None and packed.wt.flags.c_contiguous and not packed.wt.flags.writeable
+        np.testing.assert_array_equal(c.conv_transpose(x, w, b, _packed=packed, **attrs), c.conv_transpose(x, w, b, **attrs))
+    assert c._conv_transpose_prepack([None, w, None], {"group": 3}) is None

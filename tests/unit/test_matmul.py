@@ -132,3 +132,48 @@ def test_qlinear_matmul_float8():
     np.testing.assert_array_equal(y.astype(np.float32), [[0.5, 1.0], [1.5, 2.0]])
     with pytest.raises(TypeError):
         mm.qlinear_matmul_10(a, one, zero, b, one, zero, one, zero)
+
+
+# --------------------------------------------------------------------------- prepared constant B
+
+
+def _session(op_type, a, b, c=None, **attrs):
+    import onyxrt
+
+    tmap = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+            np.dtype(np.float64): TensorProto.DOUBLE}
+    inits = [onnx.numpy_helper.from_array(b, "b")] + ([onnx.numpy_helper.from_array(c, "c")] if c is not None else [])
+    node = helper.make_node(op_type, ["a", "b"] + (["c"] if c is not None else []), ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", tmap[a.dtype], a.shape)],
+                              [onnx.ValueInfoProto(name="y")], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return onyxrt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("transB", [0, 1])
+def test_gemm_with_constant_b_is_prepacked(dtype, transB):
+    a = rng.standard_normal((3, 4)).astype(dtype)
+    b = rng.standard_normal((5, 4) if transB else (4, 5)).astype(dtype)
+    c = rng.standard_normal(5).astype(dtype)
+    packed = mm.gemm_prepack([None, b, c], {"transB": transB})
+    if dtype != np.float16 and not transB:
+        assert packed is None  # already contiguous in the compute dtype: nothing to prepare
+    else:
+        assert packed.value.flags.c_contiguous and not packed.value.flags.writeable
+    want = mm.gemm(a, b, c, alpha=0.5, beta=2.0, transB=transB)
+    np.testing.assert_array_equal(mm.gemm(a, b, c, alpha=0.5, beta=2.0, transB=transB, _packed=packed), want)
+    got = _session("Gemm", a, b, c, alpha=0.5, beta=2.0, transB=transB).run(None, {"a": a})[0]
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, want)
+
+
+def test_matmul_with_constant_half_b_is_prepacked():
+    a = rng.standard_normal((2, 3, 4)).astype(np.float16)
+    b = rng.standard_normal((4, 5)).astype(np.float16)
+    packed = mm._matmul_prepack([None, b], {})
+    assert packed.value.dtype == np.float32
+    np.testing.assert_array_equal(mm.matmul(a, b, _packed=packed), mm.matmul(a, b))
+    np.testing.assert_array_equal(_session("MatMul", a, b).run(None, {"a": a})[0], mm.matmul(a, b))
+    assert mm._matmul_prepack([None, b.astype(np.float32)], {}) is None
+    assert mm._matmul_prepack([None, np.ones((2, 2), np.int32)], {}) is None

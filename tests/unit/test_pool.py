@@ -152,3 +152,26 @@ def test_max_roi_pool():
     assert y.shape == (2, 1, 2, 2)
     np.testing.assert_array_equal(y[0, 0], [[14, 17], [32, 35]])
     np.testing.assert_array_equal(y[1, 0], x[1, 0, 2:4, 2:4])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.uint8, np.float64])
+@pytest.mark.parametrize("width", [9, 10])
+@pytest.mark.parametrize("ceil_mode", [0, 1])
+def test_stride2_last_axis_split_into_even_odd_matches_naive(dtype, width, ceil_mode):
+    """Stride 2 along the last axis reads even/odd position arrays (4-byte items); same values."""
+    x = (rng.standard_normal((2, 3, 7, width)) * 50).astype(dtype)
+    for k, d, pads in (([3, 3], [1, 1], [1, 1, 1, 1]), ([2, 4], [1, 2], [0, 1, 1, 2]), ([1, 3], [1, 1], [0, 0, 0, 0])):
+        attrs = dict(kernel_shape=k, strides=[1, 2], dilations=d, pads=pads, ceil_mode=ceil_mode)
+        (y,) = p.max_pool(x, **attrs)
+        low = np.iinfo(dtype).min if np.dtype(dtype).kind in "iu" else -np.inf
+        xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2] + 4), (pads[1], pads[3] + 4)), constant_values=low)
+        ref = np.full(y.shape, low, dtype=dtype)
+        for i in range(k[0]):
+            for j in range(k[1]):
+                win = xp[:, :, i * d[0] : i * d[0] + y.shape[2], j * d[1] : j * d[1] + 2 * y.shape[3] : 2]
+                ref = np.maximum(ref, win)
+        np.testing.assert_array_equal(y, ref)
+        if np.dtype(dtype).kind == "f":
+            a = p.average_pool(x, **attrs)
+            b = p.average_pool(np.ascontiguousarray(x[..., ::-1])[..., ::-1], **attrs)  # a strided input: no pair split
+            np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -19,7 +19,9 @@ import numpy as np
 from ..math.activations import sigmoid_values
 from ..math.elementwise import erf_values
 from ..math.matmul import gemm as _onnx_gemm
+from ..math.matmul import gemm_prepack
 from ..nn.conv import conv as _onnx_conv
+from ..nn.conv import _float_conv, conv_prepack
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..registry import op
 from ..tensor.indexing import trilu as _onnx_trilu
@@ -55,11 +57,12 @@ def _in_float(y: np.ndarray, fn) -> np.ndarray:
 # --------------------------------------------------------------------------- MLAS activations
 
 
-def mlas_activation(y: np.ndarray, activation, params) -> np.ndarray:
-    """Apply a FusedConv/NCHWc activation to ``y`` (a fresh array, changed in place when float)."""
+def mlas_activation_fn(activation, params):
+    """The FusedConv/NCHWc activation as an in-place function of a float32/float64 array
+    (None for no activation); checks the name and parameters."""
     name = _name(activation)
     if not name:
-        return y
+        return None
     p = [float(v) for v in (params if params is not None else [])]
 
     def need(count):
@@ -67,7 +70,7 @@ def mlas_activation(y: np.ndarray, activation, params) -> np.ndarray:
             raise ValueError(f"activation {name} needs {count} activation_params, got {len(p)}")
 
     if name == "Relu":
-        return _in_float(y, lambda t: np.maximum(t, 0, out=t))
+        return lambda t: np.maximum(t, 0, out=t)
     if name == "LeakyRelu":
         need(1)
         alpha = p[0]
@@ -75,15 +78,15 @@ def mlas_activation(y: np.ndarray, activation, params) -> np.ndarray:
         def leaky(t):
             np.multiply(t, t.dtype.type(alpha), out=t, where=t < 0)
 
-        return _in_float(y, leaky)
+        return leaky
     if name == "Tanh":
-        return _in_float(y, lambda t: np.tanh(t, out=t))
+        return lambda t: np.tanh(t, out=t)
     if name == "Sigmoid":
-        return _in_float(y, lambda t: np.copyto(t, sigmoid_values(t)))
+        return lambda t: np.copyto(t, sigmoid_values(t))
     if name == "Clip":
         need(2)
         lo, hi = p
-        return _in_float(y, lambda t: np.clip(t, t.dtype.type(lo), t.dtype.type(hi), out=t))
+        return lambda t: np.clip(t, t.dtype.type(lo), t.dtype.type(hi), out=t)
     if name == "HardSigmoid":
         need(2)
         alpha, beta = p
@@ -93,8 +96,14 @@ def mlas_activation(y: np.ndarray, activation, params) -> np.ndarray:
             t += t.dtype.type(beta)
             np.clip(t, 0, 1, out=t)
 
-        return _in_float(y, hard)
+        return hard
     raise NotImplementedError(f"fused activation {name!r} is not supported")
+
+
+def mlas_activation(y: np.ndarray, activation, params) -> np.ndarray:
+    """Apply a FusedConv/NCHWc activation to ``y`` (a fresh array, changed in place when float)."""
+    fn = mlas_activation_fn(activation, params)
+    return y if fn is None else _in_float(y, fn)
 
 
 # --------------------------------------------------------------------------- element-wise functors
@@ -166,7 +175,7 @@ def functor_activation(y: np.ndarray, activation, alpha=None, beta=None, gamma=N
 # --------------------------------------------------------------------------- FusedConv
 
 
-@op("FusedConv", versions=1, domain="com.microsoft")
+@op("FusedConv", versions=1, domain="com.microsoft", prepack=conv_prepack)
 def fused_conv(
     x,
     w,
@@ -181,9 +190,15 @@ def fused_conv(
     kernel_shape=None,
     pads=None,
     strides=None,
+    _packed=None,
 ):
+    if z is None and x.dtype in _FLOAT_KINDS:
+        # the activation runs inside the convolution (per block where it can, while in cache)
+        fn = mlas_activation_fn(activation, activation_params)
+        return _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed, fn)
     y = _onnx_conv(
-        x, w, b, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides
+        x, w, b, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
+        _packed=_packed,
     )
     y = _owned(y, x, w, b, z)
     if z is not None:
@@ -196,7 +211,7 @@ def fused_conv(
 # --------------------------------------------------------------------------- FusedGemm
 
 
-@op("FusedGemm", versions=1, domain="com.microsoft")
+@op("FusedGemm", versions=1, domain="com.microsoft", prepack=gemm_prepack)
 def fused_gemm(
     a,
     b,
@@ -211,8 +226,9 @@ def fused_gemm(
     activation_beta=None,
     activation_gamma=None,
     leaky_relu_alpha=None,
+    _packed=None,
 ):
-    y = _owned(_onnx_gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB), a, b, c)
+    y = _owned(_onnx_gemm(a, b, c, alpha=alpha, beta=beta, transA=transA, transB=transB, _packed=_packed), a, b, c)
     if y.dtype.kind in "iu":
         if _name(activation) not in ("", "Relu"):
             raise NotImplementedError(f"FusedGemm: activation {activation!r} on integer tensors")

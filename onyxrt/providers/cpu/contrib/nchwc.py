@@ -12,8 +12,8 @@ that optimized the model (16 with AVX-512F, 8 with AVX2/SSE on x86-64, 16 on ARM
 It is detected the same way here and can be forced with ``ONYXRT_NCHWC_BLOCK_SIZE``.
 
 Conv weights arrive reordered by MLAS (OIHWBo for depthwise / NCHW-input convolutions,
-OIHWBiBo otherwise); they are put back to OIHW once per weight tensor (weights are
-read-only constants) and the convolution itself is the standard Conv kernel's.
+OIHWBiBo otherwise); a constant filter is put back to OIHW once, at session creation
+(prepack), and the convolution itself is the standard Conv kernel's.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import threading
-import weakref
 
 import numpy as np
 
-from ..nn.conv import conv as _onnx_conv
+from ..nn.conv import _float_conv, pack_conv_weights
 from ..nn.pool import average_pool as _onnx_average_pool
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..registry import op
-from .fused import mlas_activation
+from .fused import mlas_activation, mlas_activation_fn
 
 _DOMAIN = "com.microsoft.nchwc"
 
@@ -137,9 +135,6 @@ def reorder_output(x, *, channels=0, channels_last=0):
 
 # --------------------------------------------------------------------------- filters
 
-_filter_cache: dict[int, tuple[weakref.ref, np.ndarray]] = {}
-_filter_lock = threading.Lock()
-
 
 def _unblock_filter(w: np.ndarray, inner_blocked: bool) -> np.ndarray:
     """An MLAS-reordered filter (dims (Op, I, kh, kw)) back to OIHW."""
@@ -154,29 +149,45 @@ def _unblock_filter(w: np.ndarray, inner_blocked: bool) -> np.ndarray:
     return np.ascontiguousarray(d.transpose(0, 4, 1, 2, 3)).reshape(op_, i, kh, kw)
 
 
-def _filter(w: np.ndarray, inner_blocked: bool) -> np.ndarray:
-    """The OIHW filter, computed once per read-only weight array."""
-    if w.flags.writeable:
-        return _unblock_filter(w, inner_blocked)
-    key = id(w)
-    with _filter_lock:
-        hit = _filter_cache.get(key)
-        if hit is not None and hit[0]() is w and hit[1][0] == inner_blocked:
-            return hit[1][1]
-    value = (inner_blocked, _unblock_filter(w, inner_blocked))
+class _NchwcFilter:
+    """A constant filter put back to OIHW once (prepack), with its prepared Conv weights.
+
+    The layout MLAS gave it depends on the input: a group-1 convolution whose filter has
+    fewer input channels than a block reads the plain NCHW input (filter OIHWBo), a
+    depthwise one has an OIHWBo filter too, every other one OIHWBiBo. A run whose input
+    does not match the layout guessed from the filter's shape unblocks the filter itself.
+    """
+
+    __slots__ = ("block_size", "nchw_input", "inner_blocked", "conv")
+
+    def __init__(self, block_size, nchw_input, inner_blocked, conv):
+        self.block_size = block_size
+        self.nchw_input = nchw_input
+        self.inner_blocked = inner_blocked
+        self.conv = conv
+
+
+def _nchwc_conv_prepack(inputs, attributes):
+    w = inputs[1] if len(inputs) > 1 else None
+    b = inputs[2] if len(inputs) > 2 else None
+    if not isinstance(w, np.ndarray) or w.ndim != 4 or w.dtype != np.float32:
+        return None
+    bs = nchwc_block_size()
+    group = int(attributes.get("group", 1))
+    nchw_input = group == 1 and w.shape[1] < bs
+    inner = not nchw_input and not (group > 1 and w.shape[1] == 1)
     try:
-        ref = weakref.ref(w, lambda _r, key=key: _filter_cache.pop(key, None))
-    except TypeError:
-        return value[1]
-    with _filter_lock:
-        _filter_cache[key] = (ref, value)
-    return value[1]
+        filt = _unblock_filter(w, inner)
+    except ValueError:
+        return None
+    packed = pack_conv_weights(filt, b, attributes)
+    return None if packed is None else _NchwcFilter(bs, nchw_input, inner, packed)
 
 
 # --------------------------------------------------------------------------- Conv
 
 
-@op("Conv", versions=1, domain=_DOMAIN)
+@op("Conv", versions=1, domain=_DOMAIN, prepack=_nchwc_conv_prepack)
 def nchwc_conv(
     x,
     w,
@@ -191,6 +202,7 @@ def nchwc_conv(
     kernel_shape=None,
     pads=None,
     strides=None,
+    _packed=None,
 ):
     _check_float(x, "Conv")
     bs = nchwc_block_size()
@@ -200,21 +212,29 @@ def nchwc_conv(
     if group == 1 and x.shape[1] < bs:
         # NCHW input used directly: the filter is OIHWBo
         xin = x
-        filt = _filter(w, False)
+        nchw_input, inner = True, False
     else:
         _blocks(x, "Conv")
         xin = to_nchw(x)
         depthwise = group > 1 and w.shape[1] == 1 and group == x.shape[1]
-        filt = _filter(w, not depthwise)
-    y = _onnx_conv(
-        xin, filt, b, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides
-    )
+        nchw_input, inner = False, not depthwise
+    packed = None
+    if _packed is not None and (_packed.block_size, _packed.nchw_input, _packed.inner_blocked) == (bs, nchw_input, inner):
+        packed = _packed.conv
+        filt = packed.w
+    else:
+        filt = _unblock_filter(w, inner)
+    # without a Sum input, the activation runs inside the convolution (element-wise, so
+    # before the reorder to blocks as well as after)
+    fn = mlas_activation_fn(activation, activation_params) if sum_ is None else None
+    y = _float_conv(xin, filt, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed, fn)
     y = _blocked(y)
     if sum_ is not None:
         if sum_.shape != y.shape:
             raise ValueError(f"nchwc Conv: Sum input of shape {sum_.shape} does not match the output {y.shape}")
         y += sum_
-    return mlas_activation(y, activation, activation_params)
+        return mlas_activation(y, activation, activation_params)
+    return y
 
 
 # --------------------------------------------------------------------------- pooling

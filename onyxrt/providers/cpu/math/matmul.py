@@ -22,12 +22,45 @@ def _is_low_precision_float(dtype: np.dtype) -> bool:
     )
 
 
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+class _PackedB:
+    """A constant right operand prepared once: ``op(B)`` contiguous in the compute dtype
+    (float32 for the half-precision floats). Runs share it; it is never written."""
+
+    __slots__ = ("dtype", "shape", "value")
+
+    def __init__(self, b: np.ndarray, value: np.ndarray):
+        self.dtype = b.dtype
+        self.shape = b.shape
+        value.flags.writeable = False
+        self.value = value
+
+
+def _pack_b(b, transpose: bool) -> _PackedB | None:
+    if not isinstance(b, np.ndarray) or b.ndim != 2:
+        return None
+    if b.dtype in _BLAS_FLOATS:
+        if not transpose and b.flags.c_contiguous:
+            return None  # nothing to prepare
+        return _PackedB(b, np.ascontiguousarray(b.T if transpose else b))
+    if _is_low_precision_float(b.dtype):
+        return _PackedB(b, np.ascontiguousarray((b.T if transpose else b).astype(np.float32)))
+    return None
+
+
+def _matmul_prepack(inputs, attributes):
+    return _pack_b(inputs[1] if len(inputs) > 1 else None, False)
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None) -> np.ndarray:
     if a.dtype != b.dtype:
         raise TypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError("MatMul inputs must have rank >= 1")
     dtype = a.dtype
+    if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
+        b = packed.value  # op(B) == B here: contiguous, and float32 for half-precision floats
+        if dtype not in _BLAS_FLOATS:
+            return np.asarray(np.matmul(a.astype(np.float32), b).astype(dtype))
     if dtype in _BLAS_FLOATS:
         if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
             # one large GEMM instead of a loop of per-batch GEMMs
@@ -43,12 +76,17 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(y)
 
 
-@op("MatMul", versions=(1, 9, 13))
-def matmul(a, b):
-    return _matmul(a, b)
+@op("MatMul", versions=(1, 9, 13), prepack=_matmul_prepack)
+def matmul(a, b, *, _packed=None):
+    return _matmul(a, b, _packed)
 
 
-def _gemm(a, b, c, alpha, beta, transA, transB):
+def gemm_prepack(inputs, attributes):
+    """Prepack of Gemm-like kernels (inputs A, B, C): op(B) contiguous in the compute dtype."""
+    return _pack_b(inputs[1] if len(inputs) > 1 else None, bool(attributes.get("transB", 0)))
+
+
+def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"Gemm inputs A {a.shape} and B {b.shape} must be 2-D")
     dtype = a.dtype
@@ -56,10 +94,14 @@ def _gemm(a, b, c, alpha, beta, transA, transB):
     ct = np.dtype(np.float32) if low else dtype
     is_float = ct.kind == "f"
     A = a.T if transA else a
-    B = b.T if transB else b
+    if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
+        B = packed.value  # op(B), already in the compute dtype
+    else:
+        B = b.T if transB else b
+        if low:
+            B = B.astype(np.float32)
     if low:
         A = A.astype(np.float32)
-        B = B.astype(np.float32)
     if A.shape[1] != B.shape[0]:
         raise ValueError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
     y = np.asarray(np.matmul(A, B))
@@ -78,15 +120,15 @@ def _gemm(a, b, c, alpha, beta, transA, transB):
     return y.astype(dtype) if low else y
 
 
-@op("Gemm", versions=(1, 6))
-def gemm_legacy(a, b, c=None, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0):
+@op("Gemm", versions=(1, 6), prepack=gemm_prepack)
+def gemm_legacy(a, b, c=None, *, alpha=1.0, beta=1.0, broadcast=0, transA=0, transB=0, _packed=None):
     # broadcast=0 requires C to already be (M, N); a broadcastable C is accepted either way.
-    return _gemm(a, b, c, alpha, beta, transA, transB)
+    return _gemm(a, b, c, alpha, beta, transA, transB, _packed)
 
 
-@op("Gemm", versions=(7, 9, 11, 13))
-def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
-    return _gemm(a, b, c, alpha, beta, transA, transB)
+@op("Gemm", versions=(7, 9, 11, 13), prepack=gemm_prepack)
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _packed=None):
+    return _gemm(a, b, c, alpha, beta, transA, transB, _packed)
 
 
 # --------------------------------------------------------------------------- quantized

@@ -4,17 +4,20 @@ CausalConvWithState.
 Conv is computed as im2col + one large BLAS matmul per call (groups are batched
 into a single ``np.matmul``):
 
-* 1x1 convolutions (any stride) need no im2col: the (strided) input is the
-  column matrix itself;
-* depthwise convolutions (groups == C_in, one input channel per group) accumulate
-  the kernel taps with vectorised multiply-adds instead of many tiny matmuls. In
-  2-D the padded input is split into stride phases and flattened, so each tap is
-  one contiguous window (output rows carry a few junk columns, dropped at the
-  end); large ones split their channels over a small thread pool, small images
-  with many channels use a (pixels, channels) layout;
-* other 2-D convolutions on wide images build the im2col rows the same way (one
-  contiguous copy per tap and channel); everything else copies each kernel tap's
-  strided window of the padded input into a (N, C*K, P) column buffer.
+* 2-D depthwise convolutions (groups == C_in, one input channel per group) become, per
+  channel, one small GEMM over the kernel columns plus kh-1 additions (see
+  ``_DepthwisePlan``), in cache-sized blocks of channels;
+* 1x1 convolutions (stride 1) need no im2col: the input is the column matrix itself;
+* other 2-D convolutions copy each kernel tap's window of the unpadded input into a
+  (N, C*K, P) column matrix (``_Im2colPlan``; stride-2 columns read as float32 pairs,
+  see ``copy_stride2``), or, without prepared weights, flatten the padded input's stride
+  phases so each tap is one contiguous window (``_conv2d_flat``);
+* other ranks pad the input and copy each tap's strided window.
+
+Constant weights are prepared once (``conv_prepack`` -> ``ConvWeights``): cast to the
+compute dtype, the depthwise GEMM weights, and [W | bias] so that a row of ones in the
+column matrix adds the bias inside the GEMM. The numpy work runs on the calling
+thread (see ``_PARALLEL_CONV``).
 
 float16/bfloat16 are computed in float32, float64 in float64; 8-bit integer
 convolutions in float64 (exact), then converted.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import threading
 
 import numpy as np
@@ -171,15 +175,29 @@ def _run_chunks(fn, rows: int, elements: int) -> None:
         f.result()
 
 
-def phase_images_2d(x: np.ndarray, pads, strides, max_tail: int, channels_last: bool = False):
+# The convolutions run their own numpy work (column matrices, depthwise blocks) on the
+# calling thread: measured on 2 cores, splitting it over the pool made whole models
+# slower (mobilenet_v2 by ~20%, resnet50 by ~12%): the pool thread competes with the
+# BLAS threads still spinning after the previous GEMM. The chunked code paths stay (and
+# are tested) behind ``_PARALLEL_CONV``.
+_PARALLEL_CONV = False
+
+
+def _conv_chunks(fn, rows: int, elements: int) -> None:
+    if _PARALLEL_CONV:
+        _run_chunks(fn, rows, elements)
+    else:
+        fn(0, rows)
+
+
+def phase_images_2d(x: np.ndarray, pads, strides, max_tail: int):
     """Zero-padded ``x`` (N, C, H, W) split into stride phases, flattened per image.
 
     Returns ``(buf, Wq)`` with ``buf`` of shape (s0, s1, N*C, Hq*Wq + tail): phase
     (a, b) holds padded rows a, a+s0, ... and columns b, b+s1, ... as an Hq x Wq
     row-major image, followed by ``max_tail`` (rounded up to whole rows) zeros so
     flat windows may run past the last row. Padded position (a + s0*r, b + s1*q)
-    sits at ``buf[a, b, :, r*Wq + q]``. With ``channels_last`` the last two axes
-    are swapped: (s0, s1, Hq*Wq + tail, N*C).
+    sits at ``buf[a, b, :, r*Wq + q]``.
     """
     N, C, H, W = x.shape
     s0, s1 = strides
@@ -187,12 +205,8 @@ def phase_images_2d(x: np.ndarray, pads, strides, max_tail: int, channels_last: 
     Hp, Wp = H + pt + pb, W + pl + pr
     Hq, Wq = -(-Hp // s0), -(-Wp // s1)
     extra = -(-max_tail // Wq) if max_tail > 0 else 0
-    if channels_last:
-        buf = np.zeros((s0, s1, Hq + extra, Wq, N * C), dtype=x.dtype)
-        xr = x.reshape(N * C, H, W).transpose(1, 2, 0)
-    else:
-        buf = np.zeros((s0, s1, N * C, Hq + extra, Wq), dtype=x.dtype)
-        xr = x.reshape(N * C, H, W)
+    buf = np.zeros((s0, s1, N * C, Hq + extra, Wq), dtype=x.dtype)
+    xr = x.reshape(N * C, H, W)
     copies = []
     for a in range(s0):
         # padded rows a + s0*r that fall inside x: x row = a + s0*r - pt in [0, H)
@@ -210,75 +224,344 @@ def phase_images_2d(x: np.ndarray, pads, strides, max_tail: int, channels_last: 
             nq = (W - 1 - xc0) // s1 + 1
             cols = slice(xc0, xc0 + s1 * (nq - 1) + 1, s1)
             copies.append((a, b, slice(r0, r0 + nr), slice(q0, q0 + nq), rows, cols))
-    if channels_last:
-        for a, b, dr, dc, rows, cols in copies:
-            buf[a, b, dr, dc, :] = xr[rows, cols, :]
-    else:
-        def fill(c0, c1):
-            for a, b, dr, dc, rows, cols in copies:
-                buf[a, b, c0:c1, dr, dc] = xr[c0:c1, rows, cols]
 
-        # strided (stride > 1) gathers are slow enough to be worth splitting across threads
-        if s0 * s1 > 1:
-            _run_chunks(fill, N * C, x.size)
+    def fill(c0, c1):
+        for a, b, dr, dc, rows, cols in copies:
+            buf[a, b, c0:c1, dr, dc] = xr[c0:c1, rows, cols]
+
+    _conv_chunks(fill, N * C, x.size)
+    return buf.reshape(s0, s1, N * C, (Hq + extra) * Wq), Wq
+
+
+# --------------------------------------------------------------------------- column matrices
+
+
+def _axis_range(n_in: int, n_out: int, offset: int, stride: int, pad: int) -> tuple[int, int, int]:
+    """(first output, count, first input) of the outputs o whose position o*stride + offset - pad
+    falls inside [0, n_in)."""
+    o0 = max(0, -(-(pad - offset) // stride))
+    x0 = o0 * stride + offset - pad
+    count = 0 if x0 >= n_in or o0 >= n_out else min(n_out - o0, (n_in - 1 - x0) // stride + 1)
+    return o0, count, x0
+
+
+class _Im2colPlan:
+    """Per kernel tap of a 2-D convolution: the copy filling its (OH, OW) column image from
+    the unpadded input, and the padding regions that stay zero."""
+
+    __slots__ = ("copies", "zeros")
+
+    def __init__(self, H, W, k, strides, dilations, pads, pairs):
+        kh, kw = k
+        s0, s1 = strides
+        OH = (H + pads[0] + pads[2] - (kh - 1) * dilations[0] - 1) // s0 + 1
+        OW = (W + pads[1] + pads[3] - (kw - 1) * dilations[1] - 1) // s1 + 1
+        pairs = pairs and s1 == 2 and sys.byteorder == "little"
+        self.copies, self.zeros = [], []
+        for i in range(kh):
+            r0, nr, xr0 = _axis_range(H, OH, i * dilations[0], s0, pads[0])
+            for j in range(kw):
+                q0, nq, xc0 = _axis_range(W, OW, j * dilations[1], s1, pads[1])
+                t = i * kw + j
+                if nr == 0 or nq == 0:
+                    self.zeros.append((t, slice(0, OH), slice(0, OW)))
+                    continue
+                rows = slice(xr0, xr0 + s0 * (nr - 1) + 1, s0)
+                cols = xc0 if pairs else slice(xc0, xc0 + s1 * (nq - 1) + 1, s1)
+                self.copies.append((t, slice(r0, r0 + nr), slice(q0, q0 + nq), rows, cols, nq))
+                for rr in (slice(0, r0), slice(r0 + nr, OH)):
+                    if rr.stop > rr.start:
+                        self.zeros.append((t, rr, slice(0, OW)))
+                for cc in (slice(0, q0), slice(q0 + nq, OW)):
+                    if cc.stop > cc.start:
+                        self.zeros.append((t, slice(r0, r0 + nr), cc))
+
+
+_im2col_plan_cache: dict = {}
+
+
+def _im2col_plan(H, W, k, strides, dilations, pads, pairs: bool) -> _Im2colPlan:
+    key = (H, W, tuple(k), tuple(strides), tuple(dilations), tuple(pads), pairs)
+    plan = _im2col_plan_cache.get(key)
+    if plan is None:
+        if len(_im2col_plan_cache) > 256:
+            _im2col_plan_cache.clear()
+        plan = _im2col_plan_cache[key] = _Im2colPlan(*key)
+    return plan
+
+
+def _im2col_fill(x: np.ndarray, taps: np.ndarray, plan: _Im2colPlan, c0: int, c1: int) -> None:
+    """Channels c0..c1 of the column images ``taps`` (N, C, K, OH, OW) of ``x`` (N, C, H, W)."""
+    for t, rows, cols in plan.zeros:
+        taps[:, c0:c1, t, rows, cols] = 0
+    xs = x[:, c0:c1]
+    for t, dr, dc, rows, cols, count in plan.copies:
+        if isinstance(cols, slice):
+            taps[:, c0:c1, t, dr, dc] = xs[:, :, rows, cols]
         else:
-            fill(0, N * C)
-    flat = (Hq + extra) * Wq
-    if channels_last:
-        return buf.reshape(s0, s1, flat, N * C), Wq
-    return buf.reshape(s0, s1, N * C, flat), Wq
+            copy_stride2(taps[:, c0:c1, t, dr, dc], xs[:, :, rows], cols, count)
+
+
+def _pairs_ok(x: np.ndarray) -> bool:
+    """Whether ``copy_stride2`` may read ``x`` as uint64 pairs (4-byte items, contiguous rows)."""
+    return x.dtype.itemsize == 4 and x.dtype.kind in "fiu" and x.strides[-1] == 4 and sys.byteorder == "little"
+
+
+def copy_stride2(dst: np.ndarray, src: np.ndarray, start: int, count: int) -> None:
+    """``dst[..., :count] = src[..., start : start + 2*count - 1 : 2]`` for 4-byte items (``_pairs_ok``).
+
+    Reads the pairs starting at the wanted columns as uint64 and keeps their low halves
+    (the first item on little-endian machines) by a truncating cast: bit-exact and about
+    twice as fast as numpy's stride-2 copy.
+    """
+    npairs = min(count, (src.shape[-1] - start) // 2)
+    if npairs > 0:
+        np.copyto(dst[..., :npairs].view(np.uint32), src[..., start : start + 2 * npairs].view(np.uint64), casting="unsafe")
+    if npairs < count:
+        c = start + 2 * npairs
+        dst[..., npairs:count] = src[..., c : c + 2 * (count - npairs - 1) + 1 : 2]
+
+
+# --------------------------------------------------------------------------- 2-D depthwise
+#
+# Each output channel c is  sum over kernel rows i of  sum over kernel columns j of
+# w[c, i, j] * x_pad[c, i*d0 + s0*oh, j*d1 + s1*ow].  Kernel rows whose padded row
+# offsets i*d0 fall in the same stride phase a = (i*d0) % s0 read the same rows of the
+# input, shifted by whole output rows qi = (i*d0) // s0. So, per phase, the image
+#   Z[a, j][r, q] = x_pad[a + s0*r, j*d1 + s1*q]     (r < Hq, q < OW)
+# gathered once per kernel column j (plus a row of ones carrying the bias) turns the
+# per-channel work into one small GEMM  Y[a] = W[a] (rows_a x kw+1) @ Z[a] (kw+1 x Hq*OW)
+# and kh-1 contiguous additions of the output-sized windows Y[a][k, qi*OW : qi*OW + OH*OW].
+# Every output row of a GEMM only combines real taps (and the bias times ones): phases
+# with a single kernel row get a zero dummy row so that numpy calls GEMM, not a
+# (possibly multi-threaded) GEMV, and that row's values are never read.
+
+
+
+class _DepthwisePlan:
+    """Index geometry of one 2-D depthwise convolution (a pure function of the shapes)."""
+
+    __slots__ = ("OH", "OW", "phases", "terms", "fills", "zeros", "rows_per_phase")
+
+    def __init__(self, H, W, kh, kw, strides, dilations, pads, pairs):
+        s0, s1 = strides
+        d0, d1 = dilations
+        pt, pl, pb, pr = pads
+        self.OH = OH = (H + pt + pb - (kh - 1) * d0 - 1) // s0 + 1
+        self.OW = OW = (W + pl + pr - (kw - 1) * d1 - 1) // s1 + 1
+        order = []
+        for i in range(kh):
+            if (i * d0) % s0 not in order:
+                order.append((i * d0) % s0)
+        # phases: (phase a, [(kernel row i, row shift qi)], Hq)
+        self.phases = []
+        self.terms = []  # per kernel row: (phase index, row within the phase's GEMM output, qi)
+        for pi, a in enumerate(order):
+            rows = [(i, (i * d0) // s0) for i in range(kh) if (i * d0) % s0 == a]
+            self.phases.append((a, rows, OH + max(qi for _, qi in rows)))
+        for i in range(kh):
+            a = (i * d0) % s0
+            pi = order.index(a)
+            k = [r for r, _ in self.phases[pi][1]].index(i)
+            self.terms.append((pi, k, (i * d0) // s0))
+        self.rows_per_phase = tuple(max(2, len(rows)) for _, rows, _ in self.phases)
+        # Per phase, how each kernel column j's image Z[j] is filled per block:
+        #   ("x", j, dst rows, dst cols, x rows, x cols): a copy from the input;
+        #   ("p", j, dst rows, dst cols, x rows, first x col, count): the same with column
+        #     stride 2, through ``copy_stride2``;
+        #   ("f", j, j2, shift): for narrow images, Z[j] is Z[j2] (same input columns) shifted
+        #     by `shift` columns: one long contiguous copy of the flattened image (rows wrap
+        #     around: the edge columns are then rewritten by the "x"/"p"/"0" entries after it);
+        #   ("0", j, rows, cols): zeros written after such a shift.
+        # `zeros` lists the padding regions that are the same for every block (set once).
+        pairs = pairs and s1 == 2 and sys.byteorder == "little"
+        self.fills, self.zeros = [], []
+        for a, _, Hq in self.phases:
+            r0 = max(0, -(-(pt - a) // s0))
+            xr0 = a + s0 * r0 - pt
+            nr = 0 if xr0 >= H or r0 >= Hq else min(Hq - r0, (H - 1 - xr0) // s0 + 1)
+            rows = slice(xr0, xr0 + s0 * (nr - 1) + 1, s0) if nr > 0 else None
+
+            def columns(j, qa, qb):
+                """(fills, zeros) writing columns [qa, qb) of Z[j]."""
+                c = j * d1
+                q0 = max(qa, -(-(pl - c) // s1))
+                xc0 = c + s1 * q0 - pl
+                nq = 0 if xc0 >= W or q0 >= qb else min(qb - q0, (W - 1 - xc0) // s1 + 1)
+                if nr <= 0 or nq <= 0:
+                    return [], [(j, slice(0, Hq), slice(qa, qb))]
+                zr = slice(r0, r0 + nr)
+                if pairs:
+                    fills = [("p", j, zr, slice(q0, q0 + nq), rows, xc0, nq)]
+                else:
+                    fills = [("x", j, zr, slice(q0, q0 + nq), rows, slice(xc0, xc0 + s1 * (nq - 1) + 1, s1))]
+                zeros = []
+                for rr in (slice(0, r0), slice(r0 + nr, Hq)):
+                    if rr.stop > rr.start:
+                        zeros.append((j, rr, slice(qa, qb)))
+                for cc in (slice(qa, q0), slice(q0 + nq, qb)):
+                    if cc.stop > cc.start:
+                        zeros.append((j, zr, cc))
+                return fills, zeros
+
+            fills, zeros = [], []
+            refs = {j: j for j in range(kw)}
+            if kw > 1 and nr > 0 and OW <= _DW_SHIFT_MAX_WIDTH:
+                # Kernel columns reading the same input columns (j*d1 equal modulo s1): the
+                # one reading the most input columns is gathered, the others are shifted
+                # copies of it.
+                counts = [_axis_range(W, OW, j * d1, s1, pl)[1] for j in range(kw)]
+                for res in {(j * d1) % s1 for j in range(kw)}:
+                    group = [j for j in range(kw) if (j * d1) % s1 == res]
+                    ref = max(group, key=lambda j: (counts[j], -abs(2 * j - (kw - 1))))
+                    for j in group:
+                        refs[j] = ref
+            order = sorted(range(kw), key=lambda j: refs[j] != j)  # gathered columns first
+            for j in order:
+                ref = refs[j]
+                shift = None if j == ref else (j - ref) * d1 // s1
+                if shift is None or abs(shift) >= OW:
+                    f, z = columns(j, 0, OW)
+                    fills += f
+                    zeros += z
+                    continue
+                fills.append(("f", j, ref, shift))
+                f, z = columns(j, OW - shift, OW) if shift > 0 else columns(j, 0, -shift)
+                fills += f
+                fills += [("0",) + e for e in z]
+            self.fills.append(tuple(fills))
+            self.zeros.append(tuple(zeros))
+
+
+# Shifted copies beat gathers from the input for narrow images only (short rows make
+# numpy's 2-D copies slow); measured on mobilenet_v2's layers: better at 7 and 14
+# columns, worse from 28 on.
+_DW_SHIFT_MAX_WIDTH = 16
+
+_dw_plan_cache: dict = {}
+
+
+def _depthwise_plan(H, W, kh, kw, strides, dilations, pads, pairs: bool) -> _DepthwisePlan:
+    """The (cached) plan; ``pairs``: the input is float32 with contiguous rows (see "p" fills)."""
+    key = (H, W, kh, kw, tuple(strides), tuple(dilations), tuple(pads), pairs)
+    plan = _dw_plan_cache.get(key)
+    if plan is None:
+        if len(_dw_plan_cache) > 256:
+            _dw_plan_cache.clear()
+        plan = _dw_plan_cache[key] = _DepthwisePlan(*key)
+    return plan
+
+
+def depthwise_weights(w: np.ndarray, b, strides, dilations) -> tuple:
+    """Per stride phase, the (C, rows, kw + 1) GEMM weights of a (C, 1, kh, kw) depthwise filter;
+    column kw holds the bias (in the first kernel row only). Kernel geometry only, no input shape."""
+    C, _, kh, kw = w.shape
+    s0, d0 = strides[0], dilations[0]
+    order = []
+    for i in range(kh):
+        if (i * d0) % s0 not in order:
+            order.append((i * d0) % s0)
+    out = []
+    for a in order:
+        rows = [i for i in range(kh) if (i * d0) % s0 == a]
+        m = np.zeros((C, max(2, len(rows)), kw + 1), dtype=w.dtype)
+        for k, i in enumerate(rows):
+            m[:, k, :kw] = w[:, 0, i, :]
+            if i == 0 and b is not None:
+                m[:, k, kw] = b
+        out.append(m)
+    return tuple(out)
+
+
+_DW_BLOCK_BYTES = 1 << 20
+
+
+def _depthwise_2d(x, weights, plan: _DepthwisePlan, activation=None) -> np.ndarray:
+    """2-D depthwise conv of ``x`` (N, C, H, W) with ``depthwise_weights`` (bias included)."""
+    N, C, H, W = x.shape
+    R = N * C
+    OH, OW = plan.OH, plan.OW
+    L = OH * OW
+    dtype = x.dtype
+    kw = weights[0].shape[2] - 1
+    if N > 1:
+        weights = tuple(np.tile(m, (N, 1, 1)) for m in weights)
+    xr = x.reshape(R, H, W)
+    y = np.empty((R, L), dtype=dtype)
+    per_channel = sum((kw + 1 + m) * Hq * OW for (_, _, Hq), m in zip(plan.phases, plan.rows_per_phase)) * dtype.itemsize
+    cb = max(1, min(R, _DW_BLOCK_BYTES // max(1, per_channel)))
+    terms = plan.terms
+
+    def work(r0, r1):
+        with np.errstate(invalid="ignore"):  # a dummy row's 0 * inf is never read
+            _depthwise_rows(xr, y, weights, plan, kw, cb, r0, r1, activation)
+
+    _conv_chunks(work, R, R * L * len(terms) * kw)
+    return y.reshape(N, C, OH, OW)
+
+
+def _depthwise_rows(xr, y, weights, plan, kw, cb, r0, r1, activation):
+    """Rows (channels) r0..r1 of ``_depthwise_2d``, in blocks of ``cb`` channels."""
+    OW, L = plan.OW, plan.OH * plan.OW
+    dtype = y.dtype
+    n = min(cb, r1 - r0)
+    Z, Y = [], []
+    for pi, (_, _, Hq) in enumerate(plan.phases):
+        z = np.empty((n, kw + 1, Hq, OW), dtype=dtype)
+        z[:, kw] = 1
+        for j, rows, cols in plan.zeros[pi]:
+            z[:, j, rows, cols] = 0
+        Z.append(z)
+        Y.append(np.empty((n, plan.rows_per_phase[pi], Hq * OW), dtype=dtype))
+    for c0 in range(r0, r1, cb):
+        c1 = min(r1, c0 + cb)
+        m = c1 - c0
+        for pi, fills in enumerate(plan.fills):
+            z = Z[pi]
+            zf = z.reshape(z.shape[0], kw + 1, -1)
+            for f in fills:
+                kind = f[0]
+                if kind == "x":
+                    _, j, zr, zc, xrows, xcols = f
+                    z[:m, j, zr, zc] = xr[c0:c1, xrows, xcols]
+                elif kind == "p":
+                    _, j, zr, zc, xrows, xc0, count = f
+                    copy_stride2(z[:m, j, zr, zc], xr[c0:c1, xrows], xc0, count)
+                elif kind == "f":
+                    _, j, j2, shift = f
+                    dst, src = zf[:m, j], zf[:m, j2]
+                    if shift > 0:
+                        dst[:, :-shift] = src[:, shift:]
+                    else:
+                        dst[:, -shift:] = src[:, :shift]
+                else:
+                    _, j, zr, zc = f
+                    z[:m, j, zr, zc] = 0
+            np.matmul(weights[pi][c0:c1], zf[:m], out=Y[pi][:m])
+        out = y[c0:c1]
+        views = [Y[pi][:m, k, qi * OW : qi * OW + L] for pi, k, qi in plan.terms]
+        if len(views) == 1:
+            out[...] = views[0]
+        else:
+            np.add(views[0], views[1], out=out)
+            for v in views[2:]:
+                out += v
+        if activation is not None:
+            activation(out)
 
 
 def _depthwise(x, w, b, strides, dilations, pads, out_sp):
-    """Depthwise conv (+ bias): ``x`` (N, C, ...) unpadded, ``w`` (C, 1, *k). Returns a contiguous array."""
+    """Depthwise conv (+ bias) of any rank (``_depthwise_2d`` does 2-D without negative pads):
+    ``x`` (N, C, ...) unpadded, ``w`` (C, 1, *k). Returns a contiguous array."""
     N, C = x.shape[:2]
     nd = x.ndim - 2
     k = w.shape[2:]
     K = math.prod(k)
-    wf = w.reshape(C, K)
     dtype = x.dtype
-    if nd == 2 and all(p >= 0 for p in pads):
-        # Each tap is one contiguous window of a flattened (phase) image: long
-        # contiguous rows for every numpy call; junk columns are dropped at the end.
-        OH, OW = out_sp
-        taps = _flat_taps(k, strides, dilations)
-        max_qj = max(t[3] for t in taps)
-        R = N * C
-        wcol = wf if N == 1 else np.tile(wf, (N, 1))
-        bflat = None if b is None else np.asarray(b, dtype=dtype).reshape(-1)
-        if bflat is not None and N > 1:
-            bflat = np.tile(bflat, N)
-        Wq = -(-(x.shape[3] + pads[1] + pads[3]) // strides[1])
-        if OH * Wq < 4 * R:
-            return _depthwise_channels_last(x, wcol, bflat, pads, strides, taps, max_qj, out_sp)
-        buf, Wq = phase_images_2d(x, pads, strides, max_qj)
-        L = OH * Wq
-        bcol = None if bflat is None else bflat.reshape(R, 1, 1)
-        y = np.empty((R, OH, OW), dtype=dtype)
-
-        def work(r0, r1):
-            out = np.empty((r1 - r0, L), dtype=dtype)
-            tmp = np.empty((r1 - r0, L), dtype=dtype)
-            for t, (pa, pb, qi, qj) in enumerate(taps):
-                off = qi * Wq + qj
-                src = buf[pa, pb, r0:r1, off : off + L]
-                if t == 0:
-                    np.multiply(src, wcol[r0:r1, t : t + 1], out=out)
-                else:
-                    np.multiply(src, wcol[r0:r1, t : t + 1], out=tmp)
-                    out += tmp
-            res = out.reshape(r1 - r0, OH, Wq)[:, :, :OW]
-            if bcol is None:
-                y[r0:r1] = res
-            else:
-                np.add(res, bcol[r0:r1], out=y[r0:r1])
-
-        _run_chunks(work, R, R * L * K)
-        return y.reshape(N, C, OH, OW)
     xp = pad_spatial(x, pads[:nd], pads[nd:])
     out = np.empty((N, C) + tuple(out_sp), dtype=dtype)
     tmp = np.empty_like(out)
-    wb = wf.reshape((1, C, K) + (1,) * nd)
+    wb = w.reshape((1, C, K) + (1,) * nd)
     for t, tap in enumerate(itertools.product(*(range(kk) for kk in k))):
         src = xp[(slice(None), slice(None)) + tuple(window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(nd))]
         wt = wb[:, :, t]
@@ -290,32 +573,6 @@ def _depthwise(x, w, b, strides, dilations, pads, out_sp):
     if b is not None:
         out += np.asarray(b, dtype=dtype).reshape((1, C) + (1,) * nd)
     return out
-
-
-def _depthwise_channels_last(x, wcol, bflat, pads, strides, taps, max_qj, out_sp):
-    """Depthwise 2-D conv for small images with many channels: (pixels, channels) layout,
-    so every numpy call runs over long contiguous channel rows."""
-    N, C = x.shape[:2]
-    R = N * C
-    OH, OW = out_sp
-    dtype = x.dtype
-    buf, Wq = phase_images_2d(x, pads, strides, max_qj, channels_last=True)
-    L = OH * Wq
-    wt = np.ascontiguousarray(wcol.T)  # (K, R)
-    out = np.empty((L, R), dtype=dtype)
-    tmp = np.empty((L, R), dtype=dtype)
-    for t, (pa, pb, qi, qj) in enumerate(taps):
-        off = qi * Wq + qj
-        src = buf[pa, pb, off : off + L]
-        if t == 0:
-            np.multiply(src, wt[t], out=out)
-        else:
-            np.multiply(src, wt[t], out=tmp)
-            out += tmp
-    if bflat is not None:
-        out += bflat
-    res = out.reshape(OH, Wq, R)[:, :OW, :]
-    return np.ascontiguousarray(res.transpose(2, 0, 1)).reshape(N, C, OH, OW)
 
 
 def _flat_taps(k, strides, dilations):
@@ -358,11 +615,16 @@ def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
     return y.reshape(N, M, OH, Wq)[:, :, :, :OW]
 
 
-def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads, b=None) -> np.ndarray:
+def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads, b=None, dw_weights=None,
+              bias_weights=None, activation=None) -> np.ndarray:
     """N-D cross-correlation of ``x`` (N, C, *spatial) with ``w`` (M, C/group, *k), same dtype.
 
     ``pads`` is the explicit [begin..., end...] list; ``b`` an optional bias (M,).
-    Returns a contiguous (N, M, *out_spatial) array.
+    Weights prepared beforehand (``ConvWeights``), both optional: ``dw_weights``, the
+    ``depthwise_weights(w, b, ...)`` of a 2-D depthwise filter; ``bias_weights``, the
+    (M, C*K + 1) matrix [w | b] of a group-1 convolution with a bias. ``activation``: an
+    in-place function applied to the result (by 2-D depthwise convolutions per block of
+    channels, while in cache). Returns a contiguous (N, M, *out_spatial) array.
     """
     N, C = x.shape[:2]
     nd = x.ndim - 2
@@ -385,31 +647,74 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         if M != C:
             # channel multiplier: output channel m reads input channel m // (M // C)
             x = np.repeat(x, M // C, axis=1)
-        return _depthwise(x, w, b, strides, dilations, pads, out_sp)
+        if nd == 2 and all(p >= 0 for p in pads):
+            x = np.ascontiguousarray(x)
+            plan = _depthwise_plan(x.shape[2], x.shape[3], k[0], k[1], strides, dilations, pads, x.dtype == np.float32)
+            weights = dw_weights if dw_weights is not None else depthwise_weights(w, b, strides, dilations)
+            return _depthwise_2d(x, weights, plan, activation)
+        return _activate(_depthwise(x, w, b, strides, dilations, pads, out_sp), activation)
 
-    if nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0:
+    # With the bias as an extra weight column (``w_aug``), a row of ones appended to the
+    # column matrix makes the GEMM add it: no pass over the output. For 1x1 convolutions
+    # that costs a copy of the input, worth it when the output is the larger (M >= 2C).
+    w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
+
+    if nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None:
+        # (with w_aug, the exact column matrix below is as fast: no junk columns to crop)
         y = _conv2d_flat(x, w, group, strides, dilations, pads, out_sp)
         if y is not None:
-            return _add_bias(y, b, nd)
-
-    if K == 1:
+            return _activate(_add_bias(y, b, nd), activation)
+    if K == 1 and (w_aug is None or M < 2 * C):
+        w_aug = None
+    if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or w_aug is not None or strides != [1, 1]):
+        # the column matrix straight from the unpadded input
+        extra = 0 if w_aug is None else 1
+        cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
+        plan = _im2col_plan(x.shape[2], x.shape[3], k, strides, dilations, pads, _pairs_ok(x))
+        taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
+        _conv_chunks(lambda c0, c1: _im2col_fill(x, taps, plan, c0, c1), C, N * C * K * P)
+    elif K == 1:
         xp = pad_spatial(x, pads[:nd], pads[nd:])
         xs = xp[(slice(None), slice(None)) + tuple(slice(0, strides[i] * (out_sp[i] - 1) + 1, strides[i]) for i in range(nd))]
-        cols = xs.reshape(N, C, P)
+        if w_aug is None:
+            cols = xs.reshape(N, C, P)
+        else:
+            cols = np.empty((N, C + 1, P), dtype=x.dtype)
+            cols[:, :C].reshape(xs.shape)[...] = xs
     else:
         xp = pad_spatial(x, pads[:nd], pads[nd:])
-        cols = np.empty((N, C) + k + tuple(out_sp), dtype=x.dtype)
+        extra = 0 if w_aug is None else 1
+        cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
+        taps = cols[:, : C * K].reshape((N, C) + k + tuple(out_sp))
+        pairs = strides[-1] == 2 and _pairs_ok(xp)
+
+        def windows(tap, axes):
+            spans = (window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(axes))
+            return (slice(None), slice(None)) + tuple(spans)
+
         for tap in itertools.product(*(range(kk) for kk in k)):
-            src = xp[(slice(None), slice(None)) + tuple(window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(nd))]
-            cols[(slice(None), slice(None)) + tap] = src
-        cols = cols.reshape(N, C * K, P)
+            dst = taps[(slice(None), slice(None)) + tap]
+            if pairs:  # the last axis through copy_stride2
+                copy_stride2(dst, xp[windows(tap, nd - 1)], tap[-1] * dilations[-1], out_sp[-1])
+            else:
+                dst[...] = xp[windows(tap, nd)]
+    if w_aug is not None:
+        cols[:, C * K] = 1
+        y = np.matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
+        return _activate(y.reshape((N, M) + tuple(out_sp)), activation)
     if group == 1:
         w2 = w.reshape(M, Cg * K)
         y = np.matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
     else:
         wg = w.reshape(group, Mg, Cg * K)
         y = np.matmul(wg, cols.reshape(N, group, Cg * K, P))
-    return _add_bias(y.reshape((N, M) + tuple(out_sp)), b, nd)
+    return _activate(_add_bias(y.reshape((N, M) + tuple(out_sp)), b, nd), activation)
+
+
+def _activate(y: np.ndarray, activation) -> np.ndarray:
+    if activation is not None:
+        activation(y)
+    return y
 
 
 def _add_bias(y: np.ndarray, b, nd: int) -> np.ndarray:
@@ -422,7 +727,56 @@ def _add_bias(y: np.ndarray, b, nd: int) -> np.ndarray:
     return y + b
 
 
-def _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape):
+class ConvWeights:
+    """A Conv's constant weights prepared once (``conv_prepack``): cast to the compute dtype
+    and, for 2-D depthwise filters, the GEMM weights of ``depthwise_weights``. Runs share
+    it; nothing in it is ever written."""
+
+    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug")
+
+    def __init__(self, w: np.ndarray, b, group: int, strides, dilations):
+        self.ct = ct = np.dtype(compute_dtype(w.dtype))
+        self.w = _frozen(np.ascontiguousarray(w, dtype=ct))
+        self.has_bias = b is not None
+        self.b = None if b is None else _frozen(np.ascontiguousarray(b, dtype=ct).reshape(-1))
+        self.dw = self.w_aug = None
+        if w.ndim == 4 and w.shape[1] == 1 and int(group) >= 1 and w.shape[0] % int(group) == 0:
+            self.dw = tuple(_frozen(m) for m in depthwise_weights(self.w, self.b, strides, dilations))
+        if int(group) == 1 and self.b is not None:
+            M = w.shape[0]
+            self.w_aug = _frozen(np.concatenate([self.w.reshape(M, -1), self.b.reshape(M, 1)], axis=1))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def pack_conv_weights(w, b, attributes) -> ConvWeights | None:
+    """``ConvWeights`` for a constant float filter ``w`` (and bias ``b``, constant or None), or
+    None when they do not look valid (the kernel then reports the problem at run time)."""
+    if not isinstance(w, np.ndarray) or w.ndim < 3 or not (np.issubdtype(w.dtype, np.floating) or w.dtype.kind == "V"):
+        return None
+    if b is not None and (not isinstance(b, np.ndarray) or b.size != w.shape[0]):
+        return None
+    try:
+        s, d = spatial_defaults(w.ndim - 2, attributes.get("strides"), attributes.get("dilations"))
+        return ConvWeights(w, b, int(attributes.get("group", 1)), s, d)
+    except (ValueError, TypeError):
+        return None
+
+
+def conv_prepack(inputs, attributes):
+    """Prepack of Conv-like kernels whose inputs start with X, W, B."""
+    w = inputs[1] if len(inputs) > 1 else None
+    b = inputs[2] if len(inputs) > 2 else None
+    return pack_conv_weights(w, b, attributes)
+
+
+def _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed: ConvWeights | None = None,
+                activation=None):
+    """Conv in the compute dtype; ``activation`` (in place, see ``conv_core``) only applies when
+    that is the input's dtype (callers apply it afterwards otherwise)."""
     if x.ndim < 3:
         raise ValueError(f"Conv input must have rank >= 3, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
@@ -433,15 +787,19 @@ def _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape
     p = conv_pads(x.shape[2:], w.shape[2:], s, d, pads, auto_pad)
     ct = compute_dtype(x.dtype)
     xc = x if x.dtype == ct else x.astype(ct)
-    wc = w if w.dtype == ct else w.astype(ct)
-    bc = None if b is None else np.asarray(b).astype(ct, copy=False)
-    y = conv_core(xc, wc, group, s, d, p, bc)
+    dw = w_aug = None
+    if packed is not None and packed.ct == ct and packed.w.shape == w.shape and (packed.has_bias or b is None):
+        wc, bc, dw, w_aug = packed.w, packed.b, packed.dw, packed.w_aug
+    else:
+        wc = w if w.dtype == ct else w.astype(ct)
+        bc = None if b is None else np.asarray(b).astype(ct, copy=False)
+    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if xc is x else None)
     return y if y.dtype == x.dtype else y.astype(x.dtype)
 
 
-@op("Conv", versions=(1, 11, 22))
-def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
-    return _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape)
+@op("Conv", versions=(1, 11, 22), prepack=conv_prepack)
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _packed=None):
+    return _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
 
 
 # --------------------------------------------------------------------------- ConvTranspose
@@ -482,7 +840,35 @@ def conv_transpose_pads(in_sp, kernel, strides, dilations, pads, auto_pad, outpu
     return pads[:nd], pads[nd:], op_
 
 
-def conv_transpose_core(x, w, group, strides, dilations, begin, end, output_padding):
+def _transposed_filter(w: np.ndarray, group: int) -> np.ndarray:
+    """A (C, M/group, *k) ConvTranspose filter as the (G, M/group*K, C/group) GEMM operand."""
+    Cw, Mg = w.shape[:2]
+    return w.reshape(group, Cw // group, Mg * math.prod(w.shape[2:])).transpose(0, 2, 1)
+
+
+class _ConvTransposeWeights:
+    """A constant ConvTranspose filter in the compute dtype, laid out for the GEMM, once."""
+
+    __slots__ = ("ct", "shape", "wt")
+
+    def __init__(self, w: np.ndarray, group: int):
+        self.ct = np.dtype(compute_dtype(w.dtype))
+        self.shape = w.shape
+        self.wt = _frozen(np.ascontiguousarray(_transposed_filter(w.astype(self.ct, copy=False), group)))
+
+
+def _conv_transpose_prepack(inputs, attributes):
+    w = inputs[1] if len(inputs) > 1 else None
+    if not isinstance(w, np.ndarray) or w.ndim < 3 or not (np.issubdtype(w.dtype, np.floating) or w.dtype.kind == "V"):
+        return None
+    group = int(attributes.get("group", 1))
+    if group <= 0 or w.shape[0] % group:
+        return None
+    return _ConvTransposeWeights(w, group)
+
+
+def conv_transpose_core(x, w, group, strides, dilations, begin, end, output_padding, wt=None):
+    """``wt``: ``_transposed_filter(w, group)`` prepared beforehand (optional)."""
     N, C = x.shape[:2]
     nd = x.ndim - 2
     in_sp = x.shape[2:]
@@ -493,9 +879,9 @@ def conv_transpose_core(x, w, group, strides, dilations, begin, end, output_padd
         raise ValueError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
     Cg = C // group
     M = Mg * group
-    K = math.prod(k)
     P = math.prod(in_sp)
-    wt = w.reshape(group, Cg, Mg * K).transpose(0, 2, 1)  # (G, Mg*K, Cg)
+    if wt is None:
+        wt = _transposed_filter(w, group)  # (G, Mg*K, Cg)
     xg = x.reshape(N, group, Cg, P)
     cols = np.matmul(wt, xg).reshape((N, M) + k + tuple(in_sp))
     full = [strides[i] * (in_sp[i] - 1) + (k[i] - 1) * dilations[i] + 1 + output_padding[i] for i in range(nd)]
@@ -506,7 +892,7 @@ def conv_transpose_core(x, w, group, strides, dilations, begin, end, output_padd
     return pad_spatial(out, [-b for b in begin], [-e for e in end])
 
 
-@op("ConvTranspose", versions=(1, 11, 22))
+@op("ConvTranspose", versions=(1, 11, 22), prepack=_conv_transpose_prepack)
 def conv_transpose(
     x,
     w,
@@ -520,6 +906,7 @@ def conv_transpose(
     output_shape=None,
     pads=None,
     strides=None,
+    _packed=None,
 ):
     if x.ndim < 3:
         raise ValueError(f"ConvTranspose input must have rank >= 3, got shape {x.shape}")
@@ -529,8 +916,12 @@ def conv_transpose(
     begin, end, op_ = conv_transpose_pads(x.shape[2:], w.shape[2:], s, d, pads, auto_pad, output_padding, output_shape)
     ct = compute_dtype(x.dtype)
     xc = x if x.dtype == ct else x.astype(ct)
-    wc = w if w.dtype == ct else w.astype(ct)
-    y = conv_transpose_core(xc, wc, group, s, d, begin, end, op_)
+    wt = None
+    if _packed is not None and _packed.ct == ct and _packed.shape == w.shape:
+        wc, wt = w, _packed.wt  # (w's values are only read through wt)
+    else:
+        wc = w if w.dtype == ct else w.astype(ct)
+    y = conv_transpose_core(xc, wc, group, s, d, begin, end, op_, wt)
     y = _add_bias(y, b, nd)
     return y if y.dtype == x.dtype else y.astype(x.dtype)
 
@@ -555,7 +946,31 @@ def _zero_point_shift(v: np.ndarray, zp, per_channel_axis_len: int | None = None
     return out
 
 
-def _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape):
+def _int_conv_pack(w, w_zero_point, attributes) -> ConvWeights | None:
+    """A constant 8-bit filter minus its (constant) zero point, in float64, prepared once."""
+    if not isinstance(w, np.ndarray) or w.dtype not in (np.int8, np.uint8) or w.ndim < 3:
+        return None
+    try:
+        s, d = spatial_defaults(w.ndim - 2, attributes.get("strides"), attributes.get("dilations"))
+        return ConvWeights(_zero_point_shift(w, w_zero_point, w.shape[0]), None, int(attributes.get("group", 1)), s, d)
+    except (ValueError, TypeError):
+        return None
+
+
+def _conv_integer_prepack(inputs, attributes):
+    w = inputs[1] if len(inputs) > 1 else None
+    if len(inputs) > 3 and inputs[3] is None:
+        return None  # a zero point that is not constant (or absent: not told apart here)
+    return _int_conv_pack(w, inputs[3] if len(inputs) > 3 else None, attributes)
+
+
+def _qlinear_conv_prepack(inputs, attributes):
+    if len(inputs) < 6 or inputs[5] is None:
+        return None
+    return _int_conv_pack(inputs[3], inputs[5], attributes)
+
+
+def _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, packed=None):
     if x.ndim < 3:
         raise ValueError(f"input must have rank >= 3, got shape {x.shape}")
     for name, t in (("x", x), ("w", w)):
@@ -568,15 +983,18 @@ def _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads,
     if x_zero_point is not None and np.asarray(x_zero_point).size != 1:
         raise ValueError("x_zero_point must be a scalar (per-tensor)")
     xc = _zero_point_shift(x, x_zero_point)
+    if packed is not None and packed.w.shape == w.shape:
+        return conv_core(xc, packed.w, group, s, d, p, None, packed.dw)  # exact integers in float64
     wc = _zero_point_shift(w, w_zero_point, w.shape[0])
     return conv_core(xc, wc, group, s, d, p)  # exact integers in float64
 
 
-@op("ConvInteger", versions=10)
+@op("ConvInteger", versions=10, prepack=_conv_integer_prepack)
 def conv_integer(
-    x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None
+    x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+    strides=None, _packed=None,
 ):
-    y = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape)
+    y = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     return np.ascontiguousarray(y).astype(np.int32)
 
 
@@ -591,7 +1009,7 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point, out_dtype)
     return y.astype(out_dtype)
 
 
-@op("QLinearConv", versions=10)
+@op("QLinearConv", versions=10, prepack=_qlinear_conv_prepack)
 def qlinear_conv(
     x,
     x_scale,
@@ -609,8 +1027,9 @@ def qlinear_conv(
     kernel_shape=None,
     pads=None,
     strides=None,
+    _packed=None,
 ):
-    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape)
+    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     nd = x.ndim - 2
     M = w.shape[0]
     if b is not None:

@@ -2,7 +2,9 @@
 
 Windows are reduced one spatial axis at a time (max and sum over a box are
 separable), each axis as a short loop over its kernel taps of strided views of the
-padded input, so every numpy call is vectorised over the whole tensor. MaxPool
+padded input, so every numpy call is vectorised over the whole tensor (a stride-2
+last axis of 4-byte items is first split into its even and odd positions, which
+makes every tap a contiguous window). MaxPool
 with the Indices output instead loops over all kernel taps and tracks the argmax.
 """
 
@@ -14,7 +16,7 @@ import math
 import numpy as np
 
 from ..registry import op
-from .conv import _auto_pad_name, compute_dtype, pad_spatial, spatial_defaults, window_slice
+from .conv import _auto_pad_name, _pairs_ok, compute_dtype, copy_stride2, pad_spatial, spatial_defaults, window_slice
 
 # --------------------------------------------------------------------------- geometry
 
@@ -107,8 +109,20 @@ def _separable_reduce(x, ufunc, init, kernel, strides, dilations, begin, out_sp)
         shape[ax] = O
         full = [r for r in ranges if r[0] == 0 and r[1] == O]
         idx = [slice(None)] * cur.ndim
+        phases = None
+        if st == 2 and ax == cur.ndim - 1 and n > 1 and _pairs_ok(cur):
+            # stride 2 along the contiguous last axis: split the even and odd positions
+            # into two contiguous arrays once (fast pair copies), then read windows of them
+            phases = []
+            for first in (0, 1):
+                ph = np.empty(cur.shape[:-1] + ((n - first + 1) // 2,), dtype=cur.dtype)
+                copy_stride2(ph, cur, first, ph.shape[-1])
+                phases.append(ph)
 
         def src(lo, hi, start):
+            if phases is not None:
+                idx[ax] = slice(start // 2, start // 2 + hi - lo)
+                return phases[start % 2][tuple(idx)]
             idx[ax] = slice(start, start + (hi - lo - 1) * st + 1, st)
             return cur[tuple(idx)]
 
