@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
 from onyxrt.providers.cpu.nn.detection import non_max_suppression, roi_align, roi_align_10
 from onyxrt.providers.cpu.registry import CPU_KERNELS
-
-
-def _reference(op_type, inputs, opset, **attrs):
-    names = [f"in{i}" for i in range(len(inputs))]
-    node = helper.make_node(op_type, names, ["out"], **attrs)
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [
-            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), None)
-            for n, v in zip(names, inputs)
-        ],
-        [helper.make_tensor_value_info("out", TensorProto.UNDEFINED, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]
+from reference_ops import reference_output
 
 
 def test_registered_versions():
@@ -163,7 +146,7 @@ def test_roi_align_linear_ramp():
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("ctm", [None, "half_pixel", "output_half_pixel"])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
-def test_roi_align_matches_reference(mode, ctm, sampling_ratio):
+def test_roi_align_matchesreference_output(mode, ctm, sampling_ratio):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
     rois = np.array([[0, 0, 6, 5], [1.3, 0.2, 4.1, 5.9], [-2, -1, 3, 2], [5, 4, 9, 8], [2, 2, 2, 2]], dtype=np.float32)
@@ -172,12 +155,12 @@ def test_roi_align_matches_reference(mode, ctm, sampling_ratio):
     if ctm is None:
         # RoiAlign-10 has no half-pixel shift (as onnxruntime; onnx's reference shifts it like 16's default)
         got = roi_align_10(x, rois, batch, **attrs)
-        expected = _reference(
+        expected = reference_output(
             "RoiAlign", [x, rois, batch], 16, coordinate_transformation_mode="output_half_pixel", **attrs
         )
     else:
         got = roi_align(x, rois, batch, coordinate_transformation_mode=ctm, **attrs)
-        expected = _reference("RoiAlign", [x, rois, batch], 16, coordinate_transformation_mode=ctm, **attrs)
+        expected = reference_output("RoiAlign", [x, rois, batch], 16, coordinate_transformation_mode=ctm, **attrs)
     assert got.shape == (5, 3, 3, 2) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

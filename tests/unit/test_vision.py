@@ -7,28 +7,11 @@ import itertools
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
-from onnx.reference import ReferenceEvaluator
 
 from onyxrt.providers.cpu.nn.vision import affine_grid, grid_sample, grid_sample_16, grid_sample_nd
 from onyxrt.providers.cpu.registry import CPU_KERNELS
 from onyxrt.providers.cpu.tensor.image_decoder import image_decoder
-
-
-def _reference(op_type, inputs, opset, **attrs):
-    names = [f"in{i}" for i in range(len(inputs))]
-    node = helper.make_node(op_type, names, ["out"], **attrs)
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [
-            helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), None)
-            for n, v in zip(names, inputs)
-        ],
-        [helper.make_tensor_value_info("out", TensorProto.UNDEFINED, None)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]
+from reference_ops import reference_output
 
 
 def _identity_grid(h, w):
@@ -95,12 +78,12 @@ def test_v16_mode_names_and_rank():
         if not (m == "cubic" and p == "border")  # see test_cubic_border_clamps_taps
     ],
 )
-def test_grid_sample_2d_matches_reference(mode, padding_mode, align_corners):
+def test_grid_sample_2d_matchesreference_output(mode, padding_mode, align_corners):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((1, 2, 3, 4)).astype(np.float32)
     grid = rng.uniform(-1.8, 1.8, (1, 3, 3, 2)).astype(np.float32)
     attrs = dict(mode=mode, padding_mode=padding_mode, align_corners=align_corners)
-    expected = _reference("GridSample", [x, grid], 20, **attrs)
+    expected = reference_output("GridSample", [x, grid], 20, **attrs)
     np.testing.assert_allclose(grid_sample(x, grid, **attrs), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -121,12 +104,12 @@ def test_cubic_border_clamps_taps():
 
 
 @pytest.mark.parametrize("mode,padding_mode", [("linear", "zeros"), ("nearest", "border"), ("linear", "reflection")])
-def test_grid_sample_3d_matches_reference(mode, padding_mode):
+def test_grid_sample_3d_matchesreference_output(mode, padding_mode):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 2, 2, 3, 3)).astype(np.float32)
     grid = rng.uniform(-1.3, 1.3, (1, 2, 2, 2, 3)).astype(np.float32)
     attrs = dict(mode=mode, padding_mode=padding_mode, align_corners=0)
-    expected = _reference("GridSample", [x, grid], 20, **attrs)
+    expected = reference_output("GridSample", [x, grid], 20, **attrs)
     np.testing.assert_allclose(grid_sample(x, grid, **attrs), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -155,11 +138,11 @@ def test_grid_sample_empty_grid():
 
 @pytest.mark.parametrize("size", [[2, 3, 4, 5], [1, 1, 2, 3, 4]])
 @pytest.mark.parametrize("align_corners", [0, 1])
-def test_affine_grid_matches_reference(size, align_corners):
+def test_affine_grid_matchesreference_output(size, align_corners):
     r = len(size) - 2
     theta = np.random.default_rng(5).standard_normal((size[0], r, r + 1)).astype(np.float32)
     got = affine_grid(theta, np.array(size, dtype=np.int64), align_corners=align_corners)
-    expected = _reference("AffineGrid", [theta, np.array(size, dtype=np.int64)], 20, align_corners=align_corners)
+    expected = reference_output("AffineGrid", [theta, np.array(size, dtype=np.int64)], 20, align_corners=align_corners)
     assert got.shape == (size[0], *size[2:], r) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

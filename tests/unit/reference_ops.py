@@ -1,0 +1,21 @@
+"""onnx.reference's result for one node: the spec's executable reading, for kernel unit tests."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+
+def reference_output(op_type: str, inputs: list[np.ndarray], opset: int, **attrs) -> np.ndarray:
+    """The first output of a one-node ``op_type`` model at ``opset``, computed by onnx.reference."""
+    names = [f"x{i}" for i in range(len(inputs))]
+    node = helper.make_node(op_type, names, ["y"], **attrs)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in zip(names, inputs)],
+        [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]
