@@ -208,17 +208,19 @@ class _Forest:
         self.pos_code = code
         self.roots_pos = np.arange(roots.size, dtype=np.int64)
 
+    def _once(self, cache: dict, key, build):
+        """``cache[key]``, built by ``build(key)`` once even when runs race for it."""
+        value = cache.get(key)
+        if value is None:
+            with self._lock:
+                value = cache.get(key)
+                if value is None:
+                    value = cache[key] = build(key)
+        return value
+
     def records(self, dtype: np.dtype) -> np.ndarray:
         """The packed per-position records for thresholds of ``dtype`` (16 bytes each)."""
-        dtype = np.dtype(dtype)
-        rec = self._records.get(dtype)
-        if rec is not None:
-            return rec
-        with self._lock:
-            rec = self._records.get(dtype)
-            if rec is None:
-                rec = self._records[dtype] = self._build_records(dtype)
-        return rec
+        return self._once(self._records, np.dtype(dtype), self._build_records)
 
     def _build_records(self, dtype: np.dtype) -> np.ndarray:
         n = self.pos_feat.size
@@ -239,14 +241,7 @@ class _Forest:
     def dense(self, how: str) -> tuple[np.ndarray, np.ndarray]:
         """[n_leaves, n_targets] leaf values combined with ``how`` (sum/min/max), and the same values
         restricted to the ``active`` targets (contiguous)."""
-        cached = self._dense.get(how)
-        if cached is not None:
-            return cached
-        with self._lock:
-            cached = self._dense.get(how)
-            if cached is None:
-                cached = self._dense[how] = self._build_dense(how)
-        return cached
+        return self._once(self._dense, how, self._build_dense)
 
     def _build_dense(self, how: str) -> tuple[np.ndarray, np.ndarray]:
         n, c = self.n_leaves, self.n_targets
