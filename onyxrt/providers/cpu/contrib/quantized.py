@@ -188,20 +188,26 @@ def matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_po
     out_dtype = np.asarray(a_scale).dtype
     if out_dtype not in (np.float32, np.float16):
         raise TypeError(f"a_scale must be float or float16, got {out_dtype}")
+    y = _scaled_integer_matmul(a, a_zero_point, a_scale, b, b_zero_point, b_scale, bias, _packed, ("a", "b"))
+    return y if out_dtype == np.float32 else y.astype(out_dtype)
+
+
+def _scaled_integer_matmul(a, a_zero_point, a_scale, b, b_zero_point, b_scale, bias, _packed, names) -> np.ndarray:
+    """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) (+ bias) in float32; B's integer form may be prepacked."""
     n = b.shape[-1]
     packed = _int8_b_packed(_packed, b_zero_point)
     av = a.astype(np.float32)
     if a_zero_point is not None:
-        av -= np.float32(_scalar(a_zero_point, "a_zero_point"))
+        av -= np.float32(_scalar(a_zero_point, f"{names[0]}_zero_point"))
     bv = packed.b.astype(np.float32) if packed is not None else _int8_b(b, b_zero_point, n)
     y = np.asarray(_matmul2(av, bv), dtype=np.float32)
     bsc = packed.scale if packed is not None and packed.scale is not None else None
     if bsc is None:
-        bsc = _column_param(b_scale, n, "b_scale").astype(np.float32)
-    y *= np.float32(_scalar(a_scale, "a_scale")) * bsc
+        bsc = _column_param(b_scale, n, f"{names[1]}_scale").astype(np.float32)
+    y *= np.float32(_scalar(a_scale, f"{names[0]}_scale")) * bsc
     if bias is not None:
-        y += packed.bias if packed is not None and packed.bias is not None else bias.astype(np.float32)
-    return y if out_dtype == np.float32 else y.astype(out_dtype)
+        y += packed.bias if packed is not None and packed.bias is not None else np.asarray(bias).astype(np.float32)
+    return y
 
 
 # --------------------------------------------------------------------------- DynamicQuantizeMatMul
@@ -811,18 +817,9 @@ def qattention(
     if input.ndim != 3 or weight.ndim != 2:
         raise ValueError(f"QAttention expects input (B, S, H_in) and weight (H_in, 3*H), got {input.shape}, {weight.shape}")
     out_dtype = np.asarray(bias).dtype
-    n = weight.shape[1]
-    packed = _int8_b_packed(_packed, weight_zero_point)
-    iv = input.astype(np.float32)
-    if input_zero_point is not None:
-        iv -= np.float32(_scalar(input_zero_point, "input_zero_point"))
-    wv = packed.b.astype(np.float32) if packed is not None else _int8_b(weight, weight_zero_point, n)
-    qkv = np.asarray(_matmul2(iv, wv), dtype=np.float32)
-    wsc = packed.scale if packed is not None and packed.scale is not None else None
-    if wsc is None:
-        wsc = _column_param(weight_scale, n, "weight_scale").astype(np.float32)
-    qkv *= np.float32(_scalar(input_scale, "input_scale")) * wsc
-    qkv += packed.bias if packed is not None and packed.bias is not None else np.asarray(bias).astype(np.float32)
+    qkv = _scaled_integer_matmul(
+        input, input_zero_point, input_scale, weight, weight_zero_point, weight_scale, bias, _packed, ("input", "weight")
+    )
     b, s = input.shape[:2]
     past_len = 0 if past is None else past.shape[3]
     mask_bias = attention_mask_bias(mask_index, b, s, past_len, float(mask_filter_value), bool(unidirectional))
