@@ -26,17 +26,9 @@ import numpy as np
 
 from .._helpers import normalize_axis
 from ..registry import CPU_KERNELS, op
-
-_MS = "com.microsoft"
-_INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
-
+from .quantized import _INT8, _MS, _check8
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _check8(name: str, t: np.ndarray) -> None:
-    if t.dtype not in _INT8:
-        raise TypeError(f"{name} must be uint8 or int8, got {t.dtype}")
 
 
 def _scale(v, name: str = "scale") -> np.float32:

@@ -132,6 +132,15 @@ class _Setup:
     def mask(self, t: int) -> np.ndarray | None:
         return None if self.full else (t < self.lengths)[:, None]
 
+    def advance(self, t: int, new: np.ndarray, state: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Record step ``t``'s output (zero past a sequence's end) and return the carried state."""
+        m = self.mask(t)
+        if m is None:
+            out[t] = new
+            return new
+        out[t] = np.where(m, new, 0)
+        return np.where(m, new, state)
+
     def place(self, y: np.ndarray, d: int, reverse: bool, outputs: np.ndarray) -> None:
         if reverse:
             outputs = outputs[self.time_index(True), np.arange(self.batch)[None, :]]
@@ -163,10 +172,7 @@ def rnn(x, w, r, b=None, sequence_lens=None, initial_h=None, *, activation_alpha
         h = s.h0[d]
         out = np.zeros((s.seq, s.batch, s.hidden), x.dtype)
         for t in range(s.seq):
-            new = f(_clip(xw[t] + h @ rt + rb, clip))
-            m = s.mask(t)
-            h = new if m is None else np.where(m, new, h)
-            out[t] = new if m is None else np.where(m, new, 0)
+            h = s.advance(t, f(_clip(xw[t] + h @ rt + rb, clip)), h, out)
         s.place(y, d, reverse, out)
         last[d] = h
     return s.finish(y, [last])
@@ -197,10 +203,7 @@ def gru(x, w, r, b=None, sequence_lens=None, initial_h=None, *, activation_alpha
                 candidate = g(_clip(xw[t, :, 2 * n:] + reset * (h @ r_h + rb_h), clip))
             else:
                 candidate = g(_clip(xw[t, :, 2 * n:] + (reset * h) @ r_h + rb_h, clip))
-            new = (1 - z) * candidate + z * h
-            m = s.mask(t)
-            h = new if m is None else np.where(m, new, h)
-            out[t] = new if m is None else np.where(m, new, 0)
+            h = s.advance(t, (1 - z) * candidate + z * h, h, out)
         s.place(y, d, reverse, out)
         last[d] = h
     return s.finish(y, [last])
