@@ -433,15 +433,20 @@ class _Forest:
 # --------------------------------------------------------------------------- compiling
 
 
+def _check_lengths(op_name: str, reference: str, n: int, attributes) -> None:
+    """Every per-node attribute list must have one entry per node (as many as ``reference``)."""
+    for name, arr in attributes:
+        if len(arr) != n:
+            raise ValueError(f"{op_name}: {name} has {len(arr)} entries, {reference} has {n}")
+
+
 def _compile_v3(treeids, nodeids, featureids, modes, values, truenodeids, falsenodeids, mtt,
                 t_treeids, t_nodeids, t_ids, t_weights, n_targets) -> _Forest:
     """The TreeEnsembleRegressor/Classifier encoding: nodes keyed by (tree id, node id)."""
     n = len(treeids)
-    for name, arr in (("nodes_nodeids", nodeids), ("nodes_featureids", featureids), ("nodes_modes", modes),
-                      ("nodes_values", values), ("nodes_truenodeids", truenodeids),
-                      ("nodes_falsenodeids", falsenodeids)):
-        if len(arr) != n:
-            raise ValueError(f"tree ensemble: {name} has {len(arr)} entries, nodes_treeids has {n}")
+    _check_lengths("tree ensemble", "nodes_treeids", n, (
+        ("nodes_nodeids", nodeids), ("nodes_featureids", featureids), ("nodes_modes", modes),
+        ("nodes_values", values), ("nodes_truenodeids", truenodeids), ("nodes_falsenodeids", falsenodeids)))
     if not (len(t_treeids) == len(t_nodeids) == len(t_ids) == len(t_weights)):
         raise ValueError("tree ensemble: the target/class ids, nodeids, treeids and weights differ in length")
     names = dict(_MODE_NAMES, LEAF=-1)
@@ -517,11 +522,9 @@ def _compile_v5(*, tree_roots, modes, featureids, splits, truenodeids, trueleafs
                 mtt, leaf_targetids, leaf_weights, membership, n_targets) -> _Forest:
     """The TreeEnsemble-5 encoding: decision nodes and leaves indexed by position."""
     n = len(featureids)
-    for name, arr in (("nodes_modes", modes), ("nodes_splits", splits), ("nodes_truenodeids", truenodeids),
-                      ("nodes_trueleafs", trueleafs), ("nodes_falsenodeids", falsenodeids),
-                      ("nodes_falseleafs", falseleafs)):
-        if len(arr) != n:
-            raise ValueError(f"TreeEnsemble: {name} has {len(arr)} entries, nodes_featureids has {n}")
+    _check_lengths("TreeEnsemble", "nodes_featureids", n, (
+        ("nodes_modes", modes), ("nodes_splits", splits), ("nodes_truenodeids", truenodeids),
+        ("nodes_trueleafs", trueleafs), ("nodes_falsenodeids", falsenodeids), ("nodes_falseleafs", falseleafs)))
     n_leaves = len(leaf_weights)
     if len(leaf_targetids) != n_leaves:
         raise ValueError("TreeEnsemble: leaf_targetids and leaf_weights differ in length")
