@@ -1,4 +1,4 @@
-"""Kernels keyed by (domain, op type, since-version), and generic attribute binding.
+"""Kernels keyed by (domain, op type, since-version), their declarations, and attribute binding.
 
 A kernel is a plain function: its positional parameters are the op's inputs
 (a missing optional input arrives as ``None``; variadic ops take ``*inputs``),
@@ -20,7 +20,11 @@ attributes, when a kernel declares them:
 * ``_num_inputs``: how many inputs the node declares;
 * ``_opset``: the model's opset for the node's domain;
 * ``_outer``: (run time) the values of the outer-scope names that the node's
-  subgraph attributes read; pass it on when calling a subgraph.
+  subgraph attributes read; pass it on when calling a subgraph;
+* ``_alloc``: (run time) ``_alloc(shape, dtype)`` returns an uninitialized, C-contiguous,
+  writable array from the run's arena (a recycled buffer, an input donated in place, or
+  new memory); the kernel writes its output there (numpy ``out=``) and returns it. It is
+  ``None`` outside a plan (constant folding, direct calls): use :func:`output_buffer`.
 
 A kernel may also be registered with ``prepack=fn``: at session creation
 ``fn(inputs, attributes)`` is called once with the node's constant inputs (the
@@ -30,6 +34,22 @@ run (``None`` when prepack declined). This is where constant weights are
 reshaped, dequantized or compiled once instead of on every run. The result
 must not be mutated afterwards: runs share it.
 
+Declarations the buffer planner uses (onnxruntime's ``MayInplace`` and ``Alias``):
+
+* ``inplace={i: o}``: output ``o`` may be written over input ``i``: when input ``i`` dies
+  at this node and no other value shares its memory, ``_alloc`` for output ``o`` hands that
+  input's own array back (only when shape and dtype match). The kernel must then be correct
+  with its output buffer being that input (element-wise ufuncs are).
+* ``alias={i: o}``: output ``o`` may be a view of input ``i`` (Reshape, Identity, ...): the
+  input's memory stays alive while the output is.
+
+Variants: several kernels may implement one (domain, op, version). Each declares
+``types={input index: dtypes}`` (the input element types it handles; none: every type) and
+a ``priority``; at session creation the highest-priority kernel whose constraints the
+node's statically known input types satisfy is chosen, and where those types are unknown a
+dispatcher picks per run from the actual inputs (the unconstrained kernel is the fallback).
+``lookup`` returns the fallback kernel; its ``variants`` holds the others, best first.
+
 Graph attributes arrive as callables (see ``framework.execution_plan.Subgraph``).
 An attribute named like a Python keyword (``lambda``) binds to the parameter with a
 trailing underscore (``lambda_``).
@@ -37,17 +57,20 @@ trailing underscore (``lambda_``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import keyword
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import onnx.defs
 
 from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented
 
 KernelFn = Callable[..., Any]
+Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 # Domains whose op versions are defined by ONNX schemas (exact-version lookup).
 _SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
@@ -55,41 +78,84 @@ _SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")
 
 @dataclass(frozen=True)
 class KernelDef:
+    """One registered kernel for one op version, with its declarations (see the module docstring)."""
+
     domain: str
     op_type: str
     since_version: int
     fn: KernelFn
     multi_output: bool = False
     prepack: KernelFn | None = None
+    inplace: Mapping[int, int] = field(default_factory=dict)
+    alias: Mapping[int, int] = field(default_factory=dict)
+    types: Mapping[int, frozenset[np.dtype]] = field(default_factory=dict)
+    priority: int = 0
+    variants: tuple[KernelDef, ...] = ()
+
+    def handles(self, dtypes: Sequence[np.dtype | None]) -> bool | None:
+        """Whether inputs of these element types meet the type constraints (None: a constrained type is unknown)."""
+        unknown = False
+        for index, allowed in self.types.items():
+            dtype = dtypes[index] if index < len(dtypes) else None
+            if dtype is None:
+                unknown = True
+            elif dtype not in allowed:
+                return False
+        return None if unknown else True
 
 
 class KernelRegistry:
     """Kernels of one provider, registered per op version."""
 
     def __init__(self) -> None:
-        self._kernels: dict[tuple[str, str], dict[int, KernelDef]] = {}
+        # (domain, op) -> version -> kernels of that version, highest priority first
+        self._kernels: dict[tuple[str, str], dict[int, list[KernelDef]]] = {}
 
     def register(self, op_type: str, versions: int | tuple[int, ...], domain: str = "", multi_output: bool = False,
-                 prepack: KernelFn | None = None):
-        """Decorator registering ``fn`` for each ONNX schema version in ``versions`` (see the module docstring)."""
+                 prepack: KernelFn | None = None, *, inplace: Mapping[int, int] | None = None,
+                 alias: Mapping[int, int] | None = None, types: Mapping[int, Any] | None = None,
+                 priority: int = 0):
+        """Decorator registering ``fn`` for each ONNX schema version in ``versions`` (see the module docstring).
+
+        ``types`` maps an input index to the element type(s) the kernel handles (anything
+        ``np.dtype`` accepts, or a tuple of them).
+        """
         versions = (versions,) if isinstance(versions, int) else tuple(versions)
+        constraints = {int(i): frozenset(np.dtype(t) for t in (ts if isinstance(ts, (tuple, list, set, frozenset)) else (ts,)))
+                       for i, ts in (types or {}).items()}
 
         def decorator(fn: KernelFn) -> KernelFn:
             table = self._kernels.setdefault((domain, op_type), {})
             for version in versions:
-                if version in table:
-                    raise ValueError(f"kernel {domain or 'ai.onnx'}::{op_type}-{version} registered twice")
-                table[version] = KernelDef(domain, op_type, version, fn, multi_output, prepack)
+                kernels = table.setdefault(version, [])
+                name = f"{domain or 'ai.onnx'}::{op_type}-{version}"
+                if any(k.priority == priority for k in kernels):
+                    raise ValueError(f"kernel {name} registered twice at priority {priority}")
+                if any(k.multi_output != multi_output for k in kernels):
+                    raise ValueError(f"kernel variants of {name} disagree on multi_output")
+                kernels.append(KernelDef(domain, op_type, version, fn, multi_output, prepack, dict(inplace or {}),
+                                         dict(alias or {}), constraints, priority))
+                kernels.sort(key=lambda k: -k.priority)
             return fn
 
         return decorator
 
     def lookup(self, domain: str, op_type: str, opset: int) -> KernelDef | None:
-        """The kernel implementing ``op_type`` as defined at ``opset`` in ``domain``, or None."""
-        return _lookup(self, domain, op_type, opset)
+        """The fallback kernel implementing ``op_type`` as defined at ``opset`` in ``domain`` (its
+        ``variants`` hold the higher-priority kernels of that version), or None."""
+        kernels = _lookup(self, domain, op_type, opset)
+        if not kernels:
+            return None
+        return dataclasses.replace(kernels[-1], variants=tuple(kernels[:-1])) if len(kernels) > 1 else kernels[0]
 
     def ops(self) -> list[tuple[str, str, int]]:
         return sorted((d, o, v) for (d, o), table in self._kernels.items() for v in table)
+
+    def kernels(self) -> Iterable[KernelDef]:
+        """Every registered kernel, variants included."""
+        for table in self._kernels.values():
+            for kernels in table.values():
+                yield from kernels
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,7 +181,7 @@ def schema_attributes(domain: str, op_type: str, since_version: int) -> frozense
     return frozenset(schema.attributes) if schema.since_version == since_version else None
 
 
-def _lookup(registry: KernelRegistry, domain: str, op_type: str, opset: int) -> KernelDef | None:
+def _lookup(registry: KernelRegistry, domain: str, op_type: str, opset: int) -> list[KernelDef] | None:
     table = registry._kernels.get((domain, op_type))
     if not table:
         return None
@@ -124,6 +190,11 @@ def _lookup(registry: KernelRegistry, domain: str, op_type: str, opset: int) -> 
         return table.get(since)
     candidates = [v for v in table if v <= opset]
     return table[max(candidates)] if candidates else None
+
+
+def output_buffer(alloc: Allocator | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Where a kernel taking ``_alloc`` writes an output: the arena's buffer, or new memory outside a plan."""
+    return np.empty(shape, dtype) if alloc is None else alloc(shape, dtype)
 
 
 # --------------------------------------------------------------------------- binding
@@ -143,29 +214,80 @@ def accepts(fn: KernelFn, name: str) -> bool:
     return name in names or var_kw
 
 
+@dataclass(frozen=True)
+class KernelContract:
+    """What the plan may do around a compiled kernel: donate inputs, expect views, pass ``_alloc``."""
+
+    inplace: Mapping[int, int] = field(default_factory=dict)
+    alias: Mapping[int, int] = field(default_factory=dict)
+    uses_alloc: bool = False
+
+
+_NO_CONTRACT = KernelContract()
+
+
+def kernel_contract(fn: KernelFn) -> KernelContract:
+    """The declarations of a callable :func:`bind_attributes` returned (none for any other callable)."""
+    return getattr(fn, "contract", _NO_CONTRACT)
+
+
 def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, Any],
                     constants: Sequence[Any] = ()) -> KernelFn:
-    """Return ``kernel.fn`` with the node's (already converted) attributes bound as keywords.
+    """Return the kernel for ``node`` with its (already converted) attributes bound as keywords.
 
-    ``constants`` holds, per node input, its constant value or None; a kernel with a
-    ``prepack`` function gets that function's result as ``_packed``.
+    Among ``kernel`` and its ``variants`` the best one the node's statically known input
+    types allow is bound; where a constrained input type is unknown, a dispatcher choosing
+    per run is returned. The result carries its :class:`KernelContract` (see
+    :func:`kernel_contract`). ``constants`` holds, per node input, its constant value or
+    None; a kernel with a ``prepack`` function gets that function's result as ``_packed``.
 
     An attribute the op's schema (at that version) does not define is an invalid
     graph, as in onnxruntime; one the kernel does not take raises NOT_IMPLEMENTED
     naming the node: ignoring either would compute something else.
     """
+    dtypes = _static_input_dtypes(node)
+    options: list[tuple[KernelDef, KernelFn]] = []
+    fit: bool | None = False
+    for candidate in (*kernel.variants, kernel):
+        fit = candidate.handles(dtypes)
+        if fit is False:
+            continue
+        if candidate is not kernel and not _takes_attributes(candidate, attributes):
+            continue  # a variant without an attribute the node sets: the fallback computes it
+        options.append((candidate, _bind_one(candidate, node, opset, attributes, constants)))
+        if fit:
+            break  # every later candidate ranks lower
+    if not options:
+        types = ", ".join(str(t) for t in dtypes)
+        raise OrtNotImplemented(f"{_describe(node)}: no {kernel.op_type}-{kernel.since_version} kernel handles inputs of type ({types})")
+    if len(options) == 1 and fit:
+        return options[0][1]
+    return _TypeDispatch(_describe(node), options)
+
+
+def _describe(node) -> str:
+    describe = getattr(node, "describe", None)
+    return describe() if describe is not None else f"node '{node.name}' (op {node.domain or 'ai.onnx'}::{node.op_type})"
+
+
+def _takes_attributes(kernel: KernelDef, attributes: dict[str, Any]) -> bool:
+    names, var_kw = _signature(kernel.fn)
+    return var_kw or all((n + "_" if keyword.iskeyword(n) else n) in names for n in attributes)
+
+
+def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], constants: Sequence[Any]) -> KernelFn:
     names, var_kw = _signature(kernel.fn)
     defined = schema_attributes(kernel.domain, kernel.op_type, kernel.since_version)
     kwargs: dict[str, Any] = {}
     for name, value in attributes.items():
         if defined is not None and name not in defined:
             raise InvalidGraph(
-                f"{node.describe()}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
+                f"{_describe(node)}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
             )
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:
             raise OrtNotImplemented(
-                f"{node.describe()}: attribute '{name}' is not supported by onyxrt's "
+                f"{_describe(node)}: attribute '{name}' is not supported by onyxrt's "
                 f"{kernel.op_type}-{kernel.since_version} kernel"
             )
         kwargs[key] = value
@@ -176,4 +298,55 @@ def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, A
     for key in _CONTEXT_KEYS:
         if key in names:
             kwargs[key] = context[key]
-    return functools.partial(kernel.fn, **kwargs) if kwargs else kernel.fn
+    bound = functools.partial(kernel.fn, **kwargs)
+    bound.contract = KernelContract(kernel.inplace, kernel.alias, "_alloc" in names)
+    return bound
+
+
+def _static_input_dtypes(node) -> list[np.dtype | None]:
+    """Element types of the node's inputs where the graph knows them (None elsewhere)."""
+    dtypes: list[np.dtype | None] = []
+    for value in node.inputs:
+        dtype = getattr(value, "dtype", None)  # typed IR values; plain names carry no type
+        dtypes.append(np.dtype(dtype.numpy()) if hasattr(dtype, "numpy") else None)
+    return dtypes
+
+
+class _TypeDispatch:
+    """Picks, per run, the best bound kernel whose type constraints the actual inputs meet.
+
+    Its contract is what every option allows: in-place pairs all options declare, aliases
+    any option declares; ``_alloc`` is passed on to the options that take it.
+    """
+
+    def __init__(self, description: str, options: list[tuple[KernelDef, KernelFn]]) -> None:
+        self._description = description
+        self._options = options
+        self._chosen: dict[tuple[np.dtype | None, ...], tuple[KernelFn, bool]] = {}
+        self._constrained = sorted({i for kernel, _ in options for i in kernel.types})
+        contracts = [kernel_contract(fn) for _, fn in options]
+        inplace = dict(contracts[0].inplace)
+        for contract in contracts[1:]:
+            inplace = {i: o for i, o in inplace.items() if contract.inplace.get(i) == o}
+        alias: dict[int, int] = {}
+        for contract in contracts:
+            alias.update(contract.alias)
+        self.contract = KernelContract(inplace, alias, any(c.uses_alloc for c in contracts))
+
+    def __call__(self, *inputs: Any, _alloc: Allocator | None = None) -> Any:
+        key = tuple(getattr(inputs[i], "dtype", None) if i < len(inputs) else None for i in self._constrained)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            chosen = self._chosen[key] = self._choose(key)
+        fn, takes_alloc = chosen
+        return fn(*inputs, _alloc=_alloc) if takes_alloc and _alloc is not None else fn(*inputs)
+
+    def _choose(self, key: tuple[np.dtype | None, ...]) -> tuple[KernelFn, bool]:
+        dtypes: list[np.dtype | None] = [None] * (max(self._constrained, default=-1) + 1)
+        for index, dtype in zip(self._constrained, key):
+            dtypes[index] = dtype
+        for kernel, fn in self._options:
+            if kernel.handles(dtypes):
+                return fn, kernel_contract(fn).uses_alloc
+        types = ", ".join(str(t) for t in key)
+        raise OrtNotImplemented(f"{self._description}: no kernel handles inputs of type ({types})")

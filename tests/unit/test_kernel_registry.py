@@ -59,3 +59,107 @@ def test_kernels_take_every_schema_attribute_with_its_default():
 
 def test_registered_op_count():
     assert len({(d, o) for d, o, _, _ in _schema_kernels()}) > 150
+
+
+# --------------------------------------------------------------------------- kernel contract v2
+
+import numpy as np  # noqa: E402
+import onnx_ir as ir  # noqa: E402
+
+from onyxrt.errors import NotImplemented as OrtNotImplemented  # noqa: E402
+from onyxrt.graph.ir import Node  # noqa: E402
+from onyxrt.providers.kernel_registry import KernelRegistry, bind_attributes, kernel_contract  # noqa: E402
+
+
+def _typed_node(*dtypes):
+    """An onnx-ir node whose inputs have the given element types (None: unknown)."""
+    inputs = [ir.Value(name=f"x{i}", type=None if t is None else ir.TensorType(t)) for i, t in enumerate(dtypes)]
+    return ir.Node("", "Twice", inputs, name="twice")
+
+
+def _twice_registry():
+    registry = KernelRegistry()
+    calls = []
+
+    @registry.register("Twice", versions=1, alias={0: 0})
+    def general(x):
+        calls.append("general")
+        return x * 2
+
+    @registry.register("Twice", versions=1, types={0: np.float32}, priority=5, inplace={0: 0})
+    def fast(x, *, _alloc=None):
+        calls.append("fast")
+        return np.multiply(x, np.float32(2), out=None if _alloc is None else _alloc(x.shape, x.dtype))
+
+    return registry, general, fast, calls
+
+
+def test_lookup_returns_the_fallback_with_its_variants_best_first():
+    registry, general, fast, _ = _twice_registry()
+
+    @registry.register("Twice", versions=1, types={0: np.float64}, priority=2)
+    def medium(x):
+        return x + x
+
+    kernel = registry.lookup("", "Twice", 1)
+    assert kernel.fn is general
+    assert [v.fn for v in kernel.variants] == [fast, medium]
+    assert kernel.variants[0].types == {0: frozenset({np.dtype(np.float32)})}
+    assert kernel.variants[0].inplace == {0: 0} and kernel.alias == {0: 0}
+    assert len(list(registry.kernels())) == 3
+
+
+def test_registering_two_kernels_at_one_priority_or_disagreeing_on_outputs_fails():
+    registry, *_ = _twice_registry()
+    with pytest.raises(ValueError, match="registered twice at priority 0"):
+        registry.register("Twice", versions=1)(lambda x: x)
+    with pytest.raises(ValueError, match="multi_output"):
+        registry.register("Twice", versions=1, priority=9, multi_output=True)(lambda x: (x,))
+
+
+def test_known_input_types_pick_a_kernel_at_compile_time():
+    registry, general, fast, _ = _twice_registry()
+    kernel = registry.lookup("", "Twice", 1)
+    bound = bind_attributes(kernel, _typed_node(ir.DataType.FLOAT), 1, {})
+    assert bound.func is fast
+    assert kernel_contract(bound).inplace == {0: 0} and kernel_contract(bound).uses_alloc
+    bound = bind_attributes(kernel, _typed_node(ir.DataType.INT64), 1, {})
+    assert bound.func is general
+    assert kernel_contract(bound).alias == {0: 0} and not kernel_contract(bound).uses_alloc
+
+
+def test_unknown_input_types_dispatch_per_run_and_fall_back():
+    registry, _, _, calls = _twice_registry()
+    bound = bind_attributes(registry.lookup("", "Twice", 1), Node("Twice", ["x"], ["y"], name="twice"), 1, {})
+    contract = kernel_contract(bound)
+    assert contract.inplace == {} and contract.alias == {0: 0} and contract.uses_alloc  # what every option allows
+    buffer = np.empty(3, np.float32)
+    out = bound(np.arange(3, dtype=np.float32), _alloc=lambda shape, dtype: buffer)
+    assert out is buffer and out.tolist() == [0, 2, 4]
+    assert bound(np.arange(3)).tolist() == [0, 2, 4]
+    assert calls == ["fast", "general"]
+
+
+def test_no_kernel_for_the_input_types_is_not_implemented():
+    registry = KernelRegistry()
+    registry.register("Twice", versions=1, types={0: np.float32})(lambda x: x * 2)
+    kernel = registry.lookup("", "Twice", 1)
+    with pytest.raises(OrtNotImplemented, match="twice.*no Twice-1 kernel handles inputs of type"):
+        bind_attributes(kernel, _typed_node(ir.DataType.INT32), 1, {})
+    bound = bind_attributes(kernel, _typed_node(None), 1, {})  # type unknown: checked per run
+    assert bound(np.ones(2, np.float32)).tolist() == [2, 2]
+    with pytest.raises(OrtNotImplemented, match="no kernel handles inputs of type \\(int32\\)"):
+        bound(np.ones(2, np.int32))
+
+
+def test_a_variant_without_an_attribute_the_node_sets_leaves_it_to_the_fallback():
+    registry = KernelRegistry()
+
+    @registry.register("Scale", versions=1, domain="test")
+    def general(x, *, factor=2.0):
+        return x * factor
+
+    registry.register("Scale", versions=1, domain="test", types={0: np.float32}, priority=1)(lambda x: x * 2)
+    node = ir.Node("test", "Scale", [ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT))], name="scale")
+    bound = bind_attributes(registry.lookup("test", "Scale", 1), node, 1, {"factor": 3.0})
+    assert bound.func is general and bound.keywords == {"factor": 3.0}
