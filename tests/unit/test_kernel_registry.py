@@ -163,3 +163,26 @@ def test_a_variant_without_an_attribute_the_node_sets_leaves_it_to_the_fallback(
     node = ir.Node("test", "Scale", [ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT))], name="scale")
     bound = bind_attributes(registry.lookup("test", "Scale", 1), node, 1, {"factor": 3.0})
     assert bound.func is general and bound.keywords == {"factor": 3.0}
+
+
+def test_variants_take_every_schema_attribute_too():
+    variants = [k for k in CPU_KERNELS.kernels() if k.variants or k.priority]
+    assert any(k.op_type == "Relu" for k in variants)
+    for kernel in variants:
+        params = inspect.signature(kernel.fn).parameters
+        schema = onnx.defs.get_schema(kernel.op_type, kernel.since_version, kernel.domain)
+        missing = [n for n in schema.attributes if n not in params]
+        assert not missing, (kernel.op_type, kernel.since_version, missing)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_on_the_sign_bit_matches_the_general_kernel(dtype):
+    from onyxrt.providers.cpu.math.activations import relu, relu_sign_bit
+
+    x = np.array([-np.inf, -3.5, -0.0, 0.0, 1e-30, 2.0, np.inf, -1e-7], dtype=dtype).reshape(2, 4)
+    got = relu_sign_bit(x)
+    np.testing.assert_array_equal(got, relu(x))
+    assert not np.signbit(got).any()  # -0.0 becomes +0.0
+    assert relu_sign_bit(x[:, ::2]).tolist() == relu(x[:, ::2]).tolist()  # strided input
+    kernel = CPU_KERNELS.lookup("", "Relu", 14)
+    assert kernel.fn is relu and [v.fn for v in kernel.variants] == [relu_sign_bit]

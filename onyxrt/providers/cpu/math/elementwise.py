@@ -7,7 +7,10 @@ Conventions shared by the kernels here:
 * transcendental functions of ``float16``/``bfloat16`` inputs are computed in ``float32``
   and rounded back once, as onnxruntime does;
 * the legacy ``broadcast``/``axis`` attributes of opset < 7 binary ops are honoured;
-  ``consumed_inputs`` (opset 1) is accepted and ignored.
+  ``consumed_inputs`` (opset 1) is accepted and ignored;
+* the arithmetic kernels write into the plan's buffers (``_alloc``) and may overwrite a
+  dying input of the output's shape (``inplace``): ufuncs are correct with ``out`` being
+  one of their operands.
 """
 
 from __future__ import annotations
@@ -72,14 +75,26 @@ def legacy_broadcast(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.n
 # --------------------------------------------------------------------------- arithmetic
 
 
+# Either input may become the output buffer (when it has the broadcast shape).
+_BINARY_INPLACE = {0: 0, 1: 0}
+
+
+def binary_into(ufunc, a: np.ndarray, b: np.ndarray, alloc) -> np.ndarray:
+    """``ufunc(a, b)`` written into an output buffer from ``alloc`` (same-type operands only)."""
+    if alloc is None or a.dtype != b.dtype or a.dtype.hasobject:
+        return as_array(ufunc(a, b))
+    shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)
+    return ufunc(a, b, out=alloc(shape, a.dtype))
+
+
 def _make_binary(name: str, ufunc, versions):
-    def kernel(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+    def kernel(a, b, *, broadcast=0, axis=None, consumed_inputs=None, _alloc=None):
         if broadcast and axis is not None:
             b = legacy_broadcast(a, b, broadcast, axis)
-        return as_array(ufunc(a, b))
+        return binary_into(ufunc, a, b, _alloc)
 
     kernel.__name__ = kernel.__qualname__ = name.lower()
-    op(name, versions=versions)(kernel)
+    op(name, versions=versions, inplace=_BINARY_INPLACE)(kernel)
     return kernel
 
 
@@ -97,13 +112,13 @@ def trunc_divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.floor_divide(np.subtract(a, np.fmod(a, b)), b)
 
 
-@op("Div", versions=(1, 6, 7, 13, 14))
-def div(a, b, *, broadcast=0, axis=None, consumed_inputs=None):
+@op("Div", versions=(1, 6, 7, 13, 14), inplace=_BINARY_INPLACE)
+def div(a, b, *, broadcast=0, axis=None, consumed_inputs=None, _alloc=None):
     if broadcast and axis is not None:
         b = legacy_broadcast(a, b, broadcast, axis)
     if a.dtype.kind in "iu":
         return as_array(trunc_divide(a, b))
-    return as_array(np.divide(a, b))
+    return binary_into(np.divide, a, b, _alloc)
 
 
 def _scalar_exponent(y: np.ndarray):
@@ -157,48 +172,49 @@ def mod(a, b, *, fmod=0):
 # --------------------------------------------------------------------------- unary
 
 
-def _make_unary(name: str, versions, fn, kinds: str = "f"):
-    """Register a unary kernel; ``kinds`` says which input kinds go straight to ``fn``
-    ('f' floats, 'i' signed ints, 'u' unsigned ints, 'b' bool)."""
+def _make_unary(name: str, versions, ufunc, kinds: str = "f", quiet: bool = False):
+    """Register a unary kernel; ``kinds`` says which input kinds go straight to ``ufunc``
+    ('f' floats, 'i' signed ints, 'u' unsigned ints, 'b' bool), writing into the plan's
+    buffer (in place over a dying input); ``quiet`` silences numpy's domain warnings."""
 
-    def kernel(x, *, consumed_inputs=None):
+    def direct(x, out=None):
+        if quiet:
+            with np.errstate(all="ignore"):
+                return ufunc(x, out=out)
+        return ufunc(x, out=out)
+
+    def kernel(x, *, consumed_inputs=None, _alloc=None):
         if x.dtype.kind in kinds and x.dtype not in _LOW_FLOATS:
-            return as_array(fn(x))
-        return float_apply(fn, x, name)
+            if _alloc is None:
+                return as_array(direct(x))
+            return direct(x, _alloc(x.shape, x.dtype))
+        return float_apply(direct, x, name)
 
     kernel.__name__ = kernel.__qualname__ = name.lower()
-    op(name, versions=versions)(kernel)
+    op(name, versions=versions, inplace={0: 0})(kernel)
     return kernel
-
-
-def _errfree(ufunc):
-    def fn(x):
-        with np.errstate(all="ignore"):
-            return ufunc(x)
-
-    return fn
 
 
 neg = _make_unary("Neg", (1, 6, 13), np.negative, "fi")
 abs_ = _make_unary("Abs", (1, 6, 13), np.abs, "fiu")
-reciprocal = _make_unary("Reciprocal", (1, 6, 13), _errfree(np.reciprocal))
+reciprocal = _make_unary("Reciprocal", (1, 6, 13), np.reciprocal, quiet=True)
 floor = _make_unary("Floor", (1, 6, 13), np.floor)
 ceil = _make_unary("Ceil", (1, 6, 13), np.ceil)
 round_ = _make_unary("Round", (11, 22), np.round)  # numpy rounds halves to even
-sqrt = _make_unary("Sqrt", (1, 6, 13), _errfree(np.sqrt))
-exp = _make_unary("Exp", (1, 6, 13), _errfree(np.exp))
-log = _make_unary("Log", (1, 6, 13), _errfree(np.log))
+sqrt = _make_unary("Sqrt", (1, 6, 13), np.sqrt, quiet=True)
+exp = _make_unary("Exp", (1, 6, 13), np.exp, quiet=True)
+log = _make_unary("Log", (1, 6, 13), np.log, quiet=True)
 sin = _make_unary("Sin", (7, 22), np.sin)
 cos = _make_unary("Cos", (7, 22), np.cos)
 tan = _make_unary("Tan", (7, 22), np.tan)
-asin = _make_unary("Asin", (7, 22), _errfree(np.arcsin))
-acos = _make_unary("Acos", (7, 22), _errfree(np.arccos))
+asin = _make_unary("Asin", (7, 22), np.arcsin, quiet=True)
+acos = _make_unary("Acos", (7, 22), np.arccos, quiet=True)
 atan = _make_unary("Atan", (7, 22), np.arctan)
-sinh = _make_unary("Sinh", (9, 22), _errfree(np.sinh))
-cosh = _make_unary("Cosh", (9, 22), _errfree(np.cosh))
+sinh = _make_unary("Sinh", (9, 22), np.sinh, quiet=True)
+cosh = _make_unary("Cosh", (9, 22), np.cosh, quiet=True)
 asinh = _make_unary("Asinh", (9, 22), np.arcsinh)
-acosh = _make_unary("Acosh", (9, 22), _errfree(np.arccosh))
-atanh = _make_unary("Atanh", (9, 22), _errfree(np.arctanh))
+acosh = _make_unary("Acosh", (9, 22), np.arccosh, quiet=True)
+atanh = _make_unary("Atanh", (9, 22), np.arctanh, quiet=True)
 sign = _make_unary("Sign", (9, 13), np.sign, "fiu")
 
 

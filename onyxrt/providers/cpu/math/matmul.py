@@ -3,7 +3,7 @@
 float32/float64 go straight to BLAS through ``np.matmul``; float16/bfloat16 are
 multiplied in float32 (numpy has no half-precision BLAS) and rounded back once.
 Integer (8-bit) products are computed in float64 BLAS, which is exact for them,
-then converted to int32.
+then converted to int32. Float32/float64 MatMul writes into the plan's buffers (``_alloc``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,16 @@ def _matmul_prepack(inputs, attributes):
     return _pack_b(inputs[1] if len(inputs) > 1 else None, False)
 
 
-def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None) -> np.ndarray:
+def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple[int, ...] | None:
+    """The product's shape when both operands are at least 2-D (None otherwise: numpy's rules apply)."""
+    if a.ndim < 2 or b.ndim < 2:
+        return None
+    if a.ndim == 2 and b.ndim == 2:
+        return (a.shape[0], b.shape[1])
+    return np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=None) -> np.ndarray:
     if a.dtype != b.dtype:
         raise TypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if a.ndim == 0 or b.ndim == 0:
@@ -62,11 +71,16 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None) -> np.
         if dtype not in _BLAS_FLOATS:
             return np.asarray(np.matmul(a.astype(np.float32), b).astype(dtype))
     if dtype in _BLAS_FLOATS:
+        shape = _matmul_shape(a, b) if alloc is not None and a.shape[-1] == b.shape[-2 if b.ndim > 1 else 0] else None
+        out = None if shape is None else alloc(shape, dtype)
         if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
             # one large GEMM instead of a loop of per-batch GEMMs
-            y = np.matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))
+            flat_out = None if out is None else out.reshape(-1, b.shape[1])
+            y = np.matmul(a.reshape(-1, a.shape[-1]), b, out=flat_out).reshape(a.shape[:-1] + (b.shape[1],))
         else:
-            y = np.matmul(a, b)
+            y = np.matmul(a, b, out=out)
+        if out is not None:
+            return out
     elif _is_low_precision_float(dtype):
         y = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
     elif dtype.kind in "iu":
@@ -77,8 +91,8 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None) -> np.
 
 
 @op("MatMul", versions=(1, 9, 13), prepack=_matmul_prepack)
-def matmul(a, b, *, _packed=None):
-    return _matmul(a, b, _packed)
+def matmul(a, b, *, _packed=None, _alloc=None):
+    return _matmul(a, b, _packed, _alloc)
 
 
 def gemm_prepack(inputs, attributes):

@@ -2,7 +2,8 @@
 Size, Expand, Tile, Identity, DepthToSpace, SpaceToDepth.
 
 These sit on the hot path of transformer graphs, so they return numpy views whenever
-possible (kernels never mutate their inputs, so sharing memory is safe).
+possible, and declare it (``alias``): the buffer planner then keeps the input's memory
+alive while the view is and never overwrites it in place.
 """
 
 from __future__ import annotations
@@ -73,19 +74,19 @@ def _reshape(data: np.ndarray, shape, allowzero: int = 0) -> np.ndarray:
         raise ValueError(f"Reshape: cannot reshape input of shape {data.shape} to {list(target)}") from None
 
 
-@op("Reshape", versions=1)
+@op("Reshape", versions=1, alias={0: 0})
 def reshape_1(data, *, shape=None, consumed_inputs=None):
     if shape is None:
         raise ValueError("Reshape-1 requires the 'shape' attribute")
     return _reshape(data, shape)
 
 
-@op("Reshape", versions=(5, 13))
+@op("Reshape", versions=(5, 13), alias={0: 0})
 def reshape_5(data, shape):
     return _reshape(data, shape)
 
 
-@op("Reshape", versions=(14, 19, 21, 23, 24, 25))
+@op("Reshape", versions=(14, 19, 21, 23, 24, 25), alias={0: 0})
 def reshape_14(data, shape, *, allowzero=0):
     return _reshape(data, shape, allowzero)
 
@@ -93,7 +94,7 @@ def reshape_14(data, shape, *, allowzero=0):
 # --------------------------------------------------------------------------- Flatten
 
 
-@op("Flatten", versions=(1, 9, 11, 13, 21, 23, 24, 25))
+@op("Flatten", versions=(1, 9, 11, 13, 21, 23, 24, 25), alias={0: 0})
 def flatten(x, *, axis=1):
     rank = x.ndim
     if not -rank <= axis <= rank:
@@ -121,12 +122,12 @@ def _squeeze(data: np.ndarray, axes) -> np.ndarray:
     return data.reshape(tuple(d for i, d in enumerate(data.shape) if i not in norm))
 
 
-@op("Squeeze", versions=(1, 11))
+@op("Squeeze", versions=(1, 11), alias={0: 0})
 def squeeze_1(data, *, axes=None):
     return _squeeze(data, axes)
 
 
-@op("Squeeze", versions=(13, 21, 23, 24, 25))
+@op("Squeeze", versions=(13, 21, 23, 24, 25), alias={0: 0})
 def squeeze_13(data, axes=None):
     return _squeeze(data, axes)
 
@@ -151,12 +152,12 @@ def _unsqueeze(data: np.ndarray, axes) -> np.ndarray:
     return data.reshape(shape)
 
 
-@op("Unsqueeze", versions=(1, 11))
+@op("Unsqueeze", versions=(1, 11), alias={0: 0})
 def unsqueeze_1(data, *, axes):
     return _unsqueeze(data, axes)
 
 
-@op("Unsqueeze", versions=(13, 21, 23, 24, 25))
+@op("Unsqueeze", versions=(13, 21, 23, 24, 25), alias={0: 0})
 def unsqueeze_13(data, axes):
     return _unsqueeze(data, axes)
 
@@ -164,7 +165,7 @@ def unsqueeze_13(data, axes):
 # --------------------------------------------------------------------------- Transpose
 
 
-@op("Transpose", versions=(1, 13, 21, 23, 24, 25))
+@op("Transpose", versions=(1, 13, 21, 23, 24, 25), alias={0: 0})
 def transpose(data, *, perm=None):
     if perm is None:
         return data.T if data.ndim > 1 else data
@@ -206,7 +207,7 @@ def size(data):
 # --------------------------------------------------------------------------- Expand / Tile
 
 
-@op("Expand", versions=(8, 13))
+@op("Expand", versions=(8, 13), alias={0: 0})
 def expand(x, shape):
     shape = ints(shape)
     rank = max(len(shape), x.ndim)
@@ -233,7 +234,7 @@ def tile_1(x, tiles, axis):
     return np.tile(x, reps)
 
 
-@op("Tile", versions=(6, 13))
+@op("Tile", versions=(6, 13), alias={0: 0})
 def tile_6(x, repeats):
     reps = ints(repeats)
     if len(reps) != x.ndim:
@@ -246,7 +247,7 @@ def tile_6(x, repeats):
 # --------------------------------------------------------------------------- Identity
 
 
-@op("Identity", versions=(1, 13, 14, 16, 19, 21, 23, 24, 25))
+@op("Identity", versions=(1, 13, 14, 16, 19, 21, 23, 24, 25), alias={0: 0})
 def identity(x):
     return x
 
@@ -270,12 +271,12 @@ def _depth_to_space(x: np.ndarray, blocksize: int, mode: str) -> np.ndarray:
     return tmp.reshape(b, c // (bs * bs), h * bs, w * bs)
 
 
-@op("DepthToSpace", versions=1)
+@op("DepthToSpace", versions=1, alias={0: 0})
 def depth_to_space_1(x, *, blocksize):
     return _depth_to_space(x, blocksize, "DCR")
 
 
-@op("DepthToSpace", versions=(11, 13, 28))
+@op("DepthToSpace", versions=(11, 13, 28), alias={0: 0})
 def depth_to_space_11(x, *, blocksize, mode="DCR"):
     return _depth_to_space(x, blocksize, mode)
 
@@ -297,11 +298,11 @@ def _space_to_depth(x: np.ndarray, blocksize: int, mode: str) -> np.ndarray:
     return tmp.reshape(b, c * bs * bs, h // bs, w // bs)
 
 
-@op("SpaceToDepth", versions=(1, 13))
+@op("SpaceToDepth", versions=(1, 13), alias={0: 0})
 def space_to_depth_1(x, *, blocksize):
     return _space_to_depth(x, blocksize, "DCR")
 
 
-@op("SpaceToDepth", versions=28)
+@op("SpaceToDepth", versions=28, alias={0: 0})
 def space_to_depth_28(x, *, blocksize, mode="DCR"):
     return _space_to_depth(x, blocksize, mode)
