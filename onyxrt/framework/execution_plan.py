@@ -1,10 +1,13 @@
 """The execution plan: a flat, precomputed list of steps over value slots.
 
 Built once per session (and once per subgraph). Every value name gets an integer
-slot; a step is ``(kernel, input slots, output slots, slots to free)``. Running
-is a single loop with no dictionary lookups: values are released right after
-their last reader, and graph outputs are gathered by slot. A run keeps its
-values in a list of its own, so concurrent runs of one plan are independent.
+slot; a step is ``(kernel, input slots, output slots, slots to free)``, extended by
+the buffer planner (``framework.allocation_planner``) with whether the kernel takes
+``_alloc`` and which dying inputs it may overwrite. Running is a single loop with no
+dictionary lookups: values are released right after their last reader (their buffers
+to the run's arena), and graph outputs are gathered by slot. A run keeps its values
+in a list and its buffers in an arena of its own, so concurrent runs of one plan are
+independent.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import numpy as np
 
 from ..errors import InvalidGraph, KernelError, NotImplemented as OrtNotImplemented, OnyxRuntimeError
 from ..graph.ir import A, Graph, Node
-from ..providers.kernel_registry import accepts
+from ..providers.kernel_registry import accepts, kernel_contract
+from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_donations
 from .partitioner import Assignment, opset_for
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
@@ -53,50 +57,103 @@ class ExecutionPlan:
         input_slots: tuple[int, ...],
         outer_slots: tuple[int, ...],
         output_slots: tuple[int, ...],
+        reuse_buffers: bool = True,
     ) -> None:
         self.graph = graph
         self.input_names = [vi.name for vi in graph.inputs]
         self.output_names = [vi.name for vi in graph.outputs]
-        self._steps = steps
         self.nodes = nodes
+        self.reuse_buffers = reuse_buffers
         self._template = template
         self._input_slots = input_slots
         self._outer_slots = outer_slots
         self._output_slots = output_slots
+        self._steps = _with_buffer_plan(steps, template, input_slots, outer_slots, output_slots, reuse_buffers)
+        self._weight_owners = frozenset(owner_ids(template))
+        self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
+        self._pool_policy = PoolPolicy()  # what its arenas learn from runs (see allocation_planner.Arena)
+        self._last_report = RunReport()
 
-    def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None) -> list[Any]:
-        """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order."""
+    @property
+    def peak_bytes(self) -> int:
+        """Peak bytes of the most recent finished run (see :class:`RunReport`; 0 before any run)."""
+        return self._last_report.peak_bytes
+
+    def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
+            report: RunReport | None = None) -> list[Any]:
+        """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order.
+
+        ``profile`` (a list) receives ``(node, start_ns, duration_ns)`` per step; ``report``
+        receives the run's memory figures.
+        """
         values = self._template.copy()
         for slot, value in zip(self._input_slots, inputs):
             values[slot] = value
         for slot, value in zip(self._outer_slots, outer):
             values[slot] = value
-        if profile is not None:
-            return self._run_profiled(values, profile)
+        try:
+            arena = self._arenas.pop()  # atomic: no two runs get one arena
+        except IndexError:
+            arena = Arena(self.reuse_buffers, self._pool_policy)
+        arena.begin(self._weight_owners | owner_ids(inputs) | owner_ids(outer))
+        try:
+            if profile is not None:
+                self._run_profiled(values, arena, profile)
+            else:
+                self._run(values, arena)
+            finished = RunReport(arena.peak_bytes, arena.reused_bytes, arena.inplace_bytes)
+        finally:
+            arena.end()
+            self._arenas.append(arena)
+        self._last_report = finished
+        if report is not None:
+            report.peak_bytes, report.reused_bytes, report.inplace_bytes = (
+                finished.peak_bytes, finished.reused_bytes, finished.inplace_bytes)
+        return [values[slot] for slot in self._output_slots]
+
+    def _run(self, values: list[Any], arena: Arena) -> None:
+        produced, release = arena.produced, arena.release
         index = 0
         try:
-            for fn, ins, outs, frees, multi in self._steps:
-                result = fn(*[values[i] for i in ins])
+            for fn, ins, outs, frees, multi, alloc, donors in self._steps:
+                if donors:
+                    arena.offer(values, donors)
+                if alloc:
+                    result = fn(*[values[i] for i in ins], _alloc=arena)
+                else:
+                    result = fn(*[values[i] for i in ins])
                 if multi:
                     for slot, value in zip(outs, result):
                         values[slot] = value
+                        produced(value)
+                    value = None
                 else:
                     values[outs[0]] = result
+                    produced(result)
+                result = None  # no reference of the loop's own may keep a buffer from the pool
+                arena.sample()
+                if donors:
+                    arena.donated.clear()
                 for slot in frees:
-                    values[slot] = None
+                    release(values, slot)
                 index += 1
         except OnyxRuntimeError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported with the failing node
             node = self.nodes[index]
             raise KernelError(node.name, node.op_type, exc) from exc
-        return [values[slot] for slot in self._output_slots]
 
-    def _run_profiled(self, values: list[Any], profile: list) -> list[Any]:
-        for (fn, ins, outs, frees, multi), node in zip(self._steps, self.nodes):
+    def _run_profiled(self, values: list[Any], arena: Arena, profile: list) -> None:
+        produced, release = arena.produced, arena.release
+        for (fn, ins, outs, frees, multi, alloc, donors), node in zip(self._steps, self.nodes):
             start = time.perf_counter_ns()
+            if donors:
+                arena.offer(values, donors)
             try:
-                result = fn(*[values[i] for i in ins])
+                if alloc:
+                    result = fn(*[values[i] for i in ins], _alloc=arena)
+                else:
+                    result = fn(*[values[i] for i in ins])
             except OnyxRuntimeError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -105,11 +162,31 @@ class ExecutionPlan:
             if multi:
                 for slot, value in zip(outs, result):
                     values[slot] = value
+                    produced(value)
+                value = None
             else:
                 values[outs[0]] = result
+                produced(result)
+            result = None
+            arena.sample()
+            if donors:
+                arena.donated.clear()
             for slot in frees:
-                values[slot] = None
-        return [values[slot] for slot in self._output_slots]
+                release(values, slot)
+
+
+def _with_buffer_plan(steps, template: list[Any], input_slots, outer_slots, output_slots, reuse_buffers: bool):
+    """Steps extended with whether the kernel takes ``_alloc`` and which inputs it may overwrite."""
+    contracts = [kernel_contract(fn) for fn, *_ in steps]
+    if reuse_buffers:
+        protected = {_NONE_SLOT, _TRASH_SLOT, *input_slots, *outer_slots, *output_slots}
+        protected |= {slot for slot, value in enumerate(template) if value is not None}  # weights
+        donations = plan_donations([(ins, outs, frees) for _, ins, outs, frees, _ in steps], contracts, protected,
+                                   _TRASH_SLOT)
+    else:
+        donations = [()] * len(steps)
+    return [(fn, ins, outs, frees, multi, contract.uses_alloc, donors)
+            for (fn, ins, outs, frees, multi), contract, donors in zip(steps, contracts, donations)]
 
 
 def build_plan(
@@ -117,8 +194,13 @@ def build_plan(
     opsets: dict[str, int],
     assignment: Assignment,
     outer_names: Sequence[str] = (),
+    reuse_buffers: bool = True,
 ) -> ExecutionPlan:
-    """Compile ``graph`` into an :class:`ExecutionPlan` with the partitioner's ``assignment``."""
+    """Compile ``graph`` into an :class:`ExecutionPlan` with the partitioner's ``assignment``.
+
+    ``reuse_buffers`` turns the buffer planner on (recycled and in-place outputs; see
+    ``framework.allocation_planner``); subgraphs get the same setting.
+    """
     slots: dict[str, int] = {"": _NONE_SLOT}
     template: list[Any] = [None, None]
 
@@ -141,7 +223,7 @@ def build_plan(
     last_use: dict[int, int] = {}
     for index, (node, implicit) in enumerate(ordered):
         constants = [weights.get(name) for name in node.inputs]
-        fn, multi = _compile_node(node, implicit, opsets, assignment, constants)
+        fn, multi = _compile_node(node, implicit, opsets, assignment, constants, reuse_buffers)
         ins = tuple(slot_of(n) for n in node.inputs) + tuple(slot_of(n) for n in implicit)
         outs = tuple(slot_of(n) if n else _TRASH_SLOT for n in node.outputs)
         for slot in ins:
@@ -163,7 +245,8 @@ def build_plan(
         if _TRASH_SLOT in step[2]:
             step[3].append(_TRASH_SLOT)
     frozen = [(fn, ins, outs, tuple(frees), multi) for fn, ins, outs, frees, multi in steps]
-    return ExecutionPlan(graph, frozen, [n for n, _ in ordered], template, input_slots, outer_slots, tuple(output_slots))
+    return ExecutionPlan(graph, frozen, [n for n, _ in ordered], template, input_slots, outer_slots, tuple(output_slots),
+                         reuse_buffers)
 
 
 def _read_only(array: Any) -> Any:
@@ -174,15 +257,16 @@ def _read_only(array: Any) -> Any:
     return array
 
 
-def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignment, constants: list[Any]):
+def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignment, constants: list[Any],
+                  reuse_buffers: bool):
     provider = assignment[id(node)]
     opset = opset_for(node, opsets)
     attributes: dict[str, Any] = {}
     for name, attr in node.attributes.items():
         if attr.type == A.GRAPH:
-            attributes[name] = _compile_subgraph(attr.value, implicit, opsets, assignment)
+            attributes[name] = _compile_subgraph(attr.value, implicit, opsets, assignment, reuse_buffers)
         elif attr.type == A.GRAPHS:
-            attributes[name] = [_compile_subgraph(g, implicit, opsets, assignment) for g in attr.value]
+            attributes[name] = [_compile_subgraph(g, implicit, opsets, assignment, reuse_buffers) for g in attr.value]
         else:
             attributes[name] = attr.value
     fn, multi = provider.compile_node(node, opset, attributes, constants)
@@ -201,9 +285,9 @@ def _with_outer(fn: Callable[..., Any], n_explicit: int) -> Callable[..., Any]:
     return run_with_outer
 
 
-def _compile_subgraph(sub: Graph, implicit: list[str], opsets, assignment: Assignment) -> Subgraph:
+def _compile_subgraph(sub: Graph, implicit: list[str], opsets, assignment: Assignment, reuse_buffers: bool) -> Subgraph:
     free = sub.free_variables()
-    plan = build_plan(sub, opsets, assignment, outer_names=free)
+    plan = build_plan(sub, opsets, assignment, outer_names=free, reuse_buffers=reuse_buffers)
     return Subgraph(plan, tuple(implicit.index(name) for name in free))
 
 
