@@ -162,12 +162,12 @@ class PassManager:
             for graph_pass in passes:
                 for graph in graphs_innermost_first(model.graph):
                     rewrites = graph_pass.run(graph, context)
+                    if context._take_reordered(graph):
+                        _sort(graph)
                     if not rewrites:
                         continue
                     changed += rewrites
                     report.counts[graph_pass.name] = report.counts.get(graph_pass.name, 0) + rewrites
-                    if context._take_reordered(graph):
-                        _sort(graph)
                     _check_order_after(graph, graph_pass)
             if not changed:
                 report.reached_fixed_point = True
