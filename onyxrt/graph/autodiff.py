@@ -68,7 +68,16 @@ def expand_gradient_nodes(graph: ir.Graph, opset_imports: dict[str, int]) -> boo
     of the enclosing graphs: its gradient nodes stay in the subgraph and read
     the outer values they need.
     """
+    if not _has_gradient_node(graph):
+        return False
     return _expand_in(graph, opset_imports, UniqueNames(graph), {})
+
+
+def _has_gradient_node(graph: ir.Graph) -> bool:
+    for node in graph:
+        if is_gradient_node(node) or any(_has_gradient_node(sub) for sub in subgraphs(node)):
+            return True
+    return False
 
 
 def _expand_in(graph: ir.Graph, opset_imports: dict[str, int], names: UniqueNames, outer: dict[str, ir.Value]) -> bool:

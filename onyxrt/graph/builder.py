@@ -20,12 +20,13 @@ from .tensors import from_array
 
 def subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
     """The graphs held by ``node``'s attributes (If branches, Loop/Scan bodies...)."""
-    for attr in node.attributes.values():
-        if attr.is_ref():
-            continue
-        if attr.type == ir.AttributeType.GRAPH:
+    attributes = node.attributes
+    if not attributes:  # most nodes: skip the (slower) mapping iteration
+        return
+    for attr in attributes.values():
+        if attr.type == ir.AttributeType.GRAPH and not attr.is_ref():
             yield attr.as_graph()
-        elif attr.type == ir.AttributeType.GRAPHS:
+        elif attr.type == ir.AttributeType.GRAPHS and not attr.is_ref():
             yield from attr.as_graphs()
 
 
