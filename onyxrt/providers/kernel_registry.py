@@ -66,8 +66,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx.defs
+import onnx_ir as ir
 
 from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented
+from ..graph.opsets import describe
 
 KernelFn = Callable[..., Any]
 Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
@@ -259,15 +261,11 @@ def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, A
             break  # every later candidate ranks lower
     if not options:
         types = ", ".join(str(t) for t in dtypes)
-        raise OrtNotImplemented(f"{_describe(node)}: no {kernel.op_type}-{kernel.since_version} kernel handles inputs of type ({types})")
+        raise OrtNotImplemented(f"{describe(node)}: no {kernel.op_type}-{kernel.since_version} kernel handles inputs of type ({types})")
     if len(options) == 1 and fit:
         return options[0][1]
-    return _TypeDispatch(_describe(node), options)
+    return _TypeDispatch(describe(node), options)
 
-
-def _describe(node) -> str:
-    describe = getattr(node, "describe", None)
-    return describe() if describe is not None else f"node '{node.name}' (op {node.domain or 'ai.onnx'}::{node.op_type})"
 
 
 def _takes_attributes(kernel: KernelDef, attributes: dict[str, Any]) -> bool:
@@ -282,12 +280,12 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
     for name, value in attributes.items():
         if defined is not None and name not in defined:
             raise InvalidGraph(
-                f"{_describe(node)}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
+                f"{describe(node)}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
             )
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:
             raise OrtNotImplemented(
-                f"{_describe(node)}: attribute '{name}' is not supported by onyxrt's "
+                f"{describe(node)}: attribute '{name}' is not supported by onyxrt's "
                 f"{kernel.op_type}-{kernel.since_version} kernel"
             )
         kwargs[key] = value
@@ -307,8 +305,14 @@ def _static_input_dtypes(node) -> list[np.dtype | None]:
     """Element types of the node's inputs where the graph knows them (None elsewhere)."""
     dtypes: list[np.dtype | None] = []
     for value in node.inputs:
-        dtype = getattr(value, "dtype", None)  # typed IR values; plain names carry no type
-        dtypes.append(np.dtype(dtype.numpy()) if hasattr(dtype, "numpy") else None)
+        value_type = None if value is None else value.type
+        dtype = None
+        if isinstance(value_type, ir.TensorType) and value_type.dtype != ir.DataType.UNDEFINED:
+            try:
+                dtype = np.dtype(value_type.dtype.numpy())
+            except TypeError:  # an ONNX type numpy has no counterpart for
+                dtype = None
+        dtypes.append(dtype)
     return dtypes
 
 

@@ -38,8 +38,9 @@ def _model(nodes, inputs, outputs, initializers=()):
 
 def _plan(model, reuse_buffers=True):
     loaded = load_model(model.SerializeToString())
-    assignment = partition(loaded.graph, loaded.opset_imports, [CPUExecutionProvider()])
-    return build_plan(loaded.graph, loaded.opset_imports, assignment, reuse_buffers=reuse_buffers)
+    cpu = CPUExecutionProvider()
+    partition(loaded.graph, loaded.opset_imports, [cpu])
+    return build_plan(loaded.graph, loaded.opset_imports, {cpu.name: cpu}, reuse_buffers=reuse_buffers)
 
 
 # --------------------------------------------------------------------------- plan_donations

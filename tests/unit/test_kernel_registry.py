@@ -67,7 +67,6 @@ import numpy as np  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
 from onyxrt.errors import NotImplemented as OrtNotImplemented  # noqa: E402
-from onyxrt.graph.ir import Node  # noqa: E402
 from onyxrt.providers.kernel_registry import KernelRegistry, bind_attributes, kernel_contract  # noqa: E402
 
 
@@ -130,7 +129,7 @@ def test_known_input_types_pick_a_kernel_at_compile_time():
 
 def test_unknown_input_types_dispatch_per_run_and_fall_back():
     registry, _, _, calls = _twice_registry()
-    bound = bind_attributes(registry.lookup("", "Twice", 1), Node("Twice", ["x"], ["y"], name="twice"), 1, {})
+    bound = bind_attributes(registry.lookup("", "Twice", 1), _typed_node(None), 1, {})
     contract = kernel_contract(bound)
     assert contract.inplace == {} and contract.alias == {0: 0} and contract.uses_alloc  # what every option allows
     buffer = np.empty(3, np.float32)
