@@ -292,3 +292,14 @@ def test_peak_counts_live_values_once_per_memory_owner(reuse):
     report = RunReport()
     plan.run([x], report=report)
     assert report.peak_bytes == 2 * x.nbytes + 2 * x.nbytes  # a (with v), b, then y beside them
+
+
+def test_softmax_in_place_over_its_dying_input():
+    nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Softmax", ["a"], ["y"], axis=-1)]
+    plan = _plan(_model(nodes, ["x"], ["y"]))
+    x = np.random.default_rng(5).standard_normal((3, 5)).astype(np.float32)
+    report = RunReport()
+    (y,) = plan.run([x], report=report)
+    e = np.exp(np.exp(x) - np.exp(x).max(-1, keepdims=True))
+    np.testing.assert_allclose(y, e / e.sum(-1, keepdims=True), rtol=1e-6)
+    assert report.inplace_bytes == x.nbytes

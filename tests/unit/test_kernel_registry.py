@@ -63,6 +63,7 @@ def test_registered_op_count():
 
 # --------------------------------------------------------------------------- kernel contract v2
 
+import ml_dtypes  # noqa: E402
 import numpy as np  # noqa: E402
 import onnx_ir as ir  # noqa: E402
 
@@ -174,11 +175,12 @@ def test_variants_take_every_schema_attribute_too():
         assert not missing, (kernel.op_type, kernel.since_version, missing)
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float16, "bfloat16", np.float32, np.float64])
 def test_relu_on_the_sign_bit_matches_the_general_kernel(dtype):
     from onyxrt.providers.cpu.math.activations import relu, relu_sign_bit
 
-    x = np.array([-np.inf, -3.5, -0.0, 0.0, 1e-30, 2.0, np.inf, -1e-7], dtype=dtype).reshape(2, 4)
+    dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    x = np.array([-np.inf, -3.5, -0.0, 0.0, 1e-30, 2.0, np.inf, -1e-7]).astype(dtype).reshape(2, 4)
     got = relu_sign_bit(x)
     np.testing.assert_array_equal(got, relu(x))
     assert not np.signbit(got).any()  # -0.0 becomes +0.0

@@ -2,13 +2,15 @@
 
 Float activations of float16/bfloat16 inputs are computed in float32 and rounded
 back once. Every kernel returns a fresh array in the input's element type; Relu,
-Sigmoid and Tanh write into the plan's buffers (``_alloc``), in place over a dying input.
+Sigmoid, Tanh and Softmax-13 write into the plan's buffers (``_alloc``), in place over a
+dying input.
 """
 
 from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 
 from ...kernel_registry import output_buffer
@@ -38,8 +40,8 @@ def relu(x, *, consumed_inputs=None, _alloc=None):
 # IEEE floats order like the signed integers of their bits as far as the sign goes: a float
 # with the sign bit set is a negative integer. So max(bits, 0) is Relu, and numpy's integer
 # max is about 1.5x faster than its float max, which has to propagate NaN.
-_SIGN_BIT_VIEWS = {np.dtype(np.float16): np.dtype(np.int16), np.dtype(np.float32): np.dtype(np.int32),
-                   np.dtype(np.float64): np.dtype(np.int64)}
+_SIGN_BIT_VIEWS = {np.dtype(np.float16): np.dtype(np.int16), np.dtype(ml_dtypes.bfloat16): np.dtype(np.int16),
+                   np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
 
 
 @op("Relu", versions=(1, 6, 13, 14), types={0: tuple(_SIGN_BIT_VIEWS)}, priority=1, inplace={0: 0})
@@ -337,11 +339,11 @@ def clip(x, min=None, max=None):
 # --------------------------------------------------------------------------- Softmax family
 
 
-def softmax_values(v: np.ndarray, axis: int) -> np.ndarray:
-    """Softmax of a float32/float64 tensor along ``axis``, into a fresh array."""
+def softmax_values(v: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Softmax of a float32/float64 tensor along ``axis``, into ``out`` (may be ``v`` itself) or a fresh array."""
     if v.size == 0:
         return v.copy()
-    out = np.subtract(v, np.maximum.reduce(v, axis=axis, keepdims=True))
+    out = np.subtract(v, np.maximum.reduce(v, axis=axis, keepdims=True), out=out)
     with np.errstate(invalid="ignore"):  # rows of -inf give nan, as in onnxruntime
         np.exp(out, out=out)
         out /= np.add.reduce(out, axis=axis, keepdims=True)
@@ -385,8 +387,10 @@ def softmax_legacy(x, *, axis=1):
     return _coerced_2d("Softmax", softmax_values, x, axis)
 
 
-@op("Softmax", versions=13)
-def softmax(x, *, axis=-1):
+@op("Softmax", versions=13, inplace={0: 0})
+def softmax(x, *, axis=-1, _alloc=None):
+    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.size:
+        return softmax_values(x, normalize_axis(axis, x.ndim), _alloc(x.shape, x.dtype))
     if x.dtype == np.float16:  # float16 arithmetic throughout, as the spec's function body computes it
         return softmax_values(x, normalize_axis(axis, x.ndim))
     return _along_axis("Softmax", softmax_values, x, axis)
