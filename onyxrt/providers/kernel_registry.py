@@ -24,7 +24,9 @@ attributes, when a kernel declares them:
 * ``_alloc``: (run time) ``_alloc(shape, dtype)`` returns an uninitialized, C-contiguous,
   writable array from the run's arena (a recycled buffer, an input donated in place, or
   new memory); the kernel writes its output there (numpy ``out=``) and returns it. It is
-  ``None`` outside a plan (constant folding, direct calls): use :func:`output_buffer`.
+  ``None`` outside a plan (constant folding, direct calls). Ask only for C-contiguous
+  operands' outputs: numpy gives others its own layout, which later kernels' float paths
+  (and so their rounding) follow.
 
 A kernel may also be registered with ``prepack=fn``: at session creation
 ``fn(inputs, attributes)`` is called once with the node's constant inputs (the
@@ -192,11 +194,6 @@ def _lookup(registry: KernelRegistry, domain: str, op_type: str, opset: int) -> 
         return table.get(since)
     candidates = [v for v in table if v <= opset]
     return table[max(candidates)] if candidates else None
-
-
-def output_buffer(alloc: Allocator | None, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Where a kernel taking ``_alloc`` writes an output: the arena's buffer, or new memory outside a plan."""
-    return np.empty(shape, dtype) if alloc is None else alloc(shape, dtype)
 
 
 # --------------------------------------------------------------------------- binding

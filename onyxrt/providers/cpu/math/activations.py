@@ -2,8 +2,8 @@
 
 Float activations of float16/bfloat16 inputs are computed in float32 and rounded
 back once. Every kernel returns a fresh array in the input's element type; Relu,
-Sigmoid, Tanh and Softmax-13 write into the plan's buffers (``_alloc``), in place over a
-dying input.
+Sigmoid, Tanh and Softmax-13 write C-contiguous inputs' results into the plan's buffers
+(``_alloc``), in place over a dying input.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import ml_dtypes
 import numpy as np
 
-from ...kernel_registry import output_buffer
 from .._helpers import normalize_axis
 from ..registry import op
 from .elementwise import as_array, erf_values, float_apply, is_float
@@ -33,7 +32,8 @@ def _c(x: np.ndarray, value: float):
 @op("Relu", versions=(1, 6, 13, 14), inplace={0: 0})
 def relu(x, *, consumed_inputs=None, _alloc=None):
     if x.dtype.kind == "i" or is_float(x.dtype):
-        return as_array(np.maximum(x, _c(x, 0), out=None if _alloc is None else _alloc(x.shape, x.dtype)))
+        out = None if _alloc is None or not x.flags.c_contiguous else _alloc(x.shape, x.dtype)
+        return as_array(np.maximum(x, _c(x, 0), out=out))
     raise TypeError(f"Relu: unsupported input type {x.dtype}")
 
 
@@ -49,7 +49,9 @@ def relu_sign_bit(x, *, consumed_inputs=None, _alloc=None):
     """Relu of IEEE floats on their bits. NaN with the sign bit set gives 0, other NaN stay NaN
     (onnxruntime's x86 kernel gives 0 for every NaN, numpy's max keeps every NaN)."""
     bits = _SIGN_BIT_VIEWS[x.dtype]
-    out = output_buffer(_alloc, x.shape, x.dtype)
+    if _alloc is None or not x.flags.c_contiguous:  # numpy's own output layout, as the general kernel
+        return np.maximum(x.view(bits), bits.type(0)).view(x.dtype)
+    out = _alloc(x.shape, x.dtype)
     np.maximum(x.view(bits), bits.type(0), out=out.view(bits))
     return out
 
@@ -179,7 +181,7 @@ def sigmoid_values(v: np.ndarray) -> np.ndarray:
 
 @op("Sigmoid", versions=(1, 6, 13), inplace={0: 0})
 def sigmoid(x, *, consumed_inputs=None, _alloc=None):
-    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64):
+    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous:
         out = np.negative(x, out=_alloc(x.shape, x.dtype))
         with np.errstate(over="ignore"):
             np.exp(out, out=out)
@@ -221,7 +223,7 @@ def swish(x, *, alpha=1.0):
 
 @op("Tanh", versions=(1, 6, 13), inplace={0: 0})
 def tanh(x, *, consumed_inputs=None, _alloc=None):
-    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64):
+    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous:
         return np.tanh(x, out=_alloc(x.shape, x.dtype))
     return float_apply(np.tanh, x, "Tanh")
 
@@ -389,7 +391,7 @@ def softmax_legacy(x, *, axis=1):
 
 @op("Softmax", versions=13, inplace={0: 0})
 def softmax(x, *, axis=-1, _alloc=None):
-    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.size:
+    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.size and x.flags.c_contiguous:
         return softmax_values(x, normalize_axis(axis, x.ndim), _alloc(x.shape, x.dtype))
     if x.dtype == np.float16:  # float16 arithmetic throughout, as the spec's function body computes it
         return softmax_values(x, normalize_axis(axis, x.ndim))

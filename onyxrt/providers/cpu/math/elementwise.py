@@ -8,9 +8,10 @@ Conventions shared by the kernels here:
   and rounded back once, as onnxruntime does;
 * the legacy ``broadcast``/``axis`` attributes of opset < 7 binary ops are honoured;
   ``consumed_inputs`` (opset 1) is accepted and ignored;
-* the arithmetic kernels write into the plan's buffers (``_alloc``) and may overwrite a
-  dying input of the output's shape (``inplace``): ufuncs are correct with ``out`` being
-  one of their operands.
+* the arithmetic kernels write C-contiguous operands' results into the plan's buffers
+  (``_alloc``) and may overwrite a dying input of the output's shape (``inplace``): ufuncs
+  are correct with ``out`` being one of their operands. Other operands keep numpy's own
+  output layout (downstream kernels' float paths, and so their rounding, depend on it).
 """
 
 from __future__ import annotations
@@ -80,8 +81,9 @@ _BINARY_INPLACE = {0: 0, 1: 0}
 
 
 def binary_into(ufunc, a: np.ndarray, b: np.ndarray, alloc) -> np.ndarray:
-    """``ufunc(a, b)`` written into an output buffer from ``alloc`` (same-type operands only)."""
-    if alloc is None or a.dtype != b.dtype or a.dtype.hasobject:
+    """``ufunc(a, b)`` written into an output buffer from ``alloc`` (same-type, C-contiguous operands only)."""
+    if (alloc is None or a.dtype != b.dtype or a.dtype.hasobject
+            or not (a.flags.c_contiguous and b.flags.c_contiguous)):
         return as_array(ufunc(a, b))
     shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)
     return ufunc(a, b, out=alloc(shape, a.dtype))
@@ -185,7 +187,7 @@ def _make_unary(name: str, versions, ufunc, kinds: str = "f", quiet: bool = Fals
 
     def kernel(x, *, consumed_inputs=None, _alloc=None):
         if x.dtype.kind in kinds and x.dtype not in _LOW_FLOATS:
-            if _alloc is None:
+            if _alloc is None or not x.flags.c_contiguous:
                 return as_array(direct(x))
             return direct(x, _alloc(x.shape, x.dtype))
         return float_apply(direct, x, name)
