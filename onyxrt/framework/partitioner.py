@@ -1,45 +1,144 @@
-"""Assigns every node (subgraphs included) to the first provider that can run it."""
+"""Gives every node (subgraphs included) to an execution provider, after onnxruntime's graph partitioner.
+
+Providers are asked in priority order; each claims groups of the nodes earlier ones
+left (``ExecutionProvider.get_capability``). The provider's name is recorded on the node
+(``node.meta["execution_provider"]``). A fused group becomes one node of the graph (as
+onnxruntime's ``Graph::FuseSubGraph``): its nodes move into a body graph kept on the
+fused node (``node.meta["fused_group"]``), and the plan runs it with
+``provider.compile(group)``.
+
+Fusing a group must not create a cycle: when a path leaves the group and comes back
+into it, contracting the group to one node would make the graph cyclic, so the group
+is split into parts that each have no such path (see :func:`_acyclic_parts`).
+"""
 
 from __future__ import annotations
 
-from ..errors import NotImplemented as OrtNotImplemented
-from ..graph.function_expansion import expand_unsupported
-from ..graph.ir import Graph, Node
-from ..providers.base import ExecutionProvider
+from typing import Mapping, Sequence
 
-Assignment = dict[int, ExecutionProvider]  # id(node) -> provider
+import onnx_ir as ir
+
+from ..errors import EPFail, NotImplemented as OrtNotImplemented
+from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned, outer_reads
+
+# The key of ``node.meta`` holding a fused node's NodeGroup (its nodes in their body graph).
+FUSED_GROUP = "fused_group"
+# The domain of fused nodes; their op type is the provider's name.
+FUSED_DOMAIN = "onyxrt.fused"
 
 
-def partition(graph: Graph, opsets: dict[str, int], providers: list[ExecutionProvider]) -> Assignment:
-    """Map each node to the first of ``providers`` that can run it.
+def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
+    """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
-    A node no provider implements is first replaced by its ONNX function body,
-    where its schema defines one. Every node still without an implementation, in the main graph or any subgraph, is
-    listed in one NOT_IMPLEMENTED error at session creation.
+    Every node no provider takes is listed in one NOT_IMPLEMENTED error.
     """
-    expand_unsupported(graph, opsets, lambda node, opset: any(p.can_run(node, opset) for p in providers))
-    assignment: Assignment = {}
     missing: list[str] = []
-    _assign(graph, opsets, providers, assignment, missing)
+    _partition_graph(graph, opset_imports, providers, missing)
     if missing:
         listed = "\n  ".join(missing)
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
-    return assignment
 
 
-def _assign(graph: Graph, opsets, providers, assignment: Assignment, missing: list[str]) -> None:
-    for node in graph.nodes:
-        opset = opset_for(node, opsets)
-        for provider in providers:
-            if provider.can_run(node, opset):
-                assignment[id(node)] = provider
-                break
-        else:
-            missing.append(f"{node.describe()} at opset {opset}")
-        for sub in node.subgraphs():
-            _assign(sub, opsets, providers, assignment, missing)
+def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
+                     missing: list[str]) -> None:
+    for provider in providers:
+        for group in provider.get_capability(graph, opset_imports):
+            _claim(graph, group, provider)
+    for node in graph:
+        if not is_assigned(node):
+            missing.append(f"{_describe(node)} at opset {opset_imports.get(node.domain, 1)}")
+        elif FUSED_GROUP not in node.meta:
+            for subgraph in _subgraphs(node):
+                _partition_graph(subgraph, opset_imports, providers, missing)
 
 
-def opset_for(node: Node, opsets: dict[str, int]) -> int:
-    """The model's opset version for the node's domain (1 when the model does not import it)."""
-    return opsets.get(node.domain, 1)
+def _claim(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> None:
+    for node in group.nodes:
+        if node.graph is not graph or is_assigned(node):
+            raise EPFail(f"{provider.name} claimed {_describe(node)}, which is not a free node of graph '{graph.name}'")
+    if not group.fused:
+        if len(group.nodes) != 1:
+            raise EPFail(f"{provider.name} returned an unfused group of {len(group.nodes)} nodes (one expected)")
+        group.nodes[0].meta[PROVIDER_KEY] = provider.name
+        return
+    for part in _acyclic_parts(graph, group.nodes):
+        _fuse(graph, NodeGroup.of(part, group.opset_imports), provider)
+
+
+def _acyclic_parts(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.Node]]:
+    """``nodes`` split so that no path leaves a part and re-enters it (each part contracts without a cycle).
+
+    Every node gets a stage: the most times a path reaching it has left the group.
+    Along any path the stage never decreases and grows by one on each exit, so a path
+    leaving a part and re-entering the group lands in a later part, and parts in stage
+    order keep the graph acyclic as each is contracted in turn.
+    """
+    members = set(nodes)
+    stage: dict[ir.Node, int] = {}  # for members: their stage; for others: the stage they pass on
+    for node in graph:
+        reached = 0
+        for value in [*node.inputs, *outer_reads(node)]:
+            producer = value.producer() if value is not None else None
+            if producer is None or producer not in stage:
+                continue
+            passed = stage[producer] + 1 if producer in members and node not in members else stage[producer]
+            reached = max(reached, passed)
+        stage[node] = reached
+    parts: dict[int, list[ir.Node]] = {}
+    for node in graph:
+        if node in members:
+            parts.setdefault(stage[node], []).append(node)
+    return [parts[level] for level in sorted(parts)]
+
+
+def _fuse(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> ir.Node:
+    """Replace ``group``'s nodes in ``graph`` by one node whose body graph holds them."""
+    members = set(group.nodes)
+    inner = members.union(*(_nodes_inside(node) for node in group.nodes))
+    fused = ir.Node(FUSED_DOMAIN, provider.name, group.inputs, num_outputs=len(group.outputs))
+    graph.insert_before(group.nodes[0], fused)
+    graph.remove(group.nodes)
+
+    # The body reads its own input values, so the moved nodes stop being users of outer values.
+    body_inputs = [ir.Value(name=value.name, type=value.type, shape=value.shape) for value in group.inputs]
+    replacement = dict(zip(group.inputs, body_inputs))
+    for node in inner:
+        for index, value in enumerate(node.inputs):
+            if value in replacement:
+                node.replace_input_with(index, replacement[value])
+    # Readers outside the group now read the fused node's outputs, which keep the original names.
+    for value, fused_output in zip(group.outputs, fused.outputs):
+        fused_output.type, fused_output.shape = value.type, value.shape
+        for user, index in list(value.uses()):
+            if user not in inner:
+                user.replace_input_with(index, fused_output)
+        for position, output in enumerate(graph.outputs):
+            if output is value:
+                graph.outputs[position] = fused_output
+        name, value.name = value.name, None
+        fused_output.name = name
+    body = ir.Graph(body_inputs, list(group.outputs), nodes=group.nodes, name=f"{provider.name}_{fused.name}",
+                    opset_imports=dict(group.opset_imports))
+    fused.meta[PROVIDER_KEY] = provider.name
+    fused.meta[FUSED_GROUP] = NodeGroup(list(body), list(body.inputs), list(body.outputs), group.opset_imports)
+    # Readers of the group's outputs may sit before some of its nodes: restore dependency order.
+    graph.sort()
+    return fused
+
+
+def _nodes_inside(node: ir.Node) -> list[ir.Node]:
+    return [inner for subgraph in _subgraphs(node) for inner in subgraph.all_nodes()]
+
+
+def _subgraphs(node: ir.Node) -> list[ir.Graph]:
+    graphs: list[ir.Graph] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            graphs.append(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs.extend(attr.value)
+    return graphs
+
+
+def _describe(node: ir.Node) -> str:
+    return f"node '{node.name or ''}' (op {node.domain or 'ai.onnx'}::{node.op_type})"
