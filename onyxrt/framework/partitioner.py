@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import onnx_ir as ir
 
 from ..errors import EPFail, NotImplemented as OrtNotImplemented
+from ..graph.opsets import describe, opset_for
 from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned, outer_reads
 
 # The key of ``node.meta`` holding a fused node's NodeGroup (its nodes in their body graph).
@@ -46,7 +47,7 @@ def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], provider
             _claim(graph, group, provider)
     for node in graph:
         if not is_assigned(node):
-            missing.append(f"{_describe(node)} at opset {opset_imports.get(node.domain, 1)}")
+            missing.append(f"{describe(node)} at opset {opset_for(node, opset_imports)}")
         elif FUSED_GROUP not in node.meta:
             for subgraph in _subgraphs(node):
                 _partition_graph(subgraph, opset_imports, providers, missing)
@@ -55,7 +56,7 @@ def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], provider
 def _claim(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> None:
     for node in group.nodes:
         if node.graph is not graph or is_assigned(node):
-            raise EPFail(f"{provider.name} claimed {_describe(node)}, which is not a free node of graph '{graph.name}'")
+            raise EPFail(f"{provider.name} claimed {describe(node)}, which is not a free node of graph '{graph.name}'")
     if not group.fused:
         if len(group.nodes) != 1:
             raise EPFail(f"{provider.name} returned an unfused group of {len(group.nodes)} nodes (one expected)")
@@ -139,6 +140,3 @@ def _subgraphs(node: ir.Node) -> list[ir.Graph]:
             graphs.extend(attr.value)
     return graphs
 
-
-def _describe(node: ir.Node) -> str:
-    return f"node '{node.name or ''}' (op {node.domain or 'ai.onnx'}::{node.op_type})"

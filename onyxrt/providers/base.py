@@ -27,6 +27,9 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import NotImplemented as OrtNotImplemented
+from ..graph.attributes import attribute_value
+from ..graph.opsets import describe, opset_for
+from ..graph.tensors import to_array
 from ..framework.device import DataTransfer, Device, HostDataTransfer, data_transfer_for
 
 # The key of ``node.meta`` naming the provider a node is assigned to.
@@ -148,7 +151,7 @@ class ExecutionProvider:
         return [
             NodeGroup.of([node], opset_imports, fused=False)
             for node in graph
-            if not is_assigned(node) and self.can_run(node, opset_imports.get(node.domain, 1))
+            if not is_assigned(node) and self.can_run(node, opset_for(node, opset_imports))
         ]
 
     # ------------------------------------------------------------------ compilation
@@ -164,5 +167,27 @@ class ExecutionProvider:
         raise OrtNotImplemented(f"{self.name} compiles node groups only, not single nodes ({node.op_type})")
 
     def compile(self, group: NodeGroup) -> Step:
-        """One step running the fused ``group``: its inputs in, its outputs (a sequence) out."""
-        raise OrtNotImplemented(f"{self.name} does not compile fused node groups")
+        """One step running the fused ``group``: its inputs in, its outputs (a sequence) out.
+
+        The default chains ``compile_node`` over the group's nodes (which must have no
+        graph attributes), so a per-node provider can run any group of nodes it can run.
+        """
+        steps = []
+        for node in group.nodes:
+            if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
+                raise OrtNotImplemented(f"{self.name} cannot run {describe(node)} inside a fused group")
+            attributes = {name: attribute_value(attr) for name, attr in node.attributes.items()}
+            constants = [to_array(v.const_value) if v is not None and v.is_initializer() else None
+                         for v in node.inputs]
+            fn, multi = self.compile_node(node, opset_for(node, group.opset_imports), attributes, constants)
+            steps.append((fn, node.inputs, node.outputs, multi))
+
+        def run_group(*inputs: Any) -> list[Any]:
+            values: dict[ir.Value | None, Any] = dict(zip(group.inputs, inputs))
+            values[None] = None
+            for fn, node_inputs, node_outputs, multi in steps:
+                result = fn(*[values[v] for v in node_inputs])
+                values.update(zip(node_outputs, result) if multi else [(node_outputs[0], result)])
+            return [values[v] for v in group.outputs]
+
+        return run_group
