@@ -149,6 +149,31 @@ def device_of(value: Any) -> Device:
     return HOST
 
 
+@dataclass(frozen=True)
+class BoundOutput:
+    """Where a run hands over one graph output: a device, and optionally a tensor there to write into."""
+
+    device: Device = HOST
+    buffer: Any = None
+
+
+def deliver(value: Any, target: BoundOutput) -> Any:
+    """``value`` handed over as ``target`` asks: moved to its device, or written into its buffer."""
+    if target.buffer is None:
+        return move_to(value, target.device)
+    buffer = target.buffer
+    if tuple(buffer.shape) != tuple(value.shape) or np.dtype(buffer.dtype) != np.dtype(value.dtype):
+        raise InvalidArgument(
+            f"The bound output buffer is {list(buffer.shape)} {np.dtype(buffer.dtype)} but the output is "
+            f"{list(value.shape)} {np.dtype(value.dtype)}"
+        )
+    source = device_of(value)
+    if source != target.device and not source.is_host:
+        value = data_transfer_for(source).to_host(value)
+    data_transfer_for(target.device).copy_into(buffer, value)
+    return buffer
+
+
 def move_to(value: Any, device: Device) -> Any:
     """``value`` on ``device``, copied through the host where it lives elsewhere (unchanged when already there)."""
     source = device_of(value)

@@ -22,7 +22,9 @@ from ..graph.opsets import describe, opset_for
 from ..graph.tensors import to_array
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts
-from .partitioner import PROVIDER_KEY
+from .device import HOST, BoundOutput, data_transfer_for, deliver, device_of, move_to
+from .memcpy import compile_copy, is_copy, value_device
+from .partitioner import FUSED_GROUP, PROVIDER_KEY
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
 _TRASH_SLOT = 1  # where skipped optional outputs are written
@@ -59,6 +61,12 @@ class ExecutionPlan:
         output_slots: tuple[int, ...],
     ) -> None:
         self.graph = graph
+        # where each input is read and each output produced (the partitioner's placement)
+        self._input_devices = tuple(value_device(v) for v in graph.inputs)
+        self._output_devices = tuple(value_device(v) for v in graph.outputs)
+        producer_step = {v: index for index, node in enumerate(nodes) for v in node.outputs}
+        # the step after which each output can be handed over (-1: an input or initializer, before any step)
+        self._output_steps = tuple(producer_step.get(v, -1) for v in graph.outputs)
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = [v.name for v in graph.outputs]
         self._steps = steps
@@ -68,15 +76,48 @@ class ExecutionPlan:
         self._outer_slots = outer_slots
         self._output_slots = output_slots
 
-    def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None) -> list[Any]:
-        """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order."""
+    def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
+            targets: Sequence[BoundOutput] | None = None) -> list[Any]:
+        """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order.
+
+        Inputs may live on any device: each is copied only where its readers run on
+        another. Outputs come back on the host, or as ``targets`` (one per graph output)
+        ask, handed over as soon as their producer has run.
+        """
         values = self._template.copy()
-        for slot, value in zip(self._input_slots, inputs):
-            values[slot] = value
+        for slot, value, device in zip(self._input_slots, inputs, self._input_devices):
+            values[slot] = value if device_of(value) == device else move_to(value, device)
         for slot, value in zip(self._outer_slots, outer):
             values[slot] = value
+        handover = self._handover(targets)
+        delivered = [None] * len(self._output_slots)
+        for position in handover.pop(-1, ()):
+            delivered[position] = deliver(values[self._output_slots[position]], targets[position])
         if profile is not None:
-            return self._run_profiled(values, profile)
+            self._run_profiled(values, profile, handover, targets, delivered)
+        else:
+            self._run_steps(values, handover, targets, delivered)
+        if targets is None:
+            return [values[slot] if device.is_host else move_to(values[slot], HOST)
+                    for slot, device in zip(self._output_slots, self._output_devices)]
+        return delivered
+
+    def _handover(self, targets: Sequence[BoundOutput] | None) -> dict[int, list[int]]:
+        """Output positions to hand over after each step (key -1: before the first)."""
+        if targets is None:
+            return {}
+        if len(targets) != len(self._output_slots):
+            raise ValueError(f"{len(targets)} output targets for {len(self._output_slots)} outputs")
+        after: dict[int, list[int]] = {}
+        for position, step in enumerate(self._output_steps):
+            after.setdefault(step, []).append(position)
+        return after
+
+    def _deliver_after(self, index: int, values: list[Any], handover, targets, delivered: list[Any]) -> None:
+        for position in handover[index]:
+            delivered[position] = deliver(values[self._output_slots[position]], targets[position])
+
+    def _run_steps(self, values: list[Any], handover, targets, delivered: list[Any]) -> None:
         index = 0
         try:
             for fn, ins, outs, frees, multi in self._steps:
@@ -86,6 +127,8 @@ class ExecutionPlan:
                         values[slot] = value
                 else:
                     values[outs[0]] = result
+                if handover and index in handover:
+                    self._deliver_after(index, values, handover, targets, delivered)
                 for slot in frees:
                     values[slot] = None
                 index += 1
@@ -94,10 +137,9 @@ class ExecutionPlan:
         except Exception as exc:  # noqa: BLE001 - reported with the failing node
             node = self.nodes[index]
             raise KernelError(node.name, node.op_type, exc) from exc
-        return [values[slot] for slot in self._output_slots]
 
-    def _run_profiled(self, values: list[Any], profile: list) -> list[Any]:
-        for (fn, ins, outs, frees, multi), node in zip(self._steps, self.nodes):
+    def _run_profiled(self, values: list[Any], profile: list, handover, targets, delivered: list[Any]) -> None:
+        for index, ((fn, ins, outs, frees, multi), node) in enumerate(zip(self._steps, self.nodes)):
             start = time.perf_counter_ns()
             try:
                 result = fn(*[values[i] for i in ins])
@@ -111,9 +153,10 @@ class ExecutionPlan:
                     values[slot] = value
             else:
                 values[outs[0]] = result
+            if handover and index in handover:
+                self._deliver_after(index, values, handover, targets, delivered)
             for slot in frees:
                 values[slot] = None
-        return [values[slot] for slot in self._output_slots]
 
 
 def build_plan(
@@ -141,7 +184,9 @@ def build_plan(
     weights: dict[ir.Value, Any] = {}
     for value in graph.initializers.values():
         array = _read_only(to_array(value.const_value))
-        template[slot_of(value)] = array
+        device = value_device(value)
+        # a weight read only on a device is copied there once, here
+        template[slot_of(value)] = array if device.is_host else data_transfer_for(device).to_device(array)
         if value not in fed:  # weights a kernel may prepare once: initializers no feed can override
             weights[value] = array
 
@@ -193,6 +238,10 @@ def _read_only(array: Any) -> Any:
 def _compile_node(node: ir.Node, implicit: list[ir.Value], opsets, providers: Mapping[str, ExecutionProvider],
                   constants: list[Any]):
     provider = providers[node.meta[PROVIDER_KEY]]
+    if FUSED_GROUP in node.meta:
+        return provider.compile(node.meta[FUSED_GROUP]), True
+    if is_copy(node):
+        return compile_copy(node, provider), False
     opset = opset_for(node, opsets)
     attributes: dict[str, Any] = {}
     has_subgraphs = False
