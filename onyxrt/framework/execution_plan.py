@@ -77,12 +77,12 @@ class ExecutionPlan:
         self._output_slots = output_slots
 
     def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
-            targets: Sequence[BoundOutput] | None = None) -> list[Any]:
+            targets: Sequence[BoundOutput | None] | None = None) -> list[Any]:
         """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order.
 
         Inputs may live on any device: each is copied only where its readers run on
         another. Outputs come back on the host, or as ``targets`` (one per graph output)
-        ask, handed over as soon as their producer has run.
+        ask, handed over as soon as their producer has run (a None target: not wanted).
         """
         values = self._template.copy()
         for slot, value, device in zip(self._input_slots, inputs, self._input_devices):
@@ -91,8 +91,8 @@ class ExecutionPlan:
             values[slot] = value
         handover = self._handover(targets)
         delivered = [None] * len(self._output_slots)
-        for position in handover.pop(-1, ()):
-            delivered[position] = deliver(values[self._output_slots[position]], targets[position])
+        if -1 in handover:
+            self._deliver_after(-1, values, handover, targets, delivered)
         if profile is not None:
             self._run_profiled(values, profile, handover, targets, delivered)
         else:
@@ -102,7 +102,7 @@ class ExecutionPlan:
                     for slot, device in zip(self._output_slots, self._output_devices)]
         return delivered
 
-    def _handover(self, targets: Sequence[BoundOutput] | None) -> dict[int, list[int]]:
+    def _handover(self, targets: Sequence[BoundOutput | None] | None) -> dict[int, list[int]]:
         """Output positions to hand over after each step (key -1: before the first)."""
         if targets is None:
             return {}
@@ -110,7 +110,8 @@ class ExecutionPlan:
             raise ValueError(f"{len(targets)} output targets for {len(self._output_slots)} outputs")
         after: dict[int, list[int]] = {}
         for position, step in enumerate(self._output_steps):
-            after.setdefault(step, []).append(position)
+            if targets[position] is not None:
+                after.setdefault(step, []).append(position)
         return after
 
     def _deliver_after(self, index: int, values: list[Any], handover, targets, delivered: list[Any]) -> None:

@@ -65,10 +65,12 @@ class _Placer:
         return self._by_name[node.meta[PROVIDER_KEY]].device
 
     def place(self, graph: ir.Graph, is_main: bool) -> int:
-        # Sources first: graph inputs and initializers go where their readers are.
-        for value in [*graph.inputs, *graph.initializers.values()]:
-            if DEVICE not in value.meta:
-                value.meta[DEVICE] = self._home(value)
+        # Sources first: graph inputs and initializers go where their readers are, except
+        # a subgraph's inputs, which its control-flow kernel passes from the host.
+        for value in graph.inputs:
+            value.meta[DEVICE] = self._home(value) if is_main else HOST
+        for value in graph.initializers.values():
+            value.meta[DEVICE] = self._home(value)
         for node in graph:
             for value in node.outputs:
                 value.meta[DEVICE] = self.node_device(node)

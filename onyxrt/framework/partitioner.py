@@ -31,13 +31,21 @@ FUSED_DOMAIN = "onyxrt.fused"
 def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
     """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
-    Every node no provider takes is listed in one NOT_IMPLEMENTED error.
+    Every node no provider takes is listed in one NOT_IMPLEMENTED error. Assignments
+    left by an earlier partitioning (of a graph it did not rewrite) are dropped first.
     """
+    for node in graph.all_nodes():
+        node.meta.pop(PROVIDER_KEY, None)
     missing: list[str] = []
     _partition_graph(graph, opset_imports, providers, missing)
     if missing:
         listed = "\n  ".join(missing)
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
+
+
+def rewrites_graph(providers: Sequence[ExecutionProvider]) -> bool:
+    """Whether partitioning with ``providers`` may change the graph (fuse nodes, add copies), not just assign nodes."""
+    return any(type(p).get_capability is not ExecutionProvider.get_capability or not p.device.is_host for p in providers)
 
 
 def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
