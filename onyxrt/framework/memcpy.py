@@ -38,6 +38,8 @@ def insert_copies(graph: ir.Graph, providers: Sequence[ExecutionProvider]) -> in
     Every node must be assigned already (see ``framework.partitioner``). Returns the
     number of copy nodes inserted.
     """
+    if all(provider.device.is_host for provider in providers):
+        return 0  # one device: no borders, and every value is where value_device says (the host)
     by_name = {provider.name: provider for provider in providers}
     by_device: dict[Device, ExecutionProvider] = {}
     for provider in providers:

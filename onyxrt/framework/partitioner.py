@@ -34,13 +34,20 @@ def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequ
     Every node no provider takes is listed in one NOT_IMPLEMENTED error. Assignments
     left by an earlier partitioning (of a graph it did not rewrite) are dropped first.
     """
-    for node in graph.all_nodes():
-        node.meta.pop(PROVIDER_KEY, None)
+    _drop_assignments(graph)
     missing: list[str] = []
     _partition_graph(graph, opset_imports, providers, missing)
     if missing:
         listed = "\n  ".join(missing)
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
+
+
+def _drop_assignments(graph: ir.Graph) -> None:
+    for node in graph:
+        if PROVIDER_KEY in node.meta:
+            del node.meta[PROVIDER_KEY]
+        for subgraph in _subgraphs(node):
+            _drop_assignments(subgraph)
 
 
 def rewrites_graph(providers: Sequence[ExecutionProvider]) -> bool:
@@ -141,7 +148,7 @@ def _nodes_inside(node: ir.Node) -> list[ir.Node]:
 
 def _subgraphs(node: ir.Node) -> list[ir.Graph]:
     graphs: list[ir.Graph] = []
-    for attr in node.attributes.values():
+    for attr in node.attributes.data.values():  # the plain dict: this runs for every node
         if attr.type == ir.AttributeType.GRAPH:
             graphs.append(attr.value)
         elif attr.type == ir.AttributeType.GRAPHS:

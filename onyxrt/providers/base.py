@@ -80,7 +80,7 @@ class NodeGroup:
 def outer_reads(node: ir.Node) -> list[ir.Value]:
     """Values the node's subgraph attributes read from outside themselves (their implicit inputs)."""
     reads: dict[ir.Value, None] = {}
-    for attr in node.attributes.values():
+    for attr in node.attributes.data.values():  # the plain dict: this runs for every node at partitioning
         if attr.type == ir.AttributeType.GRAPH:
             _collect_outer_reads(attr.value, reads)
         elif attr.type == ir.AttributeType.GRAPHS:
@@ -146,10 +146,12 @@ class ExecutionProvider:
     def get_capability(self, graph: ir.Graph, opset_imports: Mapping[str, int]) -> list[NodeGroup]:
         """Groups of ``graph``'s not-yet-assigned nodes this provider takes (subgraphs are asked separately).
 
-        The default offers each free node ``can_run`` accepts as its own unfused group.
+        The default offers each free node ``can_run`` accepts as its own unfused group
+        (whose border is simply the node's inputs and outputs).
         """
         return [
-            NodeGroup.of([node], opset_imports, fused=False)
+            NodeGroup([node], [v for v in dict.fromkeys([*node.inputs, *outer_reads(node)]) if v is not None],
+                      list(node.outputs), opset_imports, fused=False)
             for node in graph
             if not is_assigned(node) and self.can_run(node, opset_for(node, opset_imports))
         ]
