@@ -255,17 +255,20 @@ class InferenceSession:
         if run_options is not None and run_options.terminate:
             raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)
-        inputs = self._prepare_inputs(input_feed)
+        outputs = self._execute(self._prepare_inputs(input_feed))
+        return [self._finish_output(outputs[i], input_feed) for i in wanted]
+
+    def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None) -> list[Any]:
+        """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``."""
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise
         with np.errstate(all="ignore"):
-            if self._profiling:
-                events: list = []
-                start = time.perf_counter_ns()
-                outputs = self._plan.run(inputs, profile=events)
-                self._record_profile(start, time.perf_counter_ns() - start, events)
-            else:
-                outputs = self._plan.run(inputs)
-        return [self._finish_output(outputs[i], input_feed) for i in wanted]
+            if not self._profiling:
+                return self._plan.run(inputs, targets=targets)
+            events: list = []
+            start = time.perf_counter_ns()
+            outputs = self._plan.run(inputs, profile=events, targets=targets)
+            self._record_profile(start, time.perf_counter_ns() - start, events)
+            return outputs
 
     def run_async(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], callback, user_data: Any = None,
                   run_options: RunOptions | None = None) -> None:
@@ -301,13 +304,11 @@ class InferenceSession:
         if run_options is not None and run_options.terminate:
             raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)
-        inputs = self._prepare_inputs(input_feed)
         all_targets: list[BoundOutput | None] = [None] * len(self._outputs_meta)
         for position, target in zip(wanted, targets):
             all_targets[position] = target
-        with np.errstate(all="ignore"):
-            outputs = self._plan.run(inputs, targets=all_targets)
-        return [outputs[i] for i in wanted]
+        outputs = self._execute(self._prepare_inputs(input_feed), all_targets)
+        return [self._finish_output(outputs[i], input_feed) for i in wanted]
 
     def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
         if not output_names:

@@ -18,7 +18,7 @@ from onyxrt.providers import (
     register_execution_provider,
     unregister_execution_provider,
 )
-from separate_memory_provider import DEVICE_TYPE, DeviceArray, SeparateMemoryProvider
+from separate_memory_provider import DEVICE_TYPE, SeparateMemoryProvider
 
 SEP = SeparateMemoryProvider.name
 SEP_DEVICE = Device(DEVICE_TYPE, 0)
