@@ -68,7 +68,16 @@ def expand_gradient_nodes(graph: ir.Graph, opset_imports: dict[str, int]) -> boo
     of the enclosing graphs: its gradient nodes stay in the subgraph and read
     the outer values they need.
     """
+    if not _has_gradient_node(graph):
+        return False
     return _expand_in(graph, opset_imports, UniqueNames(graph), {})
+
+
+def _has_gradient_node(graph: ir.Graph) -> bool:
+    for node in graph:
+        if is_gradient_node(node) or any(_has_gradient_node(sub) for sub in subgraphs(node)):
+            return True
+    return False
 
 
 def _expand_in(graph: ir.Graph, opset_imports: dict[str, int], names: UniqueNames, outer: dict[str, ir.Value]) -> bool:
@@ -275,14 +284,25 @@ _SAME_TYPE_PRIVATE_OPS = {"SumToShape", "BroadcastLike", "ReshapeLike", "MatMulG
 _SHAPED_LIKE_SECOND = {"SumToShape", "BroadcastLike", "ReshapeLike"}
 
 
-class _Builder(GraphBuilder):
+class _Builder:
     """Emits the nodes replacing one Gradient node, typing each value as far as its op tells."""
 
     def __init__(self, gnode: ir.Node, opset: int, names: UniqueNames) -> None:
-        super().__init__(names, f"{gnode.name or 'Gradient'}__")
         self.gnode = gnode
         self.opset = opset
+        self._nodes = GraphBuilder(names, f"{gnode.name or 'Gradient'}__")
         self._consts: dict[tuple[ir.Value, float], ir.Value] = {}
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return self._nodes.nodes
+
+    def fresh(self, hint: str) -> str:
+        return self._nodes.fresh(hint)
+
+    def node(self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any], **kwargs: Any) -> ir.Node:
+        """Append a node whose outputs the caller types (see :meth:`GraphBuilder.node`)."""
+        return self._nodes.node(op_type, inputs, attrs, **kwargs)
 
     def require(self, version: int, what: str) -> None:
         if self.opset < version:
@@ -291,12 +311,12 @@ class _Builder(GraphBuilder):
                 f"the model imports {self.opset}"
             )
 
-    def op(  # type: ignore[override] - typing comes from the op
+    def op(
         self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any] | None = None, domain: str = ""
     ) -> ir.Value:
         """Append a node; returns its output."""
         type_, shape = _result_type(op_type, domain, inputs, attrs or {})
-        return super().op(op_type, inputs, attrs, domain=domain, type=type_, shape=shape)
+        return self._nodes.op(op_type, inputs, attrs, domain=domain, type=type_, shape=shape)
 
     def ad(self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any] | None = None) -> ir.Value:
         return self.op(op_type, inputs, attrs, AUTODIFF_DOMAIN)

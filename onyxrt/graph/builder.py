@@ -20,12 +20,13 @@ from .tensors import from_array
 
 def subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
     """The graphs held by ``node``'s attributes (If branches, Loop/Scan bodies...)."""
-    for attr in node.attributes.values():
-        if attr.is_ref():
-            continue
-        if attr.type == ir.AttributeType.GRAPH:
+    attributes = node.attributes
+    if not attributes:  # most nodes: skip the (slower) mapping iteration
+        return
+    for attr in attributes.values():
+        if attr.type == ir.AttributeType.GRAPH and not attr.is_ref():
             yield attr.as_graph()
-        elif attr.type == ir.AttributeType.GRAPHS:
+        elif attr.type == ir.AttributeType.GRAPHS and not attr.is_ref():
             yield from attr.as_graphs()
 
 
@@ -186,7 +187,7 @@ def replace_node(node: ir.Node, new_nodes: Iterable[ir.Node], new_outputs: Seque
     graph = node.graph
     if graph is None:
         raise ValueError(f"node '{node.name}' ({node.op_type}) is in no graph")
-    new_nodes = [n for n in new_nodes if n.graph is not graph]
+    new_nodes = [n for n in new_nodes if n.graph is not graph]  # nodes already inserted stay where they are
     graph.insert_before(node, new_nodes)
     created = {value for n in new_nodes for value in n.outputs}
     renames: list[tuple[ir.Value, str]] = []
@@ -199,7 +200,7 @@ def replace_node(node: ir.Node, new_nodes: Iterable[ir.Node], new_outputs: Seque
             continue
         if old.name:
             if new not in created:
-                identity = ir.Node("", "Identity", [new], name=f"{node.name or node.op_type}__{old.name}_copy")
+                identity = ir.Node("", "Identity", [new])  # named by the graph on insertion
                 graph.insert_before(node, identity)
                 new = identity.outputs[0]
             created.discard(new)

@@ -102,6 +102,13 @@ class _Inliner:
     def fresh(self, name: str | None) -> str:
         return self.names.fresh(self.prefix + (name or "value"))
 
+    def copy(self, value: ir.Value) -> ir.Value:
+        """A renamed copy of a subgraph input or initializer, which the subgraph's nodes then read."""
+        shape = value.shape.copy() if value.shape is not None else None
+        copy = ir.Value(name=self.fresh(value.name), type=value.type, shape=shape, const_value=value.const_value)
+        self.values[value] = copy
+        return copy
+
     def node(self, node: ir.Node) -> ir.Node:
         inputs = [None if value is None else self.values.get(value, value) for value in node.inputs]
         attributes = [resolved for attr in node.attributes.values() if (resolved := self.attribute(attr)) is not None]
@@ -124,16 +131,8 @@ class _Inliner:
 
     def graph(self, graph: ir.Graph) -> ir.Graph:
         """A copy of a body's subgraph, reading the inlined values where it captured function-scope ones."""
-        inputs = []
-        for value in graph.inputs:
-            copy = ir.Value(name=self.fresh(value.name), type=value.type, shape=value.shape)
-            self.values[value] = copy
-            inputs.append(copy)
-        initializers = []
-        for value in graph.initializers.values():
-            copy = ir.Value(name=self.fresh(value.name), type=value.type, shape=value.shape, const_value=value.const_value)
-            self.values[value] = copy
-            initializers.append(copy)
+        inputs = [self.copy(value) for value in graph.inputs]
+        initializers = [self.copy(value) for value in graph.initializers.values()]
         nodes = [self.node(node) for node in graph]
         outputs = [self.values.get(value, value) for value in graph.outputs]
         return ir.Graph(inputs, outputs, nodes=nodes, initializers=initializers, name=graph.name)

@@ -70,9 +70,9 @@ def _static_shape(node: ir.Node) -> list[np.ndarray] | None:
 
 def _evaluate(node: ir.Node, context: OptimizationContext) -> list[np.ndarray] | None:
     """The node's output arrays when it may be folded and the evaluator computes them, else None."""
-    if not _deterministic(node) or node_subgraphs(node):
+    if not _deterministic(node) or not all(value is None or _is_constant(value) for value in node.inputs):
         return None
-    if not all(value is None or _is_constant(value) for value in node.inputs):
+    if node_subgraphs(node):
         return None
     if _is_dequantize(node) and not context.fold_dequantize_linear and not _qdq_unit_folds(node):
         return None

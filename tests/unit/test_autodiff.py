@@ -637,3 +637,25 @@ def test_expansion_leaves_no_gradient_nodes_and_is_idempotent():
     names = [v.name for n in model.graph for v in n.outputs]
     assert len(names) == len(set(names))
     assert not expand_gradient_nodes(model.graph, model.opset_imports)
+
+
+def test_fresh_names_are_unique_across_scopes():
+    # Two Gradient nodes named "grad", one in the main graph and one in a Loop body, expand to distinct names.
+    body = helper.make_graph(
+        [N("Mul", ["y", "a"], ["ya"]), _gradient_node(["a"], "ya", outputs=["g"]), N("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("g", TensorProto.DOUBLE, None)],
+    )
+    nodes = [N("Mul", ["a", "a"], ["y"]), _gradient_node(["a"], "y"), N("Loop", ["trips", ""], ["gs"], body=body)]
+    feeds = {"a": _r(3)}
+    proto = _model(nodes, feeds, ["d_a", "gs"], {"trips": np.array(1, np.int64)})
+    model = model_from_proto(proto)
+    assert expand_gradient_nodes(model.graph, model.opset_imports)
+    loop = next(n for n in model.graph if n.op_type == "Loop")
+    scopes = [model.graph, loop.attributes["body"].as_graph()]
+    names = [v.name for g in scopes for n in g for v in n.outputs] + [n.name for g in scopes for n in g if n.name]
+    assert len(names) == len(set(names))
+    d_a, gs = _session(proto).run(None, feeds)
+    np.testing.assert_allclose(d_a, 2 * feeds["a"])
+    np.testing.assert_allclose(gs, [3 * feeds["a"] ** 2])
