@@ -2,7 +2,9 @@
 
 After partitioning every value lives on one device (``value.meta["device"]``): a node's
 outputs on its provider's device; a graph input or initializer on the device of all its
-readers when they agree, else on the host. Where a reader runs on another device, one
+readers when they agree, else on the host. A weight read on several devices gets a twin
+initializer per other device (copied there once, when the plan is built, as onnxruntime
+duplicates such initializers). Where any other value's reader runs on another device, one
 ``com.microsoft::MemcpyFromHost`` / ``MemcpyToHost`` node per (value, reader device) is
 inserted before the first such reader, and assigned to the provider on the device side,
 whose data transfer runs it. Nothing is copied between readers on the value's own device.
@@ -58,6 +60,16 @@ def value_device(value: ir.Value) -> Device:
     return value.meta.get(DEVICE, HOST)
 
 
+def _unused_name(graph: ir.Graph, wanted: str) -> str:
+    """``wanted``, or ``wanted`` with a numeric suffix, that no input, initializer or node output of ``graph`` has."""
+    taken = {v.name for v in graph.inputs} | set(graph.initializers)
+    taken |= {v.name for node in graph for v in node.outputs}
+    name, suffix = wanted, 1
+    while name in taken:
+        name, suffix = f"{wanted}_{suffix}", suffix + 1
+    return name
+
+
 class _Placer:
     def __init__(self, by_name: dict[str, ExecutionProvider], by_device: dict[Device, ExecutionProvider]) -> None:
         self._by_name = by_name
@@ -71,8 +83,10 @@ class _Placer:
         # a subgraph's inputs, which its control-flow kernel passes from the host.
         for value in graph.inputs:
             value.meta[DEVICE] = self._home(value) if is_main else HOST
-        for value in graph.initializers.values():
-            value.meta[DEVICE] = self._home(value)
+        fed = set(graph.inputs)
+        for value in list(graph.initializers.values()):
+            if value not in fed:
+                self._place_weight(graph, value)
         for node in graph:
             for value in node.outputs:
                 value.meta[DEVICE] = self.node_device(node)
@@ -95,8 +109,33 @@ class _Placer:
     def _home(self, value: ir.Value) -> Device:
         if value.is_graph_output():
             return HOST
-        devices = {self.node_device(user) for user, _ in value.uses()}
+        devices = set(self._readers_by_device(value))
         return devices.pop() if len(devices) == 1 else HOST
+
+    def _readers_by_device(self, value: ir.Value) -> dict[Device, list[tuple[ir.Node, int]]]:
+        readers: dict[Device, list[tuple[ir.Node, int]]] = {}
+        for user, index in value.uses():
+            if PROVIDER_KEY in user.meta:  # (nodes inside a fused body read through their fused node)
+                readers.setdefault(self.node_device(user), []).append((user, index))
+        return readers
+
+    def _place_weight(self, graph: ir.Graph, value: ir.Value) -> None:
+        """A weight goes where it is read; read on several devices, each other device gets its own twin.
+
+        The plan copies a twin to its device once, when it is built, instead of a copy node on every run.
+        """
+        readers = self._readers_by_device(value)
+        home = HOST if HOST in readers or not readers or value.is_graph_output() else next(iter(readers))
+        value.meta[DEVICE] = home
+        for device, uses in readers.items():
+            if device == home:
+                continue
+            twin = ir.Value(name=_unused_name(graph, f"{value.name}_{device.type}{device.id}"), type=value.type,
+                            shape=value.shape, const_value=value.const_value)
+            twin.meta[DEVICE] = device
+            graph.register_initializer(twin)
+            for user, index in uses:
+                user.replace_input_with(index, twin)
 
     def _copy_to_readers(self, graph: ir.Graph, value: ir.Value, position: dict[ir.Node, int]) -> int:
         """Give each reader on another device a copy; readers inside subgraphs get it in their own graph."""

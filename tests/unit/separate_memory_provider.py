@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onyxrt.framework.device import DataTransfer, Device
+from onyxrt.framework.device import DataTransfer, Device, array_from_pointer
 from onyxrt.providers import ExecutionProvider, NodeGroup
 from onyxrt.providers.base import is_assigned
 
@@ -86,6 +86,10 @@ class SeparateMemoryTransfer(DataTransfer):
 
     def data_ptr(self, value: Any) -> int:
         return int(value._data.ctypes.data)
+
+    def from_pointer(self, buffer_ptr: int, shape: Sequence[int], dtype: np.dtype) -> DeviceArray:
+        # the separate memory is host memory underneath, so an address can be viewed in place
+        return DeviceArray(array_from_pointer(buffer_ptr, shape, dtype))
 
 
 def _relu(x: np.ndarray) -> np.ndarray:

@@ -113,6 +113,21 @@ def test_a_region_bound_on_its_device_runs_with_zero_copies(transfer):
     np.testing.assert_allclose(out.numpy(), _cpu_result(ONE_REGION), rtol=1e-5)
 
 
+def test_inputs_and_outputs_bound_by_device_address(transfer):
+    session = ort.InferenceSession(ONE_REGION, providers=PROVIDERS)
+    x_on_device = ort.OrtValue.ortvalue_from_numpy(X, DEVICE_TYPE, 0)
+    out = ort.OrtValue.ortvalue_from_shape_and_type([3, 4], np.float32, DEVICE_TYPE, 0)
+    binding = session.io_binding()
+    binding.bind_input("x", DEVICE_TYPE, 0, np.float32, [3, 4], x_on_device.data_ptr())
+    binding.bind_output("y", DEVICE_TYPE, 0, np.float32, [3, 4], out.data_ptr())
+    transfer.reset_counts()
+    session.run_with_iobinding(binding)
+    assert transfer.copies == 0
+    (y,) = binding.get_outputs()
+    assert y.device_name() == DEVICE_TYPE and y.data_ptr() == out.data_ptr()
+    np.testing.assert_allclose(out.numpy(), _cpu_result(ONE_REGION), rtol=1e-5)
+
+
 def test_device_output_bound_to_the_host_or_a_host_buffer(transfer):
     session = ort.InferenceSession(ONE_REGION, providers=PROVIDERS)
     expected = _cpu_result(ONE_REGION)

@@ -95,18 +95,27 @@ def test_move_between_host_and_device(registered):
     assert (registered.to_device_count, registered.to_host_count) == (1, 1)
 
 
-def test_a_weight_read_on_both_devices_stays_on_the_host_with_one_copy_per_run(registered):
-    graph = _partitioned(_model(
+def test_a_weight_read_on_both_devices_gets_a_twin_on_the_device(registered):
+    model = _model(
         [helper.make_node("Add", ["x", "w"], ["a"]), helper.make_node("Softmax", ["w"], ["s"]),
          helper.make_node("Concat", ["a", "s"], ["y"], axis=0)],
         [_vi("x")], [_vi("y", (4, 2))], [numpy_helper.from_array(np.ones((2, 2), np.float32), "w")],
-    ), [SeparateMemoryProvider(), CPUExecutionProvider()])
-    assert graph.initializers["w"].meta[DEVICE] == HOST
-    assert [n.op_type for n in graph] == [TO_DEVICE, SEP, "Softmax", TO_HOST, "Concat"]
-    to_device, fused, _, to_host, concat = graph
-    assert to_device.inputs[0].name == "w" and to_device.meta[PROVIDER_KEY] == SEP
-    assert list(fused.inputs) == [graph.inputs[0], to_device.outputs[0]]
+    )
+    graph = _partitioned(model, [SeparateMemoryProvider(), CPUExecutionProvider()])
+    weight, twin = graph.initializers["w"], graph.initializers["w_sepmem0"]
+    assert weight.meta[DEVICE] == HOST and twin.meta[DEVICE] == SEP_DEVICE
+    assert [n.op_type for n in graph] == [SEP, "Softmax", TO_HOST, "Concat"]
+    fused, softmax, to_host, concat = graph
+    assert list(fused.inputs) == [graph.inputs[0], twin] and list(softmax.inputs) == [weight]
     assert to_host.inputs[0] is fused.outputs[0] and concat.inputs[0] is to_host.outputs[0]
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=[SEP, "CPUExecutionProvider"])
+    registered.reset_counts()
+    x = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    (y,) = session.run(None, {"x": x})
+    assert (registered.to_device_count, registered.to_host_count) == (1, 1)  # x in, a out: not w
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(y, expected[0], rtol=1e-6)
 
 
 def test_a_weight_read_only_on_the_device_lives_there(registered):
