@@ -22,7 +22,7 @@ from ..graph.opsets import describe, opset_for
 from ..graph.tensors import to_array
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts
-from .device import HOST, BoundOutput, data_transfer_for, deliver, device_of, move_to
+from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
 from .memcpy import compile_copy, is_copy, value_device
 from .partitioner import FUSED_GROUP, PROVIDER_KEY
 
@@ -61,9 +61,9 @@ class ExecutionPlan:
         output_slots: tuple[int, ...],
     ) -> None:
         self.graph = graph
-        # where each input is read and each output produced (the partitioner's placement)
-        self._input_devices = tuple(value_device(v) for v in graph.inputs)
-        self._output_devices = tuple(value_device(v) for v in graph.outputs)
+        # where each input is read (the partitioner's placement), and whether that is the host
+        self._input_devices = tuple((device, device.is_host) for device in map(value_device, graph.inputs))
+        self._outputs_on_host = all(value_device(v).is_host for v in graph.outputs)
         producer_step = {v: index for index, node in enumerate(nodes) for v in node.outputs}
         # the step after which each output can be handed over (-1: an input or initializer, before any step)
         self._output_steps = tuple(producer_step.get(v, -1) for v in graph.outputs)
@@ -85,27 +85,46 @@ class ExecutionPlan:
         ask, handed over as soon as their producer has run (a None target: not wanted).
         """
         values = self._template.copy()
-        for slot, value, device in zip(self._input_slots, inputs, self._input_devices):
-            values[slot] = value if device_of(value) == device else move_to(value, device)
+        for slot, value, (device, on_host) in zip(self._input_slots, inputs, self._input_devices):
+            values[slot] = value if on_host and isinstance(value, np.ndarray) else move_to(value, device)
         for slot, value in zip(self._outer_slots, outer):
             values[slot] = value
-        handover = self._handover(targets)
-        delivered = [None] * len(self._output_slots)
-        if -1 in handover:
-            self._deliver_after(-1, values, handover, targets, delivered)
+        handover = delivered = None
+        if targets is not None:
+            handover = self._handover(targets)
+            delivered = [None] * len(self._output_slots)
+            if -1 in handover:
+                self._deliver_after(-1, values, handover, targets, delivered)
         if profile is not None:
             self._run_profiled(values, profile, handover, targets, delivered)
         else:
-            self._run_steps(values, handover, targets, delivered)
-        if targets is None:
-            return [values[slot] if device.is_host else move_to(values[slot], HOST)
-                    for slot, device in zip(self._output_slots, self._output_devices)]
-        return delivered
+            index = 0
+            try:
+                for fn, ins, outs, frees, multi in self._steps:
+                    result = fn(*[values[i] for i in ins])
+                    if multi:
+                        for slot, value in zip(outs, result):
+                            values[slot] = value
+                    else:
+                        values[outs[0]] = result
+                    if handover and index in handover:
+                        self._deliver_after(index, values, handover, targets, delivered)
+                    for slot in frees:
+                        values[slot] = None
+                    index += 1
+            except OnyxRuntimeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported with the failing node
+                node = self.nodes[index]
+                raise KernelError(node.name, node.op_type, exc) from exc
+        if delivered is not None:
+            return delivered
+        if self._outputs_on_host:
+            return [values[slot] for slot in self._output_slots]
+        return [move_to(values[slot], HOST) for slot in self._output_slots]
 
-    def _handover(self, targets: Sequence[BoundOutput | None] | None) -> dict[int, list[int]]:
+    def _handover(self, targets: Sequence[BoundOutput | None]) -> dict[int, list[int]]:
         """Output positions to hand over after each step (key -1: before the first)."""
-        if targets is None:
-            return {}
         if len(targets) != len(self._output_slots):
             raise ValueError(f"{len(targets)} output targets for {len(self._output_slots)} outputs")
         after: dict[int, list[int]] = {}
@@ -117,27 +136,6 @@ class ExecutionPlan:
     def _deliver_after(self, index: int, values: list[Any], handover, targets, delivered: list[Any]) -> None:
         for position in handover[index]:
             delivered[position] = deliver(values[self._output_slots[position]], targets[position])
-
-    def _run_steps(self, values: list[Any], handover, targets, delivered: list[Any]) -> None:
-        index = 0
-        try:
-            for fn, ins, outs, frees, multi in self._steps:
-                result = fn(*[values[i] for i in ins])
-                if multi:
-                    for slot, value in zip(outs, result):
-                        values[slot] = value
-                else:
-                    values[outs[0]] = result
-                if handover and index in handover:
-                    self._deliver_after(index, values, handover, targets, delivered)
-                for slot in frees:
-                    values[slot] = None
-                index += 1
-        except OnyxRuntimeError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported with the failing node
-            node = self.nodes[index]
-            raise KernelError(node.name, node.op_type, exc) from exc
 
     def _run_profiled(self, values: list[Any], profile: list, handover, targets, delivered: list[Any]) -> None:
         for index, ((fn, ins, outs, frees, multi), node) in enumerate(zip(self._steps, self.nodes)):
