@@ -27,10 +27,10 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import NotImplemented as OrtNotImplemented
+from ..framework.device import DataTransfer, Device, HostDataTransfer, data_transfer_for
 from ..graph.attributes import attribute_value
 from ..graph.opsets import describe, opset_for
 from ..graph.tensors import to_array
-from ..framework.device import DataTransfer, Device, HostDataTransfer, data_transfer_for
 
 # The key of ``node.meta`` naming the provider a node is assigned to.
 PROVIDER_KEY = "execution_provider"
