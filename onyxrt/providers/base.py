@@ -179,8 +179,9 @@ class ExecutionProvider:
             if any(attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()):
                 raise OrtNotImplemented(f"{self.name} cannot run {describe(node)} inside a fused group")
             attributes = {name: attribute_value(attr) for name, attr in node.attributes.items()}
-            constants = [to_array(v.const_value) if v is not None and v.is_initializer() else None
-                         for v in node.inputs]
+            # weights no feed can override, as the plan passes them
+            constants = [to_array(v.const_value) if v is not None and v.is_initializer() and not v.is_graph_input()
+                         else None for v in node.inputs]
             fn, multi = self.compile_node(node, opset_for(node, group.opset_imports), attributes, constants)
             steps.append((fn, node.inputs, node.outputs, multi))
 
