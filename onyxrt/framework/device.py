@@ -181,4 +181,4 @@ def move_to(value: Any, device: Device) -> Any:
         return value
     if not source.is_host:
         value = data_transfer_for(source).to_host(value)
-    return value if device.is_host else data_transfer_for(device).to_device(value)
+    return value if device.is_host else data_transfer_for(device).to_device(np.asarray(value))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from ..providers.base import PROVIDER_KEY, ExecutionProvider
@@ -52,7 +53,13 @@ def insert_copies(graph: ir.Graph, providers: Sequence[ExecutionProvider]) -> in
 def compile_copy(node: ir.Node, provider: ExecutionProvider) -> Callable[[Any], Any]:
     """The step running a copy node with its (device-side) provider's data transfer."""
     transfer = provider.data_transfer
-    return transfer.to_device if node.op_type == TO_DEVICE else transfer.to_host
+    if node.op_type == TO_HOST:
+        return transfer.to_host
+
+    def to_device(value: Any) -> Any:
+        return transfer.to_device(np.asarray(value))  # kernels may return numpy scalars
+
+    return to_device
 
 
 def value_device(value: ir.Value) -> Device:

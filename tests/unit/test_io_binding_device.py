@@ -198,3 +198,25 @@ def test_profile_names_each_node_s_provider(transfer, tmp_path):
     events = json.loads(open(session.end_profiling()).read())
     providers = {e["args"]["op_name"]: e["args"]["provider"] for e in events if e["cat"] == "Node"}
     assert providers["Softmax"] == "CPUExecutionProvider" and providers[SEP] == SEP
+
+
+@pytest.mark.zoo
+@pytest.mark.heavy
+@pytest.mark.parametrize("name", ["resnet50", "bert_base", "llama_tiny"])
+def test_zoo_models_on_the_device_give_the_cpu_results(transfer, zoo_model, name):
+    from feeds import decoder_feeds, encoder_feeds, vision_feeds
+
+    feeds = {"resnet50": lambda: vision_feeds(1), "bert_base": lambda: encoder_feeds("bert_base", 1, 8),
+             "llama_tiny": lambda: decoder_feeds(1, 4, 2)}[name]()
+    path = zoo_model(name)
+    session = ort.InferenceSession(path, providers=PROVIDERS)
+    copy_nodes = sum(node.op_type.startswith("Memcpy") for node in session._plan.graph)
+    assert any(node.domain == FUSED_DOMAIN for node in session._plan.graph)
+    transfer.reset_counts()
+    got = session.run(None, feeds)
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    # every copy is a border: a copy node, or a graph input/output moved at the start/end of the run
+    moved = len(feeds) + len(want)
+    assert copy_nodes <= transfer.copies <= copy_nodes + moved
