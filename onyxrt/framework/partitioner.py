@@ -87,11 +87,18 @@ def _acyclic_parts(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.No
     Every node gets a stage: the most times a path reaching it has left the group.
     Along any path the stage never decreases and grows by one on each exit, so a path
     leaving a part and re-entering the group lands in a later part, and parts in stage
-    order keep the graph acyclic as each is contracted in turn.
+    order keep the graph acyclic as each is contracted in turn. Only the nodes from the
+    group's first to its last can lie on such a path.
     """
     members = set(nodes)
+    remaining = len(members)
     stage: dict[ir.Node, int] = {}  # for members: their stage; for others: the stage they pass on
+    parts: dict[int, list[ir.Node]] = {}
     for node in graph:
+        if remaining == 0:
+            break
+        if not stage and node not in members:
+            continue  # before the group's first node
         reached = 0
         for value in [*node.inputs, *outer_reads(node)]:
             producer = value.producer() if value is not None else None
@@ -100,10 +107,9 @@ def _acyclic_parts(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.No
             passed = stage[producer] + 1 if producer in members and node not in members else stage[producer]
             reached = max(reached, passed)
         stage[node] = reached
-    parts: dict[int, list[ir.Node]] = {}
-    for node in graph:
         if node in members:
-            parts.setdefault(stage[node], []).append(node)
+            parts.setdefault(reached, []).append(node)
+            remaining -= 1
     return [parts[level] for level in sorted(parts)]
 
 
@@ -112,7 +118,7 @@ def _fuse(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> ir.
     members = set(group.nodes)
     inner = members.union(*(_nodes_inside(node) for node in group.nodes))
     fused = ir.Node(FUSED_DOMAIN, provider.name, group.inputs, num_outputs=len(group.outputs))
-    graph.insert_before(group.nodes[0], fused)
+    _insert_in_order(graph, group.nodes, fused)
     graph.remove(group.nodes)
 
     # The body reads its own input values, so the moved nodes stop being users of outer values.
@@ -137,9 +143,33 @@ def _fuse(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> ir.
                     opset_imports=dict(group.opset_imports))
     fused.meta[PROVIDER_KEY] = provider.name
     fused.meta[FUSED_GROUP] = NodeGroup(list(body), list(body.inputs), list(body.outputs), group.opset_imports)
-    # Readers of the group's outputs may sit before some of its nodes: restore dependency order.
-    graph.sort()
     return fused
+
+
+def _insert_in_order(graph: ir.Graph, nodes: Sequence[ir.Node], fused: ir.Node) -> None:
+    """Insert ``fused`` after the last of ``nodes``, keeping the graph in dependency order.
+
+    Nodes between the group's first and last node that read (through any chain) one of
+    its outputs move right after ``fused``; the group has no path that leaves it and comes
+    back, so none of them feeds the group and every other node may stay before it.
+    """
+    members = set(nodes)
+    produced_by_group: set[ir.Value] = set()
+    movers: list[ir.Node] = []
+    remaining = len(members)
+    for node in graph:
+        if remaining == 0:
+            break
+        if node in members:
+            remaining -= 1
+            produced_by_group.update(node.outputs)
+        elif produced_by_group and any(v in produced_by_group for v in [*node.inputs, *outer_reads(node)]):
+            movers.append(node)
+            produced_by_group.update(node.outputs)
+    graph.insert_after(nodes[-1], fused)
+    if movers:
+        graph.remove(movers)
+        graph.insert_after(fused, movers)
 
 
 def _nodes_inside(node: ir.Node) -> list[ir.Node]:
