@@ -157,6 +157,7 @@ def model_from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> ir.
     so that saving writes them back as sparse tensors.
     """
     sparse_names = _densify_sparse(proto, base_dir)
+    _bridge_outer_outputs(proto.graph, set())
     opaque = _set_aside_map_types(proto.graph)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -194,6 +195,31 @@ def _densify_sparse(proto: onnx.ModelProto, base_dir: str | None) -> list[str]:
     except (ValueError, IndexError, TypeError, OSError) as exc:
         raise InvalidGraph(f"Invalid sparse tensor: {exc}") from None
     return names
+
+
+def _bridge_outer_outputs(graph: onnx.GraphProto, outer: set[str]) -> None:
+    """A subgraph output that is an outer-scope value gets an Identity inside the subgraph.
+
+    onnx_ir links such an output to a new, unconnected value instead of the outer one; the
+    Identity makes the capture an ordinary node input, which it does resolve.
+    """
+    names: set[str] | None = None
+    for node in graph.node:
+        if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if names is None:
+            names = outer | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            names |= {o for n in graph.node for o in n.output}
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+                defined |= {o for n in sub.node for o in n.output}
+                for output in sub.output:
+                    if output.name not in defined and output.name in names:
+                        inner = f"{output.name}__outer_{len(sub.node)}"
+                        sub.node.append(onnx.helper.make_node("Identity", [output.name], [inner]))
+                        output.name = inner
+                _bridge_outer_outputs(sub, names)
 
 
 def _densify_graph(graph: onnx.GraphProto, base_dir: str | None) -> None:
