@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from ..graph.attributes import attribute_value
 from ..graph.opsets import describe, opset_for
-from ..graph.tensors import to_array
+from ..graph.tensors import constant_array
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts
 from .partitioner import PROVIDER_KEY
@@ -140,7 +140,7 @@ def build_plan(
     fed = set(graph.inputs)
     weights: dict[ir.Value, Any] = {}
     for value in graph.initializers.values():
-        array = _read_only(to_array(value.const_value))
+        array = _read_only(constant_array(value))
         template[slot_of(value)] = array
         if value not in fed:  # weights a kernel may prepare once: initializers no feed can override
             weights[value] = array

@@ -87,20 +87,23 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: str | None) 
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-infer a light copy of ``model`` (large initializers become typed inputs)."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    graph = light.graph
-    keep = []
-    existing_inputs = {i.name for i in graph.input}
-    for tensor in graph.initializer:
+    """Shape-infer a light copy of ``model`` (large initializers become typed inputs, never copied)."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    source, graph = model.graph, light.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    existing_inputs = {i.name for i in source.input}
+    for tensor in source.initializer:
         if external_data_helper.uses_external_data(tensor) or _numel(tensor) > _INFERENCE_INLINE_LIMIT:
             if tensor.name not in existing_inputs:
                 graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
         else:
-            keep.append(tensor)
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+            graph.initializer.append(tensor)
     try:
         return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes

@@ -21,7 +21,7 @@ from ..graph.autodiff import expand_gradient_nodes
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_loader import ModelSource, load_model
 from ..graph.model_saver import save_model
-from ..graph.tensors import from_array, to_array
+from ..graph.tensors import constant_array, from_array
 from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto, value_type_string
 from ..optimizer import optimize
 from ..providers.cpu import CPUExecutionProvider
@@ -121,6 +121,7 @@ class InferenceSession:
             providers=[p.name for p in self._providers],
             evaluator=provider_evaluator(CPUExecutionProvider()),
             disabled=disabled,
+            fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
         )
         self.applied_optimizations = report.applied
         if self._sess_options.optimized_model_filepath:
@@ -177,7 +178,7 @@ class InferenceSession:
         self._outputs_meta = [NodeArg(v.name, types[v]) for v in graph.outputs]
         self._input_specs = {v.name: _InputSpec(v.name, i, types[v]) for i, v in enumerate(graph.inputs)}
         self._required_inputs = [a.name for a in self._inputs_meta]
-        self._input_defaults = [to_array(v.const_value) if v in initializers else None for v in graph.inputs]
+        self._input_defaults = [constant_array(v) if v in initializers else None for v in graph.inputs]
         self._output_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._model_meta = ModelMetadata(
             producer_name=model.producer_name,

@@ -137,3 +137,23 @@ def test_constants_folded_inside_a_loop_body_run(tmp_path):
     np.testing.assert_allclose(y, [-6.0, -18.0])
     (optimized_body,) = [a.g for a in _optimized(tmp_path).graph.node[0].attribute if a.name == "body"]
     assert [node.op_type for node in optimized_body.node] == ["Add", "Identity"]
+
+
+def test_disable_quant_qdq_lets_folding_dequantize_weights():
+    """onnxruntime's "session.disable_quant_qdq" = "1": DequantizeLinear of a constant weight is folded."""
+    weight = numpy_helper.from_array(np.arange(-4, 4, dtype=np.int8).reshape(2, 4), "w_q")
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "w_scale")
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[weight, scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    x = np.array([[1.0, 2.0]], np.float32)
+    kept = ort.InferenceSession(model)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    folded = ort.InferenceSession(model, options)
+    assert "constant_folding" not in kept.applied_optimizations
+    assert "constant_folding" in folded.applied_optimizations
+    np.testing.assert_array_equal(kept.run(None, {"x": x})[0], folded.run(None, {"x": x})[0])
