@@ -7,8 +7,8 @@ from typing import Any, Callable, Sequence
 from ...graph.ir import Node
 from ..base import ExecutionProvider
 from ..kernel_registry import bind_attributes
-from . import kernels  # noqa: F401 - registers every CPU kernel
-from .registry import CPU_KERNELS
+from . import kernel_modules  # noqa: F401 - registers every CPU kernel
+from .kernel_table import CPU_KERNELS
 
 
 class CPUExecutionProvider(ExecutionProvider):

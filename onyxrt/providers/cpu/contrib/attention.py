@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)

@@ -23,7 +23,7 @@ from ..math.matmul import gemm_prepack
 from ..nn.conv import conv as _onnx_conv
 from ..nn.conv import _float_conv, conv_prepack
 from ..nn.pool import max_pool as _onnx_max_pool
-from ..registry import op
+from ..kernel_table import op
 from ..tensor.indexing import trilu as _onnx_trilu
 
 _FLOAT_KINDS = (np.dtype(np.float32), np.dtype(np.float64))

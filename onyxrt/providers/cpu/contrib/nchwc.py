@@ -27,7 +27,7 @@ import numpy as np
 from ..nn.conv import _float_conv, pack_conv_weights
 from ..nn.pool import average_pool as _onnx_average_pool
 from ..nn.pool import max_pool as _onnx_max_pool
-from ..registry import op
+from ..kernel_table import op
 from .fused import mlas_activation, mlas_activation_fn
 
 _DOMAIN = "com.microsoft.nchwc"

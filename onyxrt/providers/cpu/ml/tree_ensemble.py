@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from ._common import (
     Compiled,
     binary_scores,

@@ -33,7 +33,7 @@ import threading
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 # --------------------------------------------------------------------------- geometry helpers
 # (also used by pool.py)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .._helpers import normalize_axis
-from ..registry import op
+from ..kernel_table import op
 from .conv import _run_chunks
 
 

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from .conv import _auto_pad_name, _pairs_ok, compute_dtype, copy_stride2, pad_spatial, spatial_defaults, window_slice
 
 # --------------------------------------------------------------------------- geometry

@@ -8,7 +8,7 @@ import onnx
 from onnx import numpy_helper
 
 from ....graph.types import np_dtype
-from ..registry import op
+from ..kernel_table import op
 from .shape_ops import ints
 
 
