@@ -71,6 +71,7 @@ class ThreadPool:
             raise InvalidArgument(f"intra_op_num_threads must be a non-negative integer, got {num_threads!r}")
         self._num_threads = count or physical_core_count()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_pid = 0
         self._lock = threading.Lock()
 
     @property
@@ -133,10 +134,12 @@ class ThreadPool:
 
     def _worker_threads(self) -> concurrent.futures.ThreadPoolExecutor:
         with self._lock:
-            if self._executor is None:
+            # a forked child inherits the executor but not its threads: it starts its own
+            if self._executor is None or self._executor_pid != os.getpid():
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=self._num_threads - 1, thread_name_prefix="onyxrt-intra-op"
                 )
+                self._executor_pid = os.getpid()
             return self._executor
 
 

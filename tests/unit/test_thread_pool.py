@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import numpy as np
@@ -174,3 +176,16 @@ def test_concurrent_sessions_each_see_their_own_pool():
     assert sorted(s["num_threads"] for s in seen) == [1] * 5 + [2] * 5
     for s in seen:
         assert len(s["item_threads"]) == s["num_threads"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_worker_threads():
+    pool = ThreadPool(2)
+    pool.map(lambda i: i, range(4))  # the parent's worker thread exists now
+    pid = os.fork()
+    if pid == 0:  # the child: without its own worker threads this would wait forever (the alarm ends it)
+        signal.alarm(10)
+        os._exit(0 if pool.map(abs, [-1, -2, -3]) == [1, 2, 3] else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    pool.shutdown()
