@@ -9,16 +9,20 @@ values in a list of its own, so concurrent runs of one plan are independent.
 
 from __future__ import annotations
 
-import heapq
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import InvalidGraph, KernelError, NotImplemented as OrtNotImplemented, OnyxRuntimeError
-from ..graph.ir import A, Graph, Node
+import onnx_ir as ir
+
+from ..graph.attributes import attribute_value
+from ..graph.opsets import describe, opset_for
+from ..graph.tensors import to_array
+from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts
-from .partitioner import Assignment, opset_for
+from .partitioner import PROVIDER_KEY
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
 _TRASH_SLOT = 1  # where skipped optional outputs are written
@@ -46,17 +50,17 @@ class ExecutionPlan:
 
     def __init__(
         self,
-        graph: Graph,
+        graph: ir.Graph,
         steps: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...], tuple[int, ...], bool]],
-        nodes: list[Node],
+        nodes: list[ir.Node],
         template: list[Any],
         input_slots: tuple[int, ...],
         outer_slots: tuple[int, ...],
         output_slots: tuple[int, ...],
     ) -> None:
         self.graph = graph
-        self.input_names = [vi.name for vi in graph.inputs]
-        self.output_names = [vi.name for vi in graph.outputs]
+        self.input_names = [v.name for v in graph.inputs]
+        self.output_names = [v.name for v in graph.outputs]
         self._steps = steps
         self.nodes = nodes
         self._template = template
@@ -113,48 +117,55 @@ class ExecutionPlan:
 
 
 def build_plan(
-    graph: Graph,
+    graph: ir.Graph,
     opsets: dict[str, int],
-    assignment: Assignment,
-    outer_names: Sequence[str] = (),
+    providers: Mapping[str, ExecutionProvider],
+    outer_values: Sequence[ir.Value] = (),
 ) -> ExecutionPlan:
-    """Compile ``graph`` into an :class:`ExecutionPlan` with the partitioner's ``assignment``."""
-    slots: dict[str, int] = {"": _NONE_SLOT}
+    """Compile ``graph`` into an :class:`ExecutionPlan`; each node runs on the provider the partitioner recorded."""
+    slots: dict[ir.Value, int] = {}
     template: list[Any] = [None, None]
 
-    def slot_of(name: str) -> int:
-        if name not in slots:
-            slots[name] = len(template)
+    def slot_of(value: ir.Value | None) -> int:
+        if value is None:
+            return _NONE_SLOT
+        slot = slots.get(value)
+        if slot is None:
+            slot = slots[value] = len(template)
             template.append(None)
-        return slots[name]
+        return slot
 
-    input_slots = tuple(slot_of(vi.name) for vi in graph.inputs)
-    outer_slots = tuple(slot_of(name) for name in outer_names)
-    for name, array in graph.initializers.items():
-        template[slot_of(name)] = _read_only(array)
+    input_slots = tuple(slot_of(v) for v in graph.inputs)
+    outer_slots = tuple(slot_of(v) for v in outer_values)
+    fed = set(graph.inputs)
+    weights: dict[ir.Value, Any] = {}
+    for value in graph.initializers.values():
+        array = _read_only(to_array(value.const_value))
+        template[slot_of(value)] = array
+        if value not in fed:  # weights a kernel may prepare once: initializers no feed can override
+            weights[value] = array
 
-    ordered = _topological_order(graph, set(slots))
-    # weights a kernel may prepare once: initializers no feed can override
-    fed = {vi.name for vi in graph.inputs}
-    weights = {name: template[slots[name]] for name in graph.initializers if name not in fed}
+    ordered = _checked_order(graph, set(slots))
     steps = []
     last_use: dict[int, int] = {}
     for index, (node, implicit) in enumerate(ordered):
-        constants = [weights.get(name) for name in node.inputs]
-        fn, multi = _compile_node(node, implicit, opsets, assignment, constants)
-        ins = tuple(slot_of(n) for n in node.inputs) + tuple(slot_of(n) for n in implicit)
-        outs = tuple(slot_of(n) if n else _TRASH_SLOT for n in node.outputs)
+        constants = [weights.get(v) if v is not None else None for v in node.inputs]
+        fn, multi = _compile_node(node, implicit, opsets, providers, constants)
+        ins = tuple(slot_of(v) for v in node.inputs) + tuple(slot_of(v) for v in implicit)
+        outs = tuple(slot_of(v) if _is_used(v) else _TRASH_SLOT for v in node.outputs)
         for slot in ins:
             last_use[slot] = index
         steps.append([fn, ins, outs, [], multi])
 
     keep = {_NONE_SLOT, _TRASH_SLOT} | set(input_slots) | set(outer_slots)
-    keep |= {slots[name] for name in graph.initializers}
+    keep |= {slots[v] for v in graph.initializers.values()}
     output_slots = []
-    for vi in graph.outputs:
-        if vi.name not in slots:
-            raise InvalidGraph(f"Graph '{graph.name}' output '{vi.name}' is not produced by any node, input or initializer")
-        output_slots.append(slots[vi.name])
+    for value in graph.outputs:
+        if value not in slots:
+            raise InvalidGraph(
+                f"Graph '{graph.name}' output '{value.name}' is not produced by any node, input or initializer"
+            )
+        output_slots.append(slots[value])
     keep |= set(output_slots)
     for slot, index in last_use.items():
         if slot not in keep:
@@ -166,6 +177,11 @@ def build_plan(
     return ExecutionPlan(graph, frozen, [n for n, _ in ordered], template, input_slots, outer_slots, tuple(output_slots))
 
 
+def _is_used(value: ir.Value) -> bool:
+    """Whether anything reads ``value`` (a node, a subgraph, or the graph's outputs)."""
+    return bool(value.name) and (value.is_graph_output() or len(value.uses()) > 0)
+
+
 def _read_only(array: Any) -> Any:
     """A read-only view of a weight, so no kernel or caller can change it in place."""
     if isinstance(array, np.ndarray) and array.flags.writeable:
@@ -174,22 +190,26 @@ def _read_only(array: Any) -> Any:
     return array
 
 
-def _compile_node(node: Node, implicit: list[str], opsets, assignment: Assignment, constants: list[Any]):
-    provider = assignment[id(node)]
+def _compile_node(node: ir.Node, implicit: list[ir.Value], opsets, providers: Mapping[str, ExecutionProvider],
+                  constants: list[Any]):
+    provider = providers[node.meta[PROVIDER_KEY]]
     opset = opset_for(node, opsets)
     attributes: dict[str, Any] = {}
+    has_subgraphs = False
     for name, attr in node.attributes.items():
-        if attr.type == A.GRAPH:
-            attributes[name] = _compile_subgraph(attr.value, implicit, opsets, assignment)
-        elif attr.type == A.GRAPHS:
-            attributes[name] = [_compile_subgraph(g, implicit, opsets, assignment) for g in attr.value]
+        if attr.type == ir.AttributeType.GRAPH:
+            attributes[name] = _compile_subgraph(attr.value, implicit, opsets, providers)
+            has_subgraphs = True
+        elif attr.type == ir.AttributeType.GRAPHS:
+            attributes[name] = [_compile_subgraph(g, implicit, opsets, providers) for g in attr.value]
+            has_subgraphs = True
         else:
-            attributes[name] = attr.value
+            attributes[name] = attribute_value(attr)
     fn, multi = provider.compile_node(node, opset, attributes, constants)
-    if implicit or any(True for _ in node.subgraphs()):
+    if implicit or has_subgraphs:
         kernel = getattr(fn, "func", fn)
         if not accepts(kernel, "_outer"):
-            raise OrtNotImplemented(f"{node.describe()}: its kernel cannot pass outer-scope values to subgraphs")
+            raise OrtNotImplemented(f"{describe(node)}: its kernel cannot pass outer-scope values to subgraphs")
         fn = _with_outer(fn, len(node.inputs))
     return fn, multi
 
@@ -201,57 +221,68 @@ def _with_outer(fn: Callable[..., Any], n_explicit: int) -> Callable[..., Any]:
     return run_with_outer
 
 
-def _compile_subgraph(sub: Graph, implicit: list[str], opsets, assignment: Assignment) -> Subgraph:
-    free = sub.free_variables()
-    plan = build_plan(sub, opsets, assignment, outer_names=free)
-    return Subgraph(plan, tuple(implicit.index(name) for name in free))
+def _compile_subgraph(sub: ir.Graph, implicit: list[ir.Value], opsets, providers) -> Subgraph:
+    free = free_values(sub)
+    plan = build_plan(sub, opsets, providers, outer_values=free)
+    return Subgraph(plan, tuple(implicit.index(v) for v in free))
 
 
-def _topological_order(graph: Graph, available: set[str]) -> list[tuple[Node, list[str]]]:
-    """Nodes in dependency order (stable w.r.t. the file's order), each with its implicit inputs."""
+def _subgraphs(node: ir.Node):
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.value
+        elif attr.type == ir.AttributeType.GRAPHS:
+            yield from attr.value
+
+
+def free_values(graph: ir.Graph) -> list[ir.Value]:
+    """Values ``graph`` (and its nested subgraphs) reads but does not define: outer-scope captures, in first-use order."""
+    defined: set[ir.Value] = set(graph.inputs) | set(graph.initializers.values())
+    free: dict[ir.Value, None] = {}
+    for node in graph:
+        for value in node.inputs:
+            if value is not None and value not in defined:
+                free.setdefault(value)
+        for sub in _subgraphs(node):
+            for value in free_values(sub):
+                if value not in defined:
+                    free.setdefault(value)
+        defined.update(node.outputs)
+    for value in graph.outputs:
+        if value not in defined:
+            free.setdefault(value)
+    return list(free)
+
+
+def _checked_order(graph: ir.Graph, available: set[ir.Value]) -> list[tuple[ir.Node, list[ir.Value]]]:
+    """The graph's nodes (kept in topological order by the loader and every pass), each with its implicit inputs.
+
+    Verifies what running needs: every value read is defined before it is read, and no
+    name is defined twice.
+    """
+    defined = set(available)
+    names = {v.name for v in available if v.name}
     entries = []
-    for node in graph.nodes:
-        implicit: dict[str, None] = {}
-        for sub in node.subgraphs():
-            for name in sub.free_variables():
-                implicit.setdefault(name)
-        entries.append((node, list(implicit)))
-
-    produced_by: dict[str, int] = {}
-    for index, (node, _) in enumerate(entries):
-        for name in node.outputs:
-            if not name:
-                continue
-            if name in produced_by or name in available:
-                raise InvalidGraph(f"{node.describe()}: output '{name}' is already defined in graph '{graph.name}'")
-            produced_by[name] = index
-
-    waiting_on = [0] * len(entries)
-    dependents: dict[str, list[int]] = {}
-    for index, (node, implicit) in enumerate(entries):
-        for name in dict.fromkeys(list(node.inputs) + implicit):
-            if name in available:
-                continue
-            if name not in produced_by:
+    for node in graph:
+        implicit: dict[ir.Value, None] = {}
+        for sub in _subgraphs(node):
+            for value in free_values(sub):
+                implicit.setdefault(value)
+        for value in list(node.inputs) + list(implicit):
+            if value is not None and value not in defined:
+                producer = value.producer()
+                if producer is not None and producer.graph is graph:
+                    raise InvalidGraph(f"Graph '{graph.name}' has a cycle through {describe(node)}")
                 raise InvalidGraph(
-                    f"{node.describe()}: input '{name}' is not a graph input, initializer, "
+                    f"{describe(node)}: input '{value.name}' is not a graph input, initializer, "
                     f"or output of another node in graph '{graph.name}'"
                 )
-            waiting_on[index] += 1
-            dependents.setdefault(name, []).append(index)
-
-    ready = [i for i, count in enumerate(waiting_on) if count == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        index = heapq.heappop(ready)
-        order.append(entries[index])
-        for name in entries[index][0].outputs:
-            for dependent in dependents.get(name, ()):
-                waiting_on[dependent] -= 1
-                if waiting_on[dependent] == 0:
-                    heapq.heappush(ready, dependent)
-    if len(order) != len(entries):
-        stuck = next(entries[i][0] for i, c in enumerate(waiting_on) if c)
-        raise InvalidGraph(f"Graph '{graph.name}' has a cycle through {stuck.describe()}")
-    return order
+        for value in node.outputs:
+            if not value.name:
+                continue
+            if value.name in names:
+                raise InvalidGraph(f"{describe(node)}: output '{value.name}' is already defined in graph '{graph.name}'")
+            names.add(value.name)
+            defined.add(value)
+        entries.append((node, list(implicit)))
+    return entries

@@ -2,44 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import onnx_ir as ir
+
 from ..errors import NotImplemented as OrtNotImplemented
-from ..graph.function_expansion import expand_unsupported
-from ..graph.ir import Graph, Node
+from ..graph.opsets import describe, opset_for
 from ..providers.base import ExecutionProvider
 
-Assignment = dict[int, ExecutionProvider]  # id(node) -> provider
+PROVIDER_KEY = "execution_provider"  # node.meta key holding the assigned provider's name
 
 
-def partition(graph: Graph, opsets: dict[str, int], providers: list[ExecutionProvider]) -> Assignment:
-    """Map each node to the first of ``providers`` that can run it.
+def partition(graph: ir.Graph, opset_imports: dict[str, int], providers: Sequence[ExecutionProvider]) -> None:
+    """Record on each node (``node.meta["execution_provider"]``) the first of ``providers`` that can run it.
 
-    A node no provider implements is first replaced by its ONNX function body,
-    where its schema defines one. Every node still without an implementation, in the main graph or any subgraph, is
+    Every node still without an implementation, in the main graph or any subgraph, is
     listed in one NOT_IMPLEMENTED error at session creation.
     """
-    expand_unsupported(graph, opsets, lambda node, opset: any(p.can_run(node, opset) for p in providers))
-    assignment: Assignment = {}
     missing: list[str] = []
-    _assign(graph, opsets, providers, assignment, missing)
+    _assign(graph, opset_imports, providers, missing)
     if missing:
         listed = "\n  ".join(missing)
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
-    return assignment
 
 
-def _assign(graph: Graph, opsets, providers, assignment: Assignment, missing: list[str]) -> None:
-    for node in graph.nodes:
-        opset = opset_for(node, opsets)
+def _assign(graph: ir.Graph, opset_imports, providers, missing: list[str]) -> None:
+    for node in graph:
+        opset = opset_for(node, opset_imports)
         for provider in providers:
             if provider.can_run(node, opset):
-                assignment[id(node)] = provider
+                node.meta[PROVIDER_KEY] = provider.name
                 break
         else:
-            missing.append(f"{node.describe()} at opset {opset}")
-        for sub in node.subgraphs():
-            _assign(sub, opsets, providers, assignment, missing)
-
-
-def opset_for(node: Node, opsets: dict[str, int]) -> int:
-    """The model's opset version for the node's domain (1 when the model does not import it)."""
-    return opsets.get(node.domain, 1)
+            missing.append(f"{describe(node)} at opset {opset}")
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                _assign(attr.value, opset_imports, providers, missing)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    _assign(sub, opset_imports, providers, missing)

@@ -8,11 +8,11 @@ can see the graph, so :func:`expand_gradient_nodes` replaces each Gradient node
 by the ops computing the gradients, before partitioning:
 
 1. the forward subgraph is the set of nodes ``y`` depends on, the walk stopping
-   at the names in ``xs`` and ``zs`` (they are independent variables, even when a
-   node computes them);
-2. when a Gradient input differs from the name it stands for (gradient at another
-   point), the forward nodes downstream of it are cloned to read that input;
-   otherwise the forward values are reused;
+   at the values ``xs`` and ``zs`` name (they are independent variables, even when
+   a node computes them);
+2. when a Gradient input is another value than the one its name stands for
+   (gradient at another point), the forward nodes downstream of it are cloned to
+   read that input; otherwise the forward values are reused;
 3. reverse mode: starting from ones shaped like ``y`` (so a non-scalar ``y`` is
    implicitly summed), each node on a path from ``xs`` to ``y`` maps its outputs'
    gradients to its inputs' by a vector-Jacobian rule written as graph nodes;
@@ -37,32 +37,29 @@ fold away the dependence on an initializer listed in ``xs``.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
 import onnx.shape_inference
+import onnx_ir as ir
 
 from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented
-from .function_expansion import inline_function, schema_function, value_type
-from .ir import A, Attribute, Graph, Node, graph_to_proto
+from .attributes import attribute_value
+from .builder import GraphBuilder, UniqueNames, captured_values, reads, replace_node, subgraphs
+from .function_expansion import expand_node, schema_function
+from .opsets import describe, opset_for
 
 TRAINING_DOMAIN = "ai.onnx.preview.training"
 AUTODIFF_DOMAIN = "ai.onyxrt.autodiff"
 
-_counter = itertools.count()
 
-
-def is_gradient_node(node: Node) -> bool:
+def is_gradient_node(node: ir.Node) -> bool:
     return node.op_type == "Gradient" and node.domain == TRAINING_DOMAIN
 
 
-def expand_gradient_nodes(
-    graph: Graph, opsets: dict[str, int], _outer: tuple[dict[str, Node], set[str]] | None = None
-) -> bool:
+def expand_gradient_nodes(graph: ir.Graph, opset_imports: dict[str, int]) -> bool:
     """Replace every Gradient node of ``graph`` (and its subgraphs) by the nodes computing its outputs.
 
     Returns whether anything changed. Raises NOT_IMPLEMENTED when a node on the
@@ -71,122 +68,93 @@ def expand_gradient_nodes(
     of the enclosing graphs: its gradient nodes stay in the subgraph and read
     the outer values they need.
     """
-    outer_producers, outer_names = _outer if _outer is not None else ({}, set())
+    if not _has_gradient_node(graph):
+        return False
+    return _expand_in(graph, opset_imports, UniqueNames(graph), {})
+
+
+def _has_gradient_node(graph: ir.Graph) -> bool:
+    for node in graph:
+        if is_gradient_node(node) or any(_has_gradient_node(sub) for sub in subgraphs(node)):
+            return True
+    return False
+
+
+def _expand_in(graph: ir.Graph, opset_imports: dict[str, int], names: UniqueNames, outer: dict[str, ir.Value]) -> bool:
     changed = False
-    pending = [node for node in graph.nodes if is_gradient_node(node)]
-    if pending:
-        taken = _names_in(graph) | outer_names
-        defined = _defined_outside(graph) | outer_names
-        while pending:
-            progressed = False
-            for gnode in list(pending):
-                producers = {**outer_producers, **graph.producers()}
-                spec = _GradientSpec.parse(gnode)
-                forward = _forward_closure(spec.y, spec.stops, producers)
-                if any(is_gradient_node(n) for n in forward):
-                    continue  # differentiate through the other Gradient once it is expanded
-                if _inline_function_ops(graph, forward, spec, opsets):
-                    taken |= _names_in(graph)
-                    producers = {**outer_producers, **graph.producers()}
-                    forward = _forward_closure(spec.y, spec.stops, producers)
-                if spec.y not in spec.stops and spec.y not in producers and spec.y not in defined:
-                    raise InvalidGraph(f"{gnode.describe()}: y '{spec.y}' is not a value of the graph")
-                builder = _Builder(gnode, opsets.get("", 1), taken)
-                _differentiate(builder, gnode, spec, forward, graph)
-                index = next(i for i, n in enumerate(graph.nodes) if n is gnode)
-                graph.nodes[index : index + 1] = builder.nodes
-                pending = [n for n in pending if n is not gnode]
-                progressed = True
-            if not progressed:
-                raise InvalidGraph(f"{pending[0].describe()}: Gradient nodes depend on each other's outputs in a cycle")
-        graph.nodes = topological_sort(graph.nodes, _defined_outside(graph))
-        changed = True
-    if any(True for node in graph.nodes for _ in node.subgraphs()):
-        scope = ({**outer_producers, **graph.producers()}, outer_names | _names_in(graph))
-        for node in graph.nodes:
-            for sub in node.subgraphs():
-                changed |= expand_gradient_nodes(sub, opsets, scope)
+    pending = [node for node in graph if is_gradient_node(node)]
+    while pending:
+        progressed = False
+        for gnode in list(pending):
+            spec = _GradientSpec.parse(gnode)
+            scope = {**outer, **_values_by_name(graph)}
+            forward = _forward_closure(spec, scope)
+            if any(is_gradient_node(n) for n in forward):
+                continue  # differentiate through the other Gradient once it is expanded
+            if _inline_function_ops(graph, forward, spec, scope, opset_imports, names):
+                scope = {**outer, **_values_by_name(graph)}
+                forward = _forward_closure(spec, scope)
+            if spec.y not in scope:
+                raise InvalidGraph(f"{describe(gnode)}: y '{spec.y}' is not a value of the graph")
+            builder = _Builder(gnode, opset_imports.get("", 1), names)
+            outputs = _differentiate(builder, gnode, spec, scope, forward)
+            replace_node(gnode, builder.nodes, outputs)
+            pending.remove(gnode)
+            progressed = changed = True
+        if not progressed:
+            raise InvalidGraph(f"{describe(pending[0])}: Gradient nodes depend on each other's outputs in a cycle")
+    if changed:
+        try:
+            graph.sort()
+        except ValueError as error:
+            raise InvalidGraph(f"graph '{graph.name}': the Gradient expansion left a cycle ({error})") from error
+    if any(True for node in graph for _ in subgraphs(node)):
+        scope = {**outer, **_values_by_name(graph)}
+        for node in graph:
+            for sub in subgraphs(node):
+                changed |= _expand_in(sub, opset_imports, names, scope)
     return changed
 
 
 # --------------------------------------------------------------------------- graph utilities
 
 
-def _names_in(graph: Graph) -> set[str]:
-    names = {vi.name for vi in graph.inputs} | {vi.name for vi in graph.outputs} | set(graph.initializers)
-    for node in graph.nodes:
-        names.update(node.inputs)
-        names.update(node.outputs)
-    names.update(graph.value_info)
-    return names
+def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The values ``graph`` defines (inputs, initializers, node outputs), by name."""
+    values = {value.name: value for value in graph.inputs if value.name}
+    values.update((name, value) for name, value in graph.initializers.items())
+    for node in graph:
+        values.update((value.name, value) for value in node.outputs if value.name)
+    return values
 
 
-def _defined_outside(graph: Graph) -> set[str]:
-    return {vi.name for vi in graph.inputs} | set(graph.initializers) | {""}
+def _present(value: ir.Value | None) -> bool:
+    """Whether an input or output slot holds a value (an omitted output is a value named '')."""
+    return value is not None and value.name != ""
 
 
-def _reads(node: Node) -> list[str]:
-    """Every value a node reads: its inputs and its subgraphs' outer-scope captures."""
-    names = [n for n in node.inputs if n]
-    for sub in node.subgraphs():
-        names.extend(sub.free_variables())
-    return names
-
-
-def topological_sort(nodes: list[Node], available: set[str]) -> list[Node]:
-    """``nodes`` in dependency order, keeping the given order where it already fits.
-
-    Names neither produced by a node nor in ``available`` (outer-scope values) are
-    taken as given.
-    """
-    producer: dict[str, int] = {}
-    for i, node in enumerate(nodes):
-        for name in node.outputs:
-            if name:
-                producer[name] = i
-    waiting = [0] * len(nodes)
-    dependents: dict[int, list[int]] = {}
-    for i, node in enumerate(nodes):
-        for name in dict.fromkeys(_reads(node)):
-            j = producer.get(name)
-            if j is not None and name not in available and j != i:
-                waiting[i] += 1
-                dependents.setdefault(j, []).append(i)
-    ready = [i for i, w in enumerate(waiting) if w == 0]
-    heapq.heapify(ready)
-    order: list[Node] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for k in dependents.get(i, ()):
-            waiting[k] -= 1
-            if waiting[k] == 0:
-                heapq.heappush(ready, k)
-    if len(order) != len(nodes):
-        stuck = next(nodes[i] for i, w in enumerate(waiting) if w)
-        raise InvalidGraph(f"the graph has a cycle through {stuck.describe()}")
-    return order
-
-
-def _forward_closure(y: str, stops: set[str], producers: dict[str, Node]) -> list[Node]:
-    """The nodes ``y`` depends on, not looking past ``stops``, in topological order."""
-    root = producers.get(y) if y not in stops else None
+def _forward_closure(spec: _GradientSpec, scope: Mapping[str, ir.Value]) -> list[ir.Node]:
+    """The nodes ``y`` depends on, not looking past the values xs and zs name, in topological order."""
+    stops = spec.stop_values(scope)
+    y = scope.get(spec.y)
+    root = y.producer() if y is not None and y not in stops else None
     if root is None:
         return []
 
-    def deps(node: Node) -> Iterable[Node]:
-        for name in _reads(node):
-            if name not in stops and name in producers:
-                yield producers[name]
+    def deps(node: ir.Node) -> Iterable[ir.Node]:
+        for value in reads(node):
+            producer = value.producer()
+            if value not in stops and producer is not None:
+                yield producer
 
-    order: list[Node] = []
-    seen = {id(root)}
+    order: list[ir.Node] = []
+    seen = {root}
     stack = [(root, iter(deps(root)))]
     while stack:
         node, it = stack[-1]
         for dep in it:
-            if id(dep) not in seen:
-                seen.add(id(dep))
+            if dep not in seen:
+                seen.add(dep)
                 stack.append((dep, iter(deps(dep))))
                 break
         else:
@@ -195,54 +163,66 @@ def _forward_closure(y: str, stops: set[str], producers: dict[str, Node]) -> lis
     return order
 
 
-def _inline_function_ops(graph: Graph, forward: list[Node], spec: _GradientSpec, opsets: dict[str, int]) -> bool:
+def _inline_function_ops(
+    graph: ir.Graph,
+    forward: list[ir.Node],
+    spec: _GradientSpec,
+    scope: Mapping[str, ir.Value],
+    opset_imports: dict[str, int],
+    names: UniqueNames,
+) -> bool:
     """Replace the rule-less nodes of ``graph`` on the differentiated path by their ONNX function bodies.
 
     LayerNormalization, Gelu, Elu, SoftmaxCrossEntropyLoss... have no gradient
     rule of their own but are defined by bodies of ops that do. Context-dependent
-    bodies need the input types: taken from the graph, else from ONNX shape
-    inference. Returns whether the graph changed.
+    bodies need the input types: where the graph lacks them, ONNX shape inference
+    supplies them. Returns whether the graph changed.
     """
     changed = False
     inferred: dict[str, onnx.TypeProto] | None = None
     for _ in range(8):  # bodies may hold function ops themselves
-        active = set(spec.xs)
+        active = set(spec.x_values(scope))
         candidates = []
         for node in forward:
             rule = _rule_for(node)
-            if rule is _NONDIFF or not any(name in active for name in node.inputs):
+            if rule is _NONDIFF or not any(value in active for value in node.inputs if value is not None):
                 continue
-            active.update(name for name in node.outputs if name)
-            if rule is None and any(n is node for n in graph.nodes):
+            active.update(value for value in node.outputs if _present(value))
+            if rule is None and node.graph is graph:
                 candidates.append(node)
         replaced = False
         for node in candidates:
-            opset = opsets.get(node.domain, 1)
-            types = [value_type(graph, name) if name else None for name in node.inputs]
-            if any(t is None for name, t in zip(node.inputs, types) if name):
+            opset = opset_for(node, opset_imports)
+            if any(value is not None and not _typed(value) for value in node.inputs):
                 if inferred is None:
-                    inferred = _inferred_types(graph, opsets)
-                types = [t if t is not None or not name else inferred.get(name) for name, t in zip(node.inputs, types)]
-            function = schema_function(node, opset, types)
+                    inferred = _inferred_types(graph, opset_imports)
+                for value in node.inputs:
+                    if value is not None and not _typed(value) and value.name in inferred:
+                        value.type = ir.serde.deserialize_type_proto_for_type(inferred[value.name])
+                        value.shape = ir.serde.deserialize_type_proto_for_shape(inferred[value.name])
+            function = schema_function(node, opset)
             if function is None:
                 continue
-            body = inline_function(node, function, opset)
-            index = next(i for i, n in enumerate(graph.nodes) if n is node)
-            graph.nodes[index : index + 1] = body
+            expand_node(node, function, opset, names)
             replaced = changed = True
         if not replaced:
             break
-        forward = _forward_closure(spec.y, spec.stops, graph.producers())
+        scope = {**scope, **_values_by_name(graph)}
+        forward = _forward_closure(spec, scope)
     return changed
 
 
-def _inferred_types(graph: Graph, opsets: dict[str, int]) -> dict[str, onnx.TypeProto]:
+def _typed(value: ir.Value) -> bool:
+    return value.type is not None and value.type.dtype != ir.DataType.UNDEFINED
+
+
+def _inferred_types(graph: ir.Graph, opset_imports: dict[str, int]) -> dict[str, onnx.TypeProto]:
     """Value types from ONNX shape inference over ``graph`` (empty where inference fails)."""
-    model = onnx.helper.make_model(
-        graph_to_proto(graph),
-        opset_imports=[onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()],
-    )
     try:
+        model = onnx.helper.make_model(
+            ir.serde.serialize_graph(graph),
+            opset_imports=[onnx.helper.make_opsetid(domain, version) for domain, version in opset_imports.items()],
+        )
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # noqa: BLE001 - best effort: no types, no context-dependent body
         return {}
@@ -254,161 +234,172 @@ def _inferred_types(graph: Graph, opsets: dict[str, int]) -> dict[str, onnx.Type
 
 @dataclass
 class _GradientSpec:
+    """A Gradient node's attributes: the names of its variables, constants and differentiated value."""
+
     xs: list[str]
     zs: list[str]
     y: str
 
-    @property
-    def stops(self) -> set[str]:
-        return set(self.xs) | set(self.zs)
+    def x_values(self, scope: Mapping[str, ir.Value]) -> list[ir.Value]:
+        return [scope[name] for name in self.xs if name in scope]
+
+    def stop_values(self, scope: Mapping[str, ir.Value]) -> set[ir.Value]:
+        return {scope[name] for name in self.xs + self.zs if name in scope}
 
     @classmethod
-    def parse(cls, node: Node) -> _GradientSpec:
+    def parse(cls, node: ir.Node) -> _GradientSpec:
         attrs = node.attributes
         if "xs" not in attrs or "y" not in attrs:
-            raise InvalidGraph(f"{node.describe()}: Gradient needs the attributes 'xs' and 'y'")
+            raise InvalidGraph(f"{describe(node)}: Gradient needs the attributes 'xs' and 'y'")
         xs = list(attrs["xs"].value)
         zs = list(attrs["zs"].value) if "zs" in attrs else []
         y = attrs["y"].value
         unknown = set(attrs) - {"xs", "zs", "y"}
         if unknown:
-            raise InvalidGraph(f"{node.describe()}: unrecognized attribute(s) {sorted(unknown)} for Gradient-1")
+            raise InvalidGraph(f"{describe(node)}: unrecognized attribute(s) {sorted(unknown)} for Gradient-1")
         if not xs:
-            raise InvalidGraph(f"{node.describe()}: Gradient's 'xs' is empty")
+            raise InvalidGraph(f"{describe(node)}: Gradient's 'xs' is empty")
         if len(node.inputs) != len(xs) + len(zs):
             raise InvalidGraph(
-                f"{node.describe()}: Gradient takes one input per name in xs and zs "
+                f"{describe(node)}: Gradient takes one input per name in xs and zs "
                 f"({len(xs) + len(zs)}), got {len(node.inputs)}"
             )
         if len(node.outputs) > len(xs):
             raise InvalidGraph(
-                f"{node.describe()}: Gradient has one output per name in xs ({len(xs)}), got {len(node.outputs)}"
+                f"{describe(node)}: Gradient has one output per name in xs ({len(xs)}), got {len(node.outputs)}"
             )
-        if any(not name for name in node.inputs):
-            raise InvalidGraph(f"{node.describe()}: Gradient inputs cannot be omitted")
+        if any(value is None for value in node.inputs):
+            raise InvalidGraph(f"{describe(node)}: Gradient inputs cannot be omitted")
         if len(set(xs) | set(zs)) != len(xs) + len(zs):
-            raise InvalidGraph(f"{node.describe()}: names in xs and zs must be distinct")
+            raise InvalidGraph(f"{describe(node)}: names in xs and zs must be distinct")
         return cls(xs, zs, y)
 
 
-class _Builder:
-    """Emits the nodes replacing one Gradient node, with fresh value names."""
+# Ops whose output is boolean; the other gradient ops keep the element type of an input.
+_BOOLEAN_OPS = {"Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or"}
+# Ops whose inputs all have the output's element type (any typed one tells it).
+_SAME_TYPE_OPS = {"Add", "Sub", "Mul", "Div", "Sum", "Max", "Min", "MatMul", "Gemm"}
+_SAME_TYPE_PRIVATE_OPS = {"SumToShape", "BroadcastLike", "ReshapeLike", "MatMulGrad", "SoftmaxGrad"}
+# Private ops whose output has the shape of their second input.
+_SHAPED_LIKE_SECOND = {"SumToShape", "BroadcastLike", "ReshapeLike"}
 
-    def __init__(self, gnode: Node, opset: int, taken: set[str]) -> None:
+
+class _Builder:
+    """Emits the nodes replacing one Gradient node, typing each value as far as its op tells."""
+
+    def __init__(self, gnode: ir.Node, opset: int, names: UniqueNames) -> None:
         self.gnode = gnode
         self.opset = opset
-        self.taken = taken
-        self.prefix = f"{gnode.name or 'Gradient'}__ad{next(_counter)}__"
-        self.nodes: list[Node] = []
-        self._consts: dict[tuple[str, float], str] = {}
-        self._count = itertools.count()
+        self._nodes = GraphBuilder(names, f"{gnode.name or 'Gradient'}__")
+        self._consts: dict[tuple[ir.Value, float], ir.Value] = {}
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return self._nodes.nodes
 
     def fresh(self, hint: str) -> str:
-        while True:
-            name = f"{self.prefix}{hint}_{next(self._count)}"
-            if name not in self.taken:
-                self.taken.add(name)
-                return name
+        return self._nodes.fresh(hint)
+
+    def node(self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any], **kwargs: Any) -> ir.Node:
+        """Append a node whose outputs the caller types (see :meth:`GraphBuilder.node`)."""
+        return self._nodes.node(op_type, inputs, attrs, **kwargs)
 
     def require(self, version: int, what: str) -> None:
         if self.opset < version:
             raise OrtNotImplemented(
-                f"{self.gnode.describe()}: the gradient of {what} needs ai.onnx opset >= {version}, "
+                f"{describe(self.gnode)}: the gradient of {what} needs ai.onnx opset >= {version}, "
                 f"the model imports {self.opset}"
             )
 
     def op(
-        self,
-        op_type: str,
-        inputs: Sequence[str],
-        attrs: dict[str, Any] | None = None,
-        domain: str = "",
-        outputs: int | Sequence[str] = 1,
-    ) -> Any:
-        """Append a node; returns its output name (or list of names when ``outputs`` is a list)."""
-        if isinstance(outputs, int):
-            names = [self.fresh(op_type) for _ in range(outputs)]
-            single = outputs == 1
-        else:
-            names = list(outputs)
-            single = False
-        attributes = {k: _attribute(v) for k, v in (attrs or {}).items() if v is not None}
-        node = Node(op_type, list(inputs), names, attributes, domain, name=self.fresh(op_type + "_node"))
-        self.nodes.append(node)
-        return names[0] if single else names
+        self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any] | None = None, domain: str = ""
+    ) -> ir.Value:
+        """Append a node; returns its output."""
+        type_, shape = _result_type(op_type, domain, inputs, attrs or {})
+        return self._nodes.op(op_type, inputs, attrs, domain=domain, type=type_, shape=shape)
 
-    def ad(self, op_type: str, inputs: Sequence[str], attrs: dict[str, Any] | None = None, outputs: Any = 1) -> Any:
-        return self.op(op_type, inputs, attrs, AUTODIFF_DOMAIN, outputs)
+    def ad(self, op_type: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any] | None = None) -> ir.Value:
+        return self.op(op_type, inputs, attrs, AUTODIFF_DOMAIN)
 
-    def const(self, ref: str, value: float) -> str:
+    def const(self, ref: ir.Value, value: float) -> ir.Value:
         """A 0-d tensor ``value`` of ``ref``'s element type."""
         key = (ref, float(value))
         if key not in self._consts:
             self._consts[key] = self.ad("ConstLike", [ref], {"value": float(value), "scalar": 1})
         return self._consts[key]
 
-    def zeros_like(self, ref: str) -> str:
+    def zeros_like(self, ref: ir.Value) -> ir.Value:
         return self.ad("ConstLike", [ref], {"value": 0.0, "scalar": 0})
 
-    def sum_to(self, grad: str, ref: str) -> str:
+    def sum_to(self, grad: ir.Value, ref: ir.Value) -> ir.Value:
         return self.ad("SumToShape", [grad, ref])
 
 
-def _attribute(value: Any) -> Attribute:
-    if isinstance(value, Attribute):
-        return value
-    if isinstance(value, (bool, int, np.integer)):
-        return Attribute(A.INT, int(value))
-    if isinstance(value, (float, np.floating)):
-        return Attribute(A.FLOAT, float(value))
-    if isinstance(value, str):
-        return Attribute(A.STRING, value)
-    if isinstance(value, np.ndarray):
-        return Attribute(A.TENSOR, value)
-    if isinstance(value, (list, tuple)):
-        if all(isinstance(v, (int, np.integer)) for v in value):
-            return Attribute(A.INTS, [int(v) for v in value])
-        if all(isinstance(v, (int, float, np.number)) for v in value):
-            return Attribute(A.FLOATS, [float(v) for v in value])
-        if all(isinstance(v, str) for v in value):
-            return Attribute(A.STRINGS, list(value))
-    raise TypeError(f"cannot make an attribute of {value!r}")
+def _result_type(
+    op_type: str, domain: str, inputs: Sequence[ir.Value | None], attrs: Mapping[str, Any]
+) -> tuple[ir.TypeProtocol | None, ir.Shape | None]:
+    """The type (and, for the shape-copying private ops, shape) of a gradient op's output."""
+    if domain == "" and op_type in _BOOLEAN_OPS:
+        return ir.TensorType(ir.DataType.BOOL), None
+    private = domain == AUTODIFF_DOMAIN
+    if (op_type == "Where" and not private) or (private and op_type == "CastLike"):
+        sources = [inputs[1]]
+    elif op_type in (_SAME_TYPE_PRIVATE_OPS if private else _SAME_TYPE_OPS):
+        sources = list(inputs)
+    else:
+        sources = [inputs[0]]
+    type_ = next((value.type for value in sources if value is not None and _typed(value)), None)
+    shape = None
+    if private and op_type in _SHAPED_LIKE_SECOND:
+        ref = inputs[1]
+        shape = ref.shape.copy() if ref is not None and ref.shape is not None else None
+    elif private and op_type == "ConstLike":
+        ref = inputs[0]
+        shape = ir.Shape([]) if attrs.get("scalar") else (ref.shape.copy() if ref is not None and ref.shape else None)
+    return type_, shape
 
 
-def _differentiate(b: _Builder, gnode: Node, spec: _GradientSpec, forward: list[Node], graph: Graph) -> None:
-    stops = spec.stops
+def _differentiate(
+    b: _Builder, gnode: ir.Node, spec: _GradientSpec, scope: Mapping[str, ir.Value], forward: list[ir.Node]
+) -> list[ir.Value | None]:
+    """Build the gradient nodes; returns the value computing each output of ``gnode``."""
+    stops = spec.stop_values(scope)
 
     # Gradient at other values than the named ones: recompute the forward nodes they feed.
-    rename: dict[str, str] = {}
-    for name, actual in zip(spec.xs + spec.zs, gnode.inputs):
-        if actual != name:
-            rename[name] = b.op("Identity", [actual])
-    nodes: list[Node] = []
+    rename: dict[ir.Value, ir.Value] = {}
+    leaves_x: list[ir.Value] = []
+    leaves: set[ir.Value] = set(stops)
+    for i, (name, actual) in enumerate(zip(spec.xs + spec.zs, gnode.inputs)):
+        named = scope.get(name)
+        leaf = actual if actual is named else b.op("Identity", [actual])
+        if named is not None and leaf is not named:
+            rename[named] = leaf
+        if i < len(spec.xs):
+            leaves_x.append(leaf)
+        leaves.add(leaf)
+    nodes: list[ir.Node] = []
     for node in forward:
-        if rename and any(name in rename for name in _reads(node)):
-            if any(True for _ in node.subgraphs()):
+        if rename and any(value in rename for value in reads(node)):
+            if any(True for _ in subgraphs(node)):
                 raise OrtNotImplemented(
-                    f"{gnode.describe()}: recomputing {node.describe()} at the Gradient's inputs "
+                    f"{describe(gnode)}: recomputing {describe(node)} at the Gradient's inputs "
                     "(they differ from the values named in xs/zs) is not supported for nodes with subgraphs"
                 )
-            clone = Node(
+            clone = b.node(
                 node.op_type,
-                [rename.get(n, n) for n in node.inputs],
-                [b.fresh(out) if out else "" for out in node.outputs],
+                [None if value is None else rename.get(value, value) for value in node.inputs],
                 dict(node.attributes),
-                node.domain,
-                name=b.fresh((node.name or node.op_type) + "_recomputed"),
+                domain=node.domain,
+                output_names=[b.fresh(value.name) if value.name else "" for value in node.outputs],
             )
             for old, new in zip(node.outputs, clone.outputs):
-                if old and old not in stops:
+                new.type, new.shape = old.type, old.shape
+                if _present(old) and old not in stops:
                     rename[old] = new
-            b.nodes.append(clone)
             nodes.append(clone)
         else:
             nodes.append(node)
-    y = rename.get(spec.y, spec.y)
-    leaves_x = [rename.get(x, x) for x in spec.xs]
-    leaves = set(leaves_x) | {rename.get(z, z) for z in spec.zs} | stops
+    y = rename.get(scope[spec.y], scope[spec.y])
 
     # Forward: which values depend (differentiably) on xs.
     active = set(leaves_x)
@@ -419,7 +410,7 @@ def _differentiate(b: _Builder, gnode: Node, spec: _GradientSpec, forward: list[
         diff_in = rule.inputs(node) if rule is not None else range(len(node.inputs))
         reads_active = any(i < len(node.inputs) and node.inputs[i] in active for i in diff_in)
         if rule is None and not reads_active:
-            reads_active = any(name in active for sub in node.subgraphs() for name in sub.free_variables())
+            reads_active = any(value in active for sub in subgraphs(node) for value in captured_values(sub))
         if not reads_active:
             continue
         if rule is not None:
@@ -427,43 +418,39 @@ def _differentiate(b: _Builder, gnode: Node, spec: _GradientSpec, forward: list[
         else:
             diff_out = [i for i in range(len(node.outputs)) if i not in _INDEX_OUTPUTS.get(node.op_type, ())]
         for i in diff_out:
-            out = node.outputs[i] if i < len(node.outputs) else ""
-            if out and out not in leaves and _may_be_float(graph, out):
+            out = node.outputs[i] if i < len(node.outputs) else None
+            if _present(out) and out not in leaves and _may_be_float(out):
                 active.add(out)
 
     # Reverse: accumulate gradients from y back to xs.
-    grads: dict[str, list[str]] = {}
+    grads: dict[ir.Value, list[ir.Value]] = {}
 
-    def total(name: str) -> str | None:
-        parts = grads.get(name)
+    def total(value: ir.Value) -> ir.Value | None:
+        parts = grads.get(value)
         if not parts:
             return None
         if len(parts) > 1:
             acc = parts[0]
             for part in parts[1:]:
                 acc = b.op("Add", [acc, part])
-            grads[name] = parts = [acc]
+            grads[value] = parts = [acc]
         return parts[0]
 
     if y in active:
         grads[y] = [b.ad("ConstLike", [y], {"value": 1.0, "scalar": 0})]
         for node in reversed(nodes):
-            gys = [
-                total(out) if out and out in active and out not in leaves else None for out in node.outputs
-            ]
+            gys = [total(out) if _present(out) and out in active and out not in leaves else None for out in node.outputs]
             if all(g is None for g in gys):
                 continue
             rule = _rule_for(node)
             diff_in = set(rule.inputs(node)) if rule not in (None, _NONDIFF) else set(range(len(node.inputs)))
-            need = [i in diff_in and bool(name) and name in active for i, name in enumerate(node.inputs)]
-            if rule is None and any(name in active for sub in node.subgraphs() for name in sub.free_variables()):
+            need = [i in diff_in and value is not None and value in active for i, value in enumerate(node.inputs)]
+            if rule is None and any(value in active for sub in subgraphs(node) for value in captured_values(sub)):
                 need.append(True)  # captured by a subgraph: no rule can differentiate through it
             if not any(need):
                 continue
             if rule is None or rule is _NONDIFF:
-                raise OrtNotImplemented(
-                    f"{gnode.describe()}: no gradient rule for {node.describe()} on the path from xs to y"
-                )
+                raise OrtNotImplemented(f"{describe(gnode)}: no gradient rule for {describe(node)} on the path from xs to y")
             if node.op_type not in _NO_OPSET_CHECK:
                 b.require(9, node.op_type)
             results = rule.fn(b, node, gys, need)
@@ -471,37 +458,22 @@ def _differentiate(b: _Builder, gnode: Node, spec: _GradientSpec, forward: list[
                 if g is not None and need[i]:
                     grads.setdefault(node.inputs[i], []).append(g)
 
-    claimed: set[str] = set()
-    consumed = {name for node in b.nodes for name in node.inputs}
-    produced = {name: node for node in b.nodes for name in node.outputs if name}
+    outputs: list[ir.Value | None] = []
     for out, leaf in zip(gnode.outputs, leaves_x):
-        if not out:
-            continue
-        g = total(leaf)
-        if g is None:
-            g = b.zeros_like(leaf)
-            consumed = {name for node in b.nodes for name in node.inputs}
-            produced = {name: node for node in b.nodes for name in node.outputs if name}
-        node = produced.get(g)
-        if node is not None and g not in consumed and g not in claimed:
-            node.outputs[node.outputs.index(g)] = out
-            claimed.add(g)
-        else:
-            b.op("Identity", [g], outputs=[out])
+        outputs.append((total(leaf) or b.zeros_like(leaf)) if _present(out) else None)
+    return outputs
 
 
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+_FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 # Integer (index) outputs of ops that have no gradient rule, so they never look differentiable.
 _INDEX_OUTPUTS = {"MaxPool": (1,), "Unique": (1, 2, 3), "MaxRoiPool": (), "NonMaxSuppression": (0,)}
 
 
-def _may_be_float(graph: Graph, name: str) -> bool:
-    """False when the graph declares ``name`` a non-float tensor (it cannot carry a gradient)."""
-    type_proto = graph.type_of(name)
-    if type_proto is None or type_proto.WhichOneof("value") != "tensor_type":
+def _may_be_float(value: ir.Value) -> bool:
+    """False when the graph declares ``value`` a non-float tensor (it cannot carry a gradient)."""
+    if not isinstance(value.type, ir.TensorType):
         return True
-    elem = type_proto.tensor_type.elem_type
-    return elem == onnx.TensorProto.UNDEFINED or elem in _FLOAT_TYPES
+    return value.type.dtype == ir.DataType.UNDEFINED or value.type.dtype in _FLOAT_TYPES
 
 
 # --------------------------------------------------------------------------- gradient rules
@@ -509,16 +481,16 @@ def _may_be_float(graph: Graph, name: str) -> bool:
 
 @dataclass
 class _Rule:
-    fn: Callable[[_Builder, Node, list, list], list]
-    diff_inputs: Callable[[Node], Iterable[int]] | tuple[int, ...] | None = None
-    diff_outputs: Callable[[Node], Iterable[int]] | tuple[int, ...] | None = None
+    fn: Callable[[_Builder, ir.Node, list, list], list]
+    diff_inputs: Callable[[ir.Node], Iterable[int]] | tuple[int, ...] | None = None
+    diff_outputs: Callable[[ir.Node], Iterable[int]] | tuple[int, ...] | None = None
 
-    def inputs(self, node: Node) -> Iterable[int]:
+    def inputs(self, node: ir.Node) -> Iterable[int]:
         if self.diff_inputs is None:
             return range(len(node.inputs))
         return self.diff_inputs(node) if callable(self.diff_inputs) else self.diff_inputs
 
-    def outputs(self, node: Node) -> Iterable[int]:
+    def outputs(self, node: ir.Node) -> Iterable[int]:
         if self.diff_outputs is None:
             return range(len(node.outputs))
         return self.diff_outputs(node) if callable(self.diff_outputs) else self.diff_outputs
@@ -545,7 +517,7 @@ _NO_OPSET_CHECK = {
 }  # fmt: skip
 
 
-def _rule_for(node: Node) -> _Rule | None:
+def _rule_for(node: ir.Node) -> _Rule | None:
     return _RULES.get((node.domain, node.op_type))
 
 
@@ -558,14 +530,14 @@ def _rule(*op_types: str, domain: str = "", inputs=None, outputs=None):
     return decorator
 
 
-def _attr(node: Node, name: str, default: Any = None) -> Any:
+def _attr(node: ir.Node, name: str, default: Any = None) -> Any:
     attr = node.attributes.get(name)
-    return default if attr is None else attr.value
+    return default if attr is None else attribute_value(attr)
 
 
-def _no_legacy_broadcast(node: Node) -> None:
+def _no_legacy_broadcast(node: ir.Node) -> None:
     if "axis" in node.attributes and _attr(node, "broadcast", 0):
-        raise OrtNotImplemented(f"{node.describe()}: gradient of the legacy broadcast with 'axis' is not supported")
+        raise OrtNotImplemented(f"{describe(node)}: gradient of the legacy broadcast with 'axis' is not supported")
 
 
 @_rule("Add")
@@ -619,12 +591,15 @@ def _grad_identity(b, node, gys, need):
 
 @_rule("Dropout", inputs=(0,), outputs=(0,))
 def _grad_dropout(b, node, gys, need):
-    training_mode = node.inputs[2] if len(node.inputs) > 2 else ""
-    if not training_mode:  # inference: the identity
+    training_mode = node.inputs[2] if len(node.inputs) > 2 else None
+    if training_mode is None:  # inference: the identity
         return [gys[0]] + [None] * (len(node.inputs) - 1)
     # Training mode (decided at run time): the gradient needs the mask; request it if the node skipped it.
-    if len(node.outputs) < 2 or not node.outputs[1]:
-        node.outputs[1:] = [b.fresh("dropout_mask")]
+    if len(node.outputs) < 2:
+        node.resize_outputs(2)
+    if not node.outputs[1].name:
+        node.outputs[1].name = b.fresh("dropout_mask")
+        node.outputs[1].type = ir.TensorType(ir.DataType.BOOL)
     grad = b.ad("DropoutGrad", [gys[0], node.outputs[1], node.inputs[1], training_mode])
     return [grad, None, None]
 
@@ -663,7 +638,7 @@ def _grad_matmul(b, node, gys, need):
 def _grad_gemm(b, node, gys, need):
     gy = gys[0]
     a, c = node.inputs[:2]
-    bias = node.inputs[2] if len(node.inputs) > 2 else ""
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
     alpha = _attr(node, "alpha", 1.0)
     beta = _attr(node, "beta", 1.0)
     ta, tb = _attr(node, "transA", 0), _attr(node, "transB", 0)
@@ -679,7 +654,7 @@ def _grad_gemm(b, node, gys, need):
         grads[0] = gemm(gy, c, 0, 1 - tb) if not ta else gemm(c, gy, tb, 1)
     if need[1]:
         grads[1] = gemm(a, gy, 1 - ta, 0) if not tb else gemm(gy, a, 1, ta)
-    if bias and need[2]:
+    if bias is not None and need[2]:
         scaled = gy if beta == 1.0 else b.op("Mul", [gy, b.const(gy, beta)])
         grads[2] = b.sum_to(scaled, bias)
     return grads[: len(node.inputs)]
@@ -826,7 +801,7 @@ def _grad_transpose(b, node, gys, need):
     return [b.op("Transpose", [gys[0]], {"perm": inverse})]
 
 
-def _unreduce(b: _Builder, node: Node, gy: str, mean: int) -> str:
+def _unreduce(b: _Builder, node: ir.Node, gy: ir.Value, mean: int) -> ir.Value:
     inputs = [gy, node.inputs[0]] + ([node.inputs[1]] if len(node.inputs) > 1 and node.inputs[1] else [])
     attrs = {
         "axes": _attr(node, "axes"),
@@ -864,16 +839,19 @@ def _grad_softmax(b, node, gys, need):
 
 @_rule("Concat")
 def _grad_concat(b, node, gys, need):
-    outs = [b.fresh("ConcatGrad") if need[i] else "" for i in range(len(node.inputs))]
-    b.ad("ConcatGrad", [gys[0]] + list(node.inputs), {"axis": _attr(node, "axis", 0)}, outputs=outs)
-    return [o or None for o in outs]
+    names = [b.fresh("ConcatGrad") if need[i] else "" for i in range(len(node.inputs))]
+    grad = b.node("ConcatGrad", [gys[0], *node.inputs], {"axis": _attr(node, "axis", 0)}, domain=AUTODIFF_DOMAIN,
+                  output_names=names)
+    for out, x in zip(grad.outputs, node.inputs):
+        out.type = x.type
+    return [out if out.name else None for out in grad.outputs]
 
 
 @_rule("Split", inputs=(0,))
 def _grad_split(b, node, gys, need):
-    parts = [g if g is not None else b.zeros_like(out) for g, out in zip(gys, node.outputs) if out]
+    parts = [g if g is not None else b.zeros_like(out) for g, out in zip(gys, node.outputs) if _present(out)]
     if len(parts) != len(node.outputs):
-        raise OrtNotImplemented(f"{node.describe()}: gradient of Split with skipped outputs is not supported")
+        raise OrtNotImplemented(f"{describe(node)}: gradient of Split with skipped outputs is not supported")
     return [b.op("Concat", parts, {"axis": _attr(node, "axis", 0)})] + [None] * (len(node.inputs) - 1)
 
 
@@ -892,7 +870,7 @@ def _grad_gather(b, node, gys, need):
     return [b.ad("GatherGrad", [gys[0], data, indices], {"axis": _attr(node, "axis", 0)}), None]
 
 
-def _cast_outputs(node: Node) -> tuple[int, ...]:
+def _cast_outputs(node: ir.Node) -> tuple[int, ...]:
     to = _attr(node, "to")
     if isinstance(to, str):  # Cast-1 spelled the type as a string
         to = getattr(onnx.TensorProto, to.upper(), None)
@@ -960,7 +938,7 @@ def _grad_cast_like(b, node, gys, need):
     return [b.ad("CastLike", [gys[0], node.inputs[0]]), None]
 
 
-def _matmul_grad_inputs(node: Node) -> tuple[int, ...]:
+def _matmul_grad_inputs(node: ir.Node) -> tuple[int, ...]:
     # MatMulGrad(dy, a, b): bilinear in dy and the operand it does not differentiate; the other gives a shape only.
     return (0, 2) if _attr(node, "which", 0) == 0 else (0, 1)
 
@@ -983,8 +961,8 @@ def _grad_matmul_grad(b, node, gys, need):
     ]
 
 
-def _reduce_attrs(node: Node) -> dict[str, Any]:
-    return {k: v for k, v in node.attributes.items()}
+def _reduce_attrs(node: ir.Node) -> dict[str, ir.Attr]:
+    return dict(node.attributes)
 
 
 @_rule("Unreduce", domain=AUTODIFF_DOMAIN, inputs=(0,))
@@ -1000,4 +978,4 @@ def _grad_reduce_like(b, node, gys, need):
     return [b.ad("Unreduce", inputs, _reduce_attrs(node))] + [None] * (len(node.inputs) - 1)
 
 
-__all__ = ["AUTODIFF_DOMAIN", "TRAINING_DOMAIN", "expand_gradient_nodes", "is_gradient_node", "topological_sort"]
+__all__ = ["AUTODIFF_DOMAIN", "TRAINING_DOMAIN", "expand_gradient_nodes", "is_gradient_node"]

@@ -8,148 +8,207 @@ the same thing onnxruntime does for function ops it has no kernel for.
 
 from __future__ import annotations
 
-import itertools
-from typing import Callable
+from typing import Callable, Mapping
 
-import numpy as np
 import onnx
 import onnx.defs
-from onnx import AttributeProto
+import onnx_ir as ir
 
-from .ir import Graph, Node, _attribute_to_proto, node_from_proto, node_to_proto
+from .builder import UniqueNames, replace_node, subgraphs
+from .opsets import opset_for
 
-_counter = itertools.count()
+# Bodies may hold function ops themselves; a schema whose body calls itself must not loop forever.
+_MAX_NESTING = 8
 
 
-def schema_function(node: Node, opset: int, input_types: list[onnx.TypeProto | None]) -> onnx.FunctionProto | None:
-    """The function body defining ``node`` at ``opset``, or None if its schema has none."""
+def _schema(node: ir.Node, opset: int) -> onnx.defs.OpSchema | None:
     try:
-        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
+        return onnx.defs.get_schema(node.op_type, opset, node.domain)
     except onnx.defs.SchemaError:
+        return None
+
+
+def schema_function(node: ir.Node, opset: int) -> onnx.FunctionProto | None:
+    """The function body defining ``node`` at ``opset``, or None if its schema has none.
+
+    Context-dependent bodies (their ops depend on the input types) are built from
+    the types of the node's input values; None when one of them is unknown.
+    """
+    schema = _schema(node, opset)
+    if schema is None:
         return None
     if schema.has_function:
         versions = [v for v in schema.function_opset_versions if v <= opset]
         body = schema.get_function_with_opset_version(max(versions)) if versions else schema.function_body
         return _as_function(body)
     if schema.has_context_dependent_function:
-        if any(t is None for t in input_types):
+        types = [_type_proto(value) for value in node.inputs]
+        if any(t is None for t in types):
             return None
-        proto = node_to_proto(node)
-        types = [t.SerializeToString() for t in input_types]
+        proto = ir.serde.serialize_node(node).SerializeToString()
+        encoded = [t.SerializeToString() for t in types]
         versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
         try:
             if versions:
-                body = schema.get_context_dependent_function_with_opset_version(max(versions), proto.SerializeToString(), types)
+                body = schema.get_context_dependent_function_with_opset_version(max(versions), proto, encoded)
             else:
-                body = schema.get_context_dependent_function(proto.SerializeToString(), types)
+                body = schema.get_context_dependent_function(proto, encoded)
         except Exception:  # noqa: BLE001 - the schema could not build a body for these types
             return None
         return _as_function(body) if body else None
     return None
 
 
+def _type_proto(value: ir.Value | None) -> onnx.TypeProto | None:
+    """The type of an input as the schema's body builder takes it (empty for an omitted input)."""
+    if value is None:
+        return onnx.TypeProto()
+    if value.type is None or value.type.dtype == ir.DataType.UNDEFINED:
+        return None
+    proto = ir.serde.serialize_type(value.type)
+    if value.shape is not None and isinstance(value.type, ir.TensorType):
+        ir.serde.serialize_shape_into(proto, value.shape)
+    return proto
+
+
 def _as_function(body: bytes | onnx.FunctionProto) -> onnx.FunctionProto:
     if isinstance(body, onnx.FunctionProto):
         return body
-    function = onnx.FunctionProto()
-    function.ParseFromString(body)
-    return function
+    return onnx.FunctionProto.FromString(body)
 
 
-def _schema_defaults(node: Node, opset: int) -> dict[str, AttributeProto]:
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opset, node.domain)
-    except onnx.defs.SchemaError:
-        return {}
-    return {name: a.default_value for name, a in schema.attributes.items() if a.default_value.type != AttributeProto.UNDEFINED}
+def _attribute_values(node: ir.Node, function: ir.Function, opset: int) -> dict[str, ir.Attr]:
+    """The attributes the body's references resolve to: the node's, else the function's or schema's defaults."""
+    values: dict[str, ir.Attr] = {}
+    schema = _schema(node, opset)
+    if schema is not None:
+        for name, spec in schema.attributes.items():
+            if spec.default_value.type != onnx.AttributeProto.UNDEFINED:
+                values[name] = ir.serde.deserialize_attribute(spec.default_value)
+    values.update({name: attr for name, attr in function.attributes.items() if attr.value is not None})
+    values.update(node.attributes)
+    return values
 
 
-def _rename_captures(graph: onnx.GraphProto, rename: dict[str, str]) -> None:
-    """Point a body subgraph's reads of function-scope values at their inlined names."""
-    for inner in graph.node:
-        for i, name in enumerate(inner.input):
-            if name in rename:
-                inner.input[i] = rename[name]
-        for attr in inner.attribute:
-            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
-                _rename_captures(sub, rename)
-    for output in graph.output:
-        if output.name in rename:
-            output.name = rename[output.name]
+class _Inliner:
+    """Copies a function body's nodes into the caller's scope, with fresh value and node names."""
+
+    def __init__(self, attributes: Mapping[str, ir.Attr], names: UniqueNames, prefix: str) -> None:
+        self.attributes = attributes
+        self.names = names
+        self.prefix = prefix
+        self.values: dict[ir.Value, ir.Value | None] = {}
+
+    def fresh(self, name: str | None) -> str:
+        return self.names.fresh(self.prefix + (name or "value"))
+
+    def copy(self, value: ir.Value) -> ir.Value:
+        """A renamed copy of a subgraph input or initializer, which the subgraph's nodes then read."""
+        shape = value.shape.copy() if value.shape is not None else None
+        copy = ir.Value(name=self.fresh(value.name), type=value.type, shape=shape, const_value=value.const_value)
+        self.values[value] = copy
+        return copy
+
+    def node(self, node: ir.Node) -> ir.Node:
+        inputs = [None if value is None else self.values.get(value, value) for value in node.inputs]
+        attributes = [resolved for attr in node.attributes.values() if (resolved := self.attribute(attr)) is not None]
+        outputs = [ir.Value(name=self.fresh(value.name) if value.name else "") for value in node.outputs]
+        for old, new in zip(node.outputs, outputs):
+            self.values[old] = new
+        return ir.Node(node.domain, node.op_type, inputs, attributes, outputs=outputs, name=self.fresh(node.name or node.op_type))
+
+    def attribute(self, attr: ir.Attr) -> ir.Attr | None:
+        if attr.is_ref():
+            source = self.attributes.get(attr.ref_attr_name or "")
+            if source is None:
+                return None  # the caller left an optional attribute unset
+            return ir.Attr(attr.name, source.type, source.value)
+        if attr.type == ir.AttributeType.GRAPH:
+            return ir.Attr(attr.name, attr.type, self.graph(attr.as_graph()))
+        if attr.type == ir.AttributeType.GRAPHS:
+            return ir.Attr(attr.name, attr.type, [self.graph(g) for g in attr.as_graphs()])
+        return attr
+
+    def graph(self, graph: ir.Graph) -> ir.Graph:
+        """A copy of a body's subgraph, reading the inlined values where it captured function-scope ones."""
+        inputs = [self.copy(value) for value in graph.inputs]
+        initializers = [self.copy(value) for value in graph.initializers.values()]
+        nodes = [self.node(node) for node in graph]
+        outputs = [self.values.get(value, value) for value in graph.outputs]
+        return ir.Graph(inputs, outputs, nodes=nodes, initializers=initializers, name=graph.name)
 
 
-def inline_function(node: Node, function: onnx.FunctionProto, opset: int) -> list[Node]:
-    """The body of ``function`` as IR nodes computing ``node``'s outputs from its inputs."""
-    prefix = f"{node.name or node.op_type}__fn{next(_counter)}__"
-    rename: dict[str, str] = {"": ""}
-    for formal, actual in itertools.zip_longest(function.input, node.inputs, fillvalue=""):
-        if formal:
-            rename[formal] = actual
-    for formal, actual in zip(function.output, node.outputs):
-        rename[formal] = actual or prefix + formal
-    defaults = _schema_defaults(node, opset)
-    defaults.update({a.name: a for a in function.attribute_proto})
-    caller = {name: _attribute_to_proto(name, attr) for name, attr in node.attributes.items()}
-
-    nodes = []
-    for inner in function.node:
-        proto = onnx.NodeProto()
-        proto.CopyFrom(inner)
-        resolved = []
-        for attr in proto.attribute:
-            if attr.ref_attr_name:
-                source = caller.get(attr.ref_attr_name) or defaults.get(attr.ref_attr_name)
-                if source is None:
-                    continue  # the caller left an optional attribute unset
-                value = AttributeProto()
-                value.CopyFrom(source)
-                value.name = attr.name
-                resolved.append(value)
-            else:
-                resolved.append(attr)
-        del proto.attribute[:]
-        proto.attribute.extend(resolved)
-        for attr in proto.attribute:
-            for sub in [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs):
-                _rename_captures(sub, rename)
-        for i, name in enumerate(proto.input):
-            proto.input[i] = rename.setdefault(name, prefix + name) if name else ""
-        for i, name in enumerate(proto.output):
-            proto.output[i] = rename.setdefault(name, prefix + name) if name else ""
-        proto.name = prefix + (inner.name or inner.op_type)
-        nodes.append(node_from_proto(proto))
-    return nodes
+def _deserialize(function: onnx.FunctionProto) -> tuple[ir.Function, list[ir.Value | None]]:
+    """The body as IR, and its outputs (None for one the body leaves unset, as some built for fewer outputs do)."""
+    defined = set(function.input) | {name for node in function.node for name in node.output}
+    proto = onnx.FunctionProto()
+    proto.CopyFrom(function)
+    del proto.output[:]
+    proto.output.extend(name for name in function.output if name in defined)
+    body = ir.serde.deserialize_function(proto)
+    by_name = dict(zip(proto.output, body.outputs))
+    return body, [by_name.get(name) for name in function.output]
 
 
-def value_type(graph: Graph, name: str) -> onnx.TypeProto | None:
-    """The type of ``name`` in ``graph`` as far as it is known (initializers included)."""
-    known = graph.type_of(name)
-    if known is not None:
-        return known
-    array = graph.initializers.get(name)
-    if isinstance(array, np.ndarray):
-        from .types import onnx_elem_type
+def expand_node(
+    node: ir.Node, function: onnx.FunctionProto, opset: int, names: UniqueNames | None = None
+) -> list[ir.Node]:
+    """Replace ``node`` in its graph by the body of ``function``; returns the inserted nodes.
 
-        return onnx.helper.make_tensor_type_proto(onnx_elem_type(array.dtype), array.shape)
-    return None
-
-
-def expand_unsupported(graph: Graph, opsets: dict[str, int], can_run: Callable[[Node, int], bool], depth: int = 0) -> None:
-    """Replace every node no provider can run by its schema's function body (recursively, subgraphs included)."""
-    expanded: list[Node] = []
-    for node in graph.nodes:
-        for sub in node.subgraphs():
-            expand_unsupported(sub, opsets, can_run, depth)
-        opset = opsets.get(node.domain, 1)
-        if depth < 8 and not can_run(node, opset):
-            function = schema_function(node, opset, [value_type(graph, n) if n else onnx.TypeProto() for n in node.inputs])
-            if function is not None:
-                body = Graph(inline_function(node, function, opset), graph.inputs, [], {}, graph.value_info)
-                expand_unsupported(body, opsets, can_run, depth + 1)
-                expanded.extend(body.nodes)
-                continue
-        expanded.append(node)
-    graph.nodes = expanded
+    The body is inserted where ``node`` was, reading ``node``'s inputs; the uses
+    and graph outputs of ``node``'s outputs move to the body's values, which take
+    their names. Attribute references resolve to the node's attributes, else the
+    function's and schema's defaults. ``names`` hands out the fresh names (by
+    default, names unused in ``node``'s graph and the graphs nested in it).
+    """
+    graph = node.graph
+    if graph is None:
+        raise ValueError(f"node '{node.name}' ({node.op_type}) is in no graph")
+    body, formal_outputs = _deserialize(function)
+    inliner = _Inliner(
+        _attribute_values(node, body, opset), names or UniqueNames(graph), f"{node.name or node.op_type}__"
+    )
+    for formal, actual in zip(body.inputs, node.inputs):
+        inliner.values[formal] = actual
+    for formal in body.inputs[len(node.inputs) :]:
+        inliner.values[formal] = None  # an optional input the caller omitted
+    new_nodes = [inliner.node(inner) for inner in body]
+    outputs = [None if formal is None else inliner.values.get(formal, formal) for formal in formal_outputs]
+    replace_node(node, new_nodes, outputs[: len(node.outputs)])
+    return new_nodes
 
 
-__all__ = ["expand_unsupported", "inline_function", "schema_function"]
+def expand_unsupported(
+    graph: ir.Graph, opset_imports: Mapping[str, int], can_run: Callable[[ir.Node, int], bool]
+) -> int:
+    """Replace every node no provider can run by its schema's function body; returns how many were replaced.
+
+    Subgraphs are expanded too, and so are the nodes of inserted bodies that no
+    provider runs either.
+    """
+    return _expand_nodes(list(graph), opset_imports, can_run, UniqueNames(graph), 0)
+
+
+def _expand_nodes(
+    nodes: list[ir.Node],
+    opset_imports: Mapping[str, int],
+    can_run: Callable[[ir.Node, int], bool],
+    names: UniqueNames,
+    nesting: int,
+) -> int:
+    count = 0
+    for node in nodes:
+        for sub in subgraphs(node):
+            count += _expand_nodes(list(sub), opset_imports, can_run, names, nesting)
+        opset = opset_for(node, opset_imports)
+        if nesting >= _MAX_NESTING or can_run(node, opset):
+            continue
+        function = schema_function(node, opset)
+        if function is None:
+            continue
+        body = expand_node(node, function, opset, names)
+        count += 1 + _expand_nodes(body, opset_imports, can_run, names, nesting + 1)
+    return count
+
+
+__all__ = ["expand_node", "expand_unsupported", "schema_function"]

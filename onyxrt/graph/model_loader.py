@@ -1,8 +1,9 @@
 """Load a model from a path, bytes or ModelProto into the IR.
 
 Resolves external data relative to the model's folder (refusing locations that
-escape it), inlines model-local functions, and runs ONNX shape/type inference
-with symbolic dimensions so later stages know every value's type it can tell.
+escape it; tensors stay lazy until read), inlines model-local functions, runs ONNX
+shape/type inference with symbolic dimensions so later stages know every value's
+type it can tell, and builds the ``onnx_ir`` model with its nodes in topological order.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
-from ..errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
-from .ir import Model, model_from_proto
+import onnx_ir as ir
+
+from ..errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .opsets import normalize_domain
+from .tensors import sparse_to_dense_proto
 
 ModelSource = Union[str, bytes, os.PathLike, onnx.ModelProto]
 
@@ -124,8 +128,8 @@ def _has_full_shape(type_proto: onnx.TypeProto) -> bool:
     return type_proto.HasField("tensor_type") and type_proto.tensor_type.HasField("shape")
 
 
-def load_model(source: ModelSource) -> Model:
-    """Read, validate, inline and type a model; returns the IR :class:`Model`."""
+def load_model(source: ModelSource) -> ir.Model:
+    """Read, validate, inline and type a model; returns it as an ``onnx_ir.Model`` in topological order."""
     proto, base_dir = read_model_proto(source)
     if not proto.HasField("graph"):
         raise InvalidGraph("Model has no graph")
@@ -138,10 +142,121 @@ def load_model(source: ModelSource) -> Model:
     if isinstance(source, onnx.ModelProto) and proto is source:
         proto = _copy(proto)  # inference adds value_info; never mutate the caller's proto
     _merge_inferred_types(proto, _inferred(proto))
+    model = model_from_proto(proto, base_dir)
     try:
-        return model_from_proto(proto, base_dir)
-    except (OSError, ValueError, TypeError) as exc:
-        raise Fail(f"Failed to read model tensors: {exc}") from None
+        model.graph.sort()  # subgraphs too; files need not list nodes in dependency order
+    except ValueError as exc:
+        raise InvalidGraph(f"Graph '{model.graph.name}' cannot be ordered topologically: {exc}") from None
+    return model
+
+
+def model_from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> ir.Model:
+    """The IR of ``proto`` (not copied; it must outlive the model): sparse tensors densified, domains normalized.
+
+    The names of initializers that were sparse are kept in ``model.graph.meta["sparse_initializers"]``
+    so that saving writes them back as sparse tensors.
+    """
+    sparse_names = _densify_sparse(proto, base_dir)
+    opaque = _set_aside_map_types(proto.graph)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # noqa: BLE001 - onnx_ir raises SerdeError/ValueError/... on malformed graphs
+        raise InvalidGraph(f"Failed to read the model graph: {exc}") from None
+    if opaque:
+        _restore_map_types(model.graph, opaque)
+    if base_dir is not None:
+        ir.external_data.set_base_dir(model.graph, base_dir)
+    model.graph.meta["sparse_initializers"] = sparse_names
+    for domain in [d for d in model.opset_imports if d == "ai.onnx"]:
+        model.opset_imports[""] = model.opset_imports.pop(domain)
+    for graph in _all_graphs(model.graph):
+        for node in graph:
+            node.domain = normalize_domain(node.domain)
+    return model
+
+
+def _all_graphs(graph: ir.Graph):
+    yield graph
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from _all_graphs(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    yield from _all_graphs(sub)
+
+
+def _densify_sparse(proto: onnx.ModelProto, base_dir: str | None) -> list[str]:
+    """Sparse initializers and Constant(sparse_value) become dense tensors, as onnxruntime loads them."""
+    names = [s.values.name for s in proto.graph.sparse_initializer]
+    try:
+        _densify_graph(proto.graph, base_dir)
+    except (ValueError, IndexError, TypeError, OSError) as exc:
+        raise InvalidGraph(f"Invalid sparse tensor: {exc}") from None
+    return names
+
+
+def _densify_graph(graph: onnx.GraphProto, base_dir: str | None) -> None:
+    for sparse in graph.sparse_initializer:
+        graph.initializer.append(sparse_to_dense_proto(sparse, base_dir))
+    del graph.sparse_initializer[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                attr.t.CopyFrom(sparse_to_dense_proto(attr.sparse_tensor, base_dir))
+                attr.ClearField("sparse_tensor")
+                attr.type = onnx.AttributeProto.TENSOR
+                if node.op_type == "Constant" and attr.name == "sparse_value":
+                    attr.name = "value"
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+                dense = [sparse_to_dense_proto(s, base_dir) for s in attr.sparse_tensors]
+                del attr.sparse_tensors[:]
+                attr.tensors.extend(dense)
+                attr.type = onnx.AttributeProto.TENSORS
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _densify_graph(attr.g, base_dir)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    _densify_graph(sub, base_dir)
+
+
+def _has_map(type_proto: onnx.TypeProto) -> bool:
+    kind = type_proto.WhichOneof("value")
+    if kind == "map_type":
+        return True
+    if kind == "sequence_type":
+        return _has_map(type_proto.sequence_type.elem_type)
+    if kind == "optional_type":
+        return _has_map(type_proto.optional_type.elem_type)
+    return False
+
+
+def _set_aside_map_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+    """Clear the types onnx_ir cannot represent (maps, as ZipMap writes) and return them by value name.
+
+    onnx_ir 1.x has no map type; the values keep their ONNX TypeProto in ``value.meta["type_proto"]``
+    (see :func:`onyxrt.graph.types.value_type_proto`), so session metadata still reports them.
+    """
+    opaque: dict[str, onnx.TypeProto] = {}
+    for info in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if info.HasField("type") and _has_map(info.type):
+            kept = onnx.TypeProto()
+            kept.CopyFrom(info.type)
+            opaque[info.name] = kept
+            info.ClearField("type")
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                opaque.update(_set_aside_map_types(sub))
+    return opaque
+
+
+def _restore_map_types(graph: ir.Graph, opaque: dict[str, onnx.TypeProto]) -> None:
+    for sub in _all_graphs(graph):
+        values = list(sub.inputs) + list(sub.outputs) + [v for node in sub for v in node.outputs]
+        for value in values:
+            if value.name in opaque:
+                value.meta["type_proto"] = opaque[value.name]
 
 
 def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:

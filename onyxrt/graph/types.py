@@ -96,3 +96,14 @@ def tensor_shape(type_proto: onnx.TypeProto) -> list[int | str | None] | None:
         else:
             dims.append(None)
     return dims
+
+
+def value_type_proto(value: Any) -> onnx.TypeProto | None:
+    """The ``onnx.TypeProto`` (shape included when known) of an ``onnx_ir.Value``; None when its type is unknown."""
+    if "type_proto" in value.meta:  # a type onnx_ir cannot hold (maps), kept from the file
+        return value.meta["type_proto"]
+    if value.type is None:
+        return None
+    from .attributes import type_proto_of
+
+    return type_proto_of(value)

@@ -1,38 +1,74 @@
-"""Graph optimizer: rewrite passes run before planning, chosen by the session's optimization level.
+"""Graph optimizer: rewrite passes over the onnx_ir model, run before partitioning and planning.
 
-One pass per module; each takes the IR and reports whether it changed anything.
+One pass per module; :mod:`.pass_manager` runs them over the main graph and every
+subgraph to a fixed point. :func:`optimize` is the session's entry point.
 """
 
 from __future__ import annotations
 
-from ..graph.ir import Model
-from ..session.session_options import GraphOptimizationLevel
-from .constant_folding import fold_constants
-from .dead_code_elimination import eliminate_dead_code
-from .identity_elimination import eliminate_identities
+from typing import Collection, Sequence
 
-BASIC_PASSES = ("identity_elimination", "constant_folding", "dead_code_elimination")
+import onnx_ir as ir
+
+from .constant_folding import ConstantFolding
+from .dead_code_elimination import DeadCodeElimination
+from .identity_elimination import IdentityElimination
+from .pass_manager import (
+    DEFAULT_MAX_FOLDED_BYTES,
+    DEFAULT_MAX_ROUNDS,
+    ConstantEvaluator,
+    GraphPass,
+    OptimizationContext,
+    OptimizationLevel,
+    OptimizationReport,
+    PassManager,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FOLDED_BYTES",
+    "DEFAULT_MAX_ROUNDS",
+    "ConstantEvaluator",
+    "GraphPass",
+    "OptimizationContext",
+    "OptimizationLevel",
+    "OptimizationReport",
+    "PassManager",
+    "default_passes",
+    "optimize",
+]
 
 
-def optimize(model: Model, level: int, disabled: frozenset[str] = frozenset()) -> list[str]:
-    """Run the passes enabled at ``level`` (minus ``disabled``) to a fixed point; returns the passes that changed the graph."""
-    applied: list[str] = []
-    if level < GraphOptimizationLevel.ORT_ENABLE_BASIC:
-        return applied
-    passes = {
-        "identity_elimination": lambda: eliminate_identities(model.graph),
-        "constant_folding": lambda: fold_constants(model),
-        "dead_code_elimination": lambda: eliminate_dead_code(model.graph),
-    }
-    for _ in range(4):
-        changed = False
-        for name in BASIC_PASSES:
-            if name in disabled:
-                continue
-            if passes[name]():
-                changed = True
-                if name not in applied:
-                    applied.append(name)
-        if not changed:
-            break
-    return applied
+def default_passes() -> list[GraphPass]:
+    """onyxrt's passes in the order each round runs them."""
+    return [IdentityElimination(), ConstantFolding(), DeadCodeElimination()]
+
+
+def optimize(
+    model: ir.Model,
+    level: int,
+    *,
+    providers: Sequence[str],
+    evaluator: ConstantEvaluator,
+    disabled: Collection[str] = (),
+    fold_dequantize_linear: bool = False,
+    max_folded_bytes: int = DEFAULT_MAX_FOLDED_BYTES,
+    max_rounds: int = DEFAULT_MAX_ROUNDS,
+) -> OptimizationReport:
+    """Optimize ``model`` in place at ``level`` (onnxruntime's GraphOptimizationLevel values).
+
+    ``providers``: the session's provider names (passes declare which they suit);
+    ``evaluator``: computes one node from constant inputs for constant folding;
+    ``disabled``: pass names to skip, ours or onnxruntime's ("ConstantFolding", "EliminateIdentity");
+    ``fold_dequantize_linear``: fold DequantizeLinear too (onnxruntime's ``session.disable_quant_qdq``);
+    ``max_folded_bytes``: the largest tensor constant folding may grow the model by.
+
+    At every level, nodes listed out of dependency order are sorted first.
+    """
+    context = OptimizationContext(
+        opset_imports=model.opset_imports,
+        providers=tuple(providers),
+        evaluator=evaluator,
+        fold_dequantize_linear=fold_dequantize_linear,
+        max_folded_bytes=max_folded_bytes,
+    )
+    return PassManager(default_passes(), max_rounds).run(model, context, level, disabled)

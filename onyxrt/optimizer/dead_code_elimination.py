@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
-from ..graph.ir import Graph
+import onnx_ir as ir
+
+from .pass_manager import GraphPass, OptimizationContext, node_subgraphs
 
 
-def eliminate_dead_code(graph: Graph) -> bool:
-    """Remove nodes whose outputs no node, subgraph or graph output reads; returns whether anything changed."""
-    needed = {vi.name for vi in graph.outputs}
-    kept = []
-    for node in reversed(graph.nodes):
-        if any(name in needed for name in node.outputs if name):
-            kept.append(node)
-            needed.update(node.inputs)
-            for sub in node.subgraphs():
-                needed.update(sub.free_variables())
-    kept.reverse()
-    changed = len(kept) != len(graph.nodes)
-    graph.nodes = kept
-    graph_inputs = {vi.name for vi in graph.inputs}
-    for name in [n for n in graph.initializers if n not in needed and n not in graph_inputs]:
-        del graph.initializers[name]
-        changed = True
-    return changed
+class DeadCodeElimination(GraphPass):
+    """Removes nodes none of whose outputs is read or is a graph output, and unread initializers.
+
+    Reads by nodes of subgraphs (outer-scope references) count: onnx_ir records them as
+    uses of the outer value. Graph inputs are never removed, including initializers that
+    are graph inputs (a caller may feed them).
+    """
+
+    name = "dead_code_elimination"
+
+    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
+        removed = 0
+        # Last to first: removing a node drops its reads, which can make its producers dead in turn.
+        for node in reversed(list(graph)):
+            if any(output.uses() or output.is_graph_output() for output in node.outputs):
+                continue
+            _detach_subgraph_reads(node)
+            graph.remove(node, safe=True)
+            removed += 1
+        for name, value in list(graph.initializers.items()):
+            if not value.uses() and not value.is_graph_input() and not value.is_graph_output():
+                del graph.initializers[name]
+                removed += 1
+        return removed
+
+
+def _detach_subgraph_reads(node: ir.Node) -> None:
+    """Drop the reads of ``node``'s subgraphs, so outer values they alone read become dead too."""
+    for subgraph in node_subgraphs(node):
+        for inner in ir.traversal.RecursiveGraphIterator(subgraph):
+            for index in range(len(inner.inputs)):
+                inner.replace_input_with(index, None)

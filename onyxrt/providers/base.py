@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..graph.ir import Node
+import onnx_ir as ir
 
 class ExecutionProvider(ABC):
     """One way of running nodes: a device, an allocator and a set of kernels."""
@@ -25,11 +25,11 @@ class ExecutionProvider(ABC):
         self.options: dict[str, str] = dict(options or {})
 
     @abstractmethod
-    def can_run(self, node: Node, opset: int) -> bool:
+    def can_run(self, node: ir.Node, opset: int) -> bool:
         """Whether this provider has an implementation of ``node`` at ``opset``."""
 
     @abstractmethod
-    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any],
+    def compile_node(self, node: ir.Node, opset: int, attributes: dict[str, Any],
                      constants: Sequence[Any] = ()) -> tuple[Callable[..., Any], bool]:
         """A callable computing ``node`` from its input values, and whether it returns a tuple of outputs.
 

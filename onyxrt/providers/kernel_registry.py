@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import onnx.defs
 
 from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented
+from ..graph.opsets import describe
 
 KernelFn = Callable[..., Any]
 
@@ -160,12 +161,12 @@ def bind_attributes(kernel: KernelDef, node, opset: int, attributes: dict[str, A
     for name, value in attributes.items():
         if defined is not None and name not in defined:
             raise InvalidGraph(
-                f"{node.describe()}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
+                f"{describe(node)}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
             )
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:
             raise OrtNotImplemented(
-                f"{node.describe()}: attribute '{name}' is not supported by onyxrt's "
+                f"{describe(node)}: attribute '{name}' is not supported by onyxrt's "
                 f"{kernel.op_type}-{kernel.since_version} kernel"
             )
         kwargs[key] = value

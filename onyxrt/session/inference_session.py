@@ -11,15 +11,21 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+import onnx_ir as ir
+
 from ..errors import Fail, InvalidArgument
+from ..framework.constant_evaluator import provider_evaluator
 from ..framework.execution_plan import build_plan
 from ..framework.partitioner import partition
 from ..framework.thread_pool import ThreadPool
 from ..graph.autodiff import expand_gradient_nodes
-from ..graph.ir import Model, model_to_proto
+from ..graph.function_expansion import expand_unsupported
 from ..graph.model_loader import ModelSource, load_model
-from ..graph.types import np_dtype, tensor_shape, type_string, value_type_string
+from ..graph.model_saver import save_model
+from ..graph.tensors import from_array, to_array
+from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto, value_type_string
 from ..optimizer import optimize
+from ..providers.cpu import CPUExecutionProvider
 from .io_binding import IOBinding
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
@@ -109,12 +115,20 @@ class InferenceSession:
         # Gradient nodes name their forward values in attributes only: expand them before
         # the optimizer, whose dead-code pass would otherwise drop those values.
         expand_gradient_nodes(model.graph, model.opset_imports)
-        self.applied_optimizations = optimize(model, int(self._sess_options.graph_optimization_level), disabled)
+        # Ops no provider implements run as their ONNX function bodies, which the passes then see.
+        expand_unsupported(model.graph, model.opset_imports, self._can_run)
+        report = optimize(
+            model,
+            int(self._sess_options.graph_optimization_level),
+            providers=[p.name for p in self._providers],
+            evaluator=provider_evaluator(CPUExecutionProvider()),
+            disabled=disabled,
+        )
+        self.applied_optimizations = report.applied
         if self._sess_options.optimized_model_filepath:
-            onnx.save(model_to_proto(model), self._sess_options.optimized_model_filepath)
+            save_model(model, self._sess_options.optimized_model_filepath)
         self._model = model
-        assignment = partition(model.graph, model.opset_imports, self._providers)
-        self._plan = build_plan(model.graph, model.opset_imports, assignment)
+        self._plan = self._build_plan(self._providers)
 
         self._profiling = bool(self._sess_options.enable_profiling)
         self._profile_start_ns = time.time_ns()
@@ -123,38 +137,50 @@ class InferenceSession:
 
     # ------------------------------------------------------------------ construction helpers
 
-    def _apply_initializer_overrides(self, model: Model) -> None:
+    def _can_run(self, node: ir.Node, opset: int) -> bool:
+        return any(p.can_run(node, opset) for p in self._providers)
+
+    def _build_plan(self, providers):
+        graph, opsets = self._model.graph, self._model.opset_imports
+        partition(graph, opsets, providers)
+        return build_plan(graph, opsets, {p.name: p for p in providers})
+
+    def _apply_initializer_overrides(self, model: ir.Model) -> None:
         for name, value in self._sess_options._initializers.items():
             if name not in model.graph.initializers:
                 raise InvalidArgument(f"add_initializer: '{name}' is not an initializer of the model")
             array = value.numpy() if isinstance(value, OrtValue) else np.asarray(value)
-            model.graph.initializers[name] = array
+            model.graph.initializers[name].const_value = from_array(array, name)
 
-    def _apply_free_dimension_overrides(self, model: Model) -> None:
+    def _apply_free_dimension_overrides(self, model: ir.Model) -> None:
         by_name = self._sess_options._free_dimension_overrides_by_name
         by_denotation = self._sess_options._free_dimension_overrides_by_denotation
         if not by_name and not by_denotation:
             return
-        for vi in model.graph.inputs:
-            if vi.type is None or not vi.type.HasField("tensor_type"):
+        for value in model.graph.inputs:
+            shape = value.shape
+            if shape is None:
                 continue
-            for dim in vi.type.tensor_type.shape.dim:
-                if dim.HasField("dim_param") and dim.dim_param in by_name:
-                    dim.dim_value = by_name[dim.dim_param]
-                elif dim.denotation and dim.denotation in by_denotation:
-                    dim.dim_value = by_denotation[dim.denotation]
+            dims = list(shape.dims)
+            for i, dim in enumerate(dims):
+                if isinstance(dim, ir.SymbolicDim) and dim.value in by_name:
+                    dims[i] = by_name[dim.value]
+                elif shape.get_denotation(i) in by_denotation:
+                    dims[i] = by_denotation[shape.get_denotation(i)]
+            value.shape = ir.Shape(dims, denotations=[shape.get_denotation(i) for i in range(len(dims))])
 
-    def _describe(self, model: Model) -> None:
+    def _describe(self, model: ir.Model) -> None:
         graph = model.graph
-        self._all_input_names = [vi.name for vi in graph.inputs]
-        initializer_names = set(graph.initializers)
-        self._inputs_meta = [NodeArg(vi.name, vi.type) for vi in graph.inputs if vi.name not in initializer_names]
-        self._overridable_meta = [NodeArg(vi.name, vi.type) for vi in graph.inputs if vi.name in initializer_names]
-        self._outputs_meta = [NodeArg(vi.name, vi.type) for vi in graph.outputs]
-        self._input_specs = {vi.name: _InputSpec(vi.name, i, vi.type) for i, vi in enumerate(graph.inputs)}
+        self._all_input_names = [v.name for v in graph.inputs]
+        types = {v: value_type_proto(v) for v in list(graph.inputs) + list(graph.outputs)}
+        initializers = set(graph.initializers.values())
+        self._inputs_meta = [NodeArg(v.name, types[v]) for v in graph.inputs if v not in initializers]
+        self._overridable_meta = [NodeArg(v.name, types[v]) for v in graph.inputs if v in initializers]
+        self._outputs_meta = [NodeArg(v.name, types[v]) for v in graph.outputs]
+        self._input_specs = {v.name: _InputSpec(v.name, i, types[v]) for i, v in enumerate(graph.inputs)}
         self._required_inputs = [a.name for a in self._inputs_meta]
-        self._input_defaults = [graph.initializers.get(vi.name) for vi in graph.inputs]
-        self._output_index = {vi.name: i for i, vi in enumerate(graph.outputs)}
+        self._input_defaults = [to_array(v.const_value) if v in initializers else None for v in graph.inputs]
+        self._output_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._model_meta = ModelMetadata(
             producer_name=model.producer_name,
             graph_name=graph.name,
@@ -192,8 +218,7 @@ class InferenceSession:
         """Re-create the session's providers (and its plan) with a new provider list."""
         normalized = normalize_providers(providers, provider_options)
         new_providers = create_providers(normalized)
-        assignment = partition(self._model.graph, self._model.opset_imports, new_providers)
-        self._plan = build_plan(self._model.graph, self._model.opset_imports, assignment)
+        self._plan = self._build_plan(new_providers)
         self._providers, self._provider_options = new_providers, dict(normalized)
 
     def disable_fallback(self) -> None:

@@ -1,8 +1,8 @@
 """Gradient (ai.onnx.preview.training) through onyxrt.graph.autodiff, checked against finite differences.
 
 Each case builds a forward graph computing ``y`` plus a Gradient node, runs it
-through an InferenceSession with the Gradient nodes expanded before
-partitioning, and compares dY/dX with central differences of sum(y) computed by
+through an InferenceSession (which expands Gradient nodes before the graph
+optimizations), and compares dY/dX with central differences of sum(y) computed by
 running the forward graph alone (float64 inputs).
 """
 
@@ -14,30 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onyxrt
-import onyxrt.session.inference_session as inference_session
 from onyxrt.errors import InvalidGraph, NotImplemented as OrtNotImplemented
-from onyxrt.graph import ir
-from onyxrt.graph.autodiff import AUTODIFF_DOMAIN, TRAINING_DOMAIN, expand_gradient_nodes, topological_sort
+from onyxrt.graph.autodiff import AUTODIFF_DOMAIN, TRAINING_DOMAIN, expand_gradient_nodes
+from onyxrt.graph.model_loader import model_from_proto
 
 RNG = np.random.default_rng(1234)
-
-
-@pytest.fixture(autouse=True)
-def _expand_gradients(monkeypatch):
-    """Expand Gradient nodes before the graph optimizations (idempotent if the engine already does).
-
-    It must run before them: dead-code elimination would drop forward nodes that
-    only the Gradient's ``y`` attribute refers to.
-    """
-    original = getattr(inference_session, "optimize", None)
-    if original is None:  # the session pipeline changed: rely on the engine's own wiring
-        return
-
-    def optimize(model, *args, **kwargs):
-        expand_gradient_nodes(model.graph, model.opset_imports)
-        return original(model, *args, **kwargs)
-
-    monkeypatch.setattr(inference_session, "optimize", optimize)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -645,19 +626,36 @@ def test_gradient_of_its_own_output_is_a_cycle():
 
 def test_expansion_leaves_no_gradient_nodes_and_is_idempotent():
     nodes = [N("Mul", ["a", "b"], ["y"]), _gradient_node(["a", "b"], "y")]
-    model = ir.model_from_proto(_model(nodes, {"a": _r(3), "b": _r(3)}, ["d_a", "d_b"]))
+    model = model_from_proto(_model(nodes, {"a": _r(3), "b": _r(3)}, ["d_a", "d_b"]))
     assert expand_gradient_nodes(model.graph, model.opset_imports)
-    ops = [(n.domain, n.op_type) for n in model.graph.nodes]
+    ops = [(n.domain, n.op_type) for n in model.graph]
     assert (TRAINING_DOMAIN, "Gradient") not in ops
     assert all(d in ("", AUTODIFF_DOMAIN) for d, _ in ops)
-    produced = {o for n in model.graph.nodes for o in n.outputs}
-    assert {"d_a", "d_b"} <= produced
+    assert [v.name for v in model.graph.outputs] == ["d_a", "d_b"]
+    assert all(v.producer() is not None and v.producer().graph is model.graph for v in model.graph.outputs)
+    assert model.graph.outputs[0].dtype == onnx.TensorProto.DOUBLE  # typed: d_a is like a
+    names = [v.name for n in model.graph for v in n.outputs]
+    assert len(names) == len(set(names))
     assert not expand_gradient_nodes(model.graph, model.opset_imports)
 
 
-def test_topological_sort_is_stable():
-    a = ir.Node("Neg", ["x"], ["a"])
-    b = ir.Node("Neg", ["a"], ["b"])
-    c = ir.Node("Neg", ["x"], ["c"])
-    assert topological_sort([a, c, b], {"x"}) == [a, c, b]
-    assert topological_sort([b, c, a], {"x"}) == [c, a, b]
+def test_fresh_names_are_unique_across_scopes():
+    # Two Gradient nodes named "grad", one in the main graph and one in a Loop body, expand to distinct names.
+    body = helper.make_graph(
+        [N("Mul", ["y", "a"], ["ya"]), _gradient_node(["a"], "ya", outputs=["g"]), N("Identity", ["c_in"], ["c_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), helper.make_tensor_value_info("g", TensorProto.DOUBLE, None)],
+    )
+    nodes = [N("Mul", ["a", "a"], ["y"]), _gradient_node(["a"], "y"), N("Loop", ["trips", ""], ["gs"], body=body)]
+    feeds = {"a": _r(3)}
+    proto = _model(nodes, feeds, ["d_a", "gs"], {"trips": np.array(1, np.int64)})
+    model = model_from_proto(proto)
+    assert expand_gradient_nodes(model.graph, model.opset_imports)
+    loop = next(n for n in model.graph if n.op_type == "Loop")
+    scopes = [model.graph, loop.attributes["body"].as_graph()]
+    names = [v.name for g in scopes for n in g for v in n.outputs] + [n.name for g in scopes for n in g if n.name]
+    assert len(names) == len(set(names))
+    d_a, gs = _session(proto).run(None, feeds)
+    np.testing.assert_allclose(d_a, 2 * feeds["a"])
+    np.testing.assert_allclose(gs, [3 * feeds["a"] ** 2])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-from ...graph.ir import Node
+import onnx_ir as ir
+
+from ...graph.opsets import describe
 from ..base import ExecutionProvider
 from ..kernel_registry import bind_attributes
 from . import kernel_modules  # noqa: F401 - registers every CPU kernel
@@ -17,12 +19,12 @@ class CPUExecutionProvider(ExecutionProvider):
     name = "CPUExecutionProvider"
     device = "cpu"
 
-    def can_run(self, node: Node, opset: int) -> bool:
+    def can_run(self, node: ir.Node, opset: int) -> bool:
         return CPU_KERNELS.lookup(node.domain, node.op_type, opset) is not None
 
-    def compile_node(self, node: Node, opset: int, attributes: dict[str, Any],
+    def compile_node(self, node: ir.Node, opset: int, attributes: dict[str, Any],
                      constants: Sequence[Any] = ()) -> tuple[Callable[..., Any], bool]:
         kernel = CPU_KERNELS.lookup(node.domain, node.op_type, opset)
         if kernel is None:
-            raise LookupError(f"no CPU kernel for {node.describe()} at opset {opset}")
+            raise LookupError(f"no CPU kernel for {describe(node)} at opset {opset}")
         return bind_attributes(kernel, node, opset, attributes, constants), kernel.multi_output

@@ -44,12 +44,11 @@ def _declared_output(sub, index: int) -> tuple[np.dtype | None, list[int] | None
     graph = getattr(getattr(sub, "plan", None), "graph", None)
     if graph is None or index >= len(graph.outputs):
         return None, None
-    vi = graph.outputs[index]
-    type_proto = vi.type if vi.type is not None else graph.type_of(vi.name)
+    from ....graph.types import np_dtype, tensor_shape, value_type_proto
+
+    type_proto = value_type_proto(graph.outputs[index])
     if type_proto is None or type_proto.WhichOneof("value") != "tensor_type":
         return None, None
-    from ....graph.types import np_dtype, tensor_shape
-
     tt = type_proto.tensor_type
     dtype = None
     if tt.elem_type:

@@ -1,0 +1,22 @@
+"""Opset versions and node descriptions shared by every stage."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import onnx_ir as ir
+
+
+def normalize_domain(domain: str | None) -> str:
+    """ONNX's default domain is spelled both '' and 'ai.onnx'; onyxrt uses ''."""
+    return "" if domain in (None, "", "ai.onnx") else domain
+
+
+def opset_for(node: ir.Node, opset_imports: Mapping[str, int]) -> int:
+    """The model's opset version for the node's domain (1 when the model does not import it)."""
+    return opset_imports.get(node.domain, 1)
+
+
+def describe(node: ir.Node) -> str:
+    """How errors name a node: its name and its op."""
+    return f"node '{node.name or ''}' (op {node.domain or 'ai.onnx'}::{node.op_type})"

@@ -1,0 +1,59 @@
+"""Constant tensors between onnx_ir and numpy: what kernels see and what passes write back.
+
+Kernels take numpy arrays; string tensors are object arrays of ``str`` (ONNX stores
+UTF-8 bytes). Sparse tensors are densified, as onnxruntime does for sparse
+initializers and ``Constant(sparse_value=...)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import numpy_helper
+
+
+def to_array(tensor: ir.TensorProtocol) -> np.ndarray:
+    """The numpy value of an IR tensor (string tensors as object arrays of str)."""
+    if tensor.dtype == ir.DataType.STRING:
+        raw = tensor.numpy()
+        return np.array([_decode(b) for b in raw.reshape(-1)], dtype=object).reshape(raw.shape)
+    return tensor.numpy()
+
+
+def _decode(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="surrogateescape") if isinstance(value, bytes) else value
+
+
+def from_array(array: np.ndarray, name: str | None = None) -> ir.TensorProtocol:
+    """An IR tensor holding ``array`` (object arrays of str become STRING tensors)."""
+    array = np.asarray(array)
+    if array.dtype == object or array.dtype.kind in "US":
+        data = np.array([s if isinstance(s, bytes) else str(s).encode("utf-8", errors="surrogateescape")
+                         for s in array.reshape(-1)], dtype=object).reshape(array.shape)
+        return ir.StringTensor(data, name=name)
+    return ir.Tensor(array, name=name)
+
+
+def sparse_to_dense_proto(sparse: onnx.SparseTensorProto, base_dir: str | None = None) -> onnx.TensorProto:
+    """The dense TensorProto of a SparseTensorProto (COO, linear or [NNZ, rank] indices)."""
+    values = numpy_helper.to_array(sparse.values, base_dir or "")
+    indices = numpy_helper.to_array(sparse.indices, base_dir or "").astype(np.int64)
+    dense = np.zeros(tuple(sparse.dims), dtype=values.dtype)
+    if indices.ndim == 2:
+        dense[tuple(indices.T)] = values
+    else:
+        dense.reshape(-1)[indices] = values
+    return numpy_helper.from_array(dense, sparse.values.name)
+
+
+def dense_to_sparse_proto(tensor: onnx.TensorProto) -> onnx.SparseTensorProto:
+    """A COO SparseTensorProto (linear indices) holding ``tensor``'s non-zero elements."""
+    dense = numpy_helper.to_array(tensor)
+    flat = dense.reshape(-1)
+    indices = np.flatnonzero(flat).astype(np.int64)
+    return onnx.helper.make_sparse_tensor(
+        numpy_helper.from_array(flat[indices], tensor.name),
+        numpy_helper.from_array(indices, tensor.name + "_indices"),
+        list(dense.shape),
+    )
