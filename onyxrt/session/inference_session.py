@@ -17,6 +17,7 @@ from ..errors import Fail, InvalidArgument
 from ..framework.constant_evaluator import provider_evaluator
 from ..framework.execution_plan import build_plan
 from ..framework.partitioner import partition
+from ..framework.thread_pool import ThreadPool
 from ..graph.autodiff import expand_gradient_nodes
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_loader import ModelSource, load_model
@@ -97,6 +98,7 @@ class InferenceSession:
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
+        self._thread_pool = ThreadPool(self._sess_options.intra_op_num_threads)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)
         disabled = frozenset(kwargs.pop("disabled_optimizers", None) or ())
         if kwargs:
@@ -237,7 +239,7 @@ class InferenceSession:
         wanted = self._output_positions(output_names)
         inputs = self._prepare_inputs(input_feed)
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), self._thread_pool.activate():
             if self._profiling:
                 events: list = []
                 start = time.perf_counter_ns()

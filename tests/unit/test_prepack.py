@@ -6,7 +6,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import onyxrt as ort
-from onyxrt.providers.cpu.registry import op
+from onyxrt.providers.cpu.kernel_table import op
 
 DOMAIN = "test.onyxrt.prepack"
 calls: list[tuple] = []

@@ -8,7 +8,7 @@ import numpy as np
 
 from ....graph.types import np_dtype
 from .._helpers import normalize_axis
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
