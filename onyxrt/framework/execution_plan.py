@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from ..graph.attributes import attribute_value
 from ..graph.opsets import describe, opset_for
-from ..graph.tensors import to_array
+from ..graph.tensors import constant_array
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts
 from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
@@ -182,7 +182,7 @@ def build_plan(
     fed = set(graph.inputs)
     weights: dict[ir.Value, Any] = {}
     for value in graph.initializers.values():
-        array = _read_only(to_array(value.const_value))
+        array = _read_only(constant_array(value))
         device = value_device(value)
         # a weight read only on a device is copied there once, here
         template[slot_of(value)] = array if device.is_host else data_transfer_for(device).to_device(array)

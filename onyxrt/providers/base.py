@@ -30,7 +30,7 @@ from ..errors import NotImplemented as OrtNotImplemented
 from ..framework.device import DataTransfer, Device, HostDataTransfer, data_transfer_for
 from ..graph.attributes import attribute_value
 from ..graph.opsets import describe, opset_for
-from ..graph.tensors import to_array
+from ..graph.tensors import constant_array
 
 # The key of ``node.meta`` naming the provider a node is assigned to.
 PROVIDER_KEY = "execution_provider"
@@ -180,7 +180,7 @@ class ExecutionProvider:
                 raise OrtNotImplemented(f"{self.name} cannot run {describe(node)} inside a fused group")
             attributes = {name: attribute_value(attr) for name, attr in node.attributes.items()}
             # weights no feed can override, as the plan passes them
-            constants = [to_array(v.const_value) if v is not None and v.is_initializer() and not v.is_graph_input()
+            constants = [constant_array(v) if v is not None and v.is_initializer() and not v.is_graph_input()
                          else None for v in node.inputs]
             fn, multi = self.compile_node(node, opset_for(node, group.opset_imports), attributes, constants)
             steps.append((fn, node.inputs, node.outputs, multi))

@@ -19,11 +19,12 @@ from ..framework.execution_plan import build_plan
 from ..framework.device import BoundOutput, device_of
 from ..framework.memcpy import insert_copies
 from ..framework.partitioner import PROVIDER_KEY, partition, rewrites_graph
+from ..framework.thread_pool import ThreadPool
 from ..graph.autodiff import expand_gradient_nodes
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_loader import ModelSource, load_model
 from ..graph.model_saver import save_model
-from ..graph.tensors import from_array, to_array
+from ..graph.tensors import constant_array, from_array
 from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto, value_type_string
 from ..optimizer import optimize
 from ..providers.cpu import CPUExecutionProvider
@@ -114,6 +115,7 @@ class InferenceSession:
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
+        self._thread_pool = ThreadPool(self._sess_options.intra_op_num_threads)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)
         disabled = frozenset(kwargs.pop("disabled_optimizers", None) or ())
         if kwargs:
@@ -138,6 +140,7 @@ class InferenceSession:
             providers=[p.name for p in self._providers],
             evaluator=provider_evaluator(CPUExecutionProvider()),
             disabled=disabled,
+            fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
         )
         self.applied_optimizations = report.applied
         if self._sess_options.optimized_model_filepath:
@@ -198,7 +201,7 @@ class InferenceSession:
         self._outputs_meta = [NodeArg(v.name, types[v]) for v in graph.outputs]
         self._input_specs = {v.name: _InputSpec(v.name, i, types[v]) for i, v in enumerate(graph.inputs)}
         self._required_inputs = [a.name for a in self._inputs_meta]
-        self._input_defaults = [to_array(v.const_value) if v in initializers else None for v in graph.inputs]
+        self._input_defaults = [constant_array(v) if v in initializers else None for v in graph.inputs]
         self._output_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._model_meta = ModelMetadata(
             producer_name=model.producer_name,
@@ -261,7 +264,7 @@ class InferenceSession:
     def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None) -> list[Any]:
         """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``."""
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), self._thread_pool.activate():
             if not self._profiling:
                 return self._plan.run(inputs, targets=targets)
             events: list = []

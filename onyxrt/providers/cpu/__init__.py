@@ -9,8 +9,8 @@ import onnx_ir as ir
 from ...graph.opsets import describe
 from ..base import ExecutionProvider
 from ..kernel_registry import bind_attributes
-from . import kernels  # noqa: F401 - registers every CPU kernel
-from .registry import CPU_KERNELS
+from . import kernel_modules  # noqa: F401 - registers every CPU kernel
+from .kernel_table import CPU_KERNELS
 
 
 class CPUExecutionProvider(ExecutionProvider):
