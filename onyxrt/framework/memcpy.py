@@ -31,7 +31,7 @@ TO_DEVICE, TO_HOST = "MemcpyFromHost", "MemcpyToHost"
 
 
 def is_copy(node: ir.Node) -> bool:
-    """Whether ``node`` is a device-border copy (inserted here, or by onnxruntime)."""
+    """Whether ``node`` is a device-border copy node."""
     return node.domain == COPY_DOMAIN and node.op_type in (TO_DEVICE, TO_HOST)
 
 
