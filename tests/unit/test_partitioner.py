@@ -159,3 +159,16 @@ def test_node_group_border_values():
     group = NodeGroup.of([add, relu, neg], {"": 17})
     assert [v.name for v in group.inputs] == ["x", "w"]
     assert [v.name for v in group.outputs] == ["r", "n"]  # a graph output, and a value Softmax reads
+
+
+class _ClaimsEverything(CPUExecutionProvider):
+    name = "ClaimsEverything"
+
+    def get_capability(self, graph, opset_imports):
+        return [NodeGroup.of([node], opset_imports, fused=False) for node in graph]
+
+
+def test_a_provider_claiming_an_assigned_node_fails():
+    graph = _graph([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")])
+    with pytest.raises(EPFail, match="not a free node"):
+        partition(graph, {"": 17}, [CPUExecutionProvider(), _ClaimsEverything()])
