@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 # op -> (opset, input shapes seen in the zoo models: resnet50's activations, bert_base's FFN)
 CASES = {"Relu": (14, [(1, 64, 112, 112), (1, 256, 56, 56), (1, 2048, 7, 7), (1, 128, 3072)])}

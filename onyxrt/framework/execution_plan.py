@@ -22,11 +22,13 @@ import onnx_ir as ir
 
 from ..graph.attributes import attribute_value
 from ..graph.opsets import describe, opset_for
-from ..graph.tensors import to_array
+from ..graph.tensors import constant_array
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts, kernel_contract
 from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_donations
-from .partitioner import PROVIDER_KEY
+from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
+from .memcpy import compile_copy, is_copy, value_device
+from .partitioner import FUSED_GROUP, PROVIDER_KEY
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
 _TRASH_SLOT = 1  # where skipped optional outputs are written
@@ -64,6 +66,12 @@ class ExecutionPlan:
         reuse_buffers: bool = True,
     ) -> None:
         self.graph = graph
+        # where each input is read (the partitioner's placement), and whether that is the host
+        self._input_devices = tuple((device, device.is_host) for device in map(value_device, graph.inputs))
+        self._outputs_on_host = all(value_device(v).is_host for v in graph.outputs)
+        producer_step = {v: index for index, node in enumerate(nodes) for v in node.outputs}
+        # the step after which each output can be handed over (-1: an input or initializer, before any step)
+        self._output_steps = tuple(producer_step.get(v, -1) for v in graph.outputs)
         self.input_names = [v.name for v in graph.inputs]
         self.output_names = [v.name for v in graph.outputs]
         self.nodes = nodes
@@ -84,17 +92,26 @@ class ExecutionPlan:
         return self._last_report.peak_bytes
 
     def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
-            report: RunReport | None = None) -> list[Any]:
+            targets: Sequence[BoundOutput | None] | None = None, report: RunReport | None = None) -> list[Any]:
         """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order.
 
+        Inputs may live on any device: each is copied only where its readers run on
+        another. Outputs come back on the host, or as ``targets`` (one per graph output)
+        ask, handed over as soon as their producer has run (a None target: not wanted).
         ``profile`` (a list) receives ``(node, start_ns, duration_ns)`` per step; ``report``
         receives the run's memory figures.
         """
         values = self._template.copy()
-        for slot, value in zip(self._input_slots, inputs):
-            values[slot] = value
+        for slot, value, (device, on_host) in zip(self._input_slots, inputs, self._input_devices):
+            values[slot] = value if on_host and isinstance(value, np.ndarray) else move_to(value, device)
         for slot, value in zip(self._outer_slots, outer):
             values[slot] = value
+        handover = delivered = None
+        if targets is not None:
+            handover = self._handover(targets)
+            delivered = [None] * len(self._output_slots)
+            if -1 in handover:
+                self._deliver_after(-1, values, handover, targets, delivered)
         try:
             arena = self._arenas.pop()  # atomic: no two runs get one arena
         except IndexError:
@@ -102,9 +119,9 @@ class ExecutionPlan:
         arena.begin(self._weight_owners | owner_ids(inputs) | owner_ids(outer))
         try:
             if profile is not None:
-                self._run_profiled(values, arena, profile)
+                self._run_profiled(values, arena, profile, handover, targets, delivered)
             else:
-                self._run(values, arena)
+                self._run(values, arena, handover, targets, delivered)
             finished = RunReport(arena.peak_bytes, arena.reused_bytes, arena.inplace_bytes)
         finally:
             arena.end()
@@ -113,9 +130,27 @@ class ExecutionPlan:
         if report is not None:
             report.peak_bytes, report.reused_bytes, report.inplace_bytes = (
                 finished.peak_bytes, finished.reused_bytes, finished.inplace_bytes)
-        return [values[slot] for slot in self._output_slots]
+        if delivered is not None:
+            return delivered
+        if self._outputs_on_host:
+            return [values[slot] for slot in self._output_slots]
+        return [move_to(values[slot], HOST) for slot in self._output_slots]
 
-    def _run(self, values: list[Any], arena: Arena) -> None:
+    def _handover(self, targets: Sequence[BoundOutput | None]) -> dict[int, list[int]]:
+        """Output positions to hand over after each step (key -1: before the first)."""
+        if len(targets) != len(self._output_slots):
+            raise ValueError(f"{len(targets)} output targets for {len(self._output_slots)} outputs")
+        after: dict[int, list[int]] = {}
+        for position, step in enumerate(self._output_steps):
+            if targets[position] is not None:
+                after.setdefault(step, []).append(position)
+        return after
+
+    def _deliver_after(self, index: int, values: list[Any], handover, targets, delivered: list[Any]) -> None:
+        for position in handover[index]:
+            delivered[position] = deliver(values[self._output_slots[position]], targets[position])
+
+    def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None) -> None:
         produced, release = arena.produced, arena.release
         index = 0
         try:
@@ -138,6 +173,8 @@ class ExecutionPlan:
                 arena.sample()
                 if donors:
                     arena.donated.clear()
+                if handover and index in handover:
+                    self._deliver_after(index, values, handover, targets, delivered)
                 for slot in frees:
                     release(values, slot)
                 index += 1
@@ -147,9 +184,10 @@ class ExecutionPlan:
             node = self.nodes[index]
             raise KernelError(node.name, node.op_type, exc) from exc
 
-    def _run_profiled(self, values: list[Any], arena: Arena, profile: list) -> None:
+    def _run_profiled(self, values: list[Any], arena: Arena, profile: list, handover, targets,
+                      delivered: list[Any] | None) -> None:
         produced, release = arena.produced, arena.release
-        for (fn, ins, outs, frees, multi, alloc, donors), node in zip(self._steps, self.nodes):
+        for index, ((fn, ins, outs, frees, multi, alloc, donors), node) in enumerate(zip(self._steps, self.nodes)):
             start = time.perf_counter_ns()
             if donors:
                 arena.offer(values, donors)
@@ -175,6 +213,8 @@ class ExecutionPlan:
             arena.sample()
             if donors:
                 arena.donated.clear()
+            if handover and index in handover:
+                self._deliver_after(index, values, handover, targets, delivered)
             for slot in frees:
                 release(values, slot)
 
@@ -222,8 +262,10 @@ def build_plan(
     fed = set(graph.inputs)
     weights: dict[ir.Value, Any] = {}
     for value in graph.initializers.values():
-        array = _read_only(to_array(value.const_value))
-        template[slot_of(value)] = array
+        array = _read_only(constant_array(value))
+        device = value_device(value)
+        # a weight read only on a device is copied there once, here
+        template[slot_of(value)] = array if device.is_host else data_transfer_for(device).to_device(array)
         if value not in fed:  # weights a kernel may prepare once: initializers no feed can override
             weights[value] = array
 
@@ -276,6 +318,10 @@ def _read_only(array: Any) -> Any:
 def _compile_node(node: ir.Node, implicit: list[ir.Value], opsets, providers: Mapping[str, ExecutionProvider],
                   constants: list[Any], reuse_buffers: bool):
     provider = providers[node.meta[PROVIDER_KEY]]
+    if FUSED_GROUP in node.meta:
+        return provider.compile(node.meta[FUSED_GROUP]), True
+    if is_copy(node):
+        return compile_copy(node, provider), False
     opset = opset_for(node, opsets)
     attributes: dict[str, Any] = {}
     has_subgraphs = False

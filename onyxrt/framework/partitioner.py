@@ -1,43 +1,187 @@
-"""Assigns every node (subgraphs included) to the first provider that can run it."""
+"""Gives every node (subgraphs included) to an execution provider, after onnxruntime's graph partitioner.
+
+Providers are asked in priority order; each claims groups of the nodes earlier ones
+left (``ExecutionProvider.get_capability``). The provider's name is recorded on the node
+(``node.meta["execution_provider"]``). A fused group becomes one node of the graph (as
+onnxruntime's ``Graph::FuseSubGraph``): its nodes move into a body graph kept on the
+fused node (``node.meta["fused_group"]``), and the plan runs it with
+``provider.compile(group)``.
+
+Fusing a group must not create a cycle: when a path leaves the group and comes back
+into it, contracting the group to one node would make the graph cyclic, so the group
+is split into parts that each have no such path (see :func:`_acyclic_parts`).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import onnx_ir as ir
 
-from ..errors import NotImplemented as OrtNotImplemented
+from ..errors import EPFail, NotImplemented as OrtNotImplemented
 from ..graph.opsets import describe, opset_for
-from ..providers.base import ExecutionProvider
+from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned, outer_reads
 
-PROVIDER_KEY = "execution_provider"  # node.meta key holding the assigned provider's name
+# The key of ``node.meta`` holding a fused node's NodeGroup (its nodes in their body graph).
+FUSED_GROUP = "fused_group"
+# The domain of fused nodes; their op type is the provider's name.
+FUSED_DOMAIN = "onyxrt.fused"
 
 
-def partition(graph: ir.Graph, opset_imports: dict[str, int], providers: Sequence[ExecutionProvider]) -> None:
-    """Record on each node (``node.meta["execution_provider"]``) the first of ``providers`` that can run it.
+def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
+    """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
-    Every node still without an implementation, in the main graph or any subgraph, is
-    listed in one NOT_IMPLEMENTED error at session creation.
+    Every node no provider takes is listed in one NOT_IMPLEMENTED error. Assignments
+    left by an earlier partitioning (of a graph it did not rewrite) are dropped first.
     """
+    _drop_assignments(graph)
     missing: list[str] = []
-    _assign(graph, opset_imports, providers, missing)
+    _partition_graph(graph, opset_imports, providers, missing)
     if missing:
         listed = "\n  ".join(missing)
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
 
 
-def _assign(graph: ir.Graph, opset_imports, providers, missing: list[str]) -> None:
+def _drop_assignments(graph: ir.Graph) -> None:
     for node in graph:
-        opset = opset_for(node, opset_imports)
-        for provider in providers:
-            if provider.can_run(node, opset):
-                node.meta[PROVIDER_KEY] = provider.name
-                break
-        else:
-            missing.append(f"{describe(node)} at opset {opset}")
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                _assign(attr.value, opset_imports, providers, missing)
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for sub in attr.value:
-                    _assign(sub, opset_imports, providers, missing)
+        if PROVIDER_KEY in node.meta:
+            del node.meta[PROVIDER_KEY]
+        for subgraph in _subgraphs(node):
+            _drop_assignments(subgraph)
+
+
+def rewrites_graph(providers: Sequence[ExecutionProvider]) -> bool:
+    """Whether partitioning with ``providers`` may change the graph (fuse nodes, add copies), not just assign nodes."""
+    return any(type(p).get_capability is not ExecutionProvider.get_capability or not p.device.is_host for p in providers)
+
+
+def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
+                     missing: list[str]) -> None:
+    for provider in providers:
+        for group in provider.get_capability(graph, opset_imports):
+            _claim(graph, group, provider)
+    for node in graph:
+        if not is_assigned(node):
+            missing.append(f"{describe(node)} at opset {opset_for(node, opset_imports)}")
+        elif FUSED_GROUP not in node.meta:
+            for subgraph in _subgraphs(node):
+                _partition_graph(subgraph, opset_imports, providers, missing)
+
+
+def _claim(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> None:
+    for node in group.nodes:
+        if node.graph is not graph or is_assigned(node):
+            raise EPFail(f"{provider.name} claimed {describe(node)}, which is not a free node of graph '{graph.name}'")
+    if not group.fused:
+        if len(group.nodes) != 1:
+            raise EPFail(f"{provider.name} returned an unfused group of {len(group.nodes)} nodes (one expected)")
+        group.nodes[0].meta[PROVIDER_KEY] = provider.name
+        return
+    for part in _acyclic_parts(graph, group.nodes):
+        _fuse(graph, NodeGroup.of(part, group.opset_imports), provider)
+
+
+def _acyclic_parts(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.Node]]:
+    """``nodes`` split so that no path leaves a part and re-enters it (each part contracts without a cycle).
+
+    Every node gets a stage: the most times a path reaching it has left the group.
+    Along any path the stage never decreases and grows by one on each exit, so a path
+    leaving a part and re-entering the group lands in a later part, and parts in stage
+    order keep the graph acyclic as each is contracted in turn. Only the nodes from the
+    group's first to its last can lie on such a path.
+    """
+    members = set(nodes)
+    remaining = len(members)
+    stage: dict[ir.Node, int] = {}  # for members: their stage; for others: the stage they pass on
+    parts: dict[int, list[ir.Node]] = {}
+    for node in graph:
+        if remaining == 0:
+            break
+        if not stage and node not in members:
+            continue  # before the group's first node
+        reached = 0
+        for value in [*node.inputs, *outer_reads(node)]:
+            producer = value.producer() if value is not None else None
+            if producer is None or producer not in stage:
+                continue
+            passed = stage[producer] + 1 if producer in members and node not in members else stage[producer]
+            reached = max(reached, passed)
+        stage[node] = reached
+        if node in members:
+            parts.setdefault(reached, []).append(node)
+            remaining -= 1
+    return [parts[level] for level in sorted(parts)]
+
+
+def _fuse(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> ir.Node:
+    """Replace ``group``'s nodes in ``graph`` by one node whose body graph holds them."""
+    members = set(group.nodes)
+    inner = members.union(*(_nodes_inside(node) for node in group.nodes))
+    fused = ir.Node(FUSED_DOMAIN, provider.name, group.inputs, num_outputs=len(group.outputs))
+    _insert_in_order(graph, group.nodes, fused)
+    graph.remove(group.nodes)
+
+    # The body reads its own input values, so the moved nodes stop being users of outer values.
+    body_inputs = [ir.Value(name=value.name, type=value.type, shape=value.shape) for value in group.inputs]
+    replacement = dict(zip(group.inputs, body_inputs))
+    for node in inner:
+        for index, value in enumerate(node.inputs):
+            if value in replacement:
+                node.replace_input_with(index, replacement[value])
+    # Readers outside the group now read the fused node's outputs, which keep the original names.
+    for value, fused_output in zip(group.outputs, fused.outputs):
+        fused_output.type, fused_output.shape = value.type, value.shape
+        for user, index in list(value.uses()):
+            if user not in inner:
+                user.replace_input_with(index, fused_output)
+        for position, output in enumerate(graph.outputs):
+            if output is value:
+                graph.outputs[position] = fused_output
+        name, value.name = value.name, None
+        fused_output.name = name
+    body = ir.Graph(body_inputs, list(group.outputs), nodes=group.nodes, name=f"{provider.name}_{fused.name}",
+                    opset_imports=dict(group.opset_imports))
+    fused.meta[PROVIDER_KEY] = provider.name
+    fused.meta[FUSED_GROUP] = NodeGroup(list(body), list(body.inputs), list(body.outputs), group.opset_imports)
+    return fused
+
+
+def _insert_in_order(graph: ir.Graph, nodes: Sequence[ir.Node], fused: ir.Node) -> None:
+    """Insert ``fused`` after the last of ``nodes``, keeping the graph in dependency order.
+
+    Nodes between the group's first and last node that read (through any chain) one of
+    its outputs move right after ``fused``; the group has no path that leaves it and comes
+    back, so none of them feeds the group and every other node may stay before it.
+    """
+    members = set(nodes)
+    produced_by_group: set[ir.Value] = set()
+    movers: list[ir.Node] = []
+    remaining = len(members)
+    for node in graph:
+        if remaining == 0:
+            break
+        if node in members:
+            remaining -= 1
+            produced_by_group.update(node.outputs)
+        elif produced_by_group and any(v in produced_by_group for v in [*node.inputs, *outer_reads(node)]):
+            movers.append(node)
+            produced_by_group.update(node.outputs)
+    graph.insert_after(nodes[-1], fused)
+    if movers:
+        graph.remove(movers)
+        graph.insert_after(fused, movers)
+
+
+def _nodes_inside(node: ir.Node) -> list[ir.Node]:
+    return [inner for subgraph in _subgraphs(node) for inner in subgraph.all_nodes()]
+
+
+def _subgraphs(node: ir.Node) -> list[ir.Graph]:
+    graphs: list[ir.Graph] = []
+    for attr in node.attributes.data.values():  # the plain dict: this runs for every node
+        if attr.type == ir.AttributeType.GRAPH:
+            graphs.append(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            graphs.extend(attr.value)
+    return graphs
+

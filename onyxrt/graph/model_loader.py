@@ -87,20 +87,23 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: str | None) 
 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-infer a light copy of ``model`` (large initializers become typed inputs)."""
-    light = onnx.ModelProto()
-    light.CopyFrom(model)
-    graph = light.graph
-    keep = []
-    existing_inputs = {i.name for i in graph.input}
-    for tensor in graph.initializer:
+    """Shape-infer a light copy of ``model`` (large initializers become typed inputs, never copied)."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    source, graph = model.graph, light.graph
+    graph.name = source.name
+    graph.node.extend(source.node)
+    graph.input.extend(source.input)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    existing_inputs = {i.name for i in source.input}
+    for tensor in source.initializer:
         if external_data_helper.uses_external_data(tensor) or _numel(tensor) > _INFERENCE_INLINE_LIMIT:
             if tensor.name not in existing_inputs:
                 graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
         else:
-            keep.append(tensor)
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+            graph.initializer.append(tensor)
     try:
         return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
@@ -157,6 +160,7 @@ def model_from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> ir.
     so that saving writes them back as sparse tensors.
     """
     sparse_names = _densify_sparse(proto, base_dir)
+    _bridge_outer_outputs(proto.graph, set())
     opaque = _set_aside_map_types(proto.graph)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -194,6 +198,31 @@ def _densify_sparse(proto: onnx.ModelProto, base_dir: str | None) -> list[str]:
     except (ValueError, IndexError, TypeError, OSError) as exc:
         raise InvalidGraph(f"Invalid sparse tensor: {exc}") from None
     return names
+
+
+def _bridge_outer_outputs(graph: onnx.GraphProto, outer: set[str]) -> None:
+    """A subgraph output that is an outer-scope value gets an Identity inside the subgraph.
+
+    onnx_ir links such an output to a new, unconnected value instead of the outer one; the
+    Identity makes the capture an ordinary node input, which it does resolve.
+    """
+    names: set[str] | None = None
+    for node in graph.node:
+        if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            continue
+        if names is None:
+            names = outer | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+            names |= {o for n in graph.node for o in n.output}
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                defined = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+                defined |= {o for n in sub.node for o in n.output}
+                for output in sub.output:
+                    if output.name not in defined and output.name in names:
+                        inner = f"{output.name}__outer_{len(sub.node)}"
+                        sub.node.append(onnx.helper.make_node("Identity", [output.name], [inner]))
+                        output.name = inner
+                _bridge_outer_outputs(sub, names)
 
 
 def _densify_graph(graph: onnx.GraphProto, base_dir: str | None) -> None:

@@ -21,6 +21,20 @@ def to_array(tensor: ir.TensorProtocol) -> np.ndarray:
     return tensor.numpy()
 
 
+def constant_array(value: ir.Value) -> np.ndarray:
+    """The numpy value of an initializer, read from the model once.
+
+    A tensor still backed by the loaded protobuf is replaced by an in-memory tensor holding
+    the array, so later readers (folding, the plan, a second session plan) get the same
+    array instead of another copy of the protobuf's bytes. External-data tensors stay lazy.
+    """
+    tensor = value.const_value
+    array = to_array(tensor)
+    if isinstance(tensor, ir.serde.TensorProtoTensor):
+        value.const_value = ir.Tensor(array, name=tensor.name) if array.dtype != object else tensor
+    return array
+
+
 def _decode(value: bytes | str) -> str:
     return value.decode("utf-8", errors="surrogateescape") if isinstance(value, bytes) else value
 

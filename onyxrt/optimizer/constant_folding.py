@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from ..graph.tensors import from_array, to_array
+from ..graph.tensors import constant_array, from_array
 from .pass_manager import GraphPass, OptimizationContext, node_subgraphs
 
 # onnxruntime's list (optimizer/utils.cc), plus Bernoulli, which is random as well.
@@ -80,7 +80,7 @@ def _evaluate(node: ir.Node, context: OptimizationContext) -> list[np.ndarray] |
     limit = max(context.max_folded_bytes, input_bytes)
     if _declared_output_bytes(node) > limit:
         return None
-    inputs = [None if value is None else to_array(value.const_value) for value in node.inputs]
+    inputs = [None if value is None else constant_array(value) for value in node.inputs]
     outputs = context.evaluator(node, context.opset(node), inputs)
     if outputs is None or len(outputs) != len(node.outputs):
         return None

@@ -16,12 +16,15 @@ import onnx_ir as ir
 from ..errors import Fail, InvalidArgument
 from ..framework.constant_evaluator import provider_evaluator
 from ..framework.execution_plan import build_plan
-from ..framework.partitioner import partition
+from ..framework.device import BoundOutput, device_of
+from ..framework.memcpy import insert_copies
+from ..framework.partitioner import PROVIDER_KEY, partition, rewrites_graph
+from ..framework.thread_pool import ThreadPool
 from ..graph.autodiff import expand_gradient_nodes
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_loader import ModelSource, load_model
 from ..graph.model_saver import save_model
-from ..graph.tensors import from_array, to_array
+from ..graph.tensors import constant_array, from_array
 from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto, value_type_string
 from ..optimizer import optimize
 from ..providers.cpu import CPUExecutionProvider
@@ -49,9 +52,11 @@ class _InputSpec:
     def convert(self, value: Any) -> Any:
         """Check (and for non-arrays, convert) one fed value; raises onnxruntime's INVALID_ARGUMENT errors."""
         if isinstance(value, OrtValue):
-            value = value.numpy()
+            value = value.value
         if not self.is_tensor:
             return value
+        if not device_of(value).is_host:
+            return self._checked_device_tensor(value)
         if not isinstance(value, np.ndarray):
             if isinstance(value, (list, dict)) and not self.is_tensor:
                 return value
@@ -67,10 +72,24 @@ class _InputSpec:
                     f"Unexpected input data type. Actual: ({value_type_string(value)}) , "
                     f"expected: ({self.type_string})"
                 )
+        self._check_shape(value)
+        return value
+
+    def _checked_device_tensor(self, value: Any) -> Any:
+        """A tensor on a device is checked as it is: converting would mean copying it to the host."""
+        if np.dtype(value.dtype) != self.dtype:
+            raise InvalidArgument(
+                f"Unexpected input data type. Actual: ({value_type_string(np.empty(0, value.dtype))}) , "
+                f"expected: ({self.type_string})"
+            )
+        self._check_shape(value)
+        return value
+
+    def _check_shape(self, value: Any) -> None:
         if self.rank is not None:
-            if value.ndim != self.rank:
+            if len(value.shape) != self.rank:
                 raise InvalidArgument(
-                    f"Invalid rank for input: {self.name} Got: {value.ndim} Expected: {self.rank} "
+                    f"Invalid rank for input: {self.name} Got: {len(value.shape)} Expected: {self.rank} "
                     "Please fix either the inputs/outputs or the model."
                 )
             bad = [(i, value.shape[i], d) for i, d in self.fixed_dims if value.shape[i] != d]
@@ -80,7 +99,6 @@ class _InputSpec:
                     f"Got invalid dimensions for input: {self.name} for the following indices\n{details}\n"
                     " Please fix either the inputs/outputs or the model."
                 )
-        return value
 
 
 class InferenceSession:
@@ -97,6 +115,7 @@ class InferenceSession:
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
+        self._thread_pool = ThreadPool(self._sess_options.intra_op_num_threads)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)
         disabled = frozenset(kwargs.pop("disabled_optimizers", None) or ())
         if kwargs:
@@ -121,6 +140,7 @@ class InferenceSession:
             providers=[p.name for p in self._providers],
             evaluator=provider_evaluator(CPUExecutionProvider()),
             disabled=disabled,
+            fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
         )
         self.applied_optimizations = report.applied
         if self._sess_options.optimized_model_filepath:
@@ -140,7 +160,11 @@ class InferenceSession:
 
     def _build_plan(self, providers):
         graph, opsets = self._model.graph, self._model.opset_imports
+        if rewrites_graph(providers):
+            # fused and copy nodes go into a copy, so set_providers can partition the model afresh
+            graph = graph.clone()
         partition(graph, opsets, providers)
+        insert_copies(graph, providers)
         return build_plan(graph, opsets, {p.name: p for p in providers})
 
     def _apply_initializer_overrides(self, model: ir.Model) -> None:
@@ -177,7 +201,7 @@ class InferenceSession:
         self._outputs_meta = [NodeArg(v.name, types[v]) for v in graph.outputs]
         self._input_specs = {v.name: _InputSpec(v.name, i, types[v]) for i, v in enumerate(graph.inputs)}
         self._required_inputs = [a.name for a in self._inputs_meta]
-        self._input_defaults = [to_array(v.const_value) if v in initializers else None for v in graph.inputs]
+        self._input_defaults = [constant_array(v) if v in initializers else None for v in graph.inputs]
         self._output_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._model_meta = ModelMetadata(
             producer_name=model.producer_name,
@@ -234,17 +258,20 @@ class InferenceSession:
         if run_options is not None and run_options.terminate:
             raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)
-        inputs = self._prepare_inputs(input_feed)
-        # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise
-        with np.errstate(all="ignore"):
-            if self._profiling:
-                events: list = []
-                start = time.perf_counter_ns()
-                outputs = self._plan.run(inputs, profile=events)
-                self._record_profile(start, time.perf_counter_ns() - start, events)
-            else:
-                outputs = self._plan.run(inputs)
+        outputs = self._execute(self._prepare_inputs(input_feed))
         return [self._finish_output(outputs[i], input_feed) for i in wanted]
+
+    def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None) -> list[Any]:
+        """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``."""
+        # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise
+        with np.errstate(all="ignore"), self._thread_pool.activate():
+            if not self._profiling:
+                return self._plan.run(inputs, targets=targets)
+            events: list = []
+            start = time.perf_counter_ns()
+            outputs = self._plan.run(inputs, profile=events, targets=targets)
+            self._record_profile(start, time.perf_counter_ns() - start, events)
+            return outputs
 
     def run_async(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], callback, user_data: Any = None,
                   run_options: RunOptions | None = None) -> None:
@@ -265,14 +292,26 @@ class InferenceSession:
 
     def run_with_ort_values(self, output_names: Sequence[str] | None, input_dict_ort_values: dict[str, OrtValue],
                             run_options: RunOptions | None = None) -> list[OrtValue]:
-        feed = {k: (v.numpy() if isinstance(v, OrtValue) else v) for k, v in input_dict_ort_values.items()}
-        return [OrtValue(v) for v in self.run(output_names, feed, run_options)]
+        """Like ``run``, with OrtValues (on any device) in and host OrtValues out."""
+        return [OrtValue(v) for v in self.run(output_names, input_dict_ort_values, run_options)]
 
     def io_binding(self) -> IOBinding:
         return IOBinding(self)
 
     def run_with_iobinding(self, iobinding: IOBinding, run_options: RunOptions | None = None) -> None:
         iobinding._run(run_options)
+
+    def _run_bound(self, input_feed: dict[str, Any], output_names: Sequence[str], targets: Sequence[BoundOutput],
+                   run_options: RunOptions | None) -> list[Any]:
+        """IOBinding's run: each of ``output_names`` handed over as its target asks (device, buffer)."""
+        if run_options is not None and run_options.terminate:
+            raise Fail("Exiting due to terminate flag being set to true.")
+        wanted = self._output_positions(output_names)
+        all_targets: list[BoundOutput | None] = [None] * len(self._outputs_meta)
+        for position, target in zip(wanted, targets):
+            all_targets[position] = target
+        outputs = self._execute(self._prepare_inputs(input_feed), all_targets)
+        return [self._finish_output(outputs[i], input_feed) for i in wanted]
 
     def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
         if not output_names:
@@ -326,7 +365,7 @@ class InferenceSession:
             records.append({
                 "cat": "Node", "pid": pid, "tid": tid, "dur": node_duration // 1000,
                 "ts": node_start // 1000 + offset - base, "ph": "X", "name": f"{node.name}_kernel_time",
-                "args": {"op_name": node.op_type, "provider": "CPUExecutionProvider"},
+                "args": {"op_name": node.op_type, "provider": node.meta.get(PROVIDER_KEY, "")},
             })
         with self._profile_lock:
             self._profile_events.extend(records)

@@ -1,4 +1,11 @@
-"""IOBinding: bind inputs and outputs once, run many times (onnxruntime's API)."""
+"""IOBinding: bind inputs and outputs once, run many times (onnxruntime's API).
+
+Inputs and outputs may live on any device a provider registered. An input is read
+where it is bound (copied only if the nodes reading it run on another device); an
+output is handed over by the plan when its producer runs: moved to the bound device,
+or written into the bound buffer. An output bound to the device that produces it is
+not copied at all.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..errors import InvalidArgument
-from .ort_value import OrtValue, _as_dtype, _check_cpu, array_from_pointer
+from ..framework.device import HOST, BoundOutput, data_transfer_for, parse_device
+from .ort_value import OrtValue, as_dtype
 
 if TYPE_CHECKING:
     from .inference_session import InferenceSession
+    from .session_options import RunOptions
 
 
 class IOBinding:
@@ -19,7 +28,8 @@ class IOBinding:
     def __init__(self, session: InferenceSession) -> None:
         self._session = session
         self._inputs: dict[str, Any] = {}
-        self._outputs: dict[str, OrtValue | None] = {}
+        self._outputs: dict[str, BoundOutput] = {}
+        self._output_values: dict[str, OrtValue] = {}  # bound OrtValues, returned as themselves
         self._results: list[OrtValue] = []
 
     def bind_cpu_input(self, name: str, arr_on_cpu: np.ndarray) -> None:
@@ -27,59 +37,63 @@ class IOBinding:
 
     def bind_input(self, name: str, device_type: str, device_id: int, element_type: Any,
                    shape: Sequence[int], buffer_ptr: int) -> None:
-        """Bind CPU memory at ``buffer_ptr`` holding a tensor of ``shape`` and ``element_type``."""
-        _check_cpu(device_type)
-        self._inputs[name] = array_from_pointer(buffer_ptr, shape, _as_dtype(element_type))
+        """Bind the tensor of ``shape`` and ``element_type`` at ``buffer_ptr`` in the device's memory."""
+        device = parse_device(device_type, device_id)
+        self._inputs[name] = data_transfer_for(device).from_pointer(buffer_ptr, shape, as_dtype(element_type))
 
     def bind_ortvalue_input(self, name: str, ortvalue: OrtValue) -> None:
-        self._inputs[name] = ortvalue.numpy()
+        self._inputs[name] = ortvalue.value
 
     def bind_output(self, name: str, device_type: str = "cpu", device_id: int = 0, element_type: Any = None,
                     shape: Sequence[int] | None = None, buffer_ptr: int | None = None) -> None:
-        """Bind an output; with ``buffer_ptr`` the result is written into that CPU memory."""
-        _check_cpu(device_type)
+        """Bind an output to a device; with ``buffer_ptr`` the result is written into that memory there."""
+        device = parse_device(device_type, device_id)
+        self._output_values.pop(name, None)
         if buffer_ptr is None:
-            self._outputs[name] = None
+            self._outputs[name] = BoundOutput(device)
             return
         if element_type is None or shape is None:
             raise InvalidArgument(f"bind_output('{name}') with a buffer needs element_type and shape")
-        self._outputs[name] = OrtValue(array_from_pointer(buffer_ptr, shape, _as_dtype(element_type)))
+        buffer = data_transfer_for(device).from_pointer(buffer_ptr, shape, as_dtype(element_type))
+        self._outputs[name] = BoundOutput(device, buffer)
 
     def bind_ortvalue_output(self, name: str, ortvalue: OrtValue) -> None:
-        self._outputs[name] = ortvalue
+        """Bind an output to the tensor ``ortvalue``: runs write into it."""
+        self._outputs[name] = BoundOutput(ortvalue.device, ortvalue.value)
+        self._output_values[name] = ortvalue
 
     def clear_binding_inputs(self) -> None:
         self._inputs.clear()
 
     def clear_binding_outputs(self) -> None:
         self._outputs.clear()
+        self._output_values.clear()
+        self._results = []
 
     def synchronize_inputs(self) -> None:
-        """No-op: CPU data needs no device synchronization."""
+        """No-op: every device onyxrt runs on completes its copies before returning."""
 
     def synchronize_outputs(self) -> None:
-        """No-op: CPU data needs no device synchronization."""
+        """No-op: every device onyxrt runs on completes its copies before returning."""
 
     def get_outputs(self) -> list[OrtValue]:
+        """The outputs of the last run, in binding order, on their bound devices."""
         return list(self._results)
 
     def copy_outputs_to_cpu(self) -> list[Any]:
-        return [value.numpy().copy() if isinstance(value.numpy(), np.ndarray) else value.numpy()
-                for value in self._results]
+        """Host copies of the last run's outputs."""
+        copies = []
+        for value in self._results:
+            host = value.numpy()
+            copies.append(host.copy() if value.device == HOST and isinstance(host, np.ndarray) else host)
+        return copies
 
-    def _run(self, run_options) -> None:
-        names = list(self._outputs)
-        results = self._session.run(names, self._inputs, run_options)
-        bound = []
-        for name, result in zip(names, results):
-            target = self._outputs[name]
-            if target is None:
-                bound.append(OrtValue(result))
-                continue
-            if target.shape() != list(np.shape(result)):
-                raise InvalidArgument(
-                    f"Output '{name}' has shape {list(np.shape(result))} but the bound buffer has {target.shape()}"
-                )
-            np.copyto(target.numpy(), result)
-            bound.append(target)
-        self._results = bound
+    def _run(self, run_options: RunOptions | None) -> None:
+        # with no output bound, every output comes back on the host
+        names = list(self._outputs) or [arg.name for arg in self._session.get_outputs()]
+        targets = [self._outputs.get(name, BoundOutput(HOST)) for name in names]
+        results = self._session._run_bound(self._inputs, names, targets, run_options)
+        self._results = [
+            self._output_values.get(name) or OrtValue(result, target.device)
+            for name, target, result in zip(names, targets, results)
+        ]

@@ -1,78 +1,80 @@
-"""OrtValue: a value (tensor, sequence, map) held by the runtime, convertible to/from numpy."""
+"""OrtValue: a value (tensor, sequence, map) held by the runtime, on the host or on a provider's device.
+
+As in onnxruntime, a tensor OrtValue lives on one device: ``device_name()`` names it,
+``numpy()`` returns the host array (a copy when the tensor is on another device) and
+``data_ptr()`` the address of its memory on its device.
+"""
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import InvalidArgument
+from ..framework.device import HOST, Device, data_transfer_for, device_of, parse_device
 from ..graph.types import np_dtype, onnx_elem_type, value_type_string
 
-
-def _check_cpu(device_type: str) -> None:
-    if str(device_type).lower() != "cpu":
-        raise InvalidArgument(f"Unsupported device type '{device_type}': onyxrt's providers hold data on the CPU")
-
-
-def _as_dtype(element_type: Any) -> np.dtype:
+def as_dtype(element_type: Any) -> np.dtype:
+    """The numpy dtype for a numpy type or an ONNX element type enum."""
     if isinstance(element_type, int) and not isinstance(element_type, bool):
         return np_dtype(element_type)
     return np.dtype(element_type)
 
 
-def array_from_pointer(buffer_ptr: int, shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """A numpy view of CPU memory at ``buffer_ptr`` (used by IOBinding's pointer binds)."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = (ctypes.c_char * nbytes).from_address(int(buffer_ptr))
-    return np.frombuffer(raw, dtype=dtype).reshape(tuple(shape))
-
-
 class OrtValue:
-    """A runtime value; tensors live in a numpy array on the CPU."""
+    """A runtime value: a host value (numpy, or lists/dicts of it) or a tensor on a device."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, device: Device | None = None) -> None:
         self._value = value
+        self._device = device if device is not None else device_of(value)
 
     @staticmethod
     def ortvalue_from_numpy(numpy_obj: np.ndarray, device_type: str = "cpu", device_id: int = 0) -> OrtValue:
-        """Wrap ``numpy_obj`` (shares its memory, as onnxruntime does for CPU)."""
-        _check_cpu(device_type)
-        return OrtValue(np.asarray(numpy_obj))
+        """``numpy_obj`` as a tensor on the device: shares its memory on the host, a copy elsewhere."""
+        device = parse_device(device_type, device_id)
+        array = np.asarray(numpy_obj)
+        if device.is_host:
+            return OrtValue(array, HOST)
+        return OrtValue(data_transfer_for(device).to_device(array), device)
 
     @staticmethod
     def ortvalue_from_shape_and_type(shape: Sequence[int], element_type: Any = np.float32,
                                      device_type: str = "cpu", device_id: int = 0) -> OrtValue:
-        """A new tensor of ``shape`` and ``element_type`` (numpy type or ONNX enum), uninitialized."""
-        _check_cpu(device_type)
-        return OrtValue(np.empty(tuple(shape), dtype=_as_dtype(element_type)))
+        """A new, uninitialized tensor of ``shape`` and ``element_type`` (numpy type or ONNX enum) on the device."""
+        device = parse_device(device_type, device_id)
+        return OrtValue(data_transfer_for(device).allocate(tuple(shape), as_dtype(element_type)), device)
 
     @staticmethod
     def ortvalue_from_numpy_with_onnx_type(data: np.ndarray, onnx_element_type: int) -> OrtValue:
-        return OrtValue(np.asarray(data).view(np_dtype(onnx_element_type)))
+        return OrtValue(np.asarray(data).view(np_dtype(onnx_element_type)), HOST)
 
     def numpy(self) -> Any:
-        """The value as numpy (a list/dict of arrays for sequences/maps)."""
-        return self._value
+        """The value on the host (a list/dict of arrays for sequences/maps); a copy for device tensors."""
+        if self._device.is_host:
+            return self._value
+        return data_transfer_for(self._device).to_host(self._value)
 
     def data_ptr(self) -> int:
-        return int(self._value.ctypes.data)
+        """The address of the tensor's memory on its device."""
+        return data_transfer_for(self._device).data_ptr(self._value)
 
     def device_name(self) -> str:
-        return "cpu"
+        return self._device.type
 
     def shape(self) -> list[int]:
         return list(self._value.shape)
 
     def data_type(self) -> str:
-        return value_type_string(self._value)
+        if self._device.is_host:
+            return value_type_string(self._value)
+        return value_type_string(np.empty(0, self._value.dtype))
 
     def element_type(self) -> int:
         return onnx_elem_type(self._value.dtype)
 
     def is_tensor(self) -> bool:
-        return isinstance(self._value, np.ndarray)
+        return self.has_value() and not isinstance(self._value, (list, dict))
 
     def is_tensor_sequence(self) -> bool:
         return isinstance(self._value, list)
@@ -84,14 +86,24 @@ class OrtValue:
         return False
 
     def update_inplace(self, np_arr: np.ndarray) -> None:
-        """Copy ``np_arr`` into this tensor's memory (same shape and dtype)."""
+        """Copy the host array ``np_arr`` into this tensor's memory (same shape and dtype)."""
         src = np.asarray(np_arr)
-        if src.shape != self._value.shape or src.dtype != self._value.dtype:
+        if list(src.shape) != self.shape() or src.dtype != self._value.dtype:
             raise InvalidArgument(
-                f"update_inplace needs the same shape and type: have {self._value.shape} {self._value.dtype}, "
-                f"got {src.shape} {src.dtype}"
+                f"update_inplace needs the same shape and type: have {self.shape()} {self._value.dtype}, "
+                f"got {list(src.shape)} {src.dtype}"
             )
-        np.copyto(self._value, src)
+        data_transfer_for(self._device).copy_into(self._value, src)
+
+    @property
+    def device(self) -> Device:
+        """The device holding the value (onyxrt's; onnxruntime has ``device_name()`` only)."""
+        return self._device
+
+    @property
+    def value(self) -> Any:
+        """The value as stored on its device, without a copy (what the plan reads and writes)."""
+        return self._value
 
     def __repr__(self) -> str:
-        return f"OrtValue({self.data_type()})"
+        return f"OrtValue({self.data_type()} on {self._device})"

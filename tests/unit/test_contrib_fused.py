@@ -9,6 +9,7 @@ registration and attribute binding are covered).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import onnx
@@ -566,6 +567,17 @@ def _gqa_inputs(batch, seq, nh=4, nkv=2, hs=16):
     return randn(batch, seq, nh * hs), randn(batch, seq, nkv * hs), randn(batch, seq, nkv * hs)
 
 
+def assert_gqa_close(got, want, valid_lengths):
+    """Outputs close, the present caches (outputs 1, 2) in each sequence's valid rows only: with a
+    max-length past buffer the rows after them are whatever that buffer held (onnxruntime leaves
+    them unwritten too)."""
+    assert_close(got[:1] + got[3:], want[:1] + want[3:])
+    for g, w in zip(got[1:3], want[1:3]):
+        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, w.shape, g.dtype, w.dtype)
+        for b, n in enumerate(valid_lengths):
+            np.testing.assert_allclose(g[b, :, :n], w[b, :, :n], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "attrs",
     [{}, {"local_window_size": 2}, {"softcap": 2.0}, {"scale": 0.5}, {"smooth_softmax": 1}, {"causal": 0}],
@@ -591,7 +603,7 @@ def test_gqa_prompt_and_decode_match_onnxruntime():
     pk, pv = randn(2, 2, 8, 16), randn(2, 2, 8, 16)
     sk, tot = np.array([6, 4], np.int32), np.array(7, np.int32)
     got, want = both("GroupQueryAttention", [q, k, v, pk, pv, sk, tot], n_out=3, num_heads=4, kv_num_heads=2)
-    assert_close(got, want)
+    assert_gqa_close(got, want, sk + 1)
 
 
 def test_gqa_rotary_sink_bias_packed_match_onnxruntime():
@@ -631,13 +643,14 @@ def test_gqa_position_ids_qk_output_and_window_match_onnxruntime():
     sk, tot = np.array([8], np.int32), np.array(9, np.int32)
     for stage in (1, 2):
         got, want = both("GroupQueryAttention", [q, k, v, pk, pv, sk, tot], n_out=4, qk_output=stage, softcap=2.0, **common)
-        assert_close(got, want)
+        assert_gqa_close(got, want, sk + 1)
     # decoding a batch with different past lengths, a local window and rotary embedding
     q, k, v = _gqa_inputs(2, 1)
     pk, pv = randn(2, 2, 12, 16), randn(2, 2, 12, 16)
-    got, want = both("GroupQueryAttention", [q, k, v, pk, pv, np.array([6, 3], np.int32), np.array(7, np.int32), cos, sin],
+    sk = np.array([6, 3], np.int32)
+    got, want = both("GroupQueryAttention", [q, k, v, pk, pv, sk, np.array(7, np.int32), cos, sin],
                      n_out=3, local_window_size=3, do_rotary=1, **common)
-    assert_close(got, want)
+    assert_gqa_close(got, want, sk + 1)
 
 
 def test_mha_qk_output_reference():
@@ -651,6 +664,67 @@ def test_mha_qk_output_reference():
     np.testing.assert_allclose(qk, scores, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(pk, _split(k, N), rtol=1e-6)
     np.testing.assert_allclose(y, _mha_ref(_split(q, N), _split(k, N), _split(v, N), 1 / math.sqrt(H), add, 0, ab), rtol=1e-4, atol=1e-5)
+
+
+def _gqa_decode(new_qkv, past_key, past_value, lengths):
+    """One GroupQueryAttention call adding the new rows after each batch entry's ``lengths`` past rows."""
+    q, k, v = new_qkv
+    sk = np.asarray(lengths, np.int32) + q.shape[1] - 1
+    tot = np.array(int(sk.max()) + 1, np.int32)
+    return att.group_query_attention(q, k, v, past_key, past_value, sk, tot, num_heads=4, kv_num_heads=2, _num_outputs=3)
+
+
+def _read_only(a):
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+@pytest.mark.parametrize("lengths,new", [([5], 1), ([6, 2], 1), ([3, 3], 2)])
+def test_gqa_shared_buffer_writes_the_new_rows_in_place(lengths, new):
+    # a max-length past buffer (onnxruntime's shared-buffer mode) becomes the present: no copy
+    pk, pv = randn(len(lengths), 2, 12, 16), randn(len(lengths), 2, 12, 16)
+    before_k, before_v = pk.copy(), pv.copy()
+    new_qkv = _gqa_inputs(len(lengths), new)
+    y, present_k, present_v = _gqa_decode(new_qkv, pk, pv, lengths)
+    assert present_k is pk and present_v is pv
+    # the same call on read-only copies of the pasts takes the copying path: same results
+    y_copy, copy_k, copy_v = _gqa_decode(new_qkv, _read_only(before_k), _read_only(before_v), lengths)
+    assert not np.shares_memory(copy_k, before_k)
+    np.testing.assert_array_equal(y, y_copy)
+    for b, n in enumerate(lengths):
+        np.testing.assert_array_equal(present_k[b, :, : n + new], copy_k[b, :, : n + new])
+        np.testing.assert_array_equal(present_v[b, :, : n + new], copy_v[b, :, : n + new])
+        # the rows after the new ones are left as they were
+        np.testing.assert_array_equal(present_k[b, :, n + new :], before_k[b, :, n + new :])
+
+
+def test_gqa_growing_cache_is_the_past_followed_by_the_new_rows():
+    # a past of exactly the valid rows has no room: the present is a new, longer buffer
+    pk, pv = randn(1, 2, 7, 16), randn(1, 2, 7, 16)
+    q, k, v = _gqa_inputs(1, 2)
+    _, present_k, present_v = att.group_query_attention(
+        q, k, v, pk, pv, np.array([8], np.int32), np.array(9, np.int32), num_heads=4, kv_num_heads=2, _num_outputs=3
+    )
+    assert present_k.shape == (1, 2, 9, 16) and not np.shares_memory(present_k, pk)
+    np.testing.assert_array_equal(present_k, np.concatenate([pk, _split(k, 2)], axis=2))
+    np.testing.assert_array_equal(present_v, np.concatenate([pv, _split(v, 2)], axis=2))
+
+
+def test_gqa_decode_time_does_not_grow_with_the_buffer_length():
+    # with a shared buffer only the valid rows are touched (before: a zeroed max-length copy per call)
+    new_qkv = _gqa_inputs(1, 1)
+
+    def best_time(max_length):
+        pk, pv = np.zeros((1, 2, max_length, 16), np.float32), np.zeros((1, 2, max_length, 16), np.float32)
+        best = math.inf
+        for _ in range(30):
+            start = time.perf_counter()
+            _gqa_decode(new_qkv, pk, pv, [16])
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    assert best_time(32768) < 3 * best_time(64)
 
 
 def test_gqa_rejects_quantized_cache():

@@ -8,7 +8,9 @@ import pytest
 import onnx
 from onnx import TensorProto, helper
 
+from onyxrt.framework.thread_pool import ThreadPool
 from onyxrt.providers.cpu.nn import conv as c
+from onyxrt.providers.cpu.nn import conv_core as core
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -95,11 +97,12 @@ def test_depthwise_with_multiplier_and_bias(s, mult):
 
 @pytest.mark.parametrize("parallel", [False, True])
 def test_depthwise_large_parallel_path(parallel, monkeypatch):
-    monkeypatch.setattr(c, "_PARALLEL_CONV", parallel)
+    monkeypatch.setattr(core, "_PARALLEL_CONV", parallel)
     x = randn(1, 64, 60, 60)
     w = randn(64, 1, 3, 3)
     b = randn(64)
-    y = c.conv(x, w, b, group=64, pads=[1, 1, 1, 1])
+    with ThreadPool(2).activate():
+        y = c.conv(x, w, b, group=64, pads=[1, 1, 1, 1])
     np.testing.assert_allclose(y, run_ort("Conv", [x, w, b], group=64, pads=[1, 1, 1, 1]), rtol=1e-4, atol=1e-4)
 
 
@@ -306,8 +309,8 @@ def test_random_2d_convs_match_naive_with_and_without_prepack(depthwise):
 @pytest.mark.parametrize("max_width", [0, 1000])
 def test_depthwise_shifted_column_images(max_width, monkeypatch):
     # kernel columns copied from a shifted neighbour (narrow images) or gathered: same results
-    monkeypatch.setattr(c, "_DW_SHIFT_MAX_WIDTH", max_width)
-    monkeypatch.setattr(c, "_dw_plan_cache", {})
+    monkeypatch.setattr(core, "_DW_SHIFT_MAX_WIDTH", max_width)
+    monkeypatch.setattr(core, "_dw_plan_cache", {})
     r = np.random.default_rng(11)
     for _ in range(60):
         x, w, b, attrs = _random_conv_case(r, True)
@@ -318,9 +321,10 @@ def test_depthwise_shifted_column_images(max_width, monkeypatch):
 def test_depthwise_small_blocks_and_threads(monkeypatch):
     # many channel blocks per thread, work split over the pool even when small (and the
     # column matrices of ordinary convolutions too)
-    monkeypatch.setattr(c, "_DW_BLOCK_BYTES", 1500)
-    monkeypatch.setattr(c, "_PARALLEL_MIN_ELEMENTS", 0)
-    monkeypatch.setattr(c, "_PARALLEL_CONV", True)
+    monkeypatch.setattr(core, "_DW_BLOCK_BYTES", 1500)
+    monkeypatch.setattr(core, "_PARALLEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(core, "_PARALLEL_CONV", True)
+    monkeypatch.setattr(core, "current_pool", lambda: ThreadPool(3))
     r = np.random.default_rng(3)
     for s in (1, 2):
         x = r.standard_normal((2, 9, 13, 12)).astype(np.float32)
@@ -357,7 +361,7 @@ def test_copy_stride2_is_bit_exact():
     for start in range(5):
         count = (11 - start + 1) // 2
         dst = np.full((3, 4, count), 7.0, np.float32)
-        c.copy_stride2(dst, src, start, count)
+        core.copy_stride2(dst, src, start, count)
         np.testing.assert_array_equal(dst.view(np.uint32), src[..., start::2].view(np.uint32))
 
 

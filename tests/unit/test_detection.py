@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onyxrt.providers.cpu.nn.detection import non_max_suppression, roi_align, roi_align_10
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 from reference_ops import reference_output
 
 

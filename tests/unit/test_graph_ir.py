@@ -126,3 +126,17 @@ def test_string_tensors_round_trip():
     array = np.array([["a", "bé"], ["", "z"]], dtype=object)
     back = to_array(from_array(array, "s"))
     assert back.dtype == object and back.tolist() == array.tolist()
+
+
+def test_subgraph_output_that_is_an_outer_value():
+    """An If branch with no nodes whose output is the outer input itself."""
+    then_branch = helper.make_graph([], "then", [], [_vi("x")])
+    else_branch = helper.make_graph([helper.make_node("Neg", ["x"], ["n"])], "else", [], [_vi("n")])
+    model = _model(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_branch, else_branch=else_branch)],
+        [_vi("c", TensorProto.BOOL, ()), _vi("x")], [_vi("y")],
+    )
+    session = ort.InferenceSession(model.SerializeToString())
+    x = np.array([1.0, -2.0], np.float32)
+    np.testing.assert_array_equal(session.run(None, {"c": np.array(True), "x": x})[0], x)
+    np.testing.assert_array_equal(session.run(None, {"c": np.array(False), "x": x})[0], -x)

@@ -9,7 +9,7 @@ import onnx.defs
 import pytest
 from onnx import helper
 
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 from onyxrt.providers.kernel_registry import schema_since_version
 
 SCHEMA_DOMAINS = ("", "ai.onnx.ml", "ai.onnx.preview.training")

@@ -9,10 +9,10 @@ import onnx
 import pytest
 from onnx import helper
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.graph.types import onnx_elem_type
 from onyxrt.providers.cpu.math.linalg import det
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 from onyxrt.providers.cpu.tensor.scatter_crop import center_crop_pad, col2im, tensor_scatter
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from onyxrt.providers.cpu.nn.loss import negative_log_likelihood_loss, softmax_cross_entropy_loss
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 # the specification's examples: N, C, d1 = 2, 3, 2
 _INPUT = np.array([[[1.0, 2.0], [2.0, 2.0], [3.0, 2.0]], [[0.0, 1.0], [2.0, 2.0], [1.0, 2.0]]], dtype=np.float32)

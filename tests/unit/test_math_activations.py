@@ -7,9 +7,9 @@ import numpy as np
 import onnx.defs
 import pytest
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.providers.cpu.math import activations as act
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 OPS = """Relu LeakyRelu PRelu Elu Selu Celu Sigmoid HardSigmoid HardSwish Tanh Softplus Softsign
 ThresholdedRelu Shrink Gelu Mish Swish Clip Softmax LogSoftmax Hardmax""".split()

@@ -4,9 +4,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.providers.cpu.math.einsum import einsum, parse_equation
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 
 def test_registered():

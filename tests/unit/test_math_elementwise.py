@@ -8,9 +8,9 @@ import onnx.defs
 import pytest
 from onnx import TensorProto
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.providers.cpu.math import elementwise as ew
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 from reference_ops import reference_output
 
 OPS = """Add Sub Mul Div Pow Mod Neg Abs Reciprocal Floor Ceil Round Sqrt Exp Log Sin Cos Tan Asin Acos

@@ -5,9 +5,9 @@ import numpy as np
 import onnx.defs
 import pytest
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.providers.cpu.math import reduction as rd
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 OPS = """ReduceSum ReduceMean ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp
 ReduceSumSquare ArgMax ArgMin CumSum CumProd TopK""".split()

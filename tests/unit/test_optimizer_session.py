@@ -99,3 +99,61 @@ def test_applied_optimizations_and_onnxruntime_names_in_disabled_optimizers():
     )
     assert _session(model).applied_optimizations == ["constant_folding", "dead_code_elimination"]
     assert _session(model, disabled_optimizers=["ConstantFolding"]).applied_optimizations == []
+
+
+def test_constants_folded_inside_a_loop_body_run(tmp_path):
+    # body: acc_out = acc_in + Neg(w) * 2, where Neg(w) * 2 reads only the outer initializer w
+    body = helper.make_graph(
+        [
+            helper.make_node("Neg", ["w"], ["neg_w"]),
+            helper.make_node("Mul", ["neg_w", "two"], ["step"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [2]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [2]),
+        ],
+        [numpy_helper.from_array(np.float32(2.0), "two")],
+    )
+    model = _model(
+        [helper.make_node("Loop", ["trips", "", "x"], ["y"], body=body)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        [
+            numpy_helper.from_array(np.array([1.0, 3.0], np.float32), "w"),
+            numpy_helper.from_array(np.int64(3), "trips"),
+        ],
+    )
+    session = _session(model, tmp_path)
+    assert "constant_folding" in session.applied_optimizations
+    (y,) = session.run(None, {"x": np.zeros(2, np.float32)})
+    np.testing.assert_allclose(y, [-6.0, -18.0])
+    (optimized_body,) = [a.g for a in _optimized(tmp_path).graph.node[0].attribute if a.name == "body"]
+    assert [node.op_type for node in optimized_body.node] == ["Add", "Identity"]
+
+
+def test_disable_quant_qdq_lets_folding_dequantize_weights():
+    """onnxruntime's "session.disable_quant_qdq" = "1": DequantizeLinear of a constant weight is folded."""
+    weight = numpy_helper.from_array(np.arange(-4, 4, dtype=np.int8).reshape(2, 4), "w_q")
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "w_scale")
+    graph = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]), helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[weight, scale],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    x = np.array([[1.0, 2.0]], np.float32)
+    kept = ort.InferenceSession(model)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    folded = ort.InferenceSession(model, options)
+    assert "constant_folding" not in kept.applied_optimizations
+    assert "constant_folding" in folded.applied_optimizations
+    np.testing.assert_array_equal(kept.run(None, {"x": x})[0], folded.run(None, {"x": x})[0])

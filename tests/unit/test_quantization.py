@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.graph.types import onnx_elem_type
 from onyxrt.providers.cpu.math.quantization import (
     dequantize_linear_10,
@@ -21,7 +21,7 @@ from onyxrt.providers.cpu.math.quantization import (
     quantize_linear_21,
     quantize_linear_23,
 )
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 
 def _ro(*arrays):

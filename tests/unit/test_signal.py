@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.graph.types import onnx_elem_type
 from onyxrt.providers.cpu.math.signal import (
     blackman_window,
@@ -17,7 +17,7 @@ from onyxrt.providers.cpu.math.signal import (
     mel_weight_matrix,
     stft_17,
 )
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 
 
 def _complex(y):

@@ -10,9 +10,9 @@ import pytest
 from onnx import helper
 from onnx.reference import ReferenceEvaluator
 
-import onyxrt.providers.cpu.kernels  # noqa: F401  (registers every kernel)
+import onyxrt.providers.cpu.kernel_modules  # noqa: F401  (registers every kernel)
 from onyxrt.graph.autodiff import AUTODIFF_DOMAIN, TRAINING_DOMAIN
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 from onyxrt.providers.cpu.training import gradient as gk
 from onyxrt.providers.cpu.training import optimizers as opt
 

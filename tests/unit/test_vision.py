@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from onyxrt.providers.cpu.nn.vision import affine_grid, grid_sample, grid_sample_16, grid_sample_nd
-from onyxrt.providers.cpu.registry import CPU_KERNELS
+from onyxrt.providers.cpu.kernel_table import CPU_KERNELS
 from onyxrt.providers.cpu.tensor.image_decoder import image_decoder
 from reference_ops import reference_output
 

@@ -9,15 +9,14 @@ import onnx_ir as ir
 from ...graph.opsets import describe
 from ..base import ExecutionProvider
 from ..kernel_registry import bind_attributes
-from . import kernels  # noqa: F401 - registers every CPU kernel
-from .registry import CPU_KERNELS
+from . import kernel_modules  # noqa: F401 - registers every CPU kernel
+from .kernel_table import CPU_KERNELS
 
 
 class CPUExecutionProvider(ExecutionProvider):
     """Runs nodes with the numpy kernels registered in :data:`CPU_KERNELS`."""
 
     name = "CPUExecutionProvider"
-    device = "cpu"
 
     def can_run(self, node: ir.Node, opset: int) -> bool:
         return CPU_KERNELS.lookup(node.domain, node.op_type, opset) is not None

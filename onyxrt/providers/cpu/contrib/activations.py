@@ -13,7 +13,7 @@ import numpy as np
 from .._helpers import normalize_axis
 from ..math.activations import sigmoid_values, softmax_values
 from ..math.elementwise import erf_values
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)

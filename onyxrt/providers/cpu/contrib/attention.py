@@ -11,6 +11,11 @@ Mask semantics follow onnxruntime's CPU kernels: a padding mask adds
 them with the lowest float, ``attention_bias`` is added after both; in
 GroupQueryAttention keys outside the causal / local window / sequence length get no
 weight at all.
+
+GroupQueryAttention's KV cache: a past buffer with room for the new rows (onnxruntime's
+shared-buffer mode, a max-length buffer that is both past and present) gets them written
+in place and is returned as the present; otherwise the present is a new buffer of the
+valid past rows followed by the new ones, each row written once.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import math
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -483,6 +488,41 @@ def _rms_heads(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(ms) * weight.astype(x.dtype, copy=False)
 
 
+def _shareable_past(past_key: np.ndarray, past_value: np.ndarray, dtype: np.dtype, new_inputs) -> bool:
+    """Whether the new rows may be written into the past buffers themselves (they are the
+    present's dtype, writable, and share memory with neither each other nor the new rows)."""
+    pasts = (past_key, past_value)
+    if any(p.dtype != dtype or not p.flags.writeable for p in pasts) or np.may_share_memory(past_key, past_value):
+        return False
+    return not any(x is not None and np.may_share_memory(p, x) for p in pasts for x in new_inputs)
+
+
+def _write_new_rows(past_key, past_value, k, v, P_b, W_b):
+    """The new key/value rows of batch entry b written at rows [P_b[b], P_b[b] + W_b[b]) of the
+    past buffers, which are returned as the present ones."""
+    for b in range(len(P_b)):
+        p, w = int(P_b[b]), int(W_b[b])
+        past_key[b, :, p : p + w] = k[b, :, :w]
+        past_value[b, :, p : p + w] = v[b, :, :w]
+    return past_key, past_value
+
+
+def _grown_cache(past_key, past_value, k, v, P_b, W_b, t_buf: int, ct):
+    """New (B, Nkv, t_buf, H) caches: per batch entry b its P_b[b] valid past rows, then its
+    W_b[b] new rows, then zeros; each row is written once."""
+    B, Nkv, _, H = k.shape
+    present_k = np.empty((B, Nkv, t_buf, H), ct)
+    present_v = np.empty((B, Nkv, t_buf, v.shape[3]), ct)
+    for b in range(B):
+        p, w = int(P_b[b]), int(W_b[b])
+        for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
+            if p:
+                present[b, :, :p] = past[b, :, :p]
+            present[b, :, p : p + w] = new[b, :, :w]
+            present[b, :, p + w :] = 0
+    return present_k, present_v
+
+
 @op("GroupQueryAttention", versions=1, domain="com.microsoft", multi_output=True)
 def group_query_attention(
     query,
@@ -611,22 +651,19 @@ def group_query_attention(
 
     # present = the valid past rows + the new rows, in a (B, Nkv, max(total, past buffer), H) buffer
     t_buf = max(total, past_len, int((P_b + W_b).max()) if B else 0)
-    present_k = np.zeros((B, Nkv, t_buf, H), ct)
-    present_v = np.zeros((B, Nkv, t_buf, Hv), ct)
-    if has_past:
-        if past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv:
-            raise ValueError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
-        pk = past_key.astype(ct, copy=False)
-        pv = past_value.astype(ct, copy=False)
+    if has_past and (past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv
+                     or past_value.shape[:3] != past_key.shape[:3]):
+        raise ValueError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
     for b in range(B):
-        p, w = int(P_b[b]), int(W_b[b])
-        if p > 0:
-            if not has_past or p > past_len:
-                raise ValueError(f"GroupQueryAttention: batch {b} needs {p} cached tokens, the past holds {past_len}")
-            present_k[b, :, :p] = pk[b, :, :p]
-            present_v[b, :, :p] = pv[b, :, :p]
-        present_k[b, :, p : p + w] = k[b, :, :w]
-        present_v[b, :, p : p + w] = v[b, :, :w]
+        if P_b[b] > 0 and (not has_past or P_b[b] > past_len):
+            raise ValueError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
+    if has_past and t_buf == past_len and _shareable_past(past_key, past_value, query.dtype, (query, key, value)):
+        # onnxruntime's shared-buffer mode: the past is a max-length buffer that becomes the
+        # present; the new rows are written into it, nothing else is copied
+        present_k, present_v = _write_new_rows(past_key, past_value, k, v, P_b, W_b)
+    else:
+        present_k, present_v = _grown_cache(past_key if has_past else None, past_value if has_past else None,
+                                            k, v, P_b, W_b, t_buf, ct)
 
     # which keys each query row sees
     T = min(max(total, int((P_b + W_b).max()) if B else 0), t_buf)
@@ -656,8 +693,8 @@ def group_query_attention(
         sink = np.zeros((1, 1, 1, 1), ct)
     out, qk = _attend(
         q,
-        present_k[:, :, :T],
-        present_v[:, :, :T],
+        present_k[:, :, :T].astype(ct, copy=False),
+        present_v[:, :, :T].astype(ct, copy=False),
         _scale(scale, H),
         attention_bias=ab,
         softcap=float(softcap or 0.0),

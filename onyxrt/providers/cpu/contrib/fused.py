@@ -20,10 +20,9 @@ from ..math.activations import sigmoid_values
 from ..math.elementwise import erf_values
 from ..math.matmul import gemm as _onnx_gemm
 from ..math.matmul import gemm_prepack
-from ..nn.conv import conv as _onnx_conv
-from ..nn.conv import _float_conv, conv_prepack
+from ..nn.conv_core import conv_prepack, float_conv
 from ..nn.pool import max_pool as _onnx_max_pool
-from ..registry import op
+from ..kernel_table import op
 from ..tensor.indexing import trilu as _onnx_trilu
 
 _FLOAT_KINDS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -195,11 +194,8 @@ def fused_conv(
     if z is None and x.dtype in _FLOAT_KINDS:
         # the activation runs inside the convolution (per block where it can, while in cache)
         fn = mlas_activation_fn(activation, activation_params)
-        return _float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed, fn)
-    y = _onnx_conv(
-        x, w, b, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
-        _packed=_packed,
-    )
+        return float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed, fn)
+    y = float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     y = _owned(y, x, w, b, z)
     if z is not None:
         if np.broadcast_shapes(z.shape, y.shape) != y.shape:

@@ -24,10 +24,10 @@ import platform
 
 import numpy as np
 
-from ..nn.conv import _float_conv, pack_conv_weights
+from ..nn.conv_core import float_conv, pack_conv_weights
 from ..nn.pool import average_pool as _onnx_average_pool
 from ..nn.pool import max_pool as _onnx_max_pool
-from ..registry import op
+from ..kernel_table import op
 from .fused import mlas_activation, mlas_activation_fn
 
 _DOMAIN = "com.microsoft.nchwc"
@@ -227,7 +227,7 @@ def nchwc_conv(
     # without a Sum input, the activation runs inside the convolution (element-wise, so
     # before the reorder to blocks as well as after)
     fn = mlas_activation_fn(activation, activation_params) if sum_ is None else None
-    y = _float_conv(xin, filt, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed, fn)
+    y = float_conv(xin, filt, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed, fn)
     y = _blocked(y)
     if sum_ is not None:
         if sum_.shape != y.shape:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._helpers import normalize_axis
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._helpers import normalize_axis
-from ..registry import CPU_KERNELS, op
+from ..kernel_table import CPU_KERNELS, op
 from .quantized import _INT8, _MS, _check8
 
 # --------------------------------------------------------------------------- helpers

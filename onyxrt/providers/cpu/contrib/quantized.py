@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._helpers import normalize_axis
-from ..registry import op
+from ..kernel_table import op
 
 _MS = "com.microsoft"
 _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _ALL_IF_LOOP_VERSIONS = (1, 11, 13, 16, 19, 21, 23, 24, 25)
 _SCAN9_VERSIONS = (9, 11, 16, 19, 21, 23, 24, 25)

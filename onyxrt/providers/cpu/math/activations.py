@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from .._helpers import normalize_axis
-from ..registry import op
+from ..kernel_table import op
 from .elementwise import as_array, erf_values, float_apply, is_float
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)

@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from .elementwise import as_array, is_float
 
 _F32 = np.dtype(np.float32)

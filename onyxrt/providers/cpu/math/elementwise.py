@@ -22,7 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from ....graph.types import np_dtype
-from ..registry import op
+from ..kernel_table import op
 
 # --------------------------------------------------------------------------- helpers
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 
 @op("Det", versions=(11, 22))

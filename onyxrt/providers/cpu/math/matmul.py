@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 

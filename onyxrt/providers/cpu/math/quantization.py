@@ -8,7 +8,7 @@ import numpy as np
 
 from ....graph.types import np_dtype
 from .._helpers import normalize_axis
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -218,24 +218,82 @@ def _dequantize(x, x_scale, x_zero_point, *, axis, block_size, output_dtype, ver
     return y if out_dt == _F32 else y.astype(out_dt)
 
 
-@op("DequantizeLinear", versions=10)
-def dequantize_linear_10(x, x_scale, x_zero_point=None):
+class ConstantDequantized:
+    """A DequantizeLinear result computed once at session creation from constant inputs.
+
+    It stands for the node's output only while the node reads the very arrays it was computed
+    from (identity, not equality): a zero point fed at run time, say, falls back to computing.
+    """
+
+    __slots__ = ("inputs", "value")
+
+    def __init__(self, inputs: tuple, value: np.ndarray) -> None:
+        self.inputs, self.value = inputs, value
+        value.flags.writeable = False
+
+    def result_for(self, *inputs) -> np.ndarray | None:
+        same = len(inputs) == len(self.inputs) and all(a is b for a, b in zip(inputs, self.inputs))
+        return self.value if same else None
+
+
+def dequantize_prepack(version: int):
+    """Prepack for DequantizeLinear: dequantize a constant weight once (QDQ models keep their DQ nodes).
+
+    A registration covering several versions prepacks with the rules of the lowest one; an input
+    those rules refuse is left to run time, which applies the model's exact version.
+    """
+
+    def prepack(inputs, attributes):
+        x, scale = inputs[0], inputs[1]
+        zero_point = inputs[2] if len(inputs) > 2 else None
+        if x is None or scale is None:
+            return None
+        try:
+            value = _dequantize(x, scale, zero_point, axis=attributes.get("axis", 1),
+                                block_size=attributes.get("block_size", 0),
+                                output_dtype=attributes.get("output_dtype", 0), version=version)
+        except (ValueError, TypeError):
+            return None
+        return ConstantDequantized((x, scale, zero_point), value)
+
+    return prepack
+
+
+def _prepacked(packed, x, x_scale, x_zero_point):
+    return None if packed is None else packed.result_for(x, x_scale, x_zero_point)
+
+
+@op("DequantizeLinear", versions=10, prepack=dequantize_prepack(10))
+def dequantize_linear_10(x, x_scale, x_zero_point=None, *, _packed=None):
+    y = _prepacked(_packed, x, x_scale, x_zero_point)
+    if y is not None:
+        return y
     return _dequantize(x, x_scale, x_zero_point, axis=1, block_size=0, output_dtype=0, version=10)
 
 
-@op("DequantizeLinear", versions=(13, 19))
-def dequantize_linear_13(x, x_scale, x_zero_point=None, *, axis=1, _opset=19):
+@op("DequantizeLinear", versions=(13, 19), prepack=dequantize_prepack(13))
+def dequantize_linear_13(x, x_scale, x_zero_point=None, *, axis=1, _opset=19, _packed=None):
+    y = _prepacked(_packed, x, x_scale, x_zero_point)
+    if y is not None:
+        return y
     return _dequantize(x, x_scale, x_zero_point, axis=axis, block_size=0, output_dtype=0,
                        version=13 if _opset < 19 else 19)
 
 
-@op("DequantizeLinear", versions=21)
-def dequantize_linear_21(x, x_scale, x_zero_point=None, *, axis=1, block_size=0):
+@op("DequantizeLinear", versions=21, prepack=dequantize_prepack(21))
+def dequantize_linear_21(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, _packed=None):
+    y = _prepacked(_packed, x, x_scale, x_zero_point)
+    if y is not None:
+        return y
     return _dequantize(x, x_scale, x_zero_point, axis=axis, block_size=block_size, output_dtype=0, version=21)
 
 
-@op("DequantizeLinear", versions=(23, 24, 25, 28))
-def dequantize_linear_23(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0, _opset=28):
+@op("DequantizeLinear", versions=(23, 24, 25, 28), prepack=dequantize_prepack(23))
+def dequantize_linear_23(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0, _opset=28,
+                         _packed=None):
+    y = _prepacked(_packed, x, x_scale, x_zero_point)
+    if y is not None:
+        return y
     version = 23 if _opset < 24 else 24 if _opset < 25 else 25 if _opset < 28 else 28
     return _dequantize(x, x_scale, x_zero_point, axis=axis, block_size=block_size, output_dtype=output_dtype,
                        version=version)

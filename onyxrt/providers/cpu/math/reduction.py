@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .._helpers import as_int_list, normalize_axis
-from ..registry import op
+from ..kernel_table import op
 from .elementwise import as_array, is_float
 
 _F32 = np.dtype(np.float32)

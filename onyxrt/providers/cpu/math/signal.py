@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....graph.types import np_dtype
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)

@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from ._common import Compiled, obj_array
 
 _F32 = np.float32

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _F32 = np.float32
 _NUMERIC = "fiu"

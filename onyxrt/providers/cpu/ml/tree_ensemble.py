@@ -6,20 +6,19 @@ labels). Evaluation walks all (tree, row) pairs of a block of trees at once, one
 numpy step: gather each pair's node record and feature value, compare, move to the true or false
 child. A pair on its leaf stays there, so the first steps (all of them for a small batch) need no
 bookkeeping; deeper down, the pairs that reached a leaf are dropped from the batch while enough
-steps remain for that to pay. Large batches run their blocks of trees on a small thread pool (numpy
-releases the GIL). Leaf values are then aggregated per row and post-processed with onnxruntime's
+steps remain for that to pay. Large batches run their blocks of trees on the session's thread pool
+(numpy releases the GIL). Leaf values are then aggregated per row and post-processed with onnxruntime's
 rules (base values, binary classifiers with one score column, post transforms).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
 import threading
 
 import numpy as np
 
-from ..registry import op
+from ....framework.thread_pool import current_pool
+from ..kernel_table import op
 from ._common import (
     Compiled,
     binary_scores,
@@ -58,20 +57,6 @@ _CHECK_EVERY = 2
 _MIN_REMAINING = 4
 _UFUNCS = {LEQ: np.less_equal, LT: np.less, GTE: np.greater_equal, GT: np.greater, EQ: np.equal,
            NEQ: np.not_equal}
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _thread_pool():
-    """A small shared pool: numpy releases the GIL in the gathers and comparisons of a tree walk."""
-    global _POOL
-    workers = min(8, os.cpu_count() or 1)
-    if workers < 2:
-        return None
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onyxrt-trees")
-    return _POOL
 
 
 class _Forest:
@@ -289,10 +274,7 @@ class _Forest:
         per_block = -(-t // n_blocks)  # blocks of even sizes
         blocks = [(a, min(t, a + per_block)) for a in range(0, t, per_block)]
         work = lambda ab: fn(self._walk(rec_table, xf, width, n_rows, ab[0], ab[1]))  # noqa: E731
-        pool = _thread_pool() if len(blocks) > 1 else None
-        if pool is None:
-            return [work(ab) for ab in blocks]
-        return list(pool.map(work, blocks))
+        return current_pool().map(work, blocks)
 
     def _walk(self, rec_table, xf, width: int, n_rows: int, first: int, last: int, checks: bool = True) -> np.ndarray:
         """The leaves of trees [first, last) for all rows, as [last - first, N].

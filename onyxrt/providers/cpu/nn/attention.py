@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx.helper
 
-from ..registry import op
+from ..kernel_table import op
 
 
 def _heads_first(x: np.ndarray, heads: int | None, what: str) -> np.ndarray:

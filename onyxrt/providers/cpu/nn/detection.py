@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 
 def _scalar(value, default, cast):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _REDUCTIONS = ("none", "sum", "mean")
 

@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
+from ....framework.thread_pool import current_pool
 from .._helpers import normalize_axis
-from ..registry import op
-from .conv import _run_chunks
+from ..kernel_table import op
 
 
 def _ct(dtype) -> np.dtype:
@@ -246,7 +246,7 @@ def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, _num_ou
         inv[:] = 1 / np.sqrt(st.type(epsilon))
     elif sc.ndim <= 1 and (bb is None or bb.ndim <= 1):
         if outer * inner >= _LN_PARALLEL_MIN:
-            _run_chunks(lambda r0, r1: _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, r0, r1), outer, outer * inner)
+            current_pool().run_chunks(lambda r0, r1: _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, r0, r1), outer, outer * inner)
         else:
             _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, 0, outer)
     else:  # scale/bias broadcasting over the outer axes too

@@ -15,8 +15,8 @@ import math
 
 import numpy as np
 
-from ..registry import op
-from .conv import _auto_pad_name, _pairs_ok, compute_dtype, copy_stride2, pad_spatial, spatial_defaults, window_slice
+from ..kernel_table import op
+from .conv_core import auto_pad_name, compute_dtype, copy_stride2, pad_spatial, pairs_ok, spatial_defaults, window_slice
 
 # --------------------------------------------------------------------------- geometry
 
@@ -36,7 +36,7 @@ def pool_geometry(in_sp, kernel, strides, dilations, pads, auto_pad, ceil_mode):
     padding is dropped. Negative pads crop the input.
     """
     nd = len(in_sp)
-    auto_pad = _auto_pad_name(auto_pad)
+    auto_pad = auto_pad_name(auto_pad)
     begin, end, out = [], [], []
     if auto_pad == "NOTSET" and pads:
         p = [int(v) for v in pads]
@@ -110,7 +110,7 @@ def _separable_reduce(x, ufunc, init, kernel, strides, dilations, begin, out_sp)
         full = [r for r in ranges if r[0] == 0 and r[1] == O]
         idx = [slice(None)] * cur.ndim
         phases = None
-        if st == 2 and ax == cur.ndim - 1 and n > 1 and _pairs_ok(cur):
+        if st == 2 and ax == cur.ndim - 1 and n > 1 and pairs_ok(cur):
             # stride 2 along the contiguous last axis: split the even and odd positions
             # into two contiguous arrays once (fast pair copies), then read windows of them
             phases = []

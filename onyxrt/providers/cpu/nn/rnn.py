@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 Activation = Callable[[np.ndarray], np.ndarray]
 

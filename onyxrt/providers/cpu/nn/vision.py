@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from .._helpers import as_int_list
-from ..registry import op
+from ..kernel_table import op
 
 _MODE_ALIASES = {
     "bilinear": "linear",

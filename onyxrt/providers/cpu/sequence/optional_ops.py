@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 
 def _check_matches(value: Any, type_proto) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _INDEX_TYPES = (np.int32, np.int64)
 

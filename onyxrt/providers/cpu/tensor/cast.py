@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 
 from ....graph.types import np_dtype
-from ..registry import op
+from ..kernel_table import op
 
 _OBJ = np.dtype(object)
 _F8_SATURATING = {

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
 

@@ -8,7 +8,8 @@ import onnx
 from onnx import numpy_helper
 
 from ....graph.types import np_dtype
-from ..registry import op
+from ..kernel_table import op
+from ..random_state import NodeGenerator, node_generator, random_op_prepack
 from .shape_ops import ints
 
 
@@ -160,13 +161,12 @@ def eye_like(input, *, dtype=None, k=0):
 
 
 # --------------------------------------------------------------------------- random
+# Each node draws from its own generator, created once per kernel (see random_state).
 
 
-def _rng(seed) -> np.random.Generator:
-    if seed is None:
-        return np.random.default_rng()
-    # a float attribute: use its bit pattern so distinct seeds give distinct streams
-    return np.random.default_rng(int(np.float32(seed).view(np.uint32)))
+def _node_generator(packed: NodeGenerator | None, seed) -> NodeGenerator:
+    """The node's generator (a kernel called outside a session gets a fresh one)."""
+    return packed if packed is not None else node_generator(seed)
 
 
 def _random_dtype(dtype) -> np.dtype:
@@ -176,42 +176,44 @@ def _random_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _normal(shape, dtype, mean, scale, seed) -> np.ndarray:
-    out = _rng(seed).standard_normal(size=tuple(shape), dtype=np.float64 if dtype == np.float64 else np.float32)
+def _normal(shape, dtype, mean, scale, generator: NodeGenerator) -> np.ndarray:
+    with generator as rng:
+        out = rng.standard_normal(size=tuple(shape), dtype=np.float64 if dtype == np.float64 else np.float32)
     out = out * scale + mean
     return out.astype(dtype, copy=False)
 
 
-def _uniform(shape, dtype, low, high, seed) -> np.ndarray:
-    out = _rng(seed).random(size=tuple(shape), dtype=np.float64 if dtype == np.float64 else np.float32)
+def _uniform(shape, dtype, low, high, generator: NodeGenerator) -> np.ndarray:
+    with generator as rng:
+        out = rng.random(size=tuple(shape), dtype=np.float64 if dtype == np.float64 else np.float32)
     out = out * (high - low) + low
     return out.astype(dtype, copy=False)
 
 
-@op("RandomNormal", versions=(1, 22))
-def random_normal(*, shape, dtype=1, mean=0.0, scale=1.0, seed=None):
-    return _normal(ints(shape), _random_dtype(dtype), mean, scale, seed)
+@op("RandomNormal", versions=(1, 22), prepack=random_op_prepack)
+def random_normal(*, shape, dtype=1, mean=0.0, scale=1.0, seed=None, _packed=None):
+    return _normal(ints(shape), _random_dtype(dtype), mean, scale, _node_generator(_packed, seed))
 
 
-@op("RandomUniform", versions=(1, 22))
-def random_uniform(*, shape, dtype=1, high=1.0, low=0.0, seed=None):
-    return _uniform(ints(shape), _random_dtype(dtype), low, high, seed)
+@op("RandomUniform", versions=(1, 22), prepack=random_op_prepack)
+def random_uniform(*, shape, dtype=1, high=1.0, low=0.0, seed=None, _packed=None):
+    return _uniform(ints(shape), _random_dtype(dtype), low, high, _node_generator(_packed, seed))
 
 
-@op("RandomNormalLike", versions=(1, 22))
-def random_normal_like(input, *, dtype=None, mean=0.0, scale=1.0, seed=None):
+@op("RandomNormalLike", versions=(1, 22), prepack=random_op_prepack)
+def random_normal_like(input, *, dtype=None, mean=0.0, scale=1.0, seed=None, _packed=None):
     dt = input.dtype if dtype is None else _random_dtype(dtype)
-    return _normal(input.shape, dt, mean, scale, seed)
+    return _normal(input.shape, dt, mean, scale, _node_generator(_packed, seed))
 
 
-@op("RandomUniformLike", versions=(1, 22))
-def random_uniform_like(input, *, dtype=None, high=1.0, low=0.0, seed=None):
+@op("RandomUniformLike", versions=(1, 22), prepack=random_op_prepack)
+def random_uniform_like(input, *, dtype=None, high=1.0, low=0.0, seed=None, _packed=None):
     dt = input.dtype if dtype is None else _random_dtype(dtype)
-    return _uniform(input.shape, dt, low, high, seed)
+    return _uniform(input.shape, dt, low, high, _node_generator(_packed, seed))
 
 
-@op("Multinomial", versions=(7, 22))
-def multinomial(input, *, dtype=6, sample_size=1, seed=None):
+@op("Multinomial", versions=(7, 22), prepack=random_op_prepack)
+def multinomial(input, *, dtype=6, sample_size=1, seed=None, _packed=None):
     out_dtype = np_dtype(int(dtype))
     if out_dtype not in (np.int32, np.int64):
         raise ValueError(f"Multinomial: dtype must be int32 or int64, got {out_dtype}")
@@ -221,7 +223,8 @@ def multinomial(input, *, dtype=6, sample_size=1, seed=None):
     logits = logits - logits.max(axis=1, keepdims=True)
     cdf = np.cumsum(np.exp(logits), axis=1)
     cdf /= cdf[:, -1:]
-    u = _rng(seed).random((input.shape[0], int(sample_size)))
+    with _node_generator(_packed, seed) as rng:
+        u = rng.random((input.shape[0], int(sample_size)))
     out = np.empty(u.shape, dtype=out_dtype)
     last = input.shape[1] - 1
     for b in range(input.shape[0]):
@@ -229,8 +232,9 @@ def multinomial(input, *, dtype=6, sample_size=1, seed=None):
     return out
 
 
-@op("Bernoulli", versions=(15, 22))
-def bernoulli(input, *, dtype=None, seed=None):
+@op("Bernoulli", versions=(15, 22), prepack=random_op_prepack)
+def bernoulli(input, *, dtype=None, seed=None, _packed=None):
     out_dtype = input.dtype if dtype is None else np_dtype(int(dtype))
-    u = _rng(seed).random(input.shape)
+    with _node_generator(_packed, seed) as rng:
+        u = rng.random(input.shape)
     return (u < input.astype(np.float64)).astype(out_dtype)

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _CHANNELS = {"RGB": 3, "BGR": 3, "Grayscale": 1}
 

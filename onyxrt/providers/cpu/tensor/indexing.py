@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from .._helpers import as_int_list, normalize_axis
-from ..registry import op
+from ..kernel_table import op
 
 
 # --------------------------------------------------------------------------- Col2Im

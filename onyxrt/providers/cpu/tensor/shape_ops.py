@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 from .._helpers import as_int_list, normalize_axis
 
 

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 _OBJ = np.dtype(object)
 

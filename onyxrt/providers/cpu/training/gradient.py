@@ -21,7 +21,7 @@ import numpy as np
 
 from ....graph.autodiff import AUTODIFF_DOMAIN
 from .._helpers import as_int_list, normalize_axis
-from ..registry import op
+from ..kernel_table import op
 
 
 def _autodiff_op(name: str, multi_output: bool = False):

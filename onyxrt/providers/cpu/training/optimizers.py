@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from ..registry import op
+from ..kernel_table import op
 
 TRAINING_DOMAIN = "ai.onnx.preview.training"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))

@@ -1,0 +1,753 @@
+"""The convolution core shared by the Conv-like kernels (Conv, ConvInteger, QLinearConv,
+com.microsoft FusedConv, the NCHWc Conv) and the window geometry pooling uses too.
+
+A convolution is computed as im2col + one large BLAS matmul per call (groups are batched
+into a single ``np.matmul``):
+
+* 2-D depthwise convolutions (groups == C_in, one input channel per group) become, per
+  channel, one small GEMM over the kernel columns plus kh-1 additions (see
+  ``_DepthwisePlan``), in cache-sized blocks of channels;
+* 1x1 convolutions (stride 1) need no im2col: the input is the column matrix itself;
+* other 2-D convolutions copy each kernel tap's window of the unpadded input into a
+  (N, C*K, P) column matrix (``_Im2colPlan``; stride-2 columns read as float32 pairs,
+  see ``copy_stride2``), or, without prepared weights, flatten the padded input's stride
+  phases so each tap is one contiguous window (``_conv2d_flat``);
+* other ranks pad the input and copy each tap's strided window.
+
+Constant weights are prepared once (``conv_prepack`` -> ``ConvWeights``): cast to the
+compute dtype, the depthwise GEMM weights, and [W | bias] so that a row of ones in the
+column matrix adds the bias inside the GEMM. The numpy work runs on the calling
+thread (see ``_PARALLEL_CONV``).
+
+float16/bfloat16 are computed in float32, float64 in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+
+import numpy as np
+
+from ....framework.thread_pool import current_pool
+
+# --------------------------------------------------------------------------- window geometry
+# (shared with pooling)
+
+
+def compute_dtype(dtype) -> type:
+    """The numpy dtype arithmetic is done in for a floating input dtype."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def spatial_defaults(nd: int, strides, dilations) -> tuple[list[int], list[int]]:
+    s = [int(v) for v in strides] if strides else [1] * nd
+    d = [int(v) for v in dilations] if dilations else [1] * nd
+    if len(s) != nd or len(d) != nd:
+        raise ValueError(f"strides {s} / dilations {d} do not match {nd} spatial dimensions")
+    if any(v <= 0 for v in s) or any(v <= 0 for v in d):
+        raise ValueError(f"strides {s} and dilations {d} must be positive")
+    return s, d
+
+
+def auto_pad_name(auto_pad) -> str:
+    """The ``auto_pad`` attribute as a checked string (NOTSET when empty)."""
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    auto_pad = auto_pad or "NOTSET"
+    if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+        raise ValueError(f"unsupported auto_pad value {auto_pad!r}")
+    return auto_pad
+
+
+def conv_pads(in_sp, kernel, strides, dilations, pads, auto_pad) -> list[int]:
+    """Explicit [begin..., end...] pads of a Conv / pooling window (SAME: out = ceil(in / stride))."""
+    nd = len(in_sp)
+    auto_pad = auto_pad_name(auto_pad)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begin, end = [], []
+        for i in range(nd):
+            out = -(-in_sp[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - in_sp[i])
+            small, big = total // 2, total - total // 2
+            if auto_pad == "SAME_UPPER":
+                begin.append(small)
+                end.append(big)
+            else:
+                begin.append(big)
+                end.append(small)
+        return begin + end
+    if auto_pad == "VALID" or not pads:
+        return [0] * (2 * nd)
+    pads = [int(p) for p in pads]
+    if len(pads) != 2 * nd:
+        raise ValueError(f"pads {pads} must have {2 * nd} values")
+    return pads
+
+
+def pad_spatial(x: np.ndarray, begin, end, value=0, extra_last_rows: int = 0) -> np.ndarray:
+    """Pad (positive) or crop (negative) the spatial axes (2...) of ``x`` with ``value``.
+
+    ``extra_last_rows`` appends that many more padding entries to the first spatial
+    axis' end (slack for reading flat windows past the last row).
+    """
+    nd = x.ndim - 2
+    if not any(begin) and not any(end) and not extra_last_rows:
+        return x
+    if any(b < 0 for b in begin) or any(e < 0 for e in end):
+        crop = tuple(slice(max(0, -b), x.shape[2 + i] - max(0, -e)) for i, (b, e) in enumerate(zip(begin, end)))
+        x = x[(slice(None), slice(None)) + crop]
+        begin = [max(0, b) for b in begin]
+        end = [max(0, e) for e in end]
+        if not any(begin) and not any(end) and not extra_last_rows:
+            return x
+    shape = list(x.shape[:2]) + [x.shape[2 + i] + begin[i] + end[i] for i in range(nd)]
+    if nd:
+        shape[2] += extra_last_rows
+    if value == 0:
+        out = np.zeros(shape, dtype=x.dtype)
+    else:
+        out = np.full(shape, value, dtype=x.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(b, b + n) for b, n in zip(begin, x.shape[2:]))] = x
+    return out
+
+
+def window_slice(tap: int, dilation: int, stride: int, count: int) -> slice:
+    """Positions ``tap*dilation + stride*o`` for o in [0, count) as a slice."""
+    start = tap * dilation
+    return slice(start, start + stride * (count - 1) + 1, stride)
+
+
+# --------------------------------------------------------------------------- core
+
+
+def check_kernel_shape(kernel_shape, w) -> None:
+    """Raise when the ``kernel_shape`` attribute disagrees with the filter's spatial shape."""
+    if kernel_shape and [int(k) for k in kernel_shape] != list(w.shape[2:]):
+        raise ValueError(f"kernel_shape {list(kernel_shape)} does not match the weight shape {w.shape}")
+
+
+# The convolutions run their own numpy work (column matrices, depthwise blocks) on the
+# calling thread: measured on 2 cores, splitting it over the pool made whole models
+# slower (mobilenet_v2 by ~20%, resnet50 by ~12%): the pool threads compete with the
+# BLAS threads still spinning after the previous GEMM. The chunked code paths stay (and
+# are tested) behind ``_PARALLEL_CONV``.
+_PARALLEL_CONV = False
+_PARALLEL_MIN_ELEMENTS = 1 << 17
+
+
+def _conv_chunks(fn, rows: int, elements: int) -> None:
+    if _PARALLEL_CONV:
+        current_pool().run_chunks(fn, rows, elements, _PARALLEL_MIN_ELEMENTS)
+    else:
+        fn(0, rows)
+
+
+def phase_images_2d(x: np.ndarray, pads, strides, max_tail: int):
+    """Zero-padded ``x`` (N, C, H, W) split into stride phases, flattened per image.
+
+    Returns ``(buf, Wq)`` with ``buf`` of shape (s0, s1, N*C, Hq*Wq + tail): phase
+    (a, b) holds padded rows a, a+s0, ... and columns b, b+s1, ... as an Hq x Wq
+    row-major image, followed by ``max_tail`` (rounded up to whole rows) zeros so
+    flat windows may run past the last row. Padded position (a + s0*r, b + s1*q)
+    sits at ``buf[a, b, :, r*Wq + q]``.
+    """
+    N, C, H, W = x.shape
+    s0, s1 = strides
+    pt, pl, pb, pr = pads
+    Hp, Wp = H + pt + pb, W + pl + pr
+    Hq, Wq = -(-Hp // s0), -(-Wp // s1)
+    extra = -(-max_tail // Wq) if max_tail > 0 else 0
+    buf = np.zeros((s0, s1, N * C, Hq + extra, Wq), dtype=x.dtype)
+    xr = x.reshape(N * C, H, W)
+    copies = []
+    for a in range(s0):
+        # padded rows a + s0*r that fall inside x: x row = a + s0*r - pt in [0, H)
+        r0 = max(0, -(-(pt - a) // s0))
+        xr0 = a + s0 * r0 - pt
+        if xr0 >= H:
+            continue
+        nr = (H - 1 - xr0) // s0 + 1
+        rows = slice(xr0, xr0 + s0 * (nr - 1) + 1, s0)
+        for b in range(s1):
+            q0 = max(0, -(-(pl - b) // s1))
+            xc0 = b + s1 * q0 - pl
+            if xc0 >= W:
+                continue
+            nq = (W - 1 - xc0) // s1 + 1
+            cols = slice(xc0, xc0 + s1 * (nq - 1) + 1, s1)
+            copies.append((a, b, slice(r0, r0 + nr), slice(q0, q0 + nq), rows, cols))
+
+    def fill(c0, c1):
+        for a, b, dr, dc, rows, cols in copies:
+            buf[a, b, c0:c1, dr, dc] = xr[c0:c1, rows, cols]
+
+    _conv_chunks(fill, N * C, x.size)
+    return buf.reshape(s0, s1, N * C, (Hq + extra) * Wq), Wq
+
+
+# --------------------------------------------------------------------------- column matrices
+
+
+def _axis_range(n_in: int, n_out: int, offset: int, stride: int, pad: int) -> tuple[int, int, int]:
+    """(first output, count, first input) of the outputs o whose position o*stride + offset - pad
+    falls inside [0, n_in)."""
+    o0 = max(0, -(-(pad - offset) // stride))
+    x0 = o0 * stride + offset - pad
+    count = 0 if x0 >= n_in or o0 >= n_out else min(n_out - o0, (n_in - 1 - x0) // stride + 1)
+    return o0, count, x0
+
+
+class _Im2colPlan:
+    """Per kernel tap of a 2-D convolution: the copy filling its (OH, OW) column image from
+    the unpadded input, and the padding regions that stay zero."""
+
+    __slots__ = ("copies", "zeros")
+
+    def __init__(self, H, W, k, strides, dilations, pads, pairs):
+        kh, kw = k
+        s0, s1 = strides
+        OH = (H + pads[0] + pads[2] - (kh - 1) * dilations[0] - 1) // s0 + 1
+        OW = (W + pads[1] + pads[3] - (kw - 1) * dilations[1] - 1) // s1 + 1
+        pairs = pairs and s1 == 2 and sys.byteorder == "little"
+        self.copies, self.zeros = [], []
+        for i in range(kh):
+            r0, nr, xr0 = _axis_range(H, OH, i * dilations[0], s0, pads[0])
+            for j in range(kw):
+                q0, nq, xc0 = _axis_range(W, OW, j * dilations[1], s1, pads[1])
+                t = i * kw + j
+                if nr == 0 or nq == 0:
+                    self.zeros.append((t, slice(0, OH), slice(0, OW)))
+                    continue
+                rows = slice(xr0, xr0 + s0 * (nr - 1) + 1, s0)
+                cols = xc0 if pairs else slice(xc0, xc0 + s1 * (nq - 1) + 1, s1)
+                self.copies.append((t, slice(r0, r0 + nr), slice(q0, q0 + nq), rows, cols, nq))
+                for rr in (slice(0, r0), slice(r0 + nr, OH)):
+                    if rr.stop > rr.start:
+                        self.zeros.append((t, rr, slice(0, OW)))
+                for cc in (slice(0, q0), slice(q0 + nq, OW)):
+                    if cc.stop > cc.start:
+                        self.zeros.append((t, slice(r0, r0 + nr), cc))
+
+
+_im2col_plan_cache: dict = {}
+
+
+def _im2col_plan(H, W, k, strides, dilations, pads, pairs: bool) -> _Im2colPlan:
+    key = (H, W, tuple(k), tuple(strides), tuple(dilations), tuple(pads), pairs)
+    plan = _im2col_plan_cache.get(key)
+    if plan is None:
+        if len(_im2col_plan_cache) > 256:
+            _im2col_plan_cache.clear()
+        plan = _im2col_plan_cache[key] = _Im2colPlan(*key)
+    return plan
+
+
+def _im2col_fill(x: np.ndarray, taps: np.ndarray, plan: _Im2colPlan, c0: int, c1: int) -> None:
+    """Channels c0..c1 of the column images ``taps`` (N, C, K, OH, OW) of ``x`` (N, C, H, W)."""
+    for t, rows, cols in plan.zeros:
+        taps[:, c0:c1, t, rows, cols] = 0
+    xs = x[:, c0:c1]
+    for t, dr, dc, rows, cols, count in plan.copies:
+        if isinstance(cols, slice):
+            taps[:, c0:c1, t, dr, dc] = xs[:, :, rows, cols]
+        else:
+            copy_stride2(taps[:, c0:c1, t, dr, dc], xs[:, :, rows], cols, count)
+
+
+def pairs_ok(x: np.ndarray) -> bool:
+    """Whether ``copy_stride2`` may read ``x`` as uint64 pairs (4-byte items, contiguous rows)."""
+    return x.dtype.itemsize == 4 and x.dtype.kind in "fiu" and x.strides[-1] == 4 and sys.byteorder == "little"
+
+
+def copy_stride2(dst: np.ndarray, src: np.ndarray, start: int, count: int) -> None:
+    """``dst[..., :count] = src[..., start : start + 2*count - 1 : 2]`` for 4-byte items (``pairs_ok``).
+
+    Reads the pairs starting at the wanted columns as uint64 and keeps their low halves
+    (the first item on little-endian machines) by a truncating cast: bit-exact and about
+    twice as fast as numpy's stride-2 copy.
+    """
+    npairs = min(count, (src.shape[-1] - start) // 2)
+    if npairs > 0:
+        np.copyto(dst[..., :npairs].view(np.uint32), src[..., start : start + 2 * npairs].view(np.uint64), casting="unsafe")
+    if npairs < count:
+        c = start + 2 * npairs
+        dst[..., npairs:count] = src[..., c : c + 2 * (count - npairs - 1) + 1 : 2]
+
+
+# --------------------------------------------------------------------------- 2-D depthwise
+#
+# Each output channel c is  sum over kernel rows i of  sum over kernel columns j of
+# w[c, i, j] * x_pad[c, i*d0 + s0*oh, j*d1 + s1*ow].  Kernel rows whose padded row
+# offsets i*d0 fall in the same stride phase a = (i*d0) % s0 read the same rows of the
+# input, shifted by whole output rows qi = (i*d0) // s0. So, per phase, the image
+#   Z[a, j][r, q] = x_pad[a + s0*r, j*d1 + s1*q]     (r < Hq, q < OW)
+# gathered once per kernel column j (plus a row of ones carrying the bias) turns the
+# per-channel work into one small GEMM  Y[a] = W[a] (rows_a x kw+1) @ Z[a] (kw+1 x Hq*OW)
+# and kh-1 contiguous additions of the output-sized windows Y[a][k, qi*OW : qi*OW + OH*OW].
+# Every output row of a GEMM only combines real taps (and the bias times ones): phases
+# with a single kernel row get a zero dummy row so that numpy calls GEMM, not a
+# (possibly multi-threaded) GEMV, and that row's values are never read.
+
+
+
+class _DepthwisePlan:
+    """Index geometry of one 2-D depthwise convolution (a pure function of the shapes)."""
+
+    __slots__ = ("OH", "OW", "phases", "terms", "fills", "zeros", "rows_per_phase")
+
+    def __init__(self, H, W, kh, kw, strides, dilations, pads, pairs):
+        s0, s1 = strides
+        d0, d1 = dilations
+        pt, pl, pb, pr = pads
+        self.OH = OH = (H + pt + pb - (kh - 1) * d0 - 1) // s0 + 1
+        self.OW = OW = (W + pl + pr - (kw - 1) * d1 - 1) // s1 + 1
+        order = []
+        for i in range(kh):
+            if (i * d0) % s0 not in order:
+                order.append((i * d0) % s0)
+        # phases: (phase a, [(kernel row i, row shift qi)], Hq)
+        self.phases = []
+        self.terms = []  # per kernel row: (phase index, row within the phase's GEMM output, qi)
+        for pi, a in enumerate(order):
+            rows = [(i, (i * d0) // s0) for i in range(kh) if (i * d0) % s0 == a]
+            self.phases.append((a, rows, OH + max(qi for _, qi in rows)))
+        for i in range(kh):
+            a = (i * d0) % s0
+            pi = order.index(a)
+            k = [r for r, _ in self.phases[pi][1]].index(i)
+            self.terms.append((pi, k, (i * d0) // s0))
+        self.rows_per_phase = tuple(max(2, len(rows)) for _, rows, _ in self.phases)
+        # Per phase, how each kernel column j's image Z[j] is filled per block:
+        #   ("x", j, dst rows, dst cols, x rows, x cols): a copy from the input;
+        #   ("p", j, dst rows, dst cols, x rows, first x col, count): the same with column
+        #     stride 2, through ``copy_stride2``;
+        #   ("f", j, j2, shift): for narrow images, Z[j] is Z[j2] (same input columns) shifted
+        #     by `shift` columns: one long contiguous copy of the flattened image (rows wrap
+        #     around: the edge columns are then rewritten by the "x"/"p"/"0" entries after it);
+        #   ("0", j, rows, cols): zeros written after such a shift.
+        # `zeros` lists the padding regions that are the same for every block (set once).
+        pairs = pairs and s1 == 2 and sys.byteorder == "little"
+        self.fills, self.zeros = [], []
+        for a, _, Hq in self.phases:
+            r0 = max(0, -(-(pt - a) // s0))
+            xr0 = a + s0 * r0 - pt
+            nr = 0 if xr0 >= H or r0 >= Hq else min(Hq - r0, (H - 1 - xr0) // s0 + 1)
+            rows = slice(xr0, xr0 + s0 * (nr - 1) + 1, s0) if nr > 0 else None
+
+            def columns(j, qa, qb):
+                """(fills, zeros) writing columns [qa, qb) of Z[j]."""
+                c = j * d1
+                q0 = max(qa, -(-(pl - c) // s1))
+                xc0 = c + s1 * q0 - pl
+                nq = 0 if xc0 >= W or q0 >= qb else min(qb - q0, (W - 1 - xc0) // s1 + 1)
+                if nr <= 0 or nq <= 0:
+                    return [], [(j, slice(0, Hq), slice(qa, qb))]
+                zr = slice(r0, r0 + nr)
+                if pairs:
+                    fills = [("p", j, zr, slice(q0, q0 + nq), rows, xc0, nq)]
+                else:
+                    fills = [("x", j, zr, slice(q0, q0 + nq), rows, slice(xc0, xc0 + s1 * (nq - 1) + 1, s1))]
+                zeros = []
+                for rr in (slice(0, r0), slice(r0 + nr, Hq)):
+                    if rr.stop > rr.start:
+                        zeros.append((j, rr, slice(qa, qb)))
+                for cc in (slice(qa, q0), slice(q0 + nq, qb)):
+                    if cc.stop > cc.start:
+                        zeros.append((j, zr, cc))
+                return fills, zeros
+
+            fills, zeros = [], []
+            refs = {j: j for j in range(kw)}
+            if kw > 1 and nr > 0 and OW <= _DW_SHIFT_MAX_WIDTH:
+                # Kernel columns reading the same input columns (j*d1 equal modulo s1): the
+                # one reading the most input columns is gathered, the others are shifted
+                # copies of it.
+                counts = [_axis_range(W, OW, j * d1, s1, pl)[1] for j in range(kw)]
+                for res in {(j * d1) % s1 for j in range(kw)}:
+                    group = [j for j in range(kw) if (j * d1) % s1 == res]
+                    ref = max(group, key=lambda j: (counts[j], -abs(2 * j - (kw - 1))))
+                    for j in group:
+                        refs[j] = ref
+            order = sorted(range(kw), key=lambda j: refs[j] != j)  # gathered columns first
+            for j in order:
+                ref = refs[j]
+                shift = None if j == ref else (j - ref) * d1 // s1
+                if shift is None or abs(shift) >= OW:
+                    f, z = columns(j, 0, OW)
+                    fills += f
+                    zeros += z
+                    continue
+                fills.append(("f", j, ref, shift))
+                f, z = columns(j, OW - shift, OW) if shift > 0 else columns(j, 0, -shift)
+                fills += f
+                fills += [("0",) + e for e in z]
+            self.fills.append(tuple(fills))
+            self.zeros.append(tuple(zeros))
+
+
+# Shifted copies beat gathers from the input for narrow images only (short rows make
+# numpy's 2-D copies slow); measured on mobilenet_v2's layers: better at 7 and 14
+# columns, worse from 28 on.
+_DW_SHIFT_MAX_WIDTH = 16
+
+_dw_plan_cache: dict = {}
+
+
+def _depthwise_plan(H, W, kh, kw, strides, dilations, pads, pairs: bool) -> _DepthwisePlan:
+    """The (cached) plan; ``pairs``: the input is float32 with contiguous rows (see "p" fills)."""
+    key = (H, W, kh, kw, tuple(strides), tuple(dilations), tuple(pads), pairs)
+    plan = _dw_plan_cache.get(key)
+    if plan is None:
+        if len(_dw_plan_cache) > 256:
+            _dw_plan_cache.clear()
+        plan = _dw_plan_cache[key] = _DepthwisePlan(*key)
+    return plan
+
+
+def depthwise_weights(w: np.ndarray, b, strides, dilations) -> tuple:
+    """Per stride phase, the (C, rows, kw + 1) GEMM weights of a (C, 1, kh, kw) depthwise filter;
+    column kw holds the bias (in the first kernel row only). Kernel geometry only, no input shape."""
+    C, _, kh, kw = w.shape
+    s0, d0 = strides[0], dilations[0]
+    order = []
+    for i in range(kh):
+        if (i * d0) % s0 not in order:
+            order.append((i * d0) % s0)
+    out = []
+    for a in order:
+        rows = [i for i in range(kh) if (i * d0) % s0 == a]
+        m = np.zeros((C, max(2, len(rows)), kw + 1), dtype=w.dtype)
+        for k, i in enumerate(rows):
+            m[:, k, :kw] = w[:, 0, i, :]
+            if i == 0 and b is not None:
+                m[:, k, kw] = b
+        out.append(m)
+    return tuple(out)
+
+
+_DW_BLOCK_BYTES = 1 << 20
+
+
+def _depthwise_2d(x, weights, plan: _DepthwisePlan, activation=None) -> np.ndarray:
+    """2-D depthwise conv of ``x`` (N, C, H, W) with ``depthwise_weights`` (bias included)."""
+    N, C, H, W = x.shape
+    R = N * C
+    OH, OW = plan.OH, plan.OW
+    L = OH * OW
+    dtype = x.dtype
+    kw = weights[0].shape[2] - 1
+    if N > 1:
+        weights = tuple(np.tile(m, (N, 1, 1)) for m in weights)
+    xr = x.reshape(R, H, W)
+    y = np.empty((R, L), dtype=dtype)
+    per_channel = sum((kw + 1 + m) * Hq * OW for (_, _, Hq), m in zip(plan.phases, plan.rows_per_phase)) * dtype.itemsize
+    cb = max(1, min(R, _DW_BLOCK_BYTES // max(1, per_channel)))
+    terms = plan.terms
+
+    def work(r0, r1):
+        with np.errstate(invalid="ignore"):  # a dummy row's 0 * inf is never read
+            _depthwise_rows(xr, y, weights, plan, kw, cb, r0, r1, activation)
+
+    _conv_chunks(work, R, R * L * len(terms) * kw)
+    return y.reshape(N, C, OH, OW)
+
+
+def _depthwise_rows(xr, y, weights, plan, kw, cb, r0, r1, activation):
+    """Rows (channels) r0..r1 of ``_depthwise_2d``, in blocks of ``cb`` channels."""
+    OW, L = plan.OW, plan.OH * plan.OW
+    dtype = y.dtype
+    n = min(cb, r1 - r0)
+    Z, Y = [], []
+    for pi, (_, _, Hq) in enumerate(plan.phases):
+        z = np.empty((n, kw + 1, Hq, OW), dtype=dtype)
+        z[:, kw] = 1
+        for j, rows, cols in plan.zeros[pi]:
+            z[:, j, rows, cols] = 0
+        Z.append(z)
+        Y.append(np.empty((n, plan.rows_per_phase[pi], Hq * OW), dtype=dtype))
+    for c0 in range(r0, r1, cb):
+        c1 = min(r1, c0 + cb)
+        m = c1 - c0
+        for pi, fills in enumerate(plan.fills):
+            z = Z[pi]
+            zf = z.reshape(z.shape[0], kw + 1, -1)
+            for f in fills:
+                kind = f[0]
+                if kind == "x":
+                    _, j, zr, zc, xrows, xcols = f
+                    z[:m, j, zr, zc] = xr[c0:c1, xrows, xcols]
+                elif kind == "p":
+                    _, j, zr, zc, xrows, xc0, count = f
+                    copy_stride2(z[:m, j, zr, zc], xr[c0:c1, xrows], xc0, count)
+                elif kind == "f":
+                    _, j, j2, shift = f
+                    dst, src = zf[:m, j], zf[:m, j2]
+                    if shift > 0:
+                        dst[:, :-shift] = src[:, shift:]
+                    else:
+                        dst[:, -shift:] = src[:, :shift]
+                else:
+                    _, j, zr, zc = f
+                    z[:m, j, zr, zc] = 0
+            np.matmul(weights[pi][c0:c1], zf[:m], out=Y[pi][:m])
+        out = y[c0:c1]
+        views = [Y[pi][:m, k, qi * OW : qi * OW + L] for pi, k, qi in plan.terms]
+        if len(views) == 1:
+            out[...] = views[0]
+        else:
+            np.add(views[0], views[1], out=out)
+            for v in views[2:]:
+                out += v
+        if activation is not None:
+            activation(out)
+
+
+def _depthwise(x, w, b, strides, dilations, pads, out_sp):
+    """Depthwise conv (+ bias) of any rank (``_depthwise_2d`` does 2-D without negative pads):
+    ``x`` (N, C, ...) unpadded, ``w`` (C, 1, *k). Returns a contiguous array."""
+    N, C = x.shape[:2]
+    nd = x.ndim - 2
+    k = w.shape[2:]
+    K = math.prod(k)
+    dtype = x.dtype
+    xp = pad_spatial(x, pads[:nd], pads[nd:])
+    out = np.empty((N, C) + tuple(out_sp), dtype=dtype)
+    tmp = np.empty_like(out)
+    wb = w.reshape((1, C, K) + (1,) * nd)
+    for t, tap in enumerate(itertools.product(*(range(kk) for kk in k))):
+        src = xp[(slice(None), slice(None)) + tuple(window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(nd))]
+        wt = wb[:, :, t]
+        if t == 0:
+            np.multiply(src, wt, out=out)
+        else:
+            np.multiply(src, wt, out=tmp)
+            out += tmp
+    if b is not None:
+        out += np.asarray(b, dtype=dtype).reshape((1, C) + (1,) * nd)
+    return out
+
+
+def _flat_taps(k, strides, dilations):
+    """(phase row, phase col, row offset, col offset) of each 2-D kernel tap in phase images."""
+    taps = []
+    for i in range(k[0]):
+        for j in range(k[1]):
+            ri, rj = i * dilations[0], j * dilations[1]
+            taps.append((ri % strides[0], rj % strides[1], ri // strides[0], rj // strides[1]))
+    return taps
+
+
+def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
+    """2-D conv whose im2col rows are contiguous windows of flattened phase images.
+
+    The GEMM then also computes a few junk columns per output row (dropped at the
+    end); returns None when those would waste too much work.
+    """
+    N, C = x.shape[:2]
+    M, Cg = w.shape[:2]
+    k = w.shape[2:]
+    K = k[0] * k[1]
+    OH, OW = out_sp
+    Wq = -(-(x.shape[3] + pads[1] + pads[3]) // strides[1])
+    if Wq > OW * 1.1:
+        return None
+    taps = _flat_taps(k, strides, dilations)
+    buf, Wq = phase_images_2d(x, pads, strides, max(t[3] for t in taps))
+    L = OH * Wq
+    cols = np.empty((N * C, K, L), dtype=x.dtype)
+    for t, (a, b, qi, qj) in enumerate(taps):
+        off = qi * Wq + qj
+        cols[:, t, :] = buf[a, b, :, off : off + L]
+    cols = cols.reshape(N, C * K, L)
+    if group == 1:
+        w2 = w.reshape(M, Cg * K)
+        y = np.matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
+    else:
+        y = np.matmul(w.reshape(group, M // group, Cg * K), cols.reshape(N, group, Cg * K, L))
+    return y.reshape(N, M, OH, Wq)[:, :, :, :OW]
+
+
+def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads, b=None, dw_weights=None,
+              bias_weights=None, activation=None) -> np.ndarray:
+    """N-D cross-correlation of ``x`` (N, C, *spatial) with ``w`` (M, C/group, *k), same dtype.
+
+    ``pads`` is the explicit [begin..., end...] list; ``b`` an optional bias (M,).
+    Weights prepared beforehand (``ConvWeights``), both optional: ``dw_weights``, the
+    ``depthwise_weights(w, b, ...)`` of a 2-D depthwise filter; ``bias_weights``, the
+    (M, C*K + 1) matrix [w | b] of a group-1 convolution with a bias. ``activation``: an
+    in-place function applied to the result (by 2-D depthwise convolutions per block of
+    channels, while in cache). Returns a contiguous (N, M, *out_spatial) array.
+    """
+    N, C = x.shape[:2]
+    nd = x.ndim - 2
+    M, Cg = w.shape[:2]
+    k = tuple(w.shape[2:])
+    group = int(group)
+    if group <= 0 or Cg * group != C or M % group:
+        raise ValueError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
+    if len(k) != nd:
+        raise ValueError(f"weight shape {w.shape} does not match input rank {x.ndim}")
+    padded = [x.shape[2 + i] + pads[i] + pads[nd + i] for i in range(nd)]
+    out_sp = [(padded[i] - (k[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
+    if any(o <= 0 for o in out_sp):
+        raise ValueError(f"convolution output would be empty: input {x.shape}, kernel {k}, pads {pads}")
+    P = math.prod(out_sp)
+    K = math.prod(k)
+    Mg = M // group
+
+    if Cg == 1 and group == C and N * C * P > 0:
+        if M != C:
+            # channel multiplier: output channel m reads input channel m // (M // C)
+            x = np.repeat(x, M // C, axis=1)
+        if nd == 2 and all(p >= 0 for p in pads):
+            x = np.ascontiguousarray(x)
+            plan = _depthwise_plan(x.shape[2], x.shape[3], k[0], k[1], strides, dilations, pads, x.dtype == np.float32)
+            weights = dw_weights if dw_weights is not None else depthwise_weights(w, b, strides, dilations)
+            return _depthwise_2d(x, weights, plan, activation)
+        return _activate(_depthwise(x, w, b, strides, dilations, pads, out_sp), activation)
+
+    # With the bias as an extra weight column (``w_aug``), a row of ones appended to the
+    # column matrix makes the GEMM add it: no pass over the output. For 1x1 convolutions
+    # that costs a copy of the input, worth it when the output is the larger (M >= 2C).
+    w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
+
+    if nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None:
+        # (with w_aug, the exact column matrix below is as fast: no junk columns to crop)
+        y = _conv2d_flat(x, w, group, strides, dilations, pads, out_sp)
+        if y is not None:
+            return _activate(add_bias(y, b, nd), activation)
+    if K == 1 and (w_aug is None or M < 2 * C):
+        w_aug = None
+    if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or w_aug is not None or strides != [1, 1]):
+        # the column matrix straight from the unpadded input
+        extra = 0 if w_aug is None else 1
+        cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
+        plan = _im2col_plan(x.shape[2], x.shape[3], k, strides, dilations, pads, pairs_ok(x))
+        taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
+        _conv_chunks(lambda c0, c1: _im2col_fill(x, taps, plan, c0, c1), C, N * C * K * P)
+    elif K == 1:
+        xp = pad_spatial(x, pads[:nd], pads[nd:])
+        xs = xp[(slice(None), slice(None)) + tuple(slice(0, strides[i] * (out_sp[i] - 1) + 1, strides[i]) for i in range(nd))]
+        if w_aug is None:
+            cols = xs.reshape(N, C, P)
+        else:
+            cols = np.empty((N, C + 1, P), dtype=x.dtype)
+            cols[:, :C].reshape(xs.shape)[...] = xs
+    else:
+        xp = pad_spatial(x, pads[:nd], pads[nd:])
+        extra = 0 if w_aug is None else 1
+        cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
+        taps = cols[:, : C * K].reshape((N, C) + k + tuple(out_sp))
+        pairs = strides[-1] == 2 and pairs_ok(xp)
+
+        def windows(tap, axes):
+            spans = (window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(axes))
+            return (slice(None), slice(None)) + tuple(spans)
+
+        for tap in itertools.product(*(range(kk) for kk in k)):
+            dst = taps[(slice(None), slice(None)) + tap]
+            if pairs:  # the last axis through copy_stride2
+                copy_stride2(dst, xp[windows(tap, nd - 1)], tap[-1] * dilations[-1], out_sp[-1])
+            else:
+                dst[...] = xp[windows(tap, nd)]
+    if w_aug is not None:
+        cols[:, C * K] = 1
+        y = np.matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
+        return _activate(y.reshape((N, M) + tuple(out_sp)), activation)
+    if group == 1:
+        w2 = w.reshape(M, Cg * K)
+        y = np.matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
+    else:
+        wg = w.reshape(group, Mg, Cg * K)
+        y = np.matmul(wg, cols.reshape(N, group, Cg * K, P))
+    return _activate(add_bias(y.reshape((N, M) + tuple(out_sp)), b, nd), activation)
+
+
+def _activate(y: np.ndarray, activation) -> np.ndarray:
+    if activation is not None:
+        activation(y)
+    return y
+
+
+def add_bias(y: np.ndarray, b, nd: int) -> np.ndarray:
+    """``y`` (N, M, *spatial) plus the per-channel bias ``b`` (None: none), contiguous."""
+    if b is None:
+        return np.ascontiguousarray(y)
+    b = np.asarray(b, dtype=y.dtype).reshape((1, -1) + (1,) * nd)
+    if y.flags.c_contiguous and y.flags.writeable:  # y is always a fresh result here
+        y += b
+        return y
+    return y + b
+
+
+class ConvWeights:
+    """A Conv's constant weights prepared once (``conv_prepack``): cast to the compute dtype
+    and, for 2-D depthwise filters, the GEMM weights of ``depthwise_weights``. Runs share
+    it; nothing in it is ever written."""
+
+    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug")
+
+    def __init__(self, w: np.ndarray, b, group: int, strides, dilations):
+        self.ct = ct = np.dtype(compute_dtype(w.dtype))
+        self.w = frozen(np.ascontiguousarray(w, dtype=ct))
+        self.has_bias = b is not None
+        self.b = None if b is None else frozen(np.ascontiguousarray(b, dtype=ct).reshape(-1))
+        self.dw = self.w_aug = None
+        if w.ndim == 4 and w.shape[1] == 1 and int(group) >= 1 and w.shape[0] % int(group) == 0:
+            self.dw = tuple(frozen(m) for m in depthwise_weights(self.w, self.b, strides, dilations))
+        if int(group) == 1 and self.b is not None:
+            M = w.shape[0]
+            self.w_aug = frozen(np.concatenate([self.w.reshape(M, -1), self.b.reshape(M, 1)], axis=1))
+
+
+def frozen(a: np.ndarray) -> np.ndarray:
+    """``a`` made read-only (prepared weights that runs share)."""
+    a.flags.writeable = False
+    return a
+
+
+def pack_conv_weights(w, b, attributes) -> ConvWeights | None:
+    """``ConvWeights`` for a constant float filter ``w`` (and bias ``b``, constant or None), or
+    None when they do not look valid (the kernel then reports the problem at run time)."""
+    if not isinstance(w, np.ndarray) or w.ndim < 3 or not (np.issubdtype(w.dtype, np.floating) or w.dtype.kind == "V"):
+        return None
+    if b is not None and (not isinstance(b, np.ndarray) or b.size != w.shape[0]):
+        return None
+    try:
+        s, d = spatial_defaults(w.ndim - 2, attributes.get("strides"), attributes.get("dilations"))
+        return ConvWeights(w, b, int(attributes.get("group", 1)), s, d)
+    except (ValueError, TypeError):
+        return None
+
+
+def conv_prepack(inputs, attributes):
+    """Prepack of Conv-like kernels whose inputs start with X, W, B."""
+    w = inputs[1] if len(inputs) > 1 else None
+    b = inputs[2] if len(inputs) > 2 else None
+    return pack_conv_weights(w, b, attributes)
+
+
+def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed: ConvWeights | None = None,
+                activation=None):
+    """Conv in the compute dtype; ``activation`` (in place, see ``conv_core``) only applies when
+    that is the input's dtype (callers apply it afterwards otherwise)."""
+    if x.ndim < 3:
+        raise ValueError(f"Conv input must have rank >= 3, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
+        raise TypeError(f"Conv does not support dtype {x.dtype}")
+    check_kernel_shape(kernel_shape, w)
+    nd = x.ndim - 2
+    s, d = spatial_defaults(nd, strides, dilations)
+    p = conv_pads(x.shape[2:], w.shape[2:], s, d, pads, auto_pad)
+    ct = compute_dtype(x.dtype)
+    xc = x if x.dtype == ct else x.astype(ct)
+    dw = w_aug = None
+    if packed is not None and packed.ct == ct and packed.w.shape == w.shape and (packed.has_bias or b is None):
+        wc, bc, dw, w_aug = packed.w, packed.b, packed.dw, packed.w_aug
+    else:
+        wc = w if w.dtype == ct else w.astype(ct)
+        bc = None if b is None else np.asarray(b).astype(ct, copy=False)
+    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if xc is x else None)
+    return y if y.dtype == x.dtype else y.astype(x.dtype)
