@@ -253,14 +253,14 @@ _erf_f64 = np.frompyfunc(math.erf, 1, 1)
 _ERF_SMALL = 128
 
 
-def erf_float32(x: np.ndarray) -> np.ndarray:
-    """Vectorized float32 erf (accurate to a few ulp), into a fresh array."""
+def erf_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Vectorized float32 erf (accurate to a few ulp), into ``out`` (C-contiguous, not ``x``) or a fresh array."""
     x = np.asarray(x, dtype=np.float32)
     if x.size <= _ERF_SMALL:  # the ~30 array operations below cost more than libm's erf
         return np.asarray(_erf_f64(x), dtype=np.float32).reshape(x.shape)
     with np.errstate(all="ignore"):
         t = np.multiply(x, x)
-        out = np.multiply(t, _ERF_P[-1])
+        out = np.multiply(t, _ERF_P[-1], out=out)
         for c in _ERF_P[-2:0:-1]:
             out += c
             out *= t
@@ -297,9 +297,11 @@ def erf_values(x: np.ndarray) -> np.ndarray:
 
 
 @op("Erf", versions=(9, 13))
-def erf(x):
+def erf(x, *, _alloc=None):
     if x.dtype.kind in "iu":  # Erf-9 allows integers: erf computed in double, truncated back
         return erf_values(x.astype(np.float64)).astype(x.dtype)
+    if _alloc is not None and x.dtype == _F32 and x.flags.c_contiguous and x.size > _ERF_SMALL:
+        return erf_float32(x, _alloc(x.shape, x.dtype))
     return erf_values(x)
 
 
