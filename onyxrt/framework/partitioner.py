@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import onnx_ir as ir
 
 from ..errors import EPFail, NotImplemented as OrtNotImplemented
+from ..graph.builder import subgraphs
 from ..graph.opsets import describe, opset_for
 from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned, outer_reads
 
@@ -46,7 +47,7 @@ def _drop_assignments(graph: ir.Graph) -> None:
     for node in graph:
         if PROVIDER_KEY in node.meta:
             del node.meta[PROVIDER_KEY]
-        for subgraph in _subgraphs(node):
+        for subgraph in subgraphs(node):
             _drop_assignments(subgraph)
 
 
@@ -64,7 +65,7 @@ def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], provider
         if not is_assigned(node):
             missing.append(f"{describe(node)} at opset {opset_for(node, opset_imports)}")
         elif FUSED_GROUP not in node.meta:
-            for subgraph in _subgraphs(node):
+            for subgraph in subgraphs(node):
                 _partition_graph(subgraph, opset_imports, providers, missing)
 
 
@@ -173,15 +174,5 @@ def _insert_in_order(graph: ir.Graph, nodes: Sequence[ir.Node], fused: ir.Node) 
 
 
 def _nodes_inside(node: ir.Node) -> list[ir.Node]:
-    return [inner for subgraph in _subgraphs(node) for inner in subgraph.all_nodes()]
-
-
-def _subgraphs(node: ir.Node) -> list[ir.Graph]:
-    graphs: list[ir.Graph] = []
-    for attr in node.attributes.data.values():  # the plain dict: this runs for every node
-        if attr.type == ir.AttributeType.GRAPH:
-            graphs.append(attr.value)
-        elif attr.type == ir.AttributeType.GRAPHS:
-            graphs.extend(attr.value)
-    return graphs
+    return [inner for subgraph in subgraphs(node) for inner in subgraph.all_nodes()]
 

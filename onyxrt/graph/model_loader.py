@@ -19,6 +19,7 @@ from onnx import external_data_helper
 import onnx_ir as ir
 
 from ..errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from .builder import all_graphs
 from .opsets import normalize_domain
 from .tensors import sparse_to_dense_proto
 
@@ -173,21 +174,10 @@ def model_from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> ir.
     model.graph.meta["sparse_initializers"] = sparse_names
     for domain in [d for d in model.opset_imports if d == "ai.onnx"]:
         model.opset_imports[""] = model.opset_imports.pop(domain)
-    for graph in _all_graphs(model.graph):
+    for graph in all_graphs(model.graph):
         for node in graph:
             node.domain = normalize_domain(node.domain)
     return model
-
-
-def _all_graphs(graph: ir.Graph):
-    yield graph
-    for node in graph:
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield from _all_graphs(attr.value)
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for sub in attr.value:
-                    yield from _all_graphs(sub)
 
 
 def _densify_sparse(proto: onnx.ModelProto, base_dir: str | None) -> list[str]:
@@ -281,7 +271,7 @@ def _set_aside_map_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
 
 
 def _restore_map_types(graph: ir.Graph, opaque: dict[str, onnx.TypeProto]) -> None:
-    for sub in _all_graphs(graph):
+    for sub in all_graphs(graph):
         values = list(sub.inputs) + list(sub.outputs) + [v for node in sub for v in node.outputs]
         for value in values:
             if value.name in opaque:

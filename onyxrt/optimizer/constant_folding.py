@@ -24,7 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array, from_array
-from .pass_manager import GraphPass, OptimizationContext, node_subgraphs
+from ..graph.builder import has_subgraphs
+from .pass_manager import GraphPass, OptimizationContext
 
 # onnxruntime's list (optimizer/utils.cc), plus Bernoulli, which is random as well.
 _NON_DETERMINISTIC = frozenset(
@@ -72,7 +73,7 @@ def _evaluate(node: ir.Node, context: OptimizationContext) -> list[np.ndarray] |
     """The node's output arrays when it may be folded and the evaluator computes them, else None."""
     if not _deterministic(node) or not all(value is None or _is_constant(value) for value in node.inputs):
         return None
-    if node_subgraphs(node):
+    if has_subgraphs(node):
         return None
     if _is_dequantize(node) and not context.fold_dequantize_linear and not _qdq_unit_folds(node):
         return None
@@ -114,7 +115,7 @@ def _qdq_unit_folds(dequantize: ir.Node) -> bool:
     middle = _only_reader(dequantize.outputs[0])
     if middle is None or len(middle.inputs) != 1 or len(middle.outputs) != 1:
         return False
-    if not _deterministic(middle) or node_subgraphs(middle):
+    if not _deterministic(middle) or has_subgraphs(middle):
         return False
     quantize = _only_reader(middle.outputs[0])
     return (

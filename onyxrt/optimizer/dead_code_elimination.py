@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .pass_manager import GraphPass, OptimizationContext, node_subgraphs
+from ..graph.builder import subgraphs
+from .pass_manager import GraphPass, OptimizationContext
 
 
 class DeadCodeElimination(GraphPass):
@@ -35,7 +36,7 @@ class DeadCodeElimination(GraphPass):
 
 def _detach_subgraph_reads(node: ir.Node) -> None:
     """Drop the reads of ``node``'s subgraphs, so outer values they alone read become dead too."""
-    for subgraph in node_subgraphs(node):
+    for subgraph in subgraphs(node):
         for inner in ir.traversal.RecursiveGraphIterator(subgraph):
             for index in range(len(inner.inputs)):
                 inner.replace_input_with(index, None)

@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import Fail, InvalidGraph
+from ..graph.builder import subgraphs
 from ..graph.opsets import opset_for
 
 # Node, its opset, its input arrays (None for a missing optional input) -> its output arrays,
@@ -35,7 +36,6 @@ from ..graph.opsets import opset_for
 ConstantEvaluator = Callable[[ir.Node, int, "list[np.ndarray | None]"], "list[np.ndarray] | None"]
 
 DEFAULT_MAX_ROUNDS = 10
-_GRAPH, _GRAPHS = ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS
 # Folding trades compute per run for memory held for the session's lifetime. Past 1 MiB a
 # tensor that folding would *grow* (ConstantOfShape, Expand, Tile, Range: outputs larger than
 # their inputs) costs more resident memory and load time than recomputing it costs per run
@@ -178,23 +178,9 @@ class PassManager:
 def graphs_innermost_first(graph: ir.Graph) -> Iterator[ir.Graph]:
     """``graph`` and every subgraph of its nodes, recursively, each subgraph before the graph holding it."""
     for node in list(graph):
-        for subgraph in node_subgraphs(node):
+        for subgraph in subgraphs(node):
             yield from graphs_innermost_first(subgraph)
     yield graph
-
-
-def node_subgraphs(node: ir.Node) -> list[ir.Graph]:
-    """The graphs held by ``node``'s attributes (If branches, Loop and Scan bodies)."""
-    graphs: list[ir.Graph] = []
-    # Called for every node several times a round: Attributes is a UserDict, whose .data
-    # iterates several times faster than its ABC views.
-    for attr in node.attributes.data.values():
-        kind = attr.type
-        if kind is _GRAPH:
-            graphs.append(attr.value)
-        elif kind is _GRAPHS:
-            graphs.extend(attr.value)
-    return graphs
 
 
 def first_out_of_order(graph: ir.Graph) -> ir.Node | None:
@@ -220,7 +206,7 @@ def ensure_topological_order(graph: ir.Graph) -> bool:
 def _reads(node: ir.Node) -> Iterator[ir.Value]:
     """The values ``node`` reads: its inputs and the outer-scope values its subgraphs read."""
     yield from (value for value in node.inputs if value is not None)
-    for subgraph in node_subgraphs(node):
+    for subgraph in subgraphs(node):
         for inner in ir.traversal.RecursiveGraphIterator(subgraph):
             yield from (v for v in inner.inputs if v is not None)
 

@@ -29,6 +29,7 @@ import onnx_ir as ir
 from ..errors import NotImplemented as OrtNotImplemented
 from ..framework.device import DataTransfer, Device, HostDataTransfer, data_transfer_for
 from ..graph.attributes import attribute_value
+from ..graph.builder import captured_values, subgraphs
 from ..graph.opsets import describe, opset_for
 from ..graph.tensors import constant_array
 
@@ -78,37 +79,19 @@ class NodeGroup:
 
 
 def outer_reads(node: ir.Node) -> list[ir.Value]:
-    """Values the node's subgraph attributes read from outside themselves (their implicit inputs)."""
+    """Values the node's subgraph attributes read from outside themselves (its implicit inputs)."""
+    if not node.attributes:
+        return []
     reads: dict[ir.Value, None] = {}
-    for attr in node.attributes.data.values():  # the plain dict: this runs for every node at partitioning
-        if attr.type == ir.AttributeType.GRAPH:
-            _collect_outer_reads(attr.value, reads)
-        elif attr.type == ir.AttributeType.GRAPHS:
-            for graph in attr.value:
-                _collect_outer_reads(graph, reads)
+    for graph in subgraphs(node):
+        reads.update(dict.fromkeys(captured_values(graph)))
     return list(reads)
-
-
-def _collect_outer_reads(graph: ir.Graph, reads: dict[ir.Value, None]) -> None:
-    defined: set[ir.Value] = set(graph.inputs) | set(graph.initializers.values())
-    for node in graph:
-        for value in [*node.inputs, *outer_reads(node)]:
-            if value is not None and value not in defined:
-                reads.setdefault(value)
-        defined.update(node.outputs)
-    for value in graph.outputs:
-        if value not in defined:
-            reads.setdefault(value)
 
 
 def _nodes_inside(node: ir.Node) -> Iterable[ir.Node]:
     """Every node of ``node``'s subgraph attributes, recursively."""
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield from attr.value.all_nodes()
-        elif attr.type == ir.AttributeType.GRAPHS:
-            for graph in attr.value:
-                yield from graph.all_nodes()
+    for graph in subgraphs(node):
+        yield from graph.all_nodes()
 
 
 def is_assigned(node: ir.Node) -> bool:
