@@ -23,6 +23,7 @@ outer values excluded) plus the bytes the pool holds, sampled after every step.
 
 from __future__ import annotations
 
+import bisect
 import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -139,14 +140,18 @@ def unshared_owner(value: Any, held: int = 0) -> np.ndarray | None:
 class PoolPolicy:
     """What a plan's arenas learn from its runs, shared by them: which buffers are worth keeping.
 
-    ``demand`` maps a buffer size to the most ``_alloc`` requests of that size one run made;
-    ``live_peak`` is the most bytes of live values any run held. A pool that stays under
-    ``live_peak - live bytes`` never raises a run's peak above what the values alone need.
+    ``requests`` maps a buffer size to the steps that asked ``_alloc`` for that size in the
+    last finished run (in order); ``live_peak`` is the most bytes of live values any run held.
+    A pool that stays under ``live_peak - live bytes`` never raises a run's peak above what
+    the values alone need, as far as values are concerned: kernels' own temporaries are
+    unseen, so a buffer is only held for a request ``window`` steps away at most.
     """
 
-    def __init__(self) -> None:
-        self.demand: dict[int, int] = {}
+    def __init__(self, steps_per_run: int, window: int = 4) -> None:
+        self.requests: dict[int, list[int]] = {}
         self.live_peak = 0
+        self.steps_per_run = steps_per_run
+        self.window = window
 
 
 class Arena:
@@ -154,21 +159,23 @@ class Arena:
 
     A plan keeps its arenas between runs (one per concurrent run), so the buffers freed in
     one run serve later steps and the next run of the same shapes. A freed buffer is kept
-    only while the run still has ``_alloc`` requests of its size to come, and only while
-    the pool fits beside the live values within the largest live footprint seen so far
-    (``PoolPolicy``); a new value that would break that bound evicts pooled buffers. So
-    the pool never raises the peak, and it holds nothing nobody will ask for. Buffers a
-    whole run did not take are dropped at its end.
+    only when the previous run asked ``_alloc`` for its size within ``PoolPolicy.window``
+    steps after this one (counting on into the next run), and only while the pool fits
+    beside the live values within the largest live footprint seen so far; a new value that
+    would break that bound evicts pooled buffers. So the pool holds nothing nobody will ask
+    for soon, and the live values' peak stays where it was. Buffers a whole run did not take
+    are dropped at its end.
     """
 
-    __slots__ = ("reuse", "donated", "_policy", "_requests", "_pool", "_carried", "_pool_bytes", "_live",
+    __slots__ = ("reuse", "donated", "step", "_policy", "_requests", "_pool", "_carried", "_pool_bytes", "_live",
                  "_live_bytes", "_live_peak", "_external", "peak_bytes", "reused_bytes", "inplace_bytes")
 
     def __init__(self, reuse: bool = True, policy: PoolPolicy | None = None) -> None:
         self.reuse = reuse
         self.donated: dict[int, np.ndarray] = {}  # output index -> the dying input given for it
-        self._policy = PoolPolicy() if policy is None else policy
-        self._requests: dict[int, int] = {}  # nbytes -> _alloc requests so far in this run
+        self._policy = PoolPolicy(0) if policy is None else policy
+        self.step = 0  # the running step's index, set by the plan
+        self._requests: dict[int, list[int]] = {}  # nbytes -> steps that asked for that size so far in this run
         self._pool: dict[int, list[np.ndarray]] = {}  # nbytes -> freed owners, this run
         self._carried: dict[int, list[np.ndarray]] = {}  # nbytes -> owners freed by the previous run
         self._pool_bytes = 0
@@ -188,9 +195,7 @@ class Arena:
     def end(self) -> None:
         """Finish a run: what it freed is kept for the next one, what it left unused is dropped."""
         policy = self._policy
-        for nbytes, count in self._requests.items():
-            if count > policy.demand.get(nbytes, 0):
-                policy.demand[nbytes] = count
+        policy.requests = self._requests  # one assignment: concurrent arenas read a whole table
         if self._live_peak > policy.live_peak:
             policy.live_peak = self._live_peak
         self._requests = {}
@@ -215,7 +220,7 @@ class Arena:
             nbytes = dtype.itemsize
             for d in shape:
                 nbytes *= d
-            self._requests[nbytes] = self._requests.get(nbytes, 0) + 1
+            self._requests.setdefault(nbytes, []).append(self.step)
             owner = self._take(nbytes)
             if owner is not None:
                 self.reused_bytes += nbytes
@@ -301,8 +306,18 @@ class Arena:
         nbytes = owner.nbytes
         policy = self._policy
         held = len(self._pool.get(nbytes, ())) + len(self._carried.get(nbytes, ()))
-        if (held < policy.demand.get(nbytes, 0) - self._requests.get(nbytes, 0)
-                and self._live_bytes + self._pool_bytes + nbytes <= policy.live_peak):
+        steps = policy.requests.get(nbytes)
+        if not steps or self._live_bytes + self._pool_bytes + nbytes > policy.live_peak:
+            return
+        # the request this buffer would serve: the next one of its size after those the held ones serve
+        later = bisect.bisect_right(steps, self.step) + held
+        if later < len(steps):
+            distance = steps[later] - self.step
+        elif later - len(steps) < len(steps):  # a request of the next run of the same shapes
+            distance = policy.steps_per_run - self.step + steps[later - len(steps)]
+        else:
+            return
+        if distance <= policy.window:
             self._pool.setdefault(nbytes, []).append(owner)
             self._pool_bytes += nbytes
 

@@ -83,7 +83,7 @@ class ExecutionPlan:
         self._steps = _with_buffer_plan(steps, template, input_slots, outer_slots, output_slots, reuse_buffers)
         self._weight_owners = frozenset(owner_ids(template))
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
-        self._pool_policy = PoolPolicy()  # what its arenas learn from runs (see allocation_planner.Arena)
+        self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
         self._last_report = RunReport()
 
     @property
@@ -155,6 +155,7 @@ class ExecutionPlan:
         index = 0
         try:
             for fn, ins, outs, frees, multi, alloc, donors in self._steps:
+                arena.step = index
                 if donors:
                     arena.offer(values, donors)
                 if alloc:
@@ -189,6 +190,7 @@ class ExecutionPlan:
         produced, release = arena.produced, arena.release
         for index, ((fn, ins, outs, frees, multi, alloc, donors), node) in enumerate(zip(self._steps, self.nodes)):
             start = time.perf_counter_ns()
+            arena.step = index
             if donors:
                 arena.offer(values, donors)
             try:
