@@ -244,8 +244,6 @@ class Arena:
                 while owners and self._pool_bytes > room:
                     owners.pop()
                     self._pool_bytes -= nbytes
-        if self._pool_bytes > room:  # unreachable: every pooled byte is in one of the two
-            raise AssertionError("pool byte count out of step")
 
     def offer(self, values: list[Any], donors: tuple[Donor, ...]) -> None:
         """Before a step: hand each donor input to ``_alloc`` when nothing but its slot references it."""
