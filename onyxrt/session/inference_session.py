@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from ..errors import Fail, InvalidArgument
 from ..framework.constant_evaluator import provider_evaluator
+from ..framework.allocation_planner import RunReport
 from ..framework.execution_plan import build_plan
 from ..framework.device import BoundOutput, device_of
 from ..framework.memcpy import insert_copies
@@ -165,7 +166,8 @@ class InferenceSession:
             graph = graph.clone()
         partition(graph, opsets, providers)
         insert_copies(graph, providers)
-        return build_plan(graph, opsets, {p.name: p for p in providers})
+        return build_plan(graph, opsets, {p.name: p for p in providers},
+                          reuse_buffers=self._sess_options.enable_mem_reuse)
 
     def _apply_initializer_overrides(self, model: ir.Model) -> None:
         for name, value in self._sess_options._initializers.items():
@@ -269,8 +271,9 @@ class InferenceSession:
                 return self._plan.run(inputs, targets=targets)
             events: list = []
             start = time.perf_counter_ns()
-            outputs = self._plan.run(inputs, profile=events, targets=targets)
-            self._record_profile(start, time.perf_counter_ns() - start, events)
+            report = RunReport()
+            outputs = self._plan.run(inputs, profile=events, targets=targets, report=report)
+            self._record_profile(start, time.perf_counter_ns() - start, events, report)
             return outputs
 
     def run_async(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], callback, user_data: Any = None,
@@ -353,13 +356,15 @@ class InferenceSession:
 
     # ------------------------------------------------------------------ profiling
 
-    def _record_profile(self, start_ns: int, duration_ns: int, events: list) -> None:
+    def _record_profile(self, start_ns: int, duration_ns: int, events: list, report: RunReport) -> None:
         base = self._profile_start_ns // 1000
         pid, tid = os.getpid(), threading.get_ident()
         offset = time.time_ns() // 1000 - time.perf_counter_ns() // 1000
         records = [{
             "cat": "Session", "pid": pid, "tid": tid, "dur": duration_ns // 1000,
-            "ts": start_ns // 1000 + offset - base, "ph": "X", "name": "model_run", "args": {},
+            "ts": start_ns // 1000 + offset - base, "ph": "X", "name": "model_run",
+            "args": {"peak_bytes": report.peak_bytes, "reused_bytes": report.reused_bytes,
+                     "inplace_bytes": report.inplace_bytes},
         }]
         for node, node_start, node_duration in events:
             records.append({
