@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -167,7 +167,8 @@ class Arena:
     are dropped at its end.
     """
 
-    __slots__ = ("reuse", "donated", "step", "_policy", "_requests", "_pool", "_carried", "_pool_bytes", "_live",
+    __slots__ = ("reuse", "donated", "step", "bound", "step_args", "step_inplace", "_policy", "_requests", "_pool",
+                 "_carried", "_pool_bytes", "_live",
                  "_live_bytes", "_live_peak", "_external", "peak_bytes", "reused_bytes", "inplace_bytes")
 
     def __init__(self, reuse: bool = True, policy: PoolPolicy | None = None) -> None:
@@ -175,6 +176,11 @@ class Arena:
         self.donated: dict[int, np.ndarray] = {}  # output index -> the dying input given for it
         self._policy = PoolPolicy(0) if policy is None else policy
         self.step = 0  # the running step's index, set by the plan
+        # (step, output index) -> a caller's buffer bound to that graph output (IOBinding), for this run;
+        # the plan sets step_args / step_inplace (the step's inputs, its inplace declaration) for those steps
+        self.bound: dict[tuple[int, int], np.ndarray] = {}
+        self.step_args: Sequence[Any] = ()
+        self.step_inplace: Mapping[int, int] = {}
         self._requests: dict[int, list[int]] = {}  # nbytes -> steps that asked for that size so far in this run
         self._pool: dict[int, list[np.ndarray]] = {}  # nbytes -> freed owners, this run
         self._carried: dict[int, list[np.ndarray]] = {}  # nbytes -> owners freed by the previous run
@@ -205,11 +211,17 @@ class Arena:
         self._live.clear()
         self._external = set()
         self.donated.clear()
+        self.bound = {}
+        self.step_args = ()
 
     def __call__(self, shape: Sequence[int], dtype: Any, output: int = 0) -> np.ndarray:
         """An uninitialized C-contiguous array for output ``output`` of the running step."""
         shape = tuple(shape)
         dtype = np.dtype(dtype)
+        if self.bound:
+            buffer = self._bound_buffer(shape, dtype, output)
+            if buffer is not None:
+                return buffer
         if self.donated:
             donor = self.donated.get(output)
             if donor is not None and donor.shape == shape and donor.dtype == dtype:
@@ -228,6 +240,22 @@ class Arena:
                     return owner
                 return np.ndarray(shape, dtype, buffer=owner)
         return np.empty(shape, dtype)
+
+    def _bound_buffer(self, shape: tuple[int, ...], dtype: np.dtype, output: int) -> np.ndarray | None:
+        """The caller's buffer bound to this output, when the kernel may write there directly.
+
+        Not when it overlaps an input the kernel has not declared it may overwrite for this
+        output: a kernel reading that input while writing would see its own results.
+        """
+        buffer = self.bound.get((self.step, output))
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            return None
+        for index, value in enumerate(self.step_args):
+            if isinstance(value, np.ndarray) and np.may_share_memory(buffer, value) \
+                    and self.step_inplace.get(index) != output:
+                return None
+        del self.bound[(self.step, output)]
+        return buffer
 
     def _take(self, nbytes: int) -> np.ndarray | None:
         for pool in (self._pool, self._carried):

@@ -81,6 +81,7 @@ class ExecutionPlan:
         self._outer_slots = outer_slots
         self._output_slots = output_slots
         self._steps = _with_buffer_plan(steps, template, input_slots, outer_slots, output_slots, reuse_buffers)
+        self._step_inplace = [kernel_contract(fn).inplace for fn, *_ in steps]
         self._weight_owners = frozenset(owner_ids(template))
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
         self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
@@ -117,6 +118,8 @@ class ExecutionPlan:
         except IndexError:
             arena = Arena(self.reuse_buffers, self._pool_policy)
         arena.begin(self._weight_owners | owner_ids(inputs) | owner_ids(outer))
+        if targets is not None:
+            arena.bound = self._bound_buffers(targets)
         try:
             if profile is not None:
                 self._run_profiled(values, arena, profile, handover, targets, delivered)
@@ -146,6 +149,17 @@ class ExecutionPlan:
                 after.setdefault(step, []).append(position)
         return after
 
+    def _bound_buffers(self, targets: Sequence[BoundOutput | None]) -> dict[tuple[int, int], np.ndarray]:
+        """Host buffers bound to outputs, by (producing step, output index): ``_alloc`` hands them to the kernel."""
+        bound = {}
+        for position, target in enumerate(targets):
+            step = self._output_steps[position]
+            if target is None or step < 0 or type(target.buffer) is not np.ndarray or not target.device.is_host:
+                continue
+            outs = self._steps[step][2]
+            bound[(step, outs.index(self._output_slots[position]))] = target.buffer
+        return bound
+
     def _deliver_after(self, index: int, values: list[Any], handover, targets, delivered: list[Any]) -> None:
         for position in handover[index]:
             delivered[position] = deliver(values[self._output_slots[position]], targets[position])
@@ -159,7 +173,14 @@ class ExecutionPlan:
                 if donors:
                     arena.offer(values, donors)
                 if alloc:
-                    result = fn(*[values[i] for i in ins], _alloc=arena)
+                    args = [values[i] for i in ins]
+                    if arena.bound:
+                        arena.step_args, arena.step_inplace = args, self._step_inplace[index]
+                        result = fn(*args, _alloc=arena)
+                        arena.step_args = ()
+                    else:
+                        result = fn(*args, _alloc=arena)
+                    args = None
                 else:
                     result = fn(*[values[i] for i in ins])
                 if multi:
@@ -195,7 +216,14 @@ class ExecutionPlan:
                 arena.offer(values, donors)
             try:
                 if alloc:
-                    result = fn(*[values[i] for i in ins], _alloc=arena)
+                    args = [values[i] for i in ins]
+                    if arena.bound:
+                        arena.step_args, arena.step_inplace = args, self._step_inplace[index]
+                        result = fn(*args, _alloc=arena)
+                        arena.step_args = ()
+                    else:
+                        result = fn(*args, _alloc=arena)
+                    args = None
                 else:
                     result = fn(*[values[i] for i in ins])
             except OnyxRuntimeError:

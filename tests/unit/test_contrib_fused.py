@@ -14,7 +14,7 @@ import time
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 import onyxrt
 from onyxrt.providers.cpu.contrib import activations as act
@@ -680,23 +680,60 @@ def _read_only(a):
     return a
 
 
+def _gqa_model(batch: int, max_length: int, nh: int = 4, nkv: int = 2, hs: int = 16) -> bytes:
+    f = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("query", f, [batch, "s", nh * hs]),
+              helper.make_tensor_value_info("key", f, [batch, "s", nkv * hs]),
+              helper.make_tensor_value_info("value", f, [batch, "s", nkv * hs]),
+              helper.make_tensor_value_info("past_key", f, [batch, nkv, max_length, hs]),
+              helper.make_tensor_value_info("past_value", f, [batch, nkv, max_length, hs]),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [batch]),
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+    outputs = [helper.make_tensor_value_info("output", f, None),
+               helper.make_tensor_value_info("present_key", f, None),
+               helper.make_tensor_value_info("present_value", f, None)]
+    node = helper.make_node("GroupQueryAttention", [i.name for i in inputs], [o.name for o in outputs],
+                            domain="com.microsoft", num_heads=nh, kv_num_heads=nkv)
+    graph = helper.make_graph([node], "gqa", inputs, outputs)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+def _gqa_feeds(new_qkv, pk, pv, lengths):
+    q, k, v = new_qkv
+    sk = np.asarray(lengths, np.int32) + q.shape[1] - 1
+    return {"query": q, "key": k, "value": v, "past_key": pk, "past_value": pv, "seqlens_k": sk,
+            "total_sequence_length": np.array(int(sk.max()) + 1, np.int32)}
+
+
 @pytest.mark.parametrize("lengths,new", [([5], 1), ([6, 2], 1), ([3, 3], 2)])
 def test_gqa_shared_buffer_writes_the_new_rows_in_place(lengths, new):
-    # a max-length past buffer (onnxruntime's shared-buffer mode) becomes the present: no copy
+    """onnxruntime's shared-buffer mode: with the presents bound to the max-length past buffers,
+    only the new rows are written there; a plain run never writes into the caller's pasts."""
     pk, pv = randn(len(lengths), 2, 12, 16), randn(len(lengths), 2, 12, 16)
     before_k, before_v = pk.copy(), pv.copy()
     new_qkv = _gqa_inputs(len(lengths), new)
-    y, present_k, present_v = _gqa_decode(new_qkv, pk, pv, lengths)
-    assert present_k is pk and present_v is pv
-    # the same call on read-only copies of the pasts takes the copying path: same results
-    y_copy, copy_k, copy_v = _gqa_decode(new_qkv, _read_only(before_k), _read_only(before_v), lengths)
-    assert not np.shares_memory(copy_k, before_k)
+    session = onyxrt.InferenceSession(_gqa_model(len(lengths), 12))
+    feeds = _gqa_feeds(new_qkv, pk, pv, lengths)
+    y_copy, copy_k, copy_v = session.run(None, feeds)
+    np.testing.assert_array_equal(pk, before_k)  # a plain run leaves the feeds alone
+    np.testing.assert_array_equal(pv, before_v)
+    assert not np.shares_memory(copy_k, pk)
+
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, array)
+    binding.bind_output("output")
+    for name, buffer in (("present_key", pk), ("present_value", pv)):
+        binding.bind_output(name, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+    session.run_with_iobinding(binding)
+    y, present_k, present_v = binding.copy_outputs_to_cpu()
     np.testing.assert_array_equal(y, y_copy)
     for b, n in enumerate(lengths):
-        np.testing.assert_array_equal(present_k[b, :, : n + new], copy_k[b, :, : n + new])
-        np.testing.assert_array_equal(present_v[b, :, : n + new], copy_v[b, :, : n + new])
-        # the rows after the new ones are left as they were
-        np.testing.assert_array_equal(present_k[b, :, n + new :], before_k[b, :, n + new :])
+        np.testing.assert_array_equal(pk[b, :, : n + new], copy_k[b, :, : n + new])
+        np.testing.assert_array_equal(pv[b, :, : n + new], copy_v[b, :, : n + new])
+        # the rows after the new ones are left as they were: nothing but the new rows was written
+        np.testing.assert_array_equal(pk[b, :, n + new :], before_k[b, :, n + new :])
 
 
 def test_gqa_growing_cache_is_the_past_followed_by_the_new_rows():
@@ -717,10 +754,16 @@ def test_gqa_decode_time_does_not_grow_with_the_buffer_length():
 
     def best_time(max_length):
         pk, pv = np.zeros((1, 2, max_length, 16), np.float32), np.zeros((1, 2, max_length, 16), np.float32)
+
+        def shared(shape, dtype, output=0):  # the plan handing the past buffers over as the presents
+            return pk if output == 1 else pv
+
+        q, k, v = new_qkv
         best = math.inf
         for _ in range(30):
             start = time.perf_counter()
-            _gqa_decode(new_qkv, pk, pv, [16])
+            att.group_query_attention(q, k, v, pk, pv, np.array([16], np.int32), np.array(17, np.int32),
+                                      num_heads=4, kv_num_heads=2, _num_outputs=3, _alloc=shared)
             best = min(best, time.perf_counter() - start)
         return best
 

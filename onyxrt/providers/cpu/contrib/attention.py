@@ -12,10 +12,12 @@ them with the lowest float, ``attention_bias`` is added after both; in
 GroupQueryAttention keys outside the causal / local window / sequence length get no
 weight at all.
 
-GroupQueryAttention's KV cache: a past buffer with room for the new rows (onnxruntime's
-shared-buffer mode, a max-length buffer that is both past and present) gets them written
-in place and is returned as the present; otherwise the present is a new buffer of the
-valid past rows followed by the new ones, each row written once.
+GroupQueryAttention's KV cache: the present buffers come from the plan (``_alloc``). When
+the plan hands over the past buffer itself -- onnxruntime's shared-buffer mode, where an
+IOBinding binds the present output to the max-length past buffer, or a past that dies at
+this node -- only the new rows are written into it. Otherwise the present is another
+buffer holding the valid past rows followed by the new ones, each row written once. A
+caller's past array is never written unless the caller bound it as the present.
 """
 
 from __future__ import annotations
@@ -488,13 +490,12 @@ def _rms_heads(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(ms) * weight.astype(x.dtype, copy=False)
 
 
-def _shareable_past(past_key: np.ndarray, past_value: np.ndarray, dtype: np.dtype, new_inputs) -> bool:
-    """Whether the new rows may be written into the past buffers themselves (they are the
-    present's dtype, writable, and share memory with neither each other nor the new rows)."""
-    pasts = (past_key, past_value)
-    if any(p.dtype != dtype or not p.flags.writeable for p in pasts) or np.may_share_memory(past_key, past_value):
+def _same_buffer(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    """Whether two arrays are the same memory seen the same way (one buffer, as IOBinding may wrap it twice)."""
+    if a is None or b is None:
         return False
-    return not any(x is not None and np.may_share_memory(p, x) for p in pasts for x in new_inputs)
+    return a is b or (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+                      and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
 
 
 def _write_new_rows(past_key, past_value, k, v, P_b, W_b):
@@ -507,12 +508,10 @@ def _write_new_rows(past_key, past_value, k, v, P_b, W_b):
     return past_key, past_value
 
 
-def _grown_cache(past_key, past_value, k, v, P_b, W_b, t_buf: int, ct):
-    """New (B, Nkv, t_buf, H) caches: per batch entry b its P_b[b] valid past rows, then its
+def _grown_cache(past_key, past_value, k, v, P_b, W_b, present_k, present_v):
+    """Fill (B, Nkv, t_buf, H) caches: per batch entry b its P_b[b] valid past rows, then its
     W_b[b] new rows, then zeros; each row is written once."""
-    B, Nkv, _, H = k.shape
-    present_k = np.empty((B, Nkv, t_buf, H), ct)
-    present_v = np.empty((B, Nkv, t_buf, v.shape[3]), ct)
+    B = k.shape[0]
     for b in range(B):
         p, w = int(P_b[b]), int(W_b[b])
         for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
@@ -523,7 +522,7 @@ def _grown_cache(past_key, past_value, k, v, P_b, W_b, t_buf: int, ct):
     return present_k, present_v
 
 
-@op("GroupQueryAttention", versions=1, domain="com.microsoft", multi_output=True)
+@op("GroupQueryAttention", versions=1, domain="com.microsoft", multi_output=True, inplace={3: 1, 4: 2})
 def group_query_attention(
     query,
     key=None,
@@ -561,6 +560,7 @@ def group_query_attention(
     q_norm_epsilon=None,
     k_norm_epsilon=None,
     _num_outputs=1,
+    _alloc=None,
 ):
     for name, value_ in (("k_quant_type", k_quant_type), ("v_quant_type", v_quant_type)):
         if (value_.decode() if isinstance(value_, bytes) else value_) not in ("NONE", ""):
@@ -657,13 +657,17 @@ def group_query_attention(
     for b in range(B):
         if P_b[b] > 0 and (not has_past or P_b[b] > past_len):
             raise ValueError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
-    if has_past and t_buf == past_len and _shareable_past(past_key, past_value, query.dtype, (query, key, value)):
-        # onnxruntime's shared-buffer mode: the past is a max-length buffer that becomes the
-        # present; the new rows are written into it, nothing else is copied
-        present_k, present_v = _write_new_rows(past_key, past_value, k, v, P_b, W_b)
+    shapes = ((B, Nkv, t_buf, H), (B, Nkv, t_buf, Hv))
+    if _alloc is not None and _num_outputs > 2:
+        present_k, present_v = _alloc(shapes[0], query.dtype, 1), _alloc(shapes[1], query.dtype, 2)
+    else:
+        present_k, present_v = np.empty(shapes[0], query.dtype), np.empty(shapes[1], query.dtype)
+    if has_past and _same_buffer(present_k, past_key) and _same_buffer(present_v, past_value):
+        # the plan gave the past buffers themselves as the presents: only the new rows are written
+        present_k, present_v = _write_new_rows(present_k, present_v, k, v, P_b, W_b)
     else:
         present_k, present_v = _grown_cache(past_key if has_past else None, past_value if has_past else None,
-                                            k, v, P_b, W_b, t_buf, ct)
+                                            k, v, P_b, W_b, present_k, present_v)
 
     # which keys each query row sees
     T = min(max(total, int((P_b + W_b).max()) if B else 0), t_buf)
