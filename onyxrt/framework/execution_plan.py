@@ -21,6 +21,7 @@ from ..errors import InvalidGraph, KernelError, NotImplemented as OrtNotImplemen
 import onnx_ir as ir
 
 from ..graph.attributes import attribute_value
+from ..graph.builder import captured_values, subgraphs
 from ..graph.opsets import describe, opset_for
 from ..graph.tensors import constant_array
 from ..providers.base import ExecutionProvider
@@ -381,36 +382,9 @@ def _with_outer(fn: Callable[..., Any], n_explicit: int) -> Callable[..., Any]:
 
 
 def _compile_subgraph(sub: ir.Graph, implicit: list[ir.Value], opsets, providers, reuse_buffers: bool) -> Subgraph:
-    free = free_values(sub)
+    free = captured_values(sub)
     plan = build_plan(sub, opsets, providers, outer_values=free, reuse_buffers=reuse_buffers)
     return Subgraph(plan, tuple(implicit.index(v) for v in free))
-
-
-def _subgraphs(node: ir.Node):
-    for attr in node.attributes.values():
-        if attr.type == ir.AttributeType.GRAPH:
-            yield attr.value
-        elif attr.type == ir.AttributeType.GRAPHS:
-            yield from attr.value
-
-
-def free_values(graph: ir.Graph) -> list[ir.Value]:
-    """Values ``graph`` (and its nested subgraphs) reads but does not define: outer-scope captures, in first-use order."""
-    defined: set[ir.Value] = set(graph.inputs) | set(graph.initializers.values())
-    free: dict[ir.Value, None] = {}
-    for node in graph:
-        for value in node.inputs:
-            if value is not None and value not in defined:
-                free.setdefault(value)
-        for sub in _subgraphs(node):
-            for value in free_values(sub):
-                if value not in defined:
-                    free.setdefault(value)
-        defined.update(node.outputs)
-    for value in graph.outputs:
-        if value not in defined:
-            free.setdefault(value)
-    return list(free)
 
 
 def _checked_order(graph: ir.Graph, available: set[ir.Value]) -> list[tuple[ir.Node, list[ir.Value]]]:
@@ -424,8 +398,8 @@ def _checked_order(graph: ir.Graph, available: set[ir.Value]) -> list[tuple[ir.N
     entries = []
     for node in graph:
         implicit: dict[ir.Value, None] = {}
-        for sub in _subgraphs(node):
-            for value in free_values(sub):
+        for sub in subgraphs(node):
+            for value in captured_values(sub):
                 implicit.setdefault(value)
         for value in list(node.inputs) + list(implicit):
             if value is not None and value not in defined:
