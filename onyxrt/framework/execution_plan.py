@@ -122,10 +122,7 @@ class ExecutionPlan:
         if targets is not None:
             arena.bound = self._bound_buffers(targets)
         try:
-            if profile is not None:
-                self._run_profiled(values, arena, profile, handover, targets, delivered)
-            else:
-                self._run(values, arena, handover, targets, delivered)
+            self._run(values, arena, handover, targets, delivered, profile)
             finished = RunReport(arena.peak_bytes, arena.reused_bytes, arena.inplace_bytes)
         finally:
             arena.end()
@@ -165,14 +162,18 @@ class ExecutionPlan:
         for position in handover[index]:
             delivered[position] = deliver(values[self._output_slots[position]], targets[position])
 
-    def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None) -> None:
+    def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None,
+             profile: list | None = None) -> None:
         produced, release = arena.produced, arena.release
-        index = 0
+        clock = time.perf_counter_ns
+        index = start = 0
         try:
             for fn, ins, outs, frees, multi, alloc, donors in self._steps:
                 arena.step = index
                 if donors:
                     arena.offer(values, donors)
+                if profile is not None:
+                    start = clock()
                 if alloc:
                     args = [values[i] for i in ins]
                     if arena.bound:
@@ -184,6 +185,8 @@ class ExecutionPlan:
                     args = None
                 else:
                     result = fn(*[values[i] for i in ins])
+                if profile is not None:
+                    profile.append((self.nodes[index], start, clock() - start))
                 if multi:
                     for slot, value in zip(outs, result):
                         values[slot] = value
@@ -206,48 +209,6 @@ class ExecutionPlan:
         except Exception as exc:  # noqa: BLE001 - reported with the failing node
             node = self.nodes[index]
             raise KernelError(node.name, node.op_type, exc) from exc
-
-    def _run_profiled(self, values: list[Any], arena: Arena, profile: list, handover, targets,
-                      delivered: list[Any] | None) -> None:
-        produced, release = arena.produced, arena.release
-        for index, ((fn, ins, outs, frees, multi, alloc, donors), node) in enumerate(zip(self._steps, self.nodes)):
-            start = time.perf_counter_ns()
-            arena.step = index
-            if donors:
-                arena.offer(values, donors)
-            try:
-                if alloc:
-                    args = [values[i] for i in ins]
-                    if arena.bound:
-                        arena.step_args, arena.step_inplace = args, self._step_inplace[index]
-                        result = fn(*args, _alloc=arena)
-                        arena.step_args = ()
-                    else:
-                        result = fn(*args, _alloc=arena)
-                    args = None
-                else:
-                    result = fn(*[values[i] for i in ins])
-            except OnyxRuntimeError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise KernelError(node.name, node.op_type, exc) from exc
-            profile.append((node, start, time.perf_counter_ns() - start))
-            if multi:
-                for slot, value in zip(outs, result):
-                    values[slot] = value
-                    produced(value)
-                value = None
-            else:
-                values[outs[0]] = result
-                produced(result)
-            result = None
-            arena.sample()
-            if donors:
-                arena.donated.clear()
-            if handover and index in handover:
-                self._deliver_after(index, values, handover, targets, delivered)
-            for slot in frees:
-                release(values, slot)
 
 
 def _with_buffer_plan(steps, template: list[Any], input_slots, outer_slots, output_slots, reuse_buffers: bool):
