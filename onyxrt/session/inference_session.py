@@ -69,22 +69,19 @@ class _InputSpec:
             if self.dtype == object and value.dtype.kind in "US":
                 value = value.astype(object)
             else:
-                raise InvalidArgument(
-                    f"Unexpected input data type. Actual: ({value_type_string(value)}) , "
-                    f"expected: ({self.type_string})"
-                )
+                raise self._wrong_type(value_type_string(value))
         self._check_shape(value)
         return value
 
     def _checked_device_tensor(self, value: Any) -> Any:
         """A tensor on a device is checked as it is: converting would mean copying it to the host."""
         if np.dtype(value.dtype) != self.dtype:
-            raise InvalidArgument(
-                f"Unexpected input data type. Actual: ({value_type_string(np.empty(0, value.dtype))}) , "
-                f"expected: ({self.type_string})"
-            )
+            raise self._wrong_type(value_type_string(np.empty(0, value.dtype)))
         self._check_shape(value)
         return value
+
+    def _wrong_type(self, actual: str) -> InvalidArgument:
+        return InvalidArgument(f"Unexpected input data type. Actual: ({actual}) , expected: ({self.type_string})")
 
     def _check_shape(self, value: Any) -> None:
         if self.rank is not None:
