@@ -322,7 +322,7 @@ class Arena:
             if entry[0] == 0:
                 del self._live[id(owner)]
                 self._live_bytes -= entry[1]
-        if self.reuse:
+        if self.reuse and type(owner) is np.ndarray and owner.nbytes in self._policy.requests:  # sizes _alloc asks for
             del owner
             owner = unshared_owner(value)
             if owner is not None:

@@ -13,7 +13,7 @@ import math
 import ml_dtypes
 import numpy as np
 
-from .._helpers import normalize_axis
+from .._helpers import normalize_axis, wants_buffer
 from ..kernel_table import op
 from .elementwise import as_array, erf_values, float_apply, is_float
 
@@ -32,7 +32,7 @@ def _c(x: np.ndarray, value: float):
 @op("Relu", versions=(1, 6, 13, 14), inplace={0: 0})
 def relu(x, *, consumed_inputs=None, _alloc=None):
     if x.dtype.kind == "i" or is_float(x.dtype):
-        out = None if _alloc is None or not x.flags.c_contiguous else _alloc(x.shape, x.dtype)
+        out = _alloc(x.shape, x.dtype) if wants_buffer(_alloc, x) else None
         return as_array(np.maximum(x, _c(x, 0), out=out))
     raise TypeError(f"Relu: unsupported input type {x.dtype}")
 
@@ -49,7 +49,7 @@ def relu_sign_bit(x, *, consumed_inputs=None, _alloc=None):
     """Relu of IEEE floats on their bits. NaN with the sign bit set gives 0, other NaN stay NaN
     (onnxruntime's x86 kernel gives 0 for every NaN, numpy's max keeps every NaN)."""
     bits = _SIGN_BIT_VIEWS[x.dtype]
-    if _alloc is None or not x.flags.c_contiguous:  # numpy's own output layout, as the general kernel
+    if not wants_buffer(_alloc, x):  # numpy's own output layout, as the general kernel
         return np.maximum(x.view(bits), bits.type(0)).view(x.dtype)
     out = _alloc(x.shape, x.dtype)
     np.maximum(x.view(bits), bits.type(0), out=out.view(bits))
@@ -181,7 +181,7 @@ def sigmoid_values(v: np.ndarray) -> np.ndarray:
 
 @op("Sigmoid", versions=(1, 6, 13), inplace={0: 0})
 def sigmoid(x, *, consumed_inputs=None, _alloc=None):
-    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous:
+    if (x.dtype == np.float32 or x.dtype == np.float64) and wants_buffer(_alloc, x):
         out = np.negative(x, out=_alloc(x.shape, x.dtype))
         with np.errstate(over="ignore"):
             np.exp(out, out=out)
@@ -223,7 +223,7 @@ def swish(x, *, alpha=1.0):
 
 @op("Tanh", versions=(1, 6, 13), inplace={0: 0})
 def tanh(x, *, consumed_inputs=None, _alloc=None):
-    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.flags.c_contiguous:
+    if (x.dtype == np.float32 or x.dtype == np.float64) and wants_buffer(_alloc, x):
         return np.tanh(x, out=_alloc(x.shape, x.dtype))
     return float_apply(np.tanh, x, "Tanh")
 
@@ -391,7 +391,7 @@ def softmax_legacy(x, *, axis=1):
 
 @op("Softmax", versions=13, inplace={0: 0})
 def softmax(x, *, axis=-1, _alloc=None):
-    if _alloc is not None and (x.dtype == np.float32 or x.dtype == np.float64) and x.size and x.flags.c_contiguous:
+    if (x.dtype == np.float32 or x.dtype == np.float64) and x.size and wants_buffer(_alloc, x):
         return softmax_values(x, normalize_axis(axis, x.ndim), _alloc(x.shape, x.dtype))
     if x.dtype == np.float16:  # float16 arithmetic throughout, as the spec's function body computes it
         return softmax_values(x, normalize_axis(axis, x.ndim))

@@ -22,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from ....graph.types import np_dtype
+from .._helpers import ALLOC_MIN_BYTES, wants_buffer
 from ..kernel_table import op
 
 # --------------------------------------------------------------------------- helpers
@@ -82,7 +83,7 @@ _BINARY_INPLACE = {0: 0, 1: 0}
 
 def binary_into(ufunc, a: np.ndarray, b: np.ndarray, alloc) -> np.ndarray:
     """``ufunc(a, b)`` written into an output buffer from ``alloc`` (same-type, C-contiguous operands only)."""
-    if (alloc is None or a.dtype != b.dtype or a.dtype.hasobject
+    if (alloc is None or max(a.nbytes, b.nbytes) < ALLOC_MIN_BYTES or a.dtype != b.dtype or a.dtype.hasobject
             or not (a.flags.c_contiguous and b.flags.c_contiguous)):
         return as_array(ufunc(a, b))
     shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)
@@ -187,7 +188,7 @@ def _make_unary(name: str, versions, ufunc, kinds: str = "f", quiet: bool = Fals
 
     def kernel(x, *, consumed_inputs=None, _alloc=None):
         if x.dtype.kind in kinds and x.dtype not in _LOW_FLOATS:
-            if _alloc is None or not x.flags.c_contiguous:
+            if not wants_buffer(_alloc, x):
                 return as_array(direct(x))
             return direct(x, _alloc(x.shape, x.dtype))
         return float_apply(direct, x, name)

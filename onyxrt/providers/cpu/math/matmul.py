@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._helpers import ALLOC_MIN_BYTES
 from ..kernel_table import op
 
 _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -71,7 +72,8 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
         if dtype not in _BLAS_FLOATS:
             return np.asarray(np.matmul(a.astype(np.float32), b).astype(dtype))
     if dtype in _BLAS_FLOATS:
-        shape = _matmul_shape(a, b) if alloc is not None and a.shape[-1] == b.shape[-2 if b.ndim > 1 else 0] else None
+        wanted = alloc is not None and a.nbytes >= ALLOC_MIN_BYTES  # the output has a's rows
+        shape = _matmul_shape(a, b) if wanted and a.shape[-1] == b.shape[-2 if b.ndim > 1 else 0] else None
         out = None if shape is None else alloc(shape, dtype)
         if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
             # one large GEMM instead of a loop of per-batch GEMMs
