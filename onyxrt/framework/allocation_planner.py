@@ -39,12 +39,17 @@ _getrefcount = sys.getrefcount
 class RunReport:
     """Memory figures of one run, filled in by ``ExecutionPlan.run(..., report=...)``."""
 
-    peak_bytes: int = 0  # live step outputs (by memory owner) plus the pool, at their highest
+    peak_bytes: int = 0  # live step outputs (by memory owner, from TRACKED_MIN_BYTES up) plus the pool, at their highest
     reused_bytes: int = 0  # output bytes served from the pool
     inplace_bytes: int = 0  # output bytes written over a dying input
 
 
 Donor = tuple[int, int]  # (input slot, output index)
+
+# Values smaller than this are neither counted nor recycled: their bookkeeping costs more than
+# they weigh (a llama decode step has hundreds of them), and kernels ask ``_alloc`` only for
+# much larger outputs (providers.cpu._helpers.ALLOC_MIN_BYTES).
+TRACKED_MIN_BYTES = 4096
 
 
 def plan_donations(
@@ -167,12 +172,14 @@ class Arena:
     are dropped at its end.
     """
 
-    __slots__ = ("reuse", "donated", "step", "bound", "step_args", "step_inplace", "_policy", "_requests", "_pool",
+    __slots__ = ("reuse", "min_bytes", "donated", "step", "bound", "step_args", "step_inplace", "_policy", "_requests", "_pool",
                  "_carried", "_pool_bytes", "_live",
                  "_live_bytes", "_live_peak", "_external", "peak_bytes", "reused_bytes", "inplace_bytes")
 
-    def __init__(self, reuse: bool = True, policy: PoolPolicy | None = None) -> None:
+    def __init__(self, reuse: bool = True, policy: PoolPolicy | None = None,
+                 min_bytes: int = TRACKED_MIN_BYTES) -> None:
         self.reuse = reuse
+        self.min_bytes = min_bytes  # smaller values are neither counted nor recycled
         self.donated: dict[int, np.ndarray] = {}  # output index -> the dying input given for it
         self._policy = PoolPolicy(0) if policy is None else policy
         self.step = 0  # the running step's index, set by the plan
@@ -279,13 +286,15 @@ class Arena:
             return
         for slot, output in donors:
             value = values[slot]
+            if type(value) is not np.ndarray or value.nbytes < self.min_bytes:
+                continue
             # nothing else reaches its memory: safe to overwrite (a view of a private owner too)
             if unshared_owner(value, held=1) is not None and value.flags.c_contiguous and value.flags.writeable:
                 self.donated[output] = value
 
     def produced(self, value: Any) -> None:
         """Count a value a step just stored."""
-        if type(value) is not np.ndarray:
+        if type(value) is not np.ndarray or value.nbytes < self.min_bytes:
             return
         owner = _owner(value)
         key = id(owner)
@@ -298,22 +307,20 @@ class Arena:
             self._live_bytes += nbytes
             if self._pool_bytes and self._live_bytes + self._pool_bytes > self._policy.live_peak:
                 self._evict(max(self._policy.live_peak - self._live_bytes, 0))
+            # the byte counts only grow while a step stores its outputs: note their highest here
+            live = self._live_bytes
+            if live > self._live_peak:
+                self._live_peak = live
+            if live + self._pool_bytes > self.peak_bytes:
+                self.peak_bytes = live + self._pool_bytes
         else:
             entry[0] += 1
-
-    def sample(self) -> None:
-        """Note the byte counts after a step (its outputs stored, nothing freed yet)."""
-        live = self._live_bytes
-        if live > self._live_peak:
-            self._live_peak = live
-        if live + self._pool_bytes > self.peak_bytes:
-            self.peak_bytes = live + self._pool_bytes
 
     def release(self, values: list[Any], slot: int) -> None:
         """Clear ``values[slot]`` after its last reader; its buffer joins the pool when nothing else reaches it."""
         value = values[slot]
         values[slot] = None
-        if type(value) is not np.ndarray:
+        if type(value) is not np.ndarray or value.nbytes < self.min_bytes:
             return
         owner = _owner(value)
         entry = self._live.get(id(owner))

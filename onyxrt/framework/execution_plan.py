@@ -196,7 +196,6 @@ class ExecutionPlan:
                     values[outs[0]] = result
                     produced(result)
                 result = None  # no reference of the loop's own may keep a buffer from the pool
-                arena.sample()
                 if donors:
                     arena.donated.clear()
                 if handover and index in handover:

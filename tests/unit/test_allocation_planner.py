@@ -88,7 +88,7 @@ def _learned_arena(nbytes: int, request_steps=(1, 1, 1, 1), steps_per_run: int =
     policy = PoolPolicy(steps_per_run)
     policy.requests[nbytes] = list(request_steps)
     policy.live_peak = 1 << 30
-    return Arena(policy=policy)
+    return Arena(policy=policy, min_bytes=0)
 
 
 def test_arena_recycles_a_released_buffer_for_a_request_of_its_size():
@@ -123,7 +123,7 @@ def test_arena_keeps_no_buffer_a_view_still_reads():
 
 
 def test_arena_holds_a_buffer_only_for_a_request_soon_to_come_within_the_live_peak():
-    arena = Arena()  # nothing learned yet: a first run pools nothing
+    arena = Arena(min_bytes=0)  # nothing learned yet: a first run pools nothing
     arena.begin(set())
     arena.release([np.ones(16, np.float32)], 0)
     assert arena((16,), np.float32) is not None and arena.reused_bytes == 0
@@ -299,7 +299,7 @@ def test_an_inplace_kernel_writes_over_its_dying_input():
 
 @pytest.mark.parametrize("reuse", [True, False])
 def test_peak_counts_live_values_once_per_memory_owner(reuse):
-    shape = np.array([12], np.int64)
+    shape = np.array([1024], np.int64)
     nodes = [
         helper.make_node("Exp", ["x"], ["a"]),
         helper.make_node("Reshape", ["a", "shape"], ["v"]),  # a view of a: the same memory
@@ -307,7 +307,7 @@ def test_peak_counts_live_values_once_per_memory_owner(reuse):
         helper.make_node("Concat", ["v", "b"], ["y"], axis=0),
     ]
     plan = _plan(_model(nodes, ["x"], ["y"], [("shape", shape)]), reuse_buffers=reuse)
-    x = np.ones(12, np.float32)
+    x = np.ones(1024, np.float32)  # 4 KiB: TRACKED_MIN_BYTES
     report = RunReport()
     plan.run([x], report=report)
     assert report.peak_bytes == 2 * x.nbytes + 2 * x.nbytes  # a (with v), b, then y beside them
