@@ -196,7 +196,7 @@ class ExecutionPlan:
                     values[outs[0]] = result
                     produced(result)
                 result = None  # no reference of the loop's own may keep a buffer from the pool
-                if donors:
+                if arena.donated:  # a donation the kernel did not take
                     arena.donated.clear()
                 if handover and index in handover:
                     self._deliver_after(index, values, handover, targets, delivered)

@@ -83,8 +83,8 @@ _BINARY_INPLACE = {0: 0, 1: 0}
 
 def binary_into(ufunc, a: np.ndarray, b: np.ndarray, alloc) -> np.ndarray:
     """``ufunc(a, b)`` written into an output buffer from ``alloc`` (same-type, C-contiguous operands only)."""
-    if (alloc is None or max(a.nbytes, b.nbytes) < ALLOC_MIN_BYTES or a.dtype != b.dtype or a.dtype.hasobject
-            or not (a.flags.c_contiguous and b.flags.c_contiguous)):
+    if (alloc is None or (a.nbytes < ALLOC_MIN_BYTES and b.nbytes < ALLOC_MIN_BYTES) or a.dtype != b.dtype
+            or a.dtype.hasobject or not (a.flags.c_contiguous and b.flags.c_contiguous)):
         return as_array(ufunc(a, b))
     shape = a.shape if a.shape == b.shape else np.broadcast_shapes(a.shape, b.shape)
     return ufunc(a, b, out=alloc(shape, a.dtype))
