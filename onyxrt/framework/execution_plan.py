@@ -83,6 +83,9 @@ class ExecutionPlan:
         self._output_slots = output_slots
         self._steps = _with_buffer_plan(steps, template, input_slots, outer_slots, output_slots, reuse_buffers)
         self._step_inplace = [kernel_contract(fn).inplace for fn, *_ in steps]
+        # Steps whose outputs were all tiny in the last run skip _alloc and donation in the next (a
+        # learned hint, shared by concurrent runs: a wrong guess costs one run without reuse, never a result).
+        self._small_outputs = [False] * len(steps)
         self._weight_owners = frozenset(owner_ids(template))
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
         self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
@@ -165,16 +168,17 @@ class ExecutionPlan:
     def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None,
              profile: list | None = None) -> None:
         produced, release = arena.produced, arena.release
+        small, min_bytes = self._small_outputs, arena.min_bytes
         clock = time.perf_counter_ns
         index = start = 0
         try:
             for fn, ins, outs, frees, multi, alloc, donors in self._steps:
                 arena.step = index
-                if donors:
-                    arena.offer(values, donors)
-                if profile is not None:
-                    start = clock()
-                if alloc:
+                if alloc and (arena.bound or not small[index]):
+                    if donors:
+                        arena.offer(values, donors)
+                    if profile is not None:
+                        start = clock()
                     args = [values[i] for i in ins]
                     if arena.bound:
                         arena.step_args, arena.step_inplace = args, self._step_inplace[index]
@@ -183,7 +187,10 @@ class ExecutionPlan:
                     else:
                         result = fn(*args, _alloc=arena)
                     args = None
+                    small[index] = _largest_output(result, multi) < min_bytes
                 else:
+                    if profile is not None:
+                        start = clock()
                     result = fn(*[values[i] for i in ins])
                 if profile is not None:
                     profile.append((self.nodes[index], start, clock() - start))
@@ -208,6 +215,13 @@ class ExecutionPlan:
         except Exception as exc:  # noqa: BLE001 - reported with the failing node
             node = self.nodes[index]
             raise KernelError(node.name, node.op_type, exc) from exc
+
+
+def _largest_output(result: Any, multi: bool) -> int:
+    """Bytes of a step's largest array output."""
+    if multi:
+        return max((value.nbytes for value in result if type(value) is np.ndarray), default=0)
+    return result.nbytes if type(result) is np.ndarray else 0
 
 
 def _with_buffer_plan(steps, template: list[Any], input_slots, outer_slots, output_slots, reuse_buffers: bool):
