@@ -43,20 +43,14 @@ def worker(tree: str, case: str, repeat: int) -> None:
     import tracemalloc
 
     import onyxrt
-    from latency import case_inputs
+    from latency import case_inputs, timed_runs
 
     assert onyxrt.__file__.startswith(tree), onyxrt.__file__
     path, feeds = _chain_case() if case == "chain_400" else case_inputs(case)
     start = time.perf_counter()
     session = onyxrt.InferenceSession(path, providers=["CPUExecutionProvider"])
     created = time.perf_counter() - start
-    for _ in range(3):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
+    times = timed_runs(session, feeds, repeat)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     session.run(None, feeds)

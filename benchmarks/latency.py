@@ -76,14 +76,19 @@ def worker(runtime: str, case: str, repeat: int) -> None:
     else:
         import onyxrt as rt
     session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for _ in range(3):
+    print(json.dumps(timed_runs(session, feeds, repeat)))
+
+
+def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3) -> list[float]:
+    """Milliseconds of ``repeat`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
         session.run(None, feeds)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         session.run(None, feeds)
         times.append((time.perf_counter() - start) * 1000)
-    print(json.dumps(times))
+    return times
 
 
 def main() -> int:
