@@ -51,27 +51,58 @@ class _InputSpec:
         self.fixed_dims = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
 
     def convert(self, value: Any) -> Any:
-        """Check (and for non-arrays, convert) one fed value; raises onnxruntime's INVALID_ARGUMENT errors."""
+        """The fed value as a plain host array of the input's type (device tensors as they are).
+
+        Raises onnxruntime's INVALID_ARGUMENT errors, naming the input, for a value that is not one.
+        """
         if isinstance(value, OrtValue):
             value = value.value
         if not self.is_tensor:
             return value
-        if not device_of(value).is_host:
-            return self._checked_device_tensor(value)
-        if not isinstance(value, np.ndarray):
-            if isinstance(value, (list, dict)) and not self.is_tensor:
-                return value
-            try:
-                value = np.asarray(value, dtype=self.dtype)
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgument(f"Input '{self.name}' cannot be converted to {self.type_string}: {exc}") from None
+        if type(value) is not np.ndarray:  # the common feed skips every conversion below
+            if isinstance(value, np.ndarray):
+                # Subclasses (masked arrays, matrices) would reach kernels with their own arithmetic:
+                # onnxruntime reads the buffer, so do we (a masked array's data, its mask ignored).
+                value = np.asarray(value)
+            elif value is None:
+                raise InvalidArgument(f"Input '{self.name}' is None: a tensor is required")
+            elif not device_of(value).is_host:
+                return self._checked_device_tensor(value)
+            else:
+                value = self._from_python(value)
         if value.dtype != self.dtype:
             if self.dtype == object and value.dtype.kind in "US":
-                value = value.astype(object)
+                value = self._decoded_strings(value)
             else:
                 raise self._wrong_type(value_type_string(value))
+        elif self.dtype == object:
+            value = self._as_strings(value)
         self._check_shape(value)
         return value
+
+    def _from_python(self, value: Any) -> np.ndarray:
+        """Lists and scalars become arrays of the input's type (lists as onnxruntime converts them)."""
+        try:
+            return np.asarray(value, dtype=self.dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgument(f"Input '{self.name}' cannot be converted to {self.type_string}: {exc}") from None
+
+    def _decoded_strings(self, value: np.ndarray) -> np.ndarray:
+        """A numpy str or bytes array as a string tensor: an object array of str (bytes read as UTF-8)."""
+        if value.dtype.kind == "U":
+            return value.astype(object)
+        try:
+            return np.char.decode(value, "utf-8").astype(object)
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(f"Input '{self.name}' holds bytes that are not UTF-8: {exc}") from None
+
+    def _as_strings(self, value: np.ndarray) -> np.ndarray:
+        """An object array whose elements are all str; others become ``str(element)``, as in onnxruntime."""
+        if all(type(item) is str for item in value.flat):
+            return value
+        strings = np.empty(value.shape, dtype=object)
+        strings.flat = [item if type(item) is str else str(item) for item in value.flat]
+        return strings
 
     def _checked_device_tensor(self, value: Any) -> Any:
         """A tensor on a device is checked as it is: converting would mean copying it to the host."""
