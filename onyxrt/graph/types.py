@@ -90,7 +90,8 @@ def tensor_shape(type_proto: onnx.TypeProto) -> list[int | str | None] | None:
     dims: list[int | str | None] = []
     for d in tt.shape.dim:
         if d.HasField("dim_value"):
-            dims.append(d.dim_value)
+            # converters write -1 for a dynamic dim; onnxruntime reads any negative dim as unknown
+            dims.append(d.dim_value if d.dim_value >= 0 else None)
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
         else:

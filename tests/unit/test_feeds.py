@@ -106,3 +106,29 @@ def test_string_inputs_hold_str_elements():
 def test_string_input_with_bytes_that_are_not_utf8_is_refused():
     with pytest.raises(InvalidArgument, match="Input 'x' holds bytes that are not UTF-8"):
         _run(_session(elem=TensorProto.STRING), np.array([b"\xff\xfe", b"a", b"b"]))
+
+
+@pytest.mark.parametrize("dim", [-1, -7])
+def test_negative_declared_dims_are_dynamic(dim):
+    session = _session(shape=(dim, 3))
+    assert session.get_inputs()[0].shape == [None, 3]
+    np.testing.assert_array_equal(_run(session, np.ones((5, 3), np.float32)), np.ones((5, 3)))
+    with pytest.raises(InvalidArgument, match=r"index: 1 Got: 4 Expected: 3"):
+        _run(session, np.ones((5, 4), np.float32))
+
+
+def test_shape_of_an_input_with_a_negative_dim_is_the_fed_shape():
+    session = _session("Shape", shape=(-1, 3), out_elem=TensorProto.INT64)
+    np.testing.assert_array_equal(_run(session, np.zeros((5, 3), np.float32)), [5, 3])
+
+
+def test_shape_of_a_value_declared_with_a_negative_dim_is_the_computed_shape():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["t"]), helper.make_node("Shape", ["t"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, None)],
+        value_info=[helper.make_tensor_value_info("t", TensorProto.FLOAT, [-1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onyxrt.InferenceSession(model.SerializeToString())
+    np.testing.assert_array_equal(session.run(None, {"x": np.zeros((4, 3), np.float32)})[0], [4, 3])
