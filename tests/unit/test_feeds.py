@@ -132,3 +132,25 @@ def test_shape_of_a_value_declared_with_a_negative_dim_is_the_computed_shape():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = onyxrt.InferenceSession(model.SerializeToString())
     np.testing.assert_array_equal(session.run(None, {"x": np.zeros((4, 3), np.float32)})[0], [4, 3])
+
+
+def test_zero_trip_loop_output_declared_with_a_negative_dim_is_empty():
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["xb"], ["scan"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("scan", TensorProto.FLOAT, [-1, 2])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "c"], ["y"], body=body)], "g",
+        [helper.make_tensor_value_info("n", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("xb", TensorProto.FLOAT, [-1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = onyxrt.InferenceSession(model.SerializeToString())
+    feed = {"c": np.array(True), "xb": np.ones((3, 2), np.float32)}
+    assert session.run(None, {"n": np.array(0), **feed})[0].shape == (0, 0, 2)  # onnxruntime's shapes
+    assert session.run(None, {"n": np.array(2), **feed})[0].shape == (2, 3, 2)
