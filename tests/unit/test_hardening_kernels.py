@@ -164,3 +164,48 @@ def test_scan_checks_terminate_each_step():
     with active_run_options(options), pytest.raises(Fail, match="terminate flag"):
         scan(np.zeros(1), np.ones((100, 1)), body=Body(), num_scan_inputs=1)
     assert len(steps) == 3
+
+
+# --------------------------------------------------------------------------- defect 10: 0/1 attributes
+
+
+def _two_input_model(node, opset=13) -> bytes:
+    return _model([node], [h.make_tensor_value_info("x", T.FLOAT, [2, 3])], [h.make_tensor_value_info("y", T.FLOAT, None)],
+                  opset=opset)
+
+
+@pytest.mark.parametrize("node", [
+    h.make_node("ReduceSum", ["x"], ["y"], keepdims=-2, name="sum"),
+    h.make_node("ReduceMax", ["x"], ["y"], keepdims=2, name="sum"),
+    h.make_node("Gemm", ["x", "x"], ["y"], transA=2, name="sum"),
+    h.make_node("Gemm", ["x", "x"], ["y"], transB=-1, name="sum"),
+    h.make_node("CumSum", ["x", "axis"], ["y"], exclusive=3, name="sum"),
+])
+def test_out_of_range_flag_attributes_are_invalid_graphs_naming_node_and_attribute(node):
+    from onyxrt.errors import InvalidGraph
+
+    attribute = node.attribute[0].name
+    inits = [onnx.numpy_helper.from_array(np.array(0, np.int64), "axis")] if node.op_type == "CumSum" else []
+    model = _model([node], [h.make_tensor_value_info("x", T.FLOAT, [2, 3])], [h.make_tensor_value_info("y", T.FLOAT, None)],
+                   opset=13, initializers=inits)
+    with pytest.raises(InvalidGraph, match=rf"sum.*'{attribute}'.*must be 0 or 1"):
+        _session(model)
+
+
+def test_flag_attributes_with_0_and_1_still_run():
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    for keepdims, shape in ((0, (2,)), (1, (2, 1))):
+        model = _two_input_model(h.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=keepdims))
+        model = onnx.load_from_string(model)
+        model.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"))
+        (y,) = _session(model.SerializeToString()).run(None, {"x": x})
+        assert y.shape == shape
+
+
+def test_flag_attributes_come_from_the_schemas():
+    from onyxrt.providers.kernel_registry import schema_flag_attributes
+
+    assert schema_flag_attributes("", "Gemm", 13) == {"transA", "transB"}
+    assert {"keepdims", "noop_with_empty_axes"} <= schema_flag_attributes("", "ReduceSum", 13)
+    assert "axis" not in schema_flag_attributes("", "ArgMax", 13)
+    assert schema_flag_attributes("com.microsoft", "Gemm", 1) == frozenset()
