@@ -185,6 +185,35 @@ def schema_attributes(domain: str, op_type: str, since_version: int) -> frozense
     return frozenset(schema.attributes) if schema.since_version == since_version else None
 
 
+# INT attributes the ONNX schemas document as 0/1 switches (reviewed by hand: the descriptions
+# are too irregular to find them all by wording, e.g. keepdims and transA never say "0 or 1").
+# onnxruntime reads some as ``!= 0`` and others as ``== 1``, so any other value has no
+# consistent meaning: it is an invalid graph, not a silent guess.
+_FLAG_ATTRIBUTES = frozenset({
+    "align_corners", "allowzero", "antialias", "broadcast", "ceil_mode", "center_point_box",
+    "count_include_pad", "detect_negative", "detect_positive", "exclude_outside", "exclusive",
+    "fmod", "input_forget", "interleaved", "inverse", "is_case_sensitive", "is_causal", "is_test",
+    "keepdims", "largest", "layout", "linear_before_reset", "new_axis", "noop_with_empty_axes",
+    "onesided", "output_sequence", "periodic", "reverse", "saturate", "select_last_index",
+    "sorted", "spatial", "storage_order", "training_mode", "transA", "transB", "upper",
+})
+
+
+@functools.lru_cache(maxsize=None)
+def schema_flag_attributes(domain: str, op_type: str, since_version: int) -> frozenset[str]:
+    """Attributes of that exact ONNX schema that are INT 0/1 switches (empty for non-ONNX domains)."""
+    if domain not in _SCHEMA_DOMAINS:
+        return frozenset()
+    try:
+        schema = onnx.defs.get_schema(op_type, since_version, domain)
+    except onnx.defs.SchemaError:
+        return frozenset()
+    if schema.since_version != since_version:
+        return frozenset()
+    int_type = onnx.defs.OpSchema.AttrType.INT
+    return frozenset(n for n, a in schema.attributes.items() if n in _FLAG_ATTRIBUTES and a.type == int_type)
+
+
 def _lookup(registry: KernelRegistry, domain: str, op_type: str, opset: int) -> list[KernelDef] | None:
     table = registry._kernels.get((domain, op_type))
     if not table:
@@ -273,11 +302,17 @@ def _takes_attributes(kernel: KernelDef, attributes: dict[str, Any]) -> bool:
 def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], constants: Sequence[Any]) -> KernelFn:
     names, var_kw = _signature(kernel.fn)
     defined = schema_attributes(kernel.domain, kernel.op_type, kernel.since_version)
+    flags = schema_flag_attributes(kernel.domain, kernel.op_type, kernel.since_version)
     kwargs: dict[str, Any] = {}
     for name, value in attributes.items():
         if defined is not None and name not in defined:
             raise InvalidGraph(
                 f"{describe(node)}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
+            )
+        if name in flags and not (isinstance(value, (int, np.integer)) and value in (0, 1)):
+            raise InvalidGraph(
+                f"{describe(node)}: attribute '{name}' of {kernel.op_type}-{kernel.since_version} "
+                f"must be 0 or 1, got {value!r}"
             )
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:

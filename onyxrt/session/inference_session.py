@@ -33,7 +33,7 @@ from .io_binding import IOBinding
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
 from .providers import create_providers, normalize_providers
-from .session_options import RunOptions, SessionOptions
+from .session_options import RunOptions, SessionOptions, active_run_options
 
 
 class _InputSpec:
@@ -310,13 +310,15 @@ class InferenceSession:
         if run_options is not None and run_options.terminate:
             raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)
-        outputs = self._execute(self._prepare_inputs(input_feed))
+        outputs = self._execute(self._prepare_inputs(input_feed), run_options=run_options)
         return [self._finish_output(outputs[i], input_feed) for i in wanted]
 
-    def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None) -> list[Any]:
+    def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None,
+                 run_options: RunOptions | None = None) -> list[Any]:
         """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``."""
-        # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise
-        with np.errstate(all="ignore"), self._thread_pool.activate():
+        # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
+        # kernels see run_options (terminate) through session_options.check_terminate
+        with np.errstate(all="ignore"), self._thread_pool.activate(), active_run_options(run_options):
             if not self._profiling:
                 return self._plan.run(inputs, targets=targets)
             events: list = []
@@ -363,7 +365,7 @@ class InferenceSession:
         all_targets: list[BoundOutput | None] = [None] * len(self._outputs_meta)
         for position, target in zip(wanted, targets):
             all_targets[position] = target
-        outputs = self._execute(self._prepare_inputs(input_feed), all_targets)
+        outputs = self._execute(self._prepare_inputs(input_feed), all_targets, run_options)
         return [self._finish_output(outputs[i], input_feed) for i in wanted]
 
     def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:

@@ -4,6 +4,7 @@ Graph attributes arrive as ``Subgraph`` callables (framework.execution_plan):
 ``body(*formal_inputs, outer=_outer)`` returns the list of the subgraph's outputs.
 Values are numpy arrays (tensors), lists of arrays (sequences) or ``None`` (an
 empty optional); loop-carried values of any of these kinds pass through untouched.
+Every iteration (and every If) first checks the run's ``RunOptions.terminate``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ....session.session_options import check_terminate
 from ..kernel_table import op
 
 _ALL_IF_LOOP_VERSIONS = (1, 11, 13, 16, 19, 21, 23, 24, 25)
@@ -100,6 +102,7 @@ def _stack(values: list, what: str) -> np.ndarray:
 
 @op("If", versions=_ALL_IF_LOOP_VERSIONS, multi_output=True)
 def if_(cond, *, then_branch, else_branch, _outer=(), _num_outputs=None):
+    check_terminate()
     branch = then_branch if _scalar_bool(cond, "If condition") else else_branch
     outputs = branch(outer=_outer)
     if _num_outputs is not None and len(outputs) != _num_outputs:
@@ -131,6 +134,7 @@ def loop(M=None, cond=None, *v_initial, body, _outer=(), _num_outputs=None):
     scans: list[list] = [[] for _ in range(n_scan)]
     i = 0
     while keep_going and (max_trip is None or i < max_trip):
+        check_terminate()
         outs = body(np.array(i, dtype=np.int64), cond_value, *carried, outer=_outer)
         cond_value = outs[0]
         # onnxruntime stops on a false cond output even when the node has no cond input.
@@ -158,6 +162,7 @@ def _run_scan_steps(body, states: list, steps: list, n_state: int, outer) -> tup
         raise ValueError(f"Scan body has {len(body.output_names)} outputs, needs at least {n_state} state outputs")
     collected: list[list] = [[] for _ in range(n_out)]
     for slices in steps:
+        check_terminate()
         outs = body(*states, *slices, outer=outer)
         states = outs[:n_state]
         for acc, value in zip(collected, outs[n_state:]):

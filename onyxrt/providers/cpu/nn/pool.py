@@ -73,7 +73,22 @@ def _kernel_shape(kernel_shape, nd):
     k = [int(v) for v in kernel_shape]
     if len(k) != nd:
         raise ValueError(f"kernel_shape {k} does not match {nd} spatial dimensions")
+    if any(v <= 0 for v in k):
+        raise ValueError(f"kernel_shape {k} must only contain positive values")
     return k
+
+
+def _reachable_taps(n: int, b: int, k: int, s: int, d: int, o: int) -> tuple[int, int]:
+    """(first tap, tap count) of a ``k``-tap axis whose taps can reach the input for some output.
+
+    Taps that only ever read padding contribute nothing to a max or a sum, so a
+    kernel far larger than the padded input reduces to the taps near it: the work is
+    bounded by the input's extent, not the attribute's. The first kept tap is at most
+    one before the first reaching tap, which keeps the trimmed begin pad non-negative.
+    """
+    first = min(k - 1, max(0, (b - (o - 1) * s) // d))
+    last = min(k - 1, (b + n - 1) // d)
+    return first, last - first + 1
 
 
 def _lowest(dtype):
@@ -148,6 +163,9 @@ def _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, cro
     nd = x.ndim - 2
     k = _kernel_shape(kernel_shape, nd)
     s, d = spatial_defaults(nd, strides, dilations)
+    if auto_pad_name(auto_pad) == "NOTSET" and pads and any(int(p) >= k[i % nd] for i, p in enumerate(pads)):
+        # as onnxruntime: a pad as wide as the kernel only adds windows of padding
+        raise ValueError(f"pads {list(pads)} must be smaller than kernel_shape {k}")
     begin, end, extra, out = pool_geometry(x.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
     if any(o <= 0 for o in out):
         raise ValueError(f"pooling output would be empty for input {x.shape}")
@@ -160,6 +178,16 @@ def _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, cro
         begin = [max(0, b) for b in begin]
         end = [max(0, e) for e in end]
     return x, nd, k, s, d, begin, end, extra, out
+
+
+def _trim_kernel(in_sp, k, s, d, begin, out_sp) -> tuple[list[int], list[int]]:
+    """Kernel and begin pads with the taps that never reach the input dropped (see _reachable_taps)."""
+    trimmed, shifted = [], []
+    for n, kk, ss, dd, b, o in zip(in_sp, k, s, d, begin, out_sp):
+        first, count = _reachable_taps(n, b, kk, ss, dd, o)
+        trimmed.append(count)
+        shifted.append(b - first * dd)
+    return trimmed, shifted
 
 
 # --------------------------------------------------------------------------- MaxPool
@@ -176,15 +204,18 @@ def _max_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, st
     if dtype.kind not in "fiu":
         raise TypeError(f"MaxPool does not support dtype {dtype}")
     low = _lowest(dtype)
+    k, begin = _trim_kernel(x.shape[2:], k, s, d, begin, out_sp)
     if not want_indices:
         return _separable_reduce(x, np.maximum, low, k, s, d, begin, out_sp), None
-    xp = pad_spatial(x, begin, [end[i] + extra[i] for i in range(nd)], value=low)
+    # end padding the (trimmed) windows need past the input
+    end_pad = [max(0, (out_sp[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - begin[i] - x.shape[2 + i]) for i in range(nd)]
+    xp = pad_spatial(x, begin, end_pad, value=low)
     N, C = x.shape[:2]
     in_sp = x_full.shape[2:]
     # (a cropped input's begin crop shifts positions back into the full input)
     crop_begin = [0] * nd
     if any(crop):
-        g_begin, _, _, _ = pool_geometry(x_full.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
+        g_begin, _, _, _ = pool_geometry(x_full.shape[2:], _kernel_shape(kernel_shape, nd), s, d, pads, auto_pad, ceil_mode)
         crop_begin = [max(0, -b) for b in g_begin]
     best = None
     best_tap = np.zeros((N, C) + tuple(out_sp), dtype=np.int64)
@@ -247,14 +278,18 @@ def max_pool(
 
 
 def _axis_counts(in_len, b, e, k, s, d, o, include_pad):
-    """Number of counted taps of each output window along one axis."""
-    starts = np.arange(o) * s  # in padded coordinates
-    taps = starts[:, None] + np.arange(k)[None, :] * d
-    if include_pad:
-        valid = taps < in_len + b + e
-    else:
-        valid = (taps >= b) & (taps < b + in_len)
-    return valid.sum(axis=1)
+    """Number of counted taps of each output window along one axis (arithmetic, not per tap)."""
+    counts = []
+    for start in range(0, o * s, s):  # window starts in padded coordinates
+        if include_pad:
+            # taps t with start + t*d < in_len + b + e
+            counts.append(min(k, max(0, -(-(in_len + b + e - start) // d))))
+        else:
+            # taps t with b <= start + t*d < b + in_len
+            lo = max(0, -(-(b - start) // d))
+            hi = min(k - 1, (b + in_len - 1 - start) // d)
+            counts.append(max(0, hi - lo + 1))
+    return np.array(counts, dtype=np.int64)
 
 
 def _average_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, count_include_pad):
@@ -262,7 +297,8 @@ def _average_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
     dtype = x.dtype
     ct = compute_dtype(dtype)
     xc = x if dtype == ct else x.astype(ct)
-    y = _separable_reduce(xc, np.add, 0, k, s, d, begin, out_sp)
+    k_reach, b_reach = _trim_kernel(x.shape[2:], k, s, d, begin, out_sp)
+    y = _separable_reduce(xc, np.add, 0, k_reach, s, d, b_reach, out_sp)
     counts = None
     for i in range(nd):
         c = _axis_counts(x.shape[2 + i], begin[i], end[i], k[i], s[i], d[i], out_sp[i], count_include_pad)
@@ -308,6 +344,7 @@ def _lp_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, p):
         xc *= xc
     elif p != 1.0:
         xc = np.power(xc, ct(p))
+    k, begin = _trim_kernel(x.shape[2:], k, s, d, begin, out_sp)
     y = _separable_reduce(xc, np.add, 0, k, s, d, begin, out_sp)
     if p == 2.0:
         np.sqrt(y, out=y)
