@@ -33,7 +33,8 @@ from .io_binding import IOBinding
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
 from .providers import create_providers, normalize_providers
-from .session_options import RunOptions, SessionOptions, active_run_options
+from ..framework.run_context import active_run_options
+from .session_options import RunOptions, SessionOptions
 
 
 class _InputSpec:

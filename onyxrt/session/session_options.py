@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import enum
-from collections.abc import Iterator
 
-from ..errors import Fail, InvalidArgument
+from ..errors import InvalidArgument
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -122,23 +119,3 @@ class RunOptions:
 
 # The RunOptions of the run in progress on this thread (None outside a run or when the caller
 # gave none): long kernels read it through check_terminate() instead of a global.
-_current_run_options: contextvars.ContextVar[RunOptions | None] = contextvars.ContextVar(
-    "onyxrt_current_run_options", default=None
-)
-
-
-@contextlib.contextmanager
-def active_run_options(run_options: RunOptions | None) -> Iterator[None]:
-    """Make ``run_options`` the current run's options for the duration of the block."""
-    token = _current_run_options.set(run_options)
-    try:
-        yield
-    finally:
-        _current_run_options.reset(token)
-
-
-def check_terminate() -> None:
-    """Raise onnxruntime's Fail when the current run's ``RunOptions.terminate`` is set."""
-    run_options = _current_run_options.get()
-    if run_options is not None and run_options.terminate:
-        raise Fail("Exiting due to terminate flag being set to true.")

@@ -148,7 +148,7 @@ def test_terminate_of_one_run_does_not_reach_another_run():
 
 def test_scan_checks_terminate_each_step():
     from onyxrt.providers.cpu.controlflow.control_flow import scan
-    from onyxrt.session.session_options import active_run_options
+    from onyxrt.framework.run_context import active_run_options
 
     options = onyxrt.RunOptions()
     steps = []

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ....session.session_options import check_terminate
+from ....framework.run_context import check_terminate
 from ..kernel_table import op
 
 _ALL_IF_LOOP_VERSIONS = (1, 11, 13, 16, 19, 21, 23, 24, 25)
