@@ -33,6 +33,7 @@ _TENSOR_ATTRS = (onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS)
 # (min count, max count, per-formal "is Single") for inputs and outputs; None where no schema.
 _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
 _arity_cache: dict[tuple[str, str, int], _Arity | None] = {}
+_UNRESOLVED = object()
 
 
 def validate_model(model: onnx.ModelProto) -> None:
@@ -41,11 +42,16 @@ def validate_model(model: onnx.ModelProto) -> None:
     for opset in model.opset_import:
         domain = _text(opset.domain, "opset domain")
         opsets["" if domain == "ai.onnx" else domain] = opset.version
-    _validate_graph(model.graph, frozenset(), opsets)
+    _validate_graph(model.graph, frozenset(), opsets, {})
 
 
-def _validate_graph(graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dict[str, int]) -> None:
-    """Check ``graph``; ``outer`` holds the names its enclosing graphs define (captures)."""
+def _validate_graph(
+    graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dict[str, int], arities: dict[tuple[str, str], _Arity | None]
+) -> None:
+    """Check ``graph``; ``outer`` holds the names its enclosing graphs define (captures).
+
+    ``arities`` caches, for this model's opsets, each (op_type, domain)'s schema arity.
+    """
     graph_name = _text(graph.name, "graph name")
     defined: set[str] = set()
     for info in graph.input:
@@ -78,7 +84,16 @@ def _validate_graph(graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dic
         inputs, outputs = list(node.input), list(node.output)
         node_inputs.append(inputs)
         node_outputs.append(outputs)
-        _check_arity(node, index, inputs, outputs, opsets)
+        key = (node.op_type, node.domain)
+        arity = arities.get(key, _UNRESOLVED)
+        if arity is _UNRESOLVED:
+            arity = arities[key] = _resolve_arity(node, index, opsets)
+        if arity is not None and (
+            not (arity[0] <= len(inputs) <= arity[1] and arity[3] <= len(outputs) <= arity[4])
+            or "" in inputs
+            or "" in outputs
+        ):
+            _check_arity(node, index, inputs, outputs, arity, opsets)
         if node.attribute:
             with_attributes.append(index)
     outputs = [name for names in node_outputs for name in names if name != ""]
@@ -92,7 +107,7 @@ def _validate_graph(graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dic
     if not used <= scope:
         _raise_undefined_input(nodes, node_inputs, scope, graph_name)
     for index in with_attributes:
-        _check_attributes(nodes[index], index, scope, opsets)
+        _check_attributes(nodes[index], index, scope, opsets, arities)
 
     for info in graph.output:
         name = _text(info.name, f"output of graph '{graph_name}'")
@@ -134,12 +149,18 @@ def _raise_undefined_input(
     raise AssertionError("no undefined input found")  # pragma: no cover - caller saw one
 
 
-def _check_attributes(node: onnx.NodeProto, index: int, scope: AbstractSet[str], opsets: dict[str, int]) -> None:
+def _check_attributes(
+    node: onnx.NodeProto,
+    index: int,
+    scope: AbstractSet[str],
+    opsets: dict[str, int],
+    arities: dict[tuple[str, str], _Arity | None],
+) -> None:
     for attr in node.attribute:
         if attr.type in _GRAPH_ATTRS:
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
             for subgraph in subgraphs:
-                _validate_graph(subgraph, scope, opsets)
+                _validate_graph(subgraph, scope, opsets, arities)
         elif attr.type in _TENSOR_ATTRS:
             tensors = [attr.t] if attr.type == onnx.AttributeProto.TENSOR else attr.tensors
             for tensor in tensors:
@@ -147,23 +168,22 @@ def _check_attributes(node: onnx.NodeProto, index: int, scope: AbstractSet[str],
                     _check_tensor_data_type(tensor, f"attribute '{attr.name}' of {_describe(node, index)}")
 
 
-def _check_arity(
-    node: onnx.NodeProto, index: int, inputs: list[str], outputs: list[str], opsets: dict[str, int]
-) -> None:
-    """Input/output counts and required (Single) slots against the node's ONNX schema, where it has one."""
+def _resolve_arity(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> _Arity | None:
+    """The arity of ``node``'s schema at the model's opset; None for ops without an ONNX schema."""
     op_type, domain = node.op_type, node.domain
     if type(op_type) is not str or type(domain) is not str:
         _raise_not_utf8(op_type if type(op_type) is not str else domain, f"op_type or domain of {_describe(node, index)}")
     version = opsets.get("" if domain == "ai.onnx" else domain)
-    if version is None:
-        return
-    arity = _arity(op_type, domain, version)
-    if arity is None:
-        return
+    return None if version is None else _arity(op_type, domain, version)
+
+
+def _check_arity(
+    node: onnx.NodeProto, index: int, inputs: list[str], outputs: list[str], arity: _Arity, opsets: dict[str, int]
+) -> None:
+    """Input/output counts and required (Single) slots against the node's schema ``arity``."""
     min_in, max_in, single_in, min_out, max_out, single_out = arity
-    n_in, n_out = len(inputs), len(outputs)
-    if min_in <= n_in <= max_in and min_out <= n_out <= max_out and "" not in inputs and "" not in outputs:
-        return
+    op_type, domain = node.op_type, node.domain
+    version = opsets.get("" if domain == "ai.onnx" else domain)
     for kind, names, low, high, single in (
         ("input", inputs, min_in, max_in, single_in),
         ("output", outputs, min_out, max_out, single_out),
