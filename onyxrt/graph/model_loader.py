@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Union
 
 import onnx
+import onnx.inliner  # a submodule: "import onnx" alone does not load it
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
