@@ -157,6 +157,8 @@ def _check_attributes(
     arities: dict[tuple[str, str], _Arity | None],
 ) -> None:
     for attr in node.attribute:
+        if type(attr.name) is not str:
+            _raise_not_utf8(attr.name, f"attribute name of {_describe(node, index)}")
         if attr.type in _GRAPH_ATTRS:
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
             for subgraph in subgraphs:

@@ -187,3 +187,21 @@ def test_input_name_that_is_not_utf8_is_a_typed_error():
     data = model.SerializeToString()
     with pytest.raises(InvalidGraph, match="not valid UTF-8"):
         _load(data.replace(b"Xq", b"X\xff"))
+
+
+def test_attribute_name_that_is_not_utf8_names_the_node():
+    node = helper.make_node("Transpose", ["X"], ["Y"], name="transpose", perm=[0])
+    data = _model([node], [_value("X")], [_value("Y")]).SerializeToString()
+    assert data.count(b"perm") == 1
+    with pytest.raises(InvalidGraph, match=r"attribute name of node 0 \('transpose', Transpose\) is not valid UTF-8"):
+        _load(data.replace(b"perm", b"pe\xffm"))
+
+
+def test_bodies_of_model_local_functions_are_validated():
+    body = [helper.make_node("Abs", [""], ["b"], name="inner")]
+    function = helper.make_function("local", "F", ["a"], ["b"], body, [helper.make_opsetid("", 20)])
+    graph = helper.make_graph([helper.make_node("F", ["X"], ["Y"], domain="local")], "g", [_value("X")], [_value("Y")])
+    opsets = [helper.make_opsetid("", 20), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[function])
+    with pytest.raises(InvalidGraph, match="input 0 is required but has an empty name"):
+        _load(model)
