@@ -34,6 +34,7 @@ _TENSOR_ATTRS = (onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS)
 _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
 _arity_cache: dict[tuple[str, str, int], _Arity | None] = {}
 _UNRESOLVED = object()
+_MAX_OPSET_VERSION = 2**31 - 1  # onnx.defs takes a C int
 
 
 def validate_model(model: onnx.ModelProto) -> None:
@@ -41,6 +42,8 @@ def validate_model(model: onnx.ModelProto) -> None:
     opsets: dict[str, int] = {}
     for opset in model.opset_import:
         domain = _text(opset.domain, "opset domain")
+        if not 0 <= opset.version <= _MAX_OPSET_VERSION:
+            raise InvalidGraph(f"This is an invalid model. Opset version {opset.version} of domain '{domain}' is out of range.")
         opsets["" if domain == "ai.onnx" else domain] = opset.version
     _validate_graph(model.graph, frozenset(), opsets, {})
 
@@ -80,6 +83,7 @@ def _validate_graph(
     node_inputs: list[list[str]] = []
     node_outputs: list[list[str]] = []
     with_attributes: list[int] = []
+    arity_suspects: list[tuple[int, _Arity]] = []
     for index, node in enumerate(nodes):
         inputs, outputs = list(node.input), list(node.output)
         node_inputs.append(inputs)
@@ -93,7 +97,7 @@ def _validate_graph(
             or "" in inputs
             or "" in outputs
         ):
-            _check_arity(node, index, inputs, outputs, arity, opsets)
+            arity_suspects.append((index, arity))
         if node.attribute:
             with_attributes.append(index)
     outputs = [name for names in node_outputs for name in names if name != ""]
@@ -102,18 +106,21 @@ def _validate_graph(
         _raise_duplicate_output(nodes, node_outputs, defined)
     defined |= produced
     scope = defined | outer if outer else defined
-    used = set().union(*node_inputs)
-    used.discard("")
-    if not used <= scope:
-        _raise_undefined_input(nodes, node_inputs, scope, graph_name)
-    for index in with_attributes:
-        _check_attributes(nodes[index], index, scope, opsets, arities)
-
+    # onnxruntime's order (graph outputs, node inputs, then schemas), so a model with several
+    # faults gets the same error class.
     for info in graph.output:
         name = _text(info.name, f"output of graph '{graph_name}'")
         if name not in scope:
             raise Fail(f"This is an invalid model. Graph output ({name}) does not exist in the graph '{graph_name}'.")
         _check_declared_type(info.type, name)
+    used = set().union(*node_inputs)
+    used.discard("")
+    if not used <= scope:
+        _raise_undefined_input(nodes, node_inputs, scope, graph_name)
+    for index, arity in arity_suspects:
+        _check_arity(nodes[index], index, node_inputs[index], node_outputs[index], arity, opsets)
+    for index in with_attributes:
+        _check_attributes(nodes[index], index, scope, opsets, arities)
 
 
 def _raise_duplicate_output(nodes: Sequence[onnx.NodeProto], node_outputs: list[list[str]], defined: set[str]) -> NoReturn:

@@ -205,3 +205,20 @@ def test_bodies_of_model_local_functions_are_validated():
     model = helper.make_model(graph, opset_imports=opsets, functions=[function])
     with pytest.raises(InvalidGraph, match="input 0 is required but has an empty name"):
         _load(model)
+
+
+@pytest.mark.parametrize("version", [2**40, -5])
+def test_opset_version_out_of_range_is_a_typed_error(version):
+    model = _model([helper.make_node("Abs", ["X"], ["Y"])], [_value("X")], [_value("Y")], opset=version)
+    with pytest.raises(InvalidGraph, match=f"Opset version {version} of domain '' is out of range"):
+        _load(model)
+
+
+def test_faults_are_reported_in_onnxruntimes_order():
+    # An unproduced graph output (FAIL) is found before an undefined input, which is found
+    # before a schema violation, as onnxruntime orders them.
+    nodes = [helper.make_node("Abs", ["nowhere", "X"], ["Y"])]
+    with pytest.raises(Fail, match=r"Graph output \(Z\)"):
+        _load(_model(nodes, [_value("X")], [_value("Z")]))
+    with pytest.raises(InvalidGraph, match="Node input 'nowhere'"):
+        _load(_model(nodes, [_value("X")], [_value("Y")]))
