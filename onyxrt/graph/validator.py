@@ -16,6 +16,7 @@ classes and messages naming the node and value:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence, Set as AbstractSet
 from typing import NoReturn
 
@@ -30,9 +31,8 @@ _SINGLE = defs.OpSchema.FormalParameterOption.Single
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _TENSOR_ATTRS = (onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS)
 
-# (min count, max count, per-formal "is Single") for inputs and outputs; None where no schema.
+# (min count, max count, per-formal "is Single") for inputs, then the same for outputs.
 _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
-_arity_cache: dict[tuple[str, str, int], _Arity | None] = {}
 _UNRESOLVED = object()
 _MAX_OPSET_VERSION = 2**31 - 1  # onnx.defs takes a C int
 
@@ -182,7 +182,8 @@ def _resolve_arity(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> 
     op_type, domain = node.op_type, node.domain
     if type(op_type) is not str or type(domain) is not str:
         _raise_not_utf8(op_type if type(op_type) is not str else domain, f"op_type or domain of {_describe(node, index)}")
-    version = opsets.get("" if domain == "ai.onnx" else domain)
+    domain = "" if domain == "ai.onnx" else domain
+    version = opsets.get(domain)
     return None if version is None else _arity(op_type, domain, version)
 
 
@@ -211,23 +212,20 @@ def _check_arity(
                 )
 
 
+@functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
 def _arity(op_type: str, domain: str, version: int) -> _Arity | None:
-    key = (op_type, domain, version)
-    if key not in _arity_cache:
-        try:
-            schema = defs.get_schema(op_type, version, domain)
-        except defs.SchemaError:
-            _arity_cache[key] = None  # not an ONNX op (contrib/custom): its kernel checks its inputs
-        else:
-            _arity_cache[key] = (
-                schema.min_input,
-                schema.max_input,
-                tuple(p.option == _SINGLE for p in schema.inputs) or (False,),
-                schema.min_output,
-                schema.max_output,
-                tuple(p.option == _SINGLE for p in schema.outputs) or (False,),
-            )
-    return _arity_cache[key]
+    try:
+        schema = defs.get_schema(op_type, version, domain)
+    except defs.SchemaError:
+        return None  # not an ONNX op (contrib/custom): its kernel checks its inputs
+    return (
+        schema.min_input,
+        schema.max_input,
+        tuple(p.option == _SINGLE for p in schema.inputs) or (False,),
+        schema.min_output,
+        schema.max_output,
+        tuple(p.option == _SINGLE for p in schema.outputs) or (False,),
+    )
 
 
 def _check_tensor_data_type(tensor: onnx.TensorProto, what: str) -> None:

@@ -222,3 +222,9 @@ def test_faults_are_reported_in_onnxruntimes_order():
         _load(_model(nodes, [_value("X")], [_value("Z")]))
     with pytest.raises(InvalidGraph, match="Node input 'nowhere'"):
         _load(_model(nodes, [_value("X")], [_value("Y")]))
+
+
+def test_ai_onnx_domain_spelling_is_schema_checked():
+    model = _model([helper.make_node("Abs", [""], ["Y"], domain="ai.onnx")], [_value("X")], [_value("Y")])
+    with pytest.raises(InvalidGraph, match="input 0 is required"):
+        validate_model(model)
