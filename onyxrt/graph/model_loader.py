@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Union
 
 import onnx
+import onnx.inliner  # a submodule: "import onnx" alone does not load it
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
@@ -22,6 +23,7 @@ from ..errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .builder import all_graphs
 from .opsets import normalize_domain
 from .tensors import sparse_to_dense_proto
+from .validator import validate_model
 
 ModelSource = Union[str, bytes, os.PathLike, onnx.ModelProto]
 
@@ -138,11 +140,13 @@ def load_model(source: ModelSource) -> ir.Model:
     if not proto.HasField("graph"):
         raise InvalidGraph("Model has no graph")
     check_external_data_locations(proto, base_dir)
+    validate_model(proto)  # before native inlining/inference, which may crash on malformed graphs
     if proto.functions:
         try:
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as exc:  # noqa: BLE001
             raise InvalidGraph(f"Failed to inline model-local functions: {exc}") from None
+        validate_model(proto)  # the inlined function bodies
     if isinstance(source, onnx.ModelProto) and proto is source:
         proto = _copy(proto)  # inference adds value_info; never mutate the caller's proto
     _merge_inferred_types(proto, _inferred(proto))

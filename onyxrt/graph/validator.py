@@ -1,0 +1,273 @@
+"""Structural checks of a ModelProto, run before anything native or expensive reads it.
+
+ONNX shape inference and onnx_ir deserialization assume a well-formed graph: an undefined
+node input can crash inference (SIGSEGV), and malformed fields surface as internal
+exceptions. :func:`validate_model` rejects such models first, with onnxruntime's error
+classes and messages naming the node and value:
+
+- every node input is defined in scope (graph inputs, initializers, node outputs, outer
+  scopes for subgraphs; INVALID_GRAPH) and every graph output is produced (FAIL, as onnxruntime);
+- no value is defined twice by nodes or graph inputs (FAIL);
+- each node's input/output counts fit its ONNX schema at the model's opset, and no
+  required input or output is empty (INVALID_GRAPH);
+- names are valid UTF-8, tensor data types and declared element types are known ONNX
+  types (FAIL for tensors, INVALID_ARGUMENT for declared types, as onnxruntime).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence, Set as AbstractSet
+from typing import NoReturn
+
+import onnx
+from onnx import defs
+
+from ..errors import Fail, InvalidArgument, InvalidGraph
+
+_KNOWN_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+_DECLARABLE_ELEM_TYPES = frozenset(onnx.TensorProto.DataType.values())
+_SINGLE = defs.OpSchema.FormalParameterOption.Single
+_GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+_TENSOR_ATTRS = (onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS)
+
+# (min count, max count, per-formal "is Single") for inputs, then the same for outputs.
+_Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
+_UNRESOLVED = object()
+_MAX_OPSET_VERSION = 2**31 - 1  # onnx.defs takes a C int
+
+
+def validate_model(model: onnx.ModelProto) -> None:
+    """Raise a typed onyxrt error if ``model``'s graph is structurally invalid (see module docstring)."""
+    opsets: dict[str, int] = {}
+    for opset in model.opset_import:
+        domain = _text(opset.domain, "opset domain")
+        if not 0 <= opset.version <= _MAX_OPSET_VERSION:
+            raise InvalidGraph(f"This is an invalid model. Opset version {opset.version} of domain '{domain}' is out of range.")
+        opsets["" if domain == "ai.onnx" else domain] = opset.version
+    _validate_graph(model.graph, frozenset(), opsets, {})
+
+
+def _validate_graph(
+    graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dict[str, int], arities: dict[tuple[str, str], _Arity | None]
+) -> None:
+    """Check ``graph``; ``outer`` holds the names its enclosing graphs define (captures).
+
+    ``arities`` caches, for this model's opsets, each (op_type, domain)'s schema arity.
+    """
+    graph_name = _text(graph.name, "graph name")
+    defined: set[str] = set()
+    for info in graph.input:
+        name = _text(info.name, f"input of graph '{graph_name}'")
+        if name in defined:
+            raise Fail(f"Error: Duplicate definition-site for ({name}) in graph '{graph_name}'.")
+        defined.add(name)
+        _check_declared_type(info.type, name)
+    initializer_names = set()
+    for tensor in graph.initializer:
+        name = _text(tensor.name, f"initializer of graph '{graph_name}'")
+        _check_tensor_data_type(tensor, f"initializer '{name}'")
+        initializer_names.add(name)
+    for sparse in graph.sparse_initializer:
+        name = _text(sparse.values.name, f"sparse initializer of graph '{graph_name}'")
+        _check_tensor_data_type(sparse.values, f"sparse initializer '{name}'")
+        initializer_names.add(name)
+    for info in graph.value_info:
+        _check_declared_type(info.type, _text(info.name, f"value_info of graph '{graph_name}'"))
+    # A graph input may share its name with an initializer (the initializer is its default).
+    defined |= initializer_names
+
+    # One pass reads each node's fields once (protobuf field access dominates the cost); the
+    # checks then run on plain lists and sets, and a node is located only to word an error.
+    nodes = graph.node
+    node_inputs: list[list[str]] = []
+    node_outputs: list[list[str]] = []
+    with_attributes: list[int] = []
+    arity_suspects: list[tuple[int, _Arity]] = []
+    for index, node in enumerate(nodes):
+        inputs, outputs = list(node.input), list(node.output)
+        node_inputs.append(inputs)
+        node_outputs.append(outputs)
+        key = (node.op_type, node.domain)
+        arity = arities.get(key, _UNRESOLVED)
+        if arity is _UNRESOLVED:
+            arity = arities[key] = _resolve_arity(node, index, opsets)
+        if arity is not None and (
+            not (arity[0] <= len(inputs) <= arity[1] and arity[3] <= len(outputs) <= arity[4])
+            or "" in inputs
+            or "" in outputs
+        ):
+            arity_suspects.append((index, arity))
+        if node.attribute:
+            with_attributes.append(index)
+    outputs = [name for names in node_outputs for name in names if name != ""]
+    produced = set(outputs)
+    if len(produced) != len(outputs) or not produced.isdisjoint(defined):
+        _raise_duplicate_output(nodes, node_outputs, defined)
+    defined |= produced
+    scope = defined | outer if outer else defined
+    # onnxruntime's order (graph outputs, node inputs, then schemas), so a model with several
+    # faults gets the same error class.
+    for info in graph.output:
+        name = _text(info.name, f"output of graph '{graph_name}'")
+        if name not in scope:
+            raise Fail(f"This is an invalid model. Graph output ({name}) does not exist in the graph '{graph_name}'.")
+        _check_declared_type(info.type, name)
+    used = set().union(*node_inputs)
+    used.discard("")
+    if not used <= scope:
+        _raise_undefined_input(nodes, node_inputs, scope, graph_name)
+    for index, arity in arity_suspects:
+        _check_arity(nodes[index], index, node_inputs[index], node_outputs[index], arity, opsets)
+    for index in with_attributes:
+        _check_attributes(nodes[index], index, scope, opsets, arities)
+
+
+def _raise_duplicate_output(nodes: Sequence[onnx.NodeProto], node_outputs: list[list[str]], defined: set[str]) -> NoReturn:
+    seen = set(defined)
+    for index, names in enumerate(node_outputs):
+        for name in names:
+            if type(name) is not str:
+                _raise_not_utf8(name, f"output of {_describe(nodes[index], index)}")
+            if name in seen:
+                raise Fail(
+                    f"This is an invalid model. Error: Duplicate definition of name ({name}): "
+                    f"{_describe(nodes[index], index)} redefines it."
+                )
+            if name:
+                seen.add(name)
+    raise AssertionError("no duplicate output found")  # pragma: no cover - caller saw one
+
+
+def _raise_undefined_input(
+    nodes: Sequence[onnx.NodeProto], node_inputs: list[list[str]], scope: AbstractSet[str], graph_name: str
+) -> NoReturn:
+    for index, names in enumerate(node_inputs):
+        for position, name in enumerate(names):
+            if type(name) is not str:
+                _raise_not_utf8(name, f"input {position} of {_describe(nodes[index], index)}")
+            if name and name not in scope:
+                # onnxruntime says INVALID_ARGUMENT in the main graph, INVALID_GRAPH in a subgraph;
+                # onyxrt's API promises InvalidGraph for both (tests/unit/test_session_api.py).
+                raise InvalidGraph(
+                    f"Invalid model. Node input '{name}' of {_describe(nodes[index], index)} in graph "
+                    f"'{graph_name}' is not a graph input, initializer, or output of a node in scope."
+                )
+    raise AssertionError("no undefined input found")  # pragma: no cover - caller saw one
+
+
+def _check_attributes(
+    node: onnx.NodeProto,
+    index: int,
+    scope: AbstractSet[str],
+    opsets: dict[str, int],
+    arities: dict[tuple[str, str], _Arity | None],
+) -> None:
+    for attr in node.attribute:
+        if type(attr.name) is not str:
+            _raise_not_utf8(attr.name, f"attribute name of {_describe(node, index)}")
+        if attr.type in _GRAPH_ATTRS:
+            subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
+            for subgraph in subgraphs:
+                _validate_graph(subgraph, scope, opsets, arities)
+        elif attr.type in _TENSOR_ATTRS:
+            tensors = [attr.t] if attr.type == onnx.AttributeProto.TENSOR else attr.tensors
+            for tensor in tensors:
+                if tensor.data_type not in _KNOWN_DATA_TYPES:
+                    _check_tensor_data_type(tensor, f"attribute '{attr.name}' of {_describe(node, index)}")
+
+
+def _resolve_arity(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> _Arity | None:
+    """The arity of ``node``'s schema at the model's opset; None for ops without an ONNX schema."""
+    op_type, domain = node.op_type, node.domain
+    if type(op_type) is not str or type(domain) is not str:
+        _raise_not_utf8(op_type if type(op_type) is not str else domain, f"op_type or domain of {_describe(node, index)}")
+    domain = "" if domain == "ai.onnx" else domain
+    version = opsets.get(domain)
+    return None if version is None else _arity(op_type, domain, version)
+
+
+def _check_arity(
+    node: onnx.NodeProto, index: int, inputs: list[str], outputs: list[str], arity: _Arity, opsets: dict[str, int]
+) -> None:
+    """Input/output counts and required (Single) slots against the node's schema ``arity``."""
+    min_in, max_in, single_in, min_out, max_out, single_out = arity
+    op_type, domain = node.op_type, node.domain
+    version = opsets.get("" if domain == "ai.onnx" else domain)
+    for kind, names, low, high, single in (
+        ("input", inputs, min_in, max_in, single_in),
+        ("output", outputs, min_out, max_out, single_out),
+    ):
+        count = len(names)
+        if not low <= count <= high:
+            raise InvalidGraph(
+                f"This is an invalid model. {_describe(node, index)} has {kind} size {count} not in range "
+                f"[min={low}, max={high}] of its schema ({op_type}, opset {version})."
+            )
+        for position, name in enumerate(names):
+            if not name and single[min(position, len(single) - 1)]:
+                raise InvalidGraph(
+                    f"This is an invalid model. {_describe(node, index)}'s {kind} {position} is required "
+                    "but has an empty name."
+                )
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
+def _arity(op_type: str, domain: str, version: int) -> _Arity | None:
+    try:
+        schema = defs.get_schema(op_type, version, domain)
+    except defs.SchemaError:
+        return None  # not an ONNX op (contrib/custom): its kernel checks its inputs
+    return (
+        schema.min_input,
+        schema.max_input,
+        tuple(p.option == _SINGLE for p in schema.inputs) or (False,),
+        schema.min_output,
+        schema.max_output,
+        tuple(p.option == _SINGLE for p in schema.outputs) or (False,),
+    )
+
+
+def _check_tensor_data_type(tensor: onnx.TensorProto, what: str) -> None:
+    if tensor.data_type not in _KNOWN_DATA_TYPES:
+        raise Fail(f"This is an invalid model. {what} has an invalid tensor data type {tensor.data_type}.")
+
+
+def _check_declared_type(type_proto: onnx.TypeProto, value_name: str) -> None:
+    for elem_type in _elem_types(type_proto):
+        if elem_type not in _DECLARABLE_ELEM_TYPES:
+            raise InvalidArgument(
+                f"Failed to load model with error: Invalid tensor data type {elem_type} declared for value '{value_name}'."
+            )
+
+
+def _elem_types(type_proto: onnx.TypeProto) -> Iterable[int]:
+    kind = type_proto.WhichOneof("value")
+    if kind == "tensor_type":
+        yield type_proto.tensor_type.elem_type
+    elif kind == "sparse_tensor_type":
+        yield type_proto.sparse_tensor_type.elem_type
+    elif kind == "sequence_type":
+        yield from _elem_types(type_proto.sequence_type.elem_type)
+    elif kind == "optional_type":
+        yield from _elem_types(type_proto.optional_type.elem_type)
+    elif kind == "map_type":
+        yield type_proto.map_type.key_type
+        yield from _elem_types(type_proto.map_type.value_type)
+
+
+def _text(value: str | bytes, what: str) -> str:
+    """``value`` as a str; protobuf hands back bytes for strings that are not valid UTF-8."""
+    if isinstance(value, str):
+        return value
+    _raise_not_utf8(value, what)
+
+
+def _raise_not_utf8(value: bytes, what: str) -> NoReturn:
+    raise InvalidGraph(f"This is an invalid model. The {what} is not valid UTF-8: {value!r}")
+
+
+def _describe(node: onnx.NodeProto, index: int) -> str:
+    op_type = node.op_type if isinstance(node.op_type, str) else repr(node.op_type)
+    name = node.name if isinstance(node.name, str) else repr(node.name)
+    return f"node {index} ('{name}', {op_type})"

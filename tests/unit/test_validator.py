@@ -1,0 +1,230 @@
+"""Load-time structural validation (issue 7, defects 1, 6 and 7): bad graphs fail at load, typed."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import onyxrt as ort
+from onyxrt.errors import Fail, InvalidArgument, InvalidGraph
+from onyxrt.graph.validator import validate_model
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=20) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _value(name: str, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, [3])
+
+
+def _load(model: onnx.ModelProto | bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model if isinstance(model, bytes) else model.SerializeToString())
+
+
+def _if_model(then_nodes, then_outputs) -> onnx.ModelProto:
+    then_branch = helper.make_graph(then_nodes, "then", [], then_outputs)
+    else_branch = helper.make_graph([helper.make_node("Identity", ["X"], ["b"])], "else", [], [_value("b")])
+    node = helper.make_node("If", ["C"], ["Y"], then_branch=then_branch, else_branch=else_branch)
+    return _model([node], [_value("X"), helper.make_tensor_value_info("C", TensorProto.BOOL, [])], [_value("Y")])
+
+
+def test_undefined_node_input_is_rejected_before_shape_inference():
+    # onnx shape inference segfaulted on this model (defect 1).
+    node = helper.make_node("RegexFullMatch", ["missing"], ["Y"], pattern="a", name="match")
+    model = _model([node], [], [_value("Y", TensorProto.BOOL)])
+    with pytest.raises(InvalidGraph, match=r"'missing' of node 0 \('match', RegexFullMatch\)"):
+        _load(model)
+
+
+def test_undefined_input_inside_a_subgraph_is_rejected():
+    model = _if_model([helper.make_node("Identity", ["nowhere"], ["a"])], [_value("a")])
+    with pytest.raises(InvalidGraph, match="'nowhere'.*graph 'then'"):
+        _load(model)
+
+
+def test_subgraph_may_capture_an_outer_value_defined_by_a_later_node():
+    model = _if_model([helper.make_node("Identity", ["L"], ["a"])], [_value("a")])
+    model.graph.node.append(helper.make_node("Neg", ["X"], ["L"]))
+    session = _load(model)
+    x = np.array([1.0, -2.0, 3.0], np.float32)
+    (y,) = session.run(None, {"X": x, "C": np.array(True)})
+    np.testing.assert_array_equal(y, -x)
+
+
+def test_subgraph_output_that_is_not_defined_is_rejected():
+    model = _if_model([], [_value("nowhere")])
+    with pytest.raises(Fail, match=r"Graph output \(nowhere\) does not exist in the graph 'then'"):
+        _load(model)
+
+
+def test_graph_output_that_no_node_produces_is_rejected():
+    model = _model([helper.make_node("Abs", ["X"], ["Y"])], [_value("X")], [_value("Z")])
+    with pytest.raises(Fail, match=r"Graph output \(Z\)"):
+        _load(model)
+
+
+def test_graph_output_may_be_a_graph_input():
+    (y,) = _load(_model([], [_value("X")], [_value("X")])).run(None, {"X": np.ones(3, np.float32)})
+    np.testing.assert_array_equal(y, np.ones(3, np.float32))
+
+
+@pytest.mark.parametrize(
+    "nodes, inputs",
+    [
+        ([helper.make_node("Abs", ["X"], ["Y"]), helper.make_node("Neg", ["X"], ["Y"], name="again")], ["X"]),
+        ([helper.make_node("Abs", ["X"], ["X"], name="again")], ["X"]),
+    ],
+    ids=["two nodes", "node redefines a graph input"],
+)
+def test_value_defined_twice_is_rejected(nodes, inputs):
+    model = _model(nodes, [_value(i) for i in inputs], [_value(nodes[0].output[0])])
+    with pytest.raises(Fail, match=r"Duplicate definition of name .*'again'"):
+        _load(model)
+
+
+def test_graph_input_listed_twice_is_rejected():
+    model = _model([helper.make_node("Abs", ["X"], ["Y"])], [_value("X"), _value("X")], [_value("Y")])
+    with pytest.raises(Fail, match=r"Duplicate definition-site for \(X\)"):
+        _load(model)
+
+
+def test_initializer_may_share_its_name_with_a_graph_input():
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [3], [1, 2, 3])
+    model = _model([helper.make_node("Add", ["X", "W"], ["Y"])], [_value("X"), _value("W")], [_value("Y")], [weight])
+    (y,) = _load(model).run(None, {"X": np.zeros(3, np.float32)})
+    np.testing.assert_array_equal(y, [1, 2, 3])
+
+
+def test_empty_name_for_a_required_input_is_rejected_at_load():
+    # Defect 6: this loaded and failed at run with an AttributeError in the message.
+    model = _model([helper.make_node("Abs", [""], ["Y"], name="abs")], [_value("X")], [_value("Y")])
+    with pytest.raises(InvalidGraph, match=r"node 0 \('abs', Abs\)'s input 0 is required but has an empty name"):
+        _load(model)
+
+
+def test_empty_name_for_a_required_output_is_rejected_at_load():
+    model = _model([helper.make_node("Abs", ["X"], [""])], [_value("X")], [_value("X")])
+    with pytest.raises(InvalidGraph, match="output 0 is required"):
+        _load(model)
+
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        (helper.make_node("Identity", [], ["Y"]), r"input size 0 not in range \[min=1, max=1\].*Identity, opset 20"),
+        (helper.make_node("Abs", ["X", "X"], ["Y"]), r"input size 2 not in range \[min=1, max=1\]"),
+        (helper.make_node("Abs", ["X"], ["Y", "Z"]), r"output size 2 not in range \[min=1, max=1\]"),
+    ],
+    ids=["Identity without inputs", "too many inputs", "too many outputs"],
+)
+def test_input_and_output_counts_are_checked_against_the_schema(node, message):
+    # Identity without inputs raised IndexError in identity elimination (defect 7).
+    with pytest.raises(InvalidGraph, match=message):
+        _load(_model([node], [_value("X")], [_value("Y")]))
+
+
+def test_trailing_empty_optional_inputs_are_accepted():
+    model = _model([helper.make_node("Clip", ["X", "", ""], ["Y"])], [_value("X")], [_value("Y")])
+    (y,) = _load(model).run(None, {"X": np.array([-1, 0, 1], np.float32)})
+    np.testing.assert_array_equal(y, [-1, 0, 1])
+
+
+def test_variadic_inputs_are_accepted():
+    model = _model([helper.make_node("Sum", ["X", "X", "X"], ["Y"])], [_value("X")], [_value("Y")])
+    (y,) = _load(model).run(None, {"X": np.ones(3, np.float32)})
+    np.testing.assert_array_equal(y, [3, 3, 3])
+
+
+def test_ops_without_an_onnx_schema_are_not_count_checked():
+    node = helper.make_node("MyOp", ["X", "", "X"], ["Y", ""], domain="my.domain")
+    model = _model([node], [_value("X")], [_value("Y")])
+    model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    validate_model(model)
+
+
+def test_initializer_with_an_unknown_data_type_is_a_typed_error():
+    # Defect 7: a KeyError surfaced from deserialization.
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [3], [1, 2, 3])
+    model = _model([helper.make_node("Add", ["X", "W"], ["Y"])], [_value("X")], [_value("Y")], [weight])
+    model.graph.initializer[0].data_type = 99
+    with pytest.raises(Fail, match="initializer 'W' has an invalid tensor data type 99"):
+        _load(model)
+
+
+def test_tensor_attribute_with_an_unknown_data_type_names_the_node():
+    value = helper.make_tensor("v", TensorProto.FLOAT, [3], [1, 2, 3])
+    model = _model([helper.make_node("Constant", [], ["Y"], value=value, name="const")], [], [_value("Y")])
+    model.graph.node[0].attribute[0].t.data_type = 99
+    with pytest.raises(Fail, match=r"attribute 'value' of node 0 \('const', Constant\) has an invalid tensor data type 99"):
+        _load(model)
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_declared_element_type_that_is_unknown_is_a_typed_error(where):
+    # Defect 7: protobuf raised a ValueError for the graph input.
+    model = _model([helper.make_node("Abs", ["X"], ["Y"])], [_value("X")], [_value("Y")])
+    info = model.graph.input[0] if where == "input" else model.graph.output[0]
+    info.type.tensor_type.elem_type = 99
+    with pytest.raises(InvalidArgument, match=f"Invalid tensor data type 99 declared for value '{info.name}'"):
+        _load(model)
+
+
+def test_op_type_that_is_not_utf8_is_a_typed_error():
+    # Defect 7: a pybind TypeError surfaced from the schema lookup.
+    model = _model([helper.make_node("Abs", ["X"], ["Y"], name="abs")], [_value("X")], [_value("Y")])
+    data = model.SerializeToString()
+    assert data.count(b"Abs") == 1
+    with pytest.raises(InvalidGraph, match=r"op_type or domain of node 0 \('abs', b'A\\xffs'\) is not valid UTF-8"):
+        _load(data.replace(b"Abs", b"A\xffs"))
+
+
+def test_input_name_that_is_not_utf8_is_a_typed_error():
+    model = _model([helper.make_node("Abs", ["Xq"], ["Y"], name="abs")], [_value("Xq")], [_value("Y")])
+    data = model.SerializeToString()
+    with pytest.raises(InvalidGraph, match="not valid UTF-8"):
+        _load(data.replace(b"Xq", b"X\xff"))
+
+
+def test_attribute_name_that_is_not_utf8_names_the_node():
+    node = helper.make_node("Transpose", ["X"], ["Y"], name="transpose", perm=[0])
+    data = _model([node], [_value("X")], [_value("Y")]).SerializeToString()
+    assert data.count(b"perm") == 1
+    with pytest.raises(InvalidGraph, match=r"attribute name of node 0 \('transpose', Transpose\) is not valid UTF-8"):
+        _load(data.replace(b"perm", b"pe\xffm"))
+
+
+def test_bodies_of_model_local_functions_are_validated():
+    body = [helper.make_node("Abs", [""], ["b"], name="inner")]
+    function = helper.make_function("local", "F", ["a"], ["b"], body, [helper.make_opsetid("", 20)])
+    graph = helper.make_graph([helper.make_node("F", ["X"], ["Y"], domain="local")], "g", [_value("X")], [_value("Y")])
+    opsets = [helper.make_opsetid("", 20), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=[function])
+    with pytest.raises(InvalidGraph, match="input 0 is required but has an empty name"):
+        _load(model)
+
+
+@pytest.mark.parametrize("version", [2**40, -5])
+def test_opset_version_out_of_range_is_a_typed_error(version):
+    model = _model([helper.make_node("Abs", ["X"], ["Y"])], [_value("X")], [_value("Y")], opset=version)
+    with pytest.raises(InvalidGraph, match=f"Opset version {version} of domain '' is out of range"):
+        _load(model)
+
+
+def test_faults_are_reported_in_onnxruntimes_order():
+    # An unproduced graph output (FAIL) is found before an undefined input, which is found
+    # before a schema violation, as onnxruntime orders them.
+    nodes = [helper.make_node("Abs", ["nowhere", "X"], ["Y"])]
+    with pytest.raises(Fail, match=r"Graph output \(Z\)"):
+        _load(_model(nodes, [_value("X")], [_value("Z")]))
+    with pytest.raises(InvalidGraph, match="Node input 'nowhere'"):
+        _load(_model(nodes, [_value("X")], [_value("Y")]))
+
+
+def test_ai_onnx_domain_spelling_is_schema_checked():
+    model = _model([helper.make_node("Abs", [""], ["Y"], domain="ai.onnx")], [_value("X")], [_value("Y")])
+    with pytest.raises(InvalidGraph, match="input 0 is required"):
+        validate_model(model)
