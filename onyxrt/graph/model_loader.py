@@ -181,7 +181,23 @@ def model_from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> ir.
     for graph in all_graphs(model.graph):
         for node in graph:
             node.domain = normalize_domain(node.domain)
+        _forget_negative_dims(graph)
     return model
+
+
+def _forget_negative_dims(graph: ir.Graph) -> None:
+    """Negative declared dims (converters write -1 for dynamic) become unknown, as onnxruntime reads them.
+
+    Left as ints, passes would take them for static dims (Shape folded to [-1, ...]).
+    """
+    values = [*graph.inputs, *graph.outputs, *(value for node in graph for value in node.outputs)]
+    for value in values:
+        shape = value.shape
+        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape.dims):
+            value.shape = ir.Shape(
+                [ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in shape.dims],
+                denotations=[shape.get_denotation(i) for i in range(len(shape.dims))],
+            )
 
 
 def _densify_sparse(proto: onnx.ModelProto, base_dir: str | None) -> list[str]:

@@ -45,11 +45,12 @@ def validate_model(model: onnx.ModelProto) -> None:
         if not 0 <= opset.version <= _MAX_OPSET_VERSION:
             raise InvalidGraph(f"This is an invalid model. Opset version {opset.version} of domain '{domain}' is out of range.")
         opsets["" if domain == "ai.onnx" else domain] = opset.version
-    _validate_graph(model.graph, frozenset(), opsets, {})
+    _validate_graph(model.graph, frozenset(), opsets, {}, main=True)
 
 
 def _validate_graph(
-    graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dict[str, int], arities: dict[tuple[str, str], _Arity | None]
+    graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dict[str, int], arities: dict[tuple[str, str], _Arity | None],
+    main: bool = False,
 ) -> None:
     """Check ``graph``; ``outer`` holds the names its enclosing graphs define (captures).
 
@@ -116,7 +117,7 @@ def _validate_graph(
     used = set().union(*node_inputs)
     used.discard("")
     if not used <= scope:
-        _raise_undefined_input(nodes, node_inputs, scope, graph_name)
+        _raise_undefined_input(nodes, node_inputs, scope, graph_name, main)
     for index, arity in arity_suspects:
         _check_arity(nodes[index], index, node_inputs[index], node_outputs[index], arity, opsets)
     for index in with_attributes:
@@ -140,16 +141,16 @@ def _raise_duplicate_output(nodes: Sequence[onnx.NodeProto], node_outputs: list[
 
 
 def _raise_undefined_input(
-    nodes: Sequence[onnx.NodeProto], node_inputs: list[list[str]], scope: AbstractSet[str], graph_name: str
+    nodes: Sequence[onnx.NodeProto], node_inputs: list[list[str]], scope: AbstractSet[str], graph_name: str,
+    main: bool,
 ) -> NoReturn:
     for index, names in enumerate(node_inputs):
         for position, name in enumerate(names):
             if type(name) is not str:
                 _raise_not_utf8(name, f"input {position} of {_describe(nodes[index], index)}")
             if name and name not in scope:
-                # onnxruntime says INVALID_ARGUMENT in the main graph, INVALID_GRAPH in a subgraph;
-                # onyxrt's API promises InvalidGraph for both (tests/unit/test_session_api.py).
-                raise InvalidGraph(
+                # onnxruntime's classes: INVALID_ARGUMENT in the main graph, INVALID_GRAPH in a subgraph
+                raise (InvalidArgument if main else InvalidGraph)(
                     f"Invalid model. Node input '{name}' of {_describe(nodes[index], index)} in graph "
                     f"'{graph_name}' is not a graph input, initializer, or output of a node in scope."
                 )

@@ -131,27 +131,6 @@ class _InputSpec:
                 )
 
 
-def _forget_negative_dims(graph: ir.Graph) -> None:
-    """Negative declared dims (converters write -1 for dynamic) become unknown, as onnxruntime reads them.
-
-    Left as ints, the optimizer would take them for static dims (Shape folded to [-1, ...]).
-    """
-    values = list(graph.inputs) + list(graph.outputs)
-    for node in ir.traversal.RecursiveGraphIterator(graph):
-        values.extend(node.outputs)
-        for attribute in node.attributes.values():
-            for sub in attribute.value if attribute.type == ir.AttributeType.GRAPHS else [attribute.value]:
-                if isinstance(sub, ir.Graph):
-                    values.extend(sub.inputs)
-    for value in values:
-        shape = value.shape
-        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape.dims):
-            value.shape = ir.Shape(
-                [ir.SymbolicDim(None) if isinstance(d, int) and d < 0 else d for d in shape.dims],
-                denotations=[shape.get_denotation(i) for i in range(len(shape.dims))],
-            )
-
-
 class InferenceSession:
     """Loads a model once and runs it; the same constructor and methods as ``onnxruntime.InferenceSession``."""
 
@@ -177,7 +156,6 @@ class InferenceSession:
         self._providers = create_providers(normalized)
 
         model = load_model(path_or_bytes)
-        _forget_negative_dims(model.graph)
         self._apply_initializer_overrides(model)
         self._apply_free_dimension_overrides(model)
         self._describe(model)
