@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from ..graph.attributes import attribute_value
+from ..optimizer import ConstantEvaluator
 from ..providers.base import ExecutionProvider
-
-ConstantEvaluator = Callable[[ir.Node, int, list[Any]], "list[Any] | None"]
 
 
 def provider_evaluator(provider: ExecutionProvider) -> ConstantEvaluator:

@@ -19,9 +19,9 @@ from typing import Mapping, Sequence
 import onnx_ir as ir
 
 from ..errors import EPFail, NotImplemented as OrtNotImplemented
-from ..graph.builder import subgraphs
+from ..graph.builder import nodes_inside, reads, subgraphs
 from ..graph.opsets import describe, opset_for
-from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned, outer_reads
+from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned
 
 # The key of ``node.meta`` holding a fused node's NodeGroup (its nodes in their body graph).
 FUSED_GROUP = "fused_group"
@@ -101,8 +101,8 @@ def _acyclic_parts(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.No
         if not stage and node not in members:
             continue  # before the group's first node
         reached = 0
-        for value in [*node.inputs, *outer_reads(node)]:
-            producer = value.producer() if value is not None else None
+        for value in reads(node):
+            producer = value.producer()
             if producer is None or producer not in stage:
                 continue
             passed = stage[producer] + 1 if producer in members and node not in members else stage[producer]
@@ -117,7 +117,7 @@ def _acyclic_parts(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.No
 def _fuse(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> ir.Node:
     """Replace ``group``'s nodes in ``graph`` by one node whose body graph holds them."""
     members = set(group.nodes)
-    inner = members.union(*(_nodes_inside(node) for node in group.nodes))
+    inner = members.union(*(nodes_inside(node) for node in group.nodes))
     fused = ir.Node(FUSED_DOMAIN, provider.name, group.inputs, num_outputs=len(group.outputs))
     _insert_in_order(graph, group.nodes, fused)
     graph.remove(group.nodes)
@@ -164,15 +164,11 @@ def _insert_in_order(graph: ir.Graph, nodes: Sequence[ir.Node], fused: ir.Node) 
         if node in members:
             remaining -= 1
             produced_by_group.update(node.outputs)
-        elif produced_by_group and any(v in produced_by_group for v in [*node.inputs, *outer_reads(node)]):
+        elif produced_by_group and any(v in produced_by_group for v in reads(node)):
             movers.append(node)
             produced_by_group.update(node.outputs)
     graph.insert_after(nodes[-1], fused)
     if movers:
         graph.remove(movers)
         graph.insert_after(fused, movers)
-
-
-def _nodes_inside(node: ir.Node) -> list[ir.Node]:
-    return [inner for subgraph in subgraphs(node) for inner in subgraph.all_nodes()]
 

@@ -67,6 +67,11 @@ def reads(node: ir.Node) -> list[ir.Value]:
     return values
 
 
+def nodes_inside(node: ir.Node) -> list[ir.Node]:
+    """Every node of ``node``'s subgraph attributes, recursively."""
+    return [inner for sub in subgraphs(node) for inner in sub.all_nodes()]
+
+
 def names_in(graph: ir.Graph) -> set[str]:
     """The names of every value and node of ``graph`` and the graphs nested in it."""
     names: set[str] = set()
@@ -230,6 +235,7 @@ __all__ = [
     "captured_values",
     "has_subgraphs",
     "names_in",
+    "nodes_inside",
     "reads",
     "replace_node",
     "subgraphs",

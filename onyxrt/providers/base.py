@@ -29,7 +29,7 @@ import onnx_ir as ir
 from ..errors import NotImplemented as OrtNotImplemented
 from ..framework.device import DataTransfer, Device, HostDataTransfer, data_transfer_for
 from ..graph.attributes import attribute_value
-from ..graph.builder import captured_values, subgraphs
+from ..graph.builder import nodes_inside, reads
 from ..graph.opsets import describe, opset_for
 from ..graph.tensors import constant_array
 
@@ -63,35 +63,19 @@ class NodeGroup:
         """The group of ``nodes`` (in topological order) with its border values computed from the graph."""
         nodes = list(nodes)
         # a read from inside a member's subgraph is a read by that member
-        members = set(nodes).union(*(_nodes_inside(node) for node in nodes))
+        members = set(nodes).union(*(nodes_inside(node) for node in nodes))
         produced: set[ir.Value] = set()
         inputs: dict[ir.Value, None] = {}
         outputs: list[ir.Value] = []
         for node in nodes:
-            for value in [*node.inputs, *outer_reads(node)]:
-                if value is not None and value not in produced:
+            for value in reads(node):
+                if value not in produced:
                     inputs.setdefault(value)
             for value in node.outputs:
                 produced.add(value)
                 if value.is_graph_output() or any(user not in members for user, _ in value.uses()):
                     outputs.append(value)
         return cls(nodes, list(inputs), outputs, opset_imports, fused)
-
-
-def outer_reads(node: ir.Node) -> list[ir.Value]:
-    """Values the node's subgraph attributes read from outside themselves (its implicit inputs)."""
-    if not node.attributes:
-        return []
-    reads: dict[ir.Value, None] = {}
-    for graph in subgraphs(node):
-        reads.update(dict.fromkeys(captured_values(graph)))
-    return list(reads)
-
-
-def _nodes_inside(node: ir.Node) -> Iterable[ir.Node]:
-    """Every node of ``node``'s subgraph attributes, recursively."""
-    for graph in subgraphs(node):
-        yield from graph.all_nodes()
 
 
 def is_assigned(node: ir.Node) -> bool:
@@ -133,7 +117,7 @@ class ExecutionProvider:
         (whose border is simply the node's inputs and outputs).
         """
         return [
-            NodeGroup([node], [v for v in dict.fromkeys([*node.inputs, *outer_reads(node)]) if v is not None],
+            NodeGroup([node], list(dict.fromkeys(reads(node))),
                       list(node.outputs), opset_imports, fused=False)
             for node in graph
             if not is_assigned(node) and self.can_run(node, opset_for(node, opset_imports))
