@@ -110,13 +110,9 @@ def main() -> int:
             f"| {case} | {b['create_s']:.2f} | {a['create_s']:.2f} | {b['times_ms']:.2f} | {a['times_ms']:.2f} "
             f"| {b['peak_bytes'] / 2**20:.1f} | {a['peak_bytes'] / 2**20:.1f} |"
         )
-    from latency import _cpu_name
+    from latency import write_table
 
-    lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({_cpu_name()})."]
-    table = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(table)
-    print(table)
+    write_table(lines, args.out)
     return 0
 
 

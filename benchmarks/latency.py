@@ -129,12 +129,17 @@ def main() -> int:
         "|---|---|---|---|",
     ]
     lines += [f"| {case} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |" for case, ours, theirs in rows]
-    lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({_cpu_name()})."]
-    table = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(table)
-    print(table)
+    write_table(lines, args.out)
     return 0
+
+
+def write_table(lines: list[str], out: str | None) -> None:
+    """Print the markdown ``lines`` with the date and machine appended; also write them to ``out``."""
+    lines = lines + ["", f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({_cpu_name()})."]
+    table = "\n".join(lines) + "\n"
+    if out:
+        Path(out).write_text(table)
+    print(table)
 
 
 def _cpu_name() -> str:
