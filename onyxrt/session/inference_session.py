@@ -296,7 +296,7 @@ class InferenceSession:
                  run_options: RunOptions | None = None) -> list[Any]:
         """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``."""
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
-        # kernels see run_options (terminate) through session_options.check_terminate
+        # kernels see run_options (terminate) through framework.run_context.check_terminate
         with np.errstate(all="ignore"), self._thread_pool.activate(), active_run_options(run_options):
             if not self._profiling:
                 return self._plan.run(inputs, targets=targets)
