@@ -31,6 +31,10 @@ ModelSource = Union[str, bytes, os.PathLike, onnx.ModelProto]
 # graph inputs instead): inference serializes the whole model, and only small
 # tensors (shapes, axes) carry information it needs.
 _INFERENCE_INLINE_LIMIT = 1024
+# Declared dims above this are hidden from shape inference (made symbolic): some of onnx's
+# inference functions allocate in proportion to a declared dim (a Slice whose `axes` input is
+# declared [2**31-1] took 12.9 GB), and no shape-like vector is anywhere near this long.
+_INFERENCE_DIM_LIMIT = 1 << 20
 
 
 def read_model_proto(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
@@ -107,10 +111,35 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
                 graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
         else:
             graph.initializer.append(tensor)
+    _bound_declared_dims(graph)
     try:
         return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
         return light
+
+
+def _bound_declared_dims(graph: onnx.GraphProto) -> None:
+    """Make declared dims above ``_INFERENCE_DIM_LIMIT`` symbolic, in ``graph`` and its subgraphs."""
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        for dim in _declared_dims(info.type):
+            if dim.HasField("dim_value") and dim.dim_value > _INFERENCE_DIM_LIMIT:
+                dim.dim_param = f"onyxrt_large_dim_{dim.dim_value}"
+    for node in graph.node:
+        for attr in node.attribute:
+            for subgraph in (attr.g,) if attr.HasField("g") else attr.graphs:
+                _bound_declared_dims(subgraph)
+
+
+def _declared_dims(type_proto: onnx.TypeProto):
+    kind = type_proto.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        yield from getattr(type_proto, kind).shape.dim
+    elif kind == "sequence_type":
+        yield from _declared_dims(type_proto.sequence_type.elem_type)
+    elif kind == "optional_type":
+        yield from _declared_dims(type_proto.optional_type.elem_type)
+    elif kind == "map_type":
+        yield from _declared_dims(type_proto.map_type.value_type)
 
 
 def _numel(tensor: onnx.TensorProto) -> int:
