@@ -71,12 +71,31 @@ class ModelRequiresCompilation(OnyxRuntimeError):
     code, status_name = 13, "MODEL_REQUIRES_COMPILATION"
 
 
+class NodeInputError(ValueError):
+    """Raised by a kernel that refuses its inputs or attributes (a type, shape or value it cannot take).
+
+    The session reports it inside a :class:`KernelError` naming the node, in the kernel's own words.
+    """
+
+
+class NodeInputTypeError(NodeInputError, TypeError):
+    """A kernel refuses an input's element or container type."""
+
+
+class NodeIndexError(NodeInputError, IndexError):
+    """A kernel refuses an index or position input that is out of range."""
+
+
 class KernelError(RuntimeException):
     """A kernel failed while running a node; names the node and op."""
 
     def __init__(self, node_name: str, op_type: str, cause: BaseException) -> None:
         self.node_name, self.op_type = node_name, op_type
-        super().__init__(
-            f"Non-zero status code returned while running {op_type} node. "
-            f"Name:'{node_name}' Status Message: {type(cause).__name__}: {cause}"
-        )
+        # Running out of memory is the model's sizes meeting the machine, not a defect: said as onnxruntime says it.
+        if isinstance(cause, MemoryError):
+            status = f"Failed to allocate memory: {cause}"
+        elif isinstance(cause, NodeInputError):
+            status = str(cause)
+        else:
+            status = f"{type(cause).__name__}: {cause}"
+        super().__init__(f"Non-zero status code returned while running {op_type} node. Name:'{node_name}' Status Message: {status}")

@@ -12,13 +12,25 @@ import onnx
 import onnx_ir as ir
 from onnx import numpy_helper
 
+from ..errors import Fail
+
 
 def to_array(tensor: ir.TensorProtocol) -> np.ndarray:
-    """The numpy value of an IR tensor (string tensors as object arrays of str)."""
-    if tensor.dtype == ir.DataType.STRING:
-        raw = tensor.numpy()
-        return np.array([_decode(b) for b in raw.reshape(-1)], dtype=object).reshape(raw.shape)
-    return tensor.numpy()
+    """The numpy value of an IR tensor (string tensors as object arrays of str).
+
+    Raises Fail, naming the tensor, when its stored data does not fit its type and dims
+    (a corrupt file), as onnxruntime does.
+    """
+    try:
+        if tensor.dtype == ir.DataType.STRING:
+            raw = tensor.numpy()
+            return np.array([_decode(b) for b in raw.reshape(-1)], dtype=object).reshape(raw.shape)
+        return tensor.numpy()
+    except (ValueError, TypeError, AssertionError) as exc:  # numpy's and onnx_ir's words for bad data
+        raise Fail(
+            f"Tensor '{tensor.name}': its data does not match its type {tensor.dtype.name} and dims "
+            f"{list(tensor.shape)} ({exc})"
+        ) from None
 
 
 def constant_array(value: ir.Value) -> np.ndarray:

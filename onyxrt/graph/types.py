@@ -25,11 +25,15 @@ _NP_TO_ONNX[np.dtype(np.str_)] = TensorProto.STRING
 
 
 def np_dtype(elem_type: int) -> np.dtype:
-    """numpy dtype for an ONNX TensorProto element type (strings are ``object``)."""
+    """numpy dtype for an ONNX TensorProto element type (strings are ``object``).
+
+    Raises ValueError for a number that is no tensor element type: it comes from a model's
+    attribute or declaration, so it is a bad value, not a programming error.
+    """
     try:
         return _ONNX_TO_NP[elem_type]
-    except KeyError:
-        raise TypeError(f"ONNX element type {elem_type} has no numpy equivalent") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"{elem_type!r} is not a tensor element type onyxrt supports") from None
 
 
 def onnx_elem_type(dtype: Any) -> int:

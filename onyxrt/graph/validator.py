@@ -10,6 +10,8 @@ classes and messages naming the node and value:
 - no value is defined twice by nodes or graph inputs (FAIL);
 - each node's input/output counts fit its ONNX schema at the model's opset, and no
   required input or output is empty (INVALID_GRAPH);
+- each node's attributes fit its schema: required ones present, none unknown to it, each of
+  the schema's type, and no attribute without a type (INVALID_GRAPH);
 - names are valid UTF-8, tensor data types and declared element types are known ONNX
   types (FAIL for tensors, INVALID_ARGUMENT for declared types, as onnxruntime).
 """
@@ -33,6 +35,8 @@ _TENSOR_ATTRS = (onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS)
 
 # (min count, max count, per-formal "is Single") for inputs, then the same for outputs.
 _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
+# A schema's attributes: the required names, and every name's AttributeProto type.
+_AttributeRules = tuple[frozenset[str], dict[str, int]]
 _UNRESOLVED = object()
 _MAX_OPSET_VERSION = 2**31 - 1  # onnx.defs takes a C int
 
@@ -101,6 +105,9 @@ def _validate_graph(
             arity_suspects.append((index, arity))
         if node.attribute:
             with_attributes.append(index)
+            _check_attribute_rules(node, index, opsets)
+        elif arity is not None and _attribute_rules(*_schema_key(node, opsets))[0]:
+            _check_attribute_rules(node, index, opsets)
     outputs = [name for names in node_outputs for name in names if name != ""]
     produced = set(outputs)
     if len(produced) != len(outputs) or not produced.isdisjoint(defined):
@@ -176,6 +183,61 @@ def _check_attributes(
             for tensor in tensors:
                 if tensor.data_type not in _KNOWN_DATA_TYPES:
                     _check_tensor_data_type(tensor, f"attribute '{attr.name}' of {_describe(node, index)}")
+
+
+def _schema_key(node: onnx.NodeProto, opsets: dict[str, int]) -> tuple[str, str, int]:
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    return node.op_type, domain, opsets.get(domain, 0)
+
+
+def _check_attribute_rules(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> None:
+    """``node``'s attributes against its schema's (onnxruntime: INVALID_GRAPH); any typeless attribute is refused."""
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.UNDEFINED and not attr.ref_attr_name:
+            raise InvalidGraph(
+                f"This is an invalid model. Attribute '{_text(attr.name, 'attribute name')}' of "
+                f"{_describe(node, index)} has no type (type field and data field mismatch)."
+            )
+    if type(node.op_type) is not str or type(node.domain) is not str:
+        return  # reported by the arity check, with the node
+    key = _schema_key(node, opsets)
+    if key[2] == 0:
+        return
+    rules = _attribute_rules(*key)
+    if rules is None:
+        return
+    required, types = rules
+    present = set()
+    for attr in node.attribute:
+        name = _text(attr.name, f"attribute name of {_describe(node, index)}")
+        present.add(name)
+        expected = types.get(name)
+        if expected is None:
+            raise InvalidGraph(
+                f"This is an invalid model. {_describe(node, index)}: unrecognized attribute '{name}' for "
+                f"operator {node.op_type} (opset {key[2]})."
+            )
+        if attr.type != expected and not attr.ref_attr_name:
+            raise InvalidGraph(
+                f"This is an invalid model. {_describe(node, index)}: mismatched attribute type in '{name}'. "
+                f"Expected: '{onnx.AttributeProto.AttributeType.Name(expected)}', actual: "
+                f"'{onnx.AttributeProto.AttributeType.Name(attr.type)}'."
+            )
+    missing = required - present
+    if missing:
+        raise InvalidGraph(
+            f"This is an invalid model. {_describe(node, index)}: required attribute '{sorted(missing)[0]}' is missing."
+        )
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
+def _attribute_rules(op_type: str, domain: str, version: int) -> _AttributeRules | None:
+    try:
+        schema = defs.get_schema(op_type, version, domain)
+    except defs.SchemaError:
+        return None
+    required = frozenset(name for name, attr in schema.attributes.items() if attr.required)
+    return required, {name: int(attr.type) for name, attr in schema.attributes.items()}
 
 
 def _resolve_arity(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> _Arity | None:

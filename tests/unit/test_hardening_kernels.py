@@ -209,3 +209,20 @@ def test_flag_attributes_come_from_the_schemas():
     assert {"keepdims", "noop_with_empty_axes"} <= schema_flag_attributes("", "ReduceSum", 13)
     assert "axis" not in schema_flag_attributes("", "ArgMax", 13)
     assert schema_flag_attributes("com.microsoft", "Gemm", 1) == frozenset()
+
+
+def test_kernel_refusals_are_reported_in_the_kernels_words_without_a_python_type():
+    model = _model([h.make_node("Transpose", ["x"], ["y"], perm=[0, 0], name="t")],
+                   [h.make_tensor_value_info("x", T.FLOAT, [2, 3])], [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(onyxrt.errors.RuntimeException) as caught:
+        _session(model).run(None, {"x": np.zeros((2, 3), np.float32)})
+    message = str(caught.value)
+    assert "Name:'t' Status Message: Transpose: perm [0, 0] is not a permutation" in message
+    assert "Error" not in message.split("Status Message:")[1]  # no AxisError/ValueError leaking
+
+
+def test_running_out_of_memory_is_reported_as_an_allocation_failure():
+    model = _model([h.make_node("ConstantOfShape", ["s"], ["y"], name="fill")],
+                   [h.make_tensor_value_info("s", T.INT64, [2])], [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'fill' Status Message: Failed to allocate memory"):
+        _session(model).run(None, {"s": np.array([2**20, 2**30], np.int64)})

@@ -228,3 +228,47 @@ def test_ai_onnx_domain_spelling_is_schema_checked():
     model = _model([helper.make_node("Abs", [""], ["Y"], domain="ai.onnx")], [_value("X")], [_value("Y")])
     with pytest.raises(InvalidGraph, match="input 0 is required"):
         validate_model(model)
+
+
+@pytest.mark.parametrize(
+    "attributes, message",
+    [
+        ({}, "required attribute 'to' is missing"),
+        ({"to": "float"}, "mismatched attribute type in 'to'. Expected: 'INT', actual: 'STRING'"),
+        ({"to": 1, "unknown": 3}, "unrecognized attribute 'unknown' for operator Cast"),
+    ],
+)
+def test_attributes_are_checked_against_the_schema_at_load(attributes, message):
+    # A kernel called without its required keyword failed at run with a TypeError (fuzz cases).
+    node = helper.make_node("Cast", ["X"], ["Y"], name="cast", **attributes)
+    model = _model([node], [_value("X")], [_value("Y")])
+    with pytest.raises(InvalidGraph, match=rf"node 0 \('cast', Cast\): {message}"):  # as onnxruntime
+        _load(model)
+
+
+def test_attribute_without_a_type_is_rejected_at_load():
+    node = helper.make_node("Cast", ["X"], ["Y"], to=TensorProto.FLOAT)
+    node.attribute[0].type = onnx.AttributeProto.UNDEFINED
+    with pytest.raises(InvalidGraph, match="Attribute 'to' of node 0 .* has no type"):
+        _load(_model([node], [_value("X")], [_value("Y")]))
+
+
+def test_contrib_op_attributes_are_left_to_the_kernel():
+    node = helper.make_node("Gelu", ["X"], ["Y"], domain="com.microsoft")
+    model = helper.make_model(
+        helper.make_graph([node], "g", [_value("X")], [_value("Y")]),
+        opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)],
+    )
+    assert _load(model).run(None, {"X": np.zeros(3, np.float32)})[0].shape == (3,)
+
+
+@pytest.mark.parametrize("corrupt", ["dims", "raw_data"])
+def test_initializer_data_that_does_not_fit_its_dims_is_a_typed_load_error(corrupt):
+    weight = onnx.numpy_helper.from_array(np.ones(3, np.float32), "W")
+    if corrupt == "dims":
+        weight.dims[0] = 5
+    else:
+        weight.raw_data = weight.raw_data[:5]
+    model = _model([helper.make_node("Add", ["X", "W"], ["Y"])], [_value("X")], [_value("Y")], [weight])
+    with pytest.raises(Fail, match="Tensor 'W': its data does not match its type FLOAT"):  # onnxruntime: FAIL
+        _load(model).run(None, {"X": np.zeros(3, np.float32)})

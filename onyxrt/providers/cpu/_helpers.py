@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+from ...errors import NodeInputError
 
 
 def normalize_axis(axis: int, rank: int) -> int:
     """Map a possibly negative ONNX axis into [0, rank)."""
     if not -rank <= axis < max(rank, 1):
-        raise ValueError(f"axis {axis} is out of range for rank {rank}")
+        raise NodeInputError(f"axis {axis} is out of range for rank {rank}")
     return axis + rank if axis < 0 else axis
 
 

@@ -14,6 +14,7 @@ from .._helpers import normalize_axis
 from ..math.activations import sigmoid_values, softmax_values
 from ..math.elementwise import erf_values
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -26,7 +27,7 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
         return dtype
     if dtype.kind == "f" or dtype.kind == "V":  # float16, bfloat16 & co
         return _F32
-    raise TypeError(f"unsupported element type {dtype} (a float type is required)")
+    raise NodeInputTypeError(f"unsupported element type {dtype} (a float type is required)")
 
 
 def _biased(x: np.ndarray, bias, op_name: str) -> np.ndarray:
@@ -35,11 +36,11 @@ def _biased(x: np.ndarray, bias, op_name: str) -> np.ndarray:
     if bias is None:
         return np.array(x, dtype=ct, copy=True)
     if bias.dtype != x.dtype:
-        raise TypeError(f"{op_name}: bias type {bias.dtype} differs from the input type {x.dtype}")
+        raise NodeInputTypeError(f"{op_name}: bias type {bias.dtype} differs from the input type {x.dtype}")
     if bias.ndim == 0 or bias.shape[-1] != x.shape[-1]:
-        raise ValueError(f"{op_name}: bias of shape {bias.shape} does not match the input's last dimension {x.shape}")
+        raise NodeInputError(f"{op_name}: bias of shape {bias.shape} does not match the input's last dimension {x.shape}")
     if np.broadcast_shapes(x.shape, bias.shape) != x.shape:
-        raise ValueError(f"{op_name}: bias of shape {bias.shape} does not broadcast to {x.shape}")
+        raise NodeInputError(f"{op_name}: bias of shape {bias.shape} does not broadcast to {x.shape}")
     return np.add(x.astype(ct, copy=False), bias.astype(ct, copy=False))
 
 
@@ -96,7 +97,7 @@ def quick_gelu(x, *, alpha=1.702):
 @op("BiasSplitGelu", versions=1, domain="com.microsoft")
 def bias_split_gelu(x, bias):
     if x.ndim != 3 or x.shape[-1] % 2:
-        raise ValueError(f"BiasSplitGelu: input must be (N, S, D) with an even D, got {x.shape}")
+        raise NodeInputError(f"BiasSplitGelu: input must be (N, S, D) with an even D, got {x.shape}")
     v = _biased(x, bias, "BiasSplitGelu")
     half = x.shape[-1] // 2
     left = v[..., :half]
@@ -140,7 +141,7 @@ def bias_softmax(data, bias, *, axis=1, is_inner_broadcast=0):
     if elems == 0 or batch == 0:
         return np.zeros(data.shape, data.dtype)
     if bias.size % elems or batch % (bias.size // elems) or bias.size == 0:
-        raise ValueError(f"BiasSoftmax: bias {bias.shape} cannot broadcast to {data.shape} at axis {ax}")
+        raise NodeInputError(f"BiasSoftmax: bias {bias.shape} cannot broadcast to {data.shape} at axis {ax}")
     nb = bias.size // elems
     b = bias.astype(ct, copy=False).reshape(nb, elems)
     x = data.astype(ct, copy=False)

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -38,7 +39,7 @@ def _ct(*arrays) -> np.dtype:
     dts = [a.dtype for a in arrays if a is not None]
     for d in dts:
         if d.kind not in "fV":
-            raise TypeError(f"unsupported element type {d} (a float type is required)")
+            raise NodeInputTypeError(f"unsupported element type {d} (a float type is required)")
     return _F64 if dts and all(d == _F64 for d in dts) else _F32
 
 
@@ -50,7 +51,7 @@ def _heads(x: np.ndarray, n: int) -> np.ndarray:
     """(B, S, n*H) -> (B, n, S, H) view."""
     b, s, d = x.shape
     if d % n:
-        raise ValueError(f"hidden size {d} is not a multiple of the number of heads {n}")
+        raise NodeInputError(f"hidden size {d} is not a multiple of the number of heads {n}")
     return x.reshape(b, s, n, d // n).transpose(0, 2, 1, 3)
 
 
@@ -101,7 +102,7 @@ def _attend(
     B, N, S, H = q.shape
     Nk, T = k.shape[1], k.shape[2]
     if N % Nk:
-        raise ValueError(f"{N} query heads cannot share {Nk} key/value heads")
+        raise NodeInputError(f"{N} query heads cannot share {Nk} key/value heads")
     g = N // Nk
     c = q.dtype.type
     qs = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
@@ -120,7 +121,7 @@ def _attend(
             np.copyto(sc, c(_LOWEST), where=future)
     if attention_bias is not None:
         if np.broadcast_shapes(attention_bias.shape, sc.shape) != sc.shape:
-            raise ValueError(f"attention_bias of shape {attention_bias.shape} does not broadcast to {sc.shape}")
+            raise NodeInputError(f"attention_bias of shape {attention_bias.shape} does not broadcast to {sc.shape}")
         sc += attention_bias
     qk = sc.copy() if qk_stage == 1 else None
     if allowed is not None:
@@ -152,7 +153,7 @@ def _key_mask(mask, batch: int, seq: int, total: int, past: int, filter_value: f
     j = np.arange(total)
     if m.ndim == 1:
         if m.shape[0] < batch:
-            raise ValueError(f"{op_name}: mask of shape {m.shape} is too short for batch {batch}")
+            raise NodeInputError(f"{op_name}: mask of shape {m.shape} is too short for batch {batch}")
         end = m[:batch].astype(np.int64)
         masked = j[None, :] >= end[:, None]
         if m.shape[0] == 2 * batch:
@@ -161,19 +162,19 @@ def _key_mask(mask, batch: int, seq: int, total: int, past: int, filter_value: f
         return np.where(masked, fv, ct.type(0))[:, None, None, :]
     if m.ndim == 2:
         if m.shape != (batch, total):
-            raise ValueError(f"{op_name}: 2-D mask of shape {m.shape} does not match (batch, total) = {(batch, total)}")
+            raise NodeInputError(f"{op_name}: 2-D mask of shape {m.shape} does not match (batch, total) = {(batch, total)}")
         return np.where(m > 0, ct.type(0), fv)[:, None, None, :]
     if m.ndim == 3:
         if m.shape != (batch, seq, total):
-            raise ValueError(f"{op_name}: 3-D mask of shape {m.shape} does not match {(batch, seq, total)}")
+            raise NodeInputError(f"{op_name}: 3-D mask of shape {m.shape} does not match {(batch, seq, total)}")
         return np.where(m > 0, ct.type(0), fv)[:, None, :, :]
     if m.ndim == 4:
         # (B, 1, max_sequence_length, max_sequence_length), as Megatron GPT-2 writes it
         if m.shape[0] != batch or m.shape[1] != 1 or m.shape[2] < past + seq or m.shape[3] < total:
-            raise ValueError(f"{op_name}: 4-D mask of shape {m.shape} is too small for {(batch, seq, total)}")
+            raise NodeInputError(f"{op_name}: 4-D mask of shape {m.shape} is too small for {(batch, seq, total)}")
         sub = m[:, :, past : past + seq, :total]
         return np.where(sub > 0, ct.type(0), fv)
-    raise ValueError(f"{op_name}: mask of rank {m.ndim} is not supported")
+    raise NodeInputError(f"{op_name}: mask of rank {m.ndim} is not supported")
 
 
 # --------------------------------------------------------------------------- Attention
@@ -202,25 +203,25 @@ def attention(
     if do_rotary:
         raise NotImplementedError("Attention: do_rotary is not supported (use MultiHeadAttention + RotaryEmbedding)")
     if x.ndim != 3:
-        raise ValueError(f"Attention: input must be (batch, sequence, hidden), got {x.shape}")
+        raise NodeInputError(f"Attention: input must be (batch, sequence, hidden), got {x.shape}")
     N = int(num_heads)
     ct = _ct(x, weights, bias)
     B, S, Din = x.shape
     if weights.ndim != 2 or weights.shape[0] != Din:
-        raise ValueError(f"Attention: weights of shape {weights.shape} do not match the input hidden size {Din}")
+        raise NodeInputError(f"Attention: weights of shape {weights.shape} do not match the input hidden size {Din}")
     total_w = weights.shape[1]
     if qkv_hidden_sizes:
         dq, dk, dv = (int(v) for v in qkv_hidden_sizes)
     else:
         if total_w % 3:
-            raise ValueError(f"Attention: weights' second dimension {total_w} is not divisible by 3")
+            raise NodeInputError(f"Attention: weights' second dimension {total_w} is not divisible by 3")
         dq = dk = dv = total_w // 3
     if dq + dk + dv != total_w or dq != dk or dq % N or dv % N:
-        raise ValueError(f"Attention: qkv hidden sizes {(dq, dk, dv)} do not fit weights {weights.shape} / {N} heads")
+        raise NodeInputError(f"Attention: qkv hidden sizes {(dq, dk, dv)} do not fit weights {weights.shape} / {N} heads")
     qkv = np.matmul(x.astype(ct, copy=False).reshape(B * S, Din), weights.astype(ct, copy=False))
     if bias is not None:
         if bias.shape != (total_w,):
-            raise ValueError(f"Attention: bias of shape {bias.shape} must be ({total_w},)")
+            raise NodeInputError(f"Attention: bias of shape {bias.shape} must be ({total_w},)")
         qkv += bias.astype(ct, copy=False)
     H = dq // N
     if dq == dv:
@@ -235,14 +236,14 @@ def attention(
     P = 0
     if past is not None and past.size and past.ndim == 5:
         if dq != dv:
-            raise ValueError("Attention: with past state the Q, K and V hidden sizes must be equal")
+            raise NodeInputError("Attention: with past state the Q, K and V hidden sizes must be equal")
         if past.shape[0] != 2 or past.shape[1] != B or past.shape[2] != N or past.shape[4] != H:
-            raise ValueError(f"Attention: past of shape {past.shape} does not match (2, {B}, {N}, *, {H})")
+            raise NodeInputError(f"Attention: past of shape {past.shape} does not match (2, {B}, {N}, *, {H})")
         pc = past.astype(ct, copy=False)
         if past_present_share_buffer:
             P = 0 if past_sequence_length is None else int(np.asarray(past_sequence_length).reshape(-1)[0])
             if P + S > past.shape[3]:
-                raise ValueError(f"Attention: past_sequence_length {P} + {S} exceeds the shared buffer {past.shape[3]}")
+                raise NodeInputError(f"Attention: past_sequence_length {P} + {S} exceeds the shared buffer {past.shape[3]}")
             present = np.array(pc, copy=True)
             present[0, :, :, P : P + S] = k
             present[1, :, :, P : P + S] = v
@@ -298,7 +299,7 @@ def multi_head_attention(
     if query.ndim == 5:
         # packed QKV (B, S, N, 3, H)
         if key is not None or value is not None or query.shape[3] != 3 or query.shape[2] != N:
-            raise ValueError(f"MultiHeadAttention: packed QKV of shape {query.shape} needs no key/value and {N} heads")
+            raise NodeInputError(f"MultiHeadAttention: packed QKV of shape {query.shape} needs no key/value and {N} heads")
         H = query.shape[4]
         if bc is not None:
             qx = qx + bc.reshape(3, N, H).transpose(1, 0, 2)
@@ -309,14 +310,14 @@ def multi_head_attention(
     elif query.ndim == 3:
         D = query.shape[2]
         if D % N:
-            raise ValueError(f"MultiHeadAttention: hidden size {D} is not a multiple of {N} heads")
+            raise NodeInputError(f"MultiHeadAttention: hidden size {D} is not a multiple of {N} heads")
         H = D // N
         if key is None:
-            raise ValueError("MultiHeadAttention: key is required unless the query is packed QKV")
+            raise NodeInputError("MultiHeadAttention: key is required unless the query is packed QKV")
         if key.ndim == 5:
             # packed KV (B, L, N, 2, H)
             if value is not None or key.shape[2] != N or key.shape[3] != 2 or key.shape[4] != H:
-                raise ValueError(f"MultiHeadAttention: packed KV of shape {key.shape} does not match {N} heads of {H}")
+                raise NodeInputError(f"MultiHeadAttention: packed KV of shape {key.shape} does not match {N} heads of {H}")
             kx = key.astype(ct, copy=False)
             if bc is not None:
                 kx = kx + bc[D:].reshape(2, N, H).transpose(1, 0, 2)
@@ -326,13 +327,13 @@ def multi_head_attention(
         elif key.ndim == 4:
             # key/value already projected and split into heads: (B, N, L, H)
             if value is None or value.ndim != 4:
-                raise ValueError("MultiHeadAttention: a 4-D key needs a 4-D value")
+                raise NodeInputError("MultiHeadAttention: a 4-D key needs a 4-D value")
             k = key.astype(ct, copy=False)
             v = value.astype(ct, copy=False)
             Dv = N * v.shape[3]
         elif key.ndim == 3:
             if value is None or value.ndim != 3:
-                raise ValueError("MultiHeadAttention: a 3-D key needs a 3-D value")
+                raise NodeInputError("MultiHeadAttention: a 3-D key needs a 3-D value")
             kx = key.astype(ct, copy=False)
             vx = value.astype(ct, copy=False)
             Dv = vx.shape[2]
@@ -342,26 +343,26 @@ def multi_head_attention(
             k = _heads(kx, N)
             v = _heads(vx, N)
         else:
-            raise ValueError(f"MultiHeadAttention: key of rank {key.ndim} is not supported")
+            raise NodeInputError(f"MultiHeadAttention: key of rank {key.ndim} is not supported")
         if bc is not None:
             qx = qx + bc[:D]
         q = _heads(qx, N)
     else:
-        raise ValueError(f"MultiHeadAttention: query of rank {query.ndim} is not supported")
+        raise NodeInputError(f"MultiHeadAttention: query of rank {query.ndim} is not supported")
 
     P = 0
     L = k.shape[2]
     present_k = present_v = None
     if past_key is not None and past_key.size:
         if past_value is None:
-            raise ValueError("MultiHeadAttention: past_key needs past_value")
+            raise NodeInputError("MultiHeadAttention: past_key needs past_value")
         pk = past_key.astype(ct, copy=False)
         pv = past_value.astype(ct, copy=False)
         if past_sequence_length is not None:
             # past and present share one (B, N, max_sequence_length, H) buffer
             P = int(np.asarray(past_sequence_length).reshape(-1)[0])
             if P + L > pk.shape[2]:
-                raise ValueError(f"MultiHeadAttention: past_sequence_length {P} + {L} exceeds the buffer {pk.shape[2]}")
+                raise NodeInputError(f"MultiHeadAttention: past_sequence_length {P} + {L} exceeds the buffer {pk.shape[2]}")
             present_k = np.array(pk, copy=True)
             present_v = np.array(pv, copy=True)
             present_k[:, :, P : P + L] = k
@@ -426,7 +427,7 @@ def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) 
 
 def _cache_rows(cache: np.ndarray, positions: np.ndarray, op_name: str) -> np.ndarray:
     if positions.size and (int(positions.min()) < 0 or int(positions.max()) >= cache.shape[0]):
-        raise ValueError(f"{op_name}: position ids out of range [0, {cache.shape[0]})")
+        raise NodeInputError(f"{op_name}: position ids out of range [0, {cache.shape[0]})")
     return np.take(cache, positions, axis=0)
 
 
@@ -447,27 +448,27 @@ def rotary_embedding(
         raise NotImplementedError("RotaryEmbedding: is_packed_batching is not supported")
     ct = _ct(x, cos_cache, sin_cache)
     if cos_cache.ndim != 2 or sin_cache.shape != cos_cache.shape:
-        raise ValueError(f"RotaryEmbedding: cos/sin caches of shapes {cos_cache.shape}/{sin_cache.shape} are invalid")
+        raise NodeInputError(f"RotaryEmbedding: cos/sin caches of shapes {cos_cache.shape}/{sin_cache.shape} are invalid")
     half = cos_cache.shape[1]
     rd = int(rotary_embedding_dim) or 2 * half
     if rd != 2 * half:
-        raise ValueError(f"RotaryEmbedding: rotary_embedding_dim {rd} does not match the caches' {2 * half}")
+        raise NodeInputError(f"RotaryEmbedding: rotary_embedding_dim {rd} does not match the caches' {2 * half}")
     if x.ndim == 4:
         B, N, S, H = x.shape
         xh = x.astype(ct, copy=False)
     elif x.ndim == 3:
         B, S, D = x.shape
         if rotary_embedding_dim and not num_heads:
-            raise ValueError("RotaryEmbedding: num_heads is required with rotary_embedding_dim")
+            raise NodeInputError("RotaryEmbedding: num_heads is required with rotary_embedding_dim")
         N = int(num_heads) if num_heads else D // rd
         if N <= 0 or D % N:
-            raise ValueError(f"RotaryEmbedding: hidden size {D} is not a multiple of {N} heads")
+            raise NodeInputError(f"RotaryEmbedding: hidden size {D} is not a multiple of {N} heads")
         H = D // N
         xh = x.astype(ct, copy=False).reshape(B, S, N, H).transpose(0, 2, 1, 3)
     else:
-        raise ValueError(f"RotaryEmbedding: input must be 3-D or 4-D, got {x.shape}")
+        raise NodeInputError(f"RotaryEmbedding: input must be 3-D or 4-D, got {x.shape}")
     if rd > H:
-        raise ValueError(f"RotaryEmbedding: rotary dimension {rd} exceeds the head size {H}")
+        raise NodeInputError(f"RotaryEmbedding: rotary dimension {rd} exceeds the head size {H}")
     pid = np.asarray(position_ids).astype(np.int64, copy=False)
     if pid.size == 1 and pid.ndim <= 1:
         positions = np.broadcast_to(int(pid.reshape(-1)[0]) + np.arange(S), (B, S))
@@ -570,33 +571,33 @@ def group_query_attention(
     if sliding_window_cache:
         raise NotImplementedError("GroupQueryAttention: sliding_window_cache is not supported")
     if seqlens_k is None or total_sequence_length is None:
-        raise ValueError("GroupQueryAttention: seqlens_k and total_sequence_length are required")
+        raise NodeInputError("GroupQueryAttention: seqlens_k and total_sequence_length are required")
     if (q_norm_weight is None) != (k_norm_weight is None):
-        raise ValueError("GroupQueryAttention: q_norm_weight and k_norm_weight must be given together")
+        raise NodeInputError("GroupQueryAttention: q_norm_weight and k_norm_weight must be given together")
     N, Nkv = int(num_heads), int(kv_num_heads)
     if Nkv <= 0 or N % Nkv:
-        raise ValueError(f"GroupQueryAttention: num_heads {N} is not a multiple of kv_num_heads {Nkv}")
+        raise NodeInputError(f"GroupQueryAttention: num_heads {N} is not a multiple of kv_num_heads {Nkv}")
     ct = _ct(query, key, value)
     if query.ndim != 3:
-        raise ValueError(f"GroupQueryAttention: query must be 3-D, got {query.shape}")
+        raise NodeInputError(f"GroupQueryAttention: query must be 3-D, got {query.shape}")
     B, S, d = query.shape
     qx = query.astype(ct, copy=False)
     if key is None:
         if value is not None or d % (N + 2 * Nkv):
-            raise ValueError(f"GroupQueryAttention: packed QKV of width {d} does not split into {N}+2x{Nkv} heads")
+            raise NodeInputError(f"GroupQueryAttention: packed QKV of width {d} does not split into {N}+2x{Nkv} heads")
         H = d // (N + 2 * Nkv)
         q = _heads(qx[..., : N * H], N)
         k = _heads(qx[..., N * H : (N + Nkv) * H], Nkv)
         v = _heads(qx[..., (N + Nkv) * H :], Nkv)
     else:
         if value is None or key.shape[:2] != (B, S) or value.shape[:2] != (B, S):
-            raise ValueError("GroupQueryAttention: key and value must be (batch, sequence_length, kv_hidden)")
+            raise NodeInputError("GroupQueryAttention: key and value must be (batch, sequence_length, kv_hidden)")
         q = _heads(qx, N)
         H = q.shape[3]
         k = _heads(key.astype(ct, copy=False), Nkv)
         v = _heads(value.astype(ct, copy=False), Nkv)
         if k.shape[3] != H:
-            raise ValueError("GroupQueryAttention: query and key head sizes differ")
+            raise NodeInputError("GroupQueryAttention: query and key head sizes differ")
     Hv = v.shape[3]
 
     if q_norm_weight is not None:
@@ -605,7 +606,7 @@ def group_query_attention(
 
     seqlens = np.asarray(seqlens_k).reshape(-1).astype(np.int64)
     if seqlens.shape[0] != B:
-        raise ValueError(f"GroupQueryAttention: seqlens_k must have {B} values, got {seqlens.shape}")
+        raise NodeInputError(f"GroupQueryAttention: seqlens_k must have {B} values, got {seqlens.shape}")
     total = int(np.asarray(total_sequence_length).reshape(-1)[0])
     T_b = seqlens + 1
     has_past = past_key is not None and past_key.size > 0
@@ -614,7 +615,7 @@ def group_query_attention(
     if query_seqlens is not None:
         Q_b = np.asarray(query_seqlens).reshape(-1).astype(np.int64)
         if Q_b.shape[0] != B or np.any(Q_b < 0) or np.any(Q_b > np.minimum(S, T_b)):
-            raise ValueError("GroupQueryAttention: query_seqlens out of range")
+            raise NodeInputError("GroupQueryAttention: query_seqlens out of range")
         P_b = T_b - Q_b
         W_b = Q_b  # rows written to the cache
     elif S == total:
@@ -626,12 +627,12 @@ def group_query_attention(
         P_b = T_b - S
         W_b = np.full(B, S, np.int64)
         if np.any(P_b < 0):
-            raise ValueError("GroupQueryAttention: seqlens_k is smaller than the new sequence")
+            raise NodeInputError("GroupQueryAttention: seqlens_k is smaller than the new sequence")
 
     # rotary embedding of the new query / key rows
     if do_rotary:
         if cos_cache is None or sin_cache is None:
-            raise ValueError("GroupQueryAttention: do_rotary needs cos_cache and sin_cache")
+            raise NodeInputError("GroupQueryAttention: do_rotary needs cos_cache and sin_cache")
         if position_ids is not None and first_prompt:
             # onnxruntime: a first prompt reads only the first position id, for every batch entry
             start = int(np.asarray(position_ids).reshape(-1)[0])
@@ -645,7 +646,7 @@ def group_query_attention(
         cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
         sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
         if 2 * cos.shape[-1] > H:
-            raise ValueError("GroupQueryAttention: the rotary caches are wider than the head size")
+            raise NodeInputError("GroupQueryAttention: the rotary caches are wider than the head size")
         q = _rotate(q, cos, sin, bool(rotary_interleaved))
         k = _rotate(k, cos, sin, bool(rotary_interleaved))
 
@@ -653,10 +654,10 @@ def group_query_attention(
     t_buf = max(total, past_len, int((P_b + W_b).max()) if B else 0)
     if has_past and (past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv
                      or past_value.shape[:3] != past_key.shape[:3]):
-        raise ValueError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
+        raise NodeInputError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
     for b in range(B):
         if P_b[b] > 0 and (not has_past or P_b[b] > past_len):
-            raise ValueError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
+            raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
     shapes = ((B, Nkv, t_buf, H), (B, Nkv, t_buf, Hv))
     if _alloc is not None and _num_outputs > 2:
         present_k, present_v = _alloc(shapes[0], query.dtype, 1), _alloc(shapes[1], query.dtype, 2)
@@ -681,14 +682,14 @@ def group_query_attention(
             allowed &= j > pos - int(local_window_size)
     else:
         if local_window_size is not None and int(local_window_size) > 0:
-            raise ValueError("GroupQueryAttention: local_window_size needs causal=1")
+            raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
         allowed = np.broadcast_to(j < limit, (B, S, T))
     allowed = allowed[:, None]  # (B, 1, S, T)
 
     ab = _f(attention_bias, ct)
     if ab is not None:
         if ab.ndim != 4 or ab.shape[2] != S or ab.shape[3] < T:
-            raise ValueError(f"GroupQueryAttention: attention_bias of shape {attention_bias.shape} does not fit ({B}, {N}, {S}, {T})")
+            raise NodeInputError(f"GroupQueryAttention: attention_bias of shape {attention_bias.shape} does not fit ({B}, {N}, {S}, {T})")
         ab = ab[..., :T]
     sink = None
     if head_sink is not None:

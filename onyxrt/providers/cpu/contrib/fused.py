@@ -24,6 +24,7 @@ from ..nn.conv_core import conv_prepack, float_conv
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..kernel_table import op
 from ..tensor.indexing import trilu as _onnx_trilu
+from ....errors import NodeInputError, NodeInputTypeError
 
 _FLOAT_KINDS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -66,7 +67,7 @@ def mlas_activation_fn(activation, params):
 
     def need(count):
         if len(p) != count:
-            raise ValueError(f"activation {name} needs {count} activation_params, got {len(p)}")
+            raise NodeInputError(f"activation {name} needs {count} activation_params, got {len(p)}")
 
     if name == "Relu":
         return lambda t: np.maximum(t, 0, out=t)
@@ -199,7 +200,7 @@ def fused_conv(
     y = _owned(y, x, w, b, z)
     if z is not None:
         if np.broadcast_shapes(z.shape, y.shape) != y.shape:
-            raise ValueError(f"FusedConv: Z of shape {z.shape} does not match the output {y.shape}")
+            raise NodeInputError(f"FusedConv: Z of shape {z.shape} does not match the output {y.shape}")
         y += z.astype(y.dtype, copy=False)
     return mlas_activation(y, activation, activation_params)
 
@@ -252,9 +253,9 @@ def _fused_matmul_operand(t: np.ndarray, trans_batch: int, trans: int, name: str
 
 def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB):
     if a.dtype != b.dtype:
-        raise TypeError(f"FusedMatMul inputs have different dtypes {a.dtype} and {b.dtype}")
+        raise NodeInputTypeError(f"FusedMatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if (transBatchA or transBatchB) and not (a.ndim > 2 and a.ndim == b.ndim):
-        raise ValueError("FusedMatMul: with transBatchA/transBatchB both inputs must have the same rank >= 3")
+        raise NodeInputError("FusedMatMul: with transBatchA/transBatchB both inputs must have the same rank >= 3")
     A = _fused_matmul_operand(a, transBatchA, transA, "A")
     B = _fused_matmul_operand(b, transBatchB, transB, "B")
     dtype = a.dtype
@@ -313,7 +314,7 @@ def fused_matmul_activation(
 @op("BiasAdd", versions=1, domain="com.microsoft")
 def bias_add(x, bias, skip):
     if x.ndim != 3 or bias.ndim != 1 or bias.shape[0] != x.shape[2] or skip.shape != x.shape:
-        raise ValueError(f"BiasAdd: X {x.shape}, bias {bias.shape} and skip {skip.shape} are inconsistent")
+        raise NodeInputError(f"BiasAdd: X {x.shape}, bias {bias.shape} and skip {skip.shape} are inconsistent")
     y = np.add(x, bias)
     y += skip
     return y
@@ -325,9 +326,9 @@ def bias_add(x, bias, skip):
 @op("NhwcMaxPool", versions=1, domain="com.microsoft")
 def nhwc_max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None, strides=None):
     if x.dtype not in (np.dtype(np.int8), np.dtype(np.uint8)):
-        raise TypeError(f"NhwcMaxPool: input must be int8 or uint8, got {x.dtype}")
+        raise NodeInputTypeError(f"NhwcMaxPool: input must be int8 or uint8, got {x.dtype}")
     if x.ndim < 3:
-        raise ValueError(f"NhwcMaxPool: input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"NhwcMaxPool: input must have rank >= 3, got shape {x.shape}")
     nchw = np.moveaxis(x, -1, 1)
     (y,) = _onnx_max_pool(
         nchw,

@@ -29,6 +29,7 @@ from ..nn.pool import average_pool as _onnx_average_pool
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..kernel_table import op
 from .fused import mlas_activation, mlas_activation_fn
+from ....errors import NodeInputError, NodeInputTypeError
 
 _DOMAIN = "com.microsoft.nchwc"
 
@@ -56,13 +57,13 @@ def nchwc_block_size() -> int:
 
 def _check_float(x: np.ndarray, op_name: str) -> None:
     if x.dtype != np.float32:
-        raise TypeError(f"nchwc {op_name}: only float32 is supported, got {x.dtype}")
+        raise NodeInputTypeError(f"nchwc {op_name}: only float32 is supported, got {x.dtype}")
 
 
 def _blocks(x: np.ndarray, op_name: str) -> tuple[int, int]:
     bs = nchwc_block_size()
     if x.ndim != 4 or x.shape[1] % bs:
-        raise ValueError(
+        raise NodeInputError(
             f"nchwc {op_name}: input of shape {x.shape} is not an NCHWc tensor for block size {bs} "
             "(the model was optimized for another CPU? set ONYXRT_NCHWC_BLOCK_SIZE)"
         )
@@ -83,7 +84,7 @@ def to_nchwc(x: np.ndarray, channels_last: bool = False) -> np.ndarray:
     """Plain NCHW (or NHWC) -> NCHWc (N, Cp, H, W); the padding channels are zero."""
     bs = nchwc_block_size()
     if x.ndim != 4:
-        raise ValueError(f"nchwc: ReorderInput needs a 4-D tensor, got shape {x.shape}")
+        raise NodeInputError(f"nchwc: ReorderInput needs a 4-D tensor, got shape {x.shape}")
     if channels_last:
         n, h, w, c = x.shape
     else:
@@ -126,7 +127,7 @@ def reorder_output(x, *, channels=0, channels_last=0):
     _check_float(x, "ReorderOutput")
     c = int(channels) or x.shape[1]
     if c > x.shape[1]:
-        raise ValueError(f"nchwc ReorderOutput: channels {c} exceeds the tensor's {x.shape[1]}")
+        raise NodeInputError(f"nchwc ReorderOutput: channels {c} exceeds the tensor's {x.shape[1]}")
     y = to_nchw(x, c)
     if channels_last:
         y = np.ascontiguousarray(y.transpose(0, 2, 3, 1))
@@ -141,7 +142,7 @@ def _unblock_filter(w: np.ndarray, inner_blocked: bool) -> np.ndarray:
     bs = nchwc_block_size()
     op_, i, kh, kw = w.shape
     if op_ % bs or (inner_blocked and i % bs):
-        raise ValueError(f"nchwc Conv: filter of shape {w.shape} is not blocked for block size {bs}")
+        raise NodeInputError(f"nchwc Conv: filter of shape {w.shape} is not blocked for block size {bs}")
     if inner_blocked:  # OIHWBiBo: [o/bs][i/bs][kh][kw][bi][bo]
         d = w.reshape(op_ // bs, i // bs, kh, kw, bs, bs)
         return np.ascontiguousarray(d.transpose(0, 5, 1, 4, 2, 3)).reshape(op_, i, kh, kw)
@@ -208,7 +209,7 @@ def nchwc_conv(
     bs = nchwc_block_size()
     group = int(group)
     if x.ndim != 4 or w.ndim != 4:
-        raise ValueError(f"nchwc Conv: 2-D convolutions only, got input {x.shape} and filter {w.shape}")
+        raise NodeInputError(f"nchwc Conv: 2-D convolutions only, got input {x.shape} and filter {w.shape}")
     if group == 1 and x.shape[1] < bs:
         # NCHW input used directly: the filter is OIHWBo
         xin = x
@@ -231,7 +232,7 @@ def nchwc_conv(
     y = _blocked(y)
     if sum_ is not None:
         if sum_.shape != y.shape:
-            raise ValueError(f"nchwc Conv: Sum input of shape {sum_.shape} does not match the output {y.shape}")
+            raise NodeInputError(f"nchwc Conv: Sum input of shape {sum_.shape} does not match the output {y.shape}")
         y += sum_
         return mlas_activation(y, activation, activation_params)
     return y
@@ -338,7 +339,7 @@ def nchwc_upsample(x, *, coordinate_transformation_mode="asymmetric", mode="near
     ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
     s = [int(v) for v in (scales or [])]
     if len(s) != 4 or s[0] != 1 or s[1] != 1 or s[2] < 1 or s[3] < 1:
-        raise ValueError(f"nchwc Upsample: scales must be [1, 1, sh, sw] with positive integers, got {scales}")
+        raise NodeInputError(f"nchwc Upsample: scales must be [1, 1, sh, sw] with positive integers, got {scales}")
     n, cp, h, w = x.shape
     blocked = x.reshape(n, cb, h, w, bs)
     if mode == "nearest":

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._helpers import normalize_axis
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -21,7 +22,7 @@ _F64 = np.dtype(np.float64)
 def _compute_dtype(*dtypes) -> np.dtype:
     for d in dtypes:
         if d.kind not in "fV":
-            raise TypeError(f"unsupported element type {d} (a float type is required)")
+            raise NodeInputTypeError(f"unsupported element type {d} (a float type is required)")
     return _F64 if all(d == _F64 for d in dtypes) else _F32
 
 
@@ -31,7 +32,7 @@ def _stat_dtype(stash_type: int, ct: np.dtype) -> np.dtype:
 
 def _check_param(p: np.ndarray | None, hidden: int, name: str, op_name: str) -> None:
     if p is not None and p.size != hidden:
-        raise ValueError(f"{op_name}: {name} must have {hidden} elements, got shape {p.shape}")
+        raise NodeInputError(f"{op_name}: {name} must have {hidden} elements, got shape {p.shape}")
 
 
 def _layer_norm_rows(s: np.ndarray, gamma, beta, epsilon: float, simplified: bool):
@@ -68,10 +69,10 @@ def _layer_norm_rows(s: np.ndarray, gamma, beta, epsilon: float, simplified: boo
 
 def _skip_sum(x, skip, bias, op_name):
     if x.ndim not in (2, 3):
-        raise ValueError(f"{op_name}: input must be 2-D or 3-D, got shape {x.shape}")
+        raise NodeInputError(f"{op_name}: input must be 2-D or 3-D, got shape {x.shape}")
     hidden = x.shape[-1]
     if skip.shape[-1] != hidden or np.broadcast_shapes(x.shape, skip.shape) != x.shape:
-        raise ValueError(f"{op_name}: skip of shape {skip.shape} does not match the input {x.shape}")
+        raise NodeInputError(f"{op_name}: skip of shape {skip.shape} does not match the input {x.shape}")
     ct = _compute_dtype(x.dtype, skip.dtype)
     s = np.add(x.astype(ct, copy=False), skip.astype(ct, copy=False))
     if bias is not None:
@@ -112,7 +113,7 @@ def skip_simplified_layer_normalization(x, skip, gamma, bias=None, *, epsilon=1e
 
 def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_name):
     if x.ndim == 0:
-        raise ValueError(f"{op_name}: input must have rank >= 1")
+        raise NodeInputError(f"{op_name}: input must have rank >= 1")
     ax = normalize_axis(int(axis), x.ndim)
     inner = int(np.prod(x.shape[ax:], dtype=np.int64))
     out_dtype = scale.dtype
@@ -122,7 +123,7 @@ def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_n
     norm_shape = x.shape[ax:]
     for p, name in ((scale, "scale"), (bias, "bias")):
         if p is not None and np.broadcast_shapes(p.shape, norm_shape) != tuple(norm_shape):
-            raise ValueError(f"{op_name}: {name} of shape {p.shape} does not broadcast to {tuple(norm_shape)}")
+            raise NodeInputError(f"{op_name}: {name} of shape {p.shape} does not broadcast to {tuple(norm_shape)}")
     rows = x.astype(ct, copy=False).reshape(-1, inner) if inner else np.zeros((0, 0), ct)
     g = None if scale is None else np.broadcast_to(scale, norm_shape).reshape(-1)
     b = None if bias is None else np.broadcast_to(bias, norm_shape).reshape(-1)
@@ -159,7 +160,7 @@ def simplified_layer_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_typ
 
 def _lookup(table: np.ndarray, ids: np.ndarray, name: str) -> np.ndarray:
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= table.shape[0]):
-        raise ValueError(f"EmbedLayerNormalization: {name} value out of range [0, {table.shape[0]})")
+        raise NodeInputError(f"EmbedLayerNormalization: {name} value out of range [0, {table.shape[0]})")
     return np.take(table, ids, axis=0)
 
 
@@ -179,13 +180,13 @@ def embed_layer_normalization(
     mask_index_type=1,
 ):
     if input_ids.ndim != 2:
-        raise ValueError(f"EmbedLayerNormalization: input_ids must be 2-D, got shape {input_ids.shape}")
+        raise NodeInputError(f"EmbedLayerNormalization: input_ids must be 2-D, got shape {input_ids.shape}")
     batch, seq = input_ids.shape
     hidden = word_embedding.shape[-1]
     if position_embedding.shape[-1] != hidden:
-        raise ValueError("EmbedLayerNormalization: embedding tables have different hidden sizes")
+        raise NodeInputError("EmbedLayerNormalization: embedding tables have different hidden sizes")
     if (segment_ids is None) != (segment_embedding is None):
-        raise ValueError("EmbedLayerNormalization: segment_ids and segment_embedding must be given together")
+        raise NodeInputError("EmbedLayerNormalization: segment_ids and segment_embedding must be given together")
     _check_param(gamma, hidden, "gamma", "EmbedLayerNormalization")
     _check_param(beta, hidden, "beta", "EmbedLayerNormalization")
     ct = _compute_dtype(word_embedding.dtype)
@@ -193,21 +194,21 @@ def embed_layer_normalization(
     if position_ids is None:
         pos = np.arange(seq)
         if seq > position_embedding.shape[0]:
-            raise ValueError("EmbedLayerNormalization: position value out of range")
+            raise NodeInputError("EmbedLayerNormalization: position value out of range")
         s += position_embedding[:seq].astype(ct, copy=False)
     else:
         pos = np.broadcast_to(position_ids.reshape(-1, seq) if position_ids.size else position_ids, (batch, seq))
         s += _lookup(position_embedding, pos, "position_ids").astype(ct, copy=False)
     if segment_ids is not None:
         if segment_ids.shape != input_ids.shape:
-            raise ValueError(f"EmbedLayerNormalization: segment_ids shape {segment_ids.shape} != input_ids {input_ids.shape}")
+            raise NodeInputError(f"EmbedLayerNormalization: segment_ids shape {segment_ids.shape} != input_ids {input_ids.shape}")
         s += _lookup(segment_embedding, segment_ids, "segment_ids").astype(ct, copy=False)
     y, _, _ = _layer_norm_rows(s.reshape(-1, hidden), gamma, beta, epsilon, False)
     out_dtype = word_embedding.dtype
     y = y.reshape(batch, seq, hidden).astype(out_dtype, copy=False)
     if mask is not None:
         if mask.shape != input_ids.shape:
-            raise ValueError(f"EmbedLayerNormalization: mask shape {mask.shape} != input_ids {input_ids.shape}")
+            raise NodeInputError(f"EmbedLayerNormalization: mask shape {mask.shape} != input_ids {input_ids.shape}")
         mask_index = np.count_nonzero(mask == 1, axis=1).astype(np.int32)
     else:
         mask_index = np.zeros(batch, np.int32)

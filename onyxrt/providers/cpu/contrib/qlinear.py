@@ -27,6 +27,7 @@ import numpy as np
 from .._helpers import normalize_axis
 from ..kernel_table import CPU_KERNELS, op
 from .quantized import _INT8, _MS, _check8
+from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -34,7 +35,7 @@ from .quantized import _INT8, _MS, _check8
 def _scale(v, name: str = "scale") -> np.float32:
     a = np.asarray(v)
     if a.size != 1:
-        raise ValueError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
+        raise NodeInputError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
     return np.float32(a.reshape(-1)[0])
 
 
@@ -44,9 +45,9 @@ def _zp(v, dtype, name: str = "zero_point") -> int:
         return 0
     a = np.asarray(v)
     if a.size != 1:
-        raise ValueError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
+        raise NodeInputError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
     if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
+        raise NodeInputTypeError(f"{name} has dtype {a.dtype}, expected {dtype}")
     return int(a.reshape(-1)[0])
 
 
@@ -106,7 +107,7 @@ def _binary_params(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, 
     _check8("A", a)
     _check8("B", b)
     if a.dtype != b.dtype:
-        raise TypeError(f"A and B must have the same type, got {a.dtype} and {b.dtype}")
+        raise NodeInputTypeError(f"A and B must have the same type, got {a.dtype} and {b.dtype}")
     dt = a.dtype
     return (
         dt,
@@ -184,16 +185,16 @@ def qlinear_leaky_relu(x, x_scale, x_zero_point=None, y_scale=None, y_zero_point
 @op("QLinearConcat", versions=1, domain=_MS)
 def qlinear_concat(y_scale, y_zero_point, *inputs, axis):
     if len(inputs) == 0 or len(inputs) % 3:
-        raise ValueError(f"QLinearConcat takes (tensor, scale, zero_point) triples after Y_scale/Y_zero_point, got {len(inputs)} inputs")
+        raise NodeInputError(f"QLinearConcat takes (tensor, scale, zero_point) triples after Y_scale/Y_zero_point, got {len(inputs)} inputs")
     dt = np.asarray(y_zero_point).dtype
     if dt not in _INT8:
-        raise TypeError(f"Y_zero_point must be uint8 or int8, got {dt}")
+        raise NodeInputTypeError(f"Y_zero_point must be uint8 or int8, got {dt}")
     sy, zy = _scale(y_scale, "Y_scale"), _zp(y_zero_point, dt, "Y_zero_point")
     parts = []
     for i in range(0, len(inputs), 3):
         x, sx, zx = inputs[i], inputs[i + 1], inputs[i + 2]
         if x.dtype != dt:
-            raise TypeError(f"input {i // 3} has dtype {x.dtype}, expected {dt}")
+            raise NodeInputTypeError(f"input {i // 3} has dtype {x.dtype}, expected {dt}")
         sx, zx = _scale(sx, "input scale"), _zp(zx, dt, "input zero point")
         if sx == sy and zx == zy:
             parts.append(x)
@@ -207,7 +208,7 @@ def qlinear_concat(y_scale, y_zero_point, *inputs, axis):
 def qlinear_where(condition, x, x_scale, x_zero_point, y, y_scale, y_zero_point, z_scale, z_zero_point):
     _check8("X", x)
     if y.dtype != x.dtype:
-        raise TypeError(f"X and Y must have the same type, got {x.dtype} and {y.dtype}")
+        raise NodeInputTypeError(f"X and Y must have the same type, got {x.dtype} and {y.dtype}")
     dt = x.dtype
     sz, zz = _scale(z_scale, "z_scale"), _zp(z_zero_point, dt, "z_zero_point")
     sx, zx = _scale(x_scale, "x_scale"), _zp(x_zero_point, dt, "x_zero_point")
@@ -232,7 +233,7 @@ def _to_channels_last(x: np.ndarray) -> np.ndarray:
 def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point, *, channels_last=0):
     _check8("X", x)
     if x.ndim < 3:
-        raise ValueError(f"input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"input must have rank >= 3, got shape {x.shape}")
     dt = x.dtype
     sx, zx = _scale(x_scale, "x_scale"), _zp(x_zero_point, dt, "x_zero_point")
     sy, zy = _scale(y_scale, "y_scale"), _zp(y_zero_point, dt, "y_zero_point")
@@ -259,7 +260,7 @@ def _pool_geometry(in_sp, kernel, strides, pads, auto_pad, ceil_mode):
     begin, out = [], []
     p = [int(v) for v in pads] if pads else [0] * (2 * nd)
     if len(p) != 2 * nd:
-        raise ValueError(f"pads {p} must have {2 * nd} values")
+        raise NodeInputError(f"pads {p} must have {2 * nd} values")
     for i in range(nd):
         n, k, s = in_sp[i], kernel[i], strides[i]
         if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -276,9 +277,9 @@ def _pool_geometry(in_sp, kernel, strides, pads, auto_pad, ceil_mode):
             if ceil_mode and (o - 1) * s >= n + b:
                 o -= 1  # the last window would start in the end padding
         else:
-            raise ValueError(f"unsupported auto_pad value {auto_pad!r}")
+            raise NodeInputError(f"unsupported auto_pad value {auto_pad!r}")
         if o <= 0:
-            raise ValueError(f"pooling output would be empty for input spatial shape {tuple(in_sp)}")
+            raise NodeInputError(f"pooling output would be empty for input spatial shape {tuple(in_sp)}")
         begin.append(b)
         out.append(o)
     return begin, out
@@ -332,13 +333,13 @@ def qlinear_average_pool(
     """AveragePool of the dequantized input, requantized (NCHW, or N x spatial x C with channels_last)."""
     _check8("X", x)
     if x.ndim < 3:
-        raise ValueError(f"input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"input must have rank >= 3, got shape {x.shape}")
     dt = x.dtype
     sx, zx = _scale(x_scale, "x_scale"), _zp(x_zero_point, dt, "x_zero_point")
     sy, zy = _scale(y_scale, "y_scale"), _zp(y_zero_point, dt, "y_zero_point")
     nd = x.ndim - 2
     if not kernel_shape or len(kernel_shape) != nd:
-        raise ValueError(f"kernel_shape {kernel_shape} does not match {nd} spatial dimensions")
+        raise NodeInputError(f"kernel_shape {kernel_shape} does not match {nd} spatial dimensions")
     kernel = [int(k) for k in kernel_shape]
     stride = [int(s) for s in strides] if strides else [1] * nd
     xf = _dequantize(x, sx, zx)
@@ -374,7 +375,7 @@ def qlinear_softmax(x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=No
     """Softmax over ``axis`` (opset >= 13) or over the dims from ``axis`` on, coerced to 2-D (opset < 13)."""
     _check8("X", x)
     if opset is None:
-        raise ValueError("QLinearSoftmax requires the 'opset' attribute")
+        raise NodeInputError("QLinearSoftmax requires the 'opset' attribute")
     dt = x.dtype
     sx = _scale(x_scale, "X_scale")
     sy = _scale(y_scale, "y_scale")
@@ -465,10 +466,10 @@ def _axis_param(p, x: np.ndarray, axis, name: str) -> np.ndarray:
     if p.size == 1 and p.ndim <= 1:
         return p.reshape(())
     if p.ndim != 1:
-        raise ValueError(f"{name} must be a scalar or a 1-D tensor, got shape {p.shape}")
+        raise NodeInputError(f"{name} must be a scalar or a 1-D tensor, got shape {p.shape}")
     ax = normalize_axis(1 if axis is None else int(axis), x.ndim)
     if p.shape[0] != x.shape[ax]:
-        raise ValueError(f"{name} has {p.shape[0]} values but axis {ax} of the input has {x.shape[ax]}")
+        raise NodeInputError(f"{name} has {p.shape[0]} values but axis {ax} of the input has {x.shape[ax]}")
     shape = [1] * x.ndim
     shape[ax] = -1
     return p.reshape(shape)
@@ -477,10 +478,10 @@ def _axis_param(p, x: np.ndarray, axis, name: str) -> np.ndarray:
 @op("QuantizeLinear", versions=1, domain=_MS)
 def quantize_linear_ms(x, y_scale, y_zero_point=None, *, axis=None):
     if x.dtype not in (np.float32, np.float16):
-        raise TypeError(f"QuantizeLinear input must be float or float16, got {x.dtype}")
+        raise NodeInputTypeError(f"QuantizeLinear input must be float or float16, got {x.dtype}")
     out = np.dtype(np.uint8) if y_zero_point is None else np.asarray(y_zero_point).dtype
     if out not in _QUANT_TYPES:
-        raise TypeError(f"QuantizeLinear does not support output type {out}")
+        raise NodeInputTypeError(f"QuantizeLinear does not support output type {out}")
     scale = _axis_param(np.asarray(y_scale).astype(np.float32), x, axis, "y_scale")
     y = x.astype(np.float32) / scale
     y = np.asarray(y, dtype=np.float32)
@@ -495,13 +496,13 @@ def quantize_linear_ms(x, y_scale, y_zero_point=None, *, axis=None):
 @op("DequantizeLinear", versions=1, domain=_MS)
 def dequantize_linear_ms(x, x_scale, x_zero_point=None, *, axis=None):
     if x.dtype not in _QUANT_TYPES and x.dtype != np.int32:
-        raise TypeError(f"DequantizeLinear does not support input type {x.dtype}")
+        raise NodeInputTypeError(f"DequantizeLinear does not support input type {x.dtype}")
     sdt = np.asarray(x_scale).dtype
     if sdt not in (np.float32, np.float16):
-        raise TypeError(f"x_scale must be float or float16, got {sdt}")
+        raise NodeInputTypeError(f"x_scale must be float or float16, got {sdt}")
     scale = _axis_param(np.asarray(x_scale).astype(np.float32), x, axis, "x_scale")
     if x.dtype == np.int32 and x_zero_point is not None and np.any(np.asarray(x_zero_point) != 0):
-        raise ValueError("int32 DequantizeLinear requires a zero point of 0")
+        raise NodeInputError("int32 DequantizeLinear requires a zero point of 0")
     v = x.astype(np.float32)
     if x_zero_point is not None:
         v -= _axis_param(np.asarray(x_zero_point).astype(np.float32), x, axis, "x_zero_point")

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._helpers import normalize_axis
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _MS = "com.microsoft"
 _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
@@ -41,13 +42,13 @@ _INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
 
 def _check8(name: str, t: np.ndarray) -> None:
     if t.dtype not in _INT8:
-        raise TypeError(f"{name} must be uint8 or int8, got {t.dtype}")
+        raise NodeInputTypeError(f"{name} must be uint8 or int8, got {t.dtype}")
 
 
 def _scalar(v, name: str) -> float:
     a = np.asarray(v)
     if a.size != 1:
-        raise ValueError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
+        raise NodeInputError(f"{name} must be a scalar (per-tensor), got shape {a.shape}")
     return a.reshape(-1)[0]
 
 
@@ -78,7 +79,7 @@ def _compute_dtype(dtype: np.dtype):
         return np.float32
     if dtype == np.float64:
         return np.float64
-    raise TypeError(f"unsupported floating type {dtype}")
+    raise NodeInputTypeError(f"unsupported floating type {dtype}")
 
 
 def _column_param(p, n: int, name: str) -> np.ndarray:
@@ -87,7 +88,7 @@ def _column_param(p, n: int, name: str) -> np.ndarray:
     if p.size == 1:
         return p.reshape(())
     if p.shape[-1] != n:
-        raise ValueError(f"{name} of shape {p.shape} is neither per-tensor nor per-column ({n} columns)")
+        raise NodeInputError(f"{name} of shape {p.shape} is neither per-tensor nor per-column ({n} columns)")
     if p.ndim >= 2:
         return p.reshape(p.shape[:-1] + (1, n)) if p.shape[-2] != 1 else p
     return p
@@ -187,7 +188,7 @@ def matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_po
     _check8("B", b)
     out_dtype = np.asarray(a_scale).dtype
     if out_dtype not in (np.float32, np.float16):
-        raise TypeError(f"a_scale must be float or float16, got {out_dtype}")
+        raise NodeInputTypeError(f"a_scale must be float or float16, got {out_dtype}")
     y = _scaled_integer_matmul(a, a_zero_point, a_scale, b, b_zero_point, b_scale, bias, _packed, ("a", "b"))
     return y if out_dtype == np.float32 else y.astype(out_dtype)
 
@@ -223,7 +224,7 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, *, _pac
     """A quantized to uint8 on the fly, times int8/uint8 B, scaled back to float."""
     _check8("B", b)
     if a.dtype != np.float32:
-        raise TypeError(f"A must be float, got {a.dtype}")
+        raise NodeInputTypeError(f"A must be float, got {a.dtype}")
     n = b.shape[-1]
     packed = _int8_b_packed(_packed, b_zero_point)
     q, a_scale, _ = dynamic_quantize_uint8(a)
@@ -254,7 +255,7 @@ def _qgemm_zero_point(b_zero_point, n: int):
         return None
     bzp = np.asarray(b_zero_point).reshape(-1)
     if bzp.size not in (1, n):
-        raise ValueError(f"b_zero_point of shape {np.shape(b_zero_point)} is neither per-tensor nor per-column")
+        raise NodeInputError(f"b_zero_point of shape {np.shape(b_zero_point)} is neither per-tensor nor per-column")
     return bzp
 
 
@@ -270,7 +271,7 @@ def _qgemm_b(b: np.ndarray, b_zero_point, trans_b) -> np.ndarray:
 
 def _qgemm_c(c) -> np.ndarray:
     if c.dtype != np.int32:
-        raise TypeError(f"C must be int32, got {c.dtype}")
+        raise NodeInputTypeError(f"C must be int32, got {c.dtype}")
     return c.astype(np.float64)
 
 
@@ -281,7 +282,7 @@ def _qgemm_prepack(inputs, attributes):
     try:
         _check8("B", b)
         if b.ndim != 2:
-            raise ValueError(f"QGemm inputs must be 2-D, got B {b.shape}")
+            raise NodeInputError(f"QGemm inputs must be 2-D, got B {b.shape}")
         B = np.ascontiguousarray(b.T if attributes.get("transB", 0) else b)
         bv = _narrow_difference(B, _qgemm_zero_point(b_zero_point, B.shape[1]))
         c64 = None if c is None else _qgemm_c(c)
@@ -299,12 +300,12 @@ def qgemm(
     _check8("A", a)
     _check8("B", b)
     if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"QGemm inputs must be 2-D, got A {a.shape} and B {b.shape}")
+        raise NodeInputError(f"QGemm inputs must be 2-D, got A {a.shape} and B {b.shape}")
     packed = _packed if _packed is not None and _packed.zero_point == (b_zero_point is not None) else None
     A = a.T if transA else a
     B = b.T if transB else b
     if A.shape[1] != B.shape[0]:
-        raise ValueError(f"QGemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
+        raise NodeInputError(f"QGemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
     n = B.shape[1]
     bv = packed.b.astype(np.float64) if packed is not None else _qgemm_b(b, b_zero_point, transB)
     av = A.astype(np.float64)
@@ -315,16 +316,16 @@ def qgemm(
         acc = acc + (packed.c if packed is not None and packed.c is not None else _qgemm_c(c))
     bs = np.asarray(b_scale, dtype=np.float32).reshape(-1)
     if bs.size not in (1, n):
-        raise ValueError(f"b_scale of shape {np.shape(b_scale)} is neither per-tensor nor per-column")
+        raise NodeInputError(f"b_scale of shape {np.shape(b_scale)} is neither per-tensor nor per-column")
     scale = np.float32(alpha) * np.float32(_scalar(a_scale, "a_scale")) * bs
     accf = acc.astype(np.float32)
     if y_scale is None:
         if y_zero_point is not None:
-            raise ValueError("QGemm: y_zero_point given without y_scale")
+            raise NodeInputError("QGemm: y_zero_point given without y_scale")
         return np.asarray(accf * (scale if bs.size > 1 else scale[0]), dtype=np.float32)
     out_dtype = np.dtype(np.uint8) if y_zero_point is None else np.asarray(y_zero_point).dtype
     if out_dtype not in _INT8:
-        raise TypeError(f"y_zero_point must be uint8 or int8, got {out_dtype}")
+        raise NodeInputTypeError(f"y_zero_point must be uint8 or int8, got {out_dtype}")
     mult = (scale / np.float32(_scalar(y_scale, "y_scale"))).astype(np.float32)
     y = accf * (mult if bs.size > 1 else mult[0])
     np.rint(y, out=y)
@@ -368,7 +369,7 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int, dtype=np.uint8) -> np
         weights = (1 << np.arange(bits)).astype(np.uint16)
         out = (groups * weights).sum(axis=-1, dtype=np.uint16).astype(dtype)
     if out.shape[-1] < count:
-        raise ValueError(f"packed data holds {out.shape[-1]} values, {count} needed")
+        raise NodeInputError(f"packed data holds {out.shape[-1]} values, {count} needed")
     return out[..., :count] if out.shape[-1] != count else out
 
 
@@ -382,7 +383,7 @@ def dequantize_blockwise(
         w = np.array(w, dtype=dtype)
     sc = np.asarray(scales).astype(dtype, copy=False).reshape(n, -1)
     if sc.shape[1] < k_blocks:
-        raise ValueError(f"scales hold {sc.shape[1]} blocks per column, {k_blocks} needed")
+        raise NodeInputError(f"scales hold {sc.shape[1]} blocks per column, {k_blocks} needed")
     if zero_points is None:
         zp = dtype(1 << (bits - 1))
     elif zero_points.dtype == np.uint8:
@@ -392,7 +393,7 @@ def dequantize_blockwise(
     if g_idx is not None:
         g = np.asarray(g_idx).reshape(-1).astype(np.int64)
         if g.size < k:
-            raise ValueError(f"g_idx has {g.size} entries, K is {k}")
+            raise NodeInputError(f"g_idx has {g.size} entries, K is {k}")
         g = g[:k]
         flat = w.reshape(n, -1)[:, :k]
         flat -= zp[:, g] if np.ndim(zp) else zp
@@ -445,17 +446,17 @@ def _nbits_weight(
     if weight_prepacked:
         raise NotImplementedError("MatMulNBits: weights prepacked for a GPU (weight_prepacked != 0) are not supported")
     if not 2 <= bits <= 8:
-        raise ValueError(f"MatMulNBits: bits must be in [2, 8], got {bits}")
+        raise NodeInputError(f"MatMulNBits: bits must be in [2, 8], got {bits}")
     if block_size < 16 or block_size & (block_size - 1):
-        raise ValueError(f"MatMulNBits: block_size must be a power of 2 >= 16, got {block_size}")
+        raise NodeInputError(f"MatMulNBits: block_size must be a power of 2 >= 16, got {block_size}")
     if b.dtype != np.uint8:
-        raise TypeError(f"MatMulNBits: B must be uint8, got {b.dtype}")
+        raise NodeInputTypeError(f"MatMulNBits: B must be uint8, got {b.dtype}")
     w = None
     if b.size:  # empty: an omitted projection
         k_blocks = (k + block_size - 1) // block_size
         blob = block_size * bits // 8
         if b.size != n * k_blocks * blob:
-            raise ValueError(
+            raise NodeInputError(
                 f"MatMulNBits: B has {b.size} bytes, expected N*k_blocks*blob_size = {n}*{k_blocks}*{blob}"
             )
         w = np.ascontiguousarray(dequantize_blockwise(b, scales, zero_points, g_idx, n, k, bits, block_size, ct).T)
@@ -505,7 +506,7 @@ def matmul_nbits(
         packed = packed._replace(bias=bias.astype(ct))
     k, n = int(K), int(N)
     if a.shape[-1] != k:
-        raise ValueError(f"MatMulNBits: A's last dimension {a.shape[-1]} is not K={k}")
+        raise NodeInputError(f"MatMulNBits: A's last dimension {a.shape[-1]} is not K={k}")
     if packed.w is None:
         y = np.zeros(a.shape[:-1] + (n,), dtype=ct)
     else:
@@ -539,7 +540,7 @@ def _bnb4_weight(b, absmax, ct, *, K, N, block_size, quant_type, transB=1, train
     k, n, bs = int(K), int(N), int(block_size)
     table = {0: _FP4_TABLE, 1: _NF4_TABLE}.get(int(quant_type))
     if table is None:
-        raise ValueError(f"MatMulBnb4: quant_type must be 0 (FP4) or 1 (NF4), got {quant_type}")
+        raise NodeInputError(f"MatMulBnb4: quant_type must be 0 (FP4) or 1 (NF4), got {quant_type}")
     packed = np.asarray(b, dtype=np.uint8).reshape(-1)
     codes = np.stack([packed >> 4, packed & np.uint8(0x0F)], axis=-1).reshape(-1)[: n * k]
     scale = np.asarray(absmax).astype(np.float32).reshape(-1)
@@ -602,15 +603,15 @@ def _gbq_config(data, scales, zero_points, *, bits=4, block_size=128, gather_axi
     is_fp = not is_sub and dtype != np.uint8 and _float8_or_4(dtype)
     if dtype == np.uint8:
         if ga != 0:
-            raise ValueError("GatherBlockQuantized: uint8 data needs gather_axis 0")
+            raise NodeInputError("GatherBlockQuantized: uint8 data needs gather_axis 0")
         if bits not in (2, 4, 8):
-            raise ValueError(f"GatherBlockQuantized: bits must be 2, 4 or 8, got {bits}")
+            raise NodeInputError(f"GatherBlockQuantized: bits must be 2, 4 or 8, got {bits}")
         if bits < 8 and ga == qa:
-            raise ValueError("GatherBlockQuantized: packed data needs gather_axis != quantize_axis")
+            raise NodeInputError("GatherBlockQuantized: packed data needs gather_axis != quantize_axis")
     elif not (is_sub or is_fp):
-        raise TypeError(f"GatherBlockQuantized: unsupported data type {dtype}")
+        raise NodeInputTypeError(f"GatherBlockQuantized: unsupported data type {dtype}")
     if zero_points is not None and is_fp:
-        raise ValueError("GatherBlockQuantized: float8/float4 data takes no zero_points")
+        raise NodeInputError("GatherBlockQuantized: float8/float4 data takes no zero_points")
     out_dtype = np.asarray(scales).dtype
     return _GBQConfig(ga, qa, bits, block_size, is_sub, is_fp, dtype == np.uint8 and bits < 8, out_dtype)
 
@@ -763,7 +764,7 @@ def multi_head_attention(qkv: np.ndarray, num_heads: int, past, scale, mask_bias
     b, s, three_h = qkv.shape
     hidden = three_h // 3
     if hidden % num_heads:
-        raise ValueError(f"hidden size {hidden} is not divisible by num_heads {num_heads}")
+        raise NodeInputError(f"hidden size {hidden} is not divisible by num_heads {num_heads}")
     hd = hidden // num_heads
 
     def heads(t):
@@ -815,7 +816,7 @@ def qattention(
     if past_present_share_buffer:
         raise NotImplementedError("QAttention with past_present_share_buffer=1 is not supported")
     if input.ndim != 3 or weight.ndim != 2:
-        raise ValueError(f"QAttention expects input (B, S, H_in) and weight (H_in, 3*H), got {input.shape}, {weight.shape}")
+        raise NodeInputError(f"QAttention expects input (B, S, H_in) and weight (H_in, 3*H), got {input.shape}, {weight.shape}")
     out_dtype = np.asarray(bias).dtype
     qkv = _scaled_integer_matmul(
         input, input_zero_point, input_scale, weight, weight_zero_point, weight_scale, bias, _packed, ("input", "weight")
@@ -857,7 +858,7 @@ def _dequantize_lstm_weight(w, w_scale, w_zero_point, name):
     sc = np.asarray(w_scale, dtype=np.float32).reshape(nd, -1)
     zp = np.asarray(w_zero_point).astype(np.float32).reshape(nd, -1)
     if sc.shape[1] not in (1, g) or zp.shape[1] not in (1, g):
-        raise ValueError(f"{name}_scale / {name}_zero_point must be per direction or per (direction, gate column)")
+        raise NodeInputError(f"{name}_scale / {name}_zero_point must be per direction or per (direction, gate column)")
     return (w.astype(np.float32) - zp[:, None, :]) * sc[:, None, :]
 
 
@@ -885,13 +886,13 @@ def _lstm_activation_functions(names, alphas, betas, directions):
     if len(names) == 3 and directions == 2:
         names = names * 2
     if len(names) != 3 * directions:
-        raise ValueError(f"expected {3 * directions} activations, got {len(names)}")
+        raise NodeInputError(f"expected {3 * directions} activations, got {len(names)}")
     alphas, betas = list(alphas or []), list(betas or [])
     funcs = []
     for name in names:
         entry = _LSTM_ACTIVATIONS.get(name.lower())
         if entry is None:
-            raise ValueError(f"unsupported LSTM activation '{name}'")
+            raise NodeInputError(f"unsupported LSTM activation '{name}'")
         a_default, b_default, fn = entry
         a = (alphas.pop(0) if alphas else a_default) if a_default is not None else None
         b = (betas.pop(0) if betas else b_default) if b_default is not None else None
@@ -930,14 +931,14 @@ def dynamic_quantize_lstm(
     and to H's quantization noise beyond.)
     """
     if x.dtype != np.float32:
-        raise TypeError(f"X must be float, got {x.dtype}")
+        raise NodeInputTypeError(f"X must be float, got {x.dtype}")
     if isinstance(direction, bytes):
         direction = direction.decode()
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise ValueError(f"unknown direction '{direction}'")
+        raise NodeInputError(f"unknown direction '{direction}'")
     nd = 2 if direction == "bidirectional" else 1
     if w.shape[0] != nd or r.shape[0] != nd:
-        raise ValueError(f"W/R have {w.shape[0]}/{r.shape[0]} directions, direction '{direction}' needs {nd}")
+        raise NodeInputError(f"W/R have {w.shape[0]}/{r.shape[0]} directions, direction '{direction}' needs {nd}")
     wf, rf = _packed if _packed is not None else (None, None)
     if wf is None:
         wf = _dequantize_lstm_weight(w, w_scale, w_zero_point, "W")  # (dirs, input, 4H)
@@ -946,7 +947,7 @@ def dynamic_quantize_lstm(
     seq, batch, size = x.shape
     hid = int(hidden_size) if hidden_size is not None else r.shape[1]
     if wf.shape[1] != size or wf.shape[2] != 4 * hid or rf.shape[1] != hid:
-        raise ValueError(f"DynamicQuantizeLSTM: W {w.shape} / R {r.shape} do not match input size {size}, hidden {hid}")
+        raise NodeInputError(f"DynamicQuantizeLSTM: W {w.shape} / R {r.shape} do not match input size {size}, hidden {hid}")
     funcs = _lstm_activation_functions(activations, activation_alpha, activation_beta, nd)
     bias = np.zeros((nd, 8 * hid), np.float32) if b is None else np.asarray(b, dtype=np.float32).reshape(nd, 8 * hid)
     lengths = np.full(batch, seq, np.int64) if sequence_lens is None else np.asarray(sequence_lens, np.int64).reshape(-1)

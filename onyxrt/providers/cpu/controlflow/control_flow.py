@@ -15,6 +15,7 @@ import numpy as np
 
 from ....framework.run_context import check_terminate
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _ALL_IF_LOOP_VERSIONS = (1, 11, 13, 16, 19, 21, 23, 24, 25)
 _SCAN9_VERSIONS = (9, 11, 16, 19, 21, 23, 24, 25)
@@ -28,16 +29,16 @@ def _scalar_bool(value: Any, what: str) -> bool:
         return bool(value)
     arr = np.asarray(value)
     if arr.size != 1:
-        raise ValueError(f"{what} must hold a single element, got shape {arr.shape}")
+        raise NodeInputError(f"{what} must hold a single element, got shape {arr.shape}")
     return bool(arr.reshape(-1)[0])
 
 
 def _scalar_int(value: Any, what: str) -> int:
     arr = np.asarray(value)
     if arr.size != 1:
-        raise ValueError(f"{what} must hold a single element, got shape {arr.shape}")
+        raise NodeInputError(f"{what} must hold a single element, got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{what} must be an integer tensor, got {arr.dtype}")
+        raise NodeInputTypeError(f"{what} must be an integer tensor, got {arr.dtype}")
     return int(arr.reshape(-1)[0])
 
 
@@ -56,7 +57,7 @@ def _declared_output(sub, index: int) -> tuple[np.dtype | None, list[int] | None
     if tt.elem_type:
         try:
             dtype = np_dtype(tt.elem_type)
-        except TypeError:
+        except ValueError:
             dtype = None
     dims = tensor_shape(type_proto)
     shape = None if dims is None else [d if isinstance(d, int) else 0 for d in dims]
@@ -82,19 +83,19 @@ def _empty_stack(sub, index: int, lead: tuple[int, ...], axis: int | None = None
 
 def _normalize(axis: int, rank: int, what: str) -> int:
     if not -rank <= axis < rank:
-        raise ValueError(f"{what} value {axis} is out of range for rank {rank}")
+        raise NodeInputError(f"{what} value {axis} is out of range for rank {rank}")
     return axis + rank if axis < 0 else axis
 
 
 def _stack(values: list, what: str) -> np.ndarray:
     for v in values:
         if not isinstance(v, np.ndarray):
-            raise TypeError(f"{what} must be a tensor in every iteration, got {type(v).__name__}")
+            raise NodeInputTypeError(f"{what} must be a tensor in every iteration, got {type(v).__name__}")
     try:
         return np.stack(values)
     except ValueError as exc:
         shapes = sorted({v.shape for v in values})
-        raise ValueError(f"{what} changed shape between iterations: {shapes}") from exc
+        raise NodeInputError(f"{what} changed shape between iterations: {shapes}") from exc
 
 
 # --------------------------------------------------------------------------- If
@@ -107,7 +108,7 @@ def if_(cond, *, then_branch, else_branch, _outer=(), _num_outputs=None):
     outputs = branch(outer=_outer)
     if _num_outputs is not None and len(outputs) != _num_outputs:
         which = "then_branch" if branch is then_branch else "else_branch"
-        raise ValueError(f"If {which} has {len(outputs)} outputs, the node declares {_num_outputs}")
+        raise NodeInputError(f"If {which} has {len(outputs)} outputs, the node declares {_num_outputs}")
     return tuple(outputs)
 
 
@@ -119,11 +120,11 @@ def loop(M=None, cond=None, *v_initial, body, _outer=(), _num_outputs=None):
     n_carried = len(v_initial)
     n_scan = len(body.output_names) - 1 - n_carried
     if n_scan < 0:
-        raise ValueError(
+        raise NodeInputError(
             f"Loop body has {len(body.output_names)} outputs, needs at least 1 + {n_carried} loop-carried"
         )
     if _num_outputs is not None and _num_outputs > n_carried + n_scan:
-        raise ValueError(
+        raise NodeInputError(
             f"Loop node declares {_num_outputs} outputs, its body gives {n_carried} loop-carried "
             f"and {n_scan} scan outputs"
         )
@@ -159,7 +160,7 @@ def _run_scan_steps(body, states: list, steps: list, n_state: int, outer) -> tup
     """Run ``body`` once per element of ``steps`` (lists of scan-input slices); returns states and outputs."""
     n_out = len(body.output_names) - n_state
     if n_out < 0:
-        raise ValueError(f"Scan body has {len(body.output_names)} outputs, needs at least {n_state} state outputs")
+        raise NodeInputError(f"Scan body has {len(body.output_names)} outputs, needs at least {n_state} state outputs")
     collected: list[list] = [[] for _ in range(n_out)]
     for slices in steps:
         check_terminate()
@@ -183,25 +184,25 @@ def scan(
 ):
     m = int(num_scan_inputs)
     if m < 1 or m > len(inputs):
-        raise ValueError(f"Scan num_scan_inputs={m} does not fit its {len(inputs)} inputs")
+        raise NodeInputError(f"Scan num_scan_inputs={m} does not fit its {len(inputs)} inputs")
     n_state = len(inputs) - m
     states = list(inputs[:n_state])
     scan_inputs = inputs[n_state:]
     in_axes = list(scan_input_axes) if scan_input_axes else [0] * m
     in_dirs = list(scan_input_directions) if scan_input_directions else [0] * m
     if len(in_axes) != m or len(in_dirs) != m:
-        raise ValueError("Scan scan_input_axes/scan_input_directions must have one entry per scan input")
+        raise NodeInputError("Scan scan_input_axes/scan_input_directions must have one entry per scan input")
 
     prepared = []
     seq_len = None
     for j, (x, axis, direction) in enumerate(zip(scan_inputs, in_axes, in_dirs)):
         if not isinstance(x, np.ndarray) or x.ndim == 0:
-            raise ValueError(f"Scan input {j} must be a tensor of rank >= 1")
+            raise NodeInputError(f"Scan input {j} must be a tensor of rank >= 1")
         ax = _normalize(axis, x.ndim, "scan_input_axes")
         if seq_len is None:
             seq_len = x.shape[ax]
         elif x.shape[ax] != seq_len:
-            raise ValueError(f"Scan inputs have different sequence lengths: {seq_len} and {x.shape[ax]} (input {j})")
+            raise NodeInputError(f"Scan inputs have different sequence lengths: {seq_len} and {x.shape[ax]} (input {j})")
         if ax:
             x = np.ascontiguousarray(np.moveaxis(x, ax, 0))
         if direction:
@@ -215,7 +216,7 @@ def scan(
     out_axes = list(scan_output_axes) if scan_output_axes else [0] * n_out
     out_dirs = list(scan_output_directions) if scan_output_directions else [0] * n_out
     if len(out_axes) != n_out or len(out_dirs) != n_out:
-        raise ValueError("Scan scan_output_axes/scan_output_directions must have one entry per scan output")
+        raise NodeInputError("Scan scan_output_axes/scan_output_directions must have one entry per scan output")
     results = list(states)
     for k, acc in enumerate(collected):
         if not acc:
@@ -233,32 +234,32 @@ def scan(
 def scan8(sequence_lens, *inputs, body, num_scan_inputs, directions=None, _outer=()):
     m = int(num_scan_inputs)
     if m < 1 or m > len(inputs):
-        raise ValueError(f"Scan num_scan_inputs={m} does not fit its {len(inputs)} inputs")
+        raise NodeInputError(f"Scan num_scan_inputs={m} does not fit its {len(inputs)} inputs")
     n_state = len(inputs) - m
     batched_states = inputs[:n_state]
     scan_inputs = inputs[n_state:]
     dirs = list(directions) if directions else [0] * m
     if len(dirs) != m:
-        raise ValueError("Scan directions must have one entry per scan input")
+        raise NodeInputError("Scan directions must have one entry per scan input")
     for j, x in enumerate(scan_inputs):
         if not isinstance(x, np.ndarray) or x.ndim < 2:
-            raise ValueError(f"Scan-8 input {j} must be a tensor of rank >= 2 ([batch, sequence, ...])")
+            raise NodeInputError(f"Scan-8 input {j} must be a tensor of rank >= 2 ([batch, sequence, ...])")
     batch, max_len = scan_inputs[0].shape[:2]
     for j, x in enumerate(list(scan_inputs) + list(batched_states)):
         if not isinstance(x, np.ndarray) or x.ndim < 1 or x.shape[0] != batch:
-            raise ValueError(f"Scan-8 inputs must share the batch size {batch} (input {j})")
+            raise NodeInputError(f"Scan-8 inputs must share the batch size {batch} (input {j})")
     for j, x in enumerate(scan_inputs):
         if x.shape[1] != max_len:
-            raise ValueError(f"Scan-8 inputs have different sequence lengths: {max_len} and {x.shape[1]}")
+            raise NodeInputError(f"Scan-8 inputs have different sequence lengths: {max_len} and {x.shape[1]}")
     if sequence_lens is None:
         lens = [max_len] * batch
     else:
         lens = [int(v) for v in np.asarray(sequence_lens).reshape(-1)]
         if len(lens) != batch:
-            raise ValueError(f"Scan sequence_lens has {len(lens)} entries for a batch of {batch}")
+            raise NodeInputError(f"Scan sequence_lens has {len(lens)} entries for a batch of {batch}")
         for v in lens:
             if not 0 <= v <= max_len:
-                raise ValueError(f"Scan sequence_lens value {v} is outside [0, {max_len}]")
+                raise NodeInputError(f"Scan sequence_lens value {v} is outside [0, {max_len}]")
 
     final_states: list[list] = [[] for _ in range(n_state)]
     per_batch_outputs: list[list[list]] = []

@@ -16,6 +16,7 @@ import numpy as np
 from .._helpers import normalize_axis, wants_buffer
 from ..kernel_table import op
 from .elementwise import as_array, erf_values, float_apply, is_float
+from ....errors import NodeInputError, NodeInputTypeError
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _SQRT_2_PI = math.sqrt(2.0 / math.pi)
@@ -34,7 +35,7 @@ def relu(x, *, consumed_inputs=None, _alloc=None):
     if x.dtype.kind == "i" or is_float(x.dtype):
         out = _alloc(x.shape, x.dtype) if wants_buffer(_alloc, x) else None
         return as_array(np.maximum(x, _c(x, 0), out=out))
-    raise TypeError(f"Relu: unsupported input type {x.dtype}")
+    raise NodeInputTypeError(f"Relu: unsupported input type {x.dtype}")
 
 
 # IEEE floats order like the signed integers of their bits as far as the sign goes: a float
@@ -264,7 +265,7 @@ def gelu(x, *, approximate="none"):
     if isinstance(approximate, bytes):
         approximate = approximate.decode()
     if approximate not in ("none", "tanh"):
-        raise ValueError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+        raise NodeInputError(f"Gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
 
     def compute(v):
         if approximate == "tanh":
@@ -308,7 +309,7 @@ def _clip_bound(x: np.ndarray, value):
 
 def _clip_attributes(x, lo, hi):
     if not is_float(x.dtype):
-        raise TypeError(f"Clip: unsupported input type {x.dtype}")
+        raise NodeInputTypeError(f"Clip: unsupported input type {x.dtype}")
     return _clip(x, _clip_bound(x, lo), _clip_bound(x, hi))
 
 
@@ -329,7 +330,7 @@ def _bound_input(x: np.ndarray, bound):
     if bound is None or bound.size == 0:
         return None
     if bound.size != 1:
-        raise ValueError(f"Clip: min/max must be scalars, got shape {bound.shape}")
+        raise NodeInputError(f"Clip: min/max must be scalars, got shape {bound.shape}")
     return bound.reshape(()).astype(x.dtype, copy=False)
 
 

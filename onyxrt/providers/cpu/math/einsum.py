@@ -16,6 +16,7 @@ import numpy as np
 
 from ..kernel_table import op
 from .elementwise import as_array, is_float
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -26,10 +27,10 @@ def _split_ellipsis(term: str) -> tuple[str, str, bool]:
     if "..." in term:
         head, _, tail = term.partition("...")
         if "." in head or "." in tail:
-            raise ValueError(f"Einsum: malformed ellipsis in term {term!r}")
+            raise NodeInputError(f"Einsum: malformed ellipsis in term {term!r}")
         return head, tail, True
     if "." in term:
-        raise ValueError(f"Einsum: malformed ellipsis in term {term!r}")
+        raise NodeInputError(f"Einsum: malformed ellipsis in term {term!r}")
     return term, "", False
 
 
@@ -43,13 +44,13 @@ def parse_equation(equation: str, shapes: list[tuple[int, ...]]):
     lhs, arrow, rhs = equation.partition("->")
     terms = lhs.split(",")
     if len(terms) != len(shapes):
-        raise ValueError(f"Einsum: equation {equation!r} has {len(terms)} terms for {len(shapes)} inputs")
+        raise NodeInputError(f"Einsum: equation {equation!r} has {len(terms)} terms for {len(shapes)} inputs")
     parts = [_split_ellipsis(t) for t in terms]
     ell_ranks = []
     for (head, tail, has), shape in zip(parts, shapes):
         rank = len(shape) - len(head) - len(tail)
         if rank < 0 or (rank and not has):
-            raise ValueError(f"Einsum: term {head + ('...' if has else '') + tail!r} does not match rank {len(shape)}")
+            raise NodeInputError(f"Einsum: term {head + ('...' if has else '') + tail!r} does not match rank {len(shape)}")
         ell_ranks.append(rank)
     n_ell = max(ell_ranks, default=0)
     any_ellipsis = any(has for _, _, has in parts)  # '...' may stand for zero dims
@@ -60,7 +61,7 @@ def parse_equation(equation: str, shapes: list[tuple[int, ...]]):
     if arrow:
         head, tail, has = _split_ellipsis(rhs)
         if (has and not any_ellipsis) or len(set(head + tail)) != len(head + tail):
-            raise ValueError(f"Einsum: invalid output term {rhs!r}")
+            raise NodeInputError(f"Einsum: invalid output term {rhs!r}")
         out_labels = list(head) + (ell_labels if has else []) + list(tail)
     else:
         counts = Counter(c for head, tail, _ in parts for c in head + tail)
@@ -68,7 +69,7 @@ def parse_equation(equation: str, shapes: list[tuple[int, ...]]):
         out_labels = ell_labels + once
     for label in out_labels:
         if not label.startswith(".") and not any(label in ls for ls in labels):
-            raise ValueError(f"Einsum: output label {label!r} is not an input label")
+            raise NodeInputError(f"Einsum: output label {label!r} is not an input label")
     return labels, out_labels
 
 
@@ -138,15 +139,15 @@ def einsum_values(equation: str, operands: list[np.ndarray]) -> np.ndarray:
 @op("Einsum", versions=(12, 28))
 def einsum(*inputs, equation):
     if not inputs:
-        raise ValueError("Einsum needs at least one input")
+        raise NodeInputError("Einsum needs at least one input")
     dt = inputs[0].dtype
     if any(x.dtype != dt for x in inputs):
-        raise TypeError(f"Einsum: inputs must share one type, got {[str(x.dtype) for x in inputs]}")
+        raise NodeInputTypeError(f"Einsum: inputs must share one type, got {[str(x.dtype) for x in inputs]}")
     compute = list(inputs)
     if is_float(dt) and dt != _F32 and dt != _F64:  # float16/bfloat16: computed in float32
         compute = [x.astype(np.float32) for x in inputs]
     elif not (is_float(dt) or dt.kind in "iu"):
-        raise TypeError(f"Einsum: unsupported input type {dt}")
+        raise NodeInputTypeError(f"Einsum: unsupported input type {dt}")
     result = as_array(einsum_values(equation, compute))
     if any(np.may_share_memory(result, x) for x in inputs):
         result = result.copy()  # never hand out a view of an input

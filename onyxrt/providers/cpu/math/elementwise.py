@@ -24,6 +24,7 @@ import numpy as np
 from ....graph.types import np_dtype
 from .._helpers import ALLOC_MIN_BYTES, wants_buffer
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -59,7 +60,7 @@ def float_apply(fn, x: np.ndarray, op_name: str) -> np.ndarray:
         return as_array(fn(x))
     if dt in _LOW_FLOATS:
         return as_array(fn(x.astype(np.float32))).astype(dt)
-    raise TypeError(f"{op_name}: unsupported input type {dt}")
+    raise NodeInputTypeError(f"{op_name}: unsupported input type {dt}")
 
 
 def legacy_broadcast(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.ndarray:
@@ -70,7 +71,7 @@ def legacy_broadcast(a: np.ndarray, b: np.ndarray, broadcast: int, axis) -> np.n
     rank = a.ndim
     start = axis + rank if axis < 0 else axis
     if start < 0 or start + b.ndim > rank:
-        raise ValueError(f"legacy broadcast: B of shape {b.shape} does not fit A {a.shape} at axis {axis}")
+        raise NodeInputError(f"legacy broadcast: B of shape {b.shape} does not fit A {a.shape} at axis {axis}")
     return b.reshape(b.shape + (1,) * (rank - start - b.ndim))
 
 
@@ -157,7 +158,7 @@ def pow_(x, y, *, broadcast=0, axis=None):
         # negative or fractional exponents: computed in double, truncated like C's cast.
         with np.errstate(all="ignore"):
             return as_array(np.power(x.astype(np.float64), y.astype(np.float64)).astype(dt))
-    raise TypeError(f"Pow: unsupported base type {dt}")
+    raise NodeInputTypeError(f"Pow: unsupported base type {dt}")
 
 
 @op("Mod", versions=(10, 13, 28))
@@ -294,7 +295,7 @@ def erf_values(x: np.ndarray) -> np.ndarray:
         return np.asarray(_erf_f64(x), dtype=np.float64)
     if dt in _LOW_FLOATS:
         return erf_float32(x.astype(np.float32)).astype(dt)
-    raise TypeError(f"Erf: unsupported input type {dt}")
+    raise NodeInputTypeError(f"Erf: unsupported input type {dt}")
 
 
 @op("Erf", versions=(9, 13))
@@ -332,7 +333,7 @@ def isinf(x, *, detect_negative=1, detect_positive=1):
 def _fold(ufunc, inputs) -> np.ndarray:
     """ufunc folded over the inputs with broadcasting, into a fresh buffer."""
     if not inputs:
-        raise ValueError("at least one input is required")
+        raise NodeInputError("at least one input is required")
     if len(inputs) == 1:
         return np.array(inputs[0], copy=True)
     result = as_array(ufunc(inputs[0], inputs[1]))
@@ -417,9 +418,9 @@ def not_(x):
 @op("BitShift", versions=(11, 28))
 def bit_shift(x, y, *, direction):
     if x.dtype.kind not in "iu":
-        raise TypeError(f"BitShift: unsupported input type {x.dtype}")
+        raise NodeInputTypeError(f"BitShift: unsupported input type {x.dtype}")
     if direction not in ("LEFT", "RIGHT"):
-        raise ValueError(f"BitShift: direction must be 'LEFT' or 'RIGHT', got {direction!r}")
+        raise NodeInputError(f"BitShift: direction must be 'LEFT' or 'RIGHT', got {direction!r}")
     bits = x.dtype.itemsize * 8
     y = y.astype(x.dtype, copy=False)
     shift = np.left_shift if direction == "LEFT" else np.right_shift
@@ -436,7 +437,7 @@ def bit_shift(x, y, *, direction):
 
 def _int_only(name, x):
     if x.dtype.kind not in "iu":
-        raise TypeError(f"{name}: unsupported input type {x.dtype}")
+        raise NodeInputTypeError(f"{name}: unsupported input type {x.dtype}")
 
 
 @op("BitwiseAnd", versions=18)
@@ -487,9 +488,9 @@ def _bit_width(dtype: np.dtype) -> int:
 def bit_cast(x, *, to):
     target = np.dtype(np_dtype(to))
     if x.dtype == object or target == object:
-        raise TypeError("BitCast: string tensors cannot be bit-cast")
+        raise NodeInputTypeError("BitCast: string tensors cannot be bit-cast")
     if _bit_width(x.dtype) != _bit_width(target):
-        raise ValueError(f"BitCast: {x.dtype} and {target} have different bit widths")
+        raise NodeInputError(f"BitCast: {x.dtype} and {target} have different bit widths")
     if not x.flags.c_contiguous:
         x = x.copy()
     if target == np.bool_:

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._helpers import ALLOC_MIN_BYTES
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -63,9 +64,9 @@ def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple[int, ...] | None:
 
 def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=None) -> np.ndarray:
     if a.dtype != b.dtype:
-        raise TypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
+        raise NodeInputTypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if a.ndim == 0 or b.ndim == 0:
-        raise ValueError("MatMul inputs must have rank >= 1")
+        raise NodeInputError("MatMul inputs must have rank >= 1")
     dtype = a.dtype
     if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
         b = packed.value  # op(B) == B here: contiguous, and float32 for half-precision floats
@@ -88,7 +89,7 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
     elif dtype.kind in "iu":
         y = np.matmul(a, b)
     else:
-        raise TypeError(f"MatMul does not support dtype {dtype}")
+        raise NodeInputTypeError(f"MatMul does not support dtype {dtype}")
     return np.asarray(y)
 
 
@@ -104,7 +105,7 @@ def gemm_prepack(inputs, attributes):
 
 def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
     if a.ndim != 2 or b.ndim != 2:
-        raise ValueError(f"Gemm inputs A {a.shape} and B {b.shape} must be 2-D")
+        raise NodeInputError(f"Gemm inputs A {a.shape} and B {b.shape} must be 2-D")
     dtype = a.dtype
     low = _is_low_precision_float(dtype)
     ct = np.dtype(np.float32) if low else dtype
@@ -119,7 +120,7 @@ def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
     if low:
         A = A.astype(np.float32)
     if A.shape[1] != B.shape[0]:
-        raise ValueError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
+        raise NodeInputError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
     y = np.asarray(np.matmul(A, B))
     if alpha != 1.0:
         if is_float:
@@ -131,7 +132,7 @@ def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
         if beta != 1.0:
             cc = cc * ct.type(beta) if is_float else (cc * beta).astype(ct)
         if np.broadcast_shapes(cc.shape, y.shape) != y.shape:
-            raise ValueError(f"Gemm: C of shape {c.shape} does not broadcast to {y.shape}")
+            raise NodeInputError(f"Gemm: C of shape {c.shape} does not broadcast to {y.shape}")
         y += cc
     return y.astype(dtype) if low else y
 
@@ -152,7 +153,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, _packed=None)
 
 def _check_int8(name, t):
     if t.dtype not in (np.int8, np.uint8):
-        raise TypeError(f"{name} must be int8 or uint8, got {t.dtype}")
+        raise NodeInputTypeError(f"{name} must be int8 or uint8, got {t.dtype}")
 
 
 def _row_param(p, a: np.ndarray, name: str):
@@ -161,12 +162,12 @@ def _row_param(p, a: np.ndarray, name: str):
     if p.size == 1:
         return p.reshape(())
     if a.ndim < 2:
-        raise ValueError(f"{name} of shape {p.shape} needs a 2-D A")
+        raise NodeInputError(f"{name} of shape {p.shape} needs a 2-D A")
     if p.ndim == 1 and p.shape[0] == a.shape[-2]:
         return p.reshape(-1, 1)
     if p.ndim >= 2 and p.shape[-1] == 1:
         return p  # already (..., M, 1)
-    raise ValueError(f"{name} of shape {p.shape} is neither per-tensor nor per-row of A {a.shape}")
+    raise NodeInputError(f"{name} of shape {p.shape} is neither per-tensor nor per-row of A {a.shape}")
 
 
 def _col_param(p, b: np.ndarray, name: str):
@@ -176,7 +177,7 @@ def _col_param(p, b: np.ndarray, name: str):
         return p.reshape(())
     if b.ndim >= 2 and p.shape[-1] == b.shape[-1] and (p.ndim == 1 or p.shape[-2] == 1):
         return p
-    raise ValueError(f"{name} of shape {p.shape} is neither per-tensor nor per-column of B {b.shape}")
+    raise NodeInputError(f"{name} of shape {p.shape} is neither per-tensor nor per-column of B {b.shape}")
 
 
 def _int_matmul(a, b, a_zero_point, b_zero_point) -> np.ndarray:
@@ -220,13 +221,13 @@ def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
     out_dtype = np.asarray(y_zero_point).dtype
     a_f8, b_f8, y_f8 = (t in _FLOAT8 for t in (a.dtype, b.dtype, out_dtype))
     if (a_f8 or b_f8 or y_f8) and not allow_float8:
-        raise TypeError("float8 QLinearMatMul needs opset 21")
+        raise NodeInputTypeError("float8 QLinearMatMul needs opset 21")
     if not a_f8:
         _check_int8("a", a)
     if not b_f8:
         _check_int8("b", b)
     if not y_f8 and out_dtype not in (np.int8, np.uint8):
-        raise TypeError(f"y_zero_point must be int8/uint8 (or float8), got {out_dtype}")
+        raise NodeInputTypeError(f"y_zero_point must be int8/uint8 (or float8), got {out_dtype}")
     sa = _row_param(np.asarray(a_scale).astype(np.float32), a, "a_scale")
     sb = _col_param(np.asarray(b_scale).astype(np.float32), b, "b_scale")
     sy = _scalar_f32(y_scale)

@@ -9,6 +9,7 @@ import numpy as np
 from ....graph.types import np_dtype
 from .._helpers import normalize_axis
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -59,29 +60,29 @@ def _param_for(value: np.ndarray, x_shape: tuple[int, ...], axis: int, block_siz
         return value.reshape(())
     rank = len(x_shape)
     if rank == 0:
-        raise ValueError(f"{what} must be a scalar for a scalar input, got shape {value.shape}")
+        raise NodeInputError(f"{what} must be a scalar for a scalar input, got shape {value.shape}")
     ax = normalize_axis(axis, rank)
     if not block_size:
         if value.ndim != 1:
-            raise ValueError(
+            raise NodeInputError(
                 f"{what} must be a scalar or a 1-D tensor (per-axis quantization) unless block_size is set, "
                 f"got shape {value.shape}"
             )
         if value.shape[0] != x_shape[ax]:
-            raise ValueError(
+            raise NodeInputError(
                 f"{what} has {value.shape[0]} elements but input dimension {ax} (axis) has {x_shape[ax]}"
             )
         shape = [1] * rank
         shape[ax] = value.shape[0]
         return value.reshape(shape)
     if block_size < 0:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+        raise NodeInputError(f"block_size must be positive, got {block_size}")
     if value.ndim != rank:
-        raise ValueError(f"blocked quantization: {what} must have rank {rank}, got shape {value.shape}")
+        raise NodeInputError(f"blocked quantization: {what} must have rank {rank}, got shape {value.shape}")
     dim = x_shape[ax]
     expected = tuple(-(-dim // block_size) if i == ax else d for i, d in enumerate(x_shape))
     if value.shape != expected:
-        raise ValueError(
+        raise NodeInputError(
             f"blocked quantization: {what} shape {value.shape} does not match input shape {x_shape} "
             f"with block_size {block_size} on axis {ax} (expected {expected})"
         )
@@ -103,12 +104,12 @@ def _quantize(x, y_scale, y_zero_point, *, axis, saturate, block_size, output_dt
     if y_zero_point is not None:
         zp_dt = np.asarray(y_zero_point).dtype
         if out_dt is not None and out_dt != zp_dt:
-            raise ValueError(f"QuantizeLinear: output_dtype {out_dt} differs from y_zero_point's type {zp_dt}")
+            raise NodeInputError(f"QuantizeLinear: output_dtype {out_dt} differs from y_zero_point's type {zp_dt}")
         out_dt = zp_dt
     if out_dt is None:
         out_dt = np.dtype(np.uint8)
     if out_dt.name not in _QUANT_TYPES_BY_VERSION[version]:
-        raise ValueError(f"QuantizeLinear-{version}: unsupported output type {out_dt}")
+        raise NodeInputError(f"QuantizeLinear-{version}: unsupported output type {out_dt}")
     if y_scale.dtype == _E8M0:
         y_scale = y_scale.astype(_F32)
 
@@ -116,7 +117,7 @@ def _quantize(x, y_scale, y_zero_point, *, axis, saturate, block_size, output_dt
     if precision:
         cdt = np_dtype(precision)
         if not _is_float(cdt):
-            raise ValueError(f"QuantizeLinear: precision must be a float type, got {cdt}")
+            raise NodeInputError(f"QuantizeLinear: precision must be a float type, got {cdt}")
     elif version < 23 and y_scale.dtype in (_F16, _BF16):
         cdt = _F32  # as onnxruntime before opset 23: half-precision inputs are divided in float32
     elif _is_float(y_scale.dtype):
@@ -151,7 +152,7 @@ def _quantize(x, y_scale, y_zero_point, *, axis, saturate, block_size, output_dt
         return q.astype(out_dt)
     if out_dt in _SMALL_FLOATS:
         return q.astype(out_dt)
-    raise ValueError(f"QuantizeLinear: unsupported output type {out_dt}")
+    raise NodeInputError(f"QuantizeLinear: unsupported output type {out_dt}")
 
 
 @op("QuantizeLinear", versions=10)
@@ -193,23 +194,23 @@ def _dequantize(x, x_scale, x_zero_point, *, axis, block_size, output_dtype, ver
     x = np.asarray(x)
     x_scale = np.asarray(x_scale)
     if x.dtype.name not in _DEQUANT_INPUTS_BY_VERSION[version]:
-        raise ValueError(f"DequantizeLinear-{version}: unsupported input type {x.dtype}")
+        raise NodeInputError(f"DequantizeLinear-{version}: unsupported input type {x.dtype}")
     if output_dtype:
         out_dt = np_dtype(output_dtype)
     elif x_scale.dtype in (_F32, _F16, _BF16):
         out_dt = x_scale.dtype
     else:
-        raise ValueError(f"DequantizeLinear: x_scale of type {x_scale.dtype} needs the output_dtype attribute")
+        raise NodeInputError(f"DequantizeLinear: x_scale of type {x_scale.dtype} needs the output_dtype attribute")
     if out_dt not in (_F32, _F16, _BF16):
-        raise ValueError(f"DequantizeLinear: unsupported output type {out_dt}")
+        raise NodeInputError(f"DequantizeLinear: unsupported output type {out_dt}")
     scale = _param_for(x_scale, x.shape, axis, block_size, "x_scale").astype(_F32, copy=False)
     y = x.astype(_F32)
     if x_zero_point is not None:
         zp_arr = np.asarray(x_zero_point)
         if zp_arr.dtype != x.dtype:
-            raise ValueError(f"DequantizeLinear: x_zero_point type {zp_arr.dtype} differs from x's {x.dtype}")
+            raise NodeInputError(f"DequantizeLinear: x_zero_point type {zp_arr.dtype} differs from x's {x.dtype}")
         if x.dtype == np.int32 and np.any(zp_arr != 0):
-            raise ValueError("DequantizeLinear: int32 input takes no (non-zero) zero point")
+            raise NodeInputError("DequantizeLinear: int32 input takes no (non-zero) zero point")
         zpf = zp_arr.astype(_F32)
         if zpf.size and np.any(zpf != 0):
             zp = _param_for(zpf, x.shape, axis, block_size, "x_zero_point")
@@ -308,7 +309,7 @@ def dynamic_quantize_linear(x):
     (widened to include 0), as onnxruntime computes them."""
     x = np.asarray(x)
     if x.dtype != _F32:
-        raise ValueError(f"DynamicQuantizeLinear: input must be float32, got {x.dtype}")
+        raise NodeInputError(f"DynamicQuantizeLinear: input must be float32, got {x.dtype}")
     qmin, qmax = 0.0, 255.0
     if x.size:
         lo = min(float(np.min(x)), 0.0)

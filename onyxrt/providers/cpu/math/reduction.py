@@ -15,6 +15,7 @@ import numpy as np
 from .._helpers import as_int_list, normalize_axis
 from ..kernel_table import op
 from .elementwise import as_array, is_float
+from ....errors import NodeInputError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -195,7 +196,7 @@ def _arg_reduce(fn, data, axis, keepdims, select_last_index):
     if _is_low_float(data.dtype):
         data = data.astype(np.float32)
     if data.shape[axis] == 0:
-        raise ValueError(f"cannot take the arg-extremum over an empty axis {axis} of shape {data.shape}")
+        raise NodeInputError(f"cannot take the arg-extremum over an empty axis {axis} of shape {data.shape}")
     if select_last_index:
         last = data.shape[axis] - 1
         index = last - fn(np.flip(data, axis), axis=axis, keepdims=bool(keepdims))
@@ -220,7 +221,7 @@ def arg_min(data, *, axis=0, keepdims=1, select_last_index=0):
 def _scan(fn, identity, x, axis, exclusive, reverse):
     axis_values = as_int_list(axis)
     if len(axis_values) != 1:
-        raise ValueError(f"axis must hold one value, got {axis_values}")
+        raise NodeInputError(f"axis must hold one value, got {axis_values}")
     rank = x.ndim
     ax = normalize_axis(axis_values[0], rank)
     dt = x.dtype
@@ -297,7 +298,7 @@ def top_k_values(x: np.ndarray, k: int, axis: int, largest: bool) -> tuple[np.nd
     axis = normalize_axis(axis, x.ndim)
     n = x.shape[axis]
     if k < 0 or k > n:
-        raise ValueError(f"k={k} is out of range for axis {axis} of size {n}")
+        raise NodeInputError(f"k={k} is out of range for axis {axis} of size {n}")
     v = x.astype(np.float32) if _is_low_float(x.dtype) else x
     keys = _order_keys32(np.moveaxis(v, axis, -1)) if n < 2**32 else None
     if keys is not None:
@@ -317,7 +318,7 @@ def top_k_values(x: np.ndarray, k: int, axis: int, largest: bool) -> tuple[np.nd
 def _k_input(k) -> int:
     values = as_int_list(k)
     if len(values) != 1:
-        raise ValueError(f"K must hold one value, got {values}")
+        raise NodeInputError(f"K must hold one value, got {values}")
     return values[0]
 
 

@@ -6,6 +6,7 @@ import numpy as np
 
 from ....graph.types import np_dtype
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -14,7 +15,7 @@ _F64 = np.dtype(np.float64)
 def _scalar_int(value, what: str) -> int:
     arr = np.asarray(value)
     if arr.size != 1:
-        raise ValueError(f"{what} must be a scalar, got shape {arr.shape}")
+        raise NodeInputError(f"{what} must be a scalar, got shape {arr.shape}")
     return int(arr.reshape(-1)[0])
 
 
@@ -26,7 +27,7 @@ def _work_dtype(dt: np.dtype) -> np.dtype:
 def _as_complex(x: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
     """``x[..., 0] + 1j * x[..., 1]`` (or the real part when the last dim is 1); is-real flag."""
     if x.ndim < 2:
-        raise ValueError(f"{what}: input must have rank >= 2 (signal dims plus a last dim of 1 or 2), got {x.shape}")
+        raise NodeInputError(f"{what}: input must have rank >= 2 (signal dims plus a last dim of 1 or 2), got {x.shape}")
     last = x.shape[-1]
     work = _work_dtype(x.dtype)
     x = x.astype(work, copy=False)
@@ -35,7 +36,7 @@ def _as_complex(x: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
     if last == 2:  # (real, imag) pairs are exactly numpy's complex layout
         cdt = np.complex128 if work == _F64 else np.complex64
         return np.ascontiguousarray(x).view(cdt)[..., 0], False
-    raise ValueError(f"{what}: the last input dimension must be 1 (real) or 2 (complex), got {last}")
+    raise NodeInputError(f"{what}: the last input dimension must be 1 (real) or 2 (complex), got {last}")
 
 
 def _complex_out(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -55,7 +56,7 @@ def _dft(x, dft_length, axis: int, inverse: int, onesided: int) -> np.ndarray:
     x = np.asarray(x)
     rank = x.ndim
     if not (-rank <= axis <= -2 or 0 <= axis <= rank - 2):
-        raise ValueError(f"DFT: axis {axis} is out of the accepted range for an input of rank {rank}")
+        raise NodeInputError(f"DFT: axis {axis} is out of the accepted range for an input of rank {rank}")
     if axis < 0:
         axis += rank
     signal, is_real = _as_complex(x, "DFT")
@@ -67,7 +68,7 @@ def _dft(x, dft_length, axis: int, inverse: int, onesided: int) -> np.ndarray:
     else:
         n = dim
     if n < 1:
-        raise ValueError(f"DFT: dft_length must be positive, got {n}")
+        raise NodeInputError(f"DFT: dft_length must be positive, got {n}")
     if inverse and onesided:
         # IRFFT: one-sided complex spectrum -> full real signal of length n
         y = np.fft.irfft(signal, n=n, axis=axis)
@@ -101,24 +102,24 @@ def dft_20(input, dft_length=None, axis=None, *, inverse=0, onesided=0):
 def stft_17(signal, frame_step, window=None, frame_length=None, *, onesided=1):
     signal = np.asarray(signal)
     if signal.ndim != 3:
-        raise ValueError(f"STFT: signal must have rank 3 [batch, length, 1 or 2], got shape {signal.shape}")
+        raise NodeInputError(f"STFT: signal must have rank 3 [batch, length, 1 or 2], got shape {signal.shape}")
     x, is_real = _as_complex(signal, "STFT")
     length = x.shape[1]
     step = _scalar_int(frame_step, "STFT: frame_step")
     if step < 1:
-        raise ValueError(f"STFT: frame_step must be positive, got {step}")
+        raise NodeInputError(f"STFT: frame_step must be positive, got {step}")
     if window is not None:
         window = np.asarray(window)
         if window.ndim != 1:
-            raise ValueError(f"STFT: window must be 1-D, got shape {window.shape}")
+            raise NodeInputError(f"STFT: window must be 1-D, got shape {window.shape}")
     if frame_length is not None:
         n = _scalar_int(frame_length, "STFT: frame_length")
         if window is not None and window.shape[0] != n:
-            raise ValueError(f"STFT: window length {window.shape[0]} differs from frame_length {n}")
+            raise NodeInputError(f"STFT: window length {window.shape[0]} differs from frame_length {n}")
     else:
         n = window.shape[0] if window is not None else length
     if not 1 <= n <= length:
-        raise ValueError(f"STFT: frame_length {n} must be in [1, signal_length={length}]")
+        raise NodeInputError(f"STFT: frame_length {n} must be in [1, signal_length={length}]")
     frames = np.lib.stride_tricks.sliding_window_view(x, n, axis=1)[:, ::step]  # [batch, frames, n]
     if window is not None:
         frames = frames * window.astype(x.real.dtype, copy=False)
@@ -139,7 +140,7 @@ def stft_17(signal, frame_step, window=None, frame_length=None, *, onesided=1):
 def _cosine_window(size, periodic: int, output_datatype: int, coefficients: tuple[float, ...]) -> np.ndarray:
     n_points = _scalar_int(size, "window size")
     if n_points < 0:
-        raise ValueError(f"window size must be non-negative, got {n_points}")
+        raise NodeInputError(f"window size must be non-negative, got {n_points}")
     denom = n_points if periodic else n_points - 1
     k = np.arange(n_points, dtype=_F64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -180,7 +181,7 @@ def mel_weight_matrix(num_mel_bins, dft_length, sample_rate, lower_edge_hertz, u
     lower = float(np.asarray(lower_edge_hertz, dtype=_F64).reshape(-1)[0])
     upper = float(np.asarray(upper_edge_hertz, dtype=_F64).reshape(-1)[0])
     if n_mel < 1 or n_dft < 1 or rate < 1:
-        raise ValueError("MelWeightMatrix: num_mel_bins, dft_length and sample_rate must be positive")
+        raise NodeInputError("MelWeightMatrix: num_mel_bins, dft_length and sample_rate must be positive")
     n_bins = n_dft // 2 + 1
 
     def hz_to_mel(hz: float) -> float:

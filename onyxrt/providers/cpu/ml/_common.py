@@ -8,6 +8,7 @@ import inspect
 from typing import Any, Callable
 
 import numpy as np
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.float32
 _SQRT2 = _F32(np.sqrt(2.0))
@@ -18,7 +19,7 @@ POST_TRANSFORMS = ("NONE", "LOGISTIC", "SOFTMAX", "SOFTMAX_ZERO", "PROBIT")
 
 def check_post_transform(name: str) -> str:
     if name not in POST_TRANSFORMS:
-        raise ValueError(f"unknown post_transform '{name}' (expected one of {', '.join(POST_TRANSFORMS)})")
+        raise NodeInputError(f"unknown post_transform '{name}' (expected one of {', '.join(POST_TRANSFORMS)})")
     return name
 
 
@@ -73,7 +74,7 @@ def transform_rows(scores: np.ndarray, post_transform: str) -> np.ndarray:
         return softmax_zero(scores)
     if post_transform == "PROBIT":
         return probit(scores)
-    raise ValueError(f"unknown post_transform '{post_transform}'")
+    raise NodeInputError(f"unknown post_transform '{post_transform}'")
 
 
 def binary_scores(score: np.ndarray, post_transform: str, add_second_class: np.ndarray | int,
@@ -120,7 +121,7 @@ def as_2d_features(x: np.ndarray, what: str) -> np.ndarray:
     """[C] -> [1, C]; [N, C] as is; more dims -> [N, -1] (rows are the first axis, as in onnxruntime)."""
     x = np.asarray(x)
     if x.ndim == 0:
-        raise ValueError(f"{what}: the input needs at least one dimension")
+        raise NodeInputError(f"{what}: the input needs at least one dimension")
     if x.ndim == 1:
         return x.reshape(1, -1)
     if x.ndim > 2:
@@ -131,7 +132,7 @@ def as_2d_features(x: np.ndarray, what: str) -> np.ndarray:
 def to_float32(x: np.ndarray, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
-        raise TypeError(f"{what}: unsupported input type {x.dtype}")
+        raise NodeInputTypeError(f"{what}: unsupported input type {x.dtype}")
     return x.astype(_F32, copy=False)
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..kernel_table import op
 from ._common import Compiled, obj_array
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.float32
 _OBJ = np.dtype(object)
@@ -35,7 +36,7 @@ class _Mapping:
         keys = list(keys)
         values = list(values)
         if len(keys) != len(values):
-            raise ValueError(f"the keys ({len(keys)}) and values ({len(values)}) differ in length")
+            raise NodeInputError(f"the keys ({len(keys)}) and values ({len(values)}) differ in length")
         self.out_dtype = np.dtype(out_dtype)
         self.string_keys = bool(keys) and isinstance(keys[0], str)
         pairs = list(zip(keys, values))
@@ -101,7 +102,7 @@ def label_encoder_1(x, *, classes_strings=None, default_int64=-1, default_string
         flat = [table.get(v, default_int64) for v in _strings(x).reshape(-1).tolist()]
         return np.asarray(flat, dtype=np.int64).reshape(x.shape)
     if x.dtype.kind not in "iu":
-        raise TypeError(f"LabelEncoder-1 maps strings to int64 or int64 to strings, got {x.dtype}")
+        raise NodeInputTypeError(f"LabelEncoder-1 maps strings to int64 or int64 to strings, got {x.dtype}")
     idx = x.astype(np.int64)
     idx = np.where((idx >= 0) & (idx < n_classes), idx, n_classes)
     return labels[idx].reshape(x.shape)
@@ -129,7 +130,7 @@ class _LabelEncoder:
         elif attrs.get("values_int64s") is not None:
             values, out_dtype, kind = attrs["values_int64s"], np.dtype(np.int64), "int64"
         else:
-            raise ValueError("LabelEncoder: one of the values_* attributes is required")
+            raise NodeInputError("LabelEncoder: one of the values_* attributes is required")
         default_tensor = attrs.get("default_tensor")
         if default_tensor is not None and np.asarray(default_tensor).size:
             default = np.asarray(default_tensor).reshape(-1)[0]
@@ -180,7 +181,7 @@ class _LabelEncoder:
         table = self.tables[input_kind] if input_kind in self.tables else \
             self._table(self._table_args[0], input_kind, *self._table_args[1:])
         if table is None:
-            raise TypeError(f"LabelEncoder: a {x.dtype} input needs numeric keys")
+            raise NodeInputTypeError(f"LabelEncoder: a {x.dtype} input needs numeric keys")
         return table(x, self.default)
 
 
@@ -219,7 +220,7 @@ def _build_category_mapper(*, cats_int64s, cats_strings, default_int64, default_
     ints = list(cats_int64s or [])
     strs = list(cats_strings or [])
     if len(ints) != len(strs):
-        raise ValueError("CategoryMapper: cats_int64s and cats_strings differ in length")
+        raise NodeInputError("CategoryMapper: cats_int64s and cats_strings differ in length")
     table = dict(zip(strs, ints))  # the last of duplicated categories wins
     return table, _Mapping(ints, strs, _OBJ, first_wins=False, nan_matches=False)
 
@@ -237,7 +238,7 @@ def category_mapper(x, *, cats_int64s=None, cats_strings=None, default_int64=-1,
         flat = [table.get(v, default_int64) for v in _strings(x).reshape(-1).tolist()]
         return np.asarray(flat, dtype=np.int64).reshape(x.shape)
     if x.dtype.kind not in "iu":
-        raise TypeError(f"CategoryMapper maps strings to int64 or int64 to strings, got {x.dtype}")
+        raise NodeInputTypeError(f"CategoryMapper maps strings to int64 or int64 to strings, got {x.dtype}")
     return mapping(x.astype(np.int64, copy=False), default_string)
 
 
@@ -246,10 +247,10 @@ def category_mapper(x, *, cats_int64s=None, cats_strings=None, default_int64=-1,
 
 def _build_one_hot_encoder(*, cats_int64s, cats_strings, zeros):
     if cats_int64s and cats_strings:
-        raise ValueError("OneHotEncoder: only one of cats_int64s and cats_strings may be set")
+        raise NodeInputError("OneHotEncoder: only one of cats_int64s and cats_strings may be set")
     cats = list(cats_int64s or cats_strings or [])
     if not cats:
-        raise ValueError("OneHotEncoder: no categories")
+        raise NodeInputError("OneHotEncoder: no categories")
     n = len(cats)
     table = {c: i for i, c in enumerate(cats)} if cats_strings else None
     mapping = _Mapping(cats, list(range(n)), np.dtype(np.int64), first_wins=False, nan_matches=False) \
@@ -266,7 +267,7 @@ def one_hot_encoder(x, *, cats_int64s=None, cats_strings=None, zeros=1, _packed=
     n, table, mapping = _packed if _packed is not None else _ONE_HOT_ENCODER.compile(locals())
     x = np.asarray(x)
     if x.ndim > 2:
-        raise ValueError(f"OneHotEncoder: the input rank must be at most 2, got {x.ndim}")
+        raise NodeInputError(f"OneHotEncoder: the input rank must be at most 2, got {x.ndim}")
     if _is_string(x):
         if table is None:
             return _one_hot_missing(x, n, zeros)
@@ -278,7 +279,7 @@ def one_hot_encoder(x, *, cats_int64s=None, cats_strings=None, zeros=1, _packed=
         idx = mapping(vals, -1)
     missing = idx < 0
     if missing.any() and not zeros:
-        raise ValueError("OneHotEncoder: unknown category and zeros = 0")
+        raise NodeInputError("OneHotEncoder: unknown category and zeros = 0")
     out = np.zeros((idx.size, n), dtype=_F32)
     rows = np.flatnonzero(~missing)
     out[rows, idx[rows]] = 1.0
@@ -287,7 +288,7 @@ def one_hot_encoder(x, *, cats_int64s=None, cats_strings=None, zeros=1, _packed=
 
 def _one_hot_missing(x: np.ndarray, n: int, zeros: int) -> np.ndarray:
     if x.size and not zeros:
-        raise ValueError("OneHotEncoder: unknown category and zeros = 0")
+        raise NodeInputError("OneHotEncoder: unknown category and zeros = 0")
     return np.zeros(x.shape + (n,), dtype=_F32)
 
 
@@ -313,7 +314,7 @@ def dict_vectorizer(x, *, int64_vocabulary=None, string_vocabulary=None):
     maps = x if isinstance(x, (list, tuple)) else [x]
     for m in maps:
         if not isinstance(m, dict):
-            raise TypeError(f"DictVectorizer expects a map (dict), got {type(m).__name__}")
+            raise NodeInputTypeError(f"DictVectorizer expects a map (dict), got {type(m).__name__}")
     dtype = _value_dtype([v for m in maps for v in m.values()])
     out = np.zeros((len(maps), len(vocab)), dtype=dtype) if dtype != _OBJ else \
         np.full((len(maps), len(vocab)), "", dtype=object)
@@ -336,7 +337,7 @@ _LEADING_INT = re.compile(r"\s*[+-]?\d+")
 def _stoll(s: str) -> int:
     m = _LEADING_INT.match(s)
     if m is None:
-        raise ValueError(f"CastMap: cannot convert {s!r} to int64")
+        raise NodeInputError(f"CastMap: cannot convert {s!r} to int64")
     return int(m.group(0))
 
 
@@ -346,18 +347,18 @@ def _stof(s: str) -> float:
     except ValueError:
         m = re.match(r"\s*[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?|inf(inity)?|nan)", s, re.IGNORECASE)
         if m is None:
-            raise ValueError(f"CastMap: cannot convert {s!r} to float") from None
+            raise NodeInputError(f"CastMap: cannot convert {s!r} to float") from None
         return float(m.group(0))
 
 
 @op("CastMap", versions=1, domain="ai.onnx.ml")
 def cast_map(x, *, cast_to="TO_FLOAT", map_form="DENSE", max_map=1):
     if not isinstance(x, dict):
-        raise TypeError(f"CastMap expects a map (dict), got {type(x).__name__}")
+        raise NodeInputTypeError(f"CastMap expects a map (dict), got {type(x).__name__}")
     if cast_to not in ("TO_FLOAT", "TO_STRING", "TO_INT64"):
-        raise ValueError(f"CastMap: invalid cast_to value '{cast_to}' (expected TO_FLOAT, TO_STRING or TO_INT64)")
+        raise NodeInputError(f"CastMap: invalid cast_to value '{cast_to}' (expected TO_FLOAT, TO_STRING or TO_INT64)")
     if map_form not in ("DENSE", "SPARSE"):
-        raise ValueError(f"CastMap: invalid map_form value '{map_form}' (expected DENSE or SPARSE)")
+        raise NodeInputError(f"CastMap: invalid map_form value '{map_form}' (expected DENSE or SPARSE)")
     items = sorted((int(k), v) for k, v in x.items())
     string_input = any(isinstance(v, str) for _, v in items)
 
@@ -372,7 +373,7 @@ def cast_map(x, *, cast_to="TO_FLOAT", map_form="DENSE", max_map=1):
         values = [convert(v) for _, v in items]
     else:
         if items and items[0][0] < 0:
-            raise ValueError(f"CastMap: negative index values are not permitted, first key is {items[0][0]}")
+            raise NodeInputError(f"CastMap: negative index values are not permitted, first key is {items[0][0]}")
         pad = {"TO_FLOAT": 0.0, "TO_INT64": 0, "TO_STRING": "0.f"}[cast_to]
         values = [pad] * int(max_map)
         for k, v in items:
@@ -390,14 +391,14 @@ def cast_map(x, *, cast_to="TO_FLOAT", map_form="DENSE", max_map=1):
 @op("ZipMap", versions=1, domain="ai.onnx.ml")
 def zip_map(x, *, classlabels_int64s=None, classlabels_strings=None):
     if bool(classlabels_int64s) == bool(classlabels_strings):
-        raise ValueError("ZipMap: provide classlabels_strings or classlabels_int64s but not both")
+        raise NodeInputError("ZipMap: provide classlabels_strings or classlabels_int64s but not both")
     labels = [str(v) for v in classlabels_strings] if classlabels_strings else [int(v) for v in classlabels_int64s]
     x = np.asarray(x)
     if x.ndim == 0 or x.ndim > 2:
-        raise ValueError("ZipMap only supports 1-D or 2-D input tensors")
+        raise NodeInputError("ZipMap only supports 1-D or 2-D input tensors")
     rows = x.reshape(1, -1) if x.ndim == 1 else x
     if rows.shape[1] != len(labels):
-        raise ValueError(f"ZipMap: input features_per_batch[{rows.shape[1]}] != number of classlabels[{len(labels)}]")
+        raise NodeInputError(f"ZipMap: input features_per_batch[{rows.shape[1]}] != number of classlabels[{len(labels)}]")
     order = sorted(range(len(labels)), key=labels.__getitem__)  # onnxruntime's maps iterate in key order
     keys = [labels[i] for i in order]
     values = rows.astype(_F32, copy=False)[:, order].tolist()

@@ -15,13 +15,14 @@ from ._common import (
     to_float32,
     transform_rows,
 )
+from ....errors import NodeInputError
 
 _F32 = np.float32
 
 
 def _coefficients(coef: np.ndarray, rows: int, n_features: int, what: str) -> np.ndarray:
     if rows <= 0 or coef.size != rows * n_features:
-        raise ValueError(f"{what}: {coef.size} coefficients do not fit {rows} x {n_features} features")
+        raise NodeInputError(f"{what}: {coef.size} coefficients do not fit {rows} x {n_features} features")
     return coef.reshape(rows, n_features)
 
 
@@ -71,7 +72,7 @@ class _LinearClassifier:
                 z = scores
             return y, z
         if len(labels) < class_count:
-            raise ValueError(f"LinearClassifier: {class_count} classes but {len(labels)} class labels")
+            raise NodeInputError(f"LinearClassifier: {class_count} classes but {len(labels)} class labels")
         y = self.label_array[np.argmax(scores, axis=1)] if n else self.no_labels
         return y, transform_rows(scores, post_transform)
 
@@ -98,7 +99,7 @@ class _LinearRegressor:
     def __call__(self, x) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim > 2:
-            raise ValueError(f"LinearRegressor: the input has more than 2 dimensions ({x.ndim})")
+            raise NodeInputError(f"LinearRegressor: the input has more than 2 dimensions ({x.ndim})")
         x2 = to_float32(x.reshape(1, -1) if x.ndim <= 1 else x, "LinearRegressor")
         coef = _coefficients(self.coef, int(self.targets), x2.shape[1], "LinearRegressor")
         y = x2 @ coef.T

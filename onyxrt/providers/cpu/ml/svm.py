@@ -17,6 +17,7 @@ from ._common import (
     to_float32,
     transform_rows,
 )
+from ....errors import NodeInputError
 
 _F32 = np.float32
 _KERNELS = ("LINEAR", "POLY", "RBF", "SIGMOID")
@@ -27,7 +28,7 @@ def _kernel_params(kernel_params) -> tuple[float, float, float]:
     if not params:
         return 0.0, 0.0, 0.0
     if len(params) < 3:
-        raise ValueError("SVM: kernel_params must hold gamma, coef0 and degree")
+        raise NodeInputError("SVM: kernel_params must hold gamma, coef0 and degree")
     return float(params[0]), float(params[1]), float(params[2])
 
 
@@ -111,17 +112,17 @@ class _SVC:
                  post_transform, prob_a, prob_b, rho, support_vectors, vectors_per_class) -> None:
         check_post_transform(post_transform)
         if kernel_type not in _KERNELS:
-            raise ValueError(f"SVMClassifier: unknown kernel_type '{kernel_type}'")
+            raise NodeInputError(f"SVMClassifier: unknown kernel_type '{kernel_type}'")
         if not coefficients:
-            raise ValueError("SVMClassifier: coefficients are required")
+            raise NodeInputError("SVMClassifier: coefficients are required")
         if rho is None:
-            raise ValueError("SVMClassifier: rho is required")
+            raise NodeInputError("SVMClassifier: rho is required")
         proba_a = list(prob_a or [])
         proba_b = list(prob_b or [])
         if len(proba_a) != len(proba_b):
-            raise ValueError("SVMClassifier: prob_a and prob_b differ in length")
+            raise NodeInputError("SVMClassifier: prob_a and prob_b differ in length")
         if not classlabels_strings and not classlabels_ints:
-            raise ValueError("SVMClassifier: classlabels_strings or classlabels_ints is required")
+            raise NodeInputError("SVMClassifier: classlabels_strings or classlabels_ints is required")
         self.post_transform = post_transform
         self.kernel_type = kernel_type
         self.using_strings = using_strings = bool(classlabels_strings)
@@ -160,20 +161,20 @@ class _SVC:
         f = self.f
         if not self.svc:  # liblinear mode: one linear score per class
             if f != x2.shape[1]:
-                raise ValueError(f"SVMClassifier: the model has {f} features, the input {x2.shape[1]}")
+                raise NodeInputError(f"SVMClassifier: the model has {f} features, the input {x2.shape[1]}")
             vectors = self.vectors or _Vectors(self.coef_all.reshape(class_count, f), "LINEAR")
             scores = _kernel_dot(x2, vectors, "LINEAR", 0, 0, 0, float(rho_v[0]))
             n_scores = class_count
         else:
             if f != x2.shape[1]:
-                raise ValueError(f"SVMClassifier: the support vectors have {f} features, the input {x2.shape[1]}")
+                raise NodeInputError(f"SVMClassifier: the support vectors have {f} features, the input {x2.shape[1]}")
             vectors = self.vectors or _Vectors(self.sv.reshape(self.vector_count, f), self.kernel_type)
             kern = _kernel_dot(x2, vectors, self.kernel_type, gamma, coef0, degree).astype(np.float64)
             coef = self.coef if self.coef is not None else \
                 self.coef_all.reshape(-1, self.vector_count).astype(np.float64)
             starts, pairs = self.starts, self.pairs
             if rho_v.size < len(pairs):
-                raise ValueError(f"SVMClassifier: rho holds {rho_v.size} values for {len(pairs)} classifiers")
+                raise NodeInputError(f"SVMClassifier: rho holds {rho_v.size} values for {len(pairs)} classifiers")
             pair_scores = np.empty((n, len(pairs)), dtype=np.float64)
             votes = np.zeros((n, class_count), dtype=np.int64)
             rows = np.arange(n)
@@ -247,11 +248,11 @@ class _SVR:
                  support_vectors) -> None:
         check_post_transform(post_transform)  # onnxruntime does not apply it
         if kernel_type not in _KERNELS:
-            raise ValueError(f"SVMRegressor: unknown kernel_type '{kernel_type}'")
+            raise NodeInputError(f"SVMRegressor: unknown kernel_type '{kernel_type}'")
         if not coefficients:
-            raise ValueError("SVMRegressor: coefficients are required")
+            raise NodeInputError("SVMRegressor: coefficients are required")
         if not rho:
-            raise ValueError("SVMRegressor: rho is required")
+            raise NodeInputError("SVMRegressor: rho is required")
         self.kernel_type, self.n_supports, self.one_class = kernel_type, n_supports, one_class
         self.gamma, self.coef0, self.degree = _kernel_params(kernel_params)
         self.coef = np.asarray(coefficients, dtype=_F32)
@@ -268,13 +269,13 @@ class _SVR:
         if n_supports > 0:
             f = self.f
             if f != x2.shape[1]:
-                raise ValueError(f"SVMRegressor: the support vectors have {f} features, the input {x2.shape[1]}")
+                raise NodeInputError(f"SVMRegressor: the support vectors have {f} features, the input {x2.shape[1]}")
             vectors = self.vectors or _Vectors(self.sv.reshape(n_supports, f), self.kernel_type)
             kern = _kernel_dot(x2, vectors, self.kernel_type, self.gamma, self.coef0, self.degree)
             y = kern @ self.coef_sv + self.rho0
         else:
             if coef.size != x2.shape[1]:
-                raise ValueError(f"SVMRegressor: {coef.size} coefficients for {x2.shape[1]} features")
+                raise NodeInputError(f"SVMRegressor: {coef.size} coefficients for {x2.shape[1]} features")
             y = x2 @ coef + self.rho0
         y = y.astype(_F32).reshape(-1, 1)
         if self.one_class:

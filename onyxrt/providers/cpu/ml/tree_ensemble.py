@@ -27,6 +27,7 @@ from ._common import (
     probit,
     transform_rows,
 )
+from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.float32
 _F64 = np.float64
@@ -84,7 +85,7 @@ class _Forest:
         feat = np.asarray(feat, dtype=np.int64)
         self.max_feature = int(feat.max()) if n_internal else -1
         if n_internal and feat.min() < 0:
-            raise ValueError("tree ensemble: negative feature id")
+            raise NodeInputError("tree ensemble: negative feature id")
         thr = np.asarray(thr)
         if thr.dtype not in (np.dtype(_F32), np.dtype(_F64)):
             thr = thr.astype(_F64 if thr.dtype.itemsize > 4 else _F32)
@@ -122,7 +123,7 @@ class _Forest:
         self.leaf_weights = np.asarray(leaf_weights, dtype=_F64)
         self.leaf_first = np.asarray(leaf_first, dtype=_F64)  # the first weight of each leaf
         if self.leaf_targets.size and (self.leaf_targets.min() < 0 or self.leaf_targets.max() >= n_targets):
-            raise ValueError(f"tree ensemble: a target/class id is outside [0, {n_targets})")
+            raise NodeInputError(f"tree ensemble: a target/class id is outside [0, {n_targets})")
         self._dense: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         flat = self.leaf_entry * n_targets + self.leaf_targets
         self.has = np.bincount(flat, minlength=n_leaves * n_targets).reshape(n_leaves, n_targets) > 0
@@ -160,7 +161,7 @@ class _Forest:
             false_child[level] = base + 1 + 2 * np.arange(parents.size)
             base += kids.size
             if base > 4 * total_rows + roots.size + 16 or level > total_rows + 1:
-                raise ValueError("tree ensemble: the nodes do not form trees (cycle or heavily shared subtrees)")
+                raise NodeInputError("tree ensemble: the nodes do not form trees (cycle or heavily shared subtrees)")
             levels.append(kids)
             frontier = kids
             level += 1
@@ -170,7 +171,7 @@ class _Forest:
         self.done_share = np.cumsum(np.stack(shares, axis=1), axis=1) if shares else np.ones((0, 1))
         orig = np.concatenate(levels) if levels else np.zeros(0, np.int64)
         if orig.size >= 2**31 - 1:
-            raise ValueError("tree ensemble: too many nodes")
+            raise NodeInputError("tree ensemble: too many nodes")
         n_pos = orig.size
         inner = orig < n_int
         child = np.arange(n_pos, dtype=np.int64)  # leaves are their own false child
@@ -253,7 +254,7 @@ class _Forest:
         n_rows, n_feat = x.shape
         t = self.n_trees
         if self.max_feature >= n_feat:
-            raise ValueError(f"tree ensemble uses feature {self.max_feature} but the input has {n_feat} features")
+            raise NodeInputError(f"tree ensemble uses feature {self.max_feature} but the input has {n_feat} features")
         if t == 0:
             return []
         if n_rows == 0:
@@ -419,7 +420,7 @@ def _check_lengths(op_name: str, reference: str, n: int, attributes) -> None:
     """Every per-node attribute list must have one entry per node (as many as ``reference``)."""
     for name, arr in attributes:
         if len(arr) != n:
-            raise ValueError(f"{op_name}: {name} has {len(arr)} entries, {reference} has {n}")
+            raise NodeInputError(f"{op_name}: {name} has {len(arr)} entries, {reference} has {n}")
 
 
 def _compile_v3(treeids, nodeids, featureids, modes, values, truenodeids, falsenodeids, mtt,
@@ -430,23 +431,23 @@ def _compile_v3(treeids, nodeids, featureids, modes, values, truenodeids, falsen
         ("nodes_nodeids", nodeids), ("nodes_featureids", featureids), ("nodes_modes", modes),
         ("nodes_values", values), ("nodes_truenodeids", truenodeids), ("nodes_falsenodeids", falsenodeids)))
     if not (len(t_treeids) == len(t_nodeids) == len(t_ids) == len(t_weights)):
-        raise ValueError("tree ensemble: the target/class ids, nodeids, treeids and weights differ in length")
+        raise NodeInputError("tree ensemble: the target/class ids, nodeids, treeids and weights differ in length")
     names = dict(_MODE_NAMES, LEAF=-1)
     try:
         mode_codes = np.array([names[m] for m in modes], dtype=np.int64)
     except KeyError as exc:
-        raise ValueError(f"tree ensemble: unknown node mode {exc.args[0]!r}") from None
+        raise NodeInputError(f"tree ensemble: unknown node mode {exc.args[0]!r}") from None
     tree = np.asarray(treeids, dtype=np.int64).reshape(-1)
     node = np.asarray(nodeids, dtype=np.int64).reshape(-1)
     if n and (node.min() < 0 or tree.min() < 0):
-        raise ValueError("tree ensemble: negative tree or node ids")
+        raise NodeInputError("tree ensemble: negative tree or node ids")
     span = int(node.max()) + 1 if n else 1
     keys = tree * span + node
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     if n > 1 and (np.diff(sorted_keys) == 0).any():
         dup = sorted_keys[np.flatnonzero(np.diff(sorted_keys) == 0)[0]]
-        raise ValueError(f"tree ensemble: node {dup % span} in tree {dup // span} is defined twice")
+        raise NodeInputError(f"tree ensemble: node {dup % span} in tree {dup // span} is defined twice")
 
     def find(trees: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
         """Node positions of (tree, id) pairs; raises for a missing one."""
@@ -456,7 +457,7 @@ def _compile_v3(treeids, nodeids, featureids, modes, values, truenodeids, falsen
         ok = (ids >= 0) & (ids < span) & (sorted_keys[pos] == k) if n else np.zeros(ids.shape, bool)
         if not ok.all():
             bad = np.flatnonzero(~ok)[0]
-            raise ValueError(f"tree ensemble: node {ids[bad]} of tree {trees[bad]} ({what}) does not exist")
+            raise NodeInputError(f"tree ensemble: node {ids[bad]} of tree {trees[bad]} ({what}) does not exist")
         return order[pos]
 
     is_leaf = mode_codes < 0
@@ -469,7 +470,7 @@ def _compile_v3(treeids, nodeids, featureids, modes, values, truenodeids, falsen
     t_pos = find(tree[internal], np.asarray(truenodeids, dtype=np.int64)[internal], "true branch")
     f_pos = find(tree[internal], np.asarray(falsenodeids, dtype=np.int64)[internal], "false branch")
     if (t_pos == internal).any() or (f_pos == internal).any():
-        raise ValueError("tree ensemble: a node points to itself")
+        raise NodeInputError("tree ensemble: a node points to itself")
     starts = np.flatnonzero(np.concatenate([[True], tree[1:] != tree[:-1]])) if n else np.zeros(0, np.int64)
     track = np.zeros(n, dtype=bool)
     if len(mtt):
@@ -488,7 +489,7 @@ def _compile_v3(treeids, nodeids, featureids, modes, values, truenodeids, falsen
     if seen.size != leaf_nodes.size:
         missing = np.setdiff1d(np.arange(leaf_nodes.size), seen)[0]
         j = leaf_nodes[missing]
-        raise ValueError(f"tree ensemble: target is missing for leaf {tree[j]}-{node[j]}")
+        raise NodeInputError(f"tree ensemble: target is missing for leaf {tree[j]}-{node[j]}")
     first = np.zeros(leaf_nodes.size, dtype=_F64)
     first[seen] = weights[first_at]
     return _Forest(
@@ -509,22 +510,22 @@ def _compile_v5(*, tree_roots, modes, featureids, splits, truenodeids, trueleafs
         ("nodes_trueleafs", trueleafs), ("nodes_falsenodeids", falsenodeids), ("nodes_falseleafs", falseleafs)))
     n_leaves = len(leaf_weights)
     if len(leaf_targetids) != n_leaves:
-        raise ValueError("TreeEnsemble: leaf_targetids and leaf_weights differ in length")
+        raise NodeInputError("TreeEnsemble: leaf_targetids and leaf_weights differ in length")
     modes = np.asarray(modes, dtype=np.int64)
     if modes.size and (modes.min() < 0 or modes.max() > MEMBER):
-        raise ValueError("TreeEnsemble: nodes_modes values must be in [0, 6]")
+        raise NodeInputError("TreeEnsemble: nodes_modes values must be in [0, 6]")
 
     def nxt(ids, leafs):
         ids = np.asarray(ids, dtype=np.int64)
         leafs = np.asarray(leafs, dtype=np.int64) != 0
         bound = np.where(leafs, n_leaves, n)
         if ids.size and ((ids < 0) | (ids >= bound)).any():
-            raise ValueError("TreeEnsemble: a node or leaf index is out of range")
+            raise NodeInputError("TreeEnsemble: a node or leaf index is out of range")
         return np.where(leafs, n + ids, ids)
 
     roots = np.asarray(tree_roots, dtype=np.int64)
     if roots.size and ((roots < 0) | (roots >= n)).any():
-        raise ValueError("TreeEnsemble: a tree root is out of range")
+        raise NodeInputError("TreeEnsemble: a tree root is out of range")
     track = np.zeros(n, dtype=bool)
     if mtt is not None and len(mtt):
         k = min(n, len(mtt))
@@ -556,11 +557,11 @@ def _compile_v5(*, tree_roots, modes, featureids, splits, truenodeids, trueleafs
 def _values(plain, as_tensor, what: str, required: bool = True) -> np.ndarray | None:
     if as_tensor is not None:
         if plain:
-            raise ValueError(f"tree ensemble: only one of {what} and {what}_as_tensor may be set")
+            raise NodeInputError(f"tree ensemble: only one of {what} and {what}_as_tensor may be set")
         return np.asarray(as_tensor).reshape(-1)
     if plain is None:
         if required:
-            raise ValueError(f"tree ensemble: attribute {what} is required")
+            raise NodeInputError(f"tree ensemble: attribute {what} is required")
         return None
     return np.asarray(plain, dtype=_F32)
 
@@ -574,9 +575,9 @@ def _compare_dtype(x: np.ndarray, thr: np.ndarray) -> np.dtype:
 def _prepare_input(x: np.ndarray, forest: _Forest, what: str) -> np.ndarray:
     x = np.asarray(x)
     if x.dtype.kind not in "fiu":
-        raise TypeError(f"{what}: unsupported input type {x.dtype}")
+        raise NodeInputTypeError(f"{what}: unsupported input type {x.dtype}")
     if x.ndim == 0:
-        raise ValueError(f"{what}: the input needs at least one dimension")
+        raise NodeInputError(f"{what}: the input needs at least one dimension")
     x2 = x.reshape(1, -1) if x.ndim == 1 else x.reshape(x.shape[0], -1)
     return x2.astype(_compare_dtype(x2, forest.thr), copy=False)
 
@@ -812,10 +813,10 @@ def _build_regressor(*, aggregate_function, base_values, base_values_as_tensor, 
                      nodes_values_as_tensor, post_transform, target_ids, target_nodeids, target_treeids,
                      target_weights, target_weights_as_tensor) -> _Regressor:
     if aggregate_function not in _AGGREGATES:
-        raise ValueError(f"TreeEnsembleRegressor: unknown aggregate_function '{aggregate_function}'")
+        raise NodeInputError(f"TreeEnsembleRegressor: unknown aggregate_function '{aggregate_function}'")
     check_post_transform(post_transform)
     if not n_targets or n_targets <= 0:
-        raise ValueError("TreeEnsembleRegressor: n_targets must be positive")
+        raise NodeInputError("TreeEnsembleRegressor: n_targets must be positive")
     forest = _compile_v3(
         nodes_treeids or [], nodes_nodeids or [], nodes_featureids or [],
         nodes_modes or [], _values(nodes_values, nodes_values_as_tensor, "nodes_values"),
@@ -835,7 +836,7 @@ def _build_classifier(*, base_values, base_values_as_tensor, class_ids, class_no
                       nodes_values_as_tensor, post_transform) -> _Classifier:
     check_post_transform(post_transform)
     if not classlabels_strings and not classlabels_int64s:
-        raise ValueError("TreeEnsembleClassifier: classlabels_int64s or classlabels_strings is required")
+        raise NodeInputError("TreeEnsembleClassifier: classlabels_int64s or classlabels_strings is required")
     n_classes = len(classlabels_strings) if classlabels_strings else len(classlabels_int64s)
     weights = _values(class_weights, class_weights_as_tensor, "class_weights", required=False)
     if weights is None:
@@ -853,18 +854,18 @@ def _build_v5(*, aggregate_function, leaf_targetids, leaf_weights, membership_va
               nodes_falsenodeids, nodes_featureids, nodes_hitrates, nodes_missing_value_tracks_true, nodes_modes,
               nodes_splits, nodes_trueleafs, nodes_truenodeids, post_transform, tree_roots) -> _Regressor:
     if aggregate_function not in _V5_AGGREGATES:
-        raise ValueError(f"TreeEnsemble: unknown aggregate_function {aggregate_function}")
+        raise NodeInputError(f"TreeEnsemble: unknown aggregate_function {aggregate_function}")
     if post_transform not in _V5_TRANSFORMS:
-        raise ValueError(f"TreeEnsemble: unknown post_transform {post_transform}")
+        raise NodeInputError(f"TreeEnsemble: unknown post_transform {post_transform}")
     if not n_targets or n_targets <= 0:
-        raise ValueError("TreeEnsemble: n_targets must be positive")
+        raise NodeInputError("TreeEnsemble: n_targets must be positive")
     for name, value in (("leaf_targetids", leaf_targetids), ("leaf_weights", leaf_weights),
                         ("nodes_falseleafs", nodes_falseleafs), ("nodes_falsenodeids", nodes_falsenodeids),
                         ("nodes_featureids", nodes_featureids), ("nodes_modes", nodes_modes),
                         ("nodes_splits", nodes_splits), ("nodes_trueleafs", nodes_trueleafs),
                         ("nodes_truenodeids", nodes_truenodeids), ("tree_roots", tree_roots)):
         if value is None:
-            raise ValueError(f"TreeEnsemble: attribute {name} is required")
+            raise NodeInputError(f"TreeEnsemble: attribute {name} is required")
     splits = np.asarray(nodes_splits).reshape(-1)
     if splits.dtype not in (np.dtype(_F32), np.dtype(_F64)):
         splits = splits.astype(_F32)

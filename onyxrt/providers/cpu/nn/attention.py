@@ -10,8 +10,9 @@ query row with no attendable key yields zeros, as the spec's errata says.
 from __future__ import annotations
 
 import numpy as np
-import onnx.helper
 
+from ....errors import NodeInputError
+from ....graph.types import np_dtype
 from ..kernel_table import op
 
 
@@ -20,10 +21,10 @@ def _heads_first(x: np.ndarray, heads: int | None, what: str) -> np.ndarray:
     if x.ndim == 4:
         return x
     if x.ndim != 3 or heads is None:
-        raise ValueError(f"{what} must be 4-D, or 3-D with its num_heads attribute set; got shape {x.shape}")
+        raise NodeInputError(f"{what} must be 4-D, or 3-D with its num_heads attribute set; got shape {x.shape}")
     b, s, hidden = x.shape
     if hidden % heads:
-        raise ValueError(f"{what} hidden size {hidden} is not divisible by {heads} heads")
+        raise NodeInputError(f"{what} hidden size {hidden} is not divisible by {heads} heads")
     return x.reshape(b, s, heads, hidden // heads).transpose(0, 2, 1, 3)
 
 
@@ -64,9 +65,9 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
               softmax_precision=None, left_window_size=-1, right_window_size=-1, _num_outputs=1):
     """softmax(Q K^T * scale (+ softcap) + mask) V, with optional KV cache concatenation."""
     if (past_key is None) != (past_value is None):
-        raise ValueError("past_key and past_value must be given together")
+        raise NodeInputError("past_key and past_value must be given together")
     if nonpad_kv_seqlen is not None and past_key is not None:
-        raise ValueError("nonpad_kv_seqlen cannot be combined with past_key/past_value")
+        raise NodeInputError("nonpad_kv_seqlen cannot be combined with past_key/past_value")
     three_d = q.ndim == 3
     dtype = q.dtype
     qh = _heads_first(q, q_num_heads, "Q")
@@ -79,7 +80,7 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     batch, heads, q_len, head_size = qh.shape
     kv_heads, kv_len = kh.shape[1], kh.shape[2]
     if heads % kv_heads:
-        raise ValueError(f"{heads} query heads are not a multiple of {kv_heads} key/value heads")
+        raise NodeInputError(f"{heads} query heads are not a multiple of {kv_heads} key/value heads")
     group = heads // kv_heads
 
     # float16 stays float16 (as the spec computes it); ml_dtypes types (bfloat16, float8) compute in float32
@@ -121,7 +122,9 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     biased = capped + bias
     softmax_dtype = compute
     if softmax_precision is not None:
-        softmax_dtype = onnx.helper.tensor_dtype_to_np_dtype(softmax_precision)
+        softmax_dtype = np_dtype(softmax_precision)
+        if softmax_dtype.kind != "f":
+            raise NodeInputError(f"Attention: softmax_precision {softmax_precision} is not a float type")
     probs = _stable_softmax(biased.astype(softmax_dtype, copy=True))
     empty_rows = np.isneginf(bias.max(axis=-1, keepdims=True))
     if empty_rows.any():
@@ -144,7 +147,7 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     elif mode == 3:
         qk = probs
     else:
-        raise ValueError(f"qk_matmul_output_mode must be 0..3, got {mode}")
+        raise NodeInputError(f"qk_matmul_output_mode must be 0..3, got {mode}")
     return out, present_key, present_value, np.asarray(qk).astype(dtype)
 
 
@@ -154,7 +157,7 @@ def rotary_embedding(x, cos_cache, sin_cache, position_ids=None, *, interleaved=
     original_shape = x.shape
     if x.ndim == 3:  # [B, S, H*D] -> [B, S, H, D]
         if not num_heads:
-            raise ValueError("RotaryEmbedding on a 3-D input needs num_heads")
+            raise NodeInputError("RotaryEmbedding on a 3-D input needs num_heads")
         x = x.reshape(x.shape[0], x.shape[1], num_heads, -1)
     else:  # [B, H, S, D] -> [B, S, H, D]
         x = x.transpose(0, 2, 1, 3)

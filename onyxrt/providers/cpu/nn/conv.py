@@ -30,6 +30,7 @@ from .conv_core import (
     spatial_defaults,
     window_slice,
 )
+from ....errors import NodeInputError, NodeInputTypeError
 
 @op("Conv", versions=(1, 11, 22), prepack=conv_prepack)
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _packed=None):
@@ -45,7 +46,7 @@ def conv_transpose_pads(in_sp, kernel, strides, dilations, pads, auto_pad, outpu
     auto_pad = auto_pad_name(auto_pad)
     op_ = [int(v) for v in output_padding] if output_padding else [0] * nd
     if len(op_) != nd:
-        raise ValueError(f"output_padding {op_} must have {nd} values")
+        raise NodeInputError(f"output_padding {op_} must have {nd} values")
     full = [strides[i] * (in_sp[i] - 1) + op_[i] + (kernel[i] - 1) * dilations[i] + 1 for i in range(nd)]
     target = None
     if output_shape:
@@ -53,7 +54,7 @@ def conv_transpose_pads(in_sp, kernel, strides, dilations, pads, auto_pad, outpu
         if len(target) == nd + 2:
             target = target[2:]
         if len(target) != nd:
-            raise ValueError(f"output_shape {list(output_shape)} must have {nd} values")
+            raise NodeInputError(f"output_shape {list(output_shape)} must have {nd} values")
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         target = [in_sp[i] * strides[i] for i in range(nd)]
     if target is not None:
@@ -70,7 +71,7 @@ def conv_transpose_pads(in_sp, kernel, strides, dilations, pads, auto_pad, outpu
         return [0] * nd, [0] * nd, op_
     pads = [int(p) for p in pads]
     if len(pads) != 2 * nd:
-        raise ValueError(f"pads {pads} must have {2 * nd} values")
+        raise NodeInputError(f"pads {pads} must have {2 * nd} values")
     return pads[:nd], pads[nd:], op_
 
 
@@ -110,7 +111,7 @@ def conv_transpose_core(x, w, group, strides, dilations, begin, end, output_padd
     Cw, Mg = w.shape[:2]
     group = int(group)
     if Cw != C or group <= 0 or C % group:
-        raise ValueError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
+        raise NodeInputError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
     Cg = C // group
     M = Mg * group
     P = math.prod(in_sp)
@@ -143,7 +144,7 @@ def conv_transpose(
     _packed=None,
 ):
     if x.ndim < 3:
-        raise ValueError(f"ConvTranspose input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"ConvTranspose input must have rank >= 3, got shape {x.shape}")
     check_kernel_shape(kernel_shape, w)
     nd = x.ndim - 2
     s, d = spatial_defaults(nd, strides, dilations)
@@ -175,7 +176,7 @@ def _zero_point_shift(v: np.ndarray, zp, per_channel_axis_len: int | None = None
             out -= z
         return out
     if per_channel_axis_len is None or zp.size != per_channel_axis_len:
-        raise ValueError(f"zero point of shape {zp.shape} is not per-tensor or per-output-channel")
+        raise NodeInputError(f"zero point of shape {zp.shape} is not per-tensor or per-output-channel")
     out -= zp.astype(np.float64).reshape((-1,) + (1,) * (v.ndim - 1))
     return out
 
@@ -206,16 +207,16 @@ def _qlinear_conv_prepack(inputs, attributes):
 
 def _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, packed=None):
     if x.ndim < 3:
-        raise ValueError(f"input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"input must have rank >= 3, got shape {x.shape}")
     for name, t in (("x", x), ("w", w)):
         if t.dtype not in (np.int8, np.uint8):
-            raise TypeError(f"{name} must be int8 or uint8, got {t.dtype}")
+            raise NodeInputTypeError(f"{name} must be int8 or uint8, got {t.dtype}")
     check_kernel_shape(kernel_shape, w)
     nd = x.ndim - 2
     s, d = spatial_defaults(nd, strides, dilations)
     p = conv_pads(x.shape[2:], w.shape[2:], s, d, pads, auto_pad)
     if x_zero_point is not None and np.asarray(x_zero_point).size != 1:
-        raise ValueError("x_zero_point must be a scalar (per-tensor)")
+        raise NodeInputError("x_zero_point must be a scalar (per-tensor)")
     xc = _zero_point_shift(x, x_zero_point)
     if packed is not None and packed.w.shape == w.shape:
         return conv_core(xc, packed.w, group, s, d, p, None, packed.dw)  # exact integers in float64
@@ -270,7 +271,7 @@ def qlinear_conv(
         acc = acc + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nd)
     ws = np.asarray(w_scale, dtype=np.float32).reshape(-1)
     if ws.size not in (1, M):
-        raise ValueError(f"w_scale must be per-tensor or per-output-channel, got shape {np.shape(w_scale)}")
+        raise NodeInputError(f"w_scale must be per-tensor or per-output-channel, got shape {np.shape(w_scale)}")
     mult = (np.float32(np.asarray(x_scale).reshape(-1)[0]) * ws) / np.float32(np.asarray(y_scale).reshape(-1)[0])
     mult = mult.astype(np.float32).reshape((1, -1) + (1,) * nd) if ws.size > 1 else mult.astype(np.float32)[0]
     out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.uint8
@@ -287,9 +288,9 @@ def causal_conv_with_state(x, w, b=None, past_state=None, *, activation="none"):
         activation = activation.decode()
     activation = (activation or "none").lower()
     if activation not in ("none", "silu", "swish"):
-        raise ValueError(f"unsupported activation {activation!r}")
+        raise NodeInputError(f"unsupported activation {activation!r}")
     if x.ndim != 3 or w.ndim != 3 or w.shape[1] != 1 or w.shape[0] != x.shape[1]:
-        raise ValueError(f"CausalConvWithState expects input (B, C, L) and weight (C, 1, k); got {x.shape}, {w.shape}")
+        raise NodeInputError(f"CausalConvWithState expects input (B, C, L) and weight (C, 1, k); got {x.shape}, {w.shape}")
     B, C, L = x.shape
     k = w.shape[2]
     ct = compute_dtype(x.dtype)
@@ -299,7 +300,7 @@ def causal_conv_with_state(x, w, b=None, past_state=None, *, activation="none"):
     else:
         past = np.asarray(past_state).astype(ct, copy=False)
         if past.shape != (B, C, k - 1):
-            raise ValueError(f"past_state shape {past.shape} must be {(B, C, k - 1)}")
+            raise NodeInputError(f"past_state shape {past.shape} must be {(B, C, k - 1)}")
     padded = np.concatenate([past, xc], axis=2)
     wc = w.astype(ct, copy=False).reshape(1, C, k)
     y = padded[:, :, 0:L] * wc[:, :, 0:1]
@@ -353,7 +354,7 @@ def deform_conv(
     K = kh * kw
     group, G = int(group), int(offset_group)
     if Cg * group != C or M % group or C % G:
-        raise ValueError(f"DeformConv: channels {C}, weight {w.shape}, group {group}, offset_group {G} are inconsistent")
+        raise NodeInputError(f"DeformConv: channels {C}, weight {w.shape}, group {group}, offset_group {G} are inconsistent")
     oH = (H + p[0] + p[2] - ((kh - 1) * d[0] + 1)) // s[0] + 1
     oW = (W + p[1] + p[3] - ((kw - 1) * d[1] + 1)) // s[1] + 1
     P = oH * oW

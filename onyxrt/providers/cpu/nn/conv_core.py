@@ -31,6 +31,7 @@ import sys
 import numpy as np
 
 from ....framework.thread_pool import current_pool
+from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- window geometry
 # (shared with pooling)
@@ -45,9 +46,9 @@ def spatial_defaults(nd: int, strides, dilations) -> tuple[list[int], list[int]]
     s = [int(v) for v in strides] if strides else [1] * nd
     d = [int(v) for v in dilations] if dilations else [1] * nd
     if len(s) != nd or len(d) != nd:
-        raise ValueError(f"strides {s} / dilations {d} do not match {nd} spatial dimensions")
+        raise NodeInputError(f"strides {s} / dilations {d} do not match {nd} spatial dimensions")
     if any(v <= 0 for v in s) or any(v <= 0 for v in d):
-        raise ValueError(f"strides {s} and dilations {d} must be positive")
+        raise NodeInputError(f"strides {s} and dilations {d} must be positive")
     return s, d
 
 
@@ -57,7 +58,7 @@ def auto_pad_name(auto_pad) -> str:
         auto_pad = auto_pad.decode()
     auto_pad = auto_pad or "NOTSET"
     if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
-        raise ValueError(f"unsupported auto_pad value {auto_pad!r}")
+        raise NodeInputError(f"unsupported auto_pad value {auto_pad!r}")
     return auto_pad
 
 
@@ -82,7 +83,7 @@ def conv_pads(in_sp, kernel, strides, dilations, pads, auto_pad) -> list[int]:
         return [0] * (2 * nd)
     pads = [int(p) for p in pads]
     if len(pads) != 2 * nd:
-        raise ValueError(f"pads {pads} must have {2 * nd} values")
+        raise NodeInputError(f"pads {pads} must have {2 * nd} values")
     return pads
 
 
@@ -125,7 +126,7 @@ def window_slice(tap: int, dilation: int, stride: int, count: int) -> slice:
 def check_kernel_shape(kernel_shape, w) -> None:
     """Raise when the ``kernel_shape`` attribute disagrees with the filter's spatial shape."""
     if kernel_shape and [int(k) for k in kernel_shape] != list(w.shape[2:]):
-        raise ValueError(f"kernel_shape {list(kernel_shape)} does not match the weight shape {w.shape}")
+        raise NodeInputError(f"kernel_shape {list(kernel_shape)} does not match the weight shape {w.shape}")
 
 
 # The convolutions run their own numpy work (column matrices, depthwise blocks) on the
@@ -586,13 +587,13 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     k = tuple(w.shape[2:])
     group = int(group)
     if group <= 0 or Cg * group != C or M % group:
-        raise ValueError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
+        raise NodeInputError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
     if len(k) != nd:
-        raise ValueError(f"weight shape {w.shape} does not match input rank {x.ndim}")
+        raise NodeInputError(f"weight shape {w.shape} does not match input rank {x.ndim}")
     padded = [x.shape[2 + i] + pads[i] + pads[nd + i] for i in range(nd)]
     out_sp = [(padded[i] - (k[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
     if any(o <= 0 for o in out_sp):
-        raise ValueError(f"convolution output would be empty: input {x.shape}, kernel {k}, pads {pads}")
+        raise NodeInputError(f"convolution output would be empty: input {x.shape}, kernel {k}, pads {pads}")
     P = math.prod(out_sp)
     K = math.prod(k)
     Mg = M // group
@@ -734,9 +735,9 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     """Conv in the compute dtype; ``activation`` (in place, see ``conv_core``) only applies when
     that is the input's dtype (callers apply it afterwards otherwise)."""
     if x.ndim < 3:
-        raise ValueError(f"Conv input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"Conv input must have rank >= 3, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
-        raise TypeError(f"Conv does not support dtype {x.dtype}")
+        raise NodeInputTypeError(f"Conv does not support dtype {x.dtype}")
     check_kernel_shape(kernel_shape, w)
     nd = x.ndim - 2
     s, d = spatial_defaults(nd, strides, dilations)

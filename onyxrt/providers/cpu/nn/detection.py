@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 
 def _scalar(value, default, cast):
@@ -47,7 +48,7 @@ def _box_corners(boxes: np.ndarray, center_point_box: int):
         hw = w / 2
         hh = h / 2
         return yc - hh, xc - hw, yc + hh, xc + hw
-    raise ValueError(f"NonMaxSuppression center_point_box must be 0 or 1, got {center_point_box}")
+    raise NodeInputError(f"NonMaxSuppression center_point_box must be 0 or 1, got {center_point_box}")
 
 
 def _suppresses(ymin, xmin, ymax, xmax, area, a, b, iou_threshold):
@@ -140,14 +141,14 @@ def non_max_suppression_impl(
     boxes = np.asarray(boxes)
     scores = np.asarray(scores)
     if boxes.ndim != 3 or boxes.shape[2] != 4:
-        raise ValueError(f"NonMaxSuppression boxes must have shape [batches, boxes, 4], got {boxes.shape}")
+        raise NodeInputError(f"NonMaxSuppression boxes must have shape [batches, boxes, 4], got {boxes.shape}")
     if scores.ndim != 3 or scores.shape[0] != boxes.shape[0] or scores.shape[2] != boxes.shape[1]:
-        raise ValueError(f"NonMaxSuppression scores shape {scores.shape} does not match boxes shape {boxes.shape}")
+        raise NodeInputError(f"NonMaxSuppression scores shape {scores.shape} does not match boxes shape {boxes.shape}")
     max_out = min(_scalar(max_output_boxes_per_class, 0, int), boxes.shape[1])
     iou_thr = _scalar(iou_threshold, 0.0, float)
     score_thr = _scalar(score_threshold, None, float)
     if not 0.0 <= iou_thr <= 1.0:
-        raise ValueError(f"NonMaxSuppression iou_threshold must be in [0, 1], got {iou_thr}")
+        raise NodeInputError(f"NonMaxSuppression iou_threshold must be in [0, 1], got {iou_thr}")
     if max_out <= 0 or boxes.shape[1] == 0:
         return np.zeros((0, 3), dtype=np.int64)
     cdt = np.float64 if boxes.dtype == np.float64 else np.float32
@@ -215,12 +216,12 @@ def roi_align_impl(
     rois = np.asarray(rois)
     batch_indices = np.asarray(batch_indices).reshape(-1)
     if x.ndim != 4:
-        raise ValueError(f"RoiAlign input X must be 4-D, got shape {x.shape}")
+        raise NodeInputError(f"RoiAlign input X must be 4-D, got shape {x.shape}")
     if rois.ndim != 2 or rois.shape[1] != 4 or rois.shape[0] != batch_indices.size:
-        raise ValueError(f"RoiAlign rois shape {rois.shape} / batch_indices shape {batch_indices.shape} are invalid")
+        raise NodeInputError(f"RoiAlign rois shape {rois.shape} / batch_indices shape {batch_indices.shape} are invalid")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode not in ("avg", "max"):
-        raise ValueError(f"RoiAlign mode must be 'avg' or 'max', got {mode!r}")
+        raise NodeInputError(f"RoiAlign mode must be 'avg' or 'max', got {mode!r}")
     N, C, H, W = x.shape
     PH, PW = int(output_height), int(output_width)
     sampling_ratio = int(sampling_ratio)
@@ -230,7 +231,7 @@ def roi_align_impl(
     if R == 0 or C == 0 or PH * PW == 0:
         return out.astype(x.dtype, copy=False)
     if batch_indices.size and (batch_indices.min() < 0 or batch_indices.max() >= N):
-        raise ValueError(f"RoiAlign batch_indices must be in [0, {N}), got {batch_indices.tolist()}")
+        raise NodeInputError(f"RoiAlign batch_indices must be in [0, {N}), got {batch_indices.tolist()}")
     xc = x.astype(cdt, copy=False)
     offset = cdt(0.5) if half_pixel else cdt(0)
     boxes = rois.astype(cdt, copy=False) * cdt(spatial_scale) - offset
@@ -330,7 +331,7 @@ def roi_align(
     ctm = coordinate_transformation_mode
     ctm = ctm.decode() if isinstance(ctm, bytes) else str(ctm)
     if ctm not in ("half_pixel", "output_half_pixel"):
-        raise ValueError(
+        raise NodeInputError(
             f"RoiAlign coordinate_transformation_mode must be half_pixel or output_half_pixel, got {ctm!r}"
         )
     return roi_align_impl(

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..kernel_table import op
 from ..random_state import NodeGenerator, process_generator
+from ....errors import NodeInputError
 
 
 def _mask_like(x, dtype):
@@ -57,7 +58,7 @@ def dropout(x, ratio=None, training_mode=None, *, seed=None, _num_outputs=1, _pa
     if not training or r == 0.0:
         return (x, _mask_like(x, np.bool_))[:_num_outputs]
     if not 0.0 <= r < 1.0:
-        raise ValueError(f"Dropout ratio must be in [0, 1), got {r}")
+        raise NodeInputError(f"Dropout ratio must be in [0, 1), got {r}")
     with (_packed if _packed is not None else _mask_generator(seed)) as rng:
         mask = rng.uniform(0.0, 1.0, x.shape) >= r
     if x.dtype.kind == "V" or x.dtype == np.float16:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 _REDUCTIONS = ("none", "sum", "mean")
 
@@ -27,11 +28,11 @@ def _as_str(value) -> str:
 def _targets(target, input_shape, ignore_index, op_name: str):
     """Class indices (ignored samples mapped to class 0) and the ignored mask (None if nothing is ignored)."""
     if len(input_shape) < 2:
-        raise ValueError(f"{op_name} input must have rank >= 2 (N, C, ...), got shape {input_shape}")
+        raise NodeInputError(f"{op_name} input must have rank >= 2 (N, C, ...), got shape {input_shape}")
     target = np.asarray(target)
     expected = (input_shape[0], *input_shape[2:])
     if target.shape != expected:
-        raise ValueError(f"{op_name} target shape {target.shape} does not match input shape {input_shape}")
+        raise NodeInputError(f"{op_name} target shape {target.shape} does not match input shape {input_shape}")
     C = input_shape[1]
     t = target.astype(np.intp, copy=False)
     ignored = None
@@ -42,7 +43,7 @@ def _targets(target, input_shape, ignore_index, op_name: str):
         else:
             ignored = None
     if t.size and (t.min() < 0 or t.max() >= C):
-        raise ValueError(f"{op_name} target values must be in [0, {C}) (or equal ignore_index)")
+        raise NodeInputError(f"{op_name} target values must be in [0, {C}) (or equal ignore_index)")
     return t, ignored
 
 
@@ -50,13 +51,13 @@ def _reduce_loss(loss, t, ignored, weight, reduction: str, C: int, op_name: str)
     """Weight, mask and reduce the per-sample losses ``loss`` (-log-probability of each target)."""
     reduction = _as_str(reduction)
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"{op_name} reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise NodeInputError(f"{op_name} reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     cdt = loss.dtype
     w = None
     if weight is not None:
         weight = np.asarray(weight).astype(cdt, copy=False).reshape(-1)
         if weight.size != C:
-            raise ValueError(f"{op_name} weight must have {C} values, got {weight.size}")
+            raise NodeInputError(f"{op_name} weight must have {C} values, got {weight.size}")
         w = weight[t]
         loss = loss * w
     if ignored is not None:

@@ -14,6 +14,7 @@ import numpy as np
 from ....framework.thread_pool import current_pool
 from .._helpers import normalize_axis
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 
 def _ct(dtype) -> np.dtype:
@@ -45,7 +46,7 @@ def _channel_param(p, x, ct, spatial=True):
         return p.reshape((1, C) + (1,) * (x.ndim - 2))
     if p.size == int(np.prod(x.shape[1:])):
         return p.reshape((1,) + x.shape[1:])
-    raise ValueError(f"BatchNormalization parameter of shape {p.shape} does not fit input {x.shape}")
+    raise NodeInputError(f"BatchNormalization parameter of shape {p.shape} does not fit input {x.shape}")
 
 
 def _bn_inference(x, scale, b, mean, var, epsilon, spatial=True):
@@ -117,7 +118,7 @@ def batch_norm(x, scale, b, input_mean, input_var, *, epsilon=1e-5, momentum=0.9
         y, run_mean, run_var, _, _ = _bn_training(x, scale, b, input_mean, input_var, epsilon, momentum)
         return (y, run_mean, run_var)[:_num_outputs]
     if _num_outputs > 1:
-        raise ValueError("BatchNormalization: extra outputs are only valid with training_mode=1")
+        raise NodeInputError("BatchNormalization: extra outputs are only valid with training_mode=1")
     return (_bn_inference(x, scale, b, input_mean, input_var, epsilon),)
 
 
@@ -150,7 +151,7 @@ def instance_norm_1(x, scale, b, *, consumed_inputs=None, epsilon=1e-5):
 @op("InstanceNormalization", versions=(6, 22))
 def instance_norm(x, scale, b, *, epsilon=1e-5):
     if x.ndim < 3:
-        raise ValueError(f"InstanceNormalization input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"InstanceNormalization input must have rank >= 3, got shape {x.shape}")
     ct = _ct(x.dtype)
     y = _normalize_groups(_as(x, ct), x.shape[1], epsilon)
     y = _channel_affine(y, scale, b, ct)
@@ -161,11 +162,11 @@ def instance_norm(x, scale, b, *, epsilon=1e-5):
 def group_norm_18(x, scale, bias, *, epsilon=1e-5, num_groups=None):
     # scale and bias are per group in this (deprecated) version
     if num_groups is None:
-        raise ValueError("num_groups is required")
+        raise NodeInputError("num_groups is required")
     ct = _ct(x.dtype)
     C = x.shape[1]
     if C % num_groups:
-        raise ValueError(f"channels {C} are not divisible by num_groups {num_groups}")
+        raise NodeInputError(f"channels {C} are not divisible by num_groups {num_groups}")
     y = _normalize_groups(_as(x, ct), int(num_groups), epsilon)
     rep = C // num_groups
     y = _channel_affine(y, np.repeat(_as(scale, ct).reshape(-1), rep), np.repeat(_as(bias, ct).reshape(-1), rep), ct)
@@ -175,10 +176,10 @@ def group_norm_18(x, scale, bias, *, epsilon=1e-5, num_groups=None):
 @op("GroupNormalization", versions=21)
 def group_norm(x, scale, bias, *, epsilon=1e-5, num_groups=None, stash_type=1):
     if num_groups is None:
-        raise ValueError("num_groups is required")
+        raise NodeInputError("num_groups is required")
     C = x.shape[1]
     if C % num_groups:
-        raise ValueError(f"channels {C} are not divisible by num_groups {num_groups}")
+        raise NodeInputError(f"channels {C} are not divisible by num_groups {num_groups}")
     st = _stash_dtype(stash_type, x.dtype)
     y = _normalize_groups(_as(x, st), int(num_groups), epsilon)
     if y.dtype != x.dtype:
@@ -297,9 +298,9 @@ def rms_norm(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
 @op("LRN", versions=(1, 13))
 def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     if size is None:
-        raise ValueError("size is required")
+        raise NodeInputError("size is required")
     if x.ndim < 2:
-        raise ValueError(f"LRN input must have rank >= 2, got shape {x.shape}")
+        raise NodeInputError(f"LRN input must have rank >= 2, got shape {x.shape}")
     ct = _ct(x.dtype)
     xc = _as(x, ct)
     sq = xc * xc
@@ -345,7 +346,7 @@ def lp_norm(x, *, axis=-1, p=2):
     elif p == 2:
         norm = np.sqrt(np.sum(xc * xc, axis=axis, keepdims=True))
     else:
-        raise ValueError(f"LpNormalization supports p = 1 or 2, got {p}")
+        raise NodeInputError(f"LpNormalization supports p = 1 or 2, got {p}")
     y = np.zeros_like(xc)
     np.divide(xc, norm, out=y, where=np.broadcast_to(norm != 0, xc.shape))
     return y if y.dtype == x.dtype else y.astype(x.dtype)

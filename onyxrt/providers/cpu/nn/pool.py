@@ -17,6 +17,7 @@ import numpy as np
 
 from ..kernel_table import op
 from .conv_core import auto_pad_name, compute_dtype, copy_stride2, pad_spatial, pairs_ok, spatial_defaults, window_slice
+from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- geometry
 
@@ -41,7 +42,7 @@ def pool_geometry(in_sp, kernel, strides, dilations, pads, auto_pad, ceil_mode):
     if auto_pad == "NOTSET" and pads:
         p = [int(v) for v in pads]
         if len(p) != 2 * nd:
-            raise ValueError(f"pads {p} must have {2 * nd} values")
+            raise NodeInputError(f"pads {p} must have {2 * nd} values")
     else:
         p = [0] * (2 * nd)
     for i in range(nd):
@@ -69,12 +70,12 @@ def pool_geometry(in_sp, kernel, strides, dilations, pads, auto_pad, ceil_mode):
 
 def _kernel_shape(kernel_shape, nd):
     if not kernel_shape:
-        raise ValueError("kernel_shape is required")
+        raise NodeInputError("kernel_shape is required")
     k = [int(v) for v in kernel_shape]
     if len(k) != nd:
-        raise ValueError(f"kernel_shape {k} does not match {nd} spatial dimensions")
+        raise NodeInputError(f"kernel_shape {k} does not match {nd} spatial dimensions")
     if any(v <= 0 for v in k):
-        raise ValueError(f"kernel_shape {k} must only contain positive values")
+        raise NodeInputError(f"kernel_shape {k} must only contain positive values")
     return k
 
 
@@ -159,16 +160,16 @@ def _separable_reduce(x, ufunc, init, kernel, strides, dilations, begin, out_sp)
 
 def _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, crop_end=True):
     if x.ndim < 3:
-        raise ValueError(f"pooling input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"pooling input must have rank >= 3, got shape {x.shape}")
     nd = x.ndim - 2
     k = _kernel_shape(kernel_shape, nd)
     s, d = spatial_defaults(nd, strides, dilations)
     if auto_pad_name(auto_pad) == "NOTSET" and pads and any(int(p) >= k[i % nd] for i, p in enumerate(pads)):
         # as onnxruntime: a pad as wide as the kernel only adds windows of padding
-        raise ValueError(f"pads {list(pads)} must be smaller than kernel_shape {k}")
+        raise NodeInputError(f"pads {list(pads)} must be smaller than kernel_shape {k}")
     begin, end, extra, out = pool_geometry(x.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
     if any(o <= 0 for o in out):
-        raise ValueError(f"pooling output would be empty for input {x.shape}")
+        raise NodeInputError(f"pooling output would be empty for input {x.shape}")
     if not crop_end:
         # (onnxruntime's max/lp windows ignore a negative end pad)
         end = [max(0, e) for e in end]
@@ -202,7 +203,7 @@ def _max_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, st
         y, ind = _max_pool(x_full.astype(np.float32), kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, storage_order, want_indices)
         return y.astype(dtype), ind
     if dtype.kind not in "fiu":
-        raise TypeError(f"MaxPool does not support dtype {dtype}")
+        raise NodeInputTypeError(f"MaxPool does not support dtype {dtype}")
     low = _lowest(dtype)
     k, begin = _trim_kernel(x.shape[2:], k, s, d, begin, out_sp)
     if not want_indices:
@@ -373,7 +374,7 @@ def lp_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=N
 
 def _spatial_axes(x):
     if x.ndim < 2:
-        raise ValueError(f"global pooling input must have rank >= 2, got shape {x.shape}")
+        raise NodeInputError(f"global pooling input must have rank >= 2, got shape {x.shape}")
     return tuple(range(2, x.ndim))
 
 
@@ -423,7 +424,7 @@ def global_lp_pool(x, *, p=2):
 @op("MaxUnpool", versions=(9, 11, 22))
 def max_unpool(x, i, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
     if x.ndim < 3:
-        raise ValueError(f"MaxUnpool input must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"MaxUnpool input must have rank >= 3, got shape {x.shape}")
     nd = x.ndim - 2
     k = _kernel_shape(kernel_shape, nd)
     s, _ = spatial_defaults(nd, strides, None)
@@ -435,21 +436,21 @@ def max_unpool(x, i, output_shape=None, *, kernel_shape=None, pads=None, strides
         if len(shape) == nd:
             shape = list(x.shape[:2]) + shape
         if len(shape) != x.ndim:
-            raise ValueError(f"output_shape {shape} must have rank {x.ndim}")
+            raise NodeInputError(f"output_shape {shape} must have rank {x.ndim}")
     if i.shape != x.shape:
-        raise ValueError(f"indices shape {i.shape} does not match X {x.shape}")
+        raise NodeInputError(f"indices shape {i.shape} does not match X {x.shape}")
     out = np.zeros(math.prod(shape), dtype=x.dtype)
     idx = np.asarray(i, dtype=np.int64).reshape(-1)
     if shape != default:
         # indices address the pooled-from (default-shaped) tensor: move them to output_shape
         if idx.size and (idx.min() < 0 or idx.max() >= math.prod(default)):
-            raise ValueError("MaxUnpool indices are out of range")
+            raise NodeInputError("MaxUnpool indices are out of range")
         coords = np.unravel_index(idx, default)
         if any((c >= n).any() for c, n in zip(coords, shape)):
-            raise ValueError(f"MaxUnpool indices do not fit output_shape {shape}")
+            raise NodeInputError(f"MaxUnpool indices do not fit output_shape {shape}")
         idx = np.ravel_multi_index(coords, shape)
     if idx.size and (idx.min() < 0 or idx.max() >= out.size):
-        raise ValueError("MaxUnpool indices are out of range for the output shape")
+        raise NodeInputError("MaxUnpool indices are out of range for the output shape")
     out[idx] = x.reshape(-1)
     return out.reshape(shape)
 
@@ -457,9 +458,9 @@ def max_unpool(x, i, output_shape=None, *, kernel_shape=None, pads=None, strides
 @op("MaxRoiPool", versions=(1, 22))
 def max_roi_pool(x, rois, *, pooled_shape=None, spatial_scale=1.0):
     if x.ndim != 4:
-        raise ValueError(f"MaxRoiPool input must be 4-D, got shape {x.shape}")
+        raise NodeInputError(f"MaxRoiPool input must be 4-D, got shape {x.shape}")
     if not pooled_shape or len(pooled_shape) != 2:
-        raise ValueError("pooled_shape must have 2 values")
+        raise NodeInputError("pooled_shape must have 2 values")
     ph_n, pw_n = (int(v) for v in pooled_shape)
     N, C, H, W = x.shape
     rois = np.asarray(rois)

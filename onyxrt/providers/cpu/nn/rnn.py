@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -56,7 +57,7 @@ def _activation(name: str, alpha: float | None, beta: float | None) -> Activatio
         return lambda x: x / (1 + np.abs(x))
     if kind == "softplus":
         return lambda x: np.logaddexp(0, x).astype(x.dtype)
-    raise ValueError(f"unsupported recurrent activation '{name}'")
+    raise NodeInputError(f"unsupported recurrent activation '{name}'")
 
 
 _ALPHA_USERS = {"affine", "leakyrelu", "thresholdedrelu", "scaledtanh", "hardsigmoid", "elu"}
@@ -70,7 +71,7 @@ def _activations(names: list[str] | None, defaults: list[str], directions: int,
     if len(names) == len(defaults) and directions == 2:
         names = names * 2
     if len(names) != len(defaults) * directions:
-        raise ValueError(f"expected {len(defaults) * directions} activations, got {len(names)}")
+        raise NodeInputError(f"expected {len(defaults) * directions} activations, got {len(names)}")
     alphas, betas = list(alphas or []), list(betas or [])
     functions = []
     for name in names:
@@ -87,7 +88,7 @@ class _Setup:
 
     def __init__(self, x, w, r, b, sequence_lens, initial_h, gates, hidden_size, direction, layout, initial_c=None):
         if layout not in (0, 1):
-            raise ValueError(f"layout must be 0 or 1, got {layout}")
+            raise NodeInputError(f"layout must be 0 or 1, got {layout}")
         self.layout = layout
         if layout == 1:
             x = np.swapaxes(x, 0, 1)
@@ -97,10 +98,10 @@ class _Setup:
         self.seq, self.batch, _ = x.shape
         self.directions = 2 if direction == "bidirectional" else 1
         if direction not in ("forward", "reverse", "bidirectional"):
-            raise ValueError(f"unknown direction '{direction}'")
+            raise NodeInputError(f"unknown direction '{direction}'")
         self.hidden = int(hidden_size) if hidden_size is not None else r.shape[-1]
         if w.shape[0] != self.directions:
-            raise ValueError(f"W has {w.shape[0]} directions, the node's direction '{direction}' needs {self.directions}")
+            raise NodeInputError(f"W has {w.shape[0]} directions, the node's direction '{direction}' needs {self.directions}")
         self.reverse_flags = [direction == "reverse"] if self.directions == 1 else [False, True]
         dtype = x.dtype
         self.w, self.r = w, r

@@ -22,6 +22,7 @@ import numpy as np
 
 from .._helpers import as_int_list
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 _MODE_ALIASES = {
     "bilinear": "linear",
@@ -110,18 +111,18 @@ def grid_sample_nd(x, grid, mode: str, padding_mode: str, align_corners: bool):
     """GridSample of ``x`` (N, C, *spatial) at ``grid`` (N, *out_spatial, r)."""
     mode_name = _as_str(mode)
     if mode_name not in _MODE_ALIASES:
-        raise ValueError(f"GridSample mode {mode_name!r} is not one of linear/bilinear, nearest, cubic/bicubic")
+        raise NodeInputError(f"GridSample mode {mode_name!r} is not one of linear/bilinear, nearest, cubic/bicubic")
     mode = _MODE_ALIASES[mode_name]
     padding_mode = _as_str(padding_mode)
     if padding_mode not in ("zeros", "border", "reflection"):
-        raise ValueError(f"GridSample padding_mode {padding_mode!r} is not one of zeros, border, reflection")
+        raise NodeInputError(f"GridSample padding_mode {padding_mode!r} is not one of zeros, border, reflection")
     x = np.asarray(x)
     grid = np.asarray(grid)
     if x.ndim < 3:
-        raise ValueError(f"GridSample input X must have rank >= 3, got shape {x.shape}")
+        raise NodeInputError(f"GridSample input X must have rank >= 3, got shape {x.shape}")
     r = x.ndim - 2
     if grid.ndim != r + 2 or grid.shape[-1] != r or grid.shape[0] != x.shape[0]:
-        raise ValueError(f"GridSample grid shape {grid.shape} does not match input shape {x.shape}")
+        raise NodeInputError(f"GridSample grid shape {grid.shape} does not match input shape {x.shape}")
     N, C = x.shape[:2]
     in_sp = x.shape[2:]
     out_sp = grid.shape[1:-1]
@@ -130,7 +131,7 @@ def grid_sample_nd(x, grid, mode: str, padding_mode: str, align_corners: bool):
     if N * C * P == 0:
         return np.zeros(out_shape, dtype=x.dtype)
     if math.prod(in_sp) == 0:
-        raise ValueError(f"GridSample input X has an empty spatial shape {x.shape}")
+        raise NodeInputError(f"GridSample input X has an empty spatial shape {x.shape}")
 
     if mode != "nearest" and x.dtype.kind in "OSUb":
         raise NotImplementedError(f"GridSample mode {mode_name!r} does not support {x.dtype} inputs")
@@ -205,7 +206,7 @@ def grid_sample_nd(x, grid, mode: str, padding_mode: str, align_corners: bool):
 @op("GridSample", versions=(16,))
 def grid_sample_16(x, grid, *, align_corners=0, mode="bilinear", padding_mode="zeros"):
     if np.ndim(x) != 4:
-        raise ValueError(f"GridSample-16 supports 4-D inputs only, got shape {np.shape(x)}")
+        raise NodeInputError(f"GridSample-16 supports 4-D inputs only, got shape {np.shape(x)}")
     return grid_sample_nd(x, grid, mode, padding_mode, align_corners)
 
 
@@ -232,11 +233,11 @@ def affine_grid(theta, size, *, align_corners=0):
     dims = as_int_list(size)
     theta = np.asarray(theta)
     if len(dims) not in (4, 5):
-        raise ValueError(f"AffineGrid size must have 4 (2-D) or 5 (3-D) values, got {dims}")
+        raise NodeInputError(f"AffineGrid size must have 4 (2-D) or 5 (3-D) values, got {dims}")
     r = len(dims) - 2
     N = dims[0]
     if theta.shape != (N, r, r + 1):
-        raise ValueError(f"AffineGrid theta shape {theta.shape} does not match size {dims} (expected {(N, r, r + 1)})")
+        raise NodeInputError(f"AffineGrid theta shape {theta.shape} does not match size {dims} (expected {(N, r, r + 1)})")
     cdt = np.float64 if theta.dtype == np.float64 else np.float32
     spatial = dims[2:]
     axes = [_base_positions(n, bool(align_corners), cdt) for n in spatial]

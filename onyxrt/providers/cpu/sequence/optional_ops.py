@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 
 def _check_matches(value: Any, type_proto) -> None:
@@ -19,11 +20,11 @@ def _check_matches(value: Any, type_proto) -> None:
         kind = type_proto.WhichOneof("value")
     if kind == "tensor_type":
         if not isinstance(value, np.ndarray):
-            raise TypeError(f"Optional input is a {type(value).__name__}, the type attribute says tensor")
+            raise NodeInputTypeError(f"Optional input is a {type(value).__name__}, the type attribute says tensor")
         _check_elem(value, type_proto.tensor_type.elem_type)
     elif kind == "sequence_type":
         if not isinstance(value, list):
-            raise TypeError(f"Optional input is a {type(value).__name__}, the type attribute says sequence")
+            raise NodeInputTypeError(f"Optional input is a {type(value).__name__}, the type attribute says sequence")
         elem = type_proto.sequence_type.elem_type
         if value and elem.WhichOneof("value") == "tensor_type":
             _check_elem(value[0], elem.tensor_type.elem_type)
@@ -36,17 +37,17 @@ def _check_elem(array: np.ndarray, elem_type: int) -> None:
 
     try:
         want = np_dtype(elem_type)
-    except TypeError:
+    except ValueError:
         return
     if array.dtype != want and not (want == np.dtype(object) and array.dtype.kind in "OU"):
-        raise TypeError(f"Optional input has element type {array.dtype}, the type attribute says {want}")
+        raise NodeInputTypeError(f"Optional input has element type {array.dtype}, the type attribute says {want}")
 
 
 @op("Optional", versions=(15, 28))
 def optional(input=None, *, type=None):
     if input is None:
         if type is None:
-            raise ValueError("Optional without an input needs the 'type' attribute")
+            raise NodeInputError("Optional without an input needs the 'type' attribute")
         return None
     _check_matches(input, type)
     return input
@@ -60,5 +61,5 @@ def optional_has_element(input=None):
 @op("OptionalGetElement", versions=(15, 18, 28))
 def optional_get_element(input):
     if input is None:
-        raise ValueError("Trying to use OptionalGetElement on an optional type OrtValue which contains no data")
+        raise NodeInputError("Trying to use OptionalGetElement on an optional type OrtValue which contains no data")
     return input

@@ -10,6 +10,7 @@ import numpy as np
 
 from ....graph.types import np_dtype
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _OBJ = np.dtype(object)
 _F8_SATURATING = {
@@ -58,7 +59,7 @@ def _to_string(x: np.ndarray) -> np.ndarray:
         return np.array([str(int(v)) for v in flat.tolist()], dtype=object).reshape(x.shape)
     if _is_float(x.dtype):
         return _float_strings(x)
-    raise TypeError(f"Cast: cannot cast {x.dtype} to string")
+    raise NodeInputTypeError(f"Cast: cannot cast {x.dtype} to string")
 
 
 # --------------------------------------------------------------------------- from string
@@ -78,7 +79,7 @@ def _parse_float(s: str) -> float:
         pass
     m = _FLOAT_PREFIX.match(s)
     if not m:
-        raise ValueError(f"Cast: cannot convert string {s!r} to a number")
+        raise NodeInputError(f"Cast: cannot convert string {s!r} to a number")
     tok = m.group(1)
     if "x" in tok.lower():
         return float.fromhex(tok)
@@ -88,7 +89,7 @@ def _parse_float(s: str) -> float:
 def _parse_int(s: str) -> int:
     m = _INT_PREFIX.match(s)
     if not m:
-        raise ValueError(f"Cast: cannot convert string {s!r} to an integer")
+        raise NodeInputError(f"Cast: cannot convert string {s!r} to an integer")
     return int(m.group(1))
 
 
@@ -132,7 +133,7 @@ def _to_e8m0(x: np.ndarray, saturate: int, round_mode: str) -> np.ndarray:
         rest = (mant & 0x3FFFFF) != 0
         up = guard & (rest | (exp > 0)) & ~special
     else:
-        raise ValueError(f"Cast: unsupported round_mode {round_mode!r}")
+        raise NodeInputError(f"Cast: unsupported round_mode {round_mode!r}")
     if saturate:
         up &= exp != 0xFE
     exp = exp + up.astype(np.uint16)

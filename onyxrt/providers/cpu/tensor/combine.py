@@ -9,6 +9,7 @@ import numpy as np
 from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
+from ....errors import NodeInputError
 
 
 # --------------------------------------------------------------------------- Concat
@@ -16,7 +17,7 @@ from .._helpers import normalize_axis
 
 def _concat(inputs, axis: int) -> np.ndarray:
     if not inputs:
-        raise ValueError("Concat: needs at least one input")
+        raise NodeInputError("Concat: needs at least one input")
     inputs = [np.asarray(x) for x in inputs]
     axis = normalize_axis(int(axis), inputs[0].ndim)
     if len(inputs) == 1:
@@ -46,19 +47,19 @@ def _split(x: np.ndarray, axis: int, split, n_out: int, uneven_ok: bool) -> tupl
     if split is not None and np.size(split) > 0:
         sizes = ints(split)
         if sum(sizes) != dim or any(s < 0 for s in sizes):
-            raise ValueError(f"Split: split sizes {sizes} do not add up to dimension {dim}")
+            raise NodeInputError(f"Split: split sizes {sizes} do not add up to dimension {dim}")
         if len(sizes) != n_out:
-            raise ValueError(f"Split: {len(sizes)} split sizes for {n_out} outputs")
+            raise NodeInputError(f"Split: {len(sizes)} split sizes for {n_out} outputs")
     else:
         if n_out < 1:
-            raise ValueError("Split: needs at least one output")
+            raise NodeInputError("Split: needs at least one output")
         if dim % n_out == 0:
             sizes = [dim // n_out] * n_out
         elif uneven_ok:
             chunk = -(-dim // n_out)
             sizes = [min(chunk, max(dim - i * chunk, 0)) for i in range(n_out)]
         else:
-            raise ValueError(f"Split: dimension {dim} is not divisible into {n_out} equal parts")
+            raise NodeInputError(f"Split: dimension {dim} is not divisible into {n_out} equal parts")
     lead = (slice(None),) * axis
     outs = []
     start = 0
@@ -88,10 +89,10 @@ def split_13(x, split=None, *, axis=0, _num_outputs=1):
 @op("Split", versions=18, multi_output=True)
 def split_18(x, split=None, *, axis=0, num_outputs=None, _num_outputs=1):
     if split is not None and np.size(split) > 0 and num_outputs is not None:
-        raise ValueError("Split: only one of the 'split' input and 'num_outputs' attribute may be given")
+        raise NodeInputError("Split: only one of the 'split' input and 'num_outputs' attribute may be given")
     n = _num_outputs if num_outputs is None else int(num_outputs)
     if num_outputs is not None and n != _num_outputs:
-        raise ValueError(f"Split: num_outputs={n} but the node has {_num_outputs} outputs")
+        raise NodeInputError(f"Split: num_outputs={n} but the node has {_num_outputs} outputs")
     return _split(x, axis, split, n, True)
 
 
@@ -115,7 +116,7 @@ def _pad(data: np.ndarray, pads, mode: str, value, axes=None) -> np.ndarray:
         axes = [normalize_axis(a, rank) for a in ints(axes)]
     n = len(axes)
     if len(pads) != 2 * n:
-        raise ValueError(f"Pad: pads {pads} must have 2 * {n} entries")
+        raise NodeInputError(f"Pad: pads {pads} must have 2 * {n} entries")
     begin = [0] * rank
     end = [0] * rank
     for i, a in enumerate(axes):
@@ -136,12 +137,12 @@ def _pad(data: np.ndarray, pads, mode: str, value, axes=None) -> np.ndarray:
         out[tuple(slice(b, b + d) for b, d in zip(begin, data.shape))] = data
         return out
     if mode not in ("reflect", "edge", "wrap"):
-        raise ValueError(f"Pad: unsupported mode {mode!r}")
+        raise NodeInputError(f"Pad: unsupported mode {mode!r}")
     for a in range(rank):
         if (begin[a] or end[a]) and data.shape[a] == 0:
-            raise ValueError(f"Pad: cannot pad an empty axis in {mode!r} mode")
+            raise NodeInputError(f"Pad: cannot pad an empty axis in {mode!r} mode")
         if mode == "reflect" and (begin[a] or end[a]) and data.shape[a] < 2:
-            raise ValueError(f"Pad: reflect mode needs at least 2 elements on axis {a}")
+            raise NodeInputError(f"Pad: reflect mode needs at least 2 elements on axis {a}")
     return np.pad(data, list(zip(begin, end)), mode=mode)
 
 
@@ -209,7 +210,7 @@ def _original_coords(ctm: str, out_len: int, in_len: int, scale: float, roi_star
         else:
             x = y * (roi_end - roi_start) * (in_len - 1) / (out_w - 1)
         return x + roi_start * (in_len - 1)
-    raise ValueError(f"Resize: unsupported coordinate_transformation_mode {ctm!r}")
+    raise NodeInputError(f"Resize: unsupported coordinate_transformation_mode {ctm!r}")
 
 
 def _nearest_index(x: np.ndarray, nearest_mode: str, downsampling: bool) -> np.ndarray:
@@ -224,7 +225,7 @@ def _nearest_index(x: np.ndarray, nearest_mode: str, downsampling: bool) -> np.n
     elif nearest_mode == "simple":  # Resize-10 / Upsample
         r = np.ceil(x) if downsampling else np.trunc(x)
     else:
-        raise ValueError(f"Resize: unsupported nearest_mode {nearest_mode!r}")
+        raise NodeInputError(f"Resize: unsupported nearest_mode {nearest_mode!r}")
     return r.astype(np.int64)
 
 
@@ -288,7 +289,7 @@ def _resize_axis(data, axis, out_len, scale, mode, ctm, nearest_mode, cubic_a, e
         idx = np.clip(_nearest_index(x, nearest_mode, scale < 1), 0, in_len - 1)
         return _extrapolate(np.take(data, idx, axis=axis), axis, outside, extrapolation_value)
     if mode not in ("linear", "cubic"):
-        raise ValueError(f"Resize: unsupported mode {mode!r}")
+        raise NodeInputError(f"Resize: unsupported mode {mode!r}")
     if mode == "linear" and not (antialias and scale < 1):
         base = np.floor(x)
         frac = x - base
@@ -352,27 +353,27 @@ def _resize(x, roi, scales, sizes, *, mode="nearest", coordinate_transformation_
     ctm = coordinate_transformation_mode
     axes = list(range(rank)) if axes is None else [normalize_axis(int(a), rank) for a in axes]
     if len(set(axes)) != len(axes):
-        raise ValueError(f"Resize: repeated axes {axes}")
+        raise NodeInputError(f"Resize: repeated axes {axes}")
     scales = None if scales is None or np.size(scales) == 0 else [float(s) for s in np.asarray(scales).reshape(-1)]
     sizes = None if sizes is None or np.size(sizes) == 0 else ints(sizes)
     if scales is not None and sizes is not None:
-        raise ValueError("Resize: only one of 'scales' and 'sizes' may be given")
+        raise NodeInputError("Resize: only one of 'scales' and 'sizes' may be given")
     if scales is None and sizes is None:
-        raise ValueError("Resize: one of 'scales' and 'sizes' must be given")
+        raise NodeInputError("Resize: one of 'scales' and 'sizes' must be given")
     n = len(axes)
     full_scales = [1.0] * rank
     out_shape = list(x.shape)
     if scales is not None:
         if len(scales) != n:
-            raise ValueError(f"Resize: {len(scales)} scales for {n} axes")
+            raise NodeInputError(f"Resize: {len(scales)} scales for {n} axes")
         for a, s in zip(axes, scales):
             if s <= 0:
-                raise ValueError(f"Resize: scales must be positive, got {scales}")
+                raise NodeInputError(f"Resize: scales must be positive, got {scales}")
             full_scales[a] = s
             out_shape[a] = int(s * x.shape[a])
     else:
         if len(sizes) != n:
-            raise ValueError(f"Resize: {len(sizes)} sizes for {n} axes")
+            raise NodeInputError(f"Resize: {len(sizes)} sizes for {n} axes")
         policy = keep_aspect_ratio_policy
         if policy == "stretch":
             for a, sz in zip(axes, sizes):
@@ -385,20 +386,20 @@ def _resize(x, roi, scales, sizes, *, mode="nearest", coordinate_transformation_
                 full_scales[a] = s
                 out_shape[a] = int(s * x.shape[a] + 0.5)
         else:
-            raise ValueError(f"Resize: unsupported keep_aspect_ratio_policy {policy!r}")
+            raise NodeInputError(f"Resize: unsupported keep_aspect_ratio_policy {policy!r}")
     roi_start = [0.0] * rank
     roi_end = [1.0] * rank
     if ctm == "tf_crop_and_resize":
         if roi is None or np.size(roi) == 0:
-            raise ValueError("Resize: tf_crop_and_resize needs the 'roi' input")
+            raise NodeInputError("Resize: tf_crop_and_resize needs the 'roi' input")
         rv = [float(v) for v in np.asarray(roi).reshape(-1)]
         if len(rv) != 2 * n:
-            raise ValueError(f"Resize: roi must have 2 * {n} entries, got {len(rv)}")
+            raise NodeInputError(f"Resize: roi must have 2 * {n} entries, got {len(rv)}")
         for i, a in enumerate(axes):
             roi_start[a] = rv[i]
             roi_end[a] = rv[n + i]
     if mode not in ("nearest", "linear", "cubic"):
-        raise ValueError(f"Resize: unsupported mode {mode!r}")
+        raise NodeInputError(f"Resize: unsupported mode {mode!r}")
     cdt = _compute_dtype(x.dtype)
     res = x
     converted = mode == "nearest"
@@ -448,10 +449,10 @@ def _upsample(x, scales, mode):
     if mode == "bilinear":
         mode = "linear"
     if mode not in ("nearest", "linear"):
-        raise ValueError(f"Upsample: unsupported mode {mode!r}")
+        raise NodeInputError(f"Upsample: unsupported mode {mode!r}")
     scales = [float(s) for s in np.asarray(scales).reshape(-1)]
     if len(scales) != x.ndim:
-        raise ValueError(f"Upsample: {len(scales)} scales for an input of rank {x.ndim}")
+        raise NodeInputError(f"Upsample: {len(scales)} scales for an input of rank {x.ndim}")
     return _resize(x, None, scales, None, mode=mode, coordinate_transformation_mode="asymmetric",
                    nearest_mode="simple")
 
@@ -459,7 +460,7 @@ def _upsample(x, scales, mode):
 @op("Upsample", versions=1)
 def upsample_1(x, *, height_scale, width_scale, mode="nearest"):
     if x.ndim != 4:
-        raise ValueError("Upsample-1: input must be 4-D (NCHW)")
+        raise NodeInputError("Upsample-1: input must be 4-D (NCHW)")
     return _upsample(x, [1.0, 1.0, height_scale, width_scale], mode)
 
 

@@ -11,6 +11,7 @@ from ....graph.types import np_dtype
 from ..kernel_table import op
 from ..random_state import NodeGenerator, node_generator, random_op_prepack
 from .shape_ops import ints
+from ....errors import NodeInputError, NodeInputTypeError
 
 
 # --------------------------------------------------------------------------- Constant
@@ -27,7 +28,7 @@ def _dense_from_sparse(sparse) -> np.ndarray:
     if hasattr(sparse, "todense"):  # scipy-like
         return np.asarray(sparse.todense())
     if not isinstance(sparse, onnx.SparseTensorProto):
-        raise TypeError(f"Constant: unsupported sparse_value of type {type(sparse).__name__}")
+        raise NodeInputTypeError(f"Constant: unsupported sparse_value of type {type(sparse).__name__}")
     values = numpy_helper.to_array(sparse.values).reshape(-1)
     indices = numpy_helper.to_array(sparse.indices).astype(np.int64)
     dims = tuple(int(d) for d in sparse.dims)
@@ -45,7 +46,7 @@ def _constant(value=None, sparse_value=None, value_float=None, value_floats=None
                             ("value_floats", value_floats), ("value_int", value_int), ("value_ints", value_ints),
                             ("value_string", value_string), ("value_strings", value_strings)) if v is not None]
     if len(given) != 1:
-        raise ValueError(f"Constant: exactly one value attribute must be set, got {given or 'none'}")
+        raise NodeInputError(f"Constant: exactly one value attribute must be set, got {given or 'none'}")
     if value is not None:
         if isinstance(value, onnx.TensorProto):
             return numpy_helper.to_array(value)
@@ -94,14 +95,14 @@ def constant_12(*, value=None, sparse_value=None, value_float=None, value_floats
 def constant_of_shape(input, *, value=None):
     shape = ints(input)
     if any(d < 0 for d in shape):
-        raise ValueError(f"ConstantOfShape: negative dimension in {shape}")
+        raise NodeInputError(f"ConstantOfShape: negative dimension in {shape}")
     if value is None:
         return np.zeros(shape, dtype=np.float32)
     if isinstance(value, onnx.TensorProto):
         value = numpy_helper.to_array(value)
     value = np.asarray(value)
     if value.size != 1:
-        raise ValueError("ConstantOfShape: 'value' must hold exactly one element")
+        raise NodeInputError("ConstantOfShape: 'value' must hold exactly one element")
     return np.full(shape, value.reshape(-1)[0], dtype=value.dtype)
 
 
@@ -115,12 +116,12 @@ def _range(start, limit, delta, stash_float: bool) -> np.ndarray:
     if dtype.kind in "iu":
         s, l, d = int(s), int(l), int(d)
         if d == 0:
-            raise ValueError("Range: delta cannot be 0")
+            raise NodeInputError("Range: delta cannot be 0")
         n = max(-((s - l) // d), 0)  # ceil((l - s) / d)
         return (np.arange(n, dtype=np.int64) * d + s).astype(dtype, copy=False)
     sf, lf, df = float(s), float(l), float(d)
     if df == 0:
-        raise ValueError("Range: delta cannot be 0")
+        raise NodeInputError("Range: delta cannot be 0")
     n = max(int(np.ceil((lf - sf) / df)), 0)
     if dtype in (np.float32, np.float64):
         work = dtype
@@ -149,7 +150,7 @@ def range_27(start, limit, delta, *, stash_type=1):
 @op("EyeLike", versions=(9, 22))
 def eye_like(input, *, dtype=None, k=0):
     if input.ndim != 2:
-        raise ValueError(f"EyeLike: input must be 2-D, got shape {input.shape}")
+        raise NodeInputError(f"EyeLike: input must be 2-D, got shape {input.shape}")
     out_dtype = input.dtype if dtype is None else np_dtype(int(dtype))
     n, m = input.shape
     out = np.zeros((n, m), dtype=out_dtype)
@@ -172,7 +173,7 @@ def _node_generator(packed: NodeGenerator | None, seed) -> NodeGenerator:
 def _random_dtype(dtype) -> np.dtype:
     dt = np_dtype(int(dtype))
     if dt.kind != "f" and not str(dt).startswith("bfloat"):
-        raise ValueError(f"random ops produce floating-point tensors, got dtype {dt}")
+        raise NodeInputError(f"random ops produce floating-point tensors, got dtype {dt}")
     return dt
 
 
@@ -216,9 +217,9 @@ def random_uniform_like(input, *, dtype=None, high=1.0, low=0.0, seed=None, _pac
 def multinomial(input, *, dtype=6, sample_size=1, seed=None, _packed=None):
     out_dtype = np_dtype(int(dtype))
     if out_dtype not in (np.int32, np.int64):
-        raise ValueError(f"Multinomial: dtype must be int32 or int64, got {out_dtype}")
+        raise NodeInputError(f"Multinomial: dtype must be int32 or int64, got {out_dtype}")
     if input.ndim != 2:
-        raise ValueError(f"Multinomial: input must be [batch_size, class_size], got shape {input.shape}")
+        raise NodeInputError(f"Multinomial: input must be [batch_size, class_size], got shape {input.shape}")
     logits = input.astype(np.float64)
     logits = logits - logits.max(axis=1, keepdims=True)
     cdf = np.cumsum(np.exp(logits), axis=1)

@@ -11,6 +11,7 @@ import io
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _CHANNELS = {"RGB": 3, "BGR": 3, "Grayscale": 1}
 
@@ -29,10 +30,10 @@ def _pillow():
 def image_decoder(encoded_stream, *, pixel_format="RGB"):
     pixel_format = pixel_format.decode() if isinstance(pixel_format, bytes) else str(pixel_format)
     if pixel_format not in _CHANNELS:
-        raise ValueError(f"ImageDecoder pixel_format must be one of RGB, BGR, Grayscale, got {pixel_format!r}")
+        raise NodeInputError(f"ImageDecoder pixel_format must be one of RGB, BGR, Grayscale, got {pixel_format!r}")
     encoded = np.asarray(encoded_stream)
     if encoded.dtype != np.uint8:
-        raise TypeError(f"ImageDecoder expects a uint8 encoded stream, got {encoded.dtype}")
+        raise NodeInputTypeError(f"ImageDecoder expects a uint8 encoded stream, got {encoded.dtype}")
     Image = _pillow()
     empty = np.zeros((0, 0, _CHANNELS[pixel_format]), dtype=np.uint8)
     try:

@@ -8,6 +8,7 @@ import numpy as np
 from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
+from ....errors import NodeIndexError, NodeInputError
 
 
 def _fix_indices(indices: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -20,7 +21,7 @@ def _fix_indices(indices: np.ndarray, dim: int, what: str) -> np.ndarray:
         hi = idx.max()
         if lo < -dim or hi >= dim:
             bad = lo if lo < -dim else hi
-            raise IndexError(f"{what}: index {bad} is out of bounds for a dimension of size {dim}")
+            raise NodeIndexError(f"{what}: index {bad} is out of bounds for a dimension of size {dim}")
         if lo < 0:
             idx = np.where(idx < 0, idx + dim, idx)
     return idx
@@ -37,7 +38,7 @@ def gather(data, indices, *, axis=0):
         i = int(idx)
         dim = data.shape[axis]
         if not -dim <= i < dim:
-            raise IndexError(f"Gather: index {i} is out of bounds for axis {axis} with size {dim}")
+            raise NodeIndexError(f"Gather: index {i} is out of bounds for axis {axis} with size {dim}")
         # basic indexing: a view
         return data[(slice(None),) * axis + (i,)]
     # np.take accepts negative indices and raises IndexError for out-of-range ones
@@ -63,7 +64,7 @@ def gather_elements(data, indices, *, axis=0):
     axis = normalize_axis(axis, data.ndim)
     indices = np.asarray(indices)
     if indices.ndim != data.ndim:
-        raise ValueError(f"GatherElements: indices rank {indices.ndim} != data rank {data.ndim}")
+        raise NodeInputError(f"GatherElements: indices rank {indices.ndim} != data rank {data.ndim}")
     if indices.shape == data.shape:
         idx = _fix_indices(indices, data.shape[axis], "GatherElements")
         return np.take_along_axis(data, idx, axis=axis)
@@ -75,7 +76,7 @@ def _nd_index(data_shape: tuple[int, ...], indices: np.ndarray, batch_dims: int,
     indices = np.asarray(indices)
     k = indices.shape[-1]
     if k > len(data_shape) - batch_dims:
-        raise ValueError(f"{what}: last indices dim {k} is too large for data rank {len(data_shape)}")
+        raise NodeInputError(f"{what}: last indices dim {k} is too large for data rank {len(data_shape)}")
     cols = []
     for j in range(k):
         dim = data_shape[batch_dims + j]
@@ -100,7 +101,7 @@ def _gather_nd(data: np.ndarray, indices: np.ndarray, b: int) -> np.ndarray:
         return data[tuple(cols)]
     batch_shape = data.shape[:b]
     if indices.shape[:b] != batch_shape:
-        raise ValueError(f"GatherND: batch dims of indices {indices.shape[:b]} != data {batch_shape}")
+        raise NodeInputError(f"GatherND: batch dims of indices {indices.shape[:b]} != data {batch_shape}")
     nb = int(np.prod(batch_shape, dtype=np.int64))
     flat = data.reshape((nb,) + data.shape[b:])
     mid = indices.shape[b:-1]
@@ -124,7 +125,7 @@ def _scatter_into(data: np.ndarray, index: tuple, updates: np.ndarray, reduction
     else:
         uf = _REDUCE_UFUNC.get(reduction)
         if uf is None:
-            raise ValueError(f"{what}: unsupported reduction {reduction!r}")
+            raise NodeInputError(f"{what}: unsupported reduction {reduction!r}")
         if out.dtype == np.bool_ and reduction in ("add", "mul"):
             uf = np.logical_or if reduction == "add" else np.logical_and
         uf.at(out, index, updates)
@@ -135,9 +136,9 @@ def _scatter_elements(data, indices, updates, axis, reduction, what):
     axis = normalize_axis(axis, data.ndim)
     indices = np.asarray(indices)
     if indices.shape != np.shape(updates):
-        raise ValueError(f"{what}: indices shape {indices.shape} != updates shape {np.shape(updates)}")
+        raise NodeInputError(f"{what}: indices shape {indices.shape} != updates shape {np.shape(updates)}")
     if indices.ndim != data.ndim:
-        raise ValueError(f"{what}: indices rank {indices.ndim} != data rank {data.ndim}")
+        raise NodeInputError(f"{what}: indices rank {indices.ndim} != data rank {data.ndim}")
     index = _element_index(indices, axis, data.shape[axis], what)
     return _scatter_into(data, index, updates, reduction, what)
 
@@ -162,7 +163,7 @@ def _scatter_nd(data, indices, updates, reduction):
     cols, k = _nd_index(data.shape, indices, 0, "ScatterND")
     expected = indices.shape[:-1] + data.shape[k:]
     if np.shape(updates) != expected:
-        raise ValueError(f"ScatterND: updates shape {np.shape(updates)} != expected {expected}")
+        raise NodeInputError(f"ScatterND: updates shape {np.shape(updates)} != expected {expected}")
     return _scatter_into(data, tuple(cols), updates, reduction, "ScatterND")
 
 
@@ -184,13 +185,13 @@ def _slice(data: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
     ends = ints(ends)
     n = len(starts)
     if len(ends) != n:
-        raise ValueError(f"Slice: starts {starts} and ends {ends} differ in length")
+        raise NodeInputError(f"Slice: starts {starts} and ends {ends} differ in length")
     rank = data.ndim
     shape = data.shape
     axes = list(range(n)) if axes is None else ints(axes)
     steps = None if steps is None else ints(steps)
     if len(axes) != n or (steps is not None and len(steps) != n):
-        raise ValueError("Slice: starts, ends, axes and steps must have the same length")
+        raise NodeInputError("Slice: starts, ends, axes and steps must have the same length")
     index = [slice(None)] * rank
     seen = set()
     for i in range(n):
@@ -199,7 +200,7 @@ def _slice(data: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
         if axis < 0:
             axis += rank
         if not 0 <= axis < rank or axis in seen:
-            raise ValueError(f"Slice: invalid or repeated axis {axes[i]} for rank {rank}")
+            raise NodeInputError(f"Slice: invalid or repeated axis {axes[i]} for rank {rank}")
         seen.add(axis)
         dim = shape[axis]
         if start < 0:
@@ -215,7 +216,7 @@ def _slice(data: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
             end = -1 if end < -1 else (dim - 1 if end > dim - 1 else end)
             index[axis] = slice(start, end if end >= 0 else None, step)
         else:
-            raise ValueError("Slice: step cannot be 0")
+            raise NodeInputError("Slice: step cannot be 0")
     return data[tuple(index)]
 
 
@@ -238,13 +239,13 @@ def one_hot(indices, depth, values, *, axis=-1):
     depth_v = np.asarray(depth).reshape(-1)[0]
     depth_i = int(depth_v)
     if depth_i < 1:
-        raise ValueError(f"OneHot: depth must be positive, got {depth_v}")
+        raise NodeInputError(f"OneHot: depth must be positive, got {depth_v}")
     values = np.asarray(values).reshape(-1)
     if values.size != 2:
-        raise ValueError("OneHot: values must hold [off_value, on_value]")
+        raise NodeInputError("OneHot: values must hold [off_value, on_value]")
     rank = indices.ndim
     if not -rank - 1 <= axis <= rank:
-        raise ValueError(f"OneHot: axis {axis} out of range for indices rank {rank}")
+        raise NodeInputError(f"OneHot: axis {axis} out of range for indices rank {rank}")
     if axis < 0:
         axis += rank + 1
     idx = indices.astype(np.int64) if indices.dtype.kind != "i" else indices
@@ -287,7 +288,7 @@ def compress(x, condition, *, axis=None):
 @op("Trilu", versions=14)
 def trilu(x, k=None, *, upper=1):
     if x.ndim < 2:
-        raise ValueError(f"Trilu: input must have rank >= 2, got {x.ndim}")
+        raise NodeInputError(f"Trilu: input must have rank >= 2, got {x.ndim}")
     kk = 0 if k is None else int(np.asarray(k).reshape(-1)[0])
     n, m = x.shape[-2:]
     rows = np.arange(n).reshape(n, 1)
@@ -336,17 +337,17 @@ def unique(x, *, axis=None, sorted=1, _num_outputs=4):
 @op("ReverseSequence", versions=(10, 28))
 def reverse_sequence(x, sequence_lens, *, batch_axis=1, time_axis=0):
     if x.ndim < 2:
-        raise ValueError("ReverseSequence: input must have rank >= 2")
+        raise NodeInputError("ReverseSequence: input must have rank >= 2")
     batch_axis = normalize_axis(batch_axis, x.ndim)
     time_axis = normalize_axis(time_axis, x.ndim)
     if {batch_axis, time_axis} != {0, 1}:
-        raise ValueError("ReverseSequence: batch_axis and time_axis must be 0 and 1")
+        raise NodeInputError("ReverseSequence: batch_axis and time_axis must be 0 and 1")
     lens = np.asarray(sequence_lens).reshape(-1).astype(np.intp)
     nb, nt = x.shape[batch_axis], x.shape[time_axis]
     if lens.size != nb:
-        raise ValueError(f"ReverseSequence: sequence_lens has {lens.size} entries for batch size {nb}")
+        raise NodeInputError(f"ReverseSequence: sequence_lens has {lens.size} entries for batch size {nb}")
     if lens.size and (lens.min() < 0 or lens.max() > nt):
-        raise ValueError(f"ReverseSequence: sequence_lens must be in [0, {nt}]")
+        raise NodeInputError(f"ReverseSequence: sequence_lens must be in [0, {nt}]")
     t = np.arange(nt, dtype=np.intp).reshape(1, nt)
     L = lens.reshape(nb, 1)
     src = np.where(t < L, L - 1 - t, t)  # [batch, time]

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._helpers import as_int_list, normalize_axis
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 
 # --------------------------------------------------------------------------- Col2Im
@@ -21,25 +22,25 @@ def col2im(input, image_shape, block_shape, *, dilations=None, pads=None, stride
     block = as_int_list(block_shape)
     nd = len(image)
     if len(block) != nd or nd < 1:
-        raise ValueError(f"Col2Im: image_shape {image} and block_shape {block} must have the same (>0) length")
+        raise NodeInputError(f"Col2Im: image_shape {image} and block_shape {block} must have the same (>0) length")
     dilations = list(dilations) if dilations else [1] * nd
     strides = list(strides) if strides else [1] * nd
     pads = list(pads) if pads else [0] * (2 * nd)
     if len(dilations) != nd or len(strides) != nd or len(pads) != 2 * nd:
-        raise ValueError("Col2Im: dilations/strides must have one value per spatial axis and pads two")
+        raise NodeInputError("Col2Im: dilations/strides must have one value per spatial axis and pads two")
     if x.ndim != 3:
-        raise ValueError(f"Col2Im: input must have rank 3 [N, C*prod(block_shape), L], got shape {x.shape}")
+        raise NodeInputError(f"Col2Im: input must have rank 3 [N, C*prod(block_shape), L], got shape {x.shape}")
     if x.dtype == object:
-        raise ValueError("Col2Im: string tensors are not supported")
+        raise NodeInputError("Col2Im: string tensors are not supported")
     kernel_size = int(np.prod(block))
     n, ck, length = x.shape
     if kernel_size == 0 or ck % kernel_size:
-        raise ValueError(f"Col2Im: input dim 1 ({ck}) is not a multiple of prod(block_shape)={kernel_size}")
+        raise NodeInputError(f"Col2Im: input dim 1 ({ck}) is not a multiple of prod(block_shape)={kernel_size}")
     channels = ck // kernel_size
     padded = [image[i] + pads[i] + pads[i + nd] for i in range(nd)]
     counts = [(padded[i] - (dilations[i] * (block[i] - 1) + 1)) // strides[i] + 1 for i in range(nd)]
     if any(c < 1 for c in counts) or int(np.prod(counts)) != length:
-        raise ValueError(
+        raise NodeInputError(
             f"Col2Im: input dim 2 ({length}) does not match the number of blocks {counts} "
             f"for image_shape {image}, block_shape {block}, pads {pads}, strides {strides}, dilations {dilations}"
         )
@@ -68,32 +69,32 @@ def tensor_scatter(past_cache, update, write_indices=None, *, axis=-2, mode="lin
     past = np.asarray(past_cache)
     upd = np.asarray(update)
     if mode not in ("linear", "circular"):
-        raise ValueError(f"TensorScatter: mode must be 'linear' or 'circular', got {mode!r}")
+        raise NodeInputError(f"TensorScatter: mode must be 'linear' or 'circular', got {mode!r}")
     rank = past.ndim
     if upd.ndim != rank:
-        raise ValueError(f"TensorScatter: update rank {upd.ndim} differs from past_cache rank {rank}")
+        raise NodeInputError(f"TensorScatter: update rank {upd.ndim} differs from past_cache rank {rank}")
     ax = normalize_axis(axis, rank)
     if ax == 0:
-        raise ValueError("TensorScatter: axis cannot be 0 (the batch dimension)")
+        raise NodeInputError("TensorScatter: axis cannot be 0 (the batch dimension)")
     if any(u != p for i, (u, p) in enumerate(zip(upd.shape, past.shape)) if i != ax):
-        raise ValueError(f"TensorScatter: update shape {upd.shape} must match past_cache shape {past.shape} "
+        raise NodeInputError(f"TensorScatter: update shape {upd.shape} must match past_cache shape {past.shape} "
                          f"except on axis {ax}")
     max_len, seq_len = past.shape[ax], upd.shape[ax]
     if seq_len > max_len:
-        raise ValueError(f"TensorScatter: update sequence length {seq_len} exceeds the cache's {max_len}")
+        raise NodeInputError(f"TensorScatter: update sequence length {seq_len} exceeds the cache's {max_len}")
     batch = past.shape[0]
     if write_indices is None:
         starts = np.zeros(batch, dtype=np.int64)
     else:
         starts = np.asarray(write_indices, dtype=np.int64).reshape(-1)
         if starts.shape[0] != batch:
-            raise ValueError(f"TensorScatter: write_indices has {starts.shape[0]} entries for batch size {batch}")
+            raise NodeInputError(f"TensorScatter: write_indices has {starts.shape[0]} entries for batch size {batch}")
     out = past.copy()
     if seq_len == 0:
         return out
     if mode == "linear":
         if np.any(starts < 0) or np.any(starts + seq_len > max_len):
-            raise ValueError(
+            raise NodeInputError(
                 f"TensorScatter: linear mode needs 0 <= write_indices and write_indices + {seq_len} <= {max_len}, "
                 f"got write_indices {starts.tolist()}"
             )
@@ -122,15 +123,15 @@ def center_crop_pad(input_data, shape, *, axes=None):
     rank = x.ndim
     ax = [normalize_axis(a, rank) for a in axes] if axes else list(range(rank))
     if len(ax) != len(target):
-        raise ValueError(f"CenterCropPad: shape has {len(target)} values for {len(ax)} axes")
+        raise NodeInputError(f"CenterCropPad: shape has {len(target)} values for {len(ax)} axes")
     if len(set(ax)) != len(ax):
-        raise ValueError(f"CenterCropPad: repeated axis in {axes}")
+        raise NodeInputError(f"CenterCropPad: repeated axis in {axes}")
     out_shape = list(x.shape)
     src = [slice(None)] * rank
     dst = [slice(None)] * rank
     for a, t in zip(ax, target):
         if t < 0:
-            raise ValueError(f"CenterCropPad: negative target size {t}")
+            raise NodeInputError(f"CenterCropPad: negative target size {t}")
         d = x.shape[a]
         out_shape[a] = t
         if d >= t:  # crop: start rounded down

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..kernel_table import op
 from .._helpers import as_int_list, normalize_axis
+from ....errors import NodeInputError
 
 
 def ints(values) -> list[int]:
@@ -29,19 +30,19 @@ def _reshape_target(in_shape: tuple[int, ...], shape: list[int], allowzero: int)
     for i, d in enumerate(out):
         if d == -1:
             if unknown >= 0:
-                raise ValueError(f"Reshape: more than one -1 in shape {shape}")
+                raise NodeInputError(f"Reshape: more than one -1 in shape {shape}")
             unknown = i
         elif d == 0:
             if allowzero:
                 continue
             if i >= len(in_shape):
-                raise ValueError(f"Reshape: 0 at index {i} of shape {shape} has no matching input dim {in_shape}")
+                raise NodeInputError(f"Reshape: 0 at index {i} of shape {shape} has no matching input dim {in_shape}")
             out[i] = in_shape[i]
         elif d < -1:
-            raise ValueError(f"Reshape: invalid dim {d} in shape {shape}")
+            raise NodeInputError(f"Reshape: invalid dim {d} in shape {shape}")
     if unknown >= 0:
         if allowzero and 0 in out:
-            raise ValueError(f"Reshape: -1 together with 0 when allowzero=1 in shape {shape}")
+            raise NodeInputError(f"Reshape: -1 together with 0 when allowzero=1 in shape {shape}")
         known = 1
         for i, d in enumerate(out):
             if i != unknown:
@@ -49,11 +50,11 @@ def _reshape_target(in_shape: tuple[int, ...], shape: list[int], allowzero: int)
         total = int(np.prod(in_shape, dtype=np.int64))
         if known == 0:
             if total != 0:
-                raise ValueError(f"Reshape: cannot reshape input of shape {in_shape} to {shape}")
+                raise NodeInputError(f"Reshape: cannot reshape input of shape {in_shape} to {shape}")
             out[unknown] = 0
         else:
             if total % known:
-                raise ValueError(f"Reshape: cannot reshape input of shape {in_shape} to {shape}")
+                raise NodeInputError(f"Reshape: cannot reshape input of shape {in_shape} to {shape}")
             out[unknown] = total // known
     return tuple(out)
 
@@ -64,20 +65,20 @@ def _reshape(data: np.ndarray, shape, allowzero: int = 0) -> np.ndarray:
         try:
             return data.reshape(shape)  # numpy resolves a single -1 itself
         except ValueError:
-            raise ValueError(f"Reshape: cannot reshape input of shape {data.shape} to {shape}") from None
+            raise NodeInputError(f"Reshape: cannot reshape input of shape {data.shape} to {shape}") from None
     target = _reshape_target(data.shape, shape, allowzero)
     if target == data.shape:
         return data
     try:
         return data.reshape(target)
     except ValueError:
-        raise ValueError(f"Reshape: cannot reshape input of shape {data.shape} to {list(target)}") from None
+        raise NodeInputError(f"Reshape: cannot reshape input of shape {data.shape} to {list(target)}") from None
 
 
 @op("Reshape", versions=1, alias={0: 0})
 def reshape_1(data, *, shape=None, consumed_inputs=None):
     if shape is None:
-        raise ValueError("Reshape-1 requires the 'shape' attribute")
+        raise NodeInputError("Reshape-1 requires the 'shape' attribute")
     return _reshape(data, shape)
 
 
@@ -98,7 +99,7 @@ def reshape_14(data, shape, *, allowzero=0):
 def flatten(x, *, axis=1):
     rank = x.ndim
     if not -rank <= axis <= rank:
-        raise ValueError(f"Flatten: axis {axis} out of range for rank {rank}")
+        raise NodeInputError(f"Flatten: axis {axis} out of range for rank {rank}")
     if axis < 0:
         axis += rank
     outer = int(np.prod(x.shape[:axis], dtype=np.int64))
@@ -118,7 +119,7 @@ def _squeeze(data: np.ndarray, axes) -> np.ndarray:
     norm = {normalize_axis(a, data.ndim) for a in axes}
     for a in norm:
         if data.shape[a] != 1:
-            raise ValueError(f"Squeeze: dimension {a} of shape {data.shape} is not 1")
+            raise NodeInputError(f"Squeeze: dimension {a} of shape {data.shape} is not 1")
     return data.reshape(tuple(d for i, d in enumerate(data.shape) if i not in norm))
 
 
@@ -140,12 +141,12 @@ def _unsqueeze(data: np.ndarray, axes) -> np.ndarray:
         if a < 0:
             a += out_rank
         if not 0 <= a < out_rank:
-            raise ValueError(f"Unsqueeze: axis {axes[0]} out of range for output rank {out_rank}")
+            raise NodeInputError(f"Unsqueeze: axis {axes[0]} out of range for output rank {out_rank}")
         shape = data.shape
         return data.reshape(shape[:a] + (1,) + shape[a:])
     norm = sorted(normalize_axis(a, out_rank) for a in axes)
     if len(set(norm)) != len(norm):
-        raise ValueError(f"Unsqueeze: repeated axes {axes}")
+        raise NodeInputError(f"Unsqueeze: repeated axes {axes}")
     shape = list(data.shape)
     for a in norm:
         shape.insert(a, 1)
@@ -172,8 +173,8 @@ def transpose(data, *, perm=None):
     perm = [int(p) for p in perm]
     if perm == list(range(data.ndim)):
         return data
-    if len(perm) != data.ndim:
-        raise ValueError(f"Transpose: perm {perm} does not match input rank {data.ndim}")
+    if sorted(perm) != list(range(data.ndim)):
+        raise NodeInputError(f"Transpose: perm {perm} is not a permutation of the input's {data.ndim} axes")
     return data.transpose(perm)
 
 
@@ -220,7 +221,7 @@ def expand(x, shape):
         elif da == 1:
             out.append(db)
         else:
-            raise ValueError(f"Expand: input shape {x.shape} cannot broadcast to {shape}")
+            raise NodeInputError(f"Expand: input shape {x.shape} cannot broadcast to {shape}")
     out = tuple(out)
     if out == x.shape:
         return x
@@ -238,7 +239,7 @@ def tile_1(x, tiles, axis):
 def tile_6(x, repeats):
     reps = ints(repeats)
     if len(reps) != x.ndim:
-        raise ValueError(f"Tile: repeats {reps} must have one entry per input dim ({x.ndim})")
+        raise NodeInputError(f"Tile: repeats {reps} must have one entry per input dim ({x.ndim})")
     if all(r == 1 for r in reps):
         return x
     return np.tile(x, reps)
@@ -257,17 +258,17 @@ def identity(x):
 
 def _depth_to_space(x: np.ndarray, blocksize: int, mode: str) -> np.ndarray:
     if x.ndim != 4:
-        raise ValueError(f"DepthToSpace: expected a 4-D input, got shape {x.shape}")
+        raise NodeInputError(f"DepthToSpace: expected a 4-D input, got shape {x.shape}")
     b, c, h, w = x.shape
     bs = int(blocksize)
     if c % (bs * bs):
-        raise ValueError(f"DepthToSpace: channels {c} not divisible by blocksize^2 = {bs * bs}")
+        raise NodeInputError(f"DepthToSpace: channels {c} not divisible by blocksize^2 = {bs * bs}")
     if mode == "DCR":
         tmp = x.reshape(b, bs, bs, c // (bs * bs), h, w).transpose(0, 3, 4, 1, 5, 2)
     elif mode == "CRD":
         tmp = x.reshape(b, c // (bs * bs), bs, bs, h, w).transpose(0, 1, 4, 2, 5, 3)
     else:
-        raise ValueError(f"DepthToSpace: unknown mode {mode!r}")
+        raise NodeInputError(f"DepthToSpace: unknown mode {mode!r}")
     return tmp.reshape(b, c // (bs * bs), h * bs, w * bs)
 
 
@@ -283,18 +284,18 @@ def depth_to_space_11(x, *, blocksize, mode="DCR"):
 
 def _space_to_depth(x: np.ndarray, blocksize: int, mode: str) -> np.ndarray:
     if x.ndim != 4:
-        raise ValueError(f"SpaceToDepth: expected a 4-D input, got shape {x.shape}")
+        raise NodeInputError(f"SpaceToDepth: expected a 4-D input, got shape {x.shape}")
     b, c, h, w = x.shape
     bs = int(blocksize)
     if h % bs or w % bs:
-        raise ValueError(f"SpaceToDepth: spatial dims {(h, w)} not divisible by blocksize {bs}")
+        raise NodeInputError(f"SpaceToDepth: spatial dims {(h, w)} not divisible by blocksize {bs}")
     tmp = x.reshape(b, c, h // bs, bs, w // bs, bs)
     if mode == "DCR":
         tmp = tmp.transpose(0, 3, 5, 1, 2, 4)
     elif mode == "CRD":
         tmp = tmp.transpose(0, 1, 3, 5, 2, 4)
     else:
-        raise ValueError(f"SpaceToDepth: unknown mode {mode!r}")
+        raise NodeInputError(f"SpaceToDepth: unknown mode {mode!r}")
     return tmp.reshape(b, c * bs * bs, h // bs, w // bs)
 
 

@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 _OBJ = np.dtype(object)
 
@@ -22,7 +23,7 @@ def _as_str_array(x: np.ndarray, what: str) -> np.ndarray:
     if x.dtype.kind in "US":
         return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in x.reshape(-1)],
                         dtype=object).reshape(x.shape)
-    raise TypeError(f"{what} expects a string tensor, got {x.dtype}")
+    raise NodeInputTypeError(f"{what} expects a string tensor, got {x.dtype}")
 
 
 def _obj_array(values: list, shape: tuple) -> np.ndarray:
@@ -38,7 +39,7 @@ def _obj_array(values: list, shape: tuple) -> np.ndarray:
 def string_normalizer(x, *, case_change_action="NONE", is_case_sensitive=0, locale="", stopwords=None):
     x = _as_str_array(x, "StringNormalizer")
     if case_change_action not in ("NONE", "LOWER", "UPPER"):
-        raise ValueError(f"StringNormalizer: unknown case_change_action '{case_change_action}'")
+        raise NodeInputError(f"StringNormalizer: unknown case_change_action '{case_change_action}'")
     if x.ndim == 1:
         two_dim = False
         items = x.tolist()
@@ -46,7 +47,7 @@ def string_normalizer(x, *, case_change_action="NONE", is_case_sensitive=0, loca
         two_dim = True
         items = x[0].tolist()
     else:
-        raise ValueError(f"StringNormalizer accepts [C] or [1, C] inputs, got shape {x.shape}")
+        raise NodeInputError(f"StringNormalizer accepts [C] or [1, C] inputs, got shape {x.shape}")
     if stopwords:
         if is_case_sensitive:
             stop = set(stopwords)
@@ -113,7 +114,7 @@ def _compile(pattern: str) -> re.Pattern:
     try:
         return re.compile(_re2_to_python(pattern), re.ASCII)
     except re.error as exc:
-        raise ValueError(f"RegexFullMatch: invalid pattern {pattern!r}: {exc}") from None
+        raise NodeInputError(f"RegexFullMatch: invalid pattern {pattern!r}: {exc}") from None
 
 
 @op("RegexFullMatch", versions=20)
@@ -179,17 +180,17 @@ class _NgramPool:
             n = i + 1
             end = ngram_counts[i + 1] if i + 1 < len(ngram_counts) else total
             if end < start or end > total:
-                raise ValueError(f"TfIdfVectorizer: ngram_counts out of bounds for {n}-grams")
+                raise NodeInputError(f"TfIdfVectorizer: ngram_counts out of bounds for {n}-grams")
             items = end - start
             if items == 0:
                 continue
             if items % n:
-                raise ValueError(f"TfIdfVectorizer: the pool does not hold whole {n}-grams")
+                raise NodeInputError(f"TfIdfVectorizer: the pool does not hold whole {n}-grams")
             count = items // n
             if min_gram <= n <= max_gram:
                 grams = ids[start:end].reshape(count, n)
                 if ngram_id + count > len(self.out_index):
-                    raise ValueError("TfIdfVectorizer: ngram_indexes is shorter than the pool")
+                    raise NodeInputError("TfIdfVectorizer: ngram_indexes is shorter than the pool")
                 positions = self.out_index[ngram_id: ngram_id + count]
                 keys = self._keys(grams)
                 if keys is None:
@@ -247,18 +248,18 @@ def _ngram_pool(pool, is_string, ngram_counts, ngram_indexes, min_gram, max_gram
 def tfidf_vectorizer(x, *, max_gram_length, min_gram_length, max_skip_count, mode, ngram_counts,
                      ngram_indexes, pool_int64s=None, pool_strings=None, weights=None):
     if mode not in ("TF", "IDF", "TFIDF"):
-        raise ValueError(f"TfIdfVectorizer: mode '{mode}' is unrecognized, acceptable values are TF, IDF, TFIDF")
+        raise NodeInputError(f"TfIdfVectorizer: mode '{mode}' is unrecognized, acceptable values are TF, IDF, TFIDF")
     if min_gram_length < 1 or max_gram_length < min_gram_length:
-        raise ValueError("TfIdfVectorizer: need 1 <= min_gram_length <= max_gram_length")
+        raise NodeInputError("TfIdfVectorizer: need 1 <= min_gram_length <= max_gram_length")
     if max_gram_length > len(ngram_counts):
-        raise ValueError("TfIdfVectorizer: max_gram_length must be in bounds of ngram_counts")
+        raise NodeInputError("TfIdfVectorizer: max_gram_length must be in bounds of ngram_counts")
     if max_skip_count < 0:
-        raise ValueError("TfIdfVectorizer: max_skip_count must be non-negative")
+        raise NodeInputError("TfIdfVectorizer: max_skip_count must be non-negative")
     if not ngram_indexes or min(ngram_indexes) < 0:
-        raise ValueError("TfIdfVectorizer: ngram_indexes must be non-empty and non-negative")
+        raise NodeInputError("TfIdfVectorizer: ngram_indexes must be non-empty and non-negative")
     is_string = bool(pool_strings)
     if not is_string and not pool_int64s:
-        raise ValueError("TfIdfVectorizer: one of pool_strings or pool_int64s is required")
+        raise NodeInputError("TfIdfVectorizer: one of pool_strings or pool_int64s is required")
     pool = _ngram_pool(tuple(pool_strings if is_string else pool_int64s), is_string, tuple(ngram_counts),
                        tuple(ngram_indexes), int(min_gram_length), int(max_gram_length))
 
@@ -266,7 +267,7 @@ def tfidf_vectorizer(x, *, max_gram_length, min_gram_length, max_skip_count, mod
     if is_string:
         x = _as_str_array(x, "TfIdfVectorizer")
     elif x.dtype.kind not in "iu":
-        raise TypeError(f"TfIdfVectorizer with pool_int64s expects an integer input, got {x.dtype}")
+        raise NodeInputTypeError(f"TfIdfVectorizer with pool_int64s expects an integer input, got {x.dtype}")
     if x.ndim == 0:
         rows, batched = x.reshape(1, 1), False
     elif x.ndim == 1:
@@ -274,7 +275,7 @@ def tfidf_vectorizer(x, *, max_gram_length, min_gram_length, max_skip_count, mod
     elif x.ndim == 2:
         rows, batched = x, True
     else:
-        raise ValueError(f"TfIdfVectorizer: input must be [C] or [N, C], got shape {x.shape}")
+        raise NodeInputError(f"TfIdfVectorizer: input must be [C] or [N, C], got shape {x.shape}")
     n_rows, width = rows.shape
     size = pool.output_size
     counts = np.zeros(n_rows * size, dtype=np.int64)
@@ -301,7 +302,7 @@ def tfidf_vectorizer(x, *, max_gram_length, min_gram_length, max_skip_count, mod
     w = np.zeros(0, dtype=np.float32)
     if weights:  # weights[i] scales the i-th n-gram of the pool, written at ngram_indexes[i]
         if len(weights) != len(ngram_indexes):
-            raise ValueError(f"TfIdfVectorizer: {len(weights)} weights for {len(ngram_indexes)} ngram_indexes")
+            raise NodeInputError(f"TfIdfVectorizer: {len(weights)} weights for {len(ngram_indexes)} ngram_indexes")
         w = np.zeros(size, dtype=np.float32)
         w[np.asarray(ngram_indexes, dtype=np.int64)] = np.asarray(weights, dtype=np.float32)
     if mode == "TF" or (mode == "TFIDF" and not w.size):

@@ -22,6 +22,7 @@ import numpy as np
 from ....graph.autodiff import AUTODIFF_DOMAIN
 from .._helpers import as_int_list, normalize_axis
 from ..kernel_table import op
+from ....errors import NodeInputError
 
 
 def _autodiff_op(name: str, multi_output: bool = False):
@@ -35,14 +36,14 @@ def sum_to_shape(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return x
     lead = x.ndim - len(shape)
     if lead < 0:
-        raise ValueError(f"SumToShape: cannot reduce shape {x.shape} to the larger rank shape {shape}")
+        raise NodeInputError(f"SumToShape: cannot reduce shape {x.shape} to the larger rank shape {shape}")
     axes = list(range(lead))
     for i, dim in enumerate(shape):
         have = x.shape[lead + i]
         if dim == 1 and have != 1:
             axes.append(lead + i)
         elif dim != have:
-            raise ValueError(f"SumToShape: shape {x.shape} is not a broadcast of {shape}")
+            raise NodeInputError(f"SumToShape: shape {x.shape} is not a broadcast of {shape}")
     out = np.sum(x, axis=tuple(axes), keepdims=True) if axes else x
     return np.asarray(out.reshape(shape), dtype=x.dtype)
 
@@ -169,7 +170,7 @@ def slice_index(shape, starts, ends, axes, steps) -> tuple[slice, ...]:
         axis = normalize_axis(axis, rank)
         dim = shape[axis]
         if step == 0:
-            raise ValueError("Slice: step cannot be 0")
+            raise NodeInputError("Slice: step cannot be 0")
         if start < 0:
             start += dim
         if end < 0:

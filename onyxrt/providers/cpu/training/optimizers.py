@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from ..kernel_table import op
+from ....errors import NodeInputError, NodeInputTypeError
 
 TRAINING_DOMAIN = "ai.onnx.preview.training"
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -25,27 +26,27 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 def _scalar(value, name: str, op_name: str, integer: bool = False):
     array = np.asarray(value)
     if array.size != 1:
-        raise ValueError(f"{op_name}: input {name} must be a scalar, got shape {array.shape}")
+        raise NodeInputError(f"{op_name}: input {name} must be a scalar, got shape {array.shape}")
     if integer:
         if array.dtype.kind not in "iu":
-            raise TypeError(f"{op_name}: input {name} must be int64, got {array.dtype}")
+            raise NodeInputTypeError(f"{op_name}: input {name} must be int64, got {array.dtype}")
         return int(array.reshape(()))
     if array.dtype not in _FLOATS:
-        raise TypeError(f"{op_name}: input {name} must be float or double, got {array.dtype}")
+        raise NodeInputTypeError(f"{op_name}: input {name} must be float or double, got {array.dtype}")
     return float(array.reshape(()))
 
 
 def _groups(op_name: str, tensors: tuple, count: int, names: str) -> list[tuple[np.ndarray, ...]]:
     """Split the variadic inputs into ``count`` equal groups and check their types."""
     if not tensors or len(tensors) % count:
-        raise ValueError(
+        raise NodeInputError(
             f"{op_name}: expected R, T and {count} equally long groups of tensors ({names}), "
             f"got {len(tensors)} tensors after R and T"
         )
     n = len(tensors) // count
     for t in tensors:
         if not isinstance(t, np.ndarray) or t.dtype not in _FLOATS:
-            raise TypeError(f"{op_name}: optimized tensors must be float or double, got {getattr(t, 'dtype', type(t))}")
+            raise NodeInputTypeError(f"{op_name}: optimized tensors must be float or double, got {getattr(t, 'dtype', type(t))}")
     return [tensors[i * n : (i + 1) * n] for i in range(count)]
 
 
@@ -58,7 +59,7 @@ def _regularized(x: np.ndarray, g: np.ndarray, norm_coefficient: float) -> np.nd
 
 def _check_outputs(op_name: str, num_outputs: int, expected: int) -> None:
     if num_outputs != expected:
-        raise ValueError(f"{op_name}: the node declares {num_outputs} outputs, expected {expected}")
+        raise NodeInputError(f"{op_name}: the node declares {num_outputs} outputs, expected {expected}")
 
 
 @op("Adagrad", versions=1, domain=TRAINING_DOMAIN, multi_output=True)
@@ -127,9 +128,9 @@ def momentum(r, t, *tensors, alpha=None, beta=None, mode=None, norm_coefficient=
     given = {"alpha": alpha, "beta": beta, "mode": mode, "norm_coefficient": norm_coefficient}
     missing = [name for name, value in given.items() if value is None]
     if missing:
-        raise ValueError(f"Momentum: required attribute(s) {', '.join(missing)} missing")
+        raise NodeInputError(f"Momentum: required attribute(s) {', '.join(missing)} missing")
     if mode not in ("standard", "nesterov"):
-        raise ValueError(f"Momentum: mode must be 'standard' or 'nesterov', got {mode!r}")
+        raise NodeInputError(f"Momentum: mode must be 'standard' or 'nesterov', got {mode!r}")
     xs, gs, vs = _groups("Momentum", tensors, 3, "X, G, V")
     if _num_outputs is not None:
         _check_outputs("Momentum", _num_outputs, 2 * len(xs))
