@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import onnx
 import onnx_ir as ir
 
-from ..errors import EPFail, NotImplemented as OrtNotImplemented
+from ..errors import EPFail, Fail, NotImplemented as OrtNotImplemented
 from ..graph.builder import nodes_inside, reads, subgraphs
 from ..graph.opsets import describe, opset_for
 from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned
@@ -32,15 +33,28 @@ FUSED_DOMAIN = "onyxrt.fused"
 def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
     """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
-    Every node no provider takes is listed in one NOT_IMPLEMENTED error. Assignments
-    left by an earlier partitioning (of a graph it did not rewrite) are dropped first.
+    Every node no provider takes is listed in one error: NOT_IMPLEMENTED when its op has an
+    ONNX schema, FAIL when the op is not known at all (as onnxruntime: "not a registered
+    function/op"). Assignments left by an earlier partitioning (of a graph it did not
+    rewrite) are dropped first.
     """
     _drop_assignments(graph)
-    missing: list[str] = []
+    missing: list[ir.Node] = []
     _partition_graph(graph, opset_imports, providers, missing)
     if missing:
-        listed = "\n  ".join(missing)
+        unknown = [node for node in missing if not _has_schema(node, opset_for(node, opset_imports))]
+        listed = "\n  ".join(f"{describe(node)} at opset {opset_for(node, opset_imports)}" for node in unknown or missing)
+        if unknown:
+            raise Fail(f"Fatal error: these ops are not registered functions or ops:\n  {listed}")
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
+
+
+def _has_schema(node: ir.Node, version: int) -> bool:
+    try:
+        onnx.defs.get_schema(node.op_type, version, node.domain)
+    except onnx.defs.SchemaError:
+        return False
+    return True
 
 
 def _drop_assignments(graph: ir.Graph) -> None:
@@ -57,13 +71,13 @@ def rewrites_graph(providers: Sequence[ExecutionProvider]) -> bool:
 
 
 def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
-                     missing: list[str]) -> None:
+                     missing: list[ir.Node]) -> None:
     for provider in providers:
         for group in provider.get_capability(graph, opset_imports):
             _claim(graph, group, provider)
     for node in graph:
         if not is_assigned(node):
-            missing.append(f"{describe(node)} at opset {opset_for(node, opset_imports)}")
+            missing.append(node)
         elif FUSED_GROUP not in node.meta:
             for subgraph in subgraphs(node):
                 _partition_graph(subgraph, opset_imports, providers, missing)

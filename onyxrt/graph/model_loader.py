@@ -19,7 +19,7 @@ from onnx import external_data_helper
 
 import onnx_ir as ir
 
-from ..errors import InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
+from ..errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .builder import all_graphs
 from .opsets import normalize_domain
 from .tensors import sparse_to_dense_proto
@@ -35,6 +35,7 @@ _INFERENCE_INLINE_LIMIT = 1024
 # inference functions allocate in proportion to a declared dim (a Slice whose `axes` input is
 # declared [2**31-1] took 12.9 GB), and no shape-like vector is anywhere near this long.
 _INFERENCE_DIM_LIMIT = 1 << 20
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 def read_model_proto(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
@@ -111,23 +112,37 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
                 graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
         else:
             graph.initializer.append(tensor)
-    _bound_declared_dims(graph)
+    _bound_for_inference(graph)
     try:
         return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
         return light
 
 
-def _bound_declared_dims(graph: onnx.GraphProto) -> None:
-    """Make declared dims above ``_INFERENCE_DIM_LIMIT`` symbolic, in ``graph`` and its subgraphs."""
+def _bound_for_inference(graph: onnx.GraphProto) -> None:
+    """Keep values that make onnx's native inference misbehave out of ``graph`` and its subgraphs.
+
+    Declared dims above ``_INFERENCE_DIM_LIMIT`` become symbolic. ONNX-domain int attributes
+    beyond int32 are clamped into it: some inference functions narrow them to a C int and
+    index with the result (LayerNormalization axis=2**31 crashed the process); clamped, they
+    are still out of range for any tensor and inference reports them. Constant's values are data
+    and stay as they are.
+    """
     for info in (*graph.input, *graph.output, *graph.value_info):
         for dim in _declared_dims(info.type):
             if dim.HasField("dim_value") and dim.dim_value > _INFERENCE_DIM_LIMIT:
                 dim.dim_param = f"onyxrt_large_dim_{dim.dim_value}"
     for node in graph.node:
+        narrow = node.domain in ("", "ai.onnx") and node.op_type != "Constant"
         for attr in node.attribute:
+            if narrow and attr.type == onnx.AttributeProto.INT and not _INT32_MIN <= attr.i <= _INT32_MAX:
+                attr.i = _INT32_MAX if attr.i > 0 else _INT32_MIN
+            elif narrow and attr.type == onnx.AttributeProto.INTS and any(not _INT32_MIN <= i <= _INT32_MAX for i in attr.ints):
+                clamped = [min(max(i, _INT32_MIN), _INT32_MAX) for i in attr.ints]
+                del attr.ints[:]
+                attr.ints.extend(clamped)
             for subgraph in (attr.g,) if attr.HasField("g") else attr.graphs:
-                _bound_declared_dims(subgraph)
+                _bound_for_inference(subgraph)
 
 
 def _declared_dims(type_proto: onnx.TypeProto):
@@ -167,24 +182,35 @@ def load_model(source: ModelSource) -> ir.Model:
     """Read, validate, inline and type a model; returns it as an ``onnx_ir.Model`` in topological order."""
     proto, base_dir = read_model_proto(source)
     if not proto.HasField("graph"):
-        raise InvalidGraph("Model has no graph")
+        raise InvalidArgument("No graph was found in the protobuf.")  # onnxruntime's class and words
     check_external_data_locations(proto, base_dir)
     validate_model(proto)  # before native inlining/inference, which may crash on malformed graphs
+    if isinstance(source, onnx.ModelProto) and proto is source:
+        proto = _copy(proto)  # inference adds value_info; never mutate the caller's proto
+    _relabel_graphs_not_utf8(proto.graph)
     if proto.functions:
         try:
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as exc:  # noqa: BLE001
             raise InvalidGraph(f"Failed to inline model-local functions: {exc}") from None
         validate_model(proto)  # the inlined function bodies
-    if isinstance(source, onnx.ModelProto) and proto is source:
-        proto = _copy(proto)  # inference adds value_info; never mutate the caller's proto
     _merge_inferred_types(proto, _inferred(proto))
     model = model_from_proto(proto, base_dir)
     try:
         model.graph.sort()  # subgraphs too; files need not list nodes in dependency order
     except ValueError as exc:
-        raise InvalidGraph(f"Graph '{model.graph.name}' cannot be ordered topologically: {exc}") from None
+        raise Fail(f"This is an invalid model. Graph '{model.graph.name}' is not acyclic: {exc}") from None
     return model
+
+
+def _relabel_graphs_not_utf8(graph: onnx.GraphProto) -> None:
+    """Graph names that are not UTF-8 (onnxruntime accepts them: they are labels) get a decodable one."""
+    if not isinstance(graph.name, str):
+        graph.name = graph.name.decode("utf-8", "replace")
+    for node in graph.node:
+        for attr in node.attribute:
+            for subgraph in (attr.g,) if attr.HasField("g") else attr.graphs:
+                _relabel_graphs_not_utf8(subgraph)
 
 
 def model_from_proto(proto: onnx.ModelProto, base_dir: str | None = None) -> ir.Model:

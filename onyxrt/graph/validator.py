@@ -48,8 +48,24 @@ def validate_model(model: onnx.ModelProto) -> None:
         domain = _text(opset.domain, "opset domain")
         if not 0 <= opset.version <= _MAX_OPSET_VERSION:
             raise InvalidGraph(f"This is an invalid model. Opset version {opset.version} of domain '{domain}' is out of range.")
-        opsets["" if domain == "ai.onnx" else domain] = opset.version
+        domain = "" if domain == "ai.onnx" else domain
+        latest = _latest_opsets().get(domain)
+        if latest is not None and opset.version > latest:
+            raise Fail(
+                f"Opset {opset.version} of domain '{domain or 'ai.onnx'}' is newer than the latest this onyxrt knows ({latest})."
+            )
+        opsets[domain] = opset.version
     _validate_graph(model.graph, frozenset(), opsets, {}, main=True)
+
+
+@functools.cache
+def _latest_opsets() -> dict[str, int]:
+    """The newest opset of each domain onnx defines (its operators' schemas know no later one)."""
+    latest: dict[str, int] = {}
+    for schema in defs.get_all_schemas_with_history():
+        latest[schema.domain] = max(latest.get(schema.domain, 0), schema.since_version)
+    latest[""] = max(latest.get("", 0), defs.onnx_opset_version())
+    return latest
 
 
 def _validate_graph(
@@ -60,14 +76,15 @@ def _validate_graph(
 
     ``arities`` caches, for this model's opsets, each (op_type, domain)'s schema arity.
     """
-    graph_name = _text(graph.name, "graph name")
+    # A graph's name is only a label: onnxruntime accepts one that is not UTF-8, and so do we.
+    graph_name = graph.name if isinstance(graph.name, str) else graph.name.decode("utf-8", "replace")
     defined: set[str] = set()
     for info in graph.input:
         name = _text(info.name, f"input of graph '{graph_name}'")
         if name in defined:
             raise Fail(f"Error: Duplicate definition-site for ({name}) in graph '{graph_name}'.")
         defined.add(name)
-        _check_declared_type(info.type, name)
+        _check_declared_type(info.type, name, graph_io=True)
     initializer_names = set()
     for tensor in graph.initializer:
         name = _text(tensor.name, f"initializer of graph '{graph_name}'")
@@ -90,13 +107,13 @@ def _validate_graph(
     with_attributes: list[int] = []
     arity_suspects: list[tuple[int, _Arity]] = []
     for index, node in enumerate(nodes):
-        inputs, outputs = list(node.input), list(node.output)
-        node_inputs.append(inputs)
-        node_outputs.append(outputs)
         key = (node.op_type, node.domain)
         arity = arities.get(key, _UNRESOLVED)
         if arity is _UNRESOLVED:
             arity = arities[key] = _resolve_arity(node, index, opsets)
+        inputs, outputs = list(node.input), list(node.output)
+        node_inputs.append(inputs)
+        node_outputs.append(outputs)
         if arity is not None and (
             not (arity[0] <= len(inputs) <= arity[1] and arity[3] <= len(outputs) <= arity[4])
             or "" in inputs
@@ -105,9 +122,8 @@ def _validate_graph(
             arity_suspects.append((index, arity))
         if node.attribute:
             with_attributes.append(index)
-            _check_attribute_rules(node, index, opsets)
         elif arity is not None and _attribute_rules(*_schema_key(node, opsets))[0]:
-            _check_attribute_rules(node, index, opsets)
+            arity_suspects.append((index, arity))  # a required attribute is missing
     outputs = [name for names in node_outputs for name in names if name != ""]
     produced = set(outputs)
     if len(produced) != len(outputs) or not produced.isdisjoint(defined):
@@ -120,15 +136,49 @@ def _validate_graph(
         name = _text(info.name, f"output of graph '{graph_name}'")
         if name not in scope:
             raise Fail(f"This is an invalid model. Graph output ({name}) does not exist in the graph '{graph_name}'.")
-        _check_declared_type(info.type, name)
+        _check_declared_type(info.type, name, graph_io=True)
     used = set().union(*node_inputs)
     used.discard("")
     if not used <= scope:
         _raise_undefined_input(nodes, node_inputs, scope, graph_name, main)
-    for index, arity in arity_suspects:
-        _check_arity(nodes[index], index, node_inputs[index], node_outputs[index], arity, opsets)
-    for index in with_attributes:
-        _check_attributes(nodes[index], index, scope, opsets, arities)
+    _check_acyclic(nodes, node_inputs, node_outputs, graph_name)
+    # Per node, as onnxruntime verifies each node against its schema: arity, then attributes.
+    suspects = dict(arity_suspects)
+    for index in sorted(suspects.keys() | set(with_attributes)):
+        node = nodes[index]
+        if index in suspects:
+            _check_arity(node, index, node_inputs[index], node_outputs[index], suspects[index], opsets)
+        _check_attribute_rules(node, index, opsets)
+        if node.attribute:
+            _check_attributes(node, index, scope, opsets, arities)
+
+
+def _check_acyclic(
+    nodes: Sequence[onnx.NodeProto], node_inputs: list[list[str]], node_outputs: list[list[str]], graph_name: str
+) -> None:
+    """Refuse a graph whose nodes cannot be ordered (onnxruntime: FAIL); files may list nodes in any order."""
+    producer = {name: index for index, names in enumerate(node_outputs) for name in names if name}
+    waiting_on = [0] * len(nodes)
+    readers: dict[int, list[int]] = {}
+    for index, names in enumerate(node_inputs):
+        for source in {producer[name] for name in names if name in producer}:
+            waiting_on[index] += 1
+            readers.setdefault(source, []).append(index)
+    ready = [index for index, count in enumerate(waiting_on) if count == 0]
+    ordered = 0
+    while ready:
+        index = ready.pop()
+        ordered += 1
+        for reader in readers.get(index, ()):
+            waiting_on[reader] -= 1
+            if waiting_on[reader] == 0:
+                ready.append(reader)
+    if ordered != len(nodes):
+        stuck = next(index for index, count in enumerate(waiting_on) if count)
+        raise Fail(
+            f"This is an invalid model. Error: the graph '{graph_name}' is not acyclic: "
+            f"{_describe(nodes[stuck], stuck)} is on or after a cycle."
+        )
 
 
 def _raise_duplicate_output(nodes: Sequence[onnx.NodeProto], node_outputs: list[list[str]], defined: set[str]) -> NoReturn:
@@ -178,6 +228,12 @@ def _check_attributes(
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
             for subgraph in subgraphs:
                 _validate_graph(subgraph, scope, opsets, arities)
+        elif attr.type == onnx.AttributeProto.STRING or attr.type == onnx.AttributeProto.STRINGS:
+            for text in [attr.s] if attr.type == onnx.AttributeProto.STRING else attr.strings:
+                try:
+                    text.decode("utf-8")
+                except UnicodeDecodeError:
+                    _raise_not_utf8(text, f"value of attribute '{attr.name}' of {_describe(node, index)}")
         elif attr.type in _TENSOR_ATTRS:
             tensors = [attr.t] if attr.type == onnx.AttributeProto.TENSOR else attr.tensors
             for tensor in tensors:
@@ -296,9 +352,11 @@ def _check_tensor_data_type(tensor: onnx.TensorProto, what: str) -> None:
         raise Fail(f"This is an invalid model. {what} has an invalid tensor data type {tensor.data_type}.")
 
 
-def _check_declared_type(type_proto: onnx.TypeProto, value_name: str) -> None:
+def _check_declared_type(type_proto: onnx.TypeProto, value_name: str, graph_io: bool = False) -> None:
+    """Declared element types must be ONNX types; a graph input's or output's must be defined (onnxruntime)."""
+    allowed = _KNOWN_DATA_TYPES if graph_io else _DECLARABLE_ELEM_TYPES
     for elem_type in _elem_types(type_proto):
-        if elem_type not in _DECLARABLE_ELEM_TYPES:
+        if elem_type not in allowed:
             raise InvalidArgument(
                 f"Failed to load model with error: Invalid tensor data type {elem_type} declared for value '{value_name}'."
             )

@@ -138,7 +138,12 @@ def _declared_output_bytes(node: ir.Node) -> int:
     """Bytes of the outputs whose type and static shape are declared (0 for the others)."""
     total = 0
     for value in node.outputs:
-        if isinstance(value.type, ir.TensorType) and value.shape is not None and value.shape.is_static():
+        if (
+            isinstance(value.type, ir.TensorType)
+            and value.type.dtype != ir.DataType.UNDEFINED
+            and value.shape is not None
+            and value.shape.is_static()
+        ):
             total += math.ceil(math.prod(int(dim) for dim in value.shape) * value.type.dtype.itemsize)
     return total
 

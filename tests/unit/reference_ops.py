@@ -15,7 +15,7 @@ def reference_output(op_type: str, inputs: list[np.ndarray], opset: int, **attrs
         [node],
         "g",
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in zip(names, inputs)],
-        [helper.make_tensor_value_info("y", TensorProto.UNDEFINED, None)],
+        [helper.make_empty_tensor_value_info("y")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]

@@ -35,7 +35,7 @@ def _model(nodes, feeds, outputs, initializers=None, opset=17):
         nodes,
         "g",
         [_vi(n, v) for n, v in feeds.items()],
-        [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs],
+        [helper.make_empty_tensor_value_info(o) for o in outputs],
         [numpy_helper.from_array(np.asarray(v), n) for n, v in (initializers or {}).items()],
     )
     return helper.make_model(

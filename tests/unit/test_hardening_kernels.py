@@ -226,3 +226,11 @@ def test_running_out_of_memory_is_reported_as_an_allocation_failure():
                    [h.make_tensor_value_info("s", T.INT64, [2])], [h.make_tensor_value_info("y", T.FLOAT, None)])
     with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'fill' Status Message: Failed to allocate memory"):
         _session(model).run(None, {"s": np.array([2**20, 2**30], np.int64)})
+
+
+def test_gather_elements_indices_wider_than_data_is_a_typed_error():
+    model = _model([h.make_node("GatherElements", ["d", "i"], ["y"], axis=0, name="g")],
+                   [h.make_tensor_value_info("d", T.FLOAT, [2, 2]), h.make_tensor_value_info("i", T.INT64, [1, 3])],
+                   [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'g' Status Message: GatherElements: indices dim 1 is 3"):
+        _session(model).run(None, {"d": np.zeros((2, 2), np.float32), "i": np.zeros((1, 3), np.int64)})

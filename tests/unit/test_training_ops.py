@@ -33,7 +33,7 @@ def _reference(op_type, inputs, n_outputs, **attrs):
         [node],
         "g",
         [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in zip(names, inputs)],
-        [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+        [helper.make_empty_tensor_value_info(o) for o in outs],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(TRAINING_DOMAIN, 1), helper.make_opsetid("", 17)])
     return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onyxrt as ort
-from onyxrt.errors import Fail, InvalidArgument, InvalidGraph
+from onyxrt.errors import Fail, InvalidArgument, InvalidGraph, OnyxRuntimeError
 from onyxrt.graph.validator import validate_model
 
 
@@ -272,3 +272,54 @@ def test_initializer_data_that_does_not_fit_its_dims_is_a_typed_load_error(corru
     model = _model([helper.make_node("Add", ["X", "W"], ["Y"])], [_value("X")], [_value("Y")], [weight])
     with pytest.raises(Fail, match="Tensor 'W': its data does not match its type FLOAT"):  # onnxruntime: FAIL
         _load(model).run(None, {"X": np.zeros(3, np.float32)})
+
+
+def test_op_without_any_schema_or_kernel_fails_as_unregistered():
+    node = helper.make_node("NoSuchOp", ["X"], ["Y"])
+    with pytest.raises(Fail, match="not registered functions or ops:\n  .*NoSuchOp"):  # onnxruntime: FAIL
+        _load(_model([node], [_value("X")], [_value("Y")]))
+
+
+def test_opset_newer_than_any_known_fails_at_load():
+    model = _model([helper.make_node("Relu", ["X"], ["Y"])], [_value("X")], [_value("Y")], opset=999)
+    with pytest.raises(Fail, match="Opset 999 of domain 'ai.onnx' is newer than the latest"):
+        _load(model)
+
+
+def test_model_without_a_graph_is_an_invalid_argument():
+    with pytest.raises(InvalidArgument, match="No graph was found"):
+        _load(onnx.ModelProto(ir_version=8).SerializeToString())
+
+
+def test_nodes_in_a_cycle_fail_at_load_before_their_attributes_are_checked():
+    nodes = [helper.make_node("Add", ["X", "b"], ["a"], bogus=1), helper.make_node("Relu", ["a"], ["b"])]
+    with pytest.raises(Fail, match="not acyclic"):  # onnxruntime's order: cycles, then each node's schema
+        _load(_model(nodes, [_value("X")], [_value("a")]))
+
+
+def test_string_attribute_that_is_not_utf8_is_rejected_at_load():
+    node = helper.make_node("Gelu", ["X"], ["Y"], approximate="none")
+    node.attribute[0].s = b"\xff\xfe"
+    with pytest.raises(InvalidGraph, match="attribute 'approximate' of node 0 .* is not valid UTF-8"):
+        _load(_model([node], [_value("X")], [_value("Y")]))
+
+
+def test_graph_input_of_undefined_element_type_is_an_invalid_argument():
+    inputs = [helper.make_tensor_value_info("X", TensorProto.UNDEFINED, [3])]
+    with pytest.raises(InvalidArgument, match="Invalid tensor data type 0 declared for value 'X'"):  # as onnxruntime
+        _load(_model([helper.make_node("Relu", ["X"], ["Y"])], inputs, [_value("Y")]))
+
+
+def test_int_attribute_beyond_int32_does_not_crash_native_inference():
+    # onnx's LayerNormalization inference narrowed axis=2**31 to a C int and crashed the process.
+    node = helper.make_node("LayerNormalization", ["X", "W"], ["Y"], axis=2**31)
+    model = _model([node], [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3]), _value("W")], [_value("Y")])
+    with pytest.raises(OnyxRuntimeError, match="axis"):  # a typed refusal, at load or at run
+        _load(model).run(None, {"X": np.zeros((2, 3), np.float32), "W": np.ones(3, np.float32)})
+
+
+def test_graph_name_that_is_not_utf8_is_accepted_as_onnxruntime_does():
+    model = _model([helper.make_node("Relu", ["X"], ["Y"])], [_value("X")], [_value("Y")])
+    model.graph.name = "gq"
+    data = model.SerializeToString().replace(b"gq", b"g\xff")
+    assert _load(data).run(None, {"X": -np.ones(3, np.float32)})[0].tolist() == [0, 0, 0]

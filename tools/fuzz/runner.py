@@ -164,6 +164,10 @@ def _summary(output) -> dict:
     if not isinstance(output, np.ndarray):
         return {"kind": type(output).__name__}
     summary = {"dtype": str(output.dtype), "shape": list(output.shape)}
+    if output.dtype.name.startswith("float8"):
+        # onnxruntime hands float8 tensors back as their uint8 bits: compare bits with bits.
+        output = output.view(np.uint8)
+        summary.update(dtype="uint8", bits_of=summary["dtype"])
     if output.size <= _MAX_REPORTED_ELEMENTS and output.dtype.kind in "biuf":
         summary["values"] = [None if not np.isfinite(v) else v for v in output.astype(np.float64).reshape(-1).tolist()]
     return summary

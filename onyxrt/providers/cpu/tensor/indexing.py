@@ -45,9 +45,12 @@ def gather(data, indices, *, axis=0):
     return np.take(data, idx, axis=axis)
 
 
-def _element_index(indices: np.ndarray, axis: int, dim: int, what: str) -> tuple:
+def _element_index(indices: np.ndarray, axis: int, data_shape: tuple[int, ...], what: str) -> tuple:
     """Advanced-index tuple addressing data[..., indices[...], ...] along ``axis``."""
-    idx = _fix_indices(indices, dim, what)
+    for d, (n, size) in enumerate(zip(indices.shape, data_shape)):
+        if d != axis and n > size:
+            raise NodeIndexError(f"{what}: indices dim {d} is {n}, beyond data's {size} (data shape {list(data_shape)})")
+    idx = _fix_indices(indices, data_shape[axis], what)
     grids = []
     for d, n in enumerate(idx.shape):
         if d == axis:
@@ -68,7 +71,7 @@ def gather_elements(data, indices, *, axis=0):
     if indices.shape == data.shape:
         idx = _fix_indices(indices, data.shape[axis], "GatherElements")
         return np.take_along_axis(data, idx, axis=axis)
-    return data[_element_index(indices, axis, data.shape[axis], "GatherElements")]
+    return data[_element_index(indices, axis, data.shape, "GatherElements")]
 
 
 def _nd_index(data_shape: tuple[int, ...], indices: np.ndarray, batch_dims: int, what: str):
@@ -139,7 +142,7 @@ def _scatter_elements(data, indices, updates, axis, reduction, what):
         raise NodeInputError(f"{what}: indices shape {indices.shape} != updates shape {np.shape(updates)}")
     if indices.ndim != data.ndim:
         raise NodeInputError(f"{what}: indices rank {indices.ndim} != data rank {data.ndim}")
-    index = _element_index(indices, axis, data.shape[axis], what)
+    index = _element_index(indices, axis, data.shape, what)
     return _scatter_into(data, index, updates, reduction, what)
 
 
