@@ -30,10 +30,11 @@ from ..errors import Fail, InvalidArgument, InvalidGraph
 _KNOWN_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 _DECLARABLE_ELEM_TYPES = frozenset(onnx.TensorProto.DataType.values())
 _SINGLE = defs.OpSchema.FormalParameterOption.Single
+_OPTIONAL = defs.OpSchema.FormalParameterOption.Optional
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _TENSOR_ATTRS = (onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS)
 
-# (min count, max count, per-formal "is Single") for inputs, then the same for outputs.
+# (min count, max count, per-formal "must be named") for inputs, then the same for outputs.
 _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
 # A schema's attributes: the required names, and every name's AttributeProto type.
 _AttributeRules = tuple[frozenset[str], dict[str, int]]
@@ -340,7 +341,8 @@ def _arity(op_type: str, domain: str, version: int) -> _Arity | None:
     return (
         schema.min_input,
         schema.max_input,
-        tuple(p.option == _SINGLE for p in schema.inputs) or (False,),
+        # An input slot of a variadic parameter is never optional (Concat(x, "") fails in every kernel).
+        tuple(p.option != _OPTIONAL for p in schema.inputs) or (False,),
         schema.min_output,
         schema.max_output,
         tuple(p.option == _SINGLE for p in schema.outputs) or (False,),

@@ -237,6 +237,13 @@ def _signature(fn: KernelFn) -> tuple[frozenset[str], bool]:
     return names, any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
+@functools.lru_cache(maxsize=None)
+def _required_keywords(fn: KernelFn) -> tuple[str, ...]:
+    """The attributes a kernel cannot run without: its keyword-only parameters with no default."""
+    params = inspect.signature(fn).parameters.values()
+    return tuple(p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty and not p.name.startswith("_"))
+
+
 def accepts(fn: KernelFn, name: str) -> bool:
     names, var_kw = _signature(fn)
     return name in names or var_kw
@@ -321,6 +328,9 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
                 f"{kernel.op_type}-{kernel.since_version} kernel"
             )
         kwargs[key] = value
+    missing = [name for name in _required_keywords(kernel.fn) if name not in kwargs]
+    if missing:  # contrib ops have no ONNX schema to check them at load: the kernel's signature says
+        raise InvalidGraph(f"{describe(node)}: required attribute '{missing[0]}' of {kernel.op_type} is missing")
     if kernel.prepack is not None:
         inputs = list(constants) + [None] * (len(node.inputs) - len(constants))
         kwargs["_packed"] = kernel.prepack(inputs, dict(kwargs))

@@ -234,3 +234,39 @@ def test_gather_elements_indices_wider_than_data_is_a_typed_error():
                    [h.make_tensor_value_info("y", T.FLOAT, None)])
     with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'g' Status Message: GatherElements: indices dim 1 is 3"):
         _session(model).run(None, {"d": np.zeros((2, 2), np.float32), "i": np.zeros((1, 3), np.int64)})
+
+
+def test_empty_name_in_a_variadic_input_is_refused_at_load():
+    model = _model([h.make_node("Concat", ["x", ""], ["y"], axis=0)], [h.make_tensor_value_info("x", T.FLOAT, [2])],
+                   [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(onyxrt.errors.InvalidGraph, match="input 1 is required but has an empty name"):
+        _session(model)
+
+
+def test_contrib_kernel_without_its_required_attribute_is_refused_at_load():
+    node = h.make_node("Attention", ["x", "w", "b"], ["y"], domain="com.microsoft", name="att")
+    graph = h.make_graph([node], "g", [h.make_tensor_value_info(n, T.FLOAT, None) for n in "xwb"],
+                         [h.make_tensor_value_info("y", T.FLOAT, None)])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    with pytest.raises(onyxrt.errors.InvalidGraph, match="required attribute 'num_heads' of Attention is missing"):
+        _session(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    "node, feeds, message",
+    [
+        (h.make_node("Gather", ["d", "i"], ["y"], axis=0), {"d": np.zeros(2, np.float32), "i": np.array([2, 0])},
+         "Gather: index 2 is out of bounds"),
+        (h.make_node("Split", ["d"], ["y"], num_outputs=1), {"d": np.float32(1)}, "Split: the input is a scalar"),
+        (h.make_node("Attention", ["d", "i", "i"], ["y"], q_num_heads=0, kv_num_heads=1),
+         {"d": np.zeros((1, 2, 4), np.float32), "i": np.zeros((1, 2, 4), np.float32)},
+         "Q's num_heads attribute must be positive"),
+    ],
+)
+def test_kernels_refuse_bad_inputs_with_a_typed_error(node, feeds, message):
+    node.name = "n"
+    inputs = [h.make_tensor_value_info(name, T.FLOAT if value.dtype == np.float32 else T.INT64, None)
+              for name, value in feeds.items()]
+    model = _model([node], inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], opset=23)
+    with pytest.raises(onyxrt.errors.RuntimeException, match=f"Name:'n' Status Message: {message}"):
+        _session(model).run(None, {k: np.asarray(v) for k, v in feeds.items()})

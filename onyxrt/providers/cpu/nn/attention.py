@@ -22,6 +22,8 @@ def _heads_first(x: np.ndarray, heads: int | None, what: str) -> np.ndarray:
         return x
     if x.ndim != 3 or heads is None:
         raise NodeInputError(f"{what} must be 4-D, or 3-D with its num_heads attribute set; got shape {x.shape}")
+    if heads < 1:
+        raise NodeInputError(f"{what}'s num_heads attribute must be positive, got {heads}")
     b, s, hidden = x.shape
     if hidden % heads:
         raise NodeInputError(f"{what} hidden size {hidden} is not divisible by {heads} heads")
@@ -79,7 +81,7 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     present_key, present_value = kh, vh
     batch, heads, q_len, head_size = qh.shape
     kv_heads, kv_len = kh.shape[1], kh.shape[2]
-    if heads % kv_heads:
+    if kv_heads == 0 or heads % kv_heads:
         raise NodeInputError(f"{heads} query heads are not a multiple of {kv_heads} key/value heads")
     group = heads // kv_heads
 

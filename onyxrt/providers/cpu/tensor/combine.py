@@ -42,6 +42,8 @@ def concat(*inputs, axis):
 
 
 def _split(x: np.ndarray, axis: int, split, n_out: int, uneven_ok: bool) -> tuple:
+    if x.ndim == 0:
+        raise NodeInputError("Split: the input is a scalar; it has no axis to split")
     axis = normalize_axis(int(axis), x.ndim)
     dim = x.shape[axis]
     if split is not None and np.size(split) > 0:

@@ -41,8 +41,11 @@ def gather(data, indices, *, axis=0):
             raise NodeIndexError(f"Gather: index {i} is out of bounds for axis {axis} with size {dim}")
         # basic indexing: a view
         return data[(slice(None),) * axis + (i,)]
-    # np.take accepts negative indices and raises IndexError for out-of-range ones
-    return np.take(data, idx, axis=axis)
+    # np.take accepts negative indices and checks the range itself (no extra pass on the hot path)
+    try:
+        return np.take(data, idx, axis=axis)
+    except IndexError as exc:
+        raise NodeIndexError(f"Gather: {exc} (data shape {list(data.shape)}, axis {axis})") from None
 
 
 def _element_index(indices: np.ndarray, axis: int, data_shape: tuple[int, ...], what: str) -> tuple:
