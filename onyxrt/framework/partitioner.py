@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import onnx
 import onnx_ir as ir
 
-from ..errors import EPFail, Fail, NotImplemented as OrtNotImplemented
+from ..errors import EPFail, Fail, InvalidGraph, NotImplemented as OrtNotImplemented
 from ..graph.builder import nodes_inside, reads, subgraphs
 from ..graph.opsets import describe, opset_for
 from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned
@@ -33,20 +33,29 @@ FUSED_DOMAIN = "onyxrt.fused"
 def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
     """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
-    Every node no provider takes is listed in one error: NOT_IMPLEMENTED when its op has an
-    ONNX schema, FAIL when the op is not known at all (as onnxruntime: "not a registered
-    function/op"). Assignments left by an earlier partitioning (of a graph it did not
+    Every node no provider takes is listed in one error, with onnxruntime's classes: FAIL
+    when the op is not known at all ("not a registered function/op"), INVALID_GRAPH when
+    its domain's opset has no version of it, NOT_IMPLEMENTED otherwise. Assignments left by an earlier partitioning (of a graph it did not
     rewrite) are dropped first.
     """
     _drop_assignments(graph)
     missing: list[ir.Node] = []
     _partition_graph(graph, opset_imports, providers, missing)
     if missing:
-        unknown = [node for node in missing if not _has_schema(node, opset_for(node, opset_imports))]
-        listed = "\n  ".join(f"{describe(node)} at opset {opset_for(node, opset_imports)}" for node in unknown or missing)
+        unknown = [node for node in missing if not onnx.defs.has(node.op_type, node.domain)]
         if unknown:
-            raise Fail(f"Fatal error: these ops are not registered functions or ops:\n  {listed}")
-        raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {listed}")
+            raise Fail(f"Fatal error: these ops are not registered functions or ops:\n  {_listed(unknown, opset_imports)}")
+        not_at_version = [node for node in missing if not _has_schema(node, opset_for(node, opset_imports))]
+        if not_at_version:
+            raise InvalidGraph(
+                f"This is an invalid model. No op registered for these nodes at their domain's opset:\n  "
+                f"{_listed(not_at_version, opset_imports)}"
+            )
+        raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {_listed(missing, opset_imports)}")
+
+
+def _listed(nodes: Sequence[ir.Node], opset_imports: Mapping[str, int]) -> str:
+    return "\n  ".join(f"{describe(node)} at opset {opset_for(node, opset_imports)}" for node in nodes)
 
 
 def _has_schema(node: ir.Node, version: int) -> bool:

@@ -39,11 +39,17 @@ _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
 # A schema's attributes: the required names, and every name's AttributeProto type.
 _AttributeRules = tuple[frozenset[str], dict[str, int]]
 _UNRESOLVED = object()
+_CONSTANT_OPS = {("Constant", ""), ("Constant", "ai.onnx")}
+_CONSTANT_VALUE_ATTRIBUTES = frozenset(
+    {"value", "sparse_value", "value_float", "value_floats", "value_int", "value_ints", "value_string", "value_strings"}
+)
 _MAX_OPSET_VERSION = 2**31 - 1  # onnx.defs takes a C int
 
 
 def validate_model(model: onnx.ModelProto) -> None:
     """Raise a typed onyxrt error if ``model``'s graph is structurally invalid (see module docstring)."""
+    if model.ir_version > onnx.IR_VERSION:
+        raise Fail(f"Unsupported model IR version: {model.ir_version}, max supported IR version: {onnx.IR_VERSION}")
     opsets: dict[str, int] = {}
     for opset in model.opset_import:
         domain = _text(opset.domain, "opset domain")
@@ -109,6 +115,8 @@ def _validate_graph(
     arity_suspects: list[tuple[int, _Arity]] = []
     for index, node in enumerate(nodes):
         key = (node.op_type, node.domain)
+        if key in _CONSTANT_OPS:
+            with_attributes.append(index)  # its value attribute is checked with the others
         arity = arities.get(key, _UNRESOLVED)
         if arity is _UNRESOLVED:
             arity = arities[key] = _resolve_arity(node, index, opsets)
@@ -150,6 +158,8 @@ def _validate_graph(
         if index in suspects:
             _check_arity(node, index, node_inputs[index], node_outputs[index], suspects[index], opsets)
         _check_attribute_rules(node, index, opsets)
+        if (node.op_type, node.domain) in _CONSTANT_OPS:
+            _check_constant_value(node, index)
         if node.attribute:
             _check_attributes(node, index, scope, opsets, arities)
 
@@ -245,6 +255,16 @@ def _check_attributes(
 def _schema_key(node: onnx.NodeProto, opsets: dict[str, int]) -> tuple[str, str, int]:
     domain = "" if node.domain == "ai.onnx" else node.domain
     return node.op_type, domain, opsets.get(domain, 0)
+
+
+def _check_constant_value(node: onnx.NodeProto, index: int) -> None:
+    """A Constant holds exactly one value attribute (onnxruntime: FAIL, when it makes the initializer)."""
+    values = [attr.name for attr in node.attribute if attr.name in _CONSTANT_VALUE_ATTRIBUTES]
+    if len(values) != 1:
+        raise Fail(
+            f"This is an invalid model. {_describe(node, index)} must have exactly one value attribute, "
+            f"got {values or 'none'}."
+        )
 
 
 def _check_attribute_rules(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> None:

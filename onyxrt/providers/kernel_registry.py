@@ -70,7 +70,7 @@ import numpy as np
 import onnx.defs
 import onnx_ir as ir
 
-from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented
+from ..errors import Fail, InvalidGraph, NotImplemented as OrtNotImplemented
 from ..graph.opsets import describe
 
 KernelFn = Callable[..., Any]
@@ -317,7 +317,7 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
                 f"{describe(node)}: unrecognized attribute '{name}' for {kernel.op_type}-{kernel.since_version}"
             )
         if name in flags and not (isinstance(value, (int, np.integer)) and value in (0, 1)):
-            raise InvalidGraph(
+            raise Fail(  # onnxruntime's kernels check these when they are created: FAIL at load
                 f"{describe(node)}: attribute '{name}' of {kernel.op_type}-{kernel.since_version} "
                 f"must be 0 or 1, got {value!r}"
             )

@@ -181,14 +181,14 @@ def _two_input_model(node, opset=13) -> bytes:
     h.make_node("Gemm", ["x", "x"], ["y"], transB=-1, name="sum"),
     h.make_node("CumSum", ["x", "axis"], ["y"], exclusive=3, name="sum"),
 ])
-def test_out_of_range_flag_attributes_are_invalid_graphs_naming_node_and_attribute(node):
-    from onyxrt.errors import InvalidGraph
+def test_out_of_range_flag_attributes_fail_at_load_naming_node_and_attribute(node):
+    from onyxrt.errors import Fail
 
     attribute = node.attribute[0].name
     inits = [onnx.numpy_helper.from_array(np.array(0, np.int64), "axis")] if node.op_type == "CumSum" else []
     model = _model([node], [h.make_tensor_value_info("x", T.FLOAT, [2, 3])], [h.make_tensor_value_info("y", T.FLOAT, None)],
                    opset=13, initializers=inits)
-    with pytest.raises(InvalidGraph, match=rf"sum.*'{attribute}'.*must be 0 or 1"):
+    with pytest.raises(Fail, match=rf"sum.*'{attribute}'.*must be 0 or 1"):
         _session(model)
 
 

@@ -323,3 +323,23 @@ def test_graph_name_that_is_not_utf8_is_accepted_as_onnxruntime_does():
     model.graph.name = "gq"
     data = model.SerializeToString().replace(b"gq", b"g\xff")
     assert _load(data).run(None, {"X": -np.ones(3, np.float32)})[0].tolist() == [0, 0, 0]
+
+
+def test_ir_version_newer_than_supported_fails():
+    model = _model([helper.make_node("Relu", ["X"], ["Y"])], [_value("X")], [_value("Y")])
+    model.ir_version = onnx.IR_VERSION + 1
+    with pytest.raises(Fail, match=f"Unsupported model IR version: {onnx.IR_VERSION + 1}"):  # as onnxruntime
+        _load(model)
+
+
+def test_constant_without_a_value_fails_at_load():
+    nodes = [helper.make_node("Constant", [], ["C"], name="c"), helper.make_node("Add", ["X", "C"], ["Y"])]
+    with pytest.raises(Fail, match=r"node 0 \('c', Constant\) must have exactly one value attribute, got none"):
+        _load(_model(nodes, [_value("X")], [_value("Y")]))
+
+
+def test_op_missing_at_the_models_opset_is_an_invalid_graph():
+    # Gelu exists (opset 20), but not at opset 9: onnxruntime says INVALID_GRAPH, not FAIL.
+    node = helper.make_node("Gelu", ["X"], ["Y"])
+    with pytest.raises(InvalidGraph, match="No op registered for these nodes at their domain's opset"):
+        _load(_model([node], [_value("X")], [_value("Y")], opset=9))
