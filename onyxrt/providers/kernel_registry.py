@@ -199,6 +199,60 @@ _FLAG_ATTRIBUTES = frozenset({
 })
 
 
+_RESIZE_COORDINATES = frozenset({
+    "half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
+    "tf_half_pixel_for_nn", "tf_crop_and_resize",
+})
+_RNN_DIRECTIONS = frozenset({"forward", "reverse", "bidirectional"})
+_RNN_ACTIVATIONS = frozenset({
+    "Relu", "Tanh", "Sigmoid", "Affine", "LeakyRelu", "ThresholdedRelu", "ScaledTanh", "HardSigmoid", "Elu",
+    "Softsign", "Softplus",
+})
+_LOSS_REDUCTIONS = frozenset({"none", "sum", "mean"})
+_SCATTER_REDUCTIONS = frozenset({"none", "add", "mul", "max", "min"})
+# String attributes of ONNX ops whose spec lists every value: (op type, attribute) -> the values.
+# onnxruntime's kernels refuse other values when they are created, so a model fails at load.
+_CHOICES: dict[tuple[str, str], frozenset[str]] = {
+    ("Pad", "mode"): frozenset({"constant", "reflect", "edge", "wrap"}),
+    ("BitShift", "direction"): frozenset({"LEFT", "RIGHT"}),
+    ("GridSample", "mode"): frozenset({"bilinear", "nearest", "bicubic", "linear", "cubic"}),
+    ("GridSample", "padding_mode"): frozenset({"zeros", "border", "reflection"}),
+    ("Resize", "mode"): frozenset({"nearest", "linear", "cubic"}),
+    ("Resize", "coordinate_transformation_mode"): _RESIZE_COORDINATES,
+    ("Resize", "nearest_mode"): frozenset({"round_prefer_floor", "round_prefer_ceil", "floor", "ceil"}),
+    ("Resize", "keep_aspect_ratio_policy"): frozenset({"stretch", "not_larger", "not_smaller"}),
+    ("Upsample", "mode"): frozenset({"nearest", "linear", "bilinear"}),
+    ("ScatterND", "reduction"): _SCATTER_REDUCTIONS,
+    ("ScatterElements", "reduction"): _SCATTER_REDUCTIONS,
+    ("RNN", "direction"): _RNN_DIRECTIONS,
+    ("GRU", "direction"): _RNN_DIRECTIONS,
+    ("LSTM", "direction"): _RNN_DIRECTIONS,
+    ("RNN", "activations"): _RNN_ACTIVATIONS,
+    ("GRU", "activations"): _RNN_ACTIVATIONS,
+    ("LSTM", "activations"): _RNN_ACTIVATIONS,
+    ("RoiAlign", "mode"): frozenset({"avg", "max"}),
+    ("RoiAlign", "coordinate_transformation_mode"): frozenset({"half_pixel", "output_half_pixel"}),
+    ("DepthToSpace", "mode"): frozenset({"DCR", "CRD"}),
+    ("TfIdfVectorizer", "mode"): frozenset({"TF", "IDF", "TFIDF"}),
+    ("StringNormalizer", "case_change_action"): frozenset({"LOWER", "UPPER", "NONE"}),
+    ("NegativeLogLikelihoodLoss", "reduction"): _LOSS_REDUCTIONS,
+    ("SoftmaxCrossEntropyLoss", "reduction"): _LOSS_REDUCTIONS,
+    ("Gelu", "approximate"): frozenset({"none", "tanh"}),
+    ("ImageDecoder", "pixel_format"): frozenset({"RGB", "BGR", "Grayscale"}),
+}
+# onnxruntime reads an empty auto_pad as NOTSET.
+_AUTO_PAD = frozenset({"NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID", ""})
+
+
+def attribute_choices(domain: str, op_type: str, name: str) -> frozenset[str] | None:
+    """The values an ONNX op's string attribute may take, where its spec lists them all (else None)."""
+    if domain != "":
+        return None
+    if name == "auto_pad":
+        return _AUTO_PAD
+    return _CHOICES.get((op_type, name))
+
+
 @functools.lru_cache(maxsize=None)
 def schema_flag_attributes(domain: str, op_type: str, since_version: int) -> frozenset[str]:
     """Attributes of that exact ONNX schema that are INT 0/1 switches (empty for non-ONNX domains)."""
@@ -321,6 +375,14 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
                 f"{describe(node)}: attribute '{name}' of {kernel.op_type}-{kernel.since_version} "
                 f"must be 0 or 1, got {value!r}"
             )
+        choices = attribute_choices(kernel.domain, kernel.op_type, name)
+        if choices is not None:
+            for text in [value] if isinstance(value, str) else value:
+                if text not in choices:
+                    raise Fail(
+                        f"{describe(node)}: attribute '{name}' of {kernel.op_type} is {text!r}; "
+                        f"it must be one of {sorted(choices)}"
+                    )
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:
             raise OrtNotImplemented(

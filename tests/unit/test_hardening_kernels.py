@@ -270,3 +270,18 @@ def test_kernels_refuse_bad_inputs_with_a_typed_error(node, feeds, message):
     model = _model([node], inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], opset=23)
     with pytest.raises(onyxrt.errors.RuntimeException, match=f"Name:'n' Status Message: {message}"):
         _session(model).run(None, {k: np.asarray(v) for k, v in feeds.items()})
+
+
+@pytest.mark.parametrize(
+    "node, attribute",
+    [
+        (h.make_node("Pad", ["x", "p"], ["y"], mode="mirror", name="n"), "mode"),
+        (h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[1], auto_pad="SAME", name="n"), "auto_pad"),
+    ],
+)
+def test_string_attribute_outside_the_specs_values_fails_at_load(node, attribute):
+    # onnxruntime's kernels refuse these when created: FAIL at load, not at the first run.
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 2]), h.make_tensor_value_info("p", T.INT64, [6])]
+    model = _model([node], inputs[: len(node.input)], [h.make_tensor_value_info("y", T.FLOAT, None)], opset=18)
+    with pytest.raises(Fail, match=rf"node 'n' .*attribute '{attribute}' of {node.op_type} is '\w+'; it must be one of"):
+        _session(model)
