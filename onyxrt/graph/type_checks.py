@@ -7,6 +7,7 @@ refuses a model when:
 - one type parameter is bound to two types by a node's inputs (FAIL);
 - the type a node produces differs from the type declared for that value as a graph
   output or in value_info (FAIL);
+- a node reads an initializer whose data type is not the type its graph input declares (FAIL);
 - a Loop or Scan body declares an input of another element type than the node passes (FAIL).
 
 Inside a subgraph (If/Loop/Scan bodies, ...) each of these is FAIL, reported at the node
@@ -36,6 +37,10 @@ _ELEM_TYPE_NAMES = {
 }
 
 _ELEM_TYPES = {name: value for value, name in _ELEM_TYPE_NAMES.items()}
+_CONSTANT_ATTRIBUTE_TYPES = {
+    "value_float": "tensor(float)", "value_floats": "tensor(float)", "value_int": "tensor(int64)",
+    "value_ints": "tensor(int64)", "value_string": "tensor(string)", "value_strings": "tensor(string)",
+}
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,14 @@ def _check_graph(
     ``outer`` maps the names enclosing graphs define to their types.
     """
     types: MutableMapping[str, str] = ChainMap({}, outer) if outer else {}
-    for tensor in graph.initializer:
-        types[tensor.name] = f"tensor({_ELEM_TYPE_NAMES.get(tensor.data_type, '')})"
+    initializer_types = {
+        tensor.name: f"tensor({_ELEM_TYPE_NAMES.get(tensor.data_type, '')})" for tensor in graph.initializer
+    }
+    types.update(initializer_types)
     for info in graph.input:  # a graph input's declaration wins over the initializer that defaults it
         _set_known(types, info.name, info.type)
+    # Initializers whose data type is not the type their graph input declares (checked at each use).
+    retyped = {name: data_type for name, data_type in initializer_types.items() if types[name] != data_type}
     declared: dict[str, str] = {}
     for info in (*graph.value_info, *graph.output):
         _set_known(declared, info.name, info.type)
@@ -83,6 +92,8 @@ def _check_graph(
     fallback_types = _FallbackTypes(inferred)
 
     for index, node in enumerate(graph.node):
+        if retyped:
+            _check_initializer_uses(node, retyped, types)
         signature = _signature_of(node, opsets)
         if signature is None:  # no ONNX schema: nothing to check against
             for name in node.output:
@@ -100,7 +111,8 @@ def _check_graph(
                 continue
             existing = declared.get(name)
             if node.op_type == "Constant" or not signature.outputs:
-                produced = existing or _constant_type(node)
+                # onnxruntime makes Constants initializers: their data's type holds, whatever is declared
+                produced = _constant_type(node) or existing
             else:
                 formal = signature.outputs[min(position, len(signature.outputs) - 1)]
                 produced = _produced_type(node, formal, bindings)
@@ -117,6 +129,15 @@ def _check_graph(
                     )
             _set_output_type(types, name, produced or existing or fallback_types.get(name))
     return [types.get(info.name) or declared.get(info.name) for info in graph.output]
+
+
+def _check_initializer_uses(node: onnx.NodeProto, retyped: Mapping[str, str], types: Mapping[str, str]) -> None:
+    for name in node.input:
+        if name in retyped:
+            raise Fail(
+                f"Type Error: Data in initializer '{name}' has element type {retyped[name]} but usage of initializer "
+                f"in graph expects {types[name]} (input of node '{node.name}', {node.op_type})."
+            )
 
 
 def _check_inputs(node: onnx.NodeProto, index: int, signature: _Signature, types: Mapping[str, str]) -> dict[str, str]:
@@ -176,30 +197,37 @@ def _check_subgraphs(
     return _control_flow_outputs(node, index, body_outputs)
 
 
-def _control_flow_outputs(node: onnx.NodeProto, index: int, body_outputs: Mapping[str, list[str | None]]) -> list[str | None]:
+def _control_flow_outputs(
+    node: onnx.NodeProto, index: int, body_outputs: Mapping[str, list[str | None]]
+) -> list[str | None]:
     """The types of a control-flow node's outputs, from the types its bodies' outputs have."""
     if normalize_domain(node.domain) != "":
         return []
+    body_types = body_outputs.get("body", [])
     if node.op_type == "If":
         then_types, else_types = body_outputs.get("then_branch", []), body_outputs.get("else_branch", [])
         for position, (then_type, else_type) in enumerate(zip(then_types, else_types)):
-            if then_type and else_type and then_type.startswith("tensor(") and else_type.startswith("tensor(") and then_type != else_type:
+            if _is_tensor(then_type) and _is_tensor(else_type) and then_type != else_type:
                 raise Fail(
                     f"{_describe(node, index)} [TypeInferenceError] Mismatched tensor element type: output {position} "
                     f"is {then_type} in then_branch but {else_type} in else_branch."
                 )
         return list(then_types)
     if node.op_type == "Loop":  # the body's first output is the condition; scan outputs keep their element type
-        return [t if t and t.startswith("tensor(") else None for t in body_outputs.get("body", [])[1:]]
+        return [t if _is_tensor(t) else None for t in body_types[1:]]
     if node.op_type == "Scan":
-        return [t if t and t.startswith("tensor(") else None for t in body_outputs.get("body", [])]
+        return [t if _is_tensor(t) else None for t in body_types]
     if node.op_type == "SequenceMap":
-        return [f"seq({t})" if t and t.startswith("tensor(") else None for t in body_outputs.get("body", [])]
+        return [f"seq({t})" if _is_tensor(t) else None for t in body_types]
     return []
 
 
+def _is_tensor(type_text: str | None) -> bool:
+    return type_text is not None and type_text.startswith("tensor(")
+
+
 def _check_body_inputs(node: onnx.NodeProto, body: onnx.GraphProto, types: Mapping[str, str], opset: int) -> None:
-    """Loop state, Scan state/scan inputs and SequenceMap elements must reach the body with the element types it declares."""
+    """Loop state, Scan state and scan inputs, SequenceMap elements: the body declares their element types."""
     if node.op_type == "Loop":
         pairs = zip(node.input[2:], body.input[2:])  # the body's first two inputs are the counter and condition
     elif opset < 9:
@@ -262,9 +290,14 @@ def _infer_node(node: onnx.NodeProto, types: Mapping[str, str], opsets: Mapping[
 
 
 def _constant_type(node: onnx.NodeProto) -> str | None:
+    """The type of a Constant's value, whichever attribute holds it."""
     for attr in node.attribute:
-        if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return f"tensor({_ELEM_TYPE_NAMES.get(attr.t.data_type, '')})"
+        if attr.name in ("value", "sparse_value"):  # sparse constants are loaded dense, as onnxruntime does
+            data_type = attr.t.data_type if attr.name == "value" else attr.sparse_tensor.values.data_type
+            name = _ELEM_TYPE_NAMES.get(data_type)
+            return None if name is None else f"tensor({name})"
+        if attr.name in _CONSTANT_ATTRIBUTE_TYPES:
+            return _CONSTANT_ATTRIBUTE_TYPES[attr.name]
     return None
 
 

@@ -60,9 +60,8 @@ def test_input_type_outside_the_schema_constraint_is_invalid_graph():
 
 def test_type_parameter_bound_to_two_types_is_refused():
     model = _model([helper.make_node("Add", ["A", "B"], ["Y"])], [_value("A"), _value("B", I64)], [_value("Y")])
-    _assert_refused_like_onnxruntime(
-        model, Fail, r"Type parameter \(T\) of Optype \(Add\) bound to different types \(tensor\(float\) and tensor\(int64\)\)"
-    )
+    message = r"Type parameter \(T\) of Optype \(Add\) bound to different types \(tensor\(float\) and tensor\(int64\)\)"
+    _assert_refused_like_onnxruntime(model, Fail, message)
 
 
 def test_declared_value_info_is_checked_too():
@@ -89,9 +88,8 @@ def _if_model(then_input: str, then_op: str = "Relu") -> onnx.ModelProto:
 
 def test_type_error_inside_a_subgraph_is_fail_at_the_node_that_owns_it():
     model = _if_model("N")  # Relu(int32) declared float inside then_branch
-    _assert_refused_like_onnxruntime(
-        model, Fail, r"node 0 \('if', If\) \[TypeInferenceError\] Graph attribute inferencing failed: .*output arg \(a\)"
-    )
+    message = r"node 0 \('if', If\) \[TypeInferenceError\] Graph attribute inferencing failed: .*output arg \(a\)"
+    _assert_refused_like_onnxruntime(model, Fail, message)
 
 
 def test_subgraph_input_constraint_violation_is_fail_not_invalid_graph():
@@ -109,7 +107,44 @@ def test_loop_body_declaring_another_state_type_is_refused():
     )
     node = helper.make_node("Loop", ["M", "", "S"], ["Y"], name="loop", body=body)
     model = _model([node], [helper.make_tensor_value_info("M", I64, []), _value("S")], [_value("Y", I64)])
-    _assert_refused_like_onnxruntime(model, Fail, r"node 0 \('loop', Loop\).*'S' is tensor\(float\).*'s' as tensor\(int64\)")
+    message = r"node 0 \('loop', Loop\).*'S' is tensor\(float\).*'s' as tensor\(int64\)"
+    _assert_refused_like_onnxruntime(model, Fail, message)
+
+
+def test_if_branches_producing_different_types_are_refused():
+    then_branch = helper.make_graph([helper.make_node("Relu", ["N"], ["a"])], "then", [], [_value("a", I32)])
+    else_branch = helper.make_graph([helper.make_node("Relu", ["X"], ["b"])], "else", [], [_value("b")])
+    node = helper.make_node("If", ["C"], ["Y"], name="if", then_branch=then_branch, else_branch=else_branch)
+    inputs = [_value("X"), _value("N", I32), helper.make_tensor_value_info("C", TensorProto.BOOL, [])]
+    model = _model([node], inputs, [_value("Y", I32)])
+    _assert_refused_like_onnxruntime(model, Fail, r"tensor\(int32\) in then_branch but tensor\(float\) in else_branch")
+
+
+def test_initializer_of_another_type_than_its_graph_input_is_refused():
+    model = _model([helper.make_node("Relu", ["X"], ["Y"])], [_value("X")], [_value("Y")])
+    model.graph.initializer.append(helper.make_tensor("X", I32, [3], [1, 2, 3]))
+    message = r"Data in initializer 'X' has element type tensor\(int32\) but usage .* expects tensor\(float\)"
+    _assert_refused_like_onnxruntime(model, Fail, message)
+
+
+def _model_reading_initializer(reader: str, raw: bytes, data_type: int = F, dims=(3,)) -> onnx.ModelProto:
+    weight = onnx.TensorProto(name="W", data_type=data_type, dims=dims, raw_data=raw)  # make_tensor checks sizes
+    output = helper.make_tensor_value_info("Y", data_type if reader == "Relu" else I64, None)
+    model = _model([helper.make_node(reader, ["W"], ["Y"])], [], [output])
+    model.graph.initializer.append(weight)
+    return model
+
+
+def test_initializer_whose_raw_data_does_not_fit_its_shape_is_refused():
+    message = r"Tensor 'W': its data does not match its type FLOAT and dims \[3\]"
+    _assert_refused_like_onnxruntime(_model_reading_initializer("Relu", b"\0" * 8), Fail, message)
+
+
+def test_initializer_only_shape_reads_is_not_size_checked():
+    # onnxruntime folds the Shape without reading the data (here; it is not consistent about it)
+    model = _model_reading_initializer("Shape", b"\0" * 240, TensorProto.UINT8, dims=(3, 4, 5))
+    assert _onnxruntime_error(model) is None
+    assert onyxrt.InferenceSession(model.SerializeToString()).run(None, {})[0].tolist() == [3, 4, 5]
 
 
 def test_well_typed_subgraph_loads_and_runs():
