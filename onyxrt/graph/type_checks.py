@@ -8,7 +8,8 @@ refuses a model when:
 - the type a node produces differs from the type declared for that value as a graph
   output or in value_info (FAIL);
 - a node reads an initializer whose data type is not the type its graph input declares (FAIL);
-- a Loop or Scan body declares an input of another element type than the node passes (FAIL).
+- a Loop, Scan or SequenceMap body declares an input of another element type than the node
+  passes, or an If's branches give an output two element types (FAIL).
 
 Inside a subgraph (If/Loop/Scan bodies, ...) each of these is FAIL, reported at the node
 that owns the subgraph, as onnxruntime reports errors of subgraph inference. Ops without an
@@ -35,7 +36,6 @@ _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ELEM_TYPE_NAMES = {
     value: name.lower() for name, value in onnx.TensorProto.DataType.items() if value != onnx.TensorProto.UNDEFINED
 }
-
 _ELEM_TYPES = {name: value for value, name in _ELEM_TYPE_NAMES.items()}
 _CONSTANT_ATTRIBUTE_TYPES = {
     "value_float": "tensor(float)", "value_floats": "tensor(float)", "value_int": "tensor(int64)",
@@ -93,7 +93,7 @@ def _check_graph(
 
     for index, node in enumerate(graph.node):
         if retyped:
-            _check_initializer_uses(node, retyped, types)
+            _check_initializer_uses(node, index, retyped, types)
         signature = _signature_of(node, opsets)
         if signature is None:  # no ONNX schema: nothing to check against
             for name in node.output:
@@ -110,9 +110,11 @@ def _check_graph(
             if not name:
                 continue
             existing = declared.get(name)
-            if node.op_type == "Constant" or not signature.outputs:
+            if node.op_type == "Constant":
                 # onnxruntime makes Constants initializers: their data's type holds, whatever is declared
                 produced = _constant_type(node) or existing
+            elif not signature.outputs:
+                produced = None
             else:
                 formal = signature.outputs[min(position, len(signature.outputs) - 1)]
                 produced = _produced_type(node, formal, bindings)
@@ -131,12 +133,14 @@ def _check_graph(
     return [types.get(info.name) or declared.get(info.name) for info in graph.output]
 
 
-def _check_initializer_uses(node: onnx.NodeProto, retyped: Mapping[str, str], types: Mapping[str, str]) -> None:
+def _check_initializer_uses(
+    node: onnx.NodeProto, index: int, retyped: Mapping[str, str], types: Mapping[str, str]
+) -> None:
     for name in node.input:
         if name in retyped:
             raise Fail(
                 f"Type Error: Data in initializer '{name}' has element type {retyped[name]} but usage of initializer "
-                f"in graph expects {types[name]} (input of node '{node.name}', {node.op_type})."
+                f"in graph expects {types[name]} (input of {_describe(node, index)})."
             )
 
 
@@ -230,7 +234,7 @@ def _check_body_inputs(node: onnx.NodeProto, body: onnx.GraphProto, types: Mappi
     """Loop state, Scan state and scan inputs, SequenceMap elements: the body declares their element types."""
     if node.op_type == "Loop":
         pairs = zip(node.input[2:], body.input[2:])  # the body's first two inputs are the counter and condition
-    elif opset < 9:
+    elif node.op_type == "Scan" and opset < 9:
         pairs = zip(node.input[1:], body.input)  # Scan-8's first input is sequence_lens
     else:
         pairs = zip(node.input, body.input)
