@@ -23,6 +23,7 @@ from ..errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuc
 from .builder import all_graphs
 from .opsets import normalize_domain
 from .tensors import sparse_to_dense_proto
+from .type_checks import check_types
 from .validator import validate_model
 
 ModelSource = Union[str, bytes, os.PathLike, onnx.ModelProto]
@@ -194,7 +195,9 @@ def load_model(source: ModelSource) -> ir.Model:
         except Exception as exc:  # noqa: BLE001
             raise InvalidGraph(f"Failed to inline model-local functions: {exc}") from None
         validate_model(proto)  # the inlined function bodies
-    _merge_inferred_types(proto, _inferred(proto))
+    inferred = _inferred(proto)
+    check_types(proto, inferred)
+    _merge_inferred_types(proto, inferred)
     model = model_from_proto(proto, base_dir)
     try:
         model.graph.sort()  # subgraphs too; files need not list nodes in dependency order

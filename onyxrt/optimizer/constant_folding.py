@@ -140,7 +140,7 @@ def _declared_output_bytes(node: ir.Node) -> int:
     for value in node.outputs:
         if (
             isinstance(value.type, ir.TensorType)
-            and value.type.dtype != ir.DataType.UNDEFINED
+            and value.type.dtype not in (ir.DataType.UNDEFINED, ir.DataType.STRING)  # strings: no fixed width
             and value.shape is not None
             and value.shape.is_static()
         ):

@@ -8,6 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onyxrt.framework.constant_evaluator import provider_evaluator
+from onyxrt.graph.tensors import constant_array
 from onyxrt.optimizer import OptimizationContext, optimize
 from onyxrt.optimizer.constant_folding import ConstantFolding
 from onyxrt.optimizer.dead_code_elimination import DeadCodeElimination
@@ -351,3 +352,11 @@ def test_cap_does_not_stop_folds_that_do_not_grow_the_model():
 def test_cap_is_a_context_setting():
     model = _constant_of_shape_model(64, declare_shape=True)  # 16 KiB
     assert ConstantFolding().run(model.graph, _context(model, max_folded_bytes=1024)) == 0
+
+
+def test_string_constant_with_a_declared_static_shape_folds():
+    # Measuring its declared bytes raised TypeError (strings have no fixed width): the model did not load.
+    value = helper.make_tensor("v", TensorProto.STRING, [2], [b"a", b"b"])
+    model = _ir([helper.make_node("Constant", [], ["y"], value=value)], [], [_vi("y", (2,), TensorProto.STRING)])
+    assert ConstantFolding().run(model.graph, _context(model)) == 1
+    assert constant_array(model.graph.outputs[0]).tolist() == ["a", "b"]
