@@ -9,6 +9,7 @@ type it can tell, and builds the ``onnx_ir`` model with its nodes in topological
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Union
 
@@ -37,6 +38,8 @@ _INFERENCE_INLINE_LIMIT = 1024
 # declared [2**31-1] took 12.9 GB), and no shape-like vector is anywhere near this long.
 _INFERENCE_DIM_LIMIT = 1 << 20
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+_ERROR_OP_TYPE = re.compile(r"\(op_type:(\w+)")
+_UNTYPED_INPUT = "expected to have type but instead is null"
 
 
 def read_model_proto(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
@@ -97,6 +100,94 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: str | None) 
 
 def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
     """Shape-infer a light copy of ``model`` (large initializers become typed inputs, never copied)."""
+    light = _light_copy(model)
+    try:
+        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
+        return light
+
+
+def check_node_inference(model: onnx.ModelProto) -> None:
+    """Raise Fail when a node's own shape/type inference rejects it, as onnxruntime does at load.
+
+    onnxruntime runs each node's inference function and fails on its errors (an axis out of
+    range, dims that cannot broadcast, an attribute that names no type); a declared shape
+    that disagrees with an inferred one only warns there. So declared value_info and output
+    shapes are left out here: what is checked is the nodes, fed by the graph's inputs and
+    initializers.
+    """
+    light = _light_copy(model)
+    _prepare_for_strict_inference(light.graph)
+    try:
+        onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError as exc:
+        message = str(exc).strip()
+        # An input whose type nothing could tell (a custom op's output) is missing knowledge, not a fault.
+        if _UNTYPED_INPUT not in message and not _inside_function_body(message, model):
+            raise Fail(f"Node inference failed: {message}") from None
+    except Exception:  # noqa: BLE001 - onnx's own limits (not the model's faults) stay advisory
+        return
+
+
+def _inside_function_body(message: str, model: onnx.ModelProto) -> bool:
+    """Whether onnx's error arose inside the function body it infers a function op with.
+
+    Such ops (MeanVarianceNormalization, ...) have kernels; their bodies are only onnx's way
+    to infer them, and at some opsets the body itself does not check (onnxruntime loads them).
+    """
+    op_types = _ERROR_OP_TYPE.findall(message)
+    if len(op_types) < 2:
+        return False
+    opsets = {opset.domain or "": opset.version for opset in model.opset_import}
+    try:
+        schema = onnx.defs.get_schema(op_types[0], opsets.get("", 1), "")
+    except onnx.defs.SchemaError:
+        return False
+    return schema.has_function or schema.has_context_dependent_function
+
+
+def _prepare_for_strict_inference(graph: onnx.GraphProto) -> None:
+    """Declared shapes dropped and nodes in dependency order (inference reads them in file order)."""
+    del graph.value_info[:]
+    for output in graph.output:
+        if output.type.HasField("tensor_type"):
+            output.type.tensor_type.ClearField("shape")
+    order = _dependency_order(graph.node)
+    if order != list(range(len(graph.node))):
+        nodes = [graph.node[index] for index in order]
+        del graph.node[:]
+        graph.node.extend(nodes)
+    for node in graph.node:
+        for attr in node.attribute:
+            for subgraph in (attr.g,) if attr.HasField("g") else attr.graphs:
+                _prepare_for_strict_inference(subgraph)
+
+
+def _dependency_order(nodes) -> list[int]:
+    """Node indices, producers first (the validator has refused cycles), file order kept where free."""
+    producer = {name: index for index, node in enumerate(nodes) for name in node.output if name}
+    order: list[int] = []
+    state = [0] * len(nodes)  # 0 unvisited, 1 visiting, 2 placed
+    for root in range(len(nodes)):
+        stack = [root]
+        while stack:
+            index = stack[-1]
+            if state[index] == 2:
+                stack.pop()
+                continue
+            state[index] = 1
+            pending = [producer[name] for name in nodes[index].input if name in producer and state[producer[name]] == 0]
+            if pending:
+                stack.extend(pending)
+            else:
+                state[index] = 2
+                order.append(index)
+                stack.pop()
+    return order
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` for onnx's inference: large initializers become typed inputs (never copied), values bounded."""
     light = onnx.ModelProto(ir_version=model.ir_version)
     light.opset_import.extend(model.opset_import)
     light.functions.extend(model.functions)
@@ -114,10 +205,7 @@ def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             graph.initializer.append(tensor)
     _bound_for_inference(graph)
-    try:
-        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
-        return light
+    return light
 
 
 def _bound_for_inference(graph: onnx.GraphProto) -> None:
@@ -198,6 +286,7 @@ def load_model(source: ModelSource) -> ir.Model:
     inferred = _inferred(proto)
     check_types(proto, inferred)
     _merge_inferred_types(proto, inferred)
+    check_node_inference(proto)
     model = model_from_proto(proto, base_dir)
     try:
         model.graph.sort()  # subgraphs too; files need not list nodes in dependency order

@@ -269,9 +269,9 @@ def test_initializer_data_that_does_not_fit_its_dims_is_a_typed_load_error(corru
         weight.dims[0] = 5
     else:
         weight.raw_data = weight.raw_data[:5]
-    model = _model([helper.make_node("Add", ["X", "W"], ["Y"])], [_value("X")], [_value("Y")], [weight])
+    model = _model([helper.make_node("Neg", ["W"], ["Y"])], [], [_value("Y")], [weight])
     with pytest.raises(Fail, match="Tensor 'W': its data does not match its type FLOAT"):  # onnxruntime: FAIL
-        _load(model).run(None, {"X": np.zeros(3, np.float32)})
+        _load(model).run(None, {})
 
 
 def test_op_without_any_schema_or_kernel_fails_as_unregistered():
@@ -314,8 +314,20 @@ def test_int_attribute_beyond_int32_does_not_crash_native_inference():
     # onnx's LayerNormalization inference narrowed axis=2**31 to a C int and crashed the process.
     node = helper.make_node("LayerNormalization", ["X", "W"], ["Y"], axis=2**31)
     model = _model([node], [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3]), _value("W")], [_value("Y")])
-    with pytest.raises(OnyxRuntimeError, match="axis"):  # a typed refusal, at load or at run
+    with pytest.raises(OnyxRuntimeError, match="axis"):  # a typed refusal (the kernel's), not a crash
         _load(model).run(None, {"X": np.zeros((2, 3), np.float32), "W": np.ones(3, np.float32)})
+
+
+def test_node_inference_errors_fail_at_load_but_declared_shapes_only_disagree():
+    concat = helper.make_node("Concat", ["X", "Z"], ["Y"], axis=0)
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2, 3]),
+              helper.make_tensor_value_info("Z", TensorProto.FLOAT, [2, 4])]
+    with pytest.raises(Fail, match=r"Node inference failed: .*Concat"):  # dims 3 and 4 cannot concatenate on axis 0
+        _load(_model([concat], inputs, [_value("Y")]))
+    # A declared output shape inference disagrees with is a warning in onnxruntime, not an error.
+    relu = helper.make_node("Relu", ["X"], ["Y"])
+    declared = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [7])
+    assert _load(_model([relu], inputs[:1], [declared])).run(None, {"X": np.ones((2, 3), np.float32)})[0].shape == (2, 3)
 
 
 def test_graph_name_that_is_not_utf8_is_accepted_as_onnxruntime_does():
