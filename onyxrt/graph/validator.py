@@ -160,6 +160,8 @@ def _validate_graph(
         _check_attribute_rules(node, index, opsets)
         if (node.op_type, node.domain) in _CONSTANT_OPS:
             _check_constant_value(node, index)
+        elif node.domain in ("", "ai.onnx") and node.op_type in _INFERENCE_HAZARDS:
+            _INFERENCE_HAZARDS[node.op_type](node, index)
         if node.attribute:
             _check_attributes(node, index, scope, opsets, arities)
 
@@ -265,6 +267,26 @@ def _check_constant_value(node: onnx.NodeProto, index: int) -> None:
             f"This is an invalid model. {_describe(node, index)} must have exactly one value attribute, "
             f"got {values or 'none'}."
         )
+
+
+def _check_gather_nd(node: onnx.NodeProto, index: int) -> None:
+    for attr in node.attribute:
+        if attr.name == "batch_dims" and attr.i < 0:
+            raise InvalidGraph(f"This is an invalid model. {_describe(node, index)}: batch_dims must be >= 0, got {attr.i}.")
+
+
+def _check_split(node: onnx.NodeProto, index: int) -> None:
+    for attr in node.attribute:
+        if attr.name == "num_outputs" and attr.i != len(node.output):
+            raise InvalidGraph(
+                f"This is an invalid model. {_describe(node, index)}: num_outputs is {attr.i} but the node has "
+                f"{len(node.output)} outputs."
+            )
+
+
+# Attribute values the spec forbids that onnx's native inference does not check and crashes on
+# (found by tools/fuzz; onnxruntime crashes on them too): refused before inference runs.
+_INFERENCE_HAZARDS = {"GatherND": _check_gather_nd, "Split": _check_split}
 
 
 def _check_attribute_rules(node: onnx.NodeProto, index: int, opsets: dict[str, int]) -> None:

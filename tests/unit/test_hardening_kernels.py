@@ -286,3 +286,11 @@ def test_string_attribute_outside_the_specs_values_fails_at_load(node, attribute
     model = _model([node], inputs[: len(node.input)], [h.make_tensor_value_info("y", T.FLOAT, None)], opset=18)
     with pytest.raises(Fail, match=rf"node 'n' .*attribute '{attribute}' of {node.op_type} is '\w+'; it must be one of"):
         _session(model)
+
+
+def test_concat_of_different_ranks_is_a_typed_error():
+    model = _model([h.make_node("Concat", ["a", "b"], ["y"], axis=1, name="c")],
+                   [h.make_tensor_value_info("a", T.FLOAT, None), h.make_tensor_value_info("b", T.FLOAT, None)],
+                   [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'c' Status Message: Concat: inputs have different ranks"):
+        _session(model).run(None, {"a": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)})

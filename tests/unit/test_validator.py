@@ -355,3 +355,18 @@ def test_op_missing_at_the_models_opset_is_an_invalid_graph():
     node = helper.make_node("Gelu", ["X"], ["Y"])
     with pytest.raises(InvalidGraph, match="No op registered for these nodes at their domain's opset"):
         _load(_model([node], [_value("X")], [_value("Y")], opset=9))
+
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        (helper.make_node("GatherND", ["X", "I"], ["Y"], batch_dims=-2), "batch_dims must be >= 0"),
+        (helper.make_node("Split", ["X"], ["Y", "Z"], num_outputs=1), "num_outputs is 1 but the node has 2 outputs"),
+    ],
+)
+def test_attribute_values_that_crash_native_inference_are_refused_first(node, message):
+    # Both crashed onnx's shape inference (and onnxruntime) in the fuzz run.
+    inputs = [_value("X"), helper.make_tensor_value_info("I", TensorProto.INT64, [1, 1])][: len(node.input)]
+    outputs = [_value(name) for name in node.output]
+    with pytest.raises(InvalidGraph, match=message):
+        _load(_model([node], inputs, outputs, opset=18))

@@ -22,6 +22,8 @@ def _concat(inputs, axis: int) -> np.ndarray:
     axis = normalize_axis(int(axis), inputs[0].ndim)
     if len(inputs) == 1:
         return inputs[0]
+    if any(x.ndim != inputs[0].ndim for x in inputs):
+        raise NodeInputError(f"Concat: inputs have different ranks {[x.ndim for x in inputs]}")
     nonempty = [x for x in inputs if x.shape[axis] != 0]
     if len(nonempty) == 1 and all(x.shape[:axis] + x.shape[axis + 1:] == nonempty[0].shape[:axis] + nonempty[0].shape[axis + 1:] for x in inputs):
         return nonempty[0]
