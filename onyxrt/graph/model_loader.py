@@ -276,7 +276,8 @@ def load_model(source: ModelSource) -> ir.Model:
     if not proto.HasField("graph"):
         raise InvalidArgument("No graph was found in the protobuf.")  # onnxruntime's class and words
     check_external_data_locations(proto, base_dir)
-    validate_model(proto)  # before native inlining/inference, which may crash on malformed graphs
+    size = _serialized_size(source, proto)
+    validate_model(proto, size)  # before native inlining/inference, which may crash on malformed graphs
     if isinstance(source, onnx.ModelProto) and proto is source:
         proto = _copy(proto)  # inference adds value_info; never mutate the caller's proto
     _relabel_graphs_not_utf8(proto.graph)
@@ -285,7 +286,7 @@ def load_model(source: ModelSource) -> ir.Model:
             proto = onnx.inliner.inline_local_functions(proto)
         except Exception as exc:  # noqa: BLE001
             raise InvalidGraph(f"Failed to inline model-local functions: {exc}") from None
-        validate_model(proto)  # the inlined function bodies
+        validate_model(proto, size)  # the inlined function bodies
     inferred = _inferred(proto)
     check_types(proto, inferred)
     _merge_inferred_types(proto, inferred)
@@ -296,6 +297,15 @@ def load_model(source: ModelSource) -> ir.Model:
     except ValueError as exc:
         raise Fail(f"This is an invalid model. Graph '{model.graph.name}' is not acyclic: {exc}") from None
     return model
+
+
+def _serialized_size(source: ModelSource, proto: onnx.ModelProto) -> int:
+    """Bytes the model was read from: no tensor in it can hold more data than that."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return len(source)
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.getsize(source)
+    return proto.ByteSize()
 
 
 def _relabel_graphs_not_utf8(graph: onnx.GraphProto) -> None:

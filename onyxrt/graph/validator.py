@@ -39,6 +39,12 @@ _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
 # A schema's attributes: the required names, and every name's AttributeProto type.
 _AttributeRules = tuple[frozenset[str], dict[str, int]]
 _UNRESOLVED = object()
+# Bits of the narrowest encoding of an element (raw_data; int32_data packs sub-byte types too).
+_MIN_BITS = {
+    onnx.TensorProto.BOOL: 8, onnx.TensorProto.STRING: 0,
+    **{getattr(onnx.TensorProto, name): 4 for name in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, name)},
+    **{getattr(onnx.TensorProto, name): 2 for name in ("INT2", "UINT2") if hasattr(onnx.TensorProto, name)},
+}
 _CONSTANT_OPS = {("Constant", ""), ("Constant", "ai.onnx")}
 _CONSTANT_VALUE_ATTRIBUTES = frozenset(
     {"value", "sparse_value", "value_float", "value_floats", "value_int", "value_ints", "value_string", "value_strings"}
@@ -46,8 +52,12 @@ _CONSTANT_VALUE_ATTRIBUTES = frozenset(
 _MAX_OPSET_VERSION = 2**31 - 1  # onnx.defs takes a C int
 
 
-def validate_model(model: onnx.ModelProto) -> None:
-    """Raise a typed onyxrt error if ``model``'s graph is structurally invalid (see module docstring)."""
+def validate_model(model: onnx.ModelProto, serialized_bytes: int | None = None) -> None:
+    """Raise a typed onyxrt error if ``model``'s graph is structurally invalid (see module docstring).
+
+    ``serialized_bytes``, the size of the file or bytes the model was read from, bounds how much
+    tensor data its dims may declare.
+    """
     if model.ir_version > onnx.IR_VERSION:
         raise Fail(f"Unsupported model IR version: {model.ir_version}, max supported IR version: {onnx.IR_VERSION}")
     opsets: dict[str, int] = {}
@@ -62,7 +72,7 @@ def validate_model(model: onnx.ModelProto) -> None:
                 f"Opset {opset.version} of domain '{domain or 'ai.onnx'}' is newer than the latest this onyxrt knows ({latest})."
             )
         opsets[domain] = opset.version
-    _validate_graph(model.graph, frozenset(), opsets, {}, main=True)
+    _validate_graph(model.graph, frozenset(), opsets, {}, serialized_bytes, main=True)
 
 
 @functools.cache
@@ -77,11 +87,12 @@ def _latest_opsets() -> dict[str, int]:
 
 def _validate_graph(
     graph: onnx.GraphProto, outer: AbstractSet[str], opsets: dict[str, int], arities: dict[tuple[str, str], _Arity | None],
-    main: bool = False,
+    data_bytes: int | None, main: bool = False,
 ) -> None:
     """Check ``graph``; ``outer`` holds the names its enclosing graphs define (captures).
 
-    ``arities`` caches, for this model's opsets, each (op_type, domain)'s schema arity.
+    ``arities`` caches, for this model's opsets, each (op_type, domain)'s schema arity;
+    ``data_bytes`` is the model's serialized size (None when unknown), which bounds its tensors.
     """
     # A graph's name is only a label: onnxruntime accepts one that is not UTF-8, and so do we.
     graph_name = graph.name if isinstance(graph.name, str) else graph.name.decode("utf-8", "replace")
@@ -95,11 +106,11 @@ def _validate_graph(
     initializer_names = set()
     for tensor in graph.initializer:
         name = _text(tensor.name, f"initializer of graph '{graph_name}'")
-        _check_tensor_data_type(tensor, f"initializer '{name}'")
+        _check_tensor_data_type(tensor, f"initializer '{name}'", data_bytes)
         initializer_names.add(name)
     for sparse in graph.sparse_initializer:
         name = _text(sparse.values.name, f"sparse initializer of graph '{graph_name}'")
-        _check_tensor_data_type(sparse.values, f"sparse initializer '{name}'")
+        _check_tensor_data_type(sparse.values, f"sparse initializer '{name}'", data_bytes)
         initializer_names.add(name)
     for info in graph.value_info:
         _check_declared_type(info.type, _text(info.name, f"value_info of graph '{graph_name}'"))
@@ -163,7 +174,7 @@ def _validate_graph(
         elif node.domain in ("", "ai.onnx") and node.op_type in _INFERENCE_HAZARDS:
             _INFERENCE_HAZARDS[node.op_type](node, index)
         if node.attribute:
-            _check_attributes(node, index, scope, opsets, arities)
+            _check_attributes(node, index, scope, opsets, arities, data_bytes)
 
 
 def _check_acyclic(
@@ -233,6 +244,7 @@ def _check_attributes(
     scope: AbstractSet[str],
     opsets: dict[str, int],
     arities: dict[tuple[str, str], _Arity | None],
+    data_bytes: int | None,
 ) -> None:
     for attr in node.attribute:
         if type(attr.name) is not str:
@@ -240,7 +252,7 @@ def _check_attributes(
         if attr.type in _GRAPH_ATTRS:
             subgraphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs
             for subgraph in subgraphs:
-                _validate_graph(subgraph, scope, opsets, arities)
+                _validate_graph(subgraph, scope, opsets, arities, data_bytes)
         elif attr.type == onnx.AttributeProto.STRING or attr.type == onnx.AttributeProto.STRINGS:
             for text in [attr.s] if attr.type == onnx.AttributeProto.STRING else attr.strings:
                 try:
@@ -250,8 +262,7 @@ def _check_attributes(
         elif attr.type in _TENSOR_ATTRS:
             tensors = [attr.t] if attr.type == onnx.AttributeProto.TENSOR else attr.tensors
             for tensor in tensors:
-                if tensor.data_type not in _KNOWN_DATA_TYPES:
-                    _check_tensor_data_type(tensor, f"attribute '{attr.name}' of {_describe(node, index)}")
+                _check_tensor_data_type(tensor, f"attribute '{attr.name}' of {_describe(node, index)}", data_bytes)
 
 
 def _schema_key(node: onnx.NodeProto, opsets: dict[str, int]) -> tuple[str, str, int]:
@@ -391,9 +402,25 @@ def _arity(op_type: str, domain: str, version: int) -> _Arity | None:
     )
 
 
-def _check_tensor_data_type(tensor: onnx.TensorProto, what: str) -> None:
+def _check_tensor_data_type(tensor: onnx.TensorProto, what: str, data_bytes: int | None = None) -> None:
+    """A known data type, and dims the model's bytes could fill (checked before anything sizes a buffer by them)."""
     if tensor.data_type not in _KNOWN_DATA_TYPES:
         raise Fail(f"This is an invalid model. {what} has an invalid tensor data type {tensor.data_type}.")
+    if data_bytes is None or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    elements = 1
+    for dim in tensor.dims:
+        if dim < 0:
+            raise Fail(f"This is an invalid model. {what} has a negative dim {dim}.")
+        elements *= dim
+    # Each element takes at least this many bits, and the model's serialized bytes bound all the data
+    # it holds. (Exact sizes are checked when data is read; this keeps a 100-byte file from declaring
+    # terabytes that inference or folding would size buffers by.)
+    if elements * _MIN_BITS.get(tensor.data_type, 8) > 8 * data_bytes:
+        raise Fail(
+            f"This is an invalid model. {what} declares dims {list(tensor.dims)}: more data than the "
+            f"model's {data_bytes} bytes hold."
+        )
 
 
 def _check_declared_type(type_proto: onnx.TypeProto, value_name: str, graph_io: bool = False) -> None:
