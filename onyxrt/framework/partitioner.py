@@ -33,9 +33,10 @@ FUSED_DOMAIN = "onyxrt.fused"
 def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
     """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
-    Every node no provider takes is listed in one error, with onnxruntime's classes: FAIL
-    when the op is not known at all ("not a registered function/op"), INVALID_GRAPH when
-    its domain's opset has no version of it, NOT_IMPLEMENTED otherwise. Assignments left by an earlier partitioning (of a graph it did not
+    Every node no provider takes is listed in one error, with onnxruntime's classes:
+    INVALID_GRAPH when an ONNX domain has no such op or none at the model's opset, FAIL when
+    an op of another domain is not known at all ("not a registered function/op"),
+    NOT_IMPLEMENTED otherwise. Assignments left by an earlier partitioning (of a graph it did not
     rewrite) are dropped first.
     """
     _drop_assignments(graph)
@@ -43,6 +44,11 @@ def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequ
     _partition_graph(graph, opset_imports, providers, missing)
     if missing:
         unknown = [node for node in missing if not onnx.defs.has(node.op_type, node.domain)]
+        unknown_onnx = [node for node in unknown if node.domain in _ONNX_DOMAINS]
+        if unknown_onnx:  # onnxruntime: the domain's registry has no such op
+            raise InvalidGraph(
+                f"This is an invalid model. No op registered for these nodes:\n  {_listed(unknown_onnx, opset_imports)}"
+            )
         if unknown:
             raise Fail(f"Fatal error: these ops are not registered functions or ops:\n  {_listed(unknown, opset_imports)}")
         not_at_version = [node for node in missing if not _has_schema(node, opset_for(node, opset_imports))]
@@ -52,6 +58,9 @@ def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequ
                 f"{_listed(not_at_version, opset_imports)}"
             )
         raise OrtNotImplemented(f"Could not find an implementation for the following nodes:\n  {_listed(missing, opset_imports)}")
+
+
+_ONNX_DOMAINS = frozenset({"", "ai.onnx.ml"})
 
 
 def _listed(nodes: Sequence[ir.Node], opset_imports: Mapping[str, int]) -> str:

@@ -82,6 +82,7 @@ def _latest_opsets() -> dict[str, int]:
     for schema in defs.get_all_schemas_with_history():
         latest[schema.domain] = max(latest.get(schema.domain, 0), schema.since_version)
     latest[""] = max(latest.get("", 0), defs.onnx_opset_version())
+    latest["com.microsoft"] = 1  # onnxruntime's contrib ops have one opset (it refuses later ones)
     return latest
 
 
@@ -320,6 +321,8 @@ def _check_attribute_rules(node: onnx.NodeProto, index: int, opsets: dict[str, i
     present = set()
     for attr in node.attribute:
         name = _text(attr.name, f"attribute name of {_describe(node, index)}")
+        if name in present:
+            raise InvalidGraph(f"This is an invalid model. {_describe(node, index)} has attribute '{name}' twice.")
         present.add(name)
         expected = types.get(name)
         if expected is None:

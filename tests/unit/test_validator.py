@@ -274,9 +274,21 @@ def test_initializer_data_that_does_not_fit_its_dims_is_a_typed_load_error(corru
         _load(model).run(None, {})
 
 
-def test_op_without_any_schema_or_kernel_fails_as_unregistered():
+def test_unknown_op_is_an_invalid_graph_in_onnx_domains_and_unregistered_elsewhere():
+    # onnxruntime's classes: INVALID_GRAPH ("No Op registered") for ai.onnx, FAIL for other domains.
     node = helper.make_node("NoSuchOp", ["X"], ["Y"])
-    with pytest.raises(Fail, match="not registered functions or ops:\n  .*NoSuchOp"):  # onnxruntime: FAIL
+    with pytest.raises(InvalidGraph, match="No op registered for these nodes:\n  .*NoSuchOp"):
+        _load(_model([node], [_value("X")], [_value("Y")]))
+    model = _model([helper.make_node("NoSuchOp", ["X"], ["Y"], domain="ai.onnx.preview")], [_value("X")], [_value("Y")])
+    model.opset_import.append(helper.make_opsetid("ai.onnx.preview", 1))
+    with pytest.raises(Fail, match="not registered functions or ops:\n  .*NoSuchOp"):
+        _load(model)
+
+
+def test_attribute_given_twice_is_an_invalid_graph():
+    node = helper.make_node("Concat", ["X", "X"], ["Y"], axis=0)
+    node.attribute.append(helper.make_attribute("axis", 0))
+    with pytest.raises(InvalidGraph, match="has attribute 'axis' twice"):
         _load(_model([node], [_value("X")], [_value("Y")]))
 
 
