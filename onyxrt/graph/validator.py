@@ -60,6 +60,11 @@ def validate_model(model: onnx.ModelProto, serialized_bytes: int | None = None) 
     """
     if model.ir_version > onnx.IR_VERSION:
         raise Fail(f"Unsupported model IR version: {model.ir_version}, max supported IR version: {onnx.IR_VERSION}")
+    if not model.opset_import:
+        raise Fail(
+            "Missing opset in the model. All ModelProtos MUST have at least one entry that specifies which "
+            "version of the ONNX OperatorSet is being imported."
+        )
     opsets: dict[str, int] = {}
     for opset in model.opset_import:
         domain = _text(opset.domain, "opset domain")

@@ -102,3 +102,52 @@ def test_concurrent_runs_through_kernels_with_worker_pools():
     assert not any(t.is_alive() for t in threads), "a run did not finish"
     for got, want in zip(results, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def test_mixed_sessions_created_and_run_concurrently_each_get_their_own_results():
+    # Sessions are created on the threads themselves (concurrent loading), two models interleave.
+    rng = np.random.default_rng(1)
+    weights = [(rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal((32, 10)).astype(np.float32))
+               for _ in range(2)]
+    models = [mlp_model(w1, w2).SerializeToString() for w1, w2 in weights]
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        which = seed % 2
+        session = ort.InferenceSession(models[which])
+        local = np.random.default_rng(seed)
+        for _ in range(CALLS):
+            x = local.standard_normal((3, 64)).astype(np.float32)
+            p, sq = session.run(None, {"x": x})
+            want_p, want_sq = reference(x, *weights[which])
+            if not (np.allclose(p, want_p, rtol=1e-4, atol=1e-5) and np.isclose(sq, want_sq, rtol=1e-4)):
+                errors.append(f"thread {seed}: wrong result")
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[:3]
+
+
+def test_run_async_callbacks_each_get_their_own_result():
+    rng = np.random.default_rng(2)
+    w1, w2 = rng.standard_normal((64, 32)).astype(np.float32), rng.standard_normal((32, 10)).astype(np.float32)
+    session = ort.InferenceSession(mlp_model(w1, w2).SerializeToString())
+    inputs = [rng.standard_normal((2, 64)).astype(np.float32) for _ in range(40)]
+    results: dict[int, tuple] = {}
+    done = threading.Semaphore(0)
+
+    def callback(outputs, index, error):
+        results[index] = (outputs, error)
+        done.release()
+
+    for index, x in enumerate(inputs):
+        session.run_async(None, {"x": x}, callback, index)
+    for _ in inputs:
+        assert done.acquire(timeout=60)
+    for index, x in enumerate(inputs):
+        outputs, error = results[index]
+        assert error == ""
+        np.testing.assert_allclose(outputs[0], reference(x, w1, w2)[0], rtol=1e-4, atol=1e-5)

@@ -382,3 +382,10 @@ def test_attribute_values_that_crash_native_inference_are_refused_first(node, me
     outputs = [_value(name) for name in node.output]
     with pytest.raises(InvalidGraph, match=message):
         _load(_model([node], inputs, outputs, opset=18))
+
+
+def test_model_without_opset_imports_fails():
+    model = _model([helper.make_node("Relu", ["X"], ["Y"])], [_value("X")], [_value("Y")])
+    del model.opset_import[:]
+    with pytest.raises(Fail, match="Missing opset in the model"):  # as onnxruntime, whatever the IR version
+        _load(model)
