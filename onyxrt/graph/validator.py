@@ -39,6 +39,11 @@ _Arity = tuple[int, int, tuple[bool, ...], int, int, tuple[bool, ...]]
 # A schema's attributes: the required names, and every name's AttributeProto type.
 _AttributeRules = tuple[frozenset[str], dict[str, int]]
 _UNRESOLVED = object()
+# Domains onnxruntime knows, which a model may use without importing (it takes their latest opset).
+_DEFAULTED_DOMAINS = frozenset({
+    "", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview.training", "ai.onnx.preview",
+    "com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "com.ms.internal.nhwc",
+})
 # Bits of the narrowest encoding of an element (raw_data; int32_data packs sub-byte types too).
 _MIN_BITS = {
     onnx.TensorProto.BOOL: 8, onnx.TensorProto.STRING: 0,
@@ -146,7 +151,7 @@ def _validate_graph(
             or "" in outputs
         ):
             arity_suspects.append((index, arity))
-        if node.attribute:
+        if node.attribute or (node.domain not in opsets and node.domain not in _DEFAULTED_DOMAINS):
             with_attributes.append(index)
         elif arity is not None and _attribute_rules(*_schema_key(node, opsets))[0]:
             arity_suspects.append((index, arity))  # a required attribute is missing
@@ -172,12 +177,14 @@ def _validate_graph(
     suspects = dict(arity_suspects)
     for index in sorted(suspects.keys() | set(with_attributes)):
         node = nodes[index]
+        if (node.op_type, node.domain) in _CONSTANT_OPS:
+            _check_constant_value(node, index)  # onnxruntime makes it an initializer before verifying nodes
+        if node.domain not in opsets and node.domain not in _DEFAULTED_DOMAINS:
+            raise InvalidGraph(f"This is an invalid model. {_describe(node, index)}: no opset import for domain '{node.domain}'.")
         if index in suspects:
             _check_arity(node, index, node_inputs[index], node_outputs[index], suspects[index], opsets)
         _check_attribute_rules(node, index, opsets)
-        if (node.op_type, node.domain) in _CONSTANT_OPS:
-            _check_constant_value(node, index)
-        elif node.domain in ("", "ai.onnx") and node.op_type in _INFERENCE_HAZARDS:
+        if node.domain in ("", "ai.onnx") and node.op_type in _INFERENCE_HAZARDS:
             _INFERENCE_HAZARDS[node.op_type](node, index)
         if node.attribute:
             _check_attributes(node, index, scope, opsets, arities, data_bytes)

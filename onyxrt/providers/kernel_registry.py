@@ -239,9 +239,36 @@ _CHOICES: dict[tuple[str, str], frozenset[str]] = {
     ("SoftmaxCrossEntropyLoss", "reduction"): _LOSS_REDUCTIONS,
     ("Gelu", "approximate"): frozenset({"none", "tanh"}),
     ("ImageDecoder", "pixel_format"): frozenset({"RGB", "BGR", "Grayscale"}),
+    ("TensorScatter", "mode"): frozenset({"linear", "circular"}),
 }
 # onnxruntime reads an empty auto_pad as NOTSET.
 _AUTO_PAD = frozenset({"NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID", ""})
+
+
+def _positive(values) -> bool:
+    return all(int(v) > 0 for v in (values if isinstance(values, (list, tuple)) else [values]))
+
+
+# Int attributes of ONNX ops with a range the spec states and onnxruntime's kernels check when
+# created: attribute -> (predicate, what it must be); ops -> their own rules where names overlap.
+_INT_RULES: dict[str, tuple] = {
+    "strides": (_positive, "positive"),
+    "dilations": (_positive, "positive"),
+    "kernel_shape": (_positive, "positive"),
+}
+_OP_INT_RULES: dict[tuple[str, str], tuple] = {
+    ("RNN", "hidden_size"): (_positive, "positive"),
+    ("GRU", "hidden_size"): (_positive, "positive"),
+    ("LSTM", "hidden_size"): (_positive, "positive"),
+    ("LpNormalization", "p"): (lambda v: v in (1, 2), "1 or 2"),
+}
+
+
+def attribute_range(domain: str, op_type: str, name: str) -> tuple | None:
+    """(predicate, description) for an ONNX op's int attribute with a stated range, else None."""
+    if domain != "":
+        return None
+    return _OP_INT_RULES.get((op_type, name)) or _INT_RULES.get(name)
 
 
 def attribute_choices(domain: str, op_type: str, name: str) -> frozenset[str] | None:
@@ -383,6 +410,9 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
                         f"{describe(node)}: attribute '{name}' of {kernel.op_type} is {text!r}; "
                         f"it must be one of {sorted(choices)}"
                     )
+        rule = attribute_range(kernel.domain, kernel.op_type, name)
+        if rule is not None and isinstance(value, (int, np.integer, list, tuple)) and not rule[0](value):
+            raise Fail(f"{describe(node)}: attribute '{name}' of {kernel.op_type} must be {rule[1]}, got {value!r}")
         key = name + "_" if keyword.iskeyword(name) else name
         if key not in names and not var_kw:
             raise OrtNotImplemented(

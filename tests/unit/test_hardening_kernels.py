@@ -294,3 +294,26 @@ def test_concat_of_different_ranks_is_a_typed_error():
                    [h.make_tensor_value_info("y", T.FLOAT, None)])
     with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'c' Status Message: Concat: inputs have different ranks"):
         _session(model).run(None, {"a": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)})
+
+
+@pytest.mark.parametrize(
+    "node, message",
+    [
+        (h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[1], strides=[0]), r"strides.* positive"),
+        (h.make_node("LpNormalization", ["x"], ["y"], p=3), "'p' of LpNormalization must be 1 or 2"),
+    ],
+)
+def test_int_attributes_outside_their_stated_range_fail_at_load(node, message):
+    model = _model([node], [h.make_tensor_value_info("x", T.FLOAT, [1, 1, 2])], [h.make_tensor_value_info("y", T.FLOAT, None)])
+    with pytest.raises(Fail, match=message):  # onnxruntime's kernels check these when created
+        _session(model)
+
+
+def test_rotary_embedding_without_position_ids_needs_per_token_caches():
+    node = h.make_node("RotaryEmbedding", ["x", "c", "s"], ["y"], name="rope")
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, None), h.make_tensor_value_info("c", T.FLOAT, None),
+              h.make_tensor_value_info("s", T.FLOAT, None)]
+    model = _model([node], inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], opset=23)
+    feeds = {"x": np.zeros((1, 2, 3, 4), np.float32), "c": np.zeros((8, 2), np.float32), "s": np.zeros((8, 2), np.float32)}
+    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'rope' Status Message: RotaryEmbedding: cos/sin caches"):
+        _session(model).run(None, feeds)

@@ -389,3 +389,9 @@ def test_model_without_opset_imports_fails():
     del model.opset_import[:]
     with pytest.raises(Fail, match="Missing opset in the model"):  # as onnxruntime, whatever the IR version
         _load(model)
+
+
+def test_node_of_a_domain_the_model_does_not_import_is_an_invalid_graph():
+    node = helper.make_node("LeakyRelu", ["X"], ["Y"], domain="org.unknown")
+    with pytest.raises(InvalidGraph, match="no opset import for domain 'org.unknown'"):  # as onnxruntime
+        _load(_model([node], [_value("X")], [_value("Y")]))

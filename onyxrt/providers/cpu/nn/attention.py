@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....errors import NodeInputError
+from ....errors import NodeIndexError, NodeInputError
 from ....graph.types import np_dtype
 from ..kernel_table import op
 
@@ -166,9 +166,17 @@ def rotary_embedding(x, cos_cache, sin_cache, position_ids=None, *, interleaved=
     head_size = x.shape[-1]
     rot = int(rotary_embedding_dim) or head_size
     if position_ids is not None:
+        position_ids = np.asarray(position_ids)
+        if position_ids.size and not 0 <= position_ids.min() <= position_ids.max() < cos_cache.shape[0]:
+            raise NodeIndexError(f"RotaryEmbedding: position ids must be in [0, {cos_cache.shape[0]}), the cache's length")
         cos, sin = cos_cache[position_ids], sin_cache[position_ids]  # [B, S, rot/2]
     else:
         cos, sin = cos_cache, sin_cache  # already [B, S, rot/2]
+    if cos.ndim != 3 or sin.shape != cos.shape:
+        raise NodeInputError(
+            f"RotaryEmbedding: cos/sin caches must be [batch, sequence, rotary/2] without position_ids "
+            f"(or [positions, rotary/2] with them); got {list(np.shape(cos_cache))} and {list(np.shape(sin_cache))}"
+        )
     cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     rotated, rest = x[..., :rot], x[..., rot:]
     if interleaved:
