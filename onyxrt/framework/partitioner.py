@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from ..errors import EPFail, Fail, InvalidGraph, NotImplemented as OrtNotImplemented
 from ..graph.builder import nodes_inside, reads, subgraphs
-from ..graph.opsets import describe, opset_for
+from ..graph.opsets import describe, onnx_schema, opset_for
 from ..providers.base import PROVIDER_KEY, ExecutionProvider, NodeGroup, is_assigned
 
 # The key of ``node.meta`` holding a fused node's NodeGroup (its nodes in their body graph).
@@ -68,11 +68,7 @@ def _listed(nodes: Sequence[ir.Node], opset_imports: Mapping[str, int]) -> str:
 
 
 def _has_schema(node: ir.Node, version: int) -> bool:
-    try:
-        onnx.defs.get_schema(node.op_type, version, node.domain)
-    except onnx.defs.SchemaError:
-        return False
-    return True
+    return onnx_schema(node.op_type, node.domain, version) is not None
 
 
 def _drop_assignments(graph: ir.Graph) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import onnx_ir as ir
+from onnx import defs
 
 
 def normalize_domain(domain: str | None) -> str:
@@ -20,3 +22,12 @@ def opset_for(node: ir.Node, opset_imports: Mapping[str, int]) -> int:
 def describe(node: ir.Node) -> str:
     """How errors name a node: its name and its op."""
     return f"node '{node.name or ''}' (op {node.domain or 'ai.onnx'}::{node.op_type})"
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
+def onnx_schema(op_type: str, domain: str, version: int) -> defs.OpSchema | None:
+    """The ONNX schema of ``domain::op_type`` in force at opset ``version``; None when onnx has none."""
+    try:
+        return defs.get_schema(op_type, version, domain)
+    except defs.SchemaError:
+        return None

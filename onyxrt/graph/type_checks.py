@@ -30,7 +30,7 @@ import onnx
 from onnx import defs
 
 from ..errors import Fail, InvalidGraph, OnyxRuntimeError
-from .opsets import normalize_domain
+from .opsets import normalize_domain, onnx_schema
 
 _GRAPH_ATTRS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
 _ELEM_TYPE_NAMES = {
@@ -393,9 +393,8 @@ def _signature_of(node: onnx.NodeProto, opsets: Mapping[str, int]) -> _Signature
 
 @functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
 def _signature(op_type: str, domain: str, version: int) -> _Signature | None:
-    try:
-        schema = defs.get_schema(op_type, version, domain)
-    except defs.SchemaError:
+    schema = onnx_schema(op_type, domain, version)
+    if schema is None:
         return None
 
     def formal(parameter: defs.OpSchema.FormalParameter) -> _Formal:

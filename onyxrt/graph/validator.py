@@ -26,6 +26,7 @@ import onnx
 from onnx import defs
 
 from ..errors import Fail, InvalidArgument, InvalidGraph
+from .opsets import onnx_schema
 
 _KNOWN_DATA_TYPES = frozenset(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
 _DECLARABLE_ELEM_TYPES = frozenset(onnx.TensorProto.DataType.values())
@@ -357,9 +358,8 @@ def _check_attribute_rules(node: onnx.NodeProto, index: int, opsets: dict[str, i
 
 @functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
 def _attribute_rules(op_type: str, domain: str, version: int) -> _AttributeRules | None:
-    try:
-        schema = defs.get_schema(op_type, version, domain)
-    except defs.SchemaError:
+    schema = onnx_schema(op_type, domain, version)
+    if schema is None:
         return None
     required = frozenset(name for name, attr in schema.attributes.items() if attr.required)
     return required, {name: int(attr.type) for name, attr in schema.attributes.items()}
@@ -402,9 +402,8 @@ def _check_arity(
 
 @functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
 def _arity(op_type: str, domain: str, version: int) -> _Arity | None:
-    try:
-        schema = defs.get_schema(op_type, version, domain)
-    except defs.SchemaError:
+    schema = onnx_schema(op_type, domain, version)
+    if schema is None:
         return None  # not an ONNX op (contrib/custom): its kernel checks its inputs
     return (
         schema.min_input,
