@@ -317,3 +317,14 @@ def test_rotary_embedding_without_position_ids_needs_per_token_caches():
     feeds = {"x": np.zeros((1, 2, 3, 4), np.float32), "c": np.zeros((8, 2), np.float32), "s": np.zeros((8, 2), np.float32)}
     with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'rope' Status Message: RotaryEmbedding: cos/sin caches"):
         _session(model).run(None, feeds)
+
+
+@pytest.mark.parametrize("op_type", ["Celu", "Elu", "HardSigmoid", "HardSwish", "LeakyRelu", "Mish", "Selu", "Sigmoid", "Softsign"])
+def test_activations_take_a_scalar_input(op_type):
+    # numpy arithmetic on 0-d arrays gives scalars, which the in-place kernels could not write to.
+    model = _model([h.make_node(op_type, ["x"], ["y"])], [h.make_tensor_value_info("x", T.FLOAT, [])],
+                   [h.make_tensor_value_info("y", T.FLOAT, None)], opset=22)
+    feed = {"x": np.array(-0.3, np.float32)}
+    (got,) = _session(model).run(None, feed)
+    assert got.shape == ()
+    np.testing.assert_allclose(got, _ort_run(model, feed)[0], rtol=1e-5, atol=1e-6)

@@ -54,7 +54,13 @@ def is_float(dtype: np.dtype) -> bool:
 
 
 def float_apply(fn, x: np.ndarray, op_name: str) -> np.ndarray:
-    """``fn(x)`` for a float tensor; float16/bfloat16 go through float32."""
+    """``fn(x)`` for a float tensor; float16/bfloat16 go through float32.
+
+    ``fn`` may compute in place (``out=``): a 0-d input is handed over as one element of a 1-d
+    array, since numpy arithmetic on 0-d arrays returns scalars that cannot be written to.
+    """
+    if x.ndim == 0:
+        return float_apply(fn, x.reshape(1), op_name).reshape(())
     dt = x.dtype
     if dt == _F32 or dt == _F64:
         return as_array(fn(x))
