@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Iterator, Mapping, Sequence
 
@@ -117,6 +118,8 @@ class OptimizationReport:
     reached_fixed_point: bool = True
     # Whether the model's nodes had to be sorted into dependency order before the passes ran.
     sorted_input: bool = False
+    # Wall time each pass took (all its runs over every graph and round), passes in run order.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def applied(self) -> list[str]:
@@ -160,6 +163,7 @@ class PassManager:
             report.rounds += 1
             changed = 0
             for graph_pass in passes:
+                start = time.perf_counter()
                 for graph in graphs_innermost_first(model.graph):
                     rewrites = graph_pass.run(graph, context)
                     if context._take_reordered(graph):
@@ -169,6 +173,7 @@ class PassManager:
                     changed += rewrites
                     report.counts[graph_pass.name] = report.counts.get(graph_pass.name, 0) + rewrites
                     _check_order_after(graph, graph_pass)
+                report.seconds[graph_pass.name] = report.seconds.get(graph_pass.name, 0.0) + time.perf_counter() - start
             if not changed:
                 report.reached_fixed_point = True
                 break

@@ -173,6 +173,7 @@ class InferenceSession:
             fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
         )
         self.applied_optimizations = report.applied
+        self._optimization_report = report
         if self._sess_options.optimized_model_filepath:
             save_model(model, self._sess_options.optimized_model_filepath)
         self._model = model
