@@ -27,7 +27,8 @@ ZOO = ROOT.parent / "shared" / "zoo"
 CASES = ("mobilenet_v2", "resnet50", "minilm_l6", "bert_base", "llama_decode", "llama_prefill", "forest_500")
 
 
-def _zoo_path(name: str) -> str:
+def zoo_path(name: str) -> str:
+    """The materialized .onnx file of a ../shared/zoo model."""
     spec = importlib.util.spec_from_file_location("zoo_materialize", ZOO / "materialize.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -57,13 +58,13 @@ def case_inputs(case: str) -> tuple[str, dict]:
     from feeds import decoder_feeds, encoder_feeds, vision_feeds
 
     if case in ("mobilenet_v2", "resnet50"):
-        return _zoo_path(case), vision_feeds(1)
+        return zoo_path(case), vision_feeds(1)
     if case in ("minilm_l6", "bert_base"):
-        return _zoo_path(case), encoder_feeds(case, 1, 128)
+        return zoo_path(case), encoder_feeds(case, 1, 128)
     if case == "llama_decode":
-        return _zoo_path("llama_tiny"), decoder_feeds(1, 1, 127)
+        return zoo_path("llama_tiny"), decoder_feeds(1, 1, 127)
     if case == "llama_prefill":
-        return _zoo_path("llama_tiny"), decoder_feeds(1, 128, 0)
+        return zoo_path("llama_tiny"), decoder_feeds(1, 128, 0)
     if case == "forest_500":
         return _forest_model()
     raise SystemExit(f"unknown case {case}")
