@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from .constant_folding import ConstantFolding
 from .dead_code_elimination import DeadCodeElimination
+from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
@@ -40,7 +41,7 @@ __all__ = [
 
 def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
-    return [IdentityElimination(), ConstantFolding(), DeadCodeElimination()]
+    return [IdentityElimination(), ConstantFolding(), DeadCodeElimination(), GeluFusion()]
 
 
 def optimize(

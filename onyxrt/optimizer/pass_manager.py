@@ -23,7 +23,7 @@ import abc
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -64,7 +64,7 @@ class OptimizationContext:
     (``value.is_graph_input()``); passes never treat them as constants.
     """
 
-    opset_imports: Mapping[str, int]
+    opset_imports: MutableMapping[str, int]
     providers: Sequence[str]
     evaluator: ConstantEvaluator
     # Fold DequantizeLinear too (onnxruntime's "session.disable_quant_qdq" = "1"); by default QDQ
@@ -76,6 +76,11 @@ class OptimizationContext:
     def opset(self, node: ir.Node) -> int:
         """The model's opset version for ``node``'s domain."""
         return opset_for(node, self.opset_imports)
+
+    def require_opset(self, domain: str, version: int) -> None:
+        """Import ``domain`` at ``version`` into the model unless it already is (for fused contrib ops)."""
+        if domain not in self.opset_imports:
+            self.opset_imports[domain] = version  # the model's own mapping
 
     def mark_reordered(self, graph: ir.Graph) -> None:
         """Called by a pass that left ``graph``'s nodes out of dependency order; the manager sorts it."""

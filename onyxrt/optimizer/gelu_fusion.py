@@ -1,0 +1,181 @@
+"""GELU fusion: the exported erf spelling of GELU becomes one Gelu node, with its bias Add when it has one.
+
+``x * 0.5 * (1 + Erf(x / sqrt(2)))`` — the division may be a multiplication by 1/sqrt(2), the
+product may associate either way, constants may sit on either side — becomes
+``Gelu(x)`` (ONNX Gelu at opset 20 and later, com.microsoft Gelu before). When ``x`` is
+``Add(a, bias)`` with a constant 1-D bias read by nothing else, the Add joins as
+com.microsoft ``BiasGelu(a, bias)``. onnxruntime: GeluFusion, BiasGeluFusion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph.tensors import constant_array
+from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
+
+_SQRT2 = math.sqrt(2.0)
+_TOLERANCE = 1e-4
+_MICROSOFT = "com.microsoft"
+
+
+class GeluFusion(GraphPass):
+    """Replaces the erf GELU subgraph (5 nodes, 6 with its bias Add) by one node."""
+
+    name = "gelu_fusion"
+    ort_names = ("GeluFusion", "BiasGeluFusion")
+    level = OptimizationLevel.EXTENDED
+    providers = ("CPUExecutionProvider",)
+
+    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
+        fused = 0
+        for erf in [node for node in graph if node.op_type == "Erf" and node.domain == ""]:
+            match = _match(erf)
+            if match is not None:
+                _replace(graph, match, context)
+                fused += 1
+        return fused
+
+
+class _Match:
+    def __init__(self, x: ir.Value, nodes: list[ir.Node], output: ir.Value) -> None:
+        self.x, self.nodes, self.output = x, nodes, output
+
+
+def _match(erf: ir.Node) -> _Match | None:
+    scale = erf.inputs[0].producer() if erf.inputs[0] is not None else None
+    if scale is None or scale.domain != "" or len(scale.inputs) != 2:
+        return None
+    if scale.op_type == "Div":
+        x = scale.inputs[0] if _is_scalar(scale.inputs[1], _SQRT2) else None
+    elif scale.op_type == "Mul":
+        x = _other(scale, 1 / _SQRT2)
+    else:
+        return None
+    plus_one = _only_reader(erf.outputs[0])
+    if x is None or plus_one is None or plus_one.op_type != "Add" or _other(plus_one, 1.0) is not erf.outputs[0]:
+        return None
+    product = _half_x_times(x, plus_one.outputs[0])
+    if product is None:
+        return None
+    muls, output = product
+    nodes = [scale, erf, plus_one, *muls]
+    if any(node.graph is not erf.graph for node in nodes):
+        return None
+    # Everything but the output stays inside the pattern (no other reader, no graph output).
+    internal = [value for node in nodes for value in node.outputs if value is not output]
+    if any(value.is_graph_output() or any(use.node not in nodes for use in value.uses()) for value in internal):
+        return None
+    return _Match(x, nodes, output)
+
+
+def _half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], ir.Value] | None:
+    """The two Muls forming ``0.5 * x * one_plus_erf`` in any association, and their result."""
+    first = _only_reader(one_plus_erf)
+    if first is None or first.op_type != "Mul" or first.domain != "":
+        return None
+    partner = _partner(first, one_plus_erf)
+    if partner is x:  # (x * (1 + erf)) * 0.5
+        second = _only_reader(first.outputs[0])
+        if second is not None and second.op_type == "Mul" and _other(second, 0.5) is first.outputs[0]:
+            return [first, second], second.outputs[0]
+        return None
+    if _is_scalar(partner, 0.5):  # x * ((1 + erf) * 0.5)
+        second = _only_reader(first.outputs[0])
+        if second is not None and second.op_type == "Mul" and _partner(second, first.outputs[0]) is x:
+            return [first, second], second.outputs[0]
+        return None
+    half = partner.producer() if partner is not None else None  # (x * 0.5) * (1 + erf)
+    if half is not None and half.op_type == "Mul" and half.domain == "" and _other(half, 0.5) is x:
+        return [half, first], first.outputs[0]
+    return None
+
+
+def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> None:
+    inputs, op_type, domain = [match.x], "Gelu", _MICROSOFT
+    bias_add = match.x.producer()
+    if bias_add is not None and _is_bias_add(bias_add, match):
+        inputs, op_type = [bias_add.inputs[0], bias_add.inputs[1]], "BiasGelu"
+        if not _is_bias(bias_add.inputs[1]):
+            inputs.reverse()
+        match.nodes.insert(0, bias_add)
+    elif context.opset_imports.get("", 1) >= 20:
+        domain = ""
+    if domain == _MICROSOFT:
+        context.require_opset(_MICROSOFT, 1)
+    fused = ir.Node(domain, op_type, inputs, num_outputs=1, name=f"{match.nodes[-1].name or 'gelu'}_fused")
+    fused.outputs[0].type, fused.outputs[0].shape = match.output.type, match.output.shape
+    graph.insert_before(match.nodes[0], fused)
+    name = match.output.name
+    was_output = match.output.is_graph_output()
+    match.output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    for node in reversed(match.nodes):
+        graph.remove(node, safe=True)
+    if was_output or name:
+        fused.outputs[0].name = name
+
+
+def _is_bias_add(add: ir.Node, match: _Match) -> bool:
+    """``x = Add(a, bias)`` whose only readers are the pattern's nodes, with a constant 1-D bias."""
+    if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2 or match.x.is_graph_output():
+        return False
+    if not any(_is_bias(value) for value in add.inputs):
+        return False
+    return all(use.node in match.nodes for use in match.x.uses())
+
+
+def _is_bias(value: ir.Value | None) -> bool:
+    if value is None or not value.is_initializer() or value.is_graph_input() or value.const_value is None:
+        return False
+    return len(value.const_value.shape) == 1
+
+
+def _only_reader(value: ir.Value) -> ir.Node | None:
+    uses = value.uses()
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return next(iter(uses)).node
+
+
+def _partner(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    """The other input of a binary ``node`` one of whose inputs is ``value``."""
+    if len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    if first is value:
+        return second
+    if second is value:
+        return first
+    return None
+
+
+def _other(node: ir.Node, constant: float) -> ir.Value | None:
+    """The input of binary ``node`` that is not the scalar ``constant`` (None when neither input is it)."""
+    if len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    if _is_scalar(second, constant):
+        return first
+    if _is_scalar(first, constant):
+        return second
+    return None
+
+
+def _is_scalar(value: ir.Value | None, expected: float) -> bool:
+    """``value`` is a constant holding one element close to ``expected``."""
+    if value is None or value.is_graph_input():
+        return False
+    if value.const_value is None:
+        producer = value.producer()
+        if producer is None or producer.op_type != "Constant" or producer.domain != "":
+            return False
+        attribute = producer.attributes.get("value")
+        if attribute is None:
+            return False
+        array = np.asarray(attribute.value.numpy())
+    else:
+        array = constant_array(value)
+    return array.size == 1 and array.dtype.kind == "f" and abs(float(array.reshape(-1)[0]) - expected) <= _TOLERANCE * abs(expected)
