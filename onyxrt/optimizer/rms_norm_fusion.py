@@ -1,0 +1,133 @@
+"""RMSNorm fusion: ``x / sqrt(mean(x**2) + eps) * weight`` becomes one SimplifiedLayerNormalization.
+
+The exported spellings: ``Pow(x, 2)`` → ``ReduceMean`` over the last axis (axes as attribute
+or constant input, keepdims=1) → ``Add eps`` → ``Sqrt`` → then either ``Div(x, ·)``, or
+``Div(1, ·)``/``Reciprocal`` and ``Mul(x, ·)`` → ``Mul(·, weight)`` with a constant 1-D weight.
+The replacement is onnxruntime's SimplifiedLayerNormalization (ONNX domain, its contrib
+schema; axis -1, the epsilon found). onnxruntime: SimplifiedLayerNormFusion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph.tensors import constant_array
+from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
+
+
+class RmsNormFusion(GraphPass):
+    """Replaces the 7-node RMSNorm subgraph (6 with a direct Div) by SimplifiedLayerNormalization."""
+
+    name = "rms_norm_fusion"
+    ort_names = ("SimplifiedLayerNormFusion",)
+    level = OptimizationLevel.EXTENDED
+    providers = ("CPUExecutionProvider",)
+
+    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
+        fused = 0
+        for power in [node for node in graph if node.op_type == "Pow" and node.domain == ""]:
+            match = _match(power, context)
+            if match is not None:
+                _replace(graph, *match)
+                fused += 1
+        return fused
+
+
+def _match(power: ir.Node, context: OptimizationContext):
+    """(x, weight, epsilon, pattern nodes, output) when ``power`` starts an RMSNorm, else None."""
+    x = power.inputs[0]
+    if x is None or len(power.inputs) != 2 or _scalar(power.inputs[1]) != 2.0:
+        return None
+    mean = _only_reader(power.outputs[0])
+    if mean is None or mean.op_type != "ReduceMean" or not _over_last_axis(mean, x, context):
+        return None
+    add = _only_reader(mean.outputs[0])
+    epsilon = _scalar(_partner(add, mean.outputs[0])) if add is not None and add.op_type == "Add" else None
+    sqrt = _only_reader(add.outputs[0]) if epsilon is not None else None
+    if sqrt is None or sqrt.op_type != "Sqrt":
+        return None
+    nodes = [power, mean, add, sqrt]
+    step = _only_reader(sqrt.outputs[0])
+    if step is None:
+        return None
+    if step.op_type == "Div" and step.inputs[0] is x:  # x / sqrt(...)
+        normalized = step
+    else:
+        if step.op_type == "Reciprocal" or (step.op_type == "Div" and _scalar(step.inputs[0]) == 1.0):
+            nodes.append(step)
+            normalized = _only_reader(step.outputs[0])
+        else:
+            return None
+        if normalized is None or normalized.op_type != "Mul" or _partner(normalized, step.outputs[0]) is not x:
+            return None
+    nodes.append(normalized)
+    scale = _only_reader(normalized.outputs[0])
+    weight = _partner(scale, normalized.outputs[0]) if scale is not None and scale.op_type == "Mul" else None
+    if weight is None or not _is_vector_constant(weight):
+        return None
+    nodes.append(scale)
+    if any(node.graph is not power.graph or node.domain != "" for node in nodes):
+        return None
+    output = scale.outputs[0]
+    internal = [value for node in nodes for value in node.outputs if value is not output]
+    if any(value.is_graph_output() or any(use.node not in nodes for use in value.uses()) for value in internal):
+        return None
+    return x, weight, float(epsilon), nodes, output
+
+
+def _replace(graph: ir.Graph, x: ir.Value, weight: ir.Value, epsilon: float, nodes: list[ir.Node], output: ir.Value) -> None:
+    fused = ir.Node(
+        "", "SimplifiedLayerNormalization", [x, weight], num_outputs=1,
+        attributes=[ir.AttrInt64("axis", -1), ir.AttrFloat32("epsilon", epsilon)],
+        name=f"{nodes[-1].name or 'rms_norm'}_fused",
+    )
+    fused.outputs[0].type, fused.outputs[0].shape = output.type, output.shape
+    graph.insert_before(nodes[0], fused)
+    name = output.name
+    output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    for node in reversed(nodes):
+        graph.remove(node, safe=True)
+    fused.outputs[0].name = name
+
+
+def _over_last_axis(mean: ir.Node, x: ir.Value, context: OptimizationContext) -> bool:
+    keepdims = mean.attributes.get_int("keepdims", 1)
+    axes = mean.attributes.get_ints("axes")
+    if axes is None and len(mean.inputs) > 1 and mean.inputs[1] is not None:
+        value = mean.inputs[1]
+        if value.const_value is None or value.is_graph_input():
+            return False
+        axes = [int(a) for a in constant_array(value).reshape(-1)]
+    if keepdims != 1 or axes is None or len(axes) != 1:
+        return False
+    rank = len(x.shape) if x.shape is not None else None
+    return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
+
+
+def _is_vector_constant(value: ir.Value) -> bool:
+    return value.const_value is not None and not value.is_graph_input() and len(value.const_value.shape) == 1
+
+
+def _scalar(value: ir.Value | None) -> float | None:
+    """The value of a one-element float constant, else None."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    array = constant_array(value)
+    if array.size != 1 or array.dtype.kind != "f":
+        return None
+    return float(np.asarray(array).reshape(-1)[0])
+
+
+def _only_reader(value: ir.Value) -> ir.Node | None:
+    uses = value.uses()
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return next(iter(uses)).node
+
+
+def _partner(node: ir.Node, value: ir.Value) -> ir.Value | None:
+    if len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    return second if first is value else first if second is value else None
