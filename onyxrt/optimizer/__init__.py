@@ -14,7 +14,7 @@ from .constant_folding import ConstantFolding
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
-from .rms_norm_fusion import RmsNormFusion
+from .matmul_scale_fusion import MatMulScaleFusion
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
     DEFAULT_MAX_ROUNDS,
@@ -25,6 +25,8 @@ from .pass_manager import (
     OptimizationReport,
     PassManager,
 )
+from .rms_norm_fusion import RmsNormFusion
+from .silu_fusion import SiluFusion
 
 __all__ = [
     "DEFAULT_MAX_FOLDED_BYTES",
@@ -42,7 +44,10 @@ __all__ = [
 
 def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
-    return [IdentityElimination(), ConstantFolding(), DeadCodeElimination(), GeluFusion(), RmsNormFusion()]
+    return [
+        IdentityElimination(), ConstantFolding(), DeadCodeElimination(),
+        GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
+    ]
 
 
 def optimize(

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import onnx_ir as ir
 
-from ..graph.tensors import constant_array
+from .matching import is_close, only_reader, partner, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _SQRT2 = math.sqrt(2.0)
-_TOLERANCE = 1e-4
 _MICROSOFT = "com.microsoft"
 
 
@@ -55,7 +53,7 @@ def _match(erf: ir.Node) -> _Match | None:
         x = _other(scale, 1 / _SQRT2)
     else:
         return None
-    plus_one = _only_reader(erf.outputs[0])
+    plus_one = only_reader(erf.outputs[0])
     if x is None or plus_one is None or plus_one.op_type != "Add" or _other(plus_one, 1.0) is not erf.outputs[0]:
         return None
     product = _half_x_times(x, plus_one.outputs[0])
@@ -63,32 +61,26 @@ def _match(erf: ir.Node) -> _Match | None:
         return None
     muls, output = product
     nodes = [scale, erf, plus_one, *muls]
-    if any(node.graph is not erf.graph for node in nodes):
-        return None
-    # Everything but the output stays inside the pattern (no other reader, no graph output).
-    internal = [value for node in nodes for value in node.outputs if value is not output]
-    if any(value.is_graph_output() or any(use.node not in nodes for use in value.uses()) for value in internal):
-        return None
-    return _Match(x, nodes, output)
+    return _Match(x, nodes, output) if self_contained(nodes, output) else None
 
 
 def _half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], ir.Value] | None:
     """The two Muls forming ``0.5 * x * one_plus_erf`` in any association, and their result."""
-    first = _only_reader(one_plus_erf)
+    first = only_reader(one_plus_erf)
     if first is None or first.op_type != "Mul" or first.domain != "":
         return None
-    partner = _partner(first, one_plus_erf)
-    if partner is x:  # (x * (1 + erf)) * 0.5
-        second = _only_reader(first.outputs[0])
+    other = partner(first, one_plus_erf)
+    if other is x:  # (x * (1 + erf)) * 0.5
+        second = only_reader(first.outputs[0])
         if second is not None and second.op_type == "Mul" and _other(second, 0.5) is first.outputs[0]:
             return [first, second], second.outputs[0]
         return None
-    if _is_scalar(partner, 0.5):  # x * ((1 + erf) * 0.5)
-        second = _only_reader(first.outputs[0])
-        if second is not None and second.op_type == "Mul" and _partner(second, first.outputs[0]) is x:
+    if _is_scalar(other, 0.5):  # x * ((1 + erf) * 0.5)
+        second = only_reader(first.outputs[0])
+        if second is not None and second.op_type == "Mul" and partner(second, first.outputs[0]) is x:
             return [first, second], second.outputs[0]
         return None
-    half = partner.producer() if partner is not None else None  # (x * 0.5) * (1 + erf)
+    half = other.producer() if other is not None else None  # (x * 0.5) * (1 + erf)
     if half is not None and half.op_type == "Mul" and half.domain == "" and _other(half, 0.5) is x:
         return [half, first], first.outputs[0]
     return None
@@ -107,15 +99,7 @@ def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> No
     if domain == _MICROSOFT:
         context.require_opset(_MICROSOFT, 1)
     fused = ir.Node(domain, op_type, inputs, num_outputs=1, name=f"{match.nodes[-1].name or 'gelu'}_fused")
-    fused.outputs[0].type, fused.outputs[0].shape = match.output.type, match.output.shape
-    graph.insert_before(match.nodes[0], fused)
-    name = match.output.name
-    was_output = match.output.is_graph_output()
-    match.output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-    for node in reversed(match.nodes):
-        graph.remove(node, safe=True)
-    if was_output or name:
-        fused.outputs[0].name = name
+    replace_with(graph, match.nodes, match.output, fused)
 
 
 def _is_bias_add(add: ir.Node, match: _Match) -> bool:
@@ -133,23 +117,6 @@ def _is_bias(value: ir.Value | None) -> bool:
     return len(value.const_value.shape) == 1
 
 
-def _only_reader(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
-
-
-def _partner(node: ir.Node, value: ir.Value) -> ir.Value | None:
-    """The other input of a binary ``node`` one of whose inputs is ``value``."""
-    if len(node.inputs) != 2:
-        return None
-    first, second = node.inputs
-    if first is value:
-        return second
-    if second is value:
-        return first
-    return None
 
 
 def _other(node: ir.Node, constant: float) -> ir.Value | None:
@@ -166,16 +133,4 @@ def _other(node: ir.Node, constant: float) -> ir.Value | None:
 
 def _is_scalar(value: ir.Value | None, expected: float) -> bool:
     """``value`` is a constant holding one element close to ``expected``."""
-    if value is None or value.is_graph_input():
-        return False
-    if value.const_value is None:
-        producer = value.producer()
-        if producer is None or producer.op_type != "Constant" or producer.domain != "":
-            return False
-        attribute = producer.attributes.get("value")
-        if attribute is None:
-            return False
-        array = np.asarray(attribute.value.numpy())
-    else:
-        array = constant_array(value)
-    return array.size == 1 and array.dtype.kind == "f" and abs(float(array.reshape(-1)[0]) - expected) <= _TOLERANCE * abs(expected)
+    return is_close(scalar(value), expected)

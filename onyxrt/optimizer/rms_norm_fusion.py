@@ -9,10 +9,10 @@ schema; axis -1, the epsilon found). onnxruntime: SimplifiedLayerNormFusion.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
+from .matching import only_reader, partner, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 
@@ -37,41 +37,38 @@ class RmsNormFusion(GraphPass):
 def _match(power: ir.Node, context: OptimizationContext):
     """(x, weight, epsilon, pattern nodes, output) when ``power`` starts an RMSNorm, else None."""
     x = power.inputs[0]
-    if x is None or len(power.inputs) != 2 or _scalar(power.inputs[1]) != 2.0:
+    if x is None or len(power.inputs) != 2 or scalar(power.inputs[1]) != 2.0:
         return None
-    mean = _only_reader(power.outputs[0])
+    mean = only_reader(power.outputs[0])
     if mean is None or mean.op_type != "ReduceMean" or not _over_last_axis(mean, x, context):
         return None
-    add = _only_reader(mean.outputs[0])
-    epsilon = _scalar(_partner(add, mean.outputs[0])) if add is not None and add.op_type == "Add" else None
-    sqrt = _only_reader(add.outputs[0]) if epsilon is not None else None
+    add = only_reader(mean.outputs[0])
+    epsilon = scalar(partner(add, mean.outputs[0])) if add is not None and add.op_type == "Add" else None
+    sqrt = only_reader(add.outputs[0]) if epsilon is not None else None
     if sqrt is None or sqrt.op_type != "Sqrt":
         return None
     nodes = [power, mean, add, sqrt]
-    step = _only_reader(sqrt.outputs[0])
+    step = only_reader(sqrt.outputs[0])
     if step is None:
         return None
     if step.op_type == "Div" and step.inputs[0] is x:  # x / sqrt(...)
         normalized = step
     else:
-        if step.op_type == "Reciprocal" or (step.op_type == "Div" and _scalar(step.inputs[0]) == 1.0):
+        if step.op_type == "Reciprocal" or (step.op_type == "Div" and scalar(step.inputs[0]) == 1.0):
             nodes.append(step)
-            normalized = _only_reader(step.outputs[0])
+            normalized = only_reader(step.outputs[0])
         else:
             return None
-        if normalized is None or normalized.op_type != "Mul" or _partner(normalized, step.outputs[0]) is not x:
+        if normalized is None or normalized.op_type != "Mul" or partner(normalized, step.outputs[0]) is not x:
             return None
     nodes.append(normalized)
-    scale = _only_reader(normalized.outputs[0])
-    weight = _partner(scale, normalized.outputs[0]) if scale is not None and scale.op_type == "Mul" else None
+    scale = only_reader(normalized.outputs[0])
+    weight = partner(scale, normalized.outputs[0]) if scale is not None and scale.op_type == "Mul" else None
     if weight is None or not _is_vector_constant(weight):
         return None
     nodes.append(scale)
-    if any(node.graph is not power.graph or node.domain != "" for node in nodes):
-        return None
     output = scale.outputs[0]
-    internal = [value for node in nodes for value in node.outputs if value is not output]
-    if any(value.is_graph_output() or any(use.node not in nodes for use in value.uses()) for value in internal):
+    if any(node.domain != "" for node in nodes) or not self_contained(nodes, output):
         return None
     return x, weight, float(epsilon), nodes, output
 
@@ -82,13 +79,7 @@ def _replace(graph: ir.Graph, x: ir.Value, weight: ir.Value, epsilon: float, nod
         attributes=[ir.AttrInt64("axis", -1), ir.AttrFloat32("epsilon", epsilon)],
         name=f"{nodes[-1].name or 'rms_norm'}_fused",
     )
-    fused.outputs[0].type, fused.outputs[0].shape = output.type, output.shape
-    graph.insert_before(nodes[0], fused)
-    name = output.name
-    output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-    for node in reversed(nodes):
-        graph.remove(node, safe=True)
-    fused.outputs[0].name = name
+    replace_with(graph, nodes, output, fused)
 
 
 def _over_last_axis(mean: ir.Node, x: ir.Value, context: OptimizationContext) -> bool:
@@ -107,27 +98,3 @@ def _over_last_axis(mean: ir.Node, x: ir.Value, context: OptimizationContext) ->
 
 def _is_vector_constant(value: ir.Value) -> bool:
     return value.const_value is not None and not value.is_graph_input() and len(value.const_value.shape) == 1
-
-
-def _scalar(value: ir.Value | None) -> float | None:
-    """The value of a one-element float constant, else None."""
-    if value is None or value.const_value is None or value.is_graph_input():
-        return None
-    array = constant_array(value)
-    if array.size != 1 or array.dtype.kind != "f":
-        return None
-    return float(np.asarray(array).reshape(-1)[0])
-
-
-def _only_reader(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
-
-
-def _partner(node: ir.Node, value: ir.Value) -> ir.Value | None:
-    if len(node.inputs) != 2:
-        return None
-    first, second = node.inputs
-    return second if first is value else first if second is value else None

@@ -1,0 +1,73 @@
+"""What fusion passes ask of a graph while matching a pattern: single readers, partners, constants."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph.tensors import constant_array
+
+
+def only_reader(value: ir.Value) -> ir.Node | None:
+    """The node reading ``value`` when it is its single reader and no graph output, else None."""
+    uses = value.uses()
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return next(iter(uses)).node
+
+
+def partner(node: ir.Node | None, value: ir.Value) -> ir.Value | None:
+    """The other input of a binary ``node`` one of whose inputs is ``value`` (None otherwise)."""
+    if node is None or len(node.inputs) != 2:
+        return None
+    first, second = node.inputs
+    return second if first is value else first if second is value else None
+
+
+def scalar(value: ir.Value | None) -> float | None:
+    """The value of a one-element float constant no caller can override, else None."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    array = constant_array(value)
+    if array.size != 1 or array.dtype.kind != "f":
+        return None
+    return float(np.asarray(array).reshape(-1)[0])
+
+
+def is_close(value: float | None, expected: float, tolerance: float = 1e-4) -> bool:
+    return value is not None and abs(value - expected) <= tolerance * abs(expected)
+
+
+def self_contained(nodes: list[ir.Node], output: ir.Value) -> bool:
+    """Whether ``nodes`` (one graph) can be replaced by one node producing ``output``.
+
+    Every other value they produce must be read only inside them and be no graph output.
+    """
+    graph = nodes[0].graph
+    if any(node.graph is not graph for node in nodes):
+        return False
+    inside = set(map(id, nodes))
+    for node in nodes:
+        for value in node.outputs:
+            if value is output:
+                continue
+            if value.is_graph_output() or any(id(use.node) not in inside for use in value.uses()):
+                return False
+    return True
+
+
+def replace_with(
+    graph: ir.Graph, nodes: list[ir.Node], output: ir.Value, fused: ir.Node, anchor: ir.Node | None = None
+) -> None:
+    """Put ``fused`` in place of ``nodes``: its output takes over ``output``'s readers and name.
+
+    ``fused`` goes where ``anchor`` (default: the first of ``nodes``) was; every input it reads
+    must be defined before that point.
+    """
+    fused.outputs[0].type, fused.outputs[0].shape = output.type, output.shape
+    graph.insert_before(anchor or nodes[0], fused)
+    name = output.name
+    output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    for node in reversed(nodes):
+        graph.remove(node, safe=True)
+    fused.outputs[0].name = name
