@@ -14,6 +14,7 @@ from .constant_folding import ConstantFolding
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
+from .noop_elimination import NoopElimination
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
     DEFAULT_MAX_ROUNDS,
@@ -41,7 +42,7 @@ __all__ = [
 
 def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
-    return [IdentityElimination(), ConstantFolding(), DeadCodeElimination(), GeluFusion()]
+    return [IdentityElimination(), ConstantFolding(), NoopElimination(), DeadCodeElimination(), GeluFusion()]
 
 
 def optimize(
