@@ -10,6 +10,7 @@ from typing import Collection, Sequence
 
 import onnx_ir as ir
 
+from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
@@ -42,7 +43,10 @@ __all__ = [
 
 def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
-    return [IdentityElimination(), ConstantFolding(), NoopElimination(), DeadCodeElimination(), GeluFusion()]
+    return [
+        IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
+        DeadCodeElimination(), GeluFusion(),
+    ]
 
 
 def optimize(
