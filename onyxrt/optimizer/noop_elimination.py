@@ -15,13 +15,17 @@ Readers of ``y = op(x, ...)`` read ``x`` instead when one of these holds (ONNX d
 * ``Pad`` with all-zero pads (any mode);
 * ``Transpose`` with the identity perm (or no perm on a rank ≤ 1 input);
 * ``Tile`` with all-one repeats;
-* ``Concat`` of a single input.
+* ``Concat`` of a single input;
+* ``x * 1``, ``1 * x``, ``x / 1``, ``x + 0``, ``0 + x``, ``x - 0`` where the constant, all one value,
+  broadcasts to ``x``'s shape without changing it (rank no higher, dims 1 or ``x``'s known
+  dims) and ``x``'s type is known. For floats, the zero's sign must keep ``x`` bit-exact:
+  ``x + (-0.0)`` and ``x - (+0.0)`` are the identity, ``x + 0.0`` turns ``-0.0`` into ``+0.0``.
 
 Parameters must be initializers no caller can override. A graph output keeps its name:
 when ``y`` is one, ``x`` takes the name if it is a node output of the same graph and no
 graph output itself; otherwise the node stays. onnxruntime spreads these over several
 rewrite rules: ``EliminateDropout``, ``CastElimination``, ``EliminateSlice``,
-``ExpandElimination`` (its ``NoopElimination`` is a different pass, Add 0 / Mul 1).
+``ExpandElimination`` and ``NoopElimination`` (the arithmetic identities).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class NoopElimination(GraphPass):
     """Bypasses nodes that copy their input unchanged (see the module docstring)."""
 
     name = "noop_elimination"
-    ort_names = ("EliminateDropout", "CastElimination", "EliminateSlice", "ExpandElimination")
+    ort_names = ("EliminateDropout", "CastElimination", "EliminateSlice", "ExpandElimination", "NoopElimination")
 
     def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
         removed = 0
@@ -51,16 +55,20 @@ class NoopElimination(GraphPass):
             if node.domain != "" or not node.inputs or node.inputs[0] is None:
                 continue
             check = _NO_OP_CHECKS.get(node.op_type)
-            if check is None or not check(node, context.opset(node)):
+            if check is not None and check(node, context.opset(node)):
+                source = node.inputs[0]
+            elif node.op_type in _NEUTRAL_OPERANDS:
+                source = _other_operand_of_neutral(node)
+            else:
                 continue
-            if _bypass(node, graph):
+            if source is not None and _bypass(node, source, graph):
                 removed += 1
         return removed
 
 
-def _bypass(node: ir.Node, graph: ir.Graph) -> bool:
-    """Rewire readers of ``node``'s first output to its first input and remove it; False when a name blocks it."""
-    source, result = node.inputs[0], node.outputs[0]
+def _bypass(node: ir.Node, source: ir.Value, graph: ir.Graph) -> bool:
+    """Rewire readers of ``node``'s first output to ``source`` and remove it; False when a name blocks it."""
+    result = node.outputs[0]
     if any(output.uses() or output.is_graph_output() for output in node.outputs[1:]):
         return False  # e.g. Dropout's mask: only the first output is a copy
     keeps_output_name = result.is_graph_output()
@@ -160,11 +168,8 @@ def _reshape(node: ir.Node, opset: int) -> bool:
 
 
 def _expand(node: ir.Node, opset: int) -> bool:
-    dims, target = _dims(node.inputs[0]), _ints(node, 1)
-    if dims is None or target is None or len(target) > len(dims):
-        return False
-    aligned = dims[len(dims) - len(target):]
-    return all(entry == 1 or entry == dim for entry, dim in zip(target, aligned))
+    target = _ints(node, 1)
+    return target is not None and _broadcast_keeps_shape(tuple(target), _dims(node.inputs[0]))
 
 
 def _squeeze(node: ir.Node, opset: int) -> bool:
@@ -248,3 +253,45 @@ _NO_OP_CHECKS: dict[str, Callable[[ir.Node, int], bool]] = {
     "Tile": _tile,
     "Concat": _concat,
 }
+
+
+# op: (the neutral element, the operand positions it may take)
+_NEUTRAL_OPERANDS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "Mul": (1, (1, 0)),
+    "Div": (1, (1,)),
+    "Add": (0, (1, 0)),
+    "Sub": (0, (1,)),
+}
+
+
+def _other_operand_of_neutral(node: ir.Node) -> ir.Value | None:
+    """For ``x op c`` (or ``c op x``) with ``c`` a constant neutral element that leaves ``x`` bit-exact, ``x``."""
+    if len(node.inputs) != 2 or None in node.inputs:
+        return None
+    neutral, positions = _NEUTRAL_OPERANDS[node.op_type]
+    for position in positions:
+        constant = _constant(node, position)
+        operand = node.inputs[1 - position]
+        dtype = _dtype(operand)
+        if constant is None or dtype is None or _dtype(node.inputs[position]) != dtype:
+            continue
+        if not _broadcast_keeps_shape(constant.shape, _dims(operand)):
+            continue
+        if constant.size and np.all(constant == neutral) and _keeps_zero_sign(node.op_type, constant):
+            return operand
+    return None
+
+
+def _broadcast_keeps_shape(shape: tuple[int, ...], dims: Dims | None) -> bool:
+    """Whether broadcasting a tensor of ``shape`` with one of ``dims`` gives ``dims``."""
+    if dims is None or len(shape) > len(dims):
+        return False
+    return all(size == 1 or size == dim for size, dim in zip(shape, dims[len(dims) - len(shape):]))
+
+
+def _keeps_zero_sign(op_type: str, constant: np.ndarray) -> bool:
+    """Adding +0.0 (or subtracting -0.0) maps -0.0 to +0.0: only the other zero keeps every float."""
+    if op_type not in ("Add", "Sub") or constant.dtype.kind not in "fcV":
+        return True
+    negative = np.signbit(constant.astype(np.float32) if constant.dtype.kind == "V" else constant.real)
+    return bool(np.all(negative)) if op_type == "Add" else not bool(np.any(negative))

@@ -89,6 +89,11 @@ NO_OPS = {
     "transpose_identity": ([helper.make_node("Transpose", ["r"], ["m"], perm=[0, 1])], {}, 21),
     "tile_ones": ([helper.make_node("Tile", ["r", "t"], ["m"])], {"t": np.array([1, 1])}, 21),
     "concat_one": ([helper.make_node("Concat", ["r"], ["m"], axis=0)], {}, 21),
+    "mul_one": ([helper.make_node("Mul", ["r", "one"], ["m"])], {"one": np.ones((1, 3), np.float32)}, 21),
+    "one_mul": ([helper.make_node("Mul", ["one", "r"], ["m"])], {"one": np.float32(1)}, 21),
+    "div_one": ([helper.make_node("Div", ["r", "one"], ["m"])], {"one": np.ones(3, np.float32)}, 21),
+    "add_negative_zero": ([helper.make_node("Add", ["z", "r"], ["m"])], {"z": np.float32(-0.0)}, 21),
+    "sub_zero": ([helper.make_node("Sub", ["r", "z"], ["m"])], {"z": np.zeros((2, 1), np.float32)}, 21),
 }
 
 
@@ -150,6 +155,13 @@ KEPT = {
     "transpose_default_perm": ([helper.make_node("Transpose", ["r"], ["m"])], {}, [], {}),
     "tile_twice": ([helper.make_node("Tile", ["r", "t"], ["m"])], {"t": np.array([1, 2])}, [], {}),
     "flatten_axis0": ([helper.make_node("Flatten", ["r"], ["m"], axis=0)], {}, [], {}),
+    # x + 0.0 turns -0.0 into +0.0
+    "add_positive_zero": ([helper.make_node("Add", ["r", "z"], ["m"])], {"z": np.float32(0.0)}, [], {}),
+    "sub_from_zero": ([helper.make_node("Sub", ["z", "r"], ["m"])], {"z": np.float32(0.0)}, [], {}),
+    "div_into_one": ([helper.make_node("Div", ["one", "r"], ["m"])], {"one": np.float32(1)}, [], {}),
+    "mul_two": ([helper.make_node("Mul", ["r", "c"], ["m"])], {"c": np.array([1, 2, 1], np.float32)}, [], {}),
+    # the constant broadcasts x to a larger shape
+    "mul_broadcasting": ([helper.make_node("Mul", ["r", "one"], ["m"])], {"one": np.ones((2, 2, 3), np.float32)}, [], {}),
 }
 
 
@@ -261,6 +273,9 @@ def _chain(op_node, initializers=(), x_shape=(2, 3), x_type=FLOAT):
         _chain(helper.make_node("Slice", ["r", "st", "en"], ["m"]), {"st": [0], "en": [1000]}, x_shape=("n", 3)),
         # Transpose without perm of an input of unknown rank
         _chain(helper.make_node("Transpose", ["r"], ["m"]), x_shape=None),
+        # x * 1 where 1 may broadcast x's symbolic dim (it may be 1) or x's rank is unknown
+        _chain(helper.make_node("Mul", ["r", "one"], ["m"]), {"one": np.ones(3, np.float32)}, x_shape=(2, "n")),
+        _chain(helper.make_node("Mul", ["r", "one"], ["m"]), {"one": np.float32(1)}, x_shape=None),
     ],
 )
 def test_unprovable_no_ops_stay(model):
@@ -272,6 +287,9 @@ def test_symbolic_dims_need_no_values_where_the_rule_is_exact():
     reshape = _chain(helper.make_node("Reshape", ["r", "s"], ["m"]), {"s": np.array([0, 3])}, x_shape=("n", 3))
     inferred = _chain(helper.make_node("Reshape", ["r", "s"], ["m"]), {"s": np.array([-1, 3])}, x_shape=("n", 3))
     transpose = _chain(helper.make_node("Transpose", ["r"], ["m"]), x_shape=("n",))
-    for model in (expand, reshape, inferred, transpose):
+    integer_add = _chain(
+        helper.make_node("Add", ["r", "z"], ["m"]), {"z": np.zeros(1, np.int64)}, x_shape=("n",), x_type=TensorProto.INT64
+    )
+    for model in (expand, reshape, inferred, transpose, integer_add):
         assert _run_pass(model) == 1
         assert [node.op_type for node in model.graph] == ["Neg"]
