@@ -10,11 +10,13 @@ from typing import Collection, Sequence
 
 import onnx_ir as ir
 
+from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
 from .matmul_scale_fusion import MatMulScaleFusion
+from .noop_elimination import NoopElimination
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
     DEFAULT_MAX_ROUNDS,
@@ -45,8 +47,8 @@ __all__ = [
 def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
     return [
-        IdentityElimination(), ConstantFolding(), DeadCodeElimination(),
-        GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
+        IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
+        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
     ]
 
 

@@ -9,6 +9,7 @@ schema; axis -1, the epsilon found). onnxruntime: SimplifiedLayerNormFusion.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
@@ -64,13 +65,16 @@ def _match(power: ir.Node, context: OptimizationContext):
     nodes.append(normalized)
     scale = only_reader(normalized.outputs[0])
     weight = partner(scale, normalized.outputs[0]) if scale is not None and scale.op_type == "Mul" else None
-    if weight is None or not _is_vector_constant(weight):
-        return None
-    nodes.append(scale)
-    output = scale.outputs[0]
+    if weight is not None and _is_vector_constant(weight):
+        nodes.append(scale)
+        output = scale.outputs[0]
+    else:  # no weight (or one of ones that no-op elimination removed): a weight of ones
+        output, weight = normalized.outputs[0], None
+        if _last_dim(x) is None:
+            return None
     if any(node.domain != "" for node in nodes) or not self_contained(nodes, output):
         return None
-    return x, weight, float(epsilon), nodes, output
+    return x, weight or _ones_weight(power.graph, x, output), float(epsilon), nodes, output
 
 
 def _replace(graph: ir.Graph, x: ir.Value, weight: ir.Value, epsilon: float, nodes: list[ir.Node], output: ir.Value) -> None:
@@ -80,6 +84,23 @@ def _replace(graph: ir.Graph, x: ir.Value, weight: ir.Value, epsilon: float, nod
         name=f"{nodes[-1].name or 'rms_norm'}_fused",
     )
     replace_with(graph, nodes, output, fused)
+
+
+def _last_dim(x: ir.Value) -> int | None:
+    """``x``'s last dim when it is static and ``x`` a float tensor, else None."""
+    if x.shape is None or not x.shape.dims or not isinstance(x.shape.dims[-1], int):
+        return None
+    if not isinstance(x.type, ir.TensorType) or x.type.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16):
+        return None
+    return x.shape.dims[-1]
+
+
+def _ones_weight(graph: ir.Graph, x: ir.Value, output: ir.Value) -> ir.Value:
+    """A new initializer of ones as long as ``x``'s last dim, in its type."""
+    ones = np.ones(_last_dim(x), dtype=x.type.dtype.numpy())
+    value = ir.Value(name=f"{output.name}_rms_weight", const_value=ir.Tensor(ones), type=x.type, shape=ir.Shape([len(ones)]))
+    graph.register_initializer(value)
+    return value
 
 
 def _over_last_axis(mean: ir.Node, x: ir.Value, context: OptimizationContext) -> bool:

@@ -59,8 +59,29 @@ def test_rms_norm_spellings_fuse_with_the_same_outputs(inverse, opset, tmp_path)
                                rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", [_rms_model("div", axis=1), _rms_model("div", constant_weight=False)],
-                         ids=["not_the_last_axis", "weight_not_constant"])
-def test_rms_norm_is_left_alone_when_a_precondition_fails(model, tmp_path):
-    _, ops, _ = _ops(model, tmp_path)
+def test_rms_norm_over_another_axis_is_left_alone(tmp_path):
+    _, ops, _ = _ops(_rms_model("div", axis=1), tmp_path)
     assert "SimplifiedLayerNormalization" not in ops and ops["Sqrt"] == 1
+
+
+def test_a_weight_that_is_not_constant_stays_a_mul_after_the_fused_norm(tmp_path):
+    model = _rms_model("div", constant_weight=False)
+    model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value = 8
+    session, ops, _ = _ops(model, tmp_path)
+    assert ops == {"SimplifiedLayerNormalization": 1, "Mul": 1}
+    feeds = {"x": np.random.default_rng(3).standard_normal((2, 3, 8)).astype(np.float32),
+             "weight": np.random.default_rng(4).standard_normal(8).astype(np.float32)}
+    want = onnxruntime.InferenceSession(model.SerializeToString()).run(None, feeds)[0]
+    np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_without_a_weight_gets_a_weight_of_ones(tmp_path):
+    model = _rms_model("reciprocal")
+    model.graph.node.pop()  # no Mul by the weight: y is the normalized value
+    model.graph.node[-1].output[0] = "y"
+    model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value = 8
+    session, ops, saved = _ops(model, tmp_path)
+    assert ops == {"SimplifiedLayerNormalization": 1}
+    x = np.random.default_rng(2).standard_normal((2, 3, 8)).astype(np.float32)
+    want = onnxruntime.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
