@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onyxrt as ort
+from optimizer_checks import optimized_at_basic
 from onyxrt.framework.constant_evaluator import provider_evaluator
 from onyxrt.optimizer import OptimizationContext
 from onyxrt.optimizer.noop_elimination import NoopElimination
@@ -31,24 +32,8 @@ def _model(nodes, outputs=("y",), inputs=None, initializers=(), opset=21, out_sh
 
 
 def _optimize(model: onnx.ModelProto, tmp_path, feeds=None):
-    """Op histogram of the model onyxrt optimized at BASIC, its outputs and onnxruntime's on ``feeds``."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
-    assert [o.name for o in optimized.graph.output] == [o.name for o in model.graph.output]
-    ops = Counter(node.op_type for node in optimized.graph.node)
-    if feeds is not None:
-        reference_options = onnxruntime.SessionOptions()
-        reference_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        reference = onnxruntime.InferenceSession(
-            model.SerializeToString(), reference_options, providers=["CPUExecutionProvider"]
-        )
-        for ours, theirs in zip(session.run(None, feeds), reference.run(None, feeds)):
-            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-            np.testing.assert_array_equal(ours, theirs)
-    return ops, session
+    """Op histogram of the model onyxrt optimized at BASIC, and its session (outputs checked against onnxruntime)."""
+    return optimized_at_basic(model, tmp_path, feeds)
 
 
 def _relu_then(op_nodes, initializers=(), opset=21, out_shape=None):

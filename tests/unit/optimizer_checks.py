@@ -1,0 +1,38 @@
+"""Shared check of optimizer tests: optimize at a level, save, compare outputs with onnxruntime unoptimized."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime
+
+import onyxrt as ort
+
+
+def optimized_at_basic(model: onnx.ModelProto, tmp_path, feeds=None, exact: bool = True):
+    """(op histogram of the model onyxrt saved optimized at BASIC, its session).
+
+    Graph output names must survive; with ``feeds``, outputs must equal onnxruntime's with its
+    optimizer off (bit for bit when ``exact``, else to 1e-6: libm and MLAS exp differ in the last bit).
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    assert [o.name for o in optimized.graph.output] == [o.name for o in model.graph.output]
+    if feeds is not None:
+        reference_options = onnxruntime.SessionOptions()
+        reference_options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        reference = onnxruntime.InferenceSession(
+            model.SerializeToString(), reference_options, providers=["CPUExecutionProvider"]
+        )
+        for ours, theirs in zip(session.run(None, feeds), reference.run(None, feeds)):
+            assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+            if exact:
+                np.testing.assert_array_equal(ours, theirs)
+            else:
+                np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+    return Counter(node.op_type for node in optimized.graph.node), session
