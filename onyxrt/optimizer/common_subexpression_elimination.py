@@ -1,7 +1,8 @@
 """Common-subexpression elimination: nodes computing the same thing from the same values run once.
 
 Two nodes of one graph with the same domain, op type, attributes (names and values), the
-same inputs (the same values, in order, missing optional inputs included) and the same
+same inputs (the same values, or small constants of equal content, in order, missing
+optional inputs included) and the same
 outputs present compute the same outputs; the first in dependency order is kept and the
 readers of the others (subgraph reads and graph outputs included) read its outputs. As
 onnxruntime's ``CommonSubexpressionElimination``:
@@ -26,6 +27,8 @@ import onnx_ir as ir
 from ..graph.tensors import to_array
 from .pass_manager import GraphPass, OptimizationContext
 
+# Constants up to this many elements compare by content (shapes, axes, scalars).
+_SMALL_CONSTANT = 64
 _MERGEABLE_DOMAINS = frozenset({"", "ai.onnx.ml", "com.microsoft"})
 _NON_DETERMINISTIC = frozenset(
     {
@@ -76,10 +79,23 @@ def _key(node: ir.Node) -> Hashable | None:
         attributes = tuple(sorted((name, _attribute_key(attr)) for name, attr in node.attributes.items()))
     except _NotComparable:
         return None
-    # Values hash by identity: equal keys mean the very same input values.
-    inputs = tuple(node.inputs)
+    # Values hash by identity (equal keys mean the very same input values), except small
+    # constants, which hash by content: folding leaves each Unsqueeze its own axes initializer.
+    inputs = tuple(_input_key(value) for value in node.inputs)
     outputs_present = tuple(bool(output.name) or bool(output.uses()) for output in node.outputs)
     return (node.domain, node.op_type, node.overload, inputs, attributes, outputs_present)
+
+
+def _input_key(value: ir.Value | None) -> Hashable:
+    if (
+        value is not None
+        and value.const_value is not None
+        and value.is_initializer()
+        and not value.is_graph_input()
+        and value.const_value.size <= _SMALL_CONSTANT
+    ):
+        return ("constant", _tensor_key(value.const_value))
+    return value
 
 
 def _attribute_key(attr: ir.Attr) -> Hashable:

@@ -197,3 +197,16 @@ def test_nodes_that_differ_in_present_outputs_do_not_merge():
     ]
     model = _ir(_model(nodes, initializers={"k": np.array([2])}))
     assert _run_pass(model) == 0
+
+
+def test_small_constants_of_equal_content_count_as_the_same_input(tmp_path):
+    # Folding leaves each Unsqueeze its own axes initializer; equal contents still merge.
+    nodes = [helper.make_node("Unsqueeze", ["x", "axes_a"], ["a"]), helper.make_node("Unsqueeze", ["x", "axes_b"], ["b"]),
+             helper.make_node("Add", ["a", "b"], ["y"])]
+    initializers = {"axes_a": np.array([0], np.int64), "axes_b": np.array([0], np.int64)}
+    ops = _optimize(_model(nodes, initializers=initializers), tmp_path, {"x": X})
+    assert ops["Unsqueeze"] == 1
+    different = {"axes_a": np.array([0], np.int64), "axes_b": np.array([1], np.int64)}
+    model = _model(nodes[:2] + [helper.make_node("Identity", ["a"], ["y"]), helper.make_node("Identity", ["b"], ["z"])],
+                   outputs=("y", "z"), initializers=different)
+    assert _optimize(model, tmp_path, {"x": X})["Unsqueeze"] == 2
