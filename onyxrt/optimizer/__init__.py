@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
+from .conv_activation_fusion import ConvActivationFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
@@ -48,7 +49,7 @@ def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
-        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
+        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
     ]
 
 
