@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
+from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
@@ -48,6 +49,7 @@ def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
+        ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
         DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
     ]
 
