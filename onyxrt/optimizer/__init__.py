@@ -16,6 +16,7 @@ from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
+from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
 from .noop_elimination import NoopElimination
 from .pass_manager import (
@@ -49,7 +50,7 @@ def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
-        ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
+        ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
     ]
 
