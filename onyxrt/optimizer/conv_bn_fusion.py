@@ -32,7 +32,7 @@ from .pass_manager import GraphPass, OptimizationContext
 _FOLDABLE_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 
 # Per-output-channel scale (None: 1) and shift (None: 0), each of shape [M], in float64.
-ChannelAffine = tuple["np.ndarray | None", "np.ndarray | None"]
+ChannelAffine = tuple[np.ndarray | None, np.ndarray | None]
 
 
 class _ConvChannelAffineFusion(GraphPass):
@@ -66,7 +66,7 @@ class _ConvChannelAffineFusion(GraphPass):
     def channel_affine(
         self, follower: ir.Node, conv_input_index: int, weight: np.ndarray, context: OptimizationContext
     ) -> ChannelAffine | None:
-        """What ``follower`` does to each of the Conv's output channels, or None when that is not a per-channel affine map."""
+        """What ``follower`` does to each output channel of the Conv; None when not a per-channel affine map."""
         raise NotImplementedError
 
 
@@ -156,7 +156,7 @@ def _foldable_conv(follower: ir.Node, input_index: int, graph: ir.Graph) -> ir.N
 
 
 def _channel_constant(value: ir.Value | None, weight: np.ndarray) -> np.ndarray | None:
-    """``value``'s constant as one float64 number per output channel ([M]) when it broadcasts over the Conv's output along the channel axis only."""
+    """``value``'s constant as float64 per output channel ([M]), if it broadcasts over the Conv's output along channels only."""
     if value is None or not _is_constant(value) or value.const_value.dtype != _dtype_of(weight):
         return None
     array = constant_array(value)

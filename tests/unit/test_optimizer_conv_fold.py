@@ -23,6 +23,10 @@ X_SHAPE = (2, CHANNELS_IN, 5, 5)
 RNG = np.random.default_rng(0)
 
 
+def _value(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
 def _model(nodes, initializers, inputs=None, outputs=("z",), opset=17, elem=TensorProto.FLOAT) -> onnx.ModelProto:
     inputs = inputs if inputs is not None else [helper.make_tensor_value_info("x", elem, list(X_SHAPE))]
     graph = helper.make_graph(
@@ -90,9 +94,9 @@ def assert_matches_onnxruntime(model: onnx.ModelProto, applied: str | None, refe
     feeds = _feeds(model)
     options = reference.SessionOptions()
     options.graph_optimization_level = reference.GraphOptimizationLevel.ORT_DISABLE_ALL
-    reference_session = reference.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    want = reference_session.run(None, feeds)
-    session = onyxrt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    model_bytes = model.SerializeToString()
+    want = reference.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    session = onyxrt.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     if applied is not None:
         assert applied in session.applied_optimizations
     got = session.run(None, feeds)
@@ -147,13 +151,13 @@ def test_shared_weight_keeps_its_values_for_the_other_conv():
 
 def test_fusion_inside_a_subgraph():
     then_graph = helper.make_graph(
-        [_conv(), _bn(output="t")], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)]
+        [_conv(), _bn(output="t")], "then", [], [_value("t", None)]
     )
     else_graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)]
+        [helper.make_node("Identity", ["x"], ["e"])], "else", [], [_value("e", None)]
     )
     nodes = [helper.make_node("If", ["c"], ["z"], then_branch=then_graph, else_branch=else_graph)]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(X_SHAPE)), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
+    inputs = [_value("x", list(X_SHAPE)), _value("c", [], TensorProto.BOOL)]
     model = _model(nodes, _conv_weights() + _bn_initializers(), inputs=inputs)
     optimized, report = _optimized(model)
     assert report.counts["conv_bn_fusion"] == 1
@@ -184,8 +188,8 @@ def test_per_channel_mul_and_add_fold_into_conv(constant_shape, op, conv_first):
 
 
 def test_add_gives_a_conv_without_bias_one():
-    model = _model([_conv(bias=False), helper.make_node("Add", ["y", "s"], ["z"])],
-                   _conv_weights(bias=False) + [_init("s", RNG.standard_normal((CHANNELS_OUT, 1, 1)).astype(np.float32))])
+    shift = _init("s", RNG.standard_normal((CHANNELS_OUT, 1, 1)).astype(np.float32))
+    model = _model([_conv(bias=False), helper.make_node("Add", ["y", "s"], ["z"])], _conv_weights(bias=False) + [shift])
     optimized, _ = _optimized(model)
     (conv,) = optimized.graph
     assert len(conv.inputs) == 3 and conv.inputs[2].const_value is not None
@@ -202,7 +206,8 @@ def test_mul_keeps_a_conv_without_bias_without_one():
 
 
 def test_batch_norm_mul_add_chain_folds_into_one_conv():
-    nodes = [_conv(), _bn(output="n"), helper.make_node("Mul", ["n", "s"], ["m"]), helper.make_node("Add", ["m", "a"], ["z"])]
+    nodes = [_conv(), _bn(output="n"), helper.make_node("Mul", ["n", "s"], ["m"]),
+             helper.make_node("Add", ["m", "a"], ["z"])]
     constants = [_init("s", RNG.uniform(0.5, 2, (CHANNELS_OUT, 1, 1)).astype(np.float32)), _init("a", np.float32(0.5))]
     model = _model(nodes, _conv_weights() + _bn_initializers() + constants)
     optimized, report = _optimized(model)
@@ -233,11 +238,12 @@ def test_conv_output_that_is_a_graph_output_blocks():
 
 def test_conv_output_read_by_a_subgraph_blocks():
     then_graph = helper.make_graph(
-        [helper.make_node("Neg", ["y"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)]
+        [helper.make_node("Neg", ["y"], ["t"])], "then", [], [_value("t", None)]
     )
     nodes = [_conv(), _bn(), helper.make_node("If", ["c"], ["r"], then_branch=then_graph, else_branch=then_graph)]
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(X_SHAPE)), helper.make_tensor_value_info("c", TensorProto.BOOL, [])]
-    _unfused(_model(nodes, _conv_weights() + _bn_initializers(), inputs=inputs, outputs=("z", "r")), run_reference=False)
+    inputs = [_value("x", list(X_SHAPE)), _value("c", [], TensorProto.BOOL)]
+    model = _model(nodes, _conv_weights() + _bn_initializers(), inputs=inputs, outputs=("z", "r"))
+    _unfused(model, run_reference=False)
 
 
 @pytest.mark.parametrize("overridable", ["W", "B", "mean"])
