@@ -22,6 +22,8 @@ otherwise), computed in float64 and rounded once to the Conv's type.
 
 from __future__ import annotations
 
+import abc
+
 import numpy as np
 import onnx_ir as ir
 
@@ -63,11 +65,11 @@ class _ConvChannelAffineFusion(GraphPass):
         """The inputs of ``follower`` that may be the Conv's output."""
         return (0, 1)  # Mul and Add commute
 
+    @abc.abstractmethod
     def channel_affine(
         self, follower: ir.Node, conv_input_index: int, weight: np.ndarray, context: OptimizationContext
     ) -> ChannelAffine | None:
         """What ``follower`` does to each output channel of the Conv; None when not a per-channel affine map."""
-        raise NotImplementedError
 
 
 class ConvBatchNormFusion(_ConvChannelAffineFusion):
