@@ -202,3 +202,24 @@ def test_disabled_by_onnxruntime_name():
         _matmul_add().SerializeToString(), providers=["CPUExecutionProvider"], disabled_optimizers=["MatMulAddFusion"]
     )
     assert "matmul_add_fusion" not in session.applied_optimizations
+
+
+def test_bias_of_a_gelu_goes_to_the_gemm_as_in_onnxruntime(tmp_path):
+    """A 2-D MatMul + bias + erf GELU at EXTENDED: Gemm + Gelu (BASIC fuses the bias first), as onnxruntime."""
+    scalars = {"sqrt2": np.float32(np.sqrt(2.0)), "one": np.float32(1.0), "half": np.float32(0.5)}
+    nodes = [helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Add", ["y", "c"], ["x"]),
+             helper.make_node("Div", ["x", "sqrt2"], ["scaled"]), helper.make_node("Erf", ["scaled"], ["erf"]),
+             helper.make_node("Add", ["erf", "one"], ["plus_one"]), helper.make_node("Mul", ["x", "plus_one"], ["p"]),
+             helper.make_node("Mul", ["p", "half"], ["z"])]
+    initializers = [_init("b", (K, N)), _init("c", (N,))]
+    initializers += [numpy_helper.from_array(value, name) for name, value in scalars.items()]
+    model = _model(nodes, [_vi("a", (M, K))], initializers)
+    histograms = []
+    for runtime in (onyxrt, ort):
+        options = runtime.SessionOptions()
+        options.graph_optimization_level = runtime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(tmp_path / f"{runtime.__name__}.onnx")
+        runtime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        histograms.append(Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node))
+    assert histograms[0] == histograms[1] == {"Gemm": 1, "Gelu": 1}
+    assert_matches_onnxruntime(model, fused=True)
