@@ -32,6 +32,7 @@ from .pass_manager import (
 )
 from .rms_norm_fusion import RmsNormFusion
 from .silu_fusion import SiluFusion
+from .skip_layer_norm_fusion import SkipLayerNormFusion
 
 __all__ = [
     "DEFAULT_MAX_FOLDED_BYTES",
@@ -53,6 +54,7 @@ def default_passes() -> list[GraphPass]:
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
+        SkipLayerNormFusion(),
     ]
 
 

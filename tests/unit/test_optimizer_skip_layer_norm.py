@@ -1,0 +1,58 @@
+"""Skip-LayerNorm fusion: a residual Add before a LayerNormalization runs inside SkipLayerNormalization."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onyxrt
+
+_RNG = np.random.default_rng(0)
+_FEEDS = {name: _RNG.standard_normal((2, 3, 8)).astype(np.float32) for name in ("a", "b")}
+
+
+def _model(norm: str = "LayerNormalization", residual_read: bool = False, b_shape=(2, 3, 8)):
+    params = ["gamma", "beta"] if norm == "LayerNormalization" else ["gamma"]
+    nodes = [helper.make_node("Add", ["a", "b"], ["sum"]), helper.make_node(norm, ["sum", *params], ["y"], axis=-1)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if residual_read:  # the residual stream goes on past the norm
+        nodes.append(helper.make_node("Mul", ["sum", "y"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    inputs = [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3, 8]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, list(b_shape))]
+    initializers = [numpy_helper.from_array(_RNG.standard_normal(8).astype(np.float32), n) for n in ("gamma", "beta")]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers[: len(params)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _ops(model: onnx.ModelProto, tmp_path, feeds=_FEEDS) -> collections.Counter:
+    options = onyxrt.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = onyxrt.InferenceSession(model.SerializeToString(), options)
+    saved = onnx.load(options.optimized_model_filepath)
+    want = onnxruntime.InferenceSession(model.SerializeToString()).run(None, feeds)
+    for ours, from_saved, expected in zip(session.run(None, feeds),
+                                          onnxruntime.InferenceSession(saved.SerializeToString()).run(None, feeds), want):
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(from_saved, expected, rtol=1e-5, atol=1e-5)
+    return collections.Counter(node.op_type for node in saved.graph.node)
+
+
+@pytest.mark.parametrize("residual_read", [False, True])
+def test_add_then_layer_norm_becomes_skip_layer_norm(residual_read, tmp_path):
+    ops = _ops(_model(residual_read=residual_read), tmp_path)
+    assert ops["SkipLayerNormalization"] == 1 and "Add" not in ops and "LayerNormalization" not in ops
+
+
+def test_add_then_simplified_layer_norm_becomes_its_skip_form(tmp_path):
+    assert _ops(_model("SimplifiedLayerNormalization"), tmp_path) == {"SkipSimplifiedLayerNormalization": 1}
+
+
+def test_a_broadcast_skip_is_left_alone(tmp_path):
+    feeds = {"a": _FEEDS["a"], "b": _FEEDS["b"][:1]}
+    assert _ops(_model(b_shape=(1, 3, 8)), tmp_path, feeds) == {"Add": 1, "LayerNormalization": 1}
