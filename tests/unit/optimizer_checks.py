@@ -36,3 +36,21 @@ def optimized_at_basic(model: onnx.ModelProto, tmp_path, feeds=None, exact: bool
             else:
                 np.testing.assert_allclose(ours, theirs, rtol=1e-6)
     return Counter(node.op_type for node in optimized.graph.node), session
+
+
+def optimized_ir(model: onnx.ModelProto, level: int = 1):
+    """(the model's IR optimized at ``level`` by onyxrt's passes with the CPU provider, the report)."""
+    import onnx_ir as ir
+
+    from onyxrt.framework.constant_evaluator import provider_evaluator
+    from onyxrt.optimizer import optimize
+    from onyxrt.providers.cpu import CPUExecutionProvider
+
+    optimized = ir.serde.deserialize_model(model)
+    report = optimize(optimized, level, providers=["CPUExecutionProvider"], evaluator=provider_evaluator(CPUExecutionProvider()))
+    return optimized, report
+
+
+def op_histogram(graph) -> Counter:
+    """Op types of an IR graph's own nodes, counted."""
+    return Counter(node.op_type for node in graph)

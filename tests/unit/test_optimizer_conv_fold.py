@@ -10,14 +10,11 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from optimizer_checks import op_histogram, optimized_ir
 import onyxrt
-from onyxrt.framework.constant_evaluator import provider_evaluator
-from onyxrt.optimizer import OptimizationReport, optimize
-from onyxrt.providers.cpu import CPUExecutionProvider
 
 ort = pytest.importorskip("onnxruntime")
 
-CPU_EVALUATOR = provider_evaluator(CPUExecutionProvider())
 CHANNELS_IN, CHANNELS_OUT = 4, 6
 X_SHAPE = (2, CHANNELS_IN, 5, 5)
 RNG = np.random.default_rng(0)
@@ -67,16 +64,6 @@ def _bn(source="y", output="z", **attributes):
     )
 
 
-def _optimized(model: onnx.ModelProto) -> tuple[ir.Model, OptimizationReport]:
-    optimized = ir.serde.deserialize_model(model)
-    report = optimize(optimized, 1, providers=["CPUExecutionProvider"], evaluator=CPU_EVALUATOR)
-    return optimized, report
-
-
-def _histogram(graph: ir.Graph) -> Counter:
-    return Counter(node.op_type for node in graph)
-
-
 def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     feeds = {}
     for value in model.graph.input:
@@ -113,8 +100,8 @@ def assert_matches_onnxruntime(model: onnx.ModelProto, applied: str | None, refe
 @pytest.mark.parametrize("group", [1, 2])
 def test_batch_norm_folds_into_conv(dtype, elem, bias, group):
     model = _model([_conv(bias, group), _bn()], _conv_weights(dtype, bias, group) + _bn_initializers(dtype), elem=elem)
-    optimized, report = _optimized(model)
-    assert _histogram(optimized.graph) == {"Conv": 1}
+    optimized, report = optimized_ir(model)
+    assert op_histogram(optimized.graph) == {"Conv": 1}
     assert report.counts["conv_bn_fusion"] == 1
     (conv,) = optimized.graph
     assert conv.outputs[0].name == "z" and optimized.graph.outputs[0] is conv.outputs[0]
@@ -127,7 +114,7 @@ def test_batch_norm_folds_into_conv(dtype, elem, bias, group):
 def test_batch_norm_folds_at_every_inference_opset(opset):
     attributes = {"spatial": 1} if opset < 9 else {}
     model = _model([_conv(), _bn(**attributes)], _conv_weights() + _bn_initializers(), opset=opset)
-    assert _histogram(_optimized(model)[0].graph) == {"Conv": 1}
+    assert op_histogram(optimized_ir(model)[0].graph) == {"Conv": 1}
     assert_matches_onnxruntime(model, "conv_bn_fusion")
 
 
@@ -135,14 +122,14 @@ def test_one_dimensional_conv_folds():
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, CHANNELS_IN, 7])
     conv = helper.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1])
     model = _model([conv, _bn()], _conv_weights(spatial=1) + _bn_initializers(), inputs=[x])
-    assert _histogram(_optimized(model)[0].graph) == {"Conv": 1}
+    assert op_histogram(optimized_ir(model)[0].graph) == {"Conv": 1}
     assert_matches_onnxruntime(model, "conv_bn_fusion")
 
 
 def test_shared_weight_keeps_its_values_for_the_other_conv():
     nodes = [_conv(), _bn(), helper.make_node("Conv", ["x", "W", "B"], ["other"], pads=[1] * 4)]
     model = _model(nodes, _conv_weights() + _bn_initializers(), outputs=("z", "other"))
-    optimized, _ = _optimized(model)
+    optimized, _ = optimized_ir(model)
     fused, other = optimized.graph
     assert [v.name for v in other.inputs[1:]] == ["W", "B"]
     assert fused.inputs[1].name != "W" and fused.inputs[2].name != "B"
@@ -159,10 +146,10 @@ def test_fusion_inside_a_subgraph():
     nodes = [helper.make_node("If", ["c"], ["z"], then_branch=then_graph, else_branch=else_graph)]
     inputs = [_value("x", list(X_SHAPE)), _value("c", [], TensorProto.BOOL)]
     model = _model(nodes, _conv_weights() + _bn_initializers(), inputs=inputs)
-    optimized, report = _optimized(model)
+    optimized, report = optimized_ir(model)
     assert report.counts["conv_bn_fusion"] == 1
     (if_node,) = optimized.graph
-    assert _histogram(if_node.attributes["then_branch"].as_graph()) == {"Conv": 1}
+    assert op_histogram(if_node.attributes["then_branch"].as_graph()) == {"Conv": 1}
     feeds = {"x": RNG.standard_normal(X_SHAPE).astype(np.float32), "c": np.array(True)}
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = onyxrt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
@@ -181,8 +168,8 @@ def test_per_channel_mul_and_add_fold_into_conv(constant_shape, op, conv_first):
     constant = _init("s", RNG.uniform(0.5, 2.0, constant_shape).astype(np.float32))
     follower = helper.make_node(op, ["y", "s"] if conv_first else ["s", "y"], ["z"])
     model = _model([_conv(), follower], _conv_weights() + [constant])
-    optimized, report = _optimized(model)
-    assert _histogram(optimized.graph) == {"Conv": 1}
+    optimized, report = optimized_ir(model)
+    assert op_histogram(optimized.graph) == {"Conv": 1}
     assert report.counts[f"conv_{op.lower()}_fusion"] == 1
     assert_matches_onnxruntime(model, f"conv_{op.lower()}_fusion")
 
@@ -190,7 +177,7 @@ def test_per_channel_mul_and_add_fold_into_conv(constant_shape, op, conv_first):
 def test_add_gives_a_conv_without_bias_one():
     shift = _init("s", RNG.standard_normal((CHANNELS_OUT, 1, 1)).astype(np.float32))
     model = _model([_conv(bias=False), helper.make_node("Add", ["y", "s"], ["z"])], _conv_weights(bias=False) + [shift])
-    optimized, _ = _optimized(model)
+    optimized, _ = optimized_ir(model)
     (conv,) = optimized.graph
     assert len(conv.inputs) == 3 and conv.inputs[2].const_value is not None
     assert_matches_onnxruntime(model, "conv_add_fusion")
@@ -199,7 +186,7 @@ def test_add_gives_a_conv_without_bias_one():
 def test_mul_keeps_a_conv_without_bias_without_one():
     model = _model([_conv(bias=False), helper.make_node("Mul", ["y", "s"], ["z"])],
                    _conv_weights(bias=False) + [_init("s", np.float32(3.0))])
-    optimized, _ = _optimized(model)
+    optimized, _ = optimized_ir(model)
     (conv,) = optimized.graph
     assert len(conv.inputs) == 2
     assert_matches_onnxruntime(model, "conv_mul_fusion")
@@ -210,8 +197,8 @@ def test_batch_norm_mul_add_chain_folds_into_one_conv():
              helper.make_node("Add", ["m", "a"], ["z"])]
     constants = [_init("s", RNG.uniform(0.5, 2, (CHANNELS_OUT, 1, 1)).astype(np.float32)), _init("a", np.float32(0.5))]
     model = _model(nodes, _conv_weights() + _bn_initializers() + constants)
-    optimized, report = _optimized(model)
-    assert _histogram(optimized.graph) == {"Conv": 1}
+    optimized, report = optimized_ir(model)
+    assert op_histogram(optimized.graph) == {"Conv": 1}
     assert optimized.graph.outputs[0].name == "z"
     assert_matches_onnxruntime(model, "conv_bn_fusion")
 
@@ -220,9 +207,9 @@ def test_batch_norm_mul_add_chain_folds_into_one_conv():
 
 
 def _unfused(model: onnx.ModelProto, run_reference: bool = True) -> None:
-    optimized, report = _optimized(model)
+    optimized, report = optimized_ir(model)
     assert not {"conv_bn_fusion", "conv_mul_fusion", "conv_add_fusion"} & set(report.counts)
-    assert _histogram(optimized.graph) == Counter(node.op_type for node in model.graph.node)
+    assert op_histogram(optimized.graph) == Counter(node.op_type for node in model.graph.node)
     if run_reference:
         assert_matches_onnxruntime(model, None)
 

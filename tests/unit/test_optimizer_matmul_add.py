@@ -6,18 +6,14 @@ from collections import Counter
 
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from optimizer_checks import op_histogram, optimized_ir
 import onyxrt
-from onyxrt.framework.constant_evaluator import provider_evaluator
-from onyxrt.optimizer import OptimizationReport, optimize
-from onyxrt.providers.cpu import CPUExecutionProvider
 
 ort = pytest.importorskip("onnxruntime")
 
-CPU_EVALUATOR = provider_evaluator(CPUExecutionProvider())
 M, K, N = 3, 4, 5
 RNG = np.random.default_rng(0)
 ELEMENT_TYPES = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.float16: TensorProto.FLOAT16,
@@ -49,16 +45,6 @@ def _matmul_add(a_shape=(M, K), c_shape=(N,), dtype=np.float32, bias_first=False
     return _model(nodes, inputs, initializers, dtype=dtype, opset=opset)
 
 
-def _optimized(model: onnx.ModelProto) -> tuple[ir.Model, OptimizationReport]:
-    optimized = ir.serde.deserialize_model(model)
-    report = optimize(optimized, 1, providers=["CPUExecutionProvider"], evaluator=CPU_EVALUATOR)
-    return optimized, report
-
-
-def _histogram(graph: ir.Graph) -> Counter:
-    return Counter(node.op_type for node in graph)
-
-
 def _feeds(model: onnx.ModelProto, symbolic: int = 2) -> dict[str, np.ndarray]:
     feeds = {}
     for value in model.graph.input:
@@ -87,8 +73,8 @@ def assert_matches_onnxruntime(model: onnx.ModelProto, fused: bool) -> None:
 @pytest.mark.parametrize("bias_first", [False, True])
 def test_matmul_add_becomes_gemm(c_shape, bias_first):
     model = _matmul_add(c_shape=c_shape, bias_first=bias_first)
-    optimized, report = _optimized(model)
-    assert _histogram(optimized.graph) == {"Gemm": 1}
+    optimized, report = optimized_ir(model)
+    assert op_histogram(optimized.graph) == {"Gemm": 1}
     assert report.counts["matmul_add_fusion"] == 1
     (gemm,) = optimized.graph
     assert [v.name for v in gemm.inputs] == ["a", "b", "c"]
@@ -99,21 +85,21 @@ def test_matmul_add_becomes_gemm(c_shape, bias_first):
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_other_float_types_fuse(dtype):
     model = _matmul_add(dtype=dtype)
-    assert _histogram(_optimized(model)[0].graph) == {"Gemm": 1}
+    assert op_histogram(optimized_ir(model)[0].graph) == {"Gemm": 1}
     assert_matches_onnxruntime(model, fused=True)
 
 
 def test_run_time_right_operand_and_bias_fuse():
     nodes = [helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Add", ["y", "c"], ["z"])]
     model = _model(nodes, [_vi("a", (M, K)), _vi("b", (K, N)), _vi("c", (N,))], [])
-    assert _histogram(_optimized(model)[0].graph) == {"Gemm": 1}
+    assert op_histogram(optimized_ir(model)[0].graph) == {"Gemm": 1}
     assert_matches_onnxruntime(model, fused=True)
 
 
 def test_symbolic_dims_fuse_when_the_bias_names_the_same_dim():
     nodes = [helper.make_node("MatMul", ["a", "b"], ["y"]), helper.make_node("Add", ["y", "c"], ["z"])]
     model = _model(nodes, [_vi("a", ("batch", K)), _vi("b", (K, N)), _vi("c", ("batch", 1))], [])
-    assert _histogram(_optimized(model)[0].graph) == {"Gemm": 1}
+    assert op_histogram(optimized_ir(model)[0].graph) == {"Gemm": 1}
     assert_matches_onnxruntime(model, fused=True)
 
 
@@ -122,7 +108,7 @@ def test_bias_computed_after_the_matmul_is_ready_for_the_gemm():
              helper.make_node("Add", ["y", "c"], ["z"])]
     model = _model(nodes, [_vi("a", (M, K)), _vi("d", (N,))], [_init("b", (K, N))])
     model.graph.value_info.append(_vi("c", (N,)))  # the bias's shape must be known
-    optimized, _ = _optimized(model)
+    optimized, _ = optimized_ir(model)
     assert [node.op_type for node in optimized.graph] == ["Neg", "Gemm"]
     assert_matches_onnxruntime(model, fused=True)
 
@@ -136,10 +122,10 @@ def test_fusion_inside_a_subgraph():
     nodes = [helper.make_node("If", ["cond"], ["z"], then_branch=body, else_branch=other)]
     model = _model(nodes, [_vi("a", (M, K)), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
                    [_init("b", (K, N)), _init("c", (N,))])
-    optimized, report = _optimized(model)
+    optimized, report = optimized_ir(model)
     assert report.counts["matmul_add_fusion"] == 1
     (if_node,) = optimized.graph
-    assert _histogram(if_node.attributes["then_branch"].as_graph()) == {"Gemm": 1}
+    assert op_histogram(if_node.attributes["then_branch"].as_graph()) == {"Gemm": 1}
     feeds = {"a": RNG.standard_normal((M, K)).astype(np.float32), "cond": np.array(True)}
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     got = onyxrt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
@@ -150,9 +136,9 @@ def test_fusion_inside_a_subgraph():
 
 
 def _unfused(model: onnx.ModelProto, run_reference: bool = True) -> None:
-    optimized, report = _optimized(model)
+    optimized, report = optimized_ir(model)
     assert "matmul_add_fusion" not in report.counts
-    assert "Gemm" not in _histogram(optimized.graph)
+    assert "Gemm" not in op_histogram(optimized.graph)
     if run_reference:
         assert_matches_onnxruntime(model, fused=False)
 
