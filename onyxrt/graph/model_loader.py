@@ -99,25 +99,23 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: str | None) 
             raise NoSuchFile(f"External data file '{location}' of tensor '{tensor.name}' does not exist in {root}")
 
 
-def _inferred(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape-infer a light copy of ``model`` (large initializers become typed inputs, never copied)."""
-    light = _light_copy(model)
+def _inferred(light: onnx.ModelProto) -> onnx.ModelProto:
+    """``light`` (see :func:`_light_copy`) shape-inferred leniently into a new model; ``light`` itself when inference fails."""
     try:
         return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
         return light
 
 
-def check_node_inference(model: onnx.ModelProto) -> None:
-    """Raise Fail when a node's own shape/type inference rejects it, as onnxruntime does at load.
+def check_node_inference(light: onnx.ModelProto) -> None:
+    """Raise Fail when a node's own shape/type inference in ``light`` rejects it, as onnxruntime does at load.
 
     onnxruntime runs each node's inference function and fails on its errors (an axis out of
     range, dims that cannot broadcast, an attribute that names no type); a declared shape
     that disagrees with an inferred one only warns there. So declared value_info and output
-    shapes are left out here: what is checked is the nodes, fed by the graph's inputs and
-    initializers.
+    shapes are left out here (``light``, a :func:`_light_copy`, loses them): what is checked is
+    the nodes, fed by the graph's inputs and initializers.
     """
-    light = _light_copy(model)
     _prepare_for_strict_inference(light.graph)
     try:
         onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=True, data_prop=True)
@@ -126,7 +124,7 @@ def check_node_inference(model: onnx.ModelProto) -> None:
         first = str(exc).strip().splitlines()[0]
         # An input whose type nothing could tell (a custom op's output) is missing knowledge, not a fault.
         missing_knowledge = _UNTYPED_INPUT in first or _DOMAIN_NOT_IMPORTED in first
-        if not missing_knowledge and not _inside_function_body(first, model):
+        if not missing_knowledge and not _inside_function_body(first, light):
             raise Fail(f"Node inference failed: {first}") from None
     except Exception:  # noqa: BLE001 - onnx's own limits (not the model's faults) stay advisory
         return
@@ -287,10 +285,11 @@ def load_model(source: ModelSource) -> ir.Model:
         except Exception as exc:  # noqa: BLE001
             raise InvalidGraph(f"Failed to inline model-local functions: {exc}") from None
         validate_model(proto, size)  # the inlined function bodies
-    inferred = _inferred(proto)
+    light = _light_copy(proto)  # one copy serves both inference runs
+    inferred = _inferred(light)
     check_types(proto, inferred)
     _merge_inferred_types(proto, inferred)
-    check_node_inference(proto)
+    check_node_inference(light)
     model = model_from_proto(proto, base_dir)
     try:
         model.graph.sort()  # subgraphs too; files need not list nodes in dependency order

@@ -25,6 +25,7 @@ from typing import Hashable
 import onnx_ir as ir
 
 from ..graph.tensors import to_array
+from .matching import is_constant
 from .pass_manager import GraphPass, OptimizationContext
 
 # Constants up to this many elements compare by content (shapes, axes, scalars).
@@ -87,13 +88,7 @@ def _key(node: ir.Node) -> Hashable | None:
 
 
 def _input_key(value: ir.Value | None) -> Hashable:
-    if (
-        value is not None
-        and value.const_value is not None
-        and value.is_initializer()
-        and not value.is_graph_input()
-        and value.const_value.size <= _SMALL_CONSTANT
-    ):
+    if is_constant(value) and value.const_value.size <= _SMALL_CONSTANT:
         return ("constant", _tensor_key(value.const_value))
     return value
 

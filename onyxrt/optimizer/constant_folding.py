@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from ..graph.tensors import constant_array, from_array
 from ..graph.builder import has_subgraphs
+from .matching import is_constant
 from .pass_manager import GraphPass, OptimizationContext
 
 # onnxruntime's list (optimizer/utils.cc), plus Bernoulli, which is random as well.
@@ -71,7 +72,7 @@ def _static_shape(node: ir.Node) -> list[np.ndarray] | None:
 
 def _evaluate(node: ir.Node, context: OptimizationContext) -> list[np.ndarray] | None:
     """The node's output arrays when it may be folded and the evaluator computes them, else None."""
-    if not _deterministic(node) or not all(value is None or _is_constant(value) for value in node.inputs):
+    if not _deterministic(node) or not all(value is None or is_constant(value) for value in node.inputs):
         return None
     if has_subgraphs(node):
         return None
@@ -101,11 +102,6 @@ def _deterministic(node: ir.Node) -> bool:
     return False  # unknown domains: their ops may be anything (as onnxruntime assumes)
 
 
-def _is_constant(value: ir.Value) -> bool:
-    """An initializer (of this graph or an outer one) that no caller can override."""
-    return value.is_initializer() and value.const_value is not None and not value.is_graph_input()
-
-
 def _is_dequantize(node: ir.Node) -> bool:
     return node.op_type == "DequantizeLinear" and node.domain in ("", "com.microsoft")
 
@@ -122,7 +118,7 @@ def _qdq_unit_folds(dequantize: ir.Node) -> bool:
         quantize is not None
         and quantize.op_type == "QuantizeLinear"
         and _deterministic(quantize)
-        and all(value is None or _is_constant(value) for value in quantize.inputs[1:])
+        and all(value is None or is_constant(value) for value in quantize.inputs[1:])
     )
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
-from .matching import only_reader, replace_with, self_contained
+from .matching import is_constant, only_reader, replace_with, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 
@@ -39,7 +39,7 @@ class ConvActivationFusion(GraphPass):
             if not self_contained(nodes, activation.outputs[0]):
                 continue
             context.require_opset("com.microsoft", 1)
-            attributes = [attr for name, attr in conv.attributes.items()]
+            attributes = list(conv.attributes.values())
             attributes.append(ir.AttrString("activation", activation.op_type))
             if params:
                 attributes.append(ir.AttrFloat32s("activation_params", params))
@@ -72,7 +72,7 @@ def _clip_bounds(clip: ir.Node) -> list[float] | None:
         value = clip.inputs[position] if len(clip.inputs) > position else None
         if value is None:
             bounds.append(default)
-        elif value.const_value is not None and value.is_initializer() and not value.is_graph_input():
+        elif is_constant(value):
             array = np.asarray(constant_array(value))
             if array.size != 1:
                 return None

@@ -29,6 +29,7 @@ import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array, from_array
+from .matching import is_constant
 from .pass_manager import GraphPass, OptimizationContext
 
 _FOLDABLE_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
@@ -142,14 +143,14 @@ def _foldable_conv(follower: ir.Node, input_index: int, graph: ir.Graph) -> ir.N
     # it twice, or a subgraph, counts), no graph output.
     if len(conv_output.uses()) != 1 or conv_output.is_graph_output():
         return None
-    if len(conv.inputs) < 2 or not _is_constant(conv.inputs[1]):
+    if len(conv.inputs) < 2 or not is_constant(conv.inputs[1]):
         return None
     weight_tensor = conv.inputs[1].const_value
     if weight_tensor.dtype not in _FOLDABLE_TYPES or len(weight_tensor.shape) < 3:
         return None
     bias = conv.inputs[2] if len(conv.inputs) > 2 else None
     if bias is not None and (
-        not _is_constant(bias)
+        not is_constant(bias)
         or bias.const_value.dtype != weight_tensor.dtype
         or tuple(bias.const_value.shape) != (weight_tensor.shape[0],)
     ):
@@ -159,7 +160,7 @@ def _foldable_conv(follower: ir.Node, input_index: int, graph: ir.Graph) -> ir.N
 
 def _channel_constant(value: ir.Value | None, weight: np.ndarray) -> np.ndarray | None:
     """``value``'s constant as float64 per output channel ([M]), if it broadcasts over the Conv's output along channels only."""
-    if value is None or not _is_constant(value) or value.const_value.dtype != _dtype_of(weight):
+    if not is_constant(value) or value.const_value.dtype != _dtype_of(weight):
         return None
     array = constant_array(value)
     rank, channels = weight.ndim, weight.shape[0]  # the Conv output's rank is its weight's
@@ -210,14 +211,9 @@ def _new_initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.n
 
 def _float_constant(value: ir.Value | None) -> np.ndarray | None:
     """A float32/float64 constant as float64, else None."""
-    if value is None or not _is_constant(value) or value.const_value.dtype not in _FOLDABLE_TYPES:
+    if not is_constant(value) or value.const_value.dtype not in _FOLDABLE_TYPES:
         return None
     return constant_array(value).astype(np.float64)
-
-
-def _is_constant(value: ir.Value) -> bool:
-    """An initializer (of this graph or an outer one) that no caller can override."""
-    return value.is_initializer() and value.const_value is not None and not value.is_graph_input()
 
 
 def _used(value: ir.Value) -> bool:

@@ -13,7 +13,7 @@ import math
 
 import onnx_ir as ir
 
-from .matching import is_close, only_reader, partner, replace_with, scalar, self_contained
+from .matching import constant_vector, is_close, only_reader, partner, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _SQRT2 = math.sqrt(2.0)
@@ -91,7 +91,7 @@ def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> No
     bias_add = match.x.producer()
     if bias_add is not None and _is_bias_add(bias_add, match):
         inputs, op_type = [bias_add.inputs[0], bias_add.inputs[1]], "BiasGelu"
-        if not _is_bias(bias_add.inputs[1]):
+        if not constant_vector(bias_add.inputs[1]):
             inputs.reverse()
         match.nodes.insert(0, bias_add)
     elif context.opset_imports.get("", 1) >= 20:
@@ -106,16 +106,9 @@ def _is_bias_add(add: ir.Node, match: _Match) -> bool:
     """``x = Add(a, bias)`` whose only readers are the pattern's nodes, with a constant 1-D bias."""
     if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2 or match.x.is_graph_output():
         return False
-    if not any(_is_bias(value) for value in add.inputs):
+    if not any(constant_vector(value) for value in add.inputs):
         return False
     return all(use.node in match.nodes for use in match.x.uses())
-
-
-def _is_bias(value: ir.Value | None) -> bool:
-    if value is None or not value.is_initializer() or value.is_graph_input() or value.const_value is None:
-        return False
-    return len(value.const_value.shape) == 1
-
 
 
 

@@ -24,9 +24,19 @@ def partner(node: ir.Node | None, value: ir.Value) -> ir.Value | None:
     return second if first is value else first if second is value else None
 
 
+def is_constant(value: ir.Value | None) -> bool:
+    """An initializer (of this graph or an outer one) that no caller can override."""
+    return value is not None and value.is_initializer() and value.const_value is not None and not value.is_graph_input()
+
+
+def constant_vector(value: ir.Value | None) -> bool:
+    """A 1-D constant (:func:`is_constant`): a per-channel weight, bias or scale."""
+    return is_constant(value) and len(value.const_value.shape) == 1
+
+
 def scalar(value: ir.Value | None) -> float | None:
     """The value of a one-element float constant no caller can override, else None."""
-    if value is None or value.const_value is None or value.is_graph_input():
+    if not is_constant(value):
         return None
     array = constant_array(value)
     if array.size != 1 or array.dtype.kind != "f":

@@ -36,6 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
+from .matching import is_constant
 from .pass_manager import GraphPass, OptimizationContext
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -100,7 +101,7 @@ def _constant(node: ir.Node, index: int) -> np.ndarray | None:
     if index >= len(node.inputs):
         return None
     value = node.inputs[index]
-    if value is None or not value.is_initializer() or value.const_value is None or value.is_graph_input():
+    if not is_constant(value):
         return None
     return constant_array(value)
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
-from .matching import only_reader, partner, replace_with, scalar, self_contained
+from .matching import constant_vector, is_constant, only_reader, partner, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 
@@ -65,7 +65,7 @@ def _match(power: ir.Node, context: OptimizationContext):
     nodes.append(normalized)
     scale = only_reader(normalized.outputs[0])
     weight = partner(scale, normalized.outputs[0]) if scale is not None and scale.op_type == "Mul" else None
-    if weight is not None and _is_vector_constant(weight):
+    if constant_vector(weight):
         nodes.append(scale)
         output = scale.outputs[0]
     else:  # no weight (or one of ones that no-op elimination removed): a weight of ones
@@ -108,7 +108,7 @@ def _over_last_axis(mean: ir.Node, x: ir.Value, context: OptimizationContext) ->
     axes = mean.attributes.get_ints("axes")
     if axes is None and len(mean.inputs) > 1 and mean.inputs[1] is not None:
         value = mean.inputs[1]
-        if value.const_value is None or value.is_graph_input():
+        if not is_constant(value):
             return False
         axes = [int(a) for a in constant_array(value).reshape(-1)]
     if keepdims != 1 or axes is None or len(axes) != 1:
@@ -116,6 +116,3 @@ def _over_last_axis(mean: ir.Node, x: ir.Value, context: OptimizationContext) ->
     rank = len(x.shape) if x.shape is not None else None
     return axes[0] == -1 or (rank is not None and axes[0] == rank - 1)
 
-
-def _is_vector_constant(value: ir.Value) -> bool:
-    return value.const_value is not None and not value.is_graph_input() and len(value.const_value.shape) == 1

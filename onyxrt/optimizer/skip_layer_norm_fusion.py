@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from .matching import constant_vector
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _FUSED = {"LayerNormalization": "SkipLayerNormalization", "SimplifiedLayerNormalization": "SkipSimplifiedLayerNormalization"}
@@ -48,7 +49,7 @@ def _fusable(add: ir.Node, norm: ir.Node) -> bool:
     if axis not in (-1, len(first.shape) - 1):
         return False
     params = norm.inputs[1:]
-    if not params or any(value is None or not _constant_vector(value) for value in params):
+    if not params or not all(constant_vector(value) for value in params):
         return False
     return all(not output.uses() and not output.is_graph_output() for output in norm.outputs[1:])
 
@@ -64,8 +65,8 @@ def _fuse(graph: ir.Graph, add: ir.Node, norm: ir.Node, context: OptimizationCon
     for old, new in ((norm.outputs[0], fused.outputs[0]), (add.outputs[0], fused.outputs[3])):
         new.type, new.shape, name = old.type, old.shape, old.name
         old.replace_all_uses_with(new, replace_graph_outputs=True)
-        if old is norm.outputs[0] or name:
-            old.name = None
+        if name:
+            old.name = None  # frees the name for the fused output
             new.name = name
     graph.remove(norm, safe=True)
     graph.remove(add, safe=True)
@@ -78,6 +79,3 @@ def _same_float_type(first: ir.Value, second: ir.Value) -> bool:
         and first.type.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16)
     )
 
-
-def _constant_vector(value: ir.Value) -> bool:
-    return value.const_value is not None and value.is_initializer() and not value.is_graph_input() and len(value.const_value.shape) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 from onnx import defs
 
@@ -297,8 +298,6 @@ def _readable(tensor: onnx.TensorProto) -> bool:
 
 
 def _fits(value: int, dtype) -> bool:
-    import numpy as np
-
     info = np.iinfo(dtype)
     return info.min <= value <= info.max
 
