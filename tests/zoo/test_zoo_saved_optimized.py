@@ -1,0 +1,57 @@
+"""onyxrt's EXTENDED-optimized zoo models: outputs unchanged (≤ 1e-4 relative), and the saved
+optimized model (``optimized_model_filepath``) loads and runs in onnxruntime with the same outputs.
+
+The fused nodes use onnxruntime's com.microsoft contrib-op definitions, so onnxruntime with its own
+optimizer off runs exactly the graph we wrote.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from feeds import decoder_feeds, encoder_feeds, vision_feeds
+
+import onyxrt
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
+
+MODELS = ("resnet50", "mobilenet_v2", "bert_base", "minilm_l6", "llama_tiny", "distilbert_dynamo", "llama_tiny_dynamo")
+
+
+def _feeds(name: str) -> dict[str, np.ndarray]:
+    if name in ("resnet50", "mobilenet_v2"):
+        return vision_feeds(1)
+    if name.startswith("llama"):
+        return decoder_feeds(2, 3, 5)
+    return encoder_feeds("bert_base", 2, 16)  # the second row padded
+
+
+def _assert_close(got: list[np.ndarray], want: list[np.ndarray], names: list[str], who: str) -> None:
+    for name, g, w in zip(names, got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype, f"{who}: {name}"
+        scale = max(float(np.max(np.abs(w))), 1e-6)
+        error = float(np.max(np.abs(g.astype(np.float64) - w))) if w.size else 0.0
+        assert error <= 1e-4 * scale, f"{who}: {name}: max abs error {error:.3g} > 1e-4 x {scale:.3g}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_extended_model_saved_by_onyxrt_runs_in_onnxruntime(zoo_model, tmp_path, name):
+    path = zoo_model(name)
+    options = onyxrt.SessionOptions()
+    options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ours = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(path, plain, providers=["CPUExecutionProvider"])
+    saved = ort.InferenceSession(options.optimized_model_filepath, plain, providers=["CPUExecutionProvider"])
+
+    names = [o.name for o in reference.get_outputs()]
+    assert [o.name for o in saved.get_outputs()] == names
+    inputs = {i.name for i in reference.get_inputs()}
+    feeds = {key: value for key, value in _feeds(name).items() if key in inputs}
+    want = reference.run(None, feeds)
+    _assert_close(ours.run(None, feeds), want, names, "onyxrt at EXTENDED")
+    _assert_close(saved.run(None, feeds), want, names, "onnxruntime on onyxrt's saved model")
