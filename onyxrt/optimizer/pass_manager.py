@@ -164,20 +164,27 @@ class PassManager:
         if not passes:
             return report
         report.reached_fixed_point = False
+        # A rewrite may add or drop subgraphs, but only of the graph it rewrites, which comes after
+        # its own subgraphs in this order: the list stays valid for the rest of a pass.
+        graphs = list(graphs_innermost_first(model.graph))
         for _ in range(self.max_rounds):
             report.rounds += 1
             changed = 0
             for graph_pass in passes:
                 start = time.perf_counter()
-                for graph in graphs_innermost_first(model.graph):
+                pass_changed = False
+                for graph in graphs:
                     rewrites = graph_pass.run(graph, context)
                     if context._take_reordered(graph):
                         _sort(graph)
                     if not rewrites:
                         continue
+                    pass_changed = True
                     changed += rewrites
                     report.counts[graph_pass.name] = report.counts.get(graph_pass.name, 0) + rewrites
                     _check_order_after(graph, graph_pass)
+                if pass_changed:
+                    graphs = list(graphs_innermost_first(model.graph))
                 report.seconds[graph_pass.name] = report.seconds.get(graph_pass.name, 0.0) + time.perf_counter() - start
             if not changed:
                 report.reached_fixed_point = True
