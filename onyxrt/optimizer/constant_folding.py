@@ -3,7 +3,9 @@
 Follows onnxruntime's ``ConstantFolding`` transformer: deterministic ops of the ONNX
 domain (and com.microsoft's QuantizeLinear/DequantizeLinear) whose inputs are all
 constant initializers are evaluated with the session's constant evaluator and replaced
-by initializers; a ``Shape`` node whose input has a static shape becomes its shape.
+by initializers; a ``Shape`` node whose input has a static shape becomes its shape, and a
+``Gather`` or ``Slice`` of a ``Shape`` that picks only static dims of a partly dynamic shape
+becomes those dims (the shape arithmetic exporters emit for head sizes and hidden widths).
 Not folded:
 
 * nodes with subgraphs (the manager folds inside the subgraphs instead);
@@ -44,7 +46,7 @@ class ConstantFolding(GraphPass):
     def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
         folded = 0
         for node in list(graph):
-            arrays = _static_shape(node) if _is_shape(node) else _evaluate(node, context)
+            arrays = _static_shape(node) if _is_shape(node) else _evaluate(node, context) or _static_dims_picked(node)
             if arrays is None:
                 continue
             tensors = [from_array(array, output.name) for output, array in zip(node.outputs, arrays)]
@@ -68,6 +70,53 @@ def _static_shape(node: ir.Node) -> list[np.ndarray] | None:
     # Shape-15's start/end slice as Python slices do (negative from the end, clamped).
     start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", len(dims))
     return [np.array(dims[start:end], dtype=np.int64)]
+
+
+def _static_dims_picked(node: ir.Node) -> list[np.ndarray] | None:
+    """A Gather (axis 0) or Slice of a Shape node's output that selects only static dims: those dims, else None."""
+    if node.domain != "" or node.op_type not in ("Gather", "Slice") or not node.inputs or node.inputs[0] is None:
+        return None
+    shape_node = node.inputs[0].producer()
+    if shape_node is None or not _is_shape(shape_node) or shape_node.inputs[0] is None:
+        return None
+    shape = shape_node.inputs[0].shape
+    if shape is None:
+        return None
+    dims = list(shape)
+    dims = dims[shape_node.attributes.get_int("start", 0):shape_node.attributes.get_int("end", len(dims))]
+    positions = np.arange(len(dims))
+    rest = node.inputs[1:]
+    if not rest or not all(value is None or is_constant(value) for value in rest):
+        return None
+    try:
+        if node.op_type == "Gather":
+            if node.attributes.get_int("axis", 0) != 0:
+                return None
+            indices = constant_array(rest[0])
+            if indices.size and (indices.min() < -len(dims) or indices.max() >= len(dims)):
+                return None  # out of range: left for the kernel to report
+            picked = positions[indices]
+        else:
+            picked = _sliced(positions, [None if value is None else constant_array(value) for value in rest])
+    except (IndexError, ValueError):
+        return None
+    if picked is None or not all(isinstance(dims[int(i)], int) for i in np.ravel(picked)):
+        return None
+    return [np.array([dims[int(i)] for i in np.ravel(picked)], dtype=np.int64).reshape(np.shape(picked))]
+
+
+def _sliced(positions: np.ndarray, arguments: list[np.ndarray | None]) -> np.ndarray | None:
+    """``positions`` sliced by Slice's starts/ends/axes/steps (1-D data: the only axis is 0)."""
+    starts, ends, axes, steps = (arguments + [None, None, None])[:4]
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        return None
+    if axes is not None and (axes.size != 1 or int(axes.flat[0]) not in (0, -1)):
+        return None
+    step = 1 if steps is None else int(np.ravel(steps)[0])
+    if step == 0:
+        return None
+    # Python slices clamp out-of-range bounds as ONNX Slice does, negative ones counting from the end.
+    return positions[int(starts.flat[0]):int(ends.flat[0]):step]
 
 
 def _evaluate(node: ir.Node, context: OptimizationContext) -> list[np.ndarray] | None:
