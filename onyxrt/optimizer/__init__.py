@@ -14,6 +14,7 @@ from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
 from .conv_activation_fusion import ConvActivationFusion
 from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
+from .conv_residual_add_fusion import ConvResidualAddFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
@@ -53,7 +54,7 @@ def default_passes() -> list[GraphPass]:
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
-        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
+        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
     ]
 

@@ -32,7 +32,7 @@ class ConvActivationFusion(GraphPass):
             activation = only_reader(output)
             if activation is None or activation.domain != "" or not _is_float32(output):
                 continue
-            params = _activation_params(activation)
+            params = activation_params(activation)
             if params is None or activation.inputs[0] is not output:
                 continue
             nodes = [conv, activation]
@@ -50,7 +50,7 @@ class ConvActivationFusion(GraphPass):
         return fused
 
 
-def _activation_params(node: ir.Node) -> list[float] | None:
+def activation_params(node: ir.Node) -> list[float] | None:
     """FusedConv's parameters for activation ``node`` ([] for none), None when it cannot fuse."""
     op = node.op_type
     if op in ("Relu", "Sigmoid", "Tanh"):
