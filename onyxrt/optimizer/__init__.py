@@ -17,6 +17,7 @@ from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .conv_residual_add_fusion import ConvResidualAddFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
+from .gemm_activation_fusion import GemmActivationFusion
 from .identity_elimination import IdentityElimination
 from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
@@ -54,7 +55,8 @@ def default_passes() -> list[GraphPass]:
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
-        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(),
+        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
+        ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),
     ]
 
