@@ -16,6 +16,7 @@ from .conv_activation_fusion import ConvActivationFusion
 from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .conv_residual_add_fusion import ConvResidualAddFusion
 from .dead_code_elimination import DeadCodeElimination
+from .fast_gelu_fusion import FastGeluFusion
 from .gelu_fusion import GeluFusion
 from .gemm_activation_fusion import GemmActivationFusion
 from .identity_elimination import IdentityElimination
@@ -55,7 +56,7 @@ def default_passes() -> list[GraphPass]:
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
-        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
+        DeadCodeElimination(), GeluFusion(), FastGeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
         ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),
     ]

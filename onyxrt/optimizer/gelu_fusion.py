@@ -50,13 +50,13 @@ def _match(erf: ir.Node) -> _Match | None:
     if scale.op_type == "Div":
         x = scale.inputs[0] if _is_scalar(scale.inputs[1], _SQRT2) else None
     elif scale.op_type == "Mul":
-        x = _other(scale, 1 / _SQRT2)
+        x = other_than(scale, 1 / _SQRT2)
     else:
         return None
     plus_one = only_reader(erf.outputs[0])
-    if x is None or plus_one is None or plus_one.op_type != "Add" or _other(plus_one, 1.0) is not erf.outputs[0]:
+    if x is None or plus_one is None or plus_one.op_type != "Add" or other_than(plus_one, 1.0) is not erf.outputs[0]:
         return None
-    product = _half_x_times(x, plus_one.outputs[0])
+    product = half_x_times(x, plus_one.outputs[0])
     if product is None:
         return None
     muls, output = product
@@ -64,7 +64,7 @@ def _match(erf: ir.Node) -> _Match | None:
     return _Match(x, nodes, output) if self_contained(nodes, output) else None
 
 
-def _half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], ir.Value] | None:
+def half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], ir.Value] | None:
     """The two Muls forming ``0.5 * x * one_plus_erf`` in any association, and their result."""
     first = only_reader(one_plus_erf)
     if first is None or first.op_type != "Mul" or first.domain != "":
@@ -72,7 +72,7 @@ def _half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], i
     other = partner(first, one_plus_erf)
     if other is x:  # (x * (1 + erf)) * 0.5
         second = only_reader(first.outputs[0])
-        if second is not None and second.op_type == "Mul" and _other(second, 0.5) is first.outputs[0]:
+        if second is not None and second.op_type == "Mul" and other_than(second, 0.5) is first.outputs[0]:
             return [first, second], second.outputs[0]
         return None
     if _is_scalar(other, 0.5):  # x * ((1 + erf) * 0.5)
@@ -81,18 +81,16 @@ def _half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], i
             return [first, second], second.outputs[0]
         return None
     half = other.producer() if other is not None else None  # (x * 0.5) * (1 + erf)
-    if half is not None and half.op_type == "Mul" and half.domain == "" and _other(half, 0.5) is x:
+    if half is not None and half.op_type == "Mul" and half.domain == "" and other_than(half, 0.5) is x:
         return [half, first], first.outputs[0]
     return None
 
 
 def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> None:
     inputs, op_type, domain = [match.x], "Gelu", _MICROSOFT
-    bias_add = match.x.producer()
-    if bias_add is not None and _is_bias_add(bias_add, match):
-        inputs, op_type = [bias_add.inputs[0], bias_add.inputs[1]], "BiasGelu"
-        if not constant_vector(bias_add.inputs[1]):
-            inputs.reverse()
+    bias_add = bias_add_of(match.x, match.nodes)
+    if bias_add is not None:
+        inputs, op_type = biased_inputs(bias_add), "BiasGelu"
         match.nodes.insert(0, bias_add)
     elif context.opset_imports.get("", 1) >= 20:
         domain = ""
@@ -102,17 +100,23 @@ def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> No
     replace_with(graph, match.nodes, match.output, fused)
 
 
-def _is_bias_add(add: ir.Node, match: _Match) -> bool:
-    """``x = Add(a, bias)`` whose only readers are the pattern's nodes, with a constant 1-D bias."""
-    if add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2 or match.x.is_graph_output():
-        return False
+def bias_add_of(x: ir.Value, nodes: list[ir.Node]) -> ir.Node | None:
+    """The ``Add(a, bias)`` producing ``x`` (constant 1-D bias) when only ``nodes`` read ``x``, else None."""
+    add = x.producer()
+    if add is None or add.op_type != "Add" or add.domain != "" or len(add.inputs) != 2 or x.is_graph_output():
+        return None
     if not any(constant_vector(value) for value in add.inputs):
-        return False
-    return all(use.node in match.nodes for use in match.x.uses())
+        return None
+    return add if all(use.node in nodes for use in x.uses()) else None
 
 
+def biased_inputs(bias_add: ir.Node) -> list[ir.Value]:
+    """A bias Add's inputs as (activation input, bias)."""
+    first, second = bias_add.inputs
+    return [first, second] if constant_vector(second) else [second, first]
 
-def _other(node: ir.Node, constant: float) -> ir.Value | None:
+
+def other_than(node: ir.Node, constant: float) -> ir.Value | None:
     """The input of binary ``node`` that is not the scalar ``constant`` (None when neither input is it)."""
     if len(node.inputs) != 2:
         return None
