@@ -4,7 +4,8 @@
 product may associate either way, constants may sit on either side — becomes
 ``Gelu(x)`` (ONNX Gelu at opset 20 and later, com.microsoft Gelu before). When ``x`` is
 ``Add(a, bias)`` with a constant 1-D bias read by nothing else, the Add joins as
-com.microsoft ``BiasGelu(a, bias)``. onnxruntime: GeluFusion, BiasGeluFusion.
+com.microsoft ``BiasGelu(a, bias)``; so does the bias Add before an ONNX ``Gelu`` op (opset 20,
+exact form). onnxruntime: GeluFusion, BiasGeluFusion.
 """
 
 from __future__ import annotations
@@ -32,8 +33,19 @@ class GeluFusion(GraphPass):
         fused = 0
         for erf in [node for node in graph if node.op_type == "Erf" and node.domain == ""]:
             match = _match(erf)
-            if match is not None:
+            # onnxruntime's CPU Gelu/BiasGelu are float32 kernels; the ONNX op (opset 20) takes any float
+            if match is not None and (_is_float32(match.x) or context.opset_imports.get("", 1) >= 20):
                 _replace(graph, match, context)
+                fused += 1
+        for gelu in [node for node in graph if node.op_type == "Gelu" and node.domain == ""]:
+            # the ONNX op (opset 20) is one node already; only its bias Add is left to fuse
+            if gelu.attributes.get_string("approximate", "none") != "none" or gelu.inputs[0] is None:
+                continue
+            bias_add = bias_add_of(gelu.inputs[0], [gelu])
+            if bias_add is not None and _is_float32(gelu.inputs[0]):
+                context.require_opset(_MICROSOFT, 1)
+                fused_node = ir.Node(_MICROSOFT, "BiasGelu", biased_inputs(bias_add), num_outputs=1, name=f"{gelu.name or 'gelu'}_bias")
+                replace_with(graph, [bias_add, gelu], gelu.outputs[0], fused_node)
                 fused += 1
         return fused
 
@@ -88,7 +100,7 @@ def half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], ir
 
 def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> None:
     inputs, op_type, domain = [match.x], "Gelu", _MICROSOFT
-    bias_add = bias_add_of(match.x, match.nodes)
+    bias_add = bias_add_of(match.x, match.nodes) if _is_float32(match.x) else None
     if bias_add is not None:
         inputs, op_type = biased_inputs(bias_add), "BiasGelu"
         match.nodes.insert(0, bias_add)
@@ -131,3 +143,7 @@ def other_than(node: ir.Node, constant: float) -> ir.Value | None:
 def _is_scalar(value: ir.Value | None, expected: float) -> bool:
     """``value`` is a constant holding one element close to ``expected``."""
     return is_close(scalar(value), expected)
+
+
+def _is_float32(value: ir.Value) -> bool:
+    return isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT

@@ -106,3 +106,8 @@ def test_bias_add_read_elsewhere_stays_outside(tmp_path):
     nodes, constants = _hf_gelu_new("pow")
     histogram = _saved_ops(_model(nodes, constants, outputs=("y", "x")), tmp_path)
     assert histogram == {"Add": 1, "FastGelu": 1}
+
+
+def test_exact_gelu_op_takes_its_bias_as_bias_gelu(tmp_path):
+    nodes = [helper.make_node("Add", ["bias", "a"], ["x"]), helper.make_node("Gelu", ["x"], ["y"])]
+    assert _saved_ops(_model(nodes, [], opset=20), tmp_path) == {"BiasGelu": 1}
