@@ -61,7 +61,9 @@ def _fuse(graph: ir.Graph, add: ir.Node, norm: ir.Node, context: OptimizationCon
         "com.microsoft", _FUSED[norm.op_type], [*add.inputs, *norm.inputs[1:]], num_outputs=4,
         attributes=[ir.AttrFloat32("epsilon", epsilon)], name=f"{norm.name or 'norm'}_skip",
     )
-    graph.insert_before(norm, fused)
+    # Where the Add was: readers of the sum may sit between the Add and the norm (pre-norm blocks
+    # take the residual's Shape there); the norm's other inputs are constants, defined anywhere.
+    graph.insert_before(add, fused)
     for old, new in ((norm.outputs[0], fused.outputs[0]), (add.outputs[0], fused.outputs[3])):
         new.type, new.shape, name = old.type, old.shape, old.name
         old.replace_all_uses_with(new, replace_graph_outputs=True)

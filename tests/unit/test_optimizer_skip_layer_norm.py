@@ -56,3 +56,14 @@ def test_add_then_simplified_layer_norm_becomes_its_skip_form(tmp_path):
 def test_a_broadcast_skip_is_left_alone(tmp_path):
     feeds = {"a": _FEEDS["a"], "b": _FEEDS["b"][:1]}
     assert _ops(_model(b_shape=(1, 3, 8)), tmp_path, feeds) == {"Add": 1, "LayerNormalization": 1}
+
+
+def test_sum_read_between_the_add_and_the_norm_stays_in_order(tmp_path):
+    # pre-norm blocks read the residual (its Shape, a second branch) before the norm runs
+    model = _model()
+    reader = helper.make_node("Neg", ["sum"], ["early"])
+    nodes = list(model.graph.node)
+    model.graph.ClearField("node")
+    model.graph.node.extend([nodes[0], reader, nodes[1]])
+    model.graph.output.append(helper.make_tensor_value_info("early", TensorProto.FLOAT, None))
+    assert _ops(model, tmp_path) == {"SkipLayerNormalization": 1, "Neg": 1}
