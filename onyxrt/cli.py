@@ -1,4 +1,4 @@
-"""The ``onyxrt`` command line: ``onyxrt run [MODEL]`` and ``onyxrt info MODEL``."""
+"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT`` and ``bench MODEL``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
+from . import benchmark
 from .errors import OnyxRuntimeError
 from .graph.model_loader import read_model_proto
 from .graph.types import np_dtype, tensor_shape, type_string
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--level", choices=tuple(_LEVELS), default="extended", help="graph optimization level")
     optimize.add_argument("--report", action="store_true", help="each pass's rewrites and time, ops before and after")
     optimize.set_defaults(handler=cmd_optimize)
+    bench = commands.add_parser("bench", help="latency percentiles, throughput, memory and session creation (--compare onnxruntime)")
+    benchmark.add_arguments(bench)
+    bench.set_defaults(handler=benchmark.run)
     return parser
 
 
