@@ -17,6 +17,7 @@ from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
 from .identity_elimination import IdentityElimination
+from .layer_norm_fusion import LayerNormFusion
 from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
 from .noop_elimination import NoopElimination
@@ -53,7 +54,7 @@ def default_passes() -> list[GraphPass]:
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
-        DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
+        DeadCodeElimination(), GeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
     ]
 
