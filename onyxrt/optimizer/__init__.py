@@ -31,6 +31,7 @@ from .pass_manager import (
     OptimizationReport,
     PassManager,
 )
+from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
 from .silu_fusion import SiluFusion
 from .skip_layer_norm_fusion import SkipLayerNormFusion
@@ -56,6 +57,7 @@ def default_passes() -> list[GraphPass]:
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
+        ReshapeChainFusion(),
     ]
 
 
