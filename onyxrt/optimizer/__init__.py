@@ -20,6 +20,7 @@ from .identity_elimination import IdentityElimination
 from .layer_norm_fusion import LayerNormFusion
 from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
+from .matmul_transpose_fusion import MatMulTransposeFusion
 from .noop_elimination import NoopElimination
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
@@ -35,6 +36,7 @@ from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
 from .silu_fusion import SiluFusion
 from .skip_layer_norm_fusion import SkipLayerNormFusion
+from .transpose_optimizer import TransposeOptimizer
 
 __all__ = [
     "DEFAULT_MAX_FOLDED_BYTES",
@@ -57,7 +59,7 @@ def default_passes() -> list[GraphPass]:
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
-        ReshapeChainFusion(),
+        ReshapeChainFusion(), TransposeOptimizer(), MatMulTransposeFusion(),
     ]
 
 
