@@ -30,7 +30,7 @@ _NORMALIZED_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
 
 
 class LayerNormFusion(GraphPass):
-    """Replaces the reduce-mean spelling of LayerNorm (8-11 nodes) by one LayerNormalization."""
+    """Replaces the reduce-mean spelling of LayerNorm (7 to 12 nodes) by one LayerNormalization."""
 
     name = "layer_norm_fusion"
     ort_names = ("LayerNormFusion",)
@@ -132,20 +132,21 @@ def _divided(sqrt: ir.Node, centered: ir.Value, nodes: list[ir.Node]) -> ir.Valu
 def _without_casts(x: ir.Value, normalized: ir.Value, nodes: list[ir.Node]) -> tuple[ir.Value, ir.Value]:
     """(the LayerNormalization's input, the normalized value) once a Cast pair around the pattern joins it.
 
-    ``x = Cast(x16, FLOAT)`` with the normalized value cast back to ``x16``'s type: the fused
-    node reads ``x16`` and the back Cast joins; the first Cast joins when only the pattern reads it.
+    ``x = Cast(x16, FLOAT)`` from float16 with the normalized value cast back to float16: the
+    fused node reads ``x16`` and the back Cast joins; the first Cast joins when only the pattern reads it.
     """
     cast_in = x.producer()
     cast_back = only_reader(normalized)
     if cast_in is None or cast_in.op_type != "Cast" or cast_in.domain != "" or cast_back is None:
         return x, normalized
     source = cast_in.inputs[0]
-    if cast_back.op_type != "Cast" or cast_back.domain != "" or _dtype(source) is None:
+    if cast_back.op_type != "Cast" or cast_back.domain != "" or _dtype(source) != ir.DataType.FLOAT16:
         return x, normalized
-    if cast_back.attributes.get_int("to", 0) != _dtype(source).value or _dtype(x) != ir.DataType.FLOAT:
+    if cast_back.attributes.get_int("to", 0) != ir.DataType.FLOAT16.value or _dtype(x) != ir.DataType.FLOAT:
         return x, normalized
     nodes.append(cast_back)
-    if all(any(use.node is node for node in nodes) for use in x.uses()) and not x.is_graph_output():
+    only_the_pattern_reads_x = all(any(use.node is node for node in nodes) for use in x.uses()) and not x.is_graph_output()
+    if only_the_pattern_reads_x and cast_in.graph is nodes[0].graph:
         nodes.insert(0, cast_in)
     return source, cast_back.outputs[0]
 

@@ -118,7 +118,7 @@ def _cancel_across_elementwise(graph: ir.Graph, first: ir.Node) -> int:
     chain, value = [], first.outputs[0]
     while True:
         reader = only_reader(value)
-        if reader is None or reader.domain != "":
+        if reader is None or reader.domain != "" or reader.graph is not graph:
             return 0
         if reader.op_type == "Transpose":
             break

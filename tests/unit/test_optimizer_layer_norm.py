@@ -17,13 +17,13 @@ _X = np.random.default_rng(1).standard_normal((2, 3, _D)).astype(np.float32) * 3
 
 
 def _ln_model(opset: int = 13, square: str = "pow", inverse: str = "div", gamma: bool = True, beta: bool = True,
-              fp16: bool = False, axes=(-1,), centered_output: bool = False,
+              fp16: bool = False, casts: bool = True, axes=(-1,), centered_output: bool = False,
               gamma_shape=(_D,)) -> onnx.ModelProto:
     """TorchScript's LayerNorm spelling (opset < 17), with the variations exporters and tf2onnx write."""
     data = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     nodes = []
     x = "x"
-    if fp16:  # torch's symbolic casts a half input to float and the result back
+    if fp16 and casts:  # torch's symbolic casts a half input to float and the result back
         nodes.append(helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT))
         x = "x32"
 
@@ -43,7 +43,7 @@ def _ln_model(opset: int = 13, square: str = "pow", inverse: str = "div", gamma:
         nodes += [helper.make_node("Reciprocal", ["std"], ["inv"]),
                   helper.make_node("Mul", ["inv", "centered"], ["normalized"])]
     last = "normalized"
-    if fp16:
+    if fp16 and casts:
         nodes.append(helper.make_node("Cast", ["normalized"], ["normalized16"], to=TensorProto.FLOAT16))
         last = "normalized16"
     if gamma:
@@ -55,9 +55,10 @@ def _ln_model(opset: int = 13, square: str = "pow", inverse: str = "div", gamma:
     nodes.append(helper.make_node("Identity", [last], ["y"]))
     rng = np.random.default_rng(0)
     param_type = np.float16 if fp16 else np.float32
+    inner_type = np.float16 if fp16 and not casts else np.float32
     initializers = [
-        numpy_helper.from_array(np.array(2.0, np.float32), "two"),
-        numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        numpy_helper.from_array(np.array(2.0, inner_type), "two"),
+        numpy_helper.from_array(np.array(1e-5, inner_type), "eps"),
         numpy_helper.from_array(np.array(list(axes), np.int64), "axes"),
         numpy_helper.from_array(rng.standard_normal(gamma_shape).astype(param_type), "gamma"),
         numpy_helper.from_array(rng.standard_normal(_D).astype(param_type), "beta"),
@@ -101,6 +102,11 @@ def test_layer_norm_without_gamma_or_beta_fuses(gamma, beta, tmp_path):
 @pytest.mark.parametrize("opset", [14, 18])
 def test_fp16_layer_norm_with_its_float_casts_fuses_into_one_node(opset, tmp_path):
     ops = _optimized(_ln_model(opset, fp16=True), tmp_path, _X.astype(np.float16), tolerance=1e-2)
+    assert ops == {"LayerNormalization": 1}
+
+
+def test_fp16_layer_norm_computed_in_fp16_fuses(tmp_path):
+    ops = _optimized(_ln_model(fp16=True, casts=False), tmp_path, _X.astype(np.float16), tolerance=1e-2)
     assert ops == {"LayerNormalization": 1}
 
 
