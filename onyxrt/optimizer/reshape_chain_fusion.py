@@ -10,7 +10,7 @@ shape, so a ``-1`` is written only when every other entry is a known size, or wh
 last node is itself a Reshape with its ``-1`` there (the two then fail or succeed together,
 on empty tensors too); a known size 0 blocks the chain (``0`` would copy). A chain of
 Unsqueezes alone becomes one Unsqueeze with the axes combined (legal for every shape).
-onnxruntime: ReshapeFusion (its Reshape-of-Reshape case), UnsqueezeElimination's merging.
+onnxruntime: ReshapeFusion (its contiguous-reshape case).
 """
 
 from __future__ import annotations

@@ -70,7 +70,8 @@ def transposed_input(value: ir.Value | None) -> tuple[ir.Node, list[int]] | None
     return (producer, perm) if perm is not None else None
 
 
-def remove_if_unread(graph: ir.Graph, node: ir.Node) -> None:
+def _remove_if_unread(graph: ir.Graph, node: ir.Node) -> None:
+    """Removes ``node`` once nothing reads its outputs (its other readers keep it otherwise)."""
     if node.graph is graph and not any(value.uses() or value.is_graph_output() for value in node.outputs):
         graph.remove(node, safe=True)
 
@@ -87,7 +88,7 @@ def _merge_with_earlier_transpose(graph: ir.Graph, second: ir.Node) -> int:
     if composed != list(range(len(composed))) or not _bypass(graph, second, source):
         second.replace_input_with(0, source)
         second.attributes["perm"] = ir.AttrInt64s("perm", composed)
-    remove_if_unread(graph, first)
+    _remove_if_unread(graph, first)
     return 1
 
 
@@ -174,6 +175,6 @@ def _fold_into_gemm(graph: ir.Graph, gemm: ir.Node) -> int:
         transpose = transposed[0]
         gemm.replace_input_with(index, transpose.inputs[0])
         gemm.attributes[flag] = ir.AttrInt64(flag, 1 - gemm.attributes.get_int(flag, 0))
-        remove_if_unread(graph, transpose)
+        _remove_if_unread(graph, transpose)
         folded += 1
     return folded
