@@ -20,8 +20,10 @@ from .fast_gelu_fusion import FastGeluFusion
 from .gelu_fusion import GeluFusion
 from .gemm_activation_fusion import GemmActivationFusion
 from .identity_elimination import IdentityElimination
+from .layer_norm_fusion import LayerNormFusion
 from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
+from .matmul_transpose_fusion import MatMulTransposeFusion
 from .noop_elimination import NoopElimination
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
@@ -33,9 +35,11 @@ from .pass_manager import (
     OptimizationReport,
     PassManager,
 )
+from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
 from .silu_fusion import SiluFusion
 from .skip_layer_norm_fusion import SkipLayerNormFusion
+from .transpose_optimizer import TransposeOptimizer
 
 __all__ = [
     "DEFAULT_MAX_FOLDED_BYTES",
@@ -56,9 +60,10 @@ def default_passes() -> list[GraphPass]:
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
-        DeadCodeElimination(), GeluFusion(), FastGeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(),
-        ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
+        DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),
+        MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),
+        ReshapeChainFusion(), TransposeOptimizer(), MatMulTransposeFusion(),
     ]
 
 
