@@ -31,6 +31,7 @@ from .pass_manager import (
     PassManager,
 )
 from .rms_norm_fusion import RmsNormFusion
+from .rotary_fusion import RotaryEmbeddingFusion
 from .silu_fusion import SiluFusion
 from .skip_layer_norm_fusion import SkipLayerNormFusion
 
@@ -55,6 +56,7 @@ def default_passes() -> list[GraphPass]:
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
+        RotaryEmbeddingFusion(),
     ]
 
 
