@@ -16,6 +16,7 @@ from .conv_activation_fusion import ConvActivationFusion
 from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .dead_code_elimination import DeadCodeElimination
 from .gelu_fusion import GeluFusion
+from .group_query_attention_fusion import GroupQueryAttentionFusion
 from .identity_elimination import IdentityElimination
 from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
@@ -56,7 +57,7 @@ def default_passes() -> list[GraphPass]:
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
-        RotaryEmbeddingFusion(),
+        RotaryEmbeddingFusion(), GroupQueryAttentionFusion(),
     ]
 
 

@@ -10,6 +10,7 @@ None where they are unknown.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -50,26 +51,31 @@ def constant_ints(value: ir.Value | None) -> list[int] | None:
     return [int(v) for v in np.asarray(array).reshape(-1)]
 
 
-def shape_entries(value: ir.Value | None, depth: int = _MAX_DEPTH) -> "list[int | Dim | None] | None":
-    """The entries ``value`` (a 1-D or scalar int tensor) holds, or None when its structure is not understood."""
+def shape_entries(
+    value: ir.Value | None, known: Mapping[ir.Value, Sequence] | None = None, depth: int = _MAX_DEPTH
+) -> "list[int | Dim | None] | None":
+    """The entries ``value`` (a 1-D or scalar int tensor) holds, or None when its structure is not understood.
+
+    ``known`` gives the dims (ints or :class:`Dim`) of values whose shape the graph does not record.
+    """
     if value is None or depth <= 0:
         return None
-    known = constant_ints(value)
-    if known is not None:
-        return known
+    constant = constant_ints(value)
+    if constant is not None:
+        return constant
     node = value.producer()
     if node is None or node.domain != "" or value is not node.outputs[0]:
         return None
-    read = lambda index: shape_entries(node.inputs[index] if len(node.inputs) > index else None, depth - 1)  # noqa: E731
+    read = lambda index: shape_entries(node.inputs[index] if len(node.inputs) > index else None, known, depth - 1)  # noqa: E731
     op = node.op_type
     if op == "Shape":
-        return _shape(node)
+        return _shape(node, known or {})
     if op in ("Identity", "Unsqueeze", "Squeeze", "Reshape") or (op == "Cast" and _to_int(node)):
         return read(0)
     if op == "Concat":
         if node.attributes.get_int("axis", 0) not in (0, -1):
             return None
-        parts = [shape_entries(v, depth - 1) for v in node.inputs]
+        parts = [shape_entries(v, known, depth - 1) for v in node.inputs]
         return None if any(p is None for p in parts) else [e for p in parts for e in p]
     if op == "Gather":
         data, indices = read(0), constant_ints(node.inputs[1])
@@ -109,15 +115,19 @@ def _to_int(cast: ir.Node) -> bool:
     return cast.attributes.get_int("to", 0) in (ir.DataType.INT64, ir.DataType.INT32)
 
 
-def _shape(node: ir.Node) -> "list[int | Dim | None] | None":
+def _shape(node: ir.Node, known: Mapping[ir.Value, Sequence]) -> "list[int | Dim | None] | None":
     source = node.inputs[0]
-    if source is None or source.shape is None:
+    if source in known:
+        dims = list(known[source])
+    elif source is not None and source.shape is not None:
+        dims = [dim_of(source, axis) for axis in range(len(source.shape))]
+    else:
         return None
-    rank = len(source.shape)
+    rank = len(dims)
     start = node.attributes.get_int("start", 0)
     end = node.attributes.get_int("end", rank)
     start, end = (max(0, min(rank, i + rank if i < 0 else i)) for i in (start, end))
-    return [dim_of(source, axis) for axis in range(start, end)]
+    return dims[start:end]
 
 
 def _slice(node: ir.Node, data: "list | None") -> "list | None":
