@@ -453,10 +453,10 @@ def rotary_embedding(
     rd = int(rotary_embedding_dim) or 2 * half
     if rd != 2 * half:
         raise NodeInputError(f"RotaryEmbedding: rotary_embedding_dim {rd} does not match the caches' {2 * half}")
-    if x.ndim == 4:
+    if x.ndim == 4:  # (B, N, S, H): a position per (batch, seq) row, broadcast over the heads
         B, N, S, H = x.shape
-        xh = x.astype(ct, copy=False)
-    elif x.ndim == 3:
+        xh, head_axis = x.astype(ct, copy=False), 1
+    elif x.ndim == 3:  # (B, S, N*H), rotated as the (B, S, N, H) view it is
         B, S, D = x.shape
         if rotary_embedding_dim and not num_heads:
             raise NodeInputError("RotaryEmbedding: num_heads is required with rotary_embedding_dim")
@@ -464,22 +464,22 @@ def rotary_embedding(
         if N <= 0 or D % N:
             raise NodeInputError(f"RotaryEmbedding: hidden size {D} is not a multiple of {N} heads")
         H = D // N
-        xh = x.astype(ct, copy=False).reshape(B, S, N, H).transpose(0, 2, 1, 3)
+        xh, head_axis = x.astype(ct, copy=False).reshape(B, S, N, H), 2
     else:
         raise NodeInputError(f"RotaryEmbedding: input must be 3-D or 4-D, got {x.shape}")
     if rd > H:
         raise NodeInputError(f"RotaryEmbedding: rotary dimension {rd} exceeds the head size {H}")
     pid = np.asarray(position_ids).astype(np.int64, copy=False)
-    if pid.size == 1 and pid.ndim <= 1:
-        positions = np.broadcast_to(int(pid.reshape(-1)[0]) + np.arange(S), (B, S))
-    else:
-        positions = np.broadcast_to(pid.reshape(-1, S), (B, S))
-    cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding")[:, None]  # (B, 1, S, half)
-    sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding")[:, None]
+    if pid.ndim == 1 and pid.size == 1:
+        positions = np.broadcast_to(int(pid[0]) + np.arange(S), (B, S))
+    elif pid.shape == (B, S):
+        positions = pid
+    else:  # onnxruntime's rule: no broadcasting of position_ids
+        raise NodeInputError(f"RotaryEmbedding: position_ids of shape {pid.shape} is neither (1) nor (batch, seq) = {(B, S)}")
+    cos = np.expand_dims(_cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
+    sin = np.expand_dims(_cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
     y = _rotate(xh, cos, sin, bool(interleaved))
-    if x.ndim == 3:
-        y = _merge_heads(y)
-    return y.astype(x.dtype, copy=False)
+    return y.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- GroupQueryAttention
@@ -495,8 +495,11 @@ def _same_buffer(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     """Whether two arrays are the same memory seen the same way (one buffer, as IOBinding may wrap it twice)."""
     if a is None or b is None:
         return False
-    return a is b or (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-                      and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+    if a is b:
+        return True
+    # the cheap comparisons first: the data pointer costs a dict per array
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _write_new_rows(past_key, past_value, k, v, P_b, W_b):
@@ -513,6 +516,14 @@ def _grown_cache(past_key, past_value, k, v, P_b, W_b, present_k, present_v):
     """Fill (B, Nkv, t_buf, H) caches: per batch entry b its P_b[b] valid past rows, then its
     W_b[b] new rows, then zeros; each row is written once."""
     B = k.shape[0]
+    if B and (P_b == P_b[0]).all() and (W_b == W_b[0]).all():  # every row alike: whole-batch copies
+        p, w = int(P_b[0]), int(W_b[0])
+        for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
+            if p:
+                present[:, :, :p] = past[:, :, :p]
+            present[:, :, p : p + w] = new[:, :, :w]
+            present[:, :, p + w :] = 0
+        return present_k, present_v
     for b in range(B):
         p, w = int(P_b[b]), int(W_b[b])
         for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
@@ -684,7 +695,7 @@ def group_query_attention(
         if local_window_size is not None and int(local_window_size) > 0:
             raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
         allowed = np.broadcast_to(j < limit, (B, S, T))
-    allowed = allowed[:, None]  # (B, 1, S, T)
+    allowed = None if allowed.all() else allowed[:, None]  # (B, 1, S, T); None: every key seen
 
     ab = _f(attention_bias, ct)
     if ab is not None:
