@@ -114,9 +114,13 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Attention | None:
     output = _transposed(weighted.outputs[0], [0, 2, 1, 3])
     if output is None:
         return None
-    num_heads, head_size = _static_dim(query, 1), _static_dim(query, 3)
-    kv_num_heads = next((d for d in (_static_dim(v, 1) for v in (new_key, past_key, present_key)) if d is not None), None)
-    if None in (num_heads, head_size, kv_num_heads) or num_heads != group * kv_num_heads or scale == 0.0:
+    # The counts come from whichever shape records them; q·Kᵀ and probs·V fail on any other query.
+    kv_num_heads = _first_static(1, new_key, past_key, present_key, new_value, past_value, present_value)
+    head_size = _first_static(3, new_key, past_key, present_key, query)
+    if None in (kv_num_heads, head_size) or scale == 0.0:
+        return None
+    num_heads = group * kv_num_heads
+    if _static_dim(query, 1) not in (None, num_heads) or _static_dim(query, 3) not in (None, head_size):
         return None
     for value in (new_key, new_value, past_key, past_value):
         if value.shape is None or len(value.shape) != 4 or _static_dim(value, 1) not in (None, kv_num_heads):
@@ -265,6 +269,15 @@ def _entry_is(entry, index: int, want, same: dict, zero_copies: bool) -> bool:
     return _static_dim(value, axis) == entry
 
 
+def _dim(value: ir.Value, axis: int):
+    """``value``'s dim ``axis`` (an int or a symbol), None when its shape is not known."""
+    return value.shape.dims[axis] if value.shape is not None and -len(value.shape) <= axis < len(value.shape) else None
+
+
+def _first_static(axis: int, *values: ir.Value) -> int | None:
+    return next((dim for dim in (_static_dim(value, axis) for value in values) if dim is not None), None)
+
+
 def _static_dim(value: ir.Value | None, axis: int) -> int | None:
     if value is None or value.shape is None or not -len(value.shape) <= axis < len(value.shape):
         return None
@@ -341,10 +354,16 @@ def _bias_fits(bias: ir.Value, attention: _Attention) -> bool:
     """A bias GroupQueryAttention takes as it is: (B|1, N|1, S, T) with B and S the query's own dims."""
     if bias.shape is None or len(bias.shape) != 4:
         return False
-    query = attention.query
-    projection = _head_split(_rotary_input(query) or query, attention.num_heads, attention.head_size)
-    batch_dims = [query.shape.dims[0]] + ([projection.shape.dims[0]] if projection is not None else [])
-    seq_dims = [query.shape.dims[2]] + ([projection.shape.dims[1]] if projection is not None else [])
+    # GroupQueryAttention checks that query, key and value agree on B and S: any of them names them
+    batch_dims, seq_dims = [], []
+    for value, heads in ((attention.query, attention.num_heads), (attention.key, attention.kv_num_heads),
+                         (attention.value, attention.kv_num_heads)):
+        batch_dims.append(_dim(value, 0))
+        seq_dims.append(_dim(value, 2))
+        projection = _head_split(_rotary_input(value) or value, heads, attention.head_size)
+        if projection is not None:
+            batch_dims.append(_dim(projection, 0))
+            seq_dims.append(_dim(projection, 1))
     batch, heads, seq, total = bias.shape.dims
     return ((batch == 1 or any(_same_dim(batch, dim) for dim in batch_dims))
             and heads in (1, attention.num_heads)
@@ -391,7 +410,7 @@ def _fuse(graph: ir.Graph, attention: _Attention, context: OptimizationContext, 
     width = attention.num_heads * attention.head_size
     fused_output = gqa.outputs[0]
     fused_output.type = query.type
-    fused_output.shape = ir.Shape([query.shape.dims[0], query.shape.dims[1], width]) if query.shape is not None else None
+    fused_output.shape = ir.Shape([_dim(query, 0), _dim(query, 1), width])
     if attention.merged is not None:
         exits = [(attention.merged, fused_output)]
     else:
@@ -428,11 +447,11 @@ def _as_projection(build: _Builder, value: ir.Value, heads: int, head_size: int)
                         type=projection.type, shape=projection.shape)
     if projection is not None:
         return projection
-    dims = value.shape.dims
+    batch, seq = _dim(value, 0), _dim(value, 2)
     transposed = build.op("Transpose", [value], {"perm": [0, 2, 1, 3]}, type=value.type,
-                          shape=ir.Shape([dims[0], dims[2], dims[1], dims[3]]))
+                          shape=ir.Shape([batch, seq, heads, head_size]))
     return build.op("Reshape", [transposed, build.constant(np.array([0, 0, heads * head_size], np.int64))],
-                    type=value.type, shape=ir.Shape([dims[0], dims[2], heads * head_size]))
+                    type=value.type, shape=ir.Shape([batch, seq, heads * head_size]))
 
 
 def _lengths_key(attention: _Attention, query: ir.Value) -> tuple:
@@ -441,7 +460,7 @@ def _lengths_key(attention: _Attention, query: ir.Value) -> tuple:
     The shared bias pins one total length for all of them (the original's Add fails otherwise),
     and GroupQueryAttention checks the batch and sequence length against seqlens_k and the bias.
     """
-    dims = [query.shape.dims[axis] for axis in (0, 1)] + [attention.past_key.shape.dims[axis] for axis in (0, 2)]
+    dims = [_dim(query, 0), _dim(query, 1), _dim(attention.past_key, 0), _dim(attention.past_key, 2)]
     if attention.bias is None or not all(isinstance(d, ir.SymbolicDim) and d.value is not None for d in dims):
         return (id(attention.past_key), id(query))
     return (id(attention.bias), *(d.value for d in dims))
@@ -455,15 +474,14 @@ def _lengths(build: _Builder, query: ir.Value, past_key: ir.Value, opset: int) -
     def dim(value: ir.Value, axis: int) -> ir.Value:
         if opset >= 15:
             return build.op("Shape", [value], {"start": axis, "end": axis + 1}, type=int64, shape=one_dim)
-        shape = build.op("Shape", [value], type=int64, shape=ir.Shape([len(value.shape)]))
+        shape = build.op("Shape", [value], type=int64, shape=None)
         return build.op("Gather", [shape, build.constant(np.array([axis], np.int64))], {"axis": 0}, type=int64, shape=one_dim)
 
     int32 = ir.TensorType(ir.DataType.INT32)
     total64 = build.op("Add", [dim(past_key, 2), dim(query, 1)], type=int64, shape=one_dim)
     total32 = build.op("Cast", [total64], {"to": int(ir.DataType.INT32)}, type=int32, shape=one_dim)
     last = build.op("Sub", [total32, build.constant(np.array([1], np.int32))], type=int32, shape=one_dim)
-    batch = query.shape.dims[0] if query.shape is not None else None
-    seqlens_k = build.op("Expand", [last, dim(query, 0)], type=int32, shape=ir.Shape([batch]))
+    seqlens_k = build.op("Expand", [last, dim(query, 0)], type=int32, shape=ir.Shape([_dim(query, 0)]))
     total = build.op("Reshape", [total32, build.constant(np.array([], np.int64))], type=int32, shape=ir.Shape([]))
     return seqlens_k, total
 

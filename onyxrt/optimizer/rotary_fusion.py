@@ -49,7 +49,7 @@ class RotaryEmbeddingFusion(GraphPass):
             context.require_opset("com.microsoft", 1)
             caches = [_half_table(graph, table, half_tables, names) for table in tables]
             rotary = ir.Node("com.microsoft", "RotaryEmbedding", [x, position_ids, *caches], num_outputs=1,
-                             attributes=[ir.AttrInt64("interleaved", 0)], name=f"{add.name or 'rotary'}_rotary")
+                             attributes=[ir.AttrInt64("interleaved", 0)], name=names.fresh(f"{add.name or 'rotary'}_rotary"))
             replace_with(graph, nodes, add.outputs[0], rotary, anchor=add)
             fused += 1
         return fused
