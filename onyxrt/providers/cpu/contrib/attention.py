@@ -666,9 +666,9 @@ def group_query_attention(
     if has_past and (past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv
                      or past_value.shape[:3] != past_key.shape[:3]):
         raise NodeInputError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
-    for b in range(B):
-        if P_b[b] > 0 and (not has_past or P_b[b] > past_len):
-            raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
+    if B and P_b.max() > (past_len if has_past else 0):
+        b = int(np.argmax(P_b > (past_len if has_past else 0)))
+        raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
     shapes = ((B, Nkv, t_buf, H), (B, Nkv, t_buf, Hv))
     if _alloc is not None and _num_outputs > 2:
         present_k, present_v = _alloc(shapes[0], query.dtype, 1), _alloc(shapes[1], query.dtype, 2)
@@ -691,11 +691,12 @@ def group_query_attention(
         allowed |= (j < limit) & (pos >= limit)  # right-padding rows of a first prompt see the whole sequence
         if local_window_size is not None and int(local_window_size) > 0:
             allowed &= j > pos - int(local_window_size)
+        allowed = None if allowed.all() else allowed[:, None]  # (B, 1, S, T); None: every key seen
     else:
         if local_window_size is not None and int(local_window_size) > 0:
             raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
-        allowed = np.broadcast_to(j < limit, (B, S, T))
-    allowed = None if allowed.all() else allowed[:, None]  # (B, 1, S, T); None: every key seen
+        # without a causal mask only keys past a row's sequence length are hidden
+        allowed = None if not B or T_b.min() >= T else np.broadcast_to(j < limit, (B, S, T))[:, None]
 
     ab = _f(attention_bias, ct)
     if ab is not None:
