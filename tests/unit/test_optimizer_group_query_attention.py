@@ -262,3 +262,39 @@ def test_position_ids_of_another_shape_are_refused_as_onnxruntime_does():
     feeds["position_ids"] = feeds["position_ids"][:1]  # broadcast by the original Gather/Mul
     with pytest.raises(Exception, match="position_ids"):
         session.run(None, feeds)
+
+
+def test_chunked_prefill_of_a_batch_runs_in_onyxrt_as_in_the_original(tmp_path):
+    """S > 1 after a past at batch > 1: exact in onyxrt; onnxruntime's CPU kernel refuses it (documented)."""
+    model = _decoder_layer()
+    saved = _saved(model, tmp_path)
+    assert [node.op_type for node in saved.graph.node].count("GroupQueryAttention") == 1
+    feeds = _feeds(2, 3, 4)
+    plain = onnxruntime.SessionOptions()
+    plain.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = onnxruntime.InferenceSession(model.SerializeToString(), plain, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = onyxrt.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spelling", ["torchscript", "dynamo"])
+def test_rotary_alone_becomes_one_rotary_embedding(spelling, tmp_path):
+    layer = _Layer(spelling)
+    cos, sin = _tables()
+    layer.initializers += [numpy_helper.from_array(cos, "cos_table"), numpy_helper.from_array(sin, "sin_table")]
+    rotated = layer.rotate("x", layer.table_rows("cos_table"), layer.table_rows("sin_table"))
+    layer.nodes.append(helper.make_node("Identity", [rotated], ["y"]))
+    graph = helper.make_graph(layer.nodes, "rotary", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", HEADS, "s", HEAD_SIZE]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", HEADS, "s", HEAD_SIZE])], layer.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17 if spelling == "torchscript" else 18)])
+    saved = _saved(model, tmp_path)
+    assert [node.op_type for node in saved.graph.node] == ["RotaryEmbedding"]
+    feeds = {"x": np.random.default_rng(2).standard_normal((2, HEADS, 5, HEAD_SIZE)).astype(np.float32),
+             "position_ids": np.array([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]], np.int64)}
+    want = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for session in (onyxrt.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]),
+                    onnxruntime.InferenceSession(saved.SerializeToString(), providers=["CPUExecutionProvider"])):
+        np.testing.assert_allclose(session.run(None, feeds)[0], want, rtol=1e-5, atol=1e-6)
