@@ -29,7 +29,7 @@ converting models (FusionRotaryAttention, replace_mha_with_gqa).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -65,6 +65,8 @@ class GroupQueryAttentionFusion(GraphPass):
 
 @dataclass
 class _Attention:
+    """One matched layer: what the fused node reads, the values it takes over, the nodes it replaces."""
+
     query: ir.Value  # BNSH
     key: ir.Value  # the new keys, BNSH
     value: ir.Value
@@ -79,11 +81,12 @@ class _Attention:
     head_size: int
     output: ir.Value  # (B, S, N, H), the Transpose after probs·V
     merged: ir.Value | None  # its Reshape to (B, S, N·H) when proven
-    anchor: ir.Node
-    nodes: list[ir.Node] = field(default_factory=list)
+    anchor: ir.Node  # the fused node goes before it
+    nodes: list[ir.Node]
 
 
 def _match(softmax: ir.Node, context: OptimizationContext) -> _Attention | None:
+    """The attention around ``softmax`` when it has the pattern and preconditions of the module docstring."""
     default_axis = -1 if context.opset(softmax) >= 13 else 1
     if softmax.attributes.get_int("axis", default_axis) not in (-1, 3) or softmax.inputs[0] is None:
         return None
@@ -339,7 +342,7 @@ def _merged(attention: _Attention) -> ir.Value | None:
 
 
 def _rotary_input(value: ir.Value) -> ir.Value | None:
-    """The input of the 4-D, non-packed RotaryEmbedding producing ``value`` (read only there), else None."""
+    """The input of the RotaryEmbedding (no num_heads: the BNSH form) producing ``value``, read once, else None."""
     rotary = value.producer()
     if rotary is None or rotary.op_type != "RotaryEmbedding" or rotary.domain != "com.microsoft" or len(rotary.inputs) != 4:
         return None
@@ -484,8 +487,6 @@ def _lengths(build: _Builder, query: ir.Value, past_key: ir.Value, opset: int) -
     seqlens_k = build.op("Expand", [last, dim(query, 0)], type=int32, shape=ir.Shape([_dim(query, 0)]))
     total = build.op("Reshape", [total32, build.constant(np.array([], np.int64))], type=int32, shape=ir.Shape([]))
     return seqlens_k, total
-
-
 
 
 def _remove_dead(graph: ir.Graph, nodes: list[ir.Node]) -> None:
