@@ -411,17 +411,16 @@ def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) 
     """Rotate the first 2*cos.shape[-1] features of x (..., H); cos/sin broadcast to (..., rd/2)."""
     half = cos.shape[-1]
     rd = 2 * half
-    out = np.array(x, copy=True)
-    if interleaved:
-        x1 = x[..., 0:rd:2]
-        x2 = x[..., 1:rd:2]
-        out[..., 0:rd:2] = x1 * cos - x2 * sin
-        out[..., 1:rd:2] = x2 * cos + x1 * sin
-    else:
-        x1 = x[..., :half]
-        x2 = x[..., half:rd]
-        out[..., :half] = x1 * cos - x2 * sin
-        out[..., half:rd] = x2 * cos + x1 * sin
+    out = np.empty(np.broadcast_shapes(x.shape[:-1], cos.shape[:-1]) + x.shape[-1:], np.result_type(x, cos))
+    if rd < x.shape[-1]:
+        out[..., rd:] = x[..., rd:]
+    first, second = (slice(0, rd, 2), slice(1, rd, 2)) if interleaved else (slice(0, half), slice(half, rd))
+    x1, x2, o1, o2 = x[..., first], x[..., second], out[..., first], out[..., second]
+    # x1·cos - x2·sin and x2·cos + x1·sin, written in place (same operations, same rounding)
+    np.multiply(x1, cos, out=o1)
+    o1 -= x2 * sin
+    np.multiply(x2, cos, out=o2)
+    o2 += x1 * sin
     return out
 
 
