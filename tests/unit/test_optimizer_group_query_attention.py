@@ -93,7 +93,7 @@ class _Layer:
 
 def _decoder_layer(spelling: str = "torchscript", *, tables: str = "rotary", kv_heads: int = KV_HEADS,
                    bias: str = "full", softmax_axis: int = -1, repeat_axis: int = 2, read_probs: bool = False,
-                   position_type: int = TensorProto.INT64) -> onnx.ModelProto:
+                   position_type: int = TensorProto.INT64, opset: int | None = None) -> onnx.ModelProto:
     layer = _Layer(spelling)
     rng = np.random.default_rng(0)
     weights = {name: rng.standard_normal((HIDDEN, width)).astype(np.float32) / 4
@@ -132,7 +132,8 @@ def _decoder_layer(spelling: str = "torchscript", *, tables: str = "rotary", kv_
     if read_probs:
         outputs.append(helper.make_tensor_value_info(probs, f32, None))
     graph = helper.make_graph(layer.nodes, "decoder_layer", inputs, outputs, layer.initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17 if spelling == "torchscript" else 18)])
+    opset = opset or (17 if spelling == "torchscript" else 18)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def _feeds(batch: int, seq: int, past: int, *, kv_heads: int = KV_HEADS, bias: str = "full",
@@ -195,6 +196,11 @@ def test_decoder_attention_becomes_rotary_and_group_query_attention(spelling, tm
     assert ops["GroupQueryAttention"] == 1 and ops["RotaryEmbedding"] == 2
     assert ops["Softmax"] == 0 and ops["Neg"] == 0 and ops["Transpose"] == 0
     assert ops["MatMul"] == 4  # the projections
+
+
+def test_before_opset_15_the_lengths_are_read_with_gather(tmp_path):
+    ops = _run(_decoder_layer(opset=14), tmp_path)
+    assert ops["GroupQueryAttention"] == 1 and ops["Gather"] == 3  # B, S, past length
 
 
 def test_fused_node_takes_the_bias_and_lengths_from_shapes_without_a_causal_mask(tmp_path):
