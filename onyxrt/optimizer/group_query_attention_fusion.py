@@ -22,7 +22,9 @@ Preconditions: one float type throughout; q, k_new, v_new, past K/V of rank 4 wi
 counts and H; the Reshape targets proven (constants or the graph's own shape arithmetic) or the
 bias of shape (B|1, N|1, S, T) with B, S the query's own dims; scores, probs and their repeats
 read only inside the pattern. onnxruntime's CPU kernel rejects S > 1 with a non-empty past at
-batch > 1 (chunked prefill of a batch), which the original graph and onyxrt's kernel run.
+batch > 1 (chunked prefill of a batch), which the original graph and onyxrt's kernel run; its
+query_seqlens input, which lifts that, requires causal=1, wrong on fully masked rows -- an error
+there beats a silent difference.
 onnxruntime: no runtime transformer; its offline optimizer builds GroupQueryAttention only when
 converting models (FusionRotaryAttention, replace_mha_with_gqa).
 """
