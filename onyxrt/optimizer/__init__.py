@@ -19,6 +19,7 @@ from .dead_code_elimination import DeadCodeElimination
 from .fast_gelu_fusion import FastGeluFusion
 from .gelu_fusion import GeluFusion
 from .gemm_activation_fusion import GemmActivationFusion
+from .group_query_attention_fusion import GroupQueryAttentionFusion
 from .identity_elimination import IdentityElimination
 from .layer_norm_fusion import LayerNormFusion
 from .matmul_add_fusion import MatMulAddFusion
@@ -37,6 +38,7 @@ from .pass_manager import (
 )
 from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
+from .rotary_fusion import RotaryEmbeddingFusion
 from .silu_fusion import SiluFusion
 from .skip_layer_norm_fusion import SkipLayerNormFusion
 from .transpose_optimizer import TransposeOptimizer
@@ -64,6 +66,7 @@ def default_passes() -> list[GraphPass]:
         MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),
         ReshapeChainFusion(), TransposeOptimizer(), MatMulTransposeFusion(),
+        RotaryEmbeddingFusion(), GroupQueryAttentionFusion(),
     ]
 
 

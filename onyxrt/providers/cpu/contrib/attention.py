@@ -411,17 +411,16 @@ def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) 
     """Rotate the first 2*cos.shape[-1] features of x (..., H); cos/sin broadcast to (..., rd/2)."""
     half = cos.shape[-1]
     rd = 2 * half
-    out = np.array(x, copy=True)
-    if interleaved:
-        x1 = x[..., 0:rd:2]
-        x2 = x[..., 1:rd:2]
-        out[..., 0:rd:2] = x1 * cos - x2 * sin
-        out[..., 1:rd:2] = x2 * cos + x1 * sin
-    else:
-        x1 = x[..., :half]
-        x2 = x[..., half:rd]
-        out[..., :half] = x1 * cos - x2 * sin
-        out[..., half:rd] = x2 * cos + x1 * sin
+    out = np.empty(np.broadcast_shapes(x.shape[:-1], cos.shape[:-1]) + x.shape[-1:], np.result_type(x, cos))
+    if rd < x.shape[-1]:
+        out[..., rd:] = x[..., rd:]
+    first, second = (slice(0, rd, 2), slice(1, rd, 2)) if interleaved else (slice(0, half), slice(half, rd))
+    x1, x2, o1, o2 = x[..., first], x[..., second], out[..., first], out[..., second]
+    # x1·cos - x2·sin and x2·cos + x1·sin, written in place (same operations, same rounding)
+    np.multiply(x1, cos, out=o1)
+    o1 -= x2 * sin
+    np.multiply(x2, cos, out=o2)
+    o2 += x1 * sin
     return out
 
 
@@ -453,10 +452,10 @@ def rotary_embedding(
     rd = int(rotary_embedding_dim) or 2 * half
     if rd != 2 * half:
         raise NodeInputError(f"RotaryEmbedding: rotary_embedding_dim {rd} does not match the caches' {2 * half}")
-    if x.ndim == 4:
+    if x.ndim == 4:  # (B, N, S, H): a position per (batch, seq) row, broadcast over the heads
         B, N, S, H = x.shape
-        xh = x.astype(ct, copy=False)
-    elif x.ndim == 3:
+        xh, head_axis = x.astype(ct, copy=False), 1
+    elif x.ndim == 3:  # (B, S, N*H), rotated as the (B, S, N, H) view it is
         B, S, D = x.shape
         if rotary_embedding_dim and not num_heads:
             raise NodeInputError("RotaryEmbedding: num_heads is required with rotary_embedding_dim")
@@ -464,22 +463,22 @@ def rotary_embedding(
         if N <= 0 or D % N:
             raise NodeInputError(f"RotaryEmbedding: hidden size {D} is not a multiple of {N} heads")
         H = D // N
-        xh = x.astype(ct, copy=False).reshape(B, S, N, H).transpose(0, 2, 1, 3)
+        xh, head_axis = x.astype(ct, copy=False).reshape(B, S, N, H), 2
     else:
         raise NodeInputError(f"RotaryEmbedding: input must be 3-D or 4-D, got {x.shape}")
     if rd > H:
         raise NodeInputError(f"RotaryEmbedding: rotary dimension {rd} exceeds the head size {H}")
     pid = np.asarray(position_ids).astype(np.int64, copy=False)
-    if pid.size == 1 and pid.ndim <= 1:
-        positions = np.broadcast_to(int(pid.reshape(-1)[0]) + np.arange(S), (B, S))
-    else:
-        positions = np.broadcast_to(pid.reshape(-1, S), (B, S))
-    cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding")[:, None]  # (B, 1, S, half)
-    sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding")[:, None]
+    if pid.ndim == 1 and pid.size == 1:
+        positions = np.broadcast_to(int(pid[0]) + np.arange(S), (B, S))
+    elif pid.shape == (B, S):
+        positions = pid
+    else:  # onnxruntime's rule: no broadcasting of position_ids
+        raise NodeInputError(f"RotaryEmbedding: position_ids of shape {pid.shape} is neither (1) nor (batch, seq) = {(B, S)}")
+    cos = np.expand_dims(_cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
+    sin = np.expand_dims(_cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
     y = _rotate(xh, cos, sin, bool(interleaved))
-    if x.ndim == 3:
-        y = _merge_heads(y)
-    return y.astype(x.dtype, copy=False)
+    return y.reshape(x.shape).astype(x.dtype, copy=False)
 
 
 # --------------------------------------------------------------------------- GroupQueryAttention
@@ -495,8 +494,11 @@ def _same_buffer(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     """Whether two arrays are the same memory seen the same way (one buffer, as IOBinding may wrap it twice)."""
     if a is None or b is None:
         return False
-    return a is b or (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-                      and a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype)
+    if a is b:
+        return True
+    # the cheap comparisons first: the data pointer costs a dict per array
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def _write_new_rows(past_key, past_value, k, v, P_b, W_b):
@@ -513,6 +515,14 @@ def _grown_cache(past_key, past_value, k, v, P_b, W_b, present_k, present_v):
     """Fill (B, Nkv, t_buf, H) caches: per batch entry b its P_b[b] valid past rows, then its
     W_b[b] new rows, then zeros; each row is written once."""
     B = k.shape[0]
+    if B and (P_b == P_b[0]).all() and (W_b == W_b[0]).all():  # every row alike: whole-batch copies
+        p, w = int(P_b[0]), int(W_b[0])
+        for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
+            if p:
+                present[:, :, :p] = past[:, :, :p]
+            present[:, :, p : p + w] = new[:, :, :w]
+            present[:, :, p + w :] = 0
+        return present_k, present_v
     for b in range(B):
         p, w = int(P_b[b]), int(W_b[b])
         for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
@@ -655,9 +665,9 @@ def group_query_attention(
     if has_past and (past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv
                      or past_value.shape[:3] != past_key.shape[:3]):
         raise NodeInputError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
-    for b in range(B):
-        if P_b[b] > 0 and (not has_past or P_b[b] > past_len):
-            raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
+    if B and P_b.max() > (past_len if has_past else 0):
+        b = int(np.argmax(P_b > (past_len if has_past else 0)))
+        raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
     shapes = ((B, Nkv, t_buf, H), (B, Nkv, t_buf, Hv))
     if _alloc is not None and _num_outputs > 2:
         present_k, present_v = _alloc(shapes[0], query.dtype, 1), _alloc(shapes[1], query.dtype, 2)
@@ -680,11 +690,12 @@ def group_query_attention(
         allowed |= (j < limit) & (pos >= limit)  # right-padding rows of a first prompt see the whole sequence
         if local_window_size is not None and int(local_window_size) > 0:
             allowed &= j > pos - int(local_window_size)
+        allowed = None if allowed.all() else allowed[:, None]  # (B, 1, S, T); None: every key seen
     else:
         if local_window_size is not None and int(local_window_size) > 0:
             raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
-        allowed = np.broadcast_to(j < limit, (B, S, T))
-    allowed = allowed[:, None]  # (B, 1, S, T)
+        # without a causal mask only keys past a row's sequence length are hidden
+        allowed = None if not B or T_b.min() >= T else np.broadcast_to(j < limit, (B, S, T))[:, None]
 
     ab = _f(attention_bias, ct)
     if ab is not None:
