@@ -10,6 +10,7 @@ from typing import Collection, Sequence
 
 import onnx_ir as ir
 
+from .attention_fusion import AttentionFusion
 from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
 from .conv_activation_fusion import ConvActivationFusion
@@ -55,6 +56,7 @@ def default_passes() -> list[GraphPass]:
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
         DeadCodeElimination(), GeluFusion(), RmsNormFusion(), SiluFusion(), MatMulScaleFusion(), ConvActivationFusion(),
         SkipLayerNormFusion(),
+        AttentionFusion(),
     ]
 
 
