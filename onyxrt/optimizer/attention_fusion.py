@@ -281,8 +281,11 @@ def _merged_heads(context: ir.Value, projection: ir.Value, q_heads: ir.Value, v_
     target = shape_elements(merge.inputs[1])
     copies = merge.attributes.get_int("allowzero", 0) == 0
     # With B and S in place the last entry can only be N·Hv (or -1): anything else fails at run time.
+    # The transposed context's own first two dimensions are B and S by construction.
+    merged = node.outputs[0]
     if target is None or len(target) != 3 or not all(
-        same_dim(target[axis], projection, axis) or (copies and target[axis] == 0) for axis in (0, 1)
+        same_dim(target[axis], projection, axis) or same_dim(target[axis], merged, axis) or (copies and target[axis] == 0)
+        for axis in (0, 1)
     ):
         return None
     nodes.append(merge)

@@ -61,16 +61,15 @@ def shape_elements(value: ir.Value | None) -> list[Element] | None:
 
 def same_dim(element: Element, value: ir.Value, axis: int) -> bool:
     """Whether ``element`` is provably dimension ``axis`` of ``value`` (whose rank must be known)."""
+    if isinstance(element, DimOf) and element.value is value and element.axis == axis:
+        return True
     if value.shape is None or not -len(value.shape) <= axis < len(value.shape):
         return False
-    axis %= len(value.shape)
     target = value.shape[axis]
     if isinstance(element, int):
         return isinstance(target, int) and element == target
     if not isinstance(element, DimOf):
         return False
-    if element.value is value and element.axis == axis:
-        return True
     shape = element.value.shape
     if shape is None:
         return False
@@ -83,12 +82,21 @@ def same_dim(element: Element, value: ir.Value, axis: int) -> bool:
 
 def _shape_of(node: ir.Node) -> list[Element] | None:
     source = node.inputs[0]
-    if source.shape is None:
+    rank = _rank(source)
+    if rank is None:
         return None
-    rank = len(source.shape)
     start, end = node.attributes.get_int("start", 0), node.attributes.get_int("end", rank)
     start, end = (min(max(i + rank if i < 0 else i, 0), rank) for i in (start, end))
     return [DimOf(source, axis) for axis in range(start, end)]
+
+
+def _rank(value: ir.Value) -> int | None:
+    """The rank of ``value``: inferred, or that of a Transpose's perm (inference gives up on some Reshapes)."""
+    if value.shape is not None:
+        return len(value.shape)
+    node = value.producer()
+    perm = node.attributes.get_ints("perm", None) if node is not None and node.op_type == "Transpose" else None
+    return len(perm) if perm is not None else None
 
 
 def _casts_to_int(node: ir.Node) -> bool:
