@@ -40,7 +40,7 @@ import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array, from_array
-from .matching import constant_vector, is_close, is_constant, partner, scalar
+from .matching import constant_vector, is_close, is_constant, only_reader, partner, scalar
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 from .shape_tensors import same_dim, shape_elements
 
@@ -67,7 +67,7 @@ class _Match:
     bias: ir.Value | None
     guard_zero: ir.Value | None  # the 0 of the pattern's NaN guard, None without one
     output: ir.Value
-    nodes: list[ir.Node] = field(default_factory=list)
+    nodes: list[ir.Node]  # the pattern's, in graph order's spirit: the last is the merging Reshape
 
 
 class AttentionFusion(GraphPass):
@@ -99,7 +99,7 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     if softmax.attributes.get_int("axis", default_axis) not in (-1, 3) or not _is_float32(probs):
         return None
     weights, guard_zero, guard_nodes = _nan_guard(probs)
-    context_matmul = _only_reader_node(weights)
+    context_matmul = only_reader(weights)
     if context_matmul is None or not _is_op(context_matmul, "MatMul") or context_matmul.inputs[0] is not weights:
         return None
     biased = softmax.inputs[0]
@@ -135,7 +135,7 @@ def _nan_guard(probs: ir.Value) -> tuple[ir.Value, ir.Value | None, list[ir.Node
     where = next((n for n in readers if _is_op(n, "Where")), None)
     if is_nan is None or where is None or list(where.inputs) != [is_nan.outputs[0], where.inputs[1], probs]:
         return probs, None, []
-    if scalar(where.inputs[1]) != 0.0 or _only_reader_node(is_nan.outputs[0]) is not where:
+    if scalar(where.inputs[1]) != 0.0 or only_reader(is_nan.outputs[0]) is not where:
         return probs, None, []
     return where.outputs[0], where.inputs[1], [is_nan, where]
 
@@ -262,10 +262,13 @@ def _head_split(reshape: ir.Node, projection: ir.Value) -> tuple[int, int] | Non
     return None
 
 
-def _merged_heads(context: ir.Value, projection: ir.Value, q_heads: ir.Value, v_heads: ir.Value) -> tuple[ir.Value, list[ir.Node]] | None:
+def _merged_heads(
+    context: ir.Value, projection: ir.Value, q_heads: ir.Value, v_heads: ir.Value
+) -> tuple[ir.Value, list[ir.Node]] | None:
     """(y, nodes) for ``y = Reshape(Transpose(context, (0, 2, 1, 3)), [B, S, -1])``, B and S those of ``projection``.
 
-    transformers 5 first reshapes ``context`` to its own shape ``[B, -1, S, Hv]``; that Reshape is taken along.
+    transformers 5 first reshapes ``context`` to its own shape ``[B, -1, S, Hv]``; that Reshape
+    is taken along.
     """
     nodes = []
     node = _data_reader(context)
@@ -283,10 +286,11 @@ def _merged_heads(context: ir.Value, projection: ir.Value, q_heads: ir.Value, v_
     # With B and S in place the last entry can only be N·Hv (or -1): anything else fails at run time.
     # The transposed context's own first two dimensions are B and S by construction.
     merged = node.outputs[0]
-    if target is None or len(target) != 3 or not all(
+    in_place = [
         same_dim(target[axis], projection, axis) or same_dim(target[axis], merged, axis) or (copies and target[axis] == 0)
         for axis in (0, 1)
-    ):
+    ] if target is not None and len(target) == 3 else [False]
+    if not all(in_place):
         return None
     nodes.append(merge)
     return merge.outputs[0], nodes
@@ -515,13 +519,6 @@ def _data_reader(value: ir.Value) -> ir.Node | None:
     if len(readers) != 1 or value.is_graph_output():
         return None
     return readers[0]
-
-
-def _only_reader_node(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
 
 
 def _is_op(node: ir.Node, op_type: str) -> bool:

@@ -33,7 +33,10 @@ Element = Union[int, DimOf, None]
 
 
 def shape_elements(value: ir.Value | None) -> list[Element] | None:
-    """The elements of the 0-D or 1-D integer tensor ``value``, as far as its producers show them; None when not even its length is known."""
+    """The elements of the 0-D or 1-D integer tensor ``value`` as far as its producers show them.
+
+    None when not even the number of elements is known.
+    """
     if value is None:
         return None
     if is_constant(value):

@@ -57,7 +57,8 @@ class _Layer:
         if self.spelling == "dynamo":
             return self.node("Shape", [value], f"{value}_d{axis}", start=axis, end=axis + 1)
         shape = self.node("Shape", [value], f"{value}_shape{axis}")
-        gathered = self.node("Gather", [shape, self.const(f"{value}_i{axis}", np.array(axis, np.int64))], f"{value}_g{axis}", axis=0)
+        index = self.const(f"{value}_i{axis}", np.array(axis, np.int64))
+        gathered = self.node("Gather", [shape, index], f"{value}_g{axis}", axis=0)
         return self.node("Unsqueeze", [gathered, self.const(f"{value}_u{axis}", np.array([0], np.int64))], f"{value}_dim{axis}")
 
     def project(self, source: str, name: str) -> str:
@@ -75,9 +76,11 @@ class _Layer:
             parts = [leading, self.const(f"{name}_nh", np.array([HEADS, HEAD_SIZE], np.int64))]
         else:
             parts = [self.dim(projection, first), self.dim(projection, second),
-                     self.const(f"{name}_m1", np.array([-1], np.int64)), self.const(f"{name}_h", np.array([HEAD_SIZE], np.int64))]
+                     self.const(f"{name}_m1", np.array([-1], np.int64)),
+                     self.const(f"{name}_h", np.array([HEAD_SIZE], np.int64))]
         target = self.node("Concat", parts, f"{name}_target", axis=0)
-        split = self.node("Reshape", [projection, target], f"{name}_split", **({"allowzero": 1} if self.spelling == "dynamo" else {}))
+        allowzero = {"allowzero": 1} if self.spelling == "dynamo" else {}
+        split = self.node("Reshape", [projection, target], f"{name}_split", **allowzero)
         return self.node("Transpose", [split], f"{name}_heads", perm=list(perm))
 
     def key_transposed(self, projection: str) -> str:
@@ -93,7 +96,8 @@ class _Layer:
                                        self.const(f"{name}_b", np.array([end], np.int64))], name)
 
         last, before, leading = sliced("k_last", -1, 2**63 - 1), sliced("k_before", -2, -1), sliced("k_lead", -(2**63), -2)
-        flat = self.node("Reshape", [heads, self.node("Concat", [self.const("k_m1", np.array([-1], np.int64)), before, last], "k_flat_t", axis=0)], "k_flat")
+        flat_target = self.node("Concat", [self.const("k_m1", np.array([-1], np.int64)), before, last], "k_flat_t", axis=0)
+        flat = self.node("Reshape", [heads, flat_target], "k_flat")
         swapped = self.node("Transpose", [flat], "k_swapped", perm=[0, 2, 1])
         return self.node("Reshape", [swapped, self.node("Concat", [leading, last, before], "k_unflat_t", axis=0)], "k_t")
 
@@ -269,3 +273,27 @@ def test_preconditions_block_the_fusion(variant, tmp_path):
     model = _Layer("dynamo" if "bias_rank" in variant else "torchscript", **variant).build()
     saved = _optimized(model, tmp_path, [_feeds(model, batch=4, seq=4)])  # B = S: a swapped Reshape still runs
     assert not _fused_nodes(saved)
+
+
+def test_shape_elements_follow_exported_shape_arithmetic():
+    from onyxrt.graph.model_loader import load_model
+    from onyxrt.optimizer.shape_tensors import DimOf, same_dim, shape_elements
+
+    layer = _Layer("torchscript")
+    x = "x"
+    target = layer.node("Concat", [layer.dim(x, 0), layer.const("minus_one", np.array([-1], np.int64)), layer.dim(x, 1)],
+                        "target", axis=0)
+    is_free = layer.node("Equal", [target, layer.const("free", np.array([-1, -1, -1], np.int64))], "is_free")
+    filled = layer.node("Where", [is_free, layer.const("ones", np.array([1, 1, 1], np.int64)), target], "filled")
+    shape = layer.node("Shape", [x], "x_shape")
+    tail = layer.node("Slice", [shape, layer.const("from", np.array([-2], np.int64)),
+                                layer.const("to", np.array([2**63 - 1], np.int64))], "tail")
+    graph = helper.make_graph(layer.nodes, "g", [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
+                              [helper.make_tensor_value_info(v, TensorProto.INT64, None) for v in (filled, tail)],
+                              layer.initializers)
+    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    values = {v.name: v for v in model.graph.outputs}
+    x_value = model.graph.inputs[0]
+    assert shape_elements(values["filled"]) == [DimOf(x_value, 0), 1, DimOf(x_value, 1)]
+    assert shape_elements(values["tail"]) == [DimOf(x_value, 1), DimOf(x_value, 2)]
+    assert same_dim(DimOf(x_value, 2), x_value, 2) and same_dim(HIDDEN, x_value, 2) and not same_dim(1, x_value, 0)
