@@ -96,7 +96,8 @@ class AttentionFusion(GraphPass):
 def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     probs = softmax.outputs[0]
     default_axis = -1 if context.opset(softmax) >= 13 else 1
-    if softmax.attributes.get_int("axis", default_axis) not in (-1, 3) or not _is_float32(probs):
+    # float32 is checked on the projections (inference may not type a contrib FusedMatMul's output)
+    if softmax.attributes.get_int("axis", default_axis) not in (-1, 3):
         return None
     weights, guard_zero, guard_nodes = _nan_guard(probs)
     context_matmul = only_reader(weights)

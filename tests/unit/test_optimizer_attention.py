@@ -31,11 +31,11 @@ class _Layer:
 
     def __init__(self, spelling: str, *, cross: bool = False, scale: float | None = None, dtype=np.float32,
                  swap_batch_and_sequence: bool = False, softmax_axis: int = -1, probs_output: bool = False,
-                 bias_rank: int = 4, opset: int | None = None):
+                 bias_rank: int = 4, opset: int | None = None, masked: bool = True, fused_trans_b: bool = False):
         self.spelling, self.cross, self.dtype = spelling, cross, dtype
         self.scale = scale if scale is not None else 1.0 / np.sqrt(HEAD_SIZE)
         self.swap, self.softmax_axis, self.probs_output = swap_batch_and_sequence, softmax_axis, probs_output
-        self.bias_rank = bias_rank
+        self.bias_rank, self.masked, self.fused_trans_b = bias_rank, masked, fused_trans_b
         self.opset = opset or (18 if spelling == "dynamo" else 17)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -122,16 +122,20 @@ class _Layer:
         x = "x"
         memory = "memory" if self.cross else x
         q, k, v = self.project(x, "q"), self.project(memory, "k"), self.project(memory, "v")
-        q_heads, k_t = self.heads(q, "q"), self.key_transposed(k)
+        q_heads = self.heads(q, "q")
+        k_t = self.heads(k, "k") if self.fused_trans_b else self.key_transposed(k)
         v_heads = self.heads(v, "v")
-        if self.spelling == "legacy":
+        if self.fused_trans_b:  # onnxruntime's MatMulTransposeFusion folds Kᵀ into FusedMatMul
+            scores = self.node("FusedMatMul", [q_heads, k_t], "scores", domain="com.microsoft", transB=1,
+                               alpha=float(self.scale))
+        elif self.spelling == "legacy":
             product = self.node("MatMul", [q_heads, k_t], "qk")
             scores = self.node("Div", [product, self.const("divisor", np.array(1.0 / self.scale, self.dtype))], "scores")
         else:
             root = np.array(np.sqrt(self.scale), self.dtype)
             scores = self.node("MatMul", [self.node("Mul", [q_heads, self.const("q_scale", root)], "q_scaled"),
                                           self.node("Mul", [k_t, self.const("k_scale", root)], "k_scaled")], "scores")
-        biased = self.node("Add", [scores, self.bias(x)], "biased")
+        biased = self.node("Add", [scores, self.bias(x)], "biased") if self.masked else scores
         probs = self.node("Softmax", [biased], "probs", axis=self.softmax_axis)
         if self.spelling == "torchscript":
             is_nan = self.node("IsNaN", [probs], "probs_nan")
@@ -160,7 +164,8 @@ class _Layer:
         if self.cross:
             inputs.append(helper.make_tensor_value_info("memory", self.elem, ["batch", "seq", HIDDEN]))
         graph = helper.make_graph(self.nodes, "attention", inputs, outputs, self.initializers)
-        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], ir_version=8)
+        opsets = [helper.make_opsetid("", self.opset), helper.make_opsetid("com.microsoft", 1)]
+        return helper.make_model(graph, opset_imports=opsets, ir_version=8)
 
 
 def _feeds(model: onnx.ModelProto, batch: int = 2, seq: int = 6, fully_masked_row: bool = False) -> dict:
@@ -226,6 +231,14 @@ def test_row_broadcast_mask_is_expanded_once_before_opset_15(tmp_path):
     saved = _optimized(model, tmp_path, [_feeds(model)])
     histogram = Counter(n.op_type for n in saved.graph.node)
     assert histogram["Attention"] == 1 and histogram["Expand"] == 1 and histogram["Gather"] == 1
+
+
+@pytest.mark.parametrize("variant", [{"masked": False}, {"fused_trans_b": True}], ids=lambda v: next(iter(v)))
+def test_without_mask_and_with_transposed_b(variant, tmp_path):
+    model = _Layer("dynamo", **variant).build()
+    saved = _optimized(model, tmp_path, [_feeds(model)])
+    (fused,) = _fused_nodes(saved)
+    assert fused.op_type == "Attention" and len(fused.input) == (3 if "masked" in variant else 6)
 
 
 def test_mul_scales_without_matmul_scale_fusion(tmp_path):
