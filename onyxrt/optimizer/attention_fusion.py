@@ -21,13 +21,20 @@ their softmax NaN, the guard makes them 0), the fused node, whose rows are then 
 followed by ``Where(IsNaN(y), 0, y)``: the same zeros, as a NaN row there can only be a fully
 masked one (or a NaN input, which the original's guard zeroes as well).
 
-Preconditions: float32; a 4-D Softmax over its last axis; every Reshape proven (from the
-nodes computing its target and from inferred shapes, see :mod:`.shape_tensors`) to split
-``[B, S, N·H]`` into heads with constant N or H and to merge them back; N and H the same for
-q and k, N for v; the bias of rank 4, its dimension 1 one or N, dimensions 2 and 3 not
-broadcast (onnxruntime takes ``[B or 1, N or 1, S, T]`` only); every value the pattern
-computes read only inside it, or by shape computations that die with it; the result's name
-kept. onnxruntime: AttentionFusion.
+Preconditions: float32 projections; a 4-D Softmax over its last axis; every Reshape proven
+(from the nodes computing its target and from inferred shapes, see :mod:`.shape_tensors`) to
+split ``[B, S, N·H]`` into heads with constant N or H and to merge them back; N and H the same
+for q and k, N for v; a nonzero positive scale; every value the pattern computes read only
+inside it, or by shape computations that die with it; the result's name kept; the result
+not quantized (read by no (Dynamic)QuantizeLinear: there the fused kernel's float rounding,
+tiny itself, would move values across whole quantization steps). The bias:
+float32 of rank 4, dimension 1 one or N, dimension 3 not a static 1 (onnxruntime takes
+``[B or 1, N or 1, S, T]`` only). A bias broadcast over the query rows (``[B, 1, 1, T]``, the
+older exports' ``(1 - mask) · c``) is expanded once to ``[B, 1, T, T]`` and shared, which
+needs S = T: only for the packed form, where q and k project one x. Sizes inference leaves
+unknown are taken to be S and T: onyxrt's kernels broadcast either way, onnxruntime refuses
+a saved model whose mask turns out narrower at run time rather than computing otherwise.
+onnxruntime: AttentionFusion.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ from .shape_tensors import same_dim, shape_elements
 
 _MICROSOFT = "com.microsoft"
 _TO_HEADS = (0, 2, 1, 3)
+# A quantized graph's attention output: the fused kernel's other float rounding would move
+# values across quantization steps (onnxruntime fuses those graphs into QAttention instead).
+_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear"})
 
 
 @dataclass
@@ -120,6 +130,8 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     if merged is None:
         return None
     output, output_nodes = merged
+    if any(use.node.op_type in _QUANTIZERS for use in output.uses()):
+        return None
     if bias is not None and not _usable_bias(bias, q.num_heads):
         return None
     nodes = [*q.nodes, *k.nodes, *v.nodes, *score_nodes, *([add] if add else []), softmax, *guard_nodes,

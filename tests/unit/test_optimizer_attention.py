@@ -31,11 +31,13 @@ class _Layer:
 
     def __init__(self, spelling: str, *, cross: bool = False, scale: float | None = None, dtype=np.float32,
                  swap_batch_and_sequence: bool = False, softmax_axis: int = -1, probs_output: bool = False,
-                 bias_rank: int = 4, opset: int | None = None, masked: bool = True, fused_trans_b: bool = False):
+                 bias_rank: int = 4, opset: int | None = None, masked: bool = True, fused_trans_b: bool = False,
+                 quantized_output: bool = False):
         self.spelling, self.cross, self.dtype = spelling, cross, dtype
         self.scale = scale if scale is not None else 1.0 / np.sqrt(HEAD_SIZE)
         self.swap, self.softmax_axis, self.probs_output = swap_batch_and_sequence, softmax_axis, probs_output
         self.bias_rank, self.masked, self.fused_trans_b = bias_rank, masked, fused_trans_b
+        self.quantized_output = quantized_output
         self.opset = opset or (18 if spelling == "dynamo" else 17)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
@@ -155,6 +157,9 @@ class _Layer:
             target = self.node("Concat", [self.dim(x, 0), self.dim(x, 1), self.const("m_m1", np.array([-1], np.int64))],
                                "merged_target", axis=0)
         attended = self.node("Reshape", [merged, target], "attended")
+        if self.quantized_output:  # onnxruntime's dynamic quantization of the output projection
+            self.nodes.append(helper.make_node("DynamicQuantizeLinear", [attended], ["a_q", "a_scale", "a_zero"]))
+            attended = self.node("DequantizeLinear", ["a_q", "a_scale", "a_zero"], "a_dequantized")
         self.project(attended, "o")
         outputs = [helper.make_tensor_value_info("o_proj", self.elem, None)]
         if self.probs_output:
@@ -279,6 +284,7 @@ def test_cross_attention_becomes_multi_head_attention(tmp_path):
         {"probs_output": True},  # attention weights read outside the pattern
         {"bias_rank": 2},  # onnxruntime takes 4-D attention_bias only
         {"dtype": np.float64},
+        {"quantized_output": True},  # rounding changes would become whole quantization steps
     ],
     ids=lambda v: next(iter(v)),
 )
@@ -310,3 +316,30 @@ def test_shape_elements_follow_exported_shape_arithmetic():
     assert shape_elements(values["filled"]) == [DimOf(x_value, 0), 1, DimOf(x_value, 1)]
     assert shape_elements(values["tail"]) == [DimOf(x_value, 1), DimOf(x_value, 2)]
     assert same_dim(DimOf(x_value, 2), x_value, 2) and same_dim(HIDDEN, x_value, 2) and not same_dim(1, x_value, 0)
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 1, 5, 5), (2, 1, 5, 5), (1, HEADS, 5, 5), (2, HEADS, 5, 5)])
+@pytest.mark.parametrize("op_type", ["Attention", "MultiHeadAttention"])
+def test_kernels_broadcast_attention_bias_and_take_scale_as_onnxruntime(op_type, bias_shape):
+    # what the fusion emits, run by onyxrt's kernels and onnxruntime's on the same inputs
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 5, HIDDEN)).astype(np.float32)
+    bias = rng.standard_normal(bias_shape).astype(np.float32)
+    bias[..., -1] = -np.inf  # a masked key
+    weight = (rng.standard_normal((HIDDEN, 3 * HIDDEN)) * 0.3).astype(np.float32)
+    initializers = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.zeros(3 * HIDDEN, np.float32), "b")]
+    if op_type == "Attention":
+        node = helper.make_node(op_type, ["x", "W", "b", "", "", "bias"], ["y"], domain="com.microsoft",
+                                num_heads=HEADS, scale=0.3)
+    else:
+        node = helper.make_node(op_type, ["x", "x", "x", "", "", "bias"], ["y"], domain="com.microsoft",
+                                num_heads=HEADS, scale=0.3)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
+                                            helper.make_tensor_value_info("bias", TensorProto.FLOAT, list(bias_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                             ir_version=8).SerializeToString()
+    feeds = {"x": x, "bias": bias}
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
