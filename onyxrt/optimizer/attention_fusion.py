@@ -26,8 +26,9 @@ Preconditions: float32 projections; a 4-D Softmax over its last axis; every Resh
 split ``[B, S, N·H]`` into heads with constant N or H and to merge them back; N and H the same
 for q and k, N for v; a nonzero positive scale; every value the pattern computes read only
 inside it, or by shape computations that die with it; the result's name kept; the result
-not quantized (read by no (Dynamic)QuantizeLinear: there the fused kernel's float rounding,
-tiny itself, would move values across whole quantization steps). The bias:
+not quantized (read by no (Dynamic)QuantizeLinear, DynamicQuantizeMatMul or int8-input
+MatMulNBits: there the fused kernel's float rounding, tiny itself, would move values across
+whole quantization steps). The bias:
 float32 of rank 4, dimension 1 one or N, dimension 3 not a static 1 (onnxruntime takes
 ``[B or 1, N or 1, S, T]`` only). A bias broadcast over the query rows (``[B, 1, 1, T]``, the
 older exports' ``(1 - mask) · c``) is expanded once to ``[B, 1, T, T]`` and shared, which
@@ -53,9 +54,10 @@ from .shape_tensors import same_dim, shape_elements
 
 _MICROSOFT = "com.microsoft"
 _TO_HEADS = (0, 2, 1, 3)
-# A quantized graph's attention output: the fused kernel's other float rounding would move
-# values across quantization steps (onnxruntime fuses those graphs into QAttention instead).
-_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear"})
+# Ops that quantize a float input: the fused kernel's other float rounding of the attention
+# output would move values across quantization steps (onnxruntime fuses such graphs into
+# QAttention instead).
+_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "DynamicQuantizeMatMul"})
 
 
 @dataclass
@@ -130,7 +132,7 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     if merged is None:
         return None
     output, output_nodes = merged
-    if any(use.node.op_type in _QUANTIZERS for use in output.uses()):
+    if any(_quantizes_input(use.node) for use in output.uses()):
         return None
     if bias is not None and not _usable_bias(bias, q.num_heads):
         return None
@@ -532,6 +534,11 @@ def _data_reader(value: ir.Value) -> ir.Node | None:
     if len(readers) != 1 or value.is_graph_output():
         return None
     return readers[0]
+
+
+def _quantizes_input(node: ir.Node) -> bool:
+    # MatMulNBits at accuracy level 4 quantizes its input to int8 too
+    return node.op_type in _QUANTIZERS or (node.op_type == "MatMulNBits" and node.attributes.get_int("accuracy_level", 0) == 4)
 
 
 def _is_op(node: ir.Node, op_type: str) -> bool:
