@@ -10,6 +10,7 @@ from typing import Collection, Sequence
 
 import onnx_ir as ir
 
+from .attention_fusion import AttentionFusion
 from .common_subexpression_elimination import CommonSubexpressionElimination
 from .constant_folding import ConstantFolding
 from .conv_activation_fusion import ConvActivationFusion
@@ -66,7 +67,7 @@ def default_passes() -> list[GraphPass]:
         MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),
         ReshapeChainFusion(), TransposeOptimizer(), MatMulTransposeFusion(),
-        RotaryEmbeddingFusion(), GroupQueryAttentionFusion(),
+        RotaryEmbeddingFusion(), GroupQueryAttentionFusion(), AttentionFusion(),
     ]
 
 

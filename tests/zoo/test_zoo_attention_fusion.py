@@ -1,0 +1,58 @@
+"""The zoo's encoders end with one attention node per layer at ORT_ENABLE_EXTENDED, outputs unchanged.
+
+bert_base and minilm_l6 (TorchScript exports of transformers 5: -inf mask, NaN guard) and
+distilbert_dynamo (dynamo export: finfo.min mask): the model onyxrt saves has one
+com.microsoft Attention per layer and no Softmax left; ours and onnxruntime running our saved
+model match onnxruntime's unoptimized run (1e-4 relative) at batch 2, sequence 16 with the
+second row's last 5 positions padded, and with a row whose mask is all zero (the NaN guard's case).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from feeds import encoder_feeds
+
+import onyxrt
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
+
+LAYERS = {"bert_base": 12, "minilm_l6": 6, "distilbert_dynamo": 6}
+
+
+def _feeds(inputs: list[str], fully_masked_row: bool) -> dict[str, np.ndarray]:
+    feeds = encoder_feeds("bert_base", 2, 16)
+    feeds["attention_mask"][:] = 1
+    feeds["attention_mask"][1, -5:] = 0
+    if fully_masked_row:
+        feeds["attention_mask"][0] = 0
+    return {name: feeds[name] for name in inputs}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_one_attention_node_per_layer_outputs_unchanged(zoo_model, name, tmp_path):
+    path = zoo_model(name)
+    options = onyxrt.SessionOptions()
+    options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "ours.onnx")
+    ours = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    saved = onnx.load(str(tmp_path / "ours.onnx"), load_external_data=False)
+    histogram = Counter(node.op_type for node in saved.graph.node)
+    assert histogram["Attention"] == LAYERS[name]
+    assert histogram["Softmax"] == 0 and histogram["MultiHeadAttention"] == 0
+
+    unoptimized = ort.SessionOptions()
+    unoptimized.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(path, unoptimized, providers=["CPUExecutionProvider"])
+    ours_in_onnxruntime = ort.InferenceSession(str(tmp_path / "ours.onnx"), unoptimized, providers=["CPUExecutionProvider"])
+    inputs = [i.name for i in reference.get_inputs()]
+    for fully_masked_row in (False, True):
+        feeds = _feeds(inputs, fully_masked_row)
+        want = reference.run(None, feeds)[0]
+        for got in (ours.run(None, feeds)[0], ours_in_onnxruntime.run(None, feeds)[0]):
+            assert got.shape == want.shape and not np.isnan(got).any()
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(want))))
