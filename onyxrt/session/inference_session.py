@@ -167,7 +167,7 @@ class InferenceSession:
         report = optimize(
             model,
             int(self._sess_options.graph_optimization_level),
-            providers=[p.name for p in self._providers],
+            providers=self._fusing_providers(model),
             evaluator=provider_evaluator(CPUExecutionProvider()),
             disabled=disabled,
             fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
@@ -185,6 +185,20 @@ class InferenceSession:
         self._profile_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction helpers
+
+    def _fusing_providers(self, model: ir.Model) -> list[str]:
+        """The providers whose own fusions may run: in priority order, up to the first that claims nodes.
+
+        onnxruntime applies a provider's fusions only to nodes partitioned to it. Here the optimizer
+        runs before partitioning, so a provider's fusions (CPU's com.microsoft fused ops) run only when
+        no provider ahead of it would claim nodes: otherwise they would take those nodes away from it.
+        """
+        names = []
+        for provider in self._providers:
+            names.append(provider.name)
+            if provider.get_capability(model.graph, model.opset_imports):
+                break
+        return names
 
     def _can_run(self, node: ir.Node, opset: int) -> bool:
         return any(p.can_run(node, opset) for p in self._providers)

@@ -215,9 +215,23 @@ def test_zoo_models_on_the_device_give_the_cpu_results(transfer, zoo_model, name
     assert any(node.domain == FUSED_DOMAIN for node in session._plan.graph)
     transfer.reset_counts()
     got = session.run(None, feeds)
-    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
+    # the device claims nodes, so the CPU provider's own fusions stay off: compare with the same graph on the CPU
+    basic = ort.SessionOptions()
+    basic.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    want = ort.InferenceSession(path, basic, providers=["CPUExecutionProvider"]).run(None, feeds)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     # every copy is a border: a copy node, or a graph input/output moved at the start/end of the run
     moved = len(feeds) + len(want)
     assert copy_nodes <= transfer.copies <= copy_nodes + moved
+
+
+def test_cpu_fusions_leave_the_nodes_a_device_ahead_of_the_cpu_claims(transfer):
+    # Gemm + Relu fuses into com.microsoft FusedGemm for the CPU, which would take the Relu from the device
+    gemm_relu = _model([helper.make_node("Gemm", ["x", "w", "b"], ["g"]), helper.make_node("Relu", ["g"], ["y"])])
+    on_cpu = ort.InferenceSession(gemm_relu, providers=["CPUExecutionProvider"])
+    assert [node.op_type for node in on_cpu._model.graph] == ["FusedGemm"]
+    with_device = ort.InferenceSession(gemm_relu, providers=PROVIDERS)
+    assert [node.op_type for node in with_device._model.graph] == ["Gemm", "Relu"]
+    assert with_device.get_providers() == PROVIDERS
+    np.testing.assert_allclose(with_device.run(None, {"x": X})[0], on_cpu.run(None, {"x": X})[0], rtol=1e-6)
