@@ -270,8 +270,8 @@ def test_profiling_writes_a_chrome_trace(model_path, tmp_path):
     session.run(None, {"x": X})
     path = session.end_profiling()
     events = json.loads(open(path).read())
-    # MatMul + Add run as one Gemm (MatMulAddFusion)
-    assert {e["args"].get("op_name") for e in events if e["cat"] == "Node"} == {"Gemm", "Relu"}
+    # MatMul + Add + Relu run as one FusedGemm (MatMulAddFusion, then GemmActivationFusion)
+    assert {e["args"].get("op_name") for e in events if e["cat"] == "Node"} == {"FusedGemm"}
 
 
 def test_ort_value_and_io_binding(model_path):
