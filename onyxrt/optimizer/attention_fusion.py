@@ -22,7 +22,7 @@ followed by ``Where(IsNaN(y), 0, y)``: the same zeros, as a NaN row there can on
 masked one (or a NaN input, which the original's guard zeroes as well).
 
 Preconditions: float32 projections; a 4-D Softmax over its last axis; every Reshape proven
-(from the nodes computing its target and from inferred shapes, see :mod:`.shape_tensors`) to
+(from the nodes computing its target and from inferred shapes, see :mod:`.shape_values`) to
 split ``[B, S, N·H]`` into heads with constant N or H and to merge them back; N and H the same
 for q and k, N for v; a nonzero positive scale; every value the pattern computes read only
 inside it, or by shape computations that die with it; the result's name kept; the result
@@ -50,7 +50,7 @@ from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array, from_array
 from .matching import constant_vector, is_close, is_constant, only_reader, partner, scalar
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .shape_tensors import same_dim, shape_elements
+from .shape_values import same_dim, shape_entries
 
 _MICROSOFT = "com.microsoft"
 _TO_HEADS = (0, 2, 1, 3)
@@ -247,7 +247,7 @@ def _key_transposed(value: ir.Value) -> _Heads | None:
         return None
     keys = flatten.inputs[0]
     heads = _heads(keys)
-    flat, unflat = shape_elements(flatten.inputs[1]), shape_elements(node.inputs[1])
+    flat, unflat = shape_entries(flatten.inputs[1]), shape_entries(node.inputs[1])
     if heads is None or flat is None or unflat is None or len(flat) != 3 or len(unflat) != 4:
         return None
     flat_ok = same_dim(flat[1], keys, 2) and same_dim(flat[2], keys, 3)
@@ -262,7 +262,7 @@ def _head_split(reshape: ir.Node, projection: ir.Value) -> tuple[int, int] | Non
     if not _is_float32(projection) or projection.shape is None or len(projection.shape) != 3:
         return None
     hidden = projection.shape[2]
-    target = shape_elements(reshape.inputs[1])
+    target = shape_entries(reshape.inputs[1])
     if not isinstance(hidden, int) or target is None or len(target) != 4:
         return None
     copies = reshape.attributes.get_int("allowzero", 0) == 0
@@ -296,7 +296,7 @@ def _merged_heads(
     merge = _data_reader(node.outputs[0])
     if merge is None or not _is_op(merge, "Reshape"):
         return None
-    target = shape_elements(merge.inputs[1])
+    target = shape_entries(merge.inputs[1])
     copies = merge.attributes.get_int("allowzero", 0) == 0
     # With B and S in place the last entry can only be N·Hv (or -1): anything else fails at run time.
     # The transposed context's own first two dimensions are B and S by construction.
@@ -318,7 +318,7 @@ def _reshapes_to_itself(reshape: ir.Node, aliases: dict[int, ir.Value]) -> bool:
     the query's, its columns the value's), which inference may name differently.
     """
     source = reshape.inputs[0]
-    target = shape_elements(reshape.inputs[1])
+    target = shape_entries(reshape.inputs[1])
     if target is None or source.shape is None or len(target) != len(source.shape) or target.count(-1) > 1:
         return False
     return all(
