@@ -7,25 +7,28 @@ The pattern, anchored at the Softmax (every projection ``p = MatMul(x, W) [+ b]`
                                                  Transpose(heads(k), (0, 1, 3, 2)), dynamo's
                                                  Reshape/Transpose(0, 2, 1)/Reshape of heads(k),
                                                  or heads(k) under FusedMatMul transB=1
-    probs  = Softmax(scores [+ bias | masked causally], axis=-1) [→ Where(IsNaN(probs), 0, probs)]
+    probs  = Softmax(scores [+ bias | masked_fill], axis=-1) [→ Where(IsNaN(probs), 0, probs)]
     y      = Reshape(Transpose(MatMul(probs, heads(v)) [→ a Reshape to its own shape], (0, 2, 1, 3)), [B, S, N·Hv])
 
 Packed projections: q, k and v may be the column blocks of one projection, either
 ``Split(p, axis=-1)`` outputs (GPT-2's c_attn) or heads unbound from
 ``Transpose(Reshape(p, [B, S, 3, N, H]), (2, 0, 3, 1, 4))`` by Split/Slice + Squeeze or Gather
 on axis 0 (timm's ViT). Reshape targets may give B or S as the one -1 when the rest is proven.
-The causal mask is ``masked_fill``: ``Where(Not(Trilu(ones[S, T])), lowest, scores)``,
-``Where(Trilu(...), scores, lowest)`` (or -inf, or a constant causal table), proven to mask
-exactly the keys j > i.
+A mask may be a ``masked_fill`` with the lowest float32 or -inf: ``Where(masked, lowest, scores)``
+or ``Where(kept, scores, lowest)``. When proven causal (exactly the keys j > i masked:
+``Not(Trilu(ones[S, T]))``, ``Trilu(ones, k=1, upper)``, a constant table or the top-left
+``[S, T]`` corner of one) it becomes ``unidirectional=1``; otherwise the additive
+``Where(masked, lowest, 0)`` lifted to rank 4 (once per mask) is the attention_bias: masked
+scores become score + lowest, still the lowest (or -inf), so the weights are the same.
 
 The scale is FusedMatMul's alpha and/or Mul/Div by one-element floats on the scores or on
 either operand: constants, or computed from the heads' shapes (TorchScript's SDPA:
 ``q · sqrt(1/sqrt(q.shape[-1]))`` and the same on Kᵀ). When q, k and v are projections of one
 ``x`` by constant weights (constant 1-D biases or none), the result is
 ``Attention(x, [Wq|Wk|Wv], [bq|bk|bv], attention_bias=bias, num_heads=N)`` with new packed
-initializers (``unidirectional=1`` for the causal mask: one x, so S = T and no past);
-otherwise ``MultiHeadAttention(q, k, v, attention_bias=bias)`` (neither for a causal mask
-nor for heads unbound from a packed projection). ``scale`` is set when it is not
+initializers (``unidirectional=1`` only here: one x, so S = T and no past); otherwise
+``MultiHeadAttention(q, k, v, attention_bias=bias)`` (neither for a causal mask nor for
+heads unbound from a packed projection). ``scale`` is set when it is not
 1/sqrt(H). The bias (the additive mask, computed once and shared by all layers) stays as
 computed. When the pattern guards fully masked rows (transformers 5: the -inf mask makes
 their softmax NaN, the guard makes them 0), the fused node, whose rows are then NaN too, is
@@ -41,7 +44,8 @@ not quantized (read by no (Dynamic)QuantizeLinear, DynamicQuantizeMatMul or int8
 MatMulNBits: there the fused kernel's float rounding, tiny itself, would move values across
 whole quantization steps). The bias:
 float32 of rank 4, dimension 1 one or N, dimension 3 not a static 1 (onnxruntime takes
-``[B or 1, N or 1, S, T]`` only). A bias broadcast over the query rows (``[B, 1, 1, T]``, the
+``[B or 1, N or 1, S, T]`` only); a masked_fill's bool mask of rank 2 to 4 whose rows and
+columns are not a static 1. A bias broadcast over the query rows (``[B, 1, 1, T]``, the
 older exports' ``(1 - mask) · c``) is expanded once to ``[B, 1, T, T]`` and shared, which
 needs S = T: only for the packed form, where q and k project one x. Sizes inference leaves
 unknown are taken to be S and T: onyxrt's kernels broadcast either way, onnxruntime refuses
@@ -92,6 +96,9 @@ class _Match:
     scale: float
     bias: ir.Value | None
     causal: bool  # the scores were masked exactly causally (key j > query i), S = T
+    # A masked_fill that is not (provably) causal: (condition, whether it marks the kept keys, fill),
+    # fed as the additive bias Where(condition, fill, 0).
+    fill_mask: tuple[ir.Value, bool, ir.Value] | None
     guard_zero: ir.Value | None  # the 0 of the pattern's NaN guard, None without one
     output: ir.Value
     nodes: list[ir.Node]  # the pattern's, in graph order's spirit: the last is the merging Reshape
@@ -131,8 +138,8 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     if context_matmul is None or not _is_op(context_matmul, "MatMul") or context_matmul.inputs[0] is not weights:
         return None
     biased = softmax.inputs[0]
-    masked = _causal_fill(biased)
-    scores, bias, add = (masked[0], None, masked[3]) if masked is not None else _split_bias(biased)
+    masked = _masked_fill(biased)
+    scores, bias, add = (masked[0], None, masked[4]) if masked is not None else _split_bias(biased)
     found = _scores(scores)
     if found is None:
         return None
@@ -153,7 +160,9 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
         scale = scale / value[0] if divides else scale * value[0]
     if not scale > 0.0 or not math.isfinite(scale):
         return None
-    if masked is not None and not _is_causal(masked[1], masked[2], q.projection, k.projection):
+    causal = masked is not None and _is_causal(masked[1], masked[2], q.projection, k.projection)
+    fill_mask = masked[1:4] if masked is not None and not causal else None
+    if fill_mask is not None and not _usable_condition(fill_mask[0], q.num_heads):
         return None
     width = q.num_heads * v.head_size
     merged = _merged_heads(context_matmul.outputs[0], q.projection, q.nodes[-1].outputs[0], context_matmul.inputs[1], width)
@@ -166,7 +175,7 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
         return None
     nodes = [*q.nodes, *k.nodes, *v.nodes, *score_nodes, *([add] if add else []), softmax, *guard_nodes,
              context_matmul, *output_nodes]
-    return _Match(q, k, v, scale, bias, masked is not None, guard_zero, output, nodes)
+    return _Match(q, k, v, scale, bias, causal, fill_mask, guard_zero, output, nodes)
 
 
 def _heads_dims(value: ir.Value, num_heads: int, head_size: int) -> list:
@@ -199,10 +208,13 @@ def _split_bias(biased: ir.Value) -> tuple[ir.Value, ir.Value | None, ir.Node | 
     return biased, None, None
 
 
-def _causal_fill(biased: ir.Value) -> tuple[ir.Value, ir.Value, bool, ir.Node] | None:
-    """(scores, condition, whether it marks the kept keys, the Where) of ``masked_fill``:
-    ``Where(masked, fill, scores)`` or ``Where(kept, scores, fill)`` with fill the lowest float32 or -inf
-    (so that a masked key's weight is exactly 0 as in the fused kernel's causal mask)."""
+def _masked_fill(biased: ir.Value) -> tuple[ir.Value, ir.Value, bool, ir.Value, ir.Node] | None:
+    """(scores, condition, whether it marks the kept keys, fill, the Where) of ``masked_fill``:
+    ``Where(masked, fill, scores)`` or ``Where(kept, scores, fill)`` with fill the lowest float32 or -inf.
+
+    Either way a masked key's weight is 0 as in the fused kernel's causal mask, and the additive
+    bias Where(masked, fill, 0) gives its scores fill + score, still the lowest (or -inf).
+    """
     where = biased.producer()
     if where is None or not _is_op(where, "Where") or len(where.inputs) != 3 or any(v is None for v in where.inputs):
         return None
@@ -210,7 +222,7 @@ def _causal_fill(biased: ir.Value) -> tuple[ir.Value, ir.Value, bool, ir.Node] |
     for scores, fill, keeps in ((when_false, when_true, False), (when_true, when_false, True)):
         value = scalar(fill)
         if value is not None and value <= _LOWEST and _scores(scores) is not None:
-            return scores, condition, keeps, where
+            return scores, condition, keeps, fill, where
     return None
 
 
@@ -227,15 +239,11 @@ def _is_causal(condition: ir.Value, keeps: bool, query: ir.Value, key: ir.Value)
     node = condition.producer()
     if node is not None and _is_op(node, "Not"):
         return _is_causal(node.inputs[0], not keeps, query, key)
+    if node is not None and _is_op(node, "Slice"):
+        return _is_causal_table_corner(node, keeps, query, key)
     if is_constant(condition):
-        table = np.asarray(constant_array(condition))
-        if not 2 <= table.ndim <= 4 or table.size > _MAX_TABLE or any(d != 1 for d in table.shape[:-2]):
-            return False
-        rows, columns = table.shape[-2:]
-        kept = np.tril(np.ones((rows, rows), bool))
-        wanted = kept if keeps else ~kept
-        return (rows == columns and same_dim(rows, query, 1) and same_dim(rows, key, 1)
-                and np.array_equal(table.reshape(rows, columns) != 0, wanted))
+        size = _causal_table_size(condition, keeps)
+        return size is not None and same_dim(size, query, 1) and same_dim(size, key, 1)
     if node is None or not _is_op(node, "Trilu") or node.inputs[0] is None:
         return False
     offset = constant_ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else [0]
@@ -246,6 +254,45 @@ def _is_causal(condition: ir.Value, keeps: bool, query: ir.Value, key: ir.Value)
 
 
 _MAX_TABLE = 1 << 24
+
+
+def _causal_table_size(table: ir.Value, keeps: bool) -> int | None:
+    """C when the constant ``table`` is [1.., C, C] and True exactly on the kept keys j <= i (``keeps``) or the masked ones."""
+    array = np.asarray(constant_array(table))
+    if not 2 <= array.ndim <= 4 or array.size > _MAX_TABLE or any(d != 1 for d in array.shape[:-2]):
+        return None
+    rows, columns = array.shape[-2:]
+    kept = np.tril(np.ones((rows, rows), bool))
+    wanted = kept if keeps else ~kept
+    return rows if rows == columns and np.array_equal(array.reshape(rows, columns) != 0, wanted) else None
+
+
+def _is_causal_table_corner(node: ir.Node, keeps: bool, query: ir.Value, key: ir.Value) -> bool:
+    """A top-left [S, T] corner of a constant causal table [1.., C, C] (GPT-2's ``bias[:, :, :S, :T]``):
+    one Slice from 0 with step 1, ending at S on the rows and T on the columns (anywhere on leading axes)."""
+    table = node.inputs[0]
+    if table is None or not is_constant(table) or len(node.inputs) < 3:
+        return False
+    size = _causal_table_size(table, keeps)
+    if size is None:
+        return False
+    rank = len(table.shape)
+    starts, ends = shape_entries(node.inputs[1]), shape_entries(node.inputs[2])
+    if starts is None or ends is None:
+        return False
+    axes = constant_ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else list(range(len(starts)))
+    steps = constant_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1] * len(starts)
+    if axes is None or steps is None or not len(starts) == len(ends) == len(axes) == len(steps):
+        return False
+    ends_by_axis = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if start != 0 or step != 1 or not -rank <= axis < rank:
+            return False
+        ends_by_axis[axis % rank] = end
+    if any(axis < rank - 2 and not (isinstance(end, int) and end >= 1) for axis, end in ends_by_axis.items()):
+        return False
+    return all(axis in ends_by_axis and same_dim(ends_by_axis[axis], value, 1)
+               for axis, value in ((rank - 2, query), (rank - 1, key)))
 
 
 def _ones(value: ir.Value, query: ir.Value, key: ir.Value) -> bool:
@@ -324,7 +371,8 @@ def _scaled(node: ir.Node) -> tuple[ir.Value, ir.Value, bool, list[ir.Node]] | N
 
 
 def _one_element(value: ir.Value) -> bool:
-    return value.shape is not None and len(value.shape) <= 1 and all(d == 1 for d in value.shape)
+    """One element that broadcasts without adding axes to the 4-D scores or heads."""
+    return value.shape is not None and len(value.shape) <= 4 and all(d == 1 for d in value.shape)
 
 
 # Float ops of a scale computed at run time, e.g. TorchScript's SDPA ``sqrt(1 / sqrt(q.shape[-1]))``.
@@ -575,6 +623,18 @@ def _reshapes_to_itself(reshape: ir.Node, aliases: dict[int, ir.Value]) -> bool:
     )
 
 
+def _usable_condition(condition: ir.Value, num_heads: int) -> bool:
+    """A bool mask that, as an additive bias lifted to rank 4, is onnxruntime's [B or 1, N or 1, S, T]."""
+    shape = condition.shape
+    if not isinstance(condition.type, ir.TensorType) or condition.type.dtype != ir.DataType.BOOL or shape is None:
+        return False
+    if not 2 <= len(shape) <= 4:
+        return False
+    dims = [1] * (4 - len(shape)) + list(shape)
+    heads_fit = not isinstance(dims[1], int) or dims[1] in (1, num_heads)
+    return heads_fit and dims[2] != 1 and dims[3] != 1
+
+
 def _usable_bias(bias: ir.Value, num_heads: int) -> bool:
     """onnxruntime's attention_bias: [B or 1, N or 1, S, T], float32, by inferred rank and sizes.
 
@@ -594,7 +654,8 @@ def _usable_bias(bias: ir.Value, num_heads: int) -> bool:
 
 @dataclass
 class _Rewrite:
-    """What one run of the pass shares between its rewrites: the graph, fresh names, row-expanded biases."""
+    """What one run of the pass shares between its rewrites: the graph, fresh names, the biases made
+    (row-expanded ones by the bias's id, masked_fill ones by the mask's)."""
 
     graph: ir.Graph
     context: OptimizationContext
@@ -635,6 +696,8 @@ def _replace(rewrite: _Rewrite, match: _Match, packed, removed: list[ir.Node]) -
     bias = match.bias
     if bias is not None and _broadcast_rows(bias):
         bias = _rows_expanded(rewrite, bias, new_nodes)
+    if match.fill_mask is not None:
+        bias = _fill_bias(rewrite, match.fill_mask, new_nodes)
     if packed is not None:
         x, weight, projection_bias, _ = packed
         sizes = [h.num_heads * h.head_size for h in (match.q, match.k, match.v)]
@@ -662,6 +725,28 @@ def _replace(rewrite: _Rewrite, match: _Match, packed, removed: list[ir.Node]) -
     output.replace_all_uses_with(result, replace_graph_outputs=True)
     graph.remove(removed, safe=True)
     result.name = name
+
+
+def _fill_bias(rewrite: _Rewrite, fill_mask: tuple[ir.Value, bool, ir.Value], new_nodes: list[ir.Node]) -> ir.Value:
+    """``Where(masked, fill, 0)`` lifted to rank 4: the additive bias of a masked_fill, made once per mask."""
+    condition, keeps, fill = fill_mask
+    if id(condition) in rewrite.expanded:
+        return rewrite.expanded[id(condition)]
+    base = condition.name or "attention_mask"
+    zero = _initializer(rewrite.graph, rewrite.names, f"{base}_zero", np.array(0.0, np.float32))
+    where = ir.Node("", "Where", [condition, zero, fill] if keeps else [condition, fill, zero], name=f"{base}_bias")
+    new_nodes.append(where)
+    result = where.outputs[0]
+    rank = len(condition.shape)
+    if rank < 4:
+        axes = _initializer(rewrite.graph, rewrite.names, f"{base}_axes", np.arange(4 - rank, dtype=np.int64))
+        lift = ir.Node("", "Unsqueeze", [result, axes], name=f"{base}_bias4")
+        new_nodes.append(lift)
+        result = lift.outputs[0]
+    result.name = rewrite.names.fresh(f"{base}_bias")
+    result.type, result.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape([1] * (4 - rank) + list(condition.shape))
+    rewrite.expanded[id(condition)] = result
+    return result
 
 
 def _broadcast_rows(bias: ir.Value) -> bool:
@@ -797,7 +882,8 @@ _SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Sl
 def _reads_any(match: _Match, x: ir.Value | None, removed: list[ir.Node]) -> bool:
     """Whether the fused node would read a value computed by a node it replaces."""
     gone = set(map(id, removed))
-    reads = [match.bias, x] if x is not None else [match.bias, match.q.projection, match.k.projection, match.v.projection]
+    bias = match.fill_mask[0] if match.fill_mask is not None else match.bias
+    reads = [bias, x] if x is not None else [bias, match.q.projection, match.k.projection, match.v.projection]
     return any(v is not None and v.producer() is not None and id(v.producer()) in gone for v in reads)
 
 

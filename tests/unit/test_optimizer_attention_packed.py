@@ -4,7 +4,7 @@ Synthetic layers with onnx.helper: timm's ViT (one qkv projection reshaped to [B
 permuted (2, 0, 3, 1, 4) and unbound by Split/Slice + Squeeze or Gather; scale computed from the
 head's shape as TorchScript spells SDPA, or a constant) and GPT-2 (one c_attn projection Split
 into q, k, v; masked_fill of the causal mask as Where over Not(Trilu(ConstantOfShape)), over
-Trilu(Expand(True)) or a constant table). Each is checked against onnxruntime with its
+Trilu(Expand(True)), a constant table or its top-left corner). Each is checked against onnxruntime with its
 optimizer off, on our session and on our saved model run by onnxruntime; then the negatives,
 one per precondition; then tests/data/unseen's vit and gpt2 in both exports.
 """
@@ -110,7 +110,7 @@ def _vit(unbind: str = "split", scale: str = "computed", perm=(2, 0, 3, 1, 4), b
 
 
 def _gpt2(mask: str = "trilu_not", fill: float = LOWEST, trilu_k: int | None = None, ones_dims=("x", 1, "x", 1),
-          num_outputs: bool = False) -> onnx.ModelProto:
+          num_outputs: bool = False, corner_start: int = 0) -> onnx.ModelProto:
     """GPT-2's attention: c_attn → Split → heads; scores masked_fill(~tril, fill); → [B, S, D]."""
     g = _Graph(18 if num_outputs else 17)
     qkv = g.qkv()
@@ -125,7 +125,7 @@ def _gpt2(mask: str = "trilu_not", fill: float = LOWEST, trilu_k: int | None = N
     k_t = g.node("Transpose", [k], "k_t", perm=[0, 2, 3, 1])
     scores = g.node("Div", [g.node("MatMul", [q, k_t], "qk"), g.const("root", np.array(np.sqrt(HEAD_SIZE), np.float32))], "scores")
     square = g.node("Concat", [g.dim(ones_dims[0], ones_dims[1]), g.dim(ones_dims[2], ones_dims[3])], "square", axis=0) \
-        if mask != "table" else None
+        if mask.startswith("trilu") else None
     fill_value = g.const("fill", np.array(fill, np.float32))
     if mask == "trilu_not":
         ones = g.node("ConstantOfShape", [square], "ones", value=helper.make_tensor("t", TensorProto.BOOL, [1], [True]))
@@ -135,6 +135,14 @@ def _gpt2(mask: str = "trilu_not", fill: float = LOWEST, trilu_k: int | None = N
         ones = g.node("Expand", [g.const("true", np.array(True)), square], "ones")
         kept = g.node("Trilu", [ones] + ([g.const("k", np.array(trilu_k, np.int64))] if trilu_k is not None else []), "kept", upper=0)
         masked = g.node("Where", [kept, scores, fill_value], "masked")
+    elif mask == "corner":  # GPT-2's bias[:, :, :S, :T] of a [1, 1, C, C] lower-triangular table, C > S
+        table = g.const("table", np.tril(np.ones((16, 16), bool))[None, None])
+        row_end = g.dim(ones_dims[0], ones_dims[1])
+        if corner_start:  # rows start..S + start: as many, but not the top ones
+            row_end = g.node("Add", [row_end, g.ints("shift", corner_start)], "row_end")
+        ends = g.node("Concat", [row_end, g.dim(ones_dims[2], ones_dims[3])], "corner_ends", axis=0)
+        corner = g.node("Slice", [table, g.ints("corner_starts", corner_start, 0), ends, g.ints("corner_axes", 2, 3)], "corner")
+        masked = g.node("Where", [corner, scores, fill_value], "masked")
     else:
         table = np.triu(np.ones((SEQ, SEQ), bool), 1)[None, None]
         masked = g.node("Where", [g.const("future", table), fill_value, scores], "masked")
@@ -189,7 +197,7 @@ def test_packed_qkv_unbound_into_heads_becomes_one_attention(variant, tmp_path):
 
 @pytest.mark.parametrize("variant", [
     {"mask": "trilu_not"}, {"mask": "trilu_keep"}, {"mask": "trilu_keep", "fill": -np.inf},
-    {"mask": "table"}, {"mask": "trilu_not", "num_outputs": True},
+    {"mask": "table"}, {"mask": "corner"}, {"mask": "trilu_not", "num_outputs": True},
 ])
 def test_split_projection_with_causal_mask_becomes_unidirectional_attention(variant, tmp_path):
     saved = _run(_gpt2(**variant), tmp_path, _feeds())
@@ -202,8 +210,17 @@ def test_split_projection_with_causal_mask_becomes_unidirectional_attention(vari
 @pytest.mark.parametrize("model", [
     pytest.param(lambda: _gpt2(trilu_k=1), id="tril_k1_lets_one_future_key_through"),
     pytest.param(lambda: _gpt2(mask="trilu_keep", trilu_k=-1), id="strictly_lower_masks_the_diagonal"),
-    pytest.param(lambda: _gpt2(fill=-10000.0), id="fill_not_lowest"),
+    pytest.param(lambda: _gpt2(mask="corner", corner_start=1), id="table_rows_not_from_the_top"),
     pytest.param(lambda: _gpt2(ones_dims=("x", 1, "x", 0)), id="mask_columns_not_the_keys"),
+])
+def test_mask_not_proven_causal_is_fed_as_attention_bias(model, tmp_path):
+    saved = _run(model(), tmp_path, _feeds(batch=SEQ))  # B = S: the masks of other sizes still run
+    (fused,) = _attention_nodes(saved)
+    assert "unidirectional" not in _attributes(fused) and len(fused.input) == 6 and fused.input[5]
+
+
+@pytest.mark.parametrize("model", [
+    pytest.param(lambda: _gpt2(fill=-10000.0), id="fill_not_lowest"),
     pytest.param(lambda: _vit(perm=(2, 0, 1, 3, 4)), id="permute_keeps_sequence_before_heads"),
     pytest.param(lambda: _vit(scale_from="seq"), id="scale_from_a_size_not_proven"),
 ])
