@@ -7,7 +7,7 @@ The pattern, anchored at the Softmax (every projection ``p = MatMul(x, W) [+ b]`
                                                  Transpose(heads(k), (0, 1, 3, 2)), dynamo's
                                                  Reshape/Transpose(0, 2, 1)/Reshape of heads(k),
                                                  or heads(k) under FusedMatMul transB=1
-    probs  = Softmax(scores [+ bias | masked_fill], axis=-1) [→ Where(IsNaN(probs), 0, probs)]
+    probs  = Softmax(scores [masked_fill] [+ bias], axis=-1) [→ Where(IsNaN(probs), 0, probs)]
     y      = Reshape(Transpose(MatMul(probs, heads(v)) [→ a Reshape to its own shape], (0, 2, 1, 3)), [B, S, N·Hv])
 
 Packed projections: q, k and v may be the column blocks of one projection, either
@@ -137,9 +137,11 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     context_matmul = only_reader(weights)
     if context_matmul is None or not _is_op(context_matmul, "MatMul") or context_matmul.inputs[0] is not weights:
         return None
-    biased = softmax.inputs[0]
-    masked = _masked_fill(biased)
-    scores, bias, add = (masked[0], None, masked[4]) if masked is not None else _split_bias(biased)
+    scores, bias, add = _split_bias(softmax.inputs[0])
+    masked = _masked_fill(scores)
+    mask_nodes = [node for node in (add, masked[4] if masked is not None else None) if node is not None]
+    if masked is not None:
+        scores = masked[0]
     found = _scores(scores)
     if found is None:
         return None
@@ -162,7 +164,8 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
         return None
     causal = masked is not None and _is_causal(masked[1], masked[2], q.projection, k.projection)
     fill_mask = masked[1:4] if masked is not None and not causal else None
-    if fill_mask is not None and not _usable_condition(fill_mask[0], q.num_heads):
+    # A masked_fill that is not causal becomes the attention_bias: there is no room for a second one.
+    if fill_mask is not None and (bias is not None or not _usable_condition(fill_mask[0], q.num_heads)):
         return None
     width = q.num_heads * v.head_size
     merged = _merged_heads(context_matmul.outputs[0], q.projection, q.nodes[-1].outputs[0], context_matmul.inputs[1], width)
@@ -173,7 +176,7 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
         return None
     if bias is not None and not _usable_bias(bias, q.num_heads):
         return None
-    nodes = [*q.nodes, *k.nodes, *v.nodes, *score_nodes, *([add] if add else []), softmax, *guard_nodes,
+    nodes = [*q.nodes, *k.nodes, *v.nodes, *score_nodes, *mask_nodes, softmax, *guard_nodes,
              context_matmul, *output_nodes]
     return _Match(q, k, v, scale, bias, causal, fill_mask, guard_zero, output, nodes)
 
@@ -198,12 +201,12 @@ def _nan_guard(probs: ir.Value) -> tuple[ir.Value, ir.Value | None, list[ir.Node
 
 
 def _split_bias(biased: ir.Value) -> tuple[ir.Value, ir.Value | None, ir.Node | None]:
-    """(the scores, the additive bias or None, the Add) of the Softmax input."""
+    """(the scores, possibly masked_fill'ed, the additive bias or None, the Add) of the Softmax input."""
     add = biased.producer()
     if add is None or not _is_op(add, "Add") or len(add.inputs) != 2:
         return biased, None, None
     for scores in add.inputs:
-        if scores is not None and _scores(scores) is not None:
+        if scores is not None and (_scores(scores) is not None or _masked_fill(scores) is not None):
             return scores, partner(add, scores), add
     return biased, None, None
 

@@ -110,7 +110,7 @@ def _vit(unbind: str = "split", scale: str = "computed", perm=(2, 0, 3, 1, 4), b
 
 
 def _gpt2(mask: str = "trilu_not", fill: float = LOWEST, trilu_k: int | None = None, ones_dims=("x", 1, "x", 1),
-          num_outputs: bool = False, corner_start: int = 0) -> onnx.ModelProto:
+          num_outputs: bool = False, corner_start: int = 0, padding: bool = False) -> onnx.ModelProto:
     """GPT-2's attention: c_attn → Split → heads; scores masked_fill(~tril, fill); → [B, S, D]."""
     g = _Graph(18 if num_outputs else 17)
     qkv = g.qkv()
@@ -146,9 +146,18 @@ def _gpt2(mask: str = "trilu_not", fill: float = LOWEST, trilu_k: int | None = N
     else:
         table = np.triu(np.ones((SEQ, SEQ), bool), 1)[None, None]
         masked = g.node("Where", [g.const("future", table), fill_value, scores], "masked")
+    if padding:  # transformers' additive padding mask [B, 1, 1, T] after the causal one
+        allowed = g.node("Unsqueeze", [g.node("Cast", ["attention_mask"], "allowed", to=TensorProto.BOOL), g.ints("pad_axes", 1, 2)],
+                         "allowed4")
+        pad = g.node("Where", [allowed, g.const("zero", np.array(0.0, np.float32)), g.const("pad_fill", np.array(LOWEST, np.float32))],
+                     "pad_bias")
+        masked = g.node("Add", [masked, pad], "masked_padded")
     context = g.node("MatMul", [g.node("Softmax", [masked], "probs", axis=-1), v], "context")
     g.merged(context)
-    return g.model(static_seq=mask == "table")
+    model = g.model(static_seq=mask == "table")
+    if padding:
+        model.graph.input.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]))
+    return model
 
 
 def _feeds(batch: int = 2, seq: int = SEQ) -> dict:
@@ -205,6 +214,16 @@ def test_split_projection_with_causal_mask_becomes_unidirectional_attention(vari
     assert fused.op_type == "Attention" and _attributes(fused) == {"num_heads": HEADS, "unidirectional": 1}
     assert len(fused.input) == 3  # no attention_bias: the mask is the attribute
     assert not any(n.op_type in ("Softmax", "Where", "Trilu") for n in saved.graph.node)
+
+
+def test_causal_and_padding_masks_become_unidirectional_with_attention_bias(tmp_path):
+    feeds = _feeds(batch=3)
+    mask = np.ones((3, SEQ), np.int64)
+    mask[1, -2:] = 0  # right padding
+    mask[2, :2] = 0  # left padding: the first queries see no key at all
+    saved = _run(_gpt2(padding=True), tmp_path, {**feeds, "attention_mask": mask})
+    (fused,) = _attention_nodes(saved)
+    assert _attributes(fused) == {"num_heads": HEADS, "unidirectional": 1} and len(fused.input) == 6
 
 
 @pytest.mark.parametrize("model", [
