@@ -663,7 +663,7 @@ class _Rewrite:
     graph: ir.Graph
     context: OptimizationContext
     names: UniqueNames
-    expanded: dict[int, ir.Value] = field(default_factory=dict)
+    expanded: dict[object, ir.Value] = field(default_factory=dict)
 
 
 def _fuse(rewrite: _Rewrite, match: _Match) -> bool:
@@ -733,8 +733,9 @@ def _replace(rewrite: _Rewrite, match: _Match, packed, removed: list[ir.Node]) -
 def _fill_bias(rewrite: _Rewrite, fill_mask: tuple[ir.Value, bool, ir.Value], new_nodes: list[ir.Node]) -> ir.Value:
     """``Where(masked, fill, 0)`` lifted to rank 4: the additive bias of a masked_fill, made once per mask."""
     condition, keeps, fill = fill_mask
-    if id(condition) in rewrite.expanded:
-        return rewrite.expanded[id(condition)]
+    key = (id(condition), keeps, id(fill))
+    if key in rewrite.expanded:
+        return rewrite.expanded[key]
     base = condition.name or "attention_mask"
     zero = _initializer(rewrite.graph, rewrite.names, f"{base}_zero", np.array(0.0, np.float32))
     where = ir.Node("", "Where", [condition, zero, fill] if keeps else [condition, fill, zero], name=f"{base}_bias")
@@ -742,13 +743,17 @@ def _fill_bias(rewrite: _Rewrite, fill_mask: tuple[ir.Value, bool, ir.Value], ne
     result = where.outputs[0]
     rank = len(condition.shape)
     if rank < 4:
-        axes = _initializer(rewrite.graph, rewrite.names, f"{base}_axes", np.arange(4 - rank, dtype=np.int64))
-        lift = ir.Node("", "Unsqueeze", [result, axes], name=f"{base}_bias4")
+        leading = np.arange(4 - rank, dtype=np.int64)
+        if rewrite.context.opset_imports.get("", 1) >= 13:
+            lift = ir.Node("", "Unsqueeze", [result, _initializer(rewrite.graph, rewrite.names, f"{base}_axes", leading)],
+                           name=f"{base}_bias4")
+        else:
+            lift = ir.Node("", "Unsqueeze", [result], attributes=[ir.AttrInt64s("axes", leading.tolist())], name=f"{base}_bias4")
         new_nodes.append(lift)
         result = lift.outputs[0]
     result.name = rewrite.names.fresh(f"{base}_bias")
     result.type, result.shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape([1] * (4 - rank) + list(condition.shape))
-    rewrite.expanded[id(condition)] = result
+    rewrite.expanded[key] = result
     return result
 
 
