@@ -1,16 +1,20 @@
 """What a small integer subgraph computes: the sizes exporters spell with Shape, Gather, Slice, Concat and arithmetic.
 
-The attention and rotary fusions must know a Slice bound (``x.shape[-1] // 2``) or a Reshape
-target (``[batch, heads, -1, head_size]``) that constant folding leaves in the graph because
-part of it is symbolic. :func:`shape_entries` reads such a 1-D (or scalar) int tensor as a list
-whose entries are ints where known, :class:`Dim` where they copy a symbolic dim of a value, and
-None where they are unknown.
+Exporters build Reshape targets and Slice bounds at run time, e.g.
+``Concat(Unsqueeze(Gather(Shape(x), 0)), ..., [-1], [64])`` (TorchScript),
+``Concat(Shape(x, start=0, end=1), ..., Slice(Shape(k), -2, -1))`` (dynamo) or
+``Div(Gather(Shape(x), -1), 2)``, and constant folding leaves them in the graph because part of
+them is symbolic. :func:`shape_entries` reads such a 1-D (or scalar) int tensor as a list whose
+entries are ints where known, :class:`Dim` where they copy a dim of a value that the graph's
+shapes leave symbolic, and None where they are unknown. :func:`same_dim` says when an entry is
+provably a given dim of a value. Fusions use these to prove that a Reshape only splits or merges
+the axes they expect, or that a Slice takes the half they expect.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 import onnx_ir as ir
@@ -24,20 +28,22 @@ _MAX_CONSTANT = 64  # a shape vector, not a weight
 
 @dataclass(frozen=True)
 class Dim:
-    """Dim ``axis`` of ``value`` (a dim the graph's shapes leave symbolic)."""
+    """Dim ``axis`` (non-negative) of ``value``: a dim the graph's shapes leave symbolic or unknown."""
 
     value: ir.Value
     axis: int
 
 
-def dim_of(value: ir.Value, axis: int) -> "int | Dim | None":
+# A known integer, a dim of some value, or None when the entry is not known.
+Entry = Union[int, Dim, None]
+
+
+def dim_of(value: ir.Value, axis: int) -> Entry:
     """``value``'s dim ``axis`` (negative counts from the end): an int when static, else a :class:`Dim`."""
-    if value.shape is None:
+    rank = _rank(value)
+    if rank is None or not -rank <= axis < rank:
         return None
-    rank = len(value.shape)
-    if not -rank <= axis < rank:
-        return None
-    dim = value.shape.dims[axis]
+    dim = value.shape.dims[axis] if value.shape is not None else None
     return dim if isinstance(dim, int) else Dim(value, axis % rank)
 
 
@@ -52,9 +58,9 @@ def constant_ints(value: ir.Value | None) -> list[int] | None:
 
 
 def shape_entries(
-    value: ir.Value | None, known: Mapping[ir.Value, Sequence] | None = None, depth: int = _MAX_DEPTH
-) -> "list[int | Dim | None] | None":
-    """The entries ``value`` (a 1-D or scalar int tensor) holds, or None when its structure is not understood.
+    value: ir.Value | None, known: Mapping[ir.Value, Sequence[Entry]] | None = None, depth: int = _MAX_DEPTH
+) -> list[Entry] | None:
+    """The entries ``value`` (a 1-D or scalar int tensor) holds, or None when not even their number is known.
 
     ``known`` gives the dims (ints or :class:`Dim`) of values whose shape the graph does not record.
     """
@@ -71,7 +77,7 @@ def shape_entries(
     if op == "Shape":
         return _shape(node, known or {})
     if op in ("Identity", "Unsqueeze", "Squeeze", "Reshape") or (op == "Cast" and _to_int(node)):
-        return read(0)
+        return read(0)  # a scalar and its one-element vector hold the same entry
     if op == "Concat":
         if node.attributes.get_int("axis", 0) not in (0, -1):
             return None
@@ -86,6 +92,8 @@ def shape_entries(
         return [data[i] for i in indices]
     if op == "Slice":
         return _slice(node, read(0))
+    if op == "Where":
+        return _where_equal(node, known, depth - 1)
     if op in _ARITHMETIC:
         first, second = read(0), read(1)
         if first is None or second is None or (len(first) != len(second) and 1 not in (len(first), len(second))):
@@ -94,6 +102,37 @@ def shape_entries(
         first, second = first * (length // len(first)), second * (length // len(second))
         return [_ARITHMETIC[op](a, b) if isinstance(a, int) and isinstance(b, int) else None for a, b in zip(first, second)]
     return None
+
+
+def same_dim(entry: Entry, value: ir.Value, axis: int) -> bool:
+    """Whether ``entry`` is provably dim ``axis`` of ``value``.
+
+    The same dim, equal static sizes, or dims shape inference gave one symbolic name (it names
+    unknown sizes uniquely).
+    """
+    rank = _rank(value)
+    if isinstance(entry, Dim) and entry.value is value and rank is not None and entry.axis == axis % rank:
+        return True
+    if value.shape is None or not -len(value.shape) <= axis < len(value.shape):
+        return False
+    target = value.shape[axis]
+    if isinstance(entry, int):
+        return isinstance(target, int) and entry == target
+    if not isinstance(entry, Dim) or entry.value.shape is None:
+        return False
+    known = entry.value.shape[entry.axis]
+    if isinstance(known, int) or isinstance(target, int):
+        return isinstance(known, int) and isinstance(target, int) and known == target
+    return known.value is not None and known.value == target.value
+
+
+def _rank(value: ir.Value) -> int | None:
+    """The rank of ``value``: inferred, or that of a Transpose's perm (inference gives up on some Reshapes)."""
+    if value.shape is not None:
+        return len(value.shape)
+    node = value.producer()
+    perm = node.attributes.get_ints("perm", None) if node is not None and node.op_type == "Transpose" else None
+    return len(perm) if perm is not None else None
 
 
 def _truncating_div(a: int, b: int) -> int | None:
@@ -115,14 +154,17 @@ def _to_int(cast: ir.Node) -> bool:
     return cast.attributes.get_int("to", 0) in (ir.DataType.INT64, ir.DataType.INT32)
 
 
-def _shape(node: ir.Node, known: Mapping[ir.Value, Sequence]) -> "list[int | Dim | None] | None":
+def _shape(node: ir.Node, known: Mapping[ir.Value, Sequence[Entry]]) -> list[Entry] | None:
     source = node.inputs[0]
+    if source is None:
+        return None
     if source in known:
         dims = list(known[source])
-    elif source is not None and source.shape is not None:
-        dims = [dim_of(source, axis) for axis in range(len(source.shape))]
     else:
-        return None
+        rank = _rank(source)
+        if rank is None:
+            return None
+        dims = [dim_of(source, axis) for axis in range(rank)]
     rank = len(dims)
     start = node.attributes.get_int("start", 0)
     end = node.attributes.get_int("end", rank)
@@ -130,7 +172,7 @@ def _shape(node: ir.Node, known: Mapping[ir.Value, Sequence]) -> "list[int | Dim
     return dims[start:end]
 
 
-def _slice(node: ir.Node, data: "list | None") -> "list | None":
+def _slice(node: ir.Node, data: list[Entry] | None) -> list[Entry] | None:
     if data is None:
         return None
     if len(node.inputs) >= 3:
@@ -140,6 +182,36 @@ def _slice(node: ir.Node, data: "list | None") -> "list | None":
     else:  # Slice-1: attributes
         starts, ends = node.attributes.get_ints("starts"), node.attributes.get_ints("ends")
         axes, steps = node.attributes.get_ints("axes", [0]), [1]
-    if None in (starts, ends, axes, steps) or len(starts) != 1 or list(axes) not in ([0], [-1]) or list(steps) != [1]:
+    if None in (starts, ends, axes, steps) or len(starts) != 1 or len(ends) != 1:
         return None
-    return data[slice(starts[0], ends[0])]
+    if list(axes) not in ([0], [-1]) or list(steps) != [1]:
+        return None
+    return data[slice(starts[0], ends[0])]  # Python's slice clamps as ONNX's does for step 1
+
+
+def _where_equal(node: ir.Node, known, depth: int) -> list[Entry] | None:
+    """``Where(Equal(c, k), r, c)`` entry by entry: how exporters replace -1 entries of a shape."""
+    if len(node.inputs) != 3 or any(v is None for v in node.inputs):
+        return None
+    condition, replacement, otherwise = node.inputs
+    test = condition.producer()
+    if test is None or test.op_type != "Equal" or test.domain != "" or otherwise not in test.inputs:
+        return None
+    entries = shape_entries(otherwise, known, depth)
+    compared = shape_entries(test.inputs[1] if test.inputs[0] is otherwise else test.inputs[0], known, depth)
+    replaced = shape_entries(replacement, known, depth)
+    if entries is None or compared is None or replaced is None:
+        return None
+    n = len(entries)
+    if any(len(e) not in (1, n) for e in (compared, replaced)):
+        return None
+    result: list[Entry] = []
+    for i, entry in enumerate(entries):
+        k, r = compared[i % len(compared)], replaced[i % len(replaced)]
+        if isinstance(entry, int) and isinstance(k, int):
+            result.append(r if entry == k else entry)
+        elif isinstance(entry, Dim) and isinstance(k, int) and k < 0:
+            result.append(entry)  # a dim is never negative
+        else:
+            result.append(None)
+    return result
