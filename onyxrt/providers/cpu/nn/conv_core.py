@@ -31,6 +31,7 @@ import sys
 import numpy as np
 
 from ....framework.thread_pool import current_pool
+from .depthwise_conv import depthwise_conv
 from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- window geometry
@@ -599,6 +600,9 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     Mg = M // group
 
     if Cg == 1 and group == C and N * C * P > 0:
+        y = depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation)  # None: no compiled kernel
+        if y is not None:
+            return y
         if M != C:
             # channel multiplier: output channel m reads input channel m // (M // C)
             x = np.repeat(x, M // C, axis=1)

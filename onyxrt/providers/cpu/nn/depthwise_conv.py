@@ -1,0 +1,196 @@
+"""Depthwise convolutions (group == C_in, one input channel per group) by a numba kernel.
+
+One compiled pass per output plane: each output row starts at the bias, takes one
+multiply-add per kernel tap over the contiguous run of columns whose input column lies
+inside the image (the padding is never materialized), then gets the fused activation
+while it is still in cache. numpy needs a pass over the output per tap instead.
+
+numba is optional (the ``fast`` extra). The kernel is compiled on the first depthwise
+convolution a process runs, not at import or session creation, and cached on disk
+(``cache=True``: numba writes next to this file when that is writable, else in its
+user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both). Where numba is missing,
+fails to import or fails to compile, or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv``
+returns None and the numpy path runs.
+
+Planes are split over the session's thread pool; the kernel releases the GIL
+(``nogil``), so numba's own threading layer is not involved.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ....framework.thread_pool import current_pool
+
+DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
+
+# the FusedConv (MLAS) activations the kernel applies itself; code 0 = none
+_ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
+
+# Output elements times taps below which a plane range is not split over threads.
+_PARALLEL_MIN_WORK = 1 << 18
+
+
+def _depthwise_planes(x, w, bias, params, out, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act, p0, p1):
+    """Planes p0..p1 of ``out`` (N, M, OH, OW) = depthwise conv of ``x`` (N, C, H, W) with
+    ``w`` (M, kh, kw) and ``bias`` (M,); output channel m reads input channel m // multiplier;
+    the padded image is Hp x Wp with x at (pt, pl). ``act``: an activation code; ``params``:
+    its two parameters, 0 and 1, in the dtype of ``x`` (numba would compute in float64 with
+    Python float constants).
+
+    Indices are cast to ``uintp``: numba then emits no negative-index wrap-around test, and
+    the loops vectorize."""
+    M, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    a, b, zero, one = params[0], params[1], params[2], params[3]
+    # Stride 1: the output is computed over whole padded rows (Wp - OW junk columns each),
+    # so every tap is one long contiguous pass over the plane; else row by row.
+    flat = s0 == 1 and s1 == 1
+    pitch = Wp if flat else OW
+    length = (OH - 1) * Wp + OW if flat else OW
+    # the padded plane (its border stays zero: only the interior is rewritten), with slack
+    # for the junk columns' reads past the last row
+    plane = np.zeros(Hp * Wp + Wp + (kw - 1) * d1, dtype=x.dtype)
+    acc = np.empty(OH * pitch, dtype=x.dtype)
+    r_lo, r_hi = max(0, pt), min(Hp, H + pt)
+    c_lo, c_hi = max(0, pl), min(Wp, W + pl)
+    for p in range(p0, p1):
+        n, m = p // M, p % M
+        image = x[n, m // multiplier]
+        for r in range(r_lo, r_hi):
+            src = image[r - pt]
+            base = r * Wp
+            for q in range(c_lo, c_hi):
+                plane[np.uintp(base + q)] = src[np.uintp(q - pl)]
+        taps = w[m]
+        bm = bias[m]
+        for block in range(1 if flat else OH):
+            start = block * OW  # (0 when flat)
+            in_base = block * s0 * Wp
+            for k in range(length):
+                acc[np.uintp(start + k)] = bm
+            for i in range(kh):
+                row = in_base + i * d0 * Wp
+                if kw == 3:  # the common case: one pass per kernel row
+                    w0, w1, w2 = taps[i, 0], taps[i, 1], taps[i, 2]
+                    for k in range(length):
+                        q = row + k * s1
+                        acc[np.uintp(start + k)] += (w0 * plane[np.uintp(q)] + w1 * plane[np.uintp(q + d1)]
+                                                     + w2 * plane[np.uintp(q + 2 * d1)])
+                else:
+                    for j in range(kw):
+                        tap = taps[i, j]
+                        q0 = row + j * d1
+                        for k in range(length):
+                            acc[np.uintp(start + k)] += tap * plane[np.uintp(q0 + k * s1)]
+        result = out[n, m]
+        for oh in range(OH):
+            dst = result[oh]
+            src = acc[oh * pitch : oh * pitch + OW]
+            # comparisons rather than min/max so that NaN stays NaN, as with numpy
+            if act == 0:
+                dst[:] = src
+            elif act == 1:
+                for k in range(OW):
+                    v = src[k]
+                    dst[k] = zero if v < zero else v
+            elif act == 2:
+                for k in range(OW):
+                    v = src[k]
+                    dst[k] = v * a if v < zero else v
+            elif act == 3:
+                for k in range(OW):
+                    dst[k] = np.tanh(src[k])
+            elif act == 4:
+                for k in range(OW):
+                    dst[k] = one / (one + np.exp(-src[k]))
+            elif act == 5:
+                for k in range(OW):
+                    v = src[k]
+                    dst[k] = a if v < a else (b if v > b else v)
+            else:
+                for k in range(OW):
+                    v = src[k] * a + b
+                    dst[k] = zero if v < zero else (one if v > one else v)
+
+
+class _Jit:
+    """The compiled kernel, built on first use; ``failed`` once numba is unusable here."""
+
+    kernel = None
+    failed = False
+    compiled: set = set()  # the dtypes whose specialization compiled (or loaded from the cache)
+
+
+def _kernel():
+    if _Jit.kernel is None and not _Jit.failed:
+        try:
+            import numba
+        except Exception:  # absent, or broken against this numpy: the numpy path runs
+            _Jit.failed = True
+            return None
+        # fastmath stays off: same rounding as numpy, element by element
+        _Jit.kernel = numba.njit(cache=True, nogil=True)(_depthwise_planes)
+    return _Jit.kernel
+
+
+def enabled() -> bool:
+    """Whether depthwise convolutions may use the compiled kernel (numba importable, not disabled)."""
+    return os.environ.get(DISABLE_ENV, "") in ("", "0") and _kernel() is not None
+
+
+def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
+    """(code, params) of an in-place activation function that ``mlas_activation_fn`` made
+    (its ``mlas`` attribute), (0, ...) for none, None for one the kernel cannot apply."""
+    if activation is None:
+        return 0, (0.0, 0.0)
+    spec = getattr(activation, "mlas", None)
+    if spec is None:
+        return None
+    name, params = spec
+    values = list(params) + [0.0] * (2 - len(params))
+    return _ACTIVATION_CODES[name], (values[0], values[1])
+
+
+def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -> np.ndarray | None:
+    """The 1-D or 2-D depthwise conv of ``x`` (N, C, *spatial) with ``w`` (M, 1, *k), M a
+    multiple of C, float32/float64, explicit [begin..., end...] ``pads`` (any sign), ``b``
+    (M,) or None; ``activation`` as ``conv_core`` takes it. None when the kernel cannot run
+    it (the caller then computes it with numpy)."""
+    nd = x.ndim - 2
+    if nd not in (1, 2) or x.dtype not in (np.float32, np.float64) or w.dtype != x.dtype or not enabled():
+        return None
+    if nd == 1:  # as a 2-D conv over one row
+        y = depthwise_conv(x[:, :, None, :], w[:, :, None, :], b, [1] + list(strides), [1] + list(dilations),
+                           [0, pads[0], 0, pads[1]], [1] + list(out_sp), activation)
+        return None if y is None else y.reshape(y.shape[:2] + (y.shape[3],))
+    fused = activation_code(activation)
+    code, params = fused if fused is not None else (0, (0.0, 0.0))
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    x = np.ascontiguousarray(x)
+    taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
+    bias = np.zeros(M, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype).reshape(M)
+    values = np.array(params + (0.0, 1.0), dtype=x.dtype)
+    y = np.empty((N, M, out_sp[0], out_sp[1]), dtype=x.dtype)
+    Hp, Wp = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
+    args = (x, taps, bias, values, y, M // C, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
+            Hp, Wp, code)
+    kernel = _kernel()
+    if x.dtype not in _Jit.compiled:
+        try:
+            kernel(*args, 0, 0)  # compiles (or loads from the disk cache) this dtype's kernel
+        except Exception:  # numba's compile errors have no common base; any makes the numpy path run
+            _Jit.failed = True
+            _Jit.kernel = None
+            return None
+        _Jit.compiled.add(x.dtype)
+    planes = N * M
+    current_pool().run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
+                              y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
+    if fused is None:
+        activation(y)
+    return y
