@@ -27,6 +27,8 @@ CASES = [
     ((1, 3, 12, 13), 1, (3, 3), (1, 1), (2, 2), [2, 2, 2, 2]),
     ((1, 3, 13, 12), 1, (3, 5), (2, 1), (2, 3), [1, 0, 2, 3]),
     ((1, 3, 11, 9), 1, (3, 3), (1, 2), (1, 1), [0, 1, 2, 0]),
+    ((1, 3, 14, 13), 1, (3, 3), (3, 3), (1, 1), [1, 2, 0, 1]),
+    ((1, 3, 14, 13), 1, (5, 3), (2, 3), (1, 2), [2, 1, 1, 0]),
     ((1, 3, 10, 9), 1, (3, 3), (1, 1), (1, 1), [2, 0, 0, 1]),
     ((1, 3, 11, 10), 1, (3, 3), (2, 2), (1, 1), "SAME_UPPER"),
     ((1, 3, 11, 10), 1, (3, 3), (2, 2), (1, 1), "SAME_LOWER"),
@@ -126,10 +128,11 @@ def test_unknown_activation_applied_after_the_kernel():
     _assert_close(y, plain**2)
 
 
-@pytest.mark.parametrize("pads", [[-1, 0, 1, 1], [1, -2, 0, 2]])
-def test_negative_pads(monkeypatch, pads):
+@pytest.mark.parametrize("strides", [[1, 1], [2, 2]])
+@pytest.mark.parametrize("pads", [[-1, 0, 1, 1], [1, -2, 0, 2], [0, 1, 1, -1]])
+def test_negative_pads(monkeypatch, pads, strides):
     x, w, b = _case((1, 3, 10, 11), 1, (3, 3), True, np.float32)
-    args = (x, w, b, 3, [1, 1], [1, 1], pads, "NOTSET", None)
+    args = (x, w, b, 3, strides, [1, 1], pads, "NOTSET", None)
     _assert_close(core.float_conv(*args), _numpy_conv(monkeypatch, *args))
 
 
@@ -145,7 +148,8 @@ def test_one_dimensional(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("shape, multiplier, kernel, strides, dilations, pads", [
-    CASES[3], CASES[5], CASES[7], CASES[9], CASES[12], CASES[13], CASES[15], CASES[16], CASES[18],
+    CASES[3], CASES[5], CASES[7], CASES[9], CASES[11], CASES[12], CASES[14], CASES[15], CASES[17], CASES[18],
+    CASES[20],
 ])
 def test_conv_matches_onnxruntime(shape, multiplier, kernel, strides, dilations, pads):
     """float32 (onnxruntime's CPU Conv has no float64 kernel)."""

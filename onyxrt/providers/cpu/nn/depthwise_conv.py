@@ -12,7 +12,7 @@ user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both). Where numba is m
 fails to import or fails to compile, or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv``
 returns None and the numpy path runs.
 
-Planes are split over the session's thread pool; the kernel releases the GIL
+Planes are s1 over the session's thread pool; the kernel releases the GIL
 (``nogil``), so numba's own threading layer is not involved.
 """
 
@@ -29,23 +29,26 @@ DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
 # the FusedConv (MLAS) activations the kernel applies itself; code 0 = none
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
 
-# Output elements times taps below which a plane range is not split over threads.
+# Output elements times taps below which a plane range is not s1 over threads.
 _PARALLEL_MIN_WORK = 1 << 18
 
 
-def _depthwise_planes(x, w, bias, params, out, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act, p0, p1):
-    """Planes p0..p1 of ``out`` (N, M, OH, OW) = depthwise conv of ``x`` (N, C, H, W) with
+def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act, p0, p1):
+    """Planes p0..p1 of ``out`` (N*M, OH*OW) = depthwise conv of ``x`` (N, C, H, W) with
     ``w`` (M, kh, kw) and ``bias`` (M,); output channel m reads input channel m // multiplier;
     the padded image is Hp x Wp with x at (pt, pl). ``act``: an activation code; ``params``:
     its two parameters, 0 and 1, in the dtype of ``x`` (numba would compute in float64 with
     Python float constants).
 
     Indices are cast to ``uintp``: numba then emits no negative-index wrap-around test, and
-    the loops vectorize."""
-    M, OH, OW = out.shape[1], out.shape[2], out.shape[3]
+    the loops vectorize. Each padded row is stored split into its ``s1`` column phases
+    (columns ph, ph + s1, ...: ``Wq`` entries each), so that every tap reads a contiguous
+    run of the plane whatever the column stride."""
     H, W = x.shape[2], x.shape[3]
     kh, kw = w.shape[1], w.shape[2]
     a, b, zero, one = params[0], params[1], params[2], params[3]
+    Wq = (Wp + s1 - 1) // s1
+    Wrow = s1 * Wq  # a padded row in the plane
     # Stride 1: the output is computed over whole padded rows (Wp - OW junk columns each),
     # so every tap is one long contiguous pass over the plane; else row by row.
     flat = s0 == 1 and s1 == 1
@@ -53,7 +56,7 @@ def _depthwise_planes(x, w, bias, params, out, multiplier, s0, s1, d0, d1, pt, p
     length = (OH - 1) * Wp + OW if flat else OW
     # the padded plane (its border stays zero: only the interior is rewritten), with slack
     # for the junk columns' reads past the last row
-    plane = np.zeros(Hp * Wp + Wp + (kw - 1) * d1, dtype=x.dtype)
+    plane = np.zeros(Hp * Wrow + Wrow + (kw - 1) * d1, dtype=x.dtype)
     acc = np.empty(OH * pitch, dtype=x.dtype)
     r_lo, r_hi = max(0, pt), min(Hp, H + pt)
     c_lo, c_hi = max(0, pl), min(Wp, W + pl)
@@ -62,59 +65,95 @@ def _depthwise_planes(x, w, bias, params, out, multiplier, s0, s1, d0, d1, pt, p
         image = x[n, m // multiplier]
         for r in range(r_lo, r_hi):
             src = image[r - pt]
-            base = r * Wp
-            for q in range(c_lo, c_hi):
-                plane[np.uintp(base + q)] = src[np.uintp(q - pl)]
+            if s1 == 1:
+                base = r * Wrow + c_lo
+                first = c_lo - pl
+                for t in range(c_hi - c_lo):
+                    plane[np.uintp(base + t)] = src[np.uintp(first + t)]
+            elif s1 == 2 and pl >= 0 and W + pl <= Wp:
+                # image columns 2u, 2u + 1 in one loop: both loads of each pair are used,
+                # which vectorizes (one phase at a time does not)
+                row = r * Wrow
+                even = row + (pl % 2) * Wq + pl // 2  # where column 2u goes, + u
+                odd = row + ((pl + 1) % 2) * Wq + (pl + 1) // 2
+                for u in range(W // 2):
+                    plane[np.uintp(even + u)] = src[np.uintp(2 * u)]
+                    plane[np.uintp(odd + u)] = src[np.uintp(2 * u + 1)]
+                if W % 2:
+                    plane[np.uintp(even + W // 2)] = src[np.uintp(W - 1)]
+            else:
+                for ph in range(s1):
+                    # padded columns q = ph + s1 * t inside the image
+                    t0 = max(0, (c_lo - ph + s1 - 1) // s1)
+                    t1 = (c_hi - 1 - ph) // s1 + 1
+                    base = r * Wrow + ph * Wq
+                    first = ph + s1 * t0 - pl
+                    for t in range(t1 - t0):
+                        plane[np.uintp(base + t0 + t)] = src[np.uintp(first + s1 * t)]
         taps = w[m]
         bm = bias[m]
         for block in range(1 if flat else OH):
             start = block * OW  # (0 when flat)
-            in_base = block * s0 * Wp
+            in_base = block * s0 * Wrow
+            if kh == 3 and kw == 3:  # the common case: all taps in one pass
+                r0, r1, r2 = in_base, in_base + d0 * Wrow, in_base + 2 * d0 * Wrow
+                c1 = (d1 % s1) * Wq + d1 // s1
+                c2 = (2 * d1 % s1) * Wq + 2 * d1 // s1
+                # the taps in locals: read from the array, they would be reloaded after every
+                # store to acc (which might alias them), and the loop would not vectorize
+                w00, w01, w02 = taps[0, 0], taps[0, 1], taps[0, 2]
+                w10, w11, w12 = taps[1, 0], taps[1, 1], taps[1, 2]
+                w20, w21, w22 = taps[2, 0], taps[2, 1], taps[2, 2]
+                for k in range(length):
+                    acc[np.uintp(start + k)] = (
+                        bm
+                        + (w00 * plane[np.uintp(r0 + k)] + w01 * plane[np.uintp(r0 + c1 + k)]
+                           + w02 * plane[np.uintp(r0 + c2 + k)])
+                        + (w10 * plane[np.uintp(r1 + k)] + w11 * plane[np.uintp(r1 + c1 + k)]
+                           + w12 * plane[np.uintp(r1 + c2 + k)])
+                        + (w20 * plane[np.uintp(r2 + k)] + w21 * plane[np.uintp(r2 + c1 + k)]
+                           + w22 * plane[np.uintp(r2 + c2 + k)])
+                    )
+                continue
             for k in range(length):
                 acc[np.uintp(start + k)] = bm
             for i in range(kh):
-                row = in_base + i * d0 * Wp
-                if kw == 3:  # the common case: one pass per kernel row
-                    w0, w1, w2 = taps[i, 0], taps[i, 1], taps[i, 2]
+                row = in_base + i * d0 * Wrow
+                for j in range(kw):
+                    tap = taps[i, j]
+                    qj = row + (j * d1 % s1) * Wq + j * d1 // s1
                     for k in range(length):
-                        q = row + k * s1
-                        acc[np.uintp(start + k)] += (w0 * plane[np.uintp(q)] + w1 * plane[np.uintp(q + d1)]
-                                                     + w2 * plane[np.uintp(q + 2 * d1)])
-                else:
-                    for j in range(kw):
-                        tap = taps[i, j]
-                        q0 = row + j * d1
-                        for k in range(length):
-                            acc[np.uintp(start + k)] += tap * plane[np.uintp(q0 + k * s1)]
-        result = out[n, m]
+                        acc[np.uintp(start + k)] += tap * plane[np.uintp(qj + k)]
+        result = out[p]
         for oh in range(OH):
-            dst = result[oh]
-            src = acc[oh * pitch : oh * pitch + OW]
+            o = oh * OW
+            c = oh * pitch
             # comparisons rather than min/max so that NaN stays NaN, as with numpy
             if act == 0:
-                dst[:] = src
+                for k in range(OW):
+                    result[np.uintp(o + k)] = acc[np.uintp(c + k)]
             elif act == 1:
                 for k in range(OW):
-                    v = src[k]
-                    dst[k] = zero if v < zero else v
+                    v = acc[np.uintp(c + k)]
+                    result[np.uintp(o + k)] = zero if v < zero else v
             elif act == 2:
                 for k in range(OW):
-                    v = src[k]
-                    dst[k] = v * a if v < zero else v
+                    v = acc[np.uintp(c + k)]
+                    result[np.uintp(o + k)] = v * a if v < zero else v
             elif act == 3:
                 for k in range(OW):
-                    dst[k] = np.tanh(src[k])
+                    result[np.uintp(o + k)] = np.tanh(acc[np.uintp(c + k)])
             elif act == 4:
                 for k in range(OW):
-                    dst[k] = one / (one + np.exp(-src[k]))
+                    result[np.uintp(o + k)] = one / (one + np.exp(-acc[np.uintp(c + k)]))
             elif act == 5:
                 for k in range(OW):
-                    v = src[k]
-                    dst[k] = a if v < a else (b if v > b else v)
+                    v = acc[np.uintp(c + k)]
+                    result[np.uintp(o + k)] = a if v < a else (b if v > b else v)
             else:
                 for k in range(OW):
-                    v = src[k] * a + b
-                    dst[k] = zero if v < zero else (one if v > one else v)
+                    v = acc[np.uintp(c + k)] * a + b
+                    result[np.uintp(o + k)] = zero if v < zero else (one if v > one else v)
 
 
 class _Jit:
@@ -177,8 +216,8 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     values = np.array(params + (0.0, 1.0), dtype=x.dtype)
     y = np.empty((N, M, out_sp[0], out_sp[1]), dtype=x.dtype)
     Hp, Wp = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
-    args = (x, taps, bias, values, y, M // C, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
-            Hp, Wp, code)
+    args = (x, taps, bias, values, y.reshape(N * M, -1), M, out_sp[0], out_sp[1], M // C, strides[0], strides[1],
+            dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code)
     kernel = _kernel()
     if x.dtype not in _Jit.compiled:
         try:
