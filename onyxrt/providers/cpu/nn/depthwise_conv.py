@@ -119,6 +119,18 @@ def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0
                 acc[np.uintp(start + k)] = bm
             for i in range(kh):
                 row = in_base + i * d0 * Wrow
+                if kw == 5:  # (EfficientNet, MobileNetV3): one pass per kernel row
+                    q0 = row
+                    q1 = row + (d1 % s1) * Wq + d1 // s1
+                    q2 = row + (2 * d1 % s1) * Wq + 2 * d1 // s1
+                    q3 = row + (3 * d1 % s1) * Wq + 3 * d1 // s1
+                    q4 = row + (4 * d1 % s1) * Wq + 4 * d1 // s1
+                    w0, w1, w2, w3, w4 = taps[i, 0], taps[i, 1], taps[i, 2], taps[i, 3], taps[i, 4]
+                    for k in range(length):
+                        acc[np.uintp(start + k)] += (w0 * plane[np.uintp(q0 + k)] + w1 * plane[np.uintp(q1 + k)]
+                                                     + w2 * plane[np.uintp(q2 + k)] + w3 * plane[np.uintp(q3 + k)]
+                                                     + w4 * plane[np.uintp(q4 + k)])
+                    continue
                 for j in range(kw):
                     tap = taps[i, j]
                     qj = row + (j * d1 % s1) * Wq + j * d1 // s1
