@@ -42,6 +42,13 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["planar", "channels-last"])
+def layout(request, monkeypatch):
+    """Each test once per kernel layout (chosen by the output width otherwise)."""
+    monkeypatch.setattr(dw, "_CHANNELS_LAST_MAX_WIDTH", 1 << 30 if request.param == "channels-last" else 0)
+    return request.param
+
+
 def _case(shape, multiplier, kernel, bias, dtype):
     N, C, H, W = shape
     x = RNG.standard_normal(shape).astype(dtype)
@@ -88,7 +95,7 @@ def _run_both(model, x):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape, multiplier, kernel, strides, dilations, pads", CASES)
-def test_matches_numpy_path(monkeypatch, shape, multiplier, kernel, strides, dilations, pads, bias, dtype):
+def test_matches_numpy_path(monkeypatch, layout, shape, multiplier, kernel, strides, dilations, pads, bias, dtype):
     x, w, b = _case(shape, multiplier, kernel, bias, dtype)
     explicit, auto_pad = _pads(pads)
     args = (x, w, b, shape[1], list(strides), list(dilations), explicit, auto_pad, None)
@@ -110,7 +117,7 @@ def test_matches_numpy_path(monkeypatch, shape, multiplier, kernel, strides, dil
     ("Relu", None), ("LeakyRelu", [0.1]), ("Tanh", None), ("Sigmoid", None), ("Clip", [-0.5, 0.7]),
     ("HardSigmoid", [0.2, 0.5]),
 ])
-def test_fused_activation_in_the_kernel(monkeypatch, activation, params, dtype):
+def test_fused_activation_in_the_kernel(monkeypatch, layout, activation, params, dtype):
     x, w, b = _case((2, 6, 11, 9), 1, (3, 3), True, dtype)
     x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
     fn = mlas_activation_fn(activation, params)
@@ -130,14 +137,14 @@ def test_unknown_activation_applied_after_the_kernel():
 
 @pytest.mark.parametrize("strides", [[1, 1], [2, 2]])
 @pytest.mark.parametrize("pads", [[-1, 0, 1, 1], [1, -2, 0, 2], [0, 1, 1, -1]])
-def test_negative_pads(monkeypatch, pads, strides):
+def test_negative_pads(monkeypatch, layout, pads, strides):
     x, w, b = _case((1, 3, 10, 11), 1, (3, 3), True, np.float32)
     args = (x, w, b, 3, strides, [1, 1], pads, "NOTSET", None)
     _assert_close(core.float_conv(*args), _numpy_conv(monkeypatch, *args))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_one_dimensional(monkeypatch, dtype):
+def test_one_dimensional(monkeypatch, layout, dtype):
     x = RNG.standard_normal((2, 5, 23)).astype(dtype)
     w = RNG.standard_normal((10, 1, 5)).astype(dtype)
     b = RNG.standard_normal(10).astype(dtype)
@@ -174,10 +181,10 @@ def test_fused_conv_matches_onnxruntime(activation, params):
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
-def test_parallel_planes_match_serial():
+def test_parallel_planes_match_serial(layout):
     from onyxrt.framework.thread_pool import ThreadPool
 
-    x, w, b = _case((2, 64, 40, 40), 1, (3, 3), True, np.float32)
+    x, w, b = _case((3, 21, 40, 40), 1, (3, 3), True, np.float32)  # chunks that cross images
     serial = dw.depthwise_conv(x, w, b, [1, 1], [1, 1], [1, 1, 1, 1], [40, 40])
     pool = ThreadPool(2)
     try:

@@ -4,6 +4,8 @@ com.microsoft FusedConv, the NCHWc Conv) and the window geometry pooling uses to
 A convolution is computed as im2col + one large BLAS matmul per call (groups are batched
 into a single ``np.matmul``):
 
+* 1-D and 2-D depthwise convolutions run the compiled kernel of ``depthwise_conv`` where
+  numba is installed (the ``fast`` extra), else the numpy forms below;
 * 2-D depthwise convolutions (groups == C_in, one input channel per group) become, per
   channel, one small GEMM over the kernel columns plus kh-1 additions (see
   ``_DepthwisePlan``), in cache-sized blocks of channels;
