@@ -15,8 +15,9 @@ user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both). Where numba is m
 fails to import or fails to compile, or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv``
 returns None and the numpy path runs.
 
-Planes are split over the session's thread pool; the kernel releases the GIL
-(``nogil``), so numba's own threading layer is not involved. fastmath stays off: results
+The kernel releases the GIL (``nogil``): sessions running in several threads run it
+concurrently; splitting one convolution's planes over the session pool is measured not to
+pay (see ``_PARALLEL``). numba's own threading layer is not involved. fastmath stays off: results
 are within float rounding of the numpy path (the sums are only ordered differently).
 """
 
@@ -38,6 +39,12 @@ _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip":
 # stride 2), slower at 14 and wider.
 _CHANNELS_LAST_MAX_WIDTH = 8
 
+# The kernel runs on the calling thread: measured in mobilenet_v2 sessions on 2 cores,
+# splitting the planes over the session pool made the model slower (the pool thread
+# competes with the BLAS threads still spinning after the previous GEMM, as for the numpy
+# convolutions: conv_core._PARALLEL_CONV), although a layer alone runs up to 1.5x faster.
+# The split stays (and is tested) behind ``_PARALLEL``.
+_PARALLEL = False
 # Output elements times taps below which the planes are not split over threads.
 _PARALLEL_MIN_WORK = 1 << 18
 
@@ -297,8 +304,11 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
             return None
         _Jit.compiled.add(x.dtype)
     planes = N * M
-    current_pool().run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
-                              y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
+    if _PARALLEL:
+        current_pool().run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
+                                  y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
+    else:
+        kernel(*args, 0, planes)
     if fused is None:
         activation(y)
     return y
