@@ -252,6 +252,28 @@ def test_compile_failure_falls_back(monkeypatch):
     np.testing.assert_allclose(y, naive_conv(x, w, b, pads=[1, 1, 1, 1], group=3), rtol=1e-12)
 
 
+@needs_numba
+def test_no_writable_cache_directory(monkeypatch):
+    """numba refuses ``cache=True`` when no cache directory is writable: the kernel then
+    compiles without a disk cache."""
+    import numba
+
+    real_njit = numba.njit
+
+    def njit(*args, **kwargs):
+        if kwargs.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real_njit(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    monkeypatch.setattr(dw._Jit, "kernel", None)
+    monkeypatch.setattr(dw._Jit, "compiled", set())
+    x, w, b = _case((1, 3, 8, 8), 1, (3, 3), True, np.float32)
+    y = dw.depthwise_conv(x, w, b, [1, 1], [1, 1], [1, 1, 1, 1], [8, 8])
+    assert y is not None and not dw._Jit.failed
+    np.testing.assert_allclose(y, naive_conv(x, w, b, pads=[1, 1, 1, 1], group=3), rtol=1e-5, atol=1e-5)
+
+
 def test_not_taken_for_3d_or_float16():
     x = RNG.standard_normal((1, 2, 4, 5, 6)).astype(np.float32)
     w = RNG.standard_normal((2, 1, 3, 3, 3)).astype(np.float32)

@@ -11,7 +11,8 @@ instead (see ``conv_core._depthwise_2d`` for the numpy path).
 numba is optional (the ``fast`` extra). The kernel is compiled on the first depthwise
 convolution a process runs, not at import or session creation, and cached on disk
 (``cache=True``: numba writes next to this file when that is writable, else in its
-user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both). Where numba is missing,
+user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both; with no writable directory,
+it compiles in each process). Where numba is missing,
 fails to import or fails to compile, or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv``
 returns None and the numpy path runs.
 
@@ -248,7 +249,10 @@ def _kernel():
         except (ImportError, OSError):  # absent, or broken (numpy version, llvmlite library)
             _Jit.failed = True
             return None
-        _Jit.kernel = numba.njit(cache=True, nogil=True)(_depthwise_planes)
+        try:
+            _Jit.kernel = numba.njit(cache=True, nogil=True)(_depthwise_planes)
+        except RuntimeError:  # no writable cache directory anywhere: compile in each process
+            _Jit.kernel = numba.njit(nogil=True)(_depthwise_planes)
     return _Jit.kernel
 
 
