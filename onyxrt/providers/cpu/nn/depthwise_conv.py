@@ -12,9 +12,8 @@ numba is optional (the ``fast`` extra). The kernel is compiled on the first dept
 convolution a process runs, not at import or session creation, and cached on disk
 (``cache=True``: numba writes next to this file when that is writable, else in its
 user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both; with no writable directory,
-it compiles in each process). Where numba is missing,
-fails to import or fails to compile, or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv``
-returns None and the numpy path runs.
+it compiles in each process). Where numba is missing, fails to import or fails to compile,
+or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv`` returns None and the numpy path runs.
 
 The kernel releases the GIL (``nogil``): sessions running in several threads run it
 concurrently; splitting one convolution's planes over the session pool is measured not to
