@@ -95,8 +95,14 @@ def test_depthwise_with_multiplier_and_bias(s, mult):
     np.testing.assert_allclose(y, naive_conv(x, w, b, [s, s], None, [1, 1, 1, 1], 6), rtol=1e-4, atol=1e-4)
 
 
+@pytest.fixture
+def numpy_depthwise(monkeypatch):
+    """The numpy depthwise path even where numba is installed (its compiled kernel: test_depthwise_conv.py)."""
+    monkeypatch.setenv("ONYXRT_DISABLE_NUMBA", "1")
+
+
 @pytest.mark.parametrize("parallel", [False, True])
-def test_depthwise_large_parallel_path(parallel, monkeypatch):
+def test_depthwise_large_parallel_path(parallel, monkeypatch, numpy_depthwise):
     monkeypatch.setattr(core, "_PARALLEL_CONV", parallel)
     x = randn(1, 64, 60, 60)
     w = randn(64, 1, 3, 3)
@@ -307,7 +313,7 @@ def test_random_2d_convs_match_naive_with_and_without_prepack(depthwise):
 
 
 @pytest.mark.parametrize("max_width", [0, 1000])
-def test_depthwise_shifted_column_images(max_width, monkeypatch):
+def test_depthwise_shifted_column_images(max_width, monkeypatch, numpy_depthwise):
     # kernel columns copied from a shifted neighbour (narrow images) or gathered: same results
     monkeypatch.setattr(core, "_DW_SHIFT_MAX_WIDTH", max_width)
     monkeypatch.setattr(core, "_dw_plan_cache", {})
@@ -318,7 +324,7 @@ def test_depthwise_shifted_column_images(max_width, monkeypatch):
         np.testing.assert_allclose(c.conv(x, w, b, **attrs), ref, rtol=1e-4, atol=1e-4, err_msg=str(attrs))
 
 
-def test_depthwise_small_blocks_and_threads(monkeypatch):
+def test_depthwise_small_blocks_and_threads(monkeypatch, numpy_depthwise):
     # many channel blocks per thread, work split over the pool even when small (and the
     # column matrices of ordinary convolutions too)
     monkeypatch.setattr(core, "_DW_BLOCK_BYTES", 1500)
@@ -338,8 +344,10 @@ def test_depthwise_small_blocks_and_threads(monkeypatch):
             np.testing.assert_allclose(y, naive_conv(x, w2, b[:4], [s, s], None, [1, 1, 1, 1]), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("numba_off", ["1", "0"])
 @pytest.mark.parametrize("s,d", [(1, 1), (2, 1), (3, 2)])
-def test_depthwise_keeps_non_finite_values_local(s, d):
+def test_depthwise_keeps_non_finite_values_local(s, d, numba_off, monkeypatch):
+    monkeypatch.setenv("ONYXRT_DISABLE_NUMBA", numba_off)  # both depthwise paths
     # no 0 * inf from padding rows/phases of other kernel rows may reach an output
     x = randn(1, 4, 11, 12)
     x[0, 1, 5, 6] = np.inf

@@ -59,7 +59,15 @@ def _in_float(y: np.ndarray, fn) -> np.ndarray:
 
 def mlas_activation_fn(activation, params):
     """The FusedConv/NCHWc activation as an in-place function of a float32/float64 array
-    (None for no activation); checks the name and parameters."""
+    (None for no activation); checks the name and parameters. The function's ``mlas``
+    attribute, (name, parameters), lets a compiled kernel apply it itself."""
+    fn = _mlas_activation_fn(activation, params)
+    if fn is not None:
+        fn.mlas = (_name(activation), tuple(float(v) for v in (params if params is not None else [])))
+    return fn
+
+
+def _mlas_activation_fn(activation, params):
     name = _name(activation)
     if not name:
         return None

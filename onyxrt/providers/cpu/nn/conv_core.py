@@ -4,6 +4,8 @@ com.microsoft FusedConv, the NCHWc Conv) and the window geometry pooling uses to
 A convolution is computed as im2col + one large BLAS matmul per call (groups are batched
 into a single ``np.matmul``):
 
+* 1-D and 2-D depthwise convolutions run the compiled kernel of ``depthwise_conv`` where
+  numba is installed (the ``fast`` extra), else the numpy forms below;
 * 2-D depthwise convolutions (groups == C_in, one input channel per group) become, per
   channel, one small GEMM over the kernel columns plus kh-1 additions (see
   ``_DepthwisePlan``), in cache-sized blocks of channels;
@@ -31,6 +33,7 @@ import sys
 import numpy as np
 
 from ....framework.thread_pool import current_pool
+from .depthwise_conv import depthwise_conv
 from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- window geometry
@@ -599,6 +602,9 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     Mg = M // group
 
     if Cg == 1 and group == C and N * C * P > 0:
+        y = depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation)  # None: no compiled kernel
+        if y is not None:
+            return y
         if M != C:
             # channel multiplier: output channel m reads input channel m // (M // C)
             x = np.repeat(x, M // C, axis=1)

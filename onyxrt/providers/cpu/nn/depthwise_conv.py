@@ -1,0 +1,317 @@
+"""Depthwise convolutions (group == C_in, one input channel per group) by a numba kernel.
+
+Per output plane, the kernel copies the input channel into a zero-padded plane (each row
+split into its column-stride phases, so that every tap reads a contiguous run), then
+computes each output element from all its taps at once where the filter is 3x3 (one
+kernel row at a time for 5-wide rows, one tap at a time otherwise), adding the bias and
+applying the fused activation in the same pass. At stride 1 the taps run over whole
+padded rows, the plane as one long vector. numpy needs a pass over the output per tap
+instead (see ``conv_core._depthwise_2d`` for the numpy path).
+
+numba is optional (the ``fast`` extra). The kernel is compiled on the first depthwise
+convolution a process runs, not at import or session creation, and cached on disk
+(``cache=True``: numba writes next to this file when that is writable, else in its
+user-wide cache directory; ``NUMBA_CACHE_DIR`` overrides both; with no writable directory,
+it compiles in each process). Where numba is missing, fails to import or fails to compile,
+or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv`` returns None and the numpy path runs.
+
+The kernel releases the GIL (``nogil``): sessions running in several threads run it
+concurrently; splitting one convolution's planes over the session pool is measured not to
+pay (see ``_PARALLEL``). numba's own threading layer is not involved. fastmath stays off: results
+are within float rounding of the numpy path (the sums are only ordered differently).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ....framework.thread_pool import current_pool
+
+DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
+
+# the FusedConv (MLAS) activations the kernel applies itself; code 0 = none
+_ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
+
+# Output widths up to which the kernel works channels-last (see ``_depthwise_planes``):
+# measured on mobilenet_v2's and EfficientNet's layers, faster at 7 columns (up to 2.5x at
+# stride 2), slower at 14 and wider.
+_CHANNELS_LAST_MAX_WIDTH = 8
+
+# The kernel runs on the calling thread: measured in mobilenet_v2 sessions on 2 cores,
+# splitting the planes over the session pool made the model slower (the pool thread
+# competes with the BLAS threads still spinning after the previous GEMM, as for the numpy
+# convolutions: conv_core._PARALLEL_CONV), although a layer alone runs up to 1.5x faster.
+# The split stays (and is tested) behind ``_PARALLEL``.
+_PARALLEL = False
+# Output elements times taps below which the planes are not split over threads.
+_PARALLEL_MIN_WORK = 1 << 18
+
+
+def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act,
+                      channels_last, p0, p1):
+    """Planes p0..p1 of ``out`` (N*M, OH*OW) = depthwise conv of ``x`` (N, C, H, W) with
+    ``w`` (M, kh, kw) and ``bias`` (M,); output channel m reads input channel m // multiplier;
+    the padded image is Hp x Wp with x at (pt, pl). ``act``: an activation code; ``params``:
+    its two parameters, 0 and 1, in the dtype of ``x`` (numba would compute in float64 with
+    Python float constants).
+
+    Indices are cast to ``uintp``: numba then emits no negative-index wrap-around test, and
+    the loops vectorize. Each padded row is stored split into its ``s1`` column phases
+    (columns ph, ph + s1, ...: ``Wq`` entries each), so that every tap reads a contiguous
+    run of the plane whatever the column stride.
+
+    ``channels_last`` (for small planes, where per-plane loops are too short): blocks of
+    channels are transposed to (H, W, channels) and each output position is computed over
+    the block's channels as one vector."""
+    H, W = x.shape[2], x.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    a, b, zero, one = params[0], params[1], params[2], params[3]
+
+    def finish(src, so, dst, do, count):
+        """dst[do + k] = the activation of src[so + k] for k < count."""
+        # comparisons rather than min/max so that NaN stays NaN, as with numpy
+        if act == 0:
+            for k in range(count):
+                dst[np.uintp(do + k)] = src[np.uintp(so + k)]
+        elif act == 1:
+            for k in range(count):
+                v = src[np.uintp(so + k)]
+                dst[np.uintp(do + k)] = zero if v < zero else v
+        elif act == 2:
+            for k in range(count):
+                v = src[np.uintp(so + k)]
+                dst[np.uintp(do + k)] = v * a if v < zero else v
+        elif act == 3:
+            for k in range(count):
+                dst[np.uintp(do + k)] = np.tanh(src[np.uintp(so + k)])
+        elif act == 4:
+            for k in range(count):
+                dst[np.uintp(do + k)] = one / (one + np.exp(-src[np.uintp(so + k)]))
+        elif act == 5:
+            for k in range(count):
+                v = src[np.uintp(so + k)]
+                dst[np.uintp(do + k)] = a if v < a else (b if v > b else v)
+        else:
+            for k in range(count):
+                v = src[np.uintp(so + k)] * a + b
+                dst[np.uintp(do + k)] = zero if v < zero else (one if v > one else v)
+
+    if channels_last:
+        block = min(p1 - p0, max(16, 32768 // max(1, H * W)))  # the block's pixels: ~128 KiB of float32
+        pixels = np.empty(H * W * block, dtype=x.dtype)
+        weights = np.empty(kh * kw * block, dtype=x.dtype)
+        acc = np.empty(block, dtype=x.dtype)
+        p = p0
+        while p < p1:
+            n, m0 = p // M, p % M
+            count = min(p1 - p, M - m0, block)  # (a block stays within one image)
+            for c in range(count):
+                m = m0 + c
+                channel = x[n, m // multiplier]
+                for h in range(H):
+                    for q in range(W):
+                        pixels[np.uintp((h * W + q) * count + c)] = channel[h, q]
+                for i in range(kh):
+                    for j in range(kw):
+                        weights[np.uintp((i * kw + j) * count + c)] = w[m, i, j]
+            for oh in range(OH):
+                for ow in range(OW):
+                    for c in range(count):
+                        acc[np.uintp(c)] = bias[m0 + c]
+                    for i in range(kh):
+                        ih = oh * s0 - pt + i * d0
+                        if ih < 0 or ih >= H:
+                            continue
+                        for j in range(kw):
+                            iw = ow * s1 - pl + j * d1
+                            if iw < 0 or iw >= W:
+                                continue
+                            xo = (ih * W + iw) * count
+                            wo = (i * kw + j) * count
+                            for c in range(count):
+                                acc[np.uintp(c)] += weights[np.uintp(wo + c)] * pixels[np.uintp(xo + c)]
+                    finish(acc, 0, acc, 0, count)
+                    o = oh * OW + ow
+                    for c in range(count):
+                        out[np.uintp(p + c), np.uintp(o)] = acc[np.uintp(c)]
+            p += count
+        return
+
+    Wq = (Wp + s1 - 1) // s1
+    Wrow = s1 * Wq  # a padded row in the plane
+    # Stride 1: the output is computed over whole padded rows (Wp - OW junk columns each),
+    # so every tap is one long contiguous pass over the plane; else row by row.
+    flat = s0 == 1 and s1 == 1
+    pitch = Wp if flat else OW
+    length = (OH - 1) * Wp + OW if flat else OW
+    # the padded plane (its border stays zero: only the interior is rewritten), with slack
+    # for the junk columns' reads past the last row
+    plane = np.zeros(Hp * Wrow + Wrow + (kw - 1) * d1, dtype=x.dtype)
+    acc = np.empty(OH * pitch, dtype=x.dtype)
+    r_lo, r_hi = max(0, pt), min(Hp, H + pt)
+    c_lo, c_hi = max(0, pl), min(Wp, W + pl)
+    for p in range(p0, p1):
+        n, m = p // M, p % M
+        image = x[n, m // multiplier]
+        for r in range(r_lo, r_hi):
+            src = image[r - pt]
+            if s1 == 1:
+                base = r * Wrow + c_lo
+                first = c_lo - pl
+                for t in range(c_hi - c_lo):
+                    plane[np.uintp(base + t)] = src[np.uintp(first + t)]
+            elif s1 == 2 and pl >= 0 and W + pl <= Wp:
+                # image columns 2u, 2u + 1 in one loop: both loads of each pair are used,
+                # which vectorizes (one phase at a time does not)
+                row = r * Wrow
+                even = row + (pl % 2) * Wq + pl // 2  # where column 2u goes, + u
+                odd = row + ((pl + 1) % 2) * Wq + (pl + 1) // 2
+                for u in range(W // 2):
+                    plane[np.uintp(even + u)] = src[np.uintp(2 * u)]
+                    plane[np.uintp(odd + u)] = src[np.uintp(2 * u + 1)]
+                if W % 2:
+                    plane[np.uintp(even + W // 2)] = src[np.uintp(W - 1)]
+            else:
+                for ph in range(s1):
+                    # padded columns q = ph + s1 * t inside the image
+                    t0 = max(0, (c_lo - ph + s1 - 1) // s1)
+                    t1 = (c_hi - 1 - ph) // s1 + 1
+                    base = r * Wrow + ph * Wq
+                    first = ph + s1 * t0 - pl
+                    for t in range(t1 - t0):
+                        plane[np.uintp(base + t0 + t)] = src[np.uintp(first + s1 * t)]
+        taps = w[m]
+        bm = bias[m]
+        for block in range(1 if flat else OH):
+            start = block * OW  # (0 when flat)
+            in_base = block * s0 * Wrow
+            if kh == 3 and kw == 3:  # the common case: all taps in one pass
+                r0, r1, r2 = in_base, in_base + d0 * Wrow, in_base + 2 * d0 * Wrow
+                c1 = (d1 % s1) * Wq + d1 // s1
+                c2 = (2 * d1 % s1) * Wq + 2 * d1 // s1
+                # the taps in locals: read from the array, they would be reloaded after every
+                # store to acc (which might alias them), and the loop would not vectorize
+                w00, w01, w02 = taps[0, 0], taps[0, 1], taps[0, 2]
+                w10, w11, w12 = taps[1, 0], taps[1, 1], taps[1, 2]
+                w20, w21, w22 = taps[2, 0], taps[2, 1], taps[2, 2]
+                for k in range(length):
+                    acc[np.uintp(start + k)] = (
+                        bm
+                        + (w00 * plane[np.uintp(r0 + k)] + w01 * plane[np.uintp(r0 + c1 + k)]
+                           + w02 * plane[np.uintp(r0 + c2 + k)])
+                        + (w10 * plane[np.uintp(r1 + k)] + w11 * plane[np.uintp(r1 + c1 + k)]
+                           + w12 * plane[np.uintp(r1 + c2 + k)])
+                        + (w20 * plane[np.uintp(r2 + k)] + w21 * plane[np.uintp(r2 + c1 + k)]
+                           + w22 * plane[np.uintp(r2 + c2 + k)])
+                    )
+                continue
+            for k in range(length):
+                acc[np.uintp(start + k)] = bm
+            for i in range(kh):
+                row = in_base + i * d0 * Wrow
+                if kw == 5:  # (EfficientNet, MobileNetV3): one pass per kernel row
+                    q0 = row
+                    q1 = row + (d1 % s1) * Wq + d1 // s1
+                    q2 = row + (2 * d1 % s1) * Wq + 2 * d1 // s1
+                    q3 = row + (3 * d1 % s1) * Wq + 3 * d1 // s1
+                    q4 = row + (4 * d1 % s1) * Wq + 4 * d1 // s1
+                    w0, w1, w2, w3, w4 = taps[i, 0], taps[i, 1], taps[i, 2], taps[i, 3], taps[i, 4]
+                    for k in range(length):
+                        acc[np.uintp(start + k)] += (w0 * plane[np.uintp(q0 + k)] + w1 * plane[np.uintp(q1 + k)]
+                                                     + w2 * plane[np.uintp(q2 + k)] + w3 * plane[np.uintp(q3 + k)]
+                                                     + w4 * plane[np.uintp(q4 + k)])
+                    continue
+                for j in range(kw):
+                    tap = taps[i, j]
+                    qj = row + (j * d1 % s1) * Wq + j * d1 // s1
+                    for k in range(length):
+                        acc[np.uintp(start + k)] += tap * plane[np.uintp(qj + k)]
+        result = out[p]
+        for oh in range(OH):
+            finish(acc, oh * pitch, result, oh * OW, OW)
+
+
+class _Jit:
+    """The compiled kernel, built on first use; ``failed`` once numba is unusable here."""
+
+    kernel = None
+    failed = False
+    compiled: set = set()  # the dtypes whose specialization compiled (or loaded from the cache)
+
+
+def _kernel():
+    if _Jit.kernel is None and not _Jit.failed:
+        try:
+            import numba
+        except (ImportError, OSError):  # absent, or broken (numpy version, llvmlite library)
+            _Jit.failed = True
+            return None
+        try:
+            _Jit.kernel = numba.njit(cache=True, nogil=True)(_depthwise_planes)
+        except RuntimeError:  # no writable cache directory anywhere: compile in each process
+            _Jit.kernel = numba.njit(nogil=True)(_depthwise_planes)
+    return _Jit.kernel
+
+
+def enabled() -> bool:
+    """Whether depthwise convolutions may use the compiled kernel (numba importable, not disabled)."""
+    return os.environ.get(DISABLE_ENV, "") in ("", "0") and _kernel() is not None
+
+
+def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
+    """(code, params) of an in-place activation function that ``mlas_activation_fn`` made
+    (its ``mlas`` attribute), (0, ...) for none, None for one the kernel cannot apply."""
+    if activation is None:
+        return 0, (0.0, 0.0)
+    spec = getattr(activation, "mlas", None)
+    if spec is None:
+        return None
+    name, params = spec
+    values = list(params) + [0.0] * (2 - len(params))
+    return _ACTIVATION_CODES[name], (values[0], values[1])
+
+
+def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -> np.ndarray | None:
+    """The 1-D or 2-D depthwise conv of ``x`` (N, C, *spatial) with ``w`` (M, 1, *k), M a
+    multiple of C, float32/float64, explicit [begin..., end...] ``pads`` (any sign), ``b``
+    (M,) or None; ``activation`` as ``conv_core`` takes it. None when the kernel cannot run
+    it (the caller then computes it with numpy)."""
+    nd = x.ndim - 2
+    if nd not in (1, 2) or x.dtype not in (np.float32, np.float64) or w.dtype != x.dtype or not enabled():
+        return None
+    if nd == 1:  # as a 2-D conv over one row
+        y = depthwise_conv(x[:, :, None, :], w[:, :, None, :], b, [1] + list(strides), [1] + list(dilations),
+                           [0, pads[0], 0, pads[1]], [1] + list(out_sp), activation)
+        return None if y is None else y.reshape(y.shape[:2] + (y.shape[3],))
+    fused = activation_code(activation)
+    code, params = fused if fused is not None else (0, (0.0, 0.0))
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    x = np.ascontiguousarray(x)
+    taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
+    bias = np.zeros(M, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype).reshape(M)
+    values = np.array(params + (0.0, 1.0), dtype=x.dtype)
+    y = np.empty((N, M, out_sp[0], out_sp[1]), dtype=x.dtype)
+    Hp, Wp = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
+    args = (x, taps, bias, values, y.reshape(N * M, -1), M, out_sp[0], out_sp[1], M // C, strides[0], strides[1],
+            dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code, out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH)
+    kernel = _kernel()
+    if x.dtype not in _Jit.compiled:
+        try:
+            kernel(*args, 0, 0)  # compiles (or loads from the disk cache) this dtype's kernel
+        except Exception:  # numba's compile errors have no common base; any makes the numpy path run
+            _Jit.failed = True
+            _Jit.kernel = None
+            return None
+        _Jit.compiled.add(x.dtype)
+    planes = N * M
+    if _PARALLEL:
+        current_pool().run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
+                                  y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
+    else:
+        kernel(*args, 0, planes)
+    if fused is None:
+        activation(y)
+    return y
