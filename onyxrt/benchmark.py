@@ -57,6 +57,7 @@ def make_feeds(model: onnx.ModelProto, shapes: Shapes, seed: int = 0) -> dict[st
     """Inputs for every graph input of ``model`` that is not an initializer (deterministic per seed)."""
     rng = np.random.default_rng(seed)
     initializers = {tensor.name for tensor in model.graph.initializer}
+    index_limits = _index_limits(model.graph)
     feeds = {}
     for arg in model.graph.input:
         if arg.name in initializers:
@@ -75,13 +76,27 @@ def make_feeds(model: onnx.ModelProto, shapes: Shapes, seed: int = 0) -> dict[st
         elif np.issubdtype(dtype, np.integer) and "position" in name and shape:
             value = np.broadcast_to(np.arange(shapes.past, shapes.past + shape[-1], dtype=dtype), shape).copy()
         elif np.issubdtype(dtype, np.integer):
-            value = rng.integers(0, 10, size=shape).astype(dtype)
+            value = rng.integers(0, index_limits.get(arg.name, 10), size=shape).astype(dtype)
         elif dtype == object:
             value = np.array([f"s{i}" for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
         else:
             value = rng.standard_normal(shape).astype(dtype)
         feeds[arg.name] = value
     return feeds
+
+
+def _index_limits(graph: onnx.GraphProto) -> dict[str, int]:
+    """For inputs used as Gather indices into a weight table (token ids, token types): the table's size."""
+    tables = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
+    limits: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and len(node.input) == 2 and node.input[0] in tables:
+            dims = tables[node.input[0]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            if dims and -len(dims) <= axis < len(dims):
+                size = dims[axis]
+                limits[node.input[1]] = min(limits.get(node.input[1], size), size)
+    return limits
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -55,3 +55,13 @@ def test_bench_table_and_a_bad_dim(tmp_path, capsys):
     assert "p50 ms" in out and "onyxrt" in out
     with pytest.raises(SystemExit, match="NAME=INTEGER"):
         main(["bench", str(path), "--runs", "1", "--rounds", "1", "--dim", "seq"])
+
+
+def test_ids_indexing_a_table_stay_inside_it():
+    table = onnx.numpy_helper.from_array(np.zeros((2, 3), np.float32), "token_types")
+    graph = helper.make_graph([helper.make_node("Gather", ["token_types", "token_type_ids"], ["y"])], "g",
+                              [helper.make_tensor_value_info("token_type_ids", TensorProto.INT64, ["batch", "seq"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ids = make_feeds(model, Shapes(batch=4, seq=64))["token_type_ids"]
+    assert ids.shape == (4, 64) and set(np.unique(ids)) <= {0, 1}
