@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import Fail, InvalidGraph
-from ..graph.builder import subgraphs
+from ..graph.builder import has_subgraphs, subgraphs
 from ..graph.opsets import opset_for
 
 # Node, its opset, its input arrays (None for a missing optional input) -> its output arrays,
@@ -204,10 +204,17 @@ def first_out_of_order(graph: ir.Graph) -> ir.Node | None:
     """The first node of ``graph`` that reads a value of ``graph`` produced later (its subgraphs' reads included), else None."""
     done: set[ir.Node] = set()
     for node in graph:
-        for value in _reads(node):
-            producer = value.producer()
-            if producer is not None and producer not in done and producer.graph is graph:
-                return node
+        # Plain loops, no generator per node: this check runs after every pass that changed a graph.
+        for value in node.inputs:
+            if value is not None:
+                producer = value.producer()
+                if producer is not None and producer not in done and producer.graph is graph:
+                    return node
+        if node.attributes and has_subgraphs(node):
+            for value in _subgraph_reads(node):
+                producer = value.producer()
+                if producer is not None and producer not in done and producer.graph is graph:
+                    return node
         done.add(node)
     return None
 
@@ -220,9 +227,8 @@ def ensure_topological_order(graph: ir.Graph) -> bool:
     return True
 
 
-def _reads(node: ir.Node) -> Iterator[ir.Value]:
-    """The values ``node`` reads: its inputs and the outer-scope values its subgraphs read."""
-    yield from (value for value in node.inputs if value is not None)
+def _subgraph_reads(node: ir.Node) -> Iterator[ir.Value]:
+    """The values the subgraphs of ``node`` read (outer-scope values among them)."""
     for subgraph in subgraphs(node):
         for inner in ir.traversal.RecursiveGraphIterator(subgraph):
             yield from (v for v in inner.inputs if v is not None)
