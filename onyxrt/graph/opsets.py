@@ -24,6 +24,11 @@ def describe(node: ir.Node) -> str:
     return f"node '{node.name or ''}' (op {node.domain or 'ai.onnx'}::{node.op_type})"
 
 
+# onnx builds its schema registry on the first lookup (~20 ms); do it at import, as onnxruntime builds
+# its registries when imported, so the first session's creation does not pay for it.
+defs.get_schema("Add", 1, "")
+
+
 @functools.lru_cache(maxsize=4096)  # bounded: op types come from untrusted files
 def onnx_schema(op_type: str, domain: str, version: int) -> defs.OpSchema | None:
     """The ONNX schema of ``domain::op_type`` in force at opset ``version``; None when onnx has none."""
