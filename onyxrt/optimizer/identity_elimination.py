@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from .matching import bypass
 from .pass_manager import GraphPass, OptimizationContext
 
 
@@ -23,26 +24,6 @@ class IdentityElimination(GraphPass):
         for node in list(graph):
             if node.op_type != "Identity" or node.domain != "" or len(node.inputs) != 1 or len(node.outputs) != 1:
                 continue
-            source, result = node.inputs[0], node.outputs[0]
-            if source is None:
-                continue
-            keeps_output_name = result.is_graph_output()
-            if keeps_output_name and not _renamable(source, graph):
-                continue
-            if source.type is None:
-                source.type = result.type
-            if source.shape is None:
-                source.shape = result.shape
-            name = result.name
-            result.replace_all_uses_with(source, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            if keeps_output_name:
-                source.name = name
-            removed += 1
+            if node.inputs[0] is not None and bypass(node, node.inputs[0], graph):
+                removed += 1
         return removed
-
-
-def _renamable(value: ir.Value, graph: ir.Graph) -> bool:
-    """Whether ``value`` may take a graph output's name: a node output of ``graph`` that is no graph output."""
-    producer = value.producer()
-    return producer is not None and producer.graph is graph and not value.is_graph_output()

@@ -81,3 +81,30 @@ def replace_with(
     for node in reversed(nodes):
         graph.remove(node, safe=True)
     fused.outputs[0].name = name
+
+
+def bypass(node: ir.Node, source: ir.Value, graph: ir.Graph) -> bool:
+    """Readers of ``node``'s first output read ``source`` instead and ``node`` goes; False when that cannot be done.
+
+    Its other outputs must be unread (Dropout's mask). A graph output's name moves to ``source`` when that is
+    a node output of ``graph`` and no graph output itself; otherwise the bypass is refused. ``source`` takes
+    the result's type and shape where it has none.
+    """
+    result = node.outputs[0]
+    if any(output.uses() or output.is_graph_output() for output in node.outputs[1:]):
+        return False
+    keeps_output_name = result.is_graph_output()
+    if keeps_output_name:
+        producer = source.producer()
+        if producer is None or producer.graph is not graph or source.is_graph_output():
+            return False
+    if source.type is None:
+        source.type = result.type
+    if source.shape is None and result.shape is not None:
+        source.shape = result.shape.copy()
+    name = result.name
+    result.replace_all_uses_with(source, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    if keeps_output_name:
+        source.name = name
+    return True

@@ -36,7 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
-from .matching import is_constant
+from .matching import bypass, is_constant
 from .pass_manager import GraphPass, OptimizationContext
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -62,35 +62,9 @@ class NoopElimination(GraphPass):
                 source = _other_operand_of_neutral(node)
             else:
                 continue
-            if source is not None and _bypass(node, source, graph):
+            if source is not None and bypass(node, source, graph):
                 removed += 1
         return removed
-
-
-def _bypass(node: ir.Node, source: ir.Value, graph: ir.Graph) -> bool:
-    """Rewire readers of ``node``'s first output to ``source`` and remove it; False when a name blocks it."""
-    result = node.outputs[0]
-    if any(output.uses() or output.is_graph_output() for output in node.outputs[1:]):
-        return False  # e.g. Dropout's mask: only the first output is a copy
-    keeps_output_name = result.is_graph_output()
-    if keeps_output_name and not _renamable(source, graph):
-        return False
-    if source.type is None:
-        source.type = result.type
-    if source.shape is None and result.shape is not None:
-        source.shape = result.shape.copy()
-    name = result.name
-    result.replace_all_uses_with(source, replace_graph_outputs=True)
-    graph.remove(node, safe=True)
-    if keeps_output_name:
-        source.name = name
-    return True
-
-
-def _renamable(value: ir.Value, graph: ir.Graph) -> bool:
-    """Whether ``value`` may take a graph output's name: a node output of ``graph`` that is no graph output."""
-    producer = value.producer()
-    return producer is not None and producer.graph is graph and not value.is_graph_output()
 
 
 # ---------------------------------------------------------------- reading parameters

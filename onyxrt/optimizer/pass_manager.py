@@ -23,7 +23,7 @@ import abc
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Collection, Iterator, Mapping, MutableMapping, Sequence
+from typing import Callable, Collection, Iterator, MutableMapping, Sequence
 
 import numpy as np
 import onnx_ir as ir

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .matching import is_constant, only_reader, partner
+from .matching import bypass, is_constant, only_reader, partner
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 # Elementwise ops whose only tensor input is the data (Clip's min/max are scalars by its schema).
@@ -85,30 +85,11 @@ def _merge_with_earlier_transpose(graph: ir.Graph, second: ir.Node) -> int:
     composed = [first_perm[axis] for axis in perm]
     source = first.inputs[0]
     # An identity that cannot be bypassed (a graph output's name) stays as one identity Transpose.
-    if composed != list(range(len(composed))) or not _bypass(graph, second, source):
+    if composed != list(range(len(composed))) or not bypass(second, source, graph):
         second.replace_input_with(0, source)
         second.attributes["perm"] = ir.AttrInt64s("perm", composed)
     _remove_if_unread(graph, first)
     return 1
-
-
-def _bypass(graph: ir.Graph, node: ir.Node, source: ir.Value) -> bool:
-    """Readers of ``node``'s output read ``source`` and ``node`` goes; False when a graph output's name blocks it.
-
-    A graph output's name moves to ``source`` when that is a node output of ``graph`` and no graph output itself.
-    """
-    result = node.outputs[0]
-    keeps_name = result.is_graph_output()
-    if keeps_name:
-        producer = source.producer()
-        if producer is None or producer.graph is not graph or source.is_graph_output():
-            return False
-    name = result.name
-    result.replace_all_uses_with(source, replace_graph_outputs=True)
-    graph.remove(node, safe=True)
-    if keeps_name:
-        source.name = name
-    return True
 
 
 def _cancel_across_elementwise(graph: ir.Graph, first: ir.Node) -> int:
@@ -140,7 +121,7 @@ def _cancel_across_elementwise(graph: ir.Graph, first: ir.Node) -> int:
             output.shape = ir.Shape([output.shape[inverse[axis]] for axis in range(len(perm))])
     graph.remove(first, safe=True)
     composed = [perm[axis] for axis in last_perm]
-    if composed != list(range(len(composed))) or not _bypass(graph, last, last.inputs[0]):
+    if composed != list(range(len(composed))) or not bypass(last, last.inputs[0], graph):
         last.attributes["perm"] = ir.AttrInt64s("perm", composed)
     return 1
 
