@@ -54,3 +54,20 @@ def optimized_ir(model: onnx.ModelProto, level: int = 1):
 def op_histogram(graph) -> Counter:
     """Op types of an IR graph's own nodes, counted."""
     return Counter(node.op_type for node in graph)
+
+
+def saved_extended_ops(model: onnx.ModelProto, tmp_path, feeds: dict, rtol: float = 1e-5, atol: float = 1e-5) -> Counter:
+    """Op histogram of the model onyxrt saves at EXTENDED; its outputs, and onnxruntime's on the saved model,
+    must match onnxruntime's on the original with its optimizer off."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    plain = onnxruntime.SessionOptions()
+    plain.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = onnxruntime.InferenceSession(model.SerializeToString(), plain).run(None, feeds)
+    saved = onnxruntime.InferenceSession(options.optimized_model_filepath, plain).run(None, feeds)
+    for ours, theirs, expected in zip(session.run(None, feeds), saved, want):
+        np.testing.assert_allclose(ours, expected, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(theirs, expected, rtol=rtol, atol=atol)
+    return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)

@@ -9,10 +9,9 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
-import onyxrt
+from optimizer_checks import saved_extended_ops
 
 _RNG = np.random.default_rng(0)
 _X = _RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
@@ -37,19 +36,7 @@ def _conv(name: str, source: str, output: str) -> onnx.NodeProto:
 
 
 def _saved_ops(model: onnx.ModelProto, tmp_path) -> collections.Counter:
-    """Op histogram of onyxrt's EXTENDED model; outputs checked against onnxruntime, ours and the saved one's."""
-    options = onyxrt.SessionOptions()
-    options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = onyxrt.InferenceSession(model.SerializeToString(), options)
-    plain = onnxruntime.SessionOptions()
-    plain.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = onnxruntime.InferenceSession(model.SerializeToString(), plain).run(None, {"x": _X})
-    saved = onnxruntime.InferenceSession(options.optimized_model_filepath, plain).run(None, {"x": _X})
-    for ours, theirs, expected in zip(session.run(None, {"x": _X}), saved, want):
-        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(theirs, expected, rtol=1e-5, atol=1e-5)
-    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return saved_extended_ops(model, tmp_path, {"x": _X})
 
 
 def test_residual_block_with_relu_becomes_one_fused_conv(tmp_path):

@@ -7,11 +7,10 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import onyxrt
+from optimizer_checks import saved_extended_ops
 
 _RNG = np.random.default_rng(0)
 _X = (_RNG.standard_normal((2, 3, 8)) * 3).astype(np.float32)
@@ -68,17 +67,7 @@ def _megatron_gelu() -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
 
 
 def _saved_ops(model: onnx.ModelProto, tmp_path) -> collections.Counter:
-    options = onyxrt.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = onyxrt.InferenceSession(model.SerializeToString(), options)
-    plain = onnxruntime.SessionOptions()
-    plain.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = onnxruntime.InferenceSession(model.SerializeToString(), plain).run(None, {"a": _X})
-    saved = onnxruntime.InferenceSession(options.optimized_model_filepath, plain).run(None, {"a": _X})
-    for ours, theirs, expected in zip(session.run(None, {"a": _X}), saved, want):
-        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(theirs, expected, rtol=1e-5, atol=1e-5)
-    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return saved_extended_ops(model, tmp_path, {"a": _X})
 
 
 @pytest.mark.parametrize("spelling", ["pow", "muls", "megatron"])

@@ -6,11 +6,10 @@ import collections
 
 import numpy as np
 import onnx
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import onyxrt
+from optimizer_checks import saved_extended_ops
 
 _RNG = np.random.default_rng(0)
 _X = _RNG.standard_normal((3, 5)).astype(np.float32)
@@ -27,17 +26,7 @@ def _gemm_then(activation: onnx.NodeProto, outputs=("y",), dtype=TensorProto.FLO
 
 
 def _saved_ops(model: onnx.ModelProto, tmp_path, x=_X) -> collections.Counter:
-    options = onyxrt.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    session = onyxrt.InferenceSession(model.SerializeToString(), options)
-    plain = onnxruntime.SessionOptions()
-    plain.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    want = onnxruntime.InferenceSession(model.SerializeToString(), plain).run(None, {"x": x})
-    saved = onnxruntime.InferenceSession(options.optimized_model_filepath, plain).run(None, {"x": x})
-    for ours, theirs, expected in zip(session.run(None, {"x": x}), saved, want):
-        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(theirs, expected, rtol=1e-5, atol=1e-6)
-    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return saved_extended_ops(model, tmp_path, {"x": x}, atol=1e-6)
 
 
 @pytest.mark.parametrize(
