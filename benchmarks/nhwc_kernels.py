@@ -22,16 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from onyxrt.errors import NodeInputError, NodeInputTypeError
-from onyxrt.providers.cpu.nn.conv_core import compute_dtype, conv_pads, copy_stride2, frozen, pairs_ok, spatial_defaults
-
-
-def _axis_range(n_in: int, n_out: int, offset: int, stride: int, pad: int) -> tuple[int, int, int]:
-    """(first output, count, first input) of the outputs o whose input position
-    o*stride + offset - pad falls inside [0, n_in)."""
-    o0 = max(0, -(-(pad - offset) // stride))
-    x0 = o0 * stride + offset - pad
-    count = 0 if x0 >= n_in or o0 >= n_out else min(n_out - o0, (n_in - 1 - x0) // stride + 1)
-    return o0, count, x0
+from onyxrt.providers.cpu.nn.conv_core import _axis_range, _im2col_plan, compute_dtype, conv_pads, copy_stride2, frozen, pairs_ok, spatial_defaults
 
 
 def output_shape_2d(H, W, k, strides, dilations, pads) -> tuple[int, int]:
@@ -42,45 +33,9 @@ def output_shape_2d(H, W, k, strides, dilations, pads) -> tuple[int, int]:
     return OH, OW
 
 
-class _TapPlan:
-    """Per kernel tap of a 2-D window: (tap, output rows, output cols, input rows, input cols)
-    copies from the unpadded input, and the output regions no input reaches (padding)."""
-
-    __slots__ = ("copies", "zeros")
-
-    def __init__(self, H, W, k, strides, dilations, pads):
-        OH, OW = output_shape_2d(H, W, k, strides, dilations, pads)
-        self.copies, self.zeros = [], []
-        for i in range(k[0]):
-            r0, nr, xr0 = _axis_range(H, OH, i * dilations[0], strides[0], pads[0])
-            for j in range(k[1]):
-                q0, nq, xc0 = _axis_range(W, OW, j * dilations[1], strides[1], pads[1])
-                t = i * k[1] + j
-                if nr == 0 or nq == 0:
-                    self.zeros.append((t, slice(0, OH), slice(0, OW)))
-                    continue
-                rows = slice(xr0, xr0 + strides[0] * (nr - 1) + 1, strides[0])
-                cols = slice(xc0, xc0 + strides[1] * (nq - 1) + 1, strides[1])
-                self.copies.append((t, slice(r0, r0 + nr), slice(q0, q0 + nq), rows, cols))
-                for rr in (slice(0, r0), slice(r0 + nr, OH)):
-                    if rr.stop > rr.start:
-                        self.zeros.append((t, rr, slice(0, OW)))
-                for cc in (slice(0, q0), slice(q0 + nq, OW)):
-                    if cc.stop > cc.start:
-                        self.zeros.append((t, slice(r0, r0 + nr), cc))
-
-
-_plan_cache: dict = {}
-
-
-def _tap_plan(H, W, k, strides, dilations, pads) -> _TapPlan:
-    key = (H, W, tuple(k), tuple(strides), tuple(dilations), tuple(pads))
-    plan = _plan_cache.get(key)
-    if plan is None:
-        if len(_plan_cache) > 256:
-            _plan_cache.clear()
-        plan = _plan_cache[key] = _TapPlan(*key)
-    return plan
+def _tap_plan(H, W, k, strides, dilations, pads):
+    """conv_core's per-tap copy plan (the NCHW kernel's own), without its stride-2 pair copies."""
+    return _im2col_plan(H, W, tuple(k), tuple(strides), tuple(dilations), tuple(pads), False)
 
 
 # Group-1 kxk convolutions with fewer input channels than this (an RGB stem) copy columns
@@ -130,7 +85,7 @@ def _columns(x: np.ndarray, k, strides, dilations, pads, OH, OW) -> np.ndarray:
     cols = np.empty((N, OH, OW, K, C), dtype=x.dtype)
     for t, rows, cols_ in plan.zeros:
         cols[:, rows, cols_, t] = 0
-    for t, dr, dc, rows, cols_ in plan.copies:
+    for t, dr, dc, rows, cols_, _ in plan.copies:
         cols[:, dr, dc, t] = x[:, rows, cols_]
     return cols
 
@@ -146,7 +101,7 @@ def _channel_major_conv(x, gemm, k, strides, dilations, pads, OH, OW) -> np.ndar
     for t, rows, cols_ in plan.zeros:
         cols[:, :, t, rows, cols_] = 0
     pairs = strides[1] == 2 and pairs_ok(xn)
-    for t, dr, dc, rows, cols_ in plan.copies:
+    for t, dr, dc, rows, cols_, _ in plan.copies:
         if pairs:
             copy_stride2(cols[:, :, t, dr, dc], xn[:, :, rows], cols_.start, dc.stop - dc.start)
         else:
