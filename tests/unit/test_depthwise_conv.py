@@ -9,6 +9,7 @@ from onnx import TensorProto, helper
 from test_conv import naive_conv
 
 import onyxrt
+from onyxrt.providers.cpu import jit
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
 from onyxrt.providers.cpu.nn import conv_core as core
 from onyxrt.providers.cpu.nn import depthwise_conv as dw
@@ -66,7 +67,7 @@ def _pads(auto_pad):
 
 def _numpy_conv(monkeypatch, *args, **kwargs):
     with monkeypatch.context() as m:
-        m.setenv(dw.DISABLE_ENV, "1")
+        m.setenv(jit.DISABLE_ENV, "1")
         return core.float_conv(*args, **kwargs)
 
 
@@ -212,7 +213,7 @@ def test_parallel_planes_match_serial(monkeypatch, layout):
 
 def test_disabled_by_environment(monkeypatch):
     x, w, b = _case((1, 3, 8, 8), 1, (3, 3), True, np.float32)
-    monkeypatch.setenv(dw.DISABLE_ENV, "1")
+    monkeypatch.setenv(jit.DISABLE_ENV, "1")
     assert not dw.enabled()
     assert dw.depthwise_conv(x, w, b, [1, 1], [1, 1], [1, 1, 1, 1], [8, 8]) is None
     y = core.float_conv(x, w, b, 3, None, None, [1, 1, 1, 1], "NOTSET", None)
@@ -229,11 +230,11 @@ def test_numba_missing(monkeypatch):
             raise ImportError("no numba here")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(dw._Jit, "kernel", None)
-    monkeypatch.setattr(dw._Jit, "failed", False)
+    monkeypatch.setattr(dw._KERNEL, "kernel", None)
+    monkeypatch.setattr(dw._KERNEL, "failed", False)
     monkeypatch.setattr(builtins, "__import__", no_numba)
     x, w, b = _case((1, 3, 8, 8), 1, (3, 3), True, np.float32)
-    assert not dw.enabled() and dw._Jit.failed
+    assert not dw.enabled() and dw._KERNEL.failed
     y = core.float_conv(x, w, b, 3, None, None, [1, 1, 1, 1], "NOTSET", None)
     np.testing.assert_allclose(y, naive_conv(x, w, b, pads=[1, 1, 1, 1], group=3), rtol=1e-5, atol=1e-5)
 
@@ -242,12 +243,12 @@ def test_compile_failure_falls_back(monkeypatch):
     def broken(*args):
         raise RuntimeError("cannot compile")  # (numba's compile errors have no common base)
 
-    monkeypatch.setattr(dw._Jit, "kernel", broken)
-    monkeypatch.setattr(dw._Jit, "failed", False)
-    monkeypatch.setattr(dw._Jit, "compiled", set())
+    monkeypatch.setattr(dw._KERNEL, "kernel", broken)
+    monkeypatch.setattr(dw._KERNEL, "failed", False)
+    monkeypatch.setattr(dw._KERNEL, "compiled", set())
     x, w, b = _case((1, 3, 8, 8), 1, (3, 3), True, np.float64)
     assert dw.depthwise_conv(x, w, b, [1, 1], [1, 1], [1, 1, 1, 1], [8, 8]) is None
-    assert dw._Jit.failed and not dw.enabled()
+    assert dw._KERNEL.failed and not dw.enabled()
     y = core.float_conv(x, w, b, 3, None, None, [1, 1, 1, 1], "NOTSET", None)
     np.testing.assert_allclose(y, naive_conv(x, w, b, pads=[1, 1, 1, 1], group=3), rtol=1e-12)
 
@@ -266,11 +267,11 @@ def test_no_writable_cache_directory(monkeypatch):
         return real_njit(*args, **kwargs)
 
     monkeypatch.setattr(numba, "njit", njit)
-    monkeypatch.setattr(dw._Jit, "kernel", None)
-    monkeypatch.setattr(dw._Jit, "compiled", set())
+    monkeypatch.setattr(dw._KERNEL, "kernel", None)
+    monkeypatch.setattr(dw._KERNEL, "compiled", set())
     x, w, b = _case((1, 3, 8, 8), 1, (3, 3), True, np.float32)
     y = dw.depthwise_conv(x, w, b, [1, 1], [1, 1], [1, 1, 1, 1], [8, 8])
-    assert y is not None and not dw._Jit.failed
+    assert y is not None and not dw._KERNEL.failed
     np.testing.assert_allclose(y, naive_conv(x, w, b, pads=[1, 1, 1, 1], group=3), rtol=1e-5, atol=1e-5)
 
 

@@ -23,13 +23,12 @@ are within float rounding of the numpy path (the sums are only ordered different
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from ....framework.thread_pool import current_pool
+from ..jit import LazyKernel
 
-DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
 
 # the FusedConv (MLAS) activations the kernel applies itself; code 0 = none
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
@@ -233,31 +232,12 @@ def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0
             finish(acc, oh * pitch, result, oh * OW, OW)
 
 
-class _Jit:
-    """The compiled kernel, built on first use; ``failed`` once numba is unusable here."""
-
-    kernel = None
-    failed = False
-    compiled: set = set()  # the dtypes whose specialization compiled (or loaded from the cache)
-
-
-def _kernel():
-    if _Jit.kernel is None and not _Jit.failed:
-        try:
-            import numba
-        except (ImportError, OSError):  # absent, or broken (numpy version, llvmlite library)
-            _Jit.failed = True
-            return None
-        try:
-            _Jit.kernel = numba.njit(cache=True, nogil=True)(_depthwise_planes)
-        except RuntimeError:  # no writable cache directory anywhere: compile in each process
-            _Jit.kernel = numba.njit(nogil=True)(_depthwise_planes)
-    return _Jit.kernel
+_KERNEL = LazyKernel(_depthwise_planes)
 
 
 def enabled() -> bool:
     """Whether depthwise convolutions may use the compiled kernel (numba importable, not disabled)."""
-    return os.environ.get(DISABLE_ENV, "") in ("", "0") and _kernel() is not None
+    return _KERNEL.enabled()
 
 
 def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
@@ -297,15 +277,9 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     Hp, Wp = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
     args = (x, taps, bias, values, y.reshape(N * M, -1), M, out_sp[0], out_sp[1], M // C, strides[0], strides[1],
             dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code, out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH)
-    kernel = _kernel()
-    if x.dtype not in _Jit.compiled:
-        try:
-            kernel(*args, 0, 0)  # compiles (or loads from the disk cache) this dtype's kernel
-        except Exception:  # numba's compile errors have no common base; any makes the numpy path run
-            _Jit.failed = True
-            _Jit.kernel = None
-            return None
-        _Jit.compiled.add(x.dtype)
+    kernel = _KERNEL.compiled_for(x.dtype, *args, 0, 0)  # compiles (or loads) this dtype's kernel
+    if kernel is None:
+        return None
     planes = N * M
     if _PARALLEL:
         current_pool().run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,

@@ -1,0 +1,59 @@
+"""Optional numba compilation of CPU kernels, with the numpy path as the fallback.
+
+numba is the ``fast`` extra. A :class:`LazyKernel` compiles its plain-Python function on
+first use (not at import or session creation) with ``cache=True`` (numba writes next to the
+module when that is writable, else in its user-wide cache; ``NUMBA_CACHE_DIR`` overrides both;
+with no writable directory it compiles in each process), ``nogil`` so concurrent runs proceed
+in parallel, and fastmath off. Where numba is missing, fails to import or fails to compile, or
+``ONYXRT_DISABLE_NUMBA=1``, the kernel reports itself unusable and callers run numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Hashable
+
+DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
+
+
+class LazyKernel:
+    """``function`` compiled by numba on first use; ``failed`` once numba proved unusable for it."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.kernel: Callable[..., Any] | None = None
+        self.failed = False
+        self.compiled: set = set()  # keys (e.g. dtypes) whose specialization compiled or loaded from the cache
+
+    def get(self) -> Callable[..., Any] | None:
+        """The numba dispatcher, created (not yet compiled) on the first call; None without numba."""
+        if self.kernel is None and not self.failed:
+            try:
+                import numba
+            except (ImportError, OSError):  # absent, or broken (numpy version, llvmlite library)
+                self.failed = True
+                return None
+            try:
+                self.kernel = numba.njit(cache=True, nogil=True)(self.function)
+            except RuntimeError:  # no writable cache directory anywhere: compile in each process
+                self.kernel = numba.njit(nogil=True)(self.function)
+        return self.kernel
+
+    def enabled(self) -> bool:
+        """Whether the compiled kernel may be used (numba importable, not disabled by the environment)."""
+        return os.environ.get(DISABLE_ENV, "") in ("", "0") and self.get() is not None
+
+    def compiled_for(self, key: Hashable, *probe: Any) -> Callable[..., Any] | None:
+        """The kernel, compiled for ``key`` by calling it once with ``probe`` (arguments that do no work);
+        None when it cannot be used, after which the caller runs its numpy path."""
+        if not self.enabled():
+            return None
+        if key not in self.compiled:
+            try:
+                self.kernel(*probe)
+            except Exception:  # numba's compile errors have no common base; any makes the numpy path run
+                self.failed = True
+                self.kernel = None
+                return None
+            self.compiled.add(key)
+        return self.kernel
