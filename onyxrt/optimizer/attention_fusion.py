@@ -63,7 +63,7 @@ import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array, from_array
-from .matching import constant_vector, is_close, is_constant, only_reader, partner, scalar
+from .matching import constant_vector, is_close, is_constant, is_float32, only_reader, partner, scalar
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 from .shape_values import constant_ints, dim_of, same_dim, shape_entries
 
@@ -394,7 +394,7 @@ def _scalar_expression(value: ir.Value, known) -> tuple[float | None, list[ir.No
     node = value.producer()
     if node is None or node.domain != "" or node.op_type not in _SCALAR_OPS or any(v is None for v in node.inputs):
         return None
-    if not _is_float32(value) or not _one_element(value):
+    if not is_float32(value) or not _one_element(value):
         return None
     source = node.inputs[0]
     if node.op_type == "Cast" and isinstance(source.type, ir.TensorType) and source.type.dtype in _INTEGERS:
@@ -544,7 +544,7 @@ def _key_transposed(value: ir.Value) -> _Heads | None:
 def _head_split(reshape: ir.Node, projection: ir.Value, packed: bool = False) -> tuple[int, ...] | None:
     """(N, H) when ``reshape`` turns ``projection`` [B, S, D] into [B, S, N, H]; with ``packed``,
     (n, N, H) when it turns it into [B, S, n, N, H] (n·N·H = D, n constant)."""
-    if not _is_float32(projection) or projection.shape is None or len(projection.shape) != 3:
+    if not is_float32(projection) or projection.shape is None or len(projection.shape) != 3:
         return None
     hidden = projection.shape[2]
     target = shape_entries(reshape.inputs[1])
@@ -644,7 +644,7 @@ def _usable_bias(bias: ir.Value, num_heads: int) -> bool:
     A bias broadcast over the query rows (S 1) is expanded (:func:`_rows_expanded`); one
     broadcast over the keys is not taken.
     """
-    if not _is_float32(bias) or bias.shape is None or len(bias.shape) != 4:
+    if not is_float32(bias) or bias.shape is None or len(bias.shape) != 4:
         return False
     heads, columns = bias.shape[1], bias.shape[3]
     if isinstance(heads, int) and heads not in (1, num_heads):
@@ -929,7 +929,3 @@ def _is_op(node: ir.Node, op_type: str) -> bool:
 def _perm(transpose: ir.Node) -> tuple[int, ...] | None:
     perm = transpose.attributes.get_ints("perm", None)
     return tuple(perm) if perm is not None else None
-
-
-def _is_float32(value: ir.Value) -> bool:
-    return isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT

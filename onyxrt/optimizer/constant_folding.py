@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from ..graph.tensors import constant_array, from_array
 from ..graph.builder import has_subgraphs
-from .matching import is_constant
+from .matching import is_constant, only_reader
 from .pass_manager import GraphPass, OptimizationContext
 
 # onnxruntime's list (optimizer/utils.cc), plus Bernoulli, which is random as well.
@@ -157,26 +157,18 @@ def _is_dequantize(node: ir.Node) -> bool:
 
 def _qdq_unit_folds(dequantize: ir.Node) -> bool:
     """Whether ``DQ -> X -> Q`` folds whole: DQ's only reader X (one input, one output) feeds only a Q whose other inputs are constant."""
-    middle = _only_reader(dequantize.outputs[0])
+    middle = only_reader(dequantize.outputs[0])
     if middle is None or len(middle.inputs) != 1 or len(middle.outputs) != 1:
         return False
     if not _deterministic(middle) or has_subgraphs(middle):
         return False
-    quantize = _only_reader(middle.outputs[0])
+    quantize = only_reader(middle.outputs[0])
     return (
         quantize is not None
         and quantize.op_type == "QuantizeLinear"
         and _deterministic(quantize)
         and all(value is None or is_constant(value) for value in quantize.inputs[1:])
     )
-
-
-def _only_reader(value: ir.Value) -> ir.Node | None:
-    """The node reading ``value`` when it is its single use and no graph output, else None."""
-    uses = value.uses()
-    if len(uses) != 1 or value.is_graph_output():
-        return None
-    return next(iter(uses)).node
 
 
 def _declared_output_bytes(node: ir.Node) -> int:

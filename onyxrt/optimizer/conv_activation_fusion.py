@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.tensors import constant_array
-from .matching import is_constant, only_reader, replace_with, self_contained
+from .matching import is_constant, is_float32, only_reader, replace_with, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 
@@ -30,7 +30,7 @@ class ConvActivationFusion(GraphPass):
         for conv in [node for node in graph if node.op_type == "Conv" and node.domain == ""]:
             output = conv.outputs[0]
             activation = only_reader(output)
-            if activation is None or activation.domain != "" or not _is_float32(output):
+            if activation is None or activation.domain != "" or not is_float32(output):
                 continue
             params = activation_params(activation)
             if params is None or activation.inputs[0] is not output:
@@ -80,7 +80,3 @@ def _clip_bounds(clip: ir.Node) -> list[float] | None:
         else:
             return None
     return bounds
-
-
-def _is_float32(value: ir.Value) -> bool:
-    return isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT

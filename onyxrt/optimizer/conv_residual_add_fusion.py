@@ -14,7 +14,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from .conv_activation_fusion import activation_params
-from .matching import only_reader, partner, replace_with, self_contained
+from .matching import is_float32, only_reader, partner, replace_with, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 
@@ -71,7 +71,7 @@ def _plain_conv(node: ir.Node) -> bool:
 
 def _same_float32_shape(value: ir.Value, reference: ir.Value) -> bool:
     """``value`` is float32 and its shape equals ``reference``'s, dim for dim (symbolic dims by name)."""
-    if not all(isinstance(v.type, ir.TensorType) and v.type.dtype == ir.DataType.FLOAT for v in (value, reference)):
+    if not (is_float32(value) and is_float32(reference)):
         return False
     if value.shape is None or reference.shape is None or len(value.shape) != len(reference.shape):
         return False

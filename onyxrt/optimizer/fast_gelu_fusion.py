@@ -16,7 +16,7 @@ import math
 import onnx_ir as ir
 
 from .gelu_fusion import bias_add_of, biased_inputs, half_x_times, other_than
-from .matching import is_close, replace_with, scalar, self_contained
+from .matching import is_close, is_float32, only_reader, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -42,7 +42,7 @@ class FastGeluFusion(GraphPass):
                 match = (node.inputs[0], [node], node.outputs[0])
             else:
                 continue
-            if match is None or not _is_float32(match[0]):
+            if match is None or not is_float32(match[0]):
                 continue
             x, nodes, output = match
             bias_add = bias_add_of(x, nodes)
@@ -56,7 +56,7 @@ class FastGeluFusion(GraphPass):
                 continue
             context.require_opset("com.microsoft", 1)
             fast_gelu = ir.Node("com.microsoft", "FastGelu", inputs, num_outputs=1, name=f"{node.name or 'gelu'}_fast")
-            replace_with(graph, _in_dependency_order(nodes), output, fast_gelu)
+            replace_with(graph, nodes, output, fast_gelu)
             fused += 1
         return fused
 
@@ -92,7 +92,7 @@ def _match_tanh_form(tanh: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] 
             return None
     else:
         return None
-    plus_one = _only_reader(tanh.outputs[0])
+    plus_one = only_reader(tanh.outputs[0])
     if plus_one is None or plus_one.op_type != "Add" or other_than(plus_one, 1.0) is not tanh.outputs[0]:
         return None
     product = half_x_times(x, plus_one.outputs[0])
@@ -100,24 +100,6 @@ def _match_tanh_form(tanh: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] 
         return None
     muls, output = product
     return x, [*nodes, plus_one, *muls], output
-
-
-def _in_dependency_order(nodes: list[ir.Node]) -> list[ir.Node]:
-    """``nodes`` with each after the pattern nodes it reads (matching collects them in no set order)."""
-    ordered: list[ir.Node] = []
-    pending = list(nodes)
-    while pending:
-        for node in pending:
-            if not any(value is not None and value.producer() in pending for value in node.inputs):
-                ordered.append(node)
-                pending.remove(node)
-                break
-    return ordered
-
-
-def _only_reader(value: ir.Value) -> ir.Node | None:
-    uses = value.uses()
-    return next(iter(uses)).node if len(uses) == 1 and not value.is_graph_output() else None
 
 
 def _inner(value: ir.Value | None, op_type: str) -> ir.Node | None:
@@ -174,7 +156,3 @@ def _powers_of(x: ir.Value, leaves: list[ir.Value], nodes: list[ir.Node]) -> int
         nodes.append(pow_node)
         power += int(exponent)
     return power
-
-
-def _is_float32(value: ir.Value | None) -> bool:
-    return value is not None and isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT

@@ -14,7 +14,7 @@ import math
 
 import onnx_ir as ir
 
-from .matching import constant_vector, is_close, only_reader, partner, replace_with, scalar, self_contained
+from .matching import constant_vector, is_close, is_float32, only_reader, partner, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _SQRT2 = math.sqrt(2.0)
@@ -34,7 +34,7 @@ class GeluFusion(GraphPass):
         for erf in [node for node in graph if node.op_type == "Erf" and node.domain == ""]:
             match = _match(erf)
             # onnxruntime's CPU Gelu/BiasGelu are float32 kernels; the ONNX op (opset 20) takes any float
-            if match is not None and (_is_float32(match.x) or context.opset_imports.get("", 1) >= 20):
+            if match is not None and (is_float32(match.x) or context.opset_imports.get("", 1) >= 20):
                 _replace(graph, match, context)
                 fused += 1
         for gelu in [node for node in graph if node.op_type == "Gelu" and node.domain == ""]:
@@ -42,7 +42,7 @@ class GeluFusion(GraphPass):
             if gelu.attributes.get_string("approximate", "none") != "none" or gelu.inputs[0] is None:
                 continue
             bias_add = bias_add_of(gelu.inputs[0], [gelu])
-            if bias_add is not None and _is_float32(gelu.inputs[0]):
+            if bias_add is not None and is_float32(gelu.inputs[0]):
                 context.require_opset(_MICROSOFT, 1)
                 fused_node = ir.Node(_MICROSOFT, "BiasGelu", biased_inputs(bias_add), num_outputs=1, name=f"{gelu.name or 'gelu'}_bias")
                 replace_with(graph, [bias_add, gelu], gelu.outputs[0], fused_node)
@@ -100,7 +100,7 @@ def half_x_times(x: ir.Value, one_plus_erf: ir.Value) -> tuple[list[ir.Node], ir
 
 def _replace(graph: ir.Graph, match: _Match, context: OptimizationContext) -> None:
     inputs, op_type, domain = [match.x], "Gelu", _MICROSOFT
-    bias_add = bias_add_of(match.x, match.nodes) if _is_float32(match.x) else None
+    bias_add = bias_add_of(match.x, match.nodes) if is_float32(match.x) else None
     if bias_add is not None:
         inputs, op_type = biased_inputs(bias_add), "BiasGelu"
         match.nodes.insert(0, bias_add)
@@ -143,7 +143,3 @@ def other_than(node: ir.Node, constant: float) -> ir.Value | None:
 def _is_scalar(value: ir.Value | None, expected: float) -> bool:
     """``value`` is a constant holding one element close to ``expected``."""
     return is_close(scalar(value), expected)
-
-
-def _is_float32(value: ir.Value) -> bool:
-    return isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .matching import only_reader, replace_with, self_contained
+from .matching import is_float32, only_reader, replace_with, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 # activation -> its attributes as (name, ONNX default, FusedGemm attribute)
@@ -43,7 +43,7 @@ class GemmActivationFusion(GraphPass):
             activation = only_reader(output)
             if activation is None or activation.domain != "" or activation.op_type not in _ACTIVATIONS:
                 continue
-            if not isinstance(output.type, ir.TensorType) or output.type.dtype != ir.DataType.FLOAT:
+            if not is_float32(output):
                 continue
             nodes = [gemm, activation]
             if activation.inputs[0] is not output or not self_contained(nodes, activation.outputs[0]):

@@ -29,6 +29,11 @@ def is_constant(value: ir.Value | None) -> bool:
     return value is not None and value.is_initializer() and value.const_value is not None and not value.is_graph_input()
 
 
+def is_float32(value: ir.Value | None) -> bool:
+    """A tensor value known to hold float32 (what onnxruntime's CPU fused kernels take)."""
+    return value is not None and isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT
+
+
 def constant_vector(value: ir.Value | None) -> bool:
     """A 1-D constant (:func:`is_constant`): a per-channel weight, bias or scale."""
     return is_constant(value) and len(value.const_value.shape) == 1
@@ -78,8 +83,7 @@ def replace_with(
     graph.insert_before(anchor or nodes[0], fused)
     name = output.name
     output.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-    for node in reversed(nodes):
-        graph.remove(node, safe=True)
+    graph.remove(nodes, safe=True)  # as one set: the nodes may come in any order
     fused.outputs[0].name = name
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .matching import only_reader, replace_with
+from .matching import is_float32, only_reader, replace_with
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 from .transpose_optimizer import transposed_input
 
@@ -36,7 +36,7 @@ class MatMulTransposeFusion(GraphPass):
     def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
         fused = 0
         for matmul in [node for node in graph if _is_matmul(node)]:
-            if not _is_float(matmul.outputs[0]) or len(matmul.inputs) != 2 or None in matmul.inputs:
+            if not is_float32(matmul.outputs[0]) or len(matmul.inputs) != 2 or None in matmul.inputs:
                 continue
             attributes = {name: matmul.attributes.get_int(name, 0) for pair in _FLAGS for name in pair}
             inputs, folded = list(matmul.inputs), []
@@ -88,7 +88,3 @@ def _flags_of(perm: list[int], inputs) -> tuple[int, int] | None:
 
 def _same_rank(inputs, rank: int) -> bool:
     return all(value.shape is not None and len(value.shape) == rank for value in inputs)
-
-
-def _is_float(value: ir.Value) -> bool:
-    return isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT
