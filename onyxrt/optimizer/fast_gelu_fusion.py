@@ -114,32 +114,29 @@ def _inner(value: ir.Value | None, op_type: str) -> ir.Node | None:
 
 def _factors(value: ir.Value, nodes: list[ir.Node]) -> tuple[float, list[ir.Value]]:
     """``value`` as constant * product of leaves, through absorbable Muls (appended to ``nodes``)."""
-    mul = _inner(value, "Mul")
-    if mul is None:
-        constant = scalar(value)
-        return (constant, []) if constant is not None else (1.0, [value])
-    nodes.append(mul)
-    coefficient, leaves = 1.0, []
-    for operand in mul.inputs:
-        factor, more = _factors(operand, nodes)
-        coefficient *= factor
-        leaves += more
-    return coefficient, leaves
+    constants, leaves = _flattened(value, "Mul", nodes)
+    return math.prod(constants), leaves
 
 
 def _terms(value: ir.Value, nodes: list[ir.Node]) -> tuple[float, list[ir.Value]]:
     """``value`` as constant + sum of terms, through absorbable Adds (appended to ``nodes``)."""
-    add = _inner(value, "Add")
-    if add is None:
+    constants, terms = _flattened(value, "Add", nodes)
+    return sum(constants, 0.0), terms
+
+
+def _flattened(value: ir.Value, op_type: str, nodes: list[ir.Node]) -> tuple[list[float], list[ir.Value]]:
+    """(scalar constants, other operands) of the tree of absorbable ``op_type`` nodes computing ``value``."""
+    node = _inner(value, op_type)
+    if node is None:
         constant = scalar(value)
-        return (constant, []) if constant is not None else (0.0, [value])
-    nodes.append(add)
-    offset, terms = 0.0, []
-    for operand in add.inputs:
-        more_offset, more = _terms(operand, nodes)
-        offset += more_offset
-        terms += more
-    return offset, terms
+        return ([constant], []) if constant is not None else ([], [value])
+    nodes.append(node)
+    constants, operands = [], []
+    for operand in node.inputs:
+        more_constants, more = _flattened(operand, op_type, nodes)
+        constants += more_constants
+        operands += more
+    return constants, operands
 
 
 def _powers_of(x: ir.Value, leaves: list[ir.Value], nodes: list[ir.Node]) -> int:
