@@ -29,6 +29,7 @@ from ..graph.tensors import constant_array, from_array
 from ..graph.builder import has_subgraphs
 from .matching import is_constant, only_reader
 from .pass_manager import GraphPass, OptimizationContext
+from .shape_values import shape_entries
 
 # onnxruntime's list (optimizer/utils.cc), plus Bernoulli, which is random as well.
 _NON_DETERMINISTIC = frozenset(
@@ -77,46 +78,13 @@ def _static_dims_picked(node: ir.Node) -> list[np.ndarray] | None:
     if node.domain != "" or node.op_type not in ("Gather", "Slice") or not node.inputs or node.inputs[0] is None:
         return None
     shape_node = node.inputs[0].producer()
-    if shape_node is None or not _is_shape(shape_node) or shape_node.inputs[0] is None:
+    if shape_node is None or not _is_shape(shape_node):
         return None
-    shape = shape_node.inputs[0].shape
-    if shape is None:
+    dims = shape_entries(node.outputs[0])
+    if dims is None or not all(isinstance(dim, int) for dim in dims):
         return None
-    dims = list(shape)
-    dims = dims[shape_node.attributes.get_int("start", 0):shape_node.attributes.get_int("end", len(dims))]
-    positions = np.arange(len(dims))
-    rest = node.inputs[1:]
-    if not rest or not all(value is None or is_constant(value) for value in rest):
-        return None
-    try:
-        if node.op_type == "Gather":
-            if node.attributes.get_int("axis", 0) != 0:
-                return None
-            indices = constant_array(rest[0])
-            if indices.size and (indices.min() < -len(dims) or indices.max() >= len(dims)):
-                return None  # out of range: left for the kernel to report
-            picked = positions[indices]
-        else:
-            picked = _sliced(positions, [None if value is None else constant_array(value) for value in rest])
-    except (IndexError, ValueError):
-        return None
-    if picked is None or not all(isinstance(dims[int(i)], int) for i in np.ravel(picked)):
-        return None
-    return [np.array([dims[int(i)] for i in np.ravel(picked)], dtype=np.int64).reshape(np.shape(picked))]
-
-
-def _sliced(positions: np.ndarray, arguments: list[np.ndarray | None]) -> np.ndarray | None:
-    """``positions`` sliced by Slice's starts/ends/axes/steps (1-D data: the only axis is 0)."""
-    starts, ends, axes, steps = (arguments + [None, None, None])[:4]
-    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
-        return None
-    if axes is not None and (axes.size != 1 or int(axes.flat[0]) not in (0, -1)):
-        return None
-    step = 1 if steps is None else int(np.ravel(steps)[0])
-    if step == 0:
-        return None
-    # Python slices clamp out-of-range bounds as ONNX Slice does, negative ones counting from the end.
-    return positions[int(starts.flat[0]):int(ends.flat[0]):step]
+    shape = np.shape(constant_array(node.inputs[1])) if node.op_type == "Gather" else (len(dims),)
+    return [np.array(dims, dtype=np.int64).reshape(shape)]
 
 
 def _evaluate(node: ir.Node, context: OptimizationContext) -> list[np.ndarray] | None:

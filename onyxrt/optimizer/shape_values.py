@@ -184,9 +184,10 @@ def _slice(node: ir.Node, data: list[Entry] | None) -> list[Entry] | None:
         axes, steps = node.attributes.get_ints("axes", [0]), [1]
     if None in (starts, ends, axes, steps) or len(starts) != 1 or len(ends) != 1:
         return None
-    if list(axes) not in ([0], [-1]) or list(steps) != [1]:
+    if list(axes) not in ([0], [-1]) or len(steps) != 1 or steps[0] == 0:
         return None
-    return data[slice(starts[0], ends[0])]  # Python's slice clamps as ONNX's does for step 1
+    # Python's slices clamp out-of-range bounds as ONNX's do, negative ones counting from the end, any step
+    return data[slice(starts[0], ends[0], steps[0])]
 
 
 def _where_equal(node: ir.Node, known, depth: int) -> list[Entry] | None:
