@@ -193,11 +193,10 @@ class InferenceSession:
         runs before partitioning, so a provider's fusions (CPU's com.microsoft fused ops) run only when
         no provider ahead of it would claim nodes: otherwise they would take those nodes away from it.
         """
-        names = []
-        for provider in self._providers:
-            names.append(provider.name)
+        names = [provider.name for provider in self._providers]
+        for position, provider in enumerate(self._providers[:-1]):  # the last shadows nothing: not asked
             if provider.get_capability(model.graph, model.opset_imports):
-                break
+                return names[: position + 1]
         return names
 
     def _can_run(self, node: ir.Node, opset: int) -> bool:
