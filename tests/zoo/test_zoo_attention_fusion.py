@@ -16,9 +16,8 @@ import onnx
 import pytest
 from feeds import encoder_feeds
 
-import onyxrt
-
 ort = pytest.importorskip("onnxruntime")
+from extended_sessions import extended_sessions  # noqa: E402  (needs onnxruntime)
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
 LAYERS = {"bert_base": 12, "minilm_l6": 6, "distilbert_dynamo": 6}
@@ -35,20 +34,11 @@ def _feeds(inputs: list[str], fully_masked_row: bool) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_one_attention_node_per_layer_outputs_unchanged(zoo_model, name, tmp_path):
-    path = zoo_model(name)
-    options = onyxrt.SessionOptions()
-    options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "ours.onnx")
-    ours = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    saved = onnx.load(str(tmp_path / "ours.onnx"), load_external_data=False)
+    ours, reference, ours_in_onnxruntime, saved_path = extended_sessions(zoo_model(name), tmp_path)
+    saved = onnx.load(saved_path, load_external_data=False)
     histogram = Counter(node.op_type for node in saved.graph.node)
     assert histogram["Attention"] == LAYERS[name]
     assert histogram["Softmax"] == 0 and histogram["MultiHeadAttention"] == 0
-
-    unoptimized = ort.SessionOptions()
-    unoptimized.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    reference = ort.InferenceSession(path, unoptimized, providers=["CPUExecutionProvider"])
-    ours_in_onnxruntime = ort.InferenceSession(str(tmp_path / "ours.onnx"), unoptimized, providers=["CPUExecutionProvider"])
     inputs = [i.name for i in reference.get_inputs()]
     for fully_masked_row in (False, True):
         feeds = _feeds(inputs, fully_masked_row)

@@ -15,9 +15,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import onyxrt
-
 ort = pytest.importorskip("onnxruntime")
+from extended_sessions import extended_sessions  # noqa: E402  (needs onnxruntime)
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
 LAYERS, KV_HEADS, HEAD_SIZE, VOCAB = 4, 2, 64, 32000
@@ -68,28 +67,14 @@ def _close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(w))))
 
 
-def _sessions(data: bytes, tmp_path):
-    """(ours at EXTENDED, onnxruntime unoptimized, onnxruntime on our saved model, our saved model)."""
-    options = onyxrt.SessionOptions()
-    options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "ours.onnx")
-    ours = onyxrt.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    reference = ort.InferenceSession(data, plain, providers=["CPUExecutionProvider"])
-    saved = onnx.load(str(tmp_path / "ours.onnx"))
-    theirs = ort.InferenceSession(saved.SerializeToString(), plain, providers=["CPUExecutionProvider"])
-    return ours, reference, theirs, saved
-
-
 @pytest.mark.parametrize("name, caches", [("llama_tiny", "exported"), ("llama_tiny_dynamo", "zoo"), ("llama_tiny_dynamo", "real")])
 def test_one_group_query_attention_per_layer_with_outputs_and_presents_unchanged(zoo_model, name, caches, tmp_path):
     model = onnx.load(zoo_model(name))
     if caches == "real":
         model = _with_real_rotary_caches(model)
     data = model.SerializeToString()
-    ours, reference, theirs, saved = _sessions(data, tmp_path)
-    ops = [node.op_type for node in saved.graph.node]
+    ours, reference, theirs, saved_path = extended_sessions(data, tmp_path)
+    ops = [node.op_type for node in onnx.load(saved_path).graph.node]
     assert ops.count("GroupQueryAttention") == LAYERS
     assert ops.count("Softmax") == 0 and ops.count("Tile") + ops.count("Expand") <= 3  # no repeated K/V left
     assert ops.count("RotaryEmbedding") == (0 if caches == "zoo" else 2 * LAYERS)
@@ -109,7 +94,7 @@ def test_one_group_query_attention_per_layer_with_outputs_and_presents_unchanged
 
 
 def test_generation_with_presents_fed_back_matches_onnxruntime(zoo_model, tmp_path):
-    ours, reference, theirs, _ = _sessions(onnx.load(zoo_model("llama_tiny")).SerializeToString(), tmp_path)
+    ours, reference, theirs, _ = extended_sessions(zoo_model("llama_tiny"), tmp_path)
     feeds = _feeds(2, 8, 0)
     names = [o.name for o in reference.get_outputs()]
     state = {session: dict(feeds) for session in (ours, reference, theirs)}

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from feeds import decoder_feeds, encoder_feeds, vision_feeds
 
-import onyxrt
-
 ort = pytest.importorskip("onnxruntime")
+from extended_sessions import extended_sessions  # noqa: E402  (needs onnxruntime)
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
 MODELS = ("resnet50", "mobilenet_v2", "bert_base", "minilm_l6", "llama_tiny", "distilbert_dynamo", "llama_tiny_dynamo")
@@ -42,16 +41,7 @@ def _assert_close(got: list[np.ndarray], want: list[np.ndarray], names: list[str
 
 @pytest.mark.parametrize("name", MODELS)
 def test_extended_model_saved_by_onyxrt_runs_in_onnxruntime(zoo_model, tmp_path, name):
-    path = zoo_model(name)
-    options = onyxrt.SessionOptions()
-    options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ours = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-    plain = ort.SessionOptions()
-    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    reference = ort.InferenceSession(path, plain, providers=["CPUExecutionProvider"])
-    saved = ort.InferenceSession(options.optimized_model_filepath, plain, providers=["CPUExecutionProvider"])
+    ours, reference, saved, _ = extended_sessions(zoo_model(name), tmp_path)
 
     names = [o.name for o in reference.get_outputs()]
     assert [o.name for o in saved.get_outputs()] == names
