@@ -14,6 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from ..errors import Fail, InvalidArgument
+from ..framework import host_memory
 from ..framework.constant_evaluator import provider_evaluator
 from ..framework.allocation_planner import RunReport
 from ..framework.execution_plan import build_plan
@@ -146,6 +147,8 @@ class InferenceSession:
         self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
         self._thread_pool = ThreadPool(self._sess_options.intra_op_num_threads)
+        if self._sess_options.enable_cpu_mem_arena:
+            host_memory.hold_for(self)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)
         disabled = frozenset(kwargs.pop("disabled_optimizers", None) or ())
         if kwargs:
