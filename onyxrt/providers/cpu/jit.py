@@ -10,6 +10,7 @@ in parallel, and fastmath off. Where numba is missing, fails to import or fails 
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Any, Callable, Hashable
 
@@ -19,7 +20,7 @@ DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
 class LazyKernel:
     """``function`` compiled by numba on first use; ``failed`` once numba proved unusable for it."""
 
-    def __init__(self, function: Callable[..., Any]) -> None:
+    def __init__(self, function: Callable[..., Any] | None) -> None:
         self.function = function
         self.kernel: Callable[..., Any] | None = None
         self.failed = False
@@ -29,15 +30,18 @@ class LazyKernel:
         """The numba dispatcher, created (not yet compiled) on the first call; None without numba."""
         if self.kernel is None and not self.failed:
             try:
-                import numba
-            except (ImportError, OSError):  # absent, or broken (numpy version, llvmlite library)
+                self.kernel = self._create()
+            except (ImportError, OSError):  # numba absent, or broken (numpy version, llvmlite library)
                 self.failed = True
-                return None
-            try:
-                self.kernel = numba.njit(cache=True, nogil=True)(self.function)
-            except RuntimeError:  # no writable cache directory anywhere: compile in each process
-                self.kernel = numba.njit(nogil=True)(self.function)
         return self.kernel
+
+    def _create(self) -> Callable[..., Any]:
+        import numba
+
+        try:
+            return numba.njit(cache=True, nogil=True)(self.function)
+        except RuntimeError:  # no writable cache directory anywhere: compile in each process
+            return numba.njit(nogil=True)(self.function)
 
     def enabled(self) -> bool:
         """Whether the compiled kernel may be used (numba importable, not disabled by the environment)."""
@@ -57,3 +61,23 @@ class LazyKernel:
                 return None
             self.compiled.add(key)
         return self.kernel
+
+
+class LazyModuleKernel(LazyKernel):
+    """The kernel ``name`` of a module that imports numba itself, imported on first use.
+
+    For kernels calling other jitted functions, which must already be numba functions when
+    the kernel compiles. Such a module decorates with ``cache=True``: where no cache directory
+    is writable it fails to import, and the numpy path runs.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        super().__init__(None)
+        self.module = module
+        self.name = name
+
+    def _create(self) -> Callable[..., Any]:
+        try:
+            return getattr(importlib.import_module(self.module), self.name)
+        except RuntimeError as error:  # numba's "cannot cache" error
+            raise ImportError(str(error)) from error

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .. import row_kernels
 from .._helpers import normalize_axis
 from ..math.activations import sigmoid_values, softmax_values
 from ..math.elementwise import erf_values
@@ -44,6 +45,11 @@ def _biased(x: np.ndarray, bias, op_name: str) -> np.ndarray:
     return np.add(x.astype(ct, copy=False), bias.astype(ct, copy=False))
 
 
+def _bias_fits(x: np.ndarray, bias, op_name: str) -> bool:
+    """Whether ``bias`` is absent or one vector over x's last axis (other shapes: the numpy path checks them)."""
+    return bias is None or (bias.ndim == 1 and x.ndim >= 1 and bias.shape[0] == x.shape[-1] and bias.dtype == x.dtype)
+
+
 def gelu_inplace(v: np.ndarray) -> np.ndarray:
     """Exact (erf) GELU of a fresh float32/float64 array, in place; returns it."""
     e = erf_values(v * v.dtype.type(_SQRT1_2))
@@ -71,23 +77,37 @@ def _finish(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return y if y.dtype == dtype else y.astype(dtype)
 
 
-@op("Gelu", versions=1, domain="com.microsoft")
-def gelu(x):
-    return _finish(gelu_inplace(_biased(x, None, "Gelu")), x.dtype)
+def _fused(x, bias, kind: int, alpha: float, alloc) -> np.ndarray | None:
+    """The row kernel's result for float32 inputs (the bias already checked), else None."""
+    if x.dtype != _F32 or (bias is not None and bias.dtype != _F32):
+        return None
+    out = alloc(x.shape, _F32) if alloc is not None and x.flags.c_contiguous and x.size else None
+    return row_kernels.activation(x, bias, kind, alpha, out)
 
 
-@op("BiasGelu", versions=1, domain="com.microsoft")
-def bias_gelu(a, b):
-    return _finish(gelu_inplace(_biased(a, b, "BiasGelu")), a.dtype)
+@op("Gelu", versions=1, domain="com.microsoft", inplace={0: 0})
+def gelu(x, *, _alloc=None):
+    y = _fused(x, None, row_kernels.GELU_ERF, 1.0, _alloc)
+    return y if y is not None else _finish(gelu_inplace(_biased(x, None, "Gelu")), x.dtype)
 
 
-@op("FastGelu", versions=1, domain="com.microsoft")
-def fast_gelu(x, bias=None):
-    return _finish(fast_gelu_inplace(_biased(x, bias, "FastGelu")), x.dtype)
+@op("BiasGelu", versions=1, domain="com.microsoft", inplace={0: 0})
+def bias_gelu(a, b, *, _alloc=None):
+    y = _fused(a, b, row_kernels.GELU_ERF, 1.0, _alloc) if _bias_fits(a, b, "BiasGelu") else None
+    return y if y is not None else _finish(gelu_inplace(_biased(a, b, "BiasGelu")), a.dtype)
 
 
-@op("QuickGelu", versions=1, domain="com.microsoft")
-def quick_gelu(x, *, alpha=1.702):
+@op("FastGelu", versions=1, domain="com.microsoft", inplace={0: 0})
+def fast_gelu(x, bias=None, *, _alloc=None):
+    y = _fused(x, bias, row_kernels.GELU_TANH, 1.0, _alloc) if _bias_fits(x, bias, "FastGelu") else None
+    return y if y is not None else _finish(fast_gelu_inplace(_biased(x, bias, "FastGelu")), x.dtype)
+
+
+@op("QuickGelu", versions=1, domain="com.microsoft", inplace={0: 0})
+def quick_gelu(x, *, alpha=1.702, _alloc=None):
+    y = _fused(x, None, row_kernels.X_SIGMOID, alpha, _alloc)
+    if y is not None:
+        return y
     v = _biased(x, None, "QuickGelu")
     s = sigmoid_values(v * v.dtype.type(alpha) if alpha != 1.0 else v)
     v *= s

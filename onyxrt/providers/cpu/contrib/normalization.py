@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import row_kernels
 from .._helpers import normalize_axis
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
@@ -81,7 +82,30 @@ def _skip_sum(x, skip, bias, op_name):
     return s
 
 
+def _vector(p: np.ndarray | None) -> np.ndarray | None:
+    return None if p is None else p.reshape(-1)
+
+
+def _fused_skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified):
+    """The row kernel's four outputs for float32 tensors of matching shapes, else None."""
+    if x.dtype != _F32 or skip.dtype != _F32 or x.ndim not in (2, 3) or skip.shape != x.shape or gamma is None:
+        return None
+    if any(p is not None and (p.dtype != _F32 or p.size != x.shape[-1]) for p in (gamma, beta, bias)):
+        return None
+    hidden = x.shape[-1]
+    done = row_kernels.layer_norm(x.reshape(-1, hidden), skip.reshape(-1, hidden), _vector(bias), _vector(gamma),
+                                  _vector(beta), epsilon, simplified, keep_total=True)
+    if done is None:
+        return None
+    y, mean, inv, total = done
+    stat_shape = x.shape[:-1] + (1,)
+    return y.reshape(x.shape), mean.reshape(stat_shape), inv.reshape(stat_shape), total.reshape(x.shape)
+
+
 def _skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified, op_name):
+    fused = _fused_skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified)
+    if fused is not None:
+        return fused
     s = _skip_sum(x, skip, bias, op_name)
     hidden = x.shape[-1]
     _check_param(gamma, hidden, "gamma", op_name)
@@ -131,7 +155,14 @@ def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_n
         y = np.zeros(x.shape, out_dtype)
         stat = np.zeros(x.shape[:ax] + (1,) * (x.ndim - ax), st)
         return y, stat, stat.copy()
-    y, mean, inv = _layer_norm_rows(rows, g, b, epsilon, simplified)
+    fused = None
+    if ct == st == rows.dtype == out_dtype == _F32:  # (g and b are float32 then, one entry per column)
+        fused = row_kernels.layer_norm(rows, None, None, g, b, epsilon, simplified, keep_total=False)
+    if fused is not None:
+        y, mean, inv, _ = fused
+        mean = None if simplified else mean
+    else:
+        y, mean, inv = _layer_norm_rows(rows, g, b, epsilon, simplified)
     stat_shape = x.shape[:ax] + (1,) * (x.ndim - ax)
     y = y.reshape(x.shape)
     if y.dtype != out_dtype:

@@ -13,6 +13,7 @@ import math
 import ml_dtypes
 import numpy as np
 
+from .. import row_kernels
 from .._helpers import normalize_axis, wants_buffer
 from ..kernel_table import op
 from .elementwise import as_array, erf_values, float_apply, is_float
@@ -170,6 +171,13 @@ def shrink(x, *, bias=0.0, lambd=0.5):
 # --------------------------------------------------------------------------- sigmoid family
 
 
+def _fused(x: np.ndarray, kind: int, alloc) -> np.ndarray | None:
+    """A float32 activation by the one-pass row kernel (into the plan's buffer when it offers one), or None."""
+    if x.dtype != np.float32 or x.ndim == 0 or not x.flags.c_contiguous:
+        return None
+    return row_kernels.activation(x, None, kind, out=_alloc(x.shape, x.dtype) if wants_buffer(alloc, x) else None)
+
+
 def sigmoid_values(v: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-v)) for float32/float64, into a fresh array."""
     out = np.negative(v)
@@ -182,6 +190,9 @@ def sigmoid_values(v: np.ndarray) -> np.ndarray:
 
 @op("Sigmoid", versions=(1, 6, 13), inplace={0: 0})
 def sigmoid(x, *, consumed_inputs=None, _alloc=None):
+    y = _fused(x, row_kernels.SIGMOID, _alloc)
+    if y is not None:
+        return y
     if (x.dtype == np.float32 or x.dtype == np.float64) and wants_buffer(_alloc, x):
         out = np.negative(x, out=_alloc(x.shape, x.dtype))
         with np.errstate(over="ignore"):
@@ -202,8 +213,12 @@ def hard_sigmoid(x, *, alpha=0.20000000298023224, beta=0.5, consumed_inputs=None
     return float_apply(lambda v: _hard_sigmoid(v, alpha, beta), x, "HardSigmoid")
 
 
-@op("HardSwish", versions=(14, 22))
-def hard_swish(x):
+@op("HardSwish", versions=(14, 22), inplace={0: 0})
+def hard_swish(x, *, _alloc=None):
+    y = _fused(x, row_kernels.HARD_SWISH, _alloc)
+    if y is not None:
+        return y
+
     def compute(v):
         out = _hard_sigmoid(v, 1.0 / 6.0, 0.5)
         out *= v

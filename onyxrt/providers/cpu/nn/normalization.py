@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ....framework.thread_pool import current_pool
+from .. import row_kernels
 from .._helpers import normalize_axis
 from ..kernel_table import op
 from ....errors import NodeInputError
@@ -222,6 +223,30 @@ def _layer_norm_rows(x2, scale, b, epsilon, y, mean_out, inv_out, r0, r1):
     inv_out[r0:r1] = inv
 
 
+def _layer_norm_numpy(x2, sc, bb, epsilon, ct, shape):
+    """LayerNorm of the rows of ``x2`` (outer, inner) by numpy: (y, mean, inv_std); y has ``shape``
+    when scale or bias broadcast over the outer axes too."""
+    outer, inner = x2.shape
+    st = x2.dtype
+    y = np.empty((outer, inner), dtype=ct)
+    mean = np.empty((outer, 1), dtype=st)
+    inv = np.empty((outer, 1), dtype=st)
+    if inner == 0:
+        mean[:] = 0
+        inv[:] = 1 / np.sqrt(st.type(epsilon))
+    elif sc.ndim <= 1 and (bb is None or bb.ndim <= 1):
+        if outer * inner >= _LN_PARALLEL_MIN:
+            current_pool().run_chunks(lambda r0, r1: _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, r0, r1), outer, outer * inner)
+        else:
+            _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, 0, outer)
+    else:  # scale/bias broadcasting over the outer axes too
+        _layer_norm_rows(x2, np.ones(1, ct), None, epsilon, y, mean, inv, 0, outer)
+        y = y.reshape(shape) * sc
+        if bb is not None:
+            y = y + bb
+    return y, mean, inv
+
+
 @op("LayerNormalization", versions=17, multi_output=True)
 def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, _num_outputs=1):
     rank = x.ndim
@@ -239,22 +264,13 @@ def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, _num_ou
         sc = np.broadcast_to(sc, norm_shape).reshape(inner) if sc.ndim <= len(norm_shape) else sc
         if bb is not None and bb.ndim <= len(norm_shape):
             bb = np.broadcast_to(bb, norm_shape).reshape(inner)
-    y = np.empty((outer, inner), dtype=ct)
-    mean = np.empty((outer, 1), dtype=st)
-    inv = np.empty((outer, 1), dtype=st)
-    if inner == 0:
-        mean[:] = 0
-        inv[:] = 1 / np.sqrt(st.type(epsilon))
-    elif sc.ndim <= 1 and (bb is None or bb.ndim <= 1):
-        if outer * inner >= _LN_PARALLEL_MIN:
-            current_pool().run_chunks(lambda r0, r1: _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, r0, r1), outer, outer * inner)
-        else:
-            _layer_norm_rows(x2, sc, bb, epsilon, y, mean, inv, 0, outer)
-    else:  # scale/bias broadcasting over the outer axes too
-        _layer_norm_rows(x2, np.ones(1, ct), None, epsilon, y, mean, inv, 0, outer)
-        y = y.reshape(x.shape) * sc
-        if bb is not None:
-            y = y + bb
+    fused = None
+    if st == ct == x.dtype == np.float32 and inner and sc.shape == (inner,) and (bb is None or bb.shape == (inner,)):
+        fused = row_kernels.layer_norm(x2, None, None, sc, bb, epsilon, False, keep_total=False)
+    if fused is not None:
+        y, mean, inv, _ = fused
+    else:
+        y, mean, inv = _layer_norm_numpy(x2, sc, bb, epsilon, ct, x.shape)
     y = y.reshape(x.shape)
     if y.dtype != x.dtype:
         y = y.astype(x.dtype)

@@ -1,0 +1,257 @@
+"""numba row kernels for float32 activations and normalizations: one pass over memory each.
+
+Imported only through :data:`GELU_ROWS` & co (``jit.LazyModuleKernel``): this module imports
+numba at its top, and numba is optional. Every kernel works on C-contiguous 2-D float32 rows
+``[r0, r1)`` (so a caller may split rows over threads) and releases the GIL.
+
+Why these exist: numpy evaluates GELU's erf as ~20 passes over a temporary, and libm's scalar
+``expf``/``erff``/``tanhf`` stop LLVM from vectorizing a numba loop. Here exp is computed in
+float32 arithmetic only (Cody-Waite reduction, a degree-6 polynomial, 2^n assembled from its
+bits by selects), within 1e-7 relative, and erf uses the same rational fit as the numpy path
+(``math.elementwise.erf_float32``), so each element costs a few dozen vector instructions.
+Reductions (LayerNorm's sums) may be reassociated so they vectorize; nothing else is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from .math.elementwise import _ERF_ONE, _ERF_P, _ERF_Q, _ERF_SPLIT
+
+_f = np.float32
+_P0, _P1, _P2, _P3, _P4, _P5 = (_f(c) for c in _ERF_P)
+_Q0, _Q1, _Q2, _Q3, _Q4, _Q5 = (_f(c) for c in _ERF_Q)
+_SPLIT = _f(_ERF_SPLIT)
+_TOP = _f(_ERF_ONE)
+_REASSOC = {"reassoc"}
+_jit = dict(cache=True, nogil=True, error_model="numpy")  # numpy: no ZeroDivisionError branch, which stops vectorization
+
+
+@numba.njit(inline="always", **_jit)
+def exp_nonpositive(q):
+    """exp(q) for float32 ``q`` <= 0, within 1e-7 relative; 0 below -87 (float32's normal range)."""
+    tiny = q < _f(-87.0)
+    q = _f(-87.0) if tiny else q
+    n = np.floor(q * _f(1.4426950408889634) + _f(0.5))
+    r = q - n * _f(0.693359375)
+    r = r + n * _f(2.12194440e-4)  # ln 2 = 0.693359375 - 2.12194440e-4, split for exactness
+    p = _f(1.9875691500e-4)
+    p = p * r + _f(1.3981999507e-3)
+    p = p * r + _f(8.3334519073e-3)
+    p = p * r + _f(4.1665795894e-2)
+    p = p * r + _f(1.6666665459e-1)
+    p = p * r + _f(5.0000001201e-1)
+    p = p * r * r + r + _f(1.0)
+    m = np.int32(-n)  # 0..126: 2^-m from its bits, exactly
+    s = _f(0.5) if m & 1 else _f(1.0)
+    s *= _f(0.25) if m & 2 else _f(1.0)
+    s *= _f(2.0 ** -4) if m & 4 else _f(1.0)
+    s *= _f(2.0 ** -8) if m & 8 else _f(1.0)
+    s *= _f(2.0 ** -16) if m & 16 else _f(1.0)
+    s *= _f(2.0 ** -32) if m & 32 else _f(1.0)
+    s *= _f(2.0 ** -64) if m & 64 else _f(1.0)
+    return _f(0.0) if tiny else p * s
+
+
+@numba.njit(inline="always", **_jit)
+def erf32(z):
+    """erf of float32 ``z``: the fit of ``math.elementwise.erf_float32`` (about 2 ulp)."""
+    a = abs(z)
+    t = z * z
+    small = z * (((((_P5 * t + _P4) * t + _P3) * t + _P2) * t + _P1) * t + _P0)
+    s = min(a, _TOP)
+    q = ((((_Q5 * s + _Q4) * s + _Q3) * s + _Q2) * s + _Q1) * s + _Q0
+    big = _f(math.copysign(_f(1.0) - exp_nonpositive(q), z))
+    return small if a < _SPLIT else big
+
+
+@numba.njit(inline="always", **_jit)
+def sigmoid32(t):
+    """1 / (1 + exp(-t)) without overflow, for float32 ``t``."""
+    e = exp_nonpositive(-abs(t))
+    d = _f(1.0) / (_f(1.0) + e)
+    return d if t >= _f(0.0) else e * d
+
+
+@numba.njit(inline="always", **_jit)
+def tanh32(u):
+    e = exp_nonpositive(_f(-2.0) * abs(u))
+    return _f(math.copysign((_f(1.0) - e) / (_f(1.0) + e), u))
+
+
+@numba.njit(inline="always", **_jit)
+def _gelu_erf(v, alpha):
+    return _f(0.5) * v * (_f(1.0) + erf32(v * _f(0.7071067811865476)))
+
+
+@numba.njit(inline="always", **_jit)
+def _gelu_tanh(v, alpha):
+    u = v * (_f(0.7978845608028654) + _f(0.035677408136300125) * v * v)
+    return _f(0.5) * v * (_f(1.0) + tanh32(u))
+
+
+@numba.njit(inline="always", **_jit)
+def _x_sigmoid(v, alpha):
+    return v * sigmoid32(alpha * v)
+
+
+@numba.njit(inline="always", **_jit)
+def _sigmoid(v, alpha):
+    return sigmoid32(v)
+
+
+@numba.njit(inline="always", **_jit)
+def _hard_swish(v, alpha):
+    h = v * _f(1.0 / 6.0) + _f(0.5)
+    h = _f(0.0) if h < _f(0.0) else (_f(1.0) if h > _f(1.0) else h)  # NaN stays NaN, as np.clip
+    return v * h
+
+
+# One loop per activation: a loop choosing among several at run time does not vectorize.
+
+
+@numba.njit(**_jit)
+def gelu_erf_rows(x, bias, out, alpha, r0, r1):
+    """out[r] = erf GELU of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
+    ``out`` may be ``x`` itself."""
+    cols = x.shape[1]
+    biased = bias.shape[0] == cols
+    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
+    # the loop down its scalar path (ten times slower).
+    row = np.empty(cols, dtype=x.dtype)
+    for i in range(r0, r1):
+        src, dst = x[np.uintp(i)], out[np.uintp(i)]
+        if biased:
+            for j in range(cols):
+                row[np.uintp(j)] = _gelu_erf(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = _gelu_erf(src[np.uintp(j)], alpha)
+        dst[:] = row
+
+
+@numba.njit(**_jit)
+def gelu_tanh_rows(x, bias, out, alpha, r0, r1):
+    """out[r] = tanh GELU (FastGelu) of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
+    ``out`` may be ``x`` itself."""
+    cols = x.shape[1]
+    biased = bias.shape[0] == cols
+    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
+    # the loop down its scalar path (ten times slower).
+    row = np.empty(cols, dtype=x.dtype)
+    for i in range(r0, r1):
+        src, dst = x[np.uintp(i)], out[np.uintp(i)]
+        if biased:
+            for j in range(cols):
+                row[np.uintp(j)] = _gelu_tanh(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = _gelu_tanh(src[np.uintp(j)], alpha)
+        dst[:] = row
+
+
+@numba.njit(**_jit)
+def x_sigmoid_rows(x, bias, out, alpha, r0, r1):
+    """out[r] = v * sigmoid(alpha * v) (QuickGelu, SiLU) of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
+    ``out`` may be ``x`` itself."""
+    cols = x.shape[1]
+    biased = bias.shape[0] == cols
+    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
+    # the loop down its scalar path (ten times slower).
+    row = np.empty(cols, dtype=x.dtype)
+    for i in range(r0, r1):
+        src, dst = x[np.uintp(i)], out[np.uintp(i)]
+        if biased:
+            for j in range(cols):
+                row[np.uintp(j)] = _x_sigmoid(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = _x_sigmoid(src[np.uintp(j)], alpha)
+        dst[:] = row
+
+
+@numba.njit(**_jit)
+def sigmoid_rows(x, bias, out, alpha, r0, r1):
+    """out[r] = sigmoid of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
+    ``out`` may be ``x`` itself."""
+    cols = x.shape[1]
+    biased = bias.shape[0] == cols
+    row = np.empty(cols, dtype=x.dtype)  # (see gelu_erf_rows)
+    for i in range(r0, r1):
+        src, dst = x[np.uintp(i)], out[np.uintp(i)]
+        if biased:
+            for j in range(cols):
+                row[np.uintp(j)] = _sigmoid(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = _sigmoid(src[np.uintp(j)], alpha)
+        dst[:] = row
+
+
+@numba.njit(**_jit)
+def hard_swish_rows(x, bias, out, alpha, r0, r1):
+    """out[r] = HardSwish of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
+    ``out`` may be ``x`` itself."""
+    cols = x.shape[1]
+    biased = bias.shape[0] == cols
+    row = np.empty(cols, dtype=x.dtype)  # (see gelu_erf_rows)
+    for i in range(r0, r1):
+        src, dst = x[np.uintp(i)], out[np.uintp(i)]
+        if biased:
+            for j in range(cols):
+                row[np.uintp(j)] = _hard_swish(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = _hard_swish(src[np.uintp(j)], alpha)
+        dst[:] = row
+
+
+@numba.njit(fastmath=_REASSOC, **_jit)
+def layer_norm_rows(x, skip, bias, gamma, beta, epsilon, simplified, y, total, mean, inv, r0, r1):
+    """LayerNorm (or RMSNorm when ``simplified``) of the rows ``x + skip + bias``, rows r0..r1.
+
+    ``skip`` (same shape as x), ``bias``, ``gamma`` and ``beta`` may be empty (absent);
+    ``total`` receives x + skip + bias when it has rows; ``mean`` and ``inv`` (one per row)
+    the statistics (mean 0 when simplified). Two-pass variance, as the numpy path.
+    """
+    cols = x.shape[1]
+    has_skip = skip.shape[0] > 0
+    has_bias = bias.shape[0] == cols
+    has_gamma = gamma.shape[0] == cols
+    has_beta = beta.shape[0] == cols
+    keep_total = total.shape[0] > 0
+    count = _f(cols)
+    for i in range(r0, r1):
+        src = x[np.uintp(i)]
+        dst = y[np.uintp(i)]
+        acc = _f(0.0)
+        for j in range(cols):  # y holds the sum until it is normalized
+            v = src[np.uintp(j)]
+            if has_skip:
+                v += skip[np.uintp(i), np.uintp(j)]
+            if has_bias:
+                v += bias[np.uintp(j)]
+            dst[np.uintp(j)] = v
+            acc += v
+        if keep_total:
+            keep = total[np.uintp(i)]
+            for j in range(cols):
+                keep[np.uintp(j)] = dst[np.uintp(j)]
+        mu = _f(0.0) if simplified else acc / count
+        sq = _f(0.0)
+        for j in range(cols):
+            d = dst[np.uintp(j)] - mu
+            sq += d * d
+        r = _f(1.0) / np.sqrt(sq / count + epsilon)
+        mean[np.uintp(i)] = mu
+        inv[np.uintp(i)] = r
+        for j in range(cols):
+            v = (dst[np.uintp(j)] - mu) * r
+            if has_gamma:
+                v *= gamma[np.uintp(j)]
+            if has_beta:
+                v += beta[np.uintp(j)]
+            dst[np.uintp(j)] = v

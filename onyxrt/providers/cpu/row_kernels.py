@@ -1,0 +1,80 @@
+"""Fused float32 row kernels (``jit_rows``) behind numpy-shaped calls, with None where they cannot run.
+
+Each function takes C-contiguous 2-D float32 rows and returns its results, or None when numba
+is absent, disabled (``ONYXRT_DISABLE_NUMBA=1``) or failed to compile: the caller then runs
+its numpy path.
+
+The kernels run on the calling thread. Splitting rows over the session pool was measured to
+make minilm_l6's BiasGelu slower in a session (331 -> 488 us a node on 2 cores): the pool
+thread competes with OpenBLAS's threads, which spin after each GEMM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import LazyModuleKernel
+
+_F32 = np.dtype(np.float32)
+_MODULE = "onyxrt.providers.cpu.jit_rows"
+_ACTIVATIONS = [LazyModuleKernel(_MODULE, name) for name in
+                ("gelu_erf_rows", "gelu_tanh_rows", "x_sigmoid_rows", "sigmoid_rows", "hard_swish_rows")]
+_LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
+_EMPTY = np.empty(0, _F32)
+_EMPTY2 = np.empty((0, 0), _F32)
+
+GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID, HARD_SWISH = range(5)  # the ``kind`` of :func:`activation`
+
+
+def _usable(a: np.ndarray | None) -> bool:
+    return a is None or (a.dtype == _F32 and a.flags.c_contiguous)
+
+
+def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float = 1.0,
+               out: np.ndarray | None = None) -> np.ndarray | None:
+    """``act(x + bias)`` over the last axis of float32 ``x``, into ``out`` (fresh when None; may be x);
+    None when the kernel cannot run. ``kind``: GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
+    SIGMOID or HARD_SWISH."""
+    if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
+        return None
+    if bias is not None and not _usable(bias):
+        return None
+    kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _EMPTY2, _F32.type(1), 0, 0)
+    if kernel is None:
+        return None
+    rows = x.reshape(-1, x.shape[-1]) if x.size else x.reshape(0, 0)
+    y = np.empty(x.shape, _F32) if out is None else out
+    dst = y.reshape(rows.shape)
+    b = _EMPTY if bias is None else bias
+    kernel(rows, b, dst, _F32.type(alpha), 0, rows.shape[0])
+    return y
+
+
+def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, gamma: np.ndarray | None,
+               beta: np.ndarray | None, epsilon: float, simplified: bool, keep_total: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(Skip)(Simplified)LayerNorm of the float32 rows ``x`` (2-D) plus ``skip`` (x's shape) and ``bias``.
+
+    Returns (y, mean, inv_std, total) with the statistics of shape (rows,) and ``total`` the
+    sum x + skip + bias when ``keep_total``; None when the kernel cannot run.
+    """
+    cols = x.shape[1]
+    for p in (bias, gamma, beta):
+        if p is not None and (p.ndim != 1 or p.shape[0] != cols or not _usable(p)):
+            return None
+    if not _usable(x) or (skip is not None and (skip.shape != x.shape or not _usable(skip))):
+        return None
+    kernel = _LAYER_NORM.compiled_for("f32", _EMPTY2, _EMPTY2, _EMPTY, _EMPTY, _EMPTY, _F32.type(1), False,
+                                      _EMPTY2, _EMPTY2, _EMPTY, _EMPTY, 0, 0)
+    if kernel is None:
+        return None
+    rows = x.shape[0]
+    y = np.empty_like(x)
+    total = np.empty_like(x) if keep_total else _EMPTY2
+    mean = np.empty(rows, _F32)
+    inv = np.empty(rows, _F32)
+    args = (x, _EMPTY2 if skip is None else skip, _EMPTY if bias is None else bias,
+            _EMPTY if gamma is None else gamma, _EMPTY if beta is None else beta,
+            _F32.type(epsilon), bool(simplified), y, total, mean, inv)
+    kernel(*args, 0, rows)
+    return y, mean, inv, (total if keep_total else None)

@@ -1,0 +1,116 @@
+"""The numba row kernels (GELU family, LayerNorm family) against the numpy paths they replace."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from onyxrt.providers.cpu import jit, row_kernels  # noqa: E402
+from onyxrt.providers.cpu.contrib import activations, normalization  # noqa: E402
+from onyxrt.providers.cpu.math import activations as onnx_activations  # noqa: E402
+from onyxrt.providers.cpu.nn import normalization as nn_normalization  # noqa: E402
+
+
+def numpy_path(monkeypatch, fn, *args, **kwargs):
+    with monkeypatch.context() as patched, np.errstate(all="ignore"):  # inf * 0 in the special values
+        patched.setenv(jit.DISABLE_ENV, "1")
+        return fn(*args, **kwargs)
+
+
+def activations_input(rng, shape=(3, 37, 96)):
+    """Wide values (both erf branches, saturated sigmoid/tanh) and the special values."""
+    x = (rng.standard_normal(shape) * 6).astype(np.float32)
+    x.reshape(-1)[:6] = [np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-30]
+    return x
+
+
+@pytest.mark.parametrize("fn, bias", [(activations.gelu, False), (activations.bias_gelu, True),
+                                      (activations.fast_gelu, False), (activations.fast_gelu, True),
+                                      (activations.quick_gelu, False), (onnx_activations.sigmoid, False),
+                                      (onnx_activations.hard_swish, False)])
+def test_activation_rows_match_the_numpy_path(monkeypatch, fn, bias) -> None:
+    rng = np.random.default_rng(0)
+    x = activations_input(rng)
+    args = (x, rng.standard_normal(96).astype(np.float32)) if bias else (x,)
+    fused = fn(*args)
+    assert row_kernels.activation(x, None, row_kernels.GELU_ERF) is not None  # the kernel did run
+    expected = numpy_path(monkeypatch, fn, *args)
+    np.testing.assert_allclose(fused, expected, rtol=2e-6, atol=1e-6, equal_nan=True)
+
+
+def test_exact_gelu_is_within_float_rounding_of_the_double_precision_formula() -> None:
+    """Absolute error about one float32 ulp; relative error bounded by the cancellation in 1 + erf(x)
+    for negative x, which the numpy path shares."""
+    x = np.linspace(-12, 12, 100_001, dtype=np.float32)
+    y = row_kernels.activation(x, None, row_kernels.GELU_ERF).astype(np.float64)
+    exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    assert np.max(np.abs(y - exact)) < 1e-6
+    big = np.abs(exact) > 1e-2
+    assert np.max(np.abs(y - exact)[big] / np.abs(exact[big])) < 1e-5
+
+
+def test_silu_saturates_like_numpy(monkeypatch) -> None:
+    x = np.array([[-200.0, -88.0, -20.0, 0.0, 20.0, 88.0, 200.0]], dtype=np.float32)
+    fused = activations.quick_gelu(x, alpha=1.0)
+    np.testing.assert_allclose(fused, numpy_path(monkeypatch, activations.quick_gelu, x, alpha=1.0), rtol=1e-6, atol=1e-30)
+
+
+def test_activation_may_write_over_its_input() -> None:
+    x = np.random.default_rng(1).standard_normal((64, 256)).astype(np.float32)
+    expected = row_kernels.activation(x, None, row_kernels.GELU_TANH)
+    out = row_kernels.activation(x, None, row_kernels.GELU_TANH, out=x)
+    assert out is x
+    np.testing.assert_array_equal(x, expected)
+
+
+def test_kernels_decline_what_they_do_not_cover() -> None:
+    x64 = np.ones((2, 3))
+    assert row_kernels.activation(x64, None, row_kernels.GELU_ERF) is None
+    assert row_kernels.activation(np.ones((3, 2), np.float32).T, None, row_kernels.GELU_ERF) is None
+    x = np.ones((2, 3), np.float32)
+    assert row_kernels.layer_norm(x, None, None, np.ones(4, np.float32), None, 1e-5, False, False) is None
+
+
+def test_disabled_numba_runs_numpy(monkeypatch) -> None:
+    monkeypatch.setenv(jit.DISABLE_ENV, "1")
+    assert row_kernels.activation(np.ones((2, 3), np.float32), None, row_kernels.GELU_ERF) is None
+
+
+@pytest.mark.parametrize("simplified", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_skip_layer_norm_matches_the_numpy_path(monkeypatch, simplified, with_bias) -> None:
+    rng = np.random.default_rng(2)
+    x, skip = (rng.standard_normal((2, 9, 384)).astype(np.float32) * 3 for _ in range(2))
+    gamma, beta, bias = (rng.standard_normal(384).astype(np.float32) for _ in range(3))
+    if simplified:
+        fn = normalization.skip_simplified_layer_normalization
+        args = (x, skip, gamma, bias if with_bias else None)
+    else:
+        fn = normalization.skip_layer_normalization
+        args = (x, skip, gamma, beta, bias if with_bias else None)
+    fused = fn(*args, epsilon=1e-6)
+    expected = numpy_path(monkeypatch, fn, *args, epsilon=1e-6)
+    for got, want in zip(fused, expected):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("fn, kwargs", [
+    (nn_normalization.layer_norm, {"_num_outputs": 3}),
+    (normalization.layer_normalization_1, {}),
+    (normalization.simplified_layer_normalization, {}),
+])
+def test_layer_norms_match_the_numpy_path(monkeypatch, fn, kwargs) -> None:
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 5, 200)) * 2 + 1).astype(np.float32)
+    scale = rng.standard_normal(200).astype(np.float32)
+    args = (x, scale) if fn is normalization.simplified_layer_normalization else (x, scale, scale[::-1].copy())
+    fused = fn(*args, **kwargs)
+    expected = numpy_path(monkeypatch, fn, *args, **kwargs)
+    for got, want in zip(fused, expected):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
