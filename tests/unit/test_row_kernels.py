@@ -114,3 +114,43 @@ def test_layer_norms_match_the_numpy_path(monkeypatch, fn, kwargs) -> None:
     for got, want in zip(fused, expected):
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("activation, params", [("", None), ("Relu", None), ("LeakyRelu", [0.1]), ("Tanh", None),
+                                                ("Sigmoid", None), ("Clip", [0.0, 6.0]), ("HardSigmoid", [0.2, 0.5])])
+@pytest.mark.parametrize("with_z", [False, True])
+def test_fused_conv_epilogue_matches_the_numpy_path(monkeypatch, activation, params, with_z) -> None:
+    """FusedConv's bias, Z and activation in the compiled epilogue (1x1 and 3x3 GEMM convolutions)."""
+    from onyxrt.providers.cpu.contrib.fused import fused_conv
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 8, 9, 10)).astype(np.float32)
+    for kernel, pads in ((1, [0, 0, 0, 0]), (3, [1, 1, 1, 1])):
+        w = rng.standard_normal((16, 8, kernel, kernel)).astype(np.float32)
+        b = rng.standard_normal(16).astype(np.float32)
+        z = rng.standard_normal((2, 16, 9, 10)).astype(np.float32) * 3 if with_z else None
+        kwargs = dict(activation=activation, activation_params=params, pads=pads)
+        fused = fused_conv(x, w, b, z, **kwargs)
+        expected = numpy_path(monkeypatch, fused_conv, x, w, b, z, **kwargs)
+        np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-5)
+    y = np.ones((1, 2, 3, 3), np.float32)
+    assert row_kernels.channel_epilogue(y, None, None, None) and (y == 1).all()
+    assert not row_kernels.channel_epilogue(y.astype(np.float64), None, None, None)
+
+
+def test_activation_nodes_in_a_session_write_into_the_plan_buffers(monkeypatch) -> None:
+    """Large enough for the plan's _alloc (and in-place donation between the nodes)."""
+    from onnx import TensorProto, helper
+
+    import onyxrt as ort
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("HardSwish", ["s"], ["h"]),
+             helper.make_node("Gelu", ["h"], ["y"], domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 1024])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    x = np.random.default_rng(5).standard_normal((64, 1024)).astype(np.float32) * 4
+    fused = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    monkeypatch.setenv(jit.DISABLE_ENV, "1")
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)

@@ -78,8 +78,13 @@ def sigmoid32(t):
 
 @numba.njit(inline="always", **_jit)
 def tanh32(u):
+    """tanh of float32 ``u``: an odd polynomial below 0.625 (where 1 - exp(-2|u|) would cancel), else from exp."""
+    z = u * u
+    near = ((((_f(-5.70498872745e-3) * z + _f(2.06390887954e-2)) * z - _f(5.37397155531e-2)) * z
+             + _f(1.33314422036e-1)) * z - _f(3.33332819422e-1)) * z * u + u
     e = exp_nonpositive(_f(-2.0) * abs(u))
-    return _f(math.copysign((_f(1.0) - e) / (_f(1.0) + e), u))
+    far = _f(math.copysign((_f(1.0) - e) / (_f(1.0) + e), u))
+    return near if abs(u) < _f(0.625) else far
 
 
 @numba.njit(inline="always", **_jit)
@@ -255,3 +260,48 @@ def layer_norm_rows(x, skip, bias, gamma, beta, epsilon, simplified, y, total, m
             if has_beta:
                 v += beta[np.uintp(j)]
             dst[np.uintp(j)] = v
+
+
+@numba.njit(**_jit)
+def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
+    """In place on rows r0..r1 of ``y`` (N*M, P), row r of channel r % ``channels``:
+    y = act(y + bias[channel] + residual) (onnxruntime's FusedConv order: the sum before the
+    activation). ``bias`` has 0 or M entries, ``residual`` 0 rows or y's shape. ``act``: the
+    depthwise kernel's codes (0 none, 1 Relu, 2 LeakyRelu(a), 3 Tanh, 4 Sigmoid, 5 Clip(a, b),
+    6 HardSigmoid(a, b)); comparisons keep NaN as NaN, as numpy's."""
+    cols = y.shape[1]
+    biased = bias.shape[0] > 0
+    summed = residual.shape[0] > 0
+    zero, one = _f(0.0), _f(1.0)
+    for i in range(r0, r1):
+        row = y[np.uintp(i)]
+        add = bias[np.uintp(i % channels)] if biased else zero
+        if summed:
+            extra = residual[np.uintp(i)]
+            for j in range(cols):
+                row[np.uintp(j)] += extra[np.uintp(j)]
+        if act == 0:
+            for j in range(cols):
+                row[np.uintp(j)] += add
+        elif act == 1:
+            for j in range(cols):
+                v = row[np.uintp(j)] + add
+                row[np.uintp(j)] = zero if v < zero else v
+        elif act == 2:
+            for j in range(cols):
+                v = row[np.uintp(j)] + add
+                row[np.uintp(j)] = v * a if v < zero else v
+        elif act == 3:
+            for j in range(cols):
+                row[np.uintp(j)] = tanh32(row[np.uintp(j)] + add)
+        elif act == 4:
+            for j in range(cols):
+                row[np.uintp(j)] = sigmoid32(row[np.uintp(j)] + add)
+        elif act == 5:
+            for j in range(cols):
+                v = row[np.uintp(j)] + add
+                row[np.uintp(j)] = a if v < a else (b if v > b else v)
+        else:
+            for j in range(cols):
+                v = (row[np.uintp(j)] + add) * a + b
+                row[np.uintp(j)] = zero if v < zero else (one if v > one else v)

@@ -20,9 +20,12 @@ _MODULE = "onyxrt.providers.cpu.jit_rows"
 _ACTIVATIONS = [LazyModuleKernel(_MODULE, name) for name in
                 ("gelu_erf_rows", "gelu_tanh_rows", "x_sigmoid_rows", "sigmoid_rows", "hard_swish_rows")]
 _LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
+_EPILOGUE = LazyModuleKernel(_MODULE, "channel_epilogue")
 _EMPTY = np.empty(0, _F32)
 _EMPTY2 = np.empty((0, 0), _F32)
 
+# The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
+_ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
 GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID, HARD_SWISH = range(5)  # the ``kind`` of :func:`activation`
 
 
@@ -33,7 +36,9 @@ def _usable(a: np.ndarray | None) -> bool:
 def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float = 1.0,
                out: np.ndarray | None = None) -> np.ndarray | None:
     """``act(x + bias)`` over the last axis of float32 ``x``, into ``out`` (fresh when None; may be x);
-    None when the kernel cannot run. ``kind``: GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
+    None when the kernel cannot run. ``kind``: # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
+_ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
+GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
     SIGMOID or HARD_SWISH."""
     if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
         return None
@@ -78,3 +83,43 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
             _F32.type(epsilon), bool(simplified), y, total, mean, inv)
     kernel(*args, 0, rows)
     return y, mean, inv, (total if keep_total else None)
+
+
+def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
+    """(code, params) of an in-place activation function that ``mlas_activation_fn`` made
+    (its ``mlas`` attribute), (0, ...) for none, None for one the kernels cannot apply."""
+    if activation is None:
+        return 0, (0.0, 0.0)
+    spec = getattr(activation, "mlas", None)
+    if spec is None:
+        return None
+    name, params = spec
+    values = list(params) + [0.0] * (2 - len(params))
+    return _ACTIVATION_CODES[name], (values[0], values[1])
+
+
+def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None, activation) -> bool:
+    """In place: ``y`` (N, M, *spatial) float32 = activation(y + bias[channel] + residual).
+
+    ``activation``: None or an ``mlas_activation_fn`` function. Returns False, leaving y
+    untouched, when the kernel cannot do it all (the caller then uses numpy).
+    """
+    if y.dtype != _F32 or not y.flags.c_contiguous or not y.flags.writeable or y.ndim < 2:
+        return False
+    channels = y.shape[1]
+    if bias is not None and (bias.dtype != _F32 or bias.size != channels):
+        return False
+    if residual is not None and (residual.shape != y.shape or not _usable(residual)):
+        return False
+    code = activation_code(activation)
+    if code is None:
+        return False
+    kernel = _EPILOGUE.compiled_for("f32", _EMPTY2, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
+    if kernel is None:
+        return False
+    rows = y.reshape(y.shape[0] * channels, -1)
+    b = _EMPTY if bias is None else np.ascontiguousarray(bias).reshape(channels)
+    z = _EMPTY2 if residual is None else residual.reshape(rows.shape)
+    act, (a, c) = code
+    kernel(rows, channels, b, z, act, _F32.type(a), _F32.type(c), 0, rows.shape[0])
+    return True

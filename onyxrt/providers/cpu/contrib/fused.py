@@ -200,10 +200,10 @@ def fused_conv(
     strides=None,
     _packed=None,
 ):
-    if z is None and x.dtype in _FLOAT_KINDS:
-        # the activation runs inside the convolution (per block where it can, while in cache)
+    if x.dtype in _FLOAT_KINDS and (z is None or z.dtype == x.dtype):
+        # the activation (and Z) applied inside the convolution, in the same pass as its bias
         fn = mlas_activation_fn(activation, activation_params)
-        return float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed, fn)
+        return float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed, fn, z)
     y = float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     y = _owned(y, x, w, b, z)
     if z is not None:

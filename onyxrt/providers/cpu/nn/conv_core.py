@@ -33,6 +33,7 @@ import sys
 import numpy as np
 
 from ....framework.thread_pool import current_pool
+from .. import row_kernels
 from .depthwise_conv import depthwise_conv
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -574,7 +575,7 @@ def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
 
 
 def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads, b=None, dw_weights=None,
-              bias_weights=None, activation=None) -> np.ndarray:
+              bias_weights=None, activation=None, residual=None) -> np.ndarray:
     """N-D cross-correlation of ``x`` (N, C, *spatial) with ``w`` (M, C/group, *k), same dtype.
 
     ``pads`` is the explicit [begin..., end...] list; ``b`` an optional bias (M,).
@@ -582,7 +583,8 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     ``depthwise_weights(w, b, ...)`` of a 2-D depthwise filter; ``bias_weights``, the
     (M, C*K + 1) matrix [w | b] of a group-1 convolution with a bias. ``activation``: an
     in-place function applied to the result (by 2-D depthwise convolutions per block of
-    channels, while in cache). Returns a contiguous (N, M, *out_spatial) array.
+    channels, while in cache); ``residual``, an array of the output's shape added before the
+    activation (FusedConv's Z). Returns a contiguous (N, M, *out_spatial) array.
     """
     N, C = x.shape[:2]
     nd = x.ndim - 2
@@ -602,6 +604,8 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     Mg = M // group
 
     if Cg == 1 and group == C and N * C * P > 0:
+        if residual is not None:  # the depthwise kernels below apply an activation but add no residual
+            return _finish(conv_core(x, w, group, strides, dilations, pads, b, dw_weights), None, activation, residual, nd)
         y = depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation)  # None: no compiled kernel
         if y is not None:
             return y
@@ -624,7 +628,7 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         # (with w_aug, the exact column matrix below is as fast: no junk columns to crop)
         y = _conv2d_flat(x, w, group, strides, dilations, pads, out_sp)
         if y is not None:
-            return _activate(add_bias(y, b, nd), activation)
+            return _finish(y, b, activation, residual, nd)
     if K == 1 and (w_aug is None or M < 2 * C):
         w_aug = None
     if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or w_aug is not None or strides != [1, 1]):
@@ -662,14 +666,28 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     if w_aug is not None:
         cols[:, C * K] = 1
         y = np.matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
-        return _activate(y.reshape((N, M) + tuple(out_sp)), activation)
+        return _finish(y.reshape((N, M) + tuple(out_sp)), None, activation, residual, nd)
     if group == 1:
         w2 = w.reshape(M, Cg * K)
         y = np.matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
     else:
         wg = w.reshape(group, Mg, Cg * K)
         y = np.matmul(wg, cols.reshape(N, group, Cg * K, P))
-    return _activate(add_bias(y.reshape((N, M) + tuple(out_sp)), b, nd), activation)
+    return _finish(y.reshape((N, M) + tuple(out_sp)), b, activation, residual, nd)
+
+
+def _finish(y: np.ndarray, b, activation, residual, nd: int) -> np.ndarray:
+    """activation(y + b + residual) with ``b`` per channel (each part optional), contiguous: in one
+    pass over y by the compiled epilogue where it can, else by numpy."""
+    y = np.ascontiguousarray(y)  # a GEMM's fresh result, or a cropped view of one
+    if row_kernels.channel_epilogue(y, b, residual, activation):
+        return y
+    y = add_bias(y, b, nd)
+    if residual is not None:
+        if np.broadcast_shapes(residual.shape, y.shape) != y.shape:
+            raise NodeInputError(f"FusedConv: Z of shape {residual.shape} does not match the output {y.shape}")
+        y += residual.astype(y.dtype, copy=False)
+    return _activate(y, activation)
 
 
 def _activate(y: np.ndarray, activation) -> np.ndarray:
@@ -737,9 +755,9 @@ def conv_prepack(inputs, attributes):
 
 
 def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed: ConvWeights | None = None,
-                activation=None):
-    """Conv in the compute dtype; ``activation`` (in place, see ``conv_core``) only applies when
-    that is the input's dtype (callers apply it afterwards otherwise)."""
+                activation=None, residual=None):
+    """Conv in the compute dtype; ``activation`` (in place) and ``residual`` (added before it, see
+    ``conv_core``) only apply when that is the input's dtype (callers apply them afterwards otherwise)."""
     if x.ndim < 3:
         raise NodeInputError(f"Conv input must have rank >= 3, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
@@ -756,5 +774,6 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     else:
         wc = w if w.dtype == ct else w.astype(ct)
         bc = None if b is None else np.asarray(b).astype(ct, copy=False)
-    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if xc is x else None)
+    same = xc is x
+    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if same else None, residual if same else None)
     return y if y.dtype == x.dtype else y.astype(x.dtype)

@@ -28,10 +28,8 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from ..jit import LazyKernel
+from ..row_kernels import activation_code
 
-
-# the FusedConv (MLAS) activations the kernel applies itself; code 0 = none
-_ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
 
 # Output widths up to which the kernel works channels-last (see ``_depthwise_planes``):
 # measured on mobilenet_v2's and EfficientNet's layers, faster at 7 columns (up to 2.5x at
@@ -238,19 +236,6 @@ _KERNEL = LazyKernel(_depthwise_planes)
 def enabled() -> bool:
     """Whether depthwise convolutions may use the compiled kernel (numba importable, not disabled)."""
     return _KERNEL.enabled()
-
-
-def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
-    """(code, params) of an in-place activation function that ``mlas_activation_fn`` made
-    (its ``mlas`` attribute), (0, ...) for none, None for one the kernel cannot apply."""
-    if activation is None:
-        return 0, (0.0, 0.0)
-    spec = getattr(activation, "mlas", None)
-    if spec is None:
-        return None
-    name, params = spec
-    values = list(params) + [0.0] * (2 - len(params))
-    return _ACTIVATION_CODES[name], (values[0], values[1])
 
 
 def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -> np.ndarray | None:
