@@ -305,3 +305,23 @@ def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
             for j in range(cols):
                 v = (row[np.uintp(j)] + add) * a + b
                 row[np.uintp(j)] = zero if v < zero else (one if v > one else v)
+
+
+@numba.njit(fastmath=_REASSOC, **_jit)
+def softmax_rows(x, r0, r1):
+    """In place: softmax over each row r0..r1 of ``x``. A row of -inf only becomes NaN, as numpy's."""
+    cols = x.shape[1]
+    for i in range(r0, r1):
+        row = x[np.uintp(i)]
+        top = row[0]
+        for j in range(1, cols):
+            v = row[np.uintp(j)]
+            top = v if v > top else top
+        total = _f(0.0)
+        for j in range(cols):
+            e = exp_nonpositive(row[np.uintp(j)] - top)
+            row[np.uintp(j)] = e
+            total += e
+        scale = _f(1.0) / total
+        for j in range(cols):
+            row[np.uintp(j)] *= scale

@@ -21,6 +21,7 @@ _ACTIVATIONS = [LazyModuleKernel(_MODULE, name) for name in
                 ("gelu_erf_rows", "gelu_tanh_rows", "x_sigmoid_rows", "sigmoid_rows", "hard_swish_rows")]
 _LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
 _EPILOGUE = LazyModuleKernel(_MODULE, "channel_epilogue")
+_SOFTMAX = LazyModuleKernel(_MODULE, "softmax_rows")
 _EMPTY = np.empty(0, _F32)
 _EMPTY2 = np.empty((0, 0), _F32)
 
@@ -122,4 +123,16 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     z = _EMPTY2 if residual is None else residual.reshape(rows.shape)
     act, (a, c) = code
     kernel(rows, channels, b, z, act, _F32.type(a), _F32.type(c), 0, rows.shape[0])
+    return True
+
+
+def softmax_in_place(x: np.ndarray) -> bool:
+    """Softmax over the last axis of float32 ``x``, in place; False (x untouched) when the kernel cannot."""
+    if x.dtype != _F32 or not x.flags.c_contiguous or not x.flags.writeable or x.ndim == 0 or x.shape[-1] == 0:
+        return False
+    kernel = _SOFTMAX.compiled_for("f32", _EMPTY2, 0, 0)
+    if kernel is None:
+        return False
+    rows = x.reshape(-1, x.shape[-1])
+    kernel(rows, 0, rows.shape[0])
     return True

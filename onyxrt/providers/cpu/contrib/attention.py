@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from .. import row_kernels
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -63,6 +64,8 @@ def _merge_heads(o: np.ndarray) -> np.ndarray:
 
 def _softmax_rows(scores: np.ndarray, sink=None) -> None:
     """In-place softmax over the last axis; ``sink`` (broadcastable to the rows) adds exp(sink - max)."""
+    if sink is None and row_kernels.softmax_in_place(scores):
+        return
     m = np.maximum.reduce(scores, axis=-1, keepdims=True)
     if sink is not None:
         np.maximum(m, sink, out=m)
