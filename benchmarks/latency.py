@@ -5,7 +5,11 @@
 
 Each round starts one worker process per runtime (onyxrt, then onnxruntime); a worker
 loads the model, warms up, and times ``--repeat`` runs. The table compares the medians
-of all timed runs. Zoo cases need ../shared/zoo (materialized into $ZOO_CACHE or
+of all timed runs. A second table says what bounds each case in onyxrt, from its own
+profiler (one more process per case, after the timed rounds): the time in BLAS-backed
+kernels (MatMul, Gemm, convolutions, attention: GEMMs plus their im2col / softmax / epilogue),
+in all other kernels, and in the run loop itself (Python overhead: run time minus the
+kernels'), with the page faults a run takes (memory traffic the allocator causes). Zoo cases need ../shared/zoo (materialized into $ZOO_CACHE or
 ~/.cache/zoo); the forest case needs scikit-learn and skl2onnx.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -70,14 +75,54 @@ def case_inputs(case: str) -> tuple[str, dict]:
     raise SystemExit(f"unknown case {case}")
 
 
+# Ops whose kernels spend their time in BLAS GEMMs (with their im2col, softmax or epilogue passes).
+BLAS_OPS = frozenset({
+    "MatMul", "Gemm", "FusedGemm", "FusedMatMul", "TransposeMatMul", "FusedMatMulActivation", "Conv", "FusedConv",
+    "ConvTranspose", "Attention", "MultiHeadAttention", "GroupQueryAttention", "GemmFastGelu", "Einsum",
+})
+
+
 def worker(runtime: str, case: str, repeat: int) -> None:
     path, feeds = case_inputs(case)
     if runtime == "onnxruntime":
         import onnxruntime as rt
+    elif runtime == "breakdown":
+        print(json.dumps(breakdown(path, feeds, repeat)))
+        return
     else:
         import onyxrt as rt
     session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
     print(json.dumps(timed_runs(session, feeds, repeat)))
+
+
+def breakdown(path: str, feeds: dict, repeat: int) -> dict:
+    """Where an onyxrt run's time goes (medians over ``repeat`` profiled runs, ms) and its page faults."""
+    import resource
+
+    import onyxrt
+
+    options = onyxrt.SessionOptions()
+    options.enable_profiling = True
+    session = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    timed_runs(session, feeds, 0)  # warm-up only
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    timed_runs(session, feeds, repeat, warmup=0)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeat
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][-repeat:]
+    nodes = sorted((e for e in events if e.get("cat") == "Node"), key=lambda e: e["ts"])
+    parts: dict[str, list[float]] = {"total": [], "blas": [], "other": [], "overhead": []}
+    for run in runs:
+        inside = [e for e in nodes if run["ts"] <= e["ts"] <= run["ts"] + run["dur"]]
+        blas = sum(e["dur"] for e in inside if e["args"].get("op_name") in BLAS_OPS)
+        other = sum(e["dur"] for e in inside) - blas
+        for key, value in (("total", run["dur"]), ("blas", blas), ("other", other),
+                           ("overhead", run["dur"] - blas - other)):
+            parts[key].append(value / 1000)
+    result = {key: statistics.median(values) for key, values in parts.items()}
+    result["nodes"] = len(inside)  # of the last run
+    result["faults"] = faults
+    return result
 
 
 def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3) -> list[float]:
@@ -98,6 +143,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A B rounds (one process per runtime per round)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per process")
     parser.add_argument("--out", help="write the markdown table here")
+    parser.add_argument("--breakdown", action="store_true", help="also profile where onyxrt's time goes")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -105,6 +151,7 @@ def main() -> int:
         return 0
 
     rows = []
+    bounds: list[tuple[str, dict]] = []
     for case in args.cases:
         samples: dict[str, list[float]] = {"onyxrt": [], "onnxruntime": []}
         for _ in range(args.rounds):
@@ -116,6 +163,12 @@ def main() -> int:
                 samples[runtime] += json.loads(done.stdout.strip().splitlines()[-1])
         ours, theirs = statistics.median(samples["onyxrt"]), statistics.median(samples["onnxruntime"])
         rows.append((case, ours, theirs))
+        if args.breakdown:
+            done = subprocess.run(
+                [sys.executable, __file__, "--worker", "breakdown", case, "--repeat", str(args.repeat)],
+                capture_output=True, text=True, check=True,
+            )
+            bounds.append((case, json.loads(done.stdout.strip().splitlines()[-1])))
         print(f"{case}: onyxrt {ours:.2f} ms, onnxruntime {theirs:.2f} ms, ratio {ours / theirs:.2f}", flush=True)
 
     lines = [
@@ -130,6 +183,25 @@ def main() -> int:
         "|---|---|---|---|",
     ]
     lines += [f"| {case} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |" for case, ours, theirs in rows]
+    ratios = [ours / theirs for _, ours, theirs in rows]
+    if ratios:
+        geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        lines += ["", f"Geometric mean of the ratios: {geomean:.2f}; largest: {max(ratios):.2f}."]
+    if bounds:
+        lines += [
+            "",
+            "## What bounds each case (onyxrt's profiler, medians of profiled runs)",
+            "",
+            "BLAS = MatMul/Gemm/convolution/attention kernels (their GEMMs plus im2col, softmax and epilogue",
+            "passes); other = every other kernel; overhead = the run loop (run time minus kernel time);",
+            "faults = minor page faults a run takes (fresh memory the allocator maps).",
+            "",
+            "| case | profiled run (ms) | BLAS (ms) | other kernels (ms) | overhead (ms) | nodes | faults/run |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {case} | {b['total']:.2f} | {b['blas']:.2f} ({b['blas'] / b['total']:.0%}) | "
+                  f"{b['other']:.2f} ({b['other'] / b['total']:.0%}) | {b['overhead']:.2f} ({b['overhead'] / b['total']:.0%}) | "
+                  f"{b['nodes']} | {b['faults']:.0f} |" for case, b in bounds]
     write_table(lines, args.out)
     return 0
 

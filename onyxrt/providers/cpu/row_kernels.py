@@ -22,8 +22,22 @@ _ACTIVATIONS = [LazyModuleKernel(_MODULE, name) for name in
 _LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
 _EPILOGUE = LazyModuleKernel(_MODULE, "channel_epilogue")
 _SOFTMAX = LazyModuleKernel(_MODULE, "softmax_rows")
-_EMPTY = np.empty(0, _F32)
-_EMPTY2 = np.empty((0, 0), _F32)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` typed read-only for numba: its kernels then compile one specialization for inputs that are
+    weights (read-only) and activations (writable) alike."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+_EMPTY = _read_only(np.empty(0, _F32))  # an absent input
+_EMPTY2 = _read_only(np.empty((0, 0), _F32))
+_NO_OUTPUT = np.empty((0, 0), _F32)  # an output not wanted, or a probe's
+_NO_OUTPUT1 = np.empty(0, _F32)
 
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
@@ -45,14 +59,14 @@ GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
         return None
     if bias is not None and not _usable(bias):
         return None
-    kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _EMPTY2, _F32.type(1), 0, 0)
+    kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
     if kernel is None:
         return None
     rows = x.reshape(-1, x.shape[-1]) if x.size else x.reshape(0, 0)
     y = np.empty(x.shape, _F32) if out is None else out
     dst = y.reshape(rows.shape)
-    b = _EMPTY if bias is None else bias
-    kernel(rows, b, dst, _F32.type(alpha), 0, rows.shape[0])
+    b = _EMPTY if bias is None else _read_only(bias)
+    kernel(_read_only(rows), b, dst, _F32.type(alpha), 0, rows.shape[0])
     return y
 
 
@@ -71,16 +85,16 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
     if not _usable(x) or (skip is not None and (skip.shape != x.shape or not _usable(skip))):
         return None
     kernel = _LAYER_NORM.compiled_for("f32", _EMPTY2, _EMPTY2, _EMPTY, _EMPTY, _EMPTY, _F32.type(1), False,
-                                      _EMPTY2, _EMPTY2, _EMPTY, _EMPTY, 0, 0)
+                                      _NO_OUTPUT, _NO_OUTPUT, _NO_OUTPUT1, _NO_OUTPUT1, 0, 0)
     if kernel is None:
         return None
     rows = x.shape[0]
     y = np.empty_like(x)
-    total = np.empty_like(x) if keep_total else _EMPTY2
+    total = np.empty_like(x) if keep_total else _NO_OUTPUT
     mean = np.empty(rows, _F32)
     inv = np.empty(rows, _F32)
-    args = (x, _EMPTY2 if skip is None else skip, _EMPTY if bias is None else bias,
-            _EMPTY if gamma is None else gamma, _EMPTY if beta is None else beta,
+    args = (_read_only(x), _EMPTY2 if skip is None else _read_only(skip), _EMPTY if bias is None else _read_only(bias),
+            _EMPTY if gamma is None else _read_only(gamma), _EMPTY if beta is None else _read_only(beta),
             _F32.type(epsilon), bool(simplified), y, total, mean, inv)
     kernel(*args, 0, rows)
     return y, mean, inv, (total if keep_total else None)
@@ -115,12 +129,12 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     code = activation_code(activation)
     if code is None:
         return False
-    kernel = _EPILOGUE.compiled_for("f32", _EMPTY2, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
+    kernel = _EPILOGUE.compiled_for("f32", _NO_OUTPUT, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
     if kernel is None:
         return False
     rows = y.reshape(y.shape[0] * channels, -1)
-    b = _EMPTY if bias is None else np.ascontiguousarray(bias).reshape(channels)
-    z = _EMPTY2 if residual is None else residual.reshape(rows.shape)
+    b = _EMPTY if bias is None else _read_only(np.ascontiguousarray(bias).reshape(channels))
+    z = _EMPTY2 if residual is None else _read_only(residual.reshape(rows.shape))
     act, (a, c) = code
     kernel(rows, channels, b, z, act, _F32.type(a), _F32.type(c), 0, rows.shape[0])
     return True
@@ -130,7 +144,7 @@ def softmax_in_place(x: np.ndarray) -> bool:
     """Softmax over the last axis of float32 ``x``, in place; False (x untouched) when the kernel cannot."""
     if x.dtype != _F32 or not x.flags.c_contiguous or not x.flags.writeable or x.ndim == 0 or x.shape[-1] == 0:
         return False
-    kernel = _SOFTMAX.compiled_for("f32", _EMPTY2, 0, 0)
+    kernel = _SOFTMAX.compiled_for("f32", _NO_OUTPUT, 0, 0)
     if kernel is None:
         return False
     rows = x.reshape(-1, x.shape[-1])
