@@ -2,6 +2,7 @@
 
     python benchmarks/latency.py --out benchmarks/latency.md            # every case
     python benchmarks/latency.py resnet50 bert_base --rounds 5          # some cases
+    python benchmarks/latency.py unseen_efficientnet unseen_gpt2        # tests/data/unseen models
 
 Each round starts one worker process per runtime (onyxrt, then onnxruntime); a worker
 loads the model, warms up, and times ``--repeat`` runs. The table compares the medians
@@ -57,8 +58,34 @@ def _forest_model() -> tuple[str, dict]:
     return str(path), {"X": x[5000:]}
 
 
+UNSEEN = ROOT / "tests" / "data" / "unseen"  # architectures the zoo does not hold (tools/unseen/generate.py)
+
+
+def _unseen_inputs(name: str) -> tuple[str, dict]:
+    """An unseen model (``unseen_<file stem>``): images (8, 3, 32, 32) or 4 texts of 64 tokens, one padded."""
+    import numpy as np
+    import onnx
+
+    path = UNSEEN / f"{name}.onnx"
+    if not path.exists():
+        raise SystemExit(f"no model {path}")
+    rng = np.random.RandomState(0)
+    feeds = {}
+    for value in onnx.load(str(path), load_external_data=False).graph.input:
+        if value.name == "input":
+            feeds["input"] = rng.randn(8, 3, 32, 32).astype(np.float32)
+        elif value.name == "input_ids":
+            feeds["input_ids"] = rng.randint(0, 256, (4, 64)).astype(np.int64)
+        elif value.name == "attention_mask":
+            feeds["attention_mask"] = np.ones((4, 64), np.int64)
+            feeds["attention_mask"][1, 40:] = 0
+    return str(path), feeds
+
+
 def case_inputs(case: str) -> tuple[str, dict]:
     """Model path and feeds of a case (typical shapes: vision batch 1, encoders seq 128, llama past 127)."""
+    if case.startswith("unseen_"):
+        return _unseen_inputs(case[len("unseen_"):])
     sys.path.insert(0, str(ROOT / "tests" / "zoo"))
     from feeds import decoder_feeds, encoder_feeds, vision_feeds
 

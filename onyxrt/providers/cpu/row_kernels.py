@@ -62,7 +62,10 @@ GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
     kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
     if kernel is None:
         return None
-    rows = x.reshape(-1, x.shape[-1]) if x.size else x.reshape(0, 0)
+    # without a bias the rows do not matter: one long row (short rows cost a loop setup each)
+    rows = x.reshape(-1, x.shape[-1]) if bias is not None else x.reshape(1, -1)
+    if not x.size:
+        rows = x.reshape(0, 0)
     y = np.empty(x.shape, _F32) if out is None else out
     dst = y.reshape(rows.shape)
     b = _EMPTY if bias is None else _read_only(bias)
