@@ -1,8 +1,9 @@
-"""numba row kernels for float32 activations and normalizations: one pass over memory each.
+"""numba row kernels for float32 activations, normalizations, softmax and convolution epilogues:
+one pass over memory each.
 
-Imported only through :data:`GELU_ROWS` & co (``jit.LazyModuleKernel``): this module imports
-numba at its top, and numba is optional. Every kernel works on C-contiguous 2-D float32 rows
-``[r0, r1)`` (so a caller may split rows over threads) and releases the GIL.
+Imported only by ``row_kernels`` through ``jit.LazyModuleKernel``, on first use: this module
+imports numba at its top, and numba is optional. Every kernel works on C-contiguous 2-D float32
+rows ``[r0, r1)`` (so a caller may split rows over threads) and releases the GIL.
 
 Why these exist: numpy evaluates GELU's erf as ~20 passes over a temporary, and libm's scalar
 ``expf``/``erff``/``tanhf`` stop LLVM from vectorizing a numba loop. Here exp is computed in
