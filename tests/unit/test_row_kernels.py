@@ -154,3 +154,15 @@ def test_activation_nodes_in_a_session_write_into_the_plan_buffers(monkeypatch) 
     monkeypatch.setenv(jit.DISABLE_ENV, "1")
     expected = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_rows_match_numpy_and_sum_to_one(monkeypatch) -> None:
+    from onyxrt.providers.cpu.contrib.attention import _softmax_rows
+
+    scores = (np.random.default_rng(6).standard_normal((3, 4, 33, 70)) * 30).astype(np.float32)
+    fused = scores.copy()
+    _softmax_rows(fused)
+    expected = scores.copy()
+    numpy_path(monkeypatch, _softmax_rows, expected)
+    np.testing.assert_allclose(fused, expected, rtol=2e-6, atol=1e-9)
+    np.testing.assert_allclose(fused.sum(axis=-1), 1.0, rtol=1e-5)

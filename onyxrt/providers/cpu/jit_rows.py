@@ -7,8 +7,8 @@ rows ``[r0, r1)`` (so a caller may split rows over threads) and releases the GIL
 
 Why these exist: numpy evaluates GELU's erf as ~20 passes over a temporary, and libm's scalar
 ``expf``/``erff``/``tanhf`` stop LLVM from vectorizing a numba loop. Here exp is computed in
-float32 arithmetic only (Cody-Waite reduction, a degree-6 polynomial, 2^n assembled from its
-bits by selects), within 1e-7 relative, and erf uses the same rational fit as the numpy path
+float32 arithmetic only (Cody-Waite reduction, a degree-6 polynomial, 2^n from its exponent
+bits), within 1e-7 relative, and erf uses the same rational fit as the numpy path
 (``math.elementwise.erf_float32``), so each element costs a few dozen vector instructions.
 Reductions (LayerNorm's sums) may be reassociated so they vectorize; nothing else is.
 """
@@ -19,6 +19,9 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.core.extending import intrinsic
 
 from .math.elementwise import _ERF_ONE, _ERF_P, _ERF_Q, _ERF_SPLIT
 
@@ -29,6 +32,15 @@ _SPLIT = _f(_ERF_SPLIT)
 _TOP = _f(_ERF_ONE)
 _REASSOC = {"reassoc"}
 _jit = dict(cache=True, nogil=True, error_model="numpy")  # numpy: no ZeroDivisionError branch, which stops vectorization
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the int32 ``bits`` (an LLVM bitcast: vectorizes, unlike ldexp)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
 
 
 @numba.njit(inline="always", **_jit)
@@ -46,15 +58,8 @@ def exp_nonpositive(q):
     p = p * r + _f(1.6666665459e-1)
     p = p * r + _f(5.0000001201e-1)
     p = p * r * r + r + _f(1.0)
-    m = np.int32(-n)  # 0..126: 2^-m from its bits, exactly
-    s = _f(0.5) if m & 1 else _f(1.0)
-    s *= _f(0.25) if m & 2 else _f(1.0)
-    s *= _f(2.0 ** -4) if m & 4 else _f(1.0)
-    s *= _f(2.0 ** -8) if m & 8 else _f(1.0)
-    s *= _f(2.0 ** -16) if m & 16 else _f(1.0)
-    s *= _f(2.0 ** -32) if m & 32 else _f(1.0)
-    s *= _f(2.0 ** -64) if m & 64 else _f(1.0)
-    return _f(0.0) if tiny else p * s
+    scale = _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # 2^n, n in [-126, 0]
+    return _f(0.0) if tiny else p * scale
 
 
 @numba.njit(inline="always", **_jit)
