@@ -3,7 +3,7 @@
     python benchmarks/idle_cpu.py --out benchmarks/idle_cpu.md
     python benchmarks/idle_cpu.py minilm_l6 --rate 6 --seconds 3
 
-Each runtime runs in its own process (onyxrt, onnxruntime with its defaults, onnxruntime with
+Each runtime runs in its own process (onyxrt and onnxruntime with their defaults, and each with
 ``session.intra_op.allow_spinning = 0``), alternating over ``--rounds``. A worker loads the
 model and warms up with 10 runs, then measures the process CPU time (all its threads) of:
 sleeping 1 s (idle), and running ``--rate`` runs a second for ``--seconds`` (each run followed
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency import case_inputs, write_table  # noqa: E402
 
-VARIANTS = ("onyxrt", "onnxruntime", "onnxruntime, no spinning")
+VARIANTS = ("onyxrt", "onyxrt, no spinning", "onnxruntime", "onnxruntime, no spinning")
 
 
 def worker(variant: str, case: str, rate: float, seconds: float) -> dict:

@@ -15,13 +15,13 @@ caller's context), so nested parallel loops run inline instead of deadlocking.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import itertools
 import operator
 import os
 import threading
+import weakref
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -55,14 +55,70 @@ def physical_core_count() -> int:
     return max(1, len(cores))
 
 
+class _Worker:
+    """One pool thread: it blocks on a lock until handed a task, runs it, and signals done.
+
+    Two lock hand-offs per task (about 15 us measured, against ~80 us through a
+    ``concurrent.futures`` executor), and nothing runs while idle: no spinning.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._task: Callable[[], None] | None = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            task = self._task
+            if task is None:  # stop
+                self._done.release()
+                return
+            try:
+                task()
+            except BaseException as error:  # re-raised by join, on the caller's thread
+                self._error = error
+            self._task = None
+            self._done.release()
+
+    def start(self, task: Callable[[], None]) -> None:
+        self._task = task
+        self._go.release()
+
+    def join(self) -> None:
+        self._done.acquire()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def stop(self) -> None:
+        self._task = None
+        self._go.release()
+        if threading.current_thread() is not self.thread:  # (a collection may run on the worker itself)
+            self.thread.join()
+
+
 class ThreadPool:
     """``num_threads`` threads for intra-op parallelism, the calling thread included.
 
-    Worker threads (``num_threads - 1``) start on first parallel use; a pool of one
-    thread never starts any.
+    Worker threads (``num_threads - 1``) start on first parallel use and block when idle; a
+    pool of one thread never starts any. One parallel loop runs on the workers at a time: a
+    loop started while another holds them (a concurrent run of the same session) runs on its
+    calling thread alone.
+
+    GEMMs: with ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default
+    on) the BLAS library runs them on its own threads, as many as the pool has; OpenBLAS's
+    threads spin for about 0.1 s after each call, as onnxruntime's pool spins after a run.
+    Without it, BLAS is single-threaded during runs and the pool splits large GEMMs itself
+    (``providers.cpu.gemm``): nothing spins when idle, at some latency (``benchmarks/idle_cpu.md``).
     """
 
-    def __init__(self, num_threads: int = 0) -> None:
+    def __init__(self, num_threads: int = 0, allow_spinning: bool = True) -> None:
         try:
             count = operator.index(num_threads)
         except TypeError:
@@ -70,9 +126,12 @@ class ThreadPool:
         if count < 0:
             raise InvalidArgument(f"intra_op_num_threads must be a non-negative integer, got {num_threads!r}")
         self._num_threads = count or physical_core_count()
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_pid = 0
-        self._lock = threading.Lock()
+        self.splits_gemms = not allow_spinning and self._num_threads > 1
+        self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
+        self._workers_pid = [0]
+        self._lock = threading.Lock()  # guards starting and stopping the workers
+        self._busy = threading.Lock()  # held while a loop runs on the workers
+        weakref.finalize(self, _stop_workers, self._workers, self._workers_pid)
 
     @property
     def num_threads(self) -> int:
@@ -82,26 +141,36 @@ class ThreadPool:
         """``[fn(item) for item in items]``, the items shared out over the pool's threads."""
         items = list(items)
         helpers = min(self._num_threads, len(items)) - 1
-        if helpers <= 0:
+        if helpers <= 0 or not self._busy.acquire(blocking=False):
             return [fn(item) for item in items]
-        results: list[Any] = [None] * len(items)
-        claim = itertools.count()  # next() on a count is atomic under the GIL
-
-        def drain() -> None:
-            index = next(claim)
-            while index < len(items):
-                results[index] = fn(items[index])
-                index = next(claim)
-
-        executor = self._worker_threads()
-        futures = [executor.submit(drain) for _ in range(helpers)]
         try:
-            drain()
+            results: list[Any] = [None] * len(items)
+            claim = itertools.count()  # next() on a count is atomic under the GIL
+
+            def drain() -> None:
+                index = next(claim)
+                while index < len(items):
+                    results[index] = fn(items[index])
+                    index = next(claim)
+
+            workers = self._worker_threads()[:helpers]
+            for worker in workers:
+                worker.start(drain)
+            error: BaseException | None = None
+            try:
+                drain()
+            except BaseException as raised:
+                error = raised
+            for worker in workers:  # every worker is joined before anything is re-raised
+                try:
+                    worker.join()
+                except BaseException as raised:
+                    error = error or raised
+            if error is not None:
+                raise error
+            return results
         finally:
-            concurrent.futures.wait(futures)
-        for future in futures:
-            future.result()  # re-raises a worker's error
-        return results
+            self._busy.release()
 
     def run_chunks(self, fn: Callable[[int, int], None], rows: int, work: int,
                    min_work: int = DEFAULT_MIN_PARALLEL_WORK) -> None:
@@ -116,31 +185,37 @@ class ThreadPool:
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[ThreadPool]:
-        """Make this the current pool (and cap BLAS threads to its size) for the block."""
+        """Make this the current pool for the block, and cap the BLAS library's threads to its
+        size (to one when the pool splits GEMMs itself)."""
         token = _CURRENT.set(self)
-        _BLAS_THREADS.acquire(self._num_threads)
+        blas_threads = 1 if self.splits_gemms else self._num_threads
+        _BLAS_THREADS.acquire(blas_threads)
         try:
             yield self
         finally:
-            _BLAS_THREADS.release(self._num_threads)
+            _BLAS_THREADS.release(blas_threads)
             _CURRENT.reset(token)
 
     def shutdown(self) -> None:
         """Stop the worker threads (a later parallel call starts new ones)."""
         with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True)
+            _stop_workers(self._workers, self._workers_pid)
 
-    def _worker_threads(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _worker_threads(self) -> list[_Worker]:
         with self._lock:
-            # a forked child inherits the executor but not its threads: it starts its own
-            if self._executor is None or self._executor_pid != os.getpid():
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=self._num_threads - 1, thread_name_prefix="onyxrt-intra-op"
-                )
-                self._executor_pid = os.getpid()
-            return self._executor
+            # a forked child inherits the workers but not their threads: it starts its own
+            if not self._workers or self._workers_pid[0] != os.getpid():
+                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}") for i in range(self._num_threads - 1)]
+                self._workers_pid[0] = os.getpid()
+            return list(self._workers)
+
+
+def _stop_workers(workers: list[_Worker], pid: list[int]) -> None:
+    """Stop (this process's) ``workers`` and empty the list."""
+    stopping, workers[:] = list(workers), []
+    if pid[0] == os.getpid():
+        for worker in stopping:
+            worker.stop()
 
 
 class _BlasThreadLimit:

@@ -146,7 +146,10 @@ class InferenceSession:
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
-        self._thread_pool = ThreadPool(self._sess_options.intra_op_num_threads)
+        self._thread_pool = ThreadPool(
+            self._sess_options.intra_op_num_threads,
+            allow_spinning=self._sess_options._config.get("session.intra_op.allow_spinning", "1") != "0",
+        )
         if self._sess_options.enable_cpu_mem_arena:
             host_memory.hold_for(self)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)

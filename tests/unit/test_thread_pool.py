@@ -137,6 +137,45 @@ def test_activate_caps_blas_threads_and_restores_them():
     assert _blas_threads() == original
 
 
+def test_a_pool_without_spinning_keeps_blas_single_threaded_and_splits_gemms():
+    """session.intra_op.allow_spinning = 0: BLAS's own threads, which spin after each call, stay
+    unused during runs; the pool splits GEMMs itself (providers.cpu.gemm)."""
+    original = _blas_threads()
+    pool = ThreadPool(2, allow_spinning=False)
+    assert pool.splits_gemms and not ThreadPool(2).splits_gemms and not ThreadPool(1, allow_spinning=False).splits_gemms
+    with pool.activate():
+        assert _blas_threads() == [1] * len(original)
+    assert _blas_threads() == original
+
+
+def test_a_split_matmul_equals_numpy_and_runs_on_the_pool_threads():
+    from onyxrt.providers.cpu import gemm
+
+    rng = np.random.default_rng(0)
+    cases = [((300, 200), (200, 150)), ((1, 512), (512, 1408)), ((3, 12, 64, 32), (3, 12, 32, 64)),
+             ((2, 40, 30), (2, 30, 20))]
+    pool = ThreadPool(2, allow_spinning=False)
+    threads = set()
+    real = np.matmul
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    with pool.activate():
+        for a_shape, b_shape in cases:
+            a = rng.standard_normal(a_shape).astype(np.float32)
+            b = rng.standard_normal(b_shape).astype(np.float32)
+            gemm.np.matmul = spy
+            try:
+                y = gemm.matmul(a, b.swapaxes(-1, -2).copy().swapaxes(-1, -2))  # b as a strided view too
+            finally:
+                gemm.np.matmul = real
+            np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-4)
+    assert len(threads) == 2
+    pool.shutdown()
+
+
 def test_session_with_one_thread_runs_its_kernels_on_the_calling_thread():
     seen.clear()
     before = _worker_threads()
@@ -189,3 +228,33 @@ def test_a_forked_child_starts_its_own_worker_threads():
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     pool.shutdown()
+
+
+def test_a_session_without_spinning_leaves_no_thread_busy_when_idle():
+    """Process CPU time over 0.3 s of idling after GEMM-heavy runs stays near zero."""
+    import time
+
+    from onnx import TensorProto, helper
+
+    import onyxrt
+
+    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 256])],
+                              [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    options = onyxrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onyxrt.InferenceSession(model, options)
+    x = np.ones((256, 256), np.float32)
+    expected = np.einsum("ij,jk->ik", x, w)  # (no BLAS call: its threads would spin after it)
+    session.run(None, {"x": x})
+    # a thread OpenBLAS (re)starts (after a fork, say) spins for a while first: let it settle
+    time.sleep(0.25)
+    for _ in range(20):
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-4, atol=1e-3)
+    start = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - start < 0.03

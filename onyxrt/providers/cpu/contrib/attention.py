@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from .. import row_kernels
+from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -110,7 +111,7 @@ def _attend(
     c = q.dtype.type
     qs = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
     np.multiply(q, c(scale), out=qs)
-    scores = np.matmul(qs.reshape(B, Nk, g * S, H), k.transpose(0, 1, 3, 2))  # (B, Nk, g*S, T)
+    scores = pool_matmul(qs.reshape(B, Nk, g * S, H), k.transpose(0, 1, 3, 2))  # (B, Nk, g*S, T)
     sc = scores.reshape(B, N, S, T)
     if softcap and softcap > 0:
         sc /= c(softcap)
@@ -134,7 +135,7 @@ def _attend(
     _softmax_rows(sc, sink)
     if qk_stage == 2:
         qk = sc.copy()
-    out = np.matmul(scores, v)  # (B, Nk, g*S, Hv)
+    out = pool_matmul(scores, v)  # (B, Nk, g*S, Hv)
     return out.reshape(B, N, S, v.shape[-1]), qk
 
 
@@ -221,7 +222,7 @@ def attention(
         dq = dk = dv = total_w // 3
     if dq + dk + dv != total_w or dq != dk or dq % N or dv % N:
         raise NodeInputError(f"Attention: qkv hidden sizes {(dq, dk, dv)} do not fit weights {weights.shape} / {N} heads")
-    qkv = np.matmul(x.astype(ct, copy=False).reshape(B * S, Din), weights.astype(ct, copy=False))
+    qkv = pool_matmul(x.astype(ct, copy=False).reshape(B * S, Din), weights.astype(ct, copy=False))
     if bias is not None:
         if bias.shape != (total_w,):
             raise NodeInputError(f"Attention: bias of shape {bias.shape} must be ({total_w},)")

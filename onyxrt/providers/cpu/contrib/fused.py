@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gemm import matmul as pool_matmul
 from ..math.activations import sigmoid_values
 from ..math.elementwise import erf_values
 from ..math.matmul import gemm as _onnx_gemm
@@ -272,9 +273,9 @@ def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB):
         A = A.astype(np.float32)
         B = B.astype(np.float32)
     if A.ndim > 2 and B.ndim == 2 and A.flags.c_contiguous:
-        y = np.matmul(A.reshape(-1, A.shape[-1]), B).reshape(A.shape[:-1] + (B.shape[1],))
+        y = pool_matmul(A.reshape(-1, A.shape[-1]), B).reshape(A.shape[:-1] + (B.shape[1],))
     else:
-        y = np.matmul(A, B)
+        y = pool_matmul(A, B)
     y = np.asarray(y)
     if alpha != 1.0:
         y = _owned(y, a, b)

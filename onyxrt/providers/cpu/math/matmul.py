@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..gemm import matmul as pool_matmul
 from .._helpers import ALLOC_MIN_BYTES
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
@@ -79,9 +80,9 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
         if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous:
             # one large GEMM instead of a loop of per-batch GEMMs
             flat_out = None if out is None else out.reshape(-1, b.shape[1])
-            y = np.matmul(a.reshape(-1, a.shape[-1]), b, out=flat_out).reshape(a.shape[:-1] + (b.shape[1],))
+            y = pool_matmul(a.reshape(-1, a.shape[-1]), b, out=flat_out).reshape(a.shape[:-1] + (b.shape[1],))
         else:
-            y = np.matmul(a, b, out=out)
+            y = pool_matmul(a, b, out=out)
         if out is not None:
             return out
     elif _is_low_precision_float(dtype):
@@ -121,7 +122,7 @@ def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
         A = A.astype(np.float32)
     if A.shape[1] != B.shape[0]:
         raise NodeInputError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
-    y = np.asarray(np.matmul(A, B))
+    y = np.asarray(pool_matmul(A, B) if is_float else np.matmul(A, B))
     if alpha != 1.0:
         if is_float:
             y *= ct.type(alpha)

@@ -34,6 +34,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from .. import row_kernels
+from ..gemm import matmul as pool_matmul
 from .depthwise_conv import depthwise_conv
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -568,7 +569,7 @@ def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
     cols = cols.reshape(N, C * K, L)
     if group == 1:
         w2 = w.reshape(M, Cg * K)
-        y = np.matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
+        y = pool_matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
     else:
         y = np.matmul(w.reshape(group, M // group, Cg * K), cols.reshape(N, group, Cg * K, L))
     return y.reshape(N, M, OH, Wq)[:, :, :, :OW]
@@ -665,11 +666,11 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
                 dst[...] = xp[windows(tap, nd)]
     if w_aug is not None:
         cols[:, C * K] = 1
-        y = np.matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
+        y = pool_matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
         return _finish(y.reshape((N, M) + tuple(out_sp)), None, activation, residual, nd)
     if group == 1:
         w2 = w.reshape(M, Cg * K)
-        y = np.matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
+        y = pool_matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
     else:
         wg = w.reshape(group, Mg, Cg * K)
         y = np.matmul(wg, cols.reshape(N, group, Cg * K, P))
