@@ -4,15 +4,17 @@ Each function takes C-contiguous 2-D float32 rows and returns its results, or No
 is absent, disabled (``ONYXRT_DISABLE_NUMBA=1``) or failed to compile: the caller then runs
 its numpy path.
 
-The kernels run on the calling thread. Splitting rows over the session pool was measured to
-make minilm_l6's BiasGelu slower in a session (331 -> 488 us a node on 2 cores): the pool
-thread competes with OpenBLAS's threads, which spin after each GEMM.
+Where the session's pool owns the cores (``ThreadPool.splits_gemms``: no BLAS thread spins), large
+inputs are split by rows over it. Otherwise the kernels run on the calling thread: splitting was
+measured to make minilm_l6's BiasGelu slower (331 -> 488 us a node on 2 cores), the pool thread
+competing with OpenBLAS's threads, which spin after each GEMM.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ...framework.thread_pool import current_pool
 from .jit import LazyModuleKernel
 
 _F32 = np.dtype(np.float32)
@@ -41,7 +43,19 @@ _NO_OUTPUT1 = np.empty(0, _F32)
 
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
+# Elements below which a kernel is not split over threads (a split costs ~15 us of hand-offs).
+_MIN_PARALLEL_ELEMENTS = 1 << 16
+_FLAT_ROW = 4096  # the row length a bias-free activation is cut into
 GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID, HARD_SWISH = range(5)  # the ``kind`` of :func:`activation`
+
+
+def _over_rows(kernel, args: tuple, rows: int, elements: int) -> None:
+    """``kernel(*args, r0, r1)`` over all rows: split over the pool where it owns the cores."""
+    pool = current_pool()
+    if pool.splits_gemms and elements >= _MIN_PARALLEL_ELEMENTS:
+        pool.run_chunks(lambda r0, r1: kernel(*args, r0, r1), rows, elements, _MIN_PARALLEL_ELEMENTS)
+    else:
+        kernel(*args, 0, rows)
 
 
 def _usable(a: np.ndarray | None) -> bool:
@@ -53,6 +67,9 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
     """``act(x + bias)`` over the last axis of float32 ``x``, into ``out`` (fresh when None; may be x);
     None when the kernel cannot run. ``kind``: # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
+# Elements below which a kernel is not split over threads (a split costs ~15 us of hand-offs).
+_MIN_PARALLEL_ELEMENTS = 1 << 16
+_FLAT_ROW = 4096  # the row length a bias-free activation is cut into
 GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
     SIGMOID or HARD_SWISH."""
     if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
@@ -62,14 +79,20 @@ GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
     kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
     if kernel is None:
         return None
-    # without a bias the rows do not matter: one long row (short rows cost a loop setup each)
-    rows = x.reshape(-1, x.shape[-1]) if bias is not None else x.reshape(1, -1)
+    # without a bias the rows do not matter: long ones (short rows cost a loop setup each), several
+    # of them where the pool may split them
+    if bias is not None:
+        rows = x.reshape(-1, x.shape[-1])
+    elif x.size % _FLAT_ROW == 0:
+        rows = x.reshape(-1, _FLAT_ROW)
+    else:
+        rows = x.reshape(1, -1)
     if not x.size:
         rows = x.reshape(0, 0)
     y = np.empty(x.shape, _F32) if out is None else out
     dst = y.reshape(rows.shape)
     b = _EMPTY if bias is None else _read_only(bias)
-    kernel(_read_only(rows), b, dst, _F32.type(alpha), 0, rows.shape[0])
+    _over_rows(kernel, (_read_only(rows), b, dst, _F32.type(alpha)), rows.shape[0], x.size)
     return y
 
 
@@ -99,7 +122,7 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
     args = (_read_only(x), _EMPTY2 if skip is None else _read_only(skip), _EMPTY if bias is None else _read_only(bias),
             _EMPTY if gamma is None else _read_only(gamma), _EMPTY if beta is None else _read_only(beta),
             _F32.type(epsilon), bool(simplified), y, total, mean, inv)
-    kernel(*args, 0, rows)
+    _over_rows(kernel, args, rows, x.size)
     return y, mean, inv, (total if keep_total else None)
 
 
@@ -139,7 +162,7 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     b = _EMPTY if bias is None else _read_only(np.ascontiguousarray(bias).reshape(channels))
     z = _EMPTY2 if residual is None else _read_only(residual.reshape(rows.shape))
     act, (a, c) = code
-    kernel(rows, channels, b, z, act, _F32.type(a), _F32.type(c), 0, rows.shape[0])
+    _over_rows(kernel, (rows, channels, b, z, act, _F32.type(a), _F32.type(c)), rows.shape[0], y.size)
     return True
 
 
@@ -151,5 +174,5 @@ def softmax_in_place(x: np.ndarray) -> bool:
     if kernel is None:
         return False
     rows = x.reshape(-1, x.shape[-1])
-    kernel(rows, 0, rows.shape[0])
+    _over_rows(kernel, (rows,), rows.shape[0], x.size)
     return True

@@ -135,17 +135,18 @@ def check_kernel_shape(kernel_shape, w) -> None:
 
 
 # The convolutions run their own numpy work (column matrices, depthwise blocks) on the
-# calling thread: measured on 2 cores, splitting it over the pool made whole models
-# slower (mobilenet_v2 by ~20%, resnet50 by ~12%): the pool threads compete with the
-# BLAS threads still spinning after the previous GEMM. The chunked code paths stay (and
-# are tested) behind ``_PARALLEL_CONV``.
+# calling thread, unless the pool owns the cores (``ThreadPool.splits_gemms``): measured on 2
+# cores, splitting it over the pool beside BLAS's threads made whole models slower
+# (mobilenet_v2 by ~20%, resnet50 by ~12%), the pool threads competing with the BLAS threads
+# still spinning after the previous GEMM. ``_PARALLEL_CONV`` forces the split (tests).
 _PARALLEL_CONV = False
 _PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 def _conv_chunks(fn, rows: int, elements: int) -> None:
-    if _PARALLEL_CONV:
-        current_pool().run_chunks(fn, rows, elements, _PARALLEL_MIN_ELEMENTS)
+    pool = current_pool()
+    if _PARALLEL_CONV or pool.splits_gemms:
+        pool.run_chunks(fn, rows, elements, _PARALLEL_MIN_ELEMENTS)
     else:
         fn(0, rows)
 

@@ -16,8 +16,8 @@ it compiles in each process). Where numba is missing, fails to import or fails t
 or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv`` returns None and the numpy path runs.
 
 The kernel releases the GIL (``nogil``): sessions running in several threads run it
-concurrently; splitting one convolution's planes over the session pool is measured not to
-pay (see ``_PARALLEL``). numba's own threading layer is not involved. fastmath stays off: results
+concurrently; one convolution's planes are split over the session pool only where no BLAS
+thread spins beside it (see ``_PARALLEL``). numba's own threading layer is not involved. fastmath stays off: results
 are within float rounding of the numpy path (the sums are only ordered differently).
 """
 
@@ -36,11 +36,11 @@ from ..row_kernels import activation_code
 # stride 2), slower at 14 and wider.
 _CHANNELS_LAST_MAX_WIDTH = 8
 
-# The kernel runs on the calling thread: measured in mobilenet_v2 sessions on 2 cores,
-# splitting the planes over the session pool made the model slower (the pool thread
-# competes with the BLAS threads still spinning after the previous GEMM, as for the numpy
-# convolutions: conv_core._PARALLEL_CONV), although a layer alone runs up to 1.5x faster.
-# The split stays (and is tested) behind ``_PARALLEL``.
+# The kernel runs on the calling thread unless the pool owns the cores (``splits_gemms``):
+# measured in mobilenet_v2 sessions on 2 cores, splitting the planes over the pool beside
+# BLAS's threads made the model slower (the pool thread competes with the BLAS threads still
+# spinning after the previous GEMM, as for the numpy convolutions: conv_core._PARALLEL_CONV),
+# although a layer alone runs up to 1.5x faster. ``_PARALLEL`` forces the split (tests).
 _PARALLEL = False
 # Output elements times taps below which the planes are not split over threads.
 _PARALLEL_MIN_WORK = 1 << 18
@@ -266,8 +266,9 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     if kernel is None:
         return None
     planes = N * M
-    if _PARALLEL:
-        current_pool().run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
+    pool = current_pool()
+    if _PARALLEL or pool.splits_gemms:
+        pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
                                   y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
     else:
         kernel(*args, 0, planes)
