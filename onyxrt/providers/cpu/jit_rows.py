@@ -121,103 +121,55 @@ def _hard_swish(v, alpha):
     return v * h
 
 
-# One loop per activation: a loop choosing among several at run time does not vectorize.
+@numba.njit(inline="always", **_jit)
+def _activation_rows(x, bias, out, alpha, r0, r1, activation):
+    """out[r] = activation(x[r] + bias, alpha) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
+    ``out`` may be ``x`` itself. Inlined into one kernel per activation: a loop choosing among
+    several at run time does not vectorize."""
+    cols = x.shape[1]
+    biased = bias.shape[0] == cols
+    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
+    # the loop down its scalar path (ten times slower).
+    row = np.empty(cols, dtype=x.dtype)
+    for i in range(r0, r1):
+        src, dst = x[np.uintp(i)], out[np.uintp(i)]
+        if biased:
+            for j in range(cols):
+                row[np.uintp(j)] = activation(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = activation(src[np.uintp(j)], alpha)
+        dst[:] = row
 
 
 @numba.njit(**_jit)
 def gelu_erf_rows(x, bias, out, alpha, r0, r1):
-    """out[r] = erf GELU of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
-    ``out`` may be ``x`` itself."""
-    cols = x.shape[1]
-    biased = bias.shape[0] == cols
-    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
-    # the loop down its scalar path (ten times slower).
-    row = np.empty(cols, dtype=x.dtype)
-    for i in range(r0, r1):
-        src, dst = x[np.uintp(i)], out[np.uintp(i)]
-        if biased:
-            for j in range(cols):
-                row[np.uintp(j)] = _gelu_erf(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
-        else:
-            for j in range(cols):
-                row[np.uintp(j)] = _gelu_erf(src[np.uintp(j)], alpha)
-        dst[:] = row
+    """erf GELU of the rows (see ``_activation_rows``)."""
+    _activation_rows(x, bias, out, alpha, r0, r1, _gelu_erf)
 
 
 @numba.njit(**_jit)
 def gelu_tanh_rows(x, bias, out, alpha, r0, r1):
-    """out[r] = tanh GELU (FastGelu) of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
-    ``out`` may be ``x`` itself."""
-    cols = x.shape[1]
-    biased = bias.shape[0] == cols
-    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
-    # the loop down its scalar path (ten times slower).
-    row = np.empty(cols, dtype=x.dtype)
-    for i in range(r0, r1):
-        src, dst = x[np.uintp(i)], out[np.uintp(i)]
-        if biased:
-            for j in range(cols):
-                row[np.uintp(j)] = _gelu_tanh(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
-        else:
-            for j in range(cols):
-                row[np.uintp(j)] = _gelu_tanh(src[np.uintp(j)], alpha)
-        dst[:] = row
+    """tanh GELU (FastGelu) of the rows."""
+    _activation_rows(x, bias, out, alpha, r0, r1, _gelu_tanh)
 
 
 @numba.njit(**_jit)
 def x_sigmoid_rows(x, bias, out, alpha, r0, r1):
-    """out[r] = v * sigmoid(alpha * v) (QuickGelu, SiLU) of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
-    ``out`` may be ``x`` itself."""
-    cols = x.shape[1]
-    biased = bias.shape[0] == cols
-    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
-    # the loop down its scalar path (ten times slower).
-    row = np.empty(cols, dtype=x.dtype)
-    for i in range(r0, r1):
-        src, dst = x[np.uintp(i)], out[np.uintp(i)]
-        if biased:
-            for j in range(cols):
-                row[np.uintp(j)] = _x_sigmoid(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
-        else:
-            for j in range(cols):
-                row[np.uintp(j)] = _x_sigmoid(src[np.uintp(j)], alpha)
-        dst[:] = row
+    """v * sigmoid(alpha * v) of the rows (QuickGelu, SiLU)."""
+    _activation_rows(x, bias, out, alpha, r0, r1, _x_sigmoid)
 
 
 @numba.njit(**_jit)
 def sigmoid_rows(x, bias, out, alpha, r0, r1):
-    """out[r] = sigmoid of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
-    ``out`` may be ``x`` itself."""
-    cols = x.shape[1]
-    biased = bias.shape[0] == cols
-    row = np.empty(cols, dtype=x.dtype)  # (see gelu_erf_rows)
-    for i in range(r0, r1):
-        src, dst = x[np.uintp(i)], out[np.uintp(i)]
-        if biased:
-            for j in range(cols):
-                row[np.uintp(j)] = _sigmoid(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
-        else:
-            for j in range(cols):
-                row[np.uintp(j)] = _sigmoid(src[np.uintp(j)], alpha)
-        dst[:] = row
+    """sigmoid of the rows."""
+    _activation_rows(x, bias, out, alpha, r0, r1, _sigmoid)
 
 
 @numba.njit(**_jit)
 def hard_swish_rows(x, bias, out, alpha, r0, r1):
-    """out[r] = HardSwish of (x[r] + bias) for rows r0..r1; ``bias`` has 0 or x.shape[1] entries.
-    ``out`` may be ``x`` itself."""
-    cols = x.shape[1]
-    biased = bias.shape[0] == cols
-    row = np.empty(cols, dtype=x.dtype)  # (see gelu_erf_rows)
-    for i in range(r0, r1):
-        src, dst = x[np.uintp(i)], out[np.uintp(i)]
-        if biased:
-            for j in range(cols):
-                row[np.uintp(j)] = _hard_swish(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
-        else:
-            for j in range(cols):
-                row[np.uintp(j)] = _hard_swish(src[np.uintp(j)], alpha)
-        dst[:] = row
+    """HardSwish of the rows."""
+    _activation_rows(x, bias, out, alpha, r0, r1, _hard_swish)
 
 
 @numba.njit(fastmath=_REASSOC, **_jit)
