@@ -109,20 +109,30 @@ BLAS_OPS = frozenset({
 })
 
 
-def worker(runtime: str, case: str, repeat: int) -> None:
+def worker(runtime: str, case: str, repeat: int, config: list[str]) -> None:
     path, feeds = case_inputs(case)
     if runtime == "onnxruntime":
         import onnxruntime as rt
     elif runtime == "breakdown":
-        print(json.dumps(breakdown(path, feeds, repeat)))
+        print(json.dumps(breakdown(path, feeds, repeat, config)))
         return
     else:
         import onyxrt as rt
-    session = rt.InferenceSession(path, providers=["CPUExecutionProvider"])
+    options = rt.SessionOptions()
+    if runtime == "onyxrt":
+        _configure(options, config)
+    session = rt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     print(json.dumps(timed_runs(session, feeds, repeat)))
 
 
-def breakdown(path: str, feeds: dict, repeat: int) -> dict:
+def _configure(options, config: list[str]) -> None:
+    """Apply ``KEY=VALUE`` session config entries (``--config``) to onyxrt's session options."""
+    for entry in config:
+        key, _, value = entry.partition("=")
+        options.add_session_config_entry(key, value)
+
+
+def breakdown(path: str, feeds: dict, repeat: int, config: list[str]) -> dict:
     """Where an onyxrt run's time goes (medians over ``repeat`` profiled runs, ms) and its page faults."""
     import resource
 
@@ -130,6 +140,7 @@ def breakdown(path: str, feeds: dict, repeat: int) -> dict:
 
     options = onyxrt.SessionOptions()
     options.enable_profiling = True
+    _configure(options, config)
     session = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     timed_runs(session, feeds, 0)  # warm-up only
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -171,11 +182,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per process")
     parser.add_argument("--out", help="write the markdown table here")
     parser.add_argument("--breakdown", action="store_true", help="also profile where onyxrt's time goes")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a session config entry for onyxrt (repeatable)")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, args.repeat)
+        worker(*args.worker, args.repeat, args.config)
         return 0
+    config_args = [f"--config={entry}" for entry in args.config]
 
     rows = []
     bounds: list[tuple[str, dict]] = []
@@ -184,7 +198,7 @@ def main() -> int:
         for _ in range(args.rounds):
             for runtime in samples:
                 done = subprocess.run(
-                    [sys.executable, __file__, "--worker", runtime, case, "--repeat", str(args.repeat)],
+                    [sys.executable, __file__, "--worker", runtime, case, "--repeat", str(args.repeat), *config_args],
                     capture_output=True, text=True, check=True,
                 )
                 samples[runtime] += json.loads(done.stdout.strip().splitlines()[-1])
@@ -192,7 +206,7 @@ def main() -> int:
         rows.append((case, ours, theirs))
         if args.breakdown:
             done = subprocess.run(
-                [sys.executable, __file__, "--worker", "breakdown", case, "--repeat", str(args.repeat)],
+                [sys.executable, __file__, "--worker", "breakdown", case, "--repeat", str(args.repeat), *config_args],
                 capture_output=True, text=True, check=True,
             )
             bounds.append((case, json.loads(done.stdout.strip().splitlines()[-1])))
