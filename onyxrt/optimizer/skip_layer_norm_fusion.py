@@ -4,7 +4,9 @@
 ``a`` and ``b`` of one 2-D or 3-D shape and only the normalized output read, becomes
 ``SkipLayerNormalization(a, b, gamma, beta)``; the same after an RMSNorm
 (SimplifiedLayerNormalization) becomes SkipSimplifiedLayerNormalization. When the sum is read
-elsewhere too (the residual stream), the fused node's fourth output hands it over.
+elsewhere too (the residual stream), the fused node's fourth output hands it over. When ``a``
+(or ``b``) is itself ``Add(t, bias)`` with a constant 1-D ``bias`` of the hidden size read only
+there (a dense layer's bias), that bias becomes the fused node's bias input and ``t`` its input.
 onnxruntime: SkipLayerNormFusion.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .matching import constant_vector
+from .matching import constant_vector, only_reader
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _FUSED = {"LayerNormalization": "SkipLayerNormalization", "SimplifiedLayerNormalization": "SkipSimplifiedLayerNormalization"}
@@ -54,11 +56,35 @@ def _fusable(add: ir.Node, norm: ir.Node) -> bool:
     return all(not output.uses() and not output.is_graph_output() for output in norm.outputs[1:])
 
 
+def _dense_bias(value: ir.Value, other: ir.Value) -> tuple[ir.Node, ir.Value, ir.Value] | None:
+    """(the Add, t, bias) when ``value`` is ``Add(t, bias)`` read only by the residual Add, with a
+    constant 1-D bias of the hidden size and ``t`` shaped as the residual's ``other`` operand."""
+    node = value.producer()
+    if node is None or node.op_type != "Add" or node.domain != "" or len(node.inputs) != 2 or only_reader(value) is None:
+        return None
+    hidden = value.shape.dims[-1] if value.shape is not None else None
+    for t, bias in (node.inputs, node.inputs[::-1]):
+        if (t is not None and constant_vector(bias) and isinstance(hidden, int) and bias.const_value.shape[0] == hidden
+                and t.shape is not None and list(t.shape.dims) == list(other.shape.dims) and _same_float_type(t, bias)):
+            return node, t, bias
+    return None
+
+
 def _fuse(graph: ir.Graph, add: ir.Node, norm: ir.Node, context: OptimizationContext) -> None:
     context.require_opset("com.microsoft", 1)
     epsilon = norm.attributes.get_float("epsilon", 1e-5)
+    first, second = add.inputs
+    dense = _dense_bias(first, second) or _dense_bias(second, first)
+    inputs, bias = [first, second], []
+    if dense is not None:
+        bias_add, t, bias_value = dense
+        inputs[0 if bias_add.outputs[0] is first else 1] = t
+        bias = [bias_value]
+    params = list(norm.inputs[1:])
+    if bias and norm.op_type == "LayerNormalization" and len(params) == 1:
+        params.append(None)  # SkipLayerNormalization's beta slot, before its bias
     fused = ir.Node(
-        "com.microsoft", _FUSED[norm.op_type], [*add.inputs, *norm.inputs[1:]], num_outputs=4,
+        "com.microsoft", _FUSED[norm.op_type], [*inputs, *params, *bias], num_outputs=4,
         attributes=[ir.AttrFloat32("epsilon", epsilon)], name=f"{norm.name or 'norm'}_skip",
     )
     # Where the Add was: readers of the sum may sit between the Add and the norm (pre-norm blocks
@@ -72,6 +98,8 @@ def _fuse(graph: ir.Graph, add: ir.Node, norm: ir.Node, context: OptimizationCon
             new.name = name
     graph.remove(norm, safe=True)
     graph.remove(add, safe=True)
+    if dense is not None:
+        graph.remove(dense[0], safe=True)
 
 
 def _same_float_type(first: ir.Value, second: ir.Value) -> bool:

@@ -67,3 +67,38 @@ def test_sum_read_between_the_add_and_the_norm_stays_in_order(tmp_path):
     model.graph.node.extend([nodes[0], reader, nodes[1]])
     model.graph.output.append(helper.make_tensor_value_info("early", TensorProto.FLOAT, None))
     assert _ops(model, tmp_path) == {"SkipLayerNormalization": 1, "Neg": 1}
+
+
+def _dense_model(norm: str, bias_read_elsewhere: bool = False, residual_read: bool = False):
+    """x @ w + bias (a dense layer) + the residual r, then the norm."""
+    params = ["gamma", "beta"] if norm == "LayerNormalization" else ["gamma"]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"]), helper.make_node("Add", ["t", "bias"], ["dense"]),
+             helper.make_node("Add", ["r", "dense"], ["sum"]), helper.make_node(norm, ["sum", *params], ["y"], axis=-1)]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if bias_read_elsewhere:
+        outputs.append(helper.make_tensor_value_info("dense", TensorProto.FLOAT, None))
+    if residual_read:
+        nodes.append(helper.make_node("Mul", ["sum", "y"], ["z"]))
+        outputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3, 8]) for n in ("x", "r")]
+    initializers = [numpy_helper.from_array(_RNG.standard_normal(shape).astype(np.float32), n)
+                    for n, shape in (("w", (8, 8)), ("bias", (8,)), ("gamma", (8,)), ("beta", (8,)))
+                    if n not in ("beta",) or norm == "LayerNormalization"]
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+_DENSE_FEEDS = {"x": _FEEDS["a"], "r": _FEEDS["b"]}
+
+
+@pytest.mark.parametrize("norm, fused", [("LayerNormalization", "SkipLayerNormalization"),
+                                         ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization")])
+@pytest.mark.parametrize("residual_read", [False, True])
+def test_a_dense_layers_bias_becomes_the_skip_norms_bias(norm, fused, residual_read, tmp_path):
+    ops = _ops(_dense_model(norm, residual_read=residual_read), tmp_path, _DENSE_FEEDS)
+    assert ops[fused] == 1 and "Add" not in ops and ops["MatMul"] == 1
+
+
+def test_a_bias_sum_read_elsewhere_stays_an_add(tmp_path):
+    ops = _ops(_dense_model("LayerNormalization", bias_read_elsewhere=True), tmp_path, _DENSE_FEEDS)
+    assert ops["SkipLayerNormalization"] == 1 and ops["Add"] == 1
