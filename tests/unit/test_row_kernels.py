@@ -166,3 +166,21 @@ def test_softmax_rows_match_numpy_and_sum_to_one(monkeypatch) -> None:
     numpy_path(monkeypatch, _softmax_rows, expected)
     np.testing.assert_allclose(fused, expected, rtol=2e-6, atol=1e-9)
     np.testing.assert_allclose(fused.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("interleaved", [0, 1])
+@pytest.mark.parametrize("rotary_dim", [0, 32])
+def test_rotary_embedding_matches_the_numpy_path(monkeypatch, interleaved, rotary_dim) -> None:
+    from onyxrt.providers.cpu.contrib.attention import rotary_embedding
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 4 * 64)).astype(np.float32)  # (B, S, N*H), 4 heads of 64
+    half = (rotary_dim or 64) // 2
+    cos, sin = (rng.standard_normal((16, half)).astype(np.float32) for _ in range(2))
+    positions = rng.integers(0, 16, (2, 5)).astype(np.int64)
+    kwargs = dict(interleaved=interleaved, num_heads=4, rotary_embedding_dim=rotary_dim)
+    fused = rotary_embedding(x, positions, cos, sin, **kwargs)
+    expected = numpy_path(monkeypatch, rotary_embedding, x, positions, cos, sin, **kwargs)
+    np.testing.assert_array_equal(fused, expected)
+    with pytest.raises(Exception, match="out of range"):
+        rotary_embedding(x, positions + 16, cos, sin, **kwargs)

@@ -24,6 +24,7 @@ _ACTIVATIONS = [LazyModuleKernel(_MODULE, name) for name in
 _LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
 _EPILOGUE = LazyModuleKernel(_MODULE, "channel_epilogue")
 _SOFTMAX = LazyModuleKernel(_MODULE, "softmax_rows")
+_ROTARY = LazyModuleKernel(_MODULE, "rotary_rows")
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -176,3 +177,19 @@ def softmax_in_place(x: np.ndarray) -> bool:
     rows = x.reshape(-1, x.shape[-1])
     _over_rows(kernel, (rows,), rows.shape[0], x.size)
     return True
+
+
+def rotary(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -> np.ndarray | None:
+    """RotaryEmbedding of float32 ``x`` (rows, heads, head_size), C-contiguous, with int64 ``positions``
+    (rows,) already checked against the float32 (positions, half) caches; None when the kernel cannot."""
+    if x.dtype != _F32 or cos.dtype != _F32 or sin.dtype != _F32 or x.ndim != 3 or not x.flags.c_contiguous:
+        return None
+    probe = _read_only(np.zeros((0, 0, 0), _F32))
+    kernel = _ROTARY.compiled_for("f32", probe, _read_only(np.zeros(0, np.int64)), _EMPTY2, _EMPTY2,
+                                  np.zeros((0, 0, 0), _F32), False, 0, 0)
+    if kernel is None:
+        return None
+    out = np.empty_like(x)
+    kernel(_read_only(x), _read_only(np.ascontiguousarray(positions, np.int64)), _read_only(np.ascontiguousarray(cos)),
+           _read_only(np.ascontiguousarray(sin)), out, bool(interleaved), 0, x.shape[0])
+    return out

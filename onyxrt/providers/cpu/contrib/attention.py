@@ -428,9 +428,13 @@ def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) 
     return out
 
 
-def _cache_rows(cache: np.ndarray, positions: np.ndarray, op_name: str) -> np.ndarray:
+def _check_positions(cache: np.ndarray, positions: np.ndarray, op_name: str) -> None:
     if positions.size and (int(positions.min()) < 0 or int(positions.max()) >= cache.shape[0]):
         raise NodeInputError(f"{op_name}: position ids out of range [0, {cache.shape[0]})")
+
+
+def _cache_rows(cache: np.ndarray, positions: np.ndarray, op_name: str) -> np.ndarray:
+    _check_positions(cache, positions, op_name)
     return np.take(cache, positions, axis=0)
 
 
@@ -479,6 +483,11 @@ def rotary_embedding(
         positions = pid
     else:  # onnxruntime's rule: no broadcasting of position_ids
         raise NodeInputError(f"RotaryEmbedding: position_ids of shape {pid.shape} is neither (1) nor (batch, seq) = {(B, S)}")
+    if head_axis == 2 and x.dtype == ct == _F32:  # (B, S, N, H): the compiled kernel, one pass
+        _check_positions(cos_cache, positions, "RotaryEmbedding")
+        y = row_kernels.rotary(xh.reshape(B * S, N, H), positions.reshape(-1), cos_cache, sin_cache, bool(interleaved))
+        if y is not None:
+            return y.reshape(x.shape)
     cos = np.expand_dims(_cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
     sin = np.expand_dims(_cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
     y = _rotate(xh, cos, sin, bool(interleaved))
