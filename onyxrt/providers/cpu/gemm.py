@@ -40,22 +40,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         out = np.empty(batch + (m, n), np.result_type(a, b))
     if batch:
         count = int(np.prod(batch))
-        if count >= threads:  # split the batch
-            a3, b3, o3 = a.reshape((count, m, k)), b.reshape((count, k, n)), out.reshape(count, m, n)
-            bounds = _bounds(count, threads)
-            pool.map(lambda i: np.matmul(a3[bounds[i]:bounds[i + 1]], b3[bounds[i]:bounds[i + 1]],
-                                         out=o3[bounds[i]:bounds[i + 1]]), range(threads))
-            return out
-        return np.matmul(a, b, out=out)
-    if m >= 2 * threads:  # split the rows: each part writes a contiguous block of out
-        bounds = _bounds(m, threads)
-        pool.map(lambda i: np.matmul(a[bounds[i]:bounds[i + 1]], b, out=out[bounds[i]:bounds[i + 1]]), range(threads))
-        return out
-    bounds = _bounds(n, threads)  # few rows: split the columns (numpy gathers each part's strided output)
-    pool.map(lambda i: np.matmul(a, b[:, bounds[i]:bounds[i + 1]], out=out[:, bounds[i]:bounds[i + 1]]),
-             range(threads))
+        if count < threads:
+            return np.matmul(a, b, out=out)
+        a3, b3, o3 = a.reshape((count, m, k)), b.reshape((count, k, n)), out.reshape(count, m, n)
+        pool.run_chunks(lambda i0, i1: np.matmul(a3[i0:i1], b3[i0:i1], out=o3[i0:i1]), count, macs, MIN_PARALLEL_MACS)
+    elif m >= 2 * threads:  # split the rows: each part writes a contiguous block of out
+        pool.run_chunks(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), m, macs, MIN_PARALLEL_MACS)
+    else:  # few rows: split the columns (numpy gathers each part's strided output)
+        pool.run_chunks(lambda c0, c1: np.matmul(a, b[:, c0:c1], out=out[:, c0:c1]), n, macs, MIN_PARALLEL_MACS)
     return out
-
-
-def _bounds(count: int, parts: int) -> list[int]:
-    return [count * i // parts for i in range(parts + 1)]

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ...framework.thread_pool import current_pool
+from ..kernel_registry import Allocator
+from ._helpers import wants_buffer
 from .jit import LazyModuleKernel
 
 _F32 = np.dtype(np.float32)
@@ -41,6 +43,9 @@ _EMPTY = _read_only(np.empty(0, _F32))  # an absent input
 _EMPTY2 = _read_only(np.empty((0, 0), _F32))
 _NO_OUTPUT = np.empty((0, 0), _F32)  # an output not wanted, or a probe's
 _NO_OUTPUT1 = np.empty(0, _F32)
+_EMPTY3 = _read_only(np.empty((0, 0, 0), _F32))
+_NO_POSITIONS = _read_only(np.empty(0, np.int64))
+_NO_OUTPUT3 = np.empty((0, 0, 0), _F32)
 
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
@@ -64,15 +69,13 @@ def _usable(a: np.ndarray | None) -> bool:
 
 
 def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float = 1.0,
-               out: np.ndarray | None = None) -> np.ndarray | None:
-    """``act(x + bias)`` over the last axis of float32 ``x``, into ``out`` (fresh when None; may be x);
-    None when the kernel cannot run. ``kind``: # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
-_ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
-# Elements below which a kernel is not split over threads (a split costs ~15 us of hand-offs).
-_MIN_PARALLEL_ELEMENTS = 1 << 16
-_FLAT_ROW = 4096  # the row length a bias-free activation is cut into
-GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
-    SIGMOID or HARD_SWISH."""
+               alloc: Allocator | None = None) -> np.ndarray | None:
+    """``act(x + bias)`` over the last axis of float32 ``x``; None when the kernel cannot run.
+
+    ``kind``: GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)), SIGMOID or HARD_SWISH. The
+    result goes into a buffer from the plan's ``alloc`` where it offers one (possibly x itself,
+    a dying input), else into a fresh array.
+    """
     if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
         return None
     if bias is not None and not _usable(bias):
@@ -80,6 +83,9 @@ GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
     kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
     if kernel is None:
         return None
+    y = alloc(x.shape, _F32) if wants_buffer(alloc, x) else np.empty(x.shape, _F32)
+    if not x.size:
+        return y
     # without a bias the rows do not matter: long ones (short rows cost a loop setup each), several
     # of them where the pool may split them
     if bias is not None:
@@ -88,12 +94,8 @@ GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)),
         rows = x.reshape(-1, _FLAT_ROW)
     else:
         rows = x.reshape(1, -1)
-    if not x.size:
-        rows = x.reshape(0, 0)
-    y = np.empty(x.shape, _F32) if out is None else out
-    dst = y.reshape(rows.shape)
     b = _EMPTY if bias is None else _read_only(bias)
-    _over_rows(kernel, (_read_only(rows), b, dst, _F32.type(alpha)), rows.shape[0], x.size)
+    _over_rows(kernel, (_read_only(rows), b, y.reshape(rows.shape), _F32.type(alpha)), rows.shape[0], x.size)
     return y
 
 
@@ -184,9 +186,7 @@ def rotary(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarra
     (rows,) already checked against the float32 (positions, half) caches; None when the kernel cannot."""
     if x.dtype != _F32 or cos.dtype != _F32 or sin.dtype != _F32 or x.ndim != 3 or not x.flags.c_contiguous:
         return None
-    probe = _read_only(np.zeros((0, 0, 0), _F32))
-    kernel = _ROTARY.compiled_for("f32", probe, _read_only(np.zeros(0, np.int64)), _EMPTY2, _EMPTY2,
-                                  np.zeros((0, 0, 0), _F32), False, 0, 0)
+    kernel = _ROTARY.compiled_for("f32", _EMPTY3, _NO_POSITIONS, _EMPTY2, _EMPTY2, _NO_OUTPUT3, False, 0, 0)
     if kernel is None:
         return None
     out = np.empty_like(x)

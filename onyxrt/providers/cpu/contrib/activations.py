@@ -45,7 +45,7 @@ def _biased(x: np.ndarray, bias, op_name: str) -> np.ndarray:
     return np.add(x.astype(ct, copy=False), bias.astype(ct, copy=False))
 
 
-def _bias_fits(x: np.ndarray, bias, op_name: str) -> bool:
+def _bias_fits(x: np.ndarray, bias) -> bool:
     """Whether ``bias`` is absent or one vector over x's last axis (other shapes: the numpy path checks them)."""
     return bias is None or (bias.ndim == 1 and x.ndim >= 1 and bias.shape[0] == x.shape[-1] and bias.dtype == x.dtype)
 
@@ -81,8 +81,7 @@ def _fused(x, bias, kind: int, alpha: float, alloc) -> np.ndarray | None:
     """The row kernel's result for float32 inputs (the bias already checked), else None."""
     if x.dtype != _F32 or (bias is not None and bias.dtype != _F32):
         return None
-    out = alloc(x.shape, _F32) if alloc is not None and x.flags.c_contiguous and x.size else None
-    return row_kernels.activation(x, bias, kind, alpha, out)
+    return row_kernels.activation(x, bias, kind, alpha, alloc)
 
 
 @op("Gelu", versions=1, domain="com.microsoft", inplace={0: 0})
@@ -93,13 +92,13 @@ def gelu(x, *, _alloc=None):
 
 @op("BiasGelu", versions=1, domain="com.microsoft", inplace={0: 0})
 def bias_gelu(a, b, *, _alloc=None):
-    y = _fused(a, b, row_kernels.GELU_ERF, 1.0, _alloc) if _bias_fits(a, b, "BiasGelu") else None
+    y = _fused(a, b, row_kernels.GELU_ERF, 1.0, _alloc) if _bias_fits(a, b) else None
     return y if y is not None else _finish(gelu_inplace(_biased(a, b, "BiasGelu")), a.dtype)
 
 
 @op("FastGelu", versions=1, domain="com.microsoft", inplace={0: 0})
 def fast_gelu(x, bias=None, *, _alloc=None):
-    y = _fused(x, bias, row_kernels.GELU_TANH, 1.0, _alloc) if _bias_fits(x, bias, "FastGelu") else None
+    y = _fused(x, bias, row_kernels.GELU_TANH, 1.0, _alloc) if _bias_fits(x, bias) else None
     return y if y is not None else _finish(fast_gelu_inplace(_biased(x, bias, "FastGelu")), x.dtype)
 
 

@@ -173,9 +173,7 @@ def shrink(x, *, bias=0.0, lambd=0.5):
 
 def _fused(x: np.ndarray, kind: int, alloc) -> np.ndarray | None:
     """A float32 activation by the one-pass row kernel (into the plan's buffer when it offers one), or None."""
-    if x.dtype != np.float32 or x.ndim == 0 or not x.flags.c_contiguous:
-        return None
-    return row_kernels.activation(x, None, kind, out=alloc(x.shape, x.dtype) if wants_buffer(alloc, x) else None)
+    return row_kernels.activation(x, None, kind, alloc=alloc) if x.dtype == np.float32 else None
 
 
 def sigmoid_values(v: np.ndarray) -> np.ndarray:
