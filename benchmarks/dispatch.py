@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import timed_runs, write_table  # noqa: E402
+from latency import timed_runs, worker_result, write_table  # noqa: E402
 
 LENGTHS = (100, 1000)
 
@@ -72,9 +71,7 @@ def main() -> None:
             samples: dict[str, list[float]] = {"onyxrt": [], "onnxruntime": []}
             for _ in range(args.rounds):
                 for runtime in samples:
-                    done = subprocess.run([sys.executable, __file__, "--worker", runtime, path, "--repeat", str(args.repeat)],
-                                          capture_output=True, text=True, check=True)
-                    samples[runtime] += json.loads(done.stdout.strip().splitlines()[-1])
+                    samples[runtime] += worker_result([__file__, "--worker", runtime, path, "--repeat", str(args.repeat)])
             ours, theirs = (statistics.median(samples[r]) * 1000 / length for r in ("onyxrt", "onnxruntime"))
             lines.append(f"| {length} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.1f}× |")
     lines += ["", f"Command: `python benchmarks/dispatch.py {' '.join(sys.argv[1:])}`".rstrip()]

@@ -15,14 +15,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import case_inputs, write_table  # noqa: E402
+from latency import case_inputs, worker_result, write_table  # noqa: E402
 
 VARIANTS = ("onyxrt cold cache", "onyxrt warm cache", "onyxrt without numba", "onnxruntime")
 
@@ -75,9 +74,7 @@ def main() -> int:
                     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
                     if variant.endswith("without numba"):
                         env["ONYXRT_DISABLE_NUMBA"] = "1"
-                    done = subprocess.run([sys.executable, __file__, "--worker", variant, case],
-                                          capture_output=True, text=True, check=True, env=env)
-                    samples[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    samples[variant].append(worker_result([__file__, "--worker", variant, case], env=env))
         medians = {v: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for v, rs in samples.items()}
         for variant, m in medians.items():
             lines.append(f"| {case} | {variant} | {m['import']:.2f} | {m['create']:.3f} | {m['first']:.3f} | "

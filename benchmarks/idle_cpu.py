@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import case_inputs, write_table  # noqa: E402
+from latency import case_inputs, worker_result, write_table  # noqa: E402
 
 VARIANTS = ("onyxrt", "onyxrt, no spinning", "onnxruntime", "onnxruntime, no spinning")
 
@@ -81,10 +80,8 @@ def main() -> int:
         samples: dict[str, list[dict]] = {v: [] for v in VARIANTS}
         for _ in range(args.rounds):
             for variant in VARIANTS:
-                done = subprocess.run(
-                    [sys.executable, __file__, "--worker", variant, case, "--rate", str(args.rate),
-                     "--seconds", str(args.seconds)], capture_output=True, text=True, check=True)
-                samples[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                samples[variant].append(worker_result(
+                    [__file__, "--worker", variant, case, "--rate", str(args.rate), "--seconds", str(args.seconds)]))
         for variant, results in samples.items():
             idle, load, run = (statistics.median(r[k] for r in results) for k in ("idle", "loaded", "run_ms"))
             lines.append(f"| {case} | {variant} | {idle:.3f} | {load:.2f} | {run:.1f} |")

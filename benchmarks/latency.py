@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT.parent / "shared" / "zoo"
@@ -163,6 +164,12 @@ def breakdown(path: str, feeds: dict, repeat: int, config: list[str]) -> dict:
     return result
 
 
+def worker_result(arguments: list[str], **run_options: Any) -> Any:
+    """The JSON that a worker process (this interpreter running ``arguments``) prints last."""
+    done = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, check=True, **run_options)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3) -> list[float]:
     """Milliseconds of ``repeat`` runs after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -197,19 +204,13 @@ def main() -> int:
         samples: dict[str, list[float]] = {"onyxrt": [], "onnxruntime": []}
         for _ in range(args.rounds):
             for runtime in samples:
-                done = subprocess.run(
-                    [sys.executable, __file__, "--worker", runtime, case, "--repeat", str(args.repeat), *config_args],
-                    capture_output=True, text=True, check=True,
-                )
-                samples[runtime] += json.loads(done.stdout.strip().splitlines()[-1])
+                samples[runtime] += worker_result(
+                    [__file__, "--worker", runtime, case, "--repeat", str(args.repeat), *config_args])
         ours, theirs = statistics.median(samples["onyxrt"]), statistics.median(samples["onnxruntime"])
         rows.append((case, ours, theirs))
         if args.breakdown:
-            done = subprocess.run(
-                [sys.executable, __file__, "--worker", "breakdown", case, "--repeat", str(args.repeat), *config_args],
-                capture_output=True, text=True, check=True,
-            )
-            bounds.append((case, json.loads(done.stdout.strip().splitlines()[-1])))
+            bounds.append((case, worker_result(
+                [__file__, "--worker", "breakdown", case, "--repeat", str(args.repeat), *config_args])))
         print(f"{case}: onyxrt {ours:.2f} ms, onnxruntime {theirs:.2f} ms, ratio {ours / theirs:.2f}", flush=True)
 
     lines = [

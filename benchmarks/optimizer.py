@@ -27,7 +27,7 @@ from pathlib import Path
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import timed_runs, write_table, zoo_path  # noqa: E402
+from latency import timed_runs, worker_result, write_table, zoo_path  # noqa: E402
 
 MODELS = ("resnet50", "mobilenet_v2", "bert_base", "minilm_l6", "llama_tiny", "distilbert_dynamo", "llama_tiny_dynamo")
 LEVELS = {"basic": 1, "extended": 2}
@@ -102,9 +102,7 @@ def latency_medians(name: str, rounds: int, repeat: int) -> dict[int, float]:
     samples: dict[int, list[float]] = {level: [] for level in LATENCY_LEVELS.values()}
     for _ in range(rounds):
         for level in samples:
-            done = subprocess.run([sys.executable, __file__, "--worker", name, str(level), "--repeat", str(repeat)],
-                                  capture_output=True, text=True, check=True)
-            samples[level] += json.loads(done.stdout.strip().splitlines()[-1])
+            samples[level] += worker_result([__file__, "--worker", name, str(level), "--repeat", str(repeat)])
     return {level: statistics.median(times) for level, times in samples.items()}
 
 
