@@ -15,17 +15,16 @@ caller's context), so nested parallel loops run inline instead of deadlocking.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import itertools
 import operator
 import os
 import threading
 import weakref
-from collections import Counter
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import InvalidArgument
+from .openblas_spin import shorten_idle_spin
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -113,7 +112,8 @@ class ThreadPool:
 
     GEMMs: with ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default
     on) the BLAS library runs them on its own threads, as many as the pool has; OpenBLAS's
-    threads spin for about 0.1 s after each call, as onnxruntime's pool spins after a run.
+    threads spin for a moment after each call (about 2 ms, ``openblas_spin``), as
+    onnxruntime's pool spins after a run.
     Without it, BLAS is single-threaded during runs and the pool splits large GEMMs itself
     (``providers.cpu.gemm``): nothing spins when idle, at some latency (``benchmarks/idle_cpu.md``).
     """
@@ -183,18 +183,10 @@ class ThreadPool:
         bounds = [rows * i // chunks for i in range(chunks + 1)]
         self.map(lambda i: fn(bounds[i], bounds[i + 1]), range(chunks))
 
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[ThreadPool]:
-        """Make this the current pool for the block, and cap the BLAS library's threads to its
-        size (to one when the pool splits GEMMs itself)."""
-        token = _CURRENT.set(self)
-        blas_threads = 1 if self.splits_gemms else self._num_threads
-        _BLAS_THREADS.acquire(blas_threads)
-        try:
-            yield self
-        finally:
-            _BLAS_THREADS.release(blas_threads)
-            _CURRENT.reset(token)
+    def activate(self) -> _Activation:
+        """A context manager making this the current pool for its block, with the BLAS library's
+        threads capped to the pool's size (to one when the pool splits GEMMs itself)."""
+        return _Activation(self, 1 if self.splits_gemms else self._num_threads)
 
     def shutdown(self) -> None:
         """Stop the worker threads (a later parallel call starts new ones)."""
@@ -218,45 +210,70 @@ def _stop_workers(workers: list[_Worker], pid: list[int]) -> None:
             worker.stop()
 
 
+class _Activation:
+    """``ThreadPool.activate``'s context manager: a class, as it is entered once per run."""
+
+    __slots__ = ("_pool", "_blas_threads", "_token")
+
+    def __init__(self, pool: ThreadPool, blas_threads: int) -> None:
+        self._pool = pool
+        self._blas_threads = blas_threads
+
+    def __enter__(self) -> ThreadPool:
+        self._token = _CURRENT.set(self._pool)
+        _BLAS_THREADS.acquire(self._blas_threads)
+        return self._pool
+
+    def __exit__(self, *exc_info: object) -> None:
+        _BLAS_THREADS.release(self._blas_threads)
+        _CURRENT.reset(self._token)
+
+
 class _BlasThreadLimit:
     """The thread count of the BLAS libraries numpy calls, which is one setting per process.
 
     While runs are active it is the smallest pool size among them (a single-threaded
-    session stays single-threaded beside a larger one); when none is, the libraries' own
-    setting is restored. Without ``threadpoolctl`` BLAS threads are left alone.
+    session stays single-threaded beside a larger one); when none is, each library that had
+    to be changed gets its own setting back. A library already at the limit is not touched,
+    so a run of a session sized like the host's BLAS costs one query per library. Without
+    ``threadpoolctl`` BLAS threads are left alone.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: Counter[int] = Counter()
+        self._active: dict[int, int] = {}  # pool size -> runs active with it
         self._libraries: Sequence[Any] | None = None
-        self._original: list[int] = []
+        self._own: list[tuple[Any, int]] = []  # (library, its own thread count) while runs are active
+        self._changed: list[bool] = []  # which of them are set to the limit instead
         self._applied: int | None = None
 
     def acquire(self, num_threads: int) -> None:
         with self._lock:
-            self._active[num_threads] += 1
-            self._apply(min(self._active))
+            self._active[num_threads] = self._active.get(num_threads, 0) + 1
+            if self._applied is None or num_threads < self._applied:
+                self._apply(min(self._active))
 
     def release(self, num_threads: int) -> None:
         with self._lock:
-            self._active[num_threads] -= 1
-            if not self._active[num_threads]:
-                del self._active[num_threads]
+            remaining = self._active[num_threads] - 1
+            if remaining:
+                self._active[num_threads] = remaining
+                return
+            del self._active[num_threads]
             self._apply(min(self._active) if self._active else None)
 
     def _apply(self, limit: int | None) -> None:
         if limit == self._applied:
             return
-        libraries = self._blas_libraries()
-        if self._applied is None:
-            self._original = [library.num_threads for library in libraries]
-        if limit is None:
-            for library, count in zip(libraries, self._original):
-                library.set_num_threads(count)
-        else:
-            for library in libraries:
-                library.set_num_threads(limit)
+        if self._applied is None:  # leaving the idle state: note the libraries' own settings
+            self._own = [(library, library.num_threads) for library in self._blas_libraries()]
+            self._changed = [False] * len(self._own)
+        for index, (library, own) in enumerate(self._own):
+            target = own if limit is None else limit
+            current = self._applied if self._changed[index] else own
+            if target != current:
+                library.set_num_threads(target)
+                self._changed[index] = target != own
         self._applied = limit
 
     def _blas_libraries(self) -> Sequence[Any]:
@@ -267,6 +284,7 @@ class _BlasThreadLimit:
                 self._libraries = ()
             else:
                 self._libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+                shorten_idle_spin(self._libraries)
         return self._libraries
 
 

@@ -1,8 +1,8 @@
 """Matrix products split over the session's intra-op pool, each part a single-threaded BLAS call.
 
 Only for sessions with ``session.intra_op.allow_spinning = 0`` (``ThreadPool.splits_gemms``):
-their runs keep BLAS single-threaded, because OpenBLAS's own threads spin for about 0.1 s after
-every GEMM. The pool splits a large product into one part per thread instead: by rows of the
+their runs keep BLAS single-threaded, because OpenBLAS's own threads spin for a while after
+every GEMM (``framework.openblas_spin``). The pool splits a large product into one part per thread instead: by rows of the
 output (the left operand's rows, or the batch of a batched product), or by columns of the right
 operand when there are too few rows (a decoding step's GEMV). Its workers block when idle.
 Measured on 2 cores: as fast as OpenBLAS's threads for large row splits (convolutions, encoder
