@@ -128,18 +128,23 @@ def _activation_rows(x, bias, out, alpha, r0, r1, activation):
     several at run time does not vectorize."""
     cols = x.shape[1]
     biased = bias.shape[0] == cols
-    # Through a private row: were out and x the same, LLVM's run-time overlap test would send
-    # the loop down its scalar path (ten times slower).
-    row = np.empty(cols, dtype=x.dtype)
+    # In place, the loops read ``out``: were x and out two names of one buffer, LLVM's run-time
+    # overlap test would send them down their scalar path (ten times slower).
+    same = x.ctypes.data == out.ctypes.data
     for i in range(r0, r1):
         src, dst = x[np.uintp(i)], out[np.uintp(i)]
-        if biased:
+        if same and biased:
             for j in range(cols):
-                row[np.uintp(j)] = activation(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
+                dst[np.uintp(j)] = activation(dst[np.uintp(j)] + bias[np.uintp(j)], alpha)
+        elif same:
+            for j in range(cols):
+                dst[np.uintp(j)] = activation(dst[np.uintp(j)], alpha)
+        elif biased:
+            for j in range(cols):
+                dst[np.uintp(j)] = activation(src[np.uintp(j)] + bias[np.uintp(j)], alpha)
         else:
             for j in range(cols):
-                row[np.uintp(j)] = activation(src[np.uintp(j)], alpha)
-        dst[:] = row
+                dst[np.uintp(j)] = activation(src[np.uintp(j)], alpha)
 
 
 @numba.njit(**_jit)
