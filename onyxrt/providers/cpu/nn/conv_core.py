@@ -623,7 +623,9 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
 
     # With the bias as an extra weight column (``w_aug``), a row of ones appended to the
     # column matrix makes the GEMM add it: no pass over the output. For 1x1 convolutions
-    # that costs a copy of the input, worth it when the output is the larger (M >= 2C).
+    # that costs a copy of the input, worth it when the output is the larger (M >= 2C) and
+    # no activation or residual needs a pass over the output anyway (which adds the bias
+    # for free: mobilenet_v2's expansions with Clip 10-30% faster without the copy).
     w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
 
     if nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None:
@@ -631,7 +633,7 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         y = _conv2d_flat(x, w, group, strides, dilations, pads, out_sp)
         if y is not None:
             return _finish(y, b, activation, residual, nd)
-    if K == 1 and (w_aug is None or M < 2 * C):
+    if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual is not None):
         w_aug = None
     if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or w_aug is not None or strides != [1, 1]):
         # the column matrix straight from the unpadded input
