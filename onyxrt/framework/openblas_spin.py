@@ -5,11 +5,12 @@ ticks after a parallel call, ``n = OPENBLAS_THREAD_TIMEOUT`` (default 28: about 
 when its thread pool starts. A session running a few times a second therefore keeps a core
 busy between runs, and an idle second after a run costs 0.1 CPU-second.
 
-Before its first run, onyxrt shortens that to 2^20 ticks (about 0.4 ms): enough for the
-GEMMs that follow each other within a run, and short after a run, so idle costs next to
-nothing. Measured on 2 cores (resnet50, mobilenet_v2, minilm_l6, llama decode), runs are as
-fast as with 2^22 or 2^28 and steadier: with the longer spins, runs went ~35% slower for
-seconds at a time (a spinning thread beside the single-threaded kernels), with 2^20 rarely. OpenBLAS applies the value when its pool (re)starts, so onyxrt re-reads the
+Before its first run, onyxrt shortens that to 2^24 ticks (about 6 ms): longer than the gaps
+between the parallel GEMMs of one run, and short after a run, so idle costs next to nothing.
+Measured on 2 cores (a virtual machine): a thread that has gone to sleep takes long to wake
+up again (waking a virtual CPU), so shorter spins make runs that follow a pause slower (llama
+decode after 0.1 s idle: 19.7 ms a token at 2^20, 9.9 at 2^22, 7.4 at 2^24, 6.2 at 2^28; back
+to back 5.6 ms). OpenBLAS applies the value when its pool (re)starts, so onyxrt re-reads the
 environment through ``openblas_read_env`` and stops the pool (``blas_thread_shutdown_``); the
 next parallel call starts it again. The pool must not be working at that moment, so this is
 done only while no thread other than onyxrt's own is alive in the process (a program whose
@@ -25,8 +26,8 @@ import os
 import threading
 from typing import Any, Sequence
 
-# 2^20 ticks: ~0.4 ms at 2.6 GHz.
-IDLE_SPIN_EXPONENT = 20
+# 2^24 ticks: ~6 ms at 2.6 GHz.
+IDLE_SPIN_EXPONENT = 24
 _ENV = "OPENBLAS_THREAD_TIMEOUT"
 _done = False
 _lock = threading.Lock()

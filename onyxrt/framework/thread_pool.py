@@ -112,7 +112,7 @@ class ThreadPool:
 
     GEMMs: with ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default
     on) the BLAS library runs them on its own threads, as many as the pool has; OpenBLAS's
-    threads spin for a moment after each call (about 0.4 ms, ``openblas_spin``), as
+    threads spin for a moment after each call (about 6 ms, ``openblas_spin``), as
     onnxruntime's pool spins after a run.
     Without it, BLAS is single-threaded during runs and the pool splits large GEMMs itself
     (``providers.cpu.gemm``): nothing spins when idle, at some latency (``benchmarks/idle_cpu.md``).
