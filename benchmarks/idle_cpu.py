@@ -27,7 +27,7 @@ VARIANTS = ("onyxrt", "onyxrt, no spinning", "onnxruntime", "onnxruntime, no spi
 
 def worker(variant: str, case: str, rate: float, seconds: float) -> dict:
     path, feeds = case_inputs(case)
-    if variant == "onyxrt":
+    if variant.startswith("onyxrt"):
         import onyxrt as rt
     else:
         import onnxruntime as rt
