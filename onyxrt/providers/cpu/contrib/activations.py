@@ -155,8 +155,8 @@ def bias_softmax(data, bias, *, axis=1, is_inner_broadcast=0):
     """
     ax = normalize_axis(int(axis), data.ndim)
     ct = _compute_dtype(data.dtype)
-    batch = int(np.prod(data.shape[:ax], dtype=np.int64))
-    elems = int(np.prod(data.shape[ax:], dtype=np.int64))
+    batch = math.prod(data.shape[:ax])
+    elems = math.prod(data.shape[ax:])
     if elems == 0 or batch == 0:
         return np.zeros(data.shape, data.dtype)
     if bias.size % elems or batch % (bias.size // elems) or bias.size == 0:

@@ -9,6 +9,8 @@ normalized dimensions set to 1, as onnxruntime returns them.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import row_kernels
@@ -137,7 +139,7 @@ def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_n
     if x.ndim == 0:
         raise NodeInputError(f"{op_name}: input must have rank >= 1")
     ax = normalize_axis(int(axis), x.ndim)
-    inner = int(np.prod(x.shape[ax:], dtype=np.int64))
+    inner = math.prod(x.shape[ax:])
     out_dtype = scale.dtype
     ct = _compute_dtype(x.dtype, scale.dtype) if bias is None else _compute_dtype(x.dtype, scale.dtype, bias.dtype)
     st = _stat_dtype(stash_type, ct)

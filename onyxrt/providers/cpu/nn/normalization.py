@@ -291,8 +291,8 @@ def rms_norm(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
     rank = x.ndim
     axis = normalize_axis(axis, rank)
     st = _stash_dtype(stash_type, x.dtype)
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis:])
     x2 = _as(x, st).reshape(outer, inner)
     ms = np.einsum("ij,ij->i", x2, x2).reshape(outer, 1)
     ms *= st.type(1.0 / inner) if inner else st.type(0)

@@ -8,6 +8,8 @@ alive while the view is and never overwrites it in place.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..kernel_table import op
@@ -47,7 +49,7 @@ def _reshape_target(in_shape: tuple[int, ...], shape: list[int], allowzero: int)
         for i, d in enumerate(out):
             if i != unknown:
                 known *= d
-        total = int(np.prod(in_shape, dtype=np.int64))
+        total = math.prod(in_shape)
         if known == 0:
             if total != 0:
                 raise NodeInputError(f"Reshape: cannot reshape input of shape {in_shape} to {shape}")
@@ -102,8 +104,8 @@ def flatten(x, *, axis=1):
         raise NodeInputError(f"Flatten: axis {axis} out of range for rank {rank}")
     if axis < 0:
         axis += rank
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis:], dtype=np.int64))
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis:])
     return x.reshape(outer, inner)
 
 
