@@ -2,15 +2,17 @@
 
 Only for sessions with ``session.intra_op.allow_spinning = 0`` (``ThreadPool.splits_gemms``):
 their runs keep BLAS single-threaded, because OpenBLAS's own threads spin for a while after
-every GEMM (``framework.openblas_spin``). The pool splits a large product into one part per thread instead: by rows of the
-output (the left operand's rows, or the batch of a batched product), or by columns of the right
-operand when there are too few rows (a decoding step's GEMV). Its workers block when idle.
+every GEMM (``framework.openblas_spin``). The pool splits a large product into one part per
+thread instead: by rows of the output (the left operand's rows, or the batch of a batched
+product), or by columns of the right operand when there are too few rows (a decoding step's GEMV). Its workers block when idle.
 Measured on 2 cores: as fast as OpenBLAS's threads for large row splits (convolutions, encoder
 layers), slower for GEMVs (a 512x1408 GEMV from memory: 230 us against 130 us) and small GEMMs.
 Other sessions call ``np.matmul`` as it is, on BLAS's threads.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -33,13 +35,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     m, k = a.shape[-2:]
     n = b.shape[-1]
     batch = a.shape[:-2]
-    macs = m * k * n * (int(np.prod(batch)) if batch else 1)
+    count = math.prod(batch)  # 1 without a batch
+    macs = m * k * n * count
     if macs < MIN_PARALLEL_MACS or b.shape[-2] != k or (a.ndim > 2 or b.ndim > 2) and a.shape[:-2] != b.shape[:-2]:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty(batch + (m, n), np.result_type(a, b))
     if batch:
-        count = int(np.prod(batch))
         if count < threads:
             return np.matmul(a, b, out=out)
         a3, b3, o3 = a.reshape((count, m, k)), b.reshape((count, k, n)), out.reshape(count, m, n)

@@ -21,7 +21,7 @@ from ..math.activations import sigmoid_values
 from ..math.elementwise import erf_values
 from ..math.matmul import gemm as _onnx_gemm
 from ..math.matmul import gemm_prepack
-from ..nn.conv_core import conv_prepack, float_conv
+from ..nn.conv_core import add_residual, conv_prepack, float_conv
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..kernel_table import op
 from ..tensor.indexing import trilu as _onnx_trilu
@@ -208,9 +208,7 @@ def fused_conv(
     y = float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     y = _owned(y, x, w, b, z)
     if z is not None:
-        if np.broadcast_shapes(z.shape, y.shape) != y.shape:
-            raise NodeInputError(f"FusedConv: Z of shape {z.shape} does not match the output {y.shape}")
-        y += z.astype(y.dtype, copy=False)
+        add_residual(y, z)
     return mlas_activation(y, activation, activation_params)
 
 

@@ -688,10 +688,15 @@ def _finish(y: np.ndarray, b, activation, residual, nd: int) -> np.ndarray:
         return y
     y = add_bias(y, b, nd)
     if residual is not None:
-        if np.broadcast_shapes(residual.shape, y.shape) != y.shape:
-            raise NodeInputError(f"FusedConv: Z of shape {residual.shape} does not match the output {y.shape}")
-        y += residual.astype(y.dtype, copy=False)
+        add_residual(y, residual)
     return _activate(y, activation)
+
+
+def add_residual(y: np.ndarray, residual: np.ndarray) -> None:
+    """``y += residual`` (FusedConv's Z, cast to y's dtype), which must broadcast to y's shape."""
+    if np.broadcast_shapes(residual.shape, y.shape) != y.shape:
+        raise NodeInputError(f"FusedConv: Z of shape {residual.shape} does not match the output {y.shape}")
+    y += residual.astype(y.dtype, copy=False)
 
 
 def _activate(y: np.ndarray, activation) -> np.ndarray:

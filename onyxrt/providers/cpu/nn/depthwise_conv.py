@@ -17,8 +17,9 @@ or ``ONYXRT_DISABLE_NUMBA=1``, ``depthwise_conv`` returns None and the numpy pat
 
 The kernel releases the GIL (``nogil``): sessions running in several threads run it
 concurrently; one convolution's planes are split over the session pool only where no BLAS
-thread spins beside it (see ``_PARALLEL``). numba's own threading layer is not involved. fastmath stays off: results
-are within float rounding of the numpy path (the sums are only ordered differently).
+thread spins beside it (see ``_PARALLEL``). numba's own threading layer is not involved.
+fastmath stays off: results are within float rounding of the numpy path (the sums are only
+ordered differently).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     pool = current_pool()
     if _PARALLEL or pool.splits_gemms:
         pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes,
-                                  y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
+                        y.size * taps.shape[1] * taps.shape[2], _PARALLEL_MIN_WORK)
     else:
         kernel(*args, 0, planes)
     if fused is None:
