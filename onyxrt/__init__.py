@@ -5,6 +5,7 @@
     outputs = session.run(None, {"input": array})
 """
 
+from .drop_in import install_as_onnxruntime
 from .errors import (
     EngineError,
     EPFail,
@@ -87,6 +88,6 @@ __all__ = [
     "InferenceSession", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "ModelLoaded", "ModelMetadata",
     "NoModel", "NoSuchFile", "NodeArg", "NotImplemented", "OnyxRuntimeError", "OrtAllocatorType", "OrtMemType",
     "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "__version__", "get_all_providers",
-    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_build_info", "get_device", "get_version_string", "set_default_logger_severity", "set_default_logger_verbosity",
+    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_build_info", "get_device", "get_version_string", "install_as_onnxruntime", "set_default_logger_severity", "set_default_logger_verbosity",
     "set_seed",
 ]
