@@ -42,7 +42,7 @@ def model_path() -> Path:
     """Path of the bundled digit classifier ``digits.onnx``."""
     path = _HERE / _MODEL_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"onyxrt's sample model is missing: {path} (was the package installed without its data?)")
+        raise FileNotFoundError(f"onyxrt's sample model is missing: {path} (package installed without its data?)")
     return path
 
 
@@ -50,7 +50,7 @@ def load_samples() -> list[Sample]:
     """The bundled test images, each as a batch of one ready for ``session.run(None, sample.feeds)``."""
     path = _HERE / _SAMPLES_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"onyxrt's sample inputs are missing: {path} (was the package installed without its data?)")
+        raise FileNotFoundError(f"onyxrt's sample inputs are missing: {path} (package installed without its data?)")
     with np.load(path, allow_pickle=False) as data:
         names, images, labels, probabilities = data["names"], data["images"], data["labels"], data["probabilities"]
     return [
