@@ -20,8 +20,8 @@ rerun reproduces the same weights on the same torch build. The last run reached
 a held-out accuracy of 99.33% (447 of 450 test images).
 
 The ONNX graph is written by hand with ``onnx.helper`` from the trained weights
-rather than with ``torch.onnx.export``: the graph is then exactly the eleven nodes
-listed below, with stable names, and no exporter dependency is needed.
+rather than with ``torch.onnx.export``: the graph is then exactly the eleven nodes of
+``to_onnx``, with stable names, and no exporter dependency is needed.
 """
 
 from __future__ import annotations
