@@ -3,9 +3,9 @@
 In the spirit of onnxruntime_perf_test and OpenVINO's benchmark_app. Every measured runtime
 runs in its own process (thread pools that spin after work would slow a peer sharing the
 process); with ``--compare onnxruntime`` the two alternate, A B A B, and the ratio of the
-medians is printed. Inputs are made from the model's declared types and shapes: symbolic
-dims from ``--dim NAME=VALUE`` or the ``--batch/--seq/--past`` shorthands, integer masks as
-ones, position ids counting from the past length, other integers small, floats normal.
+medians is printed. Inputs are made by :mod:`onyxrt.feeds` from the model's declared types and
+shapes: symbolic dims from ``--dim NAME=VALUE`` or the ``--batch/--seq/--past`` shorthands,
+masks as ones, position ids counting from the past length, ids inside the tables they index.
 """
 
 from __future__ import annotations
@@ -18,85 +18,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import onnx
 
-from .graph.types import np_dtype
+from .feeds import Shapes, make_feeds
 
 RUNTIMES = ("onyxrt", "onnxruntime")
-
-
-@dataclass
-class Shapes:
-    """How symbolic dims get values: explicit ``dims`` first, then the shorthands by dim name."""
-
-    dims: dict[str, int] = field(default_factory=dict)
-    batch: int = 1
-    seq: int = 1
-    past: int = 0
-
-    def value(self, name: str, position: int) -> int:
-        if name in self.dims:
-            return self.dims[name]
-        lowered = name.lower()
-        if "past" in lowered:
-            return self.past
-        if "total" in lowered or "all_seq" in lowered:
-            return self.past + self.seq
-        if "seq" in lowered or "len" in lowered or "token" in lowered:
-            return self.seq
-        if "batch" in lowered or position == 0:
-            return self.batch
-        return 1
-
-
-def make_feeds(model: onnx.ModelProto, shapes: Shapes, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs for every graph input of ``model`` that is not an initializer (deterministic per seed)."""
-    rng = np.random.default_rng(seed)
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    index_limits = _index_limits(model.graph)
-    feeds = {}
-    for arg in model.graph.input:
-        if arg.name in initializers:
-            continue
-        tensor_type = arg.type.tensor_type
-        if not arg.type.HasField("tensor_type"):
-            raise SystemExit(f"onyxrt bench: input '{arg.name}' is not a tensor; no value can be made for it")
-        shape = [dim.dim_value if dim.HasField("dim_value") else shapes.value(dim.dim_param, position)
-                 for position, dim in enumerate(tensor_type.shape.dim)]
-        dtype = np_dtype(tensor_type.elem_type)
-        name = arg.name.lower()
-        if dtype == np.bool_:
-            value = np.ones(shape, dtype=bool)
-        elif np.issubdtype(dtype, np.integer) and "mask" in name:
-            value = np.ones(shape, dtype=dtype)
-        elif np.issubdtype(dtype, np.integer) and "position" in name and shape:
-            value = np.broadcast_to(np.arange(shapes.past, shapes.past + shape[-1], dtype=dtype), shape).copy()
-        elif np.issubdtype(dtype, np.integer):
-            value = rng.integers(0, index_limits.get(arg.name, 10), size=shape).astype(dtype)
-        elif dtype == object:
-            value = np.array([f"s{i}" for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
-        else:
-            value = rng.standard_normal(shape).astype(dtype)
-        feeds[arg.name] = value
-    return feeds
-
-
-def _index_limits(graph: onnx.GraphProto) -> dict[str, int]:
-    """For inputs used as Gather indices into a weight table (token ids, token types): the table's size."""
-    tables = {tensor.name: list(tensor.dims) for tensor in graph.initializer}
-    limits: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type == "Gather" and node.domain in ("", "ai.onnx") and len(node.input) == 2 and node.input[0] in tables:
-            dims = tables[node.input[0]]
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            if dims and -len(dims) <= axis < len(dims):
-                size = dims[axis]
-                limits[node.input[1]] = min(limits.get(node.input[1], size), size)
-    return limits
 
 
 def worker(args: argparse.Namespace) -> None:

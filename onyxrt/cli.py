@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import collections
-import statistics
+import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,41 +15,78 @@ import numpy as np
 import onnx
 
 from . import benchmark
+from . import feeds as feeds_module
 from .errors import OnyxRuntimeError
 from .graph.model_loader import read_model_proto
 from .graph.types import np_dtype, tensor_shape, type_string
 from .session.inference_session import InferenceSession
-from .session.session_options import SessionOptions
+from .session.session_options import GraphOptimizationLevel, SessionOptions
+from .version import __version__
 
-DEFAULT_MODEL = "light_squeezenet"
-
-
-def _light_model_dir() -> Path:
-    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-
-
-def _dummy_input(shape: Sequence[int]) -> np.ndarray:
-    """onnx's backend-runner dummy data (arange / n), which the light models' stored outputs were made from."""
-    n = int(np.prod(shape))
-    return (np.arange(n).reshape(shape) / n).astype(np.float32)
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-4
+SAMPLE_TOLERANCE = 1e-4  # the bundled samples' probabilities must match onnxruntime's this closely
+WORST_ROWS = 10
 
 
-def _random_input(arg, dims: dict[str, int], rng: np.random.Generator) -> np.ndarray:
-    type_proto = arg._type_proto
-    if type_proto is None or not type_proto.HasField("tensor_type"):
-        raise SystemExit(f"onyxrt: cannot make a random value for input '{arg.name}' of type {arg.type}; pass --input")
-    shape = [d if isinstance(d, int) else dims.get(d, 1) if isinstance(d, str) else 1 for d in (arg.shape or [])]
-    dtype = np_dtype(type_proto.tensor_type.elem_type)
-    if dtype == object:
-        return np.array([f"s{i}" for i in range(int(np.prod(shape)))], dtype=object).reshape(shape)
-    if dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if np.issubdtype(dtype, np.integer):
-        return rng.integers(0, 10, size=shape).astype(dtype)
-    return rng.standard_normal(shape).astype(dtype)
+class UsageError(Exception):
+    """A bad command-line argument: reported as one ``onyxrt: error: ...`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line in onyxrt's format (exit code 2 as usual)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"onyxrt: error: {message} (see '{self.prog} --help')\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _dim_pair(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"'{text}' must look like NAME=INTEGER")
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}': '{value}' is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"'{text}': a dimension cannot be negative")
+    return name, number
+
+
+def _input_pair(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"'{text}' must look like NAME=FILE.npy")
+    return name, path
 
 
 def _summary(value: Any) -> str:
+    if isinstance(value, list):
+        return f"sequence of {len(value)}" + (f" [{_summary(value[0])}, ...]" if value else "")
+    if value is None:
+        return "None (empty optional)"
     if not isinstance(value, np.ndarray):
         return f"{type(value).__name__} of {len(value)}" if hasattr(value, "__len__") else repr(value)
     head = f"shape={list(value.shape)} dtype={value.dtype}"
@@ -58,60 +96,377 @@ def _summary(value: Any) -> str:
     return head
 
 
-def _parse_pairs(pairs: Sequence[str], what: str) -> dict[str, str]:
-    parsed = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"onyxrt: {what} must look like NAME=VALUE, got '{pair}'")
-        parsed[name] = value
-    return parsed
+def _resolve_model(argument: str) -> Path:
+    path = Path(argument)
+    if path.is_dir() and (path / "model.onnx").is_file():  # onnx's test-case layout: DIR/model.onnx
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise UsageError(f"model '{argument}': no such file")
+    return path
+
+
+def _load_graph(path: Path) -> onnx.ModelProto:
+    """The model's graph without external weights (enough to make inputs)."""
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds for a file that is no model
+        raise UsageError(f"model '{path}' is not a readable ONNX model: {type(exc).__name__}: {exc}") from None
+
+
+def _load_input(name: str, file: str) -> np.ndarray:
+    path = Path(file)
+    if not path.is_file():
+        raise UsageError(f"--input {name}={file}: no such file")
+    try:
+        if path.suffix == ".pb":
+            return onnx.numpy_helper.to_array(onnx.load_tensor(str(path)))
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for a file that is no array
+        raise UsageError(f"--input {name}={file}: cannot read it as a .npy array ({type(exc).__name__}: {exc})") from None
+
+
+def _declared_dims(arg: onnx.ValueInfoProto) -> list:
+    if not arg.type.HasField("tensor_type") or not arg.type.tensor_type.HasField("shape"):
+        return []
+    return [d.dim_param if d.HasField("dim_param") else d.dim_value for d in arg.type.tensor_type.shape.dim]
+
+
+def _model_feeds(model: onnx.ModelProto, args: argparse.Namespace, given: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The user's --input values, then made-up values for the rest of the inputs (in the model's order)."""
+    declared = feeds_module.graph_inputs(model)
+    names = [arg.name for arg in declared]
+    unknown = [name for name in given if name not in names]
+    if unknown:
+        raise UsageError(f"--input {unknown[0]}: the model has no input of that name (its inputs: {', '.join(names) or 'none'})")
+    explicit = dict(args.dim)
+    known = feeds_module.symbolic_dims(model)
+    misspelled = [name for name in explicit if name not in known]
+    if misspelled:
+        raise UsageError(f"--dim {misspelled[0]}: the model has no symbolic dimension of that name "
+                         f"(its symbolic dimensions: {', '.join(known) or 'none'})")
+    dims = dict(explicit)
+    for arg in declared:  # dims the given arrays pin down hold for the made-up inputs too
+        if arg.name in given and isinstance(given[arg.name], np.ndarray):
+            for dim, actual in zip(_declared_dims(arg), given[arg.name].shape):
+                if isinstance(dim, str) and dim and dim not in explicit:
+                    dims.setdefault(dim, actual)
+    shapes = feeds_module.Shapes(dims, args.batch, args.seq, args.past)
+    try:
+        made = feeds_module.make_feeds(model, shapes, args.seed, skip=set(given))
+    except feeds_module.FeedSynthesisError as exc:
+        raise UsageError(f"{exc}; pass it with --input NAME=FILE.npy") from None
+    return {name: given[name] if name in given else made[name] for name in names}
+
+
+def _session(path_or_bytes: str | bytes, level: int) -> InferenceSession:
+    options = SessionOptions()
+    options.graph_optimization_level = GraphOptimizationLevel(level)
+    return InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UsageError("--compare onnxruntime needs the onnxruntime package, which is not installed "
+                         "(pip install onnxruntime)") from None
+    return onnxruntime
+
+
+def _reference_session(onnxruntime, path_or_bytes: str | bytes, level: int):
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel(level)
+    options.log_severity_level = 3  # onnxruntime's warnings (unused initializers ...) are not this report's business
+    return onnxruntime.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _timed_runs(session: InferenceSession, feeds: dict[str, Any], warmup: int, repeat: int) -> tuple[list, list[float], list[float]]:
+    """Outputs of the last run, the warm-up runs' times and the timed runs' times (ms)."""
+    warm, timed, outputs = [], [], None
+    for index in range(warmup + repeat):
+        start = time.perf_counter()
+        outputs = session.run(None, feeds)
+        (warm if index < warmup else timed).append((time.perf_counter() - start) * 1000)
+    return outputs, warm, timed
+
+
+def _latency_line(warm: list[float], timed: list[float]) -> str:
+    data = np.asarray(timed)
+    line = (f"latency: p50 {np.percentile(data, 50):.3f} ms, p90 {np.percentile(data, 90):.3f} ms, "
+            f"min {data.min():.3f} ms over {len(timed)} run(s)")
+    if warm:
+        line += f"; first run {warm[0]:.3f} ms" + (f" and {len(warm) - 1} more warm-up run(s)" if len(warm) > 1 else "") + " not counted"
+    return line
+
+
+# --- comparison with onnxruntime -------------------------------------------------------------
+
+
+class _Difference:
+    """How one value differs from onnxruntime's: max abs/rel error and whether it is within tolerance."""
+
+    def __init__(self, name: str, got: Any, want: Any, rtol: float, atol: float) -> None:
+        self.name = name
+        self.max_abs = self.max_rel = self.excess = 0.0
+        self.note = ""
+        self.ok = self._measure(got, want, rtol, atol)
+
+    def _measure(self, got: Any, want: Any, rtol: float, atol: float) -> bool:
+        if isinstance(want, list) or isinstance(got, list):
+            if not (isinstance(want, list) and isinstance(got, list)) or len(got) != len(want):
+                self.note = f"sequence lengths {_length(got)} vs {_length(want)}"
+                return False
+            parts = [_Difference(self.name, g, w, rtol, atol) for g, w in zip(got, want)]
+            self.max_abs = max((p.max_abs for p in parts), default=0.0)
+            self.max_rel = max((p.max_rel for p in parts), default=0.0)
+            self.excess = max((p.excess for p in parts), default=0.0)
+            self.note = next((p.note for p in parts if p.note), "")
+            return all(p.ok for p in parts)
+        if want is None or got is None or isinstance(want, dict) or isinstance(got, dict):
+            if got != want:
+                self.note = "values differ"
+            return got == want
+        got, want = np.asarray(got), np.asarray(want)
+        if got.shape != want.shape:
+            self.note = f"shape {list(got.shape)} vs {list(want.shape)}"
+            return False
+        if got.dtype != want.dtype:
+            self.note = f"dtype {got.dtype} vs {want.dtype}"
+            return False
+        if got.dtype.kind not in "fiucb":
+            equal = bool(np.array_equal(got, want))
+            self.note = "" if equal else "values differ"
+            return equal
+        g, w = got.astype(np.float64), want.astype(np.float64)
+        same = (g == w) | (np.isnan(g) & np.isnan(w))  # equal infinities and NaN in the same places agree
+        error = np.where(same, 0.0, np.abs(g - w))
+        error = np.where(np.isnan(error), np.inf, error)
+        if not error.size:
+            return True
+        self.max_abs = float(error.max())
+        self.max_rel = float((error / np.maximum(np.abs(w), np.finfo(np.float64).tiny)).max()) if self.max_abs else 0.0
+        allowed = atol + rtol * np.abs(np.nan_to_num(w))
+        self.excess = float((error / np.maximum(allowed, np.finfo(np.float64).tiny)).max())
+        return bool(np.all(error <= allowed))
+
+
+def _length(value: Any) -> str:
+    return str(len(value)) if isinstance(value, list) else "not a sequence"
+
+
+def _print_differences(differences: list[_Difference]) -> None:
+    width = max([len(d.name) for d in differences] + [6])
+    print(f"  {'output':<{width}}  {'max abs':>10}  {'max rel':>10}  result")
+    for d in differences:
+        print(f"  {d.name:<{width}}  {d.max_abs:10.3g}  {d.max_rel:10.3g}  {'PASS' if d.ok else 'FAIL'}"
+              + (f"  ({d.note})" if d.note else ""))
+
+
+def _compare_outputs(reference, output_names: list[str], outputs: list, feeds: dict[str, Any], args: argparse.Namespace) -> bool:
+    """onnxruntime's outputs for the same feeds against onyxrt's; prints a table, True when all pass."""
+    want = reference.run(None, feeds)
+    differences = [_Difference(name, got, expected, args.rtol, args.atol) for name, got, expected in zip(output_names, outputs, want)]
+    failed = [d for d in differences if not d.ok]
+    _print_differences(differences)
+    print(f"  {len(differences) - len(failed)} of {len(differences)} output(s) PASS" + (f", {len(failed)} FAIL" if failed else ""))
+    return not failed
+
+
+def _layerwise(model_path: Path, feeds: dict[str, Any], onnxruntime, args: argparse.Namespace) -> bool:
+    """Every node output made a graph output in both runtimes, optimizers off; the first diverging node and the worst ones."""
+    model = onnx.load(str(model_path))
+    declared = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    producers: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        for name in node.output:
+            if name and name not in declared and name not in producers:
+                producers[name] = node
+                model.graph.output.append(onnx.ValueInfoProto(name=name))
+    try:
+        serialized = model.SerializeToString()
+    except ValueError:
+        raise UsageError("--layerwise: the model is too large (over 2 GiB) to copy with every value as an output") from None
+    ours = _session(serialized, 0)
+    theirs = _reference_session(onnxruntime, serialized, 0)
+    names = [o.name for o in ours.get_outputs()]
+    got = dict(zip(names, ours.run(None, feeds)))
+    want = dict(zip([o.name for o in theirs.get_outputs()], theirs.run(None, feeds)))
+    rows = []
+    for name, node in producers.items():
+        if name in got and name in want:
+            rows.append((node, _Difference(name, got[name], want[name], args.rtol, args.atol)))
+    failed = [(node, d) for node, d in rows if not d.ok]
+    print(f"layerwise (optimizations off in both, {len(rows)} intermediate values compared):")
+    if not failed:
+        print("  every intermediate value within tolerance")
+        return True
+    node, first = failed[0]
+    print(f"  first diverging node: {node.op_type} '{node.name or '(unnamed)'}' output '{first.name}': "
+          f"max abs {first.max_abs:.3g}, max rel {first.max_rel:.3g}" + (f" ({first.note})" if first.note else ""))
+    worst = sorted(failed, key=lambda row: (not row[1].note, -row[1].excess))[:WORST_ROWS]
+    width = max(len(d.name) for _, d in worst)
+    print(f"  {len(failed)} of {len(rows)} values FAIL; the worst (error / allowed):")
+    print(f"  {'op':<20}  {'output':<{width}}  {'max abs':>10}  {'max rel':>10}  {'x allowed':>10}")
+    for node, d in worst:
+        print(f"  {node.op_type:<20}  {d.name:<{width}}  {d.max_abs:10.3g}  {d.max_rel:10.3g}  "
+              + (f"{d.note}" if d.note else f"{d.excess:10.3g}"))
+    return False
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+
+def _file_stem(name: str, taken: set[str]) -> str:
+    """A file name for a value name: characters other than letters, digits, '.', '-' and '_' become '_'."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "value"
+    candidate, number = stem, 1
+    while candidate.lower() in taken:
+        number += 1
+        candidate = f"{stem}_{number}"
+    taken.add(candidate.lower())
+    return candidate
+
+
+def _save_values(folder: Path, values: dict[str, Any]) -> list[Path]:
+    """Each value to ``folder``: tensors as .npy, sequences as .npz (item_0 ...), other values as .json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    written = []
+    for name, value in values.items():
+        stem = _file_stem(name, taken)
+        if isinstance(value, np.ndarray):
+            path = folder / f"{stem}.npy"
+            np.save(path, value.astype(str) if value.dtype == object else value, allow_pickle=False)
+        elif isinstance(value, list) and all(isinstance(item, np.ndarray) for item in value):
+            path = folder / f"{stem}.npz"
+            np.savez(path, **{f"item_{i}": item.astype(str) if item.dtype == object else item for i, item in enumerate(value)})
+        else:
+            path = folder / f"{stem}.json"
+            path.write_text(json.dumps(_jsonable(value), indent=1))
+        written.append(path)
+    return written
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return [[_jsonable(k), _jsonable(v)] for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _prepare_output_folder(argument: str | None) -> Path | None:
+    if argument is None:
+        return None
+    folder = Path(argument)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--save-outputs {argument}: exists and is not a folder")
+    return folder
+
+
+# --- the command -----------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    expected = None
+    """``onyxrt run [MODEL]``: run a model on given or made-up inputs (no MODEL: the bundled samples)."""
+    if args.layerwise and not args.compare:
+        raise UsageError("--layerwise needs --compare onnxruntime")
+    onnxruntime = _onnxruntime() if args.compare else None
+    given: dict[str, np.ndarray] = {}
+    for name, file in args.input:
+        if name in given:
+            raise UsageError(f"--input {name}: given twice")
+        given[name] = _load_input(name, file)
+    save_folder = _prepare_output_folder(args.save_outputs)
+    if args.model is None and not given:
+        return _run_samples(args, onnxruntime, save_folder)
     if args.model is None:
-        model_path = _light_model_dir() / f"{DEFAULT_MODEL}.onnx"
-        print(f"No model given: running {DEFAULT_MODEL} from the onnx package ({model_path})")
-        reference = _light_model_dir() / f"{DEFAULT_MODEL}_output_0.pb"
-        expected = onnx.numpy_helper.to_array(onnx.load_tensor(str(reference)))
+        model_path = _samples().model_path()
+        print(f"No model given: running the bundled sample model ({model_path}) on your inputs; "
+              "nothing to check them against")
     else:
-        model_path = Path(args.model)
-    options = SessionOptions()
-    options.graph_optimization_level = args.optimization_level
-    session = InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        model_path = _resolve_model(args.model)
+    feeds = _model_feeds(_load_graph(model_path), args, given)
+    session = _session(str(model_path), args.optimization_level)
+    outputs, warm, timed = _timed_runs(session, feeds, args.warmup, args.repeat)
+    output_names = [o.name for o in session.get_outputs()]
+    for name, value in feeds.items():
+        print(f"input  {name}: {_summary(value)}" + ("  (from --input)" if name in given else ""))
+    for name, value in zip(output_names, outputs):
+        print(f"output {name}: {_summary(value)}")
+    print(_latency_line(warm, timed))
+    if save_folder is not None:
+        _save_values(save_folder, dict(zip(output_names, outputs)))
+        _save_values(save_folder / "inputs", feeds)
+        print(f"saved {len(outputs)} output(s) to {save_folder} and the inputs to {save_folder / 'inputs'}")
+    ok = True
+    if onnxruntime is not None:
+        reference = _reference_session(onnxruntime, str(model_path), args.optimization_level)
+        print(f"compare with onnxruntime {onnxruntime.__version__} (rtol {args.rtol:g}, atol {args.atol:g}):")
+        ok = _compare_outputs(reference, output_names, outputs, feeds, args)
+        if args.layerwise:
+            ok = _layerwise(model_path, feeds, onnxruntime, args) and ok
+    return 0 if ok else 1
 
-    dims = {k: int(v) for k, v in _parse_pairs(args.dim, "--dim").items()}
-    given = {k: np.load(v, allow_pickle=False) for k, v in _parse_pairs(args.input, "--input").items()}
-    rng = np.random.default_rng(args.seed)
-    feeds = {}
-    for arg in session.get_inputs():
-        if arg.name in given:
-            feeds[arg.name] = given.pop(arg.name)
-        elif expected is not None:
-            feeds[arg.name] = _dummy_input(arg.shape)
+
+def _samples():
+    from . import samples
+    return samples
+
+
+def _run_samples(args: argparse.Namespace, onnxruntime, save_folder: Path | None) -> int:
+    """The bundled model on each bundled sample, checked against onnxruntime's stored probabilities."""
+    if args.dim:
+        raise UsageError("--dim applies to a MODEL's symbolic dimensions; the bundled samples have fixed shapes")
+    samples = _samples()
+    model_path = samples.model_path()
+    cases = samples.load_samples()
+    print(f"No model given: running onyxrt's bundled sample model {model_path.name} "
+          f"(a digit classifier, {model_path}) on its {len(cases)} samples")
+    session = _session(str(model_path), args.optimization_level)
+    output_names = [o.name for o in session.get_outputs()]
+    probability_index = output_names.index(samples.OUTPUT_NAME) if samples.OUTPUT_NAME in output_names else 0
+    reference = _reference_session(onnxruntime, str(model_path), args.optimization_level) if onnxruntime else None
+    width = max(len(case.name) for case in cases)
+    print(f"{'sample':<{width}}  {'true':>5}  {'predicted':>9}  {'probability':>11}  {'max diff':>9}  check")
+    failures = correct = 0
+    compare_ok = True
+    for index, case in enumerate(cases):
+        if index == 0:
+            outputs, warm, timed = _timed_runs(session, case.feeds, args.warmup, args.repeat)
         else:
-            feeds[arg.name] = _random_input(arg, dims, rng)
-    if given:
-        raise SystemExit(f"onyxrt: the model has no input named {', '.join(given)}")
-
-    times = []
-    outputs = None
-    for _ in range(max(1, args.repeat)):
-        start = time.perf_counter()
-        outputs = session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    for arg in session.get_inputs():
-        print(f"input  {arg.name}: {_summary(feeds[arg.name])}")
-    for arg, value in zip(session.get_outputs(), outputs):
-        print(f"output {arg.name}: {_summary(value)}")
-    print(f"latency: median {statistics.median(times):.3f} ms, min {min(times):.3f} ms over {len(times)} run(s)")
-    if expected is not None:
-        error = float(np.max(np.abs(outputs[0].astype(np.float64) - expected)))
-        ok = np.allclose(outputs[0], expected, rtol=1e-3, atol=1e-5)
-        print(f"check against the stored reference output: max abs error {error:.3g} -> {'OK' if ok else 'MISMATCH'}")
-        return 0 if ok else 1
-    return 0
+            outputs = session.run(None, case.feeds)
+        probabilities = np.asarray(outputs[probability_index]).reshape(-1)
+        expected = np.asarray(case.expected_probabilities).reshape(-1)
+        predicted = int(np.argmax(probabilities))
+        difference = float(np.max(np.abs(probabilities.astype(np.float64) - expected))) if probabilities.shape == expected.shape else float("inf")
+        ok = predicted == int(np.argmax(expected)) and difference <= SAMPLE_TOLERANCE
+        failures += not ok
+        correct += predicted == case.label
+        print(f"{case.name:<{width}}  {samples.CLASS_NAMES[case.label]:>5}  {samples.CLASS_NAMES[predicted]:>9}  "
+              f"{probabilities[predicted]:11.4f}  {difference:9.2g}  {'OK' if ok else 'FAIL'}")
+        if save_folder is not None:
+            _save_values(save_folder / case.name, dict(zip(output_names, outputs)))
+            _save_values(save_folder / case.name / "inputs", case.feeds)
+        if reference is not None:
+            print(f"  compare with onnxruntime {onnxruntime.__version__} (rtol {args.rtol:g}, atol {args.atol:g}):")
+            compare_ok = _compare_outputs(reference, output_names, outputs, case.feeds, args) and compare_ok
+            if args.layerwise and index == 0:
+                compare_ok = _layerwise(model_path, case.feeds, onnxruntime, args) and compare_ok
+    print(_latency_line(warm, timed) + f" (sample {cases[0].name})")
+    if save_folder is not None:
+        print(f"saved each sample's outputs and inputs to {save_folder}/<sample>/")
+    print(f"{correct} of {len(cases)} samples predicted as their true digit")
+    if failures:
+        print(f"FAIL: {failures} of {len(cases)} samples differ from onnxruntime's stored probabilities "
+              f"(by more than {SAMPLE_TOLERANCE:g}, or in the predicted class)")
+    else:
+        print(f"OK: all {len(cases)} predictions and probabilities match onnxruntime's (within {SAMPLE_TOLERANCE:g})")
+    return 0 if failures == 0 and compare_ok else 1
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -153,7 +508,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """Optimize IN at a level and save it to OUT (onnxruntime's optimized_model_filepath), with a report."""
     before, _ = read_model_proto(args.model)
     options = SessionOptions()
-    options.graph_optimization_level = _LEVELS[args.level]
+    options.graph_optimization_level = GraphOptimizationLevel(_LEVELS[args.level])
     options.optimized_model_filepath = args.output
     start = time.perf_counter()
     session = InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
@@ -182,15 +537,35 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onyxrt", description="Run and inspect ONNX models with onyxrt.")
+    parser = _Parser(prog="onyxrt", description="Run and inspect ONNX models with onyxrt.")
+    parser.add_argument("--version", action="version", version=f"onyxrt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a model (an embedded example when MODEL is omitted)")
-    run.add_argument("model", nargs="?", help="path of an .onnx model")
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy", help="feed an input from a .npy file")
-    run.add_argument("--dim", action="append", default=[], metavar="NAME=VALUE", help="value of a symbolic dimension for random inputs (default 1)")
-    run.add_argument("--repeat", type=int, default=1, help="run N times and report latency statistics")
-    run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    run = commands.add_parser(
+        "run", help="run a model on given or made-up inputs (no MODEL: the bundled sample model, checked)",
+        description="Run MODEL on inputs from --input files, made up for the rest: ids inside the tables they "
+                    "index, masks as ones, position ids counting from the past length, floats normal. Without "
+                    "MODEL, run onyxrt's bundled digit classifier on its samples and check onnxruntime's stored "
+                    "probabilities.")
+    run.add_argument("model", nargs="?", help="path of an .onnx model (or a folder holding model.onnx)")
+    run.add_argument("--input", action="append", default=[], type=_input_pair, metavar="NAME=FILE.npy",
+                     help="feed input NAME from a .npy (or TensorProto .pb) file; repeatable")
+    run.add_argument("--dim", action="append", default=[], type=_dim_pair, metavar="NAME=VALUE",
+                     help="value of the symbolic dimension NAME of the made-up inputs; repeatable")
+    run.add_argument("--batch", type=_count(0), default=1, help="value of batch-like symbolic dims (default 1)")
+    run.add_argument("--seq", type=_count(0), default=1, help="value of sequence-like symbolic dims (default 1)")
+    run.add_argument("--past", type=_count(0), default=0,
+                     help="value of past-length dims (default 0); total-length dims are past + seq")
+    run.add_argument("--repeat", type=_count(1), default=1, help="timed runs, reported as p50/p90/min (default 1)")
+    run.add_argument("--warmup", type=_count(0), default=1, help="untimed runs before them (default 1)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the made-up inputs")
     run.add_argument("--optimization-level", type=int, default=99, choices=(0, 1, 2, 3, 99), help="graph optimization level")
+    run.add_argument("--save-outputs", metavar="DIR", help="save each output to DIR/<name>.npy and the inputs to DIR/inputs/")
+    run.add_argument("--compare", choices=("onnxruntime",),
+                     help="run the same inputs through onnxruntime; per output max abs/rel error, PASS/FAIL; exit 1 on FAIL")
+    run.add_argument("--layerwise", action="store_true",
+                     help="with --compare: every intermediate value compared (optimizations off), the first diverging node")
+    run.add_argument("--rtol", type=_tolerance, default=DEFAULT_RTOL, help=f"relative tolerance of --compare (default {DEFAULT_RTOL:g})")
+    run.add_argument("--atol", type=_tolerance, default=DEFAULT_ATOL, help=f"absolute tolerance of --compare (default {DEFAULT_ATOL:g})")
     run.set_defaults(handler=cmd_run)
     info = commands.add_parser("info", help="describe a model: inputs, outputs, opsets, ops, weights")
     info.add_argument("model", help="path of an .onnx model")
@@ -208,11 +583,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a bad argument, 1 for a failure or a mismatch)."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
+    except UsageError as exc:
+        print(f"onyxrt: error: {exc}", file=sys.stderr)
+        return 2
     except OnyxRuntimeError as exc:
-        print(f"onyxrt: {exc}", file=sys.stderr)
+        print(f"onyxrt: error: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # output piped into a pager or `head` that closed early
         sys.stderr.close()
