@@ -74,8 +74,11 @@ class ModelRequiresCompilation(OnyxRuntimeError):
 class NodeInputError(ValueError):
     """Raised by a kernel that refuses its inputs or attributes (a type, shape or value it cannot take).
 
-    The session reports it inside a :class:`KernelError` naming the node, in the kernel's own words.
+    The session reports it inside a :class:`KernelError` naming the node, in the kernel's own words
+    (or, where ``status`` names another class, as that status, as onnxruntime's kernel does).
     """
+
+    status: type[OnyxRuntimeError] | None = None  # None: RUNTIME_EXCEPTION, reported as a KernelError
 
 
 class NodeInputTypeError(NodeInputError, TypeError):
@@ -86,16 +89,41 @@ class NodeIndexError(NodeInputError, IndexError):
     """A kernel refuses an index or position input that is out of range."""
 
 
+class NodeIndexOutOfRange(NodeIndexError):
+    """An index outside its valid range where onnxruntime's kernel reports INVALID_ARGUMENT (Gather)."""
+
+    status = InvalidArgument
+
+
+def _node_failure_message(node_name: str, op_type: str, cause: BaseException) -> str:
+    # Running out of memory is the model's sizes meeting the machine, not a defect: said as onnxruntime says it.
+    if isinstance(cause, MemoryError):
+        status = f"Failed to allocate memory: {cause}"
+    elif isinstance(cause, NodeInputError):
+        status = str(cause)
+    else:
+        status = f"{type(cause).__name__}: {cause}"
+    return f"Non-zero status code returned while running {op_type} node. Name:'{node_name}' Status Message: {status}"
+
+
 class KernelError(RuntimeException):
     """A kernel failed while running a node; names the node and op."""
 
     def __init__(self, node_name: str, op_type: str, cause: BaseException) -> None:
         self.node_name, self.op_type = node_name, op_type
-        # Running out of memory is the model's sizes meeting the machine, not a defect: said as onnxruntime says it.
-        if isinstance(cause, MemoryError):
-            status = f"Failed to allocate memory: {cause}"
-        elif isinstance(cause, NodeInputError):
-            status = str(cause)
-        else:
-            status = f"{type(cause).__name__}: {cause}"
-        super().__init__(f"Non-zero status code returned while running {op_type} node. Name:'{node_name}' Status Message: {status}")
+        super().__init__(_node_failure_message(node_name, op_type, cause))
+
+
+def node_failure(node_name: str, op_type: str, cause: BaseException) -> OnyxRuntimeError:
+    """The error a run raises when the kernel of node ``node_name`` fails with ``cause``.
+
+    A :class:`KernelError` (RUNTIME_EXCEPTION), or the status class the kernel's refusal names
+    (``NodeInputError.status``, e.g. INVALID_ARGUMENT for Gather's out-of-range index, as in
+    onnxruntime). Either carries ``node_name`` and ``op_type``.
+    """
+    status = getattr(cause, "status", None) if isinstance(cause, NodeInputError) else None
+    if status is None:
+        return KernelError(node_name, op_type, cause)
+    error = status(_node_failure_message(node_name, op_type, cause))
+    error.node_name, error.op_type = node_name, op_type
+    return error

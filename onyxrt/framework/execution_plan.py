@@ -12,18 +12,20 @@ independent.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..errors import InvalidGraph, KernelError, NotImplemented as OrtNotImplemented, OnyxRuntimeError
+from ..errors import InvalidGraph, NotImplemented as OrtNotImplemented, OnyxRuntimeError, node_failure
 import onnx_ir as ir
 
 from ..graph.attributes import attribute_value
 from ..graph.builder import captured_values, subgraphs
 from ..graph.opsets import describe, opset_for
 from ..graph.tensors import constant_array
+from ..graph.types import value_type_string
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts, kernel_contract
 from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_donations
@@ -87,6 +89,7 @@ class ExecutionPlan:
         # learned hint, shared by concurrent runs: a wrong guess costs one run without reuse, never a result).
         self._small_outputs = [False] * len(steps)
         self._weight_owners = frozenset(owner_ids(template))
+        self._weight_slots = frozenset(slot for slot, value in enumerate(template) if value is not None)
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
         self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
         self._last_report = RunReport()
@@ -103,7 +106,7 @@ class ExecutionPlan:
         Inputs may live on any device: each is copied only where its readers run on
         another. Outputs come back on the host, or as ``targets`` (one per graph output)
         ask, handed over as soon as their producer has run (a None target: not wanted).
-        ``profile`` (a list) receives ``(node, start_ns, duration_ns)`` per step; ``report``
+        ``profile`` (a list) receives a :class:`ProfiledStep` per step that ran; ``report``
         receives the run's memory figures.
         """
         values = self._template.copy()
@@ -174,6 +177,8 @@ class ExecutionPlan:
         try:
             for fn, ins, outs, frees, multi, alloc, donors in self._steps:
                 arena.step = index
+                if profile is not None:
+                    inputs_seen = [(slot in self._weight_slots, _tensor_type_shape(values[slot])) for slot in ins]
                 if alloc and (arena.bound or not small[index]):
                     if donors:
                         arena.offer(values, donors)
@@ -193,7 +198,9 @@ class ExecutionPlan:
                         start = clock()
                     result = fn(*[values[i] for i in ins])
                 if profile is not None:
-                    profile.append((self.nodes[index], start, clock() - start))
+                    duration = clock() - start
+                    outputs_seen = [_tensor_type_shape(value) for value in (result if multi else (result,))]
+                    profile.append(ProfiledStep(self.nodes[index], index, start, duration, inputs_seen, outputs_seen))
                 if multi:
                     for slot, value in zip(outs, result):
                         values[slot] = value
@@ -214,7 +221,42 @@ class ExecutionPlan:
             raise
         except Exception as exc:  # noqa: BLE001 - reported with the failing node
             node = self.nodes[index]
-            raise KernelError(node.name, node.op_type, exc) from exc
+            raise node_failure(node.name, node.op_type, exc) from exc
+
+
+class ProfiledStep(NamedTuple):
+    """One step of a profiled run: what onnxruntime's profiler writes for a node.
+
+    ``inputs`` pairs whether each input is a weight (an initializer) with its tensor type and
+    shape; ``inputs`` and ``outputs`` hold None for values that are not tensors (or absent).
+    """
+
+    node: ir.Node
+    index: int
+    start_ns: int
+    duration_ns: int
+    inputs: list[tuple[bool, TensorTypeShape | None]]
+    outputs: list[TensorTypeShape | None]
+
+
+class TensorTypeShape(NamedTuple):
+    """A tensor's element type as onnxruntime's profiler names it ('float', 'int64', ...), shape and bytes."""
+
+    element_type: str
+    shape: list[int]
+    nbytes: int
+
+
+def _tensor_type_shape(value: Any) -> TensorTypeShape | None:
+    """The type, shape and size of a tensor value (on any device); None for anything else."""
+    dtype, shape = getattr(value, "dtype", None), getattr(value, "shape", None)
+    if dtype is None or shape is None or isinstance(value, (list, dict)):
+        return None
+    dtype = np.dtype(dtype)
+    name = value_type_string(np.empty(0, dtype))
+    element_type = name[len("tensor("):-1] if name.startswith("tensor(") else name
+    shape = [int(d) for d in shape]
+    return TensorTypeShape(element_type, shape, math.prod(shape) * dtype.itemsize)
 
 
 def _largest_output(result: Any, multi: bool) -> int:

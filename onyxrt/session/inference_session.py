@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -13,11 +14,12 @@ import onnx
 
 import onnx_ir as ir
 
-from ..errors import Fail, InvalidArgument
+from ..errors import Fail, InvalidArgument, OnyxRuntimeError
+from ..framework import logging
 from ..framework import host_memory
 from ..framework.constant_evaluator import provider_evaluator
 from ..framework.allocation_planner import RunReport
-from ..framework.execution_plan import build_plan
+from ..framework.execution_plan import ProfiledStep, build_plan
 from ..framework.device import BoundOutput, device_of
 from ..framework.memcpy import insert_copies
 from ..framework.partitioner import PROVIDER_KEY, partition, rewrites_graph
@@ -35,7 +37,7 @@ from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
-from .session_options import RunOptions, SessionOptions
+from .session_options import RunOptions, SessionOptions, ignored_options, options_summary
 
 
 class _InputSpec:
@@ -146,6 +148,16 @@ class InferenceSession:
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
         self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
+        options = self._sess_options
+        self._logger = logging.session_logger(options.logid, options.log_severity_level, options.log_verbosity_level)
+        # the profiler's clock starts with the session, as onnxruntime's: event times are microseconds after it
+        self._profiling = bool(options.enable_profiling)
+        self._profile_start_ns, self._profile_origin_ns = time.time_ns(), time.perf_counter_ns()
+        self._profile_events: list[dict[str, Any]] = []
+        self._profile_lock = threading.Lock()
+        self._logger.info(options_summary(options))
+        for message in ignored_options(options):
+            self._logger.warning(message)
         self._thread_pool = ThreadPool(
             self._sess_options.intra_op_num_threads,
             allow_spinning=self._sess_options._config.get("session.intra_op.allow_spinning", "1") != "0",
@@ -161,7 +173,13 @@ class InferenceSession:
         self._provider_options = dict(normalized)
         self._providers = create_providers(normalized)
 
+        loading_started = time.perf_counter_ns()
         model = load_model(path_or_bytes)
+        initialization_started = time.perf_counter_ns()
+        self._logger.info("Initializing session.")
+        if self._profiling:
+            loading = "model_loading_uri" if self._model_path is not None else "model_loading_array"
+            self._record_session_event(loading, loading_started, initialization_started)
         self._apply_initializer_overrides(model)
         self._apply_free_dimension_overrides(model)
         self._describe(model)
@@ -179,16 +197,16 @@ class InferenceSession:
             fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
         )
         self.applied_optimizations = report.applied
+        for pass_name, rewrites in report.counts.items():
+            self._logger.info(f"Graph pass {pass_name} modified: {rewrites}")
         self._optimization_report = report
         if self._sess_options.optimized_model_filepath:
             save_model(model, self._sess_options.optimized_model_filepath)
         self._model = model
         self._plan = self._build_plan(self._providers)
-
-        self._profiling = bool(self._sess_options.enable_profiling)
-        self._profile_start_ns = time.time_ns()
-        self._profile_events: list[dict[str, Any]] = []
-        self._profile_lock = threading.Lock()
+        if self._profiling:
+            self._record_session_event("session_initialization", initialization_started, time.perf_counter_ns())
+        self._logger.info("Session successfully initialized.")
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -215,6 +233,11 @@ class InferenceSession:
             graph = graph.clone()
         partition(graph, opsets, providers)
         insert_copies(graph, providers)
+        if self._logger.enabled(logging.VERBOSE):
+            placed = collections.Counter(node.meta.get(PROVIDER_KEY, "") for node in graph)
+            self._logger.verbose("Node placements")
+            for provider, count in placed.items():
+                self._logger.verbose(f" {count} nodes placed on [{provider}]")
         return build_plan(graph, opsets, {p.name: p for p in providers},
                           reuse_buffers=self._sess_options.enable_mem_reuse)
 
@@ -314,18 +337,36 @@ class InferenceSession:
 
     def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None,
                  run_options: RunOptions | None = None) -> list[Any]:
-        """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``."""
+        """The plan's run (profiled when profiling is on); ``targets`` as in ``ExecutionPlan.run``.
+
+        A node's failure is logged (ERROR, on the run's logger) before it is raised, as onnxruntime does.
+        """
+        logger = self._logger
+        if run_options is not None:
+            logger = logging.run_logger(logger, run_options.logid, run_options.log_severity_level,
+                                        run_options.log_verbosity_level) or logger
+            self._logger.info(f"Running with tag: {run_options.logid}")
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
         # kernels see run_options (terminate) through framework.run_context.check_terminate
-        with np.errstate(all="ignore"), self._thread_pool.activate(), active_run_options(run_options):
-            if not self._profiling:
-                return self._plan.run(inputs, targets=targets)
-            events: list = []
-            start = time.perf_counter_ns()
-            report = RunReport()
-            outputs = self._plan.run(inputs, profile=events, targets=targets, report=report)
-            self._record_profile(start, time.perf_counter_ns() - start, events, report)
-            return outputs
+        try:
+            with np.errstate(all="ignore"), self._thread_pool.activate(), active_run_options(run_options):
+                if not self._profiling:
+                    return self._plan.run(inputs, targets=targets)
+                return self._profiled_run(inputs, targets)
+        except OnyxRuntimeError as error:
+            if getattr(error, "node_name", None) is not None:
+                logger.error(error.message)
+            raise
+
+    def _profiled_run(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None) -> list[Any]:
+        """A run whose steps are recorded (a failed run too: the steps that ran, and the run)."""
+        steps: list[ProfiledStep] = []
+        report = RunReport()
+        start = time.perf_counter_ns()
+        try:
+            return self._plan.run(inputs, profile=steps, targets=targets, report=report)
+        finally:
+            self._record_profile(start, time.perf_counter_ns(), steps, report)
 
     def run_async(self, output_names: Sequence[str] | None, input_feed: dict[str, Any], callback, user_data: Any = None,
                   run_options: RunOptions | None = None) -> None:
@@ -407,22 +448,43 @@ class InferenceSession:
 
     # ------------------------------------------------------------------ profiling
 
-    def _record_profile(self, start_ns: int, duration_ns: int, events: list, report: RunReport) -> None:
-        base = self._profile_start_ns // 1000
-        pid, tid = os.getpid(), threading.get_ident()
-        offset = time.time_ns() // 1000 - time.perf_counter_ns() // 1000
-        records = [{
-            "cat": "Session", "pid": pid, "tid": tid, "dur": duration_ns // 1000,
-            "ts": start_ns // 1000 + offset - base, "ph": "X", "name": "model_run",
-            "args": {"peak_bytes": report.peak_bytes, "reused_bytes": report.reused_bytes,
-                     "inplace_bytes": report.inplace_bytes},
-        }]
-        for node, node_start, node_duration in events:
-            records.append({
-                "cat": "Node", "pid": pid, "tid": tid, "dur": node_duration // 1000,
-                "ts": node_start // 1000 + offset - base, "ph": "X", "name": f"{node.name}_kernel_time",
-                "args": {"op_name": node.op_type, "provider": node.meta.get(PROVIDER_KEY, "")},
-            })
+    def _event(self, category: str, name: str, start_ns: int, duration_ns: int, args: dict[str, Any]) -> dict[str, Any]:
+        """One Chrome trace event as onnxruntime writes it (microseconds since the profiler started)."""
+        return {"cat": category, "pid": os.getpid(), "tid": threading.get_native_id(), "dur": duration_ns // 1000,
+                "ts": (start_ns - self._profile_origin_ns) // 1000, "ph": "X", "name": name, "args": args}
+
+    def _record_session_event(self, name: str, start_ns: int, end_ns: int) -> None:
+        with self._profile_lock:
+            self._profile_events.append(self._event("Session", name, start_ns, end_ns - start_ns, {}))
+
+    def _record_profile(self, start_ns: int, end_ns: int, steps: list[ProfiledStep], report: RunReport) -> None:
+        """A run's events, in onnxruntime's order: each node's, the executor's, the run's.
+
+        Node events carry onnxruntime's args (op_name, provider, node_index, sizes, input and output
+        types and shapes); the run's carries onyxrt's memory figures (``peak_bytes``, ``reused_bytes``,
+        ``inplace_bytes``) where onnxruntime's has none.
+        """
+        records = []
+        for step in steps:
+            inputs = [(is_weight, seen) for is_weight, seen in step.inputs if seen is not None]
+            outputs = [seen for seen in step.outputs if seen is not None]
+            records.append(self._event("Node", f"{step.node.name}_kernel_time", step.start_ns, step.duration_ns, {
+                "op_name": step.node.op_type,
+                "provider": step.node.meta.get(PROVIDER_KEY, ""),
+                "node_index": str(step.index),
+                "parameter_size": str(sum(seen.nbytes for is_weight, seen in inputs if is_weight)),
+                "activation_size": str(sum(seen.nbytes for is_weight, seen in inputs if not is_weight)),
+                "output_size": str(sum(seen.nbytes for seen in outputs)),
+                "input_type_shape": [{seen.element_type: seen.shape} for _, seen in inputs],
+                "output_type_shape": [{seen.element_type: seen.shape} for seen in outputs],
+            }))
+        if steps:
+            first = steps[0].start_ns
+            last = steps[-1].start_ns + steps[-1].duration_ns
+            records.append(self._event("Session", "SequentialExecutor::Execute", first, last - first, {}))
+        records.append(self._event("Session", "model_run", start_ns, end_ns - start_ns, {
+            "peak_bytes": report.peak_bytes, "reused_bytes": report.reused_bytes, "inplace_bytes": report.inplace_bytes,
+        }))
         with self._profile_lock:
             self._profile_events.extend(records)
 
@@ -430,8 +492,9 @@ class InferenceSession:
         """Write the profile as a Chrome trace JSON file and return its name ('' when profiling is off)."""
         if not self._profiling:
             return ""
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-        path = f"{self._sess_options.profile_file_prefix}_{stamp}.json"
+        now = time.time_ns()
+        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now // 1_000_000_000))
+        path = f"{self._sess_options.profile_file_prefix}_{stamp}_{now // 1_000_000 % 1000:03d}.json"
         with self._profile_lock:
             events, self._profile_events = self._profile_events, []
         with open(path, "w", encoding="utf-8") as handle:

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import enum
+import operator
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgument
+from ..framework import logging
+
+if TYPE_CHECKING:
+    from .ort_value import OrtValue
 
 
 class GraphOptimizationLevel(enum.IntEnum):
@@ -41,53 +48,161 @@ class OrtMemType(enum.IntEnum):
     DEFAULT = 0
 
 
+def _int32(owner: str, name: str, value: Any) -> int:
+    """``value`` as onnxruntime's int fields take it: ints, bools and numpy numbers, not floats or strings."""
+    if not isinstance(value, (float, str, bytes)):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            number = int(value) if hasattr(type(value), "__int__") else None
+        if number is not None and -(2**31) <= number < 2**31:
+            return number
+    raise TypeError(f"{owner}.{name} must be an int in the int32 range, got {type(value).__name__} {value!r}")
+
+
+def _flag(owner: str, name: str, value: Any) -> bool:
+    """``value`` as onnxruntime's bool fields take it: anything with a truth value of its own, and None."""
+    if value is None:
+        return False
+    if isinstance(value, bool) or hasattr(type(value), "__bool__"):
+        return bool(value)
+    raise TypeError(f"{owner}.{name} must be a bool, got {type(value).__name__} {value!r}")
+
+
+def _text(owner: str, name: str, value: Any) -> str:
+    """``value`` as onnxruntime's str fields take it: str, or UTF-8 bytes (a path object is refused, as there)."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    raise TypeError(f"{owner}.{name} must be a str, got {type(value).__name__} {value!r}")
+
+
+def _member_of(enum_type: type[enum.IntEnum]) -> Callable[[str, str, Any], Any]:
+    def convert(owner: str, name: str, value: Any) -> Any:
+        if isinstance(value, enum_type):
+            return value
+        raise TypeError(
+            f"{owner}.{name} must be a {enum_type.__name__} (e.g. {enum_type.__name__}.{next(iter(enum_type)).name}), "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+    return convert
+
+
+class _Field:
+    """A typed option: read as stored, set through ``convert`` (TypeError for what onnxruntime refuses)."""
+
+    def __init__(self, convert: Callable[[str, str, Any], Any], default: Any) -> None:
+        self.convert, self.default = convert, default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return instance._values.get(self.name, self.default)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance._values[self.name] = self.convert(type(instance).__name__, self.name, value)
+
+
+def _config_entry(owner: str, entries: dict[str, str], key: Any, value: Any, method: str) -> None:
+    """Set a config entry as onnxruntime does: str key and value, the key 1..1024 characters,
+    an overwritten key warned about on the default logger."""
+    if not isinstance(key, str) or not isinstance(value, str):
+        raise TypeError(f"{owner}.{method}(key: str, value: str): got {type(key).__name__}, {type(value).__name__}")
+    if not 0 < len(key) <= 1024:
+        raise RuntimeError("Config key is empty or longer than maximum length 1024")
+    if key in entries:
+        logging.default_logger().warning(
+            f"Config with key [{key}] already exists with value [{entries[key]}]. It will be overwritten")
+    entries[key] = value
+
+
 class SessionOptions:
-    """Per-session configuration, with onnxruntime's field names and defaults."""
+    """Per-session configuration, with onnxruntime's field names, defaults and accepted types.
+
+    Unknown attributes raise AttributeError and values of the wrong type TypeError, as in
+    onnxruntime. ``log_severity_level`` -1 (the default) means the default logger's severity.
+    """
+
+    __slots__ = ("_values", "_config", "_free_dimension_overrides_by_name",
+                 "_free_dimension_overrides_by_denotation", "_initializers", "_load_cancelled", "__weakref__")
+
+    graph_optimization_level = _Field(_member_of(GraphOptimizationLevel), GraphOptimizationLevel.ORT_ENABLE_ALL)
+    intra_op_num_threads = _Field(_int32, 0)
+    inter_op_num_threads = _Field(_int32, 0)
+    execution_mode = _Field(_member_of(ExecutionMode), ExecutionMode.ORT_SEQUENTIAL)
+    execution_order = _Field(_member_of(ExecutionOrder), ExecutionOrder.DEFAULT)
+    optimized_model_filepath = _Field(_text, "")
+    enable_profiling = _Field(_flag, False)
+    profile_file_prefix = _Field(_text, "onnxruntime_profile_")
+    log_severity_level = _Field(_int32, -1)
+    log_verbosity_level = _Field(_int32, 0)
+    logid = _Field(_text, "")
+    enable_cpu_mem_arena = _Field(_flag, True)
+    enable_mem_pattern = _Field(_flag, True)
+    enable_mem_reuse = _Field(_flag, True)
+    use_deterministic_compute = _Field(_flag, False)
+    use_per_session_threads = _Field(_flag, True)
 
     def __init__(self) -> None:
-        self.graph_optimization_level = GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.intra_op_num_threads = 0
-        self.inter_op_num_threads = 0
-        self.execution_mode = ExecutionMode.ORT_SEQUENTIAL
-        self.execution_order = ExecutionOrder.DEFAULT
-        self.optimized_model_filepath = ""
-        self.enable_profiling = False
-        self.profile_file_prefix = "onnxruntime_profile_"
-        self.log_severity_level = 2
-        self.log_verbosity_level = 0
-        self.logid = ""
-        self.enable_cpu_mem_arena = True
-        self.enable_mem_pattern = True
-        self.enable_mem_reuse = True
-        self.use_deterministic_compute = False
+        self._values: dict[str, Any] = {}
         self._config: dict[str, str] = {}
         self._free_dimension_overrides_by_name: dict[str, int] = {}
         self._free_dimension_overrides_by_denotation: dict[str, int] = {}
         self._initializers: dict[str, object] = {}
+        self._load_cancelled = False
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"cannot pickle '{type(self).__name__}' object")  # as onnxruntime's (a native object)
 
     def add_session_config_entry(self, key: str, value: str) -> None:
         """Set a session configuration entry (``session.*`` keys as onnxruntime documents them)."""
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidArgument("Config key and value must both be strings")
-        self._config[key] = value
+        _config_entry("SessionOptions", self._config, key, value, "add_session_config_entry")
 
     def get_session_config_entry(self, key: str) -> str:
+        """The value of a config entry; RuntimeError (as onnxruntime) when it was never set."""
         try:
             return self._config[key]
         except KeyError:
-            raise InvalidArgument(f"SessionOptions does not have configuration with key: {key}") from None
+            raise RuntimeError(f"SessionOptions does not have configuration with key: {key}") from None
 
     def add_free_dimension_override_by_name(self, dim_name: str, dim_value: int) -> None:
         """Fix the symbolic dimension ``dim_name`` of every graph input to ``dim_value``."""
-        self._free_dimension_overrides_by_name[dim_name] = int(dim_value)
+        self._free_dimension_overrides_by_name[_text("SessionOptions", "dim_name", dim_name)] = _dim(dim_value)
 
     def add_free_dimension_override_by_denotation(self, dim_denotation: str, dim_value: int) -> None:
         """Fix every input dimension with this denotation (e.g. ``DATA_BATCH``) to ``dim_value``."""
-        self._free_dimension_overrides_by_denotation[dim_denotation] = int(dim_value)
+        key = _text("SessionOptions", "dim_denotation", dim_denotation)
+        self._free_dimension_overrides_by_denotation[key] = _dim(dim_value)
 
-    def add_initializer(self, name: str, value) -> None:
-        """Replace the initializer ``name`` with ``value`` (an OrtValue or numpy array)."""
-        self._initializers[name] = value
+    def add_initializer(self, name: str, val: OrtValue) -> None:
+        """Replace the initializer ``name`` with the OrtValue ``val`` (onnxruntime takes OrtValues only)."""
+        from .ort_value import OrtValue
+
+        name = _text("SessionOptions", "name", name)
+        if not isinstance(val, OrtValue):
+            raise RuntimeError(f"add_initializer('{name}'): the provided Python object must be an OrtValue, "
+                               f"got {type(val).__name__}")
+        self._initializers[name] = val
+
+    def add_external_initializers(self, names: Sequence[str], ort_values: Sequence[OrtValue]) -> None:
+        """``add_initializer`` for each name and OrtValue."""
+        if len(names) != len(ort_values):
+            raise RuntimeError(f"add_external_initializers: {len(names)} names for {len(ort_values)} values")
+        for name, value in zip(names, ort_values):
+            self.add_initializer(name, value)
+
+    def has_providers(self) -> bool:
+        """False: onyxrt takes providers from InferenceSession's ``providers`` argument only."""
+        return False
+
+    def set_load_cancellation_flag(self, value: bool) -> None:
+        """Kept for onnxruntime's API: onyxrt loads a model in the constructor's thread, which nothing cancels."""
+        self._load_cancelled = _flag("SessionOptions", "load_cancellation_flag", value)
 
     def register_custom_ops_library(self, library_path: str) -> None:
         raise InvalidArgument(
@@ -95,27 +210,68 @@ class SessionOptions:
         )
 
 
+def _dim(value: Any) -> int:
+    if isinstance(value, (bool, float, str, bytes)):
+        raise TypeError(f"a dimension override must be an int, got {type(value).__name__} {value!r}")
+    return operator.index(value)
+
+
 class RunOptions:
-    """Per-run configuration, with onnxruntime's field names."""
+    """Per-run configuration, with onnxruntime's field names, defaults and accepted types."""
+
+    __slots__ = ("_values", "_config", "__weakref__")
+
+    log_severity_level = _Field(_int32, -1)
+    log_verbosity_level = _Field(_int32, 0)
+    logid = _Field(_text, "")
+    terminate = _Field(_flag, False)
+    only_execute_path_to_fetches = _Field(_flag, False)
 
     def __init__(self) -> None:
-        self.log_severity_level = 2
-        self.log_verbosity_level = 0
-        self.logid = ""
-        self.run_tag = ""
-        self.terminate = False
-        self.only_execute_path_to_fetches = False
+        self._values: dict[str, Any] = {}
         self._config: dict[str, str] = {}
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"cannot pickle '{type(self).__name__}' object")
+
     def add_run_config_entry(self, key: str, value: str) -> None:
-        self._config[key] = value
+        """Set a run configuration entry."""
+        _config_entry("RunOptions", self._config, key, value, "add_run_config_entry")
 
     def get_run_config_entry(self, key: str) -> str:
+        """The value of a config entry; RuntimeError (as onnxruntime) when it was never set."""
         try:
             return self._config[key]
         except KeyError:
-            raise InvalidArgument(f"RunOptions does not have configuration with key: {key}") from None
+            raise RuntimeError(f"RunOptions does not have configuration with key: {key}") from None
 
 
-# The RunOptions of the run in progress on this thread (None outside a run or when the caller
-# gave none): long kernels read it through check_terminate() instead of a global.
+def options_summary(options: SessionOptions) -> str:
+    """The session's options in one line, as onnxruntime logs them (INFO) when a session is created."""
+    fields = " ".join(f"{field}:{_shown(getattr(options, field))}" for field in (
+        "execution_mode", "execution_order", "enable_profiling", "optimized_model_filepath", "enable_mem_pattern",
+        "enable_mem_reuse", "enable_cpu_mem_arena", "profile_file_prefix", "logid", "log_severity_level",
+        "log_verbosity_level", "graph_optimization_level", "intra_op_num_threads", "inter_op_num_threads",
+        "use_per_session_threads", "use_deterministic_compute"))
+    config = " ".join(f"{key}:{value}" for key, value in options._config.items())
+    return f"Session Options {{ {fields} config_options: {{ {config} }} }}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, bool):
+        return str(int(value))
+    return f'"{value}"' if value == "" else str(value)
+
+
+def ignored_options(options: SessionOptions) -> list[str]:
+    """Warnings for options a user set that onyxrt cannot honour (it runs nodes one at a time)."""
+    ignored = []
+    if options.execution_mode == ExecutionMode.ORT_PARALLEL:
+        ignored.append("execution_mode ORT_PARALLEL is ignored: onyxrt runs the graph's nodes sequentially "
+                       "(intra_op_num_threads parallelizes within nodes)")
+    if options.inter_op_num_threads > 1:
+        ignored.append(f"inter_op_num_threads={options.inter_op_num_threads} is ignored: onyxrt has no inter-op "
+                       "thread pool (it runs the graph's nodes sequentially)")
+    return ignored

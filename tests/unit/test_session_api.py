@@ -229,7 +229,7 @@ def test_session_options_fields_and_config_entries():
     options.log_severity_level = 3
     options.add_session_config_entry("session.load_model_format", "ONNX")
     assert options.get_session_config_entry("session.load_model_format") == "ONNX"
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(RuntimeError, match="does not have configuration with key: missing.key"):  # onnxruntime's class
         options.get_session_config_entry("missing.key")
 
 

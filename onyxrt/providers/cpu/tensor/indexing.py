@@ -8,7 +8,7 @@ import numpy as np
 from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
-from ....errors import NodeIndexError, NodeInputError
+from ....errors import NodeIndexError, NodeIndexOutOfRange, NodeInputError
 
 
 def _fix_indices(indices: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -38,14 +38,25 @@ def gather(data, indices, *, axis=0):
         i = int(idx)
         dim = data.shape[axis]
         if not -dim <= i < dim:
-            raise NodeIndexError(f"Gather: index {i} is out of bounds for axis {axis} with size {dim}")
+            raise _gather_out_of_range(i, dim)
         # basic indexing: a view
         return data[(slice(None),) * axis + (i,)]
     # np.take accepts negative indices and checks the range itself (no extra pass on the hot path)
     try:
         return np.take(data, idx, axis=axis)
-    except IndexError as exc:
-        raise NodeIndexError(f"Gather: {exc} (data shape {list(data.shape)}, axis {axis})") from None
+    except IndexError:
+        dim = data.shape[axis]
+        bad = idx.ravel()[(idx.ravel() < -dim) | (idx.ravel() >= dim)]
+        if not bad.size:
+            raise
+        raise _gather_out_of_range(int(bad[0]), dim) from None
+
+
+def _gather_out_of_range(index: int, dim: int) -> NodeIndexOutOfRange:
+    """onnxruntime's INVALID_ARGUMENT for a Gather index outside ``[-dim, dim - 1]``, in its words."""
+    return NodeIndexOutOfRange(
+        f"indices element out of data bounds, idx={index} must be within the inclusive range [{-dim},{dim - 1}]"
+    )
 
 
 def _element_index(indices: np.ndarray, axis: int, data_shape: tuple[int, ...], what: str) -> tuple:
