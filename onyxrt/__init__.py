@@ -5,6 +5,9 @@
     outputs = session.run(None, {"input": array})
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from .drop_in import install_as_onnxruntime
 from .errors import (
     EngineError,
@@ -34,6 +37,8 @@ from .session.session_options import (
     RunOptions,
     SessionOptions,
 )
+from .session.session_options import int32_argument
+from .framework import logging as _logging
 from .version import __version__
 
 
@@ -61,11 +66,25 @@ def get_all_providers() -> list[str]:
 
 
 def set_default_logger_severity(severity: int) -> None:
-    """Accepted for compatibility; onyxrt reports problems through exceptions and warnings."""
+    """Set the default logger's severity: 0 VERBOSE, 1 INFO, 2 WARNING (the default), 3 ERROR, 4 FATAL.
+
+    Sessions created afterwards with ``log_severity_level`` -1 log at it too (``framework/logging.py``).
+    """
+    _logging.set_default_severity(int32_argument("set_default_logger_severity", "severity", severity))
 
 
 def set_default_logger_verbosity(verbosity: int) -> None:
-    """Accepted for compatibility; onyxrt reports problems through exceptions and warnings."""
+    """Set the default verbosity (kept: no onyxrt log line is verbosity-gated, as in onnxruntime's release builds)."""
+    _logging.set_default_verbosity(int32_argument("set_default_logger_verbosity", "verbosity", verbosity))
+
+
+def set_default_logger_callback(callback: Callable[[int, str, str, str, str], Any] | None, severity: int = 2) -> None:
+    """Send log lines to ``callback(severity, category, logid, code_location, message)`` instead of stderr.
+
+    Installing a callback sets the default severity to ``severity``; ``None`` restores stderr
+    (``severity`` is then checked but not applied), as onnxruntime's function does.
+    """
+    _logging.set_callback(callback, int32_argument("set_default_logger_callback", "severity", severity))
 
 
 def disable_telemetry_events() -> None:
@@ -88,6 +107,7 @@ __all__ = [
     "InferenceSession", "InvalidArgument", "InvalidGraph", "InvalidProtobuf", "ModelLoaded", "ModelMetadata",
     "NoModel", "NoSuchFile", "NodeArg", "NotImplemented", "OnyxRuntimeError", "OrtAllocatorType", "OrtMemType",
     "OrtValue", "RunOptions", "RuntimeException", "SessionOptions", "__version__", "get_all_providers",
-    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_build_info", "get_device", "get_version_string", "install_as_onnxruntime", "set_default_logger_severity", "set_default_logger_verbosity",
+    "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_build_info", "get_device", "get_version_string", "install_as_onnxruntime", "set_default_logger_callback", "set_default_logger_severity",
+    "set_default_logger_verbosity",
     "set_seed",
 ]

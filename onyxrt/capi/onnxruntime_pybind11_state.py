@@ -25,3 +25,8 @@ from ..session.session_options import (  # noqa: F401
     RunOptions,
     SessionOptions,
 )
+from .. import (  # noqa: F401, E402 - onyxrt is initialized before any of its submodules
+    set_default_logger_callback,
+    set_default_logger_severity,
+    set_default_logger_verbosity,
+)

@@ -46,10 +46,7 @@ _in_callback = threading.local()  # a message logged by the callback itself goes
 
 def _checked_severity(severity: int) -> int:
     if not 0 <= severity <= FATAL:
-        raise RuntimeError(
-            f"severity >= 0 && severity <= 4 was false. Invalid logging severity ({severity}). "
-            "0:Verbose, 1:Info, 2:Warning, 3:Error, 4:Fatal"
-        )
+        raise RuntimeError(f"Invalid logging severity: {severity}. 0:Verbose, 1:Info, 2:Warning, 3:Error, 4:Fatal")
     return severity
 
 
@@ -79,7 +76,7 @@ def set_callback(callback: LogCallback | None, severity: int = WARNING) -> None:
     global _callback
     _checked_severity(severity)
     if callback is not None and not callable(callback):
-        raise RuntimeError("PyCallable_Check(callback.ptr()) was false. callback must be a callable")
+        raise RuntimeError(f"callback must be a callable or None, got {type(callback).__name__}")
     with _lock:
         _callback = callback
         if callback is not None:
@@ -164,11 +161,8 @@ def session_logger(logid: str, severity: int, verbosity: int = 0) -> Logger:
     if severity == -1:
         severity = _default_severity
     elif not 0 <= severity <= FATAL:
-        raise RuntimeError(
-            "session_options.session_log_severity_level >= 0 && session_options.session_log_severity_level <= "
-            f"static_cast<int>(logging::Severity::kFATAL) was false. Invalid session log severity level. "
-            f"Not a valid onnxruntime::logging::Severity value: {severity}"
-        )
+        raise RuntimeError(f"Invalid session log severity level: {severity} "
+                           "(SessionOptions.log_severity_level must be -1, the default, or 0..4)")
     return Logger(logid, severity, verbosity)
 
 
@@ -179,5 +173,6 @@ def run_logger(session: Logger, logid: str, severity: int, verbosity: int = 0) -
     if severity == -1:
         severity = session.severity
     elif not 0 <= severity <= FATAL:
-        raise Fail(f"Invalid run log severity level. Not a valid onnxruntime::logging::Severity value: {severity}")
+        raise Fail(f"Invalid run log severity level: {severity} "
+                   "(RunOptions.log_severity_level must be -1, the session's, or 0..4)")
     return Logger(":".join(part for part in (session.logid, logid) if part), severity, verbosity)

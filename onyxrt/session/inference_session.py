@@ -394,7 +394,11 @@ class InferenceSession:
         return IOBinding(self)
 
     def run_with_iobinding(self, iobinding: IOBinding, run_options: RunOptions | None = None) -> None:
-        iobinding._run(run_options)
+        """Run with the binding's inputs and outputs; any failure is a RuntimeError, as in onnxruntime."""
+        try:
+            iobinding._run(run_options)
+        except OnyxRuntimeError as error:
+            raise RuntimeError(f"Error in execution: {error.message}") from error
 
     def _run_bound(self, input_feed: dict[str, Any], output_names: Sequence[str], targets: Sequence[BoundOutput],
                    run_options: RunOptions | None) -> list[Any]:

@@ -33,7 +33,16 @@ class IOBinding:
         self._results: list[OrtValue] = []
 
     def bind_cpu_input(self, name: str, arr_on_cpu: np.ndarray) -> None:
+        """Bind the host array ``arr_on_cpu`` to input ``name`` (checked here, as onnxruntime does)."""
+        self._check_input_name(name, "Failed to find NodeArg with name: {name} in the def list")
+        if not isinstance(arr_on_cpu, np.ndarray):
+            raise RuntimeError(f"Unable to create OrtValue from the given python object: bind_cpu_input('{name}') "
+                               f"takes a numpy array, got {type(arr_on_cpu).__name__}")
         self._inputs[name] = arr_on_cpu
+
+    def _check_input_name(self, name: str, message: str) -> None:
+        if name not in self._session._input_specs:
+            raise RuntimeError(message.format(name=name))
 
     def bind_input(self, name: str, device_type: str, device_id: int, element_type: Any,
                    shape: Sequence[int], buffer_ptr: int) -> None:
@@ -42,6 +51,7 @@ class IOBinding:
         self._inputs[name] = data_transfer_for(device).from_pointer(buffer_ptr, shape, as_dtype(element_type))
 
     def bind_ortvalue_input(self, name: str, ortvalue: OrtValue) -> None:
+        self._check_input_name(name, "Error when binding input: Failed to find input name in the mapping: {name}")
         self._inputs[name] = ortvalue.value
 
     def bind_output(self, name: str, device_type: str = "cpu", device_id: int = 0, element_type: Any = None,

@@ -48,8 +48,8 @@ class OrtMemType(enum.IntEnum):
     DEFAULT = 0
 
 
-def _int32(owner: str, name: str, value: Any) -> int:
-    """``value`` as onnxruntime's int fields take it: ints, bools and numpy numbers, not floats or strings."""
+def int32_argument(owner: str, name: str, value: Any) -> int:
+    """``value`` as onnxruntime's int arguments take it: ints, bools and numpy numbers, not floats or strings."""
     if not isinstance(value, (float, str, bytes)):
         try:
             number = operator.index(value)
@@ -132,15 +132,15 @@ class SessionOptions:
                  "_free_dimension_overrides_by_denotation", "_initializers", "_load_cancelled", "__weakref__")
 
     graph_optimization_level = _Field(_member_of(GraphOptimizationLevel), GraphOptimizationLevel.ORT_ENABLE_ALL)
-    intra_op_num_threads = _Field(_int32, 0)
-    inter_op_num_threads = _Field(_int32, 0)
+    intra_op_num_threads = _Field(int32_argument, 0)
+    inter_op_num_threads = _Field(int32_argument, 0)
     execution_mode = _Field(_member_of(ExecutionMode), ExecutionMode.ORT_SEQUENTIAL)
     execution_order = _Field(_member_of(ExecutionOrder), ExecutionOrder.DEFAULT)
     optimized_model_filepath = _Field(_text, "")
     enable_profiling = _Field(_flag, False)
     profile_file_prefix = _Field(_text, "onnxruntime_profile_")
-    log_severity_level = _Field(_int32, -1)
-    log_verbosity_level = _Field(_int32, 0)
+    log_severity_level = _Field(int32_argument, -1)
+    log_verbosity_level = _Field(int32_argument, 0)
     logid = _Field(_text, "")
     enable_cpu_mem_arena = _Field(_flag, True)
     enable_mem_pattern = _Field(_flag, True)
@@ -221,8 +221,8 @@ class RunOptions:
 
     __slots__ = ("_values", "_config", "__weakref__")
 
-    log_severity_level = _Field(_int32, -1)
-    log_verbosity_level = _Field(_int32, 0)
+    log_severity_level = _Field(int32_argument, -1)
+    log_verbosity_level = _Field(int32_argument, 0)
     logid = _Field(_text, "")
     terminate = _Field(_flag, False)
     only_execute_path_to_fetches = _Field(_flag, False)

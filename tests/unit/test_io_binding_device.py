@@ -158,7 +158,7 @@ def test_a_bound_buffer_of_the_wrong_shape_is_rejected(transfer):
     binding = session.io_binding()
     binding.bind_cpu_input("x", X)
     binding.bind_ortvalue_output("y", ort.OrtValue.ortvalue_from_shape_and_type([2, 2], np.float32, DEVICE_TYPE, 0))
-    with pytest.raises(ort.OnyxRuntimeError, match="bound output buffer"):
+    with pytest.raises(RuntimeError, match="Error in execution: .*bound output buffer"):  # onnxruntime's class
         session.run_with_iobinding(binding)
 
 
@@ -177,7 +177,7 @@ def test_ort_value_on_the_device(transfer):
     assert value.data_ptr() != X.ctypes.data  # a copy, in the device's memory
     value.update_inplace(np.zeros_like(X))
     np.testing.assert_array_equal(value.numpy(), np.zeros_like(X))
-    with pytest.raises(ort.OnyxRuntimeError, match="Unsupported device type 'nodevice'"):
+    with pytest.raises(Exception, match="Unsupported device type: nodevice"):  # onnxruntime's bare Exception
         ort.OrtValue.ortvalue_from_numpy(X, "nodevice", 0)
 
 
