@@ -129,7 +129,8 @@ class SessionOptions:
     """
 
     __slots__ = ("_values", "_config", "_free_dimension_overrides_by_name",
-                 "_free_dimension_overrides_by_denotation", "_initializers", "_load_cancelled", "__weakref__")
+                 "_free_dimension_overrides_by_denotation", "_initializers", "_load_cancelled",
+                 "_external_initializers", "_external_files", "__weakref__")
 
     graph_optimization_level = _Field(_member_of(GraphOptimizationLevel), GraphOptimizationLevel.ORT_ENABLE_ALL)
     intra_op_num_threads = _Field(int32_argument, 0)
@@ -155,6 +156,8 @@ class SessionOptions:
         self._free_dimension_overrides_by_denotation: dict[str, int] = {}
         self._initializers: dict[str, object] = {}
         self._load_cancelled = False
+        self._external_initializers: dict[str, OrtValue] = {}
+        self._external_files: dict[str, tuple[memoryview, int]] = {}
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError(f"cannot pickle '{type(self).__name__}' object")  # as onnxruntime's (a native object)
@@ -189,19 +192,55 @@ class SessionOptions:
                                f"got {type(val).__name__}")
         self._initializers[name] = val
 
-    def add_external_initializers(self, names: Sequence[str], ort_values: Sequence[OrtValue]) -> None:
-        """``add_initializer`` for each name and OrtValue."""
+    def add_external_initializers(self, names: list[str], ort_values: list[OrtValue]) -> None:
+        """Supply the data of initializers the model stores as external data, as OrtValues (lists).
+
+        At session creation each named initializer must exist and be external, with the same
+        shape and type (FAIL otherwise, as in onnxruntime); its file is then not read.
+        """
+        if not isinstance(names, list) or not isinstance(ort_values, list):
+            raise TypeError("add_external_initializers(names: list, ort_values: list)")
         if len(names) != len(ort_values):
-            raise RuntimeError(f"add_external_initializers: {len(names)} names for {len(ort_values)} values")
-        for name, value in zip(names, ort_values):
-            self.add_initializer(name, value)
+            raise RuntimeError("Expecting names and ort_values lists to have equal length")
+        values = [value._ortvalue for value in ort_values]  # AttributeError for a non-OrtValue, as there
+        for name, value in zip(names, values):
+            name = _text("SessionOptions", "name", name)
+            if name in self._external_initializers:
+                raise RuntimeError(f"An OrtValue for this name has already been added: {name}")
+            self._external_initializers[name] = value
+
+    def add_external_initializers_from_files_in_memory(self, names: Sequence[str], buffers: Sequence[Any],
+                                                        lengths: Sequence[int]) -> None:
+        """Supply the contents of external data files (by the name the model's locations use) from memory.
+
+        ``buffers`` are bytes-like objects; ``lengths`` their sizes. With any file given, every
+        external tensor of the model must be found among them at session creation.
+        """
+        from .external_initializers import file_key
+
+        names, buffers, lengths = list(names), list(buffers), list(lengths)
+        if not all(isinstance(n, str) for n in names) or isinstance(buffers, (str, bytes)) \
+                or any(isinstance(b, str) for b in buffers):
+            raise TypeError("add_external_initializers_from_files_in_memory(names: Sequence[str], "
+                            "buffers: Sequence[Buffer], lengths: Sequence[int])")
+        views = [memoryview(buffer).cast("B") for buffer in buffers]
+        sizes = [operator.index(length) for length in lengths]
+        if not len(names) == len(views) == len(sizes):
+            raise RuntimeError("add_external_initializers_from_files_in_memory: names, buffers and lengths "
+                               "must have the same length")
+        for name, view, size in zip(names, views, sizes):
+            key = file_key(name)
+            if key in self._external_files:
+                raise RuntimeError(f"An entry for this name has already been added: {name}")
+            self._external_files[key] = (view, size)
 
     def has_providers(self) -> bool:
         """False: onyxrt takes providers from InferenceSession's ``providers`` argument only."""
         return False
 
-    def set_load_cancellation_flag(self, value: bool) -> None:
-        """Kept for onnxruntime's API: onyxrt loads a model in the constructor's thread, which nothing cancels."""
+    def set_load_cancellation_flag(self, value: bool, /) -> None:
+        """Cancel (True) the creation of sessions with these options: one in progress on another thread
+        stops at its next stage with MODEL_LOAD_CANCELED, later ones fail at once."""
         self._load_cancelled = _flag("SessionOptions", "load_cancellation_flag", value)
 
     def register_custom_ops_library(self, library_path: str) -> None:
