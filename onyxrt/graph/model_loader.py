@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import onnx
 import onnx.inliner  # a submodule: "import onnx" alone does not load it
@@ -268,13 +268,21 @@ def _has_full_shape(type_proto: onnx.TypeProto) -> bool:
     return type_proto.HasField("tensor_type") and type_proto.tensor_type.HasField("shape")
 
 
-def load_model(source: ModelSource) -> ir.Model:
-    """Read, validate, inline and type a model; returns it as an ``onnx_ir.Model`` in topological order."""
+def load_model(source: ModelSource, prepare: Callable[[onnx.ModelProto], None] | None = None) -> ir.Model:
+    """Read, validate, inline and type a model; returns it as an ``onnx_ir.Model`` in topological order.
+
+    ``prepare`` may change the proto first (a copy when ``source`` is the caller's proto), e.g. to
+    put in external data the caller supplies from memory.
+    """
     proto, base_dir = read_model_proto(source)
     if not proto.HasField("graph"):
         raise InvalidArgument("No graph was found in the protobuf.")  # onnxruntime's class and words
+    if prepare is not None:
+        if isinstance(source, onnx.ModelProto) and proto is source:
+            proto = _copy(proto)
+        prepare(proto)
     check_external_data_locations(proto, base_dir)
-    size = _serialized_size(source, proto)
+    size = _serialized_size(source, proto) if prepare is None else max(_serialized_size(source, proto), proto.ByteSize())
     validate_model(proto, size)  # before native inlining/inference, which may crash on malformed graphs
     if isinstance(source, onnx.ModelProto) and proto is source:
         proto = _copy(proto)  # inference adds value_info; never mutate the caller's proto

@@ -23,7 +23,6 @@ from ..framework.execution_plan import ProfiledStep, build_plan
 from ..framework.device import BoundOutput, device_of
 from ..framework.memcpy import insert_copies
 from ..framework.partitioner import PROVIDER_KEY, partition, rewrites_graph
-from ..framework.thread_pool import ThreadPool
 from ..graph.autodiff import expand_gradient_nodes
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_loader import ModelSource, load_model

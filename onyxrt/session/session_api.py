@@ -6,14 +6,17 @@ session's construction and ``run`` path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..errors import Fail, InvalidArgument
+import onnx
+
+from ..errors import Fail, InvalidArgument, ModelLoadCanceled
 from ..framework.device import HOST, BoundOutput, Device, data_transfer_for
 from ..framework.memcpy import value_device
 from ..framework.partitioner import FUSED_GROUP
 from ..providers.base import PROVIDER_KEY
 from .device import NativeOrtDevice, OrtMemoryInfo, device_of_native
+from .external_initializers import inject_external_data
 from .ort_value import OrtValue
 from .ort_value_vector import OrtValueVector
 from .session_options import OrtAllocatorType, RunOptions
@@ -190,3 +193,18 @@ def _served_or_host(device: Device) -> Device:
     except InvalidArgument:
         return HOST
     return device
+
+
+def raise_if_load_cancelled(options: Any) -> None:
+    """MODEL_LOAD_CANCELED once ``options.set_load_cancellation_flag(True)`` was called (a session checks
+    between the stages of its creation, so another thread can cancel one in progress)."""
+    if options._load_cancelled:
+        raise ModelLoadCanceled("Model loading was canceled: SessionOptions.set_load_cancellation_flag(True)")
+
+
+def external_data_preparer(options: Any) -> Callable[[onnx.ModelProto], None] | None:
+    """What ``load_model`` calls on the proto to put the options' external initializers in (None: nothing to)."""
+    initializers, files = dict(options._external_initializers), dict(options._external_files)
+    if not initializers and not files:
+        return None
+    return lambda proto: inject_external_data(proto, initializers, files)
