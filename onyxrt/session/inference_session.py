@@ -32,6 +32,8 @@ from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto,
 from ..optimizer import optimize
 from ..providers.cpu import CPUExecutionProvider
 from .io_binding import IOBinding
+from .global_thread_pool import session_thread_pool
+from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
 from .providers import create_providers, normalize_providers
@@ -133,7 +135,7 @@ class _InputSpec:
                 )
 
 
-class InferenceSession:
+class InferenceSession(SessionApiMixin):
     """Loads a model once and runs it; the same constructor and methods as ``onnxruntime.InferenceSession``."""
 
     def __init__(
@@ -157,10 +159,7 @@ class InferenceSession:
         self._logger.info(options_summary(options))
         for message in ignored_options(options):
             self._logger.warning(message)
-        self._thread_pool = ThreadPool(
-            self._sess_options.intra_op_num_threads,
-            allow_spinning=self._sess_options._config.get("session.intra_op.allow_spinning", "1") != "0",
-        )
+        self._thread_pool = session_thread_pool(self._sess_options)  # its own, or the global pool
         if self._sess_options.enable_cpu_mem_arena:
             host_memory.hold_for(self)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)
@@ -173,7 +172,9 @@ class InferenceSession:
         self._providers = create_providers(normalized)
 
         loading_started = time.perf_counter_ns()
-        model = load_model(path_or_bytes)
+        raise_if_load_cancelled(options)
+        model = load_model(path_or_bytes, prepare=external_data_preparer(options))
+        raise_if_load_cancelled(options)
         initialization_started = time.perf_counter_ns()
         self._logger.info("Initializing session.")
         if self._profiling:
@@ -202,6 +203,7 @@ class InferenceSession:
         if self._sess_options.optimized_model_filepath:
             save_model(model, self._sess_options.optimized_model_filepath)
         self._model = model
+        raise_if_load_cancelled(options)
         self._plan = self._build_plan(self._providers)
         if self._profiling:
             self._record_session_event("session_initialization", initialization_started, time.perf_counter_ns())
