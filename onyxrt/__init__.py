@@ -38,6 +38,10 @@ from .session.session_options import (
     SessionOptions,
 )
 from .session.session_options import int32_argument
+from .session.device import OrtDevice, OrtDeviceMemoryType, OrtDeviceVendorId, OrtMemoryInfo, OrtMemoryInfoDeviceType
+from .session.global_thread_pool import set_global_thread_pool_sizes
+from .session.session_api import OrtEpAssignedNode, OrtEpAssignedSubgraph
+from .session.sparse_tensor import OrtSparseFormat, SparseTensor
 from .framework import logging as _logging
 from .version import __version__
 
@@ -60,9 +64,21 @@ def get_build_info() -> str:
     return f"onyxrt {__version__}, pure Python (numpy {numpy.__version__}, onnx {onnx.__version__})"
 
 
+# Every execution provider name onnxruntime 1.32 knows (its get_all_providers()), in its order.
+_ONNXRUNTIME_PROVIDER_NAMES = (
+    "TensorrtExecutionProvider", "CUDAExecutionProvider", "MIGraphXExecutionProvider", "OpenVINOExecutionProvider",
+    "DnnlExecutionProvider", "VitisAIExecutionProvider", "QNNExecutionProvider", "NnapiExecutionProvider",
+    "VSINPUExecutionProvider", "JsExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider",
+    "RknpuExecutionProvider", "WebNNExecutionProvider", "WebGpuExecutionProvider", "XnnpackExecutionProvider",
+    "CANNExecutionProvider", "AzureExecutionProvider", "CPUExecutionProvider",
+)
+
+
 def get_all_providers() -> list[str]:
-    """Every provider name onyxrt knows (the available ones)."""
-    return get_available_providers()
+    """Every provider name onnxruntime knows, whether or not this build has it (as onnxruntime's), with
+    providers registered with onyxrt under other names just before the CPU provider."""
+    extra = [name for name in get_available_providers() if name not in _ONNXRUNTIME_PROVIDER_NAMES]
+    return [*_ONNXRUNTIME_PROVIDER_NAMES[:-1], *extra, _ONNXRUNTIME_PROVIDER_NAMES[-1]]
 
 
 def set_default_logger_severity(severity: int) -> None:
@@ -110,4 +126,6 @@ __all__ = [
     "disable_telemetry_events", "enable_telemetry_events", "get_available_providers", "get_build_info", "get_device", "get_version_string", "install_as_onnxruntime", "set_default_logger_callback", "set_default_logger_severity",
     "set_default_logger_verbosity",
     "set_seed",
+    "OrtDevice", "OrtDeviceMemoryType", "OrtDeviceVendorId", "OrtEpAssignedNode", "OrtEpAssignedSubgraph",
+    "OrtMemoryInfo", "OrtMemoryInfoDeviceType", "OrtSparseFormat", "SparseTensor", "set_global_thread_pool_sizes",
 ]

@@ -19,6 +19,7 @@ from .ort_value import OrtValue, as_dtype
 
 if TYPE_CHECKING:
     from .inference_session import InferenceSession
+    from .ort_value_vector import OrtValueVector
     from .session_options import RunOptions
 
 
@@ -89,6 +90,12 @@ class IOBinding:
     def get_outputs(self) -> list[OrtValue]:
         """The outputs of the last run, in binding order, on their bound devices."""
         return list(self._results)
+
+    def get_outputs_as_ortvaluevector(self) -> OrtValueVector:
+        """The outputs of the last run as an OrtValueVector (empty before any run)."""
+        from .ort_value_vector import OrtValueVector
+
+        return OrtValueVector(self._results)
 
     def copy_outputs_to_cpu(self) -> list[Any]:
         """Host copies of the last run's outputs."""
