@@ -34,6 +34,8 @@ from ..providers.cpu import CPUExecutionProvider
 from .io_binding import IOBinding
 from .global_thread_pool import session_thread_pool
 from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
+from .global_thread_pool import session_thread_pool
+from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
 from .providers import create_providers, normalize_providers
@@ -153,7 +155,8 @@ class InferenceSession(SessionApiMixin):
         self._logger = logging.session_logger(options.logid, options.log_severity_level, options.log_verbosity_level)
         # the profiler's clock starts with the session, as onnxruntime's: event times are microseconds after it
         self._profiling = bool(options.enable_profiling)
-        self._profile_start_ns, self._profile_origin_ns = time.time_ns(), time.perf_counter_ns()
+        self._profile_start_ns = time.time_ns() if self._profiling else 0  # 0: never profiled, as onnxruntime
+        self._profile_origin_ns = time.perf_counter_ns()
         self._profile_events: list[dict[str, Any]] = []
         self._profile_lock = threading.Lock()
         self._logger.info(options_summary(options))
@@ -508,4 +511,5 @@ class InferenceSession(SessionApiMixin):
         return path
 
     def get_profiling_start_time_ns(self) -> int:
+        """When profiling started (ns since the epoch), kept after ``end_profiling``; 0 if it never did."""
         return self._profile_start_ns
