@@ -34,8 +34,6 @@ from ..providers.cpu import CPUExecutionProvider
 from .io_binding import IOBinding
 from .global_thread_pool import session_thread_pool
 from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
-from .global_thread_pool import session_thread_pool
-from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
 from .providers import create_providers, normalize_providers
