@@ -157,7 +157,8 @@ class InferenceSession(SessionApiMixin):
         self._profile_origin_ns = time.perf_counter_ns()
         self._profile_events: list[dict[str, Any]] = []
         self._profile_lock = threading.Lock()
-        self._logger.info(options_summary(options))
+        if self._logger.enabled(logging.INFO):
+            self._logger.info(options_summary(options))
         for message in ignored_options(options):
             self._logger.warning(message)
         self._thread_pool = session_thread_pool(self._sess_options)  # its own, or the global pool
@@ -347,7 +348,8 @@ class InferenceSession(SessionApiMixin):
         if run_options is not None:
             logger = logging.run_logger(logger, run_options.logid, run_options.log_severity_level,
                                         run_options.log_verbosity_level) or logger
-            self._logger.info(f"Running with tag: {run_options.logid}")
+            if self._logger.enabled(logging.INFO):
+                self._logger.info(f"Running with tag: {run_options.logid}")
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
         # kernels see run_options (terminate) through framework.run_context.check_terminate
         try:

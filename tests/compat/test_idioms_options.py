@@ -533,3 +533,11 @@ def test_onyxrt_refuses_a_negative_thread_count_when_the_session_is_created():
     with pytest.raises(onyxrt.InvalidArgument, match="intra_op_num_threads must be a non-negative integer"):
         session(onyxrt, LINEAR, intra_op_num_threads=-1)
     session(onnxruntime, LINEAR, intra_op_num_threads=-1)  # onnxruntime takes it
+
+
+def test_enums_compare_with_their_values_and_onyxrt_s_also_order():
+    assert_same(lambda ort: (ort.GraphOptimizationLevel.ORT_ENABLE_ALL == 99, int(ort.ExecutionMode.ORT_PARALLEL),
+                             ort.GraphOptimizationLevel(1).name, list(ort.ExecutionOrder.__members__)))
+    assert onyxrt.GraphOptimizationLevel.ORT_ENABLE_BASIC < onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with pytest.raises(TypeError):
+        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC < onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL  # noqa: B015
