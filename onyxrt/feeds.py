@@ -35,7 +35,9 @@ _VALUE_PRESERVING = {
     "Slice", "Tile", "Concat", "Split", "Gather", "GatherElements", "Clip", "Max", "Min",
 }
 # Index consumers: op type -> (index input position, data input position).
-_INDEX_CONSUMERS = {"Gather": (1, 0), "GatherElements": (1, 0), "GatherND": (1, 0)}
+_INDEX_CONSUMERS = {"Gather": (1, 0), "GatherElements": (1, 0), "GatherND": (1, 0), "Scatter": (1, 0),
+                    "ScatterElements": (1, 0), "ScatterND": (1, 0), "SoftmaxCrossEntropyLoss": (1, 0),
+                    "NegativeLogLikelihoodLoss": (1, 0), "ArrayFeatureExtractor": (1, 0)}
 # com.microsoft EmbedLayerNormalization: input_ids -> word table, segment_ids -> segment table, position_ids -> position table.
 _EMBED_LAYER_NORM_TABLES = {0: 2, 1: 4, 7: 3}
 
@@ -134,7 +136,7 @@ def make_feeds(model: onnx.ModelProto, shapes: Shapes, seed: int = 0, skip: set[
         shape = concrete[arg.name]
         if arg.name in operands and shape is not None and _tensor_type(arg.type) is not None:
             dtype = _safe_dtype(arg.type.tensor_type.elem_type)
-            if np.issubdtype(dtype, np.integer):
+            if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating):
                 feeds[arg.name] = operands[arg.name](shape).astype(dtype)
                 continue
         feeds[arg.name] = _value(arg.name, arg.type, shape, shapes, limits.get(arg.name), rng)
@@ -142,30 +144,76 @@ def make_feeds(model: onnx.ModelProto, shapes: Shapes, seed: int = 0, skip: set[
 
 
 def _shape_operands(model: onnx.ModelProto, known_shapes: dict[str, list[int | None]]) -> dict[str, Any]:
-    """Fed inputs that are the shape-like operand of an op -> a maker of a value valid for any data.
+    """Fed inputs that are an op's operand (not its data) -> a maker of a value valid for any data.
 
-    Expand's shape, Tile's repeats and ConstantOfShape's shape as ones (a no-op broadcast);
-    Reshape's shape as ``[-1, 1, ...]``; Split's and SplitToSequence's split as parts that
-    add up to the split dim.
+    Found by the op schema's name for the input: axes in range (Squeeze's on dims of size 1),
+    whole-tensor Slice starts/ends/steps, unit scales/repeats/K, zero pads, a Reshape to
+    ``[-1, 1, ...]``, split lengths that add up to the split dim, ratios and thresholds of 0.5.
     """
     fed = {arg.name for arg in graph_inputs(model)}
+    opsets = {opset.domain or "": opset.version for opset in model.opset_import}
     operands: dict[str, Any] = {}
     for node in model.graph.node:
-        if node.domain not in ("", "ai.onnx"):
-            continue
-        if node.op_type in ("Expand", "Tile") and len(node.input) > 1 and node.input[1] in fed:
-            operands[node.input[1]] = lambda shape: np.ones(shape)
-        elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in fed:
-            operands[node.input[0]] = lambda shape: np.ones(shape)
-        elif node.op_type == "Reshape" and len(node.input) > 1 and node.input[1] in fed:
-            operands[node.input[1]] = lambda shape: np.array([-1] + [1] * (int(np.prod(shape)) - 1)).reshape(shape)
-        elif node.op_type in ("Split", "SplitToSequence") and len(node.input) > 1 and node.input[1] in fed:
-            dims = known_shapes.get(node.input[0]) or []
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-            size = dims[axis] if -len(dims) <= axis < len(dims) and isinstance(dims[axis], int) else None
-            if size is not None:
-                operands[node.input[1]] = lambda shape, size=size: _parts(size, shape)
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        formal = _formal_input_names(node.op_type, domain, opsets.get(domain, 1))
+        for position, name in enumerate(node.input):
+            if name in fed and name not in operands and formal:
+                maker = _operand_maker(node, formal[min(position, len(formal) - 1)], known_shapes)
+                if maker is not None:
+                    operands[name] = maker
     return operands
+
+
+def _formal_input_names(op_type: str, domain: str, version: int) -> list[str]:
+    try:
+        return [formal.name for formal in onnx.defs.get_schema(op_type, version, domain).inputs]
+    except onnx.defs.SchemaError:
+        return []
+
+
+def _operand_maker(node: onnx.NodeProto, formal: str, known_shapes: dict[str, list[int | None]]):
+    """How to make input ``formal`` of ``node`` valid whatever the data, or None when any value does."""
+    op = node.op_type
+    data = known_shapes.get(node.input[0]) if node.input else None
+    rank = len(data) if data is not None else None
+    if op in ("Expand", "ConstantOfShape") or formal in ("repeats", "scales", "K", "steps", "sequence_lens"):
+        return lambda shape: np.ones(shape)
+    if op == "Reshape" and formal == "shape":
+        return lambda shape: np.array([-1] + [1] * (int(np.prod(shape)) - 1)).reshape(shape)
+    if op in ("Split", "SplitToSequence") and formal == "split":
+        axis = _attribute(node, "axis", 0)
+        if data and -len(data) <= axis < len(data) and isinstance(data[axis], int):
+            return lambda shape, size=data[axis]: _parts(size, shape)
+        return None
+    if formal == "axes":
+        if op == "Squeeze" and data is not None:
+            ones = [axis for axis, size in enumerate(data) if size == 1]
+            return lambda shape: np.array((ones * int(np.prod(shape)))[:int(np.prod(shape))]).reshape(shape)
+        return lambda shape: np.arange(int(np.prod(shape))).reshape(shape)
+    if formal == "axis":  # CumSum's and DFT's: 1 is inside every rank they take and not DFT's complex axis
+        return lambda shape: np.full(shape, 1 if op == "DFT" or (rank or 0) > 1 else 0)
+    if formal in ("starts", "pads", "batch_indices", "write_indices", "score_threshold"):
+        return lambda shape: np.zeros(shape)
+    if formal == "ends":
+        return lambda shape: np.full(shape, np.iinfo(np.int32).max)
+    if formal == "roi":  # begins at 0, ends at 1: the whole image
+        return lambda shape: np.concatenate([np.zeros(int(np.prod(shape)) // 2), np.ones(int(np.prod(shape)) - int(np.prod(shape)) // 2)]).reshape(shape)
+    if formal in ("ratio", "iou_threshold"):
+        return lambda shape: np.full(shape, 0.5)
+    if formal == "depth":
+        return lambda shape: np.full(shape, DEFAULT_INTEGER_LIMIT)
+    if op == "Col2Im" and formal == "block_shape":
+        return lambda shape: np.ones(shape)
+    if op == "Col2Im" and formal == "image_shape" and data and len(data) == 3 and isinstance(data[2], int):
+        # unit blocks: there are as many blocks as image positions, all along the first image dim
+        return lambda shape: np.array([data[2]] + [1] * (int(np.prod(shape)) - 1)).reshape(shape)
+    if op == "AffineGrid" and formal == "size" and data:  # N from theta, then unit spatial sizes
+        return lambda shape: np.array([data[0] or 1] + [1] * (int(np.prod(shape)) - 1)).reshape(shape)
+    return None
+
+
+def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def _parts(total: int, shape: list[int]) -> np.ndarray:
@@ -277,6 +325,8 @@ def _limits_from(model: onnx.ModelProto, known_shapes: dict[str, list[int | None
                     continue
                 if node.op_type in _VALUE_PRESERVING and (node.op_type not in _INDEX_CONSUMERS or position == 0):
                     queue.extend((output, offset) for output in node.output if output)
+                elif node.op_type == "Where" and position > 0:  # picks values of either branch
+                    queue.append((node.output[0], offset))
                 elif node.op_type in ("Add", "Sub") and len(node.input) == 2:
                     other = node.input[1 - position]
                     shift = _constant_extreme(constants.get(other), maximum=node.op_type == "Add")
@@ -323,27 +373,31 @@ def _indexed_size(node: onnx.NodeProto, position: int, shapes: dict[str, list[in
         if table is None or table >= len(node.input):
             return None
         dims = shapes.get(node.input[table])
-        return dims[0] if dims and isinstance(dims[0], int) else None
-    if node.domain not in ("", "ai.onnx") or node.op_type not in _INDEX_CONSUMERS:
+        return dims[0] if dims and isinstance(dims[0], int) else 1
+    if node.domain not in ("", "ai.onnx", "ai.onnx.ml") or node.op_type not in _INDEX_CONSUMERS:
         return None
     index_position, data_position = _INDEX_CONSUMERS[node.op_type]
     if position != index_position:
         return None
     dims = shapes.get(node.input[data_position])
     if not dims:
-        return None
-    if node.op_type == "GatherND":
+        return 1  # an index into something of unknown size: only 0 is sure to be inside it
+    if node.op_type in ("SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"):  # class ids along dim 1
+        return dims[1] if len(dims) > 1 and isinstance(dims[1], int) else 1
+    if node.op_type == "ArrayFeatureExtractor":  # positions along the last dim
+        return dims[-1] if isinstance(dims[-1], int) else 1
+    if node.op_type in ("GatherND", "ScatterND"):
         # Each index row addresses data dims batch_dims.. batch_dims+k: bounded by the smallest of them.
         batch_dims = next((a.i for a in node.attribute if a.name == "batch_dims"), 0)
         indices = shapes.get(node.input[index_position])
         depth = indices[-1] if indices and isinstance(indices[-1], int) else len(dims) - batch_dims
         sizes = dims[batch_dims:batch_dims + depth]
-        return min(sizes) if sizes and all(isinstance(s, int) for s in sizes) else None
+        return min(sizes) if sizes and all(isinstance(s, int) for s in sizes) else 1
     axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
     if not -len(dims) <= axis < len(dims):
-        return None
+        return 1
     size = dims[axis]
-    return size if isinstance(size, int) else None
+    return size if isinstance(size, int) else 1
 
 
 def _known_shapes(model: onnx.ModelProto, concrete: dict[str, list[int] | None]) -> dict[str, list[int | None]]:
