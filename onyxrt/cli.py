@@ -426,14 +426,13 @@ def _run_samples(args: argparse.Namespace, onnxruntime, save_folder: Path | None
     samples = _samples()
     model_path = samples.model_path()
     cases = samples.load_samples()
-    print(f"No model given: running onyxrt's bundled sample model {model_path.name} "
-          f"(a digit classifier, {model_path}) on its {len(cases)} samples")
+    print(f"No model given: onyxrt's bundled digit classifier on its {len(cases)} sample images\nmodel: {model_path}")
     session = _session(str(model_path), args.optimization_level)
     output_names = [o.name for o in session.get_outputs()]
     probability_index = output_names.index(samples.OUTPUT_NAME) if samples.OUTPUT_NAME in output_names else 0
     reference = _reference_session(onnxruntime, str(model_path), args.optimization_level) if onnxruntime else None
     width = max(len(case.name) for case in cases)
-    print(f"{'sample':<{width}}  {'true':>5}  {'predicted':>9}  {'probability':>11}  {'max diff':>9}  check")
+    print(f"{'sample':<{width}}  {'true':>5}  {'predicted':>9}  {'probability':>11}  {'ort diff':>9}  check")
     failures = correct = 0
     compare_ok = True
     for index, case in enumerate(cases):
