@@ -32,6 +32,10 @@ class UsageError(Exception):
     """A bad command-line argument: reported as one ``onyxrt: error: ...`` line, exit code 2."""
 
 
+class ReferenceFailure(Exception):
+    """onnxruntime, run as the reference of ``--compare``, failed on the model: exit code 1."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line in onyxrt's format (exit code 2 as usual)."""
 
@@ -177,7 +181,21 @@ def _reference_session(onnxruntime, path_or_bytes: str | bytes, level: int):
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel(level)
     options.log_severity_level = 3  # onnxruntime's warnings (unused initializers ...) are not this report's business
-    return onnxruntime.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+    try:
+        return onnxruntime.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception classes
+        raise ReferenceFailure(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+
+
+def _reference_run(session, feeds: dict[str, Any]) -> list:
+    try:
+        return session.run(None, feeds)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception classes
+        raise ReferenceFailure(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _timed_runs(session: InferenceSession, feeds: dict[str, Any], warmup: int, repeat: int) -> tuple[list, list[float], list[float]]:
@@ -233,7 +251,7 @@ class _Difference:
         if got.dtype != want.dtype:
             self.note = f"dtype {got.dtype} vs {want.dtype}"
             return False
-        if got.dtype.kind not in "fiucb":
+        if got.dtype.kind not in "fiub":
             equal = bool(np.array_equal(got, want))
             self.note = "" if equal else "values differ"
             return equal
@@ -263,10 +281,16 @@ def _print_differences(differences: list[_Difference]) -> None:
               + (f"  ({d.note})" if d.note else ""))
 
 
+def _output_differences(reference, output_names: list[str], outputs: list, feeds: dict[str, Any],
+                        args: argparse.Namespace) -> list[_Difference]:
+    """onnxruntime's outputs for the same feeds against onyxrt's ``outputs``."""
+    want = _reference_run(reference, feeds)
+    return [_Difference(name, got, expected, args.rtol, args.atol) for name, got, expected in zip(output_names, outputs, want)]
+
+
 def _compare_outputs(reference, output_names: list[str], outputs: list, feeds: dict[str, Any], args: argparse.Namespace) -> bool:
     """onnxruntime's outputs for the same feeds against onyxrt's; prints a table, True when all pass."""
-    want = reference.run(None, feeds)
-    differences = [_Difference(name, got, expected, args.rtol, args.atol) for name, got, expected in zip(output_names, outputs, want)]
+    differences = _output_differences(reference, output_names, outputs, feeds, args)
     failed = [d for d in differences if not d.ok]
     _print_differences(differences)
     print(f"  {len(differences) - len(failed)} of {len(differences)} output(s) PASS" + (f", {len(failed)} FAIL" if failed else ""))
@@ -291,7 +315,7 @@ def _layerwise(model_path: Path, feeds: dict[str, Any], onnxruntime, args: argpa
     theirs = _reference_session(onnxruntime, serialized, 0)
     names = [o.name for o in ours.get_outputs()]
     got = dict(zip(names, ours.run(None, feeds)))
-    want = dict(zip([o.name for o in theirs.get_outputs()], theirs.run(None, feeds)))
+    want = dict(zip([o.name for o in theirs.get_outputs()], _reference_run(theirs, feeds)))
     rows = []
     for name, node in producers.items():
         if name in got and name in want:
@@ -306,10 +330,11 @@ def _layerwise(model_path: Path, feeds: dict[str, Any], onnxruntime, args: argpa
           f"max abs {first.max_abs:.3g}, max rel {first.max_rel:.3g}" + (f" ({first.note})" if first.note else ""))
     worst = sorted(failed, key=lambda row: (not row[1].note, -row[1].excess))[:WORST_ROWS]
     width = max(len(d.name) for _, d in worst)
-    print(f"  {len(failed)} of {len(rows)} values FAIL; the worst (error / allowed):")
-    print(f"  {'op':<20}  {'output':<{width}}  {'max abs':>10}  {'max rel':>10}  {'x allowed':>10}")
+    node_width = max([len(node.name) for node, _ in worst] + [4])
+    print(f"  {len(failed)} of {len(rows)} values FAIL; the worst (x allowed: error / (atol + rtol * |onnxruntime's value|)):")
+    print(f"  {'op':<20}  {'node':<{node_width}}  {'output':<{width}}  {'max abs':>10}  {'max rel':>10}  {'x allowed':>10}")
     for node, d in worst:
-        print(f"  {node.op_type:<20}  {d.name:<{width}}  {d.max_abs:10.3g}  {d.max_rel:10.3g}  "
+        print(f"  {node.op_type:<20}  {node.name:<{node_width}}  {d.name:<{width}}  {d.max_abs:10.3g}  {d.max_rel:10.3g}  "
               + (f"{d.note}" if d.note else f"{d.excess:10.3g}"))
     return False
 
@@ -432,9 +457,10 @@ def _run_samples(args: argparse.Namespace, onnxruntime, save_folder: Path | None
     probability_index = output_names.index(samples.OUTPUT_NAME) if samples.OUTPUT_NAME in output_names else 0
     reference = _reference_session(onnxruntime, str(model_path), args.optimization_level) if onnxruntime else None
     width = max(len(case.name) for case in cases)
-    print(f"{'sample':<{width}}  {'true':>5}  {'predicted':>9}  {'probability':>11}  {'ort diff':>9}  check")
+    live = f"  {'live ort':>8}" if reference is not None else ""
+    print(f"{'sample':<{width}}  {'true':>5}  {'predicted':>9}  {'probability':>11}  {'ort diff':>9}{live}  check")
     failures = correct = 0
-    compare_ok = True
+    mismatches: list[tuple[str, list[_Difference]]] = []
     for index, case in enumerate(cases):
         if index == 0:
             outputs, warm, timed = _timed_runs(session, case.feeds, args.warmup, args.repeat)
@@ -447,20 +473,32 @@ def _run_samples(args: argparse.Namespace, onnxruntime, save_folder: Path | None
         ok = predicted == int(np.argmax(expected)) and difference <= SAMPLE_TOLERANCE
         failures += not ok
         correct += predicted == case.label
+        if reference is not None:
+            differences = _output_differences(reference, output_names, outputs, case.feeds, args)
+            if not all(d.ok for d in differences):
+                mismatches.append((case.name, differences))
+            live = f"  {'PASS' if all(d.ok for d in differences) else 'FAIL':>8}"
         print(f"{case.name:<{width}}  {samples.CLASS_NAMES[case.label]:>5}  {samples.CLASS_NAMES[predicted]:>9}  "
-              f"{probabilities[predicted]:11.4f}  {difference:9.2g}  {'OK' if ok else 'FAIL'}")
+              f"{probabilities[predicted]:11.4f}  {difference:9.2g}{live}  {'OK' if ok else 'FAIL'}")
         if save_folder is not None:
             _save_values(save_folder / case.name, dict(zip(output_names, outputs)))
             _save_values(save_folder / case.name / "inputs", case.feeds)
-        if reference is not None:
-            print(f"  compare with onnxruntime {onnxruntime.__version__} (rtol {args.rtol:g}, atol {args.atol:g}):")
-            compare_ok = _compare_outputs(reference, output_names, outputs, case.feeds, args) and compare_ok
-            if args.layerwise and index == 0:
-                compare_ok = _layerwise(model_path, case.feeds, onnxruntime, args) and compare_ok
     print(_latency_line(warm, timed) + f" (sample {cases[0].name})")
+    compare_ok = not mismatches
+    if reference is not None:
+        print(f"live ort: all outputs against onnxruntime {onnxruntime.__version__} run now "
+              f"(rtol {args.rtol:g}, atol {args.atol:g}): {len(cases) - len(mismatches)} of {len(cases)} samples PASS")
+        for name, differences in mismatches:
+            print(f"sample {name}:")
+            _print_differences(differences)
+        if args.layerwise:
+            print(f"layerwise on sample {cases[0].name}:")
+            compare_ok = _layerwise(model_path, cases[0].feeds, onnxruntime, args) and compare_ok
     if save_folder is not None:
         print(f"saved each sample's outputs and inputs to {save_folder}/<sample>/")
     print(f"{correct} of {len(cases)} samples predicted as their true digit")
+    if not compare_ok:
+        print("FAIL: onyxrt's values differ from onnxruntime's run now (see above)")
     if failures:
         print(f"FAIL: {failures} of {len(cases)} samples differ from onnxruntime's stored probabilities "
               f"(by more than {SAMPLE_TOLERANCE:g}, or in the predicted class)")
@@ -590,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"onyxrt: error: {exc}", file=sys.stderr)
         return 2
+    except ReferenceFailure as exc:
+        print(f"onyxrt: error: {exc}", file=sys.stderr)
+        return 1
     except OnyxRuntimeError as exc:
         print(f"onyxrt: error: {exc}", file=sys.stderr)
         return 1

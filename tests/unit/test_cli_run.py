@@ -343,3 +343,26 @@ def test_no_model_with_a_user_input_checks_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nothing to check them against" in out and f"output {samples.OUTPUT_NAME}: shape=[1, 10]" in out
     assert "OK" not in out and "FAIL" not in out
+
+
+def test_no_model_with_compare_checks_each_sample_live(capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    assert main(["run", "--compare", "onnxruntime"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(samples.load_samples())} of {len(samples.load_samples())} samples PASS" in out
+    monkeypatch.setattr(cli, "_onnxruntime", lambda: _SkewedOnnxruntime({samples.OUTPUT_NAME}))
+    assert main(["run", "--compare", "onnxruntime"]) == 1
+    out = capsys.readouterr().out
+    assert "0 of" in out and "FAIL: onyxrt's values differ from onnxruntime's run now" in out
+
+
+def test_onnxruntime_failing_on_the_model_is_one_error_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+
+    class Refusing(_SkewedOnnxruntime):
+        def InferenceSession(self, *args, **kwargs):  # noqa: N802 - onnxruntime's name
+            raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel\nsecond line")
+
+    monkeypatch.setattr(cli, "_onnxruntime", lambda: Refusing(set()))
+    assert main(["run", _save(_chain(), tmp_path), "--compare", "onnxruntime"]) == 1
+    assert capsys.readouterr().err == "onyxrt: error: onnxruntime cannot load the model: [ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel\n"
