@@ -2,11 +2,14 @@
 
 Symbolic dims get values from explicit ``NAME=VALUE`` pairs first, then from the
 batch/seq/past shorthands by the dim's name (``past`` -> past length, ``total`` -> past +
-seq, a sum such as ``past + seq`` is evaluated). Values follow each input's role:
+seq, a sum such as ``past + seq`` is evaluated; ``height``/``width`` -> 224; the first dim
+-> batch; any other -> 1). Values follow each input's role:
 
 * integer inputs that end up as indices into a table (through Cast, Unsqueeze, Reshape,
   Add of a constant, ... to Gather, GatherElements, GatherND, EmbedLayerNormalization) stay
   below the smallest such table, so token ids and token types are valid;
+* operands that are not data (axes, Slice bounds, scales, K, split lengths, ratios, ...)
+  get values that are valid whatever the data, found by the op schema's name for the input;
 * masks (``*mask*``) are ones; position ids (``*position*``) count from the past length;
 * other integers are small (0..9), booleans random, floats standard normal, strings
   ``s0, s1, ...``; sequences hold two such tensors and optionals one.
@@ -27,6 +30,7 @@ from .graph.model_loader import _inferred, _light_copy
 from .graph.types import np_dtype
 
 DEFAULT_INTEGER_LIMIT = 10
+IMAGE_SIDE = 224
 SEQUENCE_LENGTH = 2
 
 # Ops that hand an index input on with the same values (possibly moved, repeated or cast).
@@ -71,6 +75,8 @@ class Shapes:
             return self.seq
         if "batch" in lowered or position == 0:
             return self.batch
+        if lowered in ("h", "w") or "height" in lowered or "width" in lowered:
+            return IMAGE_SIDE  # 1 would be too small for most convolution and pooling windows
         return 1
 
     def _expression(self, text: str) -> int | None:

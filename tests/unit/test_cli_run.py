@@ -109,6 +109,15 @@ def test_mask_covers_past_plus_seq_and_positions_count_from_the_past():
     assert feeds["past_key"].shape == (2, 2, 5, 4) and feeds["key"].shape == (2, 2, 3, 4)
 
 
+@pytest.mark.parametrize("name, position, value", [
+    ("batch_size", 0, 3), ("N", 0, 3), ("sequence_length", 1, 7), ("past_seq_len", 2, 5), ("total_length", 1, 12),
+    ("past + seq", 1, 12), ("2*seq", 1, 14), ("batch-size", 1, 3), ("height", 2, 224), ("W", 3, 224), ("channels", 1, 1),
+    ("heads", 1, 6),
+])
+def test_symbolic_dims_by_name(name, position, value):
+    assert Shapes(dims={"heads": 6}, batch=3, seq=7, past=5).value(name, position) == value
+
+
 def test_shape_operands_get_values_any_data_accepts():
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6]),
               helper.make_tensor_value_info("shape", TensorProto.INT64, [3]),
