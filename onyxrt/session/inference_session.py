@@ -7,6 +7,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -135,6 +136,19 @@ class _InputSpec:
                 )
 
 
+def _write_profile(prefix: str, events: list[dict[str, Any]], lock: threading.Lock) -> str:
+    """Write ``events`` to ``<prefix>_<date>_<time>_<ms>.json`` (onnxruntime's name) and return the name."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now // 1_000_000_000))
+    path = f"{prefix}_{stamp}_{now // 1_000_000 % 1000:03d}.json"
+    with lock:
+        written = list(events)
+        events.clear()
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(written, handle)
+    return path
+
+
 class InferenceSession(SessionApiMixin):
     """Loads a model once and runs it; the same constructor and methods as ``onnxruntime.InferenceSession``."""
 
@@ -157,6 +171,7 @@ class InferenceSession(SessionApiMixin):
         self._profile_origin_ns = time.perf_counter_ns()
         self._profile_events: list[dict[str, Any]] = []
         self._profile_lock = threading.Lock()
+        self._profile_writer: weakref.finalize | None = None
         if self._logger.enabled(logging.INFO):
             self._logger.info(options_summary(options))
         for message in ignored_options(options):
@@ -209,6 +224,9 @@ class InferenceSession(SessionApiMixin):
         self._plan = self._build_plan(self._providers)
         if self._profiling:
             self._record_session_event("session_initialization", initialization_started, time.perf_counter_ns())
+            # as onnxruntime, a session collected before end_profiling still writes its profile
+            self._profile_writer = weakref.finalize(self, _write_profile, options.profile_file_prefix,
+                                                    self._profile_events, self._profile_lock)
         self._logger.info("Session successfully initialized.")
 
     # ------------------------------------------------------------------ construction helpers
@@ -498,17 +516,10 @@ class InferenceSession(SessionApiMixin):
 
     def end_profiling(self) -> str:
         """Write the profile as a Chrome trace JSON file and return its name ('' when profiling is off)."""
-        if not self._profiling:
+        if self._profile_writer is None or not self._profile_writer.alive:
             return ""
-        now = time.time_ns()
-        stamp = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(now // 1_000_000_000))
-        path = f"{self._sess_options.profile_file_prefix}_{stamp}_{now // 1_000_000 % 1000:03d}.json"
-        with self._profile_lock:
-            events, self._profile_events = self._profile_events, []
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(events, handle)
         self._profiling = False
-        return path
+        return self._profile_writer()
 
     def get_profiling_start_time_ns(self) -> int:
         """When profiling started (ns since the epoch), kept after ``end_profiling``; 0 if it never did."""

@@ -541,3 +541,18 @@ def test_enums_compare_with_their_values_and_onyxrt_s_also_order():
     assert onyxrt.GraphOptimizationLevel.ORT_ENABLE_BASIC < onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL
     with pytest.raises(TypeError):
         onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC < onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL  # noqa: B015
+
+
+def test_a_session_collected_before_end_profiling_writes_its_profile(tmp_path):
+    import gc
+
+    def idiom(ort):
+        prefix = tmp_path / ort.__name__
+        sess = session(ort, LINEAR, enable_profiling=True, profile_file_prefix=str(prefix))
+        sess.run(None, {"x": X})
+        del sess
+        gc.collect()
+        (path,) = tmp_path.glob(f"{ort.__name__}_*.json")
+        return [event["name"] for event in json.loads(path.read_text()) if event["cat"] == "Session"]
+
+    assert_same(idiom)
