@@ -200,6 +200,7 @@ class InferenceSession(SessionApiMixin):
         self._apply_initializer_overrides(model)
         self._apply_free_dimension_overrides(model)
         self._describe(model)
+        self._warn_about_initializers(model)
         # Gradient nodes name their forward values in attributes only: expand them before
         # the optimizer, whose dead-code pass would otherwise drop those values.
         expand_gradient_nodes(model.graph, model.opset_imports)
@@ -285,6 +286,23 @@ class InferenceSession(SessionApiMixin):
                 elif shape.get_denotation(i) in by_denotation:
                     dims[i] = by_denotation[shape.get_denotation(i)]
             value.shape = ir.Shape(dims, denotations=[shape.get_denotation(i) for i in range(len(dims))])
+
+    def _warn_about_initializers(self, model: ir.Model) -> None:
+        """onnxruntime's load-time warnings about initializers, which hold for onyxrt as well: one listed
+        among the graph inputs is overridable (so never folded), one no node reads is dropped."""
+        if not self._logger.enabled(logging.WARNING):
+            return
+        graph = model.graph
+        inputs, outputs = set(graph.inputs), set(graph.outputs)
+        for name, value in graph.initializers.items():
+            if value in inputs and model.ir_version >= 4:  # before IR 4 every initializer is listed as an input
+                self._logger.warning(
+                    f"Initializer {name} appears in graph inputs and will not be treated as constant value/weight. "
+                    "This may prevent graph optimizations like constant folding: move it out of the graph inputs "
+                    "if it need not be overridden.")
+            elif not value.uses() and value not in outputs:
+                self._logger.warning(
+                    f"Removing initializer '{name}'. It is not used by any node and should be removed from the model.")
 
     def _describe(self, model: ir.Model) -> None:
         graph = model.graph

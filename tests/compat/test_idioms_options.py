@@ -556,3 +556,28 @@ def test_a_session_collected_before_end_profiling_writes_its_profile(tmp_path):
         return [event["name"] for event in json.loads(path.read_text()) if event["cat"] == "Session"]
 
     assert_same(idiom)
+
+
+@pytest.mark.parametrize("case", ["unused initializers", "initializer among the inputs", "IR 3 unused initializer"])
+def test_initializer_warnings_at_session_creation(capfd, case):
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = models.linear()
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused"))
+    if case == "unused initializers":
+        model.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "unused2"))
+    elif case == "initializer among the inputs":
+        model.graph.input.append(helper.make_tensor_value_info("unused", TensorProto.FLOAT, [3]))
+    else:
+        model.ir_version = 3
+        model.graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                                 for name in ("W", "b", "unused"))
+
+    def idiom(ort):
+        capfd.readouterr()
+        session(ort, model.SerializeToString())
+        # the severity, logger and the initializer each line names (wordings of the advice differ)
+        return sorted((level, logid, re.sub(r"[.:].*", "", message)) for level, logid, message in
+                      logged(capfd.readouterr().err))
+
+    assert assert_same(idiom).value
