@@ -114,7 +114,7 @@ def _load_graph(path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several kinds for a file that is no model
-        raise UsageError(f"model '{path}' is not a readable ONNX model: {type(exc).__name__}: {exc}") from None
+        raise UsageError(f"model '{path}' is not a readable ONNX model: {type(exc).__name__}: {_first_line(exc)}") from None
 
 
 def _load_input(name: str, file: str) -> np.ndarray:
@@ -124,9 +124,14 @@ def _load_input(name: str, file: str) -> np.ndarray:
     try:
         if path.suffix == ".pb":
             return onnx.numpy_helper.to_array(onnx.load_tensor(str(path)))
-        return np.load(path, allow_pickle=False)
+        value = np.load(path, allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - numpy raises several kinds for a file that is no array
-        raise UsageError(f"--input {name}={file}: cannot read it as a .npy array ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"--input {name}={file}: cannot read it as a .npy array "
+                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+    if not isinstance(value, np.ndarray):  # an .npz archive
+        value.close()
+        raise UsageError(f"--input {name}={file}: an archive of several arrays; give one array as a .npy file")
+    return value
 
 
 def _declared_dims(arg: onnx.ValueInfoProto) -> list:

@@ -200,11 +200,13 @@ def test_a_bad_argument_is_one_error_line_and_exit_code_2(tmp_path, capsys, monk
 def test_a_missing_or_unreadable_model_and_an_unknown_input_name(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     np.save(tmp_path / "y.npy", np.zeros((1, 3), np.float32))
+    np.savez(tmp_path / "arrays.npz", x=np.zeros((1, 3), np.float32))
     path = _save(_chain(), tmp_path)
     cases = [(["run", str(tmp_path / "absent.onnx")], "no such file"),
              (["run", str(tmp_path / "notes.txt")], "is not a readable ONNX model"),
              (["run", path, "--input", f"y={tmp_path / 'y.npy'}"], "--input y: the model has no input of that name (its inputs: x)"),
              (["run", path, "--input", f"x={tmp_path / 'notes.txt'}"], "cannot read it as a .npy array"),
+             (["run", path, "--input", f"x={tmp_path / 'arrays.npz'}"], "an archive of several arrays"),
              (["run", path, "--save-outputs", str(tmp_path / "notes.txt")], "exists and is not a folder")]
     for argv, message in cases:
         assert _exit_code(argv) == 2, argv
@@ -240,6 +242,19 @@ def test_save_outputs_writes_each_output_under_a_file_safe_name(tmp_path, capsys
     feeds = [f"--input={p.stem}={p}" for p in (folder / "inputs").iterdir()]
     assert main(["run", path, *feeds, "--save-outputs", str(tmp_path / "again")]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "hidden_state_0.npy"), saved)
+
+
+def test_tensor_proto_inputs_reproduce_a_backend_test_case(tmp_path, capsys):
+    """A case folder of onnx's backend tests: its input_0.pb fed with --input, the saved output is its output_0.pb."""
+    case = Path(onnx.__file__).parent / "backend" / "test" / "data" / "pytorch-converted" / "test_Conv2d"
+    if not case.is_dir():
+        pytest.skip(f"onnx's backend-test data not found at {case}")
+    input_name = onnx.load(str(case / "model.onnx")).graph.input[0].name
+    output_name = onnx.load(str(case / "model.onnx")).graph.output[0].name
+    assert main(["run", str(case), "--input", f"{input_name}={case / 'test_data_set_0' / 'input_0.pb'}",
+                 "--save-outputs", str(tmp_path)]) == 0
+    expected = numpy_helper.to_array(onnx.load_tensor(str(case / "test_data_set_0" / "output_0.pb")))
+    np.testing.assert_allclose(np.load(tmp_path / f"{output_name}.npy"), expected, rtol=1e-4, atol=1e-5)
 
 
 # --- comparison with onnxruntime ------------------------------------------------------------
