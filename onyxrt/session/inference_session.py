@@ -136,6 +136,12 @@ class _InputSpec:
                 )
 
 
+def _check_run_options(run_options: Any) -> None:
+    """TypeError for a ``run_options`` argument that is not a RunOptions (or None), as onnxruntime's binding."""
+    if run_options is not None and not isinstance(run_options, RunOptions):
+        raise TypeError(f"run_options must be a RunOptions or None, got {type(run_options).__name__}")
+
+
 def _write_profile(prefix: str, events: list[dict[str, Any]], lock: threading.Lock) -> str:
     """Write ``events`` to ``<prefix>_<date>_<time>_<ms>.json`` (onnxruntime's name) and return the name."""
     now = time.time_ns()
@@ -368,6 +374,7 @@ class InferenceSession(SessionApiMixin):
         """Compute ``output_names`` (all outputs when None or empty) from ``input_feed``; returns numpy values."""
         if not isinstance(input_feed, dict):
             raise InvalidArgument(f"input_feed must be a dict of input name to value, got {type(input_feed).__name__}")
+        _check_run_options(run_options)
         if run_options is not None and run_options.terminate:
             raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)

@@ -581,3 +581,18 @@ def test_initializer_warnings_at_session_creation(capfd, case):
                       logged(capfd.readouterr().err))
 
     assert assert_same(idiom).value
+
+
+@pytest.mark.parametrize("entry", ["run", "run_with_iobinding"])
+def test_run_options_of_another_type_is_a_type_error(entry):
+    def idiom(ort):
+        sess = session(ort)
+        if entry == "run":
+            return sess.run(None, {"x": X}, {"terminate": False})
+        binding = sess.io_binding()
+        binding.bind_cpu_input("x", X)
+        binding.bind_output("y")
+        return sess.run_with_iobinding(binding, "options")
+
+    # run's binding refuses it (TypeError); onnxruntime's run_with_iobinding reads it (AttributeError)
+    assert assert_same(idiom).error[0] == ("TypeError" if entry == "run" else "AttributeError")
