@@ -596,3 +596,16 @@ def test_run_options_of_another_type_is_a_type_error(entry):
 
     # run's binding refuses it (TypeError); onnxruntime's run_with_iobinding reads it (AttributeError)
     assert assert_same(idiom).error[0] == ("TypeError" if entry == "run" else "AttributeError")
+
+
+def test_unavailable_provider_is_a_python_warning():
+    import warnings
+
+    def idiom(ort):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            providers = ort.InferenceSession(LINEAR, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]) \
+                .get_providers()
+        return providers, [(w.category.__name__, str(w.message).split(".")[0]) for w in caught]
+
+    assert assert_same(idiom).value[1]
