@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -105,8 +106,9 @@ def emit(severity: int, logid: str, location: str, message: str) -> None:
             callback(severity, CATEGORY, logid, location, message)
             return
         except Exception as error:  # noqa: BLE001 - as onnxruntime: reported, and the line goes to stderr
-            sys.unraisablehook(sys.UnraisableHookArgs(type(error), error, error.__traceback__,
-                                                      "onyxrt log callback", callback))
+            sys.unraisablehook(types.SimpleNamespace(exc_type=type(error), exc_value=error,
+                                                     exc_traceback=error.__traceback__, err_msg=None,
+                                                     object=callback))
         finally:
             _in_callback.active = False
     stream = sys.stderr

@@ -609,3 +609,25 @@ def test_unavailable_provider_is_a_python_warning():
         return providers, [(w.category.__name__, str(w.message).split(".")[0]) for w in caught]
 
     assert assert_same(idiom).value[1]
+
+
+def test_a_callback_that_raises_is_reported_and_the_line_goes_to_stderr(capfd, monkeypatch):
+    import sys
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda hook_args: reported.append(hook_args))
+
+    def idiom(ort):
+        def failing(*fields):
+            raise ValueError("callback failed")
+
+        reported.clear()
+        ort.set_default_logger_callback(failing)
+        capfd.readouterr()
+        so = ort.SessionOptions()
+        so.add_session_config_entry("a", "1")
+        so.add_session_config_entry("a", "2")
+        return (logged(capfd.readouterr().err),
+                [(type(r.exc_value).__name__, str(r.exc_value), r.object is failing) for r in reported])
+
+    assert assert_same(idiom).value[1] == [("ValueError", "callback failed", True)]
