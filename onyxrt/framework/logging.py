@@ -131,10 +131,10 @@ class Logger:
     def log(self, severity: int, message: str, location: str | None = None) -> None:
         """Emit ``message`` at ``severity`` if this logger's severity lets it through.
 
-        ``location`` defaults to the caller of ``log`` (or of the severity helper that called it).
+        ``location`` defaults to the caller's ``file:line function``.
         """
         if severity >= self.severity:
-            emit(severity, self.logid, location or caller_location(2), message)
+            emit(severity, self.logid, location or caller_location(1), message)
 
     def verbose(self, message: str, location: str | None = None) -> None:
         if VERBOSE >= self.severity:
