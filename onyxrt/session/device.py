@@ -90,6 +90,8 @@ class NativeOrtDevice:
         self._type = _index(device_type, "device_type")
         self._mem_type = _index(mem_type, "mem_type")
         self._vendor_id = _index(ids[0], "vendor_id") if len(ids) == 2 else 0
+        if self._type == _DML:  # the legacy DML code: onnxruntime stores a Microsoft GPU
+            self._type, self._vendor_id = _GPU, int(OrtDeviceVendorId.MICROSOFT)
         self._device_id = _index(ids[-1], "device_id")
         self._name: str | None = None  # onyxrt's device type name, when made from one
 
@@ -196,7 +198,7 @@ def device_name_of_native(native: NativeOrtDevice) -> str:
     code, vendor = native.device_type(), native.vendor_id()
     if code == _CPU:
         return "cpu"
-    if code == _DML:
+    if code == _GPU and vendor == OrtDeviceVendorId.MICROSOFT:
         return "dml"
     if code == _NPU:
         return "cann" if vendor == OrtDeviceVendorId.HUAWEI else "npu"

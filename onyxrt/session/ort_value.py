@@ -26,6 +26,8 @@ def as_dtype(element_type: Any) -> np.dtype:
     return np.dtype(element_type)
 
 
+# Element types onnxruntime packs below a byte (UINT4, INT4, FLOAT4E2M1, UINT2, INT2): bits per element.
+_PACKED_BITS = {21: 4, 22: 4, 23: 4, 25: 2, 26: 2}
 # What onnxruntime counts for a string element: sizeof(std::string) on 64-bit Linux.
 _STRING_OBJECT_BYTES = 32
 
@@ -53,7 +55,7 @@ def _numeric_dtype(element_type: Any) -> np.dtype:
             dtype = np.dtype(element_type)
         except TypeError as exc:
             raise TypeError(f"element_type must be a numpy type or an ONNX element type, got {element_type!r}") from exc
-    if dtype == object or dtype.kind in "USV":
+    if dtype == object or dtype.kind in "US":
         raise RuntimeError("Creation of OrtValues is currently only supported from non-string numpy arrays")
     if dtype.kind == "c":
         raise RuntimeError(f"Numpy type {dtype} can't be converted to MLDataType.")
@@ -238,9 +240,11 @@ class OrtValue:
         """The size of the tensor's data in bytes."""
         self._require_tensor("are currently supported")
         dtype = np.dtype(self._value.dtype)
+        count = int(np.prod(self._value.shape, dtype=np.int64))
         if dtype == object:
-            return int(np.prod(self._value.shape, dtype=np.int64)) * _STRING_OBJECT_BYTES
-        return int(np.prod(self._value.shape, dtype=np.int64)) * dtype.itemsize
+            return count * _STRING_OBJECT_BYTES
+        bits = _PACKED_BITS.get(onnx_elem_type(dtype)) if dtype.kind == "V" else None
+        return (count * bits + 7) // 8 if bits else count * dtype.itemsize
 
     def _require_tensor(self, supported: str, kinds: str = "Tensors") -> None:
         if not self.is_tensor():

@@ -110,6 +110,9 @@ class SessionApiMixin:
         if len(devices) < len(fetch_names):
             raise InvalidArgument(f"fetch_devices has {len(devices)} elements for {len(fetch_names)} fetch names.")
         feed = dict(zip(feed_names, feeds))
+        unknown = [name for name in feed_names if name not in self._input_specs]
+        if unknown:
+            raise InvalidArgument(f"Invalid input name: {unknown[0]}")
         missing = [name for name in self._required_inputs if name not in feed]
         if missing:
             raise Fail(f"Missing Input: {missing[0]} (feed_names must name every required input: {missing})")
