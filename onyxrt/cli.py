@@ -32,8 +32,8 @@ class UsageError(Exception):
     """A bad command-line argument: reported as one ``onyxrt: error: ...`` line, exit code 2."""
 
 
-class ReferenceFailure(Exception):
-    """onnxruntime, run as the reference of ``--compare``, failed on the model: exit code 1."""
+class RunFailure(Exception):
+    """A run failed (onyxrt on made-up inputs, or onnxruntime as the reference): one error line, exit code 1."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,6 +167,29 @@ def _model_feeds(model: onnx.ModelProto, args: argparse.Namespace, given: dict[s
     return {name: given[name] if name in given else made[name] for name in names}
 
 
+def _made_up_dims(model: onnx.ModelProto, args: argparse.Namespace, given: dict[str, Any]) -> str:
+    """The symbolic dims the made-up inputs got by default, for a hint when the run fails; '' when none."""
+    shapes = feeds_module.Shapes(dict(args.dim), args.batch, args.seq, args.past)
+    named: dict[str, int] = {}
+    unnamed: list[str] = []
+    for arg in feeds_module.graph_inputs(model):
+        if arg.name in given:
+            continue
+        dims = arg.type.tensor_type.shape.dim if arg.type.HasField("tensor_type") else []
+        for position, dim in enumerate(dims):
+            if dim.HasField("dim_param") and dim.dim_param and dim.dim_param not in shapes.dims:
+                named.setdefault(dim.dim_param, shapes.value(dim.dim_param, position))
+            elif not dim.HasField("dim_value") and not dim.dim_param and arg.name not in unnamed:
+                unnamed.append(arg.name)
+    parts = []
+    if named:
+        parts.append("the made-up inputs had " + ", ".join(f"{name}={value}" for name, value in named.items())
+                     + "; set them with --dim NAME=VALUE or --batch/--seq/--past")
+    if unnamed:
+        parts.append(f"inputs with unnamed dims ({', '.join(unnamed)}) can be given with --input")
+    return "; ".join(parts)
+
+
 def _session(path_or_bytes: str | bytes, level: int) -> InferenceSession:
     options = SessionOptions()
     options.graph_optimization_level = GraphOptimizationLevel(level)
@@ -189,14 +212,14 @@ def _reference_session(onnxruntime, path_or_bytes: str | bytes, level: int):
     try:
         return onnxruntime.InferenceSession(path_or_bytes, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception classes
-        raise ReferenceFailure(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        raise RunFailure(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
 
 
 def _reference_run(session, feeds: dict[str, Any]) -> list:
     try:
         return session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's own exception classes
-        raise ReferenceFailure(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
+        raise RunFailure(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -421,9 +444,16 @@ def cmd_run(args: argparse.Namespace) -> int:
               "nothing to check them against")
     else:
         model_path = _resolve_model(args.model)
-    feeds = _model_feeds(_load_graph(model_path), args, given)
+    model = _load_graph(model_path)
+    feeds = _model_feeds(model, args, given)
     session = _session(str(model_path), args.optimization_level)
-    outputs, warm, timed = _timed_runs(session, feeds, args.warmup, args.repeat)
+    try:
+        outputs, warm, timed = _timed_runs(session, feeds, args.warmup, args.repeat)
+    except OnyxRuntimeError as exc:
+        hint = _made_up_dims(model, args, given)
+        if not hint:
+            raise
+        raise RunFailure(f"{_first_line(exc)} ({hint})") from None
     output_names = [o.name for o in session.get_outputs()]
     for name, value in feeds.items():
         print(f"input  {name}: {_summary(value)}" + ("  (from --input)" if name in given else ""))
@@ -633,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"onyxrt: error: {exc}", file=sys.stderr)
         return 2
-    except ReferenceFailure as exc:
+    except RunFailure as exc:
         print(f"onyxrt: error: {exc}", file=sys.stderr)
         return 1
     except OnyxRuntimeError as exc:

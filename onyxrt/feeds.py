@@ -11,6 +11,7 @@ seq, a sum such as ``past + seq`` is evaluated; ``height``/``width`` -> 224; the
 * operands that are not data (axes, Slice bounds, scales, K, split lengths, ratios, ...)
   get values that are valid whatever the data, found by the op schema's name for the input;
 * masks (``*mask*``) are ones; position ids (``*position*``) count from the past length;
+  a sample rate (``sr``, ``sample_rate``) is 16000;
 * other integers are small (0..9), booleans random, floats standard normal, strings
   ``s0, s1, ...``; sequences hold two such tensors and optionals one.
 """
@@ -31,6 +32,8 @@ from .graph.types import np_dtype
 
 DEFAULT_INTEGER_LIMIT = 10
 IMAGE_SIDE = 224
+SAMPLE_RATE = 16000  # audio models take 16 kHz (and often 8 kHz) only
+_SAMPLE_RATE_NAMES = {"sr", "sample_rate", "sampling_rate"}
 SEQUENCE_LENGTH = 2
 
 # Ops that hand an index input on with the same values (possibly moved, repeated or cast).
@@ -271,6 +274,8 @@ def _value(name: str, type_proto: onnx.TypeProto, shape: list[int] | None, shape
         return np.ones(shape, dtype=dtype)
     if dtype == np.bool_:
         return rng.random(shape) < 0.5
+    if is_integer and role in _SAMPLE_RATE_NAMES:
+        return np.full(shape, SAMPLE_RATE, dtype=dtype)
     if is_integer and "position" in role and shape:
         positions = np.arange(shapes.past, shapes.past + shape[-1])
         if limit is not None:

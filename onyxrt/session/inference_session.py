@@ -37,6 +37,7 @@ from .global_thread_pool import session_thread_pool
 from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
+from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
 from .session_options import RunOptions, SessionOptions, ignored_options, options_summary
@@ -64,6 +65,9 @@ class _InputSpec:
         if isinstance(value, OrtValue):
             value = value.value
         if not self.is_tensor:
+            if self.type_string.startswith("sparse_tensor(") and not isinstance(value, SparseTensor):
+                raise InvalidArgument(f"input with name: '{self.name}' expected to be of type: sparse tensor "
+                                      f"but received {type(value).__name__}")
             return value
         if type(value) is not np.ndarray:  # the common feed skips every conversion below
             if isinstance(value, np.ndarray):

@@ -390,3 +390,24 @@ def test_onnxruntime_failing_on_the_model_is_one_error_line(tmp_path, capsys, mo
     monkeypatch.setattr(cli, "_onnxruntime", lambda: Refusing(set()))
     assert main(["run", _save(_chain(), tmp_path), "--compare", "onnxruntime"]) == 1
     assert capsys.readouterr().err == "onyxrt: error: onnxruntime cannot load the model: [ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : no kernel\n"
+
+
+def test_a_run_failing_on_made_up_dims_names_them(tmp_path, capsys):
+    """A window longer than the default sequence: the error says which dims were made up and how to set them."""
+    weight = numpy_helper.from_array(np.ones((1, 1, 16), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["audio", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["batch", 1, "samples"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path)
+    assert main(["run", path]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("onyxrt: error: ") and "Conv" in error
+    assert error.endswith("(the made-up inputs had batch=1, samples=1; set them with --dim NAME=VALUE or --batch/--seq/--past)")
+    assert main(["run", path, "--dim", "samples=16"]) == 0
+
+
+def test_a_sample_rate_input_is_16k():
+    graph = helper.make_graph([helper.make_node("Identity", ["sr"], ["rate"])], "g",
+                              [helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+                              [helper.make_tensor_value_info("rate", TensorProto.INT64, [])])
+    assert make_feeds(helper.make_model(graph), Shapes())["sr"] == 16000
