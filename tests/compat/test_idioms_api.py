@@ -556,19 +556,45 @@ def test_sparse_ortvalue_fed_to_a_dense_input():
     assert_same(idiom)
 
 
-def test_sparse_input_model_is_refused_by_onyxrt():
-    """onnxruntime's CPU build runs sparse inputs through com.microsoft.SparseToDenseMatMul; onyxrt has no
-    sparse kernels, so such a model fails at session creation, naming the op (docs/compatibility.md)."""
+def sparse_matmul_model(**attributes) -> onnx.ModelProto:
+    """y = SparseToDenseMatMul(s, d): s a sparse float [3, 4] input, d dense (com.microsoft)."""
     sparse_type = onnx.TypeProto()
     sparse_type.sparse_tensor_type.elem_type = TensorProto.FLOAT
+    for dim in (3, 4):
+        sparse_type.sparse_tensor_type.shape.dim.add().dim_value = dim
     graph = helper.make_graph(
-        [helper.make_node("SparseToDenseMatMul", ["s", "d"], ["y"], domain="com.microsoft")], "g",
-        [helper.make_value_info("s", sparse_type), helper.make_tensor_value_info("d", TensorProto.FLOAT, [4, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])])
+        [helper.make_node("SparseToDenseMatMul", ["s", "d"], ["y"], domain="com.microsoft", **attributes)], "g",
+        [helper.make_value_info("s", sparse_type), helper.make_tensor_value_info("d", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     model.ir_version = 8
-    with pytest.raises(onyxrt.Fail, match="SparseToDenseMatMul"):
-        session(onyxrt, model)
+    return model
+
+
+@pytest.mark.parametrize("layout", ["csr", "coo_pairs"])
+@pytest.mark.parametrize("attributes", [{}, {"alpha": 2.0}, {"transB": 1}])
+def test_sparse_tensor_fed_to_sparse_to_dense_matmul(layout, attributes):
+    def idiom(ort):
+        cpu, dense = ort.OrtDevice.make("cpu", 0), np.arange(8, dtype=np.float32).reshape(4, 2)
+        if layout == "csr":
+            sparse = ort.SparseTensor.sparse_csr_from_numpy(SHAPE, VALUES, np.array([1, 1, 3]), np.array([0, 1, 2, 3]), cpu)
+        else:
+            sparse = ort.SparseTensor.sparse_coo_from_numpy(SHAPE, VALUES, np.array([[0, 1], [1, 1], [2, 3]]), cpu)
+        feeds = {"s": ort.OrtValue.ort_value_from_sparse_tensor(sparse),
+                 "d": ort.OrtValue.ortvalue_from_numpy(dense.T.copy() if attributes.get("transB") else dense)}
+        sess = session(ort, sparse_matmul_model(**attributes))
+        return [(arg.name, arg.type, arg.shape) for arg in sess.get_inputs()], sess.run_with_ort_values(None, feeds)[0].numpy()
+
+    assert_same(idiom)
+
+
+def test_dense_tensor_fed_to_a_sparse_input():
+    def idiom(ort):
+        feeds = {"s": ort.OrtValue.ortvalue_from_numpy(np.zeros((3, 4), np.float32)),
+                 "d": ort.OrtValue.ortvalue_from_numpy(np.zeros((4, 2), np.float32))}
+        return session(ort, sparse_matmul_model()).run_with_ort_values(None, feeds)
+
+    assert_same(idiom)
 
 
 # ---------------------------------------------------------------------------------------------- external initializers
