@@ -129,3 +129,10 @@ __all__ = [
     "OrtDevice", "OrtDeviceMemoryType", "OrtDeviceVendorId", "OrtEpAssignedNode", "OrtEpAssignedSubgraph",
     "OrtMemoryInfo", "OrtMemoryInfoDeviceType", "OrtSparseFormat", "SparseTensor", "set_global_thread_pool_sizes",
 ]
+
+# ``onnxruntime.capi`` and its modules are reachable after ``import onnxruntime`` (code catches
+# ort.capi.onnxruntime_pybind11_state.Fail); imported last because they take names from this module.
+from . import capi  # noqa: E402
+from .capi import _pybind_state, onnxruntime_inference_collection, onnxruntime_pybind11_state  # noqa: E402
+
+del _pybind_state, onnxruntime_inference_collection, onnxruntime_pybind11_state

@@ -826,7 +826,7 @@ NOT_PROVIDED = {
          "ModelPackageContext", "ModelPackageOptions", "ModelPackageWriteMode", "OrtArenaCfg", "OrtCompileApiFlags",
          "OrtEpContextData", "OrtEpContextDataBuffer", "OrtEpDevice", "OrtExecutionProviderDevicePolicy",
          "OrtExternalInitializerInfo", "OrtHardwareDevice", "OrtHardwareDeviceType", "OrtSyncStream",
-         "SessionIOBinding", "capi", "contextlib", "copy_tensors", "create_and_register_allocator",
+         "SessionIOBinding", "contextlib", "copy_tensors", "create_and_register_allocator",
          "create_and_register_allocator_v2", "cuda_version", "get_ep_devices", "has_collective_ops",
          "import_capi_exception", "onnxruntime_validation", "package_name", "preload_dlls", "print_debug_info",
          "register_execution_provider_library", "unregister_execution_provider_library"},
