@@ -331,6 +331,18 @@ def test_ortvaluevector_access_and_dlpack():
     assert_same(idiom)
 
 
+def test_ortvaluevector_push_back_batch_wraps_memory():
+    def idiom(ort):
+        first, second = A.copy(), np.arange(4, dtype=np.int64)
+        values = capi(ort).OrtValueVector()
+        values.push_back_batch([first, second], [first.ctypes.data, second.ctypes.data], [first.dtype, second.dtype],
+                               [list(first.shape), list(second.shape)], [cpu_device(ort), cpu_device(ort)])
+        first[0, 0] = 7.0
+        return len(values), [ort.OrtValue(value).numpy() for value in values], values.element_type_at(1)
+
+    assert_same(idiom)
+
+
 @pytest.mark.parametrize("index", [2, -1])
 def test_ortvaluevector_index_errors(index):
     assert_same(lambda ort: vector(ort, A, B)[index])
@@ -693,6 +705,22 @@ def test_load_cancellation_flag(flags):
         return session(ort, models.linear(), options).run(None, {"x": X})
 
     assert_same(idiom)
+
+
+def test_onyxrt_load_cancelled_while_a_session_is_being_created(monkeypatch):
+    """Pinned for onyxrt: a flag set during creation (here, by the optimizer) stops it at the next stage."""
+    import onyxrt.session.inference_session as inference_session
+
+    options, optimize = onyxrt.SessionOptions(), inference_session.optimize
+
+    def optimize_then_cancel(*args, **kwargs):
+        report = optimize(*args, **kwargs)
+        options.set_load_cancellation_flag(True)
+        return report
+
+    monkeypatch.setattr(inference_session, "optimize", optimize_then_cancel)
+    with pytest.raises(onyxrt.capi.onnxruntime_pybind11_state.ModelLoadCanceled):
+        session(onyxrt, models.linear(), options)
 
 
 def test_load_cancellation_flag_is_positional():
