@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..graph.types import onnx_elem_type
+from ..graph.types import onnx_elem_type, value_type_string
 from .device import OrtDevice, device_name_of_native
 
 
@@ -126,8 +126,6 @@ class SparseTensor:
 
     def data_type(self) -> str:
         """``'sparse_tensor(float)'`` and the like."""
-        from ..graph.types import value_type_string
-
         return "sparse_" + value_type_string(np.empty(0, self._values.dtype if self._values.dtype.kind != "U" else object))
 
     def element_type(self) -> int:
