@@ -40,6 +40,7 @@ from .session.session_options import (
 from .session.session_options import int32_argument
 from .session.device import OrtDevice, OrtDeviceMemoryType, OrtDeviceVendorId, OrtMemoryInfo, OrtMemoryInfoDeviceType
 from .session.global_thread_pool import set_global_thread_pool_sizes
+from .session.ort_value import copy_tensors
 from .session.session_api import OrtEpAssignedNode, OrtEpAssignedSubgraph
 from .session.sparse_tensor import OrtSparseFormat, SparseTensor
 from .framework import logging as _logging
@@ -128,6 +129,7 @@ __all__ = [
     "set_seed",
     "OrtDevice", "OrtDeviceMemoryType", "OrtDeviceVendorId", "OrtEpAssignedNode", "OrtEpAssignedSubgraph",
     "OrtMemoryInfo", "OrtMemoryInfoDeviceType", "OrtSparseFormat", "SparseTensor", "set_global_thread_pool_sizes",
+    "copy_tensors",
 ]
 
 # ``onnxruntime.capi`` and its modules are reachable after ``import onnxruntime`` (code catches

@@ -32,6 +32,7 @@ from ..session.device import (  # noqa: F401
     OrtMemoryInfoDeviceType,
 )
 from ..session.global_thread_pool import set_global_thread_pool_sizes  # noqa: F401
+from ..session.ort_value import copy_tensors  # noqa: F401
 from ..session.ort_value_vector import OrtValueVector  # noqa: F401
 from ..session.session_api import OrtEpAssignedNode, OrtEpAssignedSubgraph  # noqa: F401
 from ..session.session_options import OrtAllocatorType, OrtMemType  # noqa: F401

@@ -298,3 +298,19 @@ class OrtValue:
 
     def __repr__(self) -> str:
         return f"OrtValue({self.data_type()} on {self._device})"
+
+
+def copy_tensors(src: Sequence[OrtValue], dst: Sequence[OrtValue], stream: Any = None) -> None:
+    """Copy each tensor of ``src`` into the tensor of ``dst`` at the same position (same shape and type),
+    across devices through their data transfers; ``stream`` is unused (every copy completes on return)."""
+    sources, targets = list(src), list(dst)
+    if len(sources) != len(targets):
+        raise RuntimeError(f"copy_tensors: {len(sources)} source values for {len(targets)} destinations")
+    for position, (source, target) in enumerate(zip(sources, targets)):
+        if not (isinstance(source, OrtValue) and isinstance(target, OrtValue) and source.is_tensor() and target.is_tensor()):
+            raise RuntimeError(f"copy_tensors: value {position}: OrtValue must contain Tensor with data.")
+        if source.shape() != target.shape() or np.dtype(source.value.dtype) != np.dtype(target.value.dtype):
+            raise RuntimeError(f"copy_tensors: value {position}: source {source.shape()} {source.data_type()} "
+                               f"does not match destination {target.shape()} {target.data_type()}")
+        value = source.value if source.device.is_host or source.device == target.device else source.numpy()
+        data_transfer_for(target.device).copy_into(target.value, value)

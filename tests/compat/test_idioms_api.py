@@ -373,6 +373,24 @@ def test_iobinding_outputs_as_ortvaluevector():
     assert_same(idiom)
 
 
+def test_copy_tensors_with_mismatched_lists():
+    def idiom(ort):
+        value = ort.OrtValue.ortvalue_from_numpy(np.ones(3, np.float32))
+        return ort.copy_tensors([value, value], [value])
+
+    assert_same(idiom)
+
+
+def test_onyxrt_copy_tensors_copies_between_host_tensors():
+    """onnxruntime's CPU build has no CPU-to-CPU data transfer for copy_tensors (RuntimeError); onyxrt copies."""
+    source = onyxrt.OrtValue.ortvalue_from_numpy(A.copy())
+    target = onyxrt.OrtValue.ortvalue_from_shape_and_type([2, 3], np.float32)
+    onyxrt.copy_tensors([source], [target])
+    np.testing.assert_array_equal(target.numpy(), A)
+    with pytest.raises(RuntimeError, match="does not match"):
+        onyxrt.copy_tensors([source], [onyxrt.OrtValue.ortvalue_from_shape_and_type([3], np.float32)])
+
+
 # ---------------------------------------------------------------------------------------------- memory infos, devices
 
 
@@ -854,7 +872,7 @@ NOT_PROVIDED = {
          "ModelPackageContext", "ModelPackageOptions", "ModelPackageWriteMode", "OrtArenaCfg", "OrtCompileApiFlags",
          "OrtEpContextData", "OrtEpContextDataBuffer", "OrtEpDevice", "OrtExecutionProviderDevicePolicy",
          "OrtExternalInitializerInfo", "OrtHardwareDevice", "OrtHardwareDeviceType", "OrtSyncStream",
-         "SessionIOBinding", "contextlib", "copy_tensors", "create_and_register_allocator",
+         "SessionIOBinding", "contextlib", "create_and_register_allocator",
          "create_and_register_allocator_v2", "cuda_version", "get_ep_devices", "has_collective_ops",
          "import_capi_exception", "onnxruntime_validation", "package_name", "preload_dlls", "print_debug_info",
          "register_execution_provider_library", "unregister_execution_provider_library"},
