@@ -126,27 +126,13 @@ class SparseTensor:
 
     def data_type(self) -> str:
         """``'sparse_tensor(float)'`` and the like."""
-        return "sparse_" + value_type_string(np.empty(0, self._values.dtype if self._values.dtype.kind != "U" else object))
+        return "sparse_" + value_type_string(np.empty(0, self._values.dtype))
 
     def element_type(self) -> int:
-        return onnx_elem_type(self._values.dtype if self._values.dtype.kind != "U" else np.dtype(object))
+        return onnx_elem_type(self._values.dtype)
 
     def device_name(self) -> str:
         return "cpu"
-
-    def to_dense(self) -> np.ndarray:
-        """The dense array (onyxrt's; for kernels and tests)."""
-        dtype = object if self._values.dtype.kind == "U" else self._values.dtype
-        dense = np.zeros(self._dense_shape, dtype=dtype)
-        if self._format == OrtSparseFormat.ORT_SPARSE_COO:
-            indices = self._indices[0]
-            flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), self._dense_shape)
-            dense.reshape(-1)[flat] = self._values
-        else:
-            inner, outer = self._indices
-            rows = np.repeat(np.arange(self._dense_shape[0]), np.diff(outer))
-            dense[rows, inner] = self._values
-        return dense
 
 
 def _dense_shape(dense_shape: Any) -> list[int]:
@@ -168,7 +154,7 @@ def _values(values: Any, ort_device: OrtDevice, layout: str) -> np.ndarray:
         raise RuntimeError("Unsupported values data type: object (use a numpy str array for strings)")
     if not values.flags.c_contiguous:
         raise RuntimeError("Require contiguous numpy array of values")
-    return values.copy() if values.dtype.kind == "U" else values
+    return values.astype(object) if values.dtype.kind == "U" else values  # strings: copied, as str objects
 
 
 def _int64_indices(indices: Any, what: str) -> np.ndarray:

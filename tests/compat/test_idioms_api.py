@@ -522,6 +522,15 @@ def test_sparse_coo_index_forms(indices):
     assert_same(idiom)
 
 
+def test_sparse_coo_of_strings():
+    def idiom(ort):
+        sparse = ort.SparseTensor.sparse_coo_from_numpy([3, 4], np.array(["a", "bb", "c"]), np.array([1, 5, 11]),
+                                                        ort.OrtDevice.make("cpu", 0))
+        return sparse.data_type(), sparse.values()
+
+    assert_same(idiom)
+
+
 def test_sparse_csr_from_numpy():
     def idiom(ort):
         sparse = ort.SparseTensor.sparse_csr_from_numpy(SHAPE, VALUES, np.array([1, 1, 3]), np.array([0, 1, 2, 3]),
