@@ -78,7 +78,7 @@ class NodeInputError(ValueError):
     (or, where ``status`` names another class, as that status, as onnxruntime's kernel does).
     """
 
-    status: type[OnyxRuntimeError] | None = None  # None: RUNTIME_EXCEPTION, reported as a KernelError
+    status: type[OnyxRuntimeError] | None = None  # None: FAIL, reported as a KernelError
 
 
 class NodeInputTypeError(NodeInputError, TypeError):
@@ -87,6 +87,12 @@ class NodeInputTypeError(NodeInputError, TypeError):
 
 class NodeIndexError(NodeInputError, IndexError):
     """A kernel refuses an index or position input that is out of range."""
+
+
+class NodeInvalidArgument(NodeInputError):
+    """A refusal onnxruntime's kernel returns as INVALID_ARGUMENT (Slice, Transpose, Expand) rather than FAIL."""
+
+    status = InvalidArgument
 
 
 class NodeIndexOutOfRange(NodeIndexError):
@@ -106,8 +112,12 @@ def _node_failure_message(node_name: str, op_type: str, cause: BaseException) ->
     return f"Non-zero status code returned while running {op_type} node. Name:'{node_name}' Status Message: {status}"
 
 
-class KernelError(RuntimeException):
-    """A kernel failed while running a node; names the node and op."""
+class KernelError(Fail):
+    """A kernel failed while running a node; names the node and op.
+
+    FAIL, as onnxruntime reports an exception thrown inside a kernel (a refused shape, a failed
+    allocation); kernels whose onnxruntime counterpart returns another status name it.
+    """
 
     def __init__(self, node_name: str, op_type: str, cause: BaseException) -> None:
         self.node_name, self.op_type = node_name, op_type
@@ -117,7 +127,7 @@ class KernelError(RuntimeException):
 def node_failure(node_name: str, op_type: str, cause: BaseException) -> OnyxRuntimeError:
     """The error a run raises when the kernel of node ``node_name`` fails with ``cause``.
 
-    A :class:`KernelError` (RUNTIME_EXCEPTION), or the status class the kernel's refusal names
+    A :class:`KernelError` (FAIL), or the status class the kernel's refusal names
     (``NodeInputError.status``, e.g. INVALID_ARGUMENT for Gather's out-of-range index, as in
     onnxruntime). Either carries ``node_name`` and ``op_type``.
     """

@@ -57,7 +57,7 @@ def read_model_proto(source: ModelSource) -> tuple[onnx.ModelProto, str | None]:
         if not path.exists():
             raise NoSuchFile(f"Load model from {path} failed: File doesn't exist")
         if path.is_dir():
-            raise InvalidArgument(f"Load model from {path} failed: path is a directory")
+            raise InvalidProtobuf(f"Load model from {path} failed: path is a directory, not a model file")
         try:
             proto = onnx.load(str(path), load_external_data=False)
         except (DecodeError, RuntimeError, ValueError) as exc:

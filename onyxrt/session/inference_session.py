@@ -327,12 +327,13 @@ class InferenceSession(SessionApiMixin):
         self._input_defaults = [constant_array(v) if v in initializers else None for v in graph.inputs]
         self._output_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._model_meta = ModelMetadata(
-            producer_name=model.producer_name,
-            graph_name=graph.name,
-            domain=model.domain,
-            description=model.doc_string,
-            graph_description=graph.doc_string,
-            version=model.model_version,
+            # onnxruntime reports unset strings as '' and an unset model_version as INT64_MAX.
+            producer_name=model.producer_name or "",
+            graph_name=graph.name or "",
+            domain=model.domain or "",
+            description=model.doc_string or "",
+            graph_description=graph.doc_string or "",
+            version=model.model_version if model.model_version is not None else 2**63 - 1,
             custom_metadata_map=dict(model.metadata_props),
         )
 

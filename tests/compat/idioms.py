@@ -4,7 +4,8 @@ An idiom is a function taking the runtime module (``onnxruntime`` or ``onyxrt``)
 a value (numpy arrays, numbers, strings, lists/tuples/dicts of them). Both runtimes must
 return equal values, or both must raise an exception of the same kind: the same class name
 and the same built-in exception bases (``RuntimeError``, ``TypeError``, ...), so that code
-catching either the onnxruntime class or a built-in catches both.
+catching either the onnxruntime class or a built-in catches both (onyxrt may raise a subclass
+of the onnxruntime class, e.g. KernelError, a Fail that names the failing node).
 """
 
 from __future__ import annotations
@@ -35,10 +36,22 @@ class Outcome:
     message: str = ""
 
 
+# onnxruntime's status exception classes (Fail, InvalidArgument, ...): onyxrt may raise a subclass
+# (KernelError is a Fail naming the node), which ``except Fail`` catches all the same.
+_STATUS_CLASS_NAMES = {
+    name for name, value in vars(onnxruntime.capi.onnxruntime_pybind11_state).items()
+    if isinstance(value, type) and issubclass(value, Exception)
+}
+
+
 def error_kind(error: BaseException) -> tuple[str, frozenset[str]]:
-    """An exception's class name and the built-in exception classes it derives from."""
-    bases = frozenset(cls.__name__ for cls in type(error).__mro__ if cls in _BUILTIN_EXCEPTIONS)
-    return type(error).__name__, bases
+    """The first onnxruntime status class or built-in exception class in an exception's MRO (its own
+    class where it has neither), and the built-in exception classes it derives from."""
+    mro = type(error).__mro__
+    name = next((cls.__name__ for cls in mro if cls in _BUILTIN_EXCEPTIONS or cls.__name__ in _STATUS_CLASS_NAMES),
+                type(error).__name__)
+    bases = frozenset(cls.__name__ for cls in mro if cls in _BUILTIN_EXCEPTIONS)
+    return name, bases
 
 
 def outcome(idiom: Callable[[Any], Any], runtime: Any) -> Outcome:

@@ -146,14 +146,7 @@ def error_outcomes() -> dict[str, dict]:
         "wrong_input_dtype",
         "wrong_input_rank",
         "unknown_output_name",
-        pytest.param(
-            "kernel_failure",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="onnxruntime raises Fail when a kernel refuses its inputs (Reshape to a wrong size); "
-                "onyxrt's KernelError derives from RuntimeException, so `except Fail` misses it",
-            ),
-        ),
+        "kernel_failure",
     ],
 )
 def test_except_clause_from_pybind11_state_catches_onyxrts_error(error_outcomes, case):

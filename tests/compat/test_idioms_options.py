@@ -631,3 +631,48 @@ def test_a_callback_that_raises_is_reported_and_the_line_goes_to_stderr(capfd, m
                 [(type(r.exc_value).__name__, str(r.exc_value), r.object is failing) for r in reported])
 
     assert assert_same(idiom).value[1] == [("ValueError", "callback failed", True)]
+
+
+def _one_node(op_type: str, feeds: dict[str, np.ndarray], **attributes) -> bytes:
+    from onnx import TensorProto, helper
+
+    def info(name: str, value: np.ndarray):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT if value.dtype == np.float32 else TensorProto.INT64, None)
+
+    node = helper.make_node(op_type, list(feeds), ["y"], name="n", **attributes)
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return models.make_model([node], [info(name, value) for name, value in feeds.items()], [output]).SerializeToString()
+
+
+_F = np.ones((2, 3), np.float32)
+_REFUSALS = {
+    "Reshape to a wrong size": ("Reshape", {"x": _F, "shape": np.array([4, 2])}, {}),
+    "MatMul with mismatched inner dims": ("MatMul", {"a": _F, "b": np.ones((4, 2), np.float32)}, {}),
+    "Add of shapes that do not broadcast": ("Add", {"a": _F, "b": np.ones((4, 2), np.float32)}, {}),
+    "Concat of mismatched shapes": ("Concat", {"a": _F, "b": np.ones((4, 2), np.float32)}, {"axis": 0}),
+    "Expand to a shape that does not broadcast": ("Expand", {"x": _F, "shape": np.array([4, 2])}, {}),
+    "Slice on an axis out of range": (
+        "Slice", {"x": _F, "starts": np.array([0]), "ends": np.array([1]), "axes": np.array([5])}, {}),
+    "Transpose with a perm of the wrong rank": ("Transpose", {"x": _F}, {"perm": [0, 1, 2]}),
+}
+
+
+@pytest.mark.parametrize("case", list(_REFUSALS))
+def test_a_kernel_refusing_its_inputs_raises_onnxruntimes_status_class(case):
+    """Fail where onnxruntime's kernel throws, InvalidArgument where it returns that status."""
+    op_type, feeds, attributes = _REFUSALS[case]
+    model = _one_node(op_type, feeds, **attributes)
+    assert_same(lambda ort: ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds))
+
+
+def test_a_directory_given_as_the_model_is_invalid_protobuf(tmp_path):
+    assert_same(lambda ort: ort.InferenceSession(str(tmp_path)))
+
+
+def test_model_metadata_of_a_model_that_sets_none_of_it():
+    def metadata(ort):
+        meta = ort.InferenceSession(LINEAR, providers=["CPUExecutionProvider"]).get_modelmeta()
+        return [meta.producer_name, meta.graph_name, meta.domain, meta.description, meta.graph_description,
+                meta.version, meta.custom_metadata_map]
+
+    assert_same(metadata)

@@ -212,10 +212,11 @@ def test_flag_attributes_come_from_the_schemas():
 
 
 def test_kernel_refusals_are_reported_in_the_kernels_words_without_a_python_type():
-    # x's shape is not declared, so load-time inference cannot see the bad perm: the kernel refuses it.
+    # x's shape is not declared, so load-time inference cannot see the bad perm: the kernel refuses it
+    # (INVALID_ARGUMENT, as onnxruntime's Transpose).
     model = _model([h.make_node("Transpose", ["x"], ["y"], perm=[0, 0], name="t")],
                    [h.make_tensor_value_info("x", T.FLOAT, None)], [h.make_tensor_value_info("y", T.FLOAT, None)])
-    with pytest.raises(onyxrt.errors.RuntimeException) as caught:
+    with pytest.raises(onyxrt.errors.InvalidArgument) as caught:
         _session(model).run(None, {"x": np.zeros((2, 3), np.float32)})
     message = str(caught.value)
     assert "Name:'t' Status Message: Transpose: perm [0, 0] is not a permutation" in message
@@ -225,7 +226,7 @@ def test_kernel_refusals_are_reported_in_the_kernels_words_without_a_python_type
 def test_running_out_of_memory_is_reported_as_an_allocation_failure():
     model = _model([h.make_node("ConstantOfShape", ["s"], ["y"], name="fill")],
                    [h.make_tensor_value_info("s", T.INT64, [2])], [h.make_tensor_value_info("y", T.FLOAT, None)])
-    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'fill' Status Message: Failed to allocate memory"):
+    with pytest.raises(onyxrt.errors.Fail, match="Name:'fill' Status Message: Failed to allocate memory"):
         _session(model).run(None, {"s": np.array([2**20, 2**30], np.int64)})
 
 
@@ -233,7 +234,7 @@ def test_gather_elements_indices_wider_than_data_is_a_typed_error():
     model = _model([h.make_node("GatherElements", ["d", "i"], ["y"], axis=0, name="g")],
                    [h.make_tensor_value_info("d", T.FLOAT, [2, 2]), h.make_tensor_value_info("i", T.INT64, [1, 3])],
                    [h.make_tensor_value_info("y", T.FLOAT, None)])
-    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'g' Status Message: GatherElements: indices dim 1 is 3"):
+    with pytest.raises(onyxrt.errors.Fail, match="Name:'g' Status Message: GatherElements: indices dim 1 is 3"):
         _session(model).run(None, {"d": np.zeros((2, 2), np.float32), "i": np.zeros((1, 3), np.int64)})
 
 
@@ -269,7 +270,7 @@ def test_kernels_refuse_bad_inputs_with_a_typed_error(node, feeds, message):
     inputs = [h.make_tensor_value_info(name, T.FLOAT if value.dtype == np.float32 else T.INT64, None)
               for name, value in feeds.items()]
     model = _model([node], inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], opset=23)
-    # RUNTIME_EXCEPTION, or INVALID_ARGUMENT where onnxruntime's kernel says so (Gather's index range)
+    # FAIL, or INVALID_ARGUMENT where onnxruntime's kernel says so (Gather's index range)
     with pytest.raises(onyxrt.errors.OnyxRuntimeError, match=f"Name:'n' Status Message: {message}"):
         _session(model).run(None, {k: np.asarray(v) for k, v in feeds.items()})
 
@@ -293,7 +294,7 @@ def test_concat_of_different_ranks_is_a_typed_error():
     model = _model([h.make_node("Concat", ["a", "b"], ["y"], axis=1, name="c")],
                    [h.make_tensor_value_info("a", T.FLOAT, None), h.make_tensor_value_info("b", T.FLOAT, None)],
                    [h.make_tensor_value_info("y", T.FLOAT, None)])
-    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'c' Status Message: Concat: inputs have different ranks"):
+    with pytest.raises(onyxrt.errors.Fail, match="Name:'c' Status Message: Concat: inputs have different ranks"):
         _session(model).run(None, {"a": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)})
 
 
@@ -316,7 +317,7 @@ def test_rotary_embedding_without_position_ids_needs_per_token_caches():
               h.make_tensor_value_info("s", T.FLOAT, None)]
     model = _model([node], inputs, [h.make_tensor_value_info("y", T.FLOAT, None)], opset=23)
     feeds = {"x": np.zeros((1, 2, 3, 4), np.float32), "c": np.zeros((8, 2), np.float32), "s": np.zeros((8, 2), np.float32)}
-    with pytest.raises(onyxrt.errors.RuntimeException, match="Name:'rope' Status Message: RotaryEmbedding: cos/sin caches"):
+    with pytest.raises(onyxrt.errors.Fail, match="Name:'rope' Status Message: RotaryEmbedding: cos/sin caches"):
         _session(model).run(None, feeds)
 
 

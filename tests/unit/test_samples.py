@@ -49,8 +49,7 @@ def test_model_metadata_names_dataset_and_accuracy(session) -> None:
 
 def test_metadata_matches_onnxruntime(session, ort_session) -> None:
     ours, theirs = session.get_modelmeta(), ort_session.get_modelmeta()
-    # 'domain' is left out: onyxrt reports None for a model without one where onnxruntime reports ''.
-    for field in ("producer_name", "description", "graph_name", "graph_description", "version", "custom_metadata_map"):
+    for field in ("producer_name", "domain", "description", "graph_name", "graph_description", "version", "custom_metadata_map"):
         assert getattr(ours, field) == getattr(theirs, field), field
 
 

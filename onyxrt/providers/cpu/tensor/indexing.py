@@ -8,7 +8,7 @@ import numpy as np
 from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
-from ....errors import NodeIndexError, NodeIndexOutOfRange, NodeInputError
+from ....errors import NodeIndexError, NodeIndexOutOfRange, NodeInputError, NodeInvalidArgument
 
 
 def _fix_indices(indices: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -202,13 +202,13 @@ def _slice(data: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
     ends = ints(ends)
     n = len(starts)
     if len(ends) != n:
-        raise NodeInputError(f"Slice: starts {starts} and ends {ends} differ in length")
+        raise NodeInvalidArgument(f"Slice: starts {starts} and ends {ends} differ in length")
     rank = data.ndim
     shape = data.shape
     axes = list(range(n)) if axes is None else ints(axes)
     steps = None if steps is None else ints(steps)
     if len(axes) != n or (steps is not None and len(steps) != n):
-        raise NodeInputError("Slice: starts, ends, axes and steps must have the same length")
+        raise NodeInvalidArgument("Slice: starts, ends, axes and steps must have the same length")
     index = [slice(None)] * rank
     seen = set()
     for i in range(n):
@@ -217,7 +217,7 @@ def _slice(data: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
         if axis < 0:
             axis += rank
         if not 0 <= axis < rank or axis in seen:
-            raise NodeInputError(f"Slice: invalid or repeated axis {axes[i]} for rank {rank}")
+            raise NodeInvalidArgument(f"Slice: invalid or repeated axis {axes[i]} for rank {rank}")
         seen.add(axis)
         dim = shape[axis]
         if start < 0:
@@ -233,7 +233,7 @@ def _slice(data: np.ndarray, starts, ends, axes=None, steps=None) -> np.ndarray:
             end = -1 if end < -1 else (dim - 1 if end > dim - 1 else end)
             index[axis] = slice(start, end if end >= 0 else None, step)
         else:
-            raise NodeInputError("Slice: step cannot be 0")
+            raise NodeInvalidArgument("Slice: step cannot be 0")
     return data[tuple(index)]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..kernel_table import op
 from .._helpers import as_int_list, normalize_axis
-from ....errors import NodeInputError
+from ....errors import NodeInputError, NodeInvalidArgument
 
 
 def ints(values) -> list[int]:
@@ -176,7 +176,7 @@ def transpose(data, *, perm=None):
     if perm == list(range(data.ndim)):
         return data
     if sorted(perm) != list(range(data.ndim)):
-        raise NodeInputError(f"Transpose: perm {perm} is not a permutation of the input's {data.ndim} axes")
+        raise NodeInvalidArgument(f"Transpose: perm {perm} is not a permutation of the input's {data.ndim} axes")
     return data.transpose(perm)
 
 
@@ -223,7 +223,7 @@ def expand(x, shape):
         elif da == 1:
             out.append(db)
         else:
-            raise NodeInputError(f"Expand: input shape {x.shape} cannot broadcast to {shape}")
+            raise NodeInvalidArgument(f"Expand: input shape {x.shape} cannot broadcast to {shape}")
     out = tuple(out)
     if out == x.shape:
         return x
