@@ -29,6 +29,7 @@ import numpy as np
 from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
+from ..nn import attention_tiled
 from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
@@ -94,19 +95,34 @@ def _attend(
     allowed=None,
     sink=None,
     qk_stage=0,
+    allowed_block=None,
 ):
     """Scaled dot-product attention.
 
     q (B, N, S, H); k (B, Nk, T, H); v (B, Nk, T, Hv) with N a multiple of Nk.
     ``add_mask`` (broadcastable to (B, N, S, T)) is added, ``causal_past`` (an int P) masks
     key j > P + s with the lowest float, ``allowed`` (bool, broadcastable) keeps only the
-    allowed keys, ``sink`` (broadcastable to (B, N, S, 1)) adds a softmax sink logit.
+    allowed keys -- or ``allowed_block(s0, s1, t0, t1)`` returns its (rows, keys) block, so
+    that the whole mask is built only when needed --, ``sink`` (broadcastable to
+    (B, N, S, 1)) adds a softmax sink logit.
     Returns (B, N, S, Hv) and, with ``qk_stage`` 1/2, the scores before/after the softmax.
+
+    Large score matrices (see :func:`attention_tiled.use_tiled`) are computed block by block
+    with an online softmax unless the scores themselves are asked for (``qk_stage``).
     """
     B, N, S, H = q.shape
     Nk, T = k.shape[1], k.shape[2]
     if N % Nk:
         raise NodeInputError(f"{N} query heads cannot share {Nk} key/value heads")
+    if attention_bias is not None and np.broadcast_shapes(attention_bias.shape, (B, N, S, T)) != (B, N, S, T):
+        raise NodeInputError(f"attention_bias of shape {attention_bias.shape} does not broadcast to {(B, N, S, T)}")
+    if not qk_stage and attention_tiled.use_tiled(B, N, S, T, q.dtype.itemsize):
+        return _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap, allowed,
+                             allowed_block, sink), None
+    if allowed is None and allowed_block is not None:
+        allowed = allowed_block(0, S, 0, T)
+        if allowed.all():
+            allowed = None
     g = N // Nk
     c = q.dtype.type
     qs = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
@@ -137,6 +153,44 @@ def _attend(
         qk = sc.copy()
     out = pool_matmul(scores, v)  # (B, Nk, g*S, Hv)
     return out.reshape(B, N, S, v.shape[-1]), qk
+
+
+def _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap, allowed, allowed_block, sink):
+    """:func:`_attend`'s semantics, one block of scores at a time."""
+    c = q.dtype.type
+    S = q.shape[2]
+
+    def adjust(block, s0, s1, t0, t1):
+        if softcap and softcap > 0:
+            block /= c(softcap)
+            np.tanh(block, out=block)
+            block *= c(softcap)
+        if add_mask is not None:
+            block += attention_tiled.block_of(add_mask, s0, s1, t0, t1)
+        if attention_bias is not None:
+            block += attention_tiled.block_of(attention_bias, s0, s1, t0, t1)
+
+    def visible(s0, s1, t0, t1):
+        # the causal keys get the lowest float too (before attention_bias in the untiled path:
+        # lowest + any finite bias rounds back to lowest, so both give the same weights)
+        shown = None
+        if causal_past is not None:
+            shown = np.arange(t0, t1)[None, :] <= np.arange(s0, s1)[:, None] + int(causal_past)
+        if allowed is not None:
+            part = attention_tiled.block_of(allowed, s0, s1, t0, t1)
+        elif allowed_block is not None:
+            part = allowed_block(s0, s1, t0, t1)
+        else:
+            part = None
+        if part is not None:
+            shown = part if shown is None else shown & part
+        return shown
+
+    needs_visible = causal_past is not None or allowed is not None or allowed_block is not None
+    return attention_tiled.attend_tiled(
+        q, k, v, q_scale=scale, adjust=adjust, visible=visible if needs_visible and S else None,
+        fill=float(_LOWEST), empty_rows="uniform", sink=sink,
+    )
 
 
 def _scale(scale, head_size: int) -> float:
@@ -695,20 +749,25 @@ def group_query_attention(
 
     # which keys each query row sees
     T = min(max(total, int((P_b + W_b).max()) if B else 0), t_buf)
-    j = np.arange(T)[None, None, :]
-    pos = (P_b[:, None] + np.arange(S)[None, :])[:, :, None]  # (B, S, 1)
-    limit = T_b[:, None, None]
-    if causal:
-        allowed = (j <= pos) & (j < np.maximum(limit, 1))
-        allowed |= (j < limit) & (pos >= limit)  # right-padding rows of a first prompt see the whole sequence
-        if local_window_size is not None and int(local_window_size) > 0:
-            allowed &= j > pos - int(local_window_size)
-        allowed = None if allowed.all() else allowed[:, None]  # (B, 1, S, T); None: every key seen
-    else:
-        if local_window_size is not None and int(local_window_size) > 0:
-            raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
-        # without a causal mask only keys past a row's sequence length are hidden
-        allowed = None if not B or T_b.min() >= T else np.broadcast_to(j < limit, (B, S, T))[:, None]
+    window = int(local_window_size) if local_window_size is not None else -1
+    if not causal and window > 0:
+        raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
+
+    def allowed_block(s0: int, s1: int, t0: int, t1: int) -> np.ndarray:
+        """(B, 1, s1-s0, t1-t0): whether query row s sees key j (only this block is built)."""
+        j = np.arange(t0, t1)[None, None, :]
+        limit = T_b[:, None, None]
+        if not causal:  # without a causal mask only keys past a row's sequence length are hidden
+            return np.broadcast_to(j < limit, (B, s1 - s0, t1 - t0))[:, None]
+        pos = (P_b[:, None] + np.arange(s0, s1)[None, :])[:, :, None]  # (B, rows, 1)
+        shown = (j <= pos) & (j < np.maximum(limit, 1))
+        shown |= (j < limit) & (pos >= limit)  # right-padding rows of a first prompt see the whole sequence
+        if window > 0:
+            shown &= j > pos - window
+        return shown[:, None]
+
+    # None: every key seen (decided without building the mask where that is cheap to tell)
+    every_key_seen = not B or (not causal and T_b.min() >= T)
 
     ab = _f(attention_bias, ct)
     if ab is not None:
@@ -727,7 +786,7 @@ def group_query_attention(
         _scale(scale, H),
         attention_bias=ab,
         softcap=float(softcap or 0.0),
-        allowed=allowed,
+        allowed_block=None if every_key_seen else allowed_block,
         sink=sink,
         qk_stage=int(qk_output) if _num_outputs > 3 else 0,
     )

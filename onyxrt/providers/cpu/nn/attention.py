@@ -14,6 +14,7 @@ import numpy as np
 from ....errors import NodeIndexError, NodeInputError
 from ....graph.types import np_dtype
 from ..kernel_table import op
+from . import attention_tiled
 
 
 def _heads_first(x: np.ndarray, heads: int | None, what: str) -> np.ndarray:
@@ -30,12 +31,16 @@ def _heads_first(x: np.ndarray, heads: int | None, what: str) -> np.ndarray:
     return x.reshape(b, s, heads, hidden // heads).transpose(0, 2, 1, 3)
 
 
-def _frontier(q_len: int, kv_len: int, offset, left: int, right: int, causal: bool) -> np.ndarray | None:
-    """Allowed (query, key) pairs from the causal and window rules: [q, kv] or [B, 1, q, kv]; None = all."""
+def _frontier(q_len: int, kv_len: int, offset, left: int, right: int, causal: bool,
+              q_start: int = 0, kv_start: int = 0) -> np.ndarray | None:
+    """Allowed (query, key) pairs from the causal and window rules: [q, kv] or [B, 1, q, kv]; None = all.
+
+    ``q_start`` / ``kv_start`` give the block's first query row / key (the tiled path asks
+    for one block at a time)."""
     if not causal and left < 0 and right < 0:
         return None
-    i = np.arange(q_len)[:, None]
-    j = np.arange(kv_len)[None, :]
+    i = np.arange(q_start, q_start + q_len)[:, None]
+    j = np.arange(kv_start, kv_start + kv_len)[None, :]
     if np.ndim(offset):
         i = i[None, :, :] + np.asarray(offset).reshape(-1, 1, 1)
     else:
@@ -90,6 +95,26 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     scalar = compute.type
     factor = (1 / np.sqrt(head_size)) if scale is None else scale
     root = np.sqrt(np.asarray(factor, dtype=np.float64)).astype(dtype)  # scale is split over Q and K, per spec
+    if past_key is not None:
+        offset = past_key.shape[2]
+    elif nonpad_kv_seqlen is not None:
+        offset = np.asarray(nonpad_kv_seqlen).reshape(-1).astype(np.int64) - q_len
+    else:
+        offset = 0
+    softmax_dtype = compute
+    if softmax_precision is not None:
+        softmax_dtype = np_dtype(softmax_precision)
+        if softmax_dtype.kind != "f":
+            raise NodeInputError(f"Attention: softmax_precision {softmax_precision} is not a float type")
+    # tiled: not when the scores are an output, nor where the untiled path rounds the
+    # probabilities to a narrower type (float16 / bfloat16) or softmaxes in another precision
+    if (_num_outputs < 4 and compute == dtype and dtype in (np.float32, np.float64) and softmax_dtype == compute
+            and attention_tiled.use_tiled(batch, heads, q_len, kv_len, compute.itemsize)):
+        out = _attention_tiled(qh, kh, vh, root, softcap, attn_mask, offset, nonpad_kv_seqlen,
+                               int(left_window_size), int(right_window_size), bool(is_causal))
+        if three_d:
+            out = out.transpose(0, 2, 1, 3).reshape(batch, q_len, -1)
+        return out, present_key, present_value
     qs = (qh * root).astype(compute).reshape(batch, kv_heads, group, q_len, head_size)
     ks = (kh * root).astype(compute)[:, :, None]
     scores = qs @ np.swapaxes(ks, -1, -2)  # [B, Hkv, G, q, kv]
@@ -108,12 +133,6 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
         if mask.dtype == np.bool_:
             mask = np.where(mask, scalar(0), scalar(-np.inf))
         bias = bias + mask.astype(compute)
-    if past_key is not None:
-        offset = past_key.shape[2]
-    elif nonpad_kv_seqlen is not None:
-        offset = np.asarray(nonpad_kv_seqlen).reshape(-1).astype(np.int64) - q_len
-    else:
-        offset = 0
     allowed = _frontier(q_len, kv_len, offset, int(left_window_size), int(right_window_size), bool(is_causal))
     if allowed is not None:
         bias = bias + np.where(allowed, scalar(0), scalar(-np.inf))
@@ -122,11 +141,6 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
         bias = bias + np.where(valid, scalar(0), scalar(-np.inf)).reshape(batch, 1, 1, kv_len)
 
     biased = capped + bias
-    softmax_dtype = compute
-    if softmax_precision is not None:
-        softmax_dtype = np_dtype(softmax_precision)
-        if softmax_dtype.kind != "f":
-            raise NodeInputError(f"Attention: softmax_precision {softmax_precision} is not a float type")
     probs = _stable_softmax(biased.astype(softmax_dtype, copy=True))
     empty_rows = np.isneginf(bias.max(axis=-1, keepdims=True))
     if empty_rows.any():
@@ -151,6 +165,46 @@ def attention(q, k, v, attn_mask=None, past_key=None, past_value=None, nonpad_kv
     else:
         raise NodeInputError(f"qk_matmul_output_mode must be 0..3, got {mode}")
     return out, present_key, present_value, np.asarray(qk).astype(dtype)
+
+
+def _attention_tiled(qh, kh, vh, root, softcap, attn_mask, offset, nonpad_kv_seqlen, left, right, causal):
+    """The float32/float64 Attention without its qk output, one block of scores at a time."""
+    batch, _, q_len, _ = qh.shape
+    kv_len = kh.shape[2]
+    scalar = qh.dtype.type
+    mask = attn_mask
+    mask_keys = kv_len if mask is None else min(kv_len, mask.shape[-1])  # keys past the mask's width are masked
+    if mask is not None and mask.dtype != np.bool_:
+        mask = mask.astype(qh.dtype, copy=False)
+    valid = None if nonpad_kv_seqlen is None else np.asarray(nonpad_kv_seqlen).reshape(-1, 1, 1, 1).astype(np.int64)
+
+    def adjust(block, s0, s1, t0, t1):
+        if softcap and softcap > 0:
+            block /= scalar(softcap)
+            np.tanh(block, out=block)
+            block *= scalar(softcap)
+        if mask is not None and t0 < mask_keys:
+            end = min(t1, mask_keys)
+            part = attention_tiled.block_of(mask, s0, s1, t0, end)
+            target = block[..., : end - t0]
+            if part.dtype == np.bool_:
+                np.copyto(target, scalar(-np.inf), where=~part)
+            else:
+                target += part
+
+    def visible(s0, s1, t0, t1):
+        shown = _frontier(s1 - s0, t1 - t0, offset, left, right, causal, q_start=s0, kv_start=t0)
+        if mask is not None and t1 > mask_keys:
+            inside = np.arange(t0, t1) < mask_keys
+            shown = inside[None, :] if shown is None else shown & inside
+        if valid is not None:
+            inside = np.arange(t0, t1)[None, None, None, :] < valid  # (B, 1, 1, keys)
+            shown = inside if shown is None else shown & inside
+        return shown
+
+    root_value = float(root)
+    return attention_tiled.attend_tiled(qh, kh, vh, q_scale=root_value, k_scale=root_value, adjust=adjust,
+                                        visible=visible, fill=-np.inf, empty_rows="zero")
 
 
 @op("RotaryEmbedding", versions=23)

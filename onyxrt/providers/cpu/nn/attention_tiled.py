@@ -1,0 +1,157 @@
+"""Memory-efficient (flash-style) scaled dot-product attention on CPU.
+
+Shared by the standard Attention (opset 23+) and the com.microsoft attention ops. The keys
+are walked in blocks, the queries too when there are many, with an online softmax: per
+query row a running maximum ``m``, a running sum ``l`` of exp(score - m) and an accumulator
+of exp(score - m) @ V, each rescaled by exp(m_old - m_new) when the maximum grows. Only one
+(batch, heads, query block, key block) score block lives at a time, so the extra memory is
+bounded by :data:`BLOCK_BYTES` (plus the output) instead of a (heads, q_len, kv_len) matrix.
+
+Masks, biases and windows are applied per block by the caller's ``adjust`` callback (which
+slices its own inputs) and ``visible`` callback (which computes a block of the causal /
+window / length rule from indices), so no seq x seq mask is built. Grouped-query heads are
+folded into the query rows of their key/value head, as in the untiled path: K/V are never
+repeated.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..gemm import matmul as pool_matmul
+
+# One score block (batch x heads x query rows x keys) is kept near this size: big enough that
+# each matmul is a sizeable BLAS call (the per-block Python overhead stays a few percent), small
+# enough to stay in the last-level cache of a typical CPU and far below a seq x seq matrix.
+BLOCK_BYTES = 8 << 20
+MIN_BLOCK_KEYS = 512
+
+# The tiled path is chosen when the untiled path's scores (batch x heads x q_len x kv_len x
+# itemsize) would exceed this. Measured in benchmarks/attention_memory.md: below it the untiled
+# path's single large matmul / softmax is as fast or faster, and its memory is small anyway;
+# above it the untiled path's working set leaves the cache, the tiled one is as fast or faster
+# (and skips whole causal-future blocks) while its memory stays bounded.
+TILED_THRESHOLD_BYTES = 32 << 20
+
+Adjust = Callable[[np.ndarray, int, int, int, int], None]
+Visible = Callable[[int, int, int, int], "np.ndarray | None"]
+
+
+def use_tiled(batch: int, heads: int, q_len: int, kv_len: int, itemsize: int, threshold: int | None = None) -> bool:
+    """Whether the untiled score matrix would be larger than ``threshold`` bytes (default :data:`TILED_THRESHOLD_BYTES`)."""
+    limit = TILED_THRESHOLD_BYTES if threshold is None else threshold
+    return batch * heads * q_len * kv_len * itemsize > limit
+
+
+def block_of(array: np.ndarray | None, s0: int, s1: int, t0: int, t1: int) -> np.ndarray | None:
+    """The (rows s0:s1, keys t0:t1) block of an array broadcastable to (..., q_len, kv_len);
+    axes of size 1 are left whole (they broadcast)."""
+    if array is None:
+        return None
+    if array.ndim == 1:
+        return array if array.shape[0] == 1 else array[t0:t1]
+    rows = slice(None) if array.shape[-2] == 1 else slice(s0, s1)
+    keys = slice(None) if array.shape[-1] == 1 else slice(t0, t1)
+    return array[..., rows, keys]
+
+
+def attend_tiled(
+    q: np.ndarray,
+    k: np.ndarray,
+    v: np.ndarray,
+    *,
+    q_scale: float = 1.0,
+    k_scale: float = 1.0,
+    adjust: Adjust | None = None,
+    visible: Visible | None = None,
+    fill: float = -np.inf,
+    empty_rows: str = "zero",
+    sink: np.ndarray | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> np.ndarray:
+    """softmax((q_scale Q)(k_scale K)^T + per-block adjustments) V, computed block by block.
+
+    q (B, N, S, H), k (B, Nk, T, H), v (B, Nk, T, Hv) of one float dtype (the compute type),
+    N a multiple of Nk. ``adjust(scores, s0, s1, t0, t1)`` modifies a (B, N, s1-s0, t1-t0)
+    score block in place (softcap, additive masks, biases). ``visible(s0, s1, t0, t1)`` returns
+    a bool block broadcastable to (B, N, rows, keys), or None when every key is visible; the
+    invisible scores are set to ``fill`` and blocks with nothing visible are skipped. A row
+    that sees no key at all yields zeros (``empty_rows="zero"``) or the mean of V
+    (``"uniform"``: what a softmax over equal finite scores gives). ``sink`` (broadcastable to
+    (B, N, S, 1)) adds exp(sink - max) to each row's denominator. Returns (B, N, S, Hv).
+    """
+    B, N, S, H = q.shape
+    Nk, T, Hv = k.shape[1], k.shape[2], v.shape[3]
+    g = N // Nk
+    dtype = q.dtype
+    c = dtype.type
+    itemsize = dtype.itemsize
+    out = np.empty((B, N, S, Hv), dtype)
+    if S == 0:
+        return out
+    per_key_row = max(1, B * N * itemsize)
+    block_q = int(max(1, min(S, block_bytes // (per_key_row * min(T, MIN_BLOCK_KEYS) or 1))))
+    block_k = int(max(1, min(T, max(MIN_BLOCK_KEYS, block_bytes // (per_key_row * block_q)))))
+    sink_rows = None if sink is None else np.broadcast_to(np.asarray(sink, dtype), (B, N, S, 1))
+    kq_scale = c(k_scale) if k_scale != 1.0 else None
+    for s0 in range(0, S, block_q):
+        s1 = min(S, s0 + block_q)
+        rows = s1 - s0
+        qb = np.empty((B, N, rows, H), dtype)
+        np.multiply(q[:, :, s0:s1], c(q_scale), out=qb)
+        qg = qb.reshape(B, Nk, g * rows, H)
+        acc = np.zeros((B, Nk, g * rows, Hv), dtype)
+        if sink_rows is None:
+            m = np.full((B, Nk, g * rows, 1), -np.inf, dtype)
+            total = np.zeros((B, Nk, g * rows, 1), dtype)
+        else:  # the sink is one more logit: it starts the running max, and adds exp(0) = 1
+            m = np.array(sink_rows[:, :, s0:s1], dtype).reshape(B, Nk, g * rows, 1)
+            total = np.ones((B, Nk, g * rows, 1), dtype)
+        seen = None if visible is None else np.zeros((B, N, rows), bool)
+        for t0 in range(0, T, block_k):
+            t1 = min(T, t0 + block_k)
+            shown = None if visible is None else visible(s0, s1, t0, t1)
+            if shown is not None:
+                if not shown.any():
+                    continue
+                seen |= np.broadcast_to(shown, (B, N, rows, t1 - t0)).any(axis=-1)
+            elif seen is not None:
+                seen[...] = True
+            kb = k[:, :, t0:t1]
+            if kq_scale is not None:
+                kb = kb * kq_scale
+            scores = pool_matmul(qg, kb.transpose(0, 1, 3, 2))  # (B, Nk, g*rows, keys)
+            block = scores.reshape(B, N, rows, t1 - t0)
+            if adjust is not None:
+                adjust(block, s0, s1, t0, t1)
+            if shown is not None and not shown.all():
+                np.copyto(block, c(fill), where=~shown)
+            m_new = np.maximum.reduce(scores, axis=-1, keepdims=True)
+            np.maximum(m_new, m, out=m_new)
+            # a row with every score -inf so far keeps max 0: its exp()s are 0, not nan
+            shift = np.where(np.isfinite(m_new), m_new, c(0)) if not np.isfinite(m_new).all() else m_new
+            scores -= shift
+            np.exp(scores, out=scores)
+            rescale = m - shift
+            np.exp(rescale, out=rescale)
+            total *= rescale
+            total += np.add.reduce(scores, axis=-1, keepdims=True)
+            acc *= rescale
+            acc += pool_matmul(scores, v[:, :, t0:t1])
+            m = m_new
+        empty = total == 0
+        if empty.any():
+            total[empty] = 1
+        acc /= total
+        ob = acc.reshape(B, N, rows, Hv)
+        if seen is not None and not seen.all():
+            if empty_rows == "uniform" and sink_rows is None:
+                mean = v.mean(axis=2, dtype=dtype)  # (B, Nk, Hv)
+                uniform = np.broadcast_to(mean[:, :, None, None, :], (B, Nk, g, rows, Hv)).reshape(B, N, rows, Hv)
+                ob[~seen] = uniform[~seen]
+            else:
+                ob[~seen] = 0
+        out[:, :, s0:s1] = ob
+    return out
