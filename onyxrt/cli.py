@@ -652,6 +652,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="latency percentiles, throughput, memory and session creation (--compare onnxruntime)")
     benchmark.add_arguments(bench)
     bench.set_defaults(handler=benchmark.run)
+    from .genai import cli as genai_cli  # here, not at the top: it imports this module's helpers
+    generate = commands.add_parser("generate", help="generate tokens with a decoder (KV cache); prefill and decode tokens/s")
+    genai_cli.add_arguments(generate)
+    generate.set_defaults(handler=genai_cli.run)
     return parser
 
 
