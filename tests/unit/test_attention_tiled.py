@@ -269,3 +269,28 @@ def test_kernel_skips_causal_future_blocks(monkeypatch):
                                  block_bytes=8 * 8 * 4)
     # 8 query blocks x 8 key blocks; only the 36 on or below the diagonal run (2 matmuls each)
     assert len(shapes) == 2 * 36
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # lowest + lowest, in both paths
+def test_mha_causal_with_lowest_float_bias(monkeypatch):
+    """GPT-2 exports write left padding as a finfo.min bias: the first rows then see no key
+    through the bias and spread their weight over the causal-hidden keys as well."""
+    B, S, N, H = 2, 24, 2, 8
+    q, k, v = _rand(B, S, N * H), _rand(B, S, N * H), _rand(B, S, N * H)
+    ab = np.zeros((B, 1, 1, S), np.float32)
+    ab[1, ..., :5] = np.finfo(np.float32).min
+    _assert_close(*_both(monkeypatch, lambda: contrib.multi_head_attention(
+        q, k, v, None, None, ab, num_heads=N, unidirectional=1)))
+
+
+def test_gqa_lowest_float_bias(monkeypatch):
+    ab = np.zeros((2, 1, 30, 30), np.float32)
+    ab[0, ..., :12] = np.finfo(np.float32).min
+    _assert_close(*_both(monkeypatch, _gqa(30, 30, 0, [29, 29], attention_bias=ab, local_window_size=8)))
+
+
+def test_standard_attention_lowest_float_mask(monkeypatch):
+    q, k, v = _rand(1, 2, 26, 8), _rand(1, 2, 26, 8), _rand(1, 2, 26, 8)
+    mask = np.zeros((26, 26), np.float32)
+    mask[:, :9] = np.finfo(np.float32).min
+    _assert_close(*_both(monkeypatch, lambda: standard.attention(q, k, v, mask, is_causal=1)))

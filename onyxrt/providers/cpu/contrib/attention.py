@@ -159,6 +159,13 @@ def _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap
     """:func:`_attend`'s semantics, one block of scores at a time."""
     c = q.dtype.type
     S = q.shape[2]
+    # Hidden keys get the lowest float, not -inf: a row whose visible scores are all near the
+    # lowest float too (a bias or mask of finfo.min, as exported GPT-2 left padding writes)
+    # spreads its weight over the hidden keys as well. Where the masks and biases stay far
+    # above it, hidden keys weigh exactly 0 and whole hidden blocks can be skipped; otherwise
+    # every block is computed, the causal rule applied where the untiled path applies it.
+    far_above_lowest = all(a is None or not a.size or float(np.min(a)) > -1e30 for a in (add_mask, attention_bias))
+    causal_in_scores = causal_past is not None and not far_above_lowest
 
     def adjust(block, s0, s1, t0, t1):
         if softcap and softcap > 0:
@@ -167,14 +174,16 @@ def _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap
             block *= c(softcap)
         if add_mask is not None:
             block += attention_tiled.block_of(add_mask, s0, s1, t0, t1)
+        if causal_in_scores:
+            future = np.arange(t0, t1)[None, :] > np.arange(s0, s1)[:, None] + int(causal_past)
+            if future.any():
+                np.copyto(block, c(_LOWEST), where=future)
         if attention_bias is not None:
             block += attention_tiled.block_of(attention_bias, s0, s1, t0, t1)
 
     def visible(s0, s1, t0, t1):
-        # the causal keys get the lowest float too (before attention_bias in the untiled path:
-        # lowest + any finite bias rounds back to lowest, so both give the same weights)
         shown = None
-        if causal_past is not None:
+        if causal_past is not None and not causal_in_scores:
             shown = np.arange(t0, t1)[None, :] <= np.arange(s0, s1)[:, None] + int(causal_past)
         if allowed is not None:
             part = attention_tiled.block_of(allowed, s0, s1, t0, t1)
@@ -186,10 +195,10 @@ def _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap
             shown = part if shown is None else shown & part
         return shown
 
-    needs_visible = causal_past is not None or allowed is not None or allowed_block is not None
+    needs_visible = (causal_past is not None and not causal_in_scores) or allowed is not None or allowed_block is not None
     return attention_tiled.attend_tiled(
         q, k, v, q_scale=scale, adjust=adjust, visible=visible if needs_visible and S else None,
-        fill=float(_LOWEST), empty_rows="uniform", sink=sink,
+        fill=float(_LOWEST), empty_rows="uniform", sink=sink, skip_hidden_blocks=far_above_lowest,
     )
 
 

@@ -69,7 +69,8 @@ def attend_tiled(
     fill: float = -np.inf,
     empty_rows: str = "zero",
     sink: np.ndarray | None = None,
-    block_bytes: int = BLOCK_BYTES,
+    skip_hidden_blocks: bool = True,
+    block_bytes: int | None = None,
 ) -> np.ndarray:
     """softmax((q_scale Q)(k_scale K)^T + per-block adjustments) V, computed block by block.
 
@@ -81,7 +82,13 @@ def attend_tiled(
     that sees no key at all yields zeros (``empty_rows="zero"``) or the mean of V
     (``"uniform"``: what a softmax over equal finite scores gives). ``sink`` (broadcastable to
     (B, N, S, 1)) adds exp(sink - max) to each row's denominator. Returns (B, N, S, Hv).
+
+    Skipping the blocks with nothing visible is exact when ``fill`` is -inf, or when every
+    visible score is far above a finite ``fill`` (so exp(fill - max) is 0); a caller whose
+    biases may push visible scores down to ``fill`` passes ``skip_hidden_blocks=False``.
     """
+    if block_bytes is None:
+        block_bytes = BLOCK_BYTES
     B, N, S, H = q.shape
     Nk, T, Hv = k.shape[1], k.shape[2], v.shape[3]
     g = N // Nk
@@ -114,7 +121,7 @@ def attend_tiled(
             t1 = min(T, t0 + block_k)
             shown = None if visible is None else visible(s0, s1, t0, t1)
             if shown is not None:
-                if not shown.any():
+                if skip_hidden_blocks and not shown.any():
                     continue
                 seen |= np.broadcast_to(shown, (B, N, rows, t1 - t0)).any(axis=-1)
             elif seen is not None:
