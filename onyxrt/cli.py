@@ -1,4 +1,4 @@
-"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT`` and ``bench MODEL``."""
+"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL`` and ``generate MODEL``."""
 
 from __future__ import annotations
 
