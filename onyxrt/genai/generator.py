@@ -101,11 +101,16 @@ def _layout(session: Any) -> CacheLayout:
                 raise ValueError(f"model: input '{past}' has no output '{present}' to be fed back from")
             past_names.append(past)
             present_names.append(present)
+    for name in past_names:
+        shape = list(inputs[name].shape)
+        if len(shape) != 4 or not all(isinstance(dim, int) for dim in (shape[1], shape[3])):
+            raise ValueError(f"model: input '{name}' must be [batch, kv_heads, past, head_size] with fixed "
+                             f"kv_heads and head_size (declared {shape})")
+        if (shape[1], shape[3]) != (inputs[past_names[0]].shape[1], inputs[past_names[0]].shape[3]):
+            raise ValueError(f"model: input '{name}' is {shape}, '{past_names[0]}' {list(inputs[past_names[0]].shape)}; "
+                             "every layer's cache must have the same kv_heads and head_size")
     first = inputs[past_names[0]]
     shape = list(first.shape)
-    if len(shape) != 4 or not all(isinstance(dim, int) for dim in (shape[1], shape[3])):
-        raise ValueError(f"model: input '{first.name}' must be [batch, kv_heads, past, head_size] with fixed "
-                         f"kv_heads and head_size (declared {shape})")
     dtype = _DTYPES.get(first.type, "unknown")
     if dtype is None or dtype == "unknown":
         raise ValueError(f"model: input '{first.name}' has type {first.type}; the cache must be float, float16 or double")

@@ -217,6 +217,10 @@ def test_models_that_are_no_kv_cache_decoder_are_refused(tmp_path):
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", "s"])]), opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ValueError, match="no past_key_values"):
         Generator(plain.SerializeToString())
+    symbolic_heads = _decoder()
+    symbolic_heads.graph.input[4].type.tensor_type.shape.dim[1].dim_param = "heads"
+    with pytest.raises(ValueError, match="'past_key_values.0.value' must be .batch, kv_heads, past, head_size. with fixed"):
+        Generator(symbolic_heads.SerializeToString())
     with pytest.raises(TypeError, match="model must be a path, bytes or an InferenceSession"):
         Generator(42)
 
