@@ -152,7 +152,7 @@ def _eos_ids(value: Any) -> tuple[int, ...]:
 
 def _token_array(name: str, value: Any) -> np.ndarray:
     array = np.asarray(value)
-    if array.dtype.kind not in "iu" and not (array.dtype == object and array.size == 0):
+    if array.dtype.kind not in "iu" and array.size:  # [] and [[]] are empty prompts, reported below
         raise TypeError(f"{name} must be an integer array, got dtype {array.dtype}")
     if array.ndim != 2:
         raise ValueError(f"{name} must be 2-D [batch, sequence], got shape {list(array.shape)}")

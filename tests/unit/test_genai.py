@@ -179,6 +179,7 @@ def test_seeded_sampling_is_reproducible_and_differs_by_seed(generator):
 
 @pytest.mark.parametrize("arguments, error, words", [
     (dict(input_ids=[1, 2]), ValueError, "input_ids must be 2-D"),
+    (dict(input_ids=[[]]), ValueError, "input_ids must hold at least one token per row"),
     (dict(input_ids=[[1.5, 2.0]]), TypeError, "input_ids must be an integer array"),
     (dict(input_ids=[[1, VOCAB]]), ValueError, "input_ids must be token ids"),
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be at least 0"),
