@@ -110,3 +110,16 @@ def test_sampling_is_reproducible_with_a_seed_and_stops_at_eos(zoo_model):
     eos = int(first[0, 6 + 3])  # the fourth new token: stop there
     stopped = generator.generate(ids, seed=7, eos_token_id=eos, **options)
     np.testing.assert_array_equal(stopped, first[:, :6 + 4])
+
+
+def test_cli_generate_on_llama_tiny_prints_the_loop_tokens(zoo_model, capsys):
+    from onyxrt.cli import main
+
+    path = zoo_model("llama_tiny")
+    ids, mask = _prompts([6], seed=4)
+    want = _onnxruntime_loop(_reference_session(path), ids, mask, 8)[0, 6:]
+    argv = ["generate", path, "--input-ids", ",".join(map(str, ids[0])), "--max-new-tokens", "8", "--stream"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"new tokens: {' '.join(map(str, want))}\n" in out
+    assert "prefill: 6 tokens in" in out and "decode: 7 tokens in" in out
