@@ -95,70 +95,90 @@ def attend_tiled(
     dtype = q.dtype
     c = dtype.type
     itemsize = dtype.itemsize
-    out = np.empty((B, N, S, Hv), dtype)
     if S == 0:
-        return out
+        return np.empty((B, N, S, Hv), dtype)
     per_key_row = max(1, B * N * itemsize)
     block_q = int(max(1, min(S, block_bytes // (per_key_row * min(T, MIN_BLOCK_KEYS) or 1))))
+    if block_q < S:  # a power of two: causal diagonals then fall on block edges, more blocks are skipped
+        block_q = 1 << (block_q.bit_length() - 1)
     block_k = int(max(1, min(T, max(MIN_BLOCK_KEYS, block_bytes // (per_key_row * block_q)))))
-    sink_rows = None if sink is None else np.broadcast_to(np.asarray(sink, dtype), (B, N, S, 1))
-    kq_scale = c(k_scale) if k_scale != 1.0 else None
-    for s0 in range(0, S, block_q):
-        s1 = min(S, s0 + block_q)
-        rows = s1 - s0
-        qb = np.empty((B, N, rows, H), dtype)
-        np.multiply(q[:, :, s0:s1], c(q_scale), out=qb)
-        qg = qb.reshape(B, Nk, g * rows, H)
-        acc = np.zeros((B, Nk, g * rows, Hv), dtype)
-        if sink_rows is None:
-            m = np.full((B, Nk, g * rows, 1), -np.inf, dtype)
-            total = np.zeros((B, Nk, g * rows, 1), dtype)
+    # Key blocks outside, query blocks inside: each K/V block is packed once (K transposed,
+    # contiguous: BLAS runs several times faster on it than on a strided head view), and the
+    # running state of every query block (max, sum, accumulator) is kept, contiguous per block:
+    # O(S) per head in all; only the score block is O(block).
+    q_blocks = [(s0, min(S, s0 + block_q)) for s0 in range(0, S, block_q)]
+    states = []
+    for s0, s1 in q_blocks:
+        R = B * N * (s1 - s0)
+        if sink is None:
+            m = np.full(R, -np.inf, dtype)
+            total = np.zeros(R, dtype)
         else:  # the sink is one more logit: it starts the running max, and adds exp(0) = 1
-            m = np.array(sink_rows[:, :, s0:s1], dtype).reshape(B, Nk, g * rows, 1)
-            total = np.ones((B, Nk, g * rows, 1), dtype)
-        seen = None if visible is None else np.zeros((B, N, rows), bool)
-        for t0 in range(0, T, block_k):
-            t1 = min(T, t0 + block_k)
+            m = np.array(np.broadcast_to(np.asarray(sink, dtype), (B, N, S, 1))[:, :, s0:s1]).reshape(R)
+            total = np.ones(R, dtype)
+        states.append((m, total, np.zeros((B, Nk, g * (s1 - s0), Hv), dtype)))
+    seen = None if visible is None else np.zeros((B, N, S), bool)
+    for t0 in range(0, T, block_k):
+        t1 = min(T, t0 + block_k)
+        keys = t1 - t0
+        k_packed = v_packed = None
+        for (s0, s1), (m, total, acc) in zip(q_blocks, states):
+            rows = s1 - s0
             shown = None if visible is None else visible(s0, s1, t0, t1)
             if shown is not None:
                 if skip_hidden_blocks and not shown.any():
                     continue
-                seen |= np.broadcast_to(shown, (B, N, rows, t1 - t0)).any(axis=-1)
+                seen[:, :, s0:s1] |= np.broadcast_to(shown, (B, N, rows, keys)).any(axis=-1)
             elif seen is not None:
-                seen[...] = True
-            kb = k[:, :, t0:t1]
-            if kq_scale is not None:
-                kb = kb * kq_scale
-            scores = pool_matmul(qg, kb.transpose(0, 1, 3, 2))  # (B, Nk, g*rows, keys)
-            block = scores.reshape(B, N, rows, t1 - t0)
+                seen[:, :, s0:s1] = True
+            if k_packed is None:
+                k_packed = np.empty((B, Nk, H, keys), dtype)
+                np.copyto(k_packed, k[:, :, t0:t1].transpose(0, 1, 3, 2))
+                if k_scale != 1.0:
+                    k_packed *= c(k_scale)
+                v_packed = np.ascontiguousarray(v[:, :, t0:t1])
+            qb = np.empty((B, N, rows, H), dtype)
+            np.multiply(q[:, :, s0:s1], c(q_scale), out=qb)
+            scores = pool_matmul(qb.reshape(B, Nk, g * rows, H), k_packed)  # (B, Nk, g*rows, keys)
             if adjust is not None:
-                adjust(block, s0, s1, t0, t1)
+                adjust(scores.reshape(B, N, rows, keys), s0, s1, t0, t1)
             if shown is not None and not shown.all():
-                np.copyto(block, c(fill), where=~shown)
-            m_new = np.maximum.reduce(scores, axis=-1, keepdims=True)
-            np.maximum(m_new, m, out=m_new)
-            # a row with every score -inf so far keeps max 0: its exp()s are 0, not nan
-            shift = np.where(np.isfinite(m_new), m_new, c(0)) if not np.isfinite(m_new).all() else m_new
-            scores -= shift
-            np.exp(scores, out=scores)
-            rescale = m - shift
-            np.exp(rescale, out=rescale)
-            total *= rescale
-            total += np.add.reduce(scores, axis=-1, keepdims=True)
-            acc *= rescale
-            acc += pool_matmul(scores, v[:, :, t0:t1])
-            m = m_new
-        empty = total == 0
-        if empty.any():
-            total[empty] = 1
-        acc /= total
-        ob = acc.reshape(B, N, rows, Hv)
-        if seen is not None and not seen.all():
-            if empty_rows == "uniform" and sink_rows is None:
-                mean = v.mean(axis=2, dtype=dtype)  # (B, Nk, Hv)
-                uniform = np.broadcast_to(mean[:, :, None, None, :], (B, Nk, g, rows, Hv)).reshape(B, N, rows, Hv)
-                ob[~seen] = uniform[~seen]
-            else:
-                ob[~seen] = 0
-        out[:, :, s0:s1] = ob
+                np.copyto(scores.reshape(B, N, rows, keys), c(fill), where=~shown)
+            rescale = _online_update(scores.reshape(-1, keys), m, total)
+            acc *= rescale.reshape(B, Nk, g * rows, 1)
+            acc += pool_matmul(scores, v_packed)
+    out = np.empty((B, N, S, Hv), dtype)
+    for (s0, s1), (m, total, acc) in zip(q_blocks, states):
+        total[total == 0] = 1  # rows that saw nothing but -inf: their accumulator is 0
+        acc /= total.reshape(B, Nk, -1, 1)
+        out[:, :, s0:s1] = acc.reshape(B, N, s1 - s0, Hv)
+    if seen is not None and not seen.all():
+        if empty_rows == "uniform" and sink is None:
+            mean = v.mean(axis=2, dtype=dtype)  # (B, Nk, Hv)
+            uniform = np.broadcast_to(mean[:, :, None, None, :], (B, Nk, g, S, Hv)).reshape(B, N, S, Hv)
+            out[~seen] = uniform[~seen]
+        else:
+            out[~seen] = 0
     return out
+
+
+def _online_update(scores: np.ndarray, m: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """One block's online-softmax step over 2-D ``scores`` (rows, keys): exp(score - new max) in
+    place, the row sums and maxima ``total`` / ``m`` updated; returns the accumulator's rescale,
+    exp(old max - new max). A max still -inf shifts by 0, so its exp()s are 0, not nan.
+
+    numpy's vectorized exp: a numba row loop (scalar exp) measured slower here."""
+    rescale = np.empty_like(m)
+    c = scores.dtype.type
+    peak = np.maximum.reduce(scores, axis=-1)
+    np.maximum(peak, m, out=peak)
+    finite = np.isfinite(peak)
+    shift = peak if finite.all() else np.where(finite, peak, c(0))
+    scores -= shift[:, None]
+    np.exp(scores, out=scores)
+    np.subtract(m, shift, out=rescale)
+    np.exp(rescale, out=rescale)
+    total *= rescale
+    total += np.add.reduce(scores, axis=-1)
+    m[...] = peak
+    return rescale
