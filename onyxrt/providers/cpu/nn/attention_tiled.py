@@ -107,6 +107,7 @@ def attend_tiled(
     # running state of every query block (max, sum, accumulator) is kept, contiguous per block:
     # O(S) per head in all; only the score block is O(block).
     q_blocks = [(s0, min(S, s0 + block_q)) for s0 in range(0, S, block_q)]
+    out = np.zeros((B, Nk, g, S, Hv), dtype)  # the accumulator, then the output
     states = []
     for s0, s1 in q_blocks:
         R = B * N * (s1 - s0)
@@ -116,7 +117,7 @@ def attend_tiled(
         else:  # the sink is one more logit: it starts the running max, and adds exp(0) = 1
             m = np.array(np.broadcast_to(np.asarray(sink, dtype), (B, N, S, 1))[:, :, s0:s1]).reshape(R)
             total = np.ones(R, dtype)
-        states.append((m, total, np.zeros((B, Nk, g * (s1 - s0), Hv), dtype)))
+        states.append((m, total, out[:, :, :, s0:s1]))
     seen = None if visible is None else np.zeros((B, N, S), bool)
     for t0 in range(0, T, block_k):
         t1 = min(T, t0 + block_k)
@@ -145,13 +146,12 @@ def attend_tiled(
             if shown is not None and not shown.all():
                 np.copyto(scores.reshape(B, N, rows, keys), c(fill), where=~shown)
             rescale = _online_update(scores.reshape(-1, keys), m, total)
-            acc *= rescale.reshape(B, Nk, g * rows, 1)
-            acc += pool_matmul(scores, v_packed)
-    out = np.empty((B, N, S, Hv), dtype)
+            acc *= rescale.reshape(B, Nk, g, rows, 1)
+            acc += pool_matmul(scores, v_packed).reshape(B, Nk, g, rows, Hv)
     for (s0, s1), (m, total, acc) in zip(q_blocks, states):
         total[total == 0] = 1  # rows that saw nothing but -inf: their accumulator is 0
-        acc /= total.reshape(B, Nk, -1, 1)
-        out[:, :, s0:s1] = acc.reshape(B, N, s1 - s0, Hv)
+        acc /= total.reshape(B, Nk, g, s1 - s0, 1)
+    out = out.reshape(B, N, S, Hv)
     if seen is not None and not seen.all():
         if empty_rows == "uniform" and sink is None:
             mean = v.mean(axis=2, dtype=dtype)  # (B, Nk, Hv)
