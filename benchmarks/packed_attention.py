@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def main() -> int:
         worker(*args.worker, args.repeat, args.threads)
         return 0
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for mode in ("packed", "padded"):
@@ -147,6 +149,7 @@ def main() -> int:
         values = medians[config]
         return f"{statistics.median(values):.1f} ({min(values):.1f}–{max(values):.1f})"
 
+    load_after = os.getloadavg()[0]
     packed = statistics.median(medians[("onyxrt", "packed")])
     padded = statistics.median(medians[("onyxrt", "padded")])
     reference = statistics.median(medians[("onnxruntime", "padded")])
@@ -163,6 +166,10 @@ def main() -> int:
         "|---|---|---|---|",
         f"| {cell(('onyxrt', 'packed'))} | {cell(('onyxrt', 'padded'))} | {cell(('onnxruntime', 'padded'))} "
         f"| {padded / packed:.2f}× |",
+        "",
+        f"Fastest process medians: padded / packed {min(medians[('onyxrt', 'padded')]) / min(medians[('onyxrt', 'packed')]):.2f}× "
+        f"(onyxrt), onnxruntime padded / onyxrt packed {min(medians[('onnxruntime', 'padded')]) / min(medians[('onyxrt', 'packed')]):.2f}×. "
+        f"1-minute load average {load_before:.2f} before, {load_after:.2f} after the timed runs.",
         "",
         f"onnxruntime padded / onyxrt packed: {reference / packed:.2f}×. Largest |packed − padded| on the real tokens "
         f"(onyxrt and onnxruntime padded runs): {max_difference:.2e}.",
