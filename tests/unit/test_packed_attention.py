@@ -140,6 +140,30 @@ def test_packed_attention_equals_onyxrt_padded_attention():
     _assert_equal_on_real_tokens(packed_out, padded_out, batch)
 
 
+def test_packed_attention_does_no_work_on_padding():
+    # a padded length of 200,000: the padded run would need 2 x 200,000^2 scores per head; the
+    # packed run only touches the 5 real tokens (token_offset's padding entries are not read)
+    rng = np.random.default_rng(9)
+    seq, hidden = 200_000, 8
+    real = rng.standard_normal((5, hidden)).astype(np.float32)
+    token_offset = np.zeros((2, seq), np.int32)
+    token_offset[0, :5] = [0, 1, 2, seq, seq + 1]
+    inputs = {
+        "input": real,
+        "weights": rng.standard_normal((hidden, 3 * hidden)).astype(np.float32),
+        "bias": rng.standard_normal(3 * hidden).astype(np.float32),
+        "token_offset": token_offset,
+        "cumulative_sequence_length": np.array([0, 3, 5], np.int32),
+    }
+    packed_out = _run_onyxrt(_model("PackedAttention", inputs, _ATTENTION_ORDER, num_heads=HEADS), inputs)
+    padded_inputs = {"x": np.zeros((2, 3, hidden), np.float32), "w": inputs["weights"], "b": inputs["bias"],
+                     "mask": np.array([3, 2], np.int32)}
+    padded_inputs["x"][0] = real[:3]
+    padded_inputs["x"][1, :2] = real[3:]
+    padded_out = _run_onnxruntime(_model("Attention", padded_inputs, ["x", "w", "b", "mask"], num_heads=HEADS), padded_inputs)
+    np.testing.assert_allclose(packed_out, np.concatenate([padded_out[0], padded_out[1, :2]]), rtol=0, atol=ATOL)
+
+
 def test_packed_attention_scale_attribute():
     rng = np.random.default_rng(3)
     lengths, seq, hidden = (3, 5), 5, 8
