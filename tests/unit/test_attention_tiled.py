@@ -294,3 +294,27 @@ def test_standard_attention_lowest_float_mask(monkeypatch):
     mask = np.zeros((26, 26), np.float32)
     mask[:, :9] = np.finfo(np.float32).min
     _assert_close(*_both(monkeypatch, lambda: standard.attention(q, k, v, mask, is_causal=1)))
+
+
+def test_long_sequence_peak_memory_is_far_below_one_score_matrix():
+    """At the default threshold a 2048-long causal prompt (4 heads) is tiled: every array the
+    call allocates (numpy reports them to tracemalloc) peaks below one head's 2048 x 2048
+    float32 score matrix (16 MiB); the untiled path would need four of them."""
+    import tracemalloc
+
+    q, k, v = (_rand(1, 4, 2048, 16) for _ in range(3))
+    assert attention_tiled.use_tiled(1, 4, 2048, 2048, 4)
+    tracemalloc.start()
+    try:
+        out = standard.attention(q, k, v, is_causal=1)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (1, 4, 2048, 16)
+    assert peak < 2048 * 2048 * 4, f"peak {peak / 2**20:.1f} MiB"
+    # the rows agree with a plain causal softmax on a few rows
+    for row in (0, 1000, 2047):
+        scores = np.einsum("nh,nkh->nk", q[0, :, row], k[0, :, : row + 1]) / np.float32(4.0)  # scale 1/sqrt(16)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        np.testing.assert_allclose(out[0, :, row], np.einsum("nk,nkh->nh", weights, v[0, :, : row + 1]), rtol=1e-4, atol=1e-5)

@@ -120,6 +120,7 @@ def attend_tiled(
             total = np.ones(R, dtype)
         states.append((m, total, out[:, :, :, s0:s1]))
     seen = None if visible is None else np.zeros((B, N, S), bool)
+    score_buffer = np.empty(B * N * block_q * block_k, dtype)
     for t0 in range(0, T, block_k):
         t1 = min(T, t0 + block_k)
         keys = t1 - t0
@@ -141,7 +142,9 @@ def attend_tiled(
                 v_packed = np.ascontiguousarray(v[:, :, t0:t1])
             qb = np.empty((B, N, rows, H), dtype)
             np.multiply(q[:, :, s0:s1], c(q_scale), out=qb)
-            scores = pool_matmul(qb.reshape(B, Nk, g * rows, H), k_packed)  # (B, Nk, g*rows, keys)
+            # one score buffer reused by every block (a fresh one would coexist with the last)
+            scores = score_buffer[: B * N * rows * keys].reshape(B, Nk, g * rows, keys)
+            pool_matmul(qb.reshape(B, Nk, g * rows, H), k_packed, out=scores)
             if adjust is not None:
                 adjust(scores.reshape(B, N, rows, keys), s0, s1, t0, t1)
             if shown is not None and not shown.all():
