@@ -77,6 +77,43 @@ def measure(seq: int, engine: str, path: str, mode: str, repeats: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+KERNELS = r"""
+import json, sys, tracemalloc
+import numpy as np
+from onyxrt.providers.cpu.contrib import attention as contrib
+from onyxrt.providers.cpu.nn import attention as standard
+seq = int(sys.argv[1])
+rng = np.random.default_rng(0)
+q, k, v = (rng.standard_normal((1, 12, seq, 64)).astype(np.float32) for _ in range(3))
+hidden = rng.standard_normal((1, seq, 768)).astype(np.float32)
+kv = rng.standard_normal((1, seq, 256)).astype(np.float32)
+cases = {
+    "Attention-23, is_causal=1 (4-D q/k/v, 12 heads)": lambda: standard.attention(q, k, v, is_causal=1),
+    "Attention-23, is_causal=1, left_window_size=256, (1, seq) float mask": lambda: standard.attention(
+        q, k, v, np.zeros((1, seq), np.float32), is_causal=1, left_window_size=256),
+    "GroupQueryAttention prompt, 12 q / 4 kv heads, local_window_size=1024 (present K/V outputs included)": lambda: (
+        contrib.group_query_attention(hidden, kv, kv.copy(), None, None, np.array([seq - 1], np.int32),
+                                      np.array([seq], np.int32), num_heads=12, kv_num_heads=4,
+                                      local_window_size=1024, _num_outputs=3)),
+}
+result = {}
+for name, run in cases.items():
+    run()
+    tracemalloc.start()
+    run()
+    result[name] = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+print(json.dumps(result))
+"""
+
+
+def kernel_memory(seq: int) -> dict:
+    """Peak traced memory of the kernels called directly (default threshold: tiled at this length)."""
+    result = subprocess.run([sys.executable, "-c", KERNELS, str(seq)], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def _time(result: dict) -> str:
     return f"{result['min_s']:.3f} ({result['median_s']:.3f})"
 
@@ -102,6 +139,10 @@ def main() -> None:
                 print(f"| {causal} | {seq} | {seq * seq * 4 / mib:.0f} | {seq * HEADS * HEAD_SIZE * 4 / mib:.1f} "
                       f"| {untiled['peak_bytes'] / mib:.1f} | {tiled['peak_bytes'] / mib:.1f} "
                       f"| {_time(untiled)} | {_time(tiled)} | {_time(ort)} |", flush=True)
+    seq = max(args.seqs)
+    print(f"\nKernels called directly at seq {seq} (default threshold), peak traced memory, output(s) included:\n")
+    for name, peak in kernel_memory(seq).items():
+        print(f"* {name}: {peak / mib:.1f} MiB")
 
 
 if __name__ == "__main__":
