@@ -4,7 +4,10 @@ RotaryEmbedding.
 All of them share :func:`_attend`: scores = (scale * Q) K^T as one batched matmul over
 (batch, kv head) -- grouped-query heads are folded into the query rows, so no K/V is
 repeated --, the masks and biases added in place, an in-place float32 softmax, and one
-batched matmul with V. float16/bfloat16 inputs are computed in float32.
+batched matmul with V. float16/bfloat16 inputs are computed in float32. Where that score
+matrix would be large (``attention_tiled.use_tiled``) and is not itself an output, the same
+semantics run block by block with an online softmax (nn/attention_tiled.py), for prompts and
+decode steps alike.
 
 Mask semantics follow onnxruntime's CPU kernels: a padding mask adds
 ``mask_filter_value`` (default -10000) to the masked scores, a causal mask replaces

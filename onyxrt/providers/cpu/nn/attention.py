@@ -4,7 +4,8 @@ Attention handles MHA, GQA and MQA without repeating K/V heads: query heads are
 grouped per KV head and the matmuls broadcast over the group axis. Causal and
 sliding-window frontiers are bottom-right aligned with the cache offset (past
 length, or ``nonpad_kv_seqlen - q_len`` per batch for an external cache); a
-query row with no attendable key yields zeros, as the spec's errata says.
+query row with no attendable key yields zeros, as the spec's errata says. Large float32/64
+score matrices without a qk output are computed block by block (nn/attention_tiled.py).
 """
 
 from __future__ import annotations

@@ -30,10 +30,11 @@ MIN_BLOCK_KEYS = 512
 
 # The tiled path is chosen when the untiled path's scores (batch x heads x q_len x kv_len x
 # itemsize) would exceed this. Measured (benchmarks/attention_memory.md, 12 heads x 64): at
-# 27 MiB of scores (seq 768) the untiled path's single matmul + fused softmax is still ~30%
-# faster; from 48 MiB (seq 1024) the two tie, at 2048-4096 the tiled path is within 5-13%
-# non-causal and ~35% faster causal (it skips the blocks wholly in the future), while its
-# memory stays ~bounded (33 MiB vs 792 MiB at 4096, output included).
+# 27 MiB of scores (seq 768) the untiled path's single matmul + fused softmax is still ~20%
+# faster; at 48 MiB (seq 1024) the two tie; at 2048-4096 the tiled path is ~15% slower
+# non-causal (its per-block exp and rescaling passes) and ~30% faster causal (it skips the
+# blocks wholly in the future), while its memory stays ~linear (26 vs 792 MiB at 4096, output
+# included). Below the threshold the scores cost little memory anyway.
 TILED_THRESHOLD_BYTES = 32 << 20
 
 Adjust = Callable[[np.ndarray, int, int, int, int], None]
