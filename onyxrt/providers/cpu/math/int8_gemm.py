@@ -1,0 +1,449 @@
+"""Integer GEMM of 8-bit matrices with zero points: the primitive under every quantized matmul.
+
+    C[m, n] = sum_k (A[m, k] - a_zero_point[m]) * (B[k, n] - b_zero_point[n])      (int32)
+
+A and B are each uint8 or int8 (any of the four pairs); zero points are per tensor, per row of A
+and per column of B. The result is computed modulo 2**32, which is the exact value whenever it
+fits int32: always when K <= 33025 (every factor is within [-255, 255]), and for onnxruntime's
+quantizers (uint8 activations, int8 weights) up to far larger K in practice. Every route gives
+bit-identical results.
+
+Routes, chosen once per process by what is installed and what the CPU reports
+(``framework.cpu_features``), overridable with ``ONYXRT_INT8_GEMM=vnni|mkl|numpy``:
+
+* ``vnni``: numba with an AVX-512 VNNI micro-kernel (``int8_gemm_vnni``), B packed once into
+  32-column panels. Needs numba (the ``fast`` extra) and ``avx512f`` + ``avx512_vnni``.
+* ``mkl``: oneMKL's ``cblas_gemm_s8u8s32`` through ctypes (the ``mkl`` extra). On the AMD
+  machine measured it is 10x slower than ``vnni`` (MKL takes a generic path on non-Intel CPUs),
+  so it is chosen automatically only on CPUs with AMX-INT8, where MKL uses the tile unit.
+* ``numpy``: float32 BLAS on the integer values, K split into chunks short enough that every
+  partial sum stays below 2**24 (exact in float32 whatever the summation order), chunks added
+  in int64. Always available; the fallback.
+
+Measurements: ``benchmarks/int8_gemm.md``. ``A`` and ``B`` are normalized so the kernels see
+uint8 A and int8 B: int8 A is shifted by +128 (and its zero point with it), uint8 B by -128.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+from ....framework.cpu_features import has_flags
+from ....framework.thread_pool import current_pool
+
+__all__ = ["PackedInt8B", "pack_b", "gemm_int8", "matmul_int8", "selected_route", "available_routes", "ROUTE_ENV"]
+
+ROUTE_ENV = "ONYXRT_INT8_GEMM"
+ROUTES = ("vnni", "mkl", "numpy")
+_F32_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
+# multiply-adds below which one thread does the product (a hand-off to the pool costs ~15 us,
+# ~5M int8 multiply-adds on the VNNI route)
+_MIN_PARALLEL_MACS = 1 << 22
+
+_U8 = np.dtype(np.uint8)
+_S8 = np.dtype(np.int8)
+
+
+# --------------------------------------------------------------------------- routes
+
+
+class _Lazy:
+    """A route's backend, loaded on first use; ``None`` when it cannot run here."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loaded = False
+        self.value: Any = None
+
+
+_VNNI = _Lazy()
+_MKL = _Lazy()
+
+
+def _numba_targets_host() -> bool:
+    """numba compiles for this CPU (not a CPU named by NUMBA_CPU_NAME, which may lack VNNI)."""
+    return not os.environ.get("NUMBA_CPU_NAME") and not os.environ.get("NUMBA_CPU_FEATURES")
+
+
+def _vnni_module():
+    with _VNNI.lock:
+        if not _VNNI.loaded:
+            _VNNI.loaded = True
+            disabled = os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0")
+            if not disabled and has_flags("avx512f", "avx512_vnni") and _numba_targets_host():
+                try:
+                    from . import int8_gemm_vnni as module
+
+                    _probe_vnni(module)
+                    _VNNI.value = module
+                except Exception:  # numba missing or broken, or compilation failed: other routes run
+                    _VNNI.value = None
+    return _VNNI.value
+
+
+def _probe_vnni(module) -> None:
+    """Compile (or load from numba's cache) and check the kernel on a small product with a known result."""
+    a = np.arange(3 * 8, dtype=np.uint8).reshape(3, 8)
+    b = (np.arange(8 * 5, dtype=np.int16).reshape(8, 5) - 20).astype(np.int8)
+    panels = module.pack_panels(b)
+    c = np.empty((3, 5), np.int32)
+    zeros = np.zeros(module.PANEL, np.int32)
+    rows = np.zeros(3, np.int32)
+    module.row_sums_u8(a, 0, 3, rows)
+    module.gemm_u8s8(a, panels, c, 0, 3, 0, panels.shape[0], rows, rows, zeros, zeros, False, False)
+    if not np.array_equal(c, a.astype(np.int64) @ b.astype(np.int64)):
+        raise RuntimeError("VNNI int8 GEMM probe gave a wrong result")
+
+
+def _mkl_library():
+    with _MKL.lock:
+        if not _MKL.loaded:
+            _MKL.loaded = True
+            _MKL.value = _load_mkl()
+    return _MKL.value
+
+
+def _load_mkl():
+    names = ["libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"]
+    candidates = [p for name in names for p in glob.glob(os.path.join(sys.prefix, "lib", name))] + names
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path)
+            fn = lib.cblas_gemm_s8u8s32
+        except (OSError, AttributeError):
+            continue
+        c_int = ctypes.c_int  # the LP64 interface, libmkl_rt's default
+        fn.restype = None
+        fn.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, c_int, ctypes.c_float,
+                       ctypes.c_void_p, c_int, ctypes.c_int8, ctypes.c_void_p, c_int, ctypes.c_int8,
+                       ctypes.c_float, ctypes.c_void_p, c_int, ctypes.c_void_p]
+        return fn
+    return None
+
+
+def available_routes() -> tuple[str, ...]:
+    """The routes that can run in this process, fastest first on this CPU."""
+    routes = []
+    vnni = _vnni_module() is not None
+    mkl = _mkl_library() is not None
+    if mkl and has_flags("amx_int8", "amx_tile"):
+        routes.append("mkl")
+    if vnni:
+        routes.append("vnni")
+    if mkl and "mkl" not in routes:
+        routes.append("mkl")
+    routes.append("numpy")
+    return tuple(routes)
+
+
+def selected_route() -> str:
+    """The route new packs and products use: ``ONYXRT_INT8_GEMM`` when set and available
+    (an unknown or unavailable name is an error), else the first of ``available_routes()``."""
+    wanted = os.environ.get(ROUTE_ENV, "").strip().lower()
+    if wanted in ("", "auto"):
+        return available_routes()[0]
+    if wanted not in ROUTES:
+        raise ValueError(f"{ROUTE_ENV}={wanted!r}: expected one of auto, {', '.join(ROUTES)}")
+    if wanted not in available_routes():
+        raise ValueError(f"{ROUTE_ENV}={wanted!r}: that route is not available here (available: "
+                         f"{', '.join(available_routes())})")
+    return wanted
+
+
+# --------------------------------------------------------------------------- operands
+
+
+def _zero_points(zero_point, count: int, name: str, axis_name: str) -> np.ndarray | None:
+    """A zero point as an int32 vector of ``count`` (per tensor broadcast); None when absent or all zero."""
+    if zero_point is None:
+        return None
+    zp = np.asarray(zero_point)
+    if zp.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got {zp.dtype}")
+    if zp.size == 1:
+        value = int(zp.reshape(-1)[0])
+        return None if value == 0 else np.full(count, value, np.int32)
+    flat = zp.reshape(-1)
+    if flat.size != count or zp.ndim > 2 or (zp.ndim == 2 and 1 not in zp.shape):
+        raise ValueError(f"{name} of shape {zp.shape} is neither per-tensor nor per-{axis_name} ({count})")
+    if not flat.any():
+        return None
+    return flat.astype(np.int32)
+
+
+def _as_uint8_a(a: np.ndarray, a_zero: np.ndarray | None, m: int):
+    """A as uint8 (int8 shifted by +128) and its zero point shifted alike."""
+    if a.dtype == _U8:
+        return a, a_zero
+    shifted = (a.view(np.uint8) ^ np.uint8(0x80))  # int8 x + 128 as uint8
+    zero = np.full(m, 128, np.int32) if a_zero is None else a_zero + np.int32(128)
+    return shifted, zero
+
+
+def _check_operands(a: np.ndarray, b_dtype: np.dtype, k_b: int) -> None:
+    if a.dtype not in (_U8, _S8) or b_dtype not in (_U8, _S8):
+        raise TypeError(f"int8 GEMM operands must be uint8 or int8, got {a.dtype} and {b_dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"int8 GEMM: A must be 2-D, got shape {a.shape}")
+    if a.shape[1] != k_b:
+        raise ValueError(f"int8 GEMM: inner dimensions differ: A {a.shape}, B has {k_b} rows")
+
+
+class PackedInt8B:
+    """A right operand B (K, N) with its zero point, prepared once for one route.
+
+    Immutable once built; any number of threads may multiply by it at once. ``nbytes`` is what
+    it keeps (about K*N bytes on every route).
+    """
+
+    __slots__ = ("k", "n", "dtype", "route", "zero", "col_term", "panels", "values", "values_max", "nbytes")
+
+    def __init__(self, b: np.ndarray, b_zero_point=None, route: str | None = None) -> None:
+        b = np.asarray(b)
+        if b.dtype not in (_U8, _S8) or b.ndim != 2:
+            raise TypeError(f"B must be a 2-D uint8 or int8 matrix, got {b.dtype} of shape {b.shape}")
+        self.route = route or selected_route()
+        self.k, self.n = b.shape
+        self.dtype = b.dtype
+        zero = _zero_points(b_zero_point, self.n, "b_zero_point", "column")
+        self.panels = self.values = self.col_term = None
+        self.values_max = 0
+        if self.route == "numpy":
+            # B - zero point, as the narrowest integer type holding it (converted per chunk)
+            diff = b.astype(np.int16) - (zero if zero is not None else 0)
+            if diff.size and -128 <= diff.min() and diff.max() <= 127:
+                diff = diff.astype(np.int8)
+            self.values = diff
+            self.values_max = int(np.abs(diff.astype(np.int32)).max()) if diff.size else 0
+            self.zero = None
+        else:
+            if b.dtype == _U8:  # uint8 x -> int8 x - 128, and the zero point with it
+                b = (b ^ np.uint8(0x80)).view(np.int8)
+                zero = (zero if zero is not None else np.zeros(self.n, np.int32)) - np.int32(128)
+            self.zero = zero
+            sums = b.sum(axis=0, dtype=np.int64)
+            if zero is not None:
+                sums = sums - np.int64(self.k) * zero
+            if self.route == "vnni":
+                module = _vnni_module()
+                if module is None:
+                    raise ValueError("the vnni int8 GEMM route is not available here")
+                self.panels = module.pack_panels(np.ascontiguousarray(b))
+                width = self.panels.shape[0] * module.PANEL
+                self.col_term = _padded_int32(sums, width)
+                if zero is not None:
+                    self.zero = _padded_int32(zero, width)
+            elif self.route == "mkl":
+                if _mkl_library() is None:
+                    raise ValueError("the mkl int8 GEMM route is not available here (pip install mkl)")
+                self.values = np.ascontiguousarray(b)
+                self.col_term = _wrap_int32(sums)
+            else:
+                raise ValueError(f"unknown int8 GEMM route {self.route!r}")
+        self.nbytes = sum(x.nbytes for x in (self.panels, self.values, self.col_term, self.zero) if x is not None)
+        for x in (self.panels, self.values, self.col_term, self.zero):
+            if x is not None:
+                x.flags.writeable = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.k, self.n)
+
+
+def _wrap_int32(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.int64).astype(np.int32)  # modulo 2**32, like every route's arithmetic
+
+
+def _padded_int32(x: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros(width, np.int32)
+    out[: x.shape[0]] = _wrap_int32(x)
+    return out
+
+
+def pack_b(b: np.ndarray, b_zero_point=None, *, route: str | None = None) -> PackedInt8B:
+    """Prepare B (K, N, uint8 or int8) and its zero point (per tensor or per column) for
+    ``gemm_int8``; ``route`` defaults to ``selected_route()``."""
+    return PackedInt8B(b, b_zero_point, route)
+
+
+# --------------------------------------------------------------------------- the product
+
+
+def gemm_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b_zero_point=None,
+              *, out: np.ndarray | None = None) -> np.ndarray:
+    """``C = (A - a_zero_point) @ (B - b_zero_point)`` as int32, modulo 2**32 (see the module docstring).
+
+    Args:
+        a: (M, K) uint8 or int8.
+        b: (K, N) uint8 or int8, or a ``PackedInt8B`` (which carries B's zero point; then
+            ``b_zero_point`` must be None).
+        a_zero_point: None, a scalar, or one value per row of A (M,); same integer range as A.
+        b_zero_point: None, a scalar, or one value per column of B (N,).
+        out: an optional C-contiguous (M, N) int32 array to write into.
+
+    Returns:
+        (M, N) int32 (``out`` when given). Raises TypeError/ValueError on bad dtypes or shapes.
+    """
+    a = np.asarray(a)
+    if isinstance(b, PackedInt8B):
+        if b_zero_point is not None:
+            raise ValueError("b_zero_point must be None with a packed B (the pack holds it)")
+        packed = b
+    else:
+        b = np.asarray(b)
+        if b.ndim != 2:
+            raise ValueError(f"int8 GEMM: B must be 2-D, got shape {b.shape}")
+        _check_operands(a, b.dtype, b.shape[0])
+        packed = None
+    b_dtype = packed.dtype if packed is not None else b.dtype
+    k_b = packed.k if packed is not None else b.shape[0]
+    _check_operands(a, b_dtype, k_b)
+    m, k = a.shape
+    n = packed.n if packed is not None else b.shape[1]
+    if out is None:
+        out = np.empty((m, n), np.int32)
+    elif out.shape != (m, n) or out.dtype != np.int32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous ({m}, {n}) int32 array")
+    a_zero = _zero_points(a_zero_point, m, "a_zero_point", "row")
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        out.fill(0)
+        return out
+    if packed is None:
+        packed = PackedInt8B(b, b_zero_point, _route_for_one_product(m, k, n))
+    if packed.route == "numpy":
+        return _gemm_numpy(a, a_zero, packed, out)
+    a_u8, a_zero = _as_uint8_a(a, a_zero, m)
+    if packed.route == "vnni":
+        return _gemm_vnni(a_u8, a_zero, packed, out)
+    return _gemm_mkl(a_u8, a_zero, packed, out)
+
+
+def _route_for_one_product(m: int, k: int, n: int) -> str:
+    """The route for an unpacked B: packing costs about one pass over B, worth it unless M is tiny."""
+    route = selected_route()
+    if route != "numpy" and m < 4 and os.environ.get(ROUTE_ENV, "") in ("", "auto"):
+        return "numpy"
+    return route
+
+
+def matmul_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b_zero_point=None) -> np.ndarray:
+    """``gemm_int8`` with numpy matmul's batching: A (..., M, K) times B (K, N) (or packed), or both
+    batched with broadcasting. A per-row ``a_zero_point`` applies to A's last-but-one axis (M)."""
+    a = np.asarray(a)
+    if isinstance(b, PackedInt8B) or np.ndim(b) == 2:
+        if a.ndim == 2:
+            return gemm_int8(a, b, a_zero_point, b_zero_point)
+        if a.ndim < 2:
+            raise ValueError(f"int8 matmul: A must have rank >= 2 here, got shape {a.shape}")
+        zp = a_zero_point
+        if zp is not None and np.size(zp) > 1:
+            zp = np.broadcast_to(np.asarray(zp).reshape(-1), a.shape[:-1]).reshape(-1)
+        flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+        n = b.n if isinstance(b, PackedInt8B) else np.shape(b)[1]
+        return gemm_int8(flat, b, zp, b_zero_point).reshape(a.shape[:-1] + (n,))
+    b = np.asarray(b)
+    if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"int8 matmul needs rank >= 2 operands, got {a.shape} and {b.shape}")
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = np.broadcast_to(a, batch + a.shape[-2:]).reshape((-1,) + a.shape[-2:])
+    b3 = np.broadcast_to(b, batch + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+    out = np.empty((a3.shape[0], a.shape[-2], b.shape[-1]), np.int32)
+    for i in range(a3.shape[0]):
+        gemm_int8(np.ascontiguousarray(a3[i]), b3[i], a_zero_point, b_zero_point, out=out[i])
+    return out.reshape(batch + (a.shape[-2], b.shape[-1]))
+
+
+def _gemm_numpy(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray) -> np.ndarray:
+    m, k = a.shape
+    af = a.astype(np.float32)
+    if a_zero is not None:
+        af -= a_zero.astype(np.float32)[:, None]
+    b_vals = packed.values
+    a_max = float(np.abs(af).max()) if af.size else 0.0
+    b_max = float(packed.values_max)
+    if a_max == 0.0 or b_max == 0.0:
+        out.fill(0)
+        return out
+    # every partial sum of a chunk is at most chunk * a_max * b_max in magnitude: keep it below 2**24
+    chunk = max(1, int(_F32_EXACT // (a_max * b_max)))
+    if chunk >= k:
+        np.copyto(out, np.matmul(af, b_vals.astype(np.float32)), casting="unsafe")
+        return out
+    total = np.zeros((m, packed.n), np.int64)
+    for k0 in range(0, k, chunk):
+        part = np.matmul(af[:, k0:k0 + chunk], b_vals[k0:k0 + chunk].astype(np.float32))
+        total += part.astype(np.int64)
+    np.copyto(out, total.astype(np.int32))  # modulo 2**32, as the other routes
+    return out
+
+
+def _row_sums(a_u8: np.ndarray) -> np.ndarray:
+    return a_u8.sum(axis=1, dtype=np.int64).astype(np.int32)
+
+
+def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray) -> np.ndarray:
+    module = _vnni_module()
+    if module is None:
+        raise ValueError("the vnni int8 GEMM route is not available here")
+    m, k = a_u8.shape
+    k4 = packed.panels.shape[1]
+    if k != 4 * k4 or not a_u8.flags.c_contiguous:
+        padded = np.zeros((m, 4 * k4), np.uint8)  # zero columns: the kernel reads K in groups of 4
+        padded[:, :k] = a_u8
+        a_u8 = padded
+    fix_a = a_zero is not None
+    fix_b = packed.zero is not None
+    a_zero_vec = a_zero if fix_a else np.zeros(1, np.int32)
+    rows = _row_sums(a_u8) if fix_b else np.zeros(1, np.int32)
+    b_zero = packed.zero if fix_b else np.zeros(1, np.int32)
+    panels = packed.panels.shape[0]
+    kernel = module.gemm_u8s8
+    args = (packed.panels, out)
+    tail = (a_zero_vec, rows, packed.col_term, b_zero, fix_a, fix_b)
+    pool = current_pool()
+    macs = m * k * packed.n
+    if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
+        kernel(a_u8, *args, 0, m, 0, panels, *tail)
+    elif m >= 8 * pool.num_threads:  # rows: each part writes its own block of C
+        pool.run_chunks(lambda r0, r1: kernel(a_u8, *args, r0, r1, 0, panels, *tail), m, macs, _MIN_PARALLEL_MACS)
+    else:  # few rows (a decoding step): split the panels
+        pool.run_chunks(lambda p0, p1: kernel(a_u8, *args, 0, m, p0, p1, *tail), panels, macs, _MIN_PARALLEL_MACS)
+    return out
+
+
+_ROW_MAJOR, _NO_TRANS, _FIX_OFFSET = 101, 111, 173
+
+
+def _gemm_mkl(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray) -> np.ndarray:
+    fn = _mkl_library()
+    if fn is None:
+        raise ValueError("the mkl int8 GEMM route is not available here (pip install mkl)")
+    a_u8 = np.ascontiguousarray(a_u8)
+    m, k = a_u8.shape
+    n = packed.n
+    c_offset = np.zeros(1, np.int32)
+    # Zero points are applied below rather than through MKL's int8 offsets: a uint8 zero point
+    # (up to 255) does not fit MKL_INT8.
+    fn(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, _FIX_OFFSET, m, n, k, 1.0, a_u8.ctypes.data, k, 0,
+       packed.values.ctypes.data, n, 0, 0.0, out.ctypes.data, n, c_offset.ctypes.data)
+    with np.errstate(over="ignore"):
+        if a_zero is not None:
+            out -= a_zero[:, None] * packed.col_term[None, :]
+        if packed.zero is not None:
+            out -= _row_sums(a_u8)[:, None] * packed.zero[None, :]
+    return out
+
+
+def max_exact_k() -> int:
+    """The largest K for which every result fits int32 whatever the values and zero points."""
+    return (2**31 - 1) // (255 * 255)
+
