@@ -153,10 +153,6 @@ def convert_float_to_float16(
     onnx's shape inference (value types must then already be in the model);
     ``force_fp16_inputs`` maps an op to input positions converted although ONNX types them float32.
     """
-    if min_positive_val < FLOAT16_MIN_POSITIVE:
-        raise ValueError(f"min_positive_val={min_positive_val} is below float16's smallest subnormal {FLOAT16_MIN_POSITIVE}")
-    if max_finite_val > FLOAT16_MAX_FINITE:
-        raise ValueError(f"max_finite_val={max_finite_val} is above float16's largest finite value {FLOAT16_MAX_FINITE}")
     return _Converter(TensorProto.FLOAT16, min_positive_val, max_finite_val, keep_io_types, op_block_list,
                       node_block_list, force_fp16_initializers, force_fp16_inputs).convert(model, disable_shape_infer)
 
@@ -179,12 +175,37 @@ def convert_float_to_bfloat16(
     ONNX schema at the model's opset has no bfloat16 (Conv, MaxPool, ... before opset 22) stay
     float32 behind Casts named ``X_cast_to_fp32`` / ``Y_cast_to_bf16``.
     """
-    if min_positive_val < BFLOAT16_MIN_POSITIVE:
-        raise ValueError(f"min_positive_val={min_positive_val} is below bfloat16's smallest subnormal {BFLOAT16_MIN_POSITIVE}")
-    if max_finite_val > BFLOAT16_MAX_FINITE:
-        raise ValueError(f"max_finite_val={max_finite_val} is above bfloat16's largest finite value {BFLOAT16_MAX_FINITE}")
     return _Converter(TensorProto.BFLOAT16, min_positive_val, max_finite_val, keep_io_types, op_block_list,
                       node_block_list, force_bf16_initializers, force_bf16_inputs).convert(model, disable_shape_infer)
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: the model, nodes now in the low type, nodes kept float32, Casts added."""
+    model: ModelProto
+    converted_nodes: list[str]
+    kept_nodes: list[str]
+    casts_added: int
+
+
+def convert_with_report(model: ModelProto | str | os.PathLike, to: str = "fp16", **options) -> ConversionReport:
+    """``convert_float_to_float16`` (``to="fp16"``) or ``convert_float_to_bfloat16`` (``to="bf16"``) with
+    the list of nodes converted and kept float32 (nodes touching float values only)."""
+    if to not in ("fp16", "bf16"):
+        raise ValueError(f"to must be 'fp16' or 'bf16', got {to!r}")
+    bf16 = to == "bf16"
+    force = options.pop("force_bf16_initializers" if bf16 else "force_fp16_initializers", False)
+    force_inputs = options.pop("force_bf16_inputs" if bf16 else "force_fp16_inputs", None)
+    disable_shape_infer = options.pop("disable_shape_infer", False)
+    target = TensorProto.BFLOAT16 if bf16 else TensorProto.FLOAT16
+    bounds = (BFLOAT16_MIN_POSITIVE, BFLOAT16_MAX_FINITE) if bf16 else (FLOAT16_MIN_POSITIVE, FLOAT16_MAX_FINITE)
+    converter = _Converter(target, options.pop("min_positive_val", bounds[0]), options.pop("max_finite_val", bounds[1]),
+                           options.pop("keep_io_types", False), options.pop("op_block_list", None),
+                           options.pop("node_block_list", None), force, force_inputs)
+    if options:
+        raise TypeError(f"unknown conversion option(s): {', '.join(sorted(options))}")
+    converted = converter.convert(model, disable_shape_infer)
+    return ConversionReport(converted, converter.converted_nodes, converter.kept_nodes, converter.casts_added)
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,6 +234,12 @@ class _Converter:
                  keep_io_types: bool | Sequence[str], op_block_list: Iterable[str] | None,
                  node_block_list: Iterable[str] | None, force_initializers: bool,
                  force_inputs: dict[str, Sequence[int]] | None) -> None:
+        low, high, type_name = ((FLOAT16_MIN_POSITIVE, FLOAT16_MAX_FINITE, "float16") if target == TensorProto.FLOAT16
+                                else (BFLOAT16_MIN_POSITIVE, BFLOAT16_MAX_FINITE, "bfloat16"))
+        if not min_positive_val >= low:
+            raise ValueError(f"min_positive_val={min_positive_val} is below {type_name}'s smallest subnormal {low:g}")
+        if not max_finite_val <= high:
+            raise ValueError(f"max_finite_val={max_finite_val} is above {type_name}'s largest finite value {high:g}")
         self.target = target
         self.min_positive_val = min_positive_val
         self.max_finite_val = max_finite_val
@@ -222,6 +249,9 @@ class _Converter:
         self.force_initializers = force_initializers
         self.force_inputs = {op: tuple(positions) for op, positions in (force_inputs or {}).items()}
         self.low_suffix = "fp16" if target == TensorProto.FLOAT16 else "bf16"
+        self.converted_nodes: list[str] = []  # nodes that now compute in the target type
+        self.kept_nodes: list[str] = []       # nodes with float values kept float32 (blocked or no schema support)
+        self.casts_added = 0
 
     # -- entry
 
@@ -250,7 +280,8 @@ class _Converter:
             for index, node in work.blocked:
                 self._wrap_blocked(work, index, node)
         for work in reversed(works):  # subgraphs first: placing a graph's Casts copies its nodes
-            _place_casts(work)
+            self.casts_added += _place_casts(work)
+        self.casts_added += len(self.io_casts)
         return model
 
     def _load(self, model: ModelProto | str | os.PathLike, disable_shape_infer: bool) -> ModelProto:
@@ -342,9 +373,14 @@ class _Converter:
                 if use is not None:
                     keeps_float = blocked or (position in float_only and position not in self.force_inputs.get(node.op_type, ()))
                     (use.by_float if keeps_float else use.by_low).append(node.name)
+            touches_float = self._touches_float(node)
             if blocked:
                 work.blocked.append((index, node))
+                if touches_float:
+                    self.kept_nodes.append(node.name)
                 continue
+            if touches_float:
+                self.converted_nodes.append(node.name)
             self._retype_attributes(node)
             if node.op_type in self.always_float and node.op_type not in self.force_inputs:
                 work.mixed.append((index, node))
@@ -371,6 +407,12 @@ class _Converter:
                 self.low_values.add(value.name)
         for subgraph in subgraphs:
             self._walk(subgraph, works)
+
+    def _touches_float(self, node: NodeProto) -> bool:
+        if any(self.types.get(name) in (TensorProto.FLOAT, self.target) for name in (*node.input, *node.output) if name):
+            return True
+        return any(a.type == AttributeProto.TENSOR and a.t.data_type == TensorProto.FLOAT for a in node.attribute) \
+            or any(a.name in ("to", "dtype") and a.i == TensorProto.FLOAT for a in node.attribute)
 
     def _blocked(self, node: NodeProto) -> bool:
         if node.op_type in self.op_block_list or node.name in self.node_block_list:
@@ -510,16 +552,17 @@ def _load_beside(inferred: str, original: Path) -> ModelProto:
     return model
 
 
-def _place_casts(work: _GraphWork) -> None:
-    """Rebuild the graph's node list with each new Cast right after the node it follows."""
+def _place_casts(work: _GraphWork) -> int:
+    """Rebuild the graph's node list with each new Cast right after the node it follows; the Casts placed."""
     if not work.after:
-        return
+        return 0
     nodes = list(work.after.get(-1, ()))
     for index, node in enumerate(work.graph.node):
         nodes.append(node)
         nodes.extend(work.after.get(index, ()))
     del work.graph.node[:]
     work.graph.node.extend(nodes)
+    return sum(len(casts) for casts in work.after.values())
 
 
 def _attribute_graphs(attribute: AttributeProto) -> Iterator[GraphProto]:
