@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._helpers import normalize_axis
+from . import nbits
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -464,10 +465,44 @@ def _nbits_weight(
     return _NBitsWeight(ct, w, bias_ct, zero_points is not None, g_idx is not None)
 
 
+def _tiled_nbits(b, scales, zero_points, g_idx, bias, *, K, N, block_size, bits=4, accuracy_level=0, weight_prepacked=0):
+    """The weight laid out for ``nbits``' compiled kernels (no float copy), or None where they cannot serve it."""
+    block_size, bits = int(block_size), int(bits)
+    if weight_prepacked or b.dtype != np.uint8 or not b.size or block_size < 16 or block_size & (block_size - 1):
+        return None
+    if not nbits.supported(bits, np.asarray(scales).dtype, g_idx) or not nbits.kernels_enabled(bits):
+        return None
+    return nbits.pack_tiles(b, scales, zero_points, bias, k=int(K), n=int(N), bits=bits, block_size=block_size,
+                            unpack_bits=unpack_bits)
+
+
+def _tiled_matmul_nbits(a, bias, packed, k: int, block_size: int, accuracy_level) -> np.ndarray | None:
+    """MatMulNBits of float32/float16 ``a`` through ``nbits``' kernels; None when numba cannot run them."""
+    if a.shape[-1] != k:
+        raise NodeInputError(f"MatMulNBits: A's last dimension {a.shape[-1]} is not K={k}")
+    a2 = a.reshape(-1, k).astype(np.float32, copy=False)
+    if int(accuracy_level) == 4:
+        a2 = _int8_blockwise_roundtrip(a2, block_size)
+    y = nbits.matmul(a2, packed)
+    if y is None:
+        return None
+    if packed.bias is not None:
+        y += packed.bias
+    elif bias is not None:
+        y += bias.astype(np.float32).reshape(-1)
+    return y.reshape(a.shape[:-1] + (packed.n,)).astype(a.dtype, copy=False)
+
+
 def _matmul_nbits_prepack(inputs, attributes):
     _, b, scales, zero_points, g_idx, bias = _node_inputs(inputs, 6)
     if b is None or scales is None:
         return None
+    try:
+        tiled = _tiled_nbits(b, scales, zero_points, g_idx, bias, **attributes)
+    except _PREPACK_ERRORS:
+        tiled = None
+    if tiled is not None:
+        return tiled
     try:
         ct = _compute_dtype(np.asarray(scales).dtype)  # scales have A's type
         packed = _nbits_weight(b, scales, zero_points, g_idx, bias, ct, **attributes)
@@ -489,8 +524,24 @@ def matmul_nbits(
     ``g_idx`` maps each row of K to its block (act-order); onyxrt applies the zero
     points through it as the schema says (onnxruntime 1.2x ignores uint8 zero points
     when g_idx is given). Odd widths (3, 5, 6, 7 bits) are read as a little-endian bit
-    stream per block. Constant weights are dequantized once, at session creation.
+    stream per block. Constant 4-/8-bit weights are read packed by compiled kernels
+    (``nbits``); other constant weights are dequantized once, at session creation.
     """
+    if a.dtype in (np.float32, np.float16) and g_idx is None:
+        # the packed kernels serve constant and computed weights alike, so results never depend on constness
+        tiled = _packed if isinstance(_packed, nbits.TiledNBits) else None
+        if tiled is None or tiled.zero_points != (zero_points is not None):
+            try:
+                tiled = _tiled_nbits(b, scales, zero_points, None, None, K=K, N=N, block_size=block_size, bits=bits,
+                                     weight_prepacked=weight_prepacked)
+            except ValueError:  # inconsistent shapes: the numpy path below reports them
+                tiled = None
+        if tiled is not None:
+            y = _tiled_matmul_nbits(a, bias, tiled, int(K), int(block_size), accuracy_level)
+            if y is not None:
+                return y
+    if isinstance(_packed, nbits.TiledNBits):
+        _packed = None
     dtype = a.dtype
     ct = _compute_dtype(dtype)
     packed = _packed

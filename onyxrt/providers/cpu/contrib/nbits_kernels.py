@@ -1,0 +1,110 @@
+"""numba kernels for MatMulNBits that read the packed 4-/8-bit weights directly.
+
+Imported only through ``jit.LazyModuleKernel`` (this module imports numba at its top, and
+numba is optional). Every kernel covers column tiles ``[t0, t1)`` so the caller may split N
+over threads, and releases the GIL.
+
+Layout (made once by ``nbits.pack_tiles``): the weight is cut into tiles of ``TILE`` output
+columns, and within a tile the packed byte of (block, byte j, column c) is at
+``b[tile, block, j, c]``, so the inner loop runs over ``TILE`` contiguous columns with the
+A element a broadcast scalar: one and/shift, one convert and one multiply-add per weight, a
+constant trip count that vectorizes fully. The weight of column n, block blk is
+``scale * (q - zp)``; the dot product is formed as ``scale * sum(q * a) - (scale * zp) *
+sum(a)`` per block, so no float weight is ever written. The result differs from a
+dequantize-then-dot product by float rounding only.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+TILE = 64  # output columns per tile: a compile-time constant, so the column loops vectorize fully
+_jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+_f = np.float32
+_LOW = np.uint8(15)  # uint8 constants keep the nibble arithmetic 8-bit wide (an int literal widens it to int64)
+_SHIFT = np.uint8(4)
+
+
+@numba.njit(**_jit)
+def q4_tiles(a_even, a_odd, a_sum, b, scales, scaled_zp, y, t0, t1):
+    """``y[m, tile*TILE + c]`` for tiles [t0, t1) of a 4-bit weight.
+
+    a_even, a_odd: (M, KB, H) float32, elements 2j and 2j+1 of each block of A's rows (H =
+    block/2, the low and high nibble of byte j); a_sum: (M, KB) float32; b: (NT, KB, H, TILE)
+    uint8; scales, scaled_zp: (NT, KB, TILE) float32; y: (M, NT*TILE) float32.
+    """
+    M, KB, H = a_even.shape
+    s = np.empty((M, TILE), dtype=np.float32)
+    acc = np.empty((M, TILE), dtype=np.float32)
+    for t in range(t0, t1):
+        acc[:] = 0
+        for blk in range(KB):
+            s[:] = 0
+            for j in range(H):
+                for m in range(M):
+                    lo = a_even[m, blk, j]
+                    hi = a_odd[m, blk, j]
+                    for c in range(TILE):
+                        byte = _f(b[t, blk, j, c])
+                        high = np.floor(byte * _f(0.0625))
+                        s[m, c] += (byte - _f(16.0) * high) * lo + high * hi
+            for m in range(M):
+                total = a_sum[m, blk]
+                for c in range(TILE):
+                    acc[m, c] += scales[t, blk, c] * s[m, c] - scaled_zp[t, blk, c] * total
+        for m in range(M):
+            for c in range(TILE):
+                y[m, t * TILE + c] = acc[m, c]
+
+
+@numba.njit(**_jit)
+def q8_tiles(a, a_sum, b, scales, scaled_zp, y, t0, t1):
+    """As :func:`q4_tiles` for 8-bit weights: a (M, KB, block) float32, b (NT, KB, block, TILE) uint8."""
+    M, KB, BS = a.shape
+    s = np.empty((M, TILE), dtype=np.float32)
+    acc = np.empty((M, TILE), dtype=np.float32)
+    for t in range(t0, t1):
+        acc[:] = 0
+        for blk in range(KB):
+            s[:] = 0
+            for j in range(BS):
+                for m in range(M):
+                    v = a[m, blk, j]
+                    for c in range(TILE):
+                        s[m, c] += _f(b[t, blk, j, c]) * v
+            for m in range(M):
+                total = a_sum[m, blk]
+                for c in range(TILE):
+                    acc[m, c] += scales[t, blk, c] * s[m, c] - scaled_zp[t, blk, c] * total
+        for m in range(M):
+            for c in range(TILE):
+                y[m, t * TILE + c] = acc[m, c]
+
+
+@numba.njit(**_jit)
+def dequantize_q4_tiles(b, scales, scaled_zp, w, t0, t1):
+    """Columns of tiles [t0, t1) of the float (KB*block, N) weight into ``w`` ((KB*block, (t1-t0)*TILE))."""
+    NT, KB, H, _ = b.shape
+    for t in range(t0, t1):
+        base = (t - t0) * TILE
+        for blk in range(KB):
+            for j in range(H):
+                k = blk * 2 * H + 2 * j
+                for c in range(TILE):
+                    byte = b[t, blk, j, c]
+                    w[k, base + c] = _f(byte & _LOW) * scales[t, blk, c] - scaled_zp[t, blk, c]
+                    w[k + 1, base + c] = _f(byte >> _SHIFT) * scales[t, blk, c] - scaled_zp[t, blk, c]
+
+
+@numba.njit(**_jit)
+def dequantize_q8_tiles(b, scales, scaled_zp, w, t0, t1):
+    """As :func:`dequantize_q4_tiles` for 8-bit weights."""
+    NT, KB, BS, _ = b.shape
+    for t in range(t0, t1):
+        base = (t - t0) * TILE
+        for blk in range(KB):
+            for j in range(BS):
+                k = blk * BS + j
+                for c in range(TILE):
+                    w[k, base + c] = _f(b[t, blk, j, c]) * scales[t, blk, c] - scaled_zp[t, blk, c]
