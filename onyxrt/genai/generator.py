@@ -5,7 +5,9 @@ builder without a shared buffer) name: ``input_ids``, ``attention_mask``, option
 ``position_ids`` and ``past_key_values.N.key/value`` ``[batch, kv_heads, past, head_size]`` in;
 ``logits`` and ``present.N.key/value`` ``[batch, kv_heads, past + seq, head_size]`` out. The
 attention inside may be spelled out or fused (GroupQueryAttention / MultiHeadAttention): only the
-inputs and outputs matter. Each step's presents are fed back as the next step's pasts unchanged.
+inputs and outputs matter. How the cache is kept between steps (in-place appends to buffers with spare
+room, onnxruntime's shared past/present buffers, or the presents fed back as pasts) is
+:mod:`onyxrt.genai.kv_cache`'s choice.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import sampling
+from .kv_cache import GrowingCache, PlainCache, SharedBufferCache, shares_buffers
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -53,6 +56,8 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
+    cache: str = ""             # how the key/value cache was kept: "buffers", "shared" or "plain" (kv_cache)
+    cache_reloads: int = 0      # "buffers": presents a kernel concatenated itself, copied into the buffer
 
     @property
     def time_to_first_token(self) -> float:
@@ -180,10 +185,18 @@ class Generator:
     ``model`` is a path (or bytes) loaded with onyxrt, or an existing session (onyxrt's or
     onnxruntime's ``InferenceSession``). ``tokenizer`` (a ``tokenizers.Tokenizer`` or the path of a
     tokenizer.json) enables :meth:`generate_text`.
+
+    ``past_present_share_buffer``: bind each present to its past's ``(batch, kv_heads, max_length,
+    head_size)`` buffer (onnxruntime's GroupQueryAttention buffer sharing, as onnxruntime-genai
+    does); None (default) turns it on when the declared past and present shapes share their
+    sequence dim. ``max_length`` caps prompt + new tokens (and sizes those buffers; without it they
+    hold each generation's prompt + ``max_new_tokens``). Otherwise an onyxrt session appends to
+    buffers with spare room in place, and any other session gets its presents back as pasts.
     """
 
     def __init__(self, model: str | os.PathLike | bytes | Any, *, sess_options: Any = None,
-                 providers: Sequence[Any] | None = None, tokenizer: Any = None) -> None:
+                 providers: Sequence[Any] | None = None, tokenizer: Any = None,
+                 past_present_share_buffer: bool | None = None, max_length: int | None = None) -> None:
         if isinstance(model, (str, os.PathLike, bytes)):
             from ..session.inference_session import InferenceSession
             self.session = InferenceSession(os.fspath(model) if not isinstance(model, bytes) else model,
@@ -193,6 +206,15 @@ class Generator:
         else:
             raise TypeError(f"model must be a path, bytes or an InferenceSession, got {type(model).__name__}")
         self.layout = _layout(self.session)
+        self.max_length = _check_int("max_length", max_length, 1, optional=True)
+        if past_present_share_buffer is None:
+            past_present_share_buffer = shares_buffers(self.session, self.layout)
+        elif not isinstance(past_present_share_buffer, (bool, np.bool_)):
+            raise TypeError(f"past_present_share_buffer must be a bool or None, got {type(past_present_share_buffer).__name__}")
+        if past_present_share_buffer and not self.layout.has_attention_mask:
+            raise ValueError("past_present_share_buffer: the model needs an 'attention_mask' input "
+                             "(its valid cache length comes from the mask)")
+        self.past_present_share_buffer = bool(past_present_share_buffer)
         logits = next(arg for arg in self.session.get_outputs() if arg.name == "logits")
         vocab = list(logits.shape)[-1] if logits.shape else None
         self.vocab_size: int | None = vocab if isinstance(vocab, int) else None
@@ -251,6 +273,13 @@ class Generator:
             mask = _left_padding_mask((prompt != pad_token_id).astype(np.int64), prompt)
         else:
             mask = np.ones_like(prompt)
+        if self.max_length is not None and prompt.shape[1] + max_new_tokens > self.max_length:
+            raise ValueError(f"max_length {self.max_length}: a prompt of {prompt.shape[1]} tokens and "
+                             f"max_new_tokens {max_new_tokens} do not fit")
+        if self.past_present_share_buffer and not mask.all():
+            # GroupQueryAttention reads each row's length from the mask and takes padding as trailing
+            raise ValueError("past_present_share_buffer: padded rows are not supported (the shared buffers "
+                             "hold each row's tokens from position 0); generate them one by one")
         filler = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
         rng = np.random.default_rng(seed) if do_sample else None
         return self._steps(prompt, mask, max_new_tokens, eos, filler, rng,
@@ -278,12 +307,11 @@ class Generator:
         stats = self.last_stats = GenerationStats(batch=batch, prompt_tokens=prompt.shape[1])
         if max_new_tokens == 0:
             return
-        empty = np.zeros((batch, layout.kv_heads, 0, layout.head_size), layout.dtype)
+        cache = self._cache(batch, prompt.shape[1], max_new_tokens)
+        stats.cache = cache.mode
         feeds: dict[str, np.ndarray] = {"input_ids": prompt}
-        feeds.update({name: empty for name in layout.past_names})
         history, history_mask = prompt, mask
         finished = np.zeros(batch, bool)
-        output_names = ["logits", *layout.present_names]
         for step in range(max_new_tokens):
             start = time.perf_counter()
             if layout.has_attention_mask:
@@ -292,7 +320,8 @@ class Generator:
                 # HF's positions: count only real tokens, so a left-padded row starts at 0 like an unpadded one
                 positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
                 feeds["position_ids"] = positions[:, -feeds["input_ids"].shape[1]:]
-            logits, *presents = self.session.run(output_names, feeds)
+            logits = cache.run(self.session, feeds)
+            stats.cache_reloads = cache.reloads
             tokens = sampling.next_tokens(logits[:, -1, :], previous_tokens=history, previous_mask=history_mask,
                                           rng=rng, **choice)
             tokens = np.where(finished, filler, tokens).astype(np.int64)
@@ -312,7 +341,19 @@ class Generator:
             history_mask = np.concatenate([history_mask, np.ones((batch, 1), np.int64)], axis=1)
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
             feeds = {"input_ids": tokens[:, None]}
-            feeds.update(zip(layout.past_names, presents))
+
+    def _cache(self, batch: int, prompt_length: int, max_new_tokens: int) -> PlainCache | GrowingCache | SharedBufferCache:
+        """The key/value cache of one generation (see :mod:`onyxrt.genai.kv_cache`)."""
+        from ..session.inference_session import InferenceSession
+
+        # the last token is chosen, never fed: the cache holds at most prompt + max_new_tokens - 1 rows
+        longest = self.max_length or prompt_length + max_new_tokens
+        if self.past_present_share_buffer:
+            return SharedBufferCache(self.session, self.layout, batch, longest)
+        if isinstance(self.session, InferenceSession):
+            # room for the prompt and some steps; doubling after that, never past the longest
+            return GrowingCache(self.layout, batch, prompt_length + max(64, prompt_length), longest)
+        return PlainCache(self.layout, batch)
 
 
 def _load_tokenizer(tokenizer: Any) -> Any:

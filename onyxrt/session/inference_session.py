@@ -18,6 +18,7 @@ import onnx_ir as ir
 from ..errors import Fail, InvalidArgument, OnyxRuntimeError
 from ..framework import logging
 from ..framework import host_memory
+from ..framework import kv_cache
 from ..framework.constant_evaluator import provider_evaluator
 from ..framework.allocation_planner import RunReport
 from ..framework.execution_plan import ProfiledStep, build_plan
@@ -462,7 +463,9 @@ class InferenceSession(SessionApiMixin):
         for position, target in zip(wanted, targets):
             all_targets[position] = target
         outputs = self._execute(self._prepare_inputs(input_feed), all_targets, run_options)
-        return [self._finish_output(outputs[i], input_feed) for i in wanted]
+        # an output written into the caller's buffer is that buffer (a past bound as its present too)
+        return [outputs[i] if target.buffer is not None else self._finish_output(outputs[i], input_feed)
+                for i, target in zip(wanted, targets)]
 
     def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
         if not output_names:
@@ -489,8 +492,11 @@ class InferenceSession(SessionApiMixin):
 
     @staticmethod
     def _finish_output(value: Any, input_feed: dict[str, Any]) -> Any:
-        """Outputs are fresh, writable arrays: never views of weights or of the caller's inputs."""
+        """Outputs are fresh, writable arrays: never views of weights or of the caller's inputs --
+        except a present key/value appended in place to a ``framework.kv_cache`` buffer the caller handed over."""
         if isinstance(value, np.ndarray):
+            if kv_cache.owner_of(value) is not None:
+                return value
             if not value.flags.writeable or any(
                 isinstance(v, np.ndarray) and np.may_share_memory(value, v) for v in input_feed.values()
             ):

@@ -34,6 +34,7 @@ from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
 from ..nn import attention_tiled
 from ....errors import NodeInputError, NodeInputTypeError
+from ....framework import kv_cache
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -612,6 +613,27 @@ def _grown_cache(past_key, past_value, k, v, P_b, W_b, present_k, present_v):
     return present_k, present_v
 
 
+def _append_to_cache_buffers(past_key, past_value, k, v, P_b, W_b, t_buf, dtype):
+    """(present_k, present_v) with the new rows written after the pasts when they are views of
+    ``framework.kv_cache`` buffers with room (the concatenation case: every row appends S rows at
+    the past length); None when neither is, so the caller builds the presents as usual."""
+    if kv_cache.owner_of(past_key) is None and kv_cache.owner_of(past_value) is None:
+        return None
+    past_len, S = past_key.shape[2], k.shape[2]
+    if t_buf != past_len + S or (P_b != past_len).any() or (W_b != S).any():
+        return None
+    k, v = k.astype(dtype, copy=False), v.astype(dtype, copy=False)
+    present_k = kv_cache.append_in_place(past_key, k, 2)
+    present_v = kv_cache.append_in_place(past_value, v, 2)
+    if present_k is None and present_v is None:
+        return None
+    if present_k is None:
+        present_k = np.concatenate([past_key, k], axis=2)
+    if present_v is None:
+        present_v = np.concatenate([past_value, v], axis=2)
+    return present_k, present_v
+
+
 @op("GroupQueryAttention", versions=1, domain="com.microsoft", multi_output=True, inplace={3: 1, 4: 2})
 def group_query_attention(
     query,
@@ -748,16 +770,22 @@ def group_query_attention(
         b = int(np.argmax(P_b > (past_len if has_past else 0)))
         raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
     shapes = ((B, Nkv, t_buf, H), (B, Nkv, t_buf, Hv))
-    if _alloc is not None and _num_outputs > 2:
-        present_k, present_v = _alloc(shapes[0], query.dtype, 1), _alloc(shapes[1], query.dtype, 2)
+    appended = _append_to_cache_buffers(past_key, past_value, k, v, P_b, W_b, t_buf, query.dtype) \
+        if past_key is not None and past_value is not None and query_seqlens is None and B else None
+    if appended is not None:
+        present_k, present_v = appended
     else:
-        present_k, present_v = np.empty(shapes[0], query.dtype), np.empty(shapes[1], query.dtype)
-    if has_past and _same_buffer(present_k, past_key) and _same_buffer(present_v, past_value):
-        # the plan gave the past buffers themselves as the presents: only the new rows are written
-        present_k, present_v = _write_new_rows(present_k, present_v, k, v, P_b, W_b)
-    else:
-        present_k, present_v = _grown_cache(past_key if has_past else None, past_value if has_past else None,
-                                            k, v, P_b, W_b, present_k, present_v)
+        if _alloc is not None and _num_outputs > 2:
+            present_k, present_v = _alloc(shapes[0], query.dtype, 1), _alloc(shapes[1], query.dtype, 2)
+        else:
+            present_k, present_v = np.empty(shapes[0], query.dtype), np.empty(shapes[1], query.dtype)
+        if has_past and _same_buffer(present_k, past_key) and _same_buffer(present_v, past_value):
+            # the past buffers themselves are the presents (bound to both, or planned in place):
+            # only the new rows are written
+            present_k, present_v = _write_new_rows(present_k, present_v, k, v, P_b, W_b)
+        else:
+            present_k, present_v = _grown_cache(past_key if has_past else None, past_value if has_past else None,
+                                                k, v, P_b, W_b, present_k, present_v)
 
     # which keys each query row sees
     T = min(max(total, int((P_b + W_b).max()) if B else 0), t_buf)

@@ -10,6 +10,7 @@ from ..kernel_table import op
 from .shape_ops import ints
 from .._helpers import normalize_axis
 from ....errors import NodeInputError
+from ....framework import kv_cache
 
 
 # --------------------------------------------------------------------------- Concat
@@ -24,6 +25,10 @@ def _concat(inputs, axis: int) -> np.ndarray:
         return inputs[0]
     if any(x.ndim != inputs[0].ndim for x in inputs):
         raise NodeInputError(f"Concat: inputs have different ranks {[x.ndim for x in inputs]}")
+    if len(inputs) == 2:  # a past key/value cache with room after it: the new rows are written there
+        appended = kv_cache.append_in_place(inputs[0], inputs[1], axis)
+        if appended is not None:
+            return appended
     nonempty = [x for x in inputs if x.shape[axis] != 0]
     if len(nonempty) == 1 and all(x.shape[:axis] + x.shape[axis + 1:] == nonempty[0].shape[:axis] + nonempty[0].shape[axis + 1:] for x in inputs):
         return nonempty[0]
