@@ -1,12 +1,26 @@
-"""Model conversion tools: float16/bfloat16 and automatic mixed precision (``onnxruntime.transformers.float16``'s
-and ``onnxconverter_common``'s names), beside onnxruntime.quantization's quantizers."""
+"""onnxruntime.quantization's API over onyxrt: a script ports by changing its import.
 
+``quantize_dynamic``, ``quantize_static`` (with ``CalibrationDataReader``), ``quantize_weight_only`` and
+``MatMulNBitsQuantizer``; the enums ``QuantType``, ``QuantFormat``, ``CalibrationMethod``. Models written
+here run in onnxruntime and in onyxrt.
+"""
+
+from .dynamic import quantize_dynamic
+from .errors import QuantizationError
 from .float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_bfloat16, convert_float_to_float16
 from .mixed_precision import auto_convert_mixed_precision
+from .quant_types import CalibrationMethod, QuantFormat, QuantType
+from .report import QuantizationReport
 
 __all__ = [
     "DEFAULT_OP_BLOCK_LIST",
     "auto_convert_mixed_precision",
     "convert_float_to_bfloat16",
     "convert_float_to_float16",
+    "CalibrationMethod",
+    "QuantFormat",
+    "QuantType",
+    "QuantizationError",
+    "QuantizationReport",
+    "quantize_dynamic",
 ]

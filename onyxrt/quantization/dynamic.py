@@ -1,0 +1,304 @@
+"""``quantize_dynamic``: int8 weights, activations quantized at run time (onnxruntime's IntegerOps graph)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .model_editor import ModelEditor, load_model, save_model
+from .options import check_extra_options
+from .parameters import QuantParams, weight_params
+from .quant_types import QuantType
+from .report import QuantizationReport
+from .selection import NodeSelection
+
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")
+# Producers whose output has the long positive tail that one per-tensor uint8 range resolves badly.
+GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
+_GELU_BODY_OPS = {"Mul", "Add", "Div", "Pow", "Tanh", "Erf", "Sigmoid"}
+
+
+def quantize_dynamic(
+    model_input: "str | os.PathLike | onnx.ModelProto",
+    model_output: "str | os.PathLike",
+    op_types_to_quantize: list[str] | None = None,
+    per_channel: bool = True,
+    reduce_range: bool = False,
+    weight_type: QuantType = QuantType.QInt8,
+    nodes_to_quantize: list[str] | None = None,
+    nodes_to_exclude: list[str] | None = None,
+    use_external_data_format: bool = False,
+    extra_options: dict[str, Any] | None = None,
+) -> QuantizationReport:
+    """Quantize weights to 8 bits and let activations be quantized at run time; save to ``model_output``.
+
+    Emits onnxruntime's dynamic graph: ``DynamicQuantizeLinear`` on the activation, ``MatMulInteger``
+    (``ConvInteger`` for Conv), ``Cast`` and a ``Mul`` by the product of scales; Gather reads an 8-bit
+    table and dequantizes what it gathered. Quantized op types: MatMul and Gemm with a constant 2-D
+    weight, Conv with a constant weight, Gather from a constant table.
+
+    onyxrt's defaults differ from onnxruntime's to keep accuracy (measured on minilm_l6, mean cosine of
+    mean-pooled embeddings to fp32 over 50 random inputs; ``benchmarks/quantization_accuracy.md``):
+
+    - ``per_channel=True`` (onnxruntime: False): one scale per output channel of each weight, and per
+      row of a Gather table (0.914 -> 0.984);
+    - ``extra_options["FloatActivationsAfterGelu"] = True``: a MatMul/Gemm whose input is a GELU's
+      output (the second MatMul of a transformer's feed-forward block) keeps an int8 weight but a
+      float activation (``DequantizeLinear`` of the weight, then a float MatMul): one uint8 range over
+      GELU's long tail is where dynamic quantization loses most (with per-row tables: 0.993, file 26%).
+
+    ``per_channel=False, extra_options={"FloatActivationsAfterGelu": False}`` gives onnxruntime's graph.
+    Other ``extra_options`` read: ``WeightSymmetric`` (default True for int8 weights),
+    ``MatMulConstBOnly`` (only True is supported: a MatMul needs a constant weight).
+    Returns a ``QuantizationReport`` (onnxruntime returns None).
+    """
+    options = check_extra_options(extra_options, "dynamic")
+    if weight_type not in (QuantType.QInt8, QuantType.QUInt8):
+        raise ValueError(f"quantize_dynamic supports weight_type QInt8 or QUInt8 (MatMulInteger), got {weight_type}")
+    model = load_model(model_input)
+    editor = ModelEditor(model)
+    selection = NodeSelection(DYNAMIC_OP_TYPES, op_types_to_quantize, nodes_to_quantize, nodes_to_exclude,
+                              model.graph, "dynamic")
+    quantizer = _DynamicQuantizer(editor, per_channel, reduce_range, weight_type,
+                                  options.get("WeightSymmetric", weight_type == QuantType.QInt8),
+                                  options.get("FloatActivationsAfterGelu", True))
+    nodes: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        replacement = quantizer.rewrite(node) if selection.selected(node) else None
+        nodes.extend(replacement if replacement is not None else [node])
+    quantized = editor.finish(nodes)
+    if quantizer.needs_opset13:
+        editor.ensure_opset("", 13)
+    save_model(quantized, model_output, use_external_data_format)
+    return quantizer.report
+
+
+def is_gelu_output(editor: ModelEditor, name: str) -> bool:
+    """Whether ``name`` is a GELU's output: a GELU op, or a short elementwise chain through Erf/Tanh ending in Mul."""
+    node = editor.producer.get(name)
+    if node is None:
+        return False
+    if node.op_type in GELU_OPS:
+        return True
+    if node.op_type != "Mul":
+        return False
+    frontier, seen = [node], set()
+    for _ in range(4):  # x * 0.5 * (1 + erf(x / sqrt 2)) reaches Erf in at most four steps back
+        next_frontier = []
+        for current in frontier:
+            for input_name in current.input:
+                producer = editor.producer.get(input_name)
+                if producer is None or id(producer) in seen or producer.op_type not in _GELU_BODY_OPS:
+                    continue
+                if producer.op_type in ("Erf", "Tanh"):
+                    return True
+                seen.add(id(producer))
+                next_frontier.append(producer)
+        frontier = next_frontier
+    return False
+
+
+class _DynamicQuantizer:
+    def __init__(self, editor: ModelEditor, per_channel: bool, reduce_range: bool, weight_type: QuantType,
+                 weight_symmetric: bool, float_after_gelu: bool) -> None:
+        self.editor = editor
+        self.per_channel = per_channel
+        self.reduce_range = reduce_range
+        self.weight_type = weight_type
+        self.weight_symmetric = weight_symmetric
+        self.float_after_gelu = float_after_gelu
+        self.report = QuantizationReport("dynamic")
+        self.needs_opset13 = False
+        self._weights: dict[tuple, tuple[str, str, str, QuantParams]] = {}
+        self._activations: dict[str, tuple[str, str, str]] = {}
+
+    def rewrite(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        handler = getattr(self, f"_rewrite_{node.op_type.lower()}")
+        return handler(node)
+
+    # -- weights and activations --------------------------------------------------------------
+
+    def _weight(self, name: str, array: np.ndarray, axis: int | None, weight_type: QuantType | None = None,
+                symmetric: bool | None = None) -> tuple[str, str, str, QuantParams]:
+        """(quantized, scale, zero point) initializer names for a weight, shared by the nodes that read it."""
+        weight_type = weight_type or self.weight_type
+        symmetric = self.weight_symmetric if symmetric is None else symmetric
+        key = (name, axis, weight_type, symmetric, array.shape)
+        if key not in self._weights:
+            params, quantized = weight_params(array, weight_type, axis, symmetric, self.reduce_range)
+            editor = self.editor
+            names = (editor.add_initializer(quantized, f"{name}_quantized"),
+                     editor.add_initializer(params.scale, f"{name}_scale"),
+                     editor.add_initializer(params.zero_point, f"{name}_zero_point"), params)
+            self._weights[key] = names
+        return self._weights[key]
+
+    def _dynamic_activation(self, name: str, nodes: list[onnx.NodeProto]) -> tuple[str, str, str]:
+        """One DynamicQuantizeLinear per activation, however many quantized nodes read it."""
+        if name not in self._activations:
+            base = self.editor.unique_name(f"{name}_quantized")
+            outputs = (base, self.editor.unique_name(f"{name}_scale"), self.editor.unique_name(f"{name}_zero_point"))
+            nodes.append(helper.make_node("DynamicQuantizeLinear", [name], list(outputs),
+                                          name=self.editor.unique_name(f"{name}_QuantizeLinear")))
+            self._activations[name] = outputs
+        return self._activations[name]
+
+    def _float_activation(self, name: str) -> bool:
+        return self.editor.elem_types.get(name) == TensorProto.FLOAT
+
+    # -- MatMul / Gemm --------------------------------------------------------------------------
+
+    def _integer_matmul(self, node: onnx.NodeProto, activation: str, weight_name: str, weight: np.ndarray,
+                        output: str) -> list[onnx.NodeProto]:
+        editor, nodes = self.editor, []
+        axis = 1 if self.per_channel else None
+        quantized, scale, zero_point, _ = self._weight(weight_name, weight, axis)
+        if self.float_after_gelu and is_gelu_output(editor, activation):
+            dequantized = editor.unique_name(f"{weight_name}_DequantizeLinear_Output")
+            inputs = [quantized, scale, zero_point]
+            nodes.append(helper.make_node("DequantizeLinear", inputs, [dequantized], name=editor.unique_name(f"{weight_name}_DequantizeLinear"),
+                                          **({"axis": 1} if axis is not None else {})))
+            self.needs_opset13 |= axis is not None
+            nodes.append(helper.make_node("MatMul", [activation, dequantized], [output], name=node.name))
+            self.report.add(node.name, f"{node.op_type} int8 weight, float activation (after GELU)")
+            return nodes
+        a_quantized, a_scale, a_zero_point = self._dynamic_activation(activation, nodes)
+        scales = editor.unique_name(f"{node.name}_quant_scales_mul:0")
+        nodes.append(helper.make_node("Mul", [a_scale, scale], [scales], name=editor.unique_name(f"{node.name}_quant_scales_mul")))
+        integer_out = editor.unique_name(f"{output}_output_quantized")
+        nodes.append(helper.make_node("MatMulInteger", [a_quantized, quantized, a_zero_point, zero_point], [integer_out],
+                                      name=editor.unique_name(f"{node.name}_quant")))
+        cast_out = editor.unique_name(f"{integer_out}_cast_output")
+        nodes.append(helper.make_node("Cast", [integer_out], [cast_out], to=TensorProto.FLOAT,
+                                      name=editor.unique_name(f"{integer_out}_cast")))
+        nodes.append(helper.make_node("Mul", [cast_out, scales], [output], name=editor.unique_name(f"{node.name}_quant_output_scale_mul")))
+        self.report.add(node.name, f"{node.op_type} -> MatMulInteger")
+        return nodes
+
+    def _rewrite_matmul(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        activation, weight_name = node.input[0], node.input[1]
+        if not self._usable_weight(node, weight_name, 2) or not self._float_activation(activation):
+            return None
+        return self._integer_matmul(node, activation, weight_name, self.editor.array(weight_name), node.output[0])
+
+    def _rewrite_gemm(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        activation, weight_name = node.input[0], node.input[1]
+        if attrs.get("transA", 0):
+            self.report.skip(node.name, "Gemm with transA")
+            return None
+        if not self._usable_weight(node, weight_name, 2) or not self._float_activation(activation):
+            return None
+        weight = self.editor.array(weight_name).astype(np.float32)
+        if attrs.get("transB", 0):
+            weight = weight.T
+        alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
+        if alpha != 1.0:
+            weight = weight * np.float32(alpha)
+        weight_key = weight_name if (not attrs.get("transB", 0) and alpha == 1.0) else f"{weight_name}_{node.name}"
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and beta != 1.0:
+            if not self.editor.is_constant(bias):
+                self.report.skip(node.name, "Gemm with beta != 1 and a computed C")
+                return None
+            bias = self.editor.add_initializer(self.editor.array(bias) * np.float32(beta), f"{bias}_scaled")
+        product = self.editor.unique_name(f"{node.name}_MatMul_output") if bias else node.output[0]
+        nodes = self._integer_matmul(node, activation, weight_key, weight, product)
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=self.editor.unique_name(f"{node.name}_Add")))
+        return nodes
+
+    def _usable_weight(self, node: onnx.NodeProto, name: str, rank: int | None) -> bool:
+        editor = self.editor
+        if not editor.is_constant(name):
+            self.report.skip(node.name, f"input '{name}' is not a constant")
+            return False
+        array = editor.array(name)
+        if array.dtype != np.float32:
+            self.report.skip(node.name, f"weight '{name}' is {array.dtype}, not float32")
+            return False
+        if rank is not None and array.ndim != rank:
+            self.report.skip(node.name, f"weight '{name}' has rank {array.ndim}, not {rank}")
+            return False
+        return True
+
+    # -- Conv ------------------------------------------------------------------------------------
+
+    def _rewrite_conv(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        editor, nodes = self.editor, []
+        activation, weight_name = node.input[0], node.input[1]
+        if not self._usable_weight(node, weight_name, None) or not self._float_activation(activation):
+            return None
+        weight = editor.array(weight_name)
+        axis = 0 if self.per_channel else None
+        quantized, scale, zero_point, params = self._weight(weight_name, weight, axis)
+        a_quantized, a_scale, a_zero_point = self._dynamic_activation(activation, nodes)
+        channel_shape = [-1] + [1] * (weight.ndim - 2)
+        if axis is not None:  # the per-channel scale multiplies the output along its channel axis
+            scale = editor.add_initializer(params.scale.reshape(channel_shape), f"{weight_name}_scale_reshaped")
+        scales = editor.unique_name(f"{node.name}_scales_mul:0")
+        nodes.append(helper.make_node("Mul", [a_scale, scale], [scales], name=editor.unique_name(f"{node.name}_scales_mul")))
+        integer_out = editor.unique_name(f"{node.output[0]}_output_quantized")
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.append(helper.make_node("ConvInteger", [a_quantized, quantized, a_zero_point, zero_point], [integer_out],
+                                      name=editor.unique_name(f"{node.name}_quant"), **attributes))
+        cast_out = editor.unique_name(f"{integer_out}_cast_output")
+        nodes.append(helper.make_node("Cast", [integer_out], [cast_out], to=TensorProto.FLOAT, name=editor.unique_name(f"{integer_out}_cast")))
+        has_bias = len(node.input) > 2 and node.input[2]
+        scaled = editor.unique_name(f"{node.output[0]}_scaled") if has_bias else node.output[0]
+        nodes.append(helper.make_node("Mul", [cast_out, scales], [scaled], name=editor.unique_name(f"{node.name}_output_scale_mul")))
+        if has_bias:
+            bias = node.input[2]
+            if editor.is_constant(bias):
+                bias = editor.add_initializer(editor.array(bias).reshape(channel_shape), f"{bias}_reshaped")
+            else:
+                shape = editor.add_initializer(np.array(channel_shape, dtype=np.int64), f"{node.name}_bias_shape")
+                reshaped = editor.unique_name(f"{bias}_reshaped")
+                nodes.append(helper.make_node("Reshape", [bias, shape], [reshaped], name=editor.unique_name(f"{node.name}_bias_reshape")))
+                bias = reshaped
+            nodes.append(helper.make_node("Add", [scaled, bias], [node.output[0]], name=editor.unique_name(f"{node.name}_bias_add")))
+        self.report.add(node.name, "Conv -> ConvInteger")
+        return nodes
+
+    # -- Gather -----------------------------------------------------------------------------------
+
+    def _rewrite_gather(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        editor = self.editor
+        table = node.input[0]
+        if not self._usable_weight(node, table, None):
+            return None
+        if editor.array(table).size < 64:  # a tiny table saves nothing and costs a DequantizeLinear
+            self.report.skip(node.name, f"table '{table}' is too small to be worth quantizing")
+            return None
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        array = editor.array(table)
+        gathered = editor.unique_name(f"{node.output[0]}_quantized")
+        if self.per_channel and self.weight_symmetric and array.ndim == 2 and attributes.get("axis", 0) == 0:
+            # One scale per row, gathered beside the row: a small table with a few large rows (token types,
+            # positions) keeps its precision. Symmetric rows have zero point 0, so Cast * scale dequantizes.
+            quantized, _, _, params = self._weight(table, array, 0)
+            row_scales = editor.add_initializer(params.scale.reshape(-1, 1), f"{table}_row_scale")
+            scales, cast = editor.unique_name(f"{node.output[0]}_scale"), editor.unique_name(f"{node.output[0]}_cast")
+            nodes = [
+                helper.make_node("Gather", [quantized, node.input[1]], [gathered], name=node.name),
+                helper.make_node("Gather", [row_scales, node.input[1]], [scales], name=editor.unique_name(f"{node.name}_scale")),
+                helper.make_node("Cast", [gathered], [cast], to=TensorProto.FLOAT, name=editor.unique_name(f"{node.name}_cast")),
+                helper.make_node("Mul", [cast, scales], [node.output[0]], name=editor.unique_name(f"{node.name}_dequantize")),
+            ]
+            self.report.add(node.name, "Gather int8 table, per-row scales")
+            return nodes
+        # One range over the whole table: the gathered rows are dequantized by one scalar scale.
+        quantized, scale, zero_point, _ = self._weight(table, array, None)
+        nodes = [
+            helper.make_node("Gather", [quantized, node.input[1]], [gathered], name=node.name, **attributes),
+            helper.make_node("DequantizeLinear", [gathered, scale, zero_point], [node.output[0]],
+                             name=editor.unique_name(f"{node.output[0]}_DequantizeLinear")),
+        ]
+        self.report.add(node.name, "Gather int8 table")
+        return nodes
+
+
