@@ -22,6 +22,7 @@ import onnx_ir as ir
 
 from ..errors import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 from .builder import all_graphs
+from .contrib_shapes import with_stand_ins
 from .opsets import normalize_domain
 from .tensors import sparse_to_dense_proto
 from .type_checks import check_types
@@ -102,7 +103,7 @@ def check_external_data_locations(model: onnx.ModelProto, base_dir: str | None) 
 def _inferred(light: onnx.ModelProto) -> onnx.ModelProto:
     """``light`` (see :func:`_light_copy`) shape-inferred leniently into a new model; ``light`` itself when inference fails."""
     try:
-        return onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
+        return onnx.shape_inference.infer_shapes(with_stand_ins(light), check_type=False, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference is advisory; kernels compute real shapes
         return light
 
