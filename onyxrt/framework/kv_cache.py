@@ -98,8 +98,14 @@ class CacheBuffer:
 
     def reset(self) -> None:
         """Forget the valid rows (a new sequence): views handed out before may then see new rows."""
+        self.truncate(0)
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` valid rows (e.g. to rerun a step): views longer than that may then see new rows."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"CacheBuffer: cannot truncate {self.length} valid rows to {length}")
         with self._lock:
-            self.length = 0
+            self.length = length
 
     def load(self, present: np.ndarray) -> np.ndarray:
         """Copy ``present`` (a whole cache, e.g. a kernel's concatenation) in as the valid rows; returns the view."""
