@@ -5,22 +5,26 @@
 here run in onnxruntime and in onyxrt.
 """
 
+from .calibration import CalibrationDataReader
 from .dynamic import quantize_dynamic
 from .errors import QuantizationError
 from .float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_bfloat16, convert_float_to_float16
 from .mixed_precision import auto_convert_mixed_precision
 from .quant_types import CalibrationMethod, QuantFormat, QuantType
 from .report import QuantizationReport
+from .static import quantize_static
 
 __all__ = [
     "DEFAULT_OP_BLOCK_LIST",
     "auto_convert_mixed_precision",
     "convert_float_to_bfloat16",
     "convert_float_to_float16",
+    "CalibrationDataReader",
     "CalibrationMethod",
     "QuantFormat",
     "QuantType",
     "QuantizationError",
     "QuantizationReport",
     "quantize_dynamic",
+    "quantize_static",
 ]
