@@ -13,6 +13,7 @@ from .mixed_precision import auto_convert_mixed_precision
 from .quant_types import CalibrationMethod, QuantFormat, QuantType
 from .report import QuantizationReport
 from .static import quantize_static
+from .weight_only import MatMulNBitsQuantizer, quantize_weight_only
 
 __all__ = [
     "DEFAULT_OP_BLOCK_LIST",
@@ -20,6 +21,7 @@ __all__ = [
     "convert_float_to_bfloat16",
     "convert_float_to_float16",
     "CalibrationDataReader",
+    "MatMulNBitsQuantizer",
     "CalibrationMethod",
     "QuantFormat",
     "QuantType",
@@ -27,4 +29,5 @@ __all__ = [
     "QuantizationReport",
     "quantize_dynamic",
     "quantize_static",
+    "quantize_weight_only",
 ]
