@@ -35,9 +35,9 @@ _DEQUANTIZE = {4: LazyModuleKernel(_MODULE, "dequantize_q4_tiles"), 8: LazyModul
 TILE = 64  # must equal nbits_kernels.TILE (that module imports numba, so it is not imported here)
 # Rows up to which the direct kernel runs. It costs ~M times the one-row pass (compute-bound
 # per row, the weight read once), BLAS on a dequantized chunk costs a dequantization plus a GEMM
-# that hardly grows with M: measured on llama_tiny's lm_head (512 x 32000, 4 bits), the direct
-# kernel wins up to 4-8 rows.
-DIRECT_MAX_ROWS = 4
+# that hardly grows with M: measured on llama_tiny's matrices (512 x 32000, 512 x 1408, 1408 x 512,
+# 4 bits, one thread), the direct kernel wins up to 8 rows and ties at 16.
+DIRECT_MAX_ROWS = 8
 # Columns dequantized at once in the BLAS route: K * CHUNK_COLUMNS float32 stays in L2 for K <= 4096.
 CHUNK_COLUMNS = 256
 # Multiply-adds below which the direct kernel is not split over threads (a split costs ~15 us).

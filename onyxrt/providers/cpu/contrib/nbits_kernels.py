@@ -12,6 +12,10 @@ constant trip count that vectorizes fully. The weight of column n, block blk is
 ``scale * (q - zp)``; the dot product is formed as ``scale * sum(q * a) - (scale * zp) *
 sum(a)`` per block, so no float weight is ever written. The result differs from a
 dequantize-then-dot product by float rounding only.
+
+The nibbles are split in float arithmetic (``high = floor(byte / 16)``, ``low = byte - 16 *
+high``): numba widens integer ``&``/``>>`` on uint8 to int64, which LLVM then vectorizes 8 lanes
+wide through 64-bit conversions, at half the speed (measured).
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import numpy as np
 TILE = 64  # output columns per tile: a compile-time constant, so the column loops vectorize fully
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 _f = np.float32
-_LOW = np.uint8(15)  # uint8 constants keep the nibble arithmetic 8-bit wide (an int literal widens it to int64)
-_SHIFT = np.uint8(4)
 
 
 @numba.njit(**_jit)
@@ -92,9 +94,10 @@ def dequantize_q4_tiles(b, scales, scaled_zp, w, t0, t1):
             for j in range(H):
                 k = blk * 2 * H + 2 * j
                 for c in range(TILE):
-                    byte = b[t, blk, j, c]
-                    w[k, base + c] = _f(byte & _LOW) * scales[t, blk, c] - scaled_zp[t, blk, c]
-                    w[k + 1, base + c] = _f(byte >> _SHIFT) * scales[t, blk, c] - scaled_zp[t, blk, c]
+                    byte = _f(b[t, blk, j, c])
+                    high = np.floor(byte * _f(0.0625))
+                    w[k, base + c] = (byte - _f(16.0) * high) * scales[t, blk, c] - scaled_zp[t, blk, c]
+                    w[k + 1, base + c] = high * scales[t, blk, c] - scaled_zp[t, blk, c]
 
 
 @numba.njit(**_jit)
