@@ -28,6 +28,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     Batched operands (rank > 2) must have the same batch dimensions (broadcasting ones run
     unsplit); ``out``, when given, must be C-contiguous.
     """
+    # numpy runs a batched product on BLAS only when each matrix's rows are contiguous; otherwise
+    # (a transposed view, as FusedMatMul's transB of attention's keys) its generic loop is ~100x slower
+    if a.ndim > 2 and a.strides[-1] != a.itemsize:
+        a = np.ascontiguousarray(a)
+    if b.ndim > 2 and b.strides[-1] != b.itemsize:
+        b = np.ascontiguousarray(b)
     pool = current_pool()
     threads = pool.num_threads
     if not pool.splits_gemms or a.ndim < 2 or b.ndim < 2 or (out is not None and not out.flags.c_contiguous):

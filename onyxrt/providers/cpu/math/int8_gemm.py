@@ -38,7 +38,8 @@ import numpy as np
 from ....framework.cpu_features import has_flags
 from ....framework.thread_pool import current_pool
 
-__all__ = ["PackedInt8B", "pack_b", "gemm_int8", "matmul_int8", "selected_route", "available_routes", "ROUTE_ENV"]
+__all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8", "selected_route",
+           "available_routes", "ROUTE_ENV"]
 
 ROUTE_ENV = "ONYXRT_INT8_GEMM"
 ROUTES = ("vnni", "mkl", "numpy")
@@ -94,11 +95,15 @@ def _probe_vnni(module) -> None:
     b = (np.arange(8 * 5, dtype=np.int16).reshape(8, 5) - 20).astype(np.int8)
     panels = module.pack_panels(b)
     c = np.empty((3, 5), np.int32)
-    zeros = np.zeros(module.PANEL, np.int32)
-    rows = np.zeros(3, np.int32)
-    module.row_sums_u8(a, 0, 3, rows)
-    module.gemm_u8s8(a, panels, c, 0, 3, 0, panels.shape[0], rows, rows, zeros, zeros, False, False)
-    if not np.array_equal(c, a.astype(np.int64) @ b.astype(np.int64)):
+    a_zero = np.full(3, 7, np.int32)
+    rows = a.sum(axis=1, dtype=np.int32)
+    b_zero = np.zeros(module.PANEL, np.int32)
+    b_zero[:5] = [1, -2, 3, 0, 5]
+    col_term = np.zeros(module.PANEL, np.int32)
+    col_term[:5] = b.sum(axis=0, dtype=np.int32) - 8 * b_zero[:5]
+    module.gemm_u8s8(a, panels, c, 0, 3, 0, panels.shape[0], a_zero, rows, col_term, b_zero)
+    expected = (a.astype(np.int64) - 7) @ (b.astype(np.int64) - b_zero[:5].astype(np.int64))
+    if not np.array_equal(c, expected):
         raise RuntimeError("VNNI int8 GEMM probe gave a wrong result")
 
 
@@ -203,7 +208,8 @@ class PackedInt8B:
     it keeps (about K*N bytes on every route).
     """
 
-    __slots__ = ("k", "n", "dtype", "route", "zero", "col_term", "panels", "values", "values_max", "nbytes")
+    __slots__ = ("k", "n", "dtype", "route", "zero", "col_term", "panels", "values", "values_max", "zeros",
+                 "nbytes")
 
     def __init__(self, b: np.ndarray, b_zero_point=None, route: str | None = None) -> None:
         b = np.asarray(b)
@@ -213,7 +219,7 @@ class PackedInt8B:
         self.k, self.n = b.shape
         self.dtype = b.dtype
         zero = _zero_points(b_zero_point, self.n, "b_zero_point", "column")
-        self.panels = self.values = self.col_term = None
+        self.panels = self.values = self.col_term = self.zeros = None
         self.values_max = 0
         if self.route == "numpy":
             # B - zero point, as the narrowest integer type holding it (converted per chunk)
@@ -238,6 +244,7 @@ class PackedInt8B:
                 self.panels = module.pack_panels(np.ascontiguousarray(b))
                 width = self.panels.shape[0] * module.PANEL
                 self.col_term = _padded_int32(sums, width)
+                self.zeros = np.zeros(width, np.int32)  # col_term / b_zero when there is nothing to correct
                 if zero is not None:
                     self.zero = _padded_int32(zero, width)
             elif self.route == "mkl":
@@ -271,6 +278,40 @@ def pack_b(b: np.ndarray, b_zero_point=None, *, route: str | None = None) -> Pac
     """Prepare B (K, N, uint8 or int8) and its zero point (per tensor or per column) for
     ``gemm_int8``; ``route`` defaults to ``selected_route()``."""
     return PackedInt8B(b, b_zero_point, route)
+
+
+class ConstantB:
+    """A kernel's prepacked constant B: it stands for B only while the kernel reads the very arrays
+    it was packed from (identity, not equality), so a zero point fed at run time falls back."""
+
+    __slots__ = ("inputs", "packed")
+
+    def __init__(self, inputs: tuple, packed: PackedInt8B) -> None:
+        self.inputs, self.packed = inputs, packed
+
+    def packed_for(self, *inputs) -> PackedInt8B | None:
+        same = len(inputs) == len(self.inputs) and all(x is y for x, y in zip(inputs, self.inputs))
+        return self.packed if same else None
+
+
+def packed_for(prepacked, *inputs) -> PackedInt8B | None:
+    """``prepacked.packed_for(*inputs)``, or None when nothing was prepacked."""
+    return prepacked.packed_for(*inputs) if isinstance(prepacked, ConstantB) else None
+
+
+def prepack_constant_b(b, b_zero_point=None, *, transpose: bool = False) -> ConstantB | None:
+    """For a kernel's ``prepack=``: B (constant, 2-D, 8-bit) packed with its zero point (per tensor or
+    per column), or None when B is not constant or not something ``gemm_int8`` takes (the kernel
+    then reports the problem at run time). ``transpose``: the kernel multiplies by B.T."""
+    if not isinstance(b, np.ndarray) or b.ndim != 2 or b.dtype not in (_U8, _S8):
+        return None
+    if b_zero_point is not None and not isinstance(b_zero_point, np.ndarray):
+        return None
+    try:
+        packed = pack_b(np.ascontiguousarray(b.T) if transpose else b, b_zero_point)
+    except (TypeError, ValueError):
+        return None
+    return ConstantB((b, b_zero_point), packed)
 
 
 # --------------------------------------------------------------------------- the product
@@ -345,8 +386,11 @@ def matmul_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b
         if a.ndim < 2:
             raise ValueError(f"int8 matmul: A must have rank >= 2 here, got shape {a.shape}")
         zp = a_zero_point
-        if zp is not None and np.size(zp) > 1:
-            zp = np.broadcast_to(np.asarray(zp).reshape(-1), a.shape[:-1]).reshape(-1)
+        if zp is not None and np.size(zp) > 1:  # per row of A: (M,) or (..., M, 1)
+            zp = np.asarray(zp)
+            if zp.ndim >= 2 and zp.shape[-1] == 1:
+                zp = zp[..., 0]
+            zp = np.broadcast_to(zp, a.shape[:-1]).reshape(-1)
         flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
         n = b.n if isinstance(b, PackedInt8B) else np.shape(b)[1]
         return gemm_int8(flat, b, zp, b_zero_point).reshape(a.shape[:-1] + (n,))
@@ -400,15 +444,14 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
         padded = np.zeros((m, 4 * k4), np.uint8)  # zero columns: the kernel reads K in groups of 4
         padded[:, :k] = a_u8
         a_u8 = padded
-    fix_a = a_zero is not None
-    fix_b = packed.zero is not None
-    a_zero_vec = a_zero if fix_a else np.zeros(1, np.int32)
-    rows = _row_sums(a_u8) if fix_b else np.zeros(1, np.int32)
-    b_zero = packed.zero if fix_b else np.zeros(1, np.int32)
+    a_zero_vec = a_zero if a_zero is not None else np.zeros(m, np.int32)
+    rows = _row_sums(a_u8) if packed.zero is not None else np.zeros(m, np.int32)
+    col_term = packed.col_term if a_zero is not None else packed.zeros
+    b_zero = packed.zero if packed.zero is not None else packed.zeros
     panels = packed.panels.shape[0]
     kernel = module.gemm_u8s8
     args = (packed.panels, out)
-    tail = (a_zero_vec, rows, packed.col_term, b_zero, fix_a, fix_b)
+    tail = (a_zero_vec, rows, col_term, b_zero)
     pool = current_pool()
     macs = m * k * packed.n
     if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:

@@ -34,17 +34,19 @@ _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
 def _tile_intrinsic(rows: int):
-    """An intrinsic ``tile(c_addr, ldc, a_addr, lda, b_addr, k4)``: C[rows, 32] = A[rows, 4*k4] @ panel.
+    """An intrinsic ``tile(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)``:
+    C[rows, 32] = A[rows, 4*k4] @ panel - za[r] * ct[j] - rs[r] * bz[j] (int32, wrapping).
 
-    Addresses are byte addresses; ``ldc`` counts int32 elements, ``lda`` bytes. C is overwritten.
+    Addresses are byte addresses (za/rs: ``rows`` int32 from row 0 of the tile; ct/bz: 32 int32 from
+    the panel's first column); ``ldc`` counts int32 elements, ``lda`` bytes. C is overwritten.
     """
 
     @intrinsic
-    def tile(typingctx, c_addr, ldc, a_addr, lda, b_addr, k4):
-        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp)
+    def tile(typingctx, c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr):
+        sig = types.void(*([types.intp] * 10))
 
         def codegen(context, builder, signature, args):
-            c_addr, ldc, a_addr, lda, b_addr, k4 = args
+            c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr = args
             dot = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(_V16, [_V16, _V16, _V16]), "llvm.x86.avx512.vpdpbusd.512"
             )
@@ -84,11 +86,27 @@ def _tile_intrinsic(rows: int):
             builder.branch(head)
 
             builder.position_at_end(done)
+
+            def vector_at(addr, offset):
+                return builder.load(builder.inttoptr(builder.add(addr, ir.Constant(_I64, offset)), _V16.as_pointer()),
+                                    align=1)
+
+            def splat_at(addr, offset):
+                value = builder.load(builder.inttoptr(builder.add(addr, ir.Constant(_I64, offset)), _I32.as_pointer()),
+                                     align=1)
+                lane0 = builder.insert_element(ir.Constant(_V16, ir.Undefined), value, ir.Constant(_I32, 0))
+                return builder.shuffle_vector(lane0, ir.Constant(_V16, ir.Undefined), ir.Constant(_V16, None))
+
+            col_terms = (vector_at(ct_addr, 0), vector_at(ct_addr, 64))
+            b_zeros = (vector_at(bz_addr, 0), vector_at(bz_addr, 64))
             for r in range(rows):
+                za = splat_at(za_addr, 4 * r)
+                rs = splat_at(rs_addr, 4 * r)
                 row = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, 4 * r)))
                 for half in range(2):
+                    fix = builder.add(builder.mul(za, col_terms[half]), builder.mul(rs, b_zeros[half]))
                     ptr = builder.inttoptr(builder.add(row, ir.Constant(_I64, 64 * half)), _V16.as_pointer())
-                    builder.store(accs[2 * r + half], ptr, align=1)
+                    builder.store(builder.sub(accs[2 * r + half], fix), ptr, align=1)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -100,34 +118,34 @@ _tile1, _tile2, _tile3, _tile4, _tile5, _tile6, _tile7, _tile8 = (_tile_intrinsi
 
 
 @numba.njit(**_jit)
-def _tile(c_addr, ldc, a_addr, lda, b_addr, k4, rows):
+def _tile(c_addr, ldc, a_addr, lda, b_addr, k4, rows, za_addr, rs_addr, ct_addr, bz_addr):
     if rows == 8:
-        _tile8(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile8(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     elif rows == 7:
-        _tile7(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile7(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     elif rows == 6:
-        _tile6(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile6(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     elif rows == 5:
-        _tile5(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile5(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     elif rows == 4:
-        _tile4(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile4(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     elif rows == 3:
-        _tile3(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile3(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     elif rows == 2:
-        _tile2(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile2(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
     else:
-        _tile1(c_addr, ldc, a_addr, lda, b_addr, k4)
+        _tile1(c_addr, ldc, a_addr, lda, b_addr, k4, za_addr, rs_addr, ct_addr, bz_addr)
 
 
 @numba.njit(**_jit)
-def gemm_u8s8(a, panels, c, m0, m1, p0, p1, a_zero, a_rowsum, col_term, b_zero, fix_a, fix_b):
+def gemm_u8s8(a, panels, c, m0, m1, p0, p1, a_zero, a_rowsum, col_term, b_zero):
     """Rows [m0, m1) and panels [p0, p1) of ``C = (A - a_zero) @ (B - b_zero)`` (int32, wrapping).
 
     ``a``: (M, 4*K4) uint8, C-contiguous; ``panels``: (P, K4, 128) int8 (``pack_panels``);
-    ``c``: (M, N) int32, C-contiguous, overwritten. The raw products are corrected in place:
-    ``- a_zero[m] * col_term[n]`` when ``fix_a`` and ``- a_rowsum[m] * b_zero[n]`` when ``fix_b``,
-    with ``col_term = colsum(B) - K * b_zero`` (per column, padded to 32 * P) and ``a_rowsum`` the
-    sums of A's rows; all int32 arrays.
+    ``c``: (M, N) int32, C-contiguous, overwritten. The raw products are corrected in the tile's
+    registers by ``- a_zero[m] * col_term[n] - a_rowsum[m] * b_zero[n]``, with
+    ``col_term = colsum(B) - K * b_zero``; ``a_zero``/``a_rowsum`` are (M,) int32, ``col_term``/``b_zero``
+    (32 * P,) int32 (zeros where there is nothing to correct).
     """
     k4 = panels.shape[1]
     n = c.shape[1]
@@ -135,6 +153,10 @@ def gemm_u8s8(a, panels, c, m0, m1, p0, p1, a_zero, a_rowsum, col_term, b_zero, 
     a_base = a.ctypes.data
     b_base = panels.ctypes.data
     c_base = c.ctypes.data
+    za_base = a_zero.ctypes.data
+    rs_base = a_rowsum.ctypes.data
+    ct_base = col_term.ctypes.data
+    bz_base = b_zero.ctypes.data
     scratch = np.empty((MAX_ROWS, PANEL), np.int32)  # the last panel's tile when N is not a multiple of 32
     s_base = scratch.ctypes.data
     for p in range(p0, p1):
@@ -144,36 +166,15 @@ def gemm_u8s8(a, panels, c, m0, m1, p0, p1, a_zero, a_rowsum, col_term, b_zero, 
         m = m0
         while m < m1:
             rows = min(MAX_ROWS, m1 - m)
+            fix = (za_base + 4 * m, rs_base + 4 * m, ct_base + 4 * col0, bz_base + 4 * col0)
             if width == PANEL:
-                _tile(c_base + (m * n + col0) * 4, n, a_base + m * lda, lda, b_panel, k4, rows)
+                _tile(c_base + (m * n + col0) * 4, n, a_base + m * lda, lda, b_panel, k4, rows, *fix)
             else:
-                _tile(s_base, PANEL, a_base + m * lda, lda, b_panel, k4, rows)
+                _tile(s_base, PANEL, a_base + m * lda, lda, b_panel, k4, rows, *fix)
                 for r in range(rows):
                     for j in range(width):
                         c[m + r, col0 + j] = scratch[r, j]
-            if fix_a or fix_b:
-                for r in range(m, m + rows):
-                    za = a_zero[r]
-                    rs = a_rowsum[r]
-                    for j in range(col0, col0 + width):
-                        v = c[r, j]
-                        if fix_a:
-                            v -= za * col_term[j]
-                        if fix_b:
-                            v -= rs * b_zero[j]
-                        c[r, j] = v
             m += rows
-
-
-@numba.njit(**_jit)
-def row_sums_u8(a, m0, m1, out):
-    """``out[m] = sum(a[m, :])`` (int32) for rows [m0, m1) of a uint8 matrix."""
-    k = a.shape[1]
-    for m in range(m0, m1):
-        s = np.int32(0)
-        for j in range(k):
-            s += np.int32(a[m, j])
-        out[m] = s
 
 
 def pack_panels(b: np.ndarray) -> np.ndarray:

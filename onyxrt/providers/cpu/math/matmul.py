@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..gemm import matmul as pool_matmul
+from .int8_gemm import matmul_int8, packed_for, prepack_constant_b
 from .._helpers import ALLOC_MIN_BYTES
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
@@ -192,11 +193,35 @@ def _int_matmul(a, b, a_zero_point, b_zero_point) -> np.ndarray:
     return np.asarray(np.matmul(af, bf))
 
 
-@op("MatMulInteger", versions=10)
-def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+def _int8_product(a, b, a_zero_point, b_zero_point, packed) -> np.ndarray:
+    """(a - a_zp) @ (b - b_zp) as int32 through the int8 GEMM (``int8_gemm``); the float64 path
+    where its shapes do not fit one (1-D operands, batched per-column zero points)."""
+    if packed is not None:
+        return matmul_int8(a, packed, a_zero_point)
+    if a.ndim < 2 or b.ndim < 2 or (b.ndim > 2 and b_zero_point is not None and np.ndim(b_zero_point) > 1):
+        return _int_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
+    if a.shape[-1] != b.shape[-2]:
+        raise NodeInputError(f"inner dimensions do not match: A {a.shape}, B {b.shape}")
+    if a_zero_point is not None:
+        _row_param(a_zero_point, a, "a_zero_point")  # validates; the GEMM takes (M,) or a scalar
+    if b_zero_point is not None:
+        b_zero_point = _col_param(b_zero_point, b, "b_zero_point")
+    try:
+        return matmul_int8(a, b, a_zero_point, b_zero_point)
+    except (TypeError, ValueError) as e:
+        raise NodeInputError(str(e)) from None
+
+
+def _matmul_integer_prepack(inputs, attributes):
+    b = inputs[1] if len(inputs) > 1 else None
+    return prepack_constant_b(b, inputs[3] if len(inputs) > 3 else None)
+
+
+@op("MatMulInteger", versions=10, prepack=_matmul_integer_prepack)
+def matmul_integer(a, b, a_zero_point=None, b_zero_point=None, *, _packed=None):
     _check_int8("A", a)
     _check_int8("B", b)
-    return _int_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
+    return _int8_product(a, b, a_zero_point, b_zero_point, packed_for(_packed, b, b_zero_point))
 
 
 def _float8_dtypes():
