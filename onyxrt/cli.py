@@ -1,4 +1,4 @@
-"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL`` and ``generate MODEL``."""
+"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL``, ``generate MODEL`` and ``quantize MODEL OUT``."""
 
 from __future__ import annotations
 
@@ -656,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate tokens with a decoder (KV cache); prefill and decode tokens/s")
     genai_cli.add_arguments(generate)
     generate.set_defaults(handler=genai_cli.run)
+    from .quantization import cli as quantize_cli
+    quantize = commands.add_parser("quantize", help="quantize a model (dynamic, static with --calib, weight-only int4/int8); nodes, size, output error")
+    quantize_cli.add_arguments(quantize)
+    quantize.set_defaults(handler=quantize_cli.run)
     return parser
 
 

@@ -64,7 +64,9 @@ def quantize_static(
     Defaults are onnxruntime 1.32's (int8 activations and weights, MinMax, per-tensor). ``extra_options``
     read: ``ActivationSymmetric``, ``WeightSymmetric`` and the calibration keys (``CalibPercentile``,
     ``CalibTensorRangeSymmetric``, ``CalibMovingAverage``...). ``calibration_providers`` is accepted and
-    ignored (calibration runs in onyxrt on CPU); ``calibration_cache_path`` is not supported.
+    ignored (calibration runs in onyxrt on CPU); ``calibration_cache_path`` is not supported. onyxrt's
+    ``CalibProgress``: a callable ``(done, total, started)`` called after each sample (default: a bar on
+    stderr when it is a terminal).
     """
     options = check_extra_options(extra_options, "static")
     if calibration_data_reader is None:
@@ -90,7 +92,7 @@ def quantize_static(
         report = QuantizationReport(f"static {quant_format.name}")
         save_model(editor.finish(list(model.graph.node)), model_output, use_external_data_format)
         return report
-    progress = options.pop("_progress", None)
+    progress = options.get("CalibProgress")  # onyxrt: a callable(done, total, started) for progress reports
     ranges = calibrate_ranges(model, sorted(plan.activations), calibration_data_reader, calibrate_method, options, progress)
     activation_symmetric = bool(options.get("ActivationSymmetric", False))
     weight_symmetric = bool(options.get("WeightSymmetric", weight_type in (QuantType.QInt8, QuantType.QInt16)))
