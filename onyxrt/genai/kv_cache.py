@@ -96,6 +96,8 @@ class SharedBufferCache:
         if self.length + new > self.max_length:
             raise ValueError(f"max_length {self.max_length}: the shared key/value buffers have no room for "
                              f"{self.length + new} tokens")
+        # rebound each step: onnxruntime would otherwise write into the last step's logits, of its shape
+        self._binding.bind_output("logits", "cpu")
         for name, value in feeds.items():
             self._binding.bind_cpu_input(name, np.ascontiguousarray(value))
         session.run_with_iobinding(self._binding)
