@@ -123,3 +123,21 @@ def test_cli_generate_on_llama_tiny_prints_the_loop_tokens(zoo_model, capsys):
     out = capsys.readouterr().out
     assert f"new tokens: {' '.join(map(str, want))}\n" in out
     assert "prefill: 6 tokens in" in out and "decode: 7 tokens in" in out
+
+
+@pytest.mark.parametrize("level", ["ORT_ENABLE_ALL", "ORT_DISABLE_ALL"])
+@pytest.mark.parametrize("name", ["llama_tiny", "llama_tiny_dynamo"])
+def test_greedy_64_tokens_through_in_place_cache_buffers_equal_onnxruntime_loop(zoo_model, name, level):
+    """The Generator's cache path on the Concat exports: every present appended in place to its buffer (by
+    GroupQueryAttention fused from the Concat, or by the Concat itself unoptimized), never recopied; the
+    tokens, batch 2 left-padded, are the onnxruntime loop's."""
+    path = zoo_model(name)
+    ids, mask = _prompts([6, 10], seed=5)
+    want = _onnxruntime_loop(_reference_session(path), ids, mask, NEW_TOKENS)
+    options = onyxrt.SessionOptions()
+    options.graph_optimization_level = getattr(onyxrt.GraphOptimizationLevel, level)
+    generator = Generator(path, sess_options=options)
+    got = generator.generate(ids, max_new_tokens=NEW_TOKENS, attention_mask=mask)
+    stats = generator.last_stats
+    assert stats.cache == "buffers" and stats.cache_reloads == 0
+    np.testing.assert_array_equal(got, want)
