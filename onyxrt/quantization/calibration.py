@@ -117,7 +117,8 @@ def _percentile_range(histogram: _Histogram, percentile: float, symmetric: bool)
         cdf = np.cumsum(folded) / total
         index = min(int(np.searchsorted(cdf, percentile / 100.0)), folded.size - 1)
         threshold = float(edges[half + index + 1])
-        return -threshold, threshold
+        # a tensor never below zero (after Relu, a pooling of one) keeps 0 as its low end, as in onnxruntime
+        return (0.0 if histogram.minimum >= 0 else -threshold), threshold
     cdf = np.cumsum(counts) / total
     cut = (100.0 - percentile) / 200.0
     left = float(edges[min(int(np.searchsorted(cdf, cut)), histogram.bins - 1)])

@@ -96,10 +96,8 @@ def _human(size: int) -> str:
 class _ProgressBar:
     """Calibration progress on stderr: a bar when the sample count is known, a counter otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
-        self.stream = stream
-
     def __call__(self, done: int, total: int | None, started: float) -> None:
+        self.stream = sys.stderr  # looked up per call: tests and callers may replace sys.stderr
         elapsed = time.perf_counter() - started
         if total:
             filled = int(30 * done / total)

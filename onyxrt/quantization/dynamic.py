@@ -234,8 +234,12 @@ class _DynamicQuantizer:
         if not self._usable_weight(node, weight_name, None) or not self._float_activation(activation):
             return None
         weight = editor.array(weight_name)
-        axis = 0 if self.per_channel else None
+        # ConvInteger in onnxruntime takes one weight zero point: per-channel only when the channels share it
+        # (symmetric weights), the per-channel scales being applied after the integer convolution.
+        axis = 0 if self.per_channel and self.weight_symmetric else None
         quantized, scale, zero_point, params = self._weight(weight_name, weight, axis)
+        if axis is not None:
+            zero_point = editor.add_initializer(params.zero_point[:1].reshape(()), f"{weight_name}_zero_point_scalar")
         a_quantized, a_scale, a_zero_point = self._dynamic_activation(activation, nodes)
         channel_shape = [-1] + [1] * (weight.ndim - 2)
         if axis is not None:  # the per-channel scale multiplies the output along its channel axis

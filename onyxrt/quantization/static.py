@@ -87,18 +87,21 @@ def quantize_static(
         raise ValueError(f"per_channel needs opset 13 or later (DequantizeLinear's axis); the model imports opset {editor.opset('')}")
     editor.ensure_opset("", max(editor.opset(""), 10))
     selection = NodeSelection(STATIC_OP_TYPES, op_types_to_quantize, nodes_to_quantize, nodes_to_exclude, model.graph, "static")
-    plan = _plan(editor, selection)
+    activation_symmetric = bool(options.get("ActivationSymmetric", False))
+    plan = _plan(editor, selection, fold_activations=not activation_symmetric)
     if not plan.activations:
         report = QuantizationReport(f"static {quant_format.name}")
         save_model(editor.finish(list(model.graph.node)), model_output, use_external_data_format)
         return report
     progress = options.get("CalibProgress")  # onyxrt: a callable(done, total, started) for progress reports
     ranges = calibrate_ranges(model, sorted(plan.activations), calibration_data_reader, calibrate_method, options, progress)
-    activation_symmetric = bool(options.get("ActivationSymmetric", False))
     weight_symmetric = bool(options.get("WeightSymmetric", weight_type in (QuantType.QInt8, QuantType.QInt16)))
     params: dict[str, QuantParams] = {}
     for name in plan.activations:
         low, high = ranges.get(name, (0.0, 0.0))
+        if name in plan.activation_bounds:  # a folded Relu/Clip: its output range is within the op's bounds
+            floor, ceiling = plan.activation_bounds[name]
+            low, high = max(low, floor), min(high, ceiling)
         scale, zero_point = scale_and_zero_point(np.array(low), np.array(high), activation_type, activation_symmetric)
         params[name] = QuantParams(scale, zero_point, activation_type)
     for output, source in plan.shared.items():  # pass-through outputs keep their input's parameters
@@ -122,13 +125,29 @@ class _Plan:
     activations: set[str] = field(default_factory=set)  # calibrated values
     shared: dict[str, str] = field(default_factory=dict)  # pass-through output -> input whose parameters it shares
     folded: dict[str, onnx.NodeProto] = field(default_factory=dict)  # producer name -> activation folded into it
+    activation_bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # folded activation output -> bounds
 
 
 def _float_inputs(editor: ModelEditor, node: onnx.NodeProto) -> list[str]:
     return [name for name in node.input if name and not editor.is_constant(name) and editor.is_float(name)]
 
 
-def _plan(editor: ModelEditor, selection: NodeSelection) -> _Plan:
+def _activation_bounds(editor: ModelEditor, node: onnx.NodeProto) -> tuple[float, float] | None:
+    """The output bounds of Relu/Clip (Clip's min/max from attributes or constant inputs); None when not constant."""
+    if node.op_type == "Relu":
+        return 0.0, np.inf
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    low, high = float(attributes.get("min", -np.inf)), float(attributes.get("max", np.inf))
+    for position, default in ((1, low), (2, high)):
+        if len(node.input) > position and node.input[position]:
+            if not editor.is_constant(node.input[position]):
+                return None
+            value = float(editor.array(node.input[position]))
+            low, high = (value, high) if position == 1 else (low, value)
+    return low, high
+
+
+def _plan(editor: ModelEditor, selection: NodeSelection, fold_activations: bool = True) -> _Plan:
     plan = _Plan()
     quantized_values: set[str] = set()
     for node in editor.graph.node:
@@ -141,10 +160,13 @@ def _plan(editor: ModelEditor, selection: NodeSelection) -> _Plan:
             plan.activations.update(_float_inputs(editor, node))
             output = node.output[0]
             consumers = editor.consumers.get(output, [])
-            if (len(consumers) == 1 and consumers[0].op_type in REMOVABLE_ACTIVATIONS and selection.selected(consumers[0])
+            bounds = _activation_bounds(editor, consumers[0]) if len(consumers) == 1 and consumers[0].op_type in REMOVABLE_ACTIVATIONS else None
+            # Folding is exact only when the range's ends are the activation's bounds (asymmetric ranges, 0 inside)
+            if (fold_activations and bounds is not None and bounds[0] <= 0 <= bounds[1] and selection.selected(consumers[0])
                     and output not in editor.graph_outputs and node.op_type not in ("Concat",)):
                 activation = consumers[0]
                 plan.folded[node.name] = activation
+                plan.activation_bounds[activation.output[0]] = bounds
                 plan.activations.add(activation.output[0])
                 quantized_values.add(activation.output[0])
             else:
