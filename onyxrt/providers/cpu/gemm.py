@@ -17,9 +17,50 @@ import math
 import numpy as np
 
 from ...framework.thread_pool import current_pool
+from .jit import LazyModuleKernel
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
 MIN_PARALLEL_MACS = 1 << 19
+# Products of at most this many rows by a matrix of at most GEMV_MAX_ELEMENTS run in ``jit_gemv``
+# (one thread) instead of BLAS: measured on 2 cores, OpenBLAS runs such GEMVs on one thread
+# too, slower (512x512 from memory: ~48 us against ~75; 512x1408 and 1408x512: even with
+# OpenBLAS's two threads); larger matrices are left to BLAS's threads. The output rows must
+# stay in L1 (GEMV_MAX_OUTPUT elements).
+GEMV_MAX_ROWS = 2
+GEMV_MAX_ELEMENTS = 1 << 20
+GEMV_MAX_OUTPUT = 8192
+_F32 = np.dtype(np.float32)
+_SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matmul")
+_PROBE = np.empty((0, 0), _F32)
+_PROBE.flags.writeable = False
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view: numba then compiles one specialization for weights and activations alike."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+    """``a @ b`` through the compiled GEMV kernel when it applies (2-D C-contiguous float32, a few rows of
+    ``a``, a matrix ``b`` small enough; see ``GEMV_MAX_*``), else None (numba absent or disabled too)."""
+    if (a.dtype != _F32 or b.dtype != _F32 or a.ndim != 2 or b.ndim != 2 or not 0 < a.shape[0] <= GEMV_MAX_ROWS
+            or b.size > GEMV_MAX_ELEMENTS or a.shape[0] * b.shape[1] > GEMV_MAX_OUTPUT or a.shape[1] != b.shape[0]
+            or b.size == 0 or not a.flags.c_contiguous or not b.flags.c_contiguous):
+        return None
+    if out is not None and (out.dtype != _F32 or not out.flags.c_contiguous or not out.flags.writeable
+                            or out.shape != (a.shape[0], b.shape[1])):
+        return None
+    kernel = _SMALL_ROWS.compiled_for("f32", _PROBE, _PROBE, np.empty((0, 0), _F32))
+    if kernel is None:
+        return None
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), _F32)
+    kernel(_read_only(a), _read_only(b), out)
+    return out
 
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -34,6 +75,10 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         a = np.ascontiguousarray(a)
     if b.ndim > 2 and b.strides[-1] != b.itemsize:
         b = np.ascontiguousarray(b)
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] <= GEMV_MAX_ROWS:
+        y = small_rows_matmul(a, b, out)
+        if y is not None:
+            return y
     pool = current_pool()
     threads = pool.num_threads
     if not pool.splits_gemms or a.ndim < 2 or b.ndim < 2 or (out is not None and not out.flags.c_contiguous):
