@@ -827,14 +827,3 @@ def test_dynamic_quantize_lstm_prepacked_is_exact():
     attrs = dict(hidden_size=H, direction="bidirectional")
     for const in [("w", "r", "ws", "wz", "rs", "rz"), ("w", "ws", "wz", "r")]:  # both weights, or only W prepacked
         assert_prepack_is_exact("DynamicQuantizeLSTM", inputs, attrs, out_types=[F] * 3, n_out=3, const=const)
-
-
-def test_narrow_difference_is_exact():
-    b = np.array([[0, 130, 255]], np.uint8)
-    d = quantized._narrow_difference(b, np.array([128, 128, 128], np.uint8))
-    assert d.dtype == np.int8 and d.tolist() == [[-128, 2, 127]]
-    d = quantized._narrow_difference(b, np.uint8(3))
-    assert d.dtype == np.int16 and d.tolist() == [[-3, 127, 252]]
-    i8 = np.array([-128, 127], np.int8)
-    assert quantized._narrow_difference(i8, None) is i8
-    assert quantized._narrow_difference(i8, np.int8(-1)).tolist() == [-127, 128]

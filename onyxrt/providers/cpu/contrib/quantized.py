@@ -9,15 +9,15 @@
 * DynamicQuantizeLSTM: the dynamic quantizer's LSTM (8-bit weights);
 * GatherBlockQuantized, MatMulBnb4: block-quantized embedding tables and bnb 4-bit weights.
 
-Integer accumulations are exact (float64 BLAS on small integers) where the result is
-requantized; where the result is float, they run in float32 BLAS (relative error far
-below the quantization step). Dynamic quantization of activations follows onnxruntime:
+Integer accumulations are exact: the 8-bit matmuls (MatMulIntegerToFloat, DynamicQuantizeMatMul,
+QGemm, QAttention's projection) run on the int8 GEMM (``math.int8_gemm``: VNNI where the CPU has
+it), shapes it does not take on float64 BLAS. Dynamic quantization of activations follows onnxruntime:
 uint8, range widened to include 0, scale = (max - min) / 255, round half to even.
 
 Constant weights are prepared once at session creation (each kernel's ``prepack``):
 MatMulNBits / MatMulBnb4 keep the dequantized float (K, N) matrix, the 8-bit matmuls
-(and QAttention's projection) keep B minus its zero point as int8/int16 (see
-``_narrow_difference`` for why not float), GatherBlockQuantized keeps its float scales
+(and QAttention's projection) keep B packed for the int8 GEMM with its zero point
+(``int8_gemm.PackedInt8B``, about K*N bytes), GatherBlockQuantized keeps its float scales
 and unpacked zero points (and the whole dequantized table when small),
 DynamicQuantizeLSTM its dequantized W and R. The prepared values are exactly what the
 kernel computes per call without them, so results do not depend on whether a weight
@@ -35,6 +35,8 @@ import numpy as np
 from .._helpers import normalize_axis
 from . import nbits
 from ..kernel_table import op
+from ..math.int8_gemm import PackedInt8B, matmul_int8, pack_b
+from ..math.quantization import dynamic_quantize_to_uint8
 from ....errors import NodeInputError, NodeInputTypeError
 
 _MS = "com.microsoft"
@@ -126,34 +128,10 @@ def dynamic_quantize_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
 class _Int8B(NamedTuple):
     """A constant 8-bit right operand, prepared once (see ``_int8_b_prepack``)."""
 
-    b: np.ndarray  # B - b_zero_point as exact integers (``_narrow_difference``)
     scale: np.ndarray | None  # float32 b_scale, broadcastable per column; None when not constant
     bias: np.ndarray | None  # float32 bias; None when absent or not constant
-    zero_point: bool  # whether b_zero_point was given (a computed one is not in ``b``)
-
-
-def _int8_b(b: np.ndarray, b_zero_point, n: int) -> np.ndarray:
-    """float32 ``B - b_zero_point`` (per tensor or per column)."""
-    bv = b.astype(np.float32)
-    if b_zero_point is not None:
-        bv -= _column_param(b_zero_point, n, "b_zero_point").astype(np.float32)
-    return bv
-
-
-def _narrow_difference(b: np.ndarray, zero_point) -> np.ndarray:
-    """``b - zero_point`` (8-bit values) exactly, as int8 when it fits, else int16.
-
-    Prepacked 8-bit weights keep this integer form rather than float: converting it per
-    run and multiplying in cache is as fast as streaming a 4x larger float copy from
-    memory (faster for small batches), and the floats it converts to are the ones the
-    unprepared path computes (small integers are exact), so results are identical.
-    """
-    if zero_point is None:
-        return b
-    d = b.astype(np.int16) - np.asarray(zero_point).astype(np.int16)
-    if d.size and -128 <= d.min() and d.max() <= 127:
-        d = d.astype(np.int8)
-    return d
+    zero_point: bool  # whether b_zero_point was given (a computed one is not in ``gemm``)
+    gemm: PackedInt8B | None  # B and its zero point packed for the int8 GEMM; None unless B is 2-D
 
 
 def _int8_b_prepack(b, b_scale, b_zero_point, bias) -> _Int8B | None:
@@ -162,12 +140,44 @@ def _int8_b_prepack(b, b_scale, b_zero_point, bias) -> _Int8B | None:
     try:
         _check8("B", b)
         n = b.shape[-1]
-        bv = _narrow_difference(b, None if b_zero_point is None else _column_param(b_zero_point, n, "b_zero_point"))
+        if b_zero_point is not None:
+            _column_param(b_zero_point, n, "b_zero_point")  # validates
         scale = None if b_scale is None else _column_param(b_scale, n, "b_scale").astype(np.float32)
         bias32 = None if bias is None else np.asarray(bias).astype(np.float32)
+        gemm = _gemm_pack(b, b_zero_point)
     except _PREPACK_ERRORS:
         return None
-    return _Int8B(_frozen(bv), _frozen(scale), _frozen(bias32), b_zero_point is not None)
+    return _Int8B(_frozen(scale), _frozen(bias32), b_zero_point is not None, gemm)
+
+
+def _gemm_pack(b: np.ndarray, b_zero_point) -> PackedInt8B | None:
+    """B (2-D, constant) packed for the int8 GEMM with its per-tensor or per-column zero point."""
+    if b.ndim != 2 or (b_zero_point is not None and np.size(b_zero_point) not in (1, b.shape[1])):
+        return None
+    return pack_b(b, None if b_zero_point is None else np.asarray(b_zero_point).reshape(-1))
+
+
+def _integer_product(a: np.ndarray, a_zero, b: np.ndarray, b_zero_point, gemm: PackedInt8B | None,
+                     name: str) -> np.ndarray:
+    """(A - a_zero) @ (B - b_zero_point) as exact int32 (the int8 GEMM) or, for shapes it does not
+    take (1-D A, batched B with batched zero points), as float32 of the float64 product."""
+    if gemm is not None:
+        return matmul_int8(a, gemm, a_zero)
+    n = b.shape[-1]
+    bzp = None if b_zero_point is None else np.asarray(b_zero_point)
+    if a.ndim >= 2 and b.ndim >= 2 and (bzp is None or bzp.size in (1, n) and (b.ndim == 2 or bzp.ndim <= 1)):
+        if a.shape[-1] != b.shape[-2]:
+            raise NodeInputError(f"inner dimensions do not match: A {a.shape}, B {b.shape}")
+        if bzp is not None and bzp.size != 1 and bzp.shape[-1] != n:
+            raise NodeInputError(f"{name}_zero_point of shape {bzp.shape} is neither per-tensor nor per-column")
+        return matmul_int8(a, b, a_zero, None if bzp is None else bzp.reshape(-1))
+    av = a.astype(np.float64)
+    if a_zero is not None:
+        av -= float(a_zero)
+    bv = b.astype(np.float64)
+    if bzp is not None:
+        bv -= _column_param(bzp, n, f"{name}_zero_point").astype(np.float64)
+    return np.asarray(_matmul2(av, bv))
 
 
 def _int8_b_packed(packed: _Int8B | None, b_zero_point) -> _Int8B | None:
@@ -198,11 +208,9 @@ def _scaled_integer_matmul(a, a_zero_point, a_scale, b, b_zero_point, b_scale, b
     """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) (+ bias) in float32; B's integer form may be prepacked."""
     n = b.shape[-1]
     packed = _int8_b_packed(_packed, b_zero_point)
-    av = a.astype(np.float32)
-    if a_zero_point is not None:
-        av -= np.float32(_scalar(a_zero_point, f"{names[0]}_zero_point"))
-    bv = packed.b.astype(np.float32) if packed is not None else _int8_b(b, b_zero_point, n)
-    y = np.asarray(_matmul2(av, bv), dtype=np.float32)
+    a_zero = None if a_zero_point is None else _scalar(a_zero_point, f"{names[0]}_zero_point")
+    gemm = packed.gemm if packed is not None else None
+    y = _integer_product(a, a_zero, b, b_zero_point, gemm, names[1]).astype(np.float32)
     bsc = packed.scale if packed is not None and packed.scale is not None else None
     if bsc is None:
         bsc = _column_param(b_scale, n, f"{names[1]}_scale").astype(np.float32)
@@ -228,9 +236,9 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, *, _pac
         raise NodeInputTypeError(f"A must be float, got {a.dtype}")
     n = b.shape[-1]
     packed = _int8_b_packed(_packed, b_zero_point)
-    q, a_scale, _ = dynamic_quantize_uint8(a)
-    bv = packed.b.astype(np.float32) if packed is not None else _int8_b(b, b_zero_point, n)
-    y = np.asarray(_matmul2(q, bv), dtype=np.float32)
+    q, a_scale, a_zero = dynamic_quantize_to_uint8(a)
+    gemm = packed.gemm if packed is not None else None
+    y = _integer_product(q, a_zero, b, b_zero_point, gemm, "b").astype(np.float32)
     bsc = packed.scale if packed is not None and packed.scale is not None else None
     if bsc is None:
         bsc = _column_param(b_scale, n, "b_scale").astype(np.float32)
@@ -246,9 +254,9 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, *, _pac
 class _QGemmB(NamedTuple):
     """A constant QGemm right operand, prepared once."""
 
-    b: np.ndarray  # (K, N) B' - b_zero_point, C-contiguous, as exact integers (``_narrow_difference``)
     c: np.ndarray | None  # float64 C; None when absent or not constant
     zero_point: bool  # whether b_zero_point was given
+    gemm: PackedInt8B  # B' (K, N) and its zero point packed for the int8 GEMM
 
 
 def _qgemm_zero_point(b_zero_point, n: int):
@@ -258,16 +266,6 @@ def _qgemm_zero_point(b_zero_point, n: int):
     if bzp.size not in (1, n):
         raise NodeInputError(f"b_zero_point of shape {np.shape(b_zero_point)} is neither per-tensor nor per-column")
     return bzp
-
-
-def _qgemm_b(b: np.ndarray, b_zero_point, trans_b) -> np.ndarray:
-    """float64 ``B' - b_zero_point`` (exact integers)."""
-    B = b.T if trans_b else b
-    bv = B.astype(np.float64)
-    bzp = _qgemm_zero_point(b_zero_point, B.shape[1])
-    if bzp is not None:
-        bv -= bzp.astype(np.float64) if bzp.size > 1 else float(bzp[0])
-    return bv
 
 
 def _qgemm_c(c) -> np.ndarray:
@@ -285,11 +283,11 @@ def _qgemm_prepack(inputs, attributes):
         if b.ndim != 2:
             raise NodeInputError(f"QGemm inputs must be 2-D, got B {b.shape}")
         B = np.ascontiguousarray(b.T if attributes.get("transB", 0) else b)
-        bv = _narrow_difference(B, _qgemm_zero_point(b_zero_point, B.shape[1]))
+        gemm = pack_b(B, _qgemm_zero_point(b_zero_point, B.shape[1]))
         c64 = None if c is None else _qgemm_c(c)
     except _PREPACK_ERRORS:
         return None
-    return _QGemmB(_frozen(bv), _frozen(c64), b_zero_point is not None)
+    return _QGemmB(_frozen(c64), b_zero_point is not None, gemm)
 
 
 @op("QGemm", versions=1, domain=_MS, prepack=_qgemm_prepack)
@@ -308,13 +306,15 @@ def qgemm(
     if A.shape[1] != B.shape[0]:
         raise NodeInputError(f"QGemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
     n = B.shape[1]
-    bv = packed.b.astype(np.float64) if packed is not None else _qgemm_b(b, b_zero_point, transB)
-    av = A.astype(np.float64)
-    if a_zero_point is not None:
-        av -= float(_scalar(a_zero_point, "a_zero_point"))
-    acc = np.matmul(av, bv)  # exact integers
+    a_zero = None if a_zero_point is None else _scalar(a_zero_point, "a_zero_point")
+    if packed is not None:
+        acc = matmul_int8(np.ascontiguousarray(A), packed.gemm, a_zero)  # exact int32
+    else:
+        acc = matmul_int8(np.ascontiguousarray(A), np.ascontiguousarray(B), a_zero,
+                          _qgemm_zero_point(b_zero_point, n))
     if c is not None:
-        acc = acc + (packed.c if packed is not None and packed.c is not None else _qgemm_c(c))
+        c_int = packed.c if packed is not None and packed.c is not None else _qgemm_c(c)
+        acc = acc + c_int  # float64: C may push the sum past int32
     bs = np.asarray(b_scale, dtype=np.float32).reshape(-1)
     if bs.size not in (1, n):
         raise NodeInputError(f"b_scale of shape {np.shape(b_scale)} is neither per-tensor nor per-column")
@@ -844,13 +844,14 @@ def _qattention_prepack(inputs, attributes):
     try:
         _check8("weight", weight)
         n = weight.shape[1]
-        zp = None if weight_zero_point is None else _column_param(weight_zero_point, n, "weight_zero_point")
-        wv = _narrow_difference(weight, zp)
+        if weight_zero_point is not None:
+            _column_param(weight_zero_point, n, "weight_zero_point")  # validates
         scale = None if weight_scale is None else _column_param(weight_scale, n, "weight_scale").astype(np.float32)
         bias32 = None if bias is None else np.asarray(bias).astype(np.float32)
+        gemm = _gemm_pack(weight, weight_zero_point)
     except _PREPACK_ERRORS:
         return None
-    return _Int8B(_frozen(wv), _frozen(scale), _frozen(bias32), weight_zero_point is not None)
+    return _Int8B(_frozen(scale), _frozen(bias32), weight_zero_point is not None, gemm)
 
 
 @op("QAttention", versions=1, domain=_MS, multi_output=True, prepack=_qattention_prepack)

@@ -2,8 +2,9 @@
 
 float32/float64 go straight to BLAS through ``np.matmul``; float16/bfloat16 are
 multiplied in float32 (numpy has no half-precision BLAS) and rounded back once.
-Integer (8-bit) products are computed in float64 BLAS, which is exact for them,
-then converted to int32. Float32/float64 MatMul writes into the plan's buffers (``_alloc``).
+Integer (8-bit) products (MatMulInteger, QLinearMatMul) run on the int8 GEMM
+(``int8_gemm``, exact int32), their constant B packed once at session creation.
+Float32/float64 MatMul writes into the plan's buffers (``_alloc``).
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ def _scalar_f32(v) -> np.float32:
     return np.float32(np.asarray(v).astype(np.float32).reshape(-1)[0])
 
 
-def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, allow_float8):
+def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, allow_float8,
+                    packed=None):
     out_dtype = np.asarray(y_zero_point).dtype
     a_f8, b_f8, y_f8 = (t in _FLOAT8 for t in (a.dtype, b.dtype, out_dtype))
     if (a_f8 or b_f8 or y_f8) and not allow_float8:
@@ -263,7 +265,7 @@ def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
             (b.astype(np.float32) - _col_param(b_zero_point, b, "b_zero_point").astype(np.float32)),
         ).astype(np.float32)
     else:
-        acc = _int_matmul(a, b, a_zero_point, b_zero_point).astype(np.float32)
+        acc = _int8_product(a, b, a_zero_point, b_zero_point, packed).astype(np.float32)
     mult = (sa * sb) / sy  # float32, like onnxruntime's requantization multiplier
     y = acc * mult
     zp = _scalar_f32(y_zero_point)
@@ -281,11 +283,18 @@ def _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
     return np.asarray(y.astype(out_dtype))
 
 
-@op("QLinearMatMul", versions=10)
-def qlinear_matmul_10(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
-    return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, False)
+def _qlinear_matmul_prepack(inputs, attributes):
+    b = inputs[3] if len(inputs) > 3 else None
+    return prepack_constant_b(b, inputs[5] if len(inputs) > 5 else None)
 
 
-@op("QLinearMatMul", versions=21)
-def qlinear_matmul_21(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
-    return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, True)
+@op("QLinearMatMul", versions=10, prepack=_qlinear_matmul_prepack)
+def qlinear_matmul_10(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *, _packed=None):
+    return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, False,
+                           packed_for(_packed, b, b_zero_point))
+
+
+@op("QLinearMatMul", versions=21, prepack=_qlinear_matmul_prepack)
+def qlinear_matmul_21(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, *, _packed=None):
+    return _qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point, True,
+                           packed_for(_packed, b, b_zero_point))

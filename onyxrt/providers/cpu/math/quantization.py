@@ -8,6 +8,7 @@ import numpy as np
 
 from ....graph.types import np_dtype
 from .._helpers import normalize_axis
+from ..jit import LazyKernel
 from ..kernel_table import op
 from ....errors import NodeInputError
 
@@ -303,6 +304,47 @@ def dequantize_linear_23(x, x_scale, x_zero_point=None, *, axis=1, block_size=0,
 # --------------------------------------------------------------------------- DynamicQuantizeLinear
 
 
+def _quantize_uint8_rows(x, scale, zero_point, out):
+    """``out = saturate(rint(x / scale) + zero_point)`` as uint8, for flat float32 ``x``: one pass (numba)."""
+    for i in range(x.shape[0]):
+        v = np.rint(x[i] / scale) + zero_point
+        out[i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(255.0)))
+
+
+_QUANTIZE_UINT8 = LazyKernel(_quantize_uint8_rows)
+_EMPTY_F32 = np.zeros(0, _F32)
+_EMPTY_U8 = np.zeros(0, np.uint8)
+
+
+def dynamic_quantize_to_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
+    """onnxruntime's dynamic uint8 quantization of a float32 tensor: (q, scale, zero point).
+
+    The range is widened to include 0; scale = (max - min) / 255 (1 for an all-zero tensor),
+    zero point = rint(clip(-min / scale, 0, 255)), q = saturate(rint(x / scale) + zero point),
+    rounding half to even. Two passes over x where numba is installed (min/max, then quantize).
+    """
+    x = np.asarray(x)
+    if x.size:
+        lo = min(float(np.min(x)), 0.0)
+        hi = max(float(np.max(x)), 0.0)
+    else:
+        lo = hi = 0.0
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    scale = np.float32(1.0) if hi32 == lo32 else np.float32((hi32 - lo32) / np.float32(255.0))
+    initial_zp = np.float32(0.0) - lo32 / scale
+    zp = np.float32(np.rint(min(max(initial_zp, np.float32(0.0)), np.float32(255.0))))
+    kernel = _QUANTIZE_UINT8.compiled_for("f32", _EMPTY_F32, _F32.type(1), _F32.type(0), _EMPTY_U8)
+    if kernel is not None and x.flags.c_contiguous:
+        q = np.empty(x.shape, np.uint8)
+        kernel(x.reshape(-1), scale, zp, q.reshape(-1))
+        return q, scale, int(zp)
+    q = np.divide(x, scale)
+    np.rint(q, out=q)
+    q += zp
+    np.clip(q, 0.0, 255.0, out=q)
+    return q.astype(np.uint8), scale, int(zp)
+
+
 @op("DynamicQuantizeLinear", versions=11, multi_output=True)
 def dynamic_quantize_linear(x):
     """uint8 quantization with the scale and zero point derived from the data range
@@ -310,18 +352,5 @@ def dynamic_quantize_linear(x):
     x = np.asarray(x)
     if x.dtype != _F32:
         raise NodeInputError(f"DynamicQuantizeLinear: input must be float32, got {x.dtype}")
-    qmin, qmax = 0.0, 255.0
-    if x.size:
-        lo = min(float(np.min(x)), 0.0)
-        hi = max(float(np.max(x)), 0.0)
-    else:
-        lo = hi = 0.0
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    scale = np.float32(1.0) if hi32 == lo32 else np.float32((hi32 - lo32) / np.float32(qmax - qmin))
-    initial_zp = np.float32(qmin) - lo32 / scale
-    zp = np.float32(np.rint(min(max(initial_zp, np.float32(qmin)), np.float32(qmax))))
-    q = np.divide(x, scale)
-    np.rint(q, out=q)
-    q += zp
-    np.clip(q, qmin, qmax, out=q)
-    return q.astype(np.uint8), np.asarray(scale, dtype=_F32), np.asarray(zp, dtype=np.uint8)
+    q, scale, zp = dynamic_quantize_to_uint8(x)
+    return q, np.asarray(scale, dtype=_F32), np.asarray(zp, dtype=np.uint8)
