@@ -660,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="quantize a model (dynamic, static with --calib, weight-only int4/int8); nodes, size, output error")
     quantize_cli.add_arguments(quantize)
     quantize.set_defaults(handler=quantize_cli.run)
+    from .quantization import convert_cli
+    convert = commands.add_parser("convert", help="convert a model to float16, bfloat16 or mixed precision; nodes, size, output error")
+    convert_cli.add_arguments(convert)
+    convert.set_defaults(handler=convert_cli.run)
     return parser
 
 

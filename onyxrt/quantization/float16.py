@@ -144,6 +144,7 @@ def convert_float_to_float16(
     node_block_list: Iterable[str] | None = None,
     force_fp16_initializers: bool = False,
     force_fp16_inputs: dict[str, Sequence[int]] | None = None,
+    keep_float32_between_blocked: bool = False,
 ) -> ModelProto:
     """A copy of ``model`` (a ModelProto or a path) with its float32 tensors as float16.
 
@@ -152,9 +153,13 @@ def convert_float_to_float16(
     ``op_block_list`` None means :data:`DEFAULT_OP_BLOCK_LIST`; ``disable_shape_infer`` skips
     onnx's shape inference (value types must then already be in the model);
     ``force_fp16_inputs`` maps an op to input positions converted although ONNX types them float32.
+    ``keep_float32_between_blocked`` (not in onnxruntime's tool, which rounds every value between
+    two float32 nodes through float16 with a Cast pair) keeps float32 the values that float32 nodes
+    make and only float32 nodes read, including a kept graph output made by a float32 node.
     """
     return _Converter(TensorProto.FLOAT16, min_positive_val, max_finite_val, keep_io_types, op_block_list,
-                      node_block_list, force_fp16_initializers, force_fp16_inputs).convert(model, disable_shape_infer)
+                      node_block_list, force_fp16_initializers, force_fp16_inputs,
+                      keep_float32_between_blocked).convert(model, disable_shape_infer)
 
 
 def convert_float_to_bfloat16(
@@ -167,6 +172,7 @@ def convert_float_to_bfloat16(
     node_block_list: Iterable[str] | None = None,
     force_bf16_initializers: bool = False,
     force_bf16_inputs: dict[str, Sequence[int]] | None = None,
+    keep_float32_between_blocked: bool = False,
 ) -> ModelProto:
     """A copy of ``model`` with its float32 tensors as bfloat16: ``convert_float_to_float16``'s rules.
 
@@ -176,7 +182,8 @@ def convert_float_to_bfloat16(
     float32 behind Casts named ``X_cast_to_fp32`` / ``Y_cast_to_bf16``.
     """
     return _Converter(TensorProto.BFLOAT16, min_positive_val, max_finite_val, keep_io_types, op_block_list,
-                      node_block_list, force_bf16_initializers, force_bf16_inputs).convert(model, disable_shape_infer)
+                      node_block_list, force_bf16_initializers, force_bf16_inputs,
+                      keep_float32_between_blocked).convert(model, disable_shape_infer)
 
 
 @dataclass
@@ -201,7 +208,8 @@ def convert_with_report(model: ModelProto | str | os.PathLike, to: str = "fp16",
     bounds = (BFLOAT16_MIN_POSITIVE, BFLOAT16_MAX_FINITE) if bf16 else (FLOAT16_MIN_POSITIVE, FLOAT16_MAX_FINITE)
     converter = _Converter(target, options.pop("min_positive_val", bounds[0]), options.pop("max_finite_val", bounds[1]),
                            options.pop("keep_io_types", False), options.pop("op_block_list", None),
-                           options.pop("node_block_list", None), force, force_inputs)
+                           options.pop("node_block_list", None), force, force_inputs,
+                           options.pop("keep_float32_between_blocked", False))
     if options:
         raise TypeError(f"unknown conversion option(s): {', '.join(sorted(options))}")
     converted = converter.convert(model, disable_shape_infer)
@@ -227,13 +235,14 @@ class _GraphWork:
     mixed: list[tuple[int, NodeProto]] = field(default_factory=list)  # converted nodes with always-float inputs
     producers: dict[str, int] = field(default_factory=dict)  # value -> index of the node making it here
     after: dict[int, list[NodeProto]] = field(default_factory=dict)  # index -1: before every node
+    dropped: set[int] = field(default_factory=set)  # indices of nodes removed (kept outputs' Casts no longer needed)
 
 
 class _Converter:
     def __init__(self, target: int, min_positive_val: float, max_finite_val: float,
                  keep_io_types: bool | Sequence[str], op_block_list: Iterable[str] | None,
                  node_block_list: Iterable[str] | None, force_initializers: bool,
-                 force_inputs: dict[str, Sequence[int]] | None) -> None:
+                 force_inputs: dict[str, Sequence[int]] | None, keep_float32_between_blocked: bool = False) -> None:
         low, high, type_name = ((FLOAT16_MIN_POSITIVE, FLOAT16_MAX_FINITE, "float16") if target == TensorProto.FLOAT16
                                 else (BFLOAT16_MIN_POSITIVE, BFLOAT16_MAX_FINITE, "bfloat16"))
         if not min_positive_val >= low:
@@ -248,6 +257,10 @@ class _Converter:
         self.node_block_list = set(node_block_list or ())
         self.force_initializers = force_initializers
         self.force_inputs = {op: tuple(positions) for op, positions in (force_inputs or {}).items()}
+        self.keep_float32_between_blocked = keep_float32_between_blocked
+        self.low_reads: set[str] = set()  # values some converted node (or a graph output) reads
+        self.blocked_outputs: dict[str, tuple[_GraphWork, NodeProto, int]] = {}
+        self.output_casts: dict[str, tuple[int, str]] = {}  # low name -> (index of its Cast, output name)
         self.low_suffix = "fp16" if target == TensorProto.FLOAT16 else "bf16"
         self.converted_nodes: list[str] = []  # nodes that now compute in the target type
         self.kept_nodes: list[str] = []       # nodes with float values kept float32 (blocked or no schema support)
@@ -274,6 +287,8 @@ class _Converter:
         self.types = _value_types(model.graph)
         self._walk(model.graph, works)
         self._convert_initializers()
+        if self.keep_float32_between_blocked:
+            self._keep_float_between_blocked(works)
         for work in works:
             for _, node in work.mixed:
                 self._cast_always_float_inputs(work, node)
@@ -331,6 +346,7 @@ class _Converter:
         for i, value in self._kept(graph.output):
             low = f"graph_output_cast_{i}"
             output_renames[value.name] = low
+            self.output_casts[low] = (len(graph.node) + len(head) + len(tail), value.name)
             tail.append(helper.make_node("Cast", [low], [value.name], name=self._fresh(f"graph_output_cast{i}"), to=TensorProto.FLOAT))
             self._add_value_info(graph, value, low, self.target)
             self.io_skip.add(value.name)
@@ -367,6 +383,10 @@ class _Converter:
             if is_main and node.name in self.io_casts:
                 continue
             blocked = self._blocked(node)
+            if blocked:
+                self.blocked_outputs.update((name, (work, node, position)) for position, name in enumerate(node.output) if name)
+            else:
+                self.low_reads.update(node.input)
             float_only = self.always_float.get(node.op_type, ()) if node.domain in ("", "ai.onnx", "com.microsoft") else ()
             for position, name in enumerate(node.input):
                 use = self.initializers.get(name)
@@ -405,6 +425,10 @@ class _Converter:
                     value.type.sequence_type.elem_type.tensor_type.elem_type == TensorProto.FLOAT:
                 value.type.sequence_type.elem_type.tensor_type.elem_type = self.target
                 self.low_values.add(value.name)
+        if not is_main:  # a subgraph's outputs are its parent's (converted) node's outputs
+            self.low_reads.update(value.name for value in graph.output)
+        else:
+            self.low_reads.update(value.name for value in graph.output if value.name not in self.io_skip)
         for subgraph in subgraphs:
             self._walk(subgraph, works)
 
@@ -471,6 +495,29 @@ class _Converter:
             if self.force_initializers or use.by_low:
                 _convert_tensor(use.tensor, self.target, self.min_positive_val, self.max_finite_val)
                 self.low_values.add(name)
+
+    # -- values between float32 nodes
+
+    def _keep_float_between_blocked(self, works: list[_GraphWork]) -> None:
+        main = works[0]
+        for name, (work, node, position) in self.blocked_outputs.items():
+            if name not in self.low_values or name in self.low_reads:
+                continue
+            self.low_values.discard(name)
+            for value in work.graph.value_info:
+                if value.name == name:
+                    value.type.tensor_type.elem_type = TensorProto.FLOAT
+            if name in self.output_casts:  # the float32 node writes the kept output itself
+                index, output = self.output_casts[name]
+                node.output[position] = output
+                for reader in _nodes_everywhere(main.graph):
+                    for i, read in enumerate(reader.input):
+                        if read == name:
+                            reader.input[i] = output
+                main.dropped.add(index)
+                kept = [v for v in main.graph.value_info if v.name != name]
+                del main.graph.value_info[:]
+                main.graph.value_info.extend(kept)
 
     # -- Casts around float32 nodes
 
@@ -554,15 +601,16 @@ def _load_beside(inferred: str, original: Path) -> ModelProto:
 
 def _place_casts(work: _GraphWork) -> int:
     """Rebuild the graph's node list with each new Cast right after the node it follows; the Casts placed."""
-    if not work.after:
+    if not work.after and not work.dropped:
         return 0
     nodes = list(work.after.get(-1, ()))
     for index, node in enumerate(work.graph.node):
-        nodes.append(node)
+        if index not in work.dropped:
+            nodes.append(node)
         nodes.extend(work.after.get(index, ()))
     del work.graph.node[:]
     work.graph.node.extend(nodes)
-    return sum(len(casts) for casts in work.after.values())
+    return sum(len(casts) for casts in work.after.values()) - len(work.dropped)
 
 
 def _attribute_graphs(attribute: AttributeProto) -> Iterator[GraphProto]:

@@ -109,6 +109,7 @@ def auto_convert_mixed_precision(
         nonlocal attempts
         attempts += 1
         converted = convert_float_to_float16(base, keep_io_types=keep_io_types, disable_shape_infer=True,
+                                             keep_float32_between_blocked=True,
                                              op_block_list=op_block_list, node_block_list=blocked)
         try:
             outputs = _run(converted, low_feeds)
