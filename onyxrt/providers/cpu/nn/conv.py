@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ..kernel_table import op
+from . import integer_conv
 from .conv_core import (
     ConvWeights,
     add_bias,
@@ -192,17 +193,44 @@ def _int_conv_pack(w, w_zero_point, attributes) -> ConvWeights | None:
         return None
 
 
+def _integer_gemm_pack(w, w_zero_point, attributes) -> integer_conv.IntegerConvWeights | None:
+    """A constant 1-D/2-D 8-bit filter packed for the integer GEMM (``integer_conv``); None when unsuitable."""
+    if not isinstance(w, np.ndarray) or w.dtype not in (np.int8, np.uint8) or w.ndim not in (3, 4):
+        return None
+    try:
+        return integer_conv.pack_weights(w, w_zero_point, int(attributes.get("group", 1)))
+    except (ValueError, TypeError):
+        return None
+
+
 def _conv_integer_prepack(inputs, attributes):
     w = inputs[1] if len(inputs) > 1 else None
     if len(inputs) > 3 and inputs[3] is None:
         return None  # a zero point that is not constant (or absent: not told apart here)
-    return _int_conv_pack(w, inputs[3] if len(inputs) > 3 else None, attributes)
+    w_zero_point = inputs[3] if len(inputs) > 3 else None
+    return _integer_gemm_pack(w, w_zero_point, attributes) or _int_conv_pack(w, w_zero_point, attributes)
 
 
 def _qlinear_conv_prepack(inputs, attributes):
     if len(inputs) < 6 or inputs[5] is None:
         return None
-    return _int_conv_pack(inputs[3], inputs[5], attributes)
+    return _integer_gemm_pack(inputs[3], inputs[5], attributes) or _int_conv_pack(inputs[3], inputs[5], attributes)
+
+
+def _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape,
+                       packed, requantize=None):
+    """The convolution through ``integer_conv`` (int32, or requantized by ``requantize``), or None where it does not serve
+    these inputs (the float64 path then computes the same integers or reports what is wrong)."""
+    if not integer_conv.supported(x, w) or (x_zero_point is not None and np.asarray(x_zero_point).size != 1):
+        return None
+    check_kernel_shape(kernel_shape, w)
+    try:
+        if not isinstance(packed, integer_conv.IntegerConvWeights) or packed.dtype != w.dtype or packed.group != int(group) \
+                or packed.shape != (w.shape if w.ndim == 4 else (w.shape[0], w.shape[1], 1, w.shape[2])):
+            packed = integer_conv.pack_weights(w, w_zero_point, group)
+        return integer_conv.conv_nchw(x, packed, x_zero_point, strides, dilations, pads, auto_pad, requantize)
+    except (ValueError, TypeError):
+        return None
 
 
 def _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, packed=None):
@@ -229,6 +257,12 @@ def conv_integer(
     x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
     strides=None, _packed=None,
 ):
+    fast = _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape,
+                              _packed)
+    if fast is not None:
+        return fast
+    if isinstance(_packed, integer_conv.IntegerConvWeights):
+        _packed = None
     y = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     return np.ascontiguousarray(y).astype(np.int32)
 
@@ -264,15 +298,28 @@ def qlinear_conv(
     strides=None,
     _packed=None,
 ):
-    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
     nd = x.ndim - 2
     M = w.shape[0]
-    if b is not None:
-        acc = acc + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nd)
     ws = np.asarray(w_scale, dtype=np.float32).reshape(-1)
     if ws.size not in (1, M):
         raise NodeInputError(f"w_scale must be per-tensor or per-output-channel, got shape {np.shape(w_scale)}")
     mult = (np.float32(np.asarray(x_scale).reshape(-1)[0]) * ws) / np.float32(np.asarray(y_scale).reshape(-1)[0])
+    out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.uint8
+    bias = None if b is None else np.asarray(b)
+    if out_dtype in (np.uint8, np.int8) and (bias is None or (bias.dtype == np.int32 and bias.size == M)):
+        requantize = integer_conv.Requantize(
+            np.broadcast_to(mult.astype(np.float32), (M,)), None if bias is None else bias.reshape(M),
+            0.0 if y_zero_point is None else float(np.asarray(y_zero_point).reshape(-1)[0]), out_dtype,
+        )
+        fast = _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad,
+                                  kernel_shape, _packed, requantize)
+        if fast is not None:
+            return fast
+    if isinstance(_packed, integer_conv.IntegerConvWeights):
+        _packed = None
+    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
+    if b is not None:
+        acc = acc + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nd)
     mult = mult.astype(np.float32).reshape((1, -1) + (1,) * nd) if ws.size > 1 else mult.astype(np.float32)[0]
     out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.uint8
     return requantize(acc, mult, y_zero_point, out_dtype)

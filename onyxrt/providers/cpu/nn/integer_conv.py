@@ -1,0 +1,236 @@
+"""8-bit convolutions (ConvInteger, QLinearConv) as integer GEMMs: channels-last im2col + ``int8_gemm``.
+
+A 2-D (or 1-D) convolution of uint8/int8 x (N, C, H, W) by uint8/int8 w (M, C/g, kh, kw) is,
+per group, one integer GEMM
+
+    acc[(n, oh, ow), m] = sum_{kh, kw, c} (x[n, c, ...] - x_zp) * (w[m, c, kh, kw] - w_zp[m])
+
+with A = the input's windows laid out channels-last, one row per output position and the
+(kh, kw, c) taps along K (uint8 or int8: the activation side of a u8 x s8 VNNI product), and
+B = the filter reordered to (kh*kw*C/g, M/g) and packed once by ``int8_gemm.pack_b`` with its
+per-output-channel zero points. A 1x1 stride-1 convolution needs no im2col: the channels-last
+input is A itself. Padding is filled with x's zero point, so padded taps contribute 0, as the
+ONNX definition wants. The int32 result is exact (``int8_gemm``'s routes agree bit for bit).
+The rows are computed ``_ROWS_PER_CHUNK`` at a time; QLinearConv requantizes each chunk while
+it is in cache, straight into the NCHW output. The layout changes (NCHW input to padded NHWC,
+requantized rows to NCHW) are numba kernels (``integer_conv_kernels``) where numba runs, numpy
+otherwise, with the same bytes.
+
+Why channels-last rows rather than W (M, K) times NCHW columns (K, P), which would give NCHW
+directly: ``int8_gemm`` packs its B operand, and packing the column matrix on every call cost
+more than the GEMM itself (measured on resnet50's layers: 3-10x slower in all).
+
+Where the weights are not constant (no prepack), the same code packs them per call. Other
+ranks (3-D) and anything :func:`conv_nchw` declines run the float64 kernels of ``conv.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from ..jit import LazyModuleKernel
+from ..math import int8_gemm
+from .conv_core import conv_pads, spatial_defaults
+
+_INT8 = (np.dtype(np.uint8), np.dtype(np.int8))
+# Output rows (positions) per GEMM: the column matrix of one chunk stays about cache-sized, and
+# the requantization of one chunk reads int32 that was just written.
+_ROWS_PER_CHUNK = 1024
+
+
+class IntegerConvWeights(NamedTuple):
+    """A constant 8-bit filter (with its zero points) packed for ``int8_gemm``, one pack per group."""
+
+    shape: tuple  # the filter's (M, C/g, kh, kw) (1-D filters as kh = 1)
+    dtype: np.dtype
+    group: int
+    packs: tuple  # int8_gemm.PackedInt8B (kh*kw*C/g, M/g) per group
+
+
+def _filter_as_gemm_b(w4: np.ndarray, group: int) -> list[np.ndarray]:
+    """(M, Cg, kh, kw) -> per group the (kh*kw*Cg, M/g) B matrix whose K runs (kh, kw, c) like the im2col."""
+    m, cg, kh, kw = w4.shape
+    mg = m // group
+    return [np.ascontiguousarray(w4[g * mg:(g + 1) * mg].transpose(2, 3, 1, 0).reshape(kh * kw * cg, mg))
+            for g in range(group)]
+
+
+def _zero_point_vector(w_zero_point, m: int) -> np.ndarray | None:
+    if w_zero_point is None:
+        return None
+    zp = np.asarray(w_zero_point)
+    if zp.size == 1:
+        return np.full(m, zp.reshape(-1)[0], dtype=zp.dtype)
+    if zp.ndim != 1 or zp.size != m:
+        raise ValueError(f"w_zero_point of shape {zp.shape} is neither per-tensor nor per output channel ({m})")
+    return zp
+
+
+def pack_weights(w: np.ndarray, w_zero_point, group: int) -> IntegerConvWeights:
+    """The filter (M, C/g, *k) with 1 or 2 spatial dims packed per group; ValueError/TypeError when unsuitable."""
+    w = np.asarray(w)
+    if w.dtype not in _INT8 or w.ndim not in (3, 4):
+        raise TypeError(f"an 8-bit filter of rank 3 or 4 is needed, got {w.dtype} of rank {w.ndim}")
+    group = int(group)
+    m = w.shape[0]
+    if group <= 0 or m % group:
+        raise ValueError(f"{m} output channels do not split into {group} groups")
+    if w_zero_point is not None and np.asarray(w_zero_point).dtype != w.dtype:
+        raise TypeError("w_zero_point's type differs from w's")
+    w4 = w[:, :, None, :] if w.ndim == 3 else w
+    zp = _zero_point_vector(w_zero_point, m)
+    mg = m // group
+    packs = tuple(int8_gemm.pack_b(b, None if zp is None else zp[g * mg:(g + 1) * mg])
+                  for g, b in enumerate(_filter_as_gemm_b(w4, group)))
+    return IntegerConvWeights(tuple(w4.shape), w.dtype, group, packs)
+
+
+def _geometry(x, w_shape4, strides, dilations, pads, auto_pad, nd: int):
+    s, d = spatial_defaults(nd, strides, dilations)
+    kernel = list(w_shape4[2:]) if nd == 2 else [w_shape4[3]]
+    p = conv_pads(x.shape[2:], kernel, s, d, pads, auto_pad)
+    if nd == 1:  # as 2-D with a height of 1
+        s, d, p = [1] + s, [1] + d, [0, p[0], 0, p[1]]
+    return s, d, p
+
+
+_KERNELS = "onyxrt.providers.cpu.nn.integer_conv_kernels"
+_TO_CHANNELS_LAST = LazyModuleKernel(_KERNELS, "to_channels_last_padded")
+_REQUANTIZE_KERNEL = LazyModuleKernel(_KERNELS, "requantize_rows")
+
+
+def _channels_last_padded(x4: np.ndarray, pads, fill) -> np.ndarray:
+    """(N, C, H, W) -> (N, H+pads, W+pads, C), the border filled with ``fill`` (x's zero point)."""
+    n, c, h, w = x4.shape
+    top, left, bottom, right = pads
+    if x4.flags.c_contiguous:
+        kernel = _TO_CHANNELS_LAST.compiled_for(x4.dtype, x4[:0], x4.dtype.type(0), 0, 0, np.empty((0, 1, 1, c), x4.dtype))
+        if kernel is not None:
+            out = np.empty((n, h + top + bottom, w + left + right, c), dtype=x4.dtype)
+            kernel(x4, x4.dtype.type(fill), top, left, out)
+            return out
+    if not (top or left or bottom or right):
+        return np.ascontiguousarray(x4.transpose(0, 2, 3, 1))
+    out = np.empty((n, h + top + bottom, w + left + right, c), dtype=x4.dtype)
+    if top:
+        out[:, :top] = fill
+    if bottom:
+        out[:, h + top:] = fill
+    if left:
+        out[:, top:top + h, :left] = fill
+    if right:
+        out[:, top:top + h, w + left:] = fill
+    out[:, top:top + h, left:left + w] = x4.transpose(0, 2, 3, 1)
+    return out
+
+
+def _windows(xp: np.ndarray, c0: int, c1: int, kh: int, kw: int, s, d, oh: int, ow: int) -> np.ndarray:
+    """The im2col matrix (N*OH*OW, kh*kw*(c1-c0)) of channels [c0, c1) of the padded channels-last input."""
+    n = xp.shape[0]
+    cg = c1 - c0
+    cols = np.empty((n, oh, ow, kh, kw, cg), dtype=xp.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i * d[0]: i * d[0] + s[0] * (oh - 1) + 1: s[0],
+                                        j * d[1]: j * d[1] + s[1] * (ow - 1) + 1: s[1], c0:c1]
+    return cols.reshape(n * oh * ow, kh * kw * cg)
+
+
+def conv_nchw(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, pads, auto_pad,
+              requantize: "Requantize | None" = None) -> np.ndarray:
+    """The convolution of 8-bit ``x`` (N, C, [H,] W) as int32, or requantized to 8 bits by ``requantize``
+    (QLinearConv), in x's layout (N, M, [OH,] OW)."""
+    nd = x.ndim - 2
+    m, cg, kh, kw = packed.shape
+    n, c = x.shape[:2]
+    if c != cg * packed.group:
+        raise ValueError(f"input has {c} channels, the filter expects {cg} x {packed.group} groups")
+    s, d, p = _geometry(x, packed.shape, strides, dilations, pads, auto_pad, nd)
+    x4 = x[:, :, None, :] if nd == 1 else x
+    h, w = x4.shape[2:]
+    oh = max(0, (h + p[0] + p[2] - (d[0] * (kh - 1) + 1)) // s[0] + 1)
+    ow = max(0, (w + p[1] + p[3] - (d[1] * (kw - 1) + 1)) // s[1] + 1)
+    out_shape = (n, m) + ((ow,) if nd == 1 else (oh, ow))
+    plane = oh * ow
+    rows = n * plane
+    if requantize is None:
+        y_rows = np.empty((rows, m), dtype=np.int32)  # channels last, transposed once at the end
+        out = None
+    else:
+        out = np.empty((n, m, plane), dtype=requantize.dtype)
+    if rows and m:
+        zp = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
+        xp = _channels_last_padded(x4, p, zp)
+        mg = m // packed.group
+        pointwise = kh == kw == 1 and s == [1, 1]
+        for g, pack in enumerate(packed.packs):
+            c0, c1, m0, m1 = g * cg, (g + 1) * cg, g * mg, (g + 1) * mg
+            if pointwise:
+                a = np.ascontiguousarray(xp[..., c0:c1].reshape(rows, cg))
+            else:
+                a = _windows(xp, c0, c1, kh, kw, s, d, oh, ow)
+            for r0 in range(0, rows, _ROWS_PER_CHUNK):
+                r1 = min(rows, r0 + _ROWS_PER_CHUNK)
+                acc = int8_gemm.gemm_int8(a[r0:r1], pack, x_zero_point)
+                if requantize is None:
+                    y_rows[r0:r1, m0:m1] = acc
+                else:
+                    requantize.store(acc, out, r0, m0, m1, plane)
+    if requantize is None:
+        return np.ascontiguousarray(y_rows.reshape(n, plane, m).transpose(0, 2, 1)).reshape(out_shape)
+    return out.reshape(out_shape)
+
+
+class Requantize:
+    """QLinearConv's epilogue: round_half_even((acc + bias) * x_scale * w_scale / y_scale) + y_zp, saturated.
+
+    The multiplier is computed in float32 as onnxruntime does ((x_scale * w_scale) / y_scale),
+    and the product acc * multiplier too, so outputs match it exactly except where a value lies
+    on a rounding boundary after float32 rounding (one unit, which tests allow).
+    """
+
+    def __init__(self, multiplier: np.ndarray, bias: np.ndarray | None, y_zero_point: float, dtype) -> None:
+        m = multiplier.shape[0]
+        self.multiplier = np.ascontiguousarray(multiplier, dtype=np.float32)  # (M,)
+        self.bias = np.zeros(m, np.int32) if bias is None else np.ascontiguousarray(bias, dtype=np.int32)
+        self.zero = np.float32(y_zero_point)
+        self.dtype = np.dtype(dtype)
+        info = np.iinfo(self.dtype)
+        self.low, self.high = np.float32(info.min), np.float32(info.max)
+
+    def rows(self, acc: np.ndarray, m0: int, m1: int) -> np.ndarray:
+        """The requantized (R, m1-m0) rows of an int32 chunk (numpy)."""
+        acc += self.bias[m0:m1]
+        y = acc.astype(np.float32)
+        y *= self.multiplier[m0:m1]
+        np.rint(y, out=y)
+        if self.zero:
+            y += self.zero
+        np.clip(y, self.low, self.high, out=y)
+        return y.astype(self.dtype)
+
+    def store(self, acc: np.ndarray, out: np.ndarray, r0: int, m0: int, m1: int, plane: int) -> None:
+        """Requantize chunk ``acc`` (rows r0.. of the flattened (batch, plane) positions, channels m0..m1)
+        into ``out`` (N, M, plane)."""
+        y = np.empty(acc.shape, dtype=self.dtype)
+        kernel = _REQUANTIZE_KERNEL.compiled_for(self.dtype, acc[:0], self.bias[m0:m1], self.multiplier[m0:m1],
+                                                 self.zero, self.low, self.high, y[:0])
+        if kernel is not None:
+            kernel(acc, self.bias[m0:m1], self.multiplier[m0:m1], self.zero, self.low, self.high, y)
+        else:
+            y = self.rows(acc, m0, m1)
+        r1 = r0 + acc.shape[0]
+        position = r0
+        while position < r1:  # one segment per image the chunk touches
+            n, p = divmod(position, plane)
+            count = min(plane - p, r1 - position)
+            out[n, m0:m1, p:p + count] = y[position - r0: position - r0 + count].T
+            position += count
+
+
+def supported(x: np.ndarray, w: np.ndarray) -> bool:
+    """Whether :func:`conv_channels_last` serves these operands (1-D or 2-D, 8-bit)."""
+    return x.dtype in _INT8 and w.dtype in _INT8 and x.ndim in (3, 4) and w.ndim == x.ndim and math.prod(w.shape) > 0
