@@ -75,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     if args.to == "mixed":
-        result = auto_convert_mixed_precision(str(source), samples[0], rtol=args.rtol, atol=args.atol,
-                                              keep_io_types=True, op_block_list=args.op_block_list,
-                                              return_details=True)
+        try:
+            result = auto_convert_mixed_precision(str(source), samples[0], rtol=args.rtol, atol=args.atol,
+                                                  keep_io_types=True, op_block_list=args.op_block_list,
+                                                  return_details=True)
+        except ValueError as exc:  # no mixed model meets the tolerance
+            raise cli.RunFailure(f"--to mixed: {exc}") from None
         assert isinstance(result, MixedPrecisionResult)
         model = result.model
         converted_count = result.candidates - len(result.kept_float32)

@@ -185,5 +185,5 @@ def _candidate_nodes(model: ModelProto) -> list[str]:
 def _run(model: ModelProto, feeds: dict[str, Any]) -> list[Any]:
     from ..session.inference_session import InferenceSession  # the session imports heavy modules
 
-    session = InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = InferenceSession(model, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
