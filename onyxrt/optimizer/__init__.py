@@ -38,6 +38,7 @@ from .pass_manager import (
     PassManager,
 )
 from .qdq_conv_fusion import QdqConvFusion
+from .qdq_matmul_fusion import QdqMatMulFusion
 from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
 from .rotary_fusion import RotaryEmbeddingFusion
@@ -63,7 +64,9 @@ def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
-        ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(), MatMulAddFusion(),
+        ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
+        QdqMatMulFusion(),  # before MatMulAddFusion: a dequantized MatMul takes its bias itself
+        MatMulAddFusion(),
         QdqConvFusion(),
         DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),
         MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
