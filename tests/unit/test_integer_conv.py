@@ -29,12 +29,13 @@ CASES = [  # (x shape, w shape, attributes)
     ((1, 16, 14, 14), (32, 16, 3, 3), dict(pads=[1, 1, 1, 1])),
     ((2, 24, 9, 11), (40, 24, 1, 1), {}),
     ((1, 3, 33, 31), (8, 3, 7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2])),
-    ((1, 8, 10, 10), (8, 2, 3, 3), dict(pads=[1, 0, 1, 2], group=4, dilations=[2, 1])),
+    ((1, 8, 10, 10), (8, 2, 3, 3), dict(pads=[1, 0, 1, 2], group=4, dilations=[2, 1])),  # thin groups: float64 route
+    ((1, 16, 9, 9), (16, 8, 3, 3), dict(pads=[1, 1, 1, 1], group=2, dilations=[1, 2])),  # one GEMM per group
     ((2, 6, 12, 12), (12, 6, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
     ((1, 32, 40, 40), (16, 32, 1, 1), dict(strides=[2, 2])),
     ((1, 8, 10), (6, 8, 3), dict(pads=[1, 1])),
 ]
-CASE_IDS = ["3x3", "1x1-batch2", "7x7-stride2", "grouped-dilated", "same-upper", "1x1-stride2", "1d"]
+CASE_IDS = ["3x3", "1x1-batch2", "7x7-stride2", "grouped-dilated", "two-groups", "same-upper", "1x1-stride2", "1d"]
 
 
 def _random(dtype, shape):

@@ -197,8 +197,11 @@ def _integer_gemm_pack(w, w_zero_point, attributes) -> integer_conv.IntegerConvW
     """A constant 1-D/2-D 8-bit filter packed for the integer GEMM (``integer_conv``); None when unsuitable."""
     if not isinstance(w, np.ndarray) or w.dtype not in (np.int8, np.uint8) or w.ndim not in (3, 4):
         return None
+    group = attributes.get("group", 1)
+    if not integer_conv.supported(np.empty((0,) * w.ndim, w.dtype), w, group):
+        return None
     try:
-        return integer_conv.pack_weights(w, w_zero_point, int(attributes.get("group", 1)))
+        return integer_conv.pack_weights(w, w_zero_point, int(group))
     except (ValueError, TypeError):
         return None
 
@@ -221,7 +224,7 @@ def _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilatio
                        packed, requantize=None):
     """The convolution through ``integer_conv`` (int32, or requantized by ``requantize``), or None where it does not serve
     these inputs (the float64 path then computes the same integers or reports what is wrong)."""
-    if not integer_conv.supported(x, w) or (x_zero_point is not None and np.asarray(x_zero_point).size != 1):
+    if not integer_conv.supported(x, w, group) or (x_zero_point is not None and np.asarray(x_zero_point).size != 1):
         return None
     check_kernel_shape(kernel_shape, w)
     try:
@@ -307,12 +310,12 @@ def qlinear_conv(
     out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.uint8
     bias = None if b is None else np.asarray(b)
     if out_dtype in (np.uint8, np.int8) and (bias is None or (bias.dtype == np.int32 and bias.size == M)):
-        requantize = integer_conv.Requantize(
+        requantizer = integer_conv.Requantize(
             np.broadcast_to(mult.astype(np.float32), (M,)), None if bias is None else bias.reshape(M),
             0.0 if y_zero_point is None else float(np.asarray(y_zero_point).reshape(-1)[0]), out_dtype,
         )
         fast = _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad,
-                                  kernel_shape, _packed, requantize)
+                                  kernel_shape, _packed, requantizer)
         if fast is not None:
             return fast
     if isinstance(_packed, integer_conv.IntegerConvWeights):

@@ -21,7 +21,8 @@ directly: ``int8_gemm`` packs its B operand, and packing the column matrix on ev
 more than the GEMM itself (measured on resnet50's layers: 3-10x slower in all).
 
 Where the weights are not constant (no prepack), the same code packs them per call. Other
-ranks (3-D) and anything :func:`conv_nchw` declines run the float64 kernels of ``conv.py``.
+ranks (3-D), depthwise and other thin-grouped filters (see ``MIN_GROUP_CHANNELS``) and anything
+:func:`conv_nchw` declines run the float64 kernels of ``conv.py``.
 """
 
 from __future__ import annotations
@@ -231,6 +232,14 @@ class Requantize:
             position += count
 
 
-def supported(x: np.ndarray, w: np.ndarray) -> bool:
-    """Whether :func:`conv_channels_last` serves these operands (1-D or 2-D, 8-bit)."""
-    return x.dtype in _INT8 and w.dtype in _INT8 and x.ndim in (3, 4) and w.ndim == x.ndim and math.prod(w.shape) > 0
+# Output channels per group below which a grouped convolution stays on conv.py's float64 kernels:
+# a depthwise convolution would be one GEMM with a single column per channel here, where conv.py
+# has a depthwise route.
+MIN_GROUP_CHANNELS = 8
+
+
+def supported(x: np.ndarray, w: np.ndarray, group: int = 1) -> bool:
+    """Whether :func:`conv_nchw` serves these operands: 8-bit, 1-D or 2-D, and not thin groups."""
+    if x.dtype not in _INT8 or w.dtype not in _INT8 or x.ndim not in (3, 4) or w.ndim != x.ndim or not math.prod(w.shape):
+        return False
+    return int(group) == 1 or w.shape[0] // max(int(group), 1) >= MIN_GROUP_CHANNELS
