@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import platform
 
-__all__ = ["cpu_flags", "has_flags", "cpu_model_name"]
+__all__ = ["cpu_flags", "has_flags", "cpu_model_name", "cpu_vendor"]
 
 _CPUINFO = "/proc/cpuinfo"
 
 
-def _read_cpuinfo(path: str = _CPUINFO) -> tuple[frozenset[str], str]:
+def _read_cpuinfo(path: str = _CPUINFO) -> tuple[frozenset[str], str, str]:
     flags: frozenset[str] = frozenset()
-    model = ""
+    model = vendor = ""
     try:
         with open(path, encoding="ascii", errors="ignore") as f:
             for line in f:
@@ -28,17 +28,19 @@ def _read_cpuinfo(path: str = _CPUINFO) -> tuple[frozenset[str], str]:
                     flags = frozenset(value.split())
                 elif key == "model name" and not model:
                     model = value.strip()
-                if flags and model:
+                elif key == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                if flags and model and vendor:
                     break
     except OSError:
         pass
-    return flags, model
+    return flags, model, vendor
 
 
 @functools.cache
-def _cached() -> tuple[frozenset[str], str]:
-    flags, model = _read_cpuinfo()
-    return flags, model or platform.processor()
+def _cached() -> tuple[frozenset[str], str, str]:
+    flags, model, vendor = _read_cpuinfo()
+    return flags, model or platform.processor(), vendor
 
 
 def cpu_flags() -> frozenset[str]:
@@ -56,3 +58,8 @@ def has_flags(*names: str) -> bool:
 def cpu_model_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s ``model name``), or ``platform.processor()``."""
     return _cached()[1]
+
+
+def cpu_vendor() -> str:
+    """``GenuineIntel``, ``AuthenticAMD``, ... (``/proc/cpuinfo``'s ``vendor_id``); empty where unknown."""
+    return _cached()[2]

@@ -14,8 +14,9 @@ Routes, chosen once per process by what is installed and what the CPU reports
 * ``vnni``: numba with an AVX-512 VNNI micro-kernel (``int8_gemm_vnni``), B packed once into
   32-column panels. Needs numba (the ``fast`` extra) and ``avx512f`` + ``avx512_vnni``.
 * ``mkl``: oneMKL's ``cblas_gemm_s8u8s32`` through ctypes (the ``mkl`` extra). On the AMD
-  machine measured it is 10x slower than ``vnni`` (MKL takes a generic path on non-Intel CPUs),
-  so it is chosen automatically only on CPUs with AMX-INT8, where MKL uses the tile unit.
+  machine measured it is 10x slower than ``vnni`` and 3x slower than ``numpy`` (MKL takes a
+  generic path on non-Intel CPUs), so it is chosen automatically first on CPUs with AMX-INT8
+  (where MKL uses the tile unit) and after ``vnni`` on other Intel CPUs only.
 * ``numpy``: float32 BLAS on the integer values, K split into chunks short enough that every
   partial sum stays below 2**24 (exact in float32 whatever the summation order), chunks added
   in int64. Always available; the fallback.
@@ -27,6 +28,7 @@ uint8 A and int8 B: int8 A is shifted by +128 (and its zero point with it), uint
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 import sys
@@ -35,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ....framework.cpu_features import has_flags
+from ....framework.cpu_features import cpu_vendor, has_flags
 from ....framework.thread_pool import current_pool
 
 __all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8", "selected_route",
@@ -133,8 +135,10 @@ def _load_mkl():
     return None
 
 
+@functools.cache
 def available_routes() -> tuple[str, ...]:
-    """The routes that can run in this process, fastest first on this CPU."""
+    """The routes that can run in this process, in the order ``auto`` prefers them on this CPU
+    (found once per process)."""
     routes = []
     vnni = _vnni_module() is not None
     mkl = _mkl_library() is not None
@@ -142,9 +146,11 @@ def available_routes() -> tuple[str, ...]:
         routes.append("mkl")
     if vnni:
         routes.append("vnni")
-    if mkl and "mkl" not in routes:
+    if mkl and "mkl" not in routes and cpu_vendor() == "GenuineIntel":
         routes.append("mkl")
     routes.append("numpy")
+    if mkl and "mkl" not in routes:  # usable, but slower than numpy's float32 BLAS on this CPU
+        routes.append("mkl")
     return tuple(routes)
 
 
