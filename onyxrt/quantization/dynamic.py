@@ -70,7 +70,9 @@ def quantize_dynamic(
     for node in model.graph.node:
         replacement = quantizer.rewrite(node) if selection.selected(node) else None
         nodes.extend(replacement if replacement is not None else [node])
-    quantized = editor.finish(nodes)
+    read = {name for node in nodes for name in node.input} | editor.graph_outputs
+    unread = {id(node) for node in quantizer.optional_nodes if node.output[0] not in read}
+    quantized = editor.finish([node for node in nodes if id(node) not in unread])
     if quantizer.needs_opset13:
         editor.ensure_opset("", 13)
     save_model(quantized, model_output, use_external_data_format)
@@ -115,6 +117,7 @@ class _DynamicQuantizer:
         self.needs_opset13 = False
         self._weights: dict[tuple, tuple[str, str, str, QuantParams]] = {}
         self._activations: dict[str, tuple[str, str, str]] = {}
+        self.optional_nodes: list[onnx.NodeProto] = []  # dropped when nothing reads their output
 
     def rewrite(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         handler = getattr(self, f"_rewrite_{node.op_type.lower()}")
@@ -123,13 +126,14 @@ class _DynamicQuantizer:
     # -- weights and activations --------------------------------------------------------------
 
     def _weight(self, name: str, array: np.ndarray, axis: int | None, weight_type: QuantType | None = None,
-                symmetric: bool | None = None) -> tuple[str, str, str, QuantParams]:
+                symmetric: bool | None = None, reduce_range: bool | None = None) -> tuple[str, str, str, QuantParams]:
         """(quantized, scale, zero point) initializer names for a weight, shared by the nodes that read it."""
         weight_type = weight_type or self.weight_type
         symmetric = self.weight_symmetric if symmetric is None else symmetric
-        key = (name, axis, weight_type, symmetric, array.shape)
+        reduce_range = self.reduce_range if reduce_range is None else reduce_range
+        key = (name, axis, weight_type, symmetric, reduce_range, array.shape)
         if key not in self._weights:
-            params, quantized = weight_params(array, weight_type, axis, symmetric, self.reduce_range)
+            params, quantized = weight_params(array, weight_type, axis, symmetric, reduce_range)
             editor = self.editor
             names = (editor.add_initializer(quantized, f"{name}_quantized"),
                      editor.add_initializer(params.scale, f"{name}_scale"),
@@ -295,13 +299,16 @@ class _DynamicQuantizer:
             ]
             self.report.add(node.name, "Gather int8 table, per-row scales")
             return nodes
-        # One range over the whole table: the gathered rows are dequantized by one scalar scale.
-        quantized, scale, zero_point, _ = self._weight(table, array, None)
-        nodes = [
-            helper.make_node("Gather", [quantized, node.input[1]], [gathered], name=node.name, **attributes),
-            helper.make_node("DequantizeLinear", [gathered, scale, zero_point], [node.output[0]],
-                             name=editor.unique_name(f"{node.output[0]}_DequantizeLinear")),
-        ]
+        # One range over the whole table, as onnxruntime quantizes it: like an activation (uint8, asymmetric,
+        # full range); the gathered rows are dequantized by one scalar scale.
+        quantized, scale, zero_point, _ = self._weight(table, array, None, QuantType.QUInt8, symmetric=False, reduce_range=False)
+        dequantize = helper.make_node("DequantizeLinear", [gathered, scale, zero_point], [node.output[0]],
+                                      name=editor.unique_name(f"{node.output[0]}_DequantizeLinear"))
+        nodes = [helper.make_node("Gather", [quantized, node.input[1]], [gathered], name=node.name, **attributes), dequantize]
+        # A quantized MatMul reading the rows takes them as they are (onnxruntime chains them the same way);
+        # the DequantizeLinear stays only if something else reads the float rows.
+        self._activations[node.output[0]] = (gathered, scale, zero_point)
+        self.optional_nodes.append(dequantize)
         self.report.add(node.name, "Gather int8 table")
         return nodes
 

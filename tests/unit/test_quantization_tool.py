@@ -192,11 +192,16 @@ def test_dynamic_after_gelu_keeps_an_int8_weight_behind_dequantize_linear(tmp_pa
     assert "w_out" not in stored and "table" not in stored
 
 
-def test_dynamic_with_onnxruntimes_defaults_gives_onnxruntimes_values(tmp_path):
-    source = _matmul(tmp_path / "mm.onnx")
+@pytest.mark.parametrize("model", ["matmul", "encoder_block"])
+def test_dynamic_with_onnxruntimes_defaults_gives_onnxruntimes_values(tmp_path, model):
+    if model == "matmul":
+        source = _matmul(tmp_path / "mm.onnx")
+        feeds = {"x": np.random.default_rng(5).standard_normal((3, 70), dtype=np.float32)}
+    else:  # Gather's uint8 rows feed MatMulInteger directly, as onnxruntime chains them
+        source = _encoder_block(tmp_path / "block.onnx")
+        feeds = {"ids": np.array([3, 17, 42, 99, 0], dtype=np.int64)}
     quantize_dynamic(source, tmp_path / "ours.onnx", per_channel=False, extra_options={"FloatActivationsAfterGelu": False})
     ort_quantization.quantize_dynamic(source, tmp_path / "theirs.onnx")
-    feeds = {"x": np.random.default_rng(5).standard_normal((3, 70), dtype=np.float32)}
     ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
     theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
     np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
