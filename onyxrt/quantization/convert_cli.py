@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep float inputs and outputs float32 (Casts inside the model); always on for mixed")
     parser.add_argument("--op-block-list", nargs="+", metavar="OP",
                         help=f"op types kept float32 (default: onnxruntime's list of {len(DEFAULT_OP_BLOCK_LIST)} ops)")
-    parser.add_argument("--node-block-list", nargs="+", default=[], metavar="NAME", help="node names kept float32")
+    parser.add_argument("--node-block-list", nargs="+", default=[], metavar="NAME", help="node names kept float32 (fp16/bf16; mixed finds its own)")
     parser.add_argument("--input", action="append", default=[], type=cli._input_pair, metavar="NAME=FILE.npy",
                         help="sample value of input NAME (.npy); inputs not given are made up; repeatable")
     parser.add_argument("--samples", type=cli._count(1), default=2,

@@ -568,9 +568,9 @@ class _Converter:
         for value in (*graph.value_info, *graph.input, *graph.output):
             if value.name == name:
                 return value
-        for use in (self.initializers.get(name),):
-            if use is not None:
-                return helper.make_tensor_value_info(name, use.tensor.data_type, list(use.tensor.dims))
+        use = self.initializers.get(name)
+        if use is not None:
+            return helper.make_tensor_value_info(name, use.tensor.data_type, list(use.tensor.dims))
         return None
 
     def _add_value_info(self, graph: GraphProto, like: ValueInfoProto | None, name: str, elem_type: int) -> None:

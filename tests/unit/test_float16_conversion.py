@@ -458,6 +458,21 @@ def test_cli_convert_writes_the_model_and_prints_the_summary(tmp_path, capsys, t
         assert "5 converted, 0 kept float32, 2 Cast nodes added" in printed
 
 
+def test_cli_convert_op_block_list_keeps_those_ops_float32(tmp_path, capsys):
+    from onyxrt.cli import main
+
+    source, target = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(_sensitive_model(), source)
+    assert main(["convert", str(source), str(target), "--to", "fp16", "--op-block-list", "Tanh", "Sub"]) == 0
+    printed = capsys.readouterr().out
+    assert "3 converted, 2 kept float32" in printed and "kept float32: sub_big, tanh" in printed
+    converted = onnx.load(target)
+    assert _io_types(converted) == [("x", F16), ("y", F16)]
+    # a and big (shared with the float16 Add) into Sub, Sub's result through float16 into Tanh, Tanh's out:
+    # onnxruntime's tool's round trip between two float32 nodes
+    assert [n.op_type for n in converted.graph.node].count("Cast") == 5
+
+
 def test_cli_convert_reports_a_mixed_search_that_cannot_pass(tmp_path, capsys):
     from onyxrt.cli import main
 
