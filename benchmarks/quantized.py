@@ -1,0 +1,148 @@
+"""Latency of onnxruntime-quantized minilm_l6 in onyxrt and onnxruntime, and of onyxrt's own fp32 run.
+
+    python benchmarks/quantized.py --out benchmarks/quantized.md             # default: 5 rounds x 20 runs
+    python benchmarks/quantized.py --rounds 2 --repeat 10 --threads 1        # quicker, one intra-op thread
+
+minilm_l6 (``../shared/zoo``; /tmp/zoo/minilm_l6.onnx when present) is quantized by onnxruntime's
+``quantize_dynamic`` twice (default options; ``per_channel=True``) into a temp dir. Every case
+runs at batch 1, sequence 128, each runtime in its own process, alternating (onyxrt fp32, onyxrt
+int8, onnxruntime int8, ...), ``--repeat`` timed runs after 3 warm-up runs per process; the table
+compares medians. Targets (issue 12): onyxrt int8 <= 1.25x onnxruntime int8 on the same file, and
+<= 0.5x onyxrt fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ = 128
+
+
+def _minilm() -> str:
+    local = Path("/tmp/zoo/minilm_l6.onnx")
+    if local.exists():
+        return str(local)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from latency import zoo_path
+
+    return zoo_path("minilm_l6")
+
+
+def _feeds(path: str) -> dict:
+    import numpy as np
+    import onnx
+
+    names = {i.name for i in onnx.load(path, load_external_data=False).graph.input}
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, 30000, (1, SEQ)).astype(np.int64),
+             "attention_mask": np.ones((1, SEQ), np.int64), "token_type_ids": np.zeros((1, SEQ), np.int64)}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
+def worker(runtime: str, path: str, repeat: int, threads: int) -> None:
+    if runtime == "onnxruntime":
+        import onnxruntime as rt
+    else:
+        import onyxrt as rt
+    options = rt.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = rt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feeds = _feeds(path)
+    for _ in range(3):
+        session.run(None, feeds)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - start) * 1000)
+    print(json.dumps(times))
+
+
+def _timed(runtime: str, path: str, repeat: int, threads: int) -> list[float]:
+    done = subprocess.run([sys.executable, __file__, "--worker", runtime, path, "--repeat", str(repeat),
+                           "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0, help="intra_op_num_threads for both runtimes (0: default)")
+    parser.add_argument("--out")
+    parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker, args.repeat, args.threads)
+        return 0
+
+    from onnxruntime.quantization import quantize_dynamic
+
+    source = _minilm()
+    tmp = Path(tempfile.mkdtemp(prefix="onyxrt-quantized-"))
+    models = {"default": tmp / "minilm_int8.onnx", "per_channel": tmp / "minilm_int8_pc.onnx"}
+    quantize_dynamic(source, str(models["default"]))
+    quantize_dynamic(source, str(models["per_channel"]), per_channel=True)
+
+    cases = [("onyxrt", "fp32", source)] + [
+        (runtime, name, str(path)) for name, path in models.items() for runtime in ("onyxrt", "onnxruntime")]
+    cases.append(("onnxruntime", "fp32", source))
+    samples: dict[tuple[str, str], list[float]] = {(r, n): [] for r, n, _ in cases}
+    load_before = os.getloadavg()
+    for round_index in range(args.rounds):
+        for runtime, name, path in cases:
+            samples[(runtime, name)] += _timed(runtime, path, args.repeat, args.threads)
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+    load_after = os.getloadavg()
+    median = {key: statistics.median(values) for key, values in samples.items()}
+    ours_fp32 = median[("onyxrt", "fp32")]
+
+    lines = [
+        "# onnxruntime-quantized minilm_l6: onyxrt vs onnxruntime (CPU, batch 1, seq 128)",
+        "",
+        f"Command: `python benchmarks/quantized.py {' '.join(sys.argv[1:])}`".rstrip(),
+        "",
+        f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; "
+        f"medians. intra_op_num_threads = {args.threads or 'default'}.",
+        "Models: onnxruntime's `quantize_dynamic` (default options; `per_channel=True`) of minilm_l6.",
+        "",
+        "| model | onyxrt (ms) | onnxruntime (ms) | onyxrt / onnxruntime | onyxrt / onyxrt fp32 |",
+        "|---|---|---|---|---|",
+        f"| fp32 | {ours_fp32:.2f} | {median[('onnxruntime', 'fp32')]:.2f} | "
+        f"{ours_fp32 / median[('onnxruntime', 'fp32')]:.2f} | 1.00 |",
+    ]
+    for name in models:
+        ours, theirs = median[("onyxrt", name)], median[("onnxruntime", name)]
+        lines.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / ours_fp32:.2f} |")
+    lines += [
+        "",
+        "Targets: onyxrt / onnxruntime <= 1.25 on the same file; onyxrt int8 / onyxrt fp32 <= 0.5.",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
+        f"({_cpu_name()}); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
+    ]
+    table = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(table)
+    print(table)
+    return 0
+
+
+def _cpu_name() -> str:
+    sys.path.insert(0, str(ROOT))
+    from onyxrt.framework.cpu_features import cpu_model_name
+
+    return cpu_model_name() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
