@@ -37,6 +37,8 @@ from ....errors import NodeInputError, NodeInputTypeError
 from ....framework import kv_cache
 
 _F32 = np.dtype(np.float32)
+# query rows per key/value head up to which scores are computed as keys @ queries^T (see _attend)
+_FEW_QUERY_ROWS = 16
 _F64 = np.dtype(np.float64)
 _LOWEST = np.finfo(np.float32).min
 
@@ -131,7 +133,13 @@ def _attend(
     c = q.dtype.type
     qs = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
     np.multiply(q, c(scale), out=qs)
-    scores = pool_matmul(qs.reshape(B, Nk, g * S, H), k.transpose(0, 1, 3, 2))  # (B, Nk, g*S, T)
+    rows = qs.reshape(B, Nk, g * S, H)
+    if g * S <= _FEW_QUERY_ROWS < T and k.strides[-1] == k.itemsize:
+        # decoding: keys @ queries^T reads the keys (a KV cache, maybe a strided view of one) where they
+        # lie; queries @ keys^T would first copy every key transposed (gemm.matmul's rule for batches)
+        scores = np.ascontiguousarray(pool_matmul(k, rows.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2))
+    else:
+        scores = pool_matmul(rows, k.transpose(0, 1, 3, 2))  # (B, Nk, g*S, T)
     sc = scores.reshape(B, N, S, T)
     if softcap and softcap > 0:
         sc /= c(softcap)
