@@ -73,6 +73,13 @@ class ModelEditor:
             for name in node.input:
                 if name:
                     self.consumers[name].append(node)
+        # Identity of an initializer (exporters write them for shared weights) counts as that constant.
+        self.aliases: dict[str, str] = {}
+        for node in self.graph.node:
+            if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input and node.output[0] not in self.graph_outputs_names():
+                source = self.aliases.get(node.input[0], node.input[0])
+                if source in self.initializers:
+                    self.aliases[node.output[0]] = source
         self.elem_types: dict[str, int] = {}
         for info in [*self.graph.input, *self.graph.output, *self.graph.value_info]:
             if info.type.HasField("tensor_type"):
@@ -115,10 +122,14 @@ class ModelEditor:
     def is_float(self, name: str) -> bool:
         return self.elem_types.get(name) in FLOAT_TYPES
 
+    def graph_outputs_names(self) -> set[str]:
+        return {output.name for output in self.graph.output}
+
     def is_constant(self, name: str) -> bool:
-        return name in self.initializers
+        return name in self.initializers or name in self.aliases
 
     def array(self, name: str) -> np.ndarray:
+        name = self.aliases.get(name, name)
         if name not in self._arrays:
             self._arrays[name] = numpy_helper.to_array(self.initializers[name])
         return self._arrays[name]
@@ -137,6 +148,7 @@ class ModelEditor:
         self.graph.initializer.extend(self.new_initializers)
         self.new_initializers = []
         ordered = topological_order(nodes, {i.name for i in self.graph.input} | set(self.initializers))
+        ordered = _without_dead_nodes(ordered, self.graph_outputs)
         del self.graph.node[:]
         self.graph.node.extend(ordered)
         used = {name for node in ordered for name in _all_inputs(node)} | self.graph_outputs
@@ -160,6 +172,18 @@ def _all_inputs(node: onnx.NodeProto) -> list[str]:
             for inner in graph.node:
                 names.extend(_all_inputs(inner))
     return names
+
+
+def _without_dead_nodes(nodes: list[onnx.NodeProto], graph_outputs: set[str]) -> list[onnx.NodeProto]:
+    """Drop nodes nothing reads (e.g. an Identity of a weight whose readers now take its quantized form)."""
+    read = set(graph_outputs)
+    kept: list[onnx.NodeProto] = []
+    for node in reversed(nodes):
+        if not node.output or any(name in read for name in node.output if name) or any(
+                a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            kept.append(node)
+            read.update(_all_inputs(node))
+    return kept[::-1]
 
 
 def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:

@@ -438,6 +438,7 @@ class _QOperatorWriter(_Writer):
                         return False
                     bias = bias_initializers[0]
                 operands += [bias, out_scale, out_zero_point]
+                attributes.pop("beta", None)  # QGemm has no beta (only beta == 1 is quantized)
             else:
                 operands += [out_scale, out_zero_point]
                 if node.op_type == "Conv" and len(node.input) > 2 and node.input[2]:

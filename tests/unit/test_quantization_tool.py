@@ -496,3 +496,24 @@ def test_cli_quantize_usage_errors_exit_2(tmp_path, capsys, arguments, message):
 def test_cli_quantize_missing_model_exits_2(tmp_path, capsys):
     assert main(["quantize", str(tmp_path / "none.onnx"), str(tmp_path / "q.onnx")]) == 2
     assert "none.onnx: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quant_format", [QuantFormat.QDQ, QuantFormat.QOperator])
+def test_static_reads_weights_behind_identity_and_gemm_with_explicit_beta(tmp_path, quant_format):
+    """Exporters route shared weights through Identity; the quantized model keeps no float copy of them."""
+    model = onnx.load(_conv_net(tmp_path / "net.onnx"))
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    conv.input[2] = "b_alias"
+    model.graph.node.insert(0, helper.make_node("Identity", ["b"], ["b_alias"], name="bias_identity"))
+    gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+    gemm.attribute.extend([helper.make_attribute("beta", 1.0), helper.make_attribute("alpha", 1.0)])
+    source = _save(model, tmp_path / "aliased.onnx")
+    quantize_static(source, tmp_path / "q.onnx", ArrayDataReader(_conv_samples()), quant_format=quant_format, per_channel=True)
+    quantized = onnx.load(tmp_path / "q.onnx")
+    assert not {"b", "w", "wg", "bg"} & {t.name for t in quantized.graph.initializer}
+    assert "Identity" not in [node.op_type for node in quantized.graph.node]
+    feeds = _conv_samples(5)[4]
+    reference, ours = _both(tmp_path / "q.onnx", feeds)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=RUNTIME_TOLERANCE)
+    float_out = ort.InferenceSession(source).run(None, feeds)[0]
+    assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
