@@ -180,3 +180,29 @@ def test_cpu_features_reads_flags_once():
     assert isinstance(flags, frozenset)
     assert cpu_features.has_flags() is True
     assert cpu_features.has_flags("no_such_cpu_flag") is False
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["numba_pass", "numpy_path"])
+def test_dynamic_quantize_linear_is_bit_exact_with_onnxruntime(contiguous):
+    """The activations every dynamically quantized matmul multiplies: same bytes, scale and zero point."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from onyxrt.providers.cpu.math.quantization import dynamic_quantize_linear
+
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(name, kind, None)
+         for name, kind in (("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(5)
+    for i in range(60):
+        x = (rng.standard_normal((9, 70)) * rng.uniform(0.01, 10) + rng.uniform(-3, 3)).astype(np.float32)
+        x = np.abs(x) if i % 5 == 0 else -np.abs(x) if i % 7 == 0 else np.zeros_like(x) if i == 1 else x
+        if not contiguous:
+            x = x[:, ::2]
+        for theirs, ours in zip(session.run(None, {"x": x}), dynamic_quantize_linear(x)):
+            assert theirs.dtype == ours.dtype
+            np.testing.assert_array_equal(theirs, ours)

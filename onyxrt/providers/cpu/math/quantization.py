@@ -8,7 +8,7 @@ import numpy as np
 
 from ....graph.types import np_dtype
 from .._helpers import normalize_axis
-from ..jit import LazyKernel
+from ..jit import LazyModuleKernel
 from ..kernel_table import op
 from ....errors import NodeInputError
 
@@ -304,14 +304,7 @@ def dequantize_linear_23(x, x_scale, x_zero_point=None, *, axis=1, block_size=0,
 # --------------------------------------------------------------------------- DynamicQuantizeLinear
 
 
-def _quantize_uint8_rows(x, scale, zero_point, out):
-    """``out = saturate(rint(x / scale) + zero_point)`` as uint8, for flat float32 ``x``: one pass (numba)."""
-    for i in range(x.shape[0]):
-        v = np.rint(x[i] / scale) + zero_point
-        out[i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(255.0)))
-
-
-_QUANTIZE_UINT8 = LazyKernel(_quantize_uint8_rows)
+_QUANTIZE_UINT8 = LazyModuleKernel(__name__.rsplit(".", 1)[0] + ".quantize_jit", "quantize_uint8")
 _EMPTY_F32 = np.zeros(0, _F32)
 _EMPTY_U8 = np.zeros(0, np.uint8)
 
