@@ -51,7 +51,9 @@ class CacheBuffer:
         self._shape = shape  # the shape with the sequence axis ignored
         self.length = 0
         self._lock = threading.Lock()
+        self._lead = (slice(None),) * axis  # index of the axes before the sequence axis
         self.array = self._allocate(capacity)
+        self._view: np.ndarray | None = None  # the last valid view handed out (the cheap check in append)
         _REGISTRY[id(self.array)] = self
 
     @property
@@ -64,14 +66,17 @@ class CacheBuffer:
         return np.zeros(shape, self.dtype)
 
     def _rows(self, start: int, stop: int) -> tuple[slice, ...]:
-        return (slice(None),) * self.axis + (slice(start, stop),)
+        return self._lead + (slice(start, stop),)
 
     def view(self) -> np.ndarray:
         """The valid rows, a view of the buffer (feed it as the past)."""
-        return self.array[self._rows(0, self.length)]
+        self._view = view = self.array[self._rows(0, self.length)]
+        return view
 
     def holds(self, array: np.ndarray) -> bool:
         """Whether ``array`` is this buffer's current valid view (what an in-place append returned)."""
+        if array is self._view:
+            return array.shape[self.axis] == self.length
         return (type(array) is np.ndarray and array.base is self.array and array.shape == self.view_shape
                 and array.strides == self.array.strides and _address(array) == _address(self.array))
 
@@ -94,6 +99,7 @@ class CacheBuffer:
             grown[self._rows(0, self.length)] = self.array[self._rows(0, self.length)]
             _REGISTRY.pop(id(self.array), None)
             self.array = grown
+            self._view = None
             _REGISTRY[id(grown)] = self
 
     def reset(self) -> None:
@@ -125,18 +131,24 @@ class CacheBuffer:
     def append(self, past: np.ndarray, new: np.ndarray, axis: int) -> np.ndarray | None:
         """``past`` ++ ``new`` written in place when ``past`` is the valid view and the rows fit; else None."""
         array = self.array
-        if (axis != self.axis or past.dtype != self.dtype or new.dtype != self.dtype or new.ndim != past.ndim
-                or past.strides != array.strides or _address(past) != _address(array)):
+        if axis != self.axis or new.dtype != self.dtype or new.ndim != past.ndim:
+            return None
+        # a view this buffer handed out is checked by its length alone; any other by where it lies
+        if past is not self._view and (past.dtype != self.dtype or past.strides != array.strides
+                                       or _address(past) != _address(array)):
+            return None
+        if new.shape[:axis] != past.shape[:axis] or new.shape[axis + 1:] != past.shape[axis + 1:] \
+                or past.shape[:axis] != array.shape[:axis] or past.shape[axis + 1:] != array.shape[axis + 1:]:
             return None
         rows = new.shape[axis]
         with self._lock:
             start = self.length
-            if past.shape != self.view_shape or new.shape[:axis] + new.shape[axis + 1:] != \
-                    past.shape[:axis] + past.shape[axis + 1:] or start + rows > array.shape[axis]:
+            if past.base is not self.array or past.shape[axis] != start or start + rows > array.shape[axis]:
                 return None
             self.length = start + rows  # claimed: no other append can write these rows
-        array[self._rows(start, start + rows)] = new
-        return array[self._rows(0, start + rows)]
+        array[self._lead + (slice(start, start + rows),)] = new
+        self._view = view = array[self._lead + (slice(0, start + rows),)]
+        return view
 
 
 def owner_of(array: object) -> CacheBuffer | None:

@@ -628,7 +628,8 @@ def _append_to_cache_buffers(past_key, past_value, k, v, P_b, W_b, t_buf, dtype)
     if kv_cache.owner_of(past_key) is None and kv_cache.owner_of(past_value) is None:
         return None
     past_len, S = past_key.shape[2], k.shape[2]
-    if t_buf != past_len + S or (P_b != past_len).any() or (W_b != S).any():
+    # (lists: numpy comparisons of a few values cost more than the append itself)
+    if t_buf != past_len + S or any(p != past_len for p in P_b.tolist()) or any(w != S for w in W_b.tolist()):
         return None
     k, v = k.astype(dtype, copy=False), v.astype(dtype, copy=False)
     present_k = kv_cache.append_in_place(past_key, k, 2)
