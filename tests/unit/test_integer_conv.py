@@ -133,8 +133,8 @@ def test_conv_integer_is_exact_and_matches_onnxruntime(dtypes):
     np.testing.assert_array_equal(onyxrt.InferenceSession(model).run(None, {"x": x})[0], want)
 
 
-def test_qlinear_conv_per_channel_zero_points_exact():
-    """uint8 weights with a different zero point per output channel (onnxruntime takes only zeros there)."""
+def test_qlinear_conv_per_channel_zero_points_exact_and_as_onnxruntime():
+    """uint8 weights with a different zero point per output channel."""
     x = _random(np.uint8, (1, 5, 8, 8))
     w = _random(np.uint8, (7, 5, 3, 3))
     w_zero = RNG.integers(0, 256, 7).astype(np.uint8)
@@ -144,6 +144,17 @@ def test_qlinear_conv_per_channel_zero_points_exact():
     multiplier = ((F(0.03) * w_scale) / F(0.5)).astype(F).reshape(1, -1, 1, 1)
     want = np.clip(np.rint(acc.astype(F) * multiplier) + 90, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(got, want)
+    names = ["xs", "xz", "w", "ws", "wz", "ys", "yz"]
+    values = [np.array(0.03, F), np.array(128, np.uint8), w, w_scale, w_zero, np.array(0.5, F), np.array(90, np.uint8)]
+    graph = helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", *names], ["y"], pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        [numpy_helper.from_array(v, n) for n, v in zip(names, values)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9).SerializeToString()
+    got_session, want_session = _both(model, {"x": x})
+    np.testing.assert_array_equal(got_session, want_session)
+    np.testing.assert_array_equal(got_session, want)
 
 
 @pytest.mark.parametrize("route", ["gemm-numpy", "numba-disabled", "weights-not-constant"])
