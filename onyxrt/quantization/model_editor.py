@@ -62,6 +62,7 @@ class ModelEditor:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
         self.graph = model.graph
+        _constants_to_initializers(self.graph)
         self.initializers: dict[str, TensorProto] = {t.name: t for t in self.graph.initializer}
         self._arrays: dict[str, np.ndarray] = {}
         self.producer: dict[str, onnx.NodeProto] = {}
@@ -161,6 +162,28 @@ class ModelEditor:
         del self.graph.value_info[:]
         self.graph.value_info.extend(kept_info)
         return self.model
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    """Constant nodes of the main graph become initializers, so weights and scalars they hold are constants here."""
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.attribute) == 1 and node.output[0]:
+            attribute = node.attribute[0]
+            value = None
+            if attribute.name == "value" and attribute.type == onnx.AttributeProto.TENSOR:
+                value = numpy_helper.to_array(attribute.t)
+            elif attribute.name in ("value_float", "value_floats"):
+                value = np.asarray(helper.get_attribute_value(attribute), dtype=np.float32)
+            elif attribute.name in ("value_int", "value_ints"):
+                value = np.asarray(helper.get_attribute_value(attribute), dtype=np.int64)
+            if value is not None and value.dtype != object:
+                graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+                continue
+        kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _all_inputs(node: onnx.NodeProto) -> list[str]:
