@@ -210,7 +210,8 @@ class Generator:
         if past_present_share_buffer is None:
             past_present_share_buffer = shares_buffers(self.session, self.layout)
         elif not isinstance(past_present_share_buffer, (bool, np.bool_)):
-            raise TypeError(f"past_present_share_buffer must be a bool or None, got {type(past_present_share_buffer).__name__}")
+            raise TypeError("past_present_share_buffer must be a bool or None, "
+                            f"got {type(past_present_share_buffer).__name__}")
         if past_present_share_buffer and not self.layout.has_attention_mask:
             raise ValueError("past_present_share_buffer: the model needs an 'attention_mask' input "
                              "(its valid cache length comes from the mask)")
@@ -342,7 +343,8 @@ class Generator:
             mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
             feeds = {"input_ids": tokens[:, None]}
 
-    def _cache(self, batch: int, prompt_length: int, max_new_tokens: int) -> PlainCache | GrowingCache | SharedBufferCache:
+    def _cache(self, batch: int, prompt_length: int,
+               max_new_tokens: int) -> PlainCache | GrowingCache | SharedBufferCache:
         """The key/value cache of one generation (see :mod:`onyxrt.genai.kv_cache`)."""
         from ..session.inference_session import InferenceSession
 
