@@ -517,3 +517,15 @@ def test_static_reads_weights_behind_identity_and_gemm_with_explicit_beta(tmp_pa
     np.testing.assert_allclose(ours, reference, rtol=0, atol=RUNTIME_TOLERANCE)
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
     assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
+
+
+def test_use_external_data_format_writes_weights_beside_the_model(tmp_path):
+    source = _matmul(tmp_path / "mm.onnx", k=256, n=64)
+    quantize_weight_only(source, tmp_path / "out" / "q.onnx", use_external_data_format=True)
+    assert (tmp_path / "out" / "q.onnx.data").is_file()
+    quantize_dynamic(source, tmp_path / "out" / "d.onnx", use_external_data_format=True)
+    assert (tmp_path / "out" / "d.onnx.data").is_file()
+    x = np.random.default_rng(9).standard_normal((2, 256), dtype=np.float32)
+    for name in ("q.onnx", "d.onnx"):
+        reference, ours = _both(tmp_path / "out" / name, {"x": x})
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=5e-5)
