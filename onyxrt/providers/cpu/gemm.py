@@ -33,6 +33,7 @@ _F32 = np.dtype(np.float32)
 _SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matmul")
 _PROBE = np.empty((0, 0), _F32)
 _PROBE.flags.writeable = False
+_PROBE_OUT = np.empty((0, 0), _F32)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -54,7 +55,7 @@ def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = Non
     if out is not None and (out.dtype != _F32 or not out.flags.c_contiguous or not out.flags.writeable
                             or out.shape != (a.shape[0], b.shape[1])):
         return None
-    kernel = _SMALL_ROWS.compiled_for("f32", _PROBE, _PROBE, np.empty((0, 0), _F32))
+    kernel = _SMALL_ROWS.compiled_for("f32", _PROBE, _PROBE, _PROBE_OUT)
     if kernel is None:
         return None
     if out is None:
