@@ -38,7 +38,7 @@ from .pass_manager import (
     PassManager,
 )
 from .qdq_conv_fusion import QdqConvFusion
-from .qdq_matmul_fusion import QdqMatMulFusion
+from .qdq_matmul_fusion import DynamicQuantizeMatMulFusion, QdqMatMulFusion
 from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
 from .rotary_fusion import RotaryEmbeddingFusion
@@ -65,7 +65,7 @@ def default_passes() -> list[GraphPass]:
     return [
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
-        QdqMatMulFusion(),  # before MatMulAddFusion: a dequantized MatMul takes its bias itself
+        QdqMatMulFusion(), DynamicQuantizeMatMulFusion(),  # before MatMulAddFusion: they take a bias Add themselves
         MatMulAddFusion(),
         QdqConvFusion(),
         DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),

@@ -19,7 +19,14 @@ exact value lies within that rounding of a .5 boundary: there they differ by one
 step (onnxruntime's own QDQ fusion behaves the same). The requantized semantics are exactly those of
 QLinearMatMul / QGemm.
 
-Preconditions: x per tensor (uint8/int8, constant float32 scale, zero point given), its
+A second pass, ``DynamicQuantizeMatMulFusion``, folds what ``quantize_dynamic`` writes,
+``DynamicQuantizeLinear(x) -> MatMulInteger(xq, w, xz, wz) -> Cast(float) -> Mul(xs * ws)
+[-> Add(bias)]``, into one com.microsoft ``DynamicQuantizeMatMul(x, w, ws, wz, bias)`` (onnxruntime's
+DynamicQuantizeMatMulFusion): the same integer product and scaling, computed in one kernel, with
+the float result no longer split over three elementwise passes (and the residual Add after it free
+for SkipLayerNormalization fusion). The results are identical.
+
+Preconditions (QDQ): x per tensor (uint8/int8, constant float32 scale, zero point given), its
 dequantized value float32; w a constant 2-D 8-bit matrix dequantized per tensor or per output
 column (axis 1 of (K, N); axis 0 for Gemm with transB = 1) with zero points given; y quantized per
 tensor to 8 bits with a zero point; no ``block_size``. The DequantizeLinear nodes stay for other
@@ -248,3 +255,86 @@ def _int32_bias(c: ir.Value, x_scale: np.ndarray, w_scale: np.ndarray, n: int) -
     if not np.allclose(np.broadcast_to(scale.reshape(-1), (n,)), np.broadcast_to(expected, (n,)), rtol=2e-7, atol=0):
         return None
     return node.inputs[0]
+
+
+# --------------------------------------------------------------------------- dynamic quantization
+
+
+class DynamicQuantizeMatMulFusion(GraphPass):
+    """``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scales) [-> Add(bias)]`` becomes one
+    com.microsoft DynamicQuantizeMatMul (see the module docstring)."""
+
+    name = "dynamic_quantize_matmul_fusion"
+    ort_names = ("DynamicQuantizeMatMulFusion",)
+    level = OptimizationLevel.EXTENDED
+    providers = ("CPUExecutionProvider",)
+
+    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
+        names = UniqueNames(graph)
+        fused = 0
+        for node in list(graph):
+            if node.op_type == "MatMulInteger" and node.domain == "" and node.graph is graph:
+                if _fuse_dynamic(node, graph, context, names):
+                    fused += 1
+        return fused
+
+
+def _fuse_dynamic(matmul: ir.Node, graph: ir.Graph, context: OptimizationContext, names: UniqueNames) -> bool:
+    if len(matmul.inputs) < 3 or matmul.inputs[2] is None:
+        return False
+    quantize = matmul.inputs[0].producer() if matmul.inputs[0] is not None else None
+    if quantize is None or quantize.op_type != "DynamicQuantizeLinear" or quantize.domain != "":
+        return False
+    x = quantize.inputs[0]
+    if not is_float32(x) or matmul.inputs[0] is not quantize.outputs[0] or matmul.inputs[2] is not quantize.outputs[2]:
+        return False
+    w = _constant(matmul.inputs[1])
+    if w is None or w.dtype not in _EIGHT_BIT or w.ndim != 2:
+        return False
+    n = w.shape[1]
+    w_zero = matmul.inputs[3] if len(matmul.inputs) > 3 else None
+    if w_zero is not None:
+        zero = _constant(w_zero)
+        if zero is None or zero.dtype != w.dtype or zero.size not in (1, n) or zero.ndim > 1:
+            return False
+    cast = only_reader(matmul.outputs[0])
+    if cast is None or cast.op_type != "Cast" or cast.domain != "" or cast.attributes.get_int("to", 0) != 1:
+        return False
+    scale_mul = only_reader(cast.outputs[0])
+    if scale_mul is None or scale_mul.op_type != "Mul" or scale_mul.domain != "" or len(scale_mul.inputs) != 2:
+        return False
+    scales = scale_mul.inputs[1] if scale_mul.inputs[0] is cast.outputs[0] else scale_mul.inputs[0]
+    w_scale = _weight_scale(scales, quantize.outputs[1], n)
+    if w_scale is None:
+        return False
+    nodes, output = [matmul, cast, scale_mul], scale_mul.outputs[0]
+    inputs = [x, matmul.inputs[1], w_scale, w_zero]
+    with_bias = _bias_reader(output, n)
+    if with_bias is not None:
+        add, bias = with_bias
+        nodes, output = nodes + [add], add.outputs[0]
+        inputs.append(bias)
+    while inputs[-1] is None:
+        inputs.pop()
+    if not self_contained(nodes, output):
+        return False
+    context.require_opset(_MICROSOFT, 1)
+    fused = ir.Node(_MICROSOFT, "DynamicQuantizeMatMul", inputs, num_outputs=1,
+                    name=names.fresh(f"{matmul.name or 'MatMulInteger'}_dynamic"))
+    # at the MatMulInteger: x, w and its constants are all defined by then
+    replace_with(graph, nodes, output, fused, anchor=matmul)
+    return True
+
+
+def _weight_scale(scales: ir.Value | None, x_scale: ir.Value, n: int) -> ir.Value | None:
+    """The constant float32 weight scale w_scale (scalar or N) when ``scales`` is ``Mul(x_scale, w_scale)``."""
+    node = scales.producer() if scales is not None else None
+    if node is None or node.op_type != "Mul" or node.domain != "" or len(node.inputs) != 2:
+        return None
+    if x_scale not in node.inputs:
+        return None
+    w_scale = node.inputs[1] if node.inputs[0] is x_scale else node.inputs[0]
+    array = _constant(w_scale)
+    if array is None or array.dtype != np.float32 or array.size not in (1, n) or array.ndim > 1:
+        return None
+    return w_scale

@@ -235,6 +235,22 @@ def test_saved_fused_model_runs_in_onnxruntime_with_the_same_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("per_channel", [False, True], ids=["default", "per_channel"])
+def test_quantize_dynamic_chain_fuses_to_dynamic_quantize_matmul_with_identical_results(tmp_path, per_channel):
+    """DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scales) -> Add(bias): one node, same bytes."""
+    model = _mlp(three_d=True)
+    src, dst = tmp_path / "float.onnx", tmp_path / "dyn.onnx"
+    onnx.save(model, src)
+    quantization.quantize_dynamic(str(src), str(dst), per_channel=per_channel)
+    written = Counter(n.op_type for n in onnx.load(str(dst)).graph.node)
+    assert written["MatMulInteger"] == 3
+    for feeds in _inputs(model, 2, 4):
+        fused, ops = _run(str(dst), feeds, tmp_path=tmp_path)
+        unfused, _ = _run(str(dst), feeds, optimized=False)
+        assert ops["DynamicQuantizeMatMul"] == 3 and ops["MatMulInteger"] == 0 and ops["Cast"] == 0, ops
+        np.testing.assert_array_equal(fused, unfused)
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["default", "per_channel"])
 def test_dynamic_quantized_mlp_matches_onnxruntime(tmp_path, per_channel):
     model = _mlp(three_d=True)
     src, dst = tmp_path / "float.onnx", tmp_path / "dyn.onnx"
