@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ....framework.thread_pool import current_pool
 from ..jit import LazyModuleKernel
 from ..math import int8_gemm
 from .conv_core import conv_pads, spatial_defaults
@@ -173,13 +174,22 @@ def conv_nchw(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, p
                 a = np.ascontiguousarray(xp[..., c0:c1].reshape(rows, cg))
             else:
                 a = _windows(xp, c0, c1, kh, kw, s, d, oh, ow)
-            for r0 in range(0, rows, _ROWS_PER_CHUNK):
+
+            def chunk(r0: int, a=a, pack=pack, m0=m0, m1=m1) -> None:
                 r1 = min(rows, r0 + _ROWS_PER_CHUNK)
                 acc = int8_gemm.gemm_int8(a[r0:r1], pack, x_zero_point)
                 if requantize is None:
                     y_rows[r0:r1, m0:m1] = acc
                 else:
                     requantize.store(acc, out, r0, m0, m1, plane)
+
+            starts = range(0, rows, _ROWS_PER_CHUNK)
+            if len(starts) > 1:
+                # chunks over the pool: each thread runs its chunks' GEMM and requantization (a chunk's
+                # GEMM then runs on one thread); a single chunk's GEMM splits over the pool by itself
+                current_pool().map(chunk, starts)
+            else:
+                chunk(0)
     if requantize is None:
         return np.ascontiguousarray(y_rows.reshape(n, plane, m).transpose(0, 2, 1)).reshape(out_shape)
     return out.reshape(out_shape)
