@@ -210,9 +210,9 @@ def main() -> int:
         for (runtime, kind), value in medians.items():
             lines.append(f"| {runtime} {kind} | {value:.2f} | {fastest[(runtime, kind)]:.2f} | {baseline / value:.2f}x |")
         profile = worker_result([__file__, "--profile", case, quantized_kind, *common])
-        lines += ["", f"onyxrt {quantized_kind}, profiled ({profile['nodes']} nodes a run): run {profile['total']:.2f} ms = "
-                  f"{QUANTIZED_OPS[case]} {profile['quantized']:.2f} ms + other kernels {profile['other']:.2f} ms + "
-                  f"run loop {profile['overhead']:.2f} ms."]
+        lines += ["", f"onyxrt {quantized_kind}, profiled ({profile['nodes']} nodes a run; medians of each part, which "
+                  f"need not add up): run {profile['total']:.2f} ms, {QUANTIZED_OPS[case]} {profile['quantized']:.2f} ms, "
+                  f"other kernels {profile['other']:.2f} ms, run loop {profile['overhead']:.2f} ms."]
         result = worker_result([__file__, "--accuracy", case, *common])
         if case == "llama_decode":
             lines.append(f"Greedy decoding, 32 steps from an 8-token prompt (onyxrt): int4 gives the float32 token at "
