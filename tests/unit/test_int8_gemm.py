@@ -206,3 +206,24 @@ def test_dynamic_quantize_linear_is_bit_exact_with_onnxruntime(contiguous):
         for theirs, ours in zip(session.run(None, {"x": x}), dynamic_quantize_linear(x)):
             assert theirs.dtype == ours.dtype
             np.testing.assert_array_equal(theirs, ours)
+
+
+def test_matmul_integer_kernel_with_prepacked_b_takes_a_vector_and_reports_bad_shapes():
+    from onyxrt.errors import NodeInputError
+    from onyxrt.providers.cpu.math.matmul import _matmul_integer_prepack, matmul_integer
+
+    b = _random(np.int8, (5, 3))
+    zero = np.array(2, np.int8)
+    packed = _matmul_integer_prepack([None, b, None, zero], {})
+    assert packed is not None
+    a = _random(np.uint8, (5,))
+    np.testing.assert_array_equal(matmul_integer(a, b, None, zero, _packed=packed),
+                                  (a.astype(np.int64) @ (b.astype(np.int64) - 2)).astype(np.int32))
+    with pytest.raises(NodeInputError, match="inner dimensions"):
+        matmul_integer(_random(np.uint8, (2, 4)), b, None, zero, _packed=packed)
+    with pytest.raises(NodeInputError, match="per-row"):
+        matmul_integer(_random(np.uint8, (2, 5)), b, np.zeros(3, np.uint8), zero, _packed=packed)
+    # a zero point fed at run time (not the prepacked array) is honoured
+    other = np.array(-3, np.int8)
+    a2 = _random(np.uint8, (4, 5))
+    np.testing.assert_array_equal(matmul_integer(a2, b, None, other, _packed=packed), _reference(a2, b, None, other))

@@ -161,7 +161,9 @@ def _integer_product(a: np.ndarray, a_zero, b: np.ndarray, b_zero_point, gemm: P
                      name: str) -> np.ndarray:
     """(A - a_zero) @ (B - b_zero_point) as exact int32 (the int8 GEMM) or, for shapes it does not
     take (1-D A, batched B with batched zero points), as float32 of the float64 product."""
-    if gemm is not None:
+    if gemm is not None and a.ndim >= 2:
+        if a.shape[-1] != gemm.k:
+            raise NodeInputError(f"inner dimensions do not match: A {a.shape}, B {b.shape}")
         return matmul_int8(a, gemm, a_zero)
     n = b.shape[-1]
     bzp = None if b_zero_point is None else np.asarray(b_zero_point)

@@ -197,7 +197,11 @@ def _int_matmul(a, b, a_zero_point, b_zero_point) -> np.ndarray:
 def _int8_product(a, b, a_zero_point, b_zero_point, packed) -> np.ndarray:
     """(a - a_zp) @ (b - b_zp) as int32 through the int8 GEMM (``int8_gemm``); the float64 path
     where its shapes do not fit one (1-D operands, batched per-column zero points)."""
-    if packed is not None:
+    if packed is not None and a.ndim >= 2:
+        if a.shape[-1] != packed.k:
+            raise NodeInputError(f"inner dimensions do not match: A {a.shape}, B {b.shape}")
+        if a_zero_point is not None:
+            _row_param(a_zero_point, a, "a_zero_point")
         return matmul_int8(a, packed, a_zero_point)
     if a.ndim < 2 or b.ndim < 2 or (b.ndim > 2 and b_zero_point is not None and np.ndim(b_zero_point) > 1):
         return _int_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
