@@ -16,7 +16,8 @@ from .quant_types import QuantType
 from .report import QuantizationReport
 from .selection import NodeSelection
 
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather")
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
+MICROSOFT_OP_TYPES = ("Attention",)
 # Producers whose output has the long positive tail that one per-tensor uint8 range resolves badly.
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
 _GELU_BODY_OPS = {"Mul", "Add", "Div", "Pow", "Tanh", "Erf", "Sigmoid"}
@@ -39,7 +40,8 @@ def quantize_dynamic(
     Emits onnxruntime's dynamic graph: ``DynamicQuantizeLinear`` on the activation, ``MatMulInteger``
     (``ConvInteger`` for Conv), ``Cast`` and a ``Mul`` by the product of scales; Gather reads an 8-bit
     table and dequantizes what it gathered. Quantized op types: MatMul and Gemm with a constant 2-D
-    weight, Conv with a constant weight, Gather from a constant table.
+    weight, Conv with a constant weight, Gather from a constant table, com.microsoft Attention (as
+    QAttention; not one with an attention_bias input, which QAttention lacks: it stays float).
 
     onyxrt's defaults differ from onnxruntime's to keep accuracy (measured on minilm_l6, mean cosine of
     mean-pooled embeddings to fp32 over 50 random inputs; ``benchmarks/quantization_accuracy.md``):
@@ -62,7 +64,7 @@ def quantize_dynamic(
     model = load_model(model_input)
     editor = ModelEditor(model)
     selection = NodeSelection(DYNAMIC_OP_TYPES, op_types_to_quantize, nodes_to_quantize, nodes_to_exclude,
-                              model.graph, "dynamic")
+                              model.graph, "dynamic", MICROSOFT_OP_TYPES)
     quantizer = _DynamicQuantizer(editor, per_channel, reduce_range, weight_type,
                                   options.get("WeightSymmetric", weight_type == QuantType.QInt8),
                                   options.get("FloatActivationsAfterGelu", True))
@@ -75,6 +77,8 @@ def quantize_dynamic(
     quantized = editor.finish([node for node in nodes if id(node) not in unread])
     if quantizer.needs_opset13:
         editor.ensure_opset("", 13)
+    if quantizer.uses_ms_domain:
+        editor.ensure_opset("com.microsoft", 1)
     save_model(quantized, model_output, use_external_data_format)
     return quantizer.report
 
@@ -115,6 +119,7 @@ class _DynamicQuantizer:
         self.float_after_gelu = float_after_gelu
         self.report = QuantizationReport("dynamic")
         self.needs_opset13 = False
+        self.uses_ms_domain = False
         self._weights: dict[tuple, tuple[str, str, str, QuantParams]] = {}
         self._activations: dict[str, tuple[str, str, str]] = {}
         self.optional_nodes: list[onnx.NodeProto] = []  # dropped when nothing reads their output
@@ -270,6 +275,35 @@ class _DynamicQuantizer:
                 bias = reshaped
             nodes.append(helper.make_node("Add", [scaled, bias], [node.output[0]], name=editor.unique_name(f"{node.name}_bias_add")))
         self.report.add(node.name, "Conv -> ConvInteger")
+        return nodes
+
+    # -- com.microsoft Attention ----------------------------------------------------------------------
+
+    def _rewrite_attention(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """Attention -> QAttention: the input quantized at run time, the packed QKV weight per column whatever
+        ``per_channel`` says (as onnxruntime does)."""
+        editor = self.editor
+        if any(a.name == "qkv_hidden_sizes" for a in node.attribute):
+            self.report.skip(node.name, "Attention with qkv_hidden_sizes (QAttention has equal Q, K, V sizes)")
+            return None
+        if any(name for name in node.input[5:]):
+            self.report.skip(node.name, "Attention with attention_bias or past_sequence_length (QAttention has neither)")
+            return None
+        activation, weight_name = node.input[0], node.input[1]
+        if not self._usable_weight(node, weight_name, 2) or not self._float_activation(activation):
+            return None
+        nodes: list[onnx.NodeProto] = []
+        a_quantized, a_scale, a_zero_point = self._dynamic_activation(activation, nodes)
+        quantized, scale, zero_point, _ = self._weight(weight_name, editor.array(weight_name), 1)
+        optional = lambda position: node.input[position] if len(node.input) > position else ""  # noqa: E731
+        inputs = [a_quantized, quantized, node.input[2], a_scale, scale, optional(3), a_zero_point, zero_point, optional(4)]
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        nodes.append(helper.make_node("QAttention", inputs, list(node.output), name=editor.unique_name(f"{node.name}_quant"),
+                                      domain="com.microsoft", **attributes))
+        self.uses_ms_domain = True
+        self.report.add(node.name, "Attention -> QAttention")
         return nodes
 
     # -- Gather -----------------------------------------------------------------------------------

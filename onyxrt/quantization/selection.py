@@ -16,8 +16,10 @@ class NodeSelection:
     """
 
     def __init__(self, supported: Iterable[str], op_types: Iterable[str] | None, include: Iterable[str] | None,
-                 exclude: Iterable[str] | None, graph: onnx.GraphProto, mode: str) -> None:
+                 exclude: Iterable[str] | None, graph: onnx.GraphProto, mode: str,
+                 microsoft_op_types: Iterable[str] = ()) -> None:
         supported = list(supported)
+        self.microsoft_op_types = set(microsoft_op_types)  # these are com.microsoft ops, the rest ONNX ops
         requested = list(op_types or [])
         unknown = [op for op in requested if op not in supported]
         if unknown:
@@ -31,7 +33,8 @@ class NodeSelection:
             warnings.warn(f"nodes_to_quantize/nodes_to_exclude name nodes the graph lacks: {missing[:10]}", stacklevel=3)
 
     def selected(self, node: onnx.NodeProto) -> bool:
-        if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
+        domains = ("com.microsoft",) if node.op_type in self.microsoft_op_types else ("", "ai.onnx")
+        if node.op_type not in self.op_types or node.domain not in domains:
             return False
         if self.include and node.name not in self.include:
             return False

@@ -221,6 +221,48 @@ def test_dynamic_conv_becomes_conv_integer_in_both_runtimes(tmp_path, per_channe
     assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
 
 
+def _attention(path, attention_bias: bool = False) -> str:
+    """com.microsoft Attention (packed QKV weight), with a 2-D mask, optionally with an attention_bias input."""
+    rng = np.random.default_rng(3)
+    hidden, heads = 16, 2
+    inputs = ["x", "qkv_weight", "qkv_bias", "mask"] + (["", "", "bias_in"] if attention_bias else [])
+    graph_inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, hidden]),
+                    helper.make_tensor_value_info("mask", TensorProto.INT32, [2, 5])]
+    if attention_bias:
+        graph_inputs.append(helper.make_tensor_value_info("bias_in", TensorProto.FLOAT, [1, heads, 5, 5]))
+    graph = helper.make_graph(
+        [helper.make_node("Attention", inputs, ["y"], name="attention", domain="com.microsoft", num_heads=heads)], "attention",
+        graph_inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, hidden])],
+        [_tensor(rng.standard_normal((hidden, 3 * hidden)).astype(np.float32) * 0.3, "qkv_weight"),
+         _tensor(rng.standard_normal(3 * hidden).astype(np.float32) * 0.1, "qkv_bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, path)
+    return str(path)
+
+
+def test_dynamic_attention_becomes_qattention_with_onnxruntimes_values(tmp_path):
+    source = _attention(tmp_path / "attention.onnx")
+    report = quantize_dynamic(source, tmp_path / "ours.onnx")
+    assert report.quantized == {"attention": "Attention -> QAttention"}
+    ort_quantization.quantize_dynamic(source, tmp_path / "theirs.onnx", per_channel=True)
+    mask = np.ones((2, 5), np.int32)
+    mask[1, 3:] = 0
+    feeds = {"x": np.random.default_rng(4).standard_normal((2, 5, 16), dtype=np.float32), "mask": mask}
+    ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
+    theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
+    np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
+    float_out = ort.InferenceSession(source).run(None, feeds)[0]
+    assert np.abs(ours_in_ort - float_out).max() < 0.05 * np.abs(float_out).max()
+
+
+def test_dynamic_attention_with_attention_bias_stays_float(tmp_path):
+    """QAttention has no attention_bias input: quantizing would drop it (onnxruntime's tool does)."""
+    report = quantize_dynamic(_attention(tmp_path / "attention.onnx", attention_bias=True), tmp_path / "q.onnx")
+    assert report.quantized == {} and "attention_bias" in report.skipped["attention"]
+    assert _op_types(tmp_path / "q.onnx") == ["Attention"]
+
+
 def test_dynamic_nodes_to_exclude_and_nodes_to_quantize(tmp_path):
     source = _encoder_block(tmp_path / "block.onnx")
     assert set(quantize_dynamic(source, tmp_path / "a.onnx", nodes_to_exclude=["ffn_in", "embed"]).quantized) == {"ffn_out", "head"}
