@@ -117,10 +117,16 @@ def _mkl_library():
     return _MKL.value
 
 
+_MKL_NAMES = ("libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so")
+
+
+def _mkl_files() -> list[str]:
+    """libmkl_rt files of the ``mkl`` wheel (in the environment's lib directory)."""
+    return [path for name in _MKL_NAMES for path in glob.glob(os.path.join(sys.prefix, "lib", name))]
+
+
 def _load_mkl():
-    names = ["libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"]
-    candidates = [p for name in names for p in glob.glob(os.path.join(sys.prefix, "lib", name))] + names
-    for path in candidates:
+    for path in _mkl_files() + list(_MKL_NAMES):
         try:
             lib = ctypes.CDLL(path)
             fn = lib.cblas_gemm_s8u8s32
@@ -141,7 +147,10 @@ def available_routes() -> tuple[str, ...]:
     (found once per process)."""
     routes = []
     vnni = _vnni_module() is not None
-    mkl = _mkl_library() is not None
+    if has_flags("amx_int8", "amx_tile") or (not vnni and cpu_vendor() == "GenuineIntel"):
+        mkl = _mkl_library() is not None  # auto may pick it: it must really load
+    else:  # last resort only: whether the wheel is there (loading MKL and its OpenMP runtime waits for a use)
+        mkl = bool(_mkl_files())
     if mkl and has_flags("amx_int8", "amx_tile"):
         routes.append("mkl")
     if vnni:
