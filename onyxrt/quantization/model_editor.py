@@ -152,7 +152,7 @@ class ModelEditor:
         ordered = _without_dead_nodes(ordered, self.graph_outputs)
         del self.graph.node[:]
         self.graph.node.extend(ordered)
-        used = {name for node in ordered for name in _all_inputs(node)} | self.graph_outputs
+        used = {name for node in ordered for name in all_inputs(node)} | self.graph_outputs
         kept = [t for t in self.graph.initializer if t.name in used]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
@@ -186,14 +186,14 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
         graph.node.extend(kept)
 
 
-def _all_inputs(node: onnx.NodeProto) -> list[str]:
+def all_inputs(node: onnx.NodeProto) -> list[str]:
     """The node's inputs and the outer-scope names its subgraphs read."""
     names = [name for name in node.input if name]
     for attribute in node.attribute:
         graphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
         for graph in graphs:
             for inner in graph.node:
-                names.extend(_all_inputs(inner))
+                names.extend(all_inputs(inner))
     return names
 
 
@@ -205,7 +205,7 @@ def _without_dead_nodes(nodes: list[onnx.NodeProto], graph_outputs: set[str]) ->
         if not node.output or any(name in read for name in node.output if name) or any(
                 a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             kept.append(node)
-            read.update(_all_inputs(node))
+            read.update(all_inputs(node))
     return kept[::-1]
 
 
@@ -215,7 +215,7 @@ def topological_order(nodes: list[onnx.NodeProto], available: set[str]) -> list[
     waiting_on: list[int] = []
     dependents: dict[int, list[int]] = defaultdict(list)
     for index, node in enumerate(nodes):
-        producers = {produced_by[name] for name in _all_inputs(node) if name in produced_by and name not in available}
+        producers = {produced_by[name] for name in all_inputs(node) if name in produced_by and name not in available}
         producers.discard(index)
         waiting_on.append(len(producers))
         for producer in producers:

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .calibration import calibrate_ranges
-from .model_editor import MS_DOMAIN, ModelEditor, load_model, save_model
+from .model_editor import MS_DOMAIN, ModelEditor, all_inputs, load_model, save_model
 from .options import check_extra_options
 from .parameters import QuantParams, quantize_array, scale_and_zero_point, weight_params
 from .quant_types import CalibrationMethod, QuantFormat, QuantType, numpy_type
@@ -368,9 +368,8 @@ class _QOperatorWriter(_Writer):
                 continue
             new = onnx.NodeProto()
             new.CopyFrom(node)
-            for name in node.input:
-                if name:
-                    self._ensure_float(name)
+            for name in all_inputs(node):  # subgraphs read outer values by name: those need float too
+                self._ensure_float(name)
             nodes.append(new)
             self.float_available.update(node.output)
         for output in editor.graph_outputs:

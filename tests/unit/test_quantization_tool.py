@@ -571,3 +571,23 @@ def test_use_external_data_format_writes_weights_beside_the_model(tmp_path):
     for name in ("q.onnx", "d.onnx"):
         reference, ours = _both(tmp_path / "out" / name, {"x": x})
         np.testing.assert_allclose(ours, reference, rtol=0, atol=5e-5)
+
+
+def test_static_qoperator_dequantizes_values_a_subgraph_reads(tmp_path):
+    """An If branch reading a value only QLinearConv produces gets it through a DequantizeLinear."""
+    model = onnx.load(_conv_net(tmp_path / "net.onnx"))
+    branch = lambda scale: helper.make_graph(  # noqa: E731
+        [helper.make_node("Mul", ["r", scale], ["branch_out"])], "branch", [],
+        [helper.make_tensor_value_info("branch_out", TensorProto.FLOAT, ["n", 8, 8, 8])],
+        [_tensor(np.float32(float(scale == "two") + 1.0), scale)])
+    model.graph.node.append(helper.make_node("If", ["flag"], ["z"], name="if", then_branch=branch("two"), else_branch=branch("one")))
+    model.graph.input.append(helper.make_tensor_value_info("flag", TensorProto.BOOL, []))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8, 8, 8]))
+    source = _save(model, tmp_path / "if.onnx")
+    samples = [dict(sample, flag=np.array(True)) for sample in _conv_samples()]
+    quantize_static(source, tmp_path / "q.onnx", ArrayDataReader(samples), quant_format=QuantFormat.QOperator)
+    feeds = samples[0]
+    expected = ort.InferenceSession(source).run(["z"], feeds)[0]
+    for session in (ort.InferenceSession(str(tmp_path / "q.onnx")), onyxrt.InferenceSession(str(tmp_path / "q.onnx"))):
+        got = session.run(["z"], feeds)[0]
+        assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
