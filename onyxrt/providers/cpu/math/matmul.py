@@ -73,8 +73,8 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
     dtype = a.dtype
     if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
         b = packed.value  # op(B) == B here: contiguous, and float32 for half-precision floats
-        if dtype not in _BLAS_FLOATS:
-            return np.asarray(np.matmul(a.astype(np.float32), b).astype(dtype))
+        if dtype not in _BLAS_FLOATS:  # float32 GEMM (the pool's path below), rounded back once
+            return np.asarray(_matmul(a.astype(np.float32), b).astype(dtype))
     if dtype in _BLAS_FLOATS:
         wanted = alloc is not None and a.nbytes >= ALLOC_MIN_BYTES  # the output has a's rows
         shape = _matmul_shape(a, b) if wanted and a.shape[-1] == b.shape[-2 if b.ndim > 1 else 0] else None
@@ -88,7 +88,7 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
         if out is not None:
             return out
     elif _is_low_precision_float(dtype):
-        y = np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
+        y = _matmul(a.astype(np.float32), b.astype(np.float32)).astype(dtype)
     elif dtype.kind in "iu":
         y = np.matmul(a, b)
     else:
