@@ -480,3 +480,36 @@ def test_cli_convert_reports_a_mixed_search_that_cannot_pass(tmp_path, capsys):
     onnx.save(_sensitive_model(), source)
     assert main(["convert", str(source), str(tmp_path / "o.onnx"), "--to", "mixed", "--rtol", "0", "--atol", "0"]) == 1
     assert "onyxrt: error: --to mixed: validation failed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- float16 kernels
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div"])
+def test_float16_arithmetic_computed_in_float32_is_bit_identical_to_numpy_float16(op_type):
+    rng = np.random.default_rng(5)
+    with np.errstate(over="ignore"):  # some become inf, on purpose
+        a = (rng.standard_normal((8, 512)) * rng.choice([1e-7, 1e-3, 1.0, 300.0, 6e4], (8, 512))).astype(np.float16)
+    b = (rng.standard_normal(512) * 50).astype(np.float16)
+    b[:4] = [0, -0.0, np.inf, 1e-7]
+    model = _model([helper.make_node(op_type, ["a", "b"], ["y"])], [_value("a", F16, [8, 512]), _value("b", F16, [512])],
+                   [_value("y", F16, [8, 512])])
+    ufunc = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op_type]
+    with np.errstate(all="ignore"):
+        expected = ufunc(a, b)
+    actual = _run(model, {"a": a, "b": b})[0]
+    assert actual.dtype == np.float16
+    np.testing.assert_array_equal(actual, expected)
+
+
+def test_float16_matmul_is_the_float32_product_rounded_to_float16():
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((2, 16, 64)).astype(np.float16)
+    w = rng.standard_normal((64, 32)).astype(np.float16)
+    model = _model([helper.make_node("MatMul", ["a", "w"], ["y"])], [_value("a", F16, [2, 16, 64])],
+                   [_value("y", F16, [2, 16, 32])], [numpy_helper.from_array(w, "w")])
+    actual = _run(model, {"a": a})[0]
+    expected = (a.astype(np.float32) @ w.astype(np.float32)).astype(np.float16)
+    assert actual.dtype == np.float16
+    # float32 products summed in another order may round to the neighbouring float16
+    np.testing.assert_allclose(actual.astype(np.float32), expected.astype(np.float32), rtol=2**-10, atol=2**-14)
