@@ -3,7 +3,7 @@ in onyxrt and onnxruntime, each runtime in its own process, alternating A B A B.
 
     python benchmarks/mixed_precision.py --out benchmarks/mixed_precision.md
     python benchmarks/mixed_precision.py resnet50 --rounds 5 --repeat 20
-    python benchmarks/mixed_precision.py minilm_l6 --mixed        # adds the automatic mixed-precision model (slow)
+    python benchmarks/mixed_precision.py --mixed minilm_l6 --out benchmarks/mixed_precision.md   # + automatic mixed precision
 
 The converted models are onyxrt.quantization's (``keep_io_types=True``: float32 in and out).
 Relative error = max|converted - fp32| / max|fp32| over the output, the worst of ``--samples``
@@ -91,7 +91,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A B rounds (one process per runtime and file per round)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per process")
     parser.add_argument("--samples", type=int, default=3, help="inputs the output error is measured on")
-    parser.add_argument("--mixed", action="store_true", help="also the automatic mixed-precision model (minutes)")
+    parser.add_argument("--mixed", nargs="*", metavar="MODEL",
+                        help="also the automatic mixed-precision model of these models (all without names; minutes)")
     parser.add_argument("--out", help="write the markdown table here")
     parser.add_argument("--worker", nargs=4, metavar=("RUNTIME", "MODEL", "PATH", "OUTPUTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -100,13 +101,14 @@ def main() -> int:
         worker(runtime, model, path, args.repeat, args.samples, outputs)
         return 0
 
-    variants = ["fp32", "fp16", "bf16"] + (["mixed"] if args.mixed else [])
     runtimes = ("onyxrt", "onnxruntime")
     rows = []
     notes = []
     with tempfile.TemporaryDirectory(prefix="onyxrt-mixed-precision-") as work:
         folder = Path(work)
         for model in args.models:
+            wants_mixed = args.mixed is not None and (not args.mixed or model in args.mixed)
+            variants = ["fp32", "fp16", "bf16"] + (["mixed"] if wants_mixed else [])
             files = {}
             for variant in variants:
                 files[variant], note = convert(model, variant, folder)
@@ -167,7 +169,23 @@ def main() -> int:
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     if notes:
         lines += ["", "Conversions and runs:", "", *notes]
-    lines += ["", f"Load average while measuring: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}."]
+    lines += [
+        "",
+        "Notes:",
+        "",
+        "- onyxrt computes float16/bfloat16 nodes in float32 (numpy has no half-precision GEMM) and rounds",
+        "  each node's output to the model's type, so a float16 model is not faster here: the conversions",
+        "  cost, and onyxrt's attention/GELU fusions stay off for float16 graphs (they would skip roundings",
+        "  the graph asks for). float16 MatMul runs the float32 GEMM path and float16 Add/Sub/Mul/Div",
+        "  compute in float32 (bit-identical to numpy's float16 loops, which are ~20x slower than float32).",
+        "- bfloat16 resnet50 keeps Conv, MaxPool and GlobalAveragePool float32: ONNX has no bfloat16 for",
+        "  them before opset 22 (the zoo file is opset 17); `onnx.version_converter.convert_version(model, 22)`",
+        "  first makes all 169 nodes bfloat16.",
+        "- onnxruntime's CPU provider has no bfloat16 Add/Relu kernels: those rows are not run.",
+        "- Sizes are the saved files; float16/bfloat16 weights take half the bytes.",
+        f"- The machine was shared with other jobs while measuring (load average {load[0]:.2f} {load[1]:.2f}"
+        f" {load[2]:.2f} at the end): absolute times are not meaningful, ratios measured alternately are.",
+    ]
     write_table(lines, args.out)
     return 0
 
