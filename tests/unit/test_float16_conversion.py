@@ -513,3 +513,13 @@ def test_float16_matmul_is_the_float32_product_rounded_to_float16():
     assert actual.dtype == np.float16
     # float32 products summed in another order may round to the neighbouring float16
     np.testing.assert_allclose(actual.astype(np.float32), expected.astype(np.float32), rtol=2**-10, atol=2**-14)
+
+
+def test_path_with_external_data_is_converted(tmp_path):
+    model = _mlp()
+    folder = tmp_path / "models"
+    folder.mkdir()
+    onnx.save(copy.deepcopy(model), folder / "m.onnx", save_as_external_data=True, location="m.weights", size_threshold=0)
+    converted = convert_float_to_float16(str(folder / "m.onnx"), keep_io_types=True)
+    assert _initializers(converted) == _initializers(convert_float_to_float16(model, keep_io_types=True))
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx", "m.weights"]  # no temporary file left behind
