@@ -227,3 +227,20 @@ def test_matmul_integer_kernel_with_prepacked_b_takes_a_vector_and_reports_bad_s
     other = np.array(-3, np.int8)
     a2 = _random(np.uint8, (4, 5))
     np.testing.assert_array_equal(matmul_integer(a2, b, None, other, _packed=packed), _reference(a2, b, None, other))
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_scaled_product_has_numpys_roundings_on_every_route(route):
+    """matmul_int8_scaled == float32(C) * scale + bias computed by numpy, bit for bit (VNNI: in registers)."""
+    for m, k, n in [(1, 4, 1), (13, 20, 70), (2 * 64, 384, 96), (9, 1001, 33)]:
+        a, b = _random(np.uint8, (2, m, k)), _random(np.int8, (k, n))
+        packed = pack_b(b, _random(np.int8, (n,)), route=route)
+        for scale, bias in ((RNG.uniform(1e-5, 1e-3, n).astype(np.float32), RNG.standard_normal(n).astype(np.float32)),
+                            (np.float32(3e-4), None)):
+            result = int8_gemm.matmul_int8_scaled(a, packed, np.uint8(77), scale, bias)
+            expected = matmul_int8(a, packed, np.uint8(77)).astype(np.float32)
+            expected *= scale
+            if bias is not None:
+                expected += bias
+            assert result.dtype == np.float32
+            np.testing.assert_array_equal(result, expected)

@@ -35,7 +35,7 @@ import numpy as np
 from .._helpers import normalize_axis
 from . import nbits
 from ..kernel_table import op
-from ..math.int8_gemm import PackedInt8B, matmul_int8, pack_b
+from ..math.int8_gemm import PackedInt8B, matmul_int8, matmul_int8_scaled, pack_b
 from ..math.quantization import dynamic_quantize_to_uint8
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -207,18 +207,33 @@ def matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point=None, b_zero_po
 
 
 def _scaled_integer_matmul(a, a_zero_point, a_scale, b, b_zero_point, b_scale, bias, _packed, names) -> np.ndarray:
-    """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) (+ bias) in float32; B's integer form may be prepacked."""
-    n = b.shape[-1]
-    packed = _int8_b_packed(_packed, b_zero_point)
+    """(A - a_zp) @ (B - b_zp) * (a_scale * b_scale) (+ bias) in float32; B may be prepacked."""
     a_zero = None if a_zero_point is None else _scalar(a_zero_point, f"{names[0]}_zero_point")
-    gemm = packed.gemm if packed is not None else None
-    y = _integer_product(a, a_zero, b, b_zero_point, gemm, names[1]).astype(np.float32)
+    a_scale32 = np.float32(_scalar(a_scale, f"{names[0]}_scale"))
+    return _dequantized_product(a, a_zero, a_scale32, b, b_zero_point, b_scale, bias,
+                                _int8_b_packed(_packed, b_zero_point), names[1])
+
+
+def _dequantized_product(a, a_zero, a_scale: np.float32, b, b_zero_point, b_scale, bias, packed: _Int8B | None,
+                         name: str) -> np.ndarray:
+    """float32 ``y = (A - a_zero) @ (B - b_zero_point); y *= a_scale * b_scale; y += bias``, the scaling
+    done in the int8 GEMM's registers when B is prepacked (same roundings either way)."""
+    n = b.shape[-1]
     bsc = packed.scale if packed is not None and packed.scale is not None else None
     if bsc is None:
-        bsc = _column_param(b_scale, n, f"{names[1]}_scale").astype(np.float32)
-    y *= np.float32(_scalar(a_scale, f"{names[0]}_scale")) * bsc
+        bsc = _column_param(b_scale, n, f"{name}_scale").astype(np.float32)
+    column_scale = a_scale * bsc
+    bias32 = None
     if bias is not None:
-        y += packed.bias if packed is not None and packed.bias is not None else np.asarray(bias).astype(np.float32)
+        bias32 = packed.bias if packed is not None and packed.bias is not None else np.asarray(bias).astype(np.float32)
+    gemm = packed.gemm if packed is not None else None
+    if (gemm is not None and a.ndim >= 2 and a.shape[-1] == gemm.k and column_scale.ndim <= 1
+            and (bias32 is None or bias32.shape == (n,))):
+        return matmul_int8_scaled(a, gemm, a_zero, column_scale, bias32)
+    y = _integer_product(a, a_zero, b, b_zero_point, gemm, name).astype(np.float32)
+    y *= column_scale
+    if bias32 is not None:
+        y += bias32
     return y
 
 
@@ -236,18 +251,9 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, *, _pac
     _check8("B", b)
     if a.dtype != np.float32:
         raise NodeInputTypeError(f"A must be float, got {a.dtype}")
-    n = b.shape[-1]
-    packed = _int8_b_packed(_packed, b_zero_point)
     q, a_scale, a_zero = dynamic_quantize_to_uint8(a)
-    gemm = packed.gemm if packed is not None else None
-    y = _integer_product(q, a_zero, b, b_zero_point, gemm, "b").astype(np.float32)
-    bsc = packed.scale if packed is not None and packed.scale is not None else None
-    if bsc is None:
-        bsc = _column_param(b_scale, n, "b_scale").astype(np.float32)
-    y *= a_scale * bsc
-    if bias is not None:
-        y += packed.bias if packed is not None and packed.bias is not None else bias.astype(np.float32)
-    return y
+    return _dequantized_product(q, a_zero, a_scale, b, b_zero_point, b_scale, bias,
+                                _int8_b_packed(_packed, b_zero_point), "b")
 
 
 # --------------------------------------------------------------------------- QGemm

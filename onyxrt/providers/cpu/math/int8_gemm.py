@@ -40,8 +40,8 @@ import numpy as np
 from ....framework.cpu_features import cpu_vendor, has_flags
 from ....framework.thread_pool import current_pool
 
-__all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8", "selected_route",
-           "available_routes", "ROUTE_ENV"]
+__all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8",
+           "matmul_int8_scaled", "selected_route", "available_routes", "ROUTE_ENV"]
 
 ROUTE_ENV = "ONYXRT_INT8_GEMM"
 ROUTES = ("vnni", "mkl", "numpy")
@@ -107,6 +107,11 @@ def _probe_vnni(module) -> None:
     expected = (a.astype(np.int64) - 7) @ (b.astype(np.int64) - b_zero[:5].astype(np.int64))
     if not np.array_equal(c, expected):
         raise RuntimeError("VNNI int8 GEMM probe gave a wrong result")
+    scaled = np.empty((3, 5), np.float32)
+    half = np.full(module.PANEL, 0.5, np.float32)
+    module.gemm_u8s8_scaled(a, panels, scaled, 0, 3, 0, panels.shape[0], a_zero, rows, col_term, b_zero, half, half)
+    if not np.array_equal(scaled, expected.astype(np.float32) * np.float32(0.5) + np.float32(0.5)):
+        raise RuntimeError("VNNI int8 GEMM probe (float epilogue) gave a wrong result")
 
 
 def _mkl_library():
@@ -421,6 +426,45 @@ def matmul_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b
     return out.reshape(batch + (a.shape[-2], b.shape[-1]))
 
 
+def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale, bias=None) -> np.ndarray:
+    """float32 ``y = float32(matmul_int8(a, b, a_zero_point)); y *= column_scale; y += bias``.
+
+    The dequantizing epilogue of MatMulIntegerToFloat / DynamicQuantizeMatMul, with numpy's roundings
+    (a float32 multiply, then an add). ``column_scale``: float32 scalar or (N,); ``bias``: None or
+    float32 (N,). On the VNNI route it is applied in the GEMM's registers (no int32 C is written).
+    """
+    a = np.asarray(a)
+    n = b.n
+    scale = np.asarray(column_scale, dtype=np.float32)
+    if scale.size not in (1, n) or (bias is not None and np.shape(bias) != (n,)):
+        raise ValueError(f"column_scale {scale.shape} and bias {np.shape(bias)} must be scalars or ({n},) vectors")
+    if b.route == "vnni" and a.ndim >= 2 and a.shape[-1] == b.k:
+        flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+        m = flat.shape[0]
+        a_zero = _zero_points(a_zero_point, m, "a_zero_point", "row") if np.size(a_zero_point) <= 1 else None
+        if a_zero_point is None or np.size(a_zero_point) <= 1:
+            _check_operands(flat, b.dtype, b.k)
+            out = np.empty((m, n), np.float32)
+            if m and n:
+                width = b.col_term.shape[0]
+                col_scale = np.zeros(width, np.float32)
+                col_scale[:n] = scale
+                padded_bias = np.zeros(width, np.float32)
+                if bias is not None:
+                    padded_bias[:n] = bias
+                a_u8, a_zero = _as_uint8_a(flat, a_zero, m)
+                if b.k == 0:
+                    out[:] = np.float32(0) * col_scale[:n] + padded_bias[:n]
+                else:
+                    _gemm_vnni(a_u8, a_zero, b, out, (col_scale, padded_bias))
+            return out.reshape(a.shape[:-1] + (n,))
+    y = matmul_int8(a, b, a_zero_point).astype(np.float32)
+    y *= scale if scale.size > 1 else scale.reshape(())
+    if bias is not None:
+        y += bias
+    return y
+
+
 def _gemm_numpy(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray) -> np.ndarray:
     m, k = a.shape
     af = a.astype(np.float32)
@@ -449,7 +493,8 @@ def _row_sums(a_u8: np.ndarray) -> np.ndarray:
     return a_u8.sum(axis=1, dtype=np.int64).astype(np.int32)
 
 
-def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray) -> np.ndarray:
+def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray,
+               epilogue: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     module = _vnni_module()
     if module is None:
         raise ValueError("the vnni int8 GEMM route is not available here")
@@ -464,9 +509,9 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     col_term = packed.col_term if a_zero is not None else packed.zeros
     b_zero = packed.zero if packed.zero is not None else packed.zeros
     panels = packed.panels.shape[0]
-    kernel = module.gemm_u8s8
+    kernel = module.gemm_u8s8 if epilogue is None else module.gemm_u8s8_scaled
     args = (packed.panels, out)
-    tail = (a_zero_vec, rows, col_term, b_zero)
+    tail = (a_zero_vec, rows, col_term, b_zero) + (epilogue or ())
     pool = current_pool()
     macs = m * k * packed.n
     if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
