@@ -16,7 +16,7 @@ from .quant_types import QuantType
 from .report import QuantizationReport
 from .selection import NodeSelection
 
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather", "Attention")
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "LSTM")
 MICROSOFT_OP_TYPES = ("Attention",)
 # Producers whose output has the long positive tail that one per-tensor uint8 range resolves badly.
 GELU_OPS = {"Gelu", "FastGelu", "BiasGelu", "QuickGelu"}
@@ -41,7 +41,8 @@ def quantize_dynamic(
     (``ConvInteger`` for Conv), ``Cast`` and a ``Mul`` by the product of scales; Gather reads an 8-bit
     table and dequantizes what it gathered. Quantized op types: MatMul and Gemm with a constant 2-D
     weight, Conv with a constant weight, Gather from a constant table, com.microsoft Attention (as
-    QAttention; not one with an attention_bias input, which QAttention lacks: it stays float).
+    QAttention; not one with an attention_bias input, which QAttention lacks: it stays float), LSTM (as
+    DynamicQuantizeLSTM).
 
     onyxrt's defaults differ from onnxruntime's to keep accuracy (measured on minilm_l6, mean cosine of
     mean-pooled embeddings to fp32 over 50 random inputs; ``benchmarks/quantization_accuracy.md``):
@@ -305,6 +306,42 @@ class _DynamicQuantizer:
         self.uses_ms_domain = True
         self.report.add(node.name, "Attention -> QAttention")
         return nodes
+
+    # -- LSTM ---------------------------------------------------------------------------------------------
+
+    def _rewrite_lstm(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """LSTM -> com.microsoft DynamicQuantizeLSTM: W and R in int8, one scale per direction (per gate row
+        with ``per_channel``), stored transposed to [directions, input, 4*hidden] as the op reads them."""
+        editor = self.editor
+        if any(a.name == "layout" and a.i for a in node.attribute):
+            self.report.skip(node.name, "LSTM with layout=1 (DynamicQuantizeLSTM is sequence-major only)")
+            return None
+        if len(node.input) < 3 or not all(self._usable_weight(node, name, 3) for name in node.input[1:3]):
+            return None
+        if not self._float_activation(node.input[0]):
+            return None
+        quantized_inputs = []
+        for name in node.input[1:3]:
+            weight = editor.array(name)
+            directions, gates, width = weight.shape
+            if self.per_channel:
+                params, quantized = weight_params(weight.reshape(directions * gates, width), QuantType.QInt8, 0, True)
+                scale, zero_point = params.scale.reshape(directions, gates), params.zero_point.reshape(directions, gates)
+            else:
+                params, quantized = weight_params(weight, QuantType.QInt8, 0, True)
+                scale, zero_point = params.scale, params.zero_point
+            quantized = quantized.reshape(directions, gates, width).transpose(0, 2, 1)
+            quantized_inputs.append((editor.add_initializer(np.ascontiguousarray(quantized), f"{name}_quantized"),
+                                     editor.add_initializer(scale, f"{name}_scale"),
+                                     editor.add_initializer(zero_point, f"{name}_zero_point")))
+        (w_quantized, w_scale, w_zero_point), (r_quantized, r_scale, r_zero_point) = quantized_inputs
+        optional = [node.input[position] if len(node.input) > position else "" for position in range(3, 8)]
+        inputs = [node.input[0], w_quantized, r_quantized, *optional, w_scale, w_zero_point, r_scale, r_zero_point]
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "layout"}
+        self.uses_ms_domain = True
+        self.report.add(node.name, "LSTM -> DynamicQuantizeLSTM")
+        return [helper.make_node("DynamicQuantizeLSTM", inputs, list(node.output), name=editor.unique_name(f"{node.name}_quant"),
+                                 domain="com.microsoft", **attributes)]
 
     # -- Gather -----------------------------------------------------------------------------------
 

@@ -263,6 +263,37 @@ def test_dynamic_attention_with_attention_bias_stays_float(tmp_path):
     assert _op_types(tmp_path / "q.onnx") == ["Attention"]
 
 
+def _lstm(path, directions: int) -> str:
+    rng = np.random.default_rng(11)
+    hidden, features = 6, 5
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], name="lstm", hidden_size=hidden,
+                          direction="bidirectional" if directions == 2 else "forward")], "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [7, 2, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [7, directions, 2, hidden]),
+         helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [directions, 2, hidden])],
+        [_tensor(rng.standard_normal((directions, 4 * hidden, features)).astype(np.float32) * 0.4, "W"),
+         _tensor(rng.standard_normal((directions, 4 * hidden, hidden)).astype(np.float32) * 0.4, "R"),
+         _tensor(rng.standard_normal((directions, 8 * hidden)).astype(np.float32) * 0.1, "B")])
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]), path)
+
+
+@pytest.mark.parametrize("directions", [1, 2])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_lstm_becomes_dynamic_quantize_lstm_with_onnxruntimes_values(tmp_path, directions, per_channel):
+    source = _lstm(tmp_path / "lstm.onnx", directions)
+    report = quantize_dynamic(source, tmp_path / "ours.onnx", per_channel=per_channel)
+    assert report.quantized == {"lstm": "LSTM -> DynamicQuantizeLSTM"}
+    ort_quantization.quantize_dynamic(source, tmp_path / "theirs.onnx", per_channel=per_channel)
+    feeds = {"x": np.random.default_rng(12).standard_normal((7, 2, 5), dtype=np.float32)}
+    ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
+    theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
+    np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
+    float_out = ort.InferenceSession(source).run(None, feeds)[0]
+    assert np.abs(ours_in_ort - float_out).max() < 0.05
+
+
 def test_dynamic_nodes_to_exclude_and_nodes_to_quantize(tmp_path):
     source = _encoder_block(tmp_path / "block.onnx")
     assert set(quantize_dynamic(source, tmp_path / "a.onnx", nodes_to_exclude=["ffn_in", "embed"]).quantized) == {"ffn_out", "head"}
