@@ -6,6 +6,7 @@ here run in onnxruntime and in onyxrt.
 """
 
 from .calibration import CalibrationDataReader
+from .config import DynamicQuantConfig, QuantConfig, StaticQuantConfig, quantize
 from .dynamic import quantize_dynamic
 from .errors import QuantizationError
 from .float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_bfloat16, convert_float_to_float16
@@ -23,6 +24,10 @@ __all__ = [
     "CalibrationDataReader",
     "MatMulNBitsQuantizer",
     "CalibrationMethod",
+    "DynamicQuantConfig",
+    "QuantConfig",
+    "StaticQuantConfig",
+    "quantize",
     "QuantFormat",
     "QuantType",
     "QuantizationError",

@@ -622,3 +622,45 @@ def test_static_qoperator_dequantizes_values_a_subgraph_reads(tmp_path):
     for session in (ort.InferenceSession(str(tmp_path / "q.onnx")), onyxrt.InferenceSession(str(tmp_path / "q.onnx"))):
         got = session.run(["z"], feeds)[0]
         assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("name", ["quantize_dynamic", "quantize_static", "quantize"])
+def test_functions_take_onnxruntimes_parameters_in_its_order(name):
+    import inspect
+
+    import onyxrt.quantization as ours
+    theirs = list(inspect.signature(getattr(ort_quantization, name)).parameters)
+    assert list(inspect.signature(getattr(ours, name)).parameters) == theirs
+
+
+@pytest.mark.parametrize("name", ["StaticQuantConfig", "DynamicQuantConfig"])
+def test_config_classes_take_onnxruntimes_parameters(name):
+    import inspect
+
+    import onyxrt.quantization as ours
+    theirs = list(inspect.signature(getattr(ort_quantization, name).__init__).parameters)
+    assert list(inspect.signature(getattr(ours, name).__init__).parameters) == theirs
+
+
+def test_matmul_nbits_quantizer_takes_onnxruntimes_parameters():
+    import inspect
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer as TheirQuantizer
+    theirs = list(inspect.signature(TheirQuantizer.__init__).parameters)
+    assert list(inspect.signature(MatMulNBitsQuantizer.__init__).parameters) == theirs
+
+
+def test_quantize_with_config_objects(tmp_path):
+    from onyxrt.quantization import DynamicQuantConfig, StaticQuantConfig, quantize
+
+    source = _conv_net(tmp_path / "net.onnx")
+    quantize(source, tmp_path / "static.onnx", StaticQuantConfig(ArrayDataReader(_conv_samples()), per_channel=True))
+    quantize_static(source, tmp_path / "direct.onnx", ArrayDataReader(_conv_samples()), per_channel=True)
+    feeds = _conv_samples(1)[0]
+    from_config = ort.InferenceSession(str(tmp_path / "static.onnx")).run(None, feeds)[0]
+    np.testing.assert_array_equal(from_config, ort.InferenceSession(str(tmp_path / "direct.onnx")).run(None, feeds)[0])
+    report = quantize(source, tmp_path / "dynamic.onnx", DynamicQuantConfig(op_types_to_quantize=["Conv"]))
+    assert report.quantized == {"conv": "Conv -> ConvInteger"}
+    assert DynamicQuantConfig().per_channel is True
+    with pytest.raises(TypeError, match="StaticQuantConfig or DynamicQuantConfig"):
+        quantize(source, tmp_path / "x.onnx", object())
