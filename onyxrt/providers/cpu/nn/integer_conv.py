@@ -12,9 +12,8 @@ per-output-channel zero points. A 1x1 stride-1 convolution needs no im2col: the 
 input is A itself. Padding is filled with x's zero point, so padded taps contribute 0, as the
 ONNX definition wants. The int32 result is exact (``int8_gemm``'s routes agree bit for bit).
 The rows are computed ``_ROWS_PER_CHUNK`` at a time; QLinearConv requantizes each chunk while
-it is in cache, straight into the NCHW output. The layout changes (NCHW input to padded NHWC,
-requantized rows to NCHW) are numba kernels (``integer_conv_kernels``) where numba runs, numpy
-otherwise, with the same bytes.
+it is in cache (a numba kernel, ``integer_conv_kernels``, where numba runs; numpy otherwise, with
+the same bytes), straight into the NCHW output.
 
 Why channels-last rows rather than W (M, K) times NCHW columns (K, P), which would give NCHW
 directly: ``int8_gemm`` packs its B operand, and packing the column matrix on every call cost
@@ -99,23 +98,16 @@ def _geometry(x, w_shape4, strides, dilations, pads, auto_pad, nd: int):
     return s, d, p
 
 
-_KERNELS = "onyxrt.providers.cpu.nn.integer_conv_kernels"
-_TO_CHANNELS_LAST = LazyModuleKernel(_KERNELS, "to_channels_last_padded")
-_REQUANTIZE_KERNEL = LazyModuleKernel(_KERNELS, "requantize_rows")
+_REQUANTIZE_KERNEL = LazyModuleKernel("onyxrt.providers.cpu.nn.integer_conv_kernels", "requantize_rows")
 
 
 def _channels_last_padded(x4: np.ndarray, pads, fill) -> np.ndarray:
-    """(N, C, H, W) -> (N, H+pads, W+pads, C), the border filled with ``fill`` (x's zero point)."""
+    """(N, C, H, W) -> (N, H+pads, W+pads, C), the border filled with ``fill`` (x's zero point).
+
+    numpy's transposing copy: 2-3x faster than a numba loop measured on resnet50's activations.
+    """
     n, c, h, w = x4.shape
     top, left, bottom, right = pads
-    if x4.flags.c_contiguous:
-        kernel = _TO_CHANNELS_LAST.compiled_for(x4.dtype, x4[:0], x4.dtype.type(0), 0, 0, np.empty((0, 1, 1, c), x4.dtype))
-        if kernel is not None:
-            out = np.empty((n, h + top + bottom, w + left + right, c), dtype=x4.dtype)
-            kernel(x4, x4.dtype.type(fill), top, left, out)
-            return out
-    if not (top or left or bottom or right):
-        return np.ascontiguousarray(x4.transpose(0, 2, 3, 1))
     out = np.empty((n, h + top + bottom, w + left + right, c), dtype=x4.dtype)
     if top:
         out[:, :top] = fill

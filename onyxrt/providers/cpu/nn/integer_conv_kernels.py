@@ -1,12 +1,8 @@
-"""numba kernels for the integer convolutions: the layout changes around the channels-last GEMM.
+"""numba kernel for QLinearConv's requantization of int32 channels-last rows, in one vectorized pass.
 
 Imported only through ``jit.LazyModuleKernel`` (this module imports numba at its top). numpy
-requantizes in five passes and transposes 8-bit NCHW to NHWC slowly; these kernels do each in
-one pass:
-
-* :func:`requantize_rows`: int32 channels-last rows -> requantized uint8/int8 rows, vectorized
-  (the transpose to NCHW is then numpy's: a numba byte transpose measured 2x slower);
-* :func:`to_channels_last_padded`: uint8/int8 NCHW input -> padded NHWC, border = zero point.
+requantizes in five passes (to float, scale, round, clip, narrow). The transposes around the
+GEMM stay numpy's: numba byte-transpose loops measured 2-3x slower than numpy's copies.
 
 Rounding is half to even and the product float32, as in the numpy path, so both give identical
 bytes.
@@ -39,29 +35,3 @@ def requantize_rows(acc, bias, multiplier, zero, low, high, out):
             value = min(max(value, -_LIMIT), _LIMIT)
             value = (value + _MAGIC) - _MAGIC + zero
             out[r, m] = min(max(value, low), high)
-
-
-@numba.njit(**_jit)
-def to_channels_last_padded(x, fill, top, left, out):
-    """out[n, top + h, left + w, c] = x[n, c, h, w]; every other element of ``out`` = ``fill``.
-
-    x: (N, C, H, W); out: (N, H + pads, W + pads, C), same 8-bit dtype. Channels go 64 at a
-    time, so the 64 input rows a stretch of output reads stay in L1.
-    """
-    n_, c_, h_, w_ = x.shape
-    out_h, out_w = out.shape[1], out.shape[2]
-    for n in range(n_):
-        for oh in range(out_h):
-            h = oh - top
-            if h < 0 or h >= h_:
-                out[n, oh, :, :] = fill
-                continue
-            for ow in range(left):
-                out[n, oh, ow, :] = fill
-            for ow in range(left + w_, out_w):
-                out[n, oh, ow, :] = fill
-            for c0 in range(0, c_, 64):
-                c1 = min(c_, c0 + 64)
-                for w in range(w_):
-                    for c in range(c0, c1):
-                        out[n, oh, left + w, c] = x[n, c, h, w]
