@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.summary()} in {elapsed:.1f}s")
     for how, count in sorted(report.counts.items()):
         print(f"  {count:5d}  {how}")
+    for why, count in sorted(report.skip_reasons.items()):
+        print(f"  {count:5d}  stay float: {why}")
     print(f"size: {_human(before)} -> {_human(after)} ({100 * after / before:.1f}%)")
     if args.samples > 0:
         error_samples = (samples or [])[: args.samples] or _made_up_samples(model, args.samples, args.seq)

@@ -28,5 +28,17 @@ class QuantizationReport:
         parts = [f"{count} {how}" for how, count in sorted(self.counts.items())]
         text = f"{self.mode}: {len(self.quantized)} nodes quantized" + (f" ({', '.join(parts)})" if parts else "")
         if self.skipped:
-            text += f"; {len(self.skipped)} selected nodes kept in float"
+            text += f"; {len(self.skipped)} nodes of those op types stay float"
         return text
+
+    @property
+    def skip_reasons(self) -> Counter:
+        """How many nodes stayed float for each reason (a computed weight, a small table...)."""
+        return Counter(_generic(reason) for reason in self.skipped.values())
+
+
+def _generic(reason: str) -> str:
+    """The reason without the value name it mentions, so equal reasons count together."""
+    import re
+
+    return re.sub(r"'[^']*'", "'...'", reason)
