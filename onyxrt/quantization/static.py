@@ -317,8 +317,8 @@ class _QDQWriter(_Writer):
                     if name in self.params:
                         new.input[position] = dequantized[name]
                     elif name and editor.is_constant(name) and editor.is_float(name) and not (position == 2 and self._has_bias(node)):
-                        if node.op_type in ("Reshape", "Squeeze", "Unsqueeze") or (node.op_type == "Clip"):
-                            continue  # shapes and axes stay as they are
+                        if node.op_type in PASS_THROUGH_OPS:
+                            continue  # their constant inputs are shapes and axes
                         quantized, scale, zero_point, params = self._weight(node, position)
                         output = editor.unique_name(f"{name}_DequantizeLinear_Output")
                         nodes.append(self._dequantize([quantized, scale, zero_point], output, params.axis, f"{name}_DequantizeLinear"))
@@ -334,10 +334,7 @@ class _QDQWriter(_Writer):
                     new.output[0] = self._output_of(node)
                     self.report.add(plan.folded[node.name].name, f"{plan.folded[node.name].op_type} folded into the output range")
                 self.report.add(node.name, f"{node.op_type} (QDQ)")
-            else:
-                for position, name in enumerate(node.input):
-                    if name in renamed:
-                        new.input[position] = name  # the DQ output carries the graph output's name
+            # float readers of a renamed graph output read the DequantizeLinear output, which keeps its name
             for position, name in enumerate(new.output):
                 if name in renamed:
                     new.output[position] = renamed[name]
