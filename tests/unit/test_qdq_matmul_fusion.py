@@ -225,9 +225,10 @@ def test_disable_quant_qdq_keeps_the_float_path(tmp_path):
     assert "QLinearMatMul" not in {n.op_type for n in onnx.load(str(tmp_path / "kept.onnx")).graph.node}
 
 
-def test_saved_fused_model_runs_in_onnxruntime_with_the_same_outputs(tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per_tensor", "per_channel"])
+def test_saved_fused_model_runs_in_onnxruntime_with_the_same_outputs(tmp_path, per_channel):
     model = _mlp(three_d=True)
-    path = _quantize_static(model, tmp_path, per_channel=False)
+    path = _quantize_static(model, tmp_path, per_channel=per_channel)
     feeds = _inputs(model, 1, 3)[0]
     fused, _ = _run(path, feeds, tmp_path=tmp_path)
     theirs = onnxruntime.InferenceSession(str(tmp_path / "fused.onnx"), providers=["CPUExecutionProvider"])
