@@ -221,8 +221,8 @@ def _qlinear_conv_prepack(inputs, attributes):
 
 
 def _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape,
-                       packed, requantize=None):
-    """The convolution through ``integer_conv`` (int32, or requantized by ``requantize``), or None where it does not serve
+                       packed, requantizer=None):
+    """The convolution through ``integer_conv`` (int32, or requantized by ``requantizer``), or None where it does not serve
     these inputs (the float64 path then computes the same integers or reports what is wrong)."""
     if not integer_conv.supported(x, w, group) or (x_zero_point is not None and np.asarray(x_zero_point).size != 1):
         return None
@@ -231,7 +231,7 @@ def _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilatio
         if not isinstance(packed, integer_conv.IntegerConvWeights) or packed.dtype != w.dtype or packed.group != int(group) \
                 or packed.shape != (w.shape if w.ndim == 4 else (w.shape[0], w.shape[1], 1, w.shape[2])):
             packed = integer_conv.pack_weights(w, w_zero_point, group)
-        return integer_conv.conv_nchw(x, packed, x_zero_point, strides, dilations, pads, auto_pad, requantize)
+        return integer_conv.conv_nchw(x, packed, x_zero_point, strides, dilations, pads, auto_pad, requantizer)
     except (ValueError, TypeError):
         return None
 
