@@ -2,8 +2,9 @@
 CausalConvWithState.
 
 The shared convolution core (im2col, depthwise GEMMs, prepared weights, window geometry)
-lives in :mod:`.conv_core`. 8-bit integer convolutions are computed in float64 (exact),
-then converted; ConvTranspose is one GEMM per group followed by a scatter-add of the
+lives in :mod:`.conv_core`. 8-bit integer convolutions (ConvInteger, QLinearConv) of rank 1-2
+run as integer GEMMs (:mod:`.integer_conv`); other ranks and thin groups are computed in float64
+(exact), then converted; ConvTranspose is one GEMM per group followed by a scatter-add of the
 kernel taps.
 """
 
