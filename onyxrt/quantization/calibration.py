@@ -176,15 +176,17 @@ def _exposed_model(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPr
     return exposed
 
 
-def _progress(done: int, total: int | None, started: float, stream=sys.stderr) -> None:
-    if stream is None:
-        return
+def progress_bar(done: int, total: int | None, started: float) -> None:
+    """Calibration progress on stderr: a bar when the sample count is known, a counter otherwise."""
+    stream = sys.stderr  # looked up per call: callers and tests may replace sys.stderr
     elapsed = time.perf_counter() - started
     if total:
         filled = int(30 * done / total)
-        stream.write(f"\rcalibrating [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples {elapsed:.1f}s")
+        stream.write(f"\rcalibrating [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples, {elapsed:.1f}s")
+        if done == total:
+            stream.write("\n")
     else:
-        stream.write(f"\rcalibrating: {done} samples {elapsed:.1f}s")
+        stream.write(f"\rcalibrating: {done} samples, {elapsed:.1f}s")
     stream.flush()
 
 
@@ -226,7 +228,7 @@ def calibrate_ranges(model: onnx.ModelProto, tensor_names: list[str], reader: An
     histograms: dict[str, _Histogram] = {}
     started, count = time.perf_counter(), 0
     quiet = progress is None and not sys.stderr.isatty()
-    report = progress or ((lambda *_: None) if quiet else _progress)
+    report = progress or ((lambda *_: None) if quiet else progress_bar)
     while True:
         feeds = reader.get_next()
         if feeds is None:
@@ -254,7 +256,7 @@ def calibrate_ranges(model: onnx.ModelProto, tensor_names: list[str], reader: An
                 histograms.setdefault(name, _Histogram(bins)).add(finite.astype(np.float64))
         count += 1
         report(count, total, started)
-    if progress is None and not quiet:
+    if progress is None and not quiet and total is None:
         sys.stderr.write("\n")
     if count == 0:
         raise ValueError("the calibration data reader gave no data (get_next() returned None at once)")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .calibration import ArrayDataReader
+from .calibration import ArrayDataReader, progress_bar
 from .dynamic import quantize_dynamic
 from .quant_types import CalibrationMethod, QuantFormat, QuantType
 from .report import QuantizationReport
@@ -93,22 +92,6 @@ def _human(size: int) -> str:
     return f"{size} B"
 
 
-class _ProgressBar:
-    """Calibration progress on stderr: a bar when the sample count is known, a counter otherwise."""
-
-    def __call__(self, done: int, total: int | None, started: float) -> None:
-        self.stream = sys.stderr  # looked up per call: tests and callers may replace sys.stderr
-        elapsed = time.perf_counter() - started
-        if total:
-            filled = int(30 * done / total)
-            self.stream.write(f"\rcalibrating [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} samples, {elapsed:.1f}s")
-        else:
-            self.stream.write(f"\rcalibrating: {done} samples, {elapsed:.1f}s")
-        if total and done == total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def _output_errors(reference_path: Path, quantized_path: Path, samples: list[dict[str, Any]]) -> list[str]:
     from ..session.inference_session import InferenceSession
 
@@ -151,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
                                  per_channel=bool(args.per_channel), activation_type=_TYPES[args.activation_type],
                                  weight_type=_TYPES[args.weight_type], nodes_to_exclude=args.exclude,
                                  calibrate_method=_METHODS[args.calibrate_method],
-                                 extra_options={"CalibProgress": _ProgressBar()})
+                                 extra_options={"CalibProgress": progress_bar})
     else:
         try:
             check_block_options(args.bits, args.block)

@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from .calibration import calibrate_ranges
 from .model_editor import MS_DOMAIN, ModelEditor, all_inputs, load_model, save_model
 from .options import check_extra_options
-from .parameters import QuantParams, quantize_array, scale_and_zero_point, weight_params
+from .parameters import QuantParams, scale_and_zero_point, weight_params
 from .quant_types import CalibrationMethod, QuantFormat, QuantType, numpy_type
 from .report import QuantizationReport
 from .selection import NodeSelection

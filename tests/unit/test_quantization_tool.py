@@ -8,7 +8,6 @@ same options, gives the values onnxruntime's own quantized model gives.
 from __future__ import annotations
 
 import logging
-import warnings
 
 import numpy as np
 import onnx
