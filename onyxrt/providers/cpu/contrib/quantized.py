@@ -1,7 +1,8 @@
 """com.microsoft quantized matmul-family ops written by onnxruntime's quantization tools.
 
 * MatMulNBits: 2..8-bit block-wise quantized weights (onnxruntime's MatMulNBitsQuantizer,
-  the GenAI model builder), dequantized per call with vectorized bit operations;
+  the GenAI model builder): 4 and 8 bits read packed by compiled kernels (``nbits``), other
+  widths (and no numba) dequantized with vectorized bit operations;
 * DynamicQuantizeMatMul / MatMulIntegerToFloat: what onnxruntime's optimizer fuses a
   dynamically quantized MatMul into;
 * QGemm: the static quantizer's Gemm (float or requantized output);
@@ -15,7 +16,8 @@ it), shapes it does not take on float64 BLAS. Dynamic quantization of activation
 uint8, range widened to include 0, scale = (max - min) / 255, round half to even.
 
 Constant weights are prepared once at session creation (each kernel's ``prepack``):
-MatMulNBits / MatMulBnb4 keep the dequantized float (K, N) matrix, the 8-bit matmuls
+MatMulNBits keeps 4-/8-bit weights packed in ``nbits``' column tiles (and the dequantized
+float (K, N) matrix for other widths or without numba), MatMulBnb4 the dequantized matrix, the 8-bit matmuls
 (and QAttention's projection) keep B packed for the int8 GEMM with its zero point
 (``int8_gemm.PackedInt8B``, about K*N bytes), GatherBlockQuantized keeps its float scales
 and unpacked zero points (and the whole dequantized table when small),
