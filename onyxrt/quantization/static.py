@@ -113,6 +113,8 @@ def quantize_static(
         editor.ensure_opset(MS_DOMAIN, 1)
     if per_channel:
         editor.ensure_opset("", 13)
+    if {activation_type, weight_type} & {QuantType.QInt16, QuantType.QUInt16}:
+        editor.ensure_opset("", 21)  # 16-bit QuantizeLinear/DequantizeLinear (onnxruntime moves to 21 too)
     save_model(editor.finish(nodes), model_output, use_external_data_format)
     return writer.report
 

@@ -376,6 +376,22 @@ def test_static_gives_onnxruntimes_values_in_both_runtimes(tmp_path, quant_forma
     assert set(report.quantized) == {"conv", "relu", "add", "pool", "gap", "flatten", "fc"}
 
 
+def test_static_16_bit_qdq_moves_to_opset_21_with_onnxruntimes_values(tmp_path):
+    source = _conv_net(tmp_path / "net.onnx")
+    options = dict(activation_type=QuantType.QInt16, weight_type=QuantType.QInt16)
+    quantize_static(source, tmp_path / "ours.onnx", ArrayDataReader(_conv_samples()), **options)
+    ort_quantization.quantize_static(source, tmp_path / "theirs.onnx", ArrayDataReader(_conv_samples()),
+                                     activation_type=ort_quantization.QuantType.QInt16, weight_type=ort_quantization.QuantType.QInt16)
+    assert [o.version for o in onnx.load(tmp_path / "ours.onnx").opset_import if o.domain == ""] == [21]
+    feeds = _conv_samples(5)[4]
+    ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
+    theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
+    np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
+    with pytest.raises(ValueError, match="8-bit"):
+        quantize_static(source, tmp_path / "q.onnx", ArrayDataReader(_conv_samples()), quant_format=QuantFormat.QOperator, **options)
+
+
 def test_static_qoperator_writes_qlinear_operators(tmp_path):
     quantize_static(_conv_net(tmp_path / "net.onnx"), tmp_path / "q.onnx", ArrayDataReader(_conv_samples()),
                     quant_format=QuantFormat.QOperator)
