@@ -77,6 +77,8 @@ def quantize_dynamic(
     read = {name for node in nodes for name in node.input} | editor.graph_outputs
     unread = {id(node) for node in quantizer.optional_nodes if node.output[0] not in read}
     quantized = editor.finish([node for node in nodes if id(node) not in unread])
+    if quantizer.report.quantized:
+        editor.ensure_opset("", 11)  # DynamicQuantizeLinear is opset 11 (onnxruntime moves older models up too)
     if quantizer.needs_opset13:
         editor.ensure_opset("", 13)
     if quantizer.uses_ms_domain:
