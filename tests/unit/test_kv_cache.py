@@ -407,8 +407,9 @@ def test_shared_buffers_refuse_padding_and_a_too_small_max_length(gqa_decoder_pa
         Generator(gqa_decoder_paths[True], past_present_share_buffer="yes")
 
 
-def _concat_decoder() -> bytes:
-    """One attention head over Concat(past, new) keys/values, masked by attention_mask (no positions: any length)."""
+def _concat_decoder(three_inputs: bool = False) -> bytes:
+    """One attention head over Concat(past, new) keys/values, masked by attention_mask (no positions: any length);
+    ``three_inputs``: Concat(past, new, no rows), which no kernel appends in place."""
     rng = np.random.default_rng(10)
     initializers = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
                     for name, shape in {"embedding": (VOCAB, HIDDEN), "wq": (HIDDEN, HIDDEN), "wk": (HIDDEN, HIDDEN),
@@ -416,13 +417,19 @@ def _concat_decoder() -> bytes:
     initializers += [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
                      numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
                      numpy_helper.from_array(np.array(1, np.float32), "one"),
-                     numpy_helper.from_array(np.array(-1e9, np.float32), "minus_big")]
+                     numpy_helper.from_array(np.array(-1e9, np.float32), "minus_big"),
+                     numpy_helper.from_array(np.array([0], np.int64), "zero"),
+                     numpy_helper.from_array(np.array([2], np.int64), "axis2")]
     nodes = [helper.make_node("Gather", ["embedding", "input_ids"], ["x"])]
     for name in ("q", "k", "v"):
         nodes += [helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}3"]),
                   helper.make_node("Unsqueeze", [f"{name}3", "axis1"], [f"{name}4"])]
-    nodes += [helper.make_node("Concat", ["past_key_values.0.key", "k4"], ["present.0.key"], axis=2),
-              helper.make_node("Concat", ["past_key_values.0.value", "v4"], ["present.0.value"], axis=2),
+    extra = []
+    if three_inputs:
+        nodes.append(helper.make_node("Slice", ["k4", "zero", "zero", "axis2"], ["no_rows"]))
+        extra = ["no_rows"]
+    nodes += [helper.make_node("Concat", ["past_key_values.0.key", "k4", *extra], ["present.0.key"], axis=2),
+              helper.make_node("Concat", ["past_key_values.0.value", "v4", *extra], ["present.0.value"], axis=2),
               helper.make_node("Transpose", ["present.0.key"], ["kt"], perm=[0, 1, 3, 2]),
               helper.make_node("MatMul", ["q4", "kt"], ["scores"]),
               helper.make_node("Cast", ["attention_mask"], ["mask_f"], to=TensorProto.FLOAT),
@@ -460,3 +467,15 @@ def test_generator_on_a_concat_decoder_keeps_its_cache_in_growing_buffers(level)
     plain = Generator(ort.InferenceSession(model, providers=["CPUExecutionProvider"]))
     np.testing.assert_array_equal(plain.generate(ids, max_new_tokens=150, attention_mask=mask), got)
     assert plain.last_stats.cache == "plain"
+
+
+def test_generator_copies_presents_a_kernel_concatenated_into_its_buffers():
+    """A Concat no kernel appends in place (three inputs): the presents are fresh arrays, loaded into the
+    buffers (counted as reloads), and the tokens stay those of onnxruntime's plain loop."""
+    model = _concat_decoder(three_inputs=True)
+    generator = Generator(model)
+    ids = np.array([[5, 7, 1, 30]], np.int64)
+    got = generator.generate(ids, max_new_tokens=10)
+    assert generator.last_stats.cache == "buffers" and generator.last_stats.cache_reloads == 2 * 10
+    plain = Generator(ort.InferenceSession(model, providers=["CPUExecutionProvider"]))
+    np.testing.assert_array_equal(plain.generate(ids, max_new_tokens=10), got)
