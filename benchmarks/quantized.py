@@ -1,14 +1,16 @@
 """Latency of onnxruntime-quantized minilm_l6 in onyxrt and onnxruntime, and of onyxrt's own fp32 run.
 
-    python benchmarks/quantized.py --out benchmarks/quantized.md             # default: 5 rounds x 20 runs
-    python benchmarks/quantized.py --rounds 2 --repeat 10 --threads 1        # quicker, one intra-op thread
+    python benchmarks/quantized.py --out benchmarks/quantized.md    # one thread, then default threads
+    python benchmarks/quantized.py --rounds 2 --repeat 10 --threads 1        # quicker, one setting
 
 minilm_l6 (``../shared/zoo``; /tmp/zoo/minilm_l6.onnx when present) is quantized by onnxruntime's
 ``quantize_dynamic`` twice (default options; ``per_channel=True``) into a temp dir. Every case
 runs at batch 1, sequence 128, each runtime in its own process, alternating (onyxrt fp32, onyxrt
 int8, onnxruntime int8, ...), ``--repeat`` timed runs after 3 warm-up runs per process; the table
-compares medians. Targets (issue 12): onyxrt int8 <= 1.25x onnxruntime int8 on the same file, and
-<= 0.5x onyxrt fp32.
+compares medians, one table per ``--threads`` setting (intra_op_num_threads of both runtimes;
+default: 1, then 0 = each runtime's default). Targets (issue 12): onyxrt int8 <= 1.25x onnxruntime
+int8 on the same file, and <= 0.5x onyxrt fp32. Writing ``--out`` keeps the existing file's
+``## Reading these numbers`` section (the interpretation written by hand) below the new tables.
 """
 
 from __future__ import annotations
@@ -77,12 +79,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=0, help="intra_op_num_threads for both runtimes (0: default)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+                        help="intra_op_num_threads settings for both runtimes (0: the runtime's default)")
     parser.add_argument("--out")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, args.repeat, args.threads)
+        worker(*args.worker, args.repeat, args.threads[0])
         return 0
 
     from onnxruntime.quantization import quantize_dynamic
@@ -96,40 +99,45 @@ def main() -> int:
     cases = [("onyxrt", "fp32", source)] + [
         (runtime, name, str(path)) for name, path in models.items() for runtime in ("onyxrt", "onnxruntime")]
     cases.append(("onnxruntime", "fp32", source))
-    samples: dict[tuple[str, str], list[float]] = {(r, n): [] for r, n, _ in cases}
-    load_before = os.getloadavg()
-    for round_index in range(args.rounds):
-        for runtime, name, path in cases:
-            samples[(runtime, name)] += _timed(runtime, path, args.repeat, args.threads)
-        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
-    load_after = os.getloadavg()
-    median = {key: statistics.median(values) for key, values in samples.items()}
-    ours_fp32 = median[("onyxrt", "fp32")]
-
     lines = [
         "# onnxruntime-quantized minilm_l6: onyxrt vs onnxruntime (CPU, batch 1, seq 128)",
         "",
         f"Command: `python benchmarks/quantized.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
-        f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; "
-        f"medians. intra_op_num_threads = {args.threads or 'default'}.",
+        f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; medians.",
         "Models: onnxruntime's `quantize_dynamic` (default options; `per_channel=True`) of minilm_l6.",
-        "",
-        "| model | onyxrt (ms) | onnxruntime (ms) | onyxrt / onnxruntime | onyxrt / onyxrt fp32 |",
-        "|---|---|---|---|---|",
-        f"| fp32 | {ours_fp32:.2f} | {median[('onnxruntime', 'fp32')]:.2f} | "
-        f"{ours_fp32 / median[('onnxruntime', 'fp32')]:.2f} | 1.00 |",
-    ]
-    for name in models:
-        ours, theirs = median[("onyxrt", name)], median[("onnxruntime", name)]
-        lines.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / ours_fp32:.2f} |")
-    lines += [
-        "",
         "Targets: onyxrt / onnxruntime <= 1.25 on the same file; onyxrt int8 / onyxrt fp32 <= 0.5.",
-        "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
-        f"({_cpu_name()}); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
     ]
+    for threads in args.threads:
+        samples: dict[tuple[str, str], list[float]] = {(r, n): [] for r, n, _ in cases}
+        load_before = os.getloadavg()
+        for round_index in range(args.rounds):
+            for runtime, name, path in cases:
+                samples[(runtime, name)] += _timed(runtime, path, args.repeat, threads)
+            print(f"threads {threads}: round {round_index + 1}/{args.rounds} done", flush=True)
+        load_after = os.getloadavg()
+        median = {key: statistics.median(values) for key, values in samples.items()}
+        ours_fp32 = median[("onyxrt", "fp32")]
+        lines += [
+            "",
+            f"## intra_op_num_threads = {threads or 'default (0)'}",
+            "",
+            "| model | onyxrt (ms) | onnxruntime (ms) | onyxrt / onnxruntime | onyxrt / onyxrt fp32 |",
+            "|---|---|---|---|---|",
+            f"| fp32 | {ours_fp32:.2f} | {median[('onnxruntime', 'fp32')]:.2f} | "
+            f"{ours_fp32 / median[('onnxruntime', 'fp32')]:.2f} | 1.00 |",
+        ]
+        for name in models:
+            ours, theirs = median[("onyxrt", name)], median[("onnxruntime", name)]
+            lines.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / ours_fp32:.2f} |")
+        lines += [
+            "",
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
+            f"({_cpu_name()}); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
+        ]
+    notes_heading = "## Reading these numbers"
+    if args.out and Path(args.out).exists() and notes_heading in Path(args.out).read_text():
+        lines += ["", notes_heading + Path(args.out).read_text().split(notes_heading, 1)[1].rstrip("\n")]
     table = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(table)
