@@ -37,7 +37,12 @@ class CacheBuffer:
     """One cache tensor (a layer's keys or values): ``(batch, heads, capacity, head_size)``, valid up to ``length``.
 
     ``axis`` is the sequence axis (2, BNSH). Capacity grows by doubling (:meth:`reserve`), so
-    appending n tokens one by one copies O(n) rows in all.
+    appending n tokens one by one copies O(n) rows in all. A decode loop, per cache tensor::
+
+        buffer.reserve(buffer.length + new_tokens)      # appends never grow the buffer themselves
+        present = session.run(..., {past_name: buffer.view(), ...})[...]
+        if not buffer.holds(present):                   # a kernel concatenated instead (e.g. no room)
+            buffer.load(present)
     """
 
     def __init__(self, shape: Sequence[int], dtype: np.dtype | type, capacity: int, axis: int = 2) -> None:
