@@ -433,6 +433,10 @@ def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale
     (a float32 multiply, then an add). ``column_scale``: float32 scalar or (N,); ``bias``: None or
     float32 (N,). On the VNNI route it is applied in the GEMM's registers (no int32 C is written).
     """
+    if (b.route == "vnni" and type(a) is np.ndarray and a.dtype == _U8 and a.ndim >= 2 and a.shape[-1] == b.k
+            and b.k % 4 == 0 and a.size and b.n and a.flags.c_contiguous
+            and (a_zero_point is None or np.ndim(a_zero_point) == 0)):
+        return _scaled_vnni(a, b, a_zero_point, column_scale, bias)  # the common case, with less per-call work
     a = np.asarray(a)
     n = b.n
     scale = np.asarray(column_scale, dtype=np.float32)
@@ -463,6 +467,31 @@ def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale
     if bias is not None:
         y += bias
     return y
+
+
+def _scaled_vnni(a: np.ndarray, packed: PackedInt8B, a_zero_point, column_scale, bias) -> np.ndarray:
+    """``matmul_int8_scaled`` for a C-contiguous uint8 A with K a multiple of 4 and a per-tensor zero point."""
+    module = _vnni_module()
+    n, k = packed.n, packed.k
+    m = a.size // k
+    width = packed.col_term.shape[0]
+    col_scale = np.zeros(width, np.float32)
+    col_scale[:n] = column_scale
+    padded_bias = np.zeros(width, np.float32)
+    if bias is not None:
+        if np.shape(bias) != (n,):
+            raise ValueError(f"bias of shape {np.shape(bias)} is not ({n},)")
+        padded_bias[:n] = bias
+    flat = a.reshape(m, k)
+    zero = 0 if a_zero_point is None else int(a_zero_point)
+    a_zero = np.full(m, zero, np.int32)
+    rows = _row_sums(flat) if packed.zero is not None else np.zeros(m, np.int32)
+    col_term = packed.col_term if zero else packed.zeros
+    b_zero = packed.zero if packed.zero is not None else packed.zeros
+    out = np.empty(a.shape[:-1] + (n,), np.float32)
+    _run_vnni(module.gemm_u8s8_scaled, flat, packed, out.reshape(m, n),
+              (a_zero, rows, col_term, b_zero, col_scale, padded_bias))
+    return out
 
 
 def _gemm_numpy(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray) -> np.ndarray:
@@ -508,10 +537,16 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     rows = _row_sums(a_u8) if packed.zero is not None else np.zeros(m, np.int32)
     col_term = packed.col_term if a_zero is not None else packed.zeros
     b_zero = packed.zero if packed.zero is not None else packed.zeros
-    panels = packed.panels.shape[0]
     kernel = module.gemm_u8s8 if epilogue is None else module.gemm_u8s8_scaled
+    _run_vnni(kernel, a_u8, packed, out, (a_zero_vec, rows, col_term, b_zero) + (epilogue or ()))
+    return out
+
+
+def _run_vnni(kernel, a_u8: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple) -> None:
+    """``kernel`` over all of C, split over the session's pool when the product is large enough."""
+    m, k = a_u8.shape
+    panels = packed.panels.shape[0]
     args = (packed.panels, out)
-    tail = (a_zero_vec, rows, col_term, b_zero) + (epilogue or ())
     pool = current_pool()
     macs = m * k * packed.n
     if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
@@ -520,7 +555,6 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
         pool.run_chunks(lambda r0, r1: kernel(a_u8, *args, r0, r1, 0, panels, *tail), m, macs, _MIN_PARALLEL_MACS)
     else:  # few rows (a decoding step): split the panels
         pool.run_chunks(lambda p0, p1: kernel(a_u8, *args, 0, m, p0, p1, *tail), panels, macs, _MIN_PARALLEL_MACS)
-    return out
 
 
 _ROW_MAJOR, _NO_TRANS, _FIX_OFFSET = 101, 111, 173
