@@ -244,3 +244,26 @@ def test_scaled_product_has_numpys_roundings_on_every_route(route):
                 expected += bias
             assert result.dtype == np.float32
             np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("m", [256, 3], ids=["rows_split", "panels_split"])
+def test_products_split_over_the_session_pool_are_exact(m):
+    """A session with two intra-op threads splits large products by rows, or by panels when M is small."""
+    import onyxrt
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = 1024, 2048 if m < 8 else 256
+    w = _random(np.int8, (k, n))
+    w_zero = _random(np.int8, (n,))
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w", "az", "wz"], ["y"])], "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(9, np.uint8), "az"),
+         numpy_helper.from_array(w_zero, "wz")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = onyxrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onyxrt.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    a = _random(np.uint8, (m, k))
+    np.testing.assert_array_equal(session.run(None, {"a": a})[0], _reference(a, w, np.uint8(9), w_zero))
