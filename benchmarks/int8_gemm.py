@@ -7,7 +7,8 @@ against numpy's float32 GEMM (OpenBLAS sgemm) of the same shape.
 Each route multiplies a uint8 A (with a zero point) by a prepacked int8 B; GOPS counts
 2*M*K*N operations per product. BLAS is limited to one thread (threadpoolctl) and no session pool
 is active, so every number is one core's. Shapes: minilm_l6's projections at seq 128, a decode
-step (M = 1), and a resnet50-like im2col GEMM.
+step (M = 1), and a resnet50-like im2col GEMM. Writing ``--out`` keeps the existing file's notes
+(from ``## Why `vnni` is the default here`` on) below the new table.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def main() -> int:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
         f"({cpu_model_name()}); load average {os.getloadavg()[0]:.2f} (other jobs shared the machine).",
     ]
+    notes_heading = "## Why `vnni` is the default here"
+    if args.out and Path(args.out).exists() and notes_heading in Path(args.out).read_text():
+        lines += ["", notes_heading + Path(args.out).read_text().split(notes_heading, 1)[1].rstrip("\n")]
     table = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(table)
