@@ -71,8 +71,17 @@ _MKL = _Lazy()
 
 
 def _numba_targets_host() -> bool:
-    """numba compiles for this CPU (not a CPU named by NUMBA_CPU_NAME, which may lack VNNI)."""
-    return not os.environ.get("NUMBA_CPU_NAME") and not os.environ.get("NUMBA_CPU_FEATURES")
+    """numba compiles for this CPU (not one named by NUMBA_CPU_NAME) and LLVM sees VNNI on it too: an
+    instruction LLVM cannot select for the target aborts the process rather than raising."""
+    if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
+        return False
+    try:
+        from llvmlite import binding
+
+        features = binding.get_host_cpu_features()
+    except (ImportError, RuntimeError):
+        return False
+    return bool(features.get("avx512f") and features.get("avx512vnni"))
 
 
 def _vnni_module():
