@@ -4,9 +4,9 @@
 
 A and B are each uint8 or int8 (any of the four pairs); zero points are per tensor, per row of A
 and per column of B. The result is computed modulo 2**32, which is the exact value whenever it
-fits int32: always when K <= 33025 (every factor is within [-255, 255]), and for onnxruntime's
-quantizers (uint8 activations, int8 weights) up to far larger K in practice. Every route gives
-bit-identical results.
+fits int32: always when K <= 33025 (every factor is within [-255, 255]); K <= 65793 when B's
+factors are within [-128, 128] (int8 weights with zero point 0, as onnxruntime's quantizers write
+them). Every route gives bit-identical results.
 
 Routes, chosen once per process by what is installed and what the CPU reports
 (``framework.cpu_features``), overridable with ``ONYXRT_INT8_GEMM=vnni|mkl|numpy``:
@@ -14,7 +14,7 @@ Routes, chosen once per process by what is installed and what the CPU reports
 * ``vnni``: numba with an AVX-512 VNNI micro-kernel (``int8_gemm_vnni``), B packed once into
   32-column panels. Needs numba (the ``fast`` extra) and ``avx512f`` + ``avx512_vnni``.
 * ``mkl``: oneMKL's ``cblas_gemm_s8u8s32`` through ctypes (the ``mkl`` extra). On the AMD
-  machine measured it is 10x slower than ``vnni`` and 3x slower than ``numpy`` (MKL takes a
+  machine measured it is 10-30x slower than ``vnni`` and slower than ``numpy`` too (MKL takes a
   generic path on non-Intel CPUs), so it is chosen automatically first on CPUs with AMX-INT8
   (where MKL uses the tile unit) and after ``vnni`` on other Intel CPUs only.
 * ``numpy``: float32 BLAS on the integer values, K split into chunks short enough that every
