@@ -479,3 +479,15 @@ def test_generator_copies_presents_a_kernel_concatenated_into_its_buffers():
     assert generator.last_stats.cache == "buffers" and generator.last_stats.cache_reloads == 2 * 10
     plain = Generator(ort.InferenceSession(model, providers=["CPUExecutionProvider"]))
     np.testing.assert_array_equal(plain.generate(ids, max_new_tokens=10), got)
+
+
+def test_contiguous_cache_views_are_never_recycled_by_the_session():
+    """Batch 1 with one key/value head: the valid view of a buffer is C-contiguous, as the session's own
+    buffers are; the buffer planner must still never reuse or overwrite it (the tokens would change)."""
+    model = _concat_decoder()
+    ids = np.array([[11, 3, 27, 8, 19]], np.int64)
+    generator = Generator(model)
+    got = generator.generate(ids, max_new_tokens=40)
+    assert generator.last_stats.cache == "buffers" and generator.last_stats.cache_reloads == 0
+    plain = Generator(ort.InferenceSession(model, providers=["CPUExecutionProvider"]))
+    np.testing.assert_array_equal(plain.generate(ids, max_new_tokens=40), got)
