@@ -11,6 +11,7 @@ from .dynamic import quantize_dynamic
 from .errors import QuantizationError
 from .float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_bfloat16, convert_float_to_float16
 from .mixed_precision import auto_convert_mixed_precision
+from .preprocess import quant_pre_process
 from .quant_types import CalibrationMethod, QuantFormat, QuantType
 from .report import QuantizationReport
 from .static import quantize_static
@@ -32,6 +33,7 @@ __all__ = [
     "QuantType",
     "QuantizationError",
     "QuantizationReport",
+    "quant_pre_process",
     "quantize_dynamic",
     "quantize_static",
     "quantize_weight_only",

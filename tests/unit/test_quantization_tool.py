@@ -639,7 +639,7 @@ def test_static_qoperator_dequantizes_values_a_subgraph_reads(tmp_path):
         assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
 
 
-@pytest.mark.parametrize("name", ["quantize_dynamic", "quantize_static", "quantize"])
+@pytest.mark.parametrize("name", ["quantize_dynamic", "quantize_static", "quantize", "quant_pre_process"])
 def test_functions_take_onnxruntimes_parameters_in_its_order(name):
     import inspect
 
@@ -679,3 +679,23 @@ def test_quantize_with_config_objects(tmp_path):
     assert DynamicQuantConfig().per_channel is True
     with pytest.raises(TypeError, match="StaticQuantConfig or DynamicQuantConfig"):
         quantize(source, tmp_path / "x.onnx", object())
+
+
+def test_quant_pre_process_optimizes_and_marks_the_model(tmp_path):
+    from onnxruntime.quantization.quant_utils import model_has_pre_process_metadata
+
+    from onyxrt.quantization import quant_pre_process
+
+    source = _conv_net(tmp_path / "net.onnx")
+    quant_pre_process(source, tmp_path / "pre.onnx")
+    processed = onnx.load(tmp_path / "pre.onnx")
+    assert model_has_pre_process_metadata(processed)
+    assert {info.name for info in processed.graph.value_info} >= {"c", "s", "p"}  # shapes inferred
+    feeds = _conv_samples(1)[0]
+    expected = ort.InferenceSession(source).run(None, feeds)[0]
+    reference, ours = _both(tmp_path / "pre.onnx", feeds)
+    np.testing.assert_allclose(reference, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    quantize_static(tmp_path / "pre.onnx", tmp_path / "q.onnx", ArrayDataReader(_conv_samples()))
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        quant_pre_process(tmp_path / "missing.onnx", tmp_path / "x.onnx")
