@@ -37,6 +37,20 @@ def test_small_rows_matmul_writes_into_out_and_propagates_nan_inf():
         np.testing.assert_array_equal(out, np.matmul(a, b))
 
 
+@numba_available
+def test_small_rows_matmul_declines_an_out_overlapping_its_operands():
+    buffer = rng.standard_normal((1, 16), dtype=np.float32)
+    a = buffer[:, :8]
+    b = rng.standard_normal((8, 8), dtype=np.float32)
+    expected = a @ b
+    assert gemm.small_rows_matmul(np.ascontiguousarray(a), b, out=buffer[:, 8:]) is not None  # disjoint: fine
+    np.testing.assert_allclose(buffer[:, 8:], expected, rtol=1e-5)
+    whole = rng.standard_normal((1, 8), dtype=np.float32)
+    expected = whole @ b
+    assert gemm.small_rows_matmul(whole, b, out=whole) is None
+    np.testing.assert_allclose(gemm.matmul(whole, b, out=whole), expected, rtol=1e-5)  # numpy's path handles it
+
+
 @pytest.mark.parametrize("a,b", [
     (np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)),  # too many rows
     (np.ones((1, 4), np.float64), np.ones((4, 5), np.float64)),  # not float32

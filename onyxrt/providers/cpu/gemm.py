@@ -53,8 +53,9 @@ def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = Non
             or b.size == 0 or not a.flags.c_contiguous or not b.flags.c_contiguous):
         return None
     if out is not None and (out.dtype != _F32 or not out.flags.c_contiguous or not out.flags.writeable
-                            or out.shape != (a.shape[0], b.shape[1])):
-        return None
+                            or out.shape != (a.shape[0], b.shape[1])
+                            or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+        return None  # (the kernel clears ``out`` before it reads the operands: np.matmul copies instead)
     kernel = _SMALL_ROWS.compiled_for("f32", _PROBE, _PROBE, _PROBE_OUT)
     if kernel is None:
         return None
