@@ -8,6 +8,10 @@ product), or by columns of the right operand when there are too few rows (a deco
 Measured on 2 cores: as fast as OpenBLAS's threads for large row splits (convolutions, encoder
 layers), slower for GEMVs (a 512x1408 GEMV from memory: 230 us against 130 us) and small GEMMs.
 Other sessions call ``np.matmul`` as it is, on BLAS's threads.
+
+In every session, a product of one or two float32 rows by a matrix of at most
+``GEMV_MAX_ELEMENTS`` (a decoding step's projections) runs on the calling thread in the
+compiled loop of ``jit_gemv`` when numba is usable (:func:`small_rows_matmul`).
 """
 
 from __future__ import annotations
