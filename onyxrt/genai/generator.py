@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from . import sampling
-from .kv_cache import GrowingCache, PlainCache, SharedBufferCache, shares_buffers
+from .kv_cache import GrowingCache, PlainCache, SharedBufferCache, genai_config_shares_buffers, shares_buffers
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -188,8 +188,9 @@ class Generator:
 
     ``past_present_share_buffer``: bind each present to its past's ``(batch, kv_heads, max_length,
     head_size)`` buffer (onnxruntime's GroupQueryAttention buffer sharing, as onnxruntime-genai
-    does); None (default) turns it on when the declared past and present shapes share their
-    sequence dim. ``max_length`` caps prompt + new tokens (and sizes those buffers; without it they
+    does); None (default) takes ``search.past_present_share_buffer`` from a ``genai_config.json``
+    beside the model file (onnxruntime-genai's), else turns it on when the declared past and
+    present shapes share their sequence dim. ``max_length`` caps prompt + new tokens (and sizes those buffers; without it they
     hold each generation's prompt + ``max_new_tokens``). Otherwise an onyxrt session appends to
     buffers with spare room in place, and any other session gets its presents back as pasts.
     """
@@ -207,6 +208,8 @@ class Generator:
             raise TypeError(f"model must be a path, bytes or an InferenceSession, got {type(model).__name__}")
         self.layout = _layout(self.session)
         self.max_length = _check_int("max_length", max_length, 1, optional=True)
+        if past_present_share_buffer is None and isinstance(model, (str, os.PathLike)):
+            past_present_share_buffer = genai_config_shares_buffers(model)
         if past_present_share_buffer is None:
             past_present_share_buffer = shares_buffers(self.session, self.layout)
         elif not isinstance(past_present_share_buffer, (bool, np.bool_)):

@@ -17,6 +17,8 @@ Three ways, chosen by :func:`choose_cache`:
 
 from __future__ import annotations
 
+import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -116,3 +118,21 @@ def shares_buffers(session: Any, layout: CacheLayout) -> bool:
         if len(present_shape) != 4 or past_dim is None or present_shape[2] != past_dim:
             return False
     return True
+
+
+def genai_config_shares_buffers(model_path: str | os.PathLike) -> bool | None:
+    """onnxruntime-genai's setting for a model file: ``search.past_present_share_buffer`` of the
+    ``genai_config.json`` beside it; None without such a file or setting."""
+    config = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))), "genai_config.json")
+    if not os.path.isfile(config):
+        return None
+    try:
+        with open(config, encoding="utf-8") as file:
+            data = json.load(file)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{config}: cannot read it as JSON ({exc})") from None
+    search = data.get("search") if isinstance(data, dict) else None
+    value = search.get("past_present_share_buffer") if isinstance(search, dict) else None
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"{config}: search.past_present_share_buffer must be true or false, got {value!r}")
+    return value

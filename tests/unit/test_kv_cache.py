@@ -491,3 +491,21 @@ def test_contiguous_cache_views_are_never_recycled_by_the_session():
     assert generator.last_stats.cache == "buffers" and generator.last_stats.cache_reloads == 0
     plain = Generator(ort.InferenceSession(model, providers=["CPUExecutionProvider"]))
     np.testing.assert_array_equal(plain.generate(ids, max_new_tokens=40), got)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_genai_config_beside_the_model_says_whether_buffers_are_shared(tmp_path, share):
+    """onnxruntime-genai's genai_config.json (search.past_present_share_buffer) decides for a model whose
+    declared shapes do not (past_sequence_length vs total_sequence_length, as its builder writes them)."""
+    path = tmp_path / "model.onnx"
+    onnx.save(_gqa_decoder(False), path)
+    (tmp_path / "genai_config.json").write_text(
+        f'{{"search": {{"past_present_share_buffer": {str(share).lower()}, "max_length": 64}}}}')
+    generator = Generator(str(path))
+    assert generator.past_present_share_buffer is share
+    want = _onnxruntime_shared_loop(str(path), PROMPT, 8, 5 + 8)
+    np.testing.assert_array_equal(generator.generate(PROMPT, max_new_tokens=8), want)
+    assert generator.last_stats.cache == ("shared" if share else "buffers")
+    (tmp_path / "genai_config.json").write_text('{"search": {"past_present_share_buffer": "yes"}}')
+    with pytest.raises(ValueError, match="past_present_share_buffer must be true or false"):
+        Generator(str(path))
