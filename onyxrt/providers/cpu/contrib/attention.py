@@ -37,10 +37,10 @@ from ....errors import NodeInputError, NodeInputTypeError
 from ....framework import kv_cache
 
 _F32 = np.dtype(np.float32)
-# query rows per key/value head up to which scores are computed as keys @ queries^T (see _attend)
-_FEW_QUERY_ROWS = 16
 _F64 = np.dtype(np.float64)
 _LOWEST = np.finfo(np.float32).min
+# query rows per key/value head up to which scores are computed as keys @ queries^T (see _attend)
+_FEW_QUERY_ROWS = 16
 
 
 def _ct(*arrays) -> np.dtype:
