@@ -209,11 +209,11 @@ def test_group_query_attention_appends_to_cache_views_and_equals_onnxruntime():
     mine = onyxrt.InferenceSession(model, providers=["CPUExecutionProvider"])
     theirs = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(6)
-    keys, values = (CacheBuffer((2, KV_HEADS, 0, HEAD), np.float32, 12) for _ in range(2))
+    keys, values = (CacheBuffer((2, KV_HEADS, 0, HEAD), np.float32, 32) for _ in range(2))
     past = {"past_key": keys.view(), "past_value": values.view()}
     plain = {name: np.zeros((2, KV_HEADS, 0, HEAD), np.float32) for name in past}
     length = 0
-    for rows in (6, 1, 1, 1):
+    for rows in (20, 1, 1, 1):  # decode steps over more keys than query rows: scores as keys @ queries^T
         step = _gqa_step(rng, 2, rows, length)
         out, present_key, present_value = mine.run(None, {**step, **past})
         want = theirs.run(None, {**step, **plain})
