@@ -12,7 +12,7 @@ How: a finder at the front of ``sys.meta_path`` answers every import of ``onnxru
 ``onnxruntime.X.Y`` with the module object of ``onyxrt`` or ``onyxrt.X.Y`` (imported once, under
 its own name), so both names give the same objects and ``except NoSuchFile`` written against
 onnxruntime catches onyxrt's errors. ``onnxruntime.X`` with no ``onyxrt.X`` (onnxruntime's
-``quantization``, ``transformers``, ``tools``, ``training`` ...) raises ``ModuleNotFoundError``
+``transformers``, ``tools``, ``training`` ...) raises ``ModuleNotFoundError``
 naming the module, also from ``importlib.util.find_spec``.
 
 The swap must come before anything imports the real onnxruntime: once a real onnxruntime module
@@ -84,7 +84,7 @@ class _OnnxruntimeAliasFinder(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(
                 f"No module named {fullname!r}: 'onnxruntime' is onyxrt in this process "
                 f"(onyxrt.install_as_onnxruntime()), and onyxrt has no {target_name!r}; onyxrt provides "
-                "onnxruntime's inference API, not its quantization, transformers, tools or training packages",
+                "onnxruntime's inference API and quantization tools, not its transformers, tools or training packages",
                 name=fullname,
             )
         return importlib.machinery.ModuleSpec(

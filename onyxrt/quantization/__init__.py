@@ -5,6 +5,10 @@
 here run in onnxruntime and in onyxrt.
 """
 
+# onnxruntime's submodule paths (``from onnxruntime.quantization.calibrate import ...``); its
+# ``quantization.quantize`` module is left out: under the drop-in alias, importing it would replace
+# the package's ``quantize`` function with the module
+from . import calibrate, matmul_nbits_quantizer, quant_utils, shape_inference  # noqa: F401
 from .calibration import CalibrationDataReader
 from .config import DynamicQuantConfig, QuantConfig, StaticQuantConfig, quantize
 from .dynamic import quantize_dynamic

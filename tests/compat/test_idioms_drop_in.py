@@ -197,7 +197,7 @@ def test_install_after_real_onnxruntime_was_imported_raises():
 
 
 @pytest.mark.parametrize(
-    "module", ["onnxruntime.quantization", "onnxruntime.transformers", "onnxruntime.tools", "onnxruntime.training"]
+    "module", ["onnxruntime.transformers", "onnxruntime.tools", "onnxruntime.training"]
 )
 def test_onnxruntime_packages_onyxrt_lacks_fail_with_a_named_module_not_found(module):
     result = run_code(
@@ -216,6 +216,29 @@ def test_onnxruntime_packages_onyxrt_lacks_fail_with_a_named_module_not_found(mo
     name, message = result
     assert name == module
     assert message.startswith(f"No module named {module!r}") and "install_as_onnxruntime" in message
+
+
+
+def test_onnxruntime_quantization_is_onyxrts_with_onnxruntimes_submodule_paths():
+    result = run_code(
+        """
+        import json
+        import onyxrt.quantization
+        from onnxruntime.quantization import QuantType, quantize, quantize_dynamic
+        from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        from onnxruntime.quantization.quant_utils import QuantFormat
+        from onnxruntime.quantization import quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+        import onnxruntime.quantization as package
+        names = [QuantType, quantize, quantize_dynamic, CalibrationDataReader, CalibrationMethod,
+                 MatMulNBitsQuantizer, QuantFormat, quantize_static, quant_pre_process]
+        print(json.dumps([package is onyxrt.quantization, callable(package.quantize),
+                          all(getattr(onyxrt.quantization, n.__name__) is n for n in names)]))
+        """,
+        alias=True,
+    )
+    assert result == [True, True, True]
 
 
 SCRIPT = """
