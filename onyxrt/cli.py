@@ -1,4 +1,4 @@
-"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL``, ``generate MODEL`` and ``quantize MODEL OUT``."""
+"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL``, ``generate MODEL``, ``quantize MODEL OUT`` and ``convert MODEL OUT``."""
 
 from __future__ import annotations
 
