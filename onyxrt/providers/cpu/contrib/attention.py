@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from .. import row_kernels
+from ..gemm import MIN_PARALLEL_MACS
 from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
 from ..nn import attention_tiled
@@ -212,6 +213,71 @@ def _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap
         q, k, v, q_scale=scale, adjust=adjust, visible=visible if needs_visible and S else None,
         fill=float(_LOWEST), empty_rows="uniform", sink=sink, skip_hidden_blocks=far_above_lowest,
     )
+
+
+def _visible_ranges(P_b: list, T_b: list, S: int, T: int, causal: bool, window: int) -> list | None:
+    """Per batch entry, per query row, the [lo, hi) keys it sees (GroupQueryAttention's rule, which
+    always leaves a contiguous range), or None when every row sees all T keys."""
+    ranges, every = [], True
+    for p, limit in zip(P_b, T_b):
+        rows = []
+        for s in range(S):
+            if not causal:
+                lo, hi = 0, limit
+            else:
+                pos = p + s
+                # keys up to the row's position within the sequence; a right-padding row of a first
+                # prompt (pos >= limit) sees the whole sequence, and at least key 0
+                hi = pos + 1 if pos < limit else max(min(pos + 1, max(limit, 1)), limit)
+                lo = max(0, pos - window + 1) if window > 0 else 0
+            hi = min(hi, T)
+            every = every and lo <= 0 and hi >= T
+            rows.append((lo, hi))
+        ranges.append(rows)
+    return None if every else ranges
+
+
+def _attend_few_rows(q, k, v, scale: float, ranges, attention_bias, softcap: float, sink):
+    """:func:`_attend` for a few query rows per key/value head (decoding), without its general
+    masks: ``ranges`` (from :func:`_visible_ranges`) says which keys each row sees.
+
+    Query heads sharing a key/value head are one matrix of rows, so K/V are never repeated;
+    the scores are keys @ rows^T, reading the keys (a cache view) where they lie.
+    """
+    B, N, S, H = q.shape
+    Nk, T = k.shape[1], k.shape[2]
+    g = N // Nk
+    c = q.dtype.type
+    rows = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
+    np.multiply(q, c(scale), out=rows)
+    rows = rows.reshape(B, Nk, g * S, H)
+    small = B * Nk * T * g * S * H < MIN_PARALLEL_MACS  # too small for the pool to split
+    product = np.matmul if small else pool_matmul
+    if k.strides[-1] == k.itemsize:
+        scores = np.ascontiguousarray(product(k, rows.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2))
+    else:
+        scores = product(rows, k.transpose(0, 1, 3, 2))
+    sc = scores.reshape(B, N, S, T)
+    if softcap > 0:
+        sc /= c(softcap)
+        np.tanh(sc, out=sc)
+        sc *= c(softcap)
+    if attention_bias is not None:
+        sc += attention_bias
+    if ranges is not None:
+        lowest = c(_LOWEST)
+        for b, row_ranges in enumerate(ranges):
+            for s, (lo, hi) in enumerate(row_ranges):
+                if hi <= lo:
+                    sc[b, :, s, :] = lowest
+                    continue
+                if lo > 0:
+                    sc[b, :, s, :lo] = lowest
+                if hi < T:
+                    sc[b, :, s, hi:] = lowest
+    _softmax_rows(sc, sink)
+    out = product(scores, v)  # (B, Nk, g*S, Hv)
+    return out.reshape(B, N, S, v.shape[-1])
 
 
 def _scale(scale, head_size: int) -> float:
@@ -603,13 +669,14 @@ def _grown_cache(past_key, past_value, k, v, P_b, W_b, present_k, present_v):
     """Fill (B, Nkv, t_buf, H) caches: per batch entry b its P_b[b] valid past rows, then its
     W_b[b] new rows, then zeros; each row is written once."""
     B = k.shape[0]
-    if B and (P_b == P_b[0]).all() and (W_b == W_b[0]).all():  # every row alike: whole-batch copies
+    if B and len(set(P_b)) == 1 and len(set(W_b)) == 1:  # every row alike: whole-batch copies
         p, w = int(P_b[0]), int(W_b[0])
         for present, past, new in ((present_k, past_key, k), (present_v, past_value, v)):
             if p:
                 present[:, :, :p] = past[:, :, :p]
             present[:, :, p : p + w] = new[:, :, :w]
-            present[:, :, p + w :] = 0
+            if p + w < present.shape[2]:
+                present[:, :, p + w :] = 0
         return present_k, present_v
     for b in range(B):
         p, w = int(P_b[b]), int(W_b[b])
@@ -629,7 +696,7 @@ def _append_to_cache_buffers(past_key, past_value, k, v, P_b, W_b, t_buf, dtype)
         return None
     past_len, S = past_key.shape[2], k.shape[2]
     # (lists: numpy comparisons of a few values cost more than the append itself)
-    if t_buf != past_len + S or any(p != past_len for p in P_b.tolist()) or any(w != S for w in W_b.tolist()):
+    if t_buf != past_len + S or any(p != past_len for p in P_b) or any(w != S for w in W_b):
         return None
     k, v = k.astype(dtype, copy=False), v.astype(dtype, copy=False)
     present_k = kv_cache.append_in_place(past_key, k, 2)
@@ -724,29 +791,30 @@ def group_query_attention(
         q = _rms_heads(q, q_norm_weight, qk_norm_epsilon if q_norm_epsilon is None else q_norm_epsilon)
         k = _rms_heads(k, k_norm_weight, qk_norm_epsilon if k_norm_epsilon is None else k_norm_epsilon)
 
-    seqlens = np.asarray(seqlens_k).reshape(-1).astype(np.int64)
+    # per-batch bookkeeping in Python ints: a decoding step's few values cost more as numpy arrays
+    seqlens = np.asarray(seqlens_k).reshape(-1)
     if seqlens.shape[0] != B:
         raise NodeInputError(f"GroupQueryAttention: seqlens_k must have {B} values, got {seqlens.shape}")
     total = int(np.asarray(total_sequence_length).reshape(-1)[0])
-    T_b = seqlens + 1
+    T_b = [int(n) + 1 for n in seqlens.tolist()]
     has_past = past_key is not None and past_key.size > 0
     past_len = past_key.shape[2] if past_key is not None else 0
     first_prompt = False
     if query_seqlens is not None:
-        Q_b = np.asarray(query_seqlens).reshape(-1).astype(np.int64)
-        if Q_b.shape[0] != B or np.any(Q_b < 0) or np.any(Q_b > np.minimum(S, T_b)):
+        Q_b = [int(n) for n in np.asarray(query_seqlens).reshape(-1).tolist()]
+        if len(Q_b) != B or any(n < 0 or n > min(S, t) for n, t in zip(Q_b, T_b)):
             raise NodeInputError("GroupQueryAttention: query_seqlens out of range")
-        P_b = T_b - Q_b
+        P_b = [t - n for t, n in zip(T_b, Q_b)]
         W_b = Q_b  # rows written to the cache
     elif S == total:
         # first prompt (possibly right padded): every row is written, positions start at 0
-        P_b = np.zeros(B, np.int64)
-        W_b = np.full(B, S, np.int64)
+        P_b = [0] * B
+        W_b = [S] * B
         first_prompt = True
     else:
-        P_b = T_b - S
-        W_b = np.full(B, S, np.int64)
-        if np.any(P_b < 0):
+        P_b = [t - S for t in T_b]
+        W_b = [S] * B
+        if any(p < 0 for p in P_b):
             raise NodeInputError("GroupQueryAttention: seqlens_k is smaller than the new sequence")
 
     # rotary embedding of the new query / key rows
@@ -761,7 +829,7 @@ def group_query_attention(
             pid = np.asarray(position_ids).astype(np.int64).reshape(-1, S)
             positions = np.broadcast_to(pid, (B, S))
         else:
-            positions = P_b[:, None] + np.arange(S)[None, :]
+            positions = np.asarray(P_b, np.int64).reshape(B, 1) + np.arange(S)[None, :]
         positions = np.minimum(positions, cos_cache.shape[0] - 1) if query_seqlens is not None else positions
         cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
         sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
@@ -771,12 +839,12 @@ def group_query_attention(
         k = _rotate(k, cos, sin, bool(rotary_interleaved))
 
     # present = the valid past rows + the new rows, in a (B, Nkv, max(total, past buffer), H) buffer
-    t_buf = max(total, past_len, int((P_b + W_b).max()) if B else 0)
+    t_buf = max(total, past_len, max(p + w for p, w in zip(P_b, W_b)) if B else 0)
     if has_past and (past_value is None or past_key.shape[0] != B or past_key.shape[1] != Nkv
                      or past_value.shape[:3] != past_key.shape[:3]):
         raise NodeInputError(f"GroupQueryAttention: past_key of shape {past_key.shape} does not match ({B}, {Nkv}, *, {H})")
-    if B and P_b.max() > (past_len if has_past else 0):
-        b = int(np.argmax(P_b > (past_len if has_past else 0)))
+    if B and max(P_b) > (past_len if has_past else 0):
+        b = next(i for i, p in enumerate(P_b) if p > (past_len if has_past else 0))
         raise NodeInputError(f"GroupQueryAttention: batch {b} needs {P_b[b]} cached tokens, the past holds {past_len}")
     shapes = ((B, Nkv, t_buf, H), (B, Nkv, t_buf, Hv))
     appended = _append_to_cache_buffers(past_key, past_value, k, v, P_b, W_b, t_buf, query.dtype) \
@@ -797,7 +865,7 @@ def group_query_attention(
                                                 k, v, P_b, W_b, present_k, present_v)
 
     # which keys each query row sees
-    T = min(max(total, int((P_b + W_b).max()) if B else 0), t_buf)
+    T = min(max(total, max(p + w for p, w in zip(P_b, W_b)) if B else 0), t_buf)
     window = int(local_window_size) if local_window_size is not None else -1
     if not causal and window > 0:
         raise NodeInputError("GroupQueryAttention: local_window_size needs causal=1")
@@ -805,10 +873,10 @@ def group_query_attention(
     def allowed_block(s0: int, s1: int, t0: int, t1: int) -> np.ndarray:
         """(B, 1, s1-s0, t1-t0): whether query row s sees key j (only this block is built)."""
         j = np.arange(t0, t1)[None, None, :]
-        limit = T_b[:, None, None]
+        limit = np.asarray(T_b, np.int64).reshape(B, 1, 1)
         if not causal:  # without a causal mask only keys past a row's sequence length are hidden
             return np.broadcast_to(j < limit, (B, s1 - s0, t1 - t0))[:, None]
-        pos = (P_b[:, None] + np.arange(s0, s1)[None, :])[:, :, None]  # (B, rows, 1)
+        pos = (np.asarray(P_b, np.int64).reshape(B, 1) + np.arange(s0, s1)[None, :])[:, :, None]  # (B, rows, 1)
         shown = (j <= pos) & (j < np.maximum(limit, 1))
         shown |= (j < limit) & (pos >= limit)  # right-padding rows of a first prompt see the whole sequence
         if window > 0:
@@ -816,7 +884,7 @@ def group_query_attention(
         return shown[:, None]
 
     # None: every key seen (decided without building the mask where that is cheap to tell)
-    every_key_seen = not B or (not causal and T_b.min() >= T)
+    every_key_seen = not B or (not causal and min(T_b) >= T)
 
     ab = _f(attention_bias, ct)
     if ab is not None:
@@ -828,17 +896,25 @@ def group_query_attention(
         sink = head_sink.astype(ct, copy=False).reshape(1, N, 1, 1)
     elif smooth_softmax is not None and int(smooth_softmax) > 0:
         sink = np.zeros((1, 1, 1, 1), ct)
-    out, qk = _attend(
-        q,
-        present_k[:, :, :T].astype(ct, copy=False),
-        present_v[:, :, :T].astype(ct, copy=False),
-        _scale(scale, H),
-        attention_bias=ab,
-        softcap=float(softcap or 0.0),
-        allowed_block=None if every_key_seen else allowed_block,
-        sink=sink,
-        qk_stage=int(qk_output) if _num_outputs > 3 else 0,
-    )
+    keys, values = present_k[:, :, :T].astype(ct, copy=False), present_v[:, :, :T].astype(ct, copy=False)
+    qk_stage = int(qk_output) if _num_outputs > 3 else 0
+    if (not qk_stage and (N // Nkv) * S <= _FEW_QUERY_ROWS
+            and not attention_tiled.use_tiled(B, N, S, T, q.dtype.itemsize)):
+        # decoding: a few query rows, whose visible keys are ranges (no boolean masks built)
+        ranges = None if every_key_seen else _visible_ranges(P_b, T_b, S, T, bool(causal), window)
+        out, qk = _attend_few_rows(q, keys, values, _scale(scale, H), ranges, ab, float(softcap or 0.0), sink), None
+    else:
+        out, qk = _attend(
+            q,
+            keys,
+            values,
+            _scale(scale, H),
+            attention_bias=ab,
+            softcap=float(softcap or 0.0),
+            allowed_block=None if every_key_seen else allowed_block,
+            sink=sink,
+            qk_stage=qk_stage,
+        )
     y = _merge_heads(out).astype(query.dtype, copy=False)
     result = [y]
     if _num_outputs > 1:
