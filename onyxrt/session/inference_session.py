@@ -160,6 +160,33 @@ def _write_profile(prefix: str, events: list[dict[str, Any]], lock: threading.Lo
     return path
 
 
+
+class _FedArrays:
+    """The numpy arrays of a run's feed, for asking whether an output shares memory with one.
+
+    Two arrays that each own their data never overlap, so an output owning its data (a kernel's
+    fresh result, the common case) is compared only with the fed views, not with every input.
+    """
+
+    __slots__ = ("arrays", "ids", "views")
+
+    def __init__(self, input_feed: dict[str, Any]) -> None:
+        self.arrays = [v for v in input_feed.values() if isinstance(v, np.ndarray)]
+        self.ids = {id(v) for v in self.arrays}
+        self.views = [v for v in self.arrays if not v.flags.owndata]
+
+    def may_share_memory(self, value: np.ndarray) -> bool:
+        if value.flags.owndata:
+            if id(value) in self.ids:
+                return True
+            candidates = self.views
+        else:
+            candidates = self.arrays
+        for fed in candidates:
+            if np.may_share_memory(value, fed):
+                return True
+        return False
+
 class InferenceSession(SessionApiMixin):
     """Loads a model once and runs it; the same constructor and methods as ``onnxruntime.InferenceSession``."""
 
@@ -385,7 +412,8 @@ class InferenceSession(SessionApiMixin):
             raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)
         outputs = self._execute(self._prepare_inputs(input_feed), run_options=run_options)
-        return [self._finish_output(outputs[i], input_feed) for i in wanted]
+        fed = _FedArrays(input_feed)
+        return [self._finish_output(outputs[i], fed) for i in wanted]
 
     def _execute(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None = None,
                  run_options: RunOptions | None = None) -> list[Any]:
@@ -464,7 +492,8 @@ class InferenceSession(SessionApiMixin):
             all_targets[position] = target
         outputs = self._execute(self._prepare_inputs(input_feed), all_targets, run_options)
         # an output written into the caller's buffer is that buffer (a past bound as its present too)
-        return [outputs[i] if target.buffer is not None else self._finish_output(outputs[i], input_feed)
+        fed = _FedArrays(input_feed)
+        return [outputs[i] if target.buffer is not None else self._finish_output(outputs[i], fed)
                 for i, target in zip(wanted, targets)]
 
     def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
@@ -491,21 +520,19 @@ class InferenceSession(SessionApiMixin):
         return inputs
 
     @staticmethod
-    def _finish_output(value: Any, input_feed: dict[str, Any]) -> Any:
+    def _finish_output(value: Any, fed: _FedArrays) -> Any:
         """Outputs are fresh, writable arrays: never views of weights or of the caller's inputs --
         except a present key/value appended in place to a ``framework.kv_cache`` buffer the caller handed over."""
         if isinstance(value, np.ndarray):
             if kv_cache.owner_of(value) is not None:
                 return value
-            if not value.flags.writeable or any(
-                isinstance(v, np.ndarray) and np.may_share_memory(value, v) for v in input_feed.values()
-            ):
+            if not value.flags.writeable or fed.may_share_memory(value):
                 return value.copy()
             return value
         if isinstance(value, np.generic):
             return np.asarray(value)
         if isinstance(value, list):  # a sequence: its tensors may be weights or inputs too
-            return [InferenceSession._finish_output(item, input_feed) for item in value]
+            return [InferenceSession._finish_output(item, fed) for item in value]
         return value
 
     # ------------------------------------------------------------------ profiling
