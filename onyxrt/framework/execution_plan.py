@@ -172,6 +172,7 @@ class ExecutionPlan:
              profile: list | None = None) -> None:
         produced, release = arena.produced, arena.release
         small, min_bytes = self._small_outputs, arena.min_bytes
+        ndarray = np.ndarray
         clock = time.perf_counter_ns
         index = start = 0
         try:
@@ -201,21 +202,29 @@ class ExecutionPlan:
                     duration = clock() - start
                     outputs_seen = [_tensor_type_shape(value) for value in (result if multi else (result,))]
                     profile.append(ProfiledStep(self.nodes[index], index, start, duration, inputs_seen, outputs_seen))
+                # (the arena tracks only arrays of min_bytes or more: the test is inlined, as most
+                # values of a small model or decoding step are below it)
                 if multi:
                     for slot, value in zip(outs, result):
                         values[slot] = value
-                        produced(value)
+                        if type(value) is ndarray and value.nbytes >= min_bytes:
+                            produced(value)
                     value = None
                 else:
                     values[outs[0]] = result
-                    produced(result)
+                    if type(result) is ndarray and result.nbytes >= min_bytes:
+                        produced(result)
                 result = None  # no reference of the loop's own may keep a buffer from the pool
                 if arena.donated:  # a donation the kernel did not take
                     arena.donated.clear()
                 if handover and index in handover:
                     self._deliver_after(index, values, handover, targets, delivered)
                 for slot in frees:
-                    release(values, slot)
+                    # no local reference to the value: release() tells shared buffers by their reference count
+                    if type(values[slot]) is ndarray and values[slot].nbytes >= min_bytes:
+                        release(values, slot)
+                    else:
+                        values[slot] = None
                 index += 1
         except OnyxRuntimeError:
             raise
