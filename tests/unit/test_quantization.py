@@ -53,6 +53,14 @@ def test_quantize_uint8_round_half_even_and_saturation():
     np.testing.assert_array_equal(quantize_linear_13(x, s), y)
 
 
+
+def test_quantize_a_0d_input_gives_a_0d_result():
+    """onnxruntime quantizes a scalar tensor; the in-place rounding must not meet a numpy scalar."""
+    y = quantize_linear_19(*_ro(np.array(1.23, np.float32), np.float32(0.1), np.uint8(128)))
+    assert y.shape == () and y.dtype == np.uint8 and int(y) == 140
+    q, scale, zero_point = dynamic_quantize_linear(np.array(2.0, np.float32))
+    assert q.shape == () and int(q) == int(np.rint(2.0 / scale)) + int(zero_point)
+
 def test_quantize_int8_with_zero_point():
     x = np.array([[-1.0, 0.0, 1.0], [2.6, 100.0, -100.0]], np.float32)
     y = quantize_linear_13(x, np.float32(0.5), np.int8(-3))

@@ -126,7 +126,8 @@ def _quantize(x, y_scale, y_zero_point, *, axis, saturate, block_size, output_dt
     else:
         cdt = _F32
     wide = _F64 if cdt == _F64 else _F32
-    q = np.divide(x.astype(cdt, copy=False), scale.astype(cdt, copy=False))
+    # np.asarray: a 0-d division gives a numpy scalar, which the in-place steps below cannot write
+    q = np.asarray(np.divide(x.astype(cdt, copy=False), scale.astype(cdt, copy=False)))
     if q.dtype != wide:
         q = q.astype(wide)
     zp = None
@@ -331,7 +332,7 @@ def dynamic_quantize_to_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, in
         q = np.empty(x.shape, np.uint8)
         kernel(x.reshape(-1), scale, zp, q.reshape(-1))
         return q, scale, int(zp)
-    q = np.divide(x, scale)
+    q = np.asarray(np.divide(x, scale))  # a 0-d division gives a scalar: keep an array to write in place
     np.rint(q, out=q)
     q += zp
     np.clip(q, 0.0, 255.0, out=q)
