@@ -96,6 +96,34 @@ def test_few_rows_path_with_attention_bias_and_head_sink_equals_general_path(mon
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_few_rows_path_with_query_seqlens_equals_general_path(monkeypatch):
+    """Rows past a batch entry's query length (padding of a packed step) follow the same rule on both paths."""
+    rng = np.random.default_rng(5)
+    feeds = _gqa_inputs(rng, 2, 3, 4, 2, 8, [6, 9], 12)
+    feeds["seqlens_k"] = np.array([7, 11], np.int32)  # 2 and 3 new rows after 6 and 9 cached ones
+    feeds["total_sequence_length"] = np.array(12, np.int32)
+    query_seqlens = np.array([2, 3], np.int32)
+    for attributes in ({}, {"local_window_size": 3}):
+        lean = _gqa_call(dict(feeds), num_heads=4, kv_num_heads=2, **attributes)
+        with monkeypatch.context() as patch:
+            _general_path(patch)
+            general = _gqa_call(dict(feeds), num_heads=4, kv_num_heads=2, **attributes)
+        for mine, reference in zip(lean, general):
+            np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+        lean = attention.group_query_attention(*[feeds.get(n) for n in ("query", "key", "value", "past_key", "past_value",
+                                                                         "seqlens_k", "total_sequence_length")],
+                                               query_seqlens=query_seqlens, num_heads=4, kv_num_heads=2,
+                                               _num_outputs=3, **attributes)
+        with monkeypatch.context() as patch:
+            _general_path(patch)
+            general = attention.group_query_attention(
+                *[feeds.get(n) for n in ("query", "key", "value", "past_key", "past_value", "seqlens_k",
+                                         "total_sequence_length")],
+                query_seqlens=query_seqlens, num_heads=4, kv_num_heads=2, _num_outputs=3, **attributes)
+        for mine, reference in zip(lean, general):
+            np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_visible_ranges_equal_the_general_mask():
     """Every row's visible keys are the contiguous range the general boolean rule allows."""
     rng = np.random.default_rng(4)
