@@ -46,9 +46,11 @@ __all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int
 ROUTE_ENV = "ONYXRT_INT8_GEMM"
 ROUTES = ("vnni", "mkl", "numpy")
 _F32_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
-# multiply-adds below which one thread does the product (a hand-off to the pool costs ~15 us,
-# ~5M int8 multiply-adds on the VNNI route)
-_MIN_PARALLEL_MACS = 1 << 22
+# multiply-adds below which one thread does the product. Waking a blocked pool worker and joining
+# it costs ~50-80 us on this 2-core VM, not the ~15 us of a warm hand-off: measured with 2 threads
+# on a quiet machine, 128x384x384 (19M) took 120 us split vs 87 us on one thread, 128x384x1536
+# (75M) 276 vs 352 us; the split pays from ~34M multiply-adds (~150 us of VNNI work)
+_MIN_PARALLEL_MACS = 1 << 25
 
 _U8 = np.dtype(np.uint8)
 _S8 = np.dtype(np.int8)
