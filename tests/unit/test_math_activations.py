@@ -166,6 +166,25 @@ def test_softmax_13_single_axis(axis):
     )
 
 
+
+@pytest.mark.parametrize("buffer", ["fresh", "input_reused", "planner_buffer"])
+def test_softmax_13_last_axis_float32_compiled_path(buffer):
+    """The last-axis float32 path (one compiled pass a row) equals numpy's softmax, -inf rows giving NaN."""
+    x = (np.random.default_rng(1).standard_normal((2, 3, 130 * 24)) * 6).astype(np.float32)  # above ALLOC_MIN_BYTES
+    x[0, 0, :] = -np.inf
+    x[1, 2, 7:] = np.finfo(np.float32).min  # a padding mask's fill value
+    expected = act.softmax_values(x.copy(), 2)
+    feed = x.copy()
+    alloc = {"fresh": None, "input_reused": lambda shape, dtype: feed,
+             "planner_buffer": lambda shape, dtype: np.empty(shape, dtype)}[buffer]
+    out = act.softmax(feed, axis=-1, _alloc=alloc)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    assert (out is feed) == (buffer == "input_reused")
+    if buffer != "input_reused":
+        np.testing.assert_array_equal(feed, x)  # the input is left alone
+    assert np.isnan(out[0, 0]).all()
+    np.testing.assert_allclose(out[~np.isnan(out)], expected[~np.isnan(expected)], rtol=2e-6, atol=1e-8)
+
 def test_softmax_legacy_coerces_to_2d():
     x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
     out = act.softmax_legacy(x, axis=1)  # normalized over the 12 trailing values of each batch row
