@@ -44,8 +44,9 @@ def _prompt(length: int) -> np.ndarray:
     return np.random.default_rng(0).integers(1, 32000, (1, length), dtype=np.int64)
 
 
-def _onnxruntime_generation(session, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], list[float]]:
-    """The plain loop: prefill, then one token per step with the presents fed back; tokens and each step's seconds."""
+def plain_generation_loop(session, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], list[float]]:
+    """The plain loop any runtime's session can run: prefill, then one token per step with the presents fed back
+    as pasts (batch 1, greedy); tokens and each step's seconds. Also used by kv_cache.py."""
     inputs = {arg.name: arg for arg in session.get_inputs()}
     past_names = [name for name in inputs if name.startswith("past_key_values.")]
     heads, head_size = inputs[past_names[0]].shape[1], inputs[past_names[0]].shape[3]
@@ -82,7 +83,7 @@ def worker(runtime: str, model: str, prompt_length: int, new_tokens: int, repeat
         session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
 
         def generate(count: int) -> tuple[list[int], list[float]]:
-            return _onnxruntime_generation(session, prompt, count)
+            return plain_generation_loop(session, prompt, count)
     creation = time.perf_counter() - start
     generate(2)
     runs = [generate(new_tokens) for _ in range(repeat)]

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from report import write_keeping_notes
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -92,13 +94,7 @@ def main() -> int:
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
         f"({cpu_model_name()}); load average {os.getloadavg()[0]:.2f} (other jobs shared the machine).",
     ]
-    notes_heading = "## Why `vnni` is the default here"
-    if args.out and Path(args.out).exists() and notes_heading in Path(args.out).read_text():
-        lines += ["", notes_heading + Path(args.out).read_text().split(notes_heading, 1)[1].rstrip("\n")]
-    table = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(table)
-    print(table)
+    write_keeping_notes(lines, args.out, "## Why `vnni` is the default here")
     return 0
 
 

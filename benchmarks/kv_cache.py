@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from generation import plain_generation_loop  # the same onnxruntime-style loop as generation.py
+
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT.parent / "shared" / "zoo"
 DECODE_CASES = ("generator", "session.run", "onnxruntime")
@@ -56,28 +58,6 @@ def _session(runtime: str, model: str, threads: int):
     return module.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _plain_loop(session, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], list[float]]:
-    """Prefill, then one token per step with the presents fed back as pasts; tokens and each step's seconds."""
-    inputs = {arg.name: arg for arg in session.get_inputs()}
-    past_names = [name for name in inputs if name.startswith("past_key_values.")]
-    heads, head_size = inputs[past_names[0]].shape[1], inputs[past_names[0]].shape[3]
-    output_names = ["logits"] + [name.replace("past_key_values", "present") for name in past_names]
-    mask = np.ones_like(prompt)
-    feeds = {"input_ids": prompt, "attention_mask": mask, "position_ids": np.cumsum(mask, axis=1) - 1}
-    feeds.update({name: np.zeros((1, heads, 0, head_size), np.float32) for name in past_names})
-    tokens, seconds = [], []
-    for _ in range(new_tokens):
-        start = time.perf_counter()
-        logits, *presents = session.run(output_names, feeds)
-        token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        seconds.append(time.perf_counter() - start)
-        tokens.append(int(token[0, 0]))
-        mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
-        feeds = {"input_ids": token, "attention_mask": mask, "position_ids": mask.sum(axis=1, keepdims=True) - 1}
-        feeds.update(zip(past_names, presents))
-    return tokens, seconds
-
-
 def decode_worker(case: str, model: str, pasts: list[int], new_tokens: int, repeat: int, threads: int) -> dict:
     """Decode steps of ``repeat`` generations after a prompt of each of ``pasts`` tokens, the pasts alternating."""
     prompts = {past: np.random.default_rng(0).integers(1, 32000, (1, past), dtype=np.int64) for past in pasts}
@@ -96,7 +76,7 @@ def decode_worker(case: str, model: str, pasts: list[int], new_tokens: int, repe
         session = _session("onnxruntime" if case == "onnxruntime" else "onyxrt", model, threads)
 
         def generate(prompt: np.ndarray, count: int) -> tuple[list[int], list[float]]:
-            return _plain_loop(session, prompt, count)
+            return plain_generation_loop(session, prompt, count)
     for prompt in prompts.values():
         generate(prompt, 3)
     result: dict = {"tokens": {}, "decode": {past: [] for past in pasts}, "steps": {past: [] for past in pasts}}

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import write_keeping_notes
+
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 128
 
@@ -154,13 +156,7 @@ def main() -> int:
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
             f"({_cpu_name()}); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
         ]
-    notes_heading = "## Reading these numbers"
-    if args.out and Path(args.out).exists() and notes_heading in Path(args.out).read_text():
-        lines += ["", notes_heading + Path(args.out).read_text().split(notes_heading, 1)[1].rstrip("\n")]
-    table = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(table)
-    print(table)
+    write_keeping_notes(lines, args.out, "## Reading these numbers")
     return 0
 
 

@@ -1,0 +1,17 @@
+"""Writing a benchmark's markdown report without losing the notes written into it by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_keeping_notes(lines: list[str], out: str | None, notes_heading: str) -> str:
+    """``lines`` joined as the report, printed and written to ``out`` (when given); a section under
+    ``notes_heading`` already in ``out`` (the interpretation, written by hand) is kept below them."""
+    if out and Path(out).exists() and notes_heading in Path(out).read_text():
+        lines = lines + ["", notes_heading + Path(out).read_text().split(notes_heading, 1)[1].rstrip("\n")]
+    text = "\n".join(lines) + "\n"
+    if out:
+        Path(out).write_text(text)
+    print(text)
+    return text
