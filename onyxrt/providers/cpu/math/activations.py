@@ -359,8 +359,8 @@ def softmax_values(v: np.ndarray, axis: int, out: np.ndarray | None = None) -> n
     """Softmax of a float32/float64 tensor along ``axis``, into ``out`` (may be ``v`` itself) or a fresh array."""
     if v.size == 0:
         return v.copy()
-    out = np.subtract(v, np.maximum.reduce(v, axis=axis, keepdims=True), out=out)
     with np.errstate(invalid="ignore"):  # rows of -inf give nan, as in onnxruntime
+        out = np.subtract(v, np.maximum.reduce(v, axis=axis, keepdims=True), out=out)
         np.exp(out, out=out)
         out /= np.add.reduce(out, axis=axis, keepdims=True)
     return out
