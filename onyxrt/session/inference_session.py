@@ -160,7 +160,6 @@ def _write_profile(prefix: str, events: list[dict[str, Any]], lock: threading.Lo
     return path
 
 
-
 class _FedArrays:
     """The numpy arrays of a run's feed, for asking whether an output shares memory with one.
 
@@ -186,6 +185,7 @@ class _FedArrays:
             if np.may_share_memory(value, fed):
                 return True
         return False
+
 
 class InferenceSession(SessionApiMixin):
     """Loads a model once and runs it; the same constructor and methods as ``onnxruntime.InferenceSession``."""
