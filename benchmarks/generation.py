@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from report import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT.parent / "shared" / "zoo"
@@ -99,16 +100,6 @@ def _child(runtime: str, args: argparse.Namespace, model: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens (default 128)")
@@ -146,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm-up generation; medians over all timed generations.",
         "",
         f"Command: `{command.strip()}`  ",
-        f"CPU: {_cpu_model()}, {len(__import__('os').sched_getaffinity(0))} usable cores",
+        f"CPU: {cpu_model()}, {len(__import__('os').sched_getaffinity(0))} usable cores",
         "",
         "| runtime | time to first token (ms) | prefill tokens/s | decode tokens/s | generations |",
         "|---|---:|---:|---:|---:|",

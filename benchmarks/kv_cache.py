@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from generation import plain_generation_loop  # the same onnxruntime-style loop as generation.py
+from report import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT.parent / "shared" / "zoo"
@@ -138,16 +138,6 @@ def _child(arguments: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pasts", type=int, nargs="+", default=[128, 1024], help="prompt lengths (default 128 1024)")
@@ -206,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f"each case in its own process, cases alternating, {args.rounds} rounds.",
         "",
         f"Command: `{command.strip()}`  ",
-        f"CPU: {_cpu_model()}, {len(os.sched_getaffinity(0))} usable cores; "
+        f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} usable cores; "
         f"1-minute load average during the runs: {min(loads):.1f}–{max(loads):.1f}",
         "",
         f"## Time per decoded token (ms; median step of {args.new_tokens - 1} decode steps after the prompt, "

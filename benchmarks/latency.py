@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import cpu_model
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,21 +252,11 @@ def main() -> int:
 
 def write_table(lines: list[str], out: str | None) -> None:
     """Print the markdown ``lines`` with the date and machine appended; also write them to ``out``."""
-    lines = lines + ["", f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({_cpu_name()})."]
+    lines = lines + ["", f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_model()})."]
     table = "\n".join(lines) + "\n"
     if out:
         Path(out).write_text(table)
     print(table)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

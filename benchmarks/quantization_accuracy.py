@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "zoo"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from report import cpu_model  # noqa: E402
 
 MODELS = ("minilm_l6", "resnet50", "llama_tiny")
 NOTES = """## Notes
@@ -50,16 +51,6 @@ NOTES = """## Notes
 - llama_tiny has random weights, so its top-1 logit margins are tiny: int4 (either tool: the same
   round-to-nearest blocks) changes the first greedy token; int8 keeps all 20.
 """
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _sessions(path: str):
@@ -227,7 +218,7 @@ def main() -> int:
 
     command = "python benchmarks/quantization_accuracy.py " + " ".join(sys.argv[1:])
     lines = ["# Quantization accuracy: onyxrt.quantization and onnxruntime.quantization", "",
-             f"Command: `{command.strip()}`", "", f"CPU: {_cpu_model()}, {os.cpu_count()} cores; load average at start "
+             f"Command: `{command.strip()}`", "", f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average at start "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; onnxruntime {__import__('onnxruntime').__version__}", "",
              "\n\n".join((__doc__ or "").split("\n\n")[2:]).strip(), ""]
     functions = {"minilm_l6": minilm, "resnet50": resnet50, "llama_tiny": llama_tiny}

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import write_keeping_notes
+from report import cpu_model, write_keeping_notes
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 128
@@ -154,17 +154,10 @@ def main() -> int:
         lines += [
             "",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
-            f"({_cpu_name()}); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
+            f"({cpu_model()}); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after.",
         ]
     write_keeping_notes(lines, args.out, "## Reading these numbers")
     return 0
-
-
-def _cpu_name() -> str:
-    sys.path.insert(0, str(ROOT))
-    from onyxrt.framework.cpu_features import cpu_model_name
-
-    return cpu_model_name() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -15,3 +15,11 @@ def write_keeping_notes(lines: list[str], out: str | None, notes_heading: str) -
         Path(out).write_text(text)
     print(text)
     return text
+
+
+def cpu_model() -> str:
+    """The CPU's model name for a report (onyxrt's ``cpu_features``, imported only when asked, so
+    onnxruntime's worker processes never load onyxrt)."""
+    from onyxrt.framework.cpu_features import cpu_model_name
+
+    return cpu_model_name() or "unknown CPU"
