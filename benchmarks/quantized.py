@@ -78,6 +78,18 @@ def _timed(runtime: str, path: str, repeat: int, threads: int) -> dict[str, list
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _ratio_table(median: dict[tuple[str, str], float], models, label: str) -> list[str]:
+    """Markdown rows: each model's medians in both runtimes (``label`` after the runtime's name in the
+    header), their ratio, and onyxrt's time against its own fp32 run."""
+    ours_fp32, theirs_fp32 = median[("onyxrt", "fp32")], median[("onnxruntime", "fp32")]
+    rows = [f"| model | onyxrt{label} (ms) | onnxruntime{label} (ms) | onyxrt / onnxruntime | onyxrt / onyxrt fp32 |",
+            "|---|---|---|---|---|",
+            f"| fp32 | {ours_fp32:.2f} | {theirs_fp32:.2f} | {ours_fp32 / theirs_fp32:.2f} | 1.00 |"]
+    for name in models:
+        ours, theirs = median[("onyxrt", name)], median[("onnxruntime", name)]
+        rows.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / ours_fp32:.2f} |")
+    return rows
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -123,34 +135,11 @@ def main() -> int:
             print(f"threads {threads}: round {round_index + 1}/{args.rounds} done", flush=True)
         load_after = os.getloadavg()
         median = {key: statistics.median(values) for key, values in samples.items()}
-        ours_fp32 = median[("onyxrt", "fp32")]
-        lines += [
-            "",
-            f"## intra_op_num_threads = {threads or 'default (0)'}",
-            "",
-            "| model | onyxrt (ms) | onnxruntime (ms) | onyxrt / onnxruntime | onyxrt / onyxrt fp32 |",
-            "|---|---|---|---|---|",
-            f"| fp32 | {ours_fp32:.2f} | {median[('onnxruntime', 'fp32')]:.2f} | "
-            f"{ours_fp32 / median[('onnxruntime', 'fp32')]:.2f} | 1.00 |",
-        ]
-        for name in models:
-            ours, theirs = median[("onyxrt", name)], median[("onnxruntime", name)]
-            lines.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / ours_fp32:.2f} |")
+        lines += ["", f"## intra_op_num_threads = {threads or 'default (0)'}", ""] + _ratio_table(median, models, "")
         if threads == 1:  # the calling thread does all the work: its CPU time is robust to other load
             cpu = {key: statistics.median(values) for key, values in cpu_samples.items()}
-            cpu_fp32 = cpu[("onyxrt", "fp32")]
-            lines += [
-                "",
-                "CPU time of the run (the calling thread's `time.thread_time()`, medians; robust to other jobs):",
-                "",
-                "| model | onyxrt CPU (ms) | onnxruntime CPU (ms) | onyxrt / onnxruntime | onyxrt / onyxrt fp32 |",
-                "|---|---|---|---|---|",
-                f"| fp32 | {cpu_fp32:.2f} | {cpu[('onnxruntime', 'fp32')]:.2f} | "
-                f"{cpu_fp32 / cpu[('onnxruntime', 'fp32')]:.2f} | 1.00 |",
-            ]
-            for name in models:
-                ours, theirs = cpu[("onyxrt", name)], cpu[("onnxruntime", name)]
-                lines.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / cpu_fp32:.2f} |")
+            lines += ["", "CPU time of the run (the calling thread's `time.thread_time()`, medians; robust to other jobs):",
+                      ""] + _ratio_table(cpu, models, " CPU")
         lines += [
             "",
             f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores "
