@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ...framework.thread_pool import current_pool
-from .jit import LazyModuleKernel
+from .jit import LazyModuleKernel, read_only
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
 MIN_PARALLEL_MACS = 1 << 19
@@ -40,15 +40,6 @@ _PROBE.flags.writeable = False
 _PROBE_OUT = np.empty((0, 0), _F32)
 
 
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """A read-only view: numba then compiles one specialization for weights and activations alike."""
-    if not a.flags.writeable:
-        return a
-    view = a.view()
-    view.flags.writeable = False
-    return view
-
-
 def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
     """``a @ b`` through the compiled GEMV kernel when it applies (2-D C-contiguous float32, a few rows of
     ``a``, a matrix ``b`` small enough; see ``GEMV_MAX_*``), else None (numba absent or disabled too)."""
@@ -65,7 +56,7 @@ def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = Non
         return None
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), _F32)
-    kernel(_read_only(a), _read_only(b), out)
+    kernel(read_only(a), read_only(b), out)
     return out
 
 

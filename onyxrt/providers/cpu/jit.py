@@ -14,7 +14,19 @@ import importlib
 import os
 from typing import Any, Callable, Hashable
 
+import numpy as np
+
 DISABLE_ENV = "ONYXRT_DISABLE_NUMBA"
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """``a`` typed read-only for numba: its kernels then compile one specialization for inputs that are
+    weights (read-only) and activations (writable) alike."""
+    if not a.flags.writeable:
+        return a
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 class LazyKernel:

@@ -17,7 +17,7 @@ import numpy as np
 from ...framework.thread_pool import current_pool
 from ..kernel_registry import Allocator
 from ._helpers import wants_buffer
-from .jit import LazyModuleKernel
+from .jit import LazyModuleKernel, read_only
 
 _F32 = np.dtype(np.float32)
 _MODULE = "onyxrt.providers.cpu.jit_rows"
@@ -29,22 +29,12 @@ _SOFTMAX = LazyModuleKernel(_MODULE, "softmax_rows")
 _ROTARY = LazyModuleKernel(_MODULE, "rotary_rows")
 
 
-def _read_only(a: np.ndarray) -> np.ndarray:
-    """``a`` typed read-only for numba: its kernels then compile one specialization for inputs that are
-    weights (read-only) and activations (writable) alike."""
-    if not a.flags.writeable:
-        return a
-    view = a.view()
-    view.flags.writeable = False
-    return view
-
-
-_EMPTY = _read_only(np.empty(0, _F32))  # an absent input
-_EMPTY2 = _read_only(np.empty((0, 0), _F32))
+_EMPTY = read_only(np.empty(0, _F32))  # an absent input
+_EMPTY2 = read_only(np.empty((0, 0), _F32))
 _NO_OUTPUT = np.empty((0, 0), _F32)  # an output not wanted, or a probe's
 _NO_OUTPUT1 = np.empty(0, _F32)
-_EMPTY3 = _read_only(np.empty((0, 0, 0), _F32))
-_NO_POSITIONS = _read_only(np.empty(0, np.int64))
+_EMPTY3 = read_only(np.empty((0, 0, 0), _F32))
+_NO_POSITIONS = read_only(np.empty(0, np.int64))
 _NO_OUTPUT3 = np.empty((0, 0, 0), _F32)
 
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
@@ -94,8 +84,8 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
         rows = x.reshape(-1, _FLAT_ROW)
     else:
         rows = x.reshape(1, -1)
-    b = _EMPTY if bias is None else _read_only(bias)
-    _over_rows(kernel, (_read_only(rows), b, y.reshape(rows.shape), _F32.type(alpha)), rows.shape[0], x.size)
+    b = _EMPTY if bias is None else read_only(bias)
+    _over_rows(kernel, (read_only(rows), b, y.reshape(rows.shape), _F32.type(alpha)), rows.shape[0], x.size)
     return y
 
 
@@ -122,8 +112,8 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
     total = np.empty_like(x) if keep_total else _NO_OUTPUT
     mean = np.empty(rows, _F32)
     inv = np.empty(rows, _F32)
-    args = (_read_only(x), _EMPTY2 if skip is None else _read_only(skip), _EMPTY if bias is None else _read_only(bias),
-            _EMPTY if gamma is None else _read_only(gamma), _EMPTY if beta is None else _read_only(beta),
+    args = (read_only(x), _EMPTY2 if skip is None else read_only(skip), _EMPTY if bias is None else read_only(bias),
+            _EMPTY if gamma is None else read_only(gamma), _EMPTY if beta is None else read_only(beta),
             _F32.type(epsilon), bool(simplified), y, total, mean, inv)
     _over_rows(kernel, args, rows, x.size)
     return y, mean, inv, (total if keep_total else None)
@@ -162,8 +152,8 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     if kernel is None:
         return False
     rows = y.reshape(y.shape[0] * channels, -1)
-    b = _EMPTY if bias is None else _read_only(np.ascontiguousarray(bias).reshape(channels))
-    z = _EMPTY2 if residual is None else _read_only(residual.reshape(rows.shape))
+    b = _EMPTY if bias is None else read_only(np.ascontiguousarray(bias).reshape(channels))
+    z = _EMPTY2 if residual is None else read_only(residual.reshape(rows.shape))
     act, (a, c) = code
     _over_rows(kernel, (rows, channels, b, z, act, _F32.type(a), _F32.type(c)), rows.shape[0], y.size)
     return True
@@ -190,6 +180,6 @@ def rotary(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarra
     if kernel is None:
         return None
     out = np.empty_like(x)
-    kernel(_read_only(x), _read_only(np.ascontiguousarray(positions, np.int64)), _read_only(np.ascontiguousarray(cos)),
-           _read_only(np.ascontiguousarray(sin)), out, bool(interleaved), 0, x.shape[0])
+    kernel(read_only(x), read_only(np.ascontiguousarray(positions, np.int64)), read_only(np.ascontiguousarray(cos)),
+           read_only(np.ascontiguousarray(sin)), out, bool(interleaved), 0, x.shape[0])
     return out
