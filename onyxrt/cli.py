@@ -1,4 +1,4 @@
-"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL``, ``generate MODEL``, ``quantize MODEL OUT`` and ``convert MODEL OUT``."""
+"""The ``onyxrt`` command line: ``run [MODEL]``, ``info MODEL``, ``optimize IN OUT``, ``bench MODEL``, ``generate MODEL``, ``quantize MODEL OUT``, ``convert MODEL OUT`` and ``prune MODEL OUT``."""
 
 from __future__ import annotations
 
@@ -543,7 +543,7 @@ def _run_samples(args: argparse.Namespace, onnxruntime, save_folder: Path | None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    proto, _ = read_model_proto(args.model)
+    proto, base_dir = read_model_proto(args.model)
     graph = proto.graph
     print(f"model: {args.model}")
     print(f"ir_version: {proto.ir_version}  producer: {proto.producer_name} {proto.producer_version}".rstrip())
@@ -562,6 +562,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {op_type:32s} {count}")
     total = sum(_tensor_bytes(t) for t in graph.initializer)
     print(f"initializers: {len(graph.initializer)}, {total:,} bytes ({total / 2**20:.2f} MiB)")
+    from .sparsity import weight_sparsity_lines
+    for line in weight_sparsity_lines(graph, base_dir):
+        print(line)
     if proto.functions:
         print(f"model-local functions: {', '.join(f.name for f in proto.functions)}")
     return 0
@@ -664,6 +667,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a model to float16, bfloat16 or mixed precision; nodes, size, output error")
     convert_cli.add_arguments(convert)
     convert.set_defaults(handler=convert_cli.run)
+    from .sparsity import cli as prune_cli
+    prune = commands.add_parser("prune", help="prune weights by magnitude (unstructured, N:M such as 2:4, blocks); per-weight sparsity and size")
+    prune_cli.add_arguments(prune)
+    prune.set_defaults(handler=prune_cli.run)
     return parser
 
 
