@@ -30,18 +30,20 @@ FUSED_GROUP = "fused_group"
 FUSED_DOMAIN = "onyxrt.fused"
 
 
-def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider]) -> None:
+def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
+              *, complete: bool = True) -> None:
     """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).
 
     Every node no provider takes is listed in one error, with onnxruntime's classes:
     INVALID_GRAPH when an ONNX domain has no such op or none at the model's opset, FAIL when
     an op of another domain is not known at all ("not a registered function/op"),
     NOT_IMPLEMENTED otherwise. Assignments left by an earlier partitioning (of a graph it did not
-    rewrite) are dropped first.
+    rewrite) are dropped first; fused nodes keep theirs. With ``complete=False`` nodes no provider
+    takes stay free for a later call (the subgraphs of free nodes are offered too) and nothing is raised.
     """
     _drop_assignments(graph)
     missing: list[ir.Node] = []
-    _partition_graph(graph, opset_imports, providers, missing)
+    _partition_graph(graph, opset_imports, providers, missing, complete)
     if missing:
         unknown = [node for node in missing if not onnx.defs.has(node.op_type, node.domain)]
         unknown_onnx = [node for node in unknown if node.domain in _ONNX_DOMAINS]
@@ -73,28 +75,25 @@ def _has_schema(node: ir.Node, version: int) -> bool:
 
 def _drop_assignments(graph: ir.Graph) -> None:
     for node in graph:
-        if PROVIDER_KEY in node.meta:
+        if PROVIDER_KEY in node.meta and FUSED_GROUP not in node.meta:
             del node.meta[PROVIDER_KEY]
         for subgraph in subgraphs(node):
             _drop_assignments(subgraph)
 
 
-def rewrites_graph(providers: Sequence[ExecutionProvider]) -> bool:
-    """Whether partitioning with ``providers`` may change the graph (fuse nodes, add copies), not just assign nodes."""
-    return any(type(p).get_capability is not ExecutionProvider.get_capability or not p.device.is_host for p in providers)
-
-
 def _partition_graph(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
-                     missing: list[ir.Node]) -> None:
+                     missing: list[ir.Node], complete: bool) -> None:
     for provider in providers:
         for group in provider.get_capability(graph, opset_imports):
             _claim(graph, group, provider)
     for node in graph:
-        if not is_assigned(node):
+        if FUSED_GROUP in node.meta:
+            continue
+        if complete and not is_assigned(node):
             missing.append(node)
-        elif FUSED_GROUP not in node.meta:
+        else:
             for subgraph in subgraphs(node):
-                _partition_graph(subgraph, opset_imports, providers, missing)
+                _partition_graph(subgraph, opset_imports, providers, missing, complete)
 
 
 def _claim(graph: ir.Graph, group: NodeGroup, provider: ExecutionProvider) -> None:

@@ -131,6 +131,16 @@ class OptimizationReport:
         """Names of the passes that changed the graph."""
         return list(self.counts)
 
+    def followed_by(self, later: OptimizationReport) -> OptimizationReport:
+        """One report for this run and a ``later`` one over the same model: counts, times and rounds added."""
+        counts, seconds = dict(self.counts), dict(self.seconds)
+        for name, rewrites in later.counts.items():
+            counts[name] = counts.get(name, 0) + rewrites
+        for name, spent in later.seconds.items():
+            seconds[name] = seconds.get(name, 0.0) + spent
+        return OptimizationReport(counts, self.rounds + later.rounds,
+                                  self.reached_fixed_point and later.reached_fixed_point, self.sorted_input, seconds)
+
 
 class PassManager:
     """Runs ``passes`` in order, round after round, over a model's graph and subgraphs."""

@@ -19,25 +19,21 @@ from ..errors import Fail, InvalidArgument, OnyxRuntimeError
 from ..framework import logging
 from ..framework import host_memory
 from ..framework import kv_cache
-from ..framework.constant_evaluator import provider_evaluator
 from ..framework.allocation_planner import RunReport
 from ..framework.execution_plan import ProfiledStep, build_plan
 from ..framework.device import BoundOutput, device_of
 from ..framework.memcpy import insert_copies
-from ..framework.partitioner import PROVIDER_KEY, partition, rewrites_graph
-from ..graph.autodiff import expand_gradient_nodes
-from ..graph.function_expansion import expand_unsupported
+from ..framework.partitioner import FUSED_GROUP, PROVIDER_KEY
 from ..graph.model_loader import ModelSource, load_model
-from ..graph.model_saver import save_model
 from ..graph.tensors import constant_array, from_array
 from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto, value_type_string
-from ..optimizer import optimize
-from ..providers.cpu import CPUExecutionProvider
+from ..providers.base import ExecutionProvider
 from .io_binding import IOBinding
 from .global_thread_pool import session_thread_pool
 from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
+from .placement import optimize_and_partition
 from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
@@ -199,7 +195,8 @@ class InferenceSession(SessionApiMixin):
         **kwargs: Any,
     ) -> None:
         self._model_path = os.fspath(path_or_bytes) if isinstance(path_or_bytes, (str, os.PathLike)) else None
-        self._model_bytes = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else None
+        # kept: set_providers prepares the model again from it, as onnxruntime re-creates its session
+        self._model_source = path_or_bytes
         self._sess_options = sess_options if sess_options is not None else SessionOptions()
         options = self._sess_options
         self._logger = logging.session_logger(options.logid, options.log_severity_level, options.log_verbosity_level)
@@ -218,17 +215,28 @@ class InferenceSession(SessionApiMixin):
         if self._sess_options.enable_cpu_mem_arena:
             host_memory.hold_for(self)
         self._read_config_from_model = kwargs.pop("read_config_from_model", False)
-        disabled = frozenset(kwargs.pop("disabled_optimizers", None) or ())
+        self._disabled_optimizers = frozenset(kwargs.pop("disabled_optimizers", None) or ())
         if kwargs:
             raise TypeError(f"InferenceSession got unexpected keyword arguments: {', '.join(kwargs)}")
 
         normalized = normalize_providers(providers, provider_options)
         self._provider_options = dict(normalized)
         self._providers = create_providers(normalized)
+        self._prepare(self._providers)
+        if self._profiling:
+            # as onnxruntime, a session collected before end_profiling still writes its profile
+            self._profile_writer = weakref.finalize(self, _write_profile, options.profile_file_prefix,
+                                                    self._profile_events, self._profile_lock)
+        self._logger.info("Session successfully initialized.")
 
+    # ------------------------------------------------------------------ construction helpers
+
+    def _prepare(self, providers: Sequence[ExecutionProvider]) -> None:
+        """Load the model, optimize and partition it for ``providers`` (``session.placement``) and plan its runs."""
+        options = self._sess_options
         loading_started = time.perf_counter_ns()
         raise_if_load_cancelled(options)
-        model = load_model(path_or_bytes, prepare=external_data_preparer(options))
+        model = load_model(self._model_source, prepare=external_data_preparer(options))
         raise_if_load_cancelled(options)
         initialization_started = time.perf_counter_ns()
         self._logger.info("Initializing session.")
@@ -239,59 +247,19 @@ class InferenceSession(SessionApiMixin):
         self._apply_free_dimension_overrides(model)
         self._describe(model)
         self._warn_about_initializers(model)
-        # Gradient nodes name their forward values in attributes only: expand them before
-        # the optimizer, whose dead-code pass would otherwise drop those values.
-        expand_gradient_nodes(model.graph, model.opset_imports)
-        # Ops no provider implements run as their ONNX function bodies, which the passes then see.
-        expand_unsupported(model.graph, model.opset_imports, self._can_run)
-        report = optimize(
-            model,
-            int(self._sess_options.graph_optimization_level),
-            providers=self._fusing_providers(model),
-            evaluator=provider_evaluator(CPUExecutionProvider()),
-            disabled=disabled,
-            fold_dequantize_linear=self._sess_options._config.get("session.disable_quant_qdq") == "1",
-        )
+        report = optimize_and_partition(model, providers, options, self._disabled_optimizers)
         self.applied_optimizations = report.applied
         for pass_name, rewrites in report.counts.items():
             self._logger.info(f"Graph pass {pass_name} modified: {rewrites}")
         self._optimization_report = report
-        if self._sess_options.optimized_model_filepath:
-            save_model(model, self._sess_options.optimized_model_filepath)
         self._model = model
         raise_if_load_cancelled(options)
-        self._plan = self._build_plan(self._providers)
+        self._plan = self._build_plan(providers)
         if self._profiling:
             self._record_session_event("session_initialization", initialization_started, time.perf_counter_ns())
-            # as onnxruntime, a session collected before end_profiling still writes its profile
-            self._profile_writer = weakref.finalize(self, _write_profile, options.profile_file_prefix,
-                                                    self._profile_events, self._profile_lock)
-        self._logger.info("Session successfully initialized.")
 
-    # ------------------------------------------------------------------ construction helpers
-
-    def _fusing_providers(self, model: ir.Model) -> list[str]:
-        """The providers whose own fusions may run: in priority order, up to the first that claims nodes.
-
-        onnxruntime applies a provider's fusions only to nodes partitioned to it. Here the optimizer
-        runs before partitioning, so a provider's fusions (CPU's com.microsoft fused ops) run only when
-        no provider ahead of it would claim nodes: otherwise they would take those nodes away from it.
-        """
-        names = [provider.name for provider in self._providers]
-        for position, provider in enumerate(self._providers[:-1]):  # the last shadows nothing: not asked
-            if provider.get_capability(model.graph, model.opset_imports):
-                return names[: position + 1]
-        return names
-
-    def _can_run(self, node: ir.Node, opset: int) -> bool:
-        return any(p.can_run(node, opset) for p in self._providers)
-
-    def _build_plan(self, providers):
+    def _build_plan(self, providers: Sequence[ExecutionProvider]):
         graph, opsets = self._model.graph, self._model.opset_imports
-        if rewrites_graph(providers):
-            # fused and copy nodes go into a copy, so set_providers can partition the model afresh
-            graph = graph.clone()
-        partition(graph, opsets, providers)
         insert_copies(graph, providers)
         if self._logger.enabled(logging.VERBOSE):
             placed = collections.Counter(node.meta.get(PROVIDER_KEY, "") for node in graph)
@@ -389,10 +357,14 @@ class InferenceSession(SessionApiMixin):
         return self._sess_options
 
     def set_providers(self, providers=None, provider_options=None) -> None:
-        """Re-create the session's providers (and its plan) with a new provider list."""
+        """Re-create the session's providers, and its model and plan from the model source, as onnxruntime does.
+
+        The optimizer's later stages depend on which provider takes which nodes, so the model is
+        prepared again from the source (a path is read again), not re-partitioned.
+        """
         normalized = normalize_providers(providers, provider_options)
         new_providers = create_providers(normalized)
-        self._plan = self._build_plan(new_providers)
+        self._prepare(new_providers)
         self._providers, self._provider_options = new_providers, dict(normalized)
 
     def disable_fallback(self) -> None:
@@ -551,13 +523,15 @@ class InferenceSession(SessionApiMixin):
 
         Node events carry onnxruntime's args (op_name, provider, node_index, sizes, input and output
         types and shapes); the run's carries onyxrt's memory figures (``peak_bytes``, ``reused_bytes``,
-        ``inplace_bytes``) where onnxruntime's has none.
+        ``inplace_bytes``) where onnxruntime's has none. A region a provider compiled is one node event
+        (op_name and provider: the provider's name) whose ``fused_nodes`` and ``fused_op_types`` list the
+        region's nodes, in order.
         """
         records = []
         for step in steps:
             inputs = [(is_weight, seen) for is_weight, seen in step.inputs if seen is not None]
             outputs = [seen for seen in step.outputs if seen is not None]
-            records.append(self._event("Node", f"{step.node.name}_kernel_time", step.start_ns, step.duration_ns, {
+            args = {
                 "op_name": step.node.op_type,
                 "provider": step.node.meta.get(PROVIDER_KEY, ""),
                 "node_index": str(step.index),
@@ -566,7 +540,12 @@ class InferenceSession(SessionApiMixin):
                 "output_size": str(sum(seen.nbytes for seen in outputs)),
                 "input_type_shape": [{seen.element_type: seen.shape} for _, seen in inputs],
                 "output_type_shape": [{seen.element_type: seen.shape} for seen in outputs],
-            }))
+            }
+            region = step.node.meta.get(FUSED_GROUP)
+            if region is not None:
+                args["fused_nodes"] = [node.name for node in region.nodes]
+                args["fused_op_types"] = [node.op_type for node in region.nodes]
+            records.append(self._event("Node", f"{step.node.name}_kernel_time", step.start_ns, step.duration_ns, args))
         if steps:
             first = steps[0].start_ns
             last = steps[-1].start_ns + steps[-1].duration_ns

@@ -232,6 +232,6 @@ def test_cpu_fusions_leave_the_nodes_a_device_ahead_of_the_cpu_claims(transfer):
     on_cpu = ort.InferenceSession(gemm_relu, providers=["CPUExecutionProvider"])
     assert [node.op_type for node in on_cpu._model.graph] == ["FusedGemm"]
     with_device = ort.InferenceSession(gemm_relu, providers=PROVIDERS)
-    assert [node.op_type for node in with_device._model.graph] == ["Gemm", "Relu"]
+    assert [node.op_type for node in with_device._model.graph if not node.op_type.startswith("Memcpy")] == ["Gemm", SEP]
     assert with_device.get_providers() == PROVIDERS
     np.testing.assert_allclose(with_device.run(None, {"x": X})[0], on_cpu.run(None, {"x": X})[0], rtol=1e-6)
