@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .prune import SUPPORTED_OP_TYPES, Pattern, prune
+from .pruning import SUPPORTED_OP_TYPES, Pattern, prune
 
 
 def _names(text: str) -> list[str]:

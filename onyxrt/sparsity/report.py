@@ -10,14 +10,10 @@ from onnx import numpy_helper
 
 from ..quantization.cli import _file_size as file_bytes  # noqa: F401 - bytes of a model file and its external data
 from ..quantization.cli import _human as human_bytes
+from .formats import zero_fraction
 
 INFO_MIN_SPARSITY = 0.1  # `onyxrt info` lists weight matrices with at least this fraction of zeros
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-
-
-def zero_fraction(array: np.ndarray) -> float:
-    """The fraction of ``array``'s elements that are zero."""
-    return 1.0 - np.count_nonzero(array) / array.size if array.size else 0.0
 
 
 @dataclass
