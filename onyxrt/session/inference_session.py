@@ -37,6 +37,7 @@ from .placement import optimize_and_partition
 from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
+from ..framework.session_config import active_session_config
 from .session_options import RunOptions, SessionOptions, ignored_options, options_summary
 
 
@@ -266,8 +267,10 @@ class InferenceSession(SessionApiMixin):
             self._logger.verbose("Node placements")
             for provider, count in placed.items():
                 self._logger.verbose(f" {count} nodes placed on [{provider}]")
-        return build_plan(graph, opsets, {p.name: p for p in providers},
-                          reuse_buffers=self._sess_options.enable_mem_reuse)
+        # prepacks see the session's config entries, and time kernels on the session's pool
+        with active_session_config(self._sess_options._config), self._thread_pool.activate():
+            return build_plan(graph, opsets, {p.name: p for p in providers},
+                              reuse_buffers=self._sess_options.enable_mem_reuse)
 
     def _apply_initializer_overrides(self, model: ir.Model) -> None:
         for name, value in self._sess_options._initializers.items():
