@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..framework.device import register_data_transfer
 from .base import ExecutionProvider, NodeGroup
 from .cpu import CPUExecutionProvider
+from .openvino import OpenVINOExecutionProvider, openvino_installed
 
 # Providers this build can create, in onnxruntime's priority order.
 AVAILABLE_PROVIDERS: dict[str, type[ExecutionProvider]] = {
@@ -31,6 +32,10 @@ def unregister_execution_provider(name: str) -> None:
     if name == CPUExecutionProvider.name:
         raise ValueError("The CPU execution provider cannot be unregistered")
     AVAILABLE_PROVIDERS.pop(name, None)
+
+
+if openvino_installed():
+    register_execution_provider(OpenVINOExecutionProvider)
 
 
 def get_available_providers() -> list[str]:

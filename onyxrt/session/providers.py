@@ -14,20 +14,13 @@ def normalize_providers(
 ) -> list[tuple[str, dict[str, str]]]:
     """Validate and pair provider names with string options, dropping (with a warning) unavailable ones.
 
-    The CPU provider is always appended as the fallback. With no providers given, the
-    CPU provider is used when it is the only one available (onnxruntime's rule).
+    The CPU provider is always appended as the fallback. With no providers given, only the CPU
+    provider is used, whatever else is available (onnxruntime's rule since it stopped requiring
+    an explicit choice).
     """
-    if not providers:
-        if len(AVAILABLE_PROVIDERS) > 1:  # as onnxruntime: with several available, the choice is the caller's
-            available = list(AVAILABLE_PROVIDERS)
-            raise ValueError(
-                f"This ORT build has {available} enabled. Since ORT 1.9, you are required to explicitly set the "
-                "providers parameter when instantiating InferenceSession. For example, "
-                f"onnxruntime.InferenceSession(..., providers={available}, ...)"
-            )
-        providers = list(AVAILABLE_PROVIDERS)
     if isinstance(providers, str):
         raise ValueError("'providers' should be a sequence of provider names or (name, options) tuples, not a str")
+    providers = list(providers or [])
     if provider_options is not None and len(provider_options) != len(providers):
         raise ValueError("'providers' and 'provider_options' should be the same length if both are given.")
 

@@ -78,11 +78,10 @@ def test_per_node_provider_compiles_a_group_from_its_kernels():
     np.testing.assert_array_equal(y, np.maximum(x - 1, 0))
 
 
-def test_registration_puts_a_provider_ahead_of_the_cpu_and_requires_an_explicit_choice(registered):
-    assert get_available_providers() == [SEP, "CPUExecutionProvider"]
+def test_registration_puts_a_provider_ahead_of_the_cpu_and_only_an_explicit_choice_uses_it(registered):
+    assert get_available_providers()[0] == SEP and get_available_providers()[-1] == "CPUExecutionProvider"
     model = _model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x")], [_vi("y")]).SerializeToString()
-    with pytest.raises(ValueError, match="required to explicitly set the providers"):
-        ort.InferenceSession(model)
+    assert ort.InferenceSession(model).get_providers() == ["CPUExecutionProvider"]  # as onnxruntime 1.32
     session = ort.InferenceSession(model, providers=[SEP, "CPUExecutionProvider"])
     assert session.get_providers() == [SEP, "CPUExecutionProvider"]
 

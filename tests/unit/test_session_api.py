@@ -70,7 +70,7 @@ def test_introspection_matches_onnxruntime_conventions(model_path):
     assert session.get_providers() == ["CPUExecutionProvider"]
     assert session.get_provider_options() == {"CPUExecutionProvider": {}}
     assert isinstance(session.get_session_options(), ort.SessionOptions)
-    assert ort.get_available_providers() == ["CPUExecutionProvider"]
+    assert ort.get_available_providers()[-1] == "CPUExecutionProvider"  # OpenVINO's ahead where it is installed
     assert ort.get_device() == "CPU" and isinstance(ort.__version__, str)
 
 

@@ -1,0 +1,110 @@
+"""One fused region compiled by OpenVINO and run from numpy arrays.
+
+The region's body becomes an ONNX model (its weights as initializers, its other inputs as
+inputs with their dimensions as the graph declares them, symbolic ones left dynamic),
+which OpenVINO reads and compiles once: a new sequence or past length runs on the same
+compiled model. With ``disable_dynamic_shapes`` the model is instead compiled for each
+new set of input shapes (cached), as onnxruntime's provider does.
+
+Each thread runs on its own infer request (an infer request is not safe to share).
+Inputs are handed over without copies where their dtype and layout allow; outputs are
+copied out of the request, so the next run cannot overwrite arrays already returned.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from ...errors import EPFail
+from ..base import NodeGroup
+from .onnx_export import ValueNames, export_nodes
+from .options import OpenVINOOptions
+
+
+class CompiledRegion:
+    """A region's OpenVINO model, compiled for the provider's device; called as the fused node's step."""
+
+    def __init__(self, group: NodeGroup, constants: Mapping[str, ir.Value], core: Any, options: OpenVINOOptions,
+                 name: str) -> None:
+        self.name = name
+        self.compilations = 0  # how many times OpenVINO compiled this region (once, unless shapes are static)
+        self._core, self._options = core, options
+        # inputs the graph fixes (weights no feed can override) are part of the model, not fed
+        fixed = {value: constants[value.name] for value in group.inputs if value.name in constants}
+        self._fed_positions = [position for position, value in enumerate(group.inputs) if value not in fixed]
+        self._output_dtypes = [_numpy_dtype(value) for value in group.outputs]
+        proto = export_nodes(group.nodes, group.inputs, group.outputs, group.opset_imports, ValueNames(),
+                             {value: constant.const_value for value, constant in fixed.items()})
+        from openvino.frontend import FrontEndManager
+
+        frontend = FrontEndManager().load_by_framework("onnx")
+        try:
+            self._model = frontend.convert(frontend.load(io.BytesIO(proto.SerializeToString())))
+        except Exception as exc:  # OpenVINO's own exception types
+            raise EPFail(f"OpenVINOExecutionProvider could not convert region {name} "
+                         f"({len(group.nodes)} nodes): {exc}") from None
+        self._input_dtypes = [np.dtype(parameter.get_element_type().to_dtype()) for parameter in self._model.inputs]
+        self._static_models: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self._compile_lock = threading.Lock()
+        self._local = threading.local()
+        self._compiled = None if options.disable_dynamic_shapes else self._compile(self._model)
+
+    def _compile(self, model: Any) -> Any:
+        try:
+            compiled = self._core.compile_model(model, self._options.device_type, self._options.compile_properties())
+        except Exception as exc:  # OpenVINO's own exception types
+            raise EPFail(f"OpenVINOExecutionProvider could not compile region {self.name} for "
+                         f"{self._options.device_type}: {exc}") from None
+        self.compilations += 1
+        return compiled
+
+    def __call__(self, *inputs: Any) -> list[np.ndarray]:
+        fed = [_as_fed(inputs[position], dtype) for position, dtype in zip(self._fed_positions, self._input_dtypes)]
+        request = self._request(fed)
+        request.infer(fed, share_inputs=True, share_outputs=True)
+        # copies: the request's output memory is reused by its next run
+        return [np.array(request.get_output_tensor(index).data, dtype=dtype, copy=True)
+                for index, dtype in enumerate(self._output_dtypes)]
+
+    def _request(self, fed: Sequence[np.ndarray]) -> Any:
+        if self._compiled is not None:
+            request = getattr(self._local, "request", None)
+            if request is None:
+                request = self._local.request = self._compiled.create_infer_request()
+            return request
+        shapes = tuple(array.shape for array in fed)
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(shapes)
+        if request is None:
+            request = requests[shapes] = self._static_compiled(shapes).create_infer_request()
+        return request
+
+    def _static_compiled(self, shapes: tuple[tuple[int, ...], ...]) -> Any:
+        with self._compile_lock:
+            compiled = self._static_models.get(shapes)
+            if compiled is None:
+                model = self._model.clone()
+                model.reshape({index: list(shape) for index, shape in enumerate(shapes)})
+                compiled = self._static_models[shapes] = self._compile(model)
+            return compiled
+
+
+def _numpy_dtype(value: ir.Value) -> np.dtype | None:
+    if isinstance(value.type, ir.TensorType):
+        return np.dtype(value.type.dtype.numpy())
+    return None
+
+
+def _as_fed(value: Any, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a C-contiguous array of the model input's dtype (no copy when it already is one)."""
+    array = np.asarray(value)
+    if array.dtype != dtype or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=dtype)
+    return array
