@@ -567,7 +567,70 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(line)
     if proto.functions:
         print(f"model-local functions: {', '.join(f.name for f in proto.functions)}")
+    if args.providers:
+        _print_placement(args.model, args.providers)
     return 0
+
+
+def _provider_names(text: str) -> list[str]:
+    """An argparse type: comma-separated names of execution providers this build has."""
+    from .providers import get_available_providers
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    available = get_available_providers()
+    unknown = [name for name in names if name not in available]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown or unavailable provider(s) {', '.join(unknown) or repr(text)} (available: {', '.join(available)})")
+    return names
+
+
+def _print_placement(model_path: str, names: list[str]) -> None:
+    """Which nodes each provider takes, as a session with ``names`` would partition the model (nothing compiled or run)."""
+    from .framework.partitioner import FUSED_GROUP, PROVIDER_KEY
+    from .graph.builder import subgraphs
+    from .graph.model_loader import load_model
+    from .session.placement import optimize_and_partition
+    from .session.providers import create_providers, normalize_providers
+
+    providers = create_providers(normalize_providers(names, None))
+    model = load_model(model_path)
+    optimize_and_partition(model, providers, SessionOptions())
+    nodes_by_provider: dict[str, int] = {p.name: 0 for p in providers}
+    regions: list[tuple[str, list]] = []
+    others: dict[str, list] = collections.defaultdict(list)
+
+    def visit(graph) -> None:
+        for node in graph:
+            provider = node.meta[PROVIDER_KEY]
+            region = node.meta.get(FUSED_GROUP)
+            if region is not None:
+                regions.append((provider, region.nodes))
+                nodes_by_provider[provider] += len(region.nodes)
+                continue
+            others[provider].append(node)
+            nodes_by_provider[provider] += 1
+            for subgraph in subgraphs(node):
+                visit(subgraph)
+
+    visit(model.graph)
+    print(f"placement with providers {', '.join(p.name for p in providers)} (after optimization, subgraphs included):")
+    for name, count in nodes_by_provider.items():
+        in_regions = sum(1 for provider, _ in regions if provider == name)
+        print(f"  {name:32s} {count:6d} nodes" + (f" in {in_regions} region(s)" if in_regions else ""))
+    for number, (provider, nodes) in enumerate(regions, 1):
+        print(f"region {number} ({provider}, {len(nodes)} nodes): {_histogram_text(nodes)}")
+        print("  nodes: " + ", ".join(node.name or f"<{node.op_type}>" for node in nodes))
+    for provider, nodes in others.items():
+        print(f"{provider} nodes ({len(nodes)}): {_histogram_text(nodes)}")
+        print("  nodes: " + ", ".join(node.name or f"<{node.op_type}>" for node in nodes))
+
+
+def _histogram_text(nodes) -> str:
+    """'OpType count, ...' of ``nodes`` (domain-qualified outside ai.onnx), most frequent first."""
+    histogram = collections.Counter((n.domain + "::" if n.domain not in ("", "ai.onnx") else "") + n.op_type
+                                    for n in nodes)
+    return ", ".join(f"{op_type} {count}" for op_type, count in histogram.most_common())
 
 
 def _op_histogram(graph: onnx.GraphProto) -> collections.Counter:
@@ -645,6 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
     info = commands.add_parser("info", help="describe a model: inputs, outputs, opsets, ops, weights")
     info.add_argument("model", help="path of an .onnx model")
+    info.add_argument("--providers", type=_provider_names, metavar="NAME,NAME",
+                      help="also show which nodes each provider takes (counts, each region with its nodes), "
+                           "as a session with these providers partitions the model, without running it")
     info.set_defaults(handler=cmd_info)
     optimize = commands.add_parser("optimize", help="optimize a model and save it (loadable by onnxruntime)")
     optimize.add_argument("model", help="path of the .onnx model to optimize")
