@@ -104,3 +104,17 @@ def test_sparse_initializers_made_by_onnx_helper_give_the_dense_outputs(tmp_path
     ours_sparse, theirs_sparse = _outputs(sparse_path)
     _assert_same(ours_sparse, ours_dense)
     _assert_same(theirs_sparse, ours_dense)
+
+
+@pytest.mark.parametrize("enable, select", [("0", "measure"), ("1", "always")])
+def test_sparse_initializers_under_sparse_execution_give_the_dense_outputs(tmp_path, enable, select):
+    """Weights loaded from sparse initializers feed the sparse kernels (forced with select=always) as dense ones do."""
+    dense_path, sparse_path = tmp_path / "pruned_dense.onnx", tmp_path / "pruned_sparse.onnx"
+    prune(_dense_model(seed=2), dense_path, sparsity=0.9)
+    prune(_dense_model(seed=2), sparse_path, sparsity=0.9, store_sparse=True)
+    options = onyxrt.SessionOptions()
+    for key, value in (("onyxrt.sparse.enable", enable), ("onyxrt.sparse.select", select), ("onyxrt.sparse.min_sparsity", "0.5")):
+        options.add_session_config_entry(key, value)
+    got = onyxrt.InferenceSession(str(sparse_path), options).run(None, _feeds())
+    want = ort.InferenceSession(str(dense_path), providers=["CPUExecutionProvider"]).run(None, _feeds())
+    _assert_same(got, want)
