@@ -38,12 +38,15 @@ _INDEX_BYTES = 8  # ONNX sparse tensors store int64 indices
 
 @dataclass(frozen=True)
 class Pattern:
-    """A parsed pruning pattern: ``kind`` is "unstructured", "n:m" or "block"; ``a``/``b`` are N, M or R, C."""
+    """A parsed pruning pattern: ``kind`` is "unstructured", "n:m" (``kept`` of each ``group``) or "block"
+    (``block_rows`` x ``block_columns``)."""
 
     text: str
     kind: str
-    a: int = 0
-    b: int = 0
+    kept: int = 0
+    group: int = 0
+    block_rows: int = 0
+    block_columns: int = 0
 
     @classmethod
     def parse(cls, text: str) -> "Pattern":
@@ -52,11 +55,11 @@ class Pattern:
         if match := _N_OF_M.match(text):
             n, m = int(match[1]), int(match[2])
             if 0 < n < m:
-                return cls(text, "n:m", n, m)
+                return cls(text, "n:m", kept=n, group=m)
         if match := _BLOCK.match(text):
             rows, columns = int(match[1]), int(match[2])
             if rows > 0 and columns > 0 and rows * columns > 1:
-                return cls(text, "block", rows, columns)
+                return cls(text, "block", block_rows=rows, block_columns=columns)
         raise ValueError(f"pattern '{text}' is not one of: unstructured, N:M with 0 < N < M (e.g. 2:4, 4:8), "
                          "blockRxC (e.g. block4x1, block1x4)")
 
@@ -94,7 +97,7 @@ def prune(
     missing = sorted(set(nodes_to_exclude) - {node.name for node in model.graph.node})
     if missing:
         raise ValueError(f"nodes_to_exclude: the model has no node named {', '.join(map(repr, missing))}")
-    target = 1.0 - parsed.a / parsed.b if parsed.kind == "n:m" else sparsity
+    target = 1.0 - parsed.kept / parsed.group if parsed.kind == "n:m" else sparsity
     report = PruneReport(pattern=parsed.text, target_sparsity=target, model=model, file_bytes_before=source_bytes)
 
     candidates: dict[str, list[tuple[onnx.NodeProto, str]]] = {}
@@ -177,8 +180,8 @@ def _prune_weight(editor: ModelEditor, name: str, uses: list[tuple[onnx.NodeProt
         return
     transposed = views.pop()
     matrix = _as_matrix(weight, transposed)
-    if pattern.kind == "n:m" and matrix.shape[1] % pattern.b:
-        report.skip_weight(name, node_names, f"reduction length {matrix.shape[1]} is not a multiple of {pattern.b}")
+    if pattern.kind == "n:m" and matrix.shape[1] % pattern.group:
+        report.skip_weight(name, node_names, f"reduction length {matrix.shape[1]} is not a multiple of {pattern.group}")
         return
     before = zero_fraction(weight)
     keep = _keep_mask(np.abs(matrix.astype(np.float64)), pattern, sparsity)
@@ -222,13 +225,13 @@ def _keep_mask(magnitude: np.ndarray, pattern: Pattern, sparsity: float) -> np.n
     if pattern.kind == "unstructured":
         return _keep_largest(magnitude.reshape(-1), round(sparsity * magnitude.size)).reshape(rows, columns)
     if pattern.kind == "n:m":
-        groups = magnitude.reshape(rows, columns // pattern.b, pattern.b)
+        groups = magnitude.reshape(rows, columns // pattern.group, pattern.group)
         # The M-N smallest of each group go: a stable sort keeps the earlier of equal magnitudes.
         order = np.argsort(groups, axis=-1, kind="stable")
         keep = np.ones(groups.shape, dtype=bool)
-        np.put_along_axis(keep, order[..., : pattern.b - pattern.a], False, axis=-1)
+        np.put_along_axis(keep, order[..., : pattern.group - pattern.kept], False, axis=-1)
         return keep.reshape(rows, columns)
-    block_rows, block_columns = pattern.a, pattern.b
+    block_rows, block_columns = pattern.block_rows, pattern.block_columns
     padded = np.zeros((-(-rows // block_rows) * block_rows, -(-columns // block_columns) * block_columns))
     padded[:rows, :columns] = magnitude
     blocks = padded.reshape(padded.shape[0] // block_rows, block_rows, padded.shape[1] // block_columns, block_columns)
