@@ -192,13 +192,13 @@ def main() -> int:
     ]
     if args.note:
         lines += [args.note, ""]
+    footer = f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_model()})."
     with tempfile.TemporaryDirectory(prefix="onyxrt-sparsity-") as folder:
         for case in args.cases:
             rows = [measure(case, label, options, Path(folder), args)
                     for label, options in _variants(case, args.sparsities, args.with_2_4)]
             lines += _table(case, rows)
-    lines.append(f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu_model()}).")
-    write_keeping_notes(lines, args.out, NOTES_HEADING)
+            write_keeping_notes(lines + [footer], args.out, NOTES_HEADING)  # after each case: a long run keeps its tables
     return 0
 
 
