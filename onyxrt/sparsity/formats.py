@@ -150,12 +150,13 @@ class SemiStructuredWeight:
         """Bytes of the stored arrays (values + metadata)."""
         return self.values.nbytes + self.metadata.nbytes
 
-    def kept_indices(self) -> np.ndarray:
-        """The k of every stored value (N x K/2, int64), decoded from the metadata."""
-        k, n = self.shape
-        groups = k // _GROUP
+    def kept_indices(self, first: int = 0, stop: int | None = None) -> np.ndarray:
+        """The k of every stored value of output columns ``first:stop`` (all: N x K/2, int64), from the metadata."""
+        groups = self.shape[0] // _GROUP
         shifts = np.arange(_GROUPS_PER_WORD, dtype=np.uint16) * 4
-        nibbles = ((self.metadata[:, :, None] >> shifts) & 0xF).reshape(n, -1)[:, :groups].astype(np.int64)
+        metadata = self.metadata[first:stop]
+        n = metadata.shape[0]
+        nibbles = ((metadata[:, :, None] >> shifts) & 0xF).reshape(n, -1)[:, :groups].astype(np.int64)
         offsets = np.stack((nibbles & 3, nibbles >> 2), axis=2)
         return (offsets + (np.arange(groups) * _GROUP)[None, :, None]).reshape(n, groups * _KEPT)
 

@@ -32,6 +32,7 @@ import numpy as np
 from .. import row_kernels
 from ..gemm import MIN_PARALLEL_MACS
 from ..gemm import matmul as pool_matmul
+from ..math.sparse_gemm import sparse_prepack
 from ..kernel_table import op
 from ..nn import attention_tiled
 from ....errors import NodeInputError, NodeInputTypeError
@@ -325,7 +326,12 @@ def _key_mask(mask, batch: int, seq: int, total: int, past: int, filter_value: f
 # --------------------------------------------------------------------------- Attention
 
 
-@op("Attention", versions=1, domain="com.microsoft", multi_output=True)
+def _attention_prepack(inputs, attributes):
+    """The packed QKV weight's sparse products (``sparse_gemm``) when it has many zeros."""
+    return sparse_prepack(inputs[1]) if len(inputs) > 1 else None
+
+
+@op("Attention", versions=1, domain="com.microsoft", multi_output=True, prepack=_attention_prepack)
 def attention(
     x,
     weights,
@@ -344,6 +350,7 @@ def attention(
     past_present_share_buffer=0,
     rotary_embedding_dim=0,
     _num_outputs=1,
+    _packed=None,
 ):
     if do_rotary:
         raise NotImplementedError("Attention: do_rotary is not supported (use MultiHeadAttention + RotaryEmbedding)")
@@ -363,7 +370,10 @@ def attention(
         dq = dk = dv = total_w // 3
     if dq + dk + dv != total_w or dq != dk or dq % N or dv % N:
         raise NodeInputError(f"Attention: qkv hidden sizes {(dq, dk, dv)} do not fit weights {weights.shape} / {N} heads")
-    qkv = pool_matmul(x.astype(ct, copy=False).reshape(B * S, Din), weights.astype(ct, copy=False))
+    rows = x.astype(ct, copy=False).reshape(B * S, Din)
+    qkv = _packed.product(rows) if _packed is not None and _packed.source_shape == weights.shape else None
+    if qkv is None:
+        qkv = pool_matmul(rows, weights.astype(ct, copy=False))
     if bias is not None:
         if bias.shape != (total_w,):
             raise NodeInputError(f"Attention: bias of shape {bias.shape} must be ({total_w},)")

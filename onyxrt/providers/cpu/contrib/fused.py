@@ -21,6 +21,7 @@ from ..math.activations import sigmoid_values
 from ..math.elementwise import erf_values
 from ..math.matmul import gemm as _onnx_gemm
 from ..math.matmul import gemm_prepack
+from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..nn.conv_core import add_residual, conv_prepack, float_conv
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..kernel_table import op
@@ -258,7 +259,15 @@ def _fused_matmul_operand(t: np.ndarray, trans_batch: int, trans: int, name: str
     return t
 
 
-def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB):
+def _fused_matmul_prepack(inputs, attributes):
+    """A constant 2-D B's sparse products (``sparse_gemm``) when it has many zeros."""
+    b = inputs[1] if len(inputs) > 1 else None
+    if not isinstance(b, np.ndarray) or b.ndim != 2:
+        return None
+    return sparse_prepack(b.T if attributes.get("transB", 0) else b, b.shape)
+
+
+def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB, packed: SparseWeight | None = None):
     if a.dtype != b.dtype:
         raise NodeInputTypeError(f"FusedMatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if (transBatchA or transBatchB) and not (a.ndim > 2 and a.ndim == b.ndim):
@@ -266,6 +275,11 @@ def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB):
     A = _fused_matmul_operand(a, transBatchA, transA, "A")
     B = _fused_matmul_operand(b, transBatchB, transB, "B")
     dtype = a.dtype
+    y = packed.product(A) if packed is not None and packed.source_shape == b.shape else None
+    if y is not None:
+        if alpha != 1.0:
+            y *= y.dtype.type(alpha)
+        return y
     low = dtype not in _FLOAT_KINDS
     if low:
         A = A.astype(np.float32)
@@ -281,18 +295,18 @@ def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB):
     return y.astype(dtype) if low else y
 
 
-@op("FusedMatMul", versions=1, domain="com.microsoft")
-def fused_matmul(a, b, *, alpha=1.0, transA=0, transB=0, transBatchA=0, transBatchB=0):
-    return _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB)
+@op("FusedMatMul", versions=1, domain="com.microsoft", prepack=_fused_matmul_prepack)
+def fused_matmul(a, b, *, alpha=1.0, transA=0, transB=0, transBatchA=0, transBatchB=0, _packed=None):
+    return _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB, _packed)
 
 
-@op("TransposeMatMul", versions=1, domain="com.microsoft")
-def transpose_matmul(a, b, *, alpha=1.0, transA=0, transB=0):
+@op("TransposeMatMul", versions=1, domain="com.microsoft", prepack=_fused_matmul_prepack)
+def transpose_matmul(a, b, *, alpha=1.0, transA=0, transB=0, _packed=None):
     """The older name of FusedMatMul (without the batch transposes)."""
-    return _fused_matmul(a, b, alpha, transA, transB, 0, 0)
+    return _fused_matmul(a, b, alpha, transA, transB, 0, 0, _packed)
 
 
-@op("FusedMatMulActivation", versions=1, domain="com.microsoft")
+@op("FusedMatMulActivation", versions=1, domain="com.microsoft", prepack=_fused_matmul_prepack)
 def fused_matmul_activation(
     a,
     b,
@@ -307,8 +321,9 @@ def fused_matmul_activation(
     activation_beta=None,
     activation_gamma=None,
     activation_axis=None,
+    _packed=None,
 ):
-    y = _owned(_fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB), a, b)
+    y = _owned(_fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB, _packed), a, b)
     name = _name(activation)
     if name in ("Softmax", "LogSoftmax", "Hardmax"):
         raise NotImplementedError(f"FusedMatMulActivation: activation {name!r} is not supported")

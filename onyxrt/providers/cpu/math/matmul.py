@@ -5,6 +5,8 @@ multiplied in float32 (numpy has no half-precision BLAS) and rounded back once.
 Integer (8-bit) products (MatMulInteger, QLinearMatMul) run on the int8 GEMM
 (``int8_gemm``, exact int32), their constant B packed once at session creation.
 Float32/float64 MatMul writes into the plan's buffers (``_alloc``).
+A constant float32 B with many zeros may run on sparse kernels instead (``sparse_gemm``,
+chosen at session creation by measurement).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from ..gemm import matmul as pool_matmul
 from .int8_gemm import matmul_int8, packed_for, prepack_constant_b
+from .sparse_gemm import SparseWeight, sparse_prepack
 from .._helpers import ALLOC_MIN_BYTES
 from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
@@ -53,7 +56,8 @@ def _pack_b(b, transpose: bool) -> _PackedB | None:
 
 
 def _matmul_prepack(inputs, attributes):
-    return _pack_b(inputs[1] if len(inputs) > 1 else None, False)
+    b = inputs[1] if len(inputs) > 1 else None
+    return sparse_prepack(b) or _pack_b(b, False)
 
 
 def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple[int, ...] | None:
@@ -71,6 +75,11 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
     if a.ndim == 0 or b.ndim == 0:
         raise NodeInputError("MatMul inputs must have rank >= 1")
     dtype = a.dtype
+    if isinstance(packed, SparseWeight):
+        y = packed.product(a, alloc) if packed.source_shape == b.shape else None
+        if y is not None:
+            return y
+        packed = None  # the dense GEMM runs for this many rows
     if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
         b = packed.value  # op(B) == B here: contiguous, and float32 for half-precision floats
         if dtype not in _BLAS_FLOATS:  # float32 GEMM (the pool's path below), rounded back once
@@ -102,8 +111,12 @@ def matmul(a, b, *, _packed=None, _alloc=None):
 
 
 def gemm_prepack(inputs, attributes):
-    """Prepack of Gemm-like kernels (inputs A, B, C): op(B) contiguous in the compute dtype."""
-    return _pack_b(inputs[1] if len(inputs) > 1 else None, bool(attributes.get("transB", 0)))
+    """Prepack of Gemm-like kernels (inputs A, B, C): op(B)'s sparse products (``sparse_gemm``), else
+    op(B) contiguous in the compute dtype."""
+    b = inputs[1] if len(inputs) > 1 else None
+    transpose = bool(attributes.get("transB", 0))
+    sparse = sparse_prepack(b.T if transpose else b, b.shape) if isinstance(b, np.ndarray) and b.ndim == 2 else None
+    return sparse or _pack_b(b, transpose)
 
 
 def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
@@ -114,17 +127,23 @@ def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
     ct = np.dtype(np.float32) if low else dtype
     is_float = ct.kind == "f"
     A = a.T if transA else a
-    if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
-        B = packed.value  # op(B), already in the compute dtype
-    else:
-        B = b.T if transB else b
+    y = None
+    if isinstance(packed, SparseWeight):
+        if packed.source_shape == b.shape and A.shape[1] == packed.shape[0]:
+            y = packed.product(A)
+        packed = None
+    if y is None:
+        if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
+            B = packed.value  # op(B), already in the compute dtype
+        else:
+            B = b.T if transB else b
+            if low:
+                B = B.astype(np.float32)
         if low:
-            B = B.astype(np.float32)
-    if low:
-        A = A.astype(np.float32)
-    if A.shape[1] != B.shape[0]:
-        raise NodeInputError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
-    y = np.asarray(pool_matmul(A, B) if is_float else np.matmul(A, B))
+            A = A.astype(np.float32)
+        if A.shape[1] != B.shape[0]:
+            raise NodeInputError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
+        y = np.asarray(pool_matmul(A, B) if is_float else np.matmul(A, B))
     if alpha != 1.0:
         if is_float:
             y *= ct.type(alpha)

@@ -1,0 +1,407 @@
+"""Sparse products ``Y = X @ W`` with a constant float32 weight ``W`` (K x N) holding many zeros.
+
+At session creation (``sparse_prepack``, called from the MatMul/Gemm-like kernels' prepacks) a
+weight with at least ``onyxrt.sparse.min_sparsity`` of its elements exactly zero is stored in
+the formats of ``onyxrt.sparsity.formats`` (CSR; also 2:4 when its zeros follow that pattern),
+and each format's kernel is timed against the dense GEMM on the session's thread pool for a
+decoding-like product (one row of ``X``) and an encoder-like one (``MEASURED_ROWS`` rows). A
+sparse kernel is kept for a row count only when it beats the dense GEMM by ``REQUIRED_GAIN``;
+otherwise the dense path runs. Decisions are cached per process by shape, density and pool
+(a model repeats a few weight shapes: bert-base times 4 shapes, not 60 weights).
+
+The kernels work column by column of the output: ``Y^T[n, :] = sum_k W[k, n] * X^T[k, :]`` over
+the nonzero k of column n, so the inner loop runs over the rows of ``X`` (contiguous in ``X^T``,
+vectorized) and each nonzero is read once per product; a single row (a GEMV) is a dot product
+per column. The output columns are split over the pool's threads. They are compiled by numba
+(``jit.LazyKernel``); without numba (or with ``ONYXRT_DISABLE_NUMBA=1``) numpy versions of the
+same kernels are what the measurement compares, and they rarely win, so the dense path runs.
+Sums run in increasing k in float32, as the dense GEMM accumulates: results equal the dense
+product to rounding.
+
+Session config entries: ``onyxrt.sparse.enable`` ("1" default, "0" off),
+``onyxrt.sparse.min_sparsity`` (default ``DEFAULT_MIN_SPARSITY``), ``onyxrt.sparse.select``
+("measure" default; "always": use the sparse kernel for every weight above the threshold,
+without timing, for benchmarks and tests).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from ....errors import InvalidArgument
+from ....framework.session_config import session_config_entry
+from ....framework.thread_pool import current_pool
+from .._helpers import ALLOC_MIN_BYTES
+from ..gemm import matmul as pool_matmul
+from ..jit import LazyKernel, read_only
+
+if TYPE_CHECKING:
+    from ....sparsity.formats import CsrWeight, SemiStructuredWeight
+
+ENABLE_KEY = "onyxrt.sparse.enable"
+MIN_SPARSITY_KEY = "onyxrt.sparse.min_sparsity"
+SELECT_KEY = "onyxrt.sparse.select"
+DEFAULT_MIN_SPARSITY = 0.5
+# the encoder-like row count timed at session creation; every product of more than one row follows it
+MEASURED_ROWS = 64
+# a sparse kernel must take at most this fraction of the dense time (timing noise must not flip choices)
+REQUIRED_GAIN = 0.9
+_TIMING_REPEATS = 3
+# Multiply-adds below which one thread computes the product (a split costs ~15 us of hand-offs).
+_MIN_PARALLEL_MACS = 1 << 17
+# numpy kernels: elements of the gathered (nonzeros x rows) block per step
+_NUMPY_BLOCK = 1 << 21
+_F32 = np.dtype(np.float32)
+# output columns accumulated together before being written into the output's rows
+COLUMN_BLOCK = 16
+
+_decisions: dict[tuple, tuple[str | None, str | None]] = {}
+
+
+# --------------------------------------------------------------------------- compiled kernels
+# Plain Python compiled by numba on first use (jit.LazyKernel); never called uncompiled.
+
+
+def _csr_columns(xt, indptr, indices, values, y, n0, n1):
+    """``y[:, n] = sum_j values[j] * xt[indices[j], :]`` over column n's nonzeros, for n in [n0, n1).
+
+    Each block of ``COLUMN_BLOCK`` columns is accumulated in a local (columns x rows) buffer, contiguous
+    over the rows, then written into ``y``'s rows. Four nonzeros per pass over a buffer row: one load
+    and store of it per four multiply-adds (the loop is bound by loads and stores, not arithmetic)."""
+    rows = xt.shape[1]
+    block = np.empty((COLUMN_BLOCK, rows), np.float32)
+    for b0 in range(n0, n1, COLUMN_BLOCK):
+        b1 = min(b0 + COLUMN_BLOCK, n1)
+        for n in range(b0, b1):
+            out = block[n - b0]
+            out[:] = 0
+            j = indptr[n]
+            end = indptr[n + 1]
+            while j + 4 <= end:
+                w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
+                s0, s1, s2, s3 = xt[indices[j]], xt[indices[j + 1]], xt[indices[j + 2]], xt[indices[j + 3]]
+                for m in range(rows):
+                    out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+                j += 4
+            while j < end:
+                weight = values[j]
+                source = xt[indices[j]]
+                for m in range(rows):
+                    out[m] += weight * source[m]
+                j += 1
+        for m in range(rows):
+            for n in range(b0, b1):
+                y[m, n] = block[n - b0, m]
+
+
+def _csr_dots(x, indptr, indices, values, y, n0, n1):
+    """``y[n] = sum_j values[j] * x[indices[j]]`` for n in [n0, n1) (a one-row product).
+
+    Four partial sums: the additions of one sum wait on each other, four chains overlap."""
+    for n in range(n0, n1):
+        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
+        j = indptr[n]
+        end = indptr[n + 1]
+        while j + 4 <= end:
+            acc0 += values[j] * x[indices[j]]
+            acc1 += values[j + 1] * x[indices[j + 1]]
+            acc2 += values[j + 2] * x[indices[j + 2]]
+            acc3 += values[j + 3] * x[indices[j + 3]]
+            j += 4
+        while j < end:
+            acc0 += values[j] * x[indices[j]]
+            j += 1
+        y[n] = (acc0 + acc1) + (acc2 + acc3)
+
+
+def _semi_structured_columns(xt, values, metadata, y, n0, n1):
+    """The 2:4 form of ``_csr_columns``: group g of column n keeps k = 4g + the metadata's two 2-bit offsets."""
+    rows = xt.shape[1]
+    groups = values.shape[1] // 2
+    block = np.empty((COLUMN_BLOCK, rows), np.float32)
+    for b0 in range(n0, n1, COLUMN_BLOCK):
+        b1 = min(b0 + COLUMN_BLOCK, n1)
+        for n in range(b0, b1):
+            out = block[n - b0]
+            out[:] = 0
+            g = 0
+            while g + 2 <= groups:  # two groups (four values) per pass, as _csr_columns
+                nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
+                nibble1 = (metadata[n, (g + 1) >> 2] >> (((g + 1) & 3) * 4)) & 15
+                w0, w1, w2, w3 = values[n, 2 * g], values[n, 2 * g + 1], values[n, 2 * g + 2], values[n, 2 * g + 3]
+                s0 = xt[4 * g + (nibble0 & 3)]
+                s1 = xt[4 * g + (nibble0 >> 2)]
+                s2 = xt[4 * g + 4 + (nibble1 & 3)]
+                s3 = xt[4 * g + 4 + (nibble1 >> 2)]
+                for m in range(rows):
+                    out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+                g += 2
+            if g < groups:
+                nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
+                w0, w1 = values[n, 2 * g], values[n, 2 * g + 1]
+                s0 = xt[4 * g + (nibble0 & 3)]
+                s1 = xt[4 * g + (nibble0 >> 2)]
+                for m in range(rows):
+                    out[m] += w0 * s0[m] + w1 * s1[m]
+        for m in range(rows):
+            for n in range(b0, b1):
+                y[m, n] = block[n - b0, m]
+
+
+def _semi_structured_dots(x, values, metadata, y, n0, n1):
+    """The 2:4 form of ``_csr_dots`` (two partial sums: each group's two values)."""
+    groups = values.shape[1] // 2
+    for n in range(n0, n1):
+        acc0 = acc1 = np.float32(0.0)
+        for g in range(groups):
+            nibble = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
+            acc0 += values[n, 2 * g] * x[4 * g + (nibble & 3)]
+            acc1 += values[n, 2 * g + 1] * x[4 * g + (nibble >> 2)]
+        y[n] = acc0 + acc1
+
+
+_CSR_COLUMNS = LazyKernel(_csr_columns)
+_CSR_DOTS = LazyKernel(_csr_dots)
+_SEMI_COLUMNS = LazyKernel(_semi_structured_columns)
+_SEMI_DOTS = LazyKernel(_semi_structured_dots)
+
+
+def _probe(shape: tuple[int, ...], dtype, writable: bool = False) -> np.ndarray:
+    array = np.zeros(shape, dtype)
+    return array if writable else read_only(array)
+
+
+def _compiled(lazy: LazyKernel, key, *probe) -> Callable | None:
+    return lazy.compiled_for(key, *probe)
+
+
+def _split_columns(kernel: Callable, columns: int, macs: int) -> None:
+    """Run ``kernel(n0, n1)`` over the output columns, split over the current pool when worth it."""
+    current_pool().run_chunks(kernel, columns, macs, _MIN_PARALLEL_MACS)
+
+
+# --------------------------------------------------------------------------- products
+
+
+class CsrProduct:
+    """``X @ W`` for an unstructured sparse ``W`` (``formats.CsrWeight``)."""
+
+    kind = "csr"
+
+    def __init__(self, weight: CsrWeight) -> None:
+        self.weight = weight
+        self.shape = weight.shape
+        for array in (weight.indptr, weight.indices, weight.values):
+            array.flags.writeable = False
+        counts = np.diff(weight.indptr)
+        self._filled = np.flatnonzero(counts)  # columns with a nonzero (numpy path)
+
+    def _kernels(self):
+        index_type = self.weight.indices.dtype
+        key = ("f32", index_type.str)
+        indptr, indices, values = _probe((1,), np.int64), _probe((0,), index_type), _probe((0,), _F32)
+        dots = _compiled(_CSR_DOTS, key, _probe((0,), _F32), indptr, indices, values, _probe((0,), _F32, True), 0, 0)
+        columns = _compiled(_CSR_COLUMNS, key, _probe((0, 0), _F32), indptr, indices, values,
+                            _probe((0, 0), _F32, True), 0, 0)
+        return dots, columns
+
+    def product(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``a @ W`` for a C-contiguous float32 ``a`` (M x K), into ``out`` (M x N) when given."""
+        w = self.weight
+        rows, (_, columns) = a.shape[0], self.shape
+        y = np.empty((rows, columns), _F32) if out is None else out
+        dots, columns_kernel = self._kernels()
+        macs = w.nnz * rows
+        if rows == 1 and dots is not None:
+            x, target = read_only(a[0]), y[0]
+            _split_columns(lambda n0, n1: dots(x, w.indptr, w.indices, w.values, target, n0, n1), columns, macs)
+            return y
+        xt = read_only(np.ascontiguousarray(a.T))
+        if columns_kernel is not None:
+            _split_columns(lambda n0, n1: columns_kernel(xt, w.indptr, w.indices, w.values, y, n0, n1), columns, macs)
+        else:
+            np.copyto(y, self._numpy_columns(xt).T)
+        return y
+
+    def _numpy_columns(self, xt: np.ndarray) -> np.ndarray:
+        """``Y^T`` by numpy: each filled column's gathered, scaled rows of ``X^T`` summed (in blocks)."""
+        w, rows = self.weight, xt.shape[1]
+        yt = np.zeros((self.shape[1], rows), _F32)
+        filled, starts = self._filled, w.indptr[self._filled]
+        step = max(1, _NUMPY_BLOCK // max(rows, 1))
+        first = 0
+        while first < filled.size:
+            # columns whose nonzeros fit in one block (at least one column)
+            last = max(first + 1, int(np.searchsorted(starts, starts[first] + step, side="right")))
+            lo, hi = int(starts[first]), int(w.indptr[filled[last - 1] + 1])
+            block = xt[w.indices[lo:hi]] * w.values[lo:hi, None]
+            yt[filled[first:last]] = np.add.reduceat(block, starts[first:last] - lo, axis=0)
+            first = last
+        return yt
+
+
+class SemiStructuredProduct:
+    """``X @ W`` for a 2:4 sparse ``W`` (``formats.SemiStructuredWeight``)."""
+
+    kind = "2:4"
+
+    def __init__(self, weight: SemiStructuredWeight) -> None:
+        self.weight = weight
+        self.shape = weight.shape
+        for array in (weight.values, weight.metadata):
+            array.flags.writeable = False
+
+    def _kernels(self):
+        values, metadata = _probe((0, 0), _F32), _probe((0, 0), np.uint16)
+        dots = _compiled(_SEMI_DOTS, "f32", _probe((0,), _F32), values, metadata, _probe((0,), _F32, True), 0, 0)
+        columns = _compiled(_SEMI_COLUMNS, "f32", _probe((0, 0), _F32), values, metadata,
+                            _probe((0, 0), _F32, True), 0, 0)
+        return dots, columns
+
+    def product(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``a @ W`` for a C-contiguous float32 ``a`` (M x K), into ``out`` (M x N) when given."""
+        w = self.weight
+        rows, (inner, columns) = a.shape[0], self.shape
+        y = np.empty((rows, columns), _F32) if out is None else out
+        dots, columns_kernel = self._kernels()
+        macs = rows * columns * inner // 2
+        if rows == 1 and dots is not None:
+            x, target = read_only(a[0]), y[0]
+            _split_columns(lambda n0, n1: dots(x, w.values, w.metadata, target, n0, n1), columns, macs)
+            return y
+        xt = read_only(np.ascontiguousarray(a.T))
+        if columns_kernel is not None:
+            _split_columns(lambda n0, n1: columns_kernel(xt, w.values, w.metadata, y, n0, n1), columns, macs)
+        else:
+            np.copyto(y, self._numpy_columns(xt).T)
+        return y
+
+    def _numpy_columns(self, xt: np.ndarray) -> np.ndarray:
+        w, rows = self.weight, xt.shape[1]
+        yt = np.empty((self.shape[1], rows), _F32)
+        step = max(1, _NUMPY_BLOCK // max(rows * w.values.shape[1], 1))
+        for n0 in range(0, self.shape[1], step):
+            n1 = min(n0 + step, self.shape[1])
+            gathered = xt[w.kept_indices(n0, n1)]  # (columns, K/2, rows)
+            np.einsum("nj,njm->nm", w.values[n0:n1], gathered, out=yt[n0:n1])
+        return yt
+
+
+Product = CsrProduct | SemiStructuredProduct
+
+
+class SparseWeight:
+    """A constant weight's sparse products chosen at session creation (a kernel's ``_packed``).
+
+    ``shape`` is the product's ``W`` (K x N); ``source_shape`` the node input it was made from (N x K
+    for a transposed Gemm B), which kernels compare with the input they receive. ``single_row`` runs
+    one-row products, ``many_rows`` the others; None where the dense GEMM was faster."""
+
+    __slots__ = ("shape", "source_shape", "sparsity", "single_row", "many_rows")
+
+    def __init__(self, shape: tuple[int, int], source_shape: tuple[int, ...], sparsity: float,
+                 single_row: Product | None, many_rows: Product | None) -> None:
+        self.shape = shape
+        self.source_shape = source_shape
+        self.sparsity = sparsity
+        self.single_row = single_row
+        self.many_rows = many_rows
+
+    def product(self, a: np.ndarray, alloc=None) -> np.ndarray | None:
+        """``a @ W`` (``a`` float32, rank >= 2, last axis K) by the chosen sparse kernel, written into a
+        buffer from the plan's ``alloc`` when given; None when the dense GEMM should run for this many
+        rows (or ``a`` does not fit: another dtype or inner size)."""
+        if a.dtype != _F32 or a.ndim < 2 or a.shape[-1] != self.shape[0]:
+            return None
+        rows = math.prod(a.shape[:-1])
+        chosen = self.single_row if rows == 1 else self.many_rows
+        if chosen is None or rows == 0:
+            return None
+        shape = a.shape[:-1] + (self.shape[1],)
+        out = alloc(shape, _F32) if alloc is not None and a.nbytes >= ALLOC_MIN_BYTES else None
+        flat = np.ascontiguousarray(a).reshape(rows, self.shape[0])
+        y = chosen.product(flat, None if out is None else out.reshape(rows, self.shape[1]))
+        return y.reshape(shape)
+
+
+# --------------------------------------------------------------------------- selection at session creation
+
+
+def _settings() -> tuple[bool, float, str]:
+    enabled = session_config_entry(ENABLE_KEY, "1")
+    if enabled not in ("0", "1"):
+        raise InvalidArgument(f"session config '{ENABLE_KEY}' must be '0' or '1', got {enabled!r}")
+    text = session_config_entry(MIN_SPARSITY_KEY, str(DEFAULT_MIN_SPARSITY))
+    try:
+        threshold = float(text)
+    except ValueError:
+        threshold = math.nan
+    if not 0.0 <= threshold <= 1.0:
+        raise InvalidArgument(f"session config '{MIN_SPARSITY_KEY}' must be a number in [0, 1], got {text!r}")
+    select = session_config_entry(SELECT_KEY, "measure")
+    if select not in ("measure", "always"):
+        raise InvalidArgument(f"session config '{SELECT_KEY}' must be 'measure' or 'always', got {select!r}")
+    return enabled == "1", threshold, select
+
+
+def _best_time(fn: Callable[[], object]) -> float:
+    fn()  # warm: compiles, touches the weight
+    best = math.inf
+    for _ in range(_TIMING_REPEATS):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _fastest(dense: np.ndarray, products: list[Product], rows: int) -> Product | None:
+    """The product beating the dense GEMM by ``REQUIRED_GAIN`` for ``rows`` rows (the fastest such), else None."""
+    x = np.random.default_rng(0).standard_normal((rows, dense.shape[0]), dtype=np.float32)
+    out = np.empty((rows, dense.shape[1]), _F32)
+    budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(x, dense, out=out))
+    best, best_time = None, budget
+    for candidate in products:
+        elapsed = _best_time(lambda: candidate.product(x, out))
+        if elapsed < best_time:
+            best, best_time = candidate, elapsed
+    return best
+
+
+def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None) -> SparseWeight | None:
+    """The sparse products of a constant ``weight`` (K x N, ``Y = X @ weight``; ``source_shape``: the shape
+    of the node input it comes from, default its own), chosen under the current session's
+    ``onyxrt.sparse.*`` settings; None when the dense GEMM should run for every row count (sparse
+    execution off, not float32, too few zeros, or the dense GEMM measured faster)."""
+    if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.dtype != _F32 or weight.size == 0:
+        return None
+    enabled, threshold, select = _settings()
+    if not enabled:
+        return None
+    from ....sparsity.formats import CsrWeight, SemiStructuredWeight, is_semi_structured, zero_fraction
+
+    sparsity = zero_fraction(weight)
+    source = tuple(weight.shape if source_shape is None else source_shape)
+    if sparsity < threshold or sparsity == 0.0:
+        return None
+    products: list[Product] = [CsrProduct(CsrWeight.from_dense(weight))]
+    if is_semi_structured(weight):
+        products.insert(0, SemiStructuredProduct(SemiStructuredWeight.from_dense(weight)))
+    if select == "always":
+        return SparseWeight(weight.shape, source, sparsity, products[0], products[0])
+    pool = current_pool()
+    key = (weight.shape, round(sparsity, 2), tuple(p.kind for p in products), pool.num_threads, pool.splits_gemms,
+           _CSR_COLUMNS.enabled())
+    kinds = _decisions.get(key)
+    dense = np.ascontiguousarray(weight)
+    if kinds is None:
+        choices = (_fastest(dense, products, 1), _fastest(dense, products, MEASURED_ROWS))
+        kinds = _decisions[key] = tuple(None if c is None else c.kind for c in choices)
+    by_kind = {p.kind: p for p in products}
+    single_row, many_rows = (by_kind.get(kind) for kind in kinds)
+    if single_row is None and many_rows is None:
+        return None
+    return SparseWeight(weight.shape, source, sparsity, single_row, many_rows)
