@@ -199,3 +199,37 @@ def test_profile_shows_each_region_as_one_event_with_its_nodes(device, tmp_path)
     cpu = [e["args"] for e in events if e["args"]["provider"] == CPU]
     assert [a["op_name"] for a in cpu if not a["op_name"].startswith("Memcpy")] == ["FusedGemm"]
     assert all("fused_nodes" not in a for a in cpu)
+
+
+def test_openvino_regions_stay_standard_onnx(tmp_path):
+    pytest.importorskip("openvino")
+    # Gemm + activation, twice, around a com.microsoft op OpenVINO's frontend lacks (BiasSoftmax): OpenVINO
+    # gets both pairs as they are written, no FusedGemm takes them first
+    nodes = [
+        helper.make_node("Gemm", ["x", "w", "b"], ["g"]), helper.make_node("LeakyRelu", ["g"], ["l"], alpha=0.2),
+        helper.make_node("BiasSoftmax", ["l", "b"], ["f"], domain="com.microsoft", axis=-1),
+        helper.make_node("Gemm", ["f", "w", "b"], ["g2"]), helper.make_node("Relu", ["g2"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])],
+        initializer=[numpy_helper.from_array(W, "w"), numpy_helper.from_array(B, "b")],
+        value_info=[helper.make_tensor_value_info("f", TensorProto.FLOAT, [3, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)]).SerializeToString()
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    openvino = "OpenVINOExecutionProvider"
+    session = ort.InferenceSession(model, options, providers=[(openvino, {"precision": "FP32"}), CPU])
+    placed = [(node.op_type, node.meta[PROVIDER_KEY]) for node in session._plan.graph]
+    assert placed == [(openvino, openvino), ("BiasSoftmax", CPU), (openvino, openvino)]
+    bodies = [[n.op_type for n in node.meta[FUSED_GROUP].nodes] for node in session._plan.graph
+              if FUSED_GROUP in node.meta]
+    assert bodies == [["Gemm", "LeakyRelu"], ["Gemm", "Relu"]]
+    got = session.run(None, {"x": X})[0]
+    np.testing.assert_allclose(got, ort.InferenceSession(model, providers=[CPU]).run(None, {"x": X})[0], rtol=1e-5)
+    events = [e["args"] for e in json.loads(open(session.end_profiling()).read()) if e["cat"] == "Node"]
+    regions = [args for args in events if args["op_name"] == openvino]
+    assert [(args["provider"], args["fused_op_types"]) for args in regions] == [
+        (openvino, ["Gemm", "LeakyRelu"]), (openvino, ["Gemm", "Relu"])]
