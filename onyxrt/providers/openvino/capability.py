@@ -25,16 +25,13 @@ import onnx_ir as ir
 
 from ...graph.builder import has_subgraphs
 from ..base import is_assigned
-from .onnx_export import ValueNames, border_inputs, export_nodes
+from .onnx_export import EMBEDDED_BYTES, ValueNames, border_inputs, export_nodes
 
 # Ops that only move or describe data: a region made of these alone stays on the CPU.
 BOOKKEEPING_OPS = frozenset({
     "Constant", "ConstantOfShape", "Shape", "Size", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten",
     "Cast", "Range", "Concat", "Gather", "Slice", "Expand",
 })
-# Initializers up to this size are exported with their data (a shape or axes input the
-# frontend needs as a constant); larger ones as typed inputs, to avoid copying weights.
-_EXPORTED_CONSTANT_BYTES = 1 << 16
 
 
 def supported_regions(graph: ir.Graph, opset_imports: Mapping[str, int], core: Any, device: str) -> list[list[ir.Node]]:
@@ -113,7 +110,7 @@ def _convert_partially(nodes: Sequence[ir.Node], opset_imports: Mapping[str, int
     inputs = border_inputs(nodes)
     constants = {value: value.const_value for value in inputs
                  if value.is_initializer() and not value.is_graph_input() and value.const_value is not None
-                 and value.const_value.nbytes <= _EXPORTED_CONSTANT_BYTES}
+                 and value.const_value.nbytes <= EMBEDDED_BYTES}
     outputs = [value for node in nodes for value in node.outputs if value is not None]
     model = export_nodes(nodes, inputs, outputs, opset_imports, names, constants)
     frontend = FrontEndManager().load_by_framework("onnx")

@@ -15,6 +15,9 @@ import onnx_ir as ir
 
 from ...graph.builder import reads
 
+# Initializers up to this size are exported with their data (a shape or axes input the
+# frontend needs as a constant); larger ones (weights) as typed inputs, sparing protobuf copies.
+EMBEDDED_BYTES = 1 << 16
 # The IR version of the copies: the newest OpenVINO 2024.4's frontend reads (int4, float8 types).
 _IR_VERSION = 10
 

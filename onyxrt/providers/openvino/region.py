@@ -22,7 +22,8 @@ import onnx_ir as ir
 
 from ...errors import EPFail
 from ..base import NodeGroup
-from .onnx_export import ValueNames, export_nodes
+from ...graph.tensors import constant_array
+from .onnx_export import EMBEDDED_BYTES, ValueNames, export_nodes
 from .options import OpenVINOOptions
 
 
@@ -38,13 +39,19 @@ class CompiledRegion:
         fixed = {value: constants[value.name] for value in group.inputs if value.name in constants}
         self._fed_positions = [position for position, value in enumerate(group.inputs) if value not in fixed]
         self._output_dtypes = [_numpy_dtype(value) for value in group.outputs]
-        proto = export_nodes(group.nodes, group.inputs, group.outputs, group.opset_imports, ValueNames(),
-                             {value: constant.const_value for value, constant in fixed.items()})
+        # small constants (shapes, axes) go into the ONNX copy, where the frontend may need their values;
+        # weights join the converted model as constants sharing their arrays' memory (no protobuf copies)
+        small = {value: constant for value, constant in fixed.items() if constant.const_value.nbytes <= EMBEDDED_BYTES}
+        names = ValueNames()
+        proto = export_nodes(group.nodes, group.inputs, group.outputs, group.opset_imports, names,
+                             {value: constant.const_value for value, constant in small.items()})
         from openvino.frontend import FrontEndManager
 
         frontend = FrontEndManager().load_by_framework("onnx")
         try:
             self._model = frontend.convert(frontend.load(io.BytesIO(proto.SerializeToString())))
+            _attach_weights(self._model, {names(value): constant_array(constant)
+                                          for value, constant in fixed.items() if value not in small})
         except Exception as exc:  # OpenVINO's own exception types
             raise EPFail(f"OpenVINOExecutionProvider could not convert region {name} "
                          f"({len(group.nodes)} nodes): {exc}") from None
@@ -94,6 +101,23 @@ class CompiledRegion:
                 model.reshape({index: list(shape) for index, shape in enumerate(shapes)})
                 compiled = self._static_models[shapes] = self._compile(model)
             return compiled
+
+
+def _attach_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
+    """Replace ``model``'s parameters named in ``weights`` by constants holding those arrays.
+
+    OpenVINO shares only writeable memory: read-only arrays (the session's weights) are copied once.
+    """
+    import openvino as ov
+
+    for name, array in weights.items():
+        parameter = model.input(name).get_node()
+        array = np.ascontiguousarray(array)
+        constant = ov.op.Constant(array if array.flags.writeable else array.copy(), shared_memory=True)
+        constant.set_friendly_name(name)
+        parameter.output(0).replace(constant.output(0))
+        model.remove_parameter(parameter)
+    model.validate_nodes_and_infer_types()
 
 
 def _numpy_dtype(value: ir.Value) -> np.dtype | None:
