@@ -95,6 +95,9 @@ class ExecutionProvider:
         self.options: dict[str, str] = dict(options or {})
         self.device = Device(self.device_type, int(self.options.get("device_id", 0)))
 
+    def use_session_options(self, session_options: Any) -> None:
+        """Take defaults from the session's ``SessionOptions`` (called once, before partitioning); default: none."""
+
     @property
     def data_transfer(self) -> DataTransfer:
         """Copies between the host and this provider's device."""

@@ -52,5 +52,11 @@ def normalize_providers(
     return list(chosen.items())
 
 
-def create_providers(normalized: list[tuple[str, dict[str, str]]]) -> list[ExecutionProvider]:
-    return [AVAILABLE_PROVIDERS[name](options) for name, options in normalized]
+def create_providers(normalized: list[tuple[str, dict[str, str]]],
+                     session_options: Any | None = None) -> list[ExecutionProvider]:
+    """The providers, each told the session's options (thread counts a provider's own options leave open)."""
+    providers = [AVAILABLE_PROVIDERS[name](options) for name, options in normalized]
+    if session_options is not None:
+        for provider in providers:
+            provider.use_session_options(session_options)
+    return providers

@@ -144,14 +144,16 @@ def test_options_become_openvino_properties(tmp_path):
 
 
 def test_session_threads_are_the_default_thread_count():
-    session = ort.InferenceSession(_mlp_model(), providers=[(OV, FP32), CPU])
-    provider = _openvino_provider(session)
-    provider.use_session_threads(3)
+    from onyxrt.session.providers import create_providers
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 3
+    (provider, _) = create_providers([(OV, {}), (CPU, {})], options)
     assert provider.settings.num_of_threads == 3
-    explicit = ort.InferenceSession(_mlp_model(), providers=[(OV, {"num_of_threads": "1"}), CPU])
-    _openvino_provider(explicit).use_session_threads(3)
-    assert _openvino_provider(explicit).settings.num_of_threads == 1
-    (region,) = _openvino_provider(explicit).regions
+    (explicit, _) = create_providers([(OV, {"num_of_threads": "1"}), (CPU, {})], options)
+    assert explicit.settings.num_of_threads == 1
+    session = ort.InferenceSession(_mlp_model(), providers=[(OV, {"num_of_threads": "1"}), CPU])
+    (region,) = _openvino_provider(session).regions
     assert region._compiled.get_property("INFERENCE_NUM_THREADS") == 1
 
 

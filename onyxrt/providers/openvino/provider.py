@@ -37,10 +37,11 @@ class OpenVINOExecutionProvider(ExecutionProvider):
         self._constants: dict[str, ir.Value] = {}
         self._lock = threading.Lock()
 
-    def use_session_threads(self, intra_op_num_threads: int) -> None:
-        """The session's thread count, used for ``num_of_threads`` when the options do not set it (0: OpenVINO's)."""
-        if "num_of_threads" not in self.options and intra_op_num_threads > 0:
-            self.settings = parse_options(self.options, default_threads=intra_op_num_threads)
+    def use_session_options(self, session_options: Any) -> None:
+        """The session's ``intra_op_num_threads`` is ``num_of_threads`` where the options leave it out (0: OpenVINO's)."""
+        threads = int(getattr(session_options, "intra_op_num_threads", 0) or 0)
+        if "num_of_threads" not in self.options and threads > 0:
+            self.settings = parse_options(self.options, default_threads=threads)
 
     def get_capability(self, graph: ir.Graph, opset_imports: Mapping[str, int]) -> list[NodeGroup]:
         """Connected regions of free nodes OpenVINO's ONNX frontend converts and the device supports."""
