@@ -193,3 +193,36 @@ def test_a_weight_a_feed_may_override_is_not_prepared():
     other = np.ones((16, 16), np.float32)
     assert_product_close(sess.run(None, {"x": x})[0], x @ w)
     assert_product_close(sess.run(None, {"x": x, "w": other})[0], x @ other)
+
+
+@pytest.mark.parametrize("strides,batch", [([1, 1], 1), ([2, 2], 2)])
+def test_one_by_one_conv_with_bias_relu_and_residual(strides, batch):
+    w = pruned((24, 16), 0.9, seed=15).reshape(24, 16, 1, 1)
+    bias = np.random.default_rng(16).standard_normal(24).astype(np.float32)
+    x = np.random.default_rng(17).standard_normal((batch, 16, 9, 9)).astype(np.float32)
+    out = (9 - 1) // strides[0] + 1
+    z = np.random.default_rng(18).standard_normal((batch, 24, out, out)).astype(np.float32)
+    node = helper.make_node("FusedConv", ["x", "w", "b", "z"], ["y"], domain=_MS, strides=strides,
+                            kernel_shape=[1, 1], activation="Relu")
+    data = model([node], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape)),
+                          helper.make_tensor_value_info("z", TensorProto.FLOAT, list(z.shape))],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w, "b": bias}, ms=True)
+    (y,), (expected,), _ = run_both(data, {"x": x, "z": z})
+    assert_product_close(y, expected)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    data = model([conv], [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w})
+    (y,), (expected,), sess = run_both(data, {"x": x})
+    assert_product_close(y, expected)
+    packed = [getattr(step[0], "keywords", {}).get("_packed") for step in sess._plan._steps]
+    assert packed[0].sparse is not None and packed[0].sparse.shape == (16, 24)
+
+
+def test_conv_with_a_larger_kernel_stays_dense():
+    w = pruned((8, 4 * 9), 0.9).reshape(8, 4, 3, 3)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    data = model([conv], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], {"w": w})
+    sess = session(data, select="always")
+    packed = [getattr(step[0], "keywords", {}).get("_packed") for step in sess._plan._steps]
+    assert packed[0].sparse is None

@@ -124,6 +124,18 @@ def test_two_four_product_equals_dense(kernels, rows, shape):
     assert_product_close(SemiStructuredProduct(SemiStructuredWeight.from_dense(w)).product(x), x @ w)
 
 
+@pytest.mark.parametrize("columns", [1, 5, 49])
+def test_transposed_products_equal_dense(kernels, columns):
+    """W^T @ X, X channels x pixels: a 1x1 convolution of one image."""
+    xt = np.random.default_rng(6).standard_normal((64, columns)).astype(np.float32)
+    unstructured, structured = pruned((64, 40), 0.85), two_four((64, 40))
+    for w, product in ((unstructured, CsrProduct(CsrWeight.from_dense(unstructured))),
+                       (structured, SemiStructuredProduct(SemiStructuredWeight.from_dense(structured)))):
+        assert_product_close(product.transposed_product(xt), w.T @ xt)
+        sparse = SparseWeight(w.shape, w.shape, 0.5, product, product)
+        assert_product_close(sparse.transposed_product(xt), w.T @ xt)
+
+
 @pytest.mark.parametrize("rows", [1, 96])
 def test_products_split_over_threads(kernels, rows):
     w = pruned((256, 1024), 0.8)

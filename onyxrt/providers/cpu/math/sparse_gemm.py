@@ -26,6 +26,7 @@ without timing, for benchmarks and tests).
 
 from __future__ import annotations
 
+import abc
 import math
 import time
 from typing import TYPE_CHECKING, Callable
@@ -66,18 +67,20 @@ _decisions: dict[tuple, tuple[str | None, str | None]] = {}
 # Plain Python compiled by numba on first use (jit.LazyKernel); never called uncompiled.
 
 
-def _csr_columns(xt, indptr, indices, values, y, n0, n1):
-    """``y[:, n] = sum_j values[j] * xt[indices[j], :]`` over column n's nonzeros, for n in [n0, n1).
+def _csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
+    """``y[:, n] = sum_j values[j] * xt[indices[j], :]`` over column n's nonzeros, for n in [n0, n1)
+    (``transposed``: ``y[n, :]``, y being N x rows).
 
-    Each block of ``COLUMN_BLOCK`` columns is accumulated in a local (columns x rows) buffer, contiguous
-    over the rows, then written into ``y``'s rows. Four nonzeros per pass over a buffer row: one load
-    and store of it per four multiply-adds (the loop is bound by loads and stores, not arithmetic)."""
+    Without ``transposed``, each block of ``COLUMN_BLOCK`` columns is accumulated in a local
+    (columns x rows) buffer, contiguous over the rows, then written into ``y``'s rows. Four nonzeros
+    per pass over a buffer row: one load and store of it per four multiply-adds (the loop is bound
+    by loads and stores, not arithmetic)."""
     rows = xt.shape[1]
     block = np.empty((COLUMN_BLOCK, rows), np.float32)
     for b0 in range(n0, n1, COLUMN_BLOCK):
         b1 = min(b0 + COLUMN_BLOCK, n1)
         for n in range(b0, b1):
-            out = block[n - b0]
+            out = y[n] if transposed else block[n - b0]
             out[:] = 0
             j = indptr[n]
             end = indptr[n + 1]
@@ -93,9 +96,10 @@ def _csr_columns(xt, indptr, indices, values, y, n0, n1):
                 for m in range(rows):
                     out[m] += weight * source[m]
                 j += 1
-        for m in range(rows):
-            for n in range(b0, b1):
-                y[m, n] = block[n - b0, m]
+        if not transposed:
+            for m in range(rows):
+                for n in range(b0, b1):
+                    y[m, n] = block[n - b0, m]
 
 
 def _csr_dots(x, indptr, indices, values, y, n0, n1):
@@ -118,7 +122,7 @@ def _csr_dots(x, indptr, indices, values, y, n0, n1):
         y[n] = (acc0 + acc1) + (acc2 + acc3)
 
 
-def _semi_structured_columns(xt, values, metadata, y, n0, n1):
+def _semi_structured_columns(xt, values, metadata, y, n0, n1, transposed):
     """The 2:4 form of ``_csr_columns``: group g of column n keeps k = 4g + the metadata's two 2-bit offsets."""
     rows = xt.shape[1]
     groups = values.shape[1] // 2
@@ -126,7 +130,7 @@ def _semi_structured_columns(xt, values, metadata, y, n0, n1):
     for b0 in range(n0, n1, COLUMN_BLOCK):
         b1 = min(b0 + COLUMN_BLOCK, n1)
         for n in range(b0, b1):
-            out = block[n - b0]
+            out = y[n] if transposed else block[n - b0]
             out[:] = 0
             g = 0
             while g + 2 <= groups:  # two groups (four values) per pass, as _csr_columns
@@ -147,9 +151,10 @@ def _semi_structured_columns(xt, values, metadata, y, n0, n1):
                 s1 = xt[4 * g + (nibble0 >> 2)]
                 for m in range(rows):
                     out[m] += w0 * s0[m] + w1 * s1[m]
-        for m in range(rows):
-            for n in range(b0, b1):
-                y[m, n] = block[n - b0, m]
+        if not transposed:
+            for m in range(rows):
+                for n in range(b0, b1):
+                    y[m, n] = block[n - b0, m]
 
 
 def _semi_structured_dots(x, values, metadata, y, n0, n1):
@@ -187,7 +192,58 @@ def _split_columns(kernel: Callable, columns: int, macs: int) -> None:
 # --------------------------------------------------------------------------- products
 
 
-class CsrProduct:
+class _Product(abc.ABC):
+    """``X @ W`` for a sparse ``W`` (K x N): the row-count dispatch and thread split every format shares."""
+
+    kind = ""
+    shape: tuple[int, int]
+
+    def product(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``a @ W`` for a C-contiguous float32 ``a`` (rows x K), into ``out`` (rows x N, C-contiguous) when given."""
+        rows, columns = a.shape[0], self.shape[1]
+        y = np.empty((rows, columns), _F32) if out is None else out
+        dots, many = self._bound_kernels()
+        if rows == 1 and dots is not None:
+            x, target = read_only(a[0]), y[0]
+            _split_columns(lambda n0, n1: dots(x, target, n0, n1), columns, self._macs(rows))
+            return y
+        xt = read_only(np.ascontiguousarray(a.T))
+        if many is not None:
+            _split_columns(lambda n0, n1: many(xt, y, n0, n1, False), columns, self._macs(rows))
+        else:
+            np.copyto(y, self._numpy_columns(xt).T)
+        return y
+
+    def transposed_product(self, xt: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """``(xt^T @ W)^T`` (N x rows) for a C-contiguous float32 ``xt`` (K x rows), into ``out`` when given:
+        a convolution's ``W^T @ X`` with the image's channels x pixels matrix as ``xt``."""
+        rows, columns = xt.shape[1], self.shape[1]
+        yt = np.empty((columns, rows), _F32) if out is None else out
+        dots, many = self._bound_kernels()
+        xt = read_only(xt)
+        if rows == 1 and dots is not None:
+            x, target = xt.reshape(-1), yt.reshape(-1)
+            _split_columns(lambda n0, n1: dots(x, target, n0, n1), columns, self._macs(rows))
+        elif many is not None:
+            _split_columns(lambda n0, n1: many(xt, yt, n0, n1, True), columns, self._macs(rows))
+        else:
+            np.copyto(yt, self._numpy_columns(xt))
+        return yt
+
+    @abc.abstractmethod
+    def _bound_kernels(self) -> tuple[Callable | None, Callable | None]:
+        """The one-row and the many-row kernel bound to this format's arrays (None without numba)."""
+
+    @abc.abstractmethod
+    def _macs(self, rows: int) -> int:
+        """Multiply-adds of a product with ``rows`` rows (decides the thread split)."""
+
+    @abc.abstractmethod
+    def _numpy_columns(self, xt: np.ndarray) -> np.ndarray:
+        """``(xt^T @ W)^T`` by numpy (the many-row kernel where numba is absent)."""
+
+
+class CsrProduct(_Product):
     """``X @ W`` for an unstructured sparse ``W`` (``formats.CsrWeight``)."""
 
     kind = "csr"
@@ -197,35 +253,21 @@ class CsrProduct:
         self.shape = weight.shape
         for array in (weight.indptr, weight.indices, weight.values):
             array.flags.writeable = False
-        counts = np.diff(weight.indptr)
-        self._filled = np.flatnonzero(counts)  # columns with a nonzero (numpy path)
+        self._filled = np.flatnonzero(np.diff(weight.indptr))  # columns with a nonzero (numpy path)
 
-    def _kernels(self):
-        index_type = self.weight.indices.dtype
-        key = ("f32", index_type.str)
-        indptr, indices, values = _probe((1,), np.int64), _probe((0,), index_type), _probe((0,), _F32)
-        dots = _compiled(_CSR_DOTS, key, _probe((0,), _F32), indptr, indices, values, _probe((0,), _F32, True), 0, 0)
-        columns = _compiled(_CSR_COLUMNS, key, _probe((0, 0), _F32), indptr, indices, values,
-                            _probe((0, 0), _F32, True), 0, 0)
-        return dots, columns
-
-    def product(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """``a @ W`` for a C-contiguous float32 ``a`` (M x K), into ``out`` (M x N) when given."""
+    def _bound_kernels(self):
         w = self.weight
-        rows, (_, columns) = a.shape[0], self.shape
-        y = np.empty((rows, columns), _F32) if out is None else out
-        dots, columns_kernel = self._kernels()
-        macs = w.nnz * rows
-        if rows == 1 and dots is not None:
-            x, target = read_only(a[0]), y[0]
-            _split_columns(lambda n0, n1: dots(x, w.indptr, w.indices, w.values, target, n0, n1), columns, macs)
-            return y
-        xt = read_only(np.ascontiguousarray(a.T))
-        if columns_kernel is not None:
-            _split_columns(lambda n0, n1: columns_kernel(xt, w.indptr, w.indices, w.values, y, n0, n1), columns, macs)
-        else:
-            np.copyto(y, self._numpy_columns(xt).T)
-        return y
+        key = ("f32", w.indices.dtype.str)
+        indptr, indices, values = _probe((1,), np.int64), _probe((0,), w.indices.dtype), _probe((0,), _F32)
+        dots = _compiled(_CSR_DOTS, key, _probe((0,), _F32), indptr, indices, values, _probe((0,), _F32, True), 0, 0)
+        many = _compiled(_CSR_COLUMNS, key, _probe((0, 0), _F32), indptr, indices, values,
+                         _probe((0, 0), _F32, True), 0, 0, False)
+        return (None if dots is None else lambda x, y, n0, n1: dots(x, w.indptr, w.indices, w.values, y, n0, n1),
+                None if many is None else
+                lambda xt, y, n0, n1, transposed: many(xt, w.indptr, w.indices, w.values, y, n0, n1, transposed))
+
+    def _macs(self, rows: int) -> int:
+        return self.weight.nnz * rows
 
     def _numpy_columns(self, xt: np.ndarray) -> np.ndarray:
         """``Y^T`` by numpy: each filled column's gathered, scaled rows of ``X^T`` summed (in blocks)."""
@@ -244,7 +286,7 @@ class CsrProduct:
         return yt
 
 
-class SemiStructuredProduct:
+class SemiStructuredProduct(_Product):
     """``X @ W`` for a 2:4 sparse ``W`` (``formats.SemiStructuredWeight``)."""
 
     kind = "2:4"
@@ -255,30 +297,18 @@ class SemiStructuredProduct:
         for array in (weight.values, weight.metadata):
             array.flags.writeable = False
 
-    def _kernels(self):
+    def _bound_kernels(self):
+        w = self.weight
         values, metadata = _probe((0, 0), _F32), _probe((0, 0), np.uint16)
         dots = _compiled(_SEMI_DOTS, "f32", _probe((0,), _F32), values, metadata, _probe((0,), _F32, True), 0, 0)
-        columns = _compiled(_SEMI_COLUMNS, "f32", _probe((0, 0), _F32), values, metadata,
-                            _probe((0, 0), _F32, True), 0, 0)
-        return dots, columns
+        many = _compiled(_SEMI_COLUMNS, "f32", _probe((0, 0), _F32), values, metadata,
+                         _probe((0, 0), _F32, True), 0, 0, False)
+        return (None if dots is None else lambda x, y, n0, n1: dots(x, w.values, w.metadata, y, n0, n1),
+                None if many is None else
+                lambda xt, y, n0, n1, transposed: many(xt, w.values, w.metadata, y, n0, n1, transposed))
 
-    def product(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """``a @ W`` for a C-contiguous float32 ``a`` (M x K), into ``out`` (M x N) when given."""
-        w = self.weight
-        rows, (inner, columns) = a.shape[0], self.shape
-        y = np.empty((rows, columns), _F32) if out is None else out
-        dots, columns_kernel = self._kernels()
-        macs = rows * columns * inner // 2
-        if rows == 1 and dots is not None:
-            x, target = read_only(a[0]), y[0]
-            _split_columns(lambda n0, n1: dots(x, w.values, w.metadata, target, n0, n1), columns, macs)
-            return y
-        xt = read_only(np.ascontiguousarray(a.T))
-        if columns_kernel is not None:
-            _split_columns(lambda n0, n1: columns_kernel(xt, w.values, w.metadata, y, n0, n1), columns, macs)
-        else:
-            np.copyto(y, self._numpy_columns(xt).T)
-        return y
+    def _macs(self, rows: int) -> int:
+        return rows * self.shape[1] * self.shape[0] // 2
 
     def _numpy_columns(self, xt: np.ndarray) -> np.ndarray:
         w, rows = self.weight, xt.shape[1]
@@ -311,6 +341,9 @@ class SparseWeight:
         self.single_row = single_row
         self.many_rows = many_rows
 
+    def _chosen(self, rows: int) -> Product | None:
+        return None if rows == 0 else self.single_row if rows == 1 else self.many_rows
+
     def product(self, a: np.ndarray, alloc=None) -> np.ndarray | None:
         """``a @ W`` (``a`` float32, rank >= 2, last axis K) by the chosen sparse kernel, written into a
         buffer from the plan's ``alloc`` when given; None when the dense GEMM should run for this many
@@ -318,14 +351,22 @@ class SparseWeight:
         if a.dtype != _F32 or a.ndim < 2 or a.shape[-1] != self.shape[0]:
             return None
         rows = math.prod(a.shape[:-1])
-        chosen = self.single_row if rows == 1 else self.many_rows
-        if chosen is None or rows == 0:
+        chosen = self._chosen(rows)
+        if chosen is None:
             return None
         shape = a.shape[:-1] + (self.shape[1],)
         out = alloc(shape, _F32) if alloc is not None and a.nbytes >= ALLOC_MIN_BYTES else None
         flat = np.ascontiguousarray(a).reshape(rows, self.shape[0])
         y = chosen.product(flat, None if out is None else out.reshape(rows, self.shape[1]))
         return y.reshape(shape)
+
+    def transposed_product(self, xt: np.ndarray) -> np.ndarray | None:
+        """``W^T @ xt`` (N x columns of ``xt``) for a float32 ``xt`` (K x columns): a 1x1 convolution of
+        one image (channels x pixels); None when the dense GEMM should run (or ``xt`` does not fit)."""
+        if xt.dtype != _F32 or xt.ndim != 2 or xt.shape[0] != self.shape[0]:
+            return None
+        chosen = self._chosen(xt.shape[1])
+        return None if chosen is None else chosen.transposed_product(np.ascontiguousarray(xt))
 
 
 # --------------------------------------------------------------------------- selection at session creation

@@ -19,7 +19,8 @@ into a single ``np.matmul``):
 Constant weights are prepared once (``conv_prepack`` -> ``ConvWeights``): cast to the
 compute dtype, the depthwise GEMM weights, and [W | bias] so that a row of ones in the
 column matrix adds the bias inside the GEMM. The numpy work runs on the calling
-thread (see ``_PARALLEL_CONV``).
+thread (see ``_PARALLEL_CONV``). A float32 1x1 filter with many zeros may run on the sparse
+kernels of ``math.sparse_gemm`` (chosen at session creation by measurement).
 
 float16/bfloat16 are computed in float32, float64 in float64.
 """
@@ -35,6 +36,7 @@ import numpy as np
 from ....framework.thread_pool import current_pool
 from .. import row_kernels
 from ..gemm import matmul as pool_matmul
+from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from .depthwise_conv import depthwise_conv
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -577,7 +579,7 @@ def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
 
 
 def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads, b=None, dw_weights=None,
-              bias_weights=None, activation=None, residual=None) -> np.ndarray:
+              bias_weights=None, activation=None, residual=None, sparse: SparseWeight | None = None) -> np.ndarray:
     """N-D cross-correlation of ``x`` (N, C, *spatial) with ``w`` (M, C/group, *k), same dtype.
 
     ``pads`` is the explicit [begin..., end...] list; ``b`` an optional bias (M,).
@@ -586,7 +588,8 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     (M, C*K + 1) matrix [w | b] of a group-1 convolution with a bias. ``activation``: an
     in-place function applied to the result (by 2-D depthwise convolutions per block of
     channels, while in cache); ``residual``, an array of the output's shape added before the
-    activation (FusedConv's Z). Returns a contiguous (N, M, *out_spatial) array.
+    activation (FusedConv's Z); ``sparse``, the sparse products of a group-1 1x1 filter.
+    Returns a contiguous (N, M, *out_spatial) array.
     """
     N, C = x.shape[:2]
     nd = x.ndim - 2
@@ -633,7 +636,7 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         y = _conv2d_flat(x, w, group, strides, dilations, pads, out_sp)
         if y is not None:
             return _finish(y, b, activation, residual, nd)
-    if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual is not None):
+    if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual is not None or sparse is not None):
         w_aug = None
     if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or w_aug is not None or strides != [1, 1]):
         # the column matrix straight from the unpadded input
@@ -671,6 +674,10 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         cols[:, C * K] = 1
         y = pool_matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
         return _finish(y.reshape((N, M) + tuple(out_sp)), None, activation, residual, nd)
+    if sparse is not None and group == 1 and K == 1:
+        y = _sparse_conv(sparse, cols)
+        if y is not None:
+            return _finish(y.reshape((N, M) + tuple(out_sp)), b, activation, residual, nd)
     if group == 1:
         w2 = w.reshape(M, Cg * K)
         y = pool_matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
@@ -678,6 +685,14 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         wg = w.reshape(group, Mg, Cg * K)
         y = np.matmul(wg, cols.reshape(N, group, Cg * K, P))
     return _finish(y.reshape((N, M) + tuple(out_sp)), b, activation, residual, nd)
+
+
+def _sparse_conv(sparse: SparseWeight, cols: np.ndarray) -> np.ndarray | None:
+    """W @ cols[i] for each image by the sparse kernels (None where the dense GEMM was measured faster)."""
+    first = sparse.transposed_product(cols[0])
+    if first is None:
+        return None
+    return np.stack([first] + [sparse.transposed_product(image) for image in cols[1:]])
 
 
 def _finish(y: np.ndarray, b, activation, residual, nd: int) -> np.ndarray:
@@ -721,7 +736,7 @@ class ConvWeights:
     and, for 2-D depthwise filters, the GEMM weights of ``depthwise_weights``. Runs share
     it; nothing in it is ever written."""
 
-    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug")
+    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse")
 
     def __init__(self, w: np.ndarray, b, group: int, strides, dilations):
         self.ct = ct = np.dtype(compute_dtype(w.dtype))
@@ -734,6 +749,9 @@ class ConvWeights:
         if int(group) == 1 and self.b is not None:
             M = w.shape[0]
             self.w_aug = frozen(np.concatenate([self.w.reshape(M, -1), self.b.reshape(M, 1)], axis=1))
+        # a 1x1 filter is the GEMM's left operand W (M x C): the sparse products hold W^T
+        one_by_one = int(group) == 1 and w.ndim >= 3 and all(k == 1 for k in w.shape[2:])
+        self.sparse = sparse_prepack(self.w.reshape(w.shape[:2]).T, w.shape) if one_by_one else None
 
 
 def frozen(a: np.ndarray) -> np.ndarray:
@@ -777,12 +795,13 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     p = conv_pads(x.shape[2:], w.shape[2:], s, d, pads, auto_pad)
     ct = compute_dtype(x.dtype)
     xc = x if x.dtype == ct else x.astype(ct)
-    dw = w_aug = None
+    dw = w_aug = sparse = None
     if packed is not None and packed.ct == ct and packed.w.shape == w.shape and (packed.has_bias or b is None):
-        wc, bc, dw, w_aug = packed.w, packed.b, packed.dw, packed.w_aug
+        wc, bc, dw, w_aug, sparse = packed.w, packed.b, packed.dw, packed.w_aug, packed.sparse
     else:
         wc = w if w.dtype == ct else w.astype(ct)
         bc = None if b is None else np.asarray(b).astype(ct, copy=False)
     same = xc is x
-    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if same else None, residual if same else None)
+    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if same else None, residual if same else None,
+                  sparse)
     return y if y.dtype == x.dtype else y.astype(x.dtype)
