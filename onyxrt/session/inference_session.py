@@ -222,7 +222,7 @@ class InferenceSession(SessionApiMixin):
 
         normalized = normalize_providers(providers, provider_options)
         self._provider_options = dict(normalized)
-        self._providers = create_providers(normalized)
+        self._providers = create_providers(normalized, self._sess_options)
         self._prepare(self._providers)
         if self._profiling:
             # as onnxruntime, a session collected before end_profiling still writes its profile
@@ -366,7 +366,7 @@ class InferenceSession(SessionApiMixin):
         prepared again from the source (a path is read again), not re-partitioned.
         """
         normalized = normalize_providers(providers, provider_options)
-        new_providers = create_providers(normalized)
+        new_providers = create_providers(normalized, self._sess_options)
         self._prepare(new_providers)
         self._providers, self._provider_options = new_providers, dict(normalized)
 

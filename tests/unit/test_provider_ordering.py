@@ -233,3 +233,14 @@ def test_openvino_regions_stay_standard_onnx(tmp_path):
     regions = [args for args in events if args["op_name"] == openvino]
     assert [(args["provider"], args["fused_op_types"]) for args in regions] == [
         (openvino, ["Gemm", "LeakyRelu"]), (openvino, ["Gemm", "Relu"])]
+
+
+def test_providers_get_the_session_options_on_creation_and_on_set_providers(device, monkeypatch):
+    seen = []
+    monkeypatch.setattr(SeparateMemoryProvider, "use_session_options",
+                        lambda self, options: seen.append(options.intra_op_num_threads), raising=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(GEMM_THEN_REGION, options, providers=[SEP, CPU])
+    session.set_providers([SEP, CPU])
+    assert seen == [1, 1]
