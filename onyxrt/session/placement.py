@@ -75,10 +75,11 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
     report = run_passes(min(level, OptimizationLevel.BASIC), ())
     _save_if_asked(model, options)
     partition(graph, opsets, ahead, complete=False)
-    if level <= OptimizationLevel.BASIC or _has_unfused_claims(graph):
+    if _has_unfused_claims(graph):  # the CPU provider's passes could take those nodes: none run
         partition(graph, opsets, providers)
         return report
-    report = report.followed_by(run_passes(level, rest))
+    if level > OptimizationLevel.BASIC:
+        report = report.followed_by(run_passes(level, rest))
     partition(graph, opsets, rest)
     return report
 

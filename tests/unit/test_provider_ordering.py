@@ -88,6 +88,14 @@ def test_cpu_fusions_run_on_the_nodes_the_region_provider_left(device):
     np.testing.assert_allclose(session.run(None, {"x": X})[0], _cpu_result(GEMM_THEN_REGION), rtol=1e-5)
 
 
+def test_at_the_basic_level_no_cpu_fusion_runs_around_a_region(device):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(GEMM_THEN_REGION, options, providers=[SEP, CPU])
+    assert _ops(session._plan.graph) == ["Gemm", "LeakyRelu", SEP]
+    np.testing.assert_allclose(session.run(None, {"x": X})[0], _cpu_result(GEMM_THEN_REGION), rtol=1e-5)
+
+
 def test_provider_independent_passes_run_before_the_region_provider_claims(device):
     # MatMul + Add becomes a Gemm (a BASIC pass) first, so the device, which has no Gemm, gets the Tanh only;
     # the Identity inside what would be the device's region is gone before it claims
