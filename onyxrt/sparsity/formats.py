@@ -62,12 +62,13 @@ class CsrWeight:
     def from_dense(cls, weight: np.ndarray) -> CsrWeight:
         """The nonzeros of ``weight`` (K x N)."""
         weight = _check_matrix(weight)
-        columns, rows = np.nonzero(weight.T)  # row-major over W^T: by output column, k increasing
-        counts = np.bincount(columns, minlength=weight.shape[1])
-        indptr = np.zeros(weight.shape[1] + 1, np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        index_type = np.int32 if weight.shape[0] <= np.iinfo(np.int32).max else np.int64
-        return cls(weight.shape, indptr, rows.astype(index_type), np.ascontiguousarray(weight[rows, columns]))
+        k, n = weight.shape
+        transposed = np.ascontiguousarray(weight.T).reshape(-1)  # by output column, k increasing
+        positions = np.flatnonzero(transposed)
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(np.count_nonzero(transposed.reshape(n, k), axis=1), out=indptr[1:])
+        index_type = np.int32 if k <= np.iinfo(np.int32).max else np.int64
+        return cls(weight.shape, indptr, (positions % max(k, 1)).astype(index_type), transposed[positions])
 
     @property
     def dtype(self) -> np.dtype:

@@ -428,20 +428,26 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None) -> Spars
     source = tuple(weight.shape if source_shape is None else source_shape)
     if sparsity < threshold or sparsity == 0.0:
         return None
-    products: list[Product] = [CsrProduct(CsrWeight.from_dense(weight))]
-    if is_semi_structured(weight):
-        products.insert(0, SemiStructuredProduct(SemiStructuredWeight.from_dense(weight)))
+    structured = is_semi_structured(weight)
+
+    def products() -> list[Product]:  # the 2:4 form first: the one "always" takes
+        csr = CsrProduct(CsrWeight.from_dense(weight))
+        return [SemiStructuredProduct(SemiStructuredWeight.from_dense(weight)), csr] if structured else [csr]
+
     if select == "always":
-        return SparseWeight(weight.shape, source, sparsity, products[0], products[0])
+        chosen = products()[0]
+        return SparseWeight(weight.shape, source, sparsity, chosen, chosen)
     pool = current_pool()
-    key = (weight.shape, round(sparsity, 2), tuple(p.kind for p in products), pool.num_threads, pool.splits_gemms,
-           _CSR_COLUMNS.enabled())
+    key = (weight.shape, round(sparsity, 2), structured, pool.num_threads, pool.splits_gemms, _CSR_COLUMNS.enabled())
     kinds = _decisions.get(key)
-    dense = np.ascontiguousarray(weight)
+    if kinds == (None, None):
+        return None  # measured before for this shape and density: no format to build
+    candidates = products()
     if kinds is None:
-        choices = (_fastest(dense, products, 1), _fastest(dense, products, MEASURED_ROWS))
+        dense = np.ascontiguousarray(weight)
+        choices = (_fastest(dense, candidates, 1), _fastest(dense, candidates, MEASURED_ROWS))
         kinds = _decisions[key] = tuple(None if c is None else c.kind for c in choices)
-    by_kind = {p.kind: p for p in products}
+    by_kind = {p.kind: p for p in candidates}
     single_row, many_rows = (by_kind.get(kind) for kind in kinds)
     if single_row is None and many_rows is None:
         return None
