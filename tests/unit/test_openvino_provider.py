@@ -89,6 +89,19 @@ def test_no_providers_given_means_the_cpu_provider_only():
     assert ort.InferenceSession(model).get_providers() == [CPU]
 
 
+def test_where_openvino_is_missing_asking_for_it_warns_and_runs_on_the_cpu():
+    from onyxrt.providers import OpenVINOExecutionProvider, register_execution_provider, unregister_execution_provider
+
+    unregister_execution_provider(OV)  # as a build without openvino
+    try:
+        assert OV not in ort.get_available_providers()
+        with pytest.warns(UserWarning, match="Specified provider 'OpenVINOExecutionProvider' is not in available"):
+            session = ort.InferenceSession(_mlp_model(), providers=[OV, CPU])
+        assert session.get_providers() == [CPU]
+    finally:
+        register_execution_provider(OpenVINOExecutionProvider)
+
+
 # ---------------------------------------------------------------------------------------------- options
 
 
@@ -150,9 +163,11 @@ def test_session_threads_are_the_default_thread_count():
     options.intra_op_num_threads = 3
     (provider, _) = create_providers([(OV, {}), (CPU, {})], options)
     assert provider.settings.num_of_threads == 3
-    (explicit, _) = create_providers([(OV, {"num_of_threads": "1"}), (CPU, {})], options)
-    assert explicit.settings.num_of_threads == 1
-    session = ort.InferenceSession(_mlp_model(), providers=[(OV, {"num_of_threads": "1"}), CPU])
+    (explicit, _) = create_providers([(OV, {"num_of_threads": "2"}), (CPU, {})], options)
+    assert explicit.settings.num_of_threads == 2
+    # OpenVINO caps the count at the machine's cores: one thread is below it everywhere
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(_mlp_model(), options, providers=[OV, CPU])
     (region,) = _openvino_provider(session).regions
     assert region._compiled.get_property("INFERENCE_NUM_THREADS") == 1
 
@@ -269,6 +284,26 @@ def test_regions_of_shape_bookkeeping_alone_stay_on_the_cpu():
     model = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3], TensorProto.STRING)])
     openvino, _ = _sessions(model)
     assert {provider for _, provider in _placement(openvino)} == {CPU}
+
+
+def test_regions_inside_a_branch_run_on_openvino_the_if_on_the_cpu():
+    def branch(name, op):
+        nodes = [helper.make_node("MatMul", ["x", "w"], [f"{name}_m"]), helper.make_node(op, [f"{name}_m"], [f"{name}_y"])]
+        return helper.make_graph(nodes, name, [], [_vi(f"{name}_y", ["n", 3])])
+
+    rng = np.random.default_rng(6)
+    model = _model(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", "Tanh"), else_branch=branch("else", "Sigmoid"))],
+        [_vi("x", ["n", 3]), _vi("flag", [], TensorProto.BOOL)], [_vi("y", ["n", 3])],
+        [numpy_helper.from_array(rng.standard_normal((3, 3)).astype(np.float32), "w")],
+    )
+    openvino, cpu = _sessions(model)
+    assert _placement(openvino) == [("If", CPU)]
+    assert len(_openvino_provider(openvino).regions) == 2
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    for flag in (True, False):
+        feeds = {"x": x, "flag": np.array(flag)}
+        _assert_close(openvino.run(None, feeds), cpu.run(None, feeds))
 
 
 def test_overridable_initializers_are_fed_not_folded():
