@@ -108,7 +108,7 @@ def assert_product_close(y, expected):
     assert float(np.abs(y - expected).max()) <= 1e-4 * scale
 
 
-@pytest.mark.parametrize("rows", [1, 2, 7, 64, 130])
+@pytest.mark.parametrize("rows", [1, 2, 7, 64, 130, sparse_gemm.ROW_BLOCK + 3])
 @pytest.mark.parametrize("shape,sparsity", [((64, 48), 0.5), ((300, 17), 0.9), ((33, 200), 0.99), ((16, 16), 1.0)])
 def test_csr_product_equals_dense(kernels, rows, shape, sparsity):
     w = pruned(shape, sparsity)
@@ -116,7 +116,7 @@ def test_csr_product_equals_dense(kernels, rows, shape, sparsity):
     assert_product_close(CsrProduct(CsrWeight.from_dense(w)).product(x), x @ w)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 64])
+@pytest.mark.parametrize("rows", [1, 3, 64, sparse_gemm.ROW_BLOCK + 3])
 @pytest.mark.parametrize("shape", [(64, 40), (20, 33), (4, 1)])
 def test_two_four_product_equals_dense(kernels, rows, shape):
     w = two_four(shape)
@@ -124,7 +124,7 @@ def test_two_four_product_equals_dense(kernels, rows, shape):
     assert_product_close(SemiStructuredProduct(SemiStructuredWeight.from_dense(w)).product(x), x @ w)
 
 
-@pytest.mark.parametrize("columns", [1, 5, 49])
+@pytest.mark.parametrize("columns", [1, 5, 49, sparse_gemm.ROW_BLOCK + 3])
 def test_transposed_products_equal_dense(kernels, columns):
     """W^T @ X, X channels x pixels: a 1x1 convolution of one image."""
     xt = np.random.default_rng(6).standard_normal((64, columns)).astype(np.float32)

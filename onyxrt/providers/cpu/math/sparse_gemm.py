@@ -65,6 +65,8 @@ _NUMPY_BLOCK = 1 << 21
 _F32 = np.dtype(np.float32)
 # output columns accumulated together before being written into the output's rows
 COLUMN_BLOCK = 16
+# rows of X computed together: a column's nonzeros read 4 KiB slices of X^T's rows, kept in cache
+ROW_BLOCK = 1024
 
 _decisions: dict[tuple, tuple[str | None, str | None]] = {}
 
@@ -77,35 +79,42 @@ def _csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
     """``y[:, n] = sum_j values[j] * xt[indices[j], :]`` over column n's nonzeros, for n in [n0, n1)
     (``transposed``: ``y[n, :]``, y being N x rows).
 
-    Without ``transposed``, each block of ``COLUMN_BLOCK`` columns is accumulated in a local
-    (columns x rows) buffer, contiguous over the rows, then written into ``y``'s rows. Four nonzeros
-    per pass over a buffer row: one load and store of it per four multiply-adds (the loop is bound
-    by loads and stores, not arithmetic)."""
+    Rows go in blocks of ``ROW_BLOCK``, so the rows of ``xt`` a block reads stay in cache. Without
+    ``transposed``, each block of ``COLUMN_BLOCK`` columns is accumulated in a local (columns x rows)
+    buffer, contiguous over the rows, then written into ``y``'s rows. Four nonzeros per pass over a
+    buffer row: one load and store of it per four multiply-adds (the loop is bound by loads and
+    stores, not arithmetic)."""
     rows = xt.shape[1]
-    block = np.empty((COLUMN_BLOCK, rows), np.float32)
-    for b0 in range(n0, n1, COLUMN_BLOCK):
-        b1 = min(b0 + COLUMN_BLOCK, n1)
-        for n in range(b0, b1):
-            out = y[n] if transposed else block[n - b0]
-            out[:] = 0
-            j = indptr[n]
-            end = indptr[n + 1]
-            while j + 4 <= end:
-                w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
-                s0, s1, s2, s3 = xt[indices[j]], xt[indices[j + 1]], xt[indices[j + 2]], xt[indices[j + 3]]
-                for m in range(rows):
-                    out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
-                j += 4
-            while j < end:
-                weight = values[j]
-                source = xt[indices[j]]
-                for m in range(rows):
-                    out[m] += weight * source[m]
-                j += 1
-        if not transposed:
-            for m in range(rows):
-                for n in range(b0, b1):
-                    y[m, n] = block[n - b0, m]
+    block = np.empty((COLUMN_BLOCK, min(rows, ROW_BLOCK)), np.float32)
+    for r0 in range(0, rows, ROW_BLOCK):
+        r1 = min(r0 + ROW_BLOCK, rows)
+        span = r1 - r0
+        for b0 in range(n0, n1, COLUMN_BLOCK):
+            b1 = min(b0 + COLUMN_BLOCK, n1)
+            for n in range(b0, b1):
+                out = y[n, r0:r1] if transposed else block[n - b0, :span]
+                out[:] = 0
+                j = indptr[n]
+                end = indptr[n + 1]
+                while j + 4 <= end:
+                    w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
+                    s0 = xt[indices[j], r0:r1]
+                    s1 = xt[indices[j + 1], r0:r1]
+                    s2 = xt[indices[j + 2], r0:r1]
+                    s3 = xt[indices[j + 3], r0:r1]
+                    for m in range(span):
+                        out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+                    j += 4
+                while j < end:
+                    weight = values[j]
+                    source = xt[indices[j], r0:r1]
+                    for m in range(span):
+                        out[m] += weight * source[m]
+                    j += 1
+            if not transposed:
+                for m in range(span):
+                    for n in range(b0, b1):
+                        y[r0 + m, n] = block[n - b0, m]
 
 
 def _csr_dots(x, indptr, indices, values, y, n0, n1):
@@ -132,35 +141,39 @@ def _semi_structured_columns(xt, values, metadata, y, n0, n1, transposed):
     """The 2:4 form of ``_csr_columns``: group g of column n keeps k = 4g + the metadata's two 2-bit offsets."""
     rows = xt.shape[1]
     groups = values.shape[1] // 2
-    block = np.empty((COLUMN_BLOCK, rows), np.float32)
-    for b0 in range(n0, n1, COLUMN_BLOCK):
-        b1 = min(b0 + COLUMN_BLOCK, n1)
-        for n in range(b0, b1):
-            out = y[n] if transposed else block[n - b0]
-            out[:] = 0
-            g = 0
-            while g + 2 <= groups:  # two groups (four values) per pass, as _csr_columns
-                nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
-                nibble1 = (metadata[n, (g + 1) >> 2] >> (((g + 1) & 3) * 4)) & 15
-                w0, w1, w2, w3 = values[n, 2 * g], values[n, 2 * g + 1], values[n, 2 * g + 2], values[n, 2 * g + 3]
-                s0 = xt[4 * g + (nibble0 & 3)]
-                s1 = xt[4 * g + (nibble0 >> 2)]
-                s2 = xt[4 * g + 4 + (nibble1 & 3)]
-                s3 = xt[4 * g + 4 + (nibble1 >> 2)]
-                for m in range(rows):
-                    out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
-                g += 2
-            if g < groups:
-                nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
-                w0, w1 = values[n, 2 * g], values[n, 2 * g + 1]
-                s0 = xt[4 * g + (nibble0 & 3)]
-                s1 = xt[4 * g + (nibble0 >> 2)]
-                for m in range(rows):
-                    out[m] += w0 * s0[m] + w1 * s1[m]
-        if not transposed:
-            for m in range(rows):
-                for n in range(b0, b1):
-                    y[m, n] = block[n - b0, m]
+    block = np.empty((COLUMN_BLOCK, min(rows, ROW_BLOCK)), np.float32)
+    for r0 in range(0, rows, ROW_BLOCK):
+        r1 = min(r0 + ROW_BLOCK, rows)
+        span = r1 - r0
+        for b0 in range(n0, n1, COLUMN_BLOCK):
+            b1 = min(b0 + COLUMN_BLOCK, n1)
+            for n in range(b0, b1):
+                out = y[n, r0:r1] if transposed else block[n - b0, :span]
+                out[:] = 0
+                g = 0
+                while g + 2 <= groups:  # two groups (four values) per pass, as _csr_columns
+                    nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
+                    nibble1 = (metadata[n, (g + 1) >> 2] >> (((g + 1) & 3) * 4)) & 15
+                    w0, w1 = values[n, 2 * g], values[n, 2 * g + 1]
+                    w2, w3 = values[n, 2 * g + 2], values[n, 2 * g + 3]
+                    s0 = xt[4 * g + (nibble0 & 3), r0:r1]
+                    s1 = xt[4 * g + (nibble0 >> 2), r0:r1]
+                    s2 = xt[4 * g + 4 + (nibble1 & 3), r0:r1]
+                    s3 = xt[4 * g + 4 + (nibble1 >> 2), r0:r1]
+                    for m in range(span):
+                        out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+                    g += 2
+                if g < groups:
+                    nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
+                    w0, w1 = values[n, 2 * g], values[n, 2 * g + 1]
+                    s0 = xt[4 * g + (nibble0 & 3), r0:r1]
+                    s1 = xt[4 * g + (nibble0 >> 2), r0:r1]
+                    for m in range(span):
+                        out[m] += w0 * s0[m] + w1 * s1[m]
+            if not transposed:
+                for m in range(span):
+                    for n in range(b0, b1):
+                        y[r0 + m, n] = block[n - b0, m]
 
 
 def _semi_structured_dots(x, values, metadata, y, n0, n1):
