@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import threading
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -37,10 +37,9 @@ class CompiledRegion:
         self._core, self._options = core, options
         # inputs the graph fixes (weights no feed can override) are part of the model, not fed
         fixed = {value: constants[value.name] for value in group.inputs if value.name in constants}
-        self._fed_positions = [position for position, value in enumerate(group.inputs) if value not in fixed]
         self._output_dtypes = [_numpy_dtype(value) for value in group.outputs]
         # small constants (shapes, axes) go into the ONNX copy, where the frontend may need their values;
-        # weights join the converted model as constants sharing their arrays' memory (no protobuf copies)
+        # weights are attached to the converted model as constants (sparing the protobuf's copies)
         small = {value: constant for value, constant in fixed.items() if constant.const_value.nbytes <= EMBEDDED_BYTES}
         names = ValueNames()
         proto = export_nodes(group.nodes, group.inputs, group.outputs, group.opset_imports, names,
@@ -49,17 +48,24 @@ class CompiledRegion:
 
         frontend = FrontEndManager().load_by_framework("onnx")
         try:
-            self._model = frontend.convert(frontend.load(io.BytesIO(proto.SerializeToString())))
-            _attach_weights(self._model, {names(value): constant_array(constant)
-                                          for value, constant in fixed.items() if value not in small})
+            model = frontend.convert(frontend.load(io.BytesIO(proto.SerializeToString())))
+            _attach_weights(model, {names(value): constant_array(constant)
+                                    for value, constant in fixed.items() if value not in small})
         except Exception as exc:  # OpenVINO's own exception types
             raise EPFail(f"OpenVINOExecutionProvider could not convert region {name} "
                          f"({len(group.nodes)} nodes): {exc}") from None
-        self._input_dtypes = [np.dtype(parameter.get_element_type().to_dtype()) for parameter in self._model.inputs]
+        # OpenVINO's inputs and outputs by the names they carry, in the group's positions
+        input_positions = {names(value): position for position, value in enumerate(group.inputs)}
+        self._fed_positions = [_position(name, port.get_names(), input_positions) for port in model.inputs]
+        output_ports = {tensor: index for index, port in enumerate(model.outputs) for tensor in port.get_names()}
+        self._output_positions = [_position(name, [names(value)], output_ports) for value in group.outputs]
+        self._input_dtypes = [np.dtype(port.get_element_type().to_dtype()) for port in model.inputs]
         self._static_models: dict[tuple[tuple[int, ...], ...], Any] = {}
         self._compile_lock = threading.Lock()
         self._local = threading.local()
-        self._compiled = None if options.disable_dynamic_shapes else self._compile(self._model)
+        # the uncompiled model is kept only to be reshaped per input shape
+        self._model = model if options.disable_dynamic_shapes else None
+        self._compiled = None if options.disable_dynamic_shapes else self._compile(model)
 
     def _compile(self, model: Any) -> Any:
         try:
@@ -76,7 +82,7 @@ class CompiledRegion:
         request.infer(fed, share_inputs=True, share_outputs=True)
         # copies: the request's output memory is reused by its next run
         return [np.array(request.get_output_tensor(index).data, dtype=dtype, copy=True)
-                for index, dtype in enumerate(self._output_dtypes)]
+                for index, dtype in zip(self._output_positions, self._output_dtypes)]
 
     def _request(self, fed: Sequence[np.ndarray]) -> Any:
         if self._compiled is not None:
@@ -101,6 +107,15 @@ class CompiledRegion:
                 model.reshape({index: list(shape) for index, shape in enumerate(shapes)})
                 compiled = self._static_models[shapes] = self._compile(model)
             return compiled
+
+
+def _position(region: str, carried: Iterable[str], positions: Mapping[str, int]) -> int:
+    """The position ``positions`` gives the first of the tensor names ``carried`` it knows."""
+    for name in carried:
+        if name in positions:
+            return positions[name]
+    raise EPFail(f"OpenVINOExecutionProvider: region {region}'s OpenVINO model and its ONNX copy disagree "
+                 f"on the input or output named {sorted(carried)}")
 
 
 def _attach_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
