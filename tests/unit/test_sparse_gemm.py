@@ -211,3 +211,13 @@ def test_measured_selection_keeps_products_exact():
         y = None if packed is None else packed.product(x[:rows])
         if y is not None:
             assert_product_close(y, x[:rows] @ w)
+
+
+def test_measured_selection_for_a_convolution_keeps_products_exact():
+    w = pruned((128, 256), 0.95)  # W^T of a 1x1 filter: 128 input channels, 256 output channels
+    packed = sparse_prepack(w, (256, 128, 1, 1), convolution=True)
+    x = np.random.default_rng(7).standard_normal((128, sparse_gemm.MEASURED_PIXELS)).astype(np.float32)
+    for pixels in (1, sparse_gemm.MEASURED_PIXELS):
+        y = None if packed is None else packed.transposed_product(x[:, :pixels])
+        if y is not None:
+            assert_product_close(y, w.T @ x[:, :pixels])

@@ -55,6 +55,8 @@ SELECT_KEY = "onyxrt.sparse.select"
 DEFAULT_MIN_SPARSITY = 0.8
 # the encoder-like row count timed at session creation; every product of more than one row follows it
 MEASURED_ROWS = 64
+# the same for a 1x1 convolution's pixels (14 x 14, resnet50's third stage; its others have 49 to 3136)
+MEASURED_PIXELS = 196
 # a sparse kernel must take at most this fraction of the dense time (timing noise must not flip choices)
 REQUIRED_GAIN = 0.9
 _TIMING_REPEATS = 3
@@ -418,24 +420,37 @@ def _best_time(fn: Callable[[], object]) -> float:
     return best
 
 
-def _fastest(dense: np.ndarray, products: list[Product], rows: int) -> Product | None:
-    """The product beating the dense GEMM by ``REQUIRED_GAIN`` for ``rows`` rows (the fastest such), else None."""
-    x = np.random.default_rng(0).standard_normal((rows, dense.shape[0]), dtype=np.float32)
-    out = np.empty((rows, dense.shape[1]), _F32)
-    budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(x, dense, out=out))
+def _fastest(weight: np.ndarray, products: list[Product], rows: int, convolution: bool) -> Product | None:
+    """The product beating the dense GEMM by ``REQUIRED_GAIN`` for ``rows`` rows (the fastest such), else None.
+
+    ``convolution``: timed as a 1x1 convolution computes, ``W^T @ X`` (``transposed_product``)."""
+    inner, columns = weight.shape
+    if convolution:
+        left = np.ascontiguousarray(weight.T)
+        x = np.random.default_rng(0).standard_normal((inner, rows), dtype=np.float32)
+        out = np.empty((columns, rows), _F32)
+        budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(left, x, out=out))
+    else:
+        dense = np.ascontiguousarray(weight)
+        x = np.random.default_rng(0).standard_normal((rows, inner), dtype=np.float32)
+        out = np.empty((rows, columns), _F32)
+        budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(x, dense, out=out))
     best, best_time = None, budget
     for candidate in products:
-        elapsed = _best_time(lambda: candidate.product(x, out))
+        run = candidate.transposed_product if convolution else candidate.product
+        elapsed = _best_time(lambda: run(x, out))
         if elapsed < best_time:
             best, best_time = candidate, elapsed
     return best
 
 
-def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None) -> SparseWeight | None:
+def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *,
+                   convolution: bool = False) -> SparseWeight | None:
     """The sparse products of a constant ``weight`` (K x N, ``Y = X @ weight``; ``source_shape``: the shape
     of the node input it comes from, default its own), chosen under the current session's
     ``onyxrt.sparse.*`` settings; None when the dense GEMM should run for every row count (sparse
-    execution off, not float32, too few zeros, or the dense GEMM measured faster)."""
+    execution off, not float32, too few zeros, or the dense GEMM measured faster). ``convolution``: the
+    weight of a 1x1 convolution, timed over ``MEASURED_PIXELS`` pixels as ``transposed_product`` runs."""
     if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.dtype != _F32 or weight.size == 0:
         return None
     enabled, threshold, select = _settings()
@@ -457,14 +472,15 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None) -> Spars
         chosen = products()[0]
         return SparseWeight(weight.shape, source, sparsity, chosen, chosen)
     pool = current_pool()
-    key = (weight.shape, round(sparsity, 2), structured, pool.num_threads, pool.splits_gemms, _CSR_COLUMNS.enabled())
+    key = (weight.shape, round(sparsity, 2), structured, convolution, pool.num_threads, pool.splits_gemms,
+           _CSR_COLUMNS.enabled())
     kinds = _decisions.get(key)
     if kinds == (None, None):
         return None  # measured before for this shape and density: no format to build
     candidates = products()
     if kinds is None:
-        dense = np.ascontiguousarray(weight)
-        choices = (_fastest(dense, candidates, 1), _fastest(dense, candidates, MEASURED_ROWS))
+        many = MEASURED_PIXELS if convolution else MEASURED_ROWS
+        choices = (_fastest(weight, candidates, 1, convolution), _fastest(weight, candidates, many, convolution))
         kinds = _decisions[key] = tuple(None if c is None else c.kind for c in choices)
     by_kind = {p.kind: p for p in candidates}
     single_row, many_rows = (by_kind.get(kind) for kind in kinds)

@@ -751,7 +751,7 @@ class ConvWeights:
             self.w_aug = frozen(np.concatenate([self.w.reshape(M, -1), self.b.reshape(M, 1)], axis=1))
         # a 1x1 filter is the GEMM's left operand W (M x C): the sparse products hold W^T
         one_by_one = int(group) == 1 and w.ndim >= 3 and all(k == 1 for k in w.shape[2:])
-        self.sparse = sparse_prepack(self.w.reshape(w.shape[:2]).T, w.shape) if one_by_one else None
+        self.sparse = sparse_prepack(self.w.reshape(w.shape[:2]).T, w.shape, convolution=True) if one_by_one else None
 
 
 def frozen(a: np.ndarray) -> np.ndarray:
