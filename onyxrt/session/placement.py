@@ -9,13 +9,13 @@ on the nodes that provider took. onyxrt does the same in four stages:
 2. the providers ahead of the CPU provider claim their nodes; a region provider's groups
    become fused nodes (domain ``onyxrt.fused``), opaque to every later pass: their bodies
    are not a graph any pass visits, and no pass matches an op of that domain;
-3. the passes at the session's level for the CPU provider (and those after it) on what is
-   left, so the CPU provider's com.microsoft fused ops never take a node from a provider
+3. every pass at the session's level for the CPU provider (and those after it), the BASIC
+   ones again among them, on what is left, so the CPU provider's com.microsoft fused ops never take a node from a provider
    ahead of it, and the regions stay standard ONNX;
 4. the CPU provider and those after it take the rest.
 
-With no provider ahead of the CPU provider this is one optimizer run over every pass, then
-partitioning (stages 2 and 3 are empty). A provider ahead of the CPU that claims single
+With no provider ahead of the CPU provider, stages 1 and 3 are one optimizer run over every
+pass, and stage 2 is empty. A provider ahead of the CPU that claims single
 nodes without fusing them (a per-node provider) leaves nothing a pass cannot see through,
 so stage 3 is skipped then: the CPU provider's fusions would take its nodes away.
 
