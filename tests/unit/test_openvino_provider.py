@@ -306,6 +306,20 @@ def test_regions_inside_a_branch_run_on_openvino_the_if_on_the_cpu():
         _assert_close(openvino.run(None, feeds), cpu.run(None, feeds))
 
 
+def test_a_graph_openvino_cannot_read_runs_on_the_cpu(monkeypatch, capfd):
+    from onyxrt.providers.openvino import capability
+
+    def unreadable(*args):
+        raise RuntimeError("frontend failure")
+
+    monkeypatch.setattr(capability, "_convert_partially", unreadable)
+    openvino, cpu = _sessions(_mlp_model())
+    assert {provider for _, provider in _placement(openvino)} == {CPU}
+    assert "OpenVINOExecutionProvider takes no nodes of graph" in capfd.readouterr().err
+    x = np.ones((1, 2, 8), np.float32)
+    _assert_close(openvino.run(None, {"x": x}), cpu.run(None, {"x": x}))
+
+
 def test_overridable_initializers_are_fed_not_folded():
     nodes = [helper.make_node("Mul", ["x", "scale"], ["m"]), helper.make_node("Exp", ["m"], ["y"])]
     graph = helper.make_graph(nodes, "g", [_vi("x", [2]), _vi("scale", [2])], [_vi("y", [2])],

@@ -7,7 +7,9 @@ the ONNX value names, so a node is taken when every output it produces comes fro
 the frontend converted and the device supports (including the unnamed ops a node
 decomposes into). Before asking, nodes OpenVINO cannot be handed are left out: nodes
 with graph attributes (If, Loop, Scan: their bodies are partitioned on their own) and
-nodes reading or writing strings, sequences, optionals or values of unknown type.
+nodes reading or writing strings, sequences or optionals; after asking, nodes reading an
+untyped value from outside the taken nodes (a region's inputs need types). Where
+OpenVINO cannot read the graph at all, it takes nothing and says so in a warning.
 
 Taken nodes are grouped into connected regions (the partitioner splits a region a path
 leaves and re-enters). A region doing no arithmetic on data, only shape and constant
@@ -23,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import onnx_ir as ir
 
+from ...framework.logging import default_logger
 from ...graph.builder import has_subgraphs
 from ..base import is_assigned
 from .onnx_export import EMBEDDED_BYTES, ValueNames, border_inputs, export_nodes
@@ -39,7 +42,12 @@ def supported_regions(graph: ir.Graph, opset_imports: Mapping[str, int], core: A
     candidates = [node for node in graph if not is_assigned(node) and _can_hand_over(node)]
     if not candidates:
         return []
-    taken = _converted_and_supported(candidates, opset_imports, core, device)
+    try:
+        taken = _converted_and_supported(candidates, opset_imports, core, device)
+    except Exception as exc:  # OpenVINO's own exception types: the CPU provider runs the graph
+        default_logger().warning(f"OpenVINOExecutionProvider takes no nodes of graph '{graph.name}': "
+                                 f"OpenVINO could not read them ({exc})")
+        return []
     regions = _connected(graph, [node for node in candidates if node in taken])
     return [region for region in regions if not all(node.op_type in BOOKKEEPING_OPS and node.domain in ("", "ai.onnx")
                                                     for node in region)]
