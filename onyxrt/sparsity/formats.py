@@ -5,7 +5,8 @@ Both formats are *output-major*: for each output column ``n`` they hold the nonz
 so a kernel computes each output column from the rows of ``X^T`` it needs.
 
 * :class:`CsrWeight`: unstructured. ``W^T`` in CSR (equivalently ``W`` in CSC): ``indptr``
-  (N + 1), ``indices`` (the k of each nonzero, increasing within a column), ``values``.
+  (N + 1, int64), ``indices`` (the k of each nonzero, increasing within a column; uint16 when K
+  allows, else uint32), ``values``.
 * :class:`SemiStructuredWeight`: 2:4 structured sparsity, the format of torch's
   semi-structured tensors and cuSPARSELt before their hardware-specific reordering: in every
   group of 4 consecutive elements along K at most 2 are nonzero; ``values`` (N x K/2) holds
@@ -67,7 +68,10 @@ class CsrWeight:
         positions = np.flatnonzero(transposed)
         indptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.count_nonzero(transposed.reshape(n, k), axis=1), out=indptr[1:])
-        index_type = np.int32 if k <= np.iinfo(np.int32).max else np.int64
+        if k > np.iinfo(np.uint32).max + 1:
+            raise ValueError(f"a CSR weight's reduction axis must hold at most 2**32 elements, got {k}")
+        # unsigned: numba's indexing skips its negative-index check (a third faster one-row product)
+        index_type = np.uint16 if k <= np.iinfo(np.uint16).max + 1 else np.uint32
         return cls(weight.shape, indptr, (positions % max(k, 1)).astype(index_type), transposed[positions])
 
     @property

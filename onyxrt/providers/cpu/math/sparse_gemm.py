@@ -8,8 +8,7 @@ pool for a decoding-like product (one row of ``X``) and an encoder-like one (``M
 rows); every product of more than one row follows the latter. A sparse kernel is kept only when
 it beats the dense GEMM by ``REQUIRED_GAIN``; otherwise the dense path runs. Decisions are cached
 per process by shape, density and pool (bert-base repeats 4 weight shapes, not 60 weights). The
-timing runs with the weight in cache: in a whole model weights come from memory, where the
-one-row product (memory-bound) gains more than measured, so that choice is conservative.
+one-row product is timed with the weight read from memory, as a model's decoding step meets it.
 
 The kernels work column by column of the output: ``Y^T[n, :] = sum_k W[k, n] * X^T[k, :]`` over
 the nonzero k of column n, so the inner loop runs over the rows of ``X`` (contiguous in ``X^T``,
@@ -31,6 +30,7 @@ without timing, for benchmarks and tests).
 from __future__ import annotations
 
 import abc
+import glob
 import math
 import time
 from typing import TYPE_CHECKING, Callable
@@ -60,6 +60,9 @@ MEASURED_PIXELS = 196
 # a sparse kernel must take at most this fraction of the dense time (timing noise must not flip choices)
 REQUIRED_GAIN = 0.9
 _TIMING_REPEATS = 3
+# one-row timings first read a buffer twice the last-level cache (at most this many bytes)
+_MAX_EVICT_BYTES = 256 << 20
+_DEFAULT_CACHE_BYTES = 32 << 20
 # Multiply-adds below which one thread computes the product (a split costs ~15 us of hand-offs).
 _MIN_PARALLEL_MACS = 1 << 17
 # numpy kernels: elements of the gathered (nonzeros x rows) block per step
@@ -410,10 +413,30 @@ def _settings() -> tuple[bool, float, str]:
     return enabled == "1", threshold, select
 
 
-def _best_time(fn: Callable[[], object]) -> float:
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache's size (Linux sysfs), else ``_DEFAULT_CACHE_BYTES``."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=_DEFAULT_CACHE_BYTES)
+
+
+def _best_time(fn: Callable[[], object], evict: np.ndarray | None = None) -> float:
+    """The fastest of ``_TIMING_REPEATS`` calls of ``fn`` after a warming one; with ``evict``, a buffer
+    larger than the caches, each call starts after reading it (the weight then comes from memory)."""
     fn()  # warm: compiles, touches the weight
     best = math.inf
     for _ in range(_TIMING_REPEATS):
+        if evict is not None:
+            evict.sum()
         start = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
@@ -423,22 +446,27 @@ def _best_time(fn: Callable[[], object]) -> float:
 def _fastest(weight: np.ndarray, products: list[Product], rows: int, convolution: bool) -> Product | None:
     """The product beating the dense GEMM by ``REQUIRED_GAIN`` for ``rows`` rows (the fastest such), else None.
 
-    ``convolution``: timed as a 1x1 convolution computes, ``W^T @ X`` (``transposed_product``)."""
+    ``convolution``: timed as a 1x1 convolution computes, ``W^T @ X`` (``transposed_product``). One
+    row is timed with the weight read from memory, as a decoding step meets it (a model's weights
+    exceed the caches): such a product is bound by the bytes it reads, which sparsity cuts."""
     inner, columns = weight.shape
+    evict = None
+    if rows == 1:
+        evict = np.ones(min(2 * _last_level_cache_bytes(), _MAX_EVICT_BYTES) // 4, np.float32)
     if convolution:
         left = np.ascontiguousarray(weight.T)
         x = np.random.default_rng(0).standard_normal((inner, rows), dtype=np.float32)
         out = np.empty((columns, rows), _F32)
-        budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(left, x, out=out))
+        budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(left, x, out=out), evict)
     else:
         dense = np.ascontiguousarray(weight)
         x = np.random.default_rng(0).standard_normal((rows, inner), dtype=np.float32)
         out = np.empty((rows, columns), _F32)
-        budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(x, dense, out=out))
+        budget = REQUIRED_GAIN * _best_time(lambda: pool_matmul(x, dense, out=out), evict)
     best, best_time = None, budget
     for candidate in products:
         run = candidate.transposed_product if convolution else candidate.product
-        elapsed = _best_time(lambda: run(x, out))
+        elapsed = _best_time(lambda: run(x, out), evict)
         if elapsed < best_time:
             best, best_time = candidate, elapsed
     return best
