@@ -51,7 +51,8 @@ ENABLE_KEY = "onyxrt.sparse.enable"
 MIN_SPARSITY_KEY = "onyxrt.sparse.min_sparsity"
 SELECT_KEY = "onyxrt.sparse.select"
 # Below 80% zeros no weight shape of bert/minilm ran faster sparse (AMD EPYC, AVX2, one thread: CSR breaks
-# even near 80-85% for 64+ rows, wins 1.3-2.5x at 90%; one row wins from ~95%): not worth building or timing.
+# even near 80-85% for 64+ rows and wins 1.4-2.4x at 90%; one row from memory wins from 80-95% by shape):
+# not worth building or timing.
 DEFAULT_MIN_SPARSITY = 0.8
 # the encoder-like row count timed at session creation; every product of more than one row follows it
 MEASURED_ROWS = 64
@@ -200,12 +201,9 @@ _SEMI_DOTS = LazyKernel(_semi_structured_dots)
 
 
 def _probe(shape: tuple[int, ...], dtype, writable: bool = False) -> np.ndarray:
+    """An empty argument of a kernel's compile probe (``LazyKernel.compiled_for``): read-only unless an output."""
     array = np.zeros(shape, dtype)
     return array if writable else read_only(array)
-
-
-def _compiled(lazy: LazyKernel, key, *probe) -> Callable | None:
-    return lazy.compiled_for(key, *probe)
 
 
 def _split_columns(kernel: Callable, columns: int, macs: int) -> None:
@@ -221,12 +219,20 @@ class _Product(abc.ABC):
 
     kind = ""
     shape: tuple[int, int]
+    _kernels: tuple[Callable | None, Callable | None] | None = None
+
+    def kernels(self) -> tuple[Callable | None, Callable | None]:
+        """The one-row and the many-row kernel bound to this format's arrays (None without numba), found
+        on first use: the product is created at session creation, its first run compiles or loads them."""
+        if self._kernels is None:
+            self._kernels = self._bound_kernels()
+        return self._kernels
 
     def product(self, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """``a @ W`` for a C-contiguous float32 ``a`` (rows x K), into ``out`` (rows x N, C-contiguous) when given."""
         rows, columns = a.shape[0], self.shape[1]
         y = np.empty((rows, columns), _F32) if out is None else out
-        dots, many = self._bound_kernels()
+        dots, many = self.kernels()
         if rows == 1 and dots is not None:
             x, target = read_only(a[0]), y[0]
             _split_columns(lambda n0, n1: dots(x, target, n0, n1), columns, self._macs(rows))
@@ -243,7 +249,7 @@ class _Product(abc.ABC):
         a convolution's ``W^T @ X`` with the image's channels x pixels matrix as ``xt``."""
         rows, columns = xt.shape[1], self.shape[1]
         yt = np.empty((columns, rows), _F32) if out is None else out
-        dots, many = self._bound_kernels()
+        dots, many = self.kernels()
         xt = read_only(xt)
         if rows == 1 and dots is not None:
             x, target = xt.reshape(-1), yt.reshape(-1)
@@ -256,7 +262,7 @@ class _Product(abc.ABC):
 
     @abc.abstractmethod
     def _bound_kernels(self) -> tuple[Callable | None, Callable | None]:
-        """The one-row and the many-row kernel bound to this format's arrays (None without numba)."""
+        """See ``kernels``."""
 
     @abc.abstractmethod
     def _macs(self, rows: int) -> int:
@@ -283,9 +289,9 @@ class CsrProduct(_Product):
         w = self.weight
         key = ("f32", w.indices.dtype.str)
         indptr, indices, values = _probe((1,), np.int64), _probe((0,), w.indices.dtype), _probe((0,), _F32)
-        dots = _compiled(_CSR_DOTS, key, _probe((0,), _F32), indptr, indices, values, _probe((0,), _F32, True), 0, 0)
-        many = _compiled(_CSR_COLUMNS, key, _probe((0, 0), _F32), indptr, indices, values,
-                         _probe((0, 0), _F32, True), 0, 0, False)
+        dots = _CSR_DOTS.compiled_for(key, _probe((0,), _F32), indptr, indices, values, _probe((0,), _F32, True), 0, 0)
+        many = _CSR_COLUMNS.compiled_for(key, _probe((0, 0), _F32), indptr, indices, values,
+                                         _probe((0, 0), _F32, True), 0, 0, False)
         return (None if dots is None else lambda x, y, n0, n1: dots(x, w.indptr, w.indices, w.values, y, n0, n1),
                 None if many is None else
                 lambda xt, y, n0, n1, transposed: many(xt, w.indptr, w.indices, w.values, y, n0, n1, transposed))
@@ -324,9 +330,9 @@ class SemiStructuredProduct(_Product):
     def _bound_kernels(self):
         w = self.weight
         values, metadata = _probe((0, 0), _F32), _probe((0, 0), np.uint16)
-        dots = _compiled(_SEMI_DOTS, "f32", _probe((0,), _F32), values, metadata, _probe((0,), _F32, True), 0, 0)
-        many = _compiled(_SEMI_COLUMNS, "f32", _probe((0, 0), _F32), values, metadata,
-                         _probe((0, 0), _F32, True), 0, 0, False)
+        dots = _SEMI_DOTS.compiled_for("f32", _probe((0,), _F32), values, metadata, _probe((0,), _F32, True), 0, 0)
+        many = _SEMI_COLUMNS.compiled_for("f32", _probe((0, 0), _F32), values, metadata,
+                                          _probe((0, 0), _F32, True), 0, 0, False)
         return (None if dots is None else lambda x, y, n0, n1: dots(x, w.values, w.metadata, y, n0, n1),
                 None if many is None else
                 lambda xt, y, n0, n1, transposed: many(xt, w.values, w.metadata, y, n0, n1, transposed))
