@@ -2,6 +2,7 @@
 
     python benchmarks/sparsity.py --out benchmarks/sparsity.md                        # every table
     python benchmarks/sparsity.py minilm_l6 --sparsities 90 --rounds 2 --repeat 5     # quicker, one row
+    python benchmarks/sparsity.py --threads 1 --out benchmarks/sparsity.md            # one thread each
 
 Cases (typical shapes, as benchmarks/latency.py): minilm_l6 and bert_base at batch 1, sequence
 128, with the weights of their MatMul nodes pruned by ``onyxrt.sparsity.prune`` (unstructured, at
@@ -13,7 +14,8 @@ For every pruned model, each round starts one worker process per configuration, 
 onyxrt dense (session config ``onyxrt.sparse.enable=0``), onyxrt sparse (``=1``, with
 ``--min-sparsity`` as ``onyxrt.sparse.min_sparsity`` when given, else onyxrt's default), then
 onnxruntime on the same file. A worker loads the model, warms up (3 runs) and times ``--repeat``
-runs; the table compares medians over all rounds. Weight bytes: the pruned weights in the sparse
+runs (wall time each, and the process's CPU time over them: steadier on a loaded machine); the
+table compares medians over all rounds. ``--threads`` sets intra_op_num_threads. Weight bytes: the pruned weights in the sparse
 format onyxrt would hold them in (``onyxrt.sparsity.formats``: 2:4 values + metadata, else CSR)
 over their dense bytes. Max rel diff: max |sparse - dense| / max |dense| over the outputs of the
 first round's first run. Writing ``--out`` keeps the file's ``## Reading these numbers`` section.
@@ -62,8 +64,10 @@ def _variants(case: str, sparsities: list[int], with_2_4: bool) -> list[tuple[st
     return variants
 
 
-def worker(configuration: str, case: str, model: str, outputs: str, repeat: int, min_sparsity: str | None) -> None:
-    """Time ``repeat`` runs of ``model`` under one configuration; save the first run's outputs to ``outputs``."""
+def worker(configuration: str, case: str, model: str, outputs: str, repeat: int, min_sparsity: str | None,
+           threads: int) -> None:
+    """Time ``repeat`` runs of ``model`` under one configuration (wall times, and the process's CPU time
+    per run); save the first run's outputs to ``outputs``."""
     import numpy as np
 
     _, feeds = _model_and_feeds(case)
@@ -72,6 +76,7 @@ def worker(configuration: str, case: str, model: str, outputs: str, repeat: int,
     else:
         import onyxrt as rt
     options = rt.SessionOptions()
+    options.intra_op_num_threads = threads
     if configuration != "onnxruntime":
         options.add_session_config_entry("onyxrt.sparse.enable", "1" if configuration == "onyxrt sparse" else "0")
         if min_sparsity is not None and configuration == "onyxrt sparse":
@@ -79,7 +84,10 @@ def worker(configuration: str, case: str, model: str, outputs: str, repeat: int,
     session = rt.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     if outputs:
         np.savez(outputs, *session.run(None, feeds))
-    print(json.dumps(timed_runs(session, feeds, repeat)))
+    timed_runs(session, feeds, 0)  # warm-up only
+    cpu_started = time.process_time()
+    wall = timed_runs(session, feeds, repeat, warmup=0)
+    print(json.dumps({"wall": wall, "cpu": (time.process_time() - cpu_started) * 1000 / repeat}))
 
 
 def _weight_bytes(report) -> tuple[int, int]:
@@ -121,18 +129,22 @@ def measure(case: str, label: str, prune_options: dict, folder: Path, args: argp
     report = prune(source, model, **prune_options)
     sparse_bytes, dense_bytes = _weight_bytes(report)
     samples: dict[str, list[float]] = {configuration: [] for configuration in CONFIGURATIONS}
+    cpu: dict[str, list[float]] = {configuration: [] for configuration in CONFIGURATIONS}
     outputs = {configuration: str(folder / f"{configuration.replace(' ', '-')}.npz") for configuration in CONFIGURATIONS}
-    extra = ["--min-sparsity", args.min_sparsity] if args.min_sparsity is not None else []
+    extra = ["--threads", str(args.threads)] + (["--min-sparsity", args.min_sparsity] if args.min_sparsity is not None else [])
     for round_index in range(args.rounds):
         for configuration in CONFIGURATIONS:
             save = outputs[configuration] if round_index == 0 else ""
-            samples[configuration] += worker_result(
+            result = worker_result(
                 [__file__, "--worker", configuration, case, str(model), save, "--repeat", str(args.repeat), *extra])
+            samples[configuration] += result["wall"]
+            cpu[configuration].append(result["cpu"])
     for leftover in [model, Path(str(model) + ".data")]:
         leftover.unlink(missing_ok=True)
     medians = {configuration: statistics.median(times) for configuration, times in samples.items()}
     row = {
         "label": label, "weights": len(report.weights), "sparsity": report.sparsity, **medians,
+        "cpu": {configuration: statistics.median(values) for configuration, values in cpu.items()},
         "weight_bytes": sparse_bytes / dense_bytes if dense_bytes else 1.0,
         "sparse_vs_dense": _max_relative_difference(outputs["onyxrt sparse"], outputs["onyxrt dense"]),
         "onnxruntime_vs_dense": _max_relative_difference(outputs["onnxruntime"], outputs["onyxrt dense"]),
@@ -149,13 +161,16 @@ def _table(case: str, rows: list[dict]) -> list[str]:
         f"## {case} ({shape}), {scope} pruned",
         "",
         "| pruned | weights | zeros | onyxrt dense (ms) | onyxrt sparse (ms) | onnxruntime (ms) | sparse / dense | "
-        "sparse / onnxruntime | weight bytes sparse / dense | max rel diff sparse vs dense | onnxruntime vs dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "sparse / onnxruntime | CPU ms per run: dense / sparse / onnxruntime | CPU sparse / dense | "
+        "weight bytes sparse / dense | max rel diff sparse vs dense | onnxruntime vs dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         dense, sparse, theirs = row["onyxrt dense"], row["onyxrt sparse"], row["onnxruntime"]
+        cpu = row["cpu"]
         lines.append(f"| {row['label']} | {row['weights']} | {row['sparsity']:.1%} | {dense:.2f} | {sparse:.2f} | {theirs:.2f} | "
-                     f"{sparse / dense:.2f} | {sparse / theirs:.2f} | {row['weight_bytes']:.2f} | "
+                     f"{sparse / dense:.2f} | {sparse / theirs:.2f} | {cpu['onyxrt dense']:.1f} / {cpu['onyxrt sparse']:.1f} / "
+                     f"{cpu['onnxruntime']:.1f} | {cpu['onyxrt sparse'] / cpu['onyxrt dense']:.2f} | {row['weight_bytes']:.2f} | "
                      f"{row['sparse_vs_dense']:.1e} | {row['onnxruntime_vs_dense']:.1e} |")
     return lines + [""]
 
@@ -168,13 +183,15 @@ def main() -> int:
     parser.add_argument("--no-2-4", dest="with_2_4", action="store_false", help="leave out the 2:4 row of the encoders")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (one process per configuration per round)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per process")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra_op_num_threads of every configuration (default 0: each runtime's default)")
     parser.add_argument("--min-sparsity", help="onyxrt.sparse.min_sparsity of the sparse configuration (default: onyxrt's)")
     parser.add_argument("--note", default="", help="a line under the header (e.g. the machine's load)")
     parser.add_argument("--out", help="write the markdown report here")
     parser.add_argument("--worker", nargs=4, metavar=("CONFIGURATION", "CASE", "MODEL", "OUTPUTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, args.repeat, args.min_sparsity)
+        worker(*args.worker, args.repeat, args.min_sparsity, args.threads)
         return 0
     unknown = [case for case in args.cases if case not in CASES]
     if unknown:
@@ -185,7 +202,9 @@ def main() -> int:
         "",
         f"Command: `python benchmarks/sparsity.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Each configuration in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; medians. "
+        f"Each configuration in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; medians; "
+        f"intra_op_num_threads {args.threads or 'default'}. CPU ms per run: the worker's CPU time over its timed runs "
+        "(all threads; steadier than wall time on a loaded machine). "
         "Ratios below 1 favour onyxrt sparse. Weight bytes: the pruned weights in onyxrt's sparse format (2:4 values + "
         "metadata where the zeros follow 2:4, else CSR) over dense. Max rel diff: max |a - b| / max |dense| over the outputs.",
         "",
