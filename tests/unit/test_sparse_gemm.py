@@ -221,3 +221,13 @@ def test_measured_selection_for_a_convolution_keeps_products_exact():
         y = None if packed is None else packed.transposed_product(x[:, :pixels])
         if y is not None:
             assert_product_close(y, w.T @ x[:, :pixels])
+
+
+def test_threshold_counts_whole_elements():
+    """A weight pruned to the threshold counts whichever way its pruner rounded the element count."""
+    w = np.ones((7, 11), np.float32)  # 77 elements: 80% is 61.6
+    w.reshape(-1)[:61] = 0
+    with active_session_config({"onyxrt.sparse.select": "always", "onyxrt.sparse.min_sparsity": "0.8"}):
+        assert sparse_prepack(w) is not None
+        w.reshape(-1)[60] = 1
+        assert sparse_prepack(w) is None

@@ -494,7 +494,8 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *,
 
     sparsity = zero_fraction(weight)
     source = tuple(weight.shape if source_shape is None else source_shape)
-    if sparsity < threshold or sparsity == 0.0:
+    # in whole elements, rounded down: a weight pruned to the threshold counts however its pruner rounded
+    if round(sparsity * weight.size) < math.floor(threshold * weight.size) or sparsity == 0.0:
         return None
     structured = is_semi_structured(weight)
 
