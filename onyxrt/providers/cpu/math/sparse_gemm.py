@@ -62,7 +62,7 @@ MEASURED_PIXELS = 196
 REQUIRED_GAIN = 0.9
 _TIMING_REPEATS = 3
 # one-row timings first read a buffer twice the last-level cache (at most this many bytes)
-_MAX_EVICT_BYTES = 256 << 20
+_MAX_EVICT_BYTES = 128 << 20
 _DEFAULT_CACHE_BYTES = 32 << 20
 # Multiply-adds below which one thread computes the product (a split costs ~15 us of hand-offs).
 _MIN_PARALLEL_MACS = 1 << 17
