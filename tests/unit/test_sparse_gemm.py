@@ -141,15 +141,18 @@ def test_products_split_over_threads(kernels, rows):
     w = pruned((256, 1024), 0.8)
     x = np.random.default_rng(3).standard_normal((rows, 256)).astype(np.float32)
     product = CsrProduct(CsrWeight.from_dense(w))
-    single = product.product(x)
+    xt = np.ascontiguousarray(x.T)
+    single, single_t = product.product(x), product.transposed_product(xt)
     pool = ThreadPool(2)
     try:
         with pool.activate():
-            split = product.product(x)
+            split, split_t = product.product(x), product.transposed_product(xt)
     finally:
         pool.shutdown()
-    assert np.array_equal(single, split)  # the same sums per column, whichever thread computes them
+    # the same sums per column, whichever thread computes them
+    assert np.array_equal(single, split) and np.array_equal(single_t, split_t)
     assert_product_close(split, x @ w)
+    assert_product_close(split_t, w.T @ xt)
 
 
 def test_sparse_weight_batched_input_and_output_buffer(kernels):
