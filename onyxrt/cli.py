@@ -17,9 +17,14 @@ import onnx
 from . import benchmark
 from . import feeds as feeds_module
 from .errors import OnyxRuntimeError
-from .graph.model_loader import read_model_proto
+from .framework.partitioner import FUSED_GROUP, PROVIDER_KEY
+from .graph.builder import subgraphs
+from .graph.model_loader import load_model, read_model_proto
 from .graph.types import np_dtype, tensor_shape, type_string
+from .providers import get_available_providers
 from .session.inference_session import InferenceSession
+from .session.placement import optimize_and_partition
+from .session.providers import create_providers, normalize_providers
 from .session.session_options import GraphOptimizationLevel, SessionOptions
 from .version import __version__
 
@@ -574,8 +579,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _provider_names(text: str) -> list[str]:
     """An argparse type: comma-separated names of execution providers this build has."""
-    from .providers import get_available_providers
-
     names = [name.strip() for name in text.split(",") if name.strip()]
     available = get_available_providers()
     unknown = [name for name in names if name not in available]
@@ -587,12 +590,6 @@ def _provider_names(text: str) -> list[str]:
 
 def _print_placement(model_path: str, names: list[str]) -> None:
     """Which nodes each provider takes, as a session with ``names`` would partition the model (nothing compiled or run)."""
-    from .framework.partitioner import FUSED_GROUP, PROVIDER_KEY
-    from .graph.builder import subgraphs
-    from .graph.model_loader import load_model
-    from .session.placement import optimize_and_partition
-    from .session.providers import create_providers, normalize_providers
-
     providers = create_providers(normalize_providers(names, None))
     model = load_model(model_path)
     optimize_and_partition(model, providers, SessionOptions())
