@@ -100,7 +100,7 @@ def prune(
     target = 1.0 - parsed.kept / parsed.group if parsed.kind == "n:m" else sparsity
     report = PruneReport(pattern=parsed.text, target_sparsity=target, model=model, file_bytes_before=source_bytes)
 
-    candidates: dict[str, list[tuple[onnx.NodeProto, str]]] = {}
+    candidates: dict[str, list[onnx.NodeProto]] = {}  # initializer -> the nodes to prune that read it as weight
     for node in model.graph.node:
         if node.op_type not in op_types or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
             continue
@@ -118,14 +118,13 @@ def prune(
             if kernel not in {tuple(shape) for shape in conv_kernel_shapes}:
                 report.skip(node.name, f"kernel {'x'.join(map(str, kernel))} not among conv_kernel_shapes")
                 continue
-        candidates.setdefault(editor.aliases.get(weight, weight), []).append((node, weight))
+        candidates.setdefault(editor.aliases.get(weight, weight), []).append(node)
 
     readers = _readers(model.graph, editor)
     for source, uses in candidates.items():
-        pruned_nodes = {node.name for node, _ in uses}
-        others = sorted(readers[source] - pruned_nodes)
+        others = sorted(readers[source] - {node.name for node in uses})
         if others:
-            for node, _ in uses:
+            for node in uses:
                 report.skip(node.name, f"weight '{source}' is also read by {others[0]}"
                                        + (f" and {len(others) - 1} more" if len(others) > 1 else ""))
             continue
@@ -163,17 +162,17 @@ def _readers(graph: onnx.GraphProto, editor: ModelEditor) -> dict[str, set[str]]
     return readers
 
 
-def _prune_weight(editor: ModelEditor, name: str, uses: list[tuple[onnx.NodeProto, str]], pattern: Pattern,
+def _prune_weight(editor: ModelEditor, name: str, uses: list[onnx.NodeProto], pattern: Pattern,
                   sparsity: float, store_sparse: bool, report: PruneReport) -> None:
     """Prune one initializer (read by the nodes of ``uses``) in place and record it in ``report``."""
-    node_names = tuple(node.name for node, _ in uses)
+    node_names = tuple(node.name for node in uses)
     weight = editor.array(name)
     if weight.dtype not in PRUNABLE_DTYPES:
         report.skip_weight(name, node_names, f"element type {weight.dtype} is not float32/float16/float64")
         return
-    views = {_matrix_axes(node, weight.ndim) for node, _ in uses}
+    views = {_matrix_axes(node, weight.ndim) for node in uses}
     if None in views:
-        report.skip_weight(name, node_names, f"a weight of rank {weight.ndim} is not a matrix for {uses[0][0].op_type}")
+        report.skip_weight(name, node_names, f"a weight of rank {weight.ndim} is not a matrix for {uses[0].op_type}")
         return
     if len(views) > 1:
         report.skip_weight(name, node_names, "read as a matrix in two layouts (Gemm transB differs)")
@@ -193,7 +192,7 @@ def _prune_weight(editor: ModelEditor, name: str, uses: list[tuple[onnx.NodeProt
     sparse_bytes = nonzeros * (pruned.itemsize + _INDEX_BYTES)
     stored_sparse = store_sparse and sparse_bytes < dense_bytes
     report.add(PrunedWeight(
-        name=name, nodes=node_names, op_type=uses[0][0].op_type, shape=tuple(weight.shape), pattern=pattern.text,
+        name=name, nodes=node_names, op_type=uses[0].op_type, shape=tuple(weight.shape), pattern=pattern.text,
         sparsity_before=before, sparsity_after=1.0 - nonzeros / pruned.size if pruned.size else 0.0,
         dense_bytes=dense_bytes, stored_bytes=sparse_bytes if stored_sparse else dense_bytes, stored_sparse=stored_sparse,
         note="" if stored_sparse or not store_sparse else "stored dense: its sparse form would be larger"))

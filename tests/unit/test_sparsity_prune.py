@@ -187,6 +187,26 @@ def test_a_weight_also_read_by_another_node_is_left_alone():
     assert [(w.name, w.nodes) for w in report.weights] == [("w2", ("first", "second"))]
 
 
+def test_weights_that_are_no_single_matrix_are_left_alone_with_a_note():
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("MatMul", ["x3", "w_batched"], ["a"], name="batched"),
+        helper.make_node("MatMul", ["x", "w_square"], ["b"], name="plain"),
+        helper.make_node("Gemm", ["x", "w_square"], ["c"], name="transposed", transB=1),
+    ]
+    model = _model(nodes, {"w_batched": rng.standard_normal((2, K, K)).astype(np.float32),
+                           "w_square": rng.standard_normal((K, K)).astype(np.float32)},
+                   [_float_input("x3", [2, K, K]), _float_input("x", [K, K])],
+                   [_float_input("a", [2, K, K]), _float_input("b", [K, K]), _float_input("c", [K, K])])
+    report = prune(model)
+    assert not report.weights
+    assert report.skipped == {
+        "batched": "weight 'w_batched': a weight of rank 3 is not a matrix for MatMul",
+        "plain": "weight 'w_square': read as a matrix in two layouts (Gemm transB differs)",
+        "transposed": "weight 'w_square': read as a matrix in two layouts (Gemm transB differs)",
+    }
+
+
 @pytest.mark.parametrize("arguments, message", [
     ({"pattern": "2:2"}, "pattern '2:2'"),
     ({"pattern": "block1x1"}, "pattern 'block1x1'"),
