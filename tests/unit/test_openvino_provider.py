@@ -320,6 +320,48 @@ def test_a_graph_openvino_cannot_read_runs_on_the_cpu(monkeypatch, capfd):
     _assert_close(openvino.run(None, {"x": x}), cpu.run(None, {"x": x}))
 
 
+def _lstm_model(layout: int) -> bytes:
+    rng = np.random.default_rng(7)
+    hidden, features = 5, 3
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in [("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden))]]
+    x_shape = [2, 4, features] if layout else [4, 2, features]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["", "h"], hidden_size=hidden, layout=layout),
+             helper.make_node("Tanh", ["h"], ["y"])]
+    return _model(nodes, [_vi("x", x_shape)], [_vi("y", None)], weights)
+
+
+def test_an_optional_output_left_out_stays_left_out():
+    """LSTM with its first output omitted (""): OpenVINO gets the node as written and runs it."""
+    openvino, cpu = _sessions(_lstm_model(layout=0))
+    assert _placement(openvino) == [(OV, OV)]
+    x = np.random.default_rng(8).standard_normal((4, 2, 3)).astype(np.float32)
+    _assert_close(openvino.run(None, {"x": x}), cpu.run(None, {"x": x}))
+
+
+def test_nodes_openvino_computes_wrongly_stay_on_the_cpu():
+    """Batch-first recurrences: OpenVINO 2026.4 returns them in the other layout."""
+    openvino, cpu = _sessions(_lstm_model(layout=1))
+    assert ("LSTM", CPU) in _placement(openvino)
+    x = np.random.default_rng(9).standard_normal((2, 4, 3)).astype(np.float32)
+    _assert_close(openvino.run(None, {"x": x}), cpu.run(None, {"x": x}))
+
+
+def test_a_region_openvino_cannot_compile_runs_on_cpu_kernels(monkeypatch, capfd):
+    from onyxrt.errors import EPFail
+    from onyxrt.providers.openvino import provider
+
+    def uncompilable(*args):
+        raise EPFail("OpenVINOExecutionProvider could not compile region R for CPU: shape inference failed")
+
+    monkeypatch.setattr(provider, "CompiledRegion", uncompilable)
+    openvino, cpu = _sessions(_mlp_model())
+    assert _placement(openvino) == [(OV, OV)] and _openvino_provider(openvino).regions == []
+    assert "its 7 nodes run on CPUExecutionProvider" in capfd.readouterr().err
+    x = np.random.default_rng(10).standard_normal((2, 3, 8)).astype(np.float32)
+    _assert_close(openvino.run(None, {"x": x}), cpu.run(None, {"x": x}))
+
+
 def test_overridable_initializers_are_fed_not_folded():
     nodes = [helper.make_node("Mul", ["x", "scale"], ["m"]), helper.make_node("Exp", ["m"], ["y"])]
     graph = helper.make_graph(nodes, "g", [_vi("x", [2]), _vi("scale", [2])], [_vi("y", [2])],

@@ -58,6 +58,8 @@ def export_nodes(
     initializers holding the given tensors.
     """
     constants = constants or {}
+    outputs = list(outputs)
+    exported = set(outputs)
     node_protos = []
     domains = dict(opset_imports)
     for index, node in enumerate(nodes):
@@ -65,7 +67,9 @@ def export_nodes(
         proto.name = f"node_{index}_{node.name or node.op_type}"
         del proto.input[:], proto.output[:]
         proto.input.extend(names(value) for value in node.inputs)
-        proto.output.extend(names(value) for value in node.outputs)
+        # an optional output the model leaves out stays left out ("" in ONNX): naming it would ask for it
+        proto.output.extend("" if value is None or (not value.name and not value.uses() and value not in exported)
+                            else names(value) for value in node.outputs)
         node_protos.append(proto)
         domains.setdefault(node.domain, 1)
     graph_inputs, initializers = [], []

@@ -7,8 +7,10 @@ from typing import Any, Mapping
 
 import onnx_ir as ir
 
-from ...errors import InvalidArgument
+from ...errors import EPFail, InvalidArgument
+from ...framework.logging import default_logger
 from ..base import ExecutionProvider, NodeGroup, Step
+from ..cpu import CPUExecutionProvider
 from .capability import supported_regions
 from .options import OpenVINOOptions, parse_options
 from .region import CompiledRegion
@@ -58,7 +60,13 @@ class OpenVINOExecutionProvider(ExecutionProvider):
         """The region as one OpenVINO compiled model, run from numpy inputs to numpy outputs."""
         with self._lock:
             name = f"{self.name}_region_{len(self.regions)}"
-            region = CompiledRegion(group, self._constants, self.core, self.settings, name)
+            try:
+                region = CompiledRegion(group, self._constants, self.core, self.settings, name)
+            except EPFail as exc:
+                # OpenVINO accepted these nodes when asked but cannot compile them together: the
+                # CPU provider's kernels run them instead (the fused node keeps OpenVINO's name)
+                default_logger().warning(f"{exc}; its {len(group.nodes)} nodes run on CPUExecutionProvider")
+                return CPUExecutionProvider().compile(group)
             self.regions.append(region)
         return region
 
