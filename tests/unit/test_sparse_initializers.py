@@ -118,3 +118,21 @@ def test_sparse_initializers_under_sparse_execution_give_the_dense_outputs(tmp_p
     got = onyxrt.InferenceSession(str(sparse_path), options).run(None, _feeds())
     want = ort.InferenceSession(str(dense_path), providers=["CPUExecutionProvider"]).run(None, _feeds())
     _assert_same(got, want)
+
+
+def test_a_constant_node_with_a_sparse_value_feeds_a_matmul_as_its_dense_weight(tmp_path):
+    """The kernel test of Constant(sparse_value) calls the op; here a model's loader densifies it for MatMul."""
+    weight = prune(_dense_model(seed=3), sparsity=0.9).model
+    w1 = next(numpy_helper.to_array(t) for t in weight.graph.initializer if t.name == "w1")
+    linear = np.flatnonzero(w1).astype(np.int64)
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(w1.reshape(-1)[linear], "w1"),
+                                       numpy_helper.from_array(linear, "w1_indices"), list(w1.shape))
+    graph = helper.make_graph(
+        [helper.make_node("Constant", [], ["w1"], sparse_value=sparse), helper.make_node("MatMul", ["x", "w1"], ["h"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, IN])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, HIDDEN])])
+    path = tmp_path / "constant_sparse.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    ours, theirs = _outputs(path)
+    np.testing.assert_allclose(ours[0], _feeds()["x"] @ w1, rtol=1e-5, atol=1e-5)
+    _assert_same(ours, theirs)
