@@ -736,16 +736,16 @@ def test_load_cancellation_flag(flags):
 
 def test_onyxrt_load_cancelled_while_a_session_is_being_created(monkeypatch):
     """Pinned for onyxrt: a flag set during creation (here, by the optimizer) stops it at the next stage."""
-    import onyxrt.session.inference_session as inference_session
+    import onyxrt.session.placement as placement
 
-    options, optimize = onyxrt.SessionOptions(), inference_session.optimize
+    options, optimize = onyxrt.SessionOptions(), placement.optimize
 
     def optimize_then_cancel(*args, **kwargs):
         report = optimize(*args, **kwargs)
         options.set_load_cancellation_flag(True)
         return report
 
-    monkeypatch.setattr(inference_session, "optimize", optimize_then_cancel)
+    monkeypatch.setattr(placement, "optimize", optimize_then_cancel)
     with pytest.raises(onyxrt.capi.onnxruntime_pybind11_state.ModelLoadCanceled):
         session(onyxrt, models.linear(), options)
 
