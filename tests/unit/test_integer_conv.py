@@ -91,7 +91,7 @@ def test_qlinear_conv_matches_onnxruntime(x_shape, w_shape, attrs, types):
         # checked against the exact result, onnxruntime on weights whose pair sums cannot saturate
         np.testing.assert_array_equal(onyxrt.InferenceSession(model).run(None, feeds)[0],
                                       _exact_qlinear_conv(model, feeds["x"]))
-        model = _with_initializer(model, "w", non_saturating_int8(RNG, w_shape))
+        model = _with_initializer(model, "w", non_saturating_int8(w))
     got, want = _both(model, feeds)
     np.testing.assert_array_equal(got, want)
 
@@ -302,7 +302,7 @@ def test_qdq_conv_becomes_qlinear_conv(per_channel, with_bias, tmp_path):
     if not onnxruntime_u8s8_is_exact():
         # onnxruntime's u8s8 kernel saturates without VNNI: its QLinearConv runs weights whose pair sums cannot
         weights = next(t for t in model.graph.initializer if t.name == "wq")
-        weights.CopyFrom(numpy_helper.from_array(non_saturating_int8(RNG, tuple(weights.dims)), "wq"))
+        weights.CopyFrom(numpy_helper.from_array(non_saturating_int8(numpy_helper.to_array(weights)), "wq"))
         _, got, _, _, feeds = _run_qdq(model, tmp_path)
     # onnxruntime runs the saved fused model with the same bytes as onyxrt
     saved = ort.InferenceSession(str(tmp_path / "optimized.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
