@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from numpy.lib.stride_tricks import sliding_window_view
+from ort_int8 import non_saturating_int8, onnxruntime_u8s8_is_exact
+
 import onyxrt  # noqa: F401 - registers the kernels
 from onyxrt.providers.cpu.contrib import qlinear, quantized
 from onyxrt.providers.cpu.contrib.quantized import unpack_bits
@@ -43,9 +46,9 @@ def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
 # --------------------------------------------------------------------------- onnxruntime parity helper
 
 
-def node_model(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
-    """A one-node com.microsoft model and its feeds; ``inputs`` is [(name, array or None)], ``const``
-    names the inputs stored as initializers (the others are graph inputs)."""
+def node_model(op_type, inputs, attrs=None, out_types=None, n_out=1, const=(), domain="com.microsoft"):
+    """A one-node model (a com.microsoft op unless ``domain`` says otherwise) and its feeds; ``inputs``
+    is [(name, array or None)], ``const`` names the inputs stored as initializers (the others are graph inputs)."""
     from onnx import helper, numpy_helper
 
     ins, inits, feeds, names = [], [], {}, []
@@ -63,7 +66,7 @@ def node_model(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
     while names and names[-1] == "":
         names.pop()
     outs = [f"y{i}" for i in range(n_out)]
-    node = helper.make_node(op_type, names, outs, domain="com.microsoft", **(attrs or {}))
+    node = helper.make_node(op_type, names, outs, domain=domain, **(attrs or {}))
     out_types = out_types or [np.asarray(inputs[0][1]).dtype] * n_out
     ovi = [helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(np.dtype(t)), None) for o, t in zip(outs, out_types)]
     graph = helper.make_graph([node], "g", ins, ovi, initializer=inits)
@@ -72,10 +75,11 @@ def node_model(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
     return model.SerializeToString(), feeds
 
 
-def ort_node(op_type, inputs, attrs=None, out_types=None, n_out=1, const=()):
-    """Outputs of onnxruntime on a one-node com.microsoft model; ``inputs`` is [(name, array or None)]."""
+def ort_node(op_type, inputs, attrs=None, out_types=None, n_out=1, const=(), domain="com.microsoft"):
+    """Outputs of onnxruntime on a one-node model (com.microsoft unless ``domain`` says otherwise);
+    ``inputs`` is [(name, array or None)]."""
     ort = pytest.importorskip("onnxruntime")
-    model, feeds = node_model(op_type, inputs, attrs, out_types, n_out, const)
+    model, feeds = node_model(op_type, inputs, attrs, out_types, n_out, const, domain)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -97,6 +101,18 @@ def assert_f_close(got, want, rel=1e-5):
     assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
     scale = max(float(np.abs(want).max()), 1e-6)
     np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=0, atol=rel * scale)
+
+
+def onnxruntime_saturates_u8s8() -> bool:
+    """True where onnxruntime's u8s8 kernel saturates pair sums (no VNNI): the u8s8 parity tests then
+    check onyxrt on the full-range int8 weights against an exact or float reference, and compare with
+    onnxruntime on those weights halved into [-64, 63], whose pair sums cannot saturate."""
+    return not onnxruntime_u8s8_is_exact()
+
+
+def exact_matmul(a, a_zero, b, b_zero):
+    """(a - a_zero) @ (b - b_zero) in int64: the exact integer product."""
+    return (a.astype(np.int64) - np.asarray(a_zero, np.int64)) @ (b.astype(np.int64) - np.asarray(b_zero, np.int64))
 
 
 # --------------------------------------------------------------------------- element-wise (hand-computed)
@@ -434,6 +450,16 @@ def test_concat_where_conv_match_onnxruntime(dt):
         x = rand_int(np.uint8, (1, 6, 6, 4))
         w = rand_int(np.int8, (8, 4, 3, 3))
         bias = RNG.integers(-100, 100, 8).astype(np.int32)
+        if onnxruntime_saturates_u8s8():
+            windows = sliding_window_view(np.pad(x.astype(np.int64) - 100, ((0, 0), (1, 1), (1, 1), (0, 0))), (3, 3), axis=(1, 2))
+            acc = np.einsum("nhwcij,mcij->nmhw", windows, w.astype(np.int64)) + bias.reshape(1, -1, 1, 1)
+            exact = np.clip(np.rint(acc * (F(0.02) * F(0.01) / F(0.3))) + 5, 0, 255).astype(np.uint8)
+            for cl in (0, 1):
+                xx = x if cl else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+                got = qlinear.qlinear_conv_ms(xx, F(0.02), np.uint8(100), w, F(0.01), np.int8(0), F(0.3), np.uint8(5), bias,
+                                              pads=[1, 1, 1, 1], channels_last=cl)
+                assert_q_close(got, exact.transpose(0, 2, 3, 1) if cl else exact)
+            w = non_saturating_int8(w)
         for cl in (0, 1):
             xx = x if cl else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
             inputs = [("x", xx), ("xs", F(0.02)), ("xz", np.uint8(100)), ("w", w), ("ws", F(0.01)), ("wz", np.int8(0)),
@@ -482,12 +508,21 @@ def test_integer_matmuls_match_onnxruntime(bdt):
     bs = RNG.uniform(0.01, 0.05, 12).astype(F)
     bz = rand_int(bdt, (12,))
     bias = RNG.standard_normal(12).astype(F)
-    inputs = [("a", a), ("b", b), ("as", F(0.02)), ("bs", bs), ("az", np.uint8(3)), ("bz", bz), ("bias", bias)]
+    saturates = bdt == np.int8 and onnxruntime_saturates_u8s8()
+    b_for_onnxruntime = non_saturating_int8(b) if saturates else b
+    if saturates:
+        exact = exact_matmul(a, 3, b, bz) * (F(0.02) * bs).astype(np.float64) + bias
+        assert_f_close(quantized.matmul_integer_to_float(a, b, F(0.02), bs, np.uint8(3), bz, bias), exact.astype(F))
+    inputs = [("a", a), ("b", b_for_onnxruntime), ("as", F(0.02)), ("bs", bs), ("az", np.uint8(3)), ("bz", bz), ("bias", bias)]
     (want,) = ort_node("MatMulIntegerToFloat", inputs, out_types=[F], const=("b", "bs", "bz", "bias"))
     assert_f_close(quantized.matmul_integer_to_float(*[v for _, v in inputs]), want)
 
     af = RNG.standard_normal((2, 7, 32)).astype(F) + 0.5
-    inputs = [("a", af), ("b", b), ("bs", bs), ("bz", bz), ("bias", bias)]
+    if saturates:  # DynamicQuantizeLinear's integers (no product in it) feed the exact product
+        aq, a_scale, a_zero = ort_node("DynamicQuantizeLinear", [("a", af)], out_types=[np.uint8, F, np.uint8], n_out=3, domain="")
+        exact = exact_matmul(aq, a_zero, b, bz) * (a_scale * bs).astype(np.float64) + bias
+        assert_f_close(quantized.dynamic_quantize_matmul(af, b, bs, bz, bias), exact.astype(F))
+    inputs = [("a", af), ("b", b_for_onnxruntime), ("bs", bs), ("bz", bz), ("bias", bias)]
     (want,) = ort_node("DynamicQuantizeMatMul", inputs, out_types=[F], const=("b", "bs", "bz", "bias"))
     assert_f_close(quantized.dynamic_quantize_matmul(*[v for _, v in inputs]), want)
 
@@ -495,12 +530,34 @@ def test_integer_matmuls_match_onnxruntime(bdt):
         A = rand_int(np.uint8, (16, 10) if ta else (10, 16))
         B = rand_int(bdt, (12, 16) if tb else (16, 12))
         c = RNG.integers(-1000, 1000, 12).astype(np.int32)
+        if saturates:
+            acc = exact_matmul(A.T if ta else A, 100, B.T if tb else B, 0) + c
+            exact = (acc * (F(0.7) * F(0.02) * bs).astype(np.float64)).astype(F)
+            assert_f_close(quantized.qgemm(A, F(0.02), np.uint8(100), B, bs, np.zeros(12, bdt), c, alpha=0.7, transA=ta, transB=tb),
+                           exact)
+            exact = np.clip(np.rint(acc * (F(0.02) * F(0.01) / F(0.5))) + 7, 0, 255).astype(np.uint8)
+            assert_q_close(quantized.qgemm(A, F(0.02), np.uint8(100), B, F(0.01), np.int8(0), c, F(0.5), np.uint8(7),
+                                           transA=ta, transB=tb), exact)
+            B = non_saturating_int8(B)
         base = [("a", A), ("as", F(0.02)), ("az", np.uint8(100)), ("b", B), ("bs", bs), ("bz", np.zeros(12, bdt)), ("c", c)]
         (want,) = ort_node("QGemm", base, dict(transA=ta, transB=tb, alpha=0.7), out_types=[F], const=("b", "bs", "bz", "c"))
         assert_f_close(quantized.qgemm(*[v for _, v in base], alpha=0.7, transA=ta, transB=tb), want)
         q = base[:4] + [("bs", F(0.01)), ("bz", np.array(0, bdt)), ("c", c), ("ys", F(0.5)), ("yz", np.uint8(7))]
         (want,) = ort_node("QGemm", q, dict(transA=ta, transB=tb), out_types=[np.uint8], const=("b", "bs", "bz", "c"))
         assert_q_close(quantized.qgemm(*[v for _, v in q], transA=ta, transB=tb), want)
+
+
+def assert_qattention_is_float_attention(x, x_scale, x_zero, w, w_scale, w_zero, bias, mask, past, attrs):
+    """onyxrt's QAttention equals onnxruntime's float Attention of the dequantized input and weights
+    (its exact integer products scaled, against float32 products: float32 rounding apart)."""
+    xf = ((x.astype(np.int64) - int(x_zero)) * np.float64(x_scale)).astype(F)
+    wf = ((w.astype(np.int64) - w_zero.astype(np.int64)) * w_scale.astype(np.float64)).astype(F)
+    n_out = 1 if past is None else 2
+    want = ort_node("Attention", [("x", xf), ("w", wf), ("bias", bias), ("mask", mask), ("past", past)], attrs,
+                    out_types=[F] * n_out, n_out=n_out)
+    got = quantized.qattention(x, w, bias, x_scale, w_scale, mask, x_zero, w_zero, past, **attrs, _num_outputs=n_out)
+    for g, w_ in zip(got, want):
+        assert_f_close(g, w_)
 
 
 @pytest.mark.parametrize(
@@ -520,8 +577,11 @@ def test_qattention_matches_onnxruntime(mask, attrs):
     w = rand_int(np.int8, (hin, 3 * h))
     bias = RNG.standard_normal(3 * h).astype(F)
     ws = RNG.uniform(0.005, 0.02, 3 * h).astype(F)
-    inputs = [("x", x), ("w", w), ("bias", bias), ("xs", F(0.01)), ("ws", ws), ("mask", mask), ("xz", np.uint8(120)),
-              ("wz", rand_int(np.int8, (3 * h,)))]
+    wz = rand_int(np.int8, (3 * h,))
+    if onnxruntime_saturates_u8s8():
+        assert_qattention_is_float_attention(x, F(0.01), np.uint8(120), w, ws, wz, bias, mask, None, dict(num_heads=heads, **attrs))
+        w = non_saturating_int8(w)
+    inputs = [("x", x), ("w", w), ("bias", bias), ("xs", F(0.01)), ("ws", ws), ("mask", mask), ("xz", np.uint8(120)), ("wz", wz)]
     (want,) = ort_node("QAttention", inputs, dict(num_heads=heads, **attrs), out_types=[F])
     (got,) = quantized.qattention(*[v for _, v in inputs], num_heads=heads, **attrs)
     assert_f_close(got, want)
@@ -534,6 +594,10 @@ def test_qattention_past_present_match_onnxruntime():
     w = rand_int(np.int8, (hin, 3 * h))
     bias = RNG.standard_normal(3 * h).astype(F)
     past = RNG.standard_normal((2, b, heads, 4, hd)).astype(F)
+    if onnxruntime_saturates_u8s8():
+        assert_qattention_is_float_attention(x, F(0.01), np.uint8(120), w, F(0.01), np.int8(0), bias, None, past,
+                                             dict(num_heads=heads, unidirectional=1))
+        w = non_saturating_int8(w)
     inputs = [("x", x), ("w", w), ("bias", bias), ("xs", F(0.01)), ("ws", F(0.01)), ("mask", None), ("xz", np.uint8(120)),
               ("wz", np.int8(0)), ("past", past)]
     want = ort_node("QAttention", inputs, dict(num_heads=heads, unidirectional=1), out_types=[F, F], n_out=2)
@@ -599,6 +663,19 @@ def test_dynamic_quantize_lstm_matches_onnxruntime(direction, batch):
     h0 = RNG.standard_normal((nd, batch, H)).astype(F)
     peep = RNG.standard_normal((nd, 3 * H)).astype(F) * 0.1
     lens = np.array([4, 2, 3][:batch], np.int32)
+    if onnxruntime_saturates_u8s8():
+        # onyxrt on the full-range weights: onnxruntime's float LSTM of the dequantized weights, apart
+        # from the uint8 quantization of X and H (outputs lie in (-1, 1))
+        wf = (w * ws[:, None, :]).transpose(0, 2, 1).astype(F)
+        rf = (r * rs[:, None, None]).transpose(0, 2, 1).astype(F)
+        float_inputs = [("x", x), ("w", wf), ("r", rf), ("b", bias), ("sl", lens), ("h0", h0), ("c0", None), ("p", peep)]
+        want = ort_node("LSTM", float_inputs, dict(hidden_size=H, direction=direction), out_types=[F] * 3, n_out=3, domain="")
+        got = quantized.dynamic_quantize_lstm(x, w, r, bias, lens, h0, None, peep, ws, np.zeros(ws.shape, np.int8), rs,
+                                              np.zeros(rs.shape, np.int8), hidden_size=H, direction=direction)
+        for g, w_ in zip(got, want):
+            assert g.shape == w_.shape and g.dtype == w_.dtype
+            assert np.abs(g - w_).max() < 0.05
+        w, r = non_saturating_int8(w), non_saturating_int8(r)
     inputs = [("x", x), ("w", w), ("r", r), ("b", bias), ("sl", lens), ("h0", h0), ("c0", None), ("p", peep),
               ("ws", ws), ("wz", np.zeros(ws.shape, np.int8)), ("rs", rs), ("rz", np.zeros(rs.shape, np.int8))]
     want = ort_node("DynamicQuantizeLSTM", inputs, dict(hidden_size=H, direction=direction), out_types=[F] * 3, n_out=3,
