@@ -87,9 +87,11 @@ def _csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
 
     Rows go in blocks of ``ROW_BLOCK``, so the rows of ``xt`` a block reads stay in cache. Without
     ``transposed``, each block of ``COLUMN_BLOCK`` columns is accumulated in a local (columns x rows)
-    buffer, contiguous over the rows, then written into ``y``'s rows. Four nonzeros per pass over a
-    buffer row: one load and store of it per four multiply-adds (the loop is bound by loads and
-    stores, not arithmetic)."""
+    buffer, contiguous over the rows, then written into ``y``'s rows. Eight nonzeros per pass over a
+    buffer row (then four, then one): each pass costs a fixed setup (slices, the vectorizer's overlap
+    checks) and a load and store of the buffer row, which eight nonzeros share (0.9-1.4x the time of
+    four per pass at 64-128 rows, measured on AVX2; register-tiled forms without a buffer were slower,
+    numba not vectorizing them). The sums are paired, so their additions do not wait on each other."""
     rows = xt.shape[1]
     block = np.empty((COLUMN_BLOCK, min(rows, ROW_BLOCK)), np.float32)
     for r0 in range(0, rows, ROW_BLOCK):
@@ -102,14 +104,29 @@ def _csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
                 out[:] = 0
                 j = indptr[n]
                 end = indptr[n + 1]
-                while j + 4 <= end:
+                while j + 8 <= end:
+                    w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
+                    w4, w5, w6, w7 = values[j + 4], values[j + 5], values[j + 6], values[j + 7]
+                    s0 = xt[indices[j], r0:r1]
+                    s1 = xt[indices[j + 1], r0:r1]
+                    s2 = xt[indices[j + 2], r0:r1]
+                    s3 = xt[indices[j + 3], r0:r1]
+                    s4 = xt[indices[j + 4], r0:r1]
+                    s5 = xt[indices[j + 5], r0:r1]
+                    s6 = xt[indices[j + 6], r0:r1]
+                    s7 = xt[indices[j + 7], r0:r1]
+                    for m in range(span):
+                        out[m] += (((w0 * s0[m] + w1 * s1[m]) + (w2 * s2[m] + w3 * s3[m]))
+                                   + ((w4 * s4[m] + w5 * s5[m]) + (w6 * s6[m] + w7 * s7[m])))
+                    j += 8
+                if j + 4 <= end:
                     w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
                     s0 = xt[indices[j], r0:r1]
                     s1 = xt[indices[j + 1], r0:r1]
                     s2 = xt[indices[j + 2], r0:r1]
                     s3 = xt[indices[j + 3], r0:r1]
                     for m in range(span):
-                        out[m] += w0 * s0[m] + w1 * s1[m] + w2 * s2[m] + w3 * s3[m]
+                        out[m] += (w0 * s0[m] + w1 * s1[m]) + (w2 * s2[m] + w3 * s3[m])
                     j += 4
                 while j < end:
                     weight = values[j]
