@@ -328,10 +328,11 @@ class _DynamicQuantizer:
             weight = editor.array(name)
             directions, gates, width = weight.shape
             if self.per_channel:
-                params, quantized = weight_params(weight.reshape(directions * gates, width), QuantType.QInt8, 0, True)
+                params, quantized = weight_params(weight.reshape(directions * gates, width), QuantType.QInt8, 0, True,
+                                                  self.reduce_range)
                 scale, zero_point = params.scale.reshape(directions, gates), params.zero_point.reshape(directions, gates)
             else:
-                params, quantized = weight_params(weight, QuantType.QInt8, 0, True)
+                params, quantized = weight_params(weight, QuantType.QInt8, 0, True, self.reduce_range)
                 scale, zero_point = params.scale, params.zero_point
             quantized = quantized.reshape(directions, gates, width).transpose(0, 2, 1)
             quantized_inputs.append((editor.add_initializer(np.ascontiguousarray(quantized), f"{name}_quantized"),

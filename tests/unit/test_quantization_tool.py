@@ -3,16 +3,23 @@
 Each quantizer runs on small synthetic models: the output model gives the same values in onnxruntime and in
 onyxrt (1e-5), stays within quantization tolerance of the float model, and, where onnxruntime's tool has the
 same options, gives the values onnxruntime's own quantized model gives.
+
+Without VNNI, onnxruntime's u8s8 integer kernels saturate pair sums (tests/unit/ort_int8.py): the two runtimes
+are then compared on the same quantization with reduce_range (7-bit weights, which cannot saturate), and
+onyxrt's full-range result is held to the float model.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from ort_int8 import onnxruntime_u8s8_is_exact
 
 import onyxrt
 from onyxrt.cli import main
@@ -123,6 +130,20 @@ def _both(path, feeds) -> tuple[np.ndarray, np.ndarray]:
     return reference, ours
 
 
+def _model_both_runtimes_run_exactly(path: Path, quantize: Callable[[Path, bool], object]) -> Path:
+    """``path`` (made by ``quantize(path, False)``) where onnxruntime's u8s8 products are exact; else, as its
+    u8s8 kernel saturates without VNNI, ``quantize(<path>_reduced, True)``: 7-bit weights, which cannot."""
+    if onnxruntime_u8s8_is_exact():
+        return path
+    reduced = path.with_name(f"{path.stem}_reduced{path.suffix}")
+    quantize(reduced, True)
+    return reduced
+
+
+def _ours(path, feeds) -> np.ndarray:
+    return onyxrt.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
 def _op_types(path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path)).graph.node]
 
@@ -164,8 +185,11 @@ def test_dynamic_default_output_runs_in_both_runtimes_close_to_float(tmp_path):
     source = _encoder_block(tmp_path / "block.onnx")
     report = quantize_dynamic(source, tmp_path / "q.onnx")
     feeds = {"ids": np.array([3, 17, 42, 99, 0], dtype=np.int64)}
-    reference, ours = _both(tmp_path / "q.onnx", feeds)
-    np.testing.assert_allclose(ours, reference, rtol=0, atol=RUNTIME_TOLERANCE)
+    compared = _model_both_runtimes_run_exactly(tmp_path / "q.onnx", lambda path, reduce_range: quantize_dynamic(
+        source, path, reduce_range=reduce_range))
+    reference, _ = _both(compared, feeds)
+    np.testing.assert_allclose(_ours(compared, feeds), reference, rtol=0, atol=RUNTIME_TOLERANCE)
+    ours = _ours(tmp_path / "q.onnx", feeds)
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
     assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
     ops = _op_types(tmp_path / "q.onnx")
@@ -204,6 +228,15 @@ def test_dynamic_with_onnxruntimes_defaults_gives_onnxruntimes_values(tmp_path, 
     ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
     theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
     np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
+    theirs_compared = _model_both_runtimes_run_exactly(tmp_path / "theirs.onnx", lambda path, reduce_range: (
+        ort_quantization.quantize_dynamic(source, path, reduce_range=reduce_range)))
+    if theirs_compared != tmp_path / "theirs.onnx":
+        float_out = ort.InferenceSession(source).run(None, feeds)[0]
+        assert np.abs(ours_in_onyxrt - float_out).max() < 0.05 * np.abs(float_out).max()
+        quantize_dynamic(source, tmp_path / "ours_reduced.onnx", per_channel=False, reduce_range=True,
+                         extra_options={"FloatActivationsAfterGelu": False})
+        ours_in_onyxrt = _ours(tmp_path / "ours_reduced.onnx", feeds)
+        theirs = ort.InferenceSession(str(theirs_compared)).run(None, feeds)[0]
     np.testing.assert_allclose(ours_in_onyxrt, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
     assert sorted(_op_types(tmp_path / "ours.onnx")) == sorted(_op_types(tmp_path / "theirs.onnx"))
 
@@ -249,9 +282,13 @@ def test_dynamic_attention_becomes_qattention_with_onnxruntimes_values(tmp_path)
     feeds = {"x": np.random.default_rng(4).standard_normal((2, 5, 16), dtype=np.float32), "mask": mask}
     ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
     theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
-    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
     np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
+    assert np.abs(ours_in_onyxrt - float_out).max() < 0.05 * np.abs(float_out).max()
+    compared = _model_both_runtimes_run_exactly(tmp_path / "ours.onnx", lambda path, reduce_range: quantize_dynamic(
+        source, path, reduce_range=reduce_range))
+    ours_in_ort, ours_in_onyxrt = _both(compared, feeds)
+    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
     assert np.abs(ours_in_ort - float_out).max() < 0.05 * np.abs(float_out).max()
 
 
@@ -287,10 +324,26 @@ def test_dynamic_lstm_becomes_dynamic_quantize_lstm_with_onnxruntimes_values(tmp
     feeds = {"x": np.random.default_rng(12).standard_normal((7, 2, 5), dtype=np.float32)}
     ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
     theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
-    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
     np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
+    assert np.abs(ours_in_onyxrt - float_out).max() < 0.05
+    compared = _model_both_runtimes_run_exactly(tmp_path / "ours.onnx", lambda path, reduce_range: quantize_dynamic(
+        source, path, per_channel=per_channel, reduce_range=reduce_range))
+    ours_in_ort, ours_in_onyxrt = _both(compared, feeds)
+    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
     assert np.abs(ours_in_ort - float_out).max() < 0.05
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_dynamic_lstm_reduce_range_writes_onnxruntimes_7_bit_weights(tmp_path, per_channel):
+    source = _lstm(tmp_path / "lstm.onnx", 2)
+    quantize_dynamic(source, tmp_path / "ours.onnx", per_channel=per_channel, reduce_range=True)
+    ort_quantization.quantize_dynamic(source, tmp_path / "theirs.onnx", per_channel=per_channel, reduce_range=True)
+    ours, theirs = ({t.name: numpy_helper.to_array(t) for t in onnx.load(tmp_path / name).graph.initializer}
+                    for name in ("ours.onnx", "theirs.onnx"))
+    for name in ("W_quantized", "R_quantized", "W_scale", "R_scale"):
+        np.testing.assert_array_equal(ours[name], theirs[name])
+    assert max(np.abs(ours[name]).max() for name in ("W_quantized", "R_quantized")) <= 64
 
 
 def test_dynamic_nodes_to_exclude_and_nodes_to_quantize(tmp_path):
@@ -369,9 +422,14 @@ def test_static_gives_onnxruntimes_values_in_both_runtimes(tmp_path, quant_forma
     feeds = _conv_samples(5)[4]
     ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
     theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]
-    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
     np.testing.assert_allclose(ours_in_ort, theirs, rtol=0, atol=RUNTIME_TOLERANCE)
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
+    assert np.abs(ours_in_onyxrt - float_out).max() < 0.05 * np.abs(float_out).max()
+    compared = _model_both_runtimes_run_exactly(tmp_path / "ours.onnx", lambda path, reduce_range: quantize_static(
+        source, path, ArrayDataReader(samples), quant_format=quant_format, per_channel=per_channel,
+        activation_type=activation_type, reduce_range=reduce_range))
+    ours_in_ort, ours_in_onyxrt = _both(compared, feeds)
+    np.testing.assert_allclose(ours_in_onyxrt, ours_in_ort, rtol=0, atol=RUNTIME_TOLERANCE)
     assert np.abs(ours_in_ort - float_out).max() < 0.05 * np.abs(float_out).max()
     assert set(report.quantized) == {"conv", "relu", "add", "pool", "gap", "flatten", "fc"}
 
@@ -601,8 +659,11 @@ def test_static_reads_weights_behind_identity_and_gemm_with_explicit_beta(tmp_pa
     assert not {"b", "w", "wg", "bg"} & {t.name for t in quantized.graph.initializer}
     assert "Identity" not in [node.op_type for node in quantized.graph.node]
     feeds = _conv_samples(5)[4]
-    reference, ours = _both(tmp_path / "q.onnx", feeds)
+    compared = _model_both_runtimes_run_exactly(tmp_path / "q.onnx", lambda path, reduce_range: quantize_static(
+        source, path, ArrayDataReader(_conv_samples()), quant_format=quant_format, per_channel=True, reduce_range=reduce_range))
+    reference, ours = _both(compared, feeds)
     np.testing.assert_allclose(ours, reference, rtol=0, atol=RUNTIME_TOLERANCE)
+    ours = _ours(tmp_path / "q.onnx", feeds)
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
     assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
 
@@ -614,8 +675,15 @@ def test_use_external_data_format_writes_weights_beside_the_model(tmp_path):
     quantize_dynamic(source, tmp_path / "out" / "d.onnx", use_external_data_format=True)
     assert (tmp_path / "out" / "d.onnx.data").is_file()
     x = np.random.default_rng(9).standard_normal((2, 256), dtype=np.float32)
-    for name in ("q.onnx", "d.onnx"):
-        reference, ours = _both(tmp_path / "out" / name, {"x": x})
+    dynamic = _model_both_runtimes_run_exactly(tmp_path / "out" / "d.onnx", lambda path, reduce_range: quantize_dynamic(
+        source, path, use_external_data_format=True, reduce_range=reduce_range))
+    if dynamic != tmp_path / "out" / "d.onnx":
+        assert dynamic.with_name(dynamic.name + ".data").is_file()
+        float_out = ort.InferenceSession(source).run(None, {"x": x})[0]
+        ours = _ours(tmp_path / "out" / "d.onnx", {"x": x})
+        assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
+    for path in (tmp_path / "out" / "q.onnx", dynamic):
+        reference, ours = _both(path, {"x": x})
         np.testing.assert_allclose(ours, reference, rtol=0, atol=5e-5)
 
 
