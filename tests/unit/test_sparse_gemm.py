@@ -136,6 +136,27 @@ def test_transposed_products_equal_dense(kernels, columns):
         assert_product_close(sparse.transposed_product(xt), w.T @ xt)
 
 
+@pytest.mark.parametrize("rows", [8, 15, 24, 100, 121])
+def test_csr_row_tiles_and_tail(kernels, rows):
+    """Rows covering each tile width of the many-row kernel (64, 32, 16, 8) and a zero-padded tail of 1-7."""
+    w = pruned((96, 37), 0.9)
+    x = np.random.default_rng(7).standard_normal((rows, 96)).astype(np.float32)
+    product = CsrProduct(CsrWeight.from_dense(w))
+    assert_product_close(product.product(x), x @ w)
+    assert_product_close(product.transposed_product(np.ascontiguousarray(x.T)), (x @ w).T)
+
+
+def test_csr_wide_and_signed_indices(kernels):
+    """K beyond uint16 (uint32 indices), and a CsrWeight built with int64 indices (converted for the kernels)."""
+    w = pruned((70_000, 3), 0.99)
+    x = np.random.default_rng(8).standard_normal((20, 70_000)).astype(np.float32)
+    csr = CsrWeight.from_dense(w)
+    assert csr.indices.dtype == np.uint32
+    assert_product_close(CsrProduct(csr).product(x), x @ w)
+    signed = CsrWeight(csr.shape, csr.indptr, csr.indices.astype(np.int64), csr.values)
+    assert_product_close(CsrProduct(signed).product(x), x @ w)
+
+
 @pytest.mark.parametrize("rows", [1, 96])
 def test_products_split_over_threads(kernels, rows):
     w = pruned((256, 1024), 0.8)

@@ -11,10 +11,11 @@ per process by shape, density and pool (bert-base repeats 4 weight shapes, not 6
 one-row product is timed with the weight read from memory, as a model's decoding step meets it.
 
 The kernels work column by column of the output: ``Y^T[n, :] = sum_k W[k, n] * X^T[k, :]`` over
-the nonzero k of column n, so the inner loop runs over the rows of ``X`` (contiguous in ``X^T``,
-vectorized) and each nonzero is read once per product; a single row (a GEMV) is a dot product
-per column. The output columns are split over the pool's threads. They are compiled by numba
-(``jit.LazyKernel``); without numba (or with ``ONYXRT_DISABLE_NUMBA=1``) numpy versions of the
+the nonzero k of column n, so the vectorized work runs over the rows of ``X`` (contiguous in
+``X^T``); a single row (a GEMV) is a dot product per column. The CSR many-row kernel
+(``sparse_tiles``) keeps a column's tile of up to 64 rows in registers while its nonzeros stream
+past, rows tile by tile so the slice of ``X^T`` a tile reads stays in cache. The output columns are
+split over the pool's threads. They are compiled by numba (``jit.LazyKernel``); without numba (or with ``ONYXRT_DISABLE_NUMBA=1``) numpy versions of the
 same kernels are what the measurement compares (they rarely win, so the dense path runs).
 Sums run in float32, as the dense GEMM accumulates: results equal the dense product to
 rounding (1e-6 relative in the tests). A 2:4 weight keeps half its elements: on a CPU its
@@ -42,7 +43,7 @@ from ....framework.session_config import session_config_entry
 from ....framework.thread_pool import current_pool
 from .._helpers import ALLOC_MIN_BYTES
 from ..gemm import matmul as pool_matmul
-from ..jit import LazyKernel, read_only
+from ..jit import LazyKernel, LazyModuleKernel, read_only
 
 if TYPE_CHECKING:
     from ....sparsity.formats import CsrWeight, SemiStructuredWeight
@@ -69,9 +70,9 @@ _MIN_PARALLEL_MACS = 1 << 17
 # numpy kernels: elements of the gathered (nonzeros x rows) block per step
 _NUMPY_BLOCK = 1 << 21
 _F32 = np.dtype(np.float32)
-# output columns accumulated together before being written into the output's rows
+# 2:4 kernel: output columns accumulated together before being written into the output's rows
 COLUMN_BLOCK = 16
-# rows of X computed together: a column's nonzeros read 4 KiB slices of X^T's rows, kept in cache
+# 2:4 kernel: rows of X computed together: a column's values read 4 KiB slices of X^T's rows, kept in cache
 ROW_BLOCK = 1024
 
 _decisions: dict[tuple, tuple[str | None, str | None]] = {}
@@ -79,65 +80,6 @@ _decisions: dict[tuple, tuple[str | None, str | None]] = {}
 
 # --------------------------------------------------------------------------- compiled kernels
 # Plain Python compiled by numba on first use (jit.LazyKernel); never called uncompiled.
-
-
-def _csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
-    """``y[:, n] = sum_j values[j] * xt[indices[j], :]`` over column n's nonzeros, for n in [n0, n1)
-    (``transposed``: ``y[n, :]``, y being N x rows).
-
-    Rows go in blocks of ``ROW_BLOCK``, so the rows of ``xt`` a block reads stay in cache. Without
-    ``transposed``, each block of ``COLUMN_BLOCK`` columns is accumulated in a local (columns x rows)
-    buffer, contiguous over the rows, then written into ``y``'s rows. Eight nonzeros per pass over a
-    buffer row (then four, then one): each pass costs a fixed setup (slices, the vectorizer's overlap
-    checks) and a load and store of the buffer row, which eight nonzeros share (0.9-1.4x the time of
-    four per pass at 64-128 rows, measured on AVX2; register-tiled forms without a buffer were slower,
-    numba not vectorizing them). The sums are paired, so their additions do not wait on each other."""
-    rows = xt.shape[1]
-    block = np.empty((COLUMN_BLOCK, min(rows, ROW_BLOCK)), np.float32)
-    for r0 in range(0, rows, ROW_BLOCK):
-        r1 = min(r0 + ROW_BLOCK, rows)
-        span = r1 - r0
-        for b0 in range(n0, n1, COLUMN_BLOCK):
-            b1 = min(b0 + COLUMN_BLOCK, n1)
-            for n in range(b0, b1):
-                out = y[n, r0:r1] if transposed else block[n - b0, :span]
-                out[:] = 0
-                j = indptr[n]
-                end = indptr[n + 1]
-                while j + 8 <= end:
-                    w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
-                    w4, w5, w6, w7 = values[j + 4], values[j + 5], values[j + 6], values[j + 7]
-                    s0 = xt[indices[j], r0:r1]
-                    s1 = xt[indices[j + 1], r0:r1]
-                    s2 = xt[indices[j + 2], r0:r1]
-                    s3 = xt[indices[j + 3], r0:r1]
-                    s4 = xt[indices[j + 4], r0:r1]
-                    s5 = xt[indices[j + 5], r0:r1]
-                    s6 = xt[indices[j + 6], r0:r1]
-                    s7 = xt[indices[j + 7], r0:r1]
-                    for m in range(span):
-                        out[m] += (((w0 * s0[m] + w1 * s1[m]) + (w2 * s2[m] + w3 * s3[m]))
-                                   + ((w4 * s4[m] + w5 * s5[m]) + (w6 * s6[m] + w7 * s7[m])))
-                    j += 8
-                if j + 4 <= end:
-                    w0, w1, w2, w3 = values[j], values[j + 1], values[j + 2], values[j + 3]
-                    s0 = xt[indices[j], r0:r1]
-                    s1 = xt[indices[j + 1], r0:r1]
-                    s2 = xt[indices[j + 2], r0:r1]
-                    s3 = xt[indices[j + 3], r0:r1]
-                    for m in range(span):
-                        out[m] += (w0 * s0[m] + w1 * s1[m]) + (w2 * s2[m] + w3 * s3[m])
-                    j += 4
-                while j < end:
-                    weight = values[j]
-                    source = xt[indices[j], r0:r1]
-                    for m in range(span):
-                        out[m] += weight * source[m]
-                    j += 1
-            if not transposed:
-                for m in range(span):
-                    for n in range(b0, b1):
-                        y[r0 + m, n] = block[n - b0, m]
 
 
 def _csr_dots(x, indptr, indices, values, y, n0, n1):
@@ -174,7 +116,7 @@ def _semi_structured_columns(xt, values, metadata, y, n0, n1, transposed):
                 out = y[n, r0:r1] if transposed else block[n - b0, :span]
                 out[:] = 0
                 g = 0
-                while g + 2 <= groups:  # two groups (four values) per pass, as _csr_columns
+                while g + 2 <= groups:  # two groups (four values) per pass: one load and store of out per four
                     nibble0 = (metadata[n, g >> 2] >> ((g & 3) * 4)) & 15
                     nibble1 = (metadata[n, (g + 1) >> 2] >> (((g + 1) & 3) * 4)) & 15
                     w0, w1 = values[n, 2 * g], values[n, 2 * g + 1]
@@ -211,7 +153,7 @@ def _semi_structured_dots(x, values, metadata, y, n0, n1):
         y[n] = acc0 + acc1
 
 
-_CSR_COLUMNS = LazyKernel(_csr_columns)
+_CSR_COLUMNS = LazyModuleKernel(__name__.rsplit(".", 1)[0] + ".sparse_tiles", "csr_columns")
 _CSR_DOTS = LazyKernel(_csr_dots)
 _SEMI_COLUMNS = LazyKernel(_semi_structured_columns)
 _SEMI_DOTS = LazyKernel(_semi_structured_dots)
@@ -296,6 +238,11 @@ class CsrProduct(_Product):
     kind = "csr"
 
     def __init__(self, weight: CsrWeight) -> None:
+        if (weight.indices.dtype not in (np.uint16, np.uint32) or not weight.indices.flags.c_contiguous
+                or weight.values.dtype != _F32 or not weight.values.flags.c_contiguous):
+            # the many-row kernel reads the arrays by address: contiguous, unsigned 16/32-bit indices
+            weight = type(weight)(weight.shape, weight.indptr, np.ascontiguousarray(weight.indices, np.uint32),
+                                  np.ascontiguousarray(weight.values, _F32))
         self.weight = weight
         self.shape = weight.shape
         for array in (weight.indptr, weight.indices, weight.values):
