@@ -12,6 +12,7 @@ import functools
 import numpy as np
 from onnx import TensorProto, helper
 
+
 @functools.cache
 def onnxruntime_u8s8_is_exact() -> bool:
     """True when onnxruntime's MatMulInteger gives 255 * 127 * 64 for a 1x64 row of 255 times 127s."""
