@@ -153,7 +153,9 @@ def _semi_structured_dots(x, values, metadata, y, n0, n1):
         y[n] = acc0 + acc1
 
 
-_CSR_COLUMNS = LazyModuleKernel(__name__.rsplit(".", 1)[0] + ".sparse_tiles", "csr_columns")
+_TILES_MODULE = __name__.rsplit(".", 1)[0] + ".sparse_tiles"
+_CSR_COLUMNS = LazyModuleKernel(_TILES_MODULE, "csr_columns")
+_TRANSPOSE = LazyModuleKernel(_TILES_MODULE, "transpose_into")
 _CSR_DOTS = LazyKernel(_csr_dots)
 _SEMI_COLUMNS = LazyKernel(_semi_structured_columns)
 _SEMI_DOTS = LazyKernel(_semi_structured_dots)
@@ -163,6 +165,17 @@ def _probe(shape: tuple[int, ...], dtype, writable: bool = False) -> np.ndarray:
     """An empty argument of a kernel's compile probe (``LazyKernel.compiled_for``): read-only unless an output."""
     array = np.zeros(shape, dtype)
     return array if writable else read_only(array)
+
+
+def _transposed(a: np.ndarray) -> np.ndarray:
+    """``a.T`` C-contiguous and read-only, for a C-contiguous float32 ``a`` (rows x K)."""
+    xt = np.empty((a.shape[1], a.shape[0]), _F32)
+    kernel = _TRANSPOSE.compiled_for("f32", _probe((0, 0), _F32), _probe((0, 0), _F32, True))
+    if kernel is None:
+        np.copyto(xt, a.T)
+    else:
+        kernel(read_only(a), xt)
+    return read_only(xt)
 
 
 def _split_columns(kernel: Callable, columns: int, macs: int) -> None:
@@ -196,7 +209,7 @@ class _Product(abc.ABC):
             x, target = read_only(a[0]), y[0]
             _split_columns(lambda n0, n1: dots(x, target, n0, n1), columns, self._macs(rows))
             return y
-        xt = read_only(np.ascontiguousarray(a.T))
+        xt = _transposed(a)
         if many is not None:
             _split_columns(lambda n0, n1: many(xt, y, n0, n1, False), columns, self._macs(rows))
         else:
