@@ -9,8 +9,9 @@ memory (a load and store of it per nonzero, with overlap checks before each vect
 with scalar accumulators, leaves them scalar (numba turns off the SLP vectorizer). The tile below
 is written directly in LLVM IR: up to 8 vectors of 8 float32 lanes (64 rows; 8 independent
 multiply-add chains hide their latency), one broadcast weight and one row load per vector per
-nonzero. Measured on AMD EPYC (AVX2, one thread, seq 64-128, 90% zeros): 1.2-1.9x faster than
-the buffered loop it replaced. ``llvm.fmuladd`` fuses the multiply-add where the CPU has FMA
+nonzero. Measured on AMD EPYC (AVX2, one thread, 64-128 rows, 80-95% zeros): 1.25-2x faster than
+the buffered loop it replaced (1.25-1.35x on minilm_l6's pruned weights; ``benchmarks/sparse_kernels.md``).
+``llvm.fmuladd`` fuses the multiply-add where the CPU has FMA
 (a rounding per step instead of two; the dense GEMM fuses as well); on any other x86 LLVM splits
 the 8-lane vectors and the multiply-add as the target needs.
 """
@@ -152,7 +153,10 @@ def csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
             b1 = min(b0 + COLUMN_BLOCK, n1)
             for n in range(b0, b1):
                 into_y = transposed and valid == width and y.strides[1] == 4
-                out_addr = y.ctypes.data + n * y.strides[0] + m0 * 4 if into_y else block_addr + (n - b0) * tile_rows * 4
+                if into_y:
+                    out_addr = y.ctypes.data + n * y.strides[0] + m0 * 4
+                else:
+                    out_addr = block_addr + (n - b0) * tile_rows * 4
                 _column_tile(out_addr, source_addr, row_bytes, indices_addr, index_bytes, values_addr,
                              indptr[n], indptr[n + 1], width)
                 if transposed and not into_y:
