@@ -83,6 +83,30 @@ def is_assigned(node: ir.Node) -> bool:
     return PROVIDER_KEY in node.meta
 
 
+def connected_groups(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.Node]]:
+    """``nodes`` grouped into connected components by the values passing between them, each group in graph order
+    (a region provider's candidate regions; the partitioner splits any that a path leaves and re-enters)."""
+    members = set(nodes)
+    root: dict[ir.Node, ir.Node] = {node: node for node in nodes}
+
+    def find(node: ir.Node) -> ir.Node:
+        while root[node] is not node:
+            root[node] = root[root[node]]
+            node = root[node]
+        return node
+
+    for node in nodes:
+        for value in node.inputs:
+            producer = value.producer() if value is not None else None
+            if producer in members:
+                root[find(node)] = find(producer)
+    groups: dict[ir.Node, list[ir.Node]] = {}
+    for node in graph:
+        if node in members:
+            groups.setdefault(find(node), []).append(node)
+    return list(groups.values())
+
+
 class ExecutionProvider:
     """One way of running nodes: a device, its data transfer, and a set of kernels or a compiler."""
 

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from onyxrt.framework.device import DataTransfer, Device, array_from_pointer
 from onyxrt.providers import ExecutionProvider, NodeGroup
-from onyxrt.providers.base import is_assigned
+from onyxrt.providers.base import connected_groups, is_assigned
 
 DEVICE_TYPE = "sepmem"
 
@@ -119,23 +119,7 @@ class SeparateMemoryProvider(ExecutionProvider):
 
     def get_capability(self, graph: ir.Graph, opset_imports: Mapping[str, int]) -> list[NodeGroup]:
         supported = [n for n in graph if not is_assigned(n) and n.domain == "" and n.op_type in DEVICE_OPS]
-        # connected components over edges between supported nodes (the partitioner splits cycles)
-        parent = {node: node for node in supported}
-
-        def root(node: ir.Node) -> ir.Node:
-            while parent[node] is not node:
-                node = parent[node]
-            return node
-
-        for node in supported:
-            for value in node.inputs:
-                producer = value.producer() if value is not None else None
-                if producer in parent:
-                    parent[root(node)] = root(producer)
-        groups: dict[ir.Node, list[ir.Node]] = {}
-        for node in supported:
-            groups.setdefault(root(node), []).append(node)
-        return [NodeGroup.of(nodes, opset_imports) for nodes in groups.values()]
+        return [NodeGroup.of(nodes, opset_imports) for nodes in connected_groups(graph, supported)]
 
     def compile(self, group: NodeGroup):
         self.compiled_groups.append(group)

@@ -28,7 +28,7 @@ import onnx_ir as ir
 
 from ...framework.logging import default_logger
 from ...graph.builder import has_subgraphs
-from ..base import is_assigned
+from ..base import connected_groups, is_assigned
 from .onnx_export import EMBEDDED_BYTES, ValueNames, border_inputs, export_nodes
 
 # Ops that only move or describe data: a region made of these alone stays on the CPU.
@@ -49,7 +49,7 @@ def supported_regions(graph: ir.Graph, opset_imports: Mapping[str, int], core: A
         default_logger().warning(f"OpenVINOExecutionProvider takes no nodes of graph '{graph.name}': "
                                  f"OpenVINO could not read them ({exc})")
         return []
-    regions = _connected(graph, [node for node in candidates if node in taken])
+    regions = connected_groups(graph, [node for node in candidates if node in taken])
     return [region for region in regions if not all(node.op_type in BOOKKEEPING_OPS and node.domain in ("", "ai.onnx")
                                                     for node in region)]
 
@@ -170,26 +170,3 @@ def _decomposition(op: Any) -> list[Any]:
             found.append(producer)
             pending.append(producer)
     return found
-
-
-def _connected(graph: ir.Graph, nodes: Sequence[ir.Node]) -> list[list[ir.Node]]:
-    """``nodes`` grouped by the values passing between them, each group in graph order."""
-    members = set(nodes)
-    root: dict[ir.Node, ir.Node] = {node: node for node in nodes}
-
-    def find(node: ir.Node) -> ir.Node:
-        while root[node] is not node:
-            root[node] = root[root[node]]
-            node = root[node]
-        return node
-
-    for node in nodes:
-        for value in node.inputs:
-            producer = value.producer() if value is not None else None
-            if producer in members:
-                root[find(node)] = find(producer)
-    groups: dict[ir.Node, list[ir.Node]] = {}
-    for node in graph:
-        if node in members:
-            groups.setdefault(find(node), []).append(node)
-    return list(groups.values())
