@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..graph.model_size import human_bytes, model_file_bytes
 from .calibration import ArrayDataReader, progress_bar
 from .dynamic import quantize_dynamic
 from .quant_types import CalibrationMethod, QuantFormat, QuantType
@@ -77,21 +78,6 @@ def _made_up_samples(model: onnx.ModelProto, count: int, seq: int) -> list[dict[
     return [feeds_module.make_feeds(model, feeds_module.Shapes({}, 1, seq, 0), seed) for seed in range(count)]
 
 
-def _file_size(path: Path) -> int:
-    """Bytes of the model and of the external data files it names."""
-    size = path.stat().st_size
-    model = onnx.load(path, load_external_data=False)
-    locations = {entry.value for tensor in model.graph.initializer for entry in tensor.external_data if entry.key == "location"}
-    return size + sum((path.parent / location).stat().st_size for location in locations if (path.parent / location).is_file())
-
-
-def _human(size: int) -> str:
-    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if size >= factor:
-            return f"{size / factor:.2f} {unit}"
-    return f"{size} B"
-
-
 def _output_errors(reference_path: Path, quantized_path: Path, samples: list[dict[str, Any]]) -> list[str]:
     from ..session.inference_session import InferenceSession
 
@@ -143,13 +129,13 @@ def run(args: argparse.Namespace) -> int:
         report = quantize_weight_only(source, target, bits=args.bits, block_size=args.block, symmetric=not args.asymmetric,
                                       nodes_to_exclude=args.exclude)
     elapsed = time.perf_counter() - started
-    before, after = _file_size(source), _file_size(target)
+    before, after = model_file_bytes(source), model_file_bytes(target)
     print(f"{report.summary()} in {elapsed:.1f}s")
     for how, count in sorted(report.counts.items()):
         print(f"  {count:5d}  {how}")
     for why, count in sorted(report.skip_reasons.items()):
         print(f"  {count:5d}  stay float: {why}")
-    print(f"size: {_human(before)} -> {_human(after)} ({100 * after / before:.1f}%)")
+    print(f"size: {human_bytes(before)} -> {human_bytes(after)} ({100 * after / before:.1f}%)")
     if args.samples > 0:
         error_samples = (samples or [])[: args.samples] or _made_up_samples(model, args.samples, args.seq)
         origin = "calibration" if samples else "made-up"

@@ -27,7 +27,8 @@ from onnx import numpy_helper
 
 from ..graph.tensors import dense_to_sparse_proto
 from ..quantization.model_editor import ModelEditor, all_inputs, load_model, save_model
-from .report import PruneReport, PrunedWeight, file_bytes, zero_fraction
+from ..graph.model_size import model_file_bytes
+from .report import PruneReport, PrunedWeight, zero_fraction
 
 SUPPORTED_OP_TYPES = ("MatMul", "Gemm", "Conv")
 PRUNABLE_DTYPES = (np.float32, np.float16, np.float64)
@@ -91,7 +92,7 @@ def prune(
     unknown = [op for op in op_types if op not in SUPPORTED_OP_TYPES]
     if unknown:
         raise ValueError(f"op_types {unknown} cannot be pruned; supported: {', '.join(SUPPORTED_OP_TYPES)}")
-    source_bytes = file_bytes(Path(model_input)) if isinstance(model_input, (str, os.PathLike)) else None
+    source_bytes = model_file_bytes(Path(model_input)) if isinstance(model_input, (str, os.PathLike)) else None
     model = load_model(model_input)
     editor = ModelEditor(model)  # also turns Constant nodes into initializers and names unnamed nodes
     missing = sorted(set(nodes_to_exclude) - {node.name for node in model.graph.node})
@@ -139,7 +140,7 @@ def prune(
         model.graph.sparse_initializer.extend(dense_to_sparse_proto(t) for t in sparse)
     if model_output is not None:
         save_model(model, model_output, use_external_data_format)
-        report.file_bytes_after = file_bytes(Path(model_output))
+        report.file_bytes_after = model_file_bytes(Path(model_output))
     return report
 
 

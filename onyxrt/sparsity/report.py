@@ -8,8 +8,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ..quantization.cli import _file_size as file_bytes  # noqa: F401 - bytes of a model file and its external data
-from ..quantization.cli import _human as human_bytes
+from ..graph.model_size import human_bytes
 from .formats import zero_fraction
 
 INFO_MIN_SPARSITY = 0.1  # `onyxrt info` lists weight matrices with at least this fraction of zeros
