@@ -261,10 +261,7 @@ def _fused_matmul_operand(t: np.ndarray, trans_batch: int, trans: int, name: str
 
 def _fused_matmul_prepack(inputs, attributes):
     """A constant 2-D B's sparse products (``sparse_gemm``) when it has many zeros."""
-    b = inputs[1] if len(inputs) > 1 else None
-    if not isinstance(b, np.ndarray) or b.ndim != 2:
-        return None
-    return sparse_prepack(b.T if attributes.get("transB", 0) else b, b.shape)
+    return sparse_prepack(inputs[1], transpose=bool(attributes.get("transB", 0))) if len(inputs) > 1 else None
 
 
 def _fused_matmul(a, b, alpha, transA, transB, transBatchA, transBatchB, packed: SparseWeight | None = None):

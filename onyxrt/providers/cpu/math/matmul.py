@@ -115,8 +115,7 @@ def gemm_prepack(inputs, attributes):
     op(B) contiguous in the compute dtype."""
     b = inputs[1] if len(inputs) > 1 else None
     transpose = bool(attributes.get("transB", 0))
-    sparse = sparse_prepack(b.T if transpose else b, b.shape) if isinstance(b, np.ndarray) and b.ndim == 2 else None
-    return sparse or _pack_b(b, transpose)
+    return sparse_prepack(b, transpose=transpose) or _pack_b(b, transpose)
 
 
 def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):

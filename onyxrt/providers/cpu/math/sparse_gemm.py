@@ -457,15 +457,18 @@ def _fastest(weight: np.ndarray, products: list[Product], rows: int, convolution
     return best
 
 
-def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *,
+def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *, transpose: bool = False,
                    convolution: bool = False) -> SparseWeight | None:
     """The sparse products of a constant ``weight`` (K x N, ``Y = X @ weight``; ``source_shape``: the shape
     of the node input it comes from, default its own), chosen under the current session's
     ``onyxrt.sparse.*`` settings; None when the dense GEMM should run for every row count (sparse
     execution off, not float32, too few zeros, or the dense GEMM measured faster). ``convolution``: the
-    weight of a 1x1 convolution, timed over ``MEASURED_PIXELS`` pixels as ``transposed_product`` runs."""
+    weight of a 1x1 convolution, timed over ``MEASURED_PIXELS`` pixels as ``transposed_product`` runs.
+    ``transpose``: the node input is ``weight^T`` (Gemm's ``transB``), whose shape is the source shape."""
     if not isinstance(weight, np.ndarray) or weight.ndim != 2 or weight.dtype != _F32 or weight.size == 0:
         return None
+    if transpose:
+        source_shape, weight = weight.shape if source_shape is None else source_shape, weight.T
     enabled, threshold, select = _settings()
     if not enabled:
         return None
