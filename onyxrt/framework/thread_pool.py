@@ -16,6 +16,7 @@ caller's context), so nested parallel loops run inline instead of deadlocking.
 from __future__ import annotations
 
 import contextvars
+import copy
 import itertools
 import operator
 import os
@@ -182,6 +183,16 @@ class ThreadPool:
             return
         bounds = [rows * i // chunks for i in range(chunks + 1)]
         self.map(lambda i: fn(bounds[i], bounds[i + 1]), range(chunks))
+
+    def splitting_gemms(self) -> ThreadPool:
+        """This pool's threads in the split-GEMM mode (as without ``allow_spinning``): the same
+        workers, shared with this pool; this pool itself when it already splits or has one thread."""
+        if self.splits_gemms or self._num_threads < 2:
+            return self
+        view = copy.copy(self)  # shares the workers' list and locks, not the finalizer
+        view.splits_gemms = True
+        view._base = self  # keeps the finalizer's owner, and so the workers, alive
+        return view
 
     def activate(self) -> _Activation:
         """A context manager making this the current pool for its block, with the BLAS library's

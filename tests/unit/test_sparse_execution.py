@@ -142,6 +142,30 @@ def test_options_turn_it_off_and_set_the_threshold():
     assert sparse_weights(session(data, select="always", min_sparsity="0.85"))
 
 
+def test_sparse_kernels_on_two_threads_make_the_pool_split_gemms():
+    """Sparse kernels split over the pool: the session's pool splits dense GEMMs too (no BLAS thread
+    spinning beside them), unless the session sets allow_spinning itself."""
+    data = matmul_model(pruned((64, 64), 0.9))
+
+    def pool_of(threads, sparse=True, spinning=None):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("onyxrt.sparse.select", "always" if sparse else "measure")
+        if not sparse:
+            options.add_session_config_entry("onyxrt.sparse.enable", "0")
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        sess = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        assert bool(sparse_weights(sess)) == sparse
+        return sess._thread_pool
+
+    assert pool_of(2).splits_gemms
+    assert not pool_of(2, sparse=False).splits_gemms
+    assert not pool_of(2, spinning="1").splits_gemms
+    assert pool_of(2, spinning="0").splits_gemms
+    assert not pool_of(1).splits_gemms
+
+
 def test_dense_weight_stays_dense():
     data = matmul_model(pruned((128, 128), 0.0))
     assert not sparse_weights(session(data))  # measured selection: nothing to measure

@@ -146,6 +146,14 @@ def test_csr_row_tiles_and_tail(kernels, rows):
     assert_product_close(product.transposed_product(np.ascontiguousarray(x.T)), (x @ w).T)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 13), (8, 8), (16, 24), (77, 1000), (130, 17)])
+def test_transposed_copy_of_the_input(kernels, shape):
+    """X^T for the many-row products: 8 x 8 register blocks and ragged edges."""
+    a = np.random.default_rng(8).standard_normal(shape).astype(np.float32)
+    xt = sparse_gemm._transposed(a)
+    assert xt.flags.c_contiguous and np.array_equal(xt, a.T)
+
+
 def test_csr_wide_and_signed_indices(kernels):
     """K beyond uint16 (uint32 indices), and a CsrWeight built with int64 indices (converted for the kernels)."""
     w = pruned((70_000, 3), 0.99)

@@ -148,6 +148,20 @@ def test_a_pool_without_spinning_keeps_blas_single_threaded_and_splits_gemms():
     assert _blas_threads() == original
 
 
+def test_splitting_gemms_view_shares_the_workers():
+    """``splitting_gemms``: the same threads in the split-GEMM mode (a session with sparse kernels)."""
+    pool = ThreadPool(2)
+    view = pool.splitting_gemms()
+    assert view.splits_gemms and not pool.splits_gemms and view.num_threads == 2
+    assert view.map(lambda i: threading.current_thread().name, range(8))  # starts the workers
+    assert pool._worker_threads() == view._worker_threads()
+    original = _blas_threads()
+    with view.activate():
+        assert _blas_threads() == [1] * len(original)
+    for unchanged in (ThreadPool(1), ThreadPool(2, allow_spinning=False)):
+        assert unchanged.splitting_gemms() is unchanged
+
+
 def test_a_split_matmul_equals_numpy_and_runs_on_the_pool_threads():
     from onyxrt.providers.cpu import gemm
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ....errors import InvalidArgument
-from ....framework.session_config import session_config_entry
+from ....framework.session_config import SPARSE_KERNELS_ON_POOL, note_plan_trait, session_config_entry
 from ....framework.thread_pool import current_pool
 from .._helpers import ALLOC_MIN_BYTES
 from ..gemm import matmul as pool_matmul
@@ -172,11 +172,11 @@ def _probe(shape: tuple[int, ...], dtype, writable: bool = False) -> np.ndarray:
 def _transposed(a: np.ndarray) -> np.ndarray:
     """``a.T`` C-contiguous and read-only, for a C-contiguous float32 ``a`` (rows x K)."""
     xt = np.empty((a.shape[1], a.shape[0]), _F32)
-    kernel = _TRANSPOSE.compiled_for("f32", _probe((0, 0), _F32), _probe((0, 0), _F32, True))
+    kernel = _TRANSPOSE.compiled_for("f32", _probe((0, 0), _F32), _probe((0, 0), _F32, True), 0, 0)
     if kernel is None:
         np.copyto(xt, a.T)
     else:
-        kernel(read_only(a), xt)
+        kernel(read_only(a), xt, 0, a.shape[0])  # on this thread: waking the pool costs more than it saves
     return read_only(xt)
 
 
@@ -485,10 +485,10 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *, trans
         csr = CsrProduct(CsrWeight.from_dense(weight))
         return [SemiStructuredProduct(SemiStructuredWeight.from_dense(weight)), csr] if structured else [csr]
 
+    pool = current_pool()
     if select == "always":
         chosen = products()[0]
-        return SparseWeight(weight.shape, source, sparsity, chosen, chosen)
-    pool = current_pool()
+        return _noted(SparseWeight(weight.shape, source, sparsity, chosen, chosen), pool)
     key = (weight.shape, round(sparsity, 2), structured, convolution, pool.num_threads, pool.splits_gemms,
            _CSR_COLUMNS.enabled())
     kinds = _decisions.get(key)
@@ -503,4 +503,12 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *, trans
     single_row, many_rows = (by_kind.get(kind) for kind in kinds)
     if single_row is None and many_rows is None:
         return None
-    return SparseWeight(weight.shape, source, sparsity, single_row, many_rows)
+    return _noted(SparseWeight(weight.shape, source, sparsity, single_row, many_rows), pool)
+
+
+def _noted(sparse: SparseWeight, pool) -> SparseWeight:
+    """``sparse``, reported to the session building its plan when its kernels split over the pool: there
+    BLAS's threads, spinning after each dense GEMM, would contend with them for the cores."""
+    if pool.num_threads > 1:
+        note_plan_trait(SPARSE_KERNELS_ON_POOL)
+    return sparse

@@ -169,15 +169,63 @@ def csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
         m0 += valid
 
 
-@numba.njit(**_jit)
-def transpose_into(a, out):
-    """``out = a.T`` (``a`` rows x K, ``out`` K x rows, both C-contiguous): the ``X^T`` the products read.
+def _shuffle(builder, a, b, mask: tuple[int, ...]):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES), [ir.Constant(_I32, i) for i in mask]))
 
-    ``COLUMN_BLOCK`` columns of ``a`` per pass over its rows, so 16 rows of ``out`` are written
-    together: 2.5-4x faster than numpy's transposing copy at 128 x 1536-3072 (AVX2, one thread)."""
+
+@intrinsic
+def _transpose8x8(typingctx, src_addr, src_row_bytes, dst_addr, dst_row_bytes):
+    """``dst[c, r] = src[r, c]`` for an 8 x 8 float32 block (byte addresses and row strides): eight
+    row loads, three rounds of shuffles (LLVM lowers them to unpck/shufps/vperm2f128 on AVX), eight
+    row stores."""
+
+    def codegen(context, builder, signature, args):
+        src, src_step, dst, dst_step = args
+
+        def row_pointer(base, step, r):
+            return builder.inttoptr(builder.add(base, builder.mul(step, ir.Constant(_I64, r))), _VECTOR.as_pointer())
+
+        r = [builder.load(row_pointer(src, src_step, i), align=4) for i in range(LANES)]
+        # rows (2i, 2i+1) interleaved, then pairs of those, then the 128-bit halves
+        t = []
+        for i in range(0, LANES, 2):
+            t += [_shuffle(builder, r[i], r[i + 1], (0, 8, 1, 9, 4, 12, 5, 13)),
+                  _shuffle(builder, r[i], r[i + 1], (2, 10, 3, 11, 6, 14, 7, 15))]
+        low, high = (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)
+        s = []  # s[j]: columns j | j + 4 of rows 0-3 (j < 4) or 4-7 (j >= 4)
+        for base in (0, 4):
+            s += [_shuffle(builder, t[base], t[base + 2], low), _shuffle(builder, t[base], t[base + 2], high),
+                  _shuffle(builder, t[base + 1], t[base + 3], low), _shuffle(builder, t[base + 1], t[base + 3], high)]
+        for j in range(4):
+            builder.store(_shuffle(builder, s[j], s[j + 4], (0, 1, 2, 3, 8, 9, 10, 11)), row_pointer(dst, dst_step, j),
+                          align=4)
+            builder.store(_shuffle(builder, s[j], s[j + 4], (4, 5, 6, 7, 12, 13, 14, 15)),
+                          row_pointer(dst, dst_step, j + 4), align=4)
+        return context.get_dummy_value()
+
+    return types.void(*([types.intp] * 4)), codegen
+
+
+@numba.njit(**_jit)
+def transpose_into(a, out, r0, r1):
+    """``out[:, r0:r1] = a[r0:r1].T`` (``a`` rows x K, ``out`` K x rows, both C-contiguous): the ``X^T``
+    the products read.
+
+    8 x 8 blocks transposed in registers (``_transpose8x8``), the columns of a band of 8 rows in turn;
+    the ragged edges element by element. Measured on AMD EPYC (AVX2, one thread, 128 x 3072): 0.18 ms,
+    against 0.65 ms for the 16-column scalar loop it replaced."""
     rows, columns = a.shape
-    for c0 in range(0, columns, COLUMN_BLOCK):
-        c1 = min(c0 + COLUMN_BLOCK, columns)
-        for r in range(rows):
-            for c in range(c0, c1):
-                out[c, r] = a[r, c]
+    a_step, out_step = a.strides[0], out.strides[0]
+    a_addr, out_addr = a.ctypes.data, out.ctypes.data
+    full_columns = columns - columns % LANES
+    r = r0
+    while r + LANES <= r1:
+        for c in range(0, full_columns, LANES):
+            _transpose8x8(a_addr + r * a_step + c * 4, a_step, out_addr + c * out_step + r * 4, out_step)
+        for c in range(full_columns, columns):
+            for i in range(r, r + LANES):
+                out[c, i] = a[i, c]
+        r += LANES
+    for i in range(r, r1):
+        for c in range(columns):
+            out[c, i] = a[i, c]
