@@ -51,6 +51,9 @@ def test_the_routes_available_here_include_the_numpy_fallback():
     if cpu_features.has_flags("avx512f", "avx512_vnni") and os.environ.get("ONYXRT_DISABLE_NUMBA", "") in ("", "0"):
         pytest.importorskip("numba")
         assert "vnni" in ROUTES
+    elif cpu_features.has_flags("avx2") and os.environ.get("ONYXRT_DISABLE_NUMBA", "") in ("", "0"):
+        pytest.importorskip("numba")
+        assert "avx2" in ROUTES  # exact int16-pair products where VNNI is missing
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -245,6 +248,16 @@ def test_scaled_product_has_numpys_roundings_on_every_route(route):
                 expected += bias
             assert result.dtype == np.float32
             np.testing.assert_array_equal(result, expected)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_scaled_product_with_a_zero_point_per_row(route):
+    a, b = _random(np.int8, (2, 7, 19)), _random(np.int8, (19, 21))
+    zero = _random(np.int8, (2, 7, 1))
+    packed = pack_b(b, route=route)
+    scale = RNG.uniform(1e-5, 1e-3, 21).astype(np.float32)
+    expected = _reference(a.reshape(14, 19), b, zero.reshape(14)).astype(np.float32).reshape(2, 7, 21) * scale
+    np.testing.assert_array_equal(int8_gemm.matmul_int8_scaled(a, packed, zero, scale), expected)
 
 
 @pytest.mark.parametrize("m", [256, 3], ids=["rows_split", "panels_split"])

@@ -9,10 +9,14 @@ factors are within [-128, 128] (int8 weights with zero point 0, as onnxruntime's
 them). Every route gives bit-identical results.
 
 Routes, chosen once per process by what is installed and what the CPU reports
-(``framework.cpu_features``), overridable with ``ONYXRT_INT8_GEMM=vnni|mkl|numpy``:
+(``framework.cpu_features``), overridable with ``ONYXRT_INT8_GEMM=vnni|avx2|mkl|numpy``:
 
 * ``vnni``: numba with an AVX-512 VNNI micro-kernel (``int8_gemm_vnni``), B packed once into
   32-column panels. Needs numba (the ``fast`` extra) and ``avx512f`` + ``avx512_vnni``.
+* ``avx2``: numba with an AVX2 micro-kernel on int16 pairs (``int8_gemm_avx2``; ``vpmaddwd``, exact,
+  unlike AVX2's saturating byte instruction), B minus its zero point packed once as int16 into
+  16-column panels, A minus its zero point widened per call. For CPUs with AVX2 but no VNNI:
+  ~50 GOPS a core on the AMD EPYC measured, 1.6x float32 sgemm there (``benchmarks/int8_gemm.md``).
 * ``mkl``: oneMKL's ``cblas_gemm_s8u8s32`` through ctypes (the ``mkl`` extra). On the AMD
   machine measured it is 10-30x slower than ``vnni`` and slower than ``numpy`` too (MKL takes a
   generic path on non-Intel CPUs), so it is chosen automatically first on CPUs with AMX-INT8
@@ -44,13 +48,15 @@ __all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int
            "matmul_int8_scaled", "selected_route", "available_routes", "ROUTE_ENV"]
 
 ROUTE_ENV = "ONYXRT_INT8_GEMM"
-ROUTES = ("vnni", "mkl", "numpy")
+ROUTES = ("vnni", "avx2", "mkl", "numpy")
 _F32_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
 # multiply-adds below which one thread does the product. Waking a blocked pool worker and joining
 # it costs ~50-80 us on this 2-core VM, not the ~15 us of a warm hand-off: measured with 2 threads
 # on a quiet machine, 128x384x384 (19M) took 120 us split vs 87 us on one thread, 128x384x1536
 # (75M) 276 vs 352 us; the split pays from ~34M multiply-adds (~150 us of VNNI work)
 _MIN_PARALLEL_MACS = 1 << 25
+# the same for the AVX2 route, ~9x slower a multiply-add: 128x384x384 takes ~0.4 ms on one thread
+_MIN_PARALLEL_MACS_AVX2 = 1 << 22
 
 _U8 = np.dtype(np.uint8)
 _S8 = np.dtype(np.int8)
@@ -69,12 +75,13 @@ class _Lazy:
 
 
 _VNNI = _Lazy()
+_AVX2 = _Lazy()
 _MKL = _Lazy()
 
 
-def _numba_targets_host() -> bool:
-    """numba compiles for this CPU (not one named by NUMBA_CPU_NAME) and LLVM sees VNNI on it too: an
-    instruction LLVM cannot select for the target aborts the process rather than raising."""
+def _numba_targets_host(*llvm_features: str) -> bool:
+    """numba compiles for this CPU (not one named by NUMBA_CPU_NAME) and LLVM sees ``llvm_features`` on
+    it too: an instruction LLVM cannot select for the target aborts the process rather than raising."""
     if os.environ.get("NUMBA_CPU_NAME") or os.environ.get("NUMBA_CPU_FEATURES"):
         return False
     try:
@@ -83,7 +90,7 @@ def _numba_targets_host() -> bool:
         features = binding.get_host_cpu_features()
     except (ImportError, RuntimeError):
         return False
-    return bool(features.get("avx512f") and features.get("avx512vnni"))
+    return all(features.get(name) for name in llvm_features)
 
 
 def _vnni_module():
@@ -91,7 +98,7 @@ def _vnni_module():
         if not _VNNI.loaded:
             _VNNI.loaded = True
             disabled = os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0")
-            if not disabled and has_flags("avx512f", "avx512_vnni") and _numba_targets_host():
+            if not disabled and has_flags("avx512f", "avx512_vnni") and _numba_targets_host("avx512f", "avx512vnni"):
                 try:
                     from . import int8_gemm_vnni as module
 
@@ -100,6 +107,40 @@ def _vnni_module():
                 except Exception:  # numba missing or broken, or compilation failed: other routes run
                     _VNNI.value = None
     return _VNNI.value
+
+
+def _avx2_module():
+    with _AVX2.lock:
+        if not _AVX2.loaded:
+            _AVX2.loaded = True
+            disabled = os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0")
+            if not disabled and has_flags("avx2") and _numba_targets_host("avx2"):
+                try:
+                    from . import int8_gemm_avx2 as module
+
+                    _probe_avx2(module)
+                    _AVX2.value = module
+                except Exception:  # numba missing or broken, or compilation failed: other routes run
+                    _AVX2.value = None
+    return _AVX2.value
+
+
+def _probe_avx2(module) -> None:
+    """Compile (or load from numba's cache) and check the kernels on a small product with a known result."""
+    a = np.arange(3 * 7, dtype=np.uint8).reshape(3, 7) * np.uint8(12)
+    b = np.arange(7 * 5, dtype=np.int16).reshape(7, 5) * 7 - 120
+    panels = module.pack_panels(b)
+    a16 = module.widen_a(a, np.full(3, 9, np.int32), 2 * panels.shape[1])
+    c = np.empty((3, 5), np.int32)
+    module.gemm_s16(a16, panels, c, 0, 3, 0, panels.shape[0])
+    expected = (a.astype(np.int64) - 9) @ b.astype(np.int64)
+    if not np.array_equal(c, expected):
+        raise RuntimeError("AVX2 int8 GEMM probe gave a wrong result")
+    scaled = np.empty((3, 5), np.float32)
+    half = np.full(module.PANEL, 0.5, np.float32)
+    module.gemm_s16_scaled(a16, panels, scaled, 0, 3, 0, panels.shape[0], half, half)
+    if not np.array_equal(scaled, expected.astype(np.float32) * np.float32(0.5) + np.float32(0.5)):
+        raise RuntimeError("AVX2 int8 GEMM probe (float epilogue) gave a wrong result")
 
 
 def _probe_vnni(module) -> None:
@@ -171,6 +212,8 @@ def available_routes() -> tuple[str, ...]:
         routes.append("mkl")
     if vnni:
         routes.append("vnni")
+    if not vnni and _avx2_module() is not None:  # (with VNNI loaded, avx2 is not worth compiling)
+        routes.append("avx2")
     if mkl and "mkl" not in routes and cpu_vendor() == "GenuineIntel":
         routes.append("mkl")
     routes.append("numpy")
@@ -252,7 +295,13 @@ class PackedInt8B:
         zero = _zero_points(b_zero_point, self.n, "b_zero_point", "column")
         self.panels = self.values = self.col_term = self.zeros = None
         self.values_max = 0
-        if self.route == "numpy":
+        if self.route == "avx2":
+            module = _avx2_module()
+            if module is None:
+                raise ValueError("the avx2 int8 GEMM route is not available here")
+            self.panels = module.pack_panels(b.astype(np.int16) - (zero if zero is not None else 0))
+            self.zero = None  # subtracted in the pack
+        elif self.route == "numpy":
             # B - zero point, as the narrowest integer type holding it (converted per chunk)
             diff = b.astype(np.int16) - (zero if zero is not None else 0)
             if diff.size and -128 <= diff.min() and diff.max() <= 127:
@@ -393,10 +442,30 @@ def gemm_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b_z
         packed = PackedInt8B(b, b_zero_point, _route_for_one_product(m, k, n))
     if packed.route == "numpy":
         return _gemm_numpy(a, a_zero, packed, out)
+    if packed.route == "avx2":
+        return _gemm_avx2(a, a_zero, packed, out)
     a_u8, a_zero = _as_uint8_a(a, a_zero, m)
     if packed.route == "vnni":
         return _gemm_vnni(a_u8, a_zero, packed, out)
     return _gemm_mkl(a_u8, a_zero, packed, out)
+
+
+def _widened_a(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B):
+    """The AVX2 route's A: (A - a_zero) as int16, K padded to the pack's; and the route's module."""
+    module = _avx2_module()
+    if module is None:
+        raise ValueError("the avx2 int8 GEMM route is not available here")
+    m = a.shape[0]
+    zero = a_zero if a_zero is not None else np.zeros(m, np.int32)
+    return module.widen_a(np.ascontiguousarray(a), zero, 2 * packed.panels.shape[1]), module
+
+
+def _gemm_avx2(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray,
+               epilogue: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    a16, module = _widened_a(a, a_zero, packed)
+    kernel = module.gemm_s16 if epilogue is None else module.gemm_s16_scaled
+    _run_panels(kernel, a16, packed, out, epilogue or (), _MIN_PARALLEL_MACS_AVX2)
+    return out
 
 
 def _route_for_one_product(m: int, k: int, n: int) -> str:
@@ -453,6 +522,8 @@ def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale
     scale = np.asarray(column_scale, dtype=np.float32)
     if scale.size not in (1, n) or (bias is not None and np.shape(bias) != (n,)):
         raise ValueError(f"column_scale {scale.shape} and bias {np.shape(bias)} must be scalars or ({n},) vectors")
+    if b.route == "avx2" and a.ndim >= 2 and a.shape[-1] == b.k and a.dtype in (_U8, _S8):
+        return _scaled_avx2(a, b, a_zero_point, scale, bias)
     if b.route == "vnni" and a.ndim >= 2 and a.shape[-1] == b.k:
         flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
         m = flat.shape[0]
@@ -480,6 +551,30 @@ def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale
     return y
 
 
+def _scaled_avx2(a: np.ndarray, packed: PackedInt8B, a_zero_point, scale: np.ndarray, bias) -> np.ndarray:
+    """``matmul_int8_scaled`` on the AVX2 route: the scale and bias applied in the GEMM's registers."""
+    n = packed.n
+    flat = a.reshape(-1, a.shape[-1])
+    m = flat.shape[0]
+    zp = a_zero_point
+    if zp is not None and np.size(zp) > 1:  # per row of A: (M,) or (..., M, 1)
+        zp = np.asarray(zp)
+        if zp.ndim >= 2 and zp.shape[-1] == 1:
+            zp = zp[..., 0]
+        zp = np.broadcast_to(zp, a.shape[:-1]).reshape(-1)
+    a_zero = _zero_points(zp, m, "a_zero_point", "row")
+    out = np.empty((m, n), np.float32)
+    if m and n:
+        width = packed.panels.shape[0] * _avx2_module().PANEL
+        col_scale = np.zeros(width, np.float32)
+        col_scale[:n] = scale
+        padded_bias = np.zeros(width, np.float32)
+        if bias is not None:
+            padded_bias[:n] = bias
+        _gemm_avx2(flat, a_zero, packed, out, (col_scale, padded_bias))
+    return out.reshape(a.shape[:-1] + (n,))
+
+
 def _scaled_vnni(a: np.ndarray, packed: PackedInt8B, a_zero_point, column_scale, bias) -> np.ndarray:
     """``matmul_int8_scaled`` for a C-contiguous uint8 A with K a multiple of 4 and a per-tensor zero point."""
     module = _vnni_module()
@@ -500,7 +595,7 @@ def _scaled_vnni(a: np.ndarray, packed: PackedInt8B, a_zero_point, column_scale,
     col_term = packed.col_term if zero else packed.zeros
     b_zero = packed.zero if packed.zero is not None else packed.zeros
     out = np.empty(a.shape[:-1] + (n,), np.float32)
-    _run_vnni(module.gemm_u8s8_scaled, flat, packed, out.reshape(m, n),
+    _run_panels(module.gemm_u8s8_scaled, flat, packed, out.reshape(m, n),
               (a_zero, rows, col_term, b_zero, col_scale, padded_bias))
     return out
 
@@ -549,23 +644,25 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     col_term = packed.col_term if a_zero is not None else packed.zeros
     b_zero = packed.zero if packed.zero is not None else packed.zeros
     kernel = module.gemm_u8s8 if epilogue is None else module.gemm_u8s8_scaled
-    _run_vnni(kernel, a_u8, packed, out, (a_zero_vec, rows, col_term, b_zero) + (epilogue or ()))
+    _run_panels(kernel, a_u8, packed, out, (a_zero_vec, rows, col_term, b_zero) + (epilogue or ()))
     return out
 
 
-def _run_vnni(kernel, a_u8: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple) -> None:
-    """``kernel`` over all of C, split over the session's pool when the product is large enough."""
-    m, k = a_u8.shape
+def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple,
+                min_macs: int = _MIN_PARALLEL_MACS) -> None:
+    """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product
+    has at least ``min_macs`` multiply-adds."""
+    m, k = a.shape
     panels = packed.panels.shape[0]
     args = (packed.panels, out)
     pool = current_pool()
     macs = m * k * packed.n
-    if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
-        kernel(a_u8, *args, 0, m, 0, panels, *tail)
+    if pool.num_threads < 2 or macs < min_macs:
+        kernel(a, *args, 0, m, 0, panels, *tail)
     elif m >= 8 * pool.num_threads:  # rows: each part writes its own block of C
-        pool.run_chunks(lambda r0, r1: kernel(a_u8, *args, r0, r1, 0, panels, *tail), m, macs, _MIN_PARALLEL_MACS)
+        pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, min_macs)
     else:  # few rows (a decoding step): split the panels
-        pool.run_chunks(lambda p0, p1: kernel(a_u8, *args, 0, m, p0, p1, *tail), panels, macs, _MIN_PARALLEL_MACS)
+        pool.run_chunks(lambda p0, p1: kernel(a, *args, 0, m, p0, p1, *tail), panels, macs, min_macs)
 
 
 _ROW_MAJOR, _NO_TRANS, _FIX_OFFSET = 101, 111, 173
