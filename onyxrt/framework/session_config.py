@@ -6,8 +6,8 @@ how weights are prepared (sparse execution, ``onyxrt.sparse.*``) is read here in
 Outside a session's plan build (constant folding, direct calls) no entry is set.
 
 Prepacks also report back here what the session should know about the plan they shaped
-(``note_plan_trait``): a plan holding sparse kernels split over the pool runs best with the pool
-splitting GEMMs too (``InferenceSession``).
+(``note_plan_trait``): a plan holding heavy kernels split over the pool (sparse or int8 products)
+runs best with the pool splitting GEMMs too (``InferenceSession``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ _current_config: contextvars.ContextVar[Mapping[str, str]] = contextvars.Context
 _current_traits: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
     "onyxrt_plan_traits", default=None)
 
-SPARSE_KERNELS_ON_POOL = "sparse_kernels_on_pool"  # a sparse product split over the session's pool
+# a heavy kernel of onyxrt's own (sparse or int8 products) split over the session's pool
+KERNELS_ON_POOL = "kernels_on_pool"
 
 
 @contextlib.contextmanager

@@ -281,3 +281,5 @@ def test_products_split_over_the_session_pool_are_exact(m):
     session = onyxrt.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a = _random(np.uint8, (m, k))
     np.testing.assert_array_equal(session.run(None, {"a": a})[0], _reference(a, w, np.uint8(9), w_zero))
+    # a kernel route of onyxrt's own (not numpy's BLAS) splits over the pool: the pool splits GEMMs too
+    assert session._thread_pool.splits_gemms == (int8_gemm.selected_route() in ("vnni", "avx2"))

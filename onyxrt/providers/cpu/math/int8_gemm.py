@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from ....framework.cpu_features import cpu_vendor, has_flags
+from ....framework.session_config import KERNELS_ON_POOL, note_plan_trait
 from ....framework.thread_pool import current_pool
 
 __all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8",
@@ -334,6 +335,8 @@ class PackedInt8B:
                 self.col_term = _wrap_int32(sums)
             else:
                 raise ValueError(f"unknown int8 GEMM route {self.route!r}")
+        if self.panels is not None and current_pool().num_threads > 1:
+            note_plan_trait(KERNELS_ON_POOL)  # packed during a plan build: its products split over the pool
         self.nbytes = sum(x.nbytes for x in (self.panels, self.values, self.col_term, self.zero) if x is not None)
         for x in (self.panels, self.values, self.col_term, self.zero):
             if x is not None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from ....errors import InvalidArgument
-from ....framework.session_config import SPARSE_KERNELS_ON_POOL, note_plan_trait, session_config_entry
+from ....framework.session_config import KERNELS_ON_POOL, note_plan_trait, session_config_entry
 from ....framework.thread_pool import current_pool
 from .._helpers import ALLOC_MIN_BYTES
 from ..gemm import matmul as pool_matmul
@@ -510,5 +510,5 @@ def _noted(sparse: SparseWeight, pool) -> SparseWeight:
     """``sparse``, reported to the session building its plan when its kernels split over the pool: there
     BLAS's threads, spinning after each dense GEMM, would contend with them for the cores."""
     if pool.num_threads > 1:
-        note_plan_trait(SPARSE_KERNELS_ON_POOL)
+        note_plan_trait(KERNELS_ON_POOL)
     return sparse
