@@ -110,3 +110,21 @@ def test_decode_step_session_matches_onnxruntime():
     for shape in ((1, 1, 96), (2, 1, 96), (1, 5, 96)):
         x = rng.standard_normal(shape, dtype=np.float32)
         np.testing.assert_allclose(ours.run(None, {"x": x})[0], theirs.run(None, {"x": x})[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("preferred", [True, False])
+def test_matmul_routes_gemvs_to_the_kernel_only_where_it_is_preferred(monkeypatch, preferred):
+    """The compiled GEMV runs where the CPU has AVX-512 (measured faster there), OpenBLAS elsewhere."""
+    calls = []
+    monkeypatch.setattr(gemm, "_gemv_kernel_preferred", lambda: preferred)
+    monkeypatch.setattr(gemm, "small_rows_matmul", lambda a, b, out=None: calls.append(a.shape) or a @ b)
+    a = rng.standard_normal((1, 64), dtype=np.float32)
+    b = rng.standard_normal((64, 32), dtype=np.float32)
+    np.testing.assert_allclose(gemm.matmul(a, b), a @ b, rtol=1e-6)
+    assert calls == ([(1, 64)] if preferred else [])
+
+
+def test_the_gemv_kernel_is_preferred_exactly_with_avx512():
+    from onyxrt.framework.cpu_features import has_flags
+
+    assert gemm._gemv_kernel_preferred() == has_flags("avx512f")

@@ -9,17 +9,20 @@ Measured on 2 cores: as fast as OpenBLAS's threads for large row splits (convolu
 layers), slower for GEMVs (a 512x1408 GEMV from memory: 230 us against 130 us) and small GEMMs.
 Other sessions call ``np.matmul`` as it is, on BLAS's threads.
 
-In every session, a product of one or two float32 rows by a matrix of at most
+In every session on a CPU with AVX-512, a product of one or two float32 rows by a matrix of at most
 ``GEMV_MAX_ELEMENTS`` (a decoding step's projections) runs on the calling thread in the
-compiled loop of ``jit_gemv`` when numba is usable (:func:`small_rows_matmul`).
+compiled loop of ``jit_gemv`` when numba is usable (:func:`small_rows_matmul`; see
+``_gemv_kernel_preferred`` for why not on AVX2-only CPUs).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from ...framework.cpu_features import has_flags
 from ...framework.thread_pool import current_pool
 from .jit import LazyModuleKernel, read_only
 
@@ -38,6 +41,16 @@ _SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matm
 _PROBE = np.empty((0, 0), _F32)
 _PROBE.flags.writeable = False
 _PROBE_OUT = np.empty((0, 0), _F32)
+
+
+@functools.cache
+def _gemv_kernel_preferred() -> bool:
+    """Whether ``matmul`` sends a decoding step's GEMVs to ``jit_gemv``: on CPUs with AVX-512, where it
+    was measured faster than OpenBLAS's sgemv (512x512 from memory ~48 us vs ~75 us, AMD EPYC Zen 4).
+    On an AVX2-only AMD EPYC OpenBLAS's sgemv was faster for every llama_tiny shape (512x1376 from
+    memory: 137 us vs 217 us; 512x512: 68 vs 83 us), so there BLAS keeps them. A CPU feature, not a
+    timing at start-up, decides: the choice (and so the float rounding) is the same in every process."""
+    return has_flags("avx512f")
 
 
 def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -72,7 +85,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         a = np.ascontiguousarray(a)
     if b.ndim > 2 and b.strides[-1] != b.itemsize:
         b = np.ascontiguousarray(b)
-    if a.ndim == 2 and b.ndim == 2 and a.shape[0] <= GEMV_MAX_ROWS:
+    if a.ndim == 2 and b.ndim == 2 and a.shape[0] <= GEMV_MAX_ROWS and _gemv_kernel_preferred():
         y = small_rows_matmul(a, b, out)
         if y is not None:
             return y
