@@ -34,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import glob
+import importlib
 import os
 import sys
 import threading
@@ -94,36 +95,29 @@ def _numba_targets_host(*llvm_features: str) -> bool:
     return all(features.get(name) for name in llvm_features)
 
 
-def _vnni_module():
-    with _VNNI.lock:
-        if not _VNNI.loaded:
-            _VNNI.loaded = True
+def _kernel_module(lazy: _Lazy, name: str, cpu_flags: tuple[str, ...], llvm_features: tuple[str, ...], probe):
+    """The numba kernel module ``name`` of a route, imported and probed once (``lazy`` holds it); None
+    where numba is disabled or unusable, the CPU lacks ``cpu_flags``, or the probe fails."""
+    with lazy.lock:
+        if not lazy.loaded:
+            lazy.loaded = True
             disabled = os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0")
-            if not disabled and has_flags("avx512f", "avx512_vnni") and _numba_targets_host("avx512f", "avx512vnni"):
+            if not disabled and has_flags(*cpu_flags) and _numba_targets_host(*llvm_features):
                 try:
-                    from . import int8_gemm_vnni as module
-
-                    _probe_vnni(module)
-                    _VNNI.value = module
+                    module = importlib.import_module(f"{__package__}.{name}")
+                    probe(module)
+                    lazy.value = module
                 except Exception:  # numba missing or broken, or compilation failed: other routes run
-                    _VNNI.value = None
-    return _VNNI.value
+                    lazy.value = None
+    return lazy.value
+
+
+def _vnni_module():
+    return _kernel_module(_VNNI, "int8_gemm_vnni", ("avx512f", "avx512_vnni"), ("avx512f", "avx512vnni"), _probe_vnni)
 
 
 def _avx2_module():
-    with _AVX2.lock:
-        if not _AVX2.loaded:
-            _AVX2.loaded = True
-            disabled = os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0")
-            if not disabled and has_flags("avx2") and _numba_targets_host("avx2"):
-                try:
-                    from . import int8_gemm_avx2 as module
-
-                    _probe_avx2(module)
-                    _AVX2.value = module
-                except Exception:  # numba missing or broken, or compilation failed: other routes run
-                    _AVX2.value = None
-    return _AVX2.value
+    return _kernel_module(_AVX2, "int8_gemm_avx2", ("avx2",), ("avx2",), _probe_avx2)
 
 
 def _probe_avx2(module) -> None:
