@@ -57,8 +57,8 @@ _F32_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
 # on a quiet machine, 128x384x384 (19M) took 120 us split vs 87 us on one thread, 128x384x1536
 # (75M) 276 vs 352 us; the split pays from ~34M multiply-adds (~150 us of VNNI work)
 _MIN_PARALLEL_MACS = 1 << 25
-# the same for the AVX2 route, ~9x slower a multiply-add: 128x384x384 takes ~0.4 ms on one thread
-_MIN_PARALLEL_MACS_AVX2 = 1 << 22
+# (the AVX2 route too, measured on 2 cores, pool alternating with one thread, medians: 128x384x384
+# (19M) 0.54 ms alone, 0.67 ms split; 128x384x1152 (57M) 1.85 -> 1.28 ms; 128x1536x384 2.00 -> 1.56 ms)
 
 _U8 = np.dtype(np.uint8)
 _S8 = np.dtype(np.int8)
@@ -461,7 +461,7 @@ def _gemm_avx2(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, ou
                epilogue: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     a16, module = _widened_a(a, a_zero, packed)
     kernel = module.gemm_s16 if epilogue is None else module.gemm_s16_scaled
-    _run_panels(kernel, a16, packed, out, epilogue or (), _MIN_PARALLEL_MACS_AVX2)
+    _run_panels(kernel, a16, packed, out, epilogue or ())
     return out
 
 
@@ -645,21 +645,20 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     return out
 
 
-def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple,
-                min_macs: int = _MIN_PARALLEL_MACS) -> None:
-    """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product
-    has at least ``min_macs`` multiply-adds."""
+def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple) -> None:
+    """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product is
+    large enough (``_MIN_PARALLEL_MACS``)."""
     m, k = a.shape
     panels = packed.panels.shape[0]
     args = (packed.panels, out)
     pool = current_pool()
     macs = m * k * packed.n
-    if pool.num_threads < 2 or macs < min_macs:
+    if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
         kernel(a, *args, 0, m, 0, panels, *tail)
     elif m >= 8 * pool.num_threads:  # rows: each part writes its own block of C
-        pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, min_macs)
+        pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, _MIN_PARALLEL_MACS)
     else:  # few rows (a decoding step): split the panels
-        pool.run_chunks(lambda p0, p1: kernel(a, *args, 0, m, p0, p1, *tail), panels, macs, min_macs)
+        pool.run_chunks(lambda p0, p1: kernel(a, *args, 0, m, p0, p1, *tail), panels, macs, _MIN_PARALLEL_MACS)
 
 
 _ROW_MAJOR, _NO_TRANS, _FIX_OFFSET = 101, 111, 173
