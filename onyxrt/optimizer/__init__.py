@@ -38,6 +38,7 @@ from .pass_manager import (
     PassManager,
 )
 from .qdq_conv_fusion import QdqConvFusion
+from .dynamic_quantize_matmul_merge import DynamicQuantizeMatMulMerge
 from .qdq_matmul_fusion import DynamicQuantizeMatMulFusion, QdqMatMulFusion
 from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
@@ -66,6 +67,7 @@ def default_passes() -> list[GraphPass]:
         IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
         QdqMatMulFusion(), DynamicQuantizeMatMulFusion(),  # before MatMulAddFusion: they take a bias Add themselves
+        DynamicQuantizeMatMulMerge(),
         MatMulAddFusion(),
         QdqConvFusion(),
         DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),

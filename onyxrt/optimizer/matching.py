@@ -1,11 +1,13 @@
-"""What fusion passes ask of a graph while matching a pattern: single readers, partners, constants."""
+"""What fusion passes ask of a graph while matching a pattern (single readers, partners, constants),
+and the new initializers they add."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
-from ..graph.tensors import constant_array
+from ..graph.builder import UniqueNames
+from ..graph.tensors import constant_array, from_array
 
 
 def only_reader(value: ir.Value) -> ir.Node | None:
@@ -112,3 +114,13 @@ def bypass(node: ir.Node, source: ir.Value, graph: ir.Graph) -> bool:
     if keeps_output_name:
         source.name = name
     return True
+
+
+def new_initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.ndarray) -> ir.Value:
+    """``array`` registered as a new initializer of ``graph``, named after ``base`` (made unique)."""
+    name = names.fresh(base)
+    array = np.ascontiguousarray(array)
+    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
+                     const_value=from_array(array, name))
+    graph.register_initializer(value)
+    return value
