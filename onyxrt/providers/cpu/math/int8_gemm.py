@@ -473,6 +473,17 @@ def _route_for_one_product(m: int, k: int, n: int) -> str:
     return route
 
 
+def _flat_row_zero_point(zero_point, a_shape: tuple[int, ...]):
+    """A's zero point for A flattened to rows: per row ((M,) or (..., M, 1)) as a flat vector; as given
+    when per tensor."""
+    if zero_point is None or np.size(zero_point) <= 1:
+        return zero_point
+    zp = np.asarray(zero_point)
+    if zp.ndim >= 2 and zp.shape[-1] == 1:
+        zp = zp[..., 0]
+    return np.broadcast_to(zp, a_shape[:-1]).reshape(-1)
+
+
 def matmul_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b_zero_point=None) -> np.ndarray:
     """``gemm_int8`` with numpy matmul's batching: A (..., M, K) times B (K, N) (or packed), or both
     batched with broadcasting. A per-row ``a_zero_point`` applies to A's last-but-one axis (M)."""
@@ -482,12 +493,7 @@ def matmul_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b
             return gemm_int8(a, b, a_zero_point, b_zero_point)
         if a.ndim < 2:
             raise ValueError(f"int8 matmul: A must have rank >= 2 here, got shape {a.shape}")
-        zp = a_zero_point
-        if zp is not None and np.size(zp) > 1:  # per row of A: (M,) or (..., M, 1)
-            zp = np.asarray(zp)
-            if zp.ndim >= 2 and zp.shape[-1] == 1:
-                zp = zp[..., 0]
-            zp = np.broadcast_to(zp, a.shape[:-1]).reshape(-1)
+        zp = _flat_row_zero_point(a_zero_point, a.shape)
         flat = np.ascontiguousarray(a).reshape(-1, a.shape[-1])
         n = b.n if isinstance(b, PackedInt8B) else np.shape(b)[1]
         return gemm_int8(flat, b, zp, b_zero_point).reshape(a.shape[:-1] + (n,))
@@ -553,13 +559,7 @@ def _scaled_avx2(a: np.ndarray, packed: PackedInt8B, a_zero_point, scale: np.nda
     n = packed.n
     flat = a.reshape(-1, a.shape[-1])
     m = flat.shape[0]
-    zp = a_zero_point
-    if zp is not None and np.size(zp) > 1:  # per row of A: (M,) or (..., M, 1)
-        zp = np.asarray(zp)
-        if zp.ndim >= 2 and zp.shape[-1] == 1:
-            zp = zp[..., 0]
-        zp = np.broadcast_to(zp, a.shape[:-1]).reshape(-1)
-    a_zero = _zero_points(zp, m, "a_zero_point", "row")
+    a_zero = _zero_points(_flat_row_zero_point(a_zero_point, a.shape), m, "a_zero_point", "row")
     out = np.empty((m, n), np.float32)
     if m and n:
         width = packed.panels.shape[0] * _avx2_module().PANEL
