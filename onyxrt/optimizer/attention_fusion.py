@@ -62,8 +62,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
-from ..graph.tensors import constant_array, from_array
-from .matching import constant_vector, is_close, is_constant, is_float32, only_reader, partner, scalar
+from ..graph.tensors import constant_array
+from .matching import constant_vector, is_close, is_constant, is_float32, new_initializer, only_reader, partner, scalar
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 from .shape_values import constant_ints, dim_of, same_dim, shape_entries
 
@@ -706,8 +706,8 @@ def _replace(rewrite: _Rewrite, match: _Match, packed, removed: list[ir.Node]) -
         sizes = [h.num_heads * h.head_size for h in (match.q, match.k, match.v)]
         if sizes[2] != sizes[0]:
             attributes.append(ir.AttrInt64s("qkv_hidden_sizes", sizes))
-        inputs = [x, _initializer(graph, names, f"{label}_qkv_weight", weight),
-                  _initializer(graph, names, f"{label}_qkv_bias", projection_bias), None, None, bias]
+        inputs = [x, new_initializer(graph, names, f"{label}_qkv_weight", weight),
+                  new_initializer(graph, names, f"{label}_qkv_bias", projection_bias), None, None, bias]
         op_type = "Attention"
     else:
         inputs = [match.q.projection, match.k.projection, match.v.projection, None, None, bias]
@@ -737,7 +737,7 @@ def _fill_bias(rewrite: _Rewrite, fill_mask: tuple[ir.Value, bool, ir.Value], ne
     if key in rewrite.expanded:
         return rewrite.expanded[key]
     base = condition.name or "attention_mask"
-    zero = _initializer(rewrite.graph, rewrite.names, f"{base}_zero", np.array(0.0, np.float32))
+    zero = new_initializer(rewrite.graph, rewrite.names, f"{base}_zero", np.array(0.0, np.float32))
     where = ir.Node("", "Where", [condition, zero, fill] if keeps else [condition, fill, zero], name=f"{base}_bias")
     new_nodes.append(where)
     result = where.outputs[0]
@@ -745,7 +745,7 @@ def _fill_bias(rewrite: _Rewrite, fill_mask: tuple[ir.Value, bool, ir.Value], ne
     if rank < 4:
         leading = np.arange(4 - rank, dtype=np.int64)
         if rewrite.context.opset_imports.get("", 1) >= 13:
-            lift = ir.Node("", "Unsqueeze", [result, _initializer(rewrite.graph, rewrite.names, f"{base}_axes", leading)],
+            lift = ir.Node("", "Unsqueeze", [result, new_initializer(rewrite.graph, rewrite.names, f"{base}_axes", leading)],
                            name=f"{base}_bias4")
         else:
             lift = ir.Node("", "Unsqueeze", [result], attributes=[ir.AttrInt64s("axes", leading.tolist())], name=f"{base}_bias4")
@@ -771,10 +771,10 @@ def _rows_expanded(rewrite: _Rewrite, bias: ir.Value, new_nodes: list[ir.Node]) 
         new_nodes.append(length)
     else:
         shape = ir.Node("", "Shape", [bias])
-        three = _initializer(rewrite.graph, rewrite.names, f"{base}_key_axis", np.array([3], np.int64))
+        three = new_initializer(rewrite.graph, rewrite.names, f"{base}_key_axis", np.array([3], np.int64))
         length = ir.Node("", "Gather", [shape.outputs[0], three])
         new_nodes += [shape, length]
-    one = _initializer(rewrite.graph, rewrite.names, f"{base}_one", np.array([1], np.int64))
+    one = new_initializer(rewrite.graph, rewrite.names, f"{base}_one", np.array([1], np.int64))
     target = ir.Node("", "Concat", [length.outputs[0], one], attributes=[ir.AttrInt64("axis", 0)])
     expand = ir.Node("", "Expand", [bias, target.outputs[0]], name=f"{base}_rows")
     new_nodes += [target, expand]
@@ -893,14 +893,6 @@ def _reads_any(match: _Match, x: ir.Value | None, removed: list[ir.Node]) -> boo
     bias = match.fill_mask[0] if match.fill_mask is not None else match.bias
     reads = [bias, x] if x is not None else [bias, match.q.projection, match.k.projection, match.v.projection]
     return any(v is not None and v.producer() is not None and id(v.producer()) in gone for v in reads)
-
-
-def _initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.ndarray) -> ir.Value:
-    name = names.fresh(base)
-    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
-                     const_value=from_array(np.ascontiguousarray(array), name))
-    graph.register_initializer(value)
-    return value
 
 
 def _trim(inputs: list[ir.Value | None]) -> list[ir.Value | None]:

@@ -28,8 +28,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
-from ..graph.tensors import constant_array, from_array
-from .matching import is_constant
+from ..graph.tensors import constant_array
+from .matching import is_constant, new_initializer
 from .pass_manager import GraphPass, OptimizationContext
 
 _FOLDABLE_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
@@ -182,12 +182,12 @@ def _fold(
     if scale is not None:
         channel_shape = (-1,) + (1,) * (weight.ndim - 1)
         new_weight = (weight.astype(np.float64) * scale.reshape(channel_shape)).astype(weight.dtype)
-        conv.replace_input_with(1, _new_initializer(graph, names, conv.inputs[1].name, new_weight))
+        conv.replace_input_with(1, new_initializer(graph, names, conv.inputs[1].name or "folded_weight", new_weight))
         bias = bias * scale
     if shift is not None:
         bias = bias + shift
     if bias_value is not None or shift is not None:
-        new_bias = _new_initializer(graph, names, f"{conv.name or 'conv'}_bias", bias.astype(weight.dtype))
+        new_bias = new_initializer(graph, names, f"{conv.name or 'conv'}_bias", bias.astype(weight.dtype))
         if len(conv.inputs) < 3:
             conv.resize_inputs(3)
         conv.replace_input_with(2, new_bias)
@@ -197,16 +197,6 @@ def _fold(
     follower_output.replace_all_uses_with(conv_output, replace_graph_outputs=True)
     graph.remove(follower, safe=True)
     conv_output.name = name
-
-
-def _new_initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.ndarray) -> ir.Value:
-    name = names.fresh(base or "folded_weight")
-    value = ir.Value(
-        name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
-        const_value=from_array(array, name),
-    )
-    graph.register_initializer(value)
-    return value
 
 
 def _float_constant(value: ir.Value | None) -> np.ndarray | None:

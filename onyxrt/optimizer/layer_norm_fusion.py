@@ -22,8 +22,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
-from ..graph.tensors import constant_array, from_array
-from .matching import is_constant, only_reader, partner, replace_with, scalar, self_contained
+from ..graph.tensors import constant_array
+from .matching import is_constant, new_initializer, only_reader, partner, replace_with, scalar, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _NORMALIZED_TYPES = (ir.DataType.FLOAT, ir.DataType.FLOAT16)
@@ -193,7 +193,7 @@ def _replace(graph: ir.Graph, match: _Match, names: UniqueNames) -> None:
     gamma = match.gamma
     if gamma is None:
         ones = np.ones(_normalized_shape(x, match.axes), dtype=x.type.dtype.numpy())
-        gamma = _initializer(graph, names, f"{match.output.name}_scale", ones)
+        gamma = new_initializer(graph, names, f"{match.output.name}_scale", ones)
     inputs = [x, _untrimmed(graph, names, gamma, len(match.axes))]
     if match.beta is not None:
         inputs.append(_untrimmed(graph, names, match.beta, len(match.axes)))
@@ -240,15 +240,7 @@ def _untrimmed(graph: ir.Graph, names: UniqueNames, param: ir.Value, rank: int) 
     if len(shape) == rank:
         return param
     array = constant_array(param)
-    return _initializer(graph, names, f"{param.name}_normalized", array.reshape(array.shape[len(shape) - rank:]))
-
-
-def _initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.ndarray) -> ir.Value:
-    name = names.fresh(base)
-    value = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
-                     const_value=from_array(array, name))
-    graph.register_initializer(value)
-    return value
+    return new_initializer(graph, names, f"{param.name}_normalized", array.reshape(array.shape[len(shape) - rank:]))
 
 
 def _dtype(value: ir.Value | None) -> ir.DataType | None:
