@@ -19,6 +19,8 @@ The merged node goes where the first of them was; the outputs keep their names.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx_ir as ir
 
@@ -56,13 +58,13 @@ class DynamicQuantizeMatMulMerge(GraphPass):
         return merged
 
 
-class _Operands:
+class _Operands(NamedTuple):
     """A DynamicQuantizeMatMul's constant operands, per column."""
 
-    __slots__ = ("b", "scale", "zero", "bias")
-
-    def __init__(self, b: np.ndarray, scale: np.ndarray, zero: np.ndarray, bias: np.ndarray | None) -> None:
-        self.b, self.scale, self.zero, self.bias = b, scale, zero, bias
+    b: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+    bias: np.ndarray | None
 
 
 def _operands(node: ir.Node) -> _Operands | None:

@@ -329,7 +329,7 @@ class PackedInt8B:
                 self.col_term = _wrap_int32(sums)
             else:
                 raise ValueError(f"unknown int8 GEMM route {self.route!r}")
-        if self.panels is not None and current_pool().num_threads > 1:
+        if self.panels is not None:
             note_plan_trait(KERNELS_ON_POOL)  # packed during a plan build: its products split over the pool
         self.nbytes = sum(x.nbytes for x in (self.panels, self.values, self.col_term, self.zero) if x is not None)
         for x in (self.panels, self.values, self.col_term, self.zero):
@@ -447,19 +447,11 @@ def gemm_int8(a: np.ndarray, b: np.ndarray | PackedInt8B, a_zero_point=None, b_z
     return _gemm_mkl(a_u8, a_zero, packed, out)
 
 
-def _widened_a(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B):
-    """The AVX2 route's A: (A - a_zero) as int16, K padded to the pack's; and the route's module."""
-    module = _avx2_module()
-    if module is None:
-        raise ValueError("the avx2 int8 GEMM route is not available here")
-    m = a.shape[0]
-    zero = a_zero if a_zero is not None else np.zeros(m, np.int32)
-    return module.widen_a(np.ascontiguousarray(a), zero, 2 * packed.panels.shape[1]), module
-
-
 def _gemm_avx2(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, out: np.ndarray,
                epilogue: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    a16, module = _widened_a(a, a_zero, packed)
+    module = _avx2_module()  # loaded: the pack was made on this route
+    zero = a_zero if a_zero is not None else np.zeros(a.shape[0], np.int32)
+    a16 = module.widen_a(np.ascontiguousarray(a), zero, 2 * packed.panels.shape[1])  # (A - a_zero), K padded
     kernel = module.gemm_s16 if epilogue is None else module.gemm_s16_scaled
     _run_panels(kernel, a16, packed, out, epilogue or ())
     return out
@@ -593,7 +585,7 @@ def _scaled_vnni(a: np.ndarray, packed: PackedInt8B, a_zero_point, column_scale,
     b_zero = packed.zero if packed.zero is not None else packed.zeros
     out = np.empty(a.shape[:-1] + (n,), np.float32)
     _run_panels(module.gemm_u8s8_scaled, flat, packed, out.reshape(m, n),
-              (a_zero, rows, col_term, b_zero, col_scale, padded_bias))
+                (a_zero, rows, col_term, b_zero, col_scale, padded_bias))
     return out
 
 

@@ -485,10 +485,11 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *, trans
         csr = CsrProduct(CsrWeight.from_dense(weight))
         return [SemiStructuredProduct(SemiStructuredWeight.from_dense(weight)), csr] if structured else [csr]
 
-    pool = current_pool()
     if select == "always":
         chosen = products()[0]
-        return _noted(SparseWeight(weight.shape, source, sparsity, chosen, chosen), pool)
+        note_plan_trait(KERNELS_ON_POOL)
+        return SparseWeight(weight.shape, source, sparsity, chosen, chosen)
+    pool = current_pool()
     key = (weight.shape, round(sparsity, 2), structured, convolution, pool.num_threads, pool.splits_gemms,
            _CSR_COLUMNS.enabled())
     kinds = _decisions.get(key)
@@ -503,12 +504,5 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *, trans
     single_row, many_rows = (by_kind.get(kind) for kind in kinds)
     if single_row is None and many_rows is None:
         return None
-    return _noted(SparseWeight(weight.shape, source, sparsity, single_row, many_rows), pool)
-
-
-def _noted(sparse: SparseWeight, pool) -> SparseWeight:
-    """``sparse``, reported to the session building its plan when its kernels split over the pool: there
-    BLAS's threads, spinning after each dense GEMM, would contend with them for the cores."""
-    if pool.num_threads > 1:
-        note_plan_trait(KERNELS_ON_POOL)
-    return sparse
+    note_plan_trait(KERNELS_ON_POOL)  # its kernels split over the pool (the session's thread mode depends on it)
+    return SparseWeight(weight.shape, source, sparsity, single_row, many_rows)

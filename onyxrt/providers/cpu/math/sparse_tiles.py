@@ -149,10 +149,10 @@ def csr_columns(xt, indptr, indices, values, y, n0, n1, transposed):
             source_addr, row_bytes = padded.ctypes.data, LANES * 4
         else:
             source_addr, row_bytes = xt.ctypes.data + m0 * 4, xt.strides[0]
+        into_y = transposed and valid == width and y.strides[1] == 4  # the tile written in place
         for b0 in range(n0, n1, COLUMN_BLOCK):
             b1 = min(b0 + COLUMN_BLOCK, n1)
             for n in range(b0, b1):
-                into_y = transposed and valid == width and y.strides[1] == 4
                 if into_y:
                     out_addr = y.ctypes.data + n * y.strides[0] + m0 * 4
                 else:
