@@ -56,67 +56,127 @@ def physical_core_count() -> int:
 
 
 class _Worker:
-    """One pool thread: it blocks on a lock until handed a task, runs it, and signals done.
-
-    Two lock hand-offs per task (about 15 us measured, against ~80 us through a
-    ``concurrent.futures`` executor), and nothing runs while idle: no spinning.
+    """One pool thread. Where numba is usable it waits for work spinning in compiled code for a
+    while (``spin_limit`` iterations, a few ms; see ``native_spin``) and runs native tasks there
+    without the GIL, then blocks; elsewhere (or with a ``spin_limit`` of 0) it blocks on a lock
+    as soon as it is idle (two lock hand-offs per task, about 15 us measured, against ~80 us
+    through a ``concurrent.futures`` executor). Blocked, it costs nothing.
     """
 
-    def __init__(self, name: str) -> None:
-        self._go = threading.Lock()
-        self._go.acquire()
+    def __init__(self, name: str, native: Any, spin_limit: int) -> None:
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._done = threading.Lock()
         self._done.acquire()
+        self._native = native  # the native_spin module, or None
+        self._record = native.new_record() if native is not None else None
+        self._sequence = 0
+        self._spin_limit = spin_limit
         self._task: Callable[[], None] | None = None
         self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
+        native, record = self._native, self._record
         while True:
-            self._go.acquire()
+            if native is None:
+                self._wake.acquire()
+            else:
+                while native.spin(record, self._spin_limit, native.YIELD_ADDRESS) == native.IDLE:
+                    self._wake.acquire()
             task = self._task
-            if task is None:  # stop
+            if task is not None:
+                try:
+                    task()
+                except BaseException as error:  # re-raised by join, on the caller's thread
+                    self._error = error
+                self._task = None
+            if native is None:
                 self._done.release()
+            else:
+                native.finish(record, record[native.SEQ])
+            if task is None:  # stop
                 return
-            try:
-                task()
-            except BaseException as error:  # re-raised by join, on the caller's thread
-                self._error = error
-            self._task = None
-            self._done.release()
 
-    def start(self, task: Callable[[], None]) -> None:
+    def start(self, task: Callable[[], None] | None) -> None:
+        """Run the Python callable ``task`` on this thread (None: stop the thread)."""
         self._task = task
-        self._go.release()
+        if self._native is None:
+            self._wake.release()
+        else:
+            self._post(0, 0, 0, 0)
+
+    def start_native(self, task: int, args: int, part: int, parts: int) -> None:
+        """Run part ``part`` of the native task at address ``task`` (see ``native_spin``)."""
+        self._post(task, args, part, parts)
+
+    def _post(self, task: int, args: int, part: int, parts: int) -> None:
+        native, record = self._native, self._record
+        record[native.TASK] = task
+        record[native.ARGS] = args
+        record[native.PART] = part
+        record[native.PARTS] = parts
+        self._sequence += 1
+        if native.post(record, self._sequence):
+            try:
+                self._wake.release()
+            except RuntimeError:  # a wake-up is already pending
+                pass
 
     def join(self) -> None:
-        self._done.acquire()
+        if self._native is None:
+            self._done.acquire()
+        else:
+            self._native.wait(self._record, self._sequence, self._native.YIELD_ADDRESS)
         error, self._error = self._error, None
         if error is not None:
             raise error
 
     def stop(self) -> None:
-        self._task = None
-        self._go.release()
+        self.start(None)
         if threading.current_thread() is not self.thread:  # (a collection may run on the worker itself)
             self.thread.join()
+
+
+def _native_spin() -> Any:
+    """The ``native_spin`` module, compiled; None where numba is missing, disabled or failing."""
+    global _NATIVE_SPIN
+    if _NATIVE_SPIN is False:
+        _NATIVE_SPIN = None
+        if os.environ.get("ONYXRT_DISABLE_NUMBA", "") in ("", "0"):
+            try:
+                from . import native_spin
+
+                native_spin.warm_up()
+                _NATIVE_SPIN = native_spin
+            except Exception:  # numba absent or broken: blocking workers only
+                pass
+    return _NATIVE_SPIN
+
+
+_NATIVE_SPIN: Any = False  # not looked up yet
+# Idle iterations a worker spins after a task before it blocks (~4 ms measured on a 2-core VM, where
+# each sched_yield of the spin costs ~1 us).
+SPIN_ITERATIONS = 1 << 18
 
 
 class ThreadPool:
     """``num_threads`` threads for intra-op parallelism, the calling thread included.
 
-    Worker threads (``num_threads - 1``) start on first parallel use and block when idle; a
-    pool of one thread never starts any. One parallel loop runs on the workers at a time: a
-    loop started while another holds them (a concurrent run of the same session) runs on its
-    calling thread alone.
+    Worker threads (``num_threads - 1``) start on first parallel use; a pool of one thread never
+    starts any. One parallel loop runs on the workers at a time: a loop started while another
+    holds them (a concurrent run of the same session) runs on its calling thread alone.
 
-    GEMMs: with ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default
-    on) the BLAS library runs them on its own threads, as many as the pool has; OpenBLAS's
-    threads spin for a moment after each call (about 6 ms, ``openblas_spin``), as
-    onnxruntime's pool spins after a run.
-    Without it, BLAS is single-threaded during runs and the pool splits large GEMMs itself
-    (``providers.cpu.gemm``): nothing spins when idle, at some latency (``benchmarks/idle_cpu.md``).
+    With ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default on) and
+    numba usable, an idle worker spins in compiled code for a few milliseconds before it blocks,
+    as onnxruntime's pool spins after work, and runs *native tasks* (``run_native``) without the
+    GIL: BLAS is then single-threaded in runs and the pool splits products itself
+    (``providers.cpu.gemm``, ``native_sgemm``), and large depthwise convolutions and row kernels
+    too (``splits_gemms``). Without numba, BLAS runs products on its own threads (OpenBLAS's spin
+    for ~6 ms after each call, ``openblas_spin``) and the workers block when idle.
+    Without ``allow_spinning`` the workers block at once and the pool splits the products (each
+    hand-off then wakes a thread: nothing spins when idle, at some latency, ``benchmarks/idle_cpu.md``).
     """
 
     def __init__(self, num_threads: int = 0, allow_spinning: bool = True) -> None:
@@ -127,7 +187,9 @@ class ThreadPool:
         if count < 0:
             raise InvalidArgument(f"intra_op_num_threads must be a non-negative integer, got {num_threads!r}")
         self._num_threads = count or physical_core_count()
-        self.splits_gemms = not allow_spinning and self._num_threads > 1
+        # None: decided on first use (numba is loaded then, not at session creation)
+        self._splits: bool | None = None if allow_spinning and self._num_threads > 1 else self._num_threads > 1
+        self._spin_limit = SPIN_ITERATIONS if allow_spinning else 0
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
         self._lock = threading.Lock()  # guards starting and stopping the workers
@@ -184,13 +246,52 @@ class ThreadPool:
         bounds = [rows * i // chunks for i in range(chunks + 1)]
         self.map(lambda i: fn(bounds[i], bounds[i + 1]), range(chunks))
 
+    @property
+    def splits_gemms(self) -> bool:
+        """Whether BLAS is single-threaded in runs and the pool splits products (and other large kernels)
+        itself: without ``allow_spinning``, and by default wherever workers can run native tasks."""
+        if self._splits is None:
+            self._splits = self.runs_native_tasks
+        return self._splits
+
+    @property
+    def runs_native_tasks(self) -> bool:
+        """Whether :meth:`run_native` can share a native task out over threads (numba usable, more
+        than one thread)."""
+        return self._num_threads > 1 and _native_spin() is not None
+
+    def run_native(self, task: int, args: int, parts: int) -> None:
+        """Run parts 0..``parts``-1 of the native task at address ``task`` (``void task(int64 args, int64
+        part, int64 parts)``, see ``native_spin``) with ``args``: one part per worker thread, the rest on
+        the calling thread; all on the calling thread where native tasks cannot run on the workers
+        (no numba, one thread) or another loop holds them. The task must not raise."""
+        native = _native_spin()
+        helpers = min(self._num_threads, parts) - 1
+        if native is None:
+            raise RuntimeError("native tasks need numba")
+        if helpers <= 0 or not self._busy.acquire(blocking=False):
+            for part in range(parts):
+                native.run_part(task, args, part, parts)
+            return
+        try:
+            workers = self._worker_threads()[:helpers]
+            for part, worker in enumerate(workers, 1):
+                worker.start_native(task, args, part, parts)
+            native.run_part(task, args, 0, parts)
+            for part in range(helpers + 1, parts):
+                native.run_part(task, args, part, parts)
+            for worker in workers:
+                worker.join()
+        finally:
+            self._busy.release()
+
     def splitting_gemms(self) -> ThreadPool:
         """This pool's threads in the split-GEMM mode (as without ``allow_spinning``): the same
         workers, shared with this pool; this pool itself when it already splits or has one thread."""
         if self.splits_gemms or self._num_threads < 2:
             return self
         view = copy.copy(self)  # shares the workers' list and locks, not the finalizer
-        view.splits_gemms = True
+        view._splits = True
         view._base = self  # keeps the finalizer's owner, and so the workers, alive
         return view
 
@@ -208,7 +309,9 @@ class ThreadPool:
         with self._lock:
             # a forked child inherits the workers but not their threads: it starts its own
             if not self._workers or self._workers_pid[0] != os.getpid():
-                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}") for i in range(self._num_threads - 1)]
+                native = _native_spin()
+                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native, self._spin_limit)
+                                    for i in range(self._num_threads - 1)]
                 self._workers_pid[0] = os.getpid()
             return list(self._workers)
 

@@ -142,14 +142,20 @@ def test_a_pool_without_spinning_keeps_blas_single_threaded_and_splits_gemms():
     unused during runs; the pool splits GEMMs itself (providers.cpu.gemm)."""
     original = _blas_threads()
     pool = ThreadPool(2, allow_spinning=False)
-    assert pool.splits_gemms and not ThreadPool(2).splits_gemms and not ThreadPool(1, allow_spinning=False).splits_gemms
+    assert pool.splits_gemms and not ThreadPool(1, allow_spinning=False).splits_gemms
+    # by default the pool splits where its workers run native tasks (numba usable)
+    assert ThreadPool(2).splits_gemms == ThreadPool(2).runs_native_tasks
     with pool.activate():
         assert _blas_threads() == [1] * len(original)
     assert _blas_threads() == original
 
 
-def test_splitting_gemms_view_shares_the_workers():
-    """``splitting_gemms``: the same threads in the split-GEMM mode (a session with sparse kernels)."""
+def test_splitting_gemms_view_shares_the_workers(monkeypatch):
+    """``splitting_gemms``: the same threads in the split-GEMM mode (a session with sparse kernels,
+    where numba's native hand-offs are not available)."""
+    from onyxrt.framework import thread_pool
+
+    monkeypatch.setattr(thread_pool, "_NATIVE_SPIN", None)
     pool = ThreadPool(2)
     view = pool.splitting_gemms()
     assert view.splits_gemms and not pool.splits_gemms and view.num_threads == 2
@@ -162,8 +168,11 @@ def test_splitting_gemms_view_shares_the_workers():
         assert unchanged.splitting_gemms() is unchanged
 
 
-def test_a_split_matmul_equals_numpy_and_runs_on_the_pool_threads():
+def test_a_split_matmul_equals_numpy_and_runs_on_the_pool_threads(monkeypatch):
+    """The Python-task split (where products cannot run as native tasks: test_native_spin.py)."""
     from onyxrt.providers.cpu import gemm
+
+    monkeypatch.setattr(gemm, "_split_natively", lambda *args: False)
 
     rng = np.random.default_rng(0)
     cases = [((300, 200), (200, 150)), ((1, 512), (512, 1408)), ((3, 12, 64, 32), (3, 12, 32, 64)),

@@ -1,13 +1,15 @@
 """Matrix products split over the session's intra-op pool, each part a single-threaded BLAS call.
 
-Only for sessions with ``session.intra_op.allow_spinning = 0`` (``ThreadPool.splits_gemms``):
-their runs keep BLAS single-threaded, because OpenBLAS's own threads spin for a while after
-every GEMM (``framework.openblas_spin``). The pool splits a large product into one part per
-thread instead: by rows of the output (the left operand's rows, or the batch of a batched
-product), or by columns of the right operand when there are too few rows (a decoding step's GEMV). Its workers block when idle.
-Measured on 2 cores: as fast as OpenBLAS's threads for large row splits (convolutions, encoder
-layers), slower for GEMVs (a 512x1408 GEMV from memory: 230 us against 130 us) and small GEMMs.
-Other sessions call ``np.matmul`` as it is, on BLAS's threads.
+For pools that split products themselves (``ThreadPool.splits_gemms``: by default where numba
+is usable, and without ``session.intra_op.allow_spinning``): their runs keep BLAS single-threaded
+and the pool splits a large product into one part per thread: by rows of the output (the left
+operand's rows, or the batch of a batched product), or by columns of the right operand when there
+are too few rows (a decoding step's GEMV; only for matrices of at least ``GEMV_SPLIT_MIN_ELEMENTS``).
+Float32 parts run as native tasks (``native_sgemm``: cblas_sgemm / cblas_sgemv on the spinning
+workers, no GIL); others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``):
+native splits as fast as or faster than OpenBLAS's own threads (128x384x1536: 0.95 against 1.2 ms),
+except small GEMVs (a hot 512x1376: 57 against 37 us), hence the threshold.
+Other pools call ``np.matmul`` as it is, on BLAS's threads.
 
 In every session on a CPU with AVX-512, a product of one or two float32 rows by a matrix of at most
 ``GEMV_MAX_ELEMENTS`` (a decoding step's projections) runs on the calling thread in the
@@ -36,6 +38,9 @@ MIN_PARALLEL_MACS = 1 << 19
 GEMV_MAX_ROWS = 2
 GEMV_MAX_ELEMENTS = 1 << 20
 GEMV_MAX_OUTPUT = 8192
+# A product of at most 2 rows is split over the pool only for a matrix this large (a decoding step's
+# vocabulary head); smaller ones run on the calling thread, as OpenBLAS would run them too.
+GEMV_SPLIT_MIN_ELEMENTS = 1 << 21
 _F32 = np.dtype(np.float32)
 _SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matmul")
 _PROBE = np.empty((0, 0), _F32)
@@ -73,6 +78,30 @@ def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = Non
     return out
 
 
+@functools.cache
+def _native_sgemm():
+    """The ``native_sgemm`` module where numba compiles it and numpy's BLAS exports cblas_sgemm, else None."""
+    if not _SMALL_ROWS.enabled():  # (numba importable and not disabled)
+        return None
+    try:
+        from . import native_sgemm
+    except Exception:  # numba broken, or no cache directory
+        return None
+    return native_sgemm if native_sgemm.SGEMM is not None else None
+
+
+def _split_natively(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray, split: int) -> bool:
+    """Run the split product as a native task when it can (float32, layouts cblas_sgemm takes)."""
+    if not (a.dtype == b.dtype == out.dtype == _F32) or not pool.runs_native_tasks:
+        return False
+    module = _native_sgemm()
+    args = module.pack(a, b, out, split) if module is not None else None
+    if args is None:
+        return False
+    pool.run_native(module.sgemm_part.address, args.ctypes.data, pool.num_threads)
+    return True
+
+
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)`` for float arrays of rank >= 2, split over the current pool.
 
@@ -105,10 +134,18 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if batch:
         if count < threads:
             return np.matmul(a, b, out=out)
+        if _split_natively(pool, a, b, out, 2):
+            return out
         a3, b3, o3 = a.reshape((count, m, k)), b.reshape((count, k, n)), out.reshape(count, m, n)
         pool.run_chunks(lambda i0, i1: np.matmul(a3[i0:i1], b3[i0:i1], out=o3[i0:i1]), count, macs, MIN_PARALLEL_MACS)
     elif m >= 2 * threads:  # split the rows: each part writes a contiguous block of out
+        if _split_natively(pool, a, b, out, 0):
+            return out
         pool.run_chunks(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), m, macs, MIN_PARALLEL_MACS)
     else:  # few rows: split the columns (numpy gathers each part's strided output)
+        if m <= GEMV_MAX_ROWS and k * n < GEMV_SPLIT_MIN_ELEMENTS:
+            return np.matmul(a, b, out=out)
+        if _split_natively(pool, a, b, out, 1):
+            return out
         pool.run_chunks(lambda c0, c1: np.matmul(a, b[:, c0:c1], out=out[:, c0:c1]), n, macs, MIN_PARALLEL_MACS)
     return out

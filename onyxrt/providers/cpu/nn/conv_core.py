@@ -137,17 +137,17 @@ def check_kernel_shape(kernel_shape, w) -> None:
 
 
 # The convolutions run their own numpy work (column matrices, depthwise blocks) on the
-# calling thread, unless the pool owns the cores (``ThreadPool.splits_gemms``): measured on 2
-# cores, splitting it over the pool beside BLAS's threads made whole models slower
-# (mobilenet_v2 by ~20%, resnet50 by ~12%), the pool threads competing with the BLAS threads
-# still spinning after the previous GEMM. ``_PARALLEL_CONV`` forces the split (tests).
+# calling thread: measured on 2 cores, splitting it over the pool as Python tasks made whole
+# models slower, beside BLAS's spinning threads (mobilenet_v2 by ~20%, resnet50 by ~12%) and in
+# the pool's own split mode alike (numpy's copies hold the GIL). ``_PARALLEL_CONV`` forces the
+# split (tests).
 _PARALLEL_CONV = False
 _PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
 def _conv_chunks(fn, rows: int, elements: int) -> None:
     pool = current_pool()
-    if _PARALLEL_CONV or pool.splits_gemms:
+    if _PARALLEL_CONV:
         pool.run_chunks(fn, rows, elements, _PARALLEL_MIN_ELEMENTS)
     else:
         fn(0, rows)

@@ -1,0 +1,37 @@
+"""What native tasks (``framework.native_spin``: C-callable ``void task(int64 args, int64 part, int64
+parts)``, run on the pool's spinning workers without the GIL) need to read their arguments.
+
+A task's arguments are one int64 array: addresses of the operands (``array.ctypes.data``; the
+caller keeps the arrays alive until the task returns), their sizes and the scalar parameters.
+The task rebuilds typed arrays from them with :func:`int64_array` and :func:`float32_array`.
+Imported only by the modules defining tasks (it imports numba at its top).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba.core import types
+from numba.core.extending import intrinsic
+
+_I64 = ir.IntType(64)
+
+
+def _array_at(element: types.Type, llvm_element: ir.Type, itemsize: int):
+    @intrinsic
+    def array_at(typingctx, address, length):
+        """The C-contiguous 1-D array of ``length`` elements at ``address`` (no owner: a view)."""
+
+        def codegen(context, builder, signature, values):
+            array = context.make_array(signature.return_type)(context, builder)
+            context.populate_array(array, data=builder.inttoptr(values[0], llvm_element.as_pointer()),
+                                   shape=[values[1]], strides=[ir.Constant(_I64, itemsize)],
+                                   itemsize=ir.Constant(_I64, itemsize), meminfo=None)
+            return array._getvalue()
+
+        return types.Array(element, 1, "C")(types.int64, types.int64), codegen
+
+    return array_at
+
+
+int64_array = _array_at(types.int64, _I64, 8)
+float32_array = _array_at(types.float32, ir.FloatType(), 4)
