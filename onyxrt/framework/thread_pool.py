@@ -140,11 +140,12 @@ class _Worker:
 
 
 def _native_spin() -> Any:
-    """The ``native_spin`` module, compiled; None where numba is missing, disabled or failing."""
+    """The ``native_spin`` module, compiled; None where numba is missing, disabled or failing, or
+    ``ONYXRT_NATIVE_POOL=0`` (workers then block when idle and BLAS runs products on its threads)."""
     global _NATIVE_SPIN
     if _NATIVE_SPIN is False:
         _NATIVE_SPIN = None
-        if os.environ.get("ONYXRT_DISABLE_NUMBA", "") in ("", "0"):
+        if os.environ.get("ONYXRT_DISABLE_NUMBA", "") in ("", "0") and os.environ.get("ONYXRT_NATIVE_POOL") != "0":
             try:
                 from . import native_spin
 

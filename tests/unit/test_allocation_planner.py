@@ -359,5 +359,5 @@ def test_a_bound_buffer_overlapping_an_input_is_not_written_during_the_step(monk
     expected = x @ x
     copies = _bound_run(_model([helper.make_node("MatMul", ["x", "x"], ["z"])], ["x"], ["z"]),
                         {"x": x}, "z", x, monkeypatch)
-    np.testing.assert_allclose(x, expected, rtol=1e-5)
+    np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-4)  # (summation order: BLAS threads or pool parts)
     assert len(copies) == 1

@@ -220,7 +220,7 @@ def test_zoo_models_on_the_device_give_the_cpu_results(transfer, zoo_model, name
     basic.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     want = ort.InferenceSession(path, basic, providers=["CPUExecutionProvider"]).run(None, feeds)
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)  # (float rounding: products split differently)
     # every copy is a border: a copy node, or a graph input/output moved at the start/end of the run
     moved = len(feeds) + len(want)
     assert copy_nodes <= transfer.copies <= copy_nodes + moved
