@@ -114,8 +114,8 @@ def _native_sgemm_or_skip():
 @pytest.mark.parametrize("a_shape,b_shape,transpose_b", [
     ((300, 200), (200, 150), False),  # rows
     ((300, 200), (200, 150), True),
-    ((1, 512), (512, 4200), False),  # a large GEMV: columns
-    ((2, 1024), (1024, 2100), True),
+    ((3, 512), (512, 4200), False),  # few rows: columns
+    ((4, 1024), (1024, 2100), True),
     ((3, 12, 64, 32), (3, 12, 32, 64), False),  # batch
     ((12, 64, 32), (12, 32, 64), True),
 ])
@@ -205,3 +205,33 @@ def test_a_default_session_leaves_no_thread_busy_when_idle():
     start = time.process_time()
     time.sleep(0.3)
     assert time.process_time() - start < 0.03
+
+
+def test_gemvs_run_on_blas_threads_for_the_call(pool):
+    """A pool splitting products leaves GEMVs to BLAS's own threads, as many as the pool has, for the
+    call only."""
+    gemm = _native_sgemm_or_skip()
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+    if not libraries:
+        pytest.skip("no BLAS library threadpoolctl can control")
+    seen = []
+    real = gemm.np.matmul
+
+    def spy(*args, **kwargs):
+        seen.append([library.num_threads for library in libraries])
+        return real(*args, **kwargs)
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((1, 512)).astype(np.float32)
+    b = rng.standard_normal((512, 3000)).astype(np.float32)
+    split = pool.splitting_gemms()
+    with split.activate():
+        gemm.np.matmul = spy
+        try:
+            y = gemm.matmul(a, b)
+        finally:
+            gemm.np.matmul = real
+        assert [library.num_threads for library in libraries] == [1] * len(libraries)
+    np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-4)
+    assert seen == [[2] * len(libraries)]
