@@ -179,34 +179,6 @@ def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, shape, st
         assert (serial >= 0).all() and (serial == 0).any()
 
 
-def test_a_default_session_leaves_no_thread_busy_when_idle():
-    """The workers' spin after a run is short: process CPU time over 0.3 s of idling stays near zero."""
-    from onnx import TensorProto, helper
-
-    import onyxrt
-
-    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 256])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 256])],
-                              [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    options = onyxrt.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = onyxrt.InferenceSession(model, options)
-    if not session._thread_pool.runs_native_tasks:
-        pytest.skip("numba cannot compile the native hand-offs here")
-    x = np.ones((256, 256), np.float32)
-    expected = np.einsum("ij,jk->ik", x, w)
-    time.sleep(0.25)  # (a BLAS thread started earlier in the process spins for a while first)
-    for _ in range(20):
-        np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-4, atol=1e-3)
-    time.sleep(0.05)
-    start = time.process_time()
-    time.sleep(0.3)
-    assert time.process_time() - start < 0.03
-
-
 def test_gemvs_run_on_blas_threads_for_the_call(pool):
     """A pool splitting products leaves GEMVs to BLAS's own threads, as many as the pool has, for the
     call only."""
