@@ -282,4 +282,21 @@ def test_products_split_over_the_session_pool_are_exact(m):
     a = _random(np.uint8, (m, k))
     np.testing.assert_array_equal(session.run(None, {"a": a})[0], _reference(a, w, np.uint8(9), w_zero))
     # a kernel route of onyxrt's own (not numpy's BLAS) splits over the pool: the pool splits GEMMs too
-    assert session._thread_pool.splits_gemms == (int8_gemm.selected_route() in ("vnni", "avx2"))
+    assert session._thread_pool.splits_gemms or int8_gemm.selected_route() not in ("vnni", "avx2")
+
+
+@pytest.mark.parametrize("m", [256, 3], ids=["rows_split", "panels_split"])
+def test_scaled_products_split_over_a_pool_are_exact(m):
+    """The dequantizing epilogue's products split over a pool (as native tasks where it runs them)."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    k, n = 1024, 12288 if m < 8 else 256
+    a, b = _random(np.int8, (m, k)), _random(np.int8, (k, n))
+    zero = _random(np.int8, (m,))
+    scale = RNG.uniform(1e-5, 1e-3, n).astype(np.float32)
+    expected = _reference(a, b, zero).astype(np.float32) * scale
+    pool = ThreadPool(2).splitting_gemms()
+    with pool.activate():
+        got = int8_gemm.matmul_int8_scaled(a, pack_b(b), zero, scale)
+    pool.shutdown()
+    np.testing.assert_array_equal(got, expected)

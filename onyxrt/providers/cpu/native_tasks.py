@@ -3,7 +3,7 @@ parts)``, run on the pool's spinning workers without the GIL) need to read their
 
 A task's arguments are one int64 array: addresses of the operands (``array.ctypes.data``; the
 caller keeps the arrays alive until the task returns), their sizes and the scalar parameters.
-The task rebuilds typed arrays from them with :func:`int64_array` and :func:`float32_array`.
+The task rebuilds typed arrays from them with :func:`int64_array`, :func:`float32_array` and the like.
 Imported only by the modules defining tasks (it imports numba at its top).
 """
 
@@ -34,4 +34,6 @@ def _array_at(element: types.Type, llvm_element: ir.Type, itemsize: int):
 
 
 int64_array = _array_at(types.int64, _I64, 8)
+int32_array = _array_at(types.int32, ir.IntType(32), 4)
+int16_array = _array_at(types.int16, ir.IntType(16), 2)
 float32_array = _array_at(types.float32, ir.FloatType(), 4)

@@ -453,7 +453,7 @@ def _gemm_avx2(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, ou
     zero = a_zero if a_zero is not None else np.zeros(a.shape[0], np.int32)
     a16 = module.widen_a(np.ascontiguousarray(a), zero, 2 * packed.panels.shape[1])  # (A - a_zero), K padded
     kernel = module.gemm_s16 if epilogue is None else module.gemm_s16_scaled
-    _run_panels(kernel, a16, packed, out, epilogue or ())
+    _run_panels(kernel, a16, packed, out, epilogue or (), native=module)
     return out
 
 
@@ -637,9 +637,10 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     return out
 
 
-def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple) -> None:
+def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple, native=None) -> None:
     """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product is
-    large enough (``_MIN_PARALLEL_MACS``)."""
+    large enough (``_MIN_PARALLEL_MACS``); as a native task where ``native`` (the kernel's module) has
+    one (``gemm_part``, ``task_args``) and the pool runs native tasks, else as Python tasks."""
     m, k = a.shape
     panels = packed.panels.shape[0]
     args = (packed.panels, out)
@@ -647,6 +648,10 @@ def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tai
     macs = m * k * packed.n
     if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
         kernel(a, *args, 0, m, 0, panels, *tail)
+    elif native is not None and pool.runs_native_tasks:
+        by_panels = m < 8 * pool.num_threads
+        task = native.task_args(a, packed.panels, out, by_panels, tail)
+        pool.run_native(native.gemm_part.address, task.ctypes.data, min(pool.num_threads, panels if by_panels else m))
     elif m >= 8 * pool.num_threads:  # rows: each part writes its own block of C
         pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, _MIN_PARALLEL_MACS)
     else:  # few rows (a decoding step): split the panels

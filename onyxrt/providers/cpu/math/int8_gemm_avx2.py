@@ -27,6 +27,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
+from ..native_tasks import float32_array, int16_array, int32_array, int64_array
+
 PANEL = 16  # columns per panel: two 8-lane int32 accumulators
 MAX_ROWS = 6  # rows per tile: 12 accumulators, 2 B vectors and a broadcast fit AVX2's 16 registers
 
@@ -226,6 +228,37 @@ def gemm_s16_scaled(a, panels, c, m0, m1, p0, p1, col_scale, bias):
                     for j in range(width):
                         c[m + r, col0 + j] = scratch[r, j]
             m += rows
+
+
+_TASK_ARGS = 12
+
+
+@numba.cfunc(numba.types.void(numba.types.int64, numba.types.int64, numba.types.int64), cache=True, nopython=True)
+def gemm_part(args, part, parts):
+    """Native task (``framework.native_spin``): part ``part`` of ``parts`` of ``gemm_s16`` or
+    ``gemm_s16_scaled`` as :func:`task_args` describes it, split by rows or by panels."""
+    d = int64_array(args, _TASK_ARGS)
+    m, a_columns, panel_count, k2, n = d[1], d[2], d[4], d[5], d[7]
+    a = int16_array(d[0], m * a_columns).reshape((m, a_columns))
+    panels = int16_array(d[3], panel_count * k2 * 2 * PANEL).reshape((panel_count, k2, 2 * PANEL))
+    if d[8] == 0:
+        m0, m1, p0, p1 = m * part // parts, m * (part + 1) // parts, 0, panel_count
+    else:
+        m0, m1, p0, p1 = 0, m, panel_count * part // parts, panel_count * (part + 1) // parts
+    if d[9] == 0:
+        gemm_s16(a, panels, int32_array(d[6], m * n).reshape((m, n)), m0, m1, p0, p1)
+    else:
+        gemm_s16_scaled(a, panels, float32_array(d[6], m * n).reshape((m, n)), m0, m1, p0, p1,
+                        float32_array(d[10], PANEL * panel_count), float32_array(d[11], PANEL * panel_count))
+
+
+def task_args(a: np.ndarray, panels: np.ndarray, c: np.ndarray, by_panels: bool, epilogue: tuple) -> np.ndarray:
+    """:func:`gemm_part`'s arguments for C-contiguous operands as ``gemm_s16`` / ``gemm_s16_scaled`` take them
+    (``epilogue``: () or (col_scale, bias))."""
+    scale, bias = epilogue if epilogue else (c, c)  # (unread without the epilogue)
+    return np.array([a.ctypes.data, a.shape[0], a.shape[1], panels.ctypes.data, panels.shape[0], panels.shape[1],
+                     c.ctypes.data, c.shape[1], int(by_panels), int(bool(epilogue)), scale.ctypes.data,
+                     bias.ctypes.data], np.int64)
 
 
 def pack_panels(b: np.ndarray) -> np.ndarray:
