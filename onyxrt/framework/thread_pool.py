@@ -336,11 +336,11 @@ class _Activation:
 
     def __enter__(self) -> ThreadPool:
         self._token = _CURRENT.set(self._pool)
-        _BLAS_THREADS.acquire(self._blas_threads, self._pool.num_threads)
+        _BLAS_THREADS.acquire(self._blas_threads)
         return self._pool
 
     def __exit__(self, *exc_info: object) -> None:
-        _BLAS_THREADS.release(self._blas_threads, self._pool.num_threads)
+        _BLAS_THREADS.release(self._blas_threads)
         _CURRENT.reset(self._token)
 
 
@@ -356,48 +356,26 @@ class _BlasThreadLimit:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: dict[int, int] = {}  # BLAS thread count -> runs active with it
-        self._pools: dict[int, int] = {}  # pool size -> runs active with it
+        self._active: dict[int, int] = {}  # pool size -> runs active with it
         self._libraries: Sequence[Any] | None = None
         self._own: list[tuple[Any, int]] = []  # (library, its own thread count) while runs are active
         self._changed: list[bool] = []  # which of them are set to the limit instead
         self._applied: int | None = None
 
-    def acquire(self, num_threads: int, pool_threads: int) -> None:
+    def acquire(self, num_threads: int) -> None:
         with self._lock:
-            self._pools[pool_threads] = self._pools.get(pool_threads, 0) + 1
             self._active[num_threads] = self._active.get(num_threads, 0) + 1
             if self._applied is None or num_threads < self._applied:
                 self._apply(min(self._active))
 
-    def release(self, num_threads: int, pool_threads: int) -> None:
+    def release(self, num_threads: int) -> None:
         with self._lock:
-            self._pools[pool_threads] -= 1
-            if not self._pools[pool_threads]:
-                del self._pools[pool_threads]
             remaining = self._active[num_threads] - 1
             if remaining:
                 self._active[num_threads] = remaining
                 return
             del self._active[num_threads]
             self._apply(min(self._active) if self._active else None)
-
-    def widened(self, fn: Callable[[], R]) -> R:
-        """``fn()`` with BLAS on as many threads as the smallest active pool has (pools that split
-        products themselves keep BLAS single-threaded in their runs otherwise)."""
-        with self._lock:
-            wide = min(self._pools) if self._pools else None
-            widen = wide is not None and self._applied is not None and wide > self._applied
-            if widen:
-                for library, _ in self._own:
-                    library.set_num_threads(wide)
-        try:
-            return fn()
-        finally:
-            if widen:
-                with self._lock:
-                    for library, own in self._own:
-                        library.set_num_threads(own if self._applied is None else self._applied)
 
     def _apply(self, limit: int | None) -> None:
         if limit == self._applied:
@@ -429,13 +407,6 @@ _BLAS_THREADS = _BlasThreadLimit()
 # The pool of code that runs outside any session's run (and on worker threads): no threads.
 _SERIAL = ThreadPool(1)
 _CURRENT: contextvars.ContextVar[ThreadPool] = contextvars.ContextVar("onyxrt_thread_pool", default=_SERIAL)
-
-
-def on_blas_threads(fn: Callable[[], R]) -> R:
-    """``fn()`` (a BLAS call) on BLAS's own threads, as many as the current run's pool has, in a pool
-    that splits products itself: for calls BLAS parallelizes better than a split would (GEMVs
-    streaming a matrix from memory, ``providers.cpu.gemm``)."""
-    return _BLAS_THREADS.widened(fn)
 
 
 def current_pool() -> ThreadPool:

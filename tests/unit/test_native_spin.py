@@ -179,31 +179,17 @@ def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, shape, st
         assert (serial >= 0).all() and (serial == 0).any()
 
 
-def test_gemvs_run_on_blas_threads_for_the_call(pool):
-    """A pool splitting products leaves GEMVs to BLAS's own threads, as many as the pool has, for the
-    call only."""
+
+def test_small_gemvs_stay_on_the_calling_thread_and_large_ones_split(pool):
     gemm = _native_sgemm_or_skip()
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
-    if not libraries:
-        pytest.skip("no BLAS library threadpoolctl can control")
-    seen = []
-    real = gemm.np.matmul
-
-    def spy(*args, **kwargs):
-        seen.append([library.num_threads for library in libraries])
-        return real(*args, **kwargs)
-
     rng = np.random.default_rng(3)
-    a = rng.standard_normal((1, 512)).astype(np.float32)
-    b = rng.standard_normal((512, 3000)).astype(np.float32)
-    split = pool.splitting_gemms()
-    with split.activate():
-        gemm.np.matmul = spy
-        try:
-            y = gemm.matmul(a, b)
-        finally:
-            gemm.np.matmul = real
-        assert [library.num_threads for library in libraries] == [1] * len(libraries)
-    np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-4)
-    assert seen == [[2] * len(libraries)]
+    calls = []
+    real = pool.run_native
+    pool.run_native = lambda *args: (calls.append(args), real(*args))
+    with pool.splitting_gemms().activate():
+        for n, split in ((1000, False), (gemm.GEMV_SPLIT_MIN_ELEMENTS // 256, True)):
+            a = rng.standard_normal((1, 256)).astype(np.float32)
+            b = rng.standard_normal((256, n)).astype(np.float32)
+            calls.clear()
+            np.testing.assert_allclose(gemm.matmul(a, b), a @ b, rtol=1e-5, atol=1e-4)
+            assert bool(calls) == split

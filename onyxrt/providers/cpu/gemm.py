@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ...framework.cpu_features import has_flags
-from ...framework.thread_pool import current_pool, on_blas_threads
+from ...framework.thread_pool import current_pool
 from .jit import LazyModuleKernel, read_only
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
@@ -38,6 +38,11 @@ MIN_PARALLEL_MACS = 1 << 19
 GEMV_MAX_ROWS = 2
 GEMV_MAX_ELEMENTS = 1 << 20
 GEMV_MAX_OUTPUT = 8192
+# A product of at most GEMV_MAX_ROWS rows is split over the pool only for a matrix this large (a decoding
+# step's vocabulary head): measured from memory on 2 cores, a split 512x32000 GEMV runs as fast as
+# OpenBLAS's threaded sgemv (2.33 vs 2.29 ms), while smaller ones are no faster split than on one
+# thread (512x1376: 0.153 split, 0.121 one thread, 0.122 OpenBLAS's threads).
+GEMV_SPLIT_MIN_ELEMENTS = 1 << 21
 _F32 = np.dtype(np.float32)
 _SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matmul")
 _PROBE = np.empty((0, 0), _F32)
@@ -121,10 +126,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         return np.matmul(a, b, out=out)
     m, k = a.shape[-2:]
     n = b.shape[-1]
-    if m <= GEMV_MAX_ROWS and a.ndim == 2 and pool.runs_native_tasks:
-        # GEMVs: OpenBLAS's threaded sgemv streams the matrix faster than two single-threaded halves
-        # (512x32000 from memory: 2.3 ms against 2.7-2.8 ms), so they run on BLAS's threads
-        return on_blas_threads(lambda: np.matmul(a, b, out=out))
+    if m <= GEMV_MAX_ROWS and k * n < GEMV_SPLIT_MIN_ELEMENTS:
+        return np.matmul(a, b, out=out)
     batch = a.shape[:-2]
     count = math.prod(batch)  # 1 without a batch
     macs = m * k * n * count
