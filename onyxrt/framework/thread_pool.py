@@ -63,7 +63,7 @@ class _Worker:
     through a ``concurrent.futures`` executor). Blocked, it costs nothing.
     """
 
-    def __init__(self, name: str, native: Any, spin_limit: int) -> None:
+    def __init__(self, name: str, native: Any) -> None:
         self._wake = threading.Lock()
         self._wake.acquire()
         self._done = threading.Lock()
@@ -71,7 +71,7 @@ class _Worker:
         self._native = native  # the native_spin module, or None
         self._record = native.new_record() if native is not None else None
         self._sequence = 0
-        self._spin_limit = spin_limit
+        self.spin_limit = 0  # set by the pool handing work over (see ThreadPool._spin_limit)
         self._task: Callable[[], None] | None = None
         self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -83,7 +83,7 @@ class _Worker:
             if native is None:
                 self._wake.acquire()
             else:
-                while native.spin(record, self._spin_limit, native.YIELD_ADDRESS) == native.IDLE:
+                while native.spin(record, self.spin_limit, native.YIELD_ADDRESS) == native.IDLE:
                     self._wake.acquire()
             task = self._task
             if task is not None:
@@ -169,15 +169,18 @@ class ThreadPool:
     starts any. One parallel loop runs on the workers at a time: a loop started while another
     holds them (a concurrent run of the same session) runs on its calling thread alone.
 
-    With ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default on) and
-    numba usable, an idle worker spins in compiled code for a few milliseconds before it blocks,
-    as onnxruntime's pool spins after work, and runs *native tasks* (``run_native``) without the
-    GIL: BLAS is then single-threaded in runs and the pool splits products itself
-    (``providers.cpu.gemm``, ``native_sgemm``), and large depthwise convolutions and row kernels
-    too (``splits_gemms``). Without numba, BLAS runs products on its own threads (OpenBLAS's spin
-    for ~6 ms after each call, ``openblas_spin``) and the workers block when idle.
-    Without ``allow_spinning`` the workers block at once and the pool splits the products (each
-    hand-off then wakes a thread: nothing spins when idle, at some latency, ``benchmarks/idle_cpu.md``).
+    GEMMs: with ``allow_spinning`` (onnxruntime's ``session.intra_op.allow_spinning``, default
+    on) the BLAS library runs them on its own threads, as many as the pool has; OpenBLAS's
+    threads spin for a moment after each call (about 6 ms, ``openblas_spin``), as onnxruntime's
+    pool spins after a run, and the pool's workers block when idle.
+    In the split-GEMM mode (``splits_gemms``: without ``allow_spinning``, or a ``splitting_gemms``
+    view, which sessions whose plans hold onyxrt's own pool kernels use) BLAS is single-threaded
+    in runs and the pool splits large products itself (``providers.cpu.gemm``). Where numba is
+    usable the workers then take *native tasks* (``run_native``: products, depthwise planes, AVX2
+    int8 products) without the GIL, and with ``allow_spinning`` they spin in compiled code for a
+    few milliseconds after each task before they block (``native_spin``), so the next hand-off
+    costs microseconds instead of a thread wake-up. Without ``allow_spinning`` nothing spins:
+    idle costs nothing, at some latency (``benchmarks/idle_cpu.md``).
     """
 
     def __init__(self, num_threads: int = 0, allow_spinning: bool = True) -> None:
@@ -188,9 +191,8 @@ class ThreadPool:
         if count < 0:
             raise InvalidArgument(f"intra_op_num_threads must be a non-negative integer, got {num_threads!r}")
         self._num_threads = count or physical_core_count()
-        # None: decided on first use (numba is loaded then, not at session creation)
-        self._splits: bool | None = None if allow_spinning and self._num_threads > 1 else self._num_threads > 1
-        self._spin_limit = SPIN_ITERATIONS if allow_spinning else 0
+        self.splits_gemms = not allow_spinning and self._num_threads > 1
+        self._allow_spinning = allow_spinning
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
         self._lock = threading.Lock()  # guards starting and stopping the workers
@@ -219,6 +221,7 @@ class ThreadPool:
 
             workers = self._worker_threads()[:helpers]
             for worker in workers:
+                worker.spin_limit = self._spin_limit
                 worker.start(drain)
             error: BaseException | None = None
             try:
@@ -248,12 +251,10 @@ class ThreadPool:
         self.map(lambda i: fn(bounds[i], bounds[i + 1]), range(chunks))
 
     @property
-    def splits_gemms(self) -> bool:
-        """Whether BLAS is single-threaded in runs and the pool splits products (and other large kernels)
-        itself: without ``allow_spinning``, and by default wherever workers can run native tasks."""
-        if self._splits is None:
-            self._splits = self.runs_native_tasks
-        return self._splits
+    def _spin_limit(self) -> int:
+        """How long the workers spin after this pool's tasks: only where spinning is allowed and the
+        pool owns the cores (it splits products: no BLAS thread spins beside its workers)."""
+        return SPIN_ITERATIONS if self._allow_spinning and self.splits_gemms else 0
 
     @property
     def runs_native_tasks(self) -> bool:
@@ -277,6 +278,7 @@ class ThreadPool:
         try:
             workers = self._worker_threads()[:helpers]
             for part, worker in enumerate(workers, 1):
+                worker.spin_limit = self._spin_limit
                 worker.start_native(task, args, part, parts)
             native.run_part(task, args, 0, parts)
             for part in range(helpers + 1, parts):
@@ -292,7 +294,7 @@ class ThreadPool:
         if self.splits_gemms or self._num_threads < 2:
             return self
         view = copy.copy(self)  # shares the workers' list and locks, not the finalizer
-        view._splits = True
+        view.splits_gemms = True
         view._base = self  # keeps the finalizer's owner, and so the workers, alive
         return view
 
@@ -311,7 +313,7 @@ class ThreadPool:
             # a forked child inherits the workers but not their threads: it starts its own
             if not self._workers or self._workers_pid[0] != os.getpid():
                 native = _native_spin()
-                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native, self._spin_limit)
+                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native)
                                     for i in range(self._num_threads - 1)]
                 self._workers_pid[0] = os.getpid()
             return list(self._workers)

@@ -36,9 +36,10 @@ def _run_counting(pool: ThreadPool, parts: int) -> np.ndarray:
 
 @pytest.fixture
 def pool():
+    """Two threads in the split-GEMM mode, with spinning (as a session whose plan holds pool kernels)."""
     if not ThreadPool(2).runs_native_tasks:
         pytest.skip("numba cannot compile the native hand-offs here")
-    pool = ThreadPool(2)
+    pool = ThreadPool(2).splitting_gemms()
     yield pool
     pool.shutdown()
 
@@ -63,6 +64,18 @@ def test_a_worker_blocks_after_its_spin_and_wakes_for_the_next_task(pool):
     assert time.process_time() - start < 0.02  # asleep: no CPU
     assert _run_counting(pool, 2)[:2].tolist() == [1, 1]
     assert pool.map(lambda v: v * 2, range(4)) == [0, 2, 4, 6]  # Python tasks on the same worker
+
+
+def test_a_pool_leaving_products_to_blas_does_not_spin():
+    """Beside BLAS's own spinning threads the workers block as soon as they are idle."""
+    pool = ThreadPool(2)
+    if not pool.runs_native_tasks:
+        pytest.skip("numba cannot compile the native hand-offs here")
+    assert not pool.splits_gemms
+    assert _run_counting(pool, 2)[:2].tolist() == [1, 1]
+    time.sleep(0.01)
+    assert pool._workers[0]._record[native_spin.SLEEPING] == 1
+    pool.shutdown()
 
 
 def test_a_pool_without_spinning_blocks_at_once():

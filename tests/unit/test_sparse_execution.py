@@ -142,13 +142,9 @@ def test_options_turn_it_off_and_set_the_threshold():
     assert sparse_weights(session(data, select="always", min_sparsity="0.85"))
 
 
-def test_sparse_kernels_on_two_threads_make_the_pool_split_gemms(monkeypatch):
+def test_sparse_kernels_on_two_threads_make_the_pool_split_gemms():
     """Sparse kernels split over the pool: the session's pool splits dense GEMMs too (no BLAS thread
-    spinning beside them), unless the session sets allow_spinning itself. (Without numba's native
-    hand-offs: with them every pool of more than one thread splits.)"""
-    from onyxrt.framework import thread_pool
-
-    monkeypatch.setattr(thread_pool, "_NATIVE_SPIN", None)
+    spinning beside them), unless the session sets allow_spinning itself."""
     data = matmul_model(pruned((64, 64), 0.9))
 
     def pool_of(threads, sparse=True, spinning=None):

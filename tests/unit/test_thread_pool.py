@@ -142,20 +142,14 @@ def test_a_pool_without_spinning_keeps_blas_single_threaded_and_splits_gemms():
     unused during runs; the pool splits GEMMs itself (providers.cpu.gemm)."""
     original = _blas_threads()
     pool = ThreadPool(2, allow_spinning=False)
-    assert pool.splits_gemms and not ThreadPool(1, allow_spinning=False).splits_gemms
-    # by default the pool splits where its workers run native tasks (numba usable)
-    assert ThreadPool(2).splits_gemms == ThreadPool(2).runs_native_tasks
+    assert pool.splits_gemms and not ThreadPool(2).splits_gemms and not ThreadPool(1, allow_spinning=False).splits_gemms
     with pool.activate():
         assert _blas_threads() == [1] * len(original)
     assert _blas_threads() == original
 
 
-def test_splitting_gemms_view_shares_the_workers(monkeypatch):
-    """``splitting_gemms``: the same threads in the split-GEMM mode (a session with sparse kernels,
-    where numba's native hand-offs are not available)."""
-    from onyxrt.framework import thread_pool
-
-    monkeypatch.setattr(thread_pool, "_NATIVE_SPIN", None)
+def test_splitting_gemms_view_shares_the_workers():
+    """``splitting_gemms``: the same threads in the split-GEMM mode (a session with sparse kernels)."""
     pool = ThreadPool(2)
     view = pool.splitting_gemms()
     assert view.splits_gemms and not pool.splits_gemms and view.num_threads == 2
@@ -253,10 +247,8 @@ def test_a_forked_child_starts_its_own_worker_threads():
     pool.shutdown()
 
 
-@pytest.mark.parametrize("spinning", ["0", None])
-def test_a_session_leaves_no_thread_busy_when_idle(spinning):
-    """Process CPU time over 0.3 s of idling after GEMM-heavy runs stays near zero: without spinning,
-    and by default (the workers' spin after a task is a few ms; see native_spin)."""
+def test_a_session_without_spinning_leaves_no_thread_busy_when_idle():
+    """Process CPU time over 0.3 s of idling after GEMM-heavy runs stays near zero."""
     import time
 
     from onnx import TensorProto, helper
@@ -271,11 +263,8 @@ def test_a_session_leaves_no_thread_busy_when_idle(spinning):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     options = onyxrt.SessionOptions()
     options.intra_op_num_threads = 2
-    if spinning is not None:
-        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onyxrt.InferenceSession(model, options)
-    if spinning is None and not session._thread_pool.runs_native_tasks:
-        pytest.skip("without native hand-offs the default leaves GEMMs to BLAS's spinning threads")
     x = np.ones((256, 256), np.float32)
     expected = np.einsum("ij,jk->ik", x, w)  # (no BLAS call: its threads would spin after it)
     session.run(None, {"x": x})

@@ -43,6 +43,8 @@ GEMV_MAX_OUTPUT = 8192
 # OpenBLAS's threaded sgemv (2.33 vs 2.29 ms), while smaller ones are no faster split than on one
 # thread (512x1376: 0.153 split, 0.121 one thread, 0.122 OpenBLAS's threads).
 GEMV_SPLIT_MIN_ELEMENTS = 1 << 21
+# Columns below which a product is split by rows even where B is the larger operand.
+COLUMN_SPLIT_MIN = 64
 _F32 = np.dtype(np.float32)
 _SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matmul")
 _PROBE = np.empty((0, 0), _F32)
@@ -142,11 +144,13 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
             return out
         a3, b3, o3 = a.reshape((count, m, k)), b.reshape((count, k, n)), out.reshape(count, m, n)
         pool.run_chunks(lambda i0, i1: np.matmul(a3[i0:i1], b3[i0:i1], out=o3[i0:i1]), count, macs, MIN_PARALLEL_MACS)
-    elif m >= 2 * threads:  # split the rows: each part writes a contiguous block of out
+    elif m >= 2 * threads and (m * k >= k * n or n < COLUMN_SPLIT_MIN):
+        # split the rows (each part writes a contiguous block of out), where A is the larger operand:
+        # every part reads all of B
         if _split_natively(pool, a, b, out, 0):
             return out
         pool.run_chunks(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), m, macs, MIN_PARALLEL_MACS)
-    else:  # few rows: split the columns (numpy gathers each part's strided output)
+    else:  # few rows, or B the larger operand (a convolution's columns): split the columns
         if _split_natively(pool, a, b, out, 1):
             return out
         pool.run_chunks(lambda c0, c1: np.matmul(a, b[:, c0:c1], out=out[:, c0:c1]), n, macs, MIN_PARALLEL_MACS)
