@@ -1,13 +1,12 @@
 """The pool's native hand-offs (framework.native_spin) against BLAS's own threads, on 2 threads.
 
-    python benchmarks/native_pool.py --rounds 3 --zoo mobilenet_v2 resnet50 minilm_l6 --out benchmarks/native_pool.md
+    python benchmarks/native_pool.py --rounds 3 --out benchmarks/native_pool.md
 
 Part 1, float32 products: each mode in its own process, alternating A B A B, medians: "native" is a
-pool splitting products as native tasks (the default where numba is usable), "blas" one with
-``ONYXRT_NATIVE_POOL=0`` (OpenBLAS's threads, as before). Part 2, a parallel loop's hand-off: a
-trivial two-part loop as a native task and as Python tasks, back to back and after idle gaps.
-Part 3 (``--zoo``): latency.py's cases in both modes and in onnxruntime, each in its own process,
-alternating native, blas, onnxruntime per round (``--zoo-rounds`` x ``--zoo-repeat`` timed runs).
+pool in the split-GEMM mode splitting products as native tasks (``ThreadPool.splitting_gemms``, as
+sessions whose plans hold onyxrt's own pool kernels run), "blas" the default pool (OpenBLAS's
+threads). Part 2, a parallel loop's hand-off: a trivial two-part loop as a native task and as
+Python tasks, back to back and after idle gaps, on a split-mode pool (its workers spin).
 """
 
 from __future__ import annotations
@@ -43,6 +42,8 @@ def products_worker() -> None:
 
     rng = np.random.default_rng(0)
     pool = ThreadPool(2)
+    if os.environ.get("NATIVE_POOL_MODE") == "native":
+        pool = pool.splitting_gemms()
     results = []
     with pool.activate():
         for m, k, n in SHAPES:
@@ -65,7 +66,7 @@ def handoff_rows() -> list[str]:
         int64_array(args, 2)[part] += 1
 
     counts = np.zeros(2, np.int64)
-    pool = ThreadPool(2)
+    pool = ThreadPool(2).splitting_gemms()
     rows = []
     for gap_ms in (0, 0.5, 2, 20):
         def timed(fn):
@@ -85,32 +86,10 @@ def handoff_rows() -> list[str]:
     return rows
 
 
-def zoo_rows(args) -> list[str]:
-    latency = os.path.join(os.path.dirname(os.path.abspath(__file__)), "latency.py")
-    times: dict[tuple[str, str], list[float]] = {}
-    for _ in range(args.zoo_rounds):
-        for case in args.zoo:
-            for mode, runtime, native in (("native", "onyxrt", "1"), ("blas", "onyxrt", "0"),
-                                          ("onnxruntime", "onnxruntime", "1")):
-                done = subprocess.run([sys.executable, latency, "--worker", runtime, case, "--repeat",
-                                       str(args.zoo_repeat)], env=dict(os.environ, ONYXRT_NATIVE_POOL=native),
-                                      capture_output=True, text=True, check=True)
-                times.setdefault((case, mode), []).extend(json.loads(done.stdout.strip().splitlines()[-1]))
-    rows = []
-    for case in args.zoo:
-        peer = statistics.median(times[(case, "onnxruntime")])
-        cells = [statistics.median(times[(case, mode)]) for mode in ("native", "blas")]
-        rows.append(f"| {case} | " + " | ".join(f"{c:.2f} ({c / peer:.2f})" for c in cells) + f" | {peer:.2f} |")
-    return rows
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out")
-    parser.add_argument("--zoo", nargs="*", default=[], help="latency.py cases to compare the modes on")
-    parser.add_argument("--zoo-rounds", type=int, default=6)
-    parser.add_argument("--zoo-repeat", type=int, default=15)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -119,7 +98,7 @@ def main() -> int:
     results: dict[str, list[list[float]]] = {"native": [], "blas": []}
     for _ in range(args.rounds):
         for mode in results:
-            env = dict(os.environ, ONYXRT_NATIVE_POOL="1" if mode == "native" else "0")
+            env = dict(os.environ, NATIVE_POOL_MODE=mode)
             done = subprocess.run([sys.executable, __file__, "--worker"], env=env, capture_output=True, text=True,
                                   check=True)
             results[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -136,10 +115,6 @@ def main() -> int:
         lines.append(f"| {m} x {k} x {n} | {native:.3f} | {blas:.3f} | {native / blas:.2f} |")
     lines += ["", "A two-part loop's hand-off (us, median / p90), after an idle gap before each loop:", "",
               "| gap (ms) | native task | Python tasks |", "|---|---|---|", *handoff_rows()]
-    if args.zoo:
-        lines += ["", f"Whole models ({args.zoo_rounds} rounds x {args.zoo_repeat} timed runs, medians; ratio to "
-                  "onnxruntime in brackets):", "",
-                  "| case | native (ms) | blas (ms) | onnxruntime (ms) |", "|---|---|---|---|", *zoo_rows(args)]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -1,14 +1,15 @@
 """Matrix products split over the session's intra-op pool, each part a single-threaded BLAS call.
 
-For pools that split products themselves (``ThreadPool.splits_gemms``: by default where numba
-is usable, and without ``session.intra_op.allow_spinning``): their runs keep BLAS single-threaded
-and the pool splits a large product into one part per thread: by rows of the output (the left
-operand's rows, or the batch of a batched product), or by columns of the right operand when there
-are too few rows (a decoding step's GEMV; only for matrices of at least ``GEMV_SPLIT_MIN_ELEMENTS``).
-Float32 parts run as native tasks (``native_sgemm``: cblas_sgemm / cblas_sgemv on the spinning
-workers, no GIL); others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``):
-native splits as fast as or faster than OpenBLAS's own threads (128x384x1536: 0.95 against 1.2 ms),
-except small GEMVs (a hot 512x1376: 57 against 37 us), hence the threshold.
+For pools that split products themselves (``ThreadPool.splits_gemms``: without
+``session.intra_op.allow_spinning``, or sessions whose plans hold onyxrt's own pool kernels): their
+runs keep BLAS single-threaded and the pool splits a large product into one part per thread: by
+rows of the output (the left operand's rows, or the batch of a batched product), or by columns of
+the right operand when there are too few rows (a decoding step's GEMV; only for matrices of at least
+``GEMV_SPLIT_MIN_ELEMENTS``) or B is the larger operand (a convolution's column matrix: split by
+rows, each thread would stream all of it; 64x2304x3136: 7.5 -> 6.5 ms). Float32 parts run as native
+tasks where numba is usable (``native_sgemm``: cblas_sgemm / cblas_sgemv on the workers, no GIL);
+others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``): native splits within
+about 15% of OpenBLAS's own threads either way.
 Other pools call ``np.matmul`` as it is, on BLAS's threads.
 
 In every session on a CPU with AVX-512, a product of one or two float32 rows by a matrix of at most
