@@ -27,7 +27,7 @@ import numpy as np
 
 from ...framework.cpu_features import has_flags
 from ...framework.thread_pool import current_pool
-from .jit import LazyModuleKernel, read_only
+from .jit import LazyModuleKernel, optional_module, read_only
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
 MIN_PARALLEL_MACS = 1 << 19
@@ -83,16 +83,10 @@ def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = Non
     return out
 
 
-@functools.cache
 def _native_sgemm():
     """The ``native_sgemm`` module where numba compiles it and numpy's BLAS exports cblas_sgemm, else None."""
-    if not _SMALL_ROWS.enabled():  # (numba importable and not disabled)
-        return None
-    try:
-        from . import native_sgemm
-    except Exception:  # numba broken, or no cache directory
-        return None
-    return native_sgemm if native_sgemm.SGEMM is not None else None
+    module = optional_module("onyxrt.providers.cpu.native_sgemm")
+    return module if module is not None and module.SGEMM is not None else None
 
 
 def _split_natively(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray, split: int) -> bool:

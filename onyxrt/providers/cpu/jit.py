@@ -29,6 +29,24 @@ def read_only(a: np.ndarray) -> np.ndarray:
     return view
 
 
+def optional_module(name: str) -> Any:
+    """The module ``name`` (one that imports numba at its top), imported on first use; None where numba
+    is disabled (``ONYXRT_DISABLE_NUMBA``) or the import fails (numba missing or broken, no cache
+    directory), so that callers take their fallback path."""
+    if name not in _OPTIONAL_MODULES:
+        module = None
+        if os.environ.get(DISABLE_ENV, "") in ("", "0"):
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # numba's errors have no common base
+                module = None
+        _OPTIONAL_MODULES[name] = module
+    return _OPTIONAL_MODULES[name]
+
+
+_OPTIONAL_MODULES: dict[str, Any] = {}
+
+
 class LazyKernel:
     """``function`` compiled by numba on first use; ``failed`` once numba proved unusable for it."""
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....framework.thread_pool import current_pool
-from ..jit import LazyKernel
+from ..jit import LazyKernel, optional_module
 from ..row_kernels import activation_code
 
 
@@ -236,20 +236,6 @@ def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0
 _KERNEL = LazyKernel(_depthwise_planes)
 
 
-def _native_task():
-    """The ``depthwise_conv_task`` module (the kernel as a native task), or None where it fails to load."""
-    global _NATIVE
-    if _NATIVE is False:
-        try:
-            from . import depthwise_conv_task as _NATIVE
-        except Exception:  # numba broken, or no cache directory: Python tasks instead
-            _NATIVE = None
-    return _NATIVE
-
-
-_NATIVE = False  # not loaded yet
-
-
 def enabled() -> bool:
     """Whether depthwise convolutions may use the compiled kernel (numba importable, not disabled)."""
     return _KERNEL.enabled()
@@ -277,8 +263,9 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     values = np.array(params + (0.0, 1.0), dtype=x.dtype)
     y = np.empty((N, M, out_sp[0], out_sp[1]), dtype=x.dtype)
     Hp, Wp = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
+    channels_last = out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH
     args = (x, taps, bias, values, y.reshape(N * M, -1), M, out_sp[0], out_sp[1], M // C, strides[0], strides[1],
-            dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code, out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH)
+            dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code, channels_last)
     kernel = _KERNEL.compiled_for(x.dtype, *args, 0, 0)  # compiles (or loads) this dtype's kernel
     if kernel is None:
         return None
@@ -286,9 +273,10 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     pool = current_pool()
     work = y.size * taps.shape[1] * taps.shape[2]
     if (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1:
-        task = _native_task() if x.dtype == np.float32 and not args[-1] and pool.runs_native_tasks else None
+        native = x.dtype == np.float32 and not channels_last and pool.runs_native_tasks
+        task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
         if task is not None:
-            packed = task.pack(x, taps, bias, values, y, args[5:-1])
+            packed = task.pack(args)
             pool.run_native(task.depthwise_part.address, packed.ctypes.data, min(planes, pool.num_threads))
         else:
             pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes, work, _PARALLEL_MIN_WORK)

@@ -23,7 +23,7 @@ _ARGS = 24
 def depthwise_part(args, part, parts):
     """Native task: planes [P * part / parts, P * (part + 1) / parts) of the convolution at ``args``."""
     d = int64_array(args, _ARGS)
-    n, c, h, w, m, kh, kw, oh, ow = d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13]
+    n, c, h, w, kh, kw, m, oh, ow = d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12], d[13]
     x = float32_array(d[0], n * c * h * w).reshape((n, c, h, w))
     taps = float32_array(d[1], m * kh * kw).reshape((m, kh, kw))
     bias = float32_array(d[2], m)
@@ -34,10 +34,10 @@ def depthwise_part(args, part, parts):
             d[23], False, planes * part // parts, planes * (part + 1) // parts)
 
 
-def pack(x: np.ndarray, taps: np.ndarray, bias: np.ndarray, params: np.ndarray, out: np.ndarray,
-         kernel_args: tuple) -> np.ndarray:
-    """The task's arguments: C-contiguous float32 arrays, and ``kernel_args`` as ``_depthwise_planes``
-    takes them after its arrays (M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act)."""
+def pack(kernel_args: tuple) -> np.ndarray:
+    """The task's arguments from ``_depthwise_planes``'s (without its plane range): the addresses of its
+    C-contiguous float32 arrays (x, taps, bias, params, out), x's and the taps' shapes, then its integer
+    parameters (M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act); channels-last is not taken."""
+    x, taps, bias, params, out = kernel_args[:5]
     return np.array([x.ctypes.data, taps.ctypes.data, bias.ctypes.data, params.ctypes.data, out.ctypes.data,
-                     *x.shape, taps.shape[0], taps.shape[1], taps.shape[2], kernel_args[1], kernel_args[2],
-                     *kernel_args[3:]], np.int64)
+                     *x.shape, taps.shape[1], taps.shape[2], *kernel_args[5:18]], np.int64)
