@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from latency import median_seconds
 from report import write_keeping_notes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,14 +33,6 @@ from onyxrt.providers.cpu.math import int8_gemm  # noqa: E402
 SHAPES = [(128, 384, 384), (128, 384, 1536), (128, 1536, 384), (1, 4096, 4096), (3136, 576, 64)]
 
 
-def _median_seconds(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -61,10 +53,10 @@ def main() -> int:
             result = {}
             for route in routes:
                 packed = int8_gemm.pack_b(b, np.int8(0), route=route)
-                seconds = _median_seconds(lambda: int8_gemm.gemm_int8(a, packed, np.uint8(117)), args.repeat)
+                seconds = median_seconds(lambda: int8_gemm.gemm_int8(a, packed, np.uint8(117)), args.repeat)
                 result[route] = (seconds * 1e3, ops / seconds / 1e9)
             af, bf = a.astype(np.float32), b.astype(np.float32)
-            seconds = _median_seconds(lambda: np.matmul(af, bf), args.repeat)
+            seconds = median_seconds(lambda: np.matmul(af, bf), args.repeat)
             result["sgemm"] = (seconds * 1e3, ops / seconds / 1e9)
             rows.append(((m, k, n), result))
             print((m, k, n), {r: f"{ms:.3f} ms {g:.0f} GOPS" for r, (ms, g) in result.items()}, flush=True)

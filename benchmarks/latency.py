@@ -172,6 +172,18 @@ def worker_result(arguments: list[str], **run_options: Any) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def median_seconds(fn, repeat: int, warmup: int = 1) -> float:
+    """The median wall time of ``repeat`` calls of ``fn()`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3) -> list[float]:
     """Milliseconds of ``repeat`` runs after ``warmup`` untimed ones."""
     for _ in range(warmup):

@@ -21,19 +21,12 @@ import time
 
 import numpy as np
 
+from latency import median_seconds
+
 SHAPES = [(96, 16, 12544), (384, 64, 196), (576, 96, 196), (1280, 320, 49), (144, 24, 3136), (128, 384, 1536),
           (128, 768, 3072), (64, 2304, 3136), (1, 512, 1376), (1, 512, 32000)]
 
 
-def _median_ms(fn, repeat: int = 100) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def products_worker() -> None:
@@ -50,7 +43,7 @@ def products_worker() -> None:
             a = rng.random((m, k), dtype=np.float32)
             b = rng.random((k, n), dtype=np.float32)
             out = np.empty((m, n), np.float32)
-            results.append(_median_ms(lambda: gemm.matmul(a, b, out=out)))
+            results.append(median_seconds(lambda: gemm.matmul(a, b, out=out), 100, warmup=5) * 1e3)
     print(json.dumps(results))
 
 
