@@ -69,34 +69,32 @@ def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0
     kh, kw = w.shape[1], w.shape[2]
     a, b, zero, one = params[0], params[1], params[2], params[3]
 
-    def finish(src, so, dst, do, count):
-        """dst[do + k] = the activation of src[so + k] for k < count."""
+    def activate(buf, count):
+        """buf[:count] = the activation of buf[:count], in place (one array: the loops vectorize, where
+        two arrays that might overlap would get a run-time overlap test and the scalar loop)."""
         # comparisons rather than min/max so that NaN stays NaN, as with numpy
-        if act == 0:
+        if act == 1:
             for k in range(count):
-                dst[np.uintp(do + k)] = src[np.uintp(so + k)]
-        elif act == 1:
-            for k in range(count):
-                v = src[np.uintp(so + k)]
-                dst[np.uintp(do + k)] = zero if v < zero else v
+                v = buf[np.uintp(k)]
+                buf[np.uintp(k)] = zero if v < zero else v
         elif act == 2:
             for k in range(count):
-                v = src[np.uintp(so + k)]
-                dst[np.uintp(do + k)] = v * a if v < zero else v
+                v = buf[np.uintp(k)]
+                buf[np.uintp(k)] = v * a if v < zero else v
         elif act == 3:
             for k in range(count):
-                dst[np.uintp(do + k)] = np.tanh(src[np.uintp(so + k)])
+                buf[np.uintp(k)] = np.tanh(buf[np.uintp(k)])
         elif act == 4:
             for k in range(count):
-                dst[np.uintp(do + k)] = one / (one + np.exp(-src[np.uintp(so + k)]))
+                buf[np.uintp(k)] = one / (one + np.exp(-buf[np.uintp(k)]))
         elif act == 5:
             for k in range(count):
-                v = src[np.uintp(so + k)]
-                dst[np.uintp(do + k)] = a if v < a else (b if v > b else v)
-        else:
+                v = buf[np.uintp(k)]
+                buf[np.uintp(k)] = a if v < a else (b if v > b else v)
+        elif act == 6:
             for k in range(count):
-                v = src[np.uintp(so + k)] * a + b
-                dst[np.uintp(do + k)] = zero if v < zero else (one if v > one else v)
+                v = buf[np.uintp(k)] * a + b
+                buf[np.uintp(k)] = zero if v < zero else (one if v > one else v)
 
     if channels_last:
         block = min(p1 - p0, max(16, 32768 // max(1, H * W)))  # the block's pixels: ~128 KiB of float32
@@ -132,7 +130,7 @@ def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0
                             wo = (i * kw + j) * count
                             for c in range(count):
                                 acc[np.uintp(c)] += weights[np.uintp(wo + c)] * pixels[np.uintp(xo + c)]
-                    finish(acc, 0, acc, 0, count)
+                    activate(acc, count)
                     o = oh * OW + ow
                     for c in range(count):
                         out[np.uintp(p + c), np.uintp(o)] = acc[np.uintp(c)]
@@ -228,9 +226,12 @@ def _depthwise_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0
                     qj = row + (j * d1 % s1) * Wq + j * d1 // s1
                     for k in range(length):
                         acc[np.uintp(start + k)] += tap * plane[np.uintp(qj + k)]
+        activate(acc, OH * pitch)  # (the junk columns too: one pass over the whole buffer)
         result = out[p]
         for oh in range(OH):
-            finish(acc, oh * pitch, result, oh * OW, OW)
+            src, dst = oh * pitch, oh * OW
+            for k in range(OW):
+                result[np.uintp(dst + k)] = acc[np.uintp(src + k)]
 
 
 _KERNEL = LazyKernel(_depthwise_planes)
