@@ -46,10 +46,16 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["planar", "channels-last"])
+@pytest.fixture(params=["planar", "channels-last", "vector-blocks"])
 def layout(request, monkeypatch):
-    """Each test once per kernel layout (chosen by the output width otherwise)."""
+    """Each test once per kernel layout (chosen by the output width and stride otherwise): the numba kernel
+    planar or channels-last, or ``depthwise_channels_last``'s vector blocks wherever they apply (float32,
+    square filters it unrolls, activations it applies; the numba kernel elsewhere)."""
     monkeypatch.setattr(dw, "_CHANNELS_LAST_MAX_WIDTH", 1 << 30 if request.param == "channels-last" else 0)
+    if request.param == "vector-blocks":
+        monkeypatch.setattr(dw, "_PLANAR_MIN_WIDTH", 1 << 30)
+    else:
+        monkeypatch.setattr(dw, "_vector_blocks", lambda *args: None)
     return request.param
 
 
@@ -190,6 +196,35 @@ def test_fused_conv_matches_onnxruntime(activation, params):
                    activation=activation, **extra)
     ours, theirs = _run_both(model, x)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel, strides, width, vector", [
+    ((3, 3), [1, 1], 14, True), ((5, 5), [2, 2], 112, True), ((7, 7), [1, 1], 7, True), ((1, 1), [2, 1], 20, True),
+    ((3, 3), [1, 1], 56, False), ((4, 4), [1, 1], 14, False), ((3, 5), [1, 1], 14, False),
+])
+def test_vector_blocks_where_they_pay(kernel, strides, width, vector):
+    """float32 square filters of 1, 3, 5 or 7 run in vector blocks, except wide stride-1 outputs (the planar
+    loops are as fast there); float64 and Tanh / Sigmoid stay on the numba kernel."""
+    assert (dw._vector_blocks(np.dtype(np.float32), kernel, 5, strides, [width, width]) is not None) == vector
+    assert dw._vector_blocks(np.dtype(np.float64), kernel, 5, strides, [width, width]) is None
+    assert dw._vector_blocks(np.dtype(np.float32), kernel, 4, strides, [width, width]) is None  # Sigmoid
+
+
+@needs_numba
+@pytest.mark.parametrize("channels", [1, 7, 8, 9, 20])
+@pytest.mark.parametrize("width", [1, 5, 8, 13, 17])
+def test_vector_blocks_partial_blocks_and_transpose_tails(monkeypatch, channels, width):
+    """Channel counts around the 8-channel block and plane sizes around the 8-pixel transpose."""
+    x, w, b = _case((2, channels, width + 2, width), 1, (3, 3), True, np.float32)
+    x[0, 0].flat[0] = np.nan
+    fn = mlas_activation_fn("Clip", [-0.5, 0.7])
+    args = (x, w, b, channels, [1, 1], [1, 1], [1, 1, 1, 1], "NOTSET", None)
+    assert dw._vector_blocks(np.dtype(np.float32), (3, 3), 5, [1, 1], [width + 2, width]) is not None
+    got = core.float_conv(*args, activation=fn)
+    want = _numpy_conv(monkeypatch, *args, activation=fn)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    _assert_close(np.nan_to_num(got), np.nan_to_num(want))
 
 
 @needs_numba

@@ -36,6 +36,11 @@ from ..row_kernels import activation_code
 # measured on mobilenet_v2's and EfficientNet's layers, faster at 7 columns (up to 2.5x at
 # stride 2), slower at 14 and wider.
 _CHANNELS_LAST_MAX_WIDTH = 8
+# float32 convolutions run in ``depthwise_channels_last`` (eight channels per vector, taps unrolled)
+# where it applies, except stride-1 outputs at least this wide, where the planar loops are as fast
+# (measured on 2 AVX2 cores, channels-last / planar: 0.55 at 384x14x14, 0.84 at 28x28, 1.02 at
+# 56x56, 1.15 at 112x112; at stride 2 0.22-0.49 for every width; benchmarks/depthwise.md).
+_PLANAR_MIN_WIDTH = 48
 
 # The kernel runs on the calling thread unless the pool owns the cores (``splits_gemms``):
 # measured in mobilenet_v2 sessions on 2 cores, splitting the planes over the pool beside
@@ -242,6 +247,18 @@ def enabled() -> bool:
     return _KERNEL.enabled()
 
 
+def _vector_blocks(dtype, kernel_shape, code: int, strides, out_sp):
+    """The ``depthwise_channels_last`` module where it runs this convolution (float32, a square filter of
+    a size it unrolls, an activation it applies, not a wide stride-1 output), else None."""
+    if (dtype != np.float32 or strides[0] == strides[1] == 1 and out_sp[1] >= _PLANAR_MIN_WIDTH
+            or kernel_shape[0] != kernel_shape[1]):
+        return None
+    module = optional_module("onyxrt.providers.cpu.nn.depthwise_channels_last")
+    if module is None or kernel_shape[0] not in module.FILTERS or code not in module.ACTIVATIONS:
+        return None
+    return module
+
+
 def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -> np.ndarray | None:
     """The 1-D or 2-D depthwise conv of ``x`` (N, C, *spatial) with ``w`` (M, 1, *k), M a
     multiple of C, float32/float64, explicit [begin..., end...] ``pads`` (any sign), ``b``
@@ -273,7 +290,17 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     planes = N * M
     pool = current_pool()
     work = y.size * taps.shape[1] * taps.shape[2]
-    if (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1:
+    split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
+    blocks = _vector_blocks(x.dtype, taps.shape[1:], code, strides, out_sp)
+    if blocks is not None:
+        def run(p0: int, p1: int) -> None:
+            blocks.channels_last_planes(*args[:15], code, p0, p1)
+
+        if split:  # (a Python task per thread: the kernel releases the GIL)
+            pool.run_chunks(run, planes, work, _PARALLEL_MIN_WORK)
+        else:
+            run(0, planes)
+    elif split:
         native = x.dtype == np.float32 and not channels_last and pool.runs_native_tasks
         task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
         if task is not None:
