@@ -1,4 +1,4 @@
-"""Depthwise convolutions: the numba kernel (nn/depthwise_conv.py) against the numpy path.
+"""Depthwise convolutions: the compiled kernels (nn/depthwise_conv.py, nn/depthwise_channels_last.py) against the numpy path.
 
     python benchmarks/depthwise.py --out benchmarks/depthwise.md
     python benchmarks/depthwise.py --model /tmp/zoo/mobilenet_v2.onnx --rounds 7 --e2e-rounds 8
@@ -6,11 +6,12 @@
 * per layer: every depthwise Conv of the model (its input shape, weights, pads and the
   Clip after it fused as FusedConv does) and EfficientNet-like 5x5 layers (random weights),
   run as a session runs them (``float_conv`` with prepacked weights, the session's 2-thread
-  pool); numpy and numba calls alternate; each layer's min and median over rounds of the
-  per-round minimum;
-* end to end: the model at batch 1, each measurement in its own process, numba and numpy
-  (``ONYXRT_DISABLE_NUMBA=1``) alternating; per process the median of ``--repeat`` runs after
-  warm-up; min and median over rounds;
+  pool); numpy, the numba kernel alone (planar / channels-last loops) and the default (the
+  vector blocks of ``depthwise_channels_last`` where they apply) alternate; each layer's min and
+  median over rounds of the per-round minimum;
+* end to end: the model at batch 1, each measurement in its own process, numpy
+  (``ONYXRT_DISABLE_NUMBA=1``), the numba kernel alone and the default alternating; per process
+  the median of ``--repeat`` runs after warm-up; min and median over rounds;
 * JIT cost: the first run of a fresh process with an empty numba cache (cold: import, compile,
   write the cache), with that cache (warm: import, load), and without numba.
 """
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from onyxrt.framework.thread_pool import ThreadPool  # noqa: E402
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn  # noqa: E402
+from onyxrt.providers.cpu.jit import DISABLE_ENV  # noqa: E402
 from onyxrt.providers.cpu.nn import depthwise_conv  # noqa: E402
 from onyxrt.providers.cpu.nn.conv_core import float_conv, pack_conv_weights  # noqa: E402
 
@@ -110,34 +112,48 @@ def _best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+VARIANTS = ("numpy", "numba", "default")  # the numba kernel alone: without the vector blocks
+
+
+def _variant(name: str) -> None:
+    """Switch this process to one of VARIANTS."""
+    os.environ.pop(DISABLE_ENV, None)
+    if name == "numpy":
+        os.environ[DISABLE_ENV] = "1"
+    depthwise_conv._vector_blocks = _VECTOR_BLOCKS if name == "default" else (lambda *args: None)
+
+
+_VECTOR_BLOCKS = depthwise_conv._vector_blocks
+
+
 def per_layer(layers, rounds: int, repeat: int):
-    """Per layer: (desc, numpy min, numpy median, numba min, numba median, max rel. diff), ms."""
+    """Per layer: (desc, {variant: (min, median)} in ms, max rel. diff of the default to numpy)."""
     rows = []
     pool = ThreadPool(2)
     try:
         with pool.activate():
             for desc, x, w, b, attrs, activation in layers:
                 call = _layer_call(x, w, b, attrs, activation)
+                _variant("default")
                 fast = call()
-                os.environ[depthwise_conv.DISABLE_ENV] = "1"
+                _variant("numpy")
                 ref = call()
                 diff = float(np.abs(fast - ref).max() / max(1e-30, np.abs(ref).max()))
-                numpy_t, numba_t = [], []
+                times: dict = {name: [] for name in VARIANTS}
                 for _ in range(rounds):
-                    os.environ[depthwise_conv.DISABLE_ENV] = "1"
-                    numpy_t.append(_best_of(call, repeat))
-                    del os.environ[depthwise_conv.DISABLE_ENV]
-                    numba_t.append(_best_of(call, repeat))
-                rows.append((desc, min(numpy_t) * 1e3, statistics.median(numpy_t) * 1e3,
-                             min(numba_t) * 1e3, statistics.median(numba_t) * 1e3, diff))
+                    for name in VARIANTS:
+                        _variant(name)
+                        times[name].append(_best_of(call, repeat))
+                rows.append((desc, {name: (min(t) * 1e3, statistics.median(t) * 1e3) for name, t in times.items()}, diff))
     finally:
-        os.environ.pop(depthwise_conv.DISABLE_ENV, None)
+        _variant("default")
         pool.shutdown()
     return rows
 
 
-def worker(model: str, repeat: int, warmup: int) -> None:
+def worker(model: str, repeat: int, warmup: int, variant: str) -> None:
     """One process: session creation, first run, then the median of ``repeat`` runs (JSON)."""
+    _variant(variant)
     t0 = time.perf_counter()
     import onyxrt
 
@@ -159,23 +175,22 @@ def worker(model: str, repeat: int, warmup: int) -> None:
     print(json.dumps({"create": created, "first": first, "median": statistics.median(times)}))
 
 
-def _spawn(model: str, repeat: int, warmup: int, numba_on: bool, cache_dir: str | None = None) -> dict:
+def _spawn(model: str, repeat: int, warmup: int, variant: str, cache_dir: str | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.pop(depthwise_conv.DISABLE_ENV, None)
-    if not numba_on:
-        env[depthwise_conv.DISABLE_ENV] = "1"
+    env.pop(DISABLE_ENV, None)
     if cache_dir:
         env["NUMBA_CACHE_DIR"] = cache_dir
     out = subprocess.run([sys.executable, __file__, "--worker", "--model", model, "--repeat", str(repeat),
-                          "--warmup", str(warmup)], env=env, check=True, capture_output=True, text=True).stdout
+                          "--warmup", str(warmup), "--variant", variant], env=env, check=True, capture_output=True,
+                         text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def end_to_end(model: str, rounds: int, repeat: int, warmup: int):
-    results = {"numpy": [], "numba": []}
+    results: dict = {name: [] for name in VARIANTS}
     for _ in range(rounds):
-        results["numpy"].append(_spawn(model, repeat, warmup, False))
-        results["numba"].append(_spawn(model, repeat, warmup, True))
+        for name in VARIANTS:
+            results[name].append(_spawn(model, repeat, warmup, name))
     return results
 
 
@@ -184,9 +199,9 @@ def jit_cost(model: str, rounds: int):
     rows = []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as cache:
-            cold = _spawn(model, 1, 0, True, cache)
-            warm = _spawn(model, 1, 0, True, cache)
-        off = _spawn(model, 1, 0, False)
+            cold = _spawn(model, 1, 0, "default", cache)
+            warm = _spawn(model, 1, 0, "default", cache)
+        off = _spawn(model, 1, 0, "numpy")
         rows.append((cold, warm, off))
     return rows
 
@@ -209,7 +224,7 @@ def report(args) -> str:
     e2e = end_to_end(args.model, args.e2e_rounds, args.repeat, args.warmup)
     jit = jit_cost(args.model, args.jit_rounds)
     lines = [
-        "# Depthwise convolutions: numba kernel vs the numpy path (issue 9)",
+        "# Depthwise convolutions: the compiled kernels vs the numpy path (issue 9)",
         "",
         f"Command: `python benchmarks/depthwise.py {' '.join(sys.argv[1:])}`. Machine: {_cpu_model()}, "
         f"numba {numba.__version__}, numpy {np.__version__}, Python {platform.python_version()}. The machine "
@@ -217,23 +232,27 @@ def report(args) -> str:
         "",
         "## End to end: mobilenet_v2, batch 1",
         "",
-        f"{args.e2e_rounds} rounds; each round one process per variant (numpy first, then numba), each "
-        f"process the median of {args.repeat} runs after {args.warmup} warm-up runs.",
+        f"{args.e2e_rounds} rounds; each round one process per variant (numpy; numba: the numba kernel alone; "
+        f"default: with the vector blocks), each process the median of {args.repeat} runs after {args.warmup} "
+        "warm-up runs.",
         "",
         "| variant | min over rounds (ms) | median over rounds (ms) | per-round medians (ms) |",
         "|---|---|---|---|",
     ]
-    for name in ("numpy", "numba"):
+    for name in VARIANTS:
         medians = [r["median"] * 1e3 for r in e2e[name]]
         lines.append(f"| {name} | {min(medians):.2f} | {statistics.median(medians):.2f} | "
                      f"{', '.join(f'{m:.1f}' for m in medians)} |")
-    ratio_min = min(r["median"] for r in e2e["numba"]) / min(r["median"] for r in e2e["numpy"])
-    ratio_med = statistics.median(r["median"] for r in e2e["numba"]) / statistics.median(r["median"] for r in e2e["numpy"])
-    lines += ["", f"numba / numpy: {ratio_min:.2f} (min), {ratio_med:.2f} (median).", ""]
+    lines.append("")
+    for name in ("numba", "default"):
+        ratio_min = min(r["median"] for r in e2e[name]) / min(r["median"] for r in e2e["numpy"])
+        ratio_med = statistics.median(r["median"] for r in e2e[name]) / statistics.median(r["median"] for r in e2e["numpy"])
+        lines.append(f"{name} / numpy: {ratio_min:.2f} (min), {ratio_med:.2f} (median).  ")
+    lines.append("")
     lines += [
         "## JIT cost: the first run of a fresh process",
         "",
-        "Cold: an empty `NUMBA_CACHE_DIR` (import numba, compile the float32 kernel, write the cache); warm: "
+        "Cold: an empty `NUMBA_CACHE_DIR` (import numba, compile the float32 kernels, write the cache); warm: "
         "the same cache again (import numba, load); without numba: `ONYXRT_DISABLE_NUMBA=1`. Session creation "
         "does not compile (the kernel is built on the first depthwise convolution run).",
         "",
@@ -248,20 +267,23 @@ def report(args) -> str:
         "## Per layer",
         "",
         f"`float_conv` with prepacked weights and the fused Clip where the model has one, inside a 2-thread "
-        f"session pool (BLAS capped at 2 threads, the kernel on the calling thread); {args.rounds} rounds of alternating numpy / numba, each round the minimum of "
-        f"{args.layer_repeat} calls. Max diff: the largest |numba - numpy| / max |numpy|.",
+        f"session pool (BLAS capped at 2 threads, the kernel on the calling thread); {args.rounds} rounds of "
+        f"alternating numpy / numba kernel alone / default, each round the minimum of {args.layer_repeat} calls; "
+        "medians over rounds (min in brackets). Max diff: the largest |default - numpy| / max |numpy|.",
         "",
-        "| layer | numpy min (ms) | numpy median (ms) | numba min (ms) | numba median (ms) | numba / numpy (median) | max diff |",
+        "| layer | numpy (ms) | numba alone (ms) | default (ms) | default / numba alone | default / numpy | max diff |",
         "|---|---|---|---|---|---|---|",
     ]
-    totals = [0.0, 0.0]
-    for desc, nmin, nmed, fmin, fmed, diff in rows:
+    totals = {name: 0.0 for name in VARIANTS}
+    for desc, times, diff in rows:
         if "EfficientNet" not in desc:
-            totals[0] += nmed
-            totals[1] += fmed
-        lines.append(f"| {desc} | {nmin:.3f} | {nmed:.3f} | {fmin:.3f} | {fmed:.3f} | {fmed / nmed:.2f} | {diff:.1e} |")
-    lines += ["", f"mobilenet_v2's depthwise layers together (medians): numpy {totals[0]:.2f} ms, numba {totals[1]:.2f} ms "
-              f"({totals[1] / totals[0]:.2f}).", ""]
+            for name in VARIANTS:
+                totals[name] += times[name][1]
+        cells = " | ".join(f"{times[name][1]:.3f} ({times[name][0]:.3f})" for name in VARIANTS)
+        lines.append(f"| {desc} | {cells} | {times['default'][1] / times['numba'][1]:.2f} | "
+                     f"{times['default'][1] / times['numpy'][1]:.2f} | {diff:.1e} |")
+    lines += ["", "mobilenet_v2's depthwise layers together (medians): "
+              + ", ".join(f"{name} {totals[name]:.2f} ms" for name in VARIANTS) + ".", ""]
     return "\n".join(lines)
 
 
@@ -276,9 +298,10 @@ def main() -> None:
     parser.add_argument("--jit-rounds", type=int, default=3)
     parser.add_argument("--out")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="default", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.model, args.repeat, args.warmup)
+        worker(args.model, args.repeat, args.warmup, args.variant)
         return
     text = report(args)
     if args.out:
