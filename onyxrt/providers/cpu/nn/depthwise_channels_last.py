@@ -93,16 +93,20 @@ def _emit_transpose_copy(builder, sources, source_step, destinations, destinatio
             builder.store(builder.load(source_step(c, p)), destination_step(c, p))
 
 
+def _plane_pointers(builder, table_address) -> list:
+    """The eight float pointers stored (as int64) at ``table_address``."""
+    table = builder.inttoptr(table_address, _I64.as_pointer())
+    return [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), _F.as_pointer()) for c in range(LANES)]
+
+
 @intrinsic
 def _gather(typingctx, planes, count, block):
     """block[p * 8 + c] = plane c's element p, for p < count; ``planes``: the address of 8 plane addresses."""
 
     def codegen(context, builder, signature, args):
         planes_address, count, block_address = args
-        pointer = _F.as_pointer()
-        table = builder.inttoptr(planes_address, _I64.as_pointer())
-        plane = [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), pointer) for c in range(LANES)]
-        block = builder.inttoptr(block_address, pointer)
+        plane = _plane_pointers(builder, planes_address)
+        block = builder.inttoptr(block_address, _F.as_pointer())
 
         def source(c, p):
             return builder.gep(plane[c], [p])
@@ -125,10 +129,8 @@ def _scatter(typingctx, block, count, planes):
 
     def codegen(context, builder, signature, args):
         block_address, count, planes_address = args
-        pointer = _F.as_pointer()
-        table = builder.inttoptr(planes_address, _I64.as_pointer())
-        plane = [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), pointer) for c in range(LANES)]
-        block = builder.inttoptr(block_address, pointer)
+        plane = _plane_pointers(builder, planes_address)
+        block = builder.inttoptr(block_address, _F.as_pointer())
 
         def source(c, p):  # row c of the 8x8: pixel p + c's eight channels
             return builder.gep(block, [builder.mul(builder.add(p, _constant(c)), _constant(LANES))])
