@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 import onyxrt as ort
 from onyxrt.errors import InvalidArgument
+from onyxrt.framework import thread_pool
 from onyxrt.framework.thread_pool import ThreadPool, current_pool, physical_core_count
 from onyxrt.providers.cpu.kernel_table import op
 
@@ -21,8 +22,10 @@ seen: list[dict] = []
 
 
 def _blas_threads() -> list[int]:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    counts = [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+    """The thread counts of the BLAS libraries the pools govern: those loaded when the first run started
+    (numpy's among them; a library loaded later by another test, as torch's, is not numpy's)."""
+    pytest.importorskip("threadpoolctl")
+    counts = [library.num_threads for library in thread_pool._BLAS_THREADS._blas_libraries()]
     if not counts:
         pytest.skip("numpy's BLAS is not visible to threadpoolctl")
     return counts

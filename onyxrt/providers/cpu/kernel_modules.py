@@ -1,10 +1,24 @@
-"""Imports every CPU kernel module so their ``@op`` registrations run."""
+"""Imports every CPU kernel module so their ``@op`` registrations run.
+
+Modules of compiled kernels (:data:`COMPILED_ON_USE`) register no ops and are skipped: they import
+numba at their top, and some compile C callbacks as they are imported, so their kernel modules
+load them on first use (``jit.optional_module``, ``jit.LazyModuleKernel``). ``import onyxrt`` then
+works without numba (an optional extra) and compiles nothing.
+"""
 
 import importlib
 import pkgutil
 
 from . import contrib, controlflow, math, ml, nn, sequence, tensor, training
 
-for _package in (math, nn, tensor, controlflow, sequence, ml, contrib, training):
+COMPILED_ON_USE = frozenset({
+    "math.int8_gemm_avx2", "math.int8_gemm_vnni", "math.quantize_jit", "math.sparse_tiles",
+    "nn.depthwise_channels_last", "nn.depthwise_conv_task", "nn.integer_conv_kernels", "contrib.nbits_kernels",
+})
+PACKAGES = (math, nn, tensor, controlflow, sequence, ml, contrib, training)
+
+for _package in PACKAGES:
+    _short = _package.__name__.rsplit(".", 1)[1]
     for _info in pkgutil.iter_modules(_package.__path__):
-        importlib.import_module(f"{_package.__name__}.{_info.name}")
+        if f"{_short}.{_info.name}" not in COMPILED_ON_USE:
+            importlib.import_module(f"{_package.__name__}.{_info.name}")
