@@ -267,6 +267,7 @@ def test_numba_missing(monkeypatch):
 
     monkeypatch.setattr(dw._KERNEL, "kernel", None)
     monkeypatch.setattr(dw._KERNEL, "failed", False)
+    monkeypatch.setattr(jit, "_OPTIONAL_MODULES", {})  # (lookups failing here must not stay cached)
     monkeypatch.setattr(builtins, "__import__", no_numba)
     x, w, b = _case((1, 3, 8, 8), 1, (3, 3), True, np.float32)
     assert not dw.enabled() and dw._KERNEL.failed

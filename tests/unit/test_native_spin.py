@@ -163,11 +163,14 @@ def test_layouts_cblas_cannot_take_split_as_python_tasks(pool):
 
 
 @pytest.mark.parametrize("shape,stride,activation", [((1, 48, 30, 30), 1, None), ((2, 64, 41, 39), 2, "Relu")])
-def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, shape, stride, activation):
+def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, monkeypatch, shape, stride, activation):
+    """The planar kernel's planes as a native task (the vector blocks, which would take these layers, are
+    shared out as Python tasks: test_depthwise_conv.py)."""
     from onyxrt.providers.cpu.nn import depthwise_conv
 
     from onyxrt.providers.cpu.jit import optional_module
 
+    monkeypatch.setattr(depthwise_conv, "_vector_blocks", lambda *args: None)
     if optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") is None:
         pytest.skip("the depthwise task does not compile here")
     rng = np.random.default_rng(2)
