@@ -79,7 +79,7 @@ def _vector_at(builder, base, index):
 
 def _emit_transpose_copy(builder, sources, source_step, destinations, destination_step, count):
     """IR moving ``count`` pixels of eight channels between eight planes and a (pixels, 8) block (see
-    :func:`_gather` and :func:`_scatter`): eight pixels at a time as one 8x8 transpose, where
+    :func:`_emit_planes_and_block`): eight pixels at a time as one 8x8 transpose, where
     ``sources(c, p)`` points at row c of the 8x8 read at pixel p and ``destinations(c, p)`` at where its
     column c goes; the remaining pixels one element at a time, ``source_step(c, p)`` to
     ``destination_step(c, p)`` for channel c of pixel p."""
@@ -93,58 +93,48 @@ def _emit_transpose_copy(builder, sources, source_step, destinations, destinatio
             builder.store(builder.load(source_step(c, p)), destination_step(c, p))
 
 
-def _plane_pointers(builder, table_address) -> list:
-    """The eight float pointers stored (as int64) at ``table_address``."""
-    table = builder.inttoptr(table_address, _I64.as_pointer())
-    return [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), _F.as_pointer()) for c in range(LANES)]
+def _emit_planes_and_block(builder, planes_address, block_address, count, to_block: bool) -> None:
+    """IR copying ``count`` pixels of eight channels from the eight planes whose addresses (int64) are
+    stored at ``planes_address`` into the (pixels, 8) block at ``block_address``, or back (``to_block``
+    False)."""
+    table = builder.inttoptr(planes_address, _I64.as_pointer())
+    plane = [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), _F.as_pointer()) for c in range(LANES)]
+    block = builder.inttoptr(block_address, _F.as_pointer())
+
+    def in_plane(c, p):  # plane c at pixel p: row c of the 8x8 read from the planes
+        return builder.gep(plane[c], [p])
+
+    def block_row(c, p):  # pixel p + c's eight channels: row c of the 8x8 in the block
+        return builder.gep(block, [builder.mul(builder.add(p, _constant(c)), _constant(LANES))])
+
+    def in_block(c, p):  # channel c of pixel p in the block
+        return builder.gep(block, [builder.add(builder.mul(p, _constant(LANES)), _constant(c))])
+
+    if to_block:
+        _emit_transpose_copy(builder, in_plane, in_plane, block_row, in_block, count)
+    else:
+        _emit_transpose_copy(builder, block_row, in_block, in_plane, in_plane, count)
 
 
-@intrinsic
-def _gather(typingctx, planes, count, block):
-    """block[p * 8 + c] = plane c's element p, for p < count; ``planes``: the address of 8 plane addresses."""
-
-    def codegen(context, builder, signature, args):
-        planes_address, count, block_address = args
-        plane = _plane_pointers(builder, planes_address)
-        block = builder.inttoptr(block_address, _F.as_pointer())
-
-        def source(c, p):
-            return builder.gep(plane[c], [p])
-
-        def destination(c, p):  # column c of the transpose: pixel p + c's eight channels
-            return builder.gep(block, [builder.mul(builder.add(p, _constant(c)), _constant(LANES))])
-
-        def destination_one(c, p):
-            return builder.gep(block, [builder.add(builder.mul(p, _constant(LANES)), _constant(c))])
-
-        _emit_transpose_copy(builder, source, source, destination, destination_one, count)
-        return context.get_dummy_value()
-
-    return types.void(planes, count, block), codegen
-
-
-@intrinsic
-def _scatter(typingctx, block, count, planes):
-    """plane c's element p = block[p * 8 + c], for p < count; ``planes``: the address of 8 plane addresses."""
+def _copy_intrinsic(to_block: bool):
+    """``copy(first, count, second)``: with ``to_block``, first = the address of 8 plane addresses and
+    second = the block (block[p * 8 + c] = plane c's element p, for p < count); else the other way round."""
 
     def codegen(context, builder, signature, args):
-        block_address, count, planes_address = args
-        plane = _plane_pointers(builder, planes_address)
-        block = builder.inttoptr(block_address, _F.as_pointer())
-
-        def source(c, p):  # row c of the 8x8: pixel p + c's eight channels
-            return builder.gep(block, [builder.mul(builder.add(p, _constant(c)), _constant(LANES))])
-
-        def source_one(c, p):
-            return builder.gep(block, [builder.add(builder.mul(p, _constant(LANES)), _constant(c))])
-
-        def destination(c, p):
-            return builder.gep(plane[c], [p])
-
-        _emit_transpose_copy(builder, source, source_one, destination, destination, count)
+        first, count, second = args
+        planes, block = (first, second) if to_block else (second, first)
+        _emit_planes_and_block(builder, planes, block, count, to_block)
         return context.get_dummy_value()
 
-    return types.void(block, count, planes), codegen
+    @intrinsic
+    def copy(typingctx, first, count, second):
+        return types.void(first, count, second), codegen
+
+    return copy
+
+
+_gather = _copy_intrinsic(True)  # _gather(planes, count, block)
+_scatter = _copy_intrinsic(False)  # _scatter(block, count, planes)
 
 
 def _emit_activation(builder, value, act, a, b):
