@@ -1,7 +1,9 @@
-"""float32 depthwise convolutions of small planes, eight channels at a time (one vector per pixel).
+"""float32 depthwise convolutions eight channels at a time (one vector per pixel): small planes and
+strided layers (``depthwise_conv._vector_blocks`` chooses).
 
 For planes of a few hundred pixels, per-plane loops are too short to pay for themselves: every
-row of a 14x14 plane starts and ends a loop. Here a block of eight channels is transposed into
+row of a 14x14 plane starts and ends a loop; a strided layer's planar loops also split each row
+into column phases first. Here a block of eight channels is transposed into
 (pixels, 8) (an 8x8 register transpose per eight pixels), each output pixel is accumulated over
 the filter taps in one vector register (one multiply-add per tap, the eight channels' weights
 a vector too), the bias and the activation applied there, and the block transposed back into
