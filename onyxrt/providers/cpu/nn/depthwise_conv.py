@@ -284,14 +284,15 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     channels_last = out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH
     args = (x, taps, bias, values, y.reshape(N * M, -1), M, out_sp[0], out_sp[1], M // C, strides[0], strides[1],
             dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code, channels_last)
-    kernel = _KERNEL.compiled_for(x.dtype, *args, 0, 0)  # compiles (or loads) this dtype's kernel
-    if kernel is None:
+    blocks = _vector_blocks(x.dtype, taps.shape[1:], code, strides, out_sp)
+    # the planar kernel compiles (or loads) only where it runs: a cold cache pays for it per kernel
+    kernel = _KERNEL.compiled_for(x.dtype, *args, 0, 0) if blocks is None else None
+    if blocks is None and kernel is None:
         return None
     planes = N * M
     pool = current_pool()
     work = y.size * taps.shape[1] * taps.shape[2]
     split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
-    blocks = _vector_blocks(x.dtype, taps.shape[1:], code, strides, out_sp)
     if blocks is not None:
         def run(p0: int, p1: int) -> None:
             blocks.channels_last_planes(*args[:15], code, p0, p1)
