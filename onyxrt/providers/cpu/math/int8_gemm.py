@@ -57,8 +57,11 @@ _F32_EXACT = 1 << 24  # integers up to this magnitude are exact in float32
 # on a quiet machine, 128x384x384 (19M) took 120 us split vs 87 us on one thread, 128x384x1536
 # (75M) 276 vs 352 us; the split pays from ~34M multiply-adds (~150 us of VNNI work)
 _MIN_PARALLEL_MACS = 1 << 25
-# (the AVX2 route too, measured on 2 cores, pool alternating with one thread, medians: 128x384x384
-# (19M) 0.54 ms alone, 0.67 ms split; 128x384x1152 (57M) 1.85 -> 1.28 ms; 128x1536x384 2.00 -> 1.56 ms)
+# The AVX2 route does about a third of VNNI's multiply-adds a cycle, so its products pay for the
+# split from fewer of them: measured on a 2-core AMD EPYC (Zen 3), its workers spinning between native
+# tasks, medians of 300 calls, one thread -> two: 128x384x384 (19M) 270 -> 185-220 us, 64x384x384
+# (9.4M) 141 -> 107-111 us, 128x384x128 (6.3M) 100 -> 87-130 us, 32x384x384 (4.7M) 80 -> 79-86 us
+_MIN_PARALLEL_MACS_AVX2 = 1 << 23
 
 _U8 = np.dtype(np.uint8)
 _S8 = np.dtype(np.int8)
@@ -453,7 +456,7 @@ def _gemm_avx2(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, ou
     zero = a_zero if a_zero is not None else np.zeros(a.shape[0], np.int32)
     a16 = module.widen_a(np.ascontiguousarray(a), zero, 2 * packed.panels.shape[1])  # (A - a_zero), K padded
     kernel = module.gemm_s16 if epilogue is None else module.gemm_s16_scaled
-    _run_panels(kernel, a16, packed, out, epilogue or (), native=module)
+    _run_panels(kernel, a16, packed, out, epilogue or (), native=module, min_macs=_MIN_PARALLEL_MACS_AVX2)
     return out
 
 
@@ -637,25 +640,26 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     return out
 
 
-def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple, native=None) -> None:
-    """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product is
-    large enough (``_MIN_PARALLEL_MACS``); as a native task where ``native`` (the kernel's module) has
+def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple, native=None,
+                min_macs: int = _MIN_PARALLEL_MACS) -> None:
+    """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product has
+    ``min_macs`` multiply-adds or more; as a native task where ``native`` (the kernel's module) has
     one (``gemm_part``, ``task_args``) and the pool runs native tasks, else as Python tasks."""
     m, k = a.shape
     panels = packed.panels.shape[0]
     args = (packed.panels, out)
     pool = current_pool()
     macs = m * k * packed.n
-    if pool.num_threads < 2 or macs < _MIN_PARALLEL_MACS:
+    if pool.num_threads < 2 or macs < min_macs:
         kernel(a, *args, 0, m, 0, panels, *tail)
     elif native is not None and pool.runs_native_tasks:
         by_panels = m < 8 * pool.num_threads
         task = native.task_args(a, packed.panels, out, by_panels, tail)
         pool.run_native(native.gemm_part.address, task.ctypes.data, min(pool.num_threads, panels if by_panels else m))
     elif m >= 8 * pool.num_threads:  # rows: each part writes its own block of C
-        pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, _MIN_PARALLEL_MACS)
+        pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, min_macs)
     else:  # few rows (a decoding step): split the panels
-        pool.run_chunks(lambda p0, p1: kernel(a, *args, 0, m, p0, p1, *tail), panels, macs, _MIN_PARALLEL_MACS)
+        pool.run_chunks(lambda p0, p1: kernel(a, *args, 0, m, p0, p1, *tail), panels, macs, min_macs)
 
 
 _ROW_MAJOR, _NO_TRANS, _FIX_OFFSET = 101, 111, 173
