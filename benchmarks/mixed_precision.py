@@ -173,18 +173,21 @@ def main() -> int:
         "",
         "Notes:",
         "",
-        "- onyxrt computes float16/bfloat16 nodes in float32 (numpy has no half-precision GEMM) and rounds",
-        "  each node's output to the model's type, so a float16 model is not faster here: the conversions",
-        "  cost, and onyxrt's attention and GELU fusions do not fire on minilm_l6's float16 graph (48 MatMul",
-        "  nodes run instead of 18 and 6 Attention). float16 MatMul runs the float32 GEMM path and Add/Sub/Mul/Div",
-        "  compute in float32 (bit-identical to numpy's float16 loops, which are ~20x slower than float32).",
+        "- onyxrt runs float16/bfloat16 models as onnxruntime's CPU provider does (`Float16ToFloat32`): the",
+        "  nodes compute in float32 and values are rounded to the model's type only where they leave that",
+        "  region (the graph outputs; with `keep_io_types` none), so the float32 fusions apply (minilm_l6's",
+        "  float16 graph runs 6 Attention, 6 BiasGelu and 18 MatMul nodes, as its float32 one). Before it",
+        "  (2026-12-04), each node's output was rounded to float16, the fusions did not match, and float16",
+        "  minilm_l6 ran 2.5-3x, resnet50 1.5x its float32 time. `ORT_DISABLE_ALL` still runs the model as",
+        "  written (and automatic mixed precision measures candidates that way: the error of hardware",
+        "  computing in float16).",
         "- bfloat16 resnet50 keeps Conv, MaxPool and GlobalAveragePool float32: ONNX has no bfloat16 for",
         "  them before opset 22 (the zoo file is opset 17); `onnx.version_converter.convert_version(model, 22)`",
         "  first makes all 169 nodes bfloat16.",
         "- onnxruntime's CPU provider has no bfloat16 Add/Relu kernels: those rows are not run.",
         "- Sizes are the saved files; float16/bfloat16 weights take half the bytes.",
-        f"- The machine was shared with other jobs while measuring (load average {load[0]:.2f} {load[1]:.2f}"
-        f" {load[2]:.2f} at the end): absolute times are not meaningful, ratios measured alternately are.",
+        f"- Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; this VM's speed drifts, so compare",
+        "  ratios measured alternately rather than absolute times.",
     ]
     write_table(lines, args.out)
     return 0

@@ -18,6 +18,7 @@ from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .conv_residual_add_fusion import ConvResidualAddFusion
 from .dead_code_elimination import DeadCodeElimination
 from .fast_gelu_fusion import FastGeluFusion
+from .float16_to_float32 import Float16ToFloat32
 from .gelu_fusion import GeluFusion
 from .gemm_activation_fusion import GemmActivationFusion
 from .group_query_attention_fusion import GroupQueryAttentionFusion
@@ -64,7 +65,7 @@ __all__ = [
 def default_passes() -> list[GraphPass]:
     """onyxrt's passes in the order each round runs them."""
     return [
-        IdentityElimination(), ConstantFolding(), NoopElimination(), CommonSubexpressionElimination(),
+        IdentityElimination(), ConstantFolding(), Float16ToFloat32(), NoopElimination(), CommonSubexpressionElimination(),
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
         QdqMatMulFusion(), DynamicQuantizeMatMulFusion(),  # before MatMulAddFusion: they take a bias Add themselves
         DynamicQuantizeMatMulMerge(),

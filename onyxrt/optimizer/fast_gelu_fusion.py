@@ -65,7 +65,7 @@ def _match_tanh_form(tanh: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] 
     """(x, the pattern's nodes, its output) when ``tanh`` is the heart of a tanh-GELU, else None."""
     nodes: list[ir.Node] = [tanh]
     scale, leaves = _factors(tanh.inputs[0], nodes)
-    if not is_close(scale, _SQRT_2_OVER_PI):
+    if not is_close(scale, _SQRT_2_OVER_PI, rounded=True):
         return None
     if len(leaves) == 1:  # sqrt(2/pi) * (x + 0.044715 * x^3)
         offset, terms = _terms(leaves[0], nodes)
@@ -74,7 +74,7 @@ def _match_tanh_form(tanh: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] 
         for x, cubic in (terms, terms[::-1]):
             trial = list(nodes)  # a failed reading adds nothing
             coefficient, powers = _factors(cubic, trial)
-            if is_close(coefficient, _CUBIC) and _powers_of(x, powers, trial) == 3:
+            if is_close(coefficient, _CUBIC, rounded=True) and _powers_of(x, powers, trial) == 3:
                 nodes = trial
                 break
         else:
@@ -85,7 +85,7 @@ def _match_tanh_form(tanh: ir.Node) -> tuple[ir.Value, list[ir.Node], ir.Value] 
             offset, terms = _terms(inner, trial)
             if offset == 1.0 and len(terms) == 1:
                 coefficient, powers = _factors(terms[0], trial)
-                if is_close(coefficient, _CUBIC) and _powers_of(x, powers, trial) == 2:
+                if is_close(coefficient, _CUBIC, rounded=True) and _powers_of(x, powers, trial) == 2:
                     nodes = trial
                     break
         else:

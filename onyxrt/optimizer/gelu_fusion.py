@@ -141,5 +141,6 @@ def other_than(node: ir.Node, constant: float) -> ir.Value | None:
 
 
 def _is_scalar(value: ir.Value | None, expected: float) -> bool:
-    """``value`` is a constant holding one element close to ``expected``."""
-    return is_close(scalar(value), expected)
+    """``value`` is a constant holding one element close to ``expected`` (or it rounded to float16: a
+    float16 model's constant)."""
+    return is_close(scalar(value), expected, rounded=True)

@@ -3,6 +3,7 @@ and the new initializers they add."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
@@ -51,8 +52,15 @@ def scalar(value: ir.Value | None) -> float | None:
     return float(np.asarray(array).reshape(-1)[0])
 
 
-def is_close(value: float | None, expected: float, tolerance: float = 1e-4) -> bool:
-    return value is not None and abs(value - expected) <= tolerance * abs(expected)
+def is_close(value: float | None, expected: float, tolerance: float = 1e-4, *, rounded: bool = False) -> bool:
+    """``value`` within ``tolerance`` (relative) of ``expected``; with ``rounded``, also ``expected`` rounded
+    to float16 or bfloat16 (a float16 model's constants, which ``Float16ToFloat32`` makes float32 as they
+    are), for fused ops that have no parameter to carry the rounded value."""
+    if value is None:
+        return False
+    if abs(value - expected) <= tolerance * abs(expected):
+        return True
+    return rounded and value in (float(np.float16(expected)), float(ml_dtypes.bfloat16(expected)))
 
 
 def self_contained(nodes: list[ir.Node], output: ir.Value) -> bool:

@@ -85,7 +85,8 @@ def test_matmul_add_becomes_gemm(c_shape, bias_first):
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_other_float_types_fuse(dtype):
     model = _matmul_add(dtype=dtype)
-    assert op_histogram(optimized_ir(model)[0].graph) == {"Gemm": 1}
+    casts = 2 if dtype == np.float16 else 0  # float16 is computed in float32 between two Casts (Float16ToFloat32)
+    assert op_histogram(optimized_ir(model)[0].graph) == {"Gemm": 1} | ({"Cast": casts} if casts else {})
     assert_matches_onnxruntime(model, fused=True)
 
 
