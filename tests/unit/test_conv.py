@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 from ort_int8 import non_saturating_int8, onnxruntime_u8s8_is_exact
 
 from onyxrt.framework.thread_pool import ThreadPool
+from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
 from onyxrt.providers.cpu.nn import conv as c
 from onyxrt.providers.cpu.nn import conv_core as core
 
@@ -452,3 +453,35 @@ def test_conv_transpose_prepacked_matches_unpacked(dtype):
         assert packed is not None and packed.wt.flags.c_contiguous and not packed.wt.flags.writeable
         np.testing.assert_array_equal(c.conv_transpose(x, w, b, _packed=packed, **attrs), c.conv_transpose(x, w, b, **attrs))
     assert c._conv_transpose_prepack([None, w, None], {"group": 3}) is None
+
+
+@pytest.mark.parametrize("n, c, m, spatial", [(1, 16, 24, (7, 9)), (4, 32, 8, (1, 1)), (2, 8, 32, (5,)), (3, 12, 30, (4, 4))])
+@pytest.mark.parametrize("bias, fused", [(False, False), (True, False), (True, True)])
+def test_pointwise_route_equals_the_general_one(n, c, m, spatial, bias, fused):
+    """The prepacked pointwise route (1x1, stride 1, no padding) gives conv_core's results bit for bit: plain,
+    with a bias (where conv_core may fold it into the product for wide outputs) and with FusedConv's residual
+    and activation."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c, *spatial)).astype(np.float32)
+    w = rng.standard_normal((m, c) + (1,) * len(spatial)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32) if bias else None
+    residual = rng.standard_normal((n, m, *spatial)).astype(np.float32) if fused else None
+    activation = mlas_activation_fn("Relu", []) if fused else None
+    packed = core.pack_conv_weights(w, b, {"pads": [0] * (2 * len(spatial))})
+    assert packed.pointwise is not None
+    general = core.ConvWeights(w, b, 1, [1] * len(spatial), [1] * len(spatial))  # no pointwise route
+    ours = core.float_conv(x, w, b, 1, None, None, None, "NOTSET", None, packed, activation, residual)
+    expected = core.float_conv(x, w, b, 1, None, None, None, "NOTSET", None, general, activation, residual)
+    assert ours.dtype == expected.dtype and ours.flags.c_contiguous
+    np.testing.assert_array_equal(ours, expected)
+    reference = naive_conv(x, w, b) + (0 if residual is None else residual)
+    np.testing.assert_allclose(ours, np.maximum(reference, 0) if fused else reference, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_route_is_not_taken_for_strides_padding_or_other_filters():
+    w1 = np.ones((4, 3, 1, 1), np.float32)
+    assert core.pack_conv_weights(w1, None, {"strides": [2, 2]}).pointwise is None
+    assert core.pack_conv_weights(w1, None, {"pads": [0, 1, 0, 1]}).pointwise is None
+    assert core.pack_conv_weights(w1, None, {"kernel_shape": [3, 3]}).pointwise is None
+    assert core.pack_conv_weights(np.ones((4, 3, 3, 3), np.float32), None, {}).pointwise is None
+    assert core.pack_conv_weights(np.ones((4, 1, 1, 1), np.float32), None, {"group": 3}).pointwise is None

@@ -736,9 +736,9 @@ class ConvWeights:
     and, for 2-D depthwise filters, the GEMM weights of ``depthwise_weights``. Runs share
     it; nothing in it is ever written."""
 
-    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse")
+    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse", "pointwise")
 
-    def __init__(self, w: np.ndarray, b, group: int, strides, dilations):
+    def __init__(self, w: np.ndarray, b, group: int, strides, dilations, pointwise: bool = False):
         self.ct = ct = np.dtype(compute_dtype(w.dtype))
         self.w = frozen(np.ascontiguousarray(w, dtype=ct))
         self.has_bias = b is not None
@@ -752,6 +752,8 @@ class ConvWeights:
         # a 1x1 filter is the GEMM's left operand W (M x C): the sparse products hold W^T
         one_by_one = int(group) == 1 and w.ndim >= 3 and all(k == 1 for k in w.shape[2:])
         self.sparse = sparse_prepack(self.w.reshape(w.shape[:2]).T, w.shape, convolution=True) if one_by_one else None
+        # W (M x C) for a pointwise convolution (1x1 filter, stride 1, no padding, group 1): see ``float_conv``
+        self.pointwise = frozen(self.w.reshape(w.shape[:2])) if pointwise and one_by_one and self.sparse is None else None
 
 
 def frozen(a: np.ndarray) -> np.ndarray:
@@ -769,8 +771,12 @@ def pack_conv_weights(w, b, attributes) -> ConvWeights | None:
         return None
     try:
         s, d = spatial_defaults(w.ndim - 2, attributes.get("strides"), attributes.get("dilations"))
-        return ConvWeights(w, b, int(attributes.get("group", 1)), s, d)
-    except (ValueError, TypeError):
+        pads, kernel_shape = attributes.get("pads"), attributes.get("kernel_shape")
+        # stride 1 and no explicit padding: a 1x1 filter then pads nothing under any auto_pad
+        pointwise = all(v == 1 for v in s) and not any(pads or ()) and (
+            kernel_shape is None or list(kernel_shape) == list(w.shape[2:]))
+        return ConvWeights(w, b, int(attributes.get("group", 1)), s, d, pointwise)
+    except (ValueError, TypeError, NodeInputError):
         return None
 
 
@@ -785,6 +791,8 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
                 activation=None, residual=None):
     """Conv in the compute dtype; ``activation`` (in place) and ``residual`` (added before it, see
     ``conv_core``) only apply when that is the input's dtype (callers apply them afterwards otherwise)."""
+    if packed is not None and packed.pointwise is not None and _pointwise_fits(x, w, b, packed, activation, residual):
+        return _pointwise(x, packed, activation, residual)
     if x.ndim < 3:
         raise NodeInputError(f"Conv input must have rank >= 3, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
@@ -805,3 +813,22 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if same else None, residual if same else None,
                   sparse)
     return y if y.dtype == x.dtype else y.astype(x.dtype)
+
+
+def _pointwise_fits(x: np.ndarray, w: np.ndarray, b, packed: ConvWeights, activation, residual) -> bool:
+    """Whether ``_pointwise`` computes what ``conv_core`` would, bit for bit: packed weights of ``x``'s
+    dtype, its channels, and not the GEMM with the bias row ``conv_core`` picks for wide outputs."""
+    c = x.shape[1] if x.ndim == w.ndim else -1
+    return (x.dtype == packed.ct and c == w.shape[1] and packed.w.shape == w.shape and x.size > 0
+            and (packed.has_bias or b is None)
+            and (packed.w_aug is None or w.shape[0] < 2 * c or activation is not None or residual is not None))
+
+
+def _pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.ndarray:
+    """A pointwise convolution as one product W (M x C) @ x (C x pixels) per image, then the epilogue: what
+    ``conv_core`` does for it, without its general set-up (~20 us a call, most of a small layer's time)."""
+    n, c = x.shape[:2]
+    w2 = packed.pointwise
+    cols = x.reshape(n, c, -1)
+    y = pool_matmul(w2, cols[0])[None] if n == 1 else np.matmul(w2, cols)
+    return _finish(y.reshape((n, w2.shape[0]) + x.shape[2:]), packed.b, activation, residual, x.ndim - 2)
