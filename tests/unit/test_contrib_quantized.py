@@ -315,6 +315,35 @@ def test_dynamic_quantize_matmul_is_close_to_float_matmul():
     assert np.abs(y - exact).max() < 0.02 * np.abs(exact).max()
 
 
+@pytest.mark.parametrize("shape, n", [((1, 24, 40), 35), ((9, 33), 17), ((2, 3, 64), 48)])
+def test_dynamic_quantize_matmul_prepacked_equals_the_unpacked_product(shape, n):
+    """Prepacked B: A quantized straight to the AVX2 route's int16 rows (where that route runs) gives the same
+    floats as quantizing to uint8 first, with per-column scales and a bias; such an A given to the general
+    path (no packed B) gives them too."""
+    from onyxrt.providers.cpu.math.int8_gemm import centered_width
+    from onyxrt.providers.cpu.math.quantization import dynamic_quantize_centered, dynamic_quantize_to_uint8
+
+    a = RNG.standard_normal(shape).astype(F)
+    a.reshape(-1)[::5] = np.round(a.reshape(-1)[::5] * 4) / 4  # values on rounding ties
+    b = rand_int(np.int8, (shape[-1], n))
+    scale = (RNG.random(n) * 0.01 + 1e-3).astype(F)
+    bias = RNG.standard_normal(n).astype(F)
+    packed = quantized._dynamic_quantize_matmul_prepack([None, b, scale, None, bias], {})
+    y = quantized.dynamic_quantize_matmul(a, b, scale, None, bias, _packed=packed)
+    q, a_scale, a_zero = dynamic_quantize_to_uint8(a)
+    expected = quantized._dequantized_product(q, a_zero, a_scale, b, None, scale, bias, None, "b")
+    np.testing.assert_array_equal(y, expected)
+    width = centered_width(packed.gemm)
+    if width is not None and dynamic_quantize_centered(a, width) is not None:
+        rows, centered_scale, centered_zero = dynamic_quantize_centered(a, width)
+        assert (centered_scale, centered_zero) == (a_scale, a_zero)
+        np.testing.assert_array_equal(rows[:, : shape[-1]], q.reshape(rows.shape[0], -1).astype(np.int16) - a_zero)
+        assert not rows[:, shape[-1]:].any()
+        centered = quantized.CenteredA(rows, a.shape)  # without the packed B: the general path, A made uint8 again
+        np.testing.assert_array_equal(
+            quantized._dequantized_product(centered, a_zero, a_scale, b, None, scale, bias, None, "b"), expected)
+
+
 def test_dynamic_quantize_uint8_parameters():
     q, scale, zp = quantized.dynamic_quantize_uint8(np.array([-1.0, 0.0, 3.0], F))
     assert scale == F(4.0 / 255) and zp == 64  # round(1 / (4/255)) = round(63.75)

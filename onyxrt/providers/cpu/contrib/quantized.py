@@ -37,8 +37,8 @@ import numpy as np
 from .._helpers import normalize_axis
 from . import nbits
 from ..kernel_table import op
-from ..math.int8_gemm import PackedInt8B, matmul_int8, matmul_int8_scaled, pack_b
-from ..math.quantization import dynamic_quantize_to_uint8
+from ..math.int8_gemm import CenteredA, PackedInt8B, centered_width, matmul_int8, matmul_int8_scaled, pack_b
+from ..math.quantization import dynamic_quantize_centered, dynamic_quantize_to_uint8
 from ....errors import NodeInputError, NodeInputTypeError
 
 _MS = "com.microsoft"
@@ -219,7 +219,8 @@ def _scaled_integer_matmul(a, a_zero_point, a_scale, b, b_zero_point, b_scale, b
 def _dequantized_product(a, a_zero, a_scale: np.float32, b, b_zero_point, b_scale, bias, packed: _Int8B | None,
                          name: str) -> np.ndarray:
     """float32 ``y = (A - a_zero) @ (B - b_zero_point); y *= a_scale * b_scale; y += bias``, the scaling
-    done in the int8 GEMM's registers when B is prepacked (same roundings either way)."""
+    done in the int8 GEMM's registers when B is prepacked (same roundings either way). ``a``: uint8/int8, or
+    a ``CenteredA`` (quantized for the AVX2 route)."""
     n = b.shape[-1]
     bsc = packed.scale if packed is not None and packed.scale is not None else None
     if bsc is None:
@@ -232,6 +233,8 @@ def _dequantized_product(a, a_zero, a_scale: np.float32, b, b_zero_point, b_scal
     if (gemm is not None and a.ndim >= 2 and a.shape[-1] == gemm.k and column_scale.ndim <= 1
             and (bias32 is None or bias32.shape == (n,))):
         return matmul_int8_scaled(a, gemm, a_zero, column_scale, bias32)
+    if isinstance(a, CenteredA):  # the products below take A as uint8
+        a = (a.rows[:, : a.shape[-1]] + a_zero).astype(np.uint8).reshape(a.shape)
     y = _integer_product(a, a_zero, b, b_zero_point, gemm, name).astype(np.float32)
     y *= column_scale
     if bias32 is not None:
@@ -253,9 +256,17 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None, *, _pac
     _check8("B", b)
     if a.dtype != np.float32:
         raise NodeInputTypeError(f"A must be float, got {a.dtype}")
-    q, a_scale, a_zero = dynamic_quantize_to_uint8(a)
-    return _dequantized_product(q, a_zero, a_scale, b, b_zero_point, b_scale, bias,
-                                _int8_b_packed(_packed, b_zero_point), "b")
+    packed = _int8_b_packed(_packed, b_zero_point)
+    width = centered_width(packed.gemm) if packed is not None and packed.gemm is not None else None
+    quantized = None
+    if width is not None and a.ndim >= 2 and a.shape[-1] == packed.gemm.k and a.size:
+        quantized = dynamic_quantize_centered(a, width)  # straight to the rows the AVX2 route reads
+    if quantized is not None:
+        rows, a_scale, a_zero = quantized
+        q = CenteredA(rows, a.shape)
+    else:
+        q, a_scale, a_zero = dynamic_quantize_to_uint8(a)
+    return _dequantized_product(q, a_zero, a_scale, b, b_zero_point, b_scale, bias, packed, "b")
 
 
 # --------------------------------------------------------------------------- QGemm

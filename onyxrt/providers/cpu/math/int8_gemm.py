@@ -38,7 +38,7 @@ import importlib
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,8 +46,8 @@ from ....framework.cpu_features import cpu_vendor, has_flags
 from ....framework.session_config import KERNELS_ON_POOL, note_plan_trait
 from ....framework.thread_pool import current_pool
 
-__all__ = ["PackedInt8B", "ConstantB", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8",
-           "matmul_int8_scaled", "selected_route", "available_routes", "ROUTE_ENV"]
+__all__ = ["PackedInt8B", "ConstantB", "CenteredA", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8",
+           "matmul_int8_scaled", "centered_width", "selected_route", "available_routes", "ROUTE_ENV"]
 
 ROUTE_ENV = "ONYXRT_INT8_GEMM"
 ROUTES = ("vnni", "avx2", "mkl", "numpy")
@@ -65,6 +65,26 @@ _MIN_PARALLEL_MACS_AVX2 = 1 << 23
 
 _U8 = np.dtype(np.uint8)
 _S8 = np.dtype(np.int8)
+
+
+class CenteredA(NamedTuple):
+    """A left operand already minus its zero point, as the AVX2 route reads it: ``rows`` (M, width) int16,
+    the K columns of A then zeros (``width``: :func:`centered_width`), for A of ``shape`` (..., K). What a
+    dynamic quantizer writes directly (``quantization.dynamic_quantize_centered``), saving the uint8 pass
+    and the widening one."""
+
+    rows: np.ndarray
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def centered_width(b: PackedInt8B) -> int | None:
+    """The row width of a :class:`CenteredA` that ``matmul_int8_scaled`` takes with ``b``; None where ``b``'s
+    route reads uint8 A (every route but AVX2)."""
+    return 2 * b.panels.shape[1] if b.route == "avx2" else None
 
 
 # --------------------------------------------------------------------------- routes
@@ -455,6 +475,13 @@ def _gemm_avx2(a: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B, ou
     module = _avx2_module()  # loaded: the pack was made on this route
     zero = a_zero if a_zero is not None else np.zeros(a.shape[0], np.int32)
     a16 = module.widen_a(np.ascontiguousarray(a), zero, 2 * packed.panels.shape[1])  # (A - a_zero), K padded
+    return _gemm_avx2_centered(a16, packed, out, epilogue)
+
+
+def _gemm_avx2_centered(a16: np.ndarray, packed: PackedInt8B, out: np.ndarray,
+                        epilogue: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The AVX2 product of A already minus its zero point (``widen_a``'s int16 rows, K padded)."""
+    module = _avx2_module()
     kernel = module.gemm_s16 if epilogue is None else module.gemm_s16_scaled
     _run_panels(kernel, a16, packed, out, epilogue or (), native=module, min_macs=_MIN_PARALLEL_MACS_AVX2)
     return out
@@ -510,16 +537,20 @@ def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale
     The dequantizing epilogue of MatMulIntegerToFloat / DynamicQuantizeMatMul, with numpy's roundings
     (a float32 multiply, then an add). ``column_scale``: float32 scalar or (N,); ``bias``: None or
     float32 (N,). On the VNNI route it is applied in the GEMM's registers (no int32 C is written).
+    ``a`` may be a :class:`CenteredA` (A quantized straight to the AVX2 route's rows; ``a_zero_point`` unused)
+    when ``b`` is packed for that route.
     """
+    if isinstance(a, CenteredA):
+        if b.route != "avx2" or a.shape[-1] != b.k or a.rows.shape[1] != centered_width(b):
+            raise ValueError(f"a CenteredA of shape {a.shape} needs B (K = {b.k}) packed for the avx2 route")
+        return _scaled_avx2(a, b, None, _column_scale(column_scale, bias, b.n), bias)
     if (b.route == "vnni" and type(a) is np.ndarray and a.dtype == _U8 and a.ndim >= 2 and a.shape[-1] == b.k
             and b.k % 4 == 0 and a.size and b.n and a.flags.c_contiguous
             and (a_zero_point is None or np.ndim(a_zero_point) == 0)):
         return _scaled_vnni(a, b, a_zero_point, column_scale, bias)  # the common case, with less per-call work
     a = np.asarray(a)
     n = b.n
-    scale = np.asarray(column_scale, dtype=np.float32)
-    if scale.size not in (1, n) or (bias is not None and np.shape(bias) != (n,)):
-        raise ValueError(f"column_scale {scale.shape} and bias {np.shape(bias)} must be scalars or ({n},) vectors")
+    scale = _column_scale(column_scale, bias, n)
     if b.route == "avx2" and a.ndim >= 2 and a.shape[-1] == b.k and a.dtype in (_U8, _S8):
         return _scaled_avx2(a, b, a_zero_point, scale, bias)
     if b.route == "vnni" and a.ndim >= 2 and a.shape[-1] == b.k:
@@ -549,12 +580,18 @@ def matmul_int8_scaled(a: np.ndarray, b: PackedInt8B, a_zero_point, column_scale
     return y
 
 
-def _scaled_avx2(a: np.ndarray, packed: PackedInt8B, a_zero_point, scale: np.ndarray, bias) -> np.ndarray:
+def _column_scale(column_scale, bias, n: int) -> np.ndarray:
+    """``column_scale`` as float32, checked with ``bias`` against N."""
+    scale = np.asarray(column_scale, dtype=np.float32)
+    if scale.size not in (1, n) or (bias is not None and np.shape(bias) != (n,)):
+        raise ValueError(f"column_scale {scale.shape} and bias {np.shape(bias)} must be scalars or ({n},) vectors")
+    return scale
+
+
+def _scaled_avx2(a: np.ndarray | CenteredA, packed: PackedInt8B, a_zero_point, scale: np.ndarray, bias) -> np.ndarray:
     """``matmul_int8_scaled`` on the AVX2 route: the scale and bias applied in the GEMM's registers."""
     n = packed.n
-    flat = a.reshape(-1, a.shape[-1])
-    m = flat.shape[0]
-    a_zero = _zero_points(_flat_row_zero_point(a_zero_point, a.shape), m, "a_zero_point", "row")
+    m = a.rows.shape[0] if isinstance(a, CenteredA) else int(np.prod(a.shape[:-1]))
     out = np.empty((m, n), np.float32)
     if m and n:
         width = packed.panels.shape[0] * _avx2_module().PANEL
@@ -563,7 +600,11 @@ def _scaled_avx2(a: np.ndarray, packed: PackedInt8B, a_zero_point, scale: np.nda
         padded_bias = np.zeros(width, np.float32)
         if bias is not None:
             padded_bias[:n] = bias
-        _gemm_avx2(flat, a_zero, packed, out, (col_scale, padded_bias))
+        if isinstance(a, CenteredA):
+            _gemm_avx2_centered(a.rows, packed, out, (col_scale, padded_bias))
+        else:
+            a_zero = _zero_points(_flat_row_zero_point(a_zero_point, a.shape), m, "a_zero_point", "row")
+            _gemm_avx2(a.reshape(m, a.shape[-1]), a_zero, packed, out, (col_scale, padded_bias))
     return out.reshape(a.shape[:-1] + (n,))
 
 

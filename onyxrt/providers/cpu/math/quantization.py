@@ -306,8 +306,24 @@ def dequantize_linear_23(x, x_scale, x_zero_point=None, *, axis=1, block_size=0,
 
 
 _QUANTIZE_UINT8 = LazyModuleKernel(__name__.rsplit(".", 1)[0] + ".quantize_jit", "quantize_uint8")
+_QUANTIZE_CENTERED = LazyModuleKernel(__name__.rsplit(".", 1)[0] + ".quantize_jit", "quantize_centered_int16")
 _EMPTY_F32 = np.zeros(0, _F32)
 _EMPTY_U8 = np.zeros(0, np.uint8)
+_EMPTY_F32_2D = np.zeros((0, 0), _F32)
+_EMPTY_I16_2D = np.zeros((0, 0), np.int16)
+
+
+def _dynamic_parameters(x: np.ndarray) -> tuple[np.float32, np.float32]:
+    """(scale, zero point as a float32 integer) of onnxruntime's dynamic uint8 quantization of ``x``."""
+    if x.size:
+        lo = min(float(np.min(x)), 0.0)
+        hi = max(float(np.max(x)), 0.0)
+    else:
+        lo = hi = 0.0
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    scale = np.float32(1.0) if hi32 == lo32 else np.float32((hi32 - lo32) / np.float32(255.0))
+    initial_zp = np.float32(0.0) - lo32 / scale
+    return scale, np.float32(np.rint(min(max(initial_zp, np.float32(0.0)), np.float32(255.0))))
 
 
 def dynamic_quantize_to_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, int]:
@@ -318,15 +334,7 @@ def dynamic_quantize_to_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, in
     rounding half to even. Two passes over x where numba is installed (min/max, then quantize).
     """
     x = np.asarray(x)
-    if x.size:
-        lo = min(float(np.min(x)), 0.0)
-        hi = max(float(np.max(x)), 0.0)
-    else:
-        lo = hi = 0.0
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    scale = np.float32(1.0) if hi32 == lo32 else np.float32((hi32 - lo32) / np.float32(255.0))
-    initial_zp = np.float32(0.0) - lo32 / scale
-    zp = np.float32(np.rint(min(max(initial_zp, np.float32(0.0)), np.float32(255.0))))
+    scale, zp = _dynamic_parameters(x)
     kernel = _QUANTIZE_UINT8.compiled_for("f32", _EMPTY_F32, _F32.type(1), _F32.type(0), _EMPTY_U8)
     if kernel is not None and x.flags.c_contiguous:
         q = np.empty(x.shape, np.uint8)
@@ -337,6 +345,20 @@ def dynamic_quantize_to_uint8(x: np.ndarray) -> tuple[np.ndarray, np.float32, in
     q += zp
     np.clip(q, 0.0, 255.0, out=q)
     return q.astype(np.uint8), scale, int(zp)
+
+
+def dynamic_quantize_centered(x: np.ndarray, width: int) -> tuple[np.ndarray, np.float32, int] | None:
+    """``dynamic_quantize_to_uint8`` of float32 ``x`` (..., K), returned as the rows (M, ``width``) int16 of
+    q minus the zero point (zero columns after K: what the AVX2 int8 GEMM reads, see
+    ``int8_gemm.CenteredA``), with the scale and zero point; None where the compiled kernel cannot run."""
+    kernel = _QUANTIZE_CENTERED.compiled_for("f32", _EMPTY_F32_2D, _F32.type(1), _F32.type(0), _EMPTY_I16_2D)
+    if kernel is None or x.ndim < 1 or width < x.shape[-1]:
+        return None
+    scale, zp = _dynamic_parameters(x)
+    rows = np.ascontiguousarray(x).reshape(-1, x.shape[-1])
+    out = np.empty((rows.shape[0], width), np.int16)
+    kernel(rows, scale, zp, out)
+    return out, scale, int(zp)
 
 
 @op("DynamicQuantizeLinear", versions=11, multi_output=True)

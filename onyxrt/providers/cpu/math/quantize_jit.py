@@ -17,3 +17,17 @@ def quantize_uint8(x, scale, zero_point, out):
     for i in range(x.shape[0]):
         v = np.rint(x[i] / scale) + zero_point
         out[i] = np.uint8(min(max(v, np.float32(0.0)), np.float32(255.0)))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def quantize_centered_int16(x, scale, zero_point, out):
+    """``quantize_uint8`` of the (M, K) float32 rows ``x`` minus the zero point, as int16 into the first K
+    columns of ``out`` (M, width), the rest zeroed: A as the AVX2 int8 GEMM reads it, in one pass."""
+    m, k = x.shape
+    width = out.shape[1]
+    for r in range(m):
+        for j in range(k):
+            v = np.rint(x[r, j] / scale) + zero_point
+            out[r, j] = np.int16(min(max(v, np.float32(0.0)), np.float32(255.0)) - zero_point)
+        for j in range(k, width):
+            out[r, j] = 0
