@@ -15,7 +15,8 @@ Routes, chosen once per process by what is installed and what the CPU reports
   32-column panels. Needs numba (the ``fast`` extra) and ``avx512f`` + ``avx512_vnni``.
 * ``avx2``: numba with an AVX2 micro-kernel on int16 pairs (``int8_gemm_avx2``; ``vpmaddwd``, exact,
   unlike AVX2's saturating byte instruction), B minus its zero point packed once as int16 into
-  16-column panels, A minus its zero point widened per call. For CPUs with AVX2 but no VNNI:
+  16-column panels, A minus its zero point widened per call (or handed over so by a dynamic quantizer:
+  ``CenteredA``). For CPUs with AVX2 but no VNNI:
   ~130 GOPS a core on the AMD EPYC measured, 1.6-1.8x float32 sgemm there (``benchmarks/int8_gemm_avx2.md``).
 * ``mkl``: oneMKL's ``cblas_gemm_s8u8s32`` through ctypes (the ``mkl`` extra). On the AMD
   machine measured it is 10-30x slower than ``vnni`` and slower than ``numpy`` too (MKL takes a

@@ -776,7 +776,7 @@ def pack_conv_weights(w, b, attributes) -> ConvWeights | None:
         pointwise = all(v == 1 for v in s) and not any(pads or ()) and (
             kernel_shape is None or list(kernel_shape) == list(w.shape[2:]))
         return ConvWeights(w, b, int(attributes.get("group", 1)), s, d, pointwise)
-    except (ValueError, TypeError, NodeInputError):
+    except (ValueError, TypeError):
         return None
 
 
