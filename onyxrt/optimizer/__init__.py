@@ -17,6 +17,7 @@ from .conv_activation_fusion import ConvActivationFusion
 from .conv_bn_fusion import ConvAddFusion, ConvBatchNormFusion, ConvMulFusion
 from .conv_residual_add_fusion import ConvResidualAddFusion
 from .dead_code_elimination import DeadCodeElimination
+from .drop_qdq_nodes import DropQdqNodes
 from .fast_gelu_fusion import FastGeluFusion
 from .float16_to_float32 import Float16ToFloat32
 from .gelu_fusion import GeluFusion
@@ -27,6 +28,7 @@ from .layer_norm_fusion import LayerNormFusion
 from .matmul_add_fusion import MatMulAddFusion
 from .matmul_scale_fusion import MatMulScaleFusion
 from .matmul_transpose_fusion import MatMulTransposeFusion
+from .nhwc_transformer import NhwcTransformer
 from .noop_elimination import NoopElimination
 from .pass_manager import (
     DEFAULT_MAX_FOLDED_BYTES,
@@ -38,9 +40,11 @@ from .pass_manager import (
     OptimizationReport,
     PassManager,
 )
+from .qdq_binary_fusion import QdqBinaryFusion
 from .qdq_conv_fusion import QdqConvFusion
 from .dynamic_quantize_matmul_merge import DynamicQuantizeMatMulMerge
 from .qdq_matmul_fusion import DynamicQuantizeMatMulFusion, QdqMatMulFusion
+from .qdq_unary_fusion import QdqUnaryFusion
 from .reshape_chain_fusion import ReshapeChainFusion
 from .rms_norm_fusion import RmsNormFusion
 from .rotary_fusion import RotaryEmbeddingFusion
@@ -70,12 +74,13 @@ def default_passes() -> list[GraphPass]:
         QdqMatMulFusion(), DynamicQuantizeMatMulFusion(),  # before MatMulAddFusion: they take a bias Add themselves
         DynamicQuantizeMatMulMerge(),
         MatMulAddFusion(),
-        QdqConvFusion(),
+        QdqConvFusion(), QdqBinaryFusion(), QdqUnaryFusion(), DropQdqNodes(),
         DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),
         MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),
         ReshapeChainFusion(), TransposeOptimizer(), MatMulTransposeFusion(),
         RotaryEmbeddingFusion(), GroupQueryAttentionFusion(), AttentionFusion(),
+        NhwcTransformer(),  # last: the layout of what the fusions above made
     ]
 
 

@@ -40,12 +40,15 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
-from ..graph.tensors import constant_array
-from .matching import is_constant, is_float32, only_reader, replace_with, self_contained
+from .matching import is_float32, only_reader, replace_with, self_contained
+from .qdq_matching import EIGHT_BIT as _EIGHT_BIT
+from .qdq_matching import activation as _activation
+from .qdq_matching import constant as _constant
+from .qdq_matching import dequantize_producer as _dequantize
+from .qdq_matching import quantize_reader as _quantize_reader
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 _MICROSOFT = "com.microsoft"
-_EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
 _QLINEAR_MATMUL_OPSET = 10
 
 
@@ -75,46 +78,6 @@ class QdqMatMulFusion(GraphPass):
 # --------------------------------------------------------------------------- matching
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    return np.asarray(constant_array(value)) if is_constant(value) else None
-
-
-def _dequantize(value: ir.Value | None) -> ir.Node | None:
-    """The DequantizeLinear (no block_size, zero point given) producing float32 ``value``."""
-    node = value.producer() if value is not None else None
-    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
-        return None
-    if node.attributes.get_int("block_size", 0) or len(node.inputs) != 3 or node.inputs[2] is None:
-        return None
-    if not is_float32(node.outputs[0]):
-        return None
-    return node
-
-
-def _per_tensor(node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value] | None:
-    """(data, scale, zero point) of a per-tensor 8-bit (De)QuantizeLinear with constant parameters."""
-    data, scale, zero = node.inputs[0], node.inputs[1], node.inputs[2]
-    scale_array, zero_array = _constant(scale), _constant(zero)
-    if scale_array is None or zero_array is None or scale_array.size != 1 or zero_array.size != 1:
-        return None
-    if scale_array.dtype != np.float32 or zero_array.dtype not in _EIGHT_BIT:
-        return None
-    return data, scale, zero
-
-
-def _activation(value: ir.Value | None) -> tuple[ir.Value, ir.Value, ir.Value] | None:
-    dequantize = _dequantize(value)
-    if dequantize is None:
-        return None
-    x = _per_tensor(dequantize)
-    if x is None:
-        return None
-    data_type = x[0].type.dtype if isinstance(x[0].type, ir.TensorType) else None
-    if data_type not in (ir.DataType.UINT8, ir.DataType.INT8):
-        return None
-    return x
-
-
 def _weight(value: ir.Value | None, column_axis: int) -> tuple[ir.Value, ir.Value, ir.Value, int] | None:
     """(w, scale, zero point, N): a constant 2-D 8-bit matrix dequantized per tensor or per column
     (``column_axis``: the axis of w holding the output columns)."""
@@ -133,21 +96,6 @@ def _weight(value: ir.Value | None, column_axis: int) -> tuple[ir.Value, ir.Valu
         if axis % 2 != column_axis or scale_array.shape != (n,) or zero_array.shape != (n,):
             return None
     return data, scale, zero, n
-
-
-def _quantize_reader(value: ir.Value) -> tuple[ir.Node, ir.Value, ir.Value] | None:
-    """(QuantizeLinear, y_scale, y_zero_point) when ``value``'s only reader quantizes it per tensor to 8 bits."""
-    quantize = only_reader(value)
-    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain != "":
-        return None
-    if quantize.inputs[0] is not value or len(quantize.inputs) != 3 or quantize.inputs[2] is None:
-        return None
-    if quantize.attributes.get_int("block_size", 0) or quantize.attributes.get_int("saturate", 1) != 1:
-        return None
-    y = _per_tensor(quantize)
-    if y is None:
-        return None
-    return quantize, y[1], y[2]
 
 
 def _bias_reader(value: ir.Value, n: int) -> tuple[ir.Node, ir.Value] | None:

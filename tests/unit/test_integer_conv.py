@@ -96,6 +96,28 @@ def test_qlinear_conv_matches_onnxruntime(x_shape, w_shape, attrs, types):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("constant_weights", [True, False], ids=["prepacked", "weights-fed"])
+def test_channels_last_qlinear_conv_gives_the_same_bytes(x_shape, w_shape, attrs, constant_weights):
+    """com.microsoft QLinearConv with channels_last (what the NHWC layout pass makes) on the transposed
+    input equals ONNX QLinearConv, transposed: the integer GEMM route reads and writes channels-last
+    directly, the float64 route (thin groups) transposes around the same computation."""
+    w = _random(np.int8, w_shape)
+    x = _random(np.uint8, x_shape)
+    model, feeds = _qlinear_conv_model(x_shape, w, attrs, x_dtype=np.uint8, y_dtype=np.uint8, per_channel=True,
+                                       bias=True, w_constant=constant_weights)
+    (want,) = onyxrt.InferenceSession(model).run(None, {**feeds, "x": x})
+    proto = onnx.load_from_string(model)
+    node = proto.graph.node[0]
+    node.domain = "com.microsoft"
+    node.attribute.append(helper.make_attribute("channels_last", 1))
+    proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    proto.graph.input[0].CopyFrom(helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                                [x_shape[0], *x_shape[2:], x_shape[1]]))
+    (got,) = onyxrt.InferenceSession(proto.SerializeToString()).run(None, {**feeds, "x": np.moveaxis(x, 1, -1).copy()})
+    np.testing.assert_array_equal(got, np.moveaxis(want, 1, -1))
+
+
 def _with_initializer(model: bytes, name: str, value: np.ndarray) -> bytes:
     proto = onnx.load_from_string(model)
     tensor = next(t for t in proto.graph.initializer if t.name == name)

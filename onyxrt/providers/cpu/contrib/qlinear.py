@@ -25,7 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from .._helpers import normalize_axis
+from ..jit import LazyModuleKernel
 from ..kernel_table import CPU_KERNELS, op
+from ..nn.conv import _qlinear_conv_prepack, qlinear_conv_in_layout
 from .quantized import _INT8, _MS, _check8
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -120,12 +122,24 @@ def _binary_params(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, 
     )
 
 
+_QLINEAR_ADD_KERNEL = LazyModuleKernel("onyxrt.providers.cpu.contrib.qlinear_kernels", "qlinear_add")
+
+
 @op("QLinearAdd", versions=1, domain=_MS)
 def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point=None):
     dt, sa, za, sb, zb, sc, zc = _binary_params(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point)
     ra = np.float32(sa / sc)
     rb = np.float32(sb / sc)
     const = np.float32(zc) - ra * np.float32(za) - rb * np.float32(zb)
+    if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
+        info = np.iinfo(dt)
+        low, high = np.float32(info.min), np.float32(info.max)
+        out = np.empty(a.shape, dt)
+        flat = (a.reshape(-1), b.reshape(-1))
+        kernel = _QLINEAR_ADD_KERNEL.compiled_for(dt, flat[0][:0], flat[1][:0], ra, rb, const, low, high, out.reshape(-1)[:0])
+        if kernel is not None:
+            kernel(*flat, ra, rb, const, low, high, out.reshape(-1))
+            return out
     y = np.asarray(a.astype(np.float32) * ra, dtype=np.float32)
     bb = np.asarray(b.astype(np.float32) * rb, dtype=np.float32)
     bb += const
@@ -407,7 +421,7 @@ def qlinear_softmax(x, x_scale, x_zero_point=None, y_scale=None, y_zero_point=No
 # --------------------------------------------------------------------------- QLinearConv (NHWC option)
 
 
-@op("QLinearConv", versions=1, domain=_MS)
+@op("QLinearConv", versions=1, domain=_MS, prepack=_qlinear_conv_prepack)
 def qlinear_conv_ms(
     x,
     x_scale,
@@ -426,16 +440,12 @@ def qlinear_conv_ms(
     kernel_shape=None,
     pads=None,
     strides=None,
+    _packed=None,
 ):
-    """ONNX QLinearConv; with ``channels_last`` the input and output are N x spatial x C (weights stay M x C/g x k)."""
-    conv = _onnx_kernel("QLinearConv", 10)
-    if channels_last:
-        x = np.ascontiguousarray(_to_channels_first(x))
-    y = conv(
-        x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
-        auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads, strides=strides,
-    )
-    return _to_channels_last(y) if channels_last else y
+    """ONNX QLinearConv; with ``channels_last`` the input and output are N x spatial x C (weights stay M x C/g x k),
+    computed in that layout (no transposes where the integer GEMM route serves the filter)."""
+    return qlinear_conv_in_layout(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+                                  auto_pad, dilations, group, kernel_shape, pads, strides, _packed, bool(channels_last))
 
 
 # --------------------------------------------------------------------------- Quantize / Dequantize

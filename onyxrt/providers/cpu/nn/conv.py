@@ -222,7 +222,7 @@ def _qlinear_conv_prepack(inputs, attributes):
 
 
 def _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape,
-                       packed, requantizer=None):
+                       packed, requantizer=None, channels_last=False):
     """The convolution through ``integer_conv`` (int32, or requantized by ``requantizer``), or None where it does not serve
     these inputs (the float64 path then computes the same integers or reports what is wrong)."""
     if not integer_conv.supported(x, w, group) or (x_zero_point is not None and np.asarray(x_zero_point).size != 1):
@@ -232,7 +232,8 @@ def _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilatio
         if not isinstance(packed, integer_conv.IntegerConvWeights) or packed.dtype != w.dtype or packed.group != int(group) \
                 or packed.shape != (w.shape if w.ndim == 4 else (w.shape[0], w.shape[1], 1, w.shape[2])):
             packed = integer_conv.pack_weights(w, w_zero_point, group)
-        return integer_conv.conv_nchw(x, packed, x_zero_point, strides, dilations, pads, auto_pad, requantizer)
+        return integer_conv.convolve(x, packed, x_zero_point, strides, dilations, pads, auto_pad, requantizer,
+                                     channels_last)
     except (ValueError, TypeError):
         return None
 
@@ -302,6 +303,14 @@ def qlinear_conv(
     strides=None,
     _packed=None,
 ):
+    return qlinear_conv_in_layout(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b,
+                                  auto_pad, dilations, group, kernel_shape, pads, strides, _packed)
+
+
+def qlinear_conv_in_layout(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b, auto_pad,
+                           dilations, group, kernel_shape, pads, strides, packed, channels_last: bool = False):
+    """QLinearConv with x and y (N, C, *spatial), or (N, *spatial, C) where ``channels_last`` (com.microsoft's
+    QLinearConv); the filter is (M, C/g, *k) either way."""
     nd = x.ndim - 2
     M = w.shape[0]
     ws = np.asarray(w_scale, dtype=np.float32).reshape(-1)
@@ -316,17 +325,19 @@ def qlinear_conv(
             0.0 if y_zero_point is None else float(np.asarray(y_zero_point).reshape(-1)[0]), out_dtype,
         )
         fast = _integer_gemm_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad,
-                                  kernel_shape, _packed, requantizer)
+                                  kernel_shape, packed, requantizer, channels_last)
         if fast is not None:
             return fast
-    if isinstance(_packed, integer_conv.IntegerConvWeights):
-        _packed = None
-    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
+    if isinstance(packed, integer_conv.IntegerConvWeights):
+        packed = None
+    if channels_last:
+        x = np.moveaxis(x, -1, 1)
+    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, strides, dilations, pads, auto_pad, kernel_shape, packed)
     if b is not None:
         acc = acc + np.asarray(b, dtype=np.float64).reshape((1, -1) + (1,) * nd)
     mult = mult.astype(np.float32).reshape((1, -1) + (1,) * nd) if ws.size > 1 else mult.astype(np.float32)[0]
-    out_dtype = np.asarray(y_zero_point).dtype if y_zero_point is not None else np.uint8
-    return requantize(acc, mult, y_zero_point, out_dtype)
+    y = requantize(acc, mult, y_zero_point, out_dtype)
+    return np.ascontiguousarray(np.moveaxis(y, 1, -1)) if channels_last else y
 
 
 # --------------------------------------------------------------------------- CausalConvWithState

@@ -13,7 +13,9 @@ input is A itself. Padding is filled with x's zero point, so padded taps contrib
 ONNX definition wants. The int32 result is exact (``int8_gemm``'s routes agree bit for bit).
 The rows are computed ``_ROWS_PER_CHUNK`` at a time; QLinearConv requantizes each chunk while
 it is in cache (a numba kernel, ``integer_conv_kernels``, where numba runs; numpy otherwise, with
-the same bytes) into 8-bit channels-last rows, transposed to NCHW once at the end.
+the same bytes) into 8-bit channels-last rows, transposed to NCHW once at the end. A channels-last
+input (com.microsoft QLinearConv with ``channels_last``, which the NHWC layout pass makes) needs
+neither transpose: its rows are the result.
 
 Why channels-last rows rather than W (M, K) times NCHW columns (K, P), which would give NCHW
 directly: ``int8_gemm`` packs its B operand, and packing the column matrix on every call cost
@@ -21,7 +23,7 @@ more than the GEMM itself (measured on resnet50's layers: 3-10x slower in all).
 
 Where the weights are not constant (no prepack), the same code packs them per call. Other
 ranks (3-D), depthwise and other thin-grouped filters (see ``MIN_GROUP_CHANNELS``) and anything
-:func:`conv_nchw` declines run the float64 kernels of ``conv.py``.
+:func:`convolve` declines run the float64 kernels of ``conv.py``.
 """
 
 from __future__ import annotations
@@ -89,10 +91,10 @@ def pack_weights(w: np.ndarray, w_zero_point, group: int) -> IntegerConvWeights:
     return IntegerConvWeights(tuple(w4.shape), w.dtype, group, packs)
 
 
-def _geometry(x, w_shape4, strides, dilations, pads, auto_pad, nd: int):
+def _geometry(spatial, w_shape4, strides, dilations, pads, auto_pad, nd: int):
     s, d = spatial_defaults(nd, strides, dilations)
     kernel = list(w_shape4[2:]) if nd == 2 else [w_shape4[3]]
-    p = conv_pads(x.shape[2:], kernel, s, d, pads, auto_pad)
+    p = conv_pads(spatial, kernel, s, d, pads, auto_pad)
     if nd == 1:  # as 2-D with a height of 1
         s, d, p = [1] + s, [1] + d, [0, p[0], 0, p[1]]
     return s, d, p
@@ -101,12 +103,18 @@ def _geometry(x, w_shape4, strides, dilations, pads, auto_pad, nd: int):
 _REQUANTIZE_KERNEL = LazyModuleKernel("onyxrt.providers.cpu.nn.integer_conv_kernels", "requantize_rows")
 
 
-def _channels_last_padded(x4: np.ndarray, pads, fill) -> np.ndarray:
-    """(N, C, H, W) -> (N, H+pads, W+pads, C), the border filled with ``fill`` (x's zero point).
+def _channels_last_padded(x4: np.ndarray, pads, fill, channels_last: bool) -> np.ndarray:
+    """(N, C, H, W), or (N, H, W, C) where ``channels_last``, -> (N, H+pads, W+pads, C), the border filled
+    with ``fill`` (x's zero point); a channels-last input without padding is returned as it is.
 
     numpy's transposing copy: 2-3x faster than a numba loop measured on resnet50's activations.
     """
-    n, c, h, w = x4.shape
+    if channels_last:
+        n, h, w, c = x4.shape
+        if not any(pads):
+            return x4
+    else:
+        n, c, h, w = x4.shape
     top, left, bottom, right = pads
     out = np.empty((n, h + top + bottom, w + left + right, c), dtype=x4.dtype)
     if top:
@@ -117,7 +125,7 @@ def _channels_last_padded(x4: np.ndarray, pads, fill) -> np.ndarray:
         out[:, top:top + h, :left] = fill
     if right:
         out[:, top:top + h, w + left:] = fill
-    out[:, top:top + h, left:left + w] = x4.transpose(0, 2, 3, 1)
+    out[:, top:top + h, left:left + w] = x4 if channels_last else x4.transpose(0, 2, 3, 1)
     return out
 
 
@@ -133,21 +141,26 @@ def _windows(xp: np.ndarray, c0: int, c1: int, kh: int, kw: int, s, d, oh: int, 
     return cols.reshape(n * oh * ow, kh * kw * cg)
 
 
-def conv_nchw(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, pads, auto_pad,
-              requantize: "Requantize | None" = None) -> np.ndarray:
+def convolve(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, pads, auto_pad,
+              requantize: "Requantize | None" = None, channels_last: bool = False) -> np.ndarray:
     """The convolution of 8-bit ``x`` (N, C, [H,] W) as int32, or requantized to 8 bits by ``requantize``
-    (QLinearConv), in x's layout (N, M, [OH,] OW)."""
+    (QLinearConv), in x's layout (N, M, [OH,] OW); with ``channels_last``, x is (N, [H,] W, C) and the
+    result (N, [OH,] OW, M): no transposes at all."""
     nd = x.ndim - 2
     m, cg, kh, kw = packed.shape
-    n, c = x.shape[:2]
+    n, c = (x.shape[0], x.shape[-1]) if channels_last else x.shape[:2]
     if c != cg * packed.group:
         raise ValueError(f"input has {c} channels, the filter expects {cg} x {packed.group} groups")
-    s, d, p = _geometry(x, packed.shape, strides, dilations, pads, auto_pad, nd)
-    x4 = x[:, :, None, :] if nd == 1 else x
-    h, w = x4.shape[2:]
+    spatial = x.shape[1:-1] if channels_last else x.shape[2:]
+    s, d, p = _geometry(spatial, packed.shape, strides, dilations, pads, auto_pad, nd)
+    if nd == 1:
+        x4 = x[:, None] if channels_last else x[:, :, None, :]
+    else:
+        x4 = x
+    h, w = x4.shape[1:3] if channels_last else x4.shape[2:]
     oh = max(0, (h + p[0] + p[2] - (d[0] * (kh - 1) + 1)) // s[0] + 1)
     ow = max(0, (w + p[1] + p[3] - (d[1] * (kw - 1) + 1)) // s[1] + 1)
-    out_shape = (n, m) + ((ow,) if nd == 1 else (oh, ow))
+    out_spatial = (ow,) if nd == 1 else (oh, ow)
     plane = oh * ow
     rows = n * plane
     # channels-last rows, transposed to NCHW once at the end (one large numpy transposing copy is
@@ -155,7 +168,7 @@ def conv_nchw(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, p
     y_rows = np.empty((rows, m), dtype=np.int32 if requantize is None else requantize.dtype)
     if rows and m:
         zp = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
-        xp = _channels_last_padded(x4, p, zp)
+        xp = _channels_last_padded(x4, p, zp, channels_last)
         mg = m // packed.group
         pointwise = kh == kw == 1 and s == [1, 1]
         for g, pack in enumerate(packed.packs):
@@ -180,7 +193,9 @@ def conv_nchw(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, p
                 current_pool().map(chunk, starts)
             else:
                 chunk(0)
-    return np.ascontiguousarray(y_rows.reshape(n, plane, m).transpose(0, 2, 1)).reshape(out_shape)
+    if channels_last:
+        return y_rows.reshape((n,) + out_spatial + (m,))
+    return np.ascontiguousarray(y_rows.reshape(n, plane, m).transpose(0, 2, 1)).reshape((n, m) + out_spatial)
 
 
 class Requantize:
@@ -228,7 +243,7 @@ MIN_GROUP_CHANNELS = 8
 
 
 def supported(x: np.ndarray, w: np.ndarray, group: int = 1) -> bool:
-    """Whether :func:`conv_nchw` serves these operands: 8-bit, 1-D or 2-D, and not thin groups."""
+    """Whether :func:`convolve` serves these operands: 8-bit, 1-D or 2-D, and not thin groups."""
     if x.dtype not in _INT8 or w.dtype not in _INT8 or x.ndim not in (3, 4) or w.ndim != x.ndim or not math.prod(w.shape):
         return False
     return int(group) == 1 or w.shape[0] // max(int(group), 1) >= MIN_GROUP_CHANNELS

@@ -1,0 +1,79 @@
+"""What the QDQ fusions ask of a graph: per-tensor DequantizeLinear producers and QuantizeLinear readers
+with constant parameters, as ``quantize_static`` (QDQ format) writes them around each op."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph.tensors import constant_array
+from .matching import is_constant, is_float32, only_reader
+
+EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """``value``'s array when it is a constant no caller can override, else None."""
+    return np.asarray(constant_array(value)) if is_constant(value) else None
+
+
+def dequantize_producer(value: ir.Value | None) -> ir.Node | None:
+    """The DequantizeLinear (no block_size, zero point given) producing float32 ``value``."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "DequantizeLinear" or node.domain != "":
+        return None
+    if node.attributes.get_int("block_size", 0) or len(node.inputs) != 3 or node.inputs[2] is None:
+        return None
+    if not is_float32(node.outputs[0]):
+        return None
+    return node
+
+
+def per_tensor(node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value] | None:
+    """(data, scale, zero point) of a per-tensor 8-bit (De)QuantizeLinear with constant parameters."""
+    data, scale, zero = node.inputs[0], node.inputs[1], node.inputs[2]
+    scale_array, zero_array = constant(scale), constant(zero)
+    if scale_array is None or zero_array is None or scale_array.size != 1 or zero_array.size != 1:
+        return None
+    if scale_array.dtype != np.float32 or zero_array.dtype not in EIGHT_BIT:
+        return None
+    return data, scale, zero
+
+
+def activation(value: ir.Value | None) -> tuple[ir.Value, ir.Value, ir.Value] | None:
+    """(x, scale, zero point) when float32 ``value`` dequantizes an 8-bit ``x`` per tensor."""
+    dequantize = dequantize_producer(value)
+    if dequantize is None:
+        return None
+    x = per_tensor(dequantize)
+    if x is None:
+        return None
+    data_type = x[0].type.dtype if isinstance(x[0].type, ir.TensorType) else None
+    if data_type not in (ir.DataType.UINT8, ir.DataType.INT8):
+        return None
+    return x
+
+
+def quantize_reader(value: ir.Value) -> tuple[ir.Node, ir.Value, ir.Value] | None:
+    """(QuantizeLinear, y_scale, y_zero_point) when ``value``'s only reader quantizes it per tensor to 8 bits."""
+    quantize = only_reader(value)
+    if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain != "":
+        return None
+    if quantize.inputs[0] is not value or len(quantize.inputs) != 3 or quantize.inputs[2] is None:
+        return None
+    if quantize.attributes.get_int("block_size", 0) or quantize.attributes.get_int("saturate", 1) != 1:
+        return None
+    y = per_tensor(quantize)
+    if y is None:
+        return None
+    return quantize, y[1], y[2]
+
+
+def same_quantization(first: tuple[ir.Value, ir.Value], second: tuple[ir.Value, ir.Value]) -> bool:
+    """Whether two (scale, zero point) pairs of constants hold the same values and zero-point type."""
+    (scale_a, zero_a), (scale_b, zero_b) = first, second
+    arrays = [constant(v) for v in (scale_a, zero_a, scale_b, zero_b)]
+    if any(a is None for a in arrays):
+        return False
+    return (arrays[1].dtype == arrays[3].dtype and np.array_equal(arrays[0].reshape(-1), arrays[2].reshape(-1))
+            and np.array_equal(arrays[1].reshape(-1), arrays[3].reshape(-1)))
