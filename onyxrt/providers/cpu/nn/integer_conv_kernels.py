@@ -31,7 +31,9 @@ def requantize_rows(acc, bias, multiplier, zero, low, high, out):
     rows, channels = acc.shape
     for r in range(rows):
         for m in range(channels):
-            value = _f(acc[r, m] + bias[m]) * multiplier[m]
+            # the sum wraps in int32 as numpy's does: numba would widen it to int64, whose conversion to
+            # float has no AVX2 instruction and keeps the loop scalar (3.5x slower)
+            value = _f(np.int32(acc[r, m] + bias[m])) * multiplier[m]
             value = min(max(value, -_LIMIT), _LIMIT)
             value = (value + _MAGIC) - _MAGIC + zero
             out[r, m] = min(max(value, low), high)
