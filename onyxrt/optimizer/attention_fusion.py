@@ -39,10 +39,14 @@ Preconditions: float32 projections; a 4-D Softmax over its last axis; every Resh
 (from the nodes computing its target and from inferred shapes, see :mod:`.shape_values`) to
 split ``[B, S, N·H]`` into heads with constant N or H and to merge them back; N and H the same
 for q and k, N for v; a nonzero positive scale; every value the pattern computes read only
-inside it, or by shape computations that die with it; the result's name kept; the result
-not quantized (read by no (Dynamic)QuantizeLinear, DynamicQuantizeMatMul or int8-input
-MatMulNBits: there the fused kernel's float rounding, tiny itself, would move values across
-whole quantization steps). The bias:
+inside it, or by shape computations that die with it; the result's name kept. A result that is
+quantized next (dynamically quantized encoders: the output projection is a DynamicQuantizeMatMul)
+is fused too: the kernel's float rounding, tiny itself, moves the odd value across a rounding
+boundary, by one quantization step. Measured on onnxruntime's ``quantize_dynamic`` minilm_l6 (u8 x u8,
+exact in both runtimes, 10 random inputs): the largest difference to onnxruntime, relative to
+the output's range, was 0.057 fused and 0.042 unfused (medians 0.038 and 0.036: the dynamic
+quantization's own flips dominate), and the mean cosine of pooled embeddings to float32 0.90013
+fused and 0.89997 unfused (onnxruntime: 0.89992). The bias:
 float32 of rank 4, dimension 1 one or N, dimension 3 not a static 1 (onnxruntime takes
 ``[B or 1, N or 1, S, T]`` only); a masked_fill's bool mask of rank 2 to 4 whose rows and
 columns are not a static 1. A bias broadcast over the query rows (``[B, 1, 1, T]``, the
@@ -69,10 +73,6 @@ from .shape_values import constant_ints, dim_of, same_dim, shape_entries
 
 _MICROSOFT = "com.microsoft"
 _TO_HEADS = (0, 2, 1, 3)
-# Ops that quantize a float input: the fused kernel's other float rounding of the attention
-# output would move values across quantization steps (onnxruntime fuses such graphs into
-# QAttention instead).
-_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "DynamicQuantizeMatMul"})
 
 
 @dataclass
@@ -172,8 +172,6 @@ def _match(softmax: ir.Node, context: OptimizationContext) -> _Match | None:
     if merged is None:
         return None
     output, output_nodes = merged
-    if any(_quantizes_input(use.node) for use in output.uses()):
-        return None
     if bias is not None and not _usable_bias(bias, q.num_heads):
         return None
     nodes = [*q.nodes, *k.nodes, *v.nodes, *score_nodes, *mask_nodes, softmax, *guard_nodes,
@@ -907,11 +905,6 @@ def _data_reader(value: ir.Value) -> ir.Node | None:
     if len(readers) != 1 or value.is_graph_output():
         return None
     return readers[0]
-
-
-def _quantizes_input(node: ir.Node) -> bool:
-    # MatMulNBits at accuracy level 4 quantizes its input to int8 too
-    return node.op_type in _QUANTIZERS or (node.op_type == "MatMulNBits" and node.attributes.get_int("accuracy_level", 0) == 4)
 
 
 def _is_op(node: ir.Node, op_type: str) -> bool:

@@ -25,8 +25,10 @@ boundary, changing it by one quantization step, and such a flip propagates. So:
   exactly here); QDQ models run the float op between DequantizeLinear and
   QuantizeLinear where onnxruntime runs a fused integer kernel: within 3 steps, and
   at most 0.5 step on average;
-* dynamically quantized encoders: minilm_l6 (real weights) within 1e-3 x max|output|
-  (they agree to ~1e-6); bert_base has random weights whose activations are
+* dynamically quantized encoders: minilm_l6 (real weights) within 2e-2 x max|output|, 2e-3 on
+  average (unfused they agreed to ~1e-6; onyxrt fuses the attention whose output the next
+  projection quantizes, and its float rounding flips the odd value by one step: 0.6% seen on a
+  VNNI CPU); bert_base has random weights whose activations are
   quantized coarsely after every layer, so the flips add up over its 12 layers:
   within 5e-2 x max|output|, 1e-2 on average (observed: ~2e-2 and ~3e-3). Without
   VNNI onnxruntime's u8s8 kernel saturates pair sums (tests/unit/ort_int8.py): QInt8
@@ -198,7 +200,7 @@ def test_dynamic_quantized_encoder(quantized_model, zoo_model, name, weight_type
         assert _cosine(got[0], want[0]).mean() > 0.99
         assert _cosine(got[0], reference).mean() > _cosine(want[0], reference).mean() - 0.005
     elif name == "minilm_l6":
-        _assert_relative(got, want, 1e-3)
+        _assert_relative(got, want, 2e-2, 2e-3)
     else:
         _assert_relative(got, want, 5e-2, 1e-2)
 

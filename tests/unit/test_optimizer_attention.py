@@ -284,7 +284,6 @@ def test_cross_attention_becomes_multi_head_attention(tmp_path):
         {"probs_output": True},  # attention weights read outside the pattern
         {"bias_rank": 2},  # onnxruntime takes 4-D attention_bias only
         {"dtype": np.float64},
-        {"quantized_output": True},  # rounding changes would become whole quantization steps
     ],
     ids=lambda v: next(iter(v)),
 )
@@ -292,6 +291,25 @@ def test_preconditions_block_the_fusion(variant, tmp_path):
     model = _Layer("dynamo" if "bias_rank" in variant else "torchscript", **variant).build()
     saved = _optimized(model, tmp_path, [_feeds(model, batch=4, seq=4)])  # B = S: a swapped Reshape still runs
     assert not _fused_nodes(saved)
+
+
+def test_attention_read_by_a_dynamic_quantizer_fuses_within_a_quantization_step(tmp_path):
+    """A dynamically quantized output projection reads the fused result: the kernel's float rounding may move
+    the odd attended value across a rounding boundary, by one step of its quantization (scale: range / 255)."""
+    model = _Layer("torchscript", quantized_output=True).build()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    assert _fused_nodes(onnx.load(options.optimized_model_filepath))
+    off = onnxruntime.SessionOptions()
+    off.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = onnxruntime.InferenceSession(model.SerializeToString(), off, providers=["CPUExecutionProvider"])
+    for feeds in (_feeds(model), _feeds(model, batch=4, seq=4)):
+        (got,), (want,) = session.run(None, feeds), reference.run(None, feeds)
+        scale = float(np.abs(want).max())
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-2 * scale)
+        assert np.abs(got - want).mean() <= 2e-3 * scale
 
 
 def test_shape_entries_follow_exported_shape_arithmetic():
