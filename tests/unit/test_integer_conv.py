@@ -35,8 +35,11 @@ CASES = [  # (x shape, w shape, attributes)
     ((2, 6, 12, 12), (12, 6, 3, 3), dict(auto_pad="SAME_UPPER", strides=[2, 2])),
     ((1, 32, 40, 40), (16, 32, 1, 1), dict(strides=[2, 2])),
     ((1, 8, 10), (6, 8, 3), dict(pads=[1, 1])),
+    ((1, 24, 10, 10), (24, 1, 3, 3), dict(pads=[1, 1, 1, 1], group=24)),  # depthwise: its own kernel
+    ((2, 16, 9, 9), (16, 1, 3, 3), dict(pads=[1, 0, 1, 2], strides=[2, 2], dilations=[1, 2], group=16)),
 ]
-CASE_IDS = ["3x3", "1x1-batch2", "7x7-stride2", "grouped-dilated", "two-groups", "same-upper", "1x1-stride2", "1d"]
+CASE_IDS = ["3x3", "1x1-batch2", "7x7-stride2", "grouped-dilated", "two-groups", "same-upper", "1x1-stride2", "1d",
+            "depthwise", "depthwise-strided-dilated"]
 
 
 def _random(dtype, shape):
@@ -224,9 +227,10 @@ def test_qlinear_conv_per_channel_zero_points_exact_and_as_onnxruntime():
     np.testing.assert_array_equal(got_session, want)
 
 
+@pytest.mark.parametrize("case", [0, CASE_IDS.index("depthwise")], ids=["3x3", "depthwise"])
 @pytest.mark.parametrize("route", ["gemm-numpy", "numba-disabled", "weights-not-constant"])
-def test_fallback_routes_give_the_same_bytes(route, monkeypatch):
-    x_shape, w_shape, attrs = CASES[0]
+def test_fallback_routes_give_the_same_bytes(route, case, monkeypatch):
+    x_shape, w_shape, attrs = CASES[case]
     w = _random(np.int8, w_shape)
     x = _random(np.uint8, x_shape)
     model, _ = _qlinear_conv_model(x_shape, w, attrs, x_dtype=np.uint8, y_dtype=np.uint8, per_channel=True, bias=True)

@@ -236,6 +236,46 @@ class Requantize:
             out[...] = self.rows(acc, m0, m1)
 
 
+_DEPTHWISE_KERNEL = LazyModuleKernel("onyxrt.providers.cpu.nn.integer_conv_kernels", "depthwise_requantized")
+
+
+def depthwise_requantized(x, w, w_zero_point, x_zero_point, strides, dilations, pads, auto_pad,
+                          requantize: Requantize, channels_last: bool = False) -> np.ndarray | None:
+    """QLinearConv of a 2-D depthwise filter (M = C groups of one channel, w (C, 1, kh, kw)) by a numba kernel
+    over channels-last pixels, requantized in the same pass; x (N, C, H, W), or (N, H, W, C) where
+    ``channels_last``, and the result in x's layout. None where it does not apply (another shape, more
+    than 258 taps, numba unavailable): the caller's general route then runs."""
+    if x.ndim != 4 or w.ndim != 4 or w.shape[1] != 1 or x.dtype not in _INT8 or w.dtype not in _INT8:
+        return None
+    c = x.shape[-1] if channels_last else x.shape[1]
+    m, _, kh, kw = w.shape
+    if m != c or kh * kw * 255 * 255 >= 2**24 or (x_zero_point is not None and np.size(x_zero_point) != 1):
+        return None
+    zp = _zero_point_vector(w_zero_point, m)
+    taps = np.ascontiguousarray(w.reshape(m, kh * kw).T.reshape(kh, kw, m), dtype=np.float32)
+    if zp is not None:
+        taps -= zp.astype(np.float32)
+    x_zero = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
+    spatial = x.shape[1:3] if channels_last else x.shape[2:]
+    s, d, p = _geometry(spatial, (m, 1, kh, kw), strides, dilations, pads, auto_pad, 2)
+    if any(v < 0 for v in p):
+        return None
+    h, wd = spatial
+    oh = (h + p[0] + p[2] - (d[0] * (kh - 1) + 1)) // s[0] + 1
+    ow = (wd + p[1] + p[3] - (d[1] * (kw - 1) + 1)) // s[1] + 1
+    if oh <= 0 or ow <= 0:
+        return None
+    xp = _channels_last_padded(x, p, x_zero, channels_last)
+    out = np.empty((x.shape[0], oh, ow, m), requantize.dtype)
+    args = (xp, taps, requantize.bias, requantize.multiplier, np.float32(x_zero), requantize.zero, requantize.low,
+            requantize.high, s[0], s[1], d[0], d[1])
+    kernel = _DEPTHWISE_KERNEL.compiled_for((x.dtype, requantize.dtype), xp[:0], *args[1:], out[:0])
+    if kernel is None:
+        return None
+    kernel(*args, out)
+    return out if channels_last else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
 # Output channels per group below which a grouped convolution stays on conv.py's float64 kernels:
 # a depthwise convolution would be one GEMM with a single column per channel here, where conv.py
 # has a depthwise route.

@@ -37,3 +37,31 @@ def requantize_rows(acc, bias, multiplier, zero, low, high, out):
             value = min(max(value, -_LIMIT), _LIMIT)
             value = (value + _MAGIC) - _MAGIC + zero
             out[r, m] = min(max(value, low), high)
+
+
+@numba.njit(**_jit)
+def depthwise_requantized(xp, w, bias, multiplier, x_zero, y_zero, low, high, sh, sw, dh, dw, out):
+    """A depthwise convolution of the padded channels-last 8-bit ``xp`` (N, Hp, Wp, C; padding holds x's zero
+    point) by ``w`` (kh, kw, C) float32 (the filter minus its zero points), requantized into ``out``
+    (N, OH, OW, C): per pixel the taps are summed in float32, exact (at most 258 taps of 255 x 255 stay
+    below 2**24), then as :func:`requantize_rows`: the int32 sum plus ``bias`` times ``multiplier``,
+    rounded half to even, plus ``y_zero``, clipped to [low, high]. Channels are the vectorized axis."""
+    n, oh, ow, c = out.shape
+    kh, kw = w.shape[0], w.shape[1]
+    acc = np.empty(c, np.float32)
+    for b in range(n):
+        for y in range(oh):
+            for x in range(ow):
+                for ch in range(c):
+                    acc[ch] = 0
+                for i in range(kh):
+                    row = y * sh + i * dh
+                    for j in range(kw):
+                        column = x * sw + j * dw
+                        for ch in range(c):
+                            acc[ch] += (_f(xp[b, row, column, ch]) - x_zero) * w[i, j, ch]
+                for ch in range(c):
+                    value = _f(np.int32(np.int32(acc[ch]) + bias[ch])) * multiplier[ch]
+                    value = min(max(value, -_LIMIT), _LIMIT)
+                    value = (value + _MAGIC) - _MAGIC + y_zero
+                    out[b, y, x, ch] = min(max(value, low), high)
