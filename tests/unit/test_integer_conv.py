@@ -37,9 +37,10 @@ CASES = [  # (x shape, w shape, attributes)
     ((1, 8, 10), (6, 8, 3), dict(pads=[1, 1])),
     ((1, 24, 10, 10), (24, 1, 3, 3), dict(pads=[1, 1, 1, 1], group=24)),  # depthwise: its own kernel
     ((2, 16, 9, 9), (16, 1, 3, 3), dict(pads=[1, 0, 1, 2], strides=[2, 2], dilations=[1, 2], group=16)),
+    ((1, 32, 64, 64), (32, 1, 3, 3), dict(pads=[1, 1, 1, 1], strides=[1, 2], group=32)),  # rows split over the pool
 ]
 CASE_IDS = ["3x3", "1x1-batch2", "7x7-stride2", "grouped-dilated", "two-groups", "same-upper", "1x1-stride2", "1d",
-            "depthwise", "depthwise-strided-dilated"]
+            "depthwise", "depthwise-strided-dilated", "depthwise-banded"]
 
 
 def _random(dtype, shape):

@@ -257,6 +257,8 @@ class Requantize:
 
 
 _DEPTHWISE_KERNEL = LazyModuleKernel("onyxrt.providers.cpu.nn.integer_conv_kernels", "depthwise_requantized")
+# multiply-adds from which a depthwise convolution is split over the pool (a hand-off costs ~20-80 us)
+_MIN_PARALLEL_DEPTHWISE_MACS = 1 << 19
 
 
 def depthwise_requantized(x, w, w_zero_point, x_zero_point, strides, dilations, pads, auto_pad,
@@ -292,7 +294,13 @@ def depthwise_requantized(x, w, w_zero_point, x_zero_point, strides, dilations, 
     kernel = _DEPTHWISE_KERNEL.compiled_for((x.dtype, requantize.dtype), xp[:0], *args[1:], out[:0])
     if kernel is None:
         return None
-    kernel(*args, out)
+    pool = current_pool()
+    bands = min(pool.num_threads, oh) if out.size * kh * kw >= _MIN_PARALLEL_DEPTHWISE_MACS else 1
+    if bands > 1:  # bands of output rows over the pool (the kernel releases the GIL)
+        edges = [oh * b // bands for b in range(bands + 1)]
+        pool.map(lambda b: kernel(xp[:, edges[b] * s[0]:], *args[1:], out[:, edges[b]:edges[b + 1]]), range(bands))
+    else:
+        kernel(*args, out)
     return out if channels_last else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
