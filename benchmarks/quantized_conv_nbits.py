@@ -1,4 +1,4 @@
-"""Low-precision kernels end to end: weight-only int4 llama_tiny decode and QDQ int8 resnet50.
+"""Low-precision kernels end to end: weight-only int4 llama_tiny decode and QDQ int8 resnet50 / mobilenet_v2.
 
     python benchmarks/quantized_conv_nbits.py --out benchmarks/quantized_conv_nbits.md
     python benchmarks/quantized_conv_nbits.py llama_decode --rounds 5 --threads 1
@@ -8,7 +8,8 @@ Cases (quantized files made once by onnxruntime's own tools into ``--cache``):
 * ``llama_decode``: one decode step of llama_tiny at past 127 (batch 1). Variants: onyxrt on the
   float32 file, onyxrt and onnxruntime on the weight-only int4 file (``MatMulNBitsQuantizer``,
   block 32, asymmetric), onnxruntime on the float32 file.
-* ``resnet50``: one image. Variants: onyxrt on the float32 file, onyxrt and onnxruntime on the
+* ``resnet50`` (and ``mobilenet_v2``, not run by default): one image. Variants: onyxrt on the float32 file,
+  onyxrt and onnxruntime on the
   ``quantize_static`` file (QDQ, per-channel int8 weights, uint8 activations, 32 random calibration
   images), onnxruntime on the float32 file.
 
@@ -35,16 +36,17 @@ from latency import timed_runs, worker_result, write_table, zoo_path  # noqa: E4
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ("llama_decode", "resnet50")
+VISION = ("resnet50", "mobilenet_v2")
 VARIANTS = {  # (runtime, which file)
     "llama_decode": [("onyxrt", "fp32"), ("onyxrt", "int4"), ("onnxruntime", "int4"), ("onnxruntime", "fp32")],
-    "resnet50": [("onyxrt", "fp32"), ("onyxrt", "qdq"), ("onnxruntime", "qdq"), ("onnxruntime", "fp32")],
+    **{name: [("onyxrt", "fp32"), ("onyxrt", "qdq"), ("onnxruntime", "qdq"), ("onnxruntime", "fp32")] for name in VISION},
 }
-QUANTIZED_OPS = {"llama_decode": "MatMulNBits", "resnet50": "QLinearConv"}
+QUANTIZED_OPS = {"llama_decode": "MatMulNBits", **{name: "QLinearConv" for name in VISION}}
 
 
 def model_path(case: str, kind: str, cache: Path) -> str:
     """The float32 zoo file, or its quantized version (made by onnxruntime's tools on first use)."""
-    base = zoo_path("llama_tiny" if case == "llama_decode" else "resnet50")
+    base = zoo_path("llama_tiny" if case == "llama_decode" else case)
     if kind == "fp32":
         return base
     cache.mkdir(parents=True, exist_ok=True)
@@ -162,7 +164,7 @@ def accuracy(case: str, cache: Path, threads: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=list(CASES))
+    parser.add_argument("cases", nargs="*", default=list(CASES), choices=[*CASES, *VISION[1:]])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per process")
     parser.add_argument("--threads", type=int, default=0, help="intra_op_num_threads of every session (0: physical cores)")
