@@ -164,7 +164,7 @@ def accuracy(case: str, cache: Path, threads: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="*", default=list(CASES), choices=[*CASES, *VISION[1:]])
+    parser.add_argument("cases", nargs="*", default=list(CASES), help=f"of {', '.join([*CASES, *VISION[1:]])}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per process")
     parser.add_argument("--threads", type=int, default=0, help="intra_op_num_threads of every session (0: physical cores)")
@@ -174,6 +174,9 @@ def main() -> int:
     parser.add_argument("--profile", nargs=2, metavar=("CASE", "KIND"), help=argparse.SUPPRESS)
     parser.add_argument("--accuracy", metavar="CASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(args.cases) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}: choose from {sorted(VARIANTS)}")
     cache = Path(args.cache)
     if args.worker:
         worker(*args.worker, args.repeat, args.threads, cache)

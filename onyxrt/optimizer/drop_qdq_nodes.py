@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from .matching import bypass
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .qdq_matching import activation, quantize_reader, same_quantization
+from .qdq_matching import activation, quantize_reader, same_quantization, zero_point_type
 
 _DATA_MOVEMENT = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Slice",
                             "Gather", "GatherElements"})
@@ -49,12 +49,12 @@ class DropQdqNodes(GraphPass):
             if x is None or reader is None:
                 continue
             quantize, y_scale, y_zero = reader
-            if x[0].type.dtype != quantize.outputs[0].type.dtype or not same_quantization(x[1:], (y_scale, y_zero)):
+            if x[0].type.dtype != zero_point_type(y_zero) or not same_quantization(x[1:], (y_scale, y_zero)):
                 continue
             result = node.outputs[0]
             float_input, float_type = node.inputs[0], result.type
             node.replace_input_with(0, x[0])
-            result.type = quantize.outputs[0].type
+            result.type = ir.TensorType(x[0].type.dtype)
             if not bypass(quantize, result, graph):  # (a graph output's name moves to the op's result)
                 node.replace_input_with(0, float_input)
                 result.type = float_type

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from ..graph.builder import UniqueNames
 from .matching import replace_with, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .qdq_matching import activation, quantize_reader
+from .qdq_matching import activation, quantize_reader, zero_point_type
 
 _MICROSOFT = "com.microsoft"
 _FUSED = {"Add": "QLinearAdd", "Mul": "QLinearMul"}
@@ -49,7 +49,7 @@ class QdqBinaryFusion(GraphPass):
             if a is None or b is None or reader is None:
                 continue
             quantize, y_scale, y_zero = reader
-            dtypes = {a[0].type.dtype, b[0].type.dtype, quantize.outputs[0].type.dtype}
+            dtypes = {a[0].type.dtype, b[0].type.dtype, zero_point_type(y_zero)}
             if len(dtypes) != 1 or not self_contained([node, quantize], quantize.outputs[0]):
                 continue
             context.require_opset(_MICROSOFT, 1)

@@ -69,6 +69,12 @@ def quantize_reader(value: ir.Value) -> tuple[ir.Node, ir.Value, ir.Value] | Non
     return quantize, y[1], y[2]
 
 
+def zero_point_type(zero_point: ir.Value) -> ir.DataType:
+    """The 8-bit type a (De)QuantizeLinear with this constant zero point produces or reads (known even where
+    inference left the value untyped)."""
+    return ir.DataType.from_numpy(constant(zero_point).dtype)
+
+
 def same_quantization(first: tuple[ir.Value, ir.Value], second: tuple[ir.Value, ir.Value]) -> bool:
     """Whether two (scale, zero point) pairs of constants hold the same values and zero-point type."""
     (scale_a, zero_a), (scale_b, zero_b) = first, second

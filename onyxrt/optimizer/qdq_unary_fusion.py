@@ -19,7 +19,7 @@ import onnx_ir as ir
 from ..graph.builder import UniqueNames
 from .matching import replace_with, self_contained
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .qdq_matching import activation, quantize_reader
+from .qdq_matching import activation, quantize_reader, zero_point_type
 
 _MICROSOFT = "com.microsoft"
 # op -> (its QLinear form, the attributes carried over)
@@ -59,7 +59,7 @@ class QdqUnaryFusion(GraphPass):
             if x is None or reader is None:
                 continue
             quantize, y_scale, y_zero = reader
-            if x[0].type.dtype != quantize.outputs[0].type.dtype:
+            if x[0].type.dtype != zero_point_type(y_zero):
                 continue
             if not self_contained([node, quantize], quantize.outputs[0]):
                 continue
