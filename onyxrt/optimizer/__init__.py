@@ -41,6 +41,7 @@ from .pass_manager import (
     PassManager,
 )
 from .qdq_binary_fusion import QdqBinaryFusion
+from .qdq_concat_fusion import QdqConcatFusion
 from .qdq_conv_fusion import QdqConvFusion
 from .dynamic_quantize_matmul_merge import DynamicQuantizeMatMulMerge
 from .qdq_matmul_fusion import DynamicQuantizeMatMulFusion, QdqMatMulFusion
@@ -74,7 +75,7 @@ def default_passes() -> list[GraphPass]:
         QdqMatMulFusion(), DynamicQuantizeMatMulFusion(),  # before MatMulAddFusion: they take a bias Add themselves
         DynamicQuantizeMatMulMerge(),
         MatMulAddFusion(),
-        QdqConvFusion(), QdqBinaryFusion(), QdqUnaryFusion(), DropQdqNodes(),
+        QdqConvFusion(), QdqBinaryFusion(), QdqUnaryFusion(), QdqConcatFusion(), DropQdqNodes(),
         DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),
         MatMulScaleFusion(), ConvResidualAddFusion(), ConvActivationFusion(), GemmActivationFusion(),
         SkipLayerNormFusion(),

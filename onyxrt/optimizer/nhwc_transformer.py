@@ -6,8 +6,9 @@ in NCHW it transposes its input and its output on every call (on resnet50's QDQ 
 sixth of the run). Here every 2-D ONNX QLinearConv becomes com.microsoft QLinearConv with
 ``channels_last = 1``; then, in graph order, ops whose 8-bit data inputs all come out of such
 nodes follow them: com.microsoft QLinearAdd / QLinearMul (elementwise: both operands permuted
-alike broadcast alike), MaxPool on 8-bit data (com.microsoft NhwcMaxPool) and
-QLinearGlobalAveragePool (its ``channels_last``). A Transpose to NHWC is inserted once per value
+alike broadcast alike), QLinearSigmoid / QLinearLeakyRelu (tables applied per byte), QLinearConcat
+(its axis moved with the layout), MaxPool on 8-bit data (com.microsoft NhwcMaxPool) and
+QLinearGlobalAveragePool / QLinearAveragePool (their ``channels_last``). A Transpose to NHWC is inserted once per value
 entering a chain, one back to NCHW once per value leaving it (read by another op, or a graph
 output, which keeps its name). A convolution whose input and readers all stay NCHW is left as it
 is: converting it alone would only move its transposes into nodes.
@@ -68,6 +69,11 @@ def _anchor(node: ir.Node) -> bool:
 
 def _data_positions(node: ir.Node) -> tuple[int, ...] | None:
     """The data inputs through which ``node`` can follow a channels-last chain, else None."""
+    if node.domain == _MICROSOFT and node.op_type == "QLinearConcat":
+        axis = node.attributes.get_int("axis", None)
+        if axis is None or not -4 <= axis < 4 or len(node.inputs) < 5 or (len(node.inputs) - 2) % 3:
+            return None
+        return tuple(range(2, len(node.inputs), 3))
     if node.domain == _MICROSOFT and node.op_type in _FOLLOWERS:
         if node.op_type in _LAYOUT_ATTRIBUTE and node.attributes.get_int("channels_last", 0):
             return None
@@ -131,6 +137,10 @@ class _Rewrite:
         attributes = [attr for attr in node.attributes.values() if attr.name not in ("channels_last", "storage_order")]
         if node.op_type == "MaxPool":
             op_type = "NhwcMaxPool"
+        elif node.op_type == "QLinearConcat":  # the same axis, where it now lies
+            op_type = node.op_type
+            axis = node.attributes.get_int("axis") % 4
+            attributes = [ir.AttrInt64("axis", _TO_NHWC.index(axis))]
         else:
             op_type = node.op_type
             if op_type in _LAYOUT_ATTRIBUTE:
