@@ -19,38 +19,30 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from .matching import bypass
-from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .qdq_matching import activation, quantize_reader, same_quantization, zero_point_type
+from .pass_manager import OptimizationContext
+from .qdq_matching import QdqFusion, quantized_unit, same_quantization
 
 _DATA_MOVEMENT = frozenset({"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Slice",
                             "Gather", "GatherElements"})
 _MAX_POOL_8_BIT_OPSET = 12
 
 
-class DropQdqNodes(GraphPass):
+class DropQdqNodes(QdqFusion):
     """Runs data-movement ops on the 8-bit tensor where a DequantizeLinear/QuantizeLinear pair brackets them."""
 
     name = "drop_qdq_nodes"
-    ort_names = ("QDQSelectorActionTransformer",)
-    level = OptimizationLevel.EXTENDED
-    providers = ("CPUExecutionProvider",)
 
-    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
-        if context.fold_dequantize_linear:  # the session asked for the float path (disable_quant_qdq)
-            return 0
+    def fuse(self, graph: ir.Graph, context: OptimizationContext) -> int:
         dropped = 0
         for node in [node for node in graph if node.op_type in _DATA_MOVEMENT and node.domain == ""]:
             if len(node.outputs) != 1 or not node.inputs or any(v is node.inputs[0] for v in node.inputs[1:]):
                 continue
             if node.op_type == "MaxPool" and context.opset(node) < _MAX_POOL_8_BIT_OPSET:
                 continue
-            x = activation(node.inputs[0])
-            reader = quantize_reader(node.outputs[0])
-            if x is None or reader is None:
+            unit = quantized_unit(node)
+            if unit is None or not same_quantization(unit[0][1:], unit[2:]):
                 continue
-            quantize, y_scale, y_zero = reader
-            if x[0].type.dtype != zero_point_type(y_zero) or not same_quantization(x[1:], (y_scale, y_zero)):
-                continue
+            x, quantize = unit[0], unit[1]
             result = node.outputs[0]
             float_input, float_type = node.inputs[0], result.type
             node.replace_input_with(0, x[0])

@@ -21,24 +21,19 @@ import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
 from .matching import replace_with, self_contained
-from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .qdq_matching import activation, quantize_reader, zero_point_type
+from .pass_manager import OptimizationContext
+from .qdq_matching import QdqFusion, activation, quantize_reader, zero_point_type
 
 _MICROSOFT = "com.microsoft"
 _FUSED = {"Add": "QLinearAdd", "Mul": "QLinearMul"}
 
 
-class QdqBinaryFusion(GraphPass):
+class QdqBinaryFusion(QdqFusion):
     """Replaces quantize-dequantize Add and Mul units by QLinearAdd / QLinearMul."""
 
     name = "qdq_binary_fusion"
-    ort_names = ("QDQSelectorActionTransformer",)
-    level = OptimizationLevel.EXTENDED
-    providers = ("CPUExecutionProvider",)
 
-    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
-        if context.fold_dequantize_linear:  # the session asked for the float path (disable_quant_qdq)
-            return 0
+    def fuse(self, graph: ir.Graph, context: OptimizationContext) -> int:
         names = UniqueNames(graph)
         fused = 0
         for node in [node for node in graph if node.op_type in _FUSED and node.domain == ""]:

@@ -25,21 +25,19 @@ import onnx_ir as ir
 
 from ..graph.tensors import constant_array
 from .matching import is_constant, only_reader, replace_with, self_contained
-from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
+from .pass_manager import OptimizationContext
+from .qdq_matching import QdqFusion
 
 _EIGHT_BIT = (ir.DataType.UINT8, ir.DataType.INT8)
 _CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
-class QdqConvFusion(GraphPass):
+class QdqConvFusion(QdqFusion):
     """Replaces a quantize-dequantize Conv by QLinearConv (integer kernel) where the pattern is exact."""
 
     name = "qdq_conv_fusion"
-    ort_names = ("QDQSelectorActionTransformer",)
-    level = OptimizationLevel.EXTENDED
-    providers = ("CPUExecutionProvider",)
 
-    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
+    def fuse(self, graph: ir.Graph, context: OptimizationContext) -> int:
         fused = 0
         for conv in [node for node in graph if node.op_type == "Conv" and node.domain == ""]:
             inputs = _match(conv)

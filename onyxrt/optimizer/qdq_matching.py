@@ -1,15 +1,35 @@
-"""What the QDQ fusions ask of a graph: per-tensor DequantizeLinear producers and QuantizeLinear readers
-with constant parameters, as ``quantize_static`` (QDQ format) writes them around each op."""
+"""What the QDQ fusions share: their pass settings (:class:`QdqFusion`) and what they ask of a graph,
+per-tensor DequantizeLinear producers and QuantizeLinear readers with constant parameters, as
+``quantize_static`` (QDQ format) writes them around each op."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
+import abc
+
 from ..graph.tensors import constant_array
 from .matching import is_constant, is_float32, only_reader
+from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
 
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
+
+
+class QdqFusion(GraphPass):
+    """A rule of onnxruntime's QDQSelectorActionTransformer (EXTENDED, CPU provider): :meth:`fuse` rewrites
+    ``graph``; nothing is fused where the session asked for the float path (``session.disable_quant_qdq``)."""
+
+    ort_names = ("QDQSelectorActionTransformer",)
+    level = OptimizationLevel.EXTENDED
+    providers = ("CPUExecutionProvider",)
+
+    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
+        return 0 if context.fold_dequantize_linear else self.fuse(graph, context)
+
+    @abc.abstractmethod
+    def fuse(self, graph: ir.Graph, context: OptimizationContext) -> int:
+        """The number of rewrites made."""
 
 
 def constant(value: ir.Value | None) -> np.ndarray | None:
@@ -73,6 +93,16 @@ def zero_point_type(zero_point: ir.Value) -> ir.DataType:
     """The 8-bit type a (De)QuantizeLinear with this constant zero point produces or reads (known even where
     inference left the value untyped)."""
     return ir.DataType.from_numpy(constant(zero_point).dtype)
+
+
+def quantized_unit(node: ir.Node) -> tuple[tuple[ir.Value, ir.Value, ir.Value], ir.Node, ir.Value, ir.Value] | None:
+    """((x, x_scale, x_zero), QuantizeLinear, y_scale, y_zero) when ``node``'s first input dequantizes an 8-bit x
+    per tensor and its first output's only reader quantizes it per tensor to x's type, else None."""
+    x = activation(node.inputs[0]) if node.inputs else None
+    reader = quantize_reader(node.outputs[0])
+    if x is None or reader is None or x[0].type.dtype != zero_point_type(reader[2]):
+        return None
+    return (x, *reader)
 
 
 def same_quantization(first: tuple[ir.Value, ir.Value], second: tuple[ir.Value, ir.Value]) -> bool:

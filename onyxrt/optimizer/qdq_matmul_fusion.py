@@ -42,6 +42,7 @@ import onnx_ir as ir
 from ..graph.builder import UniqueNames
 from .matching import is_float32, only_reader, replace_with, self_contained
 from .qdq_matching import EIGHT_BIT as _EIGHT_BIT
+from .qdq_matching import QdqFusion
 from .qdq_matching import activation as _activation
 from .qdq_matching import constant as _constant
 from .qdq_matching import dequantize_producer as _dequantize
@@ -52,17 +53,12 @@ _MICROSOFT = "com.microsoft"
 _QLINEAR_MATMUL_OPSET = 10
 
 
-class QdqMatMulFusion(GraphPass):
+class QdqMatMulFusion(QdqFusion):
     """Replaces quantize-dequantize MatMul and Gemm units by integer matmuls (see the module docstring)."""
 
     name = "qdq_matmul_fusion"
-    ort_names = ("QDQSelectorActionTransformer",)
-    level = OptimizationLevel.EXTENDED
-    providers = ("CPUExecutionProvider",)
 
-    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
-        if context.fold_dequantize_linear:  # the session asked for the float path (disable_quant_qdq)
-            return 0
+    def fuse(self, graph: ir.Graph, context: OptimizationContext) -> int:
         names = UniqueNames(graph)
         fused = 0
         for node in list(graph):

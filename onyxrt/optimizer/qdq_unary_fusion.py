@@ -18,8 +18,8 @@ import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
 from .matching import replace_with, self_contained
-from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
-from .qdq_matching import activation, quantize_reader, zero_point_type
+from .pass_manager import OptimizationContext
+from .qdq_matching import QdqFusion, quantized_unit
 
 _MICROSOFT = "com.microsoft"
 # op -> (its QLinear form, the attributes carried over)
@@ -32,17 +32,12 @@ _FUSED = {
 }
 
 
-class QdqUnaryFusion(GraphPass):
+class QdqUnaryFusion(QdqFusion):
     """Replaces quantize-dequantize Sigmoid, LeakyRelu and average pools by their QLinear forms."""
 
     name = "qdq_unary_fusion"
-    ort_names = ("QDQSelectorActionTransformer",)
-    level = OptimizationLevel.EXTENDED
-    providers = ("CPUExecutionProvider",)
 
-    def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
-        if context.fold_dequantize_linear:  # the session asked for the float path (disable_quant_qdq)
-            return 0
+    def fuse(self, graph: ir.Graph, context: OptimizationContext) -> int:
         names = UniqueNames(graph)
         fused = 0
         for node in [node for node in graph if node.op_type in _FUSED and node.domain == ""]:
@@ -54,13 +49,10 @@ class QdqUnaryFusion(GraphPass):
             dilations = node.attributes.get_ints("dilations")
             if dilations is not None and any(d != 1 for d in dilations):
                 continue
-            x = activation(node.inputs[0])
-            reader = quantize_reader(node.outputs[0])
-            if x is None or reader is None:
+            unit = quantized_unit(node)
+            if unit is None:
                 continue
-            quantize, y_scale, y_zero = reader
-            if x[0].type.dtype != zero_point_type(y_zero):
-                continue
+            x, quantize, y_scale, y_zero = unit
             if not self_contained([node, quantize], quantize.outputs[0]):
                 continue
             context.require_opset(_MICROSOFT, 1)

@@ -38,6 +38,15 @@ def optimized_at_basic(model: onnx.ModelProto, tmp_path, feeds=None, exact: bool
     return Counter(node.op_type for node in optimized.graph.node), session
 
 
+def session_at_level(model, level, saved: str | None = None) -> ort.InferenceSession:
+    """An onyxrt session of ``model`` (path or bytes) at optimization ``level``, saving the optimized model to ``saved``."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    if saved:
+        options.optimized_model_filepath = saved
+    return ort.InferenceSession(model, options)
+
+
 def optimized_ir(model: onnx.ModelProto, level: int = 1):
     """(the model's IR optimized at ``level`` by onyxrt's passes with the CPU provider, the report)."""
     import onnx_ir as ir

@@ -18,6 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onyxrt
+from optimizer_checks import session_at_level
 from ort_int8 import onnxruntime_unfused_session
 
 ort = pytest.importorskip("onnxruntime")
@@ -77,21 +78,13 @@ def qdq_block(tmp_path_factory) -> str:
     return qdq_path
 
 
-def _session(path: str, level, saved: str | None = None):
-    options = onyxrt.SessionOptions()
-    options.graph_optimization_level = level
-    if saved:
-        options.optimized_model_filepath = saved
-    return onyxrt.InferenceSession(path, options)
-
-
 def _ops(path: str) -> Counter:
     return Counter((node.domain or "ai.onnx", node.op_type) for node in onnx.load(path).graph.node)
 
 
 def test_quantized_block_runs_on_integers_channels_last(qdq_block, tmp_path):
     saved = str(tmp_path / "optimized.onnx")
-    session = _session(qdq_block, onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved)
+    session = session_at_level(qdq_block, onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved)
     ops = _ops(saved)
     conv_nodes = [n for n in onnx.load(saved).graph.node if n.op_type == "QLinearConv"]
     assert ops[("com.microsoft", "QLinearConv")] == 5 and ops[("ai.onnx", "QLinearConv")] == 0
@@ -105,7 +98,7 @@ def test_quantized_block_runs_on_integers_channels_last(qdq_block, tmp_path):
     x = RNG.standard_normal((1, 3, 32, 32)).astype(F)
     (got,) = session.run(None, {"x": x})
     # the layout changes no byte: the same fusions in NCHW give the same result
-    (nchw,) = _session(qdq_block, onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED).run(None, {"x": x})
+    (nchw,) = session_at_level(qdq_block, onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED).run(None, {"x": x})
     np.testing.assert_array_equal(got, nchw)
     # the float QDQ graph (onnxruntime, unfused) within a few quantization steps of the logits
     (want,) = onnxruntime_unfused_session(qdq_block).run(None, {"x": x})
@@ -144,7 +137,7 @@ _MOVES = {
 def test_data_movement_runs_on_the_8_bit_tensor(op_type, tmp_path):
     model = _single_op_model(op_type, **_MOVES[op_type])
     saved = str(tmp_path / "optimized.onnx")
-    session = _session(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
+    session = session_at_level(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
     assert [n.op_type for n in onnx.load(saved).graph.node] == [op_type]
     feeds = {"xq": RNG.integers(0, 256, (1, 4, 6, 6)).astype(np.uint8)}
     (want,) = onnxruntime_unfused_session(model.SerializeToString()).run(None, feeds)
@@ -159,7 +152,7 @@ def test_data_movement_keeps_qdq_when_the_bytes_would_change(variant, tmp_path):
                "int8-output": dict(y_zero=0, y_type=TensorProto.INT8), "opset-11-max-pool": dict(opset=11)}[variant]
     model = _single_op_model("MaxPool", **_MOVES["MaxPool"], **options)
     saved = str(tmp_path / "optimized.onnx")
-    _session(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
+    session_at_level(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
     assert [n.op_type for n in onnx.load(saved).graph.node] == ["DequantizeLinear", "MaxPool", "QuantizeLinear"]
 
 
@@ -184,7 +177,7 @@ def _binary_model(op_type: str, *, b_type=TensorProto.UINT8, extra_reader=False)
 def test_qdq_add_and_mul_become_qlinear_ops(op_type, tmp_path):
     model = _binary_model(op_type)
     saved = str(tmp_path / "optimized.onnx")
-    session = _session(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
+    session = session_at_level(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
     assert [n.op_type for n in onnx.load(saved).graph.node] == [f"QLinear{op_type}"]
     feeds = {"aq": RNG.integers(0, 256, (2, 3, 5, 5)).astype(np.uint8), "bq": RNG.integers(0, 256, (1, 3, 1, 5)).astype(np.uint8)}
     (got,) = session.run(None, feeds)
@@ -200,7 +193,7 @@ def test_qdq_add_and_mul_become_qlinear_ops(op_type, tmp_path):
 def test_qdq_add_outside_the_pattern_stays(variant, tmp_path):
     model = _binary_model("Add", b_type=TensorProto.INT8) if variant == "mixed-types" else _binary_model("Add", extra_reader=True)
     saved = str(tmp_path / "optimized.onnx")
-    _session(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
+    session_at_level(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, saved)
     assert "QLinearAdd" not in [n.op_type for n in onnx.load(saved).graph.node]
 
 
@@ -225,11 +218,11 @@ def test_a_lone_convolution_keeps_its_layout_and_chain_outputs_keep_their_names(
                             (chain, [("ai.onnx", "Transpose"), ("com.microsoft", "QLinearConv"),
                                      ("com.microsoft", "QLinearConv"), ("ai.onnx", "Transpose")])):
         saved = str(tmp_path / "optimized.onnx")
-        session = _session(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved)
+        session = session_at_level(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved)
         optimized = onnx.load(saved)
         assert [(n.domain or "ai.onnx", n.op_type) for n in optimized.graph.node] == expected
         assert [o.name for o in optimized.graph.output] == ["y"]
-        (want,) = _session(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, feeds)
+        (want,) = session_at_level(model.SerializeToString(), onyxrt.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, feeds)
         np.testing.assert_array_equal(session.run(None, feeds)[0], want)
 
 
@@ -258,13 +251,13 @@ def test_qdq_concat_becomes_qlinear_concat_and_follows_the_layout(same_scale, tm
                               [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], [*inits, w1, w2, w3])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
     saved = str(tmp_path / "optimized.onnx")
-    session = _session(model, onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved)
+    session = session_at_level(model, onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved)
     concat = [n for n in onnx.load(saved).graph.node if n.op_type == "QLinearConcat"]
     assert len(concat) == 1 and {a.name: helper.get_attribute_value(a) for a in concat[0].attribute} == {"axis": 3}
     assert [n.op_type for n in onnx.load(saved).graph.node].count("Transpose") == 2
     feeds = {"x": RNG.integers(0, 256, (1, 4, 8, 8)).astype(np.uint8)}
     (got,) = session.run(None, feeds)
-    (nchw,) = _session(model, onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED).run(None, feeds)
+    (nchw,) = session_at_level(model, onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED).run(None, feeds)
     np.testing.assert_array_equal(got, nchw)
     (want,) = onnxruntime_unfused_session(model).run(None, feeds)
     difference = np.abs(got.astype(np.int32) - want.astype(np.int32))

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 import onyxrt
+from optimizer_checks import session_at_level
 
 ort = pytest.importorskip("onnxruntime")
 quantization = pytest.importorskip("onnxruntime.quantization")
@@ -37,14 +38,6 @@ def _snr(y: np.ndarray, exact: np.ndarray) -> float:
     return 10 * np.log10(float((exact.astype(np.float64) ** 2).sum()) / max(noise, 1e-30))
 
 
-def _session(path: str, level, saved: str | None = None):
-    options = onyxrt.SessionOptions()
-    options.graph_optimization_level = level
-    if saved:
-        options.optimized_model_filepath = saved
-    return onyxrt.InferenceSession(path, options)
-
-
 @pytest.mark.parametrize("name", CONV_NETS)
 def test_quantized_unseen_conv_net(name, tmp_path):
     source = UNSEEN / f"{name}.onnx"
@@ -56,10 +49,10 @@ def test_quantized_unseen_conv_net(name, tmp_path):
                                  weight_type=quantization.QuantType.QInt8)
     feeds = {"input": np.random.default_rng(6).standard_normal(SHAPE).astype(np.float32)}
     saved = str(tmp_path / "optimized.onnx")
-    (got,) = _session(path, onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved).run(None, feeds)
+    (got,) = session_at_level(path, onyxrt.GraphOptimizationLevel.ORT_ENABLE_ALL, saved).run(None, feeds)
     ops = [node.op_type for node in onnx.load(saved).graph.node]
     assert "QLinearConv" in ops and "Conv" not in ops
-    (nchw,) = _session(path, onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED).run(None, feeds)
+    (nchw,) = session_at_level(path, onyxrt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED).run(None, feeds)
     np.testing.assert_array_equal(got, nchw)
 
     plain = ort.SessionOptions()
