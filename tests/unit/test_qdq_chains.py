@@ -265,3 +265,24 @@ def test_qdq_concat_becomes_qlinear_concat_and_follows_the_layout(same_scale, tm
         np.testing.assert_array_equal(got, want)
     else:  # the requantized half rounds once through its table, the float detour twice
         assert difference.max() <= 2 and (difference > 0).mean() < 0.1
+
+
+def test_the_passes_are_switched_off_by_onnxruntime_names_and_config(qdq_block, tmp_path):
+    """``disabled_optimizers`` takes onnxruntime's pass names; ``session.disable_quant_qdq`` keeps the float reading."""
+    saved = str(tmp_path / "optimized.onnx")
+    options = onyxrt.SessionOptions()
+    options.optimized_model_filepath = saved
+    onyxrt.InferenceSession(qdq_block, options, disabled_optimizers=["NhwcTransformer"])
+    ops = _ops(saved)
+    assert ops[("ai.onnx", "QLinearConv")] == 5 and ops[("com.microsoft", "QLinearConv")] == 0
+    assert ops[("ai.onnx", "Transpose")] == 0 and ops[("com.microsoft", "QLinearAdd")] == 1
+
+    options = onyxrt.SessionOptions()
+    options.optimized_model_filepath = saved
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    session = onyxrt.InferenceSession(qdq_block, options)
+    ops = _ops(saved)
+    assert not any(op.startswith("QLinear") for _, op in ops) and ops[("ai.onnx", "Conv")] == 5
+    x = RNG.standard_normal((1, 3, 32, 32)).astype(F)
+    (want,) = onnxruntime_unfused_session(qdq_block).run(None, {"x": x})
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
