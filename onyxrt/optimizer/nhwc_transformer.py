@@ -43,7 +43,7 @@ class NhwcTransformer(GraphPass):
     providers = ("CPUExecutionProvider",)
 
     def run(self, graph: ir.Graph, context: OptimizationContext) -> int:
-        chosen = _choose(graph, context)
+        chosen = _choose(graph)
         if not chosen:
             return 0
         context.require_opset(_MICROSOFT, 1)
@@ -83,7 +83,7 @@ def _data_positions(node: ir.Node) -> tuple[int, ...] | None:
     return None
 
 
-def _choose(graph: ir.Graph, context: OptimizationContext) -> dict[ir.Node, tuple[int, ...]]:
+def _choose(graph: ir.Graph) -> dict[ir.Node, tuple[int, ...]]:
     """The nodes to run channels-last, each with its data input positions, in graph order."""
     chosen: dict[ir.Node, tuple[int, ...]] = {}
     for node in graph:
@@ -128,7 +128,8 @@ class _Rewrite:
             transpose = ir.Node("", "Transpose", [value], attributes=[ir.AttrInt64s("perm", _TO_NHWC)],
                                 num_outputs=1, name=self.names.fresh(f"{value.name or 'x'}_to_nhwc"))
             output = transpose.outputs[0]
-            output.name, output.type, output.shape = self.names.fresh(f"{value.name or 'x'}_nhwc"), value.type, _permuted(value.shape, _TO_NHWC)
+            output.name = self.names.fresh(f"{value.name or 'x'}_nhwc")
+            output.type, output.shape = value.type, _permuted(value.shape, _TO_NHWC)
             self.graph.insert_before(reader, transpose)
             self.nhwc[value] = output
         return self.nhwc[value]
