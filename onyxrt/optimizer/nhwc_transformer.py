@@ -23,11 +23,11 @@ import onnx_ir as ir
 
 from ..graph.builder import UniqueNames
 from .pass_manager import GraphPass, OptimizationContext, OptimizationLevel
+from .qdq_matching import is_eight_bit
 
 _MICROSOFT = "com.microsoft"
 _TO_NHWC = [0, 2, 3, 1]
 _TO_NCHW = [0, 3, 1, 2]
-_EIGHT_BIT = (ir.DataType.UINT8, ir.DataType.INT8)
 # com.microsoft ops that follow a chain: their 8-bit data inputs (positions)
 _FOLLOWERS = {"QLinearAdd": (0, 3), "QLinearMul": (0, 3), "QLinearSigmoid": (0,), "QLinearLeakyRelu": (0,),
               "QLinearGlobalAveragePool": (0,), "QLinearAveragePool": (0,)}
@@ -55,10 +55,6 @@ def _rank(value: ir.Value | None) -> int | None:
     return len(value.shape) if value is not None and value.shape is not None else None
 
 
-def _is_8_bit(value: ir.Value | None) -> bool:
-    return value is not None and isinstance(value.type, ir.TensorType) and value.type.dtype in _EIGHT_BIT
-
-
 def _anchor(node: ir.Node) -> bool:
     """A 2-D ONNX QLinearConv (4-D filter)."""
     if node.op_type != "QLinearConv" or node.domain != "" or len(node.inputs) < 8:
@@ -78,7 +74,7 @@ def _data_positions(node: ir.Node) -> tuple[int, ...] | None:
         if node.op_type in _LAYOUT_ATTRIBUTE and node.attributes.get_int("channels_last", 0):
             return None
         return _FOLLOWERS[node.op_type]
-    if node.op_type == "MaxPool" and node.domain == "" and len(node.outputs) == 1 and _is_8_bit(node.inputs[0]):
+    if node.op_type == "MaxPool" and node.domain == "" and len(node.outputs) == 1 and is_eight_bit(node.inputs[0]):
         return (0,)
     return None
 
@@ -155,21 +151,16 @@ class _Rewrite:
 
     def _back_to_nchw(self, result: ir.Value, replacement: ir.Node, chosen) -> None:
         """Readers of ``result`` outside the chain (and a graph output) read a transpose of the NHWC form."""
-        outside = [(use.node, use.idx) for use in result.uses() if use.node not in chosen]
-        if not outside and not result.is_graph_output():
+        if all(use.node in chosen for use in result.uses()) and not result.is_graph_output():
             return
         transpose = ir.Node("", "Transpose", [replacement.outputs[0]], attributes=[ir.AttrInt64s("perm", _TO_NCHW)],
                             num_outputs=1, name=self.names.fresh(f"{result.name or 'y'}_to_nchw"))
         self.graph.insert_after(replacement, transpose)
         output = transpose.outputs[0]
         output.type, output.shape = result.type, result.shape
-        for reader, index in outside:
-            reader.replace_input_with(index, output)
         name = result.name
-        outputs = self.graph.outputs
-        for position, graph_output in enumerate(list(outputs)):
-            if graph_output is result:
-                outputs[position] = output
+        # (the chain's own readers of ``result`` read it too now; they are removed with it)
+        result.replace_all_uses_with(output, replace_graph_outputs=True)
         if name is not None:
             result.name = self.names.fresh(f"{name}_replaced")
             output.name = name

@@ -23,12 +23,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..graph.tensors import constant_array
-from .matching import is_constant, only_reader, replace_with, self_contained
+from .matching import only_reader, replace_with, self_contained
 from .pass_manager import OptimizationContext
-from .qdq_matching import QdqFusion
+from .qdq_matching import QdqFusion, constant, is_eight_bit, per_tensor
 
-_EIGHT_BIT = (ir.DataType.UINT8, ir.DataType.INT8)
 _CONV_ATTRIBUTES = ("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides")
 
 
@@ -64,27 +62,6 @@ def _dequantize(value: ir.Value | None) -> ir.Node | None:
     return node
 
 
-def _constant(value: ir.Value | None) -> np.ndarray | None:
-    return np.asarray(constant_array(value)) if is_constant(value) else None
-
-
-def _eight_bit(value: ir.Value | None) -> bool:
-    return value is not None and isinstance(value.type, ir.TensorType) and value.type.dtype in _EIGHT_BIT
-
-
-def _per_tensor(dequantize: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value] | None:
-    """(data, scale, zero point) of a per-tensor 8-bit (De)QuantizeLinear with constant parameters."""
-    if len(dequantize.inputs) != 3 or dequantize.inputs[2] is None:
-        return None
-    data, scale, zero = dequantize.inputs
-    scale_array, zero_array = _constant(scale), _constant(zero)
-    if scale_array is None or zero_array is None or scale_array.size != 1 or zero_array.size != 1:
-        return None
-    if scale_array.dtype != np.float32 or zero_array.dtype not in (np.uint8, np.int8):
-        return None
-    return data, scale, zero
-
-
 def _match(conv: ir.Node) -> list[ir.Value] | None:
     """QLinearConv's inputs for ``conv`` when it sits in an exact QDQ pattern, else None."""
     if len(conv.inputs) not in (2, 3) or conv.outputs[0].is_graph_output():
@@ -92,17 +69,17 @@ def _match(conv: ir.Node) -> list[ir.Value] | None:
     quantize = only_reader(conv.outputs[0])
     if quantize is None or quantize.op_type != "QuantizeLinear" or quantize.domain != "":
         return None
-    if quantize.inputs[0] is not conv.outputs[0] or not _eight_bit(quantize.outputs[0]):
+    if quantize.inputs[0] is not conv.outputs[0] or not is_eight_bit(quantize.outputs[0]):
         return None
     if quantize.attributes.get_int("block_size", 0):
         return None
-    y = _per_tensor(quantize)
+    y = per_tensor(quantize)
     dq_x = _dequantize(conv.inputs[0])
     dq_w = _dequantize(conv.inputs[1])
     if y is None or dq_x is None or dq_w is None:
         return None
-    x = _per_tensor(dq_x)
-    if x is None or not _eight_bit(x[0]):
+    x = per_tensor(dq_x)
+    if x is None or not is_eight_bit(x[0]):
         return None
     weight = _weight(dq_w)
     if weight is None:
@@ -110,7 +87,7 @@ def _match(conv: ir.Node) -> list[ir.Value] | None:
     inputs = [*x, *weight, y[1], y[2]]
     bias = conv.inputs[2] if len(conv.inputs) == 3 else None
     if bias is not None:
-        quantized_bias = _bias(bias, _constant(x[1]), _constant(weight[1]))
+        quantized_bias = _bias(bias, constant(x[1]), constant(weight[1]))
         if quantized_bias is None:
             return None
         inputs.append(quantized_bias)
@@ -122,7 +99,7 @@ def _weight(dequantize: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value] | None:
     if len(dequantize.inputs) != 3 or dequantize.inputs[2] is None:
         return None
     data, scale, zero = dequantize.inputs
-    w, scale_array, zero_array = _constant(data), _constant(scale), _constant(zero)
+    w, scale_array, zero_array = constant(data), constant(scale), constant(zero)
     if w is None or scale_array is None or zero_array is None:
         return None
     if w.dtype not in (np.uint8, np.int8) or w.ndim < 3 or zero_array.dtype != w.dtype or scale_array.dtype != np.float32:
@@ -142,9 +119,9 @@ def _bias(bias: ir.Value, x_scale: np.ndarray, w_scale: np.ndarray) -> ir.Value 
     if dequantize is None:
         return None
     data = dequantize.inputs[0]
-    values = _constant(data)
-    scale = _constant(dequantize.inputs[1]) if len(dequantize.inputs) > 1 else None
-    zero = _constant(dequantize.inputs[2]) if len(dequantize.inputs) > 2 and dequantize.inputs[2] is not None else None
+    values = constant(data)
+    scale = constant(dequantize.inputs[1]) if len(dequantize.inputs) > 1 else None
+    zero = constant(dequantize.inputs[2]) if len(dequantize.inputs) > 2 and dequantize.inputs[2] is not None else None
     if values is None or values.dtype != np.int32 or values.ndim != 1 or scale is None or scale.dtype != np.float32:
         return None
     if zero is not None and np.any(zero):

@@ -49,9 +49,17 @@ def dequantize_producer(value: ir.Value | None) -> ir.Node | None:
     return node
 
 
+def is_eight_bit(value: ir.Value | None) -> bool:
+    """A value typed uint8 or int8."""
+    return value is not None and isinstance(value.type, ir.TensorType) and value.type.dtype in (ir.DataType.UINT8,
+                                                                                                ir.DataType.INT8)
+
+
 def per_tensor(node: ir.Node) -> tuple[ir.Value, ir.Value, ir.Value] | None:
     """(data, scale, zero point) of a per-tensor 8-bit (De)QuantizeLinear with constant parameters."""
-    data, scale, zero = node.inputs[0], node.inputs[1], node.inputs[2]
+    if len(node.inputs) != 3 or node.inputs[2] is None:
+        return None
+    data, scale, zero = node.inputs
     scale_array, zero_array = constant(scale), constant(zero)
     if scale_array is None or zero_array is None or scale_array.size != 1 or zero_array.size != 1:
         return None
@@ -66,12 +74,7 @@ def activation(value: ir.Value | None) -> tuple[ir.Value, ir.Value, ir.Value] | 
     if dequantize is None:
         return None
     x = per_tensor(dequantize)
-    if x is None:
-        return None
-    data_type = x[0].type.dtype if isinstance(x[0].type, ir.TensorType) else None
-    if data_type not in (ir.DataType.UINT8, ir.DataType.INT8):
-        return None
-    return x
+    return x if x is not None and is_eight_bit(x[0]) else None
 
 
 def quantize_reader(value: ir.Value) -> tuple[ir.Node, ir.Value, ir.Value] | None:
