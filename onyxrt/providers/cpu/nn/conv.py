@@ -167,10 +167,10 @@ def conv_transpose(
 
 
 def _exact_dtype(w_shape) -> type:
-    """float32 where every sum of a filter's products of 8-bit differences stays below 2**24 (so exact in
-    any order: at most 258 taps of 255 x 255), else float64. float32 lets a depthwise filter run the
-    compiled float32 depthwise kernel, ~10x the float64 fallback."""
-    return np.float32 if math.prod(w_shape[1:]) * 255 * 255 < 2**24 else np.float64
+    """float32 where a filter's sums of 8-bit products are exact in it (``integer_conv.float32_exact``), else
+    float64. float32 lets a depthwise filter run the compiled float32 depthwise kernel, ~10x the float64
+    fallback."""
+    return np.float32 if integer_conv.float32_exact(math.prod(w_shape[1:])) else np.float64
 
 
 def _zero_point_shift(v: np.ndarray, zp, per_channel_axis_len: int | None = None, dtype=np.float64) -> np.ndarray:

@@ -109,6 +109,18 @@ def _geometry(spatial, w_shape4, strides, dilations, pads, auto_pad, nd: int):
     return s, d, p
 
 
+def _output_size(h: int, w: int, kh: int, kw: int, s, d, p) -> tuple[int, int]:
+    """(OH, OW) of a 2-D window of kh x kw over h x w with ``_geometry``'s strides, dilations and pads (0: empty)."""
+    return (max(0, (h + p[0] + p[2] - (d[0] * (kh - 1) + 1)) // s[0] + 1),
+            max(0, (w + p[1] + p[3] - (d[1] * (kw - 1) + 1)) // s[1] + 1))
+
+
+def float32_exact(taps: int) -> bool:
+    """Whether sums of ``taps`` products of two 8-bit differences (each within 255) stay below 2**24, so that
+    float32 computes them exactly in any order (up to 258 taps)."""
+    return taps * 255 * 255 < 2**24
+
+
 _REQUANTIZE_KERNEL = LazyModuleKernel("onyxrt.providers.cpu.nn.integer_conv_kernels", "requantize_rows")
 
 
@@ -176,8 +188,7 @@ def convolve(x, packed: IntegerConvWeights, x_zero_point, strides, dilations, pa
     else:
         x4 = x
     h, w = x4.shape[1:3] if channels_last else x4.shape[2:]
-    oh = max(0, (h + p[0] + p[2] - (d[0] * (kh - 1) + 1)) // s[0] + 1)
-    ow = max(0, (w + p[1] + p[3] - (d[1] * (kw - 1) + 1)) // s[1] + 1)
+    oh, ow = _output_size(h, w, kh, kw, s, d, p)
     out_spatial = (ow,) if nd == 1 else (oh, ow)
     plane = oh * ow
     rows = n * plane
@@ -271,7 +282,7 @@ def depthwise_requantized(x, w, w_zero_point, x_zero_point, strides, dilations, 
         return None
     c = x.shape[-1] if channels_last else x.shape[1]
     m, _, kh, kw = w.shape
-    if m != c or kh * kw * 255 * 255 >= 2**24 or (x_zero_point is not None and np.size(x_zero_point) != 1):
+    if m != c or not float32_exact(kh * kw) or (x_zero_point is not None and np.size(x_zero_point) != 1):
         return None
     zp = _zero_point_vector(w_zero_point, m)
     taps = np.ascontiguousarray(w.reshape(m, kh * kw).T.reshape(kh, kw, m), dtype=np.float32)
@@ -282,10 +293,8 @@ def depthwise_requantized(x, w, w_zero_point, x_zero_point, strides, dilations, 
     s, d, p = _geometry(spatial, (m, 1, kh, kw), strides, dilations, pads, auto_pad, 2)
     if any(v < 0 for v in p):
         return None
-    h, wd = spatial
-    oh = (h + p[0] + p[2] - (d[0] * (kh - 1) + 1)) // s[0] + 1
-    ow = (wd + p[1] + p[3] - (d[1] * (kw - 1) + 1)) // s[1] + 1
-    if oh <= 0 or ow <= 0:
+    oh, ow = _output_size(*spatial, kh, kw, s, d, p)
+    if oh == 0 or ow == 0:
         return None
     xp = _channels_last_padded(x, p, x_zero, channels_last)
     out = np.empty((x.shape[0], oh, ow, m), requantize.dtype)
