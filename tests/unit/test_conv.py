@@ -485,3 +485,25 @@ def test_pointwise_route_is_not_taken_for_strides_padding_or_other_filters():
     assert core.pack_conv_weights(w1, None, {"kernel_shape": [3, 3]}).pointwise is None
     assert core.pack_conv_weights(np.ones((4, 3, 3, 3), np.float32), None, {}).pointwise is None
     assert core.pack_conv_weights(np.ones((4, 1, 1, 1), np.float32), None, {"group": 3}).pointwise is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_column_matrix_equals_the_numpy_one(dtype):
+    """The numba column matrix (one call for all taps) holds what the numpy copies per tap write, for strides,
+    dilations, asymmetric and oversized padding, and windows that miss the input entirely."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 7, 9)).astype(dtype)
+    if core._compiled_im2col(x) is None:
+        pytest.skip("numba is not usable here")
+    for k, s, d, p in [((3, 3), (1, 1), (1, 1), (1, 1, 1, 1)), ((3, 2), (2, 3), (1, 1), (0, 2, 1, 0)),
+                       ((2, 3), (1, 2), (2, 3), (3, 0, 0, 4)), ((1, 5), (3, 1), (1, 2), (0, 0, 0, 0)),
+                       ((3, 3), (2, 2), (1, 1), (5, 6, 5, 6))]:
+        out_sp = [(x.shape[2 + i] + p[i] + p[2 + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(2)]
+        K, P = k[0] * k[1], out_sp[0] * out_sp[1]
+        expected = np.full((2, 3 * K + 1, P), 7, dtype)
+        plan = core._im2col_plan(7, 9, k, s, d, p, core.pairs_ok(x))
+        core._im2col_fill(x, expected[:, : 3 * K].reshape(2, 3, K, *out_sp), plan, 0, 3)
+        ours = np.full_like(expected, 7)
+        for c0, c1 in ((0, 2), (2, 3)):  # in channel chunks, as the pool splits it
+            core._compiled_im2col(x)(core.read_only(x), ours, *k, *s, *d, p[0], p[1], *out_sp, c0, c1)
+        np.testing.assert_array_equal(ours, expected)  # the bias row (7s) untouched

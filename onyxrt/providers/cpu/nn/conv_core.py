@@ -37,6 +37,7 @@ from ....framework.thread_pool import current_pool
 from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
+from ..jit import LazyKernel, read_only
 from .depthwise_conv import depthwise_conv
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -263,6 +264,60 @@ def _im2col_fill(x: np.ndarray, taps: np.ndarray, plan: _Im2colPlan, c0: int, c1
             taps[:, c0:c1, t, dr, dc] = xs[:, :, rows, cols]
         else:
             copy_stride2(taps[:, c0:c1, t, dr, dc], xs[:, :, rows], cols, count)
+
+
+def _im2col_rows(x, cols, kh, kw, s0, s1, d0, d1, pt, pl, OH, OW, c0, c1):
+    """The numba form of ``_im2col_fill`` for channels c0..c1 of a contiguous ``x``: ``cols[n, (c*kh + i)*kw + j,
+    oh*OW + ow] = x[n, c, oh*s0 + i*d0 - pt, ow*s1 + j*d1 - pl]``, 0 where that falls in the padding. One
+    call instead of a numpy copy per tap and padding strip (most of a small convolution's time)."""
+    N, C, H, W = x.shape
+    P = OH * OW
+    rows = cols.shape[1]
+    xf = x.reshape(-1)
+    cf = cols.reshape(-1)
+    zero = cf.dtype.type(0)
+    for n in range(N):
+        for c in range(c0, c1):
+            plane = (n * C + c) * H
+            for i in range(kh):
+                for j in range(kw):
+                    row = (n * rows + (c * kh + i) * kw + j) * P
+                    offset = j * d1 - pl
+                    lo = min(OW, max(0, (s1 - 1 - offset) // s1))
+                    hi = max(lo, min(OW, (W - 1 - offset) // s1 + 1)) if W - 1 - offset >= 0 else lo
+                    for oh in range(OH):
+                        h = oh * s0 + i * d0 - pt
+                        d = row + oh * OW
+                        if h < 0 or h >= H:
+                            for ow in range(OW):
+                                cf[np.uintp(d + ow)] = zero
+                            continue
+                        for ow in range(lo):
+                            cf[np.uintp(d + ow)] = zero
+                        for ow in range(hi, OW):
+                            cf[np.uintp(d + ow)] = zero
+                        src = (plane + h) * W + offset
+                        if s1 == 1:
+                            for ow in range(lo, hi):
+                                cf[np.uintp(d + ow)] = xf[np.uintp(src + ow)]
+                        else:
+                            for ow in range(lo, hi):
+                                cf[np.uintp(d + ow)] = xf[np.uintp(src + ow * s1)]
+
+
+_IM2COL = LazyKernel(_im2col_rows)
+
+
+def _compiled_im2col(x: np.ndarray):
+    """The compiled ``_im2col_rows`` for ``x``'s dtype (float32, float64; x C-contiguous), else None."""
+    if x.dtype not in _FLOATS or not x.flags.c_contiguous:
+        return None
+    probe = np.zeros((0, 0, 0, 0), x.dtype)
+    return _IM2COL.compiled_for(x.dtype, read_only(probe), np.zeros((0, 0, 0), x.dtype), 1, 1, 1, 1, 1, 1, 0, 0, 0, 0,
+                                0, 0)
+
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def pairs_ok(x: np.ndarray) -> bool:
@@ -642,9 +697,15 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
         # the column matrix straight from the unpadded input
         extra = 0 if w_aug is None else 1
         cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
-        plan = _im2col_plan(x.shape[2], x.shape[3], k, strides, dilations, pads, pairs_ok(x))
-        taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
-        _conv_chunks(lambda c0, c1: _im2col_fill(x, taps, plan, c0, c1), C, N * C * K * P)
+        kernel = _compiled_im2col(x)
+        if kernel is not None:
+            xr = read_only(x)
+            geometry = (k[0], k[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], *out_sp)
+            _conv_chunks(lambda c0, c1: kernel(xr, cols, *geometry, c0, c1), C, N * C * K * P)
+        else:
+            plan = _im2col_plan(x.shape[2], x.shape[3], k, strides, dilations, pads, pairs_ok(x))
+            taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
+            _conv_chunks(lambda c0, c1: _im2col_fill(x, taps, plan, c0, c1), C, N * C * K * P)
     elif K == 1:
         xp = pad_spatial(x, pads[:nd], pads[nd:])
         xs = xp[(slice(None), slice(None)) + tuple(slice(0, strides[i] * (out_sp[i] - 1) + 1, strides[i]) for i in range(nd))]
@@ -699,6 +760,8 @@ def _finish(y: np.ndarray, b, activation, residual, nd: int) -> np.ndarray:
     """activation(y + b + residual) with ``b`` per channel (each part optional), contiguous: in one
     pass over y by the compiled epilogue where it can, else by numpy."""
     y = np.ascontiguousarray(y)  # a GEMM's fresh result, or a cropped view of one
+    if b is None and residual is None and activation is None:  # (the GEMM added the bias, or there is none)
+        return y
     if row_kernels.channel_epilogue(y, b, residual, activation):
         return y
     y = add_bias(y, b, nd)
@@ -791,7 +854,7 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
                 activation=None, residual=None):
     """Conv in the compute dtype; ``activation`` (in place) and ``residual`` (added before it, see
     ``conv_core``) only apply when that is the input's dtype (callers apply them afterwards otherwise)."""
-    if packed is not None and packed.pointwise is not None and _pointwise_fits(x, w, b, packed, activation, residual):
+    if packed is not None and packed.pointwise is not None and _pointwise_fits(x, w, b, packed):
         return _pointwise(x, packed, activation, residual)
     if x.ndim < 3:
         raise NodeInputError(f"Conv input must have rank >= 3, got shape {x.shape}")
@@ -815,20 +878,28 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     return y if y.dtype == x.dtype else y.astype(x.dtype)
 
 
-def _pointwise_fits(x: np.ndarray, w: np.ndarray, b, packed: ConvWeights, activation, residual) -> bool:
+def _pointwise_fits(x: np.ndarray, w: np.ndarray, b, packed: ConvWeights) -> bool:
     """Whether ``_pointwise`` computes what ``conv_core`` would, bit for bit: packed weights of ``x``'s
-    dtype, its channels, and not the GEMM with the bias row ``conv_core`` picks for wide outputs."""
+    dtype and its channels."""
     c = x.shape[1] if x.ndim == w.ndim else -1
     return (x.dtype == packed.ct and c == w.shape[1] and packed.w.shape == w.shape and x.size > 0
-            and (packed.has_bias or b is None)
-            and (packed.w_aug is None or w.shape[0] < 2 * c or activation is not None or residual is not None))
+            and (packed.has_bias or b is None))
 
 
 def _pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.ndarray:
     """A pointwise convolution as one product W (M x C) @ x (C x pixels) per image, then the epilogue: what
-    ``conv_core`` does for it, without its general set-up (~20 us a call, most of a small layer's time)."""
+    ``conv_core`` does for it (the same products, bit for bit), without its general set-up (~20-30 us a
+    call, most of a small layer's time)."""
     n, c = x.shape[:2]
-    w2 = packed.pointwise
-    cols = x.reshape(n, c, -1)
+    m = packed.pointwise.shape[0]
+    if packed.w_aug is not None and m >= 2 * c and activation is None and residual is None:
+        # conv_core's choice for a widening layer with a bias and no epilogue: [W | b] @ [x ; 1]
+        w2, bias = packed.w_aug, None
+        cols = np.empty((n, c + 1, x.size // (n * c)), x.dtype)
+        cols[:, :c] = x.reshape(n, c, -1)
+        cols[:, c] = 1
+    else:
+        w2, bias = packed.pointwise, packed.b
+        cols = x.reshape(n, c, -1)
     y = pool_matmul(w2, cols[0])[None] if n == 1 else np.matmul(w2, cols)
-    return _finish(y.reshape((n, w2.shape[0]) + x.shape[2:]), packed.b, activation, residual, x.ndim - 2)
+    return _finish(y.reshape((n, m) + x.shape[2:]), bias, activation, residual, x.ndim - 2)
