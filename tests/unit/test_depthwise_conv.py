@@ -113,11 +113,11 @@ def test_matches_numpy_path(monkeypatch, layout, shape, multiplier, kernel, stri
     taken = []
 
     def recording(*a, **k):
-        y = dw.depthwise_conv(*a, **k)
-        taken.append(y is not None)
-        return y
+        run = dw.depthwise_runner(*a, **k)
+        taken.append(run is not None)
+        return run
 
-    monkeypatch.setattr(core, "depthwise_conv", recording)
+    monkeypatch.setattr(core, "depthwise_runner", recording)
     got = core.float_conv(*args)
     assert taken == [True] and got.flags.c_contiguous
     _assert_close(got, _numpy_conv(monkeypatch, *args))

@@ -175,3 +175,28 @@ def test_stride2_last_axis_split_into_even_odd_matches_naive(dtype, width, ceil_
             a = p.average_pool(x, **attrs)
             b = p.average_pool(np.ascontiguousarray(x[..., ::-1])[..., ::-1], **attrs)  # a strided input: no pair split
             np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.int8])
+@pytest.mark.parametrize("attrs", [
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 2, 1, 0], dilations=[2, 1]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+    dict(kernel_shape=[3, 2], auto_pad="SAME_UPPER", strides=[3, 1]),
+    dict(kernel_shape=[1, 1], strides=[2, 2]),
+])
+def test_compiled_max_pool_equals_the_numpy_path(monkeypatch, dtype, attrs):
+    """The compiled 2-D MaxPool (small windows, no Indices) gives the numpy path's values, NaN included."""
+    pytest.importorskip("numba")
+    x = (rng.standard_normal((2, 3, 7, 8)) * 50).astype(dtype)
+    if dtype in (np.float32, np.float64):
+        x[0, 1, 2, 3] = np.nan
+    taken = []
+    compiled = p._compiled_max_pool
+    monkeypatch.setattr(p, "_compiled_max_pool", lambda *a: taken.append(1) or compiled(*a))
+    ours = p.max_pool(x, **attrs)[0]
+    assert taken and ours.dtype == x.dtype
+    monkeypatch.setattr(p, "_compiled_max_pool", lambda *a: None)
+    np.testing.assert_array_equal(ours, p.max_pool(x, **attrs)[0])
+    if dtype in (np.uint8, np.int8):  # (onnxruntime's float MaxPool does not propagate NaN)
+        np.testing.assert_array_equal(ours, run_ort("MaxPool", [x], **attrs)[0])

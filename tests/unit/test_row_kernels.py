@@ -70,9 +70,21 @@ def test_activation_may_write_over_its_input() -> None:
 def test_kernels_decline_what_they_do_not_cover() -> None:
     x64 = np.ones((2, 3))
     assert row_kernels.activation(x64, None, row_kernels.GELU_ERF) is None
-    assert row_kernels.activation(np.ones((3, 2), np.float32).T, None, row_kernels.GELU_ERF) is None
     x = np.ones((2, 3), np.float32)
     assert row_kernels.layer_norm(x, None, None, np.ones(4, np.float32), None, 1e-5, False, False) is None
+
+
+def test_strided_inputs_are_packed_not_declined() -> None:
+    """A strided float32 view (a Transpose's result) is copied once and run by the kernel, not left to numpy."""
+    x = np.random.default_rng(4).standard_normal((16, 8)).astype(np.float32)
+    gamma = np.linspace(0.5, 1.5, 16).astype(np.float32)
+    np.testing.assert_array_equal(row_kernels.activation(x.T, None, row_kernels.GELU_ERF),
+                                  row_kernels.activation(np.ascontiguousarray(x.T), None, row_kernels.GELU_ERF))
+    strided = row_kernels.layer_norm(x.T, None, None, gamma, None, 1e-5, False, False)
+    packed = row_kernels.layer_norm(np.ascontiguousarray(x.T), None, None, gamma, None, 1e-5, False, False)
+    assert strided is not None
+    for got, want in zip(strided[:3], packed[:3]):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_disabled_numba_runs_numpy(monkeypatch) -> None:

@@ -58,6 +58,14 @@ def _usable(a: np.ndarray | None) -> bool:
     return a is None or (a.dtype == _F32 and a.flags.c_contiguous)
 
 
+def _packed_rows(a: np.ndarray | None) -> np.ndarray | None:
+    """A float32 input made C-contiguous (a strided view, e.g. a Transpose's result, copied once: cheaper
+    than the numpy path's passes); anything else as it is, for ``_usable`` to judge."""
+    if a is not None and a.dtype == _F32 and not a.flags.c_contiguous:
+        return np.ascontiguousarray(a)
+    return a
+
+
 def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float = 1.0,
                alloc: Allocator | None = None) -> np.ndarray | None:
     """``act(x + bias)`` over the last axis of float32 ``x``; None when the kernel cannot run.
@@ -66,6 +74,7 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
     result goes into a buffer from the plan's ``alloc`` where it offers one (possibly x itself,
     a dying input), else into a fresh array.
     """
+    x, bias = _packed_rows(x), _packed_rows(bias)
     if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
         return None
     if bias is not None and not _usable(bias):
@@ -98,6 +107,7 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
     sum x + skip + bias when ``keep_total``; None when the kernel cannot run.
     """
     cols = x.shape[1]
+    x, skip, bias, gamma, beta = map(_packed_rows, (x, skip, bias, gamma, beta))
     for p in (bias, gamma, beta):
         if p is not None and (p.ndim != 1 or p.shape[0] != cols or not _usable(p)):
             return None
@@ -143,6 +153,7 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     channels = y.shape[1]
     if bias is not None and (bias.dtype != _F32 or bias.size != channels):
         return False
+    residual = _packed_rows(residual)
     if residual is not None and (residual.shape != y.shape or not _usable(residual)):
         return False
     code = activation_code(activation)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from typing import Callable
 
 import numpy as np
 
@@ -38,7 +39,7 @@ from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, read_only
-from .depthwise_conv import depthwise_conv
+from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- window geometry
@@ -603,20 +604,22 @@ def _flat_taps(k, strides, dilations):
     return taps
 
 
-def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
-    """2-D conv whose im2col rows are contiguous windows of flattened phase images.
+def _flat_fits(shape, pads, strides, out_sp) -> bool:
+    """Whether ``_conv2d_flat``'s junk columns (a padded row's phase width beyond the output's) waste little."""
+    Wq = -(-(shape[3] + pads[1] + pads[3]) // strides[1])
+    return Wq <= out_sp[1] * 1.1
 
-    The GEMM then also computes a few junk columns per output row (dropped at the
-    end); returns None when those would waste too much work.
+
+def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
+    """2-D conv whose im2col rows are contiguous windows of flattened phase images (``_flat_fits``).
+
+    The GEMM then also computes a few junk columns per output row (dropped at the end).
     """
     N, C = x.shape[:2]
     M, Cg = w.shape[:2]
     k = w.shape[2:]
     K = k[0] * k[1]
     OH, OW = out_sp
-    Wq = -(-(x.shape[3] + pads[1] + pads[3]) // strides[1])
-    if Wq > OW * 1.1:
-        return None
     taps = _flat_taps(k, strides, dilations)
     buf, Wq = phase_images_2d(x, pads, strides, max(t[3] for t in taps))
     L = OH * Wq
@@ -646,38 +649,45 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     activation (FusedConv's Z); ``sparse``, the sparse products of a group-1 1x1 filter.
     Returns a contiguous (N, M, *out_spatial) array.
     """
-    N, C = x.shape[:2]
-    nd = x.ndim - 2
+    route = conv_route(x.shape, x.dtype, w, group, strides, dilations, pads, b, dw_weights, bias_weights, activation,
+                       residual is not None, sparse)
+    return route(x, residual)
+
+
+Route = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads, b=None, dw_weights=None,
+               bias_weights=None, activation=None, residual: bool = False, sparse: SparseWeight | None = None) -> Route:
+    """``conv_core`` for inputs of ``shape`` and ``dtype`` as a function ``(x, residual) -> y``: the checks,
+    the output geometry and the choice of kernels made once, so that a convolution whose weights are
+    constant keeps it for each input shape it sees (``float_conv``). ``residual`` says whether one is given.
+    Raises conv_core's errors for a shape the filter cannot convolve."""
+    N, C = shape[:2]
+    nd = len(shape) - 2
     M, Cg = w.shape[:2]
     k = tuple(w.shape[2:])
     group = int(group)
     if group <= 0 or Cg * group != C or M % group:
         raise NodeInputError(f"input channels {C}, weight shape {w.shape} and group {group} are inconsistent")
     if len(k) != nd:
-        raise NodeInputError(f"weight shape {w.shape} does not match input rank {x.ndim}")
-    padded = [x.shape[2 + i] + pads[i] + pads[nd + i] for i in range(nd)]
+        raise NodeInputError(f"weight shape {w.shape} does not match input rank {len(shape)}")
+    padded = [shape[2 + i] + pads[i] + pads[nd + i] for i in range(nd)]
     out_sp = [(padded[i] - (k[i] - 1) * dilations[i] - 1) // strides[i] + 1 for i in range(nd)]
     if any(o <= 0 for o in out_sp):
-        raise NodeInputError(f"convolution output would be empty: input {x.shape}, kernel {k}, pads {pads}")
+        raise NodeInputError(f"convolution output would be empty: input {tuple(shape)}, kernel {k}, pads {pads}")
     P = math.prod(out_sp)
     K = math.prod(k)
-    Mg = M // group
+    y_shape = (N, M) + tuple(out_sp)
 
     if Cg == 1 and group == C and N * C * P > 0:
-        if residual is not None:  # the depthwise kernels below apply an activation but add no residual
-            return _finish(conv_core(x, w, group, strides, dilations, pads, b, dw_weights), None, activation, residual, nd)
-        y = depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation)  # None: no compiled kernel
-        if y is not None:
-            return y
-        if M != C:
-            # channel multiplier: output channel m reads input channel m // (M // C)
-            x = np.repeat(x, M // C, axis=1)
-        if nd == 2 and all(p >= 0 for p in pads):
-            x = np.ascontiguousarray(x)
-            plan = _depthwise_plan(x.shape[2], x.shape[3], k[0], k[1], strides, dilations, pads, x.dtype == np.float32)
-            weights = dw_weights if dw_weights is not None else depthwise_weights(w, b, strides, dilations)
-            return _depthwise_2d(x, weights, plan, activation)
-        return _activate(_depthwise(x, w, b, strides, dilations, pads, out_sp), activation)
+        if residual:  # the depthwise kernels below apply an activation but add no residual
+            inner = conv_route(shape, dtype, w, group, strides, dilations, pads, b, dw_weights)
+            return lambda x, z: _finish(inner(x, None), None, activation, z, nd)
+        run = depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activation)
+        if run is not None:
+            return lambda x, z: run(x)
+        return lambda x, z: _numpy_depthwise(x, w, b, strides, dilations, pads, out_sp, dw_weights, activation)
 
     # With the bias as an extra weight column (``w_aug``), a row of ones appended to the
     # column matrix makes the GEMM add it: no pass over the output. For 1x1 convolutions
@@ -686,66 +696,111 @@ def conv_core(x: np.ndarray, w: np.ndarray, group: int, strides, dilations, pads
     # for free: mobilenet_v2's expansions with Clip 10-30% faster without the copy).
     w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
 
-    if nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None:
+    if (nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None
+            and _flat_fits(shape, pads, strides, out_sp)):
         # (with w_aug, the exact column matrix below is as fast: no junk columns to crop)
-        y = _conv2d_flat(x, w, group, strides, dilations, pads, out_sp)
-        if y is not None:
-            return _finish(y, b, activation, residual, nd)
-    if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual is not None or sparse is not None):
+        return lambda x, z: _finish(_conv2d_flat(x, w, group, strides, dilations, pads, out_sp), b, activation, z, nd)
+    if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual or sparse is not None):
         w_aug = None
-    if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or w_aug is not None or strides != [1, 1]):
-        # the column matrix straight from the unpadded input
-        extra = 0 if w_aug is None else 1
-        cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
-        kernel = _compiled_im2col(x)
-        if kernel is not None:
-            xr = read_only(x)
-            geometry = (k[0], k[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], *out_sp)
-            _conv_chunks(lambda c0, c1: kernel(xr, cols, *geometry, c0, c1), C, N * C * K * P)
-        else:
-            plan = _im2col_plan(x.shape[2], x.shape[3], k, strides, dilations, pads, pairs_ok(x))
-            taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
-            _conv_chunks(lambda c0, c1: _im2col_fill(x, taps, plan, c0, c1), C, N * C * K * P)
-    elif K == 1:
-        xp = pad_spatial(x, pads[:nd], pads[nd:])
-        xs = xp[(slice(None), slice(None)) + tuple(slice(0, strides[i] * (out_sp[i] - 1) + 1, strides[i]) for i in range(nd))]
-        if w_aug is None:
-            cols = xs.reshape(N, C, P)
-        else:
-            cols = np.empty((N, C + 1, P), dtype=x.dtype)
-            cols[:, :C].reshape(xs.shape)[...] = xs
+    columns = _column_route(shape, dtype, k, strides, dilations, pads, out_sp, 0 if w_aug is None else 1)
+    if w_aug is not None:
+        def with_bias_row(x, z):
+            cols = columns(x)
+            cols[:, C * K] = 1
+            y = pool_matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
+            return _finish(y.reshape(y_shape), None, activation, z, nd)
+
+        return with_bias_row
+    if group == 1:
+        w2 = w.reshape(M, Cg * K)
+        product = (lambda cols: pool_matmul(w2, cols[0])[None]) if N == 1 else (lambda cols: np.matmul(w2, cols))
     else:
+        wg = w.reshape(group, M // group, Cg * K)
+        product = lambda cols: np.matmul(wg, cols.reshape(N, group, Cg * K, P))  # noqa: E731
+    if sparse is not None and group == 1 and K == 1:
+        def sparse_or_dense(x, z):
+            cols = columns(x)
+            y = _sparse_conv(sparse, cols)
+            return _finish((product(cols) if y is None else y).reshape(y_shape), b, activation, z, nd)
+
+        return sparse_or_dense
+    return lambda x, z: _finish(product(columns(x)).reshape(y_shape), b, activation, z, nd)
+
+
+def _numpy_depthwise(x, w, b, strides, dilations, pads, out_sp, dw_weights, activation) -> np.ndarray:
+    """A depthwise convolution (+ bias, activation) by numpy, where the compiled kernel is not usable."""
+    C, M = x.shape[1], w.shape[0]
+    if M != C:
+        # channel multiplier: output channel m reads input channel m // (M // C)
+        x = np.repeat(x, M // C, axis=1)
+    if x.ndim == 4 and all(p >= 0 for p in pads):
+        x = np.ascontiguousarray(x)
+        k = w.shape[2:]
+        plan = _depthwise_plan(x.shape[2], x.shape[3], k[0], k[1], strides, dilations, pads, x.dtype == np.float32)
+        weights = dw_weights if dw_weights is not None else depthwise_weights(w, b, strides, dilations)
+        return _depthwise_2d(x, weights, plan, activation)
+    return _activate(_depthwise(x, w, b, strides, dilations, pads, out_sp), activation)
+
+
+def _column_route(shape, dtype, k, strides, dilations, pads, out_sp, extra: int) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> its (N, C*K + extra, P) column matrix (the ``extra`` rows left for the caller), or for a 1x1
+    filter without extra rows a view of x where it is one."""
+    N, C = shape[:2]
+    nd = len(shape) - 2
+    K, P = math.prod(k), math.prod(out_sp)
+    cols_shape = (N, C * K + extra, P)
+    if nd == 2 and all(p >= 0 for p in pads) and N * C > 0 and (K > 1 or extra or list(strides) != [1, 1]):
+        # the column matrix straight from the unpadded input
+        compiled = _compiled_im2col(np.empty((0,) * 4, dtype))
+        geometry = (k[0], k[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], *out_sp)
+        plan = _im2col_plan(shape[2], shape[3], k, strides, dilations, pads, dtype.itemsize == 4)
+        work = N * C * K * P
+
+        def unpadded(x):
+            cols = np.empty(cols_shape, dtype=dtype)
+            if compiled is not None and x.flags.c_contiguous:
+                xr = read_only(x)
+                _conv_chunks(lambda c0, c1: compiled(xr, cols, *geometry, c0, c1), C, work)
+            else:
+                taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
+                if not pairs_ok(x):
+                    x = np.ascontiguousarray(x)
+                _conv_chunks(lambda c0, c1: _im2col_fill(x, taps, plan, c0, c1), C, work)
+            return cols
+
+        return unpadded
+    if K == 1:
+        strided = (slice(None), slice(None)) + tuple(slice(0, strides[i] * (out_sp[i] - 1) + 1, strides[i])
+                                                      for i in range(nd))
+
+        def one_tap(x):
+            xs = pad_spatial(x, pads[:nd], pads[nd:])[strided]
+            if not extra:
+                return xs.reshape(N, C, P)
+            cols = np.empty(cols_shape, dtype=dtype)
+            cols[:, :C].reshape(xs.shape)[...] = xs
+            return cols
+
+        return one_tap
+
+    def windows(tap, axes):
+        spans = (window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(axes))
+        return (slice(None), slice(None)) + tuple(spans)
+
+    def padded(x):
         xp = pad_spatial(x, pads[:nd], pads[nd:])
-        extra = 0 if w_aug is None else 1
-        cols = np.empty((N, C * K + extra, P), dtype=x.dtype)
-        taps = cols[:, : C * K].reshape((N, C) + k + tuple(out_sp))
+        cols = np.empty(cols_shape, dtype=dtype)
+        taps = cols[:, : C * K].reshape((N, C) + tuple(k) + tuple(out_sp))
         pairs = strides[-1] == 2 and pairs_ok(xp)
-
-        def windows(tap, axes):
-            spans = (window_slice(tap[i], dilations[i], strides[i], out_sp[i]) for i in range(axes))
-            return (slice(None), slice(None)) + tuple(spans)
-
         for tap in itertools.product(*(range(kk) for kk in k)):
             dst = taps[(slice(None), slice(None)) + tap]
             if pairs:  # the last axis through copy_stride2
                 copy_stride2(dst, xp[windows(tap, nd - 1)], tap[-1] * dilations[-1], out_sp[-1])
             else:
                 dst[...] = xp[windows(tap, nd)]
-    if w_aug is not None:
-        cols[:, C * K] = 1
-        y = pool_matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
-        return _finish(y.reshape((N, M) + tuple(out_sp)), None, activation, residual, nd)
-    if sparse is not None and group == 1 and K == 1:
-        y = _sparse_conv(sparse, cols)
-        if y is not None:
-            return _finish(y.reshape((N, M) + tuple(out_sp)), b, activation, residual, nd)
-    if group == 1:
-        w2 = w.reshape(M, Cg * K)
-        y = pool_matmul(w2, cols[0])[None] if N == 1 else np.matmul(w2, cols)
-    else:
-        wg = w.reshape(group, Mg, Cg * K)
-        y = np.matmul(wg, cols.reshape(N, group, Cg * K, P))
-    return _finish(y.reshape((N, M) + tuple(out_sp)), b, activation, residual, nd)
+        return cols
+
+    return padded
 
 
 def _sparse_conv(sparse: SparseWeight, cols: np.ndarray) -> np.ndarray | None:
@@ -799,7 +854,7 @@ class ConvWeights:
     and, for 2-D depthwise filters, the GEMM weights of ``depthwise_weights``. Runs share
     it; nothing in it is ever written."""
 
-    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse", "pointwise")
+    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse", "pointwise", "routes")
 
     def __init__(self, w: np.ndarray, b, group: int, strides, dilations, pointwise: bool = False):
         self.ct = ct = np.dtype(compute_dtype(w.dtype))
@@ -817,6 +872,7 @@ class ConvWeights:
         self.sparse = sparse_prepack(self.w.reshape(w.shape[:2]).T, w.shape, convolution=True) if one_by_one else None
         # W (M x C) for a pointwise convolution (1x1 filter, stride 1, no padding, group 1): see ``float_conv``
         self.pointwise = frozen(self.w.reshape(w.shape[:2])) if pointwise and one_by_one and self.sparse is None else None
+        self.routes: dict = {}  # (input shape, dtype, ...) -> float_conv's route for it
 
 
 def frozen(a: np.ndarray) -> np.ndarray:
@@ -853,9 +909,34 @@ def conv_prepack(inputs, attributes):
 def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed: ConvWeights | None = None,
                 activation=None, residual=None):
     """Conv in the compute dtype; ``activation`` (in place) and ``residual`` (added before it, see
-    ``conv_core``) only apply when that is the input's dtype (callers apply them afterwards otherwise)."""
+    ``conv_core``) only apply when that is the input's dtype (callers apply them afterwards otherwise).
+
+    With prepared weights (``packed``) the route for each input shape is kept (``ConvWeights.routes``):
+    a repeated shape skips the checks and geometry, most of a small convolution's time."""
+    if packed is None:
+        return _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, None, activation,
+                            residual is not None)(x, residual)
+    spec = None if activation is None else getattr(activation, "mlas", None)
+    key = (x.shape, x.dtype, w.shape, b is None, spec, residual is None)
+    route = packed.routes.get(key)
+    if route is None:
+        route = _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed, activation,
+                             residual is not None)
+        if activation is None or spec is not None:  # (an activation is known by its spec, a new function each call)
+            if len(packed.routes) >= _MAX_ROUTES:
+                packed.routes.clear()
+            packed.routes[key] = route
+    return route(x, residual)
+
+
+_MAX_ROUTES = 16  # input shapes a convolution keeps routes for
+
+
+def _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed: ConvWeights | None,
+                 activation, residual: bool) -> Route:
+    """``float_conv`` for inputs of x's shape and dtype as a function ``(x, residual) -> y``, after its checks."""
     if packed is not None and packed.pointwise is not None and _pointwise_fits(x, w, b, packed):
-        return _pointwise(x, packed, activation, residual)
+        return lambda x, z: _pointwise(x, packed, activation, z)
     if x.ndim < 3:
         raise NodeInputError(f"Conv input must have rank >= 3, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
@@ -864,18 +945,17 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     nd = x.ndim - 2
     s, d = spatial_defaults(nd, strides, dilations)
     p = conv_pads(x.shape[2:], w.shape[2:], s, d, pads, auto_pad)
-    ct = compute_dtype(x.dtype)
-    xc = x if x.dtype == ct else x.astype(ct)
+    ct = np.dtype(compute_dtype(x.dtype))
     dw = w_aug = sparse = None
     if packed is not None and packed.ct == ct and packed.w.shape == w.shape and (packed.has_bias or b is None):
         wc, bc, dw, w_aug, sparse = packed.w, packed.b, packed.dw, packed.w_aug, packed.sparse
     else:
         wc = w if w.dtype == ct else w.astype(ct)
         bc = None if b is None else np.asarray(b).astype(ct, copy=False)
-    same = xc is x
-    y = conv_core(xc, wc, group, s, d, p, bc, dw, w_aug, activation if same else None, residual if same else None,
-                  sparse)
-    return y if y.dtype == x.dtype else y.astype(x.dtype)
+    if x.dtype == ct:
+        return conv_route(x.shape, ct, wc, group, s, d, p, bc, dw, w_aug, activation, residual, sparse)
+    core = conv_route(x.shape, ct, wc, group, s, d, p, bc, dw, w_aug, None, False, sparse)
+    return lambda x, z: core(x.astype(ct), None).astype(x.dtype)
 
 
 def _pointwise_fits(x: np.ndarray, w: np.ndarray, b, packed: ConvWeights) -> bool:

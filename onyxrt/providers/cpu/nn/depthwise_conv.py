@@ -24,6 +24,7 @@ ordered differently).
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
@@ -264,53 +265,77 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     multiple of C, float32/float64, explicit [begin..., end...] ``pads`` (any sign), ``b``
     (M,) or None; ``activation`` as ``conv_core`` takes it. None when the kernel cannot run
     it (the caller then computes it with numpy)."""
-    nd = x.ndim - 2
-    if nd not in (1, 2) or x.dtype not in (np.float32, np.float64) or w.dtype != x.dtype or not enabled():
+    run = depthwise_runner(x.shape, x.dtype, w, b, strides, dilations, pads, out_sp, activation)
+    return None if run is None else run(x)
+
+
+def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activation=None):
+    """``depthwise_conv`` for inputs of ``shape`` and ``dtype``: a function of x alone, with the filter's
+    taps, bias and the kernel's arguments prepared once (a convolution's route, cached per input shape
+    where the weights are constant); None when the kernel cannot run it."""
+    nd = len(shape) - 2
+    if nd not in (1, 2) or dtype not in (np.float32, np.float64) or w.dtype != dtype or not enabled():
         return None
     if nd == 1:  # as a 2-D conv over one row
-        y = depthwise_conv(x[:, :, None, :], w[:, :, None, :], b, [1] + list(strides), [1] + list(dilations),
-                           [0, pads[0], 0, pads[1]], [1] + list(out_sp), activation)
-        return None if y is None else y.reshape(y.shape[:2] + (y.shape[3],))
+        run_2d = depthwise_runner((shape[0], shape[1], 1, shape[2]), dtype, w[:, :, None, :], b, [1] + list(strides),
+                                  [1] + list(dilations), [0, pads[0], 0, pads[1]], [1] + list(out_sp), activation)
+        if run_2d is None:
+            return None
+
+        def run_1d(x: np.ndarray) -> np.ndarray:
+            y = run_2d(x[:, :, None, :])
+            return y.reshape(y.shape[:2] + (y.shape[3],))
+
+        return run_1d
     fused = activation_code(activation)
     code, params = fused if fused is not None else (0, (0.0, 0.0))
-    N, C = x.shape[:2]
+    N, C, H, W = shape
     M = w.shape[0]
-    x = np.ascontiguousarray(x)
     taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
-    bias = np.zeros(M, dtype=x.dtype) if b is None else np.ascontiguousarray(b, dtype=x.dtype).reshape(M)
-    values = np.array(params + (0.0, 1.0), dtype=x.dtype)
-    y = np.empty((N, M, out_sp[0], out_sp[1]), dtype=x.dtype)
-    Hp, Wp = x.shape[2] + pads[0] + pads[2], x.shape[3] + pads[1] + pads[3]
+    bias = np.zeros(M, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype).reshape(M)
+    values = np.array(params + (0.0, 1.0), dtype=dtype)
+    y_shape = (N, M, out_sp[0], out_sp[1])
+    Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
     channels_last = out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH
-    args = (x, taps, bias, values, y.reshape(N * M, -1), M, out_sp[0], out_sp[1], M // C, strides[0], strides[1],
-            dilations[0], dilations[1], pads[0], pads[1], Hp, Wp, code, channels_last)
-    blocks = _vector_blocks(x.dtype, taps.shape[1:], code, strides, out_sp)
-    # the planar kernel compiles (or loads) only where it runs: a cold cache pays for it per kernel
-    kernel = _KERNEL.compiled_for(x.dtype, *args, 0, 0) if blocks is None else None
-    if blocks is None and kernel is None:
-        return None
+    geometry = (M, out_sp[0], out_sp[1], M // C, strides[0], strides[1], dilations[0], dilations[1], pads[0],
+                pads[1], Hp, Wp, code, channels_last)
+    blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, out_sp)
+    kernel = None
+    if blocks is None:
+        # the planar kernel compiles (or loads) only where it runs: a cold cache pays for it per kernel
+        probe = np.zeros(shape, dtype)
+        kernel = _KERNEL.compiled_for(dtype, probe, taps, bias, values, np.empty((N * M, 0), dtype), *geometry, 0, 0)
+        if kernel is None:
+            return None
     planes = N * M
-    pool = current_pool()
-    work = y.size * taps.shape[1] * taps.shape[2]
-    split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
-    if blocks is not None:
-        def run(p0: int, p1: int) -> None:
-            blocks.channels_last_planes(*args[:15], code, p0, p1)
+    work = math.prod(y_shape) * taps.shape[1] * taps.shape[2]
 
-        if split:  # (a Python task per thread: the kernel releases the GIL)
-            pool.run_chunks(run, planes, work, _PARALLEL_MIN_WORK)
+    def run(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        y = np.empty(y_shape, dtype=dtype)
+        args = (x, taps, bias, values, y.reshape(planes, -1)) + geometry
+        pool = current_pool()
+        split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
+        if blocks is not None:
+            def part(p0: int, p1: int) -> None:
+                blocks.channels_last_planes(*args[:15], code, p0, p1)
+
+            if split:  # (a Python task per thread: the kernel releases the GIL)
+                pool.run_chunks(part, planes, work, _PARALLEL_MIN_WORK)
+            else:
+                part(0, planes)
+        elif split:
+            native = dtype == np.float32 and not channels_last and pool.runs_native_tasks
+            task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
+            if task is not None:
+                packed = task.pack(args)
+                pool.run_native(task.depthwise_part.address, packed.ctypes.data, min(planes, pool.num_threads))
+            else:
+                pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes, work, _PARALLEL_MIN_WORK)
         else:
-            run(0, planes)
-    elif split:
-        native = x.dtype == np.float32 and not channels_last and pool.runs_native_tasks
-        task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
-        if task is not None:
-            packed = task.pack(args)
-            pool.run_native(task.depthwise_part.address, packed.ctypes.data, min(planes, pool.num_threads))
-        else:
-            pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes, work, _PARALLEL_MIN_WORK)
-    else:
-        kernel(*args, 0, planes)
-    if fused is None:
-        activation(y)
-    return y
+            kernel(*args, 0, planes)
+        if fused is None:
+            activation(y)
+        return y
+
+    return run
