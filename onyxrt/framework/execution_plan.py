@@ -32,6 +32,7 @@ from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_do
 from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
 from .memcpy import compile_copy, is_copy, value_device
 from .partitioner import FUSED_GROUP, PROVIDER_KEY
+from .shape_specialization import ShapeSpecializations, frozen_copy, recordable, shape_determined_steps, signature
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
 _TRASH_SLOT = 1  # where skipped optional outputs are written
@@ -67,6 +68,7 @@ class ExecutionPlan:
         outer_slots: tuple[int, ...],
         output_slots: tuple[int, ...],
         reuse_buffers: bool = True,
+        specialize_shapes: bool = True,
     ) -> None:
         self.graph = graph
         # where each input is read (the partitioner's placement), and whether that is the host
@@ -83,6 +85,7 @@ class ExecutionPlan:
         self._input_slots = input_slots
         self._outer_slots = outer_slots
         self._output_slots = output_slots
+        self._raw_steps = steps
         self._steps = _with_buffer_plan(steps, template, input_slots, outer_slots, output_slots, reuse_buffers)
         self._step_inplace = [kernel_contract(fn).inplace for fn, *_ in steps]
         # Steps whose outputs were all tiny in the last run skip _alloc and donation in the next (a
@@ -93,6 +96,12 @@ class ExecutionPlan:
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
         self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
         self._last_report = RunReport()
+        self._specializations = None  # plans for input shapes seen again (a top-level graph's; see shape_specialization)
+        if specialize_shapes and not outer_slots:
+            fixed = frozenset(slot for slot in self._weight_slots if slot not in input_slots)
+            static = shape_determined_steps(nodes, steps, input_slots, fixed, _on_cpu_kernels)
+            if static:
+                self._specializations = ShapeSpecializations(static)
 
     @property
     def peak_bytes(self) -> int:
@@ -107,8 +116,60 @@ class ExecutionPlan:
         another. Outputs come back on the host, or as ``targets`` (one per graph output)
         ask, handed over as soon as their producer has run (a None target: not wanted).
         ``profile`` (a list) receives a :class:`ProfiledStep` per step that ran; ``report``
-        receives the run's memory figures.
+        receives the run's memory figures. Inputs of shapes seen before may run a plan specialized to
+        them (``framework.shape_specialization``): the same results without the steps that only
+        compute from those shapes.
         """
+        specializations = self._specializations
+        if specializations is not None:
+            key = signature(inputs)
+            specialized = specializations.plan_for(key)
+            if specialized is not None:
+                try:
+                    return specialized.run(inputs, outer, profile, targets, report)
+                finally:
+                    self._last_report = specialized._last_report
+            if specializations.should_record(key):
+                recorded: dict[int, Any] = {}
+                outputs = self._run_steps(inputs, outer, profile, targets, report, self._recording_steps(recorded))
+                specializations.remember(key, self._specialized(recorded))
+                return outputs
+        return self._run_steps(inputs, outer, profile, targets, report, self._steps)
+
+    def _recording_steps(self, recorded: dict[int, Any]) -> list[tuple]:
+        """The steps, with each shape-determined one keeping a frozen copy of its outputs in ``recorded``
+        (by step index; only outputs ``recordable`` as a whole)."""
+        steps = list(self._steps)
+        for index in self._specializations.static_steps:
+            fn, ins, outs, frees, multi, alloc, donors = steps[index]
+
+            def keeping(*args, _fn=fn, _index=index, _multi=multi, **kwargs):
+                result = _fn(*args, **kwargs)
+                values = result if _multi else (result,)
+                if all(recordable(v) for v in values):
+                    recorded[_index] = [frozen_copy(v) for v in values]
+                return result
+
+            steps[index] = (keeping, ins, outs, frees, multi, alloc, donors)
+        return steps
+
+    def _specialized(self, recorded: dict[int, Any]) -> ExecutionPlan:
+        """This plan without the recorded steps, their outputs held like weights."""
+        template = list(self._template)
+        kept_steps, kept_nodes = [], []
+        for index, (step, node) in enumerate(zip(self._raw_steps, self.nodes)):
+            if index in recorded:
+                for slot, value in zip(step[2], recorded[index]):
+                    if slot != _TRASH_SLOT:
+                        template[slot] = value
+            else:
+                kept_steps.append(step)
+                kept_nodes.append(node)
+        return ExecutionPlan(self.graph, kept_steps, kept_nodes, template, self._input_slots, self._outer_slots,
+                             self._output_slots, self.reuse_buffers, specialize_shapes=False)
+
+    def _run_steps(self, inputs: Sequence[Any], outer: Sequence[Any], profile: list | None,
+                   targets: Sequence[BoundOutput | None] | None, report: RunReport | None, steps: list) -> list[Any]:
         values = self._template.copy()
         for slot, value, (device, on_host) in zip(self._input_slots, inputs, self._input_devices):
             values[slot] = value if on_host and isinstance(value, np.ndarray) else move_to(value, device)
@@ -128,7 +189,7 @@ class ExecutionPlan:
         if targets is not None:
             arena.bound = self._bound_buffers(targets)
         try:
-            self._run(values, arena, handover, targets, delivered, profile)
+            self._run(values, arena, handover, targets, delivered, profile, steps)
             finished = RunReport(arena.peak_bytes, arena.reused_bytes, arena.inplace_bytes)
         finally:
             arena.end()
@@ -169,14 +230,14 @@ class ExecutionPlan:
             delivered[position] = deliver(values[self._output_slots[position]], targets[position])
 
     def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None,
-             profile: list | None = None) -> None:
+             profile: list | None, steps: list) -> None:
         produced, release = arena.produced, arena.release
         small, min_bytes = self._small_outputs, arena.min_bytes
         ndarray = np.ndarray
         clock = time.perf_counter_ns
         index = start = 0
         try:
-            for fn, ins, outs, frees, multi, alloc, donors in self._steps:
+            for fn, ins, outs, frees, multi, alloc, donors in steps:
                 arena.step = index
                 if profile is not None:
                     inputs_seen = [(slot in self._weight_slots, _tensor_type_shape(values[slot])) for slot in ins]
@@ -356,6 +417,11 @@ def build_plan(
     frozen = [(fn, ins, outs, tuple(frees), multi) for fn, ins, outs, frees, multi in steps]
     return ExecutionPlan(graph, frozen, [n for n, _ in ordered], template, input_slots, outer_slots, tuple(output_slots),
                          reuse_buffers)
+
+
+def _on_cpu_kernels(node: ir.Node) -> bool:
+    """Whether ``node`` runs one of the CPU provider's kernels (not a copy, nor a region another provider compiled)."""
+    return node.meta.get(PROVIDER_KEY) == "CPUExecutionProvider" and FUSED_GROUP not in node.meta and not is_copy(node)
 
 
 def _is_used(value: ir.Value) -> bool:

@@ -248,7 +248,7 @@ def _compiled_max_pool(x, k, s, d, begin, out_sp) -> np.ndarray | None:
     if kernel is None:
         return None
     y = np.empty(x.shape[:2] + tuple(out_sp), x.dtype)
-    kernel(read_only(x), y, k[0], k[1], s[0], s[1], d[0], d[1], begin[0], begin[1], low)
+    kernel(read_only(np.ascontiguousarray(x)), y, k[0], k[1], s[0], s[1], d[0], d[1], begin[0], begin[1], low)
     return y
 
 
