@@ -507,3 +507,34 @@ def test_compiled_column_matrix_equals_the_numpy_one(dtype):
         for c0, c1 in ((0, 2), (2, 3)):  # in channel chunks, as the pool splits it
             core._compiled_im2col(x)(core.read_only(x), ours, *k, *s, *d, p[0], p[1], *out_sp, c0, c1)
         np.testing.assert_array_equal(ours, expected)  # the bias row (7s) untouched
+
+
+def test_prepared_convolution_keeps_a_route_per_input_shape():
+    """With prepacked weights, each input shape's route is built once and reused (the same results as a route
+    built afresh; the unpacked path's within rounding), and the kept routes stay bounded."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    attrs = dict(pads=[1, 1, 1, 1], strides=[2, 1])
+    packed = core.pack_conv_weights(w, b, attrs)
+    relu = mlas_activation_fn("Relu", [])
+    for shape in [(1, 3, 9, 8), (2, 3, 5, 7), (1, 3, 9, 8)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        for activation in (None, relu):
+            ours = core.float_conv(x, w, b, 1, attrs["strides"], None, attrs["pads"], "NOTSET", None, packed, activation)
+            fresh = core.pack_conv_weights(w, b, attrs)  # no route kept yet: built for this call
+            np.testing.assert_array_equal(ours, core.float_conv(x, w, b, 1, attrs["strides"], None, attrs["pads"],
+                                                                "NOTSET", None, fresh, activation))
+            plain = core.float_conv(x, w, b, 1, attrs["strides"], None, attrs["pads"], "NOTSET", None, None, activation)
+            np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5)
+    assert len(packed.routes) == 4  # two shapes, with and without the activation
+    route = next(iter(packed.routes.values()))
+    core.float_conv(np.ones((1, 3, 9, 8), np.float32), w, b, 1, attrs["strides"], None, attrs["pads"], "NOTSET", None,
+                    packed)
+    assert next(iter(packed.routes.values())) is route
+    for width in range(4, 4 + 2 * core._MAX_ROUTES):
+        core.float_conv(np.ones((1, 3, 6, width), np.float32), w, b, 1, attrs["strides"], None, attrs["pads"],
+                        "NOTSET", None, packed)
+    assert len(packed.routes) <= core._MAX_ROUTES
+    with pytest.raises(Exception, match="inconsistent"):
+        core.float_conv(np.ones((1, 4, 6, 6), np.float32), w, b, 1, None, None, [1, 1, 1, 1], "NOTSET", None, packed)
