@@ -52,7 +52,7 @@ _RANDOM = frozenset({"Bernoulli", "Dropout", "Multinomial", "RandomNormal", "Ran
                      "RandomUniformLike"})
 _DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 _MAX_RECORDED_BYTES = 1 << 16  # a shape vector or a mask, not an activation
-_MAX_PLANS = 8  # input signatures a plan keeps a specialization for
+_MAX_PLANS = 4  # input signatures a plan keeps a specialization for (each holds its own buffer pool)
 _MAX_SIGNATURES = 64  # signatures counted before the counts start over (a decoder's growing past)
 
 
