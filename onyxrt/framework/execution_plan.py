@@ -69,8 +69,11 @@ class ExecutionPlan:
         output_slots: tuple[int, ...],
         reuse_buffers: bool = True,
         specialize_shapes: bool = True,
+        node_indices: Sequence[int] | None = None,
     ) -> None:
         self.graph = graph
+        # each step's node index in the graph's plan (a specialized plan skips some: see _specialized)
+        self._node_indices = tuple(node_indices) if node_indices is not None else tuple(range(len(nodes)))
         # where each input is read (the partitioner's placement), and whether that is the host
         self._input_devices = tuple((device, device.is_host) for device in map(value_device, graph.inputs))
         self._outputs_on_host = all(value_device(v).is_host for v in graph.outputs)
@@ -156,7 +159,7 @@ class ExecutionPlan:
     def _specialized(self, recorded: dict[int, Any]) -> ExecutionPlan:
         """This plan without the recorded steps, their outputs held like weights."""
         template = list(self._template)
-        kept_steps, kept_nodes = [], []
+        kept_steps, kept_nodes, kept_indices = [], [], []
         for index, (step, node) in enumerate(zip(self._raw_steps, self.nodes)):
             if index in recorded:
                 for slot, value in zip(step[2], recorded[index]):
@@ -165,8 +168,10 @@ class ExecutionPlan:
             else:
                 kept_steps.append(step)
                 kept_nodes.append(node)
+                kept_indices.append(index)
         return ExecutionPlan(self.graph, kept_steps, kept_nodes, template, self._input_slots, self._outer_slots,
-                             self._output_slots, self.reuse_buffers, specialize_shapes=False)
+                             self._output_slots, self.reuse_buffers, specialize_shapes=False,
+                             node_indices=kept_indices)
 
     def _run_steps(self, inputs: Sequence[Any], outer: Sequence[Any], profile: list | None,
                    targets: Sequence[BoundOutput | None] | None, report: RunReport | None, steps: list) -> list[Any]:
@@ -262,7 +267,8 @@ class ExecutionPlan:
                 if profile is not None:
                     duration = clock() - start
                     outputs_seen = [_tensor_type_shape(value) for value in (result if multi else (result,))]
-                    profile.append(ProfiledStep(self.nodes[index], index, start, duration, inputs_seen, outputs_seen))
+                    profile.append(ProfiledStep(self.nodes[index], self._node_indices[index], start, duration, inputs_seen,
+                                                outputs_seen))
                 # (the arena tracks only arrays of min_bytes or more: the test is inlined, as most
                 # values of a small model or decoding step are below it)
                 if multi:

@@ -56,10 +56,9 @@ def test_profiled_runs_of_a_specialized_plan_name_its_nodes():
     x = np.ones((2, 3, 4), np.float32)
     for _ in range(3):
         session.run(None, {"x": x})
-    from onyxrt.framework.execution_plan import ProfiledStep  # noqa: F401 - the record type the session writes
     steps = []
     session._plan.run([x], profile=steps)
-    assert [step.node.op_type for step in steps] == ["Relu", "Reshape"]
+    assert [(step.node.op_type, step.index) for step in steps] == [("Relu", 0), ("Reshape", 5)]  # the graph's indices
 
 
 def test_values_that_depend_on_data_are_never_recorded():
