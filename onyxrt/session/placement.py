@@ -37,7 +37,7 @@ from ..graph.autodiff import expand_gradient_nodes
 from ..graph.builder import subgraphs
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_saver import save_model
-from ..optimizer import OptimizationLevel, OptimizationReport, optimize
+from ..optimizer import OptimizationLevel, OptimizationReport, conv_epilogue_fusion, optimize
 from ..providers.base import ExecutionProvider, is_assigned
 from ..providers.cpu import CPUExecutionProvider
 from .session_options import SessionOptions
@@ -70,6 +70,7 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
         report = run_passes(level, providers)
         _save_if_asked(model, options)
         partition(graph, opsets, providers)
+        _fuse_for_cpu_kernels(model, level, disabled)
         return report
 
     report = run_passes(min(level, OptimizationLevel.BASIC), ())
@@ -81,7 +82,14 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
     if level > OptimizationLevel.BASIC:
         report = report.followed_by(run_passes(level, rest))
     partition(graph, opsets, rest)
+    _fuse_for_cpu_kernels(model, level, disabled)
     return report
+
+
+def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
+    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``."""
+    if level >= OptimizationLevel.EXTENDED and conv_epilogue_fusion.NAME not in disabled:
+        conv_epilogue_fusion.fuse_conv_epilogues(model.graph, model.opset_imports)
 
 
 def _save_if_asked(model: ir.Model, options: SessionOptions) -> None:

@@ -272,7 +272,8 @@ def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
     y = act(y + bias[channel] + residual) (onnxruntime's FusedConv order: the sum before the
     activation). ``bias`` has 0 or M entries, ``residual`` 0 rows or y's shape. ``act``: the
     depthwise kernel's codes (0 none, 1 Relu, 2 LeakyRelu(a), 3 Tanh, 4 Sigmoid, 5 Clip(a, b),
-    6 HardSigmoid(a, b)); comparisons keep NaN as NaN, as numpy's."""
+    6 HardSigmoid(a, b)) and onyxrt's own 7 HardSwish, 8 QuickGelu(a) (v * sigmoid(a v), as the row
+    kernels compute them); comparisons keep NaN as NaN, as numpy's."""
     cols = y.shape[1]
     biased = bias.shape[0] > 0
     summed = residual.shape[0] > 0
@@ -305,10 +306,16 @@ def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
             for j in range(cols):
                 v = row[np.uintp(j)] + add
                 row[np.uintp(j)] = a if v < a else (b if v > b else v)
-        else:
+        elif act == 6:
             for j in range(cols):
                 v = (row[np.uintp(j)] + add) * a + b
                 row[np.uintp(j)] = zero if v < zero else (one if v > one else v)
+        elif act == 7:
+            for j in range(cols):
+                row[np.uintp(j)] = _hard_swish(row[np.uintp(j)] + add, a)
+        else:
+            for j in range(cols):
+                row[np.uintp(j)] = _x_sigmoid(row[np.uintp(j)] + add, a)
 
 
 @numba.njit(fastmath=_REASSOC, **_jit)

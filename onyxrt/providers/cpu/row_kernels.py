@@ -39,6 +39,9 @@ _NO_OUTPUT3 = np.empty((0, 0, 0), _F32)
 
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
+# onyxrt's own FusedConv activations (optimizer/conv_epilogue_fusion.py), which only the epilogue applies
+_EPILOGUE_CODES = {**_ACTIVATION_CODES, "HardSwish": 7, "QuickGelu": 8}
+MLAS_CODES = frozenset({0, *_ACTIVATION_CODES.values()})  # the codes (0: none) the depthwise kernels apply
 # Elements below which a kernel is not split over threads (a split costs ~15 us of hand-offs).
 _MIN_PARALLEL_ELEMENTS = 1 << 16
 _FLAT_ROW = 4096  # the row length a bias-free activation is cut into
@@ -98,6 +101,19 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
     return y
 
 
+def activation_in_place(x: np.ndarray, kind: int, alpha: float = 1.0) -> bool:
+    """``act(x)`` (``activation``'s kinds) written over float32 ``x``; False, x untouched, when the kernel cannot."""
+    if x.dtype != _F32 or not x.flags.c_contiguous or not x.flags.writeable or x.ndim == 0:
+        return False
+    kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
+    if kernel is None:
+        return False
+    if x.size:
+        rows = x.reshape(-1, _FLAT_ROW) if x.size % _FLAT_ROW == 0 else x.reshape(1, -1)
+        _over_rows(kernel, (read_only(rows), _EMPTY, rows, _F32.type(alpha)), rows.shape[0], x.size)
+    return True
+
+
 def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, gamma: np.ndarray | None,
                beta: np.ndarray | None, epsilon: float, simplified: bool, keep_total: bool
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
@@ -139,7 +155,7 @@ def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
         return None
     name, params = spec
     values = list(params) + [0.0] * (2 - len(params))
-    return _ACTIVATION_CODES[name], (values[0], values[1])
+    return _EPILOGUE_CODES[name], (values[0], values[1])
 
 
 def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None, activation) -> bool:

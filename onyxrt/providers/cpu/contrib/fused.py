@@ -6,7 +6,9 @@ The fused activations follow onnxruntime:
 
 * FusedConv (and the NCHWc Conv) take ``activation`` + ``activation_params``, as in
   MLAS: Relu, LeakyRelu [alpha], Tanh, Sigmoid, Clip [min, max], HardSigmoid [alpha, beta];
-  a Conv's ``Z`` (sum) input is added *before* the activation;
+  a Conv's ``Z`` (sum) input is added *before* the activation. onyxrt's FusedConv also takes
+  HardSwish and QuickGelu [alpha] (``optimizer/conv_epilogue_fusion.py`` writes them; onnxruntime
+  does not run such a node);
 * FusedGemm / FusedMatMulActivation take ``activation`` + ``activation_alpha/beta/gamma``
   (onnxruntime's element-wise functors): the ONNX activation names, their ONNX defaults
   when a parameter is absent.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..math.activations import sigmoid_values
 from ..math.elementwise import erf_values
@@ -107,6 +110,23 @@ def _mlas_activation_fn(activation, params):
             np.clip(t, 0, 1, out=t)
 
         return hard
+    if name == "HardSwish":  # onyxrt's own (see the module docstring)
+        def hard_swish(t):
+            if not row_kernels.activation_in_place(t, row_kernels.HARD_SWISH):
+                h = t * t.dtype.type(1 / 6) + t.dtype.type(0.5)
+                np.clip(h, 0, 1, out=h)
+                t *= h
+
+        return hard_swish
+    if name == "QuickGelu":  # onyxrt's own: v * sigmoid(alpha v)
+        need(1)
+        alpha = p[0]
+
+        def quick_gelu(t):
+            if not row_kernels.activation_in_place(t, row_kernels.X_SIGMOID, alpha):
+                t *= sigmoid_values(t * t.dtype.type(alpha))
+
+        return quick_gelu
     raise NotImplementedError(f"fused activation {name!r} is not supported")
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from ..jit import LazyKernel, optional_module
-from ..row_kernels import activation_code
+from ..row_kernels import MLAS_CODES, activation_code
 
 
 # Output widths up to which the kernel works channels-last (see ``_depthwise_planes``):
@@ -288,6 +288,8 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
 
         return run_1d
     fused = activation_code(activation)
+    if fused is not None and fused[0] not in MLAS_CODES:  # (HardSwish, QuickGelu: applied after the kernel)
+        fused = None
     code, params = fused if fused is not None else (0, (0.0, 0.0))
     N, C, H, W = shape
     M = w.shape[0]
