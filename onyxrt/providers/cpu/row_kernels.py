@@ -37,6 +37,14 @@ _EMPTY3 = read_only(np.empty((0, 0, 0), _F32))
 _NO_POSITIONS = read_only(np.empty(0, np.int64))
 _NO_OUTPUT3 = np.empty((0, 0, 0), _F32)
 
+# Arguments that do no work, with which each kernel compiles (or loads) its float32 form once (``compiled_for``).
+_ACTIVATION_PROBE = (_EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
+_LAYER_NORM_PROBE = (_EMPTY2, _EMPTY2, _EMPTY, _EMPTY, _EMPTY, _F32.type(1), False, _NO_OUTPUT, _NO_OUTPUT, _NO_OUTPUT1,
+                     _NO_OUTPUT1, 0, 0)
+_EPILOGUE_PROBE = (_NO_OUTPUT, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
+_SOFTMAX_PROBE = (_NO_OUTPUT, 0, 0)
+_ROTARY_PROBE = (_EMPTY3, _NO_POSITIONS, _EMPTY2, _EMPTY2, _NO_OUTPUT3, False, 0, 0)
+
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
 # onyxrt's own FusedConv activations (optimizer/conv_epilogue_fusion.py), which only the epilogue applies
@@ -82,7 +90,7 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
         return None
     if bias is not None and not _usable(bias):
         return None
-    kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
+    kernel = _ACTIVATIONS[kind].compiled_for("f32", *_ACTIVATION_PROBE)
     if kernel is None:
         return None
     y = alloc(x.shape, _F32) if wants_buffer(alloc, x) else np.empty(x.shape, _F32)
@@ -105,7 +113,7 @@ def activation_in_place(x: np.ndarray, kind: int, alpha: float = 1.0) -> bool:
     """``act(x)`` (``activation``'s kinds) written over float32 ``x``; False, x untouched, when the kernel cannot."""
     if x.dtype != _F32 or not x.flags.c_contiguous or not x.flags.writeable or x.ndim == 0:
         return False
-    kernel = _ACTIVATIONS[kind].compiled_for("f32", _EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
+    kernel = _ACTIVATIONS[kind].compiled_for("f32", *_ACTIVATION_PROBE)
     if kernel is None:
         return False
     if x.size:
@@ -129,8 +137,7 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
             return None
     if not _usable(x) or (skip is not None and (skip.shape != x.shape or not _usable(skip))):
         return None
-    kernel = _LAYER_NORM.compiled_for("f32", _EMPTY2, _EMPTY2, _EMPTY, _EMPTY, _EMPTY, _F32.type(1), False,
-                                      _NO_OUTPUT, _NO_OUTPUT, _NO_OUTPUT1, _NO_OUTPUT1, 0, 0)
+    kernel = _LAYER_NORM.compiled_for("f32", *_LAYER_NORM_PROBE)
     if kernel is None:
         return None
     rows = x.shape[0]
@@ -175,7 +182,7 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     code = activation_code(activation)
     if code is None:
         return False
-    kernel = _EPILOGUE.compiled_for("f32", _NO_OUTPUT, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
+    kernel = _EPILOGUE.compiled_for("f32", *_EPILOGUE_PROBE)
     if kernel is None:
         return False
     rows = y.reshape(y.shape[0] * channels, -1)
@@ -190,7 +197,7 @@ def softmax_in_place(x: np.ndarray) -> bool:
     """Softmax over the last axis of float32 ``x``, in place; False (x untouched) when the kernel cannot."""
     if x.dtype != _F32 or not x.flags.c_contiguous or not x.flags.writeable or x.ndim == 0 or x.shape[-1] == 0:
         return False
-    kernel = _SOFTMAX.compiled_for("f32", _NO_OUTPUT, 0, 0)
+    kernel = _SOFTMAX.compiled_for("f32", *_SOFTMAX_PROBE)
     if kernel is None:
         return False
     rows = x.reshape(-1, x.shape[-1])
@@ -203,7 +210,7 @@ def rotary(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarra
     (rows,) already checked against the float32 (positions, half) caches; None when the kernel cannot."""
     if x.dtype != _F32 or cos.dtype != _F32 or sin.dtype != _F32 or x.ndim != 3 or not x.flags.c_contiguous:
         return None
-    kernel = _ROTARY.compiled_for("f32", _EMPTY3, _NO_POSITIONS, _EMPTY2, _EMPTY2, _NO_OUTPUT3, False, 0, 0)
+    kernel = _ROTARY.compiled_for("f32", *_ROTARY_PROBE)
     if kernel is None:
         return None
     out = np.empty_like(x)
