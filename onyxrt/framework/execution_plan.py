@@ -13,6 +13,7 @@ independent.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -32,6 +33,7 @@ from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_do
 from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
 from .memcpy import compile_copy, is_copy, value_device
 from .partitioner import FUSED_GROUP, PROVIDER_KEY
+from .parallel_executor import ParallelExecutor
 from .shape_specialization import ShapeSpecializations, frozen_copy, recordable, shape_determined_steps, signature
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
@@ -99,12 +101,25 @@ class ExecutionPlan:
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
         self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
         self._last_report = RunReport()
+        self._parallel: ParallelExecutor | None = None  # ORT_PARALLEL's inter-op threads (use_inter_op_threads)
+        self._inter_op_threads = 0
         self._specializations = None  # plans for input shapes seen again (a top-level graph's; see shape_specialization)
         if specialize_shapes and not outer_slots:
             fixed = frozenset(slot for slot in self._weight_slots if slot not in input_slots)
             static = shape_determined_steps(nodes, steps, input_slots, fixed, _on_cpu_kernels)
             if static:
                 self._specializations = ShapeSpecializations(static)
+
+    def use_inter_op_threads(self, threads: int) -> None:
+        """Run steps whose inputs are ready at the same time on ``threads`` threads (``ExecutionMode.ORT_PARALLEL``,
+        see ``framework.parallel_executor``); 0 returns to one step at a time."""
+        if self._parallel is not None:
+            self._parallel.shutdown()
+        self._parallel, self._inter_op_threads = None, threads
+        if threads > 0:
+            protected = {_NONE_SLOT, _TRASH_SLOT, *self._input_slots, *self._outer_slots, *self._output_slots,
+                         *self._weight_slots}
+            self._parallel = ParallelExecutor(self._steps, protected, threads)
 
     @property
     def peak_bytes(self) -> int:
@@ -169,9 +184,12 @@ class ExecutionPlan:
                 kept_steps.append(step)
                 kept_nodes.append(node)
                 kept_indices.append(index)
-        return ExecutionPlan(self.graph, kept_steps, kept_nodes, template, self._input_slots, self._outer_slots,
+        plan = ExecutionPlan(self.graph, kept_steps, kept_nodes, template, self._input_slots, self._outer_slots,
                              self._output_slots, self.reuse_buffers, specialize_shapes=False,
                              node_indices=kept_indices)
+        if self._inter_op_threads:
+            plan.use_inter_op_threads(self._inter_op_threads)
+        return plan
 
     def _run_steps(self, inputs: Sequence[Any], outer: Sequence[Any], profile: list | None,
                    targets: Sequence[BoundOutput | None] | None, report: RunReport | None, steps: list) -> list[Any]:
@@ -180,6 +198,8 @@ class ExecutionPlan:
             values[slot] = value if on_host and isinstance(value, np.ndarray) else move_to(value, device)
         for slot, value in zip(self._outer_slots, outer):
             values[slot] = value
+        if self._parallel is not None:
+            return self._run_parallel(values, steps, profile, targets, report)
         handover = delivered = None
         if targets is not None:
             handover = self._handover(targets)
@@ -208,6 +228,34 @@ class ExecutionPlan:
         if self._outputs_on_host:
             return [values[slot] for slot in self._output_slots]
         return [move_to(values[slot], HOST) for slot in self._output_slots]
+
+    def _run_parallel(self, values: list[Any], steps: list, profile: list | None,
+                      targets: Sequence[BoundOutput | None] | None, report: RunReport | None) -> list[Any]:
+        """The run on the inter-op threads; bound outputs are handed over at its end, no buffers recycled."""
+        record = None
+        if profile is not None:
+            lock = threading.Lock()
+
+            def record(index, args, start, duration, result):
+                seen_in = [(slot in self._weight_slots, _tensor_type_shape(value))
+                           for slot, value in zip(steps[index][1], args)]
+                seen_out = [_tensor_type_shape(value) for value in (result if steps[index][4] else (result,))]
+                with lock:
+                    profile.append(ProfiledStep(self.nodes[index], self._node_indices[index], start, duration, seen_in,
+                                                seen_out))
+
+        self._parallel.run(steps, self.nodes, values, record)
+        if profile is not None:
+            profile.sort(key=lambda step: step.start_ns)
+        self._last_report = RunReport()
+        if report is not None:
+            report.peak_bytes = report.reused_bytes = report.inplace_bytes = 0
+        outputs = [values[slot] for slot in self._output_slots]
+        if targets is not None:
+            if len(targets) != len(outputs):
+                raise ValueError(f"{len(targets)} output targets for {len(outputs)} outputs")
+            return [None if target is None else deliver(value, target) for value, target in zip(outputs, targets)]
+        return outputs if self._outputs_on_host else [move_to(value, HOST) for value in outputs]
 
     def _handover(self, targets: Sequence[BoundOutput | None]) -> dict[int, list[int]]:
         """Output positions to hand over after each step (key -1: before the first)."""

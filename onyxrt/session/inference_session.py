@@ -38,7 +38,7 @@ from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
 from ..framework.session_config import KERNELS_ON_POOL, active_session_config
-from .session_options import RunOptions, SessionOptions, ignored_options, options_summary
+from .session_options import ExecutionMode, RunOptions, SessionOptions, ignored_options, options_summary
 
 
 class _InputSpec:
@@ -279,6 +279,9 @@ class InferenceSession(SessionApiMixin):
         # too, unless the user set allow_spinning explicitly.
         if KERNELS_ON_POOL in traits and "session.intra_op.allow_spinning" not in self._sess_options._config:
             self._thread_pool = pool.splitting_gemms()
+        if self._sess_options.execution_mode == ExecutionMode.ORT_PARALLEL:
+            # as onnxruntime: inter_op_num_threads threads (0: one per physical core, the intra-op pool's default)
+            plan.use_inter_op_threads(self._sess_options.inter_op_num_threads or pool.num_threads)
         return plan
 
     def _apply_initializer_overrides(self, model: ir.Model) -> None:

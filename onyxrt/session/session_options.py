@@ -305,12 +305,9 @@ def _shown(value: Any) -> str:
 
 
 def ignored_options(options: SessionOptions) -> list[str]:
-    """Warnings for options a user set that onyxrt cannot honour (it runs nodes one at a time)."""
+    """Warnings for options a user set that have no effect on the session."""
     ignored = []
-    if options.execution_mode == ExecutionMode.ORT_PARALLEL:
-        ignored.append("execution_mode ORT_PARALLEL is ignored: onyxrt runs the graph's nodes sequentially "
-                       "(intra_op_num_threads parallelizes within nodes)")
-    if options.inter_op_num_threads > 1:
-        ignored.append(f"inter_op_num_threads={options.inter_op_num_threads} is ignored: onyxrt has no inter-op "
-                       "thread pool (it runs the graph's nodes sequentially)")
+    if options.inter_op_num_threads > 1 and options.execution_mode != ExecutionMode.ORT_PARALLEL:
+        ignored.append(f"inter_op_num_threads={options.inter_op_num_threads} is ignored: it sizes the threads of "
+                       "execution_mode ORT_PARALLEL, and the session runs its nodes sequentially (ORT_SEQUENTIAL)")
     return ignored
