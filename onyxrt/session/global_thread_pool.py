@@ -6,8 +6,8 @@ then share the global intra-op pool (their own ``intra_op_num_threads`` ignored,
 warning), and from then on a session asking for its own threads is refused. A session with
 ``use_per_session_threads = False`` when no global pool exists is refused too.
 
-onyxrt runs the nodes of a graph one after another, so the inter-op size is recorded and
-checked but runs no threads, like a session's own ``inter_op_num_threads``.
+The inter-op size sizes the threads of such sessions' ``ExecutionMode.ORT_PARALLEL`` runs (each
+session starts its own threads of that count: ``framework/parallel_executor.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def set_global_thread_pool_sizes(intra_op_num_threads: int = 0, inter_op_num_thr
             raise Fail("Global thread pools have already been created, cannot replace them")
         _global_pool = ThreadPool(max(intra, 0))  # negative sizes mean the default, as in onnxruntime
         _global_inter_op_threads = max(inter, 0)
+
+
+def global_inter_op_threads() -> int:
+    """The global inter-op size (0: the default, one thread per physical core)."""
+    return _global_inter_op_threads
 
 
 def global_thread_pool() -> ThreadPool | None:

@@ -29,7 +29,7 @@ from ..graph.tensors import constant_array, from_array
 from ..graph.types import np_dtype, tensor_shape, type_string, value_type_proto, value_type_string
 from ..providers.base import ExecutionProvider
 from .io_binding import IOBinding
-from .global_thread_pool import session_thread_pool
+from .global_thread_pool import global_inter_op_threads, session_thread_pool
 from .session_api import SessionApiMixin, external_data_preparer, raise_if_load_cancelled
 from .node_arg import ModelMetadata, NodeArg
 from .ort_value import OrtValue
@@ -280,8 +280,11 @@ class InferenceSession(SessionApiMixin):
         if KERNELS_ON_POOL in traits and "session.intra_op.allow_spinning" not in self._sess_options._config:
             self._thread_pool = pool.splitting_gemms()
         if self._sess_options.execution_mode == ExecutionMode.ORT_PARALLEL:
-            # as onnxruntime: inter_op_num_threads threads (0: one per physical core, the intra-op pool's default)
-            plan.use_inter_op_threads(self._sess_options.inter_op_num_threads or pool.num_threads)
+            # as onnxruntime: inter_op_num_threads threads, or the global pools' size for a session without its
+            # own threads (0: one per physical core, the intra-op pool's default)
+            options = self._sess_options
+            inter = options.inter_op_num_threads if options.use_per_session_threads else global_inter_op_threads()
+            plan.use_inter_op_threads(inter or pool.num_threads)
         return plan
 
     def _apply_initializer_overrides(self, model: ir.Model) -> None:
