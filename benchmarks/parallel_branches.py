@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from latency import case_inputs, timed_runs
 from report import cpu_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = {"sequential, intra 2": ("ORT_SEQUENTIAL", 2, 0), "parallel, inter 2, intra 1": ("ORT_PARALLEL", 1, 2),
            "parallel, inter 2, intra 2": ("ORT_PARALLEL", 2, 2)}
@@ -50,8 +49,6 @@ def branches_model() -> tuple[bytes, dict]:
 def case(name: str) -> tuple[object, dict]:
     if name == "branches":
         return branches_model()
-    from latency import case_inputs
-
     return case_inputs(name)
 
 
@@ -64,14 +61,7 @@ def worker(runtime: str, name: str, config: str, repeat: int) -> None:
     options.intra_op_num_threads = intra
     options.inter_op_num_threads = inter
     session = rt.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, feeds)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    print(json.dumps(times))
+    print(json.dumps(timed_runs(session, feeds, repeat)))
 
 
 def main() -> int:
