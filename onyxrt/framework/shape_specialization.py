@@ -48,8 +48,8 @@ _SHAPES_FROM_VALUES: dict[str, frozenset[int]] = {
     "Upsample": frozenset({1}), **{name: frozenset({1}) for name in _REDUCTIONS},
 }
 _SHAPE_READERS = frozenset({"Shape", "Size"})
-_RANDOM = frozenset({"Bernoulli", "Dropout", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",
-                     "RandomUniformLike"})
+_RANDOM = frozenset({"Bernoulli", "BiasDropout", "BitmaskBiasDropout", "BitmaskDropout", "Dropout", "Multinomial",
+                     "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"})
 _DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
 _MAX_RECORDED_BYTES = 1 << 16  # a shape vector or a mask, not an activation
 _MAX_PLANS = 4  # input signatures a plan keeps a specialization for (each holds its own buffer pool)
