@@ -32,7 +32,7 @@ from ..providers.kernel_registry import accepts, kernel_contract
 from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_donations
 from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
 from .memcpy import compile_copy, is_copy, value_device
-from .partitioner import FUSED_GROUP, PROVIDER_KEY
+from .partitioner import FUSED_GROUP, PROVIDER_KEY, on_cpu_kernels
 from .parallel_executor import ParallelExecutor
 from .shape_specialization import ShapeSpecializations, frozen_copy, recordable, shape_determined_steps, signature
 
@@ -106,7 +106,7 @@ class ExecutionPlan:
         self._specializations = None  # plans for input shapes seen again (a top-level graph's; see shape_specialization)
         if specialize_shapes and not outer_slots:
             fixed = frozenset(slot for slot in self._weight_slots if slot not in input_slots)
-            static = shape_determined_steps(nodes, steps, input_slots, fixed, _on_cpu_kernels)
+            static = shape_determined_steps(nodes, steps, input_slots, fixed, _runs_cpu_kernel)
             if static:
                 self._specializations = ShapeSpecializations(static)
 
@@ -117,8 +117,7 @@ class ExecutionPlan:
             self._parallel.shutdown()
         self._parallel, self._inter_op_threads = None, threads
         if threads > 0:
-            protected = {_NONE_SLOT, _TRASH_SLOT, *self._input_slots, *self._outer_slots, *self._output_slots,
-                         *self._weight_slots}
+            protected = _protected_slots(self._template, self._input_slots, self._outer_slots, self._output_slots)
             self._parallel = ParallelExecutor(self._steps, protected, threads)
 
     @property
@@ -237,12 +236,10 @@ class ExecutionPlan:
             lock = threading.Lock()
 
             def record(index, args, start, duration, result):
-                seen_in = [(slot in self._weight_slots, _tensor_type_shape(value))
-                           for slot, value in zip(steps[index][1], args)]
-                seen_out = [_tensor_type_shape(value) for value in (result if steps[index][4] else (result,))]
+                step = self._profiled_step(index, start, duration, self._inputs_seen(steps[index][1], args), result,
+                                           steps[index][4])
                 with lock:
-                    profile.append(ProfiledStep(self.nodes[index], self._node_indices[index], start, duration, seen_in,
-                                                seen_out))
+                    profile.append(step)
 
         self._parallel.run(steps, self.nodes, values, record)
         if profile is not None:
@@ -256,6 +253,15 @@ class ExecutionPlan:
                 raise ValueError(f"{len(targets)} output targets for {len(outputs)} outputs")
             return [None if target is None else deliver(value, target) for value, target in zip(outputs, targets)]
         return outputs if self._outputs_on_host else [move_to(value, HOST) for value in outputs]
+
+    def _inputs_seen(self, ins: Sequence[int], args: Sequence[Any]) -> list[tuple[bool, TensorTypeShape | None]]:
+        """What the profiler records of a step's inputs: whether each is a weight, its type and shape."""
+        return [(slot in self._weight_slots, _tensor_type_shape(value)) for slot, value in zip(ins, args)]
+
+    def _profiled_step(self, index: int, start: int, duration: int, inputs_seen: list, result: Any,
+                       multi: bool) -> ProfiledStep:
+        outputs_seen = [_tensor_type_shape(value) for value in (result if multi else (result,))]
+        return ProfiledStep(self.nodes[index], self._node_indices[index], start, duration, inputs_seen, outputs_seen)
 
     def _handover(self, targets: Sequence[BoundOutput | None]) -> dict[int, list[int]]:
         """Output positions to hand over after each step (key -1: before the first)."""
@@ -293,7 +299,7 @@ class ExecutionPlan:
             for fn, ins, outs, frees, multi, alloc, donors in steps:
                 arena.step = index
                 if profile is not None:
-                    inputs_seen = [(slot in self._weight_slots, _tensor_type_shape(values[slot])) for slot in ins]
+                    inputs_seen = self._inputs_seen(ins, [values[slot] for slot in ins])
                 if alloc and (arena.bound or not small[index]):
                     if donors:
                         arena.offer(values, donors)
@@ -313,10 +319,7 @@ class ExecutionPlan:
                         start = clock()
                     result = fn(*[values[i] for i in ins])
                 if profile is not None:
-                    duration = clock() - start
-                    outputs_seen = [_tensor_type_shape(value) for value in (result if multi else (result,))]
-                    profile.append(ProfiledStep(self.nodes[index], self._node_indices[index], start, duration, inputs_seen,
-                                                outputs_seen))
+                    profile.append(self._profiled_step(index, start, clock() - start, inputs_seen, result, multi))
                 # (the arena tracks only arrays of min_bytes or more: the test is inlined, as most
                 # values of a small model or decoding step are below it)
                 if multi:
@@ -390,12 +393,18 @@ def _largest_output(result: Any, multi: bool) -> int:
     return result.nbytes if type(result) is np.ndarray else 0
 
 
+def _protected_slots(template: list[Any], input_slots, outer_slots, output_slots) -> set[int]:
+    """Slots whose values a run never frees or overwrites: feeds, outer values, outputs, weights, the none
+    and trash slots."""
+    return {_NONE_SLOT, _TRASH_SLOT, *input_slots, *outer_slots, *output_slots,
+            *(slot for slot, value in enumerate(template) if value is not None)}
+
+
 def _with_buffer_plan(steps, template: list[Any], input_slots, outer_slots, output_slots, reuse_buffers: bool):
     """Steps extended with whether the kernel takes ``_alloc`` and which inputs it may overwrite."""
     contracts = [kernel_contract(fn) for fn, *_ in steps]
     if reuse_buffers:
-        protected = {_NONE_SLOT, _TRASH_SLOT, *input_slots, *outer_slots, *output_slots}
-        protected |= {slot for slot, value in enumerate(template) if value is not None}  # weights
+        protected = _protected_slots(template, input_slots, outer_slots, output_slots)
         donations = plan_donations([(ins, outs, frees) for _, ins, outs, frees, _ in steps], contracts, protected,
                                    _TRASH_SLOT)
     else:
@@ -473,9 +482,9 @@ def build_plan(
                          reuse_buffers)
 
 
-def _on_cpu_kernels(node: ir.Node) -> bool:
+def _runs_cpu_kernel(node: ir.Node) -> bool:
     """Whether ``node`` runs one of the CPU provider's kernels (not a copy, nor a region another provider compiled)."""
-    return node.meta.get(PROVIDER_KEY) == "CPUExecutionProvider" and FUSED_GROUP not in node.meta and not is_copy(node)
+    return on_cpu_kernels(node) and not is_copy(node)
 
 
 def _is_used(value: ir.Value) -> bool:

@@ -30,6 +30,12 @@ FUSED_GROUP = "fused_group"
 FUSED_DOMAIN = "onyxrt.fused"
 
 
+def on_cpu_kernels(node: ir.Node) -> bool:
+    """Whether the partitioner gave ``node`` itself to the CPU provider (not a region another provider
+    compiled)."""
+    return node.meta.get(PROVIDER_KEY) == "CPUExecutionProvider" and FUSED_GROUP not in node.meta
+
+
 def partition(graph: ir.Graph, opset_imports: Mapping[str, int], providers: Sequence[ExecutionProvider],
               *, complete: bool = True) -> None:
     """Assign every node of ``graph`` and its subgraphs to one of ``providers`` (highest priority first).

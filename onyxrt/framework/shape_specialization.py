@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..graph.builder import subgraphs
+
 # Ops whose output shapes follow from their inputs' shapes and their attributes alone.
 _SHAPES_FROM_SHAPES = frozenset({
     "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool",
@@ -68,7 +70,7 @@ def shape_determined_steps(nodes: Sequence[Any], steps: Sequence[tuple], input_s
     found = set()
     for index, (node, step) in enumerate(zip(nodes, steps)):
         ins, outs = step[1], step[2]
-        if node.domain not in _DOMAINS or not on_host(node) or _has_subgraph(node):
+        if node.domain not in _DOMAINS or not on_host(node) or next(subgraphs(node), None) is not None:
             continue
         op = node.op_type
         if op in _SHAPE_READERS and node.domain in ("", "ai.onnx"):
@@ -86,12 +88,7 @@ def shape_determined_steps(nodes: Sequence[Any], steps: Sequence[tuple], input_s
             by_value = _SHAPES_FROM_VALUES[op]
             if all(slot in (value_static if i in by_value else shape_static) for i, slot in enumerate(ins)):
                 shape_static.update(outs)
-    value_static.discard(1)  # the trash slot
     return frozenset(found)
-
-
-def _has_subgraph(node: Any) -> bool:
-    return any(attr.type.name in ("GRAPH", "GRAPHS") for attr in node.attributes.values())
 
 
 def signature(inputs: Sequence[Any]) -> tuple | None:
@@ -111,7 +108,7 @@ def signature(inputs: Sequence[Any]) -> tuple | None:
 
 class ShapeSpecializations:
     """A plan's specializations by input signature: the second run with a signature records the values of the
-    shape-determined steps; later runs with it run a plan without them (``build(recorded)`` makes it)."""
+    shape-determined steps; later runs with it run a plan without them (``ExecutionPlan`` records and builds it)."""
 
     def __init__(self, static_steps: frozenset[int]) -> None:
         self.static_steps = static_steps

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from ..framework.partitioner import FUSED_GROUP, PROVIDER_KEY
+from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from .matching import is_float32, only_reader, replace_with, self_contained
 
 NAME = "ConvEpilogueFusion"
-_CPU = "CPUExecutionProvider"
 
 
 def fuse_conv_epilogues(graph: ir.Graph, opsets: dict[str, int]) -> int:
@@ -31,7 +30,7 @@ def fuse_conv_epilogues(graph: ir.Graph, opsets: dict[str, int]) -> int:
         output = conv.outputs[0]
         activation = only_reader(output)
         params = None if activation is None else _activation_params(activation)
-        if params is None or not _on_cpu(activation) or activation.inputs[0] is not output:
+        if params is None or not on_cpu_kernels(activation) or activation.inputs[0] is not output:
             continue
         nodes = [conv, activation]
         if not self_contained(nodes, activation.outputs[0]):
@@ -49,13 +48,9 @@ def fuse_conv_epilogues(graph: ir.Graph, opsets: dict[str, int]) -> int:
     return fused
 
 
-def _on_cpu(node: ir.Node) -> bool:
-    return node.meta.get(PROVIDER_KEY) == _CPU and FUSED_GROUP not in node.meta
-
-
 def _convolution_without_activation(node: ir.Node) -> bool:
     """An ONNX Conv, or a FusedConv without an activation, on float32, that the CPU provider runs."""
-    if not _on_cpu(node) or not is_float32(node.outputs[0]):
+    if not on_cpu_kernels(node) or not is_float32(node.outputs[0]):
         return False
     if node.domain == "" and node.op_type == "Conv":
         return True

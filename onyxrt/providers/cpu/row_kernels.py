@@ -78,12 +78,13 @@ def _packed_rows(a: np.ndarray | None) -> np.ndarray | None:
 
 
 def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float = 1.0,
-               alloc: Allocator | None = None) -> np.ndarray | None:
+               alloc: Allocator | None = None, out: np.ndarray | None = None) -> np.ndarray | None:
     """``act(x + bias)`` over the last axis of float32 ``x``; None when the kernel cannot run.
 
     ``kind``: GELU_ERF, GELU_TANH, X_SIGMOID (v * sigmoid(alpha v)), SIGMOID or HARD_SWISH. The
-    result goes into a buffer from the plan's ``alloc`` where it offers one (possibly x itself,
-    a dying input), else into a fresh array.
+    result goes into ``out`` (C-contiguous float32 of x's shape, possibly x itself) where given, else
+    into a buffer from the plan's ``alloc`` where it offers one (possibly x itself, a dying input),
+    else into a fresh array.
     """
     x, bias = _packed_rows(x), _packed_rows(bias)
     if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
@@ -93,7 +94,9 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
     kernel = _ACTIVATIONS[kind].compiled_for("f32", *_ACTIVATION_PROBE)
     if kernel is None:
         return None
-    y = alloc(x.shape, _F32) if wants_buffer(alloc, x) else np.empty(x.shape, _F32)
+    if out is None:
+        out = alloc(x.shape, _F32) if wants_buffer(alloc, x) else np.empty(x.shape, _F32)
+    y = out
     if not x.size:
         return y
     # without a bias the rows do not matter: long ones (short rows cost a loop setup each), several
@@ -113,13 +116,7 @@ def activation_in_place(x: np.ndarray, kind: int, alpha: float = 1.0) -> bool:
     """``act(x)`` (``activation``'s kinds) written over float32 ``x``; False, x untouched, when the kernel cannot."""
     if x.dtype != _F32 or not x.flags.c_contiguous or not x.flags.writeable or x.ndim == 0:
         return False
-    kernel = _ACTIVATIONS[kind].compiled_for("f32", *_ACTIVATION_PROBE)
-    if kernel is None:
-        return False
-    if x.size:
-        rows = x.reshape(-1, _FLAT_ROW) if x.size % _FLAT_ROW == 0 else x.reshape(1, -1)
-        _over_rows(kernel, (read_only(rows), _EMPTY, rows, _F32.type(alpha)), rows.shape[0], x.size)
-    return True
+    return activation(x, None, kind, alpha, out=x) is not None
 
 
 def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, gamma: np.ndarray | None,

@@ -46,6 +46,7 @@ import numpy as np
 from ....framework.cpu_features import cpu_vendor, has_flags
 from ....framework.session_config import KERNELS_ON_POOL, note_plan_trait
 from ....framework.thread_pool import current_pool
+from ..jit import numba_disabled
 
 __all__ = ["PackedInt8B", "ConstantB", "CenteredA", "pack_b", "prepack_constant_b", "gemm_int8", "matmul_int8",
            "matmul_int8_scaled", "centered_width", "selected_route", "available_routes", "ROUTE_ENV"]
@@ -125,8 +126,7 @@ def _kernel_module(lazy: _Lazy, name: str, cpu_flags: tuple[str, ...], llvm_feat
     with lazy.lock:
         if not lazy.loaded:
             lazy.loaded = True
-            disabled = os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0")
-            if not disabled and has_flags(*cpu_flags) and _numba_targets_host(*llvm_features):
+            if not numba_disabled() and has_flags(*cpu_flags) and _numba_targets_host(*llvm_features):
                 try:
                     module = importlib.import_module(f"{__package__}.{name}")
                     probe(module)
