@@ -18,10 +18,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from latency import case_inputs, timed_runs
-from report import cpu_model
+from report import cpu_model, write_keeping_notes
 
 CONFIGS = {"sequential, intra 2": ("ORT_SEQUENTIAL", 2, 0), "parallel, inter 2, intra 1": ("ORT_PARALLEL", 1, 2),
            "parallel, inter 2, intra 2": ("ORT_PARALLEL", 2, 2)}
@@ -91,10 +90,7 @@ def main() -> int:
             ours, theirs = (statistics.median(times[(r, config)]) for r in ("onyxrt", "onnxruntime"))
             lines.append(f"| {name} | {config} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} |")
     lines += ["", f"Measured {time.strftime('%Y-%m-%d')} on {cpu_model()}."]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    write_keeping_notes(lines, args.out, "## Reading these numbers")
     return 0
 
 
