@@ -6,7 +6,10 @@ Part 1, float32 products: each mode in its own process, alternating A B A B, med
 pool in the split-GEMM mode splitting products as native tasks (``ThreadPool.splitting_gemms``, as
 sessions whose plans hold onyxrt's own pool kernels run), "blas" the default pool (OpenBLAS's
 threads). Part 2, a parallel loop's hand-off: a trivial two-part loop as a native task and as
-Python tasks, back to back and after idle gaps, on a split-mode pool (its workers spin).
+Python tasks, back to back and after idle gaps, on a split-mode pool (its workers spin). Part 3,
+pointwise convolutions on a split-mode pool: each block's product and epilogue in one native task
+(``pointwise_conv_task``) against the product split over the pool and then the epilogue pass, alternating
+in one process (the same pool), medians of five alternations.
 """
 
 from __future__ import annotations
@@ -22,11 +25,16 @@ import time
 import numpy as np
 
 from latency import median_seconds
+from report import write_keeping_notes
 
 SHAPES = [(96, 16, 12544), (384, 64, 196), (576, 96, 196), (1280, 320, 49), (144, 24, 3136), (128, 384, 1536),
           (128, 768, 3072), (64, 2304, 3136), (1, 512, 1376), (1, 512, 32000)]
-
-
+# Pointwise convolutions (batch, input channels, height = width, output channels, activation): mobilenet_v2's
+# and EfficientNet's kinds of layers.
+POINTWISE = [(1, 16, 112, 96, "Clip"), (1, 24, 56, 144, "Clip"), (1, 144, 56, 24, None), (1, 64, 14, 384, "Clip"),
+             (1, 96, 14, 576, "Clip"), (1, 320, 7, 1280, "Clip"), (8, 16, 16, 48, "QuickGelu"),
+             (8, 24, 8, 72, "QuickGelu"), (8, 32, 32, 32, "Relu")]
+_ACTIVATION_PARAMS = {"Clip": [0.0, 6.0], "QuickGelu": [1.702]}
 
 
 def products_worker() -> None:
@@ -79,6 +87,37 @@ def handoff_rows() -> list[str]:
     return rows
 
 
+def pointwise_rows() -> list[str]:
+    from onyxrt.framework.thread_pool import ThreadPool
+    from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
+    from onyxrt.providers.cpu.nn import conv_core
+
+    pool = ThreadPool(2).splitting_gemms()
+    fused_route = conv_core._pointwise_task
+    rows = []
+    with pool.activate():
+        for n, c, hw, m, activation in POINTWISE:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+            packed = conv_core.pack_conv_weights(rng.standard_normal((m, c, 1, 1)).astype(np.float32),
+                                                 rng.standard_normal(m).astype(np.float32), {})
+            act = mlas_activation_fn(activation, _ACTIVATION_PARAMS.get(activation)) if activation else None
+            times: dict[str, list[float]] = {"fused": [], "unfused": []}
+            try:
+                for _ in range(5):
+                    for mode in times:
+                        conv_core._pointwise_task = fused_route if mode == "fused" else (lambda *args: None)
+                        times[mode].append(median_seconds(lambda: conv_core._pointwise(x, packed, act, None), 60,
+                                                          warmup=10) * 1e6)
+            finally:
+                conv_core._pointwise_task = fused_route
+            fused, unfused = statistics.median(times["fused"]), statistics.median(times["unfused"])
+            rows.append(f"| {n}x{c}x{hw}x{hw} -> {m} | {activation or '-'} | {fused:.0f} | {unfused:.0f} | "
+                        f"{unfused / fused:.2f} |")
+    pool.shutdown()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -108,11 +147,11 @@ def main() -> int:
         lines.append(f"| {m} x {k} x {n} | {native:.3f} | {blas:.3f} | {native / blas:.2f} |")
     lines += ["", "A two-part loop's hand-off (us, median / p90), after an idle gap before each loop:", "",
               "| gap (ms) | native task | Python tasks |", "|---|---|---|", *handoff_rows()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    lines += ["", "Pointwise convolutions on a split-mode pool (us, medians): one native task per block's product and "
+              "epilogue against the product split over the pool, then the epilogue pass:", "",
+              "| input -> output channels | activation | one task | product, then epilogue | speed-up |",
+              "|---|---|---|---|---|", *pointwise_rows()]
+    write_keeping_notes(lines, args.out, "## Findings")
     return 0
 
 

@@ -1,5 +1,5 @@
 """Native tasks on the intra-op pool (framework.native_spin): hand-offs to spinning workers, their
-sleep and wake-up, and the kernels that run as native tasks (split sgemm, depthwise convolution)."""
+sleep and wake-up, and the kernels that run as native tasks (split sgemm, depthwise and pointwise convolutions)."""
 
 from __future__ import annotations
 
@@ -197,6 +197,72 @@ def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, monkeypat
         assert (serial >= 0).all() and (serial == 0).any()
 
 
+
+
+# --------------------------------------------------------------------------- pointwise convolution
+
+
+@pytest.mark.parametrize("shape,channels,activation,params,bias,residual", [
+    ((1, 16, 40, 40), 24, "Clip", [0.0, 6.0], True, False),  # column blocks (1600 pixels)
+    ((3, 8, 9, 7), 12, "QuickGelu", [1.702], False, False),  # blocks of rows, a batch
+    ((2, 16, 32, 33), 8, None, None, True, True),  # FusedConv's residual
+    ((1, 24, 64, 40), 96, "Sigmoid", None, True, True),  # several column blocks, the last one short
+    ((2, 5, 6, 6), 7, "HardSwish", None, True, False),  # below the split: one part on the calling thread
+    ((1, 12, 30, 50), 20, "LeakyRelu", [0.1], False, True),
+])
+def test_pointwise_convolutions_run_as_one_task_with_their_epilogue(pool, shape, channels, activation, params, bias,
+                                                                    residual):
+    """In the split-GEMM mode a 1x1 convolution's blocks each get their product and epilogue in one native
+    task (``pointwise_conv_task``), equal to the product followed by the epilogue pass."""
+    from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
+    from onyxrt.providers.cpu.jit import optional_module
+    from onyxrt.providers.cpu.nn import conv_core
+
+    task = optional_module("onyxrt.providers.cpu.nn.pointwise_conv_task")
+    if task is None or task.SGEMM is None:
+        pytest.skip("the pointwise task does not compile here")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((channels, shape[1], 1, 1)).astype(np.float32)
+    b = rng.standard_normal(channels).astype(np.float32) if bias else None
+    z = rng.standard_normal((shape[0], channels) + shape[2:]).astype(np.float32) if residual else None
+    act = mlas_activation_fn(activation, params) if activation else None
+    packed = conv_core.pack_conv_weights(w, b, {})
+
+    def conv():
+        return conv_core.float_conv(x, w, b, 1, [1, 1], [1, 1], [0, 0, 0, 0], "NOTSET", None, packed, act, z)
+
+    serial = conv()
+    calls = []
+    real = pool.run_native
+    pool.run_native = lambda *args: (calls.append(args), real(*args))
+    with pool.activate():
+        split = conv()
+    assert [args[0] for args in calls] == [task.pointwise_part.address]
+    expected_parts = 1 if x.size * channels < conv_core._POINTWISE_PARALLEL_MACS else pool.num_threads
+    assert calls[0][2] == expected_parts
+    np.testing.assert_allclose(split, serial, rtol=1e-5, atol=1e-5)
+    reference = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0].astype(np.float64), x.astype(np.float64))
+    reference += 0 if b is None else b.reshape(1, -1, 1, 1)
+    reference += 0 if z is None else z
+    if act is not None:
+        reference = reference.astype(np.float32)
+        act(reference)
+    np.testing.assert_allclose(split, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_residuals_the_task_cannot_read_take_the_unfused_path(pool):
+    """A residual that broadcasts (or of another dtype) is added by the epilogue pass instead."""
+    from onyxrt.providers.cpu.nn import conv_core
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 8, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 1, 1)).astype(np.float32)
+    z = rng.standard_normal((1, 16, 1, 40)).astype(np.float32)
+    packed = conv_core.pack_conv_weights(w, None, {})
+    with pool.activate():
+        y = conv_core.float_conv(x, w, None, 1, [1, 1], [1, 1], [0, 0, 0, 0], "NOTSET", None, packed, None, z)
+    np.testing.assert_allclose(y, np.einsum("mc,nchw->nmhw", w[:, :, 0, 0], x) + z, rtol=1e-4, atol=1e-4)
 
 def test_small_gemvs_stay_on_the_calling_thread_and_large_ones_split(pool):
     gemm = _native_sgemm_or_skip()

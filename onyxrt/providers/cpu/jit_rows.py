@@ -270,52 +270,57 @@ def layer_norm_rows(x, skip, bias, gamma, beta, epsilon, simplified, y, total, m
 def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
     """In place on rows r0..r1 of ``y`` (N*M, P), row r of channel r % ``channels``:
     y = act(y + bias[channel] + residual) (onnxruntime's FusedConv order: the sum before the
-    activation). ``bias`` has 0 or M entries, ``residual`` 0 rows or y's shape. ``act``: the
-    depthwise kernel's codes (0 none, 1 Relu, 2 LeakyRelu(a), 3 Tanh, 4 Sigmoid, 5 Clip(a, b),
-    6 HardSigmoid(a, b)) and onyxrt's own 7 HardSwish, 8 QuickGelu(a) (v * sigmoid(a v), as the row
-    kernels compute them); comparisons keep NaN as NaN, as numpy's."""
-    cols = y.shape[1]
+    activation). ``bias`` has 0 or M entries, ``residual`` 0 rows or y's shape. ``act``: see
+    :func:`epilogue_row`."""
     biased = bias.shape[0] > 0
     summed = residual.shape[0] > 0
-    zero, one = _f(0.0), _f(1.0)
     for i in range(r0, r1):
-        row = y[np.uintp(i)]
-        add = bias[np.uintp(i % channels)] if biased else zero
-        if summed:
-            extra = residual[np.uintp(i)]
-            for j in range(cols):
-                row[np.uintp(j)] += extra[np.uintp(j)]
-        if act == 0:
-            for j in range(cols):
-                row[np.uintp(j)] += add
-        elif act == 1:
-            for j in range(cols):
-                v = row[np.uintp(j)] + add
-                row[np.uintp(j)] = zero if v < zero else v
-        elif act == 2:
-            for j in range(cols):
-                v = row[np.uintp(j)] + add
-                row[np.uintp(j)] = v * a if v < zero else v
-        elif act == 3:
-            for j in range(cols):
-                row[np.uintp(j)] = tanh32(row[np.uintp(j)] + add)
-        elif act == 4:
-            for j in range(cols):
-                row[np.uintp(j)] = sigmoid32(row[np.uintp(j)] + add)
-        elif act == 5:
-            for j in range(cols):
-                v = row[np.uintp(j)] + add
-                row[np.uintp(j)] = a if v < a else (b if v > b else v)
-        elif act == 6:
-            for j in range(cols):
-                v = (row[np.uintp(j)] + add) * a + b
-                row[np.uintp(j)] = zero if v < zero else (one if v > one else v)
-        elif act == 7:
-            for j in range(cols):
-                row[np.uintp(j)] = _hard_swish(row[np.uintp(j)] + add, a)
-        else:
-            for j in range(cols):
-                row[np.uintp(j)] = _x_sigmoid(row[np.uintp(j)] + add, a)
+        add = bias[np.uintp(i % channels)] if biased else _f(0.0)
+        epilogue_row(y[np.uintp(i)], add, residual[np.uintp(i)] if summed else y[np.uintp(i)], summed, act, a, b)
+
+
+@numba.njit(fastmath=_CONTRACT, inline="always", **_jit)
+def epilogue_row(row, add, extra, summed, act, a, b):
+    """In place: row = act(row + add + extra), ``extra`` (a row as long) only where ``summed``.
+    ``act``: the depthwise kernel's codes (0 none, 1 Relu, 2 LeakyRelu(a), 3 Tanh, 4 Sigmoid,
+    5 Clip(a, b), 6 HardSigmoid(a, b)) and onyxrt's own 7 HardSwish, 8 QuickGelu(a) (v * sigmoid(a v),
+    as the row kernels compute them); comparisons keep NaN as NaN, as numpy's."""
+    cols = row.shape[0]
+    zero, one = _f(0.0), _f(1.0)
+    if summed:
+        for j in range(cols):
+            row[np.uintp(j)] += extra[np.uintp(j)]
+    if act == 0:
+        for j in range(cols):
+            row[np.uintp(j)] += add
+    elif act == 1:
+        for j in range(cols):
+            v = row[np.uintp(j)] + add
+            row[np.uintp(j)] = zero if v < zero else v
+    elif act == 2:
+        for j in range(cols):
+            v = row[np.uintp(j)] + add
+            row[np.uintp(j)] = v * a if v < zero else v
+    elif act == 3:
+        for j in range(cols):
+            row[np.uintp(j)] = tanh32(row[np.uintp(j)] + add)
+    elif act == 4:
+        for j in range(cols):
+            row[np.uintp(j)] = sigmoid32(row[np.uintp(j)] + add)
+    elif act == 5:
+        for j in range(cols):
+            v = row[np.uintp(j)] + add
+            row[np.uintp(j)] = a if v < a else (b if v > b else v)
+    elif act == 6:
+        for j in range(cols):
+            v = (row[np.uintp(j)] + add) * a + b
+            row[np.uintp(j)] = zero if v < zero else (one if v > one else v)
+    elif act == 7:
+        for j in range(cols):
+            row[np.uintp(j)] = _hard_swish(row[np.uintp(j)] + add, a)
+    else:
+        for j in range(cols):
+            row[np.uintp(j)] = _x_sigmoid(row[np.uintp(j)] + add, a)
 
 
 @numba.njit(fastmath=_REASSOC, **_jit)

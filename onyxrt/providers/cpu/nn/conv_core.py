@@ -38,7 +38,7 @@ from ....framework.thread_pool import current_pool
 from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
-from ..jit import LazyKernel, read_only
+from ..jit import LazyKernel, optional_module, read_only
 from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -970,6 +970,11 @@ def _pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.n
     """A pointwise convolution as one product W (M x C) @ x (C x pixels) per image, then the epilogue: what
     ``conv_core`` does for it (the same products, bit for bit), without its general set-up (~20-30 us a
     call, most of a small layer's time)."""
+    pool = current_pool()
+    if pool.splits_gemms and x.dtype == _F32 and pool.runs_native_tasks:
+        y = _pointwise_task(x, packed, activation, residual, pool)
+        if y is not None:
+            return y
     n, c = x.shape[:2]
     m = packed.pointwise.shape[0]
     if packed.w_aug is not None and m >= 2 * c and activation is None and residual is None:
@@ -983,3 +988,33 @@ def _pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.n
         cols = x.reshape(n, c, -1)
     y = pool_matmul(w2, cols[0])[None] if n == 1 else np.matmul(w2, cols)
     return _finish(y.reshape((n, m) + x.shape[2:]), bias, activation, residual, x.ndim - 2)
+
+
+_F32 = np.dtype(np.float32)
+# Multiply-adds below which a pointwise task runs on the calling thread alone (gemm.MIN_PARALLEL_MACS).
+_POINTWISE_PARALLEL_MACS = 1 << 19
+
+
+def _pointwise_task(x: np.ndarray, packed: ConvWeights, activation, residual, pool) -> np.ndarray | None:
+    """``_pointwise`` as one native task over the pool (``pointwise_conv_task``: each block's product and
+    epilogue together), for pools that split products; None where it does not apply (no compiled kernel
+    or BLAS entry point, an activation or residual the epilogue does not take)."""
+    code = row_kernels.activation_code(activation)
+    task = optional_module("onyxrt.providers.cpu.nn.pointwise_conv_task") if code is not None else None
+    if task is None or task.SGEMM is None:
+        return None
+    n, c = x.shape[:2]
+    m = packed.pointwise.shape[0]
+    y = np.empty((n, m) + x.shape[2:], _F32)
+    if residual is not None:
+        if residual.shape != y.shape or residual.dtype != _F32:
+            return None
+        residual = np.ascontiguousarray(residual)
+    x = np.ascontiguousarray(x)
+    act, params = code
+    values = np.array(params, _F32)
+    args, units = task.pack(packed.pointwise, x.reshape(n, c, -1), y.reshape(n, m, -1), packed.b, residual, act,
+                            values, pool.num_threads)
+    parts = min(units, pool.num_threads) if n * m * c * (x.size // (n * c)) >= _POINTWISE_PARALLEL_MACS else 1
+    pool.run_native(task.pointwise_part.address, args.ctypes.data, parts)
+    return y
