@@ -326,18 +326,24 @@ def epilogue_row(row, add, extra, summed, act, a, b):
 @numba.njit(fastmath=_REASSOC, **_jit)
 def softmax_rows(x, r0, r1):
     """In place: softmax over each row r0..r1 of ``x``. A row of -inf only becomes NaN, as numpy's."""
-    cols = x.shape[1]
     for i in range(r0, r1):
-        row = x[np.uintp(i)]
-        top = _row_max(row.ctypes.data, cols)
-        total = _f(0.0)
-        for j in range(cols):
-            e = exp_nonpositive(row[np.uintp(j)] - top)
-            row[np.uintp(j)] = e
-            total += e
-        scale = _f(1.0) / total
-        for j in range(cols):
-            row[np.uintp(j)] *= scale
+        softmax_row(x[np.uintp(i)])
+
+
+@numba.njit(fastmath=_REASSOC, inline="always", **_jit)
+def softmax_row(row):
+    """In place: softmax over the float32 ``row`` (at least one value); callers compile with
+    ``_REASSOC`` (the sum vectorizes)."""
+    cols = row.shape[0]
+    top = _row_max(row.ctypes.data, cols)
+    total = _f(0.0)
+    for j in range(cols):
+        e = exp_nonpositive(row[np.uintp(j)] - top)
+        row[np.uintp(j)] = e
+        total += e
+    scale = _f(1.0) / total
+    for j in range(cols):
+        row[np.uintp(j)] *= scale
 
 
 @numba.njit(**_jit)  # (no contraction: rows equal to the numpy path's, bit for bit)

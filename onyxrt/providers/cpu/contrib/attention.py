@@ -31,12 +31,14 @@ import numpy as np
 
 from .. import row_kernels
 from ..gemm import MIN_PARALLEL_MACS
+from ..jit import optional_module
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import sparse_prepack
 from ..kernel_table import op
 from ..nn import attention_tiled
 from ....errors import NodeInputError, NodeInputTypeError
 from ....framework import kv_cache
+from ....framework.thread_pool import current_pool
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -131,6 +133,10 @@ def _attend(
         allowed = allowed_block(0, S, 0, T)
         if allowed.all():
             allowed = None
+    if allowed is None and not qk_stage and not softcap and sink is None:
+        out = _attend_heads(q, k, v, scale, add_mask, causal_past, attention_bias)
+        if out is not None:
+            return out, None
     g = N // Nk
     c = q.dtype.type
     qs = np.empty(q.shape, q.dtype)  # contiguous (B, N, S, H)
@@ -167,6 +173,46 @@ def _attend(
         qk = sc.copy()
     out = pool_matmul(scores, v)  # (B, Nk, g*S, Hv)
     return out.reshape(B, N, S, v.shape[-1]), qk
+
+
+# Query rows from which ``_attend_heads`` runs: a decoding step's few rows stay with _attend's products (BLAS's
+# one-row products are slow, and there the keys are read once either way).
+_HEADS_TASK_MIN_ROWS = 4
+
+
+def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) -> np.ndarray | None:
+    """:func:`_attend` for float32 inputs as one native task over the (batch, head) pairs
+    (``attention_heads_task``): no copies of the heads, the mask and softmax applied per head while its
+    scores are in cache. Returns (B, N, S, Hv) as a view of a (B, S, N, Hv) array (so merging the heads
+    copies nothing), or None where the task does not apply (no numba or cblas, other dtypes, layouts BLAS
+    cannot read, a causal rule with a bias after it, a decoding step's few rows)."""
+    B, N, S, H = q.shape
+    T, Hv = k.shape[2], v.shape[3]
+    if (q.dtype != _F32 or k.dtype != _F32 or v.dtype != _F32 or S < _HEADS_TASK_MIN_ROWS
+            or not (B and N and T and H and Hv) or (causal_past is not None and attention_bias is not None)):
+        return None
+    task = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")
+    if task is None or task.SGEMM is None:
+        return None
+    mask = add_mask if attention_bias is None else attention_bias if add_mask is None else add_mask + attention_bias
+    if mask is not None:
+        if mask.dtype != _F32 or np.broadcast_shapes(mask.shape, (B, N, S, T)) != (B, N, S, T):
+            return None  # (_attend reports a bias that does not broadcast)
+        mask = np.broadcast_to(mask, (B, N, S, T))
+    pool = current_pool()
+    parallel = pool.splits_gemms and pool.runs_native_tasks and B * N * S * T * (H + Hv) >= MIN_PARALLEL_MACS
+    parts = min(pool.num_threads, B * N) if parallel else 1
+    out = np.empty((B, S, N, Hv), _F32)
+    scratch = np.empty(parts * S * T, _F32)
+    scale_value = np.array([scale], _F32)
+    args = task.pack(q, k, v, out, mask, causal_past, scale_value, scratch)
+    if args is None:
+        return None
+    if parts > 1:
+        pool.run_native(task.attention_heads_part.address, args.ctypes.data, parts)
+    else:  # (on this thread: BLAS's own threads split each product)
+        task.attention_heads_part.ctypes(args.ctypes.data, 0, 1)
+    return out.transpose(0, 2, 1, 3)
 
 
 def _attend_tiled(q, k, v, scale, add_mask, causal_past, attention_bias, softcap, allowed, allowed_block, sink):
@@ -914,14 +960,20 @@ def group_query_attention(
         ranges = None if every_key_seen else _visible_ranges(P_b, T_b, S, T, bool(causal), window)
         out, qk = _attend_few_rows(q, keys, values, _scale(scale, H), ranges, ab, float(softcap or 0.0), sink), None
     else:
+        # every batch entry appending its S rows right after the same past, without padding, a window, a bias
+        # or the scores as an output (where masked keys read 0): the visible keys are exactly the causal
+        # rule's (key j for row s up to past + s)
+        plain_causal = (causal and window <= 0 and ab is None and not qk_stage and B and len(set(P_b)) == 1
+                        and all(w == S for w in W_b) and all(t == P_b[0] + S for t in T_b) and T == P_b[0] + S)
         out, qk = _attend(
             q,
             keys,
             values,
             _scale(scale, H),
+            causal_past=P_b[0] if plain_causal else None,
             attention_bias=ab,
             softcap=float(softcap or 0.0),
-            allowed_block=None if every_key_seen else allowed_block,
+            allowed_block=None if every_key_seen or plain_causal else allowed_block,
             sink=sink,
             qk_stage=qk_stage,
         )
