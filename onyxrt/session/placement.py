@@ -37,7 +37,7 @@ from ..graph.autodiff import expand_gradient_nodes
 from ..graph.builder import subgraphs
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_saver import save_model
-from ..optimizer import OptimizationLevel, OptimizationReport, conv_epilogue_fusion, optimize
+from ..optimizer import OptimizationLevel, OptimizationReport, conv_epilogue_fusion, optimize, rotary_attention_packing
 from ..providers.base import ExecutionProvider, is_assigned
 from ..providers.cpu import CPUExecutionProvider
 from .session_options import SessionOptions
@@ -87,9 +87,12 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
 
 
 def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
-    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``."""
+    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``
+    and ``optimizer/rotary_attention_packing.py``."""
     if level >= OptimizationLevel.EXTENDED and conv_epilogue_fusion.NAME not in disabled:
         conv_epilogue_fusion.fuse_conv_epilogues(model.graph, model.opset_imports)
+    if level >= OptimizationLevel.EXTENDED and rotary_attention_packing.NAME not in disabled:
+        rotary_attention_packing.pack_rotary_attention(model.graph, model.opset_imports)
 
 
 def _save_if_asked(model: ir.Model, options: SessionOptions) -> None:

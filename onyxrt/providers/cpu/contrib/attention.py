@@ -630,6 +630,23 @@ def _check_positions(cache: np.ndarray, positions: np.ndarray, op_name: str) -> 
         raise NodeInputError(f"{op_name}: position ids out of range [0, {cache.shape[0]})")
 
 
+def _rotate_heads(x: np.ndarray, positions: np.ndarray, cos_cache: np.ndarray, sin_cache: np.ndarray,
+                  interleaved: bool, ct: np.dtype) -> np.ndarray:
+    """GroupQueryAttention's rotary embedding of the heads ``x`` (B, n, S, H) at ``positions`` (B, S): float32
+    rows by the compiled kernel (``row_kernels.rotary``, the same products as :func:`_rotate`), else numpy."""
+    B, n, S, H = x.shape
+    if ct == _F32 and cos_cache.dtype == _F32 and sin_cache.dtype == _F32:
+        _check_positions(cos_cache, positions, "GroupQueryAttention")
+        rows = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B * S, n, H)
+        y = row_kernels.rotary(rows, np.ascontiguousarray(positions, np.int64).reshape(-1), cos_cache, sin_cache,
+                               interleaved)
+        if y is not None:
+            return y.reshape(B, S, n, H).transpose(0, 2, 1, 3)
+    cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
+    sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
+    return _rotate(x, cos, sin, interleaved)
+
+
 def _cache_rows(cache: np.ndarray, positions: np.ndarray, op_name: str) -> np.ndarray:
     _check_positions(cache, positions, op_name)
     return np.take(cache, positions, axis=0)
@@ -803,6 +820,7 @@ def group_query_attention(
     qk_norm_epsilon=1e-6,
     q_norm_epsilon=None,
     k_norm_epsilon=None,
+    rotary_position_ids_per_row=0,
     _num_outputs=1,
     _alloc=None,
 ):
@@ -877,22 +895,27 @@ def group_query_attention(
     if do_rotary:
         if cos_cache is None or sin_cache is None:
             raise NodeInputError("GroupQueryAttention: do_rotary needs cos_cache and sin_cache")
-        if position_ids is not None and first_prompt:
+        if position_ids is not None and first_prompt and not rotary_position_ids_per_row:
             # onnxruntime: a first prompt reads only the first position id, for every batch entry
             start = int(np.asarray(position_ids).reshape(-1)[0])
             positions = np.broadcast_to(start + np.arange(S)[None, :], (B, S))
+        elif position_ids is not None and rotary_position_ids_per_row:
+            # (RotaryEmbedding's rule, whose nodes rotary_attention_packing folded in: no broadcasting)
+            positions = np.asarray(position_ids).astype(np.int64, copy=False)
+            if positions.shape != (B, S):
+                raise NodeInputError(f"GroupQueryAttention: position_ids of shape {positions.shape} is not (batch, seq) = {(B, S)}")
         elif position_ids is not None:
             pid = np.asarray(position_ids).astype(np.int64).reshape(-1, S)
             positions = np.broadcast_to(pid, (B, S))
         else:
             positions = np.asarray(P_b, np.int64).reshape(B, 1) + np.arange(S)[None, :]
         positions = np.minimum(positions, cos_cache.shape[0] - 1) if query_seqlens is not None else positions
-        cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
-        sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
-        if 2 * cos.shape[-1] > H:
+        if cos_cache.ndim != 2 or sin_cache.shape != cos_cache.shape:
+            raise NodeInputError(f"GroupQueryAttention: cos/sin caches of shapes {cos_cache.shape}/{sin_cache.shape} are invalid")
+        if 2 * cos_cache.shape[1] > H:
             raise NodeInputError("GroupQueryAttention: the rotary caches are wider than the head size")
-        q = _rotate(q, cos, sin, bool(rotary_interleaved))
-        k = _rotate(k, cos, sin, bool(rotary_interleaved))
+        q = _rotate_heads(q, positions, cos_cache, sin_cache, bool(rotary_interleaved), ct)
+        k = _rotate_heads(k, positions, cos_cache, sin_cache, bool(rotary_interleaved), ct)
 
     # present = the valid past rows + the new rows, in a (B, Nkv, max(total, past buffer), H) buffer
     t_buf = max(total, past_len, max(p + w for p, w in zip(P_b, W_b)) if B else 0)
