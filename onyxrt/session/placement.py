@@ -37,7 +37,8 @@ from ..graph.autodiff import expand_gradient_nodes
 from ..graph.builder import subgraphs
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_saver import save_model
-from ..optimizer import OptimizationLevel, OptimizationReport, conv_epilogue_fusion, optimize, rotary_attention_packing
+from ..optimizer import (OptimizationLevel, OptimizationReport, conv_epilogue_fusion, optimize,
+                         rotary_attention_packing, swiglu_fusion)
 from ..providers.base import ExecutionProvider, is_assigned
 from ..providers.cpu import CPUExecutionProvider
 from .session_options import SessionOptions
@@ -87,12 +88,14 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
 
 
 def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
-    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``
-    and ``optimizer/rotary_attention_packing.py``."""
+    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``,
+    ``optimizer/rotary_attention_packing.py`` and ``optimizer/swiglu_fusion.py``."""
     if level >= OptimizationLevel.EXTENDED and conv_epilogue_fusion.NAME not in disabled:
         conv_epilogue_fusion.fuse_conv_epilogues(model.graph, model.opset_imports)
     if level >= OptimizationLevel.EXTENDED and rotary_attention_packing.NAME not in disabled:
         rotary_attention_packing.pack_rotary_attention(model.graph, model.opset_imports)
+    if level >= OptimizationLevel.EXTENDED and swiglu_fusion.NAME not in disabled:
+        swiglu_fusion.fuse_swiglu(model.graph, model.opset_imports)
 
 
 def _save_if_asked(model: ir.Model, options: SessionOptions) -> None:

@@ -323,6 +323,25 @@ def epilogue_row(row, add, extra, summed, act, a, b):
             row[np.uintp(j)] = _x_sigmoid(row[np.uintp(j)] + add, a)
 
 
+@numba.njit(fastmath=_CONTRACT, **_jit)
+def swiglu_rows(gate, gate_at, up, up_at, out, alpha, beta, limit, r0, r1):
+    """Rows r0..r1 of ``out`` (rows, F) = G * sigmoid(alpha * G) * (L + beta), G = gate[r, gate_at:][:F]
+    clamped above at ``limit`` and L = up[r, up_at:][:F] clamped to [-limit, limit] where limit > 0
+    (com.microsoft SwiGLU; ``gate`` and ``up`` may be one packed array read at two offsets)."""
+    cols = out.shape[1]
+    clamped = limit > _f(0.0)
+    low = -limit
+    for i in range(r0, r1):
+        g, u, o = gate[np.uintp(i)], up[np.uintp(i)], out[np.uintp(i)]
+        for j in range(cols):
+            a = g[np.uintp(gate_at + j)]
+            b = u[np.uintp(up_at + j)]
+            if clamped:
+                a = limit if a > limit else a
+                b = low if b < low else (limit if b > limit else b)
+            o[np.uintp(j)] = _x_sigmoid(a, alpha) * (b + beta)
+
+
 @numba.njit(fastmath=_REASSOC, **_jit)
 def softmax_rows(x, r0, r1):
     """In place: softmax over each row r0..r1 of ``x``. A row of -inf only becomes NaN, as numpy's."""

@@ -27,6 +27,7 @@ _LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
 _EPILOGUE = LazyModuleKernel(_MODULE, "channel_epilogue")
 _SOFTMAX = LazyModuleKernel(_MODULE, "softmax_rows")
 _ROTARY = LazyModuleKernel(_MODULE, "rotary_rows")
+_SWIGLU = LazyModuleKernel(_MODULE, "swiglu_rows")
 
 
 _EMPTY = read_only(np.empty(0, _F32))  # an absent input
@@ -44,6 +45,7 @@ _LAYER_NORM_PROBE = (_EMPTY2, _EMPTY2, _EMPTY, _EMPTY, _EMPTY, _F32.type(1), Fal
 _EPILOGUE_PROBE = (_NO_OUTPUT, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
 _SOFTMAX_PROBE = (_NO_OUTPUT, 0, 0)
 _ROTARY_PROBE = (_EMPTY3, _NO_POSITIONS, _EMPTY2, _EMPTY2, _NO_OUTPUT3, False, 0, 0)
+_SWIGLU_PROBE = (_EMPTY2, 0, _EMPTY2, 0, _NO_OUTPUT, _F32.type(1), _F32.type(0), _F32.type(0), 0, 0)
 
 # The FusedConv (MLAS) activations compiled kernels apply themselves; code 0 = none.
 _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip": 5, "HardSigmoid": 6}
@@ -213,4 +215,32 @@ def rotary(x: np.ndarray, positions: np.ndarray, cos: np.ndarray, sin: np.ndarra
     out = np.empty_like(x)
     kernel(read_only(x), read_only(np.ascontiguousarray(positions, np.int64)), read_only(np.ascontiguousarray(cos)),
            read_only(np.ascontiguousarray(sin)), out, bool(interleaved), 0, x.shape[0])
+    return out
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray | None, alpha: float, beta: float, limit: float,
+           alloc: Allocator | None = None) -> np.ndarray | None:
+    """com.microsoft SwiGLU of float32 ``gate`` and ``up`` (same shape), or of ``gate`` alone holding both
+    halves (gate first) along its last axis; None when the kernel cannot run (other dtypes, no numba)."""
+    if gate.dtype != _F32 or gate.ndim == 0 or (up is not None and up.dtype != _F32):
+        return None
+    kernel = _SWIGLU.compiled_for("f32", *_SWIGLU_PROBE)
+    if kernel is None:
+        return None
+    gate = np.ascontiguousarray(gate)
+    if up is None:
+        width = gate.shape[-1] // 2
+        shape = gate.shape[:-1] + (width,)
+        g = u = gate.reshape(-1, gate.shape[-1])
+        up_at = width
+    else:
+        shape = gate.shape
+        up = np.ascontiguousarray(up)
+        g, u, up_at = gate.reshape(-1, max(1, gate.shape[-1])), up.reshape(-1, max(1, up.shape[-1])), 0
+    out = alloc(shape, _F32) if up is not None and wants_buffer(alloc, gate) else np.empty(shape, _F32)
+    if not out.size:
+        return out
+    rows = out.reshape(-1, shape[-1])
+    _over_rows(kernel, (read_only(g), 0, read_only(u), up_at, rows, _F32.type(alpha), _F32.type(beta),
+                        _F32.type(limit)), rows.shape[0], out.size)
     return out

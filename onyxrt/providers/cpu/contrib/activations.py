@@ -1,4 +1,4 @@
-"""com.microsoft activations: Gelu, BiasGelu, FastGelu, QuickGelu, BiasSplitGelu,
+"""com.microsoft activations: Gelu, BiasGelu, FastGelu, QuickGelu, SwiGLU, BiasSplitGelu,
 GemmFastGelu, BiasSoftmax.
 
 float16/bfloat16 are computed in float32 and rounded back once; float32 stays float32.
@@ -111,6 +111,35 @@ def quick_gelu(x, *, alpha=1.702, _alloc=None):
     s = sigmoid_values(v * v.dtype.type(alpha) if alpha != 1.0 else v)
     v *= s
     return _finish(v, x.dtype)
+
+
+@op("SwiGLU", versions=1, domain="com.microsoft")
+def swiglu(gate, up=None, *, activation_alpha=1.0, activation_beta=0.0, limit=0.0, round_activation=0, _alloc=None):
+    """G * Sigmoid(activation_alpha * G) * (L + activation_beta), G = gate clamped above at ``limit`` and L =
+    up clamped to [-limit, limit] (no clamps where limit <= 0); without ``up``, gate's last axis holds both
+    halves, gate first. Computed in float32 (float64 stays float64); with ``round_activation`` the gated
+    half is rounded to the input type before the product (as a QuickGelu node followed by a Mul)."""
+    if up is not None and (up.shape != gate.shape or up.dtype != gate.dtype):
+        raise NodeInputError(f"SwiGLU: up of shape {up.shape} ({up.dtype}) does not match gate {gate.shape} ({gate.dtype})")
+    if up is None and (gate.ndim == 0 or gate.shape[-1] % 2):
+        raise NodeInputError(f"SwiGLU: a packed gate needs an even last dimension, got {gate.shape}")
+    y = row_kernels.swiglu(gate, up, activation_alpha, activation_beta, limit, _alloc)
+    if y is not None:
+        return y
+    ct = _compute_dtype(gate.dtype)
+    if up is None:
+        half = gate.shape[-1] // 2
+        g, u = gate[..., :half].astype(ct), gate[..., half:].astype(ct)
+    else:
+        g, u = gate.astype(ct), up.astype(ct)
+    if limit > 0:
+        g = np.minimum(g, ct.type(limit))
+        u = np.clip(u, ct.type(-limit), ct.type(limit))
+    with np.errstate(over="ignore"):
+        gated = g * sigmoid_values(g * ct.type(activation_alpha))
+    if round_activation and gate.dtype != ct:
+        gated = gated.astype(gate.dtype).astype(ct)
+    return _finish(gated * (u + ct.type(activation_beta)), gate.dtype)
 
 
 @op("BiasSplitGelu", versions=1, domain="com.microsoft")

@@ -1,0 +1,107 @@
+"""Gate and up projections + SiLU gating -> one packed projection and a com.microsoft SwiGLU, for onyxrt's CPU
+kernels only.
+
+A gated feed-forward block (Llama, Mistral, Qwen: ``down(silu(gate(x)) * up(x))``) reaches the CPU provider as
+two MatMuls of one activation, a QuickGelu (``silu_fusion``) of the gate and a Mul. Here the two weights
+become one (D, 2F) matrix (gate columns first), one product feeds a SwiGLU without its ``up`` input (the
+op splits the packed halves itself), and the gating is one pass: four kernel calls become two, and in a
+decoding step one larger product reads its weights faster than two.
+
+SwiGLU is an onnxruntime contrib op, but onnxruntime's CPU provider has no kernel for it, so, like
+``conv_epilogue_fusion``, this runs after the optimized model was saved and after partitioning
+(``session/placement.py``), at the EXTENDED level and above, unless ``disabled_optimizers`` names
+``SwiGLUFusion``. The result equals the nodes it replaces bit for bit on the compiled path (the same
+``v * sigmoid(alpha * v)``, then the product).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
+from ..graph.builder import UniqueNames
+from ..graph.tensors import constant_array
+from .matching import is_constant, is_float32, new_initializer, only_reader, partner
+
+NAME = "SwiGLUFusion"
+
+
+def fuse_swiglu(graph: ir.Graph, opsets: dict[str, int]) -> int:
+    """Rewrite each matching gated block of ``graph`` (see the module docstring); returns how many."""
+    names = UniqueNames(graph)
+    fused = 0
+    for gating in [node for node in graph if _is_silu(node)]:
+        match = _match(gating)
+        if match is None:
+            continue
+        gate_product, up_product, product = match
+        x = gate_product.inputs[0]
+        base = product.name or "swiglu"
+        weight = new_initializer(graph, names, f"{base}_gate_up_weight",
+                                 np.concatenate([constant_array(gate_product.inputs[1]),
+                                                 constant_array(up_product.inputs[1])], axis=1))
+        packed = ir.Node("", "MatMul", [x, weight], num_outputs=1, name=names.fresh(f"{base}_gate_up"))
+        packed.outputs[0].name = names.fresh(f"{base}_gate_up_output")
+        packed.outputs[0].type = x.type
+        packed.meta[PROVIDER_KEY] = gate_product.meta[PROVIDER_KEY]
+        swiglu = ir.Node("com.microsoft", "SwiGLU", [packed.outputs[0]], num_outputs=1, name=names.fresh(base),
+                         attributes=[ir.AttrFloat32("activation_alpha", gating.attributes.get_float("alpha", 1.702))])
+        swiglu.meta[PROVIDER_KEY] = product.meta[PROVIDER_KEY]
+        first = gate_product if _index(graph, gate_product) < _index(graph, up_product) else up_product
+        graph.insert_before(first, packed)
+        graph.insert_before(product, swiglu)
+        result = product.outputs[0]
+        swiglu.outputs[0].type, swiglu.outputs[0].shape = result.type, result.shape
+        name = result.name
+        result.replace_all_uses_with(swiglu.outputs[0], replace_graph_outputs=True)
+        swiglu.outputs[0].name = name
+        weights = [gate_product.inputs[1], up_product.inputs[1]]
+        graph.remove([gate_product, up_product, gating, product], safe=True)
+        for old_weight in weights:  # (the packed matrix holds them now)
+            if not old_weight.uses() and not old_weight.is_graph_output() and old_weight.name in graph.initializers:
+                del graph.initializers[old_weight.name]
+        opsets.setdefault("com.microsoft", 1)
+        fused += 1
+    return fused
+
+
+def _is_silu(node: ir.Node) -> bool:
+    return node.domain == "com.microsoft" and node.op_type == "QuickGelu" and on_cpu_kernels(node)
+
+
+def _match(gating: ir.Node):
+    """(gate MatMul, up MatMul, the Mul) around the QuickGelu ``gating``, or None."""
+    gate = gating.inputs[0]
+    gate_product = gate.producer() if gate is not None else None
+    product = only_reader(gating.outputs[0])
+    if gate_product is None or product is None or only_reader(gate) is not gating:
+        return None
+    if product.domain != "" or product.op_type != "Mul" or not on_cpu_kernels(product):
+        return None
+    up = partner(product, gating.outputs[0])
+    up_product = up.producer() if up is not None else None
+    if up_product is None or up_product is gate_product or only_reader(up) is not product:
+        return None
+    for matmul in (gate_product, up_product):
+        if matmul.domain != "" or matmul.op_type != "MatMul" or len(matmul.inputs) != 2 or not on_cpu_kernels(matmul):
+            return None
+        if not _weight_matrix(matmul.inputs[1]):
+            return None
+    x = gate_product.inputs[0]
+    if up_product.inputs[0] is not x or not is_float32(x):
+        return None
+    if constant_array(gate_product.inputs[1]).shape != constant_array(up_product.inputs[1]).shape:
+        return None  # (the halves must be as wide: the Mul would broadcast otherwise)
+    return gate_product, up_product, product
+
+
+def _weight_matrix(value: ir.Value | None) -> bool:
+    return is_constant(value) and value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2
+
+
+def _index(graph: ir.Graph, node: ir.Node) -> int:
+    for index, candidate in enumerate(graph):
+        if candidate is node:
+            return index
+    raise ValueError(f"{node.name} is not in the graph")
