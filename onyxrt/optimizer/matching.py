@@ -7,6 +7,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from ..framework.partitioner import PROVIDER_KEY
 from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array, from_array
 
@@ -35,6 +36,11 @@ def is_constant(value: ir.Value | None) -> bool:
 def is_float32(value: ir.Value | None) -> bool:
     """A tensor value known to hold float32 (what onnxruntime's CPU fused kernels take)."""
     return value is not None and isinstance(value.type, ir.TensorType) and value.type.dtype == ir.DataType.FLOAT
+
+
+def is_weight_matrix(value: ir.Value | None) -> bool:
+    """A 2-D float32 constant (:func:`is_constant`): a MatMul's weights."""
+    return is_constant(value) and value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2
 
 
 def constant_vector(value: ir.Value | None) -> bool:
@@ -132,3 +138,26 @@ def new_initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.nd
                      const_value=from_array(array, name))
     graph.register_initializer(value)
     return value
+
+
+def packed_product(graph: ir.Graph, names: UniqueNames, products: list[ir.Node], base: str) -> ir.Node:
+    """One MatMul of ``products``' shared input by their constant weights side by side (in their order), placed
+    before the first of them and assigned to their provider; named after ``base``. The caller removes them,
+    then their weights with :func:`drop_unused_initializers`."""
+    x = products[0].inputs[0]
+    weight = new_initializer(graph, names, f"{base}_weight",
+                             np.concatenate([constant_array(p.inputs[1]) for p in products], axis=1))
+    product = ir.Node("", "MatMul", [x, weight], num_outputs=1, name=names.fresh(base))
+    product.outputs[0].name = names.fresh(f"{base}_output")
+    product.outputs[0].type = x.type
+    product.meta[PROVIDER_KEY] = products[0].meta[PROVIDER_KEY]
+    order = {id(node): index for index, node in enumerate(graph)}
+    graph.insert_before(min(products, key=lambda node: order[id(node)]), product)
+    return product
+
+
+def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value]) -> None:
+    """Remove the initializers among ``values`` that nothing reads any more (weights a rewrite replaced)."""
+    for value in values:
+        if not value.uses() and not value.is_graph_output() and value.name in graph.initializers:
+            del graph.initializers[value.name]

@@ -19,13 +19,13 @@ and after partitioning (``session/placement.py``), at the EXTENDED level and abo
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array
-from .matching import is_constant, is_float32, new_initializer, only_reader
+from .matching import (drop_unused_initializers, is_constant, is_float32, is_weight_matrix, only_reader,
+                       packed_product)
 
 NAME = "RotaryAttentionPacking"
 _GQA_INPUTS = 7  # query, key, value, past_key, past_value, seqlens_k, total_sequence_length
@@ -42,12 +42,7 @@ def pack_rotary_attention(graph: ir.Graph, opsets: dict[str, int]) -> int:
             continue
         projections, rotations, shape_readers = match
         x = projections[0].inputs[0]
-        weight = new_initializer(graph, names, f"{attention.name or 'gqa'}_qkv_weight",
-                                 np.concatenate([constant_array(p.inputs[1]) for p in projections], axis=1))
-        product = ir.Node("", "MatMul", [x, weight], num_outputs=1, name=names.fresh(f"{attention.name or 'gqa'}_qkv"))
-        product.outputs[0].name = names.fresh(f"{attention.name or 'gqa'}_qkv_output")
-        product.outputs[0].type = x.type  # (float32: _match checks x and the weights)
-        product.meta[PROVIDER_KEY] = projections[0].meta[PROVIDER_KEY]
+        product = packed_product(graph, names, projections, f"{attention.name or 'gqa'}_qkv")
         rotary = rotations[0]
         inputs = list(attention.inputs[:_GQA_INPUTS]) + [None] * (_GQA_INPUTS - len(attention.inputs))
         inputs[0] = product.outputs[0]
@@ -63,8 +58,6 @@ def pack_rotary_attention(graph: ir.Graph, opsets: dict[str, int]) -> int:
         fused = ir.Node("com.microsoft", "GroupQueryAttention", inputs, attributes=attributes,
                         num_outputs=len(attention.outputs), name=names.fresh(f"{attention.name or 'gqa'}_rotary"))
         fused.meta[PROVIDER_KEY] = attention.meta[PROVIDER_KEY]
-        first = min(projections, key=_position_in(graph))
-        graph.insert_before(first, product)
         graph.insert_before(attention, fused)
         for reader in shape_readers:  # (batch and sequence dims: x's own)
             reader.replace_input_with(0, x)
@@ -75,9 +68,7 @@ def pack_rotary_attention(graph: ir.Graph, opsets: dict[str, int]) -> int:
             new.name = name
         weights = [p.inputs[1] for p in projections]
         graph.remove([*projections, *rotations, attention], safe=True)
-        for old_weight in weights:  # (the packed matrix holds them now)
-            if not old_weight.uses() and not old_weight.is_graph_output() and old_weight.name in graph.initializers:
-                del graph.initializers[old_weight.name]
+        drop_unused_initializers(graph, weights)
         opsets.setdefault("com.microsoft", 1)
         packed += 1
     return packed
@@ -115,7 +106,7 @@ def _match(attention: ir.Node):
     if any(p is None or p.domain != "" or p.op_type != "MatMul" or len(p.inputs) != 2 for p in projections):
         return None
     x = projections[0].inputs[0]
-    if any(p.inputs[0] is not x or not _weight_matrix(p.inputs[1]) for p in projections):
+    if any(p.inputs[0] is not x or not is_weight_matrix(p.inputs[1]) for p in projections):
         return None
     if len({constant_array(p.inputs[1]).shape[0] for p in projections}) != 1 or not is_float32(x):
         return None
@@ -149,10 +140,6 @@ def _is_rotary(node: ir.Node | None) -> bool:
     return (scale is None or scale.value == 1.0) and not node.attributes.get_int("rotary_embedding_dim", 0)
 
 
-def _weight_matrix(value: ir.Value | None) -> bool:
-    return is_constant(value) and value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2
-
-
 def _reads_leading_dims(node: ir.Node, x: ir.Value) -> bool:
     """A Shape that reads no more than the leading dims of a product of ``x`` (which has x's rank and
     leading dims), which x itself then gives."""
@@ -161,8 +148,3 @@ def _reads_leading_dims(node: ir.Node, x: ir.Value) -> bool:
     rank = len(x.shape)
     end = node.attributes.get_int("end", rank)
     return (end if end >= 0 else end + rank) <= rank - 1
-
-
-def _position_in(graph: ir.Graph):
-    order = {id(node): index for index, node in enumerate(graph)}
-    return lambda node: order[id(node)]

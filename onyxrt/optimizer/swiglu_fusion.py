@@ -16,13 +16,13 @@ SwiGLU is an onnxruntime contrib op, but onnxruntime's CPU provider has no kerne
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from ..graph.builder import UniqueNames
 from ..graph.tensors import constant_array
-from .matching import is_constant, is_float32, new_initializer, only_reader, partner
+from .matching import (drop_unused_initializers, is_float32, is_weight_matrix, only_reader, packed_product, partner,
+                       replace_with)
 
 NAME = "SwiGLUFusion"
 
@@ -36,31 +36,14 @@ def fuse_swiglu(graph: ir.Graph, opsets: dict[str, int]) -> int:
         if match is None:
             continue
         gate_product, up_product, product = match
-        x = gate_product.inputs[0]
         base = product.name or "swiglu"
-        weight = new_initializer(graph, names, f"{base}_gate_up_weight",
-                                 np.concatenate([constant_array(gate_product.inputs[1]),
-                                                 constant_array(up_product.inputs[1])], axis=1))
-        packed = ir.Node("", "MatMul", [x, weight], num_outputs=1, name=names.fresh(f"{base}_gate_up"))
-        packed.outputs[0].name = names.fresh(f"{base}_gate_up_output")
-        packed.outputs[0].type = x.type
-        packed.meta[PROVIDER_KEY] = gate_product.meta[PROVIDER_KEY]
+        packed = packed_product(graph, names, [gate_product, up_product], f"{base}_gate_up")
         swiglu = ir.Node("com.microsoft", "SwiGLU", [packed.outputs[0]], num_outputs=1, name=names.fresh(base),
                          attributes=[ir.AttrFloat32("activation_alpha", gating.attributes.get_float("alpha", 1.702))])
         swiglu.meta[PROVIDER_KEY] = product.meta[PROVIDER_KEY]
-        first = gate_product if _index(graph, gate_product) < _index(graph, up_product) else up_product
-        graph.insert_before(first, packed)
-        graph.insert_before(product, swiglu)
-        result = product.outputs[0]
-        swiglu.outputs[0].type, swiglu.outputs[0].shape = result.type, result.shape
-        name = result.name
-        result.replace_all_uses_with(swiglu.outputs[0], replace_graph_outputs=True)
-        swiglu.outputs[0].name = name
         weights = [gate_product.inputs[1], up_product.inputs[1]]
-        graph.remove([gate_product, up_product, gating, product], safe=True)
-        for old_weight in weights:  # (the packed matrix holds them now)
-            if not old_weight.uses() and not old_weight.is_graph_output() and old_weight.name in graph.initializers:
-                del graph.initializers[old_weight.name]
+        replace_with(graph, [gate_product, up_product, gating, product], product.outputs[0], swiglu, anchor=product)
+        drop_unused_initializers(graph, weights)
         opsets.setdefault("com.microsoft", 1)
         fused += 1
     return fused
@@ -86,7 +69,7 @@ def _match(gating: ir.Node):
     for matmul in (gate_product, up_product):
         if matmul.domain != "" or matmul.op_type != "MatMul" or len(matmul.inputs) != 2 or not on_cpu_kernels(matmul):
             return None
-        if not _weight_matrix(matmul.inputs[1]):
+        if not is_weight_matrix(matmul.inputs[1]):
             return None
     x = gate_product.inputs[0]
     if up_product.inputs[0] is not x or not is_float32(x):
@@ -94,14 +77,3 @@ def _match(gating: ir.Node):
     if constant_array(gate_product.inputs[1]).shape != constant_array(up_product.inputs[1]).shape:
         return None  # (the halves must be as wide: the Mul would broadcast otherwise)
     return gate_product, up_product, product
-
-
-def _weight_matrix(value: ir.Value | None) -> bool:
-    return is_constant(value) and value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2
-
-
-def _index(graph: ir.Graph, node: ir.Node) -> int:
-    for index, candidate in enumerate(graph):
-        if candidate is node:
-            return index
-    raise ValueError(f"{node.name} is not in the graph")
