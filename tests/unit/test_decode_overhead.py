@@ -1,6 +1,7 @@
 """A decoding step's lean paths, pinned against the general ones and onnxruntime: GroupQueryAttention's
-few-query-rows kernel (visible keys as ranges, grouped heads as one row matrix) and the session's
-output-sharing check (outputs owning their memory compared only with fed views)."""
+compiled one-token step (contrib/gqa_decode.py), its few-query-rows kernel (visible keys as ranges, grouped
+heads as one row matrix) and the session's output-sharing check (outputs owning their memory compared
+only with fed views)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def test_few_rows_path_equals_general_path(monkeypatch, batch, rows, heads, kv_h
     feeds = _gqa_inputs(rng, batch, rows, heads, kv_heads, head, past_lengths, buffer,
                         rotary_half=head // 2 if attributes.get("do_rotary") else 0)
     attributes = {"num_heads": heads, "kv_num_heads": kv_heads, **attributes}
+    monkeypatch.setattr(attention, "_decode_step", lambda *args: None)  # (pinned below)
     calls = []
     lean_kernel = attention._attend_few_rows
     monkeypatch.setattr(attention, "_attend_few_rows", lambda *args: calls.append(1) or lean_kernel(*args))
@@ -79,6 +81,56 @@ def test_few_rows_path_equals_general_path(monkeypatch, batch, rows, heads, kv_h
     _general_path(monkeypatch)
     general = _gqa_call({k: v.copy() for k, v in feeds.items()}, **attributes)
     for mine, reference in zip(lean, general):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+# what the compiled step leaves to the other paths
+_NOT_COMPILED = ("local_window_size", "softcap", "smooth_softmax")
+
+
+@pytest.mark.parametrize("batch,rows,heads,kv_heads,head,past_lengths,attributes",
+                         [case for case in CASES if case[1] == 1])
+@pytest.mark.parametrize("packed", [False, True])
+def test_compiled_decode_step_equals_general_path(monkeypatch, batch, rows, heads, kv_heads, head, past_lengths,
+                                                  attributes, packed):
+    rng = np.random.default_rng(batch * 100 + heads + 7)
+    buffer = max(past_lengths) + 4
+    feeds = _gqa_inputs(rng, batch, rows, heads, kv_heads, head, past_lengths, buffer,
+                        rotary_half=head // 2 if attributes.get("do_rotary") else 0)
+    if packed:  # one (B, 1, (N + 2 Nkv) H) projection
+        feeds["query"] = np.concatenate([feeds["query"], feeds.pop("key"), feeds.pop("value")], axis=-1)
+    attributes = {"num_heads": heads, "kv_num_heads": kv_heads, **attributes}
+    results = []
+    step = attention._decode_step
+    monkeypatch.setattr(attention, "_decode_step", lambda *args: results.append(step(*args)) or results[-1])
+    compiled = _gqa_call({k: v.copy() for k, v in feeds.items()}, **attributes)
+    if any(name in attributes for name in _NOT_COMPILED):
+        assert not results
+    else:
+        assert len(results) == 1 and results[0] is not None, "the compiled step did not run"
+    monkeypatch.setattr(attention, "_decode_step", lambda *args: None)
+    _general_path(monkeypatch)
+    general = _gqa_call({k: v.copy() for k, v in feeds.items()}, **attributes)
+    for mine, reference in zip(compiled, general):
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_decode_step_rotates_at_each_rows_position_id_and_adds_the_bias(monkeypatch):
+    rng = np.random.default_rng(11)
+    feeds = _gqa_inputs(rng, 2, 1, 8, 2, 16, [9, 4], 12, rotary_half=8)
+    feeds["position_ids"] = np.array([[9], [30]], np.int64)  # (a left-padded row's own position)
+    feeds["cos_cache"], feeds["sin_cache"] = (np.tile(c, (4, 1)) for c in (feeds["cos_cache"], feeds["sin_cache"]))
+    total = int(feeds["total_sequence_length"])
+    feeds["attention_bias"] = rng.standard_normal((2, 8, 1, total), dtype=np.float32)
+    attributes = {"num_heads": 8, "kv_num_heads": 2, "do_rotary": 1, "rotary_position_ids_per_row": 1, "causal": 0}
+    results = []
+    step = attention._decode_step
+    monkeypatch.setattr(attention, "_decode_step", lambda *args: results.append(step(*args)) or results[-1])
+    compiled = _gqa_call(dict(feeds), **attributes)
+    assert results and results[0] is not None
+    monkeypatch.setattr(attention, "_decode_step", lambda *args: None)
+    general = _gqa_call(dict(feeds), **attributes)
+    for mine, reference in zip(compiled, general):
         np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-6)
 
 

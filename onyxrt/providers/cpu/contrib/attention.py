@@ -15,6 +15,10 @@ them with the lowest float, ``attention_bias`` is added after both; in
 GroupQueryAttention keys outside the causal / local window / sequence length get no
 weight at all.
 
+GroupQueryAttention's decoding step (one new token per sequence after a past, float32, no window, softcap,
+sink or scores output) runs as one compiled call (``gqa_decode``: rotation, presents and attention in one
+loop nest, :func:`_decode_step`); everything else takes the general path below.
+
 GroupQueryAttention's KV cache: the present buffers come from the plan (``_alloc``). When
 the plan hands over the past buffer itself -- onnxruntime's shared-buffer mode, where an
 IOBinding binds the present output to the max-length past buffer, or a past that dies at
@@ -31,7 +35,7 @@ import numpy as np
 
 from .. import row_kernels
 from ..gemm import MIN_PARALLEL_MACS
-from ..jit import optional_module
+from ..jit import LazyModuleKernel, optional_module
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import sparse_prepack
 from ..kernel_table import op
@@ -728,6 +732,91 @@ def _same_buffer(a: np.ndarray | None, b: np.ndarray | None) -> bool:
             and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
+def _decode_step(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
+                 position_ids, attention_bias, N: int, Nkv: int, scale, do_rotary, interleaved, positions_per_row,
+                 num_outputs: int, alloc) -> tuple | None:
+    """GroupQueryAttention for one new token per sequence after a past, float32, as one compiled call
+    (``gqa_decode``), for the cases it covers (the caller checked the attributes); None for every other
+    case, which the general path computes (and reports where it is invalid)."""
+    B, _, d = query.shape
+    if (past_key is None or past_value is None or past_key.ndim != 4 or past_key.shape != past_value.shape
+            or past_key.shape[0] != B or past_key.shape[1] != Nkv or past_key.shape[2] == 0
+            or not (query.dtype == past_key.dtype == past_value.dtype == _F32)):
+        return None
+    H = past_key.shape[3]
+    if key is None:
+        if value is not None or d != (N + 2 * Nkv) * H:
+            return None
+        heads = query.reshape(B, N + 2 * Nkv, H)
+        q, k, v = heads[:, :N], heads[:, N:N + Nkv], heads[:, N + Nkv:]
+    else:
+        if (value is None or key.dtype != _F32 or value.dtype != _F32 or d != N * H
+                or key.shape != (B, 1, Nkv * H) or value.shape != key.shape):
+            return None
+        q, k, v = query.reshape(B, N, H), key.reshape(B, Nkv, H), value.reshape(B, Nkv, H)
+    seqlens = np.asarray(seqlens_k).reshape(-1)
+    if seqlens.shape[0] != B:
+        return None
+    past_lengths = seqlens.astype(np.int64)  # (one new row: the past holds seqlens_k rows)
+    past_len = past_key.shape[2]
+    total = int(np.asarray(total_sequence_length).reshape(-1)[0])
+    if total == 1 or int(past_lengths.min()) < 0 or int(past_lengths.max()) > past_len:
+        return None  # (a first prompt, or lengths the general path reports)
+    if kv_cache.owner_of(past_key) is not None or kv_cache.owner_of(past_value) is not None:
+        return None  # (cache buffers with room: the general path appends in place)
+    t_buf = max(total, past_len, int(past_lengths.max()) + 1)
+    if attention_tiled.use_tiled(B, N, 1, t_buf, 4):
+        return None  # (the tiled path's memory bound applies: see attention_tiled)
+    rotary = bool(do_rotary)
+    positions = past_lengths
+    cos = sin = _NO_ROTARY
+    if rotary:
+        if (cos_cache is None or sin_cache is None or cos_cache.dtype != _F32 or sin_cache.dtype != _F32
+                or cos_cache.ndim != 2 or sin_cache.shape != cos_cache.shape or 2 * cos_cache.shape[1] > H):
+            return None
+        if position_ids is not None:
+            ids = np.asarray(position_ids)
+            if positions_per_row and ids.shape != (B, 1):
+                return None
+            if not positions_per_row and ids.size not in (1, B):
+                return None
+            positions = np.ascontiguousarray(np.broadcast_to(ids.reshape(-1), (B,)), np.int64)
+        if int(positions.min()) < 0 or int(positions.max()) >= cos_cache.shape[0]:
+            return None
+        cos, sin = np.ascontiguousarray(cos_cache), np.ascontiguousarray(sin_cache)
+    bias = _NO_BIAS
+    if attention_bias is not None:
+        ab = attention_bias
+        if (ab.dtype != _F32 or ab.ndim != 4 or ab.shape[0] not in (1, B) or ab.shape[1] not in (1, N)
+                or ab.shape[2] != 1 or ab.shape[3] < int(past_lengths.max()) + 1):
+            return None
+        bias = ab[:, :, 0, :]
+    kernel = _GQA_DECODE.compiled_for("f32", *_GQA_DECODE_PROBE)
+    if kernel is None:
+        return None
+    shape = (B, Nkv, t_buf, H)
+    if alloc is not None and num_outputs > 2:
+        present_k, present_v = alloc(shape, _F32, 1), alloc(shape, _F32, 2)
+    else:
+        present_k, present_v = np.empty(shape, _F32), np.empty(shape, _F32)
+    copy_past = not (_same_buffer(present_k, past_key) and _same_buffer(present_v, past_value))
+    out = np.empty((B, N, H), _F32)
+    scratch = np.empty(t_buf + H, _F32)
+    kernel(q, k, v, past_key, past_value, present_k, present_v, copy_past, past_lengths, positions, cos, sin, rotary,
+           bool(interleaved), bias, _F32.type(_scale(scale, H)), out, scratch)
+    result = (out.reshape(B, 1, N * H), present_k, present_v)
+    return result[:max(1, num_outputs)]
+
+
+_GQA_DECODE = LazyModuleKernel("onyxrt.providers.cpu.contrib.gqa_decode", "decode_step")
+_NO_ROTARY = np.zeros((1, 1), _F32)
+_NO_BIAS = np.zeros((1, 1, 0), _F32)
+_GQA_DECODE_PROBE = (np.zeros((0, 1, 1), _F32), np.zeros((0, 1, 1), _F32), np.zeros((0, 1, 1), _F32),
+                     np.zeros((0, 1, 1, 1), _F32), np.zeros((0, 1, 1, 1), _F32), np.zeros((0, 1, 1, 1), _F32),
+                     np.zeros((0, 1, 1, 1), _F32), True, np.zeros(0, np.int64), np.zeros(0, np.int64), _NO_ROTARY,
+                     _NO_ROTARY, False, False, _NO_BIAS, _F32.type(1), np.zeros((0, 1, 1), _F32), np.zeros(1, _F32))
+
+
 def _write_new_rows(past_key, past_value, k, v, P_b, W_b):
     """The new key/value rows of batch entry b written at rows [P_b[b], P_b[b] + W_b[b]) of the
     past buffers, which are returned as the present ones."""
@@ -838,6 +927,15 @@ def group_query_attention(
     N, Nkv = int(num_heads), int(kv_num_heads)
     if Nkv <= 0 or N % Nkv:
         raise NodeInputError(f"GroupQueryAttention: num_heads {N} is not a multiple of kv_num_heads {Nkv}")
+    if (query.ndim == 3 and query.shape[1] == 1 and query_seqlens is None and q_norm_weight is None
+            and head_sink is None and not softcap and not qk_output and _num_outputs <= 3
+            and (smooth_softmax is None or int(smooth_softmax) <= 0)
+            and (local_window_size is None or int(local_window_size) <= 0)):
+        step = _decode_step(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
+                            sin_cache, position_ids, attention_bias, N, Nkv, scale, do_rotary, rotary_interleaved,
+                            rotary_position_ids_per_row, _num_outputs, _alloc)
+        if step is not None:
+            return step
     ct = _ct(query, key, value)
     if query.ndim != 3:
         raise NodeInputError(f"GroupQueryAttention: query must be 3-D, got {query.shape}")
