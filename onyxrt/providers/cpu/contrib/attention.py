@@ -790,7 +790,7 @@ def _decode_step(query, key, value, past_key, past_value, seqlens_k, total_seque
         if (ab.dtype != _F32 or ab.ndim != 4 or ab.shape[0] not in (1, B) or ab.shape[1] not in (1, N)
                 or ab.shape[2] != 1 or ab.shape[3] < int(past_lengths.max()) + 1):
             return None
-        bias = ab[:, :, 0, :]
+        bias = np.ascontiguousarray(ab[:, :, 0, :])  # (a few rows: one compiled form for every bias)
     kernel = _GQA_DECODE.compiled_for("f32", *_GQA_DECODE_PROBE)
     if kernel is None:
         return None
