@@ -90,12 +90,13 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
 def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
     """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``,
     ``optimizer/rotary_attention_packing.py`` and ``optimizer/swiglu_fusion.py``."""
-    if level >= OptimizationLevel.EXTENDED and conv_epilogue_fusion.NAME not in disabled:
-        conv_epilogue_fusion.fuse_conv_epilogues(model.graph, model.opset_imports)
-    if level >= OptimizationLevel.EXTENDED and rotary_attention_packing.NAME not in disabled:
-        rotary_attention_packing.pack_rotary_attention(model.graph, model.opset_imports)
-    if level >= OptimizationLevel.EXTENDED and swiglu_fusion.NAME not in disabled:
-        swiglu_fusion.fuse_swiglu(model.graph, model.opset_imports)
+    if level < OptimizationLevel.EXTENDED:
+        return
+    for name, rewrite in ((conv_epilogue_fusion.NAME, conv_epilogue_fusion.fuse_conv_epilogues),
+                          (rotary_attention_packing.NAME, rotary_attention_packing.pack_rotary_attention),
+                          (swiglu_fusion.NAME, swiglu_fusion.fuse_swiglu)):
+        if name not in disabled:
+            rewrite(model.graph, model.opset_imports)
 
 
 def _save_if_asked(model: ir.Model, options: SessionOptions) -> None:

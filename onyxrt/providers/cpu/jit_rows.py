@@ -368,24 +368,30 @@ def softmax_row(row):
 @numba.njit(**_jit)  # (no contraction: rows equal to the numpy path's, bit for bit)
 def rotary_rows(x, positions, cos, sin, out, interleaved, r0, r1):
     """Rotary embedding of rows r0..r1 of ``x`` (rows, heads, head_size) into ``out``: row r at
-    ``positions[r]`` of the (positions, half) ``cos``/``sin`` caches rotates each head's first
-    2 * half features, pairs (i, i + half) or, ``interleaved``, (2i, 2i + 1); the rest is copied."""
-    heads, size = x.shape[1], x.shape[2]
-    half = cos.shape[1]
+    ``positions[r]`` of the (positions, half) ``cos``/``sin`` caches (see :func:`rotate_head`)."""
+    heads = x.shape[1]
     for r in range(r0, r1):
         p = positions[np.uintp(r)]
         c, s = cos[np.uintp(p)], sin[np.uintp(p)]
         for h in range(heads):
-            src, dst = x[np.uintp(r), np.uintp(h)], out[np.uintp(r), np.uintp(h)]
-            if interleaved:
-                for i in range(half):
-                    a, b = src[np.uintp(2 * i)], src[np.uintp(2 * i + 1)]
-                    dst[np.uintp(2 * i)] = a * c[np.uintp(i)] - b * s[np.uintp(i)]
-                    dst[np.uintp(2 * i + 1)] = b * c[np.uintp(i)] + a * s[np.uintp(i)]
-            else:
-                for i in range(half):
-                    a, b = src[np.uintp(i)], src[np.uintp(i + half)]
-                    dst[np.uintp(i)] = a * c[np.uintp(i)] - b * s[np.uintp(i)]
-                    dst[np.uintp(i + half)] = b * c[np.uintp(i)] + a * s[np.uintp(i)]
-            for j in range(2 * half, size):
-                dst[np.uintp(j)] = src[np.uintp(j)]
+            rotate_head(x[np.uintp(r), np.uintp(h)], out[np.uintp(r), np.uintp(h)], c, s, interleaved)
+
+
+@numba.njit(inline="always", **_jit)
+def rotate_head(src, dst, c, s, interleaved):
+    """``dst`` = the head ``src`` with its first 2 * half features rotated by the cache rows ``c``/``s``
+    (half values each), pairs (i, i + half) or, ``interleaved``, (2i, 2i + 1); the rest copied. Inlined:
+    callers compile it without contraction (the numpy path's products)."""
+    half = c.shape[0]
+    if interleaved:
+        for i in range(half):
+            a, b = src[np.uintp(2 * i)], src[np.uintp(2 * i + 1)]
+            dst[np.uintp(2 * i)] = a * c[np.uintp(i)] - b * s[np.uintp(i)]
+            dst[np.uintp(2 * i + 1)] = b * c[np.uintp(i)] + a * s[np.uintp(i)]
+    else:
+        for i in range(half):
+            a, b = src[np.uintp(i)], src[np.uintp(i + half)]
+            dst[np.uintp(i)] = a * c[np.uintp(i)] - b * s[np.uintp(i)]
+            dst[np.uintp(i + half)] = b * c[np.uintp(i)] + a * s[np.uintp(i)]
+    for j in range(2 * half, src.shape[0]):
+        dst[np.uintp(j)] = src[np.uintp(j)]

@@ -634,21 +634,20 @@ def _check_positions(cache: np.ndarray, positions: np.ndarray, op_name: str) -> 
         raise NodeInputError(f"{op_name}: position ids out of range [0, {cache.shape[0]})")
 
 
-def _rotate_heads(x: np.ndarray, positions: np.ndarray, cos_cache: np.ndarray, sin_cache: np.ndarray,
-                  interleaved: bool, ct: np.dtype) -> np.ndarray:
-    """GroupQueryAttention's rotary embedding of the heads ``x`` (B, n, S, H) at ``positions`` (B, S): float32
-    rows by the compiled kernel (``row_kernels.rotary``, the same products as :func:`_rotate`), else numpy."""
-    B, n, S, H = x.shape
-    if ct == _F32 and cos_cache.dtype == _F32 and sin_cache.dtype == _F32:
-        _check_positions(cos_cache, positions, "GroupQueryAttention")
-        rows = np.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(B * S, n, H)
-        y = row_kernels.rotary(rows, np.ascontiguousarray(positions, np.int64).reshape(-1), cos_cache, sin_cache,
-                               interleaved)
+def _rotate_rows(x: np.ndarray, positions: np.ndarray, cos_cache: np.ndarray, sin_cache: np.ndarray,
+                 interleaved: bool, ct: np.dtype, op_name: str) -> np.ndarray:
+    """Rotary embedding of ``x`` (B, S, n, H) at ``positions`` (B, S) in the compute type ``ct``: float32 rows by
+    the compiled kernel (``row_kernels.rotary``, the same products as :func:`_rotate`), else numpy."""
+    B, S, n, H = x.shape
+    if ct == _F32 and x.dtype == _F32:
+        _check_positions(cos_cache, positions, op_name)
+        y = row_kernels.rotary(np.ascontiguousarray(x).reshape(B * S, n, H),
+                               np.ascontiguousarray(positions, np.int64).reshape(-1), cos_cache, sin_cache, interleaved)
         if y is not None:
-            return y.reshape(B, S, n, H).transpose(0, 2, 1, 3)
-    cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
-    sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, "GroupQueryAttention")[:, None]
-    return _rotate(x, cos, sin, interleaved)
+            return y.reshape(x.shape)
+    cos = _cache_rows(cos_cache.astype(ct, copy=False), positions, op_name)[:, :, None]
+    sin = _cache_rows(sin_cache.astype(ct, copy=False), positions, op_name)[:, :, None]
+    return _rotate(x.astype(ct, copy=False), cos, sin, interleaved)
 
 
 def _cache_rows(cache: np.ndarray, positions: np.ndarray, op_name: str) -> np.ndarray:
@@ -701,11 +700,9 @@ def rotary_embedding(
         positions = pid
     else:  # onnxruntime's rule: no broadcasting of position_ids
         raise NodeInputError(f"RotaryEmbedding: position_ids of shape {pid.shape} is neither (1) nor (batch, seq) = {(B, S)}")
-    if head_axis == 2 and x.dtype == ct == _F32:  # (B, S, N, H): the compiled kernel, one pass
-        _check_positions(cos_cache, positions, "RotaryEmbedding")
-        y = row_kernels.rotary(xh.reshape(B * S, N, H), positions.reshape(-1), cos_cache, sin_cache, bool(interleaved))
-        if y is not None:
-            return y.reshape(x.shape)
+    if head_axis == 2:  # (B, S, N, H): float32 by the compiled kernel, one pass
+        return _rotate_rows(xh, positions, cos_cache, sin_cache, bool(interleaved), ct, "RotaryEmbedding").reshape(
+            x.shape).astype(x.dtype, copy=False)
     cos = np.expand_dims(_cache_rows(cos_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
     sin = np.expand_dims(_cache_rows(sin_cache.astype(ct, copy=False), positions, "RotaryEmbedding"), head_axis)
     y = _rotate(xh, cos, sin, bool(interleaved))
@@ -1012,8 +1009,8 @@ def group_query_attention(
             raise NodeInputError(f"GroupQueryAttention: cos/sin caches of shapes {cos_cache.shape}/{sin_cache.shape} are invalid")
         if 2 * cos_cache.shape[1] > H:
             raise NodeInputError("GroupQueryAttention: the rotary caches are wider than the head size")
-        q = _rotate_heads(q, positions, cos_cache, sin_cache, bool(rotary_interleaved), ct)
-        k = _rotate_heads(k, positions, cos_cache, sin_cache, bool(rotary_interleaved), ct)
+        q, k = (_rotate_rows(h.transpose(0, 2, 1, 3), positions, cos_cache, sin_cache, bool(rotary_interleaved), ct,
+                             "GroupQueryAttention").transpose(0, 2, 1, 3) for h in (q, k))
 
     # present = the valid past rows + the new rows, in a (B, Nkv, max(total, past buffer), H) buffer
     t_buf = max(total, past_len, max(p + w for p, w in zip(P_b, W_b)) if B else 0)

@@ -7,8 +7,8 @@ three quarters of the op's time on llama_tiny's shapes. Here they run in one loo
 the key/value rows each written once into the presents, each query head's scores over the keys it sees
 (rows up to its own position) kept in a scratch row.
 
-The rotation is :func:`jit_rows.rotary_rows`'s (no contraction: the same products as the
-RotaryEmbedding kernel); the scores and weighted sums are ordered differently from BLAS's (within float
+The rotation is :func:`jit_rows.rotate_head`, the RotaryEmbedding kernel's (no contraction: the same
+products); the scores and weighted sums are ordered differently from BLAS's (within float
 rounding of the general path). Imported by ``attention`` on first use (it imports numba at its top).
 """
 
@@ -17,26 +17,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..jit_rows import _row_max, exp_nonpositive
+from ..jit_rows import _row_max, exp_nonpositive, rotate_head
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _rotate_into(src, dst, cos, sin, position, interleaved):
-    """``dst`` = ``src`` rotated at ``position`` (its first 2 * half values), the rest copied."""
-    half = cos.shape[1]
-    c, s = cos[position], sin[position]
-    if interleaved:
-        for i in range(half):
-            a, b = src[2 * i], src[2 * i + 1]
-            dst[2 * i] = a * c[i] - b * s[i]
-            dst[2 * i + 1] = b * c[i] + a * s[i]
-    else:
-        for i in range(half):
-            a, b = src[i], src[i + half]
-            dst[i] = a * c[i] - b * s[i]
-            dst[i + half] = b * c[i] + a * s[i]
-    for j in range(2 * half, src.shape[0]):
-        dst[j] = src[j]
+@numba.njit(cache=True, nogil=True, error_model="numpy")  # (no contraction, unlike decode_step: see rotate_head)
+def _rotate(src, dst, cos, sin, position, interleaved):
+    rotate_head(src, dst, cos[position], sin[position], interleaved)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
@@ -70,14 +56,14 @@ def decode_step(q, k, v, past_k, past_v, present_k, present_v, copy_past, past_l
                     key_rows[t, :] = zero
                     value_rows[t, :] = zero
             if rotary:
-                _rotate_into(k[b, j], key_rows[p], cos, sin, positions[b], interleaved)
+                _rotate(k[b, j], key_rows[p], cos, sin, positions[b], interleaved)
             else:
                 key_rows[p, :] = k[b, j, :]
             value_rows[p, :] = v[b, j, :]
         for h in range(N):
             key_rows, value_rows = present_k[b, h // group], present_v[b, h // group]
             if rotary:
-                _rotate_into(q[b, h], query, cos, sin, positions[b], interleaved)
+                _rotate(q[b, h], query, cos, sin, positions[b], interleaved)
             else:
                 query[:] = q[b, h, :]
             for i in range(H):

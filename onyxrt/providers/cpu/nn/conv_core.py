@@ -42,6 +42,8 @@ from ..jit import LazyKernel, optional_module, read_only
 from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
+_F32 = np.dtype(np.float32)
+
 # --------------------------------------------------------------------------- window geometry
 # (shared with pooling)
 
@@ -990,7 +992,6 @@ def _pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.n
     return _finish(y.reshape((n, m) + x.shape[2:]), bias, activation, residual, x.ndim - 2)
 
 
-_F32 = np.dtype(np.float32)
 # Multiply-adds below which a pointwise task runs on the calling thread alone (gemm.MIN_PARALLEL_MACS).
 _POINTWISE_PARALLEL_MACS = 1 << 19
 
