@@ -39,24 +39,36 @@ def test_activation_rows_match_the_numpy_path(monkeypatch, fn, bias) -> None:
     fused = fn(*args)
     assert row_kernels.activation(x, None, row_kernels.GELU_ERF) is not None  # the kernel did run
     expected = numpy_path(monkeypatch, fn, *args)
-    np.testing.assert_allclose(fused, expected, rtol=2e-6, atol=1e-6, equal_nan=True)
+    assert_within_activation_error(fused, expected, x + args[1] if bias else x)
 
 
-def test_exact_gelu_is_within_float_rounding_of_the_double_precision_formula() -> None:
-    """Absolute error about one float32 ulp; relative error bounded by the cancellation in 1 + erf(x)
-    for negative x, which the numpy path shares."""
+def assert_within_activation_error(fused, expected, v) -> None:
+    """The kernels' tanh, erf and logistic are rational fits within 4e-7 (``math.rational_fits``); an
+    activation v * g(v) inherits that times |v|, as onnxruntime's MLAS kernels do."""
+    np.testing.assert_array_equal(np.isnan(fused), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(fused[~finite], expected[~finite])
+    bound = 2e-6 * np.abs(expected) + 2.5e-7 * np.maximum(1, np.abs(v))
+    excess = np.abs(fused - expected)[finite] - bound[finite]
+    assert excess.max() <= 0, f"off by {excess.max()} beyond the bound"
+
+
+def test_exact_gelu_is_within_the_erf_fit_of_the_double_precision_formula() -> None:
+    """Absolute error within |x| times erf's (4e-7); relative error 1e-5 where 1 + erf(x) does not
+    cancel (beyond, the absolute bound: onnxruntime's MLAS erf keeps more relative accuracy there)."""
     x = np.linspace(-12, 12, 100_001, dtype=np.float32)
     y = row_kernels.activation(x, None, row_kernels.GELU_ERF).astype(np.float64)
     exact = np.array([0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
-    assert np.max(np.abs(y - exact)) < 1e-6
-    big = np.abs(exact) > 1e-2
+    assert np.max(np.abs(y - exact) / np.maximum(1, np.abs(x))) < 2e-7
+    big = (np.abs(exact) > 1e-2) & (x > -1)
     assert np.max(np.abs(y - exact)[big] / np.abs(exact[big])) < 1e-5
 
 
 def test_silu_saturates_like_numpy(monkeypatch) -> None:
     x = np.array([[-200.0, -88.0, -20.0, 0.0, 20.0, 88.0, 200.0]], dtype=np.float32)
     fused = activations.quick_gelu(x, alpha=1.0)
-    np.testing.assert_allclose(fused, numpy_path(monkeypatch, activations.quick_gelu, x, alpha=1.0), rtol=1e-6, atol=1e-30)
+    np.testing.assert_array_equal(fused[0, 3:], x[0, 3:])
+    assert_within_activation_error(fused, numpy_path(monkeypatch, activations.quick_gelu, x, alpha=1.0), x)
 
 
 def test_activation_may_write_over_its_input() -> None:

@@ -6,17 +6,17 @@ imports numba at its top, and numba is optional. Every kernel works on C-contigu
 rows ``[r0, r1)`` (so a caller may split rows over threads) and releases the GIL.
 
 Why these exist: numpy evaluates GELU's erf as ~20 passes over a temporary, and libm's scalar
-``expf``/``erff``/``tanhf`` stop LLVM from vectorizing a numba loop. Here exp is computed in
-float32 arithmetic only (Cody-Waite reduction, a degree-6 polynomial, 2^n from its exponent
-bits), within 1e-7 relative, and erf uses the same rational fit as the numpy path
-(``math.elementwise.erf_float32``), so each element costs a few dozen vector instructions.
+``expf``/``erff``/``tanhf`` stop LLVM from vectorizing a numba loop. Here tanh, erf and the logistic
+(0.5 + 0.5 tanh(x / 2), as onnxruntime's MLAS) are rational functions of x^2 without branches
+(``math.rational_fits``, the numpy path's erf too: one division and a dozen FMAs an element), and
+exp, for softmax, is computed in float32 arithmetic only (Cody-Waite reduction, a degree-6
+polynomial, 2^n from its exponent bits) within 1e-7 relative.
 Reductions (LayerNorm's sums) may be reassociated so they vectorize; nothing else is. A multiply and an
 add may contract to one FMA (``_CONTRACT``).
 """
 
 from __future__ import annotations
 
-import math
 
 import numba
 import numpy as np
@@ -24,13 +24,13 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from .math.elementwise import _ERF_ONE, _ERF_P, _ERF_Q, _ERF_SPLIT
+from .math.rational_fits import ERF_LIMIT, ERF_P, ERF_Q, TANH_LIMIT, TANH_P, TANH_Q
 
 _f = np.float32
-_P0, _P1, _P2, _P3, _P4, _P5 = (_f(c) for c in _ERF_P)
-_Q0, _Q1, _Q2, _Q3, _Q4, _Q5 = (_f(c) for c in _ERF_Q)
-_SPLIT = _f(_ERF_SPLIT)
-_TOP = _f(_ERF_ONE)
+_E0, _E1, _E2, _E3, _E4, _E5 = ERF_P
+_D0, _D1, _D2, _D3, _D4, _D5 = ERF_Q
+_T0, _T1, _T2, _T3, _T4 = TANH_P
+_U0, _U1, _U2, _U3, _U4 = TANH_Q
 # "contract": a multiply and an add may become one FMA where the CPU has it (one rounding instead of
 # two; GELU rows 2.33 -> 1.70 ns an element on an AVX2 EPYC)
 _CONTRACT = {"contract"}
@@ -104,34 +104,36 @@ def exp_nonpositive(q):
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
-def erf32(z):
-    """erf of float32 ``z``: the fit of ``math.elementwise.erf_float32`` (about 2 ulp)."""
-    a = abs(z)
-    t = z * z
-    small = z * (((((_P5 * t + _P4) * t + _P3) * t + _P2) * t + _P1) * t + _P0)
-    s = min(a, _TOP)
-    q = ((((_Q5 * s + _Q4) * s + _Q3) * s + _Q2) * s + _Q1) * s + _Q0
-    big = _f(math.copysign(_f(1.0) - exp_nonpositive(q), z))
-    return small if a < _SPLIT else big
+def _clamp(v, limit):
+    """``v`` within +-``limit``; NaN stays NaN (comparisons with it are false)."""
+    return limit if v > limit else (-limit if v < -limit else v)
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
-def sigmoid32(t):
-    """1 / (1 + exp(-t)) without overflow, for float32 ``t``."""
-    e = exp_nonpositive(-abs(t))
-    d = _f(1.0) / (_f(1.0) + e)
-    return d if t >= _f(0.0) else e * d
+def erf32(z):
+    """erf of float32 ``z`` (``math.rational_fits``: within 4e-7)."""
+    x = _clamp(z, ERF_LIMIT)
+    s = x * x
+    p = ((((_E5 * s + _E4) * s + _E3) * s + _E2) * s + _E1) * s + _E0
+    q = ((((_D5 * s + _D4) * s + _D3) * s + _D2) * s + _D1) * s + _D0
+    return _clamp(x * p / q, _f(1.0))
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
 def tanh32(u):
-    """tanh of float32 ``u``: an odd polynomial below 0.625 (where 1 - exp(-2|u|) would cancel), else from exp."""
-    z = u * u
-    near = ((((_f(-5.70498872745e-3) * z + _f(2.06390887954e-2)) * z - _f(5.37397155531e-2)) * z
-             + _f(1.33314422036e-1)) * z - _f(3.33332819422e-1)) * z * u + u
-    e = exp_nonpositive(_f(-2.0) * abs(u))
-    far = _f(math.copysign((_f(1.0) - e) / (_f(1.0) + e), u))
-    return near if abs(u) < _f(0.625) else far
+    """tanh of float32 ``u`` (``math.rational_fits``: within 4e-7)."""
+    x = _clamp(u, TANH_LIMIT)
+    s = x * x
+    p = (((_T4 * s + _T3) * s + _T2) * s + _T1) * s + _T0
+    q = (((_U4 * s + _U3) * s + _U2) * s + _U1) * s + _U0
+    return _clamp(x * p / q, _f(1.0))
+
+
+@numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
+def sigmoid32(t):
+    """1 / (1 + exp(-t)) of float32 ``t`` as 0.5 + 0.5 tanh(t / 2): within 2e-7 absolute (so not to
+    the last bits of a result near 0, as onnxruntime's logistic)."""
+    return _f(0.5) + _f(0.5) * tanh32(_f(0.5) * t)
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)

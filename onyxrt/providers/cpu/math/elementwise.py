@@ -24,6 +24,7 @@ import numpy as np
 from ....graph.types import np_dtype
 from .._helpers import ALLOC_MIN_BYTES, wants_buffer
 from ..kernel_table import op
+from .rational_fits import ERF_LIMIT, ERF_P, ERF_Q, odd_rational
 from ....errors import NodeInputError, NodeInputTypeError
 
 # --------------------------------------------------------------------------- helpers
@@ -241,66 +242,16 @@ sign = _make_unary("Sign", (9, 13), np.sign, "fiu")
 
 # --------------------------------------------------------------------------- erf
 
-# erf(x) = x * P(x^2) for |x| < _ERF_SPLIT and 1 - exp(Q(|x|)) up to _ERF_ONE, where
-# float32 erf is 1. Coefficients fitted (weighted minimax, relative error of erf) for
-# float32 evaluation: max error about 2.4 ulp (1.8e-7 relative) over all float32.
-_ERF_SPLIT = np.float32(0.921875)
-_ERF_ONE = np.float32(3.92)
-_ERF_P = tuple(
-    np.float32(c)
-    for c in (
-        1.1283791496192852,
-        -0.37612493831910576,
-        0.1128181710606671,
-        -0.026766641097882998,
-        0.004993209096535695,
-        -0.0005990975631169964,
-    )
-)
-_ERF_Q = tuple(
-    np.float32(c)
-    for c in (
-        -0.001979704341141848,
-        -1.1198336868390277,
-        -0.6512434257532206,
-        -0.09078367271249886,
-        0.015473226491582523,
-        -0.001238149815249687,
-    )
-)
 _erf_f64 = np.frompyfunc(math.erf, 1, 1)
 _ERF_SMALL = 128
 
 
 def erf_float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Vectorized float32 erf (accurate to a few ulp), into ``out`` (C-contiguous, not ``x``) or a fresh array."""
+    """Vectorized float32 erf (``rational_fits``: within 4e-7), into ``out`` (C-contiguous, not ``x``) or a fresh array."""
     x = np.asarray(x, dtype=np.float32)
-    if x.size <= _ERF_SMALL:  # the ~30 array operations below cost more than libm's erf
+    if x.size <= _ERF_SMALL:  # the ~25 array operations cost more than libm's erf
         return np.asarray(_erf_f64(x), dtype=np.float32).reshape(x.shape)
-    with np.errstate(all="ignore"):
-        t = np.multiply(x, x)
-        out = np.multiply(t, _ERF_P[-1], out=out)
-        for c in _ERF_P[-2:0:-1]:
-            out += c
-            out *= t
-        out += _ERF_P[0]
-        out *= x
-        # |x| >= split (a minority in practice): evaluated on the gathered elements only
-        big = np.flatnonzero(np.abs(x) >= _ERF_SPLIT)
-        if big.size:
-            flat = out.reshape(-1)
-            xs = x.reshape(-1)[big]
-            s = np.minimum(np.abs(xs), _ERF_ONE)  # erf rounds to 1 beyond; also tames inf
-            q = np.multiply(s, _ERF_Q[-1])
-            for c in _ERF_Q[-2:0:-1]:
-                q += c
-                q *= s
-            q += _ERF_Q[0]
-            np.exp(q, out=q)
-            np.subtract(np.float32(1), q, out=q)
-            np.copysign(q, xs, out=q)
-            flat[big] = q
-    return out
+    return odd_rational(x, ERF_LIMIT, ERF_P, ERF_Q, out)
 
 
 def erf_values(x: np.ndarray) -> np.ndarray:
