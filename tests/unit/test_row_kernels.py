@@ -49,7 +49,7 @@ def assert_within_activation_error(fused, expected, v) -> None:
     finite = np.isfinite(expected)
     np.testing.assert_array_equal(fused[~finite], expected[~finite])
     bound = 2e-6 * np.abs(expected) + 2.5e-7 * np.maximum(1, np.abs(v))
-    excess = np.abs(fused - expected)[finite] - bound[finite]
+    excess = np.abs(fused[finite] - expected[finite]) - bound[finite]
     assert excess.max() <= 0, f"off by {excess.max()} beyond the bound"
 
 
