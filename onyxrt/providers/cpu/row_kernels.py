@@ -12,12 +12,14 @@ competing with OpenBLAS's threads, which spin after each GEMM.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ...framework.thread_pool import current_pool
 from ..kernel_registry import Allocator
 from ._helpers import wants_buffer
-from .jit import LazyModuleKernel, read_only
+from .jit import LazyModuleKernel, numba_disabled, read_only
 
 _F32 = np.dtype(np.float32)
 _MODULE = "onyxrt.providers.cpu.jit_rows"
@@ -170,26 +172,44 @@ def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarra
     ``activation``: None or an ``mlas_activation_fn`` function. Returns False, leaving y
     untouched, when the kernel cannot do it all (the caller then uses numpy).
     """
-    if y.dtype != _F32 or not y.flags.c_contiguous or not y.flags.writeable or y.ndim < 2:
+    if y.ndim < 2:
         return False
-    channels = y.shape[1]
+    epilogue = prepared_channel_epilogue(y.shape[1], bias, activation)
+    return epilogue is not None and epilogue(y, residual)
+
+
+def prepared_channel_epilogue(channels: int, bias: np.ndarray | None, activation
+                              ) -> Callable[[np.ndarray, np.ndarray | None], bool] | None:
+    """``channel_epilogue`` for outputs of ``channels`` channels as a function ``(y, residual) -> bool``,
+    with what does not change between calls (the bias's form, the activation's code, the kernel) settled
+    once: a convolution's route keeps it. None where the kernel cannot apply."""
     if bias is not None and (bias.dtype != _F32 or bias.size != channels):
-        return False
-    residual = _packed_rows(residual)
-    if residual is not None and (residual.shape != y.shape or not _usable(residual)):
-        return False
+        return None
     code = activation_code(activation)
     if code is None:
-        return False
+        return None
     kernel = _EPILOGUE.compiled_for("f32", *_EPILOGUE_PROBE)
     if kernel is None:
-        return False
-    rows = y.reshape(y.shape[0] * channels, -1)
+        return None
     b = _EMPTY if bias is None else read_only(np.ascontiguousarray(bias).reshape(channels))
-    z = _EMPTY2 if residual is None else read_only(residual.reshape(rows.shape))
     act, (a, c) = code
-    _over_rows(kernel, (rows, channels, b, z, act, _F32.type(a), _F32.type(c)), rows.shape[0], y.size)
-    return True
+    a, c = _F32.type(a), _F32.type(c)
+
+    def epilogue(y: np.ndarray, residual: np.ndarray | None) -> bool:
+        if (y.dtype != _F32 or not y.flags.c_contiguous or not y.flags.writeable or y.ndim < 2
+                or y.shape[1] != channels or numba_disabled()):
+            return False
+        rows = y.reshape(y.shape[0] * channels, -1)
+        z = _EMPTY2
+        if residual is not None:
+            residual = _packed_rows(residual)
+            if residual.shape != y.shape or not _usable(residual):
+                return False
+            z = read_only(residual.reshape(rows.shape))
+        _over_rows(kernel, (rows, channels, b, z, act, a, c), rows.shape[0], y.size)
+        return True
+
+    return epilogue
 
 
 def softmax_in_place(x: np.ndarray) -> bool:

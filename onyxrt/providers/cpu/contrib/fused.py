@@ -65,11 +65,22 @@ def _in_float(y: np.ndarray, fn) -> np.ndarray:
 def mlas_activation_fn(activation, params):
     """The FusedConv/NCHWc activation as an in-place function of a float32/float64 array
     (None for no activation); checks the name and parameters. The function's ``mlas``
-    attribute, (name, parameters), lets a compiled kernel apply it itself."""
-    fn = _mlas_activation_fn(activation, params)
-    if fn is not None:
-        fn.mlas = (_name(activation), tuple(float(v) for v in (params if params is not None else [])))
+    attribute, (name, parameters), lets a compiled kernel apply it itself. Kept per (name,
+    parameters): a node's kernel asks on every call."""
+    key = (activation, None if params is None else tuple(params))
+    fn = _ACTIVATION_FNS.get(key, _ABSENT)
+    if fn is _ABSENT:
+        fn = _mlas_activation_fn(activation, params)
+        if fn is not None:
+            fn.mlas = (_name(activation), tuple(float(v) for v in (params if params is not None else [])))
+        if len(_ACTIVATION_FNS) >= 256:
+            _ACTIVATION_FNS.clear()
+        _ACTIVATION_FNS[key] = fn
     return fn
+
+
+_ACTIVATION_FNS: dict = {}
+_ABSENT = object()
 
 
 def _mlas_activation_fn(activation, params):

@@ -685,7 +685,8 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     if Cg == 1 and group == C and N * C * P > 0:
         if residual:  # the depthwise kernels below apply an activation but add no residual
             inner = conv_route(shape, dtype, w, group, strides, dilations, pads, b, dw_weights)
-            return lambda x, z: _finish(inner(x, None), None, activation, z, nd)
+            finish = _finisher(M, None, activation, nd)
+            return lambda x, z: finish(inner(x, None), z)
         run = depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activation)
         if run is not None:
             return lambda x, z: run(x)
@@ -697,20 +698,23 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     # no activation or residual needs a pass over the output anyway (which adds the bias
     # for free: mobilenet_v2's expansions with Clip 10-30% faster without the copy).
     w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
+    finish = _finisher(M, b, activation, nd)
 
     if (nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None
             and _flat_fits(shape, pads, strides, out_sp)):
         # (with w_aug, the exact column matrix below is as fast: no junk columns to crop)
-        return lambda x, z: _finish(_conv2d_flat(x, w, group, strides, dilations, pads, out_sp), b, activation, z, nd)
+        return lambda x, z: finish(_conv2d_flat(x, w, group, strides, dilations, pads, out_sp), z)
     if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual or sparse is not None):
         w_aug = None
     columns = _column_route(shape, dtype, k, strides, dilations, pads, out_sp, 0 if w_aug is None else 1)
     if w_aug is not None:
+        finish_biased = _finisher(M, None, activation, nd)
+
         def with_bias_row(x, z):
             cols = columns(x)
             cols[:, C * K] = 1
             y = pool_matmul(w_aug, cols[0])[None] if N == 1 else np.matmul(w_aug, cols)
-            return _finish(y.reshape(y_shape), None, activation, z, nd)
+            return finish_biased(y.reshape(y_shape), z)
 
         return with_bias_row
     if group == 1:
@@ -723,10 +727,10 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
         def sparse_or_dense(x, z):
             cols = columns(x)
             y = _sparse_conv(sparse, cols)
-            return _finish((product(cols) if y is None else y).reshape(y_shape), b, activation, z, nd)
+            return finish((product(cols) if y is None else y).reshape(y_shape), z)
 
         return sparse_or_dense
-    return lambda x, z: _finish(product(columns(x)).reshape(y_shape), b, activation, z, nd)
+    return lambda x, z: finish(product(columns(x)).reshape(y_shape), z)
 
 
 def _numpy_depthwise(x, w, b, strides, dilations, pads, out_sp, dw_weights, activation) -> np.ndarray:
@@ -825,6 +829,22 @@ def _finish(y: np.ndarray, b, activation, residual, nd: int) -> np.ndarray:
     if residual is not None:
         add_residual(y, residual)
     return _activate(y, activation)
+
+
+def _finisher(channels: int, b, activation, nd: int) -> Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]:
+    """``_finish`` for one route, the compiled epilogue's set-up (``prepared_channel_epilogue``) done once."""
+    idle = b is None and activation is None
+    epilogue = row_kernels.prepared_channel_epilogue(channels, b, activation)
+    if epilogue is None:
+        return lambda y, z: _finish(y, b, activation, z, nd)
+
+    def finish(y: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        y = np.ascontiguousarray(y)
+        if (idle and z is None) or epilogue(y, z):
+            return y
+        return _finish(y, b, activation, z, nd)
+
+    return finish
 
 
 def add_residual(y: np.ndarray, residual: np.ndarray) -> None:
@@ -938,7 +958,7 @@ def _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shap
                  activation, residual: bool) -> Route:
     """``float_conv`` for inputs of x's shape and dtype as a function ``(x, residual) -> y``, after its checks."""
     if packed is not None and packed.pointwise is not None and _pointwise_fits(x, w, b, packed):
-        return lambda x, z: _pointwise(x, packed, activation, z)
+        return _pointwise_route(x.shape, packed, activation, residual)
     if x.ndim < 3:
         raise NodeInputError(f"Conv input must have rank >= 3, got shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype.kind != "V":
@@ -968,28 +988,36 @@ def _pointwise_fits(x: np.ndarray, w: np.ndarray, b, packed: ConvWeights) -> boo
             and (packed.has_bias or b is None))
 
 
-def _pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.ndarray:
-    """A pointwise convolution as one product W (M x C) @ x (C x pixels) per image, then the epilogue: what
-    ``conv_core`` does for it (the same products, bit for bit), without its general set-up (~20-30 us a
-    call, most of a small layer's time)."""
-    pool = current_pool()
-    if pool.splits_gemms and x.dtype == _F32 and pool.runs_native_tasks:
-        y = _pointwise_task(x, packed, activation, residual, pool)
-        if y is not None:
-            return y
-    n, c = x.shape[:2]
+def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bool) -> Route:
+    """A pointwise convolution of inputs of ``shape`` as one product W (M x C) @ x (C x pixels) per image,
+    then the epilogue: what ``conv_core`` does for it (the same products, bit for bit), without its general
+    set-up (~20-30 us a call, most of a small layer's time)."""
+    n, c = shape[:2]
     m = packed.pointwise.shape[0]
-    if packed.w_aug is not None and m >= 2 * c and activation is None and residual is None:
-        # conv_core's choice for a widening layer with a bias and no epilogue: [W | b] @ [x ; 1]
-        w2, bias = packed.w_aug, None
-        cols = np.empty((n, c + 1, x.size // (n * c)), x.dtype)
-        cols[:, :c] = x.reshape(n, c, -1)
-        cols[:, c] = 1
-    else:
-        w2, bias = packed.pointwise, packed.b
-        cols = x.reshape(n, c, -1)
-    y = pool_matmul(w2, cols[0])[None] if n == 1 else np.matmul(w2, cols)
-    return _finish(y.reshape((n, m) + x.shape[2:]), bias, activation, residual, x.ndim - 2)
+    nd = len(shape) - 2
+    pixels = math.prod(shape[2:])
+    y_shape = (n, m) + tuple(shape[2:])
+    # conv_core's choice for a widening layer with a bias and no epilogue: [W | b] @ [x ; 1]
+    widen = packed.w_aug is not None and m >= 2 * c and activation is None and not residual
+    finish = _finisher(m, None if widen else packed.b, activation, nd)
+    w2 = packed.w_aug if widen else packed.pointwise
+
+    def pointwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        pool = current_pool()
+        if pool.splits_gemms and x.dtype == _F32 and pool.runs_native_tasks:
+            y = _pointwise_task(x, packed, activation, z, pool)
+            if y is not None:
+                return y
+        if widen:
+            cols = np.empty((n, c + 1, pixels), x.dtype)
+            cols[:, :c] = x.reshape(n, c, pixels)
+            cols[:, c] = 1
+        else:
+            cols = x.reshape(n, c, pixels)
+        y = pool_matmul(w2, cols[0])[None] if n == 1 else np.matmul(w2, cols)
+        return finish(y.reshape(y_shape), z)
+
+    return pointwise
 
 
 # Multiply-adds below which a pointwise task runs on the calling thread alone (gemm.MIN_PARALLEL_MACS).
@@ -997,7 +1025,7 @@ _POINTWISE_PARALLEL_MACS = 1 << 19
 
 
 def _pointwise_task(x: np.ndarray, packed: ConvWeights, activation, residual, pool) -> np.ndarray | None:
-    """``_pointwise`` as one native task over the pool (``pointwise_conv_task``: each block's product and
+    """The pointwise route as one native task over the pool (``pointwise_conv_task``: each block's product and
     epilogue together), for pools that split products; None where it does not apply (no compiled kernel
     or BLAS entry point, an activation or residual the epilogue does not take)."""
     code = row_kernels.activation_code(activation)
