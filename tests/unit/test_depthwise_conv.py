@@ -205,10 +205,26 @@ def test_fused_conv_matches_onnxruntime(activation, params):
 ])
 def test_vector_blocks_where_they_pay(kernel, strides, width, vector):
     """float32 square filters of 1, 3, 5 or 7 run in vector blocks, except wide stride-1 outputs (the planar
-    loops are as fast there); float64 and Tanh / Sigmoid stay on the numba kernel."""
+    loops are as fast there), whatever the epilogue's activation (Sigmoid: per block after the vector
+    kernel); float64 stays on the numba kernel."""
     assert (dw._vector_blocks(np.dtype(np.float32), kernel, 5, strides, [width, width]) is not None) == vector
     assert dw._vector_blocks(np.dtype(np.float64), kernel, 5, strides, [width, width]) is None
-    assert dw._vector_blocks(np.dtype(np.float32), kernel, 4, strides, [width, width]) is None  # Sigmoid
+    assert (dw._vector_blocks(np.dtype(np.float32), kernel, 4, strides, [width, width]) is not None) == vector
+
+
+@needs_numba
+@pytest.mark.parametrize("activation, params", [("Tanh", []), ("Sigmoid", []), ("HardSwish", []), ("QuickGelu", [1.702])])
+@pytest.mark.parametrize("channels", [5, 8, 20])
+def test_vector_blocks_apply_the_other_activations_per_block(activation, params, channels):
+    """Activations the vector kernel does not apply in its registers run over each block's output planes
+    (``jit_rows.channel_epilogue``): the same as the convolution followed by the activation."""
+    x, w, b = _case((2, channels, 9, 9), 1, (3, 3), True, np.float32)
+    assert dw._vector_blocks(np.dtype(np.float32), (3, 3), 8, [2, 2], [5, 5]) is not None
+    fn = mlas_activation_fn(activation, params)
+    fused = core.float_conv(x, w, b, channels, [2, 2], None, [1, 1, 1, 1], "NOTSET", None, activation=fn)
+    plain = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], [5, 5])
+    fn(plain)
+    np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=5e-7)  # (numpy's tanh against the kernels' fit)
 
 
 @needs_numba

@@ -15,8 +15,9 @@ The kernels are LLVM IR written with explicit ``<8 x float>`` vectors (LLVM lowe
 the CPU has: two SSE registers, one AVX register, or half an AVX-512 one; a multiply-add
 contracts to FMA where the CPU has it); taps falling outside the input are skipped (zero
 padding). Activations: none, Relu, LeakyRelu, Clip and HardSigmoid (``row_kernels``'s codes 0,
-1, 2, 5, 6), with NaN kept as the planar kernel keeps it; Tanh and Sigmoid are not taken
-(:data:`ACTIVATIONS`).
+1, 2, 5, 6) in the vector registers (:data:`IN_REGISTERS`), with NaN kept as the planar kernel keeps
+it; the other epilogue codes (Tanh, Sigmoid, HardSwish, QuickGelu) by ``jit_rows.channel_epilogue``
+over each block's eight output planes just written, while they are in cache (:data:`ACTIVATIONS`).
 
 Imported by ``depthwise_conv`` on first use (it imports numba at its top).
 """
@@ -30,8 +31,11 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from ..jit_rows import channel_epilogue
+
 LANES = 8
-ACTIVATIONS = (0, 1, 2, 5, 6)  # the activation codes the kernel applies itself
+IN_REGISTERS = (0, 1, 2, 5, 6)  # the activation codes the vector kernels apply themselves
+ACTIVATIONS = tuple(range(9))  # those and the rest of ``row_kernels``'s epilogue codes, per block after it
 _F = ir.FloatType()
 _V = ir.VectorType(_F, LANES)
 _I64 = ir.IntType(64)
@@ -263,6 +267,10 @@ def channels_last_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1,
     sources = np.empty(LANES, np.int64)
     targets = np.empty(LANES, np.int64)
     shape = np.array([H, W, OH, OW, kh, kw, s0, s1, d0, d1, pt, pl], np.int64)
+    in_registers = act <= 2 or act == 5 or act == 6
+    inner = act if in_registers else 0
+    no_bias = np.empty(0, np.float32)
+    no_residual = np.empty((0, 0), np.float32)
     p = p0
     while p < p1:
         n, m0 = p // M, p % M
@@ -284,7 +292,7 @@ def channels_last_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1,
                     weights[t * LANES + c] = 0
         _gather(sources.ctypes.data, H * W, pixels.ctypes.data)
         arguments = (pixels.ctypes.data, weights.ctypes.data, biases.ctypes.data, params.ctypes.data,
-                     results.ctypes.data, shape.ctypes.data, act)
+                     results.ctypes.data, shape.ctypes.data, inner)
         if kh == 3:
             _convolve3(*arguments)
         elif kh == 5:
@@ -294,4 +302,6 @@ def channels_last_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1,
         else:
             _convolve1(*arguments)
         _scatter(results.ctypes.data, OH * OW, targets.ctypes.data)
+        if not in_registers:
+            channel_epilogue(out, M, no_bias, no_residual, act, params[0], params[1], p, p + count)
         p += count

@@ -288,12 +288,13 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
 
         return run_1d
     fused = activation_code(activation)
-    if fused is not None and fused[0] not in MLAS_CODES:  # (HardSwish, QuickGelu: applied after the kernel)
-        fused = None
     code, params = fused if fused is not None else (0, (0.0, 0.0))
     N, C, H, W = shape
     M = w.shape[0]
     taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
+    blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, out_sp)
+    if fused is not None and code not in MLAS_CODES and blocks is None:  # (HardSwish, QuickGelu: applied after)
+        fused, code, params = None, 0, (0.0, 0.0)
     bias = np.zeros(M, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype).reshape(M)
     values = np.array(params + (0.0, 1.0), dtype=dtype)
     y_shape = (N, M, out_sp[0], out_sp[1])
@@ -301,7 +302,6 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
     channels_last = out_sp[1] <= _CHANNELS_LAST_MAX_WIDTH
     geometry = (M, out_sp[0], out_sp[1], M // C, strides[0], strides[1], dilations[0], dilations[1], pads[0],
                 pads[1], Hp, Wp, code, channels_last)
-    blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, out_sp)
     kernel = None
     if blocks is None:
         # the planar kernel compiles (or loads) only where it runs: a cold cache pays for it per kernel
