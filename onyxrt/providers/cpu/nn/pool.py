@@ -199,41 +199,50 @@ def _trim_kernel(in_sp, k, s, d, begin, out_sp) -> tuple[list[int], list[int]]:
 def _max_pool_planes(x, y, kh, kw, s0, s1, d0, d1, b0, b1, low):
     """``y[n, c, oh, ow]`` = the largest ``x[n, c, oh*s0 + i*d0 - b0, ow*s1 + j*d1 - b1]`` over the taps that fall
     inside the input (``low`` where none does), NaN where any is NaN, as ``np.maximum``: the 2-D windows of
-    ``_separable_reduce`` in one pass (its numpy calls per tap are most of a small pool's time)."""
+    ``_separable_reduce`` in one pass (its numpy calls per tap are most of a small pool's time). Per output
+    row, the kernel rows' maximum first (contiguous: vectorized) into a row padded with ``low``, then the
+    window columns' maximum along it."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    lo = np.empty(kw, np.int64)  # per kernel column: the outputs whose tap falls inside the row
-    hi = np.empty(kw, np.int64)
-    for j in range(kw):
-        offset = j * d1 - b1
-        lo[j] = min(OW, max(0, (s1 - 1 - offset) // s1))
-        hi[j] = max(lo[j], min(OW, (W - 1 - offset) // s1 + 1)) if W - 1 - offset >= 0 else lo[j]
+    # the padded row: ``b1`` elements of ``low`` before the input's columns, as many as the last window needs after
+    width = max(W + b1, (OW - 1) * s1 + (kw - 1) * d1 + 1)
+    rows = np.full(width, low)
     for p in range(N * C):
         for oh in range(OH):
-            out = (p * OH + oh) * OW
-            for ow in range(OW):
-                yf[np.uintp(out + ow)] = low
             h0 = oh * s0 - b0
+            first = True
             for i in range(kh):
                 h = h0 + i * d0
                 if h < 0 or h >= H:
                     continue
-                row = (p * H + h) * W
-                for j in range(kw):
-                    src = row + j * d1 - b1
-                    for ow in range(lo[j], hi[j]):  # outputs independent of each other: pipelined
-                        v = xf[np.uintp(src + ow * s1)]
-                        best = yf[np.uintp(out + ow)]
-                        yf[np.uintp(out + ow)] = v if (v > best) | (v != v) else best  # (NaN wins, as np.maximum)
+                src = (p * H + h) * W
+                if first:
+                    for w in range(W):
+                        rows[np.uintp(b1 + w)] = xf[np.uintp(src + w)]
+                    first = False
+                else:
+                    for w in range(W):  # (np.maximum: NaN wins; unlike a conditional, it vectorizes)
+                        rows[np.uintp(b1 + w)] = np.maximum(xf[np.uintp(src + w)], rows[np.uintp(b1 + w)])
+            out = (p * OH + oh) * OW
+            if first:  # no kernel row inside the input
+                for ow in range(OW):
+                    yf[np.uintp(out + ow)] = low
+                continue
+            for ow in range(OW):
+                at = ow * s1
+                best = rows[np.uintp(at)]
+                for j in range(1, kw):
+                    best = np.maximum(rows[np.uintp(at + j * d1)], best)
+                yf[np.uintp(out + ow)] = best
 
 
 _MAX_POOL_2D = LazyKernel(_max_pool_planes)
-# Window taps up to which the kernel runs: it reads each tap's element alone (~0.8 ns), while numpy's
-# whole-tensor calls per tap cost ~5 us each but stream (measured on 2 AVX2 cores, float32 3x3 windows:
-# 24x8x8 outputs 17 vs 55 us, 64x16x16 128 vs 146 us, 64x28x28 373 vs 338 us).
-_COMPILED_MAX_POOL_TAPS = 1 << 17
+# Window taps up to which the kernel runs: its kernel rows' maximum is vectorized, the window columns' is not,
+# while numpy's whole-tensor calls per tap cost ~5 us each but stream (measured on 2 AVX2 cores, float32 3x3
+# stride-2 windows: 24x16x16 inputs 8 vs 57 us, 64x32x32 82 vs 144, 64x56x56 177 vs 362, 64x112x112 646 vs 631).
+_COMPILED_MAX_POOL_TAPS = 1 << 20
 _COMPILED_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8))
 
 
