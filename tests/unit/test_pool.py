@@ -200,3 +200,30 @@ def test_compiled_max_pool_equals_the_numpy_path(monkeypatch, dtype, attrs):
     np.testing.assert_array_equal(ours, p.max_pool(x, **attrs)[0])
     if dtype in (np.uint8, np.int8):  # (onnxruntime's float MaxPool does not propagate NaN)
         np.testing.assert_array_equal(ours, run_ort("MaxPool", [x], **attrs)[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("attrs", [
+    dict(kernel_shape=[2, 2], strides=[2, 2]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+    dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 2, 1, 0], dilations=[2, 1]),
+    dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1),
+    dict(kernel_shape=[3, 2], auto_pad="SAME_UPPER", strides=[3, 1]),
+])
+def test_compiled_average_pool_equals_the_numpy_path(monkeypatch, dtype, attrs):
+    """The compiled 2-D AveragePool gives the numpy path's values (to rounding: it sums in another order),
+    NaN included, and onnxruntime's for float32."""
+    pytest.importorskip("numba")
+    x = rng.standard_normal((2, 3, 7, 8)).astype(dtype)
+    if dtype == np.float32:
+        x[0, 1, 2, 3] = np.nan
+    taken = []
+    compiled = p._compiled_average_pool
+    monkeypatch.setattr(p, "_compiled_average_pool", lambda *a: taken.append(1) or compiled(*a))
+    ours = p.average_pool(x, **attrs)
+    assert taken and ours.dtype == x.dtype
+    monkeypatch.setattr(p, "_compiled_average_pool", lambda *a: None)
+    np.testing.assert_allclose(ours, p.average_pool(x, **attrs), rtol=1e-6, atol=1e-7, equal_nan=True)
+    if dtype == np.float32 and "dilations" not in attrs:
+        np.testing.assert_allclose(ours, run_ort("AveragePool", [x], **attrs)[0], rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -348,17 +348,14 @@ def max_pool(
 
 def _axis_counts(in_len, b, e, k, s, d, o, include_pad):
     """Number of counted taps of each output window along one axis (arithmetic, not per tap)."""
-    counts = []
-    for start in range(0, o * s, s):  # window starts in padded coordinates
-        if include_pad:
-            # taps t with start + t*d < in_len + b + e
-            counts.append(min(k, max(0, -(-(in_len + b + e - start) // d))))
-        else:
-            # taps t with b <= start + t*d < b + in_len
-            lo = max(0, -(-(b - start) // d))
-            hi = min(k - 1, (b + in_len - 1 - start) // d)
-            counts.append(max(0, hi - lo + 1))
-    return np.array(counts, dtype=np.int64)
+    start = np.arange(o, dtype=np.int64) * s  # window starts in padded coordinates
+    if include_pad:
+        # taps t with start + t*d < in_len + b + e
+        return np.clip(-((start - (in_len + b + e)) // d), 0, k)
+    # taps t with b <= start + t*d < b + in_len
+    lo = np.maximum(0, -((start - b) // d))
+    hi = np.minimum(k - 1, (b + in_len - 1 - start) // d)
+    return np.maximum(0, hi - lo + 1)
 
 
 def _average_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, count_include_pad):
@@ -367,18 +364,74 @@ def _average_pool(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
     ct = compute_dtype(dtype)
     xc = x if dtype == ct else x.astype(ct)
     k_reach, b_reach = _trim_kernel(x.shape[2:], k, s, d, begin, out_sp)
-    y = _separable_reduce(xc, np.add, 0, k_reach, s, d, b_reach, out_sp)
     counts = None
     for i in range(nd):
         c = _axis_counts(x.shape[2 + i], begin[i], end[i], k[i], s[i], d[i], out_sp[i], count_include_pad)
         counts = c if counts is None else np.multiply.outer(counts, c)
     counts = counts.astype(ct)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if np.all(counts == counts.flat[0]):
-            y /= counts.flat[0]
-        else:
-            y /= counts
+    y = _compiled_average_pool(xc, k_reach, s, d, b_reach, out_sp, counts)
+    if y is None:
+        y = _separable_reduce(xc, np.add, 0, k_reach, s, d, b_reach, out_sp)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if np.all(counts == counts.flat[0]):
+                y /= counts.flat[0]
+            else:
+                y /= counts
     return y if dtype == ct else y.astype(dtype)
+
+
+def _average_pool_planes(x, y, kh, kw, s0, s1, d0, d1, b0, b1, scale):
+    """``y[n, c, oh, ow]`` = the sum of ``x[n, c, oh*s0 + i*d0 - b0, ow*s1 + j*d1 - b1]`` over the taps inside
+    the input, times ``scale[oh, ow]`` (1 / the window's count): as ``_max_pool_planes``, the kernel rows'
+    sum first (contiguous: vectorized) into a row padded with zeros, then the window columns' sum along it."""
+    N, C, H, W = x.shape
+    OH, OW = y.shape[2], y.shape[3]
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    sf = scale.reshape(-1)
+    width = max(W + b1, (OW - 1) * s1 + (kw - 1) * d1 + 1)
+    rows = np.zeros(width, dtype=xf.dtype)
+    for p in range(N * C):
+        for oh in range(OH):
+            h0 = oh * s0 - b0
+            for w in range(W):
+                rows[np.uintp(b1 + w)] = 0
+            for i in range(kh):
+                h = h0 + i * d0
+                if h < 0 or h >= H:
+                    continue
+                src = (p * H + h) * W
+                for w in range(W):
+                    rows[np.uintp(b1 + w)] += xf[np.uintp(src + w)]
+            out = (p * OH + oh) * OW
+            for ow in range(OW):
+                at = ow * s1
+                total = rows[np.uintp(at)]
+                for j in range(1, kw):
+                    total += rows[np.uintp(at + j * d1)]
+                yf[np.uintp(out + ow)] = total * sf[np.uintp(oh * OW + ow)]
+
+
+_AVERAGE_POOL_2D = LazyKernel(_average_pool_planes)
+_COMPILED_AVERAGE_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64))
+
+
+def _compiled_average_pool(x, k, s, d, begin, out_sp, counts) -> np.ndarray | None:
+    """2-D AveragePool by the compiled kernel (``_COMPILED_MAX_POOL_TAPS`` window taps at most, as MaxPool);
+    None where it does not apply (the numpy path runs)."""
+    if x.ndim != 4 or x.dtype not in _COMPILED_AVERAGE_POOL_DTYPES or x.shape[0] * x.shape[1] * math.prod(
+            out_sp) * k[0] * k[1] > _COMPILED_MAX_POOL_TAPS:
+        return None
+    probe = np.zeros((0, 0, 0, 0), x.dtype)
+    kernel = _AVERAGE_POOL_2D.compiled_for(x.dtype, read_only(probe), probe.copy(), 1, 1, 1, 1, 1, 1, 0, 0,
+                                           read_only(np.zeros((0, 0), x.dtype)))
+    if kernel is None:
+        return None
+    with np.errstate(divide="ignore"):
+        scale = read_only(np.ascontiguousarray(np.reciprocal(counts), dtype=x.dtype))
+    y = np.empty(x.shape[:2] + tuple(out_sp), x.dtype)
+    kernel(read_only(np.ascontiguousarray(x)), y, k[0], k[1], s[0], s[1], d[0], d[1], begin[0], begin[1], scale)
+    return y
 
 
 @op("AveragePool", versions=1)
