@@ -757,11 +757,12 @@ def _decode_step(query, key, value, past_key, past_value, seqlens_k, total_seque
     past_lengths = seqlens.astype(np.int64)  # (one new row: the past holds seqlens_k rows)
     past_len = past_key.shape[2]
     total = int(np.asarray(total_sequence_length).reshape(-1)[0])
-    if total == 1 or int(past_lengths.min()) < 0 or int(past_lengths.max()) > past_len:
+    shortest, longest = _int_range(past_lengths)
+    if total == 1 or shortest < 0 or longest > past_len:
         return None  # (a first prompt, or lengths the general path reports)
     if kv_cache.owner_of(past_key) is not None or kv_cache.owner_of(past_value) is not None:
         return None  # (cache buffers with room: the general path appends in place)
-    t_buf = max(total, past_len, int(past_lengths.max()) + 1)
+    t_buf = max(total, past_len, longest + 1)
     if attention_tiled.use_tiled(B, N, 1, t_buf, 4):
         return None  # (the tiled path's memory bound applies: see attention_tiled)
     rotary = bool(do_rotary)
@@ -777,15 +778,17 @@ def _decode_step(query, key, value, past_key, past_value, seqlens_k, total_seque
                 return None
             if not positions_per_row and ids.size not in (1, B):
                 return None
-            positions = np.ascontiguousarray(np.broadcast_to(ids.reshape(-1), (B,)), np.int64)
-        if int(positions.min()) < 0 or int(positions.max()) >= cos_cache.shape[0]:
+            ids = ids.reshape(-1)
+            positions = np.ascontiguousarray(ids if ids.size == B else np.broadcast_to(ids, (B,)), np.int64)
+        first, last = _int_range(positions)
+        if first < 0 or last >= cos_cache.shape[0]:
             return None
         cos, sin = np.ascontiguousarray(cos_cache), np.ascontiguousarray(sin_cache)
     bias = _NO_BIAS
     if attention_bias is not None:
         ab = attention_bias
         if (ab.dtype != _F32 or ab.ndim != 4 or ab.shape[0] not in (1, B) or ab.shape[1] not in (1, N)
-                or ab.shape[2] != 1 or ab.shape[3] < int(past_lengths.max()) + 1):
+                or ab.shape[2] != 1 or ab.shape[3] < longest + 1):
             return None
         bias = np.ascontiguousarray(ab[:, :, 0, :])  # (a few rows: one compiled form for every bias)
     kernel = _GQA_DECODE.compiled_for("f32", *_GQA_DECODE_PROBE)
@@ -803,6 +806,14 @@ def _decode_step(query, key, value, past_key, past_value, seqlens_k, total_seque
            bool(interleaved), bias, _F32.type(_scale(scale, H)), out, scratch)
     result = (out.reshape(B, 1, N * H), present_k, present_v)
     return result[:max(1, num_outputs)]
+
+
+def _int_range(values: np.ndarray) -> tuple[int, int]:
+    """(min, max) of a small integer array (one element, a decoding batch of one: no reductions)."""
+    if values.size == 1:
+        value = int(values.reshape(-1)[0])
+        return value, value
+    return int(values.min()), int(values.max())
 
 
 _GQA_DECODE = LazyModuleKernel("onyxrt.providers.cpu.contrib.gqa_decode", "decode_step")
