@@ -48,24 +48,31 @@ def decode_step(q, k, v, past_k, past_v, present_k, present_v, copy_past, past_l
         p = past_lengths[b]
         for j in range(Nkv):
             key_rows, value_rows = present_k[b, j], present_v[b, j]
+            # (element loops: numba's slice assignment tests the operands for overlap on every row)
             if copy_past:
+                past_key_rows, past_value_rows = past_k[b, j], past_v[b, j]
                 for t in range(p):
-                    key_rows[t, :] = past_k[b, j, t, :]
-                    value_rows[t, :] = past_v[b, j, t, :]
+                    for i in range(H):
+                        key_rows[t, i] = past_key_rows[t, i]
+                        value_rows[t, i] = past_value_rows[t, i]
                 for t in range(p + 1, T):
-                    key_rows[t, :] = zero
-                    value_rows[t, :] = zero
+                    for i in range(H):
+                        key_rows[t, i] = zero
+                        value_rows[t, i] = zero
             if rotary:
                 _rotate(k[b, j], key_rows[p], cos, sin, positions[b], interleaved)
             else:
-                key_rows[p, :] = k[b, j, :]
-            value_rows[p, :] = v[b, j, :]
+                for i in range(H):
+                    key_rows[p, i] = k[b, j, i]
+            for i in range(H):
+                value_rows[p, i] = v[b, j, i]
         for h in range(N):
             key_rows, value_rows = present_k[b, h // group], present_v[b, h // group]
             if rotary:
                 _rotate(q[b, h], query, cos, sin, positions[b], interleaved)
             else:
-                query[:] = q[b, h, :]
+                for i in range(H):
+                    query[i] = q[b, h, i]
             for i in range(H):
                 query[i] *= scale
             extra = bias[b if bias.shape[0] > 1 else 0, h if bias.shape[1] > 1 else 0] if biased else row
@@ -83,7 +90,8 @@ def decode_step(q, k, v, past_k, past_v, present_k, present_v, copy_past, past_l
                 norm += e
             inverse = np.float32(1.0) / norm
             result = out[b, h]
-            result[:] = zero
+            for i in range(result.shape[0]):
+                result[i] = zero
             for t in range(p + 1):
                 weight = row[t] * inverse
                 values = value_rows[t]
