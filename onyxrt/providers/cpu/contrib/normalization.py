@@ -146,11 +146,11 @@ def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_n
     ct = st if st == _F64 else ct
     norm_shape = x.shape[ax:]
     for p, name in ((scale, "scale"), (bias, "bias")):
-        if p is not None and np.broadcast_shapes(p.shape, norm_shape) != tuple(norm_shape):
-            raise NodeInputError(f"{op_name}: {name} of shape {p.shape} does not broadcast to {tuple(norm_shape)}")
+        if p is not None and p.shape != norm_shape and np.broadcast_shapes(p.shape, norm_shape) != norm_shape:
+            raise NodeInputError(f"{op_name}: {name} of shape {p.shape} does not broadcast to {norm_shape}")
     rows = x.astype(ct, copy=False).reshape(-1, inner) if inner else np.zeros((0, 0), ct)
-    g = None if scale is None else np.broadcast_to(scale, norm_shape).reshape(-1)
-    b = None if bias is None else np.broadcast_to(bias, norm_shape).reshape(-1)
+    g = None if scale is None else _flat_like(scale, norm_shape)
+    b = None if bias is None else _flat_like(bias, norm_shape)
     if rows.size == 0:
         y = np.zeros(x.shape, out_dtype)
         stat = np.zeros(x.shape[:ax] + (1,) * (x.ndim - ax), st)
@@ -170,6 +170,11 @@ def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_n
     inv = inv.reshape(stat_shape).astype(st, copy=False)
     mean = None if mean is None else mean.reshape(stat_shape).astype(st, copy=False)
     return y, mean, inv
+
+
+def _flat_like(p: np.ndarray, shape: tuple) -> np.ndarray:
+    """``p`` broadcast to ``shape``, flattened (no broadcast where it has that shape already)."""
+    return (p if p.shape == shape else np.broadcast_to(p, shape)).reshape(-1)
 
 
 @op("LayerNormalization", versions=1, multi_output=True)
