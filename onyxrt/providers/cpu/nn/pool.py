@@ -201,7 +201,7 @@ def _max_pool_planes(x, y, kh, kw, s0, s1, d0, d1, b0, b1, low):
     inside the input (``low`` where none does), NaN where any is NaN, as ``np.maximum``: the 2-D windows of
     ``_separable_reduce`` in one pass (its numpy calls per tap are most of a small pool's time). Per output
     row, the kernel rows' maximum first (contiguous: vectorized) into a row padded with ``low``, then the
-    window columns' maximum along it."""
+    window columns' maximum along it (vectorized too for stride 2, the common case)."""
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     xf = x.reshape(-1)
@@ -230,6 +230,13 @@ def _max_pool_planes(x, y, kh, kw, s0, s1, d0, d1, b0, b1, low):
                 for ow in range(OW):
                     yf[np.uintp(out + ow)] = low
                 continue
+            if s1 == 2 and d1 == 1:  # (constant strides: LLVM loads the pairs as vectors)
+                for ow in range(OW):
+                    yf[np.uintp(out + ow)] = rows[np.uintp(2 * ow)]
+                for j in range(1, kw):
+                    for ow in range(OW):
+                        yf[np.uintp(out + ow)] = np.maximum(rows[np.uintp(2 * ow + j)], yf[np.uintp(out + ow)])
+                continue
             for ow in range(OW):
                 at = ow * s1
                 best = rows[np.uintp(at)]
@@ -239,10 +246,10 @@ def _max_pool_planes(x, y, kh, kw, s0, s1, d0, d1, b0, b1, low):
 
 
 _MAX_POOL_2D = LazyKernel(_max_pool_planes)
-# Window taps up to which the kernel runs: its kernel rows' maximum is vectorized, the window columns' is not,
-# while numpy's whole-tensor calls per tap cost ~5 us each but stream (measured on 2 AVX2 cores, float32 3x3
-# stride-2 windows: 24x16x16 inputs 8 vs 57 us, 64x32x32 82 vs 144, 64x56x56 177 vs 362, 64x112x112 646 vs 631).
-_COMPILED_MAX_POOL_TAPS = 1 << 20
+# Window taps up to which the kernel runs: its kernel rows' maximum is vectorized, and its window columns'
+# for stride 2, while numpy's whole-tensor calls per tap cost ~5 us each but stream (measured on 2 AVX2
+# cores, float32 3x3 stride-2 windows: 24x16x16 inputs 8 vs 57 us, 64x56x56 94 vs 362, 64x112x112 262 vs 631).
+_COMPILED_MAX_POOL_TAPS = 1 << 23
 _COMPILED_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.uint8, np.int8))
 
 
@@ -413,14 +420,15 @@ def _average_pool_planes(x, y, kh, kw, s0, s1, d0, d1, b0, b1, scale):
 
 
 _AVERAGE_POOL_2D = LazyKernel(_average_pool_planes)
+_COMPILED_AVERAGE_POOL_TAPS = 1 << 20  # (its window columns are not vectorized: numpy's passes may stream faster beyond)
 _COMPILED_AVERAGE_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64))
 
 
 def _compiled_average_pool(x, k, s, d, begin, out_sp, counts) -> np.ndarray | None:
-    """2-D AveragePool by the compiled kernel (``_COMPILED_MAX_POOL_TAPS`` window taps at most, as MaxPool);
-    None where it does not apply (the numpy path runs)."""
+    """2-D AveragePool by the compiled kernel (``_COMPILED_AVERAGE_POOL_TAPS`` window taps at most); None
+    where it does not apply (the numpy path runs)."""
     if x.ndim != 4 or x.dtype not in _COMPILED_AVERAGE_POOL_DTYPES or x.shape[0] * x.shape[1] * math.prod(
-            out_sp) * k[0] * k[1] > _COMPILED_MAX_POOL_TAPS:
+            out_sp) * k[0] * k[1] > _COMPILED_AVERAGE_POOL_TAPS:
         return None
     probe = np.zeros((0, 0, 0, 0), x.dtype)
     kernel = _AVERAGE_POOL_2D.compiled_for(x.dtype, read_only(probe), probe.copy(), 1, 1, 1, 1, 1, 1, 0, 0,
