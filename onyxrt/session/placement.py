@@ -37,8 +37,8 @@ from ..graph.autodiff import expand_gradient_nodes
 from ..graph.builder import subgraphs
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_saver import save_model
-from ..optimizer import (OptimizationLevel, OptimizationReport, conv_epilogue_fusion, optimize,
-                         rotary_attention_packing, swiglu_fusion)
+from ..optimizer import (OptimizationLevel, OptimizationReport, batch_norm_depthwise, conv_epilogue_fusion,
+                         optimize, rotary_attention_packing, swiglu_fusion)
 from ..providers.base import ExecutionProvider, is_assigned
 from ..providers.cpu import CPUExecutionProvider
 from .session_options import SessionOptions
@@ -88,11 +88,12 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
 
 
 def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
-    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/conv_epilogue_fusion.py``,
-    ``optimizer/rotary_attention_packing.py`` and ``optimizer/swiglu_fusion.py``."""
+    """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/batch_norm_depthwise.py``,
+    ``optimizer/conv_epilogue_fusion.py``, ``optimizer/rotary_attention_packing.py`` and ``optimizer/swiglu_fusion.py``."""
     if level < OptimizationLevel.EXTENDED:
         return
-    for name, rewrite in ((conv_epilogue_fusion.NAME, conv_epilogue_fusion.fuse_conv_epilogues),
+    for name, rewrite in ((batch_norm_depthwise.NAME, batch_norm_depthwise.batch_norm_as_depthwise),
+                          (conv_epilogue_fusion.NAME, conv_epilogue_fusion.fuse_conv_epilogues),
                           (rotary_attention_packing.NAME, rotary_attention_packing.pack_rotary_attention),
                           (swiglu_fusion.NAME, swiglu_fusion.fuse_swiglu)):
         if name not in disabled:
