@@ -281,6 +281,20 @@ def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
         epilogue_row(y[np.uintp(i)], add, residual[np.uintp(i)] if summed else y[np.uintp(i)], summed, act, a, b)
 
 
+@numba.njit(fastmath=_CONTRACT, **_jit)
+def channel_affine(x, y, channels, scale, bias, act, a, b, r0, r1):
+    """Rows r0..r1 of ``y`` (N*M, P) = act(x * scale[channel] + bias[channel]), row r of channel r % ``channels``
+    (a 1x1 depthwise convolution, an inference BatchNormalization); ``act``: see :func:`epilogue_row`."""
+    cols = x.shape[1]
+    for i in range(r0, r1):
+        c = np.uintp(i % channels)
+        src, dst = x[np.uintp(i)], y[np.uintp(i)]
+        factor = scale[c]
+        for j in range(cols):
+            dst[np.uintp(j)] = src[np.uintp(j)] * factor
+        epilogue_row(dst, bias[c], dst, False, act, a, b)
+
+
 @numba.njit(fastmath=_CONTRACT, inline="always", **_jit)
 def epilogue_row(row, add, extra, summed, act, a, b):
     """In place: row = act(row + add + extra), ``extra`` (a row as long) only where ``summed``.

@@ -27,6 +27,7 @@ _ACTIVATIONS = [LazyModuleKernel(_MODULE, name) for name in
                 ("gelu_erf_rows", "gelu_tanh_rows", "x_sigmoid_rows", "sigmoid_rows", "hard_swish_rows")]
 _LAYER_NORM = LazyModuleKernel(_MODULE, "layer_norm_rows")
 _EPILOGUE = LazyModuleKernel(_MODULE, "channel_epilogue")
+_AFFINE = LazyModuleKernel(_MODULE, "channel_affine")
 _SOFTMAX = LazyModuleKernel(_MODULE, "softmax_rows")
 _ROTARY = LazyModuleKernel(_MODULE, "rotary_rows")
 _SWIGLU = LazyModuleKernel(_MODULE, "swiglu_rows")
@@ -45,6 +46,7 @@ _ACTIVATION_PROBE = (_EMPTY2, _EMPTY, _NO_OUTPUT, _F32.type(1), 0, 0)
 _LAYER_NORM_PROBE = (_EMPTY2, _EMPTY2, _EMPTY, _EMPTY, _EMPTY, _F32.type(1), False, _NO_OUTPUT, _NO_OUTPUT, _NO_OUTPUT1,
                      _NO_OUTPUT1, 0, 0)
 _EPILOGUE_PROBE = (_NO_OUTPUT, 1, _EMPTY, _EMPTY2, 0, _F32.type(0), _F32.type(0), 0, 0)
+_AFFINE_PROBE = (_EMPTY2, _NO_OUTPUT, 1, _EMPTY, _EMPTY, 0, _F32.type(0), _F32.type(0), 0, 0)
 _SOFTMAX_PROBE = (_NO_OUTPUT, 0, 0)
 _ROTARY_PROBE = (_EMPTY3, _NO_POSITIONS, _EMPTY2, _EMPTY2, _NO_OUTPUT3, False, 0, 0)
 _SWIGLU_PROBE = (_EMPTY2, 0, _EMPTY2, 0, _NO_OUTPUT, _F32.type(1), _F32.type(0), _F32.type(0), 0, 0)
@@ -210,6 +212,34 @@ def prepared_channel_epilogue(channels: int, bias: np.ndarray | None, activation
         return True
 
     return epilogue
+
+
+def prepared_channel_affine(channels: int, scale: np.ndarray, bias: np.ndarray, activation
+                            ) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A function of float32 ``x`` (N, ``channels``, *spatial) returning activation(x * scale[channel] +
+    bias[channel]) in one pass (a 1x1 depthwise convolution's route, kept per input shape), or None where the
+    kernel cannot apply. ``scale`` and ``bias``: float32, one per channel."""
+    if scale.dtype != _F32 or bias.dtype != _F32 or scale.size != channels or bias.size != channels:
+        return None
+    code = activation_code(activation)
+    if code is None:
+        return None
+    kernel = _AFFINE.compiled_for("f32", *_AFFINE_PROBE)
+    if kernel is None:
+        return None
+    s = read_only(np.ascontiguousarray(scale).reshape(channels))
+    b = read_only(np.ascontiguousarray(bias).reshape(channels))
+    act, (p, q) = code
+    p, q = _F32.type(p), _F32.type(q)
+
+    def affine(x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        y = np.empty(x.shape, _F32)
+        rows = x.reshape(x.shape[0] * channels, -1)
+        _over_rows(kernel, (read_only(rows), y.reshape(rows.shape), channels, s, b, act, p, q), rows.shape[0], x.size)
+        return y
+
+    return affine
 
 
 def softmax_in_place(x: np.ndarray) -> bool:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from ..jit import LazyKernel, optional_module
+from .. import row_kernels
 from ..row_kernels import MLAS_CODES, activation_code
 
 
@@ -287,10 +288,18 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
             return y.reshape(y.shape[:2] + (y.shape[3],))
 
         return run_1d
-    fused = activation_code(activation)
-    code, params = fused if fused is not None else (0, (0.0, 0.0))
     N, C, H, W = shape
     M = w.shape[0]
+    if (M == C and w.shape[2:] == (1, 1) and tuple(strides) == (1, 1) and not any(pads) and dtype == np.float32
+            and (b is None or b.dtype == dtype)):
+        # a per-channel scale and shift (an inference BatchNormalization, see optimizer/batch_norm_depthwise.py):
+        # one pass over rows, where the planar kernel's loops cost more than the arithmetic
+        affine = row_kernels.prepared_channel_affine(M, w.reshape(M), np.zeros(M, dtype) if b is None else b.reshape(M),
+                                                     activation)
+        if affine is not None:
+            return affine
+    fused = activation_code(activation)
+    code, params = fused if fused is not None else (0, (0.0, 0.0))
     taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
     blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, out_sp)
     if fused is not None and code not in MLAS_CODES and blocks is None:  # (HardSwish, QuickGelu: applied after)
