@@ -538,3 +538,29 @@ def test_prepared_convolution_keeps_a_route_per_input_shape():
     assert len(packed.routes) <= core._MAX_ROUTES
     with pytest.raises(Exception, match="inconsistent"):
         core.float_conv(np.ones((1, 4, 6, 6), np.float32), w, b, 1, None, None, [1, 1, 1, 1], "NOTSET", None, packed)
+
+
+@pytest.mark.parametrize("n, c, m, hw, k, strides, dilations, pads", [
+    (2, 32, 8, (9, 24), (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+    (1, 64, 16, (8, 40), (3, 3), (2, 2), (1, 1), [1, 0, 1, 2]),
+    (3, 40, 5, (12, 30), (5, 3), (1, 2), (2, 1), [2, 1, 2, 1]),
+])  # (images wide enough for the flattened phase images: ``_flat_fits``)
+def test_tap_products_equal_the_column_matrix(monkeypatch, n, c, m, hw, k, strides, dilations, pads):
+    """Few output channels over many input ones: one product per tap of the flattened phase images
+    (``_tap_products``) gives the column matrix's result to rounding, with bias and activation after it."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, *hw)).astype(np.float32)
+    w = rng.standard_normal((m, c, *k)).astype(np.float32)
+    b = rng.standard_normal(m).astype(np.float32)
+    activation = mlas_activation_fn("Relu", [])
+    args = (x, w, b, 1, list(strides), list(dilations), pads, "NOTSET", None, None, activation)
+    calls = []
+    real = core._tap_products
+    monkeypatch.setattr(core, "_tap_products", lambda *a: calls.append(1) or real(*a))
+    ours = core.float_conv(*args)
+    assert calls
+    monkeypatch.setattr(core, "_TAP_PRODUCTS_MAX_OUTPUTS", 0)
+    columns = core.float_conv(*args)
+    np.testing.assert_allclose(ours, columns, rtol=1e-5, atol=1e-4)
+    reference = naive_conv(x, w, b, strides=strides, dilations=dilations, pads=pads)
+    np.testing.assert_allclose(ours, np.maximum(reference, 0), rtol=1e-4, atol=1e-4)
