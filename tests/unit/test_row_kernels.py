@@ -158,8 +158,9 @@ def test_fused_conv_epilogue_matches_the_numpy_path(monkeypatch, activation, par
         expected = numpy_path(monkeypatch, fused_conv, x, w, b, z, **kwargs)
         np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-5)
     y = np.ones((1, 2, 3, 3), np.float32)
-    assert row_kernels.channel_epilogue(y, None, None, None) and (y == 1).all()
-    assert not row_kernels.channel_epilogue(y.astype(np.float64), None, None, None)
+    epilogue = row_kernels.prepared_channel_epilogue(2, None, None)
+    assert epilogue(y, None) and (y == 1).all()
+    assert not epilogue(y.astype(np.float64), None)
 
 
 def test_activation_nodes_in_a_session_write_into_the_plan_buffers(monkeypatch) -> None:

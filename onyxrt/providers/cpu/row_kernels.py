@@ -168,34 +168,17 @@ def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
     return _EPILOGUE_CODES[name], (values[0], values[1])
 
 
-def channel_epilogue(y: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None, activation) -> bool:
-    """In place: ``y`` (N, M, *spatial) float32 = activation(y + bias[channel] + residual).
-
-    ``activation``: None or an ``mlas_activation_fn`` function. Returns False, leaving y
-    untouched, when the kernel cannot do it all (the caller then uses numpy).
-    """
-    if y.ndim < 2:
-        return False
-    epilogue = prepared_channel_epilogue(y.shape[1], bias, activation)
-    return epilogue is not None and epilogue(y, residual)
-
-
 def prepared_channel_epilogue(channels: int, bias: np.ndarray | None, activation
                               ) -> Callable[[np.ndarray, np.ndarray | None], bool] | None:
-    """``channel_epilogue`` for outputs of ``channels`` channels as a function ``(y, residual) -> bool``,
-    with what does not change between calls (the bias's form, the activation's code, the kernel) settled
-    once: a convolution's route keeps it. None where the kernel cannot apply."""
-    if bias is not None and (bias.dtype != _F32 or bias.size != channels):
+    """In place, a function ``(y, residual) -> bool``: ``y`` (N, ``channels``, *spatial) float32 = activation(y +
+    bias[channel] + residual), False (y untouched) where the kernel cannot do it all (the caller then uses
+    numpy). What does not change between calls (the bias's form, the activation's code, the kernel) is settled
+    once: a convolution's route keeps it. ``activation``: None or an ``mlas_activation_fn`` function. None
+    where the kernel cannot apply at all."""
+    prepared = _channel_kernel(_EPILOGUE, _EPILOGUE_PROBE, channels, bias, activation)
+    if prepared is None:
         return None
-    code = activation_code(activation)
-    if code is None:
-        return None
-    kernel = _EPILOGUE.compiled_for("f32", *_EPILOGUE_PROBE)
-    if kernel is None:
-        return None
-    b = _EMPTY if bias is None else read_only(np.ascontiguousarray(bias).reshape(channels))
-    act, (a, c) = code
-    a, c = _F32.type(a), _F32.type(c)
+    kernel, b, act, p, q = prepared
 
     def epilogue(y: np.ndarray, residual: np.ndarray | None) -> bool:
         if (y.dtype != _F32 or not y.flags.c_contiguous or not y.flags.writeable or y.ndim < 2
@@ -208,7 +191,7 @@ def prepared_channel_epilogue(channels: int, bias: np.ndarray | None, activation
             if residual.shape != y.shape or not _usable(residual):
                 return False
             z = read_only(residual.reshape(rows.shape))
-        _over_rows(kernel, (rows, channels, b, z, act, a, c), rows.shape[0], y.size)
+        _over_rows(kernel, (rows, channels, b, z, act, p, q), rows.shape[0], y.size)
         return True
 
     return epilogue
@@ -219,18 +202,13 @@ def prepared_channel_affine(channels: int, scale: np.ndarray, bias: np.ndarray, 
     """A function of float32 ``x`` (N, ``channels``, *spatial) returning activation(x * scale[channel] +
     bias[channel]) in one pass (a 1x1 depthwise convolution's route, kept per input shape), or None where the
     kernel cannot apply. ``scale`` and ``bias``: float32, one per channel."""
-    if scale.dtype != _F32 or bias.dtype != _F32 or scale.size != channels or bias.size != channels:
+    if scale.dtype != _F32 or scale.size != channels:
         return None
-    code = activation_code(activation)
-    if code is None:
+    prepared = _channel_kernel(_AFFINE, _AFFINE_PROBE, channels, bias, activation)
+    if prepared is None:
         return None
-    kernel = _AFFINE.compiled_for("f32", *_AFFINE_PROBE)
-    if kernel is None:
-        return None
+    kernel, b, act, p, q = prepared
     s = read_only(np.ascontiguousarray(scale).reshape(channels))
-    b = read_only(np.ascontiguousarray(bias).reshape(channels))
-    act, (p, q) = code
-    p, q = _F32.type(p), _F32.type(q)
 
     def affine(x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x)
@@ -240,6 +218,23 @@ def prepared_channel_affine(channels: int, scale: np.ndarray, bias: np.ndarray, 
         return y
 
     return affine
+
+
+def _channel_kernel(lazy: LazyModuleKernel, probe: tuple, channels: int, bias: np.ndarray | None, activation):
+    """(kernel, bias as a read-only vector, activation code, its two parameters as float32) for the per-channel
+    kernels above, or None where they cannot apply (a bias not float32 or not one per channel, an activation
+    they do not take, no numba)."""
+    if bias is not None and (bias.dtype != _F32 or bias.size != channels):
+        return None
+    code = activation_code(activation)
+    if code is None:
+        return None
+    kernel = lazy.compiled_for("f32", *probe)
+    if kernel is None:
+        return None
+    b = _EMPTY if bias is None else read_only(np.ascontiguousarray(bias).reshape(channels))
+    act, (p, q) = code
+    return kernel, b, act, _F32.type(p), _F32.type(q)
 
 
 def softmax_in_place(x: np.ndarray) -> bool:

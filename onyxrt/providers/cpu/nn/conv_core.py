@@ -622,25 +622,34 @@ _TAP_PRODUCTS_MAX_OUTPUTS = 16
 _TAP_PRODUCTS_MIN_RATIO = 4
 
 
-def _tap_products(buf: np.ndarray, w: np.ndarray, taps, N: int, Wq: int, L: int) -> np.ndarray:
-    """(N, M, L) = sum over the taps of W[:, :, i, j] @ the tap's window of the flattened phase images ``buf``
-    (``phase_images_2d``): each window a strided view BLAS reads in place, no column matrix."""
+def _tap_weights(w: np.ndarray, group: int) -> np.ndarray | None:
+    """(K, M, C) contiguous: W's matrix for each tap, where the convolution sums one product per tap (see
+    ``_TAP_PRODUCTS_MAX_OUTPUTS``), else None."""
     M, C = w.shape[:2]
+    if group != 1 or M > _TAP_PRODUCTS_MAX_OUTPUTS or M * _TAP_PRODUCTS_MIN_RATIO > C:
+        return None
+    return np.ascontiguousarray(w.reshape(M, C, -1).transpose(2, 0, 1))
+
+
+def _tap_products(buf: np.ndarray, tap_weights: np.ndarray, taps, N: int, Wq: int, L: int) -> np.ndarray:
+    """(N, M, L) = sum over the taps of the tap's weights @ its window of the flattened phase images ``buf``
+    (``phase_images_2d``): each window a strided view BLAS reads in place, no column matrix."""
+    M, C = tap_weights.shape[1:]
     y = np.empty((N, M, L), dtype=buf.dtype)
     part = np.empty_like(y)
     for t, (a, b, qi, qj) in enumerate(taps):
         off = qi * Wq + qj
         window = buf[a, b].reshape(N, C, -1)[:, :, off: off + L]
-        tap_weight = np.ascontiguousarray(w[:, :, t // w.shape[3], t % w.shape[3]])
         if t == 0:
-            np.matmul(tap_weight, window, out=y)
+            np.matmul(tap_weights[t], window, out=y)
         else:
-            y += np.matmul(tap_weight, window, out=part)
+            y += np.matmul(tap_weights[t], window, out=part)
     return y
 
 
-def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
-    """2-D conv whose im2col rows are contiguous windows of flattened phase images (``_flat_fits``).
+def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp, tap_weights=None):
+    """2-D conv whose im2col rows are contiguous windows of flattened phase images (``_flat_fits``), or, with
+    ``tap_weights`` (``_tap_weights``), one product per tap of those images.
 
     The GEMM then also computes a few junk columns per output row (dropped at the end).
     """
@@ -652,8 +661,8 @@ def _conv2d_flat(x, w, group, strides, dilations, pads, out_sp):
     taps = _flat_taps(k, strides, dilations)
     buf, Wq = phase_images_2d(x, pads, strides, max(t[3] for t in taps))
     L = OH * Wq
-    if group == 1 and M <= _TAP_PRODUCTS_MAX_OUTPUTS and M * _TAP_PRODUCTS_MIN_RATIO <= C:
-        return _tap_products(buf, w, taps, N, Wq, L).reshape(N, M, OH, Wq)[:, :, :, :OW]
+    if tap_weights is not None:
+        return _tap_products(buf, tap_weights, taps, N, Wq, L).reshape(N, M, OH, Wq)[:, :, :, :OW]
     cols = np.empty((N * C, K, L), dtype=x.dtype)
     for t, (a, b, qi, qj) in enumerate(taps):
         off = qi * Wq + qj
@@ -732,7 +741,8 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     if (nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None
             and _flat_fits(shape, pads, strides, out_sp)):
         # (with w_aug, the exact column matrix below is as fast: no junk columns to crop)
-        return lambda x, z: finish(_conv2d_flat(x, w, group, strides, dilations, pads, out_sp), z)
+        tap_weights = _tap_weights(w, group)
+        return lambda x, z: finish(_conv2d_flat(x, w, group, strides, dilations, pads, out_sp, tap_weights), z)
     if K == 1 and (w_aug is None or M < 2 * C or activation is not None or residual or sparse is not None):
         w_aug = None
     columns = _column_route(shape, dtype, k, strides, dilations, pads, out_sp, 0 if w_aug is None else 1)
@@ -846,32 +856,21 @@ def _sparse_conv(sparse: SparseWeight, cols: np.ndarray) -> np.ndarray | None:
     return np.stack([first] + [sparse.transposed_product(image) for image in cols[1:]])
 
 
-def _finish(y: np.ndarray, b, activation, residual, nd: int) -> np.ndarray:
-    """activation(y + b + residual) with ``b`` per channel (each part optional), contiguous: in one
-    pass over y by the compiled epilogue where it can, else by numpy."""
-    y = np.ascontiguousarray(y)  # a GEMM's fresh result, or a cropped view of one
-    if b is None and residual is None and activation is None:  # (the GEMM added the bias, or there is none)
-        return y
-    if row_kernels.channel_epilogue(y, b, residual, activation):
-        return y
-    y = add_bias(y, b, nd)
-    if residual is not None:
-        add_residual(y, residual)
-    return _activate(y, activation)
-
-
 def _finisher(channels: int, b, activation, nd: int) -> Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]:
-    """``_finish`` for one route, the compiled epilogue's set-up (``prepared_channel_epilogue``) done once."""
+    """A route's epilogue as a function ``(y, residual) -> y``: activation(y + b + residual) with ``b`` per
+    channel (each part optional), contiguous; in one pass over y by the compiled epilogue, set up once
+    (``prepared_channel_epilogue``), where it can, else by numpy."""
     idle = b is None and activation is None
     epilogue = row_kernels.prepared_channel_epilogue(channels, b, activation)
-    if epilogue is None:
-        return lambda y, z: _finish(y, b, activation, z, nd)
 
     def finish(y: np.ndarray, z: np.ndarray | None) -> np.ndarray:
-        y = np.ascontiguousarray(y)
-        if (idle and z is None) or epilogue(y, z):
+        y = np.ascontiguousarray(y)  # a GEMM's fresh result, or a cropped view of one
+        if (idle and z is None) or (epilogue is not None and epilogue(y, z)):  # (idle: the GEMM added the bias)
             return y
-        return _finish(y, b, activation, z, nd)
+        y = add_bias(y, b, nd)
+        if z is not None:
+            add_residual(y, z)
+        return _activate(y, activation)
 
     return finish
 

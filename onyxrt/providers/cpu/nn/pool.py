@@ -255,16 +255,24 @@ _COMPILED_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, 
 
 def _compiled_max_pool(x, k, s, d, begin, out_sp) -> np.ndarray | None:
     """2-D MaxPool (no indices) by the compiled kernel; None where it does not apply (the numpy path runs)."""
-    if x.ndim != 4 or x.dtype not in _COMPILED_POOL_DTYPES or x.shape[0] * x.shape[1] * math.prod(out_sp) * k[0] * k[1] > (
-            _COMPILED_MAX_POOL_TAPS):
+    low = x.dtype.type(_lowest(x.dtype)) if x.dtype in _COMPILED_POOL_DTYPES else None
+    return _compiled_pool(_MAX_POOL_2D, _COMPILED_POOL_DTYPES, _COMPILED_MAX_POOL_TAPS, x, k, s, d, begin, out_sp,
+                          low, low)
+
+
+def _compiled_pool(lazy: LazyKernel, dtypes, max_taps: int, x, k, s, d, begin, out_sp, last, probe_last
+                   ) -> np.ndarray | None:
+    """A 2-D pool kernel (``_max_pool_planes``, ``_average_pool_planes``) over ``x``, ``last`` its final argument
+    (``probe_last`` that argument's form for compiling); None where it does not apply: not 4-D, a dtype not in
+    ``dtypes``, more than ``max_taps`` window taps, no numba."""
+    if x.ndim != 4 or x.dtype not in dtypes or x.shape[0] * x.shape[1] * math.prod(out_sp) * k[0] * k[1] > max_taps:
         return None
-    low = x.dtype.type(_lowest(x.dtype))
     probe = np.zeros((0, 0, 0, 0), x.dtype)
-    kernel = _MAX_POOL_2D.compiled_for(x.dtype, read_only(probe), probe.copy(), 1, 1, 1, 1, 1, 1, 0, 0, low)
+    kernel = lazy.compiled_for(x.dtype, read_only(probe), probe.copy(), 1, 1, 1, 1, 1, 1, 0, 0, probe_last)
     if kernel is None:
         return None
     y = np.empty(x.shape[:2] + tuple(out_sp), x.dtype)
-    kernel(read_only(np.ascontiguousarray(x)), y, k[0], k[1], s[0], s[1], d[0], d[1], begin[0], begin[1], low)
+    kernel(read_only(np.ascontiguousarray(x)), y, k[0], k[1], s[0], s[1], d[0], d[1], begin[0], begin[1], last)
     return y
 
 
@@ -427,19 +435,12 @@ _COMPILED_AVERAGE_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.f
 def _compiled_average_pool(x, k, s, d, begin, out_sp, counts) -> np.ndarray | None:
     """2-D AveragePool by the compiled kernel (``_COMPILED_AVERAGE_POOL_TAPS`` window taps at most); None
     where it does not apply (the numpy path runs)."""
-    if x.ndim != 4 or x.dtype not in _COMPILED_AVERAGE_POOL_DTYPES or x.shape[0] * x.shape[1] * math.prod(
-            out_sp) * k[0] * k[1] > _COMPILED_AVERAGE_POOL_TAPS:
-        return None
-    probe = np.zeros((0, 0, 0, 0), x.dtype)
-    kernel = _AVERAGE_POOL_2D.compiled_for(x.dtype, read_only(probe), probe.copy(), 1, 1, 1, 1, 1, 1, 0, 0,
-                                           read_only(np.zeros((0, 0), x.dtype)))
-    if kernel is None:
+    if x.dtype not in _COMPILED_AVERAGE_POOL_DTYPES:
         return None
     with np.errstate(divide="ignore"):
         scale = read_only(np.ascontiguousarray(np.reciprocal(counts), dtype=x.dtype))
-    y = np.empty(x.shape[:2] + tuple(out_sp), x.dtype)
-    kernel(read_only(np.ascontiguousarray(x)), y, k[0], k[1], s[0], s[1], d[0], d[1], begin[0], begin[1], scale)
-    return y
+    return _compiled_pool(_AVERAGE_POOL_2D, _COMPILED_AVERAGE_POOL_DTYPES, _COMPILED_AVERAGE_POOL_TAPS, x, k, s, d,
+                          begin, out_sp, scale, read_only(np.zeros((0, 0), x.dtype)))
 
 
 @op("AveragePool", versions=1)
