@@ -346,7 +346,6 @@ def swiglu_rows(gate, gate_at, up, up_at, out, alpha, beta, limit, r0, r1):
     (com.microsoft SwiGLU; ``gate`` and ``up`` may be one packed array read at two offsets)."""
     cols = out.shape[1]
     clamped = limit > _f(0.0)
-    low = -limit
     for i in range(r0, r1):
         g, u, o = gate[np.uintp(i)], up[np.uintp(i)], out[np.uintp(i)]
         for j in range(cols):
@@ -354,7 +353,7 @@ def swiglu_rows(gate, gate_at, up, up_at, out, alpha, beta, limit, r0, r1):
             b = u[np.uintp(up_at + j)]
             if clamped:
                 a = limit if a > limit else a
-                b = low if b < low else (limit if b > limit else b)
+                b = _clamp(b, limit)
             o[np.uintp(j)] = _x_sigmoid(a, alpha) * (b + beta)
 
 
