@@ -251,6 +251,12 @@ class ThreadPool:
         self.map(lambda i: fn(bounds[i], bounds[i + 1]), range(chunks))
 
     @property
+    def workers_spin(self) -> bool:
+        """Whether the workers spin between this pool's native tasks (a hand-off then costs microseconds,
+        not a thread wake-up)."""
+        return self._spin_limit > 0
+
+    @property
     def _spin_limit(self) -> int:
         """How long the workers spin after this pool's tasks: only where spinning is allowed and the
         pool owns the cores (it splits products: no BLAS thread spins beside its workers)."""

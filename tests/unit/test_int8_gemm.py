@@ -285,14 +285,16 @@ def test_products_split_over_the_session_pool_are_exact(m):
     assert session._thread_pool.splits_gemms or int8_gemm.selected_route() not in ("vnni", "avx2")
 
 
+@pytest.mark.parametrize("per_row_zero", [True, False])
 @pytest.mark.parametrize("m", [256, 3], ids=["rows_split", "panels_split"])
-def test_scaled_products_split_over_a_pool_are_exact(m):
+def test_scaled_products_split_over_a_pool_are_exact(m, per_row_zero):
     """The dequantizing epilogue's products split over a pool (as native tasks where it runs them)."""
     from onyxrt.framework.thread_pool import ThreadPool
 
     k, n = 1024, 12288 if m < 8 else 256
-    a, b = _random(np.int8, (m, k)), _random(np.int8, (k, n))
-    zero = _random(np.int8, (m,))
+    a_type = np.int8 if per_row_zero else np.uint8  # (a uint8 A with one zero point: the VNNI route's direct call)
+    a, b = _random(a_type, (m, k)), _random(np.int8, (k, n))
+    zero = _random(a_type, (m,)) if per_row_zero else np.uint8(131)
     scale = RNG.uniform(1e-5, 1e-3, n).astype(np.float32)
     expected = _reference(a, b, zero).astype(np.float32) * scale
     pool = ThreadPool(2).splitting_gemms()

@@ -36,4 +36,6 @@ def _array_at(element: types.Type, llvm_element: ir.Type, itemsize: int):
 int64_array = _array_at(types.int64, _I64, 8)
 int32_array = _array_at(types.int32, ir.IntType(32), 4)
 int16_array = _array_at(types.int16, ir.IntType(16), 2)
+int8_array = _array_at(types.int8, ir.IntType(8), 1)
+uint8_array = _array_at(types.uint8, ir.IntType(8), 1)
 float32_array = _array_at(types.float32, ir.FloatType(), 4)

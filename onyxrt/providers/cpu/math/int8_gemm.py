@@ -64,6 +64,10 @@ _MIN_PARALLEL_MACS = 1 << 25
 # tasks, medians of 300 calls, one thread -> two: 128x384x384 (19M) 270 -> 185-220 us, 64x384x384
 # (9.4M) 141 -> 107-111 us, 128x384x128 (6.3M) 100 -> 87-130 us, 32x384x384 (4.7M) 80 -> 79-86 us
 _MIN_PARALLEL_MACS_AVX2 = 1 << 23
+# The VNNI route as a native task on the pool's spinning workers (a hand-off ~3.5 us): measured on a 2-core
+# AMD EPYC (Zen 5), one thread -> two, 128x384x1536 (75M) 150 -> 86 us, 128x384x384 (19M) 38 -> 24,
+# 32x384x384 (4.7M) 11.2 -> 8.8, 16x384x384 (2.4M) 6.3 -> 6.0
+_MIN_PARALLEL_MACS_VNNI = 1 << 22
 
 _U8 = np.dtype(np.uint8)
 _S8 = np.dtype(np.int8)
@@ -630,7 +634,7 @@ def _scaled_vnni(a: np.ndarray, packed: PackedInt8B, a_zero_point, column_scale,
     b_zero = packed.zero if packed.zero is not None else packed.zeros
     out = np.empty(a.shape[:-1] + (n,), np.float32)
     _run_panels(module.gemm_u8s8_scaled, flat, packed, out.reshape(m, n),
-                (a_zero, rows, col_term, b_zero, col_scale, padded_bias))
+                (a_zero, rows, col_term, b_zero, col_scale, padded_bias), native=module, min_macs=_MIN_PARALLEL_MACS_VNNI)
     return out
 
 
@@ -678,20 +682,24 @@ def _gemm_vnni(a_u8: np.ndarray, a_zero: np.ndarray | None, packed: PackedInt8B,
     col_term = packed.col_term if a_zero is not None else packed.zeros
     b_zero = packed.zero if packed.zero is not None else packed.zeros
     kernel = module.gemm_u8s8 if epilogue is None else module.gemm_u8s8_scaled
-    _run_panels(kernel, a_u8, packed, out, (a_zero_vec, rows, col_term, b_zero) + (epilogue or ()))
+    _run_panels(kernel, a_u8, packed, out, (a_zero_vec, rows, col_term, b_zero) + (epilogue or ()), native=module,
+                min_macs=_MIN_PARALLEL_MACS_VNNI)
     return out
 
 
 def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tail: tuple, native=None,
                 min_macs: int = _MIN_PARALLEL_MACS) -> None:
     """A panel kernel (VNNI or AVX2) over all of C, split over the session's pool when the product has
-    ``min_macs`` multiply-adds or more; as a native task where ``native`` (the kernel's module) has
-    one (``gemm_part``, ``task_args``) and the pool runs native tasks, else as Python tasks."""
+    ``min_macs`` multiply-adds or more (:data:`_MIN_PARALLEL_MACS` where the pool's workers do not spin);
+    as a native task where ``native`` (the kernel's module) has one (``gemm_part``, ``task_args``) and the
+    pool runs native tasks, else as Python tasks."""
     m, k = a.shape
     panels = packed.panels.shape[0]
     args = (packed.panels, out)
     pool = current_pool()
     macs = m * k * packed.n
+    if not pool.workers_spin:  # each split wakes a blocked worker
+        min_macs = max(min_macs, _MIN_PARALLEL_MACS)
     if pool.num_threads < 2 or macs < min_macs:
         kernel(a, *args, 0, m, 0, panels, *tail)
     elif native is not None and pool.runs_native_tasks:

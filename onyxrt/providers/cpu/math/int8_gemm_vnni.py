@@ -24,6 +24,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
+from ..native_tasks import float32_array, int8_array, int32_array, int64_array, uint8_array
+
 PANEL = 32  # columns per panel: two 16-lane int32 accumulators
 MAX_ROWS = 8  # rows per tile: 16 accumulators, 2 B vectors and a broadcast fit AVX-512's 32 registers
 
@@ -250,6 +252,53 @@ def gemm_u8s8(a, panels, c, m0, m1, p0, p1, a_zero, a_rowsum, col_term, b_zero):
                     for j in range(width):
                         c[m + r, col0 + j] = scratch[r, j]
             m += rows
+
+
+_TASK_ARGS = 16
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def gemm_part(args, part, parts):
+    """Native task (``framework.native_spin``): part ``part`` of ``parts`` of ``gemm_u8s8`` or
+    ``gemm_u8s8_scaled`` as :func:`task_args` describes it, split by rows or by panels."""
+    d = int64_array(args, _TASK_ARGS)
+    m, lda, panel_count, k4, n = d[1], d[2], d[4], d[5], d[7]
+    a = uint8_array(d[0], m * lda).reshape((m, lda))
+    panels = int8_array(d[3], panel_count * k4 * 4 * PANEL).reshape((panel_count, k4, 4 * PANEL))
+    width = panel_count * PANEL
+    if d[8] == 0:
+        m0, m1, p0, p1 = m * part // parts, m * (part + 1) // parts, 0, panel_count
+    else:
+        m0, m1, p0, p1 = 0, m, panel_count * part // parts, panel_count * (part + 1) // parts
+    a_zero, a_rowsum = int32_array(d[10], m), int32_array(d[11], m)
+    col_term, b_zero = int32_array(d[12], width), int32_array(d[13], width)
+    if d[9] == 0:
+        gemm_u8s8(a, panels, int32_array(d[6], m * n).reshape((m, n)), m0, m1, p0, p1, a_zero, a_rowsum,
+                  col_term, b_zero)
+    else:
+        gemm_u8s8_scaled(a, panels, float32_array(d[6], m * n).reshape((m, n)), m0, m1, p0, p1, a_zero, a_rowsum,
+                         col_term, b_zero, float32_array(d[14], width), float32_array(d[15], width))
+
+
+def task_args(a: np.ndarray, panels: np.ndarray, c: np.ndarray, by_panels: bool, tail: tuple) -> np.ndarray:
+    """:func:`gemm_part`'s arguments for C-contiguous operands as ``gemm_u8s8`` / ``gemm_u8s8_scaled`` take them
+    (``tail``: their arguments after ``p1``: a_zero, a_rowsum, col_term, b_zero[, col_scale, bias]; each int32
+    or float32, C-contiguous)."""
+    scaled = len(tail) == 6
+    scale, bias = tail[4:] if scaled else (tail[0], tail[0])  # (unread without the epilogue)
+    return _task_args(a, panels, c, by_panels, scaled, *tail[:4], scale, bias)
+
+
+@numba.njit(**_jit)
+def _task_args(a, panels, c, by_panels, scaled, a_zero, a_rowsum, col_term, b_zero, scale, bias):
+    # compiled: reading 10 addresses through numpy's ``ndarray.ctypes`` costs ~8 us a product
+    args = np.empty(_TASK_ARGS, np.int64)
+    args[0], args[1], args[2] = a.ctypes.data, a.shape[0], a.shape[1]
+    args[3], args[4], args[5] = panels.ctypes.data, panels.shape[0], panels.shape[1]
+    args[6], args[7], args[8], args[9] = c.ctypes.data, c.shape[1], by_panels, scaled
+    args[10], args[11], args[12], args[13] = a_zero.ctypes.data, a_rowsum.ctypes.data, col_term.ctypes.data, b_zero.ctypes.data
+    args[14], args[15] = scale.ctypes.data, bias.ctypes.data
+    return args
 
 
 def pack_panels(b: np.ndarray) -> np.ndarray:
