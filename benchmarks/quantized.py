@@ -90,6 +90,13 @@ def _ratio_table(median: dict[tuple[str, str], float], models, label: str) -> li
         rows.append(f"| int8 {name} | {ours:.2f} | {theirs:.2f} | {ours / theirs:.2f} | {ours / ours_fp32:.2f} |")
     return rows
 
+def _int8_instructions() -> str:
+    from onyxrt.framework.cpu_features import has_flags
+
+    names = [name for name in ("avx512_vnni", "avx_vnni", "amx_int8") if has_flags(name)]
+    return ", ".join(names) if names else "no VNNI"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -105,23 +112,29 @@ def main() -> int:
 
     from onnxruntime.quantization import quantize_dynamic
 
+    import onyxrt.quantization
+
     source = _minilm()
     tmp = Path(tempfile.mkdtemp(prefix="onyxrt-quantized-"))
-    models = {"default": tmp / "minilm_int8.onnx", "per_channel": tmp / "minilm_int8_pc.onnx"}
+    models = {"default": tmp / "minilm_int8.onnx", "per_channel": tmp / "minilm_int8_pc.onnx",
+              "onyxrt defaults": tmp / "minilm_int8_onyxrt.onnx"}
     quantize_dynamic(source, str(models["default"]))
     quantize_dynamic(source, str(models["per_channel"]), per_channel=True)
+    onyxrt.quantization.quantize_dynamic(source, str(models["onyxrt defaults"]))
 
     cases = [("onyxrt", "fp32", source)] + [
         (runtime, name, str(path)) for name, path in models.items() for runtime in ("onyxrt", "onnxruntime")]
     cases.append(("onnxruntime", "fp32", source))
     lines = [
-        "# onnxruntime-quantized minilm_l6: onyxrt vs onnxruntime (CPU, batch 1, seq 128)",
+        "# Quantized minilm_l6 (onnxruntime's and onyxrt's quantize_dynamic): onyxrt vs onnxruntime (CPU, batch 1, seq 128)",
         "",
         f"Command: `python benchmarks/quantized.py {' '.join(sys.argv[1:])}`".rstrip(),
         "",
         f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; medians.",
-        "Models: onnxruntime's `quantize_dynamic` (default options; `per_channel=True`) of minilm_l6.",
-        "Targets: onyxrt / onnxruntime <= 1.25 on the same file; onyxrt int8 / onyxrt fp32 <= 0.5.",
+        "Models: onnxruntime's `quantize_dynamic` (default options; `per_channel=True`) of minilm_l6, and",
+        "`onyxrt.quantization.quantize_dynamic` with no options (`onyxrt defaults`).",
+        "Targets: onyxrt / onnxruntime <= 1.25 on onnxruntime's files; onyxrt int8 / onyxrt fp32 <= 0.5 on",
+        f"onyxrt's own file, on a CPU with VNNI (this one: {_int8_instructions()}).",
     ]
     for threads in args.threads:
         samples: dict[tuple[str, str], list[float]] = {(r, n): [] for r, n, _ in cases}

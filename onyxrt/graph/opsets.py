@@ -9,6 +9,10 @@ import onnx_ir as ir
 from onnx import defs
 
 
+# onyxrt's private ops: what its post-partitioning rewrites give its CPU kernels (never in a saved model).
+ONYXRT_DOMAIN = "ai.onyxrt"
+
+
 def normalize_domain(domain: str | None) -> str:
     """ONNX's default domain is spelled both '' and 'ai.onnx'; onyxrt uses ''."""
     return "" if domain in (None, "", "ai.onnx") else domain

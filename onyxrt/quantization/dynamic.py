@@ -49,13 +49,17 @@ def quantize_dynamic(
 
     - ``per_channel=True`` (onnxruntime: False): one scale per output channel of each weight, and per
       row of a Gather table (0.914 -> 0.984);
-    - ``extra_options["FloatActivationsAfterGelu"] = True``: a MatMul/Gemm whose input is a GELU's
-      output (the second MatMul of a transformer's feed-forward block) keeps an int8 weight but a
-      float activation (``DequantizeLinear`` of the weight, then a float MatMul): one uint8 range over
-      GELU's long tail is where dynamic quantization loses most (with per-row tables: 0.993, file 26%).
-      Those MatMuls (a third of a BERT layer's MatMul work) then run in float: the price in speed.
+    - ``extra_options["GeluOutputActivations"] = "per_row"``: a MatMul/Gemm whose input is a GELU's output
+      (the second MatMul of a transformer's feed-forward block) quantizes that activation per row (one
+      symmetric int8 scale per token, in standard ops: ``_row_quantized_matmul``) instead of with one uint8
+      range over GELU's long tail, where per-tensor dynamic quantization loses most (0.986 -> 0.992 with
+      per-row tables; file 26%). onyxrt runs those ops as one int8 kernel (``row_quantize_matmul_fusion``);
+      onnxruntime runs them op by op. ``"float"`` keeps that activation in float (an int8 weight,
+      ``DequantizeLinear`` of it, a float MatMul: 0.993, and those MatMuls run in float), ``"per_tensor"``
+      quantizes it as every other activation (onnxruntime's graph). ``FloatActivationsAfterGelu`` (an earlier
+      name) True / False means ``"float"`` / ``"per_tensor"``.
 
-    ``per_channel=False, extra_options={"FloatActivationsAfterGelu": False}`` gives onnxruntime's graph.
+    ``per_channel=False, extra_options={"GeluOutputActivations": "per_tensor"}`` gives onnxruntime's graph.
     Other ``extra_options`` read: ``WeightSymmetric`` (default True for int8 weights),
     ``MatMulConstBOnly`` (only True is supported: a MatMul needs a constant weight).
     Returns a ``QuantizationReport`` (onnxruntime returns None).
@@ -69,7 +73,7 @@ def quantize_dynamic(
                               model.graph, "dynamic", MICROSOFT_OP_TYPES)
     quantizer = _DynamicQuantizer(editor, per_channel, reduce_range, weight_type,
                                   options.get("WeightSymmetric", weight_type == QuantType.QInt8),
-                                  options.get("FloatActivationsAfterGelu", True))
+                                  _gelu_activations(options))
     nodes: list[onnx.NodeProto] = []
     for node in model.graph.node:
         replacement = quantizer.rewrite(node) if selection.selected(node) else None
@@ -85,6 +89,21 @@ def quantize_dynamic(
         editor.ensure_opset("com.microsoft", 1)
     save_model(quantized, model_output, use_external_data_format)
     return quantizer.report
+
+
+GELU_ACTIVATION_MODES = ("per_row", "float", "per_tensor")
+# The smallest row scale (an all-zero row would otherwise divide by zero): far below any float32 activation's.
+ROW_SCALE_FLOOR = 1e-30
+
+
+def _gelu_activations(options: dict[str, Any]) -> str:
+    mode = options.get("GeluOutputActivations")
+    if mode is None:
+        legacy = options.get("FloatActivationsAfterGelu")
+        return "per_row" if legacy is None else ("float" if legacy else "per_tensor")
+    if mode not in GELU_ACTIVATION_MODES:
+        raise ValueError(f"extra_options GeluOutputActivations must be one of {GELU_ACTIVATION_MODES}, got {mode!r}")
+    return mode
 
 
 def is_gelu_output(editor: ModelEditor, name: str) -> bool:
@@ -114,19 +133,20 @@ def is_gelu_output(editor: ModelEditor, name: str) -> bool:
 
 class _DynamicQuantizer:
     def __init__(self, editor: ModelEditor, per_channel: bool, reduce_range: bool, weight_type: QuantType,
-                 weight_symmetric: bool, float_after_gelu: bool) -> None:
+                 weight_symmetric: bool, gelu_activations: str) -> None:
         self.editor = editor
         self.per_channel = per_channel
         self.reduce_range = reduce_range
         self.weight_type = weight_type
         self.weight_symmetric = weight_symmetric
-        self.float_after_gelu = float_after_gelu
+        self.gelu_activations = gelu_activations
         self.report = QuantizationReport("dynamic")
         self.needs_opset13 = False
         self.uses_ms_domain = False
         self._weights: dict[tuple, tuple[str, str, str, QuantParams]] = {}
         self._activations: dict[str, tuple[str, str, str]] = {}
         self.optional_nodes: list[onnx.NodeProto] = []  # dropped when nothing reads their output
+        self._row_constants: dict[str, str] = {}
 
     def rewrite(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         handler = getattr(self, f"_rewrite_{node.op_type.lower()}")
@@ -170,7 +190,10 @@ class _DynamicQuantizer:
         editor, nodes = self.editor, []
         axis = 1 if self.per_channel else None
         quantized, scale, zero_point, _ = self._weight(weight_name, weight, axis)
-        if self.float_after_gelu and is_gelu_output(editor, activation):
+        after_gelu = self.gelu_activations != "per_tensor" and is_gelu_output(editor, activation)
+        if after_gelu and self.gelu_activations == "per_row":
+            return self._row_quantized_matmul(node, activation, weight_name, weight, output)
+        if after_gelu:  # "float"
             dequantized = editor.unique_name(f"{weight_name}_DequantizeLinear_Output")
             inputs = [quantized, scale, zero_point]
             nodes.append(helper.make_node("DequantizeLinear", inputs, [dequantized], name=editor.unique_name(f"{weight_name}_DequantizeLinear"),
@@ -191,6 +214,49 @@ class _DynamicQuantizer:
         nodes.append(helper.make_node("Mul", [cast_out, scales], [output], name=editor.unique_name(f"{node.name}_quant_output_scale_mul")))
         self.report.add(node.name, f"{node.op_type} -> MatMulInteger")
         return nodes
+
+    def _row_quantized_matmul(self, node: onnx.NodeProto, activation: str, weight_name: str, weight: np.ndarray,
+                              output: str) -> list[onnx.NodeProto]:
+        """``activation @ weight`` with the activation quantized per row (each row of its last axis: one token)
+        to symmetric int8, in standard ops (:data:`ROW_QUANTIZE_OPS`; onyxrt's ``row_quantize_matmul_fusion``
+        runs them as one int8 kernel): ``s = max(max|x|, tiny) / 127`` per row, ``q = int8(clip(round(x / s),
+        -127, 127))``, ``y = float(q @ w_int8) * w_scale * s``. The weight is quantized symmetric int8 (per
+        output column with ``per_channel``), whatever ``weight_type`` says: a zero point would need the row
+        sums of q."""
+        editor, nodes = self.editor, []
+        axis = 1 if self.per_channel else None
+        quantized, scale, _, _ = self._weight(weight_name, weight, axis, weight_type=QuantType.QInt8, symmetric=True)
+        constants = self._row_quantize_constants()
+
+        def add(op_type: str, inputs: list[str], out: str | None = None, **attributes) -> str:
+            out = out or editor.unique_name(f"{node.name}_{op_type}_output")
+            nodes.append(helper.make_node(op_type, inputs, [out], name=editor.unique_name(f"{node.name}_{op_type}"),
+                                          **attributes))
+            return out
+
+        magnitude = add("Abs", [activation])
+        if editor.opset() >= 18:  # ReduceMax takes its axes as an input from opset 18
+            row_max = add("ReduceMax", [magnitude, constants["axes"]], keepdims=1)
+        else:
+            row_max = add("ReduceMax", [magnitude], axes=[-1], keepdims=1)
+        row_scale = add("Div", [add("Max", [row_max, constants["tiny"]]), constants["limit"]])
+        rounded = add("Round", [add("Div", [activation, row_scale])])
+        q = add("Cast", [add("Clip", [rounded, constants["-limit"], constants["limit"]])], to=TensorProto.INT8)
+        product = add("Cast", [add("MatMulInteger", [q, quantized])], to=TensorProto.FLOAT)
+        add("Mul", [add("Mul", [product, scale]), row_scale], output)
+        self.report.add(node.name, f"{node.op_type} -> MatMulInteger (activation per row, after GELU)")
+        return nodes
+
+    def _row_quantize_constants(self) -> dict[str, str]:
+        if not self._row_constants:
+            add = self.editor.add_initializer
+            self._row_constants = {
+                "tiny": add(np.array(ROW_SCALE_FLOOR, np.float32), "row_quantize_floor"),
+                "limit": add(np.array(127, np.float32), "row_quantize_limit"),
+                "-limit": add(np.array(-127, np.float32), "row_quantize_negative_limit"),
+                "axes": add(np.array([-1], np.int64), "row_quantize_axes"),
+            }
+        return self._row_constants
 
     def _rewrite_matmul(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         activation, weight_name = node.input[0], node.input[1]

@@ -15,7 +15,7 @@ ONNXRUNTIME_KEYS = {
     "QDQDisableWeightAdjustForInt32Bias", "TensorQuantOverrides", "BlockSize", "num_bins", "num_quantized_bins",
     "percentile", "symmetric", "CalibPercentile", "CalibNumBins", "CalibNumQuantizedBins",
 }
-ONYXRT_KEYS = {"FloatActivationsAfterGelu", "CalibProgress"}
+ONYXRT_KEYS = {"GeluOutputActivations", "FloatActivationsAfterGelu", "CalibProgress"}
 
 
 def check_extra_options(extra_options: dict[str, Any] | None, mode: str) -> dict[str, Any]:

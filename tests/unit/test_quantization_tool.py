@@ -11,6 +11,7 @@ onyxrt's full-range result is held to the float model.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,7 @@ def _save(model: onnx.ModelProto, path) -> str:
     return str(path)
 
 
-def _encoder_block(path) -> str:
+def _encoder_block(path, opset: int = 17) -> str:
     """Gather (embedding) -> MatMul -> erf-GELU -> MatMul -> Add -> Gemm: a transformer feed-forward in small."""
     rng = np.random.default_rng(0)
     nodes = [
@@ -79,7 +80,7 @@ def _encoder_block(path) -> str:
     ]
     graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], initializers)
-    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), path)
 
 
 def _conv_net(path) -> str:
@@ -144,6 +145,16 @@ def _ours(path, feeds) -> np.ndarray:
     return onyxrt.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
+def _run_profiled(path, feeds, **session_arguments) -> tuple[np.ndarray, set[str]]:
+    """onyxrt's first output and the op types its run executed."""
+    options = onyxrt.SessionOptions()
+    options.enable_profiling = True
+    session = onyxrt.InferenceSession(str(path), options, **session_arguments)
+    output = session.run(None, feeds)[0]
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return output, {event["args"]["op_name"] for event in events if event.get("cat") == "Node"}
+
+
 def _op_types(path) -> list[str]:
     return [node.op_type for node in onnx.load(str(path)).graph.node]
 
@@ -193,18 +204,61 @@ def test_dynamic_default_output_runs_in_both_runtimes_close_to_float(tmp_path):
     float_out = ort.InferenceSession(source).run(None, feeds)[0]
     assert np.abs(ours - float_out).max() < 0.05 * np.abs(float_out).max()
     ops = _op_types(tmp_path / "q.onnx")
-    assert ops.count("MatMulInteger") == 2 and "DynamicQuantizeLinear" in ops
+    assert ops.count("MatMulInteger") == 3 and "DynamicQuantizeLinear" in ops
     assert report.quantized == {
         "embed": "Gather int8 table, per-row scales",
         "ffn_in": "MatMul -> MatMulInteger",
-        "ffn_out": "MatMul int8 weight, float activation (after GELU)",
+        "ffn_out": "MatMul -> MatMulInteger (activation per row, after GELU)",
         "head": "Gemm -> MatMulInteger",
     }
 
 
-def test_dynamic_after_gelu_keeps_an_int8_weight_behind_dequantize_linear(tmp_path):
-    source = _encoder_block(tmp_path / "block.onnx")
+def _gelu_output_rows(x: np.ndarray, weight: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """What the per-row ops compute, in float32 numpy: q = int8(clip(rint(x / s), -127, 127)) per row."""
+    row_scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-30)) / np.float32(127)
+    q = np.clip(np.rint(x / row_scale), -127, 127).astype(np.int32)
+    return (q @ weight.astype(np.int32)).astype(np.float32) * scale * row_scale
+
+
+@pytest.mark.parametrize("opset", [17, 18])  # ReduceMax's axes: an attribute, then an input
+def test_dynamic_after_gelu_quantizes_per_row_and_onyxrt_fuses_it_bit_for_bit(tmp_path, opset):
+    source = _encoder_block(tmp_path / "block.onnx", opset)
     quantize_dynamic(source, tmp_path / "q.onnx")
+    model = onnx.load(tmp_path / "q.onnx")
+    stored = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weight, scale = stored["w_out_quantized"], stored["w_out_scale"]
+    product = next(node for node in model.graph.node if node.op_type == "MatMulInteger" and node.input[1] == "w_out_quantized")
+    assert weight.dtype == np.int8 and scale.shape == (32,) and len(product.input) == 2  # symmetric, per column
+
+    feeds = {"ids": np.array([3, 17, 42, 99, 0, 5], dtype=np.int64)}
+    fused, fused_ops = _run_profiled(tmp_path / "q.onnx", feeds)
+    unfused, unfused_ops = _run_profiled(tmp_path / "q.onnx", feeds, disabled_optimizers=["RowQuantizeMatMulFusion"])
+    assert "RowQuantizeMatMul" in fused_ops and "RowQuantizeMatMul" not in unfused_ops and "Round" in unfused_ops
+    np.testing.assert_array_equal(fused, unfused)
+    np.testing.assert_allclose(fused, ort.InferenceSession(str(tmp_path / "q.onnx")).run(None, feeds)[0], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_row_quantize_matmul_kernel_computes_the_per_row_ops(monkeypatch, compiled):
+    from onyxrt.providers.cpu.math import row_quantize_matmul as kernel
+
+    if not compiled:
+        monkeypatch.setattr(kernel._QUANTIZE_ROWS, "compiled_for", lambda *args: None)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 64)).astype(np.float32) * 3
+    x[0, 2] = 0  # an all-zero row: the floor scale, zeros out
+    x[1, 1, 7] = 50  # an outlier sets its own row's scale only
+    weight = rng.integers(-127, 128, (64, 24)).astype(np.int8)
+    scale = rng.uniform(0.001, 0.01, 24).astype(np.float32)
+    row_scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-30)) / np.float32(127)
+    q = np.clip(np.rint(x / row_scale), -127, 127).astype(np.int32)
+    expected = (q @ weight.astype(np.int32)).astype(np.float32) * scale * row_scale
+    np.testing.assert_array_equal(kernel.row_quantize_matmul(x, weight, scale), expected)
+
+
+def test_dynamic_after_gelu_in_float_keeps_an_int8_weight_behind_dequantize_linear(tmp_path):
+    source = _encoder_block(tmp_path / "block.onnx")
+    quantize_dynamic(source, tmp_path / "q.onnx", extra_options={"GeluOutputActivations": "float"})
     model = onnx.load(tmp_path / "q.onnx")
     ffn_out = next(node for node in model.graph.node if node.name == "ffn_out")
     assert ffn_out.op_type == "MatMul" and ffn_out.input[0] == "gelu"
@@ -223,7 +277,7 @@ def test_dynamic_with_onnxruntimes_defaults_gives_onnxruntimes_values(tmp_path, 
     else:  # Gather's uint8 rows feed MatMulInteger directly, as onnxruntime chains them
         source = _encoder_block(tmp_path / "block.onnx")
         feeds = {"ids": np.array([3, 17, 42, 99, 0], dtype=np.int64)}
-    quantize_dynamic(source, tmp_path / "ours.onnx", per_channel=False, extra_options={"FloatActivationsAfterGelu": False})
+    quantize_dynamic(source, tmp_path / "ours.onnx", per_channel=False, extra_options={"GeluOutputActivations": "per_tensor"})
     ort_quantization.quantize_dynamic(source, tmp_path / "theirs.onnx")
     ours_in_ort, ours_in_onyxrt = _both(tmp_path / "ours.onnx", feeds)
     theirs = ort.InferenceSession(str(tmp_path / "theirs.onnx")).run(None, feeds)[0]

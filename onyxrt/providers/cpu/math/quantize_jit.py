@@ -1,4 +1,5 @@
-"""numba kernel of DynamicQuantizeLinear's quantizing pass (``quantization.dynamic_quantize_to_uint8``).
+"""numba kernels of dynamic quantization: DynamicQuantizeLinear's quantizing pass
+(``quantization.dynamic_quantize_to_uint8``) and the per-row int8 quantizer of ``row_quantize_matmul``.
 
 Imported only through ``jit.LazyModuleKernel`` on first use (this module imports numba at its top).
 Its own module so the kernel compiles with ``error_model="numpy"``: Python's error model checks the
@@ -31,3 +32,15 @@ def quantize_centered_int16(x, scale, zero_point, out):
             out[r, j] = np.int16(min(max(v, np.float32(0.0)), np.float32(255.0)) - zero_point)
         for j in range(k, width):
             out[r, j] = 0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def quantize_rows_int8_shifted(x, scales, limit, out):
+    """``out[r] = clip(rint(x[r] / scales[r]), -limit, limit) + 128`` as uint8 over the rows of float32 ``x``
+    (M, K): int8 shifted to the VNNI kernel's unsigned operand."""
+    m, k = x.shape
+    for r in range(m):
+        scale = scales[r]
+        for j in range(k):
+            v = np.rint(x[r, j] / scale)
+            out[r, j] = np.uint8(min(max(v, -limit), limit) + np.float32(128.0))
