@@ -181,15 +181,19 @@ def test_computed_zero_points_bias_and_g_idx_are_applied():
     _close(got_g, (a.astype(np.float64) @ reference).astype(F))
 
 
-def test_columns_split_over_threads_give_the_same_result(monkeypatch):
+@pytest.mark.parametrize("spinning", [True, False])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_columns_split_over_threads_give_the_same_result(monkeypatch, bits, spinning):
+    """The direct kernel's tiles as a native task over both threads (spinning workers or blocked ones)."""
     k, n, block = 256, 64 * 9 + 5, 32
-    b, scales, zp, _ = _nbits_inputs(4, k, n, block, "packed")
+    b, scales, zp, _ = _nbits_inputs(bits, k, n, block, "packed")
     a = RNG.standard_normal((2, k)).astype(F)
-    serial = quantized.matmul_nbits(a, b, scales, zp, K=k, N=n, block_size=block)
+    serial = quantized.matmul_nbits(a, b, scales, zp, K=k, N=n, block_size=block, bits=bits)
     monkeypatch.setattr(nbits, "PARALLEL_MIN_WORK", 0)
-    pool = ThreadPool(2)
+    monkeypatch.setattr(nbits, "PARALLEL_MIN_WORK_WAKING", 0)
+    pool = ThreadPool(2).splitting_gemms() if spinning else ThreadPool(2)
     with pool.activate():
-        split = quantized.matmul_nbits(a, b, scales, zp, K=k, N=n, block_size=block)
+        split = quantized.matmul_nbits(a, b, scales, zp, K=k, N=n, block_size=block, bits=bits)
     pool.shutdown()
     np.testing.assert_array_equal(split, serial)
 

@@ -4,10 +4,12 @@ A constant weight is re-laid out once (:func:`pack_tiles`) into column tiles tha
 kernels of :mod:`.nbits_kernels` read directly; the float weight is never kept:
 
 * few rows (decode, M <= ``DIRECT_MAX_ROWS``): one pass over the packed bytes computes every
-  output (memory-bound, so 4-bit weights read 1/8 of the bytes of float32 ones); the column
-  tiles are split over the session pool when the product is large enough;
+  output (4-bit weights read 1/8 of the bytes of float32 ones); the column tiles are split over
+  the session pool as a native task (``nbits_kernels.direct_part``) when the product is large
+  enough. A plan holding these kernels runs with the pool splitting GEMMs (``KERNELS_ON_POOL``),
+  so its workers spin between the step's products;
 * more rows (prefill): the weight is dequantized ``CHUNK_COLUMNS`` columns at a time into a
-  small scratch matrix (it stays in cache) and multiplied by BLAS.
+  small scratch matrix (it stays in cache) and multiplied by BLAS, split over the pool.
 
 Memory: the prepared weight is the packed bytes plus float32 scales and scale*zero-point per
 block (for 4 bits, block 32: 0.75 bytes a weight, against 4 for a cached float32 copy, which
@@ -26,7 +28,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ....framework.thread_pool import current_pool
-from ..jit import LazyModuleKernel
+from ..gemm import matmul as pool_matmul
+from ..jit import LazyModuleKernel, optional_module
 
 _MODULE = "onyxrt.providers.cpu.contrib.nbits_kernels"
 _DIRECT = {4: LazyModuleKernel(_MODULE, "q4_tiles"), 8: LazyModuleKernel(_MODULE, "q8_tiles")}
@@ -40,8 +43,10 @@ TILE = 64  # must equal nbits_kernels.TILE (that module imports numba, so it is 
 DIRECT_MAX_ROWS = 8
 # Columns dequantized at once in the BLAS route: K * CHUNK_COLUMNS float32 stays in L2 for K <= 4096.
 CHUNK_COLUMNS = 256
-# Multiply-adds below which the direct kernel is not split over threads (a split costs ~15 us).
-PARALLEL_MIN_WORK = 1 << 20
+# Multiply-adds from which the direct kernel's tiles are split over the pool as a native task: where the
+# workers spin (a hand-off ~3.5 us), and where each split wakes a blocked worker (50-80 us on a VM).
+PARALLEL_MIN_WORK = 1 << 18
+PARALLEL_MIN_WORK_WAKING = 1 << 23
 
 
 class TiledNBits(NamedTuple):
@@ -149,7 +154,16 @@ def _direct(ap: np.ndarray, w: TiledNBits, m: int, nt: int, kb: int) -> np.ndarr
     kernel = _DIRECT[w.bits].compiled_for((w.bits, "direct"), *args, 0, 0)
     if kernel is None:
         return None
-    current_pool().run_chunks(lambda t0, t1: kernel(*args, t0, t1), nt, m * w.n * w.k, PARALLEL_MIN_WORK)
+    pool = current_pool()
+    work = m * w.n * w.k
+    parts = min(pool.num_threads, nt)
+    if parts < 2 or not pool.runs_native_tasks or work < (PARALLEL_MIN_WORK if pool.workers_spin else PARALLEL_MIN_WORK_WAKING):
+        kernel(*args, 0, nt)
+    else:
+        module = optional_module(_MODULE)
+        even, odd = (args[0], args[1]) if w.bits == 4 else (args[0], args[0])
+        task = module.direct_args(w.bits, even, odd, a_sum, w.b, w.scales, w.scaled_zero_points, y)
+        pool.run_native(module.direct_part.address, task.ctypes.data, parts)
     return y[:, : w.n] if y.shape[1] != w.n else y
 
 
@@ -166,5 +180,5 @@ def _dequantized_gemm(ap: np.ndarray, w: TiledNBits, m: int, nt: int) -> np.ndar
         t1 = min(nt, t0 + per_chunk)
         kernel(w.b, w.scales, w.scaled_zero_points, scratch, t0, t1)
         c0, c1 = t0 * TILE, min(w.n, t1 * TILE)
-        np.matmul(ap, scratch[:, : c1 - c0], out=y[:, c0:c1])
+        y[:, c0:c1] = pool_matmul(ap, scratch[:, : c1 - c0])
     return y

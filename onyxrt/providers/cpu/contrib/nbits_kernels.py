@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+
+from ..native_tasks import float32_array, int64_array, uint8_array
 
 TILE = 64  # output columns per tile: a compile-time constant, so the column loops vectorize fully
 _jit = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
@@ -82,6 +85,41 @@ def q8_tiles(a, a_sum, b, scales, scaled_zp, y, t0, t1):
         for m in range(M):
             for c in range(TILE):
                 y[m, t * TILE + c] = acc[m, c]
+
+
+(_BITS, _M, _KB, _H, _NT, _A_EVEN, _A_ODD, _A_SUM, _B, _SCALES, _SCALED_ZP, _Y, _ARGS) = range(13)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def direct_part(args, part, parts):
+    """Native task (``framework.native_spin``): tiles [NT * part / parts, NT * (part + 1) / parts) of
+    :func:`q4_tiles` or :func:`q8_tiles` as :func:`direct_args` describes them."""
+    d = int64_array(args, _ARGS)
+    m, kb, h, nt = d[_M], d[_KB], d[_H], d[_NT]
+    t0, t1 = nt * part // parts, nt * (part + 1) // parts
+    a_sum = float32_array(d[_A_SUM], m * kb).reshape((m, kb))
+    b = uint8_array(d[_B], nt * kb * h * TILE).reshape((nt, kb, h, TILE))
+    scales = float32_array(d[_SCALES], nt * kb * TILE).reshape((nt, kb, TILE))
+    scaled_zp = float32_array(d[_SCALED_ZP], nt * kb * TILE).reshape((nt, kb, TILE))
+    y = float32_array(d[_Y], m * nt * TILE).reshape((m, nt * TILE))
+    a_even = float32_array(d[_A_EVEN], m * kb * h).reshape((m, kb, h))
+    if d[_BITS] == 4:
+        q4_tiles(a_even, float32_array(d[_A_ODD], m * kb * h).reshape((m, kb, h)), a_sum, b, scales, scaled_zp, y,
+                 t0, t1)
+    else:
+        q8_tiles(a_even, a_sum, b, scales, scaled_zp, y, t0, t1)
+
+
+@numba.njit(cache=True)
+def direct_args(bits, a_even, a_odd, a_sum, b, scales, scaled_zp, y):
+    """:func:`direct_part`'s arguments (C-contiguous arrays as :func:`q4_tiles` / :func:`q8_tiles` take them;
+    ``a_odd`` unread for 8 bits). Compiled: reading addresses through numpy's ``ndarray.ctypes`` costs ~1 us
+    each."""
+    args = np.empty(_ARGS, np.int64)
+    args[_BITS], args[_M], args[_KB], args[_H], args[_NT] = bits, a_even.shape[0], a_even.shape[1], b.shape[2], b.shape[0]
+    args[_A_EVEN], args[_A_ODD], args[_A_SUM] = a_even.ctypes.data, a_odd.ctypes.data, a_sum.ctypes.data
+    args[_B], args[_SCALES], args[_SCALED_ZP], args[_Y] = b.ctypes.data, scales.ctypes.data, scaled_zp.ctypes.data, y.ctypes.data
+    return args
 
 
 @numba.njit(**_jit)
