@@ -140,20 +140,78 @@ def new_initializer(graph: ir.Graph, names: UniqueNames, base: str, array: np.nd
     return value
 
 
+_NBITS_ATTRIBUTES = ("K", "bits", "block_size", "accuracy_level", "weight_prepacked")
+_NBITS_DEFAULTS = {"bits": 4, "accuracy_level": 0}
+
+
+def packable(products: list[ir.Node], x: ir.Value) -> bool:
+    """Whether ``products`` all read ``x`` and can become one product of their weights side by side
+    (:func:`packed_product`): float32 MatMuls by constant matrices of one K, or com.microsoft MatMulNBits of
+    constant weights with the same K, bits, block size and accuracy level, zero points alike (all absent or
+    all constant of one type), no g_idx and no bias."""
+    if not is_float32(x) or any(p.inputs[0] is not x for p in products):
+        return False
+    if all(p.domain == "" and p.op_type == "MatMul" and len(p.inputs) == 2 for p in products):
+        return all(is_weight_matrix(p.inputs[1]) for p in products) and len(
+            {constant_array(p.inputs[1]).shape[0] for p in products}) == 1
+    if not all(p.domain == "com.microsoft" and p.op_type == "MatMulNBits" for p in products):
+        return False
+    inputs = [list(p.inputs) + [None] * (6 - len(p.inputs)) for p in products]
+    if any(i[4] is not None or i[5] is not None or not (is_constant(i[1]) and is_constant(i[2])) for i in inputs):
+        return False  # g_idx or bias
+    zero_points = [i[3] for i in inputs]
+    if any(z is not None for z in zero_points):
+        if not all(is_constant(z) for z in zero_points) or len({constant_array(z).dtype for z in zero_points}) != 1:
+            return False
+    attributes = [tuple(p.attributes.get_int(name, _NBITS_DEFAULTS.get(name, 0)) for name in _NBITS_ATTRIBUTES)
+                  for p in products]
+    return len(set(attributes)) == 1 and not attributes[0][-1]
+
+
+def product_width(product: ir.Node) -> int:
+    """N of a MatMul by a constant matrix or of a MatMulNBits."""
+    if product.op_type == "MatMulNBits":
+        return product.attributes.get_int("N", 0)
+    return constant_array(product.inputs[1]).shape[1]
+
+
 def packed_product(graph: ir.Graph, names: UniqueNames, products: list[ir.Node], base: str) -> ir.Node:
-    """One MatMul of ``products``' shared input by their constant weights side by side (in their order), placed
-    before the first of them and assigned to their provider; named after ``base``. The caller removes them,
-    then their weights with :func:`drop_unused_initializers`."""
+    """One product of ``products``' shared input by their constant weights side by side (in their order;
+    :func:`packable` ones), placed before the first of them and assigned to their provider; named after
+    ``base``. The caller removes them, then their weights with :func:`drop_unused_initializers`."""
     x = products[0].inputs[0]
-    weight = new_initializer(graph, names, f"{base}_weight",
-                             np.concatenate([constant_array(p.inputs[1]) for p in products], axis=1))
-    product = ir.Node("", "MatMul", [x, weight], num_outputs=1, name=names.fresh(base))
+    if products[0].op_type == "MatMulNBits":
+        product = _packed_nbits(graph, names, products, base)
+    else:
+        weight = new_initializer(graph, names, f"{base}_weight",
+                                 np.concatenate([constant_array(p.inputs[1]) for p in products], axis=1))
+        product = ir.Node("", "MatMul", [x, weight], num_outputs=1, name=names.fresh(base))
     product.outputs[0].name = names.fresh(f"{base}_output")
     product.outputs[0].type = x.type
     product.meta[PROVIDER_KEY] = products[0].meta[PROVIDER_KEY]
     order = {id(node): index for index, node in enumerate(graph)}
     graph.insert_before(min(products, key=lambda node: order[id(node)]), product)
     return product
+
+
+def _packed_nbits(graph: ir.Graph, names: UniqueNames, products: list[ir.Node], base: str) -> ir.Node:
+    """MatMulNBits' B, scales and zero points are laid out per output column (row n of B, then n's blocks):
+    each concatenates along N."""
+    widths = [product_width(p) for p in products]
+
+    def joined(index: int, suffix: str) -> ir.Value:
+        parts = [np.asarray(constant_array(p.inputs[index])) for p in products]
+        by_column = [part.reshape(width, -1) for part, width in zip(parts, widths)]
+        array = np.concatenate(by_column, axis=0)
+        shape = (-1,) + parts[0].shape[1:] if index == 1 else (-1,)  # B keeps its (N, blocks, blob) layout
+        return new_initializer(graph, names, f"{base}_{suffix}", array.reshape(shape))
+
+    inputs = [products[0].inputs[0], joined(1, "B"), joined(2, "scales")]
+    if len(products[0].inputs) > 3 and products[0].inputs[3] is not None:
+        inputs.append(joined(3, "zero_points"))
+    attributes = [attr for name, attr in products[0].attributes.items() if name != "N"]
+    attributes.append(ir.AttrInt64("N", sum(widths)))
+    return ir.Node("com.microsoft", "MatMulNBits", inputs, attributes=attributes, num_outputs=1, name=names.fresh(base))
 
 
 def drop_unused_initializers(graph: ir.Graph, values: list[ir.Value]) -> None:

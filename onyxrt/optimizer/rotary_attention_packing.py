@@ -23,9 +23,7 @@ import onnx_ir as ir
 
 from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from ..graph.builder import UniqueNames
-from ..graph.tensors import constant_array
-from .matching import (drop_unused_initializers, is_constant, is_float32, is_weight_matrix, only_reader,
-                       packed_product)
+from .matching import drop_unused_initializers, is_constant, only_reader, packable, packed_product
 
 NAME = "RotaryAttentionPacking"
 _GQA_INPUTS = 7  # query, key, value, past_key, past_value, seqlens_k, total_sequence_length
@@ -66,7 +64,7 @@ def pack_rotary_attention(graph: ir.Graph, opsets: dict[str, int]) -> int:
             name = old.name
             old.replace_all_uses_with(new, replace_graph_outputs=True)
             new.name = name
-        weights = [p.inputs[1] for p in projections]
+        weights = [v for p in projections for v in p.inputs[1:] if v is not None]
         graph.remove([*projections, *rotations, attention], safe=True)
         drop_unused_initializers(graph, weights)
         opsets.setdefault("com.microsoft", 1)
@@ -103,12 +101,10 @@ def _match(attention: ir.Node):
     if not (is_constant(rq.inputs[2]) and is_constant(rq.inputs[3])):
         return None
     projections = [rq.inputs[0].producer(), rk.inputs[0].producer(), value.producer()]
-    if any(p is None or p.domain != "" or p.op_type != "MatMul" or len(p.inputs) != 2 for p in projections):
+    if any(p is None for p in projections):
         return None
     x = projections[0].inputs[0]
-    if any(p.inputs[0] is not x or not is_weight_matrix(p.inputs[1]) for p in projections):
-        return None
-    if len({constant_array(p.inputs[1]).shape[0] for p in projections}) != 1 or not is_float32(x):
+    if not packable(projections, x):
         return None
     if only_reader(projections[0].outputs[0]) is not rq or only_reader(projections[1].outputs[0]) is not rk:
         return None

@@ -20,9 +20,7 @@ import onnx_ir as ir
 
 from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from ..graph.builder import UniqueNames
-from ..graph.tensors import constant_array
-from .matching import (drop_unused_initializers, is_float32, is_weight_matrix, only_reader, packed_product, partner,
-                       replace_with)
+from .matching import drop_unused_initializers, only_reader, packable, packed_product, partner, product_width, replace_with
 
 NAME = "SwiGLUFusion"
 
@@ -41,7 +39,7 @@ def fuse_swiglu(graph: ir.Graph, opsets: dict[str, int]) -> int:
         swiglu = ir.Node("com.microsoft", "SwiGLU", [packed.outputs[0]], num_outputs=1, name=names.fresh(base),
                          attributes=[ir.AttrFloat32("activation_alpha", gating.attributes.get_float("alpha", 1.702))])
         swiglu.meta[PROVIDER_KEY] = product.meta[PROVIDER_KEY]
-        weights = [gate_product.inputs[1], up_product.inputs[1]]
+        weights = [v for p in (gate_product, up_product) for v in p.inputs[1:] if v is not None]
         replace_with(graph, [gate_product, up_product, gating, product], product.outputs[0], swiglu, anchor=product)
         drop_unused_initializers(graph, weights)
         opsets.setdefault("com.microsoft", 1)
@@ -66,14 +64,9 @@ def _match(gating: ir.Node):
     up_product = up.producer() if up is not None else None
     if up_product is None or up_product is gate_product or only_reader(up) is not product:
         return None
-    for matmul in (gate_product, up_product):
-        if matmul.domain != "" or matmul.op_type != "MatMul" or len(matmul.inputs) != 2 or not on_cpu_kernels(matmul):
-            return None
-        if not is_weight_matrix(matmul.inputs[1]):
-            return None
-    x = gate_product.inputs[0]
-    if up_product.inputs[0] is not x or not is_float32(x):
+    products = [gate_product, up_product]
+    if not all(on_cpu_kernels(p) for p in products) or not packable(products, gate_product.inputs[0]):
         return None
-    if constant_array(gate_product.inputs[1]).shape != constant_array(up_product.inputs[1]).shape:
+    if product_width(gate_product) != product_width(up_product):
         return None  # (the halves must be as wide: the Mul would broadcast otherwise)
     return gate_product, up_product, product

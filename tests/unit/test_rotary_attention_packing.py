@@ -124,3 +124,20 @@ def test_a_projection_read_elsewhere_is_left_alone():
     feeds = _feeds(1, 2, 3)
     for got, want in zip(session.run(None, feeds), _expected(model, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_only_quantized_projections_pack_into_one_matmul_nbits(tmp_path):
+    """q, k and v as MatMulNBits pack into one MatMulNBits of the three weights, as float ones do."""
+    from onyxrt.quantization import quantize_weight_only
+
+    quantize_weight_only(_model(), tmp_path / "q.onnx", bits=4, block_size=16, symmetric=False)
+    model = onnx.load(tmp_path / "q.onnx")
+    session = ort.InferenceSession(model.SerializeToString())
+    types = _op_types(session)
+    assert "RotaryEmbedding" not in types and types.count("MatMulNBits") == 1, types
+    unfused = ort.InferenceSession(model.SerializeToString(), disabled_optimizers=["RotaryAttentionPacking"])
+    assert _op_types(unfused).count("MatMulNBits") == 3
+    for batch, seq, past in ((1, 1, 5), (2, 3, 0)):
+        feeds = _feeds(batch, seq, past)
+        for got, want in zip(session.run(None, feeds), unfused.run(None, feeds)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

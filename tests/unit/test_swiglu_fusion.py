@@ -76,3 +76,37 @@ def test_a_gate_read_elsewhere_is_left_alone():
     want = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
     for got, expected in zip(session.run(None, feeds), want):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits, symmetric", [(4, True), (4, False), (8, False)])
+def test_gate_and_up_as_matmul_nbits_pack_into_one(tmp_path, bits, symmetric):
+    """Weight-only quantized gate and up projections (MatMulNBits, with or without zero points) pack into one
+    MatMulNBits of both weights side by side, as float ones do: the same values column by column."""
+    from onyxrt.quantization import quantize_weight_only
+
+    quantize_weight_only(_model(), tmp_path / "q.onnx", bits=bits, block_size=16, symmetric=symmetric)
+    model = onnx.load(tmp_path / "q.onnx")
+    session = ort.InferenceSession(model.SerializeToString())
+    assert _op_types(session) == ["MatMulNBits", "SwiGLU", "MatMulNBits"]
+    packed = session._plan.nodes[0]
+    assert packed.attributes.get_int("N", 0) == 2 * F
+    feeds = _feeds(seq=4)
+    unfused = ort.InferenceSession(model.SerializeToString(), disabled_optimizers=["SwiGLUFusion"])
+    assert _op_types(unfused).count("MatMulNBits") == 3
+    np.testing.assert_allclose(session.run(None, feeds)[0], unfused.run(None, feeds)[0], rtol=1e-6, atol=1e-6)
+    want = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_allclose(session.run(None, feeds)[0], want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_matmul_nbits_with_different_block_sizes_are_left_apart(tmp_path):
+    from onyxrt.quantization import quantize_weight_only
+
+    model = _model()
+    model.graph.node[0].name = "gate"
+    quantize_weight_only(model, tmp_path / "a.onnx", bits=4, block_size=16, nodes_to_include=["gate"])
+    quantize_weight_only(onnx.load(tmp_path / "a.onnx"), tmp_path / "b.onnx", bits=4, block_size=32)
+    blocks = sorted(helper.get_attribute_value(a) for n in onnx.load(tmp_path / "b.onnx").graph.node
+                    for a in n.attribute if a.name == "block_size")
+    assert blocks == [16, 32, 32]
+    session = ort.InferenceSession(str(tmp_path / "b.onnx"))
+    assert "SwiGLU" not in _op_types(session) and _op_types(session).count("MatMulNBits") == 3
