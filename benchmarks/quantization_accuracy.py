@@ -81,11 +81,13 @@ def minilm(source: str, folder: Path) -> list[str]:
     import onyxrt.quantization as ours
 
     variants = [
-        ("onyxrt quantize_dynamic() defaults", ours.quantize_dynamic, {}),
-        ("onyxrt per_channel=False, FloatActivationsAfterGelu=False", ours.quantize_dynamic,
-         {"per_channel": False, "extra_options": {"FloatActivationsAfterGelu": False}}),
-        ("onyxrt per_channel=True, FloatActivationsAfterGelu=False", ours.quantize_dynamic,
-         {"extra_options": {"FloatActivationsAfterGelu": False}}),
+        ("onyxrt quantize_dynamic() defaults (GELU outputs per row)", ours.quantize_dynamic, {}),
+        ("onyxrt GeluOutputActivations=float", ours.quantize_dynamic,
+         {"extra_options": {"GeluOutputActivations": "float"}}),
+        ("onyxrt per_channel=True, GeluOutputActivations=per_tensor", ours.quantize_dynamic,
+         {"extra_options": {"GeluOutputActivations": "per_tensor"}}),
+        ("onyxrt per_channel=False, GeluOutputActivations=per_tensor", ours.quantize_dynamic,
+         {"per_channel": False, "extra_options": {"GeluOutputActivations": "per_tensor"}}),
         ("onnxruntime quantize_dynamic() defaults", theirs.quantize_dynamic, {}),
         ("onnxruntime per_channel=True", theirs.quantize_dynamic, {"per_channel": True}),
     ]
