@@ -42,6 +42,28 @@ def test_activation_rows_match_the_numpy_path(monkeypatch, fn, bias) -> None:
     assert_within_activation_error(fused, expected, x + args[1] if bias else x)
 
 
+@pytest.mark.parametrize("kind", [row_kernels.GELU_ERF, row_kernels.GELU_TANH, row_kernels.X_SIGMOID,
+                                  row_kernels.SIGMOID, row_kernels.HARD_SWISH])
+@pytest.mark.parametrize("bias", [False, True])
+def test_activation_rows_split_over_a_pool_equal_one_thread(monkeypatch, kind, bias) -> None:
+    """Where the pool owns the cores, the rows split over it as a native task (``row_tasks``): the same bits."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    rng = np.random.default_rng(1)
+    x = activations_input(rng, (4, 37, 1024))
+    b = rng.standard_normal(1024).astype(np.float32) if bias else None
+    alone = row_kernels.activation(x, b, kind, 1.3)
+    pool = ThreadPool(2).splitting_gemms()
+    monkeypatch.setattr(row_kernels, "_over_rows", None)  # (the Python-task split must not run)
+    with pool.activate():
+        split = row_kernels.activation(x, b, kind, 1.3)
+        in_place = x.copy()
+        row_kernels.activation(in_place, b, kind, 1.3, out=in_place)
+    pool.shutdown()
+    np.testing.assert_array_equal(split, alone)
+    np.testing.assert_array_equal(in_place, alone)
+
+
 def assert_within_activation_error(fused, expected, v) -> None:
     """The kernels' tanh, erf and logistic are rational fits within 4e-7 (``math.rational_fits``); an
     activation v * g(v) inherits that times |v|, as onnxruntime's MLAS kernels do."""

@@ -19,7 +19,7 @@ import numpy as np
 from ...framework.thread_pool import current_pool
 from ..kernel_registry import Allocator
 from ._helpers import wants_buffer
-from .jit import LazyModuleKernel, numba_disabled, read_only
+from .jit import LazyModuleKernel, numba_disabled, optional_module, read_only
 
 _F32 = np.dtype(np.float32)
 _MODULE = "onyxrt.providers.cpu.jit_rows"
@@ -114,8 +114,24 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
     else:
         rows = x.reshape(1, -1)
     b = _EMPTY if bias is None else read_only(bias)
-    _over_rows(kernel, (read_only(rows), b, y.reshape(rows.shape), _F32.type(alpha)), rows.shape[0], x.size)
+    if not _native_rows(kind, rows, b, y.reshape(rows.shape), alpha):
+        _over_rows(kernel, (read_only(rows), b, y.reshape(rows.shape), _F32.type(alpha)), rows.shape[0], x.size)
     return y
+
+
+def _native_rows(kind: int, rows: np.ndarray, bias: np.ndarray, out: np.ndarray, alpha: float) -> bool:
+    """The activation over ``rows`` split over the pool as a native task (``row_tasks``), where the pool owns
+    the cores and the input is large enough; False where it does not run (the caller runs the kernel)."""
+    pool = current_pool()
+    if not (pool.splits_gemms and pool.runs_native_tasks and rows.size >= _MIN_PARALLEL_ELEMENTS and rows.shape[0] > 1):
+        return False
+    tasks = optional_module("onyxrt.providers.cpu.row_tasks")
+    if tasks is None:
+        return False
+    alpha32 = np.array([alpha], _F32)
+    args = tasks.activation_args(kind, rows, bias, out, alpha32)
+    pool.run_native(tasks.activation_part.address, args.ctypes.data, min(pool.num_threads, rows.shape[0]))
+    return True
 
 
 def activation_in_place(x: np.ndarray, kind: int, alpha: float = 1.0) -> bool:
