@@ -11,35 +11,26 @@ the right operand when there are too few rows (a decoding step's GEMV; only for 
 tasks where numba is usable (``native_sgemm``: cblas_sgemm / cblas_sgemv on the workers, no GIL);
 others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``): native splits within
 about 15% of OpenBLAS's own threads either way.
-Other pools call ``np.matmul`` as it is, on BLAS's threads.
-
-In every session on a CPU with AVX-512, a product of one or two float32 rows by a matrix of at most
-``GEMV_MAX_ELEMENTS`` (a decoding step's projections) runs on the calling thread in the
-compiled loop of ``jit_gemv`` when numba is usable (:func:`small_rows_matmul`; see
-``_gemv_kernel_preferred`` for why not on AVX2-only CPUs).
+Other pools call ``np.matmul`` as it is, on BLAS's threads: a decoding step's GEMVs too. (A compiled
+single-threaded GEMV loop for them, kept on AVX-512 CPUs after a measurement on a Zen 4 EPYC, was removed
+in stop 31: on a Zen 5 EPYC OpenBLAS's sgemv made llama_tiny's decoding step faster at two threads,
+2.80-2.96 -> 2.72 ms, and at one, 3.59-3.67 -> 3.35 ms, with its AVX-512 kernels and with its AVX2 ones;
+on the AVX2-only EPYC OpenBLAS had been the faster too.)
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 
-from ...framework.cpu_features import has_flags
 from ...framework.thread_pool import current_pool
-from .jit import LazyModuleKernel, optional_module, read_only
+from .jit import optional_module
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
 MIN_PARALLEL_MACS = 1 << 19
-# Products of at most this many rows by a matrix of at most GEMV_MAX_ELEMENTS run in ``jit_gemv``
-# (one thread) instead of BLAS: measured on 2 cores, OpenBLAS runs such GEMVs on one thread
-# too, slower (512x512 from memory: ~48 us against ~75; 512x1408 and 1408x512: even with
-# OpenBLAS's two threads); larger matrices are left to BLAS's threads. The output rows must
-# stay in L1 (GEMV_MAX_OUTPUT elements).
+# Products of at most this many rows are GEMVs (a decoding step's projections).
 GEMV_MAX_ROWS = 2
-GEMV_MAX_ELEMENTS = 1 << 20
-GEMV_MAX_OUTPUT = 8192
 # A product of at most GEMV_MAX_ROWS rows is split over the pool only for a matrix this large (a decoding
 # step's vocabulary head): measured from memory on 2 cores, a split 512x32000 GEMV runs as fast as
 # OpenBLAS's threaded sgemv (2.33 vs 2.29 ms), while smaller ones are no faster split than on one
@@ -48,40 +39,6 @@ GEMV_SPLIT_MIN_ELEMENTS = 1 << 21
 # Columns below which a product is split by rows even where B is the larger operand.
 COLUMN_SPLIT_MIN = 64
 _F32 = np.dtype(np.float32)
-_SMALL_ROWS = LazyModuleKernel("onyxrt.providers.cpu.jit_gemv", "small_rows_matmul")
-_PROBE = np.empty((0, 0), _F32)
-_PROBE.flags.writeable = False
-_PROBE_OUT = np.empty((0, 0), _F32)
-
-
-@functools.cache
-def _gemv_kernel_preferred() -> bool:
-    """Whether ``matmul`` sends a decoding step's GEMVs to ``jit_gemv``: on CPUs with AVX-512, where it
-    was measured faster than OpenBLAS's sgemv (512x512 from memory ~48 us vs ~75 us, AMD EPYC Zen 4).
-    On an AVX2-only AMD EPYC OpenBLAS's sgemv was faster for every llama_tiny shape (512x1376 from
-    memory: 137 us vs 217 us; 512x512: 68 vs 83 us), so there BLAS keeps them. A CPU feature, not a
-    timing at start-up, decides: the choice (and so the float rounding) is the same in every process."""
-    return has_flags("avx512f")
-
-
-def small_rows_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
-    """``a @ b`` through the compiled GEMV kernel when it applies (2-D C-contiguous float32, a few rows of
-    ``a``, a matrix ``b`` small enough; see ``GEMV_MAX_*``), else None (numba absent or disabled too)."""
-    if (a.dtype != _F32 or b.dtype != _F32 or a.ndim != 2 or b.ndim != 2 or not 0 < a.shape[0] <= GEMV_MAX_ROWS
-            or b.size > GEMV_MAX_ELEMENTS or a.shape[0] * b.shape[1] > GEMV_MAX_OUTPUT or a.shape[1] != b.shape[0]
-            or b.size == 0 or not a.flags.c_contiguous or not b.flags.c_contiguous):
-        return None
-    if out is not None and (out.dtype != _F32 or not out.flags.c_contiguous or not out.flags.writeable
-                            or out.shape != (a.shape[0], b.shape[1])
-                            or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
-        return None  # (the kernel clears ``out`` before it reads the operands: np.matmul copies instead)
-    kernel = _SMALL_ROWS.compiled_for("f32", _PROBE, _PROBE, _PROBE_OUT)
-    if kernel is None:
-        return None
-    if out is None:
-        out = np.empty((a.shape[0], b.shape[1]), _F32)
-    kernel(read_only(a), read_only(b), out)
-    return out
 
 
 def _native_sgemm():
@@ -114,10 +71,6 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         a = np.ascontiguousarray(a)
     if b.ndim > 2 and b.strides[-1] != b.itemsize:
         b = np.ascontiguousarray(b)
-    if a.ndim == 2 and b.ndim == 2 and a.shape[0] <= GEMV_MAX_ROWS and _gemv_kernel_preferred():
-        y = small_rows_matmul(a, b, out)
-        if y is not None:
-            return y
     pool = current_pool()
     threads = pool.num_threads
     if not pool.splits_gemms or a.ndim < 2 or b.ndim < 2 or (out is not None and not out.flags.c_contiguous):
