@@ -232,3 +232,20 @@ def test_load_time_inference_gives_matmul_nbits_outputs_their_shape():
     for name in ("p", "y"):
         assert values[name].shape is not None and [str(d) for d in values[name].shape] == ["batch", "7", str(n)]
         assert values[name].dtype == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_prefill_rows_split_over_a_pool_that_owns_the_cores(bits):
+    """Many rows (a prefill) on a pool splitting products: each thread dequantizes and multiplies its own
+    column chunks (``nbits_kernels.prefill_part``); the result equals the one-thread route's to float rounding
+    (the products are blocked differently)."""
+    k, n, block = 200, 64 * 11 + 7, 32  # K padded to whole blocks, N to whole tiles
+    b, scales, zp, reference = _nbits_inputs(bits, k, n, block, "packed")
+    a = RNG.standard_normal((3, 9, k)).astype(F)
+    serial = quantized.matmul_nbits(a, b, scales, zp, K=k, N=n, block_size=block, bits=bits)
+    pool = ThreadPool(2).splitting_gemms()
+    with pool.activate():
+        split = quantized.matmul_nbits(a, b, scales, zp, K=k, N=n, block_size=block, bits=bits)
+    pool.shutdown()
+    _close(split, serial)
+    _close(split, (a.astype(np.float64) @ reference).astype(F))

@@ -47,6 +47,13 @@ def _native_sgemm():
     return module if module is not None and module.SGEMM is not None else None
 
 
+def native_sgemm_function():
+    """numpy's BLAS ``cblas_sgemm`` as ``native_sgemm`` found it (``address``, ``wide``), for native tasks that
+    call it themselves; None where numba or the entry point is missing."""
+    module = _native_sgemm()
+    return module.SGEMM if module is not None else None
+
+
 def _split_natively(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray, split: int) -> bool:
     """Run the split product as a native task when it can (float32, layouts cblas_sgemm takes)."""
     if not (a.dtype == b.dtype == out.dtype == _F32) or not pool.runs_native_tasks:

@@ -29,6 +29,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from ..gemm import matmul as pool_matmul
+from ..gemm import native_sgemm_function
 from ..jit import LazyModuleKernel, optional_module
 
 _MODULE = "onyxrt.providers.cpu.contrib.nbits_kernels"
@@ -167,9 +168,33 @@ def _direct(ap: np.ndarray, w: TiledNBits, m: int, nt: int, kb: int) -> np.ndarr
     return y[:, : w.n] if y.shape[1] != w.n else y
 
 
+def _dequantized_gemm_task(ap: np.ndarray, w: TiledNBits, nt: int, per_chunk: int, pool) -> np.ndarray | None:
+    """The prefill route as one native task (``nbits_kernels.prefill_part``): each thread dequantizes its own
+    column chunks and multiplies them (single-threaded BLAS: the pool owns the cores), so the dequantization
+    is split too and no chunk's product is copied into place; None where numba or cblas_sgemm is missing."""
+    module = optional_module(_MODULE)
+    sgemm = native_sgemm_function()
+    if module is None or sgemm is None or _DEQUANTIZE[w.bits].compiled_for(
+            (w.bits, "dequantize"), w.b, w.scales, w.scaled_zero_points, np.empty((ap.shape[1], TILE), np.float32),
+            0, 0) is None:
+        return None
+    parts = pool.num_threads
+    y = np.empty((ap.shape[0], nt * TILE), dtype=np.float32)
+    scratch = np.empty((parts, ap.shape[1], per_chunk * TILE), dtype=np.float32)
+    args = module.prefill_args(w.bits, ap, w.b, w.scales, w.scaled_zero_points, y, scratch, sgemm.address,
+                               sgemm.wide)
+    pool.run_native(module.prefill_part.address, args.ctypes.data, parts)
+    return y[:, : w.n] if y.shape[1] != w.n else y
+
+
 def _dequantized_gemm(ap: np.ndarray, w: TiledNBits, m: int, nt: int) -> np.ndarray | None:
     kp = ap.shape[1]
     per_chunk = max(1, CHUNK_COLUMNS // TILE)
+    pool = current_pool()
+    if pool.splits_gemms and pool.runs_native_tasks and nt >= pool.num_threads:
+        y = _dequantized_gemm_task(ap, w, nt, per_chunk, pool)
+        if y is not None:
+            return y
     scratch = np.empty((kp, per_chunk * TILE), dtype=np.float32)
     kernel = _DEQUANTIZE[w.bits].compiled_for((w.bits, "dequantize"), w.b, w.scales, w.scaled_zero_points,
                                               scratch, 0, 0)

@@ -24,6 +24,7 @@ import numba
 import numpy as np
 from numba import types
 
+from ..native_sgemm import NO_TRANS, _call
 from ..native_tasks import float32_array, int64_array, uint8_array
 
 TILE = 64  # output columns per tile: a compile-time constant, so the column loops vectorize fully
@@ -149,3 +150,45 @@ def dequantize_q8_tiles(b, scales, scaled_zp, w, t0, t1):
                 k = blk * BS + j
                 for c in range(TILE):
                     w[k, base + c] = _f(b[t, blk, j, c]) * scales[t, blk, c] - scaled_zp[t, blk, c]
+
+
+(_P_BITS, _P_M, _P_KP, _P_NT, _P_KB, _P_H, _P_PER, _P_A, _P_B, _P_SCALES, _P_SCALED_ZP, _P_Y, _P_SCRATCH, _P_FN,
+ _P_WIDE, _P_ARGS) = range(16)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def prefill_part(args, part, parts):
+    """Native task: the column tiles [NT * part / parts, NT * (part + 1) / parts) of ``y = a @ W`` for many rows:
+    ``per`` tiles at a time dequantized into this part's scratch (:func:`dequantize_q4_tiles` /
+    :func:`dequantize_q8_tiles`), then multiplied by a single-threaded ``cblas_sgemm`` into y's columns, while
+    they are in cache. :func:`prefill_args` describes the operands."""
+    d = int64_array(args, _P_ARGS)
+    m, kp, nt, kb, h, per = d[_P_M], d[_P_KP], d[_P_NT], d[_P_KB], d[_P_H], d[_P_PER]
+    b = uint8_array(d[_P_B], nt * kb * h * TILE).reshape((nt, kb, h, TILE))
+    scales = float32_array(d[_P_SCALES], nt * kb * TILE).reshape((nt, kb, TILE))
+    scaled_zp = float32_array(d[_P_SCALED_ZP], nt * kb * TILE).reshape((nt, kb, TILE))
+    width = per * TILE
+    scratch_address = d[_P_SCRATCH] + part * kp * width * 4
+    scratch = float32_array(scratch_address, kp * width).reshape((kp, width))
+    t1 = nt * (part + 1) // parts
+    for c0 in range(nt * part // parts, t1, per):
+        c1 = min(t1, c0 + per)
+        if d[_P_BITS] == 4:
+            dequantize_q4_tiles(b, scales, scaled_zp, scratch, c0, c1)
+        else:
+            dequantize_q8_tiles(b, scales, scaled_zp, scratch, c0, c1)
+        _call(d[_P_WIDE], d[_P_FN], NO_TRANS, m, (c1 - c0) * TILE, kp, d[_P_A], kp, scratch_address, width,
+              d[_P_Y] + c0 * TILE * 4, nt * TILE)
+
+
+@numba.njit(cache=True)
+def prefill_args(bits, a, b, scales, scaled_zp, y, scratch, fn, wide):
+    """:func:`prefill_part`'s arguments: ``a`` (M, KP) float32 C-contiguous, the tiled weight, ``y`` (M, NT *
+    TILE) and ``scratch`` (parts, KP, per * TILE) float32 C-contiguous, ``fn`` the address of cblas_sgemm
+    (``wide``: 64-bit integers)."""
+    args = np.empty(_P_ARGS, np.int64)
+    args[_P_BITS], args[_P_M], args[_P_KP], args[_P_NT] = bits, a.shape[0], a.shape[1], b.shape[0]
+    args[_P_KB], args[_P_H], args[_P_PER] = b.shape[1], b.shape[2], scratch.shape[2] // TILE
+    args[_P_A], args[_P_B], args[_P_SCALES], args[_P_SCALED_ZP] = a.ctypes.data, b.ctypes.data, scales.ctypes.data, scaled_zp.ctypes.data
+    args[_P_Y], args[_P_SCRATCH], args[_P_FN], args[_P_WIDE] = y.ctypes.data, scratch.ctypes.data, fn, wide
+    return args
