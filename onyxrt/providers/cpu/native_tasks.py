@@ -9,6 +9,7 @@ Imported only by the modules defining tasks (it imports numba at its top).
 
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
@@ -39,3 +40,12 @@ int16_array = _array_at(types.int16, ir.IntType(16), 2)
 int8_array = _array_at(types.int8, ir.IntType(8), 1)
 uint8_array = _array_at(types.uint8, ir.IntType(8), 1)
 float32_array = _array_at(types.float32, ir.FloatType(), 4)
+
+
+@numba.njit(cache=True, inline="always")
+def part_ranges(rows, panels, by_panels, part, parts):
+    """(r0, r1, p0, p1): part ``part`` of ``parts`` of a product of ``rows`` rows of A by ``panels`` column panels of
+    B, split by rows (each part writes its own rows of C) or, with ``by_panels``, by panels (few rows)."""
+    if by_panels:
+        return 0, rows, panels * part // parts, panels * (part + 1) // parts
+    return rows * part // parts, rows * (part + 1) // parts, 0, panels

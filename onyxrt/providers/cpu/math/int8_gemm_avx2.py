@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from ..native_tasks import float32_array, int16_array, int32_array, int64_array
+from ..native_tasks import float32_array, int16_array, int32_array, int64_array, part_ranges
 
 PANEL = 16  # columns per panel: two 8-lane int32 accumulators
 MAX_ROWS = 6  # rows per tile: 12 accumulators, 2 B vectors and a broadcast fit AVX2's 16 registers
@@ -241,10 +241,7 @@ def gemm_part(args, part, parts):
     m, a_columns, panel_count, k2, n = d[1], d[2], d[4], d[5], d[7]
     a = int16_array(d[0], m * a_columns).reshape((m, a_columns))
     panels = int16_array(d[3], panel_count * k2 * 2 * PANEL).reshape((panel_count, k2, 2 * PANEL))
-    if d[8] == 0:
-        m0, m1, p0, p1 = m * part // parts, m * (part + 1) // parts, 0, panel_count
-    else:
-        m0, m1, p0, p1 = 0, m, panel_count * part // parts, panel_count * (part + 1) // parts
+    m0, m1, p0, p1 = part_ranges(m, panel_count, d[8] != 0, part, parts)
     if d[9] == 0:
         gemm_s16(a, panels, int32_array(d[6], m * n).reshape((m, n)), m0, m1, p0, p1)
     else:

@@ -24,7 +24,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from ..native_tasks import float32_array, int8_array, int32_array, int64_array, uint8_array
+from ..native_tasks import float32_array, int8_array, int32_array, int64_array, part_ranges, uint8_array
 
 PANEL = 32  # columns per panel: two 16-lane int32 accumulators
 MAX_ROWS = 8  # rows per tile: 16 accumulators, 2 B vectors and a broadcast fit AVX-512's 32 registers
@@ -266,10 +266,7 @@ def gemm_part(args, part, parts):
     a = uint8_array(d[0], m * lda).reshape((m, lda))
     panels = int8_array(d[3], panel_count * k4 * 4 * PANEL).reshape((panel_count, k4, 4 * PANEL))
     width = panel_count * PANEL
-    if d[8] == 0:
-        m0, m1, p0, p1 = m * part // parts, m * (part + 1) // parts, 0, panel_count
-    else:
-        m0, m1, p0, p1 = 0, m, panel_count * part // parts, panel_count * (part + 1) // parts
+    m0, m1, p0, p1 = part_ranges(m, panel_count, d[8] != 0, part, parts)
     a_zero, a_rowsum = int32_array(d[10], m), int32_array(d[11], m)
     col_term, b_zero = int32_array(d[12], width), int32_array(d[13], width)
     if d[9] == 0:
