@@ -16,6 +16,7 @@ import os
 import numpy as np
 import pytest
 from feeds import decoder_feeds
+from ort_int8 import onnxruntime_u8s8_is_exact
 
 import onyxrt
 from onyxrt.genai import Generator
@@ -70,7 +71,9 @@ def test_minilm_dynamic_defaults_keep_cosine_above_0_99_at_under_30_percent_size
     print(f"minilm_l6 quantize_dynamic defaults: size {ratio:.3f} of fp32, mean cosine onyxrt {in_onyxrt:.4f}, "
           f"onnxruntime {in_onnxruntime:.4f}")
     assert ratio <= 0.30
-    assert in_onyxrt >= 0.99 and in_onnxruntime >= 0.99
+    assert in_onyxrt >= 0.99
+    # without VNNI onnxruntime's int8 products saturate (tests/unit/ort_int8.py), which costs it a little
+    assert in_onnxruntime >= (0.99 if onnxruntime_u8s8_is_exact() else 0.98)
 
 
 def test_resnet50_static_qdq_per_channel_snr_above_20_db(zoo_model, tmp_path):
