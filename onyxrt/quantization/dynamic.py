@@ -218,8 +218,8 @@ class _DynamicQuantizer:
     def _row_quantized_matmul(self, node: onnx.NodeProto, activation: str, weight_name: str, weight: np.ndarray,
                               output: str) -> list[onnx.NodeProto]:
         """``activation @ weight`` with the activation quantized per row (each row of its last axis: one token)
-        to symmetric int8, in standard ops (:data:`ROW_QUANTIZE_OPS`; onyxrt's ``row_quantize_matmul_fusion``
-        runs them as one int8 kernel): ``s = max(max|x|, tiny) / 127`` per row, ``q = int8(clip(round(x / s),
+        to symmetric int8, in standard ops onnxruntime runs too (onyxrt's ``row_quantize_matmul_fusion`` runs
+        them as one int8 kernel): ``s = max(max|x|, tiny) / 127`` per row, ``q = int8(clip(round(x / s),
         -127, 127))``, ``y = float(q @ w_int8) * w_scale * s``. The weight is quantized symmetric int8 (per
         output column with ``per_channel``), whatever ``weight_type`` says: a zero point would need the row
         sums of q."""

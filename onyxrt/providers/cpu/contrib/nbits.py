@@ -9,7 +9,8 @@ kernels of :mod:`.nbits_kernels` read directly; the float weight is never kept:
   enough. A plan holding these kernels runs with the pool splitting GEMMs (``KERNELS_ON_POOL``),
   so its workers spin between the step's products;
 * more rows (prefill): the weight is dequantized ``CHUNK_COLUMNS`` columns at a time into a
-  small scratch matrix (it stays in cache) and multiplied by BLAS, split over the pool.
+  small scratch matrix (it stays in cache) and multiplied by BLAS; on a pool that owns the cores,
+  each thread dequantizes and multiplies its own chunks (``nbits_kernels.prefill_part``).
 
 Memory: the prepared weight is the packed bytes plus float32 scales and scale*zero-point per
 block (for 4 bits, block 32: 0.75 bytes a weight, against 4 for a cached float32 copy, which
