@@ -10,7 +10,9 @@ the right operand when there are too few rows (a decoding step's GEMV; only for 
 7.5 -> 6.5 ms). Float32 parts run as native
 tasks where numba is usable (``native_sgemm``: cblas_sgemm / cblas_sgemv on the workers, no GIL);
 others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``): native splits within
-about 15% of OpenBLAS's own threads either way.
+about 15% of OpenBLAS's own threads either way. On a CPU with AVX-512, such a pool's float32 products of
+many rows run on onyxrt's own kernel instead (``math/sgemm_avx512``: B read where it lies, no packing;
+minilm_l6 and bert_base without ``allow_spinning`` 4-9 % faster on a Zen 5 EPYC).
 Other pools call ``np.matmul`` as it is, on BLAS's threads: a decoding step's GEMVs too. (A compiled
 single-threaded GEMV loop for them, kept on AVX-512 CPUs after a measurement on a Zen 4 EPYC, was removed
 in stop 31: on a Zen 5 EPYC OpenBLAS's sgemv made llama_tiny's decoding step faster at two threads,
@@ -20,10 +22,12 @@ on the AVX2-only EPYC OpenBLAS had been the faster too.)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from ...framework.cpu_features import has_flags
 from ...framework.thread_pool import current_pool
 from .jit import optional_module
 
@@ -45,6 +49,47 @@ def _native_sgemm():
     """The ``native_sgemm`` module where numba compiles it and numpy's BLAS exports cblas_sgemm, else None."""
     module = optional_module("onyxrt.providers.cpu.native_sgemm")
     return module if module is not None and module.SGEMM is not None else None
+
+
+# Float32 products run on ``math/sgemm_avx512`` where the CPU has AVX-512 and the pool owns the cores (sessions
+# without ``allow_spinning``, plans holding onyxrt's own pool kernels; BLAS's threads keep the others), from this
+# many rows (fewer: a decoding step's GEMVs, BLAS's sgemv) and multiply-adds, up to this many columns. Measured on
+# 2 Zen 5 cores against OpenBLAS's two threads: 128 x 768 x 3072 433 / 386 GFLOP/s, 128 x 3072 x 768 473 / 387,
+# 128 x 1408 x 512 481 / 390; below ~4M multiply-adds OpenBLAS was the faster (136 x 64 x 256 285 / 306), and
+# for a vocabulary head (128 x 512 x 32000: 351 / 372) whose B rows lie far apart.
+OWN_SGEMM_MIN_ROWS = 16
+OWN_SGEMM_MIN_MACS = 1 << 22
+OWN_SGEMM_MAX_COLUMNS = 8192
+# Multiply-adds from which a product splits over workers that block between tasks (waking one: 50-80 us on a VM).
+MIN_MACS_WAKING = 1 << 25
+
+
+@functools.cache
+def own_sgemm_usable() -> bool:
+    """Whether ``math/sgemm_avx512`` runs here: a CPU with AVX-512 and numba compiling for it."""
+    return has_flags("avx512f") and optional_module("onyxrt.providers.cpu.math.sgemm_avx512") is not None
+
+
+def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool) -> np.ndarray | None:
+    """``a @ b`` on ``math/sgemm_avx512`` (float32, C-contiguous operands), split over the pool by column panels or
+    rows as a native task; None where it does not apply."""
+    if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and a.shape[1] == b.shape[0]
+            and b.shape[1] > 0 and a.shape[1] > 0 and own_sgemm_usable()):
+        return None
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512")
+    m, n = a.shape[0], b.shape[1]
+    y = out if out is not None else np.empty((m, n), _F32)
+    tail = module.tail_of(b)
+    count = module.panels(n)
+    parts = min(pool.num_threads, max(count, -(-m // module.MAX_ROWS)))
+    blocked = not pool.workers_spin and m * a.shape[1] * n < MIN_MACS_WAKING  # (a hand-off would wake a worker)
+    if parts < 2 or blocked or not pool.runs_native_tasks:
+        module.gemm(a, b, tail, y, 0, m, 0, count)
+        return y
+    by_panels = count >= 2 * parts
+    args = module.task_args(a, b, tail, y, by_panels)
+    pool.run_native(module.gemm_part.address, args.ctypes.data, parts)
+    return y
 
 
 def native_sgemm_function():
@@ -80,6 +125,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         b = np.ascontiguousarray(b)
     pool = current_pool()
     threads = pool.num_threads
+    if (a.ndim == 2 and b.ndim == 2 and a.shape[0] >= OWN_SGEMM_MIN_ROWS and b.shape[-1] <= OWN_SGEMM_MAX_COLUMNS
+            and a.shape[0] * a.shape[1] * b.shape[-1] >= OWN_SGEMM_MIN_MACS and (pool.splits_gemms or threads == 1)
+            and (out is None or out.flags.c_contiguous)):
+        y = _own_sgemm(a, b, out, pool)
+        if y is not None:
+            return y
     if not pool.splits_gemms or a.ndim < 2 or b.ndim < 2 or (out is not None and not out.flags.c_contiguous):
         return np.matmul(a, b, out=out)
     m, k = a.shape[-2:]
