@@ -35,12 +35,13 @@ _I64 = ir.IntType(64)
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def _tile_intrinsic(rows: int, accumulate: bool):
-    """``tile(c_addr, ldc, a_addr, lda, b_addr, ldb, k)``: C[rows, 32] = A[rows, k] @ B[k, 32] (with ``accumulate``,
-    C += ...), byte addresses and strides (C, A and B rows of float32)."""
+def _tile_intrinsic(rows: int):
+    """``tile(c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate)``: C[rows, 32] = A[rows, k] @ B[k, 32] (C += ...
+    where ``accumulate`` is nonzero), byte addresses and strides (C, A and B rows of float32)."""
 
     def codegen(context, builder, signature, args):
-        c_addr, ldc, a_addr, lda, b_addr, ldb, k = args
+        c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate = args
+        adding = builder.icmp_signed("!=", accumulate, ir.Constant(_I64, 0))
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V, _V]), "llvm.fma.v16f32")
         zero = ir.Constant(_V, None)
         initial = []
@@ -48,7 +49,7 @@ def _tile_intrinsic(rows: int, accumulate: bool):
             row = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, r)))
             for half in range(2):
                 pointer = builder.inttoptr(builder.add(row, ir.Constant(_I64, 64 * half)), _V.as_pointer())
-                initial.append(builder.load(pointer, align=4) if accumulate else zero)
+                initial.append(builder.select(adding, builder.load(pointer, align=4), zero))
         entry = builder.basic_block
         head = builder.append_basic_block("sgemm.head")
         body = builder.append_basic_block("sgemm.body")
@@ -93,69 +94,41 @@ def _tile_intrinsic(rows: int, accumulate: bool):
         return context.get_dummy_value()
 
     @intrinsic
-    def tile(typingctx, c_addr, ldc, a_addr, lda, b_addr, ldb, k):
-        return types.void(*([types.intp] * 7)), codegen
+    def tile(typingctx, c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate):
+        return types.void(*([types.intp] * 8)), codegen
 
     return tile
 
 
-_SET = tuple(_tile_intrinsic(r, False) for r in range(1, MAX_ROWS + 1))
-_ADD = tuple(_tile_intrinsic(r, True) for r in range(1, MAX_ROWS + 1))
-(_s1, _s2, _s3, _s4, _s5, _s6, _s7, _s8, _s9, _s10, _s11, _s12) = _SET
-(_a1, _a2, _a3, _a4, _a5, _a6, _a7, _a8, _a9, _a10, _a11, _a12) = _ADD
+(_t1, _t2, _t3, _t4, _t5, _t6, _t7, _t8, _t9, _t10, _t11, _t12) = (_tile_intrinsic(r) for r in range(1, MAX_ROWS + 1))
 
 
 @numba.njit(**_jit)
 def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate):
-    if accumulate:
-        if rows == 12:
-            _a12(c, ldc, a, lda, b, ldb, k)
-        elif rows == 11:
-            _a11(c, ldc, a, lda, b, ldb, k)
-        elif rows == 10:
-            _a10(c, ldc, a, lda, b, ldb, k)
-        elif rows == 9:
-            _a9(c, ldc, a, lda, b, ldb, k)
-        elif rows == 8:
-            _a8(c, ldc, a, lda, b, ldb, k)
-        elif rows == 7:
-            _a7(c, ldc, a, lda, b, ldb, k)
-        elif rows == 6:
-            _a6(c, ldc, a, lda, b, ldb, k)
-        elif rows == 5:
-            _a5(c, ldc, a, lda, b, ldb, k)
-        elif rows == 4:
-            _a4(c, ldc, a, lda, b, ldb, k)
-        elif rows == 3:
-            _a3(c, ldc, a, lda, b, ldb, k)
-        elif rows == 2:
-            _a2(c, ldc, a, lda, b, ldb, k)
-        else:
-            _a1(c, ldc, a, lda, b, ldb, k)
-    elif rows == 12:
-        _s12(c, ldc, a, lda, b, ldb, k)
+    if rows == 12:
+        _t12(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 11:
-        _s11(c, ldc, a, lda, b, ldb, k)
+        _t11(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 10:
-        _s10(c, ldc, a, lda, b, ldb, k)
+        _t10(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 9:
-        _s9(c, ldc, a, lda, b, ldb, k)
+        _t9(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 8:
-        _s8(c, ldc, a, lda, b, ldb, k)
+        _t8(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 7:
-        _s7(c, ldc, a, lda, b, ldb, k)
+        _t7(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 6:
-        _s6(c, ldc, a, lda, b, ldb, k)
+        _t6(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 5:
-        _s5(c, ldc, a, lda, b, ldb, k)
+        _t5(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 4:
-        _s4(c, ldc, a, lda, b, ldb, k)
+        _t4(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 3:
-        _s3(c, ldc, a, lda, b, ldb, k)
+        _t3(c, ldc, a, lda, b, ldb, k, accumulate)
     elif rows == 2:
-        _s2(c, ldc, a, lda, b, ldb, k)
+        _t2(c, ldc, a, lda, b, ldb, k, accumulate)
     else:
-        _s1(c, ldc, a, lda, b, ldb, k)
+        _t1(c, ldc, a, lda, b, ldb, k, accumulate)
 
 
 @numba.njit(**_jit)
@@ -171,7 +144,7 @@ def gemm(a, b, tail, c, m0, m1, p0, p1):
     lda, ldb, ldc = k * 4, n * 4, n * 4
     for k0 in range(0, k, K_BLOCK):
         depth = min(K_BLOCK, k - k0)
-        accumulate = k0 > 0
+        accumulate = 1 if k0 > 0 else 0
         for p in range(p0, p1):
             col0 = p * PANEL
             m = m0
@@ -186,7 +159,7 @@ def gemm(a, b, tail, c, m0, m1, p0, p1):
                         for j in range(PANEL):
                             scratch[r, j] = c[m + r, col0 + j] if accumulate and col0 + j < n else 0
                     _tile(scratch.ctypes.data, PANEL * 4, a_address, lda, tail.ctypes.data + k0 * PANEL * 4, PANEL * 4,
-                          depth, rows, True)
+                          depth, rows, 1)
                     for r in range(rows):
                         for j in range(n - col0):
                             c[m + r, col0 + j] = scratch[r, j]
