@@ -173,11 +173,9 @@ def _dequantized_gemm_task(ap: np.ndarray, w: TiledNBits, nt: int, per_chunk: in
     """The prefill route as one native task (``nbits_kernels.prefill_part``): each thread dequantizes its own
     column chunks and multiplies them (single-threaded BLAS: the pool owns the cores), so the dequantization
     is split too and no chunk's product is copied into place; None where numba or cblas_sgemm is missing."""
-    module = optional_module(_MODULE)
+    module = optional_module(_MODULE)  # (its task compiles the dequantizing kernels as the module loads)
     sgemm = native_sgemm_function()
-    if module is None or sgemm is None or _DEQUANTIZE[w.bits].compiled_for(
-            (w.bits, "dequantize"), w.b, w.scales, w.scaled_zero_points, np.empty((ap.shape[1], TILE), np.float32),
-            0, 0) is None:
+    if module is None or sgemm is None:
         return None
     parts = pool.num_threads
     y = np.empty((ap.shape[0], nt * TILE), dtype=np.float32)

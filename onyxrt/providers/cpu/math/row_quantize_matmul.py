@@ -26,6 +26,8 @@ _F32 = np.dtype(np.float32)
 LIMIT = np.float32(127.0)
 _SHIFT = 128  # int8 q + 128 as uint8: the VNNI kernel's unsigned left operand
 _QUANTIZE_ROWS = LazyModuleKernel(__name__.rsplit(".", 1)[0] + ".quantize_jit", "quantize_rows_int8_shifted")
+# arguments that do no work, with which the kernel compiles (or loads) its float32 form once
+_PROBE = (np.zeros((0, 0), _F32), np.zeros(0, _F32), LIMIT, np.zeros((0, 0), np.uint8))
 
 
 def quantize_rows(x: np.ndarray, floor: np.float32) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +38,7 @@ def quantize_rows(x: np.ndarray, floor: np.float32) -> tuple[np.ndarray, np.ndar
     scales = np.maximum(peak, floor, out=peak)
     scales /= LIMIT
     out = np.empty(x.shape, np.uint8)
-    kernel = _QUANTIZE_ROWS.compiled_for("f32", np.zeros((0, 0), _F32), scales[:0], LIMIT, out[:0])
+    kernel = _QUANTIZE_ROWS.compiled_for("f32", *_PROBE)
     if kernel is not None:
         kernel(x, scales, LIMIT, out)
         return out, scales
