@@ -39,6 +39,7 @@ from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, optional_module, read_only
+from . import winograd
 from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -698,7 +699,8 @@ Route = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads, b=None, dw_weights=None,
-               bias_weights=None, activation=None, residual: bool = False, sparse: SparseWeight | None = None) -> Route:
+               bias_weights=None, activation=None, residual: bool = False, sparse: SparseWeight | None = None,
+               winograd_filter: np.ndarray | None = None) -> Route:
     """``conv_core`` for inputs of ``shape`` and ``dtype`` as a function ``(x, residual) -> y``: the checks,
     the output geometry and the choice of kernels made once, so that a convolution whose weights are
     constant keeps it for each input shape it sees (``float_conv``). ``residual`` says whether one is given.
@@ -737,6 +739,10 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     # for free: mobilenet_v2's expansions with Clip 10-30% faster without the copy).
     w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
     finish = _finisher(M, b, activation, nd)
+    if winograd_filter is not None:  # (``winograd.applies``, checked by the caller)
+        route = winograd.winograd_route(shape, winograd_filter, b, activation, pads, out_sp, finish)
+        if route is not None:
+            return route
 
     if (nd == 2 and K > 1 and all(p >= 0 for p in pads) and N * C > 0 and w_aug is None
             and _flat_fits(shape, pads, strides, out_sp)):
@@ -904,7 +910,7 @@ class ConvWeights:
     and, for 2-D depthwise filters, the GEMM weights of ``depthwise_weights``. Runs share
     it; nothing in it is ever written."""
 
-    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse", "pointwise", "routes")
+    __slots__ = ("ct", "w", "b", "has_bias", "dw", "w_aug", "sparse", "pointwise", "winograd", "routes")
 
     def __init__(self, w: np.ndarray, b, group: int, strides, dilations, pointwise: bool = False):
         self.ct = ct = np.dtype(compute_dtype(w.dtype))
@@ -922,6 +928,7 @@ class ConvWeights:
         self.sparse = sparse_prepack(self.w.reshape(w.shape[:2]).T, w.shape, convolution=True) if one_by_one else None
         # W (M x C) for a pointwise convolution (1x1 filter, stride 1, no padding, group 1): see ``float_conv``
         self.pointwise = frozen(self.w.reshape(w.shape[:2])) if pointwise and one_by_one and self.sparse is None else None
+        self.winograd: np.ndarray | None = None  # the Winograd-transformed filter, made by the first route taking it
         self.routes: dict = {}  # (input shape, dtype, ...) -> float_conv's route for it
 
 
@@ -1003,7 +1010,12 @@ def _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shap
         wc = w if w.dtype == ct else w.astype(ct)
         bc = None if b is None else np.asarray(b).astype(ct, copy=False)
     if x.dtype == ct:
-        return conv_route(x.shape, ct, wc, group, s, d, p, bc, dw, w_aug, activation, residual, sparse)
+        transformed = None
+        if packed is not None and winograd.applies(x.shape, ct, wc.shape, group, s, d, p):
+            if packed.winograd is None:
+                packed.winograd = frozen(winograd.transformed_filter(wc))
+            transformed = packed.winograd
+        return conv_route(x.shape, ct, wc, group, s, d, p, bc, dw, w_aug, activation, residual, sparse, transformed)
     core = conv_route(x.shape, ct, wc, group, s, d, p, bc, dw, w_aug, None, False, sparse)
     return lambda x, z: core(x.astype(ct), None).astype(x.dtype)
 

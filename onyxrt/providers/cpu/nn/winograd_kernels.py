@@ -1,0 +1,128 @@
+"""The Winograd F(2x2, 3x3) transforms (``winograd``): the input's into the sixteen products' right operands, the
+products' into the output, with the convolution's epilogue.
+
+Imported by ``winograd`` on first use (it imports numba at its top).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..jit_rows import epilogue_row
+
+_jit = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@numba.njit(**_jit)
+def input_transform(x, v, pt, pl, th, tw, c0, c1):
+    """v[xi, c, t] = (B^T d B)[xi] for channels c0..c1 of ``x`` (N, C, H, W), tile t = (n * th + a) * (tw + 1) + b
+    whose patch d is x's rows 2a - pt .. 2a - pt + 3 and columns 2b - pl .. 2b - pl + 3 (zero outside x). Each
+    tile row has one junk tile past its last (b = tw): every step below is then one long loop over a plane.
+
+    The padded plane is split into its four row and column parity images ((th + 1) x (tw + 1) each); the column
+    step (d B) combines an image's element with its right neighbour, the row step (B^T) an image's row with
+    the next, each a contiguous run. Indices are ``uintp``: no wrap-around tests, and the loops vectorize."""
+    N, C, H, W = x.shape
+    T = v.shape[2]
+    half = tw + 1
+    length = (th + 1) * half  # a parity image
+    tiles = th * half  # an image's tiles
+    xf = x.reshape(-1)
+    vf = v.reshape(-1)
+    # parity images [row parity][column parity], one slack element each; their padding stays zero
+    images = np.zeros((2, 2, length + 1), x.dtype)
+    steps = np.empty((2, 4, length), x.dtype)  # column steps of the row-parity images
+    for n in range(N):
+        for c in range(c0, c1):
+            plane = (n * C + c) * H * W
+            for h in range(H):
+                r = h + pt  # padded row
+                if r >= 2 * (th + 1):
+                    break
+                source = plane + h * W
+                for q in range(2):
+                    image = images[r % 2, q]
+                    base = (r // 2) * half
+                    w0 = (q - pl) % 2  # first column of x at padded column parity q
+                    first = (w0 + pl) // 2
+                    count = max(0, min((W - w0 + 1) // 2, half - first))
+                    for u in range(count):
+                        image[np.uintp(base + first + u)] = xf[np.uintp(source + w0 + 2 * u)]
+            for p in range(2):
+                even, odd = images[p, 0], images[p, 1]
+                s0, s1, s2, s3 = steps[p, 0], steps[p, 1], steps[p, 2], steps[p, 3]
+                for f in range(length):
+                    e0, e1 = even[np.uintp(f)], even[np.uintp(f + 1)]
+                    o0, o1 = odd[np.uintp(f)], odd[np.uintp(f + 1)]
+                    s0[np.uintp(f)] = e0 - e1
+                    s1[np.uintp(f)] = o0 + e1
+                    s2[np.uintp(f)] = e1 - o0
+                    s3[np.uintp(f)] = o0 - o1
+            t0 = n * tiles
+            for j in range(4):
+                top, bottom = steps[0, j], steps[1, j]  # padded rows 2a (2a + 2) and 2a + 1 (2a + 3)
+                out0 = (j * C + c) * T + t0  # v[j, c, t0]; rows 4 + j, 8 + j and 12 + j follow
+                out1, out2, out3 = out0 + 4 * C * T, out0 + 8 * C * T, out0 + 12 * C * T
+                for f in range(tiles):
+                    d0, d1 = top[np.uintp(f)], bottom[np.uintp(f)]
+                    d2, d3 = top[np.uintp(f + half)], bottom[np.uintp(f + half)]
+                    vf[np.uintp(out0 + f)] = d0 - d2
+                    vf[np.uintp(out1 + f)] = d1 + d2
+                    vf[np.uintp(out2 + f)] = d2 - d1
+                    vf[np.uintp(out3 + f)] = d1 - d3
+
+
+@numba.njit(fastmath={"contract"}, **_jit)
+def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
+    """Output channels k0..k1 of ``y`` (N, K, OH, OW) from the products ``m`` (16, K, T), tiles laid out as
+    :func:`input_transform` lays them: each tile's A^T M A, cropped where OH or OW is odd; then, while the
+    plane is in cache, y = act(y + bias[k] + residual) (``jit_rows.epilogue_row``: ``bias`` with 0 or K
+    entries, ``residual`` (N * K, OH * OW) or 0 rows, ``act`` its code with parameters alpha, beta)."""
+    N, K, OH, OW = y.shape
+    T = m.shape[2]
+    half = tw + 1
+    tiles = th * half
+    mf = m.reshape(-1)
+    yf = y.reshape(-1)
+    corners = np.empty((4, tiles), m.dtype)  # each tile's outputs (0, 0), (0, 1), (1, 0), (1, 1)
+    c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
+    step = K * T
+    evens, odds = (OW + 1) // 2, OW // 2
+    biased = bias.shape[0] > 0
+    summed = residual.shape[0] > 0
+    for n in range(N):
+        for k in range(k0, k1):
+            r0 = k * T + n * tiles  # m[0, k, t0]; m[j, k, t0] is j * K * T further
+            for f in range(tiles):
+                i = r0 + f
+                m0, m1, m2, m3 = (mf[np.uintp(i)], mf[np.uintp(i + step)], mf[np.uintp(i + 2 * step)],
+                                  mf[np.uintp(i + 3 * step)])
+                m4, m5, m6, m7 = (mf[np.uintp(i + 4 * step)], mf[np.uintp(i + 5 * step)],
+                                  mf[np.uintp(i + 6 * step)], mf[np.uintp(i + 7 * step)])
+                m8, m9, m10, m11 = (mf[np.uintp(i + 8 * step)], mf[np.uintp(i + 9 * step)],
+                                    mf[np.uintp(i + 10 * step)], mf[np.uintp(i + 11 * step)])
+                m12, m13, m14, m15 = (mf[np.uintp(i + 12 * step)], mf[np.uintp(i + 13 * step)],
+                                      mf[np.uintp(i + 14 * step)], mf[np.uintp(i + 15 * step)])
+                q00, q01 = m0 + m1 + m2, m1 - m2 - m3
+                q10, q11 = m4 + m5 + m6, m5 - m6 - m7
+                q20, q21 = m8 + m9 + m10, m9 - m10 - m11
+                q30, q31 = m12 + m13 + m14, m13 - m14 - m15
+                c00[np.uintp(f)] = q00 + q10 + q20
+                c01[np.uintp(f)] = q01 + q11 + q21
+                c10[np.uintp(f)] = q10 - q20 - q30
+                c11[np.uintp(f)] = q11 - q21 - q31
+            plane = (n * K + k) * OH * OW
+            for row in range(OH):
+                a = row // 2
+                left, right = (c00, c01) if row % 2 == 0 else (c10, c11)
+                target = plane + row * OW
+                source = a * half
+                for u in range(evens):
+                    yf[np.uintp(target + 2 * u)] = left[np.uintp(source + u)]
+                for u in range(odds):
+                    yf[np.uintp(target + 2 * u + 1)] = right[np.uintp(source + u)]
+            row = n * K + k
+            outputs = y.reshape(N * K, OH * OW)[np.uintp(row)]
+            add = bias[np.uintp(k)] if biased else m.dtype.type(0)
+            epilogue_row(outputs, add, residual[np.uintp(row)] if summed else outputs, summed, act, alpha, beta)
