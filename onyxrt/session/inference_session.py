@@ -37,6 +37,7 @@ from .placement import optimize_and_partition
 from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
+from ..framework.thread_mode import ThreadModes
 from ..framework.session_config import KERNELS_ON_POOL, active_session_config
 from .session_options import ExecutionMode, RunOptions, SessionOptions, ignored_options, options_summary
 
@@ -277,8 +278,15 @@ class InferenceSession(SessionApiMixin):
         # take the same cores (measured on 2 cores: a 90%-pruned minilm_l6 40 -> 29 ms, onnxruntime's
         # int8 minilm_l6 on the AVX2 route 55 -> 45 ms): such a plan runs with the pool splitting GEMMs
         # too, unless the user set allow_spinning explicitly.
-        if KERNELS_ON_POOL in traits and "session.intra_op.allow_spinning" not in self._sess_options._config:
+        spinning_set = "session.intra_op.allow_spinning" in self._sess_options._config
+        if KERNELS_ON_POOL in traits and not spinning_set:
             self._thread_pool = pool.splitting_gemms()
+        # the mode per input signature, learned from its first run (``framework.thread_mode``), where the pool has
+        # two and the user chose neither
+        split = self._thread_pool.splitting_gemms()
+        self._thread_modes = (ThreadModes(self._thread_pool, split) if split is not self._thread_pool
+                              and not spinning_set and self._sess_options.execution_mode != ExecutionMode.ORT_PARALLEL
+                              else None)
         if self._sess_options.execution_mode == ExecutionMode.ORT_PARALLEL:
             # as onnxruntime: inter_op_num_threads threads, or the global pools' size for a session without its
             # own threads (0: one per physical core, the intra-op pool's default)
@@ -420,14 +428,22 @@ class InferenceSession(SessionApiMixin):
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
         # kernels see run_options (terminate) through framework.run_context.check_terminate
         try:
-            with np.errstate(all="ignore"), self._thread_pool.activate(), active_run_options(run_options):
-                if not self._profiling:
-                    return self._plan.run(inputs, targets=targets)
-                return self._profiled_run(inputs, targets)
+            with np.errstate(all="ignore"), active_run_options(run_options):
+                modes = self._thread_modes
+                if modes is None:
+                    return self._run_on(self._thread_pool, inputs, targets)
+                signature = tuple(getattr(value, "shape", None) for value in inputs)
+                return modes.run(signature, lambda pool: self._run_on(pool, inputs, targets))
         except OnyxRuntimeError as error:
             if getattr(error, "node_name", None) is not None:
                 logger.error(error.message)
             raise
+
+    def _run_on(self, pool, inputs: list[Any], targets: Sequence[BoundOutput | None] | None) -> list[Any]:
+        with pool.activate():
+            if not self._profiling:
+                return self._plan.run(inputs, targets=targets)
+            return self._profiled_run(inputs, targets)
 
     def _profiled_run(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None) -> list[Any]:
         """A run whose steps are recorded (a failed run too: the steps that ran, and the run)."""

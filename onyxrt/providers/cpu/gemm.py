@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from ...framework.cpu_features import has_flags
+from ...framework.thread_mode import note_pool_product
 from ...framework.thread_pool import current_pool
 from .jit import optional_module
 
@@ -68,6 +69,17 @@ MIN_MACS_WAKING = 1 << 25
 def own_sgemm_usable() -> bool:
     """Whether ``math/sgemm_avx512`` runs here: a CPU with AVX-512 and numba compiling for it."""
     return has_flags("avx512f") and optional_module("onyxrt.providers.cpu.math.sgemm_avx512") is not None
+
+
+def note_product(rows: int, depth: int, cols: int) -> None:
+    """Tell a session learning an input signature's thread mode (``framework.thread_mode``) of a MatMul or Gemm node's
+    float32 product (``rows`` x ``depth`` by ``depth`` x ``cols``) that the pool's split mode runs on onyxrt's own
+    GEMM (the rows and columns ``matmul`` takes it for, on a CPU with it) and large enough for the mode to pay:
+    models of smaller products are faster on BLAS's threads (a 4-sequence 64-token encoder of 256 x 64 x 256
+    products, 4M multiply-adds: 0.61 -> 0.66 ms split, on 2 Zen 5 cores)."""
+    if (rows >= OWN_SGEMM_MIN_ROWS and cols <= OWN_SGEMM_MAX_COLUMNS and rows * depth * cols >= MIN_MACS_WAKING
+            and own_sgemm_usable()):
+        note_pool_product()
 
 
 def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool) -> np.ndarray | None:

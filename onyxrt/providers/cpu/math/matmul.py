@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..gemm import matmul as pool_matmul
+from ..gemm import matmul as pool_matmul, note_product
 from .int8_gemm import matmul_int8, packed_for, prepack_constant_b
 from .sparse_gemm import SparseWeight, sparse_prepack
 from .._helpers import ALLOC_MIN_BYTES
@@ -21,6 +21,7 @@ from ..kernel_table import op
 from ....errors import NodeInputError, NodeInputTypeError
 
 _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_F32 = np.dtype(np.float32)
 
 
 def _is_low_precision_float(dtype: np.dtype) -> bool:
@@ -85,6 +86,8 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
         if dtype not in _BLAS_FLOATS:  # float32 GEMM (the pool's path below), rounded back once
             return np.asarray(_matmul(a.astype(np.float32), b).astype(dtype))
     if dtype in _BLAS_FLOATS:
+        if dtype == _F32 and b.ndim == 2 and a.ndim >= 2:
+            note_product(a.size // a.shape[-1], a.shape[-1], b.shape[1])
         wanted = alloc is not None and a.nbytes >= ALLOC_MIN_BYTES  # the output has a's rows
         shape = _matmul_shape(a, b) if wanted and a.shape[-1] == b.shape[-2 if b.ndim > 1 else 0] else None
         out = None if shape is None else alloc(shape, dtype)
@@ -142,6 +145,8 @@ def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
             A = A.astype(np.float32)
         if A.shape[1] != B.shape[0]:
             raise NodeInputError(f"Gemm: inner dimensions do not match: A' {A.shape}, B' {B.shape}")
+        if ct == _F32:
+            note_product(A.shape[0], A.shape[1], B.shape[1])
         y = np.asarray(pool_matmul(A, B) if is_float else np.matmul(A, B))
     if alpha != 1.0:
         if is_float:

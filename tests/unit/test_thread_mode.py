@@ -1,0 +1,106 @@
+"""A session's thread mode per input signature (framework/thread_mode.py): learned from a signature's first run,
+split where its products are large multi-row ones the pool's own GEMM runs, BLAS's threads otherwise."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onyxrt
+from onyxrt.framework import thread_mode
+from onyxrt.framework.thread_mode import ThreadModes, note_pool_product
+from onyxrt.providers.cpu.gemm import own_sgemm_usable
+
+RNG = np.random.default_rng(5)
+
+
+class _Pool:
+    def __init__(self, name):
+        self.name = name
+
+
+def test_modes_are_learned_per_signature():
+    modes = ThreadModes(_Pool("blas"), _Pool("split"))
+    used = []
+
+    def run(noting):
+        def body(pool):
+            used.append(pool.name)
+            if noting:
+                note_pool_product()
+            return pool.name
+        return body
+
+    assert modes.run((1, 128), run(True)) == "blas"  # the learning run keeps the default
+    assert modes.split_for((1, 128)) is True
+    assert modes.run((1, 128), run(False)) == "split"
+    assert modes.run((1, 1), run(False)) == "blas"
+    assert modes.split_for((1, 1)) is False
+    assert modes.run((1, 1), run(True)) == "blas"  # learned once: later notes change nothing
+    assert used == ["blas", "split", "blas", "blas"]
+
+
+def test_notes_outside_a_learning_run_are_ignored():
+    note_pool_product()  # no learner: nothing to record, nothing raised
+    assert thread_mode._RECORD.get() is None
+
+
+def test_the_record_is_reset_when_a_run_fails():
+    modes = ThreadModes(_Pool("blas"), _Pool("split"))
+
+    def failing(pool):
+        note_pool_product()
+        raise ValueError("kernel failed")
+
+    with pytest.raises(ValueError):
+        modes.run("signature", failing)
+    assert thread_mode._RECORD.get() is None and modes.split_for("signature") is None
+
+
+def _matmul_model(depth: int, cols: int) -> tuple[bytes, np.ndarray]:
+    w = RNG.standard_normal((depth, cols)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "mm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", depth])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), w
+
+
+def _session(model, **config):
+    options = onyxrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    return onyxrt.InferenceSession(model, options)
+
+
+def test_large_products_split_and_single_rows_do_not():
+    model, w = _matmul_model(512, 1024)
+    session = _session(model)
+    large = RNG.standard_normal((128, 512)).astype(np.float32)
+    single = RNG.standard_normal((1, 512)).astype(np.float32)
+    want = large.astype(np.float64) @ w
+    for _ in range(2):  # the learning run, then one in the learned mode
+        np.testing.assert_allclose(session.run(None, {"x": large})[0], want, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(session.run(None, {"x": single})[0], single.astype(np.float64) @ w, rtol=1e-4,
+                               atol=1e-3)
+    assert session._thread_modes.split_for(((128, 512),)) is own_sgemm_usable()
+    assert session._thread_modes.split_for(((1, 512),)) is False
+
+
+def test_small_products_keep_blas_threads():
+    session = _session(_matmul_model(64, 256)[0])  # 256 rows: 4M multiply-adds
+    session.run(None, {"x": RNG.standard_normal((256, 64)).astype(np.float32)})
+    assert session._thread_modes.split_for(((256, 64),)) is False
+
+
+@pytest.mark.parametrize("config", [{"session.intra_op.allow_spinning": "1"}, {"session.intra_op.allow_spinning": "0"}])
+def test_an_explicit_spinning_choice_is_kept(config):
+    session = _session(_matmul_model(512, 1024)[0], **config)
+    assert session._thread_modes is None
+
+
+def test_one_thread_has_one_mode():
+    options = onyxrt.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onyxrt.InferenceSession(_matmul_model(512, 1024)[0], options)
+    assert session._thread_modes is None
