@@ -259,6 +259,26 @@ def test_parallel_planes_match_serial(monkeypatch, layout):
     assert np.array_equal(serial, parallel)
 
 
+@needs_numba
+@pytest.mark.parametrize("activation", [("Clip", [0.0, 6.0]), ("HardSwish", [])])
+def test_parallel_blocks_with_activations(monkeypatch, activation):
+    """The vector blocks shared out over the pool (a native task, whole blocks of eight planes per part) with an
+    activation in the registers and one applied per block after them."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    x, w, b = _case((2, 19, 64, 64), 1, (3, 3), True, np.float32)  # (enough work to be split)
+    fn = mlas_activation_fn(*activation)
+    serial = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], [32, 32], activation=fn)
+    monkeypatch.setattr(dw, "_PARALLEL", True)
+    pool = ThreadPool(2)
+    try:
+        with pool.activate():
+            parallel = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], [32, 32], activation=fn)
+    finally:
+        pool.shutdown()
+    assert np.array_equal(serial, parallel)
+
+
 # --------------------------------------------------------------------------- the numpy fallback
 
 

@@ -104,3 +104,21 @@ def test_one_thread_has_one_mode():
     options.intra_op_num_threads = 1
     session = onyxrt.InferenceSession(_matmul_model(512, 1024)[0], options)
     assert session._thread_modes is None
+
+
+@pytest.mark.parametrize("size,split", [(112, True), (16, False)])
+def test_large_depthwise_convolutions_split(size, split):
+    """A 32-channel 3x3 depthwise convolution: 3.6M output elements x taps at 112x112 (its planes then run on every
+    core), 74K at 16x16."""
+    pytest.importorskip("numba")
+    w = RNG.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], group=32, pads=[1, 1, 1, 1])], "dw",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = _session(model)
+    x = RNG.standard_normal((1, 32, size, size)).astype(np.float32)
+    first = session.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], first)
+    assert session._thread_modes.split_for(((1, 32, size, size),)) is split
