@@ -122,3 +122,21 @@ def test_large_depthwise_convolutions_split(size, split):
     first = session.run(None, {"x": x})[0]
     np.testing.assert_array_equal(session.run(None, {"x": x})[0], first)
     assert session._thread_modes.split_for(((1, 32, size, size),)) is split
+
+
+@pytest.mark.parametrize("size,split", [(56, True), (8, False)])
+def test_large_winograd_convolutions_split(size, split):
+    """A 64-channel 3x3 convolution by Winograd: 53M multiply-adds at 56x56 (its transforms then run on every core);
+    at 8x8 (16 tiles) the column-matrix route, which keeps BLAS's threads."""
+    pytest.importorskip("numba")
+    w = (RNG.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = _session(model)
+    x = RNG.standard_normal((1, 64, size, size)).astype(np.float32)
+    first = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], first, rtol=1e-5, atol=1e-5)
+    assert session._thread_modes.split_for(((1, 64, size, size),)) is split

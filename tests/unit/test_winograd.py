@@ -144,3 +144,27 @@ def test_session_matches_onnxruntime():
     got = onyxrt.InferenceSession(model).run(None, {"x": x})[0]
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@needs_numba
+@pytest.mark.parametrize("activation", [None, ("Relu", []), ("Sigmoid", [])], ids=lambda a: a[0] if a else "none")
+@pytest.mark.parametrize("summed", [False, True])
+def test_split_pool_runs_the_transforms_as_native_tasks(activation, summed):
+    """In a pool that owns the cores (split-GEMM mode) the transforms are shared out over its threads: the same
+    results."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    x = RNG.standard_normal((2, 48, 13, 12), np.float32)
+    w = (RNG.standard_normal((40, 48, 3, 3)) / 20).astype(np.float32)
+    b = RNG.standard_normal(40).astype(np.float32)
+    fn = None if activation is None else mlas_activation_fn(*activation)
+    z = RNG.standard_normal((2, 40, 13, 12)).astype(np.float32) if summed else None
+    serial, _ = convolve(x, w, b, [1, 1, 1, 1], fn, z)
+    pool = ThreadPool(2).splitting_gemms()
+    try:
+        with pool.activate():
+            split, packed = convolve(x, w, b, [1, 1, 1, 1], fn, z)
+    finally:
+        pool.shutdown()
+    assert packed.winograd is not None
+    np.testing.assert_allclose(split, serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())

@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from ....framework.thread_mode import note_pool_product
+from ....framework.thread_pool import current_pool
 from ..gemm import matmul as pool_matmul
 from .. import row_kernels
 from ..jit import optional_module, read_only
@@ -34,6 +36,11 @@ MIN_CHANNELS = 32
 # for too little work (resnet50's 512-channel 7x7 layers, 16 tiles: 0.94x warm, slower with the weights cold).
 MIN_TILES = 32
 _TILE = 2  # output pixels per tile side
+# The products' multiply-adds from which the route tells a session learning its thread mode
+# (``framework.thread_mode``) that the pool's split mode runs it faster: there the transforms run on every core as
+# native tasks and the sixteen products are shared out whole, here the transforms on the calling thread beside
+# BLAS's threads. Measured on 2 Zen 5 cores: resnet50 (its 53-58M-multiply-add layers) 35.0 -> 31.0 ms split.
+_POOL_MODE_MACS = 1 << 25
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
@@ -78,16 +85,32 @@ def winograd_route(shape, u: np.ndarray, b: np.ndarray | None, activation, pads,
     alpha, beta = np.float32(alpha), np.float32(beta)
     no_residual = np.zeros((0, 0), np.float32)
 
+    params = np.array([alpha, beta], np.float32)
+    faster_split = 16 * M * C * tiles >= _POOL_MODE_MACS
+
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        if faster_split:
+            note_pool_product()
+        pool = current_pool()
+        x = np.ascontiguousarray(x)
         v = np.empty((16, C, tiles), np.float32)
-        kernels.input_transform(read_only(np.ascontiguousarray(x)), v, pt, pl, th, tw, 0, C)
-        products = pool_matmul(u, v)
         y = np.empty(y_shape, np.float32)
-        if code is None or z is not None and (z.shape != y_shape or z.dtype != np.float32):
-            kernels.output_transform(products, y, th, tw, no_bias, no_residual, 0, alpha, beta, 0, M)
-            return finish(y, z)
-        residual = no_residual if z is None else np.ascontiguousarray(z).reshape(N * M, OH * OW)
-        kernels.output_transform(products, y, th, tw, bias, residual, act, alpha, beta, 0, M)
-        return y
+        fused = code is not None and (z is None or z.shape == y_shape and z.dtype == np.float32)
+        residual = np.ascontiguousarray(z).reshape(N * M, OH * OW) if fused and z is not None else no_residual
+        if pool.splits_gemms and pool.runs_native_tasks:  # (the pool owns the cores: transforms on all of them)
+            args = kernels.task_args(x, v, v, y, bias if fused else no_bias, residual, params, pt, pl, th, tw,
+                                     act if fused else 0)
+            pool.run_native(kernels.input_part.address, args.ctypes.data, pool.num_threads)
+            products = pool_matmul(u, v)
+            args[2] = products.ctypes.data
+            pool.run_native(kernels.output_part.address, args.ctypes.data, pool.num_threads)
+        else:
+            kernels.input_transform(read_only(x), v, pt, pl, th, tw, 0, C)
+            products = pool_matmul(u, v)
+            if fused:
+                kernels.output_transform(products, y, th, tw, bias, residual, act, alpha, beta, 0, M)
+            else:
+                kernels.output_transform(products, y, th, tw, no_bias, no_residual, 0, alpha, beta, 0, M)
+        return y if fused else finish(y, z)
 
     return run

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
 
 from ..jit_rows import epilogue_row
+from ..native_tasks import float32_array, int64_array
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -126,3 +128,44 @@ def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
             outputs = y.reshape(N * K, OH * OW)[np.uintp(row)]
             add = bias[np.uintp(k)] if biased else m.dtype.type(0)
             epilogue_row(outputs, add, residual[np.uintp(row)] if summed else outputs, summed, act, alpha, beta)
+
+
+# Task arguments (int64): x, v, products, y, bias, residual, params addresses; N, C, H, W, M, T, OH, OW, pt, pl, th,
+# tw, bias entries, residual rows, act
+(_X, _V, _PRODUCTS, _Y, _BIAS, _RESIDUAL, _PARAMS, _N, _C, _H, _W, _M, _T, _OH, _OW, _PT, _PL, _TH, _TW, _BIASED,
+ _SUMMED, _ACT, _ARGS) = range(23)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def input_part(args, part, parts):
+    """Native task (``framework.native_spin``): channels [C * part / parts, C * (part + 1) / parts) of
+    :func:`input_transform` for the convolution :func:`task_args` describes."""
+    d = int64_array(args, _ARGS)
+    n, c = d[_N], d[_C]
+    x = float32_array(d[_X], n * c * d[_H] * d[_W]).reshape((n, c, d[_H], d[_W]))
+    v = float32_array(d[_V], 16 * c * d[_T]).reshape((16, c, d[_T]))
+    input_transform(x, v, d[_PT], d[_PL], d[_TH], d[_TW], c * part // parts, c * (part + 1) // parts)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True, fastmath={"contract"},
+             error_model="numpy")
+def output_part(args, part, parts):
+    """Native task: output channels [M * part / parts, M * (part + 1) / parts) of :func:`output_transform`."""
+    d = int64_array(args, _ARGS)
+    n, m, oh, ow = d[_N], d[_M], d[_OH], d[_OW]
+    products = float32_array(d[_PRODUCTS], 16 * m * d[_T]).reshape((16, m, d[_T]))
+    y = float32_array(d[_Y], n * m * oh * ow).reshape((n, m, oh, ow))
+    bias = float32_array(d[_BIAS], d[_BIASED])
+    residual = float32_array(d[_RESIDUAL], d[_SUMMED] * oh * ow).reshape((d[_SUMMED], oh * ow))
+    params = float32_array(d[_PARAMS], 2)
+    output_transform(products, y, d[_TH], d[_TW], bias, residual, d[_ACT], params[0], params[1], m * part // parts,
+                     m * (part + 1) // parts)
+
+
+def task_args(x, v, products, y, bias, residual, params, pt, pl, th, tw, act) -> np.ndarray:
+    """The tasks' arguments (C-contiguous float32 arrays, kept alive by the caller until the tasks return):
+    ``products`` and ``y`` may be placeholders for the input task."""
+    n, c, h, w = x.shape
+    return np.array([x.ctypes.data, v.ctypes.data, products.ctypes.data, y.ctypes.data, bias.ctypes.data,
+                     residual.ctypes.data, params.ctypes.data, n, c, h, w, y.shape[1], v.shape[2], y.shape[2],
+                     y.shape[3], pt, pl, th, tw, bias.shape[0], residual.shape[0], act], np.int64)
