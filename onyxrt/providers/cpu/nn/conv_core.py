@@ -150,9 +150,12 @@ _PARALLEL_CONV = False
 _PARALLEL_MIN_ELEMENTS = 1 << 17
 
 
-def _conv_chunks(fn, rows: int, elements: int) -> None:
+def _conv_chunks(fn, rows: int, elements: int, releases_gil: bool = False) -> None:
+    """``fn(r0, r1)`` over ``range(rows)``: on the calling thread, or split over the pool where forced or where the
+    pool owns the cores and ``fn`` releases the GIL (the compiled column-matrix kernel: in the split-GEMM mode on 2
+    Zen 5 cores, resnet50 25.3 -> 25.0 ms, mobilenet_v2 3.92 -> 3.86)."""
     pool = current_pool()
-    if _PARALLEL_CONV:
+    if _PARALLEL_CONV or releases_gil and pool.splits_gemms:
         pool.run_chunks(fn, rows, elements, _PARALLEL_MIN_ELEMENTS)
     else:
         fn(0, rows)
@@ -811,7 +814,7 @@ def _column_route(shape, dtype, k, strides, dilations, pads, out_sp, extra: int)
             cols = np.empty(cols_shape, dtype=dtype)
             if compiled is not None and x.flags.c_contiguous:
                 xr = read_only(x)
-                _conv_chunks(lambda c0, c1: compiled(xr, cols, *geometry, c0, c1), C, work)
+                _conv_chunks(lambda c0, c1: compiled(xr, cols, *geometry, c0, c1), C, work, releases_gil=True)
             else:
                 taps = cols[:, : C * K].reshape(N, C, K, out_sp[0], out_sp[1])
                 if not pairs_ok(x):
