@@ -7,8 +7,9 @@
   2-thread pool); the Winograd route and the column-matrix route (``winograd.applies`` patched off) alternate
   in blocks of ``--repeat`` calls in one process, ``--rounds`` blocks each; the minimum of the blocks'
   medians. onnxruntime runs the same Conv + Relu (which it fuses) in its own process, 2 threads;
-* end to end: resnet50 at batch 1, one process per variant (default; ``--no-winograd``: the route off),
-  alternating, ``--e2e-rounds`` rounds; medians of the per-process medians.
+* end to end: resnet50 at batch 1, one process per variant (default; ``no-winograd``: the route off, and with it
+  the split thread mode its layers choose, ``framework/thread_mode.py``), alternating, ``--e2e-rounds`` rounds;
+  medians of the per-process medians.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from report import cpu_model  # noqa: E402
+from report import cpu_model, write_keeping_notes  # noqa: E402
+
+NOTES_HEADING = "## Findings"  # (written by hand below the tables, kept by reruns)
 
 # (batch, input channels, output channels, size): resnet50's 3x3 stride-1 layers, then small images at batch 8
 LAYERS = [(1, 64, 64, 56), (1, 128, 128, 28), (1, 256, 256, 14), (1, 512, 512, 7), (8, 32, 32, 16), (8, 64, 64, 8),
@@ -173,15 +176,13 @@ def main() -> int:
         "",
         "| variant | per-round medians (ms) | median (ms) |",
         "|---|---|---|",
-        f"| default (Winograd) | {', '.join(f'{v:.2f}' for v in e2e['default'])} | {on:.2f} |",
-        f"| column matrix only | {', '.join(f'{v:.2f}' for v in e2e['no-winograd'])} | {off:.2f} |",
+        f"| default (Winograd; its layers put the runs in the split mode) | "
+        f"{', '.join(f'{v:.2f}' for v in e2e['default'])} | {on:.2f} |",
+        f"| column matrix only (BLAS's threads) | {', '.join(f'{v:.2f}' for v in e2e['no-winograd'])} | {off:.2f} |",
         "",
         f"default / column matrix only: {on / off:.3f}",
     ]
-    text = "\n".join(lines) + "\n"
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    write_keeping_notes(lines, args.out, NOTES_HEADING)
     return 0
 
 

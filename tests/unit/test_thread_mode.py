@@ -111,17 +111,7 @@ def test_large_depthwise_convolutions_split(size, split):
     """A 32-channel 3x3 depthwise convolution: 3.6M output elements x taps at 112x112 (its planes then run on every
     core), 74K at 16x16."""
     pytest.importorskip("numba")
-    w = RNG.standard_normal((32, 1, 3, 3)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], group=32, pads=[1, 1, 1, 1])], "dw",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    session = _session(model)
-    x = RNG.standard_normal((1, 32, size, size)).astype(np.float32)
-    first = session.run(None, {"x": x})[0]
-    np.testing.assert_array_equal(session.run(None, {"x": x})[0], first)
-    assert session._thread_modes.split_for(((1, 32, size, size),)) is split
+    _assert_conv_mode(RNG.standard_normal((32, 1, 3, 3)).astype(np.float32), 32, size, split, group=32)
 
 
 @pytest.mark.parametrize("size,split", [(56, True), (8, False)])
@@ -129,14 +119,17 @@ def test_large_winograd_convolutions_split(size, split):
     """A 64-channel 3x3 convolution by Winograd: 53M multiply-adds at 56x56 (its transforms then run on every core);
     at 8x8 (16 tiles) the column-matrix route, which keeps BLAS's threads."""
     pytest.importorskip("numba")
-    w = (RNG.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, size, size])],
+    _assert_conv_mode((RNG.standard_normal((64, 64, 3, 3)) / 24).astype(np.float32), 64, size, split)
+
+
+def _assert_conv_mode(w, channels: int, size: int, split: bool, **attributes):
+    """A one-Conv model (3x3, pads 1) learns ``split`` for a (1, channels, size, size) input; its runs agree."""
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], **attributes)], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(w, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    session = _session(model)
-    x = RNG.standard_normal((1, 64, size, size)).astype(np.float32)
+    session = _session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    x = RNG.standard_normal((1, channels, size, size)).astype(np.float32)
     first = session.run(None, {"x": x})[0]
     np.testing.assert_allclose(session.run(None, {"x": x})[0], first, rtol=1e-5, atol=1e-5)
-    assert session._thread_modes.split_for(((1, 64, size, size),)) is split
+    assert session._thread_modes.split_for(((1, channels, size, size),)) is split
