@@ -84,7 +84,6 @@ def winograd_route(shape, u: np.ndarray, b: np.ndarray | None, activation, pads,
     bias = no_bias if b is None else np.ascontiguousarray(b, np.float32).reshape(M)
     alpha, beta = np.float32(alpha), np.float32(beta)
     no_residual = np.zeros((0, 0), np.float32)
-
     params = np.array([alpha, beta], np.float32)
     faster_split = 16 * M * C * tiles >= _POOL_MODE_MACS
 
