@@ -308,16 +308,16 @@ def channels_last_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1,
         p += count
 
 
-_TASK_ARGS = 22
+_TASK_ARGS = 24  # (``depthwise_conv.native_task_args``'s layout)
 
 
 @numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
 def planes_part(args, part, parts):
     """Native task (``framework.native_spin``): blocks of eight planes, about P * part / parts to P * (part + 1) / parts
-    of the P, of the convolution :func:`task_args` describes; a part starts and ends on a block of eight within
-    an image, so that every block is whole."""
+    of the P, of the convolution ``depthwise_conv.native_task_args`` describes (a square filter); a part starts and
+    ends on a block of eight within an image, so that every block is whole."""
     d = int64_array(args, _TASK_ARGS)
-    n, c, h, w, k, m, oh, ow = d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12]
+    n, c, h, w, k, m, oh, ow = d[5], d[6], d[7], d[8], d[9], d[11], d[12], d[13]
     x = float32_array(d[0], n * c * h * w).reshape((n, c, h, w))
     taps = float32_array(d[1], m * k * k).reshape((m, k, k))
     bias = float32_array(d[2], m)
@@ -328,14 +328,5 @@ def planes_part(args, part, parts):
     b0, b1 = blocks * part // parts, blocks * (part + 1) // parts
     p0 = (b0 // blocks_per_image) * m + (b0 % blocks_per_image) * LANES
     p1 = (b1 // blocks_per_image) * m + (b1 % blocks_per_image) * LANES
-    channels_last_planes(x, taps, bias, params, out, m, oh, ow, d[13], d[14], d[15], d[16], d[17], d[18], d[19],
-                         d[20], p0, p1)
-
-
-def task_args(x: np.ndarray, taps: np.ndarray, bias: np.ndarray, params: np.ndarray, out: np.ndarray,
-              geometry: tuple) -> np.ndarray:
-    """:func:`planes_part`'s arguments: the addresses of the C-contiguous float32 arrays (the caller keeps them alive
-    until the task returns), x's shape, the filter size, then ``geometry``: (M, OH, OW, multiplier, s0, s1, d0, d1,
-    pt, pl, act)."""
-    return np.array([x.ctypes.data, taps.ctypes.data, bias.ctypes.data, params.ctypes.data, out.ctypes.data,
-                     *x.shape, taps.shape[1], *geometry, 0], np.int64)
+    channels_last_planes(x, taps, bias, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19], d[20],
+                         d[23], p0, p1)

@@ -277,6 +277,17 @@ def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -
     return None if run is None else run(x)
 
 
+def native_task_args(kernel_args: tuple) -> np.ndarray:
+    """The arguments of the native tasks (``depthwise_conv_task.depthwise_part``,
+    ``depthwise_channels_last.planes_part``) from ``_depthwise_planes``'s (without its plane range), an int64 array:
+    the addresses of its C-contiguous float32 arrays (x, taps, bias, params, out; the caller keeps them alive until
+    the task returns), x's and the taps' shapes, then its integer parameters (M, OH, OW, multiplier, s0, s1, d0, d1,
+    pt, pl, Hp, Wp, act); channels-last is not taken."""
+    x, taps, bias, params, out = kernel_args[:5]
+    return np.array([x.ctypes.data, taps.ctypes.data, bias.ctypes.data, params.ctypes.data, out.ctypes.data,
+                     *x.shape, taps.shape[1], taps.shape[2], *kernel_args[5:18]], np.int64)
+
+
 def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activation=None):
     """``depthwise_conv`` for inputs of ``shape`` and ``dtype``: a function of x alone, with the filter's
     taps, bias and the kernel's arguments prepared once (a convolution's route, cached per input shape
@@ -339,7 +350,7 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
         split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
         if blocks is not None:
             if split and pool.runs_native_tasks:
-                packed = blocks.task_args(x, taps, bias, values, args[4], args[5:15] + (code,))
+                packed = native_task_args(args)
                 pool.run_native(blocks.planes_part.address, packed.ctypes.data, pool.num_threads)
             elif split:  # (a Python task per thread: the kernel releases the GIL)
                 pool.run_chunks(lambda p0, p1: blocks.channels_last_planes(*args[:15], code, p0, p1), planes, work,
@@ -350,7 +361,7 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
             native = dtype == np.float32 and not channels_last and pool.runs_native_tasks
             task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
             if task is not None:
-                packed = task.pack(args)
+                packed = native_task_args(args)
                 pool.run_native(task.depthwise_part.address, packed.ctypes.data, min(planes, pool.num_threads))
             else:
                 pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes, work, _PARALLEL_MIN_WORK)

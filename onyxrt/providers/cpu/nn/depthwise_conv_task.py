@@ -1,15 +1,14 @@
 """The float32 depthwise convolution kernel (``depthwise_conv._depthwise_planes``) as a native task
 (``framework.native_spin``): its planes shared out over the pool's spinning workers without the GIL.
 
-Imported by ``depthwise_conv`` on first use (it imports numba at its top). Task arguments (:func:`pack`):
-the addresses of x, the taps, the bias, the activation parameters and the output, then the
-kernel's integer parameters.
+Imported by ``depthwise_conv`` on first use (it imports numba at its top). Task arguments
+(``depthwise_conv.native_task_args``): the addresses of x, the taps, the bias, the activation parameters and the
+output, then the kernel's integer parameters.
 """
 
 from __future__ import annotations
 
 import numba
-import numpy as np
 from numba.core import types
 
 from ..native_tasks import float32_array, int64_array
@@ -33,11 +32,3 @@ def depthwise_part(args, part, parts):
     _planes(x, taps, bias, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19], d[20], d[21], d[22],
             d[23], False, planes * part // parts, planes * (part + 1) // parts)
 
-
-def pack(kernel_args: tuple) -> np.ndarray:
-    """The task's arguments from ``_depthwise_planes``'s (without its plane range): the addresses of its
-    C-contiguous float32 arrays (x, taps, bias, params, out), x's and the taps' shapes, then its integer
-    parameters (M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, Hp, Wp, act); channels-last is not taken."""
-    x, taps, bias, params, out = kernel_args[:5]
-    return np.array([x.ctypes.data, taps.ctypes.data, bias.ctypes.data, params.ctypes.data, out.ctypes.data,
-                     *x.shape, taps.shape[1], taps.shape[2], *kernel_args[5:18]], np.int64)
