@@ -71,14 +71,18 @@ def own_sgemm_usable() -> bool:
     return has_flags("avx512f") and optional_module("onyxrt.providers.cpu.math.sgemm_avx512") is not None
 
 
+def _own_sgemm_shape(rows: int, depth: int, cols: int) -> bool:
+    """Whether a product of ``rows`` x ``depth`` by ``depth`` x ``cols`` is one ``matmul`` gives onyxrt's own GEMM."""
+    return rows >= OWN_SGEMM_MIN_ROWS and cols <= OWN_SGEMM_MAX_COLUMNS and rows * depth * cols >= OWN_SGEMM_MIN_MACS
+
+
 def note_product(rows: int, depth: int, cols: int) -> None:
     """Tell a session learning an input signature's thread mode (``framework.thread_mode``) of a MatMul or Gemm node's
     float32 product (``rows`` x ``depth`` by ``depth`` x ``cols``) that the pool's split mode runs on onyxrt's own
     GEMM (the rows and columns ``matmul`` takes it for, on a CPU with it) and large enough for the mode to pay:
     models of smaller products are faster on BLAS's threads (a 4-sequence 64-token encoder of 256 x 64 x 256
     products, 4M multiply-adds: 0.61 -> 0.66 ms split, on 2 Zen 5 cores)."""
-    if (rows >= OWN_SGEMM_MIN_ROWS and cols <= OWN_SGEMM_MAX_COLUMNS and rows * depth * cols >= MIN_MACS_WAKING
-            and own_sgemm_usable()):
+    if _own_sgemm_shape(rows, depth, cols) and rows * depth * cols >= MIN_MACS_WAKING and own_sgemm_usable():
         note_pool_product()
 
 
@@ -137,9 +141,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         b = np.ascontiguousarray(b)
     pool = current_pool()
     threads = pool.num_threads
-    if (a.ndim == 2 and b.ndim == 2 and a.shape[0] >= OWN_SGEMM_MIN_ROWS and b.shape[-1] <= OWN_SGEMM_MAX_COLUMNS
-            and a.shape[0] * a.shape[1] * b.shape[-1] >= OWN_SGEMM_MIN_MACS and (pool.splits_gemms or threads == 1)
-            and (out is None or out.flags.c_contiguous)):
+    if (a.ndim == 2 and b.ndim == 2 and _own_sgemm_shape(a.shape[0], a.shape[1], b.shape[1])
+            and (pool.splits_gemms or threads == 1) and (out is None or out.flags.c_contiguous)):
         y = _own_sgemm(a, b, out, pool)
         if y is not None:
             return y
