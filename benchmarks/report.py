@@ -1,8 +1,12 @@
-"""Writing a benchmark's markdown report without losing the notes written into it by hand."""
+"""Writing a benchmark's markdown report without losing the notes written into it by hand; timing helpers the
+per-layer benchmarks share."""
 
 from __future__ import annotations
 
+import statistics
+import time
 from pathlib import Path
+from typing import Callable
 
 
 def write_keeping_notes(lines: list[str], out: str | None, notes_heading: str) -> str:
@@ -23,3 +27,13 @@ def cpu_model() -> str:
     from onyxrt.framework.cpu_features import cpu_model_name
 
     return cpu_model_name() or "unknown CPU"
+
+
+def median_of_block(fn: Callable[[], object], repeat: int) -> float:
+    """Microseconds: the median of ``repeat`` timed calls of ``fn``, the first two (warming) left out."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:]) * 1e6

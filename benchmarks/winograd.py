@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from report import cpu_model, write_keeping_notes  # noqa: E402
+from report import cpu_model, median_of_block, write_keeping_notes  # noqa: E402
 
 NOTES_HEADING = "## Findings"  # (written by hand below the tables, kept by reruns)
 
@@ -45,15 +45,6 @@ def _layer(spec, seed=0):
     w = (rng.standard_normal((m, c, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
     b = rng.standard_normal(m).astype(np.float32)
     return x, w, b
-
-
-def _median_of_block(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[2:]) * 1e6
 
 
 def ours(rounds: int, repeat: int) -> dict:
@@ -81,7 +72,7 @@ def ours(rounds: int, repeat: int) -> dict:
             blocks = {variant: [] for variant in calls}
             for _ in range(rounds):
                 for variant, fn in calls.items():
-                    blocks[variant].append(_median_of_block(fn, repeat))
+                    blocks[variant].append(median_of_block(fn, repeat))
             results[str(spec)] = {"taken": took, **{variant: min(values) for variant, values in blocks.items()}}
     return results
 
@@ -102,7 +93,7 @@ def theirs(rounds: int, repeat: int) -> dict:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         session.run(None, {"x": x})
-        results[str(spec)] = min(_median_of_block(lambda: session.run(None, {"x": x}), repeat) for _ in range(rounds))
+        results[str(spec)] = min(median_of_block(lambda: session.run(None, {"x": x}), repeat) for _ in range(rounds))
     return results
 
 

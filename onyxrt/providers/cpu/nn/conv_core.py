@@ -39,7 +39,7 @@ from .. import row_kernels
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, optional_module, read_only
-from . import winograd
+from . import direct_conv, winograd
 from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -724,6 +724,12 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     P = math.prod(out_sp)
     K = math.prod(k)
     y_shape = (N, M) + tuple(out_sp)
+
+    if direct_conv.applies(shape, dtype, w.shape, group, strides, pads):
+        route = direct_conv.direct_route(shape, w, b, activation, strides, dilations, pads, out_sp,
+                                         _finisher(M, None, activation, nd))
+        if route is not None:
+            return route
 
     if Cg == 1 and group == C and N * C * P > 0:
         if residual:  # the depthwise kernels below apply an activation but add no residual

@@ -1,0 +1,95 @@
+"""Convolutions of few input channels (a network's stem: RGB images, 3x3 to 7x7 filters, stride 1 to 4) computed
+directly, without a column matrix.
+
+With three input channels the column matrix's K (C x kh x kw: 27 for a 3x3 filter) is too short for a GEMM to run
+near its peak, and the matrix (K x output pixels: 7.4 MB for resnet50's 7x7 stem at 224x224) streams through memory
+twice. ``direct_conv_kernels`` instead keeps a tile of output channels by output pixels in registers over all the
+taps, reading the input's column phases where it lies (onnxruntime's NCHWc kernels treat NCHW inputs the same way).
+Measured on 2 Zen 5 cores (``benchmarks/direct_conv.md``).
+
+Where numba is missing or disabled (``direct_route`` returns None) the column-matrix route runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from ....framework.thread_pool import current_pool
+from .. import row_kernels
+from ..jit import optional_module, read_only
+
+# The most input channels taking this route: with more, the column matrix's GEMM has the depth to run near its peak.
+MAX_CHANNELS = 4
+# Multiply-adds from which the rows are shared over the pool: where its workers spin between tasks (a hand-off costs
+# microseconds), and where they sleep (waking one costs 50-80 us on a VM).
+_SPLIT_MACS_SPINNING = 1 << 20
+_SPLIT_MACS_WAKING = 1 << 24
+
+
+def applies(shape, dtype, w_shape, group: int, strides, pads) -> bool:
+    """Whether ``direct_route`` takes this convolution: float32 2-D, group 1, at most :data:`MAX_CHANNELS` input
+    channels, non-negative pads, and windows that overlap (more taps than the strides' product: a column matrix
+    larger than the input; a ConvNeXt-like 4x4/4 patchify stem's is the input rearranged, and its GEMM as fast)."""
+    return (len(shape) == 4 and dtype == np.float32 and group == 1 and 0 < shape[1] <= MAX_CHANNELS
+            and math.prod(w_shape[2:]) > math.prod(strides) and all(p >= 0 for p in pads) and shape[0] > 0)
+
+
+def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides, dilations, pads, out_sp,
+                 finish: Callable) -> Callable | None:
+    """The convolution of inputs of ``shape`` (N, C, H, W) by float32 ``w`` (M, C, kh, kw), bias ``b`` (M,) or None,
+    explicit ``pads``, output size ``out_sp``, as a function ``(x, residual) -> y`` applying ``activation`` to the
+    sum (``conv_core``'s order) in the kernel where it can, else by ``finish`` (the route's epilogue, given the
+    product with its bias); None where the compiled kernel is unusable."""
+    kernels = optional_module("onyxrt.providers.cpu.nn.direct_conv_kernels")
+    if kernels is None:
+        return None
+    N, C, H, W = shape
+    M, _, kh, kw = w.shape
+    OH, OW = out_sp
+    if -(-OW // kernels.LANES) * kernels.LANES * 4 > 5 * OW:
+        return None  # rows too short for the vectors: a quarter of their work or more would be discarded
+    s0, s1 = strides
+    d0, d1 = dilations
+    pt, pl, pb, _ = pads
+    Hp = H + pt + pb
+    # each phase row holds every tile's reach: whole tiles of outputs plus the filter's widest shift
+    Wq = -(-OW // kernels.TILE) * kernels.TILE + (kw - 1) * d1 // s1
+    blocks = -(-M // kernels.BLOCK)
+    taps = C * kh * kw
+    weights = np.zeros((blocks * kernels.BLOCK, taps), np.float32)
+    weights[:M] = w.reshape(M, taps)
+    weights = np.ascontiguousarray(weights.reshape(blocks, kernels.BLOCK, taps).transpose(0, 2, 1))
+    bias = np.zeros(blocks * kernels.BLOCK, np.float32)
+    if b is not None:
+        bias[:M] = b.reshape(M)
+    offsets = np.array([((c * s1 + j * d1 % s1) * Hp + i * d0) * Wq + j * d1 // s1
+                        for c in range(C) for i in range(kh) for j in range(kw)], np.int64)
+    code = row_kernels.activation_code(activation)
+    act, (alpha, beta) = code if code is not None else (0, (0.0, 0.0))
+    params = np.array([alpha, beta], np.float32)
+    no_residual = np.zeros((0, 0), np.float32)
+    y_shape = (N, M, OH, OW)
+    units = N * OH
+    macs = N * M * OH * OW * taps
+    weights, bias, offsets, params = map(read_only, (weights, bias, offsets, params))
+
+    def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        y = np.empty(y_shape, np.float32)
+        fused = code is not None and (z is None or z.shape == y_shape and z.dtype == np.float32)
+        residual = np.ascontiguousarray(z).reshape(N * M, OH * OW) if fused and z is not None else no_residual
+        kind = act if fused else 0
+        pool = current_pool()
+        threshold = _SPLIT_MACS_SPINNING if pool.workers_spin else _SPLIT_MACS_WAKING
+        if pool.runs_native_tasks and macs >= threshold and units > 1:
+            args = kernels.task_args(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq, kind)
+            pool.run_native(kernels.rows_part.address, args.ctypes.data, min(pool.num_threads, units))
+        else:
+            kernels.direct_rows(read_only(x), weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq,
+                                kind, 0, units)
+        return y if fused else finish(y, z)
+
+    return run

@@ -1,0 +1,232 @@
+"""The direct convolution of few input channels (``direct_conv``): a register tile of output channels by output
+pixels accumulated over every tap, the input read from its column phases.
+
+An input row of a strided layer, split into its ``s1`` column phases (the padded plane's columns ph, ph + s1, ...),
+makes a run of consecutive outputs read a contiguous run of each phase for every tap; so a tile of
+:data:`VECTORS` x :data:`LANES` consecutive outputs of one row and :data:`BLOCK` output channels keeps its
+BLOCK x VECTORS vectors of sums in registers while it walks the taps: per tap, VECTORS loads of the input, BLOCK
+broadcasts of the weights and BLOCK x VECTORS multiply-adds (onnxruntime's NCHWc kernels for NCHW inputs tile the
+same way, over output channels). The bias and the activations :data:`IN_REGISTERS` are applied in the registers;
+the other epilogue codes and a residual by ``jit_rows.epilogue_row`` over each output row just written.
+
+The tile is LLVM IR with explicit vectors of :data:`LANES` floats: sixteen where the CPU has AVX-512, else eight (an
+AVX2 register; LLVM lowers them to what the CPU has), with the block of output channels sized to the registers.
+
+Imported by ``direct_conv`` on first use (it imports numba at its top).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic
+
+from ....framework.cpu_features import has_flags
+from ..jit_rows import epilogue_row
+from ..native_tasks import float32_array, int64_array
+
+WIDE = has_flags("avx512f")
+LANES = 16 if WIDE else 8
+VECTORS = 2  # vectors of consecutive outputs per tile
+BLOCK = 8 if WIDE else 4  # output channels per tile: BLOCK * VECTORS sums held in registers
+TILE = LANES * VECTORS  # outputs of a row per tile
+IN_REGISTERS = (0, 1, 2, 5, 6)  # the epilogue codes (none, Relu, LeakyRelu, Clip, HardSigmoid) applied in registers
+_F = ir.FloatType()
+_V = ir.VectorType(_F, LANES)
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_BYTES = 4
+_jit = dict(cache=True, nogil=True, error_model="numpy")
+_EPILOGUE_RUN = 2048  # outputs of a plane from which the epilogue after the tiles runs
+
+
+def _constant(value: int) -> ir.Constant:
+    return ir.Constant(_I64, value)
+
+
+def _splat(builder: ir.IRBuilder, scalar) -> ir.Value:
+    undefined = ir.Constant(_V, ir.Undefined)
+    single = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(single, undefined, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _activation(builder: ir.IRBuilder, value, act, a, b):
+    """``value`` through the activation ``act`` (one of :data:`IN_REGISTERS`), parameters a and b; comparisons
+    keep NaN as NaN, as ``jit_rows.epilogue_row`` does."""
+    zero, one = ir.Constant(_V, [0.0] * LANES), ir.Constant(_V, [1.0] * LANES)
+
+    def below(x, y):
+        return builder.fcmp_ordered("<", x, y)
+
+    def clamp(x, low, high):
+        return builder.select(below(x, low), low, builder.select(below(high, x), high, x))
+
+    relu = builder.select(below(value, zero), zero, value)
+    leaky = builder.select(below(value, zero), builder.fmul(value, a), value)
+    clip = clamp(value, a, b)
+    hard = clamp(builder.fadd(builder.fmul(value, a, flags=["contract"]), b, flags=["contract"]), zero, one)
+    result = value
+    for code, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
+        result = builder.select(builder.icmp_signed("==", act, _constant(code)), activated, result)
+    return result
+
+
+def _tiler(vectors: int):
+    """The intrinsic ``tile(source, offsets, taps, weights, bias, params, act, out, out_stride, rows, valid)``
+    (addresses and int64s) for tiles of ``vectors`` vectors of outputs: for q < ``rows`` (at most BLOCK) and p <
+    ``valid`` (at most vectors x LANES), out[q * out_stride + p] = act(bias[q] + sum over t < ``taps`` of
+    weights[t * BLOCK + q] * source[offsets[t] + p]); the sums past ``valid`` are computed (the input's planes
+    reach that far) but not stored."""
+
+    def codegen(context, builder, signature, args):
+        source_address, offsets_address, taps, weights_address, bias_address, params_address, act, out_address, \
+            out_stride, rows, valid = args
+        pointer = _F.as_pointer()
+        source = builder.inttoptr(source_address, pointer)
+        offsets = builder.inttoptr(offsets_address, _I64.as_pointer())
+        weights = builder.inttoptr(weights_address, pointer)
+        bias = builder.inttoptr(bias_address, pointer)
+        params = builder.inttoptr(params_address, pointer)
+        out = builder.inttoptr(out_address, pointer)
+        sums = [[cgutils.alloca_once(builder, _V) for _ in range(vectors)] for _ in range(BLOCK)]
+        for q in range(BLOCK):
+            start = _splat(builder, builder.load(builder.gep(bias, [_constant(q)])))
+            for v in range(vectors):
+                builder.store(start, sums[q][v])
+        with cgutils.for_range(builder, taps) as tap:
+            at = builder.gep(source, [builder.load(builder.gep(offsets, [tap.index]))])
+            pixels = [builder.load(builder.bitcast(builder.gep(at, [_constant(v * LANES)]), _V.as_pointer()),
+                                   align=_BYTES) for v in range(vectors)]
+            row = builder.gep(weights, [builder.mul(tap.index, _constant(BLOCK))])
+            for q in range(BLOCK):
+                weight = _splat(builder, builder.load(builder.gep(row, [_constant(q)])))
+                for v in range(vectors):
+                    product = builder.fmul(weight, pixels[v], flags=["contract"])
+                    builder.store(builder.fadd(builder.load(sums[q][v]), product, flags=["contract"]), sums[q][v])
+        a, b = (_splat(builder, builder.load(builder.gep(params, [_constant(i)]))) for i in (0, 1))
+        for q in range(BLOCK):
+            with builder.if_then(builder.icmp_signed("<", _constant(q), rows)):
+                target = builder.gep(out, [builder.mul(_constant(q), out_stride)])
+                for v in range(vectors):
+                    value = _activation(builder, builder.load(sums[q][v]), act, a, b)
+                    here = builder.gep(target, [_constant(v * LANES)])
+                    left = builder.sub(valid, _constant(v * LANES))
+                    with builder.if_else(builder.icmp_signed(">=", left, _constant(LANES))) as (whole, part):
+                        with whole:
+                            builder.store(value, builder.bitcast(here, _V.as_pointer()), align=_BYTES)
+                        with part:  # the row's last outputs, one at a time (none where left <= 0)
+                            with cgutils.for_range(builder, left) as lane:
+                                builder.store(builder.extract_element(value, lane.index),
+                                              builder.gep(here, [lane.index]))
+        return context.get_dummy_value()
+
+    @intrinsic
+    def tile(typingctx, source, offsets, taps, weights, bias, params, act, out, out_stride, rows, valid):
+        return types.void(source, offsets, taps, weights, bias, params, act, out, out_stride, rows, valid), codegen
+
+    return tile
+
+
+_tile = _tiler(VECTORS)
+_tile_narrow = _tiler(1)  # a row's last LANES outputs or fewer
+
+
+@numba.njit(**_jit)
+def phase_planes(x, planes, n, s1, pt, pl, channels):
+    """planes[c, ph, r, q] = x[n, c, r - pt, q * s1 + ph - pl] for c < ``channels`` (zero outside x; ``planes``
+    (C, s1, Hp, Wq) float32 arrives zeroed and only x's positions are written)."""
+    H, W = x.shape[2], x.shape[3]
+    Wq = planes.shape[3]
+    for c in range(channels):
+        for ph in range(s1):
+            # the columns q whose input column q * s1 + ph - pl lies in [0, W)
+            q0 = max(0, -(-(pl - ph) // s1))
+            q1 = min(Wq, (W - 1 + pl - ph) // s1 + 1)
+            for r in range(H):
+                dst = planes[c, ph, r + pt]
+                src = x[n, c, r]
+                for q in range(q0, q1):
+                    dst[np.uintp(q)] = src[np.uintp(q * s1 + ph - pl)]
+
+
+@numba.njit(**_jit)
+def direct_rows(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq, act, u0, u1):
+    """Output rows u0..u1 (u = n * OH + oh) of ``y`` (N, M, OH, OW) = act(conv(x) + bias + residual):
+    ``weights`` (blocks, taps, BLOCK) and ``bias`` (blocks * BLOCK,) zero past M, ``offsets`` each tap's position
+    in an image's phase planes (C, s1, Hp, Wq) relative to its window's first, ``residual`` (N * M, OH * OW) or
+    no rows; ``act`` an epilogue code (``jit_rows.epilogue_row``), parameters ``params[:2]``."""
+    N, C = x.shape[0], x.shape[1]
+    M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    blocks, taps = weights.shape[0], weights.shape[1]
+    planes = np.zeros((C, s1, Hp, Wq), np.float32)
+    summed = residual.shape[0] > 0
+    after = summed or not (act == 0 or act == 1 or act == 2 or act == 5 or act == 6)
+    inner = 0 if after else act
+    yr = y.reshape(N * M, OH * OW)
+    image = -1
+    pending = 0  # the first row of the image not yet through the epilogue applied after the tiles
+    for u in range(u0, u1):
+        n, oh = u // OH, u % OH
+        if n != image:
+            if image >= 0:
+                planes[:] = 0
+            phase_planes(x, planes, n, s1, pt, pl, C)
+            image = n
+            pending = oh
+        source = planes.ctypes.data + (oh * s0 * Wq) * 4
+        for blk in range(blocks):
+            m0 = blk * BLOCK
+            rows = min(BLOCK, M - m0)
+            w_at = weights[blk].ctypes.data
+            b_at = bias.ctypes.data + m0 * 4
+            out_row = y[n, m0, oh]
+            for ow0 in range(0, OW, TILE):
+                valid = min(TILE, OW - ow0)
+                if valid > LANES:
+                    _tile(source + ow0 * 4, offsets.ctypes.data, taps, w_at, b_at, params.ctypes.data, inner,
+                          out_row.ctypes.data + ow0 * 4, OH * OW, rows, valid)
+                else:
+                    _tile_narrow(source + ow0 * 4, offsets.ctypes.data, taps, w_at, b_at, params.ctypes.data, inner,
+                                 out_row.ctypes.data + ow0 * 4, OH * OW, rows, valid)
+        # the epilogue after the tiles runs over runs of rows of each plane (long loops), while they are in cache
+        if after and (oh == OH - 1 or u == u1 - 1 or (oh + 1 - pending) * OW >= _EPILOGUE_RUN):
+            for m in range(M):
+                r = n * M + m
+                line = yr[r, pending * OW:(oh + 1) * OW]
+                extra = residual[r, pending * OW:(oh + 1) * OW] if summed else line
+                epilogue_row(line, np.float32(0), extra, summed, act, params[0], params[1])
+            pending = oh + 1
+
+
+# Task arguments (int64): x, weights, bias, offsets, params, y, residual addresses; N, C, H, W, M, OH, OW, blocks,
+# taps, residual rows, s0, s1, pt, pl, Hp, Wq, act
+(_X, _WEIGHTS, _BIAS, _OFFSETS, _PARAMS, _Y, _RESIDUAL, _N, _C, _H, _W, _M, _OH, _OW, _BLOCKS, _TAPS, _SUMMED, _S0,
+ _S1, _PT, _PL, _HP, _WQ, _ACT, _ARGS) = range(25)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def rows_part(args, part, parts):
+    """Native task (``framework.native_spin``): output rows [R * part / parts, R * (part + 1) / parts) of the R = N * OH
+    of :func:`direct_rows` for the convolution :func:`task_args` describes."""
+    d = int64_array(args, _ARGS)
+    n, c, m, oh, ow = d[_N], d[_C], d[_M], d[_OH], d[_OW]
+    x = float32_array(d[_X], n * c * d[_H] * d[_W]).reshape((n, c, d[_H], d[_W]))
+    weights = float32_array(d[_WEIGHTS], d[_BLOCKS] * d[_TAPS] * BLOCK).reshape((d[_BLOCKS], d[_TAPS], BLOCK))
+    bias = float32_array(d[_BIAS], d[_BLOCKS] * BLOCK)
+    offsets = int64_array(d[_OFFSETS], d[_TAPS])
+    params = float32_array(d[_PARAMS], 2)
+    y = float32_array(d[_Y], n * m * oh * ow).reshape((n, m, oh, ow))
+    residual = float32_array(d[_RESIDUAL], d[_SUMMED] * oh * ow).reshape((d[_SUMMED], oh * ow))
+    units = n * oh
+    direct_rows(x, weights, bias, offsets, params, y, residual, d[_S0], d[_S1], d[_PT], d[_PL], d[_HP], d[_WQ],
+                d[_ACT], units * part // parts, units * (part + 1) // parts)
+
+
+def task_args(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq, act) -> np.ndarray:
+    """:func:`rows_part`'s arguments (C-contiguous arrays, kept alive by the caller until the task returns)."""
+    n, c, h, w = x.shape
+    return np.array([x.ctypes.data, weights.ctypes.data, bias.ctypes.data, offsets.ctypes.data, params.ctypes.data,
+                     y.ctypes.data, residual.ctypes.data, n, c, h, w, y.shape[1], y.shape[2], y.shape[3],
+                     weights.shape[0], weights.shape[1], residual.shape[0], s0, s1, pt, pl, Hp, Wq, act], np.int64)
