@@ -63,3 +63,69 @@ def test_other_pools_and_small_products_stay_on_blas(monkeypatch):
     with ThreadPool(1).activate():
         gemm.matmul(np.ones((8, 384), np.float32), b)  # (a few rows: BLAS's GEMV or small GEMM)
     assert not calls
+
+
+def _epilogue(want: np.ndarray, act: int, params: tuple[float, float]) -> np.ndarray:
+    a, b = params
+    if act == 1:
+        return np.maximum(want, 0)
+    if act == 2:
+        return np.where(want < 0, want * a, want)
+    if act == 5:
+        return np.clip(want, a, b)
+    if act == 6:
+        return np.clip(want * a + b, 0, 1)
+    return want
+
+
+# the tiles' activations: none, Relu, LeakyRelu, Clip, HardSigmoid
+@pytest.mark.parametrize("act, params", [(0, (0, 0)), (1, (0, 0)), (2, (0.1, 0)), (5, (-0.5, 1.5)), (6, (0.2, 0.5))])
+@pytest.mark.parametrize("biased, summed", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, threads):
+    """``gemm.fused_product``: the bias, residual and activation applied in the tiles' registers after the last K
+    block, on full panels and on the zero-padded last one, equal the product followed by numpy's passes."""
+    rng = np.random.default_rng(act + 7 * threads)
+    m, k, n = 29, 600, 3 * 32 + 11
+    w = rng.standard_normal((m, k), dtype=np.float32) / 20
+    x = rng.standard_normal((k, n), dtype=np.float32)
+    bias = rng.standard_normal(m, dtype=np.float32) if biased else None
+    residual = rng.standard_normal((m, n), dtype=np.float32) if summed else None
+    out = np.full((m, n), np.nan, np.float32)
+    pool = ThreadPool(threads).splitting_gemms() if threads > 1 else ThreadPool(1)
+    with pool.activate():
+        assert gemm.fused_product(w, x, out, bias, residual, act, np.array(params, np.float32))
+    pool.shutdown()
+    want = w.astype(np.float64) @ x.astype(np.float64)
+    want += 0 if bias is None else bias[:, None]
+    want += 0 if residual is None else residual
+    want = _epilogue(want, act, params)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
+    """A pool that splits products runs a 1x1 convolution of OWN_GEMM_MIN_PIXELS or more pixels, with its bias,
+    Clip and residual, on onyxrt's GEMM (one product per image); fewer pixels stay on BLAS's blocks."""
+    from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
+    from onyxrt.providers.cpu.nn import conv_core
+
+    calls = []
+    fused = conv_core.fused_product
+    monkeypatch.setattr(conv_core, "fused_product", lambda *args: calls.append(args[1].shape) or fused(*args))
+    rng = np.random.default_rng(5)
+    clip = mlas_activation_fn("Clip", [0.0, 6.0])
+    for size, taken in ((24, True), (12, False)):
+        x = rng.standard_normal((2, 24, size, size), dtype=np.float32)
+        w = rng.standard_normal((40, 24, 1, 1), dtype=np.float32) / 5
+        b = rng.standard_normal(40, dtype=np.float32)
+        z = rng.standard_normal((2, 40, size, size), dtype=np.float32)
+        packed = conv_core.pack_conv_weights(w, b, dict(group=1, strides=[1, 1], pads=[0] * 4, kernel_shape=[1, 1]))
+        calls.clear()
+        pool = ThreadPool(2).splitting_gemms()
+        with pool.activate():
+            y = conv_core.float_conv(x, w, b, 1, [1, 1], [1, 1], [0] * 4, "NOTSET", [1, 1], packed, activation=clip,
+                                     residual=z)
+        pool.shutdown()
+        assert (len(calls) == 2) is (taken and pool.runs_native_tasks)
+        want = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0].astype(np.float64), x) + b[None, :, None, None] + z
+        np.testing.assert_allclose(y, np.clip(want, 0, 6), rtol=1e-5, atol=1e-5 * np.abs(want).max())

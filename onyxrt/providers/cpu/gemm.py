@@ -44,6 +44,7 @@ GEMV_SPLIT_MIN_ELEMENTS = 1 << 21
 # Columns below which a product is split by rows even where B is the larger operand.
 COLUMN_SPLIT_MIN = 64
 _F32 = np.dtype(np.float32)
+_NO_BIAS, _NO_RESIDUAL, _NO_PARAMS = np.zeros(0, _F32), np.zeros((0, 0), _F32), np.zeros(2, _F32)  # a plain product
 
 
 def _native_sgemm():
@@ -86,9 +87,11 @@ def note_product(rows: int, depth: int, cols: int) -> None:
         note_pool_product()
 
 
-def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool) -> np.ndarray | None:
-    """``a @ b`` on ``math/sgemm_avx512`` (float32, C-contiguous operands), split over the pool by column panels or
-    rows as a native task; None where it does not apply."""
+def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias: np.ndarray = _NO_BIAS,
+               residual: np.ndarray = _NO_RESIDUAL, act: int = 0, params: np.ndarray = _NO_PARAMS) -> np.ndarray | None:
+    """``act(a @ b + bias[:, None] + residual)`` on ``math/sgemm_avx512`` (float32, C-contiguous operands; the epilogue
+    as ``sgemm_avx512.gemm`` takes it, none by default), split over the pool by column panels or rows as a native
+    task; None where it does not apply."""
     if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and a.shape[1] == b.shape[0]
             and b.shape[1] > 0 and a.shape[1] > 0 and own_sgemm_usable()):
         return None
@@ -100,12 +103,22 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool) -> np
     parts = min(pool.num_threads, max(count, -(-m // module.MAX_ROWS)))
     blocked = not pool.workers_spin and m * a.shape[1] * n < MIN_MACS_WAKING  # (a hand-off would wake a worker)
     if parts < 2 or blocked or not pool.runs_native_tasks:
-        module.gemm(a, b, tail, y, 0, m, 0, count)
+        module.gemm(a, b, tail, y, 0, m, 0, count, bias, residual, act, params)
         return y
     by_panels = count >= 2 * parts
-    args = module.task_args(a, b, tail, y, by_panels)
+    args = module.task_args(a, b, tail, y, by_panels, bias, residual, act, params)
     pool.run_native(module.gemm_part.address, args.ctypes.data, parts)
     return y
+
+
+def fused_product(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
+                  act: int, params: np.ndarray) -> bool:
+    """``out = act(w @ x + bias[:, None] + residual)`` (float32 C-contiguous (M, C) @ (C, P) into (M, P); ``residual``
+    (M, P) or None; ``act`` one of ``sgemm_avx512.IN_REGISTERS``) on onyxrt's GEMM with the epilogue in its
+    registers, over the current pool; False (``out`` untouched) where that GEMM does not run here."""
+    y = _own_sgemm(w, x, out, current_pool(), _NO_BIAS if bias is None else bias,
+                   _NO_RESIDUAL if residual is None else residual, act, params)
+    return y is not None
 
 
 def native_sgemm_function():
