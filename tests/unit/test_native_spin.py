@@ -211,12 +211,15 @@ def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, monkeypat
     ((1, 12, 30, 50), 20, "LeakyRelu", [0.1], False, True),
 ])
 def test_pointwise_convolutions_run_as_one_task_with_their_epilogue(pool, shape, channels, activation, params, bias,
-                                                                    residual):
+                                                                    residual, monkeypatch):
     """In the split-GEMM mode a 1x1 convolution's blocks each get their product and epilogue in one native
-    task (``pointwise_conv_task``), equal to the product followed by the epilogue pass."""
+    task (``pointwise_conv_task``), equal to the product followed by the epilogue pass. (Large images on AVX-512
+    CPUs take onyxrt's own GEMM instead, ``test_sgemm_avx512``: kept off here.)"""
     from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
     from onyxrt.providers.cpu.jit import optional_module
     from onyxrt.providers.cpu.nn import conv_core
+
+    monkeypatch.setattr(conv_core, "OWN_GEMM_MIN_PIXELS", 1 << 40)
 
     task = optional_module("onyxrt.providers.cpu.nn.pointwise_conv_task")
     if task is None or task.SGEMM is None:

@@ -76,9 +76,11 @@ def _activation(builder: ir.IRBuilder, value, act, a, b):
 def _tiler(vectors: int):
     """The intrinsic ``tile(source, offsets, taps, weights, bias, params, act, out, out_stride, rows, valid)``
     (addresses and int64s) for tiles of ``vectors`` vectors of outputs: for q < ``rows`` (at most BLOCK) and p <
-    ``valid`` (at most vectors x LANES), out[q * out_stride + p] = act(bias[q] + sum over t < ``taps`` of
-    weights[t * BLOCK + q] * source[offsets[t] + p]); the sums past ``valid`` are computed (the input's planes
-    reach that far) but not stored."""
+    ``valid`` (at most vectors x LANES), out[q * out_stride + p] = act((sum over t < ``taps`` of
+    weights[t * BLOCK + q] * source[offsets[t] + p]) + bias[q]); the sums past ``valid`` are computed (the input's
+    planes reach that far) but not stored. Each sum is one multiply-add chain over the taps in the column matrix's
+    order, the bias added after it, as a GEMM over the column matrix and its epilogue compute it: the same
+    rounding (deep networks can amplify a last-bit difference into another result)."""
 
     def codegen(context, builder, signature, args):
         source_address, offsets_address, taps, weights_address, bias_address, params_address, act, out_address, \
@@ -92,9 +94,8 @@ def _tiler(vectors: int):
         out = builder.inttoptr(out_address, pointer)
         sums = [[cgutils.alloca_once(builder, _V) for _ in range(vectors)] for _ in range(BLOCK)]
         for q in range(BLOCK):
-            start = _splat(builder, builder.load(builder.gep(bias, [_constant(q)])))
             for v in range(vectors):
-                builder.store(start, sums[q][v])
+                builder.store(ir.Constant(_V, None), sums[q][v])
         with cgutils.for_range(builder, taps) as tap:
             at = builder.gep(source, [builder.load(builder.gep(offsets, [tap.index]))])
             pixels = [builder.load(builder.bitcast(builder.gep(at, [_constant(v * LANES)]), _V.as_pointer()),
@@ -109,8 +110,9 @@ def _tiler(vectors: int):
         for q in range(BLOCK):
             with builder.if_then(builder.icmp_signed("<", _constant(q), rows)):
                 target = builder.gep(out, [builder.mul(_constant(q), out_stride)])
+                shift = _splat(builder, builder.load(builder.gep(bias, [_constant(q)])))
                 for v in range(vectors):
-                    value = _activation(builder, builder.load(sums[q][v]), act, a, b)
+                    value = _activation(builder, builder.fadd(builder.load(sums[q][v]), shift), act, a, b)
                     here = builder.gep(target, [_constant(v * LANES)])
                     left = builder.sub(valid, _constant(v * LANES))
                     with builder.if_else(builder.icmp_signed(">=", left, _constant(LANES))) as (whole, part):
