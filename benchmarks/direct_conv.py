@@ -1,10 +1,10 @@
-"""Stem convolutions (few input channels): the direct route (nn/direct_conv.py) against the column-matrix route, and
-onnxruntime.
+"""Direct convolutions (stems, strided layers): the direct route (nn/direct_conv.py) against the column-matrix route,
+and onnxruntime.
 
     python benchmarks/direct_conv.py --out benchmarks/direct_conv.md
 
-* per layer (Conv + bias + Relu, random weights): the stems of common architectures at 224x224 and a small-image
-  stem at batch 8, run as a session runs them (``float_conv`` with prepacked weights and the fused Relu) in a
+* per layer (Conv + bias + Relu, random weights): the stems of common architectures at 224x224, small-image
+  stems at batch 8 and resnet50's strided 3x3 layers, run as a session runs them (``float_conv`` with prepacked weights and the fused Relu) in a
   2-thread pool in each of its modes (``default``: BLAS's threads; ``split``: the pool's, as models whose other
   layers choose it run, ``framework/thread_mode.py``); the direct route and the column-matrix route
   (``direct_conv.applies`` patched off) alternate in blocks of ``--repeat`` calls in one process, ``--rounds``
@@ -42,6 +42,8 @@ LAYERS = [
     ("VGG 3x3/1", 1, 3, 64, 3, 1, 1, 224),
     ("small images 3x3/1, batch 8", 8, 3, 32, 3, 1, 1, 32),
     ("small images 3x3/2, batch 8", 8, 3, 32, 3, 2, 1, 32),
+    ("ResNet 3x3/2, 128 channels", 1, 128, 128, 3, 2, 1, 56),
+    ("ResNet 3x3/2, 256 channels", 1, 256, 256, 3, 2, 1, 28),
 ]
 MODELS = ("resnet50", "mobilenet_v2")
 
@@ -151,7 +153,7 @@ def main() -> int:
             e2e[model, variant].append(json.loads(_child("--worker", f"{model}:{variant}", "--e2e-repeat",
                                                          str(args.e2e_repeat))))
     lines = [
-        "# Stem convolutions: the direct route against the column-matrix route (issue 9)",
+        "# Direct convolutions (stems, strided layers) against the column-matrix route (issue 9)",
         "",
         f"Command: `python benchmarks/direct_conv.py {' '.join(sys.argv[1:])}`",
         "",

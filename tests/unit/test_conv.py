@@ -547,7 +547,11 @@ def test_prepared_convolution_keeps_a_route_per_input_shape():
 ])  # (images wide enough for the flattened phase images: ``_flat_fits``)
 def test_tap_products_equal_the_column_matrix(monkeypatch, n, c, m, hw, k, strides, dilations, pads):
     """Few output channels over many input ones: one product per tap of the flattened phase images
-    (``_tap_products``) gives the column matrix's result to rounding, with bias and activation after it."""
+    (``_tap_products``) gives the column matrix's result to rounding, with bias and activation after it. (Where the
+    direct route applies it runs these shapes, ``test_direct_conv``: kept off here.)"""
+    from onyxrt.providers.cpu.nn import direct_conv
+
+    monkeypatch.setattr(direct_conv, "applies", lambda *args: False)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((n, c, *hw)).astype(np.float32)
     w = rng.standard_normal((m, c, *k)).astype(np.float32)

@@ -727,7 +727,7 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     K = math.prod(k)
     y_shape = (N, M) + tuple(out_sp)
 
-    if direct_conv.applies(shape, dtype, w.shape, group, strides, pads):
+    if winograd_filter is None and direct_conv.applies(shape, dtype, w.shape, group, strides, pads):
         route = direct_conv.direct_route(shape, w, b, activation, strides, dilations, pads, out_sp,
                                          _finisher(M, None, activation, nd))
         if route is not None:

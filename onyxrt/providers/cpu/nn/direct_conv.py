@@ -1,11 +1,12 @@
-"""Convolutions of few input channels (a network's stem: RGB images, 3x3 to 7x7 filters, stride 1 to 4) computed
-directly, without a column matrix.
+"""Convolutions computed directly, without a column matrix: a network's stem (RGB images, 3x3 to 7x7 filters, stride 1
+to 4) and strided layers of any width.
 
-With three input channels the column matrix's K (C x kh x kw: 27 for a 3x3 filter) is too short for a GEMM to run
-near its peak, and the matrix (K x output pixels: 7.4 MB for resnet50's 7x7 stem at 224x224) streams through memory
-twice. ``direct_conv_kernels`` instead keeps a tile of output channels by output pixels in registers over all the
-taps, reading the input's column phases where it lies (onnxruntime's NCHWc kernels treat NCHW inputs the same way).
-Measured on 2 Zen 5 cores (``benchmarks/direct_conv.md``).
+The column matrix (C x kh x kw rows by the output's pixels) costs a pass writing and a pass reading kh x kw / (s0 x
+s1) times the input (7.4 MB for resnet50's 7x7 stem at 224x224), and with three input channels its K (27 for a 3x3
+filter) is too short for a GEMM to run near its peak. ``direct_conv_kernels`` instead keeps a tile of output
+channels by output pixels in registers over all the taps, reading the input's column phases where they lie
+(onnxruntime's NCHWc kernels tile the same way). Measured on 2 Zen 5 cores (``benchmarks/direct_conv.md``): stems
+0.13-0.6x the column route's time, resnet50's 128- and 256-channel stride-2 3x3 layers 0.63-0.79x.
 
 Where numba is missing or disabled (``direct_route`` returns None) the column-matrix route runs.
 """
@@ -21,7 +22,7 @@ from ....framework.thread_pool import current_pool
 from .. import row_kernels
 from ..jit import optional_module, read_only
 
-# The most input channels taking this route: with more, the column matrix's GEMM has the depth to run near its peak.
+# The most input channels a stride-1 convolution may have to take this route (an image's RGB or RGBA channels).
 MAX_CHANNELS = 4
 # Multiply-adds from which the rows are shared over the pool: where its workers spin between tasks (a hand-off costs
 # microseconds), and where they sleep (waking one costs 50-80 us on a VM).
@@ -30,11 +31,14 @@ _SPLIT_MACS_WAKING = 1 << 24
 
 
 def applies(shape, dtype, w_shape, group: int, strides, pads) -> bool:
-    """Whether ``direct_route`` takes this convolution: float32 2-D, group 1, at most :data:`MAX_CHANNELS` input
-    channels, non-negative pads, and windows that overlap (more taps than the strides' product: a column matrix
-    larger than the input; a ConvNeXt-like 4x4/4 patchify stem's is the input rearranged, and its GEMM as fast)."""
-    return (len(shape) == 4 and dtype == np.float32 and group == 1 and 0 < shape[1] <= MAX_CHANNELS
-            and math.prod(w_shape[2:]) > math.prod(strides) and all(p >= 0 for p in pads) and shape[0] > 0)
+    """Whether ``direct_route`` takes this convolution: float32 2-D, group 1, non-negative pads, windows that overlap
+    (more taps than the strides' product: a column matrix larger than the input; a ConvNeXt-like 4x4/4 patchify
+    stem's is the input rearranged, and its GEMM as fast), and a stride above 1 or at most :data:`MAX_CHANNELS` input
+    channels. Stride-1 layers of more channels keep the column matrix (or Winograd): it is at most kh x kw times the
+    input, and its GEMM's K (C x kh x kw) deep enough."""
+    return (len(shape) == 4 and dtype == np.float32 and group == 1 and shape[1] > 0 and shape[0] > 0
+            and math.prod(w_shape[2:]) > math.prod(strides) and all(p >= 0 for p in pads)
+            and (shape[1] <= MAX_CHANNELS or any(s > 1 for s in strides)))
 
 
 def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides, dilations, pads, out_sp,

@@ -1,5 +1,5 @@
-"""The direct convolution of few input channels (``direct_conv``): a register tile of output channels by output
-pixels accumulated over every tap, the input read from its column phases.
+"""The direct convolution (``direct_conv``): a register tile of output channels by output pixels accumulated over
+every tap, the input read from its column phases.
 
 An input row of a strided layer, split into its ``s1`` column phases (the padded plane's columns ph, ph + s1, ...),
 makes a run of consecutive outputs read a contiguous run of each phase for every tap; so a tile of
