@@ -181,7 +181,7 @@ def _chain_reference(x, w):
 def test_buffers_are_reused_across_steps_and_runs_and_written_in_place():
     model, w = _chain_model()
     plan = _plan(model)
-    x = np.random.default_rng(1).standard_normal((1024, 16)).astype(np.float32)  # 64 KiB: ALLOC_MIN_BYTES
+    x = np.random.default_rng(1).standard_normal((4096, 16)).astype(np.float32)  # 256 KiB: TRACKED_MIN_BYTES
     reports = []
     for _ in range(3):
         report = RunReport()
@@ -197,7 +197,7 @@ def test_buffers_are_reused_across_steps_and_runs_and_written_in_place():
 def test_planner_off_gives_the_same_results_without_reuse():
     model, w = _chain_model()
     on, off = _plan(model), _plan(model, reuse_buffers=False)
-    x = np.random.default_rng(2).standard_normal((1024, 16)).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((4096, 16)).astype(np.float32)
     for _ in range(2):
         report = RunReport()
         np.testing.assert_array_equal(off.run([x], report=report)[0], on.run([x])[0])
@@ -277,7 +277,7 @@ def test_concurrent_runs_of_one_plan_keep_their_buffers_apart():
 def test_profiled_runs_report_memory_and_sessions_get_the_same_results():
     model, w = _chain_model()
     plan = _plan(model)
-    x = np.random.default_rng(3).standard_normal((1024, 16)).astype(np.float32)
+    x = np.random.default_rng(3).standard_normal((4096, 16)).astype(np.float32)
     events: list = []
     report = RunReport()
     (y,) = plan.run([x], profile=events, report=report)
@@ -291,7 +291,7 @@ def test_an_inplace_kernel_writes_over_its_dying_input():
     nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
     plan = _plan(_model(nodes, ["x"], ["y"]))
     report = RunReport()
-    x = np.linspace(-2, 2, 128 * 128, dtype=np.float32).reshape(128, 128)
+    x = np.linspace(-2, 2, 256 * 256, dtype=np.float32).reshape(256, 256)
     (y,) = plan.run([x], report=report)
     assert report.inplace_bytes == x.nbytes
     np.testing.assert_allclose(y, np.exp(x), rtol=1e-6)
@@ -299,7 +299,7 @@ def test_an_inplace_kernel_writes_over_its_dying_input():
 
 @pytest.mark.parametrize("reuse", [True, False])
 def test_peak_counts_live_values_once_per_memory_owner(reuse):
-    shape = np.array([1024], np.int64)
+    shape = np.array([1 << 16], np.int64)
     nodes = [
         helper.make_node("Exp", ["x"], ["a"]),
         helper.make_node("Reshape", ["a", "shape"], ["v"]),  # a view of a: the same memory
@@ -307,7 +307,7 @@ def test_peak_counts_live_values_once_per_memory_owner(reuse):
         helper.make_node("Concat", ["v", "b"], ["y"], axis=0),
     ]
     plan = _plan(_model(nodes, ["x"], ["y"], [("shape", shape)]), reuse_buffers=reuse)
-    x = np.ones(1024, np.float32)  # 4 KiB: TRACKED_MIN_BYTES
+    x = np.ones(1 << 16, np.float32)  # 256 KiB: TRACKED_MIN_BYTES
     report = RunReport()
     plan.run([x], report=report)
     assert report.peak_bytes == 2 * x.nbytes + 2 * x.nbytes  # a (with v), b, then y beside them
@@ -316,7 +316,7 @@ def test_peak_counts_live_values_once_per_memory_owner(reuse):
 def test_softmax_in_place_over_its_dying_input():
     nodes = [helper.make_node("Exp", ["x"], ["a"]), helper.make_node("Softmax", ["a"], ["y"], axis=-1)]
     plan = _plan(_model(nodes, ["x"], ["y"]))
-    x = np.random.default_rng(5).standard_normal((128, 128)).astype(np.float32)
+    x = np.random.default_rng(5).standard_normal((256, 256)).astype(np.float32)
     report = RunReport()
     (y,) = plan.run([x], report=report)
     e = np.exp(np.exp(x) - np.exp(x).max(-1, keepdims=True))
