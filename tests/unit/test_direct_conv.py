@@ -49,7 +49,7 @@ CASES = [
     ((2, 1, 36, 28), 9, (3, 3), [1, 1], [1, 1], [0, 2, 1, 0]),  # one channel, asymmetric pads
     ((1, 4, 50, 86), 11, (5, 3), [1, 3], [2, 1], [2, 1, 2, 1]),  # four channels, dilation, unequal strides
     ((3, 2, 33, 54), 8, (3, 5), [2, 1], [1, 2], [4, 4, 4, 4]),  # pads wider than the filter's reach
-    ((1, 40, 30, 60), 36, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # a strided layer of many channels
+    ((1, 40, 30, 124), 36, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # a strided layer of many channels, 62 a row
 ]
 ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
                ("Sigmoid", []), ("Tanh", [])]
@@ -115,6 +115,23 @@ def test_short_rows_take_the_column_matrix(monkeypatch):
     y = convolve(x, w, None, [1, 1], [1, 1], [1, 1, 1, 1])
     assert taken == [None]
     np.testing.assert_allclose(y, reference(x, w, None, [1, 1], [1, 1], [1, 1, 1, 1]), rtol=1e-5, atol=1e-5)
+
+
+@needs_numba
+def test_wide_layers_of_short_rows_take_the_column_matrix(monkeypatch):
+    """A strided layer of many channels whose rows are shorter than a two-vector tile stays on the column matrix
+    (its GEMM is deep); a stem of the same rows takes the direct route."""
+    kernels = pytest.importorskip("onyxrt.providers.cpu.nn.direct_conv_kernels")
+    taken = []
+    route = direct_conv.direct_route
+    monkeypatch.setattr(direct_conv, "direct_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    width = 2 * (kernels.TILE - 2)  # stride 2: TILE - 2 outputs a row, two vectors' worth less two
+    for channels in (direct_conv.MAX_CHANNELS + 4, 3):
+        x = RNG.standard_normal((1, channels, 8, width), np.float32)
+        w = (RNG.standard_normal((8, channels, 3, 3)) / 9).astype(np.float32)
+        y = convolve(x, w, None, [2, 2], [1, 1], [1, 1, 1, 1])
+        np.testing.assert_allclose(y, reference(x, w, None, [2, 2], [1, 1], [1, 1, 1, 1]), rtol=1e-5, atol=1e-5)
+    assert taken[0] is None and taken[1] is not None
 
 
 @needs_numba
