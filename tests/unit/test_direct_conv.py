@@ -119,13 +119,13 @@ def test_short_rows_take_the_column_matrix(monkeypatch):
 
 @needs_numba
 def test_wide_layers_of_short_rows_take_the_column_matrix(monkeypatch):
-    """A strided layer of many channels whose rows are shorter than a two-vector tile stays on the column matrix
-    (its GEMM is deep); a stem of the same rows takes the direct route."""
+    """A strided layer of many channels whose rows fit one vector stays on the column matrix (its GEMM is deep); a
+    stem of the same rows takes the direct route."""
     kernels = pytest.importorskip("onyxrt.providers.cpu.nn.direct_conv_kernels")
     taken = []
     route = direct_conv.direct_route
     monkeypatch.setattr(direct_conv, "direct_route", lambda *a: taken.append(route(*a)) or taken[-1])
-    width = 2 * (kernels.TILE - 2)  # stride 2: TILE - 2 outputs a row, two vectors' worth less two
+    width = 2 * (kernels.LANES - 1)  # stride 2: LANES - 1 outputs a row
     for channels in (direct_conv.MAX_CHANNELS + 4, 3):
         x = RNG.standard_normal((1, channels, 8, width), np.float32)
         w = (RNG.standard_normal((8, channels, 3, 3)) / 9).astype(np.float32)

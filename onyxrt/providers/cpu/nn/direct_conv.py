@@ -55,9 +55,9 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
     OH, OW = out_sp
     if -(-OW // kernels.LANES) * kernels.LANES * 4 > 5 * OW:
         return None  # rows too short for the vectors: a quarter of their work or more would be discarded
-    if C > MAX_CHANNELS and OW < kernels.TILE:
-        # one-vector tiles load as much as they multiply: with a deep column matrix the GEMM is the faster
-        # (resnet50's 256-channel 3x3/2 layer, 14 outputs a row: 1.1-1.2x the column route)
+    if C > MAX_CHANNELS and OW <= kernels.LANES:
+        # rows of one vector: its tiles load as much as they multiply, and with a deep column matrix the GEMM is the
+        # faster (resnet50's 256-channel 3x3/2 layer, 14 outputs a row: 1.1-1.2x the column route)
         return None
     s0, s1 = strides
     d0, d1 = dilations
