@@ -4,23 +4,21 @@ and onnxruntime.
     python benchmarks/direct_conv.py --out benchmarks/direct_conv.md
 
 * per layer (Conv + bias + Relu, random weights): the stems of common architectures at 224x224, small-image
-  stems at batch 8 and resnet50's strided 3x3 layers, run as a session runs them (``float_conv`` with prepacked weights and the fused Relu) in a
-  2-thread pool in each of its modes (``default``: BLAS's threads; ``split``: the pool's, as models whose other
-  layers choose it run, ``framework/thread_mode.py``); the direct route and the column-matrix route
-  (``direct_conv.applies`` patched off) alternate in blocks of ``--repeat`` calls in one process, ``--rounds``
-  blocks each; the minimum of the blocks' medians. onnxruntime runs the same Conv + Relu (which it fuses) in its
-  own process, 2 threads;
+  stems at batch 8 and resnet50's strided 3x3 layers, run as a session runs them (``float_conv`` with prepacked
+  weights and the fused Relu) in a 2-thread pool in each of its modes (``default``: BLAS's threads; ``split``: the
+  pool's, as models whose other layers choose it run, ``framework/thread_mode.py``); the direct route and the
+  column-matrix route (``direct_conv.applies`` patched off) alternate in blocks of ``--repeat`` calls in one
+  process, ``--rounds`` blocks each; the minimum of the blocks' medians. onnxruntime runs the same Conv + Relu
+  (which it fuses) in its own process, 2 threads;
 * end to end: resnet50 and mobilenet_v2 at batch 1, one process per variant (default; ``no-direct``: the route
   off), alternating, ``--e2e-rounds`` rounds; medians of the per-process medians.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from report import cpu_model, median_of_block, write_keeping_notes  # noqa: E402
+from report import cpu_model, layer_benchmark_parser, median_of_block, run_child, write_keeping_notes  # noqa: E402
 
 NOTES_HEADING = "## Findings"  # (written by hand below the tables, kept by reruns)
 
@@ -125,18 +123,11 @@ def end_to_end(model: str, variant: str, repeat: int) -> float:
 
 
 def _child(*args: str) -> str:
-    return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
+    return run_child(__file__, *args)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--e2e-rounds", type=int, default=6)
-    parser.add_argument("--e2e-repeat", type=int, default=20)
-    parser.add_argument("--out")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # ours, theirs, or MODEL:VARIANT
-    args = parser.parse_args()
+    args = layer_benchmark_parser(__doc__).parse_args()  # (--worker: ours, theirs, or an end-to-end variant)
     if args.worker in ("ours", "theirs"):
         print(json.dumps((ours if args.worker == "ours" else theirs)(args.rounds, args.repeat)))
         return 0

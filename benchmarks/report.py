@@ -3,7 +3,10 @@ per-layer benchmarks share."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,3 +40,21 @@ def median_of_block(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times[2:]) * 1e6
+
+
+def layer_benchmark_parser(description: str) -> argparse.ArgumentParser:
+    """The options the per-layer benchmarks (winograd.py, direct_conv.py) share: blocks per layer (``--rounds``) of
+    ``--repeat`` calls, end-to-end rounds and runs, ``--out``, and the hidden ``--worker`` a child process gets."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--e2e-rounds", type=int, default=6)
+    parser.add_argument("--e2e-repeat", type=int, default=20)
+    parser.add_argument("--out")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_child(script: str, *args: str) -> str:
+    """The standard output of ``script`` run with ``args`` in a fresh Python process (a benchmark's worker)."""
+    return subprocess.run([sys.executable, script, *args], check=True, capture_output=True, text=True).stdout

@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-from report import cpu_model, median_of_block, write_keeping_notes  # noqa: E402
+from report import cpu_model, layer_benchmark_parser, median_of_block, run_child, write_keeping_notes  # noqa: E402
 
 NOTES_HEADING = "## Findings"  # (written by hand below the tables, kept by reruns)
 
@@ -110,18 +108,11 @@ def end_to_end(variant: str, repeat: int) -> float:
 
 
 def _child(*args: str) -> str:
-    return subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
+    return run_child(__file__, *args)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--e2e-rounds", type=int, default=6)
-    parser.add_argument("--e2e-repeat", type=int, default=20)
-    parser.add_argument("--out")
-    parser.add_argument("--worker", choices=["ours", "theirs", "default", "no-winograd"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = layer_benchmark_parser(__doc__).parse_args()  # (--worker: ours, theirs, or an end-to-end variant)
     if args.worker in ("ours", "theirs"):
         print(json.dumps((ours if args.worker == "ours" else theirs)(args.rounds, args.repeat)))
         return 0

@@ -28,43 +28,16 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
+from ..ir_vectors import IN_REGISTERS, activation, splat
 from ..native_tasks import float32_array, int64_array, part_ranges
 
 PANEL = 32  # columns per panel: two 16-lane accumulators per row
 MAX_ROWS = 12  # rows per tile: 24 accumulators, two B vectors and a broadcast within AVX-512's 32 registers
 K_BLOCK = 256  # rows of B a pass over the row tiles reads: a panel's slice of 32 KiB stays in L1
-IN_REGISTERS = (0, 1, 2, 5, 6)  # the epilogue activations (none, Relu, LeakyRelu, Clip, HardSigmoid) of the tiles
 _F = ir.FloatType()
 _V = ir.VectorType(_F, 16)
-_I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _jit = dict(cache=True, nogil=True, error_model="numpy")
-
-
-def _activation(builder: ir.IRBuilder, value, act, a, b):
-    """``value`` through the epilogue activation ``act`` (one of :data:`IN_REGISTERS`), parameters a and b (vectors);
-    comparisons keep NaN as NaN, as ``jit_rows.epilogue_row`` does."""
-    zero, one = ir.Constant(_V, [0.0] * 16), ir.Constant(_V, [1.0] * 16)
-
-    def below(x, y):
-        return builder.fcmp_ordered("<", x, y)
-
-    def clamp(x, low, high):
-        return builder.select(below(x, low), low, builder.select(below(high, x), high, x))
-
-    relu = builder.select(below(value, zero), zero, value)
-    leaky = builder.select(below(value, zero), builder.fmul(value, a), value)
-    clip = clamp(value, a, b)
-    hard = clamp(builder.fadd(builder.fmul(value, a, flags=["contract"]), b, flags=["contract"]), zero, one)
-    result = value
-    for code, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
-        result = builder.select(builder.icmp_signed("==", act, ir.Constant(_I64, code)), activated, result)
-    return result
-
-
-def _splat(builder: ir.IRBuilder, scalar) -> ir.Value:
-    lane0 = builder.insert_element(ir.Constant(_V, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(lane0, ir.Constant(_V, ir.Undefined), ir.Constant(ir.VectorType(_I32, 16), None))
 
 
 def _tile_intrinsic(rows: int):
@@ -75,7 +48,8 @@ def _tile_intrinsic(rows: int):
     :data:`IN_REGISTERS`, parameters params[0], params[1])."""
 
     def codegen(context, builder, signature, args):
-        c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act, params_addr = args
+        c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate = args[:8]
+        finish, bias_addr, res_addr, ldres, act, params_addr = args[8:]
         adding = builder.icmp_signed("!=", accumulate, ir.Constant(_I64, 0))
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V, _V]), "llvm.fma.v16f32")
         zero = ir.Constant(_V, None)
@@ -110,11 +84,9 @@ def _tile_intrinsic(rows: int):
         for r in range(rows):
             element = builder.load(builder.inttoptr(builder.add(a_column, builder.mul(lda, ir.Constant(_I64, r))),
                                                     _F.as_pointer()), align=4)
-            lane0 = builder.insert_element(ir.Constant(_V, ir.Undefined), element, ir.Constant(_I32, 0))
-            splat = builder.shuffle_vector(lane0, ir.Constant(_V, ir.Undefined),
-                                           ir.Constant(ir.VectorType(_I32, 16), None))
-            updated.append(builder.call(fma, [splat, b_low, accumulators[2 * r]]))
-            updated.append(builder.call(fma, [splat, b_high, accumulators[2 * r + 1]]))
+            broadcast = splat(builder, element, _V)
+            updated.append(builder.call(fma, [broadcast, b_low, accumulators[2 * r]]))
+            updated.append(builder.call(fma, [broadcast, b_high, accumulators[2 * r + 1]]))
         i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.basic_block)
         for acc, value in zip(accumulators, updated):
             acc.add_incoming(value, builder.basic_block)
@@ -125,12 +97,12 @@ def _tile_intrinsic(rows: int):
         def store(finished: bool, summed: bool) -> None:
             if finished:
                 params = builder.inttoptr(params_addr, _F.as_pointer())
-                a, b = (_splat(builder, builder.load(builder.gep(params, [ir.Constant(_I64, i)]))) for i in (0, 1))
+                a, b = (splat(builder, builder.load(builder.gep(params, [ir.Constant(_I64, i)])), _V) for i in (0, 1))
             for r in range(rows):
                 row = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, r)))
                 if finished:
                     bias = builder.inttoptr(builder.add(bias_addr, ir.Constant(_I64, 4 * r)), _F.as_pointer())
-                    shift = _splat(builder, builder.load(bias))
+                    shift = splat(builder, builder.load(bias), _V)
                     residual_row = builder.add(res_addr, builder.mul(ldres, ir.Constant(_I64, r)))
                 for half in range(2):
                     value = accumulators[2 * r + half]
@@ -140,7 +112,7 @@ def _tile_intrinsic(rows: int):
                             extra = builder.inttoptr(builder.add(residual_row, ir.Constant(_I64, 64 * half)),
                                                      _V.as_pointer())
                             value = builder.fadd(value, builder.load(extra, align=4))
-                        value = _activation(builder, value, act, a, b)
+                        value = activation(builder, value, act, a, b)
                     pointer = builder.inttoptr(builder.add(row, ir.Constant(_I64, 64 * half)), _V.as_pointer())
                     builder.store(value, pointer, align=4)
 

@@ -45,7 +45,7 @@ from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
-_GEMM_EPILOGUE_CODES = (0, 1, 2, 5, 6)  # the activations onyxrt's GEMM applies in its tiles (sgemm_avx512.IN_REGISTERS)
+_GEMM_EPILOGUE_CODES = (0, 1, 2, 5, 6)  # the activations onyxrt's GEMM applies in its tiles (ir_vectors.IN_REGISTERS)
 
 # --------------------------------------------------------------------------- window geometry
 # (shared with pooling)
@@ -1083,13 +1083,9 @@ _POINTWISE_PARALLEL_MACS = 1 << 19
 OWN_GEMM_MIN_PIXELS = 512
 
 
-def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.ndarray | None:
-    """The pointwise route on onyxrt's own GEMM (``gemm.fused_product``: B, the image's channels x pixels, read where it
-    lies; the bias, residual and activation applied in the tile's registers), image by image; None where it does not
-    apply (no such GEMM here, an activation its tiles do not apply, a residual of another shape)."""
-    code = row_kernels.activation_code(activation)
-    if code is None or code[0] not in _GEMM_EPILOGUE_CODES:
-        return None
+def _pointwise_operands(x: np.ndarray, packed: ConvWeights, residual) -> tuple | None:
+    """(x as (N, C, P), the output y (N, M, *spatial) and its (N, M, P) view, the residual as (N, M, P) or None),
+    C-contiguous float32, for the pointwise routes' kernels; None where the residual does not match y."""
     n, c = x.shape[:2]
     m = packed.pointwise.shape[0]
     y = np.empty((n, m) + x.shape[2:], _F32)
@@ -1097,13 +1093,24 @@ def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, activation, residual
         if residual.shape != y.shape or residual.dtype != _F32:
             return None
         residual = np.ascontiguousarray(residual).reshape(n, m, -1)
-    x = np.ascontiguousarray(x).reshape(n, c, -1)
+    return np.ascontiguousarray(x).reshape(n, c, -1), y, y.reshape(n, m, -1), residual
+
+
+def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.ndarray | None:
+    """The pointwise route on onyxrt's own GEMM (``gemm.fused_product``: B, the image's channels x pixels, read where it
+    lies; the bias, residual and activation applied in the tile's registers), image by image; None where it does not
+    apply (no such GEMM here, an activation its tiles do not apply, a residual of another shape)."""
+    code = row_kernels.activation_code(activation)
+    fits = code is not None and code[0] in _GEMM_EPILOGUE_CODES
+    operands = _pointwise_operands(x, packed, residual) if fits else None
+    if operands is None:
+        return None
+    x3, y, y3, residual3 = operands
     act, params = code
     values = np.array(params, _F32)
-    ys = y.reshape(n, m, -1)
-    for image in range(n):
-        if not fused_product(packed.pointwise, x[image], ys[image], packed.b,
-                             None if residual is None else residual[image], act, values):
+    for image in range(x3.shape[0]):
+        if not fused_product(packed.pointwise, x3[image], y3[image], packed.b,
+                             None if residual3 is None else residual3[image], act, values):
             return None
     return y
 
@@ -1114,20 +1121,13 @@ def _pointwise_task(x: np.ndarray, packed: ConvWeights, activation, residual, po
     or BLAS entry point, an activation or residual the epilogue does not take)."""
     code = row_kernels.activation_code(activation)
     task = optional_module("onyxrt.providers.cpu.nn.pointwise_conv_task") if code is not None else None
-    if task is None or task.SGEMM is None:
+    operands = _pointwise_operands(x, packed, residual) if task is not None and task.SGEMM is not None else None
+    if operands is None:
         return None
-    n, c = x.shape[:2]
-    m = packed.pointwise.shape[0]
-    y = np.empty((n, m) + x.shape[2:], _F32)
-    if residual is not None:
-        if residual.shape != y.shape or residual.dtype != _F32:
-            return None
-        residual = np.ascontiguousarray(residual)
-    x = np.ascontiguousarray(x)
+    x3, y, y3, residual3 = operands
     act, params = code
     values = np.array(params, _F32)
-    args, units = task.pack(packed.pointwise, x.reshape(n, c, -1), y.reshape(n, m, -1), packed.b, residual, act,
-                            values, pool.num_threads)
-    parts = min(units, pool.num_threads) if n * m * c * (x.size // (n * c)) >= _POINTWISE_PARALLEL_MACS else 1
+    args, units = task.pack(packed.pointwise, x3, y3, packed.b, residual3, act, values, pool.num_threads)
+    parts = min(units, pool.num_threads) if y3.size * x3.shape[1] >= _POINTWISE_PARALLEL_MACS else 1
     pool.run_native(task.pointwise_part.address, args.ctypes.data, parts)
     return y

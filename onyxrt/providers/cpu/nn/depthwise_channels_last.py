@@ -31,11 +31,11 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from ..ir_vectors import IN_REGISTERS, activation
 from ..jit_rows import channel_epilogue
 from ..native_tasks import float32_array, int64_array
 
 LANES = 8
-IN_REGISTERS = (0, 1, 2, 5, 6)  # the activation codes the vector kernels apply themselves
 ACTIVATIONS = tuple(range(9))  # those and the rest of ``row_kernels``'s epilogue codes, per block after it
 _F = ir.FloatType()
 _V = ir.VectorType(_F, LANES)
@@ -144,26 +144,6 @@ _gather = _copy_intrinsic(True)  # _gather(planes, count, block)
 _scatter = _copy_intrinsic(False)  # _scatter(block, count, planes)
 
 
-def _emit_activation(builder, value, act, a, b):
-    """``value`` through the activation ``act`` (codes of :data:`ACTIVATIONS`), parameters a and b."""
-    zero, one = ir.Constant(_V, [0.0] * LANES), ir.Constant(_V, [1.0] * LANES)
-
-    def below(x, y):  # x < y, false where either is NaN (NaN stays NaN, as in the planar kernel)
-        return builder.fcmp_ordered("<", x, y)
-
-    def clamp(x, low, high):
-        return builder.select(below(x, low), low, builder.select(below(high, x), high, x))
-
-    relu = builder.select(below(value, zero), zero, value)
-    leaky = builder.select(below(value, zero), builder.fmul(value, a), value)
-    clip = clamp(value, a, b)
-    hard = clamp(builder.fadd(builder.fmul(value, a, flags=["contract"]), b, flags=["contract"]), zero, one)
-    result = value
-    for code, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
-        result = builder.select(builder.icmp_signed("==", act, _constant(code)), activated, result)
-    return result
-
-
 def _convolver(kh: int, kw: int):
     """The intrinsic ``convolve(pixels, taps, bias, params, out, shape, act)`` for a kh x kw filter (taps
     unrolled, their weights loaded once): out[(oh * OW + ow) * 8 + c] = act(bias[c] + sum over the taps
@@ -220,7 +200,7 @@ def _convolver(kh: int, kw: int):
                             pixel = builder.load(_vector_at(builder, pixels, builder.add(window, offsets[t])), align=_BYTES)
                             total = builder.fadd(total, builder.fmul(weights[t], pixel, flags=["contract"]),
                                                  flags=["contract"])
-                        builder.store(_emit_activation(builder, total, act, a, b), target, align=_BYTES)
+                        builder.store(activation(builder, total, act, a, b), target, align=_BYTES)
                     with checked:
                         total = cgutils.alloca_once_value(builder, bias)
                         for i in range(kh):
@@ -233,7 +213,7 @@ def _convolver(kh: int, kw: int):
                                         builder.add(builder.mul(ih, W), iw), _constant(LANES))), align=_BYTES)
                                     product = builder.fmul(weights[i * kw + j], pixel, flags=["contract"])
                                     builder.store(builder.fadd(builder.load(total), product, flags=["contract"]), total)
-                        builder.store(_emit_activation(builder, builder.load(total), act, a, b), target, align=_BYTES)
+                        builder.store(activation(builder, builder.load(total), act, a, b), target, align=_BYTES)
         return context.get_dummy_value()
 
     @intrinsic

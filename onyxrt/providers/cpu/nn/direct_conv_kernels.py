@@ -24,6 +24,7 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
+from ..ir_vectors import IN_REGISTERS, activation, splat
 from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array
 
@@ -32,11 +33,9 @@ LANES = 16 if WIDE else 8
 VECTORS = 2  # vectors of consecutive outputs per tile
 BLOCK = 8 if WIDE else 4  # output channels per tile: BLOCK * VECTORS sums held in registers
 TILE = LANES * VECTORS  # outputs of a row per tile
-IN_REGISTERS = (0, 1, 2, 5, 6)  # the epilogue codes (none, Relu, LeakyRelu, Clip, HardSigmoid) applied in registers
 _F = ir.FloatType()
 _V = ir.VectorType(_F, LANES)
 _I64 = ir.IntType(64)
-_I32 = ir.IntType(32)
 _BYTES = 4
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 _EPILOGUE_RUN = 2048  # outputs of a plane from which the epilogue after the tiles runs
@@ -44,33 +43,6 @@ _EPILOGUE_RUN = 2048  # outputs of a plane from which the epilogue after the til
 
 def _constant(value: int) -> ir.Constant:
     return ir.Constant(_I64, value)
-
-
-def _splat(builder: ir.IRBuilder, scalar) -> ir.Value:
-    undefined = ir.Constant(_V, ir.Undefined)
-    single = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(single, undefined, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
-
-
-def _activation(builder: ir.IRBuilder, value, act, a, b):
-    """``value`` through the activation ``act`` (one of :data:`IN_REGISTERS`), parameters a and b; comparisons
-    keep NaN as NaN, as ``jit_rows.epilogue_row`` does."""
-    zero, one = ir.Constant(_V, [0.0] * LANES), ir.Constant(_V, [1.0] * LANES)
-
-    def below(x, y):
-        return builder.fcmp_ordered("<", x, y)
-
-    def clamp(x, low, high):
-        return builder.select(below(x, low), low, builder.select(below(high, x), high, x))
-
-    relu = builder.select(below(value, zero), zero, value)
-    leaky = builder.select(below(value, zero), builder.fmul(value, a), value)
-    clip = clamp(value, a, b)
-    hard = clamp(builder.fadd(builder.fmul(value, a, flags=["contract"]), b, flags=["contract"]), zero, one)
-    result = value
-    for code, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
-        result = builder.select(builder.icmp_signed("==", act, _constant(code)), activated, result)
-    return result
 
 
 def _tiler(vectors: int):
@@ -102,17 +74,17 @@ def _tiler(vectors: int):
                                    align=_BYTES) for v in range(vectors)]
             row = builder.gep(weights, [builder.mul(tap.index, _constant(BLOCK))])
             for q in range(BLOCK):
-                weight = _splat(builder, builder.load(builder.gep(row, [_constant(q)])))
+                weight = splat(builder, builder.load(builder.gep(row, [_constant(q)])), _V)
                 for v in range(vectors):
                     product = builder.fmul(weight, pixels[v], flags=["contract"])
                     builder.store(builder.fadd(builder.load(sums[q][v]), product, flags=["contract"]), sums[q][v])
-        a, b = (_splat(builder, builder.load(builder.gep(params, [_constant(i)]))) for i in (0, 1))
+        a, b = (splat(builder, builder.load(builder.gep(params, [_constant(i)])), _V) for i in (0, 1))
         for q in range(BLOCK):
             with builder.if_then(builder.icmp_signed("<", _constant(q), rows)):
                 target = builder.gep(out, [builder.mul(_constant(q), out_stride)])
-                shift = _splat(builder, builder.load(builder.gep(bias, [_constant(q)])))
+                shift = splat(builder, builder.load(builder.gep(bias, [_constant(q)])), _V)
                 for v in range(vectors):
-                    value = _activation(builder, builder.fadd(builder.load(sums[q][v]), shift), act, a, b)
+                    value = activation(builder, builder.fadd(builder.load(sums[q][v]), shift), act, a, b)
                     here = builder.gep(target, [_constant(v * LANES)])
                     left = builder.sub(valid, _constant(v * LANES))
                     with builder.if_else(builder.icmp_signed(">=", left, _constant(LANES))) as (whole, part):
