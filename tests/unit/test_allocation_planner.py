@@ -194,6 +194,21 @@ def test_buffers_are_reused_across_steps_and_runs_and_written_in_place():
     assert plan.peak_bytes == reports[2].peak_bytes <= 3 * x.nbytes
 
 
+def test_values_below_the_tracked_size_stay_with_numpy():
+    """Values under TRACKED_MIN_BYTES are neither counted, recycled nor written in place: the same chain of smaller
+    values runs on numpy's allocations (their bookkeeping would cost more than malloc's heap)."""
+    from onyxrt.framework.allocation_planner import TRACKED_MIN_BYTES
+
+    model, w = _chain_model()
+    plan = _plan(model)
+    x = np.random.default_rng(1).standard_normal((TRACKED_MIN_BYTES // 128, 16)).astype(np.float32)  # half the size
+    for _ in range(3):
+        report = RunReport()
+        (y,) = plan.run([x], report=report)
+        np.testing.assert_allclose(y, _chain_reference(x, w), rtol=1e-5, atol=1e-6)
+        assert report.peak_bytes == report.reused_bytes == report.inplace_bytes == 0
+
+
 def test_planner_off_gives_the_same_results_without_reuse():
     model, w = _chain_model()
     on, off = _plan(model), _plan(model, reuse_buffers=False)
