@@ -227,3 +227,31 @@ def test_compiled_average_pool_equals_the_numpy_path(monkeypatch, dtype, attrs):
     np.testing.assert_allclose(ours, p.average_pool(x, **attrs), rtol=1e-6, atol=1e-7, equal_nan=True)
     if dtype == np.float32 and "dilations" not in attrs:
         np.testing.assert_allclose(ours, run_ort("AveragePool", [x], **attrs)[0], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("kind", ["max", "average"])
+def test_pools_split_over_a_pool_that_owns_the_cores(kind):
+    """In the split-GEMM mode a large 2-D pool's planes are shared over the pool's threads (views of whole planes
+    per part): the same results as on one thread, across images and odd plane counts."""
+    from onyxrt.framework.thread_pool import ThreadPool
+    from onyxrt.providers.cpu.nn import pool as pool_ops
+
+    x = np.random.default_rng(7).standard_normal((3, 21, 48, 46)).astype(np.float32)  # 313K window taps
+
+    def run():
+        if kind == "max":
+            return pool_ops._max_pool(x, [3, 3], [2, 2], [1, 1], [1, 1, 1, 1], "NOTSET", 0, 0, False)[0]
+        return pool_ops.average_pool(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+
+    serial = run()
+    split_pool = ThreadPool(2).splitting_gemms()
+    calls = []
+    real = split_pool.run_chunks
+    split_pool.run_chunks = lambda *args: calls.append(1) or real(*args)
+    try:
+        with split_pool.activate():
+            split = run()
+    finally:
+        split_pool.shutdown()
+    assert calls or not pool_ops._MAX_POOL_2D.enabled()
+    np.testing.assert_array_equal(split, serial)
