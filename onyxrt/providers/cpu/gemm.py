@@ -36,11 +36,13 @@ from .jit import optional_module
 MIN_PARALLEL_MACS = 1 << 19
 # Products of at most this many rows are GEMVs (a decoding step's projections).
 GEMV_MAX_ROWS = 2
-# A product of at most GEMV_MAX_ROWS rows is split over the pool only for a matrix this large (a decoding
-# step's vocabulary head): measured from memory on 2 cores, a split 512x32000 GEMV runs as fast as
-# OpenBLAS's threaded sgemv (2.33 vs 2.29 ms), while smaller ones are no faster split than on one
-# thread (512x1376: 0.153 split, 0.121 one thread, 0.122 OpenBLAS's threads).
-GEMV_SPLIT_MIN_ELEMENTS = 1 << 21
+# A product of at most GEMV_MAX_ROWS rows is split over the pool only for a matrix this large: measured from
+# memory on 2 cores, a split 512x32000 GEMV runs as fast as OpenBLAS's threaded sgemv (2.33 vs 2.29 ms), while
+# a 512x1376 one is no faster split than on one thread (0.153 split, 0.121 one thread, 0.122 OpenBLAS's threads);
+# a conv net's classifier in the split mode, its weights in the last-level cache, gains from 1M elements
+# (mobilenet_v2's 1280x1000: ~150 -> ~105 us, the model 0.98 on 2 Zen 5 cores). (Decoding steps keep BLAS's
+# threads, ``framework.thread_mode``: this applies to pools that split products.)
+GEMV_SPLIT_MIN_ELEMENTS = 1 << 20
 # Columns below which a product is split by rows even where B is the larger operand.
 COLUMN_SPLIT_MIN = 64
 _F32 = np.dtype(np.float32)
