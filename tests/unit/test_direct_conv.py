@@ -50,6 +50,7 @@ CASES = [
     ((1, 4, 50, 86), 11, (5, 3), [1, 3], [2, 1], [2, 1, 2, 1]),  # four channels, dilation, unequal strides
     ((3, 2, 33, 54), 8, (3, 5), [2, 1], [1, 2], [4, 4, 4, 4]),  # pads wider than the filter's reach
     ((1, 40, 30, 124), 36, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # a strided layer of many channels, 62 a row
+    ((2, 24, 20, 28), 12, (3, 3), [1, 1], [1, 1], [1, 1, 1, 1]),  # a stride-1 layer of few output channels
 ]
 ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
                ("Sigmoid", []), ("Tanh", [])]
@@ -89,8 +90,8 @@ def test_shapes_the_route_leaves(change):
         dtype = np.float64
     elif change == "group":
         shape, w_shape, group = (1, 4, 32, 32), (16, 2, 3, 3), 2
-    elif change == "channels":  # a stride-1 layer of more than an image's channels
-        shape, w_shape, strides = (1, 5, 32, 32), (16, 5, 3, 3), [1, 1]
+    elif change == "channels":  # a stride-1 layer of more than an image's channels, in and out
+        shape, w_shape, strides = (1, 5, 32, 32), (direct_conv.MAX_STRIDE1_OUTPUTS + 1, 5, 3, 3), [1, 1]
     elif change == "one by one":
         w_shape, strides = (16, 3, 1, 1), [1, 1]
     elif change == "patchify":  # windows that do not overlap: the column matrix is the input rearranged

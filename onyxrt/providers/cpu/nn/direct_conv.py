@@ -1,5 +1,5 @@
 """Convolutions computed directly, without a column matrix: a network's stem (RGB images, 3x3 to 7x7 filters, stride 1
-to 4) and strided layers of any width.
+to 4), strided layers of any width and layers of few output channels.
 
 The column matrix (C x kh x kw rows by the output's pixels) costs a pass writing and a pass reading kh x kw / (s0 x
 s1) times the input (7.4 MB for resnet50's 7x7 stem at 224x224), and with three input channels its K (27 for a 3x3
@@ -24,6 +24,9 @@ from ..jit import optional_module, read_only
 
 # The most input channels a stride-1 convolution may have to take this route (an image's RGB or RGBA channels).
 MAX_CHANNELS = 4
+# Or the most output channels (a DenseNet-like layer's growth: the column route's GEMM is as thin, one product per
+# tap no better): 8x32 -> 8 at 32x32 3x3 0.32-0.53x, 1x64 -> 16 at 56x56 0.34-0.55x the time on 2 Zen 5 cores.
+MAX_STRIDE1_OUTPUTS = 16
 # Multiply-adds from which the rows are shared over the pool: where its workers spin between tasks (a hand-off costs
 # microseconds), and where they sleep (waking one costs 50-80 us on a VM).
 _SPLIT_MACS_SPINNING = 1 << 20
@@ -33,12 +36,12 @@ _SPLIT_MACS_WAKING = 1 << 24
 def applies(shape, dtype, w_shape, group: int, strides, pads) -> bool:
     """Whether ``direct_route`` takes this convolution: float32 2-D, group 1, non-negative pads, windows that overlap
     (more taps than the strides' product: a column matrix larger than the input; a ConvNeXt-like 4x4/4 patchify
-    stem's is the input rearranged, and its GEMM as fast), and a stride above 1 or at most :data:`MAX_CHANNELS` input
-    channels. Stride-1 layers of more channels keep the column matrix (or Winograd): it is at most kh x kw times the
-    input, and its GEMM's K (C x kh x kw) deep enough."""
+    stem's is the input rearranged, and its GEMM as fast), and a stride above 1, at most :data:`MAX_CHANNELS` input
+    channels or at most :data:`MAX_STRIDE1_OUTPUTS` output channels. Stride-1 layers of more channels in and out
+    keep the column matrix (or Winograd): it is at most kh x kw times the input, and its GEMM deep and wide."""
     return (len(shape) == 4 and dtype == np.float32 and group == 1 and shape[1] > 0 and shape[0] > 0
             and math.prod(w_shape[2:]) > math.prod(strides) and all(p >= 0 for p in pads)
-            and (shape[1] <= MAX_CHANNELS or any(s > 1 for s in strides)))
+            and (shape[1] <= MAX_CHANNELS or w_shape[0] <= MAX_STRIDE1_OUTPUTS or any(s > 1 for s in strides)))
 
 
 def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides, dilations, pads, out_sp,
