@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from .row_kernels import IN_REGISTERS
+
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
-# The epilogue codes (``row_kernels``'s) the vector kernels apply in their registers: none, Relu, LeakyRelu, Clip and
-# HardSigmoid; the others (Tanh, Sigmoid, HardSwish, QuickGelu) after them, by ``jit_rows``.
-IN_REGISTERS = (0, 1, 2, 5, 6)
 
 
 def splat(builder: ir.IRBuilder, scalar: ir.Value, vector: ir.VectorType) -> ir.Value:

@@ -56,6 +56,9 @@ _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip":
 # onyxrt's own FusedConv activations (optimizer/conv_epilogue_fusion.py), which only the epilogue applies
 _EPILOGUE_CODES = {**_ACTIVATION_CODES, "HardSwish": 7, "QuickGelu": 8}
 MLAS_CODES = frozenset({0, *_ACTIVATION_CODES.values()})  # the codes (0: none) the depthwise kernels apply
+# The epilogue codes the kernels written with explicit vectors apply in their registers (``ir_vectors.activation``):
+# none, Relu, LeakyRelu, Clip, HardSigmoid; the others after them, by ``jit_rows``.
+IN_REGISTERS = (0, 1, 2, 5, 6)
 # Elements below which a kernel is not split over threads (a split costs ~15 us of hand-offs).
 _MIN_PARALLEL_ELEMENTS = 1 << 16
 _FLAT_ROW = 4096  # the row length a bias-free activation is cut into

@@ -116,10 +116,10 @@ def _tile_intrinsic(rows: int):
                     pointer = builder.inttoptr(builder.add(row, ir.Constant(_I64, 64 * half)), _V.as_pointer())
                     builder.store(value, pointer, align=4)
 
-        zero = ir.Constant(_I64, 0)
-        with builder.if_else(builder.icmp_signed("!=", finish, zero)) as (finishing, plain):
+        null = ir.Constant(_I64, 0)
+        with builder.if_else(builder.icmp_signed("!=", finish, null)) as (finishing, plain):
             with finishing:
-                with builder.if_else(builder.icmp_signed("!=", res_addr, zero)) as (summing, alone):
+                with builder.if_else(builder.icmp_signed("!=", res_addr, null)) as (summing, alone):
                     with summing:
                         store(True, True)
                     with alone:

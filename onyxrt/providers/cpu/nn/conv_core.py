@@ -45,7 +45,6 @@ from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
 _F32 = np.dtype(np.float32)
-_GEMM_EPILOGUE_CODES = (0, 1, 2, 5, 6)  # the activations onyxrt's GEMM applies in its tiles (ir_vectors.IN_REGISTERS)
 
 # --------------------------------------------------------------------------- window geometry
 # (shared with pooling)
@@ -1101,7 +1100,7 @@ def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, activation, residual
     lies; the bias, residual and activation applied in the tile's registers), image by image; None where it does not
     apply (no such GEMM here, an activation its tiles do not apply, a residual of another shape)."""
     code = row_kernels.activation_code(activation)
-    fits = code is not None and code[0] in _GEMM_EPILOGUE_CODES
+    fits = code is not None and code[0] in row_kernels.IN_REGISTERS
     operands = _pointwise_operands(x, packed, residual) if fits else None
     if operands is None:
         return None

@@ -31,7 +31,7 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from ..ir_vectors import IN_REGISTERS, activation
+from ..ir_vectors import IN_REGISTERS, activation, splat
 from ..jit_rows import channel_epilogue
 from ..native_tasks import float32_array, int64_array
 
@@ -161,10 +161,7 @@ def _convolver(kh: int, kw: int):
         H, W, OH, OW, _, _, s0, s1, d0, d1, pt, pl = (builder.load(builder.gep(table, [_constant(i)]))
                                                       for i in range(12))
         params = builder.inttoptr(params_address, pointer)
-        undefined = ir.Constant(_V, ir.Undefined)
-        broadcast = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
-        a, b = (builder.shuffle_vector(builder.insert_element(undefined, builder.load(builder.gep(params, [_constant(i)])),
-                                                              _constant(0)), undefined, broadcast) for i in (0, 1))
+        a, b = (splat(builder, builder.load(builder.gep(params, [_constant(i)])), _V) for i in (0, 1))
         bias = builder.load(builder.bitcast(builder.inttoptr(bias_address, pointer), _V.as_pointer()), align=_BYTES)
         weights = [builder.load(_vector_at(builder, taps, _constant(t * LANES)), align=_BYTES) for t in range(kh * kw)]
         # each tap's pixel offset (in floats) from the window's first pixel
@@ -248,7 +245,7 @@ def channels_last_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1,
     sources = np.empty(LANES, np.int64)
     targets = np.empty(LANES, np.int64)
     shape = np.array([H, W, OH, OW, kh, kw, s0, s1, d0, d1, pt, pl], np.int64)
-    in_registers = act <= 2 or act == 5 or act == 6
+    in_registers = act in IN_REGISTERS
     inner = act if in_registers else 0
     no_bias = np.empty(0, np.float32)
     no_residual = np.empty((0, 0), np.float32)

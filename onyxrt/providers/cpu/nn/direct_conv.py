@@ -6,7 +6,8 @@ s1) times the input (7.4 MB for resnet50's 7x7 stem at 224x224), and with three 
 filter) is too short for a GEMM to run near its peak. ``direct_conv_kernels`` instead keeps a tile of output
 channels by output pixels in registers over all the taps, reading the input's column phases where they lie
 (onnxruntime's NCHWc kernels tile the same way). Measured on 2 Zen 5 cores (``benchmarks/direct_conv.md``): stems
-0.13-0.6x the column route's time, resnet50's 128- and 256-channel stride-2 3x3 layers 0.63-0.79x.
+0.13-0.6x the column route's time, resnet50's 128-channel stride-2 3x3 layer 0.83-0.91x alone and 0.71x inside a run
+(1068 -> 760 us), a DenseNet-like 32 -> 8 growth layer 0.32-0.53x.
 
 Where numba is missing or disabled (``direct_route`` returns None) the column-matrix route runs.
 """

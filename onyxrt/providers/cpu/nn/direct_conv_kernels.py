@@ -136,7 +136,7 @@ def direct_rows(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, 
     blocks, taps = weights.shape[0], weights.shape[1]
     planes = np.zeros((C, s1, Hp, Wq), np.float32)
     summed = residual.shape[0] > 0
-    after = summed or not (act == 0 or act == 1 or act == 2 or act == 5 or act == 6)
+    after = summed or act not in IN_REGISTERS
     inner = 0 if after else act
     yr = y.reshape(N * M, OH * OW)
     image = -1
