@@ -1052,14 +1052,18 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
     finish = _finisher(m, None if widen else packed.b, activation, nd)
     w2 = packed.w_aug if widen else packed.pointwise
 
-    own_gemm = pixels >= OWN_GEMM_MIN_PIXELS and own_sgemm_usable()
+    # the fused epilogue's (code, parameters) as the native kernels take it, None where they cannot apply it
+    code = row_kernels.activation_code(activation)
+    epilogue = None if code is None else (code[0], np.array(code[1], _F32))
+    own_gemm = (epilogue is not None and epilogue[0] in row_kernels.IN_REGISTERS and pixels >= OWN_GEMM_MIN_PIXELS
+                and own_sgemm_usable())
 
     def pointwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         pool = current_pool()
-        if pool.splits_gemms and x.dtype == _F32 and pool.runs_native_tasks:
-            y = _own_gemm_pointwise(x, packed, activation, z) if own_gemm else None
+        if pool.splits_gemms and x.dtype == _F32 and pool.runs_native_tasks and epilogue is not None:
+            y = _own_gemm_pointwise(x, packed, epilogue, z) if own_gemm else None
             if y is None:
-                y = _pointwise_task(x, packed, activation, z, pool)
+                y = _pointwise_task(x, packed, epilogue, z, pool)
             if y is not None:
                 return y
         if widen:
@@ -1095,18 +1099,16 @@ def _pointwise_operands(x: np.ndarray, packed: ConvWeights, residual) -> tuple |
     return np.ascontiguousarray(x).reshape(n, c, -1), y, y.reshape(n, m, -1), residual
 
 
-def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, activation, residual) -> np.ndarray | None:
+def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residual) -> np.ndarray | None:
     """The pointwise route on onyxrt's own GEMM (``gemm.fused_product``: B, the image's channels x pixels, read where it
-    lies; the bias, residual and activation applied in the tile's registers), image by image; None where it does not
-    apply (no such GEMM here, an activation its tiles do not apply, a residual of another shape)."""
-    code = row_kernels.activation_code(activation)
-    fits = code is not None and code[0] in row_kernels.IN_REGISTERS
-    operands = _pointwise_operands(x, packed, residual) if fits else None
+    lies; the bias, residual and the ``epilogue``'s activation, one of ``row_kernels.IN_REGISTERS``, applied in the
+    tile's registers), image by image; None where it does not apply (no such GEMM here, a residual of another
+    shape)."""
+    operands = _pointwise_operands(x, packed, residual)
     if operands is None:
         return None
     x3, y, y3, residual3 = operands
-    act, params = code
-    values = np.array(params, _F32)
+    act, values = epilogue
     for image in range(x3.shape[0]):
         if not fused_product(packed.pointwise, x3[image], y3[image], packed.b,
                              None if residual3 is None else residual3[image], act, values):
@@ -1114,18 +1116,16 @@ def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, activation, residual
     return y
 
 
-def _pointwise_task(x: np.ndarray, packed: ConvWeights, activation, residual, pool) -> np.ndarray | None:
+def _pointwise_task(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residual, pool) -> np.ndarray | None:
     """The pointwise route as one native task over the pool (``pointwise_conv_task``: each block's product and
-    epilogue together), for pools that split products; None where it does not apply (no compiled kernel
-    or BLAS entry point, an activation or residual the epilogue does not take)."""
-    code = row_kernels.activation_code(activation)
-    task = optional_module("onyxrt.providers.cpu.nn.pointwise_conv_task") if code is not None else None
+    ``epilogue`` (code, parameters) together), for pools that split products; None where it does not apply (no
+    compiled kernel or BLAS entry point, a residual the epilogue does not take)."""
+    task = optional_module("onyxrt.providers.cpu.nn.pointwise_conv_task")
     operands = _pointwise_operands(x, packed, residual) if task is not None and task.SGEMM is not None else None
     if operands is None:
         return None
     x3, y, y3, residual3 = operands
-    act, params = code
-    values = np.array(params, _F32)
+    act, values = epilogue
     args, units = task.pack(packed.pointwise, x3, y3, packed.b, residual3, act, values, pool.num_threads)
     parts = min(units, pool.num_threads) if y3.size * x3.shape[1] >= _POINTWISE_PARALLEL_MACS else 1
     pool.run_native(task.pointwise_part.address, args.ctypes.data, parts)
