@@ -201,15 +201,29 @@ def test_fused_conv_matches_onnxruntime(activation, params):
 @needs_numba
 @pytest.mark.parametrize("kernel, strides, width, vector", [
     ((3, 3), [1, 1], 14, True), ((5, 5), [2, 2], 112, True), ((7, 7), [1, 1], 7, True), ((1, 1), [2, 1], 20, True),
-    ((3, 3), [1, 1], 56, False), ((4, 4), [1, 1], 14, False), ((3, 5), [1, 1], 14, False),
+    ((3, 3), [1, 1], 56, None), ((4, 4), [1, 1], 14, False), ((3, 5), [1, 1], 14, False),
 ])
 def test_vector_blocks_where_they_pay(kernel, strides, width, vector):
-    """float32 square filters of 1, 3, 5 or 7 run in vector blocks, except wide stride-1 outputs (the planar
-    loops are as fast there), whatever the epilogue's activation (Sigmoid: per block after the vector
-    kernel); float64 stays on the numba kernel."""
-    assert (dw._vector_blocks(np.dtype(np.float32), kernel, 5, strides, [width, width]) is not None) == vector
-    assert dw._vector_blocks(np.dtype(np.float64), kernel, 5, strides, [width, width]) is None
-    assert (dw._vector_blocks(np.dtype(np.float32), kernel, 4, strides, [width, width]) is not None) == vector
+    """float32 square filters of 1, 3, 5 or 7 run in vector blocks, except wide stride-1 outputs with eight-channel
+    vectors (the planar loops are as fast there; None: as the vectors' width decides), whatever the epilogue's
+    activation (Sigmoid: per block after the vector kernel); float64 stays on the numba kernel."""
+    if vector is None:
+        from onyxrt.providers.cpu.nn import depthwise_channels_last
+
+        vector = depthwise_channels_last.LANES == 16
+    pads = [kernel[0] // 2] * 4
+    assert (dw._vector_blocks(np.dtype(np.float32), kernel, 5, strides, pads, [width, width]) is not None) == vector
+    assert dw._vector_blocks(np.dtype(np.float64), kernel, 5, strides, pads, [width, width]) is None
+    assert (dw._vector_blocks(np.dtype(np.float32), kernel, 4, strides, pads, [width, width]) is not None) == vector
+    assert dw._vector_blocks(np.dtype(np.float32), kernel, 5, strides, [0, -1, 0, 0], [width, width]) is None
+
+
+@needs_numba
+def test_vector_blocks_leave_negative_pads_to_the_planar_kernel(monkeypatch):
+    """A negative pad (a crop) keeps the planar kernel: the vector blocks' padded rows start at the image."""
+    x, w, b = _case((1, 5, 12, 11), 1, (3, 3), True, np.float32)
+    args = (x, w, b, 5, [1, 1], [1, 1], [-1, 1, 1, -2], "NOTSET", None)
+    _assert_close(core.float_conv(*args), _numpy_conv(monkeypatch, *args))
 
 
 @needs_numba
@@ -219,7 +233,7 @@ def test_vector_blocks_apply_the_other_activations_per_block(activation, params,
     """Activations the vector kernel does not apply in its registers run over each block's output planes
     (``jit_rows.channel_epilogue``): the same as the convolution followed by the activation."""
     x, w, b = _case((2, channels, 9, 9), 1, (3, 3), True, np.float32)
-    assert dw._vector_blocks(np.dtype(np.float32), (3, 3), 8, [2, 2], [5, 5]) is not None
+    assert dw._vector_blocks(np.dtype(np.float32), (3, 3), 8, [2, 2], [1, 1, 1, 1], [5, 5]) is not None
     fn = mlas_activation_fn(activation, params)
     fused = core.float_conv(x, w, b, channels, [2, 2], None, [1, 1, 1, 1], "NOTSET", None, activation=fn)
     plain = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], [5, 5])
@@ -228,15 +242,16 @@ def test_vector_blocks_apply_the_other_activations_per_block(activation, params,
 
 
 @needs_numba
-@pytest.mark.parametrize("channels", [1, 7, 8, 9, 20])
-@pytest.mark.parametrize("width", [1, 5, 8, 13, 17])
+@pytest.mark.parametrize("channels", [1, 7, 8, 9, 15, 16, 17, 20, 33])
+@pytest.mark.parametrize("width", [1, 5, 7, 8, 9, 13, 16, 17])
 def test_vector_blocks_partial_blocks_and_transpose_tails(monkeypatch, channels, width):
-    """Channel counts around the 8-channel block and plane sizes around the 8-pixel transpose."""
+    """Channel counts around the 8- or 16-channel block and row widths around the 8-pixel transpose (narrower
+    rows transposed as whole planes, wider ones row by row with an overlapping last transpose)."""
     x, w, b = _case((2, channels, width + 2, width), 1, (3, 3), True, np.float32)
     x[0, 0].flat[0] = np.nan
     fn = mlas_activation_fn("Clip", [-0.5, 0.7])
     args = (x, w, b, channels, [1, 1], [1, 1], [1, 1, 1, 1], "NOTSET", None)
-    assert dw._vector_blocks(np.dtype(np.float32), (3, 3), 5, [1, 1], [width + 2, width]) is not None
+    assert dw._vector_blocks(np.dtype(np.float32), (3, 3), 5, [1, 1], [1, 1, 1, 1], [width + 2, width]) is not None
     got = core.float_conv(*args, activation=fn)
     want = _numpy_conv(monkeypatch, *args, activation=fn)
     assert np.array_equal(np.isnan(got), np.isnan(want))
@@ -261,19 +276,25 @@ def test_parallel_planes_match_serial(monkeypatch, layout):
 
 @needs_numba
 @pytest.mark.parametrize("activation", [("Clip", [0.0, 6.0]), ("HardSwish", [])])
-def test_parallel_blocks_with_activations(monkeypatch, activation):
-    """The vector blocks shared out over the pool (a native task, whole blocks of eight planes per part) with an
-    activation in the registers and one applied per block after them."""
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("shape", [(2, 35, 64, 64), (1, 5, 96, 96)])
+def test_parallel_blocks_with_activations(monkeypatch, activation, native, shape):
+    """The vector blocks shared out over the pool (a native task: whole blocks of channels per part, or one block's
+    rows cut in runs where there are fewer blocks than threads; Python tasks where the pool runs none) with an
+    activation in the registers and one applied per band after them."""
     from onyxrt.framework.thread_pool import ThreadPool
 
-    x, w, b = _case((2, 19, 64, 64), 1, (3, 3), True, np.float32)  # (enough work to be split)
+    x, w, b = _case(shape, 1, (3, 3), True, np.float32)  # (enough work to be split; partial blocks)
     fn = mlas_activation_fn(*activation)
-    serial = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], [32, 32], activation=fn)
+    out_sp = [shape[2] // 2, shape[3] // 2]
+    serial = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], out_sp, activation=fn)
     monkeypatch.setattr(dw, "_PARALLEL", True)
+    if not native:
+        monkeypatch.setattr(ThreadPool, "runs_native_tasks", property(lambda self: False))
     pool = ThreadPool(2)
     try:
         with pool.activate():
-            parallel = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], [32, 32], activation=fn)
+            parallel = dw.depthwise_conv(x, w, b, [2, 2], [1, 1], [1, 1, 1, 1], out_sp, activation=fn)
     finally:
         pool.shutdown()
     assert np.array_equal(serial, parallel)

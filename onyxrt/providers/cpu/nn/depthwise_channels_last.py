@@ -1,23 +1,25 @@
-"""float32 depthwise convolutions eight channels at a time (one vector per pixel): small planes and
+"""float32 depthwise convolutions a block of channels at a time (one vector per pixel): small planes and
 strided layers (``depthwise_conv._vector_blocks`` chooses).
 
 For planes of a few hundred pixels, per-plane loops are too short to pay for themselves: every
 row of a 14x14 plane starts and ends a loop; a strided layer's planar loops also split each row
-into column phases first. Here a block of eight channels is transposed into
-(pixels, 8) (an 8x8 register transpose per eight pixels), each output pixel is accumulated over
-the filter taps in one vector register (one multiply-add per tap, the eight channels' weights
-a vector too), the bias and the activation applied there, and the block transposed back into
-the eight output planes. onnxruntime's NCHWc kernels work the same way, with the blocked
-layout kept between operators; here the blocks exist only inside the kernel, so the model's
-tensors stay NCHW. Measured on 2 AVX2 cores (``benchmarks/depthwise.md``).
+into column phases first. Here a block of :data:`LANES` channels (sixteen on AVX-512 CPUs, else eight) runs a band
+of output rows at a time: the input rows the band reads are transposed into (pixels, LANES) (8x8 register transposes)
+inside a zero-padded band, each output pixel is accumulated over the filter taps in one vector register (one
+multiply-add per tap; no bounds tests: the padding is in the band; :data:`GROUP` outputs of a row at a time, the
+taps' column offsets constants for column strides 1 and 2), the bias added first and the activation applied there,
+and the band transposed back into the output planes. The filters are repacked once per convolution
+(:func:`pack_filters`). onnxruntime's NCHWc kernels work the same way, with the blocked layout kept between
+operators; here the blocks exist only inside the kernel, so the model's tensors stay NCHW. Measured on 2 Zen 5 cores
+(split over both, 3x3 with Clip): 384x14x14 24 -> 16 us, 192x28x28 40 -> 24, 144x56x56 stride 2 44 -> 35, 96x112x112
+stride 2 108 -> 88 against the eight-lane kernel with bounds tests before it (``benchmarks/depthwise.md`` for
+the earlier measurements).
 
-The kernels are LLVM IR written with explicit ``<8 x float>`` vectors (LLVM lowers them to what
-the CPU has: two SSE registers, one AVX register, or half an AVX-512 one; a multiply-add
-contracts to FMA where the CPU has it); taps falling outside the input are skipped (zero
-padding). Activations: none, Relu, LeakyRelu, Clip and HardSigmoid (``row_kernels``'s codes 0,
-1, 2, 5, 6) in the vector registers (:data:`IN_REGISTERS`), with NaN kept as the planar kernel keeps
-it; the other epilogue codes (Tanh, Sigmoid, HardSwish, QuickGelu) by ``jit_rows.channel_epilogue``
-over each block's eight output planes just written, while they are in cache (:data:`ACTIVATIONS`).
+The kernels are LLVM IR written with explicit vectors (LLVM lowers them to what the CPU has; a multiply-add
+contracts to FMA where the CPU has it). Activations: none, Relu and Clip (:data:`CLAMPED`) as a clamp in the
+registers that keeps NaN as the planar kernel keeps it; the other epilogue codes (LeakyRelu, Tanh, Sigmoid,
+HardSigmoid, HardSwish, QuickGelu) by ``jit_rows.channel_epilogue`` over each block's output planes just written,
+while they are in cache (:data:`ACTIVATIONS`).
 
 Imported by ``depthwise_conv`` on first use (it imports numba at its top).
 """
@@ -31,14 +33,17 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from ..ir_vectors import IN_REGISTERS, activation, splat
-from ..jit_rows import channel_epilogue
+from ....framework.cpu_features import has_flags
+from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array
 
-LANES = 8
+# channels per block (one vector per pixel): sixteen where the CPU has AVX-512, else eight
+LANES = 16 if has_flags("avx512f") else 8
+GROUP = 4  # outputs of a row computed together
 ACTIVATIONS = tuple(range(9))  # those and the rest of ``row_kernels``'s epilogue codes, per block after it
 _F = ir.FloatType()
 _V = ir.VectorType(_F, LANES)
+_V8 = ir.VectorType(_F, 8)  # the transposes' vectors
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _BYTES = 4
@@ -58,7 +63,7 @@ def _transpose(builder: ir.IRBuilder, rows: list) -> list:
     """The columns of the 8x8 matrix whose rows are ``rows`` (eight <8 x float> values)."""
 
     def shuffle(a, b, mask):
-        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES), list(mask)))
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), list(mask)))
 
     low, high = _STAGES[0]
     a = []
@@ -85,137 +90,146 @@ def _vector_at(builder, base, index):
 
 
 def _emit_transpose_copy(builder, sources, source_step, destinations, destination_step, count):
-    """IR moving ``count`` pixels of eight channels between eight planes and a (pixels, 8) block (see
-    :func:`_emit_planes_and_block`): eight pixels at a time as one 8x8 transpose, where
-    ``sources(c, p)`` points at row c of the 8x8 read at pixel p and ``destinations(c, p)`` at where its
-    column c goes; the remaining pixels one element at a time, ``source_step(c, p)`` to
-    ``destination_step(c, p)`` for channel c of pixel p."""
-    whole = builder.mul(builder.sdiv(count, _constant(LANES)), _constant(LANES))
-    with cgutils.for_range_slice(builder, _constant(0), whole, _constant(LANES)) as (p, _):
-        rows = [builder.load(builder.bitcast(sources(c, p), _V.as_pointer()), align=_BYTES) for c in range(LANES)]
+    """IR moving ``count`` pixels of eight channels between eight planes and eight columns of a (pixels, LANES)
+    block (see :func:`_emit_planes_and_block`): eight pixels at a time as one 8x8 transpose, where ``sources(c, p)``
+    points at row c of the 8x8 read at pixel p and ``destinations(c, p)`` at where its column c goes; a last part of
+    fewer than eight as one more transpose over the last eight pixels (rewriting some), or one element at a time
+    where there are fewer than eight in all (``source_step(c, p)`` to ``destination_step(c, p)`` for channel c of
+    pixel p)."""
+
+    def transpose_at(p):
+        rows = [builder.load(builder.bitcast(sources(c, p), _V8.as_pointer()), align=_BYTES) for c in range(8)]
         for c, column in enumerate(_transpose(builder, rows)):
-            builder.store(column, builder.bitcast(destinations(c, p), _V.as_pointer()), align=_BYTES)
-    with cgutils.for_range_slice(builder, whole, count, _constant(1)) as (p, _):
-        for c in range(LANES):
-            builder.store(builder.load(source_step(c, p)), destination_step(c, p))
+            builder.store(column, builder.bitcast(destinations(c, p), _V8.as_pointer()), align=_BYTES)
+
+    whole = builder.mul(builder.sdiv(count, _constant(8)), _constant(8))
+    with cgutils.for_range_slice(builder, _constant(0), whole, _constant(8)) as (p, _):
+        transpose_at(p)
+    with builder.if_else(builder.icmp_signed(">=", count, _constant(8))) as (overlapped, single):
+        with overlapped:
+            with builder.if_then(builder.icmp_signed("<", whole, count)):
+                transpose_at(builder.sub(count, _constant(8)))
+        with single:
+            with cgutils.for_range_slice(builder, whole, count, _constant(1)) as (p, _):
+                for c in range(8):
+                    builder.store(builder.load(source_step(c, p)), destination_step(c, p))
 
 
-def _emit_planes_and_block(builder, planes_address, block_address, count, to_block: bool) -> None:
-    """IR copying ``count`` pixels of eight channels from the eight planes whose addresses (int64) are
-    stored at ``planes_address`` into the (pixels, 8) block at ``block_address``, or back (``to_block``
-    False)."""
-    table = builder.inttoptr(planes_address, _I64.as_pointer())
-    plane = [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), _F.as_pointer()) for c in range(LANES)]
-    block = builder.inttoptr(block_address, _F.as_pointer())
+def _emit_planes_and_block(builder, plane, block, count, to_block: bool) -> None:
+    """IR copying ``count`` pixels of :data:`LANES` channels from the planes at the pointers ``plane`` into the
+    (pixels, LANES) block at the pointer ``block``, or back (``to_block`` False), eight channels at a time."""
+    for first in range(0, LANES, 8):
+        def in_plane(c, p, first=first):  # plane first + c at pixel p: row c of the 8x8 read from the planes
+            return builder.gep(plane[first + c], [p])
 
-    def in_plane(c, p):  # plane c at pixel p: row c of the 8x8 read from the planes
-        return builder.gep(plane[c], [p])
+        def block_row(c, p, first=first):  # pixel p + c's channels first..first + 7: row c of the 8x8 in the block
+            return builder.gep(block, [builder.add(builder.mul(builder.add(p, _constant(c)), _constant(LANES)),
+                                                   _constant(first))])
 
-    def block_row(c, p):  # pixel p + c's eight channels: row c of the 8x8 in the block
-        return builder.gep(block, [builder.mul(builder.add(p, _constant(c)), _constant(LANES))])
+        def in_block(c, p, first=first):  # channel first + c of pixel p in the block
+            return builder.gep(block, [builder.add(builder.mul(p, _constant(LANES)), _constant(first + c))])
 
-    def in_block(c, p):  # channel c of pixel p in the block
-        return builder.gep(block, [builder.add(builder.mul(p, _constant(LANES)), _constant(c))])
-
-    if to_block:
-        _emit_transpose_copy(builder, in_plane, in_plane, block_row, in_block, count)
-    else:
-        _emit_transpose_copy(builder, block_row, in_block, in_plane, in_plane, count)
+        if to_block:
+            _emit_transpose_copy(builder, in_plane, in_plane, block_row, in_block, count)
+        else:
+            _emit_transpose_copy(builder, block_row, in_block, in_plane, in_plane, count)
 
 
 def _copy_intrinsic(to_block: bool):
-    """``copy(first, count, second)``: with ``to_block``, first = the address of 8 plane addresses and
-    second = the block (block[p * 8 + c] = plane c's element p, for p < count); else the other way round."""
+    """``copy(planes, offset, rows, count, block, pitch)``: with ``to_block``, for r < rows, the ``count`` pixels
+    from ``offset + r * count`` of the :data:`LANES` planes whose addresses (int64) are at ``planes`` into the block
+    at ``block`` from pixel ``r * pitch`` (block[(r * pitch + p) * LANES + c] = plane c's element offset + r * count
+    + p); else the other way round (block to planes)."""
 
     def codegen(context, builder, signature, args):
-        first, count, second = args
-        planes, block = (first, second) if to_block else (second, first)
-        _emit_planes_and_block(builder, planes, block, count, to_block)
+        planes_address, offset, rows, count, block_address, pitch = args
+        table = builder.inttoptr(planes_address, _I64.as_pointer())
+        planes = [builder.inttoptr(builder.load(builder.gep(table, [_constant(c)])), _F.as_pointer())
+                  for c in range(LANES)]
+        block = builder.inttoptr(block_address, _F.as_pointer())
+        with cgutils.for_range(builder, rows) as r:
+            at = builder.add(offset, builder.mul(r.index, count))
+            plane = [builder.gep(pointer, [at]) for pointer in planes]
+            _emit_planes_and_block(builder, plane, builder.gep(block, [builder.mul(builder.mul(r.index, pitch),
+                                                                                   _constant(LANES))]),
+                                   count, to_block)
         return context.get_dummy_value()
 
     @intrinsic
-    def copy(typingctx, first, count, second):
-        return types.void(first, count, second), codegen
+    def copy(typingctx, planes, offset, rows, count, block, pitch):
+        return types.void(planes, offset, rows, count, block, pitch), codegen
 
     return copy
 
 
-_gather = _copy_intrinsic(True)  # _gather(planes, count, block)
-_scatter = _copy_intrinsic(False)  # _scatter(block, count, planes)
+_gather = _copy_intrinsic(True)  # _gather(planes, offset, rows, count, block, pitch)
+_scatter = _copy_intrinsic(False)  # _scatter(planes, offset, rows, count, block, pitch)
 
 
-def _convolver(kh: int, kw: int):
-    """The intrinsic ``convolve(pixels, taps, bias, params, out, shape, act)`` for a kh x kw filter (taps
-    unrolled, their weights loaded once): out[(oh * OW + ow) * 8 + c] = act(bias[c] + sum over the taps
-    inside the input of taps[(i * kw + j) * 8 + c] * pixels[(ih * W + iw) * 8 + c]). ``shape``: the address
-    of the int64 values H, W, OH, OW, kh, kw, s0, s1, d0, d1, pt, pl; ``params``: the activation's a and b.
-    Outputs whose taps all fall inside the input skip the bounds tests."""
+def _convolver(k: int, column_step: int | None):
+    """The intrinsic ``convolve(pixels, taps, bias, limits, out, shape)`` for a k x k filter (taps unrolled, their
+    weights loaded once): out[(oh * OW + ow) * L + c] = clamp(bias[c] + sum over the taps of taps[(i * k + j) * L + c]
+    * pixels[((oh * s0 + i * d0) * Wp + ow * s1 + j * d1) * L + c], limits[c], limits[L + c]), L = :data:`LANES`,
+    ``pixels`` the zero-padded block (rows of Wp pixels), so that no tap needs a bounds test; the clamp keeps NaN.
+    ``shape``: the address of the int64 values Wp, OH, OW, s0, s1, d0, d1. With ``column_step`` (1 or 2: the column
+    stride, the column dilation 1) the taps' column offsets are constants, else s1 and d1 are read from ``shape``.
+    :data:`GROUP` consecutive outputs of a row at a time: their independent multiply-add chains overlap."""
 
     def codegen(context, builder, signature, args):
-        pixels_address, taps_address, bias_address, params_address, out_address, shape_address, act = args
+        pixels_address, taps_address, bias_address, limits_address, out_address, shape_address = args
         pointer = _F.as_pointer()
         pixels = builder.inttoptr(pixels_address, pointer)
         taps = builder.inttoptr(taps_address, pointer)
         out = builder.inttoptr(out_address, pointer)
         table = builder.inttoptr(shape_address, _I64.as_pointer())
-        H, W, OH, OW, _, _, s0, s1, d0, d1, pt, pl = (builder.load(builder.gep(table, [_constant(i)]))
-                                                      for i in range(12))
-        params = builder.inttoptr(params_address, pointer)
-        a, b = (splat(builder, builder.load(builder.gep(params, [_constant(i)])), _V) for i in (0, 1))
+        Wp, OH, OW, s0, s1, d0, d1 = (builder.load(builder.gep(table, [_constant(i)])) for i in range(7))
+        if column_step is not None:
+            s1, d1 = _constant(column_step), _constant(1)
+        limits = builder.inttoptr(limits_address, pointer)
+        low, high = (builder.load(_vector_at(builder, limits, _constant(i * LANES)), align=_BYTES) for i in (0, 1))
         bias = builder.load(builder.bitcast(builder.inttoptr(bias_address, pointer), _V.as_pointer()), align=_BYTES)
-        weights = [builder.load(_vector_at(builder, taps, _constant(t * LANES)), align=_BYTES) for t in range(kh * kw)]
-        # each tap's pixel offset (in floats) from the window's first pixel
-        offsets = [builder.mul(builder.add(builder.mul(builder.mul(_constant(i), d0), W), builder.mul(_constant(j), d1)),
-                               _constant(LANES)) for i in range(kh) for j in range(kw)]
+        weights = [builder.load(_vector_at(builder, taps, _constant(t * LANES)), align=_BYTES) for t in range(k * k)]
+        row_stride = builder.mul(builder.mul(d0, Wp), _constant(LANES))  # from one kernel row to the next
+        step = builder.mul(s1, _constant(LANES))  # from one output to the next
+        groups = builder.sdiv(OW, _constant(GROUP))
 
-        def first_inside(pad, stride):  # the first output whose window starts inside the input
-            return builder.sdiv(builder.add(pad, builder.sub(stride, _constant(1))), stride)
+        def column(j, u):  # the tap's offset in its kernel row, for the u-th output of a group
+            if column_step is not None:
+                return _constant((j + u * column_step) * LANES)
+            return builder.add(builder.mul(builder.mul(_constant(j), d1), _constant(LANES)),
+                               builder.mul(_constant(u), step))
 
-        def past_inside(size, pad, stride, dilation, taps_count, outputs):  # one past the last whose window ends inside
-            reach = builder.sub(builder.add(builder.sub(size, _constant(1)), pad),
-                                builder.mul(_constant(taps_count - 1), dilation))
-            last = builder.select(builder.icmp_signed("<", reach, _constant(0)), _constant(-1), builder.sdiv(reach, stride))
-            end = builder.add(last, _constant(1))
-            return builder.select(builder.icmp_signed("<", end, outputs), end, outputs)
-
-        row_lo, row_hi = first_inside(pt, s0), past_inside(H, pt, s0, d0, kh, OH)
-        col_lo, col_hi = first_inside(pl, s1), past_inside(W, pl, s1, d1, kw, OW)
-        with cgutils.for_range(builder, OH) as oh:
-            row0 = builder.sub(builder.mul(oh.index, s0), pt)
-            inside_rows = builder.and_(builder.icmp_signed(">=", oh.index, row_lo), builder.icmp_signed("<", oh.index, row_hi))
-            with cgutils.for_range(builder, OW) as ow:
-                column0 = builder.sub(builder.mul(ow.index, s1), pl)
-                inside = builder.and_(inside_rows, builder.and_(builder.icmp_signed(">=", ow.index, col_lo),
-                                                                builder.icmp_signed("<", ow.index, col_hi)))
-                position = builder.add(builder.mul(oh.index, OW), ow.index)
-                target = _vector_at(builder, out, builder.mul(position, _constant(LANES)))
-                with builder.if_else(inside) as (fast, checked):
-                    with fast:
-                        window = builder.mul(builder.add(builder.mul(row0, W), column0), _constant(LANES))
-                        total = bias
-                        for t in range(kh * kw):
-                            pixel = builder.load(_vector_at(builder, pixels, builder.add(window, offsets[t])), align=_BYTES)
-                            total = builder.fadd(total, builder.fmul(weights[t], pixel, flags=["contract"]),
+        def outputs(row_window, row_out, ow, count):
+            window = builder.gep(pixels, [builder.add(row_window, builder.mul(ow, step))])
+            rows = [builder.gep(window, [builder.mul(_constant(i), row_stride)]) for i in range(k)]
+            totals = [bias] * count
+            for i in range(k):
+                for j in range(k):
+                    for u in range(count):
+                        pixel = builder.load(builder.bitcast(builder.gep(rows[i], [column(j, u)]), _V.as_pointer()),
+                                             align=_BYTES)
+                        totals[u] = builder.fadd(totals[u], builder.fmul(weights[i * k + j], pixel, flags=["contract"]),
                                                  flags=["contract"])
-                        builder.store(activation(builder, total, act, a, b), target, align=_BYTES)
-                    with checked:
-                        total = cgutils.alloca_once_value(builder, bias)
-                        for i in range(kh):
-                            ih = builder.add(row0, builder.mul(_constant(i), d0))
-                            for j in range(kw):
-                                iw = builder.add(column0, builder.mul(_constant(j), d1))
-                                seen = builder.and_(builder.icmp_unsigned("<", ih, H), builder.icmp_unsigned("<", iw, W))
-                                with builder.if_then(seen):  # (unsigned: also >= 0)
-                                    pixel = builder.load(_vector_at(builder, pixels, builder.mul(
-                                        builder.add(builder.mul(ih, W), iw), _constant(LANES))), align=_BYTES)
-                                    product = builder.fmul(weights[i * kw + j], pixel, flags=["contract"])
-                                    builder.store(builder.fadd(builder.load(total), product, flags=["contract"]), total)
-                        builder.store(activation(builder, builder.load(total), act, a, b), target, align=_BYTES)
+            for u in range(count):
+                total = totals[u]
+                clamped = builder.select(builder.fcmp_ordered("<", total, low), low,
+                                         builder.select(builder.fcmp_ordered("<", high, total), high, total))
+                target = _vector_at(builder, out, builder.mul(builder.add(row_out, builder.add(ow, _constant(u))),
+                                                              _constant(LANES)))
+                builder.store(clamped, target, align=_BYTES)
+
+        with cgutils.for_range(builder, OH) as oh:
+            row_window = builder.mul(builder.mul(builder.mul(oh.index, s0), Wp), _constant(LANES))
+            row_out = builder.mul(oh.index, OW)
+            with cgutils.for_range(builder, groups) as group:
+                outputs(row_window, row_out, builder.mul(group.index, _constant(GROUP)), GROUP)
+            with cgutils.for_range_slice(builder, builder.mul(groups, _constant(GROUP)), OW, _constant(1)) as (ow, _):
+                outputs(row_window, row_out, ow, 1)
         return context.get_dummy_value()
 
     @intrinsic
-    def convolve(typingctx, pixels, taps, bias, params, out, shape, act):
-        return types.void(pixels, taps, bias, params, out, shape, act), codegen
+    def convolve(typingctx, pixels, taps, bias, limits, out, shape):
+        return types.void(pixels, taps, bias, limits, out, shape), codegen
 
     return convolve
 
@@ -223,87 +237,187 @@ def _convolver(kh: int, kw: int):
 # filters with unrolled taps (depthwise filters are square and odd in practice); others fall back
 # to the planar kernel
 FILTERS = (1, 3, 5, 7)
-_convolve1, _convolve3, _convolve5, _convolve7 = (_convolver(k, k) for k in FILTERS)
+# activations applied as a clamp in the registers (none, Relu, Clip); the others after each block
+CLAMPED = (0, 1, 5)
+_convolve1, _convolve3, _convolve5, _convolve7 = (_convolver(k, None) for k in FILTERS)
+_convolve1_s1, _convolve3_s1, _convolve5_s1, _convolve7_s1 = (_convolver(k, 1) for k in FILTERS)
+_convolve1_s2, _convolve3_s2, _convolve5_s2, _convolve7_s2 = (_convolver(k, 2) for k in FILTERS)
 
 
-@numba.njit(cache=True, nogil=True)
-def channels_last_planes(x, w, bias, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act, p0, p1):
-    """Planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x`` (N, C, H, W)
-    with ``w`` (M, kh, kw), ``bias`` (M,), begin pads (pt, pl); output channel m reads input channel
-    m // multiplier; ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; square filters of a
-    size in :data:`FILTERS` only. The arguments of ``depthwise_conv._depthwise_planes``, less its
-    padded-plane sizes."""
+@numba.njit(inline="always")
+def _convolve(k, column_step, pixels, taps, bias, limits, out, shape):
+    """The convolver for a k x k filter and the column step (1, 2, or 0: any stride and dilation)."""
+    if column_step == 1:
+        if k == 3:
+            _convolve3_s1(pixels, taps, bias, limits, out, shape)
+        elif k == 5:
+            _convolve5_s1(pixels, taps, bias, limits, out, shape)
+        elif k == 7:
+            _convolve7_s1(pixels, taps, bias, limits, out, shape)
+        else:
+            _convolve1_s1(pixels, taps, bias, limits, out, shape)
+    elif column_step == 2:
+        if k == 3:
+            _convolve3_s2(pixels, taps, bias, limits, out, shape)
+        elif k == 5:
+            _convolve5_s2(pixels, taps, bias, limits, out, shape)
+        elif k == 7:
+            _convolve7_s2(pixels, taps, bias, limits, out, shape)
+        else:
+            _convolve1_s2(pixels, taps, bias, limits, out, shape)
+    elif k == 3:
+        _convolve3(pixels, taps, bias, limits, out, shape)
+    elif k == 5:
+        _convolve5(pixels, taps, bias, limits, out, shape)
+    elif k == 7:
+        _convolve7(pixels, taps, bias, limits, out, shape)
+    else:
+        _convolve1(pixels, taps, bias, limits, out, shape)
+
+
+# bytes of a block's zero-padded input rows convolved at a time (with their output rows: within L1)
+BAND_BYTES = 32 << 10
+
+
+def pack_filters(taps: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The filters ``taps`` (M, k, k) and ``bias`` (M,) as :func:`channels_last_planes` reads them: per block of
+    :data:`LANES` output channels, each tap's weights as one vector (B, k * k, LANES), the bias (B, LANES); the last
+    block's missing channels zero."""
+    m, k = taps.shape[0], taps.shape[1]
+    blocks = -(-m // LANES)
+    weights = np.zeros((blocks * LANES, k * k), np.float32)
+    weights[:m] = taps.reshape(m, k * k)
+    biases = np.zeros(blocks * LANES, np.float32)
+    biases[:m] = bias
+    return (np.ascontiguousarray(weights.reshape(blocks, LANES, k * k).transpose(0, 2, 1)),
+            biases.reshape(blocks, LANES))
+
+
+# (the epilogue is inlined here, so its compile options must be this function's: see ``pointwise_conv_task``)
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act, p0, p1,
+                         r0, r1):
+    """Output rows r0..r1 of planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x`` (N, C, H, W) (C-contiguous)
+    with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square, of a size in
+    :data:`FILTERS`), begin pads (pt, pl) (not negative); output channel m reads input channel m // multiplier;
+    ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; p0 and p1 whole blocks of :data:`LANES`
+    channels within an image (or an image's last channel).
+
+    A block runs a band of output rows at a time: the input rows the band reads are transposed into the interior of
+    a zero-padded band of (pixels, LANES) (its border stays zero, so that no tap needs a bounds test), convolved there,
+    and the band's outputs transposed back into the output planes."""
     N, C, H, W = x.shape
-    kh, kw = w.shape[1], w.shape[2]
-    taps = kh * kw
-    pixels = np.empty(H * W * LANES, np.float32)
-    results = np.empty(OH * OW * LANES, np.float32)
-    weights = np.empty(taps * LANES, np.float32)
-    biases = np.empty(LANES, np.float32)
+    k = int(np.sqrt(weights.shape[1]) + 0.5)
+    reach = (k - 1) * d0 + 1  # input rows one output row reads
+    Wp = max(W + pl, (OW - 1) * s1 + (k - 1) * d1 + 1)  # the padded band's row: every window inside it
+    band = max(1, min(OH, (BAND_BYTES // (Wp * LANES * 4) - reach) // s0 + 1))  # output rows per band
+    band_in = (band - 1) * s0 + reach
+    by_rows = W >= 8  # rows transposed straight into the padded band; narrower ones whole, then copied
+    pixels = np.empty(0 if by_rows else band_in * W * LANES, np.float32)
+    padded = np.zeros(band_in * Wp * LANES, np.float32)
+    results = np.empty(band * OW * LANES, np.float32)
     zeros = np.zeros(H * W, np.float32)  # the input of a block's missing channels
     discard = np.empty(OH * OW, np.float32)  # and their output
     sources = np.empty(LANES, np.int64)
     targets = np.empty(LANES, np.int64)
-    shape = np.array([H, W, OH, OW, kh, kw, s0, s1, d0, d1, pt, pl], np.int64)
-    in_registers = act in IN_REGISTERS
-    inner = act if in_registers else 0
-    no_bias = np.empty(0, np.float32)
-    no_residual = np.empty((0, 0), np.float32)
+    shape = np.array([Wp, band, OW, s0, s1, d0, d1], np.int64)
+    column_step = s1 if d1 == 1 and s1 <= 2 else 0
+    clamped = act in CLAMPED
+    zero = np.float32(0.0)
+    limits = np.empty(2 * LANES, np.float32)  # the clamp's bounds
+    limits[:LANES] = params[0] if act == 5 else (0.0 if act == 1 else -np.inf)
+    limits[LANES:] = params[1] if act == 5 else np.inf
+    x_address, out_address, zeros_address, discard_address = (x.ctypes.data, out.ctypes.data, zeros.ctypes.data,
+                                                              discard.ctypes.data)
+    padded_address, pixels_address, row = padded.ctypes.data, pixels.ctypes.data, W * LANES
     p = p0
     while p < p1:
         n, m0 = p // M, p % M
         count = min(LANES, p1 - p, M - m0)  # (a block stays within one image)
         for c in range(LANES):
-            if c < count:
-                m = m0 + c
-                sources[c] = x[n, m // multiplier].ctypes.data
-                targets[c] = out[p + c].ctypes.data
-                biases[c] = bias[m]
-                for i in range(kh):
-                    for j in range(kw):
-                        weights[(i * kw + j) * LANES + c] = w[m, i, j]
-            else:
-                sources[c] = zeros.ctypes.data
-                targets[c] = discard.ctypes.data
-                biases[c] = 0
-                for t in range(taps):
-                    weights[t * LANES + c] = 0
-        _gather(sources.ctypes.data, H * W, pixels.ctypes.data)
-        arguments = (pixels.ctypes.data, weights.ctypes.data, biases.ctypes.data, params.ctypes.data,
-                     results.ctypes.data, shape.ctypes.data, inner)
-        if kh == 3:
-            _convolve3(*arguments)
-        elif kh == 5:
-            _convolve5(*arguments)
-        elif kh == 7:
-            _convolve7(*arguments)
-        else:
-            _convolve1(*arguments)
-        _scatter(results.ctypes.data, OH * OW, targets.ctypes.data)
-        if not in_registers:
-            channel_epilogue(out, M, no_bias, no_residual, act, params[0], params[1], p, p + count)
+            # (addresses by arithmetic: a view per channel would count references)
+            sources[c] = x_address + (n * C + (m0 + c) // multiplier) * H * W * 4 if c < count else zeros_address
+            targets[c] = out_address + (p + c) * OH * OW * 4 if c < count else discard_address
+        block = m0 // LANES
+        for oh0 in range(r0, r1, band):
+            rows_out = min(band, r1 - oh0)
+            rows_in = (rows_out - 1) * s0 + reach
+            top = oh0 * s0 - pt  # the image row of the band's first padded row
+            first, last = max(0, top), min(H, top + rows_in)
+            for r in range(rows_in):  # rows above and below the image: zero
+                if not first <= top + r < last:
+                    padded[r * Wp * LANES:(r + 1) * Wp * LANES] = 0.0
+            if last > first and by_rows:
+                _gather(sources.ctypes.data, first * W, last - first, W,
+                        padded_address + ((first - top) * Wp + pl) * LANES * 4, Wp)
+            elif last > first:
+                _gather(sources.ctypes.data, first * W, 1, (last - first) * W, pixels_address, 0)
+                for h in range(first, last):
+                    to = ((h - top) * Wp + pl) * LANES
+                    fro = (h - first) * row
+                    for q in range(row):
+                        padded[np.uintp(to + q)] = pixels[np.uintp(fro + q)]
+            shape[1] = rows_out
+            _convolve(k, column_step, padded_address, weights[block].ctypes.data, biases[block].ctypes.data,
+                      limits.ctypes.data, results.ctypes.data, shape.ctypes.data)
+            for c in range(count, LANES):  # (a missing channel's output goes to the discard plane's start)
+                targets[c] = discard_address - oh0 * OW * 4
+            _scatter(targets.ctypes.data, oh0 * OW, 1, rows_out * OW, results.ctypes.data, 0)
+            if not clamped:  # the band's outputs, still in cache
+                for c in range(count):
+                    written = out[p + c, oh0 * OW:(oh0 + rows_out) * OW]
+                    epilogue_row(written, zero, written, False, act, params[0], params[1])
         p += count
 
 
-_TASK_ARGS = 24  # (``depthwise_conv.native_task_args``'s layout)
+@numba.njit(cache=True)
+def plane_range(b0: int, b1: int, channels: int, blocks_per_image: int) -> tuple[int, int]:
+    """The planes (image-major, ``channels`` per image) of blocks b0..b1 of :data:`LANES` channels (an image's last
+    block may be partial)."""
+    return ((b0 // blocks_per_image) * channels + (b0 % blocks_per_image) * LANES,
+            (b1 // blocks_per_image) * channels + (b1 % blocks_per_image) * LANES)
+
+
+_TASK_ARGS = 21
+
+
+@numba.njit(cache=True)
+def task_args(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act):
+    """:func:`planes_part`'s arguments for :func:`channels_last_planes`'s (less its plane range; compiled:
+    ``ndarray.ctypes`` costs ~1 us an address); the caller keeps the arrays alive until the task returns."""
+    args = np.empty(_TASK_ARGS, np.int64)
+    args[0], args[1], args[2], args[3], args[4] = (x.ctypes.data, weights.ctypes.data, biases.ctypes.data,
+                                                   params.ctypes.data, out.ctypes.data)
+    args[5], args[6], args[7], args[8], args[9], args[10] = x.shape[0], x.shape[1], x.shape[2], x.shape[3], \
+        weights.shape[0], weights.shape[1]
+    args[11], args[12], args[13], args[14], args[15], args[16] = M, OH, OW, multiplier, s0, s1
+    args[17], args[18], args[19], args[20] = d0, d1, pt, pl
+    args[10] |= act << 32
+    return args
 
 
 @numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
 def planes_part(args, part, parts):
-    """Native task (``framework.native_spin``): blocks of eight planes, about P * part / parts to P * (part + 1) / parts
-    of the P, of the convolution ``depthwise_conv.native_task_args`` describes (a square filter); a part starts and
-    ends on a block of eight within an image, so that every block is whole."""
+    """Native task (``framework.native_spin``): part ``part`` of ``parts`` of the convolution :func:`task_args`
+    describes: whole blocks of :data:`LANES` channels where there are at least as many blocks as parts, else the
+    blocks' output rows cut in ceil(parts / blocks) runs."""
     d = int64_array(args, _TASK_ARGS)
-    n, c, h, w, k, m, oh, ow = d[5], d[6], d[7], d[8], d[9], d[11], d[12], d[13]
+    n, c, h, w, blocks_per_image, m, oh, ow = d[5], d[6], d[7], d[8], d[9], d[11], d[12], d[13]
+    taps, act = d[10] & 0xFFFFFFFF, d[10] >> 32
     x = float32_array(d[0], n * c * h * w).reshape((n, c, h, w))
-    taps = float32_array(d[1], m * k * k).reshape((m, k, k))
-    bias = float32_array(d[2], m)
+    weights = float32_array(d[1], blocks_per_image * taps * LANES).reshape((blocks_per_image, taps, LANES))
+    biases = float32_array(d[2], blocks_per_image * LANES).reshape((blocks_per_image, LANES))
     params = float32_array(d[3], 4)
     out = float32_array(d[4], n * m * oh * ow).reshape((n * m, oh * ow))
-    blocks_per_image = (m + LANES - 1) // LANES
     blocks = n * blocks_per_image
-    b0, b1 = blocks * part // parts, blocks * (part + 1) // parts
-    p0 = (b0 // blocks_per_image) * m + (b0 % blocks_per_image) * LANES
-    p1 = (b1 // blocks_per_image) * m + (b1 % blocks_per_image) * LANES
-    channels_last_planes(x, taps, bias, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19], d[20],
-                         d[23], p0, p1)
+    runs = (parts + blocks - 1) // blocks  # runs of output rows per block
+    units = blocks * runs
+    for unit in range(units * part // parts, units * (part + 1) // parts) if runs > 1 else range(0):
+        block, run = unit // runs, unit % runs
+        p0, p1 = plane_range(block, block + 1, m, blocks_per_image)
+        channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
+                             d[20], act, p0, p1, oh * run // runs, oh * (run + 1) // runs)
+    if runs == 1:
+        p0, p1 = plane_range(blocks * part // parts, blocks * (part + 1) // parts, m, blocks_per_image)
+        channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
+                             d[20], act, p0, p1, 0, oh)

@@ -39,10 +39,12 @@ from ..row_kernels import MLAS_CODES, activation_code
 # measured on mobilenet_v2's and EfficientNet's layers, faster at 7 columns (up to 2.5x at
 # stride 2), slower at 14 and wider.
 _CHANNELS_LAST_MAX_WIDTH = 8
-# float32 convolutions run in ``depthwise_channels_last`` (eight channels per vector, taps unrolled)
-# where it applies, except stride-1 outputs at least this wide, where the planar loops are as fast
-# (measured on 2 AVX2 cores, channels-last / planar: 0.55 at 384x14x14, 0.84 at 28x28, 1.02 at
-# 56x56, 1.15 at 112x112; at stride 2 0.22-0.49 for every width; benchmarks/depthwise.md).
+# float32 convolutions run in ``depthwise_channels_last`` (a vector of channels per pixel, taps unrolled)
+# where it applies; on CPUs without AVX-512 (eight channels a vector) except stride-1 outputs at least this wide,
+# where the planar loops were as fast (measured on 2 AVX2 cores, channels-last / planar: 0.55 at 384x14x14, 0.84 at
+# 28x28, 1.02 at 56x56, 1.15 at 112x112; at stride 2 0.22-0.49 for every width; benchmarks/depthwise.md). With
+# sixteen channels a vector they are faster at every width (2 Zen 5 cores, split over both, 3x3: 0.79 at 32x112x112,
+# 0.81 at 144x56x56, 0.87 at 16x112x112; 7x7 0.43 at 32x112x112).
 _PLANAR_MIN_WIDTH = 48
 
 # The kernel runs on the calling thread unless the pool owns the cores (``splits_gemms``):
@@ -256,14 +258,16 @@ def enabled() -> bool:
     return _KERNEL.enabled()
 
 
-def _vector_blocks(dtype, kernel_shape, code: int, strides, out_sp):
+def _vector_blocks(dtype, kernel_shape, code: int, strides, pads, out_sp):
     """The ``depthwise_channels_last`` module where it runs this convolution (float32, a square filter of
-    a size it unrolls, an activation it applies, not a wide stride-1 output), else None."""
-    if (dtype != np.float32 or strides[0] == strides[1] == 1 and out_sp[1] >= _PLANAR_MIN_WIDTH
-            or kernel_shape[0] != kernel_shape[1]):
+    a size it unrolls, an activation it applies, no negative pads; with eight-channel vectors, not a wide stride-1
+    output), else None."""
+    if dtype != np.float32 or kernel_shape[0] != kernel_shape[1] or min(pads) < 0:
         return None
     module = optional_module("onyxrt.providers.cpu.nn.depthwise_channels_last")
     if module is None or kernel_shape[0] not in module.FILTERS or code not in module.ACTIVATIONS:
+        return None
+    if module.LANES < 16 and strides[0] == strides[1] == 1 and out_sp[1] >= _PLANAR_MIN_WIDTH:
         return None
     return module
 
@@ -319,7 +323,7 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
     fused = activation_code(activation)
     code, params = fused if fused is not None else (0, (0.0, 0.0))
     taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
-    blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, out_sp)
+    blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, pads, out_sp)
     if fused is not None and code not in MLAS_CODES and blocks is None:  # (HardSwish, QuickGelu: applied after)
         fused, code, params = None, 0, (0.0, 0.0)
     bias = np.zeros(M, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype).reshape(M)
@@ -339,25 +343,34 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
     planes = N * M
     work = math.prod(y_shape) * taps.shape[1] * taps.shape[2]
     faster_split = dtype == np.float32 and work >= _POOL_MODE_WORK
+    if blocks is not None:
+        weights, biases = blocks.pack_filters(taps, bias)
+        block_geometry = geometry[:10] + (code,)
+        block_count = N * weights.shape[0]
 
     def run(x: np.ndarray) -> np.ndarray:
         if faster_split:
             note_pool_product()
         x = np.ascontiguousarray(x)
         y = np.empty(y_shape, dtype=dtype)
-        args = (x, taps, bias, values, y.reshape(planes, -1)) + geometry
         pool = current_pool()
         split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
         if blocks is not None:
+            out = y.reshape(planes, -1)
             if split and pool.runs_native_tasks:
-                packed = native_task_args(args)
+                packed = blocks.task_args(x, weights, biases, values, out, *block_geometry)
                 pool.run_native(blocks.planes_part.address, packed.ctypes.data, pool.num_threads)
             elif split:  # (a Python task per thread: the kernel releases the GIL)
-                pool.run_chunks(lambda p0, p1: blocks.channels_last_planes(*args[:15], code, p0, p1), planes, work,
-                                _PARALLEL_MIN_WORK)
+                pool.run_chunks(lambda b0, b1: blocks.channels_last_planes(
+                    x, weights, biases, values, out, *block_geometry, *blocks.plane_range(b0, b1, M, weights.shape[0]), 0, out_sp[0]),
+                    block_count, work, _PARALLEL_MIN_WORK)
             else:
-                blocks.channels_last_planes(*args[:15], code, 0, planes)
-        elif split:
+                blocks.channels_last_planes(x, weights, biases, values, out, *block_geometry, 0, planes, 0, out_sp[0])
+            if fused is None:
+                activation(y)
+            return y
+        args = (x, taps, bias, values, y.reshape(planes, -1)) + geometry
+        if split:
             native = dtype == np.float32 and not channels_last and pool.runs_native_tasks
             task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
             if task is not None:
