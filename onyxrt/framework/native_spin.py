@@ -144,6 +144,12 @@ def wait(record, sequence, yield_address):
 
 
 @numba.njit(**_jit)
+def address(array):
+    """The address of ``array``'s data (compiled: ``ndarray.ctypes.data`` costs ~0.8 us in Python)."""
+    return array.ctypes.data
+
+
+@numba.njit(**_jit)
 def run_part(task, args, part, parts):
     """Run one part of a native task on the calling thread (the GIL released)."""
     _call_task(task, args, part, parts)

@@ -268,15 +268,18 @@ class ThreadPool:
         than one thread)."""
         return self._num_threads > 1 and _native_spin() is not None
 
-    def run_native(self, task: int, args: int, parts: int) -> None:
+    def run_native(self, task: int, args: Any, parts: int) -> None:
         """Run parts 0..``parts``-1 of the native task at address ``task`` (``void task(int64 args, int64
-        part, int64 parts)``, see ``native_spin``) with ``args``: one part per worker thread, the rest on
-        the calling thread; all on the calling thread where native tasks cannot run on the workers
-        (no numba, one thread) or another loop holds them. The task must not raise."""
+        part, int64 parts)``, see ``native_spin``) with ``args`` (an address, or the int64 array it points at):
+        one part per worker thread, the rest on the calling thread; all on the calling thread where native
+        tasks cannot run on the workers (no numba, one thread) or another loop holds them. The task must not
+        raise."""
         native = _native_spin()
-        helpers = min(self._num_threads, parts) - 1
         if native is None:
             raise RuntimeError("native tasks need numba")
+        if not isinstance(args, int):
+            args = native.address(args)
+        helpers = min(self._num_threads, parts) - 1
         if helpers <= 0 or not self._busy.acquire(blocking=False):
             for part in range(parts):
                 native.run_part(task, args, part, parts)

@@ -112,7 +112,7 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
     # about even, a 12-row product by panels 0.79x
     by_panels = count >= 4 * parts
     args = module.task_args(a, b, tail, y, by_panels, bias, residual, act, params)
-    pool.run_native(module.gemm_part.address, args.ctypes.data, parts)
+    pool.run_native(module.gemm_part.address, args, parts)
     return y
 
 
@@ -141,7 +141,7 @@ def _split_natively(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray, split: 
     args = module.pack(a, b, out, split) if module is not None else None
     if args is None:
         return False
-    pool.run_native(module.sgemm_part.address, args.ctypes.data, pool.num_threads)
+    pool.run_native(module.sgemm_part.address, args, pool.num_threads)
     return True
 
 

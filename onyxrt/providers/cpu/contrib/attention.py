@@ -213,7 +213,7 @@ def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) 
     if args is None:
         return None
     if parts > 1:
-        pool.run_native(task.attention_heads_part.address, args.ctypes.data, parts)
+        pool.run_native(task.attention_heads_part.address, args, parts)
     else:  # (on this thread: BLAS's own threads split each product)
         task.attention_heads_part.ctypes(args.ctypes.data, 0, 1)
     return out.transpose(0, 2, 1, 3)

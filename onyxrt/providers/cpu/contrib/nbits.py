@@ -165,7 +165,7 @@ def _direct(ap: np.ndarray, w: TiledNBits, m: int, nt: int, kb: int) -> np.ndarr
         module = optional_module(_MODULE)
         even, odd = (args[0], args[1]) if w.bits == 4 else (args[0], args[0])
         task = module.direct_args(w.bits, even, odd, a_sum, w.b, w.scales, w.scaled_zero_points, y)
-        pool.run_native(module.direct_part.address, task.ctypes.data, parts)
+        pool.run_native(module.direct_part.address, task, parts)
     return y[:, : w.n] if y.shape[1] != w.n else y
 
 
@@ -182,7 +182,7 @@ def _dequantized_gemm_task(ap: np.ndarray, w: TiledNBits, nt: int, per_chunk: in
     scratch = np.empty((parts, ap.shape[1], per_chunk * TILE), dtype=np.float32)
     args = module.prefill_args(w.bits, ap, w.b, w.scales, w.scaled_zero_points, y, scratch, sgemm.address,
                                sgemm.wide)
-    pool.run_native(module.prefill_part.address, args.ctypes.data, parts)
+    pool.run_native(module.prefill_part.address, args, parts)
     return y[:, : w.n] if y.shape[1] != w.n else y
 
 

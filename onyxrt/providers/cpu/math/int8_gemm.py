@@ -705,7 +705,7 @@ def _run_panels(kernel, a: np.ndarray, packed: PackedInt8B, out: np.ndarray, tai
     elif native is not None and pool.runs_native_tasks:
         by_panels = m < 8 * pool.num_threads
         task = native.task_args(a, packed.panels, out, by_panels, tail)
-        pool.run_native(native.gemm_part.address, task.ctypes.data, min(pool.num_threads, panels if by_panels else m))
+        pool.run_native(native.gemm_part.address, task, min(pool.num_threads, panels if by_panels else m))
     elif m >= 8 * pool.num_threads:  # rows: each part writes its own block of C
         pool.run_chunks(lambda r0, r1: kernel(a, *args, r0, r1, 0, panels, *tail), m, macs, min_macs)
     else:  # few rows (a decoding step): split the panels

@@ -1128,5 +1128,5 @@ def _pointwise_task(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residua
     act, values = epilogue
     args, units = task.pack(packed.pointwise, x3, y3, packed.b, residual3, act, values, pool.num_threads)
     parts = min(units, pool.num_threads) if y3.size * x3.shape[1] >= _POINTWISE_PARALLEL_MACS else 1
-    pool.run_native(task.pointwise_part.address, args.ctypes.data, parts)
+    pool.run_native(task.pointwise_part.address, args, parts)
     return y

@@ -297,8 +297,8 @@ def pack_filters(taps: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.nda
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act, p0, p1,
                          r0, r1):
-    """Output rows r0..r1 of planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x`` (N, C, H, W) (C-contiguous)
-    with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square, of a size in
+    """Output rows r0..r1 of planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x``
+    (N, C, H, W) (C-contiguous) with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square, of a size in
     :data:`FILTERS`), begin pads (pt, pl) (not negative); output channel m reads input channel m // multiplier;
     ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; p0 and p1 whole blocks of :data:`LANES`
     channels within an image (or an image's last channel).
@@ -381,18 +381,25 @@ def plane_range(b0: int, b1: int, channels: int, blocks_per_image: int) -> tuple
 _TASK_ARGS = 21
 
 
+def task_template(shape: tuple, weights: np.ndarray, biases: np.ndarray, params: np.ndarray, M: int, OH: int, OW: int,
+                  multiplier: int, s0: int, s1: int, d0: int, d1: int, pt: int, pl: int, act: int) -> np.ndarray:
+    """:func:`planes_part`'s arguments for :func:`channels_last_planes`'s (less its plane and row ranges) on inputs
+    of ``shape``, without the input's and the output's addresses (:func:`task_args` adds them per call); the caller
+    keeps the arrays alive while the template is used."""
+    args = np.zeros(_TASK_ARGS, np.int64)
+    args[1:4] = [weights.ctypes.data, biases.ctypes.data, params.ctypes.data]
+    args[5:10] = [*shape, weights.shape[0]]
+    args[10] = weights.shape[1] | act << 32
+    args[11:21] = [M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl]
+    return args
+
+
 @numba.njit(cache=True)
-def task_args(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act):
-    """:func:`planes_part`'s arguments for :func:`channels_last_planes`'s (less its plane range; compiled:
-    ``ndarray.ctypes`` costs ~1 us an address); the caller keeps the arrays alive until the task returns."""
-    args = np.empty(_TASK_ARGS, np.int64)
-    args[0], args[1], args[2], args[3], args[4] = (x.ctypes.data, weights.ctypes.data, biases.ctypes.data,
-                                                   params.ctypes.data, out.ctypes.data)
-    args[5], args[6], args[7], args[8], args[9], args[10] = x.shape[0], x.shape[1], x.shape[2], x.shape[3], \
-        weights.shape[0], weights.shape[1]
-    args[11], args[12], args[13], args[14], args[15], args[16] = M, OH, OW, multiplier, s0, s1
-    args[17], args[18], args[19], args[20] = d0, d1, pt, pl
-    args[10] |= act << 32
+def task_args(template, x, out):
+    """The ``template``'s arguments with the input ``x`` and the output ``out`` (compiled: ``ndarray.ctypes`` costs
+    ~0.8 us an address in Python); the caller keeps them alive until the task returns."""
+    args = template.copy()
+    args[0], args[4] = x.ctypes.data, out.ctypes.data
     return args
 
 

@@ -347,6 +347,7 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
         weights, biases = blocks.pack_filters(taps, bias)
         block_geometry = geometry[:10] + (code,)
         block_count = N * weights.shape[0]
+        template = blocks.task_template(shape, weights, biases, values, *block_geometry)
 
     def run(x: np.ndarray) -> np.ndarray:
         if faster_split:
@@ -358,12 +359,14 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
         if blocks is not None:
             out = y.reshape(planes, -1)
             if split and pool.runs_native_tasks:
-                packed = blocks.task_args(x, weights, biases, values, out, *block_geometry)
-                pool.run_native(blocks.planes_part.address, packed.ctypes.data, pool.num_threads)
+                packed = blocks.task_args(template, x, out)
+                pool.run_native(blocks.planes_part.address, packed, pool.num_threads)
             elif split:  # (a Python task per thread: the kernel releases the GIL)
-                pool.run_chunks(lambda b0, b1: blocks.channels_last_planes(
-                    x, weights, biases, values, out, *block_geometry, *blocks.plane_range(b0, b1, M, weights.shape[0]), 0, out_sp[0]),
-                    block_count, work, _PARALLEL_MIN_WORK)
+                def blocks_part(b0: int, b1: int) -> None:
+                    p0, p1 = blocks.plane_range(b0, b1, M, weights.shape[0])
+                    blocks.channels_last_planes(x, weights, biases, values, out, *block_geometry, p0, p1, 0, out_sp[0])
+
+                pool.run_chunks(blocks_part, block_count, work, _PARALLEL_MIN_WORK)
             else:
                 blocks.channels_last_planes(x, weights, biases, values, out, *block_geometry, 0, planes, 0, out_sp[0])
             if fused is None:
@@ -375,7 +378,7 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
             task = optional_module("onyxrt.providers.cpu.nn.depthwise_conv_task") if native else None
             if task is not None:
                 packed = native_task_args(args)
-                pool.run_native(task.depthwise_part.address, packed.ctypes.data, min(planes, pool.num_threads))
+                pool.run_native(task.depthwise_part.address, packed, min(planes, pool.num_threads))
             else:
                 pool.run_chunks(lambda p0, p1: kernel(*args, p0, p1), planes, work, _PARALLEL_MIN_WORK)
         else:

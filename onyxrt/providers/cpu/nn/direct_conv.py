@@ -98,7 +98,7 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
         threshold = _SPLIT_MACS_SPINNING if pool.workers_spin else _SPLIT_MACS_WAKING
         if pool.runs_native_tasks and macs >= threshold and units > 1:
             args = kernels.task_args(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq, kind)
-            pool.run_native(kernels.rows_part.address, args.ctypes.data, min(pool.num_threads, units))
+            pool.run_native(kernels.rows_part.address, args, min(pool.num_threads, units))
         else:
             kernels.direct_rows(read_only(x), weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq,
                                 kind, 0, units)

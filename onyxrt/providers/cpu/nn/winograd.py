@@ -99,10 +99,10 @@ def winograd_route(shape, u: np.ndarray, b: np.ndarray | None, activation, pads,
         if pool.splits_gemms and pool.runs_native_tasks:  # (the pool owns the cores: transforms on all of them)
             args = kernels.task_args(x, v, v, y, bias if fused else no_bias, residual, params, pt, pl, th, tw,
                                      act if fused else 0)
-            pool.run_native(kernels.input_part.address, args.ctypes.data, pool.num_threads)
+            pool.run_native(kernels.input_part.address, args, pool.num_threads)
             products = pool_matmul(u, v)
             args[2] = products.ctypes.data
-            pool.run_native(kernels.output_part.address, args.ctypes.data, pool.num_threads)
+            pool.run_native(kernels.output_part.address, args, pool.num_threads)
         else:
             kernels.input_transform(read_only(x), v, pt, pl, th, tw, 0, C)
             products = pool_matmul(u, v)
