@@ -7,7 +7,8 @@ Why: OpenBLAS packs both operands on every call; for a transformer's products (1
 weight) that costs as much as a fifth of the product. Here a micro-kernel of up to 12 rows x 32 columns keeps
 24 zmm accumulators, broadcasts one element of A per row and reads a 32-column slice of B's row k (two
 vectors) per step of K: B's columns stream from memory once per panel and stay in L2 while every row tile
-of A passes. Measured on 2 Zen 5 cores, 128 x 768 x 3072 and its kin: 240-260 GFLOP/s on one thread (OpenBLAS
+of A passes. A last panel narrower than 32 columns is one or two vectors wide, its C and residual read and written
+under a lane mask. Measured on 2 Zen 5 cores, 128 x 768 x 3072 and its kin: 240-260 GFLOP/s on one thread (OpenBLAS
 190-230) and 400-470 on two (OpenBLAS 350-400).
 
 The micro-kernel is LLVM IR (``llvm.fma.v16f32``); each output element is one fused multiply-add chain over
@@ -34,31 +35,68 @@ from ..native_tasks import float32_array, int64_array, part_ranges
 PANEL = 32  # columns per panel: two 16-lane accumulators per row
 MAX_ROWS = 12  # rows per tile: 24 accumulators, two B vectors and a broadcast within AVX-512's 32 registers
 K_BLOCK = 256  # rows of B a pass over the row tiles reads: a panel's slice of 32 KiB stays in L1
+COLUMN_BIAS = 2  # the tile's ``finish`` for a bias per column (1: per row)
 _F = ir.FloatType()
 _V = ir.VectorType(_F, 16)
 _I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def _tile_intrinsic(rows: int):
+def _tile_intrinsic(rows: int, vectors: int = 2, masked: bool = False):
     """``tile(c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act,
-    params_addr)``: C[rows, 32] = A[rows, k] @ B[k, 32] (C += ... where ``accumulate`` is nonzero), byte addresses and
-    strides (C, A, B and the residual rows of float32); where ``finish`` is nonzero, with the epilogue applied before
-    the store: act(C + bias[r] + residual[r]) (the residual where ``res_addr`` is nonzero; ``act`` one of
-    :data:`IN_REGISTERS`, parameters params[0], params[1])."""
+    params_addr, width)``: C[rows, 16 * vectors] = A[rows, k] @ B[k, 16 * vectors] (C += ... where ``accumulate`` is
+    nonzero), byte addresses and strides (C, A, B and the residual rows of float32); where ``finish`` is nonzero, with
+    the epilogue applied before the store: act(C + bias + residual[r]) (the residual where ``res_addr`` is nonzero;
+    ``act`` one of :data:`IN_REGISTERS`, parameters params[0], params[1]); the bias bias[r] per row where ``finish``
+    is 1, the tile's columns' bias[0..] where it is 2 (:data:`COLUMN_BIAS`). With ``masked``, C and the residual are
+    read and written in their first ``width`` columns only (the last vector under a lane mask; B's columns must be
+    readable, zero-padded, across the whole tile); else ``width`` is not read."""
+    halves = range(vectors)
 
     def codegen(context, builder, signature, args):
         c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate = args[:8]
-        finish, bias_addr, res_addr, ldres, act, params_addr = args[8:]
+        finish, bias_addr, res_addr, ldres, act, params_addr, width = args[8:]
         adding = builder.icmp_signed("!=", accumulate, ir.Constant(_I64, 0))
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V, _V]), "llvm.fma.v16f32")
         zero = ir.Constant(_V, None)
+        last = vectors - 1
+        if masked:  # the last vector's lanes inside the tile's width
+            lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
+            mask = builder.icmp_signed("<", lanes, splat(builder, builder.sub(width, ir.Constant(_I64, 16 * last)),
+                                                          ir.VectorType(_I64, 16)))
+            masked_load = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V, [_V.as_pointer(), _I32, mask.type, _V]), "llvm.masked.load.v16f32.p0")
+            masked_store = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [_V, _V.as_pointer(), _I32, mask.type]),
+                "llvm.masked.store.v16f32.p0")
+
+        def load(address, half):
+            pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 64 * half)), _V.as_pointer())
+            if masked and half == last:
+                return builder.call(masked_load, [pointer, ir.Constant(_I32, 4), mask, zero])
+            return builder.load(pointer, align=4)
+
+        def save(value, address, half):
+            pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 64 * half)), _V.as_pointer())
+            if masked and half == last:
+                builder.call(masked_store, [value, pointer, ir.Constant(_I32, 4), mask])
+            else:
+                builder.store(value, pointer, align=4)
+
         initial = []
-        for r in range(rows):
-            row = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, r)))
-            for half in range(2):
-                pointer = builder.inttoptr(builder.add(row, ir.Constant(_I64, 64 * half)), _V.as_pointer())
-                initial.append(builder.select(adding, builder.load(pointer, align=4), zero))
+        with builder.if_else(adding) as (then, otherwise):
+            with then:
+                loaded = [load(builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, r))), half)
+                          for r in range(rows) for half in halves]
+                from_loads = builder.basic_block
+            with otherwise:
+                from_zero = builder.basic_block
+        for value in loaded:
+            phi = builder.phi(_V)
+            phi.add_incoming(value, from_loads)
+            phi.add_incoming(zero, from_zero)
+            initial.append(phi)
         entry = builder.basic_block
         head = builder.append_basic_block("sgemm.head")
         body = builder.append_basic_block("sgemm.body")
@@ -77,16 +115,16 @@ def _tile_intrinsic(rows: int):
 
         builder.position_at_end(body)
         b_row = builder.add(b_addr, builder.mul(i, ldb))
-        b_low = builder.load(builder.inttoptr(b_row, _V.as_pointer()), align=4)
-        b_high = builder.load(builder.inttoptr(builder.add(b_row, ir.Constant(_I64, 64)), _V.as_pointer()), align=4)
+        b_vectors = [builder.load(builder.inttoptr(builder.add(b_row, ir.Constant(_I64, 64 * half)), _V.as_pointer()),
+                                  align=4) for half in halves]
         a_column = builder.add(a_addr, builder.mul(i, ir.Constant(_I64, 4)))
         updated = []
         for r in range(rows):
             element = builder.load(builder.inttoptr(builder.add(a_column, builder.mul(lda, ir.Constant(_I64, r))),
                                                     _F.as_pointer()), align=4)
             broadcast = splat(builder, element, _V)
-            updated.append(builder.call(fma, [broadcast, b_low, accumulators[2 * r]]))
-            updated.append(builder.call(fma, [broadcast, b_high, accumulators[2 * r + 1]]))
+            for half in halves:
+                updated.append(builder.call(fma, [broadcast, b_vectors[half], accumulators[vectors * r + half]]))
         i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.basic_block)
         for acc, value in zip(accumulators, updated):
             acc.add_incoming(value, builder.basic_block)
@@ -94,127 +132,191 @@ def _tile_intrinsic(rows: int):
 
         builder.position_at_end(done)
 
-        def store(finished: bool, summed: bool) -> None:
+        def store(finished: bool, summed: bool, columns: bool = False) -> None:
             if finished:
                 params = builder.inttoptr(params_addr, _F.as_pointer())
                 a, b = (splat(builder, builder.load(builder.gep(params, [ir.Constant(_I64, i)])), _V) for i in (0, 1))
+                if columns:
+                    column_shifts = [builder.load(builder.inttoptr(builder.add(bias_addr, ir.Constant(_I64, 64 * half)),
+                                                                   _V.as_pointer()), align=4) for half in halves]
             for r in range(rows):
                 row = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, r)))
                 if finished:
-                    bias = builder.inttoptr(builder.add(bias_addr, ir.Constant(_I64, 4 * r)), _F.as_pointer())
-                    shift = splat(builder, builder.load(bias), _V)
+                    if columns:
+                        shifts = column_shifts
+                    else:
+                        bias = builder.inttoptr(builder.add(bias_addr, ir.Constant(_I64, 4 * r)), _F.as_pointer())
+                        shifts = [splat(builder, builder.load(bias), _V)] * vectors
                     residual_row = builder.add(res_addr, builder.mul(ldres, ir.Constant(_I64, r)))
-                for half in range(2):
-                    value = accumulators[2 * r + half]
+                for half in halves:
+                    value = accumulators[vectors * r + half]
                     if finished:
-                        value = builder.fadd(value, shift)
+                        value = builder.fadd(value, shifts[half])
                         if summed:
-                            extra = builder.inttoptr(builder.add(residual_row, ir.Constant(_I64, 64 * half)),
-                                                     _V.as_pointer())
-                            value = builder.fadd(value, builder.load(extra, align=4))
+                            value = builder.fadd(value, load(residual_row, half))
                         value = activation(builder, value, act, a, b)
-                    pointer = builder.inttoptr(builder.add(row, ir.Constant(_I64, 64 * half)), _V.as_pointer())
-                    builder.store(value, pointer, align=4)
+                    save(value, row, half)
 
         null = ir.Constant(_I64, 0)
         with builder.if_else(builder.icmp_signed("!=", finish, null)) as (finishing, plain):
             with finishing:
+                by_columns = builder.icmp_signed("==", finish, ir.Constant(_I64, COLUMN_BIAS))
                 with builder.if_else(builder.icmp_signed("!=", res_addr, null)) as (summing, alone):
                     with summing:
-                        store(True, True)
+                        with builder.if_else(by_columns) as (per_column, per_row):
+                            with per_column:
+                                store(True, True, True)
+                            with per_row:
+                                store(True, True)
                     with alone:
-                        store(True, False)
+                        with builder.if_else(by_columns) as (per_column, per_row):
+                            with per_column:
+                                store(True, False, True)
+                            with per_row:
+                                store(True, False)
             with plain:
                 store(False, False)
         return context.get_dummy_value()
 
     @intrinsic
     def tile(typingctx, c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act,
-             params_addr):
-        return types.void(*([types.intp] * 14)), codegen
+             params_addr, width):
+        return types.void(*([types.intp] * 15)), codegen
 
     return tile
 
 
 (_t1, _t2, _t3, _t4, _t5, _t6, _t7, _t8, _t9, _t10, _t11, _t12) = (_tile_intrinsic(r) for r in range(1, MAX_ROWS + 1))
+# a last panel of 1 to 16 columns (one vector, masked), of 17 to 31 (two, the second masked)
+(_n1, _n2, _n3, _n4, _n5, _n6, _n7, _n8, _n9, _n10, _n11, _n12) = (
+    _tile_intrinsic(r, 1, True) for r in range(1, MAX_ROWS + 1))
+(_w1, _w2, _w3, _w4, _w5, _w6, _w7, _w8, _w9, _w10, _w11, _w12) = (
+    _tile_intrinsic(r, 2, True) for r in range(1, MAX_ROWS + 1))
 
 
 @numba.njit(**_jit)
-def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e):
-    """The tile of ``rows`` rows; ``e`` the epilogue's (finish, bias, residual, ldres, act, params) arguments."""
-    if rows == 12:
-        _t12(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=32):
+    """The tile of ``rows`` rows; ``e`` the epilogue's (finish, bias, residual, ldres, act, params) arguments; a
+    last panel's ``width`` columns (fewer than 32) under a lane mask."""
+    f, bias, res, ldres, act, params = e
+    if width >= 32:
+        if rows == 12:
+            _t12(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 11:
+            _t11(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 10:
+            _t10(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 9:
+            _t9(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 8:
+            _t8(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 7:
+            _t7(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 6:
+            _t6(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 5:
+            _t5(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 4:
+            _t4(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 3:
+            _t3(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 2:
+            _t2(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        else:
+            _t1(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+    elif width > 16:
+        if rows == 12:
+            _w12(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 11:
+            _w11(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 10:
+            _w10(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 9:
+            _w9(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 8:
+            _w8(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 7:
+            _w7(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 6:
+            _w6(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 5:
+            _w5(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 4:
+            _w4(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 3:
+            _w3(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        elif rows == 2:
+            _w2(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        else:
+            _w1(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+    elif rows == 12:
+        _n12(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 11:
-        _t11(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n11(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 10:
-        _t10(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n10(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 9:
-        _t9(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n9(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 8:
-        _t8(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n8(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 7:
-        _t7(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n7(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 6:
-        _t6(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n6(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 5:
-        _t5(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n5(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 4:
-        _t4(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n4(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 3:
-        _t3(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n3(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     elif rows == 2:
-        _t2(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n2(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
     else:
-        _t1(c, ldc, a, lda, b, ldb, k, accumulate, e[0], e[1], e[2], e[3], e[4], e[5])
+        _n1(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
 
 
 @numba.njit(**_jit)
-def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params):
-    """Rows [m0, m1) and column panels [p0, p1) of ``c = act(a @ b + bias[:, None] + residual)``: ``a`` (M, K), ``b``
+def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params, column_bias=False):
+    """Rows [m0, m1) and column panels [p0, p1) of ``c = act(a @ b + bias[:, None] + residual)`` (``bias[None, :]``
+    with ``column_bias``): ``a`` (M, K), ``b``
     (K, N), ``c`` (M, N) float32 C-contiguous; ``tail`` (K, 32): b's last N % 32 columns zero-padded (unread when N is
-    a multiple of 32). The epilogue: ``bias`` (M,) or empty, ``residual`` (M, N) or no rows, ``act`` one of
+    a multiple of 32), their panel computed with C and the residual read and written under a lane mask. The epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual`` (M, N) or no rows, ``act`` one of
     :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
     taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while the row tiles pass), the
     first block writing C, the others adding to it, the last applying the epilogue in the registers."""
     m_total, k = a.shape
     n = c.shape[1]
     full = n // PANEL
-    scratch = np.zeros((MAX_ROWS, PANEL), np.float32)
     lda, ldb, ldc = k * 4, n * 4, n * 4
     summed = residual.shape[0] > 0
     fused = summed or bias.shape[0] > 0 or act != 0
-    shift = bias if bias.shape[0] > 0 else np.zeros(m_total, np.float32)
-    residual_tail = np.zeros((MAX_ROWS, PANEL), np.float32)
+    shift = bias if bias.shape[0] > 0 else np.zeros(n if column_bias else m_total, np.float32)
+    kind = COLUMN_BIAS if column_bias else 1
+    shift_tail = np.zeros(PANEL, np.float32)  # the last panel's column bias, zero-padded
+    if column_bias:
+        for j in range(full * PANEL, n):
+            shift_tail[j - full * PANEL] = shift[j]
     for k0 in range(0, k, K_BLOCK):
         depth = min(K_BLOCK, k - k0)
         accumulate = 1 if k0 > 0 else 0
-        finish = 1 if fused and k0 + K_BLOCK >= k else 0
+        finish = kind if fused and k0 + K_BLOCK >= k else 0
         for p in range(p0, p1):
             col0 = p * PANEL
+            whole = p < full
+            width = PANEL if whole else n - col0  # (the last panel's columns under a lane mask)
+            b_address = b.ctypes.data + (k0 * n + col0) * 4 if whole else tail.ctypes.data + k0 * PANEL * 4
+            b_stride = ldb if whole else PANEL * 4
             m = m0
             while m < m1:
                 rows = min(MAX_ROWS, m1 - m)
                 a_address = a.ctypes.data + m * lda + k0 * 4
-                if p < full:
-                    res = residual.ctypes.data + (m * n + col0) * 4 if summed else 0
-                    _tile(c.ctypes.data + (m * n + col0) * 4, ldc, a_address, lda, b.ctypes.data + (k0 * n + col0) * 4,
-                          ldb, depth, rows, accumulate, (finish, shift.ctypes.data + m * 4, res, ldc, act,
-                                                         params.ctypes.data))
+                res = residual.ctypes.data + (m * n + col0) * 4 if summed else 0
+                if column_bias:
+                    shift_address = shift.ctypes.data + col0 * 4 if whole else shift_tail.ctypes.data
                 else:
-                    for r in range(rows):
-                        for j in range(PANEL):
-                            scratch[r, j] = c[m + r, col0 + j] if accumulate and col0 + j < n else 0
-                    res = 0
-                    if summed and finish:
-                        for r in range(rows):
-                            for j in range(n - col0):
-                                residual_tail[r, j] = residual[m + r, col0 + j]
-                        res = residual_tail.ctypes.data
-                    _tile(scratch.ctypes.data, PANEL * 4, a_address, lda, tail.ctypes.data + k0 * PANEL * 4, PANEL * 4,
-                          depth, rows, 1, (finish, shift.ctypes.data + m * 4, res, PANEL * 4, act, params.ctypes.data))
-                    for r in range(rows):
-                        for j in range(n - col0):
-                            c[m + r, col0 + j] = scratch[r, j]
+                    shift_address = shift.ctypes.data + m * 4
+                _tile(c.ctypes.data + (m * n + col0) * 4, ldc, a_address, lda, b_address, b_stride, depth, rows,
+                      accumulate, (finish, shift_address, res, ldc, act, params.ctypes.data), width)
                 m += rows
 
 
@@ -249,18 +351,20 @@ def gemm_part(args, part, parts):
     bias = float32_array(d[11], d[12])
     residual = float32_array(d[13], d[14] * n).reshape((d[14], n))
     params = float32_array(d[15], 2)
-    m0, m1, p0, p1 = part_ranges(m, count, d[10] & 1 != 0, part, parts)  # (d[10]: by_panels | act << 1)
-    gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, d[10] >> 1, params)
+    m0, m1, p0, p1 = part_ranges(m, count, d[10] & 1 != 0, part, parts)  # (d[10]: by_panels | columns << 1 | act << 2)
+    gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 2 != 0)
 
 
 @numba.njit(cache=True)
-def task_args(a, b, tail, c, by_panels, bias, residual, act, params):
+def task_args(a, b, tail, c, by_panels, bias, residual, act, params, column_bias=False):
     """:func:`gemm_part`'s arguments (compiled: ``ndarray.ctypes`` costs ~1 us an address); the caller keeps the
-    arrays alive until the task returns. ``bias``, ``residual``, ``act``, ``params``: :func:`gemm`'s epilogue."""
+    arrays alive until the task returns. ``bias``, ``residual``, ``act``, ``params``, ``column_bias``: :func:`gemm`'s
+    epilogue."""
     args = np.empty(_TASK_ARGS, np.int64)
     args[0], args[1], args[2] = a.ctypes.data, a.shape[0], a.shape[1]
     args[3], args[4], args[5], args[6], args[7] = b.ctypes.data, b.shape[1], tail.ctypes.data, tail.shape[0], tail.shape[1]
-    args[8], args[9], args[10] = (b.shape[1] + PANEL - 1) // PANEL, c.ctypes.data, by_panels | (act << 1)
+    columns = 2 if column_bias else 0
+    args[8], args[9], args[10] = (b.shape[1] + PANEL - 1) // PANEL, c.ctypes.data, by_panels | columns | (act << 2)
     args[11], args[12], args[13], args[14], args[15] = (bias.ctypes.data, bias.shape[0], residual.ctypes.data,
                                                         residual.shape[0], params.ctypes.data)
     return args
