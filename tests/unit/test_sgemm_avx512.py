@@ -105,16 +105,18 @@ def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, 
 
 def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
     """A pool that splits products runs a 1x1 convolution of OWN_GEMM_MIN_PIXELS or more pixels, with its bias,
-    Clip and residual, on onyxrt's GEMM (one product per image); fewer pixels stay on BLAS's blocks."""
+    Clip and residual, on onyxrt's GEMM (one product per image); fewer pixels stay on BLAS's blocks (the threshold
+    raised here: every size takes the GEMM by default)."""
     from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
     from onyxrt.providers.cpu.nn import conv_core
 
     calls = []
     fused = conv_core.fused_product
     monkeypatch.setattr(conv_core, "fused_product", lambda *args: calls.append(args[1].shape) or fused(*args))
+    monkeypatch.setattr(conv_core, "OWN_GEMM_MIN_PIXELS", 512)
     rng = np.random.default_rng(5)
     clip = mlas_activation_fn("Clip", [0.0, 6.0])
-    for size, taken in ((24, True), (12, False)):
+    for size, taken in ((24, True), (12, False), (7, False)):
         x = rng.standard_normal((2, 24, size, size), dtype=np.float32)
         w = rng.standard_normal((40, 24, 1, 1), dtype=np.float32) / 5
         b = rng.standard_normal(40, dtype=np.float32)

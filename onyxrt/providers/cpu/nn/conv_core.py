@@ -1082,8 +1082,10 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
 _POINTWISE_PARALLEL_MACS = 1 << 19
 # Pixels from which a pool that splits products runs a pointwise convolution on onyxrt's GEMM with the epilogue in
 # its registers (``_own_gemm_pointwise``); fewer, on BLAS per block (``_pointwise_task``). Measured on 2 Zen 5 cores
-# (a product alone, no epilogue): 28x28 and larger 0.55-0.9x the BLAS blocks' time, 14x14 and 7x7 1.05-1.15x.
-OWN_GEMM_MIN_PIXELS = 512
+# once the GEMM's last panel ran under a lane mask, alternating processes: mobilenet_v2 0.976x and resnet50 0.991x
+# with every size on the GEMM (its 14x14 and 7x7 layers had been 1.05-1.15x BLAS's blocks with the narrow panel
+# copied through a scratch tile).
+OWN_GEMM_MIN_PIXELS = 0
 
 
 def _pointwise_operands(x: np.ndarray, packed: ConvWeights, residual) -> tuple | None:

@@ -10,8 +10,8 @@ twice from memory and the pool handed work twice (measured on 2 AVX2 cores in th
 unfused: 64x14x14 -> 384 with Clip 85 / 144 us, 8x32x32x32 -> 32 with Relu 174 / 315, 8x16x16x16 -> 48 with
 QuickGelu 110 / 148, 16x112x112 -> 96 with Clip 458 / 492; ``/tmp`` script in the stop-29 note). Sessions that
 leave products to BLAS's own threads (the default) keep the product and the epilogue pass. On AVX-512 CPUs, images
-of ``conv_core.OWN_GEMM_MIN_PIXELS`` or more take onyxrt's own GEMM with the epilogue in its registers instead
-(``conv_core._own_gemm_pointwise``); this task runs the smaller ones, other epilogues and other CPUs.
+of ``conv_core.OWN_GEMM_MIN_PIXELS`` or more (every size by default) take onyxrt's own GEMM with the epilogue in its
+registers instead (``conv_core._own_gemm_pointwise``); this task runs the other epilogues and other CPUs.
 
 Imported by ``conv_core`` on first use (it imports numba at its top). Task arguments (:func:`pack`): an
 int64 array of addresses and sizes, see the ``_*`` indices below.
