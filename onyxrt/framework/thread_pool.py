@@ -277,21 +277,21 @@ class ThreadPool:
         native = _native_spin()
         if native is None:
             raise RuntimeError("native tasks need numba")
-        if not isinstance(args, int):
-            args = native.address(args)
+        # (an array stays referenced by ``args`` until the task returns: its address alone would not keep it)
+        address = args if isinstance(args, int) else native.address(args)
         helpers = min(self._num_threads, parts) - 1
         if helpers <= 0 or not self._busy.acquire(blocking=False):
             for part in range(parts):
-                native.run_part(task, args, part, parts)
+                native.run_part(task, address, part, parts)
             return
         try:
             workers = self._worker_threads()[:helpers]
             for part, worker in enumerate(workers, 1):
                 worker.spin_limit = self._spin_limit
-                worker.start_native(task, args, part, parts)
-            native.run_part(task, args, 0, parts)
+                worker.start_native(task, address, part, parts)
+            native.run_part(task, address, 0, parts)
             for part in range(helpers + 1, parts):
-                native.run_part(task, args, part, parts)
+                native.run_part(task, address, part, parts)
             for worker in workers:
                 worker.join()
         finally:

@@ -1,6 +1,6 @@
 """LLVM IR helpers shared by the kernels written with explicit vectors (``nn/depthwise_channels_last``,
-``nn/direct_conv_kernels``, ``math/sgemm_avx512``): a scalar broadcast to a vector, and the epilogue activations
-those kernels apply in their registers.
+``nn/direct_conv_kernels``, ``math/sgemm_avx512``, ``tensor/channels_last``): a scalar broadcast to a vector, the
+epilogue activations those kernels apply in their registers, and an 8x8 register transpose.
 
 Imported only by those modules (llvmlite comes with numba).
 """
@@ -44,3 +44,37 @@ def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Valu
     for code, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
         result = builder.select(builder.icmp_signed("==", act, ir.Constant(_I64, code)), activated, result)
     return result
+
+
+# the 8x8 transpose: within pairs of rows, pairs of pairs, then halves
+_STAGES = (
+    ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)),
+    ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
+    ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),
+)
+
+
+def transpose_8x8(builder: ir.IRBuilder, rows: list) -> list:
+    """The columns of the 8x8 matrix whose rows are ``rows`` (eight 8-lane vectors), by 24 shuffles."""
+
+    def shuffle(a, b, mask):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), list(mask)))
+
+    low, high = _STAGES[0]
+    a = []
+    for r in range(0, 8, 2):
+        a += [shuffle(rows[r], rows[r + 1], low), shuffle(rows[r], rows[r + 1], high)]
+    # a[2q], a[2q+1]: rows 2q, 2q+1 interleaved (columns 0,1,4,5 and 2,3,6,7)
+    low, high = _STAGES[1]
+    b = []
+    for half in (0, 4):  # rows 0-3, rows 4-7
+        for part in (0, 1):
+            x, y = a[half + part], a[half + 2 + part]
+            b += [shuffle(x, y, low), shuffle(x, y, high)]
+    # b[half + 2*part + q]: columns (2*part + q) and (2*part + q) + 4 of rows half..half+3
+    low, high = _STAGES[2]
+    columns = [None] * 8
+    for c in range(4):
+        columns[c] = shuffle(b[c], b[4 + c], low)
+        columns[c + 4] = shuffle(b[c], b[4 + c], high)
+    return columns

@@ -93,6 +93,15 @@ def _l2(data, axis, keepdims):
 
 
 def _mean(data, axis, keepdims):
+    if (axis is not None and tuple(axis) == (1, 2) and data.ndim == 4 and data.dtype == np.float32
+            and data.flags.c_contiguous and data.shape[1] * data.shape[2] > 1 and data.size):
+        # a channels-last image's mean over its rows and columns (a global average pool): one product per image with
+        # a row of 1 / (H * W), BLAS's, where numpy's reduction over the middle axis of (N, H * W, C) is several
+        # times slower (8x256x48: 4.7 vs 29 us)
+        n, h, w, c = data.shape
+        weights = np.full((1, h * w), 1.0 / (h * w), np.float32)
+        total = np.matmul(weights, data.reshape(n, h * w, c))
+        return total.reshape((n, 1, 1, c) if keepdims else (n, c))
     v = _in_float(data)
     count = v.size if axis is None else math.prod(v.shape[a] for a in axis)
     total = as_array(np.add.reduce(v, axis=axis, keepdims=keepdims))

@@ -34,6 +34,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
+from ..ir_vectors import transpose_8x8
 from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array
 
@@ -47,42 +48,8 @@ _V8 = ir.VectorType(_F, 8)  # the transposes' vectors
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _BYTES = 4
-# the 8x8 transpose: within pairs of rows, pairs of pairs, then halves
-_STAGES = (
-    ((0, 8, 1, 9, 4, 12, 5, 13), (2, 10, 3, 11, 6, 14, 7, 15)),
-    ((0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)),
-    ((0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)),
-)
-
-
 def _constant(value: int) -> ir.Constant:
     return ir.Constant(_I64, value)
-
-
-def _transpose(builder: ir.IRBuilder, rows: list) -> list:
-    """The columns of the 8x8 matrix whose rows are ``rows`` (eight <8 x float> values)."""
-
-    def shuffle(a, b, mask):
-        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), list(mask)))
-
-    low, high = _STAGES[0]
-    a = []
-    for r in range(0, 8, 2):
-        a += [shuffle(rows[r], rows[r + 1], low), shuffle(rows[r], rows[r + 1], high)]
-    # a[2q], a[2q+1]: rows 2q, 2q+1 interleaved (columns 0,1,4,5 and 2,3,6,7)
-    low, high = _STAGES[1]
-    b = []
-    for half in (0, 4):  # rows 0-3, rows 4-7
-        for part in (0, 1):
-            x, y = a[half + part], a[half + 2 + part]
-            b += [shuffle(x, y, low), shuffle(x, y, high)]
-    # b[half + 2*part + q]: columns (2*part + q) and (2*part + q) + 4 of rows half..half+3
-    low, high = _STAGES[2]
-    columns = [None] * 8
-    for c in range(4):
-        columns[c] = shuffle(b[c], b[4 + c], low)
-        columns[c + 4] = shuffle(b[c], b[4 + c], high)
-    return columns
 
 
 def _vector_at(builder, base, index):
@@ -99,7 +66,7 @@ def _emit_transpose_copy(builder, sources, source_step, destinations, destinatio
 
     def transpose_at(p):
         rows = [builder.load(builder.bitcast(sources(c, p), _V8.as_pointer()), align=_BYTES) for c in range(8)]
-        for c, column in enumerate(_transpose(builder, rows)):
+        for c, column in enumerate(transpose_8x8(builder, rows)):
             builder.store(column, builder.bitcast(destinations(c, p), _V8.as_pointer()), align=_BYTES)
 
     whole = builder.mul(builder.sdiv(count, _constant(8)), _constant(8))
@@ -164,6 +131,23 @@ def _copy_intrinsic(to_block: bool):
 
 _gather = _copy_intrinsic(True)  # _gather(planes, offset, rows, count, block, pitch)
 _scatter = _copy_intrinsic(False)  # _scatter(planes, offset, rows, count, block, pitch)
+
+
+@intrinsic
+def _move_pixels(typingctx, source, source_step, target, target_step, count):
+    """IR: ``count`` pixels of :data:`LANES` channels, one vector each, from ``source`` to ``target`` (float32
+    addresses; the steps in floats from one pixel to the next)."""
+
+    def codegen(context, builder, signature, args):
+        src_address, src_step, dst_address, dst_step, count_ = args
+        src = builder.inttoptr(src_address, _F.as_pointer())
+        dst = builder.inttoptr(dst_address, _F.as_pointer())
+        with cgutils.for_range(builder, count_) as loop:
+            value = builder.load(_vector_at(builder, src, builder.mul(loop.index, src_step)), align=_BYTES)
+            builder.store(value, _vector_at(builder, dst, builder.mul(loop.index, dst_step)), align=_BYTES)
+        return context.get_dummy_value()
+
+    return types.void(source, source_step, target, target_step, count), codegen
 
 
 def _convolver(k: int, column_step: int | None):
@@ -370,6 +354,77 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
         p += count
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+def nhwc_blocks(x, weights, biases, params, out, OH, OW, s0, s1, d0, d1, pt, pl, act, b0, b1, r0, r1):
+    """Output rows r0..r1 of blocks b0..b1 (image-major, ceil(C / :data:`LANES`) per image) of ``out`` (N, OH, OW, C) =
+    the depthwise convolution (one filter per channel) of float32 ``x`` (N, H, W, C) (both C-contiguous, channels
+    last) with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them, begin pads (pt, pl) (not
+    negative); ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``.
+
+    As :func:`channels_last_planes`, with no transposes: a pixel's block of channels is one contiguous run of the
+    input and of the output."""
+    N, H, W, C = x.shape
+    k = int(np.sqrt(weights.shape[1]) + 0.5)
+    reach = (k - 1) * d0 + 1
+    Wp = max(W + pl, (OW - 1) * s1 + (k - 1) * d1 + 1)
+    band = max(1, min(OH, (BAND_BYTES // (Wp * LANES * 4) - reach) // s0 + 1))
+    band_in = (band - 1) * s0 + reach
+    padded = np.zeros(band_in * Wp * LANES, np.float32)
+    results = np.empty(band * OW * LANES, np.float32)
+    shape = np.array([Wp, band, OW, s0, s1, d0, d1], np.int64)
+    column_step = s1 if d1 == 1 and s1 <= 2 else 0
+    clamped = act in CLAMPED
+    zero = np.float32(0.0)
+    limits = np.empty(2 * LANES, np.float32)
+    limits[:LANES] = params[0] if act == 5 else (0.0 if act == 1 else -np.inf)
+    limits[LANES:] = params[1] if act == 5 else np.inf
+    source = x.reshape(-1)
+    target = out.reshape(-1)
+    blocks_per_image = weights.shape[0]
+    padded_address, results_address = padded.ctypes.data, results.ctypes.data
+    x_address, out_address = x.ctypes.data, out.ctypes.data
+    for b in range(b0, b1):
+        n, block = b // blocks_per_image, b % blocks_per_image
+        c0 = block * LANES
+        count = min(LANES, C - c0)
+        for oh0 in range(r0, r1, band):
+            rows_out = min(band, r1 - oh0)
+            rows_in = (rows_out - 1) * s0 + reach
+            top = oh0 * s0 - pt
+            for r in range(rows_in):
+                h = top + r
+                row = r * Wp * LANES
+                if h < 0 or h >= H:
+                    padded[row:row + Wp * LANES] = 0.0
+                    continue
+                if count == LANES:
+                    _move_pixels(x_address + ((n * H + h) * W * C + c0) * 4, C, padded_address + (row + pl * LANES) * 4,
+                                 LANES, W)
+                    continue
+                for w in range(W):
+                    to = row + (pl + w) * LANES
+                    fro = ((n * H + h) * W + w) * C + c0
+                    for q in range(count):
+                        padded[np.uintp(to + q)] = source[np.uintp(fro + q)]
+                    for q in range(count, LANES):
+                        padded[np.uintp(to + q)] = 0.0
+            shape[1] = rows_out
+            _convolve(k, column_step, padded_address, weights[block].ctypes.data, biases[block].ctypes.data,
+                      limits.ctypes.data, results.ctypes.data, shape.ctypes.data)
+            if not clamped:
+                done = results[:rows_out * OW * LANES]
+                epilogue_row(done, zero, done, False, act, params[0], params[1])
+            if count == LANES:
+                _move_pixels(results_address, LANES, out_address + ((n * OH + oh0) * OW * C + c0) * 4, C,
+                             rows_out * OW)
+                continue
+            for o in range(rows_out * OW):
+                fro = o * LANES
+                to = ((n * OH + oh0) * OW + o) * C + c0
+                for q in range(count):
+                    target[np.uintp(to + q)] = results[np.uintp(fro + q)]
+
+
 @numba.njit(cache=True)
 def plane_range(b0: int, b1: int, channels: int, blocks_per_image: int) -> tuple[int, int]:
     """The planes (image-major, ``channels`` per image) of blocks b0..b1 of :data:`LANES` channels (an image's last
@@ -428,3 +483,42 @@ def planes_part(args, part, parts):
         p0, p1 = plane_range(blocks * part // parts, blocks * (part + 1) // parts, m, blocks_per_image)
         channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
                              d[20], act, p0, p1, 0, oh)
+
+
+_NHWC_ARGS = 18
+
+
+def nhwc_template(shape: tuple, weights: np.ndarray, biases: np.ndarray, params: np.ndarray, OH: int, OW: int, s0: int,
+                  s1: int, d0: int, d1: int, pt: int, pl: int, act: int) -> np.ndarray:
+    """:func:`nhwc_part`'s arguments for :func:`nhwc_blocks`'s on inputs of ``shape`` (N, H, W, C), without the
+    input's and the output's addresses (:func:`task_args` adds them per call, at 0 and 4)."""
+    args = np.zeros(_NHWC_ARGS, np.int64)
+    args[1:4] = [weights.ctypes.data, biases.ctypes.data, params.ctypes.data]
+    args[5:9] = shape
+    args[9:18] = [weights.shape[0], weights.shape[1], OH, OW, s0, s1, d0, d1, pt | pl << 16 | act << 32]
+    return args
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def nhwc_part(args, part, parts):
+    """Native task: part ``part`` of ``parts`` of the convolution :func:`nhwc_template` describes: whole blocks of
+    channels where there are at least as many blocks as parts, else the blocks' output rows cut in runs."""
+    d = int64_array(args, _NHWC_ARGS)
+    n, h, w, c, blocks_per_image, taps, oh, ow = d[5], d[6], d[7], d[8], d[9], d[10], d[11], d[12]
+    pt, pl, act = d[17] & 0xFFFF, (d[17] >> 16) & 0xFFFF, d[17] >> 32
+    x = float32_array(d[0], n * h * w * c).reshape((n, h, w, c))
+    weights = float32_array(d[1], blocks_per_image * taps * LANES).reshape((blocks_per_image, taps, LANES))
+    biases = float32_array(d[2], blocks_per_image * LANES).reshape((blocks_per_image, LANES))
+    params = float32_array(d[3], 4)
+    out = float32_array(d[4], n * oh * ow * c).reshape((n, oh, ow, c))
+    blocks = n * blocks_per_image
+    runs = (parts + blocks - 1) // blocks
+    if runs > 1:
+        units = blocks * runs
+        for unit in range(units * part // parts, units * (part + 1) // parts):
+            block, run = unit // runs, unit % runs
+            nhwc_blocks(x, weights, biases, params, out, oh, ow, d[13], d[14], d[15], d[16], pt, pl, act, block,
+                        block + 1, oh * run // runs, oh * (run + 1) // runs)
+    else:
+        nhwc_blocks(x, weights, biases, params, out, oh, ow, d[13], d[14], d[15], d[16], pt, pl, act,
+                    blocks * part // parts, blocks * (part + 1) // parts, 0, oh)
