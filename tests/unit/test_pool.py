@@ -255,3 +255,17 @@ def test_pools_split_over_a_pool_that_owns_the_cores(kind):
         split_pool.shutdown()
     assert calls or not pool_ops._MAX_POOL_2D.enabled()
     np.testing.assert_array_equal(split, serial)
+
+
+def test_global_average_pool_split_over_the_pool():
+    """In a pool that splits products, large float32 inputs' plane means run as a native task (each part its
+    planes), equal to the serial GEMV's within rounding."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    x = np.random.default_rng(3).standard_normal((2, 640, 7, 7)).astype(np.float32)
+    pool = ThreadPool(2).splitting_gemms()
+    with pool.activate():
+        y = p.global_average_pool(x)
+    pool.shutdown()
+    assert y.shape == (2, 640, 1, 1) and y.dtype == np.float32
+    np.testing.assert_allclose(y, x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6)

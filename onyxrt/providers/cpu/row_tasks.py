@@ -51,3 +51,34 @@ def activation_args(kind, x, bias, out, alpha):
     args[_KIND], args[_X], args[_ROWS], args[_COLS] = kind, x.ctypes.data, x.shape[0], x.shape[1]
     args[_BIAS], args[_BIAS_LENGTH], args[_OUT], args[_ALPHA] = bias.ctypes.data, bias.shape[0], out.ctypes.data, alpha.ctypes.data
     return args
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def row_means(x, out, r0, r1):
+    """out[r] = the mean of x[r] (float32 rows (R, C), C-contiguous) for rows r0..r1."""
+    cols = x.shape[1]
+    scale = np.float32(1.0 / cols)
+    for r in range(r0, r1):
+        row = x[np.uintp(r)]
+        total = np.float32(0.0)
+        for c in range(cols):
+            total += row[np.uintp(c)]
+        out[np.uintp(r)] = total * scale
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def means_part(args, part, parts):
+    """Native task: rows [R * part / parts, R * (part + 1) / parts) of :func:`row_means`, arguments (x, out, R, C)."""
+    d = int64_array(args, 4)
+    rows, cols = d[2], d[3]
+    x = float32_array(d[0], rows * cols).reshape((rows, cols))
+    out = float32_array(d[1], rows)
+    row_means(x, out, rows * part // parts, rows * (part + 1) // parts)
+
+
+@numba.njit(cache=True)
+def means_args(x, out):
+    """:func:`means_part`'s arguments for float32 rows ``x`` (R, C) into ``out`` (R,), both C-contiguous."""
+    args = np.empty(4, np.int64)
+    args[0], args[1], args[2], args[3] = x.ctypes.data, out.ctypes.data, x.shape[0], x.shape[1]
+    return args

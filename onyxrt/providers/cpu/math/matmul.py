@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..gemm import matmul as pool_matmul, note_product
+from ..gemm import GEMV_MAX_ROWS, note_product
+from ..gemm import matmul as pool_matmul
 from .int8_gemm import matmul_int8, packed_for, prepack_constant_b
 from .sparse_gemm import SparseWeight, sparse_prepack
 from .._helpers import ALLOC_MIN_BYTES
@@ -135,7 +136,12 @@ def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
             y = packed.product(A)
         packed = None
     if y is None:
-        if packed is not None and packed.dtype == dtype and packed.shape == b.shape:
+        if transB and A.shape[0] <= GEMV_MAX_ROWS and b.dtype == ct and b.flags.c_contiguous:
+            # a GEMV (a classifier at batch 1) on B as it lies, transposed: split by its columns, each part streams
+            # contiguous rows of B (mobilenet_v2's 1280 -> 1000 on 2 Zen 5 cores: 57 -> 37 us in cache, 172 -> 147 us
+            # from memory, against op(B)'s contiguous copy split by columns)
+            B = b.T
+        elif packed is not None and packed.dtype == dtype and packed.shape == b.shape:
             B = packed.value  # op(B), already in the compute dtype
         else:
             B = b.T if transB else b
