@@ -246,8 +246,10 @@ def test_pools_split_over_a_pool_that_owns_the_cores(kind):
     serial = run()
     split_pool = ThreadPool(2).splitting_gemms()
     calls = []
-    real = split_pool.run_chunks
+    real, real_native = split_pool.run_chunks, split_pool.run_native
     split_pool.run_chunks = lambda *args: calls.append(1) or real(*args)
+    # (float32 3x3 MaxPool runs in the depthwise vector blocks, shared out as a native task)
+    split_pool.run_native = lambda *args: calls.append(1) or real_native(*args)
     try:
         with split_pool.activate():
             split = run()
@@ -269,3 +271,23 @@ def test_global_average_pool_split_over_the_pool():
     pool.shutdown()
     assert y.shape == (2, 640, 1, 1) and y.dtype == np.float32
     np.testing.assert_allclose(y, x.mean(axis=(2, 3), keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, k, s, pads, ceil", [
+    ((1, 17, 10, 10), 3, 1, [1, 0, 1, 2], 0), ((8, 24, 16, 16), 3, 2, [1] * 4, 0), ((2, 5, 9, 11), 2, 2, [0] * 4, 0),
+    ((1, 20, 9, 9), 3, 2, [0] * 4, 1), ((1, 3, 7, 8), 2, 2, [0] * 4, 1), ((1, 40, 13, 13), 3, 2, [0, 1, 2, 0], 1),
+    ((2, 33, 20, 21), 2, 1, [0] * 4, 0), ((1, 16, 12, 12), 3, 2, [1] * 4, 0),
+])
+@pytest.mark.parametrize("split", [False, True])
+def test_max_pool_in_vector_blocks_matches_onnxruntime(shape, k, s, pads, ceil, split):
+    """float32 2x2 and 3x3 MaxPool in the depthwise convolutions' vector blocks (partial blocks of channels, uneven
+    pads, ceil_mode, serial and split over a pool) equals onnxruntime's."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+    want = run_ort("MaxPool", [x], 1, opset=13, kernel_shape=[k, k], strides=[s, s], pads=pads, ceil_mode=ceil)[0]
+    pool = ThreadPool(2).splitting_gemms() if split else ThreadPool(1)
+    with pool.activate():
+        got = p._max_pool(x, [k, k], [s, s], [1, 1], pads, "NOTSET", ceil, 0, False)[0]
+    pool.shutdown()
+    np.testing.assert_array_equal(got, want)

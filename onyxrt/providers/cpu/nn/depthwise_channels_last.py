@@ -259,6 +259,78 @@ def _convolve(k, column_step, pixels, taps, bias, limits, out, shape):
         _convolve1(pixels, taps, bias, limits, out, shape)
 
 
+def _max_pooler(k: int, column_step: int | None):
+    """The intrinsic ``pool(pixels, out, shape)``: out[(oh * OW + ow) * L + c] = the largest of the k x k window's
+    pixels[((oh * s0 + i * d0) * Wp + ow * s1 + j * d1) * L + c] (``llvm.maximum``: NaN wins, as ``np.maximum``),
+    ``pixels`` the band padded with -inf; ``shape`` and ``column_step`` as :func:`_convolver`'s."""
+
+    def codegen(context, builder, signature, args):
+        pixels_address, out_address, shape_address = args
+        pixels = builder.inttoptr(pixels_address, _F.as_pointer())
+        out = builder.inttoptr(out_address, _F.as_pointer())
+        table = builder.inttoptr(shape_address, _I64.as_pointer())
+        Wp, OH, OW, s0, s1, d0, d1 = (builder.load(builder.gep(table, [_constant(i)])) for i in range(7))
+        if column_step is not None:
+            s1, d1 = _constant(column_step), _constant(1)
+        maximum = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V]),
+                                                 f"llvm.maximum.v{LANES}f32")
+        row_stride = builder.mul(builder.mul(d0, Wp), _constant(LANES))
+        step = builder.mul(s1, _constant(LANES))
+
+        def column(j):
+            if column_step is not None:
+                return _constant(j * LANES)
+            return builder.mul(builder.mul(_constant(j), d1), _constant(LANES))
+
+        with cgutils.for_range(builder, OH) as oh:
+            row_window = builder.mul(builder.mul(builder.mul(oh.index, s0), Wp), _constant(LANES))
+            row_out = builder.mul(oh.index, OW)
+            with cgutils.for_range(builder, OW) as ow:
+                window = builder.gep(pixels, [builder.add(row_window, builder.mul(ow.index, step))])
+                total = None
+                for i in range(k):
+                    row = builder.gep(window, [builder.mul(_constant(i), row_stride)])
+                    for j in range(k):
+                        pixel = builder.load(builder.bitcast(builder.gep(row, [column(j)]), _V.as_pointer()),
+                                             align=_BYTES)
+                        total = pixel if total is None else builder.call(maximum, [total, pixel])
+                builder.store(total, _vector_at(builder, out, builder.mul(builder.add(row_out, ow.index),
+                                                                          _constant(LANES))), align=_BYTES)
+        return context.get_dummy_value()
+
+    @intrinsic
+    def pool(typingctx, pixels, out, shape):
+        return types.void(pixels, out, shape), codegen
+
+    return pool
+
+
+# max-pooling windows the blocks run (square)
+POOL_WINDOWS = (2, 3)
+_max2, _max3 = (_max_pooler(k, None) for k in POOL_WINDOWS)
+_max2_s1, _max3_s1 = (_max_pooler(k, 1) for k in POOL_WINDOWS)
+_max2_s2, _max3_s2 = (_max_pooler(k, 2) for k in POOL_WINDOWS)
+
+
+@numba.njit(inline="always")
+def _max_pool(k, column_step, pixels, out, shape):
+    """The max pooler for a k x k window and the column step (1, 2, or 0: any stride and dilation)."""
+    if column_step == 1:
+        if k == 3:
+            _max3_s1(pixels, out, shape)
+        else:
+            _max2_s1(pixels, out, shape)
+    elif column_step == 2:
+        if k == 3:
+            _max3_s2(pixels, out, shape)
+        else:
+            _max2_s2(pixels, out, shape)
+    elif k == 3:
+        _max3(pixels, out, shape)
+    else:
+        _max2(pixels, out, shape)
+
+
 # bytes of a block's zero-padded input rows convolved at a time (with their output rows: within L1)
 BAND_BYTES = 32 << 10
 
@@ -280,25 +352,27 @@ def pack_filters(taps: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.nda
 # (the epilogue is inlined here, so its compile options must be this function's: see ``pointwise_conv_task``)
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act, p0, p1,
-                         r0, r1):
+                         r0, r1, pooled=0):
     """Output rows r0..r1 of planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x``
     (N, C, H, W) (C-contiguous) with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square, of a size in
     :data:`FILTERS`), begin pads (pt, pl) (not negative); output channel m reads input channel m // multiplier;
     ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; p0 and p1 whole blocks of :data:`LANES`
-    channels within an image (or an image's last channel).
+    channels within an image (or an image's last channel). With ``pooled`` = k (2 or 3), a k x k MaxPool instead
+    (the band padded with -inf; the filters, bias and activation unused).
 
     A block runs a band of output rows at a time: the input rows the band reads are transposed into the interior of
     a zero-padded band of (pixels, LANES) (its border stays zero, so that no tap needs a bounds test), convolved there,
     and the band's outputs transposed back into the output planes."""
     N, C, H, W = x.shape
-    k = int(np.sqrt(weights.shape[1]) + 0.5)
+    k = pooled if pooled else int(np.sqrt(weights.shape[1]) + 0.5)
+    fill = -np.inf if pooled else 0.0  # the padding: what the window's taps outside the input contribute
     reach = (k - 1) * d0 + 1  # input rows one output row reads
     Wp = max(W + pl, (OW - 1) * s1 + (k - 1) * d1 + 1)  # the padded band's row: every window inside it
     band = max(1, min(OH, (BAND_BYTES // (Wp * LANES * 4) - reach) // s0 + 1))  # output rows per band
     band_in = (band - 1) * s0 + reach
     by_rows = W >= 8  # rows transposed straight into the padded band; narrower ones whole, then copied
     pixels = np.empty(0 if by_rows else band_in * W * LANES, np.float32)
-    padded = np.zeros(band_in * Wp * LANES, np.float32)
+    padded = np.full(band_in * Wp * LANES, fill, np.float32)
     results = np.empty(band * OW * LANES, np.float32)
     zeros = np.zeros(H * W, np.float32)  # the input of a block's missing channels
     discard = np.empty(OH * OW, np.float32)  # and their output
@@ -328,9 +402,9 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
             rows_in = (rows_out - 1) * s0 + reach
             top = oh0 * s0 - pt  # the image row of the band's first padded row
             first, last = max(0, top), min(H, top + rows_in)
-            for r in range(rows_in):  # rows above and below the image: zero
+            for r in range(rows_in):  # rows above and below the image: padding
                 if not first <= top + r < last:
-                    padded[r * Wp * LANES:(r + 1) * Wp * LANES] = 0.0
+                    padded[r * Wp * LANES:(r + 1) * Wp * LANES] = fill
             if last > first and by_rows:
                 _gather(sources.ctypes.data, first * W, last - first, W,
                         padded_address + ((first - top) * Wp + pl) * LANES * 4, Wp)
@@ -342,12 +416,15 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
                     for q in range(row):
                         padded[np.uintp(to + q)] = pixels[np.uintp(fro + q)]
             shape[1] = rows_out
-            _convolve(k, column_step, padded_address, weights[block].ctypes.data, biases[block].ctypes.data,
-                      limits.ctypes.data, results.ctypes.data, shape.ctypes.data)
+            if pooled:
+                _max_pool(k, column_step, padded_address, results.ctypes.data, shape.ctypes.data)
+            else:
+                _convolve(k, column_step, padded_address, weights[block].ctypes.data, biases[block].ctypes.data,
+                          limits.ctypes.data, results.ctypes.data, shape.ctypes.data)
             for c in range(count, LANES):  # (a missing channel's output goes to the discard plane's start)
                 targets[c] = discard_address - oh0 * OW * 4
             _scatter(targets.ctypes.data, oh0 * OW, 1, rows_out * OW, results.ctypes.data, 0)
-            if not clamped:  # the band's outputs, still in cache
+            if not clamped and not pooled:  # the band's outputs, still in cache
                 for c in range(count):
                     written = out[p + c, oh0 * OW:(oh0 + rows_out) * OW]
                     epilogue_row(written, zero, written, False, act, params[0], params[1])
@@ -433,11 +510,12 @@ def plane_range(b0: int, b1: int, channels: int, blocks_per_image: int) -> tuple
             (b1 // blocks_per_image) * channels + (b1 % blocks_per_image) * LANES)
 
 
-_TASK_ARGS = 21
+_TASK_ARGS = 22
 
 
 def task_template(shape: tuple, weights: np.ndarray, biases: np.ndarray, params: np.ndarray, M: int, OH: int, OW: int,
-                  multiplier: int, s0: int, s1: int, d0: int, d1: int, pt: int, pl: int, act: int) -> np.ndarray:
+                  multiplier: int, s0: int, s1: int, d0: int, d1: int, pt: int, pl: int, act: int,
+                  pooled: int = 0) -> np.ndarray:
     """:func:`planes_part`'s arguments for :func:`channels_last_planes`'s (less its plane and row ranges) on inputs
     of ``shape``, without the input's and the output's addresses (:func:`task_args` adds them per call); the caller
     keeps the arrays alive while the template is used."""
@@ -446,6 +524,7 @@ def task_template(shape: tuple, weights: np.ndarray, biases: np.ndarray, params:
     args[5:10] = [*shape, weights.shape[0]]
     args[10] = weights.shape[1] | act << 32
     args[11:21] = [M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl]
+    args[21] = pooled
     return args
 
 
@@ -478,11 +557,11 @@ def planes_part(args, part, parts):
         block, run = unit // runs, unit % runs
         p0, p1 = plane_range(block, block + 1, m, blocks_per_image)
         channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
-                             d[20], act, p0, p1, oh * run // runs, oh * (run + 1) // runs)
+                             d[20], act, p0, p1, oh * run // runs, oh * (run + 1) // runs, d[21])
     if runs == 1:
         p0, p1 = plane_range(blocks * part // parts, blocks * (part + 1) // parts, m, blocks_per_image)
         channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
-                             d[20], act, p0, p1, 0, oh)
+                             d[20], act, p0, p1, 0, oh, d[21])
 
 
 _NHWC_ARGS = 18
@@ -522,3 +601,28 @@ def nhwc_part(args, part, parts):
     else:
         nhwc_blocks(x, weights, biases, params, out, oh, ow, d[13], d[14], d[15], d[16], pt, pl, act,
                     blocks * part // parts, blocks * (part + 1) // parts, 0, oh)
+
+
+def max_pool(x: np.ndarray, k: int, strides, dilations, begin, out_sp, pool) -> np.ndarray:
+    """A k x k MaxPool (k in :data:`POOL_WINDOWS`) of float32 ``x`` (N, C, H, W) in the vector blocks: begin pads
+    ``begin`` (not negative; the end pads are implied by ``out_sp``), over ``pool``'s threads where it splits products
+    and the work is large. No indices."""
+    N, C = x.shape[:2]
+    OH, OW = out_sp
+    x = np.ascontiguousarray(x)
+    y = np.empty((N, C, OH, OW), np.float32)
+    blocks = -(-C // LANES)
+    weights, biases = np.zeros((blocks, 1, LANES), np.float32), np.zeros((blocks, LANES), np.float32)
+    params = np.zeros(4, np.float32)
+    geometry = (C, OH, OW, 1, strides[0], strides[1], dilations[0], dilations[1], begin[0], begin[1], 0)
+    out = y.reshape(N * C, OH * OW)
+    if pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= POOL_SPLIT_WORK:
+        template = task_template(x.shape, weights, biases, params, *geometry, pooled=k)
+        pool.run_native(planes_part.address, task_args(template, x, out), pool.num_threads)
+    else:
+        channels_last_planes(x, weights, biases, params, out, *geometry, 0, N * C, 0, OH, k)
+    return y
+
+
+# Window taps from which :func:`max_pool` shares its blocks out over a pool that splits products.
+POOL_SPLIT_WORK = 1 << 18
