@@ -22,7 +22,8 @@ RNG = np.random.default_rng(21)
 
 def _session(nodes, inputs, inits):
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     options = onyxrt.SessionOptions()
     options.graph_optimization_level = onyxrt.GraphOptimizationLevel.ORT_DISABLE_ALL
     return onyxrt.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -85,8 +86,8 @@ def test_pointwise(activation, params, summed, split):
 @needs_numba
 @pytest.mark.parametrize("activation, params", ACTIVATIONS)
 @pytest.mark.parametrize("channels, size, kernel, stride, pads", [
-    (32, 14, 3, 1, [1, 1, 1, 1]), (48, 16, 3, 2, [1, 1, 1, 1]), (17, 9, 5, 1, [2, 2, 2, 2]), (40, 11, 7, 2, [3, 3, 3, 3]),
-    (20, 8, 3, 1, [0, 1, 2, 0]), (16, 6, 1, 1, [0, 0, 0, 0]),
+    (32, 14, 3, 1, [1, 1, 1, 1]), (48, 16, 3, 2, [1, 1, 1, 1]), (17, 9, 5, 1, [2, 2, 2, 2]),
+    (40, 11, 7, 2, [3, 3, 3, 3]), (20, 8, 3, 1, [0, 1, 2, 0]), (16, 6, 1, 1, [0, 0, 0, 0]),
 ])
 def test_depthwise(activation, params, channels, size, kernel, stride, pads):
     """One filter per channel in the vector blocks, read and written channels-last (partial blocks of channels,

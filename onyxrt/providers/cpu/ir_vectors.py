@@ -1,6 +1,7 @@
 """LLVM IR helpers shared by the kernels written with explicit vectors (``nn/depthwise_channels_last``,
 ``nn/direct_conv_kernels``, ``math/sgemm_avx512``, ``tensor/channels_last``): a scalar broadcast to a vector, the
-epilogue activations those kernels apply in their registers, and an 8x8 register transpose.
+epilogue activations those kernels apply in their registers, an 8x8 register transpose, and a switch between code
+paths compiled for different constants.
 
 Imported only by those modules (llvmlite comes with numba).
 """
@@ -78,3 +79,23 @@ def transpose_8x8(builder: ir.IRBuilder, rows: list) -> list:
         columns[c] = shuffle(b[c], b[4 + c], low)
         columns[c + 4] = shuffle(b[c], b[4 + c], high)
     return columns
+
+
+def switch_codegen(bodies: dict):
+    """An intrinsic's codegen running the body of ``bodies`` (an int key -> the codegen of the intrinsic's arguments
+    but the last) that its last argument, a key, selects (none for another key): one code path per compile-time
+    constant (a tile's row count, a filter's size), chosen at run time behind one switch."""
+
+    def codegen(context, builder, signature, args):
+        end = builder.append_basic_block("switched.end")
+        switch = builder.switch(args[-1], end)
+        for key, body in bodies.items():
+            block = builder.append_basic_block(f"switched.{key}")
+            switch.add_case(ir.Constant(_I64, key), block)
+            builder.position_at_end(block)
+            body(context, builder, signature, args[:-1])
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return codegen

@@ -159,7 +159,8 @@ def _pointwise(packed: NhwcConvWeights, y_shape: tuple, fused, activation):
         if activation is not None and in_registers:
             activation(y)
             return y
-        if activation is not None and not (row_kind is not None and row_kernels.activation_in_place(y, row_kind, alpha)):
+        if activation is not None and not (row_kind is not None
+                                           and row_kernels.activation_in_place(y, row_kind, alpha)):
             activation(y)
         return y
 

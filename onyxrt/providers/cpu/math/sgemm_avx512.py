@@ -29,7 +29,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from ..ir_vectors import IN_REGISTERS, activation, splat
+from ..ir_vectors import IN_REGISTERS, activation, splat, switch_codegen
 from ..native_tasks import float32_array, int64_array, part_ranges
 
 PANEL = 32  # columns per panel: two 16-lane accumulators per row
@@ -43,11 +43,11 @@ _I32 = ir.IntType(32)
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
-def _tile_intrinsic(rows: int, vectors: int = 2, masked: bool = False):
-    """``tile(c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act,
-    params_addr, width)``: C[rows, 16 * vectors] = A[rows, k] @ B[k, 16 * vectors] (C += ... where ``accumulate`` is
-    nonzero), byte addresses and strides (C, A, B and the residual rows of float32); where ``finish`` is nonzero, with
-    the epilogue applied before the store: act(C + bias + residual[r]) (the residual where ``res_addr`` is nonzero;
+def _tile_codegen(rows: int, vectors: int, masked: bool):
+    """The IR of a tile of ``rows`` rows, for :func:`_tiles_intrinsic`; its arguments (c_addr, ldc, a_addr, lda,
+    b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act, params_addr, width): C[rows, 16 * vectors] =
+    A[rows, k] @ B[k, 16 * vectors] (C += ... where ``accumulate`` is nonzero), byte addresses and strides (C, A, B
+    and the residual rows of float32); where ``finish`` is nonzero, with the epilogue applied before the store: act(C + bias + residual[r]) (the residual where ``res_addr`` is nonzero;
     ``act`` one of :data:`IN_REGISTERS`, parameters params[0], params[1]); the bias bias[r] per row where ``finish``
     is 1, the tile's columns' bias[0..] where it is 2 (:data:`COLUMN_BIAS`). With ``masked``, C and the residual are
     read and written in their first ``width`` columns only (the last vector under a lane mask; B's columns must be
@@ -66,7 +66,8 @@ def _tile_intrinsic(rows: int, vectors: int = 2, masked: bool = False):
             mask = builder.icmp_signed("<", lanes, splat(builder, builder.sub(width, ir.Constant(_I64, 16 * last)),
                                                           ir.VectorType(_I64, 16)))
             masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V, [_V.as_pointer(), _I32, mask.type, _V]), "llvm.masked.load.v16f32.p0")
+                builder.module, ir.FunctionType(_V, [_V.as_pointer(), _I32, mask.type, _V]),
+                "llvm.masked.load.v16f32.p0")
             masked_store = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [_V, _V.as_pointer(), _I32, mask.type]),
                 "llvm.masked.store.v16f32.p0")
@@ -178,20 +179,26 @@ def _tile_intrinsic(rows: int, vectors: int = 2, masked: bool = False):
                 store(False, False)
         return context.get_dummy_value()
 
+    return codegen
+
+
+def _tiles_intrinsic(vectors: int = 2, masked: bool = False):
+    """``tile(c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act,
+    params_addr, width, rows)``: :func:`_tile_codegen`'s tile of ``rows`` rows (1 to :data:`MAX_ROWS`), each row count
+    its own code (its accumulators in registers) behind one switch."""
+    codegen = switch_codegen({rows: _tile_codegen(rows, vectors, masked) for rows in range(1, MAX_ROWS + 1)})
+
     @intrinsic
     def tile(typingctx, c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act,
-             params_addr, width):
-        return types.void(*([types.intp] * 15)), codegen
+             params_addr, width, rows):
+        return types.void(*([types.intp] * 16)), codegen
 
     return tile
 
 
-(_t1, _t2, _t3, _t4, _t5, _t6, _t7, _t8, _t9, _t10, _t11, _t12) = (_tile_intrinsic(r) for r in range(1, MAX_ROWS + 1))
-# a last panel of 1 to 16 columns (one vector, masked), of 17 to 31 (two, the second masked)
-(_n1, _n2, _n3, _n4, _n5, _n6, _n7, _n8, _n9, _n10, _n11, _n12) = (
-    _tile_intrinsic(r, 1, True) for r in range(1, MAX_ROWS + 1))
-(_w1, _w2, _w3, _w4, _w5, _w6, _w7, _w8, _w9, _w10, _w11, _w12) = (
-    _tile_intrinsic(r, 2, True) for r in range(1, MAX_ROWS + 1))
+_whole = _tiles_intrinsic()
+_narrow = _tiles_intrinsic(1, True)  # a last panel of 1 to 16 columns: one vector, masked
+_wide = _tiles_intrinsic(2, True)  # of 17 to 31: two, the second masked
 
 
 @numba.njit(**_jit)
@@ -200,79 +207,11 @@ def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=32):
     last panel's ``width`` columns (fewer than 32) under a lane mask."""
     f, bias, res, ldres, act, params = e
     if width >= 32:
-        if rows == 12:
-            _t12(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 11:
-            _t11(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 10:
-            _t10(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 9:
-            _t9(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 8:
-            _t8(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 7:
-            _t7(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 6:
-            _t6(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 5:
-            _t5(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 4:
-            _t4(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 3:
-            _t3(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 2:
-            _t2(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        else:
-            _t1(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        _whole(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
     elif width > 16:
-        if rows == 12:
-            _w12(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 11:
-            _w11(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 10:
-            _w10(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 9:
-            _w9(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 8:
-            _w8(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 7:
-            _w7(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 6:
-            _w6(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 5:
-            _w5(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 4:
-            _w4(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 3:
-            _w3(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        elif rows == 2:
-            _w2(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-        else:
-            _w1(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 12:
-        _n12(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 11:
-        _n11(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 10:
-        _n10(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 9:
-        _n9(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 8:
-        _n8(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 7:
-        _n7(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 6:
-        _n6(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 5:
-        _n5(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 4:
-        _n4(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 3:
-        _n3(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
-    elif rows == 2:
-        _n2(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        _wide(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
     else:
-        _n1(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width)
+        _narrow(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
 
 
 @numba.njit(**_jit)
@@ -280,7 +219,8 @@ def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params, column_bias
     """Rows [m0, m1) and column panels [p0, p1) of ``c = act(a @ b + bias[:, None] + residual)`` (``bias[None, :]``
     with ``column_bias``): ``a`` (M, K), ``b``
     (K, N), ``c`` (M, N) float32 C-contiguous; ``tail`` (K, 32): b's last N % 32 columns zero-padded (unread when N is
-    a multiple of 32), their panel computed with C and the residual read and written under a lane mask. The epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual`` (M, N) or no rows, ``act`` one of
+    a multiple of 32), their panel computed with C and the residual read and written under a lane mask. The
+    epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual`` (M, N) or no rows, ``act`` one of
     :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
     taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while the row tiles pass), the
     first block writing C, the others adding to it, the last applying the epilogue in the registers."""

@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
-from ..ir_vectors import transpose_8x8
+from ..ir_vectors import switch_codegen, transpose_8x8
 from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array
 
@@ -151,7 +151,7 @@ def _move_pixels(typingctx, source, source_step, target, target_step, count):
 
 
 def _convolver(k: int, column_step: int | None):
-    """The intrinsic ``convolve(pixels, taps, bias, limits, out, shape)`` for a k x k filter (taps unrolled, their
+    """The IR of ``convolve(pixels, taps, bias, limits, out, shape)`` for a k x k filter (taps unrolled, their
     weights loaded once): out[(oh * OW + ow) * L + c] = clamp(bias[c] + sum over the taps of taps[(i * k + j) * L + c]
     * pixels[((oh * s0 + i * d0) * Wp + ow * s1 + j * d1) * L + c], limits[c], limits[L + c]), L = :data:`LANES`,
     ``pixels`` the zero-padded block (rows of Wp pixels), so that no tap needs a bounds test; the clamp keeps NaN.
@@ -211,11 +211,7 @@ def _convolver(k: int, column_step: int | None):
                 outputs(row_window, row_out, ow, 1)
         return context.get_dummy_value()
 
-    @intrinsic
-    def convolve(typingctx, pixels, taps, bias, limits, out, shape):
-        return types.void(pixels, taps, bias, limits, out, shape), codegen
-
-    return convolve
+    return codegen
 
 
 # filters with unrolled taps (depthwise filters are square and odd in practice); others fall back
@@ -223,44 +219,23 @@ def _convolver(k: int, column_step: int | None):
 FILTERS = (1, 3, 5, 7)
 # activations applied as a clamp in the registers (none, Relu, Clip); the others after each block
 CLAMPED = (0, 1, 5)
-_convolve1, _convolve3, _convolve5, _convolve7 = (_convolver(k, None) for k in FILTERS)
-_convolve1_s1, _convolve3_s1, _convolve5_s1, _convolve7_s1 = (_convolver(k, 1) for k in FILTERS)
-_convolve1_s2, _convolve3_s2, _convolve5_s2, _convolve7_s2 = (_convolver(k, 2) for k in FILTERS)
+_STEPS = (None, 1, 2)  # the column step a code path is for (None: any stride and dilation, read at run time)
+_CONVOLVERS = switch_codegen({k * 3 + index: _convolver(k, step) for k in FILTERS for index, step in enumerate(_STEPS)})
+
+
+@intrinsic
+def _convolvers(typingctx, pixels, taps, bias, limits, out, shape, key):
+    return types.void(pixels, taps, bias, limits, out, shape, key), _CONVOLVERS
 
 
 @numba.njit(inline="always")
 def _convolve(k, column_step, pixels, taps, bias, limits, out, shape):
     """The convolver for a k x k filter and the column step (1, 2, or 0: any stride and dilation)."""
-    if column_step == 1:
-        if k == 3:
-            _convolve3_s1(pixels, taps, bias, limits, out, shape)
-        elif k == 5:
-            _convolve5_s1(pixels, taps, bias, limits, out, shape)
-        elif k == 7:
-            _convolve7_s1(pixels, taps, bias, limits, out, shape)
-        else:
-            _convolve1_s1(pixels, taps, bias, limits, out, shape)
-    elif column_step == 2:
-        if k == 3:
-            _convolve3_s2(pixels, taps, bias, limits, out, shape)
-        elif k == 5:
-            _convolve5_s2(pixels, taps, bias, limits, out, shape)
-        elif k == 7:
-            _convolve7_s2(pixels, taps, bias, limits, out, shape)
-        else:
-            _convolve1_s2(pixels, taps, bias, limits, out, shape)
-    elif k == 3:
-        _convolve3(pixels, taps, bias, limits, out, shape)
-    elif k == 5:
-        _convolve5(pixels, taps, bias, limits, out, shape)
-    elif k == 7:
-        _convolve7(pixels, taps, bias, limits, out, shape)
-    else:
-        _convolve1(pixels, taps, bias, limits, out, shape)
+    _convolvers(pixels, taps, bias, limits, out, shape, k * 3 + column_step)
 
 
 def _max_pooler(k: int, column_step: int | None):
-    """The intrinsic ``pool(pixels, out, shape)``: out[(oh * OW + ow) * L + c] = the largest of the k x k window's
+    """The IR of ``pool(pixels, out, shape)``: out[(oh * OW + ow) * L + c] = the largest of the k x k window's
     pixels[((oh * s0 + i * d0) * Wp + ow * s1 + j * d1) * L + c] (``llvm.maximum``: NaN wins, as ``np.maximum``),
     ``pixels`` the band padded with -inf; ``shape`` and ``column_step`` as :func:`_convolver`'s."""
 
@@ -298,37 +273,24 @@ def _max_pooler(k: int, column_step: int | None):
                                                                           _constant(LANES))), align=_BYTES)
         return context.get_dummy_value()
 
-    @intrinsic
-    def pool(typingctx, pixels, out, shape):
-        return types.void(pixels, out, shape), codegen
-
-    return pool
+    return codegen
 
 
 # max-pooling windows the blocks run (square)
 POOL_WINDOWS = (2, 3)
-_max2, _max3 = (_max_pooler(k, None) for k in POOL_WINDOWS)
-_max2_s1, _max3_s1 = (_max_pooler(k, 1) for k in POOL_WINDOWS)
-_max2_s2, _max3_s2 = (_max_pooler(k, 2) for k in POOL_WINDOWS)
+_POOLERS = switch_codegen({k * 3 + index: _max_pooler(k, step) for k in POOL_WINDOWS
+                            for index, step in enumerate(_STEPS)})
+
+
+@intrinsic
+def _poolers(typingctx, pixels, out, shape, key):
+    return types.void(pixels, out, shape, key), _POOLERS
 
 
 @numba.njit(inline="always")
 def _max_pool(k, column_step, pixels, out, shape):
     """The max pooler for a k x k window and the column step (1, 2, or 0: any stride and dilation)."""
-    if column_step == 1:
-        if k == 3:
-            _max3_s1(pixels, out, shape)
-        else:
-            _max2_s1(pixels, out, shape)
-    elif column_step == 2:
-        if k == 3:
-            _max3_s2(pixels, out, shape)
-        else:
-            _max2_s2(pixels, out, shape)
-    elif k == 3:
-        _max3(pixels, out, shape)
-    else:
-        _max2(pixels, out, shape)
+    _poolers(pixels, out, shape, k * 3 + column_step)
 
 
 # bytes of a block's zero-padded input rows convolved at a time (with their output rows: within L1)
@@ -354,8 +316,9 @@ def pack_filters(taps: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.nda
 def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act, p0, p1,
                          r0, r1, pooled=0):
     """Output rows r0..r1 of planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x``
-    (N, C, H, W) (C-contiguous) with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square, of a size in
-    :data:`FILTERS`), begin pads (pt, pl) (not negative); output channel m reads input channel m // multiplier;
+    (N, C, H, W) (C-contiguous) with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square,
+    of a size in :data:`FILTERS`), begin pads (pt, pl) (not negative); output channel m reads input channel
+    m // multiplier;
     ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; p0 and p1 whole blocks of :data:`LANES`
     channels within an image (or an image's last channel). With ``pooled`` = k (2 or 3), a k x k MaxPool instead
     (the band padded with -inf; the filters, bias and activation unused).
