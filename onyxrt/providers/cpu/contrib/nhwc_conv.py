@@ -15,7 +15,7 @@ Routes, chosen once per input shape:
   it, else BLAS's product and the epilogue after it. Pixels are the GEMM's rows: a 7x7 image's 49 pixels waste no
   vector lanes (channels-first, they are a row of 49 columns: four 16-lane vectors for 49 values);
 * a depthwise convolution (group = C = M, a square filter of 1, 3, 5 or 7, no negative pads) runs
-  ``nn/depthwise_channels_last.nhwc_blocks``: a pixel's block of sixteen channels is one contiguous run, so the
+  ``nn/depthwise_nhwc.nhwc_blocks``: a pixel's block of sixteen channels is one contiguous run, so the
   vector blocks need no transposes;
 * anything else is computed channels-first (``conv_core.float_conv``) between two transposes.
 """
@@ -59,7 +59,7 @@ class NhwcConvWeights:
             self.pointwise = frozen(np.ascontiguousarray(w.reshape(w.shape[:2]).T))
         self.depthwise = None
         if w.dtype == _F32 and w.ndim == 4 and w.shape[1] == 1 and group == w.shape[0] and w.shape[2] == w.shape[3]:
-            blocks = optional_module("onyxrt.providers.cpu.nn.depthwise_channels_last")
+            blocks = optional_module("onyxrt.providers.cpu.nn.depthwise_nhwc")
             if blocks is not None and w.shape[2] in blocks.FILTERS:
                 bias = np.zeros(w.shape[0], _F32) if b is None else np.asarray(b, _F32).reshape(-1)
                 self.depthwise = tuple(frozen(a) for a in blocks.pack_filters(w.reshape(w.shape[0], w.shape[2],
@@ -108,7 +108,7 @@ def _route(shape, dtype, w, b, group, strides, dilations, pads, auto_pad, kernel
     if usable and packed.pointwise is not None and s == [1, 1] and not any(p) and packed.pointwise.shape[0] == C:
         return _pointwise(packed, y_shape, fused, activation)
     if usable and packed.depthwise is not None and C == M and min(p) >= 0 and fused is not None and not summed:
-        blocks = optional_module("onyxrt.providers.cpu.nn.depthwise_channels_last")
+        blocks = optional_module("onyxrt.providers.cpu.nn.depthwise_nhwc")
         if blocks is not None and fused[0] in blocks.ACTIVATIONS:
             return _depthwise(blocks, packed, shape, y_shape, s, d, p, fused)
     nchw_packed = None if packed is None else packed.nchw
