@@ -4,9 +4,9 @@ OW, M), the filter W as ONNX Conv has it (M, C / group, kh, kw); NhwcFusedConv a
 providers that prefer channels-last); onyxrt runs models that contain them.
 
 onyxrt's optimizer does not write them: measured on 2 Zen 5 cores, alternating processes, a pass running float32
-pointwise and depthwise convolutions of images of at most 32x32 pixels channels-last made mobilenet_v2 0.96-0.98x
-as fast as channels-first and the unseen MobileNetV3- and EfficientNet-like nets (batch 8, 32x32) 1.2x slower
-(their products on BLAS's threads, the channels-first routes' epilogues fused, fewer nodes).
+pointwise and depthwise convolutions of small images channels-last took mobilenet_v2 0.96-1.00x the time of
+channels-first, resnet50 1.05x, and the unseen MobileNetV3- and EfficientNet-like nets (batch 8, 32x32) 1.11-1.35x
+(their products on BLAS's threads, the channels-first routes' epilogues fused, fewer nodes): ``benchmarks/layout.md``.
 
 Routes, chosen once per input shape:
 
@@ -34,14 +34,13 @@ from ..gemm import fused_product, own_sgemm_usable
 from ..gemm import matmul as pool_matmul
 from ..jit import optional_module
 from ..kernel_table import op
-from ..nn.conv_core import (check_kernel_shape, conv_pads, float_conv, frozen, pack_conv_weights, spatial_defaults)
+from ..nn.conv_core import (_MAX_ROUTES, check_kernel_shape, conv_pads, float_conv, frozen, pack_conv_weights,
+                            spatial_defaults)
+# (a depthwise convolution's thresholds for splitting its work and for the split mode: the channels-first ones)
+from ..nn.depthwise_conv import _PARALLEL_MIN_WORK, _POOL_MODE_WORK
 from .fused import mlas_activation_fn
 
 _F32 = np.dtype(np.float32)
-# Output elements times taps from which a depthwise convolution is split over a pool that splits products, and tells
-# a session learning its thread mode that the pool's split mode runs it faster (as ``depthwise_conv``'s thresholds).
-_PARALLEL_MIN_WORK = 1 << 18
-_POOL_MODE_WORK = 1 << 21
 
 
 class NhwcConvWeights:
@@ -147,20 +146,17 @@ def _pointwise(packed: NhwcConvWeights, y_shape: tuple, fused, activation):
             raise NodeInputError(f"NhwcFusedConv: Z has shape {z.shape}, the output {y_shape}")
         # (onyxrt's GEMM where the pool owns the cores, as for channels-first pointwise convolutions; else BLAS's
         # threads)
-        if not (own and current_pool().splits_gemms and fused_product(x2, wt, y2, bias, z2, code, values,
-                                                                        column_bias=True)):
+        fused_here = own and current_pool().splits_gemms and fused_product(x2, wt, y2, bias, z2, code, values,
+                                                                           column_bias=True)
+        if not fused_here:
             pool_matmul(x2, wt, out=y2)
             if bias is not None:
                 y2 += bias
             if z2 is not None:
                 y2 += z2
-        elif in_registers:
+        if activation is None or (fused_here and in_registers):
             return y
-        if activation is not None and in_registers:
-            activation(y)
-            return y
-        if activation is not None and not (row_kind is not None
-                                           and row_kernels.activation_in_place(y, row_kind, alpha)):
+        if row_kind is None or not row_kernels.activation_in_place(y, row_kind, alpha):
             activation(y)
         return y
 
@@ -204,7 +200,7 @@ def _run(op_name, x, w, b, z, activation, auto_pad, dilations, group, kernel_sha
         route = _route(x.shape, x.dtype, w, b, int(group), strides, dilations, pads, auto_pad, kernel_shape, packed,
                        activation, z is not None, op_name)
         if packed is not None:
-            if len(packed.routes) >= 16:
+            if len(packed.routes) >= _MAX_ROUTES:
                 packed.routes.clear()
             packed.routes[key] = route
     return route(x, z)

@@ -48,6 +48,8 @@ _V8 = ir.VectorType(_F, 8)  # the transposes' vectors
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
 _BYTES = 4
+
+
 def _constant(value: int) -> ir.Constant:
     return ir.Constant(_I64, value)
 
@@ -294,6 +296,26 @@ def pack_filters(taps: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.nda
             biases.reshape(blocks, LANES))
 
 
+@numba.njit(cache=True, nogil=True)
+def band_geometry(W, OH, OW, k, s0, s1, d0, d1, pl):
+    """(reach, Wp, band, band_in): the input rows one output row reads, a padded band row's pixels (every window
+    inside it), the output rows a band of about :data:`BAND_BYTES` holds, and the input rows it reads."""
+    reach = (k - 1) * d0 + 1
+    Wp = max(W + pl, (OW - 1) * s1 + (k - 1) * d1 + 1)
+    band = max(1, min(OH, (BAND_BYTES // (Wp * LANES * 4) - reach) // s0 + 1))
+    return reach, Wp, band, (band - 1) * s0 + reach
+
+
+@numba.njit(cache=True, nogil=True)
+def clamp_limits(act, params):
+    """The convolvers' clamp bounds (low, then high, :data:`LANES` each) for the activation ``act`` of
+    :data:`CLAMPED` (none: -inf and inf; Relu: 0 and inf; Clip: its parameters)."""
+    limits = np.empty(2 * LANES, np.float32)
+    limits[:LANES] = params[0] if act == 5 else (0.0 if act == 1 else -np.inf)
+    limits[LANES:] = params[1] if act == 5 else np.inf
+    return limits
+
+
 # (the epilogue is inlined here, so its compile options must be this function's: see ``pointwise_conv_task``)
 @numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
 def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier, s0, s1, d0, d1, pt, pl, act, p0, p1,
@@ -301,9 +323,8 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
     """Output rows r0..r1 of planes p0..p1 of ``out`` (N*M, OH*OW) = the depthwise convolution of float32 ``x``
     (N, C, H, W) (C-contiguous) with the filters ``weights``, ``biases`` as :func:`pack_filters` gives them (square,
     of a size in :data:`FILTERS`), begin pads (pt, pl) (not negative); output channel m reads input channel
-    m // multiplier;
-    ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; p0 and p1 whole blocks of :data:`LANES`
-    channels within an image (or an image's last channel). With ``pooled`` = k (2 or 3), a k x k MaxPool instead
+    m // multiplier; ``act`` one of :data:`ACTIVATIONS` with parameters ``params[:2]``; p0 and p1 whole blocks of
+    :data:`LANES` channels within an image (or an image's last channel). With ``pooled`` = k (2 or 3), a k x k MaxPool instead
     (the band padded with -inf; the filters, bias and activation unused).
 
     A block runs a band of output rows at a time: the input rows the band reads are transposed into the interior of
@@ -312,10 +333,7 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
     N, C, H, W = x.shape
     k = pooled if pooled else int(np.sqrt(weights.shape[1]) + 0.5)
     fill = -np.inf if pooled else 0.0  # the padding: what the window's taps outside the input contribute
-    reach = (k - 1) * d0 + 1  # input rows one output row reads
-    Wp = max(W + pl, (OW - 1) * s1 + (k - 1) * d1 + 1)  # the padded band's row: every window inside it
-    band = max(1, min(OH, (BAND_BYTES // (Wp * LANES * 4) - reach) // s0 + 1))  # output rows per band
-    band_in = (band - 1) * s0 + reach
+    reach, Wp, band, band_in = band_geometry(W, OH, OW, k, s0, s1, d0, d1, pl)
     by_rows = W >= 8  # rows transposed straight into the padded band; narrower ones whole, then copied
     pixels = np.empty(0 if by_rows else band_in * W * LANES, np.float32)
     padded = np.full(band_in * Wp * LANES, fill, np.float32)
@@ -328,9 +346,7 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
     column_step = s1 if d1 == 1 and s1 <= 2 else 0
     clamped = act in CLAMPED
     zero = np.float32(0.0)
-    limits = np.empty(2 * LANES, np.float32)  # the clamp's bounds
-    limits[:LANES] = params[0] if act == 5 else (0.0 if act == 1 else -np.inf)
-    limits[LANES:] = params[1] if act == 5 else np.inf
+    limits = clamp_limits(act, params)
     x_address, out_address, zeros_address, discard_address = (x.ctypes.data, out.ctypes.data, zeros.ctypes.data,
                                                               discard.ctypes.data)
     padded_address, pixels_address, row = padded.ctypes.data, pixels.ctypes.data, W * LANES
@@ -427,13 +443,14 @@ def planes_part(args, part, parts):
     out = float32_array(d[4], n * m * oh * ow).reshape((n * m, oh * ow))
     blocks = n * blocks_per_image
     runs = (parts + blocks - 1) // blocks  # runs of output rows per block
-    units = blocks * runs
-    for unit in range(units * part // parts, units * (part + 1) // parts) if runs > 1 else range(0):
-        block, run = unit // runs, unit % runs
-        p0, p1 = plane_range(block, block + 1, m, blocks_per_image)
-        channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
-                             d[20], act, p0, p1, oh * run // runs, oh * (run + 1) // runs, d[21])
-    if runs == 1:
+    if runs > 1:
+        units = blocks * runs
+        for unit in range(units * part // parts, units * (part + 1) // parts):
+            block, run = unit // runs, unit % runs
+            p0, p1 = plane_range(block, block + 1, m, blocks_per_image)
+            channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
+                                 d[20], act, p0, p1, oh * run // runs, oh * (run + 1) // runs, d[21])
+    else:
         p0, p1 = plane_range(blocks * part // parts, blocks * (part + 1) // parts, m, blocks_per_image)
         channels_last_planes(x, weights, biases, params, out, m, oh, ow, d[14], d[15], d[16], d[17], d[18], d[19],
                              d[20], act, p0, p1, 0, oh, d[21])

@@ -16,8 +16,8 @@ from numba.core.extending import intrinsic
 
 from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array
-from .depthwise_channels_last import (_BYTES, _F, ACTIVATIONS, BAND_BYTES, CLAMPED, FILTERS, LANES, _convolve,
-                                      _vector_at, pack_filters, task_args)
+from .depthwise_channels_last import (_BYTES, _F, ACTIVATIONS, CLAMPED, FILTERS, LANES, _convolve, _vector_at,
+                                      band_geometry, clamp_limits, pack_filters, task_args)
 
 __all__ = ["ACTIVATIONS", "FILTERS", "LANES", "nhwc_blocks", "nhwc_part", "nhwc_template", "pack_filters",
            "task_args"]
@@ -51,19 +51,14 @@ def nhwc_blocks(x, weights, biases, params, out, OH, OW, s0, s1, d0, d1, pt, pl,
     input and of the output."""
     N, H, W, C = x.shape
     k = int(np.sqrt(weights.shape[1]) + 0.5)
-    reach = (k - 1) * d0 + 1
-    Wp = max(W + pl, (OW - 1) * s1 + (k - 1) * d1 + 1)
-    band = max(1, min(OH, (BAND_BYTES // (Wp * LANES * 4) - reach) // s0 + 1))
-    band_in = (band - 1) * s0 + reach
+    reach, Wp, band, band_in = band_geometry(W, OH, OW, k, s0, s1, d0, d1, pl)
     padded = np.zeros(band_in * Wp * LANES, np.float32)
     results = np.empty(band * OW * LANES, np.float32)
     shape = np.array([Wp, band, OW, s0, s1, d0, d1], np.int64)
     column_step = s1 if d1 == 1 and s1 <= 2 else 0
     clamped = act in CLAMPED
     zero = np.float32(0.0)
-    limits = np.empty(2 * LANES, np.float32)
-    limits[:LANES] = params[0] if act == 5 else (0.0 if act == 1 else -np.inf)
-    limits[LANES:] = params[1] if act == 5 else np.inf
+    limits = clamp_limits(act, params)
     source = x.reshape(-1)
     target = out.reshape(-1)
     blocks_per_image = weights.shape[0]

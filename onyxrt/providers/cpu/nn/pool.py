@@ -258,10 +258,10 @@ def _compiled_max_pool(x, k, s, d, begin, out_sp) -> np.ndarray | None:
     """2-D MaxPool (no indices) by the compiled kernel; None where it does not apply (the numpy path runs).
 
     float32 2x2 and 3x3 windows run in the depthwise convolutions' vector blocks (a block of channels transposed into
-    (pixels, channels), one vector maximum per tap): measured on 2 Zen 5 cores, 8x24x16x16 3x3/2 67 -> ~10 us,
-    resnet50's 64x112x112 3x3/2 252 -> ~60 us, where the planar kernel's rows of 16 or 112 columns are too short."""
-    if (x.ndim == 4 and x.dtype == np.float32 and len(k) == 2 and k[0] == k[1] and min(begin) >= 0 and x.size
-            and (np.dtype(np.float32), k[0]) in _BLOCK_POOLS):
+    (pixels, channels), one vector maximum per tap): measured on 2 Zen 5 cores, 8x24x16x16 3x3/2 67 -> 27 us alone,
+    resnet50's 64x112x112 3x3/2 279 -> 198 us in a run (the planar kernel's rows of 16 or 112 columns are short)."""
+    if (x.ndim == 4 and x.dtype == np.float32 and len(k) == 2 and k[0] == k[1] and k[0] in _BLOCK_POOL_WINDOWS
+            and min(begin) >= 0 and x.size):
         blocks = optional_module("onyxrt.providers.cpu.nn.depthwise_channels_last")
         if blocks is not None:
             return blocks.max_pool(x, k[0], s, d, begin, out_sp, current_pool())
@@ -270,7 +270,7 @@ def _compiled_max_pool(x, k, s, d, begin, out_sp) -> np.ndarray | None:
                           low, low)
 
 
-_BLOCK_POOLS = frozenset({(np.dtype(np.float32), 2), (np.dtype(np.float32), 3)})  # (dtype, window) the blocks run
+_BLOCK_POOL_WINDOWS = (2, 3)  # the float32 windows the vector blocks run (``depthwise_channels_last.POOL_WINDOWS``)
 # Window taps from which a pool that splits products (its workers own the cores) shares a pooling kernel's planes
 # out: resnet50's 3x3/2 MaxPool of 64x112x112 (1.8M taps) 301 -> ~170 us on 2 Zen 5 cores.
 _PARALLEL_POOL_WORK = 1 << 18
@@ -553,7 +553,7 @@ def global_average_pool(x):
         if tasks is not None:
             # each part the planes the same core's part of the convolution before wrote, still in its cache (the
             # pointwise GEMMs split their output channels likewise): mobilenet_v2's 1280 planes of 7x7 in a run,
-            # 32 -> ~10 us on 2 Zen 5 cores, where one thread's GEMV read half of them from the other core's cache
+            # 32 -> 18 us on 2 Zen 5 cores, where one thread's GEMV read half of them from the other core's cache
             y = np.empty(planes.shape[0], np.float32)
             pool.run_native(tasks.means_part.address, tasks.means_args(planes, y), pool.num_threads)
         else:

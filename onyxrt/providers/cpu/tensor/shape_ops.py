@@ -191,6 +191,7 @@ def transpose(data, *, perm=None):
 # anyway); smaller ones stay views.
 _CHANNEL_PERMS = ([0, 2, 3, 1], [0, 3, 1, 2])
 _CHANNEL_MIN_SIZE = 1 << 12
+_CHANNEL_PARALLEL_SIZE = 1 << 16  # elements from which a pool that splits products shares the transpose out
 
 
 def _channels_moved(data: np.ndarray, to_last: bool) -> np.ndarray | None:
@@ -210,9 +211,6 @@ def _channels_moved(data: np.ndarray, to_last: bool) -> np.ndarray | None:
         for image in range(n):
             module.transpose_rows(source[image], out[image], 0, rows)
     return out.reshape((n, b, c, a) if to_last else (n, c, a, b))
-
-
-_CHANNEL_PARALLEL_SIZE = 1 << 16
 
 
 # --------------------------------------------------------------------------- Shape / Size
