@@ -176,7 +176,7 @@ class Arena:
 
     __slots__ = ("reuse", "min_bytes", "donated", "step", "bound", "step_args", "step_inplace", "_policy", "_requests", "_pool",
                  "_carried", "_pool_bytes", "_live",
-                 "_live_bytes", "_live_peak", "_external", "peak_bytes", "reused_bytes", "inplace_bytes")
+                 "_live_bytes", "_live_peak", "_weights", "_external", "peak_bytes", "reused_bytes", "inplace_bytes")
 
     def __init__(self, reuse: bool = True, policy: PoolPolicy | None = None,
                  min_bytes: int = TRACKED_MIN_BYTES) -> None:
@@ -196,11 +196,14 @@ class Arena:
         self._pool_bytes = 0
         self._live: dict[int, list[int]] = {}  # id(owner) -> [live slots holding it, its bytes]
         self._live_bytes = self._live_peak = 0
+        self._weights: frozenset[int] = frozenset()
         self._external: set[int] = set()
         self.peak_bytes = self.reused_bytes = self.inplace_bytes = 0
 
-    def begin(self, external: set[int]) -> None:
-        """Start a run; ``external`` holds the ids of the memory owners of its feeds, weights and outer values."""
+    def begin(self, weights: frozenset[int], external: set[int]) -> None:
+        """Start a run; ``weights`` holds the ids of the memory owners of its plan's weights, ``external`` those of
+        its feeds and outer values (two sets: the weights' can be large, and a union would copy it every run)."""
+        self._weights = weights
         self._external = external
         self._live.clear()
         self._live_bytes = self._live_peak = 0
@@ -218,6 +221,7 @@ class Arena:
         self._pool = {}
         self._pool_bytes = sum(a.nbytes for owners in self._carried.values() for a in owners)
         self._live.clear()
+        self._weights = frozenset()
         self._external = set()
         self.donated.clear()
         self.bound = {}
@@ -300,7 +304,7 @@ class Arena:
             return
         owner = _owner(value)
         key = id(owner)
-        if key in self._external:
+        if key in self._external or key in self._weights:
             return
         entry = self._live.get(key)
         if entry is None:

@@ -38,6 +38,7 @@ from .shape_specialization import ShapeSpecializations, frozen_copy, recordable,
 
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
 _TRASH_SLOT = 1  # where skipped optional outputs are written
+_UNKNOWN = object()  # ExecutionPlan.run's key when the caller has not computed the inputs' signature
 
 
 class Subgraph:
@@ -126,7 +127,8 @@ class ExecutionPlan:
         return self._last_report.peak_bytes
 
     def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
-            targets: Sequence[BoundOutput | None] | None = None, report: RunReport | None = None) -> list[Any]:
+            targets: Sequence[BoundOutput | None] | None = None, report: RunReport | None = None,
+            key: Any = _UNKNOWN) -> list[Any]:
         """Run with ``inputs`` aligned to the graph inputs; returns graph outputs in order.
 
         Inputs may live on any device: each is copied only where its readers run on
@@ -135,11 +137,12 @@ class ExecutionPlan:
         ``profile`` (a list) receives a :class:`ProfiledStep` per step that ran; ``report``
         receives the run's memory figures. Inputs of shapes seen before may run a plan specialized to
         them (``framework.shape_specialization``): the same results without the steps that only
-        compute from those shapes.
+        compute from those shapes; ``key``, where the caller has it, is the inputs' ``signature``.
         """
         specializations = self._specializations
         if specializations is not None:
-            key = signature(inputs)
+            if key is _UNKNOWN:
+                key = signature(inputs)
             specialized = specializations.plan_for(key)
             if specialized is not None:
                 try:
@@ -209,7 +212,7 @@ class ExecutionPlan:
             arena = self._arenas.pop()  # atomic: no two runs get one arena
         except IndexError:
             arena = Arena(self.reuse_buffers, self._pool_policy)
-        arena.begin(self._weight_owners | owner_ids(inputs) | owner_ids(outer))
+        arena.begin(self._weight_owners, owner_ids(inputs) | owner_ids(outer) if outer else owner_ids(inputs))
         if targets is not None:
             arena.bound = self._bound_buffers(targets)
         try:

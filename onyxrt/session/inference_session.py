@@ -37,6 +37,7 @@ from .placement import optimize_and_partition
 from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
 from ..framework.run_context import active_run_options
+from ..framework.shape_specialization import signature
 from ..framework.thread_mode import ThreadModes
 from ..framework.session_config import KERNELS_ON_POOL, active_session_config
 from .session_options import ExecutionMode, RunOptions, SessionOptions, ignored_options, options_summary
@@ -405,9 +406,10 @@ class InferenceSession(SessionApiMixin):
         """Compute ``output_names`` (all outputs when None or empty) from ``input_feed``; returns numpy values."""
         if not isinstance(input_feed, dict):
             raise InvalidArgument(f"input_feed must be a dict of input name to value, got {type(input_feed).__name__}")
-        _check_run_options(run_options)
-        if run_options is not None and run_options.terminate:
-            raise Fail("Exiting due to terminate flag being set to true.")
+        if run_options is not None:
+            _check_run_options(run_options)
+            if run_options.terminate:
+                raise Fail("Exiting due to terminate flag being set to true.")
         wanted = self._output_positions(output_names)
         outputs = self._execute(self._prepare_inputs(input_feed), run_options=run_options)
         fed = _FedArrays(input_feed)
@@ -427,31 +429,31 @@ class InferenceSession(SessionApiMixin):
                 self._logger.info(f"Running with tag: {run_options.logid}")
         # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
         # kernels see run_options (terminate) through framework.run_context.check_terminate
+        key = signature(inputs)  # (the plan's specializations and the thread modes are keyed by it)
         try:
             with np.errstate(all="ignore"), active_run_options(run_options):
                 modes = self._thread_modes
                 if modes is None:
-                    return self._run_on(self._thread_pool, inputs, targets)
-                signature = tuple(getattr(value, "shape", None) for value in inputs)
-                return modes.run(signature, lambda pool: self._run_on(pool, inputs, targets))
+                    return self._run_on(self._thread_pool, inputs, targets, key)
+                return modes.run(key, lambda pool: self._run_on(pool, inputs, targets, key))
         except OnyxRuntimeError as error:
             if getattr(error, "node_name", None) is not None:
                 logger.error(error.message)
             raise
 
-    def _run_on(self, pool, inputs: list[Any], targets: Sequence[BoundOutput | None] | None) -> list[Any]:
+    def _run_on(self, pool, inputs: list[Any], targets: Sequence[BoundOutput | None] | None, key) -> list[Any]:
         with pool.activate():
             if not self._profiling:
-                return self._plan.run(inputs, targets=targets)
-            return self._profiled_run(inputs, targets)
+                return self._plan.run(inputs, targets=targets, key=key)
+            return self._profiled_run(inputs, targets, key)
 
-    def _profiled_run(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None) -> list[Any]:
+    def _profiled_run(self, inputs: list[Any], targets: Sequence[BoundOutput | None] | None, key) -> list[Any]:
         """A run whose steps are recorded (a failed run too: the steps that ran, and the run)."""
         steps: list[ProfiledStep] = []
         report = RunReport()
         start = time.perf_counter_ns()
         try:
-            return self._plan.run(inputs, profile=steps, targets=targets, report=report)
+            return self._plan.run(inputs, profile=steps, targets=targets, report=report, key=key)
         finally:
             self._record_profile(start, time.perf_counter_ns(), steps, report)
 

@@ -93,7 +93,7 @@ def _learned_arena(nbytes: int, request_steps=(1, 1, 1, 1), steps_per_run: int =
 
 def test_arena_recycles_a_released_buffer_for_a_request_of_its_size():
     arena = _learned_arena(64)
-    arena.begin(set())
+    arena.begin(frozenset(), set())
     values = [np.ones((4, 4), np.float32)]
     address = values[0].ctypes.data
     arena.release(values, 0)
@@ -107,7 +107,7 @@ def test_arena_recycles_a_released_buffer_for_a_request_of_its_size():
 
 def test_arena_keeps_no_buffer_a_view_still_reads():
     arena = _learned_arena(64)
-    arena.begin(set())
+    arena.begin(frozenset(), set())
     values = [np.ones((4, 4), np.float32)]
     view = values[0][1:]
     arena.release(values, 0)
@@ -124,12 +124,12 @@ def test_arena_keeps_no_buffer_a_view_still_reads():
 
 def test_arena_holds_a_buffer_only_for_a_request_soon_to_come_within_the_live_peak():
     arena = Arena(min_bytes=0)  # nothing learned yet: a first run pools nothing
-    arena.begin(set())
+    arena.begin(frozenset(), set())
     arena.release([np.ones(16, np.float32)], 0)
     assert arena((16,), np.float32) is not None and arena.reused_bytes == 0
     arena.end()
     arena = _learned_arena(64, request_steps=(3, 30), steps_per_run=40)
-    arena.begin(set())
+    arena.begin(frozenset(), set())
     buffers = [np.ones(16, np.float32), np.ones(16, np.float32)]
     arena.step = 1
     arena.release(buffers, 0)  # kept: step 3 asks for it
@@ -141,13 +141,13 @@ def test_arena_holds_a_buffer_only_for_a_request_soon_to_come_within_the_live_pe
     arena.step = 39  # a buffer freed near the end serves step 3 of the next run
     arena.release([np.ones(16, np.float32)], 0)
     arena.end()
-    arena.begin(set())
+    arena.begin(frozenset(), set())
     arena.step = 3
     arena((16,), np.float32)
     assert arena.reused_bytes == 64
     tight = _learned_arena(64, request_steps=(2,))
     tight._policy.live_peak = 100
-    tight.begin(set())
+    tight.begin(frozenset(), set())
     live = np.ones(10, np.float32)
     tight.produced(live)  # 40 live bytes: 64 more would pass the live peak
     tight.release([np.ones(16, np.float32)], 0)

@@ -103,10 +103,32 @@ def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, 
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_batched_products_equal_each_images(monkeypatch, batch, threads):
+    """A batch of products by one A (a pointwise convolution's images) in one task: whole images per part, or each
+    image's product split where there are fewer images than parts; every image's last narrow panel and residual
+    read at its own offset."""
+    monkeypatch.setattr(gemm, "MIN_MACS_SPINNING", 0)
+    rng = np.random.default_rng(batch * 10 + threads)
+    m, k, n = 30, 70, 2 * 32 + 5
+    w = rng.standard_normal((m, k), dtype=np.float32) / 10
+    x = rng.standard_normal((batch, k, n), dtype=np.float32)
+    bias = rng.standard_normal(m, dtype=np.float32)
+    residual = rng.standard_normal((batch, m, n), dtype=np.float32)
+    out = np.full((batch, m, n), np.nan, np.float32)
+    pool = ThreadPool(threads).splitting_gemms() if threads > 1 else ThreadPool(1)
+    with pool.activate():
+        assert gemm.fused_product(w, x, out, bias, residual, 1, np.zeros(2, np.float32))
+    pool.shutdown()
+    want = np.maximum(np.matmul(w.astype(np.float64), x) + bias[:, None] + residual, 0)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
     """A pool that splits products runs a 1x1 convolution of OWN_GEMM_MIN_PIXELS or more pixels, with its bias,
-    Clip and residual, on onyxrt's GEMM (one product per image); fewer pixels stay on BLAS's blocks (the threshold
-    raised here: every size takes the GEMM by default)."""
+    Clip and residual, on onyxrt's GEMM (the batch's images in one call); fewer pixels stay on BLAS's blocks (the
+    threshold raised here: every size takes the GEMM by default)."""
     from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
     from onyxrt.providers.cpu.nn import conv_core
 
@@ -128,6 +150,6 @@ def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
             y = conv_core.float_conv(x, w, b, 1, [1, 1], [1, 1], [0] * 4, "NOTSET", [1, 1], packed, activation=clip,
                                      residual=z)
         pool.shutdown()
-        assert (len(calls) == 2) is (taken and pool.runs_native_tasks)
+        assert (calls == [(2, 24, size * size)]) is (taken and pool.runs_native_tasks)
         want = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0].astype(np.float64), x) + b[None, :, None, None] + z
         np.testing.assert_allclose(y, np.clip(want, 0, 6), rtol=1e-5, atol=1e-5 * np.abs(want).max())

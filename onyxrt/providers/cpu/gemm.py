@@ -64,8 +64,10 @@ def _native_sgemm():
 OWN_SGEMM_MIN_ROWS = 16
 OWN_SGEMM_MIN_MACS = 1 << 22
 OWN_SGEMM_MAX_COLUMNS = 8192
-# Multiply-adds from which a product splits over workers that block between tasks (waking one: 50-80 us on a VM).
+# Multiply-adds from which a product splits over workers that block between tasks (waking one: 50-80 us on a VM),
+# and over workers that spin between them.
 MIN_MACS_WAKING = 1 << 25
+MIN_MACS_SPINNING = 1 << 17
 
 
 @functools.cache
@@ -93,34 +95,31 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
                residual: np.ndarray = _NO_RESIDUAL, act: int = 0, params: np.ndarray = _NO_PARAMS,
                column_bias: bool = False) -> np.ndarray | None:
     """``act(a @ b + bias[:, None] + residual)`` (``bias[None, :]`` with ``column_bias``) on ``math/sgemm_avx512``
-    (float32, C-contiguous operands; the epilogue as ``sgemm_avx512.gemm`` takes it, none by default), split over the
-    pool by column panels or rows as a native task; None where it does not apply."""
-    if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and a.shape[1] == b.shape[0]
-            and b.shape[1] > 0 and a.shape[1] > 0 and own_sgemm_usable()):
+    (float32, C-contiguous operands; ``b`` (K, N) or a batch (I, K, N) of products by one ``a``, ``residual`` shaped as
+    the result; the epilogue as ``sgemm_avx512.gemm`` takes it, none by default), split over the pool by products,
+    column panels or rows as one native task; None where it does not apply."""
+    if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and a.shape[1] == b.shape[-2]
+            and b.shape[-1] > 0 and a.shape[1] > 0 and own_sgemm_usable()):
         return None
     module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512")
-    m, n = a.shape[0], b.shape[1]
-    y = out if out is not None else np.empty((m, n), _F32)
-    tail = module.tail_of(b)
-    count = module.panels(n)
-    parts = min(pool.num_threads, max(count, -(-m // module.MAX_ROWS)))
-    blocked = not pool.workers_spin and m * a.shape[1] * n < MIN_MACS_WAKING  # (a hand-off would wake a worker)
-    if parts < 2 or blocked or not pool.runs_native_tasks:
-        module.gemm(a, b, tail, y, 0, m, 0, count, bias, residual, act, params, column_bias)
-        return y
-    # by panels only where each part gets several: measured on 2 Zen 5 cores, a 14x14 image's 7 panels split by rows
-    # ran 0.83-0.91x the time split by panels (384x64x196, 576x96x196), 7x7's 2 panels 0.72x; 25 panels and more
-    # about even, a 12-row product by panels 0.79x
-    by_panels = count >= 4 * parts
-    args = module.task_args(a, b, tail, y, by_panels, bias, residual, act, params, column_bias)
+    m, n = a.shape[0], b.shape[-1]
+    batch = b.shape[0] if b.ndim == 3 else 1
+    y = out if out is not None else np.empty(b.shape[:-2] + (m, n), _F32)
+    macs = batch * m * a.shape[1] * n
+    # (a hand-off to a spinning worker costs a few microseconds, waking a blocked one 50-80 us on a VM)
+    threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING
+    parts = min(pool.num_threads, batch * max(module.panels(n), -(-m // module.MAX_ROWS)))
+    if macs < threshold or not pool.runs_native_tasks:
+        parts = 1
+    args = module.task_args(a, b, y, bias, residual, act, params, column_bias)
     pool.run_native(module.gemm_part.address, args, parts)
     return y
 
 
 def fused_product(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
                   act: int, params: np.ndarray, column_bias: bool = False) -> bool:
-    """``out = act(w @ x + bias[:, None] + residual)`` (float32 C-contiguous (M, C) @ (C, P) into (M, P); ``residual``
-    (M, P) or None; ``act`` one of ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column,
+    """``out = act(w @ x + bias[:, None] + residual)`` (float32 C-contiguous (M, C) @ (C, P) into (M, P), or a batch:
+    ``x`` (I, C, P) into (I, M, P); ``residual`` shaped as ``out`` or None; ``act`` one of ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column,
     ``bias[None, :]``) on onyxrt's GEMM with the epilogue in its registers, over the current pool; False (``out``
     untouched) where that GEMM does not run here."""
     y = _own_sgemm(w, x, out, current_pool(), _NO_BIAS if bias is None else bias,

@@ -265,7 +265,8 @@ def panels(n: int) -> int:
     return -(-n // PANEL)
 
 
-def tail_of(b: np.ndarray) -> np.ndarray:
+@numba.njit(**_jit)
+def tail_of(b):
     """B's last ``N % 32`` columns, zero-padded to 32 (K, 32) float32; an empty (K, 32) when N is a multiple of 32."""
     k, n = b.shape
     width = n % PANEL
@@ -280,31 +281,41 @@ _TASK_ARGS = 16
 
 @numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
 def gemm_part(args, part, parts):
-    """Native task (``framework.native_spin``): part ``part`` of ``parts`` of :func:`gemm` as :func:`task_args`
-    describes it, split by panels (or by rows where there are fewer panels than parts)."""
+    """Native task (``framework.native_spin``): part ``part`` of ``parts`` of :func:`gemm` over a batch of products
+    (``C[i] = A @ B[i]``, one A; a pointwise convolution's images) as :func:`task_args` describes it: whole products
+    per part where there are as many as parts, else each product split by panels (or by rows where there are fewer
+    panels than its parts). Only the part holding a product's last narrow panel copies B's last columns."""
     d = int64_array(args, _TASK_ARGS)
-    m, k, n, count = d[1], d[2], d[4], d[8]
+    m, k, n, batch, count, res_rows = d[1], d[2], d[4], d[5], d[8], d[14]
     a = float32_array(d[0], m * k).reshape((m, k))
-    b = float32_array(d[3], k * n).reshape((k, n))
-    tail = float32_array(d[5], d[6] * d[7]).reshape((d[6], d[7]))
-    c = float32_array(d[9], m * n).reshape((m, n))
     bias = float32_array(d[11], d[12])
-    residual = float32_array(d[13], d[14] * n).reshape((d[14], n))
     params = float32_array(d[15], 2)
-    m0, m1, p0, p1 = part_ranges(m, count, d[10] & 1 != 0, part, parts)  # (d[10]: by_panels | columns << 1 | act << 2)
-    gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 2 != 0)
+    runs = (parts + batch - 1) // batch  # parts per product
+    units = batch * runs
+    for unit in range(units * part // parts, units * (part + 1) // parts):
+        image, run = unit // runs, unit % runs
+        b = float32_array(d[3] + image * k * n * 4, k * n).reshape((k, n))
+        c = float32_array(d[9] + image * m * n * 4, m * n).reshape((m, n))
+        residual = float32_array(d[13] + image * res_rows * n * 4, res_rows * n).reshape((res_rows, n))
+        # by panels only where each run gets several: measured on 2 Zen 5 cores, a 14x14 image's 7 panels split by
+        # rows ran 0.83-0.91x the time split by panels (384x64x196, 576x96x196), 7x7's 2 panels 0.72x; 25 panels and
+        # more about even, a 12-row product by panels 0.79x
+        m0, m1, p0, p1 = part_ranges(m, count, count >= 4 * runs, run, runs)
+        tail = tail_of(b) if p1 == count else np.zeros((k, 0), np.float32)
+        gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 1 != 0)  # (act << 2 | columns)
 
 
-@numba.njit(cache=True)
-def task_args(a, b, tail, c, by_panels, bias, residual, act, params, column_bias=False):
-    """:func:`gemm_part`'s arguments (compiled: ``ndarray.ctypes`` costs ~1 us an address); the caller keeps the
-    arrays alive until the task returns. ``bias``, ``residual``, ``act``, ``params``, ``column_bias``: :func:`gemm`'s
-    epilogue."""
+@numba.njit(**_jit)
+def task_args(a, b, c, bias, residual, act, params, column_bias=False):
+    """:func:`gemm_part`'s arguments (compiled: ``ndarray.ctypes`` costs ~1 us an address): ``a`` (M, K), ``b`` (K,
+    N) or a batch (I, K, N) and ``c`` (M, N) or (I, M, N), C-contiguous; ``bias``, ``residual`` ((M, N), (I, M, N)
+    or no rows), ``act``, ``params``, ``column_bias``: :func:`gemm`'s epilogue. The caller keeps the arrays alive until the task returns."""
+    k, n = b.shape[b.ndim - 2], b.shape[b.ndim - 1]
     args = np.empty(_TASK_ARGS, np.int64)
     args[0], args[1], args[2] = a.ctypes.data, a.shape[0], a.shape[1]
-    args[3], args[4], args[5], args[6], args[7] = b.ctypes.data, b.shape[1], tail.ctypes.data, tail.shape[0], tail.shape[1]
-    columns = 2 if column_bias else 0
-    args[8], args[9], args[10] = (b.shape[1] + PANEL - 1) // PANEL, c.ctypes.data, by_panels | columns | (act << 2)
+    args[3], args[4], args[5] = b.ctypes.data, n, b.size // (k * n)
+    args[8], args[9], args[10] = (n + PANEL - 1) // PANEL, c.ctypes.data, (1 if column_bias else 0) | (act << 2)
     args[11], args[12], args[13], args[14], args[15] = (bias.ctypes.data, bias.shape[0], residual.ctypes.data,
-                                                        residual.shape[0], params.ctypes.data)
+                                                        residual.shape[residual.ndim - 2] if residual.size else 0,
+                                                        params.ctypes.data)
     return args

@@ -1102,20 +1102,18 @@ def _pointwise_operands(x: np.ndarray, packed: ConvWeights, residual) -> tuple |
 
 
 def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residual) -> np.ndarray | None:
-    """The pointwise route on onyxrt's own GEMM (``gemm.fused_product``: B, the image's channels x pixels, read where it
-    lies; the bias, residual and the ``epilogue``'s activation, one of ``row_kernels.IN_REGISTERS``, applied in the
-    tile's registers), image by image; None where it does not apply (no such GEMM here, a residual of another
-    shape)."""
+    """The pointwise route on onyxrt's own GEMM (``gemm.fused_product``: B, each image's channels x pixels, read where
+    it lies; the bias, residual and the ``epilogue``'s activation, one of ``row_kernels.IN_REGISTERS``, applied in the
+    tile's registers), the batch's images as one task; None where it does not apply (no such GEMM here, a residual
+    of another shape)."""
     operands = _pointwise_operands(x, packed, residual)
     if operands is None:
         return None
     x3, y, y3, residual3 = operands
     act, values = epilogue
-    for image in range(x3.shape[0]):
-        if not fused_product(packed.pointwise, x3[image], y3[image], packed.b,
-                             None if residual3 is None else residual3[image], act, values):
-            return None
-    return y
+    if x3.shape[0] == 1:  # (2-D operands: one product)
+        x3, y3, residual3 = x3[0], y3[0], None if residual3 is None else residual3[0]
+    return y if fused_product(packed.pointwise, x3, y3, packed.b, residual3, act, values) else None
 
 
 def _pointwise_task(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residual, pool) -> np.ndarray | None:
