@@ -409,9 +409,42 @@ class _BlasThreadLimit:
             except ImportError:  # optional at run time: BLAS then keeps its own thread count
                 self._libraries = ()
             else:
-                self._libraries = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
-                shorten_idle_spin(self._libraries)
+                controllers = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
+                shorten_idle_spin(controllers)
+                self._libraries = [_direct_thread_count(controller) for controller in controllers]
         return self._libraries
+
+
+class _OpenBLASThreadCount:
+    """An OpenBLAS library's process-wide thread count through its own getter and setter, found once.
+
+    threadpoolctl's controller calls the same two functions, behind a lock and a symbol lookup per call (~1 us a
+    run's limit and restore), and from version 3.8 on ignores the setter on any thread but the first that called it,
+    which would leave BLAS's threads unlimited for a session run on another thread (``run_async``, a server's
+    workers). The limit here is already serialized by :class:`_BlasThreadLimit`'s lock."""
+
+    __slots__ = ("_get", "set_num_threads")
+
+    def __init__(self, get: Callable[[], int], set_num_threads: Callable[[int], None]) -> None:
+        self._get = get
+        self.set_num_threads = set_num_threads
+
+    @property
+    def num_threads(self) -> int:
+        return self._get()
+
+
+def _direct_thread_count(controller: Any) -> Any:
+    """An OpenBLAS (pthreads) controller's :class:`_OpenBLASThreadCount`; any other controller as it is."""
+    if getattr(controller, "internal_api", "") != "openblas" or getattr(controller, "threading_layer", "") == "openmp":
+        return controller
+    library = getattr(controller, "dynlib", None)
+    for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):  # (the builds' symbol names)
+        get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
+        set_num_threads = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
+        if get is not None and set_num_threads is not None:
+            return _OpenBLASThreadCount(get, set_num_threads)
+    return controller
 
 
 _BLAS_THREADS = _BlasThreadLimit()

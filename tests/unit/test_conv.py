@@ -1,6 +1,7 @@
 """Unit tests for onyxrt.providers.cpu.nn.conv (Conv, ConvTranspose, ConvInteger, QLinearConv)."""
 
 import itertools
+import math
 
 import ml_dtypes
 import numpy as np
@@ -460,7 +461,7 @@ def test_conv_transpose_prepacked_matches_unpacked(dtype):
 def test_pointwise_route_equals_the_general_one(n, c, m, spatial, bias, fused):
     """The prepacked pointwise route (1x1, stride 1, no padding) gives conv_core's results bit for bit: plain,
     with a bias (where conv_core may fold it into the product for wide outputs) and with FusedConv's residual
-    and activation."""
+    and activation; a batch of 1-pixel images, one product of its rows, to float rounding."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((n, c, *spatial)).astype(np.float32)
     w = rng.standard_normal((m, c) + (1,) * len(spatial)).astype(np.float32)
@@ -473,9 +474,30 @@ def test_pointwise_route_equals_the_general_one(n, c, m, spatial, bias, fused):
     ours = core.float_conv(x, w, b, 1, None, None, None, "NOTSET", None, packed, activation, residual)
     expected = core.float_conv(x, w, b, 1, None, None, None, "NOTSET", None, general, activation, residual)
     assert ours.dtype == expected.dtype and ours.flags.c_contiguous
-    np.testing.assert_array_equal(ours, expected)
+    if math.prod(spatial) == 1 and n > 1:
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(ours, expected)
     reference = naive_conv(x, w, b) + (0 if residual is None else residual)
     np.testing.assert_allclose(ours, np.maximum(reference, 0) if fused else reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_one_pixel_batches_run_as_one_product_of_rows(split):
+    """A squeeze-and-excitation layer (1x1 images, a batch of 8) on a pool that splits products (onyxrt's GEMM, the
+    bias per column, residual and Relu in its registers) or not (BLAS, then the epilogue) equals numpy's."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((8, 32, 1, 1)).astype(np.float32)
+    w = rng.standard_normal((40, 32, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    z = rng.standard_normal((8, 40, 1, 1)).astype(np.float32)
+    packed = core.pack_conv_weights(w, b, {"pads": [0] * 4})
+    pool = ThreadPool(2).splitting_gemms() if split else ThreadPool(2)
+    with pool.activate():
+        y = core.float_conv(x, w, b, 1, None, None, None, "NOTSET", None, packed, mlas_activation_fn("Relu", []), z)
+    pool.shutdown()
+    want = np.einsum("mc,nc->nm", w[:, :, 0, 0].astype(np.float64), x[:, :, 0, 0])[:, :, None, None]
+    np.testing.assert_allclose(y, np.maximum(want + b[None, :, None, None] + z, 0), rtol=1e-5, atol=1e-5)
 
 
 def test_pointwise_route_is_not_taken_for_strides_padding_or_other_filters():

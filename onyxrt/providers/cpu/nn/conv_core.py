@@ -1057,6 +1057,9 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
     epilogue = None if code is None else (code[0], np.array(code[1], _F32))
     own_gemm = (epilogue is not None and epilogue[0] in row_kernels.IN_REGISTERS and pixels >= OWN_GEMM_MIN_PIXELS
                 and own_sgemm_usable())
+    if pixels == 1 and n > 1:
+        return _batch_rows_route(n, c, m, y_shape, packed, epilogue if own_gemm else None,
+                                 _finisher(m, packed.b, activation, nd))
 
     def pointwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         pool = current_pool()
@@ -1076,6 +1079,27 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
         return finish(y.reshape(y_shape), z)
 
     return pointwise
+
+
+def _batch_rows_route(n: int, c: int, m: int, y_shape: tuple, packed: ConvWeights, epilogue: tuple | None,
+                      finish: Callable) -> Route:
+    """A pointwise convolution of 1-pixel images (a squeeze-and-excitation block's reduce and expand layers) as one
+    product of the batch's rows, x (N x C) @ W^T (C x M), instead of N products of one column: on onyxrt's GEMM with
+    the bias per column and the ``epilogue`` in its registers where the pool splits products, else BLAS's and
+    ``finish`` (the bias, residual and activation after). (Equal to the per-image products to float rounding: BLAS's GEMM and GEMV sum in other orders.)"""
+    w_t = frozen(np.ascontiguousarray(packed.pointwise.T))
+
+    def batch_rows(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        x2 = np.ascontiguousarray(x).reshape(n, c)
+        if epilogue is not None and x.dtype == _F32 and current_pool().splits_gemms:
+            y = np.empty(y_shape, _F32)
+            z2 = None if z is None else np.ascontiguousarray(z).reshape(n, m)
+            if (z2 is None or z2.dtype == _F32) and fused_product(x2, w_t, y.reshape(n, m), packed.b, z2, *epilogue,
+                                                                  column_bias=True):
+                return y
+        return finish((x2 @ w_t).reshape(y_shape), z)
+
+    return batch_rows
 
 
 # Multiply-adds below which a pointwise task runs on the calling thread alone (gemm.MIN_PARALLEL_MACS).
