@@ -109,10 +109,11 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
     # (a hand-off to a spinning worker costs a few microseconds, waking a blocked one 50-80 us on a VM)
     threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING
     parts = min(pool.num_threads, batch * max(module.panels(n), -(-m // module.MAX_ROWS)))
-    if macs < threshold or not pool.runs_native_tasks:
-        parts = 1
     args = module.task_args(a, b, y, bias, residual, act, params, column_bias)
-    pool.run_native(module.gemm_part.address, args, parts)
+    if pool.runs_native_tasks:
+        pool.run_native(module.gemm_part.address, args, parts if macs >= threshold else 1)
+    else:
+        module.products_part(args, 0, 1)
     return y
 
 

@@ -279,13 +279,12 @@ def tail_of(b):
 _TASK_ARGS = 16
 
 
-@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
-def gemm_part(args, part, parts):
-    """Native task (``framework.native_spin``): part ``part`` of ``parts`` of :func:`gemm` over a batch of products
-    (``C[i] = A @ B[i]``, one A; a pointwise convolution's images) as :func:`task_args` describes it: whole products
-    per part where there are as many as parts, else each product split by panels (or by rows where there are fewer
-    panels than its parts). Only the part holding a product's last narrow panel copies B's last columns."""
-    d = int64_array(args, _TASK_ARGS)
+@numba.njit(**_jit)
+def products_part(d, part, parts):
+    """Part ``part`` of ``parts`` of :func:`gemm` over a batch of products (``C[i] = A @ B[i]``, one A; a pointwise
+    convolution's images) as :func:`task_args` describes it in ``d``: whole products per part where there are as many
+    as parts, else each product split by panels (or by rows where there are fewer panels than its parts). Only the
+    part holding a product's last narrow panel copies B's last columns."""
     m, k, n, batch, count, res_rows = d[1], d[2], d[4], d[5], d[8], d[14]
     a = float32_array(d[0], m * k).reshape((m, k))
     bias = float32_array(d[11], d[12])
@@ -303,6 +302,12 @@ def gemm_part(args, part, parts):
         m0, m1, p0, p1 = part_ranges(m, count, count >= 4 * runs, run, runs)
         tail = tail_of(b) if p1 == count else np.zeros((k, 0), np.float32)
         gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 1 != 0)  # (act << 2 | columns)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def gemm_part(args, part, parts):
+    """Native task (``framework.native_spin``): :func:`products_part` of the arguments at address ``args``."""
+    products_part(int64_array(args, _TASK_ARGS), part, parts)
 
 
 @numba.njit(**_jit)

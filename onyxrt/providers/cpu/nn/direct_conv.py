@@ -87,18 +87,19 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
     units = N * OH
     macs = N * M * OH * OW * taps
     weights, bias, offsets, params = map(read_only, (weights, bias, offsets, params))
+    template = kernels.task_template(shape, weights, bias, offsets, params, y_shape, s0, s1, pt, pl, Hp, Wq)
 
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         x = np.ascontiguousarray(x)
         y = np.empty(y_shape, np.float32)
         fused = code is not None and (z is None or z.shape == y_shape and z.dtype == np.float32)
         residual = np.ascontiguousarray(z).reshape(N * M, OH * OW) if fused and z is not None else no_residual
-        kind = act if fused else 0
         pool = current_pool()
         threshold = _SPLIT_MACS_SPINNING if pool.workers_spin else _SPLIT_MACS_WAKING
-        if pool.runs_native_tasks and macs >= threshold and units > 1:
-            args = kernels.task_args(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq, kind)
-            pool.run_native(kernels.rows_part.address, args, min(pool.num_threads, units))
+        kind = act if fused else 0
+        if pool.runs_native_tasks:
+            parts = min(pool.num_threads, units) if macs >= threshold else 1
+            pool.run_native(kernels.rows_part.address, kernels.task_args(template, x, y, residual, kind), parts)
         else:
             kernels.direct_rows(read_only(x), weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq,
                                 kind, 0, units)

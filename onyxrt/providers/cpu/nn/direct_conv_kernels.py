@@ -198,9 +198,22 @@ def rows_part(args, part, parts):
                 d[_ACT], units * part // parts, units * (part + 1) // parts)
 
 
-def task_args(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq, act) -> np.ndarray:
-    """:func:`rows_part`'s arguments (C-contiguous arrays, kept alive by the caller until the task returns)."""
-    n, c, h, w = x.shape
-    return np.array([x.ctypes.data, weights.ctypes.data, bias.ctypes.data, offsets.ctypes.data, params.ctypes.data,
-                     y.ctypes.data, residual.ctypes.data, n, c, h, w, y.shape[1], y.shape[2], y.shape[3],
-                     weights.shape[0], weights.shape[1], residual.shape[0], s0, s1, pt, pl, Hp, Wq, act], np.int64)
+def task_template(x_shape, weights, bias, offsets, params, y_shape, s0, s1, pt, pl, Hp, Wq) -> np.ndarray:
+    """:func:`rows_part`'s arguments for inputs of ``x_shape`` into outputs of ``y_shape``, less the input's, the
+    output's and the residual's addresses, the residual's rows and the activation (:func:`task_args` adds them per
+    call); the caller keeps the arrays alive while the template is used."""
+    n, c, h, w = x_shape
+    return np.array([0, weights.ctypes.data, bias.ctypes.data, offsets.ctypes.data, params.ctypes.data, 0, 0, n, c, h,
+                     w, y_shape[1], y_shape[2], y_shape[3], weights.shape[0], weights.shape[1], 0, s0, s1, pt, pl, Hp,
+                     Wq, 0], np.int64)
+
+
+@numba.njit(cache=True)
+def task_args(template, x, y, residual, act):
+    """The ``template``'s arguments with the input ``x``, the output ``y``, the ``residual`` (N * M, OH * OW) or no
+    rows, and the activation ``act`` (compiled: ``ndarray.ctypes`` costs ~0.8 us an address in Python); the caller
+    keeps the arrays alive until the task returns."""
+    args = template.copy()
+    args[_X], args[_Y], args[_RESIDUAL] = x.ctypes.data, y.ctypes.data, residual.ctypes.data
+    args[_SUMMED], args[_ACT] = residual.shape[0], act
+    return args
