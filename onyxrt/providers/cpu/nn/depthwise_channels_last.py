@@ -26,6 +26,8 @@ Imported by ``depthwise_conv`` on first use (it imports numba at its top).
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -464,9 +466,7 @@ def max_pool(x: np.ndarray, k: int, strides, dilations, begin, out_sp, pool) -> 
     OH, OW = out_sp
     x = np.ascontiguousarray(x)
     y = np.empty((N, C, OH, OW), np.float32)
-    blocks = -(-C // LANES)
-    weights, biases = np.zeros((blocks, 1, LANES), np.float32), np.zeros((blocks, LANES), np.float32)
-    params = np.zeros(4, np.float32)
+    weights, biases, params = _pool_operands(-(-C // LANES))
     geometry = (C, OH, OW, 1, strides[0], strides[1], dilations[0], dilations[1], begin[0], begin[1], 0)
     out = y.reshape(N * C, OH * OW)
     if pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= POOL_SPLIT_WORK:
@@ -475,6 +475,12 @@ def max_pool(x: np.ndarray, k: int, strides, dilations, begin, out_sp, pool) -> 
     else:
         channels_last_planes(x, weights, biases, params, out, *geometry, 0, N * C, 0, OH, k)
     return y
+
+
+@functools.lru_cache(maxsize=16)
+def _pool_operands(blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The filters, biases and parameters a pooling block's driver takes (unread), for ``blocks`` blocks."""
+    return np.zeros((blocks, 1, LANES), np.float32), np.zeros((blocks, LANES), np.float32), np.zeros(4, np.float32)
 
 
 # Window taps from which :func:`max_pool` shares its blocks out over a pool that splits products.

@@ -11,6 +11,7 @@ loops over all kernel taps and tracks the argmax.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -162,26 +163,44 @@ def _separable_reduce(x, ufunc, init, kernel, strides, dilations, begin, out_sp)
 
 
 def _prepare(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, crop_end=True):
+    """(x cropped by negative pads, nd, kernel, strides, dilations, begin pads, end pads, ceil extra, output shape);
+    the geometry computed once per input shape and attributes (``_geometry``)."""
     if x.ndim < 3:
         raise NodeInputError(f"pooling input must have rank >= 3, got shape {x.shape}")
-    nd = x.ndim - 2
+    crop, *geometry = _geometry(x.shape, _hashable(kernel_shape), _hashable(strides), _hashable(dilations),
+                                _hashable(pads), auto_pad, ceil_mode, crop_end)
+    return (x if crop is None else x[crop], *geometry)
+
+
+def _hashable(values):
+    """A list attribute as a tuple (None as it is), for ``_geometry``'s cache."""
+    return None if values is None else tuple(values)
+
+
+@functools.lru_cache(maxsize=1024)
+def _geometry(shape, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode, crop_end):
+    """``_prepare``'s geometry for an input of ``shape`` (rank 3 or more), with the index cropping negative pads
+    (None where none is negative) in place of the cropped input; raises for invalid attributes."""
+    nd = len(shape) - 2
     k = _kernel_shape(kernel_shape, nd)
     s, d = spatial_defaults(nd, strides, dilations)
     if auto_pad_name(auto_pad) == "NOTSET" and pads and any(int(p) >= k[i % nd] for i, p in enumerate(pads)):
         # as onnxruntime: a pad as wide as the kernel only adds windows of padding
         raise NodeInputError(f"pads {list(pads)} must be smaller than kernel_shape {k}")
-    begin, end, extra, out = pool_geometry(x.shape[2:], k, s, d, pads, auto_pad, ceil_mode)
+    begin, end, extra, out = pool_geometry(shape[2:], k, s, d, pads, auto_pad, ceil_mode)
     if any(o <= 0 for o in out):
-        raise NodeInputError(f"pooling output would be empty for input {x.shape}")
+        raise NodeInputError(f"pooling output would be empty for input {shape}")
     if not crop_end:
         # (onnxruntime's max/lp windows ignore a negative end pad)
         end = [max(0, e) for e in end]
+    crop = None
     if any(b < 0 for b in begin) or any(e < 0 for e in end):
         # negative pads crop the input
-        x = x[(slice(None), slice(None)) + tuple(slice(max(0, -b), n - max(0, -e)) for b, e, n in zip(begin, end, x.shape[2:]))]
+        crop = (slice(None), slice(None)) + tuple(slice(max(0, -b), n - max(0, -e))
+                                                  for b, e, n in zip(begin, end, shape[2:]))
         begin = [max(0, b) for b in begin]
         end = [max(0, e) for e in end]
-    return x, nd, k, s, d, begin, end, extra, out
+    return crop, nd, *map(tuple, (k, s, d, begin, end, extra, out))  # (tuples: callers share them)
 
 
 def _trim_kernel(in_sp, k, s, d, begin, out_sp) -> tuple[list[int], list[int]]:
