@@ -500,6 +500,28 @@ def test_one_pixel_batches_run_as_one_product_of_rows(split):
     np.testing.assert_allclose(y, np.maximum(want + b[None, :, None, None] + z, 0), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, kernel", [((2, 3, 17, 16), (4, 4)), ((3, 5, 8, 12), (2, 3)), ((1, 3, 32, 32), (8, 8))])
+def test_patch_convolutions_equal_the_naive_ones(dtype, shape, kernel, monkeypatch):
+    """A convolution whose windows tile the input (kernel = strides, no padding: a patch embedding) runs as one
+    product of the batch's patches (rows past the last whole window unread), with its bias, residual and Relu."""
+    taken = []
+    route = core._patch_route
+    monkeypatch.setattr(core, "_patch_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((6, shape[1]) + kernel).astype(dtype)
+    b = rng.standard_normal(6).astype(dtype)
+    attrs = dict(strides=list(kernel), pads=[0] * 4, kernel_shape=list(kernel))
+    want = naive_conv(x, w, b, attrs["strides"], [1, 1], attrs["pads"], 1)
+    z = rng.standard_normal(want.shape).astype(dtype)
+    packed = core.pack_conv_weights(w, b, attrs)
+    y = core.float_conv(x, w, b, 1, attrs["strides"], [1, 1], attrs["pads"], "NOTSET", list(kernel), packed,
+                        mlas_activation_fn("Relu", []), z)
+    assert taken and taken[0] is not None and y.dtype == dtype
+    np.testing.assert_allclose(y, np.maximum(want + z, 0), rtol=1e-4, atol=1e-4)
+
+
 def test_pointwise_route_is_not_taken_for_strides_padding_or_other_filters():
     w1 = np.ones((4, 3, 1, 1), np.float32)
     assert core.pack_conv_weights(w1, None, {"strides": [2, 2]}).pointwise is None

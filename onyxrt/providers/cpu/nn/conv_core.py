@@ -328,6 +328,59 @@ def _compiled_im2col(x: np.ndarray):
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def _patch_rows(x, rows, kh, kw, OH, OW):
+    """``rows[(n * OH + oh) * OW + ow, (c * kh + i) * kw + j] = x[n, c, oh * kh + i, ow * kw + j]``: the patches of
+    a convolution whose windows tile the input (kernel = strides), one per row, from a contiguous ``x``; each input
+    row's windows copied as runs of ``kw`` (flat offsets: indexing by four coordinates cost 2.5x the time)."""
+    N, C, H, W = x.shape
+    K = rows.shape[1]
+    xf = x.reshape(-1)
+    rf = rows.reshape(-1)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(OH):
+                for i in range(kh):
+                    src = ((n * C + c) * H + oh * kh + i) * W
+                    dst = (n * OH + oh) * OW * K + (c * kh + i) * kw
+                    for ow in range(OW):
+                        for j in range(kw):
+                            rf[np.uintp(dst + ow * K + j)] = xf[np.uintp(src + ow * kw + j)]
+
+
+_PATCH_ROWS = LazyKernel(_patch_rows)
+# Patches per image below which a patch convolution runs as one product of the batch's patches (``_patch_route``):
+# a GEMM panel's columns. Measured on 2 Zen 5 cores: 8x3x32x32 8x8/8 -> 64 (16 patches) 50 -> ~30 us; a 4x4/4 stem
+# of 64 patches an image was no faster than its column route (its patch copy of runs of 4 and a 16-column product).
+PATCH_MAX_PIXELS = 32
+
+
+def _patch_route(shape, dtype, w: np.ndarray, out_sp, finish: Callable) -> Route | None:
+    """A 2-D convolution whose windows tile the input (kernel = strides, no padding or dilation, group 1: a vision
+    transformer's patch embedding, a ConvNeXt stem) as one product of the batch's patches: rows (N*OH*OW, C*kh*kw)
+    gathered by a compiled copy, times W^T, the (N*OH*OW, M) result transposed to (N, M, OH, OW) and ``finish``ed
+    (bias, activation, residual): for images of fewer than :data:`PATCH_MAX_PIXELS` patches, whose column route
+    runs a product per image narrower than a GEMM's panel (8x3x32x32 8x8/8 -> 64: 16 columns). None where the
+    compiled copy is unusable (the column route runs)."""
+    if dtype not in _FLOATS:
+        return None
+    probe = np.zeros((0, 0, 0, 0), dtype)
+    kernel = _PATCH_ROWS.compiled_for(dtype, read_only(probe), np.zeros((0, 0), dtype), 1, 1, 0, 0)
+    if kernel is None:
+        return None
+    N, C = shape[:2]
+    M, _, kh, kw = w.shape
+    OH, OW = out_sp
+    w_t = frozen(np.ascontiguousarray(w.reshape(M, C * kh * kw).T))
+
+    def patches(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        rows = np.empty((N * OH * OW, C * kh * kw), dtype)
+        kernel(read_only(np.ascontiguousarray(x)), rows, kh, kw, OH, OW)
+        y = pool_matmul(rows, w_t).reshape(N, OH * OW, M).transpose(0, 2, 1)
+        return finish(np.ascontiguousarray(y).reshape((N, M, OH, OW)), z)
+
+    return patches
+
+
 def pairs_ok(x: np.ndarray) -> bool:
     """Whether ``copy_stride2`` may read ``x`` as uint64 pairs (4-byte items, contiguous rows)."""
     return x.dtype.itemsize == 4 and x.dtype.kind in "fiu" and x.strides[-1] == 4 and sys.byteorder == "little"
@@ -749,6 +802,11 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     # for free: mobilenet_v2's expansions with Clip 10-30% faster without the copy).
     w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
     finish = _finisher(M, b, activation, nd)
+    if (nd == 2 and group == 1 and K > 1 and list(k) == list(strides) and not any(pads) and P < PATCH_MAX_PIXELS
+            and all(d == 1 for d in dilations) and sparse is None):
+        route = _patch_route(shape, dtype, w, out_sp, finish)
+        if route is not None:
+            return route
     if winograd_filter is not None:  # (``winograd.applies``, checked by the caller)
         route = winograd.winograd_route(shape, winograd_filter, b, activation, pads, out_sp, finish)
         if route is not None:
