@@ -120,9 +120,10 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
 def fused_product(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
                   act: int, params: np.ndarray, column_bias: bool = False) -> bool:
     """``out = act(w @ x + bias[:, None] + residual)`` (float32 C-contiguous (M, C) @ (C, P) into (M, P), or a batch:
-    ``x`` (I, C, P) into (I, M, P); ``residual`` shaped as ``out`` or None; ``act`` one of ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column,
-    ``bias[None, :]``) on onyxrt's GEMM with the epilogue in its registers, over the current pool; False (``out``
-    untouched) where that GEMM does not run here."""
+    ``x`` (I, C, P) into (I, M, P); ``residual`` shaped as ``out`` or None; ``act`` one of
+    ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column, ``bias[None, :]``) on onyxrt's GEMM
+    with the epilogue in its registers, over the current pool; False (``out`` untouched) where that GEMM does not run
+    here."""
     y = _own_sgemm(w, x, out, current_pool(), _NO_BIAS if bias is None else bias,
                    _NO_RESIDUAL if residual is None else residual, act, params, column_bias)
     return y is not None

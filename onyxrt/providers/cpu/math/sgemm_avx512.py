@@ -267,7 +267,7 @@ def panels(n: int) -> int:
 
 @numba.njit(**_jit)
 def tail_of(b):
-    """B's last ``N % 32`` columns, zero-padded to 32 (K, 32) float32; an empty (K, 32) when N is a multiple of 32."""
+    """B's last ``N % 32`` columns, zero-padded to 32 (K, 32) float32; an empty (K, 0) when N is a multiple of 32."""
     k, n = b.shape
     width = n % PANEL
     tail = np.zeros((k, PANEL if width else 0), np.float32)
@@ -314,7 +314,8 @@ def gemm_part(args, part, parts):
 def task_args(a, b, c, bias, residual, act, params, column_bias=False):
     """:func:`gemm_part`'s arguments (compiled: ``ndarray.ctypes`` costs ~1 us an address): ``a`` (M, K), ``b`` (K,
     N) or a batch (I, K, N) and ``c`` (M, N) or (I, M, N), C-contiguous; ``bias``, ``residual`` ((M, N), (I, M, N)
-    or no rows), ``act``, ``params``, ``column_bias``: :func:`gemm`'s epilogue. The caller keeps the arrays alive until the task returns."""
+    or no rows), ``act``, ``params``, ``column_bias``: :func:`gemm`'s epilogue. The caller keeps the arrays alive
+    until the task returns."""
     k, n = b.shape[b.ndim - 2], b.shape[b.ndim - 1]
     args = np.empty(_TASK_ARGS, np.int64)
     args[0], args[1], args[2] = a.ctypes.data, a.shape[0], a.shape[1]

@@ -349,8 +349,9 @@ def _patch_rows(x, rows, kh, kw, OH, OW):
 
 _PATCH_ROWS = LazyKernel(_patch_rows)
 # Patches per image below which a patch convolution runs as one product of the batch's patches (``_patch_route``):
-# a GEMM panel's columns. Measured on 2 Zen 5 cores: 8x3x32x32 8x8/8 -> 64 (16 patches) 50 -> ~30 us; a 4x4/4 stem
-# of 64 patches an image was no faster than its column route (its patch copy of runs of 4 and a 16-column product).
+# a GEMM panel's columns. Measured on 2 Zen 5 cores, alternating processes: a ViT-like model of 8x8/8 patches of
+# 32x32 images (16 an image) 0.95x the time; a ConvNeXt-like 4x4/4 stem of 64 patches an image 1.01x (its copy of
+# runs of 4 and a 16-column product no faster than the column route).
 PATCH_MAX_PIXELS = 32
 
 
@@ -1144,7 +1145,8 @@ def _batch_rows_route(n: int, c: int, m: int, y_shape: tuple, packed: ConvWeight
     """A pointwise convolution of 1-pixel images (a squeeze-and-excitation block's reduce and expand layers) as one
     product of the batch's rows, x (N x C) @ W^T (C x M), instead of N products of one column: on onyxrt's GEMM with
     the bias per column and the ``epilogue`` in its registers where the pool splits products, else BLAS's and
-    ``finish`` (the bias, residual and activation after). (Equal to the per-image products to float rounding: BLAS's GEMM and GEMV sum in other orders.)"""
+    ``finish`` (the bias, residual and activation after). Equal to the per-image products to float rounding
+    (BLAS's GEMM and GEMV sum in other orders)."""
     w_t = frozen(np.ascontiguousarray(packed.pointwise.T))
 
     def batch_rows(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
