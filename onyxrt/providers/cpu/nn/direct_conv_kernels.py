@@ -108,9 +108,10 @@ _tile_narrow = _tiler(1)  # a row's last LANES outputs or fewer
 
 
 @numba.njit(**_jit)
-def phase_planes(x, planes, n, s1, pt, pl, channels):
-    """planes[c, ph, r, q] = x[n, c, r - pt, q * s1 + ph - pl] for c < ``channels`` (zero outside x; ``planes``
-    (C, s1, Hp, Wq) float32 arrives zeroed and only x's positions are written)."""
+def phase_planes(x, planes, n, s1, pt, pl, channels, r0, r1):
+    """planes[c, ph, r, q] = x[n, c, r - pt, q * s1 + ph - pl] for c < ``channels`` and the planes' rows r0 <= r < r1
+    (zero outside x: ``planes`` (C, s1, Hp, Wq) float32 arrives zeroed and only x's positions are written, the same
+    positions for every image, so the padding stays zero from one image to the next)."""
     H, W = x.shape[2], x.shape[3]
     Wq = planes.shape[3]
     for c in range(channels):
@@ -118,7 +119,7 @@ def phase_planes(x, planes, n, s1, pt, pl, channels):
             # the columns q whose input column q * s1 + ph - pl lies in [0, W)
             q0 = max(0, -(-(pl - ph) // s1))
             q1 = min(Wq, (W - 1 + pl - ph) // s1 + 1)
-            for r in range(H):
+            for r in range(max(0, r0 - pt), min(H, r1 - pt)):
                 dst = planes[c, ph, r + pt]
                 src = x[n, c, r]
                 for q in range(q0, q1):
@@ -139,14 +140,17 @@ def direct_rows(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, 
     after = summed or act not in IN_REGISTERS
     inner = 0 if after else act
     yr = y.reshape(N * M, OH * OW)
+    reach = 0  # the planes' rows a window spans, less one: the taps' largest row offset
+    for t in range(taps):
+        reach = max(reach, (offsets[t] % (Hp * Wq)) // Wq)
     image = -1
     pending = 0  # the first row of the image not yet through the epilogue applied after the tiles
     for u in range(u0, u1):
         n, oh = u // OH, u % OH
         if n != image:
-            if image >= 0:
-                planes[:] = 0
-            phase_planes(x, planes, n, s1, pt, pl, C)
+            # only the rows this range's output rows of the image read (a part of a split image copies its share)
+            last = min(OH, u1 - n * OH)  # (past this range's last output row of the image)
+            phase_planes(x, planes, n, s1, pt, pl, C, oh * s0, (last - 1) * s0 + reach + 1)
             image = n
             pending = oh
         source = planes.ctypes.data + (oh * s0 * Wq) * 4
