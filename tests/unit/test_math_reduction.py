@@ -60,6 +60,24 @@ def test_reduce_float(name, axes, keepdims):
         np.testing.assert_allclose(out, expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("axes", [[2, 3], [-1], [1, 2, 3]])
+@pytest.mark.parametrize("split", [False, True])
+def test_means_over_trailing_axes_are_row_means(axes, split):
+    """ReduceMean over an NCHW image's trailing axes (a global average pool) runs as the pool's row means, on one
+    thread or as a native task over a pool that splits products, keepdims or not."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    x = np.random.default_rng(1).standard_normal((8, 48, 12, 12)).astype(np.float32)
+    pool = ThreadPool(2).splitting_gemms() if split else ThreadPool(1)
+    with pool.activate():
+        for keepdims in (0, 1):
+            out = rd.reduce_mean_attr(x, axes=axes, keepdims=keepdims)
+            expected = x.astype(np.float64).mean(axis=tuple(a % 4 for a in axes), keepdims=bool(keepdims))
+            assert out.dtype == np.float32 and out.shape == expected.shape
+            np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    pool.shutdown()
+
+
 def test_noop_with_empty_axes():
     x = np.array([[1.0, 4.0], [9.0, 16.0]], np.float32)
     empty = np.array([], np.int64)

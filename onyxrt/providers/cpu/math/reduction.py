@@ -15,6 +15,7 @@ import numpy as np
 from .._helpers import as_int_list, normalize_axis
 from ..kernel_table import op
 from .elementwise import as_array, is_float
+from ..nn.pool import plane_means
 from ....errors import NodeInputError
 
 _F32 = np.dtype(np.float32)
@@ -102,6 +103,13 @@ def _mean(data, axis, keepdims):
         weights = np.full((1, h * w), 1.0 / (h * w), np.float32)
         total = np.matmul(weights, data.reshape(n, h * w, c))
         return total.reshape((n, 1, 1, c) if keepdims else (n, c))
+    if (axis is not None and 0 < len(axis) < data.ndim and data.dtype == np.float32 and data.flags.c_contiguous
+            and data.size and sorted(axis) == list(range(data.ndim - len(axis), data.ndim))):
+        # the trailing axes (an NCHW image's rows and columns: a global average pool): each row's mean as the pool's
+        # (8x48x8x8 over (2, 3): 9 -> ~5 us)
+        kept = data.shape[:data.ndim - len(axis)]
+        y = plane_means(data.reshape(math.prod(kept), -1))
+        return y.reshape(kept + ((1,) * len(axis) if keepdims else ()))
     v = _in_float(data)
     count = v.size if axis is None else math.prod(v.shape[a] for a in axis)
     total = as_array(np.add.reduce(v, axis=axis, keepdims=keepdims))

@@ -557,26 +557,31 @@ def _spatial_axes(x):
 _PARALLEL_MEAN_ELEMENTS = 1 << 15
 
 
+def plane_means(planes: np.ndarray) -> np.ndarray:
+    """The mean of each row of the C-contiguous float32 or float64 ``planes`` (rows, values): a global average
+    pool's planes, or any mean over trailing axes (ReduceMean's)."""
+    # each plane's sum as a GEMV against ones: 3-7x faster than numpy's reduction over short rows (mobilenet_v2's 1280
+    # planes of 7x7: 37 -> 5 us), as accurate (BLAS accumulates in blocks)
+    pool = current_pool()
+    tasks = (optional_module("onyxrt.providers.cpu.row_tasks")
+             if pool.splits_gemms and pool.runs_native_tasks and planes.dtype == np.float32
+             and planes.size >= _PARALLEL_MEAN_ELEMENTS else None)
+    if tasks is None:
+        return planes @ np.full(planes.shape[1], 1.0 / planes.shape[1], dtype=planes.dtype)
+    # each part the planes the same core's part of the convolution before wrote, still in its cache (the pointwise
+    # GEMMs split their output channels likewise): mobilenet_v2's 1280 planes of 7x7 in a run, 32 -> 18 us on 2 Zen 5
+    # cores, where one thread's GEMV read half of them from the other core's cache
+    y = np.empty(planes.shape[0], np.float32)
+    pool.run_native(tasks.means_part.address, tasks.means_args(planes, y), pool.num_threads)
+    return y
+
+
 @op("GlobalAveragePool", versions=(1, 22))
 def global_average_pool(x):
     axes = _spatial_axes(x)
     ct = compute_dtype(x.dtype)
     if x.dtype == ct and ct in (np.float32, np.float64) and x.flags.c_contiguous and x.size:
-        # each plane's sum as a GEMV against ones: 3-7x faster than numpy's reduction over short
-        # rows (mobilenet_v2's 1280 planes of 7x7: 37 -> 5 us), as accurate (BLAS accumulates in blocks)
-        planes = x.reshape(x.shape[0] * x.shape[1], -1)
-        pool = current_pool()
-        tasks = (optional_module("onyxrt.providers.cpu.row_tasks")
-                 if pool.splits_gemms and pool.runs_native_tasks and ct == np.float32
-                 and planes.size >= _PARALLEL_MEAN_ELEMENTS else None)
-        if tasks is not None:
-            # each part the planes the same core's part of the convolution before wrote, still in its cache (the
-            # pointwise GEMMs split their output channels likewise): mobilenet_v2's 1280 planes of 7x7 in a run,
-            # 32 -> 18 us on 2 Zen 5 cores, where one thread's GEMV read half of them from the other core's cache
-            y = np.empty(planes.shape[0], np.float32)
-            pool.run_native(tasks.means_part.address, tasks.means_args(planes, y), pool.num_threads)
-        else:
-            y = planes @ np.full(planes.shape[1], 1.0 / planes.shape[1], dtype=ct)
+        y = plane_means(x.reshape(x.shape[0] * x.shape[1], -1))
         return y.reshape(x.shape[:2] + (1,) * len(axes))
     y = np.mean(x if x.dtype == ct else x.astype(ct), axis=axes, keepdims=True, dtype=ct)
     return np.asarray(y if x.dtype == ct else y.astype(x.dtype))
