@@ -144,15 +144,16 @@ def _native_spin() -> Any:
     ``ONYXRT_NATIVE_POOL=0`` (workers then block when idle and BLAS runs products on its threads)."""
     global _NATIVE_SPIN
     if _NATIVE_SPIN is False:
+        if os.environ.get("ONYXRT_DISABLE_NUMBA", "") not in ("", "0") or os.environ.get("ONYXRT_NATIVE_POOL") == "0":
+            return None  # (not remembered: a first call while the variables are set must not disable it for good)
         _NATIVE_SPIN = None
-        if os.environ.get("ONYXRT_DISABLE_NUMBA", "") in ("", "0") and os.environ.get("ONYXRT_NATIVE_POOL") != "0":
-            try:
-                from . import native_spin
+        try:
+            from . import native_spin
 
-                native_spin.warm_up()
-                _NATIVE_SPIN = native_spin
-            except Exception:  # numba absent or broken: blocking workers only
-                pass
+            native_spin.warm_up()
+            _NATIVE_SPIN = native_spin
+        except Exception:  # numba absent or broken: blocking workers only
+            pass
     return _NATIVE_SPIN
 
 
