@@ -59,8 +59,13 @@ MLAS_CODES = frozenset({0, *_ACTIVATION_CODES.values()})  # the codes (0: none) 
 # The epilogue codes the kernels written with explicit vectors apply in their registers (``ir_vectors.activation``):
 # none, Relu, LeakyRelu, Clip, HardSigmoid; the others after them, by ``jit_rows``.
 IN_REGISTERS = (0, 1, 2, 5, 6)
-# Elements below which a kernel is not split over threads (a split costs ~15 us of hand-offs).
+# Elements below which a kernel is not split over threads as a native task (a hand-off to a spinning worker costs
+# microseconds).
 _MIN_PARALLEL_ELEMENTS = 1 << 16
+# Elements below which a kernel without a native task is not split by Python tasks: each brings a worker into the
+# interpreter (tens of microseconds). Measured on 2 Zen 5 cores, a SkipSimplifiedLayerNorm of 128x512 19 us on one
+# thread, 50 split (130 in a llama prefill's run); 512x768 95 -> 105 split, 1024x768 185 -> 149, 4096x768 1440 -> 820.
+_MIN_PYTHON_SPLIT_ELEMENTS = 1 << 19
 _FLAT_ROW = 4096  # the row length a bias-free activation is cut into
 GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID, HARD_SWISH = range(5)  # the ``kind`` of :func:`activation`
 
@@ -68,8 +73,8 @@ GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID, HARD_SWISH = range(5)  # the ``kind`` o
 def _over_rows(kernel, args: tuple, rows: int, elements: int) -> None:
     """``kernel(*args, r0, r1)`` over all rows: split over the pool where it owns the cores."""
     pool = current_pool()
-    if pool.splits_gemms and elements >= _MIN_PARALLEL_ELEMENTS:
-        pool.run_chunks(lambda r0, r1: kernel(*args, r0, r1), rows, elements, _MIN_PARALLEL_ELEMENTS)
+    if pool.splits_gemms and elements >= _MIN_PYTHON_SPLIT_ELEMENTS:
+        pool.run_chunks(lambda r0, r1: kernel(*args, r0, r1), rows, elements, _MIN_PYTHON_SPLIT_ELEMENTS)
     else:
         kernel(*args, 0, rows)
 
