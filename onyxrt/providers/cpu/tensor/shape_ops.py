@@ -208,8 +208,7 @@ def _channels_moved(data: np.ndarray, to_last: bool) -> np.ndarray | None:
     if pool.splits_gemms and pool.runs_native_tasks and data.size >= _CHANNEL_PARALLEL_SIZE:
         pool.run_native(module.transpose_part.address, module.task_args(source, out), pool.num_threads)
     else:
-        for image in range(n):
-            module.transpose_rows(source[image], out[image], 0, rows)
+        module.transpose_images(source, out)
     return out.reshape((n, b, c, a) if to_last else (n, c, a, b))
 
 
