@@ -159,6 +159,24 @@ def test_split_pool_runs_rows_as_native_tasks(activation, summed):
     np.testing.assert_array_equal(split, serial)
 
 
+@needs_numba
+def test_large_convolutions_ask_for_the_split_mode():
+    """A direct convolution of 16M multiply-adds or more tells a session learning its thread mode that the pool's
+    split mode runs it faster (a DenseNet-like growth layer); a small RGB stem does not."""
+    from onyxrt.framework import thread_mode
+
+    for shape, m, asks in (((8, 32, 32, 32), 8, True), ((8, 3, 32, 32), 16, False)):
+        x = RNG.standard_normal(shape, np.float32)
+        w = (RNG.standard_normal((m, shape[1], 3, 3)) / 9).astype(np.float32)
+        record: list = []
+        token = thread_mode._RECORD.set(record)
+        try:
+            convolve(x, w, None, [1, 1], [1, 1], [1, 1, 1, 1])
+        finally:
+            thread_mode._RECORD.reset(token)
+        assert bool(record) is asks
+
+
 def test_disabled_numba_runs_the_columns(monkeypatch):
     monkeypatch.setenv("ONYXRT_DISABLE_NUMBA", "1")
     monkeypatch.setattr(jit, "_OPTIONAL_MODULES", {})
