@@ -6,9 +6,9 @@ mask and causal rule and the softmax applied row by row while the scores are in 
 Q, K and V are read where they lie: the (B, N, S, H) views of a (B, S, N * H) projection (or of a packed
 QKV) are strided matrices BLAS takes as they are, so nothing is transposed or copied, and grouped-query
 heads read their key/value head without repeating it. ``attention._attend`` runs it for float32 inputs
-whose score matrices are small enough to keep whole (``attention_tiled.use_tiled`` decides the rest):
-on the calling thread with BLAS's own threads in each product (the default pool), or shared out over
-the pool's spinning workers, a block of heads each with single-threaded products (the split-GEMM mode).
+whose score matrices are small enough to keep whole (``attention_tiled.use_tiled`` decides the rest),
+shared out over the pool's spinning workers, a block of heads each with single-threaded products (the
+split-GEMM mode); on one thread ``_attend``'s batched products are the faster.
 
 Imported by ``attention`` on first use (it imports numba at its top). Task arguments (:func:`pack`): an
 int64 array, see the ``_*`` indices below; strides are in elements.
