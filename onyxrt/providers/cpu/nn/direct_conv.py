@@ -92,7 +92,7 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
 
     # a convolution this large tells a session learning its thread mode (``framework.thread_mode``) that the pool's
     # split mode runs it faster (its rows over spinning workers): a DenseNet-like net's 8x32x32x32 -> 8 3x3 layers
-    # (19M multiply-adds) 175 -> 102 us, the net 1.50 -> 1.15-1.38 ms split, on 2 Zen 5 cores
+    # (19M multiply-adds) 175 -> 102 us, the net 1.38 -> 0.90 ms in alternating processes, on 2 Zen 5 cores
     faster_split = macs >= _SPLIT_MACS_WAKING
 
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
