@@ -12,7 +12,8 @@ worker marks itself asleep and returns, and blocks until woken: idle workers cos
 
 Record entries: SEQ (the last hand-off posted), DONE (the last one finished), TASK (0 for a
 Python task, else the native task's address), ARGS, PART, PARTS (the native task's arguments),
-SLEEPING (1 while the worker is blocked or about to be). Posting and going to sleep use
+SLEEPING (1 while the worker is blocked or about to be), WAKE (set by :func:`fork` where the worker slept
+when its part was posted: the poster wakes it). Posting and going to sleep use
 sequentially consistent atomics, so a hand-off is never missed: the poster stores SEQ then
 reads SLEEPING, the worker stores SLEEPING then reads SEQ.
 """
@@ -27,7 +28,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
-SEQ, DONE, TASK, ARGS, PART, PARTS, SLEEPING = range(7)
+SEQ, DONE, TASK, ARGS, PART, PARTS, SLEEPING, WAKE = range(8)
 RECORD_SIZE = 16  # 128 bytes: a record shares no cache line with the next one's hot entries
 IDLE, PYTHON_TASK = 0, 1  # what spin returns
 YIELD_EVERY = 64
@@ -144,6 +145,33 @@ def wait(record, sequence, yield_address):
 
 
 @numba.njit(**_jit)
+def fork(records, task, args, helpers, parts):
+    """Post parts 1..``helpers`` of the native task at ``task`` to the workers of ``records``' first ``helpers`` rows
+    (their next hand-off each); WAKE set in the rows of those asleep, which the caller must wake. Returns how many."""
+    sleeping = 0
+    for worker in range(helpers):
+        record = records[worker]
+        record[TASK] = task
+        record[ARGS] = args
+        record[PART] = worker + 1
+        record[PARTS] = parts
+        record[WAKE] = 1 if post(record, record[SEQ] + 1) else 0
+        sleeping += record[WAKE]
+    return sleeping
+
+
+@numba.njit(**_jit)
+def join(records, task, args, helpers, parts, yield_address):
+    """After :func:`fork`: run part 0 and parts ``helpers``+1.. on the calling thread (the GIL released), then wait
+    for the workers' parts."""
+    _call_task(task, args, 0, parts)
+    for part in range(helpers + 1, parts):
+        _call_task(task, args, part, parts)
+    for worker in range(helpers):
+        wait(records[worker], records[worker][SEQ], yield_address)
+
+
+@numba.njit(**_jit)
 def address(array):
     """The address of ``array``'s data (compiled: ``ndarray.ctypes.data`` costs ~0.8 us in Python)."""
     return array.ctypes.data
@@ -166,17 +194,25 @@ def _sched_yield_address() -> int:
 YIELD_ADDRESS = _sched_yield_address()
 
 
-def new_record() -> np.ndarray:
-    """A fresh hand-off record (the worker starts asleep)."""
-    record = np.zeros(RECORD_SIZE, np.int64)
-    record[SLEEPING] = 1
-    return record
+def new_records(workers: int) -> np.ndarray:
+    """Fresh hand-off records, one row per worker (each starts asleep)."""
+    records = np.zeros((workers, RECORD_SIZE), np.int64)
+    records[:, SLEEPING] = 1
+    return records
 
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) every function here: raises where numba cannot."""
-    record = new_record()
+    records = new_records(1)
+    record = records[0]
     post(record, 0)
     finish(record, 0)
     wait(record, 0, YIELD_ADDRESS)
     spin(record, 0, YIELD_ADDRESS)
+    fork(records, 0, 0, 0, 1)
+    join(records, _NOOP.address, 0, 0, 1, YIELD_ADDRESS)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def _NOOP(args, part, parts):
+    """A native task doing nothing (:func:`warm_up` compiles :func:`join` with it)."""

@@ -63,14 +63,13 @@ class _Worker:
     through a ``concurrent.futures`` executor). Blocked, it costs nothing.
     """
 
-    def __init__(self, name: str, native: Any) -> None:
+    def __init__(self, name: str, native: Any, record: Any = None) -> None:
         self._wake = threading.Lock()
         self._wake.acquire()
         self._done = threading.Lock()
         self._done.acquire()
         self._native = native  # the native_spin module, or None
-        self._record = native.new_record() if native is not None else None
-        self._sequence = 0
+        self._record = record  # with native: its row of the pool's hand-off records (its SEQ: the last posted)
         self.spin_limit = 0  # set by the pool handing work over (see ThreadPool._spin_limit)
         self._task: Callable[[], None] | None = None
         self._error: BaseException | None = None
@@ -117,18 +116,21 @@ class _Worker:
         record[native.ARGS] = args
         record[native.PART] = part
         record[native.PARTS] = parts
-        self._sequence += 1
-        if native.post(record, self._sequence):
-            try:
-                self._wake.release()
-            except RuntimeError:  # a wake-up is already pending
-                pass
+        if native.post(record, record[native.SEQ] + 1):
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the thread where it blocks (a hand-off was posted while it slept)."""
+        try:
+            self._wake.release()
+        except RuntimeError:  # a wake-up is already pending
+            pass
 
     def join(self) -> None:
         if self._native is None:
             self._done.acquire()
         else:
-            self._native.wait(self._record, self._sequence, self._native.YIELD_ADDRESS)
+            self._native.wait(self._record, self._record[self._native.SEQ], self._native.YIELD_ADDRESS)
         error, self._error = self._error, None
         if error is not None:
             raise error
@@ -196,6 +198,7 @@ class ThreadPool:
         self._allow_spinning = allow_spinning
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
+        self._records: list[Any] = [None]  # the workers' hand-off records (``native_spin``: a row each), shared so
         self._lock = threading.Lock()  # guards starting and stopping the workers
         self._busy = threading.Lock()  # held while a loop runs on the workers
         weakref.finalize(self, _stop_workers, self._workers, self._workers_pid)
@@ -286,15 +289,19 @@ class ThreadPool:
                 native.run_part(task, address, part, parts)
             return
         try:
-            workers = self._worker_threads()[:helpers]
-            for part, worker in enumerate(workers, 1):
-                worker.spin_limit = self._spin_limit
-                worker.start_native(task, address, part, parts)
-            native.run_part(task, address, 0, parts)
-            for part in range(helpers + 1, parts):
-                native.run_part(task, address, part, parts)
-            for worker in workers:
-                worker.join()
+            workers = self._workers
+            if not workers or self._workers_pid[0] != os.getpid():
+                workers = self._worker_threads()
+            records = self._records[0]
+            limit = self._spin_limit
+            for worker in workers[:helpers]:
+                worker.spin_limit = limit
+            # (posting and joining in two compiled calls: per worker in Python they cost ~1.5 us a task)
+            if native.fork(records, task, address, helpers, parts):
+                for worker, record in zip(workers[:helpers], records):
+                    if record[native.WAKE]:
+                        worker.wake()
+            native.join(records, task, address, helpers, parts, native.YIELD_ADDRESS)
         finally:
             self._busy.release()
 
@@ -323,9 +330,12 @@ class ThreadPool:
             # a forked child inherits the workers but not their threads: it starts its own
             if not self._workers or self._workers_pid[0] != os.getpid():
                 native = _native_spin()
-                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native)
-                                    for i in range(self._num_threads - 1)]
+                count = self._num_threads - 1
+                records = native.new_records(count) if native is not None else None
+                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native, None if records is None else records[i])
+                                    for i in range(count)]
                 self._workers_pid[0] = os.getpid()
+                self._records[0] = records
             return list(self._workers)
 
 

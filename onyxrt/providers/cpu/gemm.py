@@ -22,7 +22,6 @@ on the AVX2-only EPYC OpenBLAS had been the faster too.)
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -30,7 +29,7 @@ import numpy as np
 from ...framework.cpu_features import has_flags
 from ...framework.thread_mode import note_pool_product
 from ...framework.thread_pool import current_pool
-from .jit import optional_module
+from .jit import numba_disabled, optional_module
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
 MIN_PARALLEL_MACS = 1 << 19
@@ -70,10 +69,18 @@ MIN_MACS_WAKING = 1 << 25
 MIN_MACS_SPINNING = 1 << 17
 
 
-@functools.cache
 def own_sgemm_usable() -> bool:
-    """Whether ``math/sgemm_avx512`` runs here: a CPU with AVX-512 and numba compiling for it."""
-    return has_flags("avx512f") and optional_module("onyxrt.providers.cpu.math.sgemm_avx512") is not None
+    """Whether ``math/sgemm_avx512`` runs here: a CPU with AVX-512 and numba compiling for it (settled at the first
+    call made while numba is not disabled)."""
+    if _OWN_SGEMM_USABLE:
+        return _OWN_SGEMM_USABLE[0]
+    usable = has_flags("avx512f") and optional_module("onyxrt.providers.cpu.math.sgemm_avx512") is not None
+    if usable or not numba_disabled():
+        _OWN_SGEMM_USABLE.append(usable)
+    return usable
+
+
+_OWN_SGEMM_USABLE: list[bool] = []  # the settled answer, once there is one
 
 
 def _own_sgemm_shape(rows: int, depth: int, cols: int) -> bool:

@@ -48,12 +48,12 @@ def optional_module(name: str) -> Any:
     is disabled (``ONYXRT_DISABLE_NUMBA``) or the import fails (numba missing or broken, no cache
     directory), so that callers take their fallback path."""
     if name not in _OPTIONAL_MODULES:
-        module = None
-        if not numba_disabled():
-            try:
-                module = importlib.import_module(name)
-            except Exception:  # numba's errors have no common base
-                module = None
+        if numba_disabled():
+            return None  # (not remembered: the variable may be cleared later in the process)
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # numba's errors have no common base
+            module = None
         _OPTIONAL_MODULES[name] = module
     return _OPTIONAL_MODULES[name]
 
