@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 from ort_int8 import non_saturating_int8
 
+from onyxrt.providers.cpu.gemm import GEMV_MAX_ROWS
 from onyxrt.providers.cpu.math import matmul as mm
 
 rng = np.random.default_rng(0)
@@ -178,5 +179,26 @@ def test_matmul_with_constant_half_b_is_prepacked():
     assert packed.value.dtype == np.float32
     np.testing.assert_array_equal(mm.matmul(a, b, _packed=packed), mm.matmul(a, b))
     np.testing.assert_array_equal(_session("MatMul", a, b).run(None, {"a": a})[0], mm.matmul(a, b))
-    assert mm._matmul_prepack([None, b.astype(np.float32)], {}) is None
+    single = b.astype(np.float32)
+    assert np.shares_memory(mm._matmul_prepack([None, single], {}).value, single)  # float32: kept as it is
     assert mm._matmul_prepack([None, np.ones((2, 2), np.int32)], {}) is None
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_gemv_runs_on_a_transposed_copy_of_a_constant_b(rows):
+    """A product of at most GEMV_MAX_ROWS rows by a constant float32 B multiplies B's transposed copy (made once, at
+    the first such product): equal to numpy's product to BLAS's summation order; more rows, and a B wider than
+    GEMV_TRANSPOSE_MAX_COLUMNS, make none."""
+    a = rng.standard_normal((1, rows, 96)).astype(np.float32)
+    b = rng.standard_normal((96, 40)).astype(np.float32)
+    packed = mm._matmul_prepack([None, b], {})
+    np.testing.assert_allclose(mm.matmul(a, b, _packed=packed), a @ b, rtol=1e-5, atol=1e-5)
+    made = packed._transposed is not None
+    assert made == (rows <= GEMV_MAX_ROWS)
+    if made:
+        np.testing.assert_array_equal(packed._transposed, b.T)
+        assert not packed._transposed.flags.writeable
+    wide = rng.standard_normal((8, mm.GEMV_TRANSPOSE_MAX_COLUMNS + 1)).astype(np.float32)
+    packed = mm._matmul_prepack([None, wide], {})
+    np.testing.assert_allclose(mm.matmul(a[..., :8], wide, _packed=packed), a[..., :8] @ wide, rtol=1e-5, atol=1e-5)
+    assert packed._transposed is None

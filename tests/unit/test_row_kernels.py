@@ -162,6 +162,25 @@ def test_layer_norms_match_the_numpy_path(monkeypatch, fn, kwargs) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("with_beta", [False, True])
+@pytest.mark.parametrize("strided", [False, True])
+def test_one_output_layer_norm_equals_the_three_output_kernel(monkeypatch, with_beta, strided) -> None:
+    """LayerNormalization's one-output path (``layer_norm_last_axis``: less set-up) gives the full kernel's Y bit for
+    bit, for strided inputs too, and declines parameters that do not fit the last axis."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 48, 7) if strided else (3, 7, 48)).astype(np.float32)
+    x = x.transpose(0, 2, 1) if strided else x
+    scale, bias = rng.standard_normal((2, 48)).astype(np.float32)
+    beta = bias if with_beta else None
+    (y,) = nn_normalization.layer_norm(x, scale, beta, epsilon=1e-6)
+    full = nn_normalization.layer_norm(x, scale, beta, epsilon=1e-6, _num_outputs=3)[0]
+    np.testing.assert_array_equal(y, full)
+    np.testing.assert_allclose(y, numpy_path(monkeypatch, nn_normalization.layer_norm, x, scale, beta,
+                                             epsilon=1e-6)[0], rtol=1e-5, atol=2e-6)
+    assert row_kernels.layer_norm_last_axis(x, scale[:5], beta, 1e-6) is None
+    assert row_kernels.layer_norm_last_axis(x, scale.astype(np.float64), beta, 1e-6) is None
+
+
 @pytest.mark.parametrize("activation, params", [("", None), ("Relu", None), ("LeakyRelu", [0.1]), ("Tanh", None),
                                                 ("Sigmoid", None), ("Clip", [0.0, 6.0]), ("HardSigmoid", [0.2, 0.5])])
 @pytest.mark.parametrize("with_z", [False, True])

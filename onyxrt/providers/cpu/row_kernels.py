@@ -188,6 +188,28 @@ def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, 
     return y, mean, inv, (total if keep_total else None)
 
 
+def layer_norm_last_axis(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, epsilon: float
+                         ) -> np.ndarray | None:
+    """LayerNormalization of float32 ``x`` over its last axis with ``gamma`` and ``beta`` (float32, one per column;
+    ``beta`` may be None): the result only, with less set-up than :func:`layer_norm` (a small model's norm costs
+    more in its set-up than in its rows); None where the kernel cannot run or the parameters do not fit."""
+    cols = x.shape[-1]
+    if (cols == 0 or gamma.dtype != _F32 or gamma.shape != (cols,) or not gamma.flags.c_contiguous
+            or (beta is not None and (beta.dtype != _F32 or beta.shape != (cols,) or not beta.flags.c_contiguous))):
+        return None
+    kernel = _LAYER_NORM.kernel if "f32" in _LAYER_NORM.compiled and not numba_disabled() else (
+        _LAYER_NORM.compiled_for("f32", *_LAYER_NORM_PROBE))
+    if kernel is None:
+        return None
+    rows = x.size // cols
+    x2 = read_only(np.ascontiguousarray(x).reshape(rows, cols))
+    y = np.empty(x.shape, _F32)
+    stats = np.empty((2, rows), _F32)  # (mean, inverse std): the kernel writes them
+    _over_rows(kernel, (x2, _EMPTY2, _EMPTY, read_only(gamma), _EMPTY if beta is None else read_only(beta),
+                        _F32.type(epsilon), False, y.reshape(rows, cols), _NO_OUTPUT, stats[0], stats[1]), rows, x.size)
+    return y
+
+
 def activation_code(activation) -> tuple[int, tuple[float, float]] | None:
     """(code, params) of an in-place activation function that ``mlas_activation_fn`` made
     (its ``mlas`` attribute), (0, ...) for none, None for one the kernels cannot apply."""

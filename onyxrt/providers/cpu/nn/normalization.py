@@ -18,6 +18,9 @@ from ..kernel_table import op
 from ....errors import NodeInputError
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _ct(dtype) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
@@ -250,6 +253,10 @@ def _layer_norm_numpy(x2, sc, bb, epsilon, ct, shape):
 @op("LayerNormalization", versions=17, multi_output=True)
 def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, _num_outputs=1):
     rank = x.ndim
+    if _num_outputs == 1 and stash_type == 1 and x.dtype == _F32 and rank and axis in (-1, rank - 1):
+        y = row_kernels.layer_norm_last_axis(x, scale, b, epsilon)  # (the common case, with the least set-up)
+        if y is not None:
+            return (y,)
     axis = normalize_axis(axis, rank)
     st = _stash_dtype(stash_type, x.dtype)
     ct = _ct(x.dtype)
