@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....framework.huge_pages import constant_array
 from ..gemm import GEMV_MAX_ROWS, note_product
 from ..gemm import matmul as pool_matmul
 from .int8_gemm import matmul_int8, packed_for, prepack_constant_b
@@ -62,7 +63,8 @@ class _PackedB:
             value = self.value
             if value.ndim != 2 or value.dtype != _F32 or value.shape[1] > GEMV_TRANSPOSE_MAX_COLUMNS:
                 return None
-            transposed = np.ascontiguousarray(value.T)
+            transposed = constant_array(value.T.shape, _F32)  # (streamed from memory: in huge pages)
+            np.copyto(transposed, value.T)
             transposed.flags.writeable = False
             self._transposed = transposed  # (two runs making it at once: either copy will do)
         return self._transposed
