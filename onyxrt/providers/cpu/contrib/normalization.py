@@ -103,6 +103,10 @@ def _fused_skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified):
 
 
 def _skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified, op_name):
+    if x.dtype == _F32 and x.ndim in (2, 3):  # the common case, with the least set-up
+        fused = row_kernels.skip_layer_norm_last_axis(x, skip, gamma, beta, bias, epsilon, simplified)
+        if fused is not None:
+            return fused
     fused = _fused_skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified)
     if fused is not None:
         return fused
