@@ -133,8 +133,13 @@ def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
     from onyxrt.providers.cpu.nn import conv_core
 
     calls = []
-    fused = conv_core.fused_product
-    monkeypatch.setattr(conv_core, "fused_product", lambda *args: calls.append(args[1].shape) or fused(*args))
+    runner = conv_core._own_gemm_runner
+
+    def recording_runner(*args):
+        run = runner(*args)
+        return None if run is None else (lambda x, z, pool: calls.append(x.shape) or run(x, z, pool))
+
+    monkeypatch.setattr(conv_core, "_own_gemm_runner", recording_runner)
     monkeypatch.setattr(conv_core, "OWN_GEMM_MIN_PIXELS", 512)
     rng = np.random.default_rng(5)
     clip = mlas_activation_fn("Clip", [0.0, 6.0])
@@ -150,6 +155,6 @@ def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
             y = conv_core.float_conv(x, w, b, 1, [1, 1], [1, 1], [0] * 4, "NOTSET", [1, 1], packed, activation=clip,
                                      residual=z)
         pool.shutdown()
-        assert (calls == [(2, 24, size * size)]) is (taken and pool.runs_native_tasks)
+        assert (calls == [(2, 24, size, size)]) is (taken and pool.runs_native_tasks)
         want = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0].astype(np.float64), x) + b[None, :, None, None] + z
         np.testing.assert_allclose(y, np.clip(want, 0, 6), rtol=1e-5, atol=1e-5 * np.abs(want).max())

@@ -17,7 +17,7 @@ B's columns from a zero-padded copy (``tail``) so that no load passes B's end.
 
 An epilogue (a bias per row, a residual, an activation of :data:`IN_REGISTERS`) is applied to the tile's
 accumulators after the last K block, before the one store: a pointwise convolution's FusedConv epilogue costs no
-pass over its output (``conv_core._own_gemm_pointwise``; resnet50's and mobilenet_v2's 28x28 to 112x112 layers
+pass over its output (``conv_core._own_gemm_runner``; resnet50's and mobilenet_v2's 28x28 to 112x112 layers
 0.55-0.9x the time of BLAS per block with the epilogue after each block, on 2 Zen 5 cores).
 """
 
@@ -311,17 +311,33 @@ def gemm_part(args, part, parts):
 
 
 @numba.njit(**_jit)
-def task_args(a, b, c, bias, residual, act, params, column_bias=False):
-    """:func:`gemm_part`'s arguments (compiled: ``ndarray.ctypes`` costs ~1 us an address): ``a`` (M, K), ``b`` (K,
-    N) or a batch (I, K, N) and ``c`` (M, N) or (I, M, N), C-contiguous; ``bias``, ``residual`` ((M, N), (I, M, N)
-    or no rows), ``act``, ``params``, ``column_bias``: :func:`gemm`'s epilogue. The caller keeps the arrays alive
-    until the task returns."""
-    k, n = b.shape[b.ndim - 2], b.shape[b.ndim - 1]
-    args = np.empty(_TASK_ARGS, np.int64)
+def task_template(a, n, batch, bias, act, params, column_bias):
+    """:func:`gemm_part`'s arguments for ``batch`` products of ``a`` (M, K) by B (K, ``n``) with :func:`gemm`'s epilogue
+    (``bias``, ``act``, ``params``, ``column_bias``), less B's, C's and the residual's addresses (:func:`operand_args`
+    adds them per call); the caller keeps ``a``, ``bias`` and ``params`` alive while the template is used."""
+    args = np.zeros(_TASK_ARGS, np.int64)
     args[0], args[1], args[2] = a.ctypes.data, a.shape[0], a.shape[1]
-    args[3], args[4], args[5] = b.ctypes.data, n, b.size // (k * n)
-    args[8], args[9], args[10] = (n + PANEL - 1) // PANEL, c.ctypes.data, (1 if column_bias else 0) | (act << 2)
-    args[11], args[12], args[13], args[14], args[15] = (bias.ctypes.data, bias.shape[0], residual.ctypes.data,
-                                                        residual.shape[residual.ndim - 2] if residual.size else 0,
-                                                        params.ctypes.data)
+    args[4], args[5], args[8] = n, batch, (n + PANEL - 1) // PANEL
+    args[10] = (1 if column_bias else 0) | (act << 2)
+    args[11], args[12], args[15] = bias.ctypes.data, bias.shape[0], params.ctypes.data
     return args
+
+
+@numba.njit(**_jit)
+def operand_args(template, b, c, residual):
+    """The ``template``'s arguments with ``b``, ``c`` and ``residual`` (shaped as ``c``, or no rows) as :func:`task_args`
+    takes them (compiled: ``ndarray.ctypes`` costs ~1 us an address in Python); the caller keeps them alive until
+    the task returns."""
+    args = template.copy()
+    args[3], args[9] = b.ctypes.data, c.ctypes.data
+    args[13], args[14] = residual.ctypes.data, residual.shape[residual.ndim - 2] if residual.size else 0
+    return args
+
+
+@numba.njit(**_jit)
+def task_args(a, b, c, bias, residual, act, params, column_bias=False):
+    """:func:`gemm_part`'s arguments: ``a`` (M, K), ``b`` (K, N) or a batch (I, K, N) and ``c`` (M, N) or (I, M, N),
+    C-contiguous; ``bias``, ``residual`` ((M, N), (I, M, N) or no rows), ``act``, ``params``, ``column_bias``:
+    :func:`gemm`'s epilogue. The caller keeps the arrays alive until the task returns."""
+    k, n = b.shape[b.ndim - 2], b.shape[b.ndim - 1]
+    return operand_args(task_template(a, n, b.size // (k * n), bias, act, params, column_bias), b, c, residual)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from .. import row_kernels
-from ..gemm import fused_product, own_sgemm_usable
+from ..gemm import MIN_MACS_SPINNING, MIN_MACS_WAKING, fused_product, own_sgemm_usable
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, optional_module, read_only
@@ -1119,11 +1119,12 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
     if pixels == 1 and n > 1:
         return _batch_rows_route(n, c, m, y_shape, packed, epilogue if own_gemm else None,
                                  _finisher(m, packed.b, activation, nd))
+    own_runner = _own_gemm_runner(shape, packed, epilogue) if own_gemm else None
 
     def pointwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         pool = current_pool()
         if pool.splits_gemms and x.dtype == _F32 and pool.runs_native_tasks and epilogue is not None:
-            y = _own_gemm_pointwise(x, packed, epilogue, z) if own_gemm else None
+            y = own_runner(x, z, pool) if own_runner is not None else None
             if y is None:
                 y = _pointwise_task(x, packed, epilogue, z, pool)
             if y is not None:
@@ -1165,7 +1166,7 @@ def _batch_rows_route(n: int, c: int, m: int, y_shape: tuple, packed: ConvWeight
 # Multiply-adds below which a pointwise task runs on the calling thread alone (gemm.MIN_PARALLEL_MACS).
 _POINTWISE_PARALLEL_MACS = 1 << 19
 # Pixels from which a pool that splits products runs a pointwise convolution on onyxrt's GEMM with the epilogue in
-# its registers (``_own_gemm_pointwise``); fewer, on BLAS per block (``_pointwise_task``). Measured on 2 Zen 5 cores
+# its registers (``_own_gemm_runner``); fewer, on BLAS per block (``_pointwise_task``). Measured on 2 Zen 5 cores
 # once the GEMM's last panel ran under a lane mask, alternating processes: mobilenet_v2 0.976x and resnet50 0.991x
 # with every size on the GEMM (its 14x14 and 7x7 layers had been 1.05-1.15x BLAS's blocks with the narrow panel
 # copied through a scratch tile).
@@ -1185,19 +1186,46 @@ def _pointwise_operands(x: np.ndarray, packed: ConvWeights, residual) -> tuple |
     return np.ascontiguousarray(x).reshape(n, c, -1), y, y.reshape(n, m, -1), residual
 
 
-def _own_gemm_pointwise(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residual) -> np.ndarray | None:
-    """The pointwise route on onyxrt's own GEMM (``gemm.fused_product``: B, each image's channels x pixels, read where
-    it lies; the bias, residual and the ``epilogue``'s activation, one of ``row_kernels.IN_REGISTERS``, applied in the
-    tile's registers), the batch's images as one task; None where it does not apply (no such GEMM here, a residual
-    of another shape)."""
-    operands = _pointwise_operands(x, packed, residual)
-    if operands is None:
+def _own_gemm_runner(shape: tuple, packed: ConvWeights, epilogue: tuple) -> Callable | None:
+    """The pointwise route on onyxrt's own GEMM for inputs of ``shape``: a function ``(x, residual, pool) -> y`` (None
+    where a residual does not match y) running the batch's images as one native task over ``pool`` (B, each image's
+    channels x pixels, read where it lies; the bias, residual and the ``epilogue``'s activation, one of
+    ``row_kernels.IN_REGISTERS``, applied in the tile's registers), its arguments but the operands' addresses set up
+    once; None where that GEMM does not run here."""
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512") if own_sgemm_usable() else None
+    if module is None:
         return None
-    x3, y, y3, residual3 = operands
-    act, values = epilogue
-    if x3.shape[0] == 1:  # (2-D operands: one product)
-        x3, y3, residual3 = x3[0], y3[0], None if residual3 is None else residual3[0]
-    return y if fused_product(packed.pointwise, x3, y3, packed.b, residual3, act, values) else None
+    n, c = shape[:2]
+    m = packed.pointwise.shape[0]
+    pixels = math.prod(shape[2:])
+    y_shape = (n, m) + tuple(shape[2:])
+    act, params = epilogue
+    bias = packed.b if packed.b is not None else _NO_VALUES
+    template = module.task_template(packed.pointwise, pixels, n, bias, act, params, False)
+    macs = n * m * c * pixels
+    units = n * max(module.panels(pixels), -(-m // module.MAX_ROWS))
+    address = module.gemm_part.address
+
+    def run(x: np.ndarray, z: np.ndarray | None, pool) -> np.ndarray | None:
+        if z is None:
+            residual = _NO_RESIDUAL3
+        elif z.shape == y_shape and z.dtype == _F32:
+            residual = np.ascontiguousarray(z).reshape(n, m, pixels)
+        else:
+            return None
+        y = np.empty(y_shape, _F32)
+        args = module.operand_args(template, np.ascontiguousarray(x).reshape(n, c, pixels), y.reshape(n, m, pixels),
+                                   residual)
+        threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING
+        # (``template``, ``bias`` and ``params`` stay referenced by this closure while the task runs)
+        pool.run_native(address, args, min(pool.num_threads, units) if macs >= threshold else 1)
+        return y
+
+    return run
+
+
+_NO_VALUES = np.zeros(0, _F32)
+_NO_RESIDUAL3 = np.zeros((0, 0, 0), _F32)
 
 
 def _pointwise_task(x: np.ndarray, packed: ConvWeights, epilogue: tuple, residual, pool) -> np.ndarray | None:

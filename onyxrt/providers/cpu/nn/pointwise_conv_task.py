@@ -11,7 +11,7 @@ unfused: 64x14x14 -> 384 with Clip 85 / 144 us, 8x32x32x32 -> 32 with Relu 174 /
 QuickGelu 110 / 148, 16x112x112 -> 96 with Clip 458 / 492; ``/tmp`` script in the stop-29 note). Sessions that
 leave products to BLAS's own threads (the default) keep the product and the epilogue pass. On AVX-512 CPUs, images
 of ``conv_core.OWN_GEMM_MIN_PIXELS`` or more (every size by default) take onyxrt's own GEMM with the epilogue in its
-registers instead (``conv_core._own_gemm_pointwise``); this task runs the other epilogues and other CPUs.
+registers instead (``conv_core._own_gemm_runner``); this task runs the other epilogues and other CPUs.
 
 Imported by ``conv_core`` on first use (it imports numba at its top). Task arguments (:func:`pack`): an
 int64 array of addresses and sizes, see the ``_*`` indices below.
