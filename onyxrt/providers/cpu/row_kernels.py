@@ -200,51 +200,38 @@ def _layer_norm_kernel() -> Callable | None:
     return _LAYER_NORM.compiled_for("f32", *_LAYER_NORM_PROBE)
 
 
-def layer_norm_last_axis(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, epsilon: float
-                         ) -> np.ndarray | None:
-    """LayerNormalization of float32 ``x`` over its last axis with ``gamma`` and ``beta`` (float32, one per column;
-    ``beta`` may be None): the result only, with less set-up than :func:`layer_norm` (a small model's norm costs
-    more in its set-up than in its rows); None where the kernel cannot run or the parameters do not fit."""
+def norm_last_axis(x: np.ndarray, skip: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray | None,
+                   bias: np.ndarray | None, epsilon: float, simplified: bool, keep_total: bool
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(Skip)(Simplified)LayerNorm of float32 ``x`` plus ``skip`` (x's shape) and ``bias`` over the last axis, with
+    less set-up than :func:`layer_norm` (a small model's or a decoding step's norm costs more in its set-up than in
+    its rows): (y, mean, inv_std, x + skip + bias where ``keep_total``), the statistics shaped x.shape[:-1] + (1,)
+    (mean 0 when ``simplified``); None where the kernel cannot run or the operands do not fit."""
     cols = x.shape[-1]
-    if cols == 0 or gamma is None or not (_fits(gamma, cols) and _fits(beta, cols)):
-        return None
-    kernel = _layer_norm_kernel()
-    if kernel is None:
-        return None
-    rows = x.size // cols
-    x2 = read_only(np.ascontiguousarray(x).reshape(rows, cols))
-    y = np.empty(x.shape, _F32)
-    stats = np.empty((2, rows), _F32)  # (mean, inverse std): the kernel writes them
-    _over_rows(kernel, (x2, _EMPTY2, _EMPTY, read_only(gamma), _EMPTY if beta is None else read_only(beta),
-                        _F32.type(epsilon), False, y.reshape(rows, cols), _NO_OUTPUT, stats[0], stats[1]), rows, x.size)
-    return y
-
-
-def skip_layer_norm_last_axis(x: np.ndarray, skip: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None,
-                              bias: np.ndarray | None, epsilon: float, simplified: bool
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """(Simplified)SkipLayerNormalization of float32 ``x`` and ``skip`` (x's shape) plus ``bias`` over the last axis:
-    (y, mean, inv_std, x + skip + bias), the statistics shaped x.shape[:-1] + (1,) (mean 0 when ``simplified``),
-    with less set-up than :func:`layer_norm` (a decoding step's norms are one row each); None where the kernel
-    cannot run or the operands do not fit."""
-    cols = x.shape[-1]
-    if (cols == 0 or skip.shape != x.shape or skip.dtype != _F32 or gamma is None
-            or not (_fits(gamma, cols) and _fits(beta, cols) and _fits(bias, cols))):
+    if (cols == 0 or gamma is None or not (_fits(gamma, cols) and _fits(beta, cols) and _fits(bias, cols))
+            or (skip is not None and (skip.shape != x.shape or skip.dtype != _F32))):
         return None
     kernel = _layer_norm_kernel()
     if kernel is None:
         return None
     rows = x.size // cols
     y = np.empty(x.shape, _F32)
-    total = np.empty(x.shape, _F32)
+    total = np.empty(x.shape, _F32) if keep_total else None
     stats = np.empty((2,) + x.shape[:-1] + (1,), _F32)
     _over_rows(kernel, (read_only(np.ascontiguousarray(x).reshape(rows, cols)),
-                        read_only(np.ascontiguousarray(skip).reshape(rows, cols)),
+                        _EMPTY2 if skip is None else read_only(np.ascontiguousarray(skip).reshape(rows, cols)),
                         _EMPTY if bias is None else read_only(bias), read_only(gamma),
                         _EMPTY if beta is None else read_only(beta), _F32.type(epsilon), bool(simplified),
-                        y.reshape(rows, cols), total.reshape(rows, cols), stats[0].reshape(rows),
-                        stats[1].reshape(rows)), rows, x.size)
+                        y.reshape(rows, cols), _NO_OUTPUT if total is None else total.reshape(rows, cols),
+                        stats[0].reshape(rows), stats[1].reshape(rows)), rows, x.size)
     return y, stats[0], stats[1], total
+
+
+def layer_norm_last_axis(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, epsilon: float
+                         ) -> np.ndarray | None:
+    """LayerNormalization's result alone (:func:`norm_last_axis` without skip, bias or statistics)."""
+    done = norm_last_axis(x, None, gamma, beta, None, epsilon, False, False)
+    return None if done is None else done[0]
 
 
 def activation_code(activation) -> tuple[int, tuple[float, float]] | None:

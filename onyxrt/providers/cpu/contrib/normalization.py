@@ -104,7 +104,7 @@ def _fused_skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified):
 
 def _skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified, op_name):
     if x.dtype == _F32 and x.ndim in (2, 3):  # the common case, with the least set-up
-        fused = row_kernels.skip_layer_norm_last_axis(x, skip, gamma, beta, bias, epsilon, simplified)
+        fused = row_kernels.norm_last_axis(x, skip, gamma, beta, bias, epsilon, simplified, keep_total=True)
         if fused is not None:
             return fused
     fused = _fused_skip_layer_norm(x, skip, gamma, beta, bias, epsilon, simplified)
@@ -142,6 +142,11 @@ def skip_simplified_layer_normalization(x, skip, gamma, bias=None, *, epsilon=1e
 def _layer_norm_axis(x, scale, bias, axis, epsilon, stash_type, simplified, op_name):
     if x.ndim == 0:
         raise NodeInputError(f"{op_name}: input must have rank >= 1")
+    if (x.dtype == _F32 and scale.dtype == _F32 and int(stash_type) == 1 and axis in (-1, x.ndim - 1)
+            and (bias is None or bias.dtype == _F32)):  # the common case, with the least set-up
+        done = row_kernels.norm_last_axis(x, None, scale, bias, None, epsilon, simplified, keep_total=False)
+        if done is not None:
+            return done[0], None if simplified else done[1], done[2]
     ax = normalize_axis(int(axis), x.ndim)
     inner = math.prod(x.shape[ax:])
     out_dtype = scale.dtype
