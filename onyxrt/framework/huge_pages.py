@@ -1,11 +1,9 @@
-"""Constant arrays (a model's initializers as read from its file, a GEMV's transposed weights) in transparent huge
-pages where the OS has them.
+"""Constant arrays onyxrt prepares itself (a GEMV's transposed weights), in transparent huge pages where the OS has them.
 
 A product of one row by a weight matrix that does not stay in the caches (a decoding step's projections) streams the
 matrix from memory. In 4 KiB pages the CPU's prefetchers stop at every page boundary and each page costs a TLB
 entry; in 2 MiB pages they run on. Measured on 2 Zen 5 cores (a VM, transparent huge pages on ``madvise``), a GEMV
-on B^T from memory, OpenBLAS's two threads: 512 x 512 42 -> 30 us, 1408 x 512 63 -> 59, 2816 x 512 119 -> 110;
-llama_tiny's 512 x 32000 vocabulary head in a decoding step 1270-1350 -> 1210-1230 us.
+on B^T from memory, OpenBLAS's two threads: 512 x 512 42 -> 30 us, 1408 x 512 63 -> 59, 2816 x 512 119 -> 110.
 
 Linux gives huge pages to anonymous memory marked ``MADV_HUGEPAGE`` (with ``transparent_hugepage`` set to ``madvise``
 or ``always``). Arrays are cut from chunks of such memory (so that a 1 MiB matrix does not hold a 2 MiB page of its
@@ -35,8 +33,8 @@ def _usable() -> bool:
 
 
 def constant_array(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A new writable array of ``shape`` and ``dtype`` (contents undefined) for constant data read or prepared once:
-    in huge pages where this module applies, else from ``np.empty``."""
+    """A new writable array of ``shape`` and ``dtype`` (contents undefined) for constant data the session prepares
+    once: in huge pages where :mod:`huge_pages` applies, else from ``np.empty``."""
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or not _usable():

@@ -13,7 +13,6 @@ import onnx_ir as ir
 from onnx import numpy_helper
 
 from ..errors import Fail
-from ..framework import huge_pages
 
 
 def to_array(tensor: ir.TensorProtocol) -> np.ndarray:
@@ -44,12 +43,6 @@ def constant_array(value: ir.Value) -> np.ndarray:
     tensor = value.const_value
     array = to_array(tensor)
     if isinstance(tensor, ir.serde.TensorProtoTensor):
-        if array.dtype != object and array.nbytes >= huge_pages.MIN_BYTES:
-            # a weight kernels may stream from memory (a decoding step's vocabulary head): in huge pages
-            held = huge_pages.constant_array(array.shape, array.dtype)
-            np.copyto(held, array)
-            held.flags.writeable = array.flags.writeable  # (a protobuf's bytes are read-only: so stays the copy)
-            array = held
         value.const_value = ir.Tensor(array, name=tensor.name) if array.dtype != object else tensor
     return array
 

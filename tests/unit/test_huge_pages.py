@@ -35,24 +35,3 @@ def test_an_array_larger_than_a_chunk_gets_a_mapping_of_its_own() -> None:
     a = huge_pages.constant_array((count,), np.float32)
     a[-1] = 7.0
     assert a.shape == (count,) and a[-1] == 7.0
-
-
-def test_a_large_initializer_is_read_into_huge_pages_once(tmp_path) -> None:
-    """A model's initializer of MIN_BYTES or more is copied out of the protobuf into :func:`constant_array`'s memory
-    once, read-only as the protobuf's bytes were, and every later reader gets that array."""
-    import onnx
-    import onnx_ir as ir
-    from onnx import helper, numpy_helper
-
-    from onyxrt.graph.tensors import constant_array
-
-    weight = np.arange(huge_pages.MIN_BYTES // 4, dtype=np.float32).reshape(-1, 64)
-    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-                              [numpy_helper.from_array(weight, "w")])
-    model = ir.serde.deserialize_model(helper.make_model(graph))
-    value = model.graph.initializers["w"]
-    array = constant_array(value)
-    np.testing.assert_array_equal(array, weight)
-    assert not array.flags.writeable
-    assert constant_array(value) is array
