@@ -9,6 +9,10 @@ Linux gives huge pages to anonymous memory marked ``MADV_HUGEPAGE`` (with ``tran
 or ``always``). Arrays are cut from chunks of such memory (so that a 1 MiB matrix does not hold a 2 MiB page of its
 own); a chunk is unmapped when the last array cut from it is gone. Elsewhere (another OS, huge pages off, small
 arrays) :func:`constant_array` is ``np.empty``.
+
+A model's initializers are not copied here: a huge page costs about four times its small pages to fault in (the
+kernel zeroes and compacts), 400 MB 81 -> 312 ms, and bert_base's session creation went from 0.70 to 1.3-1.5 s
+(onnxruntime's 0.52-0.58) for a 5 % faster vocabulary head in llama_tiny's decoding step.
 """
 
 from __future__ import annotations
