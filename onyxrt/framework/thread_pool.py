@@ -198,7 +198,7 @@ class ThreadPool:
         self._allow_spinning = allow_spinning
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
-        self._records: list[Any] = [None]  # the workers' hand-off records (``native_spin``: a row each), shared so
+        self._records: list[Any] = [None]  # the workers' hand-off records (``native_spin``: a row each), shared like them
         self._lock = threading.Lock()  # guards starting and stopping the workers
         self._busy = threading.Lock()  # held while a loop runs on the workers
         weakref.finalize(self, _stop_workers, self._workers, self._workers_pid)
