@@ -82,11 +82,13 @@ def _epilogue(want: np.ndarray, act: int, params: tuple[float, float]) -> np.nda
 @pytest.mark.parametrize("act, params", [(0, (0, 0)), (1, (0, 0)), (2, (0.1, 0)), (5, (-0.5, 1.5)), (6, (0.2, 0.5))])
 @pytest.mark.parametrize("biased, summed", [(True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, threads):
+@pytest.mark.parametrize("n, k", [(3 * 32 + 11, 600), (49, 600), (6 * 32 + 4, 1600), (4, 1600), (6 * 32 + 4, 300)])
+def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, threads, n, k):
     """``gemm.fused_product``: the bias, residual and activation applied in the tiles' registers after the last K
-    block, on full panels and on the zero-padded last one, equal the product followed by numpy's passes."""
-    rng = np.random.default_rng(act + 7 * threads)
-    m, k, n = 29, 600, 3 * 32 + 11
+    block, on full panels and on the zero-padded last one, and to the last columns left to dot products (49 = 48 + 1:
+    a 7x7 image's, 196 = 192 + 4, 4 = 0 + 4, where K is deep enough), equal the product followed by numpy's passes."""
+    rng = np.random.default_rng(act + 7 * threads + n)
+    m = 29
     w = rng.standard_normal((m, k), dtype=np.float32) / 20
     x = rng.standard_normal((k, n), dtype=np.float32)
     bias = rng.standard_normal(m, dtype=np.float32) if biased else None
@@ -100,6 +102,40 @@ def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, 
     want += 0 if bias is None else bias[:, None]
     want += 0 if residual is None else residual
     want = _epilogue(want, act, params)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("k, n, dots", [(600, 49, 1), (1600, 196, 4), (300, 196, 0), (600, 64, 0), (600, 45, 0),
+                                         (800, 18, 2)])
+def test_which_last_columns_are_dot_products(k, n, dots):
+    """``rest_of``: the columns past a multiple of 16, up to DOT_MAX_COLUMNS of them, where K is deep enough for each
+    (DOT_MIN_DEPTH), B's columns transposed; none where N is a multiple of 32."""
+    from onyxrt.providers.cpu.jit import optional_module
+
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512")
+    b = np.arange(k * n, dtype=np.float32).reshape(k, n)
+    rest = module.rest_of(b)
+    assert rest.shape == (dots, k)
+    np.testing.assert_array_equal(rest, b[:, n - dots:].T)
+
+
+@pytest.mark.parametrize("n", [18, 49, 64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_bias_per_column_reaches_every_column(n, threads):
+    """With ``column_bias`` (a squeeze-and-excitation layer's rows, x @ W^T) the bias is added per column on the
+    panels and on the columns left to dot products alike (18 = 16 + 2, 49 = 48 + 1)."""
+    rng = np.random.default_rng(n + threads)
+    m, k = 24, 800
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w_t = rng.standard_normal((k, n), dtype=np.float32) / 20
+    bias = rng.standard_normal(n, dtype=np.float32)
+    residual = rng.standard_normal((m, n), dtype=np.float32)
+    out = np.full((m, n), np.nan, np.float32)
+    pool = ThreadPool(threads).splitting_gemms() if threads > 1 else ThreadPool(1)
+    with pool.activate():
+        assert gemm.fused_product(x, w_t, out, bias, residual, 1, np.zeros(2, np.float32), column_bias=True)
+    pool.shutdown()
+    want = np.maximum(x.astype(np.float64) @ w_t.astype(np.float64) + bias[None, :] + residual, 0)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 

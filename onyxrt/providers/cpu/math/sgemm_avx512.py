@@ -30,11 +30,20 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 from ..ir_vectors import IN_REGISTERS, activation, splat, switch_codegen
+from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array, part_ranges
 
 PANEL = 32  # columns per panel: two 16-lane accumulators per row
 MAX_ROWS = 12  # rows per tile: 24 accumulators, two B vectors and a broadcast within AVX-512's 32 registers
 K_BLOCK = 256  # rows of B a pass over the row tiles reads: a panel's slice of 32 KiB stays in L1
+# Columns past a multiple of 16, up to this many, that a product's last panel leaves to dot products (``rest_of``): a
+# lane-masked vector for them costs a whole vector's multiply-adds (a 7x7 image's 49 columns: 64 computed), a dot
+# product a sixteenth of them and a sum of its lanes, so only where K is at least DOT_MIN_DEPTH per column. Measured
+# on 2 Zen 5 cores (M x K x N, one product): 160 x 960 x 49 71-80 -> 61-77 us, 96 x 576 x 196 77-80 -> 72-77, and in
+# mobilenet_v2's runs its 960 -> 160 and 960 -> 320 7x7 layers 60-68 -> 54-56 and 102 -> 94; with K 160 or 320 as
+# often slower as faster in a run (960 x 160 x 49: 55 against 61-63 alone), with K 96 for 4 columns slower.
+DOT_MAX_COLUMNS = 4
+DOT_MIN_DEPTH = 384
 COLUMN_BIAS = 2  # the tile's ``finish`` for a bias per column (1: per row)
 _F = ir.FloatType()
 _V = ir.VectorType(_F, 16)
@@ -215,11 +224,12 @@ def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=32):
 
 
 @numba.njit(**_jit)
-def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params, column_bias=False):
+def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, column_bias=False):
     """Rows [m0, m1) and column panels [p0, p1) of ``c = act(a @ b + bias[:, None] + residual)`` (``bias[None, :]``
     with ``column_bias``): ``a`` (M, K), ``b``
     (K, N), ``c`` (M, N) float32 C-contiguous; ``tail`` (K, 32): b's last N % 32 columns zero-padded (unread when N is
-    a multiple of 32), their panel computed with C and the residual read and written under a lane mask. The
+    a multiple of 32), their panel computed with C and the residual read and written under a lane mask, but for the
+    last ``rest.shape[0]`` columns (``rest``: :func:`rest_of`), dot products of A's rows by them. The
     epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual`` (M, N) or no rows, ``act`` one of
     :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
     taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while the row tiles pass), the
@@ -227,6 +237,7 @@ def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params, column_bias
     m_total, k = a.shape
     n = c.shape[1]
     full = n // PANEL
+    tiled = n - rest.shape[0]  # the columns the tiles compute
     lda, ldb, ldc = k * 4, n * 4, n * 4
     summed = residual.shape[0] > 0
     fused = summed or bias.shape[0] > 0 or act != 0
@@ -243,7 +254,9 @@ def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params, column_bias
         for p in range(p0, p1):
             col0 = p * PANEL
             whole = p < full
-            width = PANEL if whole else n - col0  # (the last panel's columns under a lane mask)
+            width = PANEL if whole else tiled - col0  # (the last panel's columns under a lane mask)
+            if width <= 0:
+                continue
             b_address = b.ctypes.data + (k0 * n + col0) * 4 if whole else tail.ctypes.data + k0 * PANEL * 4
             b_stride = ldb if whole else PANEL * 4
             m = m0
@@ -258,6 +271,33 @@ def gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, act, params, column_bias
                 _tile(c.ctypes.data + (m * n + col0) * 4, ldc, a_address, lda, b_address, b_stride, depth, rows,
                       accumulate, (finish, shift_address, res, ldc, act, params.ctypes.data), width)
                 m += rows
+    if rest.shape[0] and p1 > full:  # (the part holding the last panel)
+        _dot_columns(a, rest, c, m0, m1, tiled, shift, column_bias, residual, summed, fused, act, params)
+
+
+@numba.njit(fastmath={"reassoc", "contract"}, **_jit)
+def _dot_columns(a, rest, c, m0, m1, col0, shift, column_bias, residual, summed, fused, act, params):
+    """Rows [m0, m1) of C's columns ``col0``.. as :func:`gemm` computes them, each a dot product of A's row by a row of
+    ``rest`` (B's columns transposed), summed in vector lanes (so not in :func:`gemm`'s order: equal to float
+    rounding), then the epilogue."""
+    r, k = rest.shape
+    for m in range(m0, m1):
+        row = a[m]
+        for j in range(r):
+            column = rest[j]
+            total = np.float32(0.0)
+            for i in range(k):
+                total += row[i] * column[i]
+            c[m, col0 + j] = total
+        if fused:
+            out = c[m, col0:col0 + r]
+            add = np.float32(0.0)
+            if column_bias:
+                for j in range(r):
+                    out[j] += shift[col0 + j]
+            else:
+                add = shift[m]
+            epilogue_row(out, add, residual[m, col0:col0 + r] if summed else out, summed, act, params[0], params[1])
 
 
 def panels(n: int) -> int:
@@ -274,6 +314,21 @@ def tail_of(b):
     if width:
         tail[:, :width] = b[:, n - width:]
     return tail
+
+
+@numba.njit(**_jit)
+def rest_of(b):
+    """B's last ``N % 16`` columns transposed (r, K), where :func:`gemm` leaves them to dot products (at most
+    :data:`DOT_MAX_COLUMNS` past a multiple of 16, N not a multiple of 32, K at least :data:`DOT_MIN_DEPTH` a column),
+    else an empty (0, K)."""
+    k, n = b.shape
+    r = n % 16 if n % PANEL and n % 16 <= DOT_MAX_COLUMNS else 0
+    r = r if k >= DOT_MIN_DEPTH * r else 0
+    rest = np.empty((r, k), np.float32)
+    for j in range(r):
+        for i in range(k):
+            rest[j, i] = b[i, n - r + j]
+    return rest
 
 
 _TASK_ARGS = 16
@@ -300,8 +355,11 @@ def products_part(d, part, parts):
         # rows ran 0.83-0.91x the time split by panels (384x64x196, 576x96x196), 7x7's 2 panels 0.72x; 25 panels and
         # more about even, a 12-row product by panels 0.79x
         m0, m1, p0, p1 = part_ranges(m, count, count >= 4 * runs, run, runs)
-        tail = tail_of(b) if p1 == count else np.zeros((k, 0), np.float32)
-        gemm(a, b, tail, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 1 != 0)  # (act << 2 | columns)
+        last = p1 == count
+        tail = tail_of(b) if last else np.zeros((k, 0), np.float32)
+        rest = rest_of(b) if last else np.zeros((0, k), np.float32)
+        # (d[10]: act << 2 | a bias per column)
+        gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 1 != 0)
 
 
 @numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
