@@ -30,7 +30,6 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 from ..ir_vectors import IN_REGISTERS, activation, splat, switch_codegen
-from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array, part_ranges
 
 PANEL = 32  # columns per panel: two 16-lane accumulators per row
@@ -39,11 +38,11 @@ K_BLOCK = 256  # rows of B a pass over the row tiles reads: a panel's slice of 3
 # Columns past a multiple of 16, up to this many, that a product's last panel leaves to dot products (``rest_of``): a
 # lane-masked vector for them costs a whole vector's multiply-adds (a 7x7 image's 49 columns: 64 computed), a dot
 # product a sixteenth of them and a sum of its lanes, so only where K is at least DOT_MIN_DEPTH per column. Measured
-# on 2 Zen 5 cores (M x K x N, one product): 160 x 960 x 49 71-80 -> 61-77 us, 96 x 576 x 196 77-80 -> 72-77, and in
-# mobilenet_v2's runs its 960 -> 160 and 960 -> 320 7x7 layers 60-68 -> 54-56 and 102 -> 94; with K 160 or 320 as
-# often slower as faster in a run (960 x 160 x 49: 55 against 61-63 alone), with K 96 for 4 columns slower.
+# on 2 Zen 5 cores, M x K x N alone: 1280 x 320 x 49 135-136 -> 126-127 us, 160 x 960 x 49 71-80 -> 61-77, 960 x 160 x
+# 49 even (55); 14x14 images (4 columns) even; in mobilenet_v2's runs its 960 -> 160 and 960 -> 320 7x7 layers 58-68
+# -> 53-56 and 100-106 -> 94-103.
 DOT_MAX_COLUMNS = 4
-DOT_MIN_DEPTH = 384
+DOT_MIN_DEPTH = 64
 COLUMN_BIAS = 2  # the tile's ``finish`` for a bias per column (1: per row)
 _F = ir.FloatType()
 _V = ir.VectorType(_F, 16)
@@ -279,25 +278,31 @@ def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, colum
 def _dot_columns(a, rest, c, m0, m1, col0, shift, column_bias, residual, summed, fused, act, params):
     """Rows [m0, m1) of C's columns ``col0``.. as :func:`gemm` computes them, each a dot product of A's row by a row of
     ``rest`` (B's columns transposed), summed in vector lanes (so not in :func:`gemm`'s order: equal to float
-    rounding), then the epilogue."""
+    rounding), then the epilogue (``act`` one of :data:`IN_REGISTERS`)."""
     r, k = rest.shape
+    low, high = params[0], params[1]
+    zero, one = np.float32(0.0), np.float32(1.0)
     for m in range(m0, m1):
         row = a[m]
         for j in range(r):
             column = rest[j]
-            total = np.float32(0.0)
+            v = np.float32(0.0)
             for i in range(k):
-                total += row[i] * column[i]
-            c[m, col0 + j] = total
-        if fused:
-            out = c[m, col0:col0 + r]
-            add = np.float32(0.0)
-            if column_bias:
-                for j in range(r):
-                    out[j] += shift[col0 + j]
-            else:
-                add = shift[m]
-            epilogue_row(out, add, residual[m, col0:col0 + r] if summed else out, summed, act, params[0], params[1])
+                v += row[i] * column[i]
+            if fused:  # (a scalar form of the tiles' epilogue: a call of ``epilogue_row`` a row cost ~65 cycles)
+                v += shift[col0 + j] if column_bias else shift[m]
+                if summed:
+                    v += residual[m, col0 + j]
+                if act == 1:
+                    v = zero if v < zero else v
+                elif act == 2:
+                    v = v * low if v < zero else v
+                elif act == 5:
+                    v = low if v < low else (high if v > high else v)
+                elif act == 6:
+                    v = v * low + high
+                    v = zero if v < zero else (one if v > one else v)
+            c[m, col0 + j] = v
 
 
 def panels(n: int) -> int:
