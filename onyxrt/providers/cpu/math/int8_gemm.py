@@ -127,10 +127,12 @@ def _numba_targets_host(*llvm_features: str) -> bool:
 def _kernel_module(lazy: _Lazy, name: str, cpu_flags: tuple[str, ...], llvm_features: tuple[str, ...], probe):
     """The numba kernel module ``name`` of a route, imported and probed once (``lazy`` holds it); None
     where numba is disabled or unusable, the CPU lacks ``cpu_flags``, or the probe fails."""
+    if numba_disabled():
+        return None  # (not remembered: the variable may be cleared later in the process)
     with lazy.lock:
         if not lazy.loaded:
             lazy.loaded = True
-            if not numba_disabled() and has_flags(*cpu_flags) and _numba_targets_host(*llvm_features):
+            if has_flags(*cpu_flags) and _numba_targets_host(*llvm_features):
                 try:
                     module = importlib.import_module(f"{__package__}.{name}")
                     probe(module)
@@ -221,10 +223,18 @@ def _load_mkl():
     return None
 
 
-@functools.cache
 def available_routes() -> tuple[str, ...]:
     """The routes that can run in this process, in the order ``auto`` prefers them on this CPU
-    (found once per process)."""
+    (found once per process; while ``ONYXRT_DISABLE_NUMBA`` is set, found anew and not remembered)."""
+    return _routes() if numba_disabled() else _remembered_routes()
+
+
+@functools.cache
+def _remembered_routes() -> tuple[str, ...]:
+    return _routes()
+
+
+def _routes() -> tuple[str, ...]:
     routes = []
     vnni = _vnni_module() is not None
     if has_flags("amx_int8", "amx_tile") or (not vnni and cpu_vendor() == "GenuineIntel"):
