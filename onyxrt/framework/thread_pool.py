@@ -103,19 +103,9 @@ class _Worker:
         self._task = task
         if self._native is None:
             self._wake.release()
-        else:
-            self._post(0, 0, 0, 0)
-
-    def start_native(self, task: int, args: int, part: int, parts: int) -> None:
-        """Run part ``part`` of the native task at address ``task`` (see ``native_spin``)."""
-        self._post(task, args, part, parts)
-
-    def _post(self, task: int, args: int, part: int, parts: int) -> None:
+            return
         native, record = self._native, self._record
-        record[native.TASK] = task
-        record[native.ARGS] = args
-        record[native.PART] = part
-        record[native.PARTS] = parts
+        record[native.TASK] = 0  # (a Python task; native tasks are posted by ``native_spin.fork``)
         if native.post(record, record[native.SEQ] + 1):
             self.wake()
 
@@ -289,9 +279,7 @@ class ThreadPool:
                 native.run_part(task, address, part, parts)
             return
         try:
-            workers = self._workers
-            if not workers or self._workers_pid[0] != os.getpid():
-                workers = self._worker_threads()
+            workers = self._worker_threads()
             records = self._records[0]
             limit = self._spin_limit
             for worker in workers[:helpers]:
@@ -326,6 +314,9 @@ class ThreadPool:
             _stop_workers(self._workers, self._workers_pid)
 
     def _worker_threads(self) -> list[_Worker]:
+        """The workers, started where this process has none: the shared list (callers slice it, never change it)."""
+        if self._workers and self._workers_pid[0] == os.getpid():
+            return self._workers  # (no lock: once started, the list changes only when the pool stops)
         with self._lock:
             # a forked child inherits the workers but not their threads: it starts its own
             if not self._workers or self._workers_pid[0] != os.getpid():
@@ -336,7 +327,7 @@ class ThreadPool:
                                     for i in range(count)]
                 self._workers_pid[0] = os.getpid()
                 self._records[0] = records
-            return list(self._workers)
+            return self._workers
 
 
 def _stop_workers(workers: list[_Worker], pid: list[int]) -> None:
