@@ -112,16 +112,21 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
     m, n = a.shape[0], b.shape[-1]
     batch = b.shape[0] if b.ndim == 3 else 1
     y = out if out is not None else np.empty(b.shape[:-2] + (m, n), _F32)
-    macs = batch * m * a.shape[1] * n
-    # (a hand-off to a spinning worker costs a few microseconds, waking a blocked one 50-80 us on a VM)
-    threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING
-    parts = min(pool.num_threads, batch * max(module.panels(n), -(-m // module.MAX_ROWS)))
     args = module.task_args(a, b, y, bias, residual, act, params, column_bias)
     if pool.runs_native_tasks:
-        pool.run_native(module.gemm_part.address, args, parts if macs >= threshold else 1)
+        pool.run_native(module.gemm_part.address, args,
+                        own_sgemm_parts(pool, batch * m * a.shape[1] * n, module.units(m, n, batch)))
     else:
         module.products_part(args, 0, 1)
     return y
+
+
+def own_sgemm_parts(pool, macs: int, units: int) -> int:
+    """The parts a task of onyxrt's GEMM (``macs`` multiply-adds, ``units`` as ``sgemm_avx512.units`` counts them) is
+    shared out in over ``pool``: one below the split threshold of its kind of workers."""
+    # (a hand-off to a spinning worker costs a few microseconds, waking a blocked one 50-80 us on a VM)
+    threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING
+    return min(pool.num_threads, units) if macs >= threshold else 1
 
 
 def fused_product(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,

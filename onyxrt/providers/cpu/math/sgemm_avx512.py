@@ -310,6 +310,12 @@ def panels(n: int) -> int:
     return -(-n // PANEL)
 
 
+def units(m: int, n: int, batch: int) -> int:
+    """The most parts :func:`products_part` can share ``batch`` products of ``m`` rows and ``n`` columns into: per
+    product its column panels or its row tiles, whichever are more."""
+    return batch * max(panels(n), -(-m // MAX_ROWS))
+
+
 @numba.njit(**_jit)
 def tail_of(b):
     """B's last ``N % 32`` columns, zero-padded to 32 (K, 32) float32; an empty (K, 0) when N is a multiple of 32."""

@@ -36,7 +36,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from .. import row_kernels
-from ..gemm import MIN_MACS_SPINNING, MIN_MACS_WAKING, fused_product, own_sgemm_usable
+from ..gemm import fused_product, own_sgemm_parts, own_sgemm_usable
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, optional_module, read_only
@@ -1203,7 +1203,7 @@ def _own_gemm_runner(shape: tuple, packed: ConvWeights, epilogue: tuple) -> Call
     bias = packed.b if packed.b is not None else _NO_VALUES
     template = module.task_template(packed.pointwise, pixels, n, bias, act, params, False)
     macs = n * m * c * pixels
-    units = n * max(module.panels(pixels), -(-m // module.MAX_ROWS))
+    units = module.units(m, pixels, n)
     address = module.gemm_part.address
 
     def run(x: np.ndarray, z: np.ndarray | None, pool) -> np.ndarray | None:
@@ -1216,9 +1216,8 @@ def _own_gemm_runner(shape: tuple, packed: ConvWeights, epilogue: tuple) -> Call
         y = np.empty(y_shape, _F32)
         args = module.operand_args(template, np.ascontiguousarray(x).reshape(n, c, pixels), y.reshape(n, m, pixels),
                                    residual)
-        threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING
         # (``template``, ``bias`` and ``params`` stay referenced by this closure while the task runs)
-        pool.run_native(address, args, min(pool.num_threads, units) if macs >= threshold else 1)
+        pool.run_native(address, args, own_sgemm_parts(pool, macs, units))
         return y
 
     return run
