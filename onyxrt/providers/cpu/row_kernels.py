@@ -161,31 +161,14 @@ def activation_in_place(x: np.ndarray, kind: int, alpha: float = 1.0) -> bool:
 def layer_norm(x: np.ndarray, skip: np.ndarray | None, bias: np.ndarray | None, gamma: np.ndarray | None,
                beta: np.ndarray | None, epsilon: float, simplified: bool, keep_total: bool
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """(Skip)(Simplified)LayerNorm of the float32 rows ``x`` (2-D) plus ``skip`` (x's shape) and ``bias``.
-
-    Returns (y, mean, inv_std, total) with the statistics of shape (rows,) and ``total`` the
-    sum x + skip + bias when ``keep_total``; None when the kernel cannot run.
-    """
-    cols = x.shape[1]
+    """(Skip)(Simplified)LayerNorm of the float32 rows ``x`` (2-D) plus ``skip`` (x's shape) and ``bias``, any of
+    them strided (copied once): :func:`norm_last_axis` with the statistics of shape (rows,)."""
     x, skip, bias, gamma, beta = map(_packed_rows, (x, skip, bias, gamma, beta))
-    for p in (bias, gamma, beta):
-        if p is not None and (p.ndim != 1 or p.shape[0] != cols or not _usable(p)):
-            return None
-    if not _usable(x) or (skip is not None and (skip.shape != x.shape or not _usable(skip))):
+    done = norm_last_axis(x, skip, gamma, beta, bias, epsilon, simplified, keep_total)
+    if done is None:
         return None
-    kernel = _LAYER_NORM.compiled_for("f32", *_LAYER_NORM_PROBE)
-    if kernel is None:
-        return None
-    rows = x.shape[0]
-    y = np.empty_like(x)
-    total = np.empty_like(x) if keep_total else _NO_OUTPUT
-    mean = np.empty(rows, _F32)
-    inv = np.empty(rows, _F32)
-    args = (read_only(x), _EMPTY2 if skip is None else read_only(skip), _EMPTY if bias is None else read_only(bias),
-            _EMPTY if gamma is None else read_only(gamma), _EMPTY if beta is None else read_only(beta),
-            _F32.type(epsilon), bool(simplified), y, total, mean, inv)
-    _over_rows(kernel, args, rows, x.size)
-    return y, mean, inv, (total if keep_total else None)
+    y, mean, inv, total = done
+    return y, mean.reshape(-1), inv.reshape(-1), total
 
 
 def _fits(p: np.ndarray | None, cols: int) -> bool:
@@ -200,15 +183,16 @@ def _layer_norm_kernel() -> Callable | None:
     return _LAYER_NORM.compiled_for("f32", *_LAYER_NORM_PROBE)
 
 
-def norm_last_axis(x: np.ndarray, skip: np.ndarray | None, gamma: np.ndarray, beta: np.ndarray | None,
+def norm_last_axis(x: np.ndarray, skip: np.ndarray | None, gamma: np.ndarray | None, beta: np.ndarray | None,
                    bias: np.ndarray | None, epsilon: float, simplified: bool, keep_total: bool
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None:
-    """(Skip)(Simplified)LayerNorm of float32 ``x`` plus ``skip`` (x's shape) and ``bias`` over the last axis, with
-    less set-up than :func:`layer_norm` (a small model's or a decoding step's norm costs more in its set-up than in
-    its rows): (y, mean, inv_std, x + skip + bias where ``keep_total``), the statistics shaped x.shape[:-1] + (1,)
-    (mean 0 when ``simplified``); None where the kernel cannot run or the operands do not fit."""
+    """(Skip)(Simplified)LayerNorm of float32 ``x`` plus ``skip`` (x's shape) and ``bias`` over the last axis, with the
+    least set-up (a small model's or a decoding step's norm costs more in its set-up than in its rows; strided
+    parameters are not copied here, see :func:`layer_norm`): (y, mean, inv_std, x + skip + bias where
+    ``keep_total``), the statistics shaped x.shape[:-1] + (1,) (mean 0 when ``simplified``); None where the kernel
+    cannot run or the operands do not fit."""
     cols = x.shape[-1]
-    if (cols == 0 or gamma is None or not (_fits(gamma, cols) and _fits(beta, cols) and _fits(bias, cols))
+    if (cols == 0 or x.dtype != _F32 or not (_fits(gamma, cols) and _fits(beta, cols) and _fits(bias, cols))
             or (skip is not None and (skip.shape != x.shape or skip.dtype != _F32))):
         return None
     kernel = _layer_norm_kernel()
@@ -220,7 +204,7 @@ def norm_last_axis(x: np.ndarray, skip: np.ndarray | None, gamma: np.ndarray, be
     stats = np.empty((2,) + x.shape[:-1] + (1,), _F32)
     _over_rows(kernel, (read_only(np.ascontiguousarray(x).reshape(rows, cols)),
                         _EMPTY2 if skip is None else read_only(np.ascontiguousarray(skip).reshape(rows, cols)),
-                        _EMPTY if bias is None else read_only(bias), read_only(gamma),
+                        _EMPTY if bias is None else read_only(bias), _EMPTY if gamma is None else read_only(gamma),
                         _EMPTY if beta is None else read_only(beta), _F32.type(epsilon), bool(simplified),
                         y.reshape(rows, cols), _NO_OUTPUT if total is None else total.reshape(rows, cols),
                         stats[0].reshape(rows), stats[1].reshape(rows)), rows, x.size)
