@@ -14,6 +14,7 @@ import ml_dtypes
 import numpy as np
 
 from .. import row_kernels
+from . import branch_free
 from .._helpers import normalize_axis, wants_buffer
 from ..kernel_table import op
 from .elementwise import as_array, erf_values, float_apply, is_float
@@ -35,27 +36,16 @@ def _c(x: np.ndarray, value: float):
 def relu(x, *, consumed_inputs=None, _alloc=None):
     if x.dtype.kind == "i" or is_float(x.dtype):
         out = _alloc(x.shape, x.dtype) if wants_buffer(_alloc, x) else None
-        return as_array(np.maximum(x, _c(x, 0), out=out))
+        return as_array(branch_free.at_least(x, _c(x, 0), out=out))
     raise NodeInputTypeError(f"Relu: unsupported input type {x.dtype}")
 
 
-# IEEE floats order like the signed integers of their bits as far as the sign goes: a float
-# with the sign bit set is a negative integer. So max(bits, 0) is Relu, and numpy's integer
-# max is about 1.5x faster than its float max, which has to propagate NaN.
-_SIGN_BIT_VIEWS = {np.dtype(np.float16): np.dtype(np.int16), np.dtype(ml_dtypes.bfloat16): np.dtype(np.int16),
-                   np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
-
-
-@op("Relu", versions=(1, 6, 13, 14), types={0: tuple(_SIGN_BIT_VIEWS)}, priority=1, inplace={0: 0})
+@op("Relu", versions=(1, 6, 13, 14), types={0: (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16),
+                                                np.dtype(np.float32), np.dtype(np.float64))}, priority=1, inplace={0: 0})
 def relu_sign_bit(x, *, consumed_inputs=None, _alloc=None):
-    """Relu of IEEE floats on their bits. NaN with the sign bit set gives 0, other NaN stay NaN
-    (onnxruntime's x86 kernel gives 0 for every NaN, numpy's max keeps every NaN)."""
-    bits = _SIGN_BIT_VIEWS[x.dtype]
-    if not wants_buffer(_alloc, x):  # numpy's own output layout, as the general kernel
-        return np.maximum(x.view(bits), bits.type(0)).view(x.dtype)
-    out = _alloc(x.shape, x.dtype)
-    np.maximum(x.view(bits), bits.type(0), out=out.view(bits))
-    return out
+    """Relu of IEEE floats on their bits (``branch_free.relu``): NaN with the sign bit set gives 0, other NaN
+    stay NaN (onnxruntime's x86 kernel gives 0 for every NaN, numpy's max keeps every NaN)."""
+    return branch_free.relu(x, _alloc(x.shape, x.dtype) if wants_buffer(_alloc, x) else None)
 
 
 def _leaky(x: np.ndarray, alpha: float) -> np.ndarray:
@@ -306,9 +296,9 @@ def _clip(x: np.ndarray, lo, hi) -> np.ndarray:
     if lo is None and hi is None:
         return x.copy()
     if hi is None:
-        return as_array(np.maximum(x, lo))
+        return as_array(branch_free.at_least(x, lo))
     if lo is None:
-        return as_array(np.minimum(x, hi))
+        return as_array(branch_free.at_most(x, hi))
     return as_array(np.clip(x, lo, hi))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ....graph.types import np_dtype
 from .._helpers import ALLOC_MIN_BYTES, wants_buffer
 from ..kernel_table import op
+from . import branch_free
 from .rational_fits import ERF_LIMIT, ERF_P, ERF_Q, odd_rational
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -313,14 +314,27 @@ def _fold(ufunc, inputs) -> np.ndarray:
     return result
 
 
+def _bounded(bound, inputs) -> np.ndarray | None:
+    """Max or Min of an array and a single value (``Max(x, 0)``) by ``bound`` (``branch_free``: numpy's max
+    against a scalar branches per element); None for any other inputs."""
+    if len(inputs) != 2:
+        return None
+    x, v = inputs if inputs[1].size == 1 else inputs[::-1]
+    if v.size != 1 or x.size == 1 or x.dtype != v.dtype or v.ndim > x.ndim:
+        return None
+    return bound(x, v.reshape(()))
+
+
 @op("Max", versions=(1, 6, 8, 12, 13))
 def max_(*inputs, consumed_inputs=None):
-    return _fold(np.maximum, inputs)
+    y = _bounded(branch_free.at_least, inputs)
+    return _fold(np.maximum, inputs) if y is None else y
 
 
 @op("Min", versions=(1, 6, 8, 12, 13))
 def min_(*inputs, consumed_inputs=None):
-    return _fold(np.minimum, inputs)
+    y = _bounded(branch_free.at_most, inputs)
+    return _fold(np.minimum, inputs) if y is None else y
 
 
 def _low_float_sum(inputs, count: int) -> np.ndarray:
@@ -439,7 +453,7 @@ def bitwise_not(x):
 def where(condition, x, y):
     if condition.dtype != np.bool_:
         condition = condition.astype(bool)
-    out = as_array(np.where(condition, x, y))
+    out = as_array(branch_free.select(condition, x, y))
     if out.dtype != x.dtype and x.dtype == y.dtype:
         out = out.astype(x.dtype)
     return out

@@ -1,0 +1,94 @@
+"""Element-wise selections and bounds that numpy runs without a branch per element.
+
+numpy's ``np.where``, its ufuncs' ``where=`` masks and ``np.maximum`` / ``np.minimum`` against a scalar
+run loops that branch on each element's outcome. Where the outcomes are random (an activation's signs, a
+random mask) each mispredicted branch costs ~15 cycles: measured on numpy 2.4 and a Zen 5 EPYC, 65536
+float32 values take 120-250 us in ``np.where`` or a masked multiply and 19 us in ``np.maximum(x, 0)``,
+against 2 us for a copy and 6 us for ``np.clip`` with both bounds, which is vectorized. The functions here
+give the same results by vectorized passes: a selection by bit masks, a one-sided bound by ``np.clip``
+with the type's extreme as the other bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+# Elements below which numpy's own loops are kept (a few passes' call overheads exceed the branches' cost).
+MIN_ELEMENTS = 2048
+_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
+# clip is vectorized for these (measured: int64's clip is no faster than its maximum)
+_CLIPPED = frozenset(np.dtype(t) for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.uint8,
+                                           np.uint16, np.uint32))
+# Relu on the sign bit: float types whose bits, as signed integers, clip fast (see ``relu``)
+_SIGNED_BITS = {np.dtype(np.float16): np.dtype(np.int16), np.dtype(ml_dtypes.bfloat16): np.dtype(np.int16),
+                np.dtype(np.float32): np.dtype(np.int32), np.dtype(np.float64): np.dtype(np.int64)}
+
+
+def _bit_view(dtype: np.dtype) -> np.dtype | None:
+    """The unsigned integer type a value of ``dtype`` can be viewed as (None: objects, strings, odd sizes)."""
+    if dtype.hasobject or dtype.fields is not None or dtype.kind in "SUmM":
+        return None
+    return _UNSIGNED.get(dtype.itemsize)
+
+
+def select(condition: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``np.where(condition, x, y)`` (broadcast; ``condition`` bool) as a fresh array: a uniform
+    condition copies one side, a mixed one is selected by bit masks; numpy's own ``where`` for small
+    results, differing dtypes or values without a fixed-size bit pattern."""
+    if not (type(condition) is type(x) is type(y) is np.ndarray):
+        return np.where(condition, x, y)
+    shape = np.broadcast_shapes(condition.shape, x.shape, y.shape)
+    bits = _bit_view(x.dtype) if x.dtype == y.dtype and condition.dtype == np.bool_ else None
+    if bits is None or math.prod(shape) < MIN_ELEMENTS:
+        return np.where(condition, x, y)
+    if not condition.any():
+        return np.array(np.broadcast_to(y, shape))
+    if condition.all():
+        return np.array(np.broadcast_to(x, shape))
+    mask = np.negative(condition.view(np.uint8), dtype=bits)  # all ones where the condition holds, else 0
+    yb = y.view(bits)
+    out = np.empty(shape, bits)
+    np.bitwise_xor(x.view(bits), yb, out=out)  # y ^ ((x ^ y) & mask): x where the mask is set, else y
+    np.bitwise_and(out, mask, out=out)
+    np.bitwise_xor(out, yb, out=out)
+    return out.view(x.dtype)
+
+
+def at_least(x: np.ndarray, bound, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.maximum(x, bound)`` for a scalar ``bound`` of x's type (into ``out`` where given). NaN propagates
+    as there; a float zero tied with a zero bound keeps x's sign."""
+    if x.dtype in _CLIPPED and x.size >= MIN_ELEMENTS:
+        return np.clip(x, bound, _extreme(x.dtype, upper=True), out=out)
+    return np.maximum(x, bound, out=out)
+
+
+def at_most(x: np.ndarray, bound, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.minimum(x, bound)`` for a scalar ``bound`` of x's type (into ``out`` where given), as
+    :func:`at_least`."""
+    if x.dtype in _CLIPPED and x.size >= MIN_ELEMENTS:
+        return np.clip(x, _extreme(x.dtype, upper=False), bound, out=out)
+    return np.minimum(x, bound, out=out)
+
+
+def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``max(x, 0)`` (into ``out`` where given, which may be x). IEEE floats on their bits: IEEE
+    floats order like signed integers as far as the sign goes, so clipping the bits below at 0 is Relu,
+    -0.0 and NaN with the sign bit set giving +0.0 (other NaN stay NaN; onnxruntime's x86 kernel gives 0
+    for every NaN)."""
+    bits = _SIGNED_BITS.get(x.dtype)
+    if bits is None:
+        return at_least(x, x.dtype.type(0), out=out)
+    target = np.empty(x.shape, x.dtype) if out is None else out
+    # (the bounds as scalars of the bits' type: a Python int makes numpy's clip take a slow path)
+    np.clip(x.view(bits), bits.type(0), bits.type(np.iinfo(bits).max), out=target.view(bits))
+    return target
+
+
+def _extreme(dtype: np.dtype, upper: bool):
+    if dtype.kind == "f":
+        return dtype.type(np.inf if upper else -np.inf)
+    info = np.iinfo(dtype)
+    return dtype.type(info.max if upper else info.min)
