@@ -782,14 +782,14 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
 
     if winograd_filter is None and direct_conv.applies(shape, dtype, w.shape, group, strides, pads):
         route = direct_conv.direct_route(shape, w, b, activation, strides, dilations, pads, out_sp,
-                                         _finisher(M, None, activation, nd))
+                                         epilogue_finisher(M, None, activation, nd))
         if route is not None:
             return route
 
     if Cg == 1 and group == C and N * C * P > 0:
         if residual:  # the depthwise kernels below apply an activation but add no residual
             inner = conv_route(shape, dtype, w, group, strides, dilations, pads, b, dw_weights)
-            finish = _finisher(M, None, activation, nd)
+            finish = epilogue_finisher(M, None, activation, nd)
             return lambda x, z: finish(inner(x, None), z)
         run = depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activation)
         if run is not None:
@@ -802,7 +802,7 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     # no activation or residual needs a pass over the output anyway (which adds the bias
     # for free: mobilenet_v2's expansions with Clip 10-30% faster without the copy).
     w_aug = bias_weights if group == 1 and bias_weights is not None and bias_weights.shape[1] == C * K + 1 else None
-    finish = _finisher(M, b, activation, nd)
+    finish = epilogue_finisher(M, b, activation, nd)
     if (nd == 2 and group == 1 and K > 1 and list(k) == list(strides) and not any(pads) and P < PATCH_MAX_PIXELS
             and all(d == 1 for d in dilations) and sparse is None):
         route = _patch_route(shape, dtype, w, out_sp, finish)
@@ -822,7 +822,7 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
         w_aug = None
     columns = _column_route(shape, dtype, k, strides, dilations, pads, out_sp, 0 if w_aug is None else 1)
     if w_aug is not None:
-        finish_biased = _finisher(M, None, activation, nd)
+        finish_biased = epilogue_finisher(M, None, activation, nd)
 
         def with_bias_row(x, z):
             cols = columns(x)
@@ -931,7 +931,7 @@ def _sparse_conv(sparse: SparseWeight, cols: np.ndarray) -> np.ndarray | None:
     return np.stack([first] + [sparse.transposed_product(image) for image in cols[1:]])
 
 
-def _finisher(channels: int, b, activation, nd: int) -> Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]:
+def epilogue_finisher(channels: int, b, activation, nd: int) -> Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]:
     """A route's epilogue as a function ``(y, residual) -> y``: activation(y + b + residual) with ``b`` per
     channel (each part optional), contiguous; in one pass over y by the compiled epilogue, set up once
     (``prepared_channel_epilogue``), where it can, else by numpy."""
@@ -1108,7 +1108,7 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
     y_shape = (n, m) + tuple(shape[2:])
     # conv_core's choice for a widening layer with a bias and no epilogue: [W | b] @ [x ; 1]
     widen = packed.w_aug is not None and m >= 2 * c and activation is None and not residual
-    finish = _finisher(m, None if widen else packed.b, activation, nd)
+    finish = epilogue_finisher(m, None if widen else packed.b, activation, nd)
     w2 = packed.w_aug if widen else packed.pointwise
 
     # the fused epilogue's (code, parameters) as the native kernels take it, None where they cannot apply it
@@ -1118,7 +1118,7 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
                 and own_sgemm_usable())
     if pixels == 1 and n > 1:
         return _batch_rows_route(n, c, m, y_shape, packed, epilogue if own_gemm else None,
-                                 _finisher(m, packed.b, activation, nd))
+                                 epilogue_finisher(m, packed.b, activation, nd))
     own_runner = _own_gemm_runner(shape, packed, epilogue) if own_gemm else None
 
     def pointwise(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:

@@ -1,0 +1,78 @@
+"""ai.onyxrt ChannelScaledConv: a FusedConv of its input scaled per image and channel,
+``activation(Conv(X * S, W) + B + Z)`` with S (N or 1, C, 1, ...).
+
+What ``optimizer/channel_scale_conv_fusion.py`` makes of a squeeze-and-excitation block's ``Mul(X, gate)`` and
+the pointwise convolution reading it (EfficientNet, MobileNetV3, SE-ResNet, RegNetY). For a pointwise filter the
+scale goes into the filter instead: image n's product is (W * S[n]) @ X[n], M x C multiplies an image in place of
+the Mul's pass over its C x H x W values (and the Mul's output buffer); the bias, Z and the activation follow as
+in FusedConv (``conv_core``'s epilogue). Any other case computes X * S and runs FusedConv's kernel. The products
+differ from the Mul-then-Conv ones by the rounding of the scaled filter (float32 reassociation, ~1e-7 relative).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ....graph.opsets import ONYXRT_DOMAIN
+from ..contrib.fused import fused_conv, mlas_activation_fn
+from ..gemm import matmul as pool_matmul
+from ..kernel_table import op
+from .conv_core import _MAX_ROUTES, ConvWeights, epilogue_finisher, pack_conv_weights
+
+_F32 = np.dtype(np.float32)
+
+
+def _prepack(inputs, attributes):
+    """The filter (input 2) and bias (input 3) prepared as FusedConv's."""
+    return pack_conv_weights(inputs[2] if len(inputs) > 2 else None, inputs[3] if len(inputs) > 3 else None,
+                             attributes)
+
+
+@op("ChannelScaledConv", versions=1, domain=ONYXRT_DOMAIN, prepack=_prepack)
+def channel_scaled_conv(x, s, w, b=None, z=None, *, activation="", activation_params=None, auto_pad="NOTSET",
+                        dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _packed=None):
+    fn = mlas_activation_fn(activation, activation_params)
+    route = _scaled_pointwise(x, s, z, _packed, fn) if isinstance(_packed, ConvWeights) else None
+    if route is not None:
+        return route(x, s, z)
+    return fused_conv(x * s, w, b, z, activation=activation, activation_params=activation_params,
+                      auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
+                      strides=strides, _packed=_packed)
+
+
+def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed: ConvWeights, activation):
+    """The scaled-filter route for these operands' shapes (kept in the filter's routes), or None where it does not
+    apply: a float32 pointwise filter of x's channels and a float32 scale of one value per image (or one for all)
+    and channel."""
+    spec = None if activation is None else getattr(activation, "mlas", None)
+    if activation is not None and spec is None:
+        return None
+    key = ("channel_scaled", x.shape, s.shape, spec, z is None)
+    route = packed.routes.get(key)
+    if route is not None:
+        return route
+    weights = packed.pointwise
+    if (weights is None or x.dtype != _F32 or s.dtype != _F32 or packed.ct != _F32 or x.ndim < 3
+            or x.shape[1] != weights.shape[1] or s.ndim != x.ndim or s.shape[0] not in (1, x.shape[0])
+            or s.shape[1] != x.shape[1] or any(d != 1 for d in s.shape[2:]) or x.size == 0):
+        return None
+    n, c = x.shape[:2]
+    m = weights.shape[0]
+    pixels = math.prod(x.shape[2:])
+    y_shape = (n, m) + x.shape[2:]
+    finish = epilogue_finisher(m, packed.b, activation, x.ndim - 2)
+
+    def scaled(x: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
+        filters = np.multiply(weights, s.reshape(s.shape[0], 1, c))  # (N or 1, M, C): W * S[n], per column
+        images = np.ascontiguousarray(x).reshape(n, c, pixels)
+        # (a batch of small products: numpy's loop of BLAS calls; split over the pool they were slower, measured on
+        # an EfficientNet-like net at batch 8)
+        y = pool_matmul(filters[0], images[0]) if n == 1 else np.matmul(filters, images)
+        return finish(y.reshape(y_shape), z)
+
+    if len(packed.routes) >= _MAX_ROUTES:
+        packed.routes.clear()
+    packed.routes[key] = scaled
+    return scaled
