@@ -37,9 +37,9 @@ from ..graph.autodiff import expand_gradient_nodes
 from ..graph.builder import subgraphs
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_saver import save_model
-from ..optimizer import (OptimizationLevel, OptimizationReport, batch_norm_depthwise, channel_scale_conv_fusion,
-                         conv_epilogue_fusion, optimize, rotary_attention_packing, row_quantize_matmul_fusion,
-                         swiglu_fusion)
+from ..optimizer import (OptimizationLevel, OptimizationReport, batch_norm_depthwise, channel_gate_fusion,
+                         channel_scale_conv_fusion, conv_epilogue_fusion, optimize, rotary_attention_packing,
+                         row_quantize_matmul_fusion, swiglu_fusion)
 from ..providers.base import ExecutionProvider, is_assigned
 from ..providers.cpu import CPUExecutionProvider
 from .session_options import SessionOptions
@@ -90,12 +90,13 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
 
 def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
     """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/batch_norm_depthwise.py``,
-    ``optimizer/conv_epilogue_fusion.py``, ``optimizer/channel_scale_conv_fusion.py``,
+    ``optimizer/conv_epilogue_fusion.py``, ``optimizer/channel_gate_fusion.py``, ``optimizer/channel_scale_conv_fusion.py``,
     ``optimizer/rotary_attention_packing.py``, ``optimizer/swiglu_fusion.py`` and ``optimizer/row_quantize_matmul_fusion.py``."""
     if level < OptimizationLevel.EXTENDED:
         return
     for name, rewrite in ((batch_norm_depthwise.NAME, batch_norm_depthwise.batch_norm_as_depthwise),
                           (conv_epilogue_fusion.NAME, conv_epilogue_fusion.fuse_conv_epilogues),
+                          (channel_gate_fusion.NAME, channel_gate_fusion.fuse_channel_gates),
                           (channel_scale_conv_fusion.NAME, channel_scale_conv_fusion.fuse_channel_scale_convs),
                           (rotary_attention_packing.NAME, rotary_attention_packing.pack_rotary_attention),
                           (swiglu_fusion.NAME, swiglu_fusion.fuse_swiglu),
