@@ -95,7 +95,7 @@ def _mlas_activation_fn(activation, params):
             raise NodeInputError(f"activation {name} needs {count} activation_params, got {len(p)}")
 
     if name == "Relu":
-        return lambda t: branch_free.relu(t, out=t)
+        return lambda t: branch_free.at_least(t, t.dtype.type(0), out=t)  # (NaN kept, as the compiled kernels keep it)
     if name == "LeakyRelu":
         need(1)
         alpha = p[0]
@@ -177,7 +177,7 @@ def functor_activation(y: np.ndarray, activation, alpha=None, beta=None, gamma=N
     def compute(t):
         c = t.dtype.type
         if name == "Relu":
-            branch_free.relu(t, out=t)
+            branch_free.at_least(t, c(0), out=t)
         elif name == "LeakyRelu":
             leaky_relu_in_place(t, a(0.01))
         elif name == "Sigmoid":
