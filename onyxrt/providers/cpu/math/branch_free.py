@@ -95,10 +95,9 @@ def at_most(x: np.ndarray, bound, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``max(x, 0)`` (into ``out`` where given, which may be x). IEEE floats on their bits: IEEE
-    floats order like signed integers as far as the sign goes, so clipping the bits below at 0 is Relu,
-    -0.0 and NaN with the sign bit set giving +0.0 (other NaN stay NaN; onnxruntime's x86 kernel gives 0
-    for every NaN)."""
+    """``max(x, 0)`` (into ``out`` where given, which may be x), float types on their bits: IEEE floats order
+    like signed integers as far as the sign goes, so clipping the bits below at 0 is Relu, -0.0 and NaN with the
+    sign bit set giving +0.0 (other NaN stay NaN; onnxruntime's x86 kernel gives 0 for every NaN)."""
     signed = _SIGNED_BITS.get(x.dtype)
     if signed is None:
         return at_least(x, x.dtype.type(0), out=out)
