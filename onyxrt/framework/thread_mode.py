@@ -9,16 +9,28 @@ whether any of its product kernels met a product the pool runs faster (``provide
 decides); the signature's later runs take the split mode where one did. Measured on 2 Zen 5 cores (AVX-512),
 alternating processes: minilm_l6 at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms;
 its decode step keeps BLAS's threads (2.8 ms; 3.2 ms split).
+
+A signature no product sent to the split mode is then timed in both (:class:`_Trial`): after one more run on BLAS's
+threads and one in the split mode to warm it (its kernels' routes, compilations), :data:`TRIAL_PAIRS` runs in each
+mode alternate, and the split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the
+default's. Small models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8
+ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
 """
 
 from __future__ import annotations
 
+import statistics
+import time
 from contextvars import ContextVar
 from typing import Any, Hashable
 
 # the running learner's record: one entry per product the pool runs faster (None: nobody is learning)
 _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=None)
 _MAX_SIGNATURES = 64
+# Timed runs in each mode of a signature on trial, and the share of the default's median run time the split mode's
+# must stay below to be kept (run times move by a few percent between runs).
+TRIAL_PAIRS = 6
+SPLIT_MARGIN = 0.95
 
 
 def note_pool_product() -> None:
@@ -28,19 +40,35 @@ def note_pool_product() -> None:
         record.append(True)
 
 
+class _Trial:
+    """A signature's timed runs in both modes (seconds), and how many runs it has had."""
+
+    __slots__ = ("runs", "default", "split")
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.default: list[float] = []
+        self.split: list[float] = []
+
+
 class ThreadModes:
     """A session's choice per input signature between its pool (BLAS's threads) and the pool's split mode."""
 
-    def __init__(self, pool: Any, split_pool: Any) -> None:
+    def __init__(self, pool: Any, split_pool: Any, trial_pairs: int = TRIAL_PAIRS) -> None:
         self.pool = pool
         self.split_pool = split_pool
         self._split: dict[Hashable, bool] = {}
+        self._trials: dict[Hashable, _Trial] = {}
+        self._trial_pairs = trial_pairs
 
     def run(self, signature: Hashable, run):
         """``run(pool)`` on the pool this signature takes, learning it on the signature's first run."""
         split = self._split.get(signature)
         if split is not None:
             return run(self.split_pool if split else self.pool)
+        trial = self._trials.get(signature)
+        if trial is not None:
+            return self._timed(signature, trial, run)
         record: list = []
         token = _RECORD.set(record)
         try:
@@ -49,9 +77,28 @@ class ThreadModes:
             _RECORD.reset(token)
         if len(self._split) >= _MAX_SIGNATURES:
             self._split.clear()
-        self._split[signature] = bool(record)
+            self._trials.clear()
+        if record or self._trial_pairs <= 0:
+            self._split[signature] = bool(record)
+        else:
+            self._trials[signature] = _Trial()
+        return result
+
+    def _timed(self, signature: Hashable, trial: _Trial, run):
+        """A run of a signature on trial: the first two warm each mode up, then the modes alternate, timed; the
+        last decides."""
+        index = trial.runs
+        trial.runs += 1
+        split = index % 2 == 1  # (runs 0 and 1: the default, the split mode, untimed)
+        start = time.perf_counter()
+        result = run(self.split_pool if split else self.pool)
+        if index >= 2:
+            (trial.split if split else trial.default).append(time.perf_counter() - start)
+            if len(trial.split) >= self._trial_pairs and len(trial.default) >= self._trial_pairs:
+                self._split[signature] = statistics.median(trial.split) < SPLIT_MARGIN * statistics.median(trial.default)
+                self._trials.pop(signature, None)
         return result
 
     def split_for(self, signature: Hashable) -> bool | None:
-        """Whether the signature's runs split products over the pool (None: not yet learned)."""
+        """Whether the signature's runs split products over the pool (None: not yet learned, or on trial)."""
         return self._split.get(signature)

@@ -1,5 +1,6 @@
 """A session's thread mode per input signature (framework/thread_mode.py): learned from a signature's first run,
-split where its products are large multi-row ones the pool's own GEMM runs, BLAS's threads otherwise."""
+split where its products are large multi-row ones the pool's own GEMM runs; otherwise timed in both modes over the
+next runs, the split mode kept where it is the faster."""
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ class _Pool:
 
 
 def test_modes_are_learned_per_signature():
-    modes = ThreadModes(_Pool("blas"), _Pool("split"))
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_pairs=0)  # (no trial: the rule alone)
     used = []
 
     def run(noting):
@@ -37,6 +38,40 @@ def test_modes_are_learned_per_signature():
     assert modes.split_for((1, 1)) is False
     assert modes.run((1, 1), run(True)) == "blas"  # learned once: later notes change nothing
     assert used == ["blas", "split", "blas", "blas"]
+
+
+@pytest.mark.parametrize("split_faster", [True, False])
+def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, split_faster):
+    clock = [0.0]
+    monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_pairs=3)
+    used = []
+
+    def body(pool):
+        used.append(pool.name)
+        clock[0] += 1.0 if (pool.name == "split") == split_faster else 2.0  # the faster mode's runs take 1 s
+        return pool.name
+
+    modes.run("signature", body)  # the learning run: no product noted
+    while modes.split_for("signature") is None:
+        modes.run("signature", body)
+    assert used == ["blas", "blas", "split"] + ["blas", "split"] * 3  # two warming runs, then alternating pairs
+    assert modes.split_for("signature") is split_faster
+    assert modes.run("signature", body) == ("split" if split_faster else "blas")
+
+
+def test_the_split_mode_must_win_by_the_margin(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_pairs=2)
+
+    def body(pool):
+        clock[0] += 0.98 if pool.name == "split" else 1.0  # 2 % faster split: within the run-to-run noise
+        return pool.name
+
+    for _ in range(7):  # the learning run, two warming runs, two timed pairs
+        modes.run("signature", body)
+    assert modes.split_for("signature") is False
 
 
 def test_notes_outside_a_learning_run_are_ignored():
@@ -84,13 +119,13 @@ def test_large_products_split_and_single_rows_do_not():
     np.testing.assert_allclose(session.run(None, {"x": single})[0], single.astype(np.float64) @ w, rtol=1e-4,
                                atol=1e-3)
     assert session._thread_modes.split_for(((128, 512),)) is own_sgemm_usable()
-    assert session._thread_modes.split_for(((1, 512),)) is False
+    assert session._thread_modes.split_for(((1, 512),)) is not True  # not by the rule (then timed in both modes)
 
 
 def test_small_products_keep_blas_threads():
     session = _session(_matmul_model(64, 256)[0])  # 256 rows: 4M multiply-adds
     session.run(None, {"x": RNG.standard_normal((256, 64)).astype(np.float32)})
-    assert session._thread_modes.split_for(((256, 64),)) is False
+    assert session._thread_modes.split_for(((256, 64),)) is not True  # not by the rule (then timed in both modes)
 
 
 @pytest.mark.parametrize("config", [{"session.intra_op.allow_spinning": "1"}, {"session.intra_op.allow_spinning": "0"}])
@@ -123,7 +158,8 @@ def test_large_winograd_convolutions_split(size, split):
 
 
 def _assert_conv_mode(w, channels: int, size: int, split: bool, **attributes):
-    """A one-Conv model (3x3, pads 1) learns ``split`` for a (1, channels, size, size) input; its runs agree."""
+    """A one-Conv model (3x3, pads 1) learns ``split`` for a (1, channels, size, size) input by the rule (False: not
+    split by it, then timed in both modes); its runs agree."""
     graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], **attributes)], "conv",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
@@ -132,4 +168,4 @@ def _assert_conv_mode(w, channels: int, size: int, split: bool, **attributes):
     x = RNG.standard_normal((1, channels, size, size)).astype(np.float32)
     first = session.run(None, {"x": x})[0]
     np.testing.assert_allclose(session.run(None, {"x": x})[0], first, rtol=1e-5, atol=1e-5)
-    assert session._thread_modes.split_for(((1, channels, size, size),)) is split
+    assert (session._thread_modes.split_for(((1, channels, size, size),)) is True) is split
