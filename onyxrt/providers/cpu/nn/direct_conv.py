@@ -30,8 +30,9 @@ MAX_CHANNELS = 4
 # tap no better): 8x32 -> 8 at 32x32 3x3 0.32-0.53x, 1x64 -> 16 at 56x56 0.34-0.55x the time on 2 Zen 5 cores.
 MAX_STRIDE1_OUTPUTS = 16
 # Multiply-adds from which the rows are shared over the pool: where its workers spin between tasks (a hand-off costs
-# microseconds), and where they sleep (waking one costs 50-80 us on a VM).
-_SPLIT_MACS_SPINNING = 1 << 20
+# microseconds; an EfficientNet-like net's 8x3x32x32 -> 16 3x3/2 stem, 0.88M, 32 -> 21 us split on 2 Zen 5 cores), and
+# where they sleep (waking one costs 50-80 us on a VM).
+_SPLIT_MACS_SPINNING = 1 << 19
 _SPLIT_MACS_WAKING = 1 << 24
 
 
