@@ -298,8 +298,8 @@ def test_profiled_runs_report_memory_and_sessions_get_the_same_results():
     (y,) = plan.run([x], profile=events, report=report)
     assert len(events) == 7 and report.inplace_bytes == 3 * x.nbytes
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        np.testing.assert_allclose(session.run(None, {"x": x})[0], y, rtol=1e-6)
+    for _ in range(3):  # (later runs may take the split thread mode, whose products round differently)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], y, rtol=1e-6, atol=1e-6)
 
 
 def test_an_inplace_kernel_writes_over_its_dying_input():
