@@ -10,11 +10,14 @@ decides); the signature's later runs take the split mode where one did. Measured
 alternating processes: minilm_l6 at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms;
 its decode step keeps BLAS's threads (2.8 ms; 3.2 ms split).
 
-A signature no product sent to the split mode is then timed in both (:class:`_Trial`): after one more run on BLAS's
-threads and one in the split mode to warm it (its kernels' routes, compilations), :data:`TRIAL_PAIRS` runs in each
-mode alternate, and the split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the
-default's. Small models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8
-ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
+A signature whose products sent it to neither mode (:func:`note_blas_product` marks a decode step's GEMVs for BLAS's
+threads) is then timed in both (:class:`_Trial`): :data:`TRIAL_RUNS` runs in
+the split mode, then as many on BLAS's threads, the first :data:`TRIAL_WARMING` of each untimed, and the split mode
+is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each
+other: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a
+run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). Small
+models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in the
+split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from typing import Any, Hashable
 # the running learner's record: one entry per product the pool runs faster (None: nobody is learning)
 _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=None)
 _MAX_SIGNATURES = 64
-# Timed runs in each mode of a signature on trial, and the share of the default's median run time the split mode's
-# must stay below to be kept (run times move by a few percent between runs).
-TRIAL_PAIRS = 6
+# Runs in each mode of a signature on trial, the first ones untimed, and the share of the default's median run time
+# the split mode's must stay below to be kept (run times move by a few percent between runs).
+TRIAL_RUNS = 8
+TRIAL_WARMING = 2
 SPLIT_MARGIN = 0.95
 
 
@@ -38,6 +42,14 @@ def note_pool_product() -> None:
     record = _RECORD.get()
     if record is not None:
         record.append(True)
+
+
+def note_blas_product() -> None:
+    """Record, for a run learning its signature's mode, a product BLAS's threads run faster (a decode step's GEMVs):
+    unless another product sends it to the split mode, the signature keeps BLAS's threads without a trial."""
+    record = _RECORD.get()
+    if record is not None:
+        record.append(False)
 
 
 class _Trial:
@@ -54,12 +66,12 @@ class _Trial:
 class ThreadModes:
     """A session's choice per input signature between its pool (BLAS's threads) and the pool's split mode."""
 
-    def __init__(self, pool: Any, split_pool: Any, trial_pairs: int = TRIAL_PAIRS) -> None:
+    def __init__(self, pool: Any, split_pool: Any, trial_runs: int = TRIAL_RUNS) -> None:
         self.pool = pool
         self.split_pool = split_pool
         self._split: dict[Hashable, bool] = {}
         self._trials: dict[Hashable, _Trial] = {}
-        self._trial_pairs = trial_pairs
+        self._trial_runs = trial_runs
 
     def run(self, signature: Hashable, run):
         """``run(pool)`` on the pool this signature takes, learning it on the signature's first run."""
@@ -78,25 +90,25 @@ class ThreadModes:
         if len(self._split) >= _MAX_SIGNATURES:
             self._split.clear()
             self._trials.clear()
-        if record or self._trial_pairs <= 0:
-            self._split[signature] = bool(record)
+        if record or self._trial_runs <= TRIAL_WARMING:
+            self._split[signature] = any(record)
         else:
             self._trials[signature] = _Trial()
         return result
 
     def _timed(self, signature: Hashable, trial: _Trial, run):
-        """A run of a signature on trial: the first two warm each mode up, then the modes alternate, timed; the
+        """A run of a signature on trial: the split mode's runs, then the default's, the first of each untimed; the
         last decides."""
         index = trial.runs
         trial.runs += 1
-        split = index % 2 == 1  # (runs 0 and 1: the default, the split mode, untimed)
+        split = index < self._trial_runs
         start = time.perf_counter()
         result = run(self.split_pool if split else self.pool)
-        if index >= 2:
+        if index % self._trial_runs >= TRIAL_WARMING:
             (trial.split if split else trial.default).append(time.perf_counter() - start)
-            if len(trial.split) >= self._trial_pairs and len(trial.default) >= self._trial_pairs:
-                self._split[signature] = statistics.median(trial.split) < SPLIT_MARGIN * statistics.median(trial.default)
-                self._trials.pop(signature, None)
+        if trial.runs == 2 * self._trial_runs:
+            self._split[signature] = statistics.median(trial.split) < SPLIT_MARGIN * statistics.median(trial.default)
+            self._trials.pop(signature, None)
         return result
 
     def split_for(self, signature: Hashable) -> bool | None:

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onyxrt
 from onyxrt.framework import thread_mode
-from onyxrt.framework.thread_mode import ThreadModes, note_pool_product
+from onyxrt.framework.thread_mode import ThreadModes, note_blas_product, note_pool_product
 from onyxrt.providers.cpu.gemm import own_sgemm_usable
 
 RNG = np.random.default_rng(5)
@@ -20,7 +20,7 @@ class _Pool:
 
 
 def test_modes_are_learned_per_signature():
-    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_pairs=0)  # (no trial: the rule alone)
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=0)  # (no trial: the rule alone)
     used = []
 
     def run(noting):
@@ -44,7 +44,7 @@ def test_modes_are_learned_per_signature():
 def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, split_faster):
     clock = [0.0]
     monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
-    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_pairs=3)
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=5)
     used = []
 
     def body(pool):
@@ -55,21 +55,39 @@ def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, 
     modes.run("signature", body)  # the learning run: no product noted
     while modes.split_for("signature") is None:
         modes.run("signature", body)
-    assert used == ["blas", "blas", "split"] + ["blas", "split"] * 3  # two warming runs, then alternating pairs
+    assert used == ["blas"] + ["split"] * 5 + ["blas"] * 5  # the learning run, then each mode's runs in a row
     assert modes.split_for("signature") is split_faster
     assert modes.run("signature", body) == ("split" if split_faster else "blas")
+
+
+def test_a_product_for_blas_keeps_blas_threads_without_a_trial():
+    modes = ThreadModes(_Pool("blas"), _Pool("split"))
+
+    def gemv(pool):
+        note_blas_product()
+        return pool.name
+
+    def both(pool):
+        note_blas_product()
+        note_pool_product()
+        return pool.name
+
+    modes.run("decode", gemv)
+    assert modes.split_for("decode") is False and modes.run("decode", gemv) == "blas"
+    modes.run("mixed", both)  # a product for the split mode wins
+    assert modes.split_for("mixed") is True
 
 
 def test_the_split_mode_must_win_by_the_margin(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
-    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_pairs=2)
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=4)
 
     def body(pool):
         clock[0] += 0.98 if pool.name == "split" else 1.0  # 2 % faster split: within the run-to-run noise
         return pool.name
 
-    for _ in range(7):  # the learning run, two warming runs, two timed pairs
+    for _ in range(9):  # the learning run, then four runs in each mode (two of them timed)
         modes.run("signature", body)
     assert modes.split_for("signature") is False
 
@@ -119,7 +137,7 @@ def test_large_products_split_and_single_rows_do_not():
     np.testing.assert_allclose(session.run(None, {"x": single})[0], single.astype(np.float64) @ w, rtol=1e-4,
                                atol=1e-3)
     assert session._thread_modes.split_for(((128, 512),)) is own_sgemm_usable()
-    assert session._thread_modes.split_for(((1, 512),)) is not True  # not by the rule (then timed in both modes)
+    assert session._thread_modes.split_for(((1, 512),)) is False  # a GEMV: BLAS's threads, no trial
 
 
 def test_small_products_keep_blas_threads():

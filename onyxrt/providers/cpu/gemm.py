@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from ...framework.cpu_features import has_flags
-from ...framework.thread_mode import note_pool_product
+from ...framework.thread_mode import note_blas_product, note_pool_product
 from ...framework.thread_pool import current_pool
 from .jit import numba_disabled, optional_module
 
@@ -42,6 +42,10 @@ GEMV_MAX_ROWS = 2
 # (mobilenet_v2's 1280x1000: ~150 -> ~105 us, the model 0.98 on 2 Zen 5 cores). (Decoding steps keep BLAS's
 # threads, ``framework.thread_mode``: this applies to pools that split products.)
 GEMV_SPLIT_MIN_ELEMENTS = 1 << 20
+# A GEMV of a matrix this large tells a session learning its signature's thread mode to keep BLAS's threads
+# (``framework.thread_mode.note_blas_product``): llama_tiny's decode step 2.47 ms by default, 2.55 split, and 8 ms in
+# split-mode runs right after default ones (OpenBLAS's threads still spinning), on 2 Zen 5 cores.
+GEMV_BLAS_MIN_ELEMENTS = 1 << 18
 # Columns below which a product is split by rows even where B is the larger operand.
 COLUMN_SPLIT_MIN = 64
 _F32 = np.dtype(np.float32)
@@ -96,6 +100,8 @@ def note_product(rows: int, depth: int, cols: int) -> None:
     products, 4M multiply-adds: 0.61 -> 0.66 ms split, on 2 Zen 5 cores)."""
     if _own_sgemm_shape(rows, depth, cols) and rows * depth * cols >= MIN_MACS_WAKING and own_sgemm_usable():
         note_pool_product()
+    elif rows <= GEMV_MAX_ROWS and depth * cols >= GEMV_BLAS_MIN_ELEMENTS:
+        note_blas_product()  # (a decode step: BLAS's threaded sgemv, measured faster than the split mode's)
 
 
 def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias: np.ndarray = _NO_BIAS,
