@@ -11,9 +11,10 @@ alternating processes: minilm_l6 at 128 tokens 11.0 -> 9.6 ms, a 128-token llama
 its decode step keeps BLAS's threads (2.8 ms; 3.2 ms split).
 
 A signature whose products sent it to neither mode (:func:`note_blas_product` marks a decode step's GEMVs for BLAS's
-threads) is then timed in both (:class:`_Trial`): :data:`TRIAL_RUNS` runs in
-the split mode, then as many on BLAS's threads, the first :data:`TRIAL_WARMING` of each untimed, and the split mode
-is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each
+threads) is then timed in both (:class:`_Trial`): after :data:`TRIAL_DELAY` runs on BLAS's threads (a
+session's first runs of a signature are slower: its plan's buffers and recorded shapes settle), :data:`TRIAL_RUNS`
+runs in the split mode, then as many on BLAS's threads, the first :data:`TRIAL_WARMING` of each untimed, and the
+split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each
 other: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a
 run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). Small
 models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in the
@@ -32,6 +33,7 @@ _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=No
 _MAX_SIGNATURES = 64
 # Runs in each mode of a signature on trial, the first ones untimed, and the share of the default's median run time
 # the split mode's must stay below to be kept (run times move by a few percent between runs).
+TRIAL_DELAY = 4
 TRIAL_RUNS = 8
 TRIAL_WARMING = 2
 SPLIT_MARGIN = 0.95
@@ -97,16 +99,18 @@ class ThreadModes:
         return result
 
     def _timed(self, signature: Hashable, trial: _Trial, run):
-        """A run of a signature on trial: the split mode's runs, then the default's, the first of each untimed; the
-        last decides."""
-        index = trial.runs
+        """A run of a signature on trial: after the delay, the split mode's runs, then the default's, the first of
+        each untimed; the last decides."""
+        index = trial.runs - TRIAL_DELAY
         trial.runs += 1
+        if index < 0:
+            return run(self.pool)
         split = index < self._trial_runs
         start = time.perf_counter()
         result = run(self.split_pool if split else self.pool)
         if index % self._trial_runs >= TRIAL_WARMING:
             (trial.split if split else trial.default).append(time.perf_counter() - start)
-        if trial.runs == 2 * self._trial_runs:
+        if index == 2 * self._trial_runs - 1:
             self._split[signature] = statistics.median(trial.split) < SPLIT_MARGIN * statistics.median(trial.default)
             self._trials.pop(signature, None)
         return result

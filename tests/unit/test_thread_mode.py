@@ -55,7 +55,8 @@ def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, 
     modes.run("signature", body)  # the learning run: no product noted
     while modes.split_for("signature") is None:
         modes.run("signature", body)
-    assert used == ["blas"] + ["split"] * 5 + ["blas"] * 5  # the learning run, then each mode's runs in a row
+    delay = thread_mode.TRIAL_DELAY  # the learning run, the delay's, then each mode's runs in a row
+    assert used == ["blas"] * (1 + delay) + ["split"] * 5 + ["blas"] * 5
     assert modes.split_for("signature") is split_faster
     assert modes.run("signature", body) == ("split" if split_faster else "blas")
 
@@ -87,7 +88,7 @@ def test_the_split_mode_must_win_by_the_margin(monkeypatch):
         clock[0] += 0.98 if pool.name == "split" else 1.0  # 2 % faster split: within the run-to-run noise
         return pool.name
 
-    for _ in range(9):  # the learning run, then four runs in each mode (two of them timed)
+    for _ in range(1 + thread_mode.TRIAL_DELAY + 8):  # the learning run, the delay, four runs in each mode (two timed)
         modes.run("signature", body)
     assert modes.split_for("signature") is False
 
