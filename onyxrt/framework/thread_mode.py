@@ -16,7 +16,8 @@ session's first runs of a signature are slower: its plan's buffers and recorded 
 runs in the split mode, then as many on BLAS's threads, the first :data:`TRIAL_WARMING` of each untimed, and the
 split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each
 other: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a
-run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). Small
+run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). A trial run
+failing in the split mode is redone on BLAS's threads, which the signature then keeps. Small
 models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in the
 split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
 """
@@ -107,7 +108,15 @@ class ThreadModes:
             return run(self.pool)
         split = index < self._trial_runs
         start = time.perf_counter()
-        result = run(self.split_pool if split else self.pool)
+        if split:
+            try:
+                result = run(self.split_pool)
+            except Exception:  # (the split mode's kernels failing where the default's may not: the run is redone)
+                self._split[signature] = False
+                self._trials.pop(signature, None)
+                return run(self.pool)
+        else:
+            result = run(self.pool)
         if index % self._trial_runs >= TRIAL_WARMING:
             (trial.split if split else trial.default).append(time.perf_counter() - start)
         if index == 2 * self._trial_runs - 1:

@@ -79,6 +79,23 @@ def test_a_product_for_blas_keeps_blas_threads_without_a_trial():
     assert modes.split_for("mixed") is True
 
 
+def test_a_trial_run_failing_in_the_split_mode_is_redone_on_blas_threads():
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=4)
+    used = []
+
+    def body(pool):
+        used.append(pool.name)
+        if pool.name == "split":
+            raise RuntimeError("a split-mode kernel failed")
+        return pool.name
+
+    results = [modes.run("signature", body) for _ in range(1 + thread_mode.TRIAL_DELAY + 1)]
+    assert results[-1] == "blas" and used[-2:] == ["split", "blas"]
+    assert modes.split_for("signature") is False
+    with pytest.raises(ValueError):  # a failure in the default mode is the run's own
+        modes.run("other", lambda pool: (_ for _ in ()).throw(ValueError("bad input")))
+
+
 def test_the_split_mode_must_win_by_the_margin(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
