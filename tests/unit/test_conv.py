@@ -612,3 +612,22 @@ def test_tap_products_equal_the_column_matrix(monkeypatch, n, c, m, hw, k, strid
     np.testing.assert_allclose(ours, columns, rtol=1e-5, atol=1e-4)
     reference = naive_conv(x, w, b, strides=strides, dilations=dilations, pads=pads)
     np.testing.assert_allclose(ours, np.maximum(reference, 0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_pointwise_conv_of_a_strided_view_in_the_split_mode(residual):
+    """A pointwise convolution of a Slice's view (ShuffleNet's channel split) on a pool that splits products: its
+    native task reads the contiguous copy of x by address, which must outlive the task (it once read freed memory)."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((12, 12, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    x = rng.standard_normal((8, 24, 8, 8)).astype(np.float32)
+    z = rng.standard_normal((8, 12, 8, 8)).astype(np.float32) if residual else None
+    view = x[:, 12:]
+    want = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0], view) + b[None, :, None, None] + (0 if z is None else z)
+    packed = core.pack_conv_weights(w, b, {})
+    with ThreadPool(2).splitting_gemms().activate():
+        for _ in range(3):
+            y = core.float_conv(view, w, b, 1, [1, 1], [1, 1], [0, 0, 0, 0], "NOTSET", [1, 1], packed,
+                                mlas_activation_fn("Relu", None), z)
+            np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5)

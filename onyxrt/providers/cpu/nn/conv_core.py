@@ -1214,8 +1214,10 @@ def _own_gemm_runner(shape: tuple, packed: ConvWeights, epilogue: tuple) -> Call
         else:
             return None
         y = np.empty(y_shape, _F32)
-        args = module.operand_args(template, np.ascontiguousarray(x).reshape(n, c, pixels), y.reshape(n, m, pixels),
-                                   residual)
+        # a strided x (a Slice's view) is copied: the copy must live in a variable until the task has run, as the task
+        # reads it by its address alone (a temporary was freed first, and the task read freed memory)
+        images = np.ascontiguousarray(x).reshape(n, c, pixels)
+        args = module.operand_args(template, images, y.reshape(n, m, pixels), residual)
         # (``template``, ``bias`` and ``params`` stay referenced by this closure while the task runs)
         pool.run_native(address, args, own_sgemm_parts(pool, macs, units))
         return y
