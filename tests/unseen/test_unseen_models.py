@@ -1,5 +1,6 @@
 """Architectures the zoo does not hold (tests/data/unseen, made by tools/unseen/generate.py with both
-PyTorch exporters): at every optimization level onyxrt gives onnxruntime's outputs (≤ 1e-4 relative),
+PyTorch exporters): at every optimization level and in both thread modes onyxrt gives onnxruntime's outputs
+(≤ 1e-4 relative),
 its EXTENDED graph has at most onnxruntime's EXTENDED node count, and onnxruntime runs the EXTENDED
 model onyxrt saves with the same outputs.
 """
@@ -75,3 +76,21 @@ def test_unseen_model_at_every_level(path, tmp_path):
     assert ours <= theirs, f"{ours} nodes at EXTENDED, onnxruntime {theirs}"
     saved = _ort_session(str(tmp_path / "onyxrt.onnx"), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     _assert_close(saved.run(None, feeds), want, "onnxruntime on onyxrt's saved model")
+
+
+@pytest.mark.parametrize("path", MODELS, ids=lambda p: p.stem)
+def test_unseen_model_in_the_split_thread_mode(path):
+    """The split thread mode (the pool splitting products over spinning workers), which a session's thread-mode trial
+    may choose for any model (framework/thread_mode.py), gives onnxruntime's outputs too."""
+    reference = _ort_session(str(path), ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    feeds = _feeds(reference)
+    want = reference.run(None, feeds)
+    options = onyxrt.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = onyxrt.InferenceSession(str(path), options)
+    if session._thread_modes is None:
+        pytest.skip("one mode only here")
+    session._thread_pool = session._thread_pool.splitting_gemms()  # (the mode the trial's split runs take)
+    session._thread_modes = None
+    for _ in range(2):  # the first run settles the routes, the second reuses them
+        _assert_close(session.run(None, feeds), want, "onyxrt in the split mode")
