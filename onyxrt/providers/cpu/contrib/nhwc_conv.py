@@ -34,7 +34,7 @@ from ..gemm import fused_product, own_sgemm_usable
 from ..gemm import matmul as pool_matmul
 from ..jit import optional_module
 from ..kernel_table import op
-from ..nn.conv_core import (_MAX_ROUTES, check_kernel_shape, conv_pads, float_conv, frozen, pack_conv_weights,
+from ..nn.conv_core import (check_kernel_shape, conv_pads, float_conv, frozen, keep_route, pack_conv_weights,
                             spatial_defaults)
 # (a depthwise convolution's thresholds for splitting its work and for the split mode: the channels-first ones)
 from ..nn.depthwise_conv import _PARALLEL_MIN_WORK, _POOL_MODE_WORK
@@ -200,9 +200,7 @@ def _run(op_name, x, w, b, z, activation, auto_pad, dilations, group, kernel_sha
         route = _route(x.shape, x.dtype, w, b, int(group), strides, dilations, pads, auto_pad, kernel_shape, packed,
                        activation, z is not None, op_name)
         if packed is not None:
-            if len(packed.routes) >= _MAX_ROUTES:
-                packed.routes.clear()
-            packed.routes[key] = route
+            keep_route(packed.routes, key, route)
     return route(x, z)
 
 

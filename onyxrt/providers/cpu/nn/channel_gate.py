@@ -18,7 +18,7 @@ from ....errors import NodeInputError, NodeInputTypeError
 from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import mlas_activation_fn
 from ..kernel_table import op
-from .conv_core import _MAX_ROUTES, epilogue_finisher
+from .conv_core import epilogue_finisher, keep_route
 
 _F32 = np.dtype(np.float32)
 
@@ -82,9 +82,7 @@ def channel_gate(x, w1, b1=None, w2=None, b2=None, *, activation1="", activation
     route = weights.routes.get(key)
     if route is None:
         route = _route(weights, pixels, first, second)
-        if len(weights.routes) >= _MAX_ROUTES:
-            weights.routes.clear()
-        weights.routes[key] = route
+        keep_route(weights.routes, key, route)
     return route(x).reshape((n, c) + (1,) * (x.ndim - 2))
 
 

@@ -19,7 +19,7 @@ from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import fused_conv, mlas_activation_fn
 from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
-from .conv_core import _MAX_ROUTES, ConvWeights, epilogue_finisher, pack_conv_weights
+from .conv_core import ConvWeights, epilogue_finisher, keep_route, pack_conv_weights
 
 _F32 = np.dtype(np.float32)
 
@@ -72,7 +72,5 @@ def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed
         y = pool_matmul(filters[0], images[0]) if n == 1 else np.matmul(filters, images)
         return finish(y.reshape(y_shape), z)
 
-    if len(packed.routes) >= _MAX_ROUTES:
-        packed.routes.clear()
-    packed.routes[key] = scaled
+    keep_route(packed.routes, key, scaled)
     return scaled

@@ -1049,13 +1049,19 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
         route = _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed, activation,
                              residual is not None)
         if activation is None or spec is not None:  # (an activation is known by its spec, a new function each call)
-            if len(packed.routes) >= _MAX_ROUTES:
-                packed.routes.clear()
-            packed.routes[key] = route
+            keep_route(packed.routes, key, route)
     return route(x, residual)
 
 
 _MAX_ROUTES = 16  # input shapes a convolution keeps routes for
+
+
+def keep_route(routes: dict, key, route) -> None:
+    """Store a route prepared for ``key`` (input shapes and the like) in a kernel's prepared weights' ``routes``,
+    which hold at most :data:`_MAX_ROUTES` (all dropped when full)."""
+    if len(routes) >= _MAX_ROUTES:
+        routes.clear()
+    routes[key] = route
 
 
 def _float_route(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, packed: ConvWeights | None,
