@@ -81,6 +81,8 @@ def test_kernel_checks_its_operands():
     gate = channel_gate(x, w1, None, w2, None)  # no biases, no activations
     expected = (x.mean(axis=(2, 3)) @ w1[:, :, 0, 0].T) @ w2[:, :, 0, 0].T
     np.testing.assert_allclose(gate.reshape(2, C), expected, rtol=1e-5, atol=1e-6)
+    empty = channel_gate(np.zeros((2, C, 0, 3), np.float32), w1, None, w2, None)  # no values: NaN, as the mean's
+    assert empty.shape == (2, C, 1, 1) and np.isnan(empty).all()
     with pytest.raises(NodeInputError, match="channels"):
         channel_gate(x[:, :5], w1, None, w2, None)
     with pytest.raises(NodeInputError, match="W2"):

@@ -19,6 +19,7 @@ from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import mlas_activation_fn
 from ..kernel_table import op
 from .conv_core import epilogue_finisher, keep_route
+from .pool import mean_weights
 
 _F32 = np.dtype(np.float32)
 
@@ -88,15 +89,20 @@ def channel_gate(x, w1, b1=None, w2=None, b2=None, *, activation1="", activation
 
 def _route(weights: GateWeights, pixels: int, first, second):
     """The gate of X (N, C, ``pixels`` values a channel) as (N, C, 1, 1): the means as one GEMV of the planes (as
-    GlobalAveragePool computes them), each product's bias and activation in one pass (``conv_core``'s epilogue)."""
+    GlobalAveragePool computes them on one thread; its split over the pool's workers was slower for a gate's planes,
+    ~2 us a gate in an EfficientNet-like net), each product's bias and activation in one pass (``conv_core``'s
+    epilogue)."""
     reduced, channels = weights.second.shape
-    inverse = np.full(pixels, 1.0 / max(pixels, 1), _F32)
     finish_first = epilogue_finisher(reduced, weights.first_bias, first, 2)
     finish_second = epilogue_finisher(channels, weights.second_bias, second, 2)
+    averaging = mean_weights(pixels, _F32) if pixels else None
 
     def gate(x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
-        means = np.ascontiguousarray(x).reshape(n * channels, pixels) @ inverse
+        if averaging is not None:
+            means = np.ascontiguousarray(x).reshape(n * channels, pixels) @ averaging
+        else:  # (no values to average: NaN, as GlobalAveragePool's mean of none)
+            means = np.full(n * channels, np.nan, _F32)
         hidden = finish_first((means.reshape(n, channels) @ weights.first).reshape(n, reduced, 1, 1), None)
         return finish_second((hidden.reshape(n, reduced) @ weights.second).reshape(n, channels, 1, 1), None)
 

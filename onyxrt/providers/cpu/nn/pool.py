@@ -567,13 +567,19 @@ def plane_means(planes: np.ndarray) -> np.ndarray:
              if pool.splits_gemms and pool.runs_native_tasks and planes.dtype == np.float32
              and planes.size >= _PARALLEL_MEAN_ELEMENTS else None)
     if tasks is None:
-        return planes @ np.full(planes.shape[1], 1.0 / planes.shape[1], dtype=planes.dtype)
+        return planes @ mean_weights(planes.shape[1], planes.dtype)
     # each part the planes the same core's part of the convolution before wrote, still in its cache (the pointwise
     # GEMMs split their output channels likewise): mobilenet_v2's 1280 planes of 7x7 in a run, 32 -> 18 us on 2 Zen 5
     # cores, where one thread's GEMV read half of them from the other core's cache
     y = np.empty(planes.shape[0], np.float32)
     pool.run_native(tasks.means_part.address, tasks.means_args(planes, y), pool.num_threads)
     return y
+
+
+@functools.lru_cache(maxsize=64)
+def mean_weights(length: int, dtype: np.dtype) -> np.ndarray:
+    """``length`` values of 1 / ``length`` (read-only, made once per length: a run's pools and gates reuse them)."""
+    return read_only(np.full(length, 1.0 / length, dtype=dtype))
 
 
 @op("GlobalAveragePool", versions=(1, 22))
