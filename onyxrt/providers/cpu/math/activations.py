@@ -48,20 +48,9 @@ def relu_sign_bit(x, *, consumed_inputs=None, _alloc=None):
     return branch_free.relu(x, _alloc(x.shape, x.dtype) if wants_buffer(_alloc, x) else None)
 
 
-def _leaky(x: np.ndarray, alpha: float) -> np.ndarray:
-    a = _c(x, alpha)
-    if 0 <= alpha <= 1:  # max(x, a*x) selects x for x >= 0 and a*x below
-        out = np.multiply(x, a)
-        return np.maximum(out, x, out=out)
-    if alpha > 1:
-        out = np.multiply(x, a)
-        return np.minimum(out, x, out=out)
-    return np.where(x >= 0, x, x * a)
-
-
 @op("LeakyRelu", versions=(1, 6, 16))
 def leaky_relu(x, *, alpha=0.009999999776482582, consumed_inputs=None):
-    return float_apply(lambda v: _leaky(v, alpha), x, "LeakyRelu")
+    return float_apply(lambda v: branch_free.leaky_relu(v, alpha), x, "LeakyRelu")
 
 
 def _prelu_slope(x: np.ndarray, slope: np.ndarray, legacy: bool) -> np.ndarray:

@@ -94,6 +94,21 @@ def at_most(x: np.ndarray, bound, out: np.ndarray | None = None) -> np.ndarray:
     return np.minimum(x, bound, out=out)
 
 
+def leaky_relu(x: np.ndarray, alpha: float, out: np.ndarray | None = None) -> np.ndarray:
+    """``x if x >= 0 else alpha * x`` of float ``x`` (into ``out`` where given, which may be x): for alpha in [0, 1]
+    max(alpha x, x) selects it, for alpha > 1 the min, both vectorized; any other alpha by :func:`select`."""
+    scaled = np.multiply(x, x.dtype.type(alpha))
+    if 0 <= alpha <= 1:
+        return np.maximum(scaled, x, out=scaled if out is None else out)
+    if alpha > 1:
+        return np.minimum(scaled, x, out=scaled if out is None else out)
+    y = select(x >= 0, x, scaled)
+    if out is None:
+        return y
+    np.copyto(out, y)
+    return out
+
+
 def relu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``max(x, 0)`` (into ``out`` where given, which may be x), float types on their bits: IEEE floats order
     like signed integers as far as the sign goes, so clipping the bits below at 0 is Relu, -0.0 and NaN with the
