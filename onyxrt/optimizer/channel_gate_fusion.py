@@ -11,8 +11,8 @@ convolutions of one-pixel images::
 batch's rows at once.
 
 Preconditions: X float32 of known rank >= 3; each convolution an ONNX Conv or com.microsoft FusedConv (without Z)
-the CPU provider took, read only by the next step, of a constant float32 filter with a single tap, group 1, unit
-strides, no padding, and a constant bias or none; the first reads the mean, the second the first. Like
+the CPU provider took, read only by the next step, pointwise (``matching.pointwise_filter``: a constant float32
+filter of a single tap, group 1, unit strides and dilations, no padding), with a constant bias or none; the first reads the mean, the second the first. Like
 ``conv_epilogue_fusion`` it runs after the optimized model was saved and after partitioning
 (``session/placement.py``), at the EXTENDED level and above, unless ``disabled_optimizers`` names
 ``ChannelGateFusion``.
@@ -26,7 +26,7 @@ import onnx_ir as ir
 from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from ..graph.opsets import ONYXRT_DOMAIN
 from ..graph.tensors import constant_array
-from .matching import is_constant, is_float32, only_reader, replace_with, self_contained
+from .matching import is_constant, is_float32, only_reader, pointwise_filter, replace_with, self_contained
 
 NAME = "ChannelGateFusion"
 
@@ -95,15 +95,9 @@ def _gate_convolution(node: ir.Node | None, source: ir.Value, channels: int) -> 
         params = [float(v) for v in node.attributes.get_floats("activation_params", [])]
     else:
         return None
-    w = node.inputs[1] if len(node.inputs) > 1 else None
+    shape = pointwise_filter(node)
     b = _bias(node)
-    if w is None or not is_constant(w) or not is_float32(w) or (b is not None and not (is_constant(b) and is_float32(b))):
-        return None
-    shape = constant_array(w).shape
-    attributes = node.attributes
-    if (len(shape) < 3 or shape[1] != channels or any(k != 1 for k in shape[2:])
-            or attributes.get_int("group", 1) != 1 or any(v != 1 for v in attributes.get_ints("strides", [1]))
-            or any(attributes.get_ints("pads", [0])) or attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+    if shape is None or shape[1] != channels or (b is not None and not (is_constant(b) and is_float32(b))):
         return None
     return int(shape[0]), activation, params
 

@@ -20,8 +20,7 @@ import onnx_ir as ir
 
 from ..framework.partitioner import PROVIDER_KEY, on_cpu_kernels
 from ..graph.opsets import ONYXRT_DOMAIN
-from ..graph.tensors import constant_array
-from .matching import is_constant, is_float32, only_reader, replace_with, self_contained
+from .matching import is_float32, only_reader, pointwise_filter, replace_with, self_contained
 
 NAME = "ChannelScaleConvFusion"
 
@@ -35,7 +34,7 @@ def fuse_channel_scale_convs(graph: ir.Graph, opsets: dict[str, int]) -> int:
         if (mul is None or mul.domain != "" or mul.op_type != "Mul" or len(mul.inputs) != 2
                 or not on_cpu_kernels(mul) or only_reader(product) is not conv or conv.inputs.count(product) != 1):
             continue
-        operands = _image_and_gate(mul, product, constant_array(conv.inputs[1]).shape[1])
+        operands = _image_and_gate(mul, product, pointwise_filter(conv)[1])
         if operands is None or not self_contained([mul, conv], conv.outputs[0]):
             continue
         x, gate = operands
@@ -51,21 +50,8 @@ def fuse_channel_scale_convs(graph: ir.Graph, opsets: dict[str, int]) -> int:
 
 
 def _pointwise_conv(node: ir.Node) -> bool:
-    """A float32 Conv / FusedConv the CPU provider runs, of a constant single-tap filter, group 1, unit strides and
-    dilations, no padding."""
-    if not on_cpu_kernels(node) or not is_float32(node.outputs[0]) or len(node.inputs) < 2:
-        return False
-    if (node.domain, node.op_type) not in (("", "Conv"), ("com.microsoft", "FusedConv")):
-        return False
-    w = node.inputs[1]
-    if not is_constant(w) or not is_float32(w):
-        return False
-    shape = constant_array(w).shape
-    attributes = node.attributes
-    return (len(shape) >= 3 and all(k == 1 for k in shape[2:]) and attributes.get_int("group", 1) == 1
-            and all(v == 1 for v in attributes.get_ints("strides", [1]))
-            and all(v == 1 for v in attributes.get_ints("dilations", [1]))
-            and not any(attributes.get_ints("pads", [0])) and attributes.get_string("auto_pad", "NOTSET") in ("NOTSET", "VALID"))
+    """A float32 pointwise Conv / FusedConv (``matching.pointwise_filter``) the CPU provider runs."""
+    return on_cpu_kernels(node) and is_float32(node.outputs[0]) and pointwise_filter(node) is not None
 
 
 def _image_and_gate(mul: ir.Node, product: ir.Value, channels: int) -> tuple[ir.Value, ir.Value] | None:

@@ -43,6 +43,24 @@ def is_weight_matrix(value: ir.Value | None) -> bool:
     return is_constant(value) and value.const_value.dtype == ir.DataType.FLOAT and len(value.const_value.shape) == 2
 
 
+def pointwise_filter(node: ir.Node) -> tuple[int, ...] | None:
+    """The filter's shape of an ONNX Conv or com.microsoft FusedConv that is pointwise: a constant float32 filter of a
+    single tap (any rank), group 1, unit strides and dilations, no padding; None for any other node."""
+    if (node.domain, node.op_type) not in (("", "Conv"), ("com.microsoft", "FusedConv")) or len(node.inputs) < 2:
+        return None
+    w = node.inputs[1]
+    if not is_constant(w) or not is_float32(w):
+        return None
+    shape = constant_array(w).shape
+    attributes = node.attributes
+    if (len(shape) < 3 or any(k != 1 for k in shape[2:]) or attributes.get_int("group", 1) != 1
+            or any(v != 1 for v in attributes.get_ints("strides", [1]))
+            or any(v != 1 for v in attributes.get_ints("dilations", [1])) or any(attributes.get_ints("pads", [0]))
+            or attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "VALID")):
+        return None
+    return tuple(shape)
+
+
 def constant_vector(value: ir.Value | None) -> bool:
     """A 1-D constant (:func:`is_constant`): a per-channel weight, bias or scale."""
     return is_constant(value) and len(value.const_value.shape) == 1
