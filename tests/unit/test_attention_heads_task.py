@@ -1,6 +1,7 @@
-"""Attention head by head as one native task (contrib/attention_heads_task.py): equal to _attend's batched
-numpy path for the masks, layouts and head groupings the com.microsoft attention ops hand it, shared out over
-the pool (split-GEMM mode); on one thread the batched path runs."""
+"""Attention head by head as one native task: on onyxrt's AVX-512 GEMM tiles (contrib/attention_tiles_task.py,
+on one thread too) or on cblas_sgemm per head (contrib/attention_heads_task.py, shared out over a pool that splits
+products; on one thread the batched path runs there). Both equal _attend's batched numpy path for the masks,
+layouts and head groupings the com.microsoft attention ops hand them."""
 
 from __future__ import annotations
 
@@ -8,19 +9,34 @@ import numpy as np
 import pytest
 
 from onyxrt.framework.thread_pool import ThreadPool
+from onyxrt.providers.cpu import gemm
 from onyxrt.providers.cpu.contrib import attention as att
 from onyxrt.providers.cpu.jit import optional_module
 
 
 @pytest.fixture
 def task(monkeypatch):
+    """The cblas task (the tiles turned off)."""
     module = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")
     if module is None or module.SGEMM is None:
         pytest.skip("the attention task does not compile here")
+    monkeypatch.setattr(att, "own_sgemm_usable", lambda: False)
     return module
 
 
-def _counting(monkeypatch, task):
+@pytest.fixture(params=["blas", "tiles"])
+def route(request, monkeypatch):
+    """Each task in turn: "blas" (the tiles turned off) or "tiles" (where the CPU runs them)."""
+    if request.param == "tiles":
+        if not gemm.own_sgemm_usable() or optional_module(
+                "onyxrt.providers.cpu.contrib.attention_tiles_task") is None:
+            pytest.skip("onyxrt's AVX-512 GEMM does not run here")
+        return "tiles"
+    request.getfixturevalue("task")
+    return "blas"
+
+
+def _counting(monkeypatch):
     """Counts the task's runs (calls of _attend_heads that returned a result)."""
     runs = []
     real = att._attend_heads
@@ -47,7 +63,7 @@ def _heads(x, n):
 @pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("case", ["padding_mask", "packed_qkv_causal_past", "grouped_heads", "value_size",
                                   "bias_and_mask"])
-def test_task_equals_the_batched_path(monkeypatch, task, split, case):
+def test_task_equals_the_batched_path(monkeypatch, route, split, case):
     rng = np.random.default_rng(7)
     B, N, S, H = 2, 4, 9, 16
     kwargs = {}
@@ -75,8 +91,8 @@ def test_task_equals_the_batched_path(monkeypatch, task, split, case):
         q, k, v = (rng.standard_normal((B, N, S, H)).astype(np.float32) for _ in range(3))
         kwargs["add_mask"] = rng.standard_normal((1, 1, S, S)).astype(np.float32)
         kwargs["attention_bias"] = rng.standard_normal((B, N, S, S)).astype(np.float32)
-    runs = _counting(monkeypatch, task)
-    monkeypatch.setattr(att, "MIN_PARALLEL_MACS", 0)  # (these heads are small: the task is for larger work)
+    runs = _counting(monkeypatch)
+    monkeypatch.setattr(att, "MIN_PARALLEL_MACS", 0)  # (these heads are small: the split is for larger work)
     pool = ThreadPool(2)
     if split:
         if not pool.runs_native_tasks:
@@ -85,7 +101,8 @@ def test_task_equals_the_batched_path(monkeypatch, task, split, case):
     with pool.activate():
         got, _ = att._attend(q, k, v, 0.25, **kwargs)
     pool.shutdown()
-    assert runs == [split]  # (on one thread the batched products run)
+    # the tiles run on one thread too, for value sizes a multiple of 16; BLAS's calls only split
+    assert runs == [split or (route == "tiles" and v.shape[-1] % 16 == 0)]
     want, _ = _reference(monkeypatch, lambda: att._attend(q, k, v, 0.25, **kwargs))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -93,7 +110,7 @@ def test_task_equals_the_batched_path(monkeypatch, task, split, case):
     assert att._merge_heads(got).base is not None
 
 
-def test_the_task_splits_over_the_pool_in_the_split_mode(monkeypatch, task):
+def test_the_task_splits_over_the_pool_in_the_split_mode(monkeypatch, route):
     pool = ThreadPool(2)
     if not pool.runs_native_tasks:
         pytest.skip("numba cannot compile the native hand-offs here")
@@ -105,12 +122,14 @@ def test_the_task_splits_over_the_pool_in_the_split_mode(monkeypatch, task):
     q, k, v = (rng.standard_normal((1, 6, 64, 32)).astype(np.float32) for _ in range(3))
     with split.activate():
         att._attend(q, k, v, 0.2)
-    assert [(c[0], c[2]) for c in calls] == [(task.attention_heads_part.address, 2)]
+    module = optional_module(f"onyxrt.providers.cpu.contrib.attention_{'tiles' if route == 'tiles' else 'heads'}_task")
+    part = module.attention_tiles_part if route == "tiles" else module.attention_heads_part
+    assert [(c[0], c[2]) for c in calls] == [(part.address, 2)]
     pool.shutdown()
 
 
 @pytest.mark.parametrize("case", ["float64", "decode_rows", "causal_with_bias", "softcap"])
-def test_other_cases_keep_the_batched_path(monkeypatch, task, case):
+def test_other_cases_keep_the_batched_path(monkeypatch, route, case):
     rng = np.random.default_rng(9)
     dtype = np.float64 if case == "float64" else np.float32
     S = 1 if case == "decode_rows" else 8
@@ -121,13 +140,13 @@ def test_other_cases_keep_the_batched_path(monkeypatch, task, case):
         kwargs = {"causal_past": 0, "attention_bias": rng.standard_normal((1, 2, S, 8)).astype(dtype)}
     if case == "softcap":
         kwargs = {"softcap": 5.0}
-    runs = _counting(monkeypatch, task)
+    runs = _counting(monkeypatch)
     got, _ = att._attend(q, k, v, 0.3, **kwargs)
     assert not any(runs)
     assert got.dtype == dtype and np.isfinite(got).all()
 
 
-def test_group_query_attention_prefill_uses_the_causal_rule(monkeypatch, task):
+def test_group_query_attention_prefill_uses_the_causal_rule(monkeypatch, route):
     """A first prompt (no padding, no window) takes the task through the causal rule instead of a boolean
     mask; the result equals the masked batched path."""
     rng = np.random.default_rng(10)
@@ -141,7 +160,7 @@ def test_group_query_attention_prefill_uses_the_causal_rule(monkeypatch, task):
         return att.group_query_attention(q, k, v, None, None, seqlens, total, num_heads=N, kv_num_heads=Nkv,
                                          _num_outputs=3)
 
-    runs = _counting(monkeypatch, task)
+    runs = _counting(monkeypatch)
     monkeypatch.setattr(att, "MIN_PARALLEL_MACS", 0)  # (small heads: the task is for larger work)
     pool = ThreadPool(2)
     if not pool.runs_native_tasks:
@@ -156,3 +175,21 @@ def test_group_query_attention_prefill_uses_the_causal_rule(monkeypatch, task):
         want = gqa()
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows, keys, head_size, value_size", [(40, 45, 64, 48), (7, 70, 16, 32), (33, 5, 8, 64)])
+def test_tiles_cover_many_panels_and_row_tiles(monkeypatch, rows, keys, head_size, value_size):
+    """Scores wider than a panel (32 keys), more rows than a tile (12), values one to three vectors wide, on one
+    thread: equal to the batched path."""
+    if not gemm.own_sgemm_usable() or optional_module("onyxrt.providers.cpu.contrib.attention_tiles_task") is None:
+        pytest.skip("onyxrt's AVX-512 GEMM does not run here")
+    rng = np.random.default_rng(11)
+    q = rng.standard_normal((2, 3, rows, head_size)).astype(np.float32)
+    k = rng.standard_normal((2, 3, keys, head_size)).astype(np.float32)
+    v = rng.standard_normal((2, 3, keys, value_size)).astype(np.float32)
+    mask = rng.standard_normal((2, 1, rows, keys)).astype(np.float32)
+    runs = _counting(monkeypatch)
+    got, _ = att._attend(q, k, v, 0.125, add_mask=mask)
+    assert runs == [True]
+    want, _ = _reference(monkeypatch, lambda: att._attend(q, k, v, 0.125, add_mask=mask))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

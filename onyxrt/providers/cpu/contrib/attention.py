@@ -34,7 +34,7 @@ import math
 import numpy as np
 
 from .. import row_kernels
-from ..gemm import MIN_PARALLEL_MACS
+from ..gemm import MIN_PARALLEL_MACS, own_sgemm_usable
 from ..jit import LazyModuleKernel, optional_module
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import sparse_prepack
@@ -185,39 +185,49 @@ _HEADS_TASK_MIN_ROWS = 4
 
 
 def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) -> np.ndarray | None:
-    """:func:`_attend` for float32 inputs as one native task over the (batch, head) pairs
-    (``attention_heads_task``), shared out over a pool that splits products: no copies of the heads, the mask and
-    softmax applied per head while its scores are in cache. Returns (B, N, S, Hv) as a view of a (B, S, N, Hv) array
-    (so merging the heads copies nothing), or None where the task does not apply (no numba or cblas, other dtypes,
-    layouts BLAS cannot read, a causal rule with a bias after it, a decoding step's few rows) or would run on one
-    thread: there ``_attend``'s batched products are the faster (numpy's loop over the heads, BLAS's threads in
-    each; measured on 2 Zen 5 cores: 8x4 heads of 17x16 28 -> 21 us, 4x4 of 64x16 61 -> 52, 1x12 of 128x64 299 ->
-    264; a ViT-like, an encoder-like and a GPT-2-like unseen model 0.979, 0.944, 0.988)."""
+    """:func:`_attend` for float32 inputs as one native task over the (batch, head) pairs: no copies of the heads,
+    the mask and softmax applied per head while its scores are in cache. Returns (B, N, S, Hv) as a view of a
+    (B, S, N, Hv) array (so merging the heads copies nothing), or None where no task applies (no numba, other
+    dtypes, layouts the products cannot read, a causal rule with a bias after it, a decoding step's few rows).
+
+    Where the CPU runs onyxrt's AVX-512 GEMM (``gemm.own_sgemm_usable``) and the value size is a multiple of 16, the
+    products are its tiles (``attention_tiles_task``): on one thread too, as BLAS's calls per head cost more than
+    small heads' multiply-adds (measured on 2 Zen 5 cores against the batched products on BLAS's two threads: 8x4
+    heads of 17x16 32 -> 15 us, 4x4 of 64x16 78 -> 62, 1x12 of 128x64 414 -> 301). Elsewhere ``cblas_sgemm`` per
+    head (``attention_heads_task``), only shared out over a pool that splits products: on one thread
+    ``_attend``'s batched products are the faster there."""
     B, N, S, H = q.shape
     T, Hv = k.shape[2], v.shape[3]
     if (q.dtype != _F32 or k.dtype != _F32 or v.dtype != _F32 or S < _HEADS_TASK_MIN_ROWS
             or not (B and N and T and H and Hv) or (causal_past is not None and attention_bias is not None)):
         return None
     pool = current_pool()
-    if not (pool.splits_gemms and pool.runs_native_tasks and B * N * S * T * (H + Hv) >= MIN_PARALLEL_MACS
-            and B * N > 1):
+    split = (pool.splits_gemms and pool.runs_native_tasks and B * N * S * T * (H + Hv) >= MIN_PARALLEL_MACS
+             and B * N > 1)
+    tiles = optional_module("onyxrt.providers.cpu.contrib.attention_tiles_task") if own_sgemm_usable() else None
+    if tiles is not None and tiles.fits(Hv):
+        task_part, per_part = tiles.attention_tiles_part, tiles.scratch_size(S, T, H)
+    elif split:
+        blas = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")
+        if blas is None or blas.SGEMM is None:
+            return None
+        task_part, per_part = blas.attention_heads_part, S * T
+    else:
         return None
     task = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")
-    if task is None or task.SGEMM is None:
-        return None
     mask = add_mask if attention_bias is None else attention_bias if add_mask is None else add_mask + attention_bias
     if mask is not None:
         if mask.dtype != _F32 or np.broadcast_shapes(mask.shape, (B, N, S, T)) != (B, N, S, T):
             return None  # (_attend reports a bias that does not broadcast)
         mask = np.broadcast_to(mask, (B, N, S, T))
-    parts = min(pool.num_threads, B * N)
+    parts = min(pool.num_threads, B * N) if split else 1
     out = np.empty((B, S, N, Hv), _F32)
-    scratch = np.empty(parts * S * T, _F32)
+    scratch = np.empty(parts * per_part, _F32)
     scale_value = np.array([scale], _F32)
     args = task.pack(q, k, v, out, mask, causal_past, scale_value, scratch)
     if args is None:
         return None
-    pool.run_native(task.attention_heads_part.address, args, parts)
+    pool.run_native(task_part.address, args, parts)
     return out.transpose(0, 2, 1, 3)
 
 

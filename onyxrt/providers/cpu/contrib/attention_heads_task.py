@@ -31,6 +31,28 @@ _LOWEST = np.float32(np.finfo(np.float32).min)
  _OUT, _MASK, _MASK_BATCH, _MASK_HEAD, _MASK_ROW, _CAUSAL, _PAST, _SCRATCH, _SCALE, _ARGS) = range(31)
 
 
+@numba.njit(inline="always", fastmath={"reassoc", "contract"}, error_model="numpy", cache=True)
+def weigh_rows(d, b, h, scores, stride, scale):
+    """The attention weights of (batch ``b``, head ``h``) in place: each of its rows of scores (``stride`` apart in
+    ``scores``, the task's keys each) scaled, the additive mask and the causal rule applied, then softmaxed."""
+    rows, keys = d[_ROWS], d[_KEYS]
+    masked = d[_MASK] != 0
+    for s in range(rows):
+        row = scores[s * stride: s * stride + keys]
+        if masked:
+            mask = float32_array(d[_MASK] + (b * d[_MASK_BATCH] + h * d[_MASK_HEAD] + s * d[_MASK_ROW])
+                                 * _F32_BYTES, keys)
+            for j in range(keys):
+                row[np.uintp(j)] = row[np.uintp(j)] * scale + mask[np.uintp(j)]
+        else:
+            for j in range(keys):
+                row[np.uintp(j)] *= scale
+        if d[_CAUSAL] != 0:
+            for j in range(max(0, d[_PAST] + s + 1), keys):
+                row[np.uintp(j)] = _LOWEST
+        softmax_row(row)
+
+
 @numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True,
              fastmath={"reassoc", "contract"}, error_model="numpy")
 def attention_heads_part(args, part, parts):
@@ -44,7 +66,6 @@ def attention_heads_part(args, part, parts):
     scores_at = d[_SCRATCH] + part * rows * keys * _F32_BYTES
     scores = float32_array(scores_at, rows * keys)
     units = d[_BATCH] * heads
-    masked = d[_MASK] != 0
     for unit in range(units * part // parts, units * (part + 1) // parts):
         b, h = unit // heads, unit % heads
         kv = h // group
@@ -52,20 +73,7 @@ def attention_heads_part(args, part, parts):
         k = d[_K] + (b * d[_K_BATCH] + kv * d[_K_HEAD]) * _F32_BYTES
         v = d[_V] + (b * d[_V_BATCH] + kv * d[_V_HEAD]) * _F32_BYTES
         _call(wide, fn, TRANS, rows, keys, head_size, q, d[_Q_ROW], k, d[_K_ROW], scores_at, keys)
-        for s in range(rows):
-            row = scores[s * keys: (s + 1) * keys]
-            if masked:
-                mask = float32_array(d[_MASK] + (b * d[_MASK_BATCH] + h * d[_MASK_HEAD] + s * d[_MASK_ROW])
-                                     * _F32_BYTES, keys)
-                for j in range(keys):
-                    row[np.uintp(j)] = row[np.uintp(j)] * scale + mask[np.uintp(j)]
-            else:
-                for j in range(keys):
-                    row[np.uintp(j)] *= scale
-            if d[_CAUSAL] != 0:
-                for j in range(max(0, d[_PAST] + s + 1), keys):
-                    row[np.uintp(j)] = _LOWEST
-            softmax_row(row)
+        weigh_rows(d, b, h, scores, keys, scale)
         out = d[_OUT] + (b * rows * heads + h) * value_size * _F32_BYTES
         _call(wide, fn, NO_TRANS, rows, value_size, keys, scores_at, keys, v, d[_V_ROW], out, heads * value_size)
 
@@ -77,17 +85,50 @@ def pack(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, mask: np.
     are whole elements (views of projections), ``mask`` None or an additive (B, N, S, T) float32 view (zero
     strides where it broadcasts) with a contiguous last axis, ``scale`` a float32 array of one value and
     ``scratch`` a float32 buffer of at least parts * S * T values. None when a layout does not fit."""
-    strides = []
-    for a in (q, k, v) + (() if mask is None else (mask,)):
-        if a.strides[-1] != _F32_BYTES or any(s % _F32_BYTES or s < 0 for s in a.strides):
-            return None
-        strides.append([s // _F32_BYTES for s in a.strides])
-    (qb, qh, qr, _), (kb, kh, kr, _), (vb, vh, vr, _) = strides[:3]
-    if qr < q.shape[3] or kr < k.shape[3] or vr < v.shape[3]:
-        return None  # (rows must not overlap: BLAS's leading dimension is at least a row)
-    mb, mh, mr = strides[3][:3] if mask is not None else (0, 0, 0)
-    B, N, S, H = q.shape
-    return np.array([SGEMM.address, SGEMM.wide, B, N, k.shape[1], S, k.shape[2], H, v.shape[3],
-                     q.ctypes.data, qb, qh, qr, k.ctypes.data, kb, kh, kr, v.ctypes.data, vb, vh, vr,
-                     out.ctypes.data, 0 if mask is None else mask.ctypes.data, mb, mh, mr,
-                     causal_past is not None, causal_past or 0, scratch.ctypes.data, scale.ctypes.data], np.int64)
+    args = np.empty(_ARGS, np.int64)
+    fn, wide = (SGEMM.address, SGEMM.wide) if SGEMM is not None else (0, 0)  # (the tiles' task calls no BLAS)
+    masked = mask is not None
+    fits = _fill(args, fn, wide, q, k, v, out, mask if masked else _NO_MASK, masked, causal_past is not None,
+                 causal_past or 0, scale, scratch)
+    return args if fits else None
+
+
+_NO_MASK = np.zeros((0, 0, 0, 0), np.float32)
+
+
+@numba.njit(cache=True, inline="always")
+def _element_strides(a, d, at):
+    """``a``'s strides of its first three axes in elements into d[at:at + 3]; False where its last axis is not
+    contiguous or a stride is not whole elements or negative."""
+    if a.strides[3] != _F32_BYTES:
+        return False
+    for axis in range(3):
+        stride = a.strides[axis]
+        if stride % _F32_BYTES or stride < 0:
+            return False
+        d[at + axis] = stride // _F32_BYTES
+    return True
+
+
+@numba.njit(cache=True)
+def _fill(d, fn, wide, q, k, v, out, mask, masked, causal, past, scale, scratch):
+    """:func:`pack`'s arguments into ``d`` (one compiled call: reading six addresses in Python costs ~1 us
+    each); False where a layout does not fit."""
+    if not (_element_strides(q, d, _Q_BATCH) and _element_strides(k, d, _K_BATCH)
+            and _element_strides(v, d, _V_BATCH)):
+        return False
+    if d[_Q_ROW] < q.shape[3] or d[_K_ROW] < k.shape[3] or d[_V_ROW] < v.shape[3]:
+        return False  # (rows must not overlap: BLAS's leading dimension is at least a row)
+    if masked:
+        if not _element_strides(mask, d, _MASK_BATCH):
+            return False
+        d[_MASK] = mask.ctypes.data
+    else:
+        d[_MASK] = d[_MASK_BATCH] = d[_MASK_HEAD] = d[_MASK_ROW] = 0
+    d[_FN], d[_WIDE] = fn, wide
+    d[_BATCH], d[_HEADS], d[_KV_HEADS], d[_ROWS] = q.shape[0], q.shape[1], k.shape[1], q.shape[2]
+    d[_KEYS], d[_HEAD_SIZE], d[_VALUE_SIZE] = k.shape[2], q.shape[3], v.shape[3]
+    d[_Q], d[_K], d[_V], d[_OUT] = q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data
+    d[_CAUSAL], d[_PAST] = 1 if causal else 0, past
+    d[_SCRATCH], d[_SCALE] = scratch.ctypes.data, scale.ctypes.data
+    return True
