@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onyxrt as ort
+from onyxrt.framework.thread_pool import ThreadPool
 from onyxrt.providers.cpu.nn.channel_scaled_conv import channel_scaled_conv
 from onyxrt.providers.cpu.nn.conv_core import pack_conv_weights
 
@@ -91,14 +92,20 @@ def test_saved_optimized_model_keeps_the_mul(tmp_path):
 
 
 @pytest.mark.parametrize("gate_batch", [1, 4])
-def test_kernel_equals_mul_then_convolution(gate_batch):
+@pytest.mark.parametrize("split", [False, True])
+def test_kernel_equals_mul_then_convolution(gate_batch, split):
+    """On BLAS's threads (numpy's batched products) and over a pool that splits products (onyxrt's GEMM where the CPU
+    runs it: each image by its own scaled filter, the epilogue in the registers)."""
     x = RNG.standard_normal((4, 6, 5, 7)).astype(np.float32)
     s = RNG.standard_normal((gate_batch, 6, 1, 1)).astype(np.float32)
     w = RNG.standard_normal((5, 6, 1, 1)).astype(np.float32)
     b = RNG.standard_normal(5).astype(np.float32)
     z = RNG.standard_normal((4, 5, 5, 7)).astype(np.float32)
     packed = pack_conv_weights(w, b, {})
-    y = channel_scaled_conv(x, s, w, b, z, activation="Clip", activation_params=[0.0, 1.5], _packed=packed)
+    pool = ThreadPool(2)
+    with (pool.splitting_gemms() if split else pool).activate():
+        y = channel_scaled_conv(x, s, w, b, z, activation="Clip", activation_params=[0.0, 1.5], _packed=packed)
+    pool.shutdown()
     expected = np.clip(np.einsum("mc,nchw->nmhw", w[:, :, 0, 0], x * s) + b[None, :, None, None] + z, 0, 1.5)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
     # a gate that is not one value per image and channel: the Mul's broadcast, then the convolution

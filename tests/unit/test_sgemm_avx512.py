@@ -141,14 +141,15 @@ def test_a_bias_per_column_reaches_every_column(n, threads):
 
 @pytest.mark.parametrize("batch", [1, 2, 3])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_batched_products_equal_each_images(monkeypatch, batch, threads):
-    """A batch of products by one A (a pointwise convolution's images) in one task: whole images per part, or each
-    image's product split where there are fewer images than parts; every image's last narrow panel and residual
-    read at its own offset."""
+@pytest.mark.parametrize("per_image", [False, True])
+def test_batched_products_equal_each_images(monkeypatch, batch, threads, per_image):
+    """A batch of products by one A (a pointwise convolution's images), or each by its own A (a filter scaled per
+    image), in one task: whole images per part, or each image's product split where there are fewer images than
+    parts; every image's A, last narrow panel and residual read at its own offset."""
     monkeypatch.setattr(gemm, "MIN_MACS_SPINNING", 0)
     rng = np.random.default_rng(batch * 10 + threads)
     m, k, n = 30, 70, 2 * 32 + 5
-    w = rng.standard_normal((m, k), dtype=np.float32) / 10
+    w = rng.standard_normal((batch, m, k) if per_image else (m, k), dtype=np.float32) / 10
     x = rng.standard_normal((batch, k, n), dtype=np.float32)
     bias = rng.standard_normal(m, dtype=np.float32)
     residual = rng.standard_normal((batch, m, n), dtype=np.float32)

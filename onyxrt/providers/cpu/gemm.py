@@ -108,20 +108,23 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
                residual: np.ndarray = _NO_RESIDUAL, act: int = 0, params: np.ndarray = _NO_PARAMS,
                column_bias: bool = False) -> np.ndarray | None:
     """``act(a @ b + bias[:, None] + residual)`` (``bias[None, :]`` with ``column_bias``) on ``math/sgemm_avx512``
-    (float32, C-contiguous operands; ``b`` (K, N) or a batch (I, K, N) of products by one ``a``, ``residual`` shaped as
-    the result; the epilogue as ``sgemm_avx512.gemm`` takes it, none by default), split over the pool by products,
-    column panels or rows as one native task; None where it does not apply."""
-    if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and a.shape[1] == b.shape[-2]
-            and b.shape[-1] > 0 and a.shape[1] > 0 and own_sgemm_usable()):
+    (float32, C-contiguous operands; ``b`` (K, N) or a batch (I, K, N) of products by one ``a`` (M, K) or by each of a
+    batch ``a`` (I, M, K), ``residual`` shaped as the result; the epilogue as ``sgemm_avx512.gemm`` takes it, none by
+    default), split over the pool by products, column panels or rows as one native task; None where it does not
+    apply."""
+    depth = a.shape[-1]
+    if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and depth == b.shape[-2]
+            and b.shape[-1] > 0 and depth > 0 and (a.ndim == 2 or a.ndim == 3 == b.ndim and a.shape[0] == b.shape[0])
+            and own_sgemm_usable()):
         return None
     module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512")
-    m, n = a.shape[0], b.shape[-1]
+    m, n = a.shape[-2], b.shape[-1]
     batch = b.shape[0] if b.ndim == 3 else 1
     y = out if out is not None else np.empty(b.shape[:-2] + (m, n), _F32)
     args = module.task_args(a, b, y, bias, residual, act, params, column_bias)
     if pool.runs_native_tasks:
         pool.run_native(module.gemm_part.address, args,
-                        own_sgemm_parts(pool, batch * m * a.shape[1] * n, module.units(m, n, batch)))
+                        own_sgemm_parts(pool, batch * m * depth * n, module.units(m, n, batch)))
     else:
         module.products_part(args, 0, 1)
     return y
@@ -138,10 +141,10 @@ def own_sgemm_parts(pool, macs: int, units: int) -> int:
 def fused_product(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None, residual: np.ndarray | None,
                   act: int, params: np.ndarray, column_bias: bool = False) -> bool:
     """``out = act(w @ x + bias[:, None] + residual)`` (float32 C-contiguous (M, C) @ (C, P) into (M, P), or a batch:
-    ``x`` (I, C, P) into (I, M, P); ``residual`` shaped as ``out`` or None; ``act`` one of
-    ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column, ``bias[None, :]``) on onyxrt's GEMM
-    with the epilogue in its registers, over the current pool; False (``out`` untouched) where that GEMM does not run
-    here."""
+    ``x`` (I, C, P) into (I, M, P) by one ``w`` or by each of ``w`` (I, M, C); ``residual`` shaped as ``out`` or None;
+    ``act`` one of ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column, ``bias[None, :]``) on
+    onyxrt's GEMM with the epilogue in its registers, over the current pool; False (``out`` untouched) where that GEMM
+    does not run here."""
     y = _own_sgemm(w, x, out, current_pool(), _NO_BIAS if bias is None else bias,
                    _NO_RESIDUAL if residual is None else residual, act, params, column_bias)
     return y is not None

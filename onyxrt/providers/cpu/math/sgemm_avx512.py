@@ -347,18 +347,19 @@ _TASK_ARGS = 16
 
 @numba.njit(**_jit)
 def products_part(d, part, parts):
-    """Part ``part`` of ``parts`` of :func:`gemm` over a batch of products (``C[i] = A @ B[i]``, one A; a pointwise
-    convolution's images) as :func:`task_args` describes it in ``d``: whole products per part where there are as many
+    """Part ``part`` of ``parts`` of :func:`gemm` over a batch of products (``C[i] = A @ B[i]``, one A: a pointwise
+    convolution's images; or ``C[i] = A[i] @ B[i]``: a filter scaled per image) as :func:`task_args` describes it in ``d``: whole products per part where there are as many
     as parts, else each product split by panels (or by rows where there are fewer panels than its parts). Only the
     part holding a product's last narrow panel copies B's last columns."""
     m, k, n, batch, count, res_rows = d[1], d[2], d[4], d[5], d[8], d[14]
-    a = float32_array(d[0], m * k).reshape((m, k))
+    a_stride = d[6]  # elements from one product's A to the next's (0: one A for all)
     bias = float32_array(d[11], d[12])
     params = float32_array(d[15], 2)
     runs = (parts + batch - 1) // batch  # parts per product
     units = batch * runs
     for unit in range(units * part // parts, units * (part + 1) // parts):
         image, run = unit // runs, unit % runs
+        a = float32_array(d[0] + image * a_stride * 4, m * k).reshape((m, k))
         b = float32_array(d[3] + image * k * n * 4, k * n).reshape((k, n))
         c = float32_array(d[9] + image * m * n * 4, m * n).reshape((m, n))
         residual = float32_array(d[13] + image * res_rows * n * 4, res_rows * n).reshape((res_rows, n))
@@ -381,11 +382,14 @@ def gemm_part(args, part, parts):
 
 @numba.njit(**_jit)
 def task_template(a, n, batch, bias, act, params, column_bias):
-    """:func:`gemm_part`'s arguments for ``batch`` products of ``a`` (M, K) by B (K, ``n``) with :func:`gemm`'s epilogue
-    (``bias``, ``act``, ``params``, ``column_bias``), less B's, C's and the residual's addresses (:func:`operand_args`
-    adds them per call); the caller keeps ``a``, ``bias`` and ``params`` alive while the template is used."""
+    """:func:`gemm_part`'s arguments for ``batch`` products of ``a`` (M, K), or of each of a batch ``a`` (batch, M, K),
+    by B (K, ``n``) with :func:`gemm`'s epilogue (``bias``, ``act``, ``params``, ``column_bias``), less B's, C's and the
+    residual's addresses (:func:`operand_args` adds them per call); the caller keeps ``a``, ``bias`` and ``params``
+    alive while the template is used."""
     args = np.zeros(_TASK_ARGS, np.int64)
-    args[0], args[1], args[2] = a.ctypes.data, a.shape[0], a.shape[1]
+    m, k = a.shape[a.ndim - 2], a.shape[a.ndim - 1]
+    args[0], args[1], args[2] = a.ctypes.data, m, k
+    args[6] = m * k if a.ndim == 3 else 0
     args[4], args[5], args[8] = n, batch, (n + PANEL - 1) // PANEL
     args[10] = (1 if column_bias else 0) | (act << 2)
     args[11], args[12], args[15] = bias.ctypes.data, bias.shape[0], params.ctypes.data
@@ -405,7 +409,8 @@ def operand_args(template, b, c, residual):
 
 @numba.njit(**_jit)
 def task_args(a, b, c, bias, residual, act, params, column_bias=False):
-    """:func:`gemm_part`'s arguments: ``a`` (M, K), ``b`` (K, N) or a batch (I, K, N) and ``c`` (M, N) or (I, M, N),
+    """:func:`gemm_part`'s arguments: ``a`` (M, K) or a batch (I, M, K), ``b`` (K, N) or a batch (I, K, N) and ``c``
+    (M, N) or (I, M, N),
     C-contiguous; ``bias``, ``residual`` ((M, N), (I, M, N) or no rows), ``act``, ``params``, ``column_bias``:
     :func:`gemm`'s epilogue. The caller keeps the arrays alive until the task returns."""
     k, n = b.shape[b.ndim - 2], b.shape[b.ndim - 1]
