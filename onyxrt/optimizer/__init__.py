@@ -26,6 +26,7 @@ from .group_query_attention_fusion import GroupQueryAttentionFusion
 from .identity_elimination import IdentityElimination
 from .layer_norm_fusion import LayerNormFusion
 from .matmul_add_fusion import MatMulAddFusion
+from .matmul_column_scale_fusion import MatMulColumnScaleFusion
 from .matmul_scale_fusion import MatMulScaleFusion
 from .matmul_transpose_fusion import MatMulTransposeFusion
 from .nhwc_transformer import NhwcTransformer
@@ -74,6 +75,7 @@ def default_passes() -> list[GraphPass]:
         ConvBatchNormFusion(), ConvMulFusion(), ConvAddFusion(),
         QdqMatMulFusion(), DynamicQuantizeMatMulFusion(),  # before MatMulAddFusion: they take a bias Add themselves
         DynamicQuantizeMatMulMerge(),
+        MatMulColumnScaleFusion(),  # before MatMulAddFusion: the Add it keeps may still become a Gemm's bias
         MatMulAddFusion(),
         QdqConvFusion(), QdqBinaryFusion(), QdqUnaryFusion(), QdqConcatFusion(), DropQdqNodes(),
         DeadCodeElimination(), GeluFusion(), FastGeluFusion(), LayerNormFusion(), RmsNormFusion(), SiluFusion(),
