@@ -193,7 +193,7 @@ def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) 
     Where the CPU runs onyxrt's AVX-512 GEMM (``gemm.own_sgemm_usable``) and the value size is a multiple of 16, the
     products are its tiles (``attention_tiles_task``): on one thread too, as BLAS's calls per head cost more than
     small heads' multiply-adds (measured on 2 Zen 5 cores against the batched products on BLAS's two threads: 8x4
-    heads of 17x16 32 -> 15 us, 4x4 of 64x16 78 -> 62, 1x12 of 128x64 414 -> 301). Elsewhere ``cblas_sgemm`` per
+    heads of 17x16 32 -> 19 us, 4x4 of 64x16 77 -> 56, 1x12 of 128x64 ~620 -> 285). Elsewhere ``cblas_sgemm`` per
     head (``attention_heads_task``), only shared out over a pool that splits products: on one thread
     ``_attend``'s batched products are the faster there."""
     B, N, S, H = q.shape
@@ -214,7 +214,9 @@ def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) 
         task_part, per_part = blas.attention_heads_part, S * T
     else:
         return None
-    task = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")
+    task = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")  # (its pack: both tasks' arguments)
+    if task is None:
+        return None
     mask = add_mask if attention_bias is None else attention_bias if add_mask is None else add_mask + attention_bias
     if mask is not None:
         if mask.dtype != _F32 or np.broadcast_shapes(mask.shape, (B, N, S, T)) != (B, N, S, T):

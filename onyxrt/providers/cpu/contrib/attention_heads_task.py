@@ -84,7 +84,8 @@ def pack(q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray, mask: np.
     (B, Nk, T, H), ``v`` (B, Nk, T, Hv): float32 arrays whose last axis is contiguous and whose other strides
     are whole elements (views of projections), ``mask`` None or an additive (B, N, S, T) float32 view (zero
     strides where it broadcasts) with a contiguous last axis, ``scale`` a float32 array of one value and
-    ``scratch`` a float32 buffer of at least parts * S * T values. None when a layout does not fit."""
+    ``scratch`` a float32 buffer of at least parts * S * T values (``attention_tiles_task.scratch_size`` a part for
+    that task, which takes these arguments too). None when a layout does not fit."""
     args = np.empty(_ARGS, np.int64)
     fn, wide = (SGEMM.address, SGEMM.wide) if SGEMM is not None else (0, 0)  # (the tiles' task calls no BLAS)
     masked = mask is not None

@@ -5,8 +5,8 @@ Why: a head's products are small (a ViT-like net's 17 x 17 x 16, an encoder's 64
 each call (argument checks, packing both operands) than on the multiply-adds, and numpy's batched products call
 it once per head. Here the keys are transposed into a per-part buffer (so the scores' tiles read them as rows) and
 the tiles read Q, the weights and V where they lie. Measured on 2 Zen 5 cores, on one thread against
-``_attend``'s batched products on two: 8 x 4 heads of 17 x 16 32 -> 15 us, 4 x 4 of 64 x 16 78 -> 62, 1 x 12 of
-128 x 64 414 -> 301.
+``_attend``'s batched products on two: 8 x 4 heads of 17 x 16 32 -> 19 us, 4 x 4 of 64 x 16 77 -> 56, 1 x 12 of
+128 x 32 247 -> 208, 1 x 12 of 128 x 64 ~620 -> 285.
 
 The weights' rows are made as ``attention_heads_task.weigh_rows`` makes them (scale, additive mask, causal rule,
 softmax); the arguments are ``attention_heads_task.pack``'s. The value size must be a multiple of 16 (the tiles

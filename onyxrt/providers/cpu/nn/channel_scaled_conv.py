@@ -70,7 +70,6 @@ def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed
     code = row_kernels.activation_code(activation)
     in_registers = code is not None and code[0] in row_kernels.IN_REGISTERS and own_sgemm_usable()
     act, params = (code[0], np.array(code[1], _F32)) if in_registers else (0, None)
-    bias = packed.b if packed.b is not None else None
 
     def scaled(x: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         filters = np.multiply(weights, s.reshape(s.shape[0], 1, c))  # (N or 1, M, C): W * S[n], per column
@@ -83,8 +82,8 @@ def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed
             # MobileNetV3-like net 1.05x in alternating processes, on 2 Zen 5 cores).
             y = np.empty(y_shape, _F32)
             residual = None if z is None else np.ascontiguousarray(z).reshape(n, m, pixels)
-            if fused_product(filters if filters.shape[0] == n else filters[0], images, y.reshape(n, m, pixels), bias,
-                             residual, act, params):
+            if fused_product(filters if filters.shape[0] == n else filters[0], images, y.reshape(n, m, pixels),
+                             packed.b, residual, act, params):
                 return y
         y = pool_matmul(filters[0], images[0]) if n == 1 else np.matmul(filters, images)
         return finish(y.reshape(y_shape), z)
