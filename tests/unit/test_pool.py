@@ -281,7 +281,8 @@ def test_global_average_pool_split_over_the_pool():
 @pytest.mark.parametrize("split", [False, True])
 def test_max_pool_in_vector_blocks_matches_onnxruntime(shape, k, s, pads, ceil, split):
     """float32 2x2 and 3x3 MaxPool in the depthwise convolutions' vector blocks (partial blocks of channels, uneven
-    pads, ceil_mode, serial and split over a pool) equals onnxruntime's."""
+    pads, ceil_mode, serial and split over a pool; the stride-2 windows ``max_pool_rows`` takes run there) equals
+    onnxruntime's."""
     from onyxrt.framework.thread_pool import ThreadPool
 
     x = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
@@ -291,3 +292,51 @@ def test_max_pool_in_vector_blocks_matches_onnxruntime(shape, k, s, pads, ceil, 
         got = p._max_pool(x, [k, k], [s, s], [1, 1], pads, "NOTSET", ceil, 0, False)[0]
     pool.shutdown()
     np.testing.assert_array_equal(got, want)
+
+
+def _windows_max(x: np.ndarray, k: int, pad: int, out_hw: tuple) -> np.ndarray:
+    """A k x k / 2 MaxPool by np.maximum over -inf-padded taps (NaN where a window holds one)."""
+    n, c, h, w = x.shape
+    padded = np.full((n, c, h + 2 * k + 2, w + 2 * k + 2), -np.inf, np.float32)
+    padded[:, :, pad:pad + h, pad:pad + w] = x
+    oh, ow = out_hw
+    y = np.full((n, c, oh, ow), -np.inf, np.float32)
+    for i in range(k):
+        for j in range(k):
+            y = np.maximum(y, padded[:, :, i:i + 2 * (oh - 1) + 1:2, j:j + 2 * (ow - 1) + 1:2])
+    return y
+
+
+@pytest.mark.parametrize("shape", [(8, 24, 16, 16), (2, 3, 15, 17), (1, 2, 1, 1), (1, 2, 33, 70), (3, 5, 7, 1),
+                                   (1, 64, 40, 40)])
+@pytest.mark.parametrize("k, ceil", [(3, 0), (3, 1), (2, 0), (2, 1)])
+@pytest.mark.parametrize("split", [False, True])
+def test_stride2_max_pool_on_the_planes_rows(monkeypatch, shape, k, ceil, split):
+    """float32 3x3 / 2 (begin padding 1) and 2x2 / 2 MaxPools run ``max_pool_rows``' row kernel: rows of one to
+    several 32-column chunks, odd sizes, ceil_mode, NaN kept, serial and as a native task split over a pool."""
+    from onyxrt.framework.thread_pool import ThreadPool
+    from onyxrt.providers.cpu.jit import optional_module
+
+    if optional_module("onyxrt.providers.cpu.nn.max_pool_rows") is None:
+        pytest.skip("numba cannot compile the row kernel here")
+    pad = k - 2
+    if min(shape[2:]) + 2 * pad < k:
+        pytest.skip("a window larger than the padded input")
+    x = np.random.default_rng(12).standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[x.size // 2] = np.nan
+    taken = []
+    real = p._row_max_pool
+    monkeypatch.setattr(p, "_row_max_pool", lambda *a: taken.append(1) or real(*a))
+    monkeypatch.setattr(p, "_PARALLEL_POOL_WORK", 0)
+    pool = ThreadPool(2).splitting_gemms() if split else ThreadPool(1)
+    with pool.activate():
+        got = p._max_pool(x, [k, k], [2, 2], [1, 1], [pad] * 4, "NOTSET", ceil, 0, False)[0]
+    pool.shutdown()
+    assert taken or min(shape[2:]) == 1  # (a plane one pixel wide or high: its windows' unreachable taps trimmed)
+    np.testing.assert_array_equal(got, _windows_max(x, k, pad, got.shape[2:]))
+    if ceil == 0:
+        x[np.isnan(x)] = 0.0  # (onnxruntime's float MaxPool does not propagate NaN)
+        want = run_ort("MaxPool", [x], 1, opset=13, kernel_shape=[k, k], strides=[2, 2], pads=[pad] * 4)[0]
+        with ThreadPool(1).activate():
+            np.testing.assert_array_equal(p._max_pool(x, [k, k], [2, 2], [1, 1], [pad] * 4, "NOTSET", 0, 0, False)[0],
+                                          want)

@@ -4,8 +4,9 @@ Windows are reduced one spatial axis at a time (max and sum over a box are
 separable), each axis as a short loop over its kernel taps of strided views of the
 padded input, so every numpy call is vectorised over the whole tensor (a stride-2
 last axis of 4-byte items is first split into its even and odd positions, which
-makes every tap a contiguous window). Small 2-D MaxPools (no Indices) run a numba kernel over
-the windows instead, where numba is usable (``_compiled_max_pool``). MaxPool with the Indices output
+makes every tap a contiguous window). Small 2-D MaxPools (no Indices) run a compiled kernel over
+the windows instead, where numba is usable (``_compiled_max_pool``: ``max_pool_rows`` for float32 stride-2 2x2
+and 3x3 windows). MaxPool with the Indices output
 loops over all kernel taps and tracks the argmax.
 """
 
@@ -276,9 +277,17 @@ _COMPILED_POOL_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float64, 
 def _compiled_max_pool(x, k, s, d, begin, out_sp) -> np.ndarray | None:
     """2-D MaxPool (no indices) by the compiled kernel; None where it does not apply (the numpy path runs).
 
-    float32 2x2 and 3x3 windows run in the depthwise convolutions' vector blocks (a block of channels transposed into
-    (pixels, channels), one vector maximum per tap): measured on 2 Zen 5 cores, 8x24x16x16 3x3/2 67 -> 27 us alone,
-    resnet50's 64x112x112 3x3/2 279 -> 198 us in a run (the planar kernel's rows of 16 or 112 columns are short)."""
+    float32 3x3 / 2 windows with a pixel of begin padding and 2x2 / 2 windows without run on the planes' rows in
+    vectors (``max_pool_rows``: measured on 2 Zen 5 cores, 8x24x16x16 3x3/2 23 -> 14 us alone, resnet50's
+    64x112x112 in the split mode 112 -> 62 us; a ShuffleNet-like net 0.917 paired); other float32 2x2 and 3x3
+    windows in the depthwise convolutions' vector blocks (a block of channels transposed into (pixels, channels), one
+    vector maximum per tap: 8x24x16x16 3x3/2 67 -> 27 us alone, resnet50's 64x112x112 3x3/2 279 -> 198 us in a run
+    against the planar kernel, whose rows of 16 or 112 columns are short)."""
+    if (x.ndim == 4 and x.dtype == np.float32 and len(k) == 2 and k[0] == k[1] and k[0] in _ROW_POOL_WINDOWS
+            and tuple(s) == (2, 2) and tuple(d) == (1, 1) and tuple(begin) == (k[0] - 2,) * 2 and x.size):
+        rows = optional_module("onyxrt.providers.cpu.nn.max_pool_rows")
+        if rows is not None:
+            return _row_max_pool(rows, x, k[0], out_sp)
     if (x.ndim == 4 and x.dtype == np.float32 and len(k) == 2 and k[0] == k[1] and k[0] in _BLOCK_POOL_WINDOWS
             and min(begin) >= 0 and x.size):
         blocks = optional_module("onyxrt.providers.cpu.nn.depthwise_channels_last")
@@ -290,6 +299,23 @@ def _compiled_max_pool(x, k, s, d, begin, out_sp) -> np.ndarray | None:
 
 
 _BLOCK_POOL_WINDOWS = (2, 3)  # the float32 windows the vector blocks run (``depthwise_channels_last.POOL_WINDOWS``)
+_ROW_POOL_WINDOWS = (2, 3)  # the float32 stride-2 windows ``max_pool_rows`` runs on the planes (``WINDOWS``)
+
+
+def _row_max_pool(rows, x: np.ndarray, k: int, out_sp) -> np.ndarray:
+    """``max_pool_rows``' k x k / 2 MaxPool of float32 (N, C, H, W) ``x`` (begin padding k - 2), its planes shared out
+    as one native task over a pool that splits products where the work is large."""
+    N, C, H, W = x.shape
+    planes = N * C
+    y = np.empty((N, C) + tuple(out_sp), np.float32)
+    xs = np.ascontiguousarray(x).reshape(planes, H, W)
+    ys = y.reshape((planes,) + tuple(out_sp))
+    pool = current_pool()
+    if pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= _PARALLEL_POOL_WORK and planes > 1:
+        pool.run_native(rows.max_pool_part.address, rows.task_args(xs, ys, k), min(pool.num_threads, planes))
+    else:
+        rows.max_pool_planes(xs, ys, k, 0, planes)
+    return y
 # Window taps from which a pool that splits products (its workers own the cores) shares a pooling kernel's planes
 # out: resnet50's 3x3/2 MaxPool of 64x112x112 (1.8M taps) 301 -> ~170 us on 2 Zen 5 cores.
 _PARALLEL_POOL_WORK = 1 << 18
