@@ -51,6 +51,8 @@ CASES = [
     ((3, 2, 33, 54), 8, (3, 5), [2, 1], [1, 2], [4, 4, 4, 4]),  # pads wider than the filter's reach
     ((1, 40, 30, 124), 36, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # a strided layer of many channels, 62 a row
     ((2, 24, 20, 28), 12, (3, 3), [1, 1], [1, 1], [1, 1, 1, 1]),  # a stride-1 layer of few output channels
+    ((3, 3, 32, 32), 24, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # rows of 16 outputs: two rows a tile
+    ((2, 3, 25, 26), 10, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # rows of 13, an odd row count: the last row alone
 ]
 ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
                ("Sigmoid", []), ("Tanh", [])]
@@ -138,16 +140,18 @@ def test_wide_layers_of_short_rows_take_the_column_matrix(monkeypatch):
 @needs_numba
 @pytest.mark.parametrize("activation", [None, ("Relu", []), ("Sigmoid", [])], ids=lambda a: a[0] if a else "none")
 @pytest.mark.parametrize("summed", [False, True])
-def test_split_pool_runs_rows_as_native_tasks(activation, summed):
+@pytest.mark.parametrize("height, width", [(70, 60), (29, 32)])
+def test_split_pool_runs_rows_as_native_tasks(activation, summed, height, width):
     """In a pool whose workers spin (split-GEMM mode) the output rows are shared out as native tasks: the same
-    results as on one thread, across images and part boundaries."""
+    results as on one thread, across images and part boundaries (rows of 30 outputs; rows of 16, two a tile, 15 an
+    image: parts and images starting at odd rows)."""
     from onyxrt.framework.thread_pool import ThreadPool
 
-    x = RNG.standard_normal((3, 3, 70, 60), np.float32)
+    x = RNG.standard_normal((3, 3, height, width), np.float32)
     w = (RNG.standard_normal((40, 3, 5, 5)) / 9).astype(np.float32)
     b = RNG.standard_normal(40).astype(np.float32)
     fn = None if activation is None else mlas_activation_fn(*activation)
-    z = RNG.standard_normal((3, 40, 35, 30)).astype(np.float32) if summed else None
+    z = RNG.standard_normal((3, 40, (height + 1) // 2, width // 2)).astype(np.float32) if summed else None
     serial = convolve(x, w, b, [2, 2], [1, 1], [2, 2, 2, 2], fn, z)
     pool = ThreadPool(2).splitting_gemms()
     try:
