@@ -1,0 +1,57 @@
+"""A one-row product by the transpose of a row-major matrix (a classifier: Gemm with transB, MatMul by W^T) runs as
+math/gemv_rows' native task over a pool that splits products, four of the matrix's rows at a time."""
+
+import numpy as np
+import pytest
+
+from onyxrt.framework.thread_pool import ThreadPool
+from onyxrt.providers.cpu import gemm
+from onyxrt.providers.cpu.jit import optional_module
+from onyxrt.providers.cpu.math.matmul import gemm as gemm_op
+
+
+@pytest.fixture
+def split_pool():
+    pool = ThreadPool(2)
+    if not pool.runs_native_tasks or optional_module("onyxrt.providers.cpu.math.gemv_rows") is None:
+        pytest.skip("numba cannot compile the native tasks here")
+    split = pool.splitting_gemms()
+    yield split
+    pool.shutdown()
+
+
+@pytest.mark.parametrize("n, k", [(1000, 1280), (1001, 1050), (6, 200000), (1027, 1024)])
+def test_rows_task_equals_numpy(monkeypatch, split_pool, n, k):
+    """Rows past a multiple of four and fewer groups than parts; the product as numpy's to float rounding."""
+    rng = np.random.default_rng(n)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    taken = []
+    real = gemm._gemv_by_rows
+    monkeypatch.setattr(gemm, "_gemv_by_rows", lambda *a: taken.append(1) or real(*a))
+    with split_pool.activate():
+        got = gemm.matmul(x, w.T)
+    assert taken
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+
+
+def test_a_classifier_gemm_with_trans_b(split_pool):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((1000, 1280)).astype(np.float32)
+    x = rng.standard_normal((1, 1280)).astype(np.float32)
+    b = rng.standard_normal(1000).astype(np.float32)
+    with split_pool.activate():
+        got = gemm_op(x, w, b, transB=1)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T + b, rtol=1e-4, atol=2e-3)
+
+
+def test_other_layouts_keep_the_other_paths(split_pool):
+    """A row-major B (its rows, not columns, contiguous), two rows of A, float64: not the rows task."""
+    rng = np.random.default_rng(2)
+    b = rng.standard_normal((1280, 1000)).astype(np.float32)
+    assert gemm._gemv_by_rows(split_pool, np.ones((1, 1280), np.float32), b, None) is None
+    assert gemm._gemv_by_rows(split_pool, np.ones((1, 1280)), b.astype(np.float64).T.T, None) is None
+    with split_pool.activate():
+        got = gemm.matmul(np.ones((2, 1280), np.float32), np.ascontiguousarray(b.T).T)
+    np.testing.assert_allclose(got, np.ones((2, 1280)) @ b, rtol=1e-4, atol=1e-2)
