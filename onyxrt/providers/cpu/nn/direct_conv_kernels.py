@@ -137,10 +137,7 @@ def _deinterleave_codegen(context, builder, signature, args):
     zero = ir.Constant(_PAIR, None)
 
     def splat64(value):
-        vector = ir.VectorType(_I64, 16)
-        single = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(_I32, 16),
-                                                                                             [0] * 16))
+        return splat(builder, value, ir.VectorType(_I64, 16))
 
     def address(base, index):
         return builder.inttoptr(builder.add(base, builder.mul(index, _constant(_BYTES))), pointer)

@@ -25,6 +25,7 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from ..ir_vectors import splat
 from ..native_tasks import int64_array
 
 LANES = 16
@@ -55,14 +56,11 @@ def _row_codegen(context, builder, signature, args):
     lanes = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
     three = builder.icmp_signed("==", window, ir.Constant(_I64, 3))
 
-    def splat(value):
-        vector = ir.VectorType(_I64, LANES)
-        single = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(single, ir.Constant(vector, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES),
-                                                                                             [0] * LANES))
+    def splat64(value):
+        return splat(builder, value, ir.VectorType(_I64, LANES))
 
     def load(row, column):  # 16 columns from ``column`` of a row, -inf past its end
-        mask = builder.icmp_signed("<", lanes, splat(builder.sub(width, column)))
+        mask = builder.icmp_signed("<", lanes, splat64(builder.sub(width, column)))
         address = builder.add(row, builder.mul(column, ir.Constant(_I64, 4)))
         return builder.call(masked_load, [builder.inttoptr(address, pointer), ir.Constant(_I32, 4), mask, lowest])
 
@@ -85,7 +83,7 @@ def _row_codegen(context, builder, signature, args):
         result = maximum((even, odd))
         result = builder.select(three, maximum((result, before)), result)
         start = builder.mul(loop.index, ir.Constant(_I64, LANES))
-        mask = builder.icmp_signed("<", lanes, splat(builder.sub(outputs, start)))
+        mask = builder.icmp_signed("<", lanes, splat64(builder.sub(outputs, start)))
         target = builder.inttoptr(builder.add(y_addr, builder.mul(start, ir.Constant(_I64, 4))), pointer)
         builder.call(masked_store, [result, target, ir.Constant(_I32, 4), mask])
     return context.get_dummy_value()

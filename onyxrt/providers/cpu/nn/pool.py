@@ -316,6 +316,8 @@ def _row_max_pool(rows, x: np.ndarray, k: int, out_sp) -> np.ndarray:
     else:
         rows.max_pool_planes(xs, ys, k, 0, planes)
     return y
+
+
 # Window taps from which a pool that splits products (its workers own the cores) shares a pooling kernel's planes
 # out: resnet50's 3x3/2 MaxPool of 64x112x112 (1.8M taps) 301 -> ~170 us on 2 Zen 5 cores.
 _PARALLEL_POOL_WORK = 1 << 18
