@@ -79,8 +79,8 @@ def _tiler(vectors: int):
                 builder.store(ir.Constant(_V, None), sums[q][v])
         with cgutils.for_range(builder, taps) as tap:
             at = builder.gep(source, [builder.load(builder.gep(offsets, [tap.index]))])
-            pixels = [builder.load(builder.bitcast(builder.gep(at, [builder.mul(_constant(v), step)]), _V.as_pointer()),
-                                   align=_BYTES) for v in range(vectors)]
+            pixels = [builder.load(builder.bitcast(builder.gep(at, [builder.mul(_constant(v), step)]),
+                                                   _V.as_pointer()), align=_BYTES) for v in range(vectors)]
             row = builder.gep(weights, [builder.mul(tap.index, _constant(BLOCK))])
             for q in range(BLOCK):
                 weight = splat(builder, builder.load(builder.gep(row, [_constant(q)])), _V)
@@ -151,7 +151,8 @@ def _deinterleave_codegen(context, builder, signature, args):
             positions = builder.add(splat64(column), lanes)  # the lanes' columns of the row
             inside = builder.and_(builder.icmp_signed(">=", positions, ir.Constant(ir.VectorType(_I64, 16), [0] * 16)),
                                   builder.icmp_signed("<", positions, splat64(width)))
-            halves.append(builder.call(masked_load, [address(row_addr, column), ir.Constant(_I32, _BYTES), inside, zero]))
+            halves.append(builder.call(masked_load, [address(row_addr, column), ir.Constant(_I32, _BYTES), inside,
+                                                     zero]))
         stored = builder.icmp_signed("<", lanes, splat64(builder.sub(count, q)))
         for target, first in ((even_addr, 0), (odd_addr, 1)):
             part = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(_I32, 16),
