@@ -1,7 +1,7 @@
 """LLVM IR helpers shared by the kernels written with explicit vectors (``nn/depthwise_channels_last``,
-``nn/direct_conv_kernels``, ``math/sgemm_avx512``, ``tensor/channels_last``): a scalar broadcast to a vector, the
-epilogue activations those kernels apply in their registers, an 8x8 register transpose, and a switch between code
-paths compiled for different constants.
+``nn/direct_conv_kernels``, ``nn/max_pool_rows``, ``math/sgemm_avx512``, ``tensor/channels_last``): a scalar broadcast
+to a vector, a vector's first lanes as a mask and loads and stores under one, the epilogue activations those kernels
+apply in their registers, an 8x8 register transpose, and a switch between code paths compiled for different constants.
 
 Imported only by those modules (llvmlite comes with numba).
 """
@@ -9,6 +9,7 @@ Imported only by those modules (llvmlite comes with numba).
 from __future__ import annotations
 
 from llvmlite import ir
+from numba.core import cgutils
 
 from .row_kernels import IN_REGISTERS
 
@@ -21,6 +22,32 @@ def splat(builder: ir.IRBuilder, scalar: ir.Value, vector: ir.VectorType) -> ir.
     undefined = ir.Constant(vector, ir.Undefined)
     single = builder.insert_element(undefined, scalar, ir.Constant(_I32, 0))
     return builder.shuffle_vector(single, undefined, ir.Constant(ir.VectorType(_I32, vector.count), [0] * vector.count))
+
+
+def lanes_below(builder: ir.IRBuilder, bound: ir.Value, count: int) -> ir.Value:
+    """The mask of ``count`` lanes that is on for the lanes numbered below ``bound`` (an int64: none where it is 0 or
+    less, all from ``count``)."""
+    lanes = ir.Constant(ir.VectorType(_I64, count), list(range(count)))
+    return builder.icmp_signed("<", lanes, splat(builder, bound, ir.VectorType(_I64, count)))
+
+
+def masked_load(builder: ir.IRBuilder, pointer: ir.Value, mask: ir.Value, passthru: ir.Value) -> ir.Value:
+    """The float32 vector at ``pointer`` (4-byte aligned) in the lanes ``mask`` has on, ``passthru``'s in the others
+    (``llvm.masked.load``: memory under the lanes off is not read, so a row's end may lie before the vector's)."""
+    vector = passthru.type
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vector, [vector.as_pointer(), _I32, mask.type, vector]),
+        f"llvm.masked.load.v{vector.count}f32.p0")
+    return builder.call(function, [pointer, ir.Constant(_I32, 4), mask, passthru])
+
+
+def masked_store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, mask: ir.Value) -> None:
+    """``value``'s lanes that ``mask`` has on stored at ``pointer`` (float32, 4-byte aligned; ``llvm.masked.store``)."""
+    vector = value.type
+    function = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), _I32, mask.type]),
+        f"llvm.masked.store.v{vector.count}f32.p0")
+    builder.call(function, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
 def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:

@@ -29,7 +29,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from ..ir_vectors import IN_REGISTERS, activation, splat, switch_codegen
+from ..ir_vectors import IN_REGISTERS, activation, lanes_below, masked_load, masked_store, splat, switch_codegen
 from ..native_tasks import float32_array, int64_array, part_ranges
 
 PANEL = 32  # columns per panel: two 16-lane accumulators per row
@@ -47,7 +47,6 @@ COLUMN_BIAS = 2  # the tile's ``finish`` for a bias per column (1: per row)
 _F = ir.FloatType()
 _V = ir.VectorType(_F, 16)
 _I64 = ir.IntType(64)
-_I32 = ir.IntType(32)
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
@@ -70,26 +69,18 @@ def _tile_codegen(rows: int, vectors: int, masked: bool):
         zero = ir.Constant(_V, None)
         last = vectors - 1
         if masked:  # the last vector's lanes inside the tile's width
-            lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
-            mask = builder.icmp_signed("<", lanes, splat(builder, builder.sub(width, ir.Constant(_I64, 16 * last)),
-                                                          ir.VectorType(_I64, 16)))
-            masked_load = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(_V, [_V.as_pointer(), _I32, mask.type, _V]),
-                "llvm.masked.load.v16f32.p0")
-            masked_store = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [_V, _V.as_pointer(), _I32, mask.type]),
-                "llvm.masked.store.v16f32.p0")
+            mask = lanes_below(builder, builder.sub(width, ir.Constant(_I64, 16 * last)), 16)
 
         def load(address, half):
             pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 64 * half)), _V.as_pointer())
             if masked and half == last:
-                return builder.call(masked_load, [pointer, ir.Constant(_I32, 4), mask, zero])
+                return masked_load(builder, pointer, mask, zero)
             return builder.load(pointer, align=4)
 
         def save(value, address, half):
             pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 64 * half)), _V.as_pointer())
             if masked and half == last:
-                builder.call(masked_store, [value, pointer, ir.Constant(_I32, 4), mask])
+                masked_store(builder, value, pointer, mask)
             else:
                 builder.store(value, pointer, align=4)
 

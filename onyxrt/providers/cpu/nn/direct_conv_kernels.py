@@ -29,7 +29,7 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
-from ..ir_vectors import IN_REGISTERS, activation, splat
+from ..ir_vectors import IN_REGISTERS, activation, lanes_below, masked_load, masked_store, splat
 from ..jit_rows import epilogue_row
 from ..native_tasks import float32_array, int64_array
 
@@ -126,18 +126,8 @@ def _deinterleave_codegen(context, builder, signature, args):
     """even[q] = row[2q - pl], odd[q] = row[2q + 1 - pl] for q < ``count`` (float32 at byte addresses), 0 where that
     column is outside the row's ``width``: 32 columns a step, loaded under a lane mask, split by two shuffles."""
     even_addr, odd_addr, row_addr, width, pl, count = args
-    module = builder.module
     pointer = _PAIR.as_pointer()
-    mask_type = ir.VectorType(ir.IntType(1), 16)
-    masked_load = cgutils.get_or_insert_function(module, ir.FunctionType(_PAIR, [pointer, _I32, mask_type, _PAIR]),
-                                                 "llvm.masked.load.v16f32.p0")
-    masked_store = cgutils.get_or_insert_function(
-        module, ir.FunctionType(ir.VoidType(), [_PAIR, pointer, _I32, mask_type]), "llvm.masked.store.v16f32.p0")
-    lanes = ir.Constant(ir.VectorType(_I64, 16), list(range(16)))
     zero = ir.Constant(_PAIR, None)
-
-    def splat64(value):
-        return splat(builder, value, ir.VectorType(_I64, 16))
 
     def address(base, index):
         return builder.inttoptr(builder.add(base, builder.mul(index, _constant(_BYTES))), pointer)
@@ -148,16 +138,15 @@ def _deinterleave_codegen(context, builder, signature, args):
         halves = []
         for half in (0, 1):
             column = builder.sub(builder.add(builder.mul(q, _constant(2)), _constant(16 * half)), pl)
-            positions = builder.add(splat64(column), lanes)  # the lanes' columns of the row
-            inside = builder.and_(builder.icmp_signed(">=", positions, ir.Constant(ir.VectorType(_I64, 16), [0] * 16)),
-                                  builder.icmp_signed("<", positions, splat64(width)))
-            halves.append(builder.call(masked_load, [address(row_addr, column), ir.Constant(_I32, _BYTES), inside,
-                                                     zero]))
-        stored = builder.icmp_signed("<", lanes, splat64(builder.sub(count, q)))
+            # the lanes whose columns lie in the row: from lane -column (column 0) to lane width - column
+            inside = builder.and_(lanes_below(builder, builder.sub(width, column), 16),
+                                  builder.not_(lanes_below(builder, builder.neg(column), 16)))
+            halves.append(masked_load(builder, address(row_addr, column), inside, zero))
+        stored = lanes_below(builder, builder.sub(count, q), 16)
         for target, first in ((even_addr, 0), (odd_addr, 1)):
             part = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(_I32, 16),
                                                                              list(range(first, 32, 2))))
-            builder.call(masked_store, [part, address(target, q), ir.Constant(_I32, _BYTES), stored])
+            masked_store(builder, part, address(target, q), stored)
     return context.get_dummy_value()
 
 

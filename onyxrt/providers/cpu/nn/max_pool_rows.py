@@ -25,7 +25,7 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-from ..ir_vectors import splat
+from ..ir_vectors import lanes_below, masked_load, masked_store
 from ..native_tasks import int64_array
 
 LANES = 16
@@ -33,7 +33,6 @@ _F = ir.FloatType()
 _V = ir.VectorType(_F, LANES)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
-_MASK = ir.VectorType(ir.IntType(1), LANES)
 WINDOWS = (2, 3)  # the windows (stride 2; begin padding 0 for 2, 1 for 3) this module pools
 
 
@@ -41,28 +40,20 @@ def _row_codegen(context, builder, signature, args):
     """``y[0:OW]`` = the windows of ``max(r0, r1, r2)`` (rows of ``W`` float32 at byte addresses): 2-wide windows
     (columns 2j, 2j + 1) where ``window`` is 2, 3-wide (2j - 1, 2j, 2j + 1; column -1 padding) where it is 3."""
     y_addr, r0_addr, r1_addr, r2_addr, width, outputs, window = args
-    module = builder.module
     pointer = _V.as_pointer()
-    masked_load = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [pointer, _I32, _MASK, _V]),
-                                                 "llvm.masked.load.v16f32.p0")
-    masked_store = cgutils.get_or_insert_function(module, ir.FunctionType(ir.VoidType(), [_V, pointer, _I32, _MASK]),
-                                                  "llvm.masked.store.v16f32.p0")
 
     def maximum(pair):  # the larger, NaN where either is NaN (np.maximum's rule)
         a, b = pair
         larger = builder.select(builder.fcmp_ordered("<", a, b), b, a)  # (a where either is NaN)
         return builder.select(builder.fcmp_unordered("uno", b, b), b, larger)
+
     lowest = ir.Constant(_V, [float("-inf")] * LANES)
-    lanes = ir.Constant(ir.VectorType(_I64, LANES), list(range(LANES)))
     three = builder.icmp_signed("==", window, ir.Constant(_I64, 3))
 
-    def splat64(value):
-        return splat(builder, value, ir.VectorType(_I64, LANES))
-
     def load(row, column):  # 16 columns from ``column`` of a row, -inf past its end
-        mask = builder.icmp_signed("<", lanes, splat64(builder.sub(width, column)))
         address = builder.add(row, builder.mul(column, ir.Constant(_I64, 4)))
-        return builder.call(masked_load, [builder.inttoptr(address, pointer), ir.Constant(_I32, 4), mask, lowest])
+        return masked_load(builder, builder.inttoptr(address, pointer),
+                           lanes_below(builder, builder.sub(width, column), LANES), lowest)
 
     def shuffle(a, b, indices):
         return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES), indices))
@@ -83,9 +74,8 @@ def _row_codegen(context, builder, signature, args):
         result = maximum((even, odd))
         result = builder.select(three, maximum((result, before)), result)
         start = builder.mul(loop.index, ir.Constant(_I64, LANES))
-        mask = builder.icmp_signed("<", lanes, splat64(builder.sub(outputs, start)))
         target = builder.inttoptr(builder.add(y_addr, builder.mul(start, ir.Constant(_I64, 4))), pointer)
-        builder.call(masked_store, [result, target, ir.Constant(_I32, 4), mask])
+        masked_store(builder, result, target, lanes_below(builder, builder.sub(outputs, start), LANES))
     return context.get_dummy_value()
 
 
