@@ -176,7 +176,7 @@ def _gemv_by_rows(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) ->
     classifier in its runs: 107-114 us as cblas_sgemv parts, 71-76 in the rows' task."""
     k, n = b.shape
     if not (a.dtype == b.dtype == _F32 and a.strides[1] == 4 and b.strides == (4, 4 * k) and pool.runs_native_tasks
-            and (out is None or out.flags.c_contiguous and out.shape == (1, n))):
+            and (out is None or out.dtype == _F32 and out.flags.c_contiguous and out.shape == (1, n))):
         return None
     module = optional_module("onyxrt.providers.cpu.math.gemv_rows")
     if module is None:
