@@ -14,8 +14,8 @@ A signature whose products sent it to neither mode (:func:`note_blas_product` ma
 threads) is then timed in both (:class:`_Trial`): after :data:`TRIAL_DELAY` runs on BLAS's threads (a
 session's first runs of a signature are slower: its plan's buffers and recorded shapes settle), :data:`TRIAL_RUNS`
 runs in the split mode, then as many on BLAS's threads, the first :data:`TRIAL_WARMING` of each untimed, and the
-split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each
-other: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a
+split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode
+follow each other: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a
 run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). A trial run
 failing in the split mode is redone on BLAS's threads, which the signature then keeps. Small
 models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in the

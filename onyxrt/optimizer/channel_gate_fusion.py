@@ -12,7 +12,8 @@ batch's rows at once.
 
 Preconditions: X float32 of known rank >= 3; each convolution an ONNX Conv or com.microsoft FusedConv (without Z)
 the CPU provider took, read only by the next step, pointwise (``matching.pointwise_filter``: a constant float32
-filter of a single tap, group 1, unit strides and dilations, no padding), with a constant bias or none; the first reads the mean, the second the first. Like
+filter of a single tap, group 1, unit strides and dilations, no padding), with a constant bias or none; the first
+reads the mean, the second the first. Like
 ``conv_epilogue_fusion`` it runs after the optimized model was saved and after partitioning
 (``session/placement.py``), at the EXTENDED level and above, unless ``disabled_optimizers`` names
 ``ChannelGateFusion``.

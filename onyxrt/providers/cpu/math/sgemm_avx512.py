@@ -339,9 +339,10 @@ _TASK_ARGS = 16
 @numba.njit(**_jit)
 def products_part(d, part, parts):
     """Part ``part`` of ``parts`` of :func:`gemm` over a batch of products (``C[i] = A @ B[i]``, one A: a pointwise
-    convolution's images; or ``C[i] = A[i] @ B[i]``: a filter scaled per image) as :func:`task_args` describes it in ``d``: whole products per part where there are as many
-    as parts, else each product split by panels (or by rows where there are fewer panels than its parts). Only the
-    part holding a product's last narrow panel copies B's last columns."""
+    convolution's images; or ``C[i] = A[i] @ B[i]``: a filter scaled per image) as :func:`task_args` describes it in
+    ``d``: whole products per part where there are as many as parts, else each product split by panels (or by rows
+    where there are fewer panels than its parts). Only the part holding a product's last narrow panel copies B's
+    last columns."""
     m, k, n, batch, count, res_rows = d[1], d[2], d[4], d[5], d[8], d[14]
     a_stride = d[6]  # elements from one product's A to the next's (0: one A for all)
     bias = float32_array(d[11], d[12])
