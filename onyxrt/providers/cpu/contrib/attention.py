@@ -204,18 +204,15 @@ def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) 
     pool = current_pool()
     split = (pool.splits_gemms and pool.runs_native_tasks and B * N * S * T * (H + Hv) >= MIN_PARALLEL_MACS
              and B * N > 1)
+    task = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")  # (its pack: both tasks' arguments)
+    if task is None:
+        return None
     tiles = optional_module("onyxrt.providers.cpu.contrib.attention_tiles_task") if own_sgemm_usable() else None
     if tiles is not None and tiles.fits(Hv):
         task_part, per_part = tiles.attention_tiles_part, tiles.scratch_size(S, T, H)
-    elif split:
-        blas = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")
-        if blas is None or blas.SGEMM is None:
-            return None
-        task_part, per_part = blas.attention_heads_part, S * T
+    elif split and task.SGEMM is not None:
+        task_part, per_part = task.attention_heads_part, S * T
     else:
-        return None
-    task = optional_module("onyxrt.providers.cpu.contrib.attention_heads_task")  # (its pack: both tasks' arguments)
-    if task is None:
         return None
     mask = add_mask if attention_bias is None else attention_bias if add_mask is None else add_mask + attention_bias
     if mask is not None:
