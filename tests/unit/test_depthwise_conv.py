@@ -43,14 +43,23 @@ CASES = [
     ((1, 2, 9, 9), 3, (5, 5), (2, 2), (1, 1), [2, 1, 1, 2]),
     ((1, 40, 7, 7), 1, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
     ((1, 4, 1, 1), 1, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
+    ((2, 3, 5, 37), 1, (3, 3), (1, 1), (1, 1), [1, 1, 0, 2]),
+    ((1, 3, 9, 35), 1, (3, 3), (2, 2), (1, 1), [1, 1, 0, 0]),
+    ((1, 3, 6, 34), 1, (3, 3), (2, 2), (1, 1), [1, 1, 2, 1]),
+    ((1, 2, 1, 33), 1, (3, 3), (2, 2), (1, 1), [1, 1, 1, 1]),
+    ((1, 2, 33, 1), 1, (3, 3), (1, 1), (1, 1), [1, 1, 1, 1]),
 ]
 
 
-@pytest.fixture(params=["planar", "channels-last", "vector-blocks"])
+@pytest.fixture(params=["planar", "channels-last", "vector-blocks", "rows"])
 def layout(request, monkeypatch):
     """Each test once per kernel layout (chosen by the output width and stride otherwise): the numba kernel
-    planar or channels-last, or ``depthwise_channels_last``'s vector blocks wherever they apply (float32,
-    square filters it unrolls, activations it applies; the numba kernel elsewhere)."""
+    planar or channels-last, ``depthwise_channels_last``'s vector blocks wherever they apply (float32,
+    square filters it unrolls, activations it applies; the numba kernel elsewhere), or ``depthwise_rows`` wherever
+    it applies (float32 3x3, stride 1 or 2, begin padding 1, an AVX-512 CPU) at every width."""
+    monkeypatch.setattr(dw, "_ROWS_MIN_WIDTH", 0 if request.param == "rows" else 1 << 30)
+    if request.param == "rows":
+        return request.param
     monkeypatch.setattr(dw, "_CHANNELS_LAST_MAX_WIDTH", 1 << 30 if request.param == "channels-last" else 0)
     if request.param == "vector-blocks":
         monkeypatch.setattr(dw, "_PLANAR_MIN_WIDTH", 1 << 30)
@@ -216,6 +225,61 @@ def test_vector_blocks_where_they_pay(kernel, strides, width, vector):
     assert dw._vector_blocks(np.dtype(np.float64), kernel, 5, strides, pads, [width, width]) is None
     assert (dw._vector_blocks(np.dtype(np.float32), kernel, 4, strides, pads, [width, width]) is not None) == vector
     assert dw._vector_blocks(np.dtype(np.float32), kernel, 5, strides, [0, -1, 0, 0], [width, width]) is None
+
+
+@needs_numba
+def test_rows_where_they_pay():
+    """float32 3x3 filters, one per channel, stride 1 or 2 with a pixel of begin padding run on the planes' rows from
+    rows of 24 columns on (AVX-512 CPUs); other filters, strides, dilations, pads, multipliers or dtypes do not."""
+    from onyxrt.framework.cpu_features import has_flags
+
+    f32 = np.dtype(np.float32)
+    taken = dw._planar_rows(f32, (3, 3), True, [2, 2], [1, 1], [1, 1, 1, 1], 112) is not None
+    assert taken == has_flags("avx512f")
+    if taken:
+        assert dw._planar_rows(f32, (3, 3), True, [1, 1], [1, 1], [1, 1, 0, 2], 24) is not None
+    refused = [  # (dtype, kernel, one filter per channel, strides, dilations, pads, width)
+        (f32, (3, 3), True, [1, 1], [1, 1], [1, 1, 1, 1], 23),
+        (np.dtype(np.float64), (3, 3), True, [1, 1], [1, 1], [1, 1, 1, 1], 56),
+        (f32, (5, 5), True, [1, 1], [1, 1], [2, 2, 2, 2], 56),
+        (f32, (3, 3), False, [1, 1], [1, 1], [1, 1, 1, 1], 56),
+        (f32, (3, 3), True, [2, 1], [1, 1], [1, 1, 1, 1], 56),
+        (f32, (3, 3), True, [3, 3], [1, 1], [1, 1, 1, 1], 56),
+        (f32, (3, 3), True, [1, 1], [2, 2], [1, 1, 1, 1], 56),
+        (f32, (3, 3), True, [1, 1], [1, 1], [0, 1, 1, 1], 56),
+        (f32, (3, 3), True, [1, 1], [1, 1], [1, 1, -1, 1], 56),
+    ]
+    for case in refused:
+        assert dw._planar_rows(*case) is None, case
+
+
+@needs_numba
+@pytest.mark.parametrize("activation", [("Clip", [0.0, 6.0]), ("HardSwish", []), ("QuickGelu", [1.702]),
+                                        ("Sigmoid", []), ("LeakyRelu", [0.2])])
+@pytest.mark.parametrize("strides, shape", [([1, 1], (2, 19, 31, 45)), ([2, 2], (1, 37, 49, 50))])
+def test_rows_activations_and_parallel_parts(monkeypatch, activation, strides, shape):
+    """The row kernel with each kind of activation (in the registers, or over each plane after it: HardSwish,
+    QuickGelu, Sigmoid), against the numpy path, and its planes shared out over the pool as a native task giving
+    the same bits as on one thread."""
+    from onyxrt.framework.thread_pool import ThreadPool
+
+    monkeypatch.setattr(dw, "_ROWS_MIN_WIDTH", 0)
+    x, w, b = _case(shape, 1, (3, 3), True, np.float32)
+    x[0, 0, 0, :3] = [np.nan, np.inf, -np.inf]
+    fn = mlas_activation_fn(*activation)
+    args = (x, w, b, shape[1], list(strides), [1, 1], [1, 1, 1, 1], "NOTSET", None)
+    serial = core.float_conv(*args, activation=fn)
+    want = _numpy_conv(monkeypatch, *args, activation=fn)
+    assert np.array_equal(np.isnan(serial), np.isnan(want))
+    _assert_close(np.nan_to_num(serial), np.nan_to_num(want))
+    monkeypatch.setattr(dw, "_PARALLEL", True)
+    pool = ThreadPool(2)
+    try:
+        with pool.activate():
+            parallel = core.float_conv(*args, activation=fn)
+    finally:
+        pool.shutdown()
+    assert np.array_equal(serial, parallel, equal_nan=True)
 
 
 @needs_numba

@@ -8,6 +8,10 @@ applying the fused activation in the same pass. At stride 1 the taps run over wh
 padded rows, the plane as one long vector. numpy needs a pass over the output per tap
 instead (see ``conv_core._depthwise_2d`` for the numpy path).
 
+On AVX-512 CPUs float32 3x3 filters with a pixel of begin padding at stride 1 or 2 run on the planes' rows
+instead where the rows are wide (``depthwise_rows``, ``_planar_rows``), and other float32 filters in the
+channels-last vector blocks (``depthwise_channels_last``, ``_vector_blocks``).
+
 numba is optional (the ``fast`` extra). The kernel is compiled on the first depthwise
 convolution a process runs, not at import or session creation, and cached on disk
 (``cache=True``: numba writes next to this file when that is writable, else in its
@@ -30,6 +34,7 @@ import numpy as np
 
 from ....framework.thread_mode import note_pool_product
 from ....framework.thread_pool import current_pool
+from ....framework.cpu_features import has_flags
 from ..jit import LazyKernel, optional_module
 from .. import row_kernels
 from ..row_kernels import MLAS_CODES, activation_code
@@ -272,6 +277,57 @@ def _vector_blocks(dtype, kernel_shape, code: int, strides, pads, out_sp):
     return module
 
 
+def _planar_rows(dtype, kernel_shape, one_per_channel: bool, strides, dilations, pads, width: int):
+    """The ``depthwise_rows`` module where it runs this convolution (float32 3x3 filters, one per input channel,
+    stride 1 or 2 both ways, no dilation, a pixel of begin padding, rows at least :data:`_ROWS_MIN_WIDTH` wide, an
+    AVX-512 CPU), else None."""
+    if (dtype != np.float32 or tuple(kernel_shape) != (3, 3) or not one_per_channel or strides[0] != strides[1]
+            or strides[0] not in (1, 2) or tuple(dilations) != (1, 1) or tuple(pads[:2]) != (1, 1) or min(pads) < 0
+            or width < _ROWS_MIN_WIDTH or not has_flags("avx512f")):
+        return None
+    return optional_module("onyxrt.providers.cpu.nn.depthwise_rows")
+
+
+def _rows_runner(rows, shape, taps: np.ndarray, b, code: int, params: tuple, step: int, out_sp, after: bool,
+                 activation):
+    """``depthwise_runner``'s function on ``depthwise_rows``: the planes shared out as one native task over a pool that
+    splits products where the work is large; the activation ``code`` in the kernel (``after``: ``activation``
+    applied to the result instead, one the kernels do not know)."""
+    N, C, H, W = shape
+    planes = N * C
+    y_shape = (N, C) + tuple(out_sp)
+    taps = taps.astype(np.float32, copy=False)
+    bias = np.zeros(C, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(C)
+    values = np.array(params, np.float32)
+    zeros = np.zeros(W, np.float32)  # the rows above and below a plane
+    work = math.prod(y_shape) * 9
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if work >= _POOL_MODE_WORK:
+            note_pool_product()
+        planes_in = np.ascontiguousarray(x).reshape(planes, H, W)
+        y = np.empty(y_shape, np.float32)
+        out = y.reshape((planes,) + tuple(out_sp))
+        pool = current_pool()
+        if (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1 and pool.runs_native_tasks:
+            args = rows.task_args(planes_in, out, taps, bias, values, zeros, step, code)
+            pool.run_native(rows.depthwise_part.address, args, min(planes, pool.num_threads))
+        else:
+            rows.depthwise_rows(planes_in, out, taps, bias, values, zeros, step, code, 0, planes)
+        if after:
+            activation(y)
+        return y
+
+    return run
+
+
+# Input row widths from which float32 3x3 filters run on the planes' rows (``depthwise_rows``) rather than in the
+# channels-last blocks: measured alone on one Zen 5 core (rows / blocks, with Clip; benchmarks/depthwise_rows.md),
+# stride 1 0.61 at 32x112x112, 0.86 at 144x56x56, 0.93 at 192x28x28, 1.05-1.13 at 14 and 16 columns, 1.57 at 7;
+# stride 2 0.67 at 96x112x112, 0.64 at 144x56x56, 0.73 at 192x28x28, 1.18-1.25 at 14 and 16.
+_ROWS_MIN_WIDTH = 24
+
+
 def depthwise_conv(x, w, b, strides, dilations, pads, out_sp, activation=None) -> np.ndarray | None:
     """The 1-D or 2-D depthwise conv of ``x`` (N, C, *spatial) with ``w`` (M, 1, *k), M a
     multiple of C, float32/float64, explicit [begin..., end...] ``pads`` (any sign), ``b``
@@ -323,6 +379,10 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
     fused = activation_code(activation)
     code, params = fused if fused is not None else (0, (0.0, 0.0))
     taps = np.ascontiguousarray(w.reshape(M, w.shape[2], w.shape[3]))
+    rows = _planar_rows(dtype, taps.shape[1:], M == C, strides, dilations, pads, W)
+    if rows is not None:
+        return _rows_runner(rows, shape, taps, b, code, params, strides[0], out_sp,
+                            fused is None and activation is not None, activation)
     blocks = _vector_blocks(dtype, taps.shape[1:], code, strides, pads, out_sp)
     if fused is not None and code not in MLAS_CODES and blocks is None:  # (HardSwish, QuickGelu: applied after)
         fused, code, params = None, 0, (0.0, 0.0)
