@@ -36,6 +36,13 @@ run (``None`` when prepack declined). This is where constant weights are
 reshaped, dequantized or compiled once instead of on every run. The result
 must not be mutated afterwards: runs share it.
 
+A kernel function may carry a ``fast_path(bound, keywords)`` attribute: called once per node with the kernel
+bound to its keywords (``functools.partial``) and those keywords, it returns a function of the node's inputs
+alone computing what ``bound`` computes, with the per-call handling of the keywords done once (a convolution's
+prepared route looked up directly: a small model's nodes spend microseconds there), or None where it has none;
+it may fall back to ``bound`` for inputs it does not expect. It must take ``_alloc`` where the kernel does; it is given
+the partial's ``func`` and ``keywords``.
+
 Declarations the buffer planner uses (onnxruntime's ``MayInplace`` and ``Alias``):
 
 * ``inplace={i: o}``: output ``o`` may be written over input ``i``: when input ``i`` dies
@@ -431,6 +438,11 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
         if key in names:
             kwargs[key] = context[key]
     bound = functools.partial(kernel.fn, **kwargs)
+    fast_path = getattr(kernel.fn, "fast_path", None)
+    fast = fast_path(bound, kwargs) if fast_path is not None else None
+    if fast is not None:  # (it still tells, as the partial does, which kernel and keywords it runs)
+        fast.func, fast.keywords = bound.func, bound.keywords
+        bound = fast
     bound.contract = KernelContract(kernel.inplace, kernel.alias, "_alloc" in names)
     return bound
 

@@ -281,6 +281,44 @@ def channel_epilogue(y, channels, bias, residual, act, a, b, r0, r1):
         epilogue_row(y[np.uintp(i)], add, residual[np.uintp(i)] if summed else y[np.uintp(i)], summed, act, a, b)
 
 
+@numba.njit(fastmath=_REASSOC, **_jit)
+def channel_gate_rows(x, first, first_bias, act1, a1, b1, second, second_bias, act2, a2, b2, means, hidden, out):
+    """A squeeze-and-excitation gate per image: ``out[n]`` (N, C) = act2(second^T-product of act1(first^T-product of
+    the means of ``x``'s rows + first_bias) + second_bias), ``x`` (N*C, P) the images' channel planes, ``first`` (C,
+    R) and ``second`` (R, C) the transposed 1x1 filters, a bias empty where absent; ``means`` (C,) and ``hidden``
+    (R,) scratch. ``act1`` / ``act2``: see :func:`epilogue_row`. The means and products are summed in any order
+    (float rounding apart, what GlobalAveragePool and the two convolutions compute)."""
+    images, channels = out.shape
+    reduced = hidden.shape[0]
+    pixels = x.shape[1]
+    scale = _f(1.0) / _f(pixels)
+    zero = _f(0.0)
+    for n in range(images):
+        for c in range(channels):
+            row = x[np.uintp(n * channels + c)]
+            total = zero
+            for j in range(pixels):
+                total += row[np.uintp(j)]
+            means[np.uintp(c)] = total * scale
+        for r in range(reduced):
+            hidden[np.uintp(r)] = first_bias[np.uintp(r)] if first_bias.shape[0] else zero
+        for c in range(channels):
+            mean = means[np.uintp(c)]
+            weights = first[np.uintp(c)]
+            for r in range(reduced):
+                hidden[np.uintp(r)] += mean * weights[np.uintp(r)]
+        epilogue_row(hidden, zero, hidden, False, act1, a1, b1)
+        gate = out[np.uintp(n)]
+        for c in range(channels):
+            gate[np.uintp(c)] = second_bias[np.uintp(c)] if second_bias.shape[0] else zero
+        for r in range(reduced):
+            value = hidden[np.uintp(r)]
+            weights = second[np.uintp(r)]
+            for c in range(channels):
+                gate[np.uintp(c)] += value * weights[np.uintp(c)]
+        epilogue_row(gate, zero, gate, False, act2, a2, b2)
+
+
 @numba.njit(fastmath=_CONTRACT, **_jit)
 def channel_affine(x, y, channels, scale, bias, act, a, b, r0, r1):
     """Rows r0..r1 of ``y`` (N*M, P) = act(x * scale[channel] + bias[channel]), row r of channel r % ``channels``

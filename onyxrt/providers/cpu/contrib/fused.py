@@ -26,7 +26,7 @@ from ..math.elementwise import erf_values
 from ..math.matmul import gemm as _onnx_gemm
 from ..math.matmul import gemm_prepack
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
-from ..nn.conv_core import add_residual, conv_prepack, float_conv
+from ..nn.conv_core import add_residual, conv_prepack, float_conv, prepared_route_path
 from ..nn.pool import max_pool as _onnx_max_pool
 from ..kernel_table import op
 from ..tensor.indexing import trilu as _onnx_trilu
@@ -239,6 +239,18 @@ def fused_conv(
     if z is not None:
         add_residual(y, z)
     return mlas_activation(y, activation, activation_params)
+
+
+def _fused_conv_fast_path(bound, keywords):
+    """``kernel_registry``'s fast path of a FusedConv node: its prepared routes looked up directly."""
+    try:
+        activation = mlas_activation_fn(keywords.get("activation", ""), keywords.get("activation_params"))
+    except (NodeInputError, NotImplementedError):
+        return None  # (reported by the kernel on each run, as before)
+    return prepared_route_path(bound, keywords.get("_packed"), activation)
+
+
+fused_conv.fast_path = _fused_conv_fast_path
 
 
 # --------------------------------------------------------------------------- FusedGemm

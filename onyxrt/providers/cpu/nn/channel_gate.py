@@ -17,7 +17,9 @@ import numpy as np
 from ....errors import NodeInputError, NodeInputTypeError
 from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import mlas_activation_fn
+from ..jit import LazyModuleKernel, read_only
 from ..kernel_table import op
+from ..row_kernels import activation_code
 from .conv_core import epilogue_finisher, keep_route
 from .pool import mean_weights
 
@@ -87,12 +89,44 @@ def channel_gate(x, w1, b1=None, w2=None, b2=None, *, activation1="", activation
     return route(x).reshape((n, c) + (1,) * (x.ndim - 2))
 
 
+def _channel_gate_fast_path(bound, keywords):
+    """``kernel_registry``'s fast path of a ChannelGate node: its prepared route for X's planes looked up directly."""
+    weights = keywords.get("_packed")
+    if not isinstance(weights, GateWeights):
+        return None
+    try:
+        first = mlas_activation_fn(keywords.get("activation1", ""), keywords.get("activation1_params"))
+        second = mlas_activation_fn(keywords.get("activation2", ""), keywords.get("activation2_params"))
+    except (NodeInputError, NotImplementedError):
+        return None  # (reported by the kernel on each run)
+    specs = (getattr(first, "mlas", None), getattr(second, "mlas", None))
+    channels = weights.first.shape[0]
+    routes = weights.routes
+
+    def gate(x, w1=None, b1=None, w2=None, b2=None):
+        if x.dtype == _F32 and x.ndim >= 3 and x.shape[1] == channels:
+            n = x.shape[0]
+            route = routes.get((x.size // (n * channels) if n else 0,) + specs)
+            if route is not None:
+                return route(x).reshape((n, channels) + (1,) * (x.ndim - 2))
+        return bound(x, w1, b1, w2, b2)
+
+    return gate
+
+
+channel_gate.fast_path = _channel_gate_fast_path
+
+
 def _route(weights: GateWeights, pixels: int, first, second):
-    """The gate of X (N, C, ``pixels`` values a channel) as (N, C, 1, 1): the means as one GEMV of the planes (as
-    GlobalAveragePool computes them on one thread; its split over the pool's workers was slower for a gate's planes,
-    ~2 us a gate in an EfficientNet-like net), each product's bias and activation in one pass (``conv_core``'s
-    epilogue)."""
+    """The gate of X (N, C, ``pixels`` values a channel) as (N, C, 1, 1): where numba runs, in one compiled call per
+    gate (``jit_rows.channel_gate_rows``: the means, both products, biases and activations; the separate products
+    and passes cost ~7 us of set-up a gate); else the means as one GEMV of the planes (as GlobalAveragePool computes
+    them on one thread; its split over the pool's workers was slower for a gate's planes, ~2 us a gate in an
+    EfficientNet-like net), each product's bias and activation in one pass (``conv_core``'s epilogue)."""
     reduced, channels = weights.second.shape
+    compiled = _compiled_gate(weights, pixels, first, second)
+    if compiled is not None:
+        return compiled
     finish_first = epilogue_finisher(reduced, weights.first_bias, first, 2)
     finish_second = epilogue_finisher(channels, weights.second_bias, second, 2)
     averaging = mean_weights(pixels, _F32) if pixels else None
@@ -105,5 +139,37 @@ def _route(weights: GateWeights, pixels: int, first, second):
             means = np.full(n * channels, np.nan, _F32)
         hidden = finish_first((means.reshape(n, channels) @ weights.first).reshape(n, reduced, 1, 1), None)
         return finish_second((hidden.reshape(n, reduced) @ weights.second).reshape(n, channels, 1, 1), None)
+
+    return gate
+
+
+_GATE = LazyModuleKernel("onyxrt.providers.cpu.jit_rows", "channel_gate_rows")
+_NO_BIAS = read_only(np.zeros(0, _F32))
+
+
+def _compiled_gate(weights: GateWeights, pixels: int, first, second):
+    """The gate as one ``channel_gate_rows`` call, or None where it cannot run (no numba, no planes, an activation
+    the compiled epilogue does not know)."""
+    codes = (activation_code(first), activation_code(second))
+    if not pixels or None in codes:
+        return None
+    (act1, (a1, b1)), (act2, (a2, b2)) = codes
+    reduced, channels = weights.second.shape
+    first_bias = _NO_BIAS if weights.first_bias is None else weights.first_bias
+    second_bias = _NO_BIAS if weights.second_bias is None else weights.second_bias
+    probe = (np.zeros((channels, 1), _F32), weights.first, first_bias, act1, _F32.type(a1), _F32.type(b1),
+             weights.second, second_bias, act2, _F32.type(a2), _F32.type(b2), np.empty(channels, _F32),
+             np.empty(reduced, _F32), np.empty((0, channels), _F32))
+    kernel = _GATE.compiled_for("f32", *probe)
+    if kernel is None:
+        return None
+    parameters = probe[1:11]
+
+    def gate(x: np.ndarray) -> np.ndarray:
+        n = x.shape[0]
+        out = np.empty((n, channels), _F32)
+        kernel(np.ascontiguousarray(x).reshape(n * channels, pixels), *parameters, np.empty(channels, _F32),
+               np.empty(reduced, _F32), out)
+        return out
 
     return gate

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from ....errors import NodeInputError
 from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import fused_conv, mlas_activation_fn
 from .. import row_kernels
@@ -43,6 +44,33 @@ def channel_scaled_conv(x, s, w, b=None, z=None, *, activation="", activation_pa
     return fused_conv(x * s, w, b, z, activation=activation, activation_params=activation_params,
                       auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape, pads=pads,
                       strides=strides, _packed=_packed)
+
+
+def _channel_scaled_conv_fast_path(bound, keywords):
+    """``kernel_registry``'s fast path of a ChannelScaledConv node: its prepared scaled-filter routes looked up
+    directly."""
+    packed = keywords.get("_packed")
+    if not isinstance(packed, ConvWeights):
+        return None
+    try:
+        activation = mlas_activation_fn(keywords.get("activation", ""), keywords.get("activation_params"))
+    except (NodeInputError, NotImplementedError):
+        return None  # (reported by the kernel on each run)
+    spec = None if activation is None else getattr(activation, "mlas", None)
+    if activation is not None and spec is None:
+        return None
+    routes = packed.routes
+
+    def scaled(x, s, w, b=None, z=None):
+        route = routes.get(("channel_scaled", x.shape, s.shape, spec, z is None))
+        if route is None or x.dtype != _F32 or s.dtype != _F32:
+            return bound(x, s, w, b, z)
+        return route(x, s, z)
+
+    return scaled
+
+
+channel_scaled_conv.fast_path = _channel_scaled_conv_fast_path
 
 
 def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed: ConvWeights, activation):

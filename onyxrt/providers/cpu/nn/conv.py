@@ -29,6 +29,7 @@ from .conv_core import (
     float_conv,
     frozen,
     pad_spatial,
+    prepared_route_path,
     spatial_defaults,
     window_slice,
 )
@@ -37,6 +38,9 @@ from ....errors import NodeInputError, NodeInputTypeError
 @op("Conv", versions=(1, 11, 22), prepack=conv_prepack)
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None, _packed=None):
     return float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
+
+
+conv.fast_path = lambda bound, keywords: prepared_route_path(bound, keywords.get("_packed"), None)
 
 
 # --------------------------------------------------------------------------- ConvTranspose

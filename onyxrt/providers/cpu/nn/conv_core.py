@@ -1053,6 +1053,25 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     return route(x, residual)
 
 
+def prepared_route_path(slow: Callable, packed, activation) -> Callable | None:
+    """A Conv or FusedConv node's ``fast_path`` (see ``kernel_registry``): a function of (x, w, b, z) taking the route
+    ``float_conv`` prepared for x's shape straight from the node's prepared weights (``packed``: None where there are
+    none), float32 only, with ``activation`` (an ``mlas_activation_fn`` function, or None) in it; ``slow`` (the kernel
+    with its keywords) for the first input of a shape and anything else."""
+    spec = None if activation is None else getattr(activation, "mlas", None)
+    if not isinstance(packed, ConvWeights) or (activation is not None and spec is None):
+        return None
+    routes = packed.routes
+
+    def prepared(x, w, b=None, z=None):
+        route = routes.get((x.shape, x.dtype, w.shape, b is None, spec, z is None))
+        if route is None or x.dtype != _F32 or (z is not None and z.dtype != _F32):
+            return slow(x, w, b) if z is None else slow(x, w, b, z)
+        return route(x, z)
+
+    return prepared
+
+
 _MAX_ROUTES = 16  # input shapes a convolution keeps routes for
 
 
