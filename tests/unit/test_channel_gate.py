@@ -87,3 +87,46 @@ def test_kernel_checks_its_operands():
         channel_gate(x[:, :5], w1, None, w2, None)
     with pytest.raises(NodeInputError, match="W2"):
         channel_gate(x, w1, None, w2[:, :3], None)
+
+
+@pytest.mark.parametrize("first, second", [("Relu", "Sigmoid"), ("QuickGelu", "HardSigmoid"), ("", "")])
+@pytest.mark.parametrize("biases", [True, False])
+def test_compiled_gate_equals_the_numpy_route(monkeypatch, first, second, biases):
+    """The gate in one compiled call (``jit_rows.channel_gate_rows``: means, both products, biases, activations) gives
+    what the separate products and epilogues give, with and without biases, and for 1-pixel planes."""
+    from onyxrt.providers.cpu import jit
+    from onyxrt.providers.cpu.nn import channel_gate as module
+
+    w1 = RNG.standard_normal((R, C, 1, 1)).astype(np.float32)
+    w2 = RNG.standard_normal((C, R, 1, 1)).astype(np.float32)
+    b1, b2 = (RNG.standard_normal(R).astype(np.float32), RNG.standard_normal(C).astype(np.float32)) if biases \
+        else (None, None)
+    params = {"QuickGelu": [1.702], "HardSigmoid": [0.2, 0.5]}
+    keywords = dict(activation1=first, activation1_params=params.get(first), activation2=second,
+                    activation2_params=params.get(second))
+    for shape in [(3, C, 7, 5), (2, C, 1, 1)]:
+        x = RNG.standard_normal(shape).astype(np.float32)
+        compiled = channel_gate(x, w1, b1, w2, b2, **keywords)
+        with monkeypatch.context() as m:
+            m.setattr(module, "_compiled_gate", lambda *args: None)
+            m.setenv(jit.DISABLE_ENV, "1")
+            plain = channel_gate(x, w1, b1, w2, b2, **keywords)
+        assert compiled.shape == plain.shape == shape[:2] + (1, 1)
+        np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_session_node_takes_the_prepared_route_directly():
+    """A session's ChannelGate step is the kernel's fast path (``kernel_registry``), which still names the kernel and
+    its keywords: the first run makes the route through the kernel, the next ones (any batch) call it directly."""
+    import functools
+
+    model = _gate_model().SerializeToString()
+    session = ort.InferenceSession(model)
+    reference = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    step = session._plan._steps[0][0]
+    assert not isinstance(step, functools.partial)
+    assert step.func is channel_gate and step.keywords["activation2"] == "Sigmoid"
+    for shape in [(2, C, 6, 6), (2, C, 6, 6), (1, C, 6, 6)]:
+        x = {"x": RNG.standard_normal(shape).astype(np.float32)}
+        np.testing.assert_allclose(session.run(None, x)[0], reference.run(None, x)[0], rtol=1e-5, atol=1e-5)
+    assert len(step.keywords["_packed"].routes) == 1  # (a route per plane size and activations)

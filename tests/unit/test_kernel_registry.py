@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import keyword
 
@@ -187,3 +188,30 @@ def test_relu_on_the_sign_bit_matches_the_general_kernel(dtype):
     assert relu_sign_bit(x[:, ::2]).tolist() == relu(x[:, ::2]).tolist()  # strided input
     kernel = CPU_KERNELS.lookup("", "Relu", 14)
     assert kernel.fn is relu and [v.fn for v in kernel.variants] == [relu_sign_bit]
+
+
+def test_a_kernel_fast_path_replaces_the_partial_and_keeps_its_names():
+    """A kernel's ``fast_path(bound, keywords)`` gets the node's bound kernel and keywords once; what it returns is the
+    node's step (told by the partial's ``func`` and ``keywords``), None keeps the partial."""
+    registry = KernelRegistry()
+    seen = []
+
+    @registry.register("Scale", versions=1, domain="test")
+    def scale(x, *, factor=2.0):
+        return x * factor
+
+    def fast_path(bound, keywords):
+        seen.append(dict(keywords))
+        if keywords["factor"] == 0.0:
+            return None
+        factor = keywords["factor"]
+        return lambda x: bound(x) if x.dtype != np.float32 else x * np.float32(factor)
+
+    scale.fast_path = fast_path
+    node = ir.Node("test", "Scale", [ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT))], name="scale")
+    fast = bind_attributes(registry.lookup("test", "Scale", 1), node, 1, {"factor": 3.0})
+    assert not isinstance(fast, functools.partial) and fast.func is scale and fast.keywords == {"factor": 3.0}
+    assert fast(np.ones(2, np.float32)).tolist() == [3, 3] and fast(np.ones(2)).tolist() == [3, 3]
+    plain = bind_attributes(registry.lookup("test", "Scale", 1), node, 1, {"factor": 0.0})
+    assert isinstance(plain, functools.partial) and plain(np.ones(1)).tolist() == [0]
+    assert seen == [{"factor": 3.0}, {"factor": 0.0}]

@@ -255,3 +255,27 @@ def test_rotary_embedding_matches_the_numpy_path(monkeypatch, interleaved, rotar
 def test_an_empty_tensor_with_a_bias_keeps_its_shape() -> None:
     y = activations.bias_gelu(np.ones((2, 0), np.float32), np.ones(0, np.float32))
     assert y.shape == (2, 0) and y.dtype == np.float32
+
+
+def test_prepared_norm_equals_the_general_call_and_constant_parameters_are_kept_by_identity():
+    """``prepared_norm_last_axis`` (a node's parameters checked once) computes what ``norm_last_axis`` does, declines
+    inputs of another width or dtype, and ``ConstantParameters`` prepares again only for other arrays."""
+    from onyxrt.providers.cpu import row_kernels
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 24)).astype(np.float32)
+    skip = rng.standard_normal((2, 5, 24)).astype(np.float32)
+    gamma, beta, bias = (rng.standard_normal(24).astype(np.float32) for _ in range(3))
+    norm = row_kernels.prepared_norm_last_axis(24, gamma, beta, bias, 1e-5, False, True)
+    if norm is None:
+        pytest.skip("the row kernels need numba")
+    got = norm(x, skip)
+    want = row_kernels.norm_last_axis(x, skip, gamma, beta, bias, 1e-5, False, True)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(got[3], x + skip + bias, rtol=1e-6)
+    assert norm(x[..., :12], None) is None and norm(x.astype(np.float64), None) is None
+    assert row_kernels.prepared_norm_last_axis(24, gamma[:12], None, None, 1e-5, False, False) is None
+    calls = []
+    kept = row_kernels.ConstantParameters(lambda *parameters: calls.append(parameters) or len(calls))
+    assert kept(gamma, beta) == 1 and kept(gamma, beta) == 1 and kept(gamma, bias) == 2 and kept(gamma.copy()) == 3

@@ -12,7 +12,7 @@ competing with OpenBLAS's threads, which spin after each GEMM.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -191,24 +191,58 @@ def norm_last_axis(x: np.ndarray, skip: np.ndarray | None, gamma: np.ndarray | N
     parameters are not copied here, see :func:`layer_norm`): (y, mean, inv_std, x + skip + bias where
     ``keep_total``), the statistics shaped x.shape[:-1] + (1,) (mean 0 when ``simplified``); None where the kernel
     cannot run or the operands do not fit."""
-    cols = x.shape[-1]
-    if (cols == 0 or x.dtype != _F32 or not (_fits(gamma, cols) and _fits(beta, cols) and _fits(bias, cols))
-            or (skip is not None and (skip.shape != x.shape or skip.dtype != _F32))):
+    norm = prepared_norm_last_axis(x.shape[-1], gamma, beta, bias, epsilon, simplified, keep_total)
+    return None if norm is None else norm(x, skip)
+
+
+def prepared_norm_last_axis(cols: int, gamma: np.ndarray | None, beta: np.ndarray | None, bias: np.ndarray | None,
+                            epsilon: float, simplified: bool, keep_total: bool
+                            ) -> Callable[[np.ndarray, np.ndarray | None], tuple | None] | None:
+    """:func:`norm_last_axis` over rows of ``cols`` values with its parameters checked and made read-only once (a
+    node's constants: kept for its runs), as a function ``(x, skip) -> result or None``; None where the kernel cannot
+    run or the parameters do not fit."""
+    if cols == 0 or not (_fits(gamma, cols) and _fits(beta, cols) and _fits(bias, cols)):
         return None
     kernel = _layer_norm_kernel()
     if kernel is None:
         return None
-    rows = x.size // cols
-    y = np.empty(x.shape, _F32)
-    total = np.empty(x.shape, _F32) if keep_total else None
-    stats = np.empty((2,) + x.shape[:-1] + (1,), _F32)
-    _over_rows(kernel, (read_only(np.ascontiguousarray(x).reshape(rows, cols)),
-                        _EMPTY2 if skip is None else read_only(np.ascontiguousarray(skip).reshape(rows, cols)),
-                        _EMPTY if bias is None else read_only(bias), _EMPTY if gamma is None else read_only(gamma),
-                        _EMPTY if beta is None else read_only(beta), _F32.type(epsilon), bool(simplified),
-                        y.reshape(rows, cols), _NO_OUTPUT if total is None else total.reshape(rows, cols),
-                        stats[0].reshape(rows), stats[1].reshape(rows)), rows, x.size)
-    return y, stats[0], stats[1], total
+    parameters = tuple(_EMPTY if p is None else read_only(p) for p in (bias, gamma, beta))
+    parameters += (_F32.type(epsilon), bool(simplified))
+
+    def norm(x: np.ndarray, skip: np.ndarray | None) -> tuple | None:
+        if (x.dtype != _F32 or x.ndim == 0 or x.shape[-1] != cols
+                or (skip is not None and (skip.shape != x.shape or skip.dtype != _F32))):
+            return None
+        rows = x.size // cols
+        y = np.empty(x.shape, _F32)
+        total = np.empty(x.shape, _F32) if keep_total else None
+        stats = np.empty((2,) + x.shape[:-1] + (1,), _F32)
+        _over_rows(kernel, (read_only(np.ascontiguousarray(x).reshape(rows, cols)),
+                            _EMPTY2 if skip is None else read_only(np.ascontiguousarray(skip).reshape(rows, cols)),
+                            *parameters, y.reshape(rows, cols), _NO_OUTPUT if total is None else total.reshape(rows, cols),
+                            stats[0].reshape(rows), stats[1].reshape(rows)), rows, x.size)
+        return y, stats[0], stats[1], total
+
+    return norm
+
+
+class ConstantParameters:
+    """A prepared function of a node's parameters (weights it reads at run time, the same arrays each run), kept for
+    the last parameters seen (compared by identity and held: an array of the same id is the same array; one
+    attribute holds both, so that concurrent runs never pair one's parameters with another's preparation)."""
+
+    __slots__ = ("_prepare", "_last")
+
+    def __init__(self, prepare: Callable[..., Any]) -> None:
+        self._prepare = prepare
+        self._last: tuple[tuple, Any] = ((), None)
+
+    def __call__(self, *parameters: Any) -> Any:
+        held, prepared = self._last
+        if len(held) != len(parameters) or any(a is not b for a, b in zip(held, parameters)):
+            prepared = self._prepare(*parameters)
+            self._last = (parameters, prepared)
+        return prepared
 
 
 def layer_norm_last_axis(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray | None, epsilon: float

@@ -136,6 +136,47 @@ def skip_simplified_layer_normalization(x, skip, gamma, bias=None, *, epsilon=1e
     return _skip_layer_norm(x, skip, gamma, None, bias, epsilon, True, "SkipSimplifiedLayerNormalization")
 
 
+def _skip_norm_fast_path(simplified: bool):
+    """``kernel_registry``'s fast path of a Skip(Simplified)LayerNormalization node: the row kernel with gamma, beta
+    and bias prepared once (``row_kernels.prepared_norm_last_axis``) for float32 2-D or 3-D inputs."""
+
+    def fast_path(bound, keywords):
+        epsilon = keywords.get("epsilon", 1e-12)
+        prepared = row_kernels.ConstantParameters(
+            lambda gamma, beta, bias: row_kernels.prepared_norm_last_axis(
+                gamma.shape[-1] if gamma.ndim else 0, _vector_param(gamma), _vector_param(beta), _vector_param(bias),
+                epsilon, simplified, True))
+
+        def skip_norm(x, skip, gamma, beta=None, bias=None):
+            if x.ndim in (2, 3):
+                run = prepared(gamma, beta, bias)
+                done = None if run is None else run(x, skip)
+                if done is not None:
+                    return done
+            return bound(x, skip, gamma, beta, bias)
+
+        def skip_simplified_norm(x, skip, gamma, bias=None):
+            if x.ndim in (2, 3):
+                run = prepared(gamma, None, bias)
+                done = None if run is None else run(x, skip)
+                if done is not None:
+                    return done
+            return bound(x, skip, gamma, bias)
+
+        return skip_simplified_norm if simplified else skip_norm
+
+    return fast_path
+
+
+def _vector_param(p: np.ndarray | None) -> np.ndarray | None:
+    """A norm parameter of one value per column as the row kernel takes it (1-D), where it is one."""
+    return p.reshape(-1) if p is not None and p.ndim > 1 and p.size == p.shape[-1] else p
+
+
+skip_layer_normalization.fast_path = _skip_norm_fast_path(False)
+skip_simplified_layer_normalization.fast_path = _skip_norm_fast_path(True)
+
+
 # --------------------------------------------------------------------------- LayerNormalization-1 / SimplifiedLayerNormalization-1
 
 

@@ -293,6 +293,31 @@ def layer_norm(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, _num_ou
     return outs[:_num_outputs]
 
 
+def _layer_norm_fast_path(bound, keywords):
+    """``kernel_registry``'s fast path of a LayerNormalization node with one output over the last axis in float32
+    statistics: the row kernel with its scale and bias prepared once (``row_kernels.prepared_norm_last_axis``)."""
+    axis = keywords.get("axis", -1)
+    if keywords.get("_num_outputs", 1) != 1 or keywords.get("stash_type", 1) != 1:
+        return None
+    epsilon = keywords.get("epsilon", 1e-5)
+    prepared = row_kernels.ConstantParameters(
+        lambda scale, b: row_kernels.prepared_norm_last_axis(scale.shape[-1] if scale.ndim else 0, scale, b, None,
+                                                             epsilon, False, False))
+
+    def norm(x, scale, b=None):
+        if x.ndim and axis in (-1, x.ndim - 1):
+            run = prepared(scale, b)
+            done = None if run is None else run(x, None)
+            if done is not None:
+                return (done[0],)
+        return bound(x, scale, b)
+
+    return norm
+
+
+layer_norm.fast_path = _layer_norm_fast_path
+
+
 @op("RMSNormalization", versions=23)
 def rms_norm(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
     rank = x.ndim
