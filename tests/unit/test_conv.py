@@ -631,3 +631,38 @@ def test_pointwise_conv_of_a_strided_view_in_the_split_mode(residual):
             y = core.float_conv(view, w, b, 1, [1, 1], [1, 1], [0, 0, 0, 0], "NOTSET", [1, 1], packed,
                                 mlas_activation_fn("Relu", None), z)
             np.testing.assert_allclose(y, np.maximum(want, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, k, s, d, pads", [
+    ((2, 5, 7, 7), (3, 3), (1, 1), (1, 1), (1, 1)), ((1, 3, 9, 37), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((1, 4, 5, 6), (5, 3), (1, 1), (2, 1), (3, 0)), ((2, 3, 10, 35), (3, 3), (3, 2), (2, 2), (2, 2)),
+    ((1, 2, 4, 4), (3, 3), (1, 1), (1, 1), (3, 3)), ((1, 6, 14, 14), (1, 1), (2, 2), (1, 1), (0, 0)),
+])
+def test_vector_column_matrix_equals_the_value_by_value_one(shape, k, s, d, pads):
+    """``im2col_rows`` (runs of an input row copied a vector at a time, column stride 1 or 2) writes the column matrix
+    ``conv_core._im2col_rows`` writes, leaving the rows past it as they are, serially and as a native task."""
+    from onyxrt.framework.thread_pool import ThreadPool
+    from onyxrt.providers.cpu.jit import optional_module, read_only
+
+    rows = optional_module("onyxrt.providers.cpu.nn.im2col_rows")
+    x = np.random.default_rng(21).standard_normal(shape).astype(np.float32)
+    old = core._compiled_im2col(x)
+    if rows is None or old is None:
+        pytest.skip("needs numba")
+    N, C, H, W = shape
+    OH = (H + 2 * pads[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    OW = (W + 2 * pads[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    geometry = (k[0], k[1], s[0], s[1], d[0], d[1], pads[0], pads[1], OH, OW)
+    want = np.full((N, C * k[0] * k[1] + 1, OH * OW), 7, np.float32)
+    old(read_only(x), want, *geometry, 0, C)
+    got = np.full_like(want, 7)
+    rows.im2col_rows(x, got, *geometry, 0, C)
+    np.testing.assert_array_equal(got, want)
+    split = np.full_like(want, 7)
+    pool = ThreadPool(2)
+    try:
+        keep = rows.task_args(x, split, *geometry)
+        pool.run_native(rows.im2col_part.address, keep, 2)
+    finally:
+        pool.shutdown()
+    np.testing.assert_array_equal(split, want)
