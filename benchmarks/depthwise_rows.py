@@ -13,11 +13,8 @@ table holds the median over rounds. Both run on one thread (the pool's split sha
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from latency import median_seconds  # noqa: E402  (benchmarks/ is the script's directory)
+from report import cpu_model  # noqa: E402
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn  # noqa: E402
 from onyxrt.providers.cpu.nn import depthwise_conv  # noqa: E402
 
@@ -47,24 +46,6 @@ def _runner(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, rows: bool
         depthwise_conv._ROWS_MIN_WIDTH = saved
 
 
-def _median_call(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _cpu_model() -> str:
-    try:
-        lines = subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-    except OSError:
-        return platform.processor()
-    info = dict(line.split(":", 1) for line in lines if ":" in line)
-    return f"{info.get('Model name', '?').strip()}, {info.get('CPU(s)', '?').strip()} CPUs"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -75,7 +56,7 @@ def main() -> None:
     lines = [
         "# float32 3x3 depthwise layers: planes' rows vs channels-last blocks (issue 9)", "",
         f"Command: `python benchmarks/depthwise_rows.py --rounds {args.rounds} --repeat {args.repeat}` "
-        f"(copied here). Machine: {_cpu_model()}; one thread, Clip fused; medians over rounds of the median "
+        f"(copied here). Machine: {cpu_model()}; one thread, Clip fused; medians over rounds of the median "
         f"of {args.repeat} calls.", "",
         "| layer (N, C, H=W, stride) | blocks (us) | rows (us) | rows / blocks | chosen |",
         "|---|---|---|---|---|",
@@ -89,8 +70,7 @@ def main() -> None:
         timed = {"blocks": [], "rows": []}
         for _ in range(args.rounds):
             for name, fn in (("blocks", blocks), ("rows", rows)):
-                fn(x)
-                timed[name].append(_median_call(lambda: fn(x), args.repeat) * 1e6)
+                timed[name].append(median_seconds(lambda: fn(x), args.repeat) * 1e6)
         block_us, row_us = statistics.median(timed["blocks"]), statistics.median(timed["rows"])
         chosen = "rows" if size >= depthwise_conv._ROWS_MIN_WIDTH else "blocks"
         lines.append(f"| ({n}, {c}, {size}, {stride}) | {block_us:.1f} | {row_us:.1f} | {row_us / block_us:.2f} "

@@ -300,23 +300,23 @@ def channel_gate_rows(x, first, first_bias, act1, a1, b1, second, second_bias, a
             for j in range(pixels):
                 total += row[np.uintp(j)]
             means[np.uintp(c)] = total * scale
-        for r in range(reduced):
-            hidden[np.uintp(r)] = first_bias[np.uintp(r)] if first_bias.shape[0] else zero
-        for c in range(channels):
-            mean = means[np.uintp(c)]
-            weights = first[np.uintp(c)]
-            for r in range(reduced):
-                hidden[np.uintp(r)] += mean * weights[np.uintp(r)]
+        _biased_product(hidden, first_bias, means, first)
         epilogue_row(hidden, zero, hidden, False, act1, a1, b1)
         gate = out[np.uintp(n)]
-        for c in range(channels):
-            gate[np.uintp(c)] = second_bias[np.uintp(c)] if second_bias.shape[0] else zero
-        for r in range(reduced):
-            value = hidden[np.uintp(r)]
-            weights = second[np.uintp(r)]
-            for c in range(channels):
-                gate[np.uintp(c)] += value * weights[np.uintp(c)]
+        _biased_product(gate, second_bias, hidden, second)
         epilogue_row(gate, zero, gate, False, act2, a2, b2)
+
+
+@numba.njit(fastmath=_REASSOC, inline="always", **_jit)
+def _biased_product(out, bias, values, weights):
+    """out = bias + values @ weights (``weights`` (len(values), len(out)), row by row; ``bias`` empty: none)."""
+    for k in range(out.shape[0]):
+        out[np.uintp(k)] = bias[np.uintp(k)] if bias.shape[0] else _f(0.0)
+    for r in range(values.shape[0]):
+        value = values[np.uintp(r)]
+        row = weights[np.uintp(r)]
+        for k in range(out.shape[0]):
+            out[np.uintp(k)] += value * row[np.uintp(k)]
 
 
 @numba.njit(fastmath=_CONTRACT, **_jit)

@@ -1,18 +1,21 @@
-"""float32 3x3 depthwise convolutions with one pixel of begin padding, stride 1 or 2, on NCHW planes as they lie: an
-output row from its three input rows, sixteen outputs a vector.
+"""float32 3x3 depthwise convolutions with one pixel of begin padding, stride 1 or 2, on NCHW planes as they lie:
+two output rows a pass from the input rows they read (:data:`BAND`: four at stride 1, five at stride 2, each loaded
+once), sixteen outputs a vector.
 
-Each tap is one multiply-add of a vector of input columns by the tap's weight. At stride 1 the columns left and right
-of sixteen outputs are their own columns moved by one lane (the previous and next chunks' columns coming in, two
-shuffles); at stride 2, 32 input columns are split into their even and odd columns by two shuffles (output j reads
-columns 2j - 1, 2j and 2j + 1: the odd vector moved one lane, the even, the odd), as ``max_pool_rows`` splits them.
-Columns past a row's end load as 0 under a lane mask, the first column's left neighbour is the padding (0), and a row
-above or below the plane is a row of zeros. The bias starts the sum; Relu, LeakyRelu, Clip and HardSigmoid are
-applied in the registers (``ir_vectors.activation``), the other epilogue codes over each output plane just written
-(``jit_rows.epilogue_row``, while it is in cache).
+Each tap is one multiply-add of a vector of input columns by the tap's weight, summed per filter row and the three
+sums added at the end (one chain of nine multiply-adds bounded the kernel by its latency). At stride 1 the columns
+left and right of sixteen outputs are their own columns moved by one lane (the previous and next chunks' columns
+coming in, two shuffles); at stride 2, 32 input columns are split into their even and odd columns by two shuffles
+(output j reads columns 2j - 1, 2j and 2j + 1: the odd vector moved one lane, the even, the odd), as
+``max_pool_rows`` splits them. Columns past a row's end load as 0 under a lane mask, the first column's left
+neighbour is the padding (0), and a row above or below the plane is a row of zeros; an output row past the plane's
+last (a band's second) is stored under an empty mask. The bias starts the sum; Relu, LeakyRelu, Clip and
+HardSigmoid are applied in the registers (``ir_vectors.activation``), the other epilogue codes over each output plane
+just written (``jit_rows.epilogue_row``, while it is in cache).
 
 The channels-last blocks (``depthwise_channels_last``) transpose each block of sixteen channels into (pixels,
 channels) and back, which costs more than the taps on wide rows; here nothing is moved. ``depthwise_conv`` chooses
-this kernel for rows at least :data:`MIN_WIDTH` wide on AVX-512 CPUs (``depthwise_conv._planar_rows``).
+this kernel for rows at least ``depthwise_conv._ROWS_MIN_WIDTH`` wide on AVX-512 CPUs (``_planar_rows``).
 
 Imported by ``depthwise_conv`` on first use (it imports numba at its top).
 """
@@ -146,10 +149,9 @@ def _planes(x_addr, y_addr, taps_addr, bias_addr, params_addr, zeros_addr, chann
     bias = float32_array(bias_addr, channels)
     params = float32_array(params_addr, 2)
     a, b = params[0], params[1]
-    held = act if act in IN_REGISTERS else 0  # (numba folds the tuple test)
+    held = act if act in IN_REGISTERS else 0  # (the others over each plane after it)
     for p in range(p0, p1):
         channel = p % channels
-        plane = x_addr + p * H * W * 4
         out = y_addr + p * OH * OW * 4
         _conv_plane(out, x_addr + p * H * W * 4, taps_addr + channel * 36, zeros_addr, H, W, OH, OW, bias[channel],
                     held, a, b, stride)
