@@ -168,3 +168,37 @@ def test_split_pool_runs_the_transforms_as_native_tasks(activation, summed):
         pool.shutdown()
     assert packed.winograd is not None
     np.testing.assert_allclose(split, serial, rtol=1e-5, atol=1e-5 * np.abs(serial).max())
+
+
+@needs_numba
+@pytest.mark.parametrize("shape,m,pads", SHAPES)
+@pytest.mark.parametrize("band_bytes", [1, 1 << 16, 1 << 19])
+def test_bands_of_tile_rows_match_the_reference(monkeypatch, shape, m, pads, band_bytes):
+    """The split mode's bands (``winograd_kernels.bands_part``: each thread transforms a band of tile rows, takes the
+    sixteen products and transforms them to the output, a residual and activation in the epilogue): one tile row a
+    band, several, or the whole plane, over both threads; the shapes' odd sizes and pads as the whole-pass route."""
+    from onyxrt.framework.thread_pool import ThreadPool
+    from onyxrt.providers.cpu.gemm import own_sgemm_usable
+
+    if not own_sgemm_usable():
+        pytest.skip("the bands run onyxrt's GEMM (AVX-512)")
+    monkeypatch.setattr(winograd, "BAND_BYTES", band_bytes)
+    taken = []
+    x = RNG.standard_normal(shape, np.float32)
+    w = (RNG.standard_normal((m, shape[1], 3, 3)) / np.sqrt(9 * shape[1])).astype(np.float32)
+    b = RNG.standard_normal(m).astype(np.float32)
+    want = reference(x, w, b, pads)
+    z = RNG.standard_normal(want.shape).astype(np.float32)
+    want = np.maximum(want + z, 0).astype(np.float32)
+    pool = ThreadPool(2).splitting_gemms()
+    original = pool.run_native
+    pool.run_native = lambda task, args, parts: taken.append(task) or original(task, args, parts)
+    try:
+        with pool.activate():
+            y, packed = convolve(x, w, b, pads, mlas_activation_fn("Relu", []), z)
+    finally:
+        pool.shutdown()
+    from onyxrt.providers.cpu.nn import winograd_kernels
+
+    assert taken == [winograd_kernels.bands_task.address]
+    np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

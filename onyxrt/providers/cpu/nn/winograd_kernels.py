@@ -11,6 +11,7 @@ import numpy as np
 from numba.core import types
 
 from ..jit_rows import epilogue_row
+from ..math.sgemm_avx512 import gemm
 from ..native_tasks import float32_array, int64_array
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
@@ -169,3 +170,191 @@ def task_args(x, v, products, y, bias, residual, params, pt, pl, th, tw, act) ->
     return np.array([x.ctypes.data, v.ctypes.data, products.ctypes.data, y.ctypes.data, bias.ctypes.data,
                      residual.ctypes.data, params.ctypes.data, n, c, h, w, y.shape[1], v.shape[2], y.shape[2],
                      y.shape[3], pt, pl, th, tw, bias.shape[0], residual.shape[0], act], np.int64)
+
+
+# --------------------------------------------------------------------------- the pipeline over tile-row bands
+
+
+@numba.njit(**_jit)
+def _input_band(x, v, n, a0, rows, pt, pl, tw, images, steps):
+    """v[xi, c, t] for the tiles of tile rows a0 .. a0 + ``rows`` of image ``n`` (t = (a - a0) * (tw + 1) + b, a
+    junk tile past each row's last), every channel: :func:`input_transform` over a band of the plane, its parity
+    images (``images`` (2, 2, (rows + 1) * (tw + 1) + 1), their padding zero) and column steps (``steps``) given."""
+    N, C, H, W = x.shape
+    T = v.shape[2]
+    half = tw + 1
+    length = (rows + 1) * half
+    tiles = rows * half
+    xf = x.reshape(-1)
+    vf = v.reshape(-1)
+    first_row = 2 * a0  # the band's first padded row
+    for c in range(C):
+        images[:] = 0
+        plane = (n * C + c) * H * W
+        for r in range(first_row, first_row + 2 * (rows + 1)):
+            h = r - pt
+            if h < 0 or h >= H:
+                continue
+            source = plane + h * W
+            for q in range(2):
+                image = images[r % 2, q]
+                base = ((r - first_row) // 2) * half
+                w0 = (q - pl) % 2
+                start = (w0 + pl) // 2
+                count = max(0, min((W - w0 + 1) // 2, half - start))
+                for u in range(count):
+                    image[np.uintp(base + start + u)] = xf[np.uintp(source + w0 + 2 * u)]
+        for p in range(2):
+            even, odd = images[p, 0], images[p, 1]
+            s0, s1, s2, s3 = steps[p, 0], steps[p, 1], steps[p, 2], steps[p, 3]
+            for f in range(length):
+                e0, e1 = even[np.uintp(f)], even[np.uintp(f + 1)]
+                o0, o1 = odd[np.uintp(f)], odd[np.uintp(f + 1)]
+                s0[np.uintp(f)] = e0 - e1
+                s1[np.uintp(f)] = o0 + e1
+                s2[np.uintp(f)] = e1 - o0
+                s3[np.uintp(f)] = o0 - o1
+        for j in range(4):
+            top, bottom = steps[0, j], steps[1, j]
+            out0 = (j * C + c) * T
+            out1, out2, out3 = out0 + 4 * C * T, out0 + 8 * C * T, out0 + 12 * C * T
+            for f in range(tiles):
+                d0, d1 = top[np.uintp(f)], bottom[np.uintp(f)]
+                d2, d3 = top[np.uintp(f + half)], bottom[np.uintp(f + half)]
+                vf[np.uintp(out0 + f)] = d0 - d2
+                vf[np.uintp(out1 + f)] = d1 + d2
+                vf[np.uintp(out2 + f)] = d2 - d1
+                vf[np.uintp(out3 + f)] = d1 - d3
+            for f in range(tiles, T):  # (the columns past the band's tiles: zeros for the products' panels)
+                vf[np.uintp(out0 + f)] = 0.0
+                vf[np.uintp(out1 + f)] = 0.0
+                vf[np.uintp(out2 + f)] = 0.0
+                vf[np.uintp(out3 + f)] = 0.0
+
+
+@numba.njit(fastmath={"contract"}, **_jit)
+def _output_band(m, y, n, a0, rows, tw, bias, residual, act, alpha, beta, corners):
+    """Output rows 2 * a0 .. of image ``n`` (every channel) from the band's products ``m`` (16, K, T) as
+    :func:`_input_band` lays its tiles, cropped at OH and OW, then y = act(y + bias[k] + residual) over those rows
+    (``jit_rows.epilogue_row``); ``corners`` (4, rows * (tw + 1)) scratch."""
+    N, K, OH, OW = y.shape
+    T = m.shape[2]
+    half = tw + 1
+    tiles = rows * half
+    mf = m.reshape(-1)
+    yf = y.reshape(-1)
+    c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
+    step = K * T
+    evens, odds = (OW + 1) // 2, OW // 2
+    biased = bias.shape[0] > 0
+    summed = residual.shape[0] > 0
+    row0 = 2 * a0
+    row1 = min(OH, 2 * (a0 + rows))
+    for k in range(K):
+        r0 = k * T
+        for f in range(tiles):
+            i = r0 + f
+            m0, m1, m2, m3 = (mf[np.uintp(i)], mf[np.uintp(i + step)], mf[np.uintp(i + 2 * step)],
+                              mf[np.uintp(i + 3 * step)])
+            m4, m5, m6, m7 = (mf[np.uintp(i + 4 * step)], mf[np.uintp(i + 5 * step)],
+                              mf[np.uintp(i + 6 * step)], mf[np.uintp(i + 7 * step)])
+            m8, m9, m10, m11 = (mf[np.uintp(i + 8 * step)], mf[np.uintp(i + 9 * step)],
+                                mf[np.uintp(i + 10 * step)], mf[np.uintp(i + 11 * step)])
+            m12, m13, m14, m15 = (mf[np.uintp(i + 12 * step)], mf[np.uintp(i + 13 * step)],
+                                  mf[np.uintp(i + 14 * step)], mf[np.uintp(i + 15 * step)])
+            q00, q01 = m0 + m1 + m2, m1 - m2 - m3
+            q10, q11 = m4 + m5 + m6, m5 - m6 - m7
+            q20, q21 = m8 + m9 + m10, m9 - m10 - m11
+            q30, q31 = m12 + m13 + m14, m13 - m14 - m15
+            c00[np.uintp(f)] = q00 + q10 + q20
+            c01[np.uintp(f)] = q01 + q11 + q21
+            c10[np.uintp(f)] = q10 - q20 - q30
+            c11[np.uintp(f)] = q11 - q21 - q31
+        plane = (n * K + k) * OH * OW
+        for row in range(row0, row1):
+            left, right = (c00, c01) if row % 2 == 0 else (c10, c11)
+            target = plane + row * OW
+            source = (row // 2 - a0) * half
+            for u in range(evens):
+                yf[np.uintp(target + 2 * u)] = left[np.uintp(source + u)]
+            for u in range(odds):
+                yf[np.uintp(target + 2 * u + 1)] = right[np.uintp(source + u)]
+        start = plane + row0 * OW
+        outputs = yf[start:start + (row1 - row0) * OW]
+        add = bias[np.uintp(k)] if biased else m.dtype.type(0)
+        if summed:
+            extra = residual[n * K + k][row0 * OW:row1 * OW]
+            epilogue_row(outputs, add, extra, True, act, alpha, beta)
+        else:
+            epilogue_row(outputs, add, outputs, False, act, alpha, beta)
+
+
+# Band task arguments (int64): x, u, y, bias, residual, params, scratch addresses; N, C, H, W, M, OH, OW, pt, pl, th,
+# tw, bias entries, residual rows, act, band rows, band tiles (a multiple of 32: the products' panels), scratch floats
+# a part
+(_BX, _BU, _BY, _BBIAS, _BRES, _BPARAMS, _BSCRATCH, _BN, _BC, _BH, _BW, _BM, _BOH, _BOW, _BPT, _BPL, _BTH, _BTW,
+ _BBIASED, _BSUMMED, _BACT, _BROWS, _BTILES, _BPART, _BARGS) = range(25)
+
+
+@numba.njit(fastmath={"contract"}, **_jit)
+def bands_part(d, part, parts):
+    """Part ``part`` of ``parts`` of the convolution as bands of tile rows (the images' tile rows shared out in
+    order): per band the input transform, the sixteen products (``sgemm_avx512.gemm``) and the output transform with
+    the epilogue, the band's transformed inputs and products in the part's own scratch (sized to stay in L2 between
+    the three steps, where the whole convolution's pass through L3 each)."""
+    n_images, c, h, w, m = d[_BN], d[_BC], d[_BH], d[_BW], d[_BM]
+    oh, ow, th, tw = d[_BOH], d[_BOW], d[_BTH], d[_BTW]
+    band, tiles = d[_BROWS], d[_BTILES]
+    x = float32_array(d[_BX], n_images * c * h * w).reshape((n_images, c, h, w))
+    u = float32_array(d[_BU], 16 * m * c).reshape((16, m, c))
+    y = float32_array(d[_BY], n_images * m * oh * ow).reshape((n_images, m, oh, ow))
+    bias = float32_array(d[_BBIAS], d[_BBIASED])
+    residual = float32_array(d[_BRES], d[_BSUMMED] * oh * ow).reshape((d[_BSUMMED], oh * ow))
+    params = float32_array(d[_BPARAMS], 2)
+    half = tw + 1
+    scratch = d[_BSCRATCH] + part * d[_BPART] * 4
+    v = float32_array(scratch, 16 * c * tiles).reshape((16, c, tiles))
+    products = float32_array(scratch + 16 * c * tiles * 4, 16 * m * tiles).reshape((16, m, tiles))
+    images = float32_array(scratch + 16 * (c + m) * tiles * 4, 4 * ((band + 1) * half + 1)).reshape(
+        (2, 2, (band + 1) * half + 1))
+    steps = np.empty((2, 4, (band + 1) * half), np.float32)
+    corners = np.empty((4, band * half), np.float32)
+    no_tail = np.zeros((c, 0), np.float32)
+    no_rest = np.zeros((0, c), np.float32)
+    no_bias = np.zeros(0, np.float32)
+    no_residual = np.zeros((0, tiles), np.float32)
+    panels = tiles // 32
+    per_image = (th + band - 1) // band
+    count = n_images * per_image
+    for index in range(count * part // parts, count * (part + 1) // parts):
+        n, a0 = index // per_image, (index % per_image) * band
+        rows = min(band, th - a0)
+        _input_band(x, v, n, a0, rows, d[_BPT], d[_BPL], tw, images, steps)
+        for xi in range(16):
+            gemm(u[xi], v[xi], no_tail, no_rest, products[xi], 0, m, 0, panels, no_bias, no_residual, 0, params)
+        _output_band(products, y, n, a0, rows, tw, bias, residual, d[_BACT], params[0], params[1], corners)
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True, fastmath={"contract"},
+             error_model="numpy")
+def bands_task(args, part, parts):
+    """Native task (``framework.native_spin``): :func:`bands_part` of the arguments at ``args``."""
+    bands_part(int64_array(args, _BARGS), part, parts)
+
+
+def band_shape(c: int, m: int, th: int, tw: int, budget: int) -> tuple[int, int, int]:
+    """(tile rows a band, its tiles rounded up to a multiple of 32, scratch floats a part) for bands whose
+    transformed inputs and products take about ``budget`` bytes."""
+    half = tw + 1
+    rows = max(1, min(th, budget // (16 * (c + m) * 4 * half)))
+    tiles = -(-rows * half // 32) * 32
+    return rows, tiles, 16 * (c + m) * tiles + 4 * ((rows + 1) * half + 1)
+
+
+def bands_args(x, u, y, bias, residual, params, scratch, pt, pl, th, tw, act, rows, tiles, per_part) -> np.ndarray:
+    """The band task's arguments (C-contiguous float32 arrays kept alive by the caller until the task returns;
+    ``scratch`` per_part floats for each part)."""
+    n, c, h, w = x.shape
+    return np.array([x.ctypes.data, u.ctypes.data, y.ctypes.data, bias.ctypes.data, residual.ctypes.data,
+                     params.ctypes.data, scratch.ctypes.data, n, c, h, w, y.shape[1], y.shape[2], y.shape[3], pt, pl,
+                     th, tw, bias.shape[0], residual.shape[0], act, rows, tiles, per_part], np.int64)
