@@ -49,7 +49,9 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 # products and transforming them to the output while the band's BAND_BYTES of transformed inputs and products stay in
 # L2 (``winograd_kernels.bands_part``); the whole convolution's pass through L3 each took most of resnet50's
 # 64-channel 56x56 layers' time in a run. Measured on 2 Zen 5 cores alone: 587 -> 391 us warm, 713 -> 526 with the
-# caches flushed. A larger filter would be read again for every band (its 256-channel 14x14 layers' 4 MB).
+# caches flushed (another run: 398 -> 420 warm, 539 -> 523 flushed); in resnet50's runs 731-833 -> 456-712 us, the
+# model 0.976 paired. A larger filter would be read again for every band (its 256-channel 14x14 layers' 4 MB); one
+# band a thread for those was neutral in resnet50 (0.977), and is not taken.
 BANDS_MAX_FILTER_BYTES = 1 << 19
 BAND_BYTES = 1 << 19
 
