@@ -17,6 +17,84 @@ from ..native_tasks import float32_array, int64_array
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
+@numba.njit(inline="always", **_jit)
+def _parity_row(xf, source, W, images, r, row, pl, half):
+    """Padded row ``r`` (x's row at ``source``) into the parity images' image row ``row``: its columns of each
+    parity, where x has them."""
+    for q in range(2):
+        image = images[r % 2, q]
+        base = row * half
+        w0 = (q - pl) % 2  # first column of x at padded column parity q
+        first = (w0 + pl) // 2
+        count = max(0, min((W - w0 + 1) // 2, half - first))
+        for u in range(count):
+            image[np.uintp(base + first + u)] = xf[np.uintp(source + w0 + 2 * u)]
+
+
+@numba.njit(inline="always", **_jit)
+def _column_steps(images, steps, length):
+    """d B: each row-parity image's elements combined with their right neighbours (the column step)."""
+    for p in range(2):
+        even, odd = images[p, 0], images[p, 1]
+        s0, s1, s2, s3 = steps[p, 0], steps[p, 1], steps[p, 2], steps[p, 3]
+        for f in range(length):
+            e0, e1 = even[np.uintp(f)], even[np.uintp(f + 1)]
+            o0, o1 = odd[np.uintp(f)], odd[np.uintp(f + 1)]
+            s0[np.uintp(f)] = e0 - e1
+            s1[np.uintp(f)] = o0 + e1
+            s2[np.uintp(f)] = e1 - o0
+            s3[np.uintp(f)] = o0 - o1
+
+
+@numba.njit(inline="always", **_jit)
+def _row_steps(steps, vf, out0, stride, tiles, half):
+    """B^T (d B): the column steps' rows combined with the next's into v's four rows of each column j, from
+    ``out0`` (v[j, c, t0]), the next rows ``stride`` apart (4 * C * T)."""
+    for j in range(4):
+        top, bottom = steps[0, j], steps[1, j]  # padded rows 2a (2a + 2) and 2a + 1 (2a + 3)
+        first = out0 + j * (stride // 4)
+        out1, out2, out3 = first + stride, first + 2 * stride, first + 3 * stride
+        for f in range(tiles):
+            d0, d1 = top[np.uintp(f)], bottom[np.uintp(f)]
+            d2, d3 = top[np.uintp(f + half)], bottom[np.uintp(f + half)]
+            vf[np.uintp(first + f)] = d0 - d2
+            vf[np.uintp(out1 + f)] = d1 + d2
+            vf[np.uintp(out2 + f)] = d2 - d1
+            vf[np.uintp(out3 + f)] = d1 - d3
+
+
+@numba.njit(inline="always", fastmath={"contract"}, **_jit)
+def _tile_corners(mf, i, step):
+    """A^T M A of the tile whose products start at ``mf[i]`` (the sixteen ``step`` apart): its outputs (0, 0), (0, 1),
+    (1, 0), (1, 1)."""
+    m0, m1, m2, m3 = mf[np.uintp(i)], mf[np.uintp(i + step)], mf[np.uintp(i + 2 * step)], mf[np.uintp(i + 3 * step)]
+    m4, m5, m6, m7 = (mf[np.uintp(i + 4 * step)], mf[np.uintp(i + 5 * step)], mf[np.uintp(i + 6 * step)],
+                      mf[np.uintp(i + 7 * step)])
+    m8, m9, m10, m11 = (mf[np.uintp(i + 8 * step)], mf[np.uintp(i + 9 * step)], mf[np.uintp(i + 10 * step)],
+                        mf[np.uintp(i + 11 * step)])
+    m12, m13, m14, m15 = (mf[np.uintp(i + 12 * step)], mf[np.uintp(i + 13 * step)], mf[np.uintp(i + 14 * step)],
+                          mf[np.uintp(i + 15 * step)])
+    q00, q01 = m0 + m1 + m2, m1 - m2 - m3
+    q10, q11 = m4 + m5 + m6, m5 - m6 - m7
+    q20, q21 = m8 + m9 + m10, m9 - m10 - m11
+    q30, q31 = m12 + m13 + m14, m13 - m14 - m15
+    return q00 + q10 + q20, q01 + q11 + q21, q10 - q20 - q30, q11 - q21 - q31
+
+
+@numba.njit(inline="always", **_jit)
+def _interleave_rows(yf, plane, row0, row1, OW, a0, half, c00, c01, c10, c11):
+    """Output rows row0..row1 of the plane at ``plane`` from the tiles' corners (tile row a0 the first's)."""
+    evens, odds = (OW + 1) // 2, OW // 2
+    for row in range(row0, row1):
+        left, right = (c00, c01) if row % 2 == 0 else (c10, c11)
+        target = plane + row * OW
+        source = (row // 2 - a0) * half
+        for u in range(evens):
+            yf[np.uintp(target + 2 * u)] = left[np.uintp(source + u)]
+        for u in range(odds):
+            yf[np.uintp(target + 2 * u + 1)] = right[np.uintp(source + u)]
+
+
 @numba.njit(**_jit)
 def input_transform(x, v, pt, pl, th, tw, c0, c1):
     """v[xi, c, t] = (B^T d B)[xi] for channels c0..c1 of ``x`` (N, C, H, W), tile t = (n * th + a) * (tw + 1) + b
@@ -43,38 +121,9 @@ def input_transform(x, v, pt, pl, th, tw, c0, c1):
                 r = h + pt  # padded row
                 if r >= 2 * (th + 1):
                     break
-                source = plane + h * W
-                for q in range(2):
-                    image = images[r % 2, q]
-                    base = (r // 2) * half
-                    w0 = (q - pl) % 2  # first column of x at padded column parity q
-                    first = (w0 + pl) // 2
-                    count = max(0, min((W - w0 + 1) // 2, half - first))
-                    for u in range(count):
-                        image[np.uintp(base + first + u)] = xf[np.uintp(source + w0 + 2 * u)]
-            for p in range(2):
-                even, odd = images[p, 0], images[p, 1]
-                s0, s1, s2, s3 = steps[p, 0], steps[p, 1], steps[p, 2], steps[p, 3]
-                for f in range(length):
-                    e0, e1 = even[np.uintp(f)], even[np.uintp(f + 1)]
-                    o0, o1 = odd[np.uintp(f)], odd[np.uintp(f + 1)]
-                    s0[np.uintp(f)] = e0 - e1
-                    s1[np.uintp(f)] = o0 + e1
-                    s2[np.uintp(f)] = e1 - o0
-                    s3[np.uintp(f)] = o0 - o1
-            t0 = n * tiles
-            for j in range(4):
-                top, bottom = steps[0, j], steps[1, j]  # padded rows 2a (2a + 2) and 2a + 1 (2a + 3)
-                out0 = (j * C + c) * T + t0  # v[j, c, t0]; rows 4 + j, 8 + j and 12 + j follow
-                out1, out2, out3 = out0 + 4 * C * T, out0 + 8 * C * T, out0 + 12 * C * T
-                for f in range(tiles):
-                    d0, d1 = top[np.uintp(f)], bottom[np.uintp(f)]
-                    d2, d3 = top[np.uintp(f + half)], bottom[np.uintp(f + half)]
-                    vf[np.uintp(out0 + f)] = d0 - d2
-                    vf[np.uintp(out1 + f)] = d1 + d2
-                    vf[np.uintp(out2 + f)] = d2 - d1
-                    vf[np.uintp(out3 + f)] = d1 - d3
-
+                _parity_row(xf, plane + h * W, W, images, r, r // 2, pl, half)
+            _column_steps(images, steps, length)
+            _row_steps(steps, vf, (c * T) + n * tiles, 4 * C * T, tiles, half)
 
 @numba.njit(fastmath={"contract"}, **_jit)
 def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
@@ -91,40 +140,16 @@ def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
     corners = np.empty((4, tiles), m.dtype)  # each tile's outputs (0, 0), (0, 1), (1, 0), (1, 1)
     c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
     step = K * T
-    evens, odds = (OW + 1) // 2, OW // 2
     biased = bias.shape[0] > 0
     summed = residual.shape[0] > 0
     for n in range(N):
         for k in range(k0, k1):
             r0 = k * T + n * tiles  # m[0, k, t0]; m[j, k, t0] is j * K * T further
             for f in range(tiles):
-                i = r0 + f
-                m0, m1, m2, m3 = (mf[np.uintp(i)], mf[np.uintp(i + step)], mf[np.uintp(i + 2 * step)],
-                                  mf[np.uintp(i + 3 * step)])
-                m4, m5, m6, m7 = (mf[np.uintp(i + 4 * step)], mf[np.uintp(i + 5 * step)],
-                                  mf[np.uintp(i + 6 * step)], mf[np.uintp(i + 7 * step)])
-                m8, m9, m10, m11 = (mf[np.uintp(i + 8 * step)], mf[np.uintp(i + 9 * step)],
-                                    mf[np.uintp(i + 10 * step)], mf[np.uintp(i + 11 * step)])
-                m12, m13, m14, m15 = (mf[np.uintp(i + 12 * step)], mf[np.uintp(i + 13 * step)],
-                                      mf[np.uintp(i + 14 * step)], mf[np.uintp(i + 15 * step)])
-                q00, q01 = m0 + m1 + m2, m1 - m2 - m3
-                q10, q11 = m4 + m5 + m6, m5 - m6 - m7
-                q20, q21 = m8 + m9 + m10, m9 - m10 - m11
-                q30, q31 = m12 + m13 + m14, m13 - m14 - m15
-                c00[np.uintp(f)] = q00 + q10 + q20
-                c01[np.uintp(f)] = q01 + q11 + q21
-                c10[np.uintp(f)] = q10 - q20 - q30
-                c11[np.uintp(f)] = q11 - q21 - q31
+                c00[np.uintp(f)], c01[np.uintp(f)], c10[np.uintp(f)], c11[np.uintp(f)] = _tile_corners(mf, r0 + f,
+                                                                                                        step)
             plane = (n * K + k) * OH * OW
-            for row in range(OH):
-                a = row // 2
-                left, right = (c00, c01) if row % 2 == 0 else (c10, c11)
-                target = plane + row * OW
-                source = a * half
-                for u in range(evens):
-                    yf[np.uintp(target + 2 * u)] = left[np.uintp(source + u)]
-                for u in range(odds):
-                    yf[np.uintp(target + 2 * u + 1)] = right[np.uintp(source + u)]
+            _interleave_rows(yf, plane, 0, OH, OW, 0, half, c00, c01, c10, c11)
             row = n * K + k
             outputs = y.reshape(N * K, OH * OW)[np.uintp(row)]
             add = bias[np.uintp(k)] if biased else m.dtype.type(0)
@@ -193,38 +218,13 @@ def _input_band(x, v, n, a0, rows, pt, pl, tw, images, steps):
         plane = (n * C + c) * H * W
         for r in range(first_row, first_row + 2 * (rows + 1)):
             h = r - pt
-            if h < 0 or h >= H:
-                continue
-            source = plane + h * W
-            for q in range(2):
-                image = images[r % 2, q]
-                base = ((r - first_row) // 2) * half
-                w0 = (q - pl) % 2
-                start = (w0 + pl) // 2
-                count = max(0, min((W - w0 + 1) // 2, half - start))
-                for u in range(count):
-                    image[np.uintp(base + start + u)] = xf[np.uintp(source + w0 + 2 * u)]
-        for p in range(2):
-            even, odd = images[p, 0], images[p, 1]
-            s0, s1, s2, s3 = steps[p, 0], steps[p, 1], steps[p, 2], steps[p, 3]
-            for f in range(length):
-                e0, e1 = even[np.uintp(f)], even[np.uintp(f + 1)]
-                o0, o1 = odd[np.uintp(f)], odd[np.uintp(f + 1)]
-                s0[np.uintp(f)] = e0 - e1
-                s1[np.uintp(f)] = o0 + e1
-                s2[np.uintp(f)] = e1 - o0
-                s3[np.uintp(f)] = o0 - o1
+            if 0 <= h < H:
+                _parity_row(xf, plane + h * W, W, images, r, (r - first_row) // 2, pl, half)
+        _column_steps(images, steps, length)
+        _row_steps(steps, vf, c * T, 4 * C * T, tiles, half)
         for j in range(4):
-            top, bottom = steps[0, j], steps[1, j]
             out0 = (j * C + c) * T
             out1, out2, out3 = out0 + 4 * C * T, out0 + 8 * C * T, out0 + 12 * C * T
-            for f in range(tiles):
-                d0, d1 = top[np.uintp(f)], bottom[np.uintp(f)]
-                d2, d3 = top[np.uintp(f + half)], bottom[np.uintp(f + half)]
-                vf[np.uintp(out0 + f)] = d0 - d2
-                vf[np.uintp(out1 + f)] = d1 + d2
-                vf[np.uintp(out2 + f)] = d2 - d1
-                vf[np.uintp(out3 + f)] = d1 - d3
             for f in range(tiles, T):  # (the columns past the band's tiles: zeros for the products' panels)
                 vf[np.uintp(out0 + f)] = 0.0
                 vf[np.uintp(out1 + f)] = 0.0
@@ -245,40 +245,15 @@ def _output_band(m, y, n, a0, rows, tw, bias, residual, act, alpha, beta, corner
     yf = y.reshape(-1)
     c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
     step = K * T
-    evens, odds = (OW + 1) // 2, OW // 2
     biased = bias.shape[0] > 0
     summed = residual.shape[0] > 0
     row0 = 2 * a0
     row1 = min(OH, 2 * (a0 + rows))
     for k in range(K):
-        r0 = k * T
         for f in range(tiles):
-            i = r0 + f
-            m0, m1, m2, m3 = (mf[np.uintp(i)], mf[np.uintp(i + step)], mf[np.uintp(i + 2 * step)],
-                              mf[np.uintp(i + 3 * step)])
-            m4, m5, m6, m7 = (mf[np.uintp(i + 4 * step)], mf[np.uintp(i + 5 * step)],
-                              mf[np.uintp(i + 6 * step)], mf[np.uintp(i + 7 * step)])
-            m8, m9, m10, m11 = (mf[np.uintp(i + 8 * step)], mf[np.uintp(i + 9 * step)],
-                                mf[np.uintp(i + 10 * step)], mf[np.uintp(i + 11 * step)])
-            m12, m13, m14, m15 = (mf[np.uintp(i + 12 * step)], mf[np.uintp(i + 13 * step)],
-                                  mf[np.uintp(i + 14 * step)], mf[np.uintp(i + 15 * step)])
-            q00, q01 = m0 + m1 + m2, m1 - m2 - m3
-            q10, q11 = m4 + m5 + m6, m5 - m6 - m7
-            q20, q21 = m8 + m9 + m10, m9 - m10 - m11
-            q30, q31 = m12 + m13 + m14, m13 - m14 - m15
-            c00[np.uintp(f)] = q00 + q10 + q20
-            c01[np.uintp(f)] = q01 + q11 + q21
-            c10[np.uintp(f)] = q10 - q20 - q30
-            c11[np.uintp(f)] = q11 - q21 - q31
+            c00[np.uintp(f)], c01[np.uintp(f)], c10[np.uintp(f)], c11[np.uintp(f)] = _tile_corners(mf, k * T + f, step)
         plane = (n * K + k) * OH * OW
-        for row in range(row0, row1):
-            left, right = (c00, c01) if row % 2 == 0 else (c10, c11)
-            target = plane + row * OW
-            source = (row // 2 - a0) * half
-            for u in range(evens):
-                yf[np.uintp(target + 2 * u)] = left[np.uintp(source + u)]
-            for u in range(odds):
-                yf[np.uintp(target + 2 * u + 1)] = right[np.uintp(source + u)]
+        _interleave_rows(yf, plane, row0, row1, OW, a0, half, c00, c01, c10, c11)
         start = plane + row0 * OW
         outputs = yf[start:start + (row1 - row0) * OW]
         add = bias[np.uintp(k)] if biased else m.dtype.type(0)
