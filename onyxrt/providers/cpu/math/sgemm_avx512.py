@@ -400,6 +400,14 @@ def operand_args(template, b, c, residual):
 
 
 @numba.njit(**_jit)
+def operand_args_of(template, a, b, c, residual):
+    """:func:`operand_args` with A's address too (``a`` shaped as the template's: a batch of filters made per call)."""
+    args = operand_args(template, b, c, residual)
+    args[0] = a.ctypes.data
+    return args
+
+
+@numba.njit(**_jit)
 def task_args(a, b, c, bias, residual, act, params, column_bias=False):
     """:func:`gemm_part`'s arguments: ``a`` (M, K) or a batch (I, M, K), ``b`` (K, N) or a batch (I, K, N) and ``c``
     (M, N) or (I, M, N),

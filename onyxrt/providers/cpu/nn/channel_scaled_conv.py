@@ -19,13 +19,16 @@ from ....errors import NodeInputError
 from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import fused_conv, mlas_activation_fn
 from .. import row_kernels
-from ..gemm import fused_product, own_sgemm_usable
+from ..gemm import own_sgemm_parts, own_sgemm_usable
+from ..jit import optional_module
 from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
 from ....framework.thread_pool import current_pool
 from .conv_core import ConvWeights, epilogue_finisher, keep_route, pack_conv_weights
 
 _F32 = np.dtype(np.float32)
+_NO_BIAS = np.zeros(0, _F32)
+_NO_RESIDUAL = np.zeros((0, 0, 0), _F32)
 
 
 def _prepack(inputs, attributes):
@@ -97,22 +100,34 @@ def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed
 
     code = row_kernels.activation_code(activation)
     in_registers = code is not None and code[0] in row_kernels.IN_REGISTERS and own_sgemm_usable()
-    act, params = (code[0], np.array(code[1], _F32)) if in_registers else (0, None)
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512") if in_registers else None
+    per_image = s.shape[0] == n and n > 1
+    if module is not None:
+        # onyxrt's GEMM task set up once but for its operands' addresses (its Python set-up per call ~2 us)
+        params = np.array(code[1], _F32)
+        bias = packed.b if packed.b is not None else _NO_BIAS
+        probe = np.zeros((n, m, c) if per_image else (m, c), _F32)
+        template = module.task_template(probe, pixels, n, bias, code[0], params, False)
+        held = (template, bias, params)  # (the template holds their addresses alone)
+        macs, units = n * m * c * pixels, module.units(m, pixels, n)
 
     def scaled(x: np.ndarray, s: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         filters = np.multiply(weights, s.reshape(s.shape[0], 1, c))  # (N or 1, M, C): W * S[n], per column
         images = np.ascontiguousarray(x).reshape(n, c, pixels)
-        if in_registers and current_pool().splits_gemms and (z is None or z.shape == y_shape and z.dtype == _F32):
+        pool = current_pool()
+        if (module is not None and pool.splits_gemms and pool.runs_native_tasks
+                and (z is None or z.shape == y_shape and z.dtype == _F32)):
             # where the pool owns the cores: the images' products as one task over it on onyxrt's GEMM, each by its
             # own filter, the bias, residual and activation in the registers (numpy's batched product calls BLAS once
             # per image, single-threaded there, and its epilogue is a pass of its own). On BLAS's threads (the
             # default mode) numpy's products stay: onyxrt's GEMM on one thread was the slower there (a
             # MobileNetV3-like net 1.05x in alternating processes, on 2 Zen 5 cores).
             y = np.empty(y_shape, _F32)
-            residual = None if z is None else np.ascontiguousarray(z).reshape(n, m, pixels)
-            if fused_product(filters if filters.shape[0] == n else filters[0], images, y.reshape(n, m, pixels),
-                             packed.b, residual, act, params):
-                return y
+            residual = _NO_RESIDUAL if z is None else np.ascontiguousarray(z).reshape(n, m, pixels)
+            args = module.operand_args_of(held[0], filters if per_image else filters[0], images,
+                                          y.reshape(n, m, pixels), residual)
+            pool.run_native(module.gemm_part.address, args, own_sgemm_parts(pool, macs, units))
+            return y
         y = pool_matmul(filters[0], images[0]) if n == 1 else np.matmul(filters, images)
         return finish(y.reshape(y_shape), z)
 
