@@ -174,7 +174,7 @@ def test_split_pool_runs_the_transforms_as_native_tasks(activation, summed):
 @pytest.mark.parametrize("shape,m,pads", SHAPES)
 @pytest.mark.parametrize("band_bytes", [1, 1 << 16, 1 << 19])
 def test_bands_of_tile_rows_match_the_reference(monkeypatch, shape, m, pads, band_bytes):
-    """The split mode's bands (``winograd_kernels.bands_part``: each thread transforms a band of tile rows, takes the
+    """The split mode's bands (``winograd_bands.bands_part``: each thread transforms a band of tile rows, takes the
     sixteen products and transforms them to the output, a residual and activation in the epilogue): one tile row a
     band, several, or the whole plane, over both threads; the shapes' odd sizes and pads as the whole-pass route."""
     from onyxrt.framework.thread_pool import ThreadPool
@@ -198,7 +198,7 @@ def test_bands_of_tile_rows_match_the_reference(monkeypatch, shape, m, pads, ban
             y, packed = convolve(x, w, b, pads, mlas_activation_fn("Relu", []), z)
     finally:
         pool.shutdown()
-    from onyxrt.providers.cpu.nn import winograd_kernels
+    from onyxrt.providers.cpu.nn import winograd_bands
 
-    assert taken == [winograd_kernels.bands_task.address]
+    assert taken == [winograd_bands.bands_task.address]
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

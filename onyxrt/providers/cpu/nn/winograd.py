@@ -47,7 +47,7 @@ _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.
 # Where the pool splits products and onyxrt's GEMM runs, a convolution whose transformed filter takes at most
 # BANDS_MAX_FILTER_BYTES runs as bands of tile rows, each thread transforming its band's inputs, taking the sixteen
 # products and transforming them to the output while the band's BAND_BYTES of transformed inputs and products stay in
-# L2 (``winograd_kernels.bands_part``); the whole convolution's pass through L3 each took most of resnet50's
+# L2 (``winograd_bands.bands_part``); the whole convolution's pass through L3 each took most of resnet50's
 # 64-channel 56x56 layers' time in a run. Measured on 2 Zen 5 cores alone: 587 -> 391 us warm, 713 -> 526 with the
 # caches flushed (another run: 398 -> 420 warm, 539 -> 523 flushed); in resnet50's runs 731-833 -> 456-712 us, the
 # model 0.976 paired. A larger filter would be read again for every band (its 256-channel 14x14 layers' 4 MB); one
@@ -99,8 +99,9 @@ def winograd_route(shape, u: np.ndarray, b: np.ndarray | None, activation, pads,
     params = np.array([alpha, beta], np.float32)
     faster_split = 16 * M * C * tiles >= _POOL_MODE_MACS
     # bands of tile rows, each thread's own, where the transformed filter stays in L2 beside a band (see BAND_BYTES)
-    bands = 16 * M * C * 4 <= BANDS_MAX_FILTER_BYTES and own_sgemm_usable()
-    band_rows, band_tiles, band_floats = kernels.band_shape(C, M, th, tw, BAND_BYTES)
+    bands = (optional_module("onyxrt.providers.cpu.nn.winograd_bands")
+             if 16 * M * C * 4 <= BANDS_MAX_FILTER_BYTES and own_sgemm_usable() else None)
+    band_rows, band_tiles, band_floats = bands.band_shape(C, M, th, tw, BAND_BYTES) if bands else (0, 0, 0)
 
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         if faster_split:
@@ -112,9 +113,9 @@ def winograd_route(shape, u: np.ndarray, b: np.ndarray | None, activation, pads,
         residual = np.ascontiguousarray(z).reshape(N * M, OH * OW) if fused and z is not None else no_residual
         if bands and fused and pool.splits_gemms and pool.runs_native_tasks:
             scratch = np.empty(pool.num_threads * band_floats, np.float32)
-            args = kernels.bands_args(x, u, y, bias, residual, params, scratch, pt, pl, th, tw, act, band_rows,
-                                      band_tiles, band_floats)
-            pool.run_native(kernels.bands_task.address, args, pool.num_threads)
+            args = bands.bands_args(x, u, y, bias, residual, params, scratch, pt, pl, th, tw, act, band_rows,
+                                    band_tiles, band_floats)
+            pool.run_native(bands.bands_task.address, args, pool.num_threads)
             return y
         v = np.empty((16, C, tiles), np.float32)
         if pool.splits_gemms and pool.runs_native_tasks:  # (the pool owns the cores: transforms on all of them)
