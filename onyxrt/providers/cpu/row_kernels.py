@@ -219,7 +219,8 @@ def prepared_norm_last_axis(cols: int, gamma: np.ndarray | None, beta: np.ndarra
         stats = np.empty((2,) + x.shape[:-1] + (1,), _F32)
         _over_rows(kernel, (read_only(np.ascontiguousarray(x).reshape(rows, cols)),
                             _EMPTY2 if skip is None else read_only(np.ascontiguousarray(skip).reshape(rows, cols)),
-                            *parameters, y.reshape(rows, cols), _NO_OUTPUT if total is None else total.reshape(rows, cols),
+                            *parameters, y.reshape(rows, cols),
+                            _NO_OUTPUT if total is None else total.reshape(rows, cols),
                             stats[0].reshape(rows), stats[1].reshape(rows)), rows, x.size)
         return y, stats[0], stats[1], total
 

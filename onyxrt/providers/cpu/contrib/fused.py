@@ -241,13 +241,21 @@ def fused_conv(
     return mlas_activation(y, activation, activation_params)
 
 
+def fast_path_activation(keywords: dict, name: str = "activation") -> tuple | None:
+    """A node's FusedConv activation (keywords ``name`` and ``name + "_params"``) as kernel fast paths key their
+    routes by it: (the ``mlas_activation_fn`` function or None, its ``mlas`` spec or None); None where the fast path
+    does not apply (an invalid activation: the kernel reports it on each run)."""
+    try:
+        activation = mlas_activation_fn(keywords.get(name, ""), keywords.get(name + "_params"))
+    except (NodeInputError, NotImplementedError):
+        return None
+    return activation, None if activation is None else activation.mlas
+
+
 def _fused_conv_fast_path(bound, keywords):
     """``kernel_registry``'s fast path of a FusedConv node: its prepared routes looked up directly."""
-    try:
-        activation = mlas_activation_fn(keywords.get("activation", ""), keywords.get("activation_params"))
-    except (NodeInputError, NotImplementedError):
-        return None  # (reported by the kernel on each run, as before)
-    return prepared_route_path(bound, keywords.get("_packed"), activation)
+    activation = fast_path_activation(keywords)
+    return None if activation is None else prepared_route_path(bound, keywords.get("_packed"), activation[1])
 
 
 fused_conv.fast_path = _fused_conv_fast_path

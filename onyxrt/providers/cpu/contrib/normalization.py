@@ -147,21 +147,17 @@ def _skip_norm_fast_path(simplified: bool):
                 gamma.shape[-1] if gamma.ndim else 0, _vector_param(gamma), _vector_param(beta), _vector_param(bias),
                 epsilon, simplified, True))
 
+        def normalized(x, skip, gamma, beta, bias):  # the row kernel's result, None where it does not run
+            run = prepared(gamma, beta, bias) if x.ndim in (2, 3) else None
+            return None if run is None else run(x, skip)
+
         def skip_norm(x, skip, gamma, beta=None, bias=None):
-            if x.ndim in (2, 3):
-                run = prepared(gamma, beta, bias)
-                done = None if run is None else run(x, skip)
-                if done is not None:
-                    return done
-            return bound(x, skip, gamma, beta, bias)
+            done = normalized(x, skip, gamma, beta, bias)
+            return done if done is not None else bound(x, skip, gamma, beta, bias)
 
         def skip_simplified_norm(x, skip, gamma, bias=None):
-            if x.ndim in (2, 3):
-                run = prepared(gamma, None, bias)
-                done = None if run is None else run(x, skip)
-                if done is not None:
-                    return done
-            return bound(x, skip, gamma, bias)
+            done = normalized(x, skip, gamma, None, bias)
+            return done if done is not None else bound(x, skip, gamma, bias)
 
         return skip_simplified_norm if simplified else skip_norm
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ....errors import NodeInputError, NodeInputTypeError
 from ....graph.opsets import ONYXRT_DOMAIN
-from ..contrib.fused import mlas_activation_fn
+from ..contrib.fused import fast_path_activation, mlas_activation_fn
 from ..jit import LazyModuleKernel, read_only
 from ..kernel_table import op
 from ..row_kernels import activation_code
@@ -94,12 +94,10 @@ def _channel_gate_fast_path(bound, keywords):
     weights = keywords.get("_packed")
     if not isinstance(weights, GateWeights):
         return None
-    try:
-        first = mlas_activation_fn(keywords.get("activation1", ""), keywords.get("activation1_params"))
-        second = mlas_activation_fn(keywords.get("activation2", ""), keywords.get("activation2_params"))
-    except (NodeInputError, NotImplementedError):
-        return None  # (reported by the kernel on each run)
-    specs = (getattr(first, "mlas", None), getattr(second, "mlas", None))
+    first, second = fast_path_activation(keywords, "activation1"), fast_path_activation(keywords, "activation2")
+    if first is None or second is None:
+        return None
+    specs = (first[1], second[1])
     channels = weights.first.shape[0]
     routes = weights.routes
 

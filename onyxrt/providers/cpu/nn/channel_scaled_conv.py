@@ -15,9 +15,8 @@ import math
 
 import numpy as np
 
-from ....errors import NodeInputError
 from ....graph.opsets import ONYXRT_DOMAIN
-from ..contrib.fused import fused_conv, mlas_activation_fn
+from ..contrib.fused import fast_path_activation, fused_conv, mlas_activation_fn
 from .. import row_kernels
 from ..gemm import own_sgemm_parts, own_sgemm_usable
 from ..jit import optional_module
@@ -55,13 +54,10 @@ def _channel_scaled_conv_fast_path(bound, keywords):
     packed = keywords.get("_packed")
     if not isinstance(packed, ConvWeights):
         return None
-    try:
-        activation = mlas_activation_fn(keywords.get("activation", ""), keywords.get("activation_params"))
-    except (NodeInputError, NotImplementedError):
-        return None  # (reported by the kernel on each run)
-    spec = None if activation is None else getattr(activation, "mlas", None)
-    if activation is not None and spec is None:
+    activation = fast_path_activation(keywords)
+    if activation is None:
         return None
+    spec = activation[1]
     routes = packed.routes
 
     def scaled(x, s, w, b=None, z=None):

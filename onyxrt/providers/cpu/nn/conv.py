@@ -40,6 +40,7 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     return float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape, _packed)
 
 
+# (a Conv has no activation: its routes are keyed by a spec of None)
 conv.fast_path = lambda bound, keywords: prepared_route_path(bound, keywords.get("_packed"), None)
 
 

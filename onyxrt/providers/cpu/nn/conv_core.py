@@ -875,7 +875,8 @@ def _column_route(shape, dtype, k, strides, dilations, pads, out_sp, extra: int)
         geometry = (k[0], k[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], *out_sp)
         plan = _im2col_plan(shape[2], shape[3], k, strides, dilations, pads, dtype.itemsize == 4)
         work = N * C * K * P
-        rows = optional_module("onyxrt.providers.cpu.nn.im2col_rows") if dtype == _F32 and strides[1] in (1, 2) else None
+        vector_runs = dtype == _F32 and strides[1] in (1, 2)  # (the column strides ``im2col_rows`` copies)
+        rows = optional_module("onyxrt.providers.cpu.nn.im2col_rows") if vector_runs else None
 
         def unpadded(x):
             cols = np.empty(cols_shape, dtype=dtype)
@@ -1063,13 +1064,12 @@ def float_conv(x, w, b, group, strides, dilations, pads, auto_pad, kernel_shape,
     return route(x, residual)
 
 
-def prepared_route_path(slow: Callable, packed, activation) -> Callable | None:
+def prepared_route_path(slow: Callable, packed, spec) -> Callable | None:
     """A Conv or FusedConv node's ``fast_path`` (see ``kernel_registry``): a function of (x, w, b, z) taking the route
     ``float_conv`` prepared for x's shape straight from the node's prepared weights (``packed``: None where there are
-    none), float32 only, with ``activation`` (an ``mlas_activation_fn`` function, or None) in it; ``slow`` (the kernel
-    with its keywords) for the first input of a shape and anything else."""
-    spec = None if activation is None else getattr(activation, "mlas", None)
-    if not isinstance(packed, ConvWeights) or (activation is not None and spec is None):
+    none), float32 only, with the activation of ``spec`` (its ``mlas`` spec, or None) in it; ``slow`` (the kernel with
+    its keywords) for the first input of a shape and anything else."""
+    if not isinstance(packed, ConvWeights):
         return None
     routes = packed.routes
 

@@ -296,7 +296,6 @@ def _rows_runner(rows, shape, taps: np.ndarray, b, code: int, params: tuple, ste
     N, C, H, W = shape
     planes = N * C
     y_shape = (N, C) + tuple(out_sp)
-    taps = taps.astype(np.float32, copy=False)
     bias = np.zeros(C, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(C)
     values = np.array(params, np.float32)
     zeros = np.zeros(W, np.float32)  # the rows above and below a plane

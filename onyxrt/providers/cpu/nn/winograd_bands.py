@@ -39,14 +39,7 @@ def _input_band(x, v, n, a0, rows, pt, pl, tw, images, steps):
                 _parity_row(xf, plane + h * W, W, images, r, (r - first_row) // 2, pl, half)
         _column_steps(images, steps, length)
         _row_steps(steps, vf, c * T, 4 * C * T, tiles, half)
-        for j in range(4):
-            out0 = (j * C + c) * T
-            out1, out2, out3 = out0 + 4 * C * T, out0 + 8 * C * T, out0 + 12 * C * T
-            for f in range(tiles, T):  # (the columns past the band's tiles: zeros for the products' panels)
-                vf[np.uintp(out0 + f)] = 0.0
-                vf[np.uintp(out1 + f)] = 0.0
-                vf[np.uintp(out2 + f)] = 0.0
-                vf[np.uintp(out3 + f)] = 0.0
+        v[:, c, tiles:] = 0.0  # (the columns past the band's tiles: zeros for the products' panels)
 
 
 @numba.njit(fastmath={"contract"}, **_jit)
