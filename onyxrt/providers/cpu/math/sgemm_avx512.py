@@ -223,7 +223,10 @@ def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, colum
     epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual`` (M, N) or no rows, ``act`` one of
     :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
     taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while the row tiles pass), the
-    first block writing C, the others adding to it, the last applying the epilogue in the registers."""
+    first block writing C, the others adding to it, the last applying the epilogue in the registers. A panel's
+    K blocks run one after another, so its strip of C stays in the near caches: with the K blocks outermost, each
+    block passed over all of the part's C (768 KB of a 128 x 768 x 3072 product a thread), which on 2 Zen 4 cores
+    (32 KB L1, 1 MB L2): this order took minilm_l6 0.935x and resnet50 0.957x the time (alternating processes)."""
     m_total, k = a.shape
     n = c.shape[1]
     full = n // PANEL
@@ -237,16 +240,16 @@ def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, colum
     if column_bias:
         for j in range(full * PANEL, n):
             shift_tail[j - full * PANEL] = shift[j]
-    for k0 in range(0, k, K_BLOCK):
-        depth = min(K_BLOCK, k - k0)
-        accumulate = 1 if k0 > 0 else 0
-        finish = kind if fused and k0 + K_BLOCK >= k else 0
-        for p in range(p0, p1):
-            col0 = p * PANEL
-            whole = p < full
-            width = PANEL if whole else tiled - col0  # (the last panel's columns under a lane mask)
-            if width <= 0:
-                continue
+    for p in range(p0, p1):
+        col0 = p * PANEL
+        whole = p < full
+        width = PANEL if whole else tiled - col0  # (the last panel's columns under a lane mask)
+        if width <= 0:
+            continue
+        for k0 in range(0, k, K_BLOCK):
+            depth = min(K_BLOCK, k - k0)
+            accumulate = 1 if k0 > 0 else 0
+            finish = kind if fused and k0 + K_BLOCK >= k else 0
             b_address = b.ctypes.data + (k0 * n + col0) * 4 if whole else tail.ctypes.data + k0 * PANEL * 4
             b_stride = ldb if whole else PANEL * 4
             m = m0
