@@ -2,22 +2,24 @@
 default), or split over the pool itself (``ThreadPool.splitting_gemms``).
 
 The pool's own split runs large multi-row products on onyxrt's own GEMM where the CPU has it, faster than BLAS's
-threads; a decode step's one-row products (GEMVs) run faster on BLAS's threaded sgemv. Which kind a model's runs
-hold depends on the input shapes (one model serves a 128-token prefill and its one-token decode steps), so a
+threads, and a decode step's one-row products (GEMVs) as its own GEMV task. Which kind a model's runs hold depends on the input shapes (one model serves a 128-token prefill and its one-token decode steps), so a
 session learns it per input signature: the first run of a signature records, through :func:`note_pool_product`,
 whether any of its product kernels met a product the pool runs faster (``providers.cpu.gemm.note_product``
 decides); the signature's later runs take the split mode where one did. Measured on 2 Zen 5 cores (AVX-512),
 alternating processes: minilm_l6 at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms;
-its decode step keeps BLAS's threads (2.8 ms; 3.2 ms split).
+on 2 Zen 4 cores its decode step 4.95 -> 4.66 ms (``providers.cpu.gemm.GEMV_BLAS_MIN_ELEMENTS``).
 
 A signature whose products sent it to neither mode (:func:`note_blas_product` marks a decode step's GEMVs for BLAS's
-threads) is then timed in both (:class:`_Trial`): after :data:`TRIAL_DELAY` runs on BLAS's threads (a
-session's first runs of a signature are slower: its plan's buffers and recorded shapes settle), :data:`TRIAL_RUNS`
-runs in the split mode, then as many on BLAS's threads, the first :data:`TRIAL_WARMING` of each untimed, and the
-split mode is kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode
-follow each other: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a
-run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). A trial run
-failing in the split mode is redone on BLAS's threads, which the signature then keeps. Small
+threads where onyxrt's GEMV task does not compile) is then timed in both (:class:`_Trial`): after :data:`TRIAL_DELAY` runs on BLAS's threads (a
+session's first runs of a signature are slower: its plan's buffers and recorded shapes settle), blocks of
+:data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads, :data:`TRIAL_RUNS` runs in each mode,
+the first :data:`TRIAL_WARMING` of each block untimed, and the split mode is kept where its median run takes less than
+:data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each other within a block: the other mode's threads
+spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a run beside them takes up to 3x its
+time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). The blocks alternate because a VM's speed
+drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept an EfficientNet-like net on BLAS's threads in
+some processes though its split mode ran 0.85x (alternating processes). A trial run failing in the split mode is
+redone on BLAS's threads, which the signature then keeps. Small
 models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in the
 split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
 """
@@ -32,11 +34,13 @@ from typing import Any, Hashable
 # the running learner's record: one entry per product the pool runs faster (None: nobody is learning)
 _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=None)
 _MAX_SIGNATURES = 64
-# Runs in each mode of a signature on trial, the first ones untimed, and the share of the default's median run time
-# the split mode's must stay below to be kept (run times move by a few percent between runs).
+# Runs before a signature's trial, its runs in each mode (in alternating blocks, the first runs of each block
+# untimed), and the share of the default's median run time the split mode's must stay below to be kept (run times
+# move by a few percent between runs).
 TRIAL_DELAY = 4
-TRIAL_RUNS = 8
-TRIAL_WARMING = 2
+TRIAL_RUNS = 12
+TRIAL_BLOCK = 4
+TRIAL_WARMING = 1
 SPLIT_MARGIN = 0.95
 
 
@@ -93,20 +97,21 @@ class ThreadModes:
         if len(self._split) >= _MAX_SIGNATURES:
             self._split.clear()
             self._trials.clear()
-        if record or self._trial_runs <= TRIAL_WARMING:
+        if record or self._trial_runs <= 0:
             self._split[signature] = any(record)
         else:
             self._trials[signature] = _Trial()
         return result
 
     def _timed(self, signature: Hashable, trial: _Trial, run):
-        """A run of a signature on trial: after the delay, the split mode's runs, then the default's, the first of
-        each untimed; the last decides."""
+        """A run of a signature on trial: after the delay, blocks of runs alternating between the split mode and the
+        default, the first of each block untimed; the last decides."""
         index = trial.runs - TRIAL_DELAY
         trial.runs += 1
         if index < 0:
             return run(self.pool)
-        split = index < self._trial_runs
+        block = min(TRIAL_BLOCK, self._trial_runs)
+        split = index // block % 2 == 0
         start = time.perf_counter()
         if split:
             try:
@@ -117,9 +122,9 @@ class ThreadModes:
                 return run(self.pool)
         else:
             result = run(self.pool)
-        if index % self._trial_runs >= TRIAL_WARMING:
+        if index % block >= min(TRIAL_WARMING, block - 1):
             (trial.split if split else trial.default).append(time.perf_counter() - start)
-        if index == 2 * self._trial_runs - 1:
+        if index == 2 * block * -(-self._trial_runs // block) - 1:
             self._split[signature] = statistics.median(trial.split) < SPLIT_MARGIN * statistics.median(trial.default)
             self._trials.pop(signature, None)
         return result

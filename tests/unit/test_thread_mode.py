@@ -10,8 +10,10 @@ import onyxrt
 from onyxrt.framework import thread_mode
 from onyxrt.framework.thread_mode import ThreadModes, note_blas_product, note_pool_product
 from onyxrt.providers.cpu.gemm import own_sgemm_usable
+from onyxrt.providers.cpu.jit import optional_module
 
 RNG = np.random.default_rng(5)
+GEMV_TASK = "onyxrt.providers.cpu.math.gemv_rows"
 
 
 class _Pool:
@@ -44,7 +46,7 @@ def test_modes_are_learned_per_signature():
 def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, split_faster):
     clock = [0.0]
     monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
-    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=5)
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=2 * thread_mode.TRIAL_BLOCK)
     used = []
 
     def body(pool):
@@ -55,8 +57,8 @@ def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, 
     modes.run("signature", body)  # the learning run: no product noted
     while modes.split_for("signature") is None:
         modes.run("signature", body)
-    delay = thread_mode.TRIAL_DELAY  # the learning run, the delay's, then each mode's runs in a row
-    assert used == ["blas"] * (1 + delay) + ["split"] * 5 + ["blas"] * 5
+    delay, block = thread_mode.TRIAL_DELAY, thread_mode.TRIAL_BLOCK  # the learning run, the delay's, then blocks
+    assert used == ["blas"] * (1 + delay) + (["split"] * block + ["blas"] * block) * 2  # of each mode, alternating
     assert modes.split_for("signature") is split_faster
     assert modes.run("signature", body) == ("split" if split_faster else "blas")
 
@@ -94,6 +96,23 @@ def test_a_trial_run_failing_in_the_split_mode_is_redone_on_blas_threads():
     assert modes.split_for("signature") is False
     with pytest.raises(ValueError):  # a failure in the default mode is the run's own
         modes.run("other", lambda pool: (_ for _ in ()).throw(ValueError("bad input")))
+
+
+def test_a_drifting_machine_does_not_decide_the_trial(monkeypatch):
+    """Runs slowing down over the trial (a VM's phase) weigh on both modes alike: the blocks alternate."""
+    clock = [0.0]
+    monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=3 * thread_mode.TRIAL_BLOCK)
+    runs = [0]
+
+    def body(pool):
+        runs[0] += 1
+        clock[0] += (0.85 if pool.name == "split" else 1.0) * (1 + 0.05 * runs[0])  # 15 % faster split, drifting
+        return pool.name
+
+    while modes.split_for("signature") is None:
+        modes.run("signature", body)
+    assert modes.split_for("signature") is True
 
 
 def test_the_split_mode_must_win_by_the_margin(monkeypatch):
@@ -144,7 +163,7 @@ def _session(model, **config):
     return onyxrt.InferenceSession(model, options)
 
 
-def test_large_products_split_and_single_rows_do_not():
+def test_large_products_and_gemvs_learn_their_modes():
     model, w = _matmul_model(512, 1024)
     session = _session(model)
     large = RNG.standard_normal((128, 512)).astype(np.float32)
@@ -155,7 +174,8 @@ def test_large_products_split_and_single_rows_do_not():
     np.testing.assert_allclose(session.run(None, {"x": single})[0], single.astype(np.float64) @ w, rtol=1e-4,
                                atol=1e-3)
     assert session._thread_modes.split_for(((128, 512),)) is own_sgemm_usable()
-    assert session._thread_modes.split_for(((1, 512),)) is False  # a GEMV: BLAS's threads, no trial
+    # a GEMV: the pool's GEMV task where it compiles, else BLAS's threads; no trial either way
+    assert session._thread_modes.split_for(((1, 512),)) is (optional_module(GEMV_TASK) is not None)
 
 
 def test_small_products_keep_blas_threads():

@@ -13,7 +13,9 @@ others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``): nat
 about 15% of OpenBLAS's own threads either way. On a CPU with AVX-512, such a pool's float32 products of
 many rows run on onyxrt's own kernel instead (``math/sgemm_avx512``: B read where it lies, no packing;
 minilm_l6 and bert_base without ``allow_spinning`` 4-9 % faster on a Zen 5 EPYC).
-Other pools call ``np.matmul`` as it is, on BLAS's threads: a decoding step's GEMVs too. (A compiled
+A decoding step's GEMVs (one row by a matrix of at least ``GEMV_ROWS_SPLIT_MIN_ELEMENTS`` whose columns lie
+contiguous) run as ``math/gemv_rows``' task over such a pool, which ``note_product`` sends decoding steps to.
+Other pools call ``np.matmul`` as it is, on BLAS's threads. (A compiled
 single-threaded GEMV loop for them, kept on AVX-512 CPUs after a measurement on a Zen 4 EPYC, was removed
 in stop 31: on a Zen 5 EPYC OpenBLAS's sgemv made llama_tiny's decoding step faster at two threads,
 2.80-2.96 -> 2.72 ms, and at one, 3.59-3.67 -> 3.35 ms, with its AVX-512 kernels and with its AVX2 ones;
@@ -39,12 +41,18 @@ GEMV_MAX_ROWS = 2
 # memory on 2 cores, a split 512x32000 GEMV runs as fast as OpenBLAS's threaded sgemv (2.33 vs 2.29 ms), while
 # a 512x1376 one is no faster split than on one thread (0.153 split, 0.121 one thread, 0.122 OpenBLAS's threads);
 # a conv net's classifier in the split mode, its weights in the last-level cache, gains from 1M elements
-# (mobilenet_v2's 1280x1000: ~150 -> ~105 us, the model 0.98 on 2 Zen 5 cores). (Decoding steps keep BLAS's
-# threads, ``framework.thread_mode``: this applies to pools that split products.)
+# (mobilenet_v2's 1280x1000: ~150 -> ~105 us, the model 0.98 on 2 Zen 5 cores).
 GEMV_SPLIT_MIN_ELEMENTS = 1 << 20
-# A GEMV of a matrix this large tells a session learning its signature's thread mode to keep BLAS's threads
-# (``framework.thread_mode.note_blas_product``): llama_tiny's decode step 2.47 ms by default, 2.55 split, and 8 ms in
-# split-mode runs right after default ones (OpenBLAS's threads still spinning), on 2 Zen 5 cores.
+# A one-row product by a matrix whose columns lie contiguous (a MatMul's constant B, transposed once for its GEMVs;
+# a Gemm's transB) runs as ``math/gemv_rows``' task over the pool from this many elements. Measured on 2 Zen 4 cores
+# (EPYC family 25), the weights evicted from the caches, interleaved in one process: 512x512 91 us on one thread,
+# 53-63 split; 512x768 133-138 -> 82-95; 1408x512 180 -> 105-120; 512x2816 460 -> 250-284.
+GEMV_ROWS_SPLIT_MIN_ELEMENTS = 1 << 17
+# A GEMV of a matrix this large tells a session learning its signature's thread mode which mode runs it faster: the
+# split mode where ``math/gemv_rows`` compiles (``note_pool_product``), else BLAS's threads (``note_blas_product``).
+# llama_tiny's decode step (past 127), alternating processes on 2 Zen 4 cores: 4.95 ms on BLAS's threads, 4.66 in the
+# split mode with every GEMV of 128K elements and more split over the pool. (On 2 Zen 5 cores, with only the GEMVs
+# of 1M elements split, it had been 2.47 ms on BLAS's threads and 2.55 split.)
 GEMV_BLAS_MIN_ELEMENTS = 1 << 18
 # Columns below which a product is split by rows even where B is the larger operand.
 COLUMN_SPLIT_MIN = 64
@@ -101,7 +109,10 @@ def note_product(rows: int, depth: int, cols: int) -> None:
     if _own_sgemm_shape(rows, depth, cols) and rows * depth * cols >= MIN_MACS_WAKING and own_sgemm_usable():
         note_pool_product()
     elif rows <= GEMV_MAX_ROWS and depth * cols >= GEMV_BLAS_MIN_ELEMENTS:
-        note_blas_product()  # (a decode step: BLAS's threaded sgemv, measured faster than the split mode's)
+        if optional_module("onyxrt.providers.cpu.math.gemv_rows") is not None:
+            note_pool_product()  # (a decode step's GEMVs: see GEMV_BLAS_MIN_ELEMENTS)
+        else:
+            note_blas_product()
 
 
 def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias: np.ndarray = _NO_BIAS,
@@ -210,12 +221,12 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         return np.matmul(a, b, out=out)
     m, k = a.shape[-2:]
     n = b.shape[-1]
-    if m <= GEMV_MAX_ROWS and k * n < GEMV_SPLIT_MIN_ELEMENTS:
-        return np.matmul(a, b, out=out)
-    if m == 1 and a.ndim == b.ndim == 2:
+    if m == 1 and a.ndim == b.ndim == 2 and k * n >= GEMV_ROWS_SPLIT_MIN_ELEMENTS:
         y = _gemv_by_rows(pool, a, b, out)
         if y is not None:
             return y
+    if m <= GEMV_MAX_ROWS and k * n < GEMV_SPLIT_MIN_ELEMENTS:
+        return np.matmul(a, b, out=out)
     batch = a.shape[:-2]
     count = math.prod(batch)  # 1 without a batch
     macs = m * k * n * count
