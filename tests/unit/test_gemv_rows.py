@@ -1,5 +1,6 @@
 """A one-row product by the transpose of a row-major matrix (a classifier: Gemm with transB, MatMul by W^T) runs as
-math/gemv_rows' native task over a pool that splits products, four of the matrix's rows at a time."""
+math/gemv_rows' native task over a pool that splits products, four of the matrix's rows at a time; one by a row-major
+matrix wider than deep as its axpy task."""
 
 import numpy as np
 import pytest
@@ -55,3 +56,19 @@ def test_other_layouts_keep_the_other_paths(split_pool):
     with split_pool.activate():
         got = gemm.matmul(np.ones((2, 1280), np.float32), np.ascontiguousarray(b.T).T)
     np.testing.assert_allclose(got, np.ones((2, 1280)) @ b, rtol=1e-4, atol=1e-2)
+
+
+def test_wide_gemvs_split_by_the_rows_of_b_and_add_the_partial_sums(split_pool):
+    """A one-row product by a row-major B wider than deep (a decoder's widening projection) runs as ``math/gemv_rows``'
+    axpy task, each thread a block of B's rows (eight a pass and the rest), their partial sums added."""
+    rng = np.random.default_rng(6)
+    calls = []
+    real = split_pool.run_native
+    split_pool.run_native = lambda *args: (calls.append(args), real(*args))
+    with split_pool.activate():
+        for k, n in ((259, 1000), (512, 2816)):
+            a = rng.standard_normal((1, k)).astype(np.float32)
+            b = rng.standard_normal((k, n)).astype(np.float32)
+            calls.clear()
+            np.testing.assert_allclose(gemm.matmul(a, b), a.astype(np.float64) @ b, rtol=1e-4, atol=1e-4)
+            assert calls and calls[0][2] == 2  # (one part a thread)

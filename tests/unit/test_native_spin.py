@@ -292,9 +292,10 @@ def test_small_gemvs_stay_on_the_calling_thread_and_large_ones_split(pool):
     real = pool.run_native
     pool.run_native = lambda *args: (calls.append(args), real(*args))
     with pool.splitting_gemms().activate():
-        for n, split in ((1000, False), (gemm.GEMV_SPLIT_MIN_ELEMENTS // 256, True)):
-            a = rng.standard_normal((1, 256)).astype(np.float32)
-            b = rng.standard_normal((256, n)).astype(np.float32)
+        # (B deeper than wide: the axpy task takes wider ones)
+        for n, split in ((200, False), (gemm.GEMV_SPLIT_MIN_ELEMENTS // 1024, True)):
+            a = rng.standard_normal((1, 1024)).astype(np.float32)
+            b = rng.standard_normal((1024, n)).astype(np.float32)
             calls.clear()
             np.testing.assert_allclose(gemm.matmul(a, b), a @ b, rtol=1e-5, atol=1e-4)
             assert bool(calls) == split

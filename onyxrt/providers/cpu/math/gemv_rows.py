@@ -1,5 +1,7 @@
 """A float32 GEMV by a matrix's rows, four rows at a time, as a native task (``framework.native_spin``): y = W @ x
-for W (N, K) row-major (a classifier's weights, which a Gemm with transB or a MatMul by W^T reads), x (K,).
+for W (N, K) row-major (a classifier's weights, which a Gemm with transB or a MatMul by W^T reads), x (K,); and
+y = x @ W for W (K, N) row-major wider than deep (a decoder's widening projections) as an axpy task, each thread a
+block of W's rows (``gemv_axpy_part``).
 
 Why: a classifier's 5 MB matrix is read from memory (or the last-level cache) once a run; BLAS's sgemv walks it a
 row or a column block at a time, while four rows' dot products at once keep four streams of loads in flight. Split
@@ -69,4 +71,54 @@ def task_args(w, x, y):
     returns)."""
     args = np.empty(_ARGS, np.int64)
     args[0], args[1], args[2], args[3], args[4] = w.ctypes.data, x.ctypes.data, y.ctypes.data, w.shape[0], w.shape[1]
+    return args
+
+
+_AXPY_ARGS = 6  # W's, x's, y's and the partial sums' addresses, K, N
+
+
+@numba.njit(**_jit)
+def gemv_axpy_rows(w, x, y, r0, r1):
+    """y = x[r0:r1] @ w[r0:r1] for w (K, N) row-major: eight of w's rows a pass, each scaled by its element of x and
+    added into y (which stays in the near caches while the rows stream), so w is read in its own order."""
+    n = w.shape[1]
+    for j in range(n):
+        y[np.uintp(j)] = np.float32(0.0)
+    r = r0
+    while r + 8 <= r1:
+        x0, x1, x2, x3 = x[np.uintp(r)], x[np.uintp(r + 1)], x[np.uintp(r + 2)], x[np.uintp(r + 3)]
+        x4, x5, x6, x7 = x[np.uintp(r + 4)], x[np.uintp(r + 5)], x[np.uintp(r + 6)], x[np.uintp(r + 7)]
+        for j in range(n):
+            y[np.uintp(j)] += (x0 * w[np.uintp(r), np.uintp(j)] + x1 * w[np.uintp(r + 1), np.uintp(j)]
+                               + x2 * w[np.uintp(r + 2), np.uintp(j)] + x3 * w[np.uintp(r + 3), np.uintp(j)]) + (
+                x4 * w[np.uintp(r + 4), np.uintp(j)] + x5 * w[np.uintp(r + 5), np.uintp(j)]
+                + x6 * w[np.uintp(r + 6), np.uintp(j)] + x7 * w[np.uintp(r + 7), np.uintp(j)])
+        r += 8
+    while r < r1:
+        v = x[np.uintp(r)]
+        for j in range(n):
+            y[np.uintp(j)] += v * w[np.uintp(r), np.uintp(j)]
+        r += 1
+
+
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)
+def gemv_axpy_part(args, part, parts):
+    """Native task: part ``part`` of ``parts`` of y = x @ W at ``args`` (:func:`axpy_task_args`), W (K, N) row-major,
+    split by W's rows: part 0 sums its rows into y, part p > 0 into row p - 1 of the partial sums (the caller adds
+    them to y)."""
+    d = int64_array(args, _AXPY_ARGS)
+    k, n = d[4], d[5]
+    w = float32_array(d[0], k * n).reshape((k, n))
+    x = float32_array(d[1], k)
+    y = float32_array(d[2] if part == 0 else d[3] + (part - 1) * n * 4, n)
+    gemv_axpy_rows(w, x, y, k * part // parts, k * (part + 1) // parts)
+
+
+@numba.njit(cache=True)
+def axpy_task_args(w, x, y, partials):
+    """:func:`gemv_axpy_part`'s arguments for y = x @ w (float32 C-contiguous; ``partials`` (parts - 1, N); the caller
+    keeps them alive until the task returns)."""
+    args = np.empty(_AXPY_ARGS, np.int64)
+    args[0], args[1], args[2], args[3] = w.ctypes.data, x.ctypes.data, y.ctypes.data, partials.ctypes.data
+    args[4], args[5] = w.shape[0], w.shape[1]
     return args

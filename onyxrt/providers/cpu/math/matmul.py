@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ....framework.huge_pages import constant_array
-from ..gemm import GEMV_MAX_ROWS, note_product
+from ..gemm import GEMV_AXPY_MAX_COLUMNS, GEMV_MAX_ROWS, gemv_task_usable, note_product
 from ..gemm import matmul as pool_matmul
 from .int8_gemm import matmul_int8, packed_for, prepack_constant_b
 from .sparse_gemm import SparseWeight, sparse_prepack
@@ -118,7 +118,9 @@ def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=
         if dtype == _F32 and b.ndim == 2 and a.ndim >= 2 and a.shape[-1]:
             rows = a.size // a.shape[-1]
             note_product(rows, a.shape[-1], b.shape[1])
-            if rows <= GEMV_MAX_ROWS and packed is not None and packed.shape == b.shape:
+            # (a one-row product by a wider than deep B takes it as it lies on the pool's GEMV task: gemm.matmul)
+            if rows <= GEMV_MAX_ROWS and packed is not None and packed.shape == b.shape and not (
+                    rows == 1 and b.shape[0] < b.shape[1] <= GEMV_AXPY_MAX_COLUMNS and gemv_task_usable()):
                 transposed = packed.transposed()
                 if transposed is not None:
                     b = transposed.T  # the same B, its columns contiguous (see GEMV_TRANSPOSE_MAX_COLUMNS)
