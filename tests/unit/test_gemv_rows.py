@@ -66,7 +66,7 @@ def test_wide_gemvs_split_by_the_rows_of_b_and_add_the_partial_sums(split_pool):
     real = split_pool.run_native
     split_pool.run_native = lambda *args: (calls.append(args), real(*args))
     with split_pool.activate():
-        for k, n in ((259, 1000), (512, 2816)):
+        for k, n in ((259, 1000), (512, 2816), (64, 32000)):  # (the last: a vocabulary head's width)
             a = rng.standard_normal((1, k)).astype(np.float32)
             b = rng.standard_normal((k, n)).astype(np.float32)
             calls.clear()

@@ -49,8 +49,10 @@ GEMV_SPLIT_MIN_ELEMENTS = 1 << 20
 # 53-63 split; 512x768 133-138 -> 82-95; 1408x512 180 -> 105-120; 512x2816 460 -> 250-284.
 GEMV_ROWS_SPLIT_MIN_ELEMENTS = 1 << 17
 # Columns up to which a one-row product by a row-major B with more columns than rows splits by B's rows
-# (``_gemv_by_axpy``; a thread's partial sums stay in L2); wider, by its columns.
-GEMV_AXPY_MAX_COLUMNS = 8192
+# (``_gemv_by_axpy``; a thread's partial sums, 256 KB at most, stay in L2); wider, by its columns. llama_tiny's
+# 512 x 32000 vocabulary head this way rather than as cblas_sgemv parts by columns: its decode step 0.930x (8 rounds,
+# alternating processes, 2 Zen 4 cores).
+GEMV_AXPY_MAX_COLUMNS = 1 << 16
 # A GEMV of a matrix this large tells a session learning its signature's thread mode which mode runs it faster: the
 # split mode where ``math/gemv_rows`` compiles (``note_pool_product``), else BLAS's threads (``note_blas_product``).
 # llama_tiny's decode step (past 127), alternating processes on 2 Zen 4 cores: 4.95 ms on BLAS's threads, 4.66 in the
