@@ -1,5 +1,5 @@
 """A one-row product by the transpose of a row-major matrix (a classifier: Gemm with transB, MatMul by W^T) runs as
-math/gemv_rows' native task over a pool that splits products, four of the matrix's rows at a time; one by a row-major
+math/gemv_rows' native task over a pool that splits products, eight of the matrix's rows at a time; one by a row-major
 matrix wider than deep as its axpy task."""
 
 import numpy as np
@@ -23,7 +23,7 @@ def split_pool():
 
 @pytest.mark.parametrize("n, k", [(1000, 1280), (1001, 1050), (6, 200000), (1027, 1024)])
 def test_rows_task_equals_numpy(monkeypatch, split_pool, n, k):
-    """Rows past a multiple of four and fewer groups than parts; the product as numpy's to float rounding."""
+    """Rows past a multiple of eight and fewer groups than parts; the product as numpy's to float rounding."""
     rng = np.random.default_rng(n)
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((1, k)).astype(np.float32)

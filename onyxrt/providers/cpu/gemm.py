@@ -187,7 +187,7 @@ def _split_natively(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray, split: 
 
 def _gemv_by_rows(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) -> np.ndarray | None:
     """``a`` (1, K) @ ``b`` (K, N) where ``b`` is the transpose of a row-major (N, K) matrix (a Gemm's transB, a MatMul
-    by W^T: a classifier) as ``math/gemv_rows``' native task over the pool, four of its rows at a time; None where it
+    by W^T: a classifier) as ``math/gemv_rows``' native task over the pool, eight of its rows at a time; None where it
     does not apply (other dtypes or layouts, no numba). Measured on 2 Zen 5 cores, mobilenet_v2's 1000 x 1280
     classifier in its runs: 107-114 us as cblas_sgemv parts, 71-76 in the rows' task."""
     k, n = b.shape
@@ -199,7 +199,7 @@ def _gemv_by_rows(pool, a: np.ndarray, b: np.ndarray, out: np.ndarray | None) ->
         return None
     y = out if out is not None else np.empty((1, n), _F32)
     pool.run_native(module.gemv_part.address, module.task_args(b.T, a.reshape(k), y.reshape(n)),
-                    min(pool.num_threads, -(-n // 4)))
+                    min(pool.num_threads, -(-n // 8)))
     return y
 
 
