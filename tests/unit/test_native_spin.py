@@ -267,35 +267,24 @@ def test_pointwise_residuals_the_task_cannot_read_take_the_unfused_path(pool):
         y = conv_core.float_conv(x, w, None, 1, [1, 1], [1, 1], [0, 0, 0, 0], "NOTSET", None, packed, None, z)
     np.testing.assert_allclose(y, np.einsum("mc,nchw->nmhw", w[:, :, 0, 0], x) + z, rtol=1e-4, atol=1e-4)
 
-def test_gemvs_by_contiguous_columns_split_as_the_rows_task_from_its_threshold(pool):
-    """A one-row product by a matrix whose columns lie contiguous (a transposed weight) runs as ``math/gemv_rows``'
-    task over the pool from GEMV_ROWS_SPLIT_MIN_ELEMENTS on, below on the calling thread."""
-    gemm = _native_sgemm_or_skip()
-    rng = np.random.default_rng(4)
-    calls = []
-    real = pool.run_native
-    pool.run_native = lambda *args: (calls.append(args), real(*args))
-    with pool.splitting_gemms().activate():
-        threshold = gemm.GEMV_ROWS_SPLIT_MIN_ELEMENTS // 256
-        for n, split in ((threshold - 4, False), (threshold, True)):
-            a = rng.standard_normal((1, 256)).astype(np.float32)
-            w = rng.standard_normal((n, 256)).astype(np.float32)  # (N, K): its transpose's columns contiguous
-            calls.clear()
-            np.testing.assert_allclose(gemm.matmul(a, w.T), a @ w.T, rtol=1e-5, atol=1e-4)
-            assert bool(calls) == split
-
 
 def test_small_gemvs_stay_on_the_calling_thread_and_large_ones_split(pool):
+    """One-row products split over the pool from their thresholds on, below on the calling thread: by a matrix whose
+    columns lie contiguous (a transposed weight) as ``math/gemv_rows``' task from GEMV_ROWS_SPLIT_MIN_ELEMENTS, by a
+    row-major one deeper than wide (the axpy task takes wider ones) as cblas parts from GEMV_SPLIT_MIN_ELEMENTS."""
     gemm = _native_sgemm_or_skip()
     rng = np.random.default_rng(3)
     calls = []
     real = pool.run_native
     pool.run_native = lambda *args: (calls.append(args), real(*args))
+    transposed = gemm.GEMV_ROWS_SPLIT_MIN_ELEMENTS // 256
+    cases = [(256, transposed - 4, True, False), (256, transposed, True, True),
+             (1024, 200, False, False), (1024, gemm.GEMV_SPLIT_MIN_ELEMENTS // 1024, False, True)]
     with pool.splitting_gemms().activate():
-        # (B deeper than wide: the axpy task takes wider ones)
-        for n, split in ((200, False), (gemm.GEMV_SPLIT_MIN_ELEMENTS // 1024, True)):
-            a = rng.standard_normal((1, 1024)).astype(np.float32)
-            b = rng.standard_normal((1024, n)).astype(np.float32)
+        for k, n, columns_contiguous, split in cases:
+            a = rng.standard_normal((1, k)).astype(np.float32)
+            b = rng.standard_normal((n, k)).astype(np.float32).T if columns_contiguous else (
+                rng.standard_normal((k, n)).astype(np.float32))
             calls.clear()
             np.testing.assert_allclose(gemm.matmul(a, b), a @ b, rtol=1e-5, atol=1e-4)
-            assert bool(calls) == split
+            assert bool(calls) == split, (k, n, columns_contiguous)
