@@ -13,8 +13,9 @@ others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``): nat
 about 15% of OpenBLAS's own threads either way. On a CPU with AVX-512, such a pool's float32 products of
 many rows run on onyxrt's own kernel instead (``math/sgemm_avx512``: B read where it lies, no packing;
 minilm_l6 and bert_base without ``allow_spinning`` 4-9 % faster on a Zen 5 EPYC).
-A decoding step's GEMVs (one row by a matrix of at least ``GEMV_ROWS_SPLIT_MIN_ELEMENTS`` whose columns lie
-contiguous) run as ``math/gemv_rows``' task over such a pool, which ``note_product`` sends decoding steps to.
+A decoding step's GEMVs (one row by a matrix of at least ``GEMV_ROWS_SPLIT_MIN_ELEMENTS``) run as ``math/gemv_rows``'
+tasks over such a pool, which ``note_product`` sends decoding steps to: by eight rows of a B whose columns lie
+contiguous (a transposed copy), or, for a row-major B wider than deep, by blocks of its rows (``_gemv_by_axpy``).
 Other pools call ``np.matmul`` as it is, on BLAS's threads. (A compiled
 single-threaded GEMV loop for them, kept on AVX-512 CPUs after a measurement on a Zen 4 EPYC, was removed
 in stop 31: on a Zen 5 EPYC OpenBLAS's sgemv made llama_tiny's decoding step faster at two threads,
