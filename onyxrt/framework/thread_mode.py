@@ -2,26 +2,27 @@
 default), or split over the pool itself (``ThreadPool.splitting_gemms``).
 
 The pool's own split runs large multi-row products on onyxrt's own GEMM where the CPU has it, faster than BLAS's
-threads, and a decode step's one-row products (GEMVs) as its own GEMV task. Which kind a model's runs hold depends on the input shapes (one model serves a 128-token prefill and its one-token decode steps), so a
-session learns it per input signature: the first run of a signature records, through :func:`note_pool_product`,
-whether any of its product kernels met a product the pool runs faster (``providers.cpu.gemm.note_product``
-decides); the signature's later runs take the split mode where one did. Measured on 2 Zen 5 cores (AVX-512),
-alternating processes: minilm_l6 at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms;
-on 2 Zen 4 cores its decode step 4.95 -> 4.66 ms (``providers.cpu.gemm.GEMV_BLAS_MIN_ELEMENTS``).
+threads, and a decode step's one-row products (GEMVs) as its own GEMV tasks. Which kind a model's runs hold depends
+on the input shapes (one model serves a 128-token prefill and its one-token decode steps), so a session learns it
+per input signature: the first run of a signature records, through :func:`note_pool_product`, whether any of its
+product kernels met a product the pool runs faster (``providers.cpu.gemm.note_product`` decides); the signature's
+later runs take the split mode where one did. Measured on 2 Zen 5 cores (AVX-512), alternating processes: minilm_l6
+at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms; on 2 Zen 4 cores its decode step
+4.95 -> 4.66 ms (``providers.cpu.gemm.GEMV_BLAS_MIN_ELEMENTS``).
 
-A signature whose products sent it to neither mode (:func:`note_blas_product` marks a decode step's GEMVs for BLAS's
-threads where onyxrt's GEMV task does not compile) is then timed in both (:class:`_Trial`): after :data:`TRIAL_DELAY` runs on BLAS's threads (a
-session's first runs of a signature are slower: its plan's buffers and recorded shapes settle), blocks of
-:data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads, :data:`TRIAL_RUNS` runs in each mode,
-the first :data:`TRIAL_WARMING` of each block untimed, and the split mode is kept where its median run takes less than
-:data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each other within a block: the other mode's threads
-spin for a few milliseconds after its runs (OpenBLAS's, the pool's workers), and a run beside them takes up to 3x its
-time (a decode step alternating modes: 2.4 -> 8 ms in the split mode). The blocks alternate because a VM's speed
-drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept an EfficientNet-like net on BLAS's threads in
-some processes though its split mode ran 0.85x (alternating processes). A trial run failing in the split mode is
-redone on BLAS's threads, which the signature then keeps. Small
-models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in the
-split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
+A signature whose products sent it to neither mode (:func:`note_blas_product` marks a decode step's GEMVs for
+BLAS's threads where onyxrt's GEMV tasks do not compile) is then timed in both (:class:`_Trial`): after
+:data:`TRIAL_DELAY` runs on BLAS's threads (a session's first runs of a signature are slower: its plan's buffers and
+recorded shapes settle), blocks of :data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads,
+:data:`TRIAL_RUNS` runs in each mode, the first :data:`TRIAL_WARMING` of each block untimed, and the split mode is
+kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each other
+within a block: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's
+workers), and a run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split
+mode). The blocks alternate because a VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept
+an EfficientNet-like net on BLAS's threads in some processes though its split mode ran 0.85x (alternating
+processes). A trial run failing in the split mode is redone on BLAS's threads, which the signature then keeps.
+Small models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x
+in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
 """
 
 from __future__ import annotations
