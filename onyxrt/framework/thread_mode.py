@@ -4,9 +4,11 @@ default), or split over the pool itself (``ThreadPool.splitting_gemms``).
 The pool's own split runs large multi-row products on onyxrt's own GEMM where the CPU has it, faster than BLAS's
 threads, and a decode step's one-row products (GEMVs) as its own GEMV tasks. Which kind a model's runs hold depends
 on the input shapes (one model serves a 128-token prefill and its one-token decode steps), so a session learns it
-per input signature: the first run of a signature records, through :func:`note_pool_product`, whether any of its
-product kernels met a product the pool runs faster (``providers.cpu.gemm.note_product`` decides); the signature's
-later runs take the split mode where one did. Measured on 2 Zen 5 cores (AVX-512), alternating processes: minilm_l6
+per input signature: the first run of a signature (in the mode of the last learned signature's runs: a generation
+loop's steps, a new signature each as the pasts grow, keep the mode their first step learned; BLAS's threads for a
+session's first) records, through :func:`note_pool_product`, whether any of its product kernels met a product the
+pool runs faster (``providers.cpu.gemm.note_product`` decides); the signature's later runs take the split mode where
+one did. Measured on 2 Zen 5 cores (AVX-512), alternating processes: minilm_l6
 at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms; on 2 Zen 4 cores its decode step
 4.95 -> 4.66 ms (``providers.cpu.gemm.GEMV_BLAS_MIN_ELEMENTS``).
 
@@ -80,11 +82,13 @@ class ThreadModes:
         self._split: dict[Hashable, bool] = {}
         self._trials: dict[Hashable, _Trial] = {}
         self._trial_runs = trial_runs
+        self._last_split = False  # the mode of the last run of a learned signature
 
     def run(self, signature: Hashable, run):
         """``run(pool)`` on the pool this signature takes, learning it on the signature's first run."""
         split = self._split.get(signature)
         if split is not None:
+            self._last_split = split
             return run(self.split_pool if split else self.pool)
         trial = self._trials.get(signature)
         if trial is not None:
@@ -92,17 +96,30 @@ class ThreadModes:
         record: list = []
         token = _RECORD.set(record)
         try:
-            result = run(self.pool)
+            result = self._learning_run(run)
         finally:
             _RECORD.reset(token)
         if len(self._split) >= _MAX_SIGNATURES:
             self._split.clear()
             self._trials.clear()
         if record or self._trial_runs <= 0:
-            self._split[signature] = any(record)
+            self._split[signature] = self._last_split = any(record)
         else:
             self._trials[signature] = _Trial()
         return result
+
+    def _learning_run(self, run):
+        """A new signature's first run, in the mode of the last learned signature's run: a generation loop's steps
+        (their pasts one row longer each, a new signature every step) stay in the mode their first step learned,
+        rather than each running on BLAS's threads while it learns. A split-mode failure is redone on BLAS's
+        threads."""
+        if not self._last_split:
+            return run(self.pool)
+        try:
+            return run(self.split_pool)
+        except Exception:  # (the split mode's kernels failing where the default's may not: the run is redone)
+            self._last_split = False
+            return run(self.pool)
 
     def _timed(self, signature: Hashable, trial: _Trial, run):
         """A run of a signature on trial: after the delay, blocks of runs alternating between the split mode and the

@@ -33,13 +33,39 @@ def test_modes_are_learned_per_signature():
             return pool.name
         return body
 
-    assert modes.run((1, 128), run(True)) == "blas"  # the learning run keeps the default
+    assert modes.run((1, 128), run(True)) == "blas"  # the first learning run keeps the default
     assert modes.split_for((1, 128)) is True
     assert modes.run((1, 128), run(False)) == "split"
-    assert modes.run((1, 1), run(False)) == "blas"
+    assert modes.run((1, 1), run(False)) == "split"  # a new signature learns in the last learned one's mode
     assert modes.split_for((1, 1)) is False
     assert modes.run((1, 1), run(True)) == "blas"  # learned once: later notes change nothing
-    assert used == ["blas", "split", "blas", "blas"]
+    assert modes.run((2, 1), run(False)) == "blas"
+    assert used == ["blas", "split", "split", "blas", "blas"]
+
+
+def test_a_generation_loops_new_signatures_keep_the_learned_mode():
+    """Decode steps whose pasts grow (a new signature each) run in the mode the steps before them learned; a
+    split-mode failure in such a learning run is redone on BLAS's threads."""
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=0)
+    used = []
+
+    def step(pool):
+        used.append(pool.name)
+        note_pool_product()  # (a decode step's GEMVs)
+        return pool.name
+
+    for past in range(4):
+        modes.run((1, past), step)
+    assert used == ["blas", "split", "split", "split"]
+
+    def failing_split(pool):
+        used.append(pool.name)
+        if pool.name == "split":
+            raise RuntimeError("a split-mode kernel failed")
+        return pool.name
+
+    assert modes.run((1, 9), failing_split) == "blas" and used[-2:] == ["split", "blas"]
+    assert modes.split_for((1, 9)) is False
 
 
 @pytest.mark.parametrize("split_faster", [True, False])
