@@ -11,10 +11,9 @@ import numba
 import numpy as np
 from numba.core import types
 
-from ..jit_rows import epilogue_row
 from ..math.sgemm_avx512 import gemm
 from ..native_tasks import float32_array, int64_array
-from .winograd_kernels import _column_steps, _interleave_rows, _jit, _parity_row, _row_steps, _tile_corners
+from .winograd_kernels import _column_steps, _jit, _output_rows, _parity_row, _row_steps
 
 
 @numba.njit(**_jit)
@@ -53,26 +52,16 @@ def _output_band(m, y, n, a0, rows, tw, bias, residual, act, alpha, beta, corner
     tiles = rows * half
     mf = m.reshape(-1)
     yf = y.reshape(-1)
-    c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
     step = K * T
     biased = bias.shape[0] > 0
     summed = residual.shape[0] > 0
     row0 = 2 * a0
     row1 = min(OH, 2 * (a0 + rows))
     for k in range(K):
-        for f in range(tiles):
-            c00[np.uintp(f)], c01[np.uintp(f)], c10[np.uintp(f)], c11[np.uintp(f)] = _tile_corners(mf, k * T + f, step)
-        plane = (n * K + k) * OH * OW
-        _interleave_rows(yf, plane, row0, row1, OW, a0, half, c00, c01, c10, c11)
-        start = plane + row0 * OW
-        outputs = yf[start:start + (row1 - row0) * OW]
         add = bias[np.uintp(k)] if biased else m.dtype.type(0)
-        if summed:
-            extra = residual[n * K + k][row0 * OW:row1 * OW]
-            epilogue_row(outputs, add, extra, True, act, alpha, beta)
-        else:
-            epilogue_row(outputs, add, outputs, False, act, alpha, beta)
-
+        extra = residual[n * K + k][row0 * OW:row1 * OW] if summed else yf[:0]
+        _output_rows(mf, yf, k * T, step, tiles, corners, (n * K + k) * OH * OW, row0, row1, OW, a0, half, add, extra,
+                     summed, act, alpha, beta)
 
 # Band task arguments (int64): x, u, y, bias, residual, params, scratch addresses; N, C, H, W, M, OH, OW, pt, pl, th,
 # tw, bias entries, residual rows, act, band rows, band tiles (a multiple of 32: the products' panels), scratch floats

@@ -124,6 +124,22 @@ def input_transform(x, v, pt, pl, th, tw, c0, c1):
             _column_steps(images, steps, length)
             _row_steps(steps, vf, (c * T) + n * tiles, 4 * C * T, tiles, half)
 
+
+@numba.njit(fastmath={"contract"}, **_jit)
+def _output_rows(mf, yf, first, step, tiles, corners, plane, row0, row1, OW, a0, half, add, residual_rows, summed, act,
+                 alpha, beta):
+    """Output rows row0..row1 of the plane at ``plane`` in ``yf`` from ``tiles`` tiles whose products start at
+    ``mf[first]`` (tile row a0 the first's; ``corners`` (4, tiles) scratch), then act(y + add + residual_rows) over
+    those rows (``jit_rows.epilogue_row``; ``residual_rows`` those rows' residual, read only where ``summed``)."""
+    c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
+    for f in range(tiles):
+        c00[np.uintp(f)], c01[np.uintp(f)], c10[np.uintp(f)], c11[np.uintp(f)] = _tile_corners(mf, first + f, step)
+    _interleave_rows(yf, plane, row0, row1, OW, a0, half, c00, c01, c10, c11)
+    start = plane + row0 * OW
+    outputs = yf[start:start + (row1 - row0) * OW]
+    epilogue_row(outputs, add, residual_rows, summed, act, alpha, beta)
+
+
 @numba.njit(fastmath={"contract"}, **_jit)
 def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
     """Output channels k0..k1 of ``y`` (N, K, OH, OW) from the products ``m`` (16, K, T), tiles laid out as
@@ -137,22 +153,16 @@ def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
     mf = m.reshape(-1)
     yf = y.reshape(-1)
     corners = np.empty((4, tiles), m.dtype)  # each tile's outputs (0, 0), (0, 1), (1, 0), (1, 1)
-    c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
     step = K * T
     biased = bias.shape[0] > 0
     summed = residual.shape[0] > 0
     for n in range(N):
         for k in range(k0, k1):
-            r0 = k * T + n * tiles  # m[0, k, t0]; m[j, k, t0] is j * K * T further
-            for f in range(tiles):
-                c00[np.uintp(f)], c01[np.uintp(f)], c10[np.uintp(f)], c11[np.uintp(f)] = _tile_corners(mf, r0 + f,
-                                                                                                        step)
-            plane = (n * K + k) * OH * OW
-            _interleave_rows(yf, plane, 0, OH, OW, 0, half, c00, c01, c10, c11)
             row = n * K + k
-            outputs = y.reshape(N * K, OH * OW)[np.uintp(row)]
             add = bias[np.uintp(k)] if biased else m.dtype.type(0)
-            epilogue_row(outputs, add, residual[np.uintp(row)] if summed else outputs, summed, act, alpha, beta)
+            # (m[0, k, t0] at k * T + n * tiles; m[j, k, t0] j * K * T further)
+            _output_rows(mf, yf, k * T + n * tiles, step, tiles, corners, row * OH * OW, 0, OH, OW, 0, half, add,
+                         residual[np.uintp(row)] if summed else yf[:0], summed, act, alpha, beta)
 
 
 # Task arguments (int64): x, v, products, y, bias, residual, params addresses; N, C, H, W, M, T, OH, OW, pt, pl, th,
