@@ -5,7 +5,8 @@
     python benchmarks/latency.py unseen_efficientnet unseen_gpt2        # tests/data/unseen models
 
 Each round starts one worker process per runtime (onyxrt, then onnxruntime); a worker
-loads the model, warms up, and times ``--repeat`` runs. The table compares the medians
+loads the model, warms up (``--warmup-seconds`` of untimed runs, 1 s by default), and times
+``--repeat`` runs. The table compares the medians
 of all timed runs. A second table says what bounds each case in onyxrt, from its own
 profiler (one more process per case, after the timed rounds): the time in BLAS-backed
 kernels (MatMul, Gemm, convolutions, attention: GEMMs plus their im2col / softmax / epilogue),
@@ -105,6 +106,11 @@ def case_inputs(case: str) -> tuple[str, dict]:
     raise SystemExit(f"unknown case {case}")
 
 
+# Seconds each worker runs its case untimed before the timed runs (and 3 runs at least), the same for both runtimes:
+# steady-state latency. onyxrt's first runs of an input signature include its thread-mode trial
+# (``onyxrt.framework.thread_mode``: alternating blocks of runs in both modes, ~80-120 runs of a 0.5 ms net).
+WARMUP_SECONDS = 1.0
+
 # Ops whose kernels spend their time in BLAS GEMMs (with their im2col, softmax or epilogue passes).
 BLAS_OPS = frozenset({
     "MatMul", "Gemm", "FusedGemm", "FusedMatMul", "TransposeMatMul", "FusedMatMulActivation", "Conv", "FusedConv",
@@ -112,7 +118,7 @@ BLAS_OPS = frozenset({
 })
 
 
-def worker(runtime: str, case: str, repeat: int, config: list[str]) -> None:
+def worker(runtime: str, case: str, repeat: int, config: list[str], warmup_seconds: float = WARMUP_SECONDS) -> None:
     path, feeds = case_inputs(case)
     if runtime == "onnxruntime":
         import onnxruntime as rt
@@ -125,7 +131,7 @@ def worker(runtime: str, case: str, repeat: int, config: list[str]) -> None:
     if runtime == "onyxrt":
         _configure(options, config)
     session = rt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    print(json.dumps(timed_runs(session, feeds, repeat)))
+    print(json.dumps(timed_runs(session, feeds, repeat, warmup_seconds=warmup_seconds)))
 
 
 def _configure(options, config: list[str]) -> None:
@@ -145,7 +151,7 @@ def breakdown(path: str, feeds: dict, repeat: int, config: list[str]) -> dict:
     options.enable_profiling = True
     _configure(options, config)
     session = onyxrt.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    timed_runs(session, feeds, 0)  # warm-up only
+    timed_runs(session, feeds, 0, warmup_seconds=WARMUP_SECONDS)  # warm-up only
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     timed_runs(session, feeds, repeat, warmup=0)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / repeat
@@ -184,10 +190,13 @@ def median_seconds(fn, repeat: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3) -> list[float]:
-    """Milliseconds of ``repeat`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
+def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3, warmup_seconds: float = 0.0) -> list[float]:
+    """Milliseconds of ``repeat`` runs after untimed ones: ``warmup`` at least, and for ``warmup_seconds`` at least."""
+    start = time.perf_counter()
+    runs = 0
+    while runs < warmup or time.perf_counter() - start < warmup_seconds:
         session.run(None, feeds)
+        runs += 1
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -203,12 +212,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per process")
     parser.add_argument("--out", help="write the markdown table here")
     parser.add_argument("--breakdown", action="store_true", help="also profile where onyxrt's time goes")
+    parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
+                        help="untimed runs for this long in each worker before the timed ones (3 runs at least)")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="a session config entry for onyxrt (repeatable)")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(*args.worker, args.repeat, args.config)
+        worker(*args.worker, args.repeat, args.config, args.warmup_seconds)
         return 0
     config_args = [f"--config={entry}" for entry in args.config]
 
@@ -219,7 +230,8 @@ def main() -> int:
         for _ in range(args.rounds):
             for runtime in samples:
                 samples[runtime] += worker_result(
-                    [__file__, "--worker", runtime, case, "--repeat", str(args.repeat), *config_args])
+                    [__file__, "--worker", runtime, case, "--repeat", str(args.repeat),
+                     f"--warmup-seconds={args.warmup_seconds}", *config_args])
         ours, theirs = statistics.median(samples["onyxrt"]), statistics.median(samples["onnxruntime"])
         rows.append((case, ours, theirs))
         if args.breakdown:
@@ -232,7 +244,8 @@ def main() -> int:
         "",
         f"Command: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`".replace(" --out", " --out").rstrip(),
         "",
-        f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs; medians.",
+        f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs after "
+        f"{args.warmup_seconds:g} s of untimed runs; medians.",
         "Ratio = onyxrt / onnxruntime (lower is better; 1.0 = parity).",
         "",
         "| case | onyxrt (ms) | onnxruntime (ms) | ratio |",

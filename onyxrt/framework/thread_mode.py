@@ -15,16 +15,20 @@ at 128 tokens 11.0 -> 9.6 ms, a 128-token llama_tiny prefill 22.6 -> 22.0 ms; on
 A signature whose products sent it to neither mode (:func:`note_blas_product` marks a decode step's GEMVs for
 BLAS's threads where onyxrt's GEMV tasks do not compile) is then timed in both (:class:`_Trial`): after
 :data:`TRIAL_DELAY` runs on BLAS's threads (a session's first runs of a signature are slower: its plan's buffers and
-recorded shapes settle), blocks of :data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads,
-:data:`TRIAL_RUNS` runs in each mode, the first :data:`TRIAL_WARMING` of each block untimed, and the split mode is
-kept where its median run takes less than :data:`SPLIT_MARGIN` of the default's. Runs of one mode follow each other
-within a block: the other mode's threads spin for a few milliseconds after its runs (OpenBLAS's, the pool's
-workers), and a run beside them takes up to 3x its time (a decode step alternating modes: 2.4 -> 8 ms in the split
-mode). The blocks alternate because a VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept
-an EfficientNet-like net on BLAS's threads in some processes though its split mode ran 0.85x (alternating
-processes). A trial run failing in the split mode is redone on BLAS's threads, which the signature then keeps.
-Small models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x
-in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
+recorded shapes settle), blocks of :data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads, the
+first :data:`TRIAL_WARMING` of each block untimed, until each mode has had :data:`TRIAL_RUNS` runs and
+:data:`TRIAL_SECONDS` of timed runs (at most :data:`TRIAL_MAX_PAIRS` pairs of blocks). Each pair of blocks gives the
+ratio of its split block's median run to its default block's; the split mode is kept where the median ratio is below
+:data:`SPLIT_MARGIN`. Runs of one mode follow each other within a block: the other mode's threads spin for a few
+milliseconds after its runs (OpenBLAS's, the pool's workers), and a run beside them takes up to 3x its time (a decode
+step alternating modes: 2.4 -> 8 ms in the split mode). The blocks alternate, and are compared pair by pair, because a
+VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept an EfficientNet-like net on BLAS's threads
+in some processes though its split mode ran 0.85x (alternating processes); with 12 runs a mode in blocks of 4 (3.6 ms
+of timed runs for a 0.4 ms net) a MobileNetV3-like net still took the slower mode in 2 processes of 6, a
+ConvNeXt-like one in 1 of 6, which the time floor addresses. A trial run failing in the split mode is redone on BLAS's
+threads, which the signature then keeps. Small models are where the rule above cannot tell: on 2 Zen 5 cores an
+EfficientNet-like net at batch 8 ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x
+(alternating processes).
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ from typing import Any, Hashable
 # the running learner's record: one entry per product the pool runs faster (None: nobody is learning)
 _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=None)
 _MAX_SIGNATURES = 64
-# Runs before a signature's trial, its runs in each mode (in alternating blocks, the first runs of each block
-# untimed), and the share of the default's median run time the split mode's must stay below to be kept (run times
-# move by a few percent between runs).
+# Runs before a signature's trial; its least runs and timed seconds in each mode (in alternating blocks, the first
+# runs of each block untimed), the most pairs of blocks it takes; the share of the default's run time the split
+# mode's must stay below to be kept (run times move by a few percent between runs).
 TRIAL_DELAY = 4
 TRIAL_RUNS = 12
+TRIAL_SECONDS = 0.02
+TRIAL_MAX_PAIRS = 32
 TRIAL_BLOCK = 4
 TRIAL_WARMING = 1
 SPLIT_MARGIN = 0.95
@@ -63,14 +69,17 @@ def note_blas_product() -> None:
 
 
 class _Trial:
-    """A signature's timed runs in both modes (seconds), and how many runs it has had."""
+    """A signature's trial: how many runs it has had, the timed runs of the current pair of blocks (seconds), each
+    finished pair's ratio (split / default block medians) and the timed seconds in each mode."""
 
-    __slots__ = ("runs", "default", "split")
+    __slots__ = ("runs", "default", "split", "ratios", "seconds")
 
     def __init__(self) -> None:
         self.runs = 0
         self.default: list[float] = []
         self.split: list[float] = []
+        self.ratios: list[float] = []
+        self.seconds = [0.0, 0.0]  # split, default
 
 
 class ThreadModes:
@@ -123,7 +132,7 @@ class ThreadModes:
 
     def _timed(self, signature: Hashable, trial: _Trial, run):
         """A run of a signature on trial: after the delay, blocks of runs alternating between the split mode and the
-        default, the first of each block untimed; the last decides."""
+        default, the first of each block untimed; each pair of blocks gives a ratio, and their median decides."""
         index = trial.runs - TRIAL_DELAY
         trial.runs += 1
         if index < 0:
@@ -141,10 +150,18 @@ class ThreadModes:
         else:
             result = run(self.pool)
         if index % block >= min(TRIAL_WARMING, block - 1):
-            (trial.split if split else trial.default).append(time.perf_counter() - start)
-        if index == 2 * block * -(-self._trial_runs // block) - 1:
-            self._split[signature] = statistics.median(trial.split) < SPLIT_MARGIN * statistics.median(trial.default)
-            self._trials.pop(signature, None)
+            took = time.perf_counter() - start
+            (trial.split if split else trial.default).append(took)
+            trial.seconds[0 if split else 1] += took
+        if index % (2 * block) == 2 * block - 1:  # a pair of blocks ends
+            trial.ratios.append(statistics.median(trial.split) / statistics.median(trial.default))
+            trial.split.clear()
+            trial.default.clear()
+            pairs = len(trial.ratios)
+            if pairs >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs
+                                            and min(trial.seconds) >= TRIAL_SECONDS):
+                self._split[signature] = statistics.median(trial.ratios) < SPLIT_MARGIN
+                self._trials.pop(signature, None)
         return result
 
     def split_for(self, signature: Hashable) -> bool | None:
