@@ -503,8 +503,10 @@ def test_one_pixel_batches_run_as_one_product_of_rows(split):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, kernel", [((2, 3, 17, 16), (4, 4)), ((3, 5, 8, 12), (2, 3)), ((1, 3, 32, 32), (8, 8))])
 def test_patch_convolutions_equal_the_naive_ones(dtype, shape, kernel, monkeypatch):
-    """A convolution whose windows tile the input (kernel = strides, no padding: a patch embedding) runs as one
-    product of the batch's patches (rows past the last whole window unread), with its bias, residual and Relu."""
+    """A convolution whose windows tile the input (kernel = strides, no padding: a patch embedding) of weights too
+    many for ``patch_conv``'s tiles, or not float32, runs as one product of the batch's patches (rows past the last
+    whole window unread), with its bias, residual and Relu."""
+    monkeypatch.setattr(core.patch_conv, "applies", lambda *a: False)  # (as for a ViT-B/16 embedding's weights)
     taken = []
     route = core._patch_route
     monkeypatch.setattr(core, "_patch_route", lambda *a: taken.append(route(*a)) or taken[-1])

@@ -40,7 +40,7 @@ from ..gemm import fused_product, own_sgemm_parts, own_sgemm_usable
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, optional_module, read_only
-from . import direct_conv, winograd
+from . import direct_conv, patch_conv, winograd
 from .depthwise_conv import depthwise_runner
 from ....errors import NodeInputError, NodeInputTypeError
 
@@ -779,6 +779,11 @@ def conv_route(shape, dtype, w: np.ndarray, group: int, strides, dilations, pads
     P = math.prod(out_sp)
     K = math.prod(k)
     y_shape = (N, M) + tuple(out_sp)
+
+    if sparse is None and patch_conv.applies(shape, dtype, w.shape, group, strides, dilations, pads):
+        route = patch_conv.patch_route(shape, w, b, activation, out_sp, epilogue_finisher(M, None, activation, nd))
+        if route is not None:
+            return route
 
     if winograd_filter is None and direct_conv.applies(shape, dtype, w.shape, group, strides, pads):
         route = direct_conv.direct_route(shape, w, b, activation, strides, dilations, pads, out_sp,
