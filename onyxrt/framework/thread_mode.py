@@ -154,13 +154,14 @@ class ThreadModes:
             (trial.split if split else trial.default).append(took)
             trial.seconds[0 if split else 1] += took
         if index % (2 * block) == 2 * block - 1:  # a pair of blocks ends
-            trial.ratios.append(statistics.median(trial.split) / statistics.median(trial.default))
+            if trial.split and trial.default:  # (concurrent runs of the signature may have taken a block's turns)
+                trial.ratios.append(statistics.median(trial.split) / statistics.median(trial.default))
             trial.split.clear()
             trial.default.clear()
             pairs = len(trial.ratios)
-            if pairs >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs
-                                            and min(trial.seconds) >= TRIAL_SECONDS):
-                self._split[signature] = statistics.median(trial.ratios) < SPLIT_MARGIN
+            if index // (2 * block) + 1 >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs
+                                                               and min(trial.seconds) >= TRIAL_SECONDS):
+                self._split[signature] = bool(pairs) and statistics.median(trial.ratios) < SPLIT_MARGIN
                 self._trials.pop(signature, None)
         return result
 

@@ -15,8 +15,8 @@ COMPILED_ON_USE = frozenset({
     "math.gemv_rows", "math.int8_gemm_avx2", "math.int8_gemm_vnni", "math.quantize_jit", "math.sparse_tiles",
     "math.sgemm_avx512", "nn.depthwise_channels_last", "nn.depthwise_rows", "nn.max_pool_rows",
     "nn.depthwise_conv_task", "nn.im2col_rows",
-    "nn.direct_conv_kernels", "nn.pointwise_conv_task", "nn.integer_conv_kernels", "nn.winograd_kernels",
-    "nn.winograd_bands",
+    "nn.direct_conv_kernels", "nn.patch_conv_kernels", "nn.pointwise_conv_task", "nn.integer_conv_kernels",
+    "nn.winograd_kernels", "nn.winograd_bands",
     "nn.depthwise_nhwc", "tensor.channels_last", "contrib.attention_heads_task", "contrib.attention_tiles_task",
     "contrib.gqa_decode", "contrib.nbits_kernels", "contrib.qlinear_kernels",
 })
