@@ -177,13 +177,16 @@ class ExecutionPlan:
         """This plan without the recorded steps, their outputs held like weights."""
         template = list(self._template)
         kept_steps, kept_nodes, kept_indices = [], [], []
+        fixed = set(self._weight_slots) - set(self._input_slots)
+        now_fixed: set[int] = set()  # the recorded outputs
         for index, (step, node) in enumerate(zip(self._raw_steps, self.nodes)):
             if index in recorded:
                 for slot, value in zip(step[2], recorded[index]):
                     if slot != _TRASH_SLOT:
                         template[slot] = value
+                        now_fixed.add(slot)
             else:
-                kept_steps.append(step)
+                kept_steps.append(_with_constant_inputs(step, template, fixed | now_fixed, now_fixed))
                 kept_nodes.append(node)
                 kept_indices.append(index)
         plan = ExecutionPlan(self.graph, kept_steps, kept_nodes, template, self._input_slots, self._outer_slots,
@@ -394,6 +397,19 @@ def _largest_output(result: Any, multi: bool) -> int:
     if multi:
         return max((value.nbytes for value in result if type(value) is np.ndarray), default=0)
     return result.nbytes if type(result) is np.ndarray else 0
+
+
+def _with_constant_inputs(step: tuple, template: list[Any], fixed: set[int], recorded: set[int]) -> tuple:
+    """``step`` with its kernel rebound to the inputs a specialized plan holds as constants, where one of them is a
+    ``recorded`` output (a Reshape's shape that Shape and Concat nodes computed: ``kernel_registry``'s
+    ``with_constants``) and the kernel has such a path."""
+    fn = step[0]
+    rebind = getattr(fn, "with_constants", None)
+    if rebind is None or not any(slot in recorded for slot in step[1]):
+        return step
+    constants = [template[slot] if slot in fixed else None for slot in step[1]]
+    rebound = rebind(constants)
+    return step if rebound is None else (rebound, *step[1:])
 
 
 def _protected_slots(template: list[Any], input_slots, outer_slots, output_slots) -> set[int]:

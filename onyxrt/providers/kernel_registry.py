@@ -438,13 +438,32 @@ def _bind_one(kernel: KernelDef, node, opset: int, attributes: dict[str, Any], c
         if key in names:
             kwargs[key] = context[key]
     bound = functools.partial(kernel.fn, **kwargs)
+    contract = KernelContract(kernel.inplace, kernel.alias, "_alloc" in names)
+    fast = _fast_path(kernel, bound, kwargs, contract)
+    if fast is not None:
+        bound = fast
+    if kernel.prepack is not None and getattr(kernel.fn, "fast_path", None) is not None:
+
+        def with_constants(constants: Sequence[Any], _kernel=kernel, _kwargs=kwargs):
+            """This node's kernel for a plan that holds ``constants`` (per input, None where it computes it): its
+            fast path with a prepack of them, None where it has none."""
+            rekeyed = dict(_kwargs, _packed=_kernel.prepack(list(constants), dict(_kwargs)))
+            return _fast_path(_kernel, functools.partial(_kernel.fn, **rekeyed), rekeyed, contract)
+
+        bound.with_constants = with_constants
+    bound.contract = contract
+    return bound
+
+
+def _fast_path(kernel: KernelDef, bound: functools.partial, kwargs: dict[str, Any],
+               contract: KernelContract) -> KernelFn | None:
+    """The kernel's ``fast_path`` for ``bound`` where it has one (None otherwise), telling, as the partial does,
+    which kernel and keywords it runs."""
     fast_path = getattr(kernel.fn, "fast_path", None)
     fast = fast_path(bound, kwargs) if fast_path is not None else None
-    if fast is not None:  # (it still tells, as the partial does, which kernel and keywords it runs)
-        fast.func, fast.keywords = bound.func, bound.keywords
-        bound = fast
-    bound.contract = KernelContract(kernel.inplace, kernel.alias, "_alloc" in names)
-    return bound
+    if fast is not None:
+        fast.func, fast.keywords, fast.contract = bound.func, bound.keywords, contract
+    return fast
 
 
 def _static_input_dtypes(node) -> list[np.dtype | None]:

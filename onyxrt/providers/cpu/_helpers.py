@@ -27,3 +27,42 @@ ALLOC_MIN_BYTES = 1 << 16
 def wants_buffer(alloc, x: np.ndarray) -> bool:
     """Whether a kernel should write an output shaped like ``x`` into a buffer from ``alloc``."""
     return alloc is not None and x.nbytes >= ALLOC_MIN_BYTES and x.flags.c_contiguous
+
+
+class ConstantInputs:
+    """A node's constant inputs after its first (``prepack``'s view of them: the initializer arrays a plan passes on
+    every run, None for an absent or computed input), and a bounded cache of what a kernel derived from them per input
+    shape. :meth:`given` tells whether a run's inputs are those same constants (by identity: the plan hands the same
+    read-only arrays to every run); a computed input of the same node never is."""
+
+    __slots__ = ("arrays", "cache")
+    _MAX_SHAPES = 16
+
+    def __init__(self, arrays) -> None:
+        self.arrays = tuple(arrays)
+        self.cache: dict = {}
+
+    def given(self, inputs) -> bool:
+        arrays = self.arrays
+        if len(inputs) > len(arrays):
+            return False
+        for value, constant in zip(inputs, arrays):
+            if value is not constant:
+                return False
+        return all(constant is None for constant in arrays[len(inputs):])
+
+    def remember(self, key, derived):
+        """``derived`` cached under ``key`` (the cache starts over past a few keys); returns it."""
+        if len(self.cache) >= self._MAX_SHAPES:
+            self.cache.clear()
+        self.cache[key] = derived
+        return derived
+
+
+def constant_inputs(inputs, first: int, required: int) -> ConstantInputs | None:
+    """``prepack``'s :class:`ConstantInputs` for the inputs from ``first`` on, where the ``required`` ones from
+    ``first`` are all constants (None otherwise: the kernel runs as it is)."""
+    params = inputs[first:]
+    if len(params) < required or any(p is None for p in params[:required]):
+        return None
+    return ConstantInputs(params)
