@@ -101,3 +101,29 @@ def test_a_specialized_plan_rebinds_shapes_it_recorded():
     specialized = list(session._plan._specializations._plans.values())[0]
     steps = [getattr(step[0], "__qualname__", "") for step in specialized._steps]
     assert steps == ["_slice_fast_path.<locals>.constant_window", "_reshape_fast_path.<locals>.constant_shape"]
+
+
+@pytest.mark.parametrize("op, axes, shapes", [
+    ("Unsqueeze", [0, -1], [(3, 4), (2, 5), (3, 4)]),
+    ("Squeeze", [1, -1], [(3, 1, 4, 1), (2, 1, 5, 1)]),
+    ("Squeeze", None, [(1, 3, 1), (2, 1, 1)]),
+])
+def test_constant_axes_follow_each_input_shape(op, axes, shapes):
+    """Squeeze and Unsqueeze with constant axes (or, for Squeeze, none): the output shape per input shape; a
+    dimension that is not 1 still raises the kernel's error."""
+    inputs = ["x"] if axes is None else ["x", "axes"]
+    session = _model([helper.make_node(op, inputs, ["y"])],
+                     {} if axes is None else {"axes": np.array(axes, np.int64)}, [("x", TensorProto.FLOAT, None)])
+    assert _steps(session) == ["_constant_axes_fast_path.<locals>.fast_path.<locals>.constant_axes"]
+    for shape in shapes:
+        x = RNG.standard_normal(shape).astype(np.float32)
+        if op == "Unsqueeze":
+            want = np.expand_dims(x, tuple(axes))
+        else:
+            want = np.squeeze(x, axis=None if axes is None else tuple(axes))
+        got = session.run(None, {"x": x})[0]
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    if op == "Squeeze" and axes is not None:
+        with pytest.raises(OnyxRuntimeError, match="Squeeze"):
+            session.run(None, {"x": np.ones((3, 2, 4, 1), np.float32)})
