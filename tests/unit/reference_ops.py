@@ -6,6 +6,8 @@ import numpy as np
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
+from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
+
 
 def reference_output(op_type: str, inputs: list[np.ndarray], opset: int, **attrs) -> np.ndarray:
     """The first output of a one-node ``op_type`` model at ``opset``, computed by onnx.reference."""
@@ -19,3 +21,17 @@ def reference_output(op_type: str, inputs: list[np.ndarray], opset: int, **attrs
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]
+
+
+def conv_epilogue(want, summed: bool, activation, rng):
+    """A convolution's float64 reference ``want`` through FusedConv's epilogue: plus a random residual where
+    ``summed``, rounded to float32, through ``activation`` (a (name, params) pair of ``mlas_activation_fn``, or None).
+    Returns (expected, residual or None, the activation function or None)."""
+    z = rng.standard_normal(want.shape).astype(np.float32) if summed else None
+    if z is not None:
+        want = want + z
+    fn = None if activation is None else mlas_activation_fn(*activation)
+    want = want.astype(np.float32)
+    if fn is not None:
+        fn(want)
+    return want, z, fn

@@ -13,6 +13,8 @@ from onyxrt.providers.cpu import jit
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
 from onyxrt.providers.cpu.nn import direct_conv
 from onyxrt.providers.cpu.nn.conv_core import float_conv, pack_conv_weights
+from reference_ops import conv_epilogue
+from thread_mode_probe import asks_for_split_mode
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RNG = np.random.default_rng(29)
@@ -71,13 +73,7 @@ def test_matches_reference(shape, m, kernel, strides, dilations, pads, activatio
     w = (RNG.standard_normal((m, shape[1]) + kernel) / np.sqrt(shape[1] * kernel[0] * kernel[1])).astype(np.float32)
     b = RNG.standard_normal(m).astype(np.float32) if biased else None
     want = reference(x, w, b, strides, dilations, pads)
-    z = RNG.standard_normal(want.shape).astype(np.float32) if summed else None
-    if z is not None:
-        want += z
-    fn = None if activation is None else mlas_activation_fn(*activation)
-    want = want.astype(np.float32)
-    if fn is not None:
-        fn(want)
+    want, z, fn = conv_epilogue(want, summed, activation, RNG)
     y = convolve(x, w, b, strides, dilations, pads, fn, z)
     assert taken and taken[0] is not None  # the direct route ran
     assert y.shape == want.shape and y.dtype == np.float32 and y.flags.c_contiguous
@@ -167,18 +163,10 @@ def test_split_pool_runs_rows_as_native_tasks(activation, summed, height, width)
 def test_large_convolutions_ask_for_the_split_mode():
     """A direct convolution of 16M multiply-adds or more tells a session learning its thread mode that the pool's
     split mode runs it faster (a DenseNet-like growth layer); a small RGB stem does not."""
-    from onyxrt.framework import thread_mode
-
     for shape, m, asks in (((8, 32, 32, 32), 8, True), ((8, 3, 32, 32), 16, False)):
         x = RNG.standard_normal(shape, np.float32)
         w = (RNG.standard_normal((m, shape[1], 3, 3)) / 9).astype(np.float32)
-        record: list = []
-        token = thread_mode._RECORD.set(record)
-        try:
-            convolve(x, w, None, [1, 1], [1, 1], [1, 1, 1, 1])
-        finally:
-            thread_mode._RECORD.reset(token)
-        assert bool(record) is asks
+        assert asks_for_split_mode(lambda: convolve(x, w, None, [1, 1], [1, 1], [1, 1, 1, 1])) is asks
 
 
 def test_disabled_numba_runs_the_columns(monkeypatch):

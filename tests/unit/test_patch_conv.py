@@ -14,6 +14,8 @@ from onyxrt.providers.cpu import jit
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
 from onyxrt.providers.cpu.nn import patch_conv
 from onyxrt.providers.cpu.nn.conv_core import float_conv, pack_conv_weights
+from reference_ops import conv_epilogue
+from thread_mode_probe import asks_for_split_mode
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RNG = np.random.default_rng(31)
@@ -62,13 +64,7 @@ def test_matches_reference(shape, m, kernel, activation, biased, summed, monkeyp
     w = (RNG.standard_normal((m, shape[1]) + kernel) / np.sqrt(shape[1] * kernel[0] * kernel[1])).astype(np.float32)
     b = RNG.standard_normal(m).astype(np.float32) if biased else None
     want = reference(x, w, b)
-    z = RNG.standard_normal(want.shape).astype(np.float32) if summed else None
-    if z is not None:
-        want += z
-    fn = None if activation is None else mlas_activation_fn(*activation)
-    want = want.astype(np.float32)
-    if fn is not None:
-        fn(want)
+    want, z, fn = conv_epilogue(want, summed, activation, RNG)
     y = convolve(x, w, b, fn, z)
     assert taken and taken[0] is not None  # the patch route ran
     assert y.shape == want.shape and y.dtype == np.float32 and y.flags.c_contiguous
@@ -128,18 +124,10 @@ def test_split_pool_runs_tiles_as_native_tasks(activation, summed):
 def test_large_convolutions_ask_for_the_split_mode():
     """A patch convolution of 16M multiply-adds or more tells a session learning its thread mode that the pool's
     split mode runs it faster (a ConvNeXt stem at 224x224 with 128 channels); a small stem does not."""
-    from onyxrt.framework import thread_mode
-
     for shape, m, asks in (((1, 3, 224, 224), 128, True), ((8, 3, 32, 32), 16, False)):
         x = RNG.standard_normal(shape, np.float32)
         w = (RNG.standard_normal((m, 3, 4, 4)) / 7).astype(np.float32)
-        record: list = []
-        token = thread_mode._RECORD.set(record)
-        try:
-            convolve(x, w, None)
-        finally:
-            thread_mode._RECORD.reset(token)
-        assert bool(record) is asks
+        assert asks_for_split_mode(lambda: convolve(x, w, None)) is asks
 
 
 def test_disabled_numba_runs_the_columns(monkeypatch):

@@ -66,3 +66,27 @@ def constant_inputs(inputs, first: int, required: int) -> ConstantInputs | None:
     if len(params) < required or any(p is None for p in params[:required]):
         return None
     return ConstantInputs(params)
+
+
+def shape_keyed_fast_path(derive, apply):
+    """A kernel's ``fast_path`` for constant parameters (a :class:`ConstantInputs` prepack): what
+    ``derive(data, params, keywords)`` works out from them (a window, an output shape, raising the kernel's errors) is
+    looked up per input shape and handed to ``apply(data, derived)``; other parameters run the kernel itself."""
+
+    def fast_path(bound, keywords):
+        constants = keywords.get("_packed")
+        if constants is None:
+            return None
+        cache = constants.cache
+
+        def constant_parameters(data, *params):
+            if not constants.given(params):
+                return bound(data, *params)
+            derived = cache.get(data.shape)
+            if derived is None:
+                derived = constants.remember(data.shape, derive(data, params, keywords))
+            return apply(data, derived)
+
+        return constant_parameters
+
+    return fast_path

@@ -9,14 +9,14 @@ alive while the view is and never overwrites it in place.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from ....framework.thread_pool import current_pool
 from ..jit import optional_module
 from ..kernel_table import op
-from .._helpers import ConstantInputs, as_int_list, constant_inputs, normalize_axis
+from .._helpers import ConstantInputs, as_int_list, constant_inputs, normalize_axis, shape_keyed_fast_path
 from ....errors import NodeInputError, NodeInvalidArgument
 
 
@@ -102,26 +102,16 @@ def reshape_14(data, shape, *, allowzero=0, _packed=None):
     return _reshape(data, shape, allowzero)
 
 
-def _reshape_fast_path(bound, keywords):
-    """Reshape to a constant shape: each input shape's output shape looked up (its checks cost ~1 us a run)."""
-    constants = keywords.get("_packed")
-    if constants is None:
-        return None
-    cache = constants.cache
-    allowzero = keywords.get("allowzero", 0)
-
-    def constant_shape(data, shape):
-        if shape is not constants.arrays[0]:
-            return bound(data, shape)
-        target = cache.get(data.shape)
-        if target is None:
-            target = constants.remember(data.shape, _reshape(data, shape, allowzero).shape)
-        return data.reshape(target)
-
-    return constant_shape
+def _reshaped(kernel: Callable[..., np.ndarray]):
+    """A ``shape_keyed_fast_path`` for an op that reshapes its input by constant parameters (Reshape, Squeeze,
+    Unsqueeze: their checks cost ~1-3 us a run): ``kernel(data, *params, **keywords)``'s output shape per input
+    shape."""
+    return shape_keyed_fast_path(lambda data, params, keywords: kernel(data, *params, **keywords).shape,
+                                 lambda data, shape: data.reshape(shape))
 
 
-reshape_5.fast_path = reshape_14.fast_path = _reshape_fast_path
+reshape_5.fast_path = reshape_14.fast_path = _reshaped(
+    lambda data, shape, allowzero=0, **_: _reshape(data, shape, allowzero))
 
 
 # --------------------------------------------------------------------------- Flatten
@@ -200,31 +190,8 @@ def unsqueeze_13(data, axes, *, _packed=None):
     return _unsqueeze(data, axes)
 
 
-def _constant_axes_fast_path(reshaped: Callable[[np.ndarray, Any], np.ndarray]):
-    """A fast path for an op that reshapes its input by constant axes (Squeeze, Unsqueeze): each input shape's output
-    shape looked up (a decoding step's mask Unsqueeze spent ~2-3 us a run on its axes)."""
-
-    def fast_path(bound, keywords):
-        constants = keywords.get("_packed")
-        if constants is None:
-            return None
-        cache = constants.cache
-
-        def constant_axes(data, *params):
-            if not constants.given(params):
-                return bound(data, *params)
-            shape = cache.get(data.shape)
-            if shape is None:
-                shape = constants.remember(data.shape, reshaped(data, *params).shape)
-            return data.reshape(shape)
-
-        return constant_axes
-
-    return fast_path
-
-
-squeeze_13.fast_path = _constant_axes_fast_path(lambda data, axes=None: _squeeze(data, axes))
-unsqueeze_13.fast_path = _constant_axes_fast_path(_unsqueeze)
+squeeze_13.fast_path = _reshaped(lambda data, axes=None, **_: _squeeze(data, axes))
+unsqueeze_13.fast_path = _reshaped(lambda data, axes, **_: _unsqueeze(data, axes))
 
 
 # --------------------------------------------------------------------------- Transpose
