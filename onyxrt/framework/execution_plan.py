@@ -177,16 +177,17 @@ class ExecutionPlan:
         """This plan without the recorded steps, their outputs held like weights."""
         template = list(self._template)
         kept_steps, kept_nodes, kept_indices = [], [], []
-        fixed = set(self._weight_slots) - set(self._input_slots)
-        now_fixed: set[int] = set()  # the recorded outputs
+        fixed = set(self._weight_slots) - set(self._input_slots)  # weights, then the recorded outputs too
+        recorded_slots: set[int] = set()
         for index, (step, node) in enumerate(zip(self._raw_steps, self.nodes)):
             if index in recorded:
                 for slot, value in zip(step[2], recorded[index]):
                     if slot != _TRASH_SLOT:
                         template[slot] = value
-                        now_fixed.add(slot)
+                        fixed.add(slot)
+                        recorded_slots.add(slot)
             else:
-                kept_steps.append(_with_constant_inputs(step, template, fixed | now_fixed, now_fixed))
+                kept_steps.append(_with_constant_inputs(step, template, fixed, recorded_slots))
                 kept_nodes.append(node)
                 kept_indices.append(index)
         plan = ExecutionPlan(self.graph, kept_steps, kept_nodes, template, self._input_slots, self._outer_slots,

@@ -22,6 +22,11 @@ def reference_output(op_type: str, inputs: list[np.ndarray], opset: int, **attrs
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     return ReferenceEvaluator(model).run(None, dict(zip(names, inputs)))[0]
 
+# The activations a convolution route's epilogue applies (FusedConv's, as ``mlas_activation_fn`` takes them): those the
+# kernels apply in their registers and one they leave to the epilogue pass.
+CONV_ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
+                    ("Sigmoid", [])]
+
 
 def conv_epilogue(want, summed: bool, activation, rng):
     """A convolution's float64 reference ``want`` through FusedConv's epilogue: plus a random residual where

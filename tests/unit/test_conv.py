@@ -9,6 +9,7 @@ import pytest
 import onnx
 from onnx import TensorProto, helper
 from ort_int8 import non_saturating_int8, onnxruntime_u8s8_is_exact
+from route_probes import routes_taken
 
 from onyxrt.framework.thread_pool import ThreadPool
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
@@ -507,9 +508,7 @@ def test_patch_convolutions_equal_the_naive_ones(dtype, shape, kernel, monkeypat
     many for ``patch_conv``'s tiles, or not float32, runs as one product of the batch's patches (rows past the last
     whole window unread), with its bias, residual and Relu."""
     monkeypatch.setattr(core.patch_conv, "applies", lambda *a: False)  # (as for a ViT-B/16 embedding's weights)
-    taken = []
-    route = core._patch_route
-    monkeypatch.setattr(core, "_patch_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    taken = routes_taken(monkeypatch, core, "_patch_route")
     rng = np.random.default_rng(sum(shape))
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal((6, shape[1]) + kernel).astype(dtype)

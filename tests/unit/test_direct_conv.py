@@ -13,8 +13,8 @@ from onyxrt.providers.cpu import jit
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
 from onyxrt.providers.cpu.nn import direct_conv
 from onyxrt.providers.cpu.nn.conv_core import float_conv, pack_conv_weights
-from reference_ops import conv_epilogue
-from thread_mode_probe import asks_for_split_mode
+from reference_ops import CONV_ACTIVATIONS, conv_epilogue
+from route_probes import asks_for_split_mode, routes_taken
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RNG = np.random.default_rng(29)
@@ -56,8 +56,7 @@ CASES = [
     ((3, 3, 32, 32), 24, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # rows of 16 outputs: two rows a tile
     ((2, 3, 25, 26), 10, (3, 3), [2, 2], [1, 1], [1, 1, 1, 1]),  # rows of 13, an odd row count: the last row alone
 ]
-ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
-               ("Sigmoid", []), ("Tanh", [])]
+ACTIVATIONS = CONV_ACTIVATIONS + [("Tanh", [])]
 
 
 @needs_numba
@@ -66,9 +65,7 @@ ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), (
 @pytest.mark.parametrize("biased", [False, True])
 @pytest.mark.parametrize("summed", [False, True])
 def test_matches_reference(shape, m, kernel, strides, dilations, pads, activation, biased, summed, monkeypatch):
-    taken = []
-    route = direct_conv.direct_route
-    monkeypatch.setattr(direct_conv, "direct_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    taken = routes_taken(monkeypatch, direct_conv, "direct_route")
     x = RNG.standard_normal(shape, np.float32)
     w = (RNG.standard_normal((m, shape[1]) + kernel) / np.sqrt(shape[1] * kernel[0] * kernel[1])).astype(np.float32)
     b = RNG.standard_normal(m).astype(np.float32) if biased else None
@@ -105,9 +102,7 @@ def test_shapes_the_route_leaves(change):
 def test_short_rows_take_the_column_matrix(monkeypatch):
     """Rows whose vectors would discard a quarter of their outputs or more stay on the column-matrix route."""
     kernels = pytest.importorskip("onyxrt.providers.cpu.nn.direct_conv_kernels")
-    taken = []
-    route = direct_conv.direct_route
-    monkeypatch.setattr(direct_conv, "direct_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    taken = routes_taken(monkeypatch, direct_conv, "direct_route")
     width = kernels.LANES + kernels.LANES // 2  # rounded up to two vectors: a third of the second discarded
     x = RNG.standard_normal((2, 3, width, width), np.float32)
     w = (RNG.standard_normal((8, 3, 3, 3)) / 5).astype(np.float32)
@@ -121,9 +116,7 @@ def test_wide_layers_of_short_rows_take_the_column_matrix(monkeypatch):
     """A strided layer of many channels whose rows fit one vector stays on the column matrix (its GEMM is deep); a
     stem of the same rows takes the direct route."""
     kernels = pytest.importorskip("onyxrt.providers.cpu.nn.direct_conv_kernels")
-    taken = []
-    route = direct_conv.direct_route
-    monkeypatch.setattr(direct_conv, "direct_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    taken = routes_taken(monkeypatch, direct_conv, "direct_route")
     width = 2 * (kernels.LANES - 1)  # stride 2: LANES - 1 outputs a row
     for channels in (direct_conv.MAX_CHANNELS + 4, 3):
         x = RNG.standard_normal((1, channels, 8, width), np.float32)

@@ -12,10 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onyxrt
 from onyxrt.providers.cpu import jit
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
-from onyxrt.providers.cpu.nn import patch_conv
+from onyxrt.providers.cpu.nn import direct_conv, patch_conv
 from onyxrt.providers.cpu.nn.conv_core import float_conv, pack_conv_weights
-from reference_ops import conv_epilogue
-from thread_mode_probe import asks_for_split_mode
+from reference_ops import CONV_ACTIVATIONS, conv_epilogue
+from route_probes import asks_for_split_mode, routes_taken
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RNG = np.random.default_rng(31)
@@ -47,8 +47,7 @@ CASES = [
     ((1, 2, 9, 14), 3, (3, 2)),  # unequal kernel sides, one output pixel a tile's remainder
     ((1, 1, 6, 6), 1, (1, 2)),  # one channel in and out
 ]
-ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
-               ("Sigmoid", [])]
+ACTIVATIONS = CONV_ACTIVATIONS
 
 
 @needs_numba
@@ -57,9 +56,7 @@ ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), (
 @pytest.mark.parametrize("biased", [False, True])
 @pytest.mark.parametrize("summed", [False, True])
 def test_matches_reference(shape, m, kernel, activation, biased, summed, monkeypatch):
-    taken = []
-    route = patch_conv.patch_route
-    monkeypatch.setattr(patch_conv, "patch_route", lambda *a: taken.append(route(*a)) or taken[-1])
+    taken = routes_taken(monkeypatch, patch_conv, "patch_route")
     x = RNG.standard_normal(shape, np.float32)
     w = (RNG.standard_normal((m, shape[1]) + kernel) / np.sqrt(shape[1] * kernel[0] * kernel[1])).astype(np.float32)
     b = RNG.standard_normal(m).astype(np.float32) if biased else None
@@ -105,7 +102,7 @@ def test_split_pool_runs_tiles_as_native_tasks(activation, summed):
 
     x = RNG.standard_normal((3, 4, 28, 36), np.float32)
     w = (RNG.standard_normal((48, 4, 4, 4)) / 8).astype(np.float32)
-    assert 3 * 63 * 64 * 48 >= patch_conv._SPLIT_MACS_SPINNING  # (multiply-adds: shared out where workers spin)
+    assert 3 * 63 * 64 * 48 >= direct_conv.SPLIT_MACS_SPINNING  # (multiply-adds: shared out where workers spin)
     b = RNG.standard_normal(48).astype(np.float32)
     fn = None if activation is None else mlas_activation_fn(*activation)
     z = RNG.standard_normal((3, 48, 7, 9)).astype(np.float32) if summed else None

@@ -13,6 +13,7 @@ from onyxrt.providers.cpu import jit
 from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
 from onyxrt.providers.cpu.nn import winograd
 from onyxrt.providers.cpu.nn.conv_core import float_conv, pack_conv_weights
+from reference_ops import CONV_ACTIVATIONS, conv_epilogue
 
 needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 RNG = np.random.default_rng(23)
@@ -44,8 +45,7 @@ SHAPES = [  # (x shape, output channels, pads)
     ((3, 32, 8, 8), 48, [2, 2, 2, 2]),  # pads wider than the filter's reach
     ((1, 32, 14, 18), 40, [0, 0, 0, 0]),
 ]
-ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
-               ("Sigmoid", [])]
+ACTIVATIONS = CONV_ACTIVATIONS
 
 
 @needs_numba
@@ -58,13 +58,7 @@ def test_matches_reference(shape, m, pads, activation, biased, summed):
     w = (RNG.standard_normal((m, shape[1], 3, 3)) / np.sqrt(9 * shape[1])).astype(np.float32)
     b = RNG.standard_normal(m).astype(np.float32) if biased else None
     want = reference(x, w, b, pads)
-    z = RNG.standard_normal(want.shape).astype(np.float32) if summed else None
-    if z is not None:
-        want += z
-    fn = None if activation is None else mlas_activation_fn(*activation)
-    want = want.astype(np.float32)
-    if fn is not None:
-        fn(want)
+    want, z, fn = conv_epilogue(want, summed, activation, RNG)
     y, packed = convolve(x, w, b, pads, fn, z)
     assert packed.winograd is not None and packed.winograd.shape == (16, m, shape[1])
     assert y.shape == want.shape and y.dtype == np.float32

@@ -32,8 +32,28 @@ MAX_STRIDE1_OUTPUTS = 16
 # Multiply-adds from which the rows are shared over the pool: where its workers spin between tasks (a hand-off costs
 # microseconds; an EfficientNet-like net's 8x3x32x32 -> 16 3x3/2 stem, 0.88M, 32 -> 21 us split on 2 Zen 5 cores), and
 # where they sleep (waking one costs 50-80 us on a VM).
-_SPLIT_MACS_SPINNING = 1 << 19
-_SPLIT_MACS_WAKING = 1 << 24
+SPLIT_MACS_SPINNING = 1 << 19
+SPLIT_MACS_WAKING = 1 << 24
+
+
+def blocked_filter(w: np.ndarray, b: np.ndarray | None, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (M, C, kh, kw) filter as a register tile reads it, (blocks, taps, ``block``) float32 (a block of output
+    channels' weights for each tap together), and its bias (blocks * ``block``,) (zero for None); zero past M."""
+    M = w.shape[0]
+    taps = math.prod(w.shape[1:])
+    blocks = -(-M // block)
+    weights = np.zeros((blocks * block, taps), np.float32)
+    weights[:M] = w.reshape(M, taps)
+    bias = np.zeros(blocks * block, np.float32)
+    if b is not None:
+        bias[:M] = np.asarray(b).reshape(M)
+    return np.ascontiguousarray(weights.reshape(blocks, block, taps).transpose(0, 2, 1)), bias
+
+
+def split_threshold(pool) -> int:
+    """The multiply-adds from which a direct or patch convolution shares its rows out over ``pool``: fewer where its
+    workers spin between tasks than where a hand-off wakes one."""
+    return SPLIT_MACS_SPINNING if pool.workers_spin else SPLIT_MACS_WAKING
 
 
 def applies(shape, dtype, w_shape, group: int, strides, pads) -> bool:
@@ -71,14 +91,8 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
     Hp = H + pt + pb
     # each phase row holds every tile's reach: whole tiles of outputs plus the filter's widest shift
     Wq = -(-OW // kernels.TILE) * kernels.TILE + (kw - 1) * d1 // s1
-    blocks = -(-M // kernels.BLOCK)
     taps = C * kh * kw
-    weights = np.zeros((blocks * kernels.BLOCK, taps), np.float32)
-    weights[:M] = w.reshape(M, taps)
-    weights = np.ascontiguousarray(weights.reshape(blocks, kernels.BLOCK, taps).transpose(0, 2, 1))
-    bias = np.zeros(blocks * kernels.BLOCK, np.float32)
-    if b is not None:
-        bias[:M] = b.reshape(M)
+    weights, bias = blocked_filter(w, b, kernels.BLOCK)
     offsets = np.array([((c * s1 + j * d1 % s1) * Hp + i * d0) * Wq + j * d1 // s1
                         for c in range(C) for i in range(kh) for j in range(kw)], np.int64)
     code = row_kernels.activation_code(activation)
@@ -94,7 +108,7 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
     # a convolution this large tells a session learning its thread mode (``framework.thread_mode``) that the pool's
     # split mode runs it faster (its rows over spinning workers): a DenseNet-like net's 8x32x32x32 -> 8 3x3 layers
     # (19M multiply-adds) 175 -> 102 us, the net 1.38 -> 0.90 ms in alternating processes, on 2 Zen 5 cores
-    faster_split = macs >= _SPLIT_MACS_WAKING
+    faster_split = macs >= SPLIT_MACS_WAKING
 
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         if faster_split:
@@ -104,10 +118,9 @@ def direct_route(shape, w: np.ndarray, b: np.ndarray | None, activation, strides
         fused = code is not None and (z is None or z.shape == y_shape and z.dtype == np.float32)
         residual = np.ascontiguousarray(z).reshape(N * M, OH * OW) if fused and z is not None else no_residual
         pool = current_pool()
-        threshold = _SPLIT_MACS_SPINNING if pool.workers_spin else _SPLIT_MACS_WAKING
         kind = act if fused else 0
         if pool.runs_native_tasks:
-            parts = min(pool.num_threads, units) if macs >= threshold else 1
+            parts = min(pool.num_threads, units) if macs >= split_threshold(pool) else 1
             pool.run_native(kernels.rows_part.address, kernels.task_args(template, x, y, residual, kind), parts)
         else:
             kernels.direct_rows(read_only(x), weights, bias, offsets, params, y, residual, s0, s1, pt, pl, Hp, Wq,

@@ -24,14 +24,11 @@ from ....framework.thread_mode import note_pool_product
 from ....framework.thread_pool import current_pool
 from .. import row_kernels
 from ..jit import optional_module, read_only
+from .direct_conv import SPLIT_MACS_WAKING, blocked_filter, split_threshold
 
 # The most weights (output channels x taps) a layer may have to take this route: 128 KB of float32, which each tile
 # of pixels reads once (L2 holds them).
 MAX_WEIGHT_FLOATS = 1 << 15
-# Multiply-adds from which the tiles are shared over the pool: where its workers spin between tasks (a hand-off costs
-# microseconds), and where they sleep (waking one costs 50-80 us on a VM); as ``direct_conv``'s.
-_SPLIT_MACS_SPINNING = 1 << 19
-_SPLIT_MACS_WAKING = 1 << 24
 
 
 def applies(shape, dtype, w_shape, group: int, strides, dilations, pads) -> bool:
@@ -55,19 +52,12 @@ def patch_route(shape, w: np.ndarray, b: np.ndarray | None, activation, out_sp,
     M, _, kh, kw = w.shape
     OH, OW = out_sp
     P = OH * OW
-    lanes = kernels.LANES
-    blocks = -(-M // lanes)
     taps = C * kh * kw
-    weights = np.zeros((blocks * lanes, taps), np.float32)
-    weights[:M] = w.reshape(M, taps)
-    weights = np.ascontiguousarray(weights.reshape(blocks, lanes, taps).transpose(0, 2, 1))
-    bias = np.zeros(blocks * lanes, np.float32)
-    if b is not None:
-        bias[:M] = np.asarray(b, np.float32).reshape(M)
+    weights, bias = blocked_filter(w, b, kernels.LANES)
     tap_offsets = np.array([(c * H + i) * W + j for c in range(C) for i in range(kh) for j in range(kw)], np.int64)
     pixel_offsets = np.array([oh * kh * W + ow * kw for oh in range(OH) for ow in range(OW)], np.int64)
     code = row_kernels.activation_code(activation)
-    in_registers = code is not None and code[0] in kernels.IN_REGISTERS
+    in_registers = code is not None and code[0] in row_kernels.IN_REGISTERS
     act, (alpha, beta) = code if in_registers else (0, (0.0, 0.0))
     params = np.array([alpha, beta], np.float32)
     weights, bias, tap_offsets, pixel_offsets, params = map(read_only, (weights, bias, tap_offsets, pixel_offsets,
@@ -76,7 +66,8 @@ def patch_route(shape, w: np.ndarray, b: np.ndarray | None, activation, out_sp,
     units = N * -(-P // kernels.PIXELS)
     macs = N * P * taps * M
     y_shape = (N, M, OH, OW)
-    faster_split = macs >= _SPLIT_MACS_WAKING  # (tells a session learning its thread mode, as ``direct_conv``)
+    # (tells a session learning its thread mode that the split mode runs it faster, as ``direct_conv``)
+    faster_split = macs >= SPLIT_MACS_WAKING
 
     def run(x: np.ndarray, z: np.ndarray | None) -> np.ndarray:
         if faster_split:
@@ -86,8 +77,7 @@ def patch_route(shape, w: np.ndarray, b: np.ndarray | None, activation, out_sp,
         fused = in_registers and z is None
         kind = act if fused else 0
         pool = current_pool()
-        threshold = _SPLIT_MACS_SPINNING if pool.workers_spin else _SPLIT_MACS_WAKING
-        if pool.runs_native_tasks and macs >= threshold and units > 1:
+        if pool.runs_native_tasks and macs >= split_threshold(pool) and units > 1:
             pool.run_native(kernels.rows_part.address, kernels.task_args(template, x, y, kind),
                             min(pool.num_threads, units))
         else:

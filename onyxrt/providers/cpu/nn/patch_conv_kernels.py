@@ -8,7 +8,7 @@ read kw-strided columns. So the tile holds output *channels* in a vector's lanes
 weights for :data:`LANES` channels, one broadcast of each pixel's input and :data:`PIXELS` multiply-adds into
 independent sums. A pixel's position in its image (``pixel_offsets``) and a tap's (``tap_offsets``) are added, so
 the tiles run over an image's pixels in one flat range, across its rows. The bias and the activations
-:data:`IN_REGISTERS` are applied in the registers; the sums are stored a channel's pixels at a time.
+``row_kernels.IN_REGISTERS`` are applied in the registers; the sums are stored a channel's pixels at a time.
 
 The tile is LLVM IR with explicit vectors of :data:`LANES` floats: sixteen where the CPU has AVX-512, else eight.
 Imported by ``patch_conv`` on first use (it imports numba at its top).
@@ -23,7 +23,7 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
-from ..ir_vectors import IN_REGISTERS, activation, splat
+from ..ir_vectors import activation, splat
 from ..native_tasks import float32_array, int64_array
 
 LANES = 16 if has_flags("avx512f") else 8  # output channels per tile
@@ -33,8 +33,6 @@ _V = ir.VectorType(_F, LANES)
 _I64 = ir.IntType(64)
 _BYTES = 4
 _jit = dict(cache=True, nogil=True, error_model="numpy")
-
-__all__ = ["IN_REGISTERS", "LANES", "PIXELS", "patch_rows", "rows_part", "task_args", "task_template"]
 
 
 def _constant(value: int) -> ir.Constant:
@@ -92,7 +90,7 @@ def patch_rows(x, weights, bias, tap_offsets, pixel_offsets, params, y, act, u0,
     """Units u0..u1 (u = n * tiles + pixel tile) of ``y`` (N, M, P) = act(conv(x) + bias) for ``x`` (N, image) flat
     images: ``weights`` (blocks, taps, LANES) and ``bias`` (blocks * LANES,) zero past M, ``tap_offsets`` (taps,)
     each tap's position relative to its window's first element, ``pixel_offsets`` (P,) each output pixel's window's
-    first element in its image; ``act`` an activation of :data:`IN_REGISTERS`, parameters ``params[:2]``."""
+    first element in its image; ``act`` an activation of ``row_kernels.IN_REGISTERS``, parameters ``params[:2]``."""
     M, P = y.shape[1], y.shape[2]
     blocks, taps = weights.shape[0], weights.shape[1]
     tiles = (P + PIXELS - 1) // PIXELS
