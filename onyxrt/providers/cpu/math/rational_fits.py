@@ -25,6 +25,9 @@ ERF_P = tuple(_F32(c) for c in (1.1283791065216064, 0.1903841346502304, 0.052745
                                  0.0002848668664228171, 2.0503141513472656e-06))
 ERF_Q = tuple(_F32(c) for c in (1.0, 0.5020563006401062, 0.11409994959831238, 0.014967341907322407,
                                  0.001162320957519114, 3.80932615371421e-05))
+# 2^f on |f| <= 0.5, degree 5 (ascending powers; max relative error 7.5e-8 exact, 2.4e-7 evaluated in float32)
+EXP2_P = tuple(_F32(c) for c in (1.0000001192092896, 0.6931469440460205, 0.24022120237350464, 0.05550713464617729,
+                                 0.009675541892647743, 0.0013276460813358426))
 
 
 def odd_rational(x: np.ndarray, limit: np.float32, p: tuple, q: tuple, out: np.ndarray | None = None) -> np.ndarray:
