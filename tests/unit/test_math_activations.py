@@ -213,3 +213,27 @@ def test_hardmax_first_max():
     y = np.array([[[1.0, 2.0], [5.0, 0.0]]], np.float32)  # legacy: argmax over the flattened row
     np.testing.assert_array_equal(act.hardmax_legacy(y, axis=1), [[[0, 0], [1, 0]]])
     assert act.hardmax(np.zeros((0, 3), np.float32)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("kernel, reference", [
+    ("sigmoid_rows", lambda x: 1 / (1 + np.exp(-x))),
+    ("x_sigmoid_rows", lambda x: x / (1 + np.exp(-x))),
+    ("gelu_tanh_rows", lambda x: x / (1 + np.exp(-2 * 0.7978845608028654 * (x + 0.044715 * x ** 3)))),
+])
+def test_compiled_logistic_rows(kernel, reference):
+    """The compiled logistic rows (one division by 1 + 2^t, ``jit_rows.exp2_limited``): relative accuracy over the
+    range where the results are normal floats, and the IEEE edges as x * sigmoid(x) has them (-inf gives NaN)."""
+    jit_rows = pytest.importorskip("onyxrt.providers.cpu.jit_rows")
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(20000) * 6, np.linspace(-80, 80, 4001)]).astype(np.float32)[None]
+    out = np.empty_like(x)
+    getattr(jit_rows, kernel)(x, np.zeros(0, np.float32), out, np.float32(1.0), 0, 1)
+    with np.errstate(all="ignore"):
+        expected = reference(x.astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-30)
+    edges = np.array([[0.0, -0.0, np.inf, -np.inf, np.nan, 200.0, -200.0, 1e-30]], np.float32)
+    getattr(jit_rows, kernel)(edges, np.zeros(0, np.float32), out[:, :8], np.float32(1.0), 0, 1)
+    if kernel == "sigmoid_rows":
+        np.testing.assert_array_equal(out[0, :8], [0.5, 0.5, 1.0, 0.0, np.nan, 1.0, 0.0, 0.5])
+    else:
+        np.testing.assert_array_equal(out[0, :8], np.array([0.0, -0.0, np.inf, np.nan, np.nan, 200.0, -0.0, 5e-31], np.float32))
