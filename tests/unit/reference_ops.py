@@ -25,7 +25,7 @@ def reference_output(op_type: str, inputs: list[np.ndarray], opset: int, **attrs
 # The activations a convolution route's epilogue applies (FusedConv's, as ``mlas_activation_fn`` takes them): those the
 # kernels apply in their registers and one they leave to the epilogue pass.
 CONV_ACTIVATIONS = [None, ("Relu", []), ("Clip", [0.0, 6.0]), ("LeakyRelu", [0.1]), ("HardSigmoid", [0.2, 0.5]),
-                    ("Sigmoid", [])]
+                    ("Sigmoid", []), ("HardSwish", []), ("QuickGelu", [1.702])]
 
 
 def conv_epilogue(want, summed: bool, activation, rng):

@@ -258,9 +258,8 @@ def test_rows_where_they_pay():
                                         ("Sigmoid", []), ("LeakyRelu", [0.2])])
 @pytest.mark.parametrize("strides, shape", [([1, 1], (2, 19, 31, 45)), ([2, 2], (1, 37, 49, 50))])
 def test_rows_activations_and_parallel_parts(monkeypatch, activation, strides, shape):
-    """The row kernel with each kind of activation (in the registers, or over each plane after it: HardSwish,
-    QuickGelu, Sigmoid), against the numpy path, and its planes shared out over the pool as a native task giving
-    the same bits as on one thread."""
+    """The row kernel with each kind of activation (in its registers: ``ir_vectors.activation``), against the numpy
+    path, and its planes shared out over the pool as a native task giving the same bits as on one thread."""
     from onyxrt.framework.thread_pool import ThreadPool
 
     monkeypatch.setattr(dw, "_ROWS_MIN_WIDTH", 0)

@@ -75,11 +75,18 @@ def _epilogue(want: np.ndarray, act: int, params: tuple[float, float]) -> np.nda
         return np.clip(want, a, b)
     if act == 6:
         return np.clip(want * a + b, 0, 1)
+    if act == 4:
+        return 1 / (1 + np.exp(-want))
+    if act == 7:
+        return want * np.clip(want / 6 + 0.5, 0, 1)
+    if act == 8:
+        return want / (1 + np.exp(-a * want))
     return want
 
 
-# the tiles' activations: none, Relu, LeakyRelu, Clip, HardSigmoid
-@pytest.mark.parametrize("act, params", [(0, (0, 0)), (1, (0, 0)), (2, (0.1, 0)), (5, (-0.5, 1.5)), (6, (0.2, 0.5))])
+# the tiles' activations: none, Relu, LeakyRelu, Clip, HardSigmoid, Sigmoid, HardSwish, QuickGelu
+@pytest.mark.parametrize("act, params", [(0, (0, 0)), (1, (0, 0)), (2, (0.1, 0)), (5, (-0.5, 1.5)), (6, (0.2, 0.5)),
+                                         (4, (0, 0)), (7, (0, 0)), (8, (1.702, 0))])
 @pytest.mark.parametrize("biased, summed", [(True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n, k", [(3 * 32 + 11, 600), (49, 600), (6 * 32 + 4, 600), (4, 600), (6 * 32 + 4, 200)])

@@ -12,10 +12,12 @@ from __future__ import annotations
 from llvmlite import ir
 from numba.core import cgutils
 
+from .math.rational_fits import EXP2_P
 from .row_kernels import IN_REGISTERS
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
+_MINUS_LOG2E = -1.4426950408889634
 
 
 def splat(builder: ir.IRBuilder, scalar: ir.Value, vector: ir.VectorType) -> ir.Value:
@@ -54,10 +56,11 @@ def masked_store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, mask
 def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
     """``value`` (a float vector) through the epilogue activation ``act`` (an int64 code of :data:`IN_REGISTERS`; any
     other leaves it as it is), parameters ``a`` and ``b`` (vectors of its type): Relu, LeakyRelu(a), Clip(a, b),
-    HardSigmoid(a, b). Comparisons are false where either side is NaN, so NaN stays NaN, as ``jit_rows.epilogue_row``
-    and numpy keep it."""
+    HardSigmoid(a, b) as selects; Sigmoid, HardSwish and QuickGelu(a) (v * sigmoid(a v)) under a branch on ``act``
+    (their operations would otherwise cost the others' tiles). Comparisons are false where either side is NaN, so NaN
+    stays NaN, as ``jit_rows.epilogue_row`` and numpy keep it; the logistic is ``jit_rows``' (one division by 1 + 2^t)."""
     vector = value.type
-    zero, one = ir.Constant(vector, [0.0] * vector.count), ir.Constant(vector, [1.0] * vector.count)
+    zero, one = _splat_constant(0.0, vector), _splat_constant(1.0, vector)
 
     def below(x, y):
         return builder.fcmp_ordered("<", x, y)
@@ -65,14 +68,63 @@ def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Valu
     def clamp(x, low, high):
         return builder.select(below(x, low), low, builder.select(below(high, x), high, x))
 
-    relu = builder.select(below(value, zero), zero, value)
-    leaky = builder.select(below(value, zero), builder.fmul(value, a), value)
-    clip = clamp(value, a, b)
-    hard = clamp(builder.fadd(builder.fmul(value, a, flags=["contract"]), b, flags=["contract"]), zero, one)
-    result = value
-    for code, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
-        result = builder.select(builder.icmp_signed("==", act, ir.Constant(_I64, code)), activated, result)
+    def code(number):
+        return builder.icmp_signed("==", act, ir.Constant(_I64, number))
+
+    def selected():
+        relu = builder.select(below(value, zero), zero, value)
+        leaky = builder.select(below(value, zero), builder.fmul(value, a), value)
+        clip = clamp(value, a, b)
+        hard = clamp(builder.fadd(builder.fmul(value, a, flags=["contract"]), b, flags=["contract"]), zero, one)
+        result = value
+        for number, activated in ((1, relu), (2, leaky), (5, clip), (6, hard)):
+            result = builder.select(code(number), activated, result)
+        return result
+
+    def branched():
+        sixth = builder.fadd(builder.fmul(value, _splat_constant(1.0 / 6.0, vector), flags=["contract"]),
+                             _splat_constant(0.5, vector), flags=["contract"])
+        hard_swish = builder.fmul(value, clamp(sixth, zero, one))
+        # Sigmoid 1 / (1 + 2^(-v log2 e)), QuickGelu v / (1 + 2^(-a v log2 e))
+        quick = code(8)
+        scale = builder.select(quick, builder.fmul(a, _splat_constant(_MINUS_LOG2E, vector)),
+                               _splat_constant(_MINUS_LOG2E, vector))
+        denominator = builder.fadd(one, exp2_limited(builder, builder.fmul(value, scale)))
+        logistic = builder.fdiv(builder.select(quick, value, one), denominator)
+        return builder.select(code(7), hard_swish, logistic)
+
+    costly = builder.or_(code(4), builder.icmp_signed(">=", act, ir.Constant(_I64, 7)))
+    with builder.if_else(costly) as (then, otherwise):
+        with then:
+            costly_value, costly_block = branched(), builder.basic_block
+        with otherwise:
+            cheap_value, cheap_block = selected(), builder.basic_block
+    result = builder.phi(vector)
+    result.add_incoming(costly_value, costly_block)
+    result.add_incoming(cheap_value, cheap_block)
     return result
+
+
+def exp2_limited(builder: ir.IRBuilder, t: ir.Value) -> ir.Value:
+    """2^t of a float vector by ``jit_rows.exp2_limited``'s operations (equal to float rounding: LLVM may contract
+    other multiplies and adds into FMAs in the one than in the other)."""
+    vector = t.type
+    high, low = _splat_constant(128.0, vector), _splat_constant(-126.0, vector)
+    t = builder.select(builder.fcmp_ordered(">", t, high), high, builder.select(builder.fcmp_ordered("<", t, low), low, t))
+    rounding = _splat_constant(1.5 * 2 ** 23, vector)
+    shifted = builder.fadd(t, rounding)
+    fraction = builder.fsub(t, builder.fsub(shifted, rounding))
+    p = _splat_constant(float(EXP2_P[-1]), vector)
+    for coefficient in EXP2_P[-2::-1]:
+        p = builder.fadd(builder.fmul(p, fraction, flags=["contract"]), _splat_constant(float(coefficient), vector),
+                         flags=["contract"])
+    integers = ir.VectorType(_I32, vector.count)
+    bits = builder.add(builder.bitcast(shifted, integers), ir.Constant(integers, [127 - 0x4B400000] * vector.count))
+    return builder.fmul(p, builder.bitcast(builder.shl(bits, ir.Constant(integers, [23] * vector.count)), vector))
+
+
+def _splat_constant(value: float, vector: ir.VectorType) -> ir.Constant:
+    return ir.Constant(vector, [value] * vector.count)
 
 
 # the 8x8 transpose: within pairs of rows, pairs of pairs, then halves

@@ -179,7 +179,8 @@ def _gelu_tanh(v, alpha):
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
-def _x_sigmoid(v, alpha):
+def x_sigmoid(v, alpha):
+    """QuickGelu(alpha) / SiLU of float32 ``v``: v * sigmoid(alpha v)."""
     # v / (1 + exp(-alpha v)): one division (v * sigmoid would take a second); -inf gives NaN, as -inf * 0
     return v / (_f(1.0) + exp2_limited(v * (alpha * _MINUS_LOG2E)))
 
@@ -190,7 +191,8 @@ def _sigmoid(v, alpha):
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
-def _hard_swish(v, alpha):
+def hard_swish(v, alpha):
+    """HardSwish of float32 ``v`` (``alpha`` unused: the activations' common signature)."""
     h = v * _f(1.0 / 6.0) + _f(0.5)
     h = _f(0.0) if h < _f(0.0) else (_f(1.0) if h > _f(1.0) else h)  # NaN stays NaN, as np.clip
     return v * h
@@ -237,7 +239,7 @@ def gelu_tanh_rows(x, bias, out, alpha, r0, r1):
 @numba.njit(fastmath=_CONTRACT, **_jit)
 def x_sigmoid_rows(x, bias, out, alpha, r0, r1):
     """v * sigmoid(alpha * v) of the rows (QuickGelu, SiLU)."""
-    _activation_rows(x, bias, out, alpha, r0, r1, _x_sigmoid)
+    _activation_rows(x, bias, out, alpha, r0, r1, x_sigmoid)
 
 
 @numba.njit(fastmath=_CONTRACT, **_jit)
@@ -249,7 +251,7 @@ def sigmoid_rows(x, bias, out, alpha, r0, r1):
 @numba.njit(fastmath=_CONTRACT, **_jit)
 def hard_swish_rows(x, bias, out, alpha, r0, r1):
     """HardSwish of the rows."""
-    _activation_rows(x, bias, out, alpha, r0, r1, _hard_swish)
+    _activation_rows(x, bias, out, alpha, r0, r1, hard_swish)
 
 
 @numba.njit(fastmath=_REASSOC, **_jit)
@@ -403,10 +405,10 @@ def epilogue_row(row, add, extra, summed, act, a, b):
             row[np.uintp(j)] = zero if v < zero else (one if v > one else v)
     elif act == 7:
         for j in range(cols):
-            row[np.uintp(j)] = _hard_swish(row[np.uintp(j)] + add, a)
+            row[np.uintp(j)] = hard_swish(row[np.uintp(j)] + add, a)
     else:
         for j in range(cols):
-            row[np.uintp(j)] = _x_sigmoid(row[np.uintp(j)] + add, a)
+            row[np.uintp(j)] = x_sigmoid(row[np.uintp(j)] + add, a)
 
 
 @numba.njit(fastmath=_CONTRACT, **_jit)
@@ -424,7 +426,7 @@ def swiglu_rows(gate, gate_at, up, up_at, out, alpha, beta, limit, r0, r1):
             if clamped:
                 a = limit if a > limit else a
                 b = _clamp(b, limit)
-            o[np.uintp(j)] = _x_sigmoid(a, alpha) * (b + beta)
+            o[np.uintp(j)] = x_sigmoid(a, alpha) * (b + beta)
 
 
 @numba.njit(fastmath=_REASSOC, **_jit)

@@ -57,8 +57,8 @@ _ACTIVATION_CODES = {"Relu": 1, "LeakyRelu": 2, "Tanh": 3, "Sigmoid": 4, "Clip":
 _EPILOGUE_CODES = {**_ACTIVATION_CODES, "HardSwish": 7, "QuickGelu": 8}
 MLAS_CODES = frozenset({0, *_ACTIVATION_CODES.values()})  # the codes (0: none) the depthwise kernels apply
 # The epilogue codes the kernels written with explicit vectors apply in their registers (``ir_vectors.activation``):
-# none, Relu, LeakyRelu, Clip, HardSigmoid; the others after them, by ``jit_rows``.
-IN_REGISTERS = (0, 1, 2, 5, 6)
+# none, Relu, LeakyRelu, Sigmoid, Clip, HardSigmoid, HardSwish, QuickGelu; Tanh after them, by ``jit_rows``.
+IN_REGISTERS = (0, 1, 2, 4, 5, 6, 7, 8)
 # Elements below which a kernel is not split over threads as a native task (a hand-off to a spinning worker costs
 # microseconds).
 _MIN_PARALLEL_ELEMENTS = 1 << 16

@@ -29,6 +29,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
+from ..jit_rows import hard_swish, sigmoid32, x_sigmoid
 from ..ir_vectors import IN_REGISTERS, activation, lanes_below, masked_load, masked_store, splat, switch_codegen
 from ..native_tasks import float32_array, int64_array, part_ranges
 
@@ -296,6 +297,12 @@ def _dot_columns(a, rest, c, m0, m1, col0, shift, column_bias, residual, summed,
                 elif act == 6:
                     v = v * low + high
                     v = zero if v < zero else (one if v > one else v)
+                elif act == 4:
+                    v = sigmoid32(v)
+                elif act == 7:
+                    v = hard_swish(v, low)
+                elif act == 8:
+                    v = x_sigmoid(v, low)
             c[m, col0 + j] = v
 
 

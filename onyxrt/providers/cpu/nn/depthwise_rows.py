@@ -9,8 +9,8 @@ coming in, two shuffles); at stride 2, 32 input columns are split into their eve
 (output j reads columns 2j - 1, 2j and 2j + 1: the odd vector moved one lane, the even, the odd), as
 ``max_pool_rows`` splits them. Columns past a row's end load as 0 under a lane mask, the first column's left
 neighbour is the padding (0), and a row above or below the plane is a row of zeros; an output row past the plane's
-last (a band's second) is stored under an empty mask. The bias starts the sum; Relu, LeakyRelu, Clip and
-HardSigmoid are applied in the registers (``ir_vectors.activation``), the other epilogue codes over each output plane
+last (a band's second) is stored under an empty mask. The bias starts the sum; the activations
+``row_kernels.IN_REGISTERS`` are applied in the registers (``ir_vectors.activation``), Tanh over each output plane
 just written (``jit_rows.epilogue_row``, while it is in cache).
 
 The channels-last blocks (``depthwise_channels_last``) transpose each block of sixteen channels into (pixels,
