@@ -16,33 +16,43 @@ from ....framework import kv_cache
 # --------------------------------------------------------------------------- Concat
 
 
-def _concat(inputs, axis: int) -> np.ndarray:
+def _concat(inputs, axis: int, alloc=None) -> np.ndarray:
     if not inputs:
         raise NodeInputError("Concat: needs at least one input")
-    inputs = [np.asarray(x) for x in inputs]
-    axis = normalize_axis(int(axis), inputs[0].ndim)
+    inputs = [x if type(x) is np.ndarray else np.asarray(x) for x in inputs]
+    first = inputs[0]
+    axis = normalize_axis(int(axis), first.ndim)
     if len(inputs) == 1:
-        return inputs[0]
-    if any(x.ndim != inputs[0].ndim for x in inputs):
+        return first
+    if any(x.ndim != first.ndim for x in inputs):
         raise NodeInputError(f"Concat: inputs have different ranks {[x.ndim for x in inputs]}")
     if len(inputs) == 2:  # a past key/value cache with room after it: the new rows are written there
-        appended = kv_cache.append_in_place(inputs[0], inputs[1], axis)
+        appended = kv_cache.append_in_place(first, inputs[1], axis)
         if appended is not None:
             return appended
     nonempty = [x for x in inputs if x.shape[axis] != 0]
     if len(nonempty) == 1 and all(x.shape[:axis] + x.shape[axis + 1:] == nonempty[0].shape[:axis] + nonempty[0].shape[axis + 1:] for x in inputs):
         return nonempty[0]
+    if alloc is not None and all(x.dtype == first.dtype for x in inputs) and not first.dtype.hasobject:
+        # into a buffer of the plan's (a run's repeated Concat of one shape reuses one): no fresh array each run
+        shape = list(first.shape)
+        shape[axis] = sum(x.shape[axis] for x in inputs)
+        for x in inputs:
+            if x.shape[:axis] + x.shape[axis + 1:] != first.shape[:axis] + first.shape[axis + 1:]:
+                raise NodeInputError(f"Concat: input shapes {[x.shape for x in inputs]} differ off axis {axis}")
+        out = alloc(shape, first.dtype)
+        return np.concatenate(inputs, axis=axis, out=out)
     return np.concatenate(inputs, axis=axis)
 
 
 @op("Concat", versions=1)
-def concat_1(*inputs, axis=1):
-    return _concat(inputs, axis)
+def concat_1(*inputs, axis=1, _alloc=None):
+    return _concat(inputs, axis, _alloc)
 
 
 @op("Concat", versions=(4, 11, 13))
-def concat(*inputs, axis):
-    return _concat(inputs, axis)
+def concat(*inputs, axis, _alloc=None):
+    return _concat(inputs, axis, _alloc)
 
 
 # --------------------------------------------------------------------------- Split
