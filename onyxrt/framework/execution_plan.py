@@ -4,8 +4,9 @@ Built once per session (and once per subgraph). Every value name gets an integer
 slot; a step is ``(kernel, input slots, output slots, slots to free)``, extended by
 the buffer planner (``framework.allocation_planner``) with whether the kernel takes
 ``_alloc`` and which dying inputs it may overwrite. Running is a single loop with no
-dictionary lookups: values are released right after their last reader (their buffers
-to the run's arena), and graph outputs are gathered by slot. A run keeps its values
+dictionary lookups, or (no profiling, bound outputs or hand-over) the same steps as one
+generated function (``compiled_steps``): values are released right after their last
+reader (their buffers to the run's arena), and graph outputs are gathered by slot. A run keeps its values
 in a list and its buffers in an arena of its own, so concurrent runs of one plan are
 independent.
 """
@@ -30,6 +31,7 @@ from ..graph.types import value_type_string
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts, kernel_contract
 from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_donations
+from .compiled_steps import compile_steps
 from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
 from .memcpy import compile_copy, is_copy, value_device
 from .partitioner import FUSED_GROUP, PROVIDER_KEY, on_cpu_kernels
@@ -97,6 +99,7 @@ class ExecutionPlan:
         # Steps whose outputs were all tiny in the last run skip _alloc and donation in the next (a
         # learned hint, shared by concurrent runs: a wrong guess costs one run without reuse, never a result).
         self._small_outputs = [False] * len(steps)
+        self._compiled: Callable[[list, Arena, list], None] | None = None  # the steps unrolled, made at first use
         self._weight_owners = frozenset(owner_ids(template))
         self._weight_slots = frozenset(slot for slot, value in enumerate(template) if value is not None)
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
@@ -297,6 +300,13 @@ class ExecutionPlan:
 
     def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None,
              profile: list | None, steps: list) -> None:
+        if profile is None and handover is None and not arena.bound and steps is self._steps:
+            # the common run: the steps as straight-line code (``compiled_steps``), ~0.4 us a step less than the loop
+            compiled = self._compiled
+            if compiled is None:
+                compiled = self._compiled = compile_steps(steps, _largest_output, self._failed, OnyxRuntimeError)
+            compiled(values, arena, self._small_outputs)
+            return
         produced, release = arena.produced, arena.release
         small, min_bytes = self._small_outputs, arena.min_bytes
         ndarray = np.ndarray
@@ -354,8 +364,12 @@ class ExecutionPlan:
         except OnyxRuntimeError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported with the failing node
-            node = self.nodes[index]
-            raise node_failure(node.name, node.op_type, exc) from exc
+            self._failed(index, exc)
+
+    def _failed(self, index: int, exc: Exception) -> None:
+        """Raise step ``index``'s failure ``exc`` as the node's error."""
+        node = self.nodes[index]
+        raise node_failure(node.name, node.op_type, exc) from exc
 
 
 class ProfiledStep(NamedTuple):
