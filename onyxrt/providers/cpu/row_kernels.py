@@ -100,14 +100,19 @@ def activation(x: np.ndarray, bias: np.ndarray | None, kind: int, alpha: float =
     into a buffer from the plan's ``alloc`` where it offers one (possibly x itself, a dying input),
     else into a fresh array.
     """
-    if (bias is None and out is None and type(x) is np.ndarray and x.dtype == _F32 and x.flags.c_contiguous
-            and 0 < x.size < _MIN_PARALLEL_ELEMENTS and x.ndim):
-        # the common small case, without the general path's checks and splits (~2 us of a 512-value Sigmoid's 3)
+    if (out is None and type(x) is np.ndarray and x.dtype == _F32 and x.flags.c_contiguous
+            and 0 < x.size < _MIN_PARALLEL_ELEMENTS and x.ndim
+            and (bias is None or type(bias) is np.ndarray and bias.dtype == _F32 and bias.ndim == 1
+                 and bias.flags.c_contiguous and bias.shape[0] == x.shape[-1])):
+        # the common small case, without the general path's checks and splits (~2 us of a 512-value Sigmoid's 3;
+        # a BiasGelu of 8 x 17 x 16 6.4 -> 5.1 us)
         kernel = _ACTIVATIONS[kind].compiled_for("f32", *_ACTIVATION_PROBE)
         if kernel is None:
             return None
         y = alloc(x.shape, _F32) if wants_buffer(alloc, x) else np.empty(x.shape, _F32)
-        kernel(read_only(x.reshape(1, -1)), _EMPTY, y.reshape(1, -1), _F32.type(alpha), 0, 1)
+        rows = x.reshape(1, -1) if bias is None else x.reshape(-1, x.shape[-1])
+        kernel(read_only(rows), _EMPTY if bias is None else read_only(bias), y.reshape(rows.shape), _F32.type(alpha), 0,
+               rows.shape[0])
         return y
     x, bias = _packed_rows(x), _packed_rows(bias)
     if x.ndim == 0 or not _usable(x) or (bias is not None and (bias.ndim != 1 or bias.shape[0] != x.shape[-1])):
