@@ -9,6 +9,8 @@ Imported only by those modules (llvmlite comes with numba).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from llvmlite import ir
 from numba.core import cgutils
 
@@ -56,8 +58,8 @@ def masked_store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, mask
 def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:
     """``value`` (a float vector) through the epilogue activation ``act`` (an int64 code of :data:`IN_REGISTERS`; any
     other leaves it as it is), parameters ``a`` and ``b`` (vectors of its type): Relu, LeakyRelu(a), Clip(a, b),
-    HardSigmoid(a, b) as selects; Sigmoid, HardSwish and QuickGelu(a) (v * sigmoid(a v)) under a branch on ``act``
-    (their operations would otherwise cost the others' tiles). Comparisons are false where either side is NaN, so NaN
+    HardSigmoid(a, b) as selects; Sigmoid and QuickGelu(a) (v * sigmoid(a v)) behind one branch on ``act``, HardSwish
+    behind another (so no activation's tiles pay for another's operations). Comparisons are false where either side is NaN, so NaN
     stays NaN, as ``jit_rows.epilogue_row`` and numpy keep it; the logistic is ``jit_rows``' (one division by 1 + 2^t)."""
     vector = value.type
     zero, one = _splat_constant(0.0, vector), _splat_constant(1.0, vector)
@@ -81,27 +83,34 @@ def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Valu
             result = builder.select(code(number), activated, result)
         return result
 
-    def branched():
+    def hard_swish():
         sixth = builder.fadd(builder.fmul(value, _splat_constant(1.0 / 6.0, vector), flags=["contract"]),
                              _splat_constant(0.5, vector), flags=["contract"])
-        hard_swish = builder.fmul(value, clamp(sixth, zero, one))
+        return builder.fmul(value, clamp(sixth, zero, one))
+
+    def logistic():
         # Sigmoid 1 / (1 + 2^(-v log2 e)), QuickGelu v / (1 + 2^(-a v log2 e))
         quick = code(8)
         scale = builder.select(quick, builder.fmul(a, _splat_constant(_MINUS_LOG2E, vector)),
                                _splat_constant(_MINUS_LOG2E, vector))
         denominator = builder.fadd(one, exp2_limited(builder, builder.fmul(value, scale)))
-        logistic = builder.fdiv(builder.select(quick, value, one), denominator)
-        return builder.select(code(7), hard_swish, logistic)
+        return builder.fdiv(builder.select(quick, value, one), denominator)
 
-    costly = builder.or_(code(4), builder.icmp_signed(">=", act, ir.Constant(_I64, 7)))
-    with builder.if_else(costly) as (then, otherwise):
-        with then:
-            costly_value, costly_block = branched(), builder.basic_block
-        with otherwise:
-            cheap_value, cheap_block = selected(), builder.basic_block
-    result = builder.phi(vector)
-    result.add_incoming(costly_value, costly_block)
-    result.add_incoming(cheap_value, cheap_block)
+    costly = builder.or_(code(4), code(8))
+    return _branch(builder, costly, logistic, lambda: _branch(builder, code(7), hard_swish, selected))
+
+
+def _branch(builder: ir.IRBuilder, condition: ir.Value, then: Callable[[], ir.Value],
+            otherwise: Callable[[], ir.Value]) -> ir.Value:
+    """``then()`` where ``condition`` holds, else ``otherwise()``: each emitted in its own block, only one run."""
+    with builder.if_else(condition) as (taken, not_taken):
+        with taken:
+            then_value, then_block = then(), builder.basic_block
+        with not_taken:
+            other_value, other_block = otherwise(), builder.basic_block
+    result = builder.phi(then_value.type)
+    result.add_incoming(then_value, then_block)
+    result.add_incoming(other_value, other_block)
     return result
 
 
