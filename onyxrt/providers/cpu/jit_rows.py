@@ -119,13 +119,10 @@ def exp_nonpositive(q):
     :func:`exp2_limited`'s polynomial, the fraction taken from q itself by two FMAs (q log2 e - n, plus q times log2
     e's float32 rounding error), so it stays accurate where |q log2 e| is large."""
     tiny = q < _f(-87.0)
-    t = q * _LOG2E
-    shifted = t + _ROUNDING
+    shifted = q * _LOG2E + _ROUNDING
     n = shifted - _ROUNDING
-    f = _fma(q, _LOG2E_LOW, _fma(q, _LOG2E, -n))
-    p = ((((_X5 * f + _X4) * f + _X3) * f + _X2) * f + _X1) * f + _X0
-    scale = _float32_from_bits((_bits_of_float32(shifted) - _ROUNDING_BITS + np.int32(127)) << np.int32(23))
-    return _f(0.0) if tiny else p * scale
+    result = _pow2(shifted, _fma(q, _LOG2E_LOW, _fma(q, _LOG2E, -n)))
+    return _f(0.0) if tiny else result
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
@@ -161,12 +158,15 @@ def exp2_limited(t):
     1.5 * 2^23 (the sum's low bits are n), so it costs one multiply per coefficient and a few adds."""
     t = _EXP2_HIGH if t > _EXP2_HIGH else (_EXP2_LOW if t < _EXP2_LOW else t)
     shifted = t + _ROUNDING
-    n = shifted - _ROUNDING
-    f = t - n  # exact, in [-0.5, 0.5]
+    return _pow2(shifted, t - (shifted - _ROUNDING))  # (the fraction exact, in [-0.5, 0.5])
+
+
+@numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
+def _pow2(shifted, f):
+    """2^(n + f), n the integer in the low bits of ``shifted`` (a value plus 1.5 * 2^23, n in [-126, 128]) and
+    |f| <= 0.5: the polynomial of f times 2^n from exponent bits (n + 127 in the field: 255, n = 128, is +inf)."""
     p = ((((_X5 * f + _X4) * f + _X3) * f + _X2) * f + _X1) * f + _X0
-    # n + 127 in the exponent field: 255 (n = 128) is +inf
-    scale = _float32_from_bits((_bits_of_float32(shifted) - _ROUNDING_BITS + np.int32(127)) << np.int32(23))
-    return p * scale
+    return p * _float32_from_bits((_bits_of_float32(shifted) - _ROUNDING_BITS + np.int32(127)) << np.int32(23))
 
 
 @numba.njit(inline="always", fastmath=_CONTRACT, **_jit)
