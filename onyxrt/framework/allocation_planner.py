@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import sys
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import AbstractSet, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -52,6 +52,7 @@ Donor = tuple[int, int]  # (input slot, output index)
 # alternating runs: the unseen ConvNeXt-, ViT- and GPT-2-like models of 64-256 KiB values 0.76, 0.83 and 0.88x the
 # time; mobilenet_v2 0.975, minilm_l6 0.99, llama_tiny's decoding step 0.985, resnet50 1.00.
 TRACKED_MIN_BYTES = 1 << 18
+_NO_OWNERS: frozenset[int] = frozenset()
 
 
 def plan_donations(
@@ -196,11 +197,11 @@ class Arena:
         self._pool_bytes = 0
         self._live: dict[int, list[int]] = {}  # id(owner) -> [live slots holding it, its bytes]
         self._live_bytes = self._live_peak = 0
-        self._weights: frozenset[int] = frozenset()
-        self._external: set[int] = set()
+        self._weights: frozenset[int] = _NO_OWNERS
+        self._external: AbstractSet[int] = _NO_OWNERS
         self.peak_bytes = self.reused_bytes = self.inplace_bytes = 0
 
-    def begin(self, weights: frozenset[int], external: set[int]) -> None:
+    def begin(self, weights: frozenset[int], external: AbstractSet[int]) -> None:
         """Start a run; ``weights`` holds the ids of the memory owners of its plan's weights, ``external`` those of
         its feeds and outer values (two sets: the weights' can be large, and a union would copy it every run)."""
         self._weights = weights
@@ -217,14 +218,14 @@ class Arena:
         if self._live_peak > policy.live_peak:
             policy.live_peak = self._live_peak
         self._requests = {}
-        self._carried = self._pool
+        carried = self._carried = self._pool
         self._pool = {}
-        self._pool_bytes = sum(a.nbytes for owners in self._carried.values() for a in owners)
+        self._pool_bytes = sum(a.nbytes for owners in carried.values() for a in owners) if carried else 0
         self._live.clear()
-        self._weights = frozenset()
-        self._external = set()
+        self._weights = self._external = _NO_OWNERS  # (no references kept to a finished run's memory owners)
         self.donated.clear()
-        self.bound = {}
+        if self.bound:
+            self.bound = {}
         self.step_args = ()
 
     def __call__(self, shape: Sequence[int], dtype: Any, output: int = 0) -> np.ndarray:
@@ -363,7 +364,7 @@ class Arena:
 
 def owner_ids(values: Sequence[Any]) -> set[int]:
     """Ids of the memory owners of the arrays among ``values`` (see :meth:`Arena.begin`)."""
-    return {id(_owner(v)) for v in values if type(v) is np.ndarray}
+    return {id(v) if v.base is None else id(v.base) for v in values if type(v) is np.ndarray}
 
 
 def _owner(array: np.ndarray) -> Any:

@@ -93,6 +93,14 @@ class ThreadModes:
         self._trial_runs = trial_runs
         self._last_split = False  # the mode of the last run of a learned signature
 
+    def learned_pool(self, signature: Hashable) -> Any:
+        """The pool a signature whose mode is learned runs on (None while it is not): ``run`` without its callback."""
+        split = self._split.get(signature)
+        if split is None:
+            return None
+        self._last_split = split
+        return self.split_pool if split else self.pool
+
     def run(self, signature: Hashable, run):
         """``run(pool)`` on the pool this signature takes, learning it on the signature's first run."""
         split = self._split.get(signature)

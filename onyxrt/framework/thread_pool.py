@@ -371,38 +371,47 @@ class _BlasThreadLimit:
         self._lock = threading.Lock()
         self._active: dict[int, int] = {}  # pool size -> runs active with it
         self._libraries: Sequence[Any] | None = None
-        self._own: list[tuple[Any, int]] = []  # (library, its own thread count) while runs are active
-        self._changed: list[bool] = []  # which of them are set to the limit instead
-        self._applied: int | None = None
+        self._own: list[int] = []  # each library's own thread count, noted when the first run became active
+        self._applied: int | None = None  # the limit while runs are active (the libraries not at it are set to it)
 
     def acquire(self, num_threads: int) -> None:
         with self._lock:
-            self._active[num_threads] = self._active.get(num_threads, 0) + 1
-            if self._applied is None or num_threads < self._applied:
-                self._apply(min(self._active))
+            active = self._active
+            if not active:  # (the common case, a run in an idle process: one query a library, a set where it differs)
+                active[num_threads] = 1
+                libraries = self._libraries if self._libraries is not None else self._blas_libraries()
+                self._own = own = [library.num_threads for library in libraries]
+                for library, threads in zip(libraries, own):
+                    if threads != num_threads:
+                        library.set_num_threads(num_threads)
+                self._applied = num_threads
+                return
+            active[num_threads] = active.get(num_threads, 0) + 1
+            if num_threads < self._applied:
+                self._apply(num_threads)
 
     def release(self, num_threads: int) -> None:
         with self._lock:
-            remaining = self._active[num_threads] - 1
+            active = self._active
+            remaining = active[num_threads] - 1
             if remaining:
-                self._active[num_threads] = remaining
+                active[num_threads] = remaining
                 return
-            del self._active[num_threads]
-            self._apply(min(self._active) if self._active else None)
+            del active[num_threads]
+            if active:
+                self._apply(min(active))
+                return
+            applied, self._applied = self._applied, None
+            for library, threads in zip(self._libraries, self._own):
+                if threads != applied:
+                    library.set_num_threads(threads)
 
-    def _apply(self, limit: int | None) -> None:
-        if limit == self._applied:
-            return
-        if self._applied is None:  # leaving the idle state: note the libraries' own settings
-            self._own = [(library, library.num_threads) for library in self._blas_libraries()]
-            self._changed = [False] * len(self._own)
-        for index, (library, own) in enumerate(self._own):
-            target = own if limit is None else limit
-            current = self._applied if self._changed[index] else own
-            if target != current:
-                library.set_num_threads(target)
-                self._changed[index] = target != own
-        self._applied = limit
+    def _apply(self, limit: int) -> None:
+        """Move the libraries from the applied limit to ``limit`` (runs active before and after)."""
+        if limit != self._applied:  # (every library is at the applied limit while runs are active)
+            for library in self._libraries:
+                library.set_num_threads(limit)
+            self._applied = limit
 
     def _blas_libraries(self) -> Sequence[Any]:
         if self._libraries is None:

@@ -36,7 +36,7 @@ from .ort_value import OrtValue
 from .placement import optimize_and_partition
 from .sparse_tensor import SparseTensor
 from .providers import create_providers, normalize_providers
-from ..framework.run_context import active_run_options
+from ..framework.run_context import run_scope
 from ..framework.shape_specialization import signature
 from ..framework.thread_mode import ThreadModes
 from ..framework.session_config import KERNELS_ON_POOL, active_session_config
@@ -46,22 +46,28 @@ from .session_options import ExecutionMode, RunOptions, SessionOptions, ignored_
 class _InputSpec:
     """What a graph input accepts, precomputed for fast feed validation."""
 
-    __slots__ = ("name", "position", "type_string", "dtype", "rank", "fixed_dims", "is_tensor")
+    __slots__ = ("name", "position", "required", "type_string", "dtype", "rank", "fixed_dims", "is_tensor",
+                 "_plain_dtype", "_static_shape")
 
-    def __init__(self, name: str, position: int, type_proto: onnx.TypeProto | None) -> None:
-        self.name, self.position = name, position
+    def __init__(self, name: str, position: int, type_proto: onnx.TypeProto | None, required: bool = True) -> None:
+        self.name, self.position, self.required = name, position, required
         self.type_string = type_string(type_proto) if type_proto is not None else "unknown"
         self.is_tensor = type_proto is not None and type_proto.HasField("tensor_type")
         self.dtype = np_dtype(type_proto.tensor_type.elem_type) if self.is_tensor else None
         shape = tensor_shape(type_proto) if self.is_tensor else None
         self.rank = None if shape is None else len(shape)
         self.fixed_dims = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
+        # the feed taken as it is without further checks: an array of exactly this dtype (not strings) and shape
+        self._plain_dtype = self.dtype if self.is_tensor and self.dtype != object else None
+        self._static_shape = tuple(shape) if shape is not None and len(self.fixed_dims) == len(shape) else None
 
     def convert(self, value: Any) -> Any:
         """The fed value as a plain host array of the input's type (device tensors as they are).
 
         Raises onnxruntime's INVALID_ARGUMENT errors, naming the input, for a value that is not one.
         """
+        if type(value) is np.ndarray and value.dtype is self._plain_dtype and value.shape == self._static_shape:
+            return value
         if isinstance(value, OrtValue):
             value = value.value
         if not self.is_tensor:
@@ -164,22 +170,26 @@ class _FedArrays:
 
     Two arrays that each own their data never overlap, so an output owning its data (a kernel's
     fresh result, the common case) is compared only with the fed views, not with every input.
+    The feed is looked through only when an output asks (once a run for its views).
     """
 
-    __slots__ = ("arrays", "ids", "views")
+    __slots__ = ("_feed", "_views")
 
     def __init__(self, input_feed: dict[str, Any]) -> None:
-        self.arrays = [v for v in input_feed.values() if isinstance(v, np.ndarray)]
-        self.ids = {id(v) for v in self.arrays}
-        self.views = [v for v in self.arrays if not v.flags.owndata]
+        self._feed = input_feed
+        self._views: list[np.ndarray] | None = None
 
     def may_share_memory(self, value: np.ndarray) -> bool:
         if value.flags.owndata:
-            if id(value) in self.ids:
-                return True
-            candidates = self.views
+            for fed in self._feed.values():
+                if fed is value:
+                    return True
+            candidates = self._views
+            if candidates is None:
+                candidates = self._views = [v for v in self._feed.values()
+                                            if isinstance(v, np.ndarray) and not v.flags.owndata]
         else:
-            candidates = self.arrays
+            candidates = [v for v in self._feed.values() if isinstance(v, np.ndarray)]
         for fed in candidates:
             if np.may_share_memory(value, fed):
                 return True
@@ -345,8 +355,9 @@ class InferenceSession(SessionApiMixin):
         self._inputs_meta = [NodeArg(v.name, types[v]) for v in graph.inputs if v not in initializers]
         self._overridable_meta = [NodeArg(v.name, types[v]) for v in graph.inputs if v in initializers]
         self._outputs_meta = [NodeArg(v.name, types[v]) for v in graph.outputs]
-        self._input_specs = {v.name: _InputSpec(v.name, i, types[v]) for i, v in enumerate(graph.inputs)}
         self._required_inputs = [a.name for a in self._inputs_meta]
+        self._input_specs = {v.name: _InputSpec(v.name, i, types[v], v not in initializers)
+                             for i, v in enumerate(graph.inputs)}
         self._input_defaults = [constant_array(v) if v in initializers else None for v in graph.inputs]
         self._output_index = {v.name: i for i, v in enumerate(graph.outputs)}
         self._model_meta = ModelMetadata(
@@ -427,14 +438,14 @@ class InferenceSession(SessionApiMixin):
                                         run_options.log_verbosity_level) or logger
             if self._logger.enabled(logging.INFO):
                 self._logger.info(f"Running with tag: {run_options.logid}")
-        # IEEE results (inf, nan) are the answer, as in onnxruntime: numpy's warnings about them are noise;
         # kernels see run_options (terminate) through framework.run_context.check_terminate
         key = signature(inputs)  # (the plan's specializations and the thread modes are keyed by it)
         try:
-            with np.errstate(all="ignore"), active_run_options(run_options):
+            with run_scope(run_options):
                 modes = self._thread_modes
-                if modes is None:
-                    return self._run_on(self._thread_pool, inputs, targets, key)
+                pool = self._thread_pool if modes is None else modes.learned_pool(key)
+                if pool is not None:
+                    return self._run_on(pool, inputs, targets, key)
                 return modes.run(key, lambda pool: self._run_on(pool, inputs, targets, key))
         except OnyxRuntimeError as error:
             if getattr(error, "node_name", None) is not None:
@@ -504,9 +515,9 @@ class InferenceSession(SessionApiMixin):
         return [outputs[i] if target.buffer is not None else self._finish_output(outputs[i], fed)
                 for i, target in zip(wanted, targets)]
 
-    def _output_positions(self, output_names: Sequence[str] | None) -> list[int]:
+    def _output_positions(self, output_names: Sequence[str] | None) -> Sequence[int]:
         if not output_names:
-            return list(range(len(self._outputs_meta)))
+            return range(len(self._outputs_meta))
         positions = []
         for name in output_names:
             if name not in self._output_index:
@@ -515,26 +526,37 @@ class InferenceSession(SessionApiMixin):
         return positions
 
     def _prepare_inputs(self, input_feed: dict[str, Any]) -> list[Any]:
+        inputs = list(self._input_defaults)
+        specs = self._input_specs
+        required = 0
+        try:
+            for name, value in input_feed.items():
+                spec = specs.get(name)
+                if spec is None:
+                    raise InvalidArgument(f"Invalid input name: {name}")
+                inputs[spec.position] = spec.convert(value)
+                required += spec.required
+        except Exception:
+            self._check_missing_inputs(input_feed)  # (onnxruntime reports missing inputs before any other error)
+            raise
+        if required != len(self._required_inputs):
+            self._check_missing_inputs(input_feed)
+        return inputs
+
+    def _check_missing_inputs(self, input_feed: dict[str, Any]) -> None:
         missing = [name for name in self._required_inputs if name not in input_feed]
         if missing:
             raise ValueError(f"Required inputs ({missing}) are missing from input feed ({list(input_feed)}).")
-        inputs = list(self._input_defaults)
-        specs = self._input_specs
-        for name, value in input_feed.items():
-            spec = specs.get(name)
-            if spec is None:
-                raise InvalidArgument(f"Invalid input name: {name}")
-            inputs[spec.position] = spec.convert(value)
-        return inputs
 
     @staticmethod
     def _finish_output(value: Any, fed: _FedArrays) -> Any:
         """Outputs are fresh, writable arrays: never views of weights or of the caller's inputs --
         except a present key/value appended in place to a ``framework.kv_cache`` buffer the caller handed over."""
         if isinstance(value, np.ndarray):
-            if kv_cache.owner_of(value) is not None:
+            flags = value.flags
+            if not flags.owndata and kv_cache.owner_of(value) is not None:
                 return value
-            if not value.flags.writeable or fed.may_share_memory(value):
+            if not flags.writeable or fed.may_share_memory(value):
                 return value.copy()
             return value
         if isinstance(value, np.generic):

@@ -148,7 +148,7 @@ def test_terminate_of_one_run_does_not_reach_another_run():
 
 def test_scan_checks_terminate_each_step():
     from onyxrt.providers.cpu.controlflow.control_flow import scan
-    from onyxrt.framework.run_context import active_run_options
+    from onyxrt.framework.run_context import run_scope
 
     options = onyxrt.RunOptions()
     steps = []
@@ -161,7 +161,7 @@ def test_scan_checks_terminate_each_step():
             options.terminate = len(steps) >= 3
             return [state + x]
 
-    with active_run_options(options), pytest.raises(Fail, match="terminate flag"):
+    with run_scope(options), pytest.raises(Fail, match="terminate flag"):
         scan(np.zeros(1), np.ones((100, 1)), body=Body(), num_scan_inputs=1)
     assert len(steps) == 3
 
