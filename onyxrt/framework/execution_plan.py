@@ -82,6 +82,7 @@ class ExecutionPlan:
         # where each input is read (the partitioner's placement), and whether that is the host
         self._input_devices = tuple((device, device.is_host) for device in map(value_device, graph.inputs))
         self._outputs_on_host = all(value_device(v).is_host for v in graph.outputs)
+        self._inputs_on_host = all(on_host for _, on_host in self._input_devices)
         producer_step = {v: index for index, node in enumerate(nodes) for v in node.outputs}
         # the step after which each output can be handed over (-1: an input or initializer, before any step)
         self._output_steps = tuple(producer_step.get(v, -1) for v in graph.outputs)
@@ -104,7 +105,7 @@ class ExecutionPlan:
         self._weight_slots = frozenset(slot for slot, value in enumerate(template) if value is not None)
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
         self._pool_policy = PoolPolicy(len(steps))  # what its arenas learn from runs (see allocation_planner.Arena)
-        self._last_report = RunReport()
+        self._last_peak_bytes = 0
         self._parallel: ParallelExecutor | None = None  # ORT_PARALLEL's inter-op threads (use_inter_op_threads)
         self._inter_op_threads = 0
         self._specializations = None  # plans for input shapes seen again (a top-level graph's; see shape_specialization)
@@ -127,7 +128,7 @@ class ExecutionPlan:
     @property
     def peak_bytes(self) -> int:
         """Peak bytes of the most recent finished run (see :class:`RunReport`; 0 before any run)."""
-        return self._last_report.peak_bytes
+        return self._last_peak_bytes
 
     def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
             targets: Sequence[BoundOutput | None] | None = None, report: RunReport | None = None,
@@ -151,7 +152,7 @@ class ExecutionPlan:
                 try:
                     return specialized.run(inputs, outer, profile, targets, report)
                 finally:
-                    self._last_report = specialized._last_report
+                    self._last_peak_bytes = specialized._last_peak_bytes
             if specializations.should_record(key):
                 recorded: dict[int, Any] = {}
                 outputs = self._run_steps(inputs, outer, profile, targets, report, self._recording_steps(recorded))
@@ -203,10 +204,15 @@ class ExecutionPlan:
     def _run_steps(self, inputs: Sequence[Any], outer: Sequence[Any], profile: list | None,
                    targets: Sequence[BoundOutput | None] | None, report: RunReport | None, steps: list) -> list[Any]:
         values = self._template.copy()
-        for slot, value, (device, on_host) in zip(self._input_slots, inputs, self._input_devices):
-            values[slot] = value if on_host and isinstance(value, np.ndarray) else move_to(value, device)
-        for slot, value in zip(self._outer_slots, outer):
-            values[slot] = value
+        if self._inputs_on_host:
+            for slot, value in zip(self._input_slots, inputs):
+                values[slot] = value if type(value) is np.ndarray else move_to(value, HOST)
+        else:
+            for slot, value, (device, on_host) in zip(self._input_slots, inputs, self._input_devices):
+                values[slot] = value if on_host and isinstance(value, np.ndarray) else move_to(value, device)
+        if outer:
+            for slot, value in zip(self._outer_slots, outer):
+                values[slot] = value
         if self._parallel is not None:
             return self._run_parallel(values, steps, profile, targets, report)
         handover = delivered = None
@@ -215,23 +221,30 @@ class ExecutionPlan:
             delivered = [None] * len(self._output_slots)
             if -1 in handover:
                 self._deliver_after(-1, values, handover, targets, delivered)
+        arenas = self._arenas
         try:
-            arena = self._arenas.pop()  # atomic: no two runs get one arena
+            arena = arenas.pop()  # atomic: no two runs get one arena
         except IndexError:
             arena = Arena(self.reuse_buffers, self._pool_policy)
         arena.begin(self._weight_owners, owner_ids(inputs) | owner_ids(outer) if outer else owner_ids(inputs))
-        if targets is not None:
-            arena.bound = self._bound_buffers(targets)
         try:
-            self._run(values, arena, handover, targets, delivered, profile, steps)
-            finished = RunReport(arena.peak_bytes, arena.reused_bytes, arena.inplace_bytes)
+            if profile is None and targets is None and steps is self._steps:
+                # the common run: the steps as straight-line code (``compiled_steps``), ~0.4 us a step less than the loop
+                compiled = self._compiled
+                if compiled is None:
+                    compiled = self._compiled = compile_steps(steps, _largest_output, self._failed, OnyxRuntimeError)
+                compiled(values, arena, self._small_outputs)
+            else:
+                if targets is not None:
+                    arena.bound = self._bound_buffers(targets)
+                self._run(values, arena, handover, targets, delivered, profile, steps)
+            peak, reused, inplace = arena.peak_bytes, arena.reused_bytes, arena.inplace_bytes
         finally:
             arena.end()
-            self._arenas.append(arena)
-        self._last_report = finished
+            arenas.append(arena)
+        self._last_peak_bytes = peak
         if report is not None:
-            report.peak_bytes, report.reused_bytes, report.inplace_bytes = (
-                finished.peak_bytes, finished.reused_bytes, finished.inplace_bytes)
+            report.peak_bytes, report.reused_bytes, report.inplace_bytes = peak, reused, inplace
         if delivered is not None:
             return delivered
         if self._outputs_on_host:
@@ -254,7 +267,7 @@ class ExecutionPlan:
         self._parallel.run(steps, self.nodes, values, record)
         if profile is not None:
             profile.sort(key=lambda step: step.start_ns)
-        self._last_report = RunReport()
+        self._last_peak_bytes = 0
         if report is not None:
             report.peak_bytes = report.reused_bytes = report.inplace_bytes = 0
         outputs = [values[slot] for slot in self._output_slots]
@@ -300,13 +313,8 @@ class ExecutionPlan:
 
     def _run(self, values: list[Any], arena: Arena, handover, targets, delivered: list[Any] | None,
              profile: list | None, steps: list) -> None:
-        if profile is None and handover is None and not arena.bound and steps is self._steps:
-            # the common run: the steps as straight-line code (``compiled_steps``), ~0.4 us a step less than the loop
-            compiled = self._compiled
-            if compiled is None:
-                compiled = self._compiled = compile_steps(steps, _largest_output, self._failed, OnyxRuntimeError)
-            compiled(values, arena, self._small_outputs)
-            return
+        """The steps run one by one: a profiled run, one with outputs handed over or bound, a specialized plan's
+        recording run."""
         produced, release = arena.produced, arena.release
         small, min_bytes = self._small_outputs, arena.min_bytes
         ndarray = np.ndarray
