@@ -201,24 +201,41 @@ unsqueeze_13.fast_path = _reshaped(lambda data, axes, **_: _unsqueeze(data, axes
 def transpose(data, *, perm=None):
     if perm is None:
         return data.T if data.ndim > 1 else data
-    perm = [int(p) for p in perm]
-    if perm == list(range(data.ndim)):
+    key = (tuple(perm), data.ndim)
+    kind = _PERM_KINDS.get(key)
+    if kind is None:
+        kind = _perm_kind(*key)
+    if kind is _KEEP:
         return data
-    if sorted(perm) != list(range(data.ndim)):
-        raise NodeInvalidArgument(f"Transpose: perm {perm} is not a permutation of the input's {data.ndim} axes")
-    if perm in _CHANNEL_PERMS and data.dtype == np.float32 and data.size >= _CHANNEL_MIN_SIZE and data.flags.c_contiguous:
-        moved = _channels_moved(data, perm == _CHANNEL_PERMS[0])
+    if kind is not _VIEW and data.dtype == _F32 and data.size >= _CHANNEL_MIN_SIZE and data.flags.c_contiguous:
+        moved = _channels_moved(data, kind is _TO_LAST)
         if moved is not None:
             return moved
-    return data.transpose(perm)
+    return data.transpose(key[0])
 
 
 # NCHW -> NHWC and back: float32 tensors of this many elements or more are copied by ``tensor/channels_last`` (0.5x
 # and 0.14x the time of numpy's strided copy on 32x112x112 and back, which the next kernel would make of the view
 # anyway); smaller ones stay views.
-_CHANNEL_PERMS = ([0, 2, 3, 1], [0, 3, 1, 2])
+_CHANNEL_PERMS = ((0, 2, 3, 1), (0, 3, 1, 2))
 _CHANNEL_MIN_SIZE = 1 << 12
 _CHANNEL_PARALLEL_SIZE = 1 << 16  # elements from which a pool that splits products shares the transpose out
+_F32 = np.dtype(np.float32)
+# what a permutation of a rank does (worked out once per pair: a run's transposes skip the checks)
+_KEEP, _VIEW, _TO_LAST, _TO_FIRST = "keep", "view", "to channels-last", "to channels-first"
+_PERM_KINDS: dict[tuple[tuple[int, ...], int], str] = {}
+
+
+def _perm_kind(perm: tuple[int, ...], rank: int) -> str:
+    if sorted(perm) != list(range(rank)):
+        raise NodeInvalidArgument(f"Transpose: perm {list(perm)} is not a permutation of the input's {rank} axes")
+    if perm == tuple(range(rank)):
+        kind = _KEEP
+    else:
+        kind = _TO_LAST if perm == _CHANNEL_PERMS[0] else _TO_FIRST if perm == _CHANNEL_PERMS[1] else _VIEW
+    if len(_PERM_KINDS) < 256:
+        _PERM_KINDS[(perm, rank)] = kind
+    return kind
 
 
 def _channels_moved(data: np.ndarray, to_last: bool) -> np.ndarray | None:
@@ -229,14 +246,16 @@ def _channels_moved(data: np.ndarray, to_last: bool) -> np.ndarray | None:
         return None
     n, a, b, c = data.shape
     rows, columns = (a, b * c) if to_last else (a * b, c)
-    source = data.reshape(n, rows, columns)
-    out = np.empty((n, columns, rows), np.float32)
-    pool = current_pool()
-    if pool.splits_gemms and pool.runs_native_tasks and data.size >= _CHANNEL_PARALLEL_SIZE:
-        pool.run_native(module.transpose_part.address, module.task_args(source, out), pool.num_threads)
-    else:
-        module.transpose_images(source, out)
-    return out.reshape((n, b, c, a) if to_last else (n, c, a, b))
+    out = np.empty((n, b, c, a) if to_last else (n, c, a, b), _F32)
+    if data.size >= _CHANNEL_PARALLEL_SIZE:
+        pool = current_pool()
+        if pool.splits_gemms and pool.runs_native_tasks:
+            pool.run_native(module.transpose_part.address,
+                            module.task_args(data.reshape(n, rows, columns), out.reshape(n, columns, rows)),
+                            pool.num_threads)
+            return out
+    module.transpose_images(data.reshape(n, rows, columns), out.reshape(n, columns, rows))
+    return out
 
 
 # --------------------------------------------------------------------------- Shape / Size
