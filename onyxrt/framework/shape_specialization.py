@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..graph.builder import subgraphs
+from ..graph.opsets import ONYXRT_DOMAIN
 
 # Ops whose output shapes follow from their inputs' shapes and their attributes alone.
 _SHAPES_FROM_SHAPES = frozenset({
@@ -38,6 +39,8 @@ _SHAPES_FROM_SHAPES = frozenset({
     # com.microsoft
     "BiasAdd", "BiasGelu", "FastGelu", "FusedConv", "FusedGemm", "FusedMatMul", "QuickGelu",
     "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+    # ai.onyxrt
+    "ChannelGate", "ChannelScaledConv", "RowQuantizeMatMul",
 })
 _REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
                "ReduceProd", "ReduceSum", "ReduceSumSquare")
@@ -48,11 +51,12 @@ _SHAPES_FROM_VALUES: dict[str, frozenset[int]] = {
     "Resize": frozenset({1, 2, 3}), "Slice": frozenset({1, 2, 3, 4}), "Split": frozenset({1}),
     "Squeeze": frozenset({1}), "Tile": frozenset({1}), "TopK": frozenset({1}), "Unsqueeze": frozenset({1}),
     "Upsample": frozenset({1}), **{name: frozenset({1}) for name in _REDUCTIONS},
+    "Rearrange": frozenset({1, 2}),  # (ai.onyxrt)
 }
 _SHAPE_READERS = frozenset({"Shape", "Size"})
 _RANDOM = frozenset({"Bernoulli", "BiasDropout", "BitmaskBiasDropout", "BitmaskDropout", "Dropout", "Multinomial",
                      "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike"})
-_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft"})
+_DOMAINS = frozenset({"", "ai.onnx", "com.microsoft", ONYXRT_DOMAIN})
 _MAX_RECORDED_BYTES = 1 << 16  # a shape vector or a mask, not an activation
 _MAX_PLANS = 4  # input signatures a plan keeps a specialization for (each holds its own buffer pool)
 _MAX_SIGNATURES = 64  # signatures counted before the counts start over (a decoder's growing past)
@@ -84,7 +88,7 @@ def shape_determined_steps(nodes: Sequence[Any], steps: Sequence[tuple], input_s
         elif op in _SHAPES_FROM_SHAPES:
             if all(slot in shape_static for slot in ins):
                 shape_static.update(outs)
-        elif op in _SHAPES_FROM_VALUES and node.domain in ("", "ai.onnx"):
+        elif op in _SHAPES_FROM_VALUES and node.domain in ("", "ai.onnx", ONYXRT_DOMAIN):
             by_value = _SHAPES_FROM_VALUES[op]
             if all(slot in (value_static if i in by_value else shape_static) for i, slot in enumerate(ins)):
                 shape_static.update(outs)

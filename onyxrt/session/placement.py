@@ -38,8 +38,8 @@ from ..graph.builder import subgraphs
 from ..graph.function_expansion import expand_unsupported
 from ..graph.model_saver import save_model
 from ..optimizer import (OptimizationLevel, OptimizationReport, batch_norm_depthwise, channel_gate_fusion,
-                         channel_scale_conv_fusion, conv_epilogue_fusion, optimize, rotary_attention_packing,
-                         row_quantize_matmul_fusion, swiglu_fusion)
+                         channel_scale_conv_fusion, conv_epilogue_fusion, optimize, rearrange_fusion,
+                         rotary_attention_packing, row_quantize_matmul_fusion, swiglu_fusion)
 from ..providers.base import ExecutionProvider, is_assigned
 from ..providers.cpu import CPUExecutionProvider
 from .session_options import SessionOptions
@@ -91,7 +91,8 @@ def optimize_and_partition(model: ir.Model, providers: Sequence[ExecutionProvide
 def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]) -> None:
     """Rewrites into forms only onyxrt's CPU kernels run (never saved): see ``optimizer/batch_norm_depthwise.py``,
     ``optimizer/conv_epilogue_fusion.py``, ``optimizer/channel_gate_fusion.py``, ``optimizer/channel_scale_conv_fusion.py``,
-    ``optimizer/rotary_attention_packing.py``, ``optimizer/swiglu_fusion.py`` and ``optimizer/row_quantize_matmul_fusion.py``."""
+    ``optimizer/rotary_attention_packing.py``, ``optimizer/swiglu_fusion.py``, ``optimizer/row_quantize_matmul_fusion.py``
+    and ``optimizer/rearrange_fusion.py``."""
     if level < OptimizationLevel.EXTENDED:
         return
     for name, rewrite in ((batch_norm_depthwise.NAME, batch_norm_depthwise.batch_norm_as_depthwise),
@@ -100,7 +101,8 @@ def _fuse_for_cpu_kernels(model: ir.Model, level: int, disabled: Collection[str]
                           (channel_scale_conv_fusion.NAME, channel_scale_conv_fusion.fuse_channel_scale_convs),
                           (rotary_attention_packing.NAME, rotary_attention_packing.pack_rotary_attention),
                           (swiglu_fusion.NAME, swiglu_fusion.fuse_swiglu),
-                          (row_quantize_matmul_fusion.NAME, row_quantize_matmul_fusion.fuse_row_quantize_matmuls)):
+                          (row_quantize_matmul_fusion.NAME, row_quantize_matmul_fusion.fuse_row_quantize_matmuls),
+                          (rearrange_fusion.NAME, rearrange_fusion.fuse_rearranges)):
         if name not in disabled:
             rewrite(model.graph, model.opset_imports)
 
