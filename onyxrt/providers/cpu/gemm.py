@@ -245,8 +245,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         b = np.ascontiguousarray(b)
     pool = current_pool()
     threads = pool.num_threads
-    if (a.ndim == 2 and b.ndim == 2 and _own_sgemm_shape(a.shape[0], a.shape[1], b.shape[1])
-            and (pool.splits_gemms or threads == 1) and (out is None or out.flags.c_contiguous)):
+    if ((pool.splits_gemms or threads == 1) and a.ndim == 2 and b.ndim == 2
+            and _own_sgemm_shape(a.shape[0], a.shape[1], b.shape[1]) and (out is None or out.flags.c_contiguous)):
         y = _own_sgemm(a, b, out, pool)
         if y is not None:
             return y

@@ -100,6 +100,18 @@ def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple[int, ...] | None:
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=None) -> np.ndarray:
+    if type(packed) is _PackedB and a.dtype is _F32 and packed.dtype is _F32 and a.ndim >= 2 and a.flags.c_contiguous:
+        # (the common MatMul, activations by a constant float32 B of more than a GEMV's rows: ~2 us of the checks
+        # below less on a small product)
+        B = packed.value
+        depth, cols = B.shape
+        rows = a.size // depth if depth and a.shape[-1] == depth else 0
+        if rows > GEMV_MAX_ROWS and packed.shape == b.shape:
+            note_product(rows, depth, cols)
+            shape = a.shape[:-1] + (cols,)
+            out = alloc(shape, _F32) if alloc is not None and a.nbytes >= ALLOC_MIN_BYTES else None
+            y = pool_matmul(a.reshape(rows, depth), B, out=None if out is None else out.reshape(rows, cols))
+            return out if out is not None else y.reshape(shape)
     if a.dtype != b.dtype:
         raise NodeInputTypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if a.ndim == 0 or b.ndim == 0:
