@@ -47,7 +47,7 @@ class _InputSpec:
     """What a graph input accepts, precomputed for fast feed validation."""
 
     __slots__ = ("name", "position", "required", "type_string", "dtype", "rank", "fixed_dims", "is_tensor",
-                 "_plain_dtype", "_static_shape")
+                 "_plain_dtype", "_fixed_from", "_fixed_tail")
 
     def __init__(self, name: str, position: int, type_proto: onnx.TypeProto | None, required: bool = True) -> None:
         self.name, self.position, self.required = name, position, required
@@ -57,17 +57,25 @@ class _InputSpec:
         shape = tensor_shape(type_proto) if self.is_tensor else None
         self.rank = None if shape is None else len(shape)
         self.fixed_dims = [] if shape is None else [(i, d) for i, d in enumerate(shape) if isinstance(d, int)]
-        # the feed taken as it is without further checks: an array of exactly this dtype (not strings) and shape
+        # the feed taken as it is without further checks: an array of exactly this dtype (not strings), of the rank,
+        # whose dims from _fixed_from on are the fixed ones (the commonest shapes: every dim fixed, or the leading
+        # ones symbolic, a batch or a sequence); None where fixed dims follow symbolic ones
         self._plain_dtype = self.dtype if self.is_tensor and self.dtype != object else None
-        self._static_shape = tuple(shape) if shape is not None and len(self.fixed_dims) == len(shape) else None
+        self._fixed_from = self._fixed_tail = None
+        if shape is not None:
+            start = len(shape) - len(self.fixed_dims)
+            if all(index >= start for index, _ in self.fixed_dims):
+                self._fixed_from, self._fixed_tail = start, tuple(shape[start:])
 
     def convert(self, value: Any) -> Any:
         """The fed value as a plain host array of the input's type (device tensors as they are).
 
         Raises onnxruntime's INVALID_ARGUMENT errors, naming the input, for a value that is not one.
         """
-        if type(value) is np.ndarray and value.dtype is self._plain_dtype and value.shape == self._static_shape:
-            return value
+        if type(value) is np.ndarray and value.dtype is self._plain_dtype and self._fixed_from is not None:
+            shape = value.shape
+            if len(shape) == self.rank and shape[self._fixed_from:] == self._fixed_tail:
+                return value
         if isinstance(value, OrtValue):
             value = value.value
         if not self.is_tensor:

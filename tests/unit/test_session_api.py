@@ -95,6 +95,7 @@ def test_python_lists_are_converted_to_the_input_type(model_path):
         ({"x": X.reshape(2, 2, 2)}, InvalidArgument, "Invalid rank for input: x Got: 3 Expected: 2"),
         ({"x": np.zeros((2, 5), np.float32)}, InvalidArgument, "index: 1 Got: 5 Expected: 4"),
         ({}, ValueError, "Required inputs (['x']) are missing"),
+        ({"z": X}, ValueError, "Required inputs (['x']) are missing"),  # (missing inputs are reported first)
     ],
 )
 def test_bad_feeds_are_rejected_with_onnxruntime_messages(model_path, feed, error, message):
