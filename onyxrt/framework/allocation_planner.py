@@ -364,7 +364,7 @@ class Arena:
 
 def owner_ids(values: Sequence[Any]) -> set[int]:
     """Ids of the memory owners of the arrays among ``values`` (see :meth:`Arena.begin`)."""
-    return {id(v) if v.base is None else id(v.base) for v in values if type(v) is np.ndarray}
+    return {id(_owner(v)) for v in values if type(v) is np.ndarray}
 
 
 def _owner(array: np.ndarray) -> Any:

@@ -379,7 +379,7 @@ class _BlasThreadLimit:
             active = self._active
             if not active:  # (the common case, a run in an idle process: one query a library, a set where it differs)
                 active[num_threads] = 1
-                libraries = self._libraries if self._libraries is not None else self._blas_libraries()
+                libraries = self._blas_libraries()
                 self._own = own = [library.num_threads for library in libraries]
                 for library, threads in zip(libraries, own):
                     if threads != num_threads:

@@ -100,18 +100,6 @@ def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple[int, ...] | None:
 
 
 def _matmul(a: np.ndarray, b: np.ndarray, packed: _PackedB | None = None, alloc=None) -> np.ndarray:
-    if type(packed) is _PackedB and a.dtype is _F32 and packed.dtype is _F32 and a.ndim >= 2 and a.flags.c_contiguous:
-        # (the common MatMul, activations by a constant float32 B of more than a GEMV's rows: ~2 us of the checks
-        # below less on a small product)
-        B = packed.value
-        depth, cols = B.shape
-        rows = a.size // depth if depth and a.shape[-1] == depth else 0
-        if rows > GEMV_MAX_ROWS and packed.shape == b.shape:
-            note_product(rows, depth, cols)
-            shape = a.shape[:-1] + (cols,)
-            out = alloc(shape, _F32) if alloc is not None and a.nbytes >= ALLOC_MIN_BYTES else None
-            y = pool_matmul(a.reshape(rows, depth), B, out=None if out is None else out.reshape(rows, cols))
-            return out if out is not None else y.reshape(shape)
     if a.dtype != b.dtype:
         raise NodeInputTypeError(f"MatMul inputs have different dtypes {a.dtype} and {b.dtype}")
     if a.ndim == 0 or b.ndim == 0:
@@ -170,18 +158,6 @@ def gemm_prepack(inputs, attributes):
 
 
 def _gemm(a, b, c, alpha, beta, transA, transB, packed: _PackedB | None = None):
-    if type(packed) is _PackedB and not transA and alpha == 1.0 and a.dtype is _F32 and packed.dtype is _F32:
-        # (the common Gemm, a classifier's or a linear layer's: float32 by a packed constant B plus C or nothing, ~2 us
-        # of checks less than below on a small product)
-        B = packed.value
-        m, n = a.shape[0] if a.ndim == 2 else 0, B.shape[1]
-        if (m > GEMV_MAX_ROWS and packed.shape == b.shape and a.shape[1] == B.shape[0]
-                and (c is None or beta == 0.0 or beta == 1.0 and c.dtype is _F32 and (c.shape == (n,) or c.shape == (m, n)))):
-            note_product(m, B.shape[0], n)
-            y = np.asarray(pool_matmul(a, B))
-            if c is not None and beta != 0.0:
-                y += c
-            return y
     if a.ndim != 2 or b.ndim != 2:
         raise NodeInputError(f"Gemm inputs A {a.shape} and B {b.shape} must be 2-D")
     dtype = a.dtype

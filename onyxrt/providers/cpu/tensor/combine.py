@@ -37,12 +37,7 @@ def _concat(inputs, axis: int, alloc=None) -> np.ndarray:
     if len(nonempty) == 1 and all(x.shape[:axis] + x.shape[axis + 1:] == nonempty[0].shape[:axis] + nonempty[0].shape[axis + 1:] for x in inputs):
         return nonempty[0]
     if alloc is not None and all(x.dtype == first.dtype for x in inputs) and not first.dtype.hasobject:
-        # into a buffer of the plan's (a run's repeated Concat of one shape reuses one): no fresh array each run
-        # (inputs that differ off the axis fail in np.concatenate, as without a buffer)
-        shape = list(first.shape)
-        shape[axis] = sum(x.shape[axis] for x in inputs)
-        out = alloc(shape, first.dtype)
-        return np.concatenate(inputs, axis=axis, out=out)
+        return _concatenated(inputs, axis, sum(x.shape[axis] for x in inputs), alloc)
     return np.concatenate(inputs, axis=axis)
 
 
@@ -79,10 +74,15 @@ def _plain_concat(inputs, axis: int, alloc) -> np.ndarray | None:
         return None
     if alloc is None:
         return np.concatenate(inputs, axis=axis)
-    # into a buffer of the plan's (a run's repeated Concat of one shape reuses one): no fresh array each run
-    # (inputs that differ off the axis fail in np.concatenate, as without a buffer)
-    shape = first.shape
-    return np.concatenate(inputs, axis=axis, out=alloc(shape[:axis] + (total,) + shape[axis + 1:], dtype))
+    return _concatenated(inputs, axis, total, alloc)
+
+
+def _concatenated(inputs, axis: int, total: int, alloc) -> np.ndarray:
+    """``inputs`` (of one dtype, ``total`` long along ``axis`` together) concatenated into a buffer of the plan's (a
+    run's repeated Concat of one shape reuses one): no fresh array each run (inputs that differ off the axis fail in
+    np.concatenate, as without a buffer)."""
+    shape = inputs[0].shape
+    return np.concatenate(inputs, axis=axis, out=alloc(shape[:axis] + (total,) + shape[axis + 1:], inputs[0].dtype))
 
 
 # --------------------------------------------------------------------------- Split
