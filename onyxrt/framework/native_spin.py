@@ -2,7 +2,7 @@
 where numba is usable).
 
 A pool worker waits for work in :func:`spin`, a compiled loop that holds no GIL: it watches its
-hand-off record (an int64 array, :data:`RECORD_SIZE` entries) for a new sequence number and runs
+hand-off record (an int64 array, :data:`RECORD_SIZE` entries) for a new sequence number and joins
 a *native task* (the address of a C-callable function ``void task(int64 args, int64 part, int64
 parts)``, e.g. a numba ``cfunc``) right there, without touching Python, or returns to Python for
 a Python task. Handing a part of a loop to a spinning worker then costs a few microseconds,
@@ -10,12 +10,26 @@ where waking a blocked thread costs tens to hundreds (a halted vCPU is woken thr
 hypervisor) and a Python task also has to win the GIL. After ``limit`` idle iterations the
 worker marks itself asleep and returns, and blocks until woken: idle workers cost nothing.
 
-Record entries: SEQ (the last hand-off posted), DONE (the last one finished), TASK (0 for a
-Python task, else the native task's address), ARGS, PART, PARTS (the native task's arguments),
-SLEEPING (1 while the worker is blocked or about to be), WAKE (set by :func:`fork` where the worker slept
-when its part was posted: the poster wakes it). Posting and going to sleep use
-sequentially consistent atomics, so a hand-off is never missed: the poster stores SEQ then
-reads SLEEPING, the worker stores SLEEPING then reads SEQ.
+A native task's parts are *claimed*, not assigned: the caller and the workers it posted to each take the next
+unclaimed part (a compare-and-swap on the pool's claim row; the caller from the first part up, the workers from the
+last down, so that with two threads each keeps its half of the data from one task to the next) until none is left,
+and the caller waits only for the parts others claimed. A late worker (its vCPU descheduled, or asleep and being
+woken: 50-80 us) leaves its share to the caller instead of holding it up. Each post carries a ticket (the claim
+word's high bits): a worker taking a post after its task was done finds the ticket gone and claims nothing, so the
+caller never waits for it and the task's arguments may be freed (tickets wrap after 2**31 tasks: a worker would
+have to stall between reading a post and claiming for that long). A no-op task's hand-off to a spinning worker
+measured 2.3 us against 2.5 with assigned parts (alternating processes, 2-vCPU Zen 4). Where a worker's vCPU is slow
+rather than late (a split EfficientNet-like net's worker parts took 424 us a run against the caller's 255 in such a
+process, 195 each in most), cutting tasks finer, two parts a thread, gave the caller more of its share (600 -> 480 us
+a run) but cost 5 % where both vCPUs were fast, the common case: callers keep one part a thread.
+
+Record entries: SEQ (even: the last post; odd while the poster writes the entries, which a worker reads
+between two equal even loads of SEQ), DONE (the last post the worker finished), TASK (0 for a Python task, else the
+native task's address), ARGS, TICKET, PARTS (the native task's), SLEEPING (1 while the worker is blocked or about to
+be), WAKE (set by :func:`fork` where the worker slept when its part was posted: the poster wakes it). The claim row
+(the records' last row): WORD (ticket, the caller's next part, the end of the parts left: :func:`fork`), FINISHED
+(parts done), ISSUED (the last ticket). Posting and going to sleep use sequentially consistent atomics, so a
+hand-off is never missed: the poster stores SEQ then reads SLEEPING, the worker stores SLEEPING then reads SEQ.
 """
 
 from __future__ import annotations
@@ -28,8 +42,14 @@ from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic
 
-SEQ, DONE, TASK, ARGS, PART, PARTS, SLEEPING, WAKE = range(8)
+SEQ, DONE, TASK, ARGS, TICKET, PARTS, SLEEPING, WAKE = range(8)
+WORD, FINISHED, ISSUED = range(3)  # the claim row's entries
 RECORD_SIZE = 16  # 128 bytes: a record shares no cache line with the next one's hot entries
+PART_BITS = 16  # the claim word: ticket (31 bits), the next part from the front, the parts left below the back
+PART_MASK = (1 << PART_BITS) - 1
+TICKET_SHIFT = 2 * PART_BITS
+MAX_PARTS = PART_MASK
+TICKET_MASK = (1 << 31) - 1  # (the word stays positive)
 IDLE, PYTHON_TASK = 0, 1  # what spin returns
 YIELD_EVERY = 64
 _jit = dict(cache=True, nogil=True)
@@ -54,6 +74,30 @@ def _store(typingctx, record, index, value):
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
         builder.store_atomic(args[2], builder.gep(array.data, [args[1]]), "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return types.void(record, index, value), codegen
+
+
+@intrinsic
+def _swap(typingctx, record, index, expected, value):
+    """record[index] = value where it holds ``expected`` (an atomic compare-and-swap); whether it did."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        pair = builder.cmpxchg(builder.gep(array.data, [args[1]]), args[2], args[3], "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return types.boolean(record, index, expected, value), codegen
+
+
+@intrinsic
+def _add(typingctx, record, index, value):
+    """record[index] += value, atomically."""
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        builder.atomic_rmw("add", builder.gep(array.data, [args[1]]), args[2], "seq_cst")
         return context.get_dummy_value()
 
     return types.void(record, index, value), codegen
@@ -93,20 +137,50 @@ def _pause(count, yield_address):
 
 
 @numba.njit(**_jit)
-def spin(record, limit, yield_address):
-    """Wait for hand-offs on ``record``: run native tasks here; return PYTHON_TASK when a Python task
-    is posted (the caller runs it, then :func:`finish`), IDLE after ``limit`` iterations without
-    one (SLEEPING then set: the poster will wake the caller)."""
+def _claim(claims, ticket, from_back):
+    """The next unclaimed part of the task of ``ticket``, now claimed: the lowest for the caller, the highest for a
+    worker (``from_back``); -1 where none is left or the ticket is gone."""
+    while True:
+        word = _load(claims, WORD)
+        front, back = (word >> PART_BITS) & PART_MASK, word & PART_MASK
+        if word >> TICKET_SHIFT != ticket or front >= back:
+            return -1
+        claimed = word - 1 if from_back else word + (1 << PART_BITS)
+        if _swap(claims, WORD, word, claimed):
+            return back - 1 if from_back else front
+
+
+@numba.njit(**_jit)
+def _run_claimed(claims, task, args, ticket, parts, from_back):
+    """Claim and run parts of the native task of ``ticket`` until none is left."""
+    while True:
+        part = _claim(claims, ticket, from_back)
+        if part < 0:
+            return
+        _call_task(task, args, part, parts)
+        _add(claims, FINISHED, 1)
+
+
+@numba.njit(**_jit)
+def spin(record, claims, limit, yield_address):
+    """Wait for hand-offs on ``record``: join native tasks here (their parts claimed on ``claims``, the records' last
+    row); return PYTHON_TASK when a Python task is posted (the caller runs it, then :func:`finish`), IDLE after
+    ``limit`` iterations without one (SLEEPING then set: the poster will wake the caller)."""
     _store(record, SLEEPING, 0)
     seen = _load(record, DONE)
     idle = 0
     while True:
         posted = _load(record, SEQ)
-        if posted != seen:
-            task = record[TASK]
+        if posted != seen and posted % 2 == 0:
+            task = _load(record, TASK)
+            args = _load(record, ARGS)
+            ticket = _load(record, TICKET)
+            parts = _load(record, PARTS)
+            if _load(record, SEQ) != posted:
+                continue  # re-posted while read: read the newest
             if task == 0:
                 return PYTHON_TASK
-            _call_task(task, record[ARGS], record[PART], record[PARTS])
+            _run_claimed(claims, task, args, ticket, parts, True)
             seen = posted
             _store(record, DONE, posted)
             idle = 0
@@ -122,10 +196,16 @@ def spin(record, limit, yield_address):
 
 
 @numba.njit(**_jit)
-def post(record, sequence):
-    """Publish hand-off ``sequence`` (its other entries already written); True when the worker sleeps
-    and must be woken."""
-    _store(record, SEQ, sequence)
+def publish(record, task, args, ticket, parts):
+    """Post a hand-off on ``record`` (SEQ odd while its entries are written); True when the worker sleeps and must be
+    woken."""
+    sequence = record[SEQ]
+    _store(record, SEQ, sequence + 1)
+    _store(record, TASK, task)
+    _store(record, ARGS, args)
+    _store(record, TICKET, ticket)
+    _store(record, PARTS, parts)
+    _store(record, SEQ, sequence + 2)
     return _load(record, SLEEPING) != 0
 
 
@@ -146,29 +226,31 @@ def wait(record, sequence, yield_address):
 
 @numba.njit(**_jit)
 def fork(records, task, args, helpers, parts):
-    """Post parts 1..``helpers`` of the native task at ``task`` to the workers of ``records``' first ``helpers`` rows
-    (their next hand-off each); WAKE set in the rows of those asleep, which the caller must wake. Returns how many."""
+    """Open the native task at ``task`` for claiming (a new ticket) and post it to the workers of ``records``' first
+    ``helpers`` rows; WAKE set in the rows of those asleep, which the caller must wake. Returns how many."""
+    claims = records[records.shape[0] - 1]
+    ticket = (claims[ISSUED] + 1) & TICKET_MASK
+    claims[ISSUED] = ticket
+    _store(claims, FINISHED, 0)
+    _store(claims, WORD, ticket << TICKET_SHIFT | parts)
     sleeping = 0
     for worker in range(helpers):
         record = records[worker]
-        record[TASK] = task
-        record[ARGS] = args
-        record[PART] = worker + 1
-        record[PARTS] = parts
-        record[WAKE] = 1 if post(record, record[SEQ] + 1) else 0
+        record[WAKE] = 1 if publish(record, task, args, ticket, parts) else 0
         sleeping += record[WAKE]
     return sleeping
 
 
 @numba.njit(**_jit)
-def join(records, task, args, helpers, parts, yield_address):
-    """After :func:`fork`: run part 0 and parts ``helpers``+1.. on the calling thread (the GIL released), then wait
-    for the workers' parts."""
-    _call_task(task, args, 0, parts)
-    for part in range(helpers + 1, parts):
-        _call_task(task, args, part, parts)
-    for worker in range(helpers):
-        wait(records[worker], records[worker][SEQ], yield_address)
+def join(records, task, args, parts, yield_address):
+    """After :func:`fork`: claim and run parts on the calling thread (the GIL released) until none is left, then wait
+    for the parts the workers claimed."""
+    claims = records[records.shape[0] - 1]
+    _run_claimed(claims, task, args, claims[ISSUED], parts, False)
+    count = 0
+    while _load(claims, FINISHED) != parts:
+        count += 1
+        _pause(count, yield_address)
 
 
 @numba.njit(**_jit)
@@ -195,22 +277,22 @@ YIELD_ADDRESS = _sched_yield_address()
 
 
 def new_records(workers: int) -> np.ndarray:
-    """Fresh hand-off records, one row per worker (each starts asleep)."""
-    records = np.zeros((workers, RECORD_SIZE), np.int64)
-    records[:, SLEEPING] = 1
+    """Fresh hand-off records, one row per worker (each starts asleep), and the claim row last."""
+    records = np.zeros((workers + 1, RECORD_SIZE), np.int64)
+    records[:workers, SLEEPING] = 1
     return records
 
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) every function here: raises where numba cannot."""
     records = new_records(1)
-    record = records[0]
-    post(record, 0)
-    finish(record, 0)
-    wait(record, 0, YIELD_ADDRESS)
-    spin(record, 0, YIELD_ADDRESS)
+    record, claims = records[0], records[1]
+    publish(record, 0, 0, 0, 0)
+    finish(record, 2)
+    wait(record, 2, YIELD_ADDRESS)
+    spin(record, claims, 0, YIELD_ADDRESS)
     fork(records, 0, 0, 0, 1)
-    join(records, _NOOP.address, 0, 0, 1, YIELD_ADDRESS)
+    join(records, _NOOP.address, 0, 1, YIELD_ADDRESS)
 
 
 @numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True)

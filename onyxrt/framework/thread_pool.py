@@ -63,13 +63,14 @@ class _Worker:
     through a ``concurrent.futures`` executor). Blocked, it costs nothing.
     """
 
-    def __init__(self, name: str, native: Any, record: Any = None) -> None:
+    def __init__(self, name: str, native: Any, record: Any = None, claims: Any = None) -> None:
         self._wake = threading.Lock()
         self._wake.acquire()
         self._done = threading.Lock()
         self._done.acquire()
         self._native = native  # the native_spin module, or None
         self._record = record  # with native: its row of the pool's hand-off records (its SEQ: the last posted)
+        self._claims = claims  # with native: the records' claim row
         self.spin_limit = 0  # set by the pool handing work over (see ThreadPool._spin_limit)
         self._task: Callable[[], None] | None = None
         self._error: BaseException | None = None
@@ -77,12 +78,12 @@ class _Worker:
         self.thread.start()
 
     def _loop(self) -> None:
-        native, record = self._native, self._record
+        native, record, claims = self._native, self._record, self._claims
         while True:
             if native is None:
                 self._wake.acquire()
             else:
-                while native.spin(record, self.spin_limit, native.YIELD_ADDRESS) == native.IDLE:
+                while native.spin(record, claims, self.spin_limit, native.YIELD_ADDRESS) == native.IDLE:
                     self._wake.acquire()
             task = self._task
             if task is not None:
@@ -105,8 +106,7 @@ class _Worker:
             self._wake.release()
             return
         native, record = self._native, self._record
-        record[native.TASK] = 0  # (a Python task; native tasks are posted by ``native_spin.fork``)
-        if native.post(record, record[native.SEQ] + 1):
+        if native.publish(record, 0, 0, 0, 0):  # (a Python task; native tasks are posted by ``native_spin.fork``)
             self.wake()
 
     def wake(self) -> None:
@@ -188,7 +188,7 @@ class ThreadPool:
         self._allow_spinning = allow_spinning
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
-        self._records: list[Any] = [None]  # the workers' hand-off records (``native_spin``: a row each), shared like them
+        self._records: list[Any] = [None]  # the hand-off records (``native_spin``: a row a worker, the claim row)
         self._lock = threading.Lock()  # guards starting and stopping the workers
         self._busy = threading.Lock()  # held while a loop runs on the workers
         weakref.finalize(self, _stop_workers, self._workers, self._workers_pid)
@@ -265,16 +265,17 @@ class ThreadPool:
     def run_native(self, task: int, args: Any, parts: int) -> None:
         """Run parts 0..``parts``-1 of the native task at address ``task`` (``void task(int64 args, int64
         part, int64 parts)``, see ``native_spin``) with ``args`` (an address, or the int64 array it points at):
-        one part per worker thread, the rest on the calling thread; all on the calling thread where native
-        tasks cannot run on the workers (no numba, one thread) or another loop holds them. The task must not
-        raise."""
+        posted to up to ``parts`` - 1 workers, each part claimed by whichever thread is free first (a late worker's
+        share falls to the calling thread, which waits only for the parts others took); all on the calling thread
+        where native tasks cannot run on the workers (no numba, one thread) or another loop holds them. Parts may run
+        on any thread in any order. The task must not raise."""
         native = _native_spin()
         if native is None:
             raise RuntimeError("native tasks need numba")
         # (an array stays referenced by ``args`` until the task returns: its address alone would not keep it)
         address = args if isinstance(args, int) else native.address(args)
         helpers = min(self._num_threads, parts) - 1
-        if helpers <= 0 or not self._busy.acquire(blocking=False):
+        if helpers <= 0 or parts > native.MAX_PARTS or not self._busy.acquire(blocking=False):
             for part in range(parts):
                 native.run_part(task, address, part, parts)
             return
@@ -289,7 +290,7 @@ class ThreadPool:
                 for worker, record in zip(workers[:helpers], records):
                     if record[native.WAKE]:
                         worker.wake()
-            native.join(records, task, address, helpers, parts, native.YIELD_ADDRESS)
+            native.join(records, task, address, parts, native.YIELD_ADDRESS)
         finally:
             self._busy.release()
 
@@ -323,7 +324,8 @@ class ThreadPool:
                 native = _native_spin()
                 count = self._num_threads - 1
                 records = native.new_records(count) if native is not None else None
-                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native, None if records is None else records[i])
+                self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native, *(() if records is None else
+                                                                               (records[i], records[count])))
                                     for i in range(count)]
                 self._workers_pid[0] = os.getpid()
                 self._records[0] = records

@@ -27,6 +27,45 @@ def _count_parts(args, part, parts):
     counts[parts + part] = parts
 
 
+@numba.cfunc(types.void(types.int64, types.int64, types.int64), nopython=True)
+def _order_parts(args, part, parts):
+    """Test task: order[part] = how many parts ran before it, plus one (args: order's address; its slot ``parts``
+    counts the calls)."""
+    order = int64_array(int64_array(args, 1)[0], parts + 1)
+    order[parts] += 1
+    order[part] = order[parts]
+
+
+def _ordering(parts: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.zeros(parts + 1, np.int64)
+    return order, np.array([order.ctypes.data], np.int64)
+
+
+def test_a_worker_that_never_comes_leaves_its_parts_to_the_caller():
+    """A worker posted to but not running (its vCPU descheduled, or waking) holds nothing up: the caller claims every
+    part, and the worker, when it comes, finds the task's ticket gone and runs none of it."""
+    records = native_spin.new_records(1)
+    order, header = _ordering(4)
+    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 4)
+    native_spin.join(records, _order_parts.address, header.ctypes.data, 4, native_spin.YIELD_ADDRESS)
+    assert order.tolist() == [1, 2, 3, 4, 4]  # the caller's parts from the first up
+    record = records[0]
+    assert native_spin.spin(record, records[1], 0, native_spin.YIELD_ADDRESS) == native_spin.IDLE
+    assert order.tolist() == [1, 2, 3, 4, 4]
+    assert record[native_spin.DONE] == record[native_spin.SEQ]
+
+
+def test_a_worker_claims_from_the_last_part_down_and_the_caller_takes_what_is_left():
+    records = native_spin.new_records(1)
+    order, header = _ordering(3)
+    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 3)
+    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 3)  # re-posted before the worker came
+    native_spin.spin(records[0], records[1], 0, native_spin.YIELD_ADDRESS)  # takes the newest post, every part
+    assert order.tolist() == [3, 2, 1, 3]
+    native_spin.join(records, _order_parts.address, header.ctypes.data, 3, native_spin.YIELD_ADDRESS)
+    assert order.tolist() == [3, 2, 1, 3]  # none left: the caller returns at once
+
+
 def _run_counting(pool: ThreadPool, parts: int) -> np.ndarray:
     counts = np.zeros(2 * parts, np.int64)
     header = np.array([counts.ctypes.data, counts.size], np.int64)
