@@ -73,13 +73,16 @@ def _native_sgemm():
 
 
 # Float32 products run on ``math/sgemm_avx512`` where the CPU has AVX-512 and the pool owns the cores (sessions
-# without ``allow_spinning``, plans holding onyxrt's own pool kernels; BLAS's threads keep the others), from this
-# many rows (fewer: a decoding step's GEMVs, BLAS's sgemv) and multiply-adds, up to this many columns. Measured on
-# 2 Zen 5 cores against OpenBLAS's two threads: 128 x 768 x 3072 433 / 386 GFLOP/s, 128 x 3072 x 768 473 / 387,
-# 128 x 1408 x 512 481 / 390; below ~4M multiply-adds OpenBLAS was the faster (136 x 64 x 256 285 / 306), and
-# for a vocabulary head (128 x 512 x 32000: 351 / 372) whose B rows lie far apart.
+# without ``allow_spinning``, plans holding onyxrt's own pool kernels; BLAS's threads keep the others) or the session
+# has one thread, from this many rows (fewer: a decoding step's GEMVs, BLAS's sgemv) and multiply-adds, up to this
+# many columns. Measured on 2 Zen 5 cores against OpenBLAS's two threads: 128 x 768 x 3072 433 / 386 GFLOP/s,
+# 128 x 3072 x 768 473 / 387, 128 x 1408 x 512 481 / 390; and for a vocabulary head (128 x 512 x 32000: 351 / 372)
+# whose B rows lie far apart. From 1M multiply-adds it beats what those modes would run instead, on 2 Zen 4 cores:
+# split 136 x 64 x 256 27 us against 40 as two cblas_sgemm parts, 128 x 128 x 128 25 / 35, 136 x 64 x 128 16.5 / 20;
+# on one thread 43.6 / 47.7, 40 / 44, 23 / 24 (a ViT-like net 0.93x, a small encoder 0.94x split, in one process);
+# below (136 x 64 x 64, 0.56M) BLAS was the faster on one thread (11 / 13 us).
 OWN_SGEMM_MIN_ROWS = 16
-OWN_SGEMM_MIN_MACS = 1 << 22
+OWN_SGEMM_MIN_MACS = 1 << 20
 OWN_SGEMM_MAX_COLUMNS = 8192
 # Multiply-adds from which a product splits over workers that block between tasks (waking one: 50-80 us on a VM),
 # and over workers that spin between them.

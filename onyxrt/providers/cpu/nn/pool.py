@@ -311,7 +311,8 @@ def _row_max_pool(rows, x: np.ndarray, k: int, out_sp) -> np.ndarray:
     xs = np.ascontiguousarray(x).reshape(planes, H, W)
     ys = y.reshape((planes,) + tuple(out_sp))
     pool = current_pool()
-    if pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= _PARALLEL_POOL_WORK and planes > 1:
+    native_work = _PARALLEL_POOL_WORK_SPINNING if pool.workers_spin else _PARALLEL_POOL_WORK
+    if pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= native_work and planes > 1:
         pool.run_native(rows.max_pool_part.address, rows.task_args(xs, ys, k), min(pool.num_threads, planes))
     else:
         rows.max_pool_planes(xs, ys, k, 0, planes)
@@ -321,6 +322,9 @@ def _row_max_pool(rows, x: np.ndarray, k: int, out_sp) -> np.ndarray:
 # Window taps from which a pool that splits products (its workers own the cores) shares a pooling kernel's planes
 # out: resnet50's 3x3/2 MaxPool of 64x112x112 (1.8M taps) 301 -> ~170 us on 2 Zen 5 cores.
 _PARALLEL_POOL_WORK = 1 << 18
+# As a native task handed to spinning workers (a hand-off costs ~2.3 us): a ShuffleNet-like net's 3x3/2 MaxPool of
+# 8x24x16x16 (110K taps, ~21 us on one Zen 4 core) is split too.
+_PARALLEL_POOL_WORK_SPINNING = 1 << 16
 
 
 def _compiled_pool(lazy: LazyKernel, dtypes, max_taps: int, x, k, s, d, begin, out_sp, last, probe_last
