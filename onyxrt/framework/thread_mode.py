@@ -16,12 +16,16 @@ A signature whose products sent it to neither mode (:func:`note_blas_product` ma
 BLAS's threads where onyxrt's GEMV tasks do not compile) is then timed in both (:class:`_Trial`): after
 :data:`TRIAL_DELAY` runs on BLAS's threads (a session's first runs of a signature are slower: its plan's buffers and
 recorded shapes settle), blocks of :data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads, the
-first :data:`TRIAL_WARMING` of each block untimed, until each mode has had :data:`TRIAL_RUNS` runs and
+first :data:`TRIAL_WARMING` of each block untimed, and every run of its first :data:`TRIAL_SETTLE_SECONDS`, until
+each mode has had :data:`TRIAL_RUNS` runs and
 :data:`TRIAL_SECONDS` of timed runs (at most :data:`TRIAL_MAX_PAIRS` pairs of blocks). Each pair of blocks gives the
 ratio of its split block's median run to its default block's; the split mode is kept where the median ratio is below
 :data:`SPLIT_MARGIN`. Runs of one mode follow each other within a block: the other mode's threads spin for a few
 milliseconds after its runs (OpenBLAS's, the pool's workers), and a run beside them takes up to 3x its time (a decode
-step alternating modes: 2.4 -> 8 ms in the split mode). The blocks alternate, and are compared pair by pair, because a
+step alternating modes: 2.4 -> 8 ms in the split mode); so a block's runs are timed only once those threads have
+stopped (OpenBLAS's spin for ~6 ms, ``openblas_spin``): with one untimed run a block, a 4-sequence encoder's split runs
+took 1.16-1.27x its default runs in the trial, which kept BLAS's threads, where blocks of 60 runs measured 0.86x (0.5
+ms runs, one process, 2-vCPU Zen 4). The blocks alternate, and are compared pair by pair, because a
 VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept an EfficientNet-like net on BLAS's threads
 in some processes though its split mode ran 0.85x (alternating processes); with 12 runs a mode in blocks of 4 (3.6 ms
 of timed runs for a 0.4 ms net) a MobileNetV3-like net still took the slower mode in 2 processes of 6, a
@@ -42,7 +46,7 @@ from typing import Any, Hashable
 _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=None)
 _MAX_SIGNATURES = 64
 # Runs before a signature's trial; its least runs and timed seconds in each mode (in alternating blocks, the first
-# runs of each block untimed), the most pairs of blocks it takes; the share of the default's run time the split
+# runs of each block untimed, and the runs of its first seconds: the other mode's threads spinning), the most pairs of blocks it takes; the share of the default's run time the split
 # mode's must stay below to be kept (run times move by a few percent between runs).
 TRIAL_DELAY = 4
 TRIAL_RUNS = 12
@@ -50,6 +54,7 @@ TRIAL_SECONDS = 0.02
 TRIAL_MAX_PAIRS = 32
 TRIAL_BLOCK = 4
 TRIAL_WARMING = 1
+TRIAL_SETTLE_SECONDS = 0.008
 SPLIT_MARGIN = 0.95
 
 
@@ -70,9 +75,11 @@ def note_blas_product() -> None:
 
 class _Trial:
     """A signature's trial: how many runs it has had, the timed runs of the current pair of blocks (seconds), each
-    finished pair's ratio (split / default block medians) and the timed seconds in each mode."""
+    finished pair's ratio (split / default block medians), the timed seconds in each mode, and the current block's
+    mode, start, runs and timed runs."""
 
-    __slots__ = ("runs", "default", "split", "ratios", "seconds")
+    __slots__ = ("runs", "default", "split", "ratios", "seconds", "split_turn", "block_start", "block_runs",
+                 "block_timed", "pairs")
 
     def __init__(self) -> None:
         self.runs = 0
@@ -80,6 +87,11 @@ class _Trial:
         self.split: list[float] = []
         self.ratios: list[float] = []
         self.seconds = [0.0, 0.0]  # split, default
+        self.split_turn = True  # (each pair of blocks: the split mode's, then the default's)
+        self.block_start = 0.0
+        self.block_runs = 0
+        self.block_timed = 0
+        self.pairs = 0
 
 
 class ThreadModes:
@@ -140,14 +152,17 @@ class ThreadModes:
 
     def _timed(self, signature: Hashable, trial: _Trial, run):
         """A run of a signature on trial: after the delay, blocks of runs alternating between the split mode and the
-        default, the first of each block untimed; each pair of blocks gives a ratio, and their median decides."""
-        index = trial.runs - TRIAL_DELAY
+        default, each block's first runs untimed until the other mode's threads have stopped spinning; each pair of
+        blocks gives a ratio, and their median decides."""
         trial.runs += 1
-        if index < 0:
+        if trial.runs <= TRIAL_DELAY:
             return run(self.pool)
-        block = min(TRIAL_BLOCK, self._trial_runs)
-        split = index // block % 2 == 0
+        split = trial.split_turn
         start = time.perf_counter()
+        if trial.block_runs == 0:
+            trial.block_start = start
+        settled = trial.block_runs >= TRIAL_WARMING and start - trial.block_start >= TRIAL_SETTLE_SECONDS
+        trial.block_runs += 1
         if split:
             try:
                 result = run(self.split_pool)
@@ -157,20 +172,26 @@ class ThreadModes:
                 return run(self.pool)
         else:
             result = run(self.pool)
-        if index % block >= min(TRIAL_WARMING, block - 1):
+        if settled:
             took = time.perf_counter() - start
             (trial.split if split else trial.default).append(took)
             trial.seconds[0 if split else 1] += took
-        if index % (2 * block) == 2 * block - 1:  # a pair of blocks ends
-            if trial.split and trial.default:  # (concurrent runs of the signature may have taken a block's turns)
-                trial.ratios.append(statistics.median(trial.split) / statistics.median(trial.default))
-            trial.split.clear()
-            trial.default.clear()
-            pairs = len(trial.ratios)
-            if index // (2 * block) + 1 >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs
-                                                               and min(trial.seconds) >= TRIAL_SECONDS):
-                self._split[signature] = bool(pairs) and statistics.median(trial.ratios) < SPLIT_MARGIN
-                self._trials.pop(signature, None)
+            trial.block_timed += 1
+        block = min(TRIAL_BLOCK, self._trial_runs)
+        if trial.block_timed < block - min(TRIAL_WARMING, block - 1):
+            return result
+        trial.split_turn, trial.block_runs, trial.block_timed = not split, 0, 0
+        if split:
+            return result
+        trial.pairs += 1  # a pair of blocks ends
+        if trial.split and trial.default:  # (concurrent runs of the signature may have taken a block's turns)
+            trial.ratios.append(statistics.median(trial.split) / statistics.median(trial.default))
+        trial.split.clear()
+        trial.default.clear()
+        pairs = len(trial.ratios)
+        if trial.pairs >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs and min(trial.seconds) >= TRIAL_SECONDS):
+            self._split[signature] = bool(pairs) and statistics.median(trial.ratios) < SPLIT_MARGIN
+            self._trials.pop(signature, None)
         return result
 
     def split_for(self, signature: Hashable) -> bool | None:

@@ -89,6 +89,32 @@ def test_a_signature_the_rule_keeps_on_blas_is_timed_in_both_modes(monkeypatch, 
     assert modes.run("signature", body) == ("split" if split_faster else "blas")
 
 
+def test_a_block_times_its_runs_only_once_the_other_modes_threads_have_stopped(monkeypatch):
+    """Short runs: every run of a block's first TRIAL_SETTLE_SECONDS goes untimed (the other mode's threads still
+    spin then), so the runs right after a switch, slowed by them, do not decide."""
+    clock = [0.0]
+    monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
+    modes = ThreadModes(_Pool("blas"), _Pool("split"), trial_runs=2 * thread_mode.TRIAL_BLOCK)
+    used, since_switch = [], [0]
+
+    def body(pool):
+        if used and used[-1] != pool.name:
+            since_switch[0] = 0
+        since_switch[0] += 1
+        used.append(pool.name)
+        # 1 ms runs, the split mode's 0.8 ms, but 5 ms while the other mode's threads spin (its first runs)
+        slowed = since_switch[0] <= 2
+        clock[0] += 0.005 if slowed and pool.name == "split" else 0.0008 if pool.name == "split" else 0.001
+        return pool.name
+
+    modes.run("signature", body)
+    while modes.split_for("signature") is None:
+        modes.run("signature", body)
+    assert modes.split_for("signature") is True
+    first_block = used[1 + thread_mode.TRIAL_DELAY:].index("blas")  # the split block's runs
+    assert first_block > thread_mode.TRIAL_BLOCK  # untimed runs until the settling time had passed
+
+
 def test_a_product_for_blas_keeps_blas_threads_without_a_trial():
     modes = ThreadModes(_Pool("blas"), _Pool("split"))
 
