@@ -36,6 +36,10 @@ from .jit import numba_disabled, optional_module
 
 # Multiply-adds below which one thread does the product (a split costs ~15 us of hand-offs).
 MIN_PARALLEL_MACS = 1 << 19
+# ... and below which one thread does a single product that would split as cblas_sgemm parts by rows or columns (each
+# part packs its operands again): on 2 Zen 4 cores 136 x 64 x 64 10.8 us on one thread against 15.3 in two parts,
+# 128 x 64 x 96 14.9 / 17.4, 96 x 96 x 96 16.5 / 18.3 (from 1M multiply-adds onyxrt's own GEMM takes most of them).
+CBLAS_PARTS_MIN_MACS = 1 << 20
 # Products of at most this many rows are GEMVs (a decoding step's projections).
 GEMV_MAX_ROWS = 2
 # A product of at most GEMV_MAX_ROWS rows is split over the pool only for a matrix this large: measured from
@@ -268,7 +272,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     batch = a.shape[:-2]
     count = math.prod(batch)  # 1 without a batch
     macs = m * k * n * count
-    if macs < MIN_PARALLEL_MACS or b.shape[-2] != k or (a.ndim > 2 or b.ndim > 2) and a.shape[:-2] != b.shape[:-2]:
+    if (macs < (MIN_PARALLEL_MACS if batch else CBLAS_PARTS_MIN_MACS) or b.shape[-2] != k
+            or (a.ndim > 2 or b.ndim > 2) and a.shape[:-2] != b.shape[:-2]):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty(batch + (m, n), np.result_type(a, b))
