@@ -216,12 +216,18 @@ def finish(record, sequence):
 
 
 @numba.njit(**_jit)
-def wait(record, sequence, yield_address):
-    """Spin until hand-off ``sequence`` is done."""
+def _wait_for(array, index, value, yield_address):
+    """Spin until ``array[index]`` holds ``value``."""
     count = 0
-    while _load(record, DONE) != sequence:
+    while _load(array, index) != value:
         count += 1
         _pause(count, yield_address)
+
+
+@numba.njit(**_jit)
+def wait(record, sequence, yield_address):
+    """Spin until hand-off ``sequence`` is done."""
+    _wait_for(record, DONE, sequence, yield_address)
 
 
 @numba.njit(**_jit)
@@ -247,10 +253,7 @@ def join(records, task, args, parts, yield_address):
     for the parts the workers claimed."""
     claims = records[records.shape[0] - 1]
     _run_claimed(claims, task, args, claims[ISSUED], parts, False)
-    count = 0
-    while _load(claims, FINISHED) != parts:
-        count += 1
-        _pause(count, yield_address)
+    _wait_for(claims, FINISHED, parts, yield_address)
 
 
 @numba.njit(**_jit)
