@@ -62,6 +62,16 @@ _PLANAR_MIN_WIDTH = 48
 _PARALLEL = False
 # Output elements times taps below which the planes are not split over threads.
 _PARALLEL_MIN_WORK = 1 << 18
+# As a native task handed to spinning workers (a hand-off costs ~2.3 us): in one process, blocks alternating, on the
+# 2-vCPU Zen 4 VM, the EfficientNet-like net (batch 8 at 32x32; its 48-channel 3x3/2 layer 221K, ~20 us on one core)
+# 0.965x and the MobileNetV3-like 0.95x in the split mode against 1 << 18; 1 << 14 no faster (ShuffleNet-like 1.02x).
+_PARALLEL_MIN_WORK_SPINNING = 1 << 16
+
+
+def _shares_planes(pool, work: int, planes: int) -> bool:
+    """Whether a convolution of ``work`` output elements times taps over ``planes`` planes is split over ``pool``."""
+    return ((_PARALLEL or pool.splits_gemms) and planes > 1
+            and work >= (_PARALLEL_MIN_WORK_SPINNING if pool.workers_spin else _PARALLEL_MIN_WORK))
 # Output elements times taps from which a float32 convolution tells a session learning its thread mode
 # (``framework.thread_mode``) that the pool's split mode runs it faster: there its planes run on every core as a
 # native task, here on the calling thread alone. Measured on 2 Zen 5 cores: mobilenet_v2 at 224x224 (its 32- and
@@ -308,7 +318,7 @@ def _rows_runner(rows, shape, taps: np.ndarray, b, code: int, params: tuple, ste
         y = np.empty(y_shape, np.float32)
         out = y.reshape((planes,) + tuple(out_sp))
         pool = current_pool()
-        if (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1 and pool.runs_native_tasks:
+        if _shares_planes(pool, work, planes) and pool.runs_native_tasks:
             args = rows.task_args(planes_in, out, taps, bias, values, zeros, step, code)
             pool.run_native(rows.depthwise_part.address, args, min(planes, pool.num_threads))
         else:
@@ -414,7 +424,7 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
         x = np.ascontiguousarray(x)
         y = np.empty(y_shape, dtype=dtype)
         pool = current_pool()
-        split = (_PARALLEL or pool.splits_gemms) and work >= _PARALLEL_MIN_WORK and planes > 1
+        split = _shares_planes(pool, work, planes)
         if blocks is not None:
             out = y.reshape(planes, -1)
             if split and pool.runs_native_tasks:
