@@ -340,3 +340,39 @@ def test_stride2_max_pool_on_the_planes_rows(monkeypatch, shape, k, ceil, split)
         with ThreadPool(1).activate():
             np.testing.assert_array_equal(p._max_pool(x, [k, k], [2, 2], [1, 1], [pad] * 4, "NOTSET", 0, 0, False)[0],
                                           want)
+
+
+@pytest.mark.parametrize("opset", [1, 8, 22])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_max_pool_routes_per_input_shape_in_a_session(cfg, opset):
+    """A session's MaxPool node works its geometry out once per input shape and dtype (``_max_pool_fast_path``):
+    onnxruntime's results for inputs whose shapes change between runs (one of them again), the opset-1 kernel's
+    single output included."""
+    import onyxrt
+
+    attrs = dict(cfg)
+    if opset < 10 and (attrs.get("ceil_mode") or "dilations" in attrs):
+        pytest.skip("ceil_mode and dilations came in MaxPool-10")
+    node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    session = onyxrt.InferenceSession(model.SerializeToString())
+    assert session._plan._steps[0][0].__qualname__ == "_max_pool_fast_path.<locals>.pooled"
+    nd = len(cfg["kernel_shape"])
+    for spatial in [(9, 8, 7), (12, 10, 9), (9, 8, 7), (7, 16, 5)]:
+        x = rng.standard_normal((2, 3) + spatial[:nd]).astype(np.float32)
+        expected = run_ort("MaxPool", [x], opset=max(opset, 7), **attrs)[0]
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], expected)
+
+
+def test_max_pool_route_raises_the_kernels_errors():
+    import onyxrt
+
+    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], pads=[3, 0, 0, 0])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    session = onyxrt.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)])
+                                      .SerializeToString())
+    with pytest.raises(onyxrt.errors.OnyxRuntimeError, match="must be smaller than kernel_shape"):
+        session.run(None, {"x": np.ones((1, 1, 8, 8), np.float32)})
