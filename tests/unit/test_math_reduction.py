@@ -242,3 +242,56 @@ def test_top_k_versions():
     assert values.tolist() == x.tolist() and indices.tolist() == [[0, 0, 0]]
     with pytest.raises(ValueError):
         rd.top_k(x, np.array([4], np.int64))
+
+
+def _reduce_session(opset, attrs, axes=None, computed_axes=False):
+    """A one-node ReduceMean session: axes as an attribute (``attrs``), an initializer (``axes``) or a graph input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import onyxrt
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
+    initializers = []
+    names = ["x"]
+    if computed_axes:
+        inputs.append(helper.make_tensor_value_info("axes", TensorProto.INT64, [None]))
+        names.append("axes")
+    elif axes is not None:
+        initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
+        names.append("axes")
+    graph = helper.make_graph([helper.make_node("ReduceMean", names, ["y"], **attrs)], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    return onyxrt.InferenceSession(model.SerializeToString())
+
+
+@pytest.mark.parametrize("opset, attrs, axes", [
+    (13, dict(axes=[-1, 1]), None), (13, dict(axes=[2, 3], keepdims=0), None), (13, {}, None),
+    (18, {}, [-1, 1]), (18, dict(keepdims=0), [2, 3]), (18, {}, None), (18, dict(noop_with_empty_axes=1), None)])
+def test_reduce_axes_resolved_once_per_input_rank(opset, attrs, axes):
+    """Constant axes (an attribute or an initializer) resolved per input shape by the node's fast path: numpy's
+    results for inputs whose shapes change between runs; an axis outside a run's rank the kernel's error."""
+    from onyxrt.errors import OnyxRuntimeError
+
+    session = _reduce_session(opset, attrs, axes)
+    assert session._plan._steps[0][0].__qualname__.endswith(("<locals>.reduce", "<locals>.constant_parameters"))
+    given = attrs.get("axes", axes)
+    for shape in [(2, 3, 4, 5), (3, 2, 6, 4), (2, 3, 4, 5), (1, 5, 2, 2, 3)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        if given is None:
+            axis = () if attrs.get("noop_with_empty_axes") else None
+        else:
+            axis = tuple(sorted({a % len(shape) for a in given}))
+        expected = x if axis == () else np.mean(x, axis=axis, keepdims=bool(attrs.get("keepdims", 1)))
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-6, atol=1e-7)
+    if given is not None:
+        with pytest.raises(OnyxRuntimeError, match="axis"):
+            session.run(None, {"x": np.ones((4, 4), np.float32) if max(given) >= 2 else np.ones(4, np.float32)})
+
+
+def test_reduce_with_computed_axes_runs_the_kernel():
+    session = _reduce_session(18, {}, computed_axes=True)
+    x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
+    for axes in ([1], [0, 2], [-1]):
+        np.testing.assert_allclose(session.run(None, {"x": x, "axes": np.array(axes, np.int64)})[0],
+                                   np.mean(x, axis=tuple(axes), keepdims=True), rtol=1e-6)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .._helpers import as_int_list, normalize_axis
+from .._helpers import ConstantInputs, as_int_list, constant_inputs, normalize_axis, shape_keyed_fast_path
 from ..kernel_table import op
 from .elementwise import as_array, is_float
 from ..nn.pool import plane_means
@@ -177,17 +177,52 @@ def _log_sum_exp(data, axis, keepdims):
 # --------------------------------------------------------------------------- registration
 
 
+def _axes_prepack(inputs, attributes) -> ConstantInputs | None:
+    """Constant axes (or none given): the numpy axes are worked out once per input shape."""
+    return constant_inputs(inputs, 1, 0)
+
+
+def _attribute_axes_fast_path(compute):
+    """The ``fast_path`` of a Reduce* kernel taking its axes from an attribute: the numpy axes resolved once per input
+    rank (~1.5 us a call otherwise)."""
+
+    def fast_path(bound, keywords):
+        axes = keywords.get("axes")
+        axes = None if axes is None else tuple(int(a) for a in axes)
+        keepdims = bool(keywords.get("keepdims", 1))
+        by_rank: dict = {}
+
+        def reduce(data):
+            axis = by_rank.get(data.ndim, _UNRESOLVED)
+            if axis is _UNRESOLVED:
+                axis = by_rank[data.ndim] = _resolve_axes(data, axes)
+            return compute(data, axis, keepdims)
+
+        return reduce
+
+    return fast_path
+
+
+_UNRESOLVED = object()
+
+
 def _register_reduce(name: str, compute, attr_versions, input_versions):
     def reduce_attr(data, *, axes=None, keepdims=1):
         return compute(data, _resolve_axes(data, axes), bool(keepdims))
 
-    def reduce_input(data, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+    def reduce_input(data, axes=None, *, keepdims=1, noop_with_empty_axes=0, _packed=None):
         return compute(data, _resolve_axes(data, _axes_input(axes), noop_with_empty_axes), bool(keepdims))
 
     for fn, suffix in ((reduce_attr, "attr"), (reduce_input, "input")):
         fn.__name__ = fn.__qualname__ = f"{name.lower()}_{suffix}"
     op(name, versions=attr_versions)(reduce_attr)
-    op(name, versions=input_versions)(reduce_input)
+    op(name, versions=input_versions, prepack=_axes_prepack)(reduce_input)
+    reduce_attr.fast_path = _attribute_axes_fast_path(compute)
+    reduce_input.fast_path = shape_keyed_fast_path(
+        lambda data, params, keywords: (
+            _resolve_axes(data, _axes_input(params[0] if params else None), keywords.get("noop_with_empty_axes", 0)),
+            bool(keywords.get("keepdims", 1))),
+        lambda data, derived: compute(data, *derived))
     return reduce_attr, reduce_input
 
 
