@@ -202,3 +202,32 @@ def test_gemv_runs_on_a_transposed_copy_of_a_constant_b(rows):
     packed = mm._matmul_prepack([None, wide], {})
     np.testing.assert_allclose(mm.matmul(a[..., :8], wide, _packed=packed), a[..., :8] @ wide, rtol=1e-5, atol=1e-5)
     assert packed._transposed is None
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 300])
+@pytest.mark.parametrize("transB", [0, 1])
+@pytest.mark.parametrize("bias", ["none", "row", "1xN", "MxN", "scalar"])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_gemm_node_small_products_equal_the_kernel(rows, transB, bias, scaled):
+    """A Gemm node's fast path (small float32 products as one ``np.matmul`` and an add) gives the kernel's results bit
+    for bit, and the kernel's for everything else (few rows, large products, other biases, alpha and beta)."""
+    import onyxrt
+
+    depth, n = 64, 10
+    b = rng.standard_normal((n, depth) if transB else (depth, n)).astype(np.float32)
+    c = {"none": None, "row": rng.standard_normal(n), "1xN": rng.standard_normal((1, n)),
+         "MxN": rng.standard_normal((rows, n)), "scalar": rng.standard_normal(1)}[bias]
+    c = None if c is None else c.astype(np.float32)
+    attrs = dict(transB=transB, **(dict(alpha=0.5, beta=2.0) if scaled else {}))
+    inits = [onnx.numpy_helper.from_array(b, "b")] + ([onnx.numpy_helper.from_array(c, "c")] if c is not None else [])
+    node = helper.make_node("Gemm", ["a", "b"] + (["c"] if c is not None else []), ["y"], **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", depth])],
+                              [onnx.ValueInfoProto(name="y")], inits)
+    session = onyxrt.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                                      .SerializeToString())
+    fast = getattr(session._plan._steps[0][0], "__qualname__", "") == "_gemm_fast_path.<locals>.small_gemm"
+    assert fast != scaled
+    packed = mm.gemm_prepack([None, b, c], attrs)  # (as the session's: op(B) contiguous where B is transposed)
+    for m in ([rows] if bias == "MxN" else [rows, 3, rows, 1]):
+        a = rng.standard_normal((m, depth)).astype(np.float32)
+        np.testing.assert_array_equal(session.run(None, {"a": a})[0], mm.gemm(a, b, c, _packed=packed, **attrs))
