@@ -273,11 +273,9 @@ class ThreadPool:
         if native is None:
             raise RuntimeError("native tasks need numba")
         # (an array stays referenced by ``args`` until the task returns: its address alone would not keep it)
-        address = args if isinstance(args, int) else native.address(args)
         helpers = min(self._num_threads, parts) - 1
         if helpers <= 0 or parts > native.MAX_PARTS or not self._busy.acquire(blocking=False):
-            for part in range(parts):
-                native.run_part(task, address, part, parts)
+            native.run_parts(task, args, parts)
             return
         try:
             workers = self._worker_threads()
@@ -285,12 +283,14 @@ class ThreadPool:
             limit = self._spin_limit
             for worker in workers[:helpers]:
                 worker.spin_limit = limit
-            # (posting and joining in two compiled calls: per worker in Python they cost ~1.5 us a task)
-            if native.fork(records, task, address, helpers, parts):
+            # (posting and joining in one compiled call: per worker in Python they cost ~1.5 us a task, and each
+            # compiled call ~0.3 us); a worker asleep is woken here, and then the caller joins
+            if native.fork_join(records, task, args, helpers, parts, native.YIELD_ADDRESS):
                 for worker, record in zip(workers[:helpers], records):
                     if record[native.WAKE]:
                         worker.wake()
-            native.join(records, task, address, parts, native.YIELD_ADDRESS)
+                native.join(records, task, args if isinstance(args, int) else native.address(args), parts,
+                            native.YIELD_ADDRESS)
         finally:
             self._busy.release()
 
@@ -316,18 +316,18 @@ class ThreadPool:
 
     def _worker_threads(self) -> list[_Worker]:
         """The workers, started where this process has none: the shared list (callers slice it, never change it)."""
-        if self._workers and self._workers_pid[0] == os.getpid():
+        if self._workers and self._workers_pid[0] == _PROCESS_ID[0]:
             return self._workers  # (no lock: once started, the list changes only when the pool stops)
         with self._lock:
             # a forked child inherits the workers but not their threads: it starts its own
-            if not self._workers or self._workers_pid[0] != os.getpid():
+            if not self._workers or self._workers_pid[0] != _PROCESS_ID[0]:
                 native = _native_spin()
                 count = self._num_threads - 1
                 records = native.new_records(count) if native is not None else None
                 self._workers[:] = [_Worker(f"onyxrt-intra-op-{i}", native, *(() if records is None else
                                                                                (records[i], records[count])))
                                     for i in range(count)]
-                self._workers_pid[0] = os.getpid()
+                self._workers_pid[0] = _PROCESS_ID[0]
                 self._records[0] = records
             return self._workers
 
@@ -335,7 +335,7 @@ class ThreadPool:
 def _stop_workers(workers: list[_Worker], pid: list[int]) -> None:
     """Stop (this process's) ``workers`` and empty the list."""
     stopping, workers[:] = list(workers), []
-    if pid[0] == os.getpid():
+    if pid[0] == _PROCESS_ID[0]:
         for worker in stopping:
             worker.stop()
 
@@ -459,6 +459,10 @@ def _direct_thread_count(controller: Any) -> Any:
             return _OpenBLASThreadCount(get, set_num_threads)
     return controller
 
+
+# This process's id, kept current across forks (``os.getpid`` is a system call: ~0.3 us on a VM, per native task)
+_PROCESS_ID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PROCESS_ID.__setitem__(0, os.getpid()))
 
 _BLAS_THREADS = _BlasThreadLimit()
 # The pool of code that runs outside any session's run (and on worker threads): no threads.

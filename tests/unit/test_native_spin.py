@@ -66,6 +66,25 @@ def test_a_worker_claims_from_the_last_part_down_and_the_caller_takes_what_is_le
     assert order.tolist() == [3, 2, 1, 3]  # none left: the caller returns at once
 
 
+def test_fork_join_joins_at_once_unless_a_worker_sleeps():
+    """One compiled call posts and joins where the workers spin; where one sleeps it returns before joining (the
+    caller wakes it first, then joins), its arguments given as the int64 array or its address alike."""
+    records = native_spin.new_records(1)
+    order, header = _ordering(2)
+    records[0, native_spin.SLEEPING] = 0
+    assert native_spin.fork_join(records, _order_parts.address, header, 1, 2, native_spin.YIELD_ADDRESS) == 0
+    assert order.tolist() == [1, 2, 2]  # the worker never came: the caller ran both parts
+    records = native_spin.new_records(1)  # (its worker asleep)
+    order, header = _ordering(2)
+    assert native_spin.fork_join(records, _order_parts.address, header.ctypes.data, 1, 2,
+                                 native_spin.YIELD_ADDRESS) == 1
+    assert order.tolist() == [0, 0, 0] and records[0, native_spin.WAKE] == 1
+    native_spin.join(records, _order_parts.address, header.ctypes.data, 2, native_spin.YIELD_ADDRESS)
+    assert order.tolist() == [1, 2, 2]
+    native_spin.run_parts(_order_parts.address, header, 2)
+    assert order.tolist() == [3, 4, 4]
+
+
 def _run_counting(pool: ThreadPool, parts: int) -> np.ndarray:
     counts = np.zeros(2 * parts, np.int64)
     header = np.array([counts.ctypes.data, counts.size], np.int64)
