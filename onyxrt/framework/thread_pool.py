@@ -381,11 +381,20 @@ class _BlasThreadLimit:
             active = self._active
             if not active:  # (the common case, a run in an idle process: one query a library, a set where it differs)
                 active[num_threads] = 1
-                libraries = self._blas_libraries()
-                self._own = own = [library.num_threads for library in libraries]
-                for library, threads in zip(libraries, own):
+                libraries = self._libraries
+                if libraries is None:
+                    libraries = self._blas_libraries()
+                if len(libraries) == 1:  # (one BLAS, the usual: its run's limit in as few Python steps as can be)
+                    library = libraries[0]
+                    threads = library.num_threads
+                    self._own = (threads,)
                     if threads != num_threads:
                         library.set_num_threads(num_threads)
+                else:
+                    self._own = own = [library.num_threads for library in libraries]
+                    for library, threads in zip(libraries, own):
+                        if threads != num_threads:
+                            library.set_num_threads(num_threads)
                 self._applied = num_threads
                 return
             active[num_threads] = active.get(num_threads, 0) + 1
@@ -404,7 +413,12 @@ class _BlasThreadLimit:
                 self._apply(min(active))
                 return
             applied, self._applied = self._applied, None
-            for library, threads in zip(self._libraries, self._own):
+            own = self._own
+            if len(own) == 1:
+                if own[0] != applied:
+                    self._libraries[0].set_num_threads(own[0])
+                return
+            for library, threads in zip(self._libraries, own):
                 if threads != applied:
                     library.set_num_threads(threads)
 
