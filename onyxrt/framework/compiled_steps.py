@@ -11,6 +11,10 @@ calls in the same order as from the loop: ``_alloc`` and donations where a step'
 in its last run, each large result counted, each freed slot released. Measured in one process, runs
 alternating in blocks with the loop's (2 Zen 4 vCPUs): a ShuffleNet-like net 0.938x, a ConvNeXt-like
 0.957x, an EfficientNet-like 0.978x, a ViT-like 0.992x.
+
+A plan none of whose kernels takes ``_alloc`` has nothing to gain from the arena but its figures (a run's peak
+bytes): :func:`compile_uncounted_steps` writes its steps without it, each freed slot simply cleared, for the runs
+between counted ones (an EfficientNet-like net 0.979x, a ShuffleNet-like 0.992x in one process, blocks alternating).
 """
 
 from __future__ import annotations
@@ -30,10 +34,25 @@ def compile_steps(steps: Sequence[Step], largest_output: Callable[[Any, bool], i
     ``offer``, ``produced`` and ``release``), ``small`` the per-step flags of outputs below the arena's tracked size
     in the last run (updated as the loop does). ``largest_output(result, multi)`` gives a result's largest array's
     bytes; an exception other than ``passthrough`` from step i is handed to ``fail(i, exc)``, which raises."""
-    lines = ["def run(values, arena, small):",
-             "    produced, release, min_bytes = arena.produced, arena.release, arena.min_bytes",
-             "    index = 0",
-             "    try:"]
+    return _compiled(steps, largest_output, fail, passthrough, counting=True)
+
+
+def compile_uncounted_steps(steps: Sequence[Step], fail: Callable[[int, Exception], None],
+                            passthrough: type[BaseException]) -> Callable[[list], None]:
+    """``run(values)``: the ``steps``, none of which takes ``_alloc``, on the slot list ``values`` without an arena:
+    each freed slot cleared, nothing counted (the arena's figures, a run's peak bytes, come from the counted runs);
+    errors as :func:`compile_steps` hands them over."""
+    if any(alloc for _, _, _, _, _, alloc, _ in steps):
+        raise ValueError("a step takes _alloc: its runs need an arena")
+    return _compiled(steps, None, fail, passthrough, counting=False)
+
+
+def _compiled(steps: Sequence[Step], largest_output, fail, passthrough, counting: bool) -> Callable:
+    lines = ["def run(values, arena, small):" if counting else "def run(values):"]
+    if counting:
+        lines.append("    produced, release, min_bytes = arena.produced, arena.release, arena.min_bytes")
+    lines += ["    index = 0",
+              "    try:"]
     scope: dict[str, Any] = {"ndarray": np.ndarray, "largest_output": largest_output, "fail": fail,
                              "Passthrough": passthrough}
     for index, (fn, ins, outs, frees, multi, alloc, donors) in enumerate(steps):
@@ -60,16 +79,21 @@ def compile_steps(steps: Sequence[Step], largest_output: Callable[[Any, bool], i
         if multi:
             scope[f"o{index}"] = tuple(outs)
             body += [f"for slot, value in zip(o{index}, result):",
-                     "    values[slot] = value",
-                     "    if type(value) is ndarray and value.nbytes >= min_bytes:",
-                     "        produced(value)",
-                     "value = None"]
+                     "    values[slot] = value"]
+            if counting:
+                body += ["    if type(value) is ndarray and value.nbytes >= min_bytes:",
+                         "        produced(value)"]
+            body.append("value = None")
         else:
-            body += [f"values[{outs[0]}] = result",
-                     "if type(result) is ndarray and result.nbytes >= min_bytes:",
-                     "    produced(result)"]
+            body.append(f"values[{outs[0]}] = result")
+            if counting:
+                body += ["if type(result) is ndarray and result.nbytes >= min_bytes:",
+                         "    produced(result)"]
         body.append("result = None")  # no reference of the run's own may keep a buffer from the pool
         for slot in frees:
+            if not counting:
+                body.append(f"values[{slot}] = None")
+                continue
             # no local reference to the value: release() tells shared buffers by their reference count
             body += [f"if type(values[{slot}]) is ndarray and values[{slot}].nbytes >= min_bytes:",
                      f"    release(values, {slot})",

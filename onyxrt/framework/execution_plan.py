@@ -31,7 +31,7 @@ from ..graph.types import value_type_string
 from ..providers.base import ExecutionProvider
 from ..providers.kernel_registry import accepts, kernel_contract
 from .allocation_planner import Arena, PoolPolicy, RunReport, owner_ids, plan_donations
-from .compiled_steps import compile_steps
+from .compiled_steps import compile_steps, compile_uncounted_steps
 from .device import HOST, BoundOutput, data_transfer_for, deliver, move_to
 from .memcpy import compile_copy, is_copy, value_device
 from .partitioner import FUSED_GROUP, PROVIDER_KEY, on_cpu_kernels
@@ -41,6 +41,8 @@ from .shape_specialization import ShapeSpecializations, frozen_copy, recordable,
 _NONE_SLOT = 0  # always None: where missing optional inputs read from
 _TRASH_SLOT = 1  # where skipped optional outputs are written
 _UNKNOWN = object()  # ExecutionPlan.run's key when the caller has not computed the inputs' signature
+# Runs of a plan whose kernels take no buffers from the arena (no ``_alloc``) between two that count its figures
+UNCOUNTED_RUNS = 15
 
 
 class Subgraph:
@@ -101,6 +103,10 @@ class ExecutionPlan:
         # learned hint, shared by concurrent runs: a wrong guess costs one run without reuse, never a result).
         self._small_outputs = [False] * len(steps)
         self._compiled: Callable[[list, Arena, list], None] | None = None  # the steps unrolled, made at first use
+        # where no kernel takes _alloc, runs between counted ones skip the arena (``compile_uncounted_steps``)
+        self._uncounted: Callable[[list], None] | None = None
+        self._takes_buffers = any(step[5] for step in self._steps)
+        self._uncounted_runs = UNCOUNTED_RUNS  # runs since the last counted one (the first run counts)
         self._weight_owners = frozenset(owner_ids(template))
         self._weight_slots = frozenset(slot for slot, value in enumerate(template) if value is not None)
         self._arenas: list[Arena] = []  # idle arenas with their pools; a run takes one, so concurrent runs never share
@@ -127,7 +133,9 @@ class ExecutionPlan:
 
     @property
     def peak_bytes(self) -> int:
-        """Peak bytes of the most recent finished run (see :class:`RunReport`; 0 before any run)."""
+        """Peak bytes of the most recent finished run that counted them (see :class:`RunReport`; 0 before any run):
+        every run where a kernel takes ``_alloc``, else one in :data:`UNCOUNTED_RUNS` + 1 and every run asked for a
+        report or a profile."""
         return self._last_peak_bytes
 
     def run(self, inputs: Sequence[Any], outer: Sequence[Any] = (), profile: list | None = None,
@@ -221,6 +229,15 @@ class ExecutionPlan:
             delivered = [None] * len(self._output_slots)
             if -1 in handover:
                 self._deliver_after(-1, values, handover, targets, delivered)
+        if (not self._takes_buffers and profile is None and targets is None and report is None
+                and steps is self._steps and self._uncounted_runs < UNCOUNTED_RUNS):
+            self._uncounted_runs += 1  # (concurrent runs may miscount: a counted run sooner or later, no more)
+            uncounted = self._uncounted
+            if uncounted is None:
+                uncounted = self._uncounted = compile_uncounted_steps(steps, self._failed, OnyxRuntimeError)
+            uncounted(values)
+            return self._outputs(values, delivered)
+        self._uncounted_runs = 0
         arenas = self._arenas
         try:
             arena = arenas.pop()  # atomic: no two runs get one arena
@@ -245,6 +262,10 @@ class ExecutionPlan:
         self._last_peak_bytes = peak
         if report is not None:
             report.peak_bytes, report.reused_bytes, report.inplace_bytes = peak, reused, inplace
+        return self._outputs(values, delivered)
+
+    def _outputs(self, values: list[Any], delivered: list[Any] | None) -> list[Any]:
+        """A finished run's outputs: those handed over (``delivered``), else the output slots' values on the host."""
         if delivered is not None:
             return delivered
         if self._outputs_on_host:

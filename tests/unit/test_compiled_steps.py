@@ -4,6 +4,7 @@ errors as the run loop, which profiled runs and runs with bound outputs keep."""
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
+from onnx import numpy_helper as onnx_numpy_helper
 
 import onyxrt
 from onyxrt.errors import Fail
@@ -105,3 +106,41 @@ def test_steps_without_inputs_and_an_empty_plan():
     run([None, None], Arena(), [False, False])
     assert failures == [(1, "bad value")]
     compile_steps([], lambda result, multi: 0, lambda index, exc: None, RuntimeError)([], Arena(), [])
+
+
+def test_uncounted_runs_where_no_kernel_takes_buffers():
+    """A plan none of whose kernels takes ``_alloc`` (convolutions, a transpose) runs without the arena between
+    counted runs: the same outputs, its peak bytes from the last counted run (the first run counts, and every run
+    asked for a report), a failing step named as in the counted runs."""
+    from onyxrt.framework import execution_plan
+    from onyxrt.framework.compiled_steps import compile_uncounted_steps
+
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Transpose", ["a"], ["y"], perm=[0, 2, 3, 1])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx_numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = onyxrt.InferenceSession(model, providers=["CPUExecutionProvider"])
+    plan = session._plan
+    assert not plan._takes_buffers
+    x = rng.standard_normal((2, 4, 64, 64)).astype(np.float32)
+    first = session.run(None, {"x": x})[0]
+    peak = plan.peak_bytes
+    assert peak > 0 and plan._uncounted is None
+    for _ in range(execution_plan.UNCOUNTED_RUNS):
+        np.testing.assert_array_equal(session.run(None, {"x": x})[0], first)
+        assert plan.peak_bytes == peak
+    assert plan._uncounted is not None and plan._uncounted_runs == execution_plan.UNCOUNTED_RUNS
+    session.run(None, {"x": x})  # counted again
+    assert plan._uncounted_runs == 0
+    report = RunReport()
+    plan.run(session._prepare_inputs({"x": x}), report=report)
+    assert report.peak_bytes == peak
+    with pytest.raises(Fail, match="Conv"):
+        session.run(None, {"x": np.ones((2, 3, 8, 8), np.float32)})  # (an uncounted run: 4 channels expected)
+    with pytest.raises(ValueError, match="_alloc"):
+        compile_uncounted_steps([(lambda *, _alloc=None: 0, (), (1,), (), False, True, ())], lambda i, e: None,
+                                RuntimeError)
