@@ -202,3 +202,44 @@ def test_pointwise_convolutions_of_large_images_run_fused(monkeypatch):
         assert (calls == [(2, 24, size, size)]) is (taken and pool.runs_native_tasks)
         want = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0].astype(np.float64), x) + b[None, :, None, None] + z
         np.testing.assert_allclose(y, np.clip(want, 0, 6), rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_pointwise_convolution_reads_a_channel_slice_where_it_lies(monkeypatch, threads):
+    """The images of a channel slice (ShuffleNet's split: each image's channels contiguous, the images apart; in
+    reverse; one image broadcast) are the GEMM's products as they lie, not copied (the task steps from one image to
+    the next by the input's own stride), with the same result as the contiguous copy's; another strided input (a
+    column slice) is copied first."""
+    from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
+    from onyxrt.providers.cpu.math import sgemm_avx512
+    from onyxrt.providers.cpu.nn import conv_core
+
+    monkeypatch.setattr(gemm, "MIN_MACS_SPINNING", 0)
+    seen = []
+    operand_args = sgemm_avx512.operand_args
+
+    def recording(template, b, c, residual):
+        seen.append(b.flags.c_contiguous)
+        return operand_args(template, b, c, residual)
+
+    monkeypatch.setattr(sgemm_avx512, "operand_args", recording)
+    rng = np.random.default_rng(8)
+    full = rng.standard_normal((8, 24, 8, 9), dtype=np.float32)
+    w = rng.standard_normal((12, 12, 1, 1), dtype=np.float32) / 4
+    b = rng.standard_normal(12, dtype=np.float32)
+    packed = conv_core.pack_conv_weights(w, b, dict(group=1, strides=[1, 1], pads=[0] * 4, kernel_shape=[1, 1]))
+    relu = mlas_activation_fn("Relu", [])
+    pool = ThreadPool(threads).splitting_gemms() if threads > 1 else ThreadPool(1)
+    for x, contiguous in ((full[:, 12:], False), (full[:, :12], False), (full[::-1, 12:], False),
+                          (np.broadcast_to(full[:1, 12:], (8, 12, 8, 9)), False), (full[:, 12:, :, 1:], True)):
+        seen.clear()
+        with pool.activate():
+            y = conv_core.float_conv(x, w, b, 1, [1, 1], [1, 1], [0] * 4, "NOTSET", [1, 1], packed, activation=relu)
+            want = conv_core.float_conv(np.ascontiguousarray(x), w, b, 1, [1, 1], [1, 1], [0] * 4, "NOTSET", [1, 1],
+                                        packed, activation=relu)
+        np.testing.assert_array_equal(y, want)
+        ref = np.einsum("mc,nchw->nmhw", w[:, :, 0, 0].astype(np.float64), x) + b[None, :, None, None]
+        np.testing.assert_allclose(y, np.maximum(ref, 0), rtol=1e-5, atol=1e-5)
+        if pool.splits_gemms and pool.runs_native_tasks and gemm.own_sgemm_usable():  # (the route on the GEMM)
+            assert seen[0] is contiguous  # (the first call: the input as given)
+    pool.shutdown()

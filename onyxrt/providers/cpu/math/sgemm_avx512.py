@@ -362,7 +362,7 @@ def products_part(d, part, parts):
     for unit in range(units * part // parts, units * (part + 1) // parts):
         image, run = unit // runs, unit % runs
         a = float32_array(d[0] + image * a_stride * 4, m * k).reshape((m, k))
-        b = float32_array(d[3] + image * k * n * 4, k * n).reshape((k, n))
+        b = float32_array(d[3] + image * d[7] * 4, k * n).reshape((k, n))  # (d[7]: B's stride from product to product)
         c = float32_array(d[9] + image * m * n * 4, m * n).reshape((m, n))
         residual = float32_array(d[13] + image * res_rows * n * 4, res_rows * n).reshape((res_rows, n))
         # by panels only where each run gets several: measured on 2 Zen 5 cores, a 14x14 image's 7 panels split by
@@ -401,10 +401,12 @@ def task_template(a, n, batch, bias, act, params, column_bias):
 @numba.njit(**_jit)
 def operand_args(template, b, c, residual):
     """The ``template``'s arguments with ``b``, ``c`` and ``residual`` (shaped as ``c``, or no rows) as :func:`task_args`
-    takes them (compiled: ``ndarray.ctypes`` costs ~1 us an address in Python); the caller keeps them alive until
-    the task returns."""
+    takes them (compiled: ``ndarray.ctypes`` costs ~1 us an address in Python), ``b``'s products each C-contiguous
+    but a batch's apart where its first stride says so; the caller keeps them alive until the task returns."""
     args = template.copy()
     args[3], args[9] = b.ctypes.data, c.ctypes.data
+    # (a batch of B's products, each contiguous, may lie apart: a channel slice's images, or be one: a broadcast)
+    args[7] = b.strides[0] // 4 if b.ndim == 3 else 0
     args[13], args[14] = residual.ctypes.data, residual.shape[residual.ndim - 2] if residual.size else 0
     return args
 

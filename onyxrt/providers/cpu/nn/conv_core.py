@@ -1254,9 +1254,12 @@ def _own_gemm_runner(shape: tuple, packed: ConvWeights, epilogue: tuple) -> Call
         else:
             return None
         y = np.empty(y_shape, _F32)
-        # a strided x (a Slice's view) is copied: the copy must live in a variable until the task has run, as the task
+        # images each contiguous are read where they lie, apart or not (a channel Slice's view: ShuffleNet's split);
+        # anything else strided is copied, and the copy must live in a variable until the task has run, as the task
         # reads it by its address alone (a temporary was freed first, and the task read freed memory)
-        images = np.ascontiguousarray(x).reshape(n, c, pixels)
+        images = x.reshape(n, c, pixels)
+        if images.strides[1:] != (pixels * 4, 4):
+            images = np.ascontiguousarray(images)
         args = module.operand_args(template, images, y.reshape(n, m, pixels), residual)
         # (``template``, ``bias`` and ``params`` stay referenced by this closure while the task runs)
         pool.run_native(address, args, own_sgemm_parts(pool, macs, units))
