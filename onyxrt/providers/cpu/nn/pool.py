@@ -446,9 +446,7 @@ def _max_pool_fast_path(bound, keywords):
             if len(routes) >= _MAX_ROUTES:
                 routes.clear()
             route = routes[key] = _max_pool_route(x, keywords) or bound
-            if route is bound:
-                return bound(x)
-        elif route is bound:
+        if route is bound:
             return bound(x)
         y = route(x)
         return y if single else (y,)
