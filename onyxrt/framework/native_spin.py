@@ -230,6 +230,19 @@ def wait(record, sequence, yield_address):
     _wait_for(record, DONE, sequence, yield_address)
 
 
+def _address_of(args):
+    """The address a native task's ``args`` stand for: an int64 array's data, or an address (an int) as it is."""
+
+
+@overload(_address_of)
+def _address_of_typed(args):
+    if isinstance(args, types.Array):
+        return lambda args: args.ctypes.data
+    if isinstance(args, types.Integer):
+        return lambda args: args
+    return None
+
+
 @numba.njit(**_jit)
 def fork(records, task, args, helpers, parts):
     """Open the native task at ``task`` for claiming (a new ticket) and post it to the workers of ``records``' first
@@ -250,23 +263,10 @@ def fork(records, task, args, helpers, parts):
 @numba.njit(**_jit)
 def join(records, task, args, parts, yield_address):
     """After :func:`fork`: claim and run parts on the calling thread (the GIL released) until none is left, then wait
-    for the parts the workers claimed."""
+    for the parts the workers claimed; ``args`` as :func:`fork_join` takes them."""
     claims = records[records.shape[0] - 1]
-    _run_claimed(claims, task, args, claims[ISSUED], parts, False)
+    _run_claimed(claims, task, _address_of(args), claims[ISSUED], parts, False)
     _wait_for(claims, FINISHED, parts, yield_address)
-
-
-def _address_of(args):
-    """The address a native task's ``args`` stand for: an int64 array's data, or an address (an int) as it is."""
-
-
-@overload(_address_of)
-def _address_of_typed(args):
-    if isinstance(args, types.Array):
-        return lambda args: args.ctypes.data
-    if isinstance(args, types.Integer):
-        return lambda args: args
-    return None
 
 
 @numba.njit(**_jit)
@@ -288,12 +288,6 @@ def run_parts(task, args, parts):
     address = _address_of(args)
     for part in range(parts):
         _call_task(task, address, part, parts)
-
-
-@numba.njit(**_jit)
-def address(array):
-    """The address of ``array``'s data (compiled: ``ndarray.ctypes.data`` costs ~0.8 us in Python)."""
-    return array.ctypes.data
 
 
 def _sched_yield_address() -> int:
@@ -324,6 +318,7 @@ def warm_up() -> None:
     spin(record, claims, 0, YIELD_ADDRESS)
     fork(records, 0, 0, 0, 1)
     join(records, _NOOP.address, 0, 1, YIELD_ADDRESS)
+    join(records, _NOOP.address, np.zeros(1, np.int64), 1, YIELD_ADDRESS)
     fork_join(records, _NOOP.address, 0, 0, 1, YIELD_ADDRESS)
     fork_join(records, _NOOP.address, np.zeros(1, np.int64), 0, 1, YIELD_ADDRESS)
     run_parts(_NOOP.address, 0, 1)

@@ -46,8 +46,9 @@ from typing import Any, Hashable
 _RECORD: ContextVar[list | None] = ContextVar("onyxrt_pool_products", default=None)
 _MAX_SIGNATURES = 64
 # Runs before a signature's trial; its least runs and timed seconds in each mode (in alternating blocks, the first
-# runs of each block untimed, and the runs of its first seconds: the other mode's threads spinning), the most pairs of blocks it takes; the share of the default's run time the split
-# mode's must stay below to be kept (run times move by a few percent between runs).
+# runs of each block untimed, and the runs of its first seconds: the other mode's threads spinning), the most pairs
+# of blocks it takes; the share of the default's run time the split mode's must stay below to be kept (run times
+# move by a few percent between runs).
 TRIAL_DELAY = 4
 TRIAL_RUNS = 12
 TRIAL_SECONDS = 0.02
@@ -189,7 +190,8 @@ class ThreadModes:
         trial.split.clear()
         trial.default.clear()
         pairs = len(trial.ratios)
-        if trial.pairs >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs and min(trial.seconds) >= TRIAL_SECONDS):
+        if trial.pairs >= TRIAL_MAX_PAIRS or (pairs * block >= self._trial_runs
+                                               and min(trial.seconds) >= TRIAL_SECONDS):
             self._split[signature] = bool(pairs) and statistics.median(trial.ratios) < SPLIT_MARGIN
             self._trials.pop(signature, None)
         return result

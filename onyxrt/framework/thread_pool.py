@@ -289,8 +289,7 @@ class ThreadPool:
                 for worker, record in zip(workers[:helpers], records):
                     if record[native.WAKE]:
                         worker.wake()
-                native.join(records, task, args if isinstance(args, int) else native.address(args), parts,
-                            native.YIELD_ADDRESS)
+                native.join(records, task, args, parts, native.YIELD_ADDRESS)
         finally:
             self._busy.release()
 
