@@ -16,8 +16,9 @@ A signature whose products sent it to neither mode (:func:`note_blas_product` ma
 BLAS's threads where onyxrt's GEMV tasks do not compile) is then timed in both (:class:`_Trial`): after
 :data:`TRIAL_DELAY` runs on BLAS's threads (a session's first runs of a signature are slower: its plan's buffers and
 recorded shapes settle), blocks of :data:`TRIAL_BLOCK` runs alternate between the split mode and BLAS's threads, the
-first :data:`TRIAL_WARMING` of each block untimed, and every run of its first :data:`TRIAL_SETTLE_SECONDS`, until
-each mode has had :data:`TRIAL_RUNS` runs and
+first :data:`TRIAL_WARMING` of each block untimed, and every run of a split block's first
+:data:`TRIAL_SETTLE_SECONDS` (a default block's first :data:`TRIAL_SETTLE_AFTER_SPLIT_SECONDS`), each block timing
+:data:`TRIAL_BLOCK_SECONDS` of runs at least, until each mode has had :data:`TRIAL_RUNS` runs and
 :data:`TRIAL_SECONDS` of timed runs (at most :data:`TRIAL_MAX_PAIRS` pairs of blocks). Each pair of blocks gives the
 ratio of its split block's median run to its default block's; the split mode is kept where the median ratio is below
 :data:`SPLIT_MARGIN`. Runs of one mode follow each other within a block: the other mode's threads spin for a few
@@ -25,14 +26,18 @@ milliseconds after its runs (OpenBLAS's, the pool's workers), and a run beside t
 step alternating modes: 2.4 -> 8 ms in the split mode); so a block's runs are timed only once those threads have
 stopped (OpenBLAS's spin for ~6 ms, ``openblas_spin``): with one untimed run a block, a 4-sequence encoder's split runs
 took 1.16-1.27x its default runs in the trial, which kept BLAS's threads, where blocks of 60 runs measured 0.86x (0.5
-ms runs, one process, 2-vCPU Zen 4). The blocks alternate, and are compared pair by pair, because a
-VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept an EfficientNet-like net on BLAS's threads
-in some processes though its split mode ran 0.85x (alternating processes); with 12 runs a mode in blocks of 4 (3.6 ms
-of timed runs for a 0.4 ms net) a MobileNetV3-like net still took the slower mode in 2 processes of 6, a
-ConvNeXt-like one in 1 of 6, which the time floor addresses. A trial run failing in the split mode is redone on BLAS's
-threads, which the signature then keeps. Small models are where the rule above cannot tell: on 2 Zen 5 cores an
-EfficientNet-like net at batch 8 ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x
-(alternating processes).
+ms runs, one process, 2-vCPU Zen 4). The pool's workers stop spinning sooner: a default block's runs are even with
+its later ones from 1 ms after a split block (both directions measured on 2-vCPU Zen 4 for 6 unseen nets, 30 ms
+blocks). Blocks time 4 ms of runs, not 3 runs, so a 0.15-0.4 ms net's trial takes 5 pairs of blocks (0.1 s) rather
+than up to 32 (0.3-0.55 s, the 8 ms of settling a block dominating): a session's runs reach their mode within its
+first ~0.1 s of runs, as often the faster one (6 processes per net). The blocks alternate, and are compared pair by
+pair, because a VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs per mode kept an EfficientNet-like net
+on BLAS's threads in some processes though its split mode ran 0.85x (alternating processes); with 12 runs a mode in
+blocks of 4 (3.6 ms of timed runs for a 0.4 ms net) a MobileNetV3-like net still took the slower mode in 2 processes
+of 6, a ConvNeXt-like one in 1 of 6, which the time floor addresses. A trial run failing in the split mode is redone
+on BLAS's threads, which the signature then keeps. Small models are where the rule above cannot tell: on 2 Zen 5
+cores an EfficientNet-like net at batch 8 ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like
+one 1.02x (alternating processes).
 """
 
 from __future__ import annotations
@@ -54,8 +59,10 @@ TRIAL_RUNS = 12
 TRIAL_SECONDS = 0.02
 TRIAL_MAX_PAIRS = 32
 TRIAL_BLOCK = 4
+TRIAL_BLOCK_SECONDS = 0.004
 TRIAL_WARMING = 1
 TRIAL_SETTLE_SECONDS = 0.008
+TRIAL_SETTLE_AFTER_SPLIT_SECONDS = 0.002
 SPLIT_MARGIN = 0.95
 
 
@@ -80,7 +87,7 @@ class _Trial:
     mode, start, runs and timed runs."""
 
     __slots__ = ("runs", "default", "split", "ratios", "seconds", "split_turn", "block_start", "block_runs",
-                 "block_timed", "pairs")
+                 "block_timed", "block_seconds", "pairs")
 
     def __init__(self) -> None:
         self.runs = 0
@@ -92,6 +99,7 @@ class _Trial:
         self.block_start = 0.0
         self.block_runs = 0
         self.block_timed = 0
+        self.block_seconds = 0.0
         self.pairs = 0
 
 
@@ -162,7 +170,8 @@ class ThreadModes:
         start = time.perf_counter()
         if trial.block_runs == 0:
             trial.block_start = start
-        settled = trial.block_runs >= TRIAL_WARMING and start - trial.block_start >= TRIAL_SETTLE_SECONDS
+        settle = TRIAL_SETTLE_SECONDS if split else TRIAL_SETTLE_AFTER_SPLIT_SECONDS
+        settled = trial.block_runs >= TRIAL_WARMING and start - trial.block_start >= settle
         trial.block_runs += 1
         if split:
             try:
@@ -178,10 +187,11 @@ class ThreadModes:
             (trial.split if split else trial.default).append(took)
             trial.seconds[0 if split else 1] += took
             trial.block_timed += 1
+            trial.block_seconds += took
         block = min(TRIAL_BLOCK, self._trial_runs)
-        if trial.block_timed < block - min(TRIAL_WARMING, block - 1):
+        if trial.block_timed < block - min(TRIAL_WARMING, block - 1) or trial.block_seconds < TRIAL_BLOCK_SECONDS:
             return result
-        trial.split_turn, trial.block_runs, trial.block_timed = not split, 0, 0
+        trial.split_turn, trial.block_runs, trial.block_timed, trial.block_seconds = not split, 0, 0, 0.0
         if split:
             return result
         trial.pairs += 1  # a pair of blocks ends

@@ -115,6 +115,39 @@ def test_a_block_times_its_runs_only_once_the_other_modes_threads_have_stopped(m
     assert first_block > thread_mode.TRIAL_BLOCK  # untimed runs until the settling time had passed
 
 
+def test_short_runs_fill_each_block_with_its_timed_seconds_and_default_blocks_settle_sooner(monkeypatch):
+    """0.1 ms runs: a block times TRIAL_BLOCK_SECONDS of runs, not TRIAL_BLOCK runs; a split block waits out
+    TRIAL_SETTLE_SECONDS (BLAS's threads spinning), a default block only TRIAL_SETTLE_AFTER_SPLIT_SECONDS."""
+    clock = [0.0]
+    monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
+    modes = ThreadModes(_Pool("blas"), _Pool("split"))
+    used = []
+
+    def body(pool):
+        used.append(pool.name)
+        clock[0] += 0.00009 if pool.name == "split" else 0.0001
+        return pool.name
+
+    modes.run("signature", body)
+    while modes.split_for("signature") is None:
+        modes.run("signature", body)
+    assert modes.split_for("signature") is True
+    blocks, runs = [], used[1 + thread_mode.TRIAL_DELAY:]
+    for name in runs:
+        if blocks and blocks[-1][0] == name:
+            blocks[-1][1] += 1
+        else:
+            blocks.append([name, 1])
+    split_runs = (thread_mode.TRIAL_SETTLE_SECONDS + thread_mode.TRIAL_BLOCK_SECONDS) / 0.00009
+    default_runs = (thread_mode.TRIAL_SETTLE_AFTER_SPLIT_SECONDS + thread_mode.TRIAL_BLOCK_SECONDS) / 0.0001
+    for name, count in blocks:
+        expected = split_runs if name == "split" else default_runs
+        assert abs(count - expected) <= 2, (name, count, expected)
+    # each mode's TRIAL_SECONDS of timed runs in 4 ms blocks: a few pairs, not TRIAL_MAX_PAIRS
+    pairs = len(blocks) // 2
+    assert pairs == round(thread_mode.TRIAL_SECONDS / thread_mode.TRIAL_BLOCK_SECONDS) < thread_mode.TRIAL_MAX_PAIRS
+
+
 def test_a_product_for_blas_keeps_blas_threads_without_a_trial():
     modes = ThreadModes(_Pool("blas"), _Pool("split"))
 
