@@ -26,9 +26,13 @@ a run) but cost 5 % where both vCPUs were fast, the common case: callers keep on
 Record entries: SEQ (even: the last post; odd while the poster writes the entries, which a worker reads
 between two equal even loads of SEQ), DONE (the last post the worker finished), TASK (0 for a Python task, else the
 native task's address), ARGS, TICKET, PARTS (the native task's), SLEEPING (1 while the worker is blocked or about to
-be), WAKE (set by :func:`fork` where the worker slept when its part was posted: the poster wakes it). The claim row
-(the records' last row): WORD (ticket, the caller's next part, the end of the parts left: :func:`fork`), FINISHED
-(parts done), ISSUED (the last ticket). Posting and going to sleep use sequentially consistent atomics, so a
+be), WAKE (set by :func:`fork` where the worker slept when its part was posted: the poster wakes it), LIMIT (the idle
+iterations the worker spins after its last task before it blocks, set by the poster). The claim row (the records'
+last row): WORD (ticket, the caller's next part, the end of the parts left: :func:`fork`), FINISHED (parts done),
+ISSUED (the last ticket), HELD (1 while a loop runs on the workers: :func:`hold`; a loop started meanwhile, a
+concurrent run's, runs on its calling thread alone). Holding the pool, posting, joining and letting go are one
+compiled call where the workers spin (:func:`fork_join`): in Python, a lock and the per-worker set-up cost ~1.2 us a
+hand-off of a no-op task's 1.7 (2-vCPU Zen 4). Posting and going to sleep use sequentially consistent atomics, so a
 hand-off is never missed: the poster stores SEQ then reads SLEEPING, the worker stores SLEEPING then reads SEQ.
 """
 
@@ -42,8 +46,8 @@ from llvmlite import ir
 from numba.core import types
 from numba.core.extending import intrinsic, overload
 
-SEQ, DONE, TASK, ARGS, TICKET, PARTS, SLEEPING, WAKE = range(8)
-WORD, FINISHED, ISSUED = range(3)  # the claim row's entries
+SEQ, DONE, TASK, ARGS, TICKET, PARTS, SLEEPING, WAKE, LIMIT = range(9)
+WORD, FINISHED, ISSUED, HELD = range(4)  # the claim row's entries
 RECORD_SIZE = 16  # 128 bytes: a record shares no cache line with the next one's hot entries
 PART_BITS = 16  # the claim word: ticket (31 bits), the next part from the front, the parts left below the back
 PART_MASK = (1 << PART_BITS) - 1
@@ -162,12 +166,14 @@ def _run_claimed(claims, task, args, ticket, parts, from_back):
 
 
 @numba.njit(**_jit)
-def spin(record, claims, limit, yield_address):
+def spin(record, claims, yield_address):
     """Wait for hand-offs on ``record``: join native tasks here (their parts claimed on ``claims``, the records' last
     row); return PYTHON_TASK when a Python task is posted (the caller runs it, then :func:`finish`), IDLE after
-    ``limit`` iterations without one (SLEEPING then set: the poster will wake the caller)."""
+    ``record[LIMIT]`` iterations without one (read again after each task; SLEEPING then set: the poster will wake the
+    caller)."""
     _store(record, SLEEPING, 0)
     seen = _load(record, DONE)
+    limit = _load(record, LIMIT)
     idle = 0
     while True:
         posted = _load(record, SEQ)
@@ -183,6 +189,7 @@ def spin(record, claims, limit, yield_address):
             _run_claimed(claims, task, args, ticket, parts, True)
             seen = posted
             _store(record, DONE, posted)
+            limit = _load(record, LIMIT)
             idle = 0
         elif idle < limit:
             idle += 1
@@ -244,9 +251,22 @@ def _address_of_typed(args):
 
 
 @numba.njit(**_jit)
-def fork(records, task, args, helpers, parts):
+def hold(records):
+    """Take the workers of ``records`` for a loop (HELD); False where another loop holds them."""
+    return _swap(records[records.shape[0] - 1], HELD, 0, 1)
+
+
+@numba.njit(**_jit)
+def let_go(records):
+    """Give the workers of ``records`` back (after :func:`hold`)."""
+    _store(records[records.shape[0] - 1], HELD, 0)
+
+
+@numba.njit(**_jit)
+def fork(records, task, args, helpers, parts, limit):
     """Open the native task at ``task`` for claiming (a new ticket) and post it to the workers of ``records``' first
-    ``helpers`` rows; WAKE set in the rows of those asleep, which the caller must wake. Returns how many."""
+    ``helpers`` rows, each to spin ``limit`` idle iterations after it; WAKE set in the rows of those asleep, which the
+    caller must wake. Returns how many."""
     claims = records[records.shape[0] - 1]
     ticket = (claims[ISSUED] + 1) & TICKET_MASK
     claims[ISSUED] = ticket
@@ -255,6 +275,7 @@ def fork(records, task, args, helpers, parts):
     sleeping = 0
     for worker in range(helpers):
         record = records[worker]
+        _store(record, LIMIT, limit)
         record[WAKE] = 1 if publish(record, task, args, ticket, parts) else 0
         sleeping += record[WAKE]
     return sleeping
@@ -262,20 +283,27 @@ def fork(records, task, args, helpers, parts):
 
 @numba.njit(**_jit)
 def join(records, task, args, parts, yield_address):
-    """After :func:`fork`: claim and run parts on the calling thread (the GIL released) until none is left, then wait
-    for the parts the workers claimed; ``args`` as :func:`fork_join` takes them."""
+    """After :func:`fork`: claim and run parts on the calling thread (the GIL released) until none is left, wait for
+    the parts the workers claimed, and let the workers go (:func:`let_go`); ``args`` as :func:`fork_join` takes
+    them."""
     claims = records[records.shape[0] - 1]
     _run_claimed(claims, task, _address_of(args), claims[ISSUED], parts, False)
     _wait_for(claims, FINISHED, parts, yield_address)
+    _store(claims, HELD, 0)
 
 
 @numba.njit(**_jit)
-def fork_join(records, task, args, helpers, parts, yield_address):
-    """:func:`fork` then, where no worker posted to sleeps, :func:`join`, in one call (each compiled call from Python
-    costs ~0.3 us); ``args`` an int64 array (its address is taken) or an address. Returns how many workers sleep: where
-    any does, the caller wakes them (WAKE set in their rows) and joins itself."""
+def fork_join(records, task, args, helpers, parts, limit, yield_address):
+    """:func:`hold`, :func:`fork` and, where no worker posted to sleeps, :func:`join`, in one call (each compiled call
+    from Python costs ~0.3 us); ``args`` an int64 array (its address is taken) or an address. Where another loop
+    holds the workers, every part runs here. Returns how many workers sleep: where any does, the caller wakes them
+    (WAKE set in their rows) and joins itself."""
     address = _address_of(args)
-    sleeping = fork(records, task, address, helpers, parts)
+    if not hold(records):
+        for part in range(parts):
+            _call_task(task, address, part, parts)
+        return 0
+    sleeping = fork(records, task, address, helpers, parts, limit)
     if sleeping == 0:
         join(records, task, address, parts, yield_address)
     return sleeping
@@ -315,12 +343,14 @@ def warm_up() -> None:
     publish(record, 0, 0, 0, 0)
     finish(record, 2)
     wait(record, 2, YIELD_ADDRESS)
-    spin(record, claims, 0, YIELD_ADDRESS)
-    fork(records, 0, 0, 0, 1)
+    spin(record, claims, YIELD_ADDRESS)
+    hold(records)
+    let_go(records)
+    fork(records, 0, 0, 0, 1, 0)
     join(records, _NOOP.address, 0, 1, YIELD_ADDRESS)
     join(records, _NOOP.address, np.zeros(1, np.int64), 1, YIELD_ADDRESS)
-    fork_join(records, _NOOP.address, 0, 0, 1, YIELD_ADDRESS)
-    fork_join(records, _NOOP.address, np.zeros(1, np.int64), 0, 1, YIELD_ADDRESS)
+    fork_join(records, _NOOP.address, 0, 0, 1, 0, YIELD_ADDRESS)
+    fork_join(records, _NOOP.address, np.zeros(1, np.int64), 0, 1, 0, YIELD_ADDRESS)
     run_parts(_NOOP.address, 0, 1)
     run_parts(_NOOP.address, np.zeros(1, np.int64), 1)
 

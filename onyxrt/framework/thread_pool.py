@@ -69,9 +69,10 @@ class _Worker:
         self._done = threading.Lock()
         self._done.acquire()
         self._native = native  # the native_spin module, or None
-        self._record = record  # with native: its row of the pool's hand-off records (its SEQ: the last posted)
+        # with native: its row of the pool's hand-off records (its SEQ: the last posted; its LIMIT: how long it spins
+        # idle, set by the pool handing work over, see ThreadPool._spin_limit)
+        self._record = record
         self._claims = claims  # with native: the records' claim row
-        self.spin_limit = 0  # set by the pool handing work over (see ThreadPool._spin_limit)
         self._task: Callable[[], None] | None = None
         self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -83,7 +84,7 @@ class _Worker:
             if native is None:
                 self._wake.acquire()
             else:
-                while native.spin(record, claims, self.spin_limit, native.YIELD_ADDRESS) == native.IDLE:
+                while native.spin(record, claims, native.YIELD_ADDRESS) == native.IDLE:
                     self._wake.acquire()
             task = self._task
             if task is not None:
@@ -99,13 +100,15 @@ class _Worker:
             if task is None:  # stop
                 return
 
-    def start(self, task: Callable[[], None] | None) -> None:
-        """Run the Python callable ``task`` on this thread (None: stop the thread)."""
+    def start(self, task: Callable[[], None] | None, spin_limit: int = 0) -> None:
+        """Run the Python callable ``task`` on this thread (None: stop the thread), then spin ``spin_limit`` idle
+        iterations (where it spins at all) before it blocks."""
         self._task = task
         if self._native is None:
             self._wake.release()
             return
         native, record = self._native, self._record
+        record[native.LIMIT] = spin_limit
         if native.publish(record, 0, 0, 0, 0):  # (a Python task; native tasks are posted by ``native_spin.fork``)
             self.wake()
 
@@ -186,12 +189,15 @@ class ThreadPool:
         self._num_threads = count or physical_core_count()
         self.splits_gemms = not allow_spinning and self._num_threads > 1
         self._allow_spinning = allow_spinning
+        self._spin_limit = self._idle_spin()
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
         self._records: list[Any] = [None]  # the hand-off records (``native_spin``: a row a worker, the claim row)
+        # (the process id, native_spin, the records, the workers) while native workers run: what run_native needs
+        self._hand_off: list[tuple | None] = [None]
         self._lock = threading.Lock()  # guards starting and stopping the workers
-        self._busy = threading.Lock()  # held while a loop runs on the workers
-        weakref.finalize(self, _stop_workers, self._workers, self._workers_pid)
+        self._busy = threading.Lock()  # held while a loop runs on the workers, where they are not native (else HELD)
+        weakref.finalize(self, _stop_workers, self._workers, self._workers_pid, self._hand_off)
 
     @property
     def num_threads(self) -> int:
@@ -201,8 +207,17 @@ class ThreadPool:
         """``[fn(item) for item in items]``, the items shared out over the pool's threads."""
         items = list(items)
         helpers = min(self._num_threads, len(items)) - 1
-        if helpers <= 0 or not self._busy.acquire(blocking=False):
+        if helpers <= 0:
             return [fn(item) for item in items]
+        native = _native_spin()
+        if native is None:
+            if not self._busy.acquire(blocking=False):
+                return [fn(item) for item in items]
+        else:
+            self._worker_threads()
+            records = self._records[0]
+            if not native.hold(records):
+                return [fn(item) for item in items]
         try:
             results: list[Any] = [None] * len(items)
             claim = itertools.count()  # next() on a count is atomic under the GIL
@@ -215,8 +230,7 @@ class ThreadPool:
 
             workers = self._worker_threads()[:helpers]
             for worker in workers:
-                worker.spin_limit = self._spin_limit
-                worker.start(drain)
+                worker.start(drain, self._spin_limit)
             error: BaseException | None = None
             try:
                 drain()
@@ -231,7 +245,10 @@ class ThreadPool:
                 raise error
             return results
         finally:
-            self._busy.release()
+            if native is None:
+                self._busy.release()
+            else:
+                native.let_go(records)
 
     def run_chunks(self, fn: Callable[[int, int], None], rows: int, work: int,
                    min_work: int = DEFAULT_MIN_PARALLEL_WORK) -> None:
@@ -250,10 +267,9 @@ class ThreadPool:
         not a thread wake-up)."""
         return self._spin_limit > 0
 
-    @property
-    def _spin_limit(self) -> int:
-        """How long the workers spin after this pool's tasks: only where spinning is allowed and the
-        pool owns the cores (it splits products: no BLAS thread spins beside its workers)."""
+    def _idle_spin(self) -> int:
+        """How long the workers spin after this pool's tasks (``_spin_limit``): only where spinning is allowed and
+        the pool owns the cores (it splits products: no BLAS thread spins beside its workers)."""
         return SPIN_ITERATIONS if self._allow_spinning and self.splits_gemms else 0
 
     @property
@@ -269,29 +285,38 @@ class ThreadPool:
         share falls to the calling thread, which waits only for the parts others took); all on the calling thread
         where native tasks cannot run on the workers (no numba, one thread) or another loop holds them. Parts may run
         on any thread in any order. The task must not raise."""
-        native = _native_spin()
-        if native is None:
-            raise RuntimeError("native tasks need numba")
         # (an array stays referenced by ``args`` until the task returns: its address alone would not keep it)
-        helpers = min(self._num_threads, parts) - 1
-        if helpers <= 0 or parts > native.MAX_PARTS or not self._busy.acquire(blocking=False):
+        helpers = (parts if parts < self._num_threads else self._num_threads) - 1
+        hand_off = self._hand_off[0]
+        if hand_off is None or hand_off[0] != _PROCESS_ID[0] or helpers <= 0:
+            hand_off = self._start_hand_off(task, args, parts, helpers)
+            if hand_off is None:
+                return
+        _, native, records, workers = hand_off
+        if parts > native.MAX_PARTS:
             native.run_parts(task, args, parts)
             return
-        try:
-            workers = self._worker_threads()
-            records = self._records[0]
-            limit = self._spin_limit
-            for worker in workers[:helpers]:
-                worker.spin_limit = limit
-            # (posting and joining in one compiled call: per worker in Python they cost ~1.5 us a task, and each
-            # compiled call ~0.3 us); a worker asleep is woken here, and then the caller joins
-            if native.fork_join(records, task, args, helpers, parts, native.YIELD_ADDRESS):
+        # (holding the workers, posting and joining in one compiled call: in Python they cost ~1.2 us a task); a
+        # worker asleep is woken here, and then the caller joins
+        if native.fork_join(records, task, args, helpers, parts, self._spin_limit, native.YIELD_ADDRESS):
+            try:
                 for worker, record in zip(workers[:helpers], records):
                     if record[native.WAKE]:
                         worker.wake()
+            finally:
                 native.join(records, task, args, parts, native.YIELD_ADDRESS)
-        finally:
-            self._busy.release()
+
+    def _start_hand_off(self, task: int, args: Any, parts: int, helpers: int) -> tuple | None:
+        """:meth:`run_native`'s hand-off, the workers started where they are not (None: the task ran here, on the
+        calling thread alone)."""
+        native = _native_spin()
+        if native is None:
+            raise RuntimeError("native tasks need numba")
+        if helpers <= 0 or parts > native.MAX_PARTS:
+            native.run_parts(task, args, parts)
+            return None
+        self._worker_threads()
+        return self._hand_off[0]
 
     def splitting_gemms(self) -> ThreadPool:
         """This pool's threads in the split-GEMM mode (as without ``allow_spinning``): the same
@@ -300,6 +325,7 @@ class ThreadPool:
             return self
         view = copy.copy(self)  # shares the workers' list and locks, not the finalizer
         view.splits_gemms = True
+        view._spin_limit = view._idle_spin()
         view._base = self  # keeps the finalizer's owner, and so the workers, alive
         return view
 
@@ -311,7 +337,7 @@ class ThreadPool:
     def shutdown(self) -> None:
         """Stop the worker threads (a later parallel call starts new ones)."""
         with self._lock:
-            _stop_workers(self._workers, self._workers_pid)
+            _stop_workers(self._workers, self._workers_pid, self._hand_off)
 
     def _worker_threads(self) -> list[_Worker]:
         """The workers, started where this process has none: the shared list (callers slice it, never change it)."""
@@ -328,11 +354,13 @@ class ThreadPool:
                                     for i in range(count)]
                 self._workers_pid[0] = _PROCESS_ID[0]
                 self._records[0] = records
+                self._hand_off[0] = None if native is None else (_PROCESS_ID[0], native, records, self._workers)
             return self._workers
 
 
-def _stop_workers(workers: list[_Worker], pid: list[int]) -> None:
-    """Stop (this process's) ``workers`` and empty the list."""
+def _stop_workers(workers: list[_Worker], pid: list[int], hand_off: list) -> None:
+    """Stop (this process's) ``workers`` and empty the list (and the ``hand_off`` to them)."""
+    hand_off[0] = None
     stopping, workers[:] = list(workers), []
     if pid[0] == _PROCESS_ID[0]:
         for worker in stopping:

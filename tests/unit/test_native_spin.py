@@ -46,11 +46,11 @@ def test_a_worker_that_never_comes_leaves_its_parts_to_the_caller():
     part, and the worker, when it comes, finds the task's ticket gone and runs none of it."""
     records = native_spin.new_records(1)
     order, header = _ordering(4)
-    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 4)
+    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 4, 0)
     native_spin.join(records, _order_parts.address, header.ctypes.data, 4, native_spin.YIELD_ADDRESS)
     assert order.tolist() == [1, 2, 3, 4, 4]  # the caller's parts from the first up
     record = records[0]
-    assert native_spin.spin(record, records[1], 0, native_spin.YIELD_ADDRESS) == native_spin.IDLE
+    assert native_spin.spin(record, records[1], native_spin.YIELD_ADDRESS) == native_spin.IDLE
     assert order.tolist() == [1, 2, 3, 4, 4]
     assert record[native_spin.DONE] == record[native_spin.SEQ]
 
@@ -58,9 +58,9 @@ def test_a_worker_that_never_comes_leaves_its_parts_to_the_caller():
 def test_a_worker_claims_from_the_last_part_down_and_the_caller_takes_what_is_left():
     records = native_spin.new_records(1)
     order, header = _ordering(3)
-    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 3)
-    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 3)  # re-posted before the worker came
-    native_spin.spin(records[0], records[1], 0, native_spin.YIELD_ADDRESS)  # takes the newest post, every part
+    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 3, 0)
+    native_spin.fork(records, _order_parts.address, header.ctypes.data, 1, 3, 0)  # re-posted before the worker came
+    native_spin.spin(records[0], records[1], native_spin.YIELD_ADDRESS)  # takes the newest post, every part
     assert order.tolist() == [3, 2, 1, 3]
     native_spin.join(records, _order_parts.address, header.ctypes.data, 3, native_spin.YIELD_ADDRESS)
     assert order.tolist() == [3, 2, 1, 3]  # none left: the caller returns at once
@@ -72,11 +72,11 @@ def test_fork_join_joins_at_once_unless_a_worker_sleeps():
     records = native_spin.new_records(1)
     order, header = _ordering(2)
     records[0, native_spin.SLEEPING] = 0
-    assert native_spin.fork_join(records, _order_parts.address, header, 1, 2, native_spin.YIELD_ADDRESS) == 0
+    assert native_spin.fork_join(records, _order_parts.address, header, 1, 2, 0, native_spin.YIELD_ADDRESS) == 0
     assert order.tolist() == [1, 2, 2]  # the worker never came: the caller ran both parts
     records = native_spin.new_records(1)  # (its worker asleep)
     order, header = _ordering(2)
-    assert native_spin.fork_join(records, _order_parts.address, header.ctypes.data, 1, 2,
+    assert native_spin.fork_join(records, _order_parts.address, header.ctypes.data, 1, 2, 0,
                                  native_spin.YIELD_ADDRESS) == 1
     assert order.tolist() == [0, 0, 0] and records[0, native_spin.WAKE] == 1
     native_spin.join(records, _order_parts.address, header.ctypes.data, 2, native_spin.YIELD_ADDRESS)
@@ -148,11 +148,19 @@ def test_a_pool_without_spinning_blocks_at_once():
 
 
 def test_a_busy_pool_runs_the_parts_on_the_caller(pool):
-    pool._busy.acquire()  # another loop holds the workers
+    _run_counting(pool, 2)  # (the workers started)
+    records = pool._records[0]
+    assert native_spin.hold(records)  # another loop holds the workers
     try:
+        assert not native_spin.hold(records)
+        posted = records[0, native_spin.SEQ]
         assert _run_counting(pool, 3)[:3].tolist() == [1, 1, 1]
+        assert pool.map(lambda v: v + 1, range(3)) == [1, 2, 3]
+        assert records[0, native_spin.SEQ] == posted  # nothing was posted to the worker
     finally:
-        pool._busy.release()
+        native_spin.let_go(records)
+    assert records[-1, native_spin.HELD] == 0 and _run_counting(pool, 2)[:2].tolist() == [1, 1]
+    assert records[-1, native_spin.HELD] == 0  # let go after the loop
 
 
 def test_python_and_native_tasks_interleave(pool):
