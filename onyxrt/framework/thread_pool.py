@@ -57,8 +57,8 @@ def physical_core_count() -> int:
 
 class _Worker:
     """One pool thread. Where numba is usable it waits for work spinning in compiled code for a
-    while (``spin_limit`` iterations, a few ms; see ``native_spin``) and runs native tasks there
-    without the GIL, then blocks; elsewhere (or with a ``spin_limit`` of 0) it blocks on a lock
+    while (its record's LIMIT iterations, a few ms, set with each task; see ``native_spin``) and runs
+    native tasks there without the GIL, then blocks; elsewhere (or with a LIMIT of 0) it blocks on a lock
     as soon as it is idle (two lock hand-offs per task, about 15 us measured, against ~80 us
     through a ``concurrent.futures`` executor). Blocked, it costs nothing.
     """
