@@ -289,7 +289,7 @@ def join(records, task, args, parts, yield_address):
     claims = records[records.shape[0] - 1]
     _run_claimed(claims, task, _address_of(args), claims[ISSUED], parts, False)
     _wait_for(claims, FINISHED, parts, yield_address)
-    _store(claims, HELD, 0)
+    let_go(records)
 
 
 @numba.njit(**_jit)
@@ -300,8 +300,7 @@ def fork_join(records, task, args, helpers, parts, limit, yield_address):
     (WAKE set in their rows) and joins itself."""
     address = _address_of(args)
     if not hold(records):
-        for part in range(parts):
-            _call_task(task, address, part, parts)
+        run_parts(task, address, parts)
         return 0
     sleeping = fork(records, task, address, helpers, parts, limit)
     if sleeping == 0:

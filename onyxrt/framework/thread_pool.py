@@ -192,8 +192,8 @@ class ThreadPool:
         self._spin_limit = self._idle_spin()
         self._workers: list[_Worker] = []  # shared with the finalizer, which stops them with the pool
         self._workers_pid = [0]
-        self._records: list[Any] = [None]  # the hand-off records (``native_spin``: a row a worker, the claim row)
-        # (the process id, native_spin, the records, the workers) while native workers run: what run_native needs
+        # while native workers run: (the process id, native_spin, the hand-off records: a row a worker, the claim
+        # row, the workers), what run_native and map need
         self._hand_off: list[tuple | None] = [None]
         self._lock = threading.Lock()  # guards starting and stopping the workers
         self._busy = threading.Lock()  # held while a loop runs on the workers, where they are not native (else HELD)
@@ -209,13 +209,13 @@ class ThreadPool:
         helpers = min(self._num_threads, len(items)) - 1
         if helpers <= 0:
             return [fn(item) for item in items]
-        native = _native_spin()
-        if native is None:
+        workers = self._worker_threads()[:helpers]
+        hand_off = self._hand_off[0]  # (None: workers blocking on locks)
+        if hand_off is None:
             if not self._busy.acquire(blocking=False):
                 return [fn(item) for item in items]
         else:
-            self._worker_threads()
-            records = self._records[0]
+            _, native, records, _ = hand_off
             if not native.hold(records):
                 return [fn(item) for item in items]
         try:
@@ -228,7 +228,6 @@ class ThreadPool:
                     results[index] = fn(items[index])
                     index = next(claim)
 
-            workers = self._worker_threads()[:helpers]
             for worker in workers:
                 worker.start(drain, self._spin_limit)
             error: BaseException | None = None
@@ -245,7 +244,7 @@ class ThreadPool:
                 raise error
             return results
         finally:
-            if native is None:
+            if hand_off is None:
                 self._busy.release()
             else:
                 native.let_go(records)
@@ -312,7 +311,7 @@ class ThreadPool:
         native = _native_spin()
         if native is None:
             raise RuntimeError("native tasks need numba")
-        if helpers <= 0 or parts > native.MAX_PARTS:
+        if helpers <= 0:
             native.run_parts(task, args, parts)
             return None
         self._worker_threads()
@@ -353,7 +352,6 @@ class ThreadPool:
                                                                                (records[i], records[count])))
                                     for i in range(count)]
                 self._workers_pid[0] = _PROCESS_ID[0]
-                self._records[0] = records
                 self._hand_off[0] = None if native is None else (_PROCESS_ID[0], native, records, self._workers)
             return self._workers
 

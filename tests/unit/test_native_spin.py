@@ -149,7 +149,7 @@ def test_a_pool_without_spinning_blocks_at_once():
 
 def test_a_busy_pool_runs_the_parts_on_the_caller(pool):
     _run_counting(pool, 2)  # (the workers started)
-    records = pool._records[0]
+    records = pool._hand_off[0][2]
     assert native_spin.hold(records)  # another loop holds the workers
     try:
         assert not native_spin.hold(records)
