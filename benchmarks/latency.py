@@ -5,7 +5,7 @@
     python benchmarks/latency.py unseen_efficientnet unseen_gpt2        # tests/data/unseen models
 
 Each round starts one worker process per runtime (onyxrt, then onnxruntime); a worker
-loads the model, warms up (``--warmup-seconds`` of untimed runs, 1 s by default), and times
+loads the model, warms up (its first run, then ``--warmup-seconds`` of untimed runs, 1 s by default), and times
 ``--repeat`` runs. The table compares the medians
 of all timed runs. A second table says what bounds each case in onyxrt, from its own
 profiler (one more process per case, after the timed rounds): the time in BLAS-backed
@@ -106,9 +106,11 @@ def case_inputs(case: str) -> tuple[str, dict]:
     raise SystemExit(f"unknown case {case}")
 
 
-# Seconds each worker runs its case untimed before the timed runs (and 3 runs at least), the same for both runtimes:
-# steady-state latency. onyxrt's first runs of an input signature include its thread-mode trial
-# (``onyxrt.framework.thread_mode``: alternating blocks of runs in both modes, ~80-120 runs of a 0.5 ms net).
+# Seconds each worker runs its case untimed after its first run before the timed runs (and 3 runs at least), the same
+# for both runtimes: steady-state latency. onyxrt's first runs of an input signature include its thread-mode trial
+# (``onyxrt.framework.thread_mode``: alternating blocks of runs in both modes, ~0.1 s of a 0.4 ms net's runs). Counted
+# from the end of the first run, which loads onyxrt's compiled kernels (0.8-1 s on a 2-vCPU Zen 4 with numba 0.68:
+# ``first_run.md``): from the start, the trial of a small net still ran during the timed runs of some processes.
 WARMUP_SECONDS = 1.0
 
 # Ops whose kernels spend their time in BLAS GEMMs (with their im2col, softmax or epilogue passes).
@@ -191,12 +193,16 @@ def median_seconds(fn, repeat: int, warmup: int = 1) -> float:
 
 
 def timed_runs(session, feeds: dict, repeat: int, warmup: int = 3, warmup_seconds: float = 0.0) -> list[float]:
-    """Milliseconds of ``repeat`` runs after untimed ones: ``warmup`` at least, and for ``warmup_seconds`` at least."""
-    start = time.perf_counter()
+    """Milliseconds of ``repeat`` runs after untimed ones: ``warmup`` at least, and for ``warmup_seconds`` at least
+    after the first (a session's first run loads what it runs, onyxrt's compiled kernels: ``first_run.py`` reports
+    it)."""
     runs = 0
+    start = time.perf_counter()
     while runs < warmup or time.perf_counter() - start < warmup_seconds:
         session.run(None, feeds)
         runs += 1
+        if runs == 1:
+            start = time.perf_counter()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -213,7 +219,7 @@ def main() -> int:
     parser.add_argument("--out", help="write the markdown table here")
     parser.add_argument("--breakdown", action="store_true", help="also profile where onyxrt's time goes")
     parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
-                        help="untimed runs for this long in each worker before the timed ones (3 runs at least)")
+                        help="untimed runs for this long after each worker's first, before the timed ones (3 runs at least)")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="a session config entry for onyxrt (repeatable)")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "CASE"), help=argparse.SUPPRESS)
@@ -245,7 +251,7 @@ def main() -> int:
         f"Command: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`".replace(" --out", " --out").rstrip(),
         "",
         f"Each runtime in its own process, alternating, {args.rounds} rounds x {args.repeat} timed runs after "
-        f"{args.warmup_seconds:g} s of untimed runs; medians.",
+        f"a first run and {args.warmup_seconds:g} s of untimed runs; medians.",
         "Ratio = onyxrt / onnxruntime (lower is better; 1.0 = parity).",
         "",
         "| case | onyxrt (ms) | onnxruntime (ms) | ratio |",
