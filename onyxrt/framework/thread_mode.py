@@ -35,7 +35,11 @@ pair, because a VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs pe
 on BLAS's threads in some processes though its split mode ran 0.85x (alternating processes); with 12 runs a mode in
 blocks of 4 (3.6 ms of timed runs for a 0.4 ms net) a MobileNetV3-like net still took the slower mode in 2 processes
 of 6, a ConvNeXt-like one in 1 of 6, which the time floor addresses. A trial run failing in the split mode is redone
-on BLAS's threads, which the signature then keeps. Small models are where the rule above cannot tell: on 2 Zen 5
+on BLAS's threads, which the signature then keeps. A trial's decision is tried again, after :data:`RECHECK_TRIALS`
+times the trial's length (~0.6 s for a small net), then twice as long after each time, up to :data:`RECHECK_MAX_SECONDS`:
+on a 2-vCPU Zen 4 VM both runtimes' split runs slow down for spells of 0.1-1.5 s (an EfficientNet-like net's split runs
+0.34 -> 0.54-0.6 ms, its default ones 0.47 either way; onnxruntime's 0.28 -> 0.47), and 2 to 4 trials of 6-8 processes
+that ran in such a spell kept BLAS's threads for the process's life. Small models are where the rule above cannot tell: on 2 Zen 5
 cores an EfficientNet-like net at batch 8 ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like
 one 1.02x (alternating processes).
 """
@@ -64,6 +68,11 @@ TRIAL_WARMING = 1
 TRIAL_SETTLE_SECONDS = 0.008
 TRIAL_SETTLE_AFTER_SPLIT_SECONDS = 0.002
 SPLIT_MARGIN = 0.95
+# A trial's decision is tried again after this many times the trial's duration, then after twice as long each time (at
+# most RECHECK_MAX_SECONDS): a VM's cores change speed for seconds at a time, and a trial run in such a spell decides
+# for it alone. The runs it spends in the slower mode cost ~5 % of the runs between the first two trials, less after.
+RECHECK_TRIALS = 5
+RECHECK_MAX_SECONDS = 60.0
 
 
 def note_pool_product() -> None:
@@ -87,9 +96,12 @@ class _Trial:
     mode, start, runs and timed runs."""
 
     __slots__ = ("runs", "default", "split", "ratios", "seconds", "split_turn", "block_start", "block_runs",
-                 "block_timed", "block_seconds", "pairs")
+                 "block_timed", "block_seconds", "pairs", "delay", "started", "recheck_after")
 
-    def __init__(self) -> None:
+    def __init__(self, delay: int = TRIAL_DELAY, recheck_after: float | None = None) -> None:
+        self.delay = delay  # runs on BLAS's threads before the blocks (none when a decision is tried again)
+        self.started = time.perf_counter()
+        self.recheck_after = recheck_after  # seconds from this trial's decision to the next (None: from its length)
         self.runs = 0
         self.default: list[float] = []
         self.split: list[float] = []
@@ -113,11 +125,15 @@ class ThreadModes:
         self._trials: dict[Hashable, _Trial] = {}
         self._trial_runs = trial_runs
         self._last_split = False  # the mode of the last run of a learned signature
+        # signatures a trial decided: when their trial is run again, and the seconds until the one after
+        self._rechecks: dict[Hashable, tuple[float, float]] = {}
+        self._next_recheck = float("inf")  # the earliest of them
 
     def learned_pool(self, signature: Hashable) -> Any:
-        """The pool a signature whose mode is learned runs on (None while it is not): ``run`` without its callback."""
+        """The pool a signature whose mode is learned runs on (None while it is not, or when its trial is due again):
+        ``run`` without its callback."""
         split = self._split.get(signature)
-        if split is None:
+        if split is None or (self._next_recheck <= time.perf_counter() and self._recheck(signature)):
             return None
         self._last_split = split
         return self.split_pool if split else self.pool
@@ -125,7 +141,7 @@ class ThreadModes:
     def run(self, signature: Hashable, run):
         """``run(pool)`` on the pool this signature takes, learning it on the signature's first run."""
         split = self._split.get(signature)
-        if split is not None:
+        if split is not None and not (self._next_recheck <= time.perf_counter() and self._recheck(signature)):
             self._last_split = split
             return run(self.split_pool if split else self.pool)
         trial = self._trials.get(signature)
@@ -140,6 +156,8 @@ class ThreadModes:
         if len(self._split) >= _MAX_SIGNATURES:
             self._split.clear()
             self._trials.clear()
+            self._rechecks.clear()
+            self._next_recheck = float("inf")
         if record or self._trial_runs <= 0:
             self._split[signature] = self._last_split = any(record)
         else:
@@ -164,7 +182,7 @@ class ThreadModes:
         default, each block's first runs untimed until the other mode's threads have stopped spinning; each pair of
         blocks gives a ratio, and their median decides."""
         trial.runs += 1
-        if trial.runs <= TRIAL_DELAY:
+        if trial.runs <= trial.delay:
             return run(self.pool)
         split = trial.split_turn
         start = time.perf_counter()
@@ -179,6 +197,7 @@ class ThreadModes:
             except Exception:  # (the split mode's kernels failing where the default's may not: the run is redone)
                 self._split[signature] = False
                 self._trials.pop(signature, None)
+                self._rechecks.pop(signature, None)
                 return run(self.pool)
         else:
             result = run(self.pool)
@@ -204,7 +223,25 @@ class ThreadModes:
                                                and min(trial.seconds) >= TRIAL_SECONDS):
             self._split[signature] = bool(pairs) and statistics.median(trial.ratios) < SPLIT_MARGIN
             self._trials.pop(signature, None)
+            now = time.perf_counter()
+            after = trial.recheck_after
+            if after is None:
+                after = RECHECK_TRIALS * (now - trial.started)
+            self._rechecks[signature] = (now + after, min(2 * after, RECHECK_MAX_SECONDS))
+            self._next_recheck = min(self._next_recheck, now + after)
         return result
+
+    def _recheck(self, signature: Hashable) -> bool:
+        """Put ``signature`` on trial again where its time has come (True); else False, the earliest recheck
+        recomputed."""
+        due = self._rechecks.get(signature)
+        again = due is not None and due[0] <= time.perf_counter()
+        if again:
+            self._rechecks.pop(signature, None)
+            self._split.pop(signature, None)
+            self._trials[signature] = _Trial(delay=0, recheck_after=due[1])
+        self._next_recheck = min((at for at, _ in self._rechecks.values()), default=float("inf"))
+        return again
 
     def split_for(self, signature: Hashable) -> bool | None:
         """Whether the signature's runs split products over the pool (None: not yet learned, or on trial)."""

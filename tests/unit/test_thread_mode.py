@@ -310,3 +310,49 @@ def _assert_conv_mode(w, channels: int, size: int, split: bool, **attributes):
     first = session.run(None, {"x": x})[0]
     np.testing.assert_allclose(session.run(None, {"x": x})[0], first, rtol=1e-5, atol=1e-5)
     assert (session._thread_modes.split_for(((1, channels, size, size),)) is True) is split
+
+
+def test_a_trials_decision_is_tried_again_later_and_less_often_each_time(monkeypatch):
+    """A trial run while the split mode was slow (a VM's core slowed for a spell) keeps BLAS's threads; the signature
+    is tried again RECHECK_TRIALS times the trial's length later, the split mode then kept, and the trial after that
+    comes twice as long after, at most RECHECK_MAX_SECONDS apart."""
+    clock = [0.0]
+    monkeypatch.setattr(thread_mode.time, "perf_counter", lambda: clock[0])
+    modes = ThreadModes(_Pool("blas"), _Pool("split"))
+    spell_ends = [None]
+
+    def body(pool):
+        slow_spell = spell_ends[0] is None or clock[0] < spell_ends[0]
+        clock[0] += 0.002 if pool.name == "split" and slow_spell else 0.0012 if pool.name == "split" else 0.0015
+        return pool.name
+
+    modes.run("signature", body)
+    trial_start = clock[0]  # (the trial begins after the signature's first run)
+    while modes.split_for("signature") is None:
+        modes.run("signature", body)
+    assert modes.split_for("signature") is False
+    first_length = clock[0] - trial_start
+    spell_ends[0] = clock[0]
+    decided_at = clock[0]
+    while modes.learned_pool("signature") is not None:  # BLAS's threads until the trial is due again
+        body(modes.pool)
+    assert clock[0] - decided_at == pytest.approx(thread_mode.RECHECK_TRIALS * first_length, abs=0.002)
+    assert modes.split_for("signature") is None  # on trial: no delay runs this time, the split block first
+    assert modes.run("signature", body) == "split"
+    while modes.split_for("signature") is None:
+        modes.run("signature", body)
+    assert modes.split_for("signature") is True
+    decided_at = clock[0]
+    while modes.learned_pool("signature") is not None:
+        body(modes.split_pool)
+    assert clock[0] - decided_at == pytest.approx(2 * thread_mode.RECHECK_TRIALS * first_length, abs=0.002)
+    interval = 2 * thread_mode.RECHECK_TRIALS * first_length
+    for _ in range(12):  # each time twice as long after, up to the most
+        while modes.split_for("signature") is None:
+            modes.run("signature", body)
+        decided_at = clock[0]
+        while modes.learned_pool("signature") is not None:
+            body(modes.split_pool)
+        interval = min(2 * interval, thread_mode.RECHECK_MAX_SECONDS)
+        assert clock[0] - decided_at == pytest.approx(interval, abs=0.002)
+    assert interval == thread_mode.RECHECK_MAX_SECONDS
