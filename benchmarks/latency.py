@@ -219,7 +219,8 @@ def main() -> int:
     parser.add_argument("--out", help="write the markdown table here")
     parser.add_argument("--breakdown", action="store_true", help="also profile where onyxrt's time goes")
     parser.add_argument("--warmup-seconds", type=float, default=WARMUP_SECONDS,
-                        help="untimed runs for this long after each worker's first, before the timed ones (3 runs at least)")
+                        help="untimed runs for this long after each worker's first, before the timed ones "
+                             "(3 runs at least)")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                         help="a session config entry for onyxrt (repeatable)")
     parser.add_argument("--worker", nargs=2, metavar=("RUNTIME", "CASE"), help=argparse.SUPPRESS)

@@ -35,13 +35,13 @@ pair, because a VM's speed drifts: on a 2-vCPU Zen 4 EPYC one block of 8 runs pe
 on BLAS's threads in some processes though its split mode ran 0.85x (alternating processes); with 12 runs a mode in
 blocks of 4 (3.6 ms of timed runs for a 0.4 ms net) a MobileNetV3-like net still took the slower mode in 2 processes
 of 6, a ConvNeXt-like one in 1 of 6, which the time floor addresses. A trial run failing in the split mode is redone
-on BLAS's threads, which the signature then keeps. A trial's decision is tried again, after :data:`RECHECK_TRIALS`
-times the trial's length (~0.6 s for a small net), then twice as long after each time, up to :data:`RECHECK_MAX_SECONDS`:
-on a 2-vCPU Zen 4 VM both runtimes' split runs slow down for spells of 0.1-1.5 s (an EfficientNet-like net's split runs
-0.34 -> 0.54-0.6 ms, its default ones 0.47 either way; onnxruntime's 0.28 -> 0.47), and 2 to 4 trials of 6-8 processes
-that ran in such a spell kept BLAS's threads for the process's life. Small models are where the rule above cannot tell: on 2 Zen 5
-cores an EfficientNet-like net at batch 8 ran 0.91x in the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like
-one 1.02x (alternating processes).
+on BLAS's threads, which the signature then keeps. A trial's decision is tried again after :data:`RECHECK_TRIALS`
+times the trial's length (~0.6 s for a small net), then twice as long after each time, at most
+:data:`RECHECK_MAX_SECONDS` apart: on a 2-vCPU Zen 4 VM both runtimes' split runs slow down for spells of 0.1-1.5 s
+(an EfficientNet-like net's split runs 0.34 -> 0.54-0.6 ms, its default ones 0.47 either way; onnxruntime's 0.28 ->
+0.47), and 2 to 4 trials of 6-8 processes that ran in such a spell had kept BLAS's threads for the process's life.
+Small models are where the rule above cannot tell: on 2 Zen 5 cores an EfficientNet-like net at batch 8 ran 0.91x in
+the split mode, a ConvNeXt-like one 1.21x, a ShuffleNet-like one 1.02x (alternating processes).
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ TRIAL_SETTLE_SECONDS = 0.008
 TRIAL_SETTLE_AFTER_SPLIT_SECONDS = 0.002
 SPLIT_MARGIN = 0.95
 # A trial's decision is tried again after this many times the trial's duration, then after twice as long each time (at
-# most RECHECK_MAX_SECONDS): a VM's cores change speed for seconds at a time, and a trial run in such a spell decides
-# for it alone. The runs it spends in the slower mode cost ~5 % of the runs between the first two trials, less after.
+# most RECHECK_MAX_SECONDS apart): a VM's cores change speed for seconds at a time, and a trial run in such a spell
+# decides for it alone. The half of a trial's runs in the slower mode cost a few % of the runs up to the next trial.
 RECHECK_TRIALS = 5
 RECHECK_MAX_SECONDS = 60.0
 
@@ -226,7 +226,7 @@ class ThreadModes:
             now = time.perf_counter()
             after = trial.recheck_after
             if after is None:
-                after = RECHECK_TRIALS * (now - trial.started)
+                after = min(RECHECK_TRIALS * (now - trial.started), RECHECK_MAX_SECONDS)
             self._rechecks[signature] = (now + after, min(2 * after, RECHECK_MAX_SECONDS))
             self._next_recheck = min(self._next_recheck, now + after)
         return result
