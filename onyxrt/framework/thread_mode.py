@@ -140,10 +140,9 @@ class ThreadModes:
 
     def run(self, signature: Hashable, run):
         """``run(pool)`` on the pool this signature takes, learning it on the signature's first run."""
-        split = self._split.get(signature)
-        if split is not None and not (self._next_recheck <= time.perf_counter() and self._recheck(signature)):
-            self._last_split = split
-            return run(self.split_pool if split else self.pool)
+        pool = self.learned_pool(signature)
+        if pool is not None:
+            return run(pool)
         trial = self._trials.get(signature)
         if trial is not None:
             return self._timed(signature, trial, run)
