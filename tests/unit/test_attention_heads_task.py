@@ -1,4 +1,4 @@
-"""Attention head by head as one native task: on onyxrt's AVX-512 GEMM tiles (contrib/attention_tiles_task.py,
+"""Attention head by head as one native task: on onyxrt's GEMM tiles (contrib/attention_tiles_task.py,
 on one thread too) or on cblas_sgemm per head (contrib/attention_heads_task.py, shared out over a pool that splits
 products; on one thread the batched path runs there). Both equal _attend's batched numpy path for the masks,
 layouts and head groupings the com.microsoft attention ops hand them."""
@@ -30,7 +30,7 @@ def route(request, monkeypatch):
     if request.param == "tiles":
         if not gemm.own_sgemm_usable() or optional_module(
                 "onyxrt.providers.cpu.contrib.attention_tiles_task") is None:
-            pytest.skip("onyxrt's AVX-512 GEMM does not run here")
+            pytest.skip("onyxrt's GEMM does not run here")
         return "tiles"
     request.getfixturevalue("task")
     return "blas"
@@ -101,8 +101,10 @@ def test_task_equals_the_batched_path(monkeypatch, route, split, case):
     with pool.activate():
         got, _ = att._attend(q, k, v, 0.25, **kwargs)
     pool.shutdown()
-    # the tiles run on one thread too, for value sizes a multiple of 16; BLAS's calls only split
-    assert runs == [split or (route == "tiles" and v.shape[-1] % 16 == 0)]
+    # the tiles run on one thread too, for value sizes a multiple of their vectors' lanes; BLAS's calls only split
+    tiles_fit = route == "tiles" and optional_module("onyxrt.providers.cpu.contrib.attention_tiles_task").fits(
+        v.shape[-1])
+    assert runs == [split or tiles_fit]
     want, _ = _reference(monkeypatch, lambda: att._attend(q, k, v, 0.25, **kwargs))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -182,7 +184,7 @@ def test_tiles_cover_many_panels_and_row_tiles(monkeypatch, rows, keys, head_siz
     """Scores wider than a panel (32 keys), more rows than a tile (12), values one to three vectors wide, on one
     thread: equal to the batched path."""
     if not gemm.own_sgemm_usable() or optional_module("onyxrt.providers.cpu.contrib.attention_tiles_task") is None:
-        pytest.skip("onyxrt's AVX-512 GEMM does not run here")
+        pytest.skip("onyxrt's GEMM does not run here")
     rng = np.random.default_rng(11)
     q = rng.standard_normal((2, 3, rows, head_size)).astype(np.float32)
     k = rng.standard_normal((2, 3, keys, head_size)).astype(np.float32)

@@ -10,9 +10,10 @@ the right operand when there are too few rows (a decoding step's GEMV; only for 
 7.5 -> 6.5 ms). Float32 parts run as native
 tasks where numba is usable (``native_sgemm``: cblas_sgemm / cblas_sgemv on the workers, no GIL);
 others as Python tasks. Measured on 2 cores (``benchmarks/native_pool.md``): native splits within
-about 15% of OpenBLAS's own threads either way. On a CPU with AVX-512, such a pool's float32 products of
-many rows run on onyxrt's own kernel instead (``math/sgemm_avx512``: B read where it lies, no packing;
-minilm_l6 and bert_base without ``allow_spinning`` 4-9 % faster on a Zen 5 EPYC).
+about 15% of OpenBLAS's own threads either way. On a CPU with AVX-512 (or AVX2, for the operands
+``own_sgemm_fits`` takes), such a pool's float32 products of many rows run on onyxrt's own kernel instead
+(``math/sgemm_tiles``: B read where it lies, no packing; minilm_l6 and bert_base without ``allow_spinning`` 4-9 %
+faster on a Zen 5 EPYC).
 A decoding step's GEMVs (one row by a matrix of at least ``GEMV_ROWS_SPLIT_MIN_ELEMENTS``) run as ``math/gemv_rows``'
 tasks over such a pool, which ``note_product`` sends decoding steps to: by eight rows of a B whose columns lie
 contiguous (a transposed copy), or, for a row-major B wider than deep, by blocks of its rows (``_gemv_by_axpy``).
@@ -76,10 +77,10 @@ def _native_sgemm():
     return module if module is not None and module.SGEMM is not None else None
 
 
-# Float32 products run on ``math/sgemm_avx512`` where the CPU has AVX-512 and the pool owns the cores (sessions
-# without ``allow_spinning``, plans holding onyxrt's own pool kernels; BLAS's threads keep the others) or the session
-# has one thread, from this many rows (fewer: a decoding step's GEMVs, BLAS's sgemv) and multiply-adds, up to this
-# many columns. Measured on 2 Zen 5 cores against OpenBLAS's two threads: 128 x 768 x 3072 433 / 386 GFLOP/s,
+# Float32 products run on ``math/sgemm_tiles`` where the CPU has AVX-512 (AVX2: ``own_sgemm_fits``) and the pool owns
+# the cores (sessions without ``allow_spinning``, plans holding onyxrt's own pool kernels; BLAS's threads keep the
+# others) or the session has one thread, from this many rows (fewer: a decoding step's GEMVs, BLAS's sgemv) and
+# multiply-adds, up to this many columns. Measured on 2 Zen 5 cores against OpenBLAS's two threads: 128 x 768 x 3072 433 / 386 GFLOP/s,
 # 128 x 3072 x 768 473 / 387, 128 x 1408 x 512 481 / 390; and for a vocabulary head (128 x 512 x 32000: 351 / 372)
 # whose B rows lie far apart. From 1M multiply-adds it beats what those modes would run instead, on 2 Zen 4 cores:
 # split 136 x 64 x 256 27 us against 40 as two cblas_sgemm parts, 128 x 128 x 128 25 / 35, 136 x 64 x 128 16.5 / 20;
@@ -94,12 +95,31 @@ MIN_MACS_WAKING = 1 << 25
 MIN_MACS_SPINNING = 1 << 17
 
 
+# Where the CPU has no AVX-512, the GEMM's tiles are AVX2's (6 rows x 16 columns, ``sgemm_tiles.LANES``). On one Zen 3
+# core (EPYC family 25 model 1), no epilogue, interleaved with OpenBLAS's sgemm (own / BLAS): as fast or faster for a B
+# of under 128 KB (72 x 24 x 64 0.83, 32 x 16 x 256 0.88, 16 x 32 x 256 0.84, 96 x 32 x 196 0.93, 68 x 64 x 192 0.91,
+# 256 x 64 x 256 1.00) but for rows 4 KB apart, which fall in one of L1's sets and evict each other between row tiles
+# (32 x 16 x 1024 1.31, 32 x 32 x 1024 1.46, 64 x 64 x 1024 1.19; copying such K blocks to a contiguous buffer first
+# made the others slower: 16 x 32 x 256 1.36); slower for larger B (64 x 64 x 1024, 128 x 384 x 384 1.12): those keep
+# BLAS.
+NARROW_MAX_B_BYTES = 1 << 17
+_ALIASING_STRIDE = 4096
+_WIDE_VECTORS = has_flags("avx512f")
+
+
+def own_sgemm_fits(depth: int, cols: int) -> bool:
+    """Whether onyxrt's GEMM (where :func:`own_sgemm_usable`) suits products by a row-major B of ``depth`` x ``cols``
+    float32: any on an AVX-512 CPU; with AVX2's vectors a B of under 128 KB whose rows are not a multiple of 4 KB."""
+    return _WIDE_VECTORS or (depth * cols * 4 < NARROW_MAX_B_BYTES and cols * 4 % _ALIASING_STRIDE != 0)
+
+
 def own_sgemm_usable() -> bool:
-    """Whether ``math/sgemm_avx512`` runs here: a CPU with AVX-512 and numba compiling for it (settled at the first
-    call made while numba is not disabled)."""
+    """Whether ``math/sgemm_tiles`` runs here: a CPU with AVX-512, or AVX2 and FMA, and numba compiling for it
+    (settled at the first call made while numba is not disabled)."""
     if _OWN_SGEMM_USABLE:
         return _OWN_SGEMM_USABLE[0]
-    usable = has_flags("avx512f") and optional_module("onyxrt.providers.cpu.math.sgemm_avx512") is not None
+    usable = ((has_flags("avx512f") or has_flags("avx2", "fma"))
+              and optional_module("onyxrt.providers.cpu.math.sgemm_tiles") is not None)
     if usable or not numba_disabled():
         _OWN_SGEMM_USABLE.append(usable)
     return usable
@@ -110,7 +130,8 @@ _OWN_SGEMM_USABLE: list[bool] = []  # the settled answer, once there is one
 
 def _own_sgemm_shape(rows: int, depth: int, cols: int) -> bool:
     """Whether a product of ``rows`` x ``depth`` by ``depth`` x ``cols`` is one ``matmul`` gives onyxrt's own GEMM."""
-    return rows >= OWN_SGEMM_MIN_ROWS and cols <= OWN_SGEMM_MAX_COLUMNS and rows * depth * cols >= OWN_SGEMM_MIN_MACS
+    return (rows >= OWN_SGEMM_MIN_ROWS and cols <= OWN_SGEMM_MAX_COLUMNS and rows * depth * cols >= OWN_SGEMM_MIN_MACS
+            and own_sgemm_fits(depth, cols))
 
 
 def note_product(rows: int, depth: int, cols: int) -> None:
@@ -131,17 +152,17 @@ def note_product(rows: int, depth: int, cols: int) -> None:
 def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias: np.ndarray = _NO_BIAS,
                residual: np.ndarray = _NO_RESIDUAL, act: int = 0, params: np.ndarray = _NO_PARAMS,
                column_bias: bool = False) -> np.ndarray | None:
-    """``act(a @ b + bias[:, None] + residual)`` (``bias[None, :]`` with ``column_bias``) on ``math/sgemm_avx512``
+    """``act(a @ b + bias[:, None] + residual)`` (``bias[None, :]`` with ``column_bias``) on ``math/sgemm_tiles``
     (float32, C-contiguous operands; ``b`` (K, N) or a batch (I, K, N) of products by one ``a`` (M, K) or by each of a
-    batch ``a`` (I, M, K), ``residual`` shaped as the result; the epilogue as ``sgemm_avx512.gemm`` takes it, none by
+    batch ``a`` (I, M, K), ``residual`` shaped as the result; the epilogue as ``sgemm_tiles.gemm`` takes it, none by
     default), split over the pool by products, column panels or rows as one native task; None where it does not
     apply."""
     depth = a.shape[-1]
     if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and depth == b.shape[-2]
             and b.shape[-1] > 0 and depth > 0 and (a.ndim == 2 or a.ndim == 3 == b.ndim and a.shape[0] == b.shape[0])
-            and own_sgemm_usable()):
+            and own_sgemm_fits(depth, b.shape[-1]) and own_sgemm_usable()):
         return None
-    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512")
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_tiles")
     m, n = a.shape[-2], b.shape[-1]
     batch = b.shape[0] if b.ndim == 3 else 1
     y = out if out is not None else np.empty(b.shape[:-2] + (m, n), _F32)
@@ -155,7 +176,7 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
 
 
 def own_sgemm_parts(pool, macs: int, units: int) -> int:
-    """The parts a task of onyxrt's GEMM (``macs`` multiply-adds, ``units`` as ``sgemm_avx512.units`` counts them) is
+    """The parts a task of onyxrt's GEMM (``macs`` multiply-adds, ``units`` as ``sgemm_tiles.units`` counts them) is
     shared out in over ``pool``: one below the split threshold of its kind of workers."""
     # (a hand-off to a spinning worker costs a few microseconds, waking a blocked one 50-80 us on a VM)
     threshold = MIN_MACS_SPINNING if pool.workers_spin else MIN_MACS_WAKING

@@ -1,5 +1,5 @@
 """LLVM IR helpers shared by the kernels written with explicit vectors (``nn/depthwise_channels_last``,
-``nn/direct_conv_kernels``, ``nn/patch_conv_kernels``, ``nn/max_pool_rows``, ``math/sgemm_avx512``,
+``nn/direct_conv_kernels``, ``nn/patch_conv_kernels``, ``nn/max_pool_rows``, ``math/sgemm_tiles``,
 ``tensor/channels_last``): a scalar broadcast to a vector, a vector's first lanes as a mask and loads and stores
 under one, the epilogue activations those kernels apply in their registers, an 8x8 register transpose, and a switch
 between code paths compiled for different constants.

@@ -13,7 +13,7 @@ from . import contrib, controlflow, math, ml, nn, sequence, tensor, training
 
 COMPILED_ON_USE = frozenset({
     "math.gemv_rows", "math.int8_gemm_avx2", "math.int8_gemm_vnni", "math.quantize_jit", "math.sparse_tiles",
-    "math.sgemm_avx512", "nn.depthwise_channels_last", "nn.depthwise_rows", "nn.max_pool_rows",
+    "math.sgemm_tiles", "nn.depthwise_channels_last", "nn.depthwise_rows", "nn.max_pool_rows",
     "nn.depthwise_conv_task", "nn.im2col_rows",
     "nn.direct_conv_kernels", "nn.patch_conv_kernels", "nn.pointwise_conv_task", "nn.integer_conv_kernels",
     "nn.winograd_kernels", "nn.winograd_bands",

@@ -190,7 +190,7 @@ def _attend_heads(q, k, v, scale: float, add_mask, causal_past, attention_bias) 
     (B, S, N, Hv) array (so merging the heads copies nothing), or None where no task applies (no numba, other
     dtypes, layouts the products cannot read, a causal rule with a bias after it, a decoding step's few rows).
 
-    Where the CPU runs onyxrt's AVX-512 GEMM (``gemm.own_sgemm_usable``) and the value size is a multiple of 16, the
+    Where the CPU runs onyxrt's GEMM (``gemm.own_sgemm_usable``) and the value size is a multiple of its lanes, the
     products are its tiles (``attention_tiles_task``): on one thread too, as BLAS's calls per head cost more than
     small heads' multiply-adds (measured on 2 Zen 5 cores against the batched products on BLAS's two threads: 8x4
     heads of 17x16 32 -> 19 us, 4x4 of 64x16 77 -> 56, 1x12 of 128x64 ~620 -> 285). Elsewhere ``cblas_sgemm`` per

@@ -1,4 +1,4 @@
-"""Scaled dot-product attention head by head on onyxrt's AVX-512 GEMM tiles (``math/sgemm_avx512``), as one
+"""Scaled dot-product attention head by head on onyxrt's GEMM tiles (``math/sgemm_tiles``), as one
 native task: ``attention_heads_task`` with its two ``cblas_sgemm`` calls per head replaced by the tiles.
 
 Why: a head's products are small (a ViT-like net's 17 x 17 x 16, an encoder's 64 x 64 x 16); BLAS spends more on
@@ -9,10 +9,10 @@ the tiles read Q, the weights and V where they lie. Measured on 2 Zen 5 cores, o
 128 x 32 247 -> 208, 1 x 12 of 128 x 64 ~620 -> 285.
 
 The weights' rows are made as ``attention_heads_task.weigh_rows`` makes them (scale, additive mask, causal rule,
-softmax); the arguments are ``attention_heads_task.pack``'s. The value size must be a multiple of 16 (the tiles
-read whole vectors of V's rows; see :func:`fits`).
+softmax); the arguments are ``attention_heads_task.pack``'s. The value size must be a multiple of the vectors'
+lanes (the tiles read whole vectors of V's rows; see :func:`fits`).
 
-Imported by ``attention`` on first use where ``gemm.own_sgemm_usable`` (AVX-512, numba compiling for the host).
+Imported by ``attention`` on first use where ``gemm.own_sgemm_usable`` (AVX-512 or AVX2, numba compiling for the host).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numba
 import numpy as np
 from numba.core import types
 
-from ..math.sgemm_avx512 import MAX_ROWS, PANEL, _tile
+from ..math.sgemm_tiles import LANES, MAX_ROWS, PANEL, _tile
 from ..native_tasks import float32_array, int64_array
 from .attention_heads_task import (_ARGS, _BATCH, _HEAD_SIZE, _HEADS, _K, _K_BATCH, _K_HEAD, _K_ROW, _KEYS,
                                    _KV_HEADS, _OUT, _Q, _Q_BATCH, _Q_HEAD, _Q_ROW, _ROWS, _SCALE, _SCRATCH, _V,
@@ -29,7 +29,7 @@ from .attention_heads_task import (_ARGS, _BATCH, _HEAD_SIZE, _HEADS, _K, _K_BAT
 
 _F32_BYTES = 4
 _NO_EPILOGUE = (0, 0, 0, 0, 0, 0)
-VALUE_MULTIPLE = 16  # the tiles load V's rows in whole vectors of 16 floats
+VALUE_MULTIPLE = LANES  # the tiles load V's rows in whole vectors
 
 
 def fits(value_size: int) -> bool:

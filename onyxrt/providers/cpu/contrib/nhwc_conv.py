@@ -11,7 +11,7 @@ channels-first, resnet50 1.05x, and the unseen MobileNetV3- and EfficientNet-lik
 Routes, chosen once per input shape:
 
 * a pointwise convolution (1x1, stride 1, no padding, group 1) is one product, (N*H*W, C) @ (C, M), on onyxrt's GEMM
-  (``math/sgemm_avx512``) with the bias per column, the sum and the activation in its registers where the CPU has
+  (``math/sgemm_tiles``) with the bias per column, the sum and the activation in its registers where the CPU has
   it, else BLAS's product and the epilogue after it. Pixels are the GEMM's rows: a 7x7 image's 49 pixels waste no
   vector lanes (channels-first, they are a row of 49 columns: four 16-lane vectors for 49 values);
 * a depthwise convolution (group = C = M, a square filter of 1, 3, 5 or 7, no negative pads) runs

@@ -18,7 +18,7 @@ import numpy as np
 from ....graph.opsets import ONYXRT_DOMAIN
 from ..contrib.fused import fast_path_activation, fused_conv, mlas_activation_fn
 from .. import row_kernels
-from ..gemm import own_sgemm_parts, own_sgemm_usable
+from ..gemm import own_sgemm_fits, own_sgemm_parts, own_sgemm_usable
 from ..jit import optional_module
 from ..gemm import matmul as pool_matmul
 from ..kernel_table import op
@@ -95,8 +95,9 @@ def _scaled_pointwise(x: np.ndarray, s: np.ndarray, z: np.ndarray | None, packed
     finish = epilogue_finisher(m, packed.b, activation, x.ndim - 2)
 
     code = row_kernels.activation_code(activation)
-    in_registers = code is not None and code[0] in row_kernels.IN_REGISTERS and own_sgemm_usable()
-    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512") if in_registers else None
+    in_registers = (code is not None and code[0] in row_kernels.IN_REGISTERS and own_sgemm_fits(c, pixels)
+                    and own_sgemm_usable())
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_tiles") if in_registers else None
     per_image = s.shape[0] == n and n > 1
     if module is not None:
         # onyxrt's GEMM task set up once but for its operands' addresses (its Python set-up per call ~2 us)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ....framework.thread_pool import current_pool
 from .. import row_kernels
-from ..gemm import fused_product, own_sgemm_parts, own_sgemm_usable
+from ..gemm import fused_product, own_sgemm_fits, own_sgemm_parts, own_sgemm_usable
 from ..gemm import matmul as pool_matmul
 from ..math.sparse_gemm import SparseWeight, sparse_prepack
 from ..jit import LazyKernel, optional_module, read_only
@@ -1155,7 +1155,7 @@ def _pointwise_route(shape: tuple, packed: ConvWeights, activation, residual: bo
     code = row_kernels.activation_code(activation)
     epilogue = None if code is None else (code[0], np.array(code[1], _F32))
     own_gemm = (epilogue is not None and epilogue[0] in row_kernels.IN_REGISTERS and pixels >= OWN_GEMM_MIN_PIXELS
-                and own_sgemm_usable())
+                and own_sgemm_fits(c, pixels) and own_sgemm_usable())
     if pixels == 1 and n > 1:
         return _batch_rows_route(n, c, m, y_shape, packed, epilogue if own_gemm else None,
                                  epilogue_finisher(m, packed.b, activation, nd))
@@ -1232,7 +1232,7 @@ def _own_gemm_runner(shape: tuple, packed: ConvWeights, epilogue: tuple) -> Call
     channels x pixels, read where it lies; the bias, residual and the ``epilogue``'s activation, one of
     ``row_kernels.IN_REGISTERS``, applied in the tile's registers), its arguments but the operands' addresses set up
     once; None where that GEMM does not run here."""
-    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512") if own_sgemm_usable() else None
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_tiles") if own_sgemm_usable() else None
     if module is None:
         return None
     n, c = shape[:2]

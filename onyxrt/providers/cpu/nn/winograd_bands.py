@@ -1,8 +1,8 @@
 """The Winograd F(2x2, 3x3) convolution as bands of tile rows (``winograd``, the split mode): each thread transforms
-its band's inputs, takes the sixteen products on onyxrt's GEMM (``math/sgemm_avx512``) and transforms them to the
+its band's inputs, takes the sixteen products on onyxrt's GEMM (``math/sgemm_tiles``) and transforms them to the
 output with the epilogue, while the band's transformed inputs and products are in its L2.
 
-Imported by ``winograd`` on first use, where onyxrt's GEMM runs (AVX-512; it imports numba at its top).
+Imported by ``winograd`` on first use, where onyxrt's GEMM runs (AVX-512 or AVX2; it imports numba at its top).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numba.core import types
 
-from ..math.sgemm_avx512 import gemm
+from ..math.sgemm_tiles import PANEL, gemm
 from ..native_tasks import float32_array, int64_array
 from .winograd_kernels import _column_steps, _jit, _output_rows, _parity_row, _row_steps
 
@@ -64,8 +64,8 @@ def _output_band(m, y, n, a0, rows, tw, bias, residual, act, alpha, beta, corner
                      summed, act, alpha, beta)
 
 # Band task arguments (int64): x, u, y, bias, residual, params, scratch addresses; N, C, H, W, M, OH, OW, pt, pl, th,
-# tw, bias entries, residual rows, act, band rows, band tiles (a multiple of 32: the products' panels), scratch floats
-# a part
+# tw, bias entries, residual rows, act, band rows, band tiles (a multiple of PANEL: the products' panels), scratch
+# floats a part
 (_BX, _BU, _BY, _BBIAS, _BRES, _BPARAMS, _BSCRATCH, _BN, _BC, _BH, _BW, _BM, _BOH, _BOW, _BPT, _BPL, _BTH, _BTW,
  _BBIASED, _BSUMMED, _BACT, _BROWS, _BTILES, _BPART, _BARGS) = range(25)
 
@@ -73,7 +73,7 @@ def _output_band(m, y, n, a0, rows, tw, bias, residual, act, alpha, beta, corner
 @numba.njit(fastmath={"contract"}, **_jit)
 def bands_part(d, part, parts):
     """Part ``part`` of ``parts`` of the convolution as bands of tile rows (the images' tile rows shared out in
-    order): per band the input transform, the sixteen products (``sgemm_avx512.gemm``) and the output transform with
+    order): per band the input transform, the sixteen products (``sgemm_tiles.gemm``) and the output transform with
     the epilogue, the band's transformed inputs and products in the part's own scratch (sized to stay in L2 between
     the three steps, where the whole convolution's pass through L3 each)."""
     n_images, c, h, w, m = d[_BN], d[_BC], d[_BH], d[_BW], d[_BM]
@@ -97,7 +97,7 @@ def bands_part(d, part, parts):
     no_rest = np.zeros((0, c), np.float32)
     no_bias = np.zeros(0, np.float32)
     no_residual = np.zeros((0, tiles), np.float32)
-    panels = tiles // 32
+    panels = tiles // PANEL
     per_image = (th + band - 1) // band
     count = n_images * per_image
     for index in range(count * part // parts, count * (part + 1) // parts):
@@ -117,11 +117,11 @@ def bands_task(args, part, parts):
 
 
 def band_shape(c: int, m: int, th: int, tw: int, budget: int) -> tuple[int, int, int]:
-    """(tile rows a band, its tiles rounded up to a multiple of 32, scratch floats a part) for bands whose
+    """(tile rows a band, its tiles rounded up to a multiple of PANEL, scratch floats a part) for bands whose
     transformed inputs and products take about ``budget`` bytes."""
     half = tw + 1
     rows = max(1, min(th, budget // (16 * (c + m) * 4 * half)))
-    tiles = -(-rows * half // 32) * 32
+    tiles = -(-rows * half // PANEL) * PANEL
     return rows, tiles, 16 * (c + m) * tiles + 4 * ((rows + 1) * half + 1)
 
 

@@ -1,5 +1,6 @@
-"""onyxrt's float32 GEMM for AVX-512 CPUs (``math/sgemm_avx512``), through ``gemm.matmul`` on a pool that owns the
-cores: equal to numpy's product to float rounding for every edge of its tiling."""
+"""onyxrt's float32 GEMM (``math/sgemm_tiles``: AVX-512's tiles, or AVX2's), through ``gemm.matmul`` on a pool that
+owns the cores: equal to numpy's product to float rounding for every edge of its tiling. The products that AVX2's
+tiles leave to BLAS (``gemm.own_sgemm_fits``) run on them here all the same."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import pytest
 from onyxrt.framework.thread_pool import ThreadPool
 from onyxrt.providers.cpu import gemm
 
-pytestmark = pytest.mark.skipif(not gemm.own_sgemm_usable(), reason="needs AVX-512 and numba")
+pytestmark = pytest.mark.skipif(not gemm.own_sgemm_usable(), reason="needs AVX-512 or AVX2, and numba")
+
+
+@pytest.fixture(autouse=True)
+def every_shape_fits(monkeypatch):
+    """The tiles take every product (the edges tested are the tiling's, not the choice of route)."""
+    from onyxrt.providers.cpu.nn import channel_scaled_conv, conv_core
+
+    for module in (gemm, conv_core, channel_scaled_conv):
+        monkeypatch.setattr(module, "own_sgemm_fits", lambda depth, cols: True)
+
 
 
 def _relative_error(got: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
@@ -112,14 +123,16 @@ def test_fused_epilogue_equals_the_separate_passes(act, params, biased, summed, 
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("k, n, dots", [(600, 49, 1), (1600, 196, 4), (200, 196, 0), (32, 49, 0), (600, 64, 0),
-                                         (600, 45, 0), (800, 18, 2)])
-def test_which_last_columns_are_dot_products(k, n, dots):
-    """``rest_of``: the columns past a multiple of 16, up to DOT_MAX_COLUMNS of them, where K is deep enough for each
-    (DOT_MIN_DEPTH), B's columns transposed; none where N is a multiple of 32."""
+# (K, N, dot-product columns with 16-lane vectors, with 8-lane ones)
+@pytest.mark.parametrize("k, n, dots16, dots8", [(600, 49, 1, 1), (1600, 196, 4, 0), (200, 196, 0, 0), (32, 49, 0, 0),
+                                                 (600, 64, 0, 0), (600, 45, 0, 0), (800, 18, 2, 2), (600, 42, 0, 2)])
+def test_which_last_columns_are_dot_products(k, n, dots16, dots8):
+    """``rest_of``: the columns past a multiple of the vector's lanes, up to DOT_MAX_COLUMNS of them, where K is deep
+    enough for each (DOT_MIN_DEPTH), B's columns transposed; none where N is a multiple of the panel."""
     from onyxrt.providers.cpu.jit import optional_module
 
-    module = optional_module("onyxrt.providers.cpu.math.sgemm_avx512")
+    module = optional_module("onyxrt.providers.cpu.math.sgemm_tiles")
+    dots = dots16 if module.LANES == 16 else dots8
     b = np.arange(k * n, dtype=np.float32).reshape(k, n)
     rest = module.rest_of(b)
     assert rest.shape == (dots, k)
@@ -211,18 +224,18 @@ def test_pointwise_convolution_reads_a_channel_slice_where_it_lies(monkeypatch, 
     the next by the input's own stride), with the same result as the contiguous copy's; another strided input (a
     column slice) is copied first."""
     from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
-    from onyxrt.providers.cpu.math import sgemm_avx512
+    from onyxrt.providers.cpu.math import sgemm_tiles
     from onyxrt.providers.cpu.nn import conv_core
 
     monkeypatch.setattr(gemm, "MIN_MACS_SPINNING", 0)
     seen = []
-    operand_args = sgemm_avx512.operand_args
+    operand_args = sgemm_tiles.operand_args
 
     def recording(template, b, c, residual):
         seen.append(b.flags.c_contiguous)
         return operand_args(template, b, c, residual)
 
-    monkeypatch.setattr(sgemm_avx512, "operand_args", recording)
+    monkeypatch.setattr(sgemm_tiles, "operand_args", recording)
     rng = np.random.default_rng(8)
     full = rng.standard_normal((8, 24, 8, 9), dtype=np.float32)
     w = rng.standard_normal((12, 12, 1, 1), dtype=np.float32) / 4

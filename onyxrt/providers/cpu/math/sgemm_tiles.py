@@ -1,7 +1,9 @@
-"""A float32 GEMM for AVX-512 CPUs: C = A @ B with B read where it lies (row-major K x N), no packing.
+"""A float32 GEMM of register tiles: C = A @ B with B read where it lies (row-major K x N), no packing.
 
-Imported only by ``matmul`` once it has checked that the CPU reports ``avx512f`` and that numba compiles for
-the host CPU (this module imports numba at its top).
+Imported only once ``gemm.own_sgemm_usable`` has checked that the CPU reports ``avx512f`` (or ``avx2`` and ``fma``) and
+that numba compiles for the host CPU (this module imports numba at its top). The tiles take the CPU's vectors
+(:data:`LANES`): 16 floats with AVX-512, 8 with AVX2, whose 16 registers hold a tile of at most 6 rows x 16 columns;
+the figures below are AVX-512's (12 x 32). Which products AVX2's tiles take: ``gemm.own_sgemm_fits``.
 
 Why: OpenBLAS packs both operands on every call; for a transformer's products (128 rows by a 768 x 3072
 weight) that costs as much as a fifth of the product. Here a micro-kernel of up to 12 rows x 32 columns keeps
@@ -11,9 +13,9 @@ of A passes. A last panel narrower than 32 columns is one or two vectors wide, i
 under a lane mask. Measured on 2 Zen 5 cores, 128 x 768 x 3072 and its kin: 240-260 GFLOP/s on one thread (OpenBLAS
 190-230) and 400-470 on two (OpenBLAS 350-400).
 
-The micro-kernel is LLVM IR (``llvm.fma.v16f32``); each output element is one fused multiply-add chain over
-K in order, so results differ from BLAS's by float rounding only. A last panel narrower than 32 columns reads
-B's columns from a zero-padded copy (``tail``) so that no load passes B's end.
+The micro-kernel is LLVM IR (``llvm.fma.v16f32`` or ``v8f32``); each output element is one fused multiply-add chain over
+K in order, so results differ from BLAS's by float rounding only. A last panel narrower than :data:`PANEL` columns
+reads B's columns from a zero-padded copy (``tail``) so that no load passes B's end.
 
 An epilogue (a bias per row, a residual, an activation of :data:`IN_REGISTERS`) is applied to the tile's
 accumulators after the last K block, before the one store: a pointwise convolution's FusedConv epilogue costs no
@@ -29,33 +31,37 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
+from ....framework.cpu_features import has_flags
 from ..jit_rows import hard_swish, sigmoid32, x_sigmoid
 from ..ir_vectors import IN_REGISTERS, activation, lanes_below, masked_load, masked_store, splat, switch_codegen
 from ..native_tasks import float32_array, int64_array, part_ranges
 
-PANEL = 32  # columns per panel: two 16-lane accumulators per row
-MAX_ROWS = 12  # rows per tile: 24 accumulators, two B vectors and a broadcast within AVX-512's 32 registers
+LANES = 16 if has_flags("avx512f") else 8  # floats in a vector: zmm, else ymm (AVX2)
+PANEL = 2 * LANES  # columns per panel: two vector accumulators per row
+# rows per tile: their two accumulators each, two B vectors and a broadcast within the 32 zmm (16 ymm) registers
+MAX_ROWS = 12 if LANES == 16 else 6
 K_BLOCK = 256  # rows of B a pass over the row tiles reads: a panel's slice of 32 KiB stays in L1
-# Columns past a multiple of 16, up to this many, that a product's last panel leaves to dot products (``rest_of``): a
-# lane-masked vector for them costs a whole vector's multiply-adds (a 7x7 image's 49 columns: 64 computed), a dot
-# product a sixteenth of them and a sum of its lanes, so only where K is at least DOT_MIN_DEPTH per column. Measured
-# on 2 Zen 5 cores, M x K x N alone: 1280 x 320 x 49 135-136 -> 126-127 us, 160 x 960 x 49 71-80 -> 61-77, 960 x 160 x
-# 49 even (55); 14x14 images (4 columns) even; in mobilenet_v2's runs its 960 -> 160 and 960 -> 320 7x7 layers 58-68
-# -> 53-56 and 100-106 -> 94-103.
-DOT_MAX_COLUMNS = 4
+# Columns past a multiple of LANES, up to this many (a quarter of them), that a product's last panel leaves to dot
+# products (``rest_of``): a lane-masked vector for them costs a whole vector's multiply-adds (a 7x7 image's 49 columns:
+# 64 computed), a dot product a sixteenth of them and a sum of its lanes, so only where K is at least DOT_MIN_DEPTH per
+# column. Measured on 2 Zen 5 cores, M x K x N alone: 1280 x 320 x 49 135-136 -> 126-127 us, 160 x 960 x 49 71-80 ->
+# 61-77, 960 x 160 x 49 even (55); 14x14 images (4 columns) even; in mobilenet_v2's runs its 960 -> 160 and 960 -> 320
+# 7x7 layers 58-68 -> 53-56 and 100-106 -> 94-103.
+DOT_MAX_COLUMNS = LANES // 4
 DOT_MIN_DEPTH = 64
 COLUMN_BIAS = 2  # the tile's ``finish`` for a bias per column (1: per row)
 _F = ir.FloatType()
-_V = ir.VectorType(_F, 16)
+_V = ir.VectorType(_F, LANES)
 _I64 = ir.IntType(64)
 _jit = dict(cache=True, nogil=True, error_model="numpy")
 
 
 def _tile_codegen(rows: int, vectors: int, masked: bool):
     """The IR of a tile of ``rows`` rows, for :func:`_tiles_intrinsic`; its arguments (c_addr, ldc, a_addr, lda,
-    b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act, params_addr, width): C[rows, 16 * vectors] =
-    A[rows, k] @ B[k, 16 * vectors] (C += ... where ``accumulate`` is nonzero), byte addresses and strides (C, A, B
-    and the residual rows of float32); where ``finish`` is nonzero, with the epilogue applied before the store: act(C + bias + residual[r]) (the residual where ``res_addr`` is nonzero;
+    b_addr, ldb, k, accumulate, finish, bias_addr, res_addr, ldres, act, params_addr, width): C[rows, LANES * vectors] =
+    A[rows, k] @ B[k, LANES * vectors] (C += ... where ``accumulate`` is nonzero), byte addresses and strides (C, A, B
+    and the residual rows of float32); where ``finish`` is nonzero, with the epilogue applied before the store:
+    act(C + bias + residual[r]) (the residual where ``res_addr`` is nonzero;
     ``act`` one of :data:`IN_REGISTERS`, parameters params[0], params[1]); the bias bias[r] per row where ``finish``
     is 1, the tile's columns' bias[0..] where it is 2 (:data:`COLUMN_BIAS`). With ``masked``, C and the residual are
     read and written in their first ``width`` columns only (the last vector under a lane mask; B's columns must be
@@ -66,20 +72,20 @@ def _tile_codegen(rows: int, vectors: int, masked: bool):
         c_addr, ldc, a_addr, lda, b_addr, ldb, k, accumulate = args[:8]
         finish, bias_addr, res_addr, ldres, act, params_addr, width = args[8:]
         adding = builder.icmp_signed("!=", accumulate, ir.Constant(_I64, 0))
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V, _V]), "llvm.fma.v16f32")
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V, [_V, _V, _V]), f"llvm.fma.v{LANES}f32")
         zero = ir.Constant(_V, None)
         last = vectors - 1
         if masked:  # the last vector's lanes inside the tile's width
-            mask = lanes_below(builder, builder.sub(width, ir.Constant(_I64, 16 * last)), 16)
+            mask = lanes_below(builder, builder.sub(width, ir.Constant(_I64, LANES * last)), LANES)
 
         def load(address, half):
-            pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 64 * half)), _V.as_pointer())
+            pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 4 * LANES * half)), _V.as_pointer())
             if masked and half == last:
                 return masked_load(builder, pointer, mask, zero)
             return builder.load(pointer, align=4)
 
         def save(value, address, half):
-            pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 64 * half)), _V.as_pointer())
+            pointer = builder.inttoptr(builder.add(address, ir.Constant(_I64, 4 * LANES * half)), _V.as_pointer())
             if masked and half == last:
                 masked_store(builder, value, pointer, mask)
             else:
@@ -116,8 +122,8 @@ def _tile_codegen(rows: int, vectors: int, masked: bool):
 
         builder.position_at_end(body)
         b_row = builder.add(b_addr, builder.mul(i, ldb))
-        b_vectors = [builder.load(builder.inttoptr(builder.add(b_row, ir.Constant(_I64, 64 * half)), _V.as_pointer()),
-                                  align=4) for half in halves]
+        b_vectors = [builder.load(builder.inttoptr(builder.add(b_row, ir.Constant(_I64, 4 * LANES * half)),
+                                                   _V.as_pointer()), align=4) for half in halves]
         a_column = builder.add(a_addr, builder.mul(i, ir.Constant(_I64, 4)))
         updated = []
         for r in range(rows):
@@ -138,8 +144,9 @@ def _tile_codegen(rows: int, vectors: int, masked: bool):
                 params = builder.inttoptr(params_addr, _F.as_pointer())
                 a, b = (splat(builder, builder.load(builder.gep(params, [ir.Constant(_I64, i)])), _V) for i in (0, 1))
                 if columns:
-                    column_shifts = [builder.load(builder.inttoptr(builder.add(bias_addr, ir.Constant(_I64, 64 * half)),
-                                                                   _V.as_pointer()), align=4) for half in halves]
+                    column_shifts = [builder.load(builder.inttoptr(
+                        builder.add(bias_addr, ir.Constant(_I64, 4 * LANES * half)), _V.as_pointer()), align=4)
+                        for half in halves]
             for r in range(rows):
                 row = builder.add(c_addr, builder.mul(ldc, ir.Constant(_I64, r)))
                 if finished:
@@ -197,18 +204,18 @@ def _tiles_intrinsic(vectors: int = 2, masked: bool = False):
 
 
 _whole = _tiles_intrinsic()
-_narrow = _tiles_intrinsic(1, True)  # a last panel of 1 to 16 columns: one vector, masked
+_narrow = _tiles_intrinsic(1, True)  # a last panel of 1 to LANES columns: one vector, masked
 _wide = _tiles_intrinsic(2, True)  # of 17 to 31: two, the second masked
 
 
 @numba.njit(**_jit)
-def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=32):
+def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=PANEL):
     """The tile of ``rows`` rows; ``e`` the epilogue's (finish, bias, residual, ldres, act, params) arguments; a
-    last panel's ``width`` columns (fewer than 32) under a lane mask."""
+    last panel's ``width`` columns (fewer than PANEL) under a lane mask."""
     f, bias, res, ldres, act, params = e
-    if width >= 32:
+    if width >= PANEL:
         _whole(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
-    elif width > 16:
+    elif width > LANES:
         _wide(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
     else:
         _narrow(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
@@ -217,12 +224,11 @@ def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=32):
 @numba.njit(**_jit)
 def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, column_bias=False):
     """Rows [m0, m1) and column panels [p0, p1) of ``c = act(a @ b + bias[:, None] + residual)`` (``bias[None, :]``
-    with ``column_bias``): ``a`` (M, K), ``b``
-    (K, N), ``c`` (M, N) float32 C-contiguous; ``tail`` (K, 32): b's last N % 32 columns zero-padded (unread when N is
-    a multiple of 32), their panel computed with C and the residual read and written under a lane mask, but for the
-    last ``rest.shape[0]`` columns (``rest``: :func:`rest_of`), dot products of A's rows by them. The
-    epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual`` (M, N) or no rows, ``act`` one of
-    :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
+    with ``column_bias``): ``a`` (M, K), ``b`` (K, N), ``c`` (M, N) float32 C-contiguous; ``tail`` (K, PANEL): b's
+    last N % PANEL columns zero-padded (unread when N is a multiple of PANEL), their panel computed with C and the
+    residual read and written under a lane mask, but for the last ``rest.shape[0]`` columns (``rest``:
+    :func:`rest_of`), dot products of A's rows by them. The epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual``
+    (M, N) or no rows, ``act`` one of :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
     taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while the row tiles pass), the
     first block writing C, the others adding to it, the last applying the epilogue in the registers. A panel's
     K blocks run one after another, so its strip of C stays in the near caches: with the K blocks outermost, each
@@ -319,7 +325,8 @@ def units(m: int, n: int, batch: int) -> int:
 
 @numba.njit(**_jit)
 def tail_of(b):
-    """B's last ``N % 32`` columns, zero-padded to 32 (K, 32) float32; an empty (K, 0) when N is a multiple of 32."""
+    """B's last ``N % PANEL`` columns, zero-padded to (K, PANEL) float32; an empty (K, 0) when N is a multiple of
+    PANEL."""
     k, n = b.shape
     width = n % PANEL
     tail = np.zeros((k, PANEL if width else 0), np.float32)
@@ -330,11 +337,12 @@ def tail_of(b):
 
 @numba.njit(**_jit)
 def rest_of(b):
-    """B's last ``N % 16`` columns transposed (r, K), where :func:`gemm` leaves them to dot products (at most
-    :data:`DOT_MAX_COLUMNS` past a multiple of 16, N not a multiple of 32, K at least :data:`DOT_MIN_DEPTH` a column),
+    """B's last ``N % LANES`` columns transposed (r, K), where :func:`gemm` leaves them to dot products (at most
+    :data:`DOT_MAX_COLUMNS` past a multiple of LANES, N not a multiple of PANEL, K at least :data:`DOT_MIN_DEPTH` a
+    column),
     else an empty (0, K)."""
     k, n = b.shape
-    r = n % 16 if n % PANEL and n % 16 <= DOT_MAX_COLUMNS else 0
+    r = n % LANES if n % PANEL and n % LANES <= DOT_MAX_COLUMNS else 0
     r = r if k >= DOT_MIN_DEPTH * r else 0
     rest = np.empty((r, k), np.float32)
     for j in range(r):
