@@ -333,7 +333,9 @@ def _rows_runner(rows, shape, taps: np.ndarray, b, code: int, params: tuple, ste
 # Input row widths from which float32 3x3 filters run on the planes' rows (``depthwise_rows``) rather than in the
 # channels-last blocks: measured alone on one Zen 5 core (rows / blocks, with Clip; benchmarks/depthwise_rows.md),
 # stride 1 0.61 at 32x112x112, 0.86 at 144x56x56, 0.93 at 192x28x28, 1.05-1.13 at 14 and 16 columns, 1.57 at 7;
-# stride 2 0.67 at 96x112x112, 0.64 at 144x56x56, 0.73 at 192x28x28, 1.18-1.25 at 14 and 16.
+# stride 2 0.67 at 96x112x112, 0.64 at 144x56x56, 0.73 at 192x28x28, 1.18-1.25 at 14 and 16. AVX-512 CPUs only: with
+# AVX2's eight outputs a vector (every load masked) mobilenet_v2 ran 1.15-1.17x the time of the other kernels on 2 Zen 3
+# cores (stop 48, in-process A/B of two sessions).
 _ROWS_MIN_WIDTH = 24
 
 
