@@ -84,17 +84,16 @@ def test_onyxrt_imports_and_runs_without_numba(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), here, rtol=1e-4, atol=1e-5)
 
 
-# compiled modules whose code needs these CPU flags (LLVM aborts the process compiling their intrinsics elsewhere; the
-# library imports them only where ``cpu_features.has_flags`` says the CPU has them)
-_NEEDS_FLAGS = {"math.int8_gemm_vnni": ("avx512f", "avx512_vnni"), "math.int8_gemm_avx2": ("avx2",)}
-
-
 def test_the_skipped_modules_still_load_where_numba_is():
+    """Every compiled module imports, but those whose intrinsics need CPU flags this one lacks (LLVM aborts the process
+    compiling them; ``int8_gemm`` imports them only where the CPU has the flags)."""
     import pytest
 
     from onyxrt.framework.cpu_features import has_flags
+    from onyxrt.providers.cpu.math.int8_gemm import AVX2_FLAGS, VNNI_FLAGS
 
+    needs_flags = {"math.int8_gemm_vnni": VNNI_FLAGS, "math.int8_gemm_avx2": AVX2_FLAGS}
     pytest.importorskip("numba")
     for name in sorted(kernel_modules.COMPILED_ON_USE):
-        if has_flags(*_NEEDS_FLAGS.get(name, ())):
+        if has_flags(*needs_flags.get(name, ())):
             importlib.import_module(f"onyxrt.providers.cpu.{name}")

@@ -279,8 +279,8 @@ def test_depthwise_planes_split_natively_equal_the_serial_kernel(pool, monkeypat
 def test_pointwise_convolutions_run_as_one_task_with_their_epilogue(pool, shape, channels, activation, params, bias,
                                                                     residual, monkeypatch):
     """In the split-GEMM mode a 1x1 convolution's blocks each get their product and epilogue in one native
-    task (``pointwise_conv_task``), equal to the product followed by the epilogue pass. (Large images on AVX-512
-    CPUs take onyxrt's own GEMM instead, ``test_sgemm_tiles``: kept off here.)"""
+    task (``pointwise_conv_task``), equal to the product followed by the epilogue pass. (Large images on CPUs
+    running onyxrt's own GEMM take it instead, ``test_sgemm_tiles``: kept off here.)"""
     from onyxrt.providers.cpu.contrib.fused import mlas_activation_fn
     from onyxrt.providers.cpu.jit import optional_module
     from onyxrt.providers.cpu.nn import conv_core

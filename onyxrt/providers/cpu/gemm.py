@@ -80,12 +80,12 @@ def _native_sgemm():
 # Float32 products run on ``math/sgemm_tiles`` where the CPU has AVX-512 (AVX2: ``own_sgemm_fits``) and the pool owns
 # the cores (sessions without ``allow_spinning``, plans holding onyxrt's own pool kernels; BLAS's threads keep the
 # others) or the session has one thread, from this many rows (fewer: a decoding step's GEMVs, BLAS's sgemv) and
-# multiply-adds, up to this many columns. Measured on 2 Zen 5 cores against OpenBLAS's two threads: 128 x 768 x 3072 433 / 386 GFLOP/s,
-# 128 x 3072 x 768 473 / 387, 128 x 1408 x 512 481 / 390; and for a vocabulary head (128 x 512 x 32000: 351 / 372)
-# whose B rows lie far apart. From 1M multiply-adds it beats what those modes would run instead, on 2 Zen 4 cores:
-# split 136 x 64 x 256 27 us against 40 as two cblas_sgemm parts, 128 x 128 x 128 25 / 35, 136 x 64 x 128 16.5 / 20;
-# on one thread 43.6 / 47.7, 40 / 44, 23 / 24 (a ViT-like net 0.93x, a small encoder 0.94x split, in one process);
-# below (136 x 64 x 64, 0.56M) BLAS was the faster on one thread (11 / 13 us).
+# multiply-adds, up to this many columns. Measured on 2 Zen 5 cores against OpenBLAS's two threads:
+# 128 x 768 x 3072 433 / 386 GFLOP/s, 128 x 3072 x 768 473 / 387, 128 x 1408 x 512 481 / 390; and for a vocabulary
+# head (128 x 512 x 32000: 351 / 372) whose B rows lie far apart. From 1M multiply-adds it beats what those modes would
+# run instead, on 2 Zen 4 cores: split 136 x 64 x 256 27 us against 40 as two cblas_sgemm parts, 128 x 128 x 128
+# 25 / 35, 136 x 64 x 128 16.5 / 20; on one thread 43.6 / 47.7, 40 / 44, 23 / 24 (a ViT-like net 0.93x, a small encoder
+# 0.94x split, in one process); below (136 x 64 x 64, 0.56M) BLAS was the faster on one thread (11 / 13 us).
 OWN_SGEMM_MIN_ROWS = 16
 OWN_SGEMM_MIN_MACS = 1 << 20
 OWN_SGEMM_MAX_COLUMNS = 8192
@@ -118,7 +118,7 @@ def own_sgemm_usable() -> bool:
     (settled at the first call made while numba is not disabled)."""
     if _OWN_SGEMM_USABLE:
         return _OWN_SGEMM_USABLE[0]
-    usable = ((has_flags("avx512f") or has_flags("avx2", "fma"))
+    usable = ((_WIDE_VECTORS or has_flags("avx2", "fma"))
               and optional_module("onyxrt.providers.cpu.math.sgemm_tiles") is not None)
     if usable or not numba_disabled():
         _OWN_SGEMM_USABLE.append(usable)
@@ -160,7 +160,7 @@ def _own_sgemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None, pool, bias:
     depth = a.shape[-1]
     if not (a.dtype == b.dtype == _F32 and a.flags.c_contiguous and b.flags.c_contiguous and depth == b.shape[-2]
             and b.shape[-1] > 0 and depth > 0 and (a.ndim == 2 or a.ndim == 3 == b.ndim and a.shape[0] == b.shape[0])
-            and own_sgemm_fits(depth, b.shape[-1]) and own_sgemm_usable()):
+            and own_sgemm_usable()):
         return None
     module = optional_module("onyxrt.providers.cpu.math.sgemm_tiles")
     m, n = a.shape[-2], b.shape[-1]
@@ -189,7 +189,9 @@ def fused_product(w: np.ndarray, x: np.ndarray, out: np.ndarray, bias: np.ndarra
     ``x`` (I, C, P) into (I, M, P) by one ``w`` or by each of ``w`` (I, M, C); ``residual`` shaped as ``out`` or None;
     ``act`` one of ``row_kernels.IN_REGISTERS``; with ``column_bias`` the bias is per column, ``bias[None, :]``) on
     onyxrt's GEMM with the epilogue in its registers, over the current pool; False (``out`` untouched) where that GEMM
-    does not run here."""
+    does not run here (nor for a B ``own_sgemm_fits`` leaves to BLAS)."""
+    if not own_sgemm_fits(x.shape[-2], x.shape[-1]):
+        return False
     y = _own_sgemm(w, x, out, current_pool(), _NO_BIAS if bias is None else bias,
                    _NO_RESIDUAL if residual is None else residual, act, params, column_bias)
     return y is not None

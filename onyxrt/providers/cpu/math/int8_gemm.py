@@ -107,6 +107,9 @@ class _Lazy:
 
 _VNNI = _Lazy()
 _AVX2 = _Lazy()
+# the CPU flags each route's module needs (compiling its intrinsics for another CPU aborts the process)
+VNNI_FLAGS = ("avx512f", "avx512_vnni")
+AVX2_FLAGS = ("avx2",)
 _MKL = _Lazy()
 
 
@@ -143,11 +146,11 @@ def _kernel_module(lazy: _Lazy, name: str, cpu_flags: tuple[str, ...], llvm_feat
 
 
 def _vnni_module():
-    return _kernel_module(_VNNI, "int8_gemm_vnni", ("avx512f", "avx512_vnni"), ("avx512f", "avx512vnni"), _probe_vnni)
+    return _kernel_module(_VNNI, "int8_gemm_vnni", VNNI_FLAGS, ("avx512f", "avx512vnni"), _probe_vnni)
 
 
 def _avx2_module():
-    return _kernel_module(_AVX2, "int8_gemm_avx2", ("avx2",), ("avx2",), _probe_avx2)
+    return _kernel_module(_AVX2, "int8_gemm_avx2", AVX2_FLAGS, ("avx2",), _probe_avx2)
 
 
 def _probe_avx2(module) -> None:

@@ -228,12 +228,13 @@ def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, colum
     last N % PANEL columns zero-padded (unread when N is a multiple of PANEL), their panel computed with C and the
     residual read and written under a lane mask, but for the last ``rest.shape[0]`` columns (``rest``:
     :func:`rest_of`), dot products of A's rows by them. The epilogue: ``bias`` (M,) (or (N,)) or empty, ``residual``
-    (M, N) or no rows, ``act`` one of :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are absent (a plain product). K is
-    taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while the row tiles pass), the
-    first block writing C, the others adding to it, the last applying the epilogue in the registers. A panel's
-    K blocks run one after another, so its strip of C stays in the near caches: with the K blocks outermost, each
-    block passed over all of the part's C (768 KB of a 128 x 768 x 3072 product a thread), which on 2 Zen 4 cores
-    (32 KB L1, 1 MB L2): this order took minilm_l6 0.935x and resnet50 0.957x the time (alternating processes)."""
+    (M, N) or no rows, ``act`` one of :data:`IN_REGISTERS` with parameters ``params[:2]``; none where all three are
+    absent (a plain product). K is taken :data:`K_BLOCK` rows of B at a time (their panel slice stays in L1 while
+    the row tiles pass), the first block writing C, the others adding to it, the last applying the epilogue in the
+    registers. A panel's K blocks run one after another, so its strip of C stays in the near caches: with the K blocks
+    outermost, each block passed over all of the part's C (768 KB of a 128 x 768 x 3072 product a thread), which on 2
+    Zen 4 cores (32 KB L1, 1 MB L2): this order took minilm_l6 0.935x and resnet50 0.957x the time (alternating
+    processes)."""
     m_total, k = a.shape
     n = c.shape[1]
     full = n // PANEL
@@ -339,8 +340,7 @@ def tail_of(b):
 def rest_of(b):
     """B's last ``N % LANES`` columns transposed (r, K), where :func:`gemm` leaves them to dot products (at most
     :data:`DOT_MAX_COLUMNS` past a multiple of LANES, N not a multiple of PANEL, K at least :data:`DOT_MIN_DEPTH` a
-    column),
-    else an empty (0, K)."""
+    column), else an empty (0, K)."""
     k, n = b.shape
     r = n % LANES if n % PANEL and n % LANES <= DOT_MAX_COLUMNS else 0
     r = r if k >= DOT_MIN_DEPTH * r else 0
