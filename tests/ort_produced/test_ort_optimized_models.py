@@ -8,11 +8,15 @@ The optimized models are produced here, once per test session, in a temporary fo
   also converts convolutions to the blocked com.microsoft.nchwc layout (ReorderInput /
   ReorderOutput / nchwc Conv, MaxPool, GlobalAveragePool; the block size is this CPU's);
 * onnxruntime's transformers optimizer (``onnxruntime.transformers.optimizer``) on the
-  two BERT encoders: SkipLayerNormalization, BiasGelu, ...;
+  BERT encoder minilm_l6: SkipLayerNormalization, BiasGelu, ...;
 * an encoder layer written with the ops the transformers optimizer emits for classic
   BERT exports (EmbedLayerNormalization, Attention with a mask index,
-  SkipLayerNormalization, FastGelu), with bert_base's sizes, since the zoo's exports
+  SkipLayerNormalization, FastGelu), with bert_base's layer sizes, since the zoo's exports
   use a pattern that optimizer does not fuse into Attention.
+
+bert_base is the same transformers BertModel export as minilm_l6 (twice as wide, twice as
+deep, random weights), so it is left out here: it took two minutes of CI and covered no op
+or pattern minilm_l6 does not.
 
 Each optimized model is run by onyxrt and compared with onnxruntime running the same
 file: max abs error <= 1e-3 x max |reference|. Encoders run at batch 1, sequence 32.
@@ -33,10 +37,9 @@ onnx = pytest.importorskip("onnx")
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
 SEQ = 32
-ENCODERS = {"bert_base": (12, 768), "minilm_l6": (12, 384)}
+FUSED_VOCAB = 1024  # the embedding table's rows: bert_base's 30522 only made the file 90 MB larger
+ENCODERS = {"minilm_l6": (12, 384)}
 LEVELS = {"extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
-
-
 
 
 def _feeds(name: str) -> dict[str, np.ndarray]:
@@ -76,14 +79,14 @@ _EXPECTED = {
     ("resnet50", "all"): {("com.microsoft.nchwc", "Conv"), ("com.microsoft.nchwc", "MaxPool"), ("com.microsoft.nchwc", "ReorderOutput")},
     ("mobilenet_v2", "extended"): {("com.microsoft", "FusedConv")},
     ("mobilenet_v2", "all"): {("com.microsoft.nchwc", "Conv"), ("com.microsoft.nchwc", "GlobalAveragePool")},
-    ("bert_base", "extended"): {("com.microsoft", "FusedMatMul"), ("com.microsoft", "BiasGelu")},
+    ("minilm_l6", "extended"): {("com.microsoft", "FusedMatMul"), ("com.microsoft", "BiasGelu")},
     ("minilm_l6", "all"): {("com.microsoft", "FusedMatMul"), ("com.microsoft", "BiasGelu")},
     ("llama_tiny", "extended"): {("", "SimplifiedLayerNormalization"), ("com.microsoft", "QuickGelu")},
 }
 
 
 @pytest.mark.parametrize("level", list(LEVELS))
-@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", "bert_base", "minilm_l6", "llama_tiny"])
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2", "minilm_l6", "llama_tiny"])
 def test_graph_optimizer_output(zoo_model, tmp_path, name, level):
     out = tmp_path / f"{name}.{level}.onnx"
     so = ort.SessionOptions()
@@ -122,11 +125,11 @@ def test_transformers_optimizer_output(zoo_model, tmp_path, name, opt_level):
 
 
 def _fused_encoder(tmp_path, batch_mask_kind: str):
-    """A 2-layer BERT encoder as the transformers optimizer writes it (bert_base sizes)."""
+    """A 2-layer BERT encoder as the transformers optimizer writes it (bert_base's layer sizes, a small vocabulary)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
-    hidden, heads, inner, vocab, layers = 768, 12, 3072, 30522, 2
+    hidden, heads, inner, vocab, layers = 768, 12, 3072, FUSED_VOCAB, 2
 
     def w(name, *shape, std=0.02):
         return numpy_helper.from_array((rng.standard_normal(shape) * std).astype(np.float32), name)
@@ -192,6 +195,7 @@ def _fused_encoder(tmp_path, batch_mask_kind: str):
 def test_fused_bert_encoder(tmp_path, mask_kind):
     path = _fused_encoder(tmp_path, mask_kind)
     feeds = encoder_feeds("bert_base", 2, SEQ)  # the second row is right padded
+    feeds["input_ids"] %= FUSED_VOCAB
     assert_matches_onnxruntime(path, feeds)
 
 

@@ -176,9 +176,13 @@ def _output_step(path: str) -> float:
 # --------------------------------------------------------------------------- dynamic (encoders)
 
 
-@pytest.mark.parametrize("optimize", [None, "extended"])
-@pytest.mark.parametrize("weight_type", ["QInt8", "QUInt8"])
-@pytest.mark.parametrize("name", ["minilm_l6", "bert_base"])
+# minilm_l6 in every combination; bert_base (the same BertModel export, 12 layers of random weights) once, for
+# the rounding flips its depth accumulates: its other combinations took a minute of CI and covered nothing more
+DYNAMIC_CASES = [("minilm_l6", w, o) for w in ("QInt8", "QUInt8") for o in (None, "extended")]
+DYNAMIC_CASES.append(("bert_base", "QUInt8", "extended"))
+
+
+@pytest.mark.parametrize("name,weight_type,optimize", DYNAMIC_CASES)
 def test_dynamic_quantized_encoder(quantized_model, zoo_model, name, weight_type, optimize):
     path = quantized_model(name, f"dynamic-{weight_type}", optimize)
     feeds = encoder_feeds(name, 1, SEQ)

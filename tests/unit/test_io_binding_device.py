@@ -203,11 +203,11 @@ def test_profile_names_each_node_s_provider(transfer, tmp_path):
 
 @pytest.mark.zoo
 @pytest.mark.heavy
-@pytest.mark.parametrize("name", ["resnet50", "bert_base", "llama_tiny"])
+@pytest.mark.parametrize("name", ["resnet50", "minilm_l6", "llama_tiny"])
 def test_zoo_models_on_the_device_give_the_cpu_results(transfer, zoo_model, name):
     from feeds import decoder_feeds, encoder_feeds, vision_feeds
 
-    feeds = {"resnet50": lambda: vision_feeds(1), "bert_base": lambda: encoder_feeds("bert_base", 1, 8),
+    feeds = {"resnet50": lambda: vision_feeds(1), "minilm_l6": lambda: encoder_feeds("minilm_l6", 1, 8),
              "llama_tiny": lambda: decoder_feeds(1, 4, 2)}[name]()
     path = zoo_model(name)
     session = ort.InferenceSession(path, providers=PROVIDERS)

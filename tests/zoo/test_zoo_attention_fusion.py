@@ -1,6 +1,7 @@
 """The zoo's encoders end with one attention node per layer at ORT_ENABLE_EXTENDED, outputs unchanged.
 
-bert_base and minilm_l6 (TorchScript exports of transformers 5: -inf mask, NaN guard) and
+minilm_l6 (a TorchScript export of transformers 5: -inf mask, NaN guard; bert_base is the same export,
+wider and deeper, so it is left out) and
 distilbert_dynamo (dynamo export: finfo.min mask): the model onyxrt saves has one
 com.microsoft Attention per layer and no Softmax left; ours and onnxruntime running our saved
 model match onnxruntime's unoptimized run (1e-4 relative) at batch 2, sequence 16 with the
@@ -20,7 +21,7 @@ ort = pytest.importorskip("onnxruntime")
 from extended_sessions import extended_sessions  # noqa: E402  (needs onnxruntime)
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
-LAYERS = {"bert_base": 12, "minilm_l6": 6, "distilbert_dynamo": 6}
+LAYERS = {"minilm_l6": 6, "distilbert_dynamo": 6}
 
 
 def _feeds(inputs: list[str], fully_masked_row: bool) -> dict[str, np.ndarray]:

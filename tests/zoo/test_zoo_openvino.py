@@ -43,7 +43,6 @@ def _regions(session):
     ("resnet50", lambda: vision_feeds(1)),
     ("mobilenet_v2", lambda: vision_feeds(2)),
     ("minilm_l6", lambda: encoder_feeds("minilm_l6", 2, 37)),
-    ("bert_base", lambda: encoder_feeds("bert_base", 1, 128)),
     ("distilbert_dynamo", lambda: {k: v for k, v in encoder_feeds("bert_base", 2, 19).items() if k != "token_type_ids"}),
 ])
 def test_whole_model_on_openvino_matches_the_cpu_provider(zoo_model, name, feeds):

@@ -15,7 +15,8 @@ ort = pytest.importorskip("onnxruntime")
 from extended_sessions import extended_sessions  # noqa: E402  (needs onnxruntime)
 pytestmark = [pytest.mark.heavy, pytest.mark.zoo]
 
-MODELS = ("resnet50", "mobilenet_v2", "bert_base", "minilm_l6", "llama_tiny", "distilbert_dynamo", "llama_tiny_dynamo")
+# bert_base is left out: the same BertModel export as minilm_l6, wider and deeper (18 s of CI for nothing more)
+MODELS = ("resnet50", "mobilenet_v2", "minilm_l6", "llama_tiny", "distilbert_dynamo", "llama_tiny_dynamo")
 
 
 def _feeds(name: str) -> list[dict[str, np.ndarray]]:
