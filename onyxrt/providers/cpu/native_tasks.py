@@ -9,9 +9,11 @@ Imported only by the modules defining tasks (it imports numba at its top).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numba
-from llvmlite import ir
-from numba.core import types
+from llvmlite import binding, ir
+from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 _I64 = ir.IntType(64)
@@ -49,3 +51,32 @@ def part_ranges(rows, panels, by_panels, part, parts):
     if by_panels:
         return 0, rows, panels * part // parts, panels * (part + 1) // parts
     return rows * part // parts, rows * (part + 1) // parts, 0, panels
+
+
+def linked_kernel(symbol: str, kernel: numba.core.ccallback.CFunc, arity: int) -> Callable:
+    """An intrinsic ``call((argument, ...))`` calling ``kernel``, a compiled ``numba.cfunc`` of ``arity`` int64
+    arguments returning nothing, by the symbol ``symbol``, which it registers with LLVM's linker in this process (the
+    arguments are cast to int64).
+
+    Why: numba links a callee's IR into each caller's module and optimizes it and emits its machine code again
+    there, at every level of callers. For the large kernels (the GEMM tiles of every row count, the convolvers of
+    every filter size) that repeated seconds of compile per caller: a fresh machine's first session waited for it.
+    Through the symbol the callers hold a declaration only, and the kernel is compiled (and cached) once; the call is
+    a C call, which these kernels already were (LLVM does not inline code of their size)."""
+    binding.add_symbol(symbol, kernel.address)
+    function_type = ir.FunctionType(ir.VoidType(), [_I64] * arity)
+
+    @intrinsic
+    def call(typingctx, arguments):
+        if not isinstance(arguments, types.BaseTuple) or len(arguments) != arity:
+            return None
+
+        def codegen(context, builder, signature, values):
+            function = cgutils.get_or_insert_function(builder.module, function_type, symbol)
+            builder.call(function, [context.cast(builder, builder.extract_value(values[0], i), kind, types.int64)
+                                    for i, kind in enumerate(arguments)])
+            return context.get_dummy_value()
+
+        return types.void(arguments), codegen
+
+    return call

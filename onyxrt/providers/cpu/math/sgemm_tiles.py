@@ -34,7 +34,7 @@ from numba.core.extending import intrinsic
 from ....framework.cpu_features import has_flags
 from ..jit_rows import hard_swish, sigmoid32, x_sigmoid
 from ..ir_vectors import IN_REGISTERS, activation, lanes_below, masked_load, masked_store, splat, switch_codegen
-from ..native_tasks import float32_array, int64_array, part_ranges
+from ..native_tasks import float32_array, int64_array, linked_kernel, part_ranges
 
 LANES = 16 if has_flags("avx512f") else 8  # floats in a vector: zmm, else ymm (AVX2)
 PANEL = 2 * LANES  # columns per panel: two vector accumulators per row
@@ -208,17 +208,28 @@ _narrow = _tiles_intrinsic(1, True)  # a last panel of 1 to LANES columns: one v
 _wide = _tiles_intrinsic(2, True)  # of 17 to 31: two, the second masked
 
 
+@numba.cfunc(types.void(*([types.int64] * 16)), cache=True, nopython=True)
+def tile_kernel(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres, act, params, width, rows):
+    """The tile of ``rows`` rows (:func:`_tiles_intrinsic`'s arguments), a last panel's ``width`` columns (fewer
+    than PANEL) under a lane mask: compiled once, called by :func:`_tile` through a linked symbol
+    (``native_tasks.linked_kernel``)."""
+    if width >= PANEL:
+        _whole(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres, act, params, width, rows)
+    elif width > LANES:
+        _wide(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres, act, params, width, rows)
+    else:
+        _narrow(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres, act, params, width, rows)
+
+
+_call_tile = linked_kernel(f"onyxrt_sgemm_tile_{LANES}", tile_kernel, 16)
+
+
 @numba.njit(**_jit)
 def _tile(c, ldc, a, lda, b, ldb, k, rows, accumulate, e, width=PANEL):
     """The tile of ``rows`` rows; ``e`` the epilogue's (finish, bias, residual, ldres, act, params) arguments; a
     last panel's ``width`` columns (fewer than PANEL) under a lane mask."""
     f, bias, res, ldres, act, params = e
-    if width >= PANEL:
-        _whole(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
-    elif width > LANES:
-        _wide(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
-    else:
-        _narrow(c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows)
+    _call_tile((c, ldc, a, lda, b, ldb, k, accumulate, f, bias, res, ldres, act, params, width, rows))
 
 
 @numba.njit(**_jit)
@@ -331,8 +342,9 @@ def tail_of(b):
     k, n = b.shape
     width = n % PANEL
     tail = np.zeros((k, PANEL if width else 0), np.float32)
-    if width:
-        tail[:, :width] = b[:, n - width:]
+    for i in range(k):  # (loops: a slice assignment compiles numba's shape-mismatch message, seconds of cold compile)
+        for j in range(width):
+            tail[i, j] = b[i, n - width + j]
     return tail
 
 
