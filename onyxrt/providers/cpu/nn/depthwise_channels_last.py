@@ -39,7 +39,7 @@ from numba.core.extending import intrinsic
 from ....framework.cpu_features import has_flags
 from ..ir_vectors import switch_codegen, transpose_8x8
 from ..jit_rows import epilogue_row
-from ..native_tasks import float32_array, int64_array
+from ..native_tasks import float32_array, int64_array, linked_kernel
 
 # channels per block (one vector per pixel): sixteen where the CPU has AVX-512, else eight
 LANES = 16 if has_flags("avx512f") else 8
@@ -213,13 +213,23 @@ _CONVOLVERS = switch_codegen({k * 3 + index: _convolver(k, step) for k in FILTER
 
 @intrinsic
 def _convolvers(typingctx, pixels, taps, bias, limits, out, shape, key):
-    return types.void(pixels, taps, bias, limits, out, shape, key), _CONVOLVERS
+    return types.void(*([types.int64] * 7)), _CONVOLVERS
+
+
+@numba.cfunc(types.void(*([types.int64] * 7)), cache=True, nopython=True)
+def convolve_kernel(pixels, taps, bias, limits, out, shape, key):
+    """:func:`_convolver`'s code for the filter size and column step ``key`` (k * 3 + the step's index in
+    ``_STEPS``): compiled once, called by the drivers through a linked symbol (``native_tasks.linked_kernel``)."""
+    _convolvers(pixels, taps, bias, limits, out, shape, key)
+
+
+_call_convolve = linked_kernel(f"onyxrt_depthwise_convolve_{LANES}", convolve_kernel, 7)
 
 
 @numba.njit(inline="always")
 def _convolve(k, column_step, pixels, taps, bias, limits, out, shape):
     """The convolver for a k x k filter and the column step (1, 2, or 0: any stride and dilation)."""
-    _convolvers(pixels, taps, bias, limits, out, shape, k * 3 + column_step)
+    _call_convolve((pixels, taps, bias, limits, out, shape, k * 3 + column_step))
 
 
 def _max_pooler(k: int, column_step: int | None):
@@ -272,13 +282,22 @@ _POOLERS = switch_codegen({k * 3 + index: _max_pooler(k, step) for k in POOL_WIN
 
 @intrinsic
 def _poolers(typingctx, pixels, out, shape, key):
-    return types.void(pixels, out, shape, key), _POOLERS
+    return types.void(*([types.int64] * 4)), _POOLERS
+
+
+@numba.cfunc(types.void(*([types.int64] * 4)), cache=True, nopython=True)
+def pool_kernel(pixels, out, shape, key):
+    """:func:`_max_pooler`'s code for the window and column step ``key`` (as :func:`convolve_kernel`'s)."""
+    _poolers(pixels, out, shape, key)
+
+
+_call_pool = linked_kernel(f"onyxrt_depthwise_max_pool_{LANES}", pool_kernel, 4)
 
 
 @numba.njit(inline="always")
 def _max_pool(k, column_step, pixels, out, shape):
     """The max pooler for a k x k window and the column step (1, 2, or 0: any stride and dilation)."""
-    _poolers(pixels, out, shape, k * 3 + column_step)
+    _call_pool((pixels, out, shape, k * 3 + column_step))
 
 
 # bytes of a block's zero-padded input rows convolved at a time (with their output rows: within L1)
