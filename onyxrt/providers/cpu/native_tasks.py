@@ -53,28 +53,29 @@ def part_ranges(rows, panels, by_panels, part, parts):
     return rows * part // parts, rows * (part + 1) // parts, 0, panels
 
 
-def linked_kernel(symbol: str, kernel: numba.core.ccallback.CFunc, arity: int) -> Callable:
-    """An intrinsic ``call((argument, ...))`` calling ``kernel``, a compiled ``numba.cfunc`` of ``arity`` int64
-    arguments returning nothing, by the symbol ``symbol``, which it registers with LLVM's linker in this process (the
-    arguments are cast to int64).
+def linked_kernel(symbol: str, kernel: numba.core.ccallback.CFunc, signature: types.Type) -> Callable:
+    """An intrinsic ``call((argument, ...))`` calling ``kernel``, a compiled ``numba.cfunc`` of the C ``signature``
+    (scalar arguments, returning nothing), by the symbol ``symbol``, which it registers with LLVM's linker in this
+    process (the arguments are cast to the signature's types).
 
     Why: numba links a callee's IR into each caller's module and optimizes it and emits its machine code again
     there, at every level of callers. For the large kernels (the GEMM tiles of every row count, the convolvers of
-    every filter size) that repeated seconds of compile per caller: a fresh machine's first session waited for it.
-    Through the symbol the callers hold a declaration only, and the kernel is compiled (and cached) once; the call is
-    a C call, which these kernels already were (LLVM does not inline code of their size)."""
+    every filter size, the epilogue's loops for every activation) that repeated seconds of compile per caller: a
+    fresh machine's first session waited for it. Through the symbol the callers hold a declaration only, and the
+    kernel is compiled (and cached) once; the call is a C call (LLVM did not inline code of their size either)."""
     binding.add_symbol(symbol, kernel.address)
-    function_type = ir.FunctionType(ir.VoidType(), [_I64] * arity)
+    kinds = signature.args
 
     @intrinsic
     def call(typingctx, arguments):
-        if not isinstance(arguments, types.BaseTuple) or len(arguments) != arity:
+        if not isinstance(arguments, types.BaseTuple) or len(arguments) != len(kinds):
             return None
 
-        def codegen(context, builder, signature, values):
+        def codegen(context, builder, _, values):
+            function_type = ir.FunctionType(ir.VoidType(), [context.get_value_type(kind) for kind in kinds])
             function = cgutils.get_or_insert_function(builder.module, function_type, symbol)
-            builder.call(function, [context.cast(builder, builder.extract_value(values[0], i), kind, types.int64)
-                                    for i, kind in enumerate(arguments)])
+            builder.call(function, [context.cast(builder, builder.extract_value(values[0], i), given, kind)
+                                    for i, (given, kind) in enumerate(zip(arguments, kinds))])
             return context.get_dummy_value()
 
         return types.void(arguments), codegen

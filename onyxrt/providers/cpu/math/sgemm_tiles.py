@@ -208,7 +208,10 @@ _narrow = _tiles_intrinsic(1, True)  # a last panel of 1 to LANES columns: one v
 _wide = _tiles_intrinsic(2, True)  # of 17 to 31: two, the second masked
 
 
-@numba.cfunc(types.void(*([types.int64] * 16)), cache=True, nopython=True)
+_TILE_SIGNATURE = types.void(*([types.int64] * 16))
+
+
+@numba.cfunc(_TILE_SIGNATURE, cache=True, nopython=True)
 def tile_kernel(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres, act, params, width, rows):
     """The tile of ``rows`` rows (:func:`_tiles_intrinsic`'s arguments), a last panel's ``width`` columns (fewer
     than PANEL) under a lane mask: compiled once, called by :func:`_tile` through a linked symbol
@@ -221,7 +224,7 @@ def tile_kernel(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres,
         _narrow(c, ldc, a, lda, b, ldb, k, accumulate, finish, bias, res, ldres, act, params, width, rows)
 
 
-_call_tile = linked_kernel(f"onyxrt_sgemm_tile_{LANES}", tile_kernel, 16)
+_call_tile = linked_kernel(f"onyxrt_sgemm_tile_{LANES}", tile_kernel, _TILE_SIGNATURE)
 
 
 @numba.njit(**_jit)

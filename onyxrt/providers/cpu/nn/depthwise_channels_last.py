@@ -18,7 +18,7 @@ the earlier measurements).
 The kernels are LLVM IR written with explicit vectors (LLVM lowers them to what the CPU has; a multiply-add
 contracts to FMA where the CPU has it). Activations: none, Relu and Clip (:data:`CLAMPED`) as a clamp in the
 registers that keeps NaN as the planar kernel keeps it; the other epilogue codes (LeakyRelu, Tanh, Sigmoid,
-HardSigmoid, HardSwish, QuickGelu) by ``jit_rows.epilogue_row`` over each band's outputs, one run of (pixels, LANES)
+HardSigmoid, HardSwish, QuickGelu) by ``jit_rows.epilogue_run`` over each band's outputs, one run of (pixels, LANES)
 in cache, before they are transposed back (:data:`ACTIVATIONS`; per output plane's row of the band, the SiLU of
 8x32x16x16 added 16.4 us on one Zen 4 core, now 14.9, HardSwish 5.5 -> 3.4, at 8x8 pixels 5.1 -> 2.3).
 
@@ -38,7 +38,7 @@ from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
 from ..ir_vectors import switch_codegen, transpose_8x8
-from ..jit_rows import epilogue_row
+from ..jit_rows import epilogue_run
 from ..native_tasks import float32_array, int64_array, linked_kernel
 
 # channels per block (one vector per pixel): sixteen where the CPU has AVX-512, else eight
@@ -216,14 +216,17 @@ def _convolvers(typingctx, pixels, taps, bias, limits, out, shape, key):
     return types.void(*([types.int64] * 7)), _CONVOLVERS
 
 
-@numba.cfunc(types.void(*([types.int64] * 7)), cache=True, nopython=True)
+_CONVOLVE_SIGNATURE = types.void(*([types.int64] * 7))
+
+
+@numba.cfunc(_CONVOLVE_SIGNATURE, cache=True, nopython=True)
 def convolve_kernel(pixels, taps, bias, limits, out, shape, key):
     """:func:`_convolver`'s code for the filter size and column step ``key`` (k * 3 + the step's index in
     ``_STEPS``): compiled once, called by the drivers through a linked symbol (``native_tasks.linked_kernel``)."""
     _convolvers(pixels, taps, bias, limits, out, shape, key)
 
 
-_call_convolve = linked_kernel(f"onyxrt_depthwise_convolve_{LANES}", convolve_kernel, 7)
+_call_convolve = linked_kernel(f"onyxrt_depthwise_convolve_{LANES}", convolve_kernel, _CONVOLVE_SIGNATURE)
 
 
 @numba.njit(inline="always")
@@ -285,13 +288,16 @@ def _poolers(typingctx, pixels, out, shape, key):
     return types.void(*([types.int64] * 4)), _POOLERS
 
 
-@numba.cfunc(types.void(*([types.int64] * 4)), cache=True, nopython=True)
+_POOL_SIGNATURE = types.void(*([types.int64] * 4))
+
+
+@numba.cfunc(_POOL_SIGNATURE, cache=True, nopython=True)
 def pool_kernel(pixels, out, shape, key):
     """:func:`_max_pooler`'s code for the window and column step ``key`` (as :func:`convolve_kernel`'s)."""
     _poolers(pixels, out, shape, key)
 
 
-_call_pool = linked_kernel(f"onyxrt_depthwise_max_pool_{LANES}", pool_kernel, 4)
+_call_pool = linked_kernel(f"onyxrt_depthwise_max_pool_{LANES}", pool_kernel, _POOL_SIGNATURE)
 
 
 @numba.njit(inline="always")
@@ -407,7 +413,7 @@ def channels_last_planes(x, weights, biases, params, out, M, OH, OW, multiplier,
                           limits.ctypes.data, results.ctypes.data, shape.ctypes.data)
             if not clamped and not pooled:  # the band's outputs in one run, in cache, before they are transposed back
                 done = results[:rows_out * OW * LANES]
-                epilogue_row(done, zero, done, False, act, params[0], params[1])
+                epilogue_run(done, zero, done, False, act, params[0], params[1])
             for c in range(count, LANES):  # (a missing channel's output goes to the discard plane's start)
                 targets[c] = discard_address - oh0 * OW * 4
             _scatter(targets.ctypes.data, oh0 * OW, 1, rows_out * OW, results.ctypes.data, 0)

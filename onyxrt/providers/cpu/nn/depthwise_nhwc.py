@@ -14,7 +14,7 @@ import numpy as np
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from ..jit_rows import epilogue_row
+from ..jit_rows import epilogue_run
 from ..native_tasks import float32_array, int64_array
 from .depthwise_channels_last import (_BYTES, _F, ACTIVATIONS, CLAMPED, FILTERS, LANES, _convolve, _vector_at,
                                       band_geometry, clamp_limits, pack_filters, task_args)
@@ -94,7 +94,7 @@ def nhwc_blocks(x, weights, biases, params, out, OH, OW, s0, s1, d0, d1, pt, pl,
                       limits.ctypes.data, results.ctypes.data, shape.ctypes.data)
             if not clamped:
                 done = results[:rows_out * OW * LANES]
-                epilogue_row(done, zero, done, False, act, params[0], params[1])
+                epilogue_run(done, zero, done, False, act, params[0], params[1])
             if count == LANES:
                 _move_pixels(results_address, LANES, out_address + ((n * OH + oh0) * OW * C + c0) * 4, C,
                              rows_out * OW)

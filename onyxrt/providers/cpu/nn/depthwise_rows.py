@@ -11,7 +11,7 @@ coming in, two shuffles); at stride 2, 32 input columns are split into their eve
 neighbour is the padding (0), and a row above or below the plane is a row of zeros; an output row past the plane's
 last (a band's second) is stored under an empty mask. The bias starts the sum; the activations
 ``row_kernels.IN_REGISTERS`` are applied in the registers (``ir_vectors.activation``), Tanh over each output plane
-just written (``jit_rows.epilogue_row``, while it is in cache).
+just written (``jit_rows.epilogue_run``, while it is in cache).
 
 The channels-last blocks (``depthwise_channels_last``) transpose each block of sixteen channels into (pixels,
 channels) and back, which costs more than the taps on wide rows; here nothing is moved. ``depthwise_conv`` chooses
@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from ..ir_vectors import activation, lanes_below, masked_load, masked_store, splat, switch_codegen
-from ..jit_rows import epilogue_row
+from ..jit_rows import epilogue_run
 from ..native_tasks import float32_array, int64_array
 from ..row_kernels import IN_REGISTERS
 
@@ -157,7 +157,7 @@ def _planes(x_addr, y_addr, taps_addr, bias_addr, params_addr, zeros_addr, chann
                     held, a, b, stride)
         if held != act:
             values = float32_array(out, OH * OW)
-            epilogue_row(values, np.float32(0.0), values, False, act, a, b)
+            epilogue_run(values, np.float32(0.0), values, False, act, a, b)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -7,7 +7,7 @@ makes a run of consecutive outputs read a contiguous run of each phase for every
 BLOCK x VECTORS vectors of sums in registers while it walks the taps: per tap, VECTORS loads of the input, BLOCK
 broadcasts of the weights and BLOCK x VECTORS multiply-adds (onnxruntime's NCHWc kernels for NCHW inputs tile the
 same way, over output channels). The bias and the activations :data:`IN_REGISTERS` are applied in the registers;
-the other epilogue codes and a residual by ``jit_rows.epilogue_row`` over each output row just written.
+the other epilogue codes and a residual by ``jit_rows.epilogue_run`` over each output row just written.
 
 Rows of :data:`LANES` outputs or fewer (a 32x32 image's stride-2 stem) run two output rows a tile, so that each
 weight's broadcast serves both; a stride-2 layer's column phases are split from the input rows 32 columns at a time
@@ -30,7 +30,7 @@ from numba.core.extending import intrinsic
 
 from ....framework.cpu_features import has_flags
 from ..ir_vectors import IN_REGISTERS, activation, lanes_below, masked_load, masked_store, splat
-from ..jit_rows import epilogue_row
+from ..jit_rows import epilogue_run
 from ..native_tasks import float32_array, int64_array
 
 WIDE = has_flags("avx512f")
@@ -186,7 +186,7 @@ def direct_rows(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, 
     """Output rows u0..u1 (u = n * OH + oh) of ``y`` (N, M, OH, OW) = act(conv(x) + bias + residual):
     ``weights`` (blocks, taps, BLOCK) and ``bias`` (blocks * BLOCK,) zero past M, ``offsets`` each tap's position
     in an image's phase planes (C, s1, Hp, Wq) relative to its window's first, ``residual`` (N * M, OH * OW) or
-    no rows; ``act`` an epilogue code (``jit_rows.epilogue_row``), parameters ``params[:2]``."""
+    no rows; ``act`` an epilogue code (``jit_rows.epilogue_run``), parameters ``params[:2]``."""
     N, C = x.shape[0], x.shape[1]
     M, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     blocks, taps = weights.shape[0], weights.shape[1]
@@ -239,7 +239,7 @@ def direct_rows(x, weights, bias, offsets, params, y, residual, s0, s1, pt, pl, 
                 r = n * M + m
                 line = yr[r, pending * OW:(done + 1) * OW]
                 extra = residual[r, pending * OW:(done + 1) * OW] if summed else line
-                epilogue_row(line, np.float32(0), extra, summed, act, params[0], params[1])
+                epilogue_run(line, np.float32(0), extra, summed, act, params[0], params[1])
             pending = done + 1
         u = step_end + 1
 

@@ -45,7 +45,7 @@ def _input_band(x, v, n, a0, rows, pt, pl, tw, images, steps):
 def _output_band(m, y, n, a0, rows, tw, bias, residual, act, alpha, beta, corners):
     """Output rows 2 * a0 .. of image ``n`` (every channel) from the band's products ``m`` (16, K, T) as
     :func:`_input_band` lays its tiles, cropped at OH and OW, then y = act(y + bias[k] + residual) over those rows
-    (``jit_rows.epilogue_row``); ``corners`` (4, rows * (tw + 1)) scratch."""
+    (``jit_rows.epilogue_run``); ``corners`` (4, rows * (tw + 1)) scratch."""
     N, K, OH, OW = y.shape
     T = m.shape[2]
     half = tw + 1

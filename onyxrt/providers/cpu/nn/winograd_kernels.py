@@ -10,7 +10,7 @@ import numba
 import numpy as np
 from numba.core import types
 
-from ..jit_rows import epilogue_row
+from ..jit_rows import epilogue_run
 from ..native_tasks import float32_array, int64_array
 
 _jit = dict(cache=True, nogil=True, error_model="numpy")
@@ -130,21 +130,21 @@ def _output_rows(mf, yf, first, step, tiles, corners, plane, row0, row1, OW, a0,
                  alpha, beta):
     """Output rows row0..row1 of the plane at ``plane`` in ``yf`` from ``tiles`` tiles whose products start at
     ``mf[first]`` (tile row a0 the first's; ``corners`` (4, tiles) scratch), then act(y + add + residual_rows) over
-    those rows (``jit_rows.epilogue_row``; ``residual_rows`` those rows' residual, read only where ``summed``)."""
+    those rows (``jit_rows.epilogue_run``; ``residual_rows`` those rows' residual, read only where ``summed``)."""
     c00, c01, c10, c11 = corners[0], corners[1], corners[2], corners[3]
     for f in range(tiles):
         c00[np.uintp(f)], c01[np.uintp(f)], c10[np.uintp(f)], c11[np.uintp(f)] = _tile_corners(mf, first + f, step)
     _interleave_rows(yf, plane, row0, row1, OW, a0, half, c00, c01, c10, c11)
     start = plane + row0 * OW
     outputs = yf[start:start + (row1 - row0) * OW]
-    epilogue_row(outputs, add, residual_rows, summed, act, alpha, beta)
+    epilogue_run(outputs, add, residual_rows, summed, act, alpha, beta)
 
 
 @numba.njit(fastmath={"contract"}, **_jit)
 def output_transform(m, y, th, tw, bias, residual, act, alpha, beta, k0, k1):
     """Output channels k0..k1 of ``y`` (N, K, OH, OW) from the products ``m`` (16, K, T), tiles laid out as
     :func:`input_transform` lays them: each tile's A^T M A, cropped where OH or OW is odd; then, while the
-    plane is in cache, y = act(y + bias[k] + residual) (``jit_rows.epilogue_row``: ``bias`` with 0 or K
+    plane is in cache, y = act(y + bias[k] + residual) (``jit_rows.epilogue_run``: ``bias`` with 0 or K
     entries, ``residual`` (N * K, OH * OW) or 0 rows, ``act`` its code with parameters alpha, beta)."""
     N, K, OH, OW = y.shape
     T = m.shape[2]
