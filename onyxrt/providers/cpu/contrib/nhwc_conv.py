@@ -183,10 +183,11 @@ def _depthwise(blocks, packed: NhwcConvWeights, shape: tuple, y_shape: tuple, s,
         pool = current_pool()
         if pool.splits_gemms and pool.runs_native_tasks and work >= _PARALLEL_MIN_WORK:
             pool.run_native(blocks.nhwc_part.address, blocks.task_args(template, x, y), pool.num_threads)
-        else:
-            blocks.nhwc_blocks(x, weights, biases, values, y, *geometry, 0, count, 0, OH)
+        else:  # (through the native task on this thread: one compiled signature of the kernel, the task's)
+            pool.run_native(blocks.nhwc_part.address, blocks.task_args(template, x, y), 1)
         return y
 
+    depthwise.operands = (weights, biases, values)  # (alive while the template holding their addresses is used)
     return depthwise
 
 

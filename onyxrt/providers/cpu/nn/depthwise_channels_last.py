@@ -494,11 +494,10 @@ def max_pool(x: np.ndarray, k: int, strides, dilations, begin, out_sp, pool) -> 
     weights, biases, params = _pool_operands(-(-C // LANES))
     geometry = (C, OH, OW, 1, strides[0], strides[1], dilations[0], dilations[1], begin[0], begin[1], 0)
     out = y.reshape(N * C, OH * OW)
-    if pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= POOL_SPLIT_WORK:
-        template = task_template(x.shape, weights, biases, params, *geometry, pooled=k)
-        pool.run_native(planes_part.address, task_args(template, x, out), pool.num_threads)
-    else:
-        channels_last_planes(x, weights, biases, params, out, *geometry, 0, N * C, 0, OH, k)
+    template = task_template(x.shape, weights, biases, params, *geometry, pooled=k)
+    split = pool.splits_gemms and pool.runs_native_tasks and y.size * k * k >= POOL_SPLIT_WORK
+    # (on this thread too through the native task: the driver compiles for the task's signature alone)
+    pool.run_native(planes_part.address, task_args(template, x, out), pool.num_threads if split else 1)
     return y
 
 

@@ -398,6 +398,9 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
     if fused is not None and code not in MLAS_CODES and blocks is None:  # (HardSwish, QuickGelu: applied after)
         fused, code, params = None, 0, (0.0, 0.0)
     bias = np.zeros(M, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype).reshape(M)
+    # (writable copies: numba types read-only arrays apart, so a constant's read-only weights compiled the planar
+    # kernel again, once per combination)
+    taps, bias = np.array(taps), np.array(bias)
     values = np.array(params + (0.0, 1.0), dtype=dtype)
     y_shape = (N, M, out_sp[0], out_sp[1])
     Hp, Wp = H + pads[0] + pads[2], W + pads[1] + pads[3]
@@ -432,14 +435,17 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
             if split and pool.runs_native_tasks:
                 packed = blocks.task_args(template, x, out)
                 pool.run_native(blocks.planes_part.address, packed, pool.num_threads)
-            elif split:  # (a Python task per thread: the kernel releases the GIL)
+            elif split:  # (a Python task per thread: the native task, a block a part, releases the GIL)
+                packed = blocks.task_args(template, x, out)
+                part, address = blocks.planes_part.ctypes, packed.ctypes.data
+
                 def blocks_part(b0: int, b1: int) -> None:
-                    p0, p1 = blocks.plane_range(b0, b1, M, weights.shape[0])
-                    blocks.channels_last_planes(x, weights, biases, values, out, *block_geometry, p0, p1, 0, out_sp[0])
+                    for block in range(b0, b1):
+                        part(address, block, block_count)
 
                 pool.run_chunks(blocks_part, block_count, work, _PARALLEL_MIN_WORK)
-            else:
-                blocks.channels_last_planes(x, weights, biases, values, out, *block_geometry, 0, planes, 0, out_sp[0])
+            else:  # (the native task on this thread: the kernel compiles for the task's signature alone)
+                pool.run_native(blocks.planes_part.address, blocks.task_args(template, x, out), 1)
             if fused is None:
                 activation(y)
             return y
@@ -458,4 +464,6 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
             activation(y)
         return y
 
+    if blocks is not None:
+        run.operands = (weights, biases, values)  # (alive while the template holding their addresses is used)
     return run
