@@ -152,7 +152,7 @@ def _native_rows(kind: int, rows: np.ndarray, bias: np.ndarray, out: np.ndarray,
         return False
     alpha32 = np.array([alpha], _F32)
     args = tasks.activation_args(kind, rows, bias, out, alpha32)
-    pool.run_native(tasks.activation_part.address, args, min(pool.num_threads, rows.shape[0]))
+    pool.run_native(tasks.activation_part(kind), args, min(pool.num_threads, rows.shape[0]))
     return True
 
 

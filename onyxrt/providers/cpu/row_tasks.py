@@ -8,6 +8,8 @@ imports numba at its top). Task arguments (:func:`activation_args`): an int64 ar
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 from numba import types
@@ -18,28 +20,57 @@ from .native_tasks import float32_array, int64_array
 (_KIND, _X, _ROWS, _COLS, _BIAS, _BIAS_LENGTH, _OUT, _ALPHA, _ARGS) = range(9)
 
 
-@numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True, error_model="numpy")
-def activation_part(args, part, parts):
-    """Native task: rows [R * part / parts, R * (part + 1) / parts) of the activation ``activation_args`` describes
-    (its ``kind``: row_kernels' GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID or HARD_SWISH)."""
+@numba.njit(cache=True, inline="always")
+def _activation_operands(args, part, parts):
+    """The operands of part ``part`` of ``parts`` of the activation ``activation_args`` describes: x, bias, out,
+    alpha and its rows [R * part / parts, R * (part + 1) / parts)."""
     d = int64_array(args, _ARGS)
     rows, cols = d[_ROWS], d[_COLS]
-    r0, r1 = rows * part // parts, rows * (part + 1) // parts
     x = float32_array(d[_X], rows * cols).reshape((rows, cols))
     out = float32_array(d[_OUT], rows * cols).reshape((rows, cols))
     bias = float32_array(d[_BIAS], d[_BIAS_LENGTH])
     alpha = float32_array(d[_ALPHA], 1)[0]
-    kind = d[_KIND]
-    if kind == 0:
-        gelu_erf_rows(x, bias, out, alpha, r0, r1)
-    elif kind == 1:
-        gelu_tanh_rows(x, bias, out, alpha, r0, r1)
-    elif kind == 2:
-        x_sigmoid_rows(x, bias, out, alpha, r0, r1)
-    elif kind == 3:
-        sigmoid_rows(x, bias, out, alpha, r0, r1)
-    else:
-        hard_swish_rows(x, bias, out, alpha, r0, r1)
+    return x, bias, out, alpha, rows * part // parts, rows * (part + 1) // parts
+
+
+# One native task per activation (row_kernels' kind: GELU_ERF, GELU_TANH, X_SIGMOID, SIGMOID, HARD_SWISH), each
+# compiled on its first use (:func:`activation_part`): one task over all five compiled every kernel on import, and
+# optimized their code again inside it (a cold cache's first split activation waited ~10 s for kernels it never ran).
+def _gelu_erf_part(args, part, parts):
+    gelu_erf_rows(*_activation_operands(args, part, parts))
+
+
+def _gelu_tanh_part(args, part, parts):
+    gelu_tanh_rows(*_activation_operands(args, part, parts))
+
+
+def _x_sigmoid_part(args, part, parts):
+    x_sigmoid_rows(*_activation_operands(args, part, parts))
+
+
+def _sigmoid_part(args, part, parts):
+    sigmoid_rows(*_activation_operands(args, part, parts))
+
+
+def _hard_swish_part(args, part, parts):
+    hard_swish_rows(*_activation_operands(args, part, parts))
+
+
+_PARTS = (_gelu_erf_part, _gelu_tanh_part, _x_sigmoid_part, _sigmoid_part, _hard_swish_part)
+
+
+@functools.lru_cache(maxsize=None)
+def activation_part(kind: int) -> int:
+    """The address of the native task (``void task(int64 args, int64 part, int64 parts)``) running rows of the
+    activation ``kind`` as :func:`activation_args` describes them: compiled, or loaded from numba's cache, on first
+    use."""
+    task = numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True,
+                       error_model="numpy")(_PARTS[kind])
+    _TASKS.append(task)  # (the compiled code lives as long as its CFunc)
+    return task.address
+
+
+_TASKS: list = []
 
 
 @numba.njit(cache=True)
