@@ -151,8 +151,8 @@ def _native_rows(kind: int, rows: np.ndarray, bias: np.ndarray, out: np.ndarray,
     if tasks is None:
         return False
     alpha32 = np.array([alpha], _F32)
-    args = tasks.activation_args(kind, rows, bias, out, alpha32)
-    pool.run_native(tasks.activation_part(kind), args, min(pool.num_threads, rows.shape[0]))
+    args = tasks.activation_args(rows, bias, out, alpha32)
+    pool.run_native(tasks.activation_part(kind).address, args, min(pool.num_threads, rows.shape[0]))
     return True
 
 

@@ -17,7 +17,7 @@ from numba import types
 from .jit_rows import gelu_erf_rows, gelu_tanh_rows, hard_swish_rows, sigmoid_rows, x_sigmoid_rows
 from .native_tasks import float32_array, int64_array
 
-(_KIND, _X, _ROWS, _COLS, _BIAS, _BIAS_LENGTH, _OUT, _ALPHA, _ARGS) = range(9)
+(_X, _ROWS, _COLS, _BIAS, _BIAS_LENGTH, _OUT, _ALPHA, _ARGS) = range(8)
 
 
 @numba.njit(cache=True, inline="always")
@@ -60,26 +60,21 @@ _PARTS = (_gelu_erf_part, _gelu_tanh_part, _x_sigmoid_part, _sigmoid_part, _hard
 
 
 @functools.lru_cache(maxsize=None)
-def activation_part(kind: int) -> int:
-    """The address of the native task (``void task(int64 args, int64 part, int64 parts)``) running rows of the
+def activation_part(kind: int) -> numba.core.ccallback.CFunc:
+    """The native task (``void task(int64 args, int64 part, int64 parts)``, at its ``address``) running rows of the
     activation ``kind`` as :func:`activation_args` describes them: compiled, or loaded from numba's cache, on first
-    use."""
-    task = numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True,
+    use (and kept here: its code lives as long as it does)."""
+    return numba.cfunc(types.void(types.int64, types.int64, types.int64), cache=True, nopython=True,
                        error_model="numpy")(_PARTS[kind])
-    _TASKS.append(task)  # (the compiled code lives as long as its CFunc)
-    return task.address
-
-
-_TASKS: list = []
 
 
 @numba.njit(cache=True)
-def activation_args(kind, x, bias, out, alpha):
+def activation_args(x, bias, out, alpha):
     """:func:`activation_part`'s arguments: C-contiguous float32 rows ``x`` and ``out`` (R, C), ``bias`` (0 or C),
     ``alpha`` a one-element float32 array; the caller keeps them alive until the task returns. (Compiled:
     numpy's ``ndarray.ctypes`` costs ~1 us an address.)"""
     args = np.empty(_ARGS, np.int64)
-    args[_KIND], args[_X], args[_ROWS], args[_COLS] = kind, x.ctypes.data, x.shape[0], x.shape[1]
+    args[_X], args[_ROWS], args[_COLS] = x.ctypes.data, x.shape[0], x.shape[1]
     args[_BIAS], args[_BIAS_LENGTH], args[_OUT], args[_ALPHA] = bias.ctypes.data, bias.shape[0], out.ctypes.data, alpha.ctypes.data
     return args
 

@@ -211,12 +211,12 @@ _STEPS = (None, 1, 2)  # the column step a code path is for (None: any stride an
 _CONVOLVERS = switch_codegen({k * 3 + index: _convolver(k, step) for k in FILTERS for index, step in enumerate(_STEPS)})
 
 
+_CONVOLVE_SIGNATURE = types.void(*([types.int64] * 7))
+
+
 @intrinsic
 def _convolvers(typingctx, pixels, taps, bias, limits, out, shape, key):
-    return types.void(*([types.int64] * 7)), _CONVOLVERS
-
-
-_CONVOLVE_SIGNATURE = types.void(*([types.int64] * 7))
+    return _CONVOLVE_SIGNATURE, _CONVOLVERS
 
 
 @numba.cfunc(_CONVOLVE_SIGNATURE, cache=True, nopython=True)
@@ -283,12 +283,12 @@ _POOLERS = switch_codegen({k * 3 + index: _max_pooler(k, step) for k in POOL_WIN
                             for index, step in enumerate(_STEPS)})
 
 
+_POOL_SIGNATURE = types.void(*([types.int64] * 4))
+
+
 @intrinsic
 def _poolers(typingctx, pixels, out, shape, key):
-    return types.void(*([types.int64] * 4)), _POOLERS
-
-
-_POOL_SIGNATURE = types.void(*([types.int64] * 4))
+    return _POOL_SIGNATURE, _POOLERS
 
 
 @numba.cfunc(_POOL_SIGNATURE, cache=True, nopython=True)

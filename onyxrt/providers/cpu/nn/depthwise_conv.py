@@ -432,11 +432,9 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
         split = _shares_planes(pool, work, planes)
         if blocks is not None:
             out = y.reshape(planes, -1)
-            if split and pool.runs_native_tasks:
-                packed = blocks.task_args(template, x, out)
-                pool.run_native(blocks.planes_part.address, packed, pool.num_threads)
-            elif split:  # (a Python task per thread: the native task, a block a part, releases the GIL)
-                packed = blocks.task_args(template, x, out)
+            packed = blocks.task_args(template, x, out)
+            if split and not pool.runs_native_tasks:
+                # a Python task per thread, each calling the native task a block at a time (it releases the GIL)
                 part, address = blocks.planes_part.ctypes, packed.ctypes.data
 
                 def blocks_part(b0: int, b1: int) -> None:
@@ -444,8 +442,8 @@ def depthwise_runner(shape, dtype, w, b, strides, dilations, pads, out_sp, activ
                         part(address, block, block_count)
 
                 pool.run_chunks(blocks_part, block_count, work, _PARALLEL_MIN_WORK)
-            else:  # (the native task on this thread: the kernel compiles for the task's signature alone)
-                pool.run_native(blocks.planes_part.address, blocks.task_args(template, x, out), 1)
+            else:  # (on this thread too through the native task: the kernel compiles for the task's signature alone)
+                pool.run_native(blocks.planes_part.address, packed, pool.num_threads if split else 1)
             if fused is None:
                 activation(y)
             return y
