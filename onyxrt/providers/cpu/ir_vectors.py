@@ -31,28 +31,55 @@ def splat(builder: ir.IRBuilder, scalar: ir.Value, vector: ir.VectorType) -> ir.
 
 def lanes_below(builder: ir.IRBuilder, bound: ir.Value, count: int) -> ir.Value:
     """The mask of ``count`` lanes that is on for the lanes numbered below ``bound`` (an int64: none where it is 0 or
-    less, all from ``count``)."""
-    lanes = ir.Constant(ir.VectorType(_I64, count), list(range(count)))
-    return builder.icmp_signed("<", lanes, splat(builder, bound, ir.VectorType(_I64, count)))
+    less, all from ``count``). Compared as int32 lanes, the bound clamped to [0, count] first: one vector compare
+    (an int64 one takes ``count`` / 4 on AVX2 and packs the halves after)."""
+    zero, full = ir.Constant(_I64, 0), ir.Constant(_I64, count)
+    clamped = builder.select(builder.icmp_signed("<", bound, zero), zero,
+                             builder.select(builder.icmp_signed(">", bound, full), full, bound))
+    lanes = ir.Constant(ir.VectorType(_I32, count), list(range(count)))
+    return builder.icmp_signed("<", lanes, splat(builder, builder.trunc(clamped, _I32), ir.VectorType(_I32, count)))
+
+
+def _all_on(builder: ir.IRBuilder, mask: ir.Value) -> ir.Value:
+    """Whether every lane of ``mask`` is on (an i1)."""
+    bits = ir.IntType(mask.type.count)
+    return builder.icmp_unsigned("==", builder.bitcast(mask, bits), ir.Constant(bits, (1 << mask.type.count) - 1))
 
 
 def masked_load(builder: ir.IRBuilder, pointer: ir.Value, mask: ir.Value, passthru: ir.Value) -> ir.Value:
     """The float32 vector at ``pointer`` (4-byte aligned) in the lanes ``mask`` has on, ``passthru``'s in the others
-    (``llvm.masked.load``: memory under the lanes off is not read, so a row's end may lie before the vector's)."""
+    (``llvm.masked.load``: memory under the lanes off is not read, so a row's end may lie before the vector's). A
+    mask all on loads the plain vector: AMD's AVX2 cores run VMASKMOVPS as microcode (a Zen 3's 3x3/2 MaxPool of
+    8x24x16x16 by ``max_pool_rows`` was slower than scalar code)."""
     vector = passthru.type
     function = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vector, [vector.as_pointer(), _I32, mask.type, vector]),
         f"llvm.masked.load.v{vector.count}f32.p0")
-    return builder.call(function, [pointer, ir.Constant(_I32, 4), mask, passthru])
+    with builder.if_else(_all_on(builder, mask), likely=True) as (whole, part):
+        with whole:
+            plain = builder.load(pointer, align=4)
+            whole_block = builder.block
+        with part:
+            masked = builder.call(function, [pointer, ir.Constant(_I32, 4), mask, passthru])
+            part_block = builder.block
+    value = builder.phi(vector)
+    value.add_incoming(plain, whole_block)
+    value.add_incoming(masked, part_block)
+    return value
 
 
 def masked_store(builder: ir.IRBuilder, value: ir.Value, pointer: ir.Value, mask: ir.Value) -> None:
-    """``value``'s lanes that ``mask`` has on stored at ``pointer`` (float32, 4-byte aligned; ``llvm.masked.store``)."""
+    """``value``'s lanes that ``mask`` has on stored at ``pointer`` (float32, 4-byte aligned; ``llvm.masked.store``;
+    a plain store where the mask is all on, as :func:`masked_load`)."""
     vector = value.type
     function = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), _I32, mask.type]),
         f"llvm.masked.store.v{vector.count}f32.p0")
-    builder.call(function, [value, pointer, ir.Constant(_I32, 4), mask])
+    with builder.if_else(_all_on(builder, mask), likely=True) as (whole, part):
+        with whole:
+            builder.store(value, pointer, align=4)
+        with part:
+            builder.call(function, [value, pointer, ir.Constant(_I32, 4), mask])
 
 
 def activation(builder: ir.IRBuilder, value: ir.Value, act: ir.Value, a: ir.Value, b: ir.Value) -> ir.Value:

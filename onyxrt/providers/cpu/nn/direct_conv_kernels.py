@@ -10,9 +10,11 @@ same way, over output channels). The bias and the activations :data:`IN_REGISTER
 the other epilogue codes and a residual by ``jit_rows.epilogue_run`` over each output row just written.
 
 Rows of :data:`LANES` outputs or fewer (a 32x32 image's stride-2 stem) run two output rows a tile, so that each
-weight's broadcast serves both; a stride-2 layer's column phases are split from the input rows 32 columns at a time
-by two shuffles (``_deinterleave``: the phase copy of 8x3x32x32 10.4 -> 7.3 us; with the paired rows an 8x3x32x32
--> 24 3x3/2 stem 26 -> 22 us on one Zen 5 core).
+weight's broadcast serves both; a stride-2 layer's column phases are split from the input rows 2 x LANES columns at a
+time by two shuffles (``_deinterleave``: the phase copy of 8x3x32x32 10.4 -> 7.3 us; with the paired
+rows an 8x3x32x32 -> 24 3x3/2 stem 26 -> 22 us on one Zen 5 core; on a Zen 3 with AVX2, 3x32x32 as fast as a scalar
+loop, 3x224x224 50 against 54 us, once its vectors were eight floats and its masks' loads and stores plain where all on:
+sixteen-float ones had been 2-3x slower).
 
 The tile is LLVM IR with explicit vectors of :data:`LANES` floats: sixteen where the CPU has AVX-512, else eight (an
 AVX2 register; LLVM lowers them to what the CPU has), with the block of output channels sized to the registers.
@@ -119,12 +121,12 @@ _tile = _tiler(VECTORS)
 _tile_narrow = _tiler(1)  # a row's last LANES outputs or fewer
 
 
-_PAIR = ir.VectorType(_F, 16)  # the column phases' vectors: 32 input columns split into 16 even and 16 odd
+_PAIR = ir.VectorType(_F, LANES)  # the column phases' vectors: 2 x LANES input columns split into their even and odd
 
 
 def _deinterleave_codegen(context, builder, signature, args):
     """even[q] = row[2q - pl], odd[q] = row[2q + 1 - pl] for q < ``count`` (float32 at byte addresses), 0 where that
-    column is outside the row's ``width``: 32 columns a step, loaded under a lane mask, split by two shuffles."""
+    column is outside the row's ``width``: 2 x LANES columns a step, loaded under a lane mask, split by two shuffles."""
     even_addr, odd_addr, row_addr, width, pl, count = args
     pointer = _PAIR.as_pointer()
     zero = ir.Constant(_PAIR, None)
@@ -132,20 +134,20 @@ def _deinterleave_codegen(context, builder, signature, args):
     def address(base, index):
         return builder.inttoptr(builder.add(base, builder.mul(index, _constant(_BYTES))), pointer)
 
-    steps = builder.udiv(builder.add(count, _constant(15)), _constant(16))
+    steps = builder.udiv(builder.add(count, _constant(LANES - 1)), _constant(LANES))
     with cgutils.for_range(builder, steps) as loop:
-        q = builder.mul(loop.index, _constant(16))
+        q = builder.mul(loop.index, _constant(LANES))
         halves = []
         for half in (0, 1):
-            column = builder.sub(builder.add(builder.mul(q, _constant(2)), _constant(16 * half)), pl)
+            column = builder.sub(builder.add(builder.mul(q, _constant(2)), _constant(LANES * half)), pl)
             # the lanes whose columns lie in the row: from lane -column (column 0) to lane width - column
-            inside = builder.and_(lanes_below(builder, builder.sub(width, column), 16),
-                                  builder.not_(lanes_below(builder, builder.neg(column), 16)))
+            inside = builder.and_(lanes_below(builder, builder.sub(width, column), LANES),
+                                  builder.not_(lanes_below(builder, builder.neg(column), LANES)))
             halves.append(masked_load(builder, address(row_addr, column), inside, zero))
-        stored = lanes_below(builder, builder.sub(count, q), 16)
+        stored = lanes_below(builder, builder.sub(count, q), LANES)
         for target, first in ((even_addr, 0), (odd_addr, 1)):
-            part = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(_I32, 16),
-                                                                             list(range(first, 32, 2))))
+            part = builder.shuffle_vector(halves[0], halves[1], ir.Constant(ir.VectorType(_I32, LANES),
+                                                                             list(range(first, 2 * LANES, 2))))
             masked_store(builder, part, address(target, q), stored)
     return context.get_dummy_value()
 

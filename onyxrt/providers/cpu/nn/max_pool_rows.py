@@ -1,9 +1,9 @@
 """float32 MaxPool of the two commonest strided windows, 3x3 / 2 with one pixel of begin padding (ResNet's and
 ShuffleNet's stems) and 2x2 / 2 without, on NCHW planes as they lie: two output rows a pass from the four or five
 input rows they read (the row both 3-wide windows share loaded once; one loop's set-up for two rows: 8x24x16x16
-12.7 -> 9.3 us, resnet50's 64x112x112 118 -> 86 us on one Zen 5 core), in vectors.
+12.7 -> 9.3 us, resnet50's 64x112x112 118 -> 86 us on one Zen 5 core), in vectors of :data:`LANES` floats.
 
-The input rows' maximum is taken first (vertical), then each output pixel's window along it: 32 input columns are
+The input rows' maximum is taken first (vertical), then each output pixel's window along it: 2 x LANES input columns are
 two vectors, split into their even and odd columns by two shuffles, so that output j is the maximum of column 2j
 (even lane j), 2j + 1 (odd lane j) and, for the 3-wide window, 2j - 1 (the odd lane before: the odd vector moved one
 lane, the previous chunk's last odd column coming in). Columns past the row's end load as -inf under a lane mask,
@@ -26,10 +26,14 @@ from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
+from ....framework.cpu_features import has_flags
 from ..ir_vectors import lanes_below, masked_load, masked_store, splat, switch_codegen
 from ..native_tasks import int64_array
 
-LANES = 16
+# floats a vector: sixteen with AVX-512, else eight (an AVX2 register). Sixteen on a Zen 3 split every vector in two, and
+# a 16-column row's chunk ran its second half and its eight outputs under masks (3x3/2 of 8x24x16x16 12 against 36 us,
+# 64x112x112 155 against 337 us on one core, with ``ir_vectors``' plain loads and stores where a mask is all on)
+LANES = 16 if has_flags("avx512f") else 8
 _F = ir.FloatType()
 _V = ir.VectorType(_F, LANES)
 _I32 = ir.IntType(32)
@@ -55,7 +59,7 @@ def _rows_body(window: int):
         lowest = ir.Constant(_V, [float("-inf")] * LANES)
         second = builder.icmp_signed(">", rows, ir.Constant(_I64, 1))
 
-        def load(row, column):  # 16 columns from ``column`` of a row, -inf past its end
+        def load(row, column):  # LANES columns from ``column`` of a row, -inf past its end
             address = builder.add(row, builder.mul(column, ir.Constant(_I64, 4)))
             return masked_load(builder, builder.inttoptr(address, pointer),
                                lanes_below(builder, builder.sub(width, column), LANES), lowest)
