@@ -18,7 +18,6 @@ session lives. Other C libraries (musl, macOS, Windows) are left alone.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 import weakref
 from typing import Any
@@ -40,12 +39,14 @@ def _glibc() -> Any:
     global _libc
     if _libc is None:
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            # the process's own symbols, which hold the C library's (``ctypes.util.find_library`` runs ldconfig in a
+            # subprocess: ~3 ms of the first session's creation)
+            libc = ctypes.CDLL(None)
             libc.gnu_get_libc_version  # glibc only
             libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
             libc.malloc_trim.argtypes = (ctypes.c_size_t,)
             _libc = libc
-        except (OSError, AttributeError):
+        except (OSError, AttributeError, TypeError):  # (TypeError: Windows has no process handle to open)
             _libc = False
     return _libc or None
 

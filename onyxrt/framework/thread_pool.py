@@ -5,8 +5,8 @@ threads (0: one per physical core, onnxruntime's default), counting the thread t
 calls ``run``. Around each run the session enters :meth:`ThreadPool.activate`: kernels
 then find that pool with :func:`current_pool` (a context variable, so concurrent runs of
 sessions with different settings each see their own), and the BLAS libraries numpy
-calls use no more threads than the pool has (through ``threadpoolctl`` when it is
-installed).
+calls use no more threads than the pool has (``blas_libraries``: OpenBLAS through its own
+symbols, another BLAS through ``threadpoolctl`` when it is installed).
 
 Work handed to a pool never waits on other work handed to it, and a kernel running on
 a worker thread sees the serial pool as current (worker threads do not inherit the
@@ -25,6 +25,7 @@ import weakref
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from ..errors import InvalidArgument
+from .blas_libraries import loaded_blas_libraries
 from .openblas_spin import shorten_idle_spin
 
 T = TypeVar("T")
@@ -390,8 +391,8 @@ class _BlasThreadLimit:
     While runs are active it is the smallest pool size among them (a single-threaded
     session stays single-threaded beside a larger one); when none is, each library that had
     to be changed gets its own setting back. A library already at the limit is not touched,
-    so a run of a session sized like the host's BLAS costs one query per library. Without
-    ``threadpoolctl`` BLAS threads are left alone.
+    so a run of a session sized like the host's BLAS costs one query per library. A BLAS that
+    only ``threadpoolctl`` can reach keeps its own thread count where that is not installed.
     """
 
     def __init__(self) -> None:
@@ -456,47 +457,10 @@ class _BlasThreadLimit:
 
     def _blas_libraries(self) -> Sequence[Any]:
         if self._libraries is None:
-            try:
-                import threadpoolctl
-            except ImportError:  # optional at run time: BLAS then keeps its own thread count
-                self._libraries = ()
-            else:
-                controllers = threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
-                shorten_idle_spin(controllers)
-                self._libraries = [_direct_thread_count(controller) for controller in controllers]
+            libraries = loaded_blas_libraries()
+            shorten_idle_spin(libraries)
+            self._libraries = libraries
         return self._libraries
-
-
-class _OpenBLASThreadCount:
-    """An OpenBLAS library's process-wide thread count through its own getter and setter, found once.
-
-    threadpoolctl's controller calls the same two functions, behind a lock and a symbol lookup per call (~1 us a
-    run's limit and restore), and from version 3.8 on ignores the setter on any thread but the first that called it,
-    which would leave BLAS's threads unlimited for a session run on another thread (``run_async``, a server's
-    workers). The limit here is already serialized by :class:`_BlasThreadLimit`'s lock."""
-
-    __slots__ = ("_get", "set_num_threads")
-
-    def __init__(self, get: Callable[[], int], set_num_threads: Callable[[int], None]) -> None:
-        self._get = get
-        self.set_num_threads = set_num_threads
-
-    @property
-    def num_threads(self) -> int:
-        return self._get()
-
-
-def _direct_thread_count(controller: Any) -> Any:
-    """An OpenBLAS (pthreads) controller's :class:`_OpenBLASThreadCount`; any other controller as it is."""
-    if getattr(controller, "internal_api", "") != "openblas" or getattr(controller, "threading_layer", "") == "openmp":
-        return controller
-    library = getattr(controller, "dynlib", None)
-    for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):  # (the builds' symbol names)
-        get = getattr(library, f"{prefix}openblas_get_num_threads{suffix}", None)
-        set_num_threads = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
-        if get is not None and set_num_threads is not None:
-            return _OpenBLASThreadCount(get, set_num_threads)
-    return controller
 
 
 # This process's id, kept current across forks (``os.getpid`` is a system call: ~0.3 us on a VM, per native task)

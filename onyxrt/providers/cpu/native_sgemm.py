@@ -2,8 +2,8 @@
 calls the BLAS library numpy uses (``cblas_sgemm``, single-threaded during the run) on its block,
 without the GIL, so a spinning worker starts its block within microseconds.
 
-Imported only by ``providers.cpu.gemm`` (it imports numba at its top). The library is the one
-``threadpoolctl`` reports for numpy (OpenBLAS as numpy's wheels bundle it, whose symbols carry a
+Imported only by ``providers.cpu.gemm`` (it imports numba at its top). The library is the BLAS loaded in the
+process (``framework.blas_libraries``: OpenBLAS as numpy's wheels bundle it, whose symbols carry a
 ``scipy_`` prefix and a ``64_`` suffix with 64-bit integers, or a plain ``cblas_sgemm``); where none
 is found, :data:`SGEMM` is None and the products are split as Python tasks instead.
 
@@ -23,6 +23,7 @@ from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
 
+from ...framework.blas_libraries import loaded_blas_libraries
 from .native_tasks import int64_array
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
@@ -39,11 +40,7 @@ class Sgemm(NamedTuple):
 
 
 def _find_sgemm() -> Sgemm | None:
-    try:
-        import threadpoolctl
-    except ImportError:
-        return None
-    for library in threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers:
+    for library in loaded_blas_libraries():
         try:
             handle = ctypes.CDLL(library.filepath)
         except OSError:

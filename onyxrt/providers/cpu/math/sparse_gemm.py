@@ -472,13 +472,15 @@ def sparse_prepack(weight, source_shape: tuple[int, ...] | None = None, *, trans
     enabled, threshold, select = _settings()
     if not enabled:
         return None
-    from ....sparsity.formats import CsrWeight, SemiStructuredWeight, is_semi_structured, zero_fraction
-
-    sparsity = zero_fraction(weight)
-    source = tuple(weight.shape if source_shape is None else source_shape)
+    zeros = weight.size - np.count_nonzero(weight)
     # in whole elements, rounded down: a weight pruned to the threshold counts however its pruner rounded
-    if round(sparsity * weight.size) < math.floor(threshold * weight.size) or sparsity == 0.0:
+    if zeros < math.floor(threshold * weight.size) or zeros == 0:
         return None
+    # (imported here: a dense model's sessions never need the formats, ~2 ms of a first session's creation)
+    from ....sparsity.formats import CsrWeight, SemiStructuredWeight, is_semi_structured
+
+    sparsity = zeros / weight.size
+    source = tuple(weight.shape if source_shape is None else source_shape)
     structured = is_semi_structured(weight)
 
     def products() -> list[Product]:  # the 2:4 form first: the one "always" takes
