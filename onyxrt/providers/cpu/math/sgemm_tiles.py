@@ -256,10 +256,12 @@ def gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, act, params, colum
     lda, ldb, ldc = k * 4, n * 4, n * 4
     summed = residual.shape[0] > 0
     fused = summed or bias.shape[0] > 0 or act != 0
-    shift = bias if bias.shape[0] > 0 else np.zeros(n if column_bias else m_total, np.float32)
+    # (allocated only where read: a small product's allocations were a measurable share of its time)
+    shift = bias if bias.shape[0] > 0 or not fused else np.zeros(n if column_bias else m_total, np.float32)
     kind = COLUMN_BIAS if column_bias else 1
-    shift_tail = np.zeros(PANEL, np.float32)  # the last panel's column bias, zero-padded
-    if column_bias:
+    shift_tail = shift  # the last panel's column bias, zero-padded, where there is one
+    if column_bias and fused and n % PANEL and p1 > full:
+        shift_tail = np.zeros(PANEL, np.float32)
         for j in range(full * PANEL, n):
             shift_tail[j - full * PANEL] = shift[j]
     for p in range(p0, p1):
@@ -382,6 +384,7 @@ def products_part(d, part, parts):
     params = float32_array(d[15], 2)
     runs = (parts + batch - 1) // batch  # parts per product
     units = batch * runs
+    no_tail, no_rest = np.zeros((k, 0), np.float32), np.zeros((0, k), np.float32)  # (once, not per product)
     for unit in range(units * part // parts, units * (part + 1) // parts):
         image, run = unit // runs, unit % runs
         a = float32_array(d[0] + image * a_stride * 4, m * k).reshape((m, k))
@@ -393,8 +396,8 @@ def products_part(d, part, parts):
         # more about even, a 12-row product by panels 0.79x
         m0, m1, p0, p1 = part_ranges(m, count, count >= 4 * runs, run, runs)
         last = p1 == count
-        tail = tail_of(b) if last else np.zeros((k, 0), np.float32)
-        rest = rest_of(b) if last else np.zeros((0, k), np.float32)
+        tail = tail_of(b) if last and n % PANEL else no_tail
+        rest = rest_of(b) if last and n % PANEL else no_rest
         # (d[10]: act << 2 | a bias per column)
         gemm(a, b, tail, rest, c, m0, m1, p0, p1, bias, residual, d[10] >> 2, params, d[10] & 1 != 0)
 
