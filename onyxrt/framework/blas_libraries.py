@@ -21,12 +21,13 @@ from typing import Any, Callable
 # Name prefixes of the shared objects threadpoolctl recognizes as BLAS (its controllers' ``filename_prefixes``).
 _OPENBLAS_PREFIXES = ("libopenblas", "libscipy_openblas")
 _OTHER_BLAS_PREFIXES = ("libblas", "libblis", "libflexiblas", "libmkl_rt", "mkl_rt")
-# OpenBLAS's ``openblas_get_parallel``: 0 sequential, 1 pthreads, 2 OpenMP
+# OpenBLAS's ``openblas_get_parallel``: 0 sequential, 1 pthreads, 2 OpenMP (threadpoolctl's names for them)
 _OPENMP = 2
+_THREADING_LAYERS = {0: "disabled", 1: "pthreads"}
 
 
 class OpenBLASLibrary:
-    """An OpenBLAS (not OpenMP) library's process-wide thread count through its own getter and setter, with the
+    """An OpenBLAS (pthreads or sequential, not OpenMP) library's process-wide thread count through its own getter and setter, with the
     attributes of threadpoolctl's controllers that onyxrt reads (``filepath``, ``internal_api``,
     ``threading_layer``, ``num_threads``, ``set_num_threads``).
 
@@ -102,9 +103,10 @@ def _openblas(path: str) -> OpenBLASLibrary | None:
         set_num_threads = getattr(library, f"{prefix}openblas_set_num_threads{suffix}", None)
         parallel = getattr(library, f"{prefix}openblas_get_parallel{suffix}", None)
         if get is not None and set_num_threads is not None and parallel is not None:
-            if parallel() == _OPENMP:
+            layer = parallel()
+            if layer == _OPENMP:
                 return None
-            return OpenBLASLibrary(path, "pthreads", get, set_num_threads)
+            return OpenBLASLibrary(path, _THREADING_LAYERS.get(layer, "unknown"), get, set_num_threads)
     return None
 
 

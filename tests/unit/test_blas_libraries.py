@@ -27,6 +27,7 @@ def test_the_libraries_threadpoolctl_finds_with_their_thread_counts() -> None:
     by_path = {c.filepath: c for c in expected}
     for library in found:
         assert library.internal_api == by_path[library.filepath].internal_api
+        assert library.threading_layer == by_path[library.filepath].threading_layer
         assert library.num_threads == by_path[library.filepath].num_threads
 
 
