@@ -335,7 +335,8 @@ def _rows_runner(rows, shape, taps: np.ndarray, b, code: int, params: tuple, ste
 # stride 1 0.61 at 32x112x112, 0.86 at 144x56x56, 0.93 at 192x28x28, 1.05-1.13 at 14 and 16 columns, 1.57 at 7;
 # stride 2 0.67 at 96x112x112, 0.64 at 144x56x56, 0.73 at 192x28x28, 1.18-1.25 at 14 and 16. AVX-512 CPUs only: with
 # AVX2's eight outputs a vector (every load masked) mobilenet_v2 ran 1.15-1.17x the time of the other kernels on 2 Zen 3
-# cores (stop 48, in-process A/B of two sessions).
+# cores (stop 48, in-process A/B of two sessions); with ``ir_vectors``' plain loads and stores where a mask is all on,
+# the rows still took 1.0-2.6x the blocks' time per layer on one Zen 3 core (stop 50, benchmarks/depthwise_rows.py).
 _ROWS_MIN_WIDTH = 24
 
 
